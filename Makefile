@@ -1,0 +1,49 @@
+# make demo: install what is missing, build, run the replicate-then-share demo.
+# make test: install, build, run every C++ and Python test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CPP_BUILD := build/cpp
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+# Editable install with a persistent build dir: a change rebuilds only what it touches.
+build-py: deps
+	@$(PY) -m pip install -q --no-build-isolation -e . 2>&1 | grep -v "^$$" || true
+	@$(PY) -c "import imagerelay" || (echo "build of the Python package failed" && exit 1)
+
+build-cpp: deps
+	@cmake -S . -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DIMAGERELAY_BUILD_PYTHON=OFF -DIMAGERELAY_BUILD_TESTS=ON >/dev/null
+	@cmake --build $(CPP_BUILD)
+
+build: build-py build-cpp
+
+demo: build-py
+	$(VENV)/bin/imagerelay demo
+
+test-cpp: build-cpp
+	$(CPP_BUILD)/imagerelay_tests --gtest_brief=1
+
+test-py: build-py
+	$(PY) -m pytest -q tests/python
+
+test: test-cpp test-py
+
+# ASan + UBSan build of the C++ tests.
+sanitize: deps
+	@cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIMAGERELAY_SANITIZE=ON \
+		-DIMAGERELAY_BUILD_PYTHON=OFF -DIMAGERELAY_BUILD_TESTS=ON >/dev/null
+	@cmake --build build/asan
+	build/asan/imagerelay_tests --gtest_brief=1
+
+bench: build-py
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,150 @@
+// The Engine: every call that can block releases the GIL; Python callbacks are held so that
+// copying them never needs the GIL and releasing them takes it.
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+
+#include "bindings.hpp"
+#include "imagerelay/engine.hpp"
+
+namespace py = pybind11;
+
+namespace imagerelay::bindings {
+namespace {
+
+using Release = py::call_guard<py::gil_scoped_release>;
+
+// A Python callable owned from C++: destroyed with the GIL held while Python lives.
+class PyCallable {
+ public:
+  explicit PyCallable(py::function fn) : fn_(std::move(fn)) {}
+  ~PyCallable() {
+    if (Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      fn_ = py::object();
+    } else {
+      fn_.release();  // the interpreter is gone: nothing left to decref
+    }
+  }
+  PyCallable(const PyCallable&) = delete;
+  PyCallable& operator=(const PyCallable&) = delete;
+  const py::object& fn() const { return fn_; }
+
+ private:
+  py::object fn_;
+};
+
+EventFn WrapListener(py::function fn) {
+  auto callable = std::make_shared<PyCallable>(std::move(fn));
+  return [callable](const Event& event) {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      callable->fn()(event);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("imagerelay event callback");
+    }
+  };
+}
+
+PolicyFn WrapPolicy(py::function fn) {
+  auto callable = std::make_shared<PyCallable>(std::move(fn));
+  return [callable](const PolicyRequest& request) -> std::optional<std::string> {
+    py::gil_scoped_acquire gil;
+    try {
+      py::object result = callable->fn()(request);
+      if (result.is_none()) return std::nullopt;
+      return py::str(result).cast<std::string>();
+    } catch (py::error_already_set& e) {
+      return std::string("a policy raised ") + e.what();
+    }
+  };
+}
+
+}  // namespace
+
+void BindEngine(py::module_& m) {
+  py::class_<ImportRequest>(m, "ImportRequest")
+      .def(py::init<>())
+      .def_readwrite("source", &ImportRequest::source)
+      .def_readwrite("region", &ImportRequest::region)
+      .def_readwrite("name", &ImportRequest::name)
+      .def_readwrite("os_type", &ImportRequest::os_type)
+      .def_readwrite("os_name", &ImportRequest::os_name)
+      .def_readwrite("os_version", &ImportRequest::os_version)
+      .def_readwrite("os_arch", &ImportRequest::os_arch)
+      .def_readwrite("format", &ImportRequest::format)
+      .def_readwrite("description", &ImportRequest::description);
+
+  py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
+      .def_static(
+          "open",
+          [](const std::filesystem::path& home, const Limits& limits, int workers,
+             bool start_workers) {
+            EngineOptions options;
+            options.home = home;
+            options.limits = limits;
+            options.workers = workers;
+            options.start_workers = start_workers;
+            return Engine::Open(options);
+          },
+          py::arg("home"), py::arg("limits"), py::arg("workers") = 4,
+          py::arg("start_workers") = true, Release())
+      .def("close", &Engine::Close, Release())
+      .def_property_readonly("home", &Engine::home)
+      .def_property_readonly("limits", &Engine::limits)
+      .def("add_region", &Engine::AddRegion, py::arg("id"), py::arg("store"), py::arg("name"),
+           Release())
+      .def("regions", &Engine::Regions, Release())
+      .def("region", &Engine::GetRegion, py::arg("id"), Release())
+      .def("add_account", &Engine::AddAccount, py::arg("id"), py::arg("name"), Release())
+      .def("accounts", &Engine::Accounts, Release())
+      .def("account", &Engine::GetAccount, py::arg("id"), Release())
+      .def("import_image", &Engine::ImportImage, py::arg("account"), py::arg("request"),
+           py::arg("wait"), py::arg("system"), Release())
+      .def("images", &Engine::Images, py::arg("account"), py::arg("region"),
+           py::arg("image_type"), py::arg("name"), Release())
+      .def("image", &Engine::GetImage, py::arg("account"), py::arg("image_id"), Release())
+      .def("share", &Engine::Share, py::arg("account"), py::arg("image_id"), py::arg("accounts"),
+           Release())
+      .def("unshare", &Engine::Unshare, py::arg("account"), py::arg("image_id"),
+           py::arg("accounts"), Release())
+      .def("shared_users", &Engine::SharedUsers, py::arg("account"), py::arg("image_id"),
+           Release())
+      .def("rename", &Engine::Rename, py::arg("account"), py::arg("image_id"), py::arg("name"),
+           Release())
+      .def("delete", &Engine::Delete, py::arg("account"), py::arg("image_id"), Release())
+      .def("export", &Engine::Export, py::arg("account"), py::arg("image_id"), py::arg("path"),
+           Release())
+      .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
+           py::arg("to"), py::arg("name"), py::arg("client_token"), Release())
+      .def("cancel_copy", &Engine::CancelCopy, py::arg("account"), py::arg("dest_image_id"),
+           Release())
+      .def("cancel_job", &Engine::CancelJob, py::arg("account"), py::arg("job_id"),
+           py::arg("region"), Release())
+      .def("job", &Engine::GetJob, py::arg("account"), py::arg("job_id"), Release())
+      .def("jobs", &Engine::Jobs, py::arg("account"), py::arg("active"), Release())
+      .def("wait_idle", &Engine::WaitIdle, py::arg("timeout"), Release())
+      .def("run_until_idle", &Engine::RunUntilIdle, Release())
+      .def("events", &Engine::Events, py::arg("since"), py::arg("image_id"), Release())
+      .def(
+          "add_listener",
+          [](Engine& engine, const std::string& type, py::function fn) {
+            auto wrapped = WrapListener(std::move(fn));
+            py::gil_scoped_release release;
+            return engine.AddListener(type, std::move(wrapped));
+          },
+          py::arg("event_type"), py::arg("callback"))
+      .def("remove_listener", &Engine::RemoveListener, py::arg("handle"), Release())
+      .def(
+          "add_policy",
+          [](Engine& engine, py::function fn) {
+            auto wrapped = WrapPolicy(std::move(fn));
+            py::gil_scoped_release release;
+            return engine.AddPolicy(std::move(wrapped));
+          },
+          py::arg("policy"))
+      .def("remove_policy", &Engine::RemovePolicy, py::arg("handle"), Release());
+}
+
+}  // namespace imagerelay::bindings

@@ -1,0 +1,119 @@
+// The catalog (DESIGN.md §6): regions, accounts, images, shares, jobs, tasks, events and
+// client tokens. An interface, so that a server database can hold it later; SQLite today.
+//
+// Every access happens inside a transaction: Write() runs a function in one write
+// transaction (serialised across threads and processes, retried while the database is
+// busy, rolled back if the function throws); Read() in one read transaction.
+// Status changes are compare-and-set: they name the status they expect and report whether
+// they won, so two processes can never both win a conflicting change.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "imagerelay/model.hpp"
+#include "imagerelay/state.hpp"
+
+namespace imagerelay {
+
+struct ImageFilter {
+  std::optional<std::string> region;
+  std::optional<std::string> name;
+};
+
+struct ClientTokenRecord {
+  std::string job_id;
+  std::string fingerprint;  // canonical form of the request's arguments
+};
+
+// Data access within one open transaction. Not thread-safe; never kept past the callback.
+class CatalogTx {
+ public:
+  virtual ~CatalogTx() = default;
+
+  // Regions and accounts. Insert returns false if the id is taken.
+  virtual bool InsertRegion(const Region& region) = 0;
+  virtual std::optional<Region> GetRegion(const std::string& id) = 0;
+  virtual std::vector<Region> ListRegions() = 0;
+  virtual bool InsertAccount(const Account& account) = 0;
+  virtual std::optional<Account> GetAccount(const std::string& id) = 0;
+  virtual std::vector<Account> ListAccounts() = 0;
+
+  // Images. Deleted images stay as rows (status Deleted) so that ids are never reused;
+  // GetImage returns them, ListImages never does. Listing is ordered by created_us, id.
+  virtual bool InsertImage(const Image& image) = 0;  // false if the id was ever used
+  virtual std::optional<Image> GetImage(const std::string& id) = 0;
+  virtual std::vector<Image> ListImages(const ImageFilter& filter) = 0;
+  // Writes every field but id and status.
+  virtual void UpdateImageFields(const Image& image) = 0;
+  // Compare-and-set through the transition table: true if the image was in `expected`, the
+  // event is allowed from it, and the row now holds the new status.
+  virtual bool TransitionImage(const std::string& id, ImageStatus expected, ImageEvent event) = 0;
+
+  // Shares: (image, account) pairs.
+  virtual bool InsertShare(const std::string& image_id, const std::string& account) = 0;
+  virtual bool DeleteShare(const std::string& image_id, const std::string& account) = 0;
+  virtual std::vector<std::string> ListShares(const std::string& image_id) = 0;  // sorted
+  // Non-deleted images in `region` shared with `account`.
+  virtual int CountAcceptedShares(const std::string& account, const std::string& region) = 0;
+  virtual std::vector<std::string> ImagesSharedWith(const std::string& account) = 0;
+
+  // Jobs and tasks. A job's tasks are ordered by region.
+  virtual void InsertJob(const Job& job) = 0;  // tasks included
+  virtual std::optional<Job> GetJob(const std::string& id) = 0;
+  // Jobs of `account` (all accounts if empty), newest first.
+  virtual std::vector<Job> ListJobs(const std::string& account) = 0;
+  virtual std::optional<Task> GetTaskByDestImage(const std::string& dest_image_id) = 0;
+  // Tasks in the given states, oldest job first (the engine's queue).
+  virtual std::vector<Task> ListTasksInStates(const std::vector<TaskState>& states) = 0;
+  // Writes progress, counters, error, lease and timestamps (not the state).
+  virtual void UpdateTaskFields(const Task& task) = 0;
+  virtual bool TransitionTask(const std::string& dest_image_id, TaskState expected,
+                              TaskEvent event) = 0;
+
+  // Client tokens, per account.
+  virtual std::optional<ClientTokenRecord> GetClientToken(const std::string& account,
+                                                          const std::string& token) = 0;
+  virtual void InsertClientToken(const std::string& account, const std::string& token,
+                                 const ClientTokenRecord& record) = 0;
+
+  // The audit log. Append assigns seq and returns it.
+  virtual int64_t AppendEvent(const Event& event) = 0;
+  // Events with seq > since, oldest first; only those of image_id if given.
+  virtual std::vector<Event> ListEvents(int64_t since, const std::optional<std::string>& image_id,
+                                        int limit) = 0;
+
+  // Region garbage collection lease: one sweeper per region at a time, exclusive with
+  // writers. Acquire returns false if another live holder has it.
+  virtual bool AcquireSweepLease(const std::string& region, const std::string& holder,
+                                 TimeUs expires_us) = 0;
+  virtual void ReleaseSweepLease(const std::string& region, const std::string& holder) = 0;
+  virtual bool SweepLeaseHeld(const std::string& region, TimeUs now_us) = 0;
+  // "This region has garbage": set after delete/cancel/failure, cleared by a sweep.
+  virtual void SetSweepNeeded(const std::string& region, bool needed) = 0;
+  virtual std::vector<std::string> RegionsNeedingSweep() = 0;
+
+  // Key-value settings of the home (e.g. the limits it was created with).
+  virtual std::optional<std::string> GetSetting(const std::string& key) = 0;
+  virtual void PutSetting(const std::string& key, const std::string& value) = 0;
+};
+
+class Catalog {
+ public:
+  virtual ~Catalog() = default;
+  virtual void Write(const std::function<void(CatalogTx&)>& fn) = 0;
+  virtual void Read(const std::function<void(CatalogTx&)>& fn) = 0;
+  virtual int SchemaVersion() = 0;
+};
+
+// Opens (creating and migrating as needed) a SQLite catalog: WAL, foreign keys, busy
+// timeout. Safe to open from several processes at once. Throws Error(Region.StoreUnavailable
+// is not used here; InvalidParameter) naming the path when it cannot be opened.
+std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path);
+
+}  // namespace imagerelay

@@ -1,0 +1,117 @@
+// The engine ties the catalog, the rules, the stores and the transfer engine together.
+// It knows nothing of Python: callers pass the acting account explicitly, callbacks are
+// std::function, and every call that can block may be made without any outside lock.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "imagerelay/catalog.hpp"
+#include "imagerelay/model.hpp"
+#include "imagerelay/rules.hpp"
+
+namespace imagerelay {
+
+struct EngineOptions {
+  std::filesystem::path home;
+  Limits limits;
+  int workers = 4;            // concurrent copy tasks in this process
+  bool start_workers = true;  // false: never run copies here (read-only tools)
+  // A worker whose lease is older than this is presumed dead and its task taken over.
+  int64_t lease_ms = 10'000;
+};
+
+// An image as one account sees it.
+struct ImageView {
+  Image image;
+  std::string type;                 // "System", "Custom" or "Sharing" (as a recipient sees it)
+  std::optional<double> progress;   // 0-100 while a destination copy is in flight
+};
+
+// A request as a policy sees it (API.md add_rule).
+struct PolicyRequest {
+  std::string action;  // replicate, share, unshare, rename, delete, import
+  std::string account;
+  std::optional<ImageView> image;
+  std::vector<std::string> to;
+  std::vector<std::string> accounts;
+  std::string name;
+};
+// Returns a rejection message, or nullopt to allow.
+using PolicyFn = std::function<std::optional<std::string>(const PolicyRequest&)>;
+using EventFn = std::function<void(const Event&)>;
+
+class Engine {
+ public:
+  // Opens or creates the home: catalog, default regions bj/gz/su and account `default`.
+  static std::shared_ptr<Engine> Open(const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Stops the workers; copies in flight stay in the catalog and resume at the next Open.
+  void Close();
+  const std::filesystem::path& home() const;
+  const Limits& limits() const;
+
+  Region AddRegion(const std::string& id, const std::string& store_uri, const std::string& name);
+  std::vector<Region> Regions();
+  Region GetRegion(const std::string& id);
+  Account AddAccount(const std::string& id, const std::string& name);
+  std::vector<Account> Accounts();
+  Account GetAccount(const std::string& id);  // NoSuchAccount
+
+  // Imports a file. With wait=false the import runs in the background and the image is
+  // returned in Creating. `system` adds a System image with no owner.
+  ImageView ImportImage(const std::string& account, const ImportRequest& request, bool wait,
+                        bool system);
+  // image_type: All, System, Custom, Sharing.
+  std::vector<ImageView> Images(const std::string& account, const std::optional<std::string>& region,
+                                const std::string& image_type,
+                                const std::optional<std::string>& name);
+  ImageView GetImage(const std::string& account, const std::string& image_id);
+  void Share(const std::string& account, const std::string& image_id,
+             const std::vector<std::string>& accounts);
+  void Unshare(const std::string& account, const std::string& image_id,
+               const std::vector<std::string>& accounts);
+  std::vector<std::string> SharedUsers(const std::string& account, const std::string& image_id);
+  void Rename(const std::string& account, const std::string& image_id, const std::string& name);
+  void Delete(const std::string& account, const std::string& image_id);
+  void Export(const std::string& account, const std::string& image_id,
+              const std::filesystem::path& path);
+
+  // Replication (DESIGN.md §2, §5).
+  Job Replicate(const std::string& account, const std::string& image_id,
+                const std::vector<std::string>& to, const std::optional<std::string>& name,
+                const std::optional<std::string>& client_token);
+  void CancelCopy(const std::string& account, const std::string& dest_image_id);
+  // Cancels every copy of the job in flight, or only the one to `region`.
+  void CancelJob(const std::string& account, const std::string& job_id,
+                 const std::optional<std::string>& region);
+  Job GetJob(const std::string& account, const std::string& job_id);
+  std::vector<Job> Jobs(const std::string& account, std::optional<bool> active);
+  // True when no task is Pending or Running (in the whole catalog) before the timeout.
+  bool WaitIdle(std::optional<double> timeout_s);
+  // Runs queued copies until none is left (imagerelay worker --until-idle); returns when idle.
+  void RunUntilIdle();
+
+  std::vector<Event> Events(int64_t since, const std::optional<std::string>& image_id);
+  // "*" for every type. Callbacks run on the engine's dispatcher thread.
+  int64_t AddListener(const std::string& event_type, EventFn fn);
+  void RemoveListener(int64_t handle);
+  int64_t AddPolicy(PolicyFn fn);
+  void RemovePolicy(int64_t handle);
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace imagerelay

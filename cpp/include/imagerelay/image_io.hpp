@@ -1,0 +1,59 @@
+// Moving an image between a file and a store: import cuts a file into chunks (skipping
+// holes), export writes the bytes back (holes for zero chunks).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+
+#include "imagerelay/cancel.hpp"
+#include "imagerelay/manifest.hpp"
+#include "imagerelay/store.hpp"
+
+namespace imagerelay {
+
+// Where import reads from: a local file now, URLs later.
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  virtual uint64_t size() const = 0;
+  // True if [offset, offset+len) is known to hold only zeros (a hole) without reading it.
+  virtual bool IsHole(uint64_t offset, uint64_t len) = 0;
+  // Reads exactly len bytes at offset; throws TransferError on a short read.
+  virtual void ReadAt(uint64_t offset, std::byte* out, size_t len) = 0;
+  virtual std::string describe() const = 0;  // for messages
+};
+
+// Opens a regular file; throws ValidationError(InvalidParameter) naming the path when it is
+// missing, a directory, or unreadable.
+std::unique_ptr<ByteSource> OpenFileSource(const std::filesystem::path& path);
+
+struct IoProgress {
+  uint64_t bytes_total = 0;
+  uint64_t bytes_done = 0;         // covered, holes and present chunks included
+  uint64_t bytes_transferred = 0;  // written to the store
+  uint64_t chunks_total = 0;
+  uint64_t chunks_skipped = 0;     // zero or already present
+};
+using ProgressFn = std::function<void(const IoProgress&)>;
+
+struct ImportOptions {
+  uint64_t chunk_size = 4ULL << 20;
+  int threads = 2;                         // hashing/writing workers
+  uint64_t buffer_memory = 256ULL << 20;  // cap on chunk buffers in flight
+};
+
+// Cuts the source into chunks, stores those the store lacks (never all-zero ones) and
+// returns the manifest with the whole-image digest. Does not write the manifest.
+// Throws Cancelled if the token fires.
+Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
+                       const CancelToken& cancel, const ProgressFn& progress);
+
+// Writes the image to `path` atomically (temporary file, fsync, rename): byte-identical,
+// with holes where chunks are zero. Every chunk is checked against its hash
+// (TransferError/IntegrityError on mismatch). Throws Cancelled if the token fires.
+void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,
+                     const CancelToken& cancel, const ProgressFn& progress);
+
+}  // namespace imagerelay

@@ -1,0 +1,75 @@
+// The rules of DESIGN.md §2 as pure functions: each takes the facts the engine read from
+// the catalog (in the same transaction that will act on the answer) and returns every
+// failed rule, in the order DESIGN.md lists them. An empty list means the request is valid.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/model.hpp"
+
+namespace imagerelay {
+
+// Id and name formats.
+std::vector<Problem> CheckImageIdFormat(const std::string& id);
+std::vector<Problem> CheckImageName(const std::string& name);
+std::vector<Problem> CheckRegionId(const std::string& id);
+std::vector<Problem> CheckAccountId(const std::string& id);
+
+// Visibility (DESIGN.md §2 "Visibility"): System images, the caller's own, and those
+// shared with the caller. Deleted images are seen by nobody.
+bool CanSee(const Image& image, const std::string& caller, bool shared_with_caller);
+// The type as the caller sees it: "Sharing" for a recipient.
+std::string TypeSeenBy(const Image& image, const std::string& caller);
+
+struct ImportRequest {
+  std::string source;
+  std::string region;
+  std::string name;
+  std::string os_type = "linux";
+  std::string os_name;
+  std::string os_version;
+  std::string os_arch = "x86_64";
+  std::string format = "raw";
+  std::string description;
+};
+
+// Checks the request fields; `region_exists` and the source size come from the engine
+// (size_known=false when the source could not be opened: that problem is reported apart).
+std::vector<Problem> CheckImport(const ImportRequest& request, bool region_exists,
+                                 bool size_known, uint64_t size, const Limits& limits);
+
+struct ReplicateFacts {
+  std::set<std::string> known_regions;
+};
+// `destinations` as given (duplicates folded by the rule).
+std::vector<Problem> CheckReplicate(const Image& image, const std::string& caller,
+                                    const std::vector<std::string>& destinations,
+                                    const std::string* name, const ReplicateFacts& facts,
+                                    const Limits& limits);
+
+struct ShareFacts {
+  std::set<std::string> known_accounts;           // which requested accounts exist
+  std::vector<std::string> current_shares;        // accounts the image is shared with
+  std::map<std::string, int> accepted_in_region;  // account -> images shared to it there
+};
+std::vector<Problem> CheckShare(const Image& image, const std::string& caller,
+                                const std::vector<std::string>& accounts,
+                                const ShareFacts& facts, const Limits& limits);
+std::vector<Problem> CheckUnshare(const Image& image, const std::string& caller,
+                                  const std::vector<std::string>& accounts,
+                                  const ShareFacts& facts);
+std::vector<Problem> CheckRename(const Image& image, const std::string& caller,
+                                 const std::string& name);
+std::vector<Problem> CheckDelete(const Image& image, const std::string& caller,
+                                 size_t share_count);
+// Only the owner may list who an image is shared with.
+std::vector<Problem> CheckSharedUsers(const Image& image, const std::string& caller);
+
+// Folds duplicates, keeping the first occurrence's order.
+std::vector<std::string> Unique(const std::vector<std::string>& values);
+
+}  // namespace imagerelay

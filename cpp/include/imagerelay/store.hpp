@@ -1,0 +1,65 @@
+// A region's byte store (DESIGN.md §4): content-addressed chunks, manifests and image
+// records. One interface for local directories and S3 buckets.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "imagerelay/manifest.hpp"
+
+namespace imagerelay {
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // The store's URI for display (never a secret).
+  virtual std::string uri() const = 0;
+  // Creates the layout if missing and proves the store is writable; throws
+  // TransferError(Region.StoreUnavailable) with the reason otherwise.
+  virtual void Check() = 0;
+
+  virtual bool HasChunk(const std::string& hash) = 0;
+  // One answer per hash, in order. Stores override this with a bulk check.
+  virtual std::vector<bool> HasChunks(const std::vector<std::string>& hashes);
+  // Stores the bytes under `hash` atomically: a reader sees all of them or no chunk.
+  // The caller has verified that the bytes hash to `hash`.
+  virtual void PutChunk(const std::string& hash, std::span<const std::byte> data) = 0;
+  // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
+  virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out) = 0;
+  virtual void DeleteChunk(const std::string& hash) = 0;
+  virtual std::vector<std::string> ListChunks() = 0;
+
+  virtual void PutManifest(const std::string& image_id, const Manifest& manifest) = 0;
+  virtual std::optional<Manifest> GetManifest(const std::string& image_id) = 0;
+  virtual void DeleteManifest(const std::string& image_id) = 0;
+  virtual std::vector<std::string> ListManifests() = 0;  // image ids
+
+  virtual void PutImageRecord(const std::string& image_id, const std::string& json) = 0;
+  virtual std::optional<std::string> GetImageRecord(const std::string& image_id) = 0;
+  virtual void DeleteImageRecord(const std::string& image_id) = 0;
+};
+
+// Opens the store behind a region URI: a path or file:// URI today (s3:// later).
+// Throws ValidationError(InvalidParameter) for a malformed URI.
+std::unique_ptr<Store> OpenStore(const std::string& uri);
+
+// Validates a store URI without touching it; returns a problem message or "" if fine.
+std::string CheckStoreUri(const std::string& uri);
+
+struct SweepResult {
+  size_t chunks_kept = 0;
+  size_t chunks_removed = 0;
+  uint64_t bytes_removed = 0;
+};
+
+// Mark and sweep: removes every chunk referenced by no manifest in the store and not in
+// `pinned`. The caller guarantees no writer is in flight in this store.
+SweepResult SweepStore(Store& store, const std::set<std::string>& pinned = {});
+
+}  // namespace imagerelay

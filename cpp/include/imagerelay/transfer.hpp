@@ -1,0 +1,62 @@
+// The transfer engine's data plane (DESIGN.md §5): copies the chunks of one source image
+// to one or more destination stores. Plans per destination (only the chunks it lacks, never
+// zero chunks), reads each needed source chunk once for all destinations, verifies every
+// chunk's hash before writing it, retries transient errors with backoff and jitter, and
+// keeps memory bounded by a pool of buffers whatever the image size.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "imagerelay/cancel.hpp"
+#include "imagerelay/image_io.hpp"
+#include "imagerelay/manifest.hpp"
+#include "imagerelay/store.hpp"
+
+namespace imagerelay {
+
+struct TransferOptions {
+  int threads = 4;                        // parallel readers/writers
+  uint64_t buffer_memory = 256ULL << 20;  // cap on chunk buffers in flight
+  uint64_t bandwidth = 0;                 // bytes/s over all destinations, 0 = unlimited
+  int max_attempts = 5;                   // per chunk, for transient errors
+  int backoff_initial_ms = 50;            // doubled per attempt, with jitter
+  int backoff_max_ms = 5'000;
+};
+
+// One destination of a transfer. The caller owns the store and the token; the token
+// cancels this destination only (the others go on).
+struct TransferDestination {
+  Store* store = nullptr;
+  const CancelToken* cancel = nullptr;
+  ProgressFn progress;  // called from the thread that runs CopyImage, throttled
+};
+
+// The outcome for one destination.
+struct TransferOutcome {
+  enum class Kind { kCompleted, kFailed, kCancelled } kind = Kind::kCompleted;
+  std::string error_code;  // Transfer.Failed, Transfer.IntegrityError, Region.StoreUnavailable
+  std::string error;       // message naming the chunk/store and the cause
+  IoProgress progress;     // final counters
+};
+
+// A transient error: retried with backoff. Stores throw it for timeouts, resets, 5xx, 429.
+// Anything else thrown by a store is permanent for that destination.
+class TransientError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Copies every chunk of `manifest` from `source` to each destination that lacks it. Does not
+// write manifests (the caller commits). A chunk read from the source whose bytes do not hash
+// to its name fails every destination that needed it with Transfer.IntegrityError; a
+// failing destination does not stop the others. Returns one outcome per destination, in
+// order. Never throws for per-destination problems; no thread outlives the call.
+std::vector<TransferOutcome> CopyImage(Store& source, const Manifest& manifest,
+                                       std::vector<TransferDestination>& destinations,
+                                       const TransferOptions& options);
+
+}  // namespace imagerelay

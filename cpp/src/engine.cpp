@@ -1,0 +1,682 @@
+#include "imagerelay/engine.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "engine_impl.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
+#include "imagerelay/image_io.hpp"
+#include "imagerelay/rules.hpp"
+
+namespace imagerelay {
+namespace fs = std::filesystem;
+
+// ---- shared helpers -------------------------------------------------------------------
+
+void PendingEvents::Append(CatalogTx& tx, Event event) {
+  event.time_us = event.time_us ? event.time_us : NowUs();
+  if (event.type != "task.progress") event.seq = tx.AppendEvent(event);
+  events_.push_back(std::move(event));
+}
+
+Event MakeEvent(std::string type, const std::string& account, const Image* image,
+                const std::string& job_id, std::string detail_json) {
+  Event e;
+  e.type = std::move(type);
+  e.account = account;
+  if (image != nullptr) {
+    e.image_id = image->id;
+    e.region = image->region;
+  }
+  e.job_id = job_id;
+  e.detail_json = std::move(detail_json);
+  e.time_us = NowUs();
+  return e;
+}
+
+std::string ImageRecordJson(const Image& image) {
+  nlohmann::json j{
+      {"id", image.id},
+      {"name", image.name},
+      {"region", image.region},
+      {"type", ToString(image.type)},
+      {"owner", image.owner},
+      {"size", image.size},
+      {"digest", image.digest},
+      {"format", image.format},
+      {"os_type", image.os_type},
+      {"os_name", image.os_name},
+      {"os_version", image.os_version},
+      {"os_arch", image.os_arch},
+      {"description", image.description},
+      {"created_us", image.created_us},
+      {"source_image_id", image.source_image_id},
+      {"source_region", image.source_region},
+  };
+  return j.dump(2);
+}
+
+bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
+  for (const auto& image : tx.ListImages({.region = region, .name = std::nullopt})) {
+    if (image.status == ImageStatus::kCreating) return true;
+  }
+  for (const auto& task : tx.ListTasksInStates(
+           {TaskState::kRunning, TaskState::kCancelled, TaskState::kFailed,
+            TaskState::kCompleted})) {
+    if (task.region == region && !task.lease_owner.empty() && task.lease_expires_us >= now) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
+  PendingEvents pending;
+  catalog->Write([&](CatalogTx& tx) {
+    pending = PendingEvents{};
+    fn(tx, pending);
+  });
+  for (auto& e : pending.Take()) bus.Publish(std::move(e));
+}
+
+std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri) {
+  std::lock_guard lock(stores_mutex);
+  auto& slot = stores[uri];
+  if (!slot) slot = OpenStore(uri);
+  return slot;
+}
+
+std::shared_ptr<Store> Engine::Impl::StoreFor(const std::string& region_id) {
+  std::optional<Region> region;
+  catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(region_id); });
+  if (!region) ThrowCode(codes::kNoSuchRegion, "region " + Quote(region_id) + " does not exist");
+  return StoreForUri(region->store_uri);
+}
+
+void Engine::Impl::CheckPolicies(const PolicyRequest& request) {
+  std::vector<PolicyFn> fns;
+  {
+    std::lock_guard lock(policies_mutex);
+    for (const auto& [handle, fn] : policies) fns.push_back(fn);
+  }
+  for (const auto& fn : fns) {
+    if (auto rejection = fn(request)) ThrowCode(codes::kPolicyViolation, *rejection);
+  }
+}
+
+void Engine::Impl::SpawnBackground(std::function<void()> fn) {
+  std::lock_guard lock(threads_mutex);
+  if (closing) return;
+  threads.emplace_back(std::move(fn));
+}
+
+void Engine::Impl::MaybeSweep(const std::string& region_id) {
+  const std::string holder = worker_id + ":sweep";
+  bool acquired = false;
+  std::string store_uri;
+  catalog->Write([&](CatalogTx& tx) {
+    auto needing = tx.RegionsNeedingSweep();
+    if (std::ranges::find(needing, region_id) == needing.end()) return;
+    TimeUs now = NowUs();
+    if (RegionHasWriters(tx, region_id, now)) return;
+    auto region = tx.GetRegion(region_id);
+    if (!region) return;
+    if (!tx.AcquireSweepLease(region_id, holder, now + 10 * 60 * 1'000'000LL)) return;
+    tx.SetSweepNeeded(region_id, false);
+    store_uri = region->store_uri;
+    acquired = true;
+  });
+  if (!acquired) return;
+  try {
+    auto store = StoreForUri(store_uri);
+    // Manifests of images the catalog no longer lists (deleted, failed, cancelled) first.
+    std::vector<std::string> stale;
+    catalog->Read([&](CatalogTx& tx) {
+      for (const auto& id : store->ListManifests()) {
+        auto image = tx.GetImage(id);
+        if (image && (image->status == ImageStatus::kDeleted ||
+                      image->status == ImageStatus::kCreateFailed)) {
+          stale.push_back(id);
+        }
+      }
+    });
+    for (const auto& id : stale) {
+      store->DeleteManifest(id);
+      store->DeleteImageRecord(id);
+    }
+    SweepStore(*store);
+  } catch (const std::exception&) {
+    catalog->Write([&](CatalogTx& tx) { tx.SetSweepNeeded(region_id, true); });
+  }
+  catalog->Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
+}
+
+namespace {
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
+}
+
+void RequireAccount(CatalogTx& tx, const std::string& account) {
+  if (!tx.GetAccount(account)) {
+    ThrowCode(codes::kNoSuchAccount,
+              "account " + Quote(account) + " does not exist; add it first or act as another");
+  }
+}
+
+// The image if `account` may see it; NoSuchImage otherwise (its existence is not revealed).
+Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& image_id) {
+  ThrowIfAny(CheckImageIdFormat(image_id));
+  auto image = tx.GetImage(image_id);
+  bool shared = false;
+  if (image && image->type == ImageType::kCustom && image->owner != account) {
+    auto shares = tx.ListShares(image_id);
+    shared = std::ranges::find(shares, account) != shares.end();
+  }
+  if (!image || !CanSee(*image, account, shared)) {
+    ThrowCode(codes::kNoSuchImage, "image " + image_id + " does not exist or is not visible to " +
+                                       "account " + account + "; list images to see yours");
+  }
+  return *image;
+}
+
+ImageView ViewOf(CatalogTx& tx, const Image& image, const std::string& account) {
+  ImageView view{image, TypeSeenBy(image, account), std::nullopt};
+  if (image.status == ImageStatus::kReplicating && !image.source_image_id.empty()) {
+    if (auto task = tx.GetTaskByDestImage(image.id)) {
+      view.progress = task->bytes_total == 0
+                          ? 0.0
+                          : 100.0 * static_cast<double>(task->bytes_done) /
+                                static_cast<double>(task->bytes_total);
+    }
+  }
+  return view;
+}
+
+ShareFacts GatherShareFacts(CatalogTx& tx, const Image& image,
+                            const std::vector<std::string>& accounts) {
+  ShareFacts facts;
+  facts.current_shares = tx.ListShares(image.id);
+  for (const auto& account : Unique(accounts)) {
+    if (!IsValidAccountId(account) || !tx.GetAccount(account)) continue;
+    facts.known_accounts.insert(account);
+    facts.accepted_in_region[account] = tx.CountAcceptedShares(account, image.region);
+  }
+  return facts;
+}
+
+std::string DetailJson(const nlohmann::json& j) { return j.dump(); }
+
+std::string ImportSourcePath(const std::string& source) {
+  if (source.rfind("file://", 0) == 0) return source.substr(7);
+  return source;
+}
+
+}  // namespace
+
+// ---- lifecycle ------------------------------------------------------------------------
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->host = HostName();
+  impl->worker_id = impl->host + ":" + std::to_string(getpid()) + ":" + RandomHex(4);
+  std::error_code ec;
+  fs::create_directories(options.home, ec);
+  if (ec || !fs::is_directory(options.home)) {
+    ThrowCode(codes::kInvalidParameter,
+              "home " + Quote(options.home.string()) + " cannot be used as a directory (" +
+                  (ec ? ec.message() : std::string("not a directory")) +
+                  "); give a writable directory");
+  }
+  if (access(options.home.c_str(), W_OK) != 0) {
+    ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
+                                            " is not writable; give a writable directory");
+  }
+  impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+
+  std::vector<Region> defaults;
+  impl->catalog->Write([&](CatalogTx& tx) {
+    if (tx.GetSetting("initialized")) return;
+    for (const char* id : {"bj", "gz", "su"}) {
+      Region region{id, id, (fs::absolute(options.home) / "regions" / id).string()};
+      tx.InsertRegion(region);
+      defaults.push_back(region);
+    }
+    tx.InsertAccount({"default", "default"});
+    tx.PutSetting("initialized", std::to_string(NowUs()));
+  });
+  for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
+
+  std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
+  engine->impl_->RecoverInterruptedImports();
+  if (options.start_workers) engine->impl_->StartWorkers();
+  return engine;
+}
+
+Engine::~Engine() { Close(); }
+
+void Engine::Close() {
+  if (impl_->closing.exchange(true)) return;
+  {
+    std::lock_guard lock(impl_->running_mutex);
+    // Copies stop where they are; their leases lapse and the next Open resumes them.
+    for (auto& [id, token] : impl_->running) token->Cancel();
+  }
+  impl_->wake_workers.notify_all();
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard lock(impl_->threads_mutex);
+    threads.swap(impl_->threads);
+  }
+  for (auto& t : threads) {
+    if (t.joinable()) t.join();
+  }
+  impl_->bus.Stop();
+}
+
+const fs::path& Engine::home() const { return impl_->options.home; }
+const Limits& Engine::limits() const { return impl_->options.limits; }
+
+// ---- regions and accounts -------------------------------------------------------------
+
+Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
+                         const std::string& name) {
+  auto problems = CheckRegionId(id);
+  std::string uri = store_uri.empty() && IsValidRegionId(id)
+                        ? (fs::absolute(impl_->options.home) / "regions" / id).string()
+                        : store_uri;
+  if (auto bad = CheckStoreUri(uri); !bad.empty()) {
+    problems.push_back({codes::kInvalidParameter, bad});
+  }
+  if (name.size() > 128) {
+    problems.push_back({codes::kInvalidParameter, "region name is longer than 128 characters"});
+  }
+  ThrowIfAny(problems);
+  Region region{id, name.empty() ? id : name, uri};
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    if (tx.GetRegion(id)) {
+      ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
+    }
+  });
+  // Prove the store works before the region is listed.
+  impl_->StoreForUri(uri)->Check();
+  impl_->Write([&](CatalogTx& tx, PendingEvents&) {
+    if (!tx.InsertRegion(region)) {
+      ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
+    }
+  });
+  return region;
+}
+
+std::vector<Region> Engine::Regions() {
+  std::vector<Region> out;
+  impl_->catalog->Read([&](CatalogTx& tx) { out = tx.ListRegions(); });
+  return out;
+}
+
+Region Engine::GetRegion(const std::string& id) {
+  std::optional<Region> region;
+  impl_->catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(id); });
+  if (!region) {
+    ThrowCode(codes::kNoSuchRegion,
+              "region " + Quote(id) + " does not exist; list regions or add it first");
+  }
+  return *region;
+}
+
+Account Engine::AddAccount(const std::string& id, const std::string& name) {
+  ThrowIfAny(CheckAccountId(id));
+  if (name.size() > 128) {
+    ThrowCode(codes::kInvalidParameter, "account name is longer than 128 characters");
+  }
+  Account account{id, name.empty() ? id : name};
+  impl_->Write([&](CatalogTx& tx, PendingEvents&) {
+    if (!tx.InsertAccount(account)) {
+      ThrowCode(codes::kAlreadyExists, "account " + id + " exists already; pick another id");
+    }
+  });
+  return account;
+}
+
+std::vector<Account> Engine::Accounts() {
+  std::vector<Account> out;
+  impl_->catalog->Read([&](CatalogTx& tx) { out = tx.ListAccounts(); });
+  return out;
+}
+
+Account Engine::GetAccount(const std::string& id) {
+  std::optional<Account> account;
+  impl_->catalog->Read([&](CatalogTx& tx) { account = tx.GetAccount(id); });
+  if (!account) {
+    ThrowCode(codes::kNoSuchAccount, "account " + Quote(id) + " does not exist; add it first");
+  }
+  return *account;
+}
+
+// ---- images ---------------------------------------------------------------------------
+
+ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request,
+                              bool wait, bool system) {
+  if (!system) impl_->catalog->Read([&](CatalogTx& tx) { RequireAccount(tx, account); });
+  std::vector<Problem> source_problems;
+  uint64_t size = 0;
+  bool size_known = false;
+  const std::string path = ImportSourcePath(request.source);
+  try {
+    auto source = OpenFileSource(path);
+    size = source->size();
+    size_known = true;
+  } catch (const Error& e) {
+    source_problems.push_back({e.code(), e.message()});
+  }
+  bool region_exists = false;
+  impl_->catalog->Read([&](CatalogTx& tx) { region_exists = tx.GetRegion(request.region).has_value(); });
+  auto problems = CheckImport(request, region_exists, size_known, size, impl_->options.limits);
+  problems.insert(problems.end(), source_problems.begin(), source_problems.end());
+  ThrowIfAny(problems);
+  impl_->CheckPolicies({.action = "import", .account = account, .image = std::nullopt,
+                        .to = {}, .accounts = {}, .name = request.name});
+
+  Image image;
+  image.name = request.name;
+  image.region = request.region;
+  image.type = system ? ImageType::kSystem : ImageType::kCustom;
+  image.owner = system ? "" : account;
+  image.status = ImageStatus::kCreating;
+  image.size = size;
+  image.format = request.format;
+  image.os_type = request.os_type;
+  image.os_name = request.os_name;
+  image.os_version = request.os_version;
+  image.os_arch = request.os_arch;
+  image.description = request.description;
+
+  // A sweep of the region and a new writer exclude each other: wait for a running sweep.
+  for (bool inserted = false; !inserted;) {
+    bool sweeping = false;
+    impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+      TimeUs now = NowUs();
+      if (tx.SweepLeaseHeld(image.region, now)) {
+        sweeping = true;
+        return;
+      }
+      image.created_us = now;
+      do {
+        image.id = NewImageId();
+      } while (!tx.InsertImage(image));
+      tx.PutSetting("import:" + image.id,
+                    impl_->worker_id + "|" + std::to_string(now + impl_->options.lease_ms * 1000));
+      events.Append(tx, MakeEvent("image.created", account, &image, "",
+                                  DetailJson({{"name", image.name}, {"source", request.source}})));
+      inserted = true;
+    });
+    if (sweeping) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  if (wait) {
+    impl_->RunImport(image.id, path);
+  } else {
+    auto* impl = impl_.get();
+    std::string id = image.id;
+    impl_->SpawnBackground([impl, id, path] {
+      try {
+        impl->RunImport(id, path);
+      } catch (...) {
+        // Recorded as CreateFailed in the catalog; nobody waits on this thread.
+      }
+    });
+  }
+  return GetImage(system ? image.owner : account, image.id);
+}
+
+std::vector<ImageView> Engine::Images(const std::string& account,
+                                      const std::optional<std::string>& region,
+                                      const std::string& image_type,
+                                      const std::optional<std::string>& name) {
+  static const std::set<std::string> kTypes{"All", "System", "Custom", "Sharing"};
+  if (!kTypes.contains(image_type)) {
+    ThrowCode(codes::kInvalidParameter, "image type " + Quote(image_type) +
+                                            " is unknown; use All, System, Custom or Sharing");
+  }
+  std::vector<ImageView> out;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    if (region && !tx.GetRegion(*region)) {
+      ThrowCode(codes::kNoSuchRegion,
+                "region " + Quote(*region) + " does not exist; list regions to see them");
+    }
+    auto shared_list = tx.ImagesSharedWith(account);
+    std::set<std::string> shared(shared_list.begin(), shared_list.end());
+    for (const auto& image : tx.ListImages({.region = region, .name = name})) {
+      if (!CanSee(image, account, shared.contains(image.id))) continue;
+      auto view = ViewOf(tx, image, account);
+      if (image_type != "All" && view.type != image_type) continue;
+      out.push_back(std::move(view));
+    }
+  });
+  return out;
+}
+
+ImageView Engine::GetImage(const std::string& account, const std::string& image_id) {
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    if (!account.empty()) RequireAccount(tx, account);
+    Image image;
+    if (account.empty()) {  // the platform itself (System images)
+      ThrowIfAny(CheckImageIdFormat(image_id));
+      auto found = tx.GetImage(image_id);
+      if (!found || found->status == ImageStatus::kDeleted) {
+        ThrowCode(codes::kNoSuchImage, "image " + image_id + " does not exist");
+      }
+      image = *found;
+    } else {
+      image = LoadVisible(tx, account, image_id);
+    }
+    view = ViewOf(tx, image, account);
+  });
+  return *view;
+}
+
+void Engine::Share(const std::string& account, const std::string& image_id,
+                   const std::vector<std::string>& accounts) {
+  auto evaluate = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    ThrowIfAny(CheckShare(image, account, accounts, GatherShareFacts(tx, image, accounts),
+                          impl_->options.limits));
+    return image;
+  };
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
+  impl_->CheckPolicies({.action = "share", .account = account, .image = view, .to = {},
+                        .accounts = Unique(accounts), .name = ""});
+  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+    Image image = evaluate(tx);
+    for (const auto& other : Unique(accounts)) {
+      tx.InsertShare(image.id, other);
+      events.Append(tx, MakeEvent("image.shared", account, &image, "",
+                                  DetailJson({{"account", other}})));
+    }
+  });
+}
+
+void Engine::Unshare(const std::string& account, const std::string& image_id,
+                     const std::vector<std::string>& accounts) {
+  auto evaluate = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    ThrowIfAny(CheckUnshare(image, account, accounts, GatherShareFacts(tx, image, accounts)));
+    return image;
+  };
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
+  impl_->CheckPolicies({.action = "unshare", .account = account, .image = view, .to = {},
+                        .accounts = Unique(accounts), .name = ""});
+  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+    Image image = evaluate(tx);
+    for (const auto& other : Unique(accounts)) {
+      tx.DeleteShare(image.id, other);
+      events.Append(tx, MakeEvent("image.unshared", account, &image, "",
+                                  DetailJson({{"account", other}})));
+    }
+  });
+}
+
+std::vector<std::string> Engine::SharedUsers(const std::string& account,
+                                             const std::string& image_id) {
+  std::vector<std::string> out;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    ThrowIfAny(CheckSharedUsers(image, account));
+    out = tx.ListShares(image.id);
+  });
+  return out;
+}
+
+void Engine::Rename(const std::string& account, const std::string& image_id,
+                    const std::string& name) {
+  auto evaluate = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    ThrowIfAny(CheckRename(image, account, name));
+    return image;
+  };
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
+  impl_->CheckPolicies({.action = "rename", .account = account, .image = view, .to = {},
+                        .accounts = {}, .name = name});
+  Image renamed;
+  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+    Image image = evaluate(tx);
+    std::string old_name = image.name;
+    image.name = name;
+    tx.UpdateImageFields(image);
+    events.Append(tx, MakeEvent("image.renamed", account, &image, "",
+                                DetailJson({{"old", old_name}, {"new", name}})));
+    renamed = image;
+  });
+  if (renamed.status == ImageStatus::kAvailable) {
+    try {
+      impl_->StoreFor(renamed.region)->PutImageRecord(renamed.id, ImageRecordJson(renamed));
+    } catch (const std::exception&) {
+      // The catalog is the truth; the record in the store is a rebuild aid.
+    }
+  }
+}
+
+void Engine::Delete(const std::string& account, const std::string& image_id) {
+  auto evaluate = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    ThrowIfAny(CheckDelete(image, account, tx.ListShares(image.id).size()));
+    return image;
+  };
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
+  impl_->CheckPolicies({.action = "delete", .account = account, .image = view, .to = {},
+                        .accounts = {}, .name = ""});
+  Image deleted;
+  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+    Image image = evaluate(tx);
+    if (!tx.TransitionImage(image.id, image.status, ImageEvent::kDeleted)) {
+      ThrowCode(codes::kImageStatusForbidden,
+                "image " + image.id + " changed while it was being deleted; try again");
+    }
+    tx.SetSweepNeeded(image.region, true);
+    events.Append(tx, MakeEvent("image.deleted", account, &image));
+    deleted = image;
+  });
+  try {
+    auto store = impl_->StoreFor(deleted.region);
+    store->DeleteManifest(deleted.id);
+    store->DeleteImageRecord(deleted.id);
+  } catch (const std::exception&) {
+    // The sweep removes manifests of deleted images it finds later.
+  }
+  impl_->MaybeSweep(deleted.region);
+}
+
+void Engine::Export(const std::string& account, const std::string& image_id,
+                    const fs::path& path) {
+  Image image;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    image = LoadVisible(tx, account, image_id);
+  });
+  bool readable = image.status == ImageStatus::kAvailable ||
+                  (image.status == ImageStatus::kReplicating && image.source_image_id.empty());
+  if (!readable) {
+    ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
+                                                std::string(ToString(image.status)) +
+                                                "; wait until it is Available to export it");
+  }
+  const std::string text = path.string();
+  if (text.empty() || text.find('\0') != std::string::npos) {
+    ThrowCode(codes::kInvalidParameter, "export path " + Quote(text) + " is invalid");
+  }
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    ThrowCode(codes::kInvalidParameter, "export path " + Quote(text) +
+                                            " is a directory; give the path of a file to write");
+  }
+  fs::path parent = fs::absolute(path).parent_path();
+  if (!fs::is_directory(parent, ec)) {
+    ThrowCode(codes::kInvalidParameter, "directory " + Quote(parent.string()) +
+                                            " does not exist; create it first");
+  }
+  if (access(parent.c_str(), W_OK) != 0) {
+    ThrowCode(codes::kInvalidParameter,
+              "directory " + Quote(parent.string()) + " is not writable; choose another path");
+  }
+  auto store = impl_->StoreFor(image.region);
+  auto manifest = store->GetManifest(image.id);
+  if (!manifest) {
+    ThrowCode(codes::kTransferFailed, "the bytes of image " + image.id + " are missing from " +
+                                          "region " + image.region + "'s store");
+  }
+  CancelToken never;
+  ExportFromStore(*store, *manifest, path, never, nullptr);
+}
+
+// ---- events and hooks -----------------------------------------------------------------
+
+std::vector<Event> Engine::Events(int64_t since, const std::optional<std::string>& image_id) {
+  std::vector<Event> out;
+  impl_->catalog->Read([&](CatalogTx& tx) { out = tx.ListEvents(since, image_id, 0); });
+  return out;
+}
+
+int64_t Engine::AddListener(const std::string& event_type, EventFn fn) {
+  return impl_->bus.Add(event_type, std::move(fn));
+}
+
+void Engine::RemoveListener(int64_t handle) { impl_->bus.Remove(handle); }
+
+int64_t Engine::AddPolicy(PolicyFn fn) {
+  std::lock_guard lock(impl_->policies_mutex);
+  int64_t handle = impl_->next_policy++;
+  impl_->policies[handle] = std::move(fn);
+  return handle;
+}
+
+void Engine::RemovePolicy(int64_t handle) {
+  PolicyFn doomed;
+  std::lock_guard lock(impl_->policies_mutex);
+  auto it = impl_->policies.find(handle);
+  if (it == impl_->policies.end()) return;
+  doomed = std::move(it->second);
+  impl_->policies.erase(it);
+}
+
+}  // namespace imagerelay

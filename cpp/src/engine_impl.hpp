@@ -1,0 +1,85 @@
+// Private state of the Engine, shared by engine.cpp (catalog calls), import_runner.cpp and
+// replication.cpp (copies). Not part of the public headers.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "event_bus.hpp"
+#include "imagerelay/cancel.hpp"
+#include "imagerelay/catalog.hpp"
+#include "imagerelay/engine.hpp"
+#include "imagerelay/store.hpp"
+
+namespace imagerelay {
+
+// Events appended inside a transaction, published once it committed.
+class PendingEvents {
+ public:
+  void Append(CatalogTx& tx, Event event);
+  std::vector<Event> Take() { return std::move(events_); }
+
+ private:
+  std::vector<Event> events_;
+};
+
+struct Engine::Impl {
+  EngineOptions options;
+  std::unique_ptr<Catalog> catalog;
+  EventBus bus;
+  std::string worker_id;  // "<host>:<pid>:<nonce>"
+  std::string host;
+
+  std::mutex policies_mutex;
+  std::map<int64_t, PolicyFn> policies;
+  int64_t next_policy = 1;
+
+  std::mutex stores_mutex;
+  std::map<std::string, std::shared_ptr<Store>> stores;  // by store URI
+
+  // Background work owned by this engine (imports with wait=false, copy workers).
+  std::mutex threads_mutex;
+  std::vector<std::thread> threads;
+  std::atomic<bool> closing{false};
+  std::condition_variable_any wake_workers;
+  std::mutex wake_mutex;
+
+  // Cancel tokens of copies running in this process, by destination image id.
+  std::mutex running_mutex;
+  std::map<std::string, std::shared_ptr<CancelToken>> running;
+
+  // Runs fn in a write transaction and publishes the events it appended after commit.
+  void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);
+  std::shared_ptr<Store> StoreFor(const std::string& region_id);
+  std::shared_ptr<Store> StoreForUri(const std::string& uri);
+  // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
+  void CheckPolicies(const PolicyRequest& request);
+  // Sweeps a region's store if it has garbage and no writer is in flight there.
+  void MaybeSweep(const std::string& region_id);
+  void SpawnBackground(std::function<void()> fn);
+
+  // Imports (import_runner.cpp).
+  void RunImport(const std::string& image_id, const std::string& source_path);
+  void RecoverInterruptedImports();
+
+  // Copies (replication.cpp).
+  void StartWorkers();
+  void WorkerLoop();
+  bool RunOneClaim();  // claims and runs queued copies; false if nothing was claimable
+  void RecoverExpiredLeases();
+  bool LeaseHolderAlive(const std::string& owner, TimeUs expires_us, TimeUs now) const;
+};
+
+Event MakeEvent(std::string type, const std::string& account, const Image* image,
+                const std::string& job_id = "", std::string detail_json = "{}");
+std::string ImageRecordJson(const Image& image);
+// Is `region` being written to right now (an import, or a copy holding a lease)?
+bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now);
+
+}  // namespace imagerelay

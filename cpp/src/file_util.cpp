@@ -1,0 +1,103 @@
+#include "file_util.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "unique_fd.hpp"
+
+namespace imagerelay {
+namespace {
+
+// Picks the right overload of GNU vs XSI strerror_r.
+[[maybe_unused]] const char* StrerrorResult(int rc, const char* buf) {
+  return rc == 0 ? buf : "unknown error";
+}
+[[maybe_unused]] const char* StrerrorResult(const char* msg, const char*) { return msg; }
+
+}  // namespace
+
+std::string ErrnoText(int err) {
+  char buf[256] = {};
+  return StrerrorResult(strerror_r(err, buf, sizeof(buf)), buf);
+}
+
+std::string TempName(std::string_view stem) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char suffix[48];
+  std::snprintf(suffix, sizeof(suffix), "-%d-%016llx", static_cast<int>(::getpid()),
+                static_cast<unsigned long long>(rng()));
+  std::string name(kTempPrefix);
+  name += stem;
+  name += suffix;
+  return name;
+}
+
+int PwriteAll(int fd, const void* data, size_t len, off_t offset) {
+  const auto* p = static_cast<const char*>(data);
+  while (len > 0) {
+    ssize_t n = ::pwrite(fd, p, len, offset);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += n;
+    len -= static_cast<size_t>(n);
+    offset += n;
+  }
+  return 0;
+}
+
+int PreadAll(int fd, void* out, size_t len, off_t offset) {
+  auto* p = static_cast<char*>(out);
+  while (len > 0) {
+    ssize_t n = ::pread(fd, p, len, offset);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return -1;
+    p += n;
+    len -= static_cast<size_t>(n);
+    offset += n;
+  }
+  return 0;
+}
+
+int FsyncDir(const std::filesystem::path& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return errno;
+  if (::fsync(fd.get()) != 0) return errno;
+  return 0;
+}
+
+std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
+                                std::span<const std::byte> data) {
+  const std::filesystem::path tmp = dir / TempName(name);
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!fd) return "cannot create " + tmp.string() + ": " + ErrnoText(errno);
+  auto fail = [&](const std::string& what, int err) {
+    fd.reset();
+    ::unlink(tmp.c_str());
+    return what + ": " + ErrnoText(err);
+  };
+  if (int err = PwriteAll(fd.get(), data.data(), data.size(), 0); err != 0) {
+    return fail("cannot write " + tmp.string(), err);
+  }
+  if (::fsync(fd.get()) != 0) return fail("cannot fsync " + tmp.string(), errno);
+  if (int err = fd.Close(); err != 0) return fail("cannot close " + tmp.string(), err);
+  const std::filesystem::path final_path = dir / name;
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    return fail("cannot rename " + tmp.string() + " to " + final_path.string(), errno);
+  }
+  if (int err = FsyncDir(dir); err != 0) {
+    return "cannot fsync " + dir.string() + ": " + ErrnoText(err);
+  }
+  return "";
+}
+
+}  // namespace imagerelay

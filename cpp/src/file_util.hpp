@@ -1,0 +1,42 @@
+// Small POSIX helpers shared by the local store and image export: error text, temporary
+// names, full reads/writes and the write-fsync-rename-fsync sequence.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace imagerelay {
+
+// Temporary files start with this; listings skip them.
+inline constexpr std::string_view kTempPrefix = ".tmp-";
+
+// strerror(err), thread-safe.
+std::string ErrnoText(int err);
+
+// A fresh temporary file name for `stem` in the same directory:
+// ".tmp-<stem>-<pid>-<random hex>".
+std::string TempName(std::string_view stem);
+
+// Full-length pwrite/pread, retrying on EINTR. Return 0 or an errno value; PreadAll returns
+// -1 when the file ends first.
+int PwriteAll(int fd, const void* data, size_t len, off_t offset);
+int PreadAll(int fd, void* out, size_t len, off_t offset);
+
+// fsync of a directory, so that a rename or a new entry in it survives a crash.
+int FsyncDir(const std::filesystem::path& dir);
+
+// Writes `data` to dir/name atomically: a temporary file in `dir`, fsync, rename over
+// `name`, fsync of `dir`. Returns "" on success, else what failed and why (the temporary
+// file is removed).
+std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
+                                std::span<const std::byte> data);
+
+// True if the string holds a NUL byte (never valid in a path).
+inline bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
+
+}  // namespace imagerelay

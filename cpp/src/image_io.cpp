@@ -1,0 +1,489 @@
+#include "imagerelay/image_io.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "file_util.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "unique_fd.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kProgressInterval = std::chrono::milliseconds(100);
+constexpr int kExportThreads = 2;
+constexpr int kMaxThreads = 64;
+
+uint64_t ChunkCount(uint64_t size, uint64_t chunk_size) {
+  return size / chunk_size + (size % chunk_size != 0 ? 1 : 0);
+}
+
+// Calls the progress callback at most every kProgressInterval, and always when forced.
+class ProgressThrottle {
+ public:
+  explicit ProgressThrottle(const ProgressFn& fn) : fn_(fn) {}
+  bool Due() const { return fn_ && Clock::now() - last_ >= kProgressInterval; }
+  void Report(const IoProgress& p) {
+    if (!fn_) return;
+    last_ = Clock::now();
+    fn_(p);
+  }
+
+ private:
+  const ProgressFn& fn_;
+  Clock::time_point last_{};
+};
+
+// Threads of one import or export. The destructor stops and joins them, so that no thread
+// outlives the call whichever way it ends; the first exception a thread throws is kept and
+// rethrown on the calling thread by Finish().
+class Crew {
+ public:
+  ~Crew() {
+    Stop();
+    for (auto& t : threads_) t.join();
+  }
+
+  template <typename Fn>
+  void Start(Fn fn) {
+    {
+      std::lock_guard lock(mu);
+      ++running_;
+    }
+    try {
+      threads_.emplace_back(MakeBody(std::move(fn)));
+    } catch (...) {
+      std::lock_guard lock(mu);
+      --running_;
+      throw;
+    }
+  }
+
+  // Under `mu`.
+  bool idle() const { return running_ == 0; }
+
+  void Stop() {
+    {
+      std::lock_guard lock(mu);
+      stop = true;
+    }
+    NotifyAll();
+  }
+
+  void NotifyAll() {
+    work_cv.notify_all();
+    digest_cv.notify_all();
+    caller_cv.notify_all();
+  }
+
+  void Finish() {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  std::mutex mu;
+  std::condition_variable work_cv;    // workers wait for jobs
+  std::condition_variable digest_cv;  // the digest thread waits for the next chunk
+  std::condition_variable caller_cv;  // the calling thread waits for a buffer or the end
+  bool stop = false;                  // under mu
+
+ private:
+  template <typename Fn>
+  auto MakeBody(Fn fn) {
+    return [this, fn = std::move(fn)]() mutable {
+      try {
+        fn();
+      } catch (...) {
+        std::lock_guard lock(mu);
+        if (!error_) error_ = std::current_exception();
+        stop = true;
+      }
+      {
+        std::lock_guard lock(mu);
+        --running_;
+      }
+      NotifyAll();
+    };
+  }
+
+  std::vector<std::thread> threads_;
+  std::exception_ptr error_;  // under mu until the threads are joined
+  int running_ = 0;           // under mu
+};
+
+struct ChunkJob {
+  size_t index;
+  int slot;  // buffer index, -1 for a hole
+  size_t len;
+};
+
+// Import: the calling thread reads chunks in order into a bounded pool of buffers; workers
+// hash and store them; one digest thread feeds every byte, in order, to the whole-image
+// hash. A buffer returns to the pool once both its worker and the digest thread are done.
+class Importer {
+ public:
+  Importer(ByteSource& source, Store& store, const ImportOptions& options,
+           const CancelToken& cancel, const ProgressFn& progress)
+      : source_(source),
+        store_(store),
+        cancel_(cancel),
+        throttle_(progress),
+        chunk_size_(options.chunk_size),
+        threads_(std::clamp(options.threads, 1, kMaxThreads)) {
+    if (chunk_size_ == 0) {
+      throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
+    }
+    manifest_.size = source.size();
+    manifest_.chunk_size = chunk_size_;
+    manifest_.chunks.resize(ChunkCount(manifest_.size, chunk_size_));
+    progress_.bytes_total = manifest_.size;
+    progress_.chunks_total = manifest_.chunks.size();
+
+    uint64_t by_memory = options.buffer_memory / chunk_size_;
+    uint64_t slots = std::min<uint64_t>(by_memory, 2 * static_cast<uint64_t>(threads_) + 2);
+    slots = std::min<uint64_t>(std::max<uint64_t>(slots, 2), manifest_.chunks.size());
+    size_t buffer_size = static_cast<size_t>(std::min(chunk_size_, manifest_.size));
+    for (uint64_t i = 0; i < slots; ++i) {
+      buffers_.push_back(std::make_unique_for_overwrite<std::byte[]>(buffer_size));
+      free_slots_.push_back(static_cast<int>(i));
+    }
+    refs_.assign(slots, 0);
+  }
+
+  Manifest Run() {
+    if (!manifest_.chunks.empty()) {
+      for (int i = 0; i < threads_; ++i) crew_.Start([this] { WorkerLoop(); });
+      crew_.Start([this] { DigestLoop(); });
+      ReadLoop();
+      WaitForCrew();
+    }
+    crew_.Finish();
+    manifest_.digest = "sha256:" + image_hash_.FinishHex();
+    progress_.bytes_done = progress_.bytes_total;
+    throttle_.Report(progress_);
+    return std::move(manifest_);
+  }
+
+ private:
+  void CheckCancel() {
+    if (cancel_.cancelled()) throw Cancelled{};
+  }
+
+  void MaybeReport() {
+    if (!throttle_.Due()) return;
+    IoProgress snapshot;
+    {
+      std::lock_guard lock(crew_.mu);
+      snapshot = progress_;
+    }
+    throttle_.Report(snapshot);
+  }
+
+  // Returns a free buffer, or -1 when the crew stopped (a thread failed).
+  int AcquireSlot() {
+    for (;;) {
+      {
+        std::unique_lock lock(crew_.mu);
+        crew_.caller_cv.wait_for(lock, kProgressInterval,
+                                 [&] { return crew_.stop || !free_slots_.empty(); });
+        if (crew_.stop) return -1;
+        if (!free_slots_.empty()) {
+          int slot = free_slots_.back();
+          free_slots_.pop_back();
+          return slot;
+        }
+      }
+      CheckCancel();
+      MaybeReport();
+    }
+  }
+
+  void ReadLoop() {
+    for (size_t i = 0; i < manifest_.chunks.size(); ++i) {
+      CheckCancel();
+      MaybeReport();
+      const uint64_t offset = manifest_.ChunkOffset(i);
+      const size_t len = static_cast<size_t>(manifest_.ChunkLength(i));
+      if (source_.IsHole(offset, len)) {
+        {
+          std::lock_guard lock(crew_.mu);
+          digest_queue_.push_back({i, -1, len});
+          progress_.bytes_done += len;
+          ++progress_.chunks_skipped;
+        }
+        crew_.digest_cv.notify_one();
+        continue;
+      }
+      int slot = AcquireSlot();
+      if (slot < 0) break;
+      source_.ReadAt(offset, buffers_[slot].get(), len);
+      {
+        std::lock_guard lock(crew_.mu);
+        refs_[slot] = 2;
+        work_queue_.push_back({i, slot, len});
+        digest_queue_.push_back({i, slot, len});
+      }
+      crew_.work_cv.notify_one();
+      crew_.digest_cv.notify_one();
+    }
+    {
+      std::lock_guard lock(crew_.mu);
+      reading_done_ = true;
+    }
+    crew_.NotifyAll();
+  }
+
+  void WaitForCrew() {
+    for (;;) {
+      {
+        std::unique_lock lock(crew_.mu);
+        crew_.caller_cv.wait_for(lock, kProgressInterval, [&] { return crew_.idle(); });
+        if (crew_.idle()) return;
+      }
+      CheckCancel();
+      MaybeReport();
+    }
+  }
+
+  // Under crew_.mu.
+  void ReleaseSlot(int slot) {
+    if (--refs_[slot] == 0) {
+      free_slots_.push_back(slot);
+      crew_.caller_cv.notify_one();
+    }
+  }
+
+  void WorkerLoop() {
+    for (;;) {
+      ChunkJob job;
+      {
+        std::unique_lock lock(crew_.mu);
+        crew_.work_cv.wait(lock, [&] {
+          return crew_.stop || !work_queue_.empty() || reading_done_;
+        });
+        if (crew_.stop || work_queue_.empty()) return;
+        job = work_queue_.front();
+        work_queue_.pop_front();
+      }
+      const std::byte* data = buffers_[job.slot].get();
+      bool stored = false;
+      if (!IsAllZero(data, job.len)) {
+        std::string hash = Sha256Hex(data, job.len);
+        if (!store_.HasChunk(hash)) {
+          store_.PutChunk(hash, std::span(data, job.len));
+          stored = true;
+        }
+        manifest_.chunks[job.index] = std::move(hash);  // one writer per index
+      }
+      std::lock_guard lock(crew_.mu);
+      progress_.bytes_done += job.len;
+      if (stored) {
+        progress_.bytes_transferred += job.len;
+      } else {
+        ++progress_.chunks_skipped;
+      }
+      ReleaseSlot(job.slot);
+    }
+  }
+
+  void DigestLoop() {
+    for (;;) {
+      ChunkJob job;
+      {
+        std::unique_lock lock(crew_.mu);
+        crew_.digest_cv.wait(lock, [&] {
+          return crew_.stop || !digest_queue_.empty() || reading_done_;
+        });
+        if (crew_.stop || digest_queue_.empty()) return;
+        job = digest_queue_.front();
+        digest_queue_.pop_front();
+      }
+      if (job.slot < 0) {
+        image_hash_.UpdateZeros(job.len);
+        continue;
+      }
+      image_hash_.Update(buffers_[job.slot].get(), job.len);
+      std::lock_guard lock(crew_.mu);
+      ReleaseSlot(job.slot);
+    }
+  }
+
+  ByteSource& source_;
+  Store& store_;
+  const CancelToken& cancel_;
+  ProgressThrottle throttle_;
+  const uint64_t chunk_size_;
+  const int threads_;
+  Manifest manifest_;
+
+  // Guarded by crew_.mu.
+  IoProgress progress_;
+  std::vector<int> free_slots_;
+  std::vector<int> refs_;
+  std::deque<ChunkJob> work_queue_;
+  std::deque<ChunkJob> digest_queue_;  // in chunk order
+  bool reading_done_ = false;
+
+  std::vector<std::unique_ptr<std::byte[]>> buffers_;
+  Sha256 image_hash_;  // the digest thread's
+  Crew crew_;  // last: destroyed (threads joined) before the buffers they use
+};
+
+void ValidateManifest(const Manifest& m) {
+  if (m.chunk_size == 0 || m.chunks.size() != ChunkCount(m.size, m.chunk_size)) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "the manifest is inconsistent: " + std::to_string(m.chunks.size()) +
+                              " chunks for " + std::to_string(m.size) + " bytes in chunks of " +
+                              std::to_string(m.chunk_size));
+  }
+}
+
+// Removes the temporary file unless the export committed it.
+class TempFileGuard {
+ public:
+  explicit TempFileGuard(std::filesystem::path path) : path_(std::move(path)) {}
+  ~TempFileGuard() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  TempFileGuard(const TempFileGuard&) = delete;
+  TempFileGuard& operator=(const TempFileGuard&) = delete;
+  void Commit() { path_.clear(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+[[noreturn]] void ExportFailed(const std::filesystem::path& path, const std::string& what,
+                               int err) {
+  throw TransferError(codes::kTransferFailed, "cannot export to " + path.string() + ": " +
+                                                  what + ": " + ErrnoText(err) +
+                                                  "; check free space and permissions");
+}
+
+}  // namespace
+
+Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
+                       const CancelToken& cancel, const ProgressFn& progress) {
+  Importer importer(source, store, options, cancel, progress);
+  return importer.Run();
+}
+
+void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,
+                     const CancelToken& cancel, const ProgressFn& progress) {
+  ValidateManifest(manifest);
+  if (path.empty() || HasNul(path.native())) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "the export path is empty or contains a NUL byte; give a file path");
+  }
+  if (!path.has_filename()) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "cannot export to " + path.string() + ": give a file path, not a "
+                          "directory");
+  }
+  std::filesystem::path dir = path.parent_path();
+  if (dir.empty()) dir = ".";
+  const std::filesystem::path tmp = dir / TempName(path.filename().string());
+
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!fd) {
+    int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      throw ValidationError(codes::kInvalidParameter,
+                            "cannot export to " + path.string() + ": directory " +
+                                dir.string() + " does not exist; create it first");
+    }
+    ExportFailed(path, "cannot create " + tmp.string(), err);
+  }
+  TempFileGuard guard(tmp);
+  // Zero chunks are never written: they stay holes of the truncated file.
+  if (::ftruncate(fd.get(), static_cast<off_t>(manifest.size)) != 0) {
+    ExportFailed(path, "cannot size " + tmp.string(), errno);
+  }
+
+  ProgressThrottle throttle(progress);
+  IoProgress prog;  // under crew.mu while the crew runs
+  prog.bytes_total = manifest.size;
+  prog.chunks_total = manifest.chunks.size();
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
+    if (manifest.chunks[i].empty()) {
+      prog.bytes_done += manifest.ChunkLength(i);
+      ++prog.chunks_skipped;
+    } else {
+      todo.push_back(i);
+    }
+  }
+
+  {
+    Crew crew;
+    size_t next = 0;  // under crew.mu
+    auto worker = [&] {
+      std::vector<std::byte> buffer;
+      for (;;) {
+        size_t i;
+        {
+          std::lock_guard lock(crew.mu);
+          if (crew.stop || next == todo.size()) return;
+          i = todo[next++];
+        }
+        const std::string& hash = manifest.chunks[i];
+        const uint64_t len = manifest.ChunkLength(i);
+        store.GetChunk(hash, buffer);
+        if (buffer.size() != len || Sha256Hex(buffer.data(), buffer.size()) != hash) {
+          throw IntegrityError(
+              codes::kIntegrityError,
+              "chunk " + hash + " (bytes " + std::to_string(manifest.ChunkOffset(i)) + ".." +
+                  std::to_string(manifest.ChunkOffset(i) + len) + " of the image) in store " +
+                  store.uri() + " is corrupt: its content does not match its name; the "
+                  "image's bytes are damaged, import or replicate it again");
+        }
+        int err = PwriteAll(fd.get(), buffer.data(), buffer.size(),
+                            static_cast<off_t>(manifest.ChunkOffset(i)));
+        if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
+        std::lock_guard lock(crew.mu);
+        prog.bytes_done += len;
+        prog.bytes_transferred += len;
+      }
+    };
+    int threads = static_cast<int>(std::min<size_t>(kExportThreads, todo.size()));
+    for (int t = 0; t < threads; ++t) crew.Start(worker);
+    for (;;) {
+      IoProgress snapshot;
+      {
+        std::unique_lock lock(crew.mu);
+        crew.caller_cv.wait_for(lock, kProgressInterval, [&] { return crew.idle(); });
+        if (crew.idle()) break;
+        snapshot = prog;
+      }
+      if (cancel.cancelled()) throw Cancelled{};  // ~Crew stops and joins the workers
+      if (throttle.Due()) throttle.Report(snapshot);
+    }
+    crew.Finish();
+  }
+  if (cancel.cancelled()) throw Cancelled{};
+
+  if (::fsync(fd.get()) != 0) ExportFailed(path, "cannot fsync " + tmp.string(), errno);
+  if (int err = fd.Close(); err != 0) ExportFailed(path, "cannot close " + tmp.string(), err);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    ExportFailed(path, "cannot rename " + tmp.string() + " over it", errno);
+  }
+  guard.Commit();
+  if (int err = FsyncDir(dir); err != 0) ExportFailed(path, "cannot fsync " + dir.string(), err);
+  throttle.Report(prog);
+}
+
+}  // namespace imagerelay

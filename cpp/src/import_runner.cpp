@@ -1,0 +1,106 @@
+// Runs an import (file -> region store) and recovers imports whose process died.
+#include <signal.h>
+
+#include <chrono>
+
+#include "engine_impl.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/image_io.hpp"
+
+namespace imagerelay {
+namespace {
+
+std::string LeaseValue(const std::string& owner, TimeUs expires_us) {
+  return owner + "|" + std::to_string(expires_us);
+}
+
+}  // namespace
+
+bool Engine::Impl::LeaseHolderAlive(const std::string& owner, TimeUs expires_us,
+                                    TimeUs now) const {
+  if (owner.empty() || expires_us < now) return false;
+  // "<host>:<pid>:<nonce>": a holder on this host whose process is gone is dead at once.
+  auto first = owner.find(':');
+  auto second = owner.find(':', first + 1);
+  if (first == std::string::npos || second == std::string::npos) return true;
+  if (owner.substr(0, first) != host) return true;
+  if (owner == worker_id) return true;
+  pid_t pid = static_cast<pid_t>(std::stoll(owner.substr(first + 1, second - first - 1)));
+  return !(kill(pid, 0) != 0 && errno == ESRCH);
+}
+
+void Engine::Impl::RunImport(const std::string& image_id, const std::string& source_path) {
+  Image image;
+  catalog->Read([&](CatalogTx& tx) { image = *tx.GetImage(image_id); });
+  const std::string lease_key = "import:" + image_id;
+  auto last_renew = std::chrono::steady_clock::now();
+  CancelToken cancel;
+  try {
+    auto store = StoreFor(image.region);
+    store->Check();
+    auto source = OpenFileSource(source_path);
+    ImportOptions io;
+    io.chunk_size = options.limits.chunk_size;
+    io.buffer_memory = options.limits.buffer_memory;
+    auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress&) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_renew < std::chrono::milliseconds(options.lease_ms / 3)) return;
+      last_renew = now;
+      catalog->Write([&](CatalogTx& tx) {
+        tx.PutSetting(lease_key, LeaseValue(worker_id, NowUs() + options.lease_ms * 1000));
+      });
+    });
+    image.size = manifest.size;
+    image.digest = manifest.digest;
+    store->PutManifest(image.id, manifest);
+    store->PutImageRecord(image.id, ImageRecordJson(image));
+    Write([&](CatalogTx& tx, PendingEvents& events) {
+      tx.UpdateImageFields(image);
+      if (!tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportSucceeded)) {
+        ThrowCode(codes::kTransferFailed, "image " + image.id + " changed during its import");
+      }
+      tx.PutSetting(lease_key, "");
+      image.status = ImageStatus::kAvailable;
+      events.Append(tx, MakeEvent("image.available", image.owner, &image, "",
+                                  "{\"size\":" + std::to_string(image.size) + "}"));
+    });
+  } catch (const Error& e) {
+    image.error = e.message();
+    Write([&](CatalogTx& tx, PendingEvents& events) {
+      tx.UpdateImageFields(image);
+      tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
+      tx.PutSetting(lease_key, "");
+      tx.SetSweepNeeded(image.region, true);
+      events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
+                                  "{\"code\":\"" + e.code() + "\"}"));
+    });
+    MaybeSweep(image.region);
+    throw;
+  }
+}
+
+void Engine::Impl::RecoverInterruptedImports() {
+  std::vector<std::string> regions;
+  Write([&](CatalogTx& tx, PendingEvents& events) {
+    TimeUs now = NowUs();
+    for (auto image : tx.ListImages({})) {
+      if (image.status != ImageStatus::kCreating) continue;
+      auto lease = tx.GetSetting("import:" + image.id).value_or("");
+      auto bar = lease.find('|');
+      std::string owner = bar == std::string::npos ? "" : lease.substr(0, bar);
+      TimeUs expires = bar == std::string::npos ? 0 : std::stoll(lease.substr(bar + 1));
+      if (LeaseHolderAlive(owner, expires, now)) continue;
+      image.error = "the import was interrupted (its process stopped); import the file again";
+      tx.UpdateImageFields(image);
+      tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
+      tx.PutSetting("import:" + image.id, "");
+      tx.SetSweepNeeded(image.region, true);
+      events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
+                                  "{\"code\":\"Transfer.Failed\"}"));
+      regions.push_back(image.region);
+    }
+  });
+  for (const auto& region : regions) MaybeSweep(region);
+}
+
+}  // namespace imagerelay

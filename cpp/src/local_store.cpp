@@ -1,0 +1,344 @@
+#include "local_store.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <system_error>
+
+#include "file_util.hpp"
+#include "imagerelay/error.hpp"
+#include "unique_fd.hpp"
+
+namespace imagerelay {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::string_view kRecordSuffix = ".json";
+constexpr auto kStaleTempAge = std::chrono::hours(1);
+
+bool IsLowerHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+
+// A user-supplied name, printable and short, for an error message.
+std::string Quote(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s.substr(0, 80)) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += c;
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", static_cast<unsigned char>(c));
+      out += buf;
+    }
+  }
+  if (s.size() > 80) out += "...";
+  return out + "\"";
+}
+
+void RequireHash(const std::string& hash) {
+  if (!IsChunkHash(hash)) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "invalid chunk name " + Quote(hash) +
+                              ": a chunk is named by its SHA-256 as 64 lowercase hex digits");
+  }
+}
+
+void RequireImageId(const std::string& id) {
+  if (!IsImageId(id)) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "invalid image id " + Quote(id) +
+                              ": an image id is \"m-\" followed by 8 of [0-9a-z]");
+  }
+}
+
+[[noreturn]] void Unavailable(const std::string& uri, const fs::path& dir,
+                              const std::string& what) {
+  throw TransferError(codes::kStoreUnavailable,
+                      "region store " + uri + " is unavailable: " + what +
+                          "; make sure " + dir.string() +
+                          " is a writable directory on a mounted file system, or change the "
+                          "region's store URI");
+}
+
+[[noreturn]] void Failed(const std::string& what) {
+  throw TransferError(codes::kTransferFailed, what);
+}
+
+}  // namespace
+
+bool IsChunkHash(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), IsLowerHex);
+}
+
+bool IsImageId(std::string_view s) {
+  if (s.size() != 10 || !s.starts_with("m-")) return false;
+  return std::all_of(s.begin() + 2, s.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z');
+  });
+}
+
+LocalStore::LocalStore(fs::path root, std::string uri)
+    : root_(std::move(root)),
+      chunks_dir_(root_ / "chunks"),
+      manifests_dir_(root_ / "manifests"),
+      images_dir_(root_ / "images"),
+      uri_(uri.empty() ? root_.string() : std::move(uri)) {}
+
+fs::path LocalStore::ChunkDir(const std::string& hash) const {
+  return chunks_dir_ / hash.substr(0, 2);
+}
+
+fs::path LocalStore::ChunkPath(const std::string& hash) const {
+  RequireHash(hash);
+  return ChunkDir(hash) / hash;
+}
+
+void LocalStore::EnsureDir(const fs::path& dir, std::atomic<bool>& known) {
+  if (known.load(std::memory_order_acquire)) return;
+  std::error_code ec;
+  bool created = fs::create_directories(dir, ec);
+  if (ec) Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ec.message());
+  // A new directory entry must survive a crash like any file we rename into it.
+  if (created) FsyncDir(dir.parent_path());
+  known.store(true, std::memory_order_release);
+}
+
+void LocalStore::EnsureChunkDir(const std::string& hash) {
+  auto& known = prefix_known_[std::stoi(hash.substr(0, 2), nullptr, 16)];
+  if (known.load(std::memory_order_acquire)) return;
+  EnsureDir(root_, root_known_);
+  EnsureDir(chunks_dir_, chunks_known_);
+  EnsureDir(ChunkDir(hash), known);
+}
+
+void LocalStore::Check() {
+  for (const fs::path& dir : {root_, chunks_dir_, manifests_dir_, images_dir_}) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ec.message());
+    if (!fs::is_directory(dir, ec)) Unavailable(uri_, dir, dir.string() + " is not a directory");
+  }
+  for (const fs::path& dir : {chunks_dir_, manifests_dir_, images_dir_}) {
+    const fs::path probe = dir / TempName("probe");
+    UniqueFd fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!fd) Unavailable(uri_, dir, "cannot create a file in " + dir.string() + ": " + ErrnoText(errno));
+    int err = PwriteAll(fd.get(), "x", 1, 0);
+    if (err == 0) err = fd.Close();
+    ::unlink(probe.c_str());
+    if (err != 0) Unavailable(uri_, dir, "cannot write to " + probe.string() + ": " + ErrnoText(err));
+  }
+  root_known_ = chunks_known_ = manifests_known_ = images_known_ = true;
+
+  RemoveStaleTemps(root_);
+  RemoveStaleTemps(manifests_dir_);
+  RemoveStaleTemps(images_dir_);
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(chunks_dir_, ec)) {
+    if (entry.is_directory(ec)) RemoveStaleTemps(entry.path());
+  }
+}
+
+// Best effort: temporary files left by a process killed mid-write.
+void LocalStore::RemoveStaleTemps(const fs::path& dir) {
+  std::error_code ec;
+  const auto cutoff = fs::file_time_type::clock::now() - kStaleTempAge;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (!entry.path().filename().string().starts_with(kTempPrefix)) continue;
+    std::error_code time_ec;
+    auto mtime = fs::last_write_time(entry.path(), time_ec);
+    if (!time_ec && mtime < cutoff) fs::remove(entry.path(), time_ec);
+  }
+}
+
+bool LocalStore::HasChunk(const std::string& hash) {
+  const fs::path path = ChunkPath(hash);
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return true;
+  if (errno == ENOENT || errno == ENOTDIR) return false;
+  Failed("cannot look up chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
+}
+
+std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
+  const fs::path path = ChunkPath(hash);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return static_cast<uint64_t>(st.st_size);
+}
+
+void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data) {
+  if (HasChunk(hash)) return;  // content-addressed: the same name holds the same bytes
+  EnsureChunkDir(hash);
+  std::string error = WriteFileAtomically(ChunkDir(hash), hash, data);
+  if (!error.empty()) {
+    Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + error +
+           "; check free space and permissions");
+  }
+}
+
+void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out) {
+  const fs::path path = ChunkPath(hash);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      Failed("chunk " + hash + " is missing from store " + uri_ +
+             "; the image's bytes are incomplete, replicate or import it again");
+    }
+    Failed("cannot open chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    Failed("cannot stat chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
+  }
+  out.resize(static_cast<size_t>(st.st_size));
+  int err = PreadAll(fd.get(), out.data(), out.size(), 0);
+  if (err != 0) {
+    Failed("cannot read chunk " + hash + " in store " + uri_ + ": " +
+           (err < 0 ? std::string("file ended early") : ErrnoText(err)));
+  }
+}
+
+void LocalStore::DeleteChunk(const std::string& hash) {
+  const fs::path path = ChunkPath(hash);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR) {
+    Failed("cannot delete chunk " + hash + " from store " + uri_ + ": " + ErrnoText(errno));
+  }
+}
+
+std::vector<std::string> LocalStore::ListChunks() {
+  std::vector<std::string> hashes;
+  std::error_code ec;
+  fs::directory_iterator top(chunks_dir_, ec);
+  if (ec) {
+    if (ec == std::errc::no_such_file_or_directory) return hashes;
+    Failed("cannot list " + chunks_dir_.string() + " in store " + uri_ + ": " + ec.message());
+  }
+  for (const auto& prefix_entry : top) {
+    const std::string prefix = prefix_entry.path().filename().string();
+    if (prefix.size() != 2 || !IsLowerHex(prefix[0]) || !IsLowerHex(prefix[1])) continue;
+    fs::directory_iterator inner(prefix_entry.path(), ec);
+    if (ec) {
+      if (ec == std::errc::not_a_directory) continue;
+      Failed("cannot list " + prefix_entry.path().string() + " in store " + uri_ + ": " +
+             ec.message());
+    }
+    for (const auto& entry : inner) {
+      std::string name = entry.path().filename().string();
+      // Temporary files start with '.', so they never pass this test.
+      if (IsChunkHash(name) && name.compare(0, 2, prefix) == 0) hashes.push_back(std::move(name));
+    }
+  }
+  std::sort(hashes.begin(), hashes.end());
+  return hashes;
+}
+
+void LocalStore::WriteRecord(const fs::path& dir, std::atomic<bool>& known,
+                             const std::string& image_id, const std::string& text,
+                             const char* what) {
+  RequireImageId(image_id);
+  EnsureDir(root_, root_known_);
+  EnsureDir(dir, known);
+  std::string error = WriteFileAtomically(
+      dir, image_id + std::string(kRecordSuffix),
+      std::as_bytes(std::span<const char>(text.data(), text.size())));
+  if (!error.empty()) {
+    Failed(std::string("cannot store the ") + what + " of " + image_id + " in store " + uri_ +
+           ": " + error + "; check free space and permissions");
+  }
+}
+
+std::optional<std::string> LocalStore::ReadRecord(const fs::path& dir,
+                                                  const std::string& image_id,
+                                                  const char* what) {
+  RequireImageId(image_id);
+  const fs::path path = dir / (image_id + std::string(kRecordSuffix));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
+    Failed(std::string("cannot open the ") + what + " of " + image_id + " in store " + uri_ +
+           ": " + ErrnoText(errno));
+  }
+  std::string text;
+  char buf[64 * 1024];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      Failed(std::string("cannot read the ") + what + " of " + image_id + " in store " + uri_ +
+             ": " + ErrnoText(errno));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  return text;
+}
+
+void LocalStore::DeleteRecord(const fs::path& dir, const std::string& image_id,
+                              const char* what) {
+  RequireImageId(image_id);
+  const fs::path path = dir / (image_id + std::string(kRecordSuffix));
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return;
+    Failed(std::string("cannot delete the ") + what + " of " + image_id + " from store " + uri_ +
+           ": " + ErrnoText(errno));
+  }
+  FsyncDir(dir);
+}
+
+std::vector<std::string> LocalStore::ListRecords(const fs::path& dir) {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec);
+  if (ec) {
+    if (ec == std::errc::no_such_file_or_directory) return ids;
+    Failed("cannot list " + dir.string() + " in store " + uri_ + ": " + ec.message());
+  }
+  for (const auto& entry : it) {
+    std::string name = entry.path().filename().string();
+    if (!name.ends_with(kRecordSuffix)) continue;
+    name.resize(name.size() - kRecordSuffix.size());
+    if (IsImageId(name)) ids.push_back(std::move(name));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+void LocalStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
+  WriteRecord(manifests_dir_, manifests_known_, image_id, manifest.ToJson(), "manifest");
+}
+
+std::optional<Manifest> LocalStore::GetManifest(const std::string& image_id) {
+  std::optional<std::string> text = ReadRecord(manifests_dir_, image_id, "manifest");
+  if (!text) return std::nullopt;
+  try {
+    return Manifest::FromJson(*text);
+  } catch (const Error& e) {
+    throw IntegrityError(codes::kIntegrityError,
+                         "the manifest of " + image_id + " in store " + uri_ +
+                             " is damaged (" + e.message() + "); import or replicate the "
+                             "image again");
+  }
+}
+
+void LocalStore::DeleteManifest(const std::string& image_id) {
+  DeleteRecord(manifests_dir_, image_id, "manifest");
+}
+
+std::vector<std::string> LocalStore::ListManifests() { return ListRecords(manifests_dir_); }
+
+void LocalStore::PutImageRecord(const std::string& image_id, const std::string& json) {
+  WriteRecord(images_dir_, images_known_, image_id, json, "image record");
+}
+
+std::optional<std::string> LocalStore::GetImageRecord(const std::string& image_id) {
+  return ReadRecord(images_dir_, image_id, "image record");
+}
+
+void LocalStore::DeleteImageRecord(const std::string& image_id) {
+  DeleteRecord(images_dir_, image_id, "image record");
+}
+
+}  // namespace imagerelay

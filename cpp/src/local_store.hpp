@@ -1,0 +1,87 @@
+// A region store in a local directory (DESIGN.md §4):
+//   <root>/chunks/<first two hex>/<hex>, <root>/manifests/<id>.json, <root>/images/<id>.json
+// Every write goes to a temporary file in the same directory, is fsynced and renamed over
+// the final name, and the directory is fsynced: readers never see a partial file.
+// All methods may be called from several threads at once.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "imagerelay/store.hpp"
+
+namespace imagerelay {
+
+// Optional capability of a store that can tell a stored chunk's size cheaply; SweepStore
+// uses it to report the bytes it frees.
+class ChunkSizeProbe {
+ public:
+  virtual ~ChunkSizeProbe() = default;
+  virtual std::optional<uint64_t> StoredChunkSize(const std::string& hash) = 0;
+};
+
+// True for names the store accepts: 64 lowercase hex digits / "m-" and 8 of [0-9a-z].
+bool IsChunkHash(std::string_view s);
+bool IsImageId(std::string_view s);
+
+class LocalStore : public Store, public ChunkSizeProbe {
+ public:
+  // `root` need not exist yet; `uri` is what uri() shows (the root itself if empty).
+  explicit LocalStore(std::filesystem::path root, std::string uri = "");
+
+  std::string uri() const override { return uri_; }
+  void Check() override;
+
+  bool HasChunk(const std::string& hash) override;
+  void PutChunk(const std::string& hash, std::span<const std::byte> data) override;
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out) override;
+  void DeleteChunk(const std::string& hash) override;
+  std::vector<std::string> ListChunks() override;
+
+  void PutManifest(const std::string& image_id, const Manifest& manifest) override;
+  std::optional<Manifest> GetManifest(const std::string& image_id) override;
+  void DeleteManifest(const std::string& image_id) override;
+  std::vector<std::string> ListManifests() override;
+
+  void PutImageRecord(const std::string& image_id, const std::string& json) override;
+  std::optional<std::string> GetImageRecord(const std::string& image_id) override;
+  void DeleteImageRecord(const std::string& image_id) override;
+
+  std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
+
+  const std::filesystem::path& root() const { return root_; }
+  // Where a chunk's file lives (whether or not it exists). Validates the hash.
+  std::filesystem::path ChunkPath(const std::string& hash) const;
+
+ private:
+  std::filesystem::path ChunkDir(const std::string& hash) const;
+  void EnsureDir(const std::filesystem::path& dir, std::atomic<bool>& known);
+  void EnsureChunkDir(const std::string& hash);
+  void WriteRecord(const std::filesystem::path& dir, std::atomic<bool>& known,
+                   const std::string& image_id, const std::string& text, const char* what);
+  std::optional<std::string> ReadRecord(const std::filesystem::path& dir,
+                                        const std::string& image_id, const char* what);
+  void DeleteRecord(const std::filesystem::path& dir, const std::string& image_id,
+                    const char* what);
+  std::vector<std::string> ListRecords(const std::filesystem::path& dir);
+  void RemoveStaleTemps(const std::filesystem::path& dir);
+
+  std::filesystem::path root_;
+  std::filesystem::path chunks_dir_;
+  std::filesystem::path manifests_dir_;
+  std::filesystem::path images_dir_;
+  std::string uri_;
+  // Directories known to exist, so that a write does not mkdir every time.
+  std::atomic<bool> root_known_{false};
+  std::atomic<bool> chunks_known_{false};
+  std::atomic<bool> manifests_known_{false};
+  std::atomic<bool> images_known_{false};
+  std::array<std::atomic<bool>, 256> prefix_known_{};
+};
+
+}  // namespace imagerelay

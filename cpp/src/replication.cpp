@@ -1,0 +1,588 @@
+// Replication: jobs and tasks in the catalog, the copy workers with their leases, cancel,
+// failure and crash-resume (DESIGN.md §2, §3, §5). The bytes move in transfer.cpp.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "engine_impl.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
+#include "imagerelay/transfer.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::string> SortedUnique(const std::vector<std::string>& values) {
+  std::vector<std::string> out = Unique(values);
+  std::ranges::sort(out);
+  return out;
+}
+
+std::string Fingerprint(const std::string& image_id, const std::vector<std::string>& to,
+                        const std::optional<std::string>& name) {
+  nlohmann::json j{{"image", image_id}, {"to", SortedUnique(to)}, {"name", name.value_or("")}};
+  return j.dump();
+}
+
+bool InFlight(TaskState s) { return s == TaskState::kPending || s == TaskState::kRunning; }
+
+Job LoadOwnJob(CatalogTx& tx, const std::string& account, const std::string& job_id) {
+  auto job = tx.GetJob(job_id);
+  if (!job || job->account != account) {
+    ThrowCode(codes::kNoSuchJob, "job " + Quote(job_id) + " does not exist or is not yours; " +
+                                     "list jobs to see yours");
+  }
+  return *job;
+}
+
+std::string TaskDetail(const Task& task) {
+  nlohmann::json j{{"state", ToString(task.state)},
+                   {"bytes_total", task.bytes_total},
+                   {"bytes_done", task.bytes_done},
+                   {"bytes_transferred", task.bytes_transferred},
+                   {"chunks_skipped", task.chunks_skipped},
+                   {"rate", task.rate}};
+  if (!task.error_code.empty()) {
+    j["error_code"] = task.error_code;
+    j["error"] = task.error;
+  }
+  return j.dump();
+}
+
+Event TaskEventOf(const std::string& type, const Job& job, const Task& task) {
+  Event e;
+  e.type = type;
+  e.account = job.account;
+  e.image_id = task.dest_image_id;
+  e.job_id = job.id;
+  e.region = task.region;
+  e.detail_json = TaskDetail(task);
+  e.time_us = NowUs();
+  return e;
+}
+
+// After a task of `job` ended: the source returns to Available when nothing of it is in
+// flight, and the job reports that it finished when its last task ended.
+void Settle(CatalogTx& tx, const std::string& job_id, PendingEvents& events) {
+  auto job = tx.GetJob(job_id);
+  if (!job) return;
+  bool source_busy = false;
+  std::map<std::string, std::string> source_of_job;
+  for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+    auto& source = source_of_job[task.job_id];
+    if (source.empty()) {
+      auto other = tx.GetJob(task.job_id);
+      source = other ? other->source_image_id : "?";
+    }
+    if (source == job->source_image_id) source_busy = true;
+  }
+  if (!source_busy) {
+    auto source = tx.GetImage(job->source_image_id);
+    if (source && source->status == ImageStatus::kReplicating &&
+        tx.TransitionImage(source->id, ImageStatus::kReplicating, ImageEvent::kCopiesSettled)) {
+      source->status = ImageStatus::kAvailable;
+    }
+  }
+  JobState state = StateOfJob(job->tasks);
+  if (state != JobState::kRunning) {
+    Event e;
+    e.type = "job.finished";
+    e.account = job->account;
+    e.image_id = job->source_image_id;
+    e.job_id = job->id;
+    e.region = job->source_region;
+    e.detail_json = nlohmann::json{{"state", ToString(state)}}.dump();
+    events.Append(tx, std::move(e));
+  }
+}
+
+}  // namespace
+
+// ---- requests -------------------------------------------------------------------------
+
+Job Engine::Replicate(const std::string& account, const std::string& image_id,
+                      const std::vector<std::string>& to, const std::optional<std::string>& name,
+                      const std::optional<std::string>& client_token) {
+  const std::string fingerprint = Fingerprint(image_id, to, name);
+  if (client_token && (client_token->empty() || client_token->size() > 64)) {
+    ThrowCode(codes::kInvalidParameter, "client token must be 1-64 characters");
+  }
+  // The same token with the same arguments answers the first job and starts nothing.
+  auto replay = [&](CatalogTx& tx) -> std::optional<Job> {
+    if (!client_token) return std::nullopt;
+    auto record = tx.GetClientToken(account, *client_token);
+    if (!record) return std::nullopt;
+    if (record->fingerprint != fingerprint) {
+      ThrowCode(codes::kIdempotentParameterMismatch,
+                "client token " + Quote(*client_token) + " was used with other arguments; " +
+                    "use a new token for a new request");
+    }
+    return tx.GetJob(record->job_id);
+  };
+  auto evaluate = [&](CatalogTx& tx) {
+    auto* impl = impl_.get();
+    if (!tx.GetAccount(account)) {
+      ThrowCode(codes::kNoSuchAccount, "account " + Quote(account) + " does not exist");
+    }
+    ThrowIfAny(CheckImageIdFormat(image_id));
+    auto image = tx.GetImage(image_id);
+    bool shared = false;
+    if (image && image->owner != account) {
+      auto shares = tx.ListShares(image_id);
+      shared = std::ranges::find(shares, account) != shares.end();
+    }
+    if (!image || !CanSee(*image, account, shared)) {
+      ThrowCode(codes::kNoSuchImage, "image " + image_id + " does not exist or is not visible " +
+                                         "to account " + account);
+    }
+    ReplicateFacts facts;
+    for (const auto& region : tx.ListRegions()) facts.known_regions.insert(region.id);
+    ThrowIfAny(CheckReplicate(*image, account, to, name ? &*name : nullptr, facts,
+                              impl->options.limits));
+    return *image;
+  };
+
+  std::optional<Job> existing;
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    existing = replay(tx);
+    if (existing) return;
+    Image image = evaluate(tx);
+    view = ImageView{image, TypeSeenBy(image, account), std::nullopt};
+  });
+  if (existing) return *existing;
+  impl_->CheckPolicies({.action = "replicate", .account = account, .image = view,
+                        .to = Unique(to), .accounts = {}, .name = name.value_or("")});
+
+  Job job;
+  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+    if (auto again = replay(tx)) {
+      job = *again;
+      return;
+    }
+    Image source = evaluate(tx);
+    job = Job{};
+    do {
+      job.id = NewJobId();
+    } while (tx.GetJob(job.id));
+    job.account = account;
+    job.source_image_id = source.id;
+    job.source_region = source.region;
+    job.name = name.value_or("");
+    job.client_token = client_token.value_or("");
+    job.created_us = NowUs();
+    std::vector<Image> copies;
+    for (const auto& region : SortedUnique(to)) {
+      Image copy = source;
+      copy.region = region;
+      copy.name = name.value_or(source.name);
+      copy.status = ImageStatus::kReplicating;
+      copy.created_us = job.created_us;
+      copy.source_image_id = source.id;
+      copy.source_region = source.region;
+      copy.error.clear();
+      do {
+        copy.id = NewImageId();
+      } while (!tx.InsertImage(copy));
+      Task task;
+      task.job_id = job.id;
+      task.region = region;
+      task.dest_image_id = copy.id;
+      task.bytes_total = source.size;
+      job.tasks.push_back(task);
+      copies.push_back(copy);
+    }
+    if (!tx.TransitionImage(source.id, ImageStatus::kAvailable, ImageEvent::kCopyStarted)) {
+      ThrowCode(codes::kImageStatusForbidden,
+                "image " + source.id + " is busy; wait for its copies or cancel them");
+    }
+    tx.InsertJob(job);
+    if (client_token) tx.InsertClientToken(account, *client_token, {job.id, fingerprint});
+    nlohmann::json regions = nlohmann::json::array();
+    for (const auto& copy : copies) regions.push_back({{"region", copy.region}, {"image_id", copy.id}});
+    events.Append(tx, MakeEvent("job.created", account, &source, job.id,
+                                nlohmann::json{{"copies", regions}}.dump()));
+    for (const auto& copy : copies) {
+      events.Append(tx, MakeEvent("image.created", account, &copy, job.id,
+                                  nlohmann::json{{"source_image_id", source.id}}.dump()));
+    }
+  });
+  impl_->wake_workers.notify_all();
+  return job;
+}
+
+void Engine::CancelCopy(const std::string& account, const std::string& dest_image_id) {
+  std::string region;
+  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+    if (!tx.GetAccount(account)) {
+      ThrowCode(codes::kNoSuchAccount, "account " + Quote(account) + " does not exist");
+    }
+    ThrowIfAny(CheckImageIdFormat(dest_image_id));
+    auto image = tx.GetImage(dest_image_id);
+    if (!image || image->status == ImageStatus::kDeleted ||
+        (image->owner != account && image->type == ImageType::kCustom)) {
+      bool shared = false;
+      if (image && image->status != ImageStatus::kDeleted) {
+        auto shares = tx.ListShares(dest_image_id);
+        shared = std::ranges::find(shares, account) != shares.end();
+      }
+      if (!shared) {
+        ThrowCode(codes::kNoSuchImage, "image " + dest_image_id + " does not exist or is not " +
+                                           "visible to account " + account);
+      }
+      ThrowCode(codes::kAccessDenied, "image " + dest_image_id + " belongs to another account");
+    }
+    auto task = tx.GetTaskByDestImage(dest_image_id);
+    if (!task || !InFlight(task->state) || image->status != ImageStatus::kReplicating) {
+      ThrowCode(codes::kImageStatusForbidden,
+                "image " + dest_image_id + " is " + std::string(ToString(image->status)) +
+                    " and no copy to it is in flight; only a copy in flight can be cancelled");
+    }
+    if (!tx.TransitionTask(task->dest_image_id, task->state, TaskEvent::kCancel) ||
+        !tx.TransitionImage(image->id, ImageStatus::kReplicating, ImageEvent::kCopyCancelled)) {
+      ThrowCode(codes::kImageStatusForbidden,
+                "the copy to " + dest_image_id + " changed while it was being cancelled");
+    }
+    task->state = TaskState::kCancelled;
+    task->finished_us = NowUs();
+    tx.UpdateTaskFields(*task);
+    tx.SetSweepNeeded(task->region, true);
+    auto job = tx.GetJob(task->job_id);
+    events.Append(tx, TaskEventOf("task.cancelled", *job, *task));
+    events.Append(tx, MakeEvent("image.deleted", account, &*image, job->id,
+                                R"({"reason":"copy cancelled"})"));
+    Settle(tx, job->id, events);
+    region = task->region;
+  });
+  // Stop a copy running in this process and wait for it to let go of its bytes.
+  std::shared_ptr<CancelToken> token;
+  {
+    std::lock_guard lock(impl_->running_mutex);
+    auto it = impl_->running.find(dest_image_id);
+    if (it != impl_->running.end()) token = it->second;
+  }
+  if (token) {
+    token->Cancel();
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (Clock::now() < deadline) {
+      {
+        std::lock_guard lock(impl_->running_mutex);
+        if (!impl_->running.contains(dest_image_id)) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  impl_->MaybeSweep(region);
+}
+
+void Engine::CancelJob(const std::string& account, const std::string& job_id,
+                       const std::optional<std::string>& region) {
+  Job job;
+  impl_->catalog->Read([&](CatalogTx& tx) { job = LoadOwnJob(tx, account, job_id); });
+  std::vector<std::string> targets;
+  for (const auto& task : job.tasks) {
+    if (InFlight(task.state) && (!region || task.region == *region)) {
+      targets.push_back(task.dest_image_id);
+    }
+  }
+  if (targets.empty()) {
+    ThrowCode(codes::kImageStatusForbidden,
+              "job " + job_id + " has no copy in flight" +
+                  (region ? " to region " + *region : std::string()) + "; nothing to cancel");
+  }
+  for (const auto& id : targets) {
+    try {
+      CancelCopy(account, id);
+    } catch (const ImageBusyError&) {
+      // It finished or was cancelled in the meantime.
+    }
+  }
+}
+
+Job Engine::GetJob(const std::string& account, const std::string& job_id) {
+  Job job;
+  impl_->catalog->Read([&](CatalogTx& tx) { job = LoadOwnJob(tx, account, job_id); });
+  return job;
+}
+
+std::vector<Job> Engine::Jobs(const std::string& account, std::optional<bool> active) {
+  std::vector<Job> out;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    for (auto& job : tx.ListJobs(account)) {
+      bool running = StateOfJob(job.tasks) == JobState::kRunning;
+      if (!active || *active == running) out.push_back(std::move(job));
+    }
+  });
+  return out;
+}
+
+bool Engine::WaitIdle(std::optional<double> timeout_s) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(
+                                     static_cast<int64_t>(timeout_s.value_or(0) * 1000));
+  while (true) {
+    bool idle = false;
+    impl_->catalog->Read([&](CatalogTx& tx) {
+      idle = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}).empty();
+    });
+    if (idle) return true;
+    if (timeout_s && Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void Engine::RunUntilIdle() { WaitIdle(std::nullopt); }
+
+// ---- workers --------------------------------------------------------------------------
+
+void Engine::Impl::StartWorkers() {
+  for (int i = 0; i < std::max(1, options.workers); ++i) {
+    SpawnBackground([this] { WorkerLoop(); });
+  }
+}
+
+void Engine::Impl::WorkerLoop() {
+  while (!closing) {
+    bool worked = false;
+    try {
+      worked = RunOneClaim();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "imagerelay: copy worker: %s\n", e.what());
+    }
+    if (worked) continue;
+    std::unique_lock lock(wake_mutex);
+    wake_workers.wait_for(lock, std::chrono::milliseconds(500));
+  }
+}
+
+namespace {
+
+// What one worker took from the queue: tasks of one job, run together so that each source
+// chunk is read once for all of them.
+struct Claim {
+  Job job;
+  Image source;
+  std::vector<Task> tasks;
+};
+
+}  // namespace
+
+bool Engine::Impl::RunOneClaim() {
+  Claim claim;
+  Write([&](CatalogTx& tx, PendingEvents& events) {
+    TimeUs now = NowUs();
+    auto active = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning});
+    std::map<std::string, int> running_per_region;
+    std::vector<Task> claimable;
+    for (const auto& task : active) {
+      bool alive = task.state == TaskState::kRunning &&
+                   LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now);
+      if (alive) {
+        ++running_per_region[task.region];
+      } else {
+        claimable.push_back(task);
+      }
+    }
+    std::string job_id;
+    for (const auto& task : claimable) {
+      if (!job_id.empty() && task.job_id != job_id) continue;
+      if (running_per_region[task.region] >= options.limits.max_tasks_per_region) continue;
+      if (tx.SweepLeaseHeld(task.region, now)) continue;
+      if (job_id.empty()) {
+        job_id = task.job_id;
+        claim.job = *tx.GetJob(job_id);
+        claim.source = *tx.GetImage(claim.job.source_image_id);
+      }
+      TaskEvent event = task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
+      if (!tx.TransitionTask(task.dest_image_id, task.state, event)) continue;
+      Task claimed = task;
+      claimed.state = TaskState::kRunning;
+      claimed.lease_owner = worker_id;
+      claimed.lease_expires_us = now + options.lease_ms * 1000;
+      claimed.attempts += 1;
+      if (claimed.started_us == 0) claimed.started_us = now;
+      tx.UpdateTaskFields(claimed);
+      ++running_per_region[task.region];
+      events.Append(tx, TaskEventOf("task.started", claim.job, claimed));
+      claim.tasks.push_back(claimed);
+    }
+  });
+  if (claim.tasks.empty()) return false;
+
+  // Register cancel tokens before anything moves.
+  std::vector<std::shared_ptr<CancelToken>> tokens;
+  {
+    std::lock_guard lock(running_mutex);
+    for (const auto& task : claim.tasks) {
+      tokens.push_back(std::make_shared<CancelToken>());
+      running[task.dest_image_id] = tokens.back();
+      if (closing) tokens.back()->Cancel();
+    }
+  }
+  auto unregister = [&] {
+    std::lock_guard lock(running_mutex);
+    for (const auto& task : claim.tasks) running.erase(task.dest_image_id);
+  };
+
+  std::vector<TransferOutcome> outcomes;
+  std::optional<Manifest> manifest;
+  std::vector<std::shared_ptr<Store>> dest_stores;
+  std::string setup_code, setup_error;
+  try {
+    auto source_store = StoreFor(claim.source.region);
+    manifest = source_store->GetManifest(claim.source.id);
+    if (!manifest) {
+      ThrowCode(codes::kTransferFailed, "the manifest of source image " + claim.source.id +
+                                            " is missing from region " + claim.source.region);
+    }
+    std::vector<TransferDestination> destinations;
+    for (size_t i = 0; i < claim.tasks.size(); ++i) {
+      dest_stores.push_back(StoreFor(claim.tasks[i].region));
+      dest_stores.back()->Check();
+    }
+    auto last_flush = Clock::now();
+    auto started = Clock::now();
+    std::vector<IoProgress> latest(claim.tasks.size());
+    auto flush = [&](bool force) {
+      auto now = Clock::now();
+      if (!force && now - last_flush < std::chrono::milliseconds(250)) return;
+      last_flush = now;
+      double seconds = std::chrono::duration<double>(now - started).count();
+      Write([&](CatalogTx& tx, PendingEvents& events) {
+        for (size_t i = 0; i < claim.tasks.size(); ++i) {
+          auto current = tx.GetTaskByDestImage(claim.tasks[i].dest_image_id);
+          // Cancelled elsewhere, or taken over after our lease lapsed: stop this copy.
+          if (!current || current->state != TaskState::kRunning ||
+              current->lease_owner != worker_id) {
+            tokens[i]->Cancel();
+            continue;
+          }
+          Task& t = claim.tasks[i];
+          t.bytes_total = latest[i].bytes_total;
+          t.bytes_done = latest[i].bytes_done;
+          t.bytes_transferred = latest[i].bytes_transferred;
+          t.chunks_total = latest[i].chunks_total;
+          t.chunks_skipped = latest[i].chunks_skipped;
+          t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
+          t.lease_expires_us = NowUs() + options.lease_ms * 1000;
+          tx.UpdateTaskFields(t);
+          events.Append(tx, TaskEventOf("task.progress", claim.job, t));
+        }
+      });
+    };
+    for (size_t i = 0; i < claim.tasks.size(); ++i) {
+      TransferDestination dest;
+      dest.store = dest_stores[i].get();
+      dest.cancel = tokens[i].get();
+      dest.progress = [&, i](const IoProgress& p) {
+        latest[i] = p;
+        flush(false);
+      };
+      destinations.push_back(std::move(dest));
+    }
+    TransferOptions transfer;
+    transfer.buffer_memory = options.limits.buffer_memory;
+    transfer.bandwidth = options.limits.bandwidth;
+    outcomes = CopyImage(*source_store, *manifest, destinations, transfer);
+    for (size_t i = 0; i < outcomes.size(); ++i) latest[i] = outcomes[i].progress;
+    flush(true);
+  } catch (const Error& e) {
+    setup_code = e.code();
+    setup_error = e.message();
+  } catch (const std::exception& e) {
+    setup_code = codes::kTransferFailed;
+    setup_error = e.what();
+  }
+  if (outcomes.size() != claim.tasks.size()) {
+    outcomes.assign(claim.tasks.size(), TransferOutcome{TransferOutcome::Kind::kFailed,
+                                                        setup_code, setup_error, {}});
+  }
+
+  std::set<std::string> sweep_regions;
+  for (size_t i = 0; i < claim.tasks.size(); ++i) {
+    Task& task = claim.tasks[i];
+    auto& outcome = outcomes[i];
+    bool committed_manifest = false;
+    if (outcome.kind == TransferOutcome::Kind::kCompleted) {
+      try {
+        Image copy;
+        catalog->Read([&](CatalogTx& tx) { copy = *tx.GetImage(task.dest_image_id); });
+        copy.status = ImageStatus::kAvailable;
+        dest_stores[i]->PutManifest(task.dest_image_id, *manifest);
+        dest_stores[i]->PutImageRecord(task.dest_image_id, ImageRecordJson(copy));
+        committed_manifest = true;
+      } catch (const Error& e) {
+        outcome = {TransferOutcome::Kind::kFailed, e.code(), e.message(), outcome.progress};
+      }
+    }
+    bool user_cancelled = false;
+    Write([&](CatalogTx& tx, PendingEvents& events) {
+      auto current = tx.GetTaskByDestImage(task.dest_image_id);
+      if (!current) return;
+      bool ours = current->state == TaskState::kRunning && current->lease_owner == worker_id;
+      task.finished_us = NowUs();
+      if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
+        tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
+        tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
+                           ImageEvent::kCopyCompleted);
+        task.state = TaskState::kCompleted;
+        task.lease_owner.clear();
+        tx.UpdateTaskFields(task);
+        auto copy = tx.GetImage(task.dest_image_id);
+        events.Append(tx, TaskEventOf("task.completed", claim.job, task));
+        events.Append(tx, MakeEvent("image.available", claim.job.account, &*copy, claim.job.id));
+        Settle(tx, claim.job.id, events);
+      } else if (ours && outcome.kind == TransferOutcome::Kind::kFailed) {
+        tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kFail);
+        tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
+                           ImageEvent::kCopyFailed);
+        task.state = TaskState::kFailed;
+        task.error_code = outcome.error_code.empty() ? codes::kTransferFailed : outcome.error_code;
+        task.error = outcome.error;
+        task.lease_owner.clear();
+        tx.UpdateTaskFields(task);
+        auto copy = tx.GetImage(task.dest_image_id);
+        copy->error = task.error;
+        tx.UpdateImageFields(*copy);
+        tx.SetSweepNeeded(task.region, true);
+        events.Append(tx, TaskEventOf("task.failed", claim.job, task));
+        events.Append(tx, MakeEvent("image.create_failed", claim.job.account, &*copy, claim.job.id,
+                                    nlohmann::json{{"code", task.error_code}}.dump()));
+        Settle(tx, claim.job.id, events);
+      } else if (ours) {
+        // Stopped by Close(): hand the task back so that the next process resumes it.
+        current->lease_owner.clear();
+        current->lease_expires_us = 0;
+        tx.UpdateTaskFields(*current);
+      } else {
+        // Cancelled (or taken over) meanwhile: let go of the region.
+        user_cancelled = current->state == TaskState::kCancelled;
+        if (current->lease_owner == worker_id) {
+          current->lease_owner.clear();
+          current->lease_expires_us = 0;
+          tx.UpdateTaskFields(*current);
+        }
+      }
+    });
+    if (user_cancelled || outcome.kind == TransferOutcome::Kind::kFailed) {
+      if (committed_manifest) {
+        try {
+          dest_stores[i]->DeleteManifest(task.dest_image_id);
+          dest_stores[i]->DeleteImageRecord(task.dest_image_id);
+        } catch (const std::exception&) {
+        }
+      }
+      sweep_regions.insert(task.region);
+    }
+  }
+  unregister();
+  for (const auto& region : sweep_regions) MaybeSweep(region);
+  return true;
+}
+
+}  // namespace imagerelay

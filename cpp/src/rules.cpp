@@ -1,0 +1,271 @@
+#include "imagerelay/rules.hpp"
+
+#include <algorithm>
+
+#include "imagerelay/ids.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Problems = std::vector<Problem>;
+
+std::string Busy(const Image& image, std::string_view action) {
+  std::string what = image.status == ImageStatus::kReplicating
+                         ? "copies are in flight; wait for them or cancel them"
+                         : "wait until it is Available";
+  return "image " + image.id + " is " + std::string(ToString(image.status)) + "; " + what +
+         " before you " + std::string(action) + " it";
+}
+
+// Ownership for a mutating call on a Custom image. System images have no owner and are
+// answered by the type rule instead.
+void CheckOwner(const Image& image, const std::string& caller, Problems& out) {
+  if (image.type == ImageType::kCustom && image.owner != caller) {
+    out.push_back({codes::kAccessDenied, "image " + image.id + " belongs to another account; " +
+                                             "only its owner may change it"});
+  }
+}
+
+}  // namespace
+
+Problems CheckImageIdFormat(const std::string& id) {
+  if (IsValidImageId(id)) return {};
+  return {{codes::kInvalidParameter,
+           "image id " + Quote(id) + " is malformed; image ids look like m-3k9x2q7a"}};
+}
+
+Problems CheckImageName(const std::string& name) {
+  if (IsValidImageName(name)) return {};
+  return {{codes::kInvalidParameter,
+           "image name " + Quote(name) +
+               " is invalid; use 1-65 characters starting with a letter, then letters, "
+               "digits, '-', '_', '.', '/'"}};
+}
+
+Problems CheckRegionId(const std::string& id) {
+  if (IsValidRegionId(id)) return {};
+  return {{codes::kInvalidParameter,
+           "region id " + Quote(id) +
+               " is invalid; use 2-32 characters: a lowercase letter, then lowercase letters, "
+               "digits or '-'"}};
+}
+
+Problems CheckAccountId(const std::string& id) {
+  if (IsValidAccountId(id)) return {};
+  return {{codes::kInvalidParameter,
+           "account id " + Quote(id) +
+               " is invalid; use 1-64 characters: a letter or digit, then letters, digits, "
+               "'_', '.', '@' or '-'"}};
+}
+
+bool CanSee(const Image& image, const std::string& caller, bool shared_with_caller) {
+  if (image.status == ImageStatus::kDeleted) return false;
+  return image.type == ImageType::kSystem || image.owner == caller || shared_with_caller;
+}
+
+std::string TypeSeenBy(const Image& image, const std::string& caller) {
+  if (image.type == ImageType::kCustom && image.owner != caller) return "Sharing";
+  return std::string(ToString(image.type));
+}
+
+Problems CheckImport(const ImportRequest& request, bool region_exists, bool size_known,
+                     uint64_t size, const Limits& limits) {
+  Problems out;
+  if (!region_exists) {
+    out.push_back({codes::kNoSuchRegion, "region " + Quote(request.region) +
+                                             " does not exist; list regions or add it first"});
+  }
+  auto name = CheckImageName(request.name);
+  out.insert(out.end(), name.begin(), name.end());
+  static const std::set<std::string> kFormats{"raw", "qcow2", "vmdk", "vhd"};
+  if (!kFormats.contains(request.format)) {
+    out.push_back({codes::kInvalidParameter,
+                   "format " + Quote(request.format) + " is unknown; use raw, qcow2, vmdk or vhd"});
+  }
+  for (const auto* field : {&request.os_type, &request.os_name, &request.os_version,
+                            &request.os_arch}) {
+    if (field->size() > 64 || field->find('\0') != std::string::npos) {
+      out.push_back({codes::kInvalidParameter,
+                     "OS field " + Quote(*field) + " is invalid; use at most 64 characters"});
+    }
+  }
+  if (request.description.size() > 1024) {
+    out.push_back({codes::kInvalidParameter, "description is longer than 1024 characters"});
+  }
+  if (size_known && size > limits.max_import_bytes) {
+    out.push_back({codes::kLargeImageImportForbidden,
+                   "source " + Quote(request.source) + " is " + std::to_string(size) +
+                       " bytes, over the import limit of " +
+                       std::to_string(limits.max_import_bytes) + " bytes"});
+  }
+  return out;
+}
+
+Problems CheckReplicate(const Image& image, const std::string& caller,
+                        const std::vector<std::string>& destinations, const std::string* name,
+                        const ReplicateFacts& facts, const Limits& limits) {
+  Problems out;
+  CheckOwner(image, caller, out);
+  if (image.type != ImageType::kCustom) {
+    out.push_back({codes::kNotSupportCopy,
+                   "image " + image.id + " is a System image; only Custom images can be copied"});
+  }
+  if (image.size > limits.max_copy_bytes) {
+    out.push_back({codes::kLargeImageCopyForbidden,
+                   "image " + image.id + " is " + std::to_string(image.size) +
+                       " bytes, over the copy limit of " + std::to_string(limits.max_copy_bytes) +
+                       " bytes"});
+  }
+  if (image.status != ImageStatus::kAvailable) {
+    out.push_back({codes::kImageStatusForbidden, Busy(image, "replicate")});
+  }
+  auto unique = Unique(destinations);
+  if (unique.empty()) {
+    out.push_back({codes::kDestRegionIsEmpty, "no destination region given; name at least one"});
+  }
+  for (const auto& region : unique) {
+    if (region == image.region) {
+      out.push_back({codes::kRegionNotSupportCopy,
+                     "image " + image.id + " already lives in region " + region +
+                         "; choose other destination regions"});
+    } else if (!facts.known_regions.contains(region)) {
+      out.push_back({codes::kRegionNotSupportCopy,
+                     "region " + Quote(region) + " does not exist; list regions or add it first"});
+    }
+  }
+  if (name != nullptr) {
+    auto bad = CheckImageName(*name);
+    out.insert(out.end(), bad.begin(), bad.end());
+  }
+  return out;
+}
+
+Problems CheckShare(const Image& image, const std::string& caller,
+                    const std::vector<std::string>& accounts, const ShareFacts& facts,
+                    const Limits& limits) {
+  Problems out;
+  CheckOwner(image, caller, out);
+  if (image.type != ImageType::kCustom) {
+    out.push_back({codes::kUnCustomImageCannotBeShared,
+                   "image " + image.id + " is a System image; only Custom images can be shared"});
+  }
+  if (image.status != ImageStatus::kAvailable) {
+    out.push_back({codes::kImageStatusForbidden, Busy(image, "share")});
+  }
+  auto unique = Unique(accounts);
+  if (unique.empty()) {
+    out.push_back({codes::kAccountListIsEmpty, "no account given; name at least one to share with"});
+  }
+  std::vector<std::string> fresh;
+  for (const auto& account : unique) {
+    if (!facts.known_accounts.contains(account)) {
+      out.push_back({codes::kInvalidAccount,
+                     "account " + Quote(account) + " does not exist; check the id or add it"});
+    } else if (account == image.owner) {
+      out.push_back({codes::kCannotShareToOwner,
+                     "account " + account + " owns image " + image.id + "; it cannot be shared "
+                     "with its owner"});
+    } else if (std::ranges::find(facts.current_shares, account) != facts.current_shares.end()) {
+      out.push_back({codes::kAccountHasBeenShared,
+                     "image " + image.id + " is already shared with " + account});
+    } else {
+      fresh.push_back(account);
+    }
+  }
+  if (facts.current_shares.size() + fresh.size() > static_cast<size_t>(limits.max_share_accounts)) {
+    out.push_back({codes::kExceedSharedToUserNumQuota,
+                   "image " + image.id + " would be shared with " +
+                       std::to_string(facts.current_shares.size() + fresh.size()) +
+                       " accounts, over the limit of " + std::to_string(limits.max_share_accounts) +
+                       "; unshare some first"});
+  }
+  for (const auto& account : fresh) {
+    auto it = facts.accepted_in_region.find(account);
+    int accepted = it == facts.accepted_in_region.end() ? 0 : it->second;
+    if (accepted + 1 > limits.max_accepted_shares) {
+      out.push_back({codes::kExceedAcceptSharedImageNumQuota,
+                     "account " + account + " already has " + std::to_string(accepted) +
+                         " images shared with it in region " + image.region +
+                         ", the limit; it must be unshared from one first"});
+    }
+  }
+  return out;
+}
+
+Problems CheckUnshare(const Image& image, const std::string& caller,
+                      const std::vector<std::string>& accounts, const ShareFacts& facts) {
+  Problems out;
+  CheckOwner(image, caller, out);
+  if (image.type != ImageType::kCustom) {
+    out.push_back({codes::kUnCustomImageCannotBeShared,
+                   "image " + image.id + " is a System image; it has no shares"});
+  }
+  if (image.status != ImageStatus::kAvailable) {
+    out.push_back({codes::kImageStatusForbidden, Busy(image, "unshare")});
+  }
+  auto unique = Unique(accounts);
+  if (unique.empty()) {
+    out.push_back({codes::kAccountListIsEmpty, "no account given; name at least one to unshare"});
+  }
+  for (const auto& account : unique) {
+    if (!facts.known_accounts.contains(account)) {
+      out.push_back({codes::kInvalidAccount,
+                     "account " + Quote(account) + " does not exist; check the id"});
+    } else if (std::ranges::find(facts.current_shares, account) == facts.current_shares.end()) {
+      out.push_back({codes::kAccountNotShared,
+                     "image " + image.id + " is not shared with " + account});
+    }
+  }
+  return out;
+}
+
+Problems CheckRename(const Image& image, const std::string& caller, const std::string& name) {
+  Problems out;
+  if (image.type != ImageType::kCustom || image.owner != caller) {
+    out.push_back({codes::kAccessDenied,
+                   "image " + image.id + " is not yours; only its owner may rename it"});
+  }
+  if (image.status == ImageStatus::kReplicating || image.status == ImageStatus::kCreating) {
+    out.push_back({codes::kImageStatusForbidden, Busy(image, "rename")});
+  }
+  auto bad = CheckImageName(name);
+  out.insert(out.end(), bad.begin(), bad.end());
+  return out;
+}
+
+Problems CheckDelete(const Image& image, const std::string& caller, size_t share_count) {
+  Problems out;
+  CheckOwner(image, caller, out);
+  if (image.type != ImageType::kCustom) {
+    out.push_back({codes::kUnCustomImageCannotBeDeleted,
+                   "image " + image.id + " is a System image; only Custom images can be deleted"});
+  }
+  if (image.status == ImageStatus::kCreating) {
+    out.push_back({codes::kCreatingImageCannotBeDeleted,
+                   "image " + image.id + " is still being created; wait for it to finish"});
+  } else if (image.status == ImageStatus::kReplicating) {
+    out.push_back({codes::kImageStatusForbidden, Busy(image, "delete")});
+  }
+  if (share_count > 0) {
+    out.push_back({codes::kImageHasBeenSharedToOthers,
+                   "image " + image.id + " is shared with " + std::to_string(share_count) +
+                       " account(s); unshare it first"});
+  }
+  return out;
+}
+
+Problems CheckSharedUsers(const Image& image, const std::string& caller) {
+  if (image.type == ImageType::kCustom && image.owner == caller) return {};
+  return {{codes::kAccessDenied,
+           "image " + image.id + " is not yours; only its owner may list its shares"}};
+}
+
+std::vector<std::string> Unique(const std::vector<std::string>& values) {
+  std::vector<std::string> out;
+  for (const auto& v : values) {
+    if (std::ranges::find(out, v) == out.end()) out.push_back(v);
+  }
+  return out;
+}
+
+}  // namespace imagerelay

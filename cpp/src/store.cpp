@@ -1,0 +1,185 @@
+#include "imagerelay/store.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <optional>
+#include <string_view>
+#include <system_error>
+#include <unordered_set>
+
+#include "imagerelay/error.hpp"
+#include "local_store.hpp"
+
+namespace imagerelay {
+namespace {
+
+constexpr std::string_view kFileScheme = "file://";
+constexpr std::string_view kS3Scheme = "s3://";
+constexpr const char* kForms =
+    "use a directory path (/data/bj), a file:// URI (file:///data/bj) or an S3 URI "
+    "(s3://bucket/prefix)";
+
+std::string Shown(std::string_view uri) {
+  std::string out;
+  for (char c : uri.substr(0, 200)) out += c == '\0' ? '?' : c;
+  if (uri.size() > 200) out += "...";
+  return "\"" + out + "\"";
+}
+
+bool IsAlnumLower(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+// The scheme of "scheme://...", lowercased, or nullopt for a plain path.
+std::optional<std::string> SchemeOf(std::string_view uri) {
+  size_t sep = uri.find("://");
+  if (sep == std::string_view::npos || sep == 0) return std::nullopt;
+  std::string scheme;
+  for (size_t i = 0; i < sep; ++i) {
+    char c = uri[i];
+    bool ok = std::isalpha(static_cast<unsigned char>(c)) ||
+              (i > 0 && (std::isdigit(static_cast<unsigned char>(c)) || c == '+' || c == '-' ||
+                         c == '.'));
+    if (!ok) return std::nullopt;
+    scheme += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return scheme;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Percent-decodes the path of a file:// URI; nullopt when an escape is malformed.
+std::optional<std::string> DecodePath(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    int hi = HexValue(s[i + 1]);
+    int lo = HexValue(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+std::string CheckS3Uri(const std::string& uri) {
+  std::string_view rest = std::string_view(uri).substr(kS3Scheme.size());
+  size_t end = rest.find_first_of("/?");
+  std::string_view bucket = rest.substr(0, end);
+  bool bucket_ok = bucket.size() >= 3 && bucket.size() <= 63 && IsAlnumLower(bucket.front()) &&
+                   IsAlnumLower(bucket.back()) &&
+                   std::all_of(bucket.begin(), bucket.end(),
+                               [](char c) { return IsAlnumLower(c) || c == '.' || c == '-'; });
+  if (!bucket_ok) {
+    return "invalid S3 bucket name in store URI " + Shown(uri) +
+           ": a bucket name is 3 to 63 lowercase letters, digits, '.' or '-', starting and "
+           "ending with a letter or digit";
+  }
+  if (std::any_of(rest.begin(), rest.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; })) {
+    return "store URI " + Shown(uri) + " contains spaces or control characters; " +
+           "percent-encode them";
+  }
+  size_t q = rest.find('?');
+  if (q != std::string_view::npos) {
+    std::string_view query = rest.substr(q + 1);
+    size_t pos = 0;
+    while (pos <= query.size()) {
+      size_t amp = query.find('&', pos);
+      std::string_view param = query.substr(pos, amp == std::string_view::npos ? amp : amp - pos);
+      size_t eq = param.find('=');
+      if (param.empty() || eq == 0) {
+        return "malformed query in store URI " + Shown(uri) +
+               ": give settings as ?key=value&key=value";
+      }
+      if (amp == std::string_view::npos) break;
+      pos = amp + 1;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes) {
+  std::vector<bool> present;
+  present.reserve(hashes.size());
+  for (const auto& hash : hashes) present.push_back(HasChunk(hash));
+  return present;
+}
+
+std::string CheckStoreUri(const std::string& uri) {
+  if (uri.empty()) return std::string("the store URI is empty; ") + kForms;
+  if (uri.find('\0') != std::string::npos) {
+    return "store URI " + Shown(uri) + " contains a NUL byte; " + kForms;
+  }
+  std::optional<std::string> scheme = SchemeOf(uri);
+  if (!scheme) return "";  // a plain path
+  if (*scheme == "s3") return CheckS3Uri(uri);
+  if (*scheme == "file") {
+    std::optional<std::string> path = DecodePath(std::string_view(uri).substr(kFileScheme.size()));
+    if (!path || path->empty() || path->front() != '/') {
+      return "store URI " + Shown(uri) +
+             " is not a file URI with an absolute path; write it as file:///absolute/path";
+    }
+    if (path->find('\0') != std::string::npos) {
+      return "store URI " + Shown(uri) + " encodes a NUL byte; " + kForms;
+    }
+    return "";
+  }
+  return "store URI " + Shown(uri) + " has the unsupported scheme \"" + *scheme + "\"; " +
+         kForms;
+}
+
+std::unique_ptr<Store> OpenStore(const std::string& uri) {
+  if (std::string problem = CheckStoreUri(uri); !problem.empty()) {
+    throw ValidationError(codes::kInvalidParameter, problem);
+  }
+  std::optional<std::string> scheme = SchemeOf(uri);
+  if (scheme == "s3") {
+    throw ValidationError(codes::kInvalidParameter,
+                          "S3 regions are not supported yet (store URI " + Shown(uri) +
+                              "); use a local directory for now");
+  }
+  std::filesystem::path path =
+      scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  return std::make_unique<LocalStore>(ec ? path : absolute, uri);
+}
+
+SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
+  std::unordered_set<std::string> marked(pinned.begin(), pinned.end());
+  for (const std::string& id : store.ListManifests()) {
+    // A damaged manifest throws here: sweeping without knowing its chunks could lose them.
+    std::optional<Manifest> manifest = store.GetManifest(id);
+    if (!manifest) continue;
+    for (const std::string& chunk : manifest->chunks) {
+      if (!chunk.empty()) marked.insert(chunk);
+    }
+  }
+  auto* sizes = dynamic_cast<ChunkSizeProbe*>(&store);
+  SweepResult result;
+  for (const std::string& hash : store.ListChunks()) {
+    if (marked.count(hash) != 0) {
+      ++result.chunks_kept;
+      continue;
+    }
+    uint64_t bytes = 0;
+    if (sizes) bytes = sizes->StoredChunkSize(hash).value_or(0);
+    store.DeleteChunk(hash);
+    ++result.chunks_removed;
+    result.bytes_removed += bytes;
+  }
+  return result;
+}
+
+}  // namespace imagerelay

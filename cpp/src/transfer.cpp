@@ -1,0 +1,487 @@
+#include "imagerelay/transfer.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <span>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "token_bucket.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kProgressInterval = std::chrono::milliseconds(100);
+// Backoff and bandwidth waits sleep in slices this long so that a cancel wakes them.
+constexpr auto kSleepSlice = std::chrono::milliseconds(10);
+
+// The distinct non-zero chunks of an image: the unit of reading and writing.
+struct ChunkPlan {
+  std::vector<std::string_view> hashes;  // views into the manifest, first-appearance order
+  std::vector<uint64_t> length;          // bytes of the chunk
+  std::vector<uint64_t> covered;         // bytes of every manifest entry naming it
+  std::vector<int64_t> entry_chunk;      // per manifest entry: index in `hashes`, -1 = zero
+};
+
+ChunkPlan PlanChunks(const Manifest& manifest) {
+  ChunkPlan plan;
+  plan.entry_chunk.reserve(manifest.chunks.size());
+  std::unordered_map<std::string_view, size_t> index;
+  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
+    const std::string& hash = manifest.chunks[i];
+    if (hash.empty()) {
+      plan.entry_chunk.push_back(-1);
+      continue;
+    }
+    auto [it, inserted] = index.try_emplace(hash, plan.hashes.size());
+    if (inserted) {
+      plan.hashes.push_back(hash);
+      plan.length.push_back(manifest.ChunkLength(i));
+      plan.covered.push_back(0);
+    }
+    plan.covered[it->second] += manifest.ChunkLength(i);
+    plan.entry_chunk.push_back(static_cast<int64_t>(it->second));
+  }
+  return plan;
+}
+
+struct Failure {
+  std::string code;
+  std::string message;
+};
+
+// Why an operation did not succeed: a failure to record, or the work was no longer wanted.
+struct AttemptResult {
+  bool ok = true;
+  std::optional<Failure> failure;  // unset when abandoned (cancelled)
+};
+
+// One destination's state, shared by the workers and the calling thread.
+struct Dest {
+  TransferDestination* spec = nullptr;
+  std::string uri;
+  std::vector<bool> needs;  // per distinct chunk; written only before the workers start
+  IoProgress fixed;         // totals and skips, known after planning
+  std::atomic<uint64_t> bytes_done{0};
+  std::atomic<uint64_t> bytes_transferred{0};
+  std::atomic<bool> failed{false};
+  const std::atomic<bool>* aborted = nullptr;
+  std::mutex mu;  // guards the failure fields below
+  std::string error_code;
+  std::string error;
+
+  bool cancelled() const { return spec->cancel != nullptr && spec->cancel->cancelled(); }
+  bool Active() const {
+    return !failed.load(std::memory_order_acquire) && !cancelled() &&
+           !aborted->load(std::memory_order_relaxed);
+  }
+  // The first failure wins; nothing is recorded once the destination is cancelled.
+  void Fail(const Failure& failure) {
+    std::lock_guard lock(mu);
+    if (!Active()) return;
+    error_code = failure.code;
+    error = failure.message;
+    failed.store(true, std::memory_order_release);
+  }
+  IoProgress Progress() const {
+    IoProgress p = fixed;
+    p.bytes_done = bytes_done.load(std::memory_order_relaxed);
+    p.bytes_transferred = bytes_transferred.load(std::memory_order_relaxed);
+    return p;
+  }
+};
+
+// A chunk buffer from the pool. Its vector keeps its capacity from chunk to chunk.
+struct Slot {
+  std::vector<std::byte> data;
+  size_t chunk = 0;
+  size_t pending_writes = 0;  // guarded by Copier::mu_
+};
+
+struct WriteTask {
+  Slot* slot;
+  size_t dest;
+};
+
+class Copier {
+ public:
+  Copier(Store& source, const Manifest& manifest, std::vector<TransferDestination>& specs,
+         const TransferOptions& options)
+      : source_(source),
+        source_uri_(source.uri()),
+        manifest_(manifest),
+        options_(options),
+        plan_(PlanChunks(manifest)),
+        dests_(specs.size()),
+        bucket_(options.bandwidth) {
+    for (size_t d = 0; d < specs.size(); ++d) {
+      dests_[d].spec = &specs[d];
+      dests_[d].aborted = &aborted_;
+    }
+  }
+
+  std::vector<TransferOutcome> Run();
+
+ private:
+  void PlanDestinations(std::mt19937& rng);
+  void StartWorkers(size_t count, uint32_t seed);
+  void StopAndJoin();
+  void Worker(uint32_t seed);
+  // Reads chunk slot.chunk, verifies it and returns the destinations to write it to.
+  std::vector<size_t> ReadChunk(Slot& slot, std::mt19937& rng);
+  void WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng);
+  bool CanRead() const { return !stop_ && next_job_ < jobs_.size() && !free_.empty(); }
+  bool NoWorkLeft() const {
+    return (stop_ || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
+  }
+  bool AnyActive() const;
+  bool AnyActiveNeeding(size_t chunk) const;
+  void ReportProgress(std::vector<IoProgress>& last, bool force);
+
+  // Runs `op`, retrying a TransientError with backoff while `alive()` holds.
+  template <typename Op, typename Alive>
+  AttemptResult Attempt(Op&& op, Alive&& alive, const std::string& action, std::mt19937& rng);
+  // Sleeps `duration`, waking early and returning false once `alive()` no longer holds.
+  template <typename Alive>
+  static bool SleepWhile(Clock::duration duration, Alive&& alive);
+  Clock::duration Backoff(int failed_attempts, std::mt19937& rng) const;
+
+  Store& source_;
+  const std::string source_uri_;
+  const Manifest& manifest_;
+  const TransferOptions& options_;
+  const ChunkPlan plan_;
+  std::vector<Dest> dests_;
+  TokenBucket bucket_;
+  std::atomic<bool> aborted_{false};  // the caller's progress callback threw
+
+  std::vector<size_t> jobs_;  // distinct chunks some destination lacks
+  std::vector<Slot> slots_;
+  std::vector<std::thread> workers_;
+
+  std::mutex mu_;  // guards everything below
+  std::condition_variable work_cv_;
+  std::condition_variable done_cv_;
+  std::vector<Slot*> free_;
+  std::deque<WriteTask> writes_;
+  size_t next_job_ = 0;
+  size_t reads_in_flight_ = 0;
+  size_t workers_done_ = 0;
+  bool stop_ = false;
+};
+
+std::string Plural(int n, const char* word) {
+  return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+}
+
+template <typename Op, typename Alive>
+AttemptResult Copier::Attempt(Op&& op, Alive&& alive, const std::string& action,
+                              std::mt19937& rng) {
+  const int max_attempts = std::max(1, options_.max_attempts);
+  for (int attempt = 1;; ++attempt) {
+    try {
+      op();
+      return {};
+    } catch (const TransientError& e) {
+      if (attempt >= max_attempts) {
+        return {false, Failure{codes::kTransferFailed,
+                               action + " failed after " + Plural(attempt, "attempt") + ": " +
+                                   e.what()}};
+      }
+    } catch (const Error& e) {
+      return {false, Failure{e.code(), action + " failed: " + e.message()}};
+    } catch (const std::exception& e) {
+      return {false, Failure{codes::kTransferFailed, action + " failed: " + e.what()}};
+    } catch (...) {
+      return {false, Failure{codes::kTransferFailed, action + " failed: unknown error"}};
+    }
+    if (!SleepWhile(Backoff(attempt, rng), alive)) return {false, std::nullopt};
+  }
+}
+
+template <typename Alive>
+bool Copier::SleepWhile(Clock::duration duration, Alive&& alive) {
+  const Clock::time_point deadline = Clock::now() + duration;
+  for (;;) {
+    if (!alive()) return false;
+    Clock::time_point now = Clock::now();
+    if (now >= deadline) return true;
+    std::this_thread::sleep_for(std::min<Clock::duration>(deadline - now, kSleepSlice));
+  }
+}
+
+// Full jitter: uniform in [0, min(max, initial * 2^(n-1))], so that many workers retrying
+// against one slowed-down store spread out instead of hitting it in waves.
+Clock::duration Copier::Backoff(int failed_attempts, std::mt19937& rng) const {
+  double initial = std::max(0, options_.backoff_initial_ms);
+  double cap = std::max(0, options_.backoff_max_ms);
+  double ceiling = std::min(cap, initial * std::ldexp(1.0, std::min(failed_attempts - 1, 30)));
+  if (ceiling <= 0) return Clock::duration::zero();
+  std::uniform_real_distribution<double> jitter(0.0, ceiling);
+  return std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double, std::milli>(jitter(rng)));
+}
+
+bool Copier::AnyActive() const {
+  return std::any_of(dests_.begin(), dests_.end(), [](const Dest& d) { return d.Active(); });
+}
+
+bool Copier::AnyActiveNeeding(size_t chunk) const {
+  return std::any_of(dests_.begin(), dests_.end(),
+                     [chunk](const Dest& d) { return d.needs[chunk] && d.Active(); });
+}
+
+void Copier::PlanDestinations(std::mt19937& rng) {
+  const std::vector<std::string> hashes(plan_.hashes.begin(), plan_.hashes.end());
+  for (Dest& dest : dests_) {
+    dest.needs.assign(hashes.size(), false);
+    dest.fixed.bytes_total = manifest_.size;
+    dest.fixed.chunks_total = manifest_.chunks.size();
+    if (dest.spec->store == nullptr) {
+      dest.Fail({codes::kTransferFailed, "a transfer destination has no store"});
+      continue;
+    }
+    dest.uri = dest.spec->store->uri();
+    if (!dest.Active()) continue;
+
+    std::vector<bool> present;
+    if (!hashes.empty()) {
+      AttemptResult result = Attempt(
+          [&] { present = dest.spec->store->HasChunks(hashes); },
+          [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
+      if (!result.ok) {
+        if (result.failure) dest.Fail(*result.failure);
+        continue;
+      }
+      if (present.size() != hashes.size()) {
+        dest.Fail({codes::kTransferFailed,
+                   "listing the chunks of " + dest.uri + " gave " +
+                       std::to_string(present.size()) + " answers for " +
+                       std::to_string(hashes.size()) + " chunks"});
+        continue;
+      }
+    }
+    uint64_t done = 0;
+    uint64_t skipped = 0;
+    for (size_t i = 0; i < plan_.entry_chunk.size(); ++i) {
+      int64_t chunk = plan_.entry_chunk[i];
+      if (chunk < 0 || present[chunk]) {
+        done += manifest_.ChunkLength(i);
+        ++skipped;
+      }
+    }
+    for (size_t k = 0; k < hashes.size(); ++k) dest.needs[k] = !present[k];
+    dest.fixed.chunks_skipped = skipped;
+    dest.bytes_done.store(done);
+  }
+}
+
+void Copier::StartWorkers(size_t count, uint32_t seed) {
+  workers_.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    workers_.emplace_back(&Copier::Worker, this, seed + static_cast<uint32_t>(i));
+  }
+}
+
+void Copier::StopAndJoin() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+}
+
+void Copier::Worker(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::unique_lock lock(mu_);
+  for (;;) {
+    work_cv_.wait(lock, [&] { return !writes_.empty() || CanRead() || NoWorkLeft(); });
+    // Writes first: they give buffers back to the pool.
+    if (!writes_.empty()) {
+      WriteTask task = writes_.front();
+      writes_.pop_front();
+      lock.unlock();
+      WriteChunk(*task.slot, dests_[task.dest], rng);
+      lock.lock();
+      if (--task.slot->pending_writes == 0) {
+        free_.push_back(task.slot);
+        work_cv_.notify_all();
+      }
+      continue;
+    }
+    if (CanRead()) {
+      Slot* slot = free_.back();
+      free_.pop_back();
+      slot->chunk = jobs_[next_job_++];
+      ++reads_in_flight_;
+      lock.unlock();
+      std::vector<size_t> targets = ReadChunk(*slot, rng);
+      lock.lock();
+      --reads_in_flight_;
+      if (targets.empty()) {
+        free_.push_back(slot);
+      } else {
+        slot->pending_writes = targets.size();
+        for (size_t d : targets) writes_.push_back({slot, d});
+      }
+      work_cv_.notify_all();
+      continue;
+    }
+    break;  // NoWorkLeft()
+  }
+  ++workers_done_;
+  done_cv_.notify_all();
+}
+
+std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
+  const size_t k = slot.chunk;
+  const std::string hash(plan_.hashes[k]);
+  auto needed = [&] { return AnyActiveNeeding(k); };
+  if (!needed()) return {};
+
+  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data); }, needed,
+                                 "reading chunk " + hash + " from " + source_uri_, rng);
+  std::optional<Failure> failure = std::move(result.failure);
+  if (result.ok) {
+    std::string actual = Sha256Hex(slot.data.data(), slot.data.size());
+    if (actual != hash) {
+      failure = Failure{codes::kIntegrityError, "chunk " + hash + " read from " + source_uri_ +
+                                                    " is corrupt: its bytes hash to " + actual};
+    } else if (slot.data.size() != plan_.length[k]) {
+      failure = Failure{codes::kIntegrityError,
+                        "chunk " + hash + " read from " + source_uri_ + " has " +
+                            std::to_string(slot.data.size()) + " bytes, the manifest says " +
+                            std::to_string(plan_.length[k])};
+    }
+  } else if (!failure) {
+    return {};  // abandoned: every destination that wanted it is gone
+  }
+
+  std::vector<size_t> targets;
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    if (!dests_[d].needs[k]) continue;
+    if (failure) {
+      dests_[d].Fail(*failure);  // never writes the bytes of a corrupt or failed read
+    } else if (dests_[d].Active()) {
+      targets.push_back(d);
+    }
+  }
+  return targets;
+}
+
+void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
+  auto alive = [&] { return dest.Active(); };
+  if (!alive()) return;
+  const std::string hash(plan_.hashes[slot.chunk]);
+  const std::span<const std::byte> bytes(slot.data);
+  if (!SleepWhile(bucket_.Reserve(bytes.size()), alive)) return;
+
+  AttemptResult result = Attempt([&] { dest.spec->store->PutChunk(hash, bytes); }, alive,
+                                 "writing chunk " + hash + " to " + dest.uri, rng);
+  if (!result.ok) {
+    if (result.failure) dest.Fail(*result.failure);
+    return;
+  }
+  // Counted even if a cancel arrived during the write: the bytes are there.
+  dest.bytes_transferred.fetch_add(bytes.size(), std::memory_order_relaxed);
+  dest.bytes_done.fetch_add(plan_.covered[slot.chunk], std::memory_order_relaxed);
+}
+
+void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    IoProgress now = dests_[d].Progress();
+    bool changed = now.bytes_done != last[d].bytes_done ||
+                   now.bytes_transferred != last[d].bytes_transferred;
+    if ((changed || force) && dests_[d].spec->progress) dests_[d].spec->progress(now);
+    last[d] = now;
+  }
+}
+
+std::vector<TransferOutcome> Copier::Run() {
+  std::random_device random_device;
+  const uint32_t seed = random_device();
+  std::mt19937 rng(seed);
+  PlanDestinations(rng);
+
+  for (size_t k = 0; k < plan_.hashes.size(); ++k) {
+    if (AnyActiveNeeding(k)) jobs_.push_back(k);
+  }
+  const size_t threads = static_cast<size_t>(std::max(1, options_.threads));
+  const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
+  const size_t pool = static_cast<size_t>(
+      std::max<uint64_t>(2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads)));
+  slots_.resize(pool);  // the vectors allocate on first use
+  for (Slot& slot : slots_) free_.push_back(&slot);
+
+  std::vector<IoProgress> last(dests_.size());
+  try {
+    StartWorkers(std::min(threads, jobs_.size()), seed + 1);
+    std::unique_lock lock(mu_);
+    while (workers_done_ < workers_.size()) {
+      if (done_cv_.wait_for(lock, kProgressInterval,
+                            [&] { return workers_done_ == workers_.size(); })) {
+        break;
+      }
+      if (!stop_ && !AnyActive()) {
+        stop_ = true;  // every destination cancelled or failed: read nothing more
+        work_cv_.notify_all();
+      }
+      lock.unlock();
+      ReportProgress(last, false);
+      lock.lock();
+    }
+  } catch (...) {
+    // A progress callback (or thread creation) threw: stop the workers before unwinding.
+    aborted_ = true;
+    StopAndJoin();
+    throw;
+  }
+  StopAndJoin();
+  ReportProgress(last, true);
+
+  std::vector<TransferOutcome> outcomes(dests_.size());
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    Dest& dest = dests_[d];
+    TransferOutcome& outcome = outcomes[d];
+    outcome.progress = dest.Progress();
+    if (dest.failed) {
+      outcome.kind = TransferOutcome::Kind::kFailed;
+      outcome.error_code = dest.error_code;
+      outcome.error = dest.error;
+    } else if (dest.cancelled()) {
+      outcome.kind = TransferOutcome::Kind::kCancelled;
+    } else {
+      outcome.kind = TransferOutcome::Kind::kCompleted;
+    }
+  }
+  return outcomes;
+}
+
+}  // namespace
+
+std::vector<TransferOutcome> CopyImage(Store& source, const Manifest& manifest,
+                                       std::vector<TransferDestination>& destinations,
+                                       const TransferOptions& options) {
+  Copier copier(source, manifest, destinations, options);
+  return copier.Run();
+}
+
+}  // namespace imagerelay

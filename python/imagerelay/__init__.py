@@ -1,0 +1,46 @@
+"""imagerelay: replicate VM images between regions and share them between accounts.
+
+    import imagerelay as ir
+    with ir.open() as cloud:
+        golden = cloud.import_image("golden.raw", region="bj", name="golden")
+        job = golden.replicate(["gz", "su"])
+        job.wait(progress=True)
+        for copy in job.copies.values():
+            copy.share("team-b")
+"""
+
+from __future__ import annotations
+
+from . import _core
+from ._types import Account as Account
+from ._types import Event as Event
+from ._types import Handle as Handle
+from ._types import Limits as Limits
+from ._types import Region as Region
+from .cloud import Cloud as Cloud
+from .cloud import PolicyRequest as PolicyRequest
+from .cloud import open as open  # noqa: A004 - API.md name
+from .errors import ConflictError as ConflictError
+from .errors import ImageBusyError as ImageBusyError
+from .errors import ImageRelayError as ImageRelayError
+from .errors import IntegrityError as IntegrityError
+from .errors import NotFoundError as NotFoundError
+from .errors import PermissionDeniedError as PermissionDeniedError
+from .errors import QuotaExceededError as QuotaExceededError
+from .errors import ReplicationFailedError as ReplicationFailedError
+from .errors import TimeoutError as TimeoutError  # noqa: A004 - API.md name
+from .errors import TransferError as TransferError
+from .errors import ValidationError as ValidationError
+from .image import Image as Image
+from .job import Job as Job
+from .job import Task as Task
+
+__version__: str = getattr(_core, "__version__", "0.0.0")
+
+__all__ = [
+    "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",
+    "ImageRelayError", "IntegrityError", "Job", "Limits", "NotFoundError",
+    "PermissionDeniedError", "PolicyRequest", "QuotaExceededError", "Region",
+    "ReplicationFailedError", "Task", "TimeoutError", "TransferError", "ValidationError",
+    "open",
+]

@@ -1,0 +1,275 @@
+"""Cloud: the engine as one acting account sees it (API.md "Cloud")."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import _core
+from ._types import Account, Event, Handle, Limits, Region
+from .errors import ValidationError
+from .image import Image
+from .job import Job
+
+log = logging.getLogger("imagerelay")
+
+_open_engines: weakref.WeakSet[_core.Engine] = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Stop the workers while the interpreter is alive: copies in flight resume next time.
+    with _open_lock:
+        engines = list(_open_engines)
+    for engine in engines:
+        engine.close()
+
+
+def _as_list(value: str | list[str] | tuple[str, ...] | None, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValidationError(f"{what} must be a string or a list of strings, got {value!r}")
+
+
+class PolicyRequest:
+    """What a policy (``add_rule``) sees of a request."""
+
+    def __init__(self, cloud: Cloud, info: _core.PolicyRequestInfo) -> None:
+        self.action: str = info.action
+        self.account: str = info.account
+        self.image: Image | None = Image(cloud, info.image) if info.image is not None else None
+        self.to: list[str] = list(info.to)
+        self.accounts: list[str] = list(info.accounts)
+        self.name: str = info.name
+
+    def __repr__(self) -> str:
+        return (f"<PolicyRequest {self.action} by {self.account} "
+                f"image={self.image.id if self.image else None}>")
+
+
+class Cloud:
+    """The engine, acting as one account. A context manager: ``close()`` stops its workers."""
+
+    def __init__(self, engine: _core.Engine, account: str, *, owns_engine: bool = True) -> None:
+        self._engine = engine
+        self._account = account
+        self._owns_engine = owns_engine
+
+    # -- basics -------------------------------------------------------------------
+    @property
+    def account(self) -> str:
+        """The acting account id."""
+        return self._account
+
+    @property
+    def home(self) -> Path:
+        return Path(self._engine.home)
+
+    @property
+    def limits(self) -> Limits:
+        core = self._engine.limits
+        return Limits(max_copy_bytes=core.max_copy_bytes, max_import_bytes=core.max_import_bytes,
+                      max_share_accounts=core.max_share_accounts,
+                      max_accepted_shares=core.max_accepted_shares, chunk_size=core.chunk_size,
+                      max_tasks_per_region=core.max_tasks_per_region,
+                      buffer_memory=core.buffer_memory, bandwidth=core.bandwidth or None)
+
+    def as_account(self, account_id: str) -> Cloud:
+        """The same engine acting as another account (``NoSuchAccount`` if unknown)."""
+        self._engine.account(account_id)
+        return Cloud(self._engine, account_id, owns_engine=False)
+
+    def close(self) -> None:
+        """Stops this engine's workers; copies in flight resume at the next open()."""
+        if self._owns_engine:
+            self._engine.close()
+
+    def __enter__(self) -> Cloud:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Cloud home={str(self.home)!r} account={self.account!r}>"
+
+    # -- regions and accounts -----------------------------------------------------
+    def add_region(self, region_id: str, store: str | os.PathLike[str] | None = None, *,
+                   name: str | None = None) -> Region:
+        """Adds a region; ``store`` is a path or file:// / s3:// URI (None: under the home)."""
+        uri = "" if store is None else os.fspath(store)
+        return Region._from_core(self._engine.add_region(region_id, uri, name or ""))
+
+    @property
+    def regions(self) -> list[Region]:
+        return [Region._from_core(r) for r in self._engine.regions()]
+
+    def region(self, region_id: str) -> Region:
+        return Region._from_core(self._engine.region(region_id))
+
+    def add_account(self, account_id: str, *, name: str | None = None) -> Account:
+        return Account._from_core(self._engine.add_account(account_id, name or ""))
+
+    @property
+    def accounts(self) -> list[Account]:
+        return [Account._from_core(a) for a in self._engine.accounts()]
+
+    # -- images -------------------------------------------------------------------
+    def _import(self, source: str | os.PathLike[str], system: bool, *, region: str, name: str,
+                os_type: str, os_name: str, os_version: str, os_arch: str, format: str,
+                description: str, wait: bool) -> Image:
+        request = _core.ImportRequest()
+        request.source = os.fspath(source)
+        request.region = region
+        request.name = name
+        request.os_type = os_type
+        request.os_name = os_name
+        request.os_version = os_version
+        request.os_arch = os_arch
+        request.format = format
+        request.description = description
+        info = self._engine.import_image("" if system else self.account, request, wait, system)
+        return Image(self, info)
+
+    def import_image(self, source: str | os.PathLike[str], *, region: str, name: str,
+                     os_type: str = "linux", os_name: str = "", os_version: str = "",
+                     os_arch: str = "x86_64", format: str = "raw", description: str = "",
+                     wait: bool = True) -> Image:
+        """Imports a file as a Custom image; ``wait=False`` returns at once in Creating."""
+        return self._import(source, False, region=region, name=name, os_type=os_type,
+                            os_name=os_name, os_version=os_version, os_arch=os_arch,
+                            format=format, description=description, wait=wait)
+
+    def add_system_image(self, source: str | os.PathLike[str], *, region: str, name: str,
+                         os_type: str = "linux", os_name: str = "", os_version: str = "",
+                         os_arch: str = "x86_64", format: str = "raw", description: str = "",
+                         wait: bool = True) -> Image:
+        """Adds a System image: no owner, seen by every account."""
+        return self._import(source, True, region=region, name=name, os_type=os_type,
+                            os_name=os_name, os_version=os_version, os_arch=os_arch,
+                            format=format, description=description, wait=wait)
+
+    def images(self, region: str | None = None, *, image_type: str = "All",
+               name: str | None = None) -> list[Image]:
+        """Images the acting account sees: System, its own, and those shared with it."""
+        return [Image(self, i) for i in self._engine.images(self.account, region, image_type,
+                                                            name)]
+
+    def image(self, image_id: str) -> Image:
+        """One image; ``NoSuchImage`` if unknown or not visible."""
+        return Image(self, self._engine.image(self.account, image_id))
+
+    def share(self, image_id: str, accounts: str | list[str]) -> None:
+        self._engine.share(self.account, image_id, _as_list(accounts, "accounts"))
+
+    def unshare(self, image_id: str, accounts: str | list[str]) -> None:
+        self._engine.unshare(self.account, image_id, _as_list(accounts, "accounts"))
+
+    def shared_users(self, image_id: str) -> list[str]:
+        """Accounts the image is shared with (owner only)."""
+        return list(self._engine.shared_users(self.account, image_id))
+
+    def rename_image(self, image_id: str, name: str) -> None:
+        self._engine.rename(self.account, image_id, name)
+
+    def delete_image(self, image_id: str) -> None:
+        self._engine.delete(self.account, image_id)
+
+    def export_image(self, image_id: str, path: str | os.PathLike[str]) -> Path:
+        """Writes the image's bytes to ``path`` (sparse where chunks are zero)."""
+        target = Path(path)
+        self._engine.export(self.account, image_id, target)
+        return target
+
+    # -- replication --------------------------------------------------------------
+    def replicate(self, image_id: str, to: str | list[str], *, name: str | None = None,
+                  client_token: str | None = None) -> Job:
+        """Copies a Custom image to other regions; returns the job at once."""
+        info = self._engine.replicate(self.account, image_id, _as_list(to, "to"), name,
+                                      client_token)
+        return Job(self, info)
+
+    def cancel_copy(self, dest_image_id: str) -> None:
+        """Cancels the copy that creates ``dest_image_id`` (BCC's cancelRemoteCopy)."""
+        self._engine.cancel_copy(self.account, dest_image_id)
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, self._engine.job(self.account, job_id))
+
+    def jobs(self, *, active: bool | None = None) -> list[Job]:
+        """The acting account's jobs, newest first."""
+        return [Job(self, j) for j in self._engine.jobs(self.account, active)]
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once no task is Pending or Running; False if ``timeout`` passed first."""
+        return bool(self._engine.wait_idle(timeout))
+
+    # -- events and policies ------------------------------------------------------
+    def events(self, *, since: int = 0, image_id: str | None = None) -> list[Event]:
+        return [Event._from_core(e) for e in self._engine.events(since, image_id)]
+
+    def on(self, event_type: str, callback: Callable[[Event], Any]) -> Handle:
+        """Calls ``callback(event)`` on a worker thread for each event (``"*"``: all)."""
+
+        def deliver(info: _core.EventInfo) -> None:
+            try:
+                callback(Event._from_core(info))
+            except Exception:  # a callback never stops the engine
+                log.exception("imagerelay: callback for %s failed", info.type)
+
+        handle = self._engine.add_listener(event_type, deliver)
+        return Handle(lambda: self._engine.remove_listener(handle))
+
+    def add_rule(self, fn: Callable[[PolicyRequest], str | None]) -> Handle:
+        """A policy run before every replicate/share/unshare/rename/delete/import.
+
+        Returning a string rejects the call with ``ValidationError`` code ``PolicyViolation``.
+        """
+        name = getattr(fn, "__name__", "policy")
+
+        def check(info: _core.PolicyRequestInfo) -> str | None:
+            try:
+                verdict = fn(PolicyRequest(self, info))
+            except Exception as exc:
+                log.exception("imagerelay: policy %s raised", name)
+                return f"policy {name} failed: {type(exc).__name__}: {exc}"
+            return None if verdict is None or verdict is True else str(verdict)
+
+        handle = self._engine.add_policy(check)
+        return Handle(lambda: self._engine.remove_policy(handle))
+
+
+def open(home: str | os.PathLike[str] | None = None, *, account: str | None = None,
+         limits: Limits | None = None, workers: int | None = None) -> Cloud:
+    """Opens (or creates) a home: a catalog, regions bj/gz/su and account ``default``.
+
+    ``home`` defaults to ``$IMAGERELAY_HOME``, else ``~/.imagerelay``; ``account`` to
+    ``$IMAGERELAY_ACCOUNT``, else ``default``. Copies left in flight resume here.
+    """
+    if home is None:
+        home = os.environ.get("IMAGERELAY_HOME") or Path.home() / ".imagerelay"
+    if account is None:
+        account = os.environ.get("IMAGERELAY_ACCOUNT") or "default"
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValidationError(f"workers must be a positive integer, got {workers!r}")
+    core_limits = (limits or Limits())._to_core()
+    engine = _core.Engine.open(Path(home).expanduser(), core_limits, workers or 4)
+    with _open_lock:
+        _open_engines.add(engine)
+    try:
+        engine.account(account)
+    except Exception:
+        engine.close()
+        raise
+    return Cloud(engine, account)

@@ -1,0 +1,117 @@
+"""Image: one image in one region, as the acting account sees it."""
+
+from __future__ import annotations
+
+import html
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from ._types import utc_from_us
+
+if TYPE_CHECKING:
+    from .cloud import Cloud
+    from .job import Job
+
+_FIELDS = ("id", "name", "region", "type", "owner", "status", "progress", "size", "digest",
+           "format", "os_type", "os_name", "os_version", "os_arch", "description",
+           "created_at", "source_image_id", "source_region", "error")
+
+
+class Image:
+    """An image. Properties are a snapshot; ``refresh()`` reads the catalog again."""
+
+    def __init__(self, cloud: Cloud, info: _core.ImageInfo) -> None:
+        self._cloud = cloud
+        self._info = info
+
+    # -- properties ---------------------------------------------------------------
+    id = property(lambda self: self._info.id, doc="m- followed by 8 characters")
+    name = property(lambda self: self._info.name)
+    region = property(lambda self: self._info.region)
+    type = property(lambda self: self._info.type, doc="System, Custom, or Sharing")
+    owner = property(lambda self: self._info.owner, doc="None for System images")
+    status = property(lambda self: self._info.status,
+                      doc="Creating, Available, Replicating or CreateFailed")
+    progress = property(lambda self: self._info.progress,
+                        doc="0-100 while a destination copy is in flight, else None")
+    size = property(lambda self: self._info.size, doc="bytes")
+    digest = property(lambda self: self._info.digest, doc="sha256:<hex> of the whole image")
+    format = property(lambda self: self._info.format)
+    os_type = property(lambda self: self._info.os_type)
+    os_name = property(lambda self: self._info.os_name)
+    os_version = property(lambda self: self._info.os_version)
+    os_arch = property(lambda self: self._info.os_arch)
+    description = property(lambda self: self._info.description)
+    source_image_id = property(lambda self: self._info.source_image_id)
+    source_region = property(lambda self: self._info.source_region)
+    error = property(lambda self: self._info.error, doc="why it is CreateFailed")
+
+    @property
+    def created_at(self) -> datetime | None:
+        return utc_from_us(self._info.created_us)
+
+    # -- methods ------------------------------------------------------------------
+    def refresh(self) -> Image:
+        """Reads the image again from the catalog."""
+        self._info = self._cloud._engine.image(self._cloud.account, self.id)
+        return self
+
+    def replicate(self, to: str | list[str], *, name: str | None = None,
+                  client_token: str | None = None) -> Job:
+        return self._cloud.replicate(self.id, to, name=name, client_token=client_token)
+
+    def share(self, *accounts: str) -> None:
+        self._cloud.share(self.id, list(accounts))
+
+    def unshare(self, *accounts: str) -> None:
+        self._cloud.unshare(self.id, list(accounts))
+
+    def shared_users(self) -> list[str]:
+        return self._cloud.shared_users(self.id)
+
+    def rename(self, name: str) -> None:
+        self._cloud.rename_image(self.id, name)
+        self.refresh()
+
+    def delete(self) -> None:
+        self._cloud.delete_image(self.id)
+
+    def export(self, path: str | Path) -> Path:
+        return self._cloud.export_image(self.id, path)
+
+    def wait(self, timeout: float | None = None) -> Image:
+        """Waits until the image is neither Creating nor Replicating."""
+        from .errors import TimeoutError
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.02
+        while self.refresh().status in ("Creating", "Replicating"):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"image {self.id} is still {self.status} after {timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Image) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        extra = f" {self.progress:.0f}%" if self.progress is not None else ""
+        return (f"<Image {self.id} {self.name!r} {self.region} {self.type} "
+                f"{self.status}{extra} {self.size} bytes>")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td>{html.escape(str(v))}</td></tr>"
+            for k, v in self.to_dict().items() if v not in (None, ""))
+        return f"<table>{rows}</table>"

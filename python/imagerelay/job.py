@@ -1,0 +1,201 @@
+"""Job and Task: one replicate request and its per-region copies."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Generator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from ._types import utc_from_us
+
+if TYPE_CHECKING:
+    from .cloud import Cloud
+    from .image import Image
+
+_TASK_FIELDS = ("region", "dest_image_id", "state", "bytes_total", "bytes_done",
+                "bytes_transferred", "chunks_total", "chunks_skipped", "rate", "attempts",
+                "error", "error_code", "started_at", "finished_at")
+
+
+class Task:
+    """One (source image -> destination region) copy of a job."""
+
+    def __init__(self, info: _core.TaskInfo) -> None:
+        self._info = info
+
+    region = property(lambda self: self._info.region)
+    dest_image_id = property(lambda self: self._info.dest_image_id)
+    state = property(lambda self: self._info.state,
+                     doc="Pending, Running, Completed, Failed or Cancelled")
+    bytes_total = property(lambda self: self._info.bytes_total)
+    bytes_done = property(lambda self: self._info.bytes_done,
+                          doc="covered, zero and already-present chunks included")
+    bytes_transferred = property(lambda self: self._info.bytes_transferred,
+                                 doc="actually written")
+    chunks_total = property(lambda self: self._info.chunks_total)
+    chunks_skipped = property(lambda self: self._info.chunks_skipped)
+    rate = property(lambda self: self._info.rate, doc="bytes/s")
+    attempts = property(lambda self: self._info.attempts)
+    error = property(lambda self: self._info.error)
+    error_code = property(lambda self: self._info.error_code)
+
+    @property
+    def started_at(self) -> datetime | None:
+        return utc_from_us(self._info.started_us)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return utc_from_us(self._info.finished_us)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _TASK_FIELDS}
+
+    def __repr__(self) -> str:
+        return (f"<Task {self.region} {self.dest_image_id} {self.state} "
+                f"{self.bytes_done}/{self.bytes_total}>")
+
+
+class Job:
+    """A replicate request: one source image, one task per destination region."""
+
+    def __init__(self, cloud: Cloud, info: _core.JobInfo) -> None:
+        self._cloud = cloud
+        self._info = info
+
+    id = property(lambda self: self._info.id)
+    source_image_id = property(lambda self: self._info.source_image_id)
+    source_region = property(lambda self: self._info.source_region)
+    state = property(lambda self: self._info.state,
+                     doc="Running, Completed, Failed, Cancelled or PartiallyCompleted")
+
+    @property
+    def created_at(self) -> datetime | None:
+        return utc_from_us(self._info.created_us)
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return {t.region: Task(t) for t in self._info.tasks}
+
+    @property
+    def copies(self) -> dict[str, Image]:
+        """The destination images that exist (a cancelled copy has none)."""
+        from .errors import NotFoundError
+
+        out: dict[str, Image] = {}
+        for t in self._info.tasks:
+            try:
+                out[t.region] = self._cloud.image(t.dest_image_id)
+            except NotFoundError:
+                pass
+        return out
+
+    @property
+    def progress(self) -> float:
+        total = sum(t.bytes_total for t in self._info.tasks)
+        done = sum(t.bytes_done for t in self._info.tasks)
+        if total == 0:
+            return 100.0 if self.state != "Running" else 0.0
+        return 100.0 * done / total
+
+    def refresh(self) -> Job:
+        self._info = self._cloud._engine.job(self._cloud.account, self.id)
+        return self
+
+    def cancel(self, region: str | None = None) -> None:
+        """Cancels every copy in flight, or only the one to ``region``."""
+        self._cloud._engine.cancel_job(self._cloud.account, self.id, region)
+        self.refresh()
+
+    def wait(self, timeout: float | None = None, *, progress: bool = False,
+             raise_on_error: bool = True) -> Job:
+        """Waits until no task is Pending or Running.
+
+        ``progress=True`` shows one bar per destination (tqdm: terminal and Jupyter).
+        Raises ``ReplicationFailedError`` when a task failed (if ``raise_on_error``) and
+        ``TimeoutError`` when ``timeout`` seconds pass; the copies go on either way.
+        """
+        from .errors import ReplicationFailedError, TimeoutError
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bars = _ProgressBars(self) if progress else None
+        try:
+            delay = 0.02
+            while self.refresh().state == "Running":
+                if bars:
+                    bars.update(self)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {self.id} is still running after {timeout} s; "
+                                       "its copies go on")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            if bars:
+                bars.update(self)
+        finally:
+            if bars:
+                bars.close()
+        if raise_on_error and self.state == "Failed":
+            failed = [t for t in self.tasks.values() if t.state == "Failed"]
+            reasons = "; ".join(f"{t.region}: {t.error_code}: {t.error}" for t in failed)
+            raise ReplicationFailedError(f"job {self.id} failed ({reasons})", job=self)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Job]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> Job:
+        while self.refresh().state == "Running":
+            await asyncio.sleep(0.05)
+        return self.wait(timeout=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "source_image_id": self.source_image_id,
+                "source_region": self.source_region, "created_at": self.created_at,
+                "state": self.state, "progress": self.progress,
+                "tasks": {r: t.to_dict() for r, t in self.tasks.items()}}
+
+    def __repr__(self) -> str:
+        regions = ",".join(self.tasks)
+        return (f"<Job {self.id} {self.source_image_id} -> {regions} {self.state} "
+                f"{self.progress:.0f}%>")
+
+    def _repr_html_(self) -> str:
+        head = (f"<p>Job <b>{html.escape(self.id)}</b>: {html.escape(self.source_image_id)} "
+                f"({html.escape(self.source_region)}), {html.escape(self.state)}, "
+                f"{self.progress:.0f}%</p>")
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                t.region, t.dest_image_id, t.state, f"{t.bytes_done}/{t.bytes_total}",
+                t.bytes_transferred, t.error or "")) + "</tr>"
+            for t in self.tasks.values())
+        return (head + "<table><tr><th>region</th><th>image</th><th>state</th><th>done</th>"
+                "<th>transferred</th><th>error</th></tr>" + rows + "</table>")
+
+
+class _ProgressBars:
+    """One tqdm bar per destination region."""
+
+    def __init__(self, job: Job) -> None:
+        from tqdm.auto import tqdm
+
+        self._bars = {
+            region: tqdm(total=task.bytes_total, desc=f"{job.source_image_id} -> {region}",
+                         unit="B", unit_scale=True, unit_divisor=1024, leave=True)
+            for region, task in job.tasks.items()
+        }
+
+    def update(self, job: Job) -> None:
+        for region, task in job.tasks.items():
+            bar = self._bars.get(region)
+            if bar is None:
+                continue
+            bar.n = task.bytes_done
+            bar.set_postfix_str(task.state, refresh=False)
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()

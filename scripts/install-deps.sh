@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing imagerelay needs on a fresh Debian machine:
+# Debian packages (only the missing ones) and a project virtualenv with the Python tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(g++ make libsqlite3-dev libssl-dev libcurl4-openssl-dev nlohmann-json3-dev
+              libgtest-dev rsync)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.deps-stamp"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
+  echo "installing Python build and test tools into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "scikit-build-core>=0.11" "pybind11>=3.0" cmake ninja \
+    "tqdm>=4.60" "PyYAML>=6" pytest "moto[server]>=5" nbclient nbformat ipykernel mypy pandas
+  touch "$stamp"
+fi

@@ -1,0 +1,834 @@
+#include "imagerelay/catalog.hpp"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/state.hpp"
+
+namespace imagerelay {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "imagerelay-catalog-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+Image MakeImage(const std::string& id, const std::string& region, TimeUs created_us,
+                ImageStatus status = ImageStatus::kAvailable, const std::string& name = "web") {
+  Image image;
+  image.id = id;
+  image.name = name;
+  image.region = region;
+  image.owner = "alice";
+  image.status = status;
+  image.created_us = created_us;
+  return image;
+}
+
+Task MakeTask(const std::string& dest_image_id, const std::string& region,
+              TaskState state = TaskState::kPending) {
+  Task task;
+  task.region = region;
+  task.dest_image_id = dest_image_id;
+  task.state = state;
+  return task;
+}
+
+Job MakeJob(const std::string& id, const std::string& account, TimeUs created_us,
+            std::vector<Task> tasks) {
+  Job job;
+  job.id = id;
+  job.account = account;
+  job.source_image_id = "m-source01";
+  job.source_region = "bj";
+  job.created_us = created_us;
+  job.tasks = std::move(tasks);
+  return job;
+}
+
+Event MakeEvent(const std::string& type, const std::string& image_id = "") {
+  Event event;
+  event.time_us = NowUs();
+  event.type = type;
+  event.account = "alice";
+  event.image_id = image_id;
+  return event;
+}
+
+// Runs `body(i)` in `n` child processes that start it at the same moment (each child runs
+// `prepare(i)` first, then waits on a pipe that the parent closes once all are ready).
+// Returns the children's exit codes.
+std::vector<int> RunInChildren(int n, const std::function<void(int)>& prepare,
+                               const std::function<int(int)>& body) {
+  int ready[2];
+  int go[2];
+  if (pipe(ready) != 0 || pipe(go) != 0) throw std::runtime_error("pipe failed");
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+      int code = 100;
+      try {
+        close(ready[0]);
+        close(go[1]);
+        prepare(i);
+        char byte = 'r';
+        if (write(ready[1], &byte, 1) != 1) _exit(101);
+        if (read(go[0], &byte, 1) != 0) _exit(102);  // returns 0 when the parent closes
+        code = body(i);
+      } catch (...) {
+        code = 103;
+      }
+      _exit(code);
+    }
+    pids.push_back(pid);
+  }
+  close(ready[1]);
+  close(go[0]);
+  for (int i = 0; i < n; ++i) {
+    char byte;
+    if (read(ready[0], &byte, 1) != 1) break;  // a child died early; its code says why
+  }
+  close(go[1]);
+  close(ready[0]);
+  std::vector<int> codes;
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 200);
+  }
+  return codes;
+}
+
+class CatalogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.path() / "home" / "catalog.db";  // the parent does not exist yet
+    catalog_ = OpenSqliteCatalog(path_);
+  }
+
+  void Write(const std::function<void(CatalogTx&)>& fn) { catalog_->Write(fn); }
+  void Read(const std::function<void(CatalogTx&)>& fn) { catalog_->Read(fn); }
+
+  std::optional<Image> GetImage(const std::string& id) {
+    std::optional<Image> image;
+    Read([&](CatalogTx& tx) { image = tx.GetImage(id); });
+    return image;
+  }
+
+  std::vector<Event> AllEvents() {
+    std::vector<Event> events;
+    Read([&](CatalogTx& tx) { events = tx.ListEvents(0, std::nullopt, 0); });
+    return events;
+  }
+
+  void Reopen() {
+    catalog_.reset();
+    catalog_ = OpenSqliteCatalog(path_);
+  }
+
+  TempDir dir_;
+  fs::path path_;
+  std::unique_ptr<Catalog> catalog_;
+};
+
+// --- Opening, schema, errors -------------------------------------------------------------
+
+TEST_F(CatalogTest, OpenCreatesParentDirectoryAndUsesWal) {
+  EXPECT_TRUE(fs::is_regular_file(path_));
+  EXPECT_GE(catalog_->SchemaVersion(), 1);
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &stmt, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), "wal");
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+TEST_F(CatalogTest, ReopenKeepsDataAndSchemaVersion) {
+  const int version = catalog_->SchemaVersion();
+  Write([](CatalogTx& tx) {
+    tx.InsertRegion({"bj", "Beijing", "/data/bj"});
+    tx.InsertImage(MakeImage("m-aaaaaaaa", "bj", 1));
+    tx.PutSetting("limits", "{}");
+  });
+  Reopen();
+  Reopen();  // migrating again must be a no-op
+  EXPECT_EQ(catalog_->SchemaVersion(), version);
+  Read([](CatalogTx& tx) {
+    EXPECT_TRUE(tx.GetRegion("bj").has_value());
+    EXPECT_TRUE(tx.GetImage("m-aaaaaaaa").has_value());
+    EXPECT_EQ(tx.GetSetting("limits"), "{}");
+  });
+}
+
+TEST_F(CatalogTest, RefusesSchemaNewerThanItKnows) {
+  catalog_.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 999", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  try {
+    OpenSqliteCatalog(path_);
+    FAIL() << "expected ValidationError";
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    EXPECT_NE(e.message().find("999"), std::string::npos) << e.message();
+  }
+}
+
+void ExpectCannotOpen(const fs::path& path) {
+  try {
+    OpenSqliteCatalog(path);
+    FAIL() << "expected ValidationError for " << path;
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    EXPECT_NE(e.message().find(path.string()), std::string::npos) << e.message();
+  }
+}
+
+TEST(CatalogOpenTest, PathIsADirectory) {
+  TempDir dir;
+  ExpectCannotOpen(dir.path());
+}
+
+TEST(CatalogOpenTest, ParentIsAFile) {
+  TempDir dir;
+  std::ofstream(dir.path() / "file") << "x";
+  ExpectCannotOpen(dir.path() / "file" / "catalog.db");
+}
+
+TEST(CatalogOpenTest, FileIsNotADatabase) {
+  TempDir dir;
+  std::ofstream(dir.path() / "catalog.db") << std::string(4096, 'x');
+  ExpectCannotOpen(dir.path() / "catalog.db");
+}
+
+TEST(CatalogOpenTest, DirectoryNotWritable) {
+  if (geteuid() == 0) GTEST_SKIP() << "root ignores directory permissions";
+  TempDir dir;
+  fs::create_directory(dir.path() / "ro");
+  fs::permissions(dir.path() / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+  ExpectCannotOpen(dir.path() / "ro" / "catalog.db");
+  ExpectCannotOpen(dir.path() / "ro" / "sub" / "catalog.db");
+}
+
+// --- Regions, accounts, settings ---------------------------------------------------------
+
+TEST_F(CatalogTest, RegionsAndAccounts) {
+  Write([](CatalogTx& tx) {
+    EXPECT_TRUE(tx.InsertRegion({"gz", "Guangzhou", "/data/gz"}));
+    EXPECT_TRUE(tx.InsertRegion({"bj", "Beijing", "s3://b/p?endpoint=x"}));
+    EXPECT_FALSE(tx.InsertRegion({"bj", "Other", "/other"}));
+    EXPECT_TRUE(tx.InsertAccount({"bob", "Bob"}));
+    EXPECT_TRUE(tx.InsertAccount({"alice", "Alice"}));
+    EXPECT_FALSE(tx.InsertAccount({"alice", "Again"}));
+  });
+  Read([](CatalogTx& tx) {
+    auto bj = tx.GetRegion("bj");
+    ASSERT_TRUE(bj);
+    EXPECT_EQ(bj->name, "Beijing");
+    EXPECT_EQ(bj->store_uri, "s3://b/p?endpoint=x");
+    EXPECT_FALSE(tx.GetRegion("su"));
+    auto regions = tx.ListRegions();
+    ASSERT_EQ(regions.size(), 2u);
+    EXPECT_EQ(regions[0].id, "bj");
+    EXPECT_EQ(regions[1].id, "gz");
+
+    auto alice = tx.GetAccount("alice");
+    ASSERT_TRUE(alice);
+    EXPECT_EQ(alice->name, "Alice");
+    EXPECT_FALSE(tx.GetAccount("carol"));
+    auto accounts = tx.ListAccounts();
+    ASSERT_EQ(accounts.size(), 2u);
+    EXPECT_EQ(accounts[0].id, "alice");
+    EXPECT_EQ(accounts[1].id, "bob");
+  });
+}
+
+TEST_F(CatalogTest, Settings) {
+  Write([](CatalogTx& tx) {
+    EXPECT_FALSE(tx.GetSetting("limits"));
+    tx.PutSetting("limits", "a");
+    tx.PutSetting("limits", "b");
+  });
+  Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("limits"), "b"); });
+}
+
+// --- Images ------------------------------------------------------------------------------
+
+TEST_F(CatalogTest, ImageRoundTripsEveryField) {
+  Image image = MakeImage("m-abcdefgh", "bj", 123456789, ImageStatus::kCreateFailed, "db.v2");
+  image.type = ImageType::kSystem;
+  image.owner = "";
+  image.size = (1ULL << 63) + 5;  // above INT64_MAX
+  image.digest = "sha256:00ff";
+  image.format = "qcow2";
+  image.os_type = "windows";
+  image.os_name = "Windows Server";
+  image.os_version = "2022";
+  image.os_arch = "arm64";
+  image.description = "it's \"quoted\" ünïcode";
+  image.source_image_id = "m-source01";
+  image.source_region = "gz";
+  image.error = "boom";
+  Write([&](CatalogTx& tx) { EXPECT_TRUE(tx.InsertImage(image)); });
+  auto got = GetImage(image.id);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->id, image.id);
+  EXPECT_EQ(got->name, image.name);
+  EXPECT_EQ(got->region, image.region);
+  EXPECT_EQ(got->type, image.type);
+  EXPECT_EQ(got->owner, image.owner);
+  EXPECT_EQ(got->status, image.status);
+  EXPECT_EQ(got->size, image.size);
+  EXPECT_EQ(got->digest, image.digest);
+  EXPECT_EQ(got->format, image.format);
+  EXPECT_EQ(got->os_type, image.os_type);
+  EXPECT_EQ(got->os_name, image.os_name);
+  EXPECT_EQ(got->os_version, image.os_version);
+  EXPECT_EQ(got->os_arch, image.os_arch);
+  EXPECT_EQ(got->description, image.description);
+  EXPECT_EQ(got->created_us, image.created_us);
+  EXPECT_EQ(got->source_image_id, image.source_image_id);
+  EXPECT_EQ(got->source_region, image.source_region);
+  EXPECT_EQ(got->error, image.error);
+  EXPECT_FALSE(GetImage("m-missing0"));
+}
+
+TEST_F(CatalogTest, ListImagesFiltersOrdersAndHidesDeleted) {
+  Write([](CatalogTx& tx) {
+    tx.InsertImage(MakeImage("m-00000003", "bj", 30, ImageStatus::kAvailable, "web"));
+    tx.InsertImage(MakeImage("m-00000001", "bj", 10, ImageStatus::kCreating, "db"));
+    tx.InsertImage(MakeImage("m-00000002", "gz", 20, ImageStatus::kReplicating, "web"));
+    tx.InsertImage(MakeImage("m-0000000b", "bj", 30, ImageStatus::kCreateFailed, "web"));
+    tx.InsertImage(MakeImage("m-0000000d", "bj", 5, ImageStatus::kDeleted, "web"));
+  });
+  auto ids = [&](const ImageFilter& filter) {
+    std::vector<std::string> out;
+    Read([&](CatalogTx& tx) {
+      for (const auto& image : tx.ListImages(filter)) out.push_back(image.id);
+    });
+    return out;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(ids({}), (V{"m-00000001", "m-00000002", "m-00000003", "m-0000000b"}));
+  EXPECT_EQ(ids({"bj", std::nullopt}), (V{"m-00000001", "m-00000003", "m-0000000b"}));
+  EXPECT_EQ(ids({std::nullopt, "web"}), (V{"m-00000002", "m-00000003", "m-0000000b"}));
+  EXPECT_EQ(ids({"bj", "web"}), (V{"m-00000003", "m-0000000b"}));
+  EXPECT_EQ(ids({"su", std::nullopt}), V{});
+  EXPECT_EQ(ids({"bj", "we"}), V{});  // exact names only
+  // GetImage still returns the deleted one.
+  auto deleted = GetImage("m-0000000d");
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(deleted->status, ImageStatus::kDeleted);
+}
+
+TEST_F(CatalogTest, ImageIdsAreNeverReused) {
+  const std::string id = "m-reused01";
+  Write([&](CatalogTx& tx) {
+    EXPECT_TRUE(tx.InsertImage(MakeImage(id, "bj", 1)));
+    EXPECT_FALSE(tx.InsertImage(MakeImage(id, "gz", 2)));
+    EXPECT_TRUE(tx.TransitionImage(id, ImageStatus::kAvailable, ImageEvent::kDeleted));
+  });
+  Reopen();
+  Write([&](CatalogTx& tx) { EXPECT_FALSE(tx.InsertImage(MakeImage(id, "gz", 3))); });
+  auto image = GetImage(id);
+  ASSERT_TRUE(image);
+  EXPECT_EQ(image->region, "bj");
+  EXPECT_EQ(image->status, ImageStatus::kDeleted);
+}
+
+TEST_F(CatalogTest, UpdateImageFieldsKeepsIdAndStatus) {
+  Write([](CatalogTx& tx) { tx.InsertImage(MakeImage("m-update01", "bj", 1)); });
+  Image changed = MakeImage("m-update01", "bj", 1, ImageStatus::kDeleted, "renamed");
+  changed.size = 42;
+  changed.digest = "sha256:ab";
+  changed.error = "e";
+  Write([&](CatalogTx& tx) { tx.UpdateImageFields(changed); });
+  auto image = GetImage("m-update01");
+  ASSERT_TRUE(image);
+  EXPECT_EQ(image->name, "renamed");
+  EXPECT_EQ(image->size, 42u);
+  EXPECT_EQ(image->digest, "sha256:ab");
+  EXPECT_EQ(image->error, "e");
+  EXPECT_EQ(image->status, ImageStatus::kAvailable);
+
+  EXPECT_THROW(Write([](CatalogTx& tx) { tx.UpdateImageFields(MakeImage("m-none0000", "bj", 1)); }),
+               NotFoundError);
+}
+
+TEST_F(CatalogTest, TransitionImageFollowsTheTableExhaustively) {
+  int n = 0;
+  for (ImageStatus actual : kAllImageStatuses) {
+    for (ImageStatus expected : kAllImageStatuses) {
+      for (ImageEvent event : kAllImageEvents) {
+        const std::string id = "m-t" + std::to_string(n++);
+        bool won = false;
+        Write([&](CatalogTx& tx) {
+          tx.InsertImage(MakeImage(id, "bj", n, actual));
+          won = tx.TransitionImage(id, expected, event);
+        });
+        auto next = Transition(expected, event);
+        const bool should_win = actual == expected && next.has_value();
+        EXPECT_EQ(won, should_win) << ToString(actual) << " expected " << ToString(expected)
+                                   << " " << ToString(event);
+        EXPECT_EQ(GetImage(id)->status, should_win ? *next : actual);
+      }
+    }
+  }
+  Write([](CatalogTx& tx) {
+    EXPECT_FALSE(tx.TransitionImage("m-missing0", ImageStatus::kAvailable,
+                                    ImageEvent::kCopyStarted));
+  });
+}
+
+// --- Shares ------------------------------------------------------------------------------
+
+TEST_F(CatalogTest, Shares) {
+  Write([](CatalogTx& tx) {
+    tx.InsertImage(MakeImage("m-bj000001", "bj", 1));
+    tx.InsertImage(MakeImage("m-bj000002", "bj", 2));
+    tx.InsertImage(MakeImage("m-gz000001", "gz", 3));
+    EXPECT_TRUE(tx.InsertShare("m-bj000001", "carol"));
+    EXPECT_TRUE(tx.InsertShare("m-bj000001", "bob"));
+    EXPECT_FALSE(tx.InsertShare("m-bj000001", "bob"));
+    EXPECT_TRUE(tx.InsertShare("m-bj000002", "bob"));
+    EXPECT_TRUE(tx.InsertShare("m-gz000001", "bob"));
+  });
+  Read([](CatalogTx& tx) {
+    EXPECT_EQ(tx.ListShares("m-bj000001"), (std::vector<std::string>{"bob", "carol"}));
+    EXPECT_TRUE(tx.ListShares("m-gz000002").empty());
+    EXPECT_EQ(tx.CountAcceptedShares("bob", "bj"), 2);
+    EXPECT_EQ(tx.CountAcceptedShares("bob", "gz"), 1);
+    EXPECT_EQ(tx.CountAcceptedShares("carol", "gz"), 0);
+    EXPECT_EQ(tx.ImagesSharedWith("bob"),
+              (std::vector<std::string>{"m-bj000001", "m-bj000002", "m-gz000001"}));
+  });
+  Write([](CatalogTx& tx) {
+    // A deleted image no longer counts, even if its share row were left behind.
+    EXPECT_TRUE(tx.TransitionImage("m-bj000002", ImageStatus::kAvailable, ImageEvent::kDeleted));
+    EXPECT_TRUE(tx.DeleteShare("m-bj000001", "carol"));
+    EXPECT_FALSE(tx.DeleteShare("m-bj000001", "carol"));
+  });
+  Read([](CatalogTx& tx) {
+    EXPECT_EQ(tx.CountAcceptedShares("bob", "bj"), 1);
+    EXPECT_EQ(tx.ImagesSharedWith("bob"), (std::vector<std::string>{"m-bj000001", "m-gz000001"}));
+    EXPECT_TRUE(tx.ImagesSharedWith("carol").empty());
+    EXPECT_EQ(tx.ListShares("m-bj000001"), std::vector<std::string>{"bob"});
+  });
+  // Foreign key: no share of an image that does not exist.
+  EXPECT_THROW(Write([](CatalogTx& tx) { tx.InsertShare("m-missing0", "bob"); }), Error);
+}
+
+// --- Jobs and tasks ----------------------------------------------------------------------
+
+TEST_F(CatalogTest, JobsWithTasks) {
+  Task su = MakeTask("m-su000001", "su");
+  su.bytes_total = 10;
+  Write([&](CatalogTx& tx) {
+    tx.InsertJob(MakeJob("job-1", "alice", 100, {su, MakeTask("m-gz000001", "gz")}));
+    tx.InsertJob(MakeJob("job-2", "bob", 200, {MakeTask("m-gz000002", "gz")}));
+    tx.InsertJob(MakeJob("job-3", "alice", 200, {MakeTask("m-gz000003", "gz")}));
+  });
+  Read([](CatalogTx& tx) {
+    auto job = tx.GetJob("job-1");
+    ASSERT_TRUE(job);
+    EXPECT_EQ(job->account, "alice");
+    EXPECT_EQ(job->source_image_id, "m-source01");
+    EXPECT_EQ(job->source_region, "bj");
+    EXPECT_EQ(job->created_us, 100);
+    ASSERT_EQ(job->tasks.size(), 2u);
+    EXPECT_EQ(job->tasks[0].region, "gz");
+    EXPECT_EQ(job->tasks[1].region, "su");
+    EXPECT_EQ(job->tasks[1].job_id, "job-1");
+    EXPECT_EQ(job->tasks[1].bytes_total, 10u);
+    EXPECT_FALSE(tx.GetJob("job-9"));
+
+    auto ids = [](const std::vector<Job>& jobs) {
+      std::vector<std::string> out;
+      for (const auto& j : jobs) out.push_back(j.id);
+      return out;
+    };
+    using V = std::vector<std::string>;
+    EXPECT_EQ(ids(tx.ListJobs("")), (V{"job-3", "job-2", "job-1"}));
+    EXPECT_EQ(ids(tx.ListJobs("alice")), (V{"job-3", "job-1"}));
+    EXPECT_EQ(ids(tx.ListJobs("carol")), V{});
+    EXPECT_EQ(tx.ListJobs("alice")[1].tasks.size(), 2u);
+
+    auto task = tx.GetTaskByDestImage("m-gz000002");
+    ASSERT_TRUE(task);
+    EXPECT_EQ(task->job_id, "job-2");
+    EXPECT_EQ(task->state, TaskState::kPending);
+    EXPECT_FALSE(tx.GetTaskByDestImage("m-none0000"));
+  });
+}
+
+TEST_F(CatalogTest, ListTasksInStatesOldestJobFirst) {
+  Write([](CatalogTx& tx) {
+    tx.InsertJob(MakeJob("job-new", "alice", 300,
+                         {MakeTask("m-1", "gz", TaskState::kRunning),
+                          MakeTask("m-2", "bj", TaskState::kPending)}));
+    tx.InsertJob(MakeJob("job-old", "alice", 100,
+                         {MakeTask("m-3", "su", TaskState::kPending),
+                          MakeTask("m-4", "gz", TaskState::kCompleted),
+                          MakeTask("m-5", "bj", TaskState::kRunning)}));
+  });
+  Read([](CatalogTx& tx) {
+    auto ids = [&](const std::vector<TaskState>& states) {
+      std::vector<std::string> out;
+      for (const auto& t : tx.ListTasksInStates(states)) out.push_back(t.dest_image_id);
+      return out;
+    };
+    using V = std::vector<std::string>;
+    EXPECT_EQ(ids({TaskState::kPending, TaskState::kRunning}),
+              (V{"m-5", "m-3", "m-2", "m-1"}));
+    EXPECT_EQ(ids({TaskState::kPending}), (V{"m-3", "m-2"}));
+    EXPECT_EQ(ids({TaskState::kCompleted}), V{"m-4"});
+    EXPECT_EQ(ids({}), V{});
+  });
+}
+
+TEST_F(CatalogTest, UpdateTaskFieldsKeepsState) {
+  Write([](CatalogTx& tx) {
+    tx.InsertJob(MakeJob("job-1", "alice", 1, {MakeTask("m-1", "gz", TaskState::kRunning)}));
+  });
+  Task t = MakeTask("m-1", "zz", TaskState::kCompleted);
+  t.job_id = "job-x";
+  t.bytes_total = 1ULL << 40;
+  t.bytes_done = 7;
+  t.bytes_transferred = 6;
+  t.chunks_total = 5;
+  t.chunks_skipped = 4;
+  t.rate = 1.5e6;
+  t.attempts = 3;
+  t.error = "reset";
+  t.error_code = "Transfer.Failed";
+  t.started_us = 11;
+  t.finished_us = 12;
+  t.lease_owner = "host:1:abc";
+  t.lease_expires_us = 13;
+  Write([&](CatalogTx& tx) { tx.UpdateTaskFields(t); });
+  Read([&](CatalogTx& tx) {
+    auto got = tx.GetTaskByDestImage("m-1");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->state, TaskState::kRunning);
+    EXPECT_EQ(got->job_id, "job-1");
+    EXPECT_EQ(got->region, "gz");
+    EXPECT_EQ(got->bytes_total, t.bytes_total);
+    EXPECT_EQ(got->bytes_done, t.bytes_done);
+    EXPECT_EQ(got->bytes_transferred, t.bytes_transferred);
+    EXPECT_EQ(got->chunks_total, t.chunks_total);
+    EXPECT_EQ(got->chunks_skipped, t.chunks_skipped);
+    EXPECT_DOUBLE_EQ(got->rate, t.rate);
+    EXPECT_EQ(got->attempts, t.attempts);
+    EXPECT_EQ(got->error, t.error);
+    EXPECT_EQ(got->error_code, t.error_code);
+    EXPECT_EQ(got->started_us, t.started_us);
+    EXPECT_EQ(got->finished_us, t.finished_us);
+    EXPECT_EQ(got->lease_owner, t.lease_owner);
+    EXPECT_EQ(got->lease_expires_us, t.lease_expires_us);
+  });
+  EXPECT_THROW(Write([](CatalogTx& tx) { tx.UpdateTaskFields(MakeTask("m-none", "gz")); }),
+               NotFoundError);
+}
+
+TEST_F(CatalogTest, TransitionTaskFollowsTheTableExhaustively) {
+  int n = 0;
+  for (TaskState actual : kAllTaskStates) {
+    for (TaskState expected : kAllTaskStates) {
+      for (TaskEvent event : kAllTaskEvents) {
+        const std::string id = "m-t" + std::to_string(n);
+        const std::string job_id = "job-" + std::to_string(n++);
+        bool won = false;
+        Write([&](CatalogTx& tx) {
+          tx.InsertJob(MakeJob(job_id, "alice", n, {MakeTask(id, "gz", actual)}));
+          won = tx.TransitionTask(id, expected, event);
+        });
+        auto next = Transition(expected, event);
+        const bool should_win = actual == expected && next.has_value();
+        EXPECT_EQ(won, should_win) << ToString(actual) << " expected " << ToString(expected)
+                                   << " " << ToString(event);
+        Read([&](CatalogTx& tx) {
+          EXPECT_EQ(tx.GetTaskByDestImage(id)->state, should_win ? *next : actual);
+        });
+      }
+    }
+  }
+}
+
+TEST_F(CatalogTest, ClientTokens) {
+  Write([](CatalogTx& tx) {
+    EXPECT_FALSE(tx.GetClientToken("alice", "t1"));
+    tx.InsertClientToken("alice", "t1", {"job-1", "fp-1"});
+    tx.InsertClientToken("bob", "t1", {"job-2", "fp-2"});
+  });
+  Read([](CatalogTx& tx) {
+    auto alice = tx.GetClientToken("alice", "t1");
+    ASSERT_TRUE(alice);
+    EXPECT_EQ(alice->job_id, "job-1");
+    EXPECT_EQ(alice->fingerprint, "fp-1");
+    EXPECT_EQ(tx.GetClientToken("bob", "t1")->job_id, "job-2");
+    EXPECT_FALSE(tx.GetClientToken("alice", "t2"));
+  });
+}
+
+// --- Events ------------------------------------------------------------------------------
+
+TEST_F(CatalogTest, EventsAppendAndList) {
+  std::vector<int64_t> seqs;
+  Write([&](CatalogTx& tx) {
+    Event e = MakeEvent("ImageCreated", "m-1");
+    e.job_id = "job-1";
+    e.region = "bj";
+    e.detail_json = R"({"size":1})";
+    seqs.push_back(tx.AppendEvent(e));
+    seqs.push_back(tx.AppendEvent(MakeEvent("ImageCreated", "m-2")));
+    seqs.push_back(tx.AppendEvent(MakeEvent("CopyStarted", "m-1")));
+    seqs.push_back(tx.AppendEvent(MakeEvent("Other")));
+  });
+  ASSERT_EQ(seqs.size(), 4u);
+  for (size_t i = 1; i < seqs.size(); ++i) EXPECT_GT(seqs[i], seqs[i - 1]);
+
+  Read([&](CatalogTx& tx) {
+    auto all = tx.ListEvents(0, std::nullopt, 0);
+    ASSERT_EQ(all.size(), 4u);
+    EXPECT_EQ(all[0].seq, seqs[0]);
+    EXPECT_EQ(all[0].type, "ImageCreated");
+    EXPECT_EQ(all[0].account, "alice");
+    EXPECT_EQ(all[0].image_id, "m-1");
+    EXPECT_EQ(all[0].job_id, "job-1");
+    EXPECT_EQ(all[0].region, "bj");
+    EXPECT_EQ(all[0].detail_json, R"({"size":1})");
+    EXPECT_GT(all[0].time_us, 0);
+
+    EXPECT_EQ(tx.ListEvents(seqs[1], std::nullopt, -1).size(), 2u);
+    auto limited = tx.ListEvents(0, std::nullopt, 3);
+    ASSERT_EQ(limited.size(), 3u);
+    EXPECT_EQ(limited[2].seq, seqs[2]);
+    auto of_m1 = tx.ListEvents(0, std::string("m-1"), 0);
+    ASSERT_EQ(of_m1.size(), 2u);
+    EXPECT_EQ(of_m1[1].type, "CopyStarted");
+    EXPECT_EQ(tx.ListEvents(seqs[0], std::string("m-1"), 1).size(), 1u);
+    EXPECT_TRUE(tx.ListEvents(seqs[3], std::nullopt, 0).empty());
+  });
+}
+
+// --- Sweep lease -------------------------------------------------------------------------
+
+TEST_F(CatalogTest, SweepLease) {
+  const TimeUs now = NowUs();
+  const TimeUs later = now + 60'000'000;
+  Write([&](CatalogTx& tx) {
+    EXPECT_FALSE(tx.SweepLeaseHeld("bj", now));
+    EXPECT_TRUE(tx.AcquireSweepLease("bj", "a", later));
+    EXPECT_TRUE(tx.SweepLeaseHeld("bj", now));
+    EXPECT_FALSE(tx.SweepLeaseHeld("bj", later + 1));
+    EXPECT_FALSE(tx.AcquireSweepLease("bj", "b", later));
+    EXPECT_TRUE(tx.AcquireSweepLease("bj", "a", later + 5));  // renewal
+    EXPECT_TRUE(tx.AcquireSweepLease("gz", "b", later));      // per region
+    tx.ReleaseSweepLease("bj", "b");                          // not the holder: no-op
+    EXPECT_TRUE(tx.SweepLeaseHeld("bj", now));
+    tx.ReleaseSweepLease("bj", "a");
+    EXPECT_FALSE(tx.SweepLeaseHeld("bj", now));
+    EXPECT_TRUE(tx.AcquireSweepLease("bj", "b", later));
+    // An expired lease can be taken over.
+    EXPECT_TRUE(tx.AcquireSweepLease("su", "dead", now - 1'000'000));
+    EXPECT_FALSE(tx.SweepLeaseHeld("su", now));
+    EXPECT_TRUE(tx.AcquireSweepLease("su", "c", later));
+    EXPECT_TRUE(tx.SweepLeaseHeld("su", now));
+  });
+}
+
+TEST_F(CatalogTest, SweepNeeded) {
+  Write([](CatalogTx& tx) {
+    EXPECT_TRUE(tx.RegionsNeedingSweep().empty());
+    tx.SetSweepNeeded("gz", true);
+    tx.SetSweepNeeded("bj", true);
+    tx.SetSweepNeeded("su", false);
+    EXPECT_TRUE(tx.AcquireSweepLease("su", "a", NowUs() + 1'000'000));
+  });
+  Read([](CatalogTx& tx) {
+    EXPECT_EQ(tx.RegionsNeedingSweep(), (std::vector<std::string>{"bj", "gz"}));
+  });
+  Write([](CatalogTx& tx) {
+    tx.SetSweepNeeded("bj", false);
+    tx.SetSweepNeeded("su", true);  // keeps the lease
+    EXPECT_TRUE(tx.SweepLeaseHeld("su", NowUs()));
+  });
+  Read([](CatalogTx& tx) {
+    EXPECT_EQ(tx.RegionsNeedingSweep(), (std::vector<std::string>{"gz", "su"}));
+  });
+}
+
+// --- Transactions ------------------------------------------------------------------------
+
+TEST_F(CatalogTest, WriteRollsBackWhenTheCallbackThrows) {
+  EXPECT_THROW(Write([](CatalogTx& tx) {
+                 tx.InsertRegion({"bj", "Beijing", "/data/bj"});
+                 tx.InsertImage(MakeImage("m-rollback", "bj", 1));
+                 tx.AppendEvent(MakeEvent("ImageCreated", "m-rollback"));
+                 tx.InsertJob(MakeJob("job-1", "alice", 1, {MakeTask("m-x", "gz")}));
+                 throw std::runtime_error("stop");
+               }),
+               std::runtime_error);
+  Read([](CatalogTx& tx) {
+    EXPECT_TRUE(tx.ListRegions().empty());
+    EXPECT_FALSE(tx.GetImage("m-rollback"));
+    EXPECT_TRUE(tx.ListEvents(0, std::nullopt, 0).empty());
+    EXPECT_FALSE(tx.GetJob("job-1"));
+  });
+  // The catalog stays usable, and the id was not used.
+  Write([](CatalogTx& tx) { EXPECT_TRUE(tx.InsertImage(MakeImage("m-rollback", "bj", 1))); });
+}
+
+TEST_F(CatalogTest, FailedStatementRollsBackTheWholeWrite) {
+  Write([](CatalogTx& tx) { tx.InsertClientToken("alice", "t", {"job-1", "fp"}); });
+  EXPECT_THROW(Write([](CatalogTx& tx) {
+                 tx.PutSetting("k", "v");
+                 tx.InsertClientToken("alice", "t", {"job-2", "fp2"});  // duplicate key
+               }),
+               Error);
+  Read([](CatalogTx& tx) {
+    EXPECT_FALSE(tx.GetSetting("k"));
+    EXPECT_EQ(tx.GetClientToken("alice", "t")->job_id, "job-1");
+  });
+}
+
+TEST_F(CatalogTest, ReadRefusesChanges) {
+  EXPECT_THROW(Read([](CatalogTx& tx) { tx.PutSetting("k", "v"); }), Error);
+  Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("k")); });
+}
+
+TEST_F(CatalogTest, NestedCallsAreRefused) {
+  EXPECT_THROW(Write([&](CatalogTx&) { Read([](CatalogTx&) {}); }), Error);
+  EXPECT_THROW(Read([&](CatalogTx&) { Write([](CatalogTx&) {}); }), Error);
+  Write([](CatalogTx& tx) { tx.PutSetting("k", "v"); });  // still usable
+}
+
+TEST_F(CatalogTest, ThreadsShareOneCatalog) {
+  constexpr int kThreads = 8;
+  constexpr int kEach = 25;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kEach; ++i) {
+        Write([](CatalogTx& tx) { tx.AppendEvent(MakeEvent("Tick")); });
+        Read([](CatalogTx& tx) { tx.ListEvents(0, std::nullopt, 1); });
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  auto events = AllEvents();
+  EXPECT_EQ(events.size(), static_cast<size_t>(kThreads * kEach));
+}
+
+// --- Several processes -------------------------------------------------------------------
+
+TEST_F(CatalogTest, ExactlyOneProcessWinsACompareAndSet) {
+  constexpr int kChildren = 4;
+  const std::string id = "m-race0001";
+  Write([&](CatalogTx& tx) { tx.InsertImage(MakeImage(id, "bj", 1)); });
+  catalog_.reset();  // no connection crosses fork()
+
+  std::unique_ptr<Catalog> child_catalog;
+  auto codes = RunInChildren(
+      kChildren, [&](int) { child_catalog = OpenSqliteCatalog(path_); },
+      [&](int) {
+        bool won = false;
+        child_catalog->Write([&](CatalogTx& tx) {
+          won = tx.TransitionImage(id, ImageStatus::kAvailable, ImageEvent::kCopyStarted);
+        });
+        return won ? 0 : 1;
+      });
+  int winners = 0;
+  for (int code : codes) {
+    EXPECT_TRUE(code == 0 || code == 1) << "child exit code " << code;
+    winners += code == 0;
+  }
+  EXPECT_EQ(winners, 1);
+  Reopen();
+  EXPECT_EQ(GetImage(id)->status, ImageStatus::kReplicating);
+}
+
+TEST_F(CatalogTest, ConcurrentWriterProcessesLoseNothing) {
+  constexpr int kChildren = 4;
+  constexpr int kEach = 50;
+  catalog_.reset();
+  std::unique_ptr<Catalog> child_catalog;
+  auto codes = RunInChildren(
+      kChildren, [&](int) { child_catalog = OpenSqliteCatalog(path_); },
+      [&](int child) {
+        for (int i = 0; i < kEach; ++i) {
+          child_catalog->Write([&](CatalogTx& tx) {
+            tx.AppendEvent(MakeEvent("Child" + std::to_string(child)));
+          });
+        }
+        return 0;
+      });
+  for (int code : codes) EXPECT_EQ(code, 0);
+  Reopen();
+  auto events = AllEvents();
+  EXPECT_EQ(events.size(), static_cast<size_t>(kChildren * kEach));
+  std::set<int64_t> seqs;
+  for (const auto& e : events) seqs.insert(e.seq);
+  EXPECT_EQ(seqs.size(), events.size());
+}
+
+TEST(CatalogProcessTest, ConcurrentFirstOpenMigratesOnce) {
+  constexpr int kChildren = 4;
+  TempDir dir;
+  const fs::path path = dir.path() / "new" / "catalog.db";
+  auto codes = RunInChildren(
+      kChildren, [](int) {},
+      [&](int child) {
+        auto catalog = OpenSqliteCatalog(path);
+        catalog->Write([&](CatalogTx& tx) {
+          tx.InsertAccount({"acct" + std::to_string(child), "A"});
+        });
+        return 0;
+      });
+  for (int code : codes) EXPECT_EQ(code, 0);
+  auto catalog = OpenSqliteCatalog(path);
+  EXPECT_GE(catalog->SchemaVersion(), 1);
+  catalog->Read([&](CatalogTx& tx) { EXPECT_EQ(tx.ListAccounts().size(), 4u); });
+}
+
+}  // namespace
+}  // namespace imagerelay

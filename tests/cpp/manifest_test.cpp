@@ -1,0 +1,106 @@
+#include "imagerelay/manifest.hpp"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "imagerelay/error.hpp"
+
+namespace imagerelay {
+namespace {
+
+const std::string kA(64, 'a');
+const std::string kB = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const std::string kDigest = "sha256:" + kB;
+
+Manifest Sample() {
+  Manifest m;
+  m.size = 10;
+  m.chunk_size = 4;
+  m.digest = kDigest;
+  m.chunks = {kA, "", kB};
+  return m;
+}
+
+void ExpectInvalid(const std::string& text) {
+  try {
+    Manifest::FromJson(text);
+    ADD_FAILURE() << "accepted: " << text;
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter) << text;
+  }
+}
+
+TEST(ManifestTest, RoundTrip) {
+  Manifest m = Sample();
+  EXPECT_EQ(Manifest::FromJson(m.ToJson()), m);
+}
+
+TEST(ManifestTest, JsonFormat) {
+  auto j = nlohmann::json::parse(Sample().ToJson());
+  EXPECT_EQ(j["version"], 1);
+  EXPECT_EQ(j["size"], 10);
+  EXPECT_EQ(j["chunk_size"], 4);
+  EXPECT_EQ(j["digest"], kDigest);
+  ASSERT_EQ(j["chunks"].size(), 3u);
+  EXPECT_EQ(j["chunks"][0], kA);
+  EXPECT_TRUE(j["chunks"][1].is_null());
+}
+
+TEST(ManifestTest, EmptyImage) {
+  Manifest m;
+  m.size = 0;
+  m.chunk_size = 4 << 20;
+  m.digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+  EXPECT_EQ(Manifest::FromJson(m.ToJson()), m);
+}
+
+TEST(ManifestTest, ChunkGeometry) {
+  Manifest m = Sample();
+  EXPECT_EQ(m.ChunkOffset(2), 8u);
+  EXPECT_EQ(m.ChunkLength(0), 4u);
+  EXPECT_EQ(m.ChunkLength(2), 2u);  // short last chunk
+  EXPECT_EQ(m.ChunkLength(3), 0u);
+}
+
+TEST(ManifestTest, RejectsBadJson) {
+  ExpectInvalid("");
+  ExpectInvalid("not json");
+  ExpectInvalid("[]");
+  ExpectInvalid("{\"version\":1");
+}
+
+TEST(ManifestTest, RejectsInconsistentManifests) {
+  auto with = [](const std::string& key, nlohmann::json value) {
+    auto j = nlohmann::json::parse(Sample().ToJson());
+    if (value.is_discarded()) {
+      j.erase(key);
+    } else {
+      j[key] = value;
+    }
+    return j.dump();
+  };
+  const nlohmann::json kMissing = nlohmann::json(nlohmann::json::value_t::discarded);
+  ExpectInvalid(with("version", 2));
+  ExpectInvalid(with("version", kMissing));
+  ExpectInvalid(with("size", -1));
+  ExpectInvalid(with("size", "10"));
+  ExpectInvalid(with("size", 13));  // needs 4 chunks
+  ExpectInvalid(with("size", 8));   // needs 2 chunks
+  ExpectInvalid(with("chunk_size", 0));
+  ExpectInvalid(with("chunk_size", kMissing));
+  ExpectInvalid(with("digest", kB));
+  ExpectInvalid(with("digest", "sha256:" + std::string(64, 'A')));
+  ExpectInvalid(with("digest", kMissing));
+  ExpectInvalid(with("chunks", kMissing));
+  ExpectInvalid(with("chunks", "abc"));
+  ExpectInvalid(with("chunks", nlohmann::json::array({kA, nullptr, "../../etc/passwd"})));
+  ExpectInvalid(with("chunks", nlohmann::json::array({kA, nullptr, std::string(63, 'a')})));
+  ExpectInvalid(with("chunks", nlohmann::json::array({kA, nullptr, std::string(64, 'A')})));
+  ExpectInvalid(with("chunks", nlohmann::json::array({kA, nullptr, 5})));
+  // Still fine: the sample itself.
+  EXPECT_NO_THROW(Manifest::FromJson(with("size", 10)));
+}
+
+}  // namespace
+}  // namespace imagerelay
