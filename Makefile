@@ -2,7 +2,8 @@
 # make test: install, build, run every C++ and Python test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CPP_BUILD := build/cpp
+# The editable install's build tree (pyproject.toml) also builds the C++ tests.
+CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench clean
@@ -17,12 +18,10 @@ build-py: deps
 	@$(PY) -m pip install -q --no-build-isolation -e . 2>&1 | grep -v "^$$" || true
 	@$(PY) -c "import imagerelay" || (echo "build of the Python package failed" && exit 1)
 
-build-cpp: deps
-	@cmake -S . -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-		-DIMAGERELAY_BUILD_PYTHON=OFF -DIMAGERELAY_BUILD_TESTS=ON >/dev/null
-	@cmake --build $(CPP_BUILD)
+build-cpp: build-py
+	@cmake --build $(CPP_BUILD) --target imagerelay_tests
 
-build: build-py build-cpp
+build: build-cpp
 
 demo: build-py
 	$(VENV)/bin/imagerelay demo

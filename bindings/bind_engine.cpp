@@ -116,6 +116,7 @@ void BindEngine(py::module_& m) {
       .def("delete", &Engine::Delete, py::arg("account"), py::arg("image_id"), Release())
       .def("export", &Engine::Export, py::arg("account"), py::arg("image_id"), py::arg("path"),
            Release())
+      .def("verify", &Engine::Verify, py::arg("account"), py::arg("image_id"), Release())
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
            py::arg("to"), py::arg("name"), py::arg("client_token"), Release())
       .def("cancel_copy", &Engine::CancelCopy, py::arg("account"), py::arg("dest_image_id"),

@@ -12,6 +12,7 @@
 #include "imagerelay/ids.hpp"
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
+#include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
 namespace fs = std::filesystem;
@@ -647,6 +648,47 @@ void Engine::Export(const std::string& account, const std::string& image_id,
   }
   CancelToken never;
   ExportFromStore(*store, *manifest, path, never, nullptr);
+}
+
+std::string Engine::Verify(const std::string& account, const std::string& image_id) {
+  Image image;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    image = LoadVisible(tx, account, image_id);
+  });
+  if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
+    ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
+                                                std::string(ToString(image.status)) +
+                                                "; only Available images can be verified");
+  }
+  auto store = impl_->StoreFor(image.region);
+  auto manifest = store->GetManifest(image.id);
+  if (!manifest) {
+    ThrowCode(codes::kIntegrityError, "the manifest of image " + image.id + " is missing from " +
+                                          "region " + image.region);
+  }
+  Sha256 whole;
+  std::vector<std::byte> buffer;
+  for (size_t i = 0; i < manifest->chunks.size(); ++i) {
+    const auto& hash = manifest->chunks[i];
+    if (hash.empty()) {
+      whole.UpdateZeros(manifest->ChunkLength(i));
+      continue;
+    }
+    store->GetChunk(hash, buffer);
+    if (buffer.size() != manifest->ChunkLength(i) ||
+        Sha256Hex(buffer.data(), buffer.size()) != hash) {
+      ThrowCode(codes::kIntegrityError, "chunk " + hash + " of image " + image.id +
+                                            " in region " + image.region + " is corrupt");
+    }
+    whole.Update(buffer.data(), buffer.size());
+  }
+  std::string digest = "sha256:" + whole.FinishHex();
+  if (digest != manifest->digest || digest != image.digest) {
+    ThrowCode(codes::kIntegrityError, "image " + image.id + " hashes to " + digest +
+                                          " but its digest is " + image.digest);
+  }
+  return digest;
 }
 
 // ---- events and hooks -----------------------------------------------------------------

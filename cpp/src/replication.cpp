@@ -373,6 +373,19 @@ struct Claim {
 }  // namespace
 
 bool Engine::Impl::RunOneClaim() {
+  // A cheap read first: idle workers must not queue for the catalog's write lock.
+  bool anything = false;
+  catalog->Read([&](CatalogTx& tx) {
+    TimeUs now = NowUs();
+    for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+      if (task.state == TaskState::kPending ||
+          !LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now)) {
+        anything = true;
+        break;
+      }
+    }
+  });
+  if (!anything) return false;
   Claim claim;
   Write([&](CatalogTx& tx, PendingEvents& events) {
     TimeUs now = NowUs();

@@ -1,19 +1,25 @@
 // The SQLite catalog (DESIGN.md §6). One connection per Catalog, guarded by a mutex; every
 // Write() is one BEGIN IMMEDIATE transaction, so writers are serialised across threads and
 // processes and a read-check-write inside one Write() is atomic. Write() and Read() must
-// not be called from inside a Write()/Read() callback (they throw if they are).
+// not be called from inside a Write()/Read() callback (they throw if they are), and a
+// Catalog must not be used across fork(): a child process opens its own.
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
+#include <initializer_list>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
@@ -658,7 +664,8 @@ class SqliteTx final : public CatalogTx {
   }
 
   std::vector<Task> TasksOfJob(const std::string& job_id) {
-    auto s = Prepare(Sql({"SELECT ", kTaskColumns, " FROM tasks t WHERE t.job_id = ? ORDER BY t.region"}));
+    auto s = Prepare(
+        Sql({"SELECT ", kTaskColumns, " FROM tasks t WHERE t.job_id = ? ORDER BY t.region"}));
     s->Bind(job_id);
     std::vector<Task> tasks;
     while (s->Step()) tasks.push_back(ReadTask(*s));
@@ -761,7 +768,7 @@ std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path) {
     conn.Exec("PRAGMA synchronous = NORMAL");
     Migrate(conn, path);
   } catch (const SqliteError& e) {
-    if (IsOpenFailure(e.rc())) ThrowCannotOpen(path, e.message());
+    if (IsOpenFailure(e.rc())) ThrowCannotOpen(path, e.sqlite_message());
     throw;
   }
   return std::make_unique<SqliteCatalog>(path, std::move(conn));

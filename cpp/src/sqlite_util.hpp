@@ -21,23 +21,28 @@ namespace imagerelay::sqlite {
 
 class SqliteError : public TransferError {
  public:
-  SqliteError(int rc, const std::string& message)
-      : TransferError(codes::kTransferFailed, message), rc_(rc) {}
+  SqliteError(int rc, const std::string& message, std::string sqlite_message)
+      : TransferError(codes::kTransferFailed, message),
+        rc_(rc),
+        sqlite_message_(std::move(sqlite_message)) {}
   // SQLite's result code (primary code in the low byte).
   int rc() const { return rc_; }
-  bool busy() const { return (rc_ & 0xff) == SQLITE_BUSY || (rc_ & 0xff) == SQLITE_LOCKED; }
+  // SQLite's own message, without the statement it came from.
+  const std::string& sqlite_message() const { return sqlite_message_; }
 
  private:
   int rc_;
+  std::string sqlite_message_;
 };
 
 // Throws SqliteError with `context` and the connection's last error message.
 [[noreturn]] inline void ThrowSqlite(sqlite3* db, int rc, std::string_view context) {
+  std::string sqlite_message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
   std::string message = "catalog: ";
   message += context;
   message += ": ";
-  message += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  throw SqliteError(rc, message);
+  message += sqlite_message;
+  throw SqliteError(rc, message, std::move(sqlite_message));
 }
 
 template <typename T>
@@ -119,7 +124,6 @@ class Statement {
   bool ReadOnly() const { return sqlite3_stmt_readonly(stmt_.get()) != 0; }
 
  private:
-
   struct Finalizer {
     void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
   };
@@ -156,7 +160,9 @@ class Connection {
     if (rc != SQLITE_OK) ThrowSqlite(get(), rc, sql.substr(0, 60));
   }
   // Runs statements and returns the result code (message in sqlite3_errmsg).
-  int TryExec(const std::string& sql) { return sqlite3_exec(get(), sql.c_str(), nullptr, nullptr, nullptr); }
+  int TryExec(const std::string& sql) {
+    return sqlite3_exec(get(), sql.c_str(), nullptr, nullptr, nullptr);
+  }
 
   // The prepared statement for `sql`, prepared on first use and kept for the connection's
   // lifetime.

@@ -192,6 +192,13 @@ class Cloud:
         self._engine.export(self.account, image_id, target)
         return target
 
+    def verify_image(self, image_id: str) -> str:
+        """Re-reads the image's chunks, checks each and the whole; returns the digest.
+
+        Raises ``IntegrityError`` (``Transfer.IntegrityError``) if any byte is wrong.
+        """
+        return str(self._engine.verify(self.account, image_id))
+
     # -- replication --------------------------------------------------------------
     def replicate(self, image_id: str, to: str | list[str], *, name: str | None = None,
                   client_token: str | None = None) -> Job:
@@ -251,11 +258,13 @@ class Cloud:
 
 
 def open(home: str | os.PathLike[str] | None = None, *, account: str | None = None,
-         limits: Limits | None = None, workers: int | None = None) -> Cloud:
+         limits: Limits | None = None, workers: int | None = None,
+         start_workers: bool = True) -> Cloud:
     """Opens (or creates) a home: a catalog, regions bj/gz/su and account ``default``.
 
     ``home`` defaults to ``$IMAGERELAY_HOME``, else ``~/.imagerelay``; ``account`` to
-    ``$IMAGERELAY_ACCOUNT``, else ``default``. Copies left in flight resume here.
+    ``$IMAGERELAY_ACCOUNT``, else ``default``. Copies left in flight resume here, unless
+    ``start_workers`` is false (a short-lived tool that leaves copies to a worker).
     """
     if home is None:
         home = os.environ.get("IMAGERELAY_HOME") or Path.home() / ".imagerelay"
@@ -264,7 +273,8 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValidationError(f"workers must be a positive integer, got {workers!r}")
     core_limits = (limits or Limits())._to_core()
-    engine = _core.Engine.open(Path(home).expanduser(), core_limits, workers or 4)
+    engine = _core.Engine.open(Path(home).expanduser(), core_limits, workers or 4,
+                               start_workers)
     with _open_lock:
         _open_engines.add(engine)
     try:

@@ -82,6 +82,10 @@ class Image:
     def export(self, path: str | Path) -> Path:
         return self._cloud.export_image(self.id, path)
 
+    def verify(self) -> str:
+        """Checks every stored byte against the digest; returns it (IntegrityError if not)."""
+        return self._cloud.verify_image(self.id)
+
     def wait(self, timeout: float | None = None) -> Image:
         """Waits until the image is neither Creating nor Replicating."""
         from .errors import TimeoutError

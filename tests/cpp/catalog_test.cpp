@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -757,6 +758,43 @@ TEST_F(CatalogTest, ThreadsShareOneCatalog) {
   for (auto& thread : threads) thread.join();
   auto events = AllEvents();
   EXPECT_EQ(events.size(), static_cast<size_t>(kThreads * kEach));
+}
+
+// A second connection holding the write lock, as another process would.
+class ForeignWriter {
+ public:
+  explicit ForeignWriter(const fs::path& path) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK);
+    EXPECT_EQ(Exec("BEGIN IMMEDIATE"), SQLITE_OK);
+    EXPECT_EQ(Exec("INSERT INTO settings (key, value) VALUES ('foreign', 'uncommitted')"),
+              SQLITE_OK);
+  }
+  ~ForeignWriter() { sqlite3_close(db_); }
+  int Exec(const char* sql) { return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr); }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+TEST_F(CatalogTest, ReadersAreNotBlockedByAWriter) {
+  ForeignWriter writer(path_);
+  Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("foreign")); });
+  EXPECT_EQ(writer.Exec("COMMIT"), SQLITE_OK);
+  Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("foreign"), "uncommitted"); });
+}
+
+TEST_F(CatalogTest, WriteWaitsForAnotherWriter) {
+  ForeignWriter writer(path_);
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(writer.Exec("ROLLBACK"), SQLITE_OK);
+  });
+  Write([](CatalogTx& tx) { tx.PutSetting("mine", "1"); });  // waits instead of failing
+  releaser.join();
+  Read([](CatalogTx& tx) {
+    EXPECT_EQ(tx.GetSetting("mine"), "1");
+    EXPECT_FALSE(tx.GetSetting("foreign"));
+  });
 }
 
 // --- Several processes -------------------------------------------------------------------

@@ -84,6 +84,9 @@ class Engine {
   void Delete(const std::string& account, const std::string& image_id);
   void Export(const std::string& account, const std::string& image_id,
               const std::filesystem::path& path);
+  // Re-reads every chunk of the image from its region, checks each against its name and the
+  // whole against the image's digest; returns the digest, throws IntegrityError otherwise.
+  std::string Verify(const std::string& account, const std::string& image_id);
 
   // Replication (DESIGN.md §2, §5).
   Job Replicate(const std::string& account, const std::string& image_id,

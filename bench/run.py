@@ -1,0 +1,878 @@
+#!/usr/bin/env python3
+"""imagerelay benchmarks: the engine side by side with cp / rsync, in one run.
+
+    python bench/run.py                 # everything, full sizes (~10-15 min); writes bench/RESULTS.md
+    python bench/run.py --quick         # sizes divided by 8: a smoke run
+    python bench/run.py --only import --only replicate   # a subset (also: --only import,sparse)
+
+Benchmarks (names for --only): import, sparse, replicate, incremental, fanout, rss.
+
+Every timed run starts cold: `sync`, then 3 is written to /proc/sys/vm/drop_caches (if
+permitted; RESULTS.md says whether it was). Each contender runs --runs times (default 2),
+interleaved with the others so that a change of machine load hits all of them alike; the
+tables give the best and the median. Engine operations run in a child process (this file
+with --child), which opens the home untimed, drops the caches, and times only the call
+(import_image, or replicate() up to job.wait() returning) with time.perf_counter. The
+baselines (cp, rsync) are timed in this process around the subprocess. Peak RSS is the
+ru_maxrss of each child as /usr/bin/time reports it (%M); CPU time comes from wait4().
+
+All work files live under bench/work/ (gitignored) and are deleted at the end (--keep
+keeps them). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+BENCHES = ("import", "sparse", "replicate", "incremental", "fanout", "rss")
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+HAVE_TIME = os.access("/usr/bin/time", os.X_OK)
+CHILD_TIMEOUT = 3 * 3600
+
+
+# ----------------------------------------------------------------------------------------
+# small helpers (shared by the parent and the child)
+# ----------------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def drop_caches() -> str | None:
+    """sync, then drop the page cache. Returns None on success, else why it failed."""
+    os.sync()
+    try:
+        with open(DROP_CACHES, "w") as f:
+            f.write("3\n")
+        return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def proc_io() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                k, v = line.split(":")
+                out[k.strip()] = int(v)
+    except OSError:
+        pass
+    return out
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return fmt_bytes(n)
+
+
+# ----------------------------------------------------------------------------------------
+# child mode: one engine operation, timed in-process
+# ----------------------------------------------------------------------------------------
+def child_main(spec: dict) -> None:
+    import resource
+
+    import imagerelay as ir
+
+    result: dict = {"core": getattr(ir._core, "__file__", "?")}
+    cloud = ir.open(spec["home"])
+    try:
+        op = spec["op"]
+        if op == "replicate" and spec.get("image_id") is None:
+            raise SystemExit("replicate needs image_id")
+        result["drop_error"] = drop_caches() if spec.get("cold") else "not requested"
+        result["load1"] = loadavg()
+        io0, ru0 = proc_io(), resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        if op == "import":
+            image = cloud.import_image(spec["source"], region=spec["region"], name=spec["name"])
+            t1 = time.perf_counter()
+            result.update(image_id=image.id, status=image.status, size=image.size,
+                          digest=image.digest, error=image.error)
+        elif op == "replicate":
+            job = cloud.replicate(spec["image_id"], spec["to"])
+            job.wait(timeout=CHILD_TIMEOUT, raise_on_error=False)
+            t1 = time.perf_counter()
+            job.refresh()
+            src = cloud.image(spec["image_id"])
+            result.update(job_state=job.state, source_digest=src.digest,
+                          tasks={r: t.to_dict() for r, t in job.tasks.items()},
+                          copies={r: {"id": c.id, "digest": c.digest, "status": c.status}
+                                  for r, c in job.copies.items()})
+            for task in result["tasks"].values():  # datetimes are not JSON
+                task["started_at"] = str(task["started_at"])
+                task["finished_at"] = str(task["finished_at"])
+        else:
+            raise SystemExit(f"unknown child op {op!r}")
+        io1, ru1 = proc_io(), resource.getrusage(resource.RUSAGE_SELF)
+        result["seconds"] = t1 - t0
+        result["io"] = {k: io1.get(k, 0) - io0.get(k, 0) for k in io1}
+        result["cpu"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        # Whatever the operation left dirty: the time a sync right after it takes.
+        ts = time.perf_counter()
+        os.sync()
+        result["sync_after"] = time.perf_counter() - ts
+    finally:
+        cloud.close()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            result["vmhwm"] = int(line.split()[1]) * KiB
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------------------
+# parent side
+# ----------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick = args.quick
+        self.div = 8 if args.quick else 1
+        self.runs = args.runs
+        self.work = Path(args.work).resolve()
+        self.data = self.work / "data"
+        self.scratch = self.work / "scratch"
+        self.drop_errors: set[str] = set()
+        self.drops = 0
+        self.loads: dict[str, list[float]] = {}
+        self.current = ""
+        self.counter = 0
+        self.sections: list[str] = []
+        self.verdicts: list[tuple[str, str, str]] = []  # (benchmark, target, verdict)
+        self.problems: list[str] = []
+        # sizes
+        d = self.div
+        self.dense_size = 2 * GiB // d
+        self.half_size = 1 * GiB // d
+        self.small_size = 256 * MiB // d
+        self.sparse_size = 20 * GiB // d
+        self.sparse_extents = 64
+        self.sparse_extent = 16 * MiB // d
+        self.mod_ranges = 20
+        self.mod_range = 1 * MiB // d
+
+    # -- processes ---------------------------------------------------------------
+    def _spawn(self, argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int, object, int]:
+        """Runs argv under /usr/bin/time; returns (seconds, exit status, rusage, maxrss bytes).
+
+        The peak RSS is GNU time's %M (the ru_maxrss that wait4() gives it for the command).
+        It is not taken from our own wait4(): Linux carries a process's pre-exec peak RSS
+        over exec(), so a child forked from this (large) python would inherit its peak.
+        """
+        self.counter += 1
+        tfile = self.work / f"time-{self.counter}.txt"
+        full = (["/usr/bin/time", "-f", "%M", "-o", str(tfile)] + argv) if HAVE_TIME else argv
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(full, stdout=stdout, stderr=None, cwd=REPO)
+        _, status, ru = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        maxrss = ru.ru_maxrss * KiB
+        if HAVE_TIME:
+            try:
+                maxrss = int(tfile.read_text().split()[-1]) * KiB
+                tfile.unlink()
+            except (OSError, ValueError, IndexError):
+                pass
+        return seconds, proc.returncode, ru, maxrss
+
+    def cold(self) -> None:
+        err = drop_caches()
+        self.drops += 1
+        if err:
+            self.drop_errors.add(err)
+        self.loads.setdefault(self.current, []).append(loadavg())
+
+    def shell(self, cmd: str, *, timed: bool = True, capture: bool = False) -> dict:
+        """A baseline: `sh -c cmd`, after sync + drop of the caches when timed."""
+        if timed:
+            self.cold()
+        out_path = None
+        if capture:
+            self.counter += 1
+            out_path = self.work / f"out-{self.counter}.txt"
+            stdout = open(out_path, "w")
+        else:
+            stdout = subprocess.DEVNULL
+        try:
+            seconds, rc, ru, maxrss = self._spawn(["sh", "-c", cmd], stdout=stdout)
+        finally:
+            if capture:
+                stdout.close()
+        if rc != 0:
+            raise RuntimeError(f"command failed ({rc}): {cmd}")
+        res = {"seconds": seconds, "cpu": ru.ru_utime + ru.ru_stime,
+               "maxrss": maxrss, "read_bytes": ru.ru_inblock * 512}
+        if capture:
+            res["stdout"] = out_path.read_text()
+        return res
+
+    def engine(self, op: str, *, home: Path, timed: bool = True, **kw) -> dict:
+        """An engine operation in a child python process (this file with --child)."""
+        self.counter += 1
+        out = self.work / f"child-{self.counter}.json"
+        spec = {"op": op, "home": str(home), "cold": timed, "out": str(out), **kw}
+        if timed:
+            self.loads.setdefault(self.current, []).append(loadavg())
+        wall, rc, ru, maxrss = self._spawn([sys.executable, str(Path(__file__).resolve()), "--child",
+                                    json.dumps(spec)])
+        if rc != 0 or not out.exists():
+            raise RuntimeError(f"engine child {op} failed (exit {rc}); spec {spec}")
+        res = json.loads(out.read_text())
+        out.unlink()
+        if timed:
+            self.drops += 1
+            if res.get("drop_error"):
+                self.drop_errors.add(res["drop_error"])
+        res["maxrss"] = maxrss
+        res["wall"] = wall
+        if op == "import" and res.get("status") != "Available":
+            raise RuntimeError(f"import of {kw.get('source')} ended {res.get('status')}: "
+                               f"{res.get('error')}")
+        if op == "replicate":
+            if res.get("job_state") != "Completed":
+                raise RuntimeError(f"replication ended {res.get('job_state')}: {res['tasks']}")
+            for region, copy in res["copies"].items():
+                if copy["digest"] != res["source_digest"]:
+                    raise RuntimeError(f"copy in {region} has digest {copy['digest']}, "
+                                       f"source {res['source_digest']}")
+        return res
+
+    def new_home(self, tag: str) -> Path:
+        self.counter += 1
+        home = self.scratch / f"home-{tag}-{self.counter}"
+        if home.exists():
+            shutil.rmtree(home)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def setup_image(self, source: Path, tag: str) -> tuple[Path, str]:
+        """A fresh home holding `source` imported into bj (untimed)."""
+        home = self.new_home(tag)
+        res = self.engine("import", home=home, timed=False, source=str(source), region="bj",
+                          name=tag)
+        return home, res["image_id"]
+
+    def rm(self, *paths: Path) -> None:
+        for p in paths:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+
+    # -- data ----------------------------------------------------------------------
+    def write_random(self, path: Path, size: int) -> None:
+        if path.exists() and path.stat().st_size == size:
+            return
+        log(f"generating {path.name} ({fmt_bytes(size)} of os.urandom)")
+        block = 64 * MiB
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                n = min(block, left)
+                f.write(os.urandom(n))
+                left -= n
+
+    def dense(self) -> Path:
+        p = self.data / "dense.raw"
+        self.write_random(p, self.dense_size)
+        return p
+
+    def half(self) -> Path:
+        p = self.data / "dense-half.raw"
+        self.write_random(p, self.half_size)
+        return p
+
+    def small(self) -> Path:
+        p = self.data / "small.raw"
+        self.write_random(p, self.small_size)
+        return p
+
+    def sparse(self) -> Path:
+        p = self.data / "sparse.raw"
+        if p.exists() and p.stat().st_size == self.sparse_size:
+            return p
+        log(f"generating {p.name}: {fmt_bytes(self.sparse_size)} sparse, "
+            f"{self.sparse_extents} x {fmt_bytes(self.sparse_extent)} of random data")
+        spacing = self.sparse_size // self.sparse_extents
+        with open(p, "wb") as f:
+            f.truncate(self.sparse_size)
+            for i in range(self.sparse_extents):
+                f.seek(i * spacing)
+                f.write(os.urandom(self.sparse_extent))
+        return p
+
+    def modified(self) -> tuple[Path, list[int]]:
+        """A copy of dense.raw with mod_ranges evenly spaced, aligned ranges rewritten."""
+        p = self.data / "dense-modified.raw"
+        src = self.dense()
+        step = self.dense_size // self.mod_ranges
+        offsets = [(i * step + step // 2) // self.mod_range * self.mod_range
+                   for i in range(self.mod_ranges)]
+        if not (p.exists() and p.stat().st_size == self.dense_size):
+            log(f"generating {p.name}: dense.raw with {self.mod_ranges} x "
+                f"{fmt_bytes(self.mod_range)} rewritten")
+            shutil.copyfile(src, p)
+            with open(p, "r+b") as f:
+                for off in offsets:
+                    f.seek(off)
+                    f.write(os.urandom(self.mod_range))
+        return p, offsets
+
+    # -- report helpers ------------------------------------------------------------
+    def table(self, rows: list[dict], size: int | None) -> str:
+        """rows: {name, results: [dict with seconds, cpu, maxrss], notes}."""
+        head = ("| contender | best (s) | median (s) | runs (s) | throughput at best (MiB/s) "
+                "| CPU user+sys, median (s) | peak RSS (MiB) | notes |\n"
+                "|---|---:|---:|---|---:|---:|---:|---|\n")
+        lines = []
+        for row in rows:
+            times = [r["seconds"] for r in row["results"]]
+            best, med = min(times), statistics.median(times)
+            nbytes = row.get("bytes", size)
+            thr = f"{nbytes / MiB / best:.0f}" if nbytes and best > 0 else "—"
+            cpu = statistics.median([r["cpu"] for r in row["results"]])
+            rss = max(r["maxrss"] for r in row["results"]) / MiB
+            lines.append(f"| {row['name']} | {best:.2f} | {med:.2f} | "
+                         f"{', '.join(f'{t:.2f}' for t in times)} | {thr} | {cpu:.2f} | "
+                         f"{rss:.0f} | {row.get('notes', '')} |")
+        return head + "\n".join(lines) + "\n"
+
+    def target(self, bench: str, text: str, best_val: float, med_val: float, limit: float,
+               unit: str = "x", strict: bool = False) -> str:
+        ok_best = best_val < limit if strict else best_val <= limit
+        ok_med = med_val < limit if strict else med_val <= limit
+        verdict = "PASS" if ok_best else "MISS"
+        detail = (f"**{verdict}** — {text}: measured {best_val:.3f}{unit} (best vs best), "
+                  f"{med_val:.3f}{unit} (median vs median); limit "
+                  f"{'<' if strict else '≤'} {limit}{unit}")
+        if ok_best != ok_med:
+            detail += f" — note: by the medians it would be {'PASS' if ok_med else 'MISS'}"
+        self.verdicts.append((bench, text, verdict))
+        return "- " + detail + "\n"
+
+    def load_note(self) -> str:
+        loads = self.loads.get(self.current, [])
+        if not loads:
+            return ""
+        return (f"Load average (1 min) at the start of the timed runs: "
+                f"{min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs.\n")
+
+    @staticmethod
+    def best(results: list[dict]) -> float:
+        return min(r["seconds"] for r in results)
+
+    @staticmethod
+    def median(results: list[dict]) -> float:
+        return statistics.median(r["seconds"] for r in results)
+
+    # -- the benchmarks ------------------------------------------------------------
+    def bench_import(self) -> str:
+        src = self.dense()
+        dest = self.scratch / "cp-dest.raw"
+        eng, cp = [], []
+        for i in range(self.runs):
+            log(f"import run {i + 1}/{self.runs}: imagerelay import")
+            home = self.new_home("import")
+            eng.append(self.engine("import", home=home, source=str(src), region="bj",
+                                   name="dense"))
+            self.rm(home)
+            log(f"import run {i + 1}/{self.runs}: cp + sync")
+            self.rm(dest)
+            cp.append(self.shell(f"cp {shlex.quote(str(src))} {shlex.quote(str(dest))} && sync"))
+            self.rm(dest)
+        size = self.dense_size
+        rows = [
+            {"name": "imagerelay import (`cloud.import_image`, fresh home)", "results": eng,
+             "notes": "sync right after: " + ", ".join(f"{r['sync_after']:.2f}s" for r in eng)},
+            {"name": "`cp FILE DEST && sync`", "results": cp},
+        ]
+        out = (f"## 1. Import of a {human_size(size)} dense random file\n\n"
+               f"{self.load_note()}\n" + self.table(rows, size) + "\n")
+        out += (f"Import throughput: best {size / MiB / self.best(eng):.0f} MiB/s, "
+                f"median {size / MiB / self.median(eng):.0f} MiB/s.\n\n")
+        out += self.target("import", "import within 1.3x of cp+sync",
+                           self.best(eng) / self.best(cp), self.median(eng) / self.median(cp),
+                           1.3)
+        return out
+
+    def bench_sparse(self) -> str:
+        sparse, half = self.sparse(), self.half()
+        st = sparse.stat()
+        dest = self.scratch / "cp-sparse.raw"
+        sp, dn, cp = [], [], []
+        for i in range(self.runs):
+            log(f"sparse run {i + 1}/{self.runs}: import of the sparse file")
+            home = self.new_home("sparse")
+            r = self.engine("import", home=home, source=str(sparse), region="bj", name="sparse")
+            r["stored"] = sum(p.stat().st_blocks * 512 for p in (home / "regions" / "bj")
+                              .rglob("*") if p.is_file())
+            sp.append(r)
+            self.rm(home)
+            log(f"sparse run {i + 1}/{self.runs}: import of the dense half-size file")
+            home = self.new_home("half")
+            dn.append(self.engine("import", home=home, source=str(half), region="bj",
+                                  name="half"))
+            self.rm(home)
+            log(f"sparse run {i + 1}/{self.runs}: cp --sparse=always + sync")
+            self.rm(dest)
+            cp.append(self.shell(f"cp --sparse=always {shlex.quote(str(sparse))} "
+                                 f"{shlex.quote(str(dest))} && sync"))
+            self.rm(dest)
+        if any(r["size"] != self.sparse_size for r in sp):
+            self.problems.append(f"sparse import reported size {sp[0]['size']}, "
+                                 f"file is {self.sparse_size}")
+        rows = [
+            {"name": f"imagerelay import, {human_size(self.sparse_size)} sparse file",
+             "results": sp, "bytes": self.half_size,
+             "notes": f"image size {fmt_bytes(sp[0]['size'])}; region bj holds "
+                      f"{fmt_bytes(sp[0]['stored'])} on disk"},
+            {"name": f"imagerelay import, {human_size(self.half_size)} dense file",
+             "results": dn},
+            {"name": "`cp --sparse=always SPARSE DEST && sync` (reference)", "results": cp,
+             "bytes": self.half_size},
+        ]
+        out = (f"## 2. Sparse import: {human_size(self.sparse_size)} sparse file holding "
+               f"{human_size(self.half_size)} of random data\n\n"
+               f"The sparse file: {self.sparse_extents} extents of "
+               f"{human_size(self.sparse_extent)} at every "
+               f"{human_size(self.sparse_size // self.sparse_extents)}, made with truncate + "
+               f"writes ({fmt_bytes(st.st_blocks * 512)} allocated). Throughput is over the "
+               f"{human_size(self.half_size)} of data.\n\n"
+               f"{self.load_note()}\n" + self.table(rows, self.half_size) + "\n")
+        out += self.target("sparse", "sparse import within 1.5x of the dense import of the "
+                           "same amount of data", self.best(sp) / self.best(dn),
+                           self.median(sp) / self.median(dn), 1.5)
+        return out
+
+    def bench_replicate(self) -> str:
+        src = self.dense()
+        dest = self.scratch / "copy-dest.raw"
+        eng, cp, rs = [], [], []
+        for i in range(self.runs):
+            log(f"replicate run {i + 1}/{self.runs}: setup (import into bj, untimed)")
+            home, image_id = self.setup_image(src, "replicate")
+            log(f"replicate run {i + 1}/{self.runs}: replicate bj -> gz")
+            eng.append(self.engine("replicate", home=home, image_id=image_id, to=["gz"]))
+            self.rm(home)
+            log(f"replicate run {i + 1}/{self.runs}: cp + sync")
+            self.rm(dest)
+            cp.append(self.shell(f"cp {shlex.quote(str(src))} {shlex.quote(str(dest))} && sync"))
+            self.rm(dest)
+            log(f"replicate run {i + 1}/{self.runs}: rsync -a + sync")
+            rs.append(self.shell(f"rsync -a {shlex.quote(str(src))} {shlex.quote(str(dest))}"
+                                 f" && sync"))
+            self.rm(dest)
+        size = self.dense_size
+        self.results_single_repl = self.best(eng)
+        xfer = eng[0]["tasks"]["gz"]["bytes_transferred"]
+        rows = [
+            {"name": "imagerelay replicate bj -> gz (replicate() to job.wait())", "results": eng,
+             "notes": f"bytes_transferred {fmt_bytes(xfer)}; sync right after: "
+                      + ", ".join(f"{r['sync_after']:.2f}s" for r in eng)},
+            {"name": "`cp FILE DEST && sync`", "results": cp},
+            {"name": "`rsync -a FILE NEWDEST && sync`", "results": rs},
+        ]
+        out = (f"## 3. Replication of the {human_size(size)} dense image, bj -> gz "
+               f"(local -> local)\n\n{self.load_note()}\n" + self.table(rows, size) + "\n")
+        out += self.target("replicate", "replicate within 1.2x of cp+sync",
+                           self.best(eng) / self.best(cp), self.median(eng) / self.median(cp),
+                           1.2)
+        return out
+
+    def bench_incremental(self) -> str:
+        src = self.dense()
+        mod, offsets = self.modified()
+        dest = self.scratch / "rsync-dest.raw"
+        full, imp, inc, rs = [], [], [], []
+        chunk = 4 * MiB
+        changed_chunks = len({o // chunk for o in offsets} |
+                             {(o + self.mod_range - 1) // chunk for o in offsets})
+        for i in range(self.runs):
+            log(f"incremental run {i + 1}/{self.runs}: setup (import original into bj)")
+            home, orig_id = self.setup_image(src, "incr")
+            log(f"incremental run {i + 1}/{self.runs}: full replicate bj -> gz (reference)")
+            full.append(self.engine("replicate", home=home, image_id=orig_id, to=["gz"]))
+            log(f"incremental run {i + 1}/{self.runs}: import the modified file into bj")
+            r = self.engine("import", home=home, source=str(mod), region="bj", name="modified")
+            imp.append(r)
+            log(f"incremental run {i + 1}/{self.runs}: replicate the modified image bj -> gz")
+            inc.append(self.engine("replicate", home=home, image_id=r["image_id"], to=["gz"]))
+            self.rm(home)
+            log(f"incremental run {i + 1}/{self.runs}: rsync --inplace --no-whole-file")
+            self.rm(dest)
+            self.shell(f"cp {shlex.quote(str(src))} {shlex.quote(str(dest))}", timed=False)
+            r = self.shell(f"rsync --inplace --no-whole-file --stats {shlex.quote(str(mod))} "
+                           f"{shlex.quote(str(dest))} && sync", capture=True)
+            r["literal"] = None
+            for line in r["stdout"].splitlines():
+                if line.startswith("Literal data:"):
+                    r["literal"] = int(line.split(":")[1].split()[0].replace(",", ""))
+            rs.append(r)
+            if os.path.getsize(dest) != self.dense_size or not files_equal(dest, mod):
+                self.problems.append("rsync --inplace result differs from the modified file")
+            self.rm(dest)
+        size = self.dense_size
+        xfers = [r["tasks"]["gz"]["bytes_transferred"] for r in inc]
+        skipped = [r["tasks"]["gz"]["chunks_skipped"] for r in inc]
+        totals = [r["tasks"]["gz"]["chunks_total"] for r in inc]
+        rows = [
+            {"name": "imagerelay replicate of the modified image to gz (holding the original)",
+             "results": inc, "bytes": size,
+             "notes": f"bytes_transferred {', '.join(fmt_bytes(x) for x in xfers)}; "
+                      f"chunks skipped {skipped[0]}/{totals[0]}"},
+            {"name": "imagerelay full replicate of the original, bj -> gz (reference)",
+             "results": full},
+            {"name": "imagerelay import of the modified file into bj (before the replicate; "
+                     "not in the target)", "results": imp},
+            {"name": "`rsync --inplace --no-whole-file MODIFIED OLDCOPY && sync`",
+             "results": rs, "bytes": size,
+             "notes": "literal data sent " + ", ".join(fmt_bytes(r["literal"]) for r in rs)},
+        ]
+        mod_bytes = self.mod_ranges * self.mod_range
+        out = (f"## 4. Incremental replication: {self.mod_ranges} evenly spaced ranges of "
+               f"{human_size(self.mod_range)} rewritten ({fmt_bytes(mod_bytes)}, "
+               f"{100 * mod_bytes / size:.1f}% of {human_size(size)})\n\n"
+               f"The ranges are aligned to {human_size(self.mod_range)}, so they touch "
+               f"{changed_chunks} chunks of 4 MiB: the least a chunk-level copy must move is "
+               f"{fmt_bytes(changed_chunks * chunk)}. Throughput columns are over the whole "
+               f"image size. The target compares the replicate of the modified image with "
+               f"the full replicate of the original measured in the same runs.\n\n"
+               f"{self.load_note()}\n" + self.table(rows, size) + "\n")
+        out += (f"bytes_transferred of the incremental replicate: "
+                f"{', '.join(str(x) for x in xfers)} bytes "
+                f"(expected {changed_chunks * chunk}).\n\n")
+        if any(x > changed_chunks * chunk for x in xfers):
+            self.problems.append(f"incremental replicate moved {max(xfers)} bytes, more than "
+                                 f"the {changed_chunks * chunk} of the changed chunks")
+        out += self.target("incremental", "incremental replicate under 5% of the full copy's "
+                           "time", 100 * self.best(inc) / self.best(full),
+                           100 * self.median(inc) / self.median(full), 5.0, unit="%",
+                           strict=True)
+        out += ("- (for reference) the incremental replicate vs the rsync of the change: "
+                f"{self.best(inc):.2f}s vs {self.best(rs):.2f}s best.\n")
+        return out
+
+    def bench_fanout(self) -> str:
+        src = self.dense()
+        d1, d2 = self.scratch / "fan-1.raw", self.scratch / "fan-2.raw"
+        fan, single, cp = [], [], []
+        for i in range(self.runs):
+            log(f"fanout run {i + 1}/{self.runs}: setup (import into bj, untimed)")
+            home, image_id = self.setup_image(src, "fanout")
+            log(f"fanout run {i + 1}/{self.runs}: replicate bj -> gz, su in one job")
+            fan.append(self.engine("replicate", home=home, image_id=image_id, to=["gz", "su"]))
+            self.rm(home)
+            log(f"fanout run {i + 1}/{self.runs}: cp to two destinations + sync")
+            self.rm(d1, d2)
+            q = shlex.quote
+            cp.append(self.shell(f"cp {q(str(src))} {q(str(d1))} && cp {q(str(src))} "
+                                 f"{q(str(d2))} && sync"))
+            self.rm(d1, d2)
+        size = self.dense_size
+
+        def io_note(rs: list[dict]) -> str:
+            return ("source-side reads: read_bytes " +
+                    ", ".join(fmt_bytes(r["io"].get("read_bytes")) for r in rs) +
+                    "; rchar " + ", ".join(fmt_bytes(r["io"].get("rchar")) for r in rs))
+
+        tasks = fan[0]["tasks"]
+        rows = [
+            {"name": "imagerelay replicate bj -> [gz, su], one job", "results": fan,
+             "bytes": 2 * size,
+             "notes": io_note(fan) + "; bytes_transferred " +
+                      ", ".join(f"{r} {fmt_bytes(t['bytes_transferred'])}"
+                                for r, t in sorted(tasks.items()))},
+            {"name": "`cp FILE D1 && cp FILE D2 && sync` (reference)", "results": cp,
+             "bytes": 2 * size,
+             "notes": "read_bytes (rusage) " + ", ".join(fmt_bytes(r["read_bytes"]) for r in cp)},
+        ]
+        rb = [r["io"].get("read_bytes", 0) for r in fan]
+        rc = [r["io"].get("rchar", 0) for r in fan]
+        out = (f"## 5. Fan-out: the {human_size(size)} image to gz and su in one job\n\n"
+               f"{self.load_note()}\n" + self.table(rows, 2 * size) + "\n"
+               "Throughput is over the bytes written (2 copies). How the source reads are "
+               "counted: the job runs in a child process that drops the page cache right "
+               "before `replicate()`, and the delta of its `/proc/self/io` over the call "
+               "(all threads) is reported. `read_bytes` is what the process made the kernel "
+               "fetch from the block device (cold cache, so it is the physical reads; the "
+               "source chunks are the only data read); `rchar` is what its read()/pread() "
+               "calls returned, page-cache hits included, i.e. the logical reads. "
+               f"With one source read per chunk both are about {fmt_bytes(size)}; a copy "
+               f"that reads the source once per destination shows about "
+               f"{fmt_bytes(2 * size)} in `rchar` (and in `read_bytes` too unless the second "
+               "read hits the page cache). The job's counters (bytes_transferred per task) "
+               "count what was written to each destination, not what was read.\n\n")
+        out += (f"- Source read: read_bytes {fmt_bytes(min(rb))}–{fmt_bytes(max(rb))} "
+                f"({min(rb) / size:.2f}–{max(rb) / size:.2f}x the image), rchar "
+                f"{fmt_bytes(min(rc))}–{fmt_bytes(max(rc))} ({min(rc) / size:.2f}–"
+                f"{max(rc) / size:.2f}x). No target was set for fan-out.\n")
+        if self.results_single_repl is not None:
+            out += (f"- For comparison, the single-destination replicate of benchmark 3: "
+                    f"best {self.results_single_repl:.2f}s; fan-out best "
+                    f"{self.best(fan):.2f}s ({self.best(fan) / self.results_single_repl:.2f}x)."
+                    "\n")
+        return out
+
+    def bench_rss(self) -> str:
+        small, large = self.small(), self.dense()
+        res: dict[tuple[str, str], list[dict]] = {}
+        for i in range(self.runs):
+            for label, src in (("small", small), ("large", large)):
+                log(f"rss run {i + 1}/{self.runs}: import + replicate of {label} "
+                    f"({fmt_bytes(src.stat().st_size)}) in child processes")
+                home = self.new_home(f"rss-{label}")
+                r = self.engine("import", home=home, source=str(src), region="bj", name=label)
+                res.setdefault(("import", label), []).append(r)
+                r = self.engine("replicate", home=home, image_id=r["image_id"], to=["gz"])
+                res.setdefault(("replicate", label), []).append(r)
+                self.rm(home)
+        out = (f"## 6. Peak RSS: {human_size(self.small_size)} vs {human_size(self.dense_size)}"
+               "\n\nEach operation runs alone in a fresh child python process (`bench/run.py "
+               "--child`, which imports imagerelay, opens the home and does the one call); "
+               "the peak RSS is the child's `ru_maxrss` as `/usr/bin/time -f %M` reports it "
+               "(cross-checked with the child's own `VmHWM` from /proc/self/status at its "
+               "end), so it includes the interpreter and the loaded module. Default Limits "
+               "(buffer_memory 256 MiB, 4 workers).\n\n" + self.load_note() + "\n"
+               "| operation | image | peak RSS per run (MiB) | max (MiB) | VmHWM per run (MiB) "
+               "| time, best (s) |\n|---|---|---|---:|---|---:|\n")
+        for op in ("import", "replicate"):
+            for label, size in (("small", self.small_size), ("large", self.dense_size)):
+                rs = res[(op, label)]
+                out += (f"| {op} | {human_size(size)} | "
+                        f"{', '.join(format(r['maxrss'] / MiB, '.0f') for r in rs)} | "
+                        f"{max(r['maxrss'] for r in rs) / MiB:.0f} | "
+                        f"{', '.join(format(r.get('vmhwm', 0) / MiB, '.0f') for r in rs)} | "
+                        f"{self.best(rs):.2f} |\n")
+        out += "\n"
+        for op in ("import", "replicate"):
+            s = max(r["maxrss"] for r in res[(op, "small")]) / MiB
+            l_ = max(r["maxrss"] for r in res[(op, "large")]) / MiB
+            s_med = statistics.median(r["maxrss"] for r in res[(op, "small")]) / MiB
+            l_med = statistics.median(r["maxrss"] for r in res[(op, "large")]) / MiB
+            out += self.target("rss", f"{op}: peak RSS growth from {human_size(self.small_size)}"
+                               f" to {human_size(self.dense_size)} under 64 MiB",
+                               l_ - s, l_med - s_med, 64.0, unit=" MiB", strict=True).replace(
+                "(best vs best)", "(max vs max)")
+        return out
+
+    # -- driver --------------------------------------------------------------------
+    def run(self) -> None:
+        self.results_single_repl: float | None = None
+        selected = self.args.only or list(BENCHES)
+        need = (3 * self.dense_size + self.half_size + self.small_size +
+                self.sparse_extents * self.sparse_extent + 3 * self.dense_size + 2 * GiB // self.div)
+        free = shutil.disk_usage(self.work.parent if not self.work.exists() else self.work).free
+        if free < need:
+            raise SystemExit(f"not enough free disk: {fmt_bytes(free)} free, need about "
+                             f"{fmt_bytes(need)}")
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        started = dt.datetime.now().astimezone()
+        machine = machine_info(self.work)
+        core_before = core_fingerprint()
+        t_start = time.perf_counter()
+        for name in BENCHES:
+            if name not in selected:
+                continue
+            self.current = name
+            log(f"=== {name} ===")
+            t0 = time.perf_counter()
+            try:
+                section = getattr(self, f"bench_{name}")()
+            except Exception as exc:  # one broken benchmark does not lose the others
+                log(f"{name} FAILED: {type(exc).__name__}: {exc}")
+                section = (f"## {name}\n\n**FAILED**: `{type(exc).__name__}: {exc}`\n")
+                self.verdicts.append((name, "benchmark ran", "FAILED"))
+            section += f"\n_{name}: {time.perf_counter() - t0:.0f}s of wall time in all._\n"
+            self.sections.append(section)
+            self.rm(*self.scratch.iterdir())
+        total = time.perf_counter() - t_start
+        core_after = core_fingerprint()
+        if core_before != core_after:
+            self.problems.append(f"the engine's _core library changed during the run "
+                                 f"({core_before} -> {core_after}): someone rebuilt it; the "
+                                 f"numbers may mix two builds")
+        self.write_report(started, machine, total, core_before, selected)
+
+    def write_report(self, started, machine, total, core, selected) -> None:
+        cmd = shlex.join([sys.executable] + sys.argv)
+        drop = (f"yes: `sync`, then `3` written to {DROP_CACHES} before each of the "
+                f"{self.drops} timed runs" if not self.drop_errors else
+                f"NOT PERMITTED ({'; '.join(sorted(self.drop_errors))}): the runs were "
+                f"preceded by `sync` only, so later runs may start with warm caches")
+        out = ["# imagerelay benchmarks\n"]
+        if self.quick or self.args.only:
+            out.append(f"> **Partial run**: {'--quick (sizes divided by 8) ' if self.quick else ''}"
+                       f"{'--only ' + ','.join(selected) if self.args.only else ''}. "
+                       "Not the full benchmark.\n")
+        out.append(
+            f"- Date: {started.strftime('%Y-%m-%d %H:%M:%S %Z')} (took {total / 60:.1f} min)\n"
+            f"- Command: `cd {os.getcwd()} && {cmd}` (`make bench` runs "
+            f"`.venv/bin/python bench/run.py`)\n"
+            f"- Machine: {machine['nproc']} CPUs (`nproc`), {machine['cpu']}, "
+            f"{machine['mem']} RAM; kernel {platform.release()}\n"
+            f"- Disk: {machine['fs']} filesystem on {machine['dev']} (mounted at "
+            f"{machine['mount']}), {machine['free']} free at the start\n"
+            f"- Load at the start: {machine['load']}; busiest processes then: "
+            f"{machine['top']}\n"
+            f"- Engine: git {machine['git']}; `_core` {core}; default `ir.Limits()`, 4 workers\n"
+            f"- Tools: {machine['tools']}; Python {platform.python_version()}\n"
+            f"- Page cache dropped: {drop}\n"
+            f"- Runs per contender: {self.runs}, interleaved; verdicts use the best run of each "
+            "contender (the medians are shown too). Times are wall-clock "
+            "(`time.perf_counter`). The engine is timed in a child process around the Python "
+            "call only (opening the home and the untimed setup imports are outside); cp/rsync "
+            "are timed around the subprocess, including the `&& sync`.\n")
+        loads = [x for v in self.loads.values() for x in v]
+        if loads and max(loads) > os.cpu_count():
+            out.append(f"\n> **Noisy machine**: the 1-minute load average was "
+                       f"{min(loads):.1f}–{max(loads):.1f} at the start of the timed runs, "
+                       f"on {os.cpu_count()} CPUs — other jobs (e.g. compiles) were running "
+                       "concurrently and took CPU and disk from every contender. CPU-bound "
+                       "contenders (hashing) suffer more than cp.\n")
+        out.append("\n## Summary\n\n| benchmark | target | verdict |\n|---|---|---|\n")
+        for bench, text, verdict in self.verdicts:
+            out.append(f"| {bench} | {text} | {verdict} |\n")
+        if self.problems:
+            out.append("\n**Problems noticed:**\n\n" + "".join(f"- {p}\n" for p in self.problems))
+        for s in self.sections:
+            out.append("\n" + s)
+        path = Path(self.args.out)
+        path.write_text("".join(out))
+        log(f"wrote {path}")
+
+
+def files_equal(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(16 * MiB), fb.read(16 * MiB)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def core_fingerprint() -> str:
+    try:
+        out = subprocess.run([sys.executable, "-c", "import imagerelay._core as c; "
+                              "print(c.__file__)"], capture_output=True, text=True, cwd=REPO,
+                             timeout=3600, check=True).stdout.strip()
+        p = Path(out)
+        h = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+        return f"{p.name} sha256:{h}"
+    except Exception as exc:  # noqa: BLE001 - report, don't stop
+        return f"unknown ({exc})"
+
+
+def machine_info(work: Path) -> dict[str, str]:
+    def run(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  cwd=REPO).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return "?"
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = "?"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = fmt_bytes(int(line.split()[1]) * KiB)
+    # filesystem holding the work dir: longest mount point that is a prefix
+    best = ("?", "?", "?")
+    target = str(work.resolve())
+    for line in Path("/proc/mounts").read_text().splitlines():
+        dev, mnt, fstype = line.split()[:3]
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and \
+                len(mnt) >= len(best[1]):
+            best = (dev, mnt, fstype)
+    git = run(["git", "rev-parse", "--short", "HEAD"])
+    dirty = run(["git", "status", "--porcelain"])
+    git += f" (+{len(dirty.splitlines())} uncommitted changes)" if dirty else " (clean)"
+    top = run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"]).splitlines()[:5]
+    return {
+        "nproc": run(["nproc"]), "cpu": cpu, "mem": mem,
+        "fs": best[2], "dev": best[0], "mount": best[1],
+        "free": fmt_bytes(shutil.disk_usage(work).free),
+        "load": " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1/5/15 min)",
+        "top": ", ".join(" ".join(t.split()[::-1]) + "%" for t in top),
+        "git": git,
+        "tools": f"{run(['cp', '--version']).splitlines()[0]}, "
+                 f"{run(['rsync', '--version']).splitlines()[0]}",
+    }
+
+
+def main() -> None:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--child":
+        child_main(json.loads(sys.argv[2]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="sizes divided by 8 (smoke run)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help=f"run only these benchmarks (repeatable or comma-separated): "
+                         f"{', '.join(BENCHES)}")
+    ap.add_argument("--runs", type=int, default=2, help="runs per contender (default 2)")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report path")
+    ap.add_argument("--work", default=str(HERE / "work"), help="work directory (deleted)")
+    ap.add_argument("--keep", action="store_true", help="keep the work files")
+    args = ap.parse_args()
+    args.only = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+    for n in args.only:
+        if n not in BENCHES:
+            ap.error(f"unknown benchmark {n!r}; choose from {', '.join(BENCHES)}")
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    log("importing imagerelay once (an editable install rebuilds its C++ if sources changed)")
+    subprocess.run([sys.executable, "-c", "import imagerelay"], check=True, cwd=REPO)
+    bench = Bench(args)
+    bench.work.mkdir(parents=True, exist_ok=True)
+    try:
+        bench.run()
+    finally:
+        if not args.keep:
+            shutil.rmtree(bench.work, ignore_errors=True)
+            log(f"removed {bench.work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""The ``imagerelay`` command line (API.md "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import cloud as cloud_module
+from .errors import ImageRelayError
+from .image import Image
+from .job import Job
+
+WAITING_COMMANDS = {"worker", "demo"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (Image, Job)):
+        return _jsonable(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain text table for people."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _image_rows(images: list[Image]) -> list[list[Any]]:
+    return [[i.id, i.name, i.region, i.type, i.status if i.progress is None
+             else f"{i.status} {i.progress:.0f}%", _size(i.size), i.owner or "-",
+             (i.digest or "")[:19]] for i in images]
+
+
+IMAGE_HEADERS = ["ID", "NAME", "REGION", "TYPE", "STATUS", "SIZE", "OWNER", "DIGEST"]
+
+
+def _job_rows(jobs: list[Job]) -> list[list[Any]]:
+    return [[j.id, j.source_image_id, j.source_region, ",".join(j.tasks), j.state,
+             f"{j.progress:.0f}%"] for j in jobs]
+
+
+JOB_HEADERS = ["JOB", "SOURCE", "FROM", "TO", "STATE", "PROGRESS"]
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, human: Callable[[], str]) -> None:
+        if self.as_json:
+            print(json.dumps(_jsonable(data), indent=2, sort_keys=True))
+        else:
+            text = human()
+            if text:
+                print(text)
+
+
+def _worker_lock_path(home: Path) -> Path:
+    return home / "worker.lock"
+
+
+def ensure_background_worker(home: Path) -> None:
+    """Starts ``imagerelay worker --until-idle`` for this home unless one already runs."""
+    lock_path = _worker_lock_path(home)
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a worker holds it
+        fcntl.flock(f, fcntl.LOCK_UN)
+    log = open(home / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    subprocess.Popen(
+        [sys.executable, "-m", "imagerelay", "--home", str(home), "worker", "--until-idle"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+def _split(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out.extend(x for x in v.split(",") if x)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imagerelay",
+        description="Replicate VM images between regions and share them between accounts.",
+        epilog="example: imagerelay import golden.raw --region bj --name golden")
+    p.add_argument("--home", help="home directory (default $IMAGERELAY_HOME or ~/.imagerelay)")
+    p.add_argument("--account", help="acting account (default $IMAGERELAY_ACCOUNT or default)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=f"example: {example}")
+
+    regions = add("regions", "list or add regions", "imagerelay regions list")
+    rsub = regions.add_subparsers(dest="action", required=True)
+    rsub.add_parser("list", help="list regions", epilog="example: imagerelay regions list")
+    radd = rsub.add_parser("add", help="add a region",
+                           epilog="example: imagerelay regions add hk /data/hk --name Hong-Kong")
+    radd.add_argument("region_id")
+    radd.add_argument("store", nargs="?", help="path or file:// / s3:// URI")
+    radd.add_argument("--name")
+
+    accounts = add("accounts", "list or add accounts", "imagerelay accounts add team-b")
+    asub = accounts.add_subparsers(dest="action", required=True)
+    asub.add_parser("list", help="list accounts", epilog="example: imagerelay accounts list")
+    aadd = asub.add_parser("add", help="add an account",
+                           epilog="example: imagerelay accounts add team-b")
+    aadd.add_argument("account_id")
+    aadd.add_argument("--name")
+
+    images = add("images", "list or show images", "imagerelay images list --region gz")
+    isub = images.add_subparsers(dest="action", required=True)
+    ilist = isub.add_parser("list", help="images the account sees",
+                            epilog="example: imagerelay images list --type Custom")
+    ilist.add_argument("--region")
+    ilist.add_argument("--type", default="All", choices=["All", "System", "Custom", "Sharing"])
+    ilist.add_argument("--name")
+    ishow = isub.add_parser("show", help="one image", epilog="example: imagerelay images show m-3k9x2q7a")
+    ishow.add_argument("image")
+
+    imp = add("import", "import a file as a Custom image",
+              "imagerelay import golden.raw --region bj --name golden --os-version 22.04")
+    imp.add_argument("source")
+    imp.add_argument("--region", required=True)
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--os-type", default="linux")
+    imp.add_argument("--os-name", default="")
+    imp.add_argument("--os-version", default="")
+    imp.add_argument("--os-arch", default="x86_64")
+    imp.add_argument("--format", default="raw")
+    imp.add_argument("--description", default="")
+
+    rep = add("replicate", "copy an image to other regions",
+              "imagerelay replicate m-3k9x2q7a --to gz,su --wait")
+    rep.add_argument("image")
+    rep.add_argument("--to", required=True, action="append", help="regions, comma-separated")
+    rep.add_argument("--name")
+    rep.add_argument("--client-token")
+    rep.add_argument("--wait", action="store_true", help="wait for the copies, with progress")
+
+    can = add("cancel", "cancel a copy in flight by its destination image",
+              "imagerelay cancel m-7f2k1c9z")
+    can.add_argument("dest_image")
+
+    jobs = add("jobs", "list, show or wait for jobs", "imagerelay jobs wait j-5d8s0a1b")
+    jsub = jobs.add_subparsers(dest="action", required=True)
+    jlist = jsub.add_parser("list", help="your jobs, newest first",
+                            epilog="example: imagerelay jobs list --active")
+    jlist.add_argument("--active", action="store_true")
+    jshow = jsub.add_parser("show", help="one job", epilog="example: imagerelay jobs show j-5d8s0a1b")
+    jshow.add_argument("job")
+    jwait = jsub.add_parser("wait", help="wait for a job",
+                            epilog="example: imagerelay jobs wait j-5d8s0a1b --timeout 600")
+    jwait.add_argument("job")
+    jwait.add_argument("--timeout", type=float)
+
+    for name, verb in (("share", "share an image with accounts"),
+                       ("unshare", "stop sharing an image with accounts")):
+        s = add(name, verb, f"imagerelay {name} m-3k9x2q7a team-b team-c")
+        s.add_argument("image")
+        s.add_argument("accounts", nargs="+")
+
+    su = add("shared-users", "accounts an image is shared with",
+             "imagerelay shared-users m-3k9x2q7a")
+    su.add_argument("image")
+    rn = add("rename", "rename an image", "imagerelay rename m-3k9x2q7a golden-v2")
+    rn.add_argument("image")
+    rn.add_argument("name")
+    dl = add("delete", "delete an image", "imagerelay delete m-3k9x2q7a")
+    dl.add_argument("image")
+    ex = add("export", "write an image's bytes to a file",
+             "imagerelay export m-3k9x2q7a /tmp/golden.raw")
+    ex.add_argument("image")
+    ex.add_argument("path")
+    vf = add("verify", "re-read an image's bytes and check them against its digest",
+             "imagerelay verify m-3k9x2q7a")
+    vf.add_argument("image")
+    ev = add("events", "the audit log", "imagerelay events --image m-3k9x2q7a")
+    ev.add_argument("--since", type=int, default=0)
+    ev.add_argument("--image")
+
+    wk = add("worker", "run queued copies for this home",
+             "imagerelay worker --until-idle")
+    wk.add_argument("--until-idle", action="store_true", help="exit once no copy is queued")
+
+    demo = add("demo", "replicate-then-share on a fresh home", "imagerelay demo")
+    demo.add_argument("--keep", action="store_true", help="keep the demo home afterwards")
+    demo.add_argument("--data-mib", type=int, default=256, help="data in the demo image")
+    return p
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(home=Path(args.home) if args.home else None, keep=args.keep,
+                        data_mib=args.data_mib)
+    needs_workers = args.command in WAITING_COMMANDS or (
+        args.command == "replicate" and args.wait) or (
+        args.command == "jobs" and args.action == "wait")
+    with cloud_module.open(args.home, account=args.account,
+                           start_workers=needs_workers) as cloud:
+        return dispatch(cloud, args, out)
+
+
+def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -> int:
+    cmd = args.command
+    action = getattr(args, "action", None)
+    if cmd == "regions" and action == "list":
+        regions = cloud.regions
+        out.emit(regions, lambda: table([[r.id, r.name, r.store] for r in regions],
+                                        ["REGION", "NAME", "STORE"]))
+    elif cmd == "regions":
+        r = cloud.add_region(args.region_id, args.store, name=args.name)
+        out.emit(r, lambda: f"added region {r.id} ({r.store})")
+    elif cmd == "accounts" and action == "list":
+        accounts = cloud.accounts
+        out.emit(accounts, lambda: table([[a.id, a.name] for a in accounts], ["ACCOUNT", "NAME"]))
+    elif cmd == "accounts":
+        a = cloud.add_account(args.account_id, name=args.name)
+        out.emit(a, lambda: f"added account {a.id}")
+    elif cmd == "images" and action == "list":
+        images = cloud.images(args.region, image_type=args.type, name=args.name)
+        out.emit(images, lambda: table(_image_rows(images), IMAGE_HEADERS))
+    elif cmd == "images":
+        image = cloud.image(args.image)
+        out.emit(image, lambda: "\n".join(f"{k:16} {v}" for k, v in image.to_dict().items()))
+    elif cmd == "import":
+        image = cloud.import_image(args.source, region=args.region, name=args.name,
+                                   os_type=args.os_type, os_name=args.os_name,
+                                   os_version=args.os_version, os_arch=args.os_arch,
+                                   format=args.format, description=args.description)
+        out.emit(image, lambda: f"imported {image.id} ({image.name}) in {image.region}: "
+                                f"{_size(image.size)}, {image.digest}")
+    elif cmd == "replicate":
+        job = cloud.replicate(args.image, _split(args.to), name=args.name,
+                              client_token=args.client_token)
+        if args.wait:
+            job.wait(progress=not out.as_json and sys.stderr.isatty(), raise_on_error=False)
+        else:
+            ensure_background_worker(cloud.home)
+        out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
+            [[t.region, t.dest_image_id, t.state, t.error or ""] for t in job.tasks.values()],
+            ["REGION", "COPY", "STATE", "ERROR"]))
+        if args.wait and job.state == "Failed":
+            return 1
+    elif cmd == "cancel":
+        cloud.cancel_copy(args.dest_image)
+        out.emit({"cancelled": args.dest_image}, lambda: f"cancelled the copy {args.dest_image}")
+    elif cmd == "jobs" and action == "list":
+        jobs = cloud.jobs(active=True if args.active else None)
+        out.emit(jobs, lambda: table(_job_rows(jobs), JOB_HEADERS))
+    elif cmd == "jobs":
+        job = cloud.job(args.job)
+        if action == "wait":
+            job.wait(args.timeout, progress=not out.as_json and sys.stderr.isatty(),
+                     raise_on_error=False)
+        out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
+            [[t.region, t.dest_image_id, t.state, _size(t.bytes_done), _size(t.bytes_transferred),
+              t.error or ""] for t in job.tasks.values()],
+            ["REGION", "COPY", "STATE", "DONE", "MOVED", "ERROR"]))
+        if action == "wait" and job.state == "Failed":
+            return 1
+    elif cmd in ("share", "unshare"):
+        getattr(cloud, cmd)(args.image, args.accounts)
+        out.emit({"image": args.image, "accounts": args.accounts},
+                 lambda: f"{cmd}d {args.image} with {', '.join(args.accounts)}")
+    elif cmd == "shared-users":
+        users = cloud.shared_users(args.image)
+        out.emit(users, lambda: "\n".join(users))
+    elif cmd == "rename":
+        cloud.rename_image(args.image, args.name)
+        out.emit({"image": args.image, "name": args.name}, lambda: f"renamed {args.image}")
+    elif cmd == "delete":
+        cloud.delete_image(args.image)
+        out.emit({"deleted": args.image}, lambda: f"deleted {args.image}")
+    elif cmd == "export":
+        path = cloud.export_image(args.image, args.path)
+        out.emit({"image": args.image, "path": path}, lambda: f"wrote {path}")
+    elif cmd == "verify":
+        digest = cloud.verify_image(args.image)
+        out.emit({"image": args.image, "digest": digest}, lambda: f"{args.image} ok: {digest}")
+    elif cmd == "events":
+        events = cloud.events(since=args.since, image_id=args.image)
+        out.emit(events, lambda: table(
+            [[e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), e.type, e.account, e.image_id or "",
+              e.job_id or "", e.region or ""] for e in events],
+            ["SEQ", "TIME (UTC)", "TYPE", "ACCOUNT", "IMAGE", "JOB", "REGION"]))
+    elif cmd == "worker":
+        return run_worker(cloud, until_idle=args.until_idle)
+    return 0
+
+
+def run_worker(cloud: cloud_module.Cloud, *, until_idle: bool) -> int:
+    """Runs copies for the home; holds the worker lock so that only one is started for it."""
+    with open(_worker_lock_path(cloud.home), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            while True:
+                if cloud.wait_idle(timeout=1.0) and until_idle:
+                    return 0
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(args.json)
+    try:
+        return run(args, out)
+    except ImageRelayError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+// The engine end to end in C++: real catalog, real local stores, real transfer engine.
+#include "imagerelay/engine.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "imagerelay/error.hpp"
+
+namespace imagerelay {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kChunk = 64 * 1024;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("imagerelay-engine-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::shared_ptr<Engine> Open(Limits limits = {}, bool workers = true) {
+    EngineOptions options;
+    options.home = dir_ / "home";
+    limits.chunk_size = kChunk;
+    options.limits = limits;
+    options.start_workers = workers;
+    options.lease_ms = 1000;
+    return Engine::Open(options);
+  }
+
+  fs::path MakeFile(const std::string& name, size_t size, uint32_t seed) {
+    fs::path path = dir_ / name;
+    std::mt19937 rng(seed);
+    std::string bytes(size, '\0');
+    for (auto& c : bytes) c = static_cast<char>(rng());
+    std::ofstream(path, std::ios::binary).write(bytes.data(), bytes.size());
+    return path;
+  }
+
+  ImageView Import(Engine& engine, const fs::path& path, const std::string& name = "golden") {
+    ImportRequest request;
+    request.source = path.string();
+    request.region = "bj";
+    request.name = name;
+    return engine.ImportImage("default", request, true, false);
+  }
+
+  size_t ChunkFiles(const std::string& region) {
+    size_t n = 0;
+    fs::path root = dir_ / "home" / "regions" / region / "chunks";
+    if (!fs::exists(root)) return 0;
+    for (const auto& entry : fs::recursive_directory_iterator(root)) {
+      if (entry.is_regular_file() && entry.path().filename().string()[0] != '.') ++n;
+    }
+    return n;
+  }
+
+  std::string ReadAll(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(EngineTest, NewHomeHasDefaultRegionsAndAccount) {
+  auto engine = Open();
+  auto regions = engine->Regions();
+  ASSERT_EQ(regions.size(), 3u);
+  EXPECT_EQ(regions[0].id, "bj");
+  EXPECT_EQ(engine->GetAccount("default").id, "default");
+  EXPECT_THROW(engine->GetAccount("ghost"), NotFoundError);
+  engine->Close();
+  // Reopening does not add them twice.
+  EXPECT_EQ(Open()->Regions().size(), 3u);
+}
+
+TEST_F(EngineTest, ReplicateToTwoRegionsIsByteIdentical) {
+  auto engine = Open();
+  auto file = MakeFile("a.raw", 20 * kChunk + 123, 1);
+  auto source = Import(*engine, file);
+  auto job = engine->Replicate("default", source.image.id, {"gz", "su", "gz"}, std::nullopt,
+                               std::nullopt);
+  ASSERT_EQ(job.tasks.size(), 2u);
+  ASSERT_TRUE(engine->WaitIdle(30));
+  job = engine->GetJob("default", job.id);
+  EXPECT_EQ(StateOfJob(job.tasks), JobState::kCompleted);
+  for (const auto& task : job.tasks) {
+    auto copy = engine->GetImage("default", task.dest_image_id);
+    EXPECT_EQ(copy.image.status, ImageStatus::kAvailable);
+    EXPECT_EQ(copy.image.digest, source.image.digest);
+    EXPECT_EQ(copy.image.source_image_id, source.image.id);
+    fs::path out = dir_ / ("out-" + task.region);
+    engine->Export("default", task.dest_image_id, out);
+    EXPECT_EQ(ReadAll(out), ReadAll(file));
+    EXPECT_EQ(engine->Verify("default", task.dest_image_id), source.image.digest);
+  }
+  EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
+}
+
+TEST_F(EngineTest, ClientTokenReplaysTheFirstJob) {
+  auto engine = Open({}, false);
+  auto source = Import(*engine, MakeFile("a.raw", 4 * kChunk, 2));
+  auto first = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, "tok-1");
+  auto again = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, "tok-1");
+  EXPECT_EQ(first.id, again.id);
+  EXPECT_EQ(engine->Jobs("default", std::nullopt).size(), 1u);
+  try {
+    engine->Replicate("default", source.image.id, {"su"}, std::nullopt, "tok-1");
+    FAIL();
+  } catch (const ConflictError& e) {
+    EXPECT_EQ(e.code(), codes::kIdempotentParameterMismatch);
+  }
+}
+
+TEST_F(EngineTest, PerRegionCapQueuesTasksAsPending) {
+  Limits limits;
+  limits.max_tasks_per_region = 1;
+  limits.bandwidth = 256 * 1024;  // slow enough that the first copy is in flight a while
+  auto engine = Open(limits);
+  auto a = Import(*engine, MakeFile("a.raw", 8 * kChunk, 3), "a");
+  auto b = Import(*engine, MakeFile("b.raw", 8 * kChunk, 4), "b");
+  auto job_a = engine->Replicate("default", a.image.id, {"gz"}, std::nullopt, std::nullopt);
+  auto job_b = engine->Replicate("default", b.image.id, {"gz"}, std::nullopt, std::nullopt);
+  bool saw_queue = false;
+  for (int i = 0; i < 400 && !saw_queue; ++i) {
+    auto ta = engine->GetJob("default", job_a.id).tasks[0];
+    auto tb = engine->GetJob("default", job_b.id).tasks[0];
+    int running = (ta.state == TaskState::kRunning) + (tb.state == TaskState::kRunning);
+    EXPECT_LE(running, 1);
+    saw_queue = running == 1 && (ta.state == TaskState::kPending || tb.state == TaskState::kPending);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(saw_queue);
+  ASSERT_TRUE(engine->WaitIdle(60));
+  EXPECT_EQ(engine->GetJob("default", job_a.id).tasks[0].state, TaskState::kCompleted);
+  EXPECT_EQ(engine->GetJob("default", job_b.id).tasks[0].state, TaskState::kCompleted);
+}
+
+TEST_F(EngineTest, ExpiredLeaseIsTakenOverLiveOneIsNot) {
+  fs::path file = MakeFile("a.raw", 6 * kChunk, 5);
+  std::string job_id, dest;
+  {
+    auto engine = Open({}, false);
+    auto source = Import(*engine, file);
+    auto job = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, std::nullopt);
+    job_id = job.id;
+    dest = job.tasks[0].dest_image_id;
+  }
+  // A worker on another host claimed it and holds a live lease.
+  auto catalog = OpenSqliteCatalog(dir_ / "home" / "catalog.db");
+  catalog->Write([&](CatalogTx& tx) {
+    auto task = *tx.GetTaskByDestImage(dest);
+    ASSERT_TRUE(tx.TransitionTask(dest, TaskState::kPending, TaskEvent::kStart));
+    task.state = TaskState::kRunning;
+    task.lease_owner = "elsewhere:1:abcd";
+    task.lease_expires_us = NowUs() + 60'000'000;
+    task.attempts = 1;
+    tx.UpdateTaskFields(task);
+  });
+  auto engine = Open();
+  EXPECT_FALSE(engine->WaitIdle(1.0));
+  EXPECT_EQ(engine->GetJob("default", job_id).tasks[0].lease_owner, "elsewhere:1:abcd");
+  // Its lease lapses (the worker died): the next look takes it over and finishes.
+  catalog->Write([&](CatalogTx& tx) {
+    auto task = *tx.GetTaskByDestImage(dest);
+    task.lease_expires_us = NowUs() - 1;
+    tx.UpdateTaskFields(task);
+  });
+  ASSERT_TRUE(engine->WaitIdle(30));
+  auto task = engine->GetJob("default", job_id).tasks[0];
+  EXPECT_EQ(task.state, TaskState::kCompleted);
+  EXPECT_EQ(task.attempts, 2);
+  engine->Export("default", dest, dir_ / "out");
+  EXPECT_EQ(ReadAll(dir_ / "out"), ReadAll(file));
+}
+
+TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
+  auto engine = Open();
+  auto source = Import(*engine, MakeFile("a.raw", 6 * kChunk, 6));
+  // Flip a byte in one of the source's chunk files.
+  fs::path chunks = dir_ / "home" / "regions" / "bj" / "chunks";
+  for (const auto& entry : fs::recursive_directory_iterator(chunks)) {
+    if (!entry.is_regular_file()) continue;
+    std::fstream f(entry.path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(10);
+    f.put('\x5a');
+    break;
+  }
+  auto job = engine->Replicate("default", source.image.id, {"gz", "su"}, std::nullopt,
+                               std::nullopt);
+  ASSERT_TRUE(engine->WaitIdle(30));
+  job = engine->GetJob("default", job.id);
+  EXPECT_EQ(StateOfJob(job.tasks), JobState::kFailed);
+  for (const auto& task : job.tasks) {
+    EXPECT_EQ(task.state, TaskState::kFailed);
+    EXPECT_EQ(task.error_code, codes::kIntegrityError);
+    auto copy = engine->GetImage("default", task.dest_image_id);
+    EXPECT_EQ(copy.image.status, ImageStatus::kCreateFailed);
+    EXPECT_FALSE(copy.image.error.empty());
+    EXPECT_FALSE(fs::exists(dir_ / "home" / "regions" / task.region / "manifests" /
+                            (task.dest_image_id + ".json")));
+    EXPECT_EQ(ChunkFiles(task.region), 0u);
+  }
+  EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
+  // A failed copy can be deleted.
+  engine->Delete("default", job.tasks[0].dest_image_id);
+}
+
+TEST_F(EngineTest, CancelMidFlightRemovesTheCopyAndItsBytes) {
+  Limits limits;
+  limits.bandwidth = 256 * 1024;
+  auto engine = Open(limits);
+  auto source = Import(*engine, MakeFile("a.raw", 32 * kChunk, 7));
+  auto job = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, std::nullopt);
+  const std::string dest = job.tasks[0].dest_image_id;
+  for (int i = 0; i < 1000; ++i) {
+    if (engine->GetJob("default", job.id).tasks[0].bytes_transferred > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  engine->CancelCopy("default", dest);
+  EXPECT_THROW(engine->GetImage("default", dest), NotFoundError);
+  EXPECT_EQ(engine->GetJob("default", job.id).tasks[0].state, TaskState::kCancelled);
+  EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
+  EXPECT_EQ(ChunkFiles("gz"), 0u);
+  try {
+    engine->CancelCopy("default", dest);
+    FAIL();
+  } catch (const NotFoundError&) {
+  }
+  // Cancelling a copy that is not in flight is refused.
+  auto done = engine->Replicate("default", source.image.id, {"su"}, std::nullopt, std::nullopt);
+  ASSERT_TRUE(engine->WaitIdle(60));
+  try {
+    engine->CancelCopy("default", done.tasks[0].dest_image_id);
+    FAIL();
+  } catch (const ImageBusyError& e) {
+    EXPECT_EQ(e.code(), codes::kImageStatusForbidden);
+  }
+}
+
+TEST_F(EngineTest, SourceIsLockedWhileCopiesAreInFlight) {
+  Limits limits;
+  limits.bandwidth = 128 * 1024;
+  auto engine = Open(limits);
+  engine->AddAccount("team-b", "");
+  auto source = Import(*engine, MakeFile("a.raw", 16 * kChunk, 8));
+  auto job = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, std::nullopt);
+  auto expect_busy = [&](auto&& call) {
+    try {
+      call();
+      ADD_FAILURE() << "not refused";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), codes::kImageStatusForbidden) << e.what();
+    }
+  };
+  expect_busy([&] { engine->Share("default", source.image.id, {"team-b"}); });
+  expect_busy([&] { engine->Rename("default", source.image.id, "other"); });
+  expect_busy([&] { engine->Delete("default", source.image.id); });
+  expect_busy([&] {
+    engine->Replicate("default", source.image.id, {"su"}, std::nullopt, std::nullopt);
+  });
+  // Reads still work.
+  EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kReplicating);
+  engine->CancelJob("default", job.id, std::nullopt);
+  EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
+}
+
+}  // namespace
+}  // namespace imagerelay

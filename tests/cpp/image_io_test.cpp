@@ -1,0 +1,420 @@
+#include "imagerelay/image_io.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "local_store.hpp"
+#include "scratch_dir.hpp"
+
+namespace imagerelay {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_util::ScratchDir;
+
+constexpr uint64_t kChunk = 64 * 1024;
+
+ImportOptions SmallChunks() {
+  ImportOptions options;
+  options.chunk_size = kChunk;
+  options.threads = 3;
+  options.buffer_memory = 8 * kChunk;
+  return options;
+}
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::string out(n, '\0');
+  std::mt19937 rng(seed);
+  for (auto& c : out) c = static_cast<char>(rng());
+  return out;
+}
+
+void WriteFile(const fs::path& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A sparse file: `size` bytes of hole with `pieces` written at their offsets.
+void WriteSparseFile(const fs::path& path, uint64_t size,
+                     const std::vector<std::pair<uint64_t, std::string>>& pieces) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
+  for (const auto& [offset, bytes] : pieces) {
+    ASSERT_EQ(::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset)),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  ASSERT_EQ(::fsync(fd), 0);  // so that SEEK_DATA sees settled extents
+  ::close(fd);
+}
+
+uint64_t AllocatedBytes(const fs::path& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0);
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+int ThreadCount() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+size_t FilesIn(const fs::path& dir) {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
+  return n;
+}
+
+struct Roundtrip {
+  Manifest manifest;
+  IoProgress last_import_progress;
+  std::string exported;
+};
+
+Roundtrip ImportAndExport(const fs::path& file, LocalStore& store, const fs::path& out) {
+  Roundtrip r;
+  CancelToken cancel;
+  auto source = OpenFileSource(file);
+  r.manifest = ImportToStore(*source, store, SmallChunks(), cancel,
+                             [&](const IoProgress& p) { r.last_import_progress = p; });
+  ExportFromStore(store, r.manifest, out, cancel, nullptr);
+  r.exported = ReadFile(out);
+  return r;
+}
+
+TEST(ImageIoTest, DenseRandomFileRoundTrips) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(40 * kChunk, 1);
+  WriteFile(dir / "in.img", bytes);
+  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+  EXPECT_EQ(r.exported, bytes);
+  EXPECT_EQ(r.manifest.size, bytes.size());
+  EXPECT_EQ(r.manifest.chunk_size, kChunk);
+  EXPECT_EQ(r.manifest.chunks.size(), 40u);
+  EXPECT_EQ(r.manifest.digest, "sha256:" + Sha256Hex(bytes.data(), bytes.size()));
+  EXPECT_EQ(store.ListChunks().size(), 40u);
+  for (size_t i = 0; i < 40; ++i) {
+    EXPECT_EQ(r.manifest.chunks[i], Sha256Hex(bytes.data() + i * kChunk, kChunk)) << i;
+  }
+  EXPECT_EQ(r.last_import_progress.bytes_done, bytes.size());
+  EXPECT_EQ(r.last_import_progress.bytes_total, bytes.size());
+  EXPECT_EQ(r.last_import_progress.bytes_transferred, bytes.size());
+  EXPECT_EQ(r.last_import_progress.chunks_total, 40u);
+  EXPECT_EQ(r.last_import_progress.chunks_skipped, 0u);
+  EXPECT_EQ(FilesIn(dir.path()), 3u);  // in, out, store: no temporary file left
+}
+
+TEST(ImageIoTest, OddSizeRoundTrips) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  for (uint64_t size : {uint64_t{1}, kChunk - 1, kChunk + 1, 7 * kChunk + 12345}) {
+    const std::string bytes = RandomBytes(size, static_cast<uint32_t>(size));
+    WriteFile(dir / "in.img", bytes);
+    Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+    EXPECT_EQ(r.exported, bytes) << size;
+    EXPECT_EQ(r.manifest.digest, "sha256:" + Sha256Hex(bytes.data(), bytes.size()));
+    EXPECT_EQ(r.manifest.chunks.size(), (size + kChunk - 1) / kChunk);
+  }
+}
+
+TEST(ImageIoTest, SparseFileRoundTripsSparse) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const uint64_t size = 256 * kChunk + 100;  // 16 MiB and a bit
+  WriteSparseFile(dir / "in.img", size,
+                  {{3 * kChunk + 10, RandomBytes(5000, 1)},
+                   {100 * kChunk, RandomBytes(2 * kChunk, 2)},
+                   {size - 50, RandomBytes(50, 3)}});
+  const std::string bytes = ReadFile(dir / "in.img");
+  ASSERT_EQ(bytes.size(), size);
+
+  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+  EXPECT_EQ(r.exported, bytes);
+  EXPECT_EQ(r.manifest.digest, "sha256:" + Sha256Hex(bytes.data(), bytes.size()));
+  size_t stored = 0;
+  for (const auto& c : r.manifest.chunks) stored += c.empty() ? 0 : 1;
+  EXPECT_EQ(stored, 4u);  // chunks 3, 100, 101 and the last
+  EXPECT_EQ(store.ListChunks().size(), 4u);
+  EXPECT_EQ(r.last_import_progress.chunks_skipped, r.manifest.chunks.size() - 4);
+  EXPECT_EQ(r.last_import_progress.bytes_transferred, 3 * kChunk + 100);
+  // Holes stay holes: only the data chunks take space.
+  EXPECT_LE(AllocatedBytes(dir / "out.img"), 6 * kChunk);
+}
+
+TEST(ImageIoTest, FileSourceFindsHoles) {
+  ScratchDir dir;
+  const uint64_t size = 64 * kChunk;
+  WriteSparseFile(dir / "in.img", size, {{10 * kChunk, RandomBytes(kChunk, 1)}});
+  auto source = OpenFileSource(dir / "in.img");
+  EXPECT_EQ(source->size(), size);
+  EXPECT_TRUE(source->IsHole(0, kChunk));
+  EXPECT_TRUE(source->IsHole(kChunk, 9 * kChunk));
+  EXPECT_FALSE(source->IsHole(9 * kChunk, 2 * kChunk));
+  EXPECT_FALSE(source->IsHole(10 * kChunk, kChunk));
+  EXPECT_FALSE(source->IsHole(10 * kChunk + 5, 10));
+  EXPECT_TRUE(source->IsHole(20 * kChunk, 44 * kChunk));
+  EXPECT_TRUE(source->IsHole(0, 4096));  // going back works too
+  std::string out(10, 'x');
+  source->ReadAt(20 * kChunk, reinterpret_cast<std::byte*>(out.data()), out.size());
+  EXPECT_EQ(out, std::string(10, '\0'));
+  EXPECT_THROW(source->ReadAt(size - 5, reinterpret_cast<std::byte*>(out.data()), 10),
+               TransferError);
+}
+
+TEST(ImageIoTest, EmptyFile) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  WriteFile(dir / "in.img", "");
+  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+  EXPECT_EQ(r.manifest.size, 0u);
+  EXPECT_TRUE(r.manifest.chunks.empty());
+  EXPECT_EQ(r.manifest.digest,
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_TRUE(fs::exists(dir / "out.img"));
+  EXPECT_EQ(fs::file_size(dir / "out.img"), 0u);
+  EXPECT_TRUE(store.ListChunks().empty());
+}
+
+TEST(ImageIoTest, AllZeroFileStoresNoChunk) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string zeros(20 * kChunk + 7, '\0');
+  WriteFile(dir / "in.img", zeros);  // written zeros, not holes
+  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+  EXPECT_EQ(r.exported, zeros);
+  for (const auto& c : r.manifest.chunks) EXPECT_EQ(c, "");
+  EXPECT_TRUE(store.ListChunks().empty());
+  EXPECT_EQ(r.manifest.digest, "sha256:" + Sha256Hex(zeros.data(), zeros.size()));
+  EXPECT_EQ(r.last_import_progress.bytes_transferred, 0u);
+  EXPECT_LE(AllocatedBytes(dir / "out.img"), kChunk);
+}
+
+TEST(ImageIoTest, SecondImportStoresNothingNew) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  // Chunks 0 and 2 are identical: stored once.
+  std::string a = RandomBytes(kChunk, 1);
+  const std::string bytes = a + RandomBytes(kChunk, 2) + a + RandomBytes(kChunk / 2, 3);
+  WriteFile(dir / "in.img", bytes);
+  Roundtrip first = ImportAndExport(dir / "in.img", store, dir / "out1.img");
+  EXPECT_EQ(store.ListChunks().size(), 3u);
+  EXPECT_EQ(first.manifest.chunks[0], first.manifest.chunks[2]);
+
+  Roundtrip second = ImportAndExport(dir / "in.img", store, dir / "out2.img");
+  EXPECT_EQ(second.manifest, first.manifest);
+  EXPECT_EQ(second.last_import_progress.bytes_transferred, 0u);
+  EXPECT_EQ(second.last_import_progress.chunks_skipped, 4u);
+  EXPECT_EQ(second.last_import_progress.bytes_done, bytes.size());
+  EXPECT_EQ(store.ListChunks().size(), 3u);
+  EXPECT_EQ(second.exported, bytes);
+}
+
+TEST(ImageIoTest, CorruptChunkFailsExport) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(10 * kChunk, 1);
+  WriteFile(dir / "in.img", bytes);
+  CancelToken cancel;
+  auto source = OpenFileSource(dir / "in.img");
+  Manifest m = ImportToStore(*source, store, SmallChunks(), cancel, nullptr);
+
+  const std::string victim = m.chunks[6];
+  {
+    std::fstream f(store.ChunkPath(victim), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    f.put('\x5a' ^ bytes[6 * kChunk + 1000]);
+  }
+  try {
+    ExportFromStore(store, m, dir / "out.img", cancel, nullptr);
+    FAIL() << "no exception";
+  } catch (const IntegrityError& e) {
+    EXPECT_EQ(e.code(), codes::kIntegrityError);
+    EXPECT_NE(e.message().find(victim), std::string::npos) << e.message();
+  }
+  EXPECT_FALSE(fs::exists(dir / "out.img"));
+  EXPECT_EQ(FilesIn(dir.path()), 2u);  // the temporary file is gone
+
+  // A truncated chunk is caught too, and a missing one is a transfer failure.
+  fs::resize_file(store.ChunkPath(victim), 10);
+  EXPECT_THROW(ExportFromStore(store, m, dir / "out.img", cancel, nullptr), IntegrityError);
+  store.DeleteChunk(victim);
+  try {
+    ExportFromStore(store, m, dir / "out.img", cancel, nullptr);
+    FAIL() << "no exception";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kTransferFailed);
+  }
+  EXPECT_EQ(FilesIn(dir.path()), 2u);
+}
+
+TEST(ImageIoTest, ExportReplacesAnExistingFileAtomically) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(3 * kChunk, 1);
+  WriteFile(dir / "in.img", bytes);
+  WriteFile(dir / "out.img", RandomBytes(50 * kChunk, 2));
+  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+  EXPECT_EQ(r.exported, bytes);
+}
+
+// Slow reads, so that a test can act while an import is in flight.
+class SlowSource : public ByteSource {
+ public:
+  SlowSource(uint64_t size, std::chrono::milliseconds delay) : size_(size), delay_(delay) {}
+  uint64_t size() const override { return size_; }
+  bool IsHole(uint64_t, uint64_t) override { return false; }
+  void ReadAt(uint64_t offset, std::byte* out, size_t len) override {
+    std::this_thread::sleep_for(delay_);
+    for (size_t i = 0; i < len; ++i) {  // a different pattern in every chunk
+      uint64_t x = offset + i;
+      out[i] = static_cast<std::byte>((x * 7 + 1) ^ ((x >> 16) * 31) ^ ((x >> 24) * 17));
+    }
+    if (fail_at_ && offset >= *fail_at_) {
+      throw TransferError(codes::kTransferFailed, "injected read failure");
+    }
+  }
+  std::string describe() const override { return "slow"; }
+  std::optional<uint64_t> fail_at_;
+
+ private:
+  uint64_t size_;
+  std::chrono::milliseconds delay_;
+};
+
+TEST(ImageIoTest, CancelStopsImportAndLeavesNoThread) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const int threads_before = ThreadCount();
+  SlowSource source(1000 * kChunk, std::chrono::milliseconds(5));
+  CancelToken cancel;
+  std::vector<IoProgress> reports;
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_THROW(ImportToStore(source, store, SmallChunks(), cancel,
+                             [&](const IoProgress& p) {
+                               reports.push_back(p);
+                               if (reports.size() == 3) cancel.Cancel();
+                             }),
+               Cancelled);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(3));
+  EXPECT_EQ(ThreadCount(), threads_before);
+  ASSERT_EQ(reports.size(), 3u);
+  EXPECT_LT(reports.back().bytes_done, reports.back().bytes_total);
+  EXPECT_LE(reports[0].bytes_done, reports[1].bytes_done);
+
+  CancelToken already;
+  already.Cancel();
+  EXPECT_THROW(ImportToStore(source, store, SmallChunks(), already, nullptr), Cancelled);
+  EXPECT_EQ(ThreadCount(), threads_before);
+}
+
+TEST(ImageIoTest, CancelStopsExportAndRemovesTheTemporaryFile) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(20 * kChunk, 1);
+  WriteFile(dir / "in.img", bytes);
+  CancelToken cancel;
+  auto source = OpenFileSource(dir / "in.img");
+  Manifest m = ImportToStore(*source, store, SmallChunks(), cancel, nullptr);
+  const int threads_before = ThreadCount();
+  cancel.Cancel();
+  EXPECT_THROW(ExportFromStore(store, m, dir / "out.img", cancel, nullptr), Cancelled);
+  EXPECT_FALSE(fs::exists(dir / "out.img"));
+  EXPECT_EQ(FilesIn(dir.path()), 2u);
+  EXPECT_EQ(ThreadCount(), threads_before);
+}
+
+TEST(ImageIoTest, ProgressIsMonotonicAndReachesTheTotal) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  SlowSource source(60 * kChunk + 3, std::chrono::milliseconds(4));
+  CancelToken cancel;
+  std::vector<IoProgress> reports;
+  ImportToStore(source, store, SmallChunks(), cancel,
+                [&](const IoProgress& p) { reports.push_back(p); });
+  ASSERT_GE(reports.size(), 2u);  // throttled, but more than the final report
+  EXPECT_LT(reports.size(), 60u);
+  for (size_t i = 1; i < reports.size(); ++i) {
+    EXPECT_LE(reports[i - 1].bytes_done, reports[i].bytes_done);
+  }
+  EXPECT_EQ(reports.back().bytes_done, 60 * kChunk + 3);
+  EXPECT_EQ(reports.back().bytes_total, 60 * kChunk + 3);
+  EXPECT_EQ(reports.back().chunks_total, 61u);
+}
+
+TEST(ImageIoTest, ReadErrorsReachTheCaller) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const int threads_before = ThreadCount();
+  SlowSource source(30 * kChunk, std::chrono::milliseconds(0));
+  source.fail_at_ = 17 * kChunk;
+  CancelToken cancel;
+  EXPECT_THROW(ImportToStore(source, store, SmallChunks(), cancel, nullptr), TransferError);
+  EXPECT_EQ(ThreadCount(), threads_before);
+}
+
+// Fails on the n-th chunk write, from a worker thread.
+class FailingStore : public LocalStore {
+ public:
+  using LocalStore::LocalStore;
+  void PutChunk(const std::string& hash, std::span<const std::byte> data) override {
+    if (++puts_ == 5) throw TransferError(codes::kStoreUnavailable, "injected: disk gone");
+    LocalStore::PutChunk(hash, data);
+  }
+
+ private:
+  std::atomic<int> puts_{0};
+};
+
+TEST(ImageIoTest, WorkerErrorsReachTheCaller) {
+  ScratchDir dir;
+  FailingStore store(dir / "store");
+  const int threads_before = ThreadCount();
+  SlowSource source(50 * kChunk, std::chrono::milliseconds(0));
+  CancelToken cancel;
+  try {
+    ImportToStore(source, store, SmallChunks(), cancel, nullptr);
+    FAIL() << "no exception";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kStoreUnavailable);
+    EXPECT_EQ(e.message(), "injected: disk gone");
+  }
+  EXPECT_EQ(ThreadCount(), threads_before);
+}
+
+TEST(ImageIoTest, OpenFileSourceRejectsWhatIsNotAnImageFile) {
+  ScratchDir dir;
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0644), 0);
+  const std::vector<fs::path> bad = {dir / "missing.img", dir.path(), dir / "fifo",
+                                     fs::path(std::string("/tmp/a\0b", 8)), fs::path()};
+  for (const auto& path : bad) {
+    try {
+      OpenFileSource(path);
+      ADD_FAILURE() << "opened " << path;
+    } catch (const ValidationError& e) {
+      EXPECT_EQ(e.code(), codes::kInvalidParameter);
+      if (!path.empty() && path.native().find('\0') == std::string::npos) {
+        EXPECT_NE(e.message().find(path.string()), std::string::npos) << e.message();
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace imagerelay

@@ -1,0 +1,349 @@
+#include "local_store.hpp"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "scratch_dir.hpp"
+
+namespace imagerelay {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_util::ScratchDir;
+
+std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
+  std::vector<std::byte> out(n);
+  std::mt19937 rng(seed);
+  for (auto& b : out) b = static_cast<std::byte>(rng());
+  return out;
+}
+
+std::string HashOf(const std::vector<std::byte>& data) {
+  return Sha256Hex(data.data(), data.size());
+}
+
+Manifest OneChunkManifest(const std::string& hash, uint64_t size) {
+  Manifest m;
+  m.size = size;
+  m.chunk_size = size;
+  m.digest = "sha256:" + hash;
+  m.chunks = {hash};
+  return m;
+}
+
+std::vector<std::string> NamesIn(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) names.push_back(e.path().filename().string());
+  }
+  return names;
+}
+
+TEST(LocalStoreTest, PutGetHasListDelete) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  auto a = RandomBytes(1000, 1);
+  auto b = RandomBytes(70000, 2);
+  std::string ha = HashOf(a), hb = HashOf(b);
+
+  EXPECT_FALSE(store.HasChunk(ha));
+  EXPECT_TRUE(store.ListChunks().empty());
+  store.PutChunk(ha, a);
+  store.PutChunk(hb, b);
+  EXPECT_TRUE(store.HasChunk(ha));
+  EXPECT_EQ(store.HasChunks({ha, std::string(64, '0'), hb}),
+            (std::vector<bool>{true, false, true}));
+
+  std::vector<std::byte> out;
+  store.GetChunk(hb, out);
+  EXPECT_EQ(out, b);
+  store.GetChunk(ha, out);
+  EXPECT_EQ(out, a);
+
+  std::vector<std::string> expected{ha, hb};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(store.ListChunks(), expected);
+  EXPECT_TRUE(fs::is_regular_file(dir.path() / "chunks" / ha.substr(0, 2) / ha));
+  EXPECT_EQ(store.StoredChunkSize(hb), 70000u);
+
+  store.DeleteChunk(ha);
+  EXPECT_FALSE(store.HasChunk(ha));
+  EXPECT_EQ(store.ListChunks(), std::vector<std::string>{hb});
+  store.DeleteChunk(ha);  // already gone: fine
+}
+
+TEST(LocalStoreTest, PutOfAnExistingChunkIsANoOp) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  auto a = RandomBytes(5000, 3);
+  std::string ha = HashOf(a);
+  store.PutChunk(ha, a);
+  fs::path path = store.ChunkPath(ha);
+  struct stat before;
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  store.PutChunk(ha, a);
+  struct stat after;
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);  // not rewritten
+  EXPECT_EQ(store.ListChunks().size(), 1u);
+  EXPECT_EQ(NamesIn(dir.path()).size(), 1u);  // no temporary file left behind
+}
+
+TEST(LocalStoreTest, GetOfAMissingChunkNamesIt) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  std::string h(64, 'c');
+  std::vector<std::byte> out;
+  try {
+    store.GetChunk(h, out);
+    FAIL() << "no exception";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kTransferFailed);
+    EXPECT_NE(e.message().find(h), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find(store.uri()), std::string::npos) << e.message();
+  }
+}
+
+TEST(LocalStoreTest, ManifestsAndImageRecords) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  std::string h(64, 'a');
+  Manifest m = OneChunkManifest(h, 10);
+  EXPECT_FALSE(store.GetManifest("m-abcd1234"));
+  store.PutManifest("m-abcd1234", m);
+  store.PutManifest("m-00000000", m);
+  EXPECT_EQ(store.GetManifest("m-abcd1234"), m);
+  EXPECT_EQ(store.ListManifests(), (std::vector<std::string>{"m-00000000", "m-abcd1234"}));
+  EXPECT_TRUE(fs::is_regular_file(dir.path() / "manifests" / "m-abcd1234.json"));
+
+  m.size = 7;  // overwrite
+  store.PutManifest("m-abcd1234", m);
+  EXPECT_EQ(store.GetManifest("m-abcd1234")->size, 7u);
+  store.DeleteManifest("m-abcd1234");
+  EXPECT_FALSE(store.GetManifest("m-abcd1234"));
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-00000000"});
+  store.DeleteManifest("m-abcd1234");
+
+  EXPECT_FALSE(store.GetImageRecord("m-abcd1234"));
+  store.PutImageRecord("m-abcd1234", R"({"id":"m-abcd1234"})");
+  EXPECT_EQ(store.GetImageRecord("m-abcd1234"), R"({"id":"m-abcd1234"})");
+  EXPECT_TRUE(fs::is_regular_file(dir.path() / "images" / "m-abcd1234.json"));
+  store.DeleteImageRecord("m-abcd1234");
+  EXPECT_FALSE(store.GetImageRecord("m-abcd1234"));
+  // Records and manifests are separate.
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-00000000"});
+}
+
+TEST(LocalStoreTest, DamagedManifestIsAnIntegrityError) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  store.Check();
+  std::ofstream(dir.path() / "manifests" / "m-abcd1234.json") << "{\"version\":1,";
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-abcd1234"});
+  try {
+    store.GetManifest("m-abcd1234");
+    FAIL() << "no exception";
+  } catch (const IntegrityError& e) {
+    EXPECT_EQ(e.code(), codes::kIntegrityError);
+    EXPECT_NE(e.message().find("m-abcd1234"), std::string::npos);
+  }
+}
+
+TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
+  ScratchDir dir;
+  LocalStore store(dir.path() / "store");
+  store.Check();
+  const std::vector<std::string> bad_hashes = {
+      "", "../x", "/etc/passwd", "../../../../../../etc/passwd",
+      std::string(64, 'A'), std::string(63, 'a'), std::string(65, 'a'),
+      std::string(63, 'a') + '/', std::string(32, 'a') + std::string(1, '\0') + std::string(31, 'a'),
+      "..", std::string(62, 'a') + "..",
+  };
+  auto data = RandomBytes(10, 4);
+  std::vector<std::byte> out;
+  for (const auto& h : bad_hashes) {
+    EXPECT_THROW(store.HasChunk(h), ValidationError) << h;
+    EXPECT_THROW(store.PutChunk(h, data), ValidationError) << h;
+    EXPECT_THROW(store.GetChunk(h, out), ValidationError) << h;
+    EXPECT_THROW(store.DeleteChunk(h), ValidationError) << h;
+  }
+  const std::vector<std::string> bad_ids = {
+      "", "../x", "/abs/path", "m-1234567", "m-123456789", "m-ABCDEFGH", "m-1234/678",
+      "m-../../..", std::string("m-1234\0" "678", 10), "x-12345678", "m-12345678/",
+  };
+  Manifest m = OneChunkManifest(std::string(64, 'a'), 1);
+  for (const auto& id : bad_ids) {
+    try {
+      store.PutManifest(id, m);
+      ADD_FAILURE() << "accepted " << id;
+    } catch (const ValidationError& e) {
+      EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    }
+    EXPECT_THROW(store.GetManifest(id), ValidationError) << id;
+    EXPECT_THROW(store.DeleteManifest(id), ValidationError) << id;
+    EXPECT_THROW(store.PutImageRecord(id, "{}"), ValidationError) << id;
+    EXPECT_THROW(store.GetImageRecord(id), ValidationError) << id;
+    EXPECT_THROW(store.DeleteImageRecord(id), ValidationError) << id;
+  }
+  // Nothing was written anywhere, inside or outside the store.
+  EXPECT_TRUE(NamesIn(dir.path()).empty());
+}
+
+TEST(LocalStoreTest, CheckCreatesTheLayout) {
+  ScratchDir dir;
+  LocalStore store(dir.path() / "a" / "b");
+  store.Check();
+  for (const char* sub : {"chunks", "manifests", "images"}) {
+    EXPECT_TRUE(fs::is_directory(dir.path() / "a" / "b" / sub)) << sub;
+  }
+  EXPECT_TRUE(NamesIn(dir.path()).empty());  // the probe files are gone
+  store.Check();                             // twice is fine
+}
+
+TEST(LocalStoreTest, CheckOfAnUnusableDirectoryFails) {
+  ScratchDir dir;
+  std::ofstream(dir.path() / "file") << "not a directory";
+  const fs::path root = dir.path() / "file" / "sub";
+  LocalStore store(root);
+  try {
+    store.Check();
+    FAIL() << "no exception";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kStoreUnavailable);
+    EXPECT_NE(e.message().find(root.string()), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find(std::strerror(ENOTDIR)), std::string::npos) << e.message();
+  }
+  // Writes fail the same way rather than writing somewhere else.
+  auto data = RandomBytes(10, 5);
+  EXPECT_THROW(store.PutChunk(HashOf(data), data), TransferError);
+}
+
+TEST(LocalStoreTest, ListingsIgnoreTemporaryAndStrayFiles) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  auto a = RandomBytes(100, 6);
+  std::string ha = HashOf(a);
+  store.PutChunk(ha, a);
+  store.PutManifest("m-abcd1234", OneChunkManifest(ha, 100));
+  const fs::path prefix_dir = store.ChunkPath(ha).parent_path();
+  std::ofstream(prefix_dir / (".tmp-" + ha + "-1-2")) << "partial";
+  std::ofstream(prefix_dir / "README") << "stray";
+  std::ofstream(prefix_dir / std::string(64, 'f')) << "wrong prefix directory";
+  std::ofstream(dir.path() / "manifests" / ".tmp-m-00000000.json-1-2") << "{";
+  std::ofstream(dir.path() / "manifests" / "notes.txt") << "x";
+  std::ofstream(dir.path() / "manifests" / "m-bad.json") << "x";
+  fs::create_directories(dir.path() / "chunks" / "zz");
+  std::ofstream(dir.path() / "chunks" / "zz" / std::string(64, 'b')) << "x";
+
+  EXPECT_EQ(store.ListChunks(), std::vector<std::string>{ha});
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-abcd1234"});
+}
+
+TEST(LocalStoreTest, CheckRemovesOnlyStaleTemporaryFiles) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  store.Check();
+  auto a = RandomBytes(100, 7);
+  std::string ha = HashOf(a);
+  store.PutChunk(ha, a);
+  const fs::path old_tmp = store.ChunkPath(ha).parent_path() / (".tmp-" + ha + "-1-old");
+  const fs::path new_tmp = dir.path() / "manifests" / ".tmp-m-00000000.json-1-new";
+  std::ofstream(old_tmp) << "partial";
+  std::ofstream(new_tmp) << "partial";
+  struct timeval two_hours_ago[2];
+  gettimeofday(&two_hours_ago[0], nullptr);
+  two_hours_ago[0].tv_sec -= 2 * 3600;
+  two_hours_ago[1] = two_hours_ago[0];
+  ASSERT_EQ(::utimes(old_tmp.c_str(), two_hours_ago), 0);
+
+  store.Check();
+  EXPECT_FALSE(fs::exists(old_tmp));
+  EXPECT_TRUE(fs::exists(new_tmp));  // may belong to a writer in flight
+  EXPECT_TRUE(store.HasChunk(ha));
+}
+
+TEST(LocalStoreTest, ConcurrentPutsOfTheSameChunk) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  auto a = RandomBytes(256 * 1024, 8);
+  std::string ha = HashOf(a);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&] { store.PutChunk(ha, a); });
+  for (auto& t : threads) t.join();
+  std::vector<std::byte> out;
+  store.GetChunk(ha, out);
+  EXPECT_EQ(out, a);
+  EXPECT_EQ(NamesIn(dir.path()).size(), 1u);
+}
+
+// A writer killed at any moment leaves either whole files or nothing visible: every listed
+// chunk hashes to its name and every listed manifest parses.
+TEST(LocalStoreTest, KilledWriterLeavesNoPartialFile) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "store";
+  const auto base = RandomBytes(8 << 20, 9);
+  int saw_temp_files = 0;
+  for (int round = 0; round < 4; ++round) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      // Child: write chunks and manifests until killed. Only _exit, never return to gtest.
+      LocalStore store(root);
+      std::vector<std::byte> data = base;
+      for (uint64_t i = 0;; ++i) {
+        uint64_t tag = (static_cast<uint64_t>(round) << 32) | i;
+        std::memcpy(data.data(), &tag, sizeof(tag));
+        std::string hash = Sha256Hex(data.data(), data.size());
+        store.PutChunk(hash, data);
+        char id[16];
+        std::snprintf(id, sizeof(id), "m-%02d%06llu", round,
+                      static_cast<unsigned long long>(i % 1000000));
+        store.PutManifest(id, OneChunkManifest(hash, data.size()));
+      }
+      ::_exit(0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + 97 * round));
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status));
+    for (const auto& e : fs::recursive_directory_iterator(root)) {
+      if (e.path().filename().string().starts_with(".tmp-")) ++saw_temp_files;
+    }
+  }
+
+  LocalStore store(root);
+  std::vector<std::string> chunks = store.ListChunks();
+  ASSERT_FALSE(chunks.empty());
+  std::vector<std::byte> out;
+  for (const auto& hash : chunks) {
+    store.GetChunk(hash, out);
+    ASSERT_EQ(out.size(), base.size()) << hash;
+    ASSERT_EQ(Sha256Hex(out.data(), out.size()), hash);
+  }
+  for (const auto& id : store.ListManifests()) {
+    std::optional<Manifest> m;
+    ASSERT_NO_THROW(m = store.GetManifest(id)) << id;
+    ASSERT_TRUE(m.has_value());
+    EXPECT_TRUE(store.HasChunk(m->chunks[0])) << id;  // chunks are written first
+  }
+  store.Check();  // leftovers do not break the store
+  std::cout << "[ info ] " << chunks.size() << " chunks written, temporary files left by "
+            << "killed writers: " << saw_temp_files << "\n";
+}
+
+}  // namespace
+}  // namespace imagerelay

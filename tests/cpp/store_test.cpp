@@ -1,0 +1,80 @@
+#include "imagerelay/store.hpp"
+
+#include <gtest/gtest.h>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "scratch_dir.hpp"
+
+namespace imagerelay {
+namespace {
+
+using testing_util::ScratchDir;
+
+void ExpectInvalidUri(const std::string& uri, const std::string& mention = "") {
+  EXPECT_NE(CheckStoreUri(uri), "") << uri;
+  try {
+    OpenStore(uri);
+    ADD_FAILURE() << "opened " << uri;
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    if (!mention.empty()) EXPECT_NE(e.message().find(mention), std::string::npos) << e.message();
+  }
+}
+
+TEST(StoreTest, OpensPathsAndFileUris) {
+  ScratchDir dir;
+  for (const std::string& uri :
+       {dir.path().string() + "/a", "file://" + dir.path().string() + "/b"}) {
+    EXPECT_EQ(CheckStoreUri(uri), "") << uri;
+    auto store = OpenStore(uri);
+    EXPECT_EQ(store->uri(), uri);
+    store->Check();
+    store->PutChunk(Sha256Hex("x", 1), std::as_bytes(std::span("x", 1)));
+  }
+  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "a" / "chunks"));
+  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "b" / "chunks"));
+
+  // Percent escapes in file URIs are decoded.
+  auto spaced = OpenStore("file://" + dir.path().string() + "/with%20space");
+  spaced->Check();
+  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "with space" / "chunks"));
+
+  EXPECT_EQ(CheckStoreUri("relative/dir"), "");
+  EXPECT_NE(OpenStore("relative/dir"), nullptr);  // opening touches nothing
+  EXPECT_FALSE(std::filesystem::exists("relative/dir"));
+}
+
+TEST(StoreTest, RejectsMalformedUris) {
+  ExpectInvalidUri("");
+  ExpectInvalidUri(std::string("/data/b\0j", 9));
+  ExpectInvalidUri("http://example.com/x", "http://example.com/x");
+  ExpectInvalidUri("ftp://host/dir", "ftp");
+  ExpectInvalidUri("file://relative/dir");
+  ExpectInvalidUri("file://");
+  ExpectInvalidUri("file:///data/%zz");
+  ExpectInvalidUri("file:///data/%00x");
+  ExpectInvalidUri("s3://", "s3://");
+  ExpectInvalidUri("s3://UPPER/prefix");
+  ExpectInvalidUri("s3://ab");
+  ExpectInvalidUri("s3://bucket/with space");
+  ExpectInvalidUri("s3://bucket?=x");
+}
+
+TEST(StoreTest, S3UrisAreValidButNotSupportedYet) {
+  for (const std::string uri : {"s3://bucket", "s3://my-bucket.example/images/prod",
+                                "s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=x",
+                                "s3://bucket?endpoint=http://minio:9000"}) {
+    EXPECT_EQ(CheckStoreUri(uri), "") << uri;
+    try {
+      OpenStore(uri);
+      ADD_FAILURE() << "opened " << uri;
+    } catch (const ValidationError& e) {
+      EXPECT_EQ(e.code(), codes::kInvalidParameter);
+      EXPECT_NE(e.message().find("not supported yet"), std::string::npos) << e.message();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace imagerelay

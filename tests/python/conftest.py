@@ -1,0 +1,241 @@
+"""Shared fixtures and helpers of the imagerelay pytest suite.
+
+Images are kept small (a few MiB at most) and the chunk size is 64 KiB so that every image
+still has many chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import imagerelay as ir
+
+CHUNK = 64 * 1024
+PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
+
+
+# -- fixtures ---------------------------------------------------------------------------
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """A directory for source and exported files, outside the home."""
+    d = tmp_path / "files"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def cloud(home: Path) -> Iterator[ir.Cloud]:
+    c = ir.open(home, limits=ir.Limits(chunk_size=CHUNK))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def open_cloud(home: Path) -> Iterator[Callable[..., ir.Cloud]]:
+    """Opens more engines on the same home (e.g. with other limits); all closed at the end."""
+    opened: list[ir.Cloud] = []
+
+    def _open(**limits: int | None) -> ir.Cloud:
+        limits.setdefault("chunk_size", CHUNK)
+        c = ir.open(home, limits=ir.Limits(**limits))  # type: ignore[arg-type]
+        opened.append(c)
+        return c
+
+    yield _open
+    for c in reversed(opened):
+        c.close()
+
+
+# -- files ------------------------------------------------------------------------------
+def make_dense(path: Path, size: int) -> Path:
+    """Random bytes: every chunk distinct and non-zero."""
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def make_sparse(path: Path, size: int, writes: dict[int, bytes] | None = None) -> Path:
+    """A sparse file of ``size`` bytes with a few random blocks written at offsets."""
+    if writes is None:
+        writes = {0: os.urandom(4096), size // 3: os.urandom(CHUNK + 100),
+                  size - 5000: os.urandom(5000)}
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in writes.items():
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+def make_odd(path: Path, chunks: int = 7, extra: int = 12345) -> Path:
+    """Random bytes, not a multiple of the chunk size."""
+    return make_dense(path, chunks * CHUNK + extra)
+
+
+def make_zero(path: Path, size: int) -> Path:
+    """All zero bytes, written (not a hole)."""
+    path.write_bytes(bytes(size))
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def chunk_hashes(path: Path, chunk: int = CHUNK) -> list[str | None]:
+    """The chunk list of a file as the engine cuts it (None = all-zero chunk)."""
+    out: list[str | None] = []
+    data = path.read_bytes()
+    for i in range(0, len(data), chunk):
+        block = data[i:i + chunk]
+        out.append(None if block.count(0) == len(block) else hashlib.sha256(block).hexdigest())
+    return out
+
+
+def distinct_nonzero_bytes(path: Path, chunk: int = CHUNK) -> tuple[int, int]:
+    """(number, total bytes) of the distinct non-zero chunks of a file."""
+    data = path.read_bytes()
+    seen: dict[str, int] = {}
+    for i in range(0, len(data), chunk):
+        block = data[i:i + chunk]
+        if block.count(0) == len(block):
+            continue
+        seen[hashlib.sha256(block).hexdigest()] = len(block)
+    return len(seen), sum(seen.values())
+
+
+# -- region stores ----------------------------------------------------------------------
+def chunk_files(home: Path, region: str) -> list[Path]:
+    """The chunk files of a region store: <home>/regions/<id>/chunks/*/* (no temp files)."""
+    base = Path(home) / "regions" / region / "chunks"
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.glob("*/*") if p.is_file() and len(p.name) == 64)
+
+
+def chunk_names(home: Path, region: str) -> set[str]:
+    return {p.name for p in chunk_files(home, region)}
+
+
+def chunk_bytes(home: Path, region: str) -> int:
+    return sum(p.stat().st_size for p in chunk_files(home, region))
+
+
+def chunk_stats(home: Path, region: str) -> tuple[int, int]:
+    """(number of chunk files, total bytes) of a region store."""
+    files = chunk_files(home, region)
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+# -- waiting ----------------------------------------------------------------------------
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
+               interval: float = 0.02, *, why: Callable[[], str] | None = None) -> object:
+    """Polls ``predicate`` until it is truthy; fails the test after ``timeout`` seconds
+    (with ``why()`` in the message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = why() if why is not None else getattr(predicate, "__doc__", None)
+            pytest.fail(f"condition not met within {timeout} s: {detail or predicate}")
+        time.sleep(interval)
+
+
+def wait_for_chunks(home: Path, region: str, expected: set[str], timeout: float = 10.0) -> None:
+    """Waits until the chunk files of ``region`` are exactly ``expected``."""
+    def why() -> str:
+        have = chunk_names(home, region)
+        return (f"region {region} holds {len(have)} chunks, {len(have - expected)} more "
+                f"than expected and {len(expected - have)} missing")
+
+    wait_until(lambda: chunk_names(home, region) == expected, timeout=timeout, why=why)
+
+
+class Collector:
+    """Collects events from a callback and lets a test wait for one of a given kind."""
+
+    def __init__(self) -> None:
+        self.events: list[ir.Event] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: ir.Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[ir.Event], bool], timeout: float = 10.0) -> ir.Event:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self.events:
+                    if pred(e):
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"no matching event within {timeout} s; got "
+                                f"{[(e.type, e.image_id) for e in self.events]}")
+                self._cond.wait(left)
+
+    def types(self) -> list[str]:
+        with self._cond:
+            return [e.type for e in self.events]
+
+
+def assert_error(excinfo: pytest.ExceptionInfo[ir.ImageRelayError], cls: type,
+                 code: str, status: int, *, problems: list[str] | None = None) -> None:
+    """Class (exactly), code, http_status and the codes listed in .problems."""
+    err = excinfo.value
+    assert type(err) is cls, f"{type(err).__name__} raised, {cls.__name__} expected: {err}"
+    assert err.code == code, err
+    assert err.http_status == status, err
+    assert err.message
+    got = [p[0] for p in err.problems]
+    assert got, "problems is empty"
+    assert got[0] == code, err.problems
+    if problems is not None:
+        assert sorted(got) == sorted(problems), err.problems
+    for p in err.problems:
+        assert isinstance(p[1], str) and p[1], err.problems
+
+
+# -- child processes ----------------------------------------------------------------------
+# A child prints "RESULT <json>"; anything else on its stdout (e.g. a notice of the editable
+# build's rebuild on import) is ignored.
+def parse_result(out: str) -> dict:
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    pytest.fail(f"no RESULT line in the child's output: {out!r}")
+
+
+def read_result(proc: subprocess.Popen[str]) -> dict:
+    """Reads a running child's stdout until its RESULT line."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+        seen.append(line)
+    err = proc.stderr.read() if proc.stderr is not None else ""
+    pytest.fail(f"the child ended without a RESULT line: {''.join(seen)!r} {err!r}")
