@@ -176,6 +176,9 @@ class Bench:
         self.sections: list[str] = []
         self.verdicts: list[tuple[str, str, str]] = []  # (benchmark, target, verdict)
         self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.core = "?"
+        self.child_env: dict[str, str] | None = None
         # sizes
         d = self.div
         self.dense_size = 2 * GiB // d
@@ -188,7 +191,8 @@ class Bench:
         self.mod_range = 1 * MiB // d
 
     # -- processes ---------------------------------------------------------------
-    def _spawn(self, argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int, object, int]:
+    def _spawn(self, argv: list[str], stdout=subprocess.DEVNULL,
+               env: dict[str, str] | None = None) -> tuple[float, int, object, int]:
         """Runs argv under /usr/bin/time; returns (seconds, exit status, rusage, maxrss bytes).
 
         The peak RSS is GNU time's %M (the ru_maxrss that wait4() gives it for the command).
@@ -199,7 +203,7 @@ class Bench:
         tfile = self.work / f"time-{self.counter}.txt"
         full = (["/usr/bin/time", "-f", "%M", "-o", str(tfile)] + argv) if HAVE_TIME else argv
         t0 = time.perf_counter()
-        proc = subprocess.Popen(full, stdout=stdout, stderr=None, cwd=REPO)
+        proc = subprocess.Popen(full, stdout=stdout, stderr=None, cwd=REPO, env=env)
         _, status, ru = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -250,8 +254,8 @@ class Bench:
         spec = {"op": op, "home": str(home), "cold": timed, "out": str(out), **kw}
         if timed:
             self.loads.setdefault(self.current, []).append(loadavg())
-        wall, rc, ru, maxrss = self._spawn([sys.executable, str(Path(__file__).resolve()), "--child",
-                                    json.dumps(spec)])
+        wall, rc, ru, maxrss = self._spawn([sys.executable, "-S", str(Path(__file__).resolve()),
+                                            "--child", json.dumps(spec)], env=self.child_env)
         if rc != 0 or not out.exists():
             raise RuntimeError(f"engine child {op} failed (exit {rc}); spec {spec}")
         res = json.loads(out.read_text())
@@ -295,6 +299,52 @@ class Bench:
                 shutil.rmtree(p)
             elif p.exists() or p.is_symlink():
                 p.unlink()
+
+    def snapshot(self) -> None:
+        """Freezes the engine under test: the package and its built _core, copied to work/.
+
+        The package is an editable install that rebuilds its C++ whenever a source changed,
+        at import. Others edit the tree while the benchmark runs, so each child would
+        otherwise run whatever build (or broken build) is current. The children run
+        `python -S` with PYTHONPATH = this copy + the venv's site-packages, which skips the
+        editable-install hook (.pth files are only read by `site`).
+        """
+        import sysconfig
+
+        probe = ("import imagerelay, imagerelay._core as c, os; "
+                 "print(os.path.dirname(imagerelay.__file__)); print(c.__file__)")
+        deadline = time.monotonic() + 600
+        while True:
+            log("importing imagerelay (an editable install rebuilds its C++ if sources "
+                "changed; that can take minutes)")
+            r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                               text=True)
+            if r.returncode == 0:
+                break
+            tail = "\n".join(r.stderr.strip().splitlines()[-15:])
+            if time.monotonic() > deadline:
+                raise SystemExit(f"cannot import imagerelay (build broken?):\n{tail}")
+            log(f"import failed (someone mid-edit?); retrying in 30s:\n{tail}")
+            time.sleep(30)
+        pkg_dir, core = r.stdout.strip().splitlines()[-2:]
+        dest = self.work / "pkg" / "imagerelay"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(pkg_dir, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(core, dest / Path(core).name)
+        digest = hashlib.sha256((dest / Path(core).name).read_bytes()).hexdigest()[:12]
+        self.core = f"{Path(core).name} sha256:{digest}, snapshotted to bench/work/pkg at start"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(dest.parent), sysconfig.get_paths()["purelib"]])
+        env.pop("PYTHONHOME", None)
+        self.child_env = env
+        check = subprocess.run([sys.executable, "-S", "-c",
+                                "import imagerelay, imagerelay._core as c; print(c.__file__)"],
+                               env=env, cwd=REPO, capture_output=True, text=True)
+        if check.returncode != 0 or not check.stdout.strip().startswith(str(dest)):
+            raise SystemExit(f"the snapshot of imagerelay does not import: {check.stderr}"
+                             f"{check.stdout}")
+        log(f"engine snapshot: {self.core}")
 
     # -- data ----------------------------------------------------------------------
     def write_random(self, path: Path, size: int) -> None:
@@ -706,7 +756,7 @@ class Bench:
         self.scratch.mkdir(parents=True, exist_ok=True)
         started = dt.datetime.now().astimezone()
         machine = machine_info(self.work)
-        core_before = core_fingerprint()
+        tree_before = tree_state()
         t_start = time.perf_counter()
         for name in BENCHES:
             if name not in selected:
@@ -724,12 +774,11 @@ class Bench:
             self.sections.append(section)
             self.rm(*self.scratch.iterdir())
         total = time.perf_counter() - t_start
-        core_after = core_fingerprint()
-        if core_before != core_after:
-            self.problems.append(f"the engine's _core library changed during the run "
-                                 f"({core_before} -> {core_after}): someone rebuilt it; the "
-                                 f"numbers may mix two builds")
-        self.write_report(started, machine, total, core_before, selected)
+        if tree_state() != tree_before:
+            self.notes.append("the source tree changed during the run (others are working in "
+                              "it); every engine run used the build snapshotted at the start, "
+                              "so the numbers are for that one build")
+        self.write_report(started, machine, total, self.core, selected)
 
     def write_report(self, started, machine, total, core, selected) -> None:
         cmd = shlex.join([sys.executable] + sys.argv)
@@ -772,6 +821,8 @@ class Bench:
             out.append(f"| {bench} | {text} | {verdict} |\n")
         if self.problems:
             out.append("\n**Problems noticed:**\n\n" + "".join(f"- {p}\n" for p in self.problems))
+        if self.notes:
+            out.append("\n**Notes:**\n\n" + "".join(f"- {p}\n" for p in self.notes))
         for s in self.sections:
             out.append("\n" + s)
         path = Path(self.args.out)
@@ -789,16 +840,24 @@ def files_equal(a: Path, b: Path) -> bool:
                 return True
 
 
-def core_fingerprint() -> str:
-    try:
-        out = subprocess.run([sys.executable, "-c", "import imagerelay._core as c; "
-                              "print(c.__file__)"], capture_output=True, text=True, cwd=REPO,
-                             timeout=3600, check=True).stdout.strip()
-        p = Path(out)
-        h = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-        return f"{p.name} sha256:{h}"
-    except Exception as exc:  # noqa: BLE001 - report, don't stop
-        return f"unknown ({exc})"
+def tree_state() -> str:
+    """A fingerprint of the working tree's sources (HEAD, diff, untracked files)."""
+    h = hashlib.sha256()
+    for argv in (["git", "rev-parse", "HEAD"], ["git", "diff", "HEAD", "--", "cpp", "python",
+                                                "bindings", "CMakeLists.txt"],
+                 ["git", "ls-files", "--others", "--exclude-standard", "-s", "--", "cpp",
+                  "python", "bindings"]):
+        try:
+            h.update(subprocess.run(argv, cwd=REPO, capture_output=True, timeout=120).stdout)
+        except Exception:  # noqa: BLE001
+            h.update(b"?")
+    for p in sorted((REPO / "python").rglob("*.py")) + sorted((REPO / "cpp").rglob("*")):
+        try:
+            if p.is_file():
+                h.update(str(p).encode() + p.read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()
 
 
 def machine_info(work: Path) -> dict[str, str]:
@@ -862,11 +921,10 @@ def main() -> None:
             ap.error(f"unknown benchmark {n!r}; choose from {', '.join(BENCHES)}")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    log("importing imagerelay once (an editable install rebuilds its C++ if sources changed)")
-    subprocess.run([sys.executable, "-c", "import imagerelay"], check=True, cwd=REPO)
     bench = Bench(args)
     bench.work.mkdir(parents=True, exist_ok=True)
     try:
+        bench.snapshot()
         bench.run()
     finally:
         if not args.keep:

@@ -157,6 +157,12 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
   catalog->Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
 }
 
+void Engine::Impl::SweepPending() {
+  std::vector<std::string> regions;
+  catalog->Read([&](CatalogTx& tx) { regions = tx.RegionsNeedingSweep(); });
+  for (const auto& region : regions) MaybeSweep(region);
+}
+
 namespace {
 
 std::string HostName() {
@@ -260,6 +266,7 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
 
   std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
   engine->impl_->RecoverInterruptedImports();
+  engine->impl_->SweepPending();
   if (options.start_workers) engine->impl_->StartWorkers();
   return engine;
 }

@@ -62,6 +62,8 @@ struct Engine::Impl {
   void CheckPolicies(const PolicyRequest& request);
   // Sweeps a region's store if it has garbage and no writer is in flight there.
   void MaybeSweep(const std::string& region_id);
+  // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).
+  void SweepPending();
   void SpawnBackground(std::function<void()> fn);
 
   // Imports (import_runner.cpp).

@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <thread>
 #include <vector>
 
@@ -26,6 +27,7 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 constexpr int kExportThreads = 2;
 constexpr int kMaxThreads = 64;
+constexpr int kExtraWriters = 4;
 
 uint64_t ChunkCount(uint64_t size, uint64_t chunk_size) {
   return size / chunk_size + (size % chunk_size != 0 ? 1 : 0);
@@ -143,7 +145,9 @@ class Importer {
         cancel_(cancel),
         throttle_(progress),
         chunk_size_(options.chunk_size),
-        threads_(std::clamp(options.threads, 1, kMaxThreads)) {
+        hashers_(std::clamp(options.threads, 1, kMaxThreads)),
+        workers_(hashers_ + (getenv("IR_EXTRA") ? atoi(getenv("IR_EXTRA")) : kExtraWriters)),
+        hash_permits_(hashers_) {
     if (chunk_size_ == 0) {
       throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
     }
@@ -154,7 +158,7 @@ class Importer {
     progress_.chunks_total = manifest_.chunks.size();
 
     uint64_t by_memory = options.buffer_memory / chunk_size_;
-    uint64_t slots = std::min<uint64_t>(by_memory, 2 * static_cast<uint64_t>(threads_) + 2);
+    uint64_t slots = std::min<uint64_t>(by_memory, static_cast<uint64_t>(workers_) + 2);
     slots = std::min<uint64_t>(std::max<uint64_t>(slots, 2), manifest_.chunks.size());
     size_t buffer_size = static_cast<size_t>(std::min(chunk_size_, manifest_.size));
     for (uint64_t i = 0; i < slots; ++i) {
@@ -166,7 +170,7 @@ class Importer {
 
   Manifest Run() {
     if (!manifest_.chunks.empty()) {
-      for (int i = 0; i < threads_; ++i) crew_.Start([this] { WorkerLoop(); });
+      for (int i = 0; i < workers_; ++i) crew_.Start([this] { WorkerLoop(); });
       crew_.Start([this] { DigestLoop(); });
       ReadLoop();
       WaitForCrew();
@@ -281,8 +285,11 @@ class Importer {
       }
       const std::byte* data = buffers_[job.slot].get();
       bool stored = false;
-      if (!IsAllZero(data, job.len)) {
-        std::string hash = Sha256Hex(data, job.len);
+      std::string hash;
+      hash_permits_.acquire();
+      if (!IsAllZero(data, job.len)) hash = Sha256Hex(data, job.len);
+      hash_permits_.release();
+      if (!hash.empty()) {
         if (!store_.HasChunk(hash)) {
           store_.PutChunk(hash, std::span(data, job.len));
           stored = true;
@@ -327,7 +334,9 @@ class Importer {
   const CancelToken& cancel_;
   ProgressThrottle throttle_;
   const uint64_t chunk_size_;
-  const int threads_;
+  const int hashers_;
+  const int workers_;
+  std::counting_semaphore<kMaxThreads> hash_permits_;
   Manifest manifest_;
 
   // Guarded by crew_.mu.

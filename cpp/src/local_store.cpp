@@ -119,17 +119,23 @@ void LocalStore::Check() {
   for (const fs::path& dir : {root_, chunks_dir_, manifests_dir_, images_dir_}) {
     std::error_code ec;
     fs::create_directories(dir, ec);
-    if (ec) Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ec.message());
+    if (ec) {
+      Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ec.message());
+    }
     if (!fs::is_directory(dir, ec)) Unavailable(uri_, dir, dir.string() + " is not a directory");
   }
   for (const fs::path& dir : {chunks_dir_, manifests_dir_, images_dir_}) {
     const fs::path probe = dir / TempName("probe");
     UniqueFd fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-    if (!fd) Unavailable(uri_, dir, "cannot create a file in " + dir.string() + ": " + ErrnoText(errno));
+    if (!fd) {
+      Unavailable(uri_, dir, "cannot create a file in " + dir.string() + ": " + ErrnoText(errno));
+    }
     int err = PwriteAll(fd.get(), "x", 1, 0);
     if (err == 0) err = fd.Close();
     ::unlink(probe.c_str());
-    if (err != 0) Unavailable(uri_, dir, "cannot write to " + probe.string() + ": " + ErrnoText(err));
+    if (err != 0) {
+      Unavailable(uri_, dir, "cannot write to " + probe.string() + ": " + ErrnoText(err));
+    }
   }
   root_known_ = chunks_known_ = manifests_known_ = images_known_ = true;
 

@@ -355,6 +355,11 @@ void Engine::Impl::WorkerLoop() {
       std::fprintf(stderr, "imagerelay: copy worker: %s\n", e.what());
     }
     if (worked) continue;
+    try {
+      SweepPending();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "imagerelay: sweep: %s\n", e.what());
+    }
     std::unique_lock lock(wake_mutex);
     wake_workers.wait_for(lock, std::chrono::milliseconds(500));
   }
@@ -442,84 +447,21 @@ bool Engine::Impl::RunOneClaim() {
     for (const auto& task : claim.tasks) running.erase(task.dest_image_id);
   };
 
-  std::vector<TransferOutcome> outcomes;
   std::optional<Manifest> manifest;
   std::vector<std::shared_ptr<Store>> dest_stores;
-  std::string setup_code, setup_error;
-  try {
-    auto source_store = StoreFor(claim.source.region);
-    manifest = source_store->GetManifest(claim.source.id);
-    if (!manifest) {
-      ThrowCode(codes::kTransferFailed, "the manifest of source image " + claim.source.id +
-                                            " is missing from region " + claim.source.region);
-    }
-    std::vector<TransferDestination> destinations;
-    for (size_t i = 0; i < claim.tasks.size(); ++i) {
-      dest_stores.push_back(StoreFor(claim.tasks[i].region));
-      dest_stores.back()->Check();
-    }
-    auto last_flush = Clock::now();
-    auto started = Clock::now();
-    std::vector<IoProgress> latest(claim.tasks.size());
-    auto flush = [&](bool force) {
-      auto now = Clock::now();
-      if (!force && now - last_flush < std::chrono::milliseconds(250)) return;
-      last_flush = now;
-      double seconds = std::chrono::duration<double>(now - started).count();
-      Write([&](CatalogTx& tx, PendingEvents& events) {
-        for (size_t i = 0; i < claim.tasks.size(); ++i) {
-          auto current = tx.GetTaskByDestImage(claim.tasks[i].dest_image_id);
-          // Cancelled elsewhere, or taken over after our lease lapsed: stop this copy.
-          if (!current || current->state != TaskState::kRunning ||
-              current->lease_owner != worker_id) {
-            tokens[i]->Cancel();
-            continue;
-          }
-          Task& t = claim.tasks[i];
-          t.bytes_total = latest[i].bytes_total;
-          t.bytes_done = latest[i].bytes_done;
-          t.bytes_transferred = latest[i].bytes_transferred;
-          t.chunks_total = latest[i].chunks_total;
-          t.chunks_skipped = latest[i].chunks_skipped;
-          t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
-          t.lease_expires_us = NowUs() + options.lease_ms * 1000;
-          tx.UpdateTaskFields(t);
-          events.Append(tx, TaskEventOf("task.progress", claim.job, t));
-        }
-      });
-    };
-    for (size_t i = 0; i < claim.tasks.size(); ++i) {
-      TransferDestination dest;
-      dest.store = dest_stores[i].get();
-      dest.cancel = tokens[i].get();
-      dest.progress = [&, i](const IoProgress& p) {
-        latest[i] = p;
-        flush(false);
-      };
-      destinations.push_back(std::move(dest));
-    }
-    TransferOptions transfer;
-    transfer.buffer_memory = options.limits.buffer_memory;
-    transfer.bandwidth = options.limits.bandwidth;
-    outcomes = CopyImage(*source_store, *manifest, destinations, transfer);
-    for (size_t i = 0; i < outcomes.size(); ++i) latest[i] = outcomes[i].progress;
-    flush(true);
-  } catch (const Error& e) {
-    setup_code = e.code();
-    setup_error = e.message();
-  } catch (const std::exception& e) {
-    setup_code = codes::kTransferFailed;
-    setup_error = e.what();
-  }
-  if (outcomes.size() != claim.tasks.size()) {
-    outcomes.assign(claim.tasks.size(), TransferOutcome{TransferOutcome::Kind::kFailed,
-                                                        setup_code, setup_error, {}});
-  }
-
-  std::set<std::string> sweep_regions;
-  for (size_t i = 0; i < claim.tasks.size(); ++i) {
+  // Settles one destination: commit (manifest, then catalog) or give its region back.
+  // Runs as soon as the transfer is done with it, while the other destinations go on.
+  std::vector<bool> finished(claim.tasks.size(), false);
+  auto finish = [&](size_t i, TransferOutcome outcome) {
+    if (finished[i]) return;
+    finished[i] = true;
     Task& task = claim.tasks[i];
-    auto& outcome = outcomes[i];
+    task.bytes_total = outcome.progress.bytes_total;
+    task.bytes_done = outcome.progress.bytes_done;
+    task.bytes_transferred = outcome.progress.bytes_transferred;
+    task.chunks_total = outcome.progress.chunks_total;
+    task.chunks_skipped = outcome.progress.chunks_skipped;
+    bool sweep = false;
     bool committed_manifest = false;
     if (outcome.kind == TransferOutcome::Kind::kCompleted) {
       try {
@@ -539,6 +481,7 @@ bool Engine::Impl::RunOneClaim() {
       if (!current) return;
       bool ours = current->state == TaskState::kRunning && current->lease_owner == worker_id;
       task.finished_us = NowUs();
+      if (ours) events.Append(tx, TaskEventOf("task.progress", claim.job, task));  // the last
       if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
         tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
         tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
@@ -590,11 +533,94 @@ bool Engine::Impl::RunOneClaim() {
         } catch (const std::exception&) {
         }
       }
-      sweep_regions.insert(task.region);
+      sweep = true;
     }
+    if (sweep) MaybeSweep(task.region);
+    // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
+    std::lock_guard lock(running_mutex);
+    running.erase(task.dest_image_id);
+  };
+
+  std::vector<TransferOutcome> outcomes;
+  std::string setup_code, setup_error;
+  try {
+    auto source_store = StoreFor(claim.source.region);
+    manifest = source_store->GetManifest(claim.source.id);
+    if (!manifest) {
+      ThrowCode(codes::kTransferFailed, "the manifest of source image " + claim.source.id +
+                                            " is missing from region " + claim.source.region);
+    }
+    std::vector<TransferDestination> destinations;
+    for (size_t i = 0; i < claim.tasks.size(); ++i) {
+      dest_stores.push_back(StoreFor(claim.tasks[i].region));
+      dest_stores.back()->Check();
+    }
+    auto last_flush = Clock::now();
+    auto started = Clock::now();
+    std::vector<IoProgress> latest(claim.tasks.size());
+    auto flush = [&](bool force) {
+      auto now = Clock::now();
+      if (!force && now - last_flush < std::chrono::milliseconds(250)) return;
+      last_flush = now;
+      double seconds = std::chrono::duration<double>(now - started).count();
+      Write([&](CatalogTx& tx, PendingEvents& events) {
+        for (size_t i = 0; i < claim.tasks.size(); ++i) {
+          if (finished[i]) continue;
+          auto current = tx.GetTaskByDestImage(claim.tasks[i].dest_image_id);
+          // Cancelled elsewhere, or taken over after our lease lapsed: stop this copy.
+          if (!current || current->state != TaskState::kRunning ||
+              current->lease_owner != worker_id) {
+            tokens[i]->Cancel();
+            continue;
+          }
+          Task& t = claim.tasks[i];
+          t.bytes_total = latest[i].bytes_total;
+          t.bytes_done = latest[i].bytes_done;
+          t.bytes_transferred = latest[i].bytes_transferred;
+          t.chunks_total = latest[i].chunks_total;
+          t.chunks_skipped = latest[i].chunks_skipped;
+          t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
+          t.lease_expires_us = NowUs() + options.lease_ms * 1000;
+          tx.UpdateTaskFields(t);
+          events.Append(tx, TaskEventOf("task.progress", claim.job, t));
+        }
+      });
+    };
+    for (size_t i = 0; i < claim.tasks.size(); ++i) {
+      TransferDestination dest;
+      dest.store = dest_stores[i].get();
+      dest.cancel = tokens[i].get();
+      dest.progress = [&, i](const IoProgress& p) {
+        latest[i] = p;
+        flush(false);
+      };
+      destinations.push_back(std::move(dest));
+    }
+    TransferOptions transfer;
+    transfer.buffer_memory = options.limits.buffer_memory;
+    transfer.bandwidth = options.limits.bandwidth;
+    outcomes = CopyImage(*source_store, *manifest, destinations, transfer,
+                         [&](size_t i, const TransferOutcome& outcome) {
+                           latest[i] = outcome.progress;
+                           finish(i, outcome);
+                         });
+    for (size_t i = 0; i < outcomes.size(); ++i) latest[i] = outcomes[i].progress;
+    flush(true);
+  } catch (const Error& e) {
+    setup_code = e.code();
+    setup_error = e.message();
+  } catch (const std::exception& e) {
+    setup_code = codes::kTransferFailed;
+    setup_error = e.what();
   }
+  if (outcomes.size() != claim.tasks.size()) {
+    outcomes.assign(claim.tasks.size(), TransferOutcome{TransferOutcome::Kind::kFailed,
+                                                        setup_code, setup_error, {}});
+  }
+
+  for (size_t i = 0; i < claim.tasks.size(); ++i) finish(i, outcomes[i]);
   unregister();
-  for (const auto& region : sweep_regions) MaybeSweep(region);
+  SweepPending();  // sweeps put off while this copy was writing
   return true;
 }
 

@@ -80,6 +80,8 @@ struct Dest {
   std::atomic<uint64_t> bytes_done{0};
   std::atomic<uint64_t> bytes_transferred{0};
   std::atomic<bool> failed{false};
+  std::atomic<int> writing{0};  // writes that passed the liveness check and have not ended
+  bool finish_reported = false;  // touched by the calling thread only
   const std::atomic<bool>* aborted = nullptr;
   std::mutex mu;  // guards the failure fields below
   std::string error_code;
@@ -121,8 +123,9 @@ struct WriteTask {
 class Copier {
  public:
   Copier(Store& source, const Manifest& manifest, std::vector<TransferDestination>& specs,
-         const TransferOptions& options)
-      : source_(source),
+         const TransferOptions& options, const FinishedFn& finished)
+      : finished_(finished),
+        source_(source),
         source_uri_(source.uri()),
         manifest_(manifest),
         options_(options),
@@ -138,6 +141,11 @@ class Copier {
   std::vector<TransferOutcome> Run();
 
  private:
+  TransferOutcome OutcomeOf(Dest& dest);
+  // Reports destinations that will get no more writes (all: every one not yet reported).
+  void ReportFinished(bool all);
+
+  const FinishedFn& finished_;
   void PlanDestinations(std::mt19937& rng);
   void StartWorkers(size_t count, uint32_t seed);
   void StopAndJoin();
@@ -388,6 +396,13 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
 }
 
 void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
+  // Counted before the liveness check, so that "inactive and nothing writing" means no
+  // byte will reach this destination any more.
+  dest.writing.fetch_add(1, std::memory_order_acq_rel);
+  struct Done {
+    Dest& dest;
+    ~Done() { dest.writing.fetch_sub(1, std::memory_order_acq_rel); }
+  } done{dest};
   auto alive = [&] { return dest.Active(); };
   if (!alive()) return;
   const std::string hash(plan_.hashes[slot.chunk]);
@@ -412,6 +427,33 @@ void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {
                    now.bytes_transferred != last[d].bytes_transferred;
     if ((changed || force) && dests_[d].spec->progress) dests_[d].spec->progress(now);
     last[d] = now;
+  }
+}
+
+TransferOutcome Copier::OutcomeOf(Dest& dest) {
+  TransferOutcome outcome;
+  outcome.progress = dest.Progress();
+  std::lock_guard lock(dest.mu);
+  if (dest.failed) {
+    outcome.kind = TransferOutcome::Kind::kFailed;
+    outcome.error_code = dest.error_code;
+    outcome.error = dest.error;
+  } else if (dest.cancelled()) {
+    outcome.kind = TransferOutcome::Kind::kCancelled;
+  } else {
+    outcome.kind = TransferOutcome::Kind::kCompleted;
+  }
+  return outcome;
+}
+
+void Copier::ReportFinished(bool all) {
+  if (!finished_) return;
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    Dest& dest = dests_[d];
+    if (dest.finish_reported) continue;
+    if (!all && (dest.Active() || dest.writing.load(std::memory_order_acquire) != 0)) continue;
+    dest.finish_reported = true;
+    finished_(d, OutcomeOf(dest));
   }
 }
 
@@ -446,6 +488,7 @@ std::vector<TransferOutcome> Copier::Run() {
       }
       lock.unlock();
       ReportProgress(last, false);
+      if (!aborted_) ReportFinished(false);
       lock.lock();
     }
   } catch (...) {
@@ -456,22 +499,10 @@ std::vector<TransferOutcome> Copier::Run() {
   }
   StopAndJoin();
   ReportProgress(last, true);
+  ReportFinished(true);
 
-  std::vector<TransferOutcome> outcomes(dests_.size());
-  for (size_t d = 0; d < dests_.size(); ++d) {
-    Dest& dest = dests_[d];
-    TransferOutcome& outcome = outcomes[d];
-    outcome.progress = dest.Progress();
-    if (dest.failed) {
-      outcome.kind = TransferOutcome::Kind::kFailed;
-      outcome.error_code = dest.error_code;
-      outcome.error = dest.error;
-    } else if (dest.cancelled()) {
-      outcome.kind = TransferOutcome::Kind::kCancelled;
-    } else {
-      outcome.kind = TransferOutcome::Kind::kCompleted;
-    }
-  }
+  std::vector<TransferOutcome> outcomes;
+  for (Dest& dest : dests_) outcomes.push_back(OutcomeOf(dest));
   return outcomes;
 }
 
@@ -479,8 +510,9 @@ std::vector<TransferOutcome> Copier::Run() {
 
 std::vector<TransferOutcome> CopyImage(Store& source, const Manifest& manifest,
                                        std::vector<TransferDestination>& destinations,
-                                       const TransferOptions& options) {
-  Copier copier(source, manifest, destinations, options);
+                                       const TransferOptions& options,
+                                       const FinishedFn& finished) {
+  Copier copier(source, manifest, destinations, options, finished);
   return copier.Run();
 }
 

@@ -241,15 +241,6 @@ TEST(CatalogOpenTest, FileIsNotADatabase) {
   ExpectCannotOpen(dir.path() / "catalog.db");
 }
 
-TEST(CatalogOpenTest, DirectoryNotWritable) {
-  if (geteuid() == 0) GTEST_SKIP() << "root ignores directory permissions";
-  TempDir dir;
-  fs::create_directory(dir.path() / "ro");
-  fs::permissions(dir.path() / "ro", fs::perms::owner_read | fs::perms::owner_exec);
-  ExpectCannotOpen(dir.path() / "ro" / "catalog.db");
-  ExpectCannotOpen(dir.path() / "ro" / "sub" / "catalog.db");
-}
-
 // --- Regions, accounts, settings ---------------------------------------------------------
 
 TEST_F(CatalogTest, RegionsAndAccounts) {

@@ -169,7 +169,8 @@ TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
   const std::vector<std::string> bad_hashes = {
       "", "../x", "/etc/passwd", "../../../../../../etc/passwd",
       std::string(64, 'A'), std::string(63, 'a'), std::string(65, 'a'),
-      std::string(63, 'a') + '/', std::string(32, 'a') + std::string(1, '\0') + std::string(31, 'a'),
+      std::string(63, 'a') + '/',
+      std::string(32, 'a') + std::string(1, '\0') + std::string(31, 'a'),
       "..", std::string(62, 'a') + "..",
   };
   auto data = RandomBytes(10, 4);

@@ -4,12 +4,11 @@ two processes racing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from conftest import (
     CHUNK,
     PYTHON,
     assert_error,
-    parse_result,
-    read_result,
     chunk_bytes,
     chunk_hashes,
     chunk_names,
@@ -27,6 +24,8 @@ from conftest import (
     distinct_nonzero_bytes,
     make_dense,
     make_sparse,
+    parse_result,
+    read_result,
     sha256_file,
     wait_for_chunks,
     wait_until,
@@ -357,7 +356,6 @@ def test_pending_behind_region_cap(open_cloud, files: Path) -> None:
     ja = a.replicate("gz")
     wait_until(lambda: ja.refresh().tasks["gz"].state == "Running")
     jb = b.replicate("gz")
-    import time
     time.sleep(0.7)  # a worker had time to look at it
     assert jb.refresh().tasks["gz"].state == "Pending"
     assert jb.state == "Running"
@@ -644,7 +642,6 @@ def test_crash_takeover_by_an_engine_already_open(home: Path, files: Path) -> No
         started = read_result(child)
         with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
             wait_until(lambda: chunk_bytes(home, "gz") >= 4 * CHUNK, timeout=30)
-            import time
             time.sleep(0.8)  # longer than a worker's look for orphaned tasks
             task = cloud.job(started["job"]).tasks["gz"]
             assert task.attempts == 1 and task.state == "Running"

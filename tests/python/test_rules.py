@@ -3,8 +3,7 @@ in ``.problems``, and nothing written by a rejected call."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest

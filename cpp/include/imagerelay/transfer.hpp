@@ -35,6 +35,12 @@ struct TransferDestination {
   ProgressFn progress;  // called from the thread that runs CopyImage, throttled
 };
 
+struct TransferOutcome;
+// Called once per destination, from the thread that runs CopyImage, as soon as nothing more
+// will be written to it: early for a destination that was cancelled or failed (no write to
+// it still in flight) while the others go on, at the end for the rest.
+using FinishedFn = std::function<void(size_t index, const TransferOutcome& outcome)>;
+
 // The outcome for one destination.
 struct TransferOutcome {
   enum class Kind { kCompleted, kFailed, kCancelled } kind = Kind::kCompleted;
@@ -57,6 +63,7 @@ class TransientError : public std::runtime_error {
 // order. Never throws for per-destination problems; no thread outlives the call.
 std::vector<TransferOutcome> CopyImage(Store& source, const Manifest& manifest,
                                        std::vector<TransferDestination>& destinations,
-                                       const TransferOptions& options);
+                                       const TransferOptions& options,
+                                       const FinishedFn& finished = nullptr);
 
 }  // namespace imagerelay
