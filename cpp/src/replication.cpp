@@ -551,9 +551,17 @@ bool Engine::Impl::RunOneClaim() {
                                             " is missing from region " + claim.source.region);
     }
     std::vector<TransferDestination> destinations;
+    std::vector<size_t> task_of;  // destination position -> task index
+    dest_stores.resize(claim.tasks.size());
     for (size_t i = 0; i < claim.tasks.size(); ++i) {
-      dest_stores.push_back(StoreFor(claim.tasks[i].region));
-      dest_stores.back()->Check();
+      try {
+        dest_stores[i] = StoreFor(claim.tasks[i].region);
+        dest_stores[i]->Check();
+        task_of.push_back(i);
+      } catch (const Error& e) {
+        // A broken destination fails its own copy only; the others go on.
+        finish(i, {TransferOutcome::Kind::kFailed, e.code(), e.message(), {}});
+      }
     }
     auto last_flush = Clock::now();
     auto started = Clock::now();
@@ -586,7 +594,7 @@ bool Engine::Impl::RunOneClaim() {
         }
       });
     };
-    for (size_t i = 0; i < claim.tasks.size(); ++i) {
+    for (size_t i : task_of) {
       TransferDestination dest;
       dest.store = dest_stores[i].get();
       dest.cancel = tokens[i].get();
@@ -599,12 +607,13 @@ bool Engine::Impl::RunOneClaim() {
     TransferOptions transfer;
     transfer.buffer_memory = options.limits.buffer_memory;
     transfer.bandwidth = options.limits.bandwidth;
-    outcomes = CopyImage(*source_store, *manifest, destinations, transfer,
-                         [&](size_t i, const TransferOutcome& outcome) {
-                           latest[i] = outcome.progress;
-                           finish(i, outcome);
-                         });
-    for (size_t i = 0; i < outcomes.size(); ++i) latest[i] = outcomes[i].progress;
+    auto moved = CopyImage(*source_store, *manifest, destinations, transfer,
+                           [&](size_t d, const TransferOutcome& outcome) {
+                             latest[task_of[d]] = outcome.progress;
+                             finish(task_of[d], outcome);
+                           });
+    outcomes.resize(claim.tasks.size());
+    for (size_t d = 0; d < moved.size(); ++d) outcomes[task_of[d]] = moved[d];
     flush(true);
   } catch (const Error& e) {
     setup_code = e.code();
@@ -614,6 +623,7 @@ bool Engine::Impl::RunOneClaim() {
     setup_error = e.what();
   }
   if (outcomes.size() != claim.tasks.size()) {
+    // Nothing moved (no source manifest, say): every copy not settled yet fails with why.
     outcomes.assign(claim.tasks.size(), TransferOutcome{TransferOutcome::Kind::kFailed,
                                                         setup_code, setup_error, {}});
   }

@@ -20,6 +20,8 @@ from ._types import Region as Region
 from .cloud import Cloud as Cloud
 from .cloud import PolicyRequest as PolicyRequest
 from .cloud import open as open  # noqa: A004 - API.md name
+from .collections import ImageList as ImageList
+from .collections import JobList as JobList
 from .errors import ConflictError as ConflictError
 from .errors import ImageBusyError as ImageBusyError
 from .errors import ImageRelayError as ImageRelayError
@@ -34,13 +36,14 @@ from .errors import ValidationError as ValidationError
 from .image import Image as Image
 from .job import Job as Job
 from .job import Task as Task
+from .playbook import Playbook as Playbook
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",
-    "ImageRelayError", "IntegrityError", "Job", "Limits", "NotFoundError",
-    "PermissionDeniedError", "PolicyRequest", "QuotaExceededError", "Region",
-    "ReplicationFailedError", "Task", "TimeoutError", "TransferError", "ValidationError",
+    "ImageList", "ImageRelayError", "IntegrityError", "Job", "JobList", "Limits",
+    "NotFoundError", "PermissionDeniedError", "Playbook", "PolicyRequest", "QuotaExceededError",
+    "Region", "ReplicationFailedError", "Task", "TimeoutError", "TransferError", "ValidationError",
     "open",
 ]

@@ -114,6 +114,15 @@ def _split(values: list[str]) -> list[str]:
     return out
 
 
+def _playbook_var(text: str) -> tuple[str, str]:
+    from .playbook import parse_var
+
+    try:
+        return parse_var(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagerelay",
@@ -215,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--since", type=int, default=0)
     ev.add_argument("--image")
 
+    pb = add("run", "run a YAML playbook; running it again continues it, never duplicates",
+             "imagerelay run rollout.yaml --var image_file=/data/golden.raw")
+    pb.add_argument("playbook", help="the playbook file (relative paths in it are relative "
+                                     "to its folder)")
+    pb.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                    type=_playbook_var, help="override a var of the playbook (repeatable)")
+    pb.add_argument("--dry-run", action="store_true",
+                    help="check every step against the catalog and change nothing")
+
     wk = add("worker", "run queued copies for this home",
              "imagerelay worker --until-idle")
     wk.add_argument("--until-idle", action="store_true", help="exit once no copy is queued")
@@ -233,7 +251,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
                         data_mib=args.data_mib)
     needs_workers = args.command in WAITING_COMMANDS or (
         args.command == "replicate" and args.wait) or (
-        args.command == "jobs" and args.action == "wait")
+        args.command == "jobs" and args.action == "wait") or (
+        args.command == "run" and not args.dry_run)
     with cloud_module.open(args.home, account=args.account,
                            start_workers=needs_workers) as cloud:
         return dispatch(cloud, args, out)
@@ -279,7 +298,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
             [[t.region, t.dest_image_id, t.state, t.error or ""] for t in job.tasks.values()],
             ["REGION", "COPY", "STATE", "ERROR"]))
         if args.wait and job.state == "Failed":
-            return 1
+            return _job_failed(job)
     elif cmd == "cancel":
         cloud.cancel_copy(args.dest_image)
         out.emit({"cancelled": args.dest_image}, lambda: f"cancelled the copy {args.dest_image}")
@@ -296,7 +315,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
               t.error or ""] for t in job.tasks.values()],
             ["REGION", "COPY", "STATE", "DONE", "MOVED", "ERROR"]))
         if action == "wait" and job.state == "Failed":
-            return 1
+            return _job_failed(job)
     elif cmd in ("share", "unshare"):
         getattr(cloud, cmd)(args.image, args.accounts)
         out.emit({"image": args.image, "accounts": args.accounts},
@@ -322,9 +341,27 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
             [[e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), e.type, e.account, e.image_id or "",
               e.job_id or "", e.region or ""] for e in events],
             ["SEQ", "TIME (UTC)", "TYPE", "ACCOUNT", "IMAGE", "JOB", "REGION"]))
+    elif cmd == "run":
+        from .playbook import Playbook
+
+        book = Playbook.load(args.playbook)
+        result = book.run(cloud, vars=dict(args.var), dry_run=args.dry_run,
+                          progress=not out.as_json and sys.stderr.isatty(),
+                          on_step=None if out.as_json else lambda s: print(s, flush=True))
+        if not args.dry_run and cloud.jobs(active=True):
+            ensure_background_worker(cloud.home)  # copies of `wait: false` steps go on
+        out.emit(result.to_dict(), result.summary)
     elif cmd == "worker":
         return run_worker(cloud, until_idle=args.until_idle)
     return 0
+
+
+def _job_failed(job: Job) -> int:
+    """Exit status 1, with the error line, for a job waited for that failed."""
+    reasons = "; ".join(f"{t.region}: {t.error_code}: {t.error}"
+                        for t in job.tasks.values() if t.state == "Failed")
+    print(f"error: Job.Failed: job {job.id} failed ({reasons})", file=sys.stderr)
+    return 1
 
 
 def run_worker(cloud: cloud_module.Cloud, *, until_idle: bool) -> int:
@@ -352,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`imagerelay events | head`): no traceback; point stdout at
+        # /dev/null so that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

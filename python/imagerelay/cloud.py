@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _core
 from ._types import Account, Event, Handle, Limits, Region
+from .collections import ImageList, JobList
 from .errors import ValidationError
 from .image import Image
 from .job import Job
@@ -161,10 +162,10 @@ class Cloud:
                             format=format, description=description, wait=wait)
 
     def images(self, region: str | None = None, *, image_type: str = "All",
-               name: str | None = None) -> list[Image]:
+               name: str | None = None) -> ImageList:
         """Images the acting account sees: System, its own, and those shared with it."""
-        return [Image(self, i) for i in self._engine.images(self.account, region, image_type,
-                                                            name)]
+        return ImageList(Image(self, i) for i in self._engine.images(self.account, region,
+                                                                     image_type, name))
 
     def image(self, image_id: str) -> Image:
         """One image; ``NoSuchImage`` if unknown or not visible."""
@@ -214,9 +215,9 @@ class Cloud:
     def job(self, job_id: str) -> Job:
         return Job(self, self._engine.job(self.account, job_id))
 
-    def jobs(self, *, active: bool | None = None) -> list[Job]:
+    def jobs(self, *, active: bool | None = None) -> JobList:
         """The acting account's jobs, newest first."""
-        return [Job(self, j) for j in self._engine.jobs(self.account, active)]
+        return JobList(Job(self, j) for j in self._engine.jobs(self.account, active))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no task is Pending or Running; False if ``timeout`` passed first."""
@@ -238,7 +239,7 @@ class Cloud:
         handle = self._engine.add_listener(event_type, deliver)
         return Handle(lambda: self._engine.remove_listener(handle))
 
-    def add_rule(self, fn: Callable[[PolicyRequest], str | None]) -> Handle:
+    def add_rule(self, fn: Callable[[PolicyRequest], str | bool | None]) -> Handle:
         """A policy run before every replicate/share/unshare/rename/delete/import.
 
         Returning a string rejects the call with ``ValidationError`` code ``PolicyViolation``.

@@ -65,7 +65,7 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256) 
             t = time.monotonic()
             v1 = cloud.import_image(golden, region="bj", name="golden", os_name="ubuntu",
                                     os_version="24.04")
-            say(f"   {v1.id} Available in {time.monotonic() - t:.1f} s, digest {v1.digest[:23]}...")
+            say(f"   {v1.id} Available in {time.monotonic() - t:.1f} s, digest {(v1.digest or "")[:23]}...")
 
             say("\n2. replicate to gz and su (one job; each source chunk is read once)")
             job = v1.replicate(["gz", "su"])

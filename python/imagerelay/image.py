@@ -28,26 +28,85 @@ class Image:
         self._info = info
 
     # -- properties ---------------------------------------------------------------
-    id = property(lambda self: self._info.id, doc="m- followed by 8 characters")
-    name = property(lambda self: self._info.name)
-    region = property(lambda self: self._info.region)
-    type = property(lambda self: self._info.type, doc="System, Custom, or Sharing")
-    owner = property(lambda self: self._info.owner, doc="None for System images")
-    status = property(lambda self: self._info.status,
-                      doc="Creating, Available, Replicating or CreateFailed")
-    progress = property(lambda self: self._info.progress,
-                        doc="0-100 while a destination copy is in flight, else None")
-    size = property(lambda self: self._info.size, doc="bytes")
-    digest = property(lambda self: self._info.digest, doc="sha256:<hex> of the whole image")
-    format = property(lambda self: self._info.format)
-    os_type = property(lambda self: self._info.os_type)
-    os_name = property(lambda self: self._info.os_name)
-    os_version = property(lambda self: self._info.os_version)
-    os_arch = property(lambda self: self._info.os_arch)
-    description = property(lambda self: self._info.description)
-    source_image_id = property(lambda self: self._info.source_image_id)
-    source_region = property(lambda self: self._info.source_region)
-    error = property(lambda self: self._info.error, doc="why it is CreateFailed")
+    @property
+    def id(self) -> str:
+        """m- followed by 8 characters"""
+        return self._info.id
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def region(self) -> str:
+        return self._info.region
+
+    @property
+    def type(self) -> str:
+        """System, Custom, or Sharing"""
+        return self._info.type
+
+    @property
+    def owner(self) -> str | None:
+        """None for System images"""
+        return self._info.owner
+
+    @property
+    def status(self) -> str:
+        """Creating, Available, Replicating or CreateFailed"""
+        return self._info.status
+
+    @property
+    def progress(self) -> float | None:
+        """0-100 while a destination copy is in flight, else None"""
+        return self._info.progress
+
+    @property
+    def size(self) -> int:
+        """bytes"""
+        return self._info.size
+
+    @property
+    def digest(self) -> str | None:
+        """sha256:<hex> of the whole image"""
+        return self._info.digest
+
+    @property
+    def format(self) -> str:
+        return self._info.format
+
+    @property
+    def os_type(self) -> str:
+        return self._info.os_type
+
+    @property
+    def os_name(self) -> str:
+        return self._info.os_name
+
+    @property
+    def os_version(self) -> str:
+        return self._info.os_version
+
+    @property
+    def os_arch(self) -> str:
+        return self._info.os_arch
+
+    @property
+    def description(self) -> str:
+        return self._info.description
+
+    @property
+    def source_image_id(self) -> str | None:
+        return self._info.source_image_id
+
+    @property
+    def source_region(self) -> str | None:
+        return self._info.source_region
+
+    @property
+    def error(self) -> str | None:
+        """why it is CreateFailed"""
+        return self._info.error
 
     @property
     def created_at(self) -> datetime | None:

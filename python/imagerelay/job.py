@@ -27,21 +27,57 @@ class Task:
     def __init__(self, info: _core.TaskInfo) -> None:
         self._info = info
 
-    region = property(lambda self: self._info.region)
-    dest_image_id = property(lambda self: self._info.dest_image_id)
-    state = property(lambda self: self._info.state,
-                     doc="Pending, Running, Completed, Failed or Cancelled")
-    bytes_total = property(lambda self: self._info.bytes_total)
-    bytes_done = property(lambda self: self._info.bytes_done,
-                          doc="covered, zero and already-present chunks included")
-    bytes_transferred = property(lambda self: self._info.bytes_transferred,
-                                 doc="actually written")
-    chunks_total = property(lambda self: self._info.chunks_total)
-    chunks_skipped = property(lambda self: self._info.chunks_skipped)
-    rate = property(lambda self: self._info.rate, doc="bytes/s")
-    attempts = property(lambda self: self._info.attempts)
-    error = property(lambda self: self._info.error)
-    error_code = property(lambda self: self._info.error_code)
+    @property
+    def region(self) -> str:
+        return self._info.region
+
+    @property
+    def dest_image_id(self) -> str:
+        return self._info.dest_image_id
+
+    @property
+    def state(self) -> str:
+        """Pending, Running, Completed, Failed or Cancelled"""
+        return self._info.state
+
+    @property
+    def bytes_total(self) -> int:
+        return self._info.bytes_total
+
+    @property
+    def bytes_done(self) -> int:
+        """covered, zero and already-present chunks included"""
+        return self._info.bytes_done
+
+    @property
+    def bytes_transferred(self) -> int:
+        """actually written"""
+        return self._info.bytes_transferred
+
+    @property
+    def chunks_total(self) -> int:
+        return self._info.chunks_total
+
+    @property
+    def chunks_skipped(self) -> int:
+        return self._info.chunks_skipped
+
+    @property
+    def rate(self) -> float:
+        """bytes/s"""
+        return self._info.rate
+
+    @property
+    def attempts(self) -> int:
+        return self._info.attempts
+
+    @property
+    def error(self) -> str | None:
+        return self._info.error
+
+    @property
+    def error_code(self) -> str | None:
+        return self._info.error_code
 
     @property
     def started_at(self) -> datetime | None:
@@ -66,11 +102,22 @@ class Job:
         self._cloud = cloud
         self._info = info
 
-    id = property(lambda self: self._info.id)
-    source_image_id = property(lambda self: self._info.source_image_id)
-    source_region = property(lambda self: self._info.source_region)
-    state = property(lambda self: self._info.state,
-                     doc="Running, Completed, Failed, Cancelled or PartiallyCompleted")
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def source_image_id(self) -> str:
+        return self._info.source_image_id
+
+    @property
+    def source_region(self) -> str:
+        return self._info.source_region
+
+    @property
+    def state(self) -> str:
+        """Running, Completed, Failed, Cancelled or PartiallyCompleted"""
+        return self._info.state
 
     @property
     def created_at(self) -> datetime | None:

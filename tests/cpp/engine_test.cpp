@@ -218,6 +218,31 @@ TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
   engine->Delete("default", job.tasks[0].dest_image_id);
 }
 
+TEST_F(EngineTest, BrokenDestinationFailsOnlyItsOwnCopy) {
+  auto engine = Open();
+  engine->AddRegion("hk", "", "");
+  auto file = MakeFile("a.raw", 6 * kChunk, 9);
+  auto source = Import(*engine, file);
+  fs::path hk = dir_ / "home" / "regions" / "hk";
+  fs::remove_all(hk);
+  std::ofstream(hk) << "not a directory";
+  auto job = engine->Replicate("default", source.image.id, {"gz", "hk"}, std::nullopt,
+                               std::nullopt);
+  ASSERT_TRUE(engine->WaitIdle(30));
+  job = engine->GetJob("default", job.id);
+  for (const auto& task : job.tasks) {
+    if (task.region == "hk") {
+      EXPECT_EQ(task.state, TaskState::kFailed);
+      EXPECT_EQ(task.error_code, codes::kStoreUnavailable);
+    } else {
+      EXPECT_EQ(task.state, TaskState::kCompleted);
+      engine->Export("default", task.dest_image_id, dir_ / "out");
+      EXPECT_EQ(ReadAll(dir_ / "out"), ReadAll(file));
+    }
+  }
+  EXPECT_EQ(StateOfJob(job.tasks), JobState::kFailed);
+}
+
 TEST_F(EngineTest, CancelMidFlightRemovesTheCopyAndItsBytes) {
   Limits limits;
   limits.bandwidth = 256 * 1024;

@@ -61,7 +61,7 @@ TEST(Sha256Test, UpdateZerosEqualsUpdateOfZeros) {
 TEST(Sha256Test, IsAllZeroEdgeCases) {
   EXPECT_TRUE(IsAllZero(nullptr, 0));
   for (size_t len : {1, 7, 8, 9, 15, 16, 17, 31, 64, 4095, 4096, 65537}) {
-    std::vector<unsigned char> buf(len + 3, 0);
+    std::vector<unsigned char> buf(len + 4, 0);
     unsigned char* p = buf.data() + 3;  // unaligned on purpose
     EXPECT_TRUE(IsAllZero(p, len)) << len;
     for (size_t pos : {size_t{0}, len / 2, len - 1}) {
