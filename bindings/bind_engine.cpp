@@ -125,6 +125,8 @@ void BindEngine(py::module_& m) {
            py::arg("region"), Release())
       .def("job", &Engine::GetJob, py::arg("account"), py::arg("job_id"), Release())
       .def("jobs", &Engine::Jobs, py::arg("account"), py::arg("active"), Release())
+      .def("wait_job", &Engine::WaitJob, py::arg("account"), py::arg("job_id"),
+           py::arg("timeout"), Release())
       .def("wait_idle", &Engine::WaitIdle, py::arg("timeout"), Release())
       .def("run_until_idle", &Engine::RunUntilIdle, Release())
       .def("events", &Engine::Events, py::arg("since"), py::arg("image_id"), Release())

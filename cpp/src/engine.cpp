@@ -83,6 +83,7 @@ void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& 
     fn(tx, pending);
   });
   for (auto& e : pending.Take()) bus.Publish(std::move(e));
+  changed.notify_all();
 }
 
 std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri) {

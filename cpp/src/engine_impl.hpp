@@ -54,6 +54,10 @@ struct Engine::Impl {
   std::mutex running_mutex;
   std::map<std::string, std::shared_ptr<CancelToken>> running;
 
+  // Signalled after every write by this process, so that waiters re-read at once.
+  std::mutex changed_mutex;
+  std::condition_variable changed;
+
   // Runs fn in a write transaction and publishes the events it appended after commit.
   void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);
   std::shared_ptr<Store> StoreFor(const std::string& region_id);

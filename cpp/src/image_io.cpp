@@ -27,6 +27,8 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 constexpr int kExportThreads = 2;
 constexpr int kMaxThreads = 64;
+// Workers beyond the hashing threads: a chunk write waits on fsync far longer than it computes,
+// and concurrent fsyncs share journal commits. Only `threads` of them hash at a time.
 constexpr int kExtraWriters = 4;
 
 uint64_t ChunkCount(uint64_t size, uint64_t chunk_size) {
@@ -127,6 +129,19 @@ class Crew {
   int running_ = 0;           // under mu
 };
 
+class HashPermit {
+ public:
+  explicit HashPermit(std::counting_semaphore<kMaxThreads>& permits) : permits_(permits) {
+    permits_.acquire();
+  }
+  ~HashPermit() { permits_.release(); }
+  HashPermit(const HashPermit&) = delete;
+  HashPermit& operator=(const HashPermit&) = delete;
+
+ private:
+  std::counting_semaphore<kMaxThreads>& permits_;
+};
+
 struct ChunkJob {
   size_t index;
   int slot;  // buffer index, -1 for a hole
@@ -146,7 +161,7 @@ class Importer {
         throttle_(progress),
         chunk_size_(options.chunk_size),
         hashers_(std::clamp(options.threads, 1, kMaxThreads)),
-        workers_(hashers_ + (getenv("IR_EXTRA") ? atoi(getenv("IR_EXTRA")) : kExtraWriters)),
+        workers_(hashers_ + kExtraWriters),  // capped by the buffer count below
         hash_permits_(hashers_) {
     if (chunk_size_ == 0) {
       throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
@@ -166,6 +181,7 @@ class Importer {
       free_slots_.push_back(static_cast<int>(i));
     }
     refs_.assign(slots, 0);
+    workers_ = static_cast<int>(std::min<uint64_t>(workers_, slots));
   }
 
   Manifest Run() {
@@ -286,9 +302,10 @@ class Importer {
       const std::byte* data = buffers_[job.slot].get();
       bool stored = false;
       std::string hash;
-      hash_permits_.acquire();
-      if (!IsAllZero(data, job.len)) hash = Sha256Hex(data, job.len);
-      hash_permits_.release();
+      {
+        HashPermit permit(hash_permits_);
+        if (!IsAllZero(data, job.len)) hash = Sha256Hex(data, job.len);
+      }
       if (!hash.empty()) {
         if (!store_.HasChunk(hash)) {
           store_.PutChunk(hash, std::span(data, job.len));
@@ -335,7 +352,7 @@ class Importer {
   ProgressThrottle throttle_;
   const uint64_t chunk_size_;
   const int hashers_;
-  const int workers_;
+  int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;
   Manifest manifest_;
 

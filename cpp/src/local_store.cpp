@@ -107,12 +107,25 @@ void LocalStore::EnsureDir(const fs::path& dir, std::atomic<bool>& known) {
   known.store(true, std::memory_order_release);
 }
 
-void LocalStore::EnsureChunkDir(const std::string& hash) {
-  auto& known = prefix_known_[std::stoi(hash.substr(0, 2), nullptr, 16)];
-  if (known.load(std::memory_order_acquire)) return;
+// All 256 prefix directories at once: creating them one by one as chunks arrive would cost
+// an fsync of chunks/ for nearly every chunk of a first import.
+void LocalStore::EnsureChunkDirs() {
+  if (chunk_dirs_known_.load(std::memory_order_acquire)) return;
   EnsureDir(root_, root_known_);
   EnsureDir(chunks_dir_, chunks_known_);
-  EnsureDir(ChunkDir(hash), known);
+  bool created = false;
+  for (int i = 0; i < 256; ++i) {
+    char prefix[3];
+    std::snprintf(prefix, sizeof(prefix), "%02x", i);
+    const fs::path dir = chunks_dir_ / prefix;
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      created = true;
+    } else if (errno != EEXIST) {
+      Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ErrnoText(errno));
+    }
+  }
+  if (created) FsyncDir(chunks_dir_);
+  chunk_dirs_known_.store(true, std::memory_order_release);
 }
 
 void LocalStore::Check() {
@@ -138,6 +151,9 @@ void LocalStore::Check() {
     }
   }
   root_known_ = chunks_known_ = manifests_known_ = images_known_ = true;
+  // The store may have been removed and made again since we last looked: check anew.
+  chunk_dirs_known_ = false;
+  EnsureChunkDirs();
 
   RemoveStaleTemps(root_);
   RemoveStaleTemps(manifests_dir_);
@@ -177,7 +193,7 @@ std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
 
 void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data) {
   if (HasChunk(hash)) return;  // content-addressed: the same name holds the same bytes
-  EnsureChunkDir(hash);
+  EnsureChunkDirs();
   std::string error = WriteFileAtomically(ChunkDir(hash), hash, data);
   if (!error.empty()) {
     Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + error +

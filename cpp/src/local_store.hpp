@@ -5,7 +5,6 @@
 // All methods may be called from several threads at once.
 #pragma once
 
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -61,7 +60,7 @@ class LocalStore : public Store, public ChunkSizeProbe {
  private:
   std::filesystem::path ChunkDir(const std::string& hash) const;
   void EnsureDir(const std::filesystem::path& dir, std::atomic<bool>& known);
-  void EnsureChunkDir(const std::string& hash);
+  void EnsureChunkDirs();
   void WriteRecord(const std::filesystem::path& dir, std::atomic<bool>& known,
                    const std::string& image_id, const std::string& text, const char* what);
   std::optional<std::string> ReadRecord(const std::filesystem::path& dir,
@@ -81,7 +80,7 @@ class LocalStore : public Store, public ChunkSizeProbe {
   std::atomic<bool> chunks_known_{false};
   std::atomic<bool> manifests_known_{false};
   std::atomic<bool> images_known_{false};
-  std::array<std::atomic<bool>, 256> prefix_known_{};
+  std::atomic<bool> chunk_dirs_known_{false};
 };
 
 }  // namespace imagerelay

@@ -322,6 +322,23 @@ std::vector<Job> Engine::Jobs(const std::string& account, std::optional<bool> ac
   return out;
 }
 
+Job Engine::WaitJob(const std::string& account, const std::string& job_id,
+                    std::optional<double> timeout_s) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(
+                                     static_cast<int64_t>(timeout_s.value_or(0) * 1000));
+  while (true) {
+    Job job = GetJob(account, job_id);
+    if (StateOfJob(job.tasks) != JobState::kRunning) return job;
+    if (timeout_s && Clock::now() >= deadline) {
+      ThrowCode(codes::kTimeout, "job " + job_id + " is still running after " +
+                                     std::to_string(*timeout_s) + " s; its copies go on");
+    }
+    std::unique_lock lock(impl_->changed_mutex);
+    auto wake = Clock::now() + std::chrono::milliseconds(100);
+    impl_->changed.wait_until(lock, timeout_s ? std::min(wake, deadline) : wake);
+  }
+}
+
 bool Engine::WaitIdle(std::optional<double> timeout_s) {
   auto deadline = Clock::now() + std::chrono::milliseconds(
                                      static_cast<int64_t>(timeout_s.value_or(0) * 1000));

@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -365,16 +366,28 @@ def _job_failed(job: Job) -> int:
 
 
 def run_worker(cloud: cloud_module.Cloud, *, until_idle: bool) -> int:
-    """Runs copies for the home; holds the worker lock so that only one is started for it."""
-    with open(_worker_lock_path(cloud.home), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
+    """Runs copies for the home; holds the worker lock so that only one is started for it.
+
+    SIGTERM stops it cleanly: copies in flight are handed back and resume at the next open.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with open(_worker_lock_path(cloud.home), "a+") as lock:
             while True:
-                if cloud.wait_idle(timeout=1.0) and until_idle:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                while not (cloud.wait_idle(timeout=1.0) and until_idle):
+                    pass
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                # A command that queued a copy while we held the lock saw it taken and left
+                # the copy to us: look once more now that the lock is free.
+                if cloud.wait_idle(timeout=0):
                     return 0
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

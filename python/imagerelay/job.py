@@ -170,15 +170,22 @@ class Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         bars = _ProgressBars(self) if progress else None
         try:
-            delay = 0.02
-            while self.refresh().state == "Running":
-                if bars:
-                    bars.update(self)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"job {self.id} is still running after {timeout} s; "
-                                       "its copies go on")
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            while True:
+                # Short waits in C++ (woken at once by this process's changes), so that
+                # bars move and Ctrl-C is seen between them.
+                step = 0.25
+                if deadline is not None:
+                    step = min(step, max(0.0, deadline - time.monotonic()))
+                try:
+                    self._info = self._cloud._engine.wait_job(self._cloud.account, self.id, step)
+                    break
+                except TimeoutError:
+                    self.refresh()
+                    if bars:
+                        bars.update(self)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"job {self.id} is still running after {timeout} s; "
+                                           "its copies go on") from None
             if bars:
                 bars.update(self)
         finally:

@@ -98,6 +98,11 @@ class Engine {
                  const std::optional<std::string>& region);
   Job GetJob(const std::string& account, const std::string& job_id);
   std::vector<Job> Jobs(const std::string& account, std::optional<bool> active);
+  // Waits until the job has no task Pending or Running; returns it. Wakes at once for
+  // changes made by this process, and polls the catalog for those of other processes.
+  // Throws Error(Timeout) when the timeout passes (the copies go on).
+  Job WaitJob(const std::string& account, const std::string& job_id,
+              std::optional<double> timeout_s);
   // True when no task is Pending or Running (in the whole catalog) before the timeout.
   bool WaitIdle(std::optional<double> timeout_s);
   // Runs queued copies until none is left (imagerelay worker --until-idle); returns when idle.
