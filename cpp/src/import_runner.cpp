@@ -42,6 +42,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     ImportOptions io;
     io.chunk_size = options.limits.chunk_size;
     io.buffer_memory = options.limits.buffer_memory;
+    io.threads = 8;  // writers mostly wait on flushes: more of them share each flush
     auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress&) {
       auto now = std::chrono::steady_clock::now();
       if (now - last_renew < std::chrono::milliseconds(options.lease_ms / 3)) return;

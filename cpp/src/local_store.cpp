@@ -194,11 +194,83 @@ std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
 void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data) {
   if (HasChunk(hash)) return;  // content-addressed: the same name holds the same bytes
   EnsureChunkDirs();
-  std::string error = WriteFileAtomically(ChunkDir(hash), hash, data);
-  if (!error.empty()) {
-    Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + error +
-           "; check free space and permissions");
+  WriteChunkFile(hash, data);
+}
+
+namespace {
+
+// Chunks are committed in batches of about this many bytes (see PendingChunk).
+constexpr uint64_t kCommitBatchBytes = 64ULL << 20;
+
+}  // namespace
+
+void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::byte> data) {
+  const fs::path dir = ChunkDir(hash);
+  const fs::path tmp = dir / TempName(hash);
+  auto fail = [&](const std::string& what, int err) {
+    ::unlink(tmp.c_str());
+    Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + what + ": " +
+           ErrnoText(err) + "; check free space and permissions");
+  };
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!fd) fail("cannot create " + tmp.string(), errno);
+  if (int err = PwriteAll(fd.get(), data.data(), data.size(), 0); err != 0) {
+    fail("cannot write " + tmp.string(), err);
   }
+  if (int err = fd.Close(); err != 0) fail("cannot close " + tmp.string(), err);
+  std::vector<PendingChunk> batch;
+  {
+    std::lock_guard lock(pending_mutex_);
+    pending_.push_back({tmp, dir / hash, data.size()});
+    pending_bytes_ += data.size();
+    if (pending_bytes_ >= kCommitBatchBytes) {
+      batch.swap(pending_);
+      pending_bytes_ = 0;
+    }
+  }
+  if (!batch.empty()) CommitPending(std::move(batch));
+}
+
+void LocalStore::CommitPending(std::vector<PendingChunk> batch) {
+  try {
+    SyncFilesystem();  // the bytes are on disk before the names are
+  } catch (...) {
+    for (const auto& chunk : batch) ::unlink(chunk.tmp.c_str());
+    throw;
+  }
+  for (const auto& chunk : batch) {
+    if (::rename(chunk.tmp.c_str(), chunk.final_path.c_str()) != 0) {
+      int err = errno;
+      for (const auto& left : batch) ::unlink(left.tmp.c_str());
+      Failed("cannot rename " + chunk.tmp.string() + " to " + chunk.final_path.string() +
+             " in store " + uri_ + ": " + ErrnoText(err));
+    }
+  }
+  renames_unsynced_.store(true, std::memory_order_release);
+}
+
+void LocalStore::Flush() {
+  std::vector<PendingChunk> batch;
+  {
+    std::lock_guard lock(pending_mutex_);
+    batch.swap(pending_);
+    pending_bytes_ = 0;
+  }
+  if (!batch.empty()) CommitPending(std::move(batch));
+  // The new directory entries reach the disk before anything that names the chunks.
+  if (renames_unsynced_.exchange(false, std::memory_order_acq_rel)) SyncFilesystem();
+}
+
+void LocalStore::SyncFilesystem() {
+  UniqueFd fd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd || ::syncfs(fd.get()) != 0) {
+    Failed("cannot flush store " + uri_ + " to disk: " + ErrnoText(errno) +
+           "; check the disk and free space");
+  }
+}
+
+LocalStore::~LocalStore() {
+  for (const auto& chunk : pending_) ::unlink(chunk.tmp.c_str());
 }
 
 void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out) {
@@ -329,6 +401,7 @@ std::vector<std::string> LocalStore::ListRecords(const fs::path& dir) {
 }
 
 void LocalStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
+  Flush();  // every chunk it names is durable and visible first
   WriteRecord(manifests_dir_, manifests_known_, image_id, manifest.ToJson(), "manifest");
 }
 

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,12 +33,14 @@ class LocalStore : public Store, public ChunkSizeProbe {
  public:
   // `root` need not exist yet; `uri` is what uri() shows (the root itself if empty).
   explicit LocalStore(std::filesystem::path root, std::string uri = "");
+  ~LocalStore() override;  // removes chunks written but never flushed
 
   std::string uri() const override { return uri_; }
   void Check() override;
 
   bool HasChunk(const std::string& hash) override;
   void PutChunk(const std::string& hash, std::span<const std::byte> data) override;
+  void Flush() override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out) override;
   void DeleteChunk(const std::string& hash) override;
   std::vector<std::string> ListChunks() override;
@@ -81,6 +84,23 @@ class LocalStore : public Store, public ChunkSizeProbe {
   std::atomic<bool> manifests_known_{false};
   std::atomic<bool> images_known_{false};
   std::atomic<bool> chunk_dirs_known_{false};
+
+  // Group commit: chunks are written to temporary files and renamed into place in batches,
+  // after one syncfs(2) for the whole batch, instead of an fsync (and a device cache flush)
+  // per chunk file and per directory. A chunk is never visible before its bytes are on disk.
+  struct PendingChunk {
+    std::filesystem::path tmp;
+    std::filesystem::path final_path;
+    uint64_t bytes = 0;
+  };
+  void WriteChunkFile(const std::string& hash, std::span<const std::byte> data);
+  void CommitPending(std::vector<PendingChunk> batch);
+  void SyncFilesystem();
+  std::mutex pending_mutex_;
+  std::vector<PendingChunk> pending_;
+  uint64_t pending_bytes_ = 0;
+  // Renames whose directory entries are not on disk yet: synced before any manifest.
+  std::atomic<bool> renames_unsynced_{false};
 };
 
 }  // namespace imagerelay

@@ -498,6 +498,15 @@ std::vector<TransferOutcome> Copier::Run() {
     throw;
   }
   StopAndJoin();
+  // A store may hold writes back (group commit): a destination is complete once flushed.
+  for (Dest& dest : dests_) {
+    if (!dest.Active() || dest.finish_reported) continue;
+    try {
+      dest.spec->store->Flush();
+    } catch (const std::exception& e) {
+      dest.Fail({codes::kTransferFailed, "cannot flush " + dest.uri + ": " + e.what()});
+    }
+  }
   ReportProgress(last, true);
   ReportFinished(true);
 

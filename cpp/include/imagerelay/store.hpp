@@ -28,8 +28,12 @@ class Store {
   // One answer per hash, in order. Stores override this with a bulk check.
   virtual std::vector<bool> HasChunks(const std::vector<std::string>& hashes);
   // Stores the bytes under `hash` atomically: a reader sees all of them or no chunk.
-  // The caller has verified that the bytes hash to `hash`.
+  // The caller has verified that the bytes hash to `hash`. A store may group writes: the
+  // chunk is durable and visible once PutChunk returns or, at the latest, once Flush()
+  // (or PutManifest, which flushes first) returns.
   virtual void PutChunk(const std::string& hash, std::span<const std::byte> data) = 0;
+  // Makes every chunk put so far durable and visible.
+  virtual void Flush() {}
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out) = 0;
   virtual void DeleteChunk(const std::string& hash) = 0;
