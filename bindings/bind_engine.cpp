@@ -94,7 +94,8 @@ void BindEngine(py::module_& m) {
       .def_property_readonly("home", &Engine::home)
       .def_property_readonly("limits", &Engine::limits)
       .def("add_region", &Engine::AddRegion, py::arg("id"), py::arg("store"), py::arg("name"),
-           Release())
+           py::arg("access_key_id") = "", py::arg("secret_access_key") = "",
+           py::arg("session_token") = "", Release())
       .def("regions", &Engine::Regions, Release())
       .def("region", &Engine::GetRegion, py::arg("id"), Release())
       .def("add_account", &Engine::AddAccount, py::arg("id"), py::arg("name"), Release())

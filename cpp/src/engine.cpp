@@ -13,6 +13,7 @@
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
 #include "imagerelay/sha256.hpp"
+#include "s3_store.hpp"
 
 namespace imagerelay {
 namespace fs = std::filesystem;
@@ -86,10 +87,41 @@ void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& 
   changed.notify_all();
 }
 
-std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri) {
+namespace {
+
+// The settings key of a region's S3 credentials (JSON); never shown in a listing.
+std::string CredentialsKey(const std::string& region_id) {
+  return "region_credentials:" + region_id;
+}
+
+std::unique_ptr<Store> OpenWithCredentials(const std::string& uri, const std::string& json) {
+  auto j = nlohmann::json::parse(json, nullptr, false);
+  sigv4::Credentials credentials;
+  if (j.is_object()) {
+    credentials.access_key_id = j.value("access_key_id", "");
+    credentials.secret_access_key = j.value("secret_access_key", "");
+    credentials.session_token = j.value("session_token", "");
+  }
+  return std::make_unique<S3Store>(uri, std::move(credentials));
+}
+
+}  // namespace
+
+std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri,
+                                                 const std::string& region_id) {
+  {
+    std::lock_guard lock(stores_mutex);
+    if (auto it = stores.find(uri); it != stores.end() && it->second) return it->second;
+  }
+  std::optional<std::string> credentials;
+  if (!region_id.empty() && uri.starts_with("s3://")) {
+    catalog->Read([&](CatalogTx& tx) { credentials = tx.GetSetting(CredentialsKey(region_id)); });
+  }
+  std::shared_ptr<Store> store =
+      credentials ? OpenWithCredentials(uri, *credentials) : OpenStore(uri);
   std::lock_guard lock(stores_mutex);
   auto& slot = stores[uri];
-  if (!slot) slot = OpenStore(uri);
+  if (!slot) slot = std::move(store);
   return slot;
 }
 
@@ -97,7 +129,7 @@ std::shared_ptr<Store> Engine::Impl::StoreFor(const std::string& region_id) {
   std::optional<Region> region;
   catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(region_id); });
   if (!region) ThrowCode(codes::kNoSuchRegion, "region " + Quote(region_id) + " does not exist");
-  return StoreForUri(region->store_uri);
+  return StoreForUri(region->store_uri, region_id);
 }
 
 void Engine::Impl::CheckPolicies(const PolicyRequest& request) {
@@ -135,7 +167,7 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
   });
   if (!acquired) return;
   try {
-    auto store = StoreForUri(store_uri);
+    auto store = StoreForUri(store_uri, region_id);
     // Manifests of images the catalog no longer lists (deleted, failed, cancelled) first.
     std::vector<std::string> stale;
     catalog->Read([&](CatalogTx& tx) {
@@ -299,7 +331,9 @@ const Limits& Engine::limits() const { return impl_->options.limits; }
 // ---- regions and accounts -------------------------------------------------------------
 
 Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
-                         const std::string& name) {
+                         const std::string& name, const std::string& access_key_id,
+                         const std::string& secret_access_key,
+                         const std::string& session_token) {
   auto problems = CheckRegionId(id);
   std::string uri = store_uri.empty() && IsValidRegionId(id)
                         ? (fs::absolute(impl_->options.home) / "regions" / id).string()
@@ -310,6 +344,16 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
   if (name.size() > 128) {
     problems.push_back({codes::kInvalidParameter, "region name is longer than 128 characters"});
   }
+  const bool has_credentials =
+      !access_key_id.empty() || !secret_access_key.empty() || !session_token.empty();
+  if (has_credentials && !uri.starts_with("s3://")) {
+    problems.push_back({codes::kInvalidParameter,
+                        "credentials are only used by S3 regions (s3://bucket/prefix)"});
+  } else if (has_credentials && (access_key_id.empty() || secret_access_key.empty())) {
+    problems.push_back({codes::kInvalidParameter,
+                        "give both access_key_id and secret_access_key (or neither, to use "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"});
+  }
   ThrowIfAny(problems);
   Region region{id, name.empty() ? id : name, uri};
   impl_->catalog->Read([&](CatalogTx& tx) {
@@ -318,12 +362,28 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
     }
   });
   // Prove the store works before the region is listed.
-  impl_->StoreForUri(uri)->Check();
+  std::string credentials_json;
+  std::shared_ptr<Store> store;
+  if (has_credentials) {
+    credentials_json = nlohmann::json{{"access_key_id", access_key_id},
+                                      {"secret_access_key", secret_access_key},
+                                      {"session_token", session_token}}
+                           .dump();
+    store = OpenWithCredentials(uri, credentials_json);
+  } else {
+    store = impl_->StoreForUri(uri);
+  }
+  store->Check();
   impl_->Write([&](CatalogTx& tx, PendingEvents&) {
     if (!tx.InsertRegion(region)) {
       ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
     }
+    if (has_credentials) tx.PutSetting(CredentialsKey(id), credentials_json);
   });
+  if (has_credentials) {
+    std::lock_guard lock(impl_->stores_mutex);
+    impl_->stores[uri] = store;
+  }
   return region;
 }
 
@@ -382,7 +442,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
   bool size_known = false;
   const std::string path = ImportSourcePath(request.source);
   try {
-    auto source = OpenFileSource(path);
+    auto source = OpenImportSource(path);
     size = source->size();
     size_known = true;
   } catch (const Error& e) {

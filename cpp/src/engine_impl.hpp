@@ -61,7 +61,9 @@ struct Engine::Impl {
   // Runs fn in a write transaction and publishes the events it appended after commit.
   void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);
   std::shared_ptr<Store> StoreFor(const std::string& region_id);
-  std::shared_ptr<Store> StoreForUri(const std::string& uri);
+  // The cached store of a URI; an s3:// store opened here uses the credentials saved for
+  // `region_id` (if any), else the environment's.
+  std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "");
   // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
   void CheckPolicies(const PolicyRequest& request);
   // Sweeps a region's store if it has garbage and no writer is in flight there.

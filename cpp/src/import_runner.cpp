@@ -38,7 +38,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
   try {
     auto store = StoreFor(image.region);
     store->Check();
-    auto source = OpenFileSource(source_path);
+    auto source = OpenImportSource(source_path);
     ImportOptions io;
     io.chunk_size = options.limits.chunk_size;
     io.buffer_memory = options.limits.buffer_memory;

@@ -199,8 +199,11 @@ void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> da
 
 namespace {
 
-// Chunks are committed in batches of about this many bytes (see PendingChunk).
+// Chunks are committed in batches of about this many bytes (see PendingChunk), or sooner
+// when the oldest has waited this long: a slow copy still checkpoints its progress often,
+// so that a crash costs little to resume.
 constexpr uint64_t kCommitBatchBytes = 64ULL << 20;
+constexpr auto kCommitBatchAge = std::chrono::milliseconds(250);
 
 }  // namespace
 
@@ -221,9 +224,11 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
   std::vector<PendingChunk> batch;
   {
     std::lock_guard lock(pending_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    if (pending_.empty()) pending_since_ = now;
     pending_.push_back({tmp, dir / hash, data.size()});
     pending_bytes_ += data.size();
-    if (pending_bytes_ >= kCommitBatchBytes) {
+    if (pending_bytes_ >= kCommitBatchBytes || now - pending_since_ >= kCommitBatchAge) {
       batch.swap(pending_);
       pending_bytes_ = 0;
     }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
@@ -99,6 +100,7 @@ class LocalStore : public Store, public ChunkSizeProbe {
   std::mutex pending_mutex_;
   std::vector<PendingChunk> pending_;
   uint64_t pending_bytes_ = 0;
+  std::chrono::steady_clock::time_point pending_since_;  // when the oldest was written
   // Renames whose directory entries are not on disk yet: synced before any manifest.
   std::atomic<bool> renames_unsynced_{false};
 };

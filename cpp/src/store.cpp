@@ -10,6 +10,7 @@
 
 #include "imagerelay/error.hpp"
 #include "local_store.hpp"
+#include "s3_store.hpp"
 
 namespace imagerelay {
 namespace {
@@ -20,10 +21,14 @@ constexpr const char* kForms =
     "use a directory path (/data/bj), a file:// URI (file:///data/bj) or an S3 URI "
     "(s3://bucket/prefix)";
 
+// The URI for a message: NULs made visible, and no query string, which may carry settings
+// that are secret.
 std::string Shown(std::string_view uri) {
+  std::string_view shown = uri.substr(0, uri.find('?'));
   std::string out;
-  for (char c : uri.substr(0, 200)) out += c == '\0' ? '?' : c;
-  if (uri.size() > 200) out += "...";
+  for (char c : shown.substr(0, 200)) out += c == '\0' ? std::string("\\0") : std::string(1, c);
+  if (shown.size() > 200) out += "...";
+  if (shown.size() < uri.size()) out += "?...";
   return "\"" + out + "\"";
 }
 
@@ -144,11 +149,7 @@ std::unique_ptr<Store> OpenStore(const std::string& uri) {
     throw ValidationError(codes::kInvalidParameter, problem);
   }
   std::optional<std::string> scheme = SchemeOf(uri);
-  if (scheme == "s3") {
-    throw ValidationError(codes::kInvalidParameter,
-                          "S3 regions are not supported yet (store URI " + Shown(uri) +
-                              "); use a local directory for now");
-  }
+  if (scheme == "s3") return std::make_unique<S3Store>(uri);  // credentials from the env
   std::filesystem::path path =
       scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
   std::error_code ec;

@@ -107,10 +107,20 @@ class Cloud:
 
     # -- regions and accounts -----------------------------------------------------
     def add_region(self, region_id: str, store: str | os.PathLike[str] | None = None, *,
-                   name: str | None = None) -> Region:
-        """Adds a region; ``store`` is a path or file:// / s3:// URI (None: under the home)."""
+                   name: str | None = None, access_key_id: str | None = None,
+                   secret_access_key: str | None = None,
+                   session_token: str | None = None) -> Region:
+        """Adds a region; ``store`` is a path or file:// / s3:// URI (None: under the home).
+
+        For an S3 region (``s3://bucket/prefix?endpoint=https://host:port&region=us-east-1``),
+        the credentials are kept in the catalog's settings, never in the region's listing;
+        without them the engine uses ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+        ``AWS_SESSION_TOKEN``.
+        """
         uri = "" if store is None else os.fspath(store)
-        return Region._from_core(self._engine.add_region(region_id, uri, name or ""))
+        return Region._from_core(self._engine.add_region(
+            region_id, uri, name or "", access_key_id=access_key_id or "",
+            secret_access_key=secret_access_key or "", session_token=session_token or ""))
 
     @property
     def regions(self) -> list[Region]:

@@ -59,20 +59,18 @@ TEST(StoreTest, RejectsMalformedUris) {
   ExpectInvalidUri("s3://ab");
   ExpectInvalidUri("s3://bucket/with space");
   ExpectInvalidUri("s3://bucket?=x");
+  // Settings in the query may be secret: messages leave them out.
+  std::string problem = CheckStoreUri("s3://Bad_Bucket?secret_key=hunter2");
+  EXPECT_NE(problem, "");
+  EXPECT_EQ(problem.find("hunter2"), std::string::npos) << problem;
 }
 
-TEST(StoreTest, S3UrisAreValidButNotSupportedYet) {
+// Syntax only: opening an S3 store is the S3 store's own test.
+TEST(StoreTest, S3UrisAreValid) {
   for (const std::string uri : {"s3://bucket", "s3://my-bucket.example/images/prod",
                                 "s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=x",
                                 "s3://bucket?endpoint=http://minio:9000"}) {
     EXPECT_EQ(CheckStoreUri(uri), "") << uri;
-    try {
-      OpenStore(uri);
-      ADD_FAILURE() << "opened " << uri;
-    } catch (const ValidationError& e) {
-      EXPECT_EQ(e.code(), codes::kInvalidParameter);
-      EXPECT_NE(e.message().find("not supported yet"), std::string::npos) << e.message();
-    }
   }
 }
 

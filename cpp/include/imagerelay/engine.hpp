@@ -59,7 +59,12 @@ class Engine {
   const std::filesystem::path& home() const;
   const Limits& limits() const;
 
-  Region AddRegion(const std::string& id, const std::string& store_uri, const std::string& name);
+  // Credentials (S3 regions only; empty = from the environment) are kept in the catalog's
+  // settings, never in the region's store URI or listing.
+  Region AddRegion(const std::string& id, const std::string& store_uri, const std::string& name,
+                   const std::string& access_key_id = "",
+                   const std::string& secret_access_key = "",
+                   const std::string& session_token = "");
   std::vector<Region> Regions();
   Region GetRegion(const std::string& id);
   Account AddAccount(const std::string& id, const std::string& name);

@@ -29,6 +29,14 @@ class ByteSource {
 // missing, a directory, or unreadable.
 std::unique_ptr<ByteSource> OpenFileSource(const std::filesystem::path& path);
 
+// An http://, https:// or s3:// URL (s3://bucket/key?endpoint=...&region=..., credentials
+// from the environment), read by ranged GETs without a temporary copy. Throws
+// ValidationError(InvalidParameter) when the object is missing or unreadable.
+std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url);
+bool IsUrlSource(const std::string& source);
+// OpenUrlSource for a URL, else OpenFileSource.
+std::unique_ptr<ByteSource> OpenImportSource(const std::string& source);
+
 struct IoProgress {
   uint64_t bytes_total = 0;
   uint64_t bytes_done = 0;         // covered, holes and present chunks included

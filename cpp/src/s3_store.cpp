@@ -1,0 +1,504 @@
+#include "s3_store.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <ctime>
+#include <exception>
+#include <random>
+#include <thread>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "imagerelay/transfer.hpp"
+
+namespace imagerelay {
+namespace {
+
+constexpr int kChunkAttempts = 3;     // the transfer engine retries chunks again on top
+constexpr size_t kMaxParallelHeads = 16;
+
+[[noreturn]] void Invalid(const std::string& message) {
+  throw ValidationError(codes::kInvalidParameter, message);
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string PercentDecode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && HexValue(s[i + 1]) >= 0 && HexValue(s[i + 2]) >= 0) {
+      out += static_cast<char>(HexValue(s[i + 1]) * 16 + HexValue(s[i + 2]));
+      i += 2;
+    } else if (s[i] == '+') {
+      out += ' ';
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::string XmlUnescape(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '&') {
+      out += s[i];
+      continue;
+    }
+    size_t semi = s.find(';', i);
+    if (semi == std::string_view::npos) {
+      out += s[i];
+      continue;
+    }
+    std::string_view entity = s.substr(i + 1, semi - i - 1);
+    if (entity == "amp") out += '&';
+    else if (entity == "lt") out += '<';
+    else if (entity == "gt") out += '>';
+    else if (entity == "quot") out += '"';
+    else if (entity == "apos") out += '\'';
+    else if (entity.starts_with("#x")) out += static_cast<char>(std::strtol(std::string(entity.substr(2)).c_str(), nullptr, 16));
+    else if (entity.starts_with("#")) out += static_cast<char>(std::strtol(std::string(entity.substr(1)).c_str(), nullptr, 10));
+    else out += std::string(s.substr(i, semi - i + 1));
+    i = semi;
+  }
+  return out;
+}
+
+// Every <tag>text</tag> in an S3 response, unescaped. Enough for the flat answers used here.
+std::vector<std::string> XmlAll(std::string_view xml, std::string_view tag) {
+  std::vector<std::string> out;
+  const std::string open = "<" + std::string(tag) + ">";
+  const std::string close = "</" + std::string(tag) + ">";
+  size_t pos = 0;
+  while ((pos = xml.find(open, pos)) != std::string_view::npos) {
+    size_t begin = pos + open.size();
+    size_t end = xml.find(close, begin);
+    if (end == std::string_view::npos) break;
+    out.push_back(XmlUnescape(xml.substr(begin, end - begin)));
+    pos = end + close.size();
+  }
+  return out;
+}
+
+std::string XmlFirst(std::string_view xml, std::string_view tag) {
+  auto all = XmlAll(xml, tag);
+  return all.empty() ? "" : all.front();
+}
+
+std::string RandomHex(size_t n) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::string out;
+  for (size_t i = 0; i < n; ++i) out += "0123456789abcdef"[rng() & 0xf];
+  return out;
+}
+
+std::string Getenv(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+bool Ok(long status) { return status >= 200 && status < 300; }
+
+}  // namespace
+
+S3Location ParseS3Uri(const std::string& uri) {
+  if (std::string problem = CheckStoreUri(uri); !problem.empty()) Invalid(problem);
+  S3Location loc;
+  std::string_view rest = std::string_view(uri).substr(5);  // after s3://
+  std::string_view query;
+  if (size_t q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  size_t slash = rest.find('/');
+  loc.bucket = std::string(rest.substr(0, slash));
+  if (slash != std::string_view::npos) {
+    std::string prefix = PercentDecode(rest.substr(slash + 1));
+    while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+    while (!prefix.empty() && prefix.front() == '/') prefix.erase(0, 1);
+    loc.prefix = prefix;
+  }
+  std::string endpoint;
+  std::string addressing = "path";
+  if (std::string region = Getenv("AWS_REGION"); !region.empty()) loc.region = region;
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    size_t eq = param.find('=');
+    std::string key(param.substr(0, eq));
+    std::string value = eq == std::string_view::npos ? "" : PercentDecode(param.substr(eq + 1));
+    if (key == "endpoint") endpoint = value;
+    else if (key == "region") loc.region = value;
+    else if (key == "addressing") addressing = value;
+    else if (key == "low_speed_time") {
+      loc.low_speed_time_s = std::strtol(value.c_str(), nullptr, 10);
+      if (loc.low_speed_time_s <= 0 || loc.low_speed_time_s > 3600) {
+        Invalid("low_speed_time must be 1 to 3600 seconds in S3 store URI s3://" + loc.bucket);
+      }
+    } else if (key == "verify_tls") loc.verify_tls = !(value == "false" || value == "0" || value == "no");
+    else {
+      Invalid("unknown setting \"" + key + "\" in S3 store URI s3://" + loc.bucket +
+              "; known: endpoint, region, addressing, verify_tls, low_speed_time (credentials are given to "
+              "add_region, never in the URI)");
+    }
+  }
+  if (addressing != "path" && addressing != "virtual") {
+    Invalid("addressing must be \"path\" or \"virtual\" in S3 store URI s3://" + loc.bucket);
+  }
+  loc.virtual_host = addressing == "virtual";
+  if (loc.region.empty() ||
+      !std::all_of(loc.region.begin(), loc.region.end(),
+                   [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; })) {
+    Invalid("invalid region in S3 store URI s3://" + loc.bucket + ": e.g. region=us-east-1");
+  }
+  if (endpoint.empty()) endpoint = "https://s3." + loc.region + ".amazonaws.com";
+  size_t sep = endpoint.find("://");
+  if (sep == std::string::npos) Invalid("endpoint must be http://host[:port] or https://host[:port] in S3 store URI s3://" + loc.bucket);
+  loc.scheme = endpoint.substr(0, sep);
+  for (char& c : loc.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  loc.host = endpoint.substr(sep + 3);
+  while (!loc.host.empty() && loc.host.back() == '/') loc.host.pop_back();
+  if ((loc.scheme != "http" && loc.scheme != "https") || loc.host.empty() ||
+      loc.host.find_first_of("/?#@ ") != std::string::npos) {
+    Invalid("endpoint must be http://host[:port] or https://host[:port] (no path) in S3 store "
+            "URI s3://" + loc.bucket);
+  }
+  for (char& c : loc.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  // A default port is left out of the Host header (and so of the signature).
+  if (loc.scheme == "https" && loc.host.ends_with(":443")) loc.host.resize(loc.host.size() - 4);
+  if (loc.scheme == "http" && loc.host.ends_with(":80")) loc.host.resize(loc.host.size() - 3);
+  loc.display = "s3://" + loc.bucket + (loc.prefix.empty() ? "" : "/" + loc.prefix);
+  return loc;
+}
+
+S3Store::S3Store(const std::string& uri, sigv4::Credentials credentials, HttpOptions http)
+    : location_(ParseS3Uri(uri)), credentials_(std::move(credentials)), http_([&] {
+        http.verify_tls = http.verify_tls && location_.verify_tls;
+        if (location_.low_speed_time_s > 0) http.low_speed_time_s = location_.low_speed_time_s;
+        return http;
+      }()) {
+  if (credentials_.empty()) {
+    credentials_.access_key_id = Getenv("AWS_ACCESS_KEY_ID");
+    credentials_.secret_access_key = Getenv("AWS_SECRET_ACCESS_KEY");
+    credentials_.session_token = Getenv("AWS_SESSION_TOKEN");
+  }
+}
+
+std::string S3Store::Key(const std::string& rel) const {
+  return location_.prefix.empty() ? rel : location_.prefix + "/" + rel;
+}
+
+std::string S3Store::ChunkKey(const std::string& hash) const {
+  if (!IsChunkHash(hash)) {
+    Invalid("invalid chunk name \"" + hash.substr(0, 80) +
+            "\": a chunk is named by its SHA-256 as 64 lowercase hex digits");
+  }
+  return Key("chunks/" + hash.substr(0, 2) + "/" + hash);
+}
+
+std::string S3Store::RecordKey(const char* dir, const std::string& image_id) const {
+  if (!IsImageId(image_id)) {
+    Invalid("invalid image id \"" + image_id.substr(0, 80) +
+            "\": an image id is \"m-\" followed by 8 of [0-9a-z]");
+  }
+  return Key(std::string(dir) + "/" + image_id + ".json");
+}
+
+std::string S3Store::Reason(const HttpResponse& response) {
+  std::string out = std::to_string(response.status);
+  std::string code = XmlFirst(response.body, "Code");
+  std::string message = XmlFirst(response.body, "Message");
+  if (!code.empty()) out += " " + code.substr(0, 100);
+  if (!message.empty()) out += ": " + message.substr(0, 300);
+  if (code.empty() && message.empty()) {
+    if (response.status == 403) out += " Forbidden";
+    else if (response.status == 404) out += " Not Found";
+    else if (response.status == 503) out += " Service Unavailable";
+  }
+  return out;
+}
+
+void S3Store::Fail(const std::string& what, const HttpResponse& response) const {
+  std::string message = "S3 " + what + " in store " + location_.display + " failed: " + Reason(response);
+  if (IsTransientStatus(response.status)) throw TransientError(message);
+  throw TransferError(codes::kStoreUnavailable, message);
+}
+
+HttpResponse S3Store::Perform(Call call, const CancelToken* cancel) {
+  std::string host = location_.virtual_host ? location_.bucket + "." + location_.host : location_.host;
+  std::string path = location_.virtual_host ? "/" + call.key
+                                            : "/" + location_.bucket + (call.key.empty() ? "" : "/" + call.key);
+  sigv4::Request sign;
+  sign.method = call.method;
+  sign.path = path;
+  sign.query = call.query;
+  std::string payload_hash = call.payload_hash;
+  if (payload_hash.empty()) {
+    payload_hash = call.body.empty() ? sigv4::kEmptyPayloadHash
+                                     : Sha256Hex(call.body.data(), call.body.size());
+  }
+  sign.payload_hash = payload_hash;
+  std::string canonical = sigv4::CanonicalRequest(sign);  // for the query string only
+  std::string query_line = canonical.substr(canonical.find('\n', canonical.find('\n') + 1) + 1);
+  query_line = query_line.substr(0, query_line.find('\n'));
+
+  HttpRequest request;
+  request.method = call.method;
+  request.url = location_.scheme + "://" + host + sigv4::UriEncode(path, false) +
+                (query_line.empty() ? "" : "?" + query_line);
+  request.body = call.body;
+  request.sink = call.sink;
+  request.max_body = call.max_body;
+  const bool anonymous = credentials_.empty();
+  auto prepare = [&](HttpRequest& r) {
+    r.headers = call.headers;
+    r.headers.emplace_back("Host", host);
+    r.headers.emplace_back("x-amz-content-sha256", payload_hash);
+    if (anonymous) return;
+    std::string amz_date = sigv4::AmzDate(std::time(nullptr));
+    r.headers.emplace_back("x-amz-date", amz_date);
+    if (!credentials_.session_token.empty()) {
+      r.headers.emplace_back("x-amz-security-token", credentials_.session_token);
+    }
+    sign.headers = r.headers;
+    r.headers.emplace_back("Authorization",
+                           sigv4::Authorization(sign, credentials_, location_.region, amz_date));
+  };
+  if (!call.retry) {
+    prepare(request);
+    return http_.PerformOnce(request, cancel);
+  }
+  return http_.Request(request, prepare, cancel, call.attempts);
+}
+
+void S3Store::Check() {
+  const std::string key = Key(".imagerelay-probe-" + RandomHex(12));
+  const std::string body = "imagerelay write probe\n";
+  try {
+    Call put;
+    put.method = "PUT";
+    put.key = key;
+    put.body = std::as_bytes(std::span(body));
+    HttpResponse response = Perform(put);
+    if (!Ok(response.status)) {
+      throw TransferError(codes::kStoreUnavailable,
+                          "S3 store " + location_.display + " is not writable: " + Reason(response));
+    }
+    Call del;
+    del.method = "DELETE";
+    del.key = key;
+    response = Perform(del);
+    if (!Ok(response.status) && response.status != 404) {
+      throw TransferError(codes::kStoreUnavailable, "S3 store " + location_.display +
+                                                        " does not allow deletes: " + Reason(response));
+    }
+  } catch (const TransientError& e) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location_.display + " is unreachable: " + e.what());
+  } catch (const std::runtime_error& e) {
+    if (dynamic_cast<const Error*>(&e)) throw;
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location_.display + " is unreachable: " + e.what());
+  }
+}
+
+bool S3Store::HasChunk(const std::string& hash) {
+  Call head;
+  head.method = "HEAD";
+  head.key = ChunkKey(hash);
+  HttpResponse response = Perform(head);
+  if (Ok(response.status)) return true;
+  if (response.status == 404) return false;
+  Fail("HEAD of chunk " + hash, response);
+}
+
+std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
+  Call head;
+  head.method = "HEAD";
+  head.key = ChunkKey(hash);
+  HttpResponse response = Perform(head);
+  if (!Ok(response.status)) return std::nullopt;
+  std::string length = response.Header("content-length");
+  if (length.empty()) return std::nullopt;
+  return std::strtoull(length.c_str(), nullptr, 10);
+}
+
+std::vector<bool> S3Store::HasChunks(const std::vector<std::string>& hashes) {
+  std::vector<char> present(hashes.size(), 0);
+  std::atomic<size_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  auto work = [&] {
+    for (;;) {
+      size_t i = next.fetch_add(1);
+      if (i >= hashes.size()) return;
+      {
+        std::lock_guard lock(error_mutex);
+        if (error) return;
+      }
+      try {
+        present[i] = HasChunk(hashes[i]) ? 1 : 0;
+      } catch (...) {
+        std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+        return;
+      }
+    }
+  };
+  size_t threads = std::min(kMaxParallelHeads, hashes.size());
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  if (threads > 0) work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+  return {present.begin(), present.end()};
+}
+
+void S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data) {
+  Call put;
+  put.method = "PUT";
+  put.key = ChunkKey(hash);
+  put.body = data;
+  put.attempts = kChunkAttempts;
+  put.payload_hash = hash;  // the chunk's own SHA-256: the server checks it on arrival
+  HttpResponse response = Perform(put);
+  if (!Ok(response.status)) Fail("PUT of chunk " + hash, response);
+}
+
+void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out) {
+  Call get;
+  get.key = ChunkKey(hash);
+  get.sink = &out;
+  get.max_body = 5ULL << 30;
+  get.attempts = kChunkAttempts;
+  HttpResponse response = Perform(get);
+  if (response.status == 404) {
+    out.clear();
+    throw TransferError(codes::kTransferFailed,
+                        "chunk " + hash + " is missing in store " + location_.display);
+  }
+  if (!Ok(response.status)) {
+    // The error document went into `out`: move it where Reason() looks.
+    response.body.assign(reinterpret_cast<const char*>(out.data()), std::min<size_t>(out.size(), 4096));
+    out.clear();
+    Fail("GET of chunk " + hash, response);
+  }
+  std::string length = response.Header("content-length");
+  if (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) != out.size()) {
+    throw TransientError("S3 GET of chunk " + hash + " in store " + location_.display +
+                         " returned " + std::to_string(out.size()) + " of " + length + " bytes");
+  }
+}
+
+void S3Store::DeleteKey(const std::string& key, const char* what) {
+  Call del;
+  del.method = "DELETE";
+  del.key = key;
+  HttpResponse response = Perform(del);
+  if (!Ok(response.status) && response.status != 404) Fail(std::string("DELETE of ") + what, response);
+}
+
+void S3Store::DeleteChunk(const std::string& hash) { DeleteKey(ChunkKey(hash), "a chunk"); }
+
+std::vector<std::string> S3Store::ListKeys(const std::string& key_prefix) {
+  std::vector<std::string> keys;
+  std::string token;
+  for (;;) {
+    Call list;
+    list.key = "";
+    list.query = {{"list-type", "2"}, {"prefix", key_prefix}, {"max-keys", "1000"}};
+    if (!token.empty()) list.query.emplace_back("continuation-token", token);
+    list.max_body = 64ULL << 20;
+    HttpResponse response = Perform(list);
+    if (!Ok(response.status)) Fail("listing of " + key_prefix, response);
+    for (auto& key : XmlAll(response.body, "Key")) keys.push_back(std::move(key));
+    if (XmlFirst(response.body, "IsTruncated") != "true") break;
+    token = XmlFirst(response.body, "NextContinuationToken");
+    if (token.empty()) break;
+  }
+  return keys;
+}
+
+std::vector<std::string> S3Store::ListChunks() {
+  std::vector<std::string> out;
+  for (const std::string& key : ListKeys(Key("chunks/"))) {
+    std::string name = key.substr(key.rfind('/') + 1);
+    if (IsChunkHash(name)) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+void S3Store::PutText(const std::string& key, const std::string& text, const char* what) {
+  Call put;
+  put.method = "PUT";
+  put.key = key;
+  put.body = std::as_bytes(std::span(text));
+  put.headers = {{"Content-Type", "application/json"}};
+  HttpResponse response = Perform(put);
+  if (!Ok(response.status)) Fail(std::string("PUT of ") + what, response);
+}
+
+std::optional<std::string> S3Store::GetText(const std::string& key, const char* what) {
+  Call get;
+  get.key = key;
+  get.max_body = 256ULL << 20;
+  HttpResponse response = Perform(get);
+  if (response.status == 404) return std::nullopt;
+  if (!Ok(response.status)) Fail(std::string("GET of ") + what, response);
+  return std::move(response.body);
+}
+
+void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest) {
+  PutText(RecordKey("manifests", image_id), manifest.ToJson(), "a manifest");
+}
+
+std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
+  std::optional<std::string> text = GetText(RecordKey("manifests", image_id), "a manifest");
+  if (!text) return std::nullopt;
+  try {
+    return Manifest::FromJson(*text);
+  } catch (const Error& e) {
+    throw IntegrityError(codes::kIntegrityError,
+                         "the manifest of " + image_id + " in store " + location_.display +
+                             " is damaged (" + e.message() + "); import or replicate the image again");
+  }
+}
+
+void S3Store::DeleteManifest(const std::string& image_id) {
+  DeleteKey(RecordKey("manifests", image_id), "a manifest");
+}
+
+std::vector<std::string> S3Store::ListManifests() {
+  std::vector<std::string> out;
+  for (const std::string& key : ListKeys(Key("manifests/"))) {
+    std::string name = key.substr(key.rfind('/') + 1);
+    if (name.ends_with(".json")) {
+      name.resize(name.size() - 5);
+      if (IsImageId(name)) out.push_back(name);
+    }
+  }
+  return out;
+}
+
+void S3Store::PutImageRecord(const std::string& image_id, const std::string& json) {
+  PutText(RecordKey("images", image_id), json, "an image record");
+}
+
+std::optional<std::string> S3Store::GetImageRecord(const std::string& image_id) {
+  return GetText(RecordKey("images", image_id), "an image record");
+}
+
+void S3Store::DeleteImageRecord(const std::string& image_id) {
+  DeleteKey(RecordKey("images", image_id), "an image record");
+}
+
+}  // namespace imagerelay

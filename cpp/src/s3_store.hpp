@@ -1,0 +1,101 @@
+// A region store in an S3 bucket (DESIGN.md §4 layout under the URI's prefix):
+//   <prefix>/chunks/<2hex>/<hash>, <prefix>/manifests/<id>.json, <prefix>/images/<id>.json
+// URI: s3://bucket[/prefix][?endpoint=https://host:port&region=us-east-1&addressing=path|virtual
+//      &verify_tls=false&low_speed_time=<seconds>]
+// Requests are signed with AWS Signature V4 (sigv4.hpp); credentials are the region's
+// settings if given, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+// else none (anonymous). No message, log or uri() ever shows a secret.
+// All methods may be called from several threads at once.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "http_client.hpp"
+#include "imagerelay/store.hpp"
+#include "local_store.hpp"  // ChunkSizeProbe
+#include "sigv4.hpp"
+
+namespace imagerelay {
+
+// A parsed s3:// URI.
+struct S3Location {
+  std::string bucket;
+  std::string prefix;        // without leading or trailing '/', may be empty
+  std::string scheme;        // http or https
+  std::string host;          // host[:port] of the endpoint
+  std::string region = "us-east-1";
+  bool virtual_host = false; // bucket.host instead of host/bucket
+  bool verify_tls = true;
+  long low_speed_time_s = 0;  // a stall this long fails a request (0: the HTTP default)
+  std::string display;       // s3://bucket/prefix (no query)
+};
+
+// Parses an s3:// URI; throws ValidationError(InvalidParameter) naming what is wrong.
+S3Location ParseS3Uri(const std::string& uri);
+
+class S3Store : public Store, public ChunkSizeProbe {
+ public:
+  // Empty credentials: taken from the environment (or anonymous if none there).
+  explicit S3Store(const std::string& uri, sigv4::Credentials credentials = {},
+                   HttpOptions http = {});
+
+  std::string uri() const override { return location_.display; }
+  void Check() override;
+
+  bool HasChunk(const std::string& hash) override;
+  std::vector<bool> HasChunks(const std::vector<std::string>& hashes) override;
+  void PutChunk(const std::string& hash, std::span<const std::byte> data) override;
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out) override;
+  void DeleteChunk(const std::string& hash) override;
+  std::vector<std::string> ListChunks() override;
+
+  void PutManifest(const std::string& image_id, const Manifest& manifest) override;
+  std::optional<Manifest> GetManifest(const std::string& image_id) override;
+  void DeleteManifest(const std::string& image_id) override;
+  std::vector<std::string> ListManifests() override;
+
+  void PutImageRecord(const std::string& image_id, const std::string& json) override;
+  std::optional<std::string> GetImageRecord(const std::string& image_id) override;
+  void DeleteImageRecord(const std::string& image_id) override;
+
+  std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
+
+  // Signed requests on an object key (below the bucket, prefix included) — also used by
+  // the URL source for s3:// imports. `sink` receives the body of a GET.
+  struct Call {
+    std::string method = "GET";
+    std::string key;  // full object key, or "" for the bucket
+    std::vector<std::pair<std::string, std::string>> query;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::span<const std::byte> body;
+    std::string payload_hash;  // "" = hash of body
+    std::vector<std::byte>* sink = nullptr;
+    size_t max_body = 0;
+    bool retry = true;  // retry transient failures inside the HTTP layer...
+    int attempts = 6;   // ...this many times in all
+  };
+  HttpResponse Perform(Call call, const CancelToken* cancel = nullptr);
+  const S3Location& location() const { return location_; }
+
+  // "403 AccessDenied: Access Denied" from an S3 error response (never the request).
+  static std::string Reason(const HttpResponse& response);
+
+ private:
+  std::string Key(const std::string& rel) const;
+  std::string ChunkKey(const std::string& hash) const;
+  std::string RecordKey(const char* dir, const std::string& image_id) const;
+  [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
+  void PutText(const std::string& key, const std::string& text, const char* what);
+  std::optional<std::string> GetText(const std::string& key, const char* what);
+  void DeleteKey(const std::string& key, const char* what);
+  std::vector<std::string> ListKeys(const std::string& key_prefix);
+
+  S3Location location_;
+  sigv4::Credentials credentials_;
+  HttpClient http_;
+};
+
+}  // namespace imagerelay

@@ -1,0 +1,213 @@
+"""A real S3 server for the tests: moto's server on 127.0.0.1 with signature checking on,
+and a fault-injecting HTTP proxy in front of it.
+
+moto checks SigV4 signatures once INITIAL_NO_AUTH_ACTION_COUNT requests have been served:
+the first three create an IAM user, its policy and its access key, then every request must
+be signed with that key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import random
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+POLICY = ('{"Version": "2012-10-17", "Statement": '
+          '[{"Effect": "Allow", "Action": "*", "Resource": "*"}]}')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("moto_server exited at start")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("moto_server did not start")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    def client(self, endpoint: str | None = None):  # boto3 S3 client with the real key
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key_id,
+                            aws_secret_access_key=self.secret_access_key,
+                            config=Config(s3={"addressing_style": "path"},
+                                          retries={"max_attempts": 1}))
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        c = self.client()
+        out: list[str] = []
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[S3Server]:
+    import boto3
+    port = free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3", MOTO_ALLOW_NONEXISTENT_REGION="1")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        env.pop(k, None)
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="relay")
+        iam.put_user_policy(UserName="relay", PolicyName="all", PolicyDocument=POLICY)
+        key = iam.create_access_key(UserName="relay")["AccessKey"]
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the fault proxy ----------------------------------------------------------------------
+SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class FaultProxy:
+    """An HTTP/1.1 proxy on 127.0.0.1 that forwards each request to the server and, with the
+    configured probabilities, drops the connection, answers 503 SlowDown, truncates the
+    response body or stalls before answering. ``faults`` may be changed at any time."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.faults: dict[str, float] = {}
+        self.stall_seconds = 2.0
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.rng = random.Random(1234)
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._serve(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _pick(self) -> str | None:
+        with self.lock:
+            r = self.rng.random()
+            for name, p in self.faults.items():
+                if r < p:
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                    return name
+                r -= p
+        return None
+
+    @staticmethod
+    def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                return None
+            buf += data
+        head_end = buf.index(b"\r\n\r\n") + 4
+        length = 0
+        for line in bytes(buf[:head_end]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(buf) < head_end + length:
+            data = conn.recv(1 << 20)
+            if not data:
+                return None
+            buf += data
+        request = bytes(buf[:head_end + length])
+        del buf[:head_end + length]
+        return request
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                request = self._read_request(conn, buf)
+                if request is None:
+                    return
+                method = request.split(b" ", 1)[0].decode()
+                fault = self._pick()
+                if fault == "drop":
+                    return  # close without an answer
+                if fault == "slowdown":
+                    conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                                 b"Content-Length: " + str(len(SLOWDOWN)).encode() +
+                                 b"\r\n\r\n" + SLOWDOWN)
+                    continue
+                up = socket.create_connection(("127.0.0.1", self.upstream_port))
+                try:
+                    up.sendall(request)
+                    resp = http.client.HTTPResponse(up, method=method)
+                    resp.begin()
+                    body = resp.read()
+                    headers = [(k, v) for k, v in resp.getheaders()
+                               if k.lower() not in ("transfer-encoding", "connection",
+                                                    "content-length")]
+                    status = resp.status
+                    reason = resp.reason
+                    length = resp.getheader("content-length") if method == "HEAD" else None
+                finally:
+                    up.close()
+                head = f"HTTP/1.1 {status} {reason}\r\n"
+                for k, v in headers:
+                    head += f"{k}: {v}\r\n"
+                head += f"Content-Length: {length if length is not None else len(body)}\r\n\r\n"
+                if fault == "stall":
+                    time.sleep(self.stall_seconds)
+                if fault == "truncate" and len(body) > 1:
+                    conn.sendall(head.encode() + body[:len(body) // 2])
+                    return
+                conn.sendall(head.encode() + body)
+        except OSError:
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()

@@ -1,0 +1,334 @@
+"""S3 regions against a real S3 server (moto on 127.0.0.1, signatures checked): adding a
+bucket as a region, replication in every direction, dedup, cancel, crash-resume, imports
+from URLs, and a fault-injecting proxy between the engine and the server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CHUNK, PYTHON, assert_error, make_dense, make_sparse, read_result, wait_until
+from s3_server import FaultProxy, S3Server, moto_server
+
+import imagerelay as ir
+
+MiB = 2**20
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> str:
+    name = f"relay-{os.getpid()}-{next(_buckets)}"
+    s3.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def proxy(s3: S3Server) -> Iterator[FaultProxy]:
+    p = FaultProxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    yield p
+    p.close()
+
+
+def s3_uri(s3: S3Server, bucket: str, prefix: str = "relay", endpoint: str | None = None,
+           extra: str = "") -> str:
+    return f"s3://{bucket}/{prefix}?endpoint={endpoint or s3.endpoint}&region=us-east-1{extra}"
+
+
+def add_s3_region(cloud: ir.Cloud, s3: S3Server, region: str, bucket: str,
+                  **kwargs: str) -> ir.Region:
+    return cloud.add_region(region, s3_uri(s3, bucket, **kwargs), access_key_id=s3.access_key_id,
+                            secret_access_key=s3.secret_access_key)
+
+
+def chunk_keys(s3: S3Server, bucket: str, prefix: str = "relay") -> set[str]:
+    return {k.rsplit("/", 1)[1] for k in s3.keys(bucket, f"{prefix}/chunks/")}
+
+
+# -- adding a region ----------------------------------------------------------------------
+def test_add_region_checks_the_bucket_and_hides_the_secret(cloud: ir.Cloud, s3: S3Server,
+                                                           bucket: str) -> None:
+    region = add_s3_region(cloud, s3, "s3a", bucket)
+    assert region.store.startswith(f"s3://{bucket}/relay")
+    listing = repr(cloud.regions) + repr(region) + str([r.store for r in cloud.regions])
+    assert s3.secret_access_key not in listing
+    assert s3.keys(bucket) == []  # the write probe was removed
+
+
+def test_wrong_keys_fail_with_a_clear_code_and_no_secret(cloud: ir.Cloud, s3: S3Server,
+                                                         bucket: str) -> None:
+    secret = "NotTheRightSecretAtAllXXXXXXXXXXXXXXXXXXX"
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.add_region("s3a", s3_uri(s3, bucket), access_key_id=s3.access_key_id,
+                         secret_access_key=secret)
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert "SignatureDoesNotMatch" in excinfo.value.message or "403" in excinfo.value.message
+    assert secret not in str(excinfo.value) and secret not in repr(excinfo.value)
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.add_region("s3b", s3_uri(s3, bucket), access_key_id="AKIANOSUCHKEY00000000",
+                         secret_access_key=secret)
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert secret not in str(excinfo.value)
+    assert "s3a" not in {r.id for r in cloud.regions}
+
+
+def test_missing_bucket_and_dead_endpoint_are_unavailable(cloud: ir.Cloud, s3: S3Server) -> None:
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        add_s3_region(cloud, s3, "s3a", "no-such-bucket-here")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert "NoSuchBucket" in excinfo.value.message
+    from s3_server import free_port
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.add_region("s3b", s3_uri(s3, "bucket", endpoint=f"http://127.0.0.1:{free_port()}"),
+                         access_key_id="a", secret_access_key="b")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+
+
+def test_credentials_from_the_environment(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_access_key)
+    cloud.add_region("s3a", s3_uri(s3, bucket))
+
+
+# -- replication --------------------------------------------------------------------------
+def test_replicate_local_to_s3_to_s3_to_local(cloud: ir.Cloud, s3: S3Server, files: Path) -> None:
+    b1, b2 = f"ra-{os.getpid()}", f"rb-{os.getpid()}"
+    s3.create_bucket(b1)
+    s3.create_bucket(b2)
+    add_s3_region(cloud, s3, "s3a", b1)
+    add_s3_region(cloud, s3, "s3b", b2, prefix="deep/er")
+    block = os.urandom(CHUNK)
+    src = files / "golden.raw"
+    src.write_bytes(os.urandom(20 * CHUNK) + bytes(5 * CHUNK) + block * 3 + b"tail")
+    golden = cloud.import_image(src, region="bj", name="golden")
+    job = cloud.replicate(golden.id, ["s3a"])
+    job.wait(timeout=60)
+    assert job.state == "Completed", job.to_dict()
+    a = job.copies["s3a"]
+    assert a.status == "Available"
+    # DESIGN §4 layout: 22 distinct chunks (zero chunks never stored), one manifest, one record
+    assert len(chunk_keys(s3, b1)) == 22
+    keys = s3.keys(b1)
+    assert f"relay/manifests/{a.id}.json" in keys and f"relay/images/{a.id}.json" in keys
+    assert all(k.startswith(("relay/chunks/", "relay/manifests/", "relay/images/")) for k in keys)
+    # S3 -> S3, then S3 -> local: byte-identical at every step
+    job2 = cloud.replicate(a.id, ["s3b"])
+    job2.wait(timeout=60)
+    assert job2.state == "Completed", job2.to_dict()
+    b = job2.copies["s3b"]
+    assert len(chunk_keys(s3, b2, "deep/er")) == 22
+    job3 = cloud.replicate(b.id, ["gz"])
+    job3.wait(timeout=60)
+    assert job3.state == "Completed", job3.to_dict()
+    for image in (a, b, job3.copies["gz"]):
+        out = image.export(files / f"{image.id}.out")
+        assert out.read_bytes() == src.read_bytes()
+
+
+def test_dedup_and_delta_copy_to_s3(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                    files: Path) -> None:
+    add_s3_region(cloud, s3, "s3a", bucket)
+    src = make_dense(files / "v1.raw", 16 * CHUNK)
+    v1 = cloud.import_image(src, region="bj", name="v1")
+    job = v1.replicate("s3a")
+    job.wait(timeout=60)
+    assert job.tasks["s3a"].bytes_transferred == 16 * CHUNK
+    data = bytearray(src.read_bytes())
+    data[5 * CHUNK:5 * CHUNK + 10] = os.urandom(10)
+    (files / "v2.raw").write_bytes(bytes(data))
+    v2 = cloud.import_image(files / "v2.raw", region="bj", name="v2")
+    job2 = v2.replicate("s3a")
+    job2.wait(timeout=60)
+    assert job2.state == "Completed"
+    assert job2.tasks["s3a"].bytes_transferred == CHUNK  # only the changed chunk moved
+    assert len(chunk_keys(s3, bucket)) == 17
+    assert job2.copies["s3a"].export(files / "v2.out").read_bytes() == bytes(data)
+    # deleting an image removes its unreferenced chunks from the bucket
+    job.copies["s3a"].delete()
+    wait_until(lambda: len(chunk_keys(s3, bucket)) == 16, timeout=20)
+
+
+def test_cancel_copy_to_s3_mid_flight(open_cloud, s3: S3Server, bucket: str,
+                                      files: Path) -> None:
+    cloud = open_cloud(bandwidth=2 * MiB)
+    add_s3_region(cloud, s3, "s3a", bucket)
+    src = make_dense(files / "big.raw", 6 * MiB)
+    image = cloud.import_image(src, region="bj", name="big")
+    job = image.replicate("s3a")
+    dest = job.tasks["s3a"].dest_image_id
+    wait_until(lambda: len(chunk_keys(s3, bucket)) >= 4)
+    cloud.cancel_copy(dest)
+    assert job.refresh().tasks["s3a"].state == "Cancelled"
+    with pytest.raises(ir.NotFoundError):
+        cloud.image(dest)
+    # the partial chunks are swept from the bucket
+    wait_until(lambda: chunk_keys(s3, bucket) == set(), timeout=20)
+    assert not any("manifests/" in k for k in s3.keys(bucket))
+    job2 = image.replicate("s3a")
+    job2.wait(timeout=60)
+    assert job2.copies["s3a"].export(files / "out.raw").read_bytes() == src.read_bytes()
+
+
+CHILD_REPLICATE = textwrap.dedent("""
+    import sys, time, json
+    import imagerelay as ir
+    home, image_id, bandwidth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cloud = ir.open(home, limits=ir.Limits(chunk_size=65536, bandwidth=bandwidth))
+    job = cloud.replicate(image_id, ["s3a"])
+    print("RESULT", json.dumps({"job": job.id, "dest": job.tasks["s3a"].dest_image_id}),
+          flush=True)
+    time.sleep(600)
+""")
+
+
+def test_kill_then_resume_into_s3(home: Path, s3: S3Server, bucket: str, files: Path) -> None:
+    src = make_dense(files / "big.raw", 6 * MiB)
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        add_s3_region(cloud, s3, "s3a", bucket)  # credentials kept in the catalog's settings
+        image = cloud.import_image(src, region="bj", name="big")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(2 * MiB)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        started = read_result(child)
+        wait_until(lambda: len(chunk_keys(s3, bucket)) >= 8, timeout=30)
+        assert child.poll() is None
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    child.stderr.close()
+    present = len(chunk_keys(s3, bucket))
+    assert 0 < present < 96
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        job = cloud.job(started["job"])
+        job.wait(timeout=60)
+        assert job.state == "Completed"
+        task = job.tasks["s3a"]
+        assert task.attempts == 2
+        assert task.bytes_transferred == (96 - present) * CHUNK
+        copy = cloud.image(started["dest"])
+        assert copy.status == "Available"
+        assert copy.export(files / "resumed.out").read_bytes() == src.read_bytes()
+
+
+# -- a flaky network ----------------------------------------------------------------------
+def test_faults_slow_a_copy_down_but_never_corrupt_it(cloud: ir.Cloud, s3: S3Server,
+                                                      bucket: str, proxy: FaultProxy,
+                                                      files: Path) -> None:
+    b2 = bucket + "-b"
+    s3.create_bucket(b2)
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint, extra="&low_speed_time=1")
+    add_s3_region(cloud, s3, "s3b", b2, endpoint=proxy.endpoint, extra="&low_speed_time=1")
+    proxy.stall_seconds = 2.5
+    proxy.faults = {"drop": 0.08, "slowdown": 0.08, "truncate": 0.08, "stall": 0.02}
+    src = make_sparse(files / "img.raw", 3 * MiB)
+    image = cloud.import_image(src, region="bj", name="img")
+    job = image.replicate("s3a")
+    job.wait(timeout=120)
+    assert job.state == "Completed", job.to_dict()
+    job2 = job.copies["s3a"].replicate("s3b")  # S3 -> S3 through the faults both ways
+    job2.wait(timeout=120)
+    assert job2.state == "Completed", job2.to_dict()
+    job3 = job2.copies["s3b"].replicate("gz")
+    job3.wait(timeout=120)
+    assert job3.state == "Completed", job3.to_dict()
+    assert all(proxy.counts.get(f, 0) > 0 for f in ("drop", "slowdown", "truncate")), proxy.counts
+    proxy.faults = {}
+    for copy in (job.copies["s3a"], job2.copies["s3b"], job3.copies["gz"]):
+        assert copy.export(files / f"{copy.id}.out").read_bytes() == src.read_bytes()
+
+
+def test_faults_that_never_stop_fail_the_copy(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                              proxy: FaultProxy, files: Path) -> None:
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint)
+    image = cloud.import_image(make_dense(files / "a.raw", 8 * CHUNK), region="bj", name="a")
+    proxy.faults = {"slowdown": 0.5, "drop": 0.5}
+    job = image.replicate("s3a")
+    job.wait(timeout=120, raise_on_error=False)
+    task = job.tasks["s3a"]
+    assert task.state == "Failed"
+    assert task.error_code in ("Transfer.Failed", "Region.StoreUnavailable"), task.to_dict()
+    assert "SlowDown" in task.error or "Empty reply" in task.error, task.error
+    assert s3.secret_access_key not in task.error
+    assert not [i for i in cloud.images(region="s3a") if i.status == "Available"]
+    proxy.faults = {}
+
+
+# -- imports from URLs --------------------------------------------------------------------
+def test_import_from_s3_url(cloud: ir.Cloud, s3: S3Server, bucket: str, files: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_sparse(files / "disk.raw", 2 * MiB + 777)
+    s3.client().upload_file(str(src), bucket, "images/disk.raw")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_access_key)
+    url = f"s3://{bucket}/images/disk.raw?endpoint={s3.endpoint}&region=us-east-1"
+    image = cloud.import_image(url, region="bj", name="from-s3")
+    assert image.status == "Available"
+    assert image.export(files / "out.raw").read_bytes() == src.read_bytes()
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.import_image(url.replace("disk.raw", "nope.raw"), region="bj", name="x")
+    assert excinfo.value.code == "InvalidParameter"
+    assert s3.secret_access_key not in str(excinfo.value)
+
+
+class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    data = b""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, body: bool) -> None:
+        data, rng = self.data, self.headers.get("Range")
+        if rng:
+            lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
+            part = data[lo:hi + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
+        else:
+            part = data
+            self.send_response(200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        if body:
+            self.wfile.write(part)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(True)
+
+
+def test_import_from_http_url(cloud: ir.Cloud, files: Path) -> None:
+    import http.server
+    import threading
+    src = make_dense(files / "disk.raw", 3 * CHUNK * 7 + 5)
+    handler = type("H", (_RangeHandler,), {"data": src.read_bytes()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/disk.raw"
+        image = cloud.import_image(url, region="bj", name="from-http")
+        assert image.status == "Available"
+        assert image.export(files / "out.raw").read_bytes() == src.read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
