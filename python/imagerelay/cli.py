@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", "replicate-then-share on a fresh home", "imagerelay demo")
     demo.add_argument("--keep", action="store_true", help="keep the demo home afterwards")
     demo.add_argument("--data-mib", type=int, default=256, help="data in the demo image")
+    demo.add_argument("--virtual-gib", type=int, default=3, help="virtual size of the image")
     return p
 
 
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         from .demo import run_demo
 
         return run_demo(home=Path(args.home) if args.home else None, keep=args.keep,
-                        data_mib=args.data_mib)
+                        data_mib=args.data_mib, virtual_gib=args.virtual_gib)
     needs_workers = args.command in WAITING_COMMANDS or (
         args.command == "replicate" and args.wait) or (
         args.command == "jobs" and args.action == "wait") or (

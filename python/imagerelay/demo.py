@@ -48,12 +48,13 @@ def change_one_percent(src: Path, dst: Path, virtual_bytes: int, seed: int = 11)
             f.write(rng.randbytes(MiB // 2))
 
 
-def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256) -> int:
+def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256,
+             virtual_gib: int = 3) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-demo-"))
     home = home or workdir / "home"
     progress = sys.stderr.isatty()
-    virtual = 3 * GiB
+    virtual = virtual_gib * GiB
     try:
         say(f"imagerelay demo: a fresh home in {home}")
         golden = workdir / "golden-v1.raw"
@@ -65,7 +66,8 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256) 
             t = time.monotonic()
             v1 = cloud.import_image(golden, region="bj", name="golden", os_name="ubuntu",
                                     os_version="24.04")
-            say(f"   {v1.id} Available in {time.monotonic() - t:.1f} s, digest {(v1.digest or "")[:23]}...")
+            digest = (v1.digest or "")[:23]
+            say(f"   {v1.id} Available in {time.monotonic() - t:.1f} s, digest {digest}...")
 
             say("\n2. replicate to gz and su (one job; each source chunk is read once)")
             job = v1.replicate(["gz", "su"])
@@ -97,7 +99,9 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256) 
                 .join(["   ", ""]))
 
         say("\n5. cancel a copy mid-flight (bandwidth capped so that it is in flight)")
-        with cloud_module.open(home, limits=Limits(bandwidth=64 * MiB)) as cloud:
+        # ~8 s for the whole copy, so that the cancel surely lands mid-flight
+        bandwidth = max(MiB, data_mib * MiB // 8)
+        with cloud_module.open(home, limits=Limits(bandwidth=bandwidth)) as cloud:
             cloud.add_region("hk", name="Hong Kong")
             job3 = cloud.replicate(v2.id, "hk")
             copy_id = job3.tasks["hk"].dest_image_id
