@@ -196,14 +196,6 @@ void Engine::Impl::SweepPending() {
   for (const auto& region : regions) MaybeSweep(region);
 }
 
-namespace {
-
-std::string HostName() {
-  char buf[256] = {0};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
-  return buf;
-}
-
 void RequireAccount(CatalogTx& tx, const std::string& account) {
   if (!tx.GetAccount(account)) {
     ThrowCode(codes::kNoSuchAccount,
@@ -211,7 +203,6 @@ void RequireAccount(CatalogTx& tx, const std::string& account) {
   }
 }
 
-// The image if `account` may see it; NoSuchImage otherwise (its existence is not revealed).
 Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& image_id) {
   ThrowIfAny(CheckImageIdFormat(image_id));
   auto image = tx.GetImage(image_id);
@@ -225,6 +216,14 @@ Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& 
                                        "account " + account + "; list images to see yours");
   }
   return *image;
+}
+
+namespace {
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
 }
 
 ImageView ViewOf(CatalogTx& tx, const Image& image, const std::string& account) {

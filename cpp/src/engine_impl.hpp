@@ -87,6 +87,10 @@ struct Engine::Impl {
 Event MakeEvent(std::string type, const std::string& account, const Image* image,
                 const std::string& job_id = "", std::string detail_json = "{}");
 std::string ImageRecordJson(const Image& image);
+// NoSuchAccount unless the acting account exists.
+void RequireAccount(CatalogTx& tx, const std::string& account);
+// The image if `account` may see it; NoSuchImage otherwise (its existence is not revealed).
+Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& image_id);
 // Is `region` being written to right now (an import, or a copy holding a lease)?
 bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now);
 

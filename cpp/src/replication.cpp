@@ -127,25 +127,13 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
   };
   auto evaluate = [&](CatalogTx& tx) {
     auto* impl = impl_.get();
-    if (!tx.GetAccount(account)) {
-      ThrowCode(codes::kNoSuchAccount, "account " + Quote(account) + " does not exist");
-    }
-    ThrowIfAny(CheckImageIdFormat(image_id));
-    auto image = tx.GetImage(image_id);
-    bool shared = false;
-    if (image && image->owner != account) {
-      auto shares = tx.ListShares(image_id);
-      shared = std::ranges::find(shares, account) != shares.end();
-    }
-    if (!image || !CanSee(*image, account, shared)) {
-      ThrowCode(codes::kNoSuchImage, "image " + image_id + " does not exist or is not visible " +
-                                         "to account " + account);
-    }
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
     ReplicateFacts facts;
     for (const auto& region : tx.ListRegions()) facts.known_regions.insert(region.id);
-    ThrowIfAny(CheckReplicate(*image, account, to, name ? &*name : nullptr, facts,
+    ThrowIfAny(CheckReplicate(image, account, to, name ? &*name : nullptr, facts,
                               impl->options.limits));
-    return *image;
+    return image;
   };
 
   std::optional<Job> existing;
@@ -220,32 +208,20 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
 void Engine::CancelCopy(const std::string& account, const std::string& dest_image_id) {
   std::string region;
   impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
-    if (!tx.GetAccount(account)) {
-      ThrowCode(codes::kNoSuchAccount, "account " + Quote(account) + " does not exist");
-    }
-    ThrowIfAny(CheckImageIdFormat(dest_image_id));
-    auto image = tx.GetImage(dest_image_id);
-    if (!image || image->status == ImageStatus::kDeleted ||
-        (image->owner != account && image->type == ImageType::kCustom)) {
-      bool shared = false;
-      if (image && image->status != ImageStatus::kDeleted) {
-        auto shares = tx.ListShares(dest_image_id);
-        shared = std::ranges::find(shares, account) != shares.end();
-      }
-      if (!shared) {
-        ThrowCode(codes::kNoSuchImage, "image " + dest_image_id + " does not exist or is not " +
-                                           "visible to account " + account);
-      }
-      ThrowCode(codes::kAccessDenied, "image " + dest_image_id + " belongs to another account");
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, dest_image_id);
+    if (image.type == ImageType::kCustom && image.owner != account) {
+      ThrowCode(codes::kAccessDenied, "image " + dest_image_id + " belongs to another account; " +
+                                          "only its owner may cancel the copy");
     }
     auto task = tx.GetTaskByDestImage(dest_image_id);
-    if (!task || !InFlight(task->state) || image->status != ImageStatus::kReplicating) {
+    if (!task || !InFlight(task->state) || image.status != ImageStatus::kReplicating) {
       ThrowCode(codes::kImageStatusForbidden,
-                "image " + dest_image_id + " is " + std::string(ToString(image->status)) +
+                "image " + dest_image_id + " is " + std::string(ToString(image.status)) +
                     " and no copy to it is in flight; only a copy in flight can be cancelled");
     }
     if (!tx.TransitionTask(task->dest_image_id, task->state, TaskEvent::kCancel) ||
-        !tx.TransitionImage(image->id, ImageStatus::kReplicating, ImageEvent::kCopyCancelled)) {
+        !tx.TransitionImage(image.id, ImageStatus::kReplicating, ImageEvent::kCopyCancelled)) {
       ThrowCode(codes::kImageStatusForbidden,
                 "the copy to " + dest_image_id + " changed while it was being cancelled");
     }
@@ -255,7 +231,7 @@ void Engine::CancelCopy(const std::string& account, const std::string& dest_imag
     tx.SetSweepNeeded(task->region, true);
     auto job = tx.GetJob(task->job_id);
     events.Append(tx, TaskEventOf("task.cancelled", *job, *task));
-    events.Append(tx, MakeEvent("image.deleted", account, &*image, job->id,
+    events.Append(tx, MakeEvent("image.deleted", account, &image, job->id,
                                 R"({"reason":"copy cancelled"})"));
     Settle(tx, job->id, events);
     region = task->region;
