@@ -118,6 +118,8 @@ void BindEngine(py::module_& m) {
       .def("export", &Engine::Export, py::arg("account"), py::arg("image_id"), py::arg("path"),
            Release())
       .def("verify", &Engine::Verify, py::arg("account"), py::arg("image_id"), Release())
+      .def("wait_digest", &Engine::WaitDigest, py::arg("account"), py::arg("image_id"),
+           py::arg("timeout"), Release())
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
            py::arg("to"), py::arg("name"), py::arg("client_token"), Release())
       .def("cancel_copy", &Engine::CancelCopy, py::arg("account"), py::arg("dest_image_id"),

@@ -299,7 +299,10 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
   engine->impl_->RecoverInterruptedImports();
   engine->impl_->SweepPending();
-  if (options.start_workers) engine->impl_->StartWorkers();
+  if (options.start_workers) {
+    engine->impl_->StartWorkers();
+    engine->impl_->ScheduleDigests();  // digests a stopped process left to compute
+  }
   return engine;
 }
 
@@ -312,6 +315,7 @@ void Engine::Close() {
     // Copies stop where they are; their leases lapse and the next Open resumes them.
     for (auto& [id, token] : impl_->running) token->Cancel();
   }
+  impl_->digest_cancel.Cancel();
   impl_->wake_workers.notify_all();
   std::vector<std::thread> threads;
   {
@@ -734,24 +738,14 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
     ThrowCode(codes::kIntegrityError, "the manifest of image " + image.id + " is missing from " +
                                           "region " + image.region);
   }
-  Sha256 whole;
-  std::vector<std::byte> buffer;
-  for (size_t i = 0; i < manifest->chunks.size(); ++i) {
-    const auto& hash = manifest->chunks[i];
-    if (hash.empty()) {
-      whole.UpdateZeros(manifest->ChunkLength(i));
-      continue;
-    }
-    store->GetChunk(hash, buffer);
-    if (buffer.size() != manifest->ChunkLength(i) ||
-        Sha256Hex(buffer.data(), buffer.size()) != hash) {
-      ThrowCode(codes::kIntegrityError, "chunk " + hash + " of image " + image.id +
-                                            " in region " + image.region + " is corrupt");
-    }
-    whole.Update(buffer.data(), buffer.size());
+  CancelToken never;
+  std::string digest = HashStoredImage(*store, *manifest,
+                                       "image " + image.id + " in region " + image.region, never);
+  if (image.digest.empty()) {
+    impl_->RecordDigest(image.id, digest);  // it was still being computed: now it is known
+    return digest;
   }
-  std::string digest = "sha256:" + whole.FinishHex();
-  if (digest != manifest->digest || digest != image.digest) {
+  if (digest != image.digest || (!manifest->digest.empty() && digest != manifest->digest)) {
     ThrowCode(codes::kIntegrityError, "image " + image.id + " hashes to " + digest +
                                           " but its digest is " + image.digest);
   }

@@ -76,6 +76,19 @@ struct Engine::Impl {
   void RunImport(const std::string& image_id, const std::string& source_path);
   void RecoverInterruptedImports();
 
+  // Digests computed after the image became Available (digester.cpp).
+  std::mutex digest_mutex;
+  bool digester_running = false;  // under digest_mutex
+  bool digest_rescan = false;     // under digest_mutex: look again before stopping
+  CancelToken digest_cancel;      // fired by Close()
+  // image id -> (code, message) of a digest this process failed to compute.
+  std::map<std::string, std::pair<std::string, std::string>> digest_failures;
+  // Starts the digester unless it runs; it handles every Available image without a digest.
+  void ScheduleDigests();
+  void DigestLoop();
+  // Sets the digest of an image that had none (and of its Available copies without one).
+  void RecordDigest(const std::string& image_id, const std::string& digest);
+
   // Copies (replication.cpp).
   void StartWorkers();
   void WorkerLoop();

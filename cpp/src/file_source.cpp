@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <limits>
 
@@ -36,6 +37,26 @@ class FileSource : public ByteSource {
     if (!(offset >= hole_begin_ && offset < data_end_)) Lookup(offset);
     if (!seek_works_) return false;
     return offset + len <= data_begin_;
+  }
+
+  // Walks the extents once; a file system without SEEK_DATA answers "all data".
+  std::optional<uint64_t> DataBytes() override {
+    uint64_t data = 0;
+    off_t pos = 0;
+    while (static_cast<uint64_t>(pos) < size_) {
+      off_t begin = ::lseek(fd_.get(), pos, SEEK_DATA);
+      if (begin < 0) {
+        if (errno == ENXIO) break;  // holes up to the end
+        return size_;
+      }
+      off_t end = ::lseek(fd_.get(), begin, SEEK_HOLE);
+      if (end < 0) return size_;
+      end = std::min<off_t>(end, static_cast<off_t>(size_));
+      if (end <= begin) return size_;  // no progress: do not trust the answers
+      data += static_cast<uint64_t>(end - begin);
+      pos = end;
+    }
+    return data;
   }
 
   void ReadAt(uint64_t offset, std::byte* out, size_t len) override {

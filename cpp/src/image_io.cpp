@@ -165,7 +165,8 @@ class Importer {
         chunk_size_(options.chunk_size),
         hashers_(std::clamp(options.threads, 1, kMaxThreads)),
         workers_(std::max(hashers_, kMinWorkers)),  // capped by the buffer count below
-        hash_permits_(hashers_) {
+        hash_permits_(hashers_),
+        with_digest_(!DeferDigest(source, options)) {
     if (chunk_size_ == 0) {
       throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
     }
@@ -190,12 +191,12 @@ class Importer {
   Manifest Run() {
     if (!manifest_.chunks.empty()) {
       for (int i = 0; i < workers_; ++i) crew_.Start([this] { WorkerLoop(); });
-      crew_.Start([this] { DigestLoop(); });
+      if (with_digest_) crew_.Start([this] { DigestLoop(); });
       ReadLoop();
       WaitForCrew();
     }
     crew_.Finish();
-    manifest_.digest = "sha256:" + image_hash_.FinishHex();
+    if (with_digest_) manifest_.digest = "sha256:" + image_hash_.FinishHex();
     progress_.bytes_done = progress_.bytes_total;
     throttle_.Report(progress_);
     return std::move(manifest_);
@@ -233,6 +234,14 @@ class Importer {
     }
   }
 
+  static bool DeferDigest(ByteSource& source, const ImportOptions& options) {
+    if (options.defer_digest_hole_bytes == 0) return false;
+    auto data = source.DataBytes();
+    if (!data) return false;
+    const uint64_t holes = source.size() - std::min(*data, source.size());
+    return holes > *data && holes >= options.defer_digest_hole_bytes;
+  }
+
   // Returns a free buffer, or -1 when the crew stopped.
   int AcquireSlot() {
     if (!WaitUntil([&] { return !free_slots_.empty(); })) return -1;
@@ -249,6 +258,12 @@ class Importer {
       const uint64_t offset = manifest_.ChunkOffset(i);
       const size_t len = static_cast<size_t>(manifest_.ChunkLength(i));
       if (source_.IsHole(offset, len)) {
+        if (!with_digest_) {
+          std::lock_guard lock(crew_.mu);
+          progress_.bytes_done += len;
+          ++progress_.chunks_skipped;
+          continue;
+        }
         // Holes need no buffer, but hashing their zeros takes time: keep the reader close.
         if (!WaitUntil([&] { return digest_queue_.size() < kMaxDigestLag; })) break;
         {
@@ -263,12 +278,12 @@ class Importer {
       source_.ReadAt(offset, buffers_[slot].get(), len);
       {
         std::lock_guard lock(crew_.mu);
-        refs_[slot] = 2;
+        refs_[slot] = with_digest_ ? 2 : 1;
         work_queue_.push_back({i, slot, len});
-        digest_queue_.push_back({i, slot, len});
+        if (with_digest_) digest_queue_.push_back({i, slot, len});
       }
       crew_.work_cv.notify_one();
-      crew_.digest_cv.notify_one();
+      if (with_digest_) crew_.digest_cv.notify_one();
     }
     {
       std::lock_guard lock(crew_.mu);
@@ -360,6 +375,7 @@ class Importer {
   const int hashers_;
   int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;
+  const bool with_digest_;  // false: the digest is left for HashStoredImage
   Manifest manifest_;
 
   // Guarded by crew_.mu.
@@ -414,6 +430,84 @@ Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& op
   Manifest manifest = importer.Run();
   store.Flush();  // every chunk it names is durable and visible when the import returns
   return manifest;
+}
+
+std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
+                            const CancelToken& cancel) {
+  ValidateManifest(manifest);
+  // Readers fetch and check chunks ahead, into a window of kHashWindow buffers; the calling
+  // thread feeds them, in order, to the whole-image hash (zeros for all-zero chunks).
+  constexpr size_t kHashWindow = 8;
+  struct Slot {
+    std::vector<std::byte> bytes;
+    bool ready = false;
+  };
+  std::vector<Slot> window(kHashWindow);
+  std::vector<size_t> todo;  // indexes of stored chunks, in order
+  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
+    if (!manifest.chunks[i].empty()) todo.push_back(i);
+  }
+  Sha256 whole;
+  size_t next_fetch = 0;  // under crew.mu: position in todo of the next chunk to fetch
+  size_t next_hash = 0;   // under crew.mu: position in todo of the next chunk to hash
+  Crew crew;
+  auto reader = [&] {
+    std::vector<std::byte> buffer;
+    for (;;) {
+      size_t k;
+      {
+        std::unique_lock lock(crew.mu);
+        crew.work_cv.wait(lock, [&] {
+          return crew.stop || next_fetch == todo.size() || next_fetch < next_hash + kHashWindow;
+        });
+        if (crew.stop || next_fetch == todo.size()) return;
+        k = next_fetch++;
+      }
+      const size_t i = todo[k];
+      const std::string& hash = manifest.chunks[i];
+      store.GetChunk(hash, buffer);
+      if (buffer.size() != manifest.ChunkLength(i) ||
+          Sha256Hex(buffer.data(), buffer.size()) != hash) {
+        throw IntegrityError(codes::kIntegrityError,
+                             "chunk " + hash + " of " + what + " in store " + store.uri() +
+                                 " is corrupt: its content does not match its name");
+      }
+      std::lock_guard lock(crew.mu);
+      Slot& slot = window[k % kHashWindow];
+      slot.bytes.swap(buffer);
+      slot.ready = true;
+      crew.caller_cv.notify_one();
+    }
+  };
+  const int threads = static_cast<int>(std::min<size_t>(kExportThreads, todo.size()));
+  for (int t = 0; t < threads; ++t) crew.Start(reader);
+  size_t k = 0;  // position in todo of the next stored chunk in image order
+  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
+    if (cancel.cancelled()) throw Cancelled{};  // ~Crew stops and joins the readers
+    if (manifest.chunks[i].empty()) {
+      whole.UpdateZeros(manifest.ChunkLength(i));
+      continue;
+    }
+    Slot* slot = &window[k % kHashWindow];
+    {
+      std::unique_lock lock(crew.mu);
+      while (!crew.caller_cv.wait_for(lock, kProgressInterval,
+                                      [&] { return crew.stop || slot->ready; })) {
+        if (cancel.cancelled()) throw Cancelled{};
+      }
+      if (!slot->ready) break;  // a reader failed: Finish() rethrows its error
+    }
+    whole.Update(slot->bytes.data(), slot->bytes.size());
+    {
+      std::lock_guard lock(crew.mu);
+      slot->ready = false;
+      next_hash = ++k;
+    }
+    crew.work_cv.notify_all();
+  }
+  crew.Finish();
+  if (k != todo.size()) throw TransferError(codes::kTransferFailed, "reading " + what + " stopped early");
+  return "sha256:" + whole.FinishHex();
 }
 
 void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,

@@ -43,6 +43,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     io.chunk_size = options.limits.chunk_size;
     io.buffer_memory = options.limits.buffer_memory;
     io.threads = 8;  // writers mostly wait on flushes: more of them share each flush
+    io.defer_digest_hole_bytes = options.defer_digest_hole_bytes;
     auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress&) {
       auto now = std::chrono::steady_clock::now();
       if (now - last_renew < std::chrono::milliseconds(options.lease_ms / 3)) return;
@@ -65,6 +66,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
       events.Append(tx, MakeEvent("image.available", image.owner, &image, "",
                                   "{\"size\":" + std::to_string(image.size) + "}"));
     });
+    if (image.digest.empty()) ScheduleDigests();
   } catch (const Error& e) {
     image.error = e.message();
     Write([&](CatalogTx& tx, PendingEvents& events) {

@@ -45,7 +45,11 @@ std::string Manifest::ToJson() const {
   j["version"] = kVersion;
   j["size"] = size;
   j["chunk_size"] = chunk_size;
-  j["digest"] = digest;
+  if (digest.empty()) {
+    j["digest"] = nullptr;  // still being computed (see the engine's digester)
+  } else {
+    j["digest"] = digest;
+  }
   auto& list = j["chunks"] = nlohmann::ordered_json::array();
   for (const auto& c : chunks) {
     if (c.empty()) {
@@ -73,10 +77,12 @@ Manifest Manifest::FromJson(const std::string& text) {
   if (m.chunk_size == 0) Invalid("\"chunk_size\" must be greater than 0");
 
   auto digest = j.find("digest");
-  if (digest == j.end() || !digest->is_string()) Invalid("\"digest\" must be a string");
-  m.digest = digest->get<std::string>();
-  if (!m.digest.starts_with(kDigestPrefix) ||
-      !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size()))) {
+  if (digest == j.end() || !(digest->is_string() || digest->is_null())) {
+    Invalid("\"digest\" must be a string, or null while it is being computed");
+  }
+  if (digest->is_string()) m.digest = digest->get<std::string>();
+  if (digest->is_string() && (!m.digest.starts_with(kDigestPrefix) ||
+      !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size())))) {
     Invalid("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
   }
 

@@ -323,6 +323,10 @@ bool Engine::WaitIdle(std::optional<double> timeout_s) {
     impl_->catalog->Read([&](CatalogTx& tx) {
       idle = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}).empty();
     });
+    if (idle) {
+      std::lock_guard lock(impl_->digest_mutex);
+      idle = !impl_->digester_running;
+    }
     if (idle) return true;
     if (timeout_s && Clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -445,6 +449,7 @@ bool Engine::Impl::RunOneClaim() {
   // Settles one destination: commit (manifest, then catalog) or give its region back.
   // Runs as soon as the transfer is done with it, while the other destinations go on.
   std::vector<bool> finished(claim.tasks.size(), false);
+  std::vector<std::string> copy_digest(claim.tasks.size());
   auto finish = [&](size_t i, TransferOutcome outcome) {
     if (finished[i]) return;
     finished[i] = true;
@@ -459,9 +464,18 @@ bool Engine::Impl::RunOneClaim() {
     if (outcome.kind == TransferOutcome::Kind::kCompleted) {
       try {
         Image copy;
-        catalog->Read([&](CatalogTx& tx) { copy = *tx.GetImage(task.dest_image_id); });
+        std::string source_digest;
+        catalog->Read([&](CatalogTx& tx) {
+          copy = *tx.GetImage(task.dest_image_id);
+          if (auto source = tx.GetImage(claim.source.id)) source_digest = source->digest;
+        });
         copy.status = ImageStatus::kAvailable;
-        dest_stores[i]->PutManifest(task.dest_image_id, *manifest);
+        // The source's digest may have been computed since the job started (digester.cpp).
+        if (copy.digest.empty()) copy.digest = source_digest;
+        Manifest committed = *manifest;
+        if (committed.digest.empty()) committed.digest = copy.digest;
+        copy_digest[i] = copy.digest;
+        dest_stores[i]->PutManifest(task.dest_image_id, committed);
         dest_stores[i]->PutImageRecord(task.dest_image_id, ImageRecordJson(copy));
         committed_manifest = true;
       } catch (const Error& e) {
@@ -469,6 +483,7 @@ bool Engine::Impl::RunOneClaim() {
       }
     }
     bool user_cancelled = false;
+    bool digest_missing = false;
     Write([&](CatalogTx& tx, PendingEvents& events) {
       auto current = tx.GetTaskByDestImage(task.dest_image_id);
       if (!current) return;
@@ -483,6 +498,11 @@ bool Engine::Impl::RunOneClaim() {
         task.lease_owner.clear();
         tx.UpdateTaskFields(task);
         auto copy = tx.GetImage(task.dest_image_id);
+        if (copy->digest.empty() && !copy_digest[i].empty()) {
+          copy->digest = copy_digest[i];
+          tx.UpdateImageFields(*copy);
+        }
+        digest_missing = copy->digest.empty();
         events.Append(tx, TaskEventOf("task.completed", claim.job, task));
         events.Append(tx, MakeEvent("image.available", claim.job.account, &*copy, claim.job.id));
         Settle(tx, claim.job.id, events);
@@ -529,6 +549,7 @@ bool Engine::Impl::RunOneClaim() {
       sweep = true;
     }
     if (sweep) MaybeSweep(task.region);
+    if (digest_missing) ScheduleDigests();
     // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
     std::lock_guard lock(running_mutex);
     running.erase(task.dest_image_id);

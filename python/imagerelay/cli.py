@@ -286,6 +286,10 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
                                    os_type=args.os_type, os_name=args.os_name,
                                    os_version=args.os_version, os_arch=args.os_arch,
                                    format=args.format, description=args.description)
+        if image.digest is None:  # a mostly-empty file: the digest comes after the data
+            if not out.as_json and sys.stderr.isatty():
+                print(f"{image.id} is Available; computing its digest...", file=sys.stderr)
+            image.wait_digest()
         out.emit(image, lambda: f"imported {image.id} ({image.name}) in {image.region}: "
                                 f"{_size(image.size)}, {image.digest}")
     elif cmd == "replicate":

@@ -229,6 +229,15 @@ class Cloud:
         """The acting account's jobs, newest first."""
         return JobList(Job(self, j) for j in self._engine.jobs(self.account, active))
 
+    def wait_digest(self, image_id: str, timeout: float | None = None) -> str:
+        """The image's digest, waiting while it is computed.
+
+        An image imported from a mostly-empty file (holes larger than its data and than
+        1 GiB) is Available as soon as its data is stored; its `digest` is None until the
+        background digester has hashed the whole image. Raises TimeoutError after `timeout`.
+        """
+        return str(self._engine.wait_digest(self.account, image_id, timeout))
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no task is Pending or Running; False if ``timeout`` passed first."""
         return bool(self._engine.wait_idle(timeout))

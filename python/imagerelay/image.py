@@ -68,7 +68,8 @@ class Image:
 
     @property
     def digest(self) -> str | None:
-        """sha256:<hex> of the whole image"""
+        """sha256:<hex> of the whole image; None while it is computed after the import of a
+        mostly-empty file (see wait_digest)"""
         return self._info.digest
 
     @property
@@ -144,6 +145,12 @@ class Image:
     def verify(self) -> str:
         """Checks every stored byte against the digest; returns it (IntegrityError if not)."""
         return self._cloud.verify_image(self.id)
+
+    def wait_digest(self, timeout: float | None = None) -> str:
+        """Waits for the digest (None while computed after a sparse import); returns it."""
+        digest = self._cloud.wait_digest(self.id, timeout)
+        self.refresh()
+        return digest
 
     def wait(self, timeout: float | None = None) -> Image:
         """Waits until the image is neither Creating nor Replicating."""

@@ -159,6 +159,74 @@ TEST(ImageIoTest, SparseFileRoundTripsSparse) {
   EXPECT_LE(AllocatedBytes(dir / "out.img"), 6 * kChunk);
 }
 
+TEST(ImageIoTest, MostlyEmptyFileDefersTheDigestToHashStoredImage) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const uint64_t size = 300 * kChunk + 7;
+  WriteSparseFile(dir / "in.img", size,
+                  {{0, RandomBytes(kChunk, 1)}, {200 * kChunk + 3, RandomBytes(3 * kChunk, 2)}});
+  const std::string bytes = ReadFile(dir / "in.img");
+  const std::string expected = "sha256:" + Sha256Hex(bytes.data(), bytes.size());
+  auto source = OpenFileSource(dir / "in.img");
+  ASSERT_TRUE(source->DataBytes().has_value());
+  EXPECT_LT(*source->DataBytes(), 6 * kChunk);  // file systems allocate whole blocks
+
+  ImportOptions options = SmallChunks();
+  options.defer_digest_hole_bytes = 100 * kChunk;  // the file has ~295 chunks of hole
+  CancelToken cancel;
+  IoProgress last;
+  Manifest m = ImportToStore(*source, store, options, cancel,
+                             [&](const IoProgress& p) { last = p; });
+  EXPECT_EQ(m.digest, "");  // left for later
+  EXPECT_EQ(last.bytes_done, size);
+  EXPECT_EQ(Manifest::FromJson(m.ToJson()).digest, "");  // null in the manifest file
+  EXPECT_EQ(HashStoredImage(store, m, "the test image", cancel), expected);
+  ExportFromStore(store, m, dir / "out.img", cancel, nullptr);
+  EXPECT_EQ(ReadFile(dir / "out.img"), bytes);
+
+  // Below the threshold, or with more data than holes, the digest comes with the import.
+  options.defer_digest_hole_bytes = 1000 * kChunk;
+  EXPECT_EQ(ImportToStore(*OpenFileSource(dir / "in.img"), store, options, cancel, nullptr).digest,
+            expected);
+  const std::string dense = RandomBytes(40 * kChunk, 3);
+  WriteFile(dir / "dense.img", dense);
+  options.defer_digest_hole_bytes = 1;
+  EXPECT_EQ(ImportToStore(*OpenFileSource(dir / "dense.img"), store, options, cancel, nullptr)
+                .digest,
+            "sha256:" + Sha256Hex(dense.data(), dense.size()));
+}
+
+TEST(ImageIoTest, HashStoredImageCatchesCorruptAndMissingChunks) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(30 * kChunk + 5, 4);
+  WriteFile(dir / "in.img", bytes);
+  CancelToken cancel;
+  Manifest m = ImportToStore(*OpenFileSource(dir / "in.img"), store, SmallChunks(), cancel,
+                             nullptr);
+  EXPECT_EQ(HashStoredImage(store, m, "image x", cancel), m.digest);
+
+  const std::string victim = m.chunks[17];
+  {
+    std::fstream f(store.ChunkPath(victim), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(10);
+    f.put('\x33' ^ bytes[17 * kChunk + 10]);
+  }
+  try {
+    HashStoredImage(store, m, "image x", cancel);
+    FAIL() << "no exception";
+  } catch (const IntegrityError& e) {
+    EXPECT_NE(e.message().find(victim), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find("image x"), std::string::npos) << e.message();
+  }
+  store.DeleteChunk(victim);
+  EXPECT_THROW(HashStoredImage(store, m, "image x", cancel), TransferError);
+
+  CancelToken fired;
+  fired.Cancel();
+  EXPECT_THROW(HashStoredImage(store, m, "image x", fired), Cancelled);
+}
+
 TEST(ImageIoTest, FileSourceFindsHoles) {
   ScratchDir dir;
   const uint64_t size = 64 * kChunk;

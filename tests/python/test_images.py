@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import textwrap
@@ -163,6 +164,49 @@ def test_as_account_close_keeps_the_engine(cloud: ir.Cloud, files: Path) -> None
     job = image.replicate("gz")
     job.wait(timeout=60)
     assert job.state == "Completed"
+
+
+# -- mostly-empty images: the digest follows the data ----------------------------------
+BIG_SPARSE = 5 * 2**28  # 1.25 GiB of which a few KiB are data: over the 1 GiB threshold
+BIG_CHUNK = 4 * 2**20  # the default: 64 KiB chunks would make 20480 of them
+
+
+def test_mostly_empty_image_is_available_before_its_digest(home: Path, files: Path) -> None:
+    src = make_sparse(files / "big.raw", BIG_SPARSE)
+    expected = sha256_file(src)
+    with ir.open(home, limits=ir.Limits(chunk_size=BIG_CHUNK)) as cloud:
+        image = cloud.import_image(src, region="bj", name="big")
+        assert image.status == "Available"
+        assert image.size == BIG_SPARSE
+        # usable at once: replicate it while the digester may still be hashing its holes
+        job = image.replicate("gz")
+        assert image.wait_digest(timeout=120) == expected
+        assert image.digest == expected
+        job.wait(timeout=120)
+        copy = job.copies["gz"]
+        assert copy.wait_digest(timeout=120) == expected
+        assert copy.verify() == expected
+        assert cloud.wait_idle(timeout=60)
+        events = cloud.events(image_id=image.id)
+        assert [e.detail["digest"] for e in events if e.type == "image.digest"] == [expected]
+        out = copy.export(files / "big.out")
+        assert sha256_file(out) == expected
+    for region, image_id in (("bj", image.id), ("gz", copy.id)):
+        manifest = json.loads((home / "regions" / region / "manifests" / f"{image_id}.json")
+                              .read_text())
+        assert manifest["digest"] == expected
+
+
+def test_digest_left_by_a_closed_process_is_computed_by_the_next(home: Path,
+                                                                files: Path) -> None:
+    src = make_sparse(files / "big.raw", BIG_SPARSE)
+    with ir.open(home, limits=ir.Limits(chunk_size=BIG_CHUNK)) as cloud:
+        image_id = cloud.import_image(src, region="bj", name="big").id
+    # closed at once: the digest may or may not have been computed; either way it is right
+    expected = sha256_file(src)
+    with ir.open(home, limits=ir.Limits(chunk_size=BIG_CHUNK)) as cloud:
+        assert cloud.image(image_id).wait_digest(timeout=120) == expected
+        assert cloud.verify_image(image_id) == expected
 
 
 def test_interrupted_import_is_create_failed(home: Path, files: Path) -> None:

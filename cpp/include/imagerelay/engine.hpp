@@ -24,6 +24,9 @@ struct EngineOptions {
   bool start_workers = true;  // false: never run copies here (read-only tools)
   // A worker whose lease is older than this is presumed dead and its task taken over.
   int64_t lease_ms = 10'000;
+  // An import whose file holes exceed its data and this many bytes becomes Available before
+  // its digest is known; the digester computes it next (ImportOptions). 0 = never.
+  uint64_t defer_digest_hole_bytes = 1ULL << 30;
 };
 
 // An image as one account sees it.
@@ -92,6 +95,11 @@ class Engine {
   // Re-reads every chunk of the image from its region, checks each against its name and the
   // whole against the image's digest; returns the digest, throws IntegrityError otherwise.
   std::string Verify(const std::string& account, const std::string& image_id);
+  // The image's digest, waiting while the digester computes it (images imported from
+  // mostly-empty files are Available before their digest is known). Throws Error(Timeout)
+  // when the timeout passes, the digester's error if it failed.
+  std::string WaitDigest(const std::string& account, const std::string& image_id,
+                         std::optional<double> timeout_s);
 
   // Replication (DESIGN.md §2, §5).
   Job Replicate(const std::string& account, const std::string& image_id,
@@ -108,7 +116,8 @@ class Engine {
   // Throws Error(Timeout) when the timeout passes (the copies go on).
   Job WaitJob(const std::string& account, const std::string& job_id,
               std::optional<double> timeout_s);
-  // True when no task is Pending or Running (in the whole catalog) before the timeout.
+  // True when no task is Pending or Running (in the whole catalog) and this process's
+  // digester has nothing left to compute, before the timeout.
   bool WaitIdle(std::optional<double> timeout_s);
   // Runs queued copies until none is left (imagerelay worker --until-idle); returns when idle.
   void RunUntilIdle();

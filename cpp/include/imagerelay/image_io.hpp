@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/manifest.hpp"
@@ -23,6 +25,8 @@ class ByteSource {
   // Reads exactly len bytes at offset; throws TransferError on a short read.
   virtual void ReadAt(uint64_t offset, std::byte* out, size_t len) = 0;
   virtual std::string describe() const = 0;  // for messages
+  // Bytes outside holes, if the source can tell cheaply (a sparse file can).
+  virtual std::optional<uint64_t> DataBytes() { return std::nullopt; }
 };
 
 // Opens a regular file; throws ValidationError(InvalidParameter) naming the path when it is
@@ -50,6 +54,11 @@ struct ImportOptions {
   uint64_t chunk_size = 4ULL << 20;
   int threads = 2;                         // hashing/writing workers
   uint64_t buffer_memory = 256ULL << 20;  // cap on chunk buffers in flight
+  // Hashing a hole's zeros into the whole-image digest costs as much as hashing data, so a
+  // mostly-empty image would import at the speed of its virtual size. When the source's
+  // holes exceed both its data and this many bytes, the import leaves the digest empty
+  // (computed afterwards from the stored chunks, see HashStoredImage). 0 = never defer.
+  uint64_t defer_digest_hole_bytes = 0;
 };
 
 // Cuts the source into chunks, stores those the store lacks (never all-zero ones) and
@@ -57,6 +66,12 @@ struct ImportOptions {
 // Throws Cancelled if the token fires.
 Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
                        const CancelToken& cancel, const ProgressFn& progress);
+
+// Reads every chunk of the manifest back from the store, checks each against its name and
+// returns the whole-image digest ("sha256:<hex>"). `what` names the image in errors
+// (IntegrityError for a corrupt or short chunk). Throws Cancelled if the token fires.
+std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
+                            const CancelToken& cancel);
 
 // Writes the image to `path` atomically (temporary file, fsync, rename): byte-identical,
 // with holes where chunks are zero. Every chunk is checked against its hash

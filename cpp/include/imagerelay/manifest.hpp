@@ -11,7 +11,8 @@ namespace imagerelay {
 struct Manifest {
   uint64_t size = 0;
   uint64_t chunk_size = 0;
-  std::string digest;               // "sha256:<hex>" of the whole image
+  std::string digest;               // "sha256:<hex>" of the whole image; empty (null in the
+                                    // JSON) while it is computed after the import
   std::vector<std::string> chunks;  // sha256 hex per chunk, "" = all zero
 
   // Bytes in chunk i (the last one may be short).
