@@ -125,6 +125,10 @@ def child_main(spec: dict) -> None:
             t1 = time.perf_counter()
             result.update(image_id=image.id, status=image.status, size=image.size,
                           digest=image.digest, error=image.error)
+            if image.digest is None:  # a mostly-empty file: the digester hashes it next
+                ts = time.perf_counter()
+                result["digest"] = image.wait_digest()
+                result["digest_seconds"] = time.perf_counter() - ts
         elif op == "replicate":
             job = cloud.replicate(spec["image_id"], spec["to"])
             job.wait(timeout=CHILD_TIMEOUT, raise_on_error=False)
@@ -532,7 +536,10 @@ class Bench:
             {"name": f"imagerelay import, {human_size(self.sparse_size)} sparse file",
              "results": sp, "bytes": self.half_size,
              "notes": f"image size {fmt_bytes(sp[0]['size'])}; region bj holds "
-                      f"{fmt_bytes(sp[0]['stored'])} on disk"},
+                      f"{fmt_bytes(sp[0]['stored'])} on disk; Available without its digest, "
+                      "which the background digester recorded "
+                      + ", ".join(f"{r.get('digest_seconds', 0):.2f}s" for r in sp)
+                      + " later"},
             {"name": f"imagerelay import, {human_size(self.half_size)} dense file",
              "results": dn},
             {"name": "`cp --sparse=always SPARSE DEST && sync` (reference)", "results": cp,

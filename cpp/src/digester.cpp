@@ -47,14 +47,19 @@ void Engine::Impl::DigestLoop() {
       }
     });
     if (!next || closing) {
-      std::lock_guard lock(digest_mutex);
-      if (next || !digest_rescan || closing) {
-        digester_running = false;
-        changed.notify_all();  // WaitDigest callers re-check
-        return;
+      bool stop = true;
+      {
+        std::lock_guard lock(digest_mutex);
+        if (!next && digest_rescan && !closing) {
+          digest_rescan = false;
+          stop = false;
+        } else {
+          digester_running = false;
+        }
       }
-      digest_rescan = false;
-      continue;
+      if (!stop) continue;
+      NotifyChanged();  // WaitDigest and WaitIdle callers re-check
+      return;
     }
     try {
       auto store = StoreFor(next->region);
@@ -138,6 +143,7 @@ std::string Engine::WaitDigest(const std::string& account, const std::string& im
                                            static_cast<int64_t>(timeout_s.value_or(0) * 1000));
   bool scheduled = false;
   for (;;) {
+    const uint64_t seen = impl_->Generation();
     Image image;
     impl_->catalog->Read([&](CatalogTx& tx) {
       RequireAccount(tx, account);
@@ -164,9 +170,8 @@ std::string Engine::WaitDigest(const std::string& account, const std::string& im
       ThrowCode(codes::kTimeout, "the digest of image " + image.id + " is still being "
                                  "computed after " + std::to_string(*timeout_s) + " s");
     }
-    std::unique_lock lock(impl_->changed_mutex);
     auto wake = Clock::now() + std::chrono::milliseconds(100);
-    impl_->changed.wait_until(lock, timeout_s ? std::min(wake, deadline) : wake);
+    impl_->WaitForChange(seen, timeout_s ? std::min(wake, deadline) : wake);
   }
 }
 

@@ -84,7 +84,25 @@ void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& 
     fn(tx, pending);
   });
   for (auto& e : pending.Take()) bus.Publish(std::move(e));
+  NotifyChanged();
+}
+
+void Engine::Impl::NotifyChanged() {
+  {
+    std::lock_guard lock(changed_mutex);
+    ++generation;
+  }
   changed.notify_all();
+}
+
+uint64_t Engine::Impl::Generation() {
+  std::lock_guard lock(changed_mutex);
+  return generation;
+}
+
+void Engine::Impl::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until) {
+  std::unique_lock lock(changed_mutex);
+  changed.wait_until(lock, until, [&] { return generation != seen; });
 }
 
 namespace {

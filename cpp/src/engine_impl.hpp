@@ -3,6 +3,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -57,6 +59,14 @@ struct Engine::Impl {
   // Signalled after every write by this process, so that waiters re-read at once.
   std::mutex changed_mutex;
   std::condition_variable changed;
+  uint64_t generation = 0;  // under changed_mutex: bumped by every NotifyChanged
+  // Wakes every WaitForChange at once.
+  void NotifyChanged();
+  // The generation to pass to WaitForChange, taken before reading what is waited for.
+  uint64_t Generation();
+  // Returns after a change since `seen` or at `until`, whichever is first: no wake-up is
+  // lost between reading the catalog and waiting.
+  void WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until);
 
   // Runs fn in a write transaction and publishes the events it appended after commit.
   void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);

@@ -155,6 +155,9 @@ void LocalStore::Check() {
   chunk_dirs_known_ = false;
   EnsureChunkDirs();
 
+}
+
+void LocalStore::RemoveLeftovers() {
   RemoveStaleTemps(root_);
   RemoveStaleTemps(manifests_dir_);
   RemoveStaleTemps(images_dir_);

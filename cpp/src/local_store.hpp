@@ -38,6 +38,7 @@ class LocalStore : public Store, public ChunkSizeProbe {
 
   std::string uri() const override { return uri_; }
   void Check() override;
+  void RemoveLeftovers() override;
 
   bool HasChunk(const std::string& hash) override;
   void PutChunk(const std::string& hash, std::span<const std::byte> data) override;

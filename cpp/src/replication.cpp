@@ -303,15 +303,16 @@ Job Engine::WaitJob(const std::string& account, const std::string& job_id,
   auto deadline = Clock::now() + std::chrono::milliseconds(
                                      static_cast<int64_t>(timeout_s.value_or(0) * 1000));
   while (true) {
+    const uint64_t seen = impl_->Generation();
     Job job = GetJob(account, job_id);
     if (StateOfJob(job.tasks) != JobState::kRunning) return job;
     if (timeout_s && Clock::now() >= deadline) {
       ThrowCode(codes::kTimeout, "job " + job_id + " is still running after " +
                                      std::to_string(*timeout_s) + " s; its copies go on");
     }
-    std::unique_lock lock(impl_->changed_mutex);
+    // Another process's changes are seen by polling.
     auto wake = Clock::now() + std::chrono::milliseconds(100);
-    impl_->changed.wait_until(lock, timeout_s ? std::min(wake, deadline) : wake);
+    impl_->WaitForChange(seen, timeout_s ? std::min(wake, deadline) : wake);
   }
 }
 

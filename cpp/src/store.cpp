@@ -159,6 +159,7 @@ std::unique_ptr<Store> OpenStore(const std::string& uri) {
 
 SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
   store.Flush();  // chunks still held back by a writer become visible, and so sweepable
+  store.RemoveLeftovers();
   std::unordered_set<std::string> marked(pinned.begin(), pinned.end());
   for (const std::string& id : store.ListManifests()) {
     // A damaged manifest throws here: sweeping without knowing its chunks could lose them.

@@ -257,7 +257,7 @@ TEST(LocalStoreTest, ListingsIgnoreTemporaryAndStrayFiles) {
   EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-abcd1234"});
 }
 
-TEST(LocalStoreTest, CheckRemovesOnlyStaleTemporaryFiles) {
+TEST(LocalStoreTest, SweepRemovesOnlyStaleTemporaryFiles) {
   ScratchDir dir;
   LocalStore store(dir.path());
   store.Check();
@@ -275,7 +275,10 @@ TEST(LocalStoreTest, CheckRemovesOnlyStaleTemporaryFiles) {
   two_hours_ago[1] = two_hours_ago[0];
   ASSERT_EQ(::utimes(old_tmp.c_str(), two_hours_ago), 0);
 
-  store.Check();
+  store.Check();  // cheap: it leaves the chunk directories alone
+  EXPECT_TRUE(fs::exists(old_tmp));
+  store.PutManifest("m-abcd1234", OneChunkManifest(ha, a.size()));
+  SweepStore(store);
   EXPECT_FALSE(fs::exists(old_tmp));
   EXPECT_TRUE(fs::exists(new_tmp));  // may belong to a writer in flight
   EXPECT_TRUE(store.HasChunk(ha));

@@ -23,6 +23,9 @@ class Store {
   // Creates the layout if missing and proves the store is writable; throws
   // TransferError(Region.StoreUnavailable) with the reason otherwise.
   virtual void Check() = 0;
+  // Removes what writers that died left behind (temporary files older than an hour). Best
+  // effort; may list the whole store, so it runs with sweeps, not on every Check().
+  virtual void RemoveLeftovers() {}
 
   virtual bool HasChunk(const std::string& hash) = 0;
   // One answer per hash, in order. Stores override this with a bulk check.
