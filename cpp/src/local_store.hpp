@@ -62,6 +62,10 @@ class LocalStore : public Store, public ChunkSizeProbe {
   // Where a chunk's file lives (whether or not it exists). Validates the hash.
   std::filesystem::path ChunkPath(const std::string& hash) const;
 
+ protected:
+  // Cold directory lookups wait on the disk; several in flight keep its queue busy.
+  size_t ExistenceCheckThreads() const override { return 8; }
+
  private:
   std::filesystem::path ChunkDir(const std::string& hash) const;
   void EnsureDir(const std::filesystem::path& dir, std::atomic<bool>& known);

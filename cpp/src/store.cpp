@@ -1,11 +1,14 @@
 #include "imagerelay/store.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <exception>
 #include <filesystem>
 #include <optional>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <unordered_set>
 
 #include "imagerelay/error.hpp"
@@ -115,10 +118,32 @@ std::string CheckS3Uri(const std::string& uri) {
 }  // namespace
 
 std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes) {
-  std::vector<bool> present;
-  present.reserve(hashes.size());
-  for (const auto& hash : hashes) present.push_back(HasChunk(hash));
-  return present;
+  std::vector<char> present(hashes.size(), 0);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;  // written by the first thread that sets `failed`
+  auto work = [&] {
+    while (!failed) {
+      const size_t i = next.fetch_add(1);
+      if (i >= hashes.size()) return;
+      try {
+        present[i] = HasChunk(hashes[i]) ? 1 : 0;
+      } catch (...) {
+        if (!failed.exchange(true)) error = std::current_exception();
+        return;
+      }
+    }
+  };
+  // A thread per kPerThread lookups at least, so that a short list costs no thread at all.
+  constexpr size_t kPerThread = 32;
+  const size_t threads =
+      std::clamp<size_t>(hashes.size() / kPerThread, 1, std::max<size_t>(1, ExistenceCheckThreads()));
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+  return {present.begin(), present.end()};
 }
 
 std::string CheckStoreUri(const std::string& uri) {

@@ -284,6 +284,24 @@ TEST(LocalStoreTest, SweepRemovesOnlyStaleTemporaryFiles) {
   EXPECT_TRUE(store.HasChunk(ha));
 }
 
+TEST(LocalStoreTest, HasChunksAnswersInOrderAcrossThreads) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  std::vector<std::string> hashes;
+  std::vector<bool> expected;
+  for (uint32_t i = 0; i < 300; ++i) {  // enough for several lookup threads
+    auto bytes = RandomBytes(64, 1000 + i);
+    hashes.push_back(HashOf(bytes));
+    expected.push_back(i % 3 == 0);
+    if (i % 3 == 0) store.PutChunk(hashes.back(), bytes);
+  }
+  store.Flush();
+  EXPECT_EQ(store.HasChunks(hashes), expected);
+  EXPECT_EQ(store.HasChunks({}), std::vector<bool>{});
+  hashes[250] = "not-a-hash";  // a lookup that throws reaches the caller
+  EXPECT_THROW(store.HasChunks(hashes), ValidationError);
+}
+
 TEST(LocalStoreTest, ConcurrentPutsOfTheSameChunk) {
   ScratchDir dir;
   LocalStore store(dir.path());

@@ -28,7 +28,8 @@ class Store {
   virtual void RemoveLeftovers() {}
 
   virtual bool HasChunk(const std::string& hash) = 0;
-  // One answer per hash, in order. Stores override this with a bulk check.
+  // One answer per hash, in order: HasChunk over ExistenceCheckThreads() threads, or a bulk
+  // check where a store overrides this.
   virtual std::vector<bool> HasChunks(const std::vector<std::string>& hashes);
   // Stores the bytes under `hash` atomically: a reader sees all of them or no chunk.
   // The caller has verified that the bytes hash to `hash`. A store may group writes: the
@@ -50,6 +51,11 @@ class Store {
   virtual void PutImageRecord(const std::string& image_id, const std::string& json) = 0;
   virtual std::optional<std::string> GetImageRecord(const std::string& image_id) = 0;
   virtual void DeleteImageRecord(const std::string& image_id) = 0;
+
+ protected:
+  // Lookups HasChunks runs at once: each waits on a disk or a server far more than it
+  // computes, and a plan looks up every chunk of the image.
+  virtual size_t ExistenceCheckThreads() const { return 1; }
 };
 
 // Opens the store behind a region URI: a path or file:// URI today (s3:// later).
