@@ -206,6 +206,7 @@ namespace {
 // when the oldest has waited this long: a slow copy still checkpoints its progress often,
 // so that a crash costs little to resume.
 constexpr uint64_t kCommitBatchBytes = 64ULL << 20;
+constexpr size_t kDirectIoAlign = 4096;  // offsets, lengths and addresses for O_DIRECT
 constexpr auto kCommitBatchAge = std::chrono::milliseconds(250);
 
 }  // namespace
@@ -218,9 +219,34 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
     Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + what + ": " +
            ErrnoText(err) + "; check free space and permissions");
   };
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  // Page-aligned data goes around the page cache (O_DIRECT): no copy into the cache, no
+  // dirty pages for the batch's syncfs to write back, and a big import does not push
+  // everything else out of memory. The unaligned tail, if any, is written normally.
+  const bool direct = direct_io_.load(std::memory_order_relaxed) && data.size() >= kDirectIoAlign &&
+                      reinterpret_cast<uintptr_t>(data.data()) % kDirectIoAlign == 0;
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0),
+                     0644));
+  if (!fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
+    direct_io_.store(false, std::memory_order_relaxed);
+    ::unlink(tmp.c_str());  // open may have created it before refusing O_DIRECT
+    fd = UniqueFd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  }
   if (!fd) fail("cannot create " + tmp.string(), errno);
-  if (int err = PwriteAll(fd.get(), data.data(), data.size(), 0); err != 0) {
+  size_t written = 0;
+  if (direct && direct_io_.load(std::memory_order_relaxed)) {
+    const size_t aligned = data.size() / kDirectIoAlign * kDirectIoAlign;
+    int err = PwriteAll(fd.get(), data.data(), aligned, 0);
+    if (err == 0) {
+      written = aligned;
+    } else if (err != EINVAL) {
+      fail("cannot write " + tmp.string(), err);
+    }
+    // Back to buffered writes for the tail, or for all of it if O_DIRECT was refused.
+    ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_DIRECT);
+  }
+  if (int err = PwriteAll(fd.get(), data.data() + written, data.size() - written,
+                          static_cast<off_t>(written));
+      err != 0) {
     fail("cannot write " + tmp.string(), err);
   }
   if (int err = fd.Close(); err != 0) fail("cannot close " + tmp.string(), err);

@@ -79,6 +79,7 @@ class LocalStore : public Store, public ChunkSizeProbe {
   std::vector<std::string> ListRecords(const std::filesystem::path& dir);
   void RemoveStaleTemps(const std::filesystem::path& dir);
 
+  std::atomic<bool> direct_io_{true};  // false once the file system refused O_DIRECT
   std::filesystem::path root_;
   std::filesystem::path chunks_dir_;
   std::filesystem::path manifests_dir_;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -300,6 +301,25 @@ TEST(LocalStoreTest, HasChunksAnswersInOrderAcrossThreads) {
   EXPECT_EQ(store.HasChunks({}), std::vector<bool>{});
   hashes[250] = "not-a-hash";  // a lookup that throws reaches the caller
   EXPECT_THROW(store.HasChunks(hashes), ValidationError);
+}
+
+TEST(LocalStoreTest, PageAlignedChunksRoundTripWithTheirTail) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  // Page-aligned bytes take the O_DIRECT path; the 123-byte tail is written normally.
+  for (size_t size : {size_t{4096}, size_t{3 * 4096 + 123}, size_t{100}}) {
+    auto bytes = RandomBytes(size, static_cast<uint32_t>(size));
+    std::byte* aligned = static_cast<std::byte*>(std::aligned_alloc(4096, 4 * 4096));
+    ASSERT_NE(aligned, nullptr);
+    std::memcpy(aligned, bytes.data(), size);
+    const std::string hash = HashOf(bytes);
+    store.PutChunk(hash, std::span<const std::byte>(aligned, size));
+    std::free(aligned);
+    store.Flush();
+    std::vector<std::byte> out;
+    store.GetChunk(hash, out);
+    EXPECT_EQ(out, bytes) << size;
+  }
 }
 
 TEST(LocalStoreTest, ConcurrentPutsOfTheSameChunk) {
