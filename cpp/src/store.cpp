@@ -114,10 +114,11 @@ std::string CheckS3Uri(const std::string& uri) {
 
 }  // namespace
 
-std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes) {
+std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
+                                  const CancelToken* cancel) {
   std::vector<bool> present;
   present.reserve(hashes.size());
-  for (const auto& hash : hashes) present.push_back(HasChunk(hash));
+  for (const auto& hash : hashes) present.push_back(HasChunk(hash, cancel));
   return present;
 }
 

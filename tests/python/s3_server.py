@@ -17,7 +17,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,13 +105,17 @@ SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown<
 class FaultProxy:
     """An HTTP/1.1 proxy on 127.0.0.1 that forwards each request to the server and, with the
     configured probabilities, drops the connection, answers 503 SlowDown, truncates the
-    response body or stalls before answering. ``faults`` may be changed at any time."""
+    response body or stalls before answering. ``faults`` may be changed at any time;
+    ``fault_filter(method, path)`` limits them to the requests it accepts. The request lines
+    and headers seen are kept in ``requests`` (secrets in them are the tests' own)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults: dict[str, float] = {}
+        self.fault_filter: Callable[[str, str], bool] | None = None
         self.stall_seconds = 2.0
         self.counts: dict[str, int] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
         self.lock = threading.Lock()
         self.rng = random.Random(1234)
         proxy = self
@@ -134,8 +138,10 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _pick(self) -> str | None:
+    def _pick(self, method: str, path: str) -> str | None:
         with self.lock:
+            if self.fault_filter is not None and not self.fault_filter(method, path):
+                return None
             r = self.rng.random()
             for name, p in self.faults.items():
                 if r < p:
@@ -173,8 +179,13 @@ class FaultProxy:
                 request = self._read_request(conn, buf)
                 if request is None:
                     return
-                method = request.split(b" ", 1)[0].decode()
-                fault = self._pick()
+                head_lines = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+                method, path = head_lines[0].split(" ")[:2]
+                sent = {k.strip().lower(): v.strip() for k, _, v in
+                        (line.partition(":") for line in head_lines[1:])}
+                with self.lock:
+                    self.requests.append((method, path, sent))
+                fault = self._pick(method, path)
                 if fault == "drop":
                     return  # close without an answer
                 if fault == "slowdown":

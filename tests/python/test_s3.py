@@ -332,3 +332,80 @@ def test_import_from_http_url(cloud: ir.Cloud, files: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- cancel inside a request ----------------------------------------------------------------
+def test_cancel_aborts_a_stalled_chunk_request(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                               proxy: FaultProxy, files: Path) -> None:
+    # No low-speed timeout would end the stall: only the cancel, through curl's progress
+    # callback, can free the requests in flight.
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint, extra="&low_speed_time=3600")
+    image = cloud.import_image(make_dense(files / "a.raw", 8 * CHUNK), region="bj", name="a")
+    proxy.stall_seconds = 120
+    proxy.fault_filter = lambda method, path: method == "PUT" and "/chunks/" in path
+    proxy.faults = {"stall": 1.0}
+    job = image.replicate("s3a")
+    dest = job.tasks["s3a"].dest_image_id
+    wait_until(lambda: proxy.counts.get("stall", 0) >= 1)
+    cloud.cancel_copy(dest)  # waits (a few seconds at most) for the copy to let go
+    assert job.refresh().tasks["s3a"].state == "Cancelled"
+    # The copy let go at once, so the cancel could sweep the chunks that reached the server.
+    assert chunk_keys(s3, bucket) == set()
+    assert not any("manifests/" in k for k in s3.keys(bucket))
+    with pytest.raises(ir.NotFoundError):
+        cloud.image(dest)
+
+
+# -- server-side copy -----------------------------------------------------------------------
+def _chunk_requests(proxy: FaultProxy, method: str) -> list[tuple[str, str, dict[str, str]]]:
+    return [r for r in proxy.requests if r[0] == method and "/chunks/" in r[1]]
+
+
+def test_s3_to_s3_copies_chunks_server_side(cloud: ir.Cloud, s3: S3Server, proxy: FaultProxy,
+                                            files: Path) -> None:
+    b1, b2 = f"sa-{os.getpid()}", f"sb-{os.getpid()}"
+    s3.create_bucket(b1)
+    s3.create_bucket(b2)
+    add_s3_region(cloud, s3, "s3a", b1, endpoint=proxy.endpoint)
+    add_s3_region(cloud, s3, "s3b", b2, endpoint=proxy.endpoint)
+    src = make_sparse(files / "img.raw", 2 * MiB)
+    job = cloud.import_image(src, region="bj", name="img").replicate("s3a")
+    job.wait(timeout=60)
+    a = job.copies["s3a"]
+    proxy.requests.clear()
+    # fan-out: s3b by CopyObject, gz with the bytes read once from s3a
+    job2 = a.replicate(["s3b", "gz"])
+    job2.wait(timeout=60)
+    assert job2.state == "Completed", job2.to_dict()
+    chunks = chunk_keys(s3, b1)
+    copies = [r for r in _chunk_requests(proxy, "PUT") if "x-amz-copy-source" in r[2]]
+    assert len(copies) == len(chunks) and chunk_keys(s3, b2) == chunks
+    assert all(f"/{b2}/" in path and f"/{b1}/" in h["x-amz-copy-source"] for _, path, h in copies)
+    assert not [r for r in _chunk_requests(proxy, "PUT") if f"/{b2}/" in r[1] and r not in copies]
+    gets = _chunk_requests(proxy, "GET")
+    assert len(gets) == len(chunks)  # for gz only: each source chunk read once
+    assert job2.tasks["s3b"].bytes_transferred == job2.tasks["gz"].bytes_transferred > 0
+    for copy in job2.copies.values():
+        assert copy.export(files / f"{copy.id}.out").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["overwritten", "overwritten-with-its-checksum"])
+def test_server_side_copy_of_a_corrupt_chunk_fails_with_integrity_error(
+        cloud: ir.Cloud, s3: S3Server, files: Path, how: str) -> None:
+    b1, b2 = f"ca-{os.getpid()}-{len(how)}", f"cb-{os.getpid()}-{len(how)}"
+    s3.create_bucket(b1)
+    s3.create_bucket(b2)
+    add_s3_region(cloud, s3, "s3a", b1)
+    add_s3_region(cloud, s3, "s3b", b2)
+    job = cloud.import_image(make_dense(files / "a.raw", 6 * CHUNK), region="bj",
+                             name="a").replicate("s3a")
+    job.wait(timeout=60)
+    victim = sorted(s3.keys(b1, "relay/chunks/"))[2]
+    extra = {"ChecksumAlgorithm": "SHA256"} if how.endswith("checksum") else {}
+    s3.client().put_object(Bucket=b1, Key=victim, Body=os.urandom(CHUNK), **extra)
+    job2 = job.copies["s3a"].replicate("s3b")
+    job2.wait(timeout=60, raise_on_error=False)
+    task = job2.tasks["s3b"]
+    assert task.state == "Failed" and task.error_code == "Transfer.IntegrityError", task.to_dict()
+    assert victim.rsplit("/", 1)[1] in task.error
+    assert victim.rsplit("/", 1)[1] not in chunk_keys(s3, b2)  # never copied
