@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,15 +289,24 @@ def test_import_from_s3_url(cloud: ir.Cloud, s3: S3Server, bucket: str, files: P
 
 
 class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    """Serves ``data``; ``honours_range`` and ``says_ranges`` (Accept-Ranges) set how it
+    treats Range. Records the GETs it saw and how many were in flight at once."""
     data = b""
+    honours_range = True
+    says_ranges = True
     protocol_version = "HTTP/1.1"
+    lock = threading.Lock()
+    gets: list[str | None] = []
+    in_flight = 0
+    max_in_flight = 0
 
     def log_message(self, *args: object) -> None:
         pass
 
     def _answer(self, body: bool) -> None:
+        cls = type(self)
         data, rng = self.data, self.headers.get("Range")
-        if rng:
+        if rng and self.honours_range:
             lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
             part = data[lo:hi + 1]
             self.send_response(206)
@@ -303,11 +314,23 @@ class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
         else:
             part = data
             self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
+        if self.says_ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(part)))
         self.end_headers()
-        if body:
-            self.wfile.write(part)
+        if not body:
+            return
+        with cls.lock:
+            cls.gets.append(rng)
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            time.sleep(0.02)  # long enough for parallel readers to overlap
+            for i in range(0, len(part), 65536):
+                self.wfile.write(part[i:i + 65536])
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
 
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(False)
@@ -316,22 +339,33 @@ class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
         self._answer(True)
 
 
-def test_import_from_http_url(cloud: ir.Cloud, files: Path) -> None:
+@pytest.mark.parametrize("server", ["ranges", "no-ranges", "ignores-range"])
+def test_import_from_http_url(cloud: ir.Cloud, files: Path, server: str) -> None:
     import http.server
-    import threading
     src = make_dense(files / "disk.raw", 3 * CHUNK * 7 + 5)
-    handler = type("H", (_RangeHandler,), {"data": src.read_bytes()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    handler = type("H", (_RangeHandler,), {
+        "data": src.read_bytes(), "gets": [],
+        "honours_range": server == "ranges", "says_ranges": server != "no-ranges"})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.handle_error = lambda *args: None  # type: ignore[method-assign]  # aborted reads
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/disk.raw"
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/disk.raw"
         image = cloud.import_image(url, region="bj", name="from-http")
         assert image.status == "Available"
         assert image.export(files / "out.raw").read_bytes() == src.read_bytes()
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
+    chunks = -(-src.stat().st_size // CHUNK)
+    if server == "ranges":  # one ranged GET per chunk, several at once
+        assert len(handler.gets) == chunks and None not in handler.gets
+        assert handler.max_in_flight > 1
+    elif server == "no-ranges":  # one streamed GET of the whole file
+        assert handler.gets == [None]
+    else:  # the first ranged GETs were answered 200: the import streamed instead
+        assert handler.gets.count(None) == 1
 
 
 # -- cancel inside a request ----------------------------------------------------------------
