@@ -199,7 +199,7 @@ CHILD_REPLICATE = textwrap.dedent("""
 def test_kill_then_resume_into_s3(home: Path, s3: S3Server, bucket: str, files: Path) -> None:
     src = make_dense(files / "big.raw", 6 * MiB)
     with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
-        add_s3_region(cloud, s3, "s3a", bucket)  # credentials kept in the catalog's settings
+        add_s3_region(cloud, s3, "s3a", bucket)  # credentials kept in <home>/credentials
         image = cloud.import_image(src, region="bj", name="big")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(2 * MiB)],
@@ -443,3 +443,48 @@ def test_server_side_copy_of_a_corrupt_chunk_fails_with_integrity_error(
     assert task.state == "Failed" and task.error_code == "Transfer.IntegrityError", task.to_dict()
     assert victim.rsplit("/", 1)[1] in task.error
     assert victim.rsplit("/", 1)[1] not in chunk_keys(s3, b2)  # never copied
+
+
+# -- credentials, session tokens, addressing, TLS ------------------------------------------
+def _catalog_bytes(home: Path) -> bytes:
+    return b"".join(f.read_bytes() for f in sorted(home.glob("catalog.db*")))
+
+
+def test_credentials_stay_out_of_the_catalog(home: Path, s3: S3Server, bucket: str,
+                                             files: Path) -> None:
+    secret = s3.secret_access_key.encode()
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        add_s3_region(cloud, s3, "s3a", bucket)
+        image = cloud.import_image(make_dense(files / "a.raw", 4 * CHUNK), region="bj", name="a")
+    assert secret not in _catalog_bytes(home)
+    saved = home / "credentials" / "s3a.json"
+    assert secret in saved.read_bytes()
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert (home / "credentials").stat().st_mode & 0o777 == 0o700
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:  # reopened: still works
+        job = cloud.image(image.id).replicate("s3a")
+        job.wait(timeout=60)
+        assert job.state == "Completed"
+
+
+def test_credentials_in_an_old_catalog_move_to_their_file(home: Path, s3: S3Server,
+                                                          bucket: str) -> None:
+    import json
+    import sqlite3
+    with ir.open(home) as cloud:
+        add_s3_region(cloud, s3, "s3a", bucket)
+    saved = home / "credentials" / "s3a.json"
+    # What a home made before credentials files holds: the keys in the settings table.
+    db = sqlite3.connect(home / "catalog.db")
+    db.execute("INSERT INTO settings (key, value) VALUES (?, ?)",
+               ("region_credentials:s3a", json.dumps(json.loads(saved.read_text()))))
+    db.commit()
+    db.close()
+    saved.unlink()
+    assert s3.secret_access_key.encode() in _catalog_bytes(home)
+    with ir.open(home) as cloud:
+        assert json.loads(saved.read_text())["secret_access_key"] == s3.secret_access_key
+        assert s3.secret_access_key.encode() not in _catalog_bytes(home)
+        # the environment has no keys: the moved ones sign the requests
+        image = cloud.import_image(__file__, region="s3a", name="py")
+        assert image.status == "Available"
