@@ -488,3 +488,79 @@ def test_credentials_in_an_old_catalog_move_to_their_file(home: Path, s3: S3Serv
         # the environment has no keys: the moved ones sign the requests
         image = cloud.import_image(__file__, region="s3a", name="py")
         assert image.status == "Available"
+
+
+def test_tls_is_verified_and_a_ca_bundle_can_be_trusted(cloud: ir.Cloud, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from s3_server import self_signed_cert
+    cert, key = self_signed_cert(tmp_path)
+    with moto_server(tls=(cert, key)) as server:
+        assert server.endpoint.startswith("https://")
+        import boto3
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                     aws_access_key_id=server.access_key_id,
+                     aws_secret_access_key=server.secret_access_key,
+                     verify=str(cert)).create_bucket(Bucket="tls")
+        uri = s3_uri(server, "tls")
+        keys = {"access_key_id": server.access_key_id,
+                "secret_access_key": server.secret_access_key}
+        with pytest.raises(ir.ImageRelayError) as excinfo:  # the system CAs do not know it
+            cloud.add_region("tls1", uri, **keys)
+        assert excinfo.value.code == "Region.StoreUnavailable"
+        assert "TLS" in excinfo.value.message and "ca_bundle=" in excinfo.value.message
+        assert server.secret_access_key not in str(excinfo.value)
+        cloud.add_region("tls2", uri + f"&ca_bundle={cert}", **keys)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        cloud.add_region("tls3", uri, **keys)
+
+
+def test_session_token_is_sent_signed_and_never_shown(cloud: ir.Cloud, s3: S3Server,
+                                                      bucket: str, proxy: FaultProxy,
+                                                      files: Path) -> None:
+    import boto3
+    keys = {"endpoint_url": s3.endpoint, "region_name": "us-east-1",
+            "aws_access_key_id": s3.access_key_id, "aws_secret_access_key": s3.secret_access_key}
+    iam = boto3.client("iam", **keys)
+    trust = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+             '"Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}')
+    iam.create_role(RoleName="relay-role", AssumeRolePolicyDocument=trust)
+    iam.put_role_policy(RoleName="relay-role", PolicyName="all",
+                        PolicyDocument=__import__("s3_server").POLICY)
+    temp = boto3.client("sts", **keys).assume_role(
+        RoleArn="arn:aws:iam::123456789012:role/relay-role", RoleSessionName="relay")
+    creds = temp["Credentials"]
+    token = creds["SessionToken"]
+    uri = s3_uri(s3, bucket, endpoint=proxy.endpoint)
+    with pytest.raises(ir.ImageRelayError) as excinfo:  # moto checks the token: a wrong one fails
+        cloud.add_region("bad", uri, access_key_id=creds["AccessKeyId"],
+                         secret_access_key=creds["SecretAccessKey"], session_token=token + "x")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert token not in str(excinfo.value) and token not in repr(excinfo.value)
+    region = cloud.add_region("s3a", uri, access_key_id=creds["AccessKeyId"],
+                              secret_access_key=creds["SecretAccessKey"], session_token=token)
+    job = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="bj",
+                             name="a").replicate("s3a")
+    job.wait(timeout=60)
+    assert job.state == "Completed", job.to_dict()
+    sent = [h for _, _, h in proxy.requests if h.get("x-amz-security-token") == token]
+    assert len(sent) >= 3 + 3  # the add_region probe and this copy's chunks, at least
+    assert all("x-amz-security-token" in h["authorization"].split("SignedHeaders=")[1]
+               for h in sent)
+    shown = (repr(region) + repr(cloud.regions) + repr(job.to_dict()) +
+             repr([e.detail for e in cloud.events()]) + repr(cloud.events()))
+    assert token not in shown and creds["SecretAccessKey"] not in shown
+
+
+def test_virtual_host_addressing(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                 files: Path) -> None:
+    # bucket.localhost: curl resolves *.localhost to the loopback itself, and moto takes the
+    # bucket from the Host header for any host but a bare "localhost" or an IP address.
+    port = s3.endpoint.rsplit(":", 1)[1]
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=f"http://localhost:{port}",
+                  extra="&addressing=virtual")
+    src = make_sparse(files / "img.raw", 1 * MiB)
+    job = cloud.import_image(src, region="bj", name="img").replicate("s3a")
+    job.wait(timeout=60)
+    assert job.state == "Completed", job.to_dict()
+    assert chunk_keys(s3, bucket)  # in that bucket, at the usual keys
+    assert job.copies["s3a"].export(files / "out.raw").read_bytes() == src.read_bytes()
