@@ -97,6 +97,13 @@ std::string LegacyCredentialsKey(const std::string& region_id) {
 }  // namespace
 
 void Engine::Impl::MoveCredentialsOutOfCatalog() {
+  bool any = false;  // looked up first: opening a home should not take the write lock
+  catalog->Read([&](CatalogTx& tx) {
+    for (const Region& region : tx.ListRegions()) {
+      any = any || tx.GetSetting(LegacyCredentialsKey(region.id)).has_value();
+    }
+  });
+  if (!any) return;
   bool moved = false;
   catalog->Write([&](CatalogTx& tx) {
     for (const Region& region : tx.ListRegions()) {
