@@ -4,8 +4,19 @@
 //      &verify_tls=false&ca_bundle=/path/ca.pem&low_speed_time=<seconds>]
 // TLS is verified against the system's CAs, or ca_bundle (else AWS_CA_BUNDLE) when given.
 // Requests are signed with AWS Signature V4 (sigv4.hpp); credentials are the region's
-// settings if given, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
-// else none (anonymous). No message, log or uri() ever shows a secret.
+// (credentials_files.hpp) if given, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+// AWS_SESSION_TOKEN, else none (anonymous). No message, log or uri() ever shows a secret.
+//
+// Server-side copy (DESIGN.md §5 integrity rules kept): S3 -> S3 on one endpoint under the
+// same credentials copies a chunk with CopyObject. Why this proof: the engine never sees
+// the bytes, so it relies on SHA-256s the server computes itself. PutChunk stores the
+// chunk's SHA-256 as x-amz-checksum-sha256 (the server rejects the PUT if the bytes do not
+// match); CopyChunkFrom HEADs it back (x-amz-checksum-mode) and refuses a chunk whose
+// stored SHA-256 or size differs from its name and manifest length (IntegrityError,
+// nothing written), copies pinned to that ETag (x-amz-copy-source-if-match), and compares
+// the SHA-256 the server computed for the copy (x-amz-checksum-algorithm), deleting a
+// mismatching copy. A 200 answer with an <Error> body is an error. A source chunk without
+// a stored SHA-256 is left to the engine: GET, verify, PUT, as between endpoints.
 // All methods may be called from several threads at once.
 #pragma once
 

@@ -521,7 +521,13 @@ std::vector<TransferOutcome> Copier::Run() {
   for (size_t k = 0; k < plan_.hashes.size(); ++k) {
     if (AnyActiveNeeding(k)) jobs_.push_back(k);
   }
-  const size_t threads = static_cast<size_t>(std::max(1, options_.threads));
+  // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
+  // flight when every destination takes them (slots then stay empty: no memory used).
+  const bool all_server_side = std::all_of(dests_.begin(), dests_.end(), [](const Dest& d) {
+    return d.server_copy || !d.Active();
+  });
+  const size_t threads =
+      static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
   const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
   const size_t pool = static_cast<size_t>(
       std::max<uint64_t>(2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads)));
