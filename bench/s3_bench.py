@@ -108,7 +108,11 @@ def main() -> None:
         lines = [f"# S3 benchmark ({dt.date.today()})", "",
                  f"{args.size_mib} MiB of random data, moto {__import__('moto').__version__} on "
                  f"127.0.0.1 (signatures checked), {args.runs} run(s), best and median "
-                 "seconds and MiB/s.", "",
+                 "seconds and MiB/s. imagerelay S3 -> S3 uses server-side copy (CopyObject per "
+                 "chunk, checked against the SHA-256s the server keeps and computes), as "
+                 "rclone does.", "",
+                 f"Command: `.venv/bin/python bench/s3_bench.py --size-mib {args.size_mib} "
+                 f"--runs {args.runs}` (rclone and aws on PATH)", "",
                  "| contender | best s | median s | best MiB/s |", "|---|---|---|---|"]
         for name, times in results.items():
             best = min(times)

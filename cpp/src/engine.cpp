@@ -107,23 +107,33 @@ void Engine::Impl::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_
 
 namespace {
 
-// The settings key of a region's S3 credentials (JSON); never shown in a listing.
-std::string CredentialsKey(const std::string& region_id) {
+// Where homes made before credentials files kept a region's S3 credentials (JSON).
+std::string LegacyCredentialsKey(const std::string& region_id) {
   return "region_credentials:" + region_id;
 }
 
-std::unique_ptr<Store> OpenWithCredentials(const std::string& uri, const std::string& json) {
-  auto j = nlohmann::json::parse(json, nullptr, false);
-  sigv4::Credentials credentials;
-  if (j.is_object()) {
-    credentials.access_key_id = j.value("access_key_id", "");
-    credentials.secret_access_key = j.value("secret_access_key", "");
-    credentials.session_token = j.value("session_token", "");
-  }
-  return std::make_unique<S3Store>(uri, std::move(credentials));
-}
-
 }  // namespace
+
+void Engine::Impl::MoveCredentialsOutOfCatalog() {
+  bool any = false;  // looked up first: opening a home should not take the write lock
+  catalog->Read([&](CatalogTx& tx) {
+    for (const Region& region : tx.ListRegions()) {
+      any = any || tx.GetSetting(LegacyCredentialsKey(region.id)).has_value();
+    }
+  });
+  if (!any) return;
+  bool moved = false;
+  catalog->Write([&](CatalogTx& tx) {
+    for (const Region& region : tx.ListRegions()) {
+      std::optional<std::string> json = tx.GetSetting(LegacyCredentialsKey(region.id));
+      if (!json) continue;
+      if (!json->empty()) credentials->Put(region.id, CredentialsFiles::Parse(*json));
+      tx.DeleteSetting(LegacyCredentialsKey(region.id));
+      moved = true;
+    }
+  });
+  if (moved) catalog->Scrub();
+}
 
 std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri,
                                                  const std::string& region_id) {
@@ -131,12 +141,10 @@ std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri,
     std::lock_guard lock(stores_mutex);
     if (auto it = stores.find(uri); it != stores.end() && it->second) return it->second;
   }
-  std::optional<std::string> credentials;
-  if (!region_id.empty() && uri.starts_with("s3://")) {
-    catalog->Read([&](CatalogTx& tx) { credentials = tx.GetSetting(CredentialsKey(region_id)); });
-  }
+  std::optional<sigv4::Credentials> saved;
+  if (!region_id.empty() && uri.starts_with("s3://")) saved = credentials->Get(region_id);
   std::shared_ptr<Store> store =
-      credentials ? OpenWithCredentials(uri, *credentials) : OpenStore(uri);
+      saved ? std::make_unique<S3Store>(uri, std::move(*saved)) : OpenStore(uri);
   std::lock_guard lock(stores_mutex);
   auto& slot = stores[uri];
   if (!slot) slot = std::move(store);
@@ -300,6 +308,8 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
                                             " is not writable; give a writable directory");
   }
   impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+  impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
+  impl->MoveCredentialsOutOfCatalog();
 
   std::vector<Region> defaults;
   impl->catalog->Write([&](CatalogTx& tx) {
@@ -383,14 +393,10 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
     }
   });
   // Prove the store works before the region is listed.
-  std::string credentials_json;
+  const sigv4::Credentials credentials{access_key_id, secret_access_key, session_token};
   std::shared_ptr<Store> store;
   if (has_credentials) {
-    credentials_json = nlohmann::json{{"access_key_id", access_key_id},
-                                      {"secret_access_key", secret_access_key},
-                                      {"session_token", session_token}}
-                           .dump();
-    store = OpenWithCredentials(uri, credentials_json);
+    store = std::make_unique<S3Store>(uri, credentials);
   } else {
     store = impl_->StoreForUri(uri);
   }
@@ -399,7 +405,8 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
     if (!tx.InsertRegion(region)) {
       ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
     }
-    if (has_credentials) tx.PutSetting(CredentialsKey(id), credentials_json);
+    // In the transaction: a region is never listed without the credentials it was given.
+    if (has_credentials) impl_->credentials->Put(id, credentials);
   });
   if (has_credentials) {
     std::lock_guard lock(impl_->stores_mutex);

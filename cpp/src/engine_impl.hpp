@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "credentials_files.hpp"
 #include "event_bus.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
@@ -34,6 +35,7 @@ class PendingEvents {
 struct Engine::Impl {
   EngineOptions options;
   std::unique_ptr<Catalog> catalog;
+  std::unique_ptr<CredentialsFiles> credentials;  // S3 keys given to add_region
   EventBus bus;
   std::string worker_id;  // "<host>:<pid>:<nonce>"
   std::string host;
@@ -74,6 +76,9 @@ struct Engine::Impl {
   // The cached store of a URI; an s3:// store opened here uses the credentials saved for
   // `region_id` (if any), else the environment's.
   std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "");
+  // Homes made before credentials files kept them in the catalog's settings: moves them
+  // to their files and scrubs the catalog.
+  void MoveCredentialsOutOfCatalog();
   // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
   void CheckPolicies(const PolicyRequest& request);
   // Sweeps a region's store if it has garbage and no writer is in flight there.

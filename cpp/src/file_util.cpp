@@ -76,9 +76,9 @@ int FsyncDir(const std::filesystem::path& dir) {
 }
 
 std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
-                                std::span<const std::byte> data) {
+                                std::span<const std::byte> data, mode_t mode) {
   const std::filesystem::path tmp = dir / TempName(name);
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
   if (!fd) return "cannot create " + tmp.string() + ": " + ErrnoText(errno);
   auto fail = [&](const std::string& what, int err) {
     fd.reset();

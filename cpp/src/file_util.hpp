@@ -30,11 +30,11 @@ int PreadAll(int fd, void* out, size_t len, off_t offset);
 // fsync of a directory, so that a rename or a new entry in it survives a crash.
 int FsyncDir(const std::filesystem::path& dir);
 
-// Writes `data` to dir/name atomically: a temporary file in `dir`, fsync, rename over
-// `name`, fsync of `dir`. Returns "" on success, else what failed and why (the temporary
-// file is removed).
+// Writes `data` to dir/name atomically: a temporary file in `dir` created with `mode`,
+// fsync, rename over `name`, fsync of `dir`. Returns "" on success, else what failed and
+// why (the temporary file is removed).
 std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
-                                std::span<const std::byte> data);
+                                std::span<const std::byte> data, mode_t mode = 0644);
 
 // True if the string holds a NUL byte (never valid in a path).
 inline bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }

@@ -28,6 +28,7 @@ struct Exchange {
   const HttpRequest* request = nullptr;
   HttpResponse* response = nullptr;
   const CancelToken* cancel = nullptr;
+  CURL* curl = nullptr;
   size_t sent = 0;
   bool too_large = false;
   bool cancelled = false;
@@ -36,6 +37,15 @@ struct Exchange {
 size_t OnWrite(char* data, size_t size, size_t n, void* user) {
   auto* ex = static_cast<Exchange*>(user);
   size_t len = size * n;
+  if (ex->request->on_body) {
+    long status = 0;
+    curl_easy_getinfo(ex->curl, CURLINFO_RESPONSE_CODE, &status);
+    if (ex->request->on_body(status, std::span(reinterpret_cast<const std::byte*>(data), len))) {
+      return len;
+    }
+    ex->response->stopped = true;
+    return 0;
+  }
   size_t have = ex->request->sink ? ex->request->sink->size() : ex->response->body.size();
   if (ex->request->max_body && have + len > ex->request->max_body) {
     ex->too_large = true;
@@ -170,7 +180,7 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
   curl_easy_reset(curl);  // keeps the handle's live connections
 
   HttpResponse response;
-  Exchange ex{&request, &response, cancel};
+  Exchange ex{&request, &response, cancel, curl};
   Slist headers;
   auto add_header = [&](const std::string& line) {
     curl_slist* next = curl_slist_append(headers.get(), line.c_str());
@@ -191,6 +201,7 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
   if (options_.total_timeout_ms > 0) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, options_.total_timeout_ms);
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
+  if (!options_.ca_bundle.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, options_.ca_bundle.c_str());
   curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(curl, CURLOPT_BUFFERSIZE, 256L * 1024);
   curl_easy_setopt(curl, CURLOPT_UPLOAD_BUFFERSIZE, 2L * 1024 * 1024);
@@ -220,6 +231,7 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
 
   CURLcode rc = curl_easy_perform(curl);
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
+  if (rc == CURLE_WRITE_ERROR && response.stopped) return response;  // not pooled: cut short
   if (rc != CURLE_OK) {
     // A handle whose transfer failed may hold a broken connection: do not pool it.
     if (ex.cancelled) throw Cancelled{};
@@ -230,9 +242,11 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
     }
     what += error[0] ? error : curl_easy_strerror(rc);
     switch (rc) {
+      case CURLE_PEER_FAILED_VERIFICATION:
+      case CURLE_SSL_CACERT_BADFILE:
+        throw TlsVerificationError(what);
       case CURLE_UNSUPPORTED_PROTOCOL:
       case CURLE_URL_MALFORMAT:
-      case CURLE_PEER_FAILED_VERIFICATION:
         // Permanent: retrying cannot help. Still a TransientError type would loop; say so.
         throw std::runtime_error(what);
       default:

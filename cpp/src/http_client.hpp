@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <stdexcept>
 #include <mutex>
 #include <span>
 #include <string>
@@ -28,12 +30,17 @@ struct HttpRequest {
   std::vector<std::byte>* sink = nullptr;
   // Refuse a response body larger than this (0 = no limit): guards memory.
   size_t max_body = 0;
+  // Receives the body as it arrives, with the response's status, instead of `sink` or
+  // HttpResponse::body. Returning false stops the transfer: PerformOnce then returns the
+  // response so far with `stopped` set (a streamed import reads what it needs, no more).
+  std::function<bool(long status, std::span<const std::byte> data)> on_body;
 };
 
 struct HttpResponse {
   long status = 0;
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
   std::string body;  // when the request had no sink
+  bool stopped = false;  // on_body ended the transfer early
   // The value of a header (lowercase name) or "".
   std::string Header(const std::string& name) const;
 };
@@ -44,8 +51,15 @@ struct HttpOptions {
   long low_speed_time_s = 15;   // ...for this long: then it fails (transient)
   long total_timeout_ms = 0;    // whole request, 0 = none
   bool verify_tls = true;
+  std::string ca_bundle;        // PEM file of the CAs to trust instead of the system's
   int attempts = 3;             // tries for transient failures inside Request()
   int backoff_initial_ms = 100; // doubled per attempt, full jitter
+};
+
+// The server's TLS certificate is not trusted (or the CA bundle cannot be read): permanent.
+class TlsVerificationError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 // A failure to get any HTTP answer (timeout, reset, refused...): always transient.

@@ -340,8 +340,8 @@ class Importer {
         if (!IsAllZero(data, job.len)) hash = Sha256Hex(data, job.len);
       }
       if (!hash.empty()) {
-        if (!store_.HasChunk(hash)) {
-          store_.PutChunk(hash, std::span(data, job.len));
+        if (!store_.HasChunk(hash, &cancel_)) {
+          store_.PutChunk(hash, std::span(data, job.len), &cancel_);
           stored = true;
         }
         manifest_.chunks[job.index] = std::move(hash);  // one writer per index
@@ -586,7 +586,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         }
         const std::string& hash = manifest.chunks[i];
         const uint64_t len = manifest.ChunkLength(i);
-        store.GetChunk(hash, buffer);
+        store.GetChunk(hash, buffer, &cancel);
         if (buffer.size() != len || Sha256Hex(buffer.data(), buffer.size()) != hash) {
           throw IntegrityError(
               codes::kIntegrityError,

@@ -179,7 +179,7 @@ void LocalStore::RemoveStaleTemps(const fs::path& dir) {
   }
 }
 
-bool LocalStore::HasChunk(const std::string& hash) {
+bool LocalStore::HasChunk(const std::string& hash, const CancelToken* /*cancel*/) {
   const fs::path path = ChunkPath(hash);
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) return true;
@@ -194,7 +194,8 @@ std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
   return static_cast<uint64_t>(st.st_size);
 }
 
-void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data) {
+void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
+                          const CancelToken* /*cancel*/) {
   if (HasChunk(hash)) return;  // content-addressed: the same name holds the same bytes
   EnsureChunkDirs();
   WriteChunkFile(hash, data);
@@ -307,7 +308,8 @@ LocalStore::~LocalStore() {
   for (const auto& chunk : pending_) ::unlink(chunk.tmp.c_str());
 }
 
-void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out) {
+void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                          const CancelToken* /*cancel*/) {
   const fs::path path = ChunkPath(hash);
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) {

@@ -40,10 +40,13 @@ class LocalStore : public Store, public ChunkSizeProbe {
   void Check() override;
   void RemoveLeftovers() override;
 
-  bool HasChunk(const std::string& hash) override;
-  void PutChunk(const std::string& hash, std::span<const std::byte> data) override;
+  // Disk I/O is short: the cancel tokens are checked between chunks, not inside these.
+  bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
+  void PutChunk(const std::string& hash, std::span<const std::byte> data,
+                const CancelToken* cancel = nullptr) override;
   void Flush() override;
-  void GetChunk(const std::string& hash, std::vector<std::byte>& out) override;
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                const CancelToken* cancel = nullptr) override;
   void DeleteChunk(const std::string& hash) override;
   std::vector<std::string> ListChunks() override;
 

@@ -16,7 +16,6 @@ namespace imagerelay {
 namespace {
 
 constexpr int kChunkAttempts = 3;     // the transfer engine retries chunks again on top
-constexpr size_t kMaxParallelHeads = 16;
 
 [[noreturn]] void Invalid(const std::string& message) {
   throw ValidationError(codes::kInvalidParameter, message);
@@ -105,6 +104,55 @@ std::string Getenv(const char* name) {
 
 bool Ok(long status) { return status >= 200 && status < 300; }
 
+constexpr std::string_view kBase64 =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+// x-amz-checksum-sha256 carries the digest in base64; chunk names are hex.
+std::string HexToBase64(std::string_view hex) {
+  std::string bytes;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    bytes += static_cast<char>(HexValue(hex[i]) * 16 + HexValue(hex[i + 1]));
+  }
+  std::string out;
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 1]) << 8;
+    if (i + 2 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 2]);
+    out += kBase64[(n >> 18) & 63];
+    out += kBase64[(n >> 12) & 63];
+    out += i + 1 < bytes.size() ? kBase64[(n >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? kBase64[n & 63] : '=';
+  }
+  return out;
+}
+
+// "" for anything that is not base64.
+std::string Base64ToHex(std::string_view b64) {
+  std::string out;
+  uint32_t bits = 0;
+  int count = 0;
+  for (char c : b64) {
+    if (c == '=') break;
+    size_t v = kBase64.find(c);
+    if (v == std::string_view::npos) return "";
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      unsigned byte = (bits >> count) & 0xff;
+      out += "0123456789abcdef"[byte >> 4];
+      out += "0123456789abcdef"[byte & 15];
+    }
+  }
+  return out;
+}
+
+// Error codes S3 sends (also in the body of a 200 answer to CopyObject) worth a retry.
+bool IsTransientCode(std::string_view code) {
+  return code == "InternalError" || code == "SlowDown" || code == "ServiceUnavailable" ||
+         code == "RequestTimeout";
+}
+
 }  // namespace
 
 S3Location ParseS3Uri(const std::string& uri) {
@@ -127,6 +175,7 @@ S3Location ParseS3Uri(const std::string& uri) {
   std::string endpoint;
   std::string addressing = "path";
   if (std::string region = Getenv("AWS_REGION"); !region.empty()) loc.region = region;
+  loc.ca_bundle = Getenv("AWS_CA_BUNDLE");  // the AWS tools' variable; ca_bundle= overrides it
   while (!query.empty()) {
     size_t amp = query.find('&');
     std::string_view param = query.substr(0, amp);
@@ -143,10 +192,11 @@ S3Location ParseS3Uri(const std::string& uri) {
         Invalid("low_speed_time must be 1 to 3600 seconds in S3 store URI s3://" + loc.bucket);
       }
     } else if (key == "verify_tls") loc.verify_tls = !(value == "false" || value == "0" || value == "no");
+    else if (key == "ca_bundle") loc.ca_bundle = value;
     else {
       Invalid("unknown setting \"" + key + "\" in S3 store URI s3://" + loc.bucket +
-              "; known: endpoint, region, addressing, verify_tls, low_speed_time (credentials are given to "
-              "add_region, never in the URI)");
+              "; known: endpoint, region, addressing, verify_tls, ca_bundle, low_speed_time "
+              "(credentials are given to add_region, never in the URI)");
     }
   }
   if (addressing != "path" && addressing != "virtual") {
@@ -181,6 +231,7 @@ S3Location ParseS3Uri(const std::string& uri) {
 S3Store::S3Store(const std::string& uri, sigv4::Credentials credentials, HttpOptions http)
     : location_(ParseS3Uri(uri)), credentials_(std::move(credentials)), http_([&] {
         http.verify_tls = http.verify_tls && location_.verify_tls;
+        if (http.ca_bundle.empty()) http.ca_bundle = location_.ca_bundle;
         if (location_.low_speed_time_s > 0) http.low_speed_time_s = location_.low_speed_time_s;
         return http;
       }()) {
@@ -256,6 +307,7 @@ HttpResponse S3Store::Perform(Call call, const CancelToken* cancel) {
   request.body = call.body;
   request.sink = call.sink;
   request.max_body = call.max_body;
+  request.on_body = std::move(call.on_body);
   const bool anonymous = credentials_.empty();
   auto prepare = [&](HttpRequest& r) {
     r.headers = call.headers;
@@ -302,6 +354,11 @@ void S3Store::Check() {
   } catch (const TransientError& e) {
     throw TransferError(codes::kStoreUnavailable,
                         "S3 store " + location_.display + " is unreachable: " + e.what());
+  } catch (const TlsVerificationError& e) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location_.display + " failed TLS verification (" +
+                            e.what() + "); to trust a private CA add ca_bundle=/path/to/ca.pem "
+                            "to the store URI or set AWS_CA_BUNDLE");
   } catch (const std::runtime_error& e) {
     if (dynamic_cast<const Error*>(&e)) throw;
     throw TransferError(codes::kStoreUnavailable,
@@ -309,11 +366,11 @@ void S3Store::Check() {
   }
 }
 
-bool S3Store::HasChunk(const std::string& hash) {
+bool S3Store::HasChunk(const std::string& hash, const CancelToken* cancel) {
   Call head;
   head.method = "HEAD";
   head.key = ChunkKey(hash);
-  HttpResponse response = Perform(head);
+  HttpResponse response = Perform(head, cancel);
   if (Ok(response.status)) return true;
   if (response.status == 404) return false;
   Fail("HEAD of chunk " + hash, response);
@@ -330,55 +387,28 @@ std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
   return std::strtoull(length.c_str(), nullptr, 10);
 }
 
-std::vector<bool> S3Store::HasChunks(const std::vector<std::string>& hashes) {
-  std::vector<char> present(hashes.size(), 0);
-  std::atomic<size_t> next{0};
-  std::mutex error_mutex;
-  std::exception_ptr error;
-  auto work = [&] {
-    for (;;) {
-      size_t i = next.fetch_add(1);
-      if (i >= hashes.size()) return;
-      {
-        std::lock_guard lock(error_mutex);
-        if (error) return;
-      }
-      try {
-        present[i] = HasChunk(hashes[i]) ? 1 : 0;
-      } catch (...) {
-        std::lock_guard lock(error_mutex);
-        if (!error) error = std::current_exception();
-        return;
-      }
-    }
-  };
-  size_t threads = std::min(kMaxParallelHeads, hashes.size());
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-  if (threads > 0) work();
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
-  return {present.begin(), present.end()};
-}
-
-void S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data) {
+void S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
+                       const CancelToken* cancel) {
   Call put;
   put.method = "PUT";
   put.key = ChunkKey(hash);
   put.body = data;
   put.attempts = kChunkAttempts;
   put.payload_hash = hash;  // the chunk's own SHA-256: the server checks it on arrival
-  HttpResponse response = Perform(put);
+  put.headers = {{"x-amz-sdk-checksum-algorithm", "SHA256"},
+                 {"x-amz-checksum-sha256", HexToBase64(hash)}};
+  HttpResponse response = Perform(put, cancel);
   if (!Ok(response.status)) Fail("PUT of chunk " + hash, response);
 }
 
-void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out) {
+void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                       const CancelToken* cancel) {
   Call get;
   get.key = ChunkKey(hash);
   get.sink = &out;
   get.max_body = 5ULL << 30;
   get.attempts = kChunkAttempts;
-  HttpResponse response = Perform(get);
+  HttpResponse response = Perform(get, cancel);
   if (response.status == 404) {
     out.clear();
     throw TransferError(codes::kTransferFailed,
@@ -395,6 +425,95 @@ void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out) {
     throw TransientError("S3 GET of chunk " + hash + " in store " + location_.display +
                          " returned " + std::to_string(out.size()) + " of " + length + " bytes");
   }
+}
+
+bool S3Store::CanCopyChunksFrom(const Store& source) const {
+  const auto* from = dynamic_cast<const S3Store*>(&source);
+  return from != nullptr && from->location_.scheme == location_.scheme &&
+         from->location_.host == location_.host && from->location_.region == location_.region &&
+         from->credentials_.access_key_id == credentials_.access_key_id &&
+         from->credentials_.secret_access_key == credentials_.secret_access_key &&
+         from->credentials_.session_token == credentials_.session_token;
+}
+
+void S3Store::RejectCopy(const std::string& hash, const std::string& why) {
+  try {
+    DeleteKey(ChunkKey(hash), "a corrupt chunk copy");
+  } catch (const std::exception&) {
+    // Still unreferenced: the next sweep removes it.
+  }
+  throw IntegrityError(codes::kIntegrityError, "the server-side copy of chunk " + hash +
+                                                   " into store " + location_.display +
+                                                   " is corrupt: " + why);
+}
+
+bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t length,
+                            const CancelToken* cancel) {
+  if (!CanCopyChunksFrom(source)) return false;
+  auto& from = static_cast<S3Store&>(source);
+  // 1. The source's proof: the SHA-256 its server checked when PutChunk stored it.
+  Call head;
+  head.method = "HEAD";
+  head.key = from.ChunkKey(hash);
+  head.headers = {{"x-amz-checksum-mode", "ENABLED"}};
+  head.attempts = kChunkAttempts;
+  HttpResponse proof = from.Perform(head, cancel);
+  if (proof.status == 404) {
+    throw TransferError(codes::kTransferFailed,
+                        "chunk " + hash + " is missing in store " + from.location_.display);
+  }
+  if (!Ok(proof.status)) from.Fail("HEAD of chunk " + hash, proof);
+  const std::string stored = proof.Header("x-amz-checksum-sha256");
+  if (stored.empty()) return false;  // written without a checksum: read and verify it instead
+  const std::string stored_hex = Base64ToHex(stored);
+  const std::string size = proof.Header("content-length");
+  if (stored_hex != hash || (!size.empty() && std::strtoull(size.c_str(), nullptr, 10) != length)) {
+    throw IntegrityError(codes::kIntegrityError,
+                         "chunk " + hash + " in store " + from.location_.display +
+                             " is corrupt: the store holds " + size + " bytes with SHA-256 " +
+                             (stored_hex.empty() ? stored.substr(0, 60) : stored_hex) +
+                             ", the manifest says " + std::to_string(length) + " bytes");
+  }
+  // 2. CopyObject of exactly that version; the server hashes what it writes.
+  Call copy;
+  copy.method = "PUT";
+  copy.key = ChunkKey(hash);
+  copy.attempts = kChunkAttempts;
+  copy.headers = {{"x-amz-copy-source", sigv4::UriEncode("/" + from.location_.bucket + "/" + head.key, false)},
+                  {"x-amz-checksum-algorithm", "SHA256"}};
+  if (std::string etag = proof.Header("etag"); !etag.empty()) {
+    copy.headers.emplace_back("x-amz-copy-source-if-match", etag);
+  }
+  HttpResponse response = Perform(copy, cancel);
+  if (response.status == 412) {
+    throw TransientError("chunk " + hash + " changed in store " + from.location_.display +
+                         " while it was copied");
+  }
+  if (!Ok(response.status)) Fail("server-side copy of chunk " + hash, response);
+  // S3 may answer 200 and put the error in the body.
+  if (std::string code = XmlFirst(response.body, "Code");
+      response.body.find("<Error>") != std::string::npos || !code.empty()) {
+    std::string message = "S3 server-side copy of chunk " + hash + " into store " +
+                          location_.display + " failed: " + code.substr(0, 100) + " " +
+                          XmlFirst(response.body, "Message").substr(0, 300);
+    if (IsTransientCode(code)) throw TransientError(message);
+    throw TransferError(codes::kStoreUnavailable, message);
+  }
+  if (response.body.find("CopyObjectResult") == std::string::npos) {
+    throw TransientError("S3 server-side copy of chunk " + hash + " into store " +
+                         location_.display + " gave no CopyObjectResult");
+  }
+  const std::string copied = XmlFirst(response.body, "ChecksumSHA256");
+  if (!copied.empty()) {
+    if (Base64ToHex(copied) != hash) RejectCopy(hash, "the server hashed it to " + copied);
+    return true;
+  }
+  // A server that does not hash copies: read the copy back once and hash it here.
+  std::vector<std::byte> bytes;
+  GetChunk(hash, bytes, cancel);
+  std::string actual = Sha256Hex(bytes.data(), bytes.size());
+  if (actual != hash) RejectCopy(hash, "its bytes hash to " + actual);
+  return true;
 }
 
 void S3Store::DeleteKey(const std::string& key, const char* what) {

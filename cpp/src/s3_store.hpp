@@ -1,13 +1,26 @@
 // A region store in an S3 bucket (DESIGN.md §4 layout under the URI's prefix):
 //   <prefix>/chunks/<2hex>/<hash>, <prefix>/manifests/<id>.json, <prefix>/images/<id>.json
 // URI: s3://bucket[/prefix][?endpoint=https://host:port&region=us-east-1&addressing=path|virtual
-//      &verify_tls=false&low_speed_time=<seconds>]
+//      &verify_tls=false&ca_bundle=/path/ca.pem&low_speed_time=<seconds>]
+// TLS is verified against the system's CAs, or ca_bundle (else AWS_CA_BUNDLE) when given.
 // Requests are signed with AWS Signature V4 (sigv4.hpp); credentials are the region's
-// settings if given, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
-// else none (anonymous). No message, log or uri() ever shows a secret.
+// (credentials_files.hpp) if given, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+// AWS_SESSION_TOKEN, else none (anonymous). No message, log or uri() ever shows a secret.
+//
+// Server-side copy (DESIGN.md §5 integrity rules kept): S3 -> S3 on one endpoint under the
+// same credentials copies a chunk with CopyObject. Why this proof: the engine never sees
+// the bytes, so it relies on SHA-256s the server computes itself. PutChunk stores the
+// chunk's SHA-256 as x-amz-checksum-sha256 (the server rejects the PUT if the bytes do not
+// match); CopyChunkFrom HEADs it back (x-amz-checksum-mode) and refuses a chunk whose
+// stored SHA-256 or size differs from its name and manifest length (IntegrityError,
+// nothing written), copies pinned to that ETag (x-amz-copy-source-if-match), and compares
+// the SHA-256 the server computed for the copy (x-amz-checksum-algorithm), deleting a
+// mismatching copy. A 200 answer with an <Error> body is an error. A source chunk without
+// a stored SHA-256 is left to the engine: GET, verify, PUT, as between endpoints.
 // All methods may be called from several threads at once.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +42,7 @@ struct S3Location {
   std::string region = "us-east-1";
   bool virtual_host = false; // bucket.host instead of host/bucket
   bool verify_tls = true;
+  std::string ca_bundle;     // PEM file of CAs to trust (ca_bundle=, else AWS_CA_BUNDLE)
   long low_speed_time_s = 0;  // a stall this long fails a request (0: the HTTP default)
   std::string display;       // s3://bucket/prefix (no query)
 };
@@ -45,10 +59,20 @@ class S3Store : public Store, public ChunkSizeProbe {
   std::string uri() const override { return location_.display; }
   void Check() override;
 
-  bool HasChunk(const std::string& hash) override;
-  std::vector<bool> HasChunks(const std::vector<std::string>& hashes) override;
-  void PutChunk(const std::string& hash, std::span<const std::byte> data) override;
-  void GetChunk(const std::string& hash, std::vector<std::byte>& out) override;
+  bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
+  // Sends the chunk's SHA-256 twice: as x-amz-content-sha256 (checked on arrival) and as
+  // x-amz-checksum-sha256, which the store keeps with the object: the proof that a
+  // server-side copy checks before it copies the chunk elsewhere.
+  void PutChunk(const std::string& hash, std::span<const std::byte> data,
+                const CancelToken* cancel = nullptr) override;
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                const CancelToken* cancel = nullptr) override;
+  // Same endpoint, region and credentials: the buckets are one service to CopyObject.
+  bool CanCopyChunksFrom(const Store& source) const override;
+  // HEAD of the source with its stored SHA-256 (none: false, the engine reads the chunk),
+  // then CopyObject pinned to that ETag asking the server for the SHA-256 of the copy.
+  bool CopyChunkFrom(Store& source, const std::string& hash, uint64_t length,
+                     const CancelToken* cancel) override;
   void DeleteChunk(const std::string& hash) override;
   std::vector<std::string> ListChunks() override;
 
@@ -74,6 +98,7 @@ class S3Store : public Store, public ChunkSizeProbe {
     std::string payload_hash;  // "" = hash of body
     std::vector<std::byte>* sink = nullptr;
     size_t max_body = 0;
+    std::function<bool(long, std::span<const std::byte>)> on_body;  // see HttpRequest
     bool retry = true;  // retry transient failures inside the HTTP layer...
     int attempts = 6;   // ...this many times in all
   };
@@ -83,11 +108,17 @@ class S3Store : public Store, public ChunkSizeProbe {
   // "403 AccessDenied: Access Denied" from an S3 error response (never the request).
   static std::string Reason(const HttpResponse& response);
 
+ protected:
+  // HEADs in parallel: each waits a round trip.
+  size_t ExistenceCheckThreads() const override { return 16; }
+
  private:
   std::string Key(const std::string& rel) const;
   std::string ChunkKey(const std::string& hash) const;
   std::string RecordKey(const char* dir, const std::string& image_id) const;
   [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
+  // Deletes a copy that did not hash to its name and throws IntegrityError.
+  [[noreturn]] void RejectCopy(const std::string& hash, const std::string& why);
   void PutText(const std::string& key, const std::string& text, const char* what);
   std::optional<std::string> GetText(const std::string& key, const char* what);
   void DeleteKey(const std::string& key, const char* what);

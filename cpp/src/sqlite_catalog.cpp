@@ -653,6 +653,10 @@ class SqliteTx final : public CatalogTx {
     s->Bind(key, value).Run();
   }
 
+  void DeleteSetting(const std::string& key) override {
+    Prepare("DELETE FROM settings WHERE key = ?")->Bind(key).Run();
+  }
+
  private:
   ScopedStatement Prepare(const std::string& sql) {
     Statement& statement = conn_.Cached(sql);
@@ -695,6 +699,14 @@ class SqliteCatalog final : public Catalog {
   int SchemaVersion() override {
     std::lock_guard lock(mu_);
     return ReadUserVersion(conn_);
+  }
+
+  void Scrub() override {
+    std::lock_guard lock(mu_);
+    // secure_delete (on for every connection) zeroed the deleted rows in their pages; the
+    // checkpoint writes those pages into the database file and empties the log, which
+    // still holds older copies of them.
+    conn_.TryExec("PRAGMA wal_checkpoint(TRUNCATE)");
   }
 
  private:
@@ -765,6 +777,7 @@ std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path) {
       }
     }
     conn.Exec("PRAGMA foreign_keys = ON");
+    conn.Exec("PRAGMA secure_delete = ON");  // deleted rows leave no bytes behind
     conn.Exec("PRAGMA synchronous = NORMAL");
     Migrate(conn, path);
   } catch (const SqliteError& e) {

@@ -117,7 +117,8 @@ std::string CheckS3Uri(const std::string& uri) {
 
 }  // namespace
 
-std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes) {
+std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
+                                  const CancelToken* cancel) {
   std::vector<char> present(hashes.size(), 0);
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -127,7 +128,7 @@ std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes) {
       const size_t i = next.fetch_add(1);
       if (i >= hashes.size()) return;
       try {
-        present[i] = HasChunk(hashes[i]) ? 1 : 0;
+        present[i] = HasChunk(hashes[i], cancel) ? 1 : 0;
       } catch (...) {
         if (!failed.exchange(true)) error = std::current_exception();
         return;

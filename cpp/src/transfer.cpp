@@ -76,6 +76,7 @@ struct Dest {
   TransferDestination* spec = nullptr;
   std::string uri;
   std::vector<bool> needs;  // per distinct chunk; written only before the workers start
+  bool server_copy = false; // chunks are copied inside the object store (CopyChunkFrom)
   IoProgress fixed;         // totals and skips, known after planning
   std::atomic<uint64_t> bytes_done{0};
   std::atomic<uint64_t> bytes_transferred{0};
@@ -150,9 +151,14 @@ class Copier {
   void StartWorkers(size_t count, uint32_t seed);
   void StopAndJoin();
   void Worker(uint32_t seed);
-  // Reads chunk slot.chunk, verifies it and returns the destinations to write it to.
+  // Reads chunk slot.chunk, verifies it and returns the destinations to write it to. Copies
+  // it server-side first to the destinations that can take it so.
   std::vector<size_t> ReadChunk(Slot& slot, std::mt19937& rng);
+  // Server-side copies of chunk k; returns the destinations that still need its bytes, or
+  // nullopt when the source proved corrupt (every destination needing it has failed).
+  std::optional<std::vector<size_t>> CopyInsideStores(size_t k, std::mt19937& rng);
   void WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng);
+  void CountWritten(Dest& dest, size_t chunk);
   bool CanRead() const { return !stop_ && next_job_ < jobs_.size() && !free_.empty(); }
   bool NoWorkLeft() const {
     return (stop_ || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
@@ -177,6 +183,8 @@ class Copier {
   std::vector<Dest> dests_;
   TokenBucket bucket_;
   std::atomic<bool> aborted_{false};  // the caller's progress callback threw
+  // Fired when no destination wants anything more: aborts source reads in flight.
+  CancelToken reads_cancel_;
 
   std::vector<size_t> jobs_;  // distinct chunks some destination lacks
   std::vector<Slot> slots_;
@@ -205,6 +213,8 @@ AttemptResult Copier::Attempt(Op&& op, Alive&& alive, const std::string& action,
     try {
       op();
       return {};
+    } catch (const Cancelled&) {
+      return {false, std::nullopt};  // a request in flight was aborted by a cancel
     } catch (const TransientError& e) {
       if (attempt >= max_attempts) {
         return {false, Failure{codes::kTransferFailed,
@@ -265,12 +275,13 @@ void Copier::PlanDestinations(std::mt19937& rng) {
       continue;
     }
     dest.uri = dest.spec->store->uri();
+    dest.server_copy = dest.spec->store->CanCopyChunksFrom(source_);
     if (!dest.Active()) continue;
 
     std::vector<bool> present;
     if (!hashes.empty()) {
       AttemptResult result = Attempt(
-          [&] { present = dest.spec->store->HasChunks(hashes); },
+          [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel); },
           [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
       if (!result.ok) {
         if (result.failure) dest.Fail(*result.failure);
@@ -311,6 +322,7 @@ void Copier::StopAndJoin() {
     std::lock_guard lock(mu_);
     stop_ = true;
   }
+  if (aborted_) reads_cancel_.Cancel();
   work_cv_.notify_all();
   for (std::thread& worker : workers_) {
     if (worker.joinable()) worker.join();
@@ -365,8 +377,14 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
   auto needed = [&] { return AnyActiveNeeding(k); };
   if (!needed()) return {};
 
-  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data); }, needed,
-                                 "reading chunk " + hash + " from " + source_uri_, rng);
+  std::optional<std::vector<size_t>> by_bytes = CopyInsideStores(k, rng);
+  if (!by_bytes || by_bytes->empty()) return {};
+  auto wanted = [&] {
+    return std::any_of(by_bytes->begin(), by_bytes->end(),
+                       [&](size_t d) { return dests_[d].Active(); });
+  };
+  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data, &reads_cancel_); },
+                                 wanted, "reading chunk " + hash + " from " + source_uri_, rng);
   std::optional<Failure> failure = std::move(result.failure);
   if (result.ok) {
     std::string actual = Sha256Hex(slot.data.data(), slot.data.size());
@@ -384,8 +402,7 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
   }
 
   std::vector<size_t> targets;
-  for (size_t d = 0; d < dests_.size(); ++d) {
-    if (!dests_[d].needs[k]) continue;
+  for (size_t d : *by_bytes) {
     if (failure) {
       dests_[d].Fail(*failure);  // never writes the bytes of a corrupt or failed read
     } else if (dests_[d].Active()) {
@@ -393,6 +410,45 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     }
   }
   return targets;
+}
+
+std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt19937& rng) {
+  const std::string hash(plan_.hashes[k]);
+  std::vector<size_t> by_bytes;
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    Dest& dest = dests_[d];
+    if (!dest.needs[k] || !dest.Active()) continue;
+    if (!dest.server_copy) {
+      by_bytes.push_back(d);
+      continue;
+    }
+    // Counted as a write in flight, like WriteChunk, for ReportFinished.
+    dest.writing.fetch_add(1, std::memory_order_acq_rel);
+    bool copied = false;
+    AttemptResult result = Attempt(
+        [&] { copied = dest.spec->store->CopyChunkFrom(source_, hash, plan_.length[k], dest.spec->cancel); },
+        [&] { return dest.Active(); },
+        "copying chunk " + hash + " from " + source_uri_ + " to " + dest.uri + " server-side", rng);
+    if (result.ok && copied) CountWritten(dest, k);
+    if (result.ok && !copied) by_bytes.push_back(d);  // the source could not prove it: read it
+    dest.writing.fetch_sub(1, std::memory_order_acq_rel);
+    if (!result.failure) continue;
+    if (result.failure->code == codes::kIntegrityError) {
+      // A corrupt source fails every destination that needed the chunk, as a read would.
+      for (Dest& other : dests_) {
+        if (other.needs[k]) other.Fail(*result.failure);
+      }
+      return std::nullopt;
+    }
+    dest.Fail(*result.failure);
+  }
+  return by_bytes;
+}
+
+void Copier::CountWritten(Dest& dest, size_t chunk) {
+  // Counted even if a cancel arrived during the write: the bytes are there.
+  dest.bytes_transferred.fetch_add(plan_.length[chunk], std::memory_order_relaxed);
+  dest.bytes_done.fetch_add(plan_.covered[chunk], std::memory_order_relaxed);
 }
 
 void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
@@ -409,15 +465,14 @@ void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
   const std::span<const std::byte> bytes(slot.data);
   if (!SleepWhile(bucket_.Reserve(bytes.size()), alive)) return;
 
-  AttemptResult result = Attempt([&] { dest.spec->store->PutChunk(hash, bytes); }, alive,
-                                 "writing chunk " + hash + " to " + dest.uri, rng);
+  AttemptResult result =
+      Attempt([&] { dest.spec->store->PutChunk(hash, bytes, dest.spec->cancel); }, alive,
+              "writing chunk " + hash + " to " + dest.uri, rng);
   if (!result.ok) {
     if (result.failure) dest.Fail(*result.failure);
     return;
   }
-  // Counted even if a cancel arrived during the write: the bytes are there.
-  dest.bytes_transferred.fetch_add(bytes.size(), std::memory_order_relaxed);
-  dest.bytes_done.fetch_add(plan_.covered[slot.chunk], std::memory_order_relaxed);
+  CountWritten(dest, slot.chunk);
 }
 
 void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {
@@ -466,7 +521,13 @@ std::vector<TransferOutcome> Copier::Run() {
   for (size_t k = 0; k < plan_.hashes.size(); ++k) {
     if (AnyActiveNeeding(k)) jobs_.push_back(k);
   }
-  const size_t threads = static_cast<size_t>(std::max(1, options_.threads));
+  // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
+  // flight when every destination takes them (slots then stay empty: no memory used).
+  const bool all_server_side = std::all_of(dests_.begin(), dests_.end(), [](const Dest& d) {
+    return d.server_copy || !d.Active();
+  });
+  const size_t threads =
+      static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
   const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
   const size_t pool = static_cast<size_t>(
       std::max<uint64_t>(2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads)));
@@ -484,6 +545,7 @@ std::vector<TransferOutcome> Copier::Run() {
       }
       if (!stop_ && !AnyActive()) {
         stop_ = true;  // every destination cancelled or failed: read nothing more
+        reads_cancel_.Cancel();
         work_cv_.notify_all();
       }
       lock.unlock();

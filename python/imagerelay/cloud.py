@@ -113,9 +113,9 @@ class Cloud:
         """Adds a region; ``store`` is a path or file:// / s3:// URI (None: under the home).
 
         For an S3 region (``s3://bucket/prefix?endpoint=https://host:port&region=us-east-1``),
-        the credentials are kept in the catalog's settings, never in the region's listing;
-        without them the engine uses ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
-        ``AWS_SESSION_TOKEN``.
+        the credentials are kept in ``<home>/credentials/<region_id>.json`` (mode 0600), never
+        in the catalog or the region's listing; without them the engine uses
+        ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``.
         """
         uri = "" if store is None else os.fspath(store)
         return Region._from_core(self._engine.add_region(

@@ -283,6 +283,26 @@ TEST_F(CatalogTest, Settings) {
   Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("limits"), "b"); });
 }
 
+TEST_F(CatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
+  const std::string secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
+  Write([&](CatalogTx& tx) {
+    tx.PutSetting("other", "kept");
+    tx.PutSetting("secret", secret);
+  });
+  Write([](CatalogTx& tx) { tx.DeleteSetting("secret"); });
+  catalog_->Scrub();
+  Read([](CatalogTx& tx) {
+    EXPECT_FALSE(tx.GetSetting("secret"));
+    EXPECT_EQ(tx.GetSetting("other"), "kept");
+  });
+  std::string bytes;
+  for (const auto& entry : fs::directory_iterator(path_.parent_path())) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    bytes.append(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_EQ(bytes.find(secret), std::string::npos);
+}
+
 // --- Images ------------------------------------------------------------------------------
 
 TEST_F(CatalogTest, ImageRoundTripsEveryField) {

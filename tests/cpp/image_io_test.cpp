@@ -442,9 +442,10 @@ TEST(ImageIoTest, ReadErrorsReachTheCaller) {
 class FailingStore : public LocalStore {
  public:
   using LocalStore::LocalStore;
-  void PutChunk(const std::string& hash, std::span<const std::byte> data) override {
+  void PutChunk(const std::string& hash, std::span<const std::byte> data,
+                const CancelToken* cancel = nullptr) override {
     if (++puts_ == 5) throw TransferError(codes::kStoreUnavailable, "injected: disk gone");
-    LocalStore::PutChunk(hash, data);
+    LocalStore::PutChunk(hash, data, cancel);
   }
 
  private:

@@ -45,12 +45,13 @@ class FakeStore : public Store {
   std::string uri() const override { return uri_; }
   void Check() override {}
 
-  bool HasChunk(const std::string& hash) override {
+  bool HasChunk(const std::string& hash, const CancelToken* /*cancel*/ = nullptr) override {
     std::lock_guard lock(mu_);
     return chunks_.contains(hash);
   }
 
-  std::vector<bool> HasChunks(const std::vector<std::string>& hashes) override {
+  std::vector<bool> HasChunks(const std::vector<std::string>& hashes,
+                              const CancelToken* /*cancel*/ = nullptr) override {
     std::lock_guard lock(mu_);
     ++has_chunks_calls_;
     ThrowFault(Op::kHas, kAnyChunk);
@@ -59,7 +60,8 @@ class FakeStore : public Store {
     return present;
   }
 
-  void PutChunk(const std::string& hash, std::span<const std::byte> data) override {
+  void PutChunk(const std::string& hash, std::span<const std::byte> data,
+                const CancelToken* /*cancel*/ = nullptr) override {
     std::this_thread::sleep_for(put_delay_);
     {
       std::lock_guard lock(mu_);
@@ -72,7 +74,8 @@ class FakeStore : public Store {
     if (after_put_) after_put_(hash);
   }
 
-  void GetChunk(const std::string& hash, std::vector<std::byte>& out) override {
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                const CancelToken* /*cancel*/ = nullptr) override {
     std::this_thread::sleep_for(get_delay_);
     {
       std::lock_guard lock(mu_);
@@ -771,8 +774,9 @@ TEST(TransferTest, ChunkBuffersStayWithinThePoolWhateverTheImageSize) {
           alive_(alive),
           max_alive_(max_alive),
           buffers_(buffers) {}
-    void GetChunk(const std::string& hash, std::vector<std::byte>& out) override {
-      FakeStore::GetChunk(hash, out);
+    void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                  const CancelToken* cancel = nullptr) override {
+      FakeStore::GetChunk(hash, out, cancel);
       std::lock_guard lock(mu_);
       buffers_.insert(&out);
       max_alive_ = std::max(max_alive_, ++alive_);

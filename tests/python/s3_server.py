@@ -17,7 +17,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,20 +70,53 @@ class S3Server:
         return out
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, signed by itself, and its key (PEM)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imagerelay test CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
-def moto_server() -> Iterator[S3Server]:
+def moto_server(tls: tuple[Path, Path] | None = None) -> Iterator[S3Server]:
+    """``tls``: (certificate, key) to serve https:// with."""
     import boto3
     port = free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3", MOTO_ALLOW_NONEXISTENT_REGION="1")
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         env.pop(k, None)
-    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+    tls_args = ["-c", str(tls[0]), "-k", str(tls[1])] if tls else []
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port),
+                             *tls_args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_listening(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
+        endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap",
+                           verify=str(tls[0]) if tls else None)
         iam.create_user(UserName="relay")
         iam.put_user_policy(UserName="relay", PolicyName="all", PolicyDocument=POLICY)
         key = iam.create_access_key(UserName="relay")["AccessKey"]
@@ -105,13 +138,17 @@ SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown<
 class FaultProxy:
     """An HTTP/1.1 proxy on 127.0.0.1 that forwards each request to the server and, with the
     configured probabilities, drops the connection, answers 503 SlowDown, truncates the
-    response body or stalls before answering. ``faults`` may be changed at any time."""
+    response body or stalls before answering. ``faults`` may be changed at any time;
+    ``fault_filter(method, path)`` limits them to the requests it accepts. The request lines
+    and headers seen are kept in ``requests`` (secrets in them are the tests' own)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults: dict[str, float] = {}
+        self.fault_filter: Callable[[str, str], bool] | None = None
         self.stall_seconds = 2.0
         self.counts: dict[str, int] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
         self.lock = threading.Lock()
         self.rng = random.Random(1234)
         proxy = self
@@ -134,8 +171,10 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _pick(self) -> str | None:
+    def _pick(self, method: str, path: str) -> str | None:
         with self.lock:
+            if self.fault_filter is not None and not self.fault_filter(method, path):
+                return None
             r = self.rng.random()
             for name, p in self.faults.items():
                 if r < p:
@@ -173,8 +212,13 @@ class FaultProxy:
                 request = self._read_request(conn, buf)
                 if request is None:
                     return
-                method = request.split(b" ", 1)[0].decode()
-                fault = self._pick()
+                head_lines = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+                method, path = head_lines[0].split(" ")[:2]
+                sent = {k.strip().lower(): v.strip() for k, _, v in
+                        (line.partition(":") for line in head_lines[1:])}
+                with self.lock:
+                    self.requests.append((method, path, sent))
+                fault = self._pick(method, path)
                 if fault == "drop":
                     return  # close without an answer
                 if fault == "slowdown":

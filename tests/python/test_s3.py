@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,7 +199,7 @@ CHILD_REPLICATE = textwrap.dedent("""
 def test_kill_then_resume_into_s3(home: Path, s3: S3Server, bucket: str, files: Path) -> None:
     src = make_dense(files / "big.raw", 6 * MiB)
     with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
-        add_s3_region(cloud, s3, "s3a", bucket)  # credentials kept in the catalog's settings
+        add_s3_region(cloud, s3, "s3a", bucket)  # credentials kept in <home>/credentials
         image = cloud.import_image(src, region="bj", name="big")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(2 * MiB)],
@@ -287,15 +289,24 @@ def test_import_from_s3_url(cloud: ir.Cloud, s3: S3Server, bucket: str, files: P
 
 
 class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    """Serves ``data``; ``honours_range`` and ``says_ranges`` (Accept-Ranges) set how it
+    treats Range. Records the GETs it saw and how many were in flight at once."""
     data = b""
+    honours_range = True
+    says_ranges = True
     protocol_version = "HTTP/1.1"
+    lock = threading.Lock()
+    gets: list[str | None] = []
+    in_flight = 0
+    max_in_flight = 0
 
     def log_message(self, *args: object) -> None:
         pass
 
     def _answer(self, body: bool) -> None:
+        cls = type(self)
         data, rng = self.data, self.headers.get("Range")
-        if rng:
+        if rng and self.honours_range:
             lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
             part = data[lo:hi + 1]
             self.send_response(206)
@@ -303,11 +314,23 @@ class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
         else:
             part = data
             self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
+        if self.says_ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(part)))
         self.end_headers()
-        if body:
-            self.wfile.write(part)
+        if not body:
+            return
+        with cls.lock:
+            cls.gets.append(rng)
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            time.sleep(0.02)  # long enough for parallel readers to overlap
+            for i in range(0, len(part), 65536):
+                self.wfile.write(part[i:i + 65536])
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
 
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(False)
@@ -316,19 +339,228 @@ class _RangeHandler(__import__("http.server").server.BaseHTTPRequestHandler):
         self._answer(True)
 
 
-def test_import_from_http_url(cloud: ir.Cloud, files: Path) -> None:
+@pytest.mark.parametrize("server", ["ranges", "no-ranges", "ignores-range"])
+def test_import_from_http_url(cloud: ir.Cloud, files: Path, server: str) -> None:
     import http.server
-    import threading
     src = make_dense(files / "disk.raw", 3 * CHUNK * 7 + 5)
-    handler = type("H", (_RangeHandler,), {"data": src.read_bytes()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    handler = type("H", (_RangeHandler,), {
+        "data": src.read_bytes(), "gets": [],
+        "honours_range": server == "ranges", "says_ranges": server != "no-ranges"})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.handle_error = lambda *args: None  # type: ignore[method-assign]  # aborted reads
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/disk.raw"
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/disk.raw"
         image = cloud.import_image(url, region="bj", name="from-http")
         assert image.status == "Available"
         assert image.export(files / "out.raw").read_bytes() == src.read_bytes()
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
+    chunks = -(-src.stat().st_size // CHUNK)
+    if server == "ranges":  # one ranged GET per chunk, several at once
+        assert len(handler.gets) == chunks and None not in handler.gets
+        assert handler.max_in_flight > 1
+    elif server == "no-ranges":  # one streamed GET of the whole file
+        assert handler.gets == [None]
+    else:  # the first ranged GETs were answered 200: the import streamed instead
+        assert handler.gets.count(None) == 1
+
+
+# -- cancel inside a request ----------------------------------------------------------------
+def test_cancel_aborts_a_stalled_chunk_request(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                               proxy: FaultProxy, files: Path) -> None:
+    # No low-speed timeout would end the stall: only the cancel, through curl's progress
+    # callback, can free the requests in flight.
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint, extra="&low_speed_time=3600")
+    image = cloud.import_image(make_dense(files / "a.raw", 8 * CHUNK), region="bj", name="a")
+    proxy.stall_seconds = 120
+    proxy.fault_filter = lambda method, path: method == "PUT" and "/chunks/" in path
+    proxy.faults = {"stall": 1.0}
+    job = image.replicate("s3a")
+    dest = job.tasks["s3a"].dest_image_id
+    wait_until(lambda: proxy.counts.get("stall", 0) >= 1)
+    cloud.cancel_copy(dest)  # waits (a few seconds at most) for the copy to let go
+    assert job.refresh().tasks["s3a"].state == "Cancelled"
+    # The copy let go at once, so the cancel could sweep the chunks that reached the server.
+    assert chunk_keys(s3, bucket) == set()
+    assert not any("manifests/" in k for k in s3.keys(bucket))
+    with pytest.raises(ir.NotFoundError):
+        cloud.image(dest)
+
+
+# -- server-side copy -----------------------------------------------------------------------
+def _chunk_requests(proxy: FaultProxy, method: str) -> list[tuple[str, str, dict[str, str]]]:
+    return [r for r in proxy.requests if r[0] == method and "/chunks/" in r[1]]
+
+
+def test_s3_to_s3_copies_chunks_server_side(cloud: ir.Cloud, s3: S3Server, proxy: FaultProxy,
+                                            files: Path) -> None:
+    b1, b2 = f"sa-{os.getpid()}", f"sb-{os.getpid()}"
+    s3.create_bucket(b1)
+    s3.create_bucket(b2)
+    add_s3_region(cloud, s3, "s3a", b1, endpoint=proxy.endpoint)
+    add_s3_region(cloud, s3, "s3b", b2, endpoint=proxy.endpoint)
+    src = make_sparse(files / "img.raw", 2 * MiB)
+    job = cloud.import_image(src, region="bj", name="img").replicate("s3a")
+    job.wait(timeout=60)
+    a = job.copies["s3a"]
+    proxy.requests.clear()
+    # fan-out: s3b by CopyObject, gz with the bytes read once from s3a
+    job2 = a.replicate(["s3b", "gz"])
+    job2.wait(timeout=60)
+    assert job2.state == "Completed", job2.to_dict()
+    chunks = chunk_keys(s3, b1)
+    copies = [r for r in _chunk_requests(proxy, "PUT") if "x-amz-copy-source" in r[2]]
+    assert len(copies) == len(chunks) and chunk_keys(s3, b2) == chunks
+    assert all(f"/{b2}/" in path and f"/{b1}/" in h["x-amz-copy-source"] for _, path, h in copies)
+    assert not [r for r in _chunk_requests(proxy, "PUT") if f"/{b2}/" in r[1] and r not in copies]
+    gets = _chunk_requests(proxy, "GET")
+    assert len(gets) == len(chunks)  # for gz only: each source chunk read once
+    assert job2.tasks["s3b"].bytes_transferred == job2.tasks["gz"].bytes_transferred > 0
+    for copy in job2.copies.values():
+        assert copy.export(files / f"{copy.id}.out").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["overwritten", "overwritten-with-its-checksum"])
+def test_server_side_copy_of_a_corrupt_chunk_fails_with_integrity_error(
+        cloud: ir.Cloud, s3: S3Server, files: Path, how: str) -> None:
+    b1, b2 = f"ca-{os.getpid()}-{len(how)}", f"cb-{os.getpid()}-{len(how)}"
+    s3.create_bucket(b1)
+    s3.create_bucket(b2)
+    add_s3_region(cloud, s3, "s3a", b1)
+    add_s3_region(cloud, s3, "s3b", b2)
+    job = cloud.import_image(make_dense(files / "a.raw", 6 * CHUNK), region="bj",
+                             name="a").replicate("s3a")
+    job.wait(timeout=60)
+    victim = sorted(s3.keys(b1, "relay/chunks/"))[2]
+    extra = {"ChecksumAlgorithm": "SHA256"} if how.endswith("checksum") else {}
+    s3.client().put_object(Bucket=b1, Key=victim, Body=os.urandom(CHUNK), **extra)
+    job2 = job.copies["s3a"].replicate("s3b")
+    job2.wait(timeout=60, raise_on_error=False)
+    task = job2.tasks["s3b"]
+    assert task.state == "Failed" and task.error_code == "Transfer.IntegrityError", task.to_dict()
+    assert victim.rsplit("/", 1)[1] in task.error
+    assert victim.rsplit("/", 1)[1] not in chunk_keys(s3, b2)  # never copied
+
+
+# -- credentials, session tokens, addressing, TLS ------------------------------------------
+def _catalog_bytes(home: Path) -> bytes:
+    return b"".join(f.read_bytes() for f in sorted(home.glob("catalog.db*")))
+
+
+def test_credentials_stay_out_of_the_catalog(home: Path, s3: S3Server, bucket: str,
+                                             files: Path) -> None:
+    secret = s3.secret_access_key.encode()
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        add_s3_region(cloud, s3, "s3a", bucket)
+        image = cloud.import_image(make_dense(files / "a.raw", 4 * CHUNK), region="bj", name="a")
+    assert secret not in _catalog_bytes(home)
+    saved = home / "credentials" / "s3a.json"
+    assert secret in saved.read_bytes()
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert (home / "credentials").stat().st_mode & 0o777 == 0o700
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:  # reopened: still works
+        job = cloud.image(image.id).replicate("s3a")
+        job.wait(timeout=60)
+        assert job.state == "Completed"
+
+
+def test_credentials_in_an_old_catalog_move_to_their_file(home: Path, s3: S3Server,
+                                                          bucket: str) -> None:
+    import json
+    import sqlite3
+    with ir.open(home) as cloud:
+        add_s3_region(cloud, s3, "s3a", bucket)
+    saved = home / "credentials" / "s3a.json"
+    # What a home made before credentials files holds: the keys in the settings table.
+    db = sqlite3.connect(home / "catalog.db")
+    db.execute("INSERT INTO settings (key, value) VALUES (?, ?)",
+               ("region_credentials:s3a", json.dumps(json.loads(saved.read_text()))))
+    db.commit()
+    db.close()
+    saved.unlink()
+    assert s3.secret_access_key.encode() in _catalog_bytes(home)
+    with ir.open(home) as cloud:
+        assert json.loads(saved.read_text())["secret_access_key"] == s3.secret_access_key
+        assert s3.secret_access_key.encode() not in _catalog_bytes(home)
+        # the environment has no keys: the moved ones sign the requests
+        image = cloud.import_image(__file__, region="s3a", name="py")
+        assert image.status == "Available"
+
+
+def test_tls_is_verified_and_a_ca_bundle_can_be_trusted(cloud: ir.Cloud, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from s3_server import self_signed_cert
+    cert, key = self_signed_cert(tmp_path)
+    with moto_server(tls=(cert, key)) as server:
+        assert server.endpoint.startswith("https://")
+        import boto3
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                     aws_access_key_id=server.access_key_id,
+                     aws_secret_access_key=server.secret_access_key,
+                     verify=str(cert)).create_bucket(Bucket="tls")
+        uri = s3_uri(server, "tls")
+        keys = {"access_key_id": server.access_key_id,
+                "secret_access_key": server.secret_access_key}
+        with pytest.raises(ir.ImageRelayError) as excinfo:  # the system CAs do not know it
+            cloud.add_region("tls1", uri, **keys)
+        assert excinfo.value.code == "Region.StoreUnavailable"
+        assert "TLS" in excinfo.value.message and "ca_bundle=" in excinfo.value.message
+        assert server.secret_access_key not in str(excinfo.value)
+        cloud.add_region("tls2", uri + f"&ca_bundle={cert}", **keys)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        cloud.add_region("tls3", uri, **keys)
+
+
+def test_session_token_is_sent_signed_and_never_shown(cloud: ir.Cloud, s3: S3Server,
+                                                      bucket: str, proxy: FaultProxy,
+                                                      files: Path) -> None:
+    import boto3
+    keys = {"endpoint_url": s3.endpoint, "region_name": "us-east-1",
+            "aws_access_key_id": s3.access_key_id, "aws_secret_access_key": s3.secret_access_key}
+    iam = boto3.client("iam", **keys)
+    trust = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+             '"Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}')
+    iam.create_role(RoleName="relay-role", AssumeRolePolicyDocument=trust)
+    iam.put_role_policy(RoleName="relay-role", PolicyName="all",
+                        PolicyDocument=__import__("s3_server").POLICY)
+    temp = boto3.client("sts", **keys).assume_role(
+        RoleArn="arn:aws:iam::123456789012:role/relay-role", RoleSessionName="relay")
+    creds = temp["Credentials"]
+    token = creds["SessionToken"]
+    uri = s3_uri(s3, bucket, endpoint=proxy.endpoint)
+    with pytest.raises(ir.ImageRelayError) as excinfo:  # moto checks the token: a wrong one fails
+        cloud.add_region("bad", uri, access_key_id=creds["AccessKeyId"],
+                         secret_access_key=creds["SecretAccessKey"], session_token=token + "x")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert token not in str(excinfo.value) and token not in repr(excinfo.value)
+    region = cloud.add_region("s3a", uri, access_key_id=creds["AccessKeyId"],
+                              secret_access_key=creds["SecretAccessKey"], session_token=token)
+    job = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="bj",
+                             name="a").replicate("s3a")
+    job.wait(timeout=60)
+    assert job.state == "Completed", job.to_dict()
+    sent = [h for _, _, h in proxy.requests if h.get("x-amz-security-token") == token]
+    assert len(sent) >= 3 + 3  # the add_region probe and this copy's chunks, at least
+    assert all("x-amz-security-token" in h["authorization"].split("SignedHeaders=")[1]
+               for h in sent)
+    shown = (repr(region) + repr(cloud.regions) + repr(job.to_dict()) +
+             repr([e.detail for e in cloud.events()]) + repr(cloud.events()))
+    assert token not in shown and creds["SecretAccessKey"] not in shown
+
+
+def test_virtual_host_addressing(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                 files: Path) -> None:
+    # bucket.localhost: curl resolves *.localhost to the loopback itself, and moto takes the
+    # bucket from the Host header for any host but a bare "localhost" or an IP address.
+    port = s3.endpoint.rsplit(":", 1)[1]
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=f"http://localhost:{port}",
+                  extra="&addressing=virtual")
+    src = make_sparse(files / "img.raw", 1 * MiB)
+    job = cloud.import_image(src, region="bj", name="img").replicate("s3a")
+    job.wait(timeout=60)
+    assert job.state == "Completed", job.to_dict()
+    assert chunk_keys(s3, bucket)  # in that bucket, at the usual keys
+    assert job.copies["s3a"].export(files / "out.raw").read_bytes() == src.read_bytes()

@@ -101,6 +101,7 @@ class CatalogTx {
   // Key-value settings of the home (e.g. the limits it was created with).
   virtual std::optional<std::string> GetSetting(const std::string& key) = 0;
   virtual void PutSetting(const std::string& key, const std::string& value) = 0;
+  virtual void DeleteSetting(const std::string& key) = 0;
 };
 
 class Catalog {
@@ -109,6 +110,9 @@ class Catalog {
   virtual void Write(const std::function<void(CatalogTx&)>& fn) = 0;
   virtual void Read(const std::function<void(CatalogTx&)>& fn) = 0;
   virtual int SchemaVersion() = 0;
+  // Leaves no copy of deleted data behind in the catalog's files (write-ahead log
+  // included): called after a secret was moved out. Best effort while other processes read.
+  virtual void Scrub() = 0;
 };
 
 // Opens (creating and migrating as needed) a SQLite catalog: WAL, foreign keys, busy

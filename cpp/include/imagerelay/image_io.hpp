@@ -34,7 +34,8 @@ class ByteSource {
 std::unique_ptr<ByteSource> OpenFileSource(const std::filesystem::path& path);
 
 // An http://, https:// or s3:// URL (s3://bucket/key?endpoint=...&region=..., credentials
-// from the environment), read by ranged GETs without a temporary copy. Throws
+// from the environment), read without a temporary copy: by parallel ranged GETs when the
+// server takes ranges, else by one streamed GET; memory bounded either way. Throws
 // ValidationError(InvalidParameter) when the object is missing or unreadable.
 std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url);
 bool IsUrlSource(const std::string& source);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "imagerelay/cancel.hpp"
 #include "imagerelay/manifest.hpp"
 
 namespace imagerelay {
@@ -27,19 +28,36 @@ class Store {
   // effort; may list the whole store, so it runs with sweeps, not on every Check().
   virtual void RemoveLeftovers() {}
 
-  virtual bool HasChunk(const std::string& hash) = 0;
+  // The chunk calls take the copy's cancel token: a store that waits on the network aborts
+  // a request in flight when it fires (throwing Cancelled); a local store may ignore it.
+  virtual bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) = 0;
   // One answer per hash, in order: HasChunk over ExistenceCheckThreads() threads, or a bulk
   // check where a store overrides this.
-  virtual std::vector<bool> HasChunks(const std::vector<std::string>& hashes);
+  virtual std::vector<bool> HasChunks(const std::vector<std::string>& hashes,
+                                      const CancelToken* cancel = nullptr);
   // Stores the bytes under `hash` atomically: a reader sees all of them or no chunk.
   // The caller has verified that the bytes hash to `hash`. A store may group writes: the
   // chunk is durable and visible once PutChunk returns or, at the latest, once Flush()
   // (or PutManifest, which flushes first) returns.
-  virtual void PutChunk(const std::string& hash, std::span<const std::byte> data) = 0;
+  virtual void PutChunk(const std::string& hash, std::span<const std::byte> data,
+                        const CancelToken* cancel = nullptr) = 0;
   // Makes every chunk put so far durable and visible.
   virtual void Flush() {}
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
-  virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out) = 0;
+  virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                        const CancelToken* cancel = nullptr) = 0;
+  // Server-side copy (S3 CopyObject when both stores live in one object store under the
+  // same credentials): true if this store may be asked to copy chunks from `source`.
+  virtual bool CanCopyChunksFrom(const Store& /*source*/) const { return false; }
+  // Copies chunk `hash` (`length` bytes) from `source` without the bytes passing through
+  // this process. Integrity as for GetChunk + PutChunk: nothing is copied unless the
+  // source's store proves the bytes hash to `hash` (IntegrityError if they do not), and the
+  // copy is checked on arrival. Returns false when the source cannot prove it: the caller
+  // then reads and verifies the bytes itself.
+  virtual bool CopyChunkFrom(Store& /*source*/, const std::string& /*hash*/,
+                             uint64_t /*length*/, const CancelToken* /*cancel*/) {
+    return false;
+  }
   virtual void DeleteChunk(const std::string& hash) = 0;
   virtual std::vector<std::string> ListChunks() = 0;
 

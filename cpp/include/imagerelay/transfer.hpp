@@ -2,7 +2,9 @@
 // to one or more destination stores. Plans per destination (only the chunks it lacks, never
 // zero chunks), reads each needed source chunk once for all destinations, verifies every
 // chunk's hash before writing it, retries transient errors with backoff and jitter, and
-// keeps memory bounded by a pool of buffers whatever the image size.
+// keeps memory bounded by a pool of buffers whatever the image size. A destination that
+// can copy from the source inside its object store (Store::CopyChunkFrom) gets chunks
+// that way, outside the bandwidth cap; the others get the bytes read once for them.
 #pragma once
 
 #include <cstdint>
