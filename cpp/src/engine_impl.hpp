@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "credentials_files.hpp"
@@ -109,6 +110,10 @@ struct Engine::Impl {
   void WorkerLoop();
   bool RunOneClaim();  // claims and runs queued copies; false if nothing was claimable
   void RecoverExpiredLeases();
+  std::atomic<TimeUs> last_worked_us{0};      // when a worker last ran a copy
+  std::atomic<TimeUs> last_checkpoint_us{0};  // when a worker last checkpointed the catalog
+  void MaybeCheckpoint();
+  std::unordered_set<std::string> ChunksOfRecentImages(const std::string& region, Store& store);
   bool LeaseHolderAlive(const std::string& owner, TimeUs expires_us, TimeUs now) const;
 };
 

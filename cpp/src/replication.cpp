@@ -344,6 +344,45 @@ void Engine::Impl::StartWorkers() {
   }
 }
 
+// The chunks named by the manifests of the region's newest Available images: a new version
+// of an image mostly repeats one of them, and one manifest read answers for hundreds of
+// chunk lookups. Best effort: a manifest that cannot be read only costs those lookups.
+std::unordered_set<std::string> Engine::Impl::ChunksOfRecentImages(const std::string& region,
+                                                                   Store& store) {
+  constexpr size_t kImages = 4;
+  std::vector<std::string> ids;
+  catalog->Read([&](CatalogTx& tx) {
+    auto images = tx.ListImages({.region = region});  // oldest first
+    for (auto it = images.rbegin(); it != images.rend() && ids.size() < kImages; ++it) {
+      if (it->status == ImageStatus::kAvailable) ids.push_back(it->id);
+    }
+  });
+  std::unordered_set<std::string> chunks;
+  for (const auto& id : ids) {
+    try {
+      if (auto manifest = store.GetManifest(id)) {
+        for (auto& chunk : manifest->chunks) {
+          if (!chunk.empty()) chunks.insert(std::move(chunk));
+        }
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  return chunks;
+}
+
+// After a second of idleness, at most every few seconds: a checkpoint's fsyncs then delay
+// nobody's call.
+void Engine::Impl::MaybeCheckpoint() {
+  constexpr TimeUs kIdleUs = 1'000'000;
+  constexpr TimeUs kEveryUs = 5'000'000;
+  const TimeUs now = NowUs();
+  TimeUs last = last_checkpoint_us.load();
+  if (now - last_worked_us.load() < kIdleUs || now - last < kEveryUs) return;
+  if (!last_checkpoint_us.compare_exchange_strong(last, now)) return;  // another worker does it
+  catalog->Checkpoint();
+}
+
 void Engine::Impl::WorkerLoop() {
   while (!closing) {
     bool worked = false;
@@ -352,9 +391,13 @@ void Engine::Impl::WorkerLoop() {
     } catch (const std::exception& e) {
       std::fprintf(stderr, "imagerelay: copy worker: %s\n", e.what());
     }
-    if (worked) continue;
+    if (worked) {
+      last_worked_us.store(NowUs());
+      continue;
+    }
     try {
       SweepPending();
+      MaybeCheckpoint();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "imagerelay: sweep: %s\n", e.what());
     }
@@ -613,6 +656,7 @@ bool Engine::Impl::RunOneClaim() {
       TransferDestination dest;
       dest.store = dest_stores[i].get();
       dest.cancel = tokens[i].get();
+      dest.known_present = ChunksOfRecentImages(claim.tasks[i].region, *dest_stores[i]);
       dest.progress = [&, i](const IoProgress& p) {
         latest[i] = p;
         flush(false);

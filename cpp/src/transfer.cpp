@@ -278,22 +278,33 @@ void Copier::PlanDestinations(std::mt19937& rng) {
     dest.server_copy = dest.spec->store->CanCopyChunksFrom(source_);
     if (!dest.Active()) continue;
 
-    std::vector<bool> present;
-    if (!hashes.empty()) {
+    // Look up only what the caller does not already know to be there.
+    std::vector<bool> present(hashes.size(), true);
+    std::vector<std::string> unknown;
+    std::vector<size_t> unknown_at;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (!dest.spec->known_present.contains(hashes[i])) {
+        unknown.push_back(hashes[i]);
+        unknown_at.push_back(i);
+      }
+    }
+    if (!unknown.empty()) {
+      std::vector<bool> answers;
       AttemptResult result = Attempt(
-          [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel); },
+          [&] { answers = dest.spec->store->HasChunks(unknown, dest.spec->cancel); },
           [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
       if (!result.ok) {
         if (result.failure) dest.Fail(*result.failure);
         continue;
       }
-      if (present.size() != hashes.size()) {
+      if (answers.size() != unknown.size()) {
         dest.Fail({codes::kTransferFailed,
                    "listing the chunks of " + dest.uri + " gave " +
-                       std::to_string(present.size()) + " answers for " +
-                       std::to_string(hashes.size()) + " chunks"});
+                       std::to_string(answers.size()) + " answers for " +
+                       std::to_string(unknown.size()) + " chunks"});
         continue;
       }
+      for (size_t k = 0; k < unknown.size(); ++k) present[unknown_at[k]] = answers[k];
     }
     uint64_t done = 0;
     uint64_t skipped = 0;

@@ -303,6 +303,20 @@ TEST_F(CatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
   EXPECT_EQ(bytes.find(secret), std::string::npos);
 }
 
+TEST_F(CatalogTest, CommitsLeaveTheLogAndCheckpointFoldsItIn) {
+  const std::string marker = "checkpoint-marker-7f3a";
+  auto main_file_holds_marker = [&] {
+    std::ifstream in(path_, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    return bytes.find(marker) != std::string::npos;
+  };
+  Write([&](CatalogTx& tx) { tx.PutSetting("marker", marker); });
+  EXPECT_FALSE(main_file_holds_marker());  // a small commit never checkpoints by itself
+  catalog_->Checkpoint();
+  EXPECT_TRUE(main_file_holds_marker());
+  Read([&](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("marker"), marker); });
+}
+
 // --- Images ------------------------------------------------------------------------------
 
 TEST_F(CatalogTest, ImageRoundTripsEveryField) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <unordered_set>
 #include <vector>
 
 #include "imagerelay/error.hpp"
@@ -54,6 +55,7 @@ class FakeStore : public Store {
                               const CancelToken* /*cancel*/ = nullptr) override {
     std::lock_guard lock(mu_);
     ++has_chunks_calls_;
+    looked_up_ = hashes;
     ThrowFault(Op::kHas, kAnyChunk);
     std::vector<bool> present;
     for (const std::string& hash : hashes) present.push_back(chunks_.contains(hash));
@@ -173,6 +175,10 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     return has_chunks_calls_;
   }
+  std::vector<std::string> LookedUp() const {  // the hashes of the last HasChunks
+    std::lock_guard lock(mu_);
+    return looked_up_;
+  }
   uint64_t BytesWritten() const {
     std::lock_guard lock(mu_);
     return bytes_written_;
@@ -225,6 +231,7 @@ class FakeStore : public Store {
   std::map<std::string, int> put_calls_;
   int total_get_calls_ = 0;
   int total_put_calls_ = 0;
+  std::vector<std::string> looked_up_;
   int has_chunks_calls_ = 0;
   uint64_t bytes_written_ = 0;
 };
@@ -335,6 +342,35 @@ TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
   EXPECT_EQ(dest.BytesWritten(), p.bytes_transferred);
   EXPECT_EQ(p.chunks_total, 16u);
   EXPECT_EQ(p.chunks_skipped, 8u);
+}
+
+TEST(TransferTest, ChunksKnownToBePresentAreNotLookedUp) {
+  FakeStore source("fake://source");
+  TestImage image = MakeImage(source, Range(16), kChunk);
+  FakeStore dest("fake://dest");
+  std::unordered_set<std::string> known;
+  for (int i = 0; i < 16; i += 2) {
+    dest.Seed(image.bytes[i]);
+    known.insert(image.manifest.chunks[i]);
+  }
+  auto dests = Destinations({&dest});
+  dests[0].known_present = known;
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  ExpectHoldsImage(dest, image);
+  ASSERT_EQ(dest.LookedUp().size(), 8u);  // only the odd chunks were asked about
+  for (const auto& hash : dest.LookedUp()) EXPECT_FALSE(known.contains(hash));
+  EXPECT_EQ(dest.TotalPutCalls(), 8);
+  EXPECT_EQ(outcomes[0].progress.chunks_skipped, 8u);
+
+  // Everything known: no lookup at all, nothing moves.
+  for (const auto& hash : image.manifest.chunks) known.insert(hash);
+  dests[0].known_present = known;
+  const int calls = dest.HasChunksCalls();
+  outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  EXPECT_EQ(dest.HasChunksCalls(), calls);
+  EXPECT_EQ(dest.TotalPutCalls(), 8);
 }
 
 TEST(TransferTest, ZeroChunksAreNeverReadNorWritten) {

@@ -113,6 +113,9 @@ class Catalog {
   // Leaves no copy of deleted data behind in the catalog's files (write-ahead log
   // included): called after a secret was moved out. Best effort while other processes read.
   virtual void Scrub() = 0;
+  // Folds the write-ahead log into the database. Commits never do it themselves (its two
+  // fsyncs would land on whichever call happened to commit); engines call this when idle.
+  virtual void Checkpoint() {}
 };
 
 // Opens (creating and migrating as needed) a SQLite catalog: WAL, foreign keys, busy

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "imagerelay/cancel.hpp"
@@ -35,6 +36,10 @@ struct TransferDestination {
   Store* store = nullptr;
   const CancelToken* cancel = nullptr;
   ProgressFn progress;  // called from the thread that runs CopyImage, throttled
+  // Chunks the caller knows the store holds (those named by manifests of its Available
+  // images, which no sweep removes while this copy runs): the plan skips them without
+  // asking the store, and looks up only the rest.
+  std::unordered_set<std::string> known_present;
 };
 
 struct TransferOutcome;
