@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <system_error>
 
 #include "file_util.hpp"
@@ -212,6 +214,30 @@ constexpr auto kCommitBatchAge = std::chrono::milliseconds(250);
 
 }  // namespace
 
+namespace {
+
+// A page-aligned copy of `data` in a buffer of the calling thread (kept for its next chunk).
+std::span<const std::byte> BounceBuffer(std::span<const std::byte> data) {
+  struct Buffer {
+    std::byte* bytes = nullptr;
+    size_t capacity = 0;
+    ~Buffer() { std::free(bytes); }
+  };
+  thread_local Buffer buffer;
+  if (buffer.capacity < data.size()) {
+    const size_t capacity = (data.size() + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+    auto* bytes = static_cast<std::byte*>(std::aligned_alloc(kDirectIoAlign, capacity));
+    if (bytes == nullptr) return data;  // no memory for a copy: write the original, buffered
+    std::free(buffer.bytes);
+    buffer.bytes = bytes;
+    buffer.capacity = capacity;
+  }
+  std::memcpy(buffer.bytes, data.data(), data.size());
+  return {buffer.bytes, data.size()};
+}
+
+}  // namespace
+
 void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::byte> data) {
   const fs::path dir = ChunkDir(hash);
   const fs::path tmp = dir / TempName(hash);
@@ -220,9 +246,16 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
     Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + what + ": " +
            ErrnoText(err) + "; check free space and permissions");
   };
-  // Page-aligned data goes around the page cache (O_DIRECT): no copy into the cache, no
-  // dirty pages for the batch's syncfs to write back, and a big import does not push
-  // everything else out of memory. The unaligned tail, if any, is written normally.
+  // Chunks go around the page cache (O_DIRECT): no dirty pages for the batch's syncfs to
+  // write back, and a big copy does not push everything else out of memory. The unaligned
+  // tail, if any, is written normally.
+  // Unaligned bytes (a copy's buffers) are first copied to an aligned buffer: a memcpy in
+  // place of the kernel's copy into the cache, and none of the cache's bookkeeping.
+  const bool aligned_data = reinterpret_cast<uintptr_t>(data.data()) % kDirectIoAlign == 0;
+  if (!aligned_data && direct_io_.load(std::memory_order_relaxed) &&
+      data.size() >= kDirectIoAlign) {
+    data = BounceBuffer(data);
+  }
   const bool direct = direct_io_.load(std::memory_order_relaxed) && data.size() >= kDirectIoAlign &&
                       reinterpret_cast<uintptr_t>(data.data()) % kDirectIoAlign == 0;
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0),

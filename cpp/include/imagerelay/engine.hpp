@@ -62,8 +62,9 @@ class Engine {
   const std::filesystem::path& home() const;
   const Limits& limits() const;
 
-  // Credentials (S3 regions only; empty = from the environment) are kept in the catalog's
-  // settings, never in the region's store URI or listing.
+  // Credentials (S3 regions only; empty = from the environment) are kept in
+  // <home>/credentials/<region>.json (mode 0600), never in the catalog, the region's store
+  // URI or its listing.
   Region AddRegion(const std::string& id, const std::string& store_uri, const std::string& name,
                    const std::string& access_key_id = "",
                    const std::string& secret_access_key = "",
