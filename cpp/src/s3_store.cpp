@@ -395,9 +395,20 @@ void S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
   put.body = data;
   put.attempts = kChunkAttempts;
   put.payload_hash = hash;  // the chunk's own SHA-256: the server checks it on arrival
-  put.headers = {{"x-amz-sdk-checksum-algorithm", "SHA256"},
-                 {"x-amz-checksum-sha256", HexToBase64(hash)}};
+  const bool checksums = send_checksums_.load(std::memory_order_relaxed);
+  if (checksums) {
+    put.headers = {{"x-amz-sdk-checksum-algorithm", "SHA256"},
+                   {"x-amz-checksum-sha256", HexToBase64(hash)}};
+  }
   HttpResponse response = Perform(put, cancel);
+  if (checksums && (response.status == 400 || response.status == 501)) {
+    put.headers.clear();  // an older server may not know the checksum headers
+    HttpResponse plain = Perform(put, cancel);
+    if (Ok(plain.status)) {
+      send_checksums_.store(false, std::memory_order_relaxed);
+      return;
+    }
+  }
   if (!Ok(response.status)) Fail("PUT of chunk " + hash, response);
 }
 

@@ -20,6 +20,7 @@
 // All methods may be called from several threads at once.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -62,7 +63,8 @@ class S3Store : public Store, public ChunkSizeProbe {
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
   // Sends the chunk's SHA-256 twice: as x-amz-content-sha256 (checked on arrival) and as
   // x-amz-checksum-sha256, which the store keeps with the object: the proof that a
-  // server-side copy checks before it copies the chunk elsewhere.
+  // server-side copy checks before it copies the chunk elsewhere. A server that answers
+  // 400/501 to the checksum headers but takes the PUT without them gets none from then on.
   void PutChunk(const std::string& hash, std::span<const std::byte> data,
                 const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
@@ -127,6 +129,10 @@ class S3Store : public Store, public ChunkSizeProbe {
   S3Location location_;
   sigv4::Credentials credentials_;
   HttpClient http_;
+  // Cleared once the server refused a PUT for its checksum headers and took it without
+  // them (an older S3-compatible server): its chunks then carry no stored SHA-256, and
+  // copies out of it go through the engine.
+  std::atomic<bool> send_checksums_{true};
 };
 
 }  // namespace imagerelay

@@ -133,6 +133,8 @@ def moto_server(tls: tuple[Path, Path] | None = None) -> Iterator[S3Server]:
 # -- the fault proxy ----------------------------------------------------------------------
 SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
             b"<Message>Please reduce your request rate.</Message></Error>")
+INVALID_REQUEST = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidRequest</Code>"
+                   b"<Message>Unsupported header</Message></Error>")
 
 
 class FaultProxy:
@@ -147,6 +149,9 @@ class FaultProxy:
         self.faults: dict[str, float] = {}
         self.fault_filter: Callable[[str, str], bool] | None = None
         self.stall_seconds = 2.0
+        # Requests carrying any of these headers get 400 InvalidRequest, as from an older
+        # S3-compatible server that does not know them.
+        self.refused_headers: set[str] = set()
         self.counts: dict[str, int] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
         self.lock = threading.Lock()
@@ -218,6 +223,11 @@ class FaultProxy:
                         (line.partition(":") for line in head_lines[1:])}
                 with self.lock:
                     self.requests.append((method, path, sent))
+                if self.refused_headers & sent.keys():
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n"
+                                 b"Content-Length: " + str(len(INVALID_REQUEST)).encode() +
+                                 b"\r\n\r\n" + INVALID_REQUEST)
+                    continue
                 fault = self._pick(method, path)
                 if fault == "drop":
                     return  # close without an answer

@@ -423,6 +423,32 @@ def test_s3_to_s3_copies_chunks_server_side(cloud: ir.Cloud, s3: S3Server, proxy
         assert copy.export(files / f"{copy.id}.out").read_bytes() == src.read_bytes()
 
 
+def test_server_without_checksum_headers_still_takes_copies(cloud: ir.Cloud, s3: S3Server,
+                                                          proxy: FaultProxy,
+                                                          files: Path) -> None:
+    b1, b2 = f"oa-{os.getpid()}", f"ob-{os.getpid()}"
+    s3.create_bucket(b1)
+    s3.create_bucket(b2)
+    proxy.refused_headers = {"x-amz-checksum-sha256"}  # an older S3-compatible server
+    add_s3_region(cloud, s3, "s3a", b1, endpoint=proxy.endpoint)
+    add_s3_region(cloud, s3, "s3b", b2, endpoint=proxy.endpoint)
+    src = make_dense(files / "img.raw", 6 * CHUNK)
+    job = cloud.import_image(src, region="bj", name="img").replicate("s3a")
+    job.wait(timeout=60)
+    assert job.state == "Completed", job.to_dict()
+    puts = _chunk_requests(proxy, "PUT")
+    # refused (at most once per writer thread in flight), then sent without the headers
+    refused = sum("x-amz-checksum-sha256" in h for _, _, h in puts)
+    assert 1 <= refused <= 8 and "x-amz-checksum-sha256" not in puts[-1][2]
+    assert len(puts) == refused + len(chunk_keys(s3, b1))
+    # no stored checksum to prove a server-side copy: the engine reads and verifies instead
+    job2 = job.copies["s3a"].replicate("s3b")
+    job2.wait(timeout=60)
+    assert job2.state == "Completed", job2.to_dict()
+    assert not [r for r in _chunk_requests(proxy, "PUT") if "x-amz-copy-source" in r[2]]
+    assert job2.copies["s3b"].export(files / "out.raw").read_bytes() == src.read_bytes()
+
+
 @pytest.mark.parametrize("how", ["overwritten", "overwritten-with-its-checksum"])
 def test_server_side_copy_of_a_corrupt_chunk_fails_with_integrity_error(
         cloud: ir.Cloud, s3: S3Server, files: Path, how: str) -> None:
