@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench clean
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench bench-s3 clean
 
 all: build
 
@@ -43,6 +43,12 @@ sanitize: deps
 
 bench: build-py
 	$(PY) bench/run.py
+
+# The S3 benchmark's contenders: rclone (Debian) and the AWS CLI (PyPI, into the venv).
+bench-s3: build-py
+	@command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
+	@$(PY) -m pip install -q awscli 2>&1 | grep -v "^$$" || true
+	$(PY) bench/s3_bench.py --size-mib 1024 --runs 3
 
 clean:
 	rm -rf build $(VENV)
