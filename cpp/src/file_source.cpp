@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <string>
 #include <cerrno>
 #include <limits>
 
@@ -24,13 +27,21 @@ constexpr uint64_t kNoEnd = std::numeric_limits<uint64_t>::max();
 class FileSource : public ByteSource {
  public:
   FileSource(UniqueFd fd, uint64_t size, std::string path)
-      : fd_(std::move(fd)), size_(size), path_(std::move(path)) {}
+      : fd_(std::move(fd)), size_(size), path_(std::move(path)) {
+    // The same open file again, around the page cache: an image is read once, so caching
+    // it only costs a copy and pushes out what else is cached. /proc/self/fd reopens the
+    // very file validated by the caller, even if the path changed since.
+    const std::string self = "/proc/self/fd/" + std::to_string(fd_.get());
+    direct_fd_ = UniqueFd(::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
+  }
+
+  bool ConcurrentReads() const override { return true; }
 
   uint64_t size() const override { return size_; }
   std::string describe() const override { return path_; }
 
-  // Called by one thread at a time (import's reader); lseek moves the shared file offset,
-  // which pread ignores.
+  // IsHole and DataBytes are called by one thread at a time (import's reader); lseek moves
+  // the shared file offset, which pread ignores. ReadAt may run on several threads.
   bool IsHole(uint64_t offset, uint64_t len) override {
     if (len == 0) return true;
     if (!seek_works_) return false;
@@ -60,7 +71,13 @@ class FileSource : public ByteSource {
   }
 
   void ReadAt(uint64_t offset, std::byte* out, size_t len) override {
-    int err = PreadAll(fd_.get(), out, len, static_cast<off_t>(offset));
+    int err = EINVAL;
+    if (direct_fd_ && direct_ok_.load(std::memory_order_relaxed) && offset % kDirectAlign == 0 &&
+        len % kDirectAlign == 0 && reinterpret_cast<uintptr_t>(out) % kDirectAlign == 0) {
+      err = PreadAll(direct_fd_.get(), out, len, static_cast<off_t>(offset));
+      if (err == EINVAL) direct_ok_.store(false, std::memory_order_relaxed);  // not supported
+    }
+    if (err == EINVAL) err = PreadAll(fd_.get(), out, len, static_cast<off_t>(offset));
     if (err == 0) return;
     throw TransferError(codes::kTransferFailed,
                         "cannot read " + std::to_string(len) + " bytes at offset " +
@@ -90,7 +107,10 @@ class FileSource : public ByteSource {
     if (data_end_ <= data_begin_) data_end_ = data_begin_ + 1;
   }
 
+  static constexpr size_t kDirectAlign = 4096;  // offsets, lengths and addresses
   UniqueFd fd_;
+  UniqueFd direct_fd_;  // invalid if the file system has no O_DIRECT
+  std::atomic<bool> direct_ok_{true};
   uint64_t size_;
   std::string path_;
   bool seek_works_ = true;

@@ -167,9 +167,10 @@ struct ChunkJob {
   size_t len;
 };
 
-// Import: the calling thread reads chunks in order into a bounded pool of buffers; workers
-// hash and store them; one digest thread feeds every byte, in order, to the whole-image
-// hash. A buffer returns to the pool once both its worker and the digest thread are done.
+// Import: the calling thread walks the chunks in order, skipping holes, and hands each a
+// buffer of a bounded pool; workers read (or, for a source that reads in order only, the
+// calling thread reads), hash and store them; one digest thread feeds every byte, in
+// order, to the whole-image hash. A buffer returns to the pool once both its worker and the digest thread are done.
 class Importer {
  public:
   Importer(ByteSource& source, Store& store, const ImportOptions& options,
@@ -182,7 +183,8 @@ class Importer {
         hashers_(std::clamp(options.threads, 1, kMaxThreads)),
         workers_(std::max(hashers_, kMinWorkers)),  // capped by the buffer count below
         hash_permits_(hashers_),
-        with_digest_(!DeferDigest(source, options)) {
+        with_digest_(!DeferDigest(source, options)),
+        parallel_reads_(source.ConcurrentReads()) {
     if (chunk_size_ == 0) {
       throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
     }
@@ -201,6 +203,7 @@ class Importer {
       free_slots_.push_back(static_cast<int>(i));
     }
     refs_.assign(slots, 0);
+    loaded_.assign(slots, 0);
     workers_ = static_cast<int>(std::min<uint64_t>(workers_, slots));
   }
 
@@ -291,9 +294,12 @@ class Importer {
       }
       int slot = AcquireSlot();
       if (slot < 0) break;
-      source_.ReadAt(offset, buffers_[slot].get(), len);
+      // A source that takes parallel reads is read by the workers (several requests in
+      // flight); any other by this thread, in order.
+      if (!parallel_reads_) source_.ReadAt(offset, buffers_[slot].get(), len);
       {
         std::lock_guard lock(crew_.mu);
+        loaded_[slot] = !parallel_reads_;
         refs_[slot] = with_digest_ ? 2 : 1;
         work_queue_.push_back({i, slot, len});
         if (with_digest_) digest_queue_.push_back({i, slot, len});
@@ -332,6 +338,14 @@ class Importer {
         job = work_queue_.front();
         work_queue_.pop_front();
       }
+      if (parallel_reads_) {
+        source_.ReadAt(manifest_.ChunkOffset(job.index), buffers_[job.slot].get(), job.len);
+        {
+          std::lock_guard lock(crew_.mu);
+          loaded_[job.slot] = true;
+        }
+        crew_.digest_cv.notify_all();
+      }
       const std::byte* data = buffers_[job.slot].get();
       bool stored = false;
       std::string hash;
@@ -362,8 +376,12 @@ class Importer {
       ChunkJob job;
       {
         std::unique_lock lock(crew_.mu);
+        // The next chunk in order, once its bytes are in (a worker may still be reading it).
         crew_.digest_cv.wait(lock, [&] {
-          return crew_.stop || !digest_queue_.empty() || reading_done_;
+          if (crew_.stop) return true;
+          if (digest_queue_.empty()) return reading_done_;
+          const int slot = digest_queue_.front().slot;
+          return slot < 0 || loaded_[slot] != 0;
         });
         if (crew_.stop || digest_queue_.empty()) return;
         job = digest_queue_.front();
@@ -392,12 +410,14 @@ class Importer {
   int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;
   const bool with_digest_;  // false: the digest is left for HashStoredImage
+  const bool parallel_reads_;  // workers read their chunks (ByteSource::ConcurrentReads)
   Manifest manifest_;
 
   // Guarded by crew_.mu.
   IoProgress progress_;
   std::vector<int> free_slots_;
   std::vector<int> refs_;
+  std::vector<char> loaded_;  // per slot: its chunk's bytes have been read
   std::deque<ChunkJob> work_queue_;
   std::deque<ChunkJob> digest_queue_;  // in chunk order
   bool reading_done_ = false;

@@ -27,6 +27,9 @@ class ByteSource {
   virtual std::string describe() const = 0;  // for messages
   // Bytes outside holes, if the source can tell cheaply (a sparse file can).
   virtual std::optional<uint64_t> DataBytes() { return std::nullopt; }
+  // True if ReadAt may be called from several threads at once (for different ranges);
+  // import then reads chunks in parallel. Otherwise one thread reads, in order.
+  virtual bool ConcurrentReads() const { return false; }
 };
 
 // Opens a regular file; throws ValidationError(InvalidParameter) naming the path when it is
