@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstdint>
 #include <ctime>
 #include <exception>
 #include <random>
 #include <thread>
+#include <unordered_set>
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
@@ -538,9 +540,15 @@ void S3Store::DeleteKey(const std::string& key, const char* what) {
 void S3Store::DeleteChunk(const std::string& hash) { DeleteKey(ChunkKey(hash), "a chunk"); }
 
 std::vector<std::string> S3Store::ListKeys(const std::string& key_prefix) {
+  return *ListKeysUpTo(key_prefix, SIZE_MAX);
+}
+
+std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string& key_prefix,
+                                                              size_t max_pages) {
   std::vector<std::string> keys;
   std::string token;
-  for (;;) {
+  for (size_t page = 0;; ++page) {
+    if (page == max_pages) return std::nullopt;
     Call list;
     list.key = "";
     list.query = {{"list-type", "2"}, {"prefix", key_prefix}, {"max-keys", "1000"}};
@@ -554,6 +562,24 @@ std::vector<std::string> S3Store::ListKeys(const std::string& key_prefix) {
     if (token.empty()) break;
   }
   return keys;
+}
+
+// A listing page answers for up to 1000 chunks, a HEAD for one: when the store's chunks fit
+// in a few pages (a new or small region), listing them is far fewer requests than HEADs.
+std::vector<bool> S3Store::HasChunks(const std::vector<std::string>& hashes,
+                                     const CancelToken* cancel) {
+  constexpr size_t kHeadsPerPage = 64;  // a page costs about as much as this many HEADs
+  if (const size_t budget = hashes.size() / kHeadsPerPage; budget > 0) {
+    if (auto keys = ListKeysUpTo(Key("chunks/"), budget)) {
+      std::unordered_set<std::string> present;
+      for (const std::string& key : *keys) present.insert(key.substr(key.rfind('/') + 1));
+      std::vector<bool> out;
+      out.reserve(hashes.size());
+      for (const auto& hash : hashes) out.push_back(present.contains(hash));
+      return out;
+    }
+  }
+  return Store::HasChunks(hashes, cancel);  // parallel HEADs
 }
 
 std::vector<std::string> S3Store::ListChunks() {

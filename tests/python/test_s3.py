@@ -163,6 +163,36 @@ def test_dedup_and_delta_copy_to_s3(cloud: ir.Cloud, s3: S3Server, bucket: str,
     wait_until(lambda: len(chunk_keys(s3, bucket)) == 16, timeout=20)
 
 
+def test_plan_lists_a_small_bucket_instead_of_heading_each_chunk(
+        cloud: ir.Cloud, s3: S3Server, proxy: FaultProxy, bucket: str, files: Path) -> None:
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint)
+    a_src = make_dense(files / "a.raw", 130 * CHUNK)
+    job = cloud.import_image(a_src, region="bj", name="a").replicate("s3a")
+    job.wait(timeout=120)
+    assert job.state == "Completed", job.to_dict()
+
+    def lookups() -> tuple[int, int]:
+        heads = len(_chunk_requests(proxy, "HEAD"))
+        lists = sum(1 for m, path, _ in proxy.requests
+                    if m == "GET" and "list-type=2" in path and "chunks" in path)
+        return heads, lists
+
+    assert lookups() == (0, 1)  # 130 chunks answered by one listing page
+    # a new version: half its chunks are new; the rest are known from a's manifest
+    data = bytearray(a_src.read_bytes())
+    for i in range(0, 130, 2):
+        data[i * CHUNK:i * CHUNK + 8] = os.urandom(8)
+    (files / "b.raw").write_bytes(bytes(data))
+    proxy.requests.clear()
+    job2 = cloud.import_image(files / "b.raw", region="bj", name="b").replicate("s3a")
+    job2.wait(timeout=120)
+    assert job2.state == "Completed", job2.to_dict()
+    assert lookups() == (0, 1)
+    assert job2.tasks["s3a"].bytes_transferred == 65 * CHUNK
+    assert len(chunk_keys(s3, bucket)) == 195
+    assert job2.copies["s3a"].export(files / "b.out").read_bytes() == bytes(data)
+
+
 def test_cancel_copy_to_s3_mid_flight(open_cloud, s3: S3Server, bucket: str,
                                       files: Path) -> None:
     cloud = open_cloud(bandwidth=2 * MiB)
