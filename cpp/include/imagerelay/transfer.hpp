@@ -22,7 +22,7 @@
 namespace imagerelay {
 
 struct TransferOptions {
-  int threads = 4;                        // parallel readers/writers
+  int threads = 8;                        // parallel readers/writers (each mostly waits on I/O)
   uint64_t buffer_memory = 256ULL << 20;  // cap on chunk buffers in flight
   uint64_t bandwidth = 0;                 // bytes/s over all destinations, 0 = unlimited
   int max_attempts = 5;                   // per chunk, for transient errors
