@@ -436,6 +436,24 @@ void ValidateManifest(const Manifest& m) {
   }
 }
 
+// Reads chunk i of the manifest into `out` and checks its length and hash; a mismatch is an
+// IntegrityError naming the chunk, its place in `what` (the image) and the store.
+void ReadVerifiedChunk(Store& store, const Manifest& manifest, size_t i,
+                       std::vector<std::byte>& out, const std::string& what,
+                       const CancelToken* cancel) {
+  const std::string& hash = manifest.chunks[i];
+  const uint64_t offset = manifest.ChunkOffset(i);
+  const uint64_t len = manifest.ChunkLength(i);
+  store.GetChunk(hash, out, cancel);
+  if (out.size() != len || Sha256Hex(out.data(), out.size()) != hash) {
+    throw IntegrityError(codes::kIntegrityError,
+                         "chunk " + hash + " (bytes " + std::to_string(offset) + ".." +
+                             std::to_string(offset + len) + " of " + what + ") in store " +
+                             store.uri() + " is corrupt: its content does not match its name; "
+                             "the image's bytes are damaged, import or replicate it again");
+  }
+}
+
 // Removes the temporary file unless the export committed it.
 class TempFileGuard {
  public:
@@ -499,15 +517,7 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
         if (crew.stop || next_fetch == todo.size()) return;
         k = next_fetch++;
       }
-      const size_t i = todo[k];
-      const std::string& hash = manifest.chunks[i];
-      store.GetChunk(hash, buffer);
-      if (buffer.size() != manifest.ChunkLength(i) ||
-          Sha256Hex(buffer.data(), buffer.size()) != hash) {
-        throw IntegrityError(codes::kIntegrityError,
-                             "chunk " + hash + " of " + what + " in store " + store.uri() +
-                                 " is corrupt: its content does not match its name");
-      }
+      ReadVerifiedChunk(store, manifest, todo[k], buffer, what, &cancel);
       std::lock_guard lock(crew.mu);
       Slot& slot = window[k % kHashWindow];
       slot.bytes.swap(buffer);
@@ -604,17 +614,8 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
           if (crew.stop || next == todo.size()) return;
           i = todo[next++];
         }
-        const std::string& hash = manifest.chunks[i];
         const uint64_t len = manifest.ChunkLength(i);
-        store.GetChunk(hash, buffer, &cancel);
-        if (buffer.size() != len || Sha256Hex(buffer.data(), buffer.size()) != hash) {
-          throw IntegrityError(
-              codes::kIntegrityError,
-              "chunk " + hash + " (bytes " + std::to_string(manifest.ChunkOffset(i)) + ".." +
-                  std::to_string(manifest.ChunkOffset(i) + len) + " of the image) in store " +
-                  store.uri() + " is corrupt: its content does not match its name; the "
-                  "image's bytes are damaged, import or replicate it again");
-        }
+        ReadVerifiedChunk(store, manifest, i, buffer, "the image", &cancel);
         int err = PwriteAll(fd.get(), buffer.data(), buffer.size(),
                             static_cast<off_t>(manifest.ChunkOffset(i)));
         if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);

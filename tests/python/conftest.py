@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,20 @@ import pytest
 import imagerelay as ir
 
 CHUNK = 64 * 1024
+
+# A child process that starts a replication of image_id to one region, prints the job and
+# the copy's id, and sleeps (tests kill it mid-copy):
+#   python -c CHILD_REPLICATE HOME IMAGE_ID BANDWIDTH REGION
+CHILD_REPLICATE = textwrap.dedent("""
+    import sys, time, json
+    import imagerelay as ir
+    home, image_id, bandwidth, region = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    cloud = ir.open(home, limits=ir.Limits(chunk_size=65536, bandwidth=bandwidth))
+    job = cloud.replicate(image_id, [region])
+    print("RESULT", json.dumps({"job": job.id, "dest": job.tasks[region].dest_image_id}),
+          flush=True)
+    time.sleep(600)
+""")
 PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    CHILD_REPLICATE,
     CHUNK,
     PYTHON,
     assert_error,
@@ -522,16 +523,6 @@ def test_corrupt_source_chunk_fails_the_copy(cloud: ir.Cloud, home: Path, files:
 
 
 # -- processes --------------------------------------------------------------------------
-CHILD_REPLICATE = textwrap.dedent("""
-    import sys, time, json
-    import imagerelay as ir
-    home, image_id, bandwidth = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    cloud = ir.open(home, limits=ir.Limits(chunk_size=65536, bandwidth=bandwidth))
-    job = cloud.replicate(image_id, ["gz"])
-    print("RESULT", json.dumps({"job": job.id, "dest": job.tasks["gz"].dest_image_id}),
-          flush=True)
-    time.sleep(600)
-""")
 
 
 def test_crash_resume(home: Path, files: Path) -> None:
@@ -544,7 +535,8 @@ def test_crash_resume(home: Path, files: Path) -> None:
         image = cloud.import_image(src, region="bj", name="big")
     assert chunk_stats(home, "gz") == (0, 0)
 
-    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(SLOW)],
+    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(SLOW),
+                              "gz"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = read_result(child)
@@ -636,7 +628,8 @@ def test_crash_takeover_by_an_engine_already_open(home: Path, files: Path) -> No
     src = make_dense(files / "big.raw", 8 * MiB)
     with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
         image = cloud.import_image(src, region="bj", name="big")
-    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(SLOW)],
+    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(SLOW),
+                              "gz"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = read_result(child)

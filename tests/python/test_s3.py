@@ -8,14 +8,22 @@ import itertools
 import os
 import signal
 import subprocess
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHUNK, PYTHON, assert_error, make_dense, make_sparse, read_result, wait_until
+from conftest import (
+    CHILD_REPLICATE,
+    CHUNK,
+    PYTHON,
+    assert_error,
+    make_dense,
+    make_sparse,
+    read_result,
+    wait_until,
+)
 from s3_server import FaultProxy, S3Server, moto_server
 
 import imagerelay as ir
@@ -214,16 +222,6 @@ def test_cancel_copy_to_s3_mid_flight(open_cloud, s3: S3Server, bucket: str,
     assert job2.copies["s3a"].export(files / "out.raw").read_bytes() == src.read_bytes()
 
 
-CHILD_REPLICATE = textwrap.dedent("""
-    import sys, time, json
-    import imagerelay as ir
-    home, image_id, bandwidth = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    cloud = ir.open(home, limits=ir.Limits(chunk_size=65536, bandwidth=bandwidth))
-    job = cloud.replicate(image_id, ["s3a"])
-    print("RESULT", json.dumps({"job": job.id, "dest": job.tasks["s3a"].dest_image_id}),
-          flush=True)
-    time.sleep(600)
-""")
 
 
 def test_kill_then_resume_into_s3(home: Path, s3: S3Server, bucket: str, files: Path) -> None:
@@ -232,7 +230,8 @@ def test_kill_then_resume_into_s3(home: Path, s3: S3Server, bucket: str, files: 
         add_s3_region(cloud, s3, "s3a", bucket)  # credentials kept in <home>/credentials
         image = cloud.import_image(src, region="bj", name="big")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(2 * MiB)],
+    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(2 * MiB),
+                              "s3a"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         started = read_result(child)
