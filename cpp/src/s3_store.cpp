@@ -464,43 +464,19 @@ bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t len
                             const CancelToken* cancel) {
   if (!CanCopyChunksFrom(source)) return false;
   auto& from = static_cast<S3Store&>(source);
-  // 1. The source's proof: the SHA-256 its server checked when PutChunk stored it.
-  Call head;
-  head.method = "HEAD";
-  head.key = from.ChunkKey(hash);
-  head.headers = {{"x-amz-checksum-mode", "ENABLED"}};
-  head.attempts = kChunkAttempts;
-  HttpResponse proof = from.Perform(head, cancel);
-  if (proof.status == 404) {
-    throw TransferError(codes::kTransferFailed,
-                        "chunk " + hash + " is missing in store " + from.location_.display);
-  }
-  if (!Ok(proof.status)) from.Fail("HEAD of chunk " + hash, proof);
-  const std::string stored = proof.Header("x-amz-checksum-sha256");
-  if (stored.empty()) return false;  // written without a checksum: read and verify it instead
-  const std::string stored_hex = Base64ToHex(stored);
-  const std::string size = proof.Header("content-length");
-  if (stored_hex != hash || (!size.empty() && std::strtoull(size.c_str(), nullptr, 10) != length)) {
-    throw IntegrityError(codes::kIntegrityError,
-                         "chunk " + hash + " in store " + from.location_.display +
-                             " is corrupt: the store holds " + size + " bytes with SHA-256 " +
-                             (stored_hex.empty() ? stored.substr(0, 60) : stored_hex) +
-                             ", the manifest says " + std::to_string(length) + " bytes");
-  }
-  // 2. CopyObject of exactly that version; the server hashes what it writes.
   Call copy;
   copy.method = "PUT";
   copy.key = ChunkKey(hash);
   copy.attempts = kChunkAttempts;
-  copy.headers = {{"x-amz-copy-source", sigv4::UriEncode("/" + from.location_.bucket + "/" + head.key, false)},
-                  {"x-amz-checksum-algorithm", "SHA256"}};
-  if (std::string etag = proof.Header("etag"); !etag.empty()) {
-    copy.headers.emplace_back("x-amz-copy-source-if-match", etag);
+  copy.headers = {{"x-amz-copy-source",
+                   sigv4::UriEncode("/" + from.location_.bucket + "/" + from.ChunkKey(hash), false)}};
+  if (hash_copies_.load(std::memory_order_relaxed)) {
+    copy.headers.emplace_back("x-amz-checksum-algorithm", "SHA256");
   }
   HttpResponse response = Perform(copy, cancel);
-  if (response.status == 412) {
-    throw TransientError("chunk " + hash + " changed in store " + from.location_.display +
-                         " while it was copied");
+  if (response.status == 404 && XmlFirst(response.body, "Code") == "NoSuchKey") {
+    throw TransferError(codes::kTransferFailed,
+                        "chunk " + hash + " is missing in store " + from.location_.display);
   }
   if (!Ok(response.status)) Fail("server-side copy of chunk " + hash, response);
   // S3 may answer 200 and put the error in the body.
@@ -518,14 +494,22 @@ bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t len
   }
   const std::string copied = XmlFirst(response.body, "ChecksumSHA256");
   if (!copied.empty()) {
-    if (Base64ToHex(copied) != hash) RejectCopy(hash, "the server hashed it to " + copied);
+    if (Base64ToHex(copied) != hash) {
+      RejectCopy(hash, "the store reports SHA-256 " + copied + " for it (base64); the source "
+                       "chunk in " + from.location_.display + " does not hold these bytes");
+    }
     return true;
   }
-  // A server that does not hash copies: read the copy back once and hash it here.
+  // No SHA-256 kept with the source (a server that refused the checksum headers): ask the
+  // server to compute one for the next copies, and read this one back to hash it here.
+  hash_copies_.store(true, std::memory_order_relaxed);
   std::vector<std::byte> bytes;
   GetChunk(hash, bytes, cancel);
   std::string actual = Sha256Hex(bytes.data(), bytes.size());
-  if (actual != hash) RejectCopy(hash, "its bytes hash to " + actual);
+  if (actual != hash || bytes.size() != length) {
+    RejectCopy(hash, std::to_string(bytes.size()) + " bytes hashing to " + actual +
+                         ", the manifest says " + std::to_string(length) + " bytes");
+  }
   return true;
 }
 

@@ -9,14 +9,14 @@
 //
 // Server-side copy (DESIGN.md §5 integrity rules kept): S3 -> S3 on one endpoint under the
 // same credentials copies a chunk with CopyObject. Why this proof: the engine never sees
-// the bytes, so it relies on SHA-256s the server computes itself. PutChunk stores the
-// chunk's SHA-256 as x-amz-checksum-sha256 (the server rejects the PUT if the bytes do not
-// match); CopyChunkFrom HEADs it back (x-amz-checksum-mode) and refuses a chunk whose
-// stored SHA-256 or size differs from its name and manifest length (IntegrityError,
-// nothing written), copies pinned to that ETag (x-amz-copy-source-if-match), and compares
-// the SHA-256 the server computed for the copy (x-amz-checksum-algorithm), deleting a
-// mismatching copy. A 200 answer with an <Error> body is an error. A source chunk without
-// a stored SHA-256 is left to the engine: GET, verify, PUT, as between endpoints.
+// the bytes, so it relies on the SHA-256 the server reports for the copy. PutChunk stores
+// the chunk's SHA-256 as x-amz-checksum-sha256 (the server rejects the PUT if the bytes do
+// not match) and CopyObject carries it over to the copy and reports it in its answer; a
+// server that keeps none is asked to compute it (x-amz-checksum-algorithm), and failing
+// that the copy is read back and hashed here. A copy whose SHA-256 differs from its name
+// is deleted at once and fails with IntegrityError; only a proven copy counts as written.
+// One request per chunk, as rclone's copy-then-compare-ETag but with SHA-256. A 200 answer
+// with an <Error> body is an error.
 // All methods may be called from several threads at once.
 #pragma once
 
@@ -74,8 +74,7 @@ class S3Store : public Store, public ChunkSizeProbe {
                 const CancelToken* cancel = nullptr) override;
   // Same endpoint, region and credentials: the buckets are one service to CopyObject.
   bool CanCopyChunksFrom(const Store& source) const override;
-  // HEAD of the source with its stored SHA-256 (none: false, the engine reads the chunk),
-  // then CopyObject pinned to that ETag asking the server for the SHA-256 of the copy.
+  // CopyObject, then the proof above; false only when the stores cannot copy between them.
   bool CopyChunkFrom(Store& source, const std::string& hash, uint64_t length,
                      const CancelToken* cancel) override;
   void DeleteChunk(const std::string& hash) override;
@@ -136,9 +135,11 @@ class S3Store : public Store, public ChunkSizeProbe {
   sigv4::Credentials credentials_;
   HttpClient http_;
   // Cleared once the server refused a PUT for its checksum headers and took it without
-  // them (an older S3-compatible server): its chunks then carry no stored SHA-256, and
-  // copies out of it go through the engine.
+  // them (an older S3-compatible server): its chunks then carry no stored SHA-256.
   std::atomic<bool> send_checksums_{true};
+  // Set once a copy came back without a SHA-256 (its source kept none): later copies ask
+  // the server to compute one.
+  std::atomic<bool> hash_copies_{false};
 };
 
 }  // namespace imagerelay

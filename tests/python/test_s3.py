@@ -470,11 +470,17 @@ def test_server_without_checksum_headers_still_takes_copies(cloud: ir.Cloud, s3:
     refused = sum("x-amz-checksum-sha256" in h for _, _, h in puts)
     assert 1 <= refused <= 8 and "x-amz-checksum-sha256" not in puts[-1][2]
     assert len(puts) == refused + len(chunk_keys(s3, b1))
-    # no stored checksum to prove a server-side copy: the engine reads and verifies instead
+    # no stored checksum comes back with a server-side copy: the first copies are read back
+    # and hashed, the later ones ask the server to hash them (x-amz-checksum-algorithm)
+    proxy.requests.clear()
     job2 = job.copies["s3a"].replicate("s3b")
     job2.wait(timeout=60)
     assert job2.state == "Completed", job2.to_dict()
-    assert not [r for r in _chunk_requests(proxy, "PUT") if "x-amz-copy-source" in r[2]]
+    copies = [r for r in _chunk_requests(proxy, "PUT") if "x-amz-copy-source" in r[2]]
+    assert len(copies) == len(chunk_keys(s3, b2)) == 6
+    hashed_by_server = [h for _, _, h in copies if h.get("x-amz-checksum-algorithm") == "SHA256"]
+    read_back = [r for r in _chunk_requests(proxy, "GET") if f"/{b2}/" in r[1]]
+    assert len(read_back) + len(hashed_by_server) == len(copies) and read_back
     assert job2.copies["s3b"].export(files / "out.raw").read_bytes() == src.read_bytes()
 
 

@@ -50,9 +50,9 @@ class Store {
   // same credentials): true if this store may be asked to copy chunks from `source`.
   virtual bool CanCopyChunksFrom(const Store& /*source*/) const { return false; }
   // Copies chunk `hash` (`length` bytes) from `source` without the bytes passing through
-  // this process. Integrity as for GetChunk + PutChunk: nothing is copied unless the
-  // source's store proves the bytes hash to `hash` (IntegrityError if they do not), and the
-  // copy is checked on arrival. Returns false when the source cannot prove it: the caller
+  // this process. Integrity as for GetChunk + PutChunk: the copy counts as written only
+  // once the store proves its bytes hash to `hash`; one that does not is removed at once
+  // (IntegrityError). Returns false when the stores cannot copy between them: the caller
   // then reads and verifies the bytes itself.
   virtual bool CopyChunkFrom(Store& /*source*/, const std::string& /*hash*/,
                              uint64_t /*length*/, const CancelToken* /*cancel*/) {
