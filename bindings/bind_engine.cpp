@@ -4,6 +4,14 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <type_traits>
+
 #include "bindings.hpp"
 #include "imagerelay/engine.hpp"
 
@@ -13,6 +21,56 @@ namespace imagerelay::bindings {
 namespace {
 
 using Release = py::call_guard<py::gil_scoped_release>;
+
+// Runs `work(token)` on a thread of its own while the calling Python thread waits with the
+// GIL released, looking for signals every 100 ms. Why: a long call (an import, an export,
+// a verification) would otherwise hold Ctrl-C, or a notebook's interrupt, until it ended.
+// On a signal whose handler raises (KeyboardInterrupt), the token fires, the work stops
+// and cleans up (an import ends CreateFailed), and the exception propagates.
+template <typename Work>
+auto RunInterruptible(Work&& work) {
+  using Result = std::invoke_result_t<Work&, const CancelToken*>;
+  CancelToken token;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::conditional_t<std::is_void_v<Result>, bool, std::optional<Result>> result{};
+  std::exception_ptr error;
+  std::thread worker([&] {
+    try {
+      if constexpr (std::is_void_v<Result>) {
+        work(&token);
+      } else {
+        result.emplace(work(&token));
+      }
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard lock(mu);
+    done = true;
+    cv.notify_all();
+  });
+  bool interrupted = false;
+  for (;;) {
+    {
+      py::gil_scoped_release release;
+      std::unique_lock lock(mu);
+      if (cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return done; })) break;
+    }
+    if (PyErr_CheckSignals() != 0) {  // only the main thread sees signals; others just wait
+      interrupted = true;
+      token.Cancel();
+      break;
+    }
+  }
+  {
+    py::gil_scoped_release release;
+    worker.join();
+  }
+  if (interrupted) throw py::error_already_set();
+  if (error) std::rethrow_exception(error);
+  if constexpr (!std::is_void_v<Result>) return std::move(*result);
+}
 
 // A Python callable owned from C++: destroyed with the GIL held while Python lives.
 class PyCallable {
@@ -101,8 +159,15 @@ void BindEngine(py::module_& m) {
       .def("add_account", &Engine::AddAccount, py::arg("id"), py::arg("name"), Release())
       .def("accounts", &Engine::Accounts, Release())
       .def("account", &Engine::GetAccount, py::arg("id"), Release())
-      .def("import_image", &Engine::ImportImage, py::arg("account"), py::arg("request"),
-           py::arg("wait"), py::arg("system"), Release())
+      .def(
+          "import_image",
+          [](Engine& self, const std::string& account, const ImportRequest& request, bool wait,
+             bool system) {
+            return RunInterruptible([&](const CancelToken* cancel) {
+              return self.ImportImage(account, request, wait, system, cancel);
+            });
+          },
+          py::arg("account"), py::arg("request"), py::arg("wait"), py::arg("system"))
       .def("images", &Engine::Images, py::arg("account"), py::arg("region"),
            py::arg("image_type"), py::arg("name"), Release())
       .def("image", &Engine::GetImage, py::arg("account"), py::arg("image_id"), Release())
@@ -115,9 +180,23 @@ void BindEngine(py::module_& m) {
       .def("rename", &Engine::Rename, py::arg("account"), py::arg("image_id"), py::arg("name"),
            Release())
       .def("delete", &Engine::Delete, py::arg("account"), py::arg("image_id"), Release())
-      .def("export", &Engine::Export, py::arg("account"), py::arg("image_id"), py::arg("path"),
-           Release())
-      .def("verify", &Engine::Verify, py::arg("account"), py::arg("image_id"), Release())
+      .def(
+          "export",
+          [](Engine& self, const std::string& account, const std::string& image_id,
+             const std::filesystem::path& path) {
+            RunInterruptible([&](const CancelToken* cancel) {
+              self.Export(account, image_id, path, cancel);
+            });
+          },
+          py::arg("account"), py::arg("image_id"), py::arg("path"))
+      .def(
+          "verify",
+          [](Engine& self, const std::string& account, const std::string& image_id) {
+            return RunInterruptible([&](const CancelToken* cancel) {
+              return self.Verify(account, image_id, cancel);
+            });
+          },
+          py::arg("account"), py::arg("image_id"))
       .def("wait_digest", &Engine::WaitDigest, py::arg("account"), py::arg("image_id"),
            py::arg("timeout"), Release())
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),

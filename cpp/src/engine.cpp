@@ -341,6 +341,7 @@ void Engine::Close() {
   {
     std::lock_guard lock(impl_->running_mutex);
     // Copies stop where they are; their leases lapse and the next Open resumes them.
+    // Imports stop and end CreateFailed (an import starts over: nothing to resume).
     for (auto& [id, token] : impl_->running) token->Cancel();
   }
   impl_->digest_cancel.Cancel();
@@ -463,7 +464,7 @@ Account Engine::GetAccount(const std::string& id) {
 // ---- images ---------------------------------------------------------------------------
 
 ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request,
-                              bool wait, bool system) {
+                              bool wait, bool system, const CancelToken* cancel) {
   if (!system) impl_->catalog->Read([&](CatalogTx& tx) { RequireAccount(tx, account); });
   std::vector<Problem> source_problems;
   uint64_t size = 0;
@@ -521,7 +522,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
   }
 
   if (wait) {
-    impl_->RunImport(image.id, path);
+    impl_->RunImport(image.id, path, cancel);
   } else {
     auto* impl = impl_.get();
     std::string id = image.id;
@@ -705,7 +706,7 @@ void Engine::Delete(const std::string& account, const std::string& image_id) {
 }
 
 void Engine::Export(const std::string& account, const std::string& image_id,
-                    const fs::path& path) {
+                    const fs::path& path, const CancelToken* cancel) {
   Image image;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
@@ -742,11 +743,18 @@ void Engine::Export(const std::string& account, const std::string& image_id,
     ThrowCode(codes::kTransferFailed, "the bytes of image " + image.id + " are missing from " +
                                           "region " + image.region + "'s store");
   }
-  CancelToken never;
-  ExportFromStore(*store, *manifest, path, never, nullptr);
+  CancelToken stop(cancel);
+  try {
+    ExportFromStore(*store, *manifest, path, stop, nullptr);
+  } catch (const Cancelled&) {
+    ThrowCode(codes::kTransferFailed, "the export of image " + image.id + " to " + Quote(text) +
+                                          " was stopped before it finished; the file was left "
+                                          "as it was");
+  }
 }
 
-std::string Engine::Verify(const std::string& account, const std::string& image_id) {
+std::string Engine::Verify(const std::string& account, const std::string& image_id,
+                           const CancelToken* cancel) {
   Image image;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
@@ -763,9 +771,15 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
     ThrowCode(codes::kIntegrityError, "the manifest of image " + image.id + " is missing from " +
                                           "region " + image.region);
   }
-  CancelToken never;
-  std::string digest = HashStoredImage(*store, *manifest,
-                                       "image " + image.id + " in region " + image.region, never);
+  CancelToken stop(cancel);
+  std::string digest;
+  try {
+    digest = HashStoredImage(*store, *manifest, "image " + image.id + " in region " + image.region,
+                             stop);
+  } catch (const Cancelled&) {
+    ThrowCode(codes::kTransferFailed,
+              "the verification of image " + image.id + " was stopped before it finished");
+  }
   if (image.digest.empty()) {
     impl_->RecordDigest(image.id, digest);  // it was still being computed: now it is known
     return digest;

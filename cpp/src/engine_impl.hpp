@@ -55,7 +55,8 @@ struct Engine::Impl {
   std::condition_variable_any wake_workers;
   std::mutex wake_mutex;
 
-  // Cancel tokens of copies running in this process, by destination image id.
+  // Cancel tokens of copies running in this process, by destination image id, and of
+  // imports, by "import:" + image id: Close() fires them all.
   std::mutex running_mutex;
   std::map<std::string, std::shared_ptr<CancelToken>> running;
 
@@ -89,7 +90,11 @@ struct Engine::Impl {
   void SpawnBackground(std::function<void()> fn);
 
   // Imports (import_runner.cpp).
-  void RunImport(const std::string& image_id, const std::string& source_path);
+  // `stop` (the caller's, may be null) ends the import early: the image becomes
+  // CreateFailed, its bytes are swept, and Error(Transfer.Failed) is thrown.
+  void RunImport(const std::string& image_id, const std::string& source_path,
+                 const CancelToken* stop = nullptr);
+  class RunningImport;
   void RecoverInterruptedImports();
 
   // Digests computed after the image became Available (digester.cpp).

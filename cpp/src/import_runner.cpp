@@ -29,16 +29,52 @@ bool Engine::Impl::LeaseHolderAlive(const std::string& owner, TimeUs expires_us,
   return !(kill(pid, 0) != 0 && errno == ESRCH);
 }
 
-void Engine::Impl::RunImport(const std::string& image_id, const std::string& source_path) {
+// Registers an import's cancel token for Close() while the import runs.
+class Engine::Impl::RunningImport {
+ public:
+  RunningImport(Engine::Impl& impl, std::string key, const CancelToken* stop)
+      : impl_(impl), key_(std::move(key)), token_(std::make_shared<CancelToken>(stop)) {
+    std::lock_guard lock(impl_.running_mutex);
+    impl_.running[key_] = token_;
+    if (impl_.closing.load()) token_->Cancel();  // Close() may have fired the others already
+  }
+  ~RunningImport() {
+    std::lock_guard lock(impl_.running_mutex);
+    impl_.running.erase(key_);
+  }
+  const CancelToken& token() const { return *token_; }
+
+ private:
+  Engine::Impl& impl_;
+  std::string key_;
+  std::shared_ptr<CancelToken> token_;
+};
+
+void Engine::Impl::RunImport(const std::string& image_id, const std::string& source_path,
+                             const CancelToken* stop) {
   Image image;
   catalog->Read([&](CatalogTx& tx) { image = *tx.GetImage(image_id); });
   const std::string lease_key = "import:" + image_id;
   auto last_renew = std::chrono::steady_clock::now();
-  CancelToken cancel;
+  RunningImport running_import(*this, lease_key, stop);
+  const CancelToken& cancel = running_import.token();
+  // CreateFailed with the reason; the chunks it stored go with the region's next sweep.
+  auto fail = [&](const std::string& code, const std::string& message) {
+    image.error = message;
+    Write([&](CatalogTx& tx, PendingEvents& events) {
+      tx.UpdateImageFields(image);
+      tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
+      tx.PutSetting(lease_key, "");
+      tx.SetSweepNeeded(image.region, true);
+      events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
+                                  "{\"code\":\"" + code + "\"}"));
+    });
+    MaybeSweep(image.region);
+  };
   try {
     auto store = StoreFor(image.region);
     store->Check();
-    auto source = OpenImportSource(source_path);
+    auto source = OpenImportSource(source_path, &cancel);
     ImportOptions io;
     io.chunk_size = options.limits.chunk_size;
     io.buffer_memory = options.limits.buffer_memory;
@@ -67,17 +103,14 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
                                   "{\"size\":" + std::to_string(image.size) + "}"));
     });
     if (image.digest.empty()) ScheduleDigests();
+  } catch (const Cancelled&) {
+    const std::string message = "the import into image " + image.id +
+                                " was stopped before it finished (interrupted, or its engine "
+                                "closed); import the file again";
+    fail(codes::kTransferFailed, message);
+    ThrowCode(codes::kTransferFailed, message);
   } catch (const Error& e) {
-    image.error = e.message();
-    Write([&](CatalogTx& tx, PendingEvents& events) {
-      tx.UpdateImageFields(image);
-      tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
-      tx.PutSetting(lease_key, "");
-      tx.SetSweepNeeded(image.region, true);
-      events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
-                                  "{\"code\":\"" + e.code() + "\"}"));
-    });
-    MaybeSweep(image.region);
+    fail(e.code(), e.message());
     throw;
   }
 }

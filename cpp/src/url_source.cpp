@@ -102,7 +102,8 @@ void AppendErrorBody(std::string& body, std::span<const std::byte> data) {
 // One streamed GET feeding the reader through a bounded queue, on its own thread.
 class StreamReader {
  public:
-  StreamReader(UrlEndpoint& endpoint, uint64_t size) : endpoint_(endpoint), size_(size) {
+  StreamReader(UrlEndpoint& endpoint, uint64_t size, const CancelToken* cancel)
+      : endpoint_(endpoint), size_(size), stop_(cancel) {
     thread_ = std::thread([this] { Run(); });
   }
   ~StreamReader() {
@@ -186,7 +187,7 @@ class StreamReader {
                                           std::to_string(size_) + " bytes")));
         }
       } catch (const Cancelled&) {
-        return;
+        return Finish(std::make_exception_ptr(Cancelled{}));  // closing, or the import stopped
       } catch (const TransientError& e) {
         if (attempt >= kAttempts) {
           return Finish(std::make_exception_ptr(TransferError(
@@ -198,7 +199,7 @@ class StreamReader {
       try {
         endpoint_.http().SleepBackoff(attempt, &stop_);
       } catch (const Cancelled&) {
-        return;
+        return Finish(std::make_exception_ptr(Cancelled{}));
       }
     }
   }
@@ -238,10 +239,11 @@ class StreamReader {
 
 class UrlSource : public ByteSource {
  public:
-  explicit UrlSource(std::string url) : endpoint_(std::move(url)) {
+  UrlSource(std::string url, const CancelToken* cancel)
+      : endpoint_(std::move(url)), cancel_(cancel), stop_(cancel) {
     HttpResponse head;
     try {
-      head = endpoint_.Send("HEAD", std::nullopt, nullptr, nullptr, kAttempts);
+      head = endpoint_.Send("HEAD", std::nullopt, nullptr, cancel, kAttempts);
     } catch (const TransientError& e) {
       Unreadable(endpoint_.url(), std::string("unreachable: ") + e.what());
     }
@@ -267,7 +269,7 @@ class UrlSource : public ByteSource {
     if (ranged_ && ReadRanged(offset, out, len)) return;
     if (!stream_ || stream_->position() > offset) {
       stream_.reset();
-      stream_ = std::make_unique<StreamReader>(endpoint_, size_);
+      stream_ = std::make_unique<StreamReader>(endpoint_, size_, cancel_);
     }
     stream_->Read(offset, out, len);
   }
@@ -410,11 +412,12 @@ class UrlSource : public ByteSource {
   }
 
   UrlEndpoint endpoint_;
+  const CancelToken* cancel_;  // the caller's, if any
   uint64_t size_ = 0;
   bool ranged_ = false;
   std::unique_ptr<StreamReader> stream_;
 
-  CancelToken stop_;
+  CancelToken stop_;  // ours (closing), or the caller's
   std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable ready_cv_;
@@ -431,9 +434,9 @@ bool IsUrlSource(const std::string& source) {
          source.starts_with("s3://");
 }
 
-std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url) {
+std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url, const CancelToken* cancel) {
   try {
-    return std::make_unique<UrlSource>(url);
+    return std::make_unique<UrlSource>(url, cancel);
   } catch (const TransferError& e) {
     throw ValidationError(codes::kInvalidParameter, e.message());
   } catch (const std::runtime_error& e) {
@@ -442,8 +445,9 @@ std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url) {
   }
 }
 
-std::unique_ptr<ByteSource> OpenImportSource(const std::string& source) {
-  return IsUrlSource(source) ? OpenUrlSource(source) : OpenFileSource(source);
+std::unique_ptr<ByteSource> OpenImportSource(const std::string& source,
+                                             const CancelToken* cancel) {
+  return IsUrlSource(source) ? OpenUrlSource(source, cancel) : OpenFileSource(source);
 }
 
 }  // namespace imagerelay

@@ -14,7 +14,8 @@ from typing import Any
 from . import _core
 from ._types import Account, Event, Handle, Limits, Region
 from .collections import ImageList, JobList
-from .errors import ValidationError
+from ._waiting import wait_slices
+from .errors import TimeoutError, ValidationError
 from .image import Image
 from .job import Job
 
@@ -236,11 +237,17 @@ class Cloud:
         1 GiB) is Available as soon as its data is stored; its `digest` is None until the
         background digester has hashed the whole image. Raises TimeoutError after `timeout`.
         """
-        return str(self._engine.wait_digest(self.account, image_id, timeout))
+        for step in wait_slices(timeout):
+            try:
+                return str(self._engine.wait_digest(self.account, image_id, step))
+            except TimeoutError:
+                pass
+        raise TimeoutError(f"the digest of image {image_id} is still being computed after "
+                           f"{timeout} s")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no task is Pending or Running; False if ``timeout`` passed first."""
-        return bool(self._engine.wait_idle(timeout))
+        return any(self._engine.wait_idle(step) for step in wait_slices(timeout))
 
     # -- events and policies ------------------------------------------------------
     def events(self, *, since: int = 0, image_id: str | None = None) -> list[Event]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import html
-import time
 from collections.abc import Generator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._types import utc_from_us
+from ._waiting import wait_slices
 
 if TYPE_CHECKING:
     from .cloud import Cloud
@@ -167,15 +167,11 @@ class Job:
         """
         from .errors import ReplicationFailedError, TimeoutError
 
-        deadline = None if timeout is None else time.monotonic() + timeout
         bars = _ProgressBars(self) if progress else None
         try:
-            while True:
-                # Short waits in C++ (woken at once by this process's changes), so that
-                # bars move and Ctrl-C is seen between them.
-                step = 0.25
-                if deadline is not None:
-                    step = min(step, max(0.0, deadline - time.monotonic()))
+            # Short waits in C++ (woken at once by this process's changes), so that bars
+            # move and Ctrl-C is seen between them.
+            for step in wait_slices(timeout):
                 try:
                     self._info = self._cloud._engine.wait_job(self._cloud.account, self.id, step)
                     break
@@ -183,9 +179,9 @@ class Job:
                     self.refresh()
                     if bars:
                         bars.update(self)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise TimeoutError(f"job {self.id} is still running after {timeout} s; "
-                                           "its copies go on") from None
+            else:
+                raise TimeoutError(f"job {self.id} is still running after {timeout} s; "
+                                   "its copies go on")
             if bars:
                 bars.update(self)
         finally:

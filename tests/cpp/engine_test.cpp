@@ -275,6 +275,60 @@ TEST_F(EngineTest, CancelMidFlightRemovesTheCopyAndItsBytes) {
   }
 }
 
+// A caller's token (Ctrl-C in Python) stops an import: CreateFailed with the reason, no
+// chunk left behind, and the error thrown; export and verify stop without side effects.
+TEST_F(EngineTest, CallerTokenStopsImportExportAndVerify) {
+  auto engine = Open();
+  CancelToken stop;
+  stop.Cancel();
+  ImportRequest request;
+  request.source = MakeFile("a.raw", 16 * kChunk, 3).string();
+  request.region = "bj";
+  request.name = "stopped";
+  try {
+    engine->ImportImage("default", request, true, false, &stop);
+    FAIL() << "the import ran to the end";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kTransferFailed);
+    EXPECT_NE(e.message().find("stopped before it finished"), std::string::npos) << e.message();
+  }
+  auto images = engine->Images("default", "bj", "Custom", std::string("stopped"));
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_EQ(images[0].image.status, ImageStatus::kCreateFailed);
+  EXPECT_NE(images[0].image.error.find("stopped before it finished"), std::string::npos);
+  EXPECT_EQ(ChunkFiles("bj"), 0u);
+
+  auto image = Import(*engine, request.source);
+  const fs::path out = dir_ / "out.raw";
+  try {
+    engine->Export("default", image.image.id, out, &stop);
+    FAIL() << "the export ran to the end";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kTransferFailed);
+  }
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_THROW(engine->Verify("default", image.image.id, &stop), TransferError);
+  EXPECT_EQ(engine->Verify("default", image.image.id), image.image.digest);
+}
+
+// Close() does not wait for a background import to finish: it stops it (CreateFailed).
+TEST_F(EngineTest, CloseStopsABackgroundImport) {
+  std::string id;
+  const fs::path big = MakeFile("big.raw", 1024 * kChunk, 5);  // 64 MiB in 1024 chunks
+  {
+    auto engine = Open();
+    ImportRequest request;
+    request.source = big.string();
+    request.region = "bj";
+    request.name = "big";
+    id = engine->ImportImage("default", request, false, false).image.id;
+    engine->Close();  // at once: 1024 chunks take far longer to import than this takes to run
+    EXPECT_EQ(engine->GetImage("default", id).image.status, ImageStatus::kCreateFailed);
+  }
+  auto engine = Open();
+  EXPECT_EQ(engine->GetImage("default", id).image.status, ImageStatus::kCreateFailed);
+}
+
 TEST_F(EngineTest, SourceIsLockedWhileCopiesAreInFlight) {
   Limits limits;
   limits.bandwidth = 128 * 1024;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import textwrap
 import threading
@@ -185,6 +186,20 @@ def wait_for_chunks(home: Path, region: str, expected: set[str], timeout: float 
                 f"than expected and {len(expected - have)} missing")
 
     wait_until(lambda: chunk_names(home, region) == expected, timeout=timeout, why=why)
+
+
+def interrupt_when(predicate: Callable[[], object], timeout: float = 20.0) -> threading.Thread:
+    """Sends SIGINT (Ctrl-C) to this process once ``predicate`` holds, from a helper thread:
+    the main thread, blocked in a call, gets KeyboardInterrupt if that call lets it."""
+    def run() -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 class Collector:

@@ -19,6 +19,7 @@ from conftest import (
     CHUNK,
     PYTHON,
     assert_error,
+    interrupt_when,
     make_dense,
     make_sparse,
     read_result,
@@ -504,6 +505,27 @@ def test_server_side_copy_of_a_corrupt_chunk_fails_with_integrity_error(
     assert task.state == "Failed" and task.error_code == "Transfer.IntegrityError", task.to_dict()
     assert victim.rsplit("/", 1)[1] in task.error
     assert victim.rsplit("/", 1)[1] not in chunk_keys(s3, b2)  # never copied
+
+
+def test_ctrl_c_stops_an_export_and_a_verify_of_a_stalled_image(
+        cloud: ir.Cloud, s3: S3Server, bucket: str, proxy: FaultProxy, files: Path) -> None:
+    # Nothing but Ctrl-C (through the caller's cancel token down to curl) ends these stalls.
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint, extra="&low_speed_time=3600")
+    job = cloud.import_image(make_dense(files / "a.raw", 8 * CHUNK), region="bj",
+                             name="a").replicate("s3a")
+    job.wait(timeout=60)
+    copy = job.copies["s3a"]
+    proxy.stall_seconds = 120
+    proxy.fault_filter = lambda method, path: method == "GET" and "/chunks/" in path
+    proxy.faults = {"stall": 1.0}
+    for call in (lambda: copy.export(files / "out.raw"), copy.verify):
+        stalls = proxy.counts.get("stall", 0)
+        interrupt_when(lambda n=stalls: proxy.counts.get("stall", 0) > n)
+        with pytest.raises(KeyboardInterrupt):
+            call()
+        assert sorted(p.name for p in files.iterdir()) == ["a.raw"]  # no export, no temp file
+    proxy.faults = {}
+    assert copy.verify() == copy.digest
 
 
 # -- credentials, session tokens, addressing, TLS ------------------------------------------

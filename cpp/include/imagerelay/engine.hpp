@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/model.hpp"
 #include "imagerelay/rules.hpp"
@@ -76,9 +77,11 @@ class Engine {
   Account GetAccount(const std::string& id);  // NoSuchAccount
 
   // Imports a file. With wait=false the import runs in the background and the image is
-  // returned in Creating. `system` adds a System image with no owner.
+  // returned in Creating. `system` adds a System image with no owner. `cancel` (wait=true
+  // only) stops the import early: the image ends CreateFailed, its bytes are removed, and
+  // Error(Transfer.Failed) is thrown. Close() stops background imports the same way.
   ImageView ImportImage(const std::string& account, const ImportRequest& request, bool wait,
-                        bool system);
+                        bool system, const CancelToken* cancel = nullptr);
   // image_type: All, System, Custom, Sharing.
   std::vector<ImageView> Images(const std::string& account, const std::optional<std::string>& region,
                                 const std::string& image_type,
@@ -91,11 +94,14 @@ class Engine {
   std::vector<std::string> SharedUsers(const std::string& account, const std::string& image_id);
   void Rename(const std::string& account, const std::string& image_id, const std::string& name);
   void Delete(const std::string& account, const std::string& image_id);
+  // `cancel` stops an export early (Error(Transfer.Failed); `path` is left as it was) and a
+  // verification (Error(Transfer.Failed), nothing recorded).
   void Export(const std::string& account, const std::string& image_id,
-              const std::filesystem::path& path);
+              const std::filesystem::path& path, const CancelToken* cancel = nullptr);
   // Re-reads every chunk of the image from its region, checks each against its name and the
   // whole against the image's digest; returns the digest, throws IntegrityError otherwise.
-  std::string Verify(const std::string& account, const std::string& image_id);
+  std::string Verify(const std::string& account, const std::string& image_id,
+                     const CancelToken* cancel = nullptr);
   // The image's digest, waiting while the digester computes it (images imported from
   // mostly-empty files are Available before their digest is known). Throws Error(Timeout)
   // when the timeout passes, the digester's error if it failed.

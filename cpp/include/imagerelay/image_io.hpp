@@ -39,11 +39,14 @@ std::unique_ptr<ByteSource> OpenFileSource(const std::filesystem::path& path);
 // An http://, https:// or s3:// URL (s3://bucket/key?endpoint=...&region=..., credentials
 // from the environment), read without a temporary copy: by parallel ranged GETs when the
 // server takes ranges, else by one streamed GET; memory bounded either way. Throws
-// ValidationError(InvalidParameter) when the object is missing or unreadable.
-std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url);
+// ValidationError(InvalidParameter) when the object is missing or unreadable. `cancel`, if
+// given, aborts its requests (a read then throws Cancelled); it must outlive the source.
+std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url,
+                                          const CancelToken* cancel = nullptr);
 bool IsUrlSource(const std::string& source);
 // OpenUrlSource for a URL, else OpenFileSource.
-std::unique_ptr<ByteSource> OpenImportSource(const std::string& source);
+std::unique_ptr<ByteSource> OpenImportSource(const std::string& source,
+                                             const CancelToken* cancel = nullptr);
 
 struct IoProgress {
   uint64_t bytes_total = 0;

@@ -1,0 +1,131 @@
+"""Ctrl-C (or a notebook's interrupt) and close() stop long calls instead of waiting for
+them: an import stops and ends CreateFailed with nothing stored, a wait returns control.
+
+The slow HTTP server below is a fake for the network (these tests are about stopping, not
+about HTTP): it serves the start of an image, then stalls until the test ends.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CHUNK, chunk_files, interrupt_when, make_dense
+
+import imagerelay as ir
+
+STALL_AFTER = 3 * CHUNK  # bytes served before the stall
+
+
+class _StallingHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``data`` (ranged GETs too, if ``ranges``); any byte at or past STALL_AFTER
+    waits for ``release``. ``stalled`` is set once a reader waits there."""
+    data = b""
+    ranges = False
+    protocol_version = "HTTP/1.1"
+    stalled: threading.Event
+    release: threading.Event
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _headers(self, status: int, length: int, extra: dict[str, str]) -> None:
+        self.send_response(status)
+        if self.ranges:
+            self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(length))
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._headers(200, len(self.data), {})
+
+    def do_GET(self) -> None:  # noqa: N802
+        lo, hi = 0, len(self.data) - 1
+        rng = self.headers.get("Range")
+        if rng and self.ranges:
+            lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
+            self._headers(206, hi - lo + 1, {"Content-Range": f"bytes {lo}-{hi}/{len(self.data)}"})
+        else:
+            self._headers(200, len(self.data), {})
+        pos = lo
+        while pos <= hi:
+            if pos >= STALL_AFTER:
+                self.stalled.set()
+                self.release.wait(120)
+            end = min(hi + 1, pos + 65536, STALL_AFTER if pos < STALL_AFTER else hi + 1)
+            self.wfile.write(self.data[pos:end])
+            pos = end
+
+
+@pytest.fixture
+def stalling_url(files: Path) -> Iterator[Callable[[bool], tuple[str, threading.Event]]]:
+    """Starts the stalling server for a 32-chunk image; returns (url, stalled)."""
+    servers: list[tuple[http.server.ThreadingHTTPServer, threading.Event]] = []
+
+    def start(ranges: bool) -> tuple[str, threading.Event]:
+        src = make_dense(files / f"slow-{len(servers)}.raw", 32 * CHUNK)
+        handler = type("H", (_StallingHandler,), {
+            "data": src.read_bytes(), "ranges": ranges,
+            "stalled": threading.Event(), "release": threading.Event()})
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        httpd.handle_error = lambda *args: None  # type: ignore[method-assign]  # aborted reads
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append((httpd, handler.release))
+        return f"http://127.0.0.1:{httpd.server_address[1]}/slow.raw", handler.stalled
+
+    yield start
+    for httpd, release in servers:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("ranges", [False, True], ids=["streamed", "ranged"])
+def test_ctrl_c_stops_an_import_and_leaves_nothing(cloud: ir.Cloud, home: Path,
+                                                   stalling_url: Callable, ranges: bool) -> None:
+    url, stalled = stalling_url(ranges)
+    interrupt_when(stalled.is_set)
+    with pytest.raises(KeyboardInterrupt):
+        cloud.import_image(url, region="bj", name="slow")
+    # Had the import held Ctrl-C until it ended, it would still be stalled (or Available).
+    [image] = cloud.images("bj", name="slow")
+    assert image.status == "CreateFailed", image
+    assert "stopped before it finished" in image.error
+    assert chunk_files(home, "bj") == []  # the chunks it had stored were swept
+    events = [e.type for e in cloud.events(image_id=image.id)]
+    assert events[-1] == "image.create_failed", events
+
+
+def test_close_stops_a_background_import(home: Path, stalling_url: Callable) -> None:
+    url, stalled = stalling_url(False)
+    cloud = ir.open(home, limits=ir.Limits(chunk_size=CHUNK))
+    image = cloud.import_image(url, region="bj", name="bg", wait=False)
+    assert stalled.wait(20)
+    cloud.close()  # would wait for the stall to end if it did not stop the import
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as again:
+        image = again.image(image.id)
+        assert image.status == "CreateFailed" and "stopped before it finished" in image.error
+    assert chunk_files(home, "bj") == []
+
+
+@pytest.mark.parametrize("how", ["wait_idle", "job.wait"])
+def test_ctrl_c_ends_a_wait_for_copies(open_cloud: Callable[..., ir.Cloud], files: Path,
+                                       how: str) -> None:
+    cloud = open_cloud(bandwidth=256 * 1024)
+    image = cloud.import_image(make_dense(files / "a.raw", 64 * CHUNK), region="bj", name="a")
+    job = image.replicate("gz")  # 4 MiB at 256 KiB/s: 16 s
+    interrupt_when(lambda: job.refresh().tasks["gz"].bytes_transferred > 0)
+    with pytest.raises(KeyboardInterrupt):
+        if how == "wait_idle":
+            cloud.wait_idle()
+        else:
+            job.wait()
+    assert job.refresh().state == "Running"  # the wait ended, not the copy
+    job.cancel()
+    assert job.refresh().state == "Cancelled"
