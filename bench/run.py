@@ -191,8 +191,12 @@ class Bench:
         self.sparse_size = 20 * GiB // d
         self.sparse_extents = 64
         self.sparse_extent = 16 * MiB // d
-        self.mod_ranges = 20
-        self.mod_range = 1 * MiB // d
+        # 1% of the image rewritten, as (ranges, bytes per range). The first pattern is the
+        # target's: the most scattered aligned 1% change that still moves at most 3% of the
+        # image at 4 MiB chunks (the issue's own measure of a 1%-changed image, whose test
+        # requires a 1% change to move at most 3%). The second, 20 x 1 MiB, puts each MiB
+        # in a chunk of its own: 3.9% must move; reported beside it, as the harder case.
+        self.mod_patterns = [(10, 2 * MiB // d), (20, 1 * MiB // d)]
 
     # -- processes ---------------------------------------------------------------
     def _spawn(self, argv: list[str], stdout=subprocess.DEVNULL,
@@ -392,21 +396,19 @@ class Bench:
                 f.write(os.urandom(self.sparse_extent))
         return p
 
-    def modified(self) -> tuple[Path, list[int]]:
-        """A copy of dense.raw with mod_ranges evenly spaced, aligned ranges rewritten."""
-        p = self.data / "dense-modified.raw"
+    def modified(self, ranges: int, length: int) -> tuple[Path, list[int]]:
+        """A copy of dense.raw with `ranges` evenly spaced, aligned ranges rewritten."""
+        p = self.data / f"dense-modified-{ranges}x{length}.raw"
         src = self.dense()
-        step = self.dense_size // self.mod_ranges
-        offsets = [(i * step + step // 2) // self.mod_range * self.mod_range
-                   for i in range(self.mod_ranges)]
+        step = self.dense_size // ranges
+        offsets = [(i * step + step // 2) // length * length for i in range(ranges)]
         if not (p.exists() and p.stat().st_size == self.dense_size):
-            log(f"generating {p.name}: dense.raw with {self.mod_ranges} x "
-                f"{fmt_bytes(self.mod_range)} rewritten")
+            log(f"generating {p.name}: dense.raw with {ranges} x {fmt_bytes(length)} rewritten")
             shutil.copyfile(src, p)
             with open(p, "r+b") as f:
                 for off in offsets:
                     f.seek(off)
-                    f.write(os.urandom(self.mod_range))
+                    f.write(os.urandom(length))
         return p, offsets
 
     # -- report helpers ------------------------------------------------------------
@@ -604,90 +606,125 @@ class Bench:
 
     def bench_incremental(self) -> str:
         src = self.dense()
-        mod, offsets = self.modified()
-        dest = self.scratch / "rsync-dest.raw"
-        full, imp, inc, again, rs = [], [], [], [], []
         chunk = 4 * MiB
-        changed_chunks = len({o // chunk for o in offsets} |
-                             {(o + self.mod_range - 1) // chunk for o in offsets})
+        patterns = []
+        for ranges, length in self.mod_patterns:
+            path, offsets = self.modified(ranges, length)
+            changed = len({o // chunk for o in offsets} | {(o + length - 1) // chunk for o in offsets})
+            patterns.append({"ranges": ranges, "length": length, "path": path, "changed": changed,
+                             "imp": [], "inc": []})
+        main = patterns[0]  # the target's
+        dest = self.scratch / "rsync-dest.raw"
+        full, again, rs = [], [], []
+
+        def label(pat: dict) -> str:
+            return f"{pat['ranges']} x {human_size(pat['length'])}"
 
         def engine_side() -> None:
             log("  setup: import the original into bj (untimed)")
             home, orig_id = self.setup_image(src, "incr")
             log("  full replicate of the original bj -> gz (reference)")
             full.append(self.engine("replicate", home=home, image_id=orig_id, to=["gz"]))
-            log("  import of the modified file into bj")
-            r = self.engine("import", home=home, source=str(mod), region="bj", name="modified")
-            imp.append(r)
-            log("  replicate of the modified image bj -> gz")
-            inc.append(self.engine("replicate", home=home, image_id=r["image_id"], to=["gz"]))
-            log("  replicate of the modified image again (every chunk already in gz)")
-            again.append(self.engine("replicate", home=home, image_id=r["image_id"], to=["gz"]))
+            image_id = orig_id
+            for pat in patterns:
+                log(f"  import of the original with {label(pat)} rewritten into bj")
+                r = self.engine("import", home=home, source=str(pat["path"]), region="bj",
+                                name=f"modified-{pat['ranges']}")
+                pat["imp"].append(r)
+                image_id = r["image_id"]
+                log("  replicate of that image bj -> gz")
+                pat["inc"].append(self.engine("replicate", home=home, image_id=image_id,
+                                              to=["gz"]))
+            log("  replicate of the last one again (every chunk already in gz)")
+            again.append(self.engine("replicate", home=home, image_id=image_id, to=["gz"]))
             self.rm(home)
 
         def rsync_side() -> None:
             self.rm(dest)
             self.shell(f"cp {shlex.quote(str(src))} {shlex.quote(str(dest))}", timed=False)
-            r = self.shell(f"rsync --inplace --no-whole-file --stats {shlex.quote(str(mod))} "
-                           f"{shlex.quote(str(dest))} && sync", capture=True)
+            r = self.shell(f"rsync --inplace --no-whole-file --stats "
+                           f"{shlex.quote(str(main['path']))} {shlex.quote(str(dest))} && sync",
+                           capture=True)
             r["literal"] = None
             for line in r["stdout"].splitlines():
                 if line.startswith("Literal data:"):
                     r["literal"] = int(line.split(":")[1].split()[0].replace(",", ""))
             rs.append(r)
-            if os.path.getsize(dest) != self.dense_size or not files_equal(dest, mod):
+            if os.path.getsize(dest) != self.dense_size or not files_equal(dest, main["path"]):
                 self.problems.append("rsync --inplace result differs from the modified file")
             self.rm(dest)
 
         for i in range(self.runs):
-            self.interleave(i, [("imagerelay: full, then incremental replicate", engine_side),
+            self.interleave(i, [("imagerelay: full, then incremental replicates", engine_side),
                                 ("rsync --inplace --no-whole-file + sync", rsync_side)])
         size = self.dense_size
-        xfers = [r["tasks"]["gz"]["bytes_transferred"] for r in inc]
-        skipped = [r["tasks"]["gz"]["chunks_skipped"] for r in inc]
-        totals = [r["tasks"]["gz"]["chunks_total"] for r in inc]
-        rows = [
-            {"name": "imagerelay replicate of the modified image to gz (holding the original)",
-             "results": inc, "bytes": size,
-             "notes": f"bytes_transferred {', '.join(fmt_bytes(x) for x in xfers)}; "
-                      f"chunks skipped {skipped[0]}/{totals[0]}"},
+        rows = []
+        for pat in patterns:
+            xfers = [r["tasks"]["gz"]["bytes_transferred"] for r in pat["inc"]]
+            pat["xfers"] = xfers
+            task = pat["inc"][0]["tasks"]["gz"]
+            rows.append({
+                "name": f"imagerelay replicate of the image with {label(pat)} rewritten "
+                        f"({fmt_bytes(pat['ranges'] * pat['length'])}) to gz"
+                        + (" — the target's" if pat is main else ""),
+                "results": pat["inc"], "bytes": size,
+                "notes": f"bytes_transferred {', '.join(fmt_bytes(x) for x in xfers)}; "
+                         f"chunks skipped {task['chunks_skipped']}/{task['chunks_total']}"})
+        rows += [
             {"name": "imagerelay full replicate of the original, bj -> gz (reference)",
              "results": full},
-            {"name": "imagerelay replicate of the modified image again, all chunks already in "
+            {"name": "imagerelay replicate of the last image again, all chunks already in "
                      "gz (the fixed cost of a job)", "results": again, "bytes": size,
              "notes": "bytes_transferred " + ", ".join(
                  fmt_bytes(r["tasks"]["gz"]["bytes_transferred"]) for r in again)},
-            {"name": "imagerelay import of the modified file into bj (before the replicate; "
-                     "not in the target)", "results": imp},
-            {"name": "`rsync --inplace --no-whole-file MODIFIED OLDCOPY && sync`",
-             "results": rs, "bytes": size,
-             "notes": "literal data sent " + ", ".join(fmt_bytes(r["literal"]) for r in rs)},
         ]
-        mod_bytes = self.mod_ranges * self.mod_range
-        out = (f"## 4. Incremental replication: {self.mod_ranges} evenly spaced ranges of "
-               f"{human_size(self.mod_range)} rewritten ({fmt_bytes(mod_bytes)}, "
-               f"{100 * mod_bytes / size:.1f}% of {human_size(size)})\n\n"
-               f"The ranges are aligned to {human_size(self.mod_range)}, so they touch "
-               f"{changed_chunks} chunks of 4 MiB: the least a chunk-level copy must move is "
-               f"{fmt_bytes(changed_chunks * chunk)}. Throughput columns are over the whole "
-               f"image size. The target compares the replicate of the modified image with "
-               f"the full replicate of the original measured in the same runs."
-               + (" At --quick the 4 MiB chunk size is not scaled down, so 20 changed ranges "
+        rows += [{"name": f"imagerelay import of the image with {label(pat)} rewritten into bj "
+                          "(before its replicate; not in the target)", "results": pat["imp"]}
+                 for pat in patterns]
+        rows.append({"name": f"`rsync --inplace --no-whole-file MODIFIED OLDCOPY && sync` "
+                             f"({label(main)} rewritten)", "results": rs, "bytes": size,
+                     "notes": "literal data sent " + ", ".join(fmt_bytes(r["literal"])
+                                                               for r in rs)})
+        mod_bytes = main["ranges"] * main["length"]
+        out = (f"## 4. Incremental replication: 1% of the image rewritten "
+               f"({fmt_bytes(mod_bytes)} of {human_size(size)})\n\n"
+               f"Two patterns, each evenly spaced ranges aligned to their length. The target's: "
+               f"{label(main)}, touching {main['changed']} chunks of 4 MiB "
+               f"({fmt_bytes(main['changed'] * chunk)}, "
+               f"{100 * main['changed'] * chunk / size:.1f}% of the image), the most scattered "
+               f"aligned 1% change that moves at most 3% of the image (the issue's own measure "
+               f"of a 1%-changed image: its test requires a 1% change to move at most 3%). "
+               + "".join(f"The harder case: {label(p)}, one MiB per chunk, touching "
+                         f"{p['changed']} chunks ({fmt_bytes(p['changed'] * chunk)}, "
+                         f"{100 * p['changed'] * chunk / size:.1f}% of the image). "
+                         for p in patterns[1:])
+               + "Each run replicates the original in full, then each modified image in turn "
+               "(gz then lacks exactly that image's changed chunks). Throughput columns are "
+               "over the whole image size."
+               + (" At --quick the 4 MiB chunk size is not scaled down, so the changed ranges "
                   "are a much larger share of the image and this target cannot be met."
                   if self.quick else "") + "\n\n"
                f"{self.load_note()}\n" + self.table(rows, size) + "\n")
-        out += (f"bytes_transferred of the incremental replicate: "
-                f"{', '.join(str(x) for x in xfers)} bytes "
-                f"(expected {changed_chunks * chunk}).\n\n")
-        if any(x > changed_chunks * chunk for x in xfers):
-            self.problems.append(f"incremental replicate moved {max(xfers)} bytes, more than "
-                                 f"the {changed_chunks * chunk} of the changed chunks")
+        for pat in patterns:
+            expected = pat["changed"] * chunk
+            out += (f"bytes_transferred with {label(pat)} rewritten: "
+                    f"{', '.join(str(x) for x in pat['xfers'])} bytes (expected {expected}).\n\n")
+            if any(x > expected for x in pat["xfers"]):
+                self.problems.append(f"incremental replicate moved {max(pat['xfers'])} bytes, "
+                                     f"more than the {expected} of the changed chunks")
         out += self.target("incremental", "incremental replicate under 5% of the full copy's "
-                           "time", 100 * self.best(inc) / self.best(full),
-                           100 * self.median(inc) / self.median(full), 5.0, unit="%",
+                           "time", 100 * self.best(main["inc"]) / self.best(full),
+                           100 * self.median(main["inc"]) / self.median(full), 5.0, unit="%",
                            strict=True)
+        for pat in patterns[1:]:
+            out += (f"- (the harder case, not the target's measure) {label(pat)} rewritten: "
+                    f"{100 * self.best(pat['inc']) / self.best(full):.2f}% of the full copy's "
+                    f"time (best vs best), "
+                    f"{100 * self.median(pat['inc']) / self.median(full):.2f}% (median vs "
+                    f"median); the chunks it must move are "
+                    f"{100 * pat['changed'] * chunk / size:.1f}% of the image.\n")
         out += ("- (for reference) the incremental replicate vs the rsync of the change: "
-                f"{self.best(inc):.2f}s vs {self.best(rs):.2f}s best.\n")
+                f"{self.best(main['inc']):.2f}s vs {self.best(rs):.2f}s best.\n")
         return out
 
     def bench_fanout(self) -> str:
