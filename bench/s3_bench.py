@@ -64,6 +64,48 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
+def empty_bucket(s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    keys = s3.keys(bucket)
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=bucket,
+                              Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+
+
+def imagerelay_pair(cloud: ir.Cloud, image: ir.Image, s3: S3Server, run_no: int):
+    """(local -> S3, S3 -> S3, buckets) for imagerelay: replicate into bucket a, then a -> b."""
+    a, b = f"ir-a-{run_no}", f"ir-b-{run_no}"
+    for rid, bucket in ((f"a{run_no}", a), (f"b{run_no}", b)):
+        s3.create_bucket(bucket)
+        cloud.add_region(rid, f"s3://{bucket}/relay?endpoint={s3.endpoint}",
+                         access_key_id=s3.access_key_id, secret_access_key=s3.secret_access_key)
+    copy = {}
+
+    def up() -> None:
+        job = image.replicate(f"a{run_no}")
+        job.wait(timeout=3600)
+        copy["a"] = job.copies[f"a{run_no}"]
+
+    return up, lambda: copy["a"].replicate(f"b{run_no}").wait(timeout=3600), [a, b]
+
+
+def tool_pair(s3: S3Server, env: dict[str, str], src: Path, run_no: int, tool: str):
+    """(upload, bucket-to-bucket copy, buckets) for rclone or aws."""
+    prefix = "rc" if tool == "rclone" else "aw"
+    first, second = f"{prefix}-{run_no}", f"{prefix}2-{run_no}"
+    s3.create_bucket(first)
+    s3.create_bucket(second)
+    if tool == "rclone":
+        up = ["rclone", "copy", "--s3-no-check-bucket", str(src), f"m:{first}/"]
+        cp = ["rclone", "copy", "--s3-no-check-bucket", f"m:{first}/image.raw", f"m:{second}/"]
+    else:
+        up = ["aws", "--endpoint-url", s3.endpoint, "s3", "cp", str(src),
+              f"s3://{first}/image.raw"]
+        cp = ["aws", "--endpoint-url", s3.endpoint, "s3", "cp", f"s3://{first}/image.raw",
+              f"s3://{second}/image.raw"]
+    return lambda: run(up, env), lambda: run(cp, env), [first, second]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -83,45 +125,25 @@ def main() -> None:
             with ir.open(home) as cloud:
                 image = cloud.import_image(src, region="bj", name="bench")
                 for run_no in range(args.runs):
-                    a, b = f"ir-a-{run_no}", f"ir-b-{run_no}"
-                    s3.create_bucket(a)
-                    s3.create_bucket(b)
-                    for rid, bucket in ((f"a{run_no}", a), (f"b{run_no}", b)):
-                        cloud.add_region(rid, f"s3://{bucket}/relay?endpoint={s3.endpoint}",
-                                         access_key_id=s3.access_key_id,
-                                         secret_access_key=s3.secret_access_key)
-                    copy = {}
-
-                    def up() -> None:
-                        job = image.replicate(f"a{run_no}")
-                        job.wait(timeout=3600)
-                        copy["a"] = job.copies[f"a{run_no}"]
-
-                    results.setdefault("imagerelay local -> S3", []).append(timed(up))
-                    results.setdefault("imagerelay S3 -> S3", []).append(
-                        timed(lambda: copy["a"].replicate(f"b{run_no}").wait(timeout=3600)))
-                    for tool, cmd_up, cmd_cp in (
-                        ("rclone", ["rclone", "copy", "--s3-no-check-bucket", str(src),
-                                    f"m:rc-{run_no}/"],
-                         ["rclone", "copy", "--s3-no-check-bucket", f"m:rc-{run_no}/image.raw",
-                          f"m:rc2-{run_no}/"]),
-                        ("aws s3 cp", ["aws", "--endpoint-url", s3.endpoint, "s3", "cp",
-                                       str(src), f"s3://aw-{run_no}/image.raw"],
-                         ["aws", "--endpoint-url", s3.endpoint, "s3", "cp",
-                          f"s3://aw-{run_no}/image.raw", f"s3://aw2-{run_no}/image.raw"])):
-                        prefix = "rc" if tool == "rclone" else "aw"
-                        s3.create_bucket(f"{prefix}-{run_no}")
-                        s3.create_bucket(f"{prefix}2-{run_no}")
-                        results.setdefault(f"{tool} local -> S3", []).append(
-                            timed(lambda c=cmd_up: run(c, env)))
-                        results.setdefault(f"{tool} S3 -> S3", []).append(
-                            timed(lambda c=cmd_cp: run(c, env)))
+                    pairs = [("imagerelay", imagerelay_pair(cloud, image, s3, run_no)),
+                             ("rclone", tool_pair(s3, env, src, run_no, "rclone")),
+                             ("aws s3 cp", tool_pair(s3, env, src, run_no, "aws"))]
+                    # Each contender goes first once in a while: moto slows down as it fills.
+                    shift = run_no % len(pairs)
+                    for name, (up, copy, buckets) in pairs[shift:] + pairs[:shift]:
+                        results.setdefault(f"{name} local -> S3", []).append(timed(up))
+                        results.setdefault(f"{name} S3 -> S3", []).append(timed(copy))
+                        for b in buckets:  # untimed: keeps moto's memory flat across runs
+                            empty_bucket(s3, b)
         lines = [f"# S3 benchmark ({dt.date.today()}, engine git {git_revision()})", "",
                  f"{args.size_mib} MiB of random data, moto {__import__('moto').__version__} on "
                  f"127.0.0.1 (signatures checked), {args.runs} run(s), best and median "
                  "seconds and MiB/s. imagerelay S3 -> S3 uses server-side copy (one CopyObject "
                  "per chunk, proven by the SHA-256 the server reports for each copy), as "
-                 "rclone does (one CopyObject of the whole file).", "",
+                 "rclone does (one CopyObject of the whole file). Each run times every "
+                 "contender's upload then its bucket-to-bucket copy; the contenders take turns "
+                 "going first, and their buckets are emptied after them (untimed), so that "
+                 "moto, which slows down as it fills, treats them alike.", "",
                  f"Command: `.venv/bin/python bench/s3_bench.py --size-mib {args.size_mib} "
                  f"--runs {args.runs}` (`make bench-s3`; rclone and aws on PATH)", "",
                  "| contender | best s | median s | best MiB/s |", "|---|---|---|---|"]
