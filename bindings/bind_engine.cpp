@@ -26,9 +26,10 @@ using Release = py::call_guard<py::gil_scoped_release>;
 // GIL released, looking for signals every 100 ms. Why: a long call (an import, an export,
 // a verification) would otherwise hold Ctrl-C, or a notebook's interrupt, until it ended.
 // On a signal whose handler raises (KeyboardInterrupt), the token fires, the work stops
-// and cleans up (an import ends CreateFailed), and the exception propagates.
+// and cleans up (an import ends CreateFailed), and the exception propagates. `tick`, if
+// given, runs on the calling thread with the GIL held at each look and once at the end.
 template <typename Work>
-auto RunInterruptible(Work&& work) {
+auto RunInterruptible(Work&& work, const std::function<void()>& tick = {}) {
   using Result = std::invoke_result_t<Work&, const CancelToken*>;
   CancelToken token;
   std::mutex mu;
@@ -51,6 +52,7 @@ auto RunInterruptible(Work&& work) {
     cv.notify_all();
   });
   bool interrupted = false;
+  std::exception_ptr tick_error;
   for (;;) {
     {
       py::gil_scoped_release release;
@@ -62,12 +64,23 @@ auto RunInterruptible(Work&& work) {
       token.Cancel();
       break;
     }
+    if (tick) {
+      try {
+        tick();
+      } catch (...) {  // raised: stop the work as for a signal, then raise it
+        tick_error = std::current_exception();
+        token.Cancel();
+        break;
+      }
+    }
   }
   {
     py::gil_scoped_release release;
     worker.join();
   }
   if (interrupted) throw py::error_already_set();
+  if (tick_error) std::rethrow_exception(tick_error);
+  if (tick && !error) tick();
   if (error) std::rethrow_exception(error);
   if constexpr (!std::is_void_v<Result>) return std::move(*result);
 }
@@ -162,12 +175,35 @@ void BindEngine(py::module_& m) {
       .def(
           "import_image",
           [](Engine& self, const std::string& account, const ImportRequest& request, bool wait,
-             bool system) {
-            return RunInterruptible([&](const CancelToken* cancel) {
-              return self.ImportImage(account, request, wait, system, cancel);
-            });
+             bool system, std::optional<py::function> progress) {
+            // The import's thread leaves its latest progress here; the caller's thread
+            // hands it to `progress(bytes_done, bytes_total)` at each look.
+            std::mutex mu;
+            std::optional<IoProgress> latest;
+            ProgressFn on_progress = [&](const IoProgress& p) {
+              std::lock_guard lock(mu);
+              latest = p;
+            };
+            std::function<void()> tick;
+            if (progress) {
+              tick = [&] {
+                std::optional<IoProgress> p;
+                {
+                  std::lock_guard lock(mu);
+                  p.swap(latest);
+                }
+                if (p) (*progress)(p->bytes_done, p->bytes_total);
+              };
+            }
+            return RunInterruptible(
+                [&](const CancelToken* cancel) {
+                  return self.ImportImage(account, request, wait, system, cancel,
+                                          progress ? on_progress : ProgressFn{});
+                },
+                tick);
           },
-          py::arg("account"), py::arg("request"), py::arg("wait"), py::arg("system"))
+          py::arg("account"), py::arg("request"), py::arg("wait"), py::arg("system"),
+          py::arg("progress") = py::none())
       .def("images", &Engine::Images, py::arg("account"), py::arg("region"),
            py::arg("image_type"), py::arg("name"), Release())
       .def("image", &Engine::GetImage, py::arg("account"), py::arg("image_id"), Release())

@@ -464,7 +464,8 @@ Account Engine::GetAccount(const std::string& id) {
 // ---- images ---------------------------------------------------------------------------
 
 ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request,
-                              bool wait, bool system, const CancelToken* cancel) {
+                              bool wait, bool system, const CancelToken* cancel,
+                              const ProgressFn& progress) {
   if (!system) impl_->catalog->Read([&](CatalogTx& tx) { RequireAccount(tx, account); });
   std::vector<Problem> source_problems;
   uint64_t size = 0;
@@ -522,7 +523,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
   }
 
   if (wait) {
-    impl_->RunImport(image.id, path, cancel);
+    impl_->RunImport(image.id, path, cancel, progress);
   } else {
     auto* impl = impl_.get();
     std::string id = image.id;

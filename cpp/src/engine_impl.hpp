@@ -93,7 +93,7 @@ struct Engine::Impl {
   // `stop` (the caller's, may be null) ends the import early: the image becomes
   // CreateFailed, its bytes are swept, and Error(Transfer.Failed) is thrown.
   void RunImport(const std::string& image_id, const std::string& source_path,
-                 const CancelToken* stop = nullptr);
+                 const CancelToken* stop = nullptr, const ProgressFn& progress = {});
   class RunningImport;
   void RecoverInterruptedImports();
 

@@ -51,7 +51,7 @@ class Engine::Impl::RunningImport {
 };
 
 void Engine::Impl::RunImport(const std::string& image_id, const std::string& source_path,
-                             const CancelToken* stop) {
+                             const CancelToken* stop, const ProgressFn& progress) {
   Image image;
   catalog->Read([&](CatalogTx& tx) { image = *tx.GetImage(image_id); });
   const std::string lease_key = "import:" + image_id;
@@ -80,7 +80,8 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     io.buffer_memory = options.limits.buffer_memory;
     io.threads = 8;  // writers mostly wait on flushes: more of them share each flush
     io.defer_digest_hole_bytes = options.defer_digest_hole_bytes;
-    auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress&) {
+    auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress& p) {
+      if (progress) progress(p);
       auto now = std::chrono::steady_clock::now();
       if (now - last_renew < std::chrono::milliseconds(options.lease_ms / 3)) return;
       last_renew = now;

@@ -285,7 +285,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         image = cloud.import_image(args.source, region=args.region, name=args.name,
                                    os_type=args.os_type, os_name=args.os_name,
                                    os_version=args.os_version, os_arch=args.os_arch,
-                                   format=args.format, description=args.description)
+                                   format=args.format, description=args.description,
+                                   progress=not out.as_json and sys.stderr.isatty())
         if image.digest is None:  # a mostly-empty file: the digest comes after the data
             if not out.as_json and sys.stderr.isatty():
                 print(f"{image.id} is Available; computing its digest...", file=sys.stderr)

@@ -140,7 +140,7 @@ class Cloud:
     # -- images -------------------------------------------------------------------
     def _import(self, source: str | os.PathLike[str], system: bool, *, region: str, name: str,
                 os_type: str, os_name: str, os_version: str, os_arch: str, format: str,
-                description: str, wait: bool) -> Image:
+                description: str, wait: bool, progress: bool) -> Image:
         request = _core.ImportRequest()
         request.source = os.fspath(source)
         request.region = region
@@ -151,26 +151,38 @@ class Cloud:
         request.os_arch = os_arch
         request.format = format
         request.description = description
-        info = self._engine.import_image("" if system else self.account, request, wait, system)
+        bar = _ImportBar(f"import {name} -> {region}") if progress and wait else None
+        try:
+            info = self._engine.import_image("" if system else self.account, request, wait,
+                                             system, bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
         return Image(self, info)
 
     def import_image(self, source: str | os.PathLike[str], *, region: str, name: str,
                      os_type: str = "linux", os_name: str = "", os_version: str = "",
                      os_arch: str = "x86_64", format: str = "raw", description: str = "",
-                     wait: bool = True) -> Image:
-        """Imports a file as a Custom image; ``wait=False`` returns at once in Creating."""
+                     wait: bool = True, progress: bool = False) -> Image:
+        """Imports a file as a Custom image; ``wait=False`` returns at once in Creating.
+
+        ``progress=True`` shows a progress bar while it waits (tqdm: terminal and Jupyter).
+        Ctrl-C stops the import: the image ends CreateFailed and keeps no bytes.
+        """
         return self._import(source, False, region=region, name=name, os_type=os_type,
                             os_name=os_name, os_version=os_version, os_arch=os_arch,
-                            format=format, description=description, wait=wait)
+                            format=format, description=description, wait=wait,
+                            progress=progress)
 
     def add_system_image(self, source: str | os.PathLike[str], *, region: str, name: str,
                          os_type: str = "linux", os_name: str = "", os_version: str = "",
                          os_arch: str = "x86_64", format: str = "raw", description: str = "",
-                         wait: bool = True) -> Image:
+                         wait: bool = True, progress: bool = False) -> Image:
         """Adds a System image: no owner, seen by every account."""
         return self._import(source, True, region=region, name=name, os_type=os_type,
                             os_name=os_name, os_version=os_version, os_arch=os_arch,
-                            format=format, description=description, wait=wait)
+                            format=format, description=description, wait=wait,
+                            progress=progress)
 
     def images(self, region: str | None = None, *, image_type: str = "All",
                name: str | None = None) -> ImageList:
@@ -310,3 +322,22 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
         engine.close()
         raise
     return Cloud(engine, account)
+
+
+class _ImportBar:
+    """A tqdm bar over an import's bytes (holes and chunks already stored count as done)."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=None, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                         leave=True)
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.n = done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()

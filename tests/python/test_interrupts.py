@@ -1,5 +1,6 @@
 """Ctrl-C (or a notebook's interrupt) and close() stop long calls instead of waiting for
 them: an import stops and ends CreateFailed with nothing stored, a wait returns control.
+An import's progress reaches the caller from the same look for signals.
 
 The slow HTTP server below is a fake for the network (these tests are about stopping, not
 about HTTP): it serves the start of an image, then stalls until the test ends.
@@ -129,3 +130,39 @@ def test_ctrl_c_ends_a_wait_for_copies(open_cloud: Callable[..., ir.Cloud], file
     assert job.refresh().state == "Running"  # the wait ended, not the copy
     job.cancel()
     assert job.refresh().state == "Cancelled"
+
+
+# -- import progress (reported from the same look for signals) -------------------------------
+def test_import_reports_progress_to_the_end(cloud: ir.Cloud, files: Path) -> None:
+    src = make_dense(files / "a.raw", 32 * CHUNK)
+    seen: list[tuple[int, int]] = []
+    request = ir._core.ImportRequest()
+    request.source, request.region, request.name = str(src), "bj", "a"
+    cloud._engine.import_image(cloud.account, request, True, False,
+                               lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (32 * CHUNK, 32 * CHUNK)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_progress_callback_that_raises_stops_the_import(cloud: ir.Cloud, home: Path,
+                                                        stalling_url: Callable) -> None:
+    url, _ = stalling_url(False)
+    request = ir._core.ImportRequest()
+    request.source, request.region, request.name = url, "bj", "raises"
+
+    def callback(done: int, total: int) -> None:  # at the first report: the source stalls
+        raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        cloud._engine.import_image(cloud.account, request, True, False, callback)
+    [image] = cloud.images("bj", name="raises")
+    assert image.status == "CreateFailed" and chunk_files(home, "bj") == []
+
+
+def test_import_progress_bar(cloud: ir.Cloud, files: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    image = cloud.import_image(make_dense(files / "a.raw", 32 * CHUNK), region="bj", name="a",
+                               progress=True)
+    assert image.status == "Available"
+    err = capsys.readouterr().err
+    assert "import a -> bj" in err and "100%" in err and "2.00M" in err, err

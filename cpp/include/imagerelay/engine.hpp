@@ -13,6 +13,7 @@
 
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
+#include "imagerelay/image_io.hpp"
 #include "imagerelay/model.hpp"
 #include "imagerelay/rules.hpp"
 
@@ -80,8 +81,10 @@ class Engine {
   // returned in Creating. `system` adds a System image with no owner. `cancel` (wait=true
   // only) stops the import early: the image ends CreateFailed, its bytes are removed, and
   // Error(Transfer.Failed) is thrown. Close() stops background imports the same way.
+  // `progress` (wait=true only) is called from this thread about every 100 ms.
   ImageView ImportImage(const std::string& account, const ImportRequest& request, bool wait,
-                        bool system, const CancelToken* cancel = nullptr);
+                        bool system, const CancelToken* cancel = nullptr,
+                        const ProgressFn& progress = {});
   // image_type: All, System, Custom, Sharing.
   std::vector<ImageView> Images(const std::string& account, const std::optional<std::string>& region,
                                 const std::string& image_type,
