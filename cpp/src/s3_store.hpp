@@ -15,6 +15,10 @@
 // server that keeps none is asked to compute it (x-amz-checksum-algorithm), and failing
 // that the copy is read back and hashed here. A copy whose SHA-256 differs from its name
 // is deleted at once and fails with IntegrityError; only a proven copy counts as written.
+// The price of one request per chunk: such a copy sits under the chunk's name for the time
+// of one request (a HEAD of the source before the copy would refuse it first, at twice the
+// requests); another task planning into the same bucket in that instant could count it as
+// present. It takes a source chunk overwritten by hand with other bytes.
 // One request per chunk, as rclone's copy-then-compare-ETag but with SHA-256. A 200 answer
 // with an <Error> body is an error.
 // All methods may be called from several threads at once.
