@@ -5,10 +5,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdint>
-#include <string>
 #include <cerrno>
+#include <cstdint>
 #include <limits>
+#include <string>
 
 #include "file_util.hpp"
 #include "imagerelay/error.hpp"
@@ -72,8 +72,8 @@ class FileSource : public ByteSource {
 
   void ReadAt(uint64_t offset, std::byte* out, size_t len) override {
     int err = EINVAL;
-    if (direct_fd_ && direct_ok_.load(std::memory_order_relaxed) && offset % kDirectAlign == 0 &&
-        len % kDirectAlign == 0 && reinterpret_cast<uintptr_t>(out) % kDirectAlign == 0) {
+    if (direct_fd_ && direct_ok_.load(std::memory_order_relaxed) && offset % kDirectIoAlign == 0 &&
+        len % kDirectIoAlign == 0 && reinterpret_cast<uintptr_t>(out) % kDirectIoAlign == 0) {
       err = PreadAll(direct_fd_.get(), out, len, static_cast<off_t>(offset));
       if (err == EINVAL) direct_ok_.store(false, std::memory_order_relaxed);  // not supported
     }
@@ -107,7 +107,6 @@ class FileSource : public ByteSource {
     if (data_end_ <= data_begin_) data_end_ = data_begin_ + 1;
   }
 
-  static constexpr size_t kDirectAlign = 4096;  // offsets, lengths and addresses
   UniqueFd fd_;
   UniqueFd direct_fd_;  // invalid if the file system has no O_DIRECT
   std::atomic<bool> direct_ok_{true};

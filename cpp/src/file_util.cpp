@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <random>
 
 #include "unique_fd.hpp"
@@ -66,6 +68,14 @@ int PreadAll(int fd, void* out, size_t len, off_t offset) {
     offset += n;
   }
   return 0;
+}
+
+DirectIoBuffer AllocateDirectIoBuffer(size_t size) {
+  const size_t rounded =
+      std::max<size_t>(kDirectIoAlign, (size + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign);
+  auto* p = static_cast<std::byte*>(std::aligned_alloc(kDirectIoAlign, rounded));
+  if (p == nullptr) throw std::bad_alloc();
+  return DirectIoBuffer(p);
 }
 
 int FsyncDir(const std::filesystem::path& dir) {

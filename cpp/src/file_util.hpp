@@ -5,12 +5,26 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 
 namespace imagerelay {
+
+// O_DIRECT needs file offsets, lengths and buffer addresses aligned to this.
+inline constexpr size_t kDirectIoAlign = 4096;
+
+// Memory from std::aligned_alloc, given back with std::free.
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+using DirectIoBuffer = std::unique_ptr<std::byte[], FreeDeleter>;
+// At least `size` bytes (rounded up to kDirectIoAlign) at a kDirectIoAlign-aligned address,
+// fit for O_DIRECT reads and writes. Throws std::bad_alloc.
+DirectIoBuffer AllocateDirectIoBuffer(size_t size);
 
 // Temporary files start with this; listings skip them.
 inline constexpr std::string_view kTempPrefix = ".tmp-";

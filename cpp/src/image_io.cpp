@@ -6,13 +6,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <condition_variable>
 #include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <semaphore>
 #include <thread>
 #include <vector>
@@ -147,20 +145,6 @@ class HashPermit {
   std::counting_semaphore<kMaxThreads>& permits_;
 };
 
-// Page-aligned, so that a store may write the chunk with O_DIRECT (LocalStore does).
-struct FreeDeleter {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using PageAlignedBuffer = std::unique_ptr<std::byte[], FreeDeleter>;
-
-PageAlignedBuffer AllocatePageAligned(size_t size) {
-  constexpr size_t kPage = 4096;
-  const size_t rounded = std::max<size_t>(kPage, (size + kPage - 1) / kPage * kPage);
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(kPage, rounded));
-  if (!p) throw std::bad_alloc();
-  return PageAlignedBuffer(p);
-}
-
 struct ChunkJob {
   size_t index;
   int slot;  // buffer index, -1 for a hole
@@ -199,7 +183,8 @@ class Importer {
     slots = std::min<uint64_t>(std::max<uint64_t>(slots, 2), manifest_.chunks.size());
     size_t buffer_size = static_cast<size_t>(std::min(chunk_size_, manifest_.size));
     for (uint64_t i = 0; i < slots; ++i) {
-      buffers_.push_back(AllocatePageAligned(buffer_size));
+      // Aligned: the source and a local store read and write them with O_DIRECT.
+      buffers_.push_back(AllocateDirectIoBuffer(buffer_size));
       free_slots_.push_back(static_cast<int>(i));
     }
     refs_.assign(slots, 0);
@@ -422,7 +407,7 @@ class Importer {
   std::deque<ChunkJob> digest_queue_;  // in chunk order
   bool reading_done_ = false;
 
-  std::vector<PageAlignedBuffer> buffers_;
+  std::vector<DirectIoBuffer> buffers_;
   Sha256 image_hash_;  // the digest thread's
   Crew crew_;  // last: destroyed (threads joined) before the buffers they use
 };

@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <system_error>
 
@@ -209,31 +209,22 @@ namespace {
 // when the oldest has waited this long: a slow copy still checkpoints its progress often,
 // so that a crash costs little to resume.
 constexpr uint64_t kCommitBatchBytes = 64ULL << 20;
-constexpr size_t kDirectIoAlign = 4096;  // offsets, lengths and addresses for O_DIRECT
 constexpr auto kCommitBatchAge = std::chrono::milliseconds(250);
 
-}  // namespace
-
-namespace {
-
-// A page-aligned copy of `data` in a buffer of the calling thread (kept for its next chunk).
+// An aligned copy of `data` in a buffer of the calling thread (kept for its next chunk).
 std::span<const std::byte> BounceBuffer(std::span<const std::byte> data) {
-  struct Buffer {
-    std::byte* bytes = nullptr;
-    size_t capacity = 0;
-    ~Buffer() { std::free(bytes); }
-  };
-  thread_local Buffer buffer;
-  if (buffer.capacity < data.size()) {
-    const size_t capacity = (data.size() + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
-    auto* bytes = static_cast<std::byte*>(std::aligned_alloc(kDirectIoAlign, capacity));
-    if (bytes == nullptr) return data;  // no memory for a copy: write the original, buffered
-    std::free(buffer.bytes);
-    buffer.bytes = bytes;
-    buffer.capacity = capacity;
+  thread_local DirectIoBuffer buffer;
+  thread_local size_t capacity = 0;
+  if (capacity < data.size()) {
+    try {
+      buffer = AllocateDirectIoBuffer(data.size());
+    } catch (const std::bad_alloc&) {
+      return data;  // no memory for a copy: write the original, buffered
+    }
+    capacity = data.size();
   }
-  std::memcpy(buffer.bytes, data.data(), data.size());
-  return {buffer.bytes, data.size()};
+  std::memcpy(buffer.get(), data.data(), data.size());
+  return {buffer.get(), data.size()};
 }
 
 }  // namespace

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
+from ._progress import byte_bar, show
 from ._types import Account, Event, Handle, Limits, Region
 from .collections import ImageList, JobList
 from ._waiting import wait_slices
@@ -151,12 +152,13 @@ class Cloud:
         request.os_arch = os_arch
         request.format = format
         request.description = description
-        bar = _ImportBar(f"import {name} -> {region}") if progress and wait else None
+        bar = byte_bar(f"import {name} -> {region}") if progress and wait else None
         try:
-            info = self._engine.import_image("" if system else self.account, request, wait,
-                                             system, bar.update if bar else None)
+            info = self._engine.import_image(
+                "" if system else self.account, request, wait, system,
+                None if bar is None else (lambda done, total: show(bar, done, total)))
         finally:
-            if bar:
+            if bar is not None:  # (a tqdm without a total refuses bool())
                 bar.close()
         return Image(self, info)
 
@@ -322,22 +324,3 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
         engine.close()
         raise
     return Cloud(engine, account)
-
-
-class _ImportBar:
-    """A tqdm bar over an import's bytes (holes and chunks already stored count as done)."""
-
-    def __init__(self, desc: str) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=None, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                         leave=True)
-
-    def update(self, done: int, total: int) -> None:
-        if self._bar.total != total:
-            self._bar.total = total
-        self._bar.n = done
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()

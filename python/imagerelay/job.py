@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._progress import byte_bar, show
 from ._types import utc_from_us
 from ._waiting import wait_slices
 
@@ -229,22 +230,14 @@ class _ProgressBars:
     """One tqdm bar per destination region."""
 
     def __init__(self, job: Job) -> None:
-        from tqdm.auto import tqdm
-
-        self._bars = {
-            region: tqdm(total=task.bytes_total, desc=f"{job.source_image_id} -> {region}",
-                         unit="B", unit_scale=True, unit_divisor=1024, leave=True)
-            for region, task in job.tasks.items()
-        }
+        self._bars = {region: byte_bar(f"{job.source_image_id} -> {region}", task.bytes_total)
+                      for region, task in job.tasks.items()}
 
     def update(self, job: Job) -> None:
         for region, task in job.tasks.items():
             bar = self._bars.get(region)
-            if bar is None:
-                continue
-            bar.n = task.bytes_done
-            bar.set_postfix_str(task.state, refresh=False)
-            bar.refresh()
+            if bar is not None:
+                show(bar, task.bytes_done, task.bytes_total, task.state)
 
     def close(self) -> None:
         for bar in self._bars.values():
