@@ -1,10 +1,12 @@
 #include "file_util.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -70,12 +72,30 @@ int PreadAll(int fd, void* out, size_t len, off_t offset) {
   return 0;
 }
 
+void UnmapDeleter::operator()(std::byte* p) const {
+  if (p != nullptr) ::munmap(p, length);
+}
+
 DirectIoBuffer AllocateDirectIoBuffer(size_t size) {
+  constexpr size_t kHugePage = 2 << 20;
   const size_t rounded =
       std::max<size_t>(kDirectIoAlign, (size + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign);
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(kDirectIoAlign, rounded));
-  if (p == nullptr) throw std::bad_alloc();
-  return DirectIoBuffer(p);
+  // Reserve a huge page more than needed, then give back what lies outside the aligned part.
+  const size_t slack = rounded >= kHugePage ? kHugePage : 0;
+  void* mapped = ::mmap(nullptr, rounded + slack, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) throw std::bad_alloc();
+  auto* base = static_cast<std::byte*>(mapped);
+  std::byte* start = base;
+  if (slack != 0) {
+    const auto addr = reinterpret_cast<uintptr_t>(base);
+    start = base + ((kHugePage - addr % kHugePage) % kHugePage);
+    if (start != base) ::munmap(base, static_cast<size_t>(start - base));
+    const size_t tail = static_cast<size_t>((base + rounded + slack) - (start + rounded));
+    if (tail != 0) ::munmap(start + rounded, tail);
+    ::madvise(start, rounded, MADV_HUGEPAGE);  // a hint: without huge pages it still works
+  }
+  return DirectIoBuffer(start, UnmapDeleter{rounded});
 }
 
 int FsyncDir(const std::filesystem::path& dir) {
