@@ -895,6 +895,7 @@ class Bench:
             f"- Disk: {machine['fs']} filesystem on {machine['dev']} (mounted at "
             f"{machine['mount']}, options `{machine['opts']}`){machine['journal']}, "
             f"{machine['free']} free at the start\n"
+            + (f"- Memory: {machine['balloon']}\n" if machine['balloon'] else "") +
             f"- Load at the start: {machine['load']}; busiest processes then: "
             f"{machine['top']}\n"
             f"- Engine: git {machine['git']}; `_core` {core}; default `ir.Limits()`, 4 workers\n"
@@ -1000,6 +1001,7 @@ def machine_info(work: Path) -> dict[str, str]:
         "nproc": run(["nproc"]), "cpu": cpu, "mem": mem,
         "fs": best[2], "dev": best[0], "mount": best[1], "opts": best[3],
         "journal": ext4_journal(best[0]) if best[2] == "ext4" else "",
+        "balloon": balloon_note(),
         "free": fmt_bytes(shutil.disk_usage(work).free),
         "load": " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1/5/15 min)",
         "top": ", ".join(" ".join(t.split()[::-1]) + "%" for t in top),
@@ -1007,6 +1009,25 @@ def machine_info(work: Path) -> dict[str, str]:
         "tools": f"{run(['cp', '--version']).splitlines()[0]}, "
                  f"{run(['rsync', '--version']).splitlines()[0]}",
     }
+
+
+def balloon_note() -> str:
+    """A sentence when a virtio balloon with free page reporting hands freed memory back to
+    the host, else ''."""
+    VIRTIO_BALLOON_F_REPORTING = 5
+    for dev in Path("/sys/bus/virtio/drivers/virtio_balloon").glob("virtio*"):
+        try:
+            features = (dev / "features").read_text().strip()
+        except OSError:
+            continue
+        if len(features) > VIRTIO_BALLOON_F_REPORTING and features[VIRTIO_BALLOON_F_REPORTING] == "1":
+            return ("virtio balloon with free page reporting: the pages that dropping the "
+                    "caches frees go back to the host, and a contender that fills the page "
+                    "cache again (cp's 2 GiB of written pages) waits for the host to give "
+                    "them back; that shows as cp's CPU time (system) varying several-fold "
+                    "between runs of the same copy. The engine writes chunks with O_DIRECT "
+                    "from a few reused buffers and is spared it")
+    return ""
 
 
 def ext4_journal(dev: str) -> str:
