@@ -33,6 +33,7 @@ std::string Fingerprint(const std::string& image_id, const std::vector<std::stri
 bool InFlight(TaskState s) { return s == TaskState::kPending || s == TaskState::kRunning; }
 
 Job LoadOwnJob(CatalogTx& tx, const std::string& account, const std::string& job_id) {
+  ThrowIfAny(CheckJobIdFormat(job_id));
   auto job = tx.GetJob(job_id);
   if (!job || job->account != account) {
     ThrowCode(codes::kNoSuchJob, "job " + Quote(job_id) + " does not exist or is not yours; " +

@@ -34,6 +34,12 @@ Problems CheckImageIdFormat(const std::string& id) {
            "image id " + Quote(id) + " is malformed; image ids look like m-3k9x2q7a"}};
 }
 
+Problems CheckJobIdFormat(const std::string& id) {
+  if (IsValidJobId(id)) return {};
+  return {{codes::kInvalidParameter,
+           "job id " + Quote(id) + " is malformed; job ids look like j-3k9x2q7a"}};
+}
+
 Problems CheckImageName(const std::string& name) {
   if (IsValidImageName(name)) return {};
   return {{codes::kInvalidParameter,

@@ -40,6 +40,14 @@ TEST(IdsTest, Formats) {
     EXPECT_FALSE(IsValidImageId(bad)) << bad;
   }
   EXPECT_FALSE(IsValidImageId(std::string("m-abc\0efgh", 10)));
+  EXPECT_TRUE(IsValidJobId("j-0a1b2c3d"));
+  for (const char* bad : {"j-ABCDEFGH", "j-abc", "m-abcdefgh", "j-abcdefgh1", "../j-abcdef", ""}) {
+    EXPECT_FALSE(IsValidJobId(bad)) << bad;
+    auto problems = CheckJobIdFormat(bad);
+    ASSERT_EQ(problems.size(), 1u) << bad;
+    EXPECT_EQ(problems[0].code, codes::kInvalidParameter);
+  }
+  EXPECT_TRUE(CheckJobIdFormat("j-0a1b2c3d").empty());
   EXPECT_TRUE(IsValidRegionId("bj"));
   EXPECT_TRUE(IsValidRegionId("cn-north-1"));
   for (const char* bad : {"b", "Bj", "1bj", "bj/..", "../bj", "/bj", "b j",

@@ -348,6 +348,7 @@ def test_replicate_wait_and_jobs(shared: dict[str, Any]) -> None:
     assert run(home, "jobs", "list", account="team-b", inproc=True).data == []  # the caller's
     fails(home, "NoSuchJob", "jobs", "show", job["id"], account="team-b")
     fails(home, "NoSuchJob", "jobs", "show", "j-00000000")
+    assert "malformed" in fails(home, "InvalidParameter", "jobs", "show", "j-nope")
 
     text = run(home, "jobs", "show", job["id"], as_json=False, inproc=True).stdout
     assert re.search(rf"^{job['id']}\s+{image['id']}\s+bj\s+gz,su\s+Completed\s+100%$", text,

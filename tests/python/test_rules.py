@@ -478,6 +478,9 @@ def test_not_found_codes(cloud: ir.Cloud, home: Path, files: Path) -> None:
     expect(ir.NotFoundError, "NoSuchAccount", 404, lambda: cloud.as_account("ghost"))
     expect(ir.NotFoundError, "NoSuchAccount", 404, lambda: ir.open(home, account="ghost"))
     expect(ir.NotFoundError, "NoSuchJob", 404, lambda: cloud.job("j-00000000"))
+    # a malformed job id is a bad request, as a malformed image id is, not a missing job
+    for bad in ["j-XYZ", "", "../etc", "m-12345678", "j-1234567\x00", "j-123456789"]:
+        expect(ir.ValidationError, "InvalidParameter", 400, lambda: cloud.job(bad))
     # another account's job is not revealed
     cloud.add_account("bob")
     img = cloud.import_image(src, region="bj", name="x")

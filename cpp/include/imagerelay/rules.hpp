@@ -15,6 +15,7 @@ namespace imagerelay {
 
 // Id and name formats.
 std::vector<Problem> CheckImageIdFormat(const std::string& id);
+std::vector<Problem> CheckJobIdFormat(const std::string& id);
 std::vector<Problem> CheckImageName(const std::string& name);
 std::vector<Problem> CheckRegionId(const std::string& id);
 std::vector<Problem> CheckAccountId(const std::string& id);
