@@ -513,7 +513,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
       do {
         image.id = NewImageId();
       } while (!tx.InsertImage(image));
-      tx.PutSetting("import:" + image.id,
+      tx.PutSetting(std::string(kImportKeyPrefix) + image.id,
                     impl_->worker_id + "|" + std::to_string(now + impl_->options.lease_ms * 1000));
       events.Append(tx, MakeEvent("image.created", account, &image, "",
                                   DetailJson({{"name", image.name}, {"source", request.source}})));

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -32,6 +33,10 @@ class PendingEvents {
  private:
   std::vector<Event> events_;
 };
+
+// An import's key, followed by its image id: of its lease in the catalog's settings and of
+// its cancel token in Engine::Impl::running.
+inline constexpr std::string_view kImportKeyPrefix = "import:";
 
 struct Engine::Impl {
   EngineOptions options;
@@ -56,7 +61,8 @@ struct Engine::Impl {
   std::mutex wake_mutex;
 
   // Cancel tokens of copies running in this process, by destination image id, and of
-  // imports, by "import:" + image id: Close() fires them all.
+  // imports, by kImportKeyPrefix + image id: Close() fires them all. A copy's entry
+  // goes last, after the sweep of whatever a failed or cancelled copy left behind.
   std::mutex running_mutex;
   std::map<std::string, std::shared_ptr<CancelToken>> running;
 

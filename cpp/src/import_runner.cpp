@@ -54,7 +54,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
                              const CancelToken* stop, const ProgressFn& progress) {
   Image image;
   catalog->Read([&](CatalogTx& tx) { image = *tx.GetImage(image_id); });
-  const std::string lease_key = "import:" + image_id;
+  const std::string lease_key = std::string(kImportKeyPrefix) + image_id;
   auto last_renew = std::chrono::steady_clock::now();
   RunningImport running_import(*this, lease_key, stop);
   const CancelToken& cancel = running_import.token();
@@ -122,7 +122,7 @@ void Engine::Impl::RecoverInterruptedImports() {
     TimeUs now = NowUs();
     for (auto image : tx.ListImages({})) {
       if (image.status != ImageStatus::kCreating) continue;
-      auto lease = tx.GetSetting("import:" + image.id).value_or("");
+      auto lease = tx.GetSetting(std::string(kImportKeyPrefix) + image.id).value_or("");
       auto bar = lease.find('|');
       std::string owner = bar == std::string::npos ? "" : lease.substr(0, bar);
       TimeUs expires = bar == std::string::npos ? 0 : std::stoll(lease.substr(bar + 1));
@@ -130,7 +130,7 @@ void Engine::Impl::RecoverInterruptedImports() {
       image.error = "the import was interrupted (its process stopped); import the file again";
       tx.UpdateImageFields(image);
       tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
-      tx.PutSetting("import:" + image.id, "");
+      tx.PutSetting(std::string(kImportKeyPrefix) + image.id, "");
       tx.SetSweepNeeded(image.region, true);
       events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
                                   "{\"code\":\"Transfer.Failed\"}"));

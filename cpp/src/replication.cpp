@@ -326,6 +326,13 @@ bool Engine::WaitIdle(std::optional<double> timeout_s) {
       idle = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}).empty();
     });
     if (idle) {
+      // A copy that just ended still sweeps what a failed or cancelled copy left behind.
+      std::lock_guard lock(impl_->running_mutex);
+      idle = std::ranges::none_of(impl_->running, [](const auto& entry) {
+        return !entry.first.starts_with(kImportKeyPrefix);
+      });
+    }
+    if (idle) {
       std::lock_guard lock(impl_->digest_mutex);
       idle = !impl_->digester_running;
     }
