@@ -4,13 +4,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <semaphore>
 #include <thread>
 #include <vector>
@@ -25,7 +28,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kProgressInterval = std::chrono::milliseconds(100);
-constexpr int kExportThreads = 2;
+// Workers of an export or a verify: each waits on a read (exporting, then a write) far
+// longer than it hashes. A 2 GiB export here: 2 workers 3.1-3.7 s, 4 workers 2.5-2.7 s,
+// 8 no faster.
+constexpr int kExportThreads = 4;
 constexpr int kMaxThreads = 64;
 // Chunk writes in flight: a durable write waits on the disk far longer than it computes, and
 // the store flushes concurrent writes together, so more workers run than hash at once (only
@@ -439,6 +445,41 @@ void ReadVerifiedChunk(Store& store, const Manifest& manifest, size_t i,
   }
 }
 
+// Writes an export's chunks: the aligned part of each with O_DIRECT from the worker's
+// aligned copy, the rest (all of it once direct writes are refused) buffered.
+struct ExportWriter {
+  int fd;
+  int direct_fd;
+  std::atomic<bool> direct;
+  size_t chunk_size;  // the most any chunk holds: the size of each worker's aligned copy
+
+  // Returns 0 or an errno value. `offset` is a multiple of kDirectIoAlign.
+  int Write(std::span<const std::byte> bytes, DirectIoBuffer& aligned, off_t offset) {
+    const size_t whole = bytes.size() / kDirectIoAlign * kDirectIoAlign;
+    size_t done = 0;
+    if (whole != 0 && direct.load(std::memory_order_relaxed)) {
+      if (!aligned) {
+        try {
+          aligned = AllocateDirectIoBuffer(chunk_size);
+        } catch (const std::bad_alloc&) {
+          return PwriteAll(fd, bytes.data(), bytes.size(), offset);
+        }
+      }
+      std::memcpy(aligned.get(), bytes.data(), whole);
+      int err = PwriteAll(direct_fd, aligned.get(), whole, offset);
+      if (err == 0) {
+        done = whole;
+      } else if (err == EINVAL) {
+        direct.store(false, std::memory_order_relaxed);  // not for this file system
+      } else {
+        return err;
+      }
+    }
+    return PwriteAll(fd, bytes.data() + done, bytes.size() - done,
+                     offset + static_cast<off_t>(done));
+  }
+};
+
 // Removes the temporary file unless the export committed it.
 class TempFileGuard {
  public:
@@ -587,11 +628,22 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
     }
   }
 
+  // Chunks reach the file around the page cache (O_DIRECT), each from an aligned copy: no
+  // page-cache pages to find for an image-sized write, nothing dirty left for the fsync.
+  // Chunk offsets are aligned; a last chunk's unaligned tail goes through `fd`.
+  UniqueFd direct_fd;
+  if (manifest.chunk_size % kDirectIoAlign == 0) {
+    direct_fd = UniqueFd(::open(tmp.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT));
+  }
+  ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd),
+                      static_cast<size_t>(manifest.chunk_size)};
+
   {
     Crew crew;
     size_t next = 0;  // under crew.mu
     auto worker = [&] {
       std::vector<std::byte> buffer;
+      DirectIoBuffer aligned;
       for (;;) {
         size_t i;
         {
@@ -601,8 +653,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         }
         const uint64_t len = manifest.ChunkLength(i);
         ReadVerifiedChunk(store, manifest, i, buffer, "the image", &cancel);
-        int err = PwriteAll(fd.get(), buffer.data(), buffer.size(),
-                            static_cast<off_t>(manifest.ChunkOffset(i)));
+        int err = writer.Write(buffer, aligned, static_cast<off_t>(manifest.ChunkOffset(i)));
         if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
         std::lock_guard lock(crew.mu);
         prog.bytes_done += len;
