@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-BENCHES = ("import", "sparse", "replicate", "incremental", "fanout", "rss")
+BENCHES = ("import", "sparse", "replicate", "incremental", "fanout", "rss", "export")
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 HAVE_TIME = os.access("/usr/bin/time", os.X_OK)
 CHILD_TIMEOUT = 3 * 3600
@@ -142,6 +142,13 @@ def child_main(spec: dict) -> None:
             for task in result["tasks"].values():  # datetimes are not JSON
                 task["started_at"] = str(task["started_at"])
                 task["finished_at"] = str(task["finished_at"])
+        elif op == "export":
+            cloud.export_image(spec["image_id"], spec["path"])
+            t1 = time.perf_counter()
+            result["digest"] = cloud.image(spec["image_id"]).digest
+        elif op == "verify":
+            result["digest"] = cloud.verify_image(spec["image_id"])
+            t1 = time.perf_counter()
         else:
             raise SystemExit(f"unknown child op {op!r}")
         io1, ru1 = proc_io(), resource.getrusage(resource.RUSAGE_SELF)
@@ -793,6 +800,65 @@ class Bench:
                     "\n")
         return out
 
+    def bench_export(self) -> str:
+        """Reported, no target: export and verify of the dense image against what a user
+        would run on the file instead (cp + sync, sha256sum)."""
+        src = self.dense()
+        dest = self.scratch / "export-dest.raw"
+        home, image_id = self.setup_image(src, "export")
+        exp, ver, cp, sha, ossl = [], [], [], [], []
+
+        def export() -> None:
+            self.rm(dest)
+            res = self.engine("export", home=home, image_id=image_id, path=str(dest))
+            with open(dest, "rb") as f:  # untimed: the file holds the image's bytes
+                got = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            if got != res["digest"]:
+                raise RuntimeError(f"the export has sha256 {got}, the image {res['digest']}")
+            exp.append(res)
+            self.rm(dest)
+
+        def verify() -> None:
+            ver.append(self.engine("verify", home=home, image_id=image_id))
+
+        def cpsync() -> None:
+            self.rm(dest)
+            cp.append(self.shell(f"cp {shlex.quote(str(src))} {shlex.quote(str(dest))} && sync"))
+            self.rm(dest)
+
+        def sha256sum() -> None:
+            sha.append(self.shell(f"sha256sum {shlex.quote(str(src))} >/dev/null"))
+
+        def openssl() -> None:  # uses the CPU's SHA instructions, as the engine does
+            ossl.append(self.shell(f"openssl dgst -sha256 {shlex.quote(str(src))} >/dev/null"))
+
+        for i in range(self.runs):
+            self.interleave(i, [("export", export), ("verify", verify), ("cp + sync", cpsync),
+                                ("sha256sum", sha256sum), ("openssl dgst -sha256", openssl)])
+        self.rm(home)
+        size = self.dense_size
+        rows = [
+            {"name": "imagerelay export (`cloud.export_image`, every chunk checked)",
+             "results": exp, "notes": "sha256 of the exported file = the image's digest; "
+                                      "sync right after: " +
+                                      ", ".join(f"{r['sync_after']:.2f}s" for r in exp)},
+            {"name": "`cp FILE DEST && sync` (reference)", "results": cp},
+            {"name": "imagerelay verify (`cloud.verify_image`: every chunk and the digest)",
+             "results": ver},
+            {"name": "`sha256sum FILE` (reference)", "results": sha},
+            {"name": "`openssl dgst -sha256 FILE` (reference)", "results": ossl},
+        ]
+        out = (f"## 7. Export and verify of the {human_size(size)} dense image (reported, no "
+               f"target)\n\n{self.load_note()}\n" + self.table(rows, size) + "\n")
+        out += (f"Export vs cp+sync: {self.best(exp) / self.best(cp):.2f}x best, "
+                f"{self.median(exp) / self.median(cp):.2f}x median. Verify vs sha256sum: "
+                f"{self.best(ver) / self.best(sha):.2f}x best, "
+                f"{self.median(ver) / self.median(sha):.2f}x median; vs openssl: "
+                f"{self.best(ver) / self.best(ossl):.2f}x best, "
+                f"{self.median(ver) / self.median(ossl):.2f}x median (verify hashes every "
+                "byte twice: each chunk against its name, and the whole image).\n")
+        return out
+
     def bench_rss(self) -> str:
         small, large = self.small(), self.dense()
         res: dict[tuple[str, str], list[dict]] = {}
@@ -1007,7 +1073,9 @@ def machine_info(work: Path) -> dict[str, str]:
         "top": ", ".join(" ".join(t.split()[::-1]) + "%" for t in top),
         "git": git,
         "tools": f"{run(['cp', '--version']).splitlines()[0]}, "
-                 f"{run(['rsync', '--version']).splitlines()[0]}",
+                 f"{run(['rsync', '--version']).splitlines()[0]}, "
+                 f"{run(['sha256sum', '--version']).splitlines()[0]}, "
+                 f"{run(['openssl', 'version'])}",
     }
 
 
