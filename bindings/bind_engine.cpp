@@ -118,6 +118,41 @@ EventFn WrapListener(py::function fn) {
   };
 }
 
+// Carries a long call's progress to a Python callable: the call's thread leaves its latest
+// progress here, and the caller's thread (holding the GIL) hands it to
+// `progress(bytes_done, bytes_total)` at each look of RunInterruptible.
+class ProgressRelay {
+ public:
+  explicit ProgressRelay(std::optional<py::function> progress) : progress_(std::move(progress)) {}
+
+  // For the engine: empty when nobody listens, so that the call does not report at all.
+  ProgressFn sink() {
+    if (!progress_) return {};
+    return [this](const IoProgress& p) {
+      std::lock_guard lock(mu_);
+      latest_ = p;
+    };
+  }
+
+  // For RunInterruptible: empty when nobody listens.
+  std::function<void()> tick() {
+    if (!progress_) return {};
+    return [this] {
+      std::optional<IoProgress> p;
+      {
+        std::lock_guard lock(mu_);
+        p.swap(latest_);
+      }
+      if (p) (*progress_)(p->bytes_done, p->bytes_total);
+    };
+  }
+
+ private:
+  std::optional<py::function> progress_;
+  std::mutex mu_;
+  std::optional<IoProgress> latest_;
+};
+
 PolicyFn WrapPolicy(py::function fn) {
   auto callable = std::make_shared<PyCallable>(std::move(fn));
   return [callable](const PolicyRequest& request) -> std::optional<std::string> {
@@ -176,31 +211,12 @@ void BindEngine(py::module_& m) {
           "import_image",
           [](Engine& self, const std::string& account, const ImportRequest& request, bool wait,
              bool system, std::optional<py::function> progress) {
-            // The import's thread leaves its latest progress here; the caller's thread
-            // hands it to `progress(bytes_done, bytes_total)` at each look.
-            std::mutex mu;
-            std::optional<IoProgress> latest;
-            ProgressFn on_progress = [&](const IoProgress& p) {
-              std::lock_guard lock(mu);
-              latest = p;
-            };
-            std::function<void()> tick;
-            if (progress) {
-              tick = [&] {
-                std::optional<IoProgress> p;
-                {
-                  std::lock_guard lock(mu);
-                  p.swap(latest);
-                }
-                if (p) (*progress)(p->bytes_done, p->bytes_total);
-              };
-            }
+            ProgressRelay relay(progress);
             return RunInterruptible(
                 [&](const CancelToken* cancel) {
-                  return self.ImportImage(account, request, wait, system, cancel,
-                                          progress ? on_progress : ProgressFn{});
+                  return self.ImportImage(account, request, wait, system, cancel, relay.sink());
                 },
-                tick);
+                relay.tick());
           },
           py::arg("account"), py::arg("request"), py::arg("wait"), py::arg("system"),
           py::arg("progress") = py::none())
@@ -219,12 +235,16 @@ void BindEngine(py::module_& m) {
       .def(
           "export",
           [](Engine& self, const std::string& account, const std::string& image_id,
-             const std::filesystem::path& path) {
-            RunInterruptible([&](const CancelToken* cancel) {
-              self.Export(account, image_id, path, cancel);
-            });
+             const std::filesystem::path& path, std::optional<py::function> progress) {
+            ProgressRelay relay(progress);
+            RunInterruptible(
+                [&](const CancelToken* cancel) {
+                  self.Export(account, image_id, path, cancel, relay.sink());
+                },
+                relay.tick());
           },
-          py::arg("account"), py::arg("image_id"), py::arg("path"))
+          py::arg("account"), py::arg("image_id"), py::arg("path"),
+          py::arg("progress") = py::none())
       .def(
           "verify",
           [](Engine& self, const std::string& account, const std::string& image_id) {

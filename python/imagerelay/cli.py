@@ -336,7 +336,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         cloud.delete_image(args.image)
         out.emit({"deleted": args.image}, lambda: f"deleted {args.image}")
     elif cmd == "export":
-        path = cloud.export_image(args.image, args.path)
+        path = cloud.export_image(args.image, args.path,
+                                  progress=not out.as_json and sys.stderr.isatty())
         out.emit({"image": args.image, "path": path}, lambda: f"wrote {path}")
     elif cmd == "verify":
         digest = cloud.verify_image(args.image)

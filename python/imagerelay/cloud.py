@@ -212,10 +212,21 @@ class Cloud:
     def delete_image(self, image_id: str) -> None:
         self._engine.delete(self.account, image_id)
 
-    def export_image(self, image_id: str, path: str | os.PathLike[str]) -> Path:
-        """Writes the image's bytes to ``path`` (sparse where chunks are zero)."""
+    def export_image(self, image_id: str, path: str | os.PathLike[str], *,
+                     progress: bool = False) -> Path:
+        """Writes the image's bytes to ``path`` (sparse where chunks are zero).
+
+        ``progress=True`` shows a progress bar (tqdm: terminal and Jupyter). Ctrl-C stops
+        the export and leaves ``path`` as it was.
+        """
         target = Path(path)
-        self._engine.export(self.account, image_id, target)
+        bar = byte_bar(f"export {image_id} -> {target.name}") if progress else None
+        try:
+            report = None if bar is None else (lambda done, total: show(bar, done, total))
+            self._engine.export(self.account, image_id, target, report)
+        finally:
+            if bar is not None:
+                bar.close()
         return target
 
     def verify_image(self, image_id: str) -> str:

@@ -139,8 +139,9 @@ class Image:
     def delete(self) -> None:
         self._cloud.delete_image(self.id)
 
-    def export(self, path: str | Path) -> Path:
-        return self._cloud.export_image(self.id, path)
+    def export(self, path: str | Path, *, progress: bool = False) -> Path:
+        """Writes the image's bytes to ``path``; ``progress=True`` shows a progress bar."""
+        return self._cloud.export_image(self.id, path, progress=progress)
 
     def verify(self) -> str:
         """Checks every stored byte against the digest; returns it (IntegrityError if not)."""

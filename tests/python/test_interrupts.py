@@ -1,6 +1,6 @@
 """Ctrl-C (or a notebook's interrupt) and close() stop long calls instead of waiting for
 them: an import stops and ends CreateFailed with nothing stored, a wait returns control.
-An import's progress reaches the caller from the same look for signals.
+An import's and an export's progress reach the caller from the same look for signals.
 
 The slow HTTP server below is a fake for the network (these tests are about stopping, not
 about HTTP): it serves the start of an image, then stalls until the test ends.
@@ -166,3 +166,43 @@ def test_import_progress_bar(cloud: ir.Cloud, files: Path,
     assert image.status == "Available"
     err = capsys.readouterr().err
     assert "import a -> bj" in err and "100%" in err and "2.00M" in err, err
+
+
+# -- export progress ---------------------------------------------------------------------------
+def test_export_reports_progress_to_the_end(cloud: ir.Cloud, files: Path) -> None:
+    src = make_dense(files / "a.raw", 32 * CHUNK)
+    image = cloud.import_image(src, region="bj", name="a")
+    seen: list[tuple[int, int]] = []
+    cloud._engine.export(cloud.account, image.id, files / "out.raw",
+                         lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (32 * CHUNK, 32 * CHUNK)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert (files / "out.raw").read_bytes() == src.read_bytes()
+
+
+def test_progress_callback_that_raises_stops_the_export(cloud: ir.Cloud, files: Path) -> None:
+    src = make_dense(files / "a.raw", 2048 * CHUNK)
+    image = cloud.import_image(src, region="bj", name="a")
+    (files / "out.raw").write_bytes(b"the old contents")
+
+    def callback(done: int, total: int) -> None:
+        raise RuntimeError("enough")
+
+    # The callback raises at its first call: a look 100 ms in stops the export; one at the
+    # end (an export faster than that) comes after the file was written whole.
+    with pytest.raises(RuntimeError, match="enough"):
+        cloud._engine.export(cloud.account, image.id, files / "out.raw", callback)
+    out = (files / "out.raw").read_bytes()
+    assert out in (b"the old contents", src.read_bytes())  # never a part
+    assert not [p for p in files.iterdir() if p.name.startswith(".tmp-")]  # no leftovers
+
+
+def test_export_progress_bar(cloud: ir.Cloud, files: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_dense(files / "a.raw", 32 * CHUNK)
+    image = cloud.import_image(src, region="bj", name="a")
+    capsys.readouterr()
+    assert image.export(files / "out.raw", progress=True) == files / "out.raw"
+    err = capsys.readouterr().err
+    assert f"export {image.id} -> out.raw" in err and "100%" in err and "2.00M" in err, err
+    assert (files / "out.raw").read_bytes() == src.read_bytes()

@@ -98,9 +98,11 @@ class Engine {
   void Rename(const std::string& account, const std::string& image_id, const std::string& name);
   void Delete(const std::string& account, const std::string& image_id);
   // `cancel` stops an export early (Error(Transfer.Failed); `path` is left as it was) and a
-  // verification (Error(Transfer.Failed), nothing recorded).
+  // verification (Error(Transfer.Failed), nothing recorded). An export's `progress` is
+  // called from its thread about every 100 ms.
   void Export(const std::string& account, const std::string& image_id,
-              const std::filesystem::path& path, const CancelToken* cancel = nullptr);
+              const std::filesystem::path& path, const CancelToken* cancel = nullptr,
+              const ProgressFn& progress = {});
   // Re-reads every chunk of the image from its region, checks each against its name and the
   // whole against the image's digest; returns the digest, throws IntegrityError otherwise.
   std::string Verify(const std::string& account, const std::string& image_id,
