@@ -247,12 +247,16 @@ void BindEngine(py::module_& m) {
           py::arg("progress") = py::none())
       .def(
           "verify",
-          [](Engine& self, const std::string& account, const std::string& image_id) {
-            return RunInterruptible([&](const CancelToken* cancel) {
-              return self.Verify(account, image_id, cancel);
-            });
+          [](Engine& self, const std::string& account, const std::string& image_id,
+             std::optional<py::function> progress) {
+            ProgressRelay relay(progress);
+            return RunInterruptible(
+                [&](const CancelToken* cancel) {
+                  return self.Verify(account, image_id, cancel, relay.sink());
+                },
+                relay.tick());
           },
-          py::arg("account"), py::arg("image_id"))
+          py::arg("account"), py::arg("image_id"), py::arg("progress") = py::none())
       .def("wait_digest", &Engine::WaitDigest, py::arg("account"), py::arg("image_id"),
            py::arg("timeout"), Release())
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),

@@ -755,7 +755,7 @@ void Engine::Export(const std::string& account, const std::string& image_id,
 }
 
 std::string Engine::Verify(const std::string& account, const std::string& image_id,
-                           const CancelToken* cancel) {
+                           const CancelToken* cancel, const ProgressFn& progress) {
   Image image;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
@@ -776,7 +776,7 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
   std::string digest;
   try {
     digest = HashStoredImage(*store, *manifest, "image " + image.id + " in region " + image.region,
-                             stop);
+                             stop, progress);
   } catch (const Cancelled&) {
     ThrowCode(codes::kTransferFailed,
               "the verification of image " + image.id + " was stopped before it finished");

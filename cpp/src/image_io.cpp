@@ -513,8 +513,12 @@ Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& op
 }
 
 std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
-                            const CancelToken& cancel) {
+                            const CancelToken& cancel, const ProgressFn& progress) {
   ValidateManifest(manifest);
+  ProgressThrottle throttle(progress);
+  IoProgress prog;  // the calling thread's
+  prog.bytes_total = manifest.size;
+  prog.chunks_total = manifest.chunks.size();
   // Readers fetch and check chunks ahead, into a window of kHashWindow buffers; the calling
   // thread feeds them, in order, to the whole-image hash (zeros for all-zero chunks).
   constexpr size_t kHashWindow = 8;
@@ -556,8 +560,11 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   size_t k = 0;  // position in todo of the next stored chunk in image order
   for (size_t i = 0; i < manifest.chunks.size(); ++i) {
     if (cancel.cancelled()) throw Cancelled{};  // ~Crew stops and joins the readers
+    if (throttle.Due()) throttle.Report(prog);
     if (manifest.chunks[i].empty()) {
       whole.UpdateZeros(manifest.ChunkLength(i));
+      prog.bytes_done += manifest.ChunkLength(i);
+      ++prog.chunks_skipped;
       continue;
     }
     Slot* slot = &window[k % kHashWindow];
@@ -566,10 +573,12 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
       while (!crew.caller_cv.wait_for(lock, kProgressInterval,
                                       [&] { return crew.stop || slot->ready; })) {
         if (cancel.cancelled()) throw Cancelled{};
+        if (throttle.Due()) throttle.Report(prog);
       }
       if (!slot->ready) break;  // a reader failed: Finish() rethrows its error
     }
     whole.Update(slot->bytes.data(), slot->bytes.size());
+    prog.bytes_done += slot->bytes.size();
     {
       std::lock_guard lock(crew.mu);
       slot->ready = false;
@@ -579,6 +588,7 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   }
   crew.Finish();
   if (k != todo.size()) throw TransferError(codes::kTransferFailed, "reading " + what + " stopped early");
+  throttle.Report(prog);
   return "sha256:" + whole.FinishHex();
 }
 

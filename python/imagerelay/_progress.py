@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -21,3 +23,17 @@ def show(bar: Any, done: int, total: int, status: str | None = None) -> None:
     if status is not None:
         bar.set_postfix_str(status, refresh=False)
     bar.refresh()
+
+
+@contextmanager
+def bar_callback(desc: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``callback(done, total)`` that moves a new bar, closed afterwards; None if not
+    ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    bar = byte_bar(desc)
+    try:
+        yield lambda done, total: show(bar, done, total)
+    finally:
+        bar.close()

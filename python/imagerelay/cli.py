@@ -340,7 +340,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
                                   progress=not out.as_json and sys.stderr.isatty())
         out.emit({"image": args.image, "path": path}, lambda: f"wrote {path}")
     elif cmd == "verify":
-        digest = cloud.verify_image(args.image)
+        digest = cloud.verify_image(args.image, progress=not out.as_json and sys.stderr.isatty())
         out.emit({"image": args.image, "digest": digest}, lambda: f"{args.image} ok: {digest}")
     elif cmd == "events":
         events = cloud.events(since=args.since, image_id=args.image)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from ._progress import byte_bar, show
+from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
 from .collections import ImageList, JobList
 from ._waiting import wait_slices
@@ -152,14 +152,9 @@ class Cloud:
         request.os_arch = os_arch
         request.format = format
         request.description = description
-        bar = byte_bar(f"import {name} -> {region}") if progress and wait else None
-        try:
-            info = self._engine.import_image(
-                "" if system else self.account, request, wait, system,
-                None if bar is None else (lambda done, total: show(bar, done, total)))
-        finally:
-            if bar is not None:  # (a tqdm without a total refuses bool())
-                bar.close()
+        with bar_callback(f"import {name} -> {region}", progress and wait) as report:
+            info = self._engine.import_image("" if system else self.account, request, wait,
+                                             system, report)
         return Image(self, info)
 
     def import_image(self, source: str | os.PathLike[str], *, region: str, name: str,
@@ -220,21 +215,18 @@ class Cloud:
         the export and leaves ``path`` as it was.
         """
         target = Path(path)
-        bar = byte_bar(f"export {image_id} -> {target.name}") if progress else None
-        try:
-            report = None if bar is None else (lambda done, total: show(bar, done, total))
+        with bar_callback(f"export {image_id} -> {target.name}", progress) as report:
             self._engine.export(self.account, image_id, target, report)
-        finally:
-            if bar is not None:
-                bar.close()
         return target
 
-    def verify_image(self, image_id: str) -> str:
+    def verify_image(self, image_id: str, *, progress: bool = False) -> str:
         """Re-reads the image's chunks, checks each and the whole; returns the digest.
 
         Raises ``IntegrityError`` (``Transfer.IntegrityError``) if any byte is wrong.
+        ``progress=True`` shows a progress bar.
         """
-        return str(self._engine.verify(self.account, image_id))
+        with bar_callback(f"verify {image_id}", progress) as report:
+            return str(self._engine.verify(self.account, image_id, report))
 
     # -- replication --------------------------------------------------------------
     def replicate(self, image_id: str, to: str | list[str], *, name: str | None = None,

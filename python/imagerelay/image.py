@@ -143,9 +143,10 @@ class Image:
         """Writes the image's bytes to ``path``; ``progress=True`` shows a progress bar."""
         return self._cloud.export_image(self.id, path, progress=progress)
 
-    def verify(self) -> str:
-        """Checks every stored byte against the digest; returns it (IntegrityError if not)."""
-        return self._cloud.verify_image(self.id)
+    def verify(self, *, progress: bool = False) -> str:
+        """Checks every stored byte against the digest; returns it (IntegrityError if not).
+        ``progress=True`` shows a progress bar."""
+        return self._cloud.verify_image(self.id, progress=progress)
 
     def wait_digest(self, timeout: float | None = None) -> str:
         """Waits for the digest (None while computed after a sparse import); returns it."""

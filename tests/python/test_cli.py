@@ -540,13 +540,14 @@ def test_progress_bars_only_on_a_terminal(home: Path, tmp_path: Path) -> None:
     try:
         run(home, "replicate", image_id, "--to", "su", "--wait", as_json=False, stderr=slave)
         run(home, "export", image_id, str(tmp_path / "tty.raw"), as_json=False, stderr=slave)
+        run(home, "verify", image_id, as_json=False, stderr=slave)
     finally:
         os.close(slave)
         reader.join(timeout=10)
         os.close(master)
     bars = b"".join(chunks).decode(errors="replace")
     assert f"{image_id} -> su" in bars and "100%" in bars, bars
-    assert f"export {image_id} -> tty.raw" in bars, bars
+    assert f"export {image_id} -> tty.raw" in bars and f"verify {image_id}" in bars, bars
 
     quiet = run(home, "export", image_id, str(tmp_path / "pipe.raw"), as_json=False)
     assert quiet.stderr == "" and "wrote" in quiet.stdout, quiet.stderr

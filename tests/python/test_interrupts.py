@@ -1,6 +1,7 @@
 """Ctrl-C (or a notebook's interrupt) and close() stop long calls instead of waiting for
 them: an import stops and ends CreateFailed with nothing stored, a wait returns control.
-An import's and an export's progress reach the caller from the same look for signals.
+The progress of an import, an export and a verify reaches the caller from the same look for
+signals.
 
 The slow HTTP server below is a fake for the network (these tests are about stopping, not
 about HTTP): it serves the start of an image, then stalls until the test ends.
@@ -206,3 +207,18 @@ def test_export_progress_bar(cloud: ir.Cloud, files: Path,
     err = capsys.readouterr().err
     assert f"export {image.id} -> out.raw" in err and "100%" in err and "2.00M" in err, err
     assert (files / "out.raw").read_bytes() == src.read_bytes()
+
+
+def test_verify_reports_progress_to_the_end(cloud: ir.Cloud, files: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    image = cloud.import_image(make_dense(files / "a.raw", 32 * CHUNK), region="bj", name="a")
+    seen: list[tuple[int, int]] = []
+    digest = cloud._engine.verify(cloud.account, image.id,
+                                  lambda done, total: seen.append((done, total)))
+    assert digest == image.digest
+    assert seen and seen[-1] == (32 * CHUNK, 32 * CHUNK)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    capsys.readouterr()
+    assert image.verify(progress=True) == image.digest
+    err = capsys.readouterr().err
+    assert f"verify {image.id}" in err and "100%" in err, err

@@ -105,8 +105,9 @@ class Engine {
               const ProgressFn& progress = {});
   // Re-reads every chunk of the image from its region, checks each against its name and the
   // whole against the image's digest; returns the digest, throws IntegrityError otherwise.
+  // `progress` is called from its thread about every 100 ms.
   std::string Verify(const std::string& account, const std::string& image_id,
-                     const CancelToken* cancel = nullptr);
+                     const CancelToken* cancel = nullptr, const ProgressFn& progress = {});
   // The image's digest, waiting while the digester computes it (images imported from
   // mostly-empty files are Available before their digest is known). Throws Error(Timeout)
   // when the timeout passes, the digester's error if it failed.

@@ -77,8 +77,9 @@ Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& op
 // Reads every chunk of the manifest back from the store, checks each against its name and
 // returns the whole-image digest ("sha256:<hex>"). `what` names the image in errors
 // (IntegrityError for a corrupt or short chunk). Throws Cancelled if the token fires.
+// `progress` (bytes hashed, of the image's size) is called about every 100 ms.
 std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
-                            const CancelToken& cancel);
+                            const CancelToken& cancel, const ProgressFn& progress = {});
 
 // Writes the image to `path` atomically (temporary file, fsync, rename): byte-identical,
 // with holes where chunks are zero. Every chunk is checked against its hash
