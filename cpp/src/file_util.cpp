@@ -98,6 +98,20 @@ DirectIoBuffer AllocateDirectIoBuffer(size_t size) {
   return DirectIoBuffer(start, UnmapDeleter{rounded});
 }
 
+std::byte* ThreadDirectIoBuffer(size_t size) {
+  thread_local DirectIoBuffer buffer;
+  thread_local size_t capacity = 0;
+  if (capacity < size) {
+    try {
+      buffer = AllocateDirectIoBuffer(size);
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
+    capacity = size;
+  }
+  return buffer.get();
+}
+
 int FsyncDir(const std::filesystem::path& dir) {
   UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd) return errno;

@@ -30,6 +30,10 @@ using DirectIoBuffer = std::unique_ptr<std::byte[], UnmapDeleter>;
 // huge pages it goes to the disk whole. On this project's VM disk that made a 2 GiB import
 // a quarter faster. Throws std::bad_alloc.
 DirectIoBuffer AllocateDirectIoBuffer(size_t size);
+// A direct-I/O buffer of at least `size` bytes that belongs to the calling thread and is kept
+// (grown when needed) for its next use; nullptr when there is no memory for it. Whatever it
+// holds lasts until the thread's next call: use it within one read or write.
+std::byte* ThreadDirectIoBuffer(size_t size);
 
 // Temporary files start with this; listings skip them.
 inline constexpr std::string_view kTempPrefix = ".tmp-";

@@ -13,7 +13,6 @@
 #include <exception>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <semaphore>
 #include <thread>
 #include <vector>
@@ -445,28 +444,23 @@ void ReadVerifiedChunk(Store& store, const Manifest& manifest, size_t i,
   }
 }
 
-// Writes an export's chunks: the aligned part of each with O_DIRECT from the worker's
-// aligned copy, the rest (all of it once direct writes are refused) buffered.
+// Writes an export's chunks: the aligned part of each with O_DIRECT from an aligned copy in
+// the thread's buffer, the rest (all of it once direct writes are refused) buffered.
 struct ExportWriter {
   int fd;
   int direct_fd;
   std::atomic<bool> direct;
-  size_t chunk_size;  // the most any chunk holds: the size of each worker's aligned copy
 
   // Returns 0 or an errno value. `offset` is a multiple of kDirectIoAlign.
-  int Write(std::span<const std::byte> bytes, DirectIoBuffer& aligned, off_t offset) {
+  int Write(std::span<const std::byte> bytes, off_t offset) {
     const size_t whole = bytes.size() / kDirectIoAlign * kDirectIoAlign;
     size_t done = 0;
-    if (whole != 0 && direct.load(std::memory_order_relaxed)) {
-      if (!aligned) {
-        try {
-          aligned = AllocateDirectIoBuffer(chunk_size);
-        } catch (const std::bad_alloc&) {
-          return PwriteAll(fd, bytes.data(), bytes.size(), offset);
-        }
-      }
-      std::memcpy(aligned.get(), bytes.data(), whole);
-      int err = PwriteAll(direct_fd, aligned.get(), whole, offset);
+    std::byte* aligned = whole != 0 && direct.load(std::memory_order_relaxed)
+                             ? ThreadDirectIoBuffer(whole)
+                             : nullptr;
+    if (aligned != nullptr) {
+      std::memcpy(aligned, bytes.data(), whole);
+      int err = PwriteAll(direct_fd, aligned, whole, offset);
       if (err == 0) {
         done = whole;
       } else if (err == EINVAL) {
@@ -645,15 +639,13 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   if (manifest.chunk_size % kDirectIoAlign == 0) {
     direct_fd = UniqueFd(::open(tmp.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT));
   }
-  ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd),
-                      static_cast<size_t>(manifest.chunk_size)};
+  ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd)};
 
   {
     Crew crew;
     size_t next = 0;  // under crew.mu
     auto worker = [&] {
       std::vector<std::byte> buffer;
-      DirectIoBuffer aligned;
       for (;;) {
         size_t i;
         {
@@ -663,7 +655,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         }
         const uint64_t len = manifest.ChunkLength(i);
         ReadVerifiedChunk(store, manifest, i, buffer, "the image", &cancel);
-        int err = writer.Write(buffer, aligned, static_cast<off_t>(manifest.ChunkOffset(i)));
+        int err = writer.Write(buffer, static_cast<off_t>(manifest.ChunkOffset(i)));
         if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
         std::lock_guard lock(crew.mu);
         prog.bytes_done += len;

@@ -211,22 +211,6 @@ namespace {
 constexpr uint64_t kCommitBatchBytes = 64ULL << 20;
 constexpr auto kCommitBatchAge = std::chrono::milliseconds(250);
 
-// A kDirectIoAlign-aligned buffer of at least `size` bytes that belongs to the calling
-// thread and is kept for its next chunk; nullptr when there is no memory for it.
-std::byte* ThreadDirectIoBuffer(size_t size) {
-  thread_local DirectIoBuffer buffer;
-  thread_local size_t capacity = 0;
-  if (capacity < size) {
-    try {
-      buffer = AllocateDirectIoBuffer(size);
-    } catch (const std::bad_alloc&) {
-      return nullptr;
-    }
-    capacity = size;
-  }
-  return buffer.get();
-}
-
 // An aligned copy of `data` in the calling thread's buffer.
 std::span<const std::byte> BounceBuffer(std::span<const std::byte> data) {
   std::byte* buffer = ThreadDirectIoBuffer(data.size());
