@@ -367,9 +367,9 @@ void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
     Failed("cannot stat chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
   }
   out.resize(static_cast<size_t>(st.st_size));
-  int err = direct ? ReadDirect(fd.get(), out.size(), out.data()) : EINVAL;
-  if (err == EINVAL) {
-    ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_DIRECT);
+  int err = direct ? ReadDirect(fd.get(), out.size(), out.data()) : 0;
+  if (!direct || err == EINVAL) {  // no O_DIRECT, or refused for this read: read buffered
+    if (direct) ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_DIRECT);
     err = PreadAll(fd.get(), out.data(), out.size(), 0);
   }
   if (err != 0) {

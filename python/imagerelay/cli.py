@@ -79,6 +79,11 @@ class Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
+    @property
+    def bars(self) -> bool:
+        """Progress bars and notes go to stderr only for a person at a terminal."""
+        return not self.as_json and sys.stderr.isatty()
+
     def emit(self, data: Any, human: Callable[[], str]) -> None:
         if self.as_json:
             print(json.dumps(_jsonable(data), indent=2, sort_keys=True))
@@ -286,9 +291,9 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
                                    os_type=args.os_type, os_name=args.os_name,
                                    os_version=args.os_version, os_arch=args.os_arch,
                                    format=args.format, description=args.description,
-                                   progress=not out.as_json and sys.stderr.isatty())
+                                   progress=out.bars)
         if image.digest is None:  # a mostly-empty file: the digest comes after the data
-            if not out.as_json and sys.stderr.isatty():
+            if out.bars:
                 print(f"{image.id} is Available; computing its digest...", file=sys.stderr)
             image.wait_digest()
         out.emit(image, lambda: f"imported {image.id} ({image.name}) in {image.region}: "
@@ -297,7 +302,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         job = cloud.replicate(args.image, _split(args.to), name=args.name,
                               client_token=args.client_token)
         if args.wait:
-            job.wait(progress=not out.as_json and sys.stderr.isatty(), raise_on_error=False)
+            job.wait(progress=out.bars, raise_on_error=False)
         else:
             ensure_background_worker(cloud.home)
         out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
@@ -314,7 +319,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
     elif cmd == "jobs":
         job = cloud.job(args.job)
         if action == "wait":
-            job.wait(args.timeout, progress=not out.as_json and sys.stderr.isatty(),
+            job.wait(args.timeout, progress=out.bars,
                      raise_on_error=False)
         out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
             [[t.region, t.dest_image_id, t.state, _size(t.bytes_done), _size(t.bytes_transferred),
@@ -336,11 +341,10 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         cloud.delete_image(args.image)
         out.emit({"deleted": args.image}, lambda: f"deleted {args.image}")
     elif cmd == "export":
-        path = cloud.export_image(args.image, args.path,
-                                  progress=not out.as_json and sys.stderr.isatty())
+        path = cloud.export_image(args.image, args.path, progress=out.bars)
         out.emit({"image": args.image, "path": path}, lambda: f"wrote {path}")
     elif cmd == "verify":
-        digest = cloud.verify_image(args.image, progress=not out.as_json and sys.stderr.isatty())
+        digest = cloud.verify_image(args.image, progress=out.bars)
         out.emit({"image": args.image, "digest": digest}, lambda: f"{args.image} ok: {digest}")
     elif cmd == "events":
         events = cloud.events(since=args.since, image_id=args.image)
@@ -353,7 +357,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
 
         book = Playbook.load(args.playbook)
         result = book.run(cloud, vars=dict(args.var), dry_run=args.dry_run,
-                          progress=not out.as_json and sys.stderr.isatty(),
+                          progress=out.bars,
                           on_step=None if out.as_json else lambda s: print(s, flush=True))
         if not args.dry_run and cloud.jobs(active=True):
             ensure_background_worker(cloud.home)  # copies of `wait: false` steps go on

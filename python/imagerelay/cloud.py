@@ -263,7 +263,8 @@ class Cloud:
                            f"{timeout} s")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """True once no task is Pending or Running; False if ``timeout`` passed first."""
+        """True once no task is Pending or Running (and the copies that just ended have
+        removed what a failed or cancelled one left); False if ``timeout`` passed first."""
         return any(self._engine.wait_idle(step) for step in wait_slices(timeout))
 
     # -- events and policies ------------------------------------------------------

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -66,18 +67,30 @@ TEST(DirectIoBufferTest, ManyBuffersComeAndGoWithoutLeaking) {
 }
 
 TEST(DirectIoBufferTest, TakesAnODirectRoundTrip) {
+  // The scratch directory may be on tmpfs, which has no O_DIRECT: then the working
+  // directory (the build tree, on a disk) takes the file.
   ScratchDir dir;
-  const auto path = dir.path() / "direct.bin";
   constexpr size_t kSize = 4 << 20;
   DirectIoBuffer out = AllocateDirectIoBuffer(kSize);
   for (size_t i = 0; i < kSize; ++i) out[i] = static_cast<std::byte>(i * 7 + 3);
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_DIRECT, 0644));
-  if (!fd && errno == EINVAL) GTEST_SKIP() << "this file system has no O_DIRECT";
-  ASSERT_TRUE(fd);
-  ASSERT_EQ(PwriteAll(fd.get(), out.get(), kSize, 0), 0);
-  DirectIoBuffer in = AllocateDirectIoBuffer(kSize);
-  ASSERT_EQ(PreadAll(fd.get(), in.get(), kSize, 0), 0);
-  EXPECT_EQ(std::memcmp(in.get(), out.get(), kSize), 0);
+  for (const std::filesystem::path& place : {dir.path(), std::filesystem::current_path()}) {
+    const auto path = place / ("direct-" + std::to_string(::getpid()) + ".bin");
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644));
+    if (!fd && errno == EINVAL) {
+      ::unlink(path.c_str());  // open may create the file before refusing O_DIRECT
+      continue;
+    }
+    ASSERT_TRUE(fd) << path;
+    int write_err = PwriteAll(fd.get(), out.get(), kSize, 0);
+    DirectIoBuffer in = AllocateDirectIoBuffer(kSize);
+    int read_err = PreadAll(fd.get(), in.get(), kSize, 0);
+    ::unlink(path.c_str());
+    ASSERT_EQ(write_err, 0);
+    ASSERT_EQ(read_err, 0);
+    EXPECT_EQ(std::memcmp(in.get(), out.get(), kSize), 0);
+    return;
+  }
+  GTEST_SKIP() << "neither " << dir.path() << " nor the working directory takes O_DIRECT";
 }
 
 }  // namespace
