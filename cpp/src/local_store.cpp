@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <new>
 #include <cstring>
+#include <ctime>
 #include <system_error>
 
 #include "file_util.hpp"
@@ -196,9 +197,16 @@ std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
   return static_cast<uint64_t>(st.st_size);
 }
 
+bool LocalStore::HasChunkOfLength(const std::string& hash, uint64_t length,
+                                  const CancelToken* /*cancel*/) {
+  return StoredChunkSize(hash) == length;
+}
+
 void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
                           const CancelToken* /*cancel*/) {
-  if (HasChunk(hash)) return;  // content-addressed: the same name holds the same bytes
+  // Content-addressed: the same name holds the same bytes. One of another length is damaged
+  // (truncated, say) and is replaced by the rename below.
+  if (HasChunkOfLength(hash, data.size())) return;
   EnsureChunkDirs();
   WriteChunkFile(hash, data);
 }
@@ -383,6 +391,19 @@ void LocalStore::DeleteChunk(const std::string& hash) {
   if (::unlink(path.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR) {
     Failed("cannot delete chunk " + hash + " from store " + uri_ + ": " + ErrnoText(errno));
   }
+}
+
+void LocalStore::QuarantineChunk(const std::string& hash) {
+  const fs::path path = ChunkPath(hash);
+  const fs::path dir = root_ / "quarantine";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const fs::path aside = dir / (hash + "." + std::to_string(::time(nullptr)));
+  if (ec || ::rename(path.c_str(), aside.c_str()) != 0) {
+    DeleteChunk(hash);  // no room aside: out of use is what matters
+    return;
+  }
+  FsyncDir(path.parent_path());
 }
 
 std::vector<std::string> LocalStore::ListChunks() {

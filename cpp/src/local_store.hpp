@@ -42,12 +42,16 @@ class LocalStore : public Store, public ChunkSizeProbe {
 
   // Disk I/O is short: the cancel tokens are checked between chunks, not inside these.
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
+  bool HasChunkOfLength(const std::string& hash, uint64_t length,
+                        const CancelToken* cancel = nullptr) override;
   void PutChunk(const std::string& hash, std::span<const std::byte> data,
                 const CancelToken* cancel = nullptr) override;
   void Flush() override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
   void DeleteChunk(const std::string& hash) override;
+  // Moves the chunk to quarantine/<hash>.<time>: out of every lookup, kept for inspection.
+  void QuarantineChunk(const std::string& hash) override;
   std::vector<std::string> ListChunks() override;
 
   void PutManifest(const std::string& image_id, const Manifest& manifest) override;

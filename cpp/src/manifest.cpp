@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
 namespace {
@@ -33,6 +34,18 @@ uint64_t GetUint(const nlohmann::json& j, const char* key) {
 }
 
 }  // namespace
+
+std::string Manifest::ChunkListDigest() const {
+  Sha256 hash;
+  const std::string head = "imagerelay chunk list v1\n" + std::to_string(size) + "\n" +
+                           std::to_string(chunk_size) + "\n";
+  hash.Update(head.data(), head.size());
+  for (const std::string& chunk : chunks) {
+    hash.Update(chunk.data(), chunk.size());
+    hash.Update("\n", 1);
+  }
+  return hash.FinishHex();
+}
 
 uint64_t Manifest::ChunkLength(size_t i) const {
   uint64_t offset = ChunkOffset(i);

@@ -28,12 +28,13 @@ constexpr std::array<std::pair<ImageType, std::string_view>, 2> kImageTypes{{
     {ImageType::kSystem, "System"},
     {ImageType::kCustom, "Custom"},
 }};
-constexpr std::array<std::pair<ImageStatus, std::string_view>, 5> kImageStatuses{{
+constexpr std::array<std::pair<ImageStatus, std::string_view>, 6> kImageStatuses{{
     {ImageStatus::kCreating, "Creating"},
     {ImageStatus::kAvailable, "Available"},
     {ImageStatus::kReplicating, "Replicating"},
     {ImageStatus::kCreateFailed, "CreateFailed"},
     {ImageStatus::kDeleted, "Deleted"},
+    {ImageStatus::kNotAvailable, "NotAvailable"},
 }};
 constexpr std::array<std::pair<TaskState, std::string_view>, 5> kTaskStates{{
     {TaskState::kPending, "Pending"},

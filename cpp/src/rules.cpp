@@ -12,6 +12,9 @@ using Problems = std::vector<Problem>;
 std::string Busy(const Image& image, std::string_view action) {
   std::string what = image.status == ImageStatus::kReplicating
                          ? "copies are in flight; wait for them or cancel them"
+                     : image.status == ImageStatus::kNotAvailable
+                         ? "its stored bytes are damaged (" + image.error +
+                               "); run `imagerelay scrub` to repair it from another region"
                          : "wait until it is Available";
   return "image " + image.id + " is " + std::string(ToString(image.status)) + "; " + what +
          " before you " + std::string(action) + " it";
@@ -206,7 +209,8 @@ Problems CheckUnshare(const Image& image, const std::string& caller,
     out.push_back({codes::kUnCustomImageCannotBeShared,
                    "image " + image.id + " is a System image; it has no shares"});
   }
-  if (image.status != ImageStatus::kAvailable) {
+  // A damaged (NotAvailable) image may be unshared, so that its owner can then delete it.
+  if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kNotAvailable) {
     out.push_back({codes::kImageStatusForbidden, Busy(image, "unshare")});
   }
   auto unique = Unique(accounts);

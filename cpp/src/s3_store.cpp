@@ -8,6 +8,7 @@
 #include <exception>
 #include <random>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "imagerelay/error.hpp"
@@ -378,6 +379,18 @@ bool S3Store::HasChunk(const std::string& hash, const CancelToken* cancel) {
   Fail("HEAD of chunk " + hash, response);
 }
 
+bool S3Store::HasChunkOfLength(const std::string& hash, uint64_t length,
+                               const CancelToken* cancel) {
+  Call head;
+  head.method = "HEAD";
+  head.key = ChunkKey(hash);
+  HttpResponse response = Perform(head, cancel);
+  if (response.status == 404) return false;
+  if (!Ok(response.status)) Fail("HEAD of chunk " + hash, response);
+  const std::string stored = response.Header("content-length");
+  return !stored.empty() && std::strtoull(stored.c_str(), nullptr, 10) == length;
+}
+
 std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
   Call head;
   head.method = "HEAD";
@@ -528,7 +541,8 @@ std::vector<std::string> S3Store::ListKeys(const std::string& key_prefix) {
 }
 
 std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string& key_prefix,
-                                                              size_t max_pages) {
+                                                              size_t max_pages,
+                                                              std::vector<uint64_t>* sizes) {
   std::vector<std::string> keys;
   std::string token;
   for (size_t page = 0;; ++page) {
@@ -540,7 +554,18 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
     list.max_body = 64ULL << 20;
     HttpResponse response = Perform(list);
     if (!Ok(response.status)) Fail("listing of " + key_prefix, response);
+    const size_t first = keys.size();
     for (auto& key : XmlAll(response.body, "Key")) keys.push_back(std::move(key));
+    if (sizes != nullptr) {
+      // Every <Contents> has one <Key> and one <Size>, in order.
+      std::vector<std::string> page_sizes = XmlAll(response.body, "Size");
+      if (page_sizes.size() != keys.size() - first) {
+        throw TransientError("listing of " + key_prefix + " gave " +
+                             std::to_string(page_sizes.size()) + " sizes for " +
+                             std::to_string(keys.size() - first) + " keys");
+      }
+      for (const auto& size : page_sizes) sizes->push_back(std::strtoull(size.c_str(), nullptr, 10));
+    }
     if (XmlFirst(response.body, "IsTruncated") != "true") break;
     token = XmlFirst(response.body, "NextContinuationToken");
     if (token.empty()) break;
@@ -551,19 +576,27 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
 // A listing page answers for up to 1000 chunks, a HEAD for one: when the store's chunks fit
 // in a few pages (a new or small region), listing them is far fewer requests than HEADs.
 std::vector<bool> S3Store::HasChunks(const std::vector<std::string>& hashes,
-                                     const CancelToken* cancel) {
+                                     const CancelToken* cancel,
+                                     const std::vector<uint64_t>& lengths) {
   constexpr size_t kHeadsPerPage = 64;  // a page costs about as much as this many HEADs
   if (const size_t budget = hashes.size() / kHeadsPerPage; budget > 0) {
-    if (auto keys = ListKeysUpTo(Key("chunks/"), budget)) {
-      std::unordered_set<std::string> present;
-      for (const std::string& key : *keys) present.insert(key.substr(key.rfind('/') + 1));
+    std::vector<uint64_t> sizes;
+    if (auto keys = ListKeysUpTo(Key("chunks/"), budget, &sizes)) {
+      std::unordered_map<std::string, uint64_t> present;
+      for (size_t i = 0; i < keys->size(); ++i) {
+        const std::string& key = (*keys)[i];
+        present.emplace(key.substr(key.rfind('/') + 1), sizes[i]);
+      }
       std::vector<bool> out;
       out.reserve(hashes.size());
-      for (const auto& hash : hashes) out.push_back(present.contains(hash));
+      for (size_t i = 0; i < hashes.size(); ++i) {
+        auto it = present.find(hashes[i]);
+        out.push_back(it != present.end() && (lengths.empty() || it->second == lengths[i]));
+      }
       return out;
     }
   }
-  return Store::HasChunks(hashes, cancel);  // parallel HEADs
+  return Store::HasChunks(hashes, cancel, lengths);  // parallel HEADs
 }
 
 std::vector<std::string> S3Store::ListChunks() {

@@ -65,9 +65,13 @@ class S3Store : public Store, public ChunkSizeProbe {
   void Check() override;
 
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
+  // A HEAD: present with that Content-Length.
+  bool HasChunkOfLength(const std::string& hash, uint64_t length,
+                        const CancelToken* cancel = nullptr) override;
   // Lists the chunks when they fit in a few pages, else HEADs in parallel.
   std::vector<bool> HasChunks(const std::vector<std::string>& hashes,
-                              const CancelToken* cancel = nullptr) override;
+                              const CancelToken* cancel = nullptr,
+                              const std::vector<uint64_t>& lengths = {}) override;
   // Sends the chunk's SHA-256 twice: as x-amz-content-sha256 (checked on arrival) and as
   // x-amz-checksum-sha256, which the store keeps with the object: the proof that a
   // server-side copy checks before it copies the chunk elsewhere. A server that answers
@@ -131,9 +135,11 @@ class S3Store : public Store, public ChunkSizeProbe {
   std::optional<std::string> GetText(const std::string& key, const char* what);
   void DeleteKey(const std::string& key, const char* what);
   std::vector<std::string> ListKeys(const std::string& key_prefix);
-  // nullopt if the listing needs more than max_pages pages.
+  // nullopt if the listing needs more than max_pages pages. `sizes`, if given, gets each
+  // object's size, in the order of the keys.
   std::optional<std::vector<std::string>> ListKeysUpTo(const std::string& key_prefix,
-                                                       size_t max_pages);
+                                                       size_t max_pages,
+                                                       std::vector<uint64_t>* sizes = nullptr);
 
   S3Location location_;
   sigv4::Credentials credentials_;

@@ -6,6 +6,8 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <set>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -138,6 +140,13 @@ CREATE TABLE settings (
   value TEXT NOT NULL
 );
 )sql",
+    // 1 -> 2: the chunk-list digest of every committed manifest (CatalogTx::PutManifestDigest).
+    R"sql(
+CREATE TABLE manifest_digests (
+  image_id TEXT PRIMARY KEY,
+  digest TEXT NOT NULL
+);
+)sql",
 };
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
 
@@ -157,6 +166,16 @@ std::string Sql(std::initializer_list<std::string_view> parts) {
   std::string sql;
   for (auto part : parts) sql += part;
   return sql;
+}
+
+// Reports an unreadable row once per process (listings skip it every time they meet it).
+void ReportSkippedRow(const std::string& what) {
+  static std::mutex mutex;
+  static std::set<std::string> reported;
+  std::lock_guard lock(mutex);
+  if (!reported.insert(what).second) return;
+  std::fprintf(stderr, "imagerelay: %s; the row is left out of listings, the rest of the "
+               "home stays usable\n", what.c_str());
 }
 
 [[noreturn]] void ThrowCorrupt(const std::string& what) {
@@ -407,7 +426,15 @@ class SqliteTx final : public CatalogTx {
     if (filter.region) s->BindAt(index++, *filter.region);
     if (filter.name) s->BindAt(index++, *filter.name);
     std::vector<Image> images;
-    while (s->Step()) images.push_back(ReadImage(*s));
+    while (s->Step()) {
+      // One unreadable row (an unknown type or status, written by a newer release or by
+      // hand) must not make the whole home unusable: it is reported and left out.
+      try {
+        images.push_back(ReadImage(*s));
+      } catch (const Error& e) {
+        ReportSkippedRow(e.message());
+      }
+    }
     return images;
   }
 
@@ -629,10 +656,43 @@ class SqliteTx final : public CatalogTx {
   }
 
   void SetSweepNeeded(const std::string& region, bool needed) override {
+    // `needed` counts the requests, so that a sweep can tell whether one came while it ran.
     auto s = Prepare(
-        "INSERT INTO sweep (region, needed) VALUES (?, ?) "
-        "ON CONFLICT (region) DO UPDATE SET needed = excluded.needed");
-    s->Bind(region, needed).Run();
+        "INSERT INTO sweep (region, needed) VALUES (?1, ?2) "
+        "ON CONFLICT (region) DO UPDATE SET needed = "
+        "CASE WHEN ?2 = 0 THEN 0 ELSE sweep.needed + 1 END");
+    s->Bind(region, needed ? 1 : 0).Run();
+  }
+
+  int64_t SweepNeededMark(const std::string& region) override {
+    auto s = Prepare("SELECT needed FROM sweep WHERE region = ?");
+    return s->Bind(region).Step() ? s->Int(0) : 0;
+  }
+
+  void ClearSweepNeeded(const std::string& region, int64_t mark) override {
+    auto s = Prepare("UPDATE sweep SET needed = 0 WHERE region = ? AND needed = ?");
+    s->Bind(region, mark).Run();
+  }
+
+  std::optional<std::pair<std::string, TimeUs>> GetSweepLease(const std::string& region) override {
+    auto s = Prepare(
+        "SELECT holder, expires_us FROM sweep WHERE region = ? AND holder IS NOT NULL AND "
+        "holder <> ''");
+    if (!s->Bind(region).Step()) return std::nullopt;
+    return std::make_pair(s->Text(0), s->Int(1));
+  }
+
+  void PutManifestDigest(const std::string& image_id, const std::string& digest) override {
+    auto s = Prepare(
+        "INSERT INTO manifest_digests (image_id, digest) VALUES (?, ?) "
+        "ON CONFLICT (image_id) DO UPDATE SET digest = excluded.digest");
+    s->Bind(image_id, digest).Run();
+  }
+
+  std::optional<std::string> GetManifestDigest(const std::string& image_id) override {
+    auto s = Prepare("SELECT digest FROM manifest_digests WHERE image_id = ?");
+    if (!s->Bind(image_id).Step()) return std::nullopt;
+    return s->Text(0);
   }
 
   std::vector<std::string> RegionsNeedingSweep() override {

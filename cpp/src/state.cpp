@@ -24,6 +24,9 @@ constexpr ImageEdge kImageTable[] = {
     {ImageStatus::kReplicating, ImageEvent::kCopyCancelled, ImageStatus::kDeleted},
     {ImageStatus::kAvailable, ImageEvent::kDeleted, ImageStatus::kDeleted},
     {ImageStatus::kCreateFailed, ImageEvent::kDeleted, ImageStatus::kDeleted},
+    {ImageStatus::kNotAvailable, ImageEvent::kDeleted, ImageStatus::kDeleted},
+    {ImageStatus::kAvailable, ImageEvent::kDamageFound, ImageStatus::kNotAvailable},
+    {ImageStatus::kNotAvailable, ImageEvent::kRepaired, ImageStatus::kAvailable},
 };
 
 constexpr TaskEdge kTaskTable[] = {
@@ -63,6 +66,8 @@ std::string_view ToString(ImageEvent e) {
     case ImageEvent::kCopyFailed: return "CopyFailed";
     case ImageEvent::kCopyCancelled: return "CopyCancelled";
     case ImageEvent::kDeleted: return "Deleted";
+    case ImageEvent::kDamageFound: return "DamageFound";
+    case ImageEvent::kRepaired: return "Repaired";
   }
   return "?";
 }

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cctype>
 #include <exception>
+#include <stdexcept>
 #include <filesystem>
 #include <optional>
 #include <string_view>
@@ -118,7 +119,11 @@ std::string CheckS3Uri(const std::string& uri) {
 }  // namespace
 
 std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
-                                  const CancelToken* cancel) {
+                                  const CancelToken* cancel,
+                                  const std::vector<uint64_t>& lengths) {
+  if (!lengths.empty() && lengths.size() != hashes.size()) {
+    throw std::invalid_argument("HasChunks: one length per hash");
+  }
   std::vector<char> present(hashes.size(), 0);
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -128,7 +133,10 @@ std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
       const size_t i = next.fetch_add(1);
       if (i >= hashes.size()) return;
       try {
-        present[i] = HasChunk(hashes[i], cancel) ? 1 : 0;
+        present[i] = (lengths.empty() ? HasChunk(hashes[i], cancel)
+                                      : HasChunkOfLength(hashes[i], lengths[i], cancel))
+                         ? 1
+                         : 0;
       } catch (...) {
         if (!failed.exchange(true)) error = std::current_exception();
         return;

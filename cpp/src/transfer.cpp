@@ -35,6 +35,7 @@ struct ChunkPlan {
   std::vector<std::string_view> hashes;  // views into the manifest, first-appearance order
   std::vector<uint64_t> length;          // bytes of the chunk
   std::vector<uint64_t> covered;         // bytes of every manifest entry naming it
+  std::vector<uint64_t> entries;         // manifest entries naming it
   std::vector<int64_t> entry_chunk;      // per manifest entry: index in `hashes`, -1 = zero
 };
 
@@ -53,8 +54,10 @@ ChunkPlan PlanChunks(const Manifest& manifest) {
       plan.hashes.push_back(hash);
       plan.length.push_back(manifest.ChunkLength(i));
       plan.covered.push_back(0);
+      plan.entries.push_back(0);
     }
     plan.covered[it->second] += manifest.ChunkLength(i);
+    ++plan.entries[it->second];
     plan.entry_chunk.push_back(static_cast<int64_t>(it->second));
   }
   return plan;
@@ -148,6 +151,13 @@ class Copier {
 
   const FinishedFn& finished_;
   void PlanDestinations(std::mt19937& rng);
+  // Reads and writes every chunk some active destination needs, then flushes them.
+  void RunPass(uint32_t seed, std::vector<IoProgress>& last);
+  // Asks each active destination for every chunk of the image, with its length: nothing is
+  // committed on the strength of a plan (a chunk may have vanished or been damaged since it
+  // was looked up or written). Chunks found missing become the destination's needs for
+  // another pass; after the last pass they fail it. True if another pass is needed.
+  bool ConfirmDestinations(bool last_pass, std::mt19937& rng);
   void StartWorkers(size_t count, uint32_t seed);
   void StopAndJoin();
   void Worker(uint32_t seed);
@@ -186,6 +196,7 @@ class Copier {
   // Fired when no destination wants anything more: aborts source reads in flight.
   CancelToken reads_cancel_;
 
+  size_t threads_ = 1;
   std::vector<size_t> jobs_;  // distinct chunks some destination lacks
   std::vector<Slot> slots_;
   std::vector<std::thread> workers_;
@@ -281,17 +292,21 @@ void Copier::PlanDestinations(std::mt19937& rng) {
     // Look up only what the caller does not already know to be there.
     std::vector<bool> present(hashes.size(), true);
     std::vector<std::string> unknown;
+    std::vector<uint64_t> unknown_length;
     std::vector<size_t> unknown_at;
     for (size_t i = 0; i < hashes.size(); ++i) {
       if (!dest.spec->known_present.contains(hashes[i])) {
         unknown.push_back(hashes[i]);
+        unknown_length.push_back(plan_.length[i]);
         unknown_at.push_back(i);
       }
     }
     if (!unknown.empty()) {
       std::vector<bool> answers;
       AttemptResult result = Attempt(
-          [&] { answers = dest.spec->store->HasChunks(unknown, dest.spec->cancel); },
+          [&] {
+            answers = dest.spec->store->HasChunks(unknown, dest.spec->cancel, unknown_length);
+          },
           [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
       if (!result.ok) {
         if (result.failure) dest.Fail(*result.failure);
@@ -523,31 +538,60 @@ void Copier::ReportFinished(bool all) {
   }
 }
 
-std::vector<TransferOutcome> Copier::Run() {
-  std::random_device random_device;
-  const uint32_t seed = random_device();
-  std::mt19937 rng(seed);
-  PlanDestinations(rng);
+bool Copier::ConfirmDestinations(bool last_pass, std::mt19937& rng) {
+  const std::vector<std::string> hashes(plan_.hashes.begin(), plan_.hashes.end());
+  bool again = false;
+  for (Dest& dest : dests_) {
+    if (!dest.Active() || dest.finish_reported) continue;
+    std::vector<bool> present;
+    AttemptResult result = Attempt(
+        [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel, plan_.length); },
+        [&] { return dest.Active(); }, "confirming the chunks in " + dest.uri, rng);
+    if (!result.ok) {
+      if (result.failure) dest.Fail(*result.failure);
+      continue;
+    }
+    std::vector<size_t> missing;
+    for (size_t k = 0; k < hashes.size(); ++k) {
+      if (k >= present.size() || !present[k]) missing.push_back(k);
+    }
+    if (missing.empty()) {
+      dest.needs.assign(hashes.size(), false);
+      continue;
+    }
+    if (last_pass) {
+      dest.Fail({codes::kTransferFailed,
+                 Plural(static_cast<int>(missing.size()), "chunk") + " of the image (chunk " +
+                     hashes[missing.front()] + " first) are still missing from " + dest.uri +
+                     " after they were written; the store loses what it is given; check it and "
+                     "replicate again"});
+      continue;
+    }
+    // Written again: counted again (each was counted once, as skipped or as written).
+    uint64_t skipped_entries = 0;
+    for (size_t k : missing) {
+      dest.bytes_done.fetch_sub(plan_.covered[k], std::memory_order_relaxed);
+      if (!dest.needs[k]) skipped_entries += plan_.entries[k];
+    }
+    dest.fixed.chunks_skipped -= std::min(dest.fixed.chunks_skipped, skipped_entries);
+    dest.needs.assign(hashes.size(), false);
+    for (size_t k : missing) dest.needs[k] = true;
+    again = true;
+  }
+  return again;
+}
 
+void Copier::RunPass(uint32_t seed, std::vector<IoProgress>& last) {
+  jobs_.clear();
   for (size_t k = 0; k < plan_.hashes.size(); ++k) {
     if (AnyActiveNeeding(k)) jobs_.push_back(k);
   }
-  // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
-  // flight when every destination takes them (slots then stay empty: no memory used).
-  const bool all_server_side = std::all_of(dests_.begin(), dests_.end(), [](const Dest& d) {
-    return d.server_copy || !d.Active();
-  });
-  const size_t threads =
-      static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
-  const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
-  const size_t pool = static_cast<size_t>(
-      std::max<uint64_t>(2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads)));
-  slots_.resize(pool);  // the vectors allocate on first use
-  for (Slot& slot : slots_) free_.push_back(&slot);
-
-  std::vector<IoProgress> last(dests_.size());
+  workers_.clear();
+  next_job_ = 0;
+  workers_done_ = 0;
+  stop_ = false;
   try {
-    StartWorkers(std::min(threads, jobs_.size()), seed + 1);
+    StartWorkers(std::min(threads_, jobs_.size()), seed);
     std::unique_lock lock(mu_);
     while (workers_done_ < workers_.size()) {
       if (done_cv_.wait_for(lock, kProgressInterval,
@@ -579,6 +623,33 @@ std::vector<TransferOutcome> Copier::Run() {
     } catch (const std::exception& e) {
       dest.Fail({codes::kTransferFailed, "cannot flush " + dest.uri + ": " + e.what()});
     }
+  }
+}
+
+std::vector<TransferOutcome> Copier::Run() {
+  std::random_device random_device;
+  const uint32_t seed = random_device();
+  std::mt19937 rng(seed);
+  PlanDestinations(rng);
+
+  // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
+  // flight when every destination takes them (slots then stay empty: no memory used).
+  const bool all_server_side = std::all_of(dests_.begin(), dests_.end(), [](const Dest& d) {
+    return d.server_copy || !d.Active();
+  });
+  threads_ = static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
+  const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
+  const size_t pool = static_cast<size_t>(std::max<uint64_t>(
+      2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads_)));
+  slots_.resize(pool);  // the vectors allocate on first use
+  for (Slot& slot : slots_) free_.push_back(&slot);
+
+  std::vector<IoProgress> last(dests_.size());
+  // A second pass writes what the confirmation found missing; after it, missing is failure.
+  constexpr int kPasses = 2;
+  for (int pass = 1; pass <= kPasses; ++pass) {
+    RunPass(seed + static_cast<uint32_t>(pass) * 1000, last);
+    if (!ConfirmDestinations(pass == kPasses, rng)) break;
   }
   ReportProgress(last, true);
   ReportFinished(true);

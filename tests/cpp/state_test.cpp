@@ -20,6 +20,9 @@ const std::map<std::pair<ImageStatus, ImageEvent>, ImageStatus> kExpectedImage{
     {{ImageStatus::kReplicating, ImageEvent::kCopyCancelled}, ImageStatus::kDeleted},
     {{ImageStatus::kAvailable, ImageEvent::kDeleted}, ImageStatus::kDeleted},
     {{ImageStatus::kCreateFailed, ImageEvent::kDeleted}, ImageStatus::kDeleted},
+    {{ImageStatus::kNotAvailable, ImageEvent::kDeleted}, ImageStatus::kDeleted},
+    {{ImageStatus::kAvailable, ImageEvent::kDamageFound}, ImageStatus::kNotAvailable},
+    {{ImageStatus::kNotAvailable, ImageEvent::kRepaired}, ImageStatus::kAvailable},
 };
 
 const std::map<std::pair<TaskState, TaskEvent>, TaskState> kExpectedTask{

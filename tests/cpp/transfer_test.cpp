@@ -52,13 +52,18 @@ class FakeStore : public Store {
   }
 
   std::vector<bool> HasChunks(const std::vector<std::string>& hashes,
-                              const CancelToken* /*cancel*/ = nullptr) override {
+                              const CancelToken* /*cancel*/ = nullptr,
+                              const std::vector<uint64_t>& lengths = {}) override {
     std::lock_guard lock(mu_);
     ++has_chunks_calls_;
-    looked_up_ = hashes;
+    lookups_.push_back(hashes);
     ThrowFault(Op::kHas, kAnyChunk);
     std::vector<bool> present;
-    for (const std::string& hash : hashes) present.push_back(chunks_.contains(hash));
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      auto it = chunks_.find(hashes[i]);
+      present.push_back(it != chunks_.end() &&
+                        (lengths.empty() || it->second.size() == lengths[i]));
+    }
     return present;
   }
 
@@ -70,7 +75,7 @@ class FakeStore : public Store {
       ++put_calls_[hash];
       ++total_put_calls_;
       ThrowFault(Op::kPut, hash);
-      chunks_[hash].assign(data.begin(), data.end());
+      if (!lose_writes_) chunks_[hash].assign(data.begin(), data.end());
       bytes_written_ += data.size();
     }
     if (after_put_) after_put_(hash);
@@ -143,6 +148,13 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     chunks_[Sha256Hex(bytes.data(), bytes.size())] = bytes;
   }
+  // Stores `bytes` under `hash` whatever they hash to: a damaged chunk.
+  void SeedAs(const std::string& hash, const std::vector<std::byte>& bytes) {
+    std::lock_guard lock(mu_);
+    chunks_[hash] = bytes;
+  }
+  // Puts succeed and store nothing: an object store restarted empty behind our back.
+  void LoseWrites() { lose_writes_ = true; }
   // The first `times` calls of `op` on `hash` (or any chunk) throw TransientError.
   void FailTransiently(Op op, const std::string& hash, int times) {
     faults_[{op, hash}].transient_left = times;
@@ -175,9 +187,10 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     return has_chunks_calls_;
   }
-  std::vector<std::string> LookedUp() const {  // the hashes of the last HasChunks
+  // The hashes of each HasChunks call: the plan's first, the confirmation's last.
+  std::vector<std::vector<std::string>> Lookups() const {
     std::lock_guard lock(mu_);
-    return looked_up_;
+    return lookups_;
   }
   uint64_t BytesWritten() const {
     std::lock_guard lock(mu_);
@@ -231,7 +244,8 @@ class FakeStore : public Store {
   std::map<std::string, int> put_calls_;
   int total_get_calls_ = 0;
   int total_put_calls_ = 0;
-  std::vector<std::string> looked_up_;
+  std::vector<std::vector<std::string>> lookups_;
+  bool lose_writes_ = false;
   int has_chunks_calls_ = 0;
   uint64_t bytes_written_ = 0;
 };
@@ -330,7 +344,8 @@ TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
   ExpectHoldsImage(dest, image);
   EXPECT_EQ(dest.TotalPutCalls(), 8);
   EXPECT_EQ(source.TotalGetCalls(), 8);
-  EXPECT_EQ(dest.HasChunksCalls(), 1);  // one bulk check, not one per chunk
+  // One bulk check to plan, one to confirm before the commit: not one per chunk.
+  EXPECT_EQ(dest.HasChunksCalls(), 2);
   for (int i = 0; i < 16; i += 2) {
     EXPECT_EQ(source.GetCalls(image.manifest.chunks[i]), 0);
     EXPECT_EQ(dest.PutCalls(image.manifest.chunks[i]), 0);
@@ -358,18 +373,22 @@ TEST(TransferTest, ChunksKnownToBePresentAreNotLookedUp) {
   auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
   ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
   ExpectHoldsImage(dest, image);
-  ASSERT_EQ(dest.LookedUp().size(), 8u);  // only the odd chunks were asked about
-  for (const auto& hash : dest.LookedUp()) EXPECT_FALSE(known.contains(hash));
+  // The plan asked only about the odd chunks; the confirmation about all 16.
+  const auto lookups = dest.Lookups();
+  ASSERT_EQ(lookups.size(), 2u);
+  ASSERT_EQ(lookups[0].size(), 8u);
+  for (const auto& hash : lookups[0]) EXPECT_FALSE(known.contains(hash));
+  EXPECT_EQ(lookups[1].size(), 16u);
   EXPECT_EQ(dest.TotalPutCalls(), 8);
   EXPECT_EQ(outcomes[0].progress.chunks_skipped, 8u);
 
-  // Everything known: no lookup at all, nothing moves.
+  // Everything known: no lookup to plan, only the confirmation; nothing moves.
   for (const auto& hash : image.manifest.chunks) known.insert(hash);
   dests[0].known_present = known;
   const int calls = dest.HasChunksCalls();
   outcomes = CopyImage(source, image.manifest, dests, FastOptions());
   ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
-  EXPECT_EQ(dest.HasChunksCalls(), calls);
+  EXPECT_EQ(dest.HasChunksCalls(), calls + 1);
   EXPECT_EQ(dest.TotalPutCalls(), 8);
 }
 
@@ -493,7 +512,7 @@ TEST(TransferTest, TransientErrorsAreRetriedUntilTheySucceed) {
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
   EXPECT_EQ(source.GetCalls(flaky_read), 3);
   EXPECT_EQ(dest.PutCalls(flaky_write), 5);
-  EXPECT_EQ(dest.HasChunksCalls(), 2);
+  EXPECT_EQ(dest.HasChunksCalls(), 3);  // the plan's failed and retried lookups, the confirmation
   ExpectHoldsImage(dest, image);
   EXPECT_EQ(outcomes[0].progress.bytes_transferred, 8 * kChunk);
 }
@@ -891,6 +910,54 @@ TEST(TransferTest, EmptyImageAndNoDestinations) {
   std::vector<TransferDestination> none;
   EXPECT_TRUE(CopyImage(source, image.manifest, none, FastOptions()).empty());
   EXPECT_EQ(source.TotalGetCalls(), 0);
+}
+
+// Nothing is committed on the strength of the plan: a chunk that the caller believed
+// present (named by another image's manifest) but that is gone, or stored with the wrong
+// length, is found by the confirmation and written anew.
+TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
+  FakeStore source("fake://source");
+  TestImage image = MakeImage(source, Range(8), kChunk);
+  FakeStore dest("fake://dest");
+  std::unordered_set<std::string> known(image.manifest.chunks.begin(),
+                                        image.manifest.chunks.end());
+  for (int i = 0; i < 8; ++i) {
+    if (i == 3) continue;  // deleted behind our back
+    if (i == 5) {          // truncated
+      dest.SeedAs(image.manifest.chunks[i],
+                  std::vector<std::byte>(image.bytes[i].begin(), image.bytes[i].begin() + 100));
+      continue;
+    }
+    dest.Seed(image.bytes[i]);
+  }
+  auto dests = Destinations({&dest});
+  dests[0].known_present = known;
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  ExpectHoldsImage(dest, image);
+  EXPECT_EQ(dest.PutCalls(image.manifest.chunks[3]), 1);
+  EXPECT_EQ(dest.PutCalls(image.manifest.chunks[5]), 1);
+  EXPECT_EQ(dest.TotalPutCalls(), 2);
+  const IoProgress& p = outcomes[0].progress;
+  EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
+  EXPECT_EQ(p.bytes_transferred, 2 * kChunk);
+  EXPECT_EQ(p.chunks_skipped, 6u);
+}
+
+// A store that acknowledges writes and keeps nothing (an S3 server restarted empty with the
+// bucket made again) fails the copy instead of letting it be committed.
+TEST(TransferTest, AStoreThatLosesWhatItIsGivenFailsTheCopy) {
+  FakeStore source("fake://source");
+  TestImage image = MakeImage(source, Range(4), kChunk);
+  FakeStore dest("fake://dest");
+  dest.LoseWrites();
+  auto dests = Destinations({&dest});
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes[0].kind, Kind::kFailed);
+  EXPECT_EQ(outcomes[0].error_code, codes::kTransferFailed);
+  EXPECT_NE(outcomes[0].error.find("still missing from fake://dest"), std::string::npos)
+      << outcomes[0].error;
+  EXPECT_EQ(dest.TotalPutCalls(), 8);  // written, confirmed missing, written again
 }
 
 TEST(TransferTest, ProgressCallbackThatThrowsStopsTheTransferAndPropagates) {

@@ -97,6 +97,19 @@ class CatalogTx {
   // "This region has garbage": set after delete/cancel/failure, cleared by a sweep.
   virtual void SetSweepNeeded(const std::string& region, bool needed) = 0;
   virtual std::vector<std::string> RegionsNeedingSweep() = 0;
+  // A mark that changes whenever SetSweepNeeded(region, true) is called (0: not needed). A
+  // sweep takes it before it starts and clears the flag only if it is unchanged when it
+  // ends: a sweep killed half-way, or garbage made while it ran, leaves the flag set.
+  virtual int64_t SweepNeededMark(const std::string& region) = 0;
+  virtual void ClearSweepNeeded(const std::string& region, int64_t mark) = 0;
+  // The sweep lease's holder and expiry, if held.
+  virtual std::optional<std::pair<std::string, TimeUs>> GetSweepLease(const std::string& region) = 0;
+
+  // The digest of an image's chunk list (Manifest::ChunkListDigest), recorded when the
+  // image's manifest was committed: a manifest read back from a store must match it, so a
+  // manifest changed outside imagerelay is never trusted.
+  virtual void PutManifestDigest(const std::string& image_id, const std::string& digest) = 0;
+  virtual std::optional<std::string> GetManifestDigest(const std::string& image_id) = 0;
 
   // Key-value settings of the home (e.g. the limits it was created with).
   virtual std::optional<std::string> GetSetting(const std::string& key) = 0;

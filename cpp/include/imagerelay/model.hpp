@@ -10,7 +10,9 @@
 namespace imagerelay {
 
 enum class ImageType { kSystem, kCustom };
-enum class ImageStatus { kCreating, kAvailable, kReplicating, kCreateFailed, kDeleted };
+// kNotAvailable (BCC's NotAvailable): stored bytes were found damaged; `Image::error` says
+// which and where; a scrub that repairs them makes the image Available again.
+enum class ImageStatus { kCreating, kAvailable, kReplicating, kCreateFailed, kDeleted, kNotAvailable };
 enum class TaskState { kPending, kRunning, kCompleted, kFailed, kCancelled };
 enum class JobState { kRunning, kCompleted, kFailed, kCancelled, kPartiallyCompleted };
 
@@ -66,7 +68,7 @@ struct Image {
   TimeUs created_us = 0;
   std::string source_image_id;  // copies only
   std::string source_region;    // copies only
-  std::string error;            // CreateFailed only
+  std::string error;            // CreateFailed and NotAvailable: why
 };
 
 struct Task {

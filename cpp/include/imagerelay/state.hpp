@@ -17,7 +17,9 @@ enum class ImageEvent {
   kCopyCompleted,     // Replicating -> Available (destination)
   kCopyFailed,        // Replicating -> CreateFailed (destination)
   kCopyCancelled,     // Replicating -> Deleted (destination removed)
-  kDeleted,           // Available | CreateFailed -> Deleted
+  kDeleted,           // Available | CreateFailed | NotAvailable -> Deleted
+  kDamageFound,       // Available -> NotAvailable (a block it needs failed its check)
+  kRepaired,          // NotAvailable -> Available (every block present and verified again)
 };
 
 enum class TaskEvent {
@@ -36,13 +38,14 @@ std::string_view ToString(TaskEvent e);
 inline constexpr ImageEvent kAllImageEvents[] = {
     ImageEvent::kImportSucceeded, ImageEvent::kImportFailed,  ImageEvent::kCopyStarted,
     ImageEvent::kCopiesSettled,   ImageEvent::kCopyCompleted, ImageEvent::kCopyFailed,
-    ImageEvent::kCopyCancelled,   ImageEvent::kDeleted};
+    ImageEvent::kCopyCancelled,   ImageEvent::kDeleted,       ImageEvent::kDamageFound,
+    ImageEvent::kRepaired};
 inline constexpr TaskEvent kAllTaskEvents[] = {TaskEvent::kStart, TaskEvent::kComplete,
                                                TaskEvent::kFail, TaskEvent::kCancel,
                                                TaskEvent::kTakeOver};
 inline constexpr ImageStatus kAllImageStatuses[] = {
     ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
-    ImageStatus::kCreateFailed, ImageStatus::kDeleted};
+    ImageStatus::kCreateFailed, ImageStatus::kDeleted, ImageStatus::kNotAvailable};
 inline constexpr TaskState kAllTaskStates[] = {TaskState::kPending, TaskState::kRunning,
                                                TaskState::kCompleted, TaskState::kFailed,
                                                TaskState::kCancelled};

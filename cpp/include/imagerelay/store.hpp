@@ -31,10 +31,20 @@ class Store {
   // The chunk calls take the copy's cancel token: a store that waits on the network aborts
   // a request in flight when it fires (throwing Cancelled); a local store may ignore it.
   virtual bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) = 0;
-  // One answer per hash, in order: HasChunk over ExistenceCheckThreads() threads, or a bulk
-  // check where a store overrides this.
+  // True if chunk `hash` is stored with exactly `length` bytes. A chunk of another length is
+  // damaged: a store that can tell says false (and PutChunk then writes it anew). The
+  // default, for stores that cannot tell a length cheaply, is HasChunk.
+  virtual bool HasChunkOfLength(const std::string& hash, uint64_t length,
+                                const CancelToken* cancel = nullptr) {
+    (void)length;
+    return HasChunk(hash, cancel);
+  }
+  // One answer per hash, in order: HasChunk (HasChunkOfLength with lengths[i] when `lengths`
+  // is given) over ExistenceCheckThreads() threads, or a bulk check where a store overrides
+  // this.
   virtual std::vector<bool> HasChunks(const std::vector<std::string>& hashes,
-                                      const CancelToken* cancel = nullptr);
+                                      const CancelToken* cancel = nullptr,
+                                      const std::vector<uint64_t>& lengths = {});
   // Stores the bytes under `hash` atomically: a reader sees all of them or no chunk.
   // The caller has verified that the bytes hash to `hash`. A store may group writes: the
   // chunk is durable and visible once PutChunk returns or, at the latest, once Flush()
@@ -59,6 +69,10 @@ class Store {
     return false;
   }
   virtual void DeleteChunk(const std::string& hash) = 0;
+  // Takes a chunk whose bytes failed their check out of use: no lookup finds it any more,
+  // so the next import or copy that needs it writes it anew. A local store keeps the bad
+  // file aside under quarantine/ for inspection; the default deletes it.
+  virtual void QuarantineChunk(const std::string& hash) { DeleteChunk(hash); }
   virtual std::vector<std::string> ListChunks() = 0;
 
   virtual void PutManifest(const std::string& image_id, const Manifest& manifest) = 0;
