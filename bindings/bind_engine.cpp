@@ -257,6 +257,18 @@ void BindEngine(py::module_& m) {
                 relay.tick());
           },
           py::arg("account"), py::arg("image_id"), py::arg("progress") = py::none())
+      .def(
+          "scrub",
+          [](Engine& self, const std::string& account, std::optional<std::string> region,
+             std::optional<py::function> progress) {
+            ProgressRelay relay(progress);
+            return RunInterruptible(
+                [&](const CancelToken* cancel) {
+                  return self.Scrub(account, region, cancel, relay.sink());
+                },
+                relay.tick());
+          },
+          py::arg("account"), py::arg("region"), py::arg("progress") = py::none())
       .def("wait_digest", &Engine::WaitDigest, py::arg("account"), py::arg("image_id"),
            py::arg("timeout"), Release())
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
@@ -271,15 +283,18 @@ void BindEngine(py::module_& m) {
            py::arg("timeout"), Release())
       .def("wait_idle", &Engine::WaitIdle, py::arg("timeout"), Release())
       .def("run_until_idle", &Engine::RunUntilIdle, Release())
-      .def("events", &Engine::Events, py::arg("since"), py::arg("image_id"), Release())
+      .def("copies_waiting_for_a_worker", &Engine::CopiesWaitingForAWorker, Release())
+      .def("events", &Engine::Events, py::arg("account"), py::arg("since"), py::arg("image_id"),
+           Release())
       .def(
           "add_listener",
-          [](Engine& engine, const std::string& type, py::function fn) {
+          [](Engine& engine, const std::string& account, const std::string& type,
+             py::function fn) {
             auto wrapped = WrapListener(std::move(fn));
             py::gil_scoped_release release;
-            return engine.AddListener(type, std::move(wrapped));
+            return engine.AddListener(account, type, std::move(wrapped));
           },
-          py::arg("event_type"), py::arg("callback"))
+          py::arg("account"), py::arg("event_type"), py::arg("callback"))
       .def("remove_listener", &Engine::RemoveListener, py::arg("handle"), Release())
       .def(
           "add_policy",

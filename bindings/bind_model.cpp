@@ -100,6 +100,15 @@ void BindModel(py::module_& m) {
       .def_readonly("region", &Event::region)
       .def_readonly("detail_json", &Event::detail_json);
 
+  py::class_<ScrubReport>(m, "ScrubReportInfo")
+      .def_readonly("region", &ScrubReport::region)
+      .def_readonly("chunks_checked", &ScrubReport::chunks_checked)
+      .def_readonly("bytes_checked", &ScrubReport::bytes_checked)
+      .def_readonly("quarantined", &ScrubReport::quarantined)
+      .def_readonly("chunks_repaired", &ScrubReport::chunks_repaired)
+      .def_readonly("images_repaired", &ScrubReport::images_repaired)
+      .def_readonly("images_damaged", &ScrubReport::images_damaged);
+
   py::class_<PolicyRequest>(m, "PolicyRequestInfo")
       .def_readonly("action", &PolicyRequest::action)
       .def_readonly("account", &PolicyRequest::account)

@@ -63,16 +63,17 @@ void Engine::Impl::DigestLoop() {
     }
     try {
       auto store = StoreFor(next->region);
-      auto manifest = store->GetManifest(next->id);
-      if (!manifest) {
-        ThrowCode(codes::kTransferFailed, "the manifest of image " + next->id +
-                                              " is missing from region " + next->region);
-      }
-      std::string digest = manifest->digest;
-      if (digest.empty()) {
-        digest = HashStoredImage(*store, *manifest,
+      const Manifest manifest = LoadManifest(*next, *store);
+      // Computed from the stored bytes even when the manifest names a digest: the chunk-list
+      // check does not cover that field, and a digest is recorded only as read.
+      std::string digest;
+      try {
+        digest = HashStoredImage(*store, manifest,
                                  "image " + next->id + " in region " + next->region,
                                  digest_cancel);
+      } catch (const DamagedChunkError& e) {
+        NoteDamage(e, next->region, *store);
+        throw;
       }
       RecordDigest(next->id, digest);
     } catch (const Cancelled&) {

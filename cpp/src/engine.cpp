@@ -145,6 +145,9 @@ std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri,
   if (!region_id.empty() && uri.starts_with("s3://")) saved = credentials->Get(region_id);
   std::shared_ptr<Store> store =
       saved ? std::make_unique<S3Store>(uri, std::move(*saved)) : OpenStore(uri);
+  store->SetDamageHandler([this, uri](const std::string& hash, const std::string& why) {
+    OnStoreDamage(uri, hash, why);
+  });
   std::lock_guard lock(stores_mutex);
   auto& slot = stores[uri];
   if (!slot) slot = std::move(store);
@@ -179,15 +182,21 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
   const std::string holder = worker_id + ":sweep";
   bool acquired = false;
   std::string store_uri;
+  int64_t mark = 0;
   catalog->Write([&](CatalogTx& tx) {
-    auto needing = tx.RegionsNeedingSweep();
-    if (std::ranges::find(needing, region_id) == needing.end()) return;
+    mark = tx.SweepNeededMark(region_id);
+    if (mark == 0) return;
     TimeUs now = NowUs();
     if (RegionHasWriters(tx, region_id, now)) return;
     auto region = tx.GetRegion(region_id);
     if (!region) return;
+    // A sweeper killed mid-sweep holds the lease until it expires: a dead one on this host
+    // gives it up at once.
+    if (auto lease = tx.GetSweepLease(region_id);
+        lease && !LeaseHolderAlive(lease->first, lease->second, now)) {
+      tx.ReleaseSweepLease(region_id, lease->first);
+    }
     if (!tx.AcquireSweepLease(region_id, holder, now + 10 * 60 * 1'000'000LL)) return;
-    tx.SetSweepNeeded(region_id, false);
     store_uri = region->store_uri;
     acquired = true;
   });
@@ -210,8 +219,11 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
       store->DeleteImageRecord(id);
     }
     SweepStore(*store);
+    // Cleared only now, and only if no garbage was made meanwhile: a sweep killed half-way
+    // leaves the flag for the next open or worker.
+    catalog->Write([&](CatalogTx& tx) { tx.ClearSweepNeeded(region_id, mark); });
   } catch (const std::exception&) {
-    catalog->Write([&](CatalogTx& tx) { tx.SetSweepNeeded(region_id, true); });
+    // The flag stays set: the next idle worker or open tries again.
   }
   catalog->Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
 }
@@ -739,14 +751,13 @@ void Engine::Export(const std::string& account, const std::string& image_id,
               "directory " + Quote(parent.string()) + " is not writable; choose another path");
   }
   auto store = impl_->StoreFor(image.region);
-  auto manifest = store->GetManifest(image.id);
-  if (!manifest) {
-    ThrowCode(codes::kTransferFailed, "the bytes of image " + image.id + " are missing from " +
-                                          "region " + image.region + "'s store");
-  }
+  const Manifest manifest = impl_->LoadManifest(image, *store);
   CancelToken stop(cancel);
   try {
-    ExportFromStore(*store, *manifest, path, stop, progress);
+    ExportFromStore(*store, manifest, path, stop, progress);
+  } catch (const DamagedChunkError& e) {
+    impl_->NoteDamage(e, image.region, *store);
+    throw;
   } catch (const Cancelled&) {
     ThrowCode(codes::kTransferFailed, "the export of image " + image.id + " to " + Quote(text) +
                                           " was stopped before it finished; the file was left "
@@ -761,22 +772,23 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
     RequireAccount(tx, account);
     image = LoadVisible(tx, account, image_id);
   });
-  if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
+  // A damaged (NotAvailable) image may be verified: the answer says what is wrong.
+  if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating &&
+      image.status != ImageStatus::kNotAvailable) {
     ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
                                                 std::string(ToString(image.status)) +
                                                 "; only Available images can be verified");
   }
   auto store = impl_->StoreFor(image.region);
-  auto manifest = store->GetManifest(image.id);
-  if (!manifest) {
-    ThrowCode(codes::kIntegrityError, "the manifest of image " + image.id + " is missing from " +
-                                          "region " + image.region);
-  }
+  const Manifest manifest = impl_->LoadManifest(image, *store);
   CancelToken stop(cancel);
   std::string digest;
   try {
-    digest = HashStoredImage(*store, *manifest, "image " + image.id + " in region " + image.region,
+    digest = HashStoredImage(*store, manifest, "image " + image.id + " in region " + image.region,
                              stop, progress);
+  } catch (const DamagedChunkError& e) {
+    impl_->NoteDamage(e, image.region, *store);
+    throw;
   } catch (const Cancelled&) {
     ThrowCode(codes::kTransferFailed,
               "the verification of image " + image.id + " was stopped before it finished");
@@ -785,23 +797,82 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
     impl_->RecordDigest(image.id, digest);  // it was still being computed: now it is known
     return digest;
   }
-  if (digest != image.digest || (!manifest->digest.empty() && digest != manifest->digest)) {
-    ThrowCode(codes::kIntegrityError, "image " + image.id + " hashes to " + digest +
-                                          " but its digest is " + image.digest);
+  if (digest != image.digest || (!manifest.digest.empty() && digest != manifest.digest)) {
+    const std::string why = "image " + image.id + " hashes to " + digest +
+                            " but its digest is " + image.digest;
+    impl_->MarkDamaged(image.id, why);
+    ThrowCode(codes::kIntegrityError, why);
   }
   return digest;
 }
 
+std::vector<ScrubReport> Engine::Scrub(const std::string& account,
+                                       const std::optional<std::string>& region,
+                                       const CancelToken* cancel, const ProgressFn& progress) {
+  std::vector<std::string> regions;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    if (region) {
+      ThrowIfAny(CheckRegionId(*region));
+      if (!tx.GetRegion(*region)) {
+        ThrowCode(codes::kNoSuchRegion, "region " + Quote(*region) + " does not exist");
+      }
+      regions.push_back(*region);
+    } else {
+      for (const auto& r : tx.ListRegions()) regions.push_back(r.id);
+    }
+  });
+  CancelToken stop(cancel);
+  std::vector<ScrubReport> reports;
+  for (const auto& id : regions) reports.push_back(impl_->ScrubRegion(account, id, stop, progress));
+  return reports;
+}
+
 // ---- events and hooks -----------------------------------------------------------------
 
-std::vector<Event> Engine::Events(int64_t since, const std::optional<std::string>& image_id) {
+namespace {
+
+EventImageFacts EventFactsFor(CatalogTx& tx, const Event& event, const std::string& account) {
+  EventImageFacts facts;
+  if (event.image_id.empty()) return facts;
+  facts.image = tx.GetImage(event.image_id);
+  if (facts.image && facts.image->type == ImageType::kCustom && facts.image->owner != account) {
+    facts.shared_since_us = tx.ShareTime(event.image_id, account);
+  }
+  return facts;
+}
+
+}  // namespace
+
+std::vector<Event> Engine::Events(const std::string& account, int64_t since,
+                                  const std::optional<std::string>& image_id) {
   std::vector<Event> out;
-  impl_->catalog->Read([&](CatalogTx& tx) { out = tx.ListEvents(since, image_id, 0); });
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    std::map<std::string, EventImageFacts> facts_of;  // by image id: one look per image
+    for (Event& event : tx.ListEvents(since, image_id, 0)) {
+      auto it = facts_of.find(event.image_id);
+      if (it == facts_of.end()) {
+        it = facts_of.emplace(event.image_id, EventFactsFor(tx, event, account)).first;
+      }
+      if (EventVisibleTo(event, account, it->second)) {
+        out.push_back(EventSeenBy(std::move(event), account, it->second));
+      }
+    }
+  });
   return out;
 }
 
-int64_t Engine::AddListener(const std::string& event_type, EventFn fn) {
-  return impl_->bus.Add(event_type, std::move(fn));
+int64_t Engine::AddListener(const std::string& account, const std::string& event_type,
+                            EventFn fn) {
+  Impl* impl = impl_.get();
+  return impl_->bus.Add(event_type, [impl, account, fn = std::move(fn)](const Event& event) {
+    EventImageFacts facts;
+    if (event.account != account) {
+      impl->catalog->Read([&](CatalogTx& tx) { facts = EventFactsFor(tx, event, account); });
+    }
+    if (EventVisibleTo(event, account, facts)) fn(EventSeenBy(event, account, facts));
+  });
 }
 
 void Engine::RemoveListener(int64_t handle) { impl_->bus.Remove(handle); }

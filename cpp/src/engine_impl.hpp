@@ -116,6 +116,27 @@ struct Engine::Impl {
   // Sets the digest of an image that had none (and of its Available copies without one).
   void RecordDigest(const std::string& image_id, const std::string& digest);
 
+  // Integrity of stored bytes (damage.cpp).
+  // The image's manifest, checked against the chunk-list digest recorded at its commit; a
+  // missing or changed one marks the image NotAvailable and throws IntegrityError.
+  Manifest LoadManifest(const Image& image, Store& store);
+  // Available -> NotAvailable with `why` (event image.damaged); no-op in any other status.
+  void MarkDamaged(const std::string& image_id, const std::string& why);
+  // Quarantines chunk `hash` in `region`'s store and marks every Available image there
+  // that needs it.
+  void ReportDamagedChunk(const std::string& region, Store& store, const std::string& hash,
+                          const std::string& why);
+  // Marks every Available image of `region` whose manifest names `hash`.
+  void MarkImagesNeeding(const std::string& region, Store& store, const std::string& hash,
+                         const std::string& why);
+  // A store's DamageHandler: the store quarantined the chunk; mark what needs it.
+  void OnStoreDamage(const std::string& store_uri, const std::string& hash,
+                     const std::string& why);
+  // ReportDamagedChunk if `error` is a DamagedChunkError; nothing otherwise.
+  void NoteDamage(const std::exception& error, const std::string& region, Store& store);
+  ScrubReport ScrubRegion(const std::string& account, const std::string& region,
+                          const CancelToken& cancel, const ProgressFn& progress);
+
   // Copies (replication.cpp).
   void StartWorkers();
   void WorkerLoop();

@@ -344,7 +344,8 @@ class Importer {
         if (!IsAllZero(data, job.len)) hash = Sha256Hex(data, job.len);
       }
       if (!hash.empty()) {
-        if (!store_.HasChunk(hash, &cancel_)) {
+        // Present with its length and untouched since written (Store::HasChunkOfLength).
+        if (!store_.HasChunkOfLength(hash, job.len, &cancel_)) {
           store_.PutChunk(hash, std::span(data, job.len), &cancel_);
           stored = true;
         }
@@ -434,13 +435,21 @@ void ReadVerifiedChunk(Store& store, const Manifest& manifest, size_t i,
   const std::string& hash = manifest.chunks[i];
   const uint64_t offset = manifest.ChunkOffset(i);
   const uint64_t len = manifest.ChunkLength(i);
-  store.GetChunk(hash, out, cancel);
+  const std::string where = "chunk " + hash + " (bytes " + std::to_string(offset) + ".." +
+                            std::to_string(offset + len) + " of " + what + ") in store " +
+                            store.uri();
+  try {
+    store.GetChunk(hash, out, cancel);
+  } catch (const TransferError&) {
+    // Missing is damage as much as corrupt; any other failure is the store's, not the image's.
+    if (store.HasChunk(hash, cancel)) throw;
+    throw DamagedChunkError(hash, where + " is missing; the image's bytes are incomplete, run "
+                                          "`imagerelay scrub` to repair it from another region");
+  }
   if (out.size() != len || Sha256Hex(out.data(), out.size()) != hash) {
-    throw IntegrityError(codes::kIntegrityError,
-                         "chunk " + hash + " (bytes " + std::to_string(offset) + ".." +
-                             std::to_string(offset + len) + " of " + what + ") in store " +
-                             store.uri() + " is corrupt: its content does not match its name; "
-                             "the image's bytes are damaged, import or replicate it again");
+    throw DamagedChunkError(hash, where + " is corrupt: its content does not match its name; "
+                                          "run `imagerelay scrub` to repair it from another "
+                                          "region");
   }
 }
 

@@ -91,10 +91,20 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     });
     image.size = manifest.size;
     image.digest = manifest.digest;
+    store->Flush();
+    // Committed only once every chunk it needs is confirmed in the store (a chunk another
+    // image held may have been quarantined meanwhile).
+    if (auto missing = MissingChunks(*store, manifest, &cancel); !missing.empty()) {
+      ThrowCode(codes::kTransferFailed,
+                std::to_string(missing.size()) + " chunk(s) of the import (" + missing.front() +
+                    " first) are not in region " + image.region +
+                    "'s store after they were written; check the store and import again");
+    }
     store->PutManifest(image.id, manifest);
     store->PutImageRecord(image.id, ImageRecordJson(image));
     Write([&](CatalogTx& tx, PendingEvents& events) {
       tx.UpdateImageFields(image);
+      tx.PutManifestDigest(image.id, manifest.ChunkListDigest());
       if (!tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportSucceeded)) {
         ThrowCode(codes::kTransferFailed, "image " + image.id + " changed during its import");
       }

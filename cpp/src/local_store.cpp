@@ -15,6 +15,7 @@
 
 #include "file_util.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
 #include "unique_fd.hpp"
 
 namespace imagerelay {
@@ -22,6 +23,19 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kRecordSuffix = ".json";
+// The modification time of a chunk file as this store wrote it (see local_store.hpp): one
+// second after the epoch, a time no ordinary write gives a file.
+constexpr timespec kVerifiedStamp{1, 0};
+
+bool Stamped(const struct stat& st) {
+  return st.st_mtim.tv_sec == kVerifiedStamp.tv_sec && st.st_mtim.tv_nsec == kVerifiedStamp.tv_nsec;
+}
+
+// Sets the stamp on an open chunk file; 0 or an errno value.
+int Stamp(int fd) {
+  const timespec times[2] = {{0, UTIME_OMIT}, kVerifiedStamp};
+  return ::futimens(fd, times) == 0 ? 0 : errno;
+}
 constexpr auto kStaleTempAge = std::chrono::hours(1);
 
 bool IsLowerHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
@@ -199,7 +213,33 @@ std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
 
 bool LocalStore::HasChunkOfLength(const std::string& hash, uint64_t length,
                                   const CancelToken* /*cancel*/) {
-  return StoredChunkSize(hash) == length;
+  const fs::path path = ChunkPath(hash);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    Failed("cannot look up chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
+  }
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != length) return false;
+  return Stamped(st) || Recheck(hash, length);
+}
+
+bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
+  thread_local std::vector<std::byte> bytes;
+  try {
+    GetChunk(hash, bytes);
+  } catch (const TransferError&) {
+    return false;  // gone meanwhile, or unreadable: to be written anew
+  }
+  if (bytes.size() == length && Sha256Hex(bytes.data(), bytes.size()) == hash) {
+    UniqueFd fd(::open(ChunkPath(hash).c_str(), O_WRONLY | O_CLOEXEC));
+    if (fd) Stamp(fd.get());  // best effort: unstamped only costs another check
+    return true;
+  }
+  QuarantineChunk(hash);
+  ReportDamage(hash, "chunk " + hash + " in store " + uri_ +
+                         " was written to after it was stored and its bytes no longer match "
+                         "its name");
+  return false;
 }
 
 void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
@@ -294,6 +334,7 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
       err != 0) {
     fail("cannot write " + tmp.string(), err);
   }
+  if (int err = Stamp(fd.get()); err != 0) fail("cannot set the time of " + tmp.string(), err);
   if (int err = fd.Close(); err != 0) fail("cannot close " + tmp.string(), err);
   std::vector<PendingChunk> batch;
   {

@@ -3,6 +3,13 @@
 // Every write goes to a temporary file in the same directory, is fsynced and renamed over
 // the final name, and the directory is fsynced: readers never see a partial file.
 // All methods may be called from several threads at once.
+//
+// Trust: a chunk file's modification time is set to kVerifiedStamp when the store writes it
+// (its bytes were checked against its name by the caller). Any later write to the file
+// changes that time, so a lookup that finds another time re-reads and checks the chunk
+// before vouching for it (and re-stamps it, or quarantines it): one stat tells whether the
+// bytes are still the ones that were checked. Scrub covers what this cannot see (media
+// errors, a time forged on purpose).
 #pragma once
 
 #include <atomic>
@@ -108,6 +115,9 @@ class LocalStore : public Store, public ChunkSizeProbe {
     uint64_t bytes = 0;
   };
   void WriteChunkFile(const std::string& hash, std::span<const std::byte> data);
+  // A chunk file not stamped by this store: reads and checks it; re-stamps it if right,
+  // quarantines it (and reports the damage) if not. True if it is right.
+  bool Recheck(const std::string& hash, uint64_t length);
   void CommitPending(std::vector<PendingChunk> batch);
   void SyncFilesystem();
   std::mutex pending_mutex_;

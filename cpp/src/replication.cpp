@@ -344,6 +344,25 @@ bool Engine::WaitIdle(std::optional<double> timeout_s) {
 
 void Engine::RunUntilIdle() { WaitIdle(std::nullopt); }
 
+size_t Engine::CopiesWaitingForAWorker() {
+  size_t orphaned = 0;
+  size_t pending = 0;
+  bool any_alive = false;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    const TimeUs now = NowUs();
+    for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+      if (task.state == TaskState::kPending) {
+        ++pending;
+      } else if (impl_->LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now)) {
+        any_alive = true;
+      } else {
+        ++orphaned;
+      }
+    }
+  });
+  return orphaned + (any_alive ? 0 : pending);
+}
+
 // ---- workers --------------------------------------------------------------------------
 
 void Engine::Impl::StartWorkers() {
@@ -502,9 +521,17 @@ bool Engine::Impl::RunOneClaim() {
   // Runs as soon as the transfer is done with it, while the other destinations go on.
   std::vector<bool> finished(claim.tasks.size(), false);
   std::vector<std::string> copy_digest(claim.tasks.size());
+  std::shared_ptr<Store> source_store;
   auto finish = [&](size_t i, TransferOutcome outcome) {
     if (finished[i]) return;
     finished[i] = true;
+    if (!outcome.damaged_source_chunk.empty() && source_store) {
+      // Before the copy settles: the source goes NotAvailable, not back to Available.
+      ReportDamagedChunk(claim.source.region, *source_store, outcome.damaged_source_chunk,
+                         "chunk " + outcome.damaged_source_chunk + " of " + claim.source.id +
+                             " in region " + claim.source.region +
+                             " is corrupt or missing (found by a copy)");
+    }
     Task& task = claim.tasks[i];
     task.bytes_total = outcome.progress.bytes_total;
     task.bytes_done = outcome.progress.bytes_done;
@@ -546,6 +573,7 @@ bool Engine::Impl::RunOneClaim() {
         tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
         tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
                            ImageEvent::kCopyCompleted);
+        tx.PutManifestDigest(task.dest_image_id, manifest->ChunkListDigest());
         task.state = TaskState::kCompleted;
         task.lease_owner.clear();
         tx.UpdateTaskFields(task);
@@ -610,12 +638,8 @@ bool Engine::Impl::RunOneClaim() {
   std::vector<TransferOutcome> outcomes;
   std::string setup_code, setup_error;
   try {
-    auto source_store = StoreFor(claim.source.region);
-    manifest = source_store->GetManifest(claim.source.id);
-    if (!manifest) {
-      ThrowCode(codes::kTransferFailed, "the manifest of source image " + claim.source.id +
-                                            " is missing from region " + claim.source.region);
-    }
+    source_store = StoreFor(claim.source.region);
+    manifest = LoadManifest(claim.source, *source_store);
     std::vector<TransferDestination> destinations;
     std::vector<size_t> task_of;  // destination position -> task index
     dest_stores.resize(claim.tasks.size());

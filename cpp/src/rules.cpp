@@ -77,6 +77,24 @@ std::string TypeSeenBy(const Image& image, const std::string& caller) {
   return std::string(ToString(image.type));
 }
 
+bool EventVisibleTo(const Event& event, const std::string& caller,
+                    const EventImageFacts& facts) {
+  if (event.account == caller) return true;
+  if (event.image_id.empty() || !facts.image) return false;
+  const Image& image = *facts.image;
+  if (image.type == ImageType::kSystem) return image.status != ImageStatus::kDeleted;
+  if (image.owner == caller) return true;  // its own image, deleted or not
+  return facts.shared_since_us && image.status != ImageStatus::kDeleted &&
+         event.time_us >= *facts.shared_since_us;
+}
+
+Event EventSeenBy(Event event, const std::string& caller, const EventImageFacts& facts) {
+  const bool owns = facts.image && facts.image->type == ImageType::kCustom &&
+                    facts.image->owner == caller;
+  if (event.account != caller && !owns) event.detail_json = "{}";
+  return event;
+}
+
 Problems CheckImport(const ImportRequest& request, bool region_exists, bool size_known,
                      uint64_t size, const Limits& limits) {
   Problems out;

@@ -146,6 +146,7 @@ CREATE TABLE manifest_digests (
   image_id TEXT PRIMARY KEY,
   digest TEXT NOT NULL
 );
+ALTER TABLE shares ADD COLUMN created_us INTEGER NOT NULL DEFAULT 0;
 )sql",
 };
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
@@ -462,9 +463,9 @@ class SqliteTx final : public CatalogTx {
 
   bool InsertShare(const std::string& image_id, const std::string& account) override {
     auto s = Prepare(
-        "INSERT INTO shares (image_id, account) VALUES (?, ?) "
+        "INSERT INTO shares (image_id, account, created_us) VALUES (?, ?, ?) "
         "ON CONFLICT (image_id, account) DO NOTHING");
-    s->Bind(image_id, account).Run();
+    s->Bind(image_id, account, NowUs()).Run();
     return Changes() == 1;
   }
 
@@ -472,6 +473,13 @@ class SqliteTx final : public CatalogTx {
     auto s = Prepare("DELETE FROM shares WHERE image_id = ? AND account = ?");
     s->Bind(image_id, account).Run();
     return Changes() == 1;
+  }
+
+  std::optional<TimeUs> ShareTime(const std::string& image_id,
+                                  const std::string& account) override {
+    auto s = Prepare("SELECT created_us FROM shares WHERE image_id = ? AND account = ?");
+    if (!s->Bind(image_id, account).Step()) return std::nullopt;
+    return s->Int(0);
   }
 
   std::vector<std::string> ListShares(const std::string& image_id) override {

@@ -26,6 +26,7 @@ constexpr ImageEdge kImageTable[] = {
     {ImageStatus::kCreateFailed, ImageEvent::kDeleted, ImageStatus::kDeleted},
     {ImageStatus::kNotAvailable, ImageEvent::kDeleted, ImageStatus::kDeleted},
     {ImageStatus::kAvailable, ImageEvent::kDamageFound, ImageStatus::kNotAvailable},
+    {ImageStatus::kReplicating, ImageEvent::kDamageFound, ImageStatus::kNotAvailable},
     {ImageStatus::kNotAvailable, ImageEvent::kRepaired, ImageStatus::kAvailable},
 };
 

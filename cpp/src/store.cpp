@@ -155,6 +155,25 @@ std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
   return {present.begin(), present.end()};
 }
 
+std::vector<std::string> MissingChunks(Store& store, const Manifest& manifest,
+                                       const CancelToken* cancel) {
+  std::vector<std::string> hashes;
+  std::vector<uint64_t> lengths;
+  std::unordered_set<std::string> seen;
+  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
+    const std::string& hash = manifest.chunks[i];
+    if (hash.empty() || !seen.insert(hash).second) continue;
+    hashes.push_back(hash);
+    lengths.push_back(manifest.ChunkLength(i));
+  }
+  std::vector<bool> present = store.HasChunks(hashes, cancel, lengths);
+  std::vector<std::string> missing;
+  for (size_t k = 0; k < hashes.size(); ++k) {
+    if (!present[k]) missing.push_back(hashes[k]);
+  }
+  return missing;
+}
+
 std::string CheckStoreUri(const std::string& uri) {
   if (uri.empty()) return std::string("the store URI is empty; ") + kForms;
   if (uri.find('\0') != std::string::npos) {

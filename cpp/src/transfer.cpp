@@ -66,6 +66,7 @@ ChunkPlan PlanChunks(const Manifest& manifest) {
 struct Failure {
   std::string code;
   std::string message;
+  std::string damaged_source_chunk;  // see TransferOutcome
 };
 
 // Why an operation did not succeed: a failure to record, or the work was no longer wanted.
@@ -90,6 +91,7 @@ struct Dest {
   std::mutex mu;  // guards the failure fields below
   std::string error_code;
   std::string error;
+  std::string damaged_source_chunk;
 
   bool cancelled() const { return spec->cancel != nullptr && spec->cancel->cancelled(); }
   bool Active() const {
@@ -102,6 +104,7 @@ struct Dest {
     if (!Active()) return;
     error_code = failure.code;
     error = failure.message;
+    damaged_source_chunk = failure.damaged_source_chunk;
     failed.store(true, std::memory_order_release);
   }
   IoProgress Progress() const {
@@ -168,6 +171,8 @@ class Copier {
   // nullopt when the source proved corrupt (every destination needing it has failed).
   std::optional<std::vector<size_t>> CopyInsideStores(size_t k, std::mt19937& rng);
   void WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng);
+  // After a failed read: true if the source does not hold the chunk at all.
+  bool SourceLacks(const std::string& hash);
   void CountWritten(Dest& dest, size_t chunk);
   bool CanRead() const { return !stop_ && next_job_ < jobs_.size() && !free_.empty(); }
   bool NoWorkLeft() const {
@@ -415,16 +420,22 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
   if (result.ok) {
     std::string actual = Sha256Hex(slot.data.data(), slot.data.size());
     if (actual != hash) {
-      failure = Failure{codes::kIntegrityError, "chunk " + hash + " read from " + source_uri_ +
-                                                    " is corrupt: its bytes hash to " + actual};
+      failure = Failure{codes::kIntegrityError,
+                        "chunk " + hash + " read from " + source_uri_ +
+                            " is corrupt: its bytes hash to " + actual,
+                        hash};
     } else if (slot.data.size() != plan_.length[k]) {
       failure = Failure{codes::kIntegrityError,
                         "chunk " + hash + " read from " + source_uri_ + " has " +
                             std::to_string(slot.data.size()) + " bytes, the manifest says " +
-                            std::to_string(plan_.length[k])};
+                            std::to_string(plan_.length[k]),
+                        hash};
     }
   } else if (!failure) {
     return {};  // abandoned: every destination that wanted it is gone
+  } else if (SourceLacks(hash)) {
+    failure->code = codes::kIntegrityError;  // the source image is incomplete
+    failure->damaged_source_chunk = hash;
   }
 
   std::vector<size_t> targets;
@@ -436,6 +447,14 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     }
   }
   return targets;
+}
+
+bool Copier::SourceLacks(const std::string& hash) {
+  try {
+    return !source_.HasChunk(hash, &reads_cancel_);
+  } catch (const std::exception&) {
+    return false;  // the store itself fails: that is not the image's damage
+  }
 }
 
 std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt19937& rng) {
@@ -461,6 +480,7 @@ std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt199
     if (!result.failure) continue;
     if (result.failure->code == codes::kIntegrityError) {
       // A corrupt source fails every destination that needed the chunk, as a read would.
+      result.failure->damaged_source_chunk = hash;
       for (Dest& other : dests_) {
         if (other.needs[k]) other.Fail(*result.failure);
       }
@@ -519,6 +539,7 @@ TransferOutcome Copier::OutcomeOf(Dest& dest) {
     outcome.kind = TransferOutcome::Kind::kFailed;
     outcome.error_code = dest.error_code;
     outcome.error = dest.error;
+    outcome.damaged_source_chunk = dest.damaged_source_chunk;
   } else if (dest.cancelled()) {
     outcome.kind = TransferOutcome::Kind::kCancelled;
   } else {

@@ -37,6 +37,7 @@ from .image import Image as Image
 from .job import Job as Job
 from .job import Task as Task
 from .playbook import Playbook as Playbook
+from .scrub import ScrubReport as ScrubReport
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -44,6 +45,6 @@ __all__ = [
     "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",
     "ImageList", "ImageRelayError", "IntegrityError", "Job", "JobList", "Limits",
     "NotFoundError", "PermissionDeniedError", "Playbook", "PolicyRequest", "QuotaExceededError",
-    "Region", "ReplicationFailedError", "Task", "TimeoutError", "TransferError", "ValidationError",
+    "Region", "ReplicationFailedError", "ScrubReport", "Task", "TimeoutError", "TransferError", "ValidationError",
     "open",
 ]

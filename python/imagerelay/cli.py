@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     vf = add("verify", "re-read an image's bytes and check them against its digest",
              "imagerelay verify m-3k9x2q7a")
     vf.add_argument("image")
+    sc = add("scrub", "read every stored chunk, quarantine damaged ones and repair the images "
+                      "that need them from other regions (exit status 1 if damage remains)",
+             "imagerelay scrub --region bj")
+    sc.add_argument("--region", help="the region to scrub (default: every region)")
     ev = add("events", "the audit log", "imagerelay events --image m-3k9x2q7a")
     ev.add_argument("--since", type=int, default=0)
     ev.add_argument("--image")
@@ -261,6 +265,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
         args.command == "run" and not args.dry_run)
     with cloud_module.open(args.home, account=args.account,
                            start_workers=needs_workers) as cloud:
+        if not needs_workers and cloud._engine.copies_waiting_for_a_worker():
+            # A background worker was killed (or never started): its copies go on now,
+            # instead of showing Running until something else opens the home.
+            ensure_background_worker(cloud.home)
         return dispatch(cloud, args, out)
 
 
@@ -346,6 +354,20 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
     elif cmd == "verify":
         digest = cloud.verify_image(args.image, progress=out.bars)
         out.emit({"image": args.image, "digest": digest}, lambda: f"{args.image} ok: {digest}")
+    elif cmd == "scrub":
+        reports = cloud.scrub(args.region, progress=out.bars)
+        out.emit([dataclasses.asdict(r) for r in reports], lambda: "\n".join(
+            f"{r.region}: {r.chunks_checked} chunks checked, {len(r.quarantined)} quarantined, "
+            f"{r.chunks_repaired} repaired from other regions"
+            + (f"; repaired {', '.join(r.images_repaired)}" if r.images_repaired else "")
+            + (f"; still damaged {', '.join(r.images_damaged)}" if r.images_damaged else "")
+            for r in reports))
+        damaged = [i for r in reports for i in r.images_damaged]
+        if damaged:
+            print(f"error: Transfer.IntegrityError: {len(damaged)} image(s) remain damaged "
+                  f"({', '.join(damaged)}): no region holds the bytes they lack; delete them, "
+                  "or import or replicate them again", file=sys.stderr)
+            return 1
     elif cmd == "events":
         events = cloud.events(since=args.since, image_id=args.image)
         out.emit(events, lambda: table(

@@ -19,6 +19,7 @@ from ._waiting import wait_slices
 from .errors import TimeoutError, ValidationError
 from .image import Image
 from .job import Job
+from .scrub import ScrubReport
 
 log = logging.getLogger("imagerelay")
 
@@ -228,6 +229,18 @@ class Cloud:
         with bar_callback(f"verify {image_id}", progress) as report:
             return str(self._engine.verify(self.account, image_id, report))
 
+    def scrub(self, region: str | None = None, *, progress: bool = False) -> list[ScrubReport]:
+        """Reads every stored chunk of ``region`` (all regions if None) and heals damage.
+
+        Chunks whose bytes do not match their name are quarantined; images that need a
+        damaged or missing chunk become ``NotAvailable`` and are repaired from any region
+        that holds the same bytes (verified on arrival), then ``Available`` again once they
+        verify whole. Returns one report per region.
+        """
+        with bar_callback(f"scrub {region or 'all regions'}", progress) as report:
+            return [ScrubReport._from_core(r)
+                    for r in self._engine.scrub(self.account, region, report)]
+
     # -- replication --------------------------------------------------------------
     def replicate(self, image_id: str, to: str | list[str], *, name: str | None = None,
                   client_token: str | None = None) -> Job:
@@ -269,10 +282,13 @@ class Cloud:
 
     # -- events and policies ------------------------------------------------------
     def events(self, *, since: int = 0, image_id: str | None = None) -> list[Event]:
-        return [Event._from_core(e) for e in self._engine.events(since, image_id)]
+        """The audit log as this account may see it: what it did, and what happened to
+        images it can see (images shared with it: from the moment of the share)."""
+        return [Event._from_core(e) for e in self._engine.events(self._account, since, image_id)]
 
     def on(self, event_type: str, callback: Callable[[Event], Any]) -> Handle:
-        """Calls ``callback(event)`` on a worker thread for each event (``"*"``: all)."""
+        """Calls ``callback(event)`` on a worker thread for each event (``"*"``: all) that
+        this account may see (as :meth:`events`)."""
 
         def deliver(info: _core.EventInfo) -> None:
             try:
@@ -280,7 +296,7 @@ class Cloud:
             except Exception:  # a callback never stops the engine
                 log.exception("imagerelay: callback for %s failed", info.type)
 
-        handle = self._engine.add_listener(event_type, deliver)
+        handle = self._engine.add_listener(self._account, event_type, deliver)
         return Handle(lambda: self._engine.remove_listener(handle))
 
     def add_rule(self, fn: Callable[[PolicyRequest], str | bool | None]) -> Handle:

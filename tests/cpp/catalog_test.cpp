@@ -723,6 +723,53 @@ TEST_F(CatalogTest, SweepNeeded) {
   });
 }
 
+// A sweep clears the flag only if no garbage was made while it ran (it took the mark first);
+// a sweep that never ends (killed) leaves it set.
+TEST_F(CatalogTest, SweepNeededMarkTellsWhetherGarbageCameWhileASweepRan) {
+  int64_t mark = 0;
+  Write([&](CatalogTx& tx) {
+    EXPECT_EQ(tx.SweepNeededMark("bj"), 0);
+    tx.SetSweepNeeded("bj", true);
+    mark = tx.SweepNeededMark("bj");
+    EXPECT_NE(mark, 0);
+    EXPECT_FALSE(tx.GetSweepLease("bj"));
+    EXPECT_TRUE(tx.AcquireSweepLease("bj", "host:1:n:sweep", NowUs() + 1'000'000));
+    tx.SetSweepNeeded("bj", true);  // a delete while the sweep runs
+    tx.ClearSweepNeeded("bj", mark);
+  });
+  Write([&](CatalogTx& tx) {
+    EXPECT_EQ(tx.RegionsNeedingSweep(), (std::vector<std::string>{"bj"}));
+    auto lease = tx.GetSweepLease("bj");
+    ASSERT_TRUE(lease);
+    EXPECT_EQ(lease->first, "host:1:n:sweep");
+    tx.ClearSweepNeeded("bj", tx.SweepNeededMark("bj"));
+    EXPECT_TRUE(tx.RegionsNeedingSweep().empty());
+  });
+}
+
+TEST_F(CatalogTest, ManifestDigestsAndShareTimes) {
+  Write([](CatalogTx& tx) {
+    tx.InsertRegion({"bj", "Beijing", "/data/bj"});
+    tx.InsertAccount({"alice", "Alice"});
+    Image image;
+    image.id = "m-aaaaaaa1";
+    image.name = "a";
+    image.region = "bj";
+    image.owner = "alice";
+    EXPECT_TRUE(tx.InsertImage(image));
+    EXPECT_FALSE(tx.GetManifestDigest(image.id));
+    tx.PutManifestDigest(image.id, "d1");
+    tx.PutManifestDigest(image.id, "d2");
+    EXPECT_EQ(tx.GetManifestDigest(image.id), "d2");
+    EXPECT_FALSE(tx.ShareTime(image.id, "bob"));
+    const TimeUs before = NowUs();
+    EXPECT_TRUE(tx.InsertShare(image.id, "bob"));
+    auto at = tx.ShareTime(image.id, "bob");
+    ASSERT_TRUE(at);
+    EXPECT_GE(*at, before);
+  });
+}
+
 // --- Transactions ------------------------------------------------------------------------
 
 TEST_F(CatalogTest, WriteRollsBackWhenTheCallbackThrows) {

@@ -213,7 +213,12 @@ TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
                             (task.dest_image_id + ".json")));
     EXPECT_EQ(ChunkFiles(task.region), 0u);
   }
-  EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
+  // The damage found by the copy takes the source out of use (nothing wrong is Available) and
+  // its bad chunk out of every lookup.
+  auto damaged = engine->GetImage("default", source.image.id).image;
+  EXPECT_EQ(damaged.status, ImageStatus::kNotAvailable);
+  EXPECT_NE(damaged.error.find("corrupt"), std::string::npos) << damaged.error;
+  EXPECT_EQ(ChunkFiles("bj"), 5u);
   // A failed copy can be deleted.
   engine->Delete("default", job.tasks[0].dest_image_id);
 }

@@ -338,15 +338,18 @@ TEST(ImageIoTest, CorruptChunkFailsExport) {
   EXPECT_FALSE(fs::exists(dir / "out.img"));
   EXPECT_EQ(FilesIn(dir.path()), 2u);  // the temporary file is gone
 
-  // A truncated chunk is caught too, and a missing one is a transfer failure.
+  // A truncated chunk is caught too, and a missing one is damage as well: the image is
+  // incomplete (DamagedChunkError names the chunk, so the engine can quarantine and mark).
   fs::resize_file(store.ChunkPath(victim), 10);
   EXPECT_THROW(ExportFromStore(store, m, dir / "out.img", cancel, nullptr), IntegrityError);
   store.DeleteChunk(victim);
   try {
     ExportFromStore(store, m, dir / "out.img", cancel, nullptr);
     FAIL() << "no exception";
-  } catch (const TransferError& e) {
-    EXPECT_EQ(e.code(), codes::kTransferFailed);
+  } catch (const DamagedChunkError& e) {
+    EXPECT_EQ(e.code(), codes::kIntegrityError);
+    EXPECT_EQ(e.hash(), victim);
+    EXPECT_NE(e.message().find("missing"), std::string::npos) << e.message();
   }
   EXPECT_EQ(FilesIn(dir.path()), 2u);
 }

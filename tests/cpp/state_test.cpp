@@ -22,6 +22,7 @@ const std::map<std::pair<ImageStatus, ImageEvent>, ImageStatus> kExpectedImage{
     {{ImageStatus::kCreateFailed, ImageEvent::kDeleted}, ImageStatus::kDeleted},
     {{ImageStatus::kNotAvailable, ImageEvent::kDeleted}, ImageStatus::kDeleted},
     {{ImageStatus::kAvailable, ImageEvent::kDamageFound}, ImageStatus::kNotAvailable},
+    {{ImageStatus::kReplicating, ImageEvent::kDamageFound}, ImageStatus::kNotAvailable},
     {{ImageStatus::kNotAvailable, ImageEvent::kRepaired}, ImageStatus::kAvailable},
 };
 

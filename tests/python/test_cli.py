@@ -434,8 +434,9 @@ def test_a_failed_copy_exits_1(home: Path, tmp_path: Path) -> None:
     assert waited.stderr.startswith("error: Job.Failed: ")
     copy = run(home, "images", "show", job["tasks"]["gz"]["dest_image_id"], inproc=True).data
     assert copy["status"] == "CreateFailed" and copy["error"]
-    assert "corrupt" in fails(home, "Transfer.IntegrityError", "verify", image_id,
-                              inproc=False)
+    # The copy quarantined the corrupt chunk: verify finds it missing and says what to do.
+    assert "run `imagerelay scrub`" in fails(home, "Transfer.IntegrityError", "verify", image_id,
+                                             inproc=False)
 
 
 # -- share, unshare, shared-users ----------------------------------------------------------

@@ -88,9 +88,9 @@ def test_notify_on_failure_prints_the_notice(tmp_path: Path) -> None:
     assert notice["region"] == "gz" and notice["account"] == "default"
     assert notice["image"].startswith("m-") and notice["job"].startswith("j-")
     assert "corrupt" in notice["error"]
-    # The callback logged it (logging, stderr) and the source stayed Available.
+    # The callback logged it (logging, stderr); the damage took the source out of use.
     assert "ERROR notify_on_failure: copy of image " + notice["image"] in proc.stderr
-    assert "source m-" in proc.stdout and ": Available; copy " in proc.stdout
+    assert "source m-" in proc.stdout and ": NotAvailable; copy " in proc.stdout
     assert proc.stdout.rstrip().endswith("CreateFailed")
     with ir.open(home) as cloud:
         assert cloud.images() == []  # the example deleted what it made

@@ -516,7 +516,11 @@ def test_corrupt_source_chunk_fails_the_copy(cloud: ir.Cloud, home: Path, files:
         copy.delete()
         with pytest.raises(ir.NotFoundError):
             cloud.image(task.dest_image_id)
-    assert cloud.image(image.id).status == "Available"
+    # The damage found takes the source out of use until a scrub repairs it, and its bad
+    # chunk out of every lookup.
+    source = cloud.image(image.id)
+    assert source.status == "NotAvailable" and "corrupt" in (source.error or "")
+    assert path.name not in chunk_names(home, "bj")
     # the corrupt chunk was never written
     wait_for_chunks(home, "gz", gz_before, timeout=10)
     assert path.name not in chunk_names(home, "su")

@@ -186,7 +186,8 @@ def test_plan_lists_a_small_bucket_instead_of_heading_each_chunk(
                     if m == "GET" and "list-type=2" in path and "chunks" in path)
         return heads, lists
 
-    assert lookups() == (0, 1)  # 130 chunks answered by one listing page
+    # 130 chunks answered by one listing page to plan, one more to confirm before the commit
+    assert lookups() == (0, 2)
     # a new version: half its chunks are new; the rest are known from a's manifest
     data = bytearray(a_src.read_bytes())
     for i in range(0, 130, 2):
@@ -196,7 +197,7 @@ def test_plan_lists_a_small_bucket_instead_of_heading_each_chunk(
     job2 = cloud.import_image(files / "b.raw", region="bj", name="b").replicate("s3a")
     job2.wait(timeout=120)
     assert job2.state == "Completed", job2.to_dict()
-    assert lookups() == (0, 1)
+    assert lookups() == (0, 2)
     assert job2.tasks["s3a"].bytes_transferred == 65 * CHUNK
     assert len(chunk_keys(s3, bucket)) == 195
     assert job2.copies["s3a"].export(files / "b.out").read_bytes() == bytes(data)
@@ -652,3 +653,25 @@ def test_virtual_host_addressing(cloud: ir.Cloud, s3: S3Server, bucket: str,
     assert job.state == "Completed", job.to_dict()
     assert chunk_keys(s3, bucket)  # in that bucket, at the usual keys
     assert job.copies["s3a"].export(files / "out.raw").read_bytes() == src.read_bytes()
+
+
+def test_a_bucket_emptied_mid_copy_never_yields_an_available_copy_missing_chunks(
+        open_cloud, s3: S3Server, bucket: str, files: Path) -> None:
+    # The object store restarted empty and the bucket was made again within the retry window:
+    # every chunk written so far is gone. The copy confirms what the bucket holds before it
+    # commits, writes the lost chunks again, and the copy verifies whole.
+    cloud = open_cloud(bandwidth=2 * MiB)
+    add_s3_region(cloud, s3, "s3a", bucket)
+    src = make_dense(files / "big.raw", 6 * MiB)
+    image = cloud.import_image(src, region="bj", name="big")
+    job = image.replicate("s3a")
+    wait_until(lambda: len(chunk_keys(s3, bucket)) >= 8)
+    client = s3.client()
+    for key in s3.keys(bucket):
+        client.delete_object(Bucket=bucket, Key=key)
+    job.wait(timeout=120, raise_on_error=False)
+    assert job.state == "Completed", job.to_dict()
+    copy = job.copies["s3a"]
+    assert copy.status == "Available"
+    assert copy.verify() == image.digest
+    assert copy.export(files / "out.raw").read_bytes() == src.read_bytes()

@@ -59,6 +59,10 @@ class CatalogTx {
   virtual bool InsertShare(const std::string& image_id, const std::string& account) = 0;
   virtual bool DeleteShare(const std::string& image_id, const std::string& account) = 0;
   virtual std::vector<std::string> ListShares(const std::string& image_id) = 0;  // sorted
+  // When the image was shared with the account (0 for shares older than this record), if it
+  // is shared with it.
+  virtual std::optional<TimeUs> ShareTime(const std::string& image_id,
+                                          const std::string& account) = 0;
   // Non-deleted images in `region` shared with `account`.
   virtual int CountAcceptedShares(const std::string& account, const std::string& region) = 0;
   virtual std::vector<std::string> ImagesSharedWith(const std::string& account) = 0;

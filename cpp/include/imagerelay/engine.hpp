@@ -32,6 +32,17 @@ struct EngineOptions {
 };
 
 // An image as one account sees it.
+// What a scrub of one region found and did (Engine::Scrub).
+struct ScrubReport {
+  std::string region;
+  uint64_t chunks_checked = 0;
+  uint64_t bytes_checked = 0;
+  std::vector<std::string> quarantined;      // chunks whose bytes did not match their name
+  uint64_t chunks_repaired = 0;              // fetched from another region
+  std::vector<std::string> images_repaired;  // Available again (or never lost a chunk)
+  std::vector<std::string> images_damaged;   // still NotAvailable: no region had the bytes
+};
+
 struct ImageView {
   Image image;
   std::string type;                 // "System", "Custom" or "Sharing" (as a recipient sees it)
@@ -108,6 +119,15 @@ class Engine {
   // `progress` is called from its thread about every 100 ms.
   std::string Verify(const std::string& account, const std::string& image_id,
                      const CancelToken* cancel = nullptr, const ProgressFn& progress = {});
+  // Reads every chunk stored in `region` (every region if nullopt), quarantines those whose
+  // bytes do not match their name, marks the images that need a damaged or missing chunk
+  // NotAvailable, fetches those chunks from any other region that holds them (verified on
+  // arrival), and makes an image Available again once it verifies whole. The report names
+  // only images `account` may see. `cancel` stops it (Cancelled).
+  std::vector<ScrubReport> Scrub(const std::string& account,
+                                 const std::optional<std::string>& region,
+                                 const CancelToken* cancel = nullptr,
+                                 const ProgressFn& progress = {});
   // The image's digest, waiting while the digester computes it (images imported from
   // mostly-empty files are Available before their digest is known). Throws Error(Timeout)
   // when the timeout passes, the digester's error if it failed.
@@ -132,12 +152,19 @@ class Engine {
   // True when no task is Pending or Running (in the whole catalog) and this process's
   // digester has nothing left to compute, before the timeout.
   bool WaitIdle(std::optional<double> timeout_s);
+  // Copies that no live worker runs: Running under a lease whose holder died or lapsed, or
+  // Pending while no live worker runs any copy. A short-lived tool (the CLI) that opened the
+  // home without workers starts one when this is not 0, so a killed worker's copies go on.
+  size_t CopiesWaitingForAWorker();
   // Runs queued copies until none is left (imagerelay worker --until-idle); returns when idle.
   void RunUntilIdle();
 
-  std::vector<Event> Events(int64_t since, const std::optional<std::string>& image_id);
+  // The audit log as `account` may see it (EventVisibleTo / EventSeenBy in rules.hpp).
+  std::vector<Event> Events(const std::string& account, int64_t since,
+                            const std::optional<std::string>& image_id);
   // "*" for every type. Callbacks run on the engine's dispatcher thread.
-  int64_t AddListener(const std::string& event_type, EventFn fn);
+  // `fn` gets only the events `account` may see, as it may see them (as Events()).
+  int64_t AddListener(const std::string& account, const std::string& event_type, EventFn fn);
   void RemoveListener(int64_t handle);
   int64_t AddPolicy(PolicyFn fn);
   void RemovePolicy(int64_t handle);

@@ -100,4 +100,16 @@ inline constexpr const char* kJobFailed = "Job.Failed";
 inline constexpr const char* kTimeout = "Timeout";
 }  // namespace codes
 
+// A stored chunk whose bytes do not match its name (or its length): the engine quarantines
+// it and marks the images that need it (Engine::Impl::ReportDamagedChunk).
+class DamagedChunkError : public IntegrityError {
+ public:
+  DamagedChunkError(std::string hash, std::string message)
+      : IntegrityError(codes::kIntegrityError, std::move(message)), hash_(std::move(hash)) {}
+  const std::string& hash() const { return hash_; }
+
+ private:
+  std::string hash_;
+};
+
 }  // namespace imagerelay

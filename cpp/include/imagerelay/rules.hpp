@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -25,6 +26,19 @@ std::vector<Problem> CheckAccountId(const std::string& id);
 bool CanSee(const Image& image, const std::string& caller, bool shared_with_caller);
 // The type as the caller sees it: "Sharing" for a recipient.
 std::string TypeSeenBy(const Image& image, const std::string& caller);
+
+// The facts about an event's image that decide who sees the event.
+struct EventImageFacts {
+  std::optional<Image> image;             // the event's image as it is now, if it has one
+  std::optional<TimeUs> shared_since_us;  // when it was shared with the caller, if it is
+};
+// Audit-log visibility (events(), on()): an account sees the events it caused, and events of
+// images it may see now (CanSee): its own, System images, and images shared with it, from
+// the moment of the share on. Anything else is not shown, not even its existence.
+bool EventVisibleTo(const Event& event, const std::string& caller, const EventImageFacts& facts);
+// A visible event as `caller` may read it: the detail (source paths, share recipients, ...)
+// only of events it caused or of images it owns; others get the event without its detail.
+Event EventSeenBy(Event event, const std::string& caller, const EventImageFacts& facts);
 
 struct ImportRequest {
   std::string source;

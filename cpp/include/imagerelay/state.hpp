@@ -18,7 +18,8 @@ enum class ImageEvent {
   kCopyFailed,        // Replicating -> CreateFailed (destination)
   kCopyCancelled,     // Replicating -> Deleted (destination removed)
   kDeleted,           // Available | CreateFailed | NotAvailable -> Deleted
-  kDamageFound,       // Available -> NotAvailable (a block it needs failed its check)
+  kDamageFound,       // Available | Replicating (source) -> NotAvailable (a block it needs
+                      // failed its check)
   kRepaired,          // NotAvailable -> Available (every block present and verified again)
 };
 

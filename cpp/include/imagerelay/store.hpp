@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -31,9 +33,12 @@ class Store {
   // The chunk calls take the copy's cancel token: a store that waits on the network aborts
   // a request in flight when it fires (throwing Cancelled); a local store may ignore it.
   virtual bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) = 0;
-  // True if chunk `hash` is stored with exactly `length` bytes. A chunk of another length is
-  // damaged: a store that can tell says false (and PutChunk then writes it anew). The
-  // default, for stores that cannot tell a length cheaply, is HasChunk.
+  // True if chunk `hash` is stored with exactly `length` bytes and the store vouches for
+  // them: their hash was checked when this store wrote them, or since. A chunk of another
+  // length is damaged: a store that can tell says false (and PutChunk then writes it anew).
+  // A local store re-reads a chunk file that was written to since it stored it, and
+  // quarantines it (ReportDamage) if its bytes are wrong. The default, for stores that
+  // cannot tell a length cheaply, is HasChunk.
   virtual bool HasChunkOfLength(const std::string& hash, uint64_t length,
                                 const CancelToken* cancel = nullptr) {
     (void)length;
@@ -56,6 +61,11 @@ class Store {
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                         const CancelToken* cancel = nullptr) = 0;
+  // Called when a lookup of the store itself finds a chunk damaged and quarantines it, so
+  // that the owner marks the images that need it. Set once, before the store is shared.
+  using DamageHandler = std::function<void(const std::string& hash, const std::string& why)>;
+  void SetDamageHandler(DamageHandler handler) { damage_handler_ = std::move(handler); }
+
   // Server-side copy (S3 CopyObject when both stores live in one object store under the
   // same credentials): true if this store may be asked to copy chunks from `source`.
   virtual bool CanCopyChunksFrom(const Store& /*source*/) const { return false; }
@@ -88,6 +98,12 @@ class Store {
   // Lookups HasChunks runs at once: each waits on a disk or a server far more than it
   // computes, and a plan looks up every chunk of the image.
   virtual size_t ExistenceCheckThreads() const { return 1; }
+  void ReportDamage(const std::string& hash, const std::string& why) {
+    if (damage_handler_) damage_handler_(hash, why);
+  }
+
+ private:
+  DamageHandler damage_handler_;
 };
 
 // Opens the store behind a region URI: a path or file:// URI today (s3:// later).
@@ -96,6 +112,11 @@ std::unique_ptr<Store> OpenStore(const std::string& uri);
 
 // Validates a store URI without touching it; returns a problem message or "" if fine.
 std::string CheckStoreUri(const std::string& uri);
+
+// The distinct non-zero chunks of `manifest` that `store` does not hold with their length:
+// what must be there before the manifest may be committed.
+std::vector<std::string> MissingChunks(Store& store, const Manifest& manifest,
+                                       const CancelToken* cancel = nullptr);
 
 struct SweepResult {
   size_t chunks_kept = 0;

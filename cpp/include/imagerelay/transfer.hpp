@@ -54,6 +54,9 @@ struct TransferOutcome {
   std::string error_code;  // Transfer.Failed, Transfer.IntegrityError, Region.StoreUnavailable
   std::string error;       // message naming the chunk/store and the cause
   IoProgress progress;     // final counters
+  // A source chunk found corrupt or missing (the failure's cause): the caller quarantines
+  // it and marks the source image damaged. Empty otherwise.
+  std::string damaged_source_chunk;
 };
 
 // A transient error: retried with backoff. Stores throw it for timeouts, resets, 5xx, 429.
