@@ -437,10 +437,12 @@ void LocalStore::DeleteChunk(const std::string& hash) {
 void LocalStore::QuarantineChunk(const std::string& hash) {
   const fs::path path = ChunkPath(hash);
   const fs::path dir = root_ / "quarantine";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
+  // Never through a symlink out of the store: only a real directory of ours takes it.
+  ::mkdir(dir.c_str(), 0700);
+  struct stat st;
+  const bool own_dir = ::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   const fs::path aside = dir / (hash + "." + std::to_string(::time(nullptr)));
-  if (ec || ::rename(path.c_str(), aside.c_str()) != 0) {
+  if (!own_dir || ::rename(path.c_str(), aside.c_str()) != 0) {
     DeleteChunk(hash);  // no room aside: out of use is what matters
     return;
   }

@@ -449,3 +449,80 @@ TEST(LocalStoreTest, ChunksBecomeVisibleOnlyWhenFlushed) {
 
 }  // namespace
 }  // namespace imagerelay
+
+namespace imagerelay {
+namespace {
+
+// A chunk file is trusted by its write stamp: a file written to since is re-read before the
+// store vouches for it (re-stamped when right, quarantined and reported when not); one of
+// another length is simply not there (and PutChunk replaces it).
+TEST(LocalStoreTrustTest, ATouchedChunkIsRecheckedAndADamagedOneQuarantined) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  std::vector<std::string> reported;
+  store.SetDamageHandler([&](const std::string& hash, const std::string&) {
+    reported.push_back(hash);
+  });
+  auto a = RandomBytes(10000, 7);
+  auto b = RandomBytes(10000, 8);
+  const std::string ha = HashOf(a), hb = HashOf(b);
+  store.PutChunk(ha, a);
+  store.PutChunk(hb, b);
+  store.Flush();
+  EXPECT_TRUE(store.HasChunkOfLength(ha, a.size()));
+  EXPECT_FALSE(store.HasChunkOfLength(ha, a.size() + 1));
+
+  // Touched but intact (rewritten with the same bytes): re-read, kept, stamped again.
+  {
+    std::fstream f(store.ChunkPath(ha), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(5);
+    f.put(static_cast<char>(a[5]));
+  }
+  EXPECT_TRUE(store.HasChunkOfLength(ha, a.size()));
+  struct stat st;
+  ASSERT_EQ(::stat(store.ChunkPath(ha).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1);
+
+  // Damaged in place: quarantined (kept aside for inspection), reported, written anew.
+  {
+    std::fstream f(store.ChunkPath(hb), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(5);
+    f.put(static_cast<char>(~static_cast<unsigned char>(b[5])));
+  }
+  EXPECT_FALSE(store.HasChunkOfLength(hb, b.size()));
+  EXPECT_EQ(reported, std::vector<std::string>{hb});
+  EXPECT_FALSE(fs::exists(store.ChunkPath(hb)));
+  ASSERT_TRUE(fs::exists(dir.path() / "quarantine"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path() / "quarantine"),
+                          fs::directory_iterator{}), 1);
+  store.PutChunk(hb, b);
+  store.Flush();
+  std::vector<std::byte> out;
+  store.GetChunk(hb, out);
+  EXPECT_EQ(out, b);
+
+  // Truncated: not there with its length; PutChunk replaces it.
+  fs::resize_file(store.ChunkPath(ha), 10);
+  EXPECT_FALSE(store.HasChunkOfLength(ha, a.size()));
+  store.PutChunk(ha, a);
+  store.Flush();
+  store.GetChunk(ha, out);
+  EXPECT_EQ(out, a);
+}
+
+TEST(LocalStoreTrustTest, QuarantineNeverMovesAChunkThroughASymlink) {
+  ScratchDir dir;
+  ScratchDir outside;
+  LocalStore store(dir.path() / "store");
+  auto a = RandomBytes(5000, 9);
+  const std::string ha = HashOf(a);
+  store.PutChunk(ha, a);
+  store.Flush();
+  fs::create_directory_symlink(outside.path(), dir.path() / "store" / "quarantine");
+  store.QuarantineChunk(ha);
+  EXPECT_FALSE(fs::exists(store.ChunkPath(ha)));
+  EXPECT_TRUE(fs::is_empty(outside.path()));
+}
+
+}  // namespace
+}  // namespace imagerelay
