@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import _core
+from ._checks import INT32_MAX, INT64_MAX, check_int
 
 
 def utc_from_us(us: int) -> datetime | None:
@@ -31,23 +32,29 @@ class Limits:
     bandwidth: int | None = None
 
     def _to_core(self) -> _core.Limits:
-        from .errors import ValidationError
-
         core = _core.Limits()
         for field in dataclasses.fields(self):
+            low, high = _LIMIT_RANGES[field.name]
             value = getattr(self, field.name)
-            if field.name == "bandwidth":
-                value = 0 if value is None else value
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValidationError(f"Limits.{field.name} must be a non-negative integer, "
-                                      f"got {value!r}")
-            if value == 0 and field.name not in ("bandwidth", "max_share_accounts",
-                                                 "max_accepted_shares"):
-                raise ValidationError(f"Limits.{field.name} must be positive")
-            setattr(core, field.name, value)
-        if self.chunk_size < 4096 or self.chunk_size > 256 * 2**20:
-            raise ValidationError("Limits.chunk_size must be between 4 KiB and 256 MiB")
+            if field.name == "bandwidth" and value is None:
+                value = 0  # unlimited
+            setattr(core, field.name, check_int(f"Limits.{field.name}", value, low=low,
+                                                high=high))
         return core
+
+
+# The range of each limit, within what its C++ field (int or uint64_t) holds. 0 only where it
+# means something: no bandwidth cap, no shares.
+_LIMIT_RANGES: dict[str, tuple[int, int]] = {
+    "max_copy_bytes": (1, INT64_MAX),
+    "max_import_bytes": (1, INT64_MAX),
+    "max_share_accounts": (0, INT32_MAX),
+    "max_accepted_shares": (0, INT32_MAX),
+    "chunk_size": (4096, 256 * 2**20),
+    "max_tasks_per_region": (1, INT32_MAX),
+    "buffer_memory": (1, INT64_MAX),
+    "bandwidth": (0, INT64_MAX),
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
+from ._checks import check_int
 from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
 from .collections import ImageList, JobList
@@ -22,6 +23,8 @@ from .job import Job
 from .scrub import ScrubReport
 
 log = logging.getLogger("imagerelay")
+
+_MAX_WORKERS = 1024  # copy threads of one engine
 
 _open_engines: weakref.WeakSet[_core.Engine] = weakref.WeakSet()
 _open_lock = threading.Lock()
@@ -284,6 +287,7 @@ class Cloud:
     def events(self, *, since: int = 0, image_id: str | None = None) -> list[Event]:
         """The audit log as this account may see it: what it did, and what happened to
         images it can see (images shared with it: from the moment of the share)."""
+        since = check_int("since", since)
         return [Event._from_core(e) for e in self._engine.events(self._account, since, image_id)]
 
     def on(self, event_type: str, callback: Callable[[Event], Any]) -> Handle:
@@ -331,8 +335,8 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
         home = os.environ.get("IMAGERELAY_HOME") or Path.home() / ".imagerelay"
     if account is None:
         account = os.environ.get("IMAGERELAY_ACCOUNT") or "default"
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValidationError(f"workers must be a positive integer, got {workers!r}")
+    if workers is not None:
+        workers = check_int("workers", workers, low=1, high=_MAX_WORKERS)
     core_limits = (limits or Limits())._to_core()
     engine = _core.Engine.open(Path(home).expanduser(), core_limits, workers or 4,
                                start_workers)

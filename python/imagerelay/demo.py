@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import cloud as cloud_module
+from ._checks import check_int
 from ._types import Limits
 from .cli import table
 
@@ -50,6 +51,8 @@ def change_one_percent(src: Path, dst: Path, virtual_bytes: int, seed: int = 11)
 
 def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256,
              virtual_gib: int = 3) -> int:
+    virtual_gib = check_int("virtual_gib", virtual_gib, low=1, high=1024)
+    data_mib = check_int("data_mib", data_mib, low=1, high=virtual_gib * 1024)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-demo-"))
     home = home or workdir / "home"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._checks import check_timeout
 from ._types import utc_from_us
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class Image:
         """Waits until the image is neither Creating nor Replicating."""
         from .errors import TimeoutError
 
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.02
         while self.refresh().status in ("Creating", "Replicating"):

@@ -168,11 +168,12 @@ class Job:
         """
         from .errors import ReplicationFailedError, TimeoutError
 
+        slices = wait_slices(timeout)  # checks the timeout before a bar shows
         bars = _ProgressBars(self) if progress else None
         try:
             # Short waits in C++ (woken at once by this process's changes), so that bars
             # move and Ctrl-C is seen between them.
-            for step in wait_slices(timeout):
+            for step in slices:
                 try:
                     self._info = self._cloud._engine.wait_job(self._cloud.account, self.id, step)
                     break

@@ -47,6 +47,10 @@ on them are skipped.
 Every error names the playbook file, the line and the step. An error of a step keeps its
 class and code (e.g. ``ValidationError`` ``Image.InvalidAccount``) and its message is
 prefixed with ``<file>:<line>: step <id or #n> (<kind>): ``.
+
+A playbook is at most 1 MiB and nested at most 64 levels deep; with its aliases expanded
+it holds at most 100,000 values and 16 MiB of text, and so may what the ``${...}``
+references of one run resolve to. Past that it is a ``PlaybookError``, at once.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ._checks import check_timeout, shown
 from .errors import (
     ConflictError,
     ImageRelayError,
@@ -100,6 +105,16 @@ _STEP_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _TEMPLATE_RE = re.compile(r"\$\$\{|\$\{([^{}]*)\}|\$\{")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# Bounds on what a playbook file makes the loader and the runner do. A real playbook is a
+# few KiB; a hostile one (nested aliases, a "billion laughs", 5,000 nested brackets) fails
+# at once with a PlaybookError instead of running for minutes or overflowing the stack.
+_MAX_FILE_BYTES = 2**20
+_MAX_DEPTH = 64  # nesting of collections, aliases expanded
+# Values and characters of the document with its aliases expanded; and, counted apart, of
+# what the ${...} references of one run resolve to.
+_MAX_VALUES = 100_000
+_MAX_TEXT = 16 * 2**20
 
 #: The image properties an ``assert`` step may check.
 ASSERT_PROPERTIES = ("id", "name", "region", "type", "owner", "status", "size", "digest",
@@ -160,6 +175,10 @@ class PlaybookAssertionError(ImageRelayError):
 
     default_code = "Playbook.AssertionFailed"
     default_status = 412
+
+
+class _LimitError(ValueError):
+    """Resolved arguments past the bounds: an error even for a step done before."""
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -265,8 +284,83 @@ class _Map(dict[Any, Any]):
         self.lines: dict[Any, int] = {}
 
 
+def _over_limits(values: int, chars: int) -> str | None:
+    """Which bound a count of values and characters passes, if any."""
+    if values > _MAX_VALUES:
+        return f"more than {_MAX_VALUES:,} values"
+    if chars > _MAX_TEXT:
+        return f"more than {_MAX_TEXT // 2**20} MiB of text"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Extent:
+    """The size of a YAML node with its aliases expanded."""
+
+    values: int
+    chars: int
+    height: int  # levels of nesting, the node's own included
+
+
 class _Loader(yaml.SafeLoader):
-    """A safe loader whose mappings remember line numbers and reject duplicate keys."""
+    """A safe loader whose mappings remember line numbers and reject duplicate keys.
+
+    While it composes the document it counts the document as if every alias were expanded
+    (an alias adds the extent of its anchor, so counting costs nothing extra) and refuses it
+    past the bounds, before anything walks the expanded values.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._extents: dict[yaml.Node, _Extent] = {}  # of the anchored nodes
+        self._depth = 0  # of the node being composed
+        self._reach = 0  # the deepest level under it so far, aliases expanded
+        self._values = 0
+        self._chars = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        depth = self._depth + 1
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            extent = self._extents.get(node)
+            if extent is None:  # an alias inside its own anchor: `&a [*a]`
+                raise yaml.composer.ComposerError(
+                    None, None, f"found a recursive alias *{event.anchor}", event.start_mark)
+            self._count(extent, depth, event.start_mark)
+            return node
+        start = (self._values, self._chars)
+        chars = len(event.value) if isinstance(event, yaml.ScalarEvent) else 0
+        self._count(_Extent(1, chars, 1), depth, event.start_mark)
+        outer_reach, self._depth, self._reach = self._reach, depth, depth
+        node = super().compose_node(parent, index)
+        if event.anchor is not None:
+            self._extents[node] = _Extent(self._values - start[0], self._chars - start[1],
+                                          self._reach - depth + 1)
+        self._depth, self._reach = depth - 1, max(outer_reach, self._reach)
+        return node
+
+    def _count(self, extent: _Extent, depth: int, mark: yaml.Mark) -> None:
+        """Adds a node (or an alias's expansion) at ``depth``; refuses it past the bounds."""
+        self._values += extent.values
+        self._chars += extent.chars
+        self._reach = max(self._reach, depth + extent.height - 1)
+        problem = _over_limits(self._values, self._chars)
+        if self._reach > _MAX_DEPTH:
+            problem = f"nested more than {_MAX_DEPTH} levels deep (aliases expanded)"
+        elif problem:
+            problem = f"too large: with its aliases expanded, the playbook holds {problem}"
+        if problem:
+            raise yaml.composer.ComposerError(None, None, problem, mark)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # A scalar Python cannot hold (an int of 5,000 digits, the date 2020-99-99) is bad
+        # YAML at its line, not a ValueError from the depths of the loader.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown(node.value)}: {exc}", node.start_mark) from exc
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Map]:
@@ -347,8 +441,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, str):
-        return repr(value)
-    return f"{type(value).__name__} {_plain(value)!r}"
+        return shown(value)
+    return f"{type(value).__name__} {shown(_plain(value))}"
 
 
 def _walk(value: Any, ref: _Ref) -> Any:
@@ -378,6 +472,13 @@ def _walk(value: Any, ref: _Ref) -> Any:
             raise ValueError(f"${{{ref.text}}}: {where} ({_describe(value)}) has no "
                              f"attribute or key {seg!r}")
     return value
+
+
+def _check_size(size: int, where: str) -> None:
+    if size > _MAX_FILE_BYTES:
+        raise PlaybookError(f"{where}: the playbook is larger than "
+                            f"{_MAX_FILE_BYTES // 2**20} MiB; a playbook is a short list of "
+                            "steps", path=where)
 
 
 # -- the playbook ----------------------------------------------------------------------------
@@ -486,10 +587,14 @@ class Playbook:
         """Reads and checks a playbook file (``PlaybookError`` naming the file and line)."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            with p.open("rb") as f:
+                data = f.read(_MAX_FILE_BYTES + 1)  # no more: it may be /dev/zero
         except OSError as exc:
             raise PlaybookError(f"{p}: cannot read the playbook: {exc.strerror or exc}",
                                 path=str(p)) from exc
+        _check_size(len(data), str(p))
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PlaybookError(f"{p}: the playbook is not UTF-8 text: {exc}",
                                 path=str(p)) from exc
@@ -500,6 +605,7 @@ class Playbook:
         """Parses playbook text; ``path`` names it in errors and anchors relative paths."""
         p = Path(path) if path is not None else None
         where = str(p) if p is not None else "<playbook>"
+        _check_size(len(text), where)
         try:
             data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
@@ -784,6 +890,9 @@ class _Runner:
         # False once a step of this run changed something (or, in a dry run, would): the
         # checks (assert, wait) that passed before are then done again.
         self.world_current = True
+        # What the ${...} references resolved to so far (see _charge).
+        self.resolved_values = 0
+        self.resolved_chars = 0
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> PlaybookResult:
@@ -864,7 +973,8 @@ class _Runner:
             # is done, it stays done.
             entry = self.state.data["steps"].get(step.key) or {}
             record = (entry.get("runs") or {}).get(entry.get("last") or "")
-            if not record or record.get("status") != DONE or record.get("kind") != step.kind:
+            if isinstance(exc, _LimitError) or not record or record.get("status") != DONE \
+                    or record.get("kind") != step.kind:
                 raise
             log.warning("playbook %s: step %s: %s; done by an earlier run, so skipped",
                         self.book.name, step.key, exc)
@@ -885,14 +995,14 @@ class _Runner:
         if isinstance(value, str):
             parts = _parse_template(value)
             if len(parts) == 1 and isinstance(parts[0], _Ref):
-                return self._lookup(parts[0])
+                return self._charge(self._lookup(parts[0]))
             out: list[str] = []
             placeholder = False
             for part in parts:
                 if isinstance(part, _Ref):
                     v = self._lookup(part)
                     placeholder = placeholder or _has_placeholder(v)
-                    out.append(str(v))
+                    out.append(self._charge(str(v)))
                 else:
                     out.append(part)
             text = "".join(out)
@@ -901,6 +1011,29 @@ class _Runner:
             return {k: self._resolve(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._resolve(v) for v in value]
+        return value
+
+    def _charge(self, value: Any) -> Any:
+        """Counts what a reference resolved to against the run's bounds and returns it.
+
+        The file's own size is bounded at load, but a reference copies a value each time it
+        is used (a long var pasted 2,000 times into one string, a big list used by every
+        step); every later walk of the arguments is paid for here, once.
+        """
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            self.resolved_values += 1
+            if isinstance(item, str):
+                self.resolved_chars += len(item)
+            elif isinstance(item, Mapping):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+            problem = _over_limits(self.resolved_values, self.resolved_chars)
+            if problem:
+                raise _LimitError(f"the ${{...}} references of this run resolve to {problem}")
         return value
 
     def _lookup(self, ref: _Ref) -> Any:
@@ -952,11 +1085,12 @@ class _Runner:
             raise ValueError(f"wait: expected true or false, got {_describe(value)}")
         if key == "timeout":
             try:
-                seconds = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"timeout: expected seconds, got {_describe(value)}") from None
-            if seconds <= 0:
-                raise ValueError(f"timeout: expected a positive number of seconds, got {value}")
+                seconds = check_timeout(float(value) if isinstance(value, str) else value)
+            except (ValueError, ValidationError):  # NaN or inf would wait forever
+                seconds = None
+            if not seconds:
+                raise ValueError(f"timeout: expected a positive number of seconds, got "
+                                 f"{_describe(value)}")
             return seconds
         return value  # assert properties: compared as they are
 
