@@ -707,7 +707,8 @@ void Engine::Delete(const std::string& account, const std::string& image_id) {
 }
 
 void Engine::Export(const std::string& account, const std::string& image_id,
-                    const fs::path& path, const CancelToken* cancel, const ProgressFn& progress) {
+                    const fs::path& path, const CancelToken* cancel, const ProgressFn& progress,
+                    bool force) {
   Image image;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
@@ -746,7 +747,7 @@ void Engine::Export(const std::string& account, const std::string& image_id,
   }
   CancelToken stop(cancel);
   try {
-    ExportFromStore(*store, *manifest, path, stop, progress);
+    ExportFromStore(*store, *manifest, path, stop, progress, force);
   } catch (const Cancelled&) {
     ThrowCode(codes::kTransferFailed, "the export of image " + image.id + " to " + Quote(text) +
                                           " was stopped before it finished; the file was left "
