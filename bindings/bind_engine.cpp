@@ -235,16 +235,17 @@ void BindEngine(py::module_& m) {
       .def(
           "export",
           [](Engine& self, const std::string& account, const std::string& image_id,
-             const std::filesystem::path& path, std::optional<py::function> progress) {
+             const std::filesystem::path& path, std::optional<py::function> progress,
+             bool force) {
             ProgressRelay relay(progress);
             RunInterruptible(
                 [&](const CancelToken* cancel) {
-                  self.Export(account, image_id, path, cancel, relay.sink());
+                  self.Export(account, image_id, path, cancel, relay.sink(), force);
                 },
                 relay.tick());
           },
           py::arg("account"), py::arg("image_id"), py::arg("path"),
-          py::arg("progress") = py::none())
+          py::arg("progress") = py::none(), py::arg("force") = false)
       .def(
           "verify",
           [](Engine& self, const std::string& account, const std::string& image_id,

@@ -719,7 +719,8 @@ void Engine::Delete(const std::string& account, const std::string& image_id) {
 }
 
 void Engine::Export(const std::string& account, const std::string& image_id,
-                    const fs::path& path, const CancelToken* cancel, const ProgressFn& progress) {
+                    const fs::path& path, const CancelToken* cancel, const ProgressFn& progress,
+                    bool force) {
   Image image;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
@@ -754,7 +755,7 @@ void Engine::Export(const std::string& account, const std::string& image_id,
   const Manifest manifest = impl_->LoadManifest(image, *store);
   CancelToken stop(cancel);
   try {
-    ExportFromStore(*store, manifest, path, stop, progress);
+    ExportFromStore(*store, manifest, path, stop, progress, force);
   } catch (const DamagedChunkError& e) {
     impl_->NoteDamage(e, image.region, *store);
     throw;

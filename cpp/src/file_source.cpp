@@ -1,6 +1,8 @@
 // ByteSource over a local file or block device, with hole detection through SEEK_DATA.
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +26,52 @@ constexpr uint64_t kNoEnd = std::numeric_limits<uint64_t>::max();
   throw ValidationError(codes::kInvalidParameter, message);
 }
 
+// The bytes a regular file or a block device holds now (st_size is 0 for a block device).
+// Returns 0 or an errno value.
+int CurrentSize(int fd, uint64_t* size) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return errno;
+  off_t end = S_ISBLK(st.st_mode) ? ::lseek(fd, 0, SEEK_END) : st.st_size;
+  if (end < 0) return errno;
+  *size = static_cast<uint64_t>(end);
+  return 0;
+}
+
+// The name of the pseudo file system `fd` lives on, or nullptr for one that stores bytes.
+// Their files are kernel state, not images, and their sizes lie: proc's are 0 bytes yet read
+// as text, sysfs's are 4096 whatever they hold. (tmpfs and devtmpfs store bytes: allowed.)
+const char* PseudoFileSystem(int fd) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) != 0) return nullptr;
+  switch (static_cast<uint32_t>(fs.f_type)) {
+    case PROC_SUPER_MAGIC: return "proc";
+    case SYSFS_MAGIC: return "sysfs";
+    case DEBUGFS_MAGIC: return "debugfs";
+    case TRACEFS_MAGIC: return "tracefs";
+    case SECURITYFS_MAGIC: return "securityfs";
+    case CGROUP_SUPER_MAGIC:
+    case CGROUP2_SUPER_MAGIC: return "cgroup";
+    case BPF_FS_MAGIC: return "bpf";
+    case PSTOREFS_MAGIC: return "pstore";
+    case EFIVARFS_MAGIC: return "efivarfs";
+    case SELINUX_MAGIC: return "selinuxfs";
+    case SMACK_MAGIC: return "smackfs";
+    case BINFMTFS_MAGIC: return "binfmt_misc";
+    case NSFS_MAGIC: return "nsfs";
+    case ANON_INODE_FS_MAGIC: return "anon_inodefs";
+    default: return nullptr;
+  }
+}
+
+// Refuses anything but a regular file or a block device, naming what it is.
+void RequireImageFileType(const std::string& p, mode_t mode) {
+  if (S_ISDIR(mode)) Invalid(p + " is a directory; give the path of an image file");
+  if (!S_ISREG(mode) && !S_ISBLK(mode)) {
+    Invalid(p + " is " + std::string(FileTypeName(mode)) +
+            ", not a regular file or a block device; copy the image to a file first");
+  }
+}
+
 class FileSource : public ByteSource {
  public:
   FileSource(UniqueFd fd, uint64_t size, std::string path)
@@ -36,6 +84,25 @@ class FileSource : public ByteSource {
   }
 
   bool ConcurrentReads() const override { return true; }
+
+  // Reading stops at size(): that the file still ends there is checked once it is read.
+  void CheckUnchanged() override {
+    uint64_t now = 0;
+    int err = CurrentSize(fd_.get(), &now);
+    char probe;
+    ssize_t beyond = 0;  // bytes found past the old end
+    if (err == 0) beyond = ::pread(fd_.get(), &probe, 1, static_cast<off_t>(size_));
+    if (err == 0 && beyond < 0) err = errno;
+    if (err != 0) {
+      throw TransferError(codes::kTransferFailed,
+                          "cannot check the end of " + path_ + ": " + ErrnoText(err));
+    }
+    if (now == size_ && beyond == 0) return;
+    throw TransferError(codes::kTransferFailed,
+                        path_ + " changed while it was read: it had " + std::to_string(size_) +
+                            " bytes and now has " + std::to_string(now) +
+                            "; import it again once nothing writes to it");
+  }
 
   uint64_t size() const override { return size_; }
   std::string describe() const override { return path_; }
@@ -138,26 +205,27 @@ std::unique_ptr<ByteSource> OpenFileSource(const std::filesystem::path& path) {
     Invalid("cannot access image file " + p + ": " + ErrnoText(err) +
             "; check the path and its permissions");
   }
-  if (S_ISDIR(st.st_mode)) Invalid(p + " is a directory; give the path of an image file");
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-    Invalid(p + " is not a regular file or a block device; copy the image to a file first");
-  }
+  // Checked before open too: opening a FIFO or a device can block or act on the device.
+  RequireImageFileType(p, st.st_mode);
   // O_NONBLOCK: should the path have been swapped for a FIFO since stat, open must not hang.
   UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) {
     Invalid("cannot open image file " + p + ": " + ErrnoText(errno) +
             "; make it readable by this user");
   }
-  if (::fstat(fd.get(), &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
-    Invalid(p + " is not a regular file or a block device; copy the image to a file first");
+  if (::fstat(fd.get(), &st) != 0) {
+    Invalid("cannot access image file " + p + ": " + ErrnoText(errno));
+  }
+  RequireImageFileType(p, st.st_mode);
+  if (const char* pseudo = PseudoFileSystem(fd.get())) {
+    Invalid(p + " is on " + pseudo + ", a pseudo file system whose files are kernel state, " +
+            "not an image; copy the image to a regular file first");
   }
   ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
 
-  uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (S_ISBLK(st.st_mode)) {
-    off_t end = ::lseek(fd.get(), 0, SEEK_END);
-    if (end < 0) Invalid("cannot tell the size of block device " + p + ": " + ErrnoText(errno));
-    size = static_cast<uint64_t>(end);
+  uint64_t size = 0;
+  if (int err = CurrentSize(fd.get(), &size); err != 0) {
+    Invalid("cannot tell the size of " + p + ": " + ErrnoText(err));
   }
   ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   return std::make_unique<FileSource>(std::move(fd), size, p);

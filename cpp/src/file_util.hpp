@@ -58,6 +58,10 @@ int FsyncDir(const std::filesystem::path& dir);
 std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
                                 std::span<const std::byte> data, mode_t mode = 0644);
 
+// What kind of file `mode` (st_mode) describes, for messages: "a regular file", "a directory",
+// "a symbolic link", "a FIFO", "a socket", "a character device", "a block device".
+std::string_view FileTypeName(mode_t mode);
+
 // True if the string holds a NUL byte (never valid in a path).
 inline bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
 

@@ -1,19 +1,26 @@
 #include "imagerelay/image_io.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <semaphore>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -486,16 +493,17 @@ struct ExportWriter {
 // Removes the temporary file unless the export committed it.
 class TempFileGuard {
  public:
-  explicit TempFileGuard(std::filesystem::path path) : path_(std::move(path)) {}
+  TempFileGuard(int dir_fd, std::string name) : dir_fd_(dir_fd), name_(std::move(name)) {}
   ~TempFileGuard() {
-    if (!path_.empty()) ::unlink(path_.c_str());
+    if (!name_.empty()) ::unlinkat(dir_fd_, name_.c_str(), 0);
   }
   TempFileGuard(const TempFileGuard&) = delete;
   TempFileGuard& operator=(const TempFileGuard&) = delete;
-  void Commit() { path_.clear(); }
+  void Commit() { name_.clear(); }
 
  private:
-  std::filesystem::path path_;
+  int dir_fd_;
+  std::string name_;
 };
 
 [[noreturn]] void ExportFailed(const std::filesystem::path& path, const std::string& what,
@@ -505,12 +513,154 @@ class TempFileGuard {
                                                   "; check free space and permissions");
 }
 
+[[noreturn]] void ExportRefused(const std::string& message) {
+  throw ValidationError(codes::kInvalidParameter, message);
+}
+
+// An export writes a temporary file beside its target (so that the rename stays in one file
+// system), named for whoever lists the directory to see what it is and whose:
+// ".<target>.imagerelay-export-<pid>.partial".
+constexpr std::string_view kExportTempTag = ".imagerelay-export-";
+constexpr std::string_view kExportTempEnd = ".partial";
+constexpr size_t kExportTempStem = 200;  // of the target's name: the whole fits in NAME_MAX
+
+std::string ExportTempName(const std::string& target, pid_t pid) {
+  std::string name = ".";
+  name.append(target, 0, kExportTempStem);
+  name += kExportTempTag;
+  name += std::to_string(pid);
+  name += kExportTempEnd;
+  return name;
+}
+
+// The writer's pid if `name` is the name of an export's temporary file.
+std::optional<pid_t> ExportTempWriter(std::string_view name) {
+  if (!name.starts_with('.') || !name.ends_with(kExportTempEnd)) return std::nullopt;
+  name.remove_suffix(kExportTempEnd.size());
+  const size_t tag = name.rfind(kExportTempTag);
+  if (tag == std::string_view::npos || tag == 0) return std::nullopt;
+  const std::string_view digits = name.substr(tag + kExportTempTag.size());
+  pid_t pid = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+  if (ec != std::errc() || end != digits.data() + digits.size() || pid <= 0) return std::nullopt;
+  return pid;
+}
+
+// True if process `pid` exists on this host (EPERM: it does, as another user).
+bool ProcessExists(pid_t pid) { return ::kill(pid, 0) == 0 || errno == EPERM; }
+
+// True if `name`, an export's temporary file written by `writer`, is a leftover of an export
+// that was killed. A live writer holds an exclusive flock on its temporary file until the
+// rename. A live pid (not ours) is enough to leave the file alone; the lock also tells this
+// process's exports in flight from the leftover of an earlier process that had our pid, and
+// protects a writer whose pid this host's check cannot see (another pid namespace).
+bool IsStaleExportTemp(int dir_fd, const std::string& name, pid_t writer) {
+  const bool ours = writer == ::getpid();
+  if (!ours && ProcessExists(writer)) return false;
+  struct stat st;
+  if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
+    return false;  // not a file this code wrote
+  }
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) return !ours;  // the lock cannot be probed: the pid decides
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return true;  // nobody writes it
+  return errno != EWOULDBLOCK && !ours;                        // held: a writer is at work
+}
+
+// Within this process, a temporary file must never be seen between its creation and its lock
+// (it would look like a leftover): creating and cleaning up take turns.
+std::mutex export_temp_mutex;
+
+// Removes, best effort, the leftovers of killed exports in the directory, then creates and
+// locks this export's temporary file.
+UniqueFd CreateExportTemp(int dir_fd, const std::filesystem::path& dir, const std::string& tmp,
+                          mode_t mode, const std::filesystem::path& path) {
+  std::lock_guard lock(export_temp_mutex);
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const std::optional<pid_t> writer = ExportTempWriter(name);
+    if (writer && IsStaleExportTemp(dir_fd, name, *writer)) ::unlinkat(dir_fd, name.c_str(), 0);
+  }
+  UniqueFd fd(::openat(dir_fd, tmp.c_str(),
+                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+  if (!fd) {
+    const int err = errno;
+    const std::string shown = (dir / tmp).string();
+    if (err == EEXIST) {
+      throw TransferError(codes::kTransferFailed,
+                          "cannot export to " + path.string() + ": " + shown + " exists: " +
+                              "another export to it is running in this process; wait for it");
+    }
+    ExportFailed(path, "cannot create " + shown, err);
+  }
+  ::flock(fd.get(), LOCK_EX | LOCK_NB);  // if the file system has no locks, the pid tells
+  return fd;
+}
+
+// What an export to `name` would replace: nothing (nullopt), or the regular file there when
+// `force` allows it. Refuses, naming it, a symbolic link (even a dangling one: an export
+// never writes through a link), anything that is not a regular file (a device node, FIFO,
+// socket or directory is never replaced) and, without `force`, an existing file.
+std::optional<struct stat> CheckExportTarget(int dir_fd, const std::string& name,
+                                             const std::filesystem::path& path, bool force) {
+  struct stat st;
+  if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return std::nullopt;
+    ExportFailed(path, "cannot inspect it", errno);
+  }
+  const std::string shown = path.string();
+  if (S_ISLNK(st.st_mode)) {
+    ExportRefused("cannot export to " + shown + ": it is a symbolic link, and an export never " +
+                  "writes through one; give the path of the file itself");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ExportRefused("cannot export to " + shown + ": it is " + std::string(FileTypeName(st.st_mode)) +
+                  ", and an export writes only regular files; give another path");
+  }
+  if (!force) ExportRefused(shown + " exists; pass --force (force=True) to overwrite it");
+  return st;
+}
+
+// A replaced file keeps its mode, and its owner when this process may give it (root). Set on
+// the temporary file (created 0600, so its bytes are never more readable than the old file's)
+// before the rename; the owner first, as chown clears set-user-ID and set-group-ID.
+void KeepModeAndOwner(int fd, const struct stat& old, const std::filesystem::path& path,
+                      const std::filesystem::path& tmp) {
+  if (::geteuid() == 0 && ::fchown(fd, old.st_uid, old.st_gid) != 0) {
+    ExportFailed(path, "cannot give " + tmp.string() + " the owner of the file it replaces", errno);
+  }
+  if (::fchmod(fd, old.st_mode & 07777) != 0) {
+    ExportFailed(path, "cannot give " + tmp.string() + " the mode of the file it replaces", errno);
+  }
+}
+
+// Renames the finished temporary file to the target, which is checked again first: it may
+// have changed during the export. Where nothing is to be replaced, RENAME_NOREPLACE makes sure
+// nothing that appears meanwhile is (a file system without it gets the check alone).
+void CommitExport(int dir_fd, const std::string& tmp, const std::string& name,
+                  const std::filesystem::path& path, bool force) {
+  if (!CheckExportTarget(dir_fd, name, path, force)) {
+    if (::renameat2(dir_fd, tmp.c_str(), dir_fd, name.c_str(), RENAME_NOREPLACE) == 0) return;
+    if (errno == EEXIST) {
+      // Something appeared: refused, unless a regular file that `force` lets it replace.
+      CheckExportTarget(dir_fd, name, path, force);
+    } else if (errno != EINVAL) {
+      ExportFailed(path, "cannot rename " + tmp + " to it", errno);
+    }
+  }
+  if (::renameat(dir_fd, tmp.c_str(), dir_fd, name.c_str()) != 0) {
+    ExportFailed(path, "cannot rename " + tmp + " over it", errno);
+  }
+}
+
 }  // namespace
 
 Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
                        const CancelToken& cancel, const ProgressFn& progress) {
   Importer importer(source, store, options, cancel, progress);
   Manifest manifest = importer.Run();
+  source.CheckUnchanged();  // not an image of a file that changed under the reader
   store.Flush();  // every chunk it names is durable and visible when the import returns
   return manifest;
 }
@@ -596,7 +746,7 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
 }
 
 void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,
-                     const CancelToken& cancel, const ProgressFn& progress) {
+                     const CancelToken& cancel, const ProgressFn& progress, bool force) {
   ValidateManifest(manifest);
   if (path.empty() || HasNul(path.native())) {
     throw ValidationError(codes::kInvalidParameter,
@@ -609,19 +759,23 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   }
   std::filesystem::path dir = path.parent_path();
   if (dir.empty()) dir = ".";
-  const std::filesystem::path tmp = dir / TempName(path.filename().string());
-
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!fd) {
+  const std::string name = path.filename().string();
+  // The directory is opened once; the target and the temporary file are named within it.
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) {
     int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       throw ValidationError(codes::kInvalidParameter,
                             "cannot export to " + path.string() + ": directory " +
                                 dir.string() + " does not exist; create it first");
     }
-    ExportFailed(path, "cannot create " + tmp.string(), err);
+    ExportFailed(path, "cannot open directory " + dir.string(), err);
   }
-  TempFileGuard guard(tmp);
+  const std::optional<struct stat> replaced = CheckExportTarget(dir_fd.get(), name, path, force);
+  const std::string tmp_name = ExportTempName(name, ::getpid());
+  const std::filesystem::path tmp = dir / tmp_name;
+  UniqueFd fd = CreateExportTemp(dir_fd.get(), dir, tmp_name, replaced ? 0600 : 0644, path);
+  TempFileGuard guard(dir_fd.get(), tmp_name);
   // Zero chunks are never written: they stay holes of the truncated file.
   if (::ftruncate(fd.get(), static_cast<off_t>(manifest.size)) != 0) {
     ExportFailed(path, "cannot size " + tmp.string(), errno);
@@ -646,7 +800,8 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   // Chunk offsets are aligned; a last chunk's unaligned tail goes through `fd`.
   UniqueFd direct_fd;
   if (manifest.chunk_size % kDirectIoAlign == 0) {
-    direct_fd = UniqueFd(::open(tmp.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT));
+    direct_fd = UniqueFd(
+        ::openat(dir_fd.get(), tmp_name.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_DIRECT));
   }
   ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd)};
 
@@ -688,13 +843,13 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   }
   if (cancel.cancelled()) throw Cancelled{};
 
+  if (replaced) KeepModeAndOwner(fd.get(), *replaced, path, tmp);
   if (::fsync(fd.get()) != 0) ExportFailed(path, "cannot fsync " + tmp.string(), errno);
-  if (int err = fd.Close(); err != 0) ExportFailed(path, "cannot close " + tmp.string(), err);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    ExportFailed(path, "cannot rename " + tmp.string() + " over it", errno);
-  }
+  // `fd` stays open, locked, until after the rename: closed before, the temporary file would
+  // look like a leftover to another export's clean-up. fsync has reported any write error.
+  CommitExport(dir_fd.get(), tmp_name, name, path, force);
   guard.Commit();
-  if (int err = FsyncDir(dir); err != 0) ExportFailed(path, "cannot fsync " + dir.string(), err);
+  if (::fsync(dir_fd.get()) != 0) ExportFailed(path, "cannot fsync " + dir.string(), errno);
   throttle.Report(prog);
 }
 

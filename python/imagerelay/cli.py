@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
              "imagerelay export m-3k9x2q7a /tmp/golden.raw")
     ex.add_argument("image")
     ex.add_argument("path")
+    ex.add_argument("--force", action="store_true",
+                    help="overwrite PATH if it is an existing file (never a link or device)")
     vf = add("verify", "re-read an image's bytes and check them against its digest",
              "imagerelay verify m-3k9x2q7a")
     vf.add_argument("image")
@@ -349,7 +351,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         cloud.delete_image(args.image)
         out.emit({"deleted": args.image}, lambda: f"deleted {args.image}")
     elif cmd == "export":
-        path = cloud.export_image(args.image, args.path, progress=out.bars)
+        path = cloud.export_image(args.image, args.path, progress=out.bars, force=args.force)
         out.emit({"image": args.image, "path": path}, lambda: f"wrote {path}")
     elif cmd == "verify":
         digest = cloud.verify_image(args.image, progress=out.bars)

@@ -212,15 +212,18 @@ class Cloud:
         self._engine.delete(self.account, image_id)
 
     def export_image(self, image_id: str, path: str | os.PathLike[str], *,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, force: bool = False) -> Path:
         """Writes the image's bytes to ``path`` (sparse where chunks are zero).
 
+        ``path`` must not exist, unless ``force=True``: then an existing regular file is
+        replaced and keeps its mode (and owner, as root). A symbolic link, device node, FIFO,
+        socket or directory is never written (``ValidationError``, ``InvalidParameter``).
         ``progress=True`` shows a progress bar (tqdm: terminal and Jupyter). Ctrl-C stops
         the export and leaves ``path`` as it was.
         """
         target = Path(path)
         with bar_callback(f"export {image_id} -> {target.name}", progress) as report:
-            self._engine.export(self.account, image_id, target, report)
+            self._engine.export(self.account, image_id, target, report, force=force)
         return target
 
     def verify_image(self, image_id: str, *, progress: bool = False) -> str:

@@ -140,9 +140,10 @@ class Image:
     def delete(self) -> None:
         self._cloud.delete_image(self.id)
 
-    def export(self, path: str | Path, *, progress: bool = False) -> Path:
-        """Writes the image's bytes to ``path``; ``progress=True`` shows a progress bar."""
-        return self._cloud.export_image(self.id, path, progress=progress)
+    def export(self, path: str | Path, *, progress: bool = False, force: bool = False) -> Path:
+        """Writes the image's bytes to ``path``, a new file unless ``force=True`` (see
+        ``Cloud.export_image``); ``progress=True`` shows a progress bar."""
+        return self._cloud.export_image(self.id, path, progress=progress, force=force)
 
     def verify(self, *, progress: bool = False) -> str:
         """Checks every stored byte against the digest; returns it (IntegrityError if not).

@@ -32,7 +32,9 @@ copy or a share, also after a run that failed or was killed half-way:
   is gone; ``cancel`` does nothing if the copy was already cancelled.
 - ``export`` is skipped when the state records it done and the file is still there with the
   image's size; otherwise the image is exported again (exporting is cheap, and it is the
-  way to get the file back).
+  way to get the file back). It overwrites a file that it wrote in an earlier run (also of
+  another image, after its arguments changed), and any other existing file only with
+  ``force: true``, as ``imagerelay export --force``.
 - ``wait`` and ``assert`` change nothing. One that passed before with the same arguments
   is skipped, unless an earlier step of this run changed something; then it checks again.
 - ``delete`` treats an image the acting account cannot see as gone (the engine answers
@@ -144,7 +146,7 @@ STEP_KINDS: dict[str, _Spec] = {
     "share": _Spec(required=("image", "accounts")),
     "unshare": _Spec(required=("image", "accounts")),
     "rename": _Spec(required=("image", "name")),
-    "export": _Spec(required=("image", "path")),
+    "export": _Spec(required=("image", "path"), optional=("force",)),
     "delete": _Spec(required=("image",)),
     "assert": _Spec(required=("image",), optional=ASSERT_PROPERTIES),
 }
@@ -829,6 +831,11 @@ class _State:
         record = (entry.get("runs") or {}).get(fingerprint)
         return record, entry.get("last") == fingerprint
 
+    def done_outputs(self, key: str) -> list[dict[str, Any]]:
+        """The outputs of this step's runs that completed, whatever their arguments."""
+        runs = (self.data["steps"].get(key) or {}).get("runs") or {}
+        return [r.get("output") for r in runs.values() if r.get("status") == DONE]
+
     def put(self, key: str, fingerprint: str, record: dict[str, Any]) -> None:
         if not self.writable:
             return
@@ -1077,12 +1084,12 @@ class _Runner:
             if key in ("source", "path") and not (key == "source" and _URL_RE.match(value)):
                 return str(self.book.base_dir / Path(value).expanduser())
             return value
-        if key == "wait":
+        if key in ("wait", "force"):
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
                 return value.lower() in ("true", "yes")
-            raise ValueError(f"wait: expected true or false, got {_describe(value)}")
+            raise ValueError(f"{key}: expected true or false, got {_describe(value)}")
         if key == "timeout":
             try:
                 seconds = check_timeout(float(value) if isinstance(value, str) else value)
@@ -1404,7 +1411,9 @@ class _Runner:
         if self.dry_run:
             return path, DRY_RUN, f"would export {image.id} to {path}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = c.export_image(image.id, path)
+        # A file this step wrote in an earlier run (of any image) is its own to overwrite.
+        own = self._encode(path) in self.state.done_outputs(ctx.step.key)
+        written = c.export_image(image.id, path, force=bool(a.get("force")) or own)
         self._save(ctx, DONE, written)
         return written, DONE, f"exported {image.id} to {written} ({image.size} bytes)"
 

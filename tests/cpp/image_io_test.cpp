@@ -1,13 +1,19 @@
 #include "imagerelay/image_io.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -88,13 +94,14 @@ struct Roundtrip {
   std::string exported;
 };
 
-Roundtrip ImportAndExport(const fs::path& file, LocalStore& store, const fs::path& out) {
+Roundtrip ImportAndExport(const fs::path& file, LocalStore& store, const fs::path& out,
+                          bool force = false) {
   Roundtrip r;
   CancelToken cancel;
   auto source = OpenFileSource(file);
   r.manifest = ImportToStore(*source, store, SmallChunks(), cancel,
                              [&](const IoProgress& p) { r.last_import_progress = p; });
-  ExportFromStore(store, r.manifest, out, cancel, nullptr);
+  ExportFromStore(store, r.manifest, out, cancel, nullptr, force);
   r.exported = ReadFile(out);
   return r;
 }
@@ -128,7 +135,7 @@ TEST(ImageIoTest, OddSizeRoundTrips) {
   for (uint64_t size : {uint64_t{1}, kChunk - 1, kChunk + 1, 7 * kChunk + 12345}) {
     const std::string bytes = RandomBytes(size, static_cast<uint32_t>(size));
     WriteFile(dir / "in.img", bytes);
-    Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+    Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img", /*force=*/true);
     EXPECT_EQ(r.exported, bytes) << size;
     EXPECT_EQ(r.manifest.digest, "sha256:" + Sha256Hex(bytes.data(), bytes.size()));
     EXPECT_EQ(r.manifest.chunks.size(), (size + kChunk - 1) / kChunk);
@@ -148,7 +155,7 @@ TEST(ImageIoTest, ChunkSizesOffTheDiskBlockRoundTrip) {
     CancelToken cancel;
     auto source = OpenFileSource(dir / "in.img");
     Manifest manifest = ImportToStore(*source, store, options, cancel, nullptr);
-    ExportFromStore(store, manifest, dir / "out.img", cancel, nullptr);
+    ExportFromStore(store, manifest, dir / "out.img", cancel, nullptr, /*force=*/true);
     EXPECT_EQ(ReadFile(dir / "out.img"), bytes) << chunk;
   }
 }
@@ -360,7 +367,7 @@ TEST(ImageIoTest, ExportReplacesAnExistingFileAtomically) {
   const std::string bytes = RandomBytes(3 * kChunk, 1);
   WriteFile(dir / "in.img", bytes);
   WriteFile(dir / "out.img", RandomBytes(50 * kChunk, 2));
-  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img");
+  Roundtrip r = ImportAndExport(dir / "in.img", store, dir / "out.img", /*force=*/true);
   EXPECT_EQ(r.exported, bytes);
 }
 
@@ -504,6 +511,227 @@ TEST(ImageIoTest, OpenFileSourceRejectsWhatIsNotAnImageFile) {
         EXPECT_NE(e.message().find(path.string()), std::string::npos) << e.message();
       }
     }
+  }
+}
+
+// -- what an export may write over (issue #11) ------------------------------------------------
+
+Manifest ImportBytes(LocalStore& store, const fs::path& file, const std::string& bytes) {
+  WriteFile(file, bytes);
+  CancelToken cancel;
+  auto source = OpenFileSource(file);
+  return ImportToStore(*source, store, SmallChunks(), cancel, nullptr);
+}
+
+// The message of the ValidationError(InvalidParameter) that exporting to `target` throws, or
+// "" with a test failure if it throws none.
+std::string ExportRefusal(LocalStore& store, const Manifest& m, const fs::path& target,
+                          bool force) {
+  CancelToken cancel;
+  try {
+    ExportFromStore(store, m, target, cancel, nullptr, force);
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    EXPECT_NE(e.message().find(target.string()), std::string::npos) << e.message();
+    return e.message();
+  }
+  ADD_FAILURE() << "exported to " << target << (force ? " with" : " without") << " force";
+  return "";
+}
+
+mode_t ModeOf(const fs::path& path) {
+  struct stat st;
+  EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+  return st.st_mode;
+}
+
+TEST(ImageIoTest, ExportRefusesAnExistingFileWithoutForce) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(3 * kChunk + 5, 1);
+  Manifest m = ImportBytes(store, dir / "in.img", bytes);
+  WriteFile(dir / "out.img", "keep me");
+  const std::string message = ExportRefusal(store, m, dir / "out.img", false);
+  EXPECT_NE(message.find("exists; pass --force (force=True) to overwrite it"), std::string::npos)
+      << message;
+  EXPECT_EQ(ReadFile(dir / "out.img"), "keep me");
+  EXPECT_EQ(FilesIn(dir.path()), 3u);  // in, out, store: no temporary file left
+
+  CancelToken cancel;
+  ExportFromStore(store, m, dir / "out.img", cancel, nullptr, /*force=*/true);
+  EXPECT_EQ(ReadFile(dir / "out.img"), bytes);
+}
+
+TEST(ImageIoTest, ExportWithForceKeepsTheModeAndOwnerOfTheFileItReplaces) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  const std::string bytes = RandomBytes(2 * kChunk, 1);
+  Manifest m = ImportBytes(store, dir / "in.img", bytes);
+  for (mode_t mode : {mode_t{0600}, mode_t{0640}, mode_t{0755}}) {
+    WriteFile(dir / "out.img", "secret");
+    ASSERT_EQ(::chmod((dir / "out.img").c_str(), mode), 0);
+    const bool root = ::geteuid() == 0;
+    if (root) ASSERT_EQ(::chown((dir / "out.img").c_str(), 4321, 4322), 0);
+    CancelToken cancel;
+    ExportFromStore(store, m, dir / "out.img", cancel, nullptr, /*force=*/true);
+    EXPECT_EQ(ReadFile(dir / "out.img"), bytes);
+    struct stat st;
+    ASSERT_EQ(::stat((dir / "out.img").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, mode) << std::oct << mode;
+    if (root) {
+      EXPECT_EQ(st.st_uid, 4321u);
+      EXPECT_EQ(st.st_gid, 4322u);
+    }
+  }
+}
+
+TEST(ImageIoTest, ExportNeverWritesThroughASymlinkNorOverASpecialFile) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  Manifest m = ImportBytes(store, dir / "in.img", RandomBytes(2 * kChunk, 1));
+  WriteFile(dir / "victim", "victim");
+  fs::create_symlink(dir / "victim", dir / "link");
+  fs::create_symlink(dir / "nowhere", dir / "dangling");
+  fs::create_directory(dir / "subdir");
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0644), 0);
+  {
+    int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    ASSERT_GE(s, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string sock = (dir / "sock").string();
+    ASSERT_LT(sock.size(), sizeof(addr.sun_path));
+    std::memcpy(addr.sun_path, sock.c_str(), sock.size() + 1);
+    ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::close(s);
+  }
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"link", "symbolic link"}, {"dangling", "symbolic link"}, {"subdir", "a directory"},
+      {"fifo", "a FIFO"},        {"sock", "a socket"}};
+  if (::geteuid() == 0) {  // as /dev/full, which an export as root used to replace
+    ASSERT_EQ(::mknod((dir / "full").c_str(), S_IFCHR | 0666, makedev(1, 7)), 0);
+    cases.emplace_back("full", "a character device");
+  }
+  for (const auto& [name, what] : cases) {
+    const mode_t before = ModeOf(dir / name);
+    for (bool force : {false, true}) {
+      const std::string message = ExportRefusal(store, m, dir / name, force);
+      EXPECT_NE(message.find(what), std::string::npos) << message;
+      EXPECT_EQ(ModeOf(dir / name), before) << name;  // still there, of the same kind
+    }
+  }
+  EXPECT_EQ(ReadFile(dir / "victim"), "victim");
+  EXPECT_FALSE(fs::exists(dir / "nowhere"));
+  EXPECT_EQ(fs::read_symlink(dir / "link"), dir / "victim");
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    EXPECT_EQ(e.path().filename().string().find("partial"), std::string::npos) << e.path();
+  }
+}
+
+// Chunks come back slowly, so that an export is still running when a test acts.
+class SlowReadStore : public LocalStore {
+ public:
+  using LocalStore::LocalStore;
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                const CancelToken* cancel = nullptr) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    LocalStore::GetChunk(hash, out, cancel);
+  }
+};
+
+TEST(ImageIoTest, KilledExportLeavesANamedTemporaryThatTheNextExportRemoves) {
+  ScratchDir dir;
+  SlowReadStore store(dir / "store");
+  const std::string bytes = RandomBytes(40 * kChunk, 1);
+  Manifest m = ImportBytes(store, dir / "in.img", bytes);
+  WriteFile(dir / "out.img", "old");
+
+  // A child process exports over out.img and is killed (SIGKILL) in the middle.
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    CancelToken cancel;
+    try {
+      ExportFromStore(store, m, dir / "out.img", cancel,
+                      [](const IoProgress&) { ::kill(::getpid(), SIGKILL); }, true);
+    } catch (...) {
+    }
+    ::_exit(3);  // not killed: the parent's checks fail
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  const fs::path leftover =
+      dir / (".out.img.imagerelay-export-" + std::to_string(child) + ".partial");
+  ASSERT_TRUE(fs::exists(leftover));
+  EXPECT_EQ(ReadFile(dir / "out.img"), "old");  // an interrupted export leaves it as it was
+
+  // Others beside it: a live process's (the parent of this test), this process's own left by
+  // an earlier process that had its pid (nobody holds its lock), and files not of an export.
+  const fs::path live =
+      dir / (".a.img.imagerelay-export-" + std::to_string(::getppid()) + ".partial");
+  const fs::path own =
+      dir / (".b.img.imagerelay-export-" + std::to_string(::getpid()) + ".partial");
+  const std::vector<fs::path> unrelated = {dir / ".c.img.imagerelay-export-x1.partial",
+                                           dir / "d.partial", dir / ".tmp-e"};
+  for (const auto& p : {live, own}) WriteFile(p, "partial");
+  for (const auto& p : unrelated) WriteFile(p, "mine");
+
+  CancelToken cancel;
+  ExportFromStore(store, m, dir / "other.img", cancel, nullptr);  // another target, same dir
+  EXPECT_FALSE(fs::exists(leftover));
+  EXPECT_FALSE(fs::exists(own));
+  EXPECT_TRUE(fs::exists(live));
+  for (const auto& p : unrelated) EXPECT_TRUE(fs::exists(p)) << p;
+  EXPECT_EQ(ReadFile(dir / "other.img"), bytes);
+}
+
+// -- what an import may read (issue #11) ------------------------------------------------------
+
+TEST(ImageIoTest, OpenFileSourceRefusesPseudoFileSystemsAndSpecialFiles) {
+  std::vector<std::pair<fs::path, std::string>> cases = {
+      {"/proc/cpuinfo", "proc"}, {"/proc/self/mem", "proc"}, {"/dev/null", "a character device"}};
+  for (const char* sys :
+       {"/sys/kernel/mm/transparent_hugepage/enabled", "/sys/kernel/uevent_seqnum"}) {
+    if (fs::is_regular_file(sys)) cases.emplace_back(sys, "sysfs");
+  }
+  ScratchDir dir;
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0644), 0);
+  cases.emplace_back(dir / "fifo", "a FIFO");
+  for (const auto& [path, what] : cases) {
+    try {
+      OpenFileSource(path);
+      ADD_FAILURE() << "opened " << path;
+    } catch (const ValidationError& e) {
+      EXPECT_EQ(e.code(), codes::kInvalidParameter);
+      EXPECT_NE(e.message().find(path.string() + " is"), std::string::npos) << e.message();
+      EXPECT_NE(e.message().find(what), std::string::npos) << e.message();
+    }
+  }
+}
+
+TEST(ImageIoTest, ImportFailsWhenTheFileChangesSizeWhileRead) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  CancelToken cancel;
+  // Grown: the bytes past the size taken at open would be left out.
+  WriteFile(dir / "grows.img", RandomBytes(4 * kChunk, 1));
+  auto grows = OpenFileSource(dir / "grows.img");
+  std::ofstream(dir / "grows.img", std::ios::app) << "more";
+  EXPECT_THROW(ImportToStore(*grows, store, SmallChunks(), cancel, nullptr), TransferError);
+
+  // Truncated: the data past the new end now looks like a hole, and would be read as zeros.
+  WriteSparseFile(dir / "shrinks.img", 20 * kChunk,
+                  {{0, RandomBytes(kChunk, 2)}, {19 * kChunk, RandomBytes(kChunk, 3)}});
+  auto shrinks = OpenFileSource(dir / "shrinks.img");
+  fs::resize_file(dir / "shrinks.img", kChunk);
+  try {
+    ImportToStore(*shrinks, store, SmallChunks(), cancel, nullptr);
+    FAIL() << "imported a file that was truncated while read";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kTransferFailed);
+    EXPECT_NE(e.message().find((dir / "shrinks.img").string() + " changed"), std::string::npos)
+        << e.message();
   }
 }
 

@@ -491,6 +491,24 @@ def test_rename_export_verify_delete(home: Path, tmp_path: Path) -> None:
     fails(home, "NoSuchImage", "export", image_id, str(tmp_path / "again.raw"))
 
 
+def test_export_refuses_an_existing_file_unless_force(home: Path, tmp_path: Path) -> None:
+    source = make_image(tmp_path / "a.raw")
+    image_id = import_image(home, source)
+    target = tmp_path / "exported.raw"
+    target.write_bytes(b"keep me")
+    message = fails(home, "InvalidParameter", "export", image_id, str(target))
+    assert str(target) in message and "--force" in message, message
+    assert target.read_bytes() == b"keep me"
+    assert run(home, "export", image_id, str(target), "--force", inproc=True).data == \
+        {"image": image_id, "path": str(target)}
+    assert target.read_bytes() == source.read_bytes()
+    link = tmp_path / "link.raw"
+    link.symlink_to(target)
+    assert "symbolic link" in fails(home, "InvalidParameter", "export", image_id, str(link),
+                                    "--force")
+    assert link.is_symlink() and target.read_bytes() == source.read_bytes()
+
+
 # -- events --------------------------------------------------------------------------------
 def test_events(shared: dict[str, Any]) -> None:
     home, image_id = shared["home"], shared["image"]["id"]

@@ -415,6 +415,45 @@ def test_every_step_kind_and_rerun(cloud: ir.Cloud, tmp_path: Path) -> None:
     assert [s.status for s in dry.steps] == ["skipped"] * 10
 
 
+EXPORTS = """
+    name: exports
+    vars: {image_file: v1.raw, force: false}
+    steps:
+      - id: img
+        import: {source: "${vars.image_file}", region: bj, name: img}
+      - id: mine
+        export: {image: "${img.id}", path: mine.raw}
+      - id: theirs
+        export: {image: "${img.id}", path: theirs.raw, force: "${vars.force}"}
+"""
+
+
+def test_export_step_overwrites_its_own_file_and_others_only_with_force(
+        cloud: ir.Cloud, tmp_path: Path) -> None:
+    d = tmp_path / "exports"
+    d.mkdir()
+    v1 = make_dense(d / "v1.raw", 100 * KiB)
+    v2 = make_dense(d / "v2.raw", 120 * KiB)
+    (d / "theirs.raw").write_bytes(b"not the playbook's")
+    book = write(d / "exports.yaml", EXPORTS)
+    with pytest.raises(ir.ValidationError) as info:
+        ir.Playbook.load(book).run(cloud)
+    assert info.value.code == "InvalidParameter"
+    assert "step theirs (export)" in info.value.message and "--force" in info.value.message
+    assert (d / "mine.raw").read_bytes() == v1.read_bytes()
+    assert (d / "theirs.raw").read_bytes() == b"not the playbook's"
+
+    ir.Playbook.load(book).run(cloud, vars={"force": "true"})
+    assert (d / "theirs.raw").read_bytes() == v1.read_bytes()
+    # Re-runs write the playbook's own files again: damaged, or of another image.
+    (d / "mine.raw").write_bytes(b"damaged")
+    result = ir.Playbook.load(book).run(cloud, vars={"force": "true"})
+    assert statuses(result)["mine"] == "done"
+    assert (d / "mine.raw").read_bytes() == v1.read_bytes()
+    result = ir.Playbook.load(book).run(cloud, vars={"image_file": "v2.raw"})
+    assert statuses(result) == {"img": "done", "mine": "done", "theirs": "done"}
+    assert (d / "mine.raw").read_bytes() == (d / "theirs.raw").read_bytes() == v2.read_bytes()
+
 def test_cancel_steps(home: Path, tmp_path: Path) -> None:
     cloud = ir.open(home, limits=ir.Limits(chunk_size=CHUNK, bandwidth=256 * KiB))
     try:

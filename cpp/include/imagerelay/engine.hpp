@@ -110,10 +110,11 @@ class Engine {
   void Delete(const std::string& account, const std::string& image_id);
   // `cancel` stops an export early (Error(Transfer.Failed); `path` is left as it was) and a
   // verification (Error(Transfer.Failed), nothing recorded). An export's `progress` is
-  // called from its thread about every 100 ms.
+  // called from its thread about every 100 ms. An export writes only a new regular file, or
+  // with `force` replaces an existing one (ExportFromStore): never a link, device or FIFO.
   void Export(const std::string& account, const std::string& image_id,
               const std::filesystem::path& path, const CancelToken* cancel = nullptr,
-              const ProgressFn& progress = {});
+              const ProgressFn& progress = {}, bool force = false);
   // Re-reads every chunk of the image from its region, checks each against its name and the
   // whole against the image's digest; returns the digest, throws IntegrityError otherwise.
   // `progress` is called from its thread about every 100 ms.

@@ -30,10 +30,16 @@ class ByteSource {
   // True if ReadAt may be called from several threads at once (for different ranges);
   // import then reads chunks in parallel. Otherwise one thread reads, in order.
   virtual bool ConcurrentReads() const { return false; }
+  // Called once every byte has been read: throws TransferError if the source turned out not
+  // to hold exactly size() bytes (a file truncated or grown while it was read, whose holes
+  // past a new end would otherwise read as zeros). By default the size is trusted.
+  virtual void CheckUnchanged() {}
 };
 
-// Opens a regular file; throws ValidationError(InvalidParameter) naming the path when it is
-// missing, a directory, or unreadable.
+// Opens a regular file or a block device; throws ValidationError(InvalidParameter) naming the
+// path when it is missing, unreadable, of another kind (a directory, FIFO, socket, character
+// device) or on a pseudo file system (proc, sysfs, ...: their sizes say nothing of what
+// reading them yields).
 std::unique_ptr<ByteSource> OpenFileSource(const std::filesystem::path& path);
 
 // An http://, https:// or s3:// URL (s3://bucket/key?endpoint=...&region=..., credentials
@@ -84,7 +90,12 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
 // Writes the image to `path` atomically (temporary file, fsync, rename): byte-identical,
 // with holes where chunks are zero. Every chunk is checked against its hash
 // (TransferError/IntegrityError on mismatch). Throws Cancelled if the token fires.
+// Writes only regular files: a new one, or with `force` an existing one, which keeps its mode
+// (and owner, as root). Refuses with ValidationError(InvalidParameter) an existing `path`
+// without `force`, and always a symbolic link or anything but a regular file. The temporary
+// file is ".<name>.imagerelay-export-<pid>.partial" beside `path`; those of killed exports
+// in that directory are removed.
 void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,
-                     const CancelToken& cancel, const ProgressFn& progress);
+                     const CancelToken& cancel, const ProgressFn& progress, bool force = false);
 
 }  // namespace imagerelay

@@ -1,0 +1,160 @@
+"""What an export may write over and what an import may read (issue #11).
+
+An export writes only regular files: a new one, or an existing one with ``force=True``
+(``--force``), which keeps its mode and owner; never through a symbolic link, never over a
+device node, FIFO, socket or directory. Its temporary file says what it is and whose, and
+the leftover of a killed export goes at the next export to that directory. An import reads
+only a regular file or a block device, never a pseudo file system, and fails rather than
+store a short image.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CHUNK, assert_error, make_dense
+
+import imagerelay as ir
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def image(cloud: ir.Cloud, files: Path) -> ir.Image:
+    return cloud.import_image(make_dense(files / "src.raw", 5 * CHUNK + 17), region="bj",
+                              name="img")
+
+
+def _refused(excinfo: pytest.ExceptionInfo[ir.ImageRelayError], path: Path, *words: str) -> None:
+    assert_error(excinfo, ir.ValidationError, "InvalidParameter", 400)
+    message = excinfo.value.message
+    assert str(path) in message, message
+    for word in words:
+        assert word in message, message
+
+
+# -- export: existing files -------------------------------------------------------------------
+def test_export_refuses_an_existing_file_without_force(cloud: ir.Cloud, image: ir.Image,
+                                                       files: Path) -> None:
+    out = files / "out.raw"
+    out.write_bytes(b"keep me")
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.export_image(image.id, out)
+    _refused(excinfo, out, "exists; pass --force (force=True) to overwrite it")
+    with pytest.raises(ir.ImageRelayError):
+        image.export(out)
+    assert out.read_bytes() == b"keep me"
+
+    assert image.export(out, force=True) == out
+    assert out.read_bytes() == (files / "src.raw").read_bytes()
+    assert cloud.export_image(image.id, out, force=True) == out
+    assert sorted(p.name for p in files.iterdir()) == ["out.raw", "src.raw"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o751])
+def test_export_with_force_keeps_the_mode_and_owner(cloud: ir.Cloud, image: ir.Image,
+                                                    files: Path, mode: int) -> None:
+    out = files / "out.raw"
+    out.write_bytes(b"secret")
+    out.chmod(mode)
+    if IS_ROOT:
+        os.chown(out, 4321, 4322)
+    cloud.export_image(image.id, out, force=True)
+    st = out.stat()
+    assert stat.S_IMODE(st.st_mode) == mode
+    if IS_ROOT:
+        assert (st.st_uid, st.st_gid) == (4321, 4322)
+    assert out.read_bytes() == (files / "src.raw").read_bytes()
+
+
+# -- export: what is never written ------------------------------------------------------------
+def _special_files(d: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (path, what the refusal calls it), each made in ``d``."""
+    (d / "victim").write_bytes(b"victim")
+    (d / "link").symlink_to(d / "victim")
+    (d / "dangling").symlink_to(d / "nowhere")
+    os.mkfifo(d / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock"))
+    sock.close()
+    made = {"link": "symbolic link", "dangling": "symbolic link", "fifo": "a FIFO",
+            "sock": "a socket"}
+    if IS_ROOT:  # the node of /dev/full, which an export as root used to replace
+        os.mknod(d / "full", 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+        made["full"] = "a character device"
+    return {name: (d / name, what) for name, what in made.items()}
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_export_never_writes_through_a_symlink_nor_over_a_special_file(
+        cloud: ir.Cloud, image: ir.Image, files: Path, force: bool) -> None:
+    special = files / "special"
+    special.mkdir()
+    cases = _special_files(special)
+    for name, (path, what) in cases.items():
+        before = os.lstat(path)
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            cloud.export_image(image.id, path, force=force)
+        _refused(excinfo, path, what)
+        after = os.lstat(path)
+        assert (stat.S_IFMT(after.st_mode), after.st_ino) == \
+            (stat.S_IFMT(before.st_mode), before.st_ino), name
+    assert (special / "victim").read_bytes() == b"victim"
+    assert not (special / "nowhere").exists()
+    assert os.readlink(special / "link") == str(special / "victim")
+    assert sorted(p.name for p in special.iterdir()) == sorted(["victim", *cases])
+
+
+# -- export: what killed exports leave (the C++ test kills one; here, what they look like) ----
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_export_removes_what_dead_exports_left_and_nothing_else(
+        cloud: ir.Cloud, image: ir.Image, files: Path) -> None:
+    out = files / "out"
+    out.mkdir()
+    stale = out / f".a.raw.imagerelay-export-{_dead_pid()}.partial"
+    live = out / f".b.raw.imagerelay-export-{os.getppid()}.partial"
+    unrelated = [out / ".c.raw.imagerelay-export-.partial", out / "d.partial",
+                 out / f"e.raw.imagerelay-export-{_dead_pid()}.partial"]
+    for p in (stale, live, *unrelated):
+        p.write_bytes(b"x" * 1000)
+    cloud.export_image(image.id, out / "a.raw")
+    assert not stale.exists()
+    assert live.exists()
+    assert all(p.exists() for p in unrelated)
+    assert (out / "a.raw").read_bytes() == (files / "src.raw").read_bytes()
+
+
+# -- import: what is never read -----------------------------------------------------------------
+@pytest.mark.parametrize("source", ["/proc/cpuinfo", "/proc/self/mem", "/proc/self/status",
+                                    "/sys/kernel/mm/transparent_hugepage/enabled"])
+def test_import_refuses_pseudo_file_systems(cloud: ir.Cloud, source: str) -> None:
+    if not os.path.isfile(source):
+        pytest.skip(f"{source} is not here")
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.import_image(source, region="bj", name="kernel")
+    _refused(excinfo, Path(source), "pseudo file system")
+    assert cloud.images(image_type="Custom") == []
+
+
+def test_import_refuses_special_files(cloud: ir.Cloud, files: Path) -> None:
+    os.mkfifo(files / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(files / "sock"))
+    sock.close()
+    cases = {files / "fifo": "a FIFO", files / "sock": "a socket",
+             Path("/dev/zero"): "a character device", files: "a directory"}
+    for path, what in cases.items():
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            cloud.import_image(path, region="bj", name="special")
+        _refused(excinfo, path, what)
+    assert cloud.images(image_type="Custom") == []
