@@ -467,6 +467,9 @@ bool Engine::Impl::RunOneClaim() {
       }
       TaskEvent event = task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
       if (!tx.TransitionTask(task.dest_image_id, task.state, event)) continue;
+      // Its writer stopped mid-copy (maybe killed): the sweep after this copy removes the
+      // temporary files it left.
+      if (event == TaskEvent::kTakeOver) tx.SetSweepNeeded(task.region, true);
       Task claimed = task;
       claimed.state = TaskState::kRunning;
       claimed.lease_owner = worker_id;
