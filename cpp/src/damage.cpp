@@ -115,7 +115,7 @@ void Engine::Impl::OnStoreDamage(const std::string& store_uri, const std::string
 void Engine::Impl::MarkImagesNeeding(const std::string& region, Store& store,
                                      const std::string& hash, const std::string& why) {
   std::vector<Image> images;
-  catalog->Read([&](CatalogTx& tx) { images = tx.ListImages({.region = region}); });
+  catalog->Read([&](CatalogTx& tx) { images = tx.ListImages({.region = region, .name = std::nullopt}); });
   for (const Image& image : images) {
     if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
       continue;
@@ -201,7 +201,7 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
   std::vector<Image> images;
   std::vector<Region> others;
   catalog->Read([&](CatalogTx& tx) {
-    images = tx.ListImages({.region = region});
+    images = tx.ListImages({.region = region, .name = std::nullopt});
     for (auto& r : tx.ListRegions()) {
       if (r.id != region) others.push_back(std::move(r));
     }

@@ -1,18 +1,22 @@
 #include "file_util.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <new>
 #include <random>
 
+#include "imagerelay/sha256.hpp"
 #include "unique_fd.hpp"
 
 namespace imagerelay {
@@ -31,15 +35,55 @@ std::string ErrnoText(int err) {
   return StrerrorResult(strerror_r(err, buf, sizeof(buf)), buf);
 }
 
+namespace {
+
+// Where a pid names one process: this boot of this machine (its boot id, else its host
+// name) and this process's pid namespace (containers on one machine have their own).
+const std::string& WriterTag() {
+  static const std::string tag = [] {
+    std::string where;
+    std::getline(std::ifstream("/proc/sys/kernel/random/boot_id"), where);
+    if (where.empty()) {
+      char host[256] = {};
+      ::gethostname(host, sizeof(host) - 1);
+      where = host;
+    }
+    char ns[64];
+    ssize_t n = ::readlink("/proc/self/ns/pid", ns, sizeof(ns));
+    if (n > 0) where.append(ns, static_cast<size_t>(n));
+    return Sha256Hex(where.data(), where.size()).substr(0, 8);
+  }();
+  return tag;
+}
+
+}  // namespace
+
 std::string TempName(std::string_view stem) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  char suffix[48];
-  std::snprintf(suffix, sizeof(suffix), "-%d-%016llx", static_cast<int>(::getpid()),
-                static_cast<unsigned long long>(rng()));
+  char suffix[64];
+  std::snprintf(suffix, sizeof(suffix), "-%s-%d-%016llx", WriterTag().c_str(),
+                static_cast<int>(::getpid()), static_cast<unsigned long long>(rng()));
   std::string name(kTempPrefix);
   name += stem;
   name += suffix;
   return name;
+}
+
+bool TempWriterIsGone(std::string_view name) {
+  if (!name.starts_with(kTempPrefix)) return false;
+  // "-<writer>-<pid>-<random>" from the end: the stem may hold '-' itself.
+  const size_t random_dash = name.rfind('-');
+  if (random_dash == std::string_view::npos || random_dash == 0) return false;
+  const size_t pid_dash = name.rfind('-', random_dash - 1);
+  if (pid_dash == std::string_view::npos || pid_dash == 0) return false;
+  const size_t writer_dash = name.rfind('-', pid_dash - 1);
+  if (writer_dash == std::string_view::npos) return false;
+  if (name.substr(writer_dash + 1, pid_dash - writer_dash - 1) != WriterTag()) return false;
+  const std::string_view digits = name.substr(pid_dash + 1, random_dash - pid_dash - 1);
+  pid_t pid = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+  if (ec != std::errc() || end != digits.data() + digits.size() || pid <= 0) return false;
+  return ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 int PwriteAll(int fd, const void* data, size_t len, off_t offset) {
@@ -122,12 +166,22 @@ int FsyncDir(const std::filesystem::path& dir) {
 
 std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
                                 std::span<const std::byte> data, mode_t mode) {
-  const std::filesystem::path tmp = dir / TempName(name);
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return "cannot open " + dir.string() + ": " + ErrnoText(errno);
+  return WriteFileAtomicallyAt(dir_fd.get(), dir, name, data, mode);
+}
+
+std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
+                                  const std::string& name, std::span<const std::byte> data,
+                                  mode_t mode) {
+  const std::string tmp_name = TempName(name);
+  const std::filesystem::path tmp = dir / tmp_name;
+  UniqueFd fd(::openat(dir_fd, tmp_name.c_str(),
+                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (!fd) return "cannot create " + tmp.string() + ": " + ErrnoText(errno);
   auto fail = [&](const std::string& what, int err) {
     fd.reset();
-    ::unlink(tmp.c_str());
+    ::unlinkat(dir_fd, tmp_name.c_str(), 0);
     return what + ": " + ErrnoText(err);
   };
   if (int err = PwriteAll(fd.get(), data.data(), data.size(), 0); err != 0) {
@@ -135,13 +189,11 @@ std::string WriteFileAtomically(const std::filesystem::path& dir, const std::str
   }
   if (::fsync(fd.get()) != 0) return fail("cannot fsync " + tmp.string(), errno);
   if (int err = fd.Close(); err != 0) return fail("cannot close " + tmp.string(), err);
-  const std::filesystem::path final_path = dir / name;
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    return fail("cannot rename " + tmp.string() + " to " + final_path.string(), errno);
+  // renameat replaces a link named `name` rather than writing where it points.
+  if (::renameat(dir_fd, tmp_name.c_str(), dir_fd, name.c_str()) != 0) {
+    return fail("cannot rename " + tmp.string() + " to " + (dir / name).string(), errno);
   }
-  if (int err = FsyncDir(dir); err != 0) {
-    return "cannot fsync " + dir.string() + ": " + ErrnoText(err);
-  }
+  if (::fsync(dir_fd) != 0) return "cannot fsync " + dir.string() + ": " + ErrnoText(errno);
   return "";
 }
 

@@ -41,8 +41,15 @@ inline constexpr std::string_view kTempPrefix = ".tmp-";
 std::string ErrnoText(int err);
 
 // A fresh temporary file name for `stem` in the same directory:
-// ".tmp-<stem>-<pid>-<random hex>".
+// ".tmp-<stem>-<writer>-<pid>-<random hex>", where <writer> is 8 hex digits that stand for
+// this boot of this machine and this process's pid namespace: where <pid> names the writer.
 std::string TempName(std::string_view stem);
+
+// True if `name` is a TempName whose writer is gone: made in this boot of this machine and
+// pid namespace by a process that no longer exists, so that its file is garbage at once.
+// False when that cannot be told (another machine's writer, a name of an older release):
+// such a file is only garbage once it is old.
+bool TempWriterIsGone(std::string_view name);
 
 // Full-length pwrite/pread, retrying on EINTR. Return 0 or an errno value; PreadAll returns
 // -1 when the file ends first.
@@ -57,6 +64,11 @@ int FsyncDir(const std::filesystem::path& dir);
 // why (the temporary file is removed).
 std::string WriteFileAtomically(const std::filesystem::path& dir, const std::string& name,
                                 std::span<const std::byte> data, mode_t mode = 0644);
+// The same in the directory open at `dir_fd` (not O_PATH); `dir` only names it in messages.
+// Follows no symbolic link in place of the temporary file or `name`.
+std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
+                                  const std::string& name, std::span<const std::byte> data,
+                                  mode_t mode = 0644);
 
 // What kind of file `mode` (st_mode) describes, for messages: "a regular file", "a directory",
 // "a symbolic link", "a FIFO", "a socket", "a character device", "a block device".

@@ -1,5 +1,6 @@
 #include "local_store.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,7 +12,10 @@
 #include <new>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <system_error>
+
+#include <nlohmann/json.hpp>
 
 #include "file_util.hpp"
 #include "imagerelay/error.hpp"
@@ -36,7 +40,14 @@ int Stamp(int fd) {
   const timespec times[2] = {{0, UTIME_OMIT}, kVerifiedStamp};
   return ::futimens(fd, times) == 0 ? 0 : errno;
 }
-constexpr auto kStaleTempAge = std::chrono::hours(1);
+// Temporary files whose writer cannot be told gone (TempWriterIsGone) wait this long.
+constexpr time_t kStaleTempAgeSeconds = 3600;
+constexpr const char* kChunksDir = "chunks";
+constexpr const char* kManifestsDir = "manifests";
+constexpr const char* kImagesDir = "images";
+constexpr const char* kQuarantineDir = "quarantine";  // damaged chunks kept for inspection
+constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+constexpr int kStoreMarkerVersion = 1;
 
 bool IsLowerHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
@@ -85,6 +96,103 @@ void RequireImageId(const std::string& id) {
   throw TransferError(codes::kTransferFailed, what);
 }
 
+[[noreturn]] void NotAStore(const std::string& uri, const fs::path& root,
+                            const std::string& why) {
+  throw TransferError(codes::kStoreUnavailable,
+                      "region store " + uri + " is unavailable: " + root.string() +
+                          " is not an imagerelay store: " + why +
+                          "; give a new or empty directory, or one that holds a store");
+}
+
+// `path` could not be opened as a directory of the store (`err` from open).
+[[noreturn]] void NotADirectory(const std::string& uri, const fs::path& path, int err) {
+  struct stat st;
+  if ((err == ENOTDIR || err == ELOOP) && ::lstat(path.c_str(), &st) == 0) {
+    const char* what = S_ISLNK(st.st_mode) ? " is a symbolic link" : " is not a directory";
+    throw TransferError(codes::kStoreUnavailable,
+                        "region store " + uri + " is unavailable: " + path.string() + what +
+                            "; a store keeps its files in real directories below its root "
+                            "and never follows a link out of it: put a directory there (move "
+                            "in what the link points to), or change the region's store URI");
+  }
+  Unavailable(uri, path, "cannot open " + path.string() + ": " + ErrnoText(err));
+}
+
+enum class EntryKind { kFile, kDirectory, kOther };
+struct DirEntry {
+  std::string name;
+  EntryKind kind;  // as lstat tells it: a symbolic link is kOther
+};
+
+// The entries of the directory open at `dir_fd`, or an errno value.
+int ListDirectory(int dir_fd, std::vector<DirEntry>& out) {
+  // fdopendir owns the fd it is given and reads from its offset: a fresh one.
+  int fd = ::openat(dir_fd, ".", kDirFlags);
+  if (fd < 0) return errno;
+  DIR* dir = ::fdopendir(fd);
+  if (dir == nullptr) {
+    int err = errno;
+    ::close(fd);
+    return err;
+  }
+  std::unique_ptr<DIR, int (*)(DIR*)> closer(dir, &::closedir);
+  for (;;) {
+    errno = 0;
+    const dirent* entry = ::readdir(dir);
+    if (entry == nullptr) return errno;
+    std::string_view name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    EntryKind kind = entry->d_type == DT_REG ? EntryKind::kFile
+                     : entry->d_type == DT_DIR ? EntryKind::kDirectory
+                                               : EntryKind::kOther;
+    struct stat st;
+    if (entry->d_type == DT_UNKNOWN &&
+        ::fstatat(dir_fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      kind = S_ISREG(st.st_mode) ? EntryKind::kFile
+             : S_ISDIR(st.st_mode) ? EntryKind::kDirectory
+                                   : EntryKind::kOther;
+    }
+    out.push_back({std::string(name), kind});
+  }
+}
+
+bool IsPrefixName(std::string_view name) {
+  return name.size() == 2 && IsLowerHex(name[0]) && IsLowerHex(name[1]);
+}
+
+// Calls fn(prefix, fd) for every chunk prefix directory in the directory open at
+// `chunks_fd` that is a real directory: a link in place of one is skipped, never followed.
+// Returns 0 or an errno value.
+template <typename Fn>
+int ForEachPrefixDir(int chunks_fd, Fn fn) {
+  std::vector<DirEntry> entries;
+  if (int err = ListDirectory(chunks_fd, entries); err != 0) return err;
+  for (const DirEntry& entry : entries) {
+    if (entry.kind != EntryKind::kDirectory || !IsPrefixName(entry.name)) continue;
+    UniqueFd fd(::openat(chunks_fd, entry.name.c_str(), kDirFlags | O_NOFOLLOW));
+    if (fd) fn(entry.name, fd.get());
+  }
+  return 0;
+}
+
+// Best effort: temporary files left by writers that died, at once when the writer is known
+// to be gone, else once old (it may be another machine's writer, still at work).
+void RemoveStaleTemps(int dir_fd) {
+  std::vector<DirEntry> entries;
+  if (ListDirectory(dir_fd, entries) != 0) return;
+  const time_t now = std::time(nullptr);
+  for (const DirEntry& entry : entries) {
+    if (entry.kind != EntryKind::kFile || !entry.name.starts_with(kTempPrefix)) continue;
+    struct stat st;
+    if (!TempWriterIsGone(entry.name) &&
+        (::fstatat(dir_fd, entry.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+         now - st.st_mtime < kStaleTempAgeSeconds)) {
+      continue;
+    }
+    ::unlinkat(dir_fd, entry.name.c_str(), 0);
+  }
+}
+
 }  // namespace
 
 bool IsChunkHash(std::string_view s) {
@@ -98,29 +206,99 @@ bool IsImageId(std::string_view s) {
   });
 }
 
-LocalStore::LocalStore(fs::path root, std::string uri)
-    : root_(std::move(root)),
-      chunks_dir_(root_ / "chunks"),
-      manifests_dir_(root_ / "manifests"),
-      images_dir_(root_ / "images"),
-      uri_(uri.empty() ? root_.string() : std::move(uri)) {}
-
-fs::path LocalStore::ChunkDir(const std::string& hash) const {
-  return chunks_dir_ / hash.substr(0, 2);
+std::string StoreMarkerText() {
+  return R"({"format": "imagerelay-store", "version": )" + std::to_string(kStoreMarkerVersion) +
+         "}\n";
 }
+
+std::string CheckStoreMarker(std::string_view text) {
+  const auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object() || json.value("format", "") != "imagerelay-store" ||
+      !json.contains("version") || !json["version"].is_number_integer()) {
+    return "its " + std::string(kStoreMarker) + " is not an imagerelay store marker";
+  }
+  if (const auto version = json["version"].get<int64_t>(); version > kStoreMarkerVersion) {
+    return "its " + std::string(kStoreMarker) + " says store format version " +
+           std::to_string(version) + ", newer than this release knows (" +
+           std::to_string(kStoreMarkerVersion) + "); upgrade imagerelay";
+  }
+  return "";
+}
+
+bool IsStoreDirName(std::string_view name) {
+  return name == kChunksDir || name == kManifestsDir || name == kImagesDir;
+}
+
+std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
+  if (foreign.empty()) return "";
+  std::sort(foreign.begin(), foreign.end());
+  std::string listed;
+  for (size_t i = 0; i < std::min<size_t>(foreign.size(), 3); ++i) {
+    listed += (i == 0 ? "" : ", ") + Quote(foreign[i]);
+  }
+  if (foreign.size() > 3) listed += " and " + std::to_string(foreign.size() - 3) + " more";
+  return "it holds " + listed + " and no " + std::string(kStoreMarker);
+}
+
+LocalStore::LocalStore(fs::path root, std::string uri)
+    : root_(std::move(root)), uri_(uri.empty() ? root_.string() : std::move(uri)) {}
 
 fs::path LocalStore::ChunkPath(const std::string& hash) const {
   RequireHash(hash);
-  return ChunkDir(hash) / hash;
+  return root_ / kChunksDir / hash.substr(0, 2) / hash;
 }
 
-void LocalStore::EnsureDir(const fs::path& dir, std::atomic<bool>& known) {
-  if (known.load(std::memory_order_acquire)) return;
+UniqueFd LocalStore::OpenRoot() const {
+  UniqueFd fd(::open(root_.c_str(), kDirFlags));
+  if (!fd) Unavailable(uri_, root_, "cannot open " + root_.string() + ": " + ErrnoText(errno));
+  return fd;
+}
+
+UniqueFd LocalStore::OpenStoreDir(const char* sub, const std::string& inner) const {
+  // The root's own path may lead through links; `sub` and `inner` may not (O_NOFOLLOW).
+  fs::path path = root_ / sub;
+  UniqueFd fd(::open(path.c_str(), kDirFlags | O_NOFOLLOW));
+  int err = errno;
+  if (fd && !inner.empty()) {
+    path /= inner;
+    int inner_fd = ::openat(fd.get(), inner.c_str(), kDirFlags | O_NOFOLLOW);
+    err = errno;
+    fd.reset(inner_fd);
+  }
+  if (fd || err == ENOENT) return fd;
+  NotADirectory(uri_, path, err);
+}
+
+UniqueFd LocalStore::OpenChunkDir(const std::string& hash) const {
+  RequireHash(hash);
+  return OpenStoreDir(kChunksDir, hash.substr(0, 2));
+}
+
+void LocalStore::EnsureRoot() {
+  if (root_known_.load(std::memory_order_acquire)) return;
   std::error_code ec;
-  bool created = fs::create_directories(dir, ec);
-  if (ec) Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ec.message());
+  bool created = fs::create_directories(root_, ec);
+  if (ec) {
+    Unavailable(uri_, root_, "cannot create directory " + root_.string() + ": " + ec.message());
+  }
   // A new directory entry must survive a crash like any file we rename into it.
-  if (created) FsyncDir(dir.parent_path());
+  if (created) FsyncDir(root_.parent_path());
+  root_known_.store(true, std::memory_order_release);
+}
+
+void LocalStore::EnsureDir(const char* sub, std::atomic<bool>& known) {
+  if (known.load(std::memory_order_acquire)) return;
+  EnsureRoot();
+  UniqueFd root = OpenRoot();
+  if (::mkdirat(root.get(), sub, 0755) == 0) {
+    ::fsync(root.get());
+  } else if (errno != EEXIST) {
+    Unavailable(uri_, root_ / sub,
+                "cannot create directory " + (root_ / sub).string() + ": " + ErrnoText(errno));
+  }
+  if (!OpenStoreDir(sub)) {  // throws if not a real directory
+    Unavailable(uri_, root_ / sub, (root_ / sub).string() + " vanished as it was created");
+  }
   known.store(true, std::memory_order_release);
 }
 
@@ -128,99 +306,143 @@ void LocalStore::EnsureDir(const fs::path& dir, std::atomic<bool>& known) {
 // an fsync of chunks/ for nearly every chunk of a first import.
 void LocalStore::EnsureChunkDirs() {
   if (chunk_dirs_known_.load(std::memory_order_acquire)) return;
-  EnsureDir(root_, root_known_);
-  EnsureDir(chunks_dir_, chunks_known_);
+  EnsureDir(kChunksDir, chunks_known_);
+  UniqueFd chunks = OpenStoreDir(kChunksDir);
+  if (!chunks) Unavailable(uri_, root_ / kChunksDir, (root_ / kChunksDir).string() + " vanished");
   bool created = false;
   for (int i = 0; i < 256; ++i) {
     char prefix[3];
     std::snprintf(prefix, sizeof(prefix), "%02x", i);
-    const fs::path dir = chunks_dir_ / prefix;
-    if (::mkdir(dir.c_str(), 0755) == 0) {
+    struct stat st;
+    if (::mkdirat(chunks.get(), prefix, 0755) == 0) {
       created = true;
     } else if (errno != EEXIST) {
-      Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ErrnoText(errno));
+      Unavailable(uri_, root_ / kChunksDir / prefix,
+                  "cannot create directory " + (root_ / kChunksDir / prefix).string() + ": " +
+                      ErrnoText(errno));
+    } else if (::fstatat(chunks.get(), prefix, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+               !S_ISDIR(st.st_mode)) {
+      NotADirectory(uri_, root_ / kChunksDir / prefix, ENOTDIR);
     }
   }
-  if (created) FsyncDir(chunks_dir_);
+  if (created) ::fsync(chunks.get());
   chunk_dirs_known_.store(true, std::memory_order_release);
 }
 
-void LocalStore::Check() {
-  for (const fs::path& dir : {root_, chunks_dir_, manifests_dir_, images_dir_}) {
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    if (ec) {
-      Unavailable(uri_, dir, "cannot create directory " + dir.string() + ": " + ec.message());
+void LocalStore::ClaimRoot(int root_fd) {
+  UniqueFd marker(::openat(root_fd, kStoreMarker.data(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (marker) {
+    char text[4096];
+    ssize_t n = ::pread(marker.get(), text, sizeof(text), 0);
+    if (n < 0) {
+      Unavailable(uri_, root_, "cannot read " + (root_ / kStoreMarker).string() + ": " +
+                                   ErrnoText(errno));
     }
-    if (!fs::is_directory(dir, ec)) Unavailable(uri_, dir, dir.string() + " is not a directory");
+    std::string problem = CheckStoreMarker(std::string_view(text, static_cast<size_t>(n)));
+    if (!problem.empty()) NotAStore(uri_, root_, problem);
+    return;
   }
-  for (const fs::path& dir : {chunks_dir_, manifests_dir_, images_dir_}) {
-    const fs::path probe = dir / TempName("probe");
-    UniqueFd fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (errno != ENOENT) {
+    NotAStore(uri_, root_, "its " + std::string(kStoreMarker) + " cannot be read (" +
+                               ErrnoText(errno) + ")");
+  }
+  // No marker: a new or empty directory, or a store of an earlier release.
+  std::vector<DirEntry> entries;
+  if (int err = ListDirectory(root_fd, entries); err != 0) {
+    Unavailable(uri_, root_, "cannot list " + root_.string() + ": " + ErrnoText(err));
+  }
+  std::vector<std::string> foreign;
+  for (const DirEntry& entry : entries) {
+    const bool ours =
+        entry.kind == EntryKind::kDirectory
+            ? IsStoreDirName(entry.name) || entry.name == "lost+found"  // a new file system's
+            : entry.kind == EntryKind::kFile && entry.name.starts_with(kTempPrefix);
+    if (!ours) foreign.push_back(entry.name);
+  }
+  if (std::string problem = ForeignEntriesProblem(std::move(foreign)); !problem.empty()) {
+    NotAStore(uri_, root_, problem);
+  }
+  const std::string text = StoreMarkerText();
+  std::string error = WriteFileAtomicallyAt(root_fd, root_, std::string(kStoreMarker),
+                                            std::as_bytes(std::span(text)));
+  if (!error.empty()) Unavailable(uri_, root_, error);
+}
+
+void LocalStore::Check() {
+  // The store may have been removed and made again since we last looked: check anew.
+  root_known_ = chunks_known_ = manifests_known_ = images_known_ = false;
+  chunk_dirs_known_ = false;
+  EnsureRoot();
+  ClaimRoot(OpenRoot().get());
+  EnsureDir(kChunksDir, chunks_known_);
+  EnsureDir(kManifestsDir, manifests_known_);
+  EnsureDir(kImagesDir, images_known_);
+  for (const char* sub : {kChunksDir, kManifestsDir, kImagesDir}) {
+    const fs::path dir = root_ / sub;
+    UniqueFd dir_fd = OpenStoreDir(sub);
+    const std::string probe = TempName("probe");
+    UniqueFd fd(::openat(dir_fd.get(), probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                         0644));
     if (!fd) {
       Unavailable(uri_, dir, "cannot create a file in " + dir.string() + ": " + ErrnoText(errno));
     }
     int err = PwriteAll(fd.get(), "x", 1, 0);
     if (err == 0) err = fd.Close();
-    ::unlink(probe.c_str());
+    ::unlinkat(dir_fd.get(), probe.c_str(), 0);
     if (err != 0) {
-      Unavailable(uri_, dir, "cannot write to " + probe.string() + ": " + ErrnoText(err));
+      Unavailable(uri_, dir, "cannot write to " + (dir / probe).string() + ": " + ErrnoText(err));
     }
   }
-  root_known_ = chunks_known_ = manifests_known_ = images_known_ = true;
-  // The store may have been removed and made again since we last looked: check anew.
-  chunk_dirs_known_ = false;
   EnsureChunkDirs();
-
 }
 
 void LocalStore::RemoveLeftovers() {
-  RemoveStaleTemps(root_);
-  RemoveStaleTemps(manifests_dir_);
-  RemoveStaleTemps(images_dir_);
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(chunks_dir_, ec)) {
-    if (entry.is_directory(ec)) RemoveStaleTemps(entry.path());
+  try {
+    if (UniqueFd root{::open(root_.c_str(), kDirFlags)}) RemoveStaleTemps(root.get());
+    for (const char* sub : {kManifestsDir, kImagesDir}) {
+      if (UniqueFd dir = OpenStoreDir(sub)) RemoveStaleTemps(dir.get());
+    }
+    if (UniqueFd chunks = OpenStoreDir(kChunksDir)) {
+      ForEachPrefixDir(chunks.get(), [](const std::string&, int fd) { RemoveStaleTemps(fd); });
+    }
+  } catch (const TransferError&) {
+    // Best effort: a directory that is not a real one is the next Check's to report.
   }
 }
 
-// Best effort: temporary files left by a process killed mid-write.
-void LocalStore::RemoveStaleTemps(const fs::path& dir) {
-  std::error_code ec;
-  const auto cutoff = fs::file_time_type::clock::now() - kStaleTempAge;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (!entry.path().filename().string().starts_with(kTempPrefix)) continue;
-    std::error_code time_ec;
-    auto mtime = fs::last_write_time(entry.path(), time_ec);
-    if (!time_ec && mtime < cutoff) fs::remove(entry.path(), time_ec);
-  }
-}
-
-bool LocalStore::HasChunk(const std::string& hash, const CancelToken* /*cancel*/) {
-  const fs::path path = ChunkPath(hash);
+std::optional<struct stat> LocalStore::ChunkFileStat(int dir_fd, const std::string& hash) {
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0) return true;
-  if (errno == ENOENT || errno == ENOTDIR) return false;
+  if (::fstatat(dir_fd, hash.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (!S_ISREG(st.st_mode)) return std::nullopt;
+    return st;
+  }
+  if (errno == ENOENT) return std::nullopt;
   Failed("cannot look up chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
 }
 
+std::optional<uint64_t> LocalStore::ChunkFileSize(int dir_fd, const std::string& hash) {
+  auto st = ChunkFileStat(dir_fd, hash);
+  if (!st) return std::nullopt;
+  return static_cast<uint64_t>(st->st_size);
+}
+
+bool LocalStore::HasChunk(const std::string& hash, const CancelToken* /*cancel*/) {
+  UniqueFd dir = OpenChunkDir(hash);
+  return dir && ChunkFileSize(dir.get(), hash).has_value();
+}
+
 std::optional<uint64_t> LocalStore::StoredChunkSize(const std::string& hash) {
-  const fs::path path = ChunkPath(hash);
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
-  return static_cast<uint64_t>(st.st_size);
+  UniqueFd dir = OpenChunkDir(hash);
+  return dir ? ChunkFileSize(dir.get(), hash) : std::nullopt;
 }
 
 bool LocalStore::HasChunkOfLength(const std::string& hash, uint64_t length,
                                   const CancelToken* /*cancel*/) {
-  const fs::path path = ChunkPath(hash);
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return false;
-    Failed("cannot look up chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
-  }
-  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != length) return false;
-  return Stamped(st) || Recheck(hash, length);
+  UniqueFd dir = OpenChunkDir(hash);
+  if (!dir) return false;
+  auto st = ChunkFileStat(dir.get(), hash);
+  if (!st || static_cast<uint64_t>(st->st_size) != length) return false;
+  return Stamped(*st) || Recheck(hash, length);
 }
 
 bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
@@ -231,8 +453,10 @@ bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
     return false;  // gone meanwhile, or unreadable: to be written anew
   }
   if (bytes.size() == length && Sha256Hex(bytes.data(), bytes.size()) == hash) {
-    UniqueFd fd(::open(ChunkPath(hash).c_str(), O_WRONLY | O_CLOEXEC));
-    if (fd) Stamp(fd.get());  // best effort: unstamped only costs another check
+    if (UniqueFd dir = OpenChunkDir(hash)) {
+      UniqueFd fd(::openat(dir.get(), hash.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
+      if (fd) Stamp(fd.get());  // best effort: unstamped only costs another check
+    }
     return true;
   }
   QuarantineChunk(hash);
@@ -244,11 +468,17 @@ bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
 
 void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
                           const CancelToken* /*cancel*/) {
-  // Content-addressed: the same name holds the same bytes. One of another length is damaged
-  // (truncated, say) and is replaced by the rename below.
-  if (HasChunkOfLength(hash, data.size())) return;
+  RequireHash(hash);
   EnsureChunkDirs();
-  WriteChunkFile(hash, data);
+  // Content-addressed: the same name holds the same bytes. One of another length, or no
+  // longer right, is damaged and is replaced by the rename of the new file.
+  if (HasChunkOfLength(hash, data.size())) return;
+  UniqueFd dir = OpenChunkDir(hash);
+  if (!dir) {
+    Unavailable(uri_, ChunkPath(hash).parent_path(),
+                ChunkPath(hash).parent_path().string() + " does not exist");
+  }
+  WriteChunkFile(dir.get(), hash, data);
 }
 
 namespace {
@@ -289,11 +519,12 @@ int ReadDirect(int fd, size_t size, std::byte* out) {
 
 }  // namespace
 
-void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::byte> data) {
-  const fs::path dir = ChunkDir(hash);
-  const fs::path tmp = dir / TempName(hash);
+void LocalStore::WriteChunkFile(int dir_fd, const std::string& hash,
+                                std::span<const std::byte> data) {
+  const std::string tmp_name = TempName(hash);
+  const fs::path tmp = ChunkPath(hash).parent_path() / tmp_name;
   auto fail = [&](const std::string& what, int err) {
-    ::unlink(tmp.c_str());
+    ::unlinkat(dir_fd, tmp_name.c_str(), 0);
     Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + what + ": " +
            ErrnoText(err) + "; check free space and permissions");
   };
@@ -309,12 +540,12 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
   }
   const bool direct = direct_io_.load(std::memory_order_relaxed) && data.size() >= kDirectIoAlign &&
                       reinterpret_cast<uintptr_t>(data.data()) % kDirectIoAlign == 0;
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0),
-                     0644));
+  constexpr int kCreate = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+  UniqueFd fd(::openat(dir_fd, tmp_name.c_str(), kCreate | (direct ? O_DIRECT : 0), 0644));
   if (!fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
     direct_io_.store(false, std::memory_order_relaxed);
-    ::unlink(tmp.c_str());  // open may have created it before refusing O_DIRECT
-    fd = UniqueFd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    ::unlinkat(dir_fd, tmp_name.c_str(), 0);  // open may have created it before refusing
+    fd = UniqueFd(::openat(dir_fd, tmp_name.c_str(), kCreate, 0644));
   }
   if (!fd) fail("cannot create " + tmp.string(), errno);
   size_t written = 0;
@@ -341,7 +572,7 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
     std::lock_guard lock(pending_mutex_);
     const auto now = std::chrono::steady_clock::now();
     if (pending_.empty()) pending_since_ = now;
-    pending_.push_back({tmp, dir / hash, data.size()});
+    pending_.push_back({hash, tmp_name, data.size()});
     pending_bytes_ += data.size();
     if (pending_bytes_ >= kCommitBatchBytes || now - pending_since_ >= kCommitBatchAge) {
       batch.swap(pending_);
@@ -354,19 +585,30 @@ void LocalStore::WriteChunkFile(const std::string& hash, std::span<const std::by
 void LocalStore::CommitPending(std::vector<PendingChunk> batch) {
   try {
     SyncFilesystem();  // the bytes are on disk before the names are
+    for (const auto& chunk : batch) {
+      UniqueFd dir = OpenChunkDir(chunk.hash);
+      if (!dir || ::renameat(dir.get(), chunk.tmp.c_str(), dir.get(), chunk.hash.c_str()) != 0) {
+        const fs::path dir_path = ChunkPath(chunk.hash).parent_path();
+        Failed("cannot rename " + (dir_path / chunk.tmp).string() + " to " +
+               (dir_path / chunk.hash).string() + " in store " + uri_ + ": " +
+               ErrnoText(dir ? errno : ENOENT));
+      }
+    }
   } catch (...) {
-    for (const auto& chunk : batch) ::unlink(chunk.tmp.c_str());
+    DiscardPending(batch);
     throw;
   }
+  renames_unsynced_.store(true, std::memory_order_release);
+}
+
+// Best effort: the temporary files of chunks that will not be committed.
+void LocalStore::DiscardPending(const std::vector<PendingChunk>& batch) noexcept {
   for (const auto& chunk : batch) {
-    if (::rename(chunk.tmp.c_str(), chunk.final_path.c_str()) != 0) {
-      int err = errno;
-      for (const auto& left : batch) ::unlink(left.tmp.c_str());
-      Failed("cannot rename " + chunk.tmp.string() + " to " + chunk.final_path.string() +
-             " in store " + uri_ + ": " + ErrnoText(err));
+    try {
+      if (UniqueFd dir = OpenChunkDir(chunk.hash)) ::unlinkat(dir.get(), chunk.tmp.c_str(), 0);
+    } catch (const std::exception&) {
     }
   }
-  renames_unsynced_.store(true, std::memory_order_release);
 }
 
 void LocalStore::Flush() {
@@ -389,23 +631,23 @@ void LocalStore::SyncFilesystem() {
   }
 }
 
-LocalStore::~LocalStore() {
-  for (const auto& chunk : pending_) ::unlink(chunk.tmp.c_str());
-}
+LocalStore::~LocalStore() { DiscardPending(pending_); }
 
 void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
                           const CancelToken* /*cancel*/) {
-  const fs::path path = ChunkPath(hash);
+  UniqueFd dir = OpenChunkDir(hash);
   // Around the page cache, as chunks are written: a 4 MiB read reaches the disk whole, and
   // reading a big image does not push everything else out of memory.
   bool direct = direct_io_.load(std::memory_order_relaxed);
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0)));
-  if (!fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
+  constexpr int kOpen = O_RDONLY | O_NOFOLLOW | O_CLOEXEC;
+  UniqueFd fd;
+  if (dir) fd.reset(::openat(dir.get(), hash.c_str(), kOpen | (direct ? O_DIRECT : 0)));
+  if (dir && !fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
     direct = false;
-    fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    fd.reset(::openat(dir.get(), hash.c_str(), kOpen));
   }
   if (!fd) {
-    if (errno == ENOENT || errno == ENOTDIR) {
+    if (!dir || errno == ENOENT) {
       Failed("chunk " + hash + " is missing from store " + uri_ +
              "; the image's bytes are incomplete, replicate or import it again");
     }
@@ -414,6 +656,10 @@ void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) {
     Failed("cannot stat chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    Failed("chunk " + hash + " in store " + uri_ + " is not a regular file; remove it and "
+           "replicate or import the image again");
   }
   out.resize(static_cast<size_t>(st.st_size));
   int err = direct ? ReadDirect(fd.get(), out.size(), out.data()) : 0;
@@ -428,77 +674,84 @@ void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
 }
 
 void LocalStore::DeleteChunk(const std::string& hash) {
-  const fs::path path = ChunkPath(hash);
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR) {
+  UniqueFd dir = OpenChunkDir(hash);
+  // Only a chunk file is deleted: a link or anything else in its place is not the store's.
+  if (!dir || !ChunkFileSize(dir.get(), hash)) return;
+  if (::unlinkat(dir.get(), hash.c_str(), 0) != 0 && errno != ENOENT) {
     Failed("cannot delete chunk " + hash + " from store " + uri_ + ": " + ErrnoText(errno));
   }
 }
 
 void LocalStore::QuarantineChunk(const std::string& hash) {
-  const fs::path path = ChunkPath(hash);
-  const fs::path dir = root_ / "quarantine";
+  UniqueFd dir = OpenChunkDir(hash);
+  if (!dir || !ChunkFileStat(dir.get(), hash)) return;  // nothing of ours to take aside
   // Never through a symlink out of the store: only a real directory of ours takes it.
-  ::mkdir(dir.c_str(), 0700);
-  struct stat st;
-  const bool own_dir = ::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  const fs::path aside = dir / (hash + "." + std::to_string(::time(nullptr)));
-  if (!own_dir || ::rename(path.c_str(), aside.c_str()) != 0) {
-    DeleteChunk(hash);  // no room aside: out of use is what matters
+  UniqueFd quarantine;
+  try {
+    ::mkdirat(OpenRoot().get(), kQuarantineDir, 0700);
+    quarantine = OpenStoreDir(kQuarantineDir);
+  } catch (const TransferError&) {
+    // a link or a file in its place: the chunk is deleted instead
+  }
+  const std::string aside = hash + "." + std::to_string(::time(nullptr));
+  if (!quarantine || ::renameat(dir.get(), hash.c_str(), quarantine.get(), aside.c_str()) != 0) {
+    DeleteChunk(hash);  // out of use is what matters
     return;
   }
-  FsyncDir(path.parent_path());
+  ::fsync(dir.get());
 }
 
 std::vector<std::string> LocalStore::ListChunks() {
   std::vector<std::string> hashes;
-  std::error_code ec;
-  fs::directory_iterator top(chunks_dir_, ec);
-  if (ec) {
-    if (ec == std::errc::no_such_file_or_directory) return hashes;
-    Failed("cannot list " + chunks_dir_.string() + " in store " + uri_ + ": " + ec.message());
-  }
-  for (const auto& prefix_entry : top) {
-    const std::string prefix = prefix_entry.path().filename().string();
-    if (prefix.size() != 2 || !IsLowerHex(prefix[0]) || !IsLowerHex(prefix[1])) continue;
-    fs::directory_iterator inner(prefix_entry.path(), ec);
-    if (ec) {
-      if (ec == std::errc::not_a_directory) continue;
-      Failed("cannot list " + prefix_entry.path().string() + " in store " + uri_ + ": " +
-             ec.message());
+  UniqueFd chunks = OpenStoreDir(kChunksDir);
+  if (!chunks) return hashes;
+  int err = ForEachPrefixDir(chunks.get(), [&](const std::string& prefix, int fd) {
+    std::vector<DirEntry> entries;
+    if (int err = ListDirectory(fd, entries); err != 0) {
+      Failed("cannot list " + (root_ / kChunksDir / prefix).string() + " in store " + uri_ +
+             ": " + ErrnoText(err));
     }
-    for (const auto& entry : inner) {
-      std::string name = entry.path().filename().string();
+    for (DirEntry& entry : entries) {
       // Temporary files start with '.', so they never pass this test.
-      if (IsChunkHash(name) && name.compare(0, 2, prefix) == 0) hashes.push_back(std::move(name));
+      if (entry.kind == EntryKind::kFile && IsChunkHash(entry.name) &&
+          entry.name.compare(0, 2, prefix) == 0) {
+        hashes.push_back(std::move(entry.name));
+      }
     }
+  });
+  if (err != 0) {
+    Failed("cannot list " + (root_ / kChunksDir).string() + " in store " + uri_ + ": " +
+           ErrnoText(err));
   }
   std::sort(hashes.begin(), hashes.end());
   return hashes;
 }
 
-void LocalStore::WriteRecord(const fs::path& dir, std::atomic<bool>& known,
+void LocalStore::WriteRecord(const char* sub, std::atomic<bool>& known,
                              const std::string& image_id, const std::string& text,
                              const char* what) {
   RequireImageId(image_id);
-  EnsureDir(root_, root_known_);
-  EnsureDir(dir, known);
-  std::string error = WriteFileAtomically(
-      dir, image_id + std::string(kRecordSuffix),
-      std::as_bytes(std::span<const char>(text.data(), text.size())));
+  EnsureDir(sub, known);
+  UniqueFd dir = OpenStoreDir(sub);
+  std::string error =
+      dir ? WriteFileAtomicallyAt(dir.get(), root_ / sub, image_id + std::string(kRecordSuffix),
+                                  std::as_bytes(std::span<const char>(text.data(), text.size())))
+          : (root_ / sub).string() + " does not exist";
   if (!error.empty()) {
     Failed(std::string("cannot store the ") + what + " of " + image_id + " in store " + uri_ +
            ": " + error + "; check free space and permissions");
   }
 }
 
-std::optional<std::string> LocalStore::ReadRecord(const fs::path& dir,
-                                                  const std::string& image_id,
+std::optional<std::string> LocalStore::ReadRecord(const char* sub, const std::string& image_id,
                                                   const char* what) {
   RequireImageId(image_id);
-  const fs::path path = dir / (image_id + std::string(kRecordSuffix));
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd dir = OpenStoreDir(sub);
+  if (!dir) return std::nullopt;
+  const std::string name = image_id + std::string(kRecordSuffix);
+  UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) {
-    if (errno == ENOENT || errno == ENOTDIR) return std::nullopt;
+    if (errno == ENOENT) return std::nullopt;
     Failed(std::string("cannot open the ") + what + " of " + image_id + " in store " + uri_ +
            ": " + ErrnoText(errno));
   }
@@ -517,31 +770,31 @@ std::optional<std::string> LocalStore::ReadRecord(const fs::path& dir,
   return text;
 }
 
-void LocalStore::DeleteRecord(const fs::path& dir, const std::string& image_id,
-                              const char* what) {
+void LocalStore::DeleteRecord(const char* sub, const std::string& image_id, const char* what) {
   RequireImageId(image_id);
-  const fs::path path = dir / (image_id + std::string(kRecordSuffix));
-  if (::unlink(path.c_str()) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return;
+  UniqueFd dir = OpenStoreDir(sub);
+  if (!dir) return;
+  const std::string name = image_id + std::string(kRecordSuffix);
+  if (::unlinkat(dir.get(), name.c_str(), 0) != 0) {
+    if (errno == ENOENT) return;
     Failed(std::string("cannot delete the ") + what + " of " + image_id + " from store " + uri_ +
            ": " + ErrnoText(errno));
   }
-  FsyncDir(dir);
+  ::fsync(dir.get());
 }
 
-std::vector<std::string> LocalStore::ListRecords(const fs::path& dir) {
+std::vector<std::string> LocalStore::ListRecords(const char* sub) {
   std::vector<std::string> ids;
-  std::error_code ec;
-  fs::directory_iterator it(dir, ec);
-  if (ec) {
-    if (ec == std::errc::no_such_file_or_directory) return ids;
-    Failed("cannot list " + dir.string() + " in store " + uri_ + ": " + ec.message());
+  UniqueFd dir = OpenStoreDir(sub);
+  if (!dir) return ids;
+  std::vector<DirEntry> entries;
+  if (int err = ListDirectory(dir.get(), entries); err != 0) {
+    Failed("cannot list " + (root_ / sub).string() + " in store " + uri_ + ": " + ErrnoText(err));
   }
-  for (const auto& entry : it) {
-    std::string name = entry.path().filename().string();
-    if (!name.ends_with(kRecordSuffix)) continue;
-    name.resize(name.size() - kRecordSuffix.size());
-    if (IsImageId(name)) ids.push_back(std::move(name));
+  for (DirEntry& entry : entries) {
+    if (entry.kind != EntryKind::kFile || !entry.name.ends_with(kRecordSuffix)) continue;
+    entry.name.resize(entry.name.size() - kRecordSuffix.size());
+    if (IsImageId(entry.name)) ids.push_back(std::move(entry.name));
   }
   std::sort(ids.begin(), ids.end());
   return ids;
@@ -549,11 +802,11 @@ std::vector<std::string> LocalStore::ListRecords(const fs::path& dir) {
 
 void LocalStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
   Flush();  // every chunk it names is durable and visible first
-  WriteRecord(manifests_dir_, manifests_known_, image_id, manifest.ToJson(), "manifest");
+  WriteRecord(kManifestsDir, manifests_known_, image_id, manifest.ToJson(), "manifest");
 }
 
 std::optional<Manifest> LocalStore::GetManifest(const std::string& image_id) {
-  std::optional<std::string> text = ReadRecord(manifests_dir_, image_id, "manifest");
+  std::optional<std::string> text = ReadRecord(kManifestsDir, image_id, "manifest");
   if (!text) return std::nullopt;
   try {
     return Manifest::FromJson(*text);
@@ -566,21 +819,21 @@ std::optional<Manifest> LocalStore::GetManifest(const std::string& image_id) {
 }
 
 void LocalStore::DeleteManifest(const std::string& image_id) {
-  DeleteRecord(manifests_dir_, image_id, "manifest");
+  DeleteRecord(kManifestsDir, image_id, "manifest");
 }
 
-std::vector<std::string> LocalStore::ListManifests() { return ListRecords(manifests_dir_); }
+std::vector<std::string> LocalStore::ListManifests() { return ListRecords(kManifestsDir); }
 
 void LocalStore::PutImageRecord(const std::string& image_id, const std::string& json) {
-  WriteRecord(images_dir_, images_known_, image_id, json, "image record");
+  WriteRecord(kImagesDir, images_known_, image_id, json, "image record");
 }
 
 std::optional<std::string> LocalStore::GetImageRecord(const std::string& image_id) {
-  return ReadRecord(images_dir_, image_id, "image record");
+  return ReadRecord(kImagesDir, image_id, "image record");
 }
 
 void LocalStore::DeleteImageRecord(const std::string& image_id) {
-  DeleteRecord(images_dir_, image_id, "image record");
+  DeleteRecord(kImagesDir, image_id, "image record");
 }
 
 }  // namespace imagerelay

@@ -1,7 +1,13 @@
 // A region store in a local directory (DESIGN.md §4):
 //   <root>/chunks/<first two hex>/<hex>, <root>/manifests/<id>.json, <root>/images/<id>.json
+//   <root>/.imagerelay-store, the marker that tells the directory is a store
 // Every write goes to a temporary file in the same directory, is fsynced and renamed over
 // the final name, and the directory is fsynced: readers never see a partial file.
+// Confined to its root: the root's own path may lead through symbolic links (the user's
+// choice), but below it every directory is opened with O_NOFOLLOW and every file relative
+// to it, so that no read, write, listing or delete follows a link out of the store. A link
+// in place of one of its directories makes the store unavailable; links and other files it
+// did not write are never listed as chunks nor deleted.
 // All methods may be called from several threads at once.
 //
 // Trust: a chunk file's modification time is set to kVerifiedStamp when the store writes it
@@ -11,6 +17,8 @@
 // bytes are still the ones that were checked. Scrub covers what this cannot see (media
 // errors, a time forged on purpose).
 #pragma once
+
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
@@ -22,6 +30,7 @@
 #include <vector>
 
 #include "imagerelay/store.hpp"
+#include "unique_fd.hpp"
 
 namespace imagerelay {
 
@@ -36,6 +45,21 @@ class ChunkSizeProbe {
 // True for names the store accepts: 64 lowercase hex digits / "m-" and 8 of [0-9a-z].
 bool IsChunkHash(std::string_view s);
 bool IsImageId(std::string_view s);
+
+// The layout shared by the stores. A store's root (an S3 store's prefix) holds the marker
+// kStoreMarker: a region only takes a directory that is a store already, or that is empty,
+// never one with someone else's files, which a sweep could otherwise delete. A store of an
+// earlier release, without the marker, holds only the directories below: it is adopted.
+inline constexpr std::string_view kStoreMarker = ".imagerelay-store";
+// The marker's text: {"format": "imagerelay-store", "version": 1}.
+std::string StoreMarkerText();
+// "" if `text` is a marker this release can use, else what is wrong with it.
+std::string CheckStoreMarker(std::string_view text);
+// chunks, manifests and images: the directories a store keeps at its root.
+bool IsStoreDirName(std::string_view name);
+// Why a root without the marker is not taken, naming a few of the `foreign` entries it
+// holds that a store does not; "" if there are none.
+std::string ForeignEntriesProblem(std::vector<std::string> foreign);
 
 class LocalStore : public Store, public ChunkSizeProbe {
  public:
@@ -81,23 +105,31 @@ class LocalStore : public Store, public ChunkSizeProbe {
   size_t ExistenceCheckThreads() const override { return 8; }
 
  private:
-  std::filesystem::path ChunkDir(const std::string& hash) const;
-  void EnsureDir(const std::filesystem::path& dir, std::atomic<bool>& known);
+  // The store's directory root/sub[/inner], opened without following a link below the
+  // root; an invalid fd if it does not exist. Throws StoreUnavailable if something other
+  // than a directory is in its place.
+  UniqueFd OpenStoreDir(const char* sub, const std::string& inner = "") const;
+  UniqueFd OpenChunkDir(const std::string& hash) const;
+  UniqueFd OpenRoot() const;
+  // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
+  void ClaimRoot(int root_fd);
+  void EnsureRoot();
+  void EnsureDir(const char* sub, std::atomic<bool>& known);
   void EnsureChunkDirs();
-  void WriteRecord(const std::filesystem::path& dir, std::atomic<bool>& known,
-                   const std::string& image_id, const std::string& text, const char* what);
-  std::optional<std::string> ReadRecord(const std::filesystem::path& dir,
-                                        const std::string& image_id, const char* what);
-  void DeleteRecord(const std::filesystem::path& dir, const std::string& image_id,
-                    const char* what);
-  std::vector<std::string> ListRecords(const std::filesystem::path& dir);
-  void RemoveStaleTemps(const std::filesystem::path& dir);
+  // Size of the chunk's file, nullopt if there is none (a link or anything but a regular
+  // file does not count).
+  std::optional<uint64_t> ChunkFileSize(int dir_fd, const std::string& hash);
+  // The chunk file's stat if it is a regular file (never through a link).
+  std::optional<struct stat> ChunkFileStat(int dir_fd, const std::string& hash);
+  void WriteRecord(const char* sub, std::atomic<bool>& known, const std::string& image_id,
+                   const std::string& text, const char* what);
+  std::optional<std::string> ReadRecord(const char* sub, const std::string& image_id,
+                                        const char* what);
+  void DeleteRecord(const char* sub, const std::string& image_id, const char* what);
+  std::vector<std::string> ListRecords(const char* sub);
 
   std::atomic<bool> direct_io_{true};  // false once the file system refused O_DIRECT
   std::filesystem::path root_;
-  std::filesystem::path chunks_dir_;
-  std::filesystem::path manifests_dir_;
-  std::filesystem::path images_dir_;
   std::string uri_;
   // Directories known to exist, so that a write does not mkdir every time.
   std::atomic<bool> root_known_{false};
@@ -109,16 +141,18 @@ class LocalStore : public Store, public ChunkSizeProbe {
   // Group commit: chunks are written to temporary files and renamed into place in batches,
   // after one syncfs(2) for the whole batch, instead of an fsync (and a device cache flush)
   // per chunk file and per directory. A chunk is never visible before its bytes are on disk.
+  // Names only, not directory fds: a batch of small chunks would hold too many open.
   struct PendingChunk {
-    std::filesystem::path tmp;
-    std::filesystem::path final_path;
+    std::string hash;
+    std::string tmp;  // the temporary file's name in the chunk's directory
     uint64_t bytes = 0;
   };
-  void WriteChunkFile(const std::string& hash, std::span<const std::byte> data);
+  void WriteChunkFile(int dir_fd, const std::string& hash, std::span<const std::byte> data);
   // A chunk file not stamped by this store: reads and checks it; re-stamps it if right,
   // quarantines it (and reports the damage) if not. True if it is right.
   bool Recheck(const std::string& hash, uint64_t length);
   void CommitPending(std::vector<PendingChunk> batch);
+  void DiscardPending(const std::vector<PendingChunk>& batch) noexcept;
   void SyncFilesystem();
   std::mutex pending_mutex_;
   std::vector<PendingChunk> pending_;

@@ -379,7 +379,7 @@ std::unordered_set<std::string> Engine::Impl::ChunksOfRecentImages(const std::st
   constexpr size_t kImages = 4;
   std::vector<std::string> ids;
   catalog->Read([&](CatalogTx& tx) {
-    auto images = tx.ListImages({.region = region});  // oldest first
+    auto images = tx.ListImages({.region = region, .name = std::nullopt});  // oldest first
     for (auto it = images.rbegin(); it != images.rend() && ids.size() < kImages; ++it) {
       if (it->status == ImageStatus::kAvailable) ids.push_back(it->id);
     }
@@ -486,6 +486,9 @@ bool Engine::Impl::RunOneClaim() {
       }
       TaskEvent event = task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
       if (!tx.TransitionTask(task.dest_image_id, task.state, event)) continue;
+      // Its writer stopped mid-copy (maybe killed): the sweep after this copy removes the
+      // temporary files it left.
+      if (event == TaskEvent::kTakeOver) tx.SetSweepNeeded(task.region, true);
       Task claimed = task;
       claimed.state = TaskState::kRunning;
       claimed.lease_owner = worker_id;
@@ -558,7 +561,7 @@ bool Engine::Impl::RunOneClaim() {
         dest_stores[i]->PutImageRecord(task.dest_image_id, ImageRecordJson(copy));
         committed_manifest = true;
       } catch (const Error& e) {
-        outcome = {TransferOutcome::Kind::kFailed, e.code(), e.message(), outcome.progress};
+        outcome = {TransferOutcome::Kind::kFailed, e.code(), e.message(), outcome.progress, {}};
       }
     }
     bool user_cancelled = false;
@@ -650,7 +653,7 @@ bool Engine::Impl::RunOneClaim() {
         task_of.push_back(i);
       } catch (const Error& e) {
         // A broken destination fails its own copy only; the others go on.
-        finish(i, {TransferOutcome::Kind::kFailed, e.code(), e.message(), {}});
+        finish(i, {TransferOutcome::Kind::kFailed, e.code(), e.message(), {}, {}});
       }
     }
     auto last_flush = Clock::now();
@@ -716,7 +719,7 @@ bool Engine::Impl::RunOneClaim() {
   if (outcomes.size() != claim.tasks.size()) {
     // Nothing moved (no source manifest, say): every copy not settled yet fails with why.
     outcomes.assign(claim.tasks.size(), TransferOutcome{TransferOutcome::Kind::kFailed,
-                                                        setup_code, setup_error, {}});
+                                                        setup_code, setup_error, {}, {}});
   }
 
   for (size_t i = 0; i < claim.tasks.size(); ++i) finish(i, outcomes[i]);

@@ -107,6 +107,9 @@ std::string Getenv(const char* name) {
 
 bool Ok(long status) { return status >= 200 && status < 300; }
 
+// Objects Check writes and deletes at once to prove the store writable.
+constexpr std::string_view kProbePrefix = ".imagerelay-probe-";
+
 constexpr std::string_view kBase64 =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -334,7 +337,7 @@ HttpResponse S3Store::Perform(Call call, const CancelToken* cancel) {
 }
 
 void S3Store::Check() {
-  const std::string key = Key(".imagerelay-probe-" + RandomHex(12));
+  const std::string key = Key(std::string(kProbePrefix) + RandomHex(12));
   const std::string body = "imagerelay write probe\n";
   try {
     Call put;
@@ -354,6 +357,7 @@ void S3Store::Check() {
       throw TransferError(codes::kStoreUnavailable, "S3 store " + location_.display +
                                                         " does not allow deletes: " + Reason(response));
     }
+    ClaimPrefix();
   } catch (const TransientError& e) {
     throw TransferError(codes::kStoreUnavailable,
                         "S3 store " + location_.display + " is unreachable: " + e.what());
@@ -367,6 +371,43 @@ void S3Store::Check() {
     throw TransferError(codes::kStoreUnavailable,
                         "S3 store " + location_.display + " is unreachable: " + e.what());
   }
+}
+
+void S3Store::ClaimPrefix() {
+  const std::string marker = Key(std::string(kStoreMarker));
+  auto not_a_store = [&](const std::string& why) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location_.display + " is not an imagerelay store: " + why +
+                            "; give a new or empty prefix, or one that holds a store");
+  };
+  if (std::optional<std::string> text = GetText(marker, "the store marker")) {
+    if (std::string problem = CheckStoreMarker(*text); !problem.empty()) not_a_store(problem);
+    return;
+  }
+  // No marker: what the prefix holds at its top level, "directories" folded by the
+  // delimiter. A store (of an earlier release) holds only its directories there.
+  const std::string top = Key("");
+  Call list;
+  list.query = {{"list-type", "2"}, {"prefix", top}, {"delimiter", "/"}, {"max-keys", "1000"}};
+  list.max_body = 16ULL << 20;
+  HttpResponse response = Perform(list);
+  if (!Ok(response.status)) Fail("listing of " + location_.display, response);
+  std::vector<std::string> foreign;
+  for (const std::string& key : XmlAll(response.body, "Key")) {
+    // The prefix's own "folder" object (as a console makes it) and probes left by a Check.
+    const std::string name = key.substr(std::min(top.size(), key.size()));
+    if (!name.empty() && !name.starts_with(kProbePrefix)) foreign.push_back(name);
+  }
+  for (const std::string& prefix : XmlAll(response.body, "Prefix")) {
+    if (prefix.size() <= top.size()) continue;  // the request's own prefix, echoed
+    std::string name = prefix.substr(top.size());
+    if (name.ends_with('/')) name.pop_back();
+    if (!IsStoreDirName(name)) foreign.push_back(name + "/");
+  }
+  if (std::string problem = ForeignEntriesProblem(std::move(foreign)); !problem.empty()) {
+    not_a_store(problem);
+  }
+  PutText(marker, StoreMarkerText(), "the store marker");
 }
 
 bool S3Store::HasChunk(const std::string& hash, const CancelToken* cancel) {

@@ -1,5 +1,6 @@
 // A region store in an S3 bucket (DESIGN.md §4 layout under the URI's prefix):
 //   <prefix>/chunks/<2hex>/<hash>, <prefix>/manifests/<id>.json, <prefix>/images/<id>.json
+//   <prefix>/.imagerelay-store, the marker that tells the prefix is a store
 // URI: s3://bucket[/prefix][?endpoint=https://host:port&region=us-east-1&addressing=path|virtual
 //      &verify_tls=false&ca_bundle=/path/ca.pem&low_speed_time=<seconds>]
 // TLS is verified against the system's CAs, or ca_bundle (else AWS_CA_BUNDLE) when given.
@@ -129,6 +130,8 @@ class S3Store : public Store, public ChunkSizeProbe {
   std::string ChunkKey(const std::string& hash) const;
   std::string RecordKey(const char* dir, const std::string& image_id) const;
   [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
+  // Takes the prefix as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
+  void ClaimPrefix();
   // Deletes a copy that did not hash to its name and throws IntegrityError.
   [[noreturn]] void RejectCopy(const std::string& hash, const std::string& why);
   void PutText(const std::string& key, const std::string& text, const char* what);

@@ -64,6 +64,9 @@ ChunkPlan PlanChunks(const Manifest& manifest) {
 }
 
 struct Failure {
+  Failure(std::string code_, std::string message_, std::string damaged = "")
+      : code(std::move(code_)), message(std::move(message_)),
+        damaged_source_chunk(std::move(damaged)) {}
   std::string code;
   std::string message;
   std::string damaged_source_chunk;  // see TransferOutcome

@@ -1,6 +1,7 @@
 #include "file_util.hpp"
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -91,6 +92,43 @@ TEST(DirectIoBufferTest, TakesAnODirectRoundTrip) {
     return;
   }
   GTEST_SKIP() << "neither " << dir.path() << " nor the working directory takes O_DIRECT";
+}
+
+TEST(TempNameTest, TellsWhetherTheWriterIsGone) {
+  const std::string mine = TempName("m-abcd1234.json");
+  EXPECT_TRUE(mine.starts_with(".tmp-m-abcd1234.json-")) << mine;
+  EXPECT_NE(mine.find("-" + std::to_string(::getpid()) + "-"), std::string::npos) << mine;
+  EXPECT_FALSE(TempWriterIsGone(mine));  // this process is alive
+
+  std::string theirs;  // the name a child process gives, once it has exited
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string name = TempName("m-abcd1234.json");
+    ::_exit(::write(pipe_fds[1], name.data(), name.size()) == static_cast<ssize_t>(name.size())
+                ? 0 : 1);
+  }
+  ::close(pipe_fds[1]);
+  char buf[256];
+  ssize_t n = ::read(pipe_fds[0], buf, sizeof(buf));
+  ::close(pipe_fds[0]);
+  ASSERT_GT(n, 0);
+  theirs.assign(buf, static_cast<size_t>(n));
+  ASSERT_EQ(::waitpid(pid, nullptr, 0), pid);
+  EXPECT_TRUE(TempWriterIsGone(theirs)) << theirs;
+
+  // Names whose writer cannot be told: an older release's, another machine's, others.
+  const std::string other_machine =
+      theirs.substr(0, theirs.size() - 16 - 1 - std::to_string(pid).size() - 1 - 8) +
+      "00000000-" + std::to_string(pid) + "-0123456789abcdef";
+  ASSERT_EQ(other_machine.size(), theirs.size());
+  for (const std::string& name : {other_machine, std::string(".tmp-m-abcd1234.json-1-2"),
+                                  std::string(".tmp-x"), std::string(".tmp--"),
+                                  std::string("m-abcd1234.json"), std::string("")}) {
+    EXPECT_FALSE(TempWriterIsGone(name)) << name;
+  }
 }
 
 }  // namespace

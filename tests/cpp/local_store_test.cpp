@@ -1,5 +1,6 @@
 #include "local_store.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -12,9 +13,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <random>
 #include <thread>
 
+#include "file_util.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
@@ -203,8 +207,8 @@ TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
     EXPECT_THROW(store.GetImageRecord(id), ValidationError) << id;
     EXPECT_THROW(store.DeleteImageRecord(id), ValidationError) << id;
   }
-  // Nothing was written anywhere, inside or outside the store.
-  EXPECT_TRUE(NamesIn(dir.path()).empty());
+  // Nothing was written anywhere, inside or outside the store, but the store's marker.
+  EXPECT_EQ(NamesIn(dir.path()), std::vector<std::string>{".imagerelay-store"});
 }
 
 TEST(LocalStoreTest, CheckCreatesTheLayout) {
@@ -214,8 +218,9 @@ TEST(LocalStoreTest, CheckCreatesTheLayout) {
   for (const char* sub : {"chunks", "manifests", "images"}) {
     EXPECT_TRUE(fs::is_directory(dir.path() / "a" / "b" / sub)) << sub;
   }
-  EXPECT_TRUE(NamesIn(dir.path()).empty());  // the probe files are gone
-  store.Check();                             // twice is fine
+  // The probe files are gone; the marker stays.
+  EXPECT_EQ(NamesIn(dir.path()), std::vector<std::string>{".imagerelay-store"});
+  store.Check();  // twice is fine
 }
 
 TEST(LocalStoreTest, CheckOfAnUnusableDirectoryFails) {
@@ -445,6 +450,231 @@ TEST(LocalStoreTest, ChunksBecomeVisibleOnlyWhenFlushed) {
   store.PutChunk(HashOf(b), b);
   store.PutManifest("m-00000001", OneChunkManifest(HashOf(b), b.size()));
   EXPECT_TRUE(store.HasChunk(HashOf(b)));
+}
+
+// -- confinement: a store never reaches outside its root (issue #11) ---------------------
+
+// Runs `fn`, which must fail with Region.StoreUnavailable saying `says`.
+template <typename Fn>
+void ExpectUnavailable(Fn fn, const std::string& says) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception; expected one saying " << says;
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kStoreUnavailable) << e.message();
+    EXPECT_NE(e.message().find(says), std::string::npos) << e.message();
+  }
+}
+
+size_t EntriesIn(const fs::path& dir) {
+  return static_cast<size_t>(std::distance(fs::recursive_directory_iterator(dir),
+                                           fs::recursive_directory_iterator()));
+}
+
+TEST(LocalStoreTest, ALinkedPrefixDirectoryIsNeverFollowed) {
+  ScratchDir dir;
+  const fs::path root = dir / "store", outside = dir / "outside";
+  LocalStore store(root);
+  store.Check();
+  auto a = RandomBytes(100, 21);
+  const std::string ha = HashOf(a), prefix = ha.substr(0, 2);
+  // Someone else's files with chunk-like names, behind a link in place of chunks/<prefix>.
+  fs::create_directories(outside);
+  const std::string victim = prefix + std::string(62, '0');
+  std::ofstream(outside / victim) << "not the store's";
+  const fs::path prefix_dir = root / "chunks" / prefix;
+  fs::remove(prefix_dir);
+  fs::create_directory_symlink(outside, prefix_dir);
+
+  EXPECT_TRUE(store.ListChunks().empty());
+  EXPECT_EQ(SweepStore(store).chunks_removed, 0u);
+  EXPECT_TRUE(fs::exists(outside / victim));
+  // Reads, writes and deletes through the link fail instead of reaching outside.
+  ExpectUnavailable([&] { store.DeleteChunk(victim); }, prefix_dir.string());
+  ExpectUnavailable([&] { store.HasChunk(victim); }, prefix_dir.string());
+  std::vector<std::byte> out;
+  ExpectUnavailable([&] { store.GetChunk(victim, out); }, prefix_dir.string());
+  ExpectUnavailable([&] {
+    store.PutChunk(ha, a);
+    store.Flush();
+  }, prefix_dir.string());
+  EXPECT_EQ(EntriesIn(outside), 1u);
+  ExpectUnavailable([&] { store.Check(); }, "symbolic link");
+}
+
+TEST(LocalStoreTest, ALinkedChunkFileIsNeitherReadNorListedNorDeleted) {
+  ScratchDir dir;
+  const fs::path root = dir / "store";
+  LocalStore store(root);
+  store.Check();
+  auto a = RandomBytes(100, 22);
+  const std::string ha = HashOf(a);
+  const fs::path target = dir / "precious";
+  {
+    std::ofstream f(target, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(a.data()), static_cast<std::streamsize>(a.size()));
+  }
+  fs::create_symlink(target, store.ChunkPath(ha));
+
+  EXPECT_TRUE(store.ListChunks().empty());
+  EXPECT_FALSE(store.HasChunk(ha));
+  std::vector<std::byte> out;
+  EXPECT_THROW(store.GetChunk(ha, out), TransferError);
+  SweepStore(store);
+  store.DeleteChunk(ha);
+  EXPECT_TRUE(fs::exists(target));
+  // A put stores the chunk itself in place of the link.
+  store.PutChunk(ha, a);
+  store.Flush();
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(store.ChunkPath(ha))));
+  store.GetChunk(ha, out);
+  EXPECT_EQ(out, a);
+  EXPECT_EQ(fs::file_size(target), a.size());
+}
+
+TEST(LocalStoreTest, ALinkedStoreDirectoryMakesTheStoreUnavailable) {
+  for (const std::string sub : {"chunks", "manifests", "images"}) {
+    ScratchDir dir;
+    const fs::path root = dir / "store", outside = dir / "outside";
+    LocalStore(root).Check();
+    fs::create_directories(outside / "ab");
+    std::ofstream(outside / "ab" / ("ab" + std::string(62, '1'))) << "x";
+    std::ofstream(outside / "m-00000000.json") << "{}";
+    fs::remove_all(root / sub);
+    fs::create_directory_symlink(outside, root / sub);
+
+    LocalStore store(root);
+    ExpectUnavailable([&] { store.Check(); }, (root / sub).string());
+    // Writes into it fail; a sweep or a delete fails or finds nothing: none reaches outside.
+    const auto bytes = RandomBytes(10, 27);
+    const std::map<std::string, std::function<void()>> writes = {
+        {"chunks", [&] { store.PutChunk(HashOf(bytes), bytes); }},
+        {"manifests",
+         [&] { store.PutManifest("m-12345678", OneChunkManifest(std::string(64, 'a'), 1)); }},
+        {"images", [&] { store.PutImageRecord("m-12345678", "{}"); }},
+    };
+    ExpectUnavailable(writes.at(sub), (root / sub).string());
+    try {
+      SweepStore(store);
+      store.DeleteManifest("m-00000000");
+      store.DeleteImageRecord("m-00000000");
+    } catch (const TransferError&) {
+    }
+    EXPECT_EQ(EntriesIn(outside), 3u) << sub;
+  }
+}
+
+TEST(LocalStoreTest, TheRootMayBeReachedThroughALink) {
+  ScratchDir dir;
+  fs::create_directories(dir / "real");
+  fs::create_directory_symlink(dir / "real", dir / "data");
+  LocalStore store(dir / "data" / "bj");
+  store.Check();
+  auto a = RandomBytes(100, 23), b = RandomBytes(100, 24);
+  const std::string ha = HashOf(a), hb = HashOf(b);
+  store.PutChunk(ha, a);
+  store.PutChunk(hb, b);
+  store.PutManifest("m-abcd1234", OneChunkManifest(ha, a.size()));
+  EXPECT_EQ(SweepStore(store).chunks_removed, 1u);
+  EXPECT_EQ(store.ListChunks(), std::vector<std::string>{ha});
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-abcd1234"});
+  EXPECT_TRUE(fs::is_regular_file(dir / "real" / "bj" / "chunks" / ha.substr(0, 2) / ha));
+}
+
+// -- a store's directory is recognised by its marker --------------------------------------
+
+TEST(LocalStoreTest, CheckRefusesADirectoryThatIsNotAStore) {
+  ScratchDir dir;
+  std::ofstream(dir / "passwd") << "root:x:0:0";
+  fs::create_directories(dir / "chunks");
+  LocalStore store(dir.path());
+  ExpectUnavailable([&] { store.Check(); }, dir.path().string());
+  ExpectUnavailable([&] { store.Check(); }, "passwd");
+  ExpectUnavailable([&] { store.Check(); }, "not an imagerelay store");
+  EXPECT_EQ(EntriesIn(dir.path()), 2u);  // nothing created in it
+
+  // A marker this release does not know is refused too.
+  ScratchDir other;
+  std::ofstream(other / ".imagerelay-store") << R"({"format": "something-else"})";
+  ExpectUnavailable([&] { LocalStore(other.path()).Check(); }, ".imagerelay-store");
+}
+
+TEST(LocalStoreTest, CheckMarksNewStoresAndAdoptsOnesWithoutAMarker) {
+  ScratchDir dir;
+  auto marker_of = [](const fs::path& root) {
+    std::ifstream f(root / ".imagerelay-store");
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  // A new directory, and an empty one.
+  fs::create_directories(dir / "empty");
+  for (const fs::path& root : {dir / "new", dir / "empty"}) {
+    LocalStore(root).Check();
+    EXPECT_NE(marker_of(root).find(R"("format": "imagerelay-store")"), std::string::npos);
+    EXPECT_NE(marker_of(root).find(R"("version": 1)"), std::string::npos);
+  }
+  // A store of an earlier release: its layout and no marker.
+  const fs::path old_root = dir / "old";
+  auto a = RandomBytes(100, 25);
+  const std::string ha = HashOf(a);
+  {
+    LocalStore old(old_root);
+    old.PutChunk(ha, a);
+    old.PutManifest("m-abcd1234", OneChunkManifest(ha, a.size()));
+    old.PutImageRecord("m-abcd1234", "{}");
+  }
+  ASSERT_FALSE(fs::exists(old_root / ".imagerelay-store"));
+  LocalStore adopted(old_root);
+  adopted.Check();
+  EXPECT_FALSE(marker_of(old_root).empty());
+  EXPECT_EQ(adopted.ListChunks(), std::vector<std::string>{ha});
+  // A marked store may hold anything else: it is the store's.
+  std::ofstream(old_root / "notes.txt") << "x";
+  adopted.Check();
+}
+
+// -- temporary files of writers that died ------------------------------------------------
+
+TEST(LocalStoreTest, LeftoversOfDeadWritersGoAtOnceOthersWait) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  store.Check();
+  auto a = RandomBytes(100, 26);
+  const std::string ha = HashOf(a);
+  store.PutChunk(ha, a);
+  store.PutManifest("m-abcd1234", OneChunkManifest(ha, a.size()));
+  const fs::path prefix_dir = store.ChunkPath(ha).parent_path();
+  const fs::path manifests = dir / "manifests";
+  // A writer that died mid-write: a child process names its temporary files and exits.
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    for (const fs::path& tmp :
+         {prefix_dir / TempName(ha), manifests / TempName("m-abcd1234.json")}) {
+      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+      if (fd < 0) ::_exit(1);
+      ::close(fd);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  // A writer still alive (this process), and one that cannot be told (another machine's).
+  const fs::path live = prefix_dir / TempName(ha);
+  const fs::path unknown = prefix_dir / (".tmp-" + ha + "-1-2");
+  std::ofstream(live) << "partial";
+  std::ofstream(unknown) << "partial";
+
+  SweepStore(store);
+  std::vector<std::string> temps;
+  for (const auto& e : fs::recursive_directory_iterator(dir.path())) {
+    if (e.path().filename().string().starts_with(".tmp-")) temps.push_back(e.path().string());
+  }
+  std::sort(temps.begin(), temps.end());
+  std::vector<std::string> expected{live.string(), unknown.string()};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(temps, expected);
+  EXPECT_TRUE(store.HasChunk(ha));
 }
 
 }  // namespace

@@ -10,12 +10,23 @@ about HTTP): it serves the start of an image, then stalls until the test ends.
 from __future__ import annotations
 
 import http.server
+import signal
+import subprocess
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHUNK, chunk_files, interrupt_when, make_dense
+from conftest import (
+    CHUNK,
+    PYTHON,
+    chunk_files,
+    interrupt_when,
+    make_dense,
+    read_result,
+    wait_until,
+)
 
 import imagerelay as ir
 
@@ -113,6 +124,53 @@ def test_close_stops_a_background_import(home: Path, stalling_url: Callable) -> 
     with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as again:
         image = again.image(image.id)
         assert image.status == "CreateFailed" and "stopped before it finished" in image.error
+    assert chunk_files(home, "bj") == []
+
+
+# A child process that starts an import of a URL into bj and sleeps (the test kills it):
+#   python -c CHILD_IMPORT HOME URL
+CHILD_IMPORT = textwrap.dedent("""
+    import sys, time, json
+    import imagerelay as ir
+    cloud = ir.open(sys.argv[1], limits=ir.Limits(chunk_size=65536))
+    image = cloud.import_image(sys.argv[2], region="bj", name="killed", wait=False)
+    print("RESULT", json.dumps({"id": image.id}), flush=True)
+    time.sleep(600)
+""")
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("then", ["open", "worker"])
+def test_an_import_killed_leaves_no_temporary_files(home: Path, stalling_url: Callable,
+                                                   then: str) -> None:
+    """kill -9 in the middle of an import: the chunk files it was writing are removed as
+    soon as the home is opened again, by a program or a worker, not an hour later."""
+    url, stalled = stalling_url(False)
+    ir.open(home).close()
+    region = home / "regions" / "bj"
+    child = subprocess.Popen([PYTHON, "-c", CHILD_IMPORT, str(home), url],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        image_id = read_result(child)["id"]
+        assert stalled.wait(30)
+        # The chunks before the stall wait, as temporary files, for the batch's commit.
+        wait_until(lambda: temp_files(region), timeout=20)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    assert temp_files(region)
+    if then == "open":
+        with ir.open(home) as cloud:
+            assert cloud.image(image_id).status == "CreateFailed"
+    else:
+        subprocess.run([str(Path(PYTHON).parent / "imagerelay"), "--home", str(home),
+                        "worker", "--until-idle"], check=True, capture_output=True, timeout=60)
+    assert temp_files(region) == []
     assert chunk_files(home, "bj") == []
 
 

@@ -545,12 +545,14 @@ def test_crash_resume(home: Path, files: Path) -> None:
     try:
         started = read_result(child)
         wait_until(lambda: chunk_bytes(home, "gz") >= 4 * CHUNK, timeout=30)
+        wait_until(lambda: temp_files(home, "gz"), timeout=30)  # chunks not yet committed
         assert child.poll() is None
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     child.stdout.close()
     child.stderr.close()
+    assert temp_files(home, "gz")
     present = chunk_stats(home, "gz")
     assert 0 < present[1] < distinct_bytes, present
 
@@ -574,6 +576,12 @@ def test_crash_resume(home: Path, files: Path) -> None:
         assert [c.id for c in copies] == [started["dest"]]
         assert chunk_stats(home, "gz") == (n_distinct, distinct_bytes)
         assert cloud.image(image.id).status == "Available"
+        # The killed writer's temporary files go with the sweep after the resumed copy.
+        wait_until(lambda: not temp_files(home, "gz"), timeout=10)
+
+
+def temp_files(home: Path, region: str) -> list[Path]:
+    return list((home / "regions" / region).rglob(".tmp-*"))
 
 
 CHILD_RACE = textwrap.dedent("""

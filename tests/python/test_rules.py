@@ -3,6 +3,8 @@ in ``.problems``, and nothing written by a rejected call."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -467,6 +469,52 @@ def test_unusable_store(cloud: ir.Cloud, files: Path, unchanged: Callable[[], No
            problems=["InvalidParameter", "InvalidParameter"])
     unchanged()
     assert a_file.read_bytes() and a_file.is_file()
+
+
+def test_a_region_takes_no_directory_of_other_files(cloud: ir.Cloud, tmp_path: Path,
+                                                    unchanged: Callable[[], None]) -> None:
+    """A region's directory is new, empty or a store already: never one with other files,
+    which the store would fill with its folders and a sweep could delete from."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0\n")
+    unchanged()
+    for uri in (str(etc), f"file://{etc}"):
+        err = expect(ir.TransferError, "Region.StoreUnavailable", 503,
+                     lambda: cloud.add_region("xx", uri))
+        assert str(etc) in err.message and "not an imagerelay store" in err.message
+        assert "passwd" in err.message
+    unchanged()
+    assert sorted(p.name for p in etc.iterdir()) == ["passwd"]  # nothing created in it
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cloud.add_region("e1", empty)
+    marker = json.loads((empty / ".imagerelay-store").read_text())
+    assert marker == {"format": "imagerelay-store", "version": 1}
+    # Removed from the catalog, the store is a store still: it can be a region again.
+    cloud.add_region("e2", f"file://{empty}")
+
+
+def test_stores_of_the_last_release_are_adopted(home: Path, files: Path) -> None:
+    """A home made before stores had a marker: its regions work on and get one; a store
+    directory of that release can be added as a region."""
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        image = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="bj", name="a")
+    for region in ("bj", "gz", "su"):
+        (home / "regions" / region / ".imagerelay-store").unlink()
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        job = cloud.replicate(image.id, ["gz"])
+        job.wait(timeout=60)
+        assert job.state == "Completed"
+        cloud.import_image(make_dense(files / "b.raw", 3 * CHUNK), region="bj", name="b")
+        old_store = files / "old-store"  # the layout of that release, no marker
+        shutil.copytree(home / "regions" / "su", old_store, symlinks=True)
+        assert sorted(p.name for p in old_store.iterdir()) == ["chunks", "images", "manifests"]
+        cloud.add_region("old", old_store)
+        assert (old_store / ".imagerelay-store").is_file()
+    for region in ("bj", "gz"):
+        assert (home / "regions" / region / ".imagerelay-store").is_file(), region
 
 
 def test_not_found_codes(cloud: ir.Cloud, home: Path, files: Path) -> None:

@@ -5,6 +5,7 @@ from URLs, and a fault-injecting proxy between the engine and the server."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -75,7 +76,39 @@ def test_add_region_checks_the_bucket_and_hides_the_secret(cloud: ir.Cloud, s3: 
     assert region.store.startswith(f"s3://{bucket}/relay")
     listing = repr(cloud.regions) + repr(region) + str([r.store for r in cloud.regions])
     assert s3.secret_access_key not in listing
-    assert s3.keys(bucket) == []  # the write probe was removed
+    assert s3.keys(bucket) == ["relay/.imagerelay-store"]  # the write probe was removed
+
+
+def test_add_region_takes_no_prefix_of_other_objects(cloud: ir.Cloud, s3: S3Server,
+                                                     bucket: str) -> None:
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="backups/db.dump", Body=b"someone else's")
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        add_s3_region(cloud, s3, "s3a", bucket, prefix="backups")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert "not an imagerelay store" in excinfo.value.message
+    assert "db.dump" in excinfo.value.message and f"s3://{bucket}/backups" in excinfo.value.message
+    assert s3.keys(bucket) == ["backups/db.dump"]
+    assert "s3a" not in {r.id for r in cloud.regions}
+    # The whole bucket holds backups/: not a store either.
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        add_s3_region(cloud, s3, "s3a", bucket, prefix="")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert "backups/" in excinfo.value.message
+
+
+def test_add_region_adopts_a_store_without_a_marker(cloud: ir.Cloud, s3: S3Server,
+                                                    bucket: str, files: Path) -> None:
+    """A prefix that a release before the marker filled, as a region of another home."""
+    add_s3_region(cloud, s3, "s3a", bucket)
+    image = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="s3a", name="a")
+    assert image.status == "Available"
+    s3.client().delete_object(Bucket=bucket, Key="relay/.imagerelay-store")
+    with ir.open(files / "other-home") as other:
+        add_s3_region(other, s3, "s3a", bucket)
+    assert "relay/.imagerelay-store" in s3.keys(bucket)
+    body = s3.client().get_object(Bucket=bucket, Key="relay/.imagerelay-store")["Body"].read()
+    assert json.loads(body) == {"format": "imagerelay-store", "version": 1}
 
 
 def test_wrong_keys_fail_with_a_clear_code_and_no_secret(cloud: ir.Cloud, s3: S3Server,
@@ -134,7 +167,8 @@ def test_replicate_local_to_s3_to_s3_to_local(cloud: ir.Cloud, s3: S3Server, fil
     assert len(chunk_keys(s3, b1)) == 22
     keys = s3.keys(b1)
     assert f"relay/manifests/{a.id}.json" in keys and f"relay/images/{a.id}.json" in keys
-    assert all(k.startswith(("relay/chunks/", "relay/manifests/", "relay/images/")) for k in keys)
+    assert all(k.startswith(("relay/chunks/", "relay/manifests/", "relay/images/"))
+               for k in keys if k != "relay/.imagerelay-store")
     # S3 -> S3, then S3 -> local: byte-identical at every step
     job2 = cloud.replicate(a.id, ["s3b"])
     job2.wait(timeout=60)

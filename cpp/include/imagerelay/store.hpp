@@ -23,11 +23,14 @@ class Store {
 
   // The store's URI for display (never a secret).
   virtual std::string uri() const = 0;
-  // Creates the layout if missing and proves the store is writable; throws
-  // TransferError(Region.StoreUnavailable) with the reason otherwise.
+  // Takes the location as a store (it holds the store's marker, or is empty, or holds only
+  // a store's layout of an earlier release: never someone else's files), creates the layout
+  // if missing and proves the store is writable; throws TransferError(Region.StoreUnavailable)
+  // with the reason otherwise.
   virtual void Check() = 0;
-  // Removes what writers that died left behind (temporary files older than an hour). Best
-  // effort; may list the whole store, so it runs with sweeps, not on every Check().
+  // Removes what writers that died left behind: temporary files of writers known to be gone
+  // at once, others once older than an hour. Best effort; may list the whole store, so it
+  // runs with sweeps, not on every Check().
   virtual void RemoveLeftovers() {}
 
   // The chunk calls take the copy's cancel token: a store that waits on the network aborts
