@@ -1,0 +1,165 @@
+#include "pack.hpp"
+
+#include <zstd.h>
+
+#include <cstring>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+
+namespace imagerelay {
+namespace {
+
+constexpr char kMagic[8] = {'I', 'R', 'P', 'A', 'C', 'K', '0', '1'};
+
+void PutLe(std::vector<std::byte>& out, uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<std::byte>(value >> (8 * i)));
+}
+
+uint64_t GetLe(const std::byte* p, int bytes) {
+  uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) value |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return value;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+void PutHash(std::vector<std::byte>& out, const std::string& hex) {
+  if (hex.size() != 64) throw std::invalid_argument("a block hash is 64 hex digits");
+  for (size_t i = 0; i < 64; i += 2) {
+    int hi = HexValue(hex[i]), lo = HexValue(hex[i + 1]);
+    if (hi < 0 || lo < 0) throw std::invalid_argument("a block hash is 64 lowercase hex digits");
+    out.push_back(static_cast<std::byte>(hi << 4 | lo));
+  }
+}
+
+std::string HexOf(const std::byte* p, size_t n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto b = static_cast<unsigned>(p[i]);
+    out += kDigits[b >> 4];
+    out += kDigits[b & 15];
+  }
+  return out;
+}
+
+[[noreturn]] void Torn(const std::string& what, const std::string& why) {
+  throw IntegrityError(codes::kIntegrityError,
+                       what + " is not a whole pack (" + why + "); run `imagerelay scrub`");
+}
+
+}  // namespace
+
+void PackBuilder::Add(const std::string& hash, std::span<const std::byte> raw) {
+  PackEntry entry;
+  entry.hash = hash;
+  entry.offset = data_.size();
+  entry.raw_length = static_cast<uint32_t>(raw.size());
+  scratch_.resize(ZSTD_compressBound(raw.size()));
+  const size_t packed =
+      ZSTD_compress(scratch_.data(), scratch_.size(), raw.data(), raw.size(), zstd_level_);
+  if (!ZSTD_isError(packed) && packed <= raw.size() - raw.size() / 8) {
+    entry.codec = BlockCodec::kZstd;
+    entry.stored_length = static_cast<uint32_t>(packed);
+    data_.insert(data_.end(), scratch_.begin(), scratch_.begin() + static_cast<ptrdiff_t>(packed));
+  } else {
+    entry.codec = BlockCodec::kRaw;
+    entry.stored_length = entry.raw_length;
+    data_.insert(data_.end(), raw.begin(), raw.end());
+  }
+  entries_.push_back(std::move(entry));
+}
+
+std::vector<std::byte> PackBuilder::Finish() {
+  std::vector<std::byte> footer;
+  footer.reserve(entries_.size() * kPackEntrySize + kPackTrailerSize);
+  for (const PackEntry& e : entries_) {
+    PutHash(footer, e.hash);
+    PutLe(footer, e.offset, 8);
+    PutLe(footer, e.stored_length, 4);
+    PutLe(footer, e.raw_length, 4);
+    footer.push_back(static_cast<std::byte>(e.codec));
+  }
+  const std::string digest = Sha256Hex(footer.data(), footer.size());
+  PutLe(footer, entries_.size(), 4);
+  PutHash(footer, digest);
+  for (char c : kMagic) footer.push_back(static_cast<std::byte>(c));
+  std::vector<std::byte> pack = std::move(data_);
+  pack.insert(pack.end(), footer.begin(), footer.end());
+  data_.clear();
+  entries_.clear();
+  return pack;
+}
+
+uint64_t PackFooterSize(std::span<const std::byte> trailer, const std::string& what) {
+  if (trailer.size() < kPackTrailerSize) Torn(what, "shorter than a pack's trailer");
+  const std::byte* end = trailer.data() + trailer.size();
+  if (std::memcmp(end - 8, kMagic, 8) != 0) Torn(what, "no pack trailer at its end");
+  const uint64_t count = GetLe(end - kPackTrailerSize, 4);
+  return count * kPackEntrySize + kPackTrailerSize;
+}
+
+std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t pack_size,
+                                       const std::string& what) {
+  const uint64_t footer_size = PackFooterSize(tail, what);
+  if (footer_size > tail.size() || footer_size > pack_size) {
+    Torn(what, "its footer claims more bytes than it has");
+  }
+  const std::byte* footer = tail.data() + tail.size() - footer_size;
+  const size_t entries_size = footer_size - kPackTrailerSize;
+  const std::byte* digest = footer + entries_size + 4;
+  if (Sha256Hex(footer, entries_size) != HexOf(digest, 32)) {
+    Torn(what, "its footer does not match its digest");
+  }
+  const uint64_t blocks_end = pack_size - footer_size;
+  std::vector<PackEntry> entries;
+  entries.reserve(entries_size / kPackEntrySize);
+  uint64_t expected_offset = 0;
+  for (const std::byte* p = footer; p < footer + entries_size; p += kPackEntrySize) {
+    PackEntry e;
+    e.hash = HexOf(p, 32);
+    e.offset = GetLe(p + 32, 8);
+    e.stored_length = static_cast<uint32_t>(GetLe(p + 40, 4));
+    e.raw_length = static_cast<uint32_t>(GetLe(p + 44, 4));
+    const auto codec = static_cast<uint8_t>(p[48]);
+    if (codec > static_cast<uint8_t>(BlockCodec::kZstd)) Torn(what, "unknown block codec");
+    e.codec = static_cast<BlockCodec>(codec);
+    // Blocks lie back to back from offset 0 up to the footer: nothing overlaps or hides.
+    if (e.offset != expected_offset || e.stored_length > blocks_end - e.offset) {
+      Torn(what, "a block lies outside its place");
+    }
+    expected_offset = e.offset + e.stored_length;
+    entries.push_back(std::move(e));
+  }
+  if (expected_offset != blocks_end) Torn(what, "bytes between its blocks and its footer");
+  return entries;
+}
+
+void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
+                 std::vector<std::byte>& out, const std::string& what) {
+  auto damaged = [&](const std::string& why) {
+    throw DamagedChunkError(entry.hash, "block " + entry.hash + " at byte " +
+                                            std::to_string(entry.offset) + " of " + what +
+                                            " is damaged (" + why + "); run `imagerelay scrub`");
+  };
+  if (stored.size() != entry.stored_length) damaged("it was read short");
+  if (entry.codec == BlockCodec::kRaw) {
+    out.assign(stored.begin(), stored.end());
+  } else {
+    out.resize(entry.raw_length);
+    const size_t n = ZSTD_decompress(out.data(), out.size(), stored.data(), stored.size());
+    if (ZSTD_isError(n)) damaged(std::string("zstd: ") + ZSTD_getErrorName(n));
+    if (n != entry.raw_length) damaged("it decompresses to another length");
+  }
+  if (out.size() != entry.raw_length || Sha256Hex(out.data(), out.size()) != entry.hash) {
+    damaged("its bytes do not match its hash");
+  }
+}
+
+}  // namespace imagerelay

@@ -1,0 +1,74 @@
+// Pack files of the block store to come (docs/data-plane-v2.md, issue #12): small
+// content-addressed blocks (64 KiB by default) written back to back into one large object,
+// each stored raw or zstd-compressed, followed by a footer that lists them. The footer is the
+// truth a region's index is rebuilt from, so it is self-checking: a torn or altered pack is
+// refused as a whole, and every block is checked against its hash when it is decoded.
+//
+// Layout:
+//   block bytes ... | entry * count | count (u32 LE) | SHA-256 of the entries (32 B) | "IRPACK01"
+//   entry: block hash (32 B) | offset (u64 LE) | stored length (u32 LE) | raw length (u32 LE)
+//          | codec (u8)
+//
+// Not wired into the stores yet: the engine still stores 4 MiB chunk files.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace imagerelay {
+
+enum class BlockCodec : uint8_t { kRaw = 0, kZstd = 1 };
+
+struct PackEntry {
+  std::string hash;  // SHA-256 of the raw bytes, 64 lowercase hex digits
+  uint64_t offset = 0;
+  uint32_t stored_length = 0;
+  uint32_t raw_length = 0;
+  BlockCodec codec = BlockCodec::kRaw;
+  bool operator==(const PackEntry&) const = default;
+};
+
+inline constexpr size_t kPackEntrySize = 32 + 8 + 4 + 4 + 1;
+// count + entries digest + magic.
+inline constexpr size_t kPackTrailerSize = 4 + 32 + 8;
+
+// Assembles one pack in memory (the caller bounds it by size, e.g. 8-16 MiB).
+class PackBuilder {
+ public:
+  explicit PackBuilder(int zstd_level = 1) : zstd_level_(zstd_level) {}
+
+  // Adds a block whose bytes the caller has hashed to `hash`. It is stored compressed only
+  // if that saves at least an eighth: incompressible data is stored as it is.
+  void Add(const std::string& hash, std::span<const std::byte> raw);
+  // Bytes of blocks so far (without the footer).
+  uint64_t size() const { return data_.size(); }
+  bool empty() const { return entries_.empty(); }
+  const std::vector<PackEntry>& entries() const { return entries_; }
+  // The whole pack (blocks, then the footer); the builder is empty afterwards.
+  std::vector<std::byte> Finish();
+
+ private:
+  int zstd_level_;
+  std::vector<std::byte> data_;
+  std::vector<PackEntry> entries_;
+  std::vector<std::byte> scratch_;
+};
+
+// The entries of a pack of `pack_size` bytes, from its last bytes (`tail`, at least the
+// footer; the whole pack will do). Throws IntegrityError naming `what` when the pack is torn,
+// not a pack, or its footer does not match its digest or its size.
+std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t pack_size,
+                                       const std::string& what);
+// How many bytes from the end of a pack hold its footer, given its last kPackTrailerSize
+// bytes (for a ranged read of the rest).
+uint64_t PackFooterSize(std::span<const std::byte> trailer, const std::string& what);
+
+// Decodes one block from its stored bytes into `out` and checks it against the entry's hash
+// and raw length: throws DamagedChunkError (the block's hash) if anything is wrong.
+void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
+                 std::vector<std::byte>& out, const std::string& what);
+
+}  // namespace imagerelay
