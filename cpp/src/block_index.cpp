@@ -1,0 +1,120 @@
+#include "block_index.hpp"
+
+#include <sqlite3.h>
+
+#include "imagerelay/error.hpp"
+#include "sqlite_util.hpp"
+
+namespace imagerelay {
+
+struct BlockIndex::Db {
+  explicit Db(sqlite3* raw) : conn(raw) {}
+  sqlite::Connection conn;
+};
+
+namespace {
+
+constexpr const char* kSchema = R"sql(
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS blocks (
+  hash TEXT PRIMARY KEY,
+  pack TEXT NOT NULL,
+  offset INTEGER NOT NULL,
+  stored_length INTEGER NOT NULL,
+  raw_length INTEGER NOT NULL,
+  codec INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
+)sql";
+
+// Runs `fn` inside one transaction, rolled back if it throws.
+template <typename Fn>
+void InTransaction(sqlite::Connection& conn, const char* begin, Fn&& fn) {
+  conn.Exec(begin);
+  try {
+    fn();
+    conn.Exec("COMMIT");
+  } catch (...) {
+    conn.TryExec("ROLLBACK");
+    throw;
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) {
+  std::error_code ec;
+  std::filesystem::create_directories(file.parent_path(), ec);
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(file.c_str(), &raw,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
+  auto db = std::make_unique<Db>(raw);
+  if (rc != SQLITE_OK) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "cannot open the block index " + file.string() + ": " +
+                            (raw ? sqlite3_errmsg(raw) : "out of memory"));
+  }
+  sqlite3_busy_timeout(raw, 5000);
+  db->conn.Exec(kSchema);
+  return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
+}
+
+BlockIndex::BlockIndex(std::unique_ptr<Db> db) : db_(std::move(db)) {}
+BlockIndex::~BlockIndex() = default;
+
+void BlockIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry>& entries) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    auto& insert = db_->conn.Cached(
+        "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
+    for (const PackEntry& e : entries) {
+      sqlite::ScopedStatement s(insert);
+      s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length,
+              static_cast<int>(e.codec))
+          .Run();
+    }
+  });
+}
+
+void BlockIndex::RemovePack(const std::string& pack_id) {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
+  s->Bind(pack_id).Run();
+}
+
+std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
+    const std::vector<std::string>& hashes) {
+  std::lock_guard lock(mutex_);
+  std::vector<std::optional<BlockLocation>> out(hashes.size());
+  InTransaction(db_->conn, "BEGIN", [&] {
+    auto& find = db_->conn.Cached(
+        "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      sqlite::ScopedStatement s(find);
+      if (!s->Bind(hashes[i]).Step()) continue;
+      out[i] = BlockLocation{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
+                             static_cast<uint32_t>(s->Uint(3)),
+                             static_cast<BlockCodec>(s->Int(4))};
+    }
+  });
+  return out;
+}
+
+uint64_t BlockIndex::BlockCount() {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached("SELECT count(*) FROM blocks"));
+  return s->Step() ? s->Uint(0) : 0;
+}
+
+std::vector<std::string> BlockIndex::Packs() {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached("SELECT DISTINCT pack FROM blocks ORDER BY pack"));
+  std::vector<std::string> packs;
+  while (s->Step()) packs.push_back(s->Text(0));
+  return packs;
+}
+
+}  // namespace imagerelay

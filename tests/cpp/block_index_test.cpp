@@ -1,0 +1,78 @@
+#include "block_index.hpp"
+
+#include <gtest/gtest.h>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "scratch_dir.hpp"
+
+namespace imagerelay {
+namespace {
+
+using testing_util::ScratchDir;
+
+std::string HashOfNumber(uint64_t n) { return Sha256Hex(&n, sizeof(n)); }
+
+std::vector<PackEntry> Entries(uint64_t first, uint64_t count) {
+  std::vector<PackEntry> entries;
+  uint64_t offset = 0;
+  for (uint64_t n = first; n < first + count; ++n) {
+    entries.push_back({HashOfNumber(n), offset, 1000, 65536, BlockCodec::kZstd});
+    offset += 1000;
+  }
+  return entries;
+}
+
+TEST(BlockIndexTest, LooksUpAddsRemovesAndPersists) {
+  ScratchDir dir;
+  const auto file = dir.path() / "index" / "bj.db";
+  {
+    auto index = BlockIndex::Open(file);
+    index->AddPack("pack-a", Entries(0, 10));
+    index->AddPack("pack-b", Entries(5, 10));  // 5..9 already in pack-a: they stay there
+    EXPECT_EQ(index->BlockCount(), 15u);
+    auto found = index->Lookup({HashOfNumber(7), HashOfNumber(12), HashOfNumber(99)});
+    ASSERT_TRUE(found[0] && found[1]);
+    EXPECT_EQ(found[0]->pack, "pack-a");
+    EXPECT_EQ(found[1]->pack, "pack-b");
+    EXPECT_EQ(found[1]->offset, 7000u);  // the 8th entry of pack-b
+    EXPECT_EQ(found[1]->codec, BlockCodec::kZstd);
+    EXPECT_FALSE(found[2]);
+    EXPECT_EQ(index->Packs(), (std::vector<std::string>{"pack-a", "pack-b"}));
+  }
+  auto index = BlockIndex::Open(file);  // what was committed is still there
+  EXPECT_EQ(index->BlockCount(), 15u);
+  index->RemovePack("pack-a");
+  EXPECT_EQ(index->BlockCount(), 5u);
+  EXPECT_FALSE(index->Lookup({HashOfNumber(7)})[0]);  // re-added when a pack holds it again
+  index->AddPack("pack-c", Entries(0, 10));
+  EXPECT_EQ(index->Lookup({HashOfNumber(7)})[0]->pack, "pack-c");
+}
+
+// A region of many blocks answers from disk: 100k entries (a 6 GiB image of 64 KiB blocks)
+// indexed and looked up in batches.
+TEST(BlockIndexTest, ManyBlocksInBatches) {
+  ScratchDir dir;
+  auto index = BlockIndex::Open(dir.path() / "bj.db");
+  constexpr uint64_t kPacks = 40, kPerPack = 2500;
+  for (uint64_t p = 0; p < kPacks; ++p) {
+    index->AddPack("pack-" + std::to_string(p), Entries(p * kPerPack, kPerPack));
+  }
+  EXPECT_EQ(index->BlockCount(), kPacks * kPerPack);
+  std::vector<std::string> batch;
+  for (uint64_t n = 0; n < kPacks * kPerPack; n += 997) batch.push_back(HashOfNumber(n));
+  auto found = index->Lookup(batch);
+  for (size_t i = 0; i < found.size(); ++i) {
+    ASSERT_TRUE(found[i]) << i;
+    EXPECT_EQ(found[i]->pack, "pack-" + std::to_string(i * 997 / kPerPack));
+  }
+}
+
+TEST(BlockIndexTest, AnUnusableFileIsAStoreError) {
+  ScratchDir dir;
+  std::filesystem::create_directory(dir.path() / "taken");
+  EXPECT_THROW(BlockIndex::Open(dir.path() / "taken"), TransferError);
+}
+
+}  // namespace
+}  // namespace imagerelay
