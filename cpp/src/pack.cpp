@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "binary_codec.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 
@@ -12,41 +13,16 @@ namespace {
 
 constexpr char kMagic[8] = {'I', 'R', 'P', 'A', 'C', 'K', '0', '1'};
 
-void PutLe(std::vector<std::byte>& out, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<std::byte>(value >> (8 * i)));
+void Append(std::vector<std::byte>& out, uint64_t value, int bytes) {
+  std::byte le[8];
+  PutLe(le, value, bytes);
+  out.insert(out.end(), le, le + bytes);
 }
 
-uint64_t GetLe(const std::byte* p, int bytes) {
-  uint64_t value = 0;
-  for (int i = 0; i < bytes; ++i) value |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return value;
-}
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
-void PutHash(std::vector<std::byte>& out, const std::string& hex) {
-  if (hex.size() != 64) throw std::invalid_argument("a block hash is 64 hex digits");
-  for (size_t i = 0; i < 64; i += 2) {
-    int hi = HexValue(hex[i]), lo = HexValue(hex[i + 1]);
-    if (hi < 0 || lo < 0) throw std::invalid_argument("a block hash is 64 lowercase hex digits");
-    out.push_back(static_cast<std::byte>(hi << 4 | lo));
-  }
-}
-
-std::string HexOf(const std::byte* p, size_t n) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * n);
-  for (size_t i = 0; i < n; ++i) {
-    const auto b = static_cast<unsigned>(p[i]);
-    out += kDigits[b >> 4];
-    out += kDigits[b & 15];
-  }
-  return out;
+void AppendHash(std::vector<std::byte>& out, const std::string& hex) {
+  std::byte bytes[kHashBytes];
+  HashToBytes(hex, bytes);
+  out.insert(out.end(), bytes, bytes + kHashBytes);
 }
 
 [[noreturn]] void Torn(const std::string& what, const std::string& why) {
@@ -80,15 +56,15 @@ std::vector<std::byte> PackBuilder::Finish() {
   std::vector<std::byte> footer;
   footer.reserve(entries_.size() * kPackEntrySize + kPackTrailerSize);
   for (const PackEntry& e : entries_) {
-    PutHash(footer, e.hash);
-    PutLe(footer, e.offset, 8);
-    PutLe(footer, e.stored_length, 4);
-    PutLe(footer, e.raw_length, 4);
+    AppendHash(footer, e.hash);
+    Append(footer, e.offset, 8);
+    Append(footer, e.stored_length, 4);
+    Append(footer, e.raw_length, 4);
     footer.push_back(static_cast<std::byte>(e.codec));
   }
   const std::string digest = Sha256Hex(footer.data(), footer.size());
-  PutLe(footer, entries_.size(), 4);
-  PutHash(footer, digest);
+  Append(footer, entries_.size(), 4);
+  AppendHash(footer, digest);
   for (char c : kMagic) footer.push_back(static_cast<std::byte>(c));
   std::vector<std::byte> pack = std::move(data_);
   pack.insert(pack.end(), footer.begin(), footer.end());
@@ -114,7 +90,7 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
   const std::byte* footer = tail.data() + tail.size() - footer_size;
   const size_t entries_size = footer_size - kPackTrailerSize;
   const std::byte* digest = footer + entries_size + 4;
-  if (Sha256Hex(footer, entries_size) != HexOf(digest, 32)) {
+  if (Sha256Hex(footer, entries_size) != BytesToHash(digest)) {
     Torn(what, "its footer does not match its digest");
   }
   const uint64_t blocks_end = pack_size - footer_size;
@@ -123,7 +99,7 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
   uint64_t expected_offset = 0;
   for (const std::byte* p = footer; p < footer + entries_size; p += kPackEntrySize) {
     PackEntry e;
-    e.hash = HexOf(p, 32);
+    e.hash = BytesToHash(p);
     e.offset = GetLe(p + 32, 8);
     e.stored_length = static_cast<uint32_t>(GetLe(p + 40, 4));
     e.raw_length = static_cast<uint32_t>(GetLe(p + 44, 4));
