@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS blocks (
   codec INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
+CREATE TABLE IF NOT EXISTS packs (
+  name TEXT PRIMARY KEY,
+  size INTEGER NOT NULL
+) WITHOUT ROWID;
 )sql";
 
 // Runs `fn` inside one transaction, rolled back if it throws.
@@ -64,9 +68,17 @@ std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) 
 BlockIndex::BlockIndex(std::unique_ptr<Db> db) : db_(std::move(db)) {}
 BlockIndex::~BlockIndex() = default;
 
-void BlockIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry>& entries) {
+void BlockIndex::AddPack(const std::string& pack_id, uint64_t pack_size,
+                         const std::vector<PackEntry>& entries,
+                         const std::vector<std::string>& replaced) {
   std::lock_guard lock(mutex_);
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    for (const std::string& old : replaced) ForgetPack(old);
+    {
+      sqlite::ScopedStatement s(db_->conn.Cached(
+          "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
+      s->Bind(pack_id, pack_size).Run();
+    }
     auto& insert = db_->conn.Cached(
         "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
@@ -79,10 +91,47 @@ void BlockIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry
   });
 }
 
+void BlockIndex::ForgetPack(const std::string& pack_id) {
+  {
+    sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
+    s->Bind(pack_id).Run();
+  }
+  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM packs WHERE name = ?"));
+  s->Bind(pack_id).Run();
+}
+
 void BlockIndex::RemovePack(const std::string& pack_id) {
   std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
-  s->Bind(pack_id).Run();
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] { ForgetPack(pack_id); });
+}
+
+void BlockIndex::RemoveBlock(const std::string& hash) {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE hash = ?"));
+  s->Bind(hash).Run();
+}
+
+std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached(
+      "SELECT hash, offset, stored_length, raw_length, codec FROM blocks WHERE pack = ? "
+      "ORDER BY offset"));
+  s->Bind(pack_id);
+  std::vector<PackEntry> entries;
+  while (s->Step()) {
+    entries.push_back(PackEntry{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
+                                static_cast<uint32_t>(s->Uint(3)),
+                                static_cast<BlockCodec>(s->Int(4))});
+  }
+  return entries;
+}
+
+std::vector<std::string> BlockIndex::Hashes() {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached("SELECT hash FROM blocks ORDER BY hash"));
+  std::vector<std::string> hashes;
+  while (s->Step()) hashes.push_back(s->Text(0));
+  return hashes;
 }
 
 std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
@@ -109,11 +158,11 @@ uint64_t BlockIndex::BlockCount() {
   return s->Step() ? s->Uint(0) : 0;
 }
 
-std::vector<std::string> BlockIndex::Packs() {
+std::vector<std::pair<std::string, uint64_t>> BlockIndex::Packs() {
   std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached("SELECT DISTINCT pack FROM blocks ORDER BY pack"));
-  std::vector<std::string> packs;
-  while (s->Step()) packs.push_back(s->Text(0));
+  sqlite::ScopedStatement s(db_->conn.Cached("SELECT name, size FROM packs ORDER BY name"));
+  std::vector<std::pair<std::string, uint64_t>> packs;
+  while (s->Step()) packs.emplace_back(s->Text(0), s->Uint(1));
   return packs;
 }
 

@@ -1,10 +1,9 @@
-// A region's block index for the block store to come (docs/data-plane-v2.md, issue #12):
+// A region's block index (docs/data-plane-v2.md, issue #12):
 // block hash -> (pack, offset, lengths, codec). Kept on disk (SQLite, a table keyed by the
 // hash), so that a region of millions of blocks costs the memory of SQLite's page cache, not
 // of its entries (restic's best-known complaint is an index held whole in memory). It holds
 // nothing that the packs' footers do not: it can be dropped and rebuilt from them.
-//
-// Not wired into the stores yet. Safe to call from several threads of one process.
+// Safe to call from several threads of one process, and from several processes (SQLite WAL).
 #pragma once
 
 #include <cstdint>
@@ -37,18 +36,30 @@ class BlockIndex {
 
   // Indexes every block of a pack, in one transaction: all or none after a crash. A block
   // already indexed in another pack keeps its place (the first copy is as good as any).
-  void AddPack(const std::string& pack_id, const std::vector<PackEntry>& entries);
-  // Forgets the blocks located in a pack (before the pack is deleted, after a repack).
+  // `replaced` packs are forgotten in the same transaction (a repack's old packs), so that
+  // a crash leaves either the old packs' entries or the new one's.
+  void AddPack(const std::string& pack_id, uint64_t pack_size,
+               const std::vector<PackEntry>& entries,
+               const std::vector<std::string>& replaced = {});
+  // Forgets a pack and the blocks located in it (before the pack is deleted).
   void RemovePack(const std::string& pack_id);
+  // Forgets one block (found damaged): the next writer of its hash stores it anew.
+  void RemoveBlock(const std::string& hash);
+  // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
+  std::vector<PackEntry> EntriesOf(const std::string& pack_id);
+  // Every indexed block's hash, sorted.
+  std::vector<std::string> Hashes();
   // One answer per hash, in order, from one read; nullopt where the block is not indexed.
   std::vector<std::optional<BlockLocation>> Lookup(const std::vector<std::string>& hashes);
   uint64_t BlockCount();
-  // The packs with at least one indexed block, sorted.
-  std::vector<std::string> Packs();
+  // Every indexed pack (with its size), sorted by name, whether or not blocks of it are
+  // still indexed.
+  std::vector<std::pair<std::string, uint64_t>> Packs();
 
  private:
   struct Db;
   explicit BlockIndex(std::unique_ptr<Db> db);
+  void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
   std::mutex mutex_;
   std::unique_ptr<Db> db_;
 };

@@ -43,8 +43,11 @@ constexpr int kMaxThreads = 64;
 // the store flushes concurrent writes together, so more workers run than hash at once (only
 // `threads` of them hash at a time). 10 workers hold 12 buffers: 48 MiB at 4 MiB chunks.
 constexpr int kMinWorkers = 10;
-// Chunks the reader may run ahead of the whole-image hash.
+// Read units the reader may run ahead of the whole-image hash.
 constexpr size_t kMaxDigestLag = 64;
+// Import reads the source in units of this many bytes (a whole number of chunks): chunks of
+// 64 KiB read one by one would cost a request each (an O_DIRECT read, a ranged GET).
+constexpr uint64_t kImportReadUnit = 4ULL << 20;
 
 uint64_t ChunkCount(uint64_t size, uint64_t chunk_size) {
   return size / chunk_size + (size % chunk_size != 0 ? 1 : 0);
@@ -158,9 +161,9 @@ class HashPermit {
 };
 
 struct ChunkJob {
-  size_t index;
-  int slot;  // buffer index, -1 for a hole
-  size_t len;
+  size_t index;  // the first chunk of the read unit
+  int slot;      // buffer index, -1 for a hole
+  size_t len;    // bytes of the unit
 };
 
 // Import: the calling thread walks the chunks in order, skipping holes, and hands each a
@@ -176,6 +179,7 @@ class Importer {
         cancel_(cancel),
         throttle_(progress),
         chunk_size_(options.chunk_size),
+        unit_chunks_(std::max<uint64_t>(1, kImportReadUnit / std::max<uint64_t>(1, options.chunk_size))),
         hashers_(std::clamp(options.threads, 1, kMaxThreads)),
         workers_(std::max(hashers_, kMinWorkers)),  // capped by the buffer count below
         hash_permits_(hashers_),
@@ -190,10 +194,12 @@ class Importer {
     progress_.bytes_total = manifest_.size;
     progress_.chunks_total = manifest_.chunks.size();
 
-    uint64_t by_memory = options.buffer_memory / chunk_size_;
+    const uint64_t unit_size = chunk_size_ * unit_chunks_;
+    const uint64_t units = ChunkCount(manifest_.size, unit_size);
+    uint64_t by_memory = options.buffer_memory / unit_size;
     uint64_t slots = std::min<uint64_t>(by_memory, static_cast<uint64_t>(workers_) + 2);
-    slots = std::min<uint64_t>(std::max<uint64_t>(slots, 2), manifest_.chunks.size());
-    size_t buffer_size = static_cast<size_t>(std::min(chunk_size_, manifest_.size));
+    slots = std::min<uint64_t>(std::max<uint64_t>(slots, 2), units);
+    size_t buffer_size = static_cast<size_t>(std::min(unit_size, manifest_.size));
     for (uint64_t i = 0; i < slots; ++i) {
       // Aligned: the source and a local store read and write them with O_DIRECT.
       buffers_.push_back(AllocateDirectIoBuffer(buffer_size));
@@ -267,17 +273,24 @@ class Importer {
     return slot;
   }
 
+  // Chunks [first, first + count) of the read unit starting at chunk `first`.
+  size_t UnitChunks(size_t first) const {
+    return std::min<size_t>(unit_chunks_, manifest_.chunks.size() - first);
+  }
+
   void ReadLoop() {
-    for (size_t i = 0; i < manifest_.chunks.size(); ++i) {
+    for (size_t i = 0; i < manifest_.chunks.size(); i += unit_chunks_) {
       CheckCancel();
       MaybeReport();
       const uint64_t offset = manifest_.ChunkOffset(i);
-      const size_t len = static_cast<size_t>(manifest_.ChunkLength(i));
+      const size_t last = i + UnitChunks(i) - 1;
+      const size_t len =
+          static_cast<size_t>(manifest_.ChunkOffset(last) + manifest_.ChunkLength(last) - offset);
       if (source_.IsHole(offset, len)) {
         if (!with_digest_) {
           std::lock_guard lock(crew_.mu);
           progress_.bytes_done += len;
-          ++progress_.chunks_skipped;
+          progress_.chunks_skipped += UnitChunks(i);
           continue;
         }
         // Holes need no buffer, but hashing their zeros takes time: keep the reader close.
@@ -343,28 +356,40 @@ class Importer {
         }
         crew_.digest_cv.notify_all();
       }
-      const std::byte* data = buffers_[job.slot].get();
-      bool stored = false;
-      std::string hash;
-      {
-        HashPermit permit(hash_permits_);
-        if (!IsAllZero(data, job.len)) hash = Sha256Hex(data, job.len);
-      }
-      if (!hash.empty()) {
-        // Present with its length and untouched since written (Store::HasChunkOfLength).
-        if (!store_.HasChunkOfLength(hash, job.len, &cancel_)) {
-          store_.PutChunk(hash, std::span(data, job.len), &cancel_);
-          stored = true;
+      uint64_t stored_raw = 0;
+      uint64_t stored_bytes = 0;
+      uint64_t skipped = 0;
+      const size_t count = UnitChunks(job.index);
+      for (size_t k = 0; k < count; ++k) {
+        const size_t chunk = job.index + k;
+        const std::byte* data =
+            buffers_[job.slot].get() + (manifest_.ChunkOffset(chunk) - manifest_.ChunkOffset(job.index));
+        const size_t len = static_cast<size_t>(manifest_.ChunkLength(chunk));
+        std::string hash;
+        {
+          HashPermit permit(hash_permits_);
+          if (!IsAllZero(data, len)) hash = Sha256Hex(data, len);
         }
-        manifest_.chunks[job.index] = std::move(hash);  // one writer per index
+        bool stored = false;
+        if (!hash.empty()) {
+          // Present with its length and untouched since written (Store::HasChunkOfLength).
+          if (!store_.HasChunkOfLength(hash, len, &cancel_)) {
+            stored_bytes += store_.PutChunk(hash, std::span(data, len), &cancel_);
+            stored = true;
+          }
+          manifest_.chunks[chunk] = std::move(hash);  // one writer per index
+        }
+        if (stored) {
+          stored_raw += len;
+        } else {
+          ++skipped;
+        }
       }
       std::lock_guard lock(crew_.mu);
       progress_.bytes_done += job.len;
-      if (stored) {
-        progress_.bytes_transferred += job.len;
-      } else {
-        ++progress_.chunks_skipped;
-      }
+      progress_.bytes_transferred += stored_raw;
+      progress_.bytes_sent += stored_bytes;
+      progress_.chunks_skipped += skipped;
       ReleaseSlot(job.slot);
     }
   }
@@ -390,7 +415,7 @@ class Importer {
         image_hash_.UpdateZeros(job.len);
         std::lock_guard lock(crew_.mu);
         progress_.bytes_done += job.len;
-        ++progress_.chunks_skipped;
+        progress_.chunks_skipped += UnitChunks(job.index);
         continue;
       }
       image_hash_.Update(buffers_[job.slot].get(), job.len);
@@ -404,6 +429,7 @@ class Importer {
   const CancelToken& cancel_;
   ProgressThrottle throttle_;
   const uint64_t chunk_size_;
+  const uint64_t unit_chunks_;  // chunks per read unit
   const int hashers_;
   int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "file_util.hpp"
+#include "local_dir.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "unique_fd.hpp"
@@ -27,27 +28,12 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kRecordSuffix = ".json";
-// The modification time of a chunk file as this store wrote it (see local_store.hpp): one
-// second after the epoch, a time no ordinary write gives a file.
-constexpr timespec kVerifiedStamp{1, 0};
-
-bool Stamped(const struct stat& st) {
-  return st.st_mtim.tv_sec == kVerifiedStamp.tv_sec && st.st_mtim.tv_nsec == kVerifiedStamp.tv_nsec;
-}
-
-// Sets the stamp on an open chunk file; 0 or an errno value.
-int Stamp(int fd) {
-  const timespec times[2] = {{0, UTIME_OMIT}, kVerifiedStamp};
-  return ::futimens(fd, times) == 0 ? 0 : errno;
-}
-// Temporary files whose writer cannot be told gone (TempWriterIsGone) wait this long.
-constexpr time_t kStaleTempAgeSeconds = 3600;
 constexpr const char* kChunksDir = "chunks";
 constexpr const char* kManifestsDir = "manifests";
 constexpr const char* kImagesDir = "images";
 constexpr const char* kQuarantineDir = "quarantine";  // damaged chunks kept for inspection
-constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
-constexpr int kStoreMarkerVersion = 1;
+// 2: images may be stored as blocks in packs, which releases that know version 1 cannot read.
+constexpr int kStoreMarkerVersion = 2;
 
 bool IsLowerHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
@@ -118,81 +104,6 @@ void RequireImageId(const std::string& id) {
   Unavailable(uri, path, "cannot open " + path.string() + ": " + ErrnoText(err));
 }
 
-enum class EntryKind { kFile, kDirectory, kOther };
-struct DirEntry {
-  std::string name;
-  EntryKind kind;  // as lstat tells it: a symbolic link is kOther
-};
-
-// The entries of the directory open at `dir_fd`, or an errno value.
-int ListDirectory(int dir_fd, std::vector<DirEntry>& out) {
-  // fdopendir owns the fd it is given and reads from its offset: a fresh one.
-  int fd = ::openat(dir_fd, ".", kDirFlags);
-  if (fd < 0) return errno;
-  DIR* dir = ::fdopendir(fd);
-  if (dir == nullptr) {
-    int err = errno;
-    ::close(fd);
-    return err;
-  }
-  std::unique_ptr<DIR, int (*)(DIR*)> closer(dir, &::closedir);
-  for (;;) {
-    errno = 0;
-    const dirent* entry = ::readdir(dir);
-    if (entry == nullptr) return errno;
-    std::string_view name = entry->d_name;
-    if (name == "." || name == "..") continue;
-    EntryKind kind = entry->d_type == DT_REG ? EntryKind::kFile
-                     : entry->d_type == DT_DIR ? EntryKind::kDirectory
-                                               : EntryKind::kOther;
-    struct stat st;
-    if (entry->d_type == DT_UNKNOWN &&
-        ::fstatat(dir_fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-      kind = S_ISREG(st.st_mode) ? EntryKind::kFile
-             : S_ISDIR(st.st_mode) ? EntryKind::kDirectory
-                                   : EntryKind::kOther;
-    }
-    out.push_back({std::string(name), kind});
-  }
-}
-
-bool IsPrefixName(std::string_view name) {
-  return name.size() == 2 && IsLowerHex(name[0]) && IsLowerHex(name[1]);
-}
-
-// Calls fn(prefix, fd) for every chunk prefix directory in the directory open at
-// `chunks_fd` that is a real directory: a link in place of one is skipped, never followed.
-// Returns 0 or an errno value.
-template <typename Fn>
-int ForEachPrefixDir(int chunks_fd, Fn fn) {
-  std::vector<DirEntry> entries;
-  if (int err = ListDirectory(chunks_fd, entries); err != 0) return err;
-  for (const DirEntry& entry : entries) {
-    if (entry.kind != EntryKind::kDirectory || !IsPrefixName(entry.name)) continue;
-    UniqueFd fd(::openat(chunks_fd, entry.name.c_str(), kDirFlags | O_NOFOLLOW));
-    if (fd) fn(entry.name, fd.get());
-  }
-  return 0;
-}
-
-// Best effort: temporary files left by writers that died, at once when the writer is known
-// to be gone, else once old (it may be another machine's writer, still at work).
-void RemoveStaleTemps(int dir_fd) {
-  std::vector<DirEntry> entries;
-  if (ListDirectory(dir_fd, entries) != 0) return;
-  const time_t now = std::time(nullptr);
-  for (const DirEntry& entry : entries) {
-    if (entry.kind != EntryKind::kFile || !entry.name.starts_with(kTempPrefix)) continue;
-    struct stat st;
-    if (!TempWriterIsGone(entry.name) &&
-        (::fstatat(dir_fd, entry.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-         now - st.st_mtime < kStaleTempAgeSeconds)) {
-      continue;
-    }
-    ::unlinkat(dir_fd, entry.name.c_str(), 0);
-  }
-}
-
 }  // namespace
 
 bool IsChunkHash(std::string_view s) {
@@ -226,7 +137,8 @@ std::string CheckStoreMarker(std::string_view text) {
 }
 
 bool IsStoreDirName(std::string_view name) {
-  return name == kChunksDir || name == kManifestsDir || name == kImagesDir;
+  return name == kChunksDir || name == kManifestsDir || name == kImagesDir ||
+         name == kPacksDir || name == kIndexDir || name == "quarantine";
 }
 
 std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
@@ -338,8 +250,15 @@ void LocalStore::ClaimRoot(int root_fd) {
       Unavailable(uri_, root_, "cannot read " + (root_ / kStoreMarker).string() + ": " +
                                    ErrnoText(errno));
     }
-    std::string problem = CheckStoreMarker(std::string_view(text, static_cast<size_t>(n)));
+    const std::string_view marker_text(text, static_cast<size_t>(n));
+    std::string problem = CheckStoreMarker(marker_text);
     if (!problem.empty()) NotAStore(uri_, root_, problem);
+    if (marker_text != StoreMarkerText()) {  // an earlier version's: this release writes packs
+      const std::string current = StoreMarkerText();
+      std::string error = WriteFileAtomicallyAt(root_fd, root_, std::string(kStoreMarker),
+                                                std::as_bytes(std::span(current)));
+      if (!error.empty()) Unavailable(uri_, root_, error);
+    }
     return;
   }
   if (errno != ENOENT) {
@@ -371,7 +290,7 @@ void LocalStore::ClaimRoot(int root_fd) {
 void LocalStore::Check() {
   // The store may have been removed and made again since we last looked: check anew.
   root_known_ = chunks_known_ = manifests_known_ = images_known_ = false;
-  chunk_dirs_known_ = false;
+  chunk_dirs_known_ = packs_known_ = index_known_ = false;
   EnsureRoot();
   ClaimRoot(OpenRoot().get());
   EnsureDir(kChunksDir, chunks_known_);
@@ -402,8 +321,10 @@ void LocalStore::RemoveLeftovers() {
     for (const char* sub : {kManifestsDir, kImagesDir}) {
       if (UniqueFd dir = OpenStoreDir(sub)) RemoveStaleTemps(dir.get());
     }
-    if (UniqueFd chunks = OpenStoreDir(kChunksDir)) {
-      ForEachPrefixDir(chunks.get(), [](const std::string&, int fd) { RemoveStaleTemps(fd); });
+    for (const char* fanned_out : {kChunksDir, kPacksDir}) {
+      if (UniqueFd dir = OpenStoreDir(fanned_out)) {
+        ForEachPrefixDir(dir.get(), [](const std::string&, int fd) { RemoveStaleTemps(fd); });
+      }
     }
   } catch (const TransferError&) {
     // Best effort: a directory that is not a real one is the next Check's to report.
@@ -466,19 +387,20 @@ bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
   return false;
 }
 
-void LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
+uint64_t LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
                           const CancelToken* /*cancel*/) {
   RequireHash(hash);
   EnsureChunkDirs();
   // Content-addressed: the same name holds the same bytes. One of another length, or no
   // longer right, is damaged and is replaced by the rename of the new file.
-  if (HasChunkOfLength(hash, data.size())) return;
+  if (HasChunkOfLength(hash, data.size())) return 0;
   UniqueFd dir = OpenChunkDir(hash);
   if (!dir) {
     Unavailable(uri_, ChunkPath(hash).parent_path(),
                 ChunkPath(hash).parent_path().string() + " does not exist");
   }
   WriteChunkFile(dir.get(), hash, data);
+  return data.size();
 }
 
 namespace {
@@ -685,20 +607,25 @@ void LocalStore::DeleteChunk(const std::string& hash) {
 void LocalStore::QuarantineChunk(const std::string& hash) {
   UniqueFd dir = OpenChunkDir(hash);
   if (!dir || !ChunkFileStat(dir.get(), hash)) return;  // nothing of ours to take aside
+  if (MoveToQuarantine(dir.get(), hash)) return;
+  DeleteChunk(hash);  // out of use is what matters
+}
+
+bool LocalStore::MoveToQuarantine(int dir_fd, const std::string& name) {
   // Never through a symlink out of the store: only a real directory of ours takes it.
   UniqueFd quarantine;
   try {
     ::mkdirat(OpenRoot().get(), kQuarantineDir, 0700);
     quarantine = OpenStoreDir(kQuarantineDir);
   } catch (const TransferError&) {
-    // a link or a file in its place: the chunk is deleted instead
+    return false;  // a link or a file in its place
   }
-  const std::string aside = hash + "." + std::to_string(::time(nullptr));
-  if (!quarantine || ::renameat(dir.get(), hash.c_str(), quarantine.get(), aside.c_str()) != 0) {
-    DeleteChunk(hash);  // out of use is what matters
-    return;
+  const std::string aside = name + "." + std::to_string(::time(nullptr));
+  if (!quarantine || ::renameat(dir_fd, name.c_str(), quarantine.get(), aside.c_str()) != 0) {
+    return false;
   }
-  ::fsync(dir.get());
+  ::fsync(dir_fd);
+  return true;
 }
 
 std::vector<std::string> LocalStore::ListChunks() {

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "imagerelay/store.hpp"
+#include "pack_files.hpp"
 #include "unique_fd.hpp"
 
 namespace imagerelay {
@@ -55,13 +56,17 @@ inline constexpr std::string_view kStoreMarker = ".imagerelay-store";
 std::string StoreMarkerText();
 // "" if `text` is a marker this release can use, else what is wrong with it.
 std::string CheckStoreMarker(std::string_view text);
-// chunks, manifests and images: the directories a store keeps at its root.
+// Where the block store keeps its packs and its index (docs/data-plane-v2.md).
+inline constexpr const char* kPacksDir = "packs";
+inline constexpr const char* kIndexDir = "index";
+// chunks, packs, index, manifests, images and quarantine: the directories a store keeps at
+// its root.
 bool IsStoreDirName(std::string_view name);
 // Why a root without the marker is not taken, naming a few of the `foreign` entries it
 // holds that a store does not; "" if there are none.
 std::string ForeignEntriesProblem(std::vector<std::string> foreign);
 
-class LocalStore : public Store, public ChunkSizeProbe {
+class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
  public:
   // `root` need not exist yet; `uri` is what uri() shows (the root itself if empty).
   explicit LocalStore(std::filesystem::path root, std::string uri = "");
@@ -75,7 +80,7 @@ class LocalStore : public Store, public ChunkSizeProbe {
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
   bool HasChunkOfLength(const std::string& hash, uint64_t length,
                         const CancelToken* cancel = nullptr) override;
-  void PutChunk(const std::string& hash, std::span<const std::byte> data,
+  uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                 const CancelToken* cancel = nullptr) override;
   void Flush() override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
@@ -96,6 +101,20 @@ class LocalStore : public Store, public ChunkSizeProbe {
 
   std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
 
+  // Packs (local_pack_files.cpp): <root>/packs/<first two hex>/<name>, written like chunk
+  // files (temporary file, stamp, fsync, rename, fsync of the directory); the index in
+  // <root>/index/blocks.sqlite.
+  void PutPack(const std::string& name, std::span<const std::byte> bytes,
+               const CancelToken* cancel) override;
+  bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
+                const CancelToken* cancel) override;
+  std::optional<PackStat> StatPack(const std::string& name) override;
+  void RestampPack(const std::string& name) override;
+  void DeletePack(const std::string& name) override;
+  void QuarantinePack(const std::string& name) override;
+  std::vector<std::pair<std::string, uint64_t>> ListPacks() override;
+  std::filesystem::path IndexFile() override;
+
   const std::filesystem::path& root() const { return root_; }
   // Where a chunk's file lives (whether or not it exists). Validates the hash.
   std::filesystem::path ChunkPath(const std::string& hash) const;
@@ -110,6 +129,11 @@ class LocalStore : public Store, public ChunkSizeProbe {
   // than a directory is in its place.
   UniqueFd OpenStoreDir(const char* sub, const std::string& inner = "") const;
   UniqueFd OpenChunkDir(const std::string& hash) const;
+  // packs/<first two hex of name>, created if `create`; invalid fd if absent.
+  UniqueFd OpenPackDir(const std::string& name, bool create);
+  // Moves `name` from the directory open at `dir_fd` to quarantine/<name>.<time>; false if
+  // it could not (the caller then deletes it).
+  bool MoveToQuarantine(int dir_fd, const std::string& name);
   UniqueFd OpenRoot() const;
   // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
   void ClaimRoot(int root_fd);
@@ -137,6 +161,8 @@ class LocalStore : public Store, public ChunkSizeProbe {
   std::atomic<bool> manifests_known_{false};
   std::atomic<bool> images_known_{false};
   std::atomic<bool> chunk_dirs_known_{false};
+  std::atomic<bool> packs_known_{false};
+  std::atomic<bool> index_known_{false};
 
   // Group commit: chunks are written to temporary files and renamed into place in batches,
   // after one syncfs(2) for the whole batch, instead of an fsync (and a device cache flush)

@@ -3,6 +3,8 @@
 #include <zstd.h>
 
 #include <cstring>
+#include <memory>
+#include <new>
 
 #include "binary_codec.hpp"
 #include "imagerelay/error.hpp"
@@ -32,23 +34,35 @@ void AppendHash(std::vector<std::byte>& out, const std::string& hex) {
 
 }  // namespace
 
+EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
+                         std::vector<std::byte>& scratch) {
+  if (zstd_level <= 0 || raw.size() < 64) return {BlockCodec::kRaw, raw};
+  // A context per thread: ZSTD_compress would allocate (and free) one per block.
+  thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> context(ZSTD_createCCtx(),
+                                                                         &ZSTD_freeCCtx);
+  if (!context) return {BlockCodec::kRaw, raw};
+  // Room for only what would be worth keeping: zstd gives up as soon as it cannot fit,
+  // so incompressible data costs less than a full attempt.
+  const size_t limit = raw.size() - raw.size() / 8;
+  scratch.resize(limit);
+  const size_t packed = ZSTD_compressCCtx(context.get(), scratch.data(), limit, raw.data(),
+                                          raw.size(), zstd_level);
+  if (ZSTD_isError(packed)) return {BlockCodec::kRaw, raw};
+  return {BlockCodec::kZstd, std::span<const std::byte>(scratch.data(), packed)};
+}
+
 void PackBuilder::Add(const std::string& hash, std::span<const std::byte> raw) {
+  AddEncoded(hash, EncodeBlock(raw, zstd_level_, scratch_), static_cast<uint32_t>(raw.size()));
+}
+
+void PackBuilder::AddEncoded(const std::string& hash, EncodedBlock block, uint32_t raw_length) {
   PackEntry entry;
   entry.hash = hash;
   entry.offset = data_.size();
-  entry.raw_length = static_cast<uint32_t>(raw.size());
-  scratch_.resize(ZSTD_compressBound(raw.size()));
-  const size_t packed =
-      ZSTD_compress(scratch_.data(), scratch_.size(), raw.data(), raw.size(), zstd_level_);
-  if (!ZSTD_isError(packed) && packed <= raw.size() - raw.size() / 8) {
-    entry.codec = BlockCodec::kZstd;
-    entry.stored_length = static_cast<uint32_t>(packed);
-    data_.insert(data_.end(), scratch_.begin(), scratch_.begin() + static_cast<ptrdiff_t>(packed));
-  } else {
-    entry.codec = BlockCodec::kRaw;
-    entry.stored_length = entry.raw_length;
-    data_.insert(data_.end(), raw.begin(), raw.end());
-  }
+  entry.raw_length = raw_length;
+  entry.codec = block.codec;
+  entry.stored_length = static_cast<uint32_t>(block.bytes.size());
+  data_.insert(data_.end(), block.bytes.begin(), block.bytes.end());
   entries_.push_back(std::move(entry));
 }
 
@@ -122,14 +136,18 @@ void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
   auto damaged = [&](const std::string& why) {
     throw DamagedChunkError(entry.hash, "block " + entry.hash + " at byte " +
                                             std::to_string(entry.offset) + " of " + what +
-                                            " is damaged (" + why + "); run `imagerelay scrub`");
+                                            " is corrupt (" + why + "); run `imagerelay scrub`");
   };
   if (stored.size() != entry.stored_length) damaged("it was read short");
   if (entry.codec == BlockCodec::kRaw) {
     out.assign(stored.begin(), stored.end());
   } else {
     out.resize(entry.raw_length);
-    const size_t n = ZSTD_decompress(out.data(), out.size(), stored.data(), stored.size());
+    thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
+                                                                           &ZSTD_freeDCtx);
+    if (!context) throw std::bad_alloc();
+    const size_t n = ZSTD_decompressDCtx(context.get(), out.data(), out.size(), stored.data(),
+                                         stored.size());
     if (ZSTD_isError(n)) damaged(std::string("zstd: ") + ZSTD_getErrorName(n));
     if (n != entry.raw_length) damaged("it decompresses to another length");
   }

@@ -1,4 +1,4 @@
-// Pack files of the block store to come (docs/data-plane-v2.md, issue #12): small
+// Pack files of the block store (docs/data-plane-v2.md, issue #12): small
 // content-addressed blocks (64 KiB by default) written back to back into one large object,
 // each stored raw or zstd-compressed, followed by a footer that lists them. The footer is the
 // truth a region's index is rebuilt from, so it is self-checking: a torn or altered pack is
@@ -8,8 +8,6 @@
 //   block bytes ... | entry * count | count (u32 LE) | SHA-256 of the entries (32 B) | "IRPACK01"
 //   entry: block hash (32 B) | offset (u64 LE) | stored length (u32 LE) | raw length (u32 LE)
 //          | codec (u8)
-//
-// Not wired into the stores yet: the engine still stores 4 MiB chunk files.
 #pragma once
 
 #include <cstddef>
@@ -35,6 +33,17 @@ inline constexpr size_t kPackEntrySize = 32 + 8 + 4 + 4 + 1;
 // count + entries digest + magic.
 inline constexpr size_t kPackTrailerSize = 4 + 32 + 8;
 
+// A block as it goes into a pack: raw, or zstd-compressed when that saves at least an eighth
+// (incompressible data is stored as it is). `bytes` views `raw` or the encoder's buffer.
+struct EncodedBlock {
+  BlockCodec codec = BlockCodec::kRaw;
+  std::span<const std::byte> bytes;
+};
+// Encodes `raw` with `zstd_level` (0 = never compress) into `scratch` when it pays. Uses a
+// compression context kept per thread: callers encode in parallel, outside any lock.
+EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
+                         std::vector<std::byte>& scratch);
+
 // Assembles one pack in memory (the caller bounds it by size, e.g. 8-16 MiB).
 class PackBuilder {
  public:
@@ -43,6 +52,8 @@ class PackBuilder {
   // Adds a block whose bytes the caller has hashed to `hash`. It is stored compressed only
   // if that saves at least an eighth: incompressible data is stored as it is.
   void Add(const std::string& hash, std::span<const std::byte> raw);
+  // Adds a block encoded already (EncodeBlock) from `raw_length` bytes hashing to `hash`.
+  void AddEncoded(const std::string& hash, EncodedBlock block, uint32_t raw_length);
   // Bytes of blocks so far (without the footer).
   uint64_t size() const { return data_.size(); }
   bool empty() const { return entries_.empty(); }

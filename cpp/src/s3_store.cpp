@@ -443,7 +443,7 @@ std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
   return std::strtoull(length.c_str(), nullptr, 10);
 }
 
-void S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
+uint64_t S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
                        const CancelToken* cancel) {
   Call put;
   put.method = "PUT";
@@ -462,10 +462,11 @@ void S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
     HttpResponse plain = Perform(put, cancel);
     if (Ok(plain.status)) {
       send_checksums_.store(false, std::memory_order_relaxed);
-      return;
+      return data.size();
     }
   }
   if (!Ok(response.status)) Fail("PUT of chunk " + hash, response);
+  return data.size();
 }
 
 void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,

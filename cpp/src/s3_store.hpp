@@ -77,7 +77,7 @@ class S3Store : public Store, public ChunkSizeProbe {
   // x-amz-checksum-sha256, which the store keeps with the object: the proof that a
   // server-side copy checks before it copies the chunk elsewhere. A server that answers
   // 400/501 to the checksum headers but takes the PUT without them gets none from then on.
-  void PutChunk(const std::string& hash, std::span<const std::byte> data,
+  uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                 const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;

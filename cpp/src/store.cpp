@@ -14,6 +14,7 @@
 
 #include "imagerelay/error.hpp"
 #include "local_store.hpp"
+#include "pack_store.hpp"
 #include "s3_store.hpp"
 
 namespace imagerelay {
@@ -207,7 +208,9 @@ std::unique_ptr<Store> OpenStore(const std::string& uri) {
       scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
   std::error_code ec;
   std::filesystem::path absolute = std::filesystem::absolute(path, ec);
-  return std::make_unique<LocalStore>(ec ? path : absolute, uri);
+  auto local = std::make_unique<LocalStore>(ec ? path : absolute, uri);
+  PackFiles& packs = *local;
+  return std::make_unique<PackStore>(std::move(local), packs);
 }
 
 SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
@@ -222,16 +225,20 @@ SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
       if (!chunk.empty()) marked.insert(chunk);
     }
   }
-  auto* sizes = dynamic_cast<ChunkSizeProbe*>(&store);
+  return store.SweepUnmarked(marked);
+}
+
+SweepResult Store::SweepUnmarked(const std::unordered_set<std::string>& marked) {
+  auto* sizes = dynamic_cast<ChunkSizeProbe*>(this);
   SweepResult result;
-  for (const std::string& hash : store.ListChunks()) {
+  for (const std::string& hash : ListChunks()) {
     if (marked.count(hash) != 0) {
       ++result.chunks_kept;
       continue;
     }
     uint64_t bytes = 0;
     if (sizes) bytes = sizes->StoredChunkSize(hash).value_or(0);
-    store.DeleteChunk(hash);
+    DeleteChunk(hash);
     ++result.chunks_removed;
     result.bytes_removed += bytes;
   }

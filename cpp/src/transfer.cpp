@@ -87,6 +87,7 @@ struct Dest {
   IoProgress fixed;         // totals and skips, known after planning
   std::atomic<uint64_t> bytes_done{0};
   std::atomic<uint64_t> bytes_transferred{0};
+  std::atomic<uint64_t> bytes_sent{0};
   std::atomic<bool> failed{false};
   std::atomic<int> writing{0};  // writes that passed the liveness check and have not ended
   bool finish_reported = false;  // touched by the calling thread only
@@ -114,6 +115,7 @@ struct Dest {
     IoProgress p = fixed;
     p.bytes_done = bytes_done.load(std::memory_order_relaxed);
     p.bytes_transferred = bytes_transferred.load(std::memory_order_relaxed);
+    p.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
     return p;
   }
 };
@@ -176,7 +178,8 @@ class Copier {
   void WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng);
   // After a failed read: true if the source does not hold the chunk at all.
   bool SourceLacks(const std::string& hash);
-  void CountWritten(Dest& dest, size_t chunk);
+  // `sent`: the bytes the store wrote for it (Store::PutChunk), or the chunk's length.
+  void CountWritten(Dest& dest, size_t chunk, uint64_t sent);
   bool CanRead() const { return !stop_ && next_job_ < jobs_.size() && !free_.empty(); }
   bool NoWorkLeft() const {
     return (stop_ || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
@@ -436,6 +439,8 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     }
   } else if (!failure) {
     return {};  // abandoned: every destination that wanted it is gone
+  } else if (failure->code == codes::kIntegrityError) {
+    failure->damaged_source_chunk = hash;  // the store found its stored bytes wrong
   } else if (SourceLacks(hash)) {
     failure->code = codes::kIntegrityError;  // the source image is incomplete
     failure->damaged_source_chunk = hash;
@@ -477,7 +482,7 @@ std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt199
         [&] { copied = dest.spec->store->CopyChunkFrom(source_, hash, plan_.length[k], dest.spec->cancel); },
         [&] { return dest.Active(); },
         "copying chunk " + hash + " from " + source_uri_ + " to " + dest.uri + " server-side", rng);
-    if (result.ok && copied) CountWritten(dest, k);
+    if (result.ok && copied) CountWritten(dest, k, plan_.length[k]);
     if (result.ok && !copied) by_bytes.push_back(d);  // the source could not prove it: read it
     dest.writing.fetch_sub(1, std::memory_order_acq_rel);
     if (!result.failure) continue;
@@ -494,9 +499,10 @@ std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt199
   return by_bytes;
 }
 
-void Copier::CountWritten(Dest& dest, size_t chunk) {
+void Copier::CountWritten(Dest& dest, size_t chunk, uint64_t sent) {
   // Counted even if a cancel arrived during the write: the bytes are there.
   dest.bytes_transferred.fetch_add(plan_.length[chunk], std::memory_order_relaxed);
+  dest.bytes_sent.fetch_add(sent, std::memory_order_relaxed);
   dest.bytes_done.fetch_add(plan_.covered[chunk], std::memory_order_relaxed);
 }
 
@@ -514,14 +520,15 @@ void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
   const std::span<const std::byte> bytes(slot.data);
   if (!SleepWhile(bucket_.Reserve(bytes.size()), alive)) return;
 
+  uint64_t sent = 0;
   AttemptResult result =
-      Attempt([&] { dest.spec->store->PutChunk(hash, bytes, dest.spec->cancel); }, alive,
+      Attempt([&] { sent = dest.spec->store->PutChunk(hash, bytes, dest.spec->cancel); }, alive,
               "writing chunk " + hash + " to " + dest.uri, rng);
   if (!result.ok) {
     if (result.failure) dest.Fail(*result.failure);
     return;
   }
-  CountWritten(dest, slot.chunk);
+  CountWritten(dest, slot.chunk, sent);
 }
 
 void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {

@@ -26,7 +26,7 @@ class Limits:
     max_import_bytes: int = 500 * 2**30
     max_share_accounts: int = 50
     max_accepted_shares: int = 20
-    chunk_size: int = 4 * 2**20
+    chunk_size: int = 64 * 2**10
     max_tasks_per_region: int = 4
     buffer_memory: int = 256 * 2**20
     bandwidth: int | None = None

@@ -28,8 +28,8 @@ TEST(BlockIndexTest, LooksUpAddsRemovesAndPersists) {
   const auto file = dir.path() / "index" / "bj.db";
   {
     auto index = BlockIndex::Open(file);
-    index->AddPack("pack-a", Entries(0, 10));
-    index->AddPack("pack-b", Entries(5, 10));  // 5..9 already in pack-a: they stay there
+    index->AddPack("pack-a", 1000, Entries(0, 10));
+    index->AddPack("pack-b", 1000, Entries(5, 10));  // 5..9 already in pack-a: they stay there
     EXPECT_EQ(index->BlockCount(), 15u);
     auto found = index->Lookup({HashOfNumber(7), HashOfNumber(12), HashOfNumber(99)});
     ASSERT_TRUE(found[0] && found[1]);
@@ -38,14 +38,15 @@ TEST(BlockIndexTest, LooksUpAddsRemovesAndPersists) {
     EXPECT_EQ(found[1]->offset, 7000u);  // the 8th entry of pack-b
     EXPECT_EQ(found[1]->codec, BlockCodec::kZstd);
     EXPECT_FALSE(found[2]);
-    EXPECT_EQ(index->Packs(), (std::vector<std::string>{"pack-a", "pack-b"}));
+    using Packs = std::vector<std::pair<std::string, uint64_t>>;
+    EXPECT_EQ(index->Packs(), (Packs{{"pack-a", 1000}, {"pack-b", 1000}}));
   }
   auto index = BlockIndex::Open(file);  // what was committed is still there
   EXPECT_EQ(index->BlockCount(), 15u);
   index->RemovePack("pack-a");
   EXPECT_EQ(index->BlockCount(), 5u);
   EXPECT_FALSE(index->Lookup({HashOfNumber(7)})[0]);  // re-added when a pack holds it again
-  index->AddPack("pack-c", Entries(0, 10));
+  index->AddPack("pack-c", 1000, Entries(0, 10));
   EXPECT_EQ(index->Lookup({HashOfNumber(7)})[0]->pack, "pack-c");
 }
 
@@ -56,7 +57,7 @@ TEST(BlockIndexTest, ManyBlocksInBatches) {
   auto index = BlockIndex::Open(dir.path() / "bj.db");
   constexpr uint64_t kPacks = 40, kPerPack = 2500;
   for (uint64_t p = 0; p < kPacks; ++p) {
-    index->AddPack("pack-" + std::to_string(p), Entries(p * kPerPack, kPerPack));
+    index->AddPack("pack-" + std::to_string(p), 1000, Entries(p * kPerPack, kPerPack));
   }
   EXPECT_EQ(index->BlockCount(), kPacks * kPerPack);
   std::vector<std::string> batch;

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "imagerelay/error.hpp"
+#include "imagerelay/store.hpp"
 
 namespace imagerelay {
 namespace {
@@ -56,14 +57,11 @@ class EngineTest : public ::testing::Test {
     return engine.ImportImage("default", request, true, false);
   }
 
+  // Chunks (blocks) the region's store holds.
   size_t ChunkFiles(const std::string& region) {
-    size_t n = 0;
-    fs::path root = dir_ / "home" / "regions" / region / "chunks";
+    fs::path root = dir_ / "home" / "regions" / region;
     if (!fs::exists(root)) return 0;
-    for (const auto& entry : fs::recursive_directory_iterator(root)) {
-      if (entry.is_regular_file() && entry.path().filename().string()[0] != '.') ++n;
-    }
-    return n;
+    return OpenStore(root.string())->ListChunks().size();
   }
 
   std::string ReadAll(const fs::path& path) {
@@ -189,8 +187,8 @@ TEST_F(EngineTest, ExpiredLeaseIsTakenOverLiveOneIsNot) {
 TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
   auto engine = Open();
   auto source = Import(*engine, MakeFile("a.raw", 6 * kChunk, 6));
-  // Flip a byte in one of the source's chunk files.
-  fs::path chunks = dir_ / "home" / "regions" / "bj" / "chunks";
+  // Flip a byte in the first block of the source's pack.
+  fs::path chunks = dir_ / "home" / "regions" / "bj" / "packs";
   for (const auto& entry : fs::recursive_directory_iterator(chunks)) {
     if (!entry.is_regular_file()) continue;
     std::fstream f(entry.path(), std::ios::in | std::ios::out | std::ios::binary);

@@ -610,7 +610,7 @@ TEST(LocalStoreTest, CheckMarksNewStoresAndAdoptsOnesWithoutAMarker) {
   for (const fs::path& root : {dir / "new", dir / "empty"}) {
     LocalStore(root).Check();
     EXPECT_NE(marker_of(root).find(R"("format": "imagerelay-store")"), std::string::npos);
-    EXPECT_NE(marker_of(root).find(R"("version": 1)"), std::string::npos);
+    EXPECT_NE(marker_of(root).find(R"("version": 2)"), std::string::npos);
   }
   // A store of an earlier release: its layout and no marker.
   const fs::path old_root = dir / "old";

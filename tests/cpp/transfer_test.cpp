@@ -67,8 +67,8 @@ class FakeStore : public Store {
     return present;
   }
 
-  void PutChunk(const std::string& hash, std::span<const std::byte> data,
-                const CancelToken* /*cancel*/ = nullptr) override {
+  uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
+                    const CancelToken* /*cancel*/ = nullptr) override {
     std::this_thread::sleep_for(put_delay_);
     {
       std::lock_guard lock(mu_);
@@ -79,6 +79,7 @@ class FakeStore : public Store {
       bytes_written_ += data.size();
     }
     if (after_put_) after_put_(hash);
+    return data.size();
   }
 
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,

@@ -33,7 +33,7 @@ struct Limits {
   uint64_t max_import_bytes = 500ULL << 30;
   int max_share_accounts = 50;
   int max_accepted_shares = 20;
-  uint64_t chunk_size = 4ULL << 20;
+  uint64_t chunk_size = 64ULL << 10;
   int max_tasks_per_region = 4;
   uint64_t buffer_memory = 256ULL << 20;
   uint64_t bandwidth = 0;  // bytes/s, 0 = unlimited

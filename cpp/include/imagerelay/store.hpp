@@ -10,12 +10,19 @@
 #include <set>
 #include <span>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/manifest.hpp"
 
 namespace imagerelay {
+
+struct SweepResult {
+  size_t chunks_kept = 0;
+  size_t chunks_removed = 0;
+  uint64_t bytes_removed = 0;
+};
 
 class Store {
  public:
@@ -56,8 +63,9 @@ class Store {
   // Stores the bytes under `hash` atomically: a reader sees all of them or no chunk.
   // The caller has verified that the bytes hash to `hash`. A store may group writes: the
   // chunk is durable and visible once PutChunk returns or, at the latest, once Flush()
-  // (or PutManifest, which flushes first) returns.
-  virtual void PutChunk(const std::string& hash, std::span<const std::byte> data,
+  // (or PutManifest, which flushes first) returns. Returns the bytes the store writes for it
+  // (compressed, if it compresses: what goes over the wire or onto the disk).
+  virtual uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                         const CancelToken* cancel = nullptr) = 0;
   // Makes every chunk put so far durable and visible.
   virtual void Flush() {}
@@ -87,6 +95,9 @@ class Store {
   // file aside under quarantine/ for inspection; the default deletes it.
   virtual void QuarantineChunk(const std::string& hash) { DeleteChunk(hash); }
   virtual std::vector<std::string> ListChunks() = 0;
+  // Removes every chunk not in `marked` (SweepStore below). The default lists the chunks and
+  // deletes the unmarked ones; a store that packs chunks also rewrites packs mostly garbage.
+  virtual SweepResult SweepUnmarked(const std::unordered_set<std::string>& marked);
 
   virtual void PutManifest(const std::string& image_id, const Manifest& manifest) = 0;
   virtual std::optional<Manifest> GetManifest(const std::string& image_id) = 0;
@@ -109,7 +120,8 @@ class Store {
   DamageHandler damage_handler_;
 };
 
-// Opens the store behind a region URI: a path or file:// URI today (s3:// later).
+// Opens the store behind a region URI: a path, a file:// URI or an s3:// URI (credentials
+// from the environment). Local stores keep new chunks in packs (pack_store.hpp).
 // Throws ValidationError(InvalidParameter) for a malformed URI.
 std::unique_ptr<Store> OpenStore(const std::string& uri);
 
@@ -120,12 +132,6 @@ std::string CheckStoreUri(const std::string& uri);
 // what must be there before the manifest may be committed.
 std::vector<std::string> MissingChunks(Store& store, const Manifest& manifest,
                                        const CancelToken* cancel = nullptr);
-
-struct SweepResult {
-  size_t chunks_kept = 0;
-  size_t chunks_removed = 0;
-  uint64_t bytes_removed = 0;
-};
 
 // Mark and sweep: removes every chunk referenced by no manifest in the store and not in
 // `pinned`. The caller guarantees no writer is in flight in this store.

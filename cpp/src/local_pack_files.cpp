@@ -1,0 +1,145 @@
+// LocalStore's packs (pack_files.hpp): files under <root>/packs/<first two hex>/, confined
+// to the store like its chunk files (no link below the root is followed).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "file_util.hpp"
+#include "imagerelay/error.hpp"
+#include "local_dir.hpp"
+#include "local_store.hpp"
+
+namespace imagerelay {
+namespace {
+
+void RequirePackName(const std::string& name) {
+  if (!IsPackName(name)) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "invalid pack name: a pack is named by 32 lowercase hex digits");
+  }
+}
+
+[[noreturn]] void PackFailed(const std::string& what, const std::string& uri, int err) {
+  throw TransferError(codes::kTransferFailed,
+                      what + " in store " + uri + ": " + ErrnoText(err));
+}
+
+}  // namespace
+
+UniqueFd LocalStore::OpenPackDir(const std::string& name, bool create) {
+  RequirePackName(name);
+  const std::string prefix = name.substr(0, 2);
+  if (!create) return OpenStoreDir(kPacksDir, prefix);
+  EnsureDir(kPacksDir, packs_known_);
+  if (UniqueFd dir = OpenStoreDir(kPacksDir, prefix)) return dir;
+  UniqueFd packs = OpenStoreDir(kPacksDir);
+  if (!packs) PackFailed("cannot open " + (root_ / kPacksDir).string(), uri_, ENOENT);
+  if (::mkdirat(packs.get(), prefix.c_str(), 0755) == 0) {
+    ::fsync(packs.get());
+  } else if (errno != EEXIST) {
+    PackFailed("cannot create " + (root_ / kPacksDir / prefix).string(), uri_, errno);
+  }
+  UniqueFd dir = OpenStoreDir(kPacksDir, prefix);  // throws for a link in its place
+  if (!dir) PackFailed("cannot open " + (root_ / kPacksDir / prefix).string(), uri_, ENOENT);
+  return dir;
+}
+
+void LocalStore::PutPack(const std::string& name, std::span<const std::byte> bytes,
+                         const CancelToken* /*cancel*/) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/true);
+  const std::string tmp = TempName(name);
+  UniqueFd fd(::openat(dir.get(), tmp.c_str(),
+                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd) PackFailed("cannot create a pack file", uri_, errno);
+  int err = PwriteAll(fd.get(), bytes.data(), bytes.size(), 0);
+  if (err == 0) err = Stamp(fd.get());
+  if (err == 0 && ::fdatasync(fd.get()) != 0) err = errno;
+  if (err == 0) err = fd.Close();
+  if (err == 0 && ::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlinkat(dir.get(), tmp.c_str(), 0);
+    PackFailed("cannot write pack " + name, uri_, err);
+  }
+  if (::fsync(dir.get()) != 0) PackFailed("cannot sync the directory of pack " + name, uri_, errno);
+}
+
+bool LocalStore::ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
+                          const CancelToken* /*cancel*/) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/false);
+  if (!dir) return false;
+  UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT || errno == ELOOP) return false;
+    PackFailed("cannot open pack " + name, uri_, errno);
+  }
+  int err = PreadAll(fd.get(), out.data(), out.size(), static_cast<off_t>(offset));
+  if (err == -1) return false;  // the pack ends first
+  if (err != 0) PackFailed("cannot read pack " + name, uri_, err);
+  return true;
+}
+
+std::optional<PackStat> LocalStore::StatPack(const std::string& name) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/false);
+  if (!dir) return std::nullopt;
+  struct stat st;
+  if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return std::nullopt;
+    PackFailed("cannot look up pack " + name, uri_, errno);
+  }
+  if (!S_ISREG(st.st_mode)) return std::nullopt;
+  return PackStat{static_cast<uint64_t>(st.st_size), Stamped(st)};
+}
+
+void LocalStore::RestampPack(const std::string& name) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/false);
+  if (!dir) return;
+  UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (fd) Stamp(fd.get());  // best effort: unstamped only costs another check
+}
+
+void LocalStore::DeletePack(const std::string& name) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/false);
+  if (!dir || !StatPack(name)) return;  // only a pack file of ours is deleted
+  if (::unlinkat(dir.get(), name.c_str(), 0) != 0 && errno != ENOENT) {
+    PackFailed("cannot delete pack " + name, uri_, errno);
+  }
+  ::fsync(dir.get());
+}
+
+void LocalStore::QuarantinePack(const std::string& name) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/false);
+  if (!dir || !StatPack(name)) return;
+  if (!MoveToQuarantine(dir.get(), name)) DeletePack(name);
+}
+
+std::vector<std::pair<std::string, uint64_t>> LocalStore::ListPacks() {
+  std::vector<std::pair<std::string, uint64_t>> packs;
+  UniqueFd top = OpenStoreDir(kPacksDir);
+  if (!top) return packs;
+  int err = ForEachPrefixDir(top.get(), [&](const std::string& prefix, int fd) {
+    std::vector<DirEntry> entries;
+    if (int e = ListDirectory(fd, entries); e != 0) {
+      PackFailed("cannot list " + (root_ / kPacksDir / prefix).string(), uri_, e);
+    }
+    for (DirEntry& entry : entries) {
+      struct stat st;
+      if (entry.kind != EntryKind::kFile || !IsPackName(entry.name) ||
+          entry.name.compare(0, 2, prefix) != 0 ||
+          ::fstatat(fd, entry.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        continue;
+      }
+      packs.emplace_back(std::move(entry.name), static_cast<uint64_t>(st.st_size));
+    }
+  });
+  if (err != 0) PackFailed("cannot list " + (root_ / kPacksDir).string(), uri_, err);
+  return packs;
+}
+
+std::filesystem::path LocalStore::IndexFile() {
+  EnsureDir(kIndexDir, index_known_);
+  return root_ / kIndexDir / "blocks.sqlite";
+}
+
+}  // namespace imagerelay

@@ -1,0 +1,56 @@
+// Where a block store keeps its packs (docs/data-plane-v2.md): the raw object operations a
+// region's storage offers, implemented by the local and the S3 store for their packs/ area.
+// Packs are immutable once written; a pack's name is 32 lowercase hex digits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "imagerelay/cancel.hpp"
+
+namespace imagerelay {
+
+struct PackStat {
+  uint64_t size = 0;
+  // True when the pack is as the store wrote it (a local pack file keeps its write stamp, see
+  // local_store.hpp); false when something wrote to it since: its blocks must be re-read
+  // before the store vouches for them.
+  bool untouched = true;
+};
+
+class PackFiles {
+ public:
+  virtual ~PackFiles() = default;
+  // Stores a whole pack under `name`, durably and atomically (a reader sees all of it or no
+  // pack). Throws TransferError (or TransientError for a retryable failure).
+  virtual void PutPack(const std::string& name, std::span<const std::byte> bytes,
+                       const CancelToken* cancel) = 0;
+  // Reads out.size() bytes at `offset`: false when the pack is missing or ends first (it is
+  // damaged); throws TransferError when the storage fails.
+  virtual bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
+                        const CancelToken* cancel) = 0;
+  virtual std::optional<PackStat> StatPack(const std::string& name) = 0;
+  // Marks a pack untouched again once its blocks were re-read and found right.
+  virtual void RestampPack(const std::string& /*name*/) {}
+  virtual void DeletePack(const std::string& name) = 0;
+  // Takes a damaged pack out of use; a local store keeps it under quarantine/.
+  virtual void QuarantinePack(const std::string& name) { DeletePack(name); }
+  // Every pack with its size (temporary files of writers excluded).
+  virtual std::vector<std::pair<std::string, uint64_t>> ListPacks() = 0;
+  // The local file of the region's block index (a cache of the packs' footers).
+  virtual std::filesystem::path IndexFile() = 0;
+  // Reading a range costs a request (S3): reads of neighbouring blocks are worth merging.
+  virtual bool RemoteReads() const { return false; }
+};
+
+bool IsPackName(std::string_view name);
+// A new random pack name.
+std::string NewPackName();
+
+}  // namespace imagerelay

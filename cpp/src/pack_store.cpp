@@ -1,0 +1,487 @@
+#include "pack_store.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
+
+namespace imagerelay {
+namespace {
+
+// Spans of packs kept for readers on a remote store: a copy's readers go through an image
+// roughly in order, several at once; a few spans per reader is enough.
+constexpr size_t kMaxSpans = 16;
+
+bool IsLowerHexDigit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+
+}  // namespace
+
+bool IsPackName(std::string_view name) {
+  return name.size() == 32 && std::all_of(name.begin(), name.end(), IsLowerHexDigit);
+}
+
+std::string NewPackName() { return RandomHex(16); }
+
+PackStore::PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOptions options)
+    : base_(std::move(base)),
+      packs_(packs),
+      options_(options),
+      builder_(std::make_unique<PackBuilder>(options.zstd_level)) {
+  // Damage that the base store finds in its chunk files reaches our owner.
+  base_->SetDamageHandler(
+      [this](const std::string& hash, const std::string& why) { ReportDamage(hash, why); });
+}
+
+PackStore::~PackStore() {
+  std::unique_lock lock(write_mutex_);
+  sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+}
+
+std::string PackStore::Where(const std::string& pack) const {
+  return "pack " + pack + " of store " + base_->uri();
+}
+
+void PackStore::Check() {
+  base_->Check();
+  Reconcile();  // the store may have changed behind the index since it was opened
+}
+
+BlockIndex& PackStore::Index() {
+  Lost lost;
+  {
+    std::lock_guard lock(index_mutex_);
+    if (index_) return *index_;
+    index_ = BlockIndex::Open(packs_.IndexFile());
+    lost = ReconcileLocked();
+  }
+  ReportLost(lost);
+  return *index_;
+}
+
+void PackStore::Reconcile() {
+  Index();
+  Lost lost;
+  {
+    std::lock_guard lock(index_mutex_);
+    lost = ReconcileLocked();
+  }
+  ReportLost(lost);
+}
+
+void PackStore::ReportLost(const Lost& lost) {
+  for (const auto& [hash, why] : lost) ReportDamage(hash, why);
+}
+
+bool PackStore::HasLegacyChunks() {
+  {
+    std::lock_guard lock(index_mutex_);
+    if (legacy_chunks_) return *legacy_chunks_;
+  }
+  const bool any = !base_->ListChunks().empty();
+  std::lock_guard lock(index_mutex_);
+  legacy_chunks_ = any;
+  return any;
+}
+
+PackStore::Lost PackStore::ReconcileLocked() {
+  Lost lost;
+  std::map<std::string, uint64_t> indexed;
+  for (auto& [name, size] : index_->Packs()) indexed.emplace(std::move(name), size);
+  std::set<std::string> held;
+  for (const auto& [name, size] : packs_.ListPacks()) {
+    held.insert(name);
+    if (!indexed.contains(name)) IndexFromFooter(name, size);
+  }
+  for (const auto& [name, size] : indexed) {
+    if (!held.contains(name)) ForgetVanishedLocked(name, lost);
+  }
+  return lost;
+}
+
+bool PackStore::IndexFromFooter(const std::string& pack, uint64_t size) {
+  std::vector<std::byte> tail(static_cast<size_t>(std::min<uint64_t>(size, kPackTrailerSize)));
+  try {
+    if (!packs_.ReadPack(pack, size - tail.size(), tail, nullptr)) return false;
+    const uint64_t footer = PackFooterSize(tail, Where(pack));
+    if (footer > size) {
+      throw IntegrityError(codes::kIntegrityError, Where(pack) + " is shorter than its footer");
+    }
+    tail.resize(static_cast<size_t>(footer));
+    if (!packs_.ReadPack(pack, size - footer, tail, nullptr)) return false;
+    index_->AddPack(pack, size, ParsePackFooter(tail, size, Where(pack)));
+    return true;
+  } catch (const IntegrityError& e) {
+    // Not a whole pack: a write cut short by hand, or damage. Nothing indexes its blocks.
+    std::fprintf(stderr, "imagerelay: %s; set aside\n", e.what());
+    packs_.QuarantinePack(pack);
+    return false;
+  }
+}
+
+void PackStore::ForgetVanishedLocked(const std::string& pack, Lost& lost) {
+  for (const PackEntry& entry : index_->EntriesOf(pack)) {
+    lost.emplace_back(entry.hash, Where(pack) + " that held it is gone");
+  }
+  index_->RemovePack(pack);
+}
+
+void PackStore::PackVanished(const std::string& pack) {
+  Lost lost;
+  {
+    std::lock_guard lock(index_mutex_);
+    ForgetVanishedLocked(pack, lost);
+  }
+  ReportLost(lost);
+}
+
+bool PackStore::HasChunk(const std::string& hash, const CancelToken* cancel) {
+  {
+    std::lock_guard lock(write_mutex_);
+    if (pending_.contains(hash)) return true;
+  }
+  if (Index().Lookup({hash})[0]) return true;
+  return HasLegacyChunks() && base_->HasChunk(hash, cancel);
+}
+
+bool PackStore::HasChunkOfLength(const std::string& hash, uint64_t length,
+                                 const CancelToken* cancel) {
+  // Blocks still being written do not count: a confirmation must see them indexed.
+  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
+  if (where && where->raw_length == length && Vouch(where->pack)) {
+    // A recheck may have forgotten this very block.
+    if (Index().Lookup({hash})[0]) return true;
+  }
+  return HasLegacyChunks() && base_->HasChunkOfLength(hash, length, cancel);
+}
+
+std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
+                                       const CancelToken* cancel,
+                                       const std::vector<uint64_t>& lengths) {
+  if (!lengths.empty() && lengths.size() != hashes.size()) {
+    throw std::invalid_argument("HasChunks: one length per hash");
+  }
+  std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  // One look at each pack, however many of its blocks are asked for. A pack not vouched for
+  // had its bad blocks forgotten (or vanished): what is still indexed then is right.
+  std::unordered_set<std::string> looked_at;
+  bool forgot = false;
+  for (const auto& where : found) {
+    if (where && looked_at.insert(where->pack).second && !Vouch(where->pack)) forgot = true;
+  }
+  if (forgot) found = Index().Lookup(hashes);
+  std::vector<bool> present(hashes.size(), false);
+  std::vector<std::string> rest;
+  std::vector<uint64_t> rest_lengths;
+  std::vector<size_t> rest_at;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    const auto& where = found[i];
+    if (where && (lengths.empty() || where->raw_length == lengths[i])) {
+      present[i] = true;
+    } else {
+      rest.push_back(hashes[i]);
+      if (!lengths.empty()) rest_lengths.push_back(lengths[i]);
+      rest_at.push_back(i);
+    }
+  }
+  if (!rest.empty() && HasLegacyChunks()) {
+    std::vector<bool> legacy = base_->HasChunks(rest, cancel, rest_lengths);
+    for (size_t k = 0; k < rest.size() && k < legacy.size(); ++k) present[rest_at[k]] = legacy[k];
+  }
+  return present;
+}
+
+bool PackStore::Vouch(const std::string& pack) {
+  if (packs_.RemoteReads()) return true;  // an object store's objects are as written
+  std::optional<PackStat> stat = packs_.StatPack(pack);
+  if (!stat) {
+    PackVanished(pack);
+    return false;
+  }
+  return stat->untouched || RecheckPack(pack);
+}
+
+bool PackStore::RecheckPack(const std::string& pack) {
+  std::vector<PackEntry> entries = Index().EntriesOf(pack);
+  std::vector<std::byte> stored;
+  std::vector<std::byte> raw;
+  bool all_right = true;
+  for (const PackEntry& entry : entries) {
+    stored.resize(entry.stored_length);
+    try {
+      if (!packs_.ReadPack(pack, entry.offset, stored, nullptr)) stored.clear();
+      DecodeBlock(stored, entry, raw, Where(pack));
+    } catch (const DamagedChunkError& e) {
+      all_right = false;
+      Index().RemoveBlock(entry.hash);
+      ReportDamage(entry.hash, e.what());
+    }
+  }
+  if (all_right) packs_.RestampPack(pack);
+  return all_right;
+}
+
+uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
+                             const CancelToken* cancel) {
+  {
+    std::lock_guard lock(write_mutex_);
+    if (pending_.contains(hash)) return 0;
+  }
+  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
+  if (where && where->raw_length == data.size()) return 0;
+  thread_local std::vector<std::byte> scratch;
+  EncodedBlock encoded = EncodeBlock(data, options_.zstd_level, scratch);
+  std::unique_ptr<PackBuilder> full;
+  {
+    std::lock_guard lock(write_mutex_);
+    if (!pending_.insert(hash).second) return 0;
+    builder_->AddEncoded(hash, encoded, static_cast<uint32_t>(data.size()));
+    if (builder_->size() >= options_.pack_size) {
+      full = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
+      ++sealing_;
+    }
+  }
+  if (full) Seal(std::move(full), cancel);
+  return encoded.bytes.size();
+}
+
+void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel) {
+  const std::vector<PackEntry> entries = builder->entries();
+  std::string error;
+  try {
+    const std::vector<std::byte> bytes = builder->Finish();
+    const std::string name = NewPackName();
+    packs_.PutPack(name, bytes, cancel);
+    Index().AddPack(name, bytes.size(), entries);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  std::lock_guard lock(write_mutex_);
+  for (const PackEntry& entry : entries) pending_.erase(entry.hash);
+  if (!error.empty()) write_error_ = error;
+  --sealing_;
+  sealed_cv_.notify_all();
+}
+
+void PackStore::Flush() {
+  std::unique_ptr<PackBuilder> last;
+  {
+    std::lock_guard lock(write_mutex_);
+    if (!builder_->empty()) {
+      last = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
+      ++sealing_;
+    }
+  }
+  if (last) Seal(std::move(last), nullptr);
+  std::unique_lock lock(write_mutex_);
+  sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+  if (!write_error_.empty()) {
+    // The blocks of a pack that could not be written are not in the store: whoever counts on
+    // them finds them missing when it confirms, and this says why.
+    std::string error = std::exchange(write_error_, "");
+    throw TransferError(codes::kTransferFailed,
+                        "a pack could not be written to store " + base_->uri() + ": " + error);
+  }
+}
+
+void PackStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
+  Flush();  // no manifest names a block before it is in a pack
+  base_->PutManifest(image_id, manifest);
+}
+
+void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                         const CancelToken* cancel) {
+  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
+  if (!where) {
+    bool pending = false;
+    {
+      std::lock_guard lock(write_mutex_);
+      pending = pending_.contains(hash);
+    }
+    if (pending) {
+      Flush();
+      where = Index().Lookup({hash})[0];
+    }
+  }
+  if (!where && packs_.RemoteReads()) {
+    Reconcile();  // another host may have written it since the index was brought in line
+    where = Index().Lookup({hash})[0];
+  }
+  if (!where) {
+    if (HasLegacyChunks()) return base_->GetChunk(hash, out, cancel);
+    out.clear();
+    throw TransferError(codes::kTransferFailed,
+                        "chunk " + hash + " is missing in store " + base_->uri());
+  }
+  ReadBlock(*where, hash, out, cancel);
+}
+
+void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
+                          std::vector<std::byte>& out, const CancelToken* cancel) {
+  thread_local std::vector<std::byte> stored;
+  const PackEntry entry{hash, where.offset, where.stored_length, where.raw_length, where.codec};
+  if (!ReadRange(where.pack, where.offset, where.stored_length, stored, cancel)) {
+    if (!packs_.StatPack(where.pack)) PackVanished(where.pack);
+    throw DamagedChunkError(hash, "block " + hash + " at byte " + std::to_string(where.offset) +
+                                      " of " + Where(where.pack) +
+                                      " cannot be read: the pack is missing or cut short; run "
+                                      "`imagerelay scrub`");
+  }
+  DecodeBlock(stored, entry, out, Where(where.pack));
+}
+
+bool PackStore::ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
+                          std::vector<std::byte>& out, const CancelToken* cancel) {
+  out.resize(length);
+  if (!packs_.RemoteReads()) return packs_.ReadPack(pack, offset, out, cancel);
+  {
+    std::lock_guard lock(span_mutex_);
+    for (auto it = spans_.begin(); it != spans_.end(); ++it) {
+      if (it->pack == pack && it->offset <= offset &&
+          offset + length <= it->offset + it->bytes.size()) {
+        std::copy_n(it->bytes.begin() + static_cast<ptrdiff_t>(offset - it->offset), length,
+                    out.begin());
+        spans_.splice(spans_.begin(), spans_, it);
+        return true;
+      }
+    }
+  }
+  // One request for this block and the pack's blocks after it: readers come for them next.
+  uint64_t pack_size = 0;
+  for (const auto& [name, size] : Index().Packs()) {
+    if (name == pack) pack_size = size;
+  }
+  Span span{pack, offset, {}};
+  const uint64_t end = std::max<uint64_t>(
+      offset + length, std::min<uint64_t>(pack_size, offset + options_.read_span));
+  span.bytes.resize(static_cast<size_t>(end - offset));
+  if (!packs_.ReadPack(pack, offset, span.bytes, cancel)) return false;
+  std::copy_n(span.bytes.begin(), length, out.begin());
+  std::lock_guard lock(span_mutex_);
+  spans_.push_front(std::move(span));
+  if (spans_.size() > kMaxSpans) spans_.pop_back();
+  return true;
+}
+
+void PackStore::DeleteChunk(const std::string& hash) {
+  if (Index().Lookup({hash})[0]) {
+    Index().RemoveBlock(hash);
+  } else if (HasLegacyChunks()) {
+    base_->DeleteChunk(hash);
+  }
+}
+
+void PackStore::QuarantineChunk(const std::string& hash) {
+  if (Index().Lookup({hash})[0]) {
+    Index().RemoveBlock(hash);
+  } else if (HasLegacyChunks()) {
+    base_->QuarantineChunk(hash);
+  }
+}
+
+std::vector<std::string> PackStore::ListChunks() {
+  std::vector<std::string> hashes = Index().Hashes();
+  if (HasLegacyChunks()) {
+    std::vector<std::string> legacy = base_->ListChunks();
+    hashes.insert(hashes.end(), legacy.begin(), legacy.end());
+    std::sort(hashes.begin(), hashes.end());
+    hashes.erase(std::unique(hashes.begin(), hashes.end()), hashes.end());
+  }
+  return hashes;
+}
+
+std::optional<uint64_t> PackStore::StoredChunkSize(const std::string& hash) {
+  if (auto where = Index().Lookup({hash})[0]) return where->stored_length;
+  auto* probe = dynamic_cast<ChunkSizeProbe*>(base_.get());
+  return probe && HasLegacyChunks() ? probe->StoredChunkSize(hash) : std::nullopt;
+}
+
+PackStore::Stats PackStore::GetStats() {
+  Stats stats;
+  for (const auto& [name, size] : Index().Packs()) {
+    ++stats.packs;
+    stats.pack_bytes += size;
+  }
+  stats.blocks = Index().BlockCount();
+  return stats;
+}
+
+SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& marked) {
+  SweepResult result;
+  if (HasLegacyChunks()) {
+    result = base_->SweepUnmarked(marked);
+    std::lock_guard lock(index_mutex_);
+    legacy_chunks_.reset();  // it may hold none now
+  }
+  BlockIndex& index = Index();
+  Reconcile();
+  // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
+  PackBuilder repacked(options_.zstd_level);
+  std::vector<std::string> replaced;
+  auto write_repacked = [&] {
+    if (repacked.empty()) return;
+    const std::vector<PackEntry> entries = repacked.entries();
+    const std::vector<std::byte> bytes = repacked.Finish();
+    const std::string name = NewPackName();
+    packs_.PutPack(name, bytes, nullptr);           // 1. the new pack is durable
+    index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
+    for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
+    replaced.clear();
+  };
+  std::vector<std::byte> whole;
+  std::vector<std::byte> raw;
+  for (const auto& [pack, size] : index.Packs()) {
+    std::vector<PackEntry> entries = index.EntriesOf(pack);
+    std::vector<PackEntry> live;
+    uint64_t live_bytes = 0;
+    for (PackEntry& entry : entries) {
+      if (marked.contains(entry.hash)) {
+        live_bytes += entry.stored_length;
+        live.push_back(std::move(entry));
+      }
+    }
+    const size_t dead = entries.size() - live.size();
+    if (live.empty()) {
+      index.RemovePack(pack);  // forgotten first: a crash leaves a pack nothing names
+      packs_.DeletePack(pack);
+      result.chunks_removed += dead;
+      result.bytes_removed += size;
+      continue;
+    }
+    result.chunks_kept += live.size();
+    if (static_cast<double>(live_bytes) >= options_.repack_below * static_cast<double>(size)) {
+      continue;
+    }
+    whole.resize(static_cast<size_t>(size));
+    if (!packs_.ReadPack(pack, 0, whole, nullptr)) continue;  // the next read reports it
+    for (const PackEntry& entry : live) {
+      const std::span<const std::byte> stored(whole.data() + entry.offset, entry.stored_length);
+      try {
+        DecodeBlock(stored, entry, raw, Where(pack));
+      } catch (const DamagedChunkError& e) {
+        index.RemoveBlock(entry.hash);
+        ReportDamage(entry.hash, e.what());
+        continue;
+      }
+      repacked.AddEncoded(entry.hash, {entry.codec, stored}, entry.raw_length);
+    }
+    replaced.push_back(pack);
+    result.chunks_removed += dead;
+    result.bytes_removed += size - live_bytes;
+    if (repacked.size() >= options_.pack_size) write_repacked();
+  }
+  if (repacked.empty() && !replaced.empty()) {
+    // Every live block turned out damaged: the old packs only need forgetting.
+    for (const std::string& old : replaced) {
+      index.RemovePack(old);
+      packs_.DeletePack(old);
+    }
+    replaced.clear();
+  }
+  write_repacked();
+  return result;
+}
+
+}  // namespace imagerelay

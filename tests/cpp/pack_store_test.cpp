@@ -1,0 +1,365 @@
+#include "pack_store.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "local_store.hpp"
+#include "scratch_dir.hpp"
+
+namespace imagerelay {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_util::ScratchDir;
+
+constexpr size_t kBlock = 64 * 1024;
+
+std::vector<std::byte> RandomBlock(uint32_t seed, size_t n = kBlock) {
+  std::vector<std::byte> out(n);
+  std::mt19937 rng(seed);
+  for (auto& b : out) b = static_cast<std::byte>(rng());
+  return out;
+}
+
+std::vector<std::byte> TextBlock(uint32_t seed, size_t n = kBlock) {
+  std::string text;
+  while (text.size() < n) text += "line " + std::to_string(seed) + ": return event['id']\n";
+  text.resize(n);
+  const auto* p = reinterpret_cast<const std::byte*>(text.data());
+  return {p, p + n};
+}
+
+std::string HashOf(const std::vector<std::byte>& b) { return Sha256Hex(b.data(), b.size()); }
+
+// PackFiles of a LocalStore that can be made to fail at one operation: a crash at that
+// durable step (what was done before it stays done, nothing after it happens).
+class FaultyPacks : public PackFiles {
+ public:
+  explicit FaultyPacks(PackFiles& real) : real_(real) {}
+  std::string fail_on;  // "put", "delete"
+
+  void PutPack(const std::string& name, std::span<const std::byte> bytes,
+               const CancelToken* cancel) override {
+    if (fail_on == "put") throw TransferError(codes::kTransferFailed, "injected: crash at put");
+    real_.PutPack(name, bytes, cancel);
+  }
+  bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
+                const CancelToken* cancel) override {
+    return real_.ReadPack(name, offset, out, cancel);
+  }
+  std::optional<PackStat> StatPack(const std::string& name) override {
+    return real_.StatPack(name);
+  }
+  void RestampPack(const std::string& name) override { real_.RestampPack(name); }
+  void DeletePack(const std::string& name) override {
+    if (fail_on == "delete") {
+      throw TransferError(codes::kTransferFailed, "injected: crash at delete");
+    }
+    real_.DeletePack(name);
+  }
+  void QuarantinePack(const std::string& name) override { real_.QuarantinePack(name); }
+  std::vector<std::pair<std::string, uint64_t>> ListPacks() override { return real_.ListPacks(); }
+  std::filesystem::path IndexFile() override { return real_.IndexFile(); }
+
+ private:
+  PackFiles& real_;
+};
+
+struct Opened {
+  std::unique_ptr<PackStore> store;
+  std::unique_ptr<FaultyPacks> faults;
+};
+
+// A pack store on a local directory, with small packs so that tests see several.
+Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock) {
+  auto local = std::make_unique<LocalStore>(root);
+  Opened opened;
+  opened.faults = std::make_unique<FaultyPacks>(*local);
+  PackStoreOptions options;
+  options.pack_size = pack_size;
+  opened.store = std::make_unique<PackStore>(std::move(local), *opened.faults, options);
+  opened.store->Check();
+  return opened;
+}
+
+std::vector<fs::path> PackFilesIn(const fs::path& root) {
+  std::vector<fs::path> packs;
+  if (!fs::exists(root / "packs")) return packs;
+  for (const auto& e : fs::recursive_directory_iterator(root / "packs")) {
+    if (e.is_regular_file() && e.path().filename().string()[0] != '.') packs.push_back(e.path());
+  }
+  return packs;
+}
+
+Manifest ManifestOf(const std::vector<std::string>& hashes) {
+  Manifest m;
+  m.chunk_size = kBlock;
+  m.size = hashes.size() * kBlock;
+  m.chunks = hashes;
+  return m;
+}
+
+TEST(PackStoreTest, BlocksGoIntoPacksCompressedWhenItPaysAndReadBack) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path());
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 10; ++i) blocks.push_back(i % 2 ? RandomBlock(i) : TextBlock(i));
+  uint64_t sent = 0;
+  for (const auto& b : blocks) sent += store->PutChunk(HashOf(b), b);
+  // Text compresses far below its size; random data is stored as it is.
+  EXPECT_LT(sent, 5 * kBlock + 5 * kBlock / 4);
+  EXPECT_GT(sent, 5 * kBlock);
+  EXPECT_EQ(store->PutChunk(HashOf(blocks[0]), blocks[0]), 0u);  // held already
+  // Not vouched for before it is in a written pack: a confirmation must not count on it.
+  store->Flush();
+  for (const auto& b : blocks) EXPECT_TRUE(store->HasChunkOfLength(HashOf(b), b.size()));
+  EXPECT_FALSE(store->HasChunkOfLength(HashOf(blocks[0]), kBlock - 1));
+  EXPECT_GE(PackFilesIn(dir.path()).size(), 2u);
+  std::vector<std::byte> out;
+  for (const auto& b : blocks) {
+    store->GetChunk(HashOf(b), out);
+    EXPECT_EQ(out, b);
+  }
+  EXPECT_THROW(store->GetChunk(HashOf(RandomBlock(99)), out), TransferError);
+}
+
+TEST(PackStoreTest, TheIndexIsRebuiltFromPackFooters) {
+  ScratchDir dir;
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 9; ++i) blocks.push_back(RandomBlock(i));
+  {
+    auto [store, faults] = OpenPacked(dir.path());
+    for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+    store->Flush();
+  }
+  fs::remove_all(dir / "index");
+  auto [store, faults] = OpenPacked(dir.path());
+  std::vector<std::string> hashes;
+  for (const auto& b : blocks) hashes.push_back(HashOf(b));
+  std::sort(hashes.begin(), hashes.end());
+  EXPECT_EQ(store->ListChunks(), hashes);
+  std::vector<std::byte> out;
+  store->GetChunk(HashOf(blocks[4]), out);
+  EXPECT_EQ(out, blocks[4]);
+}
+
+TEST(PackStoreTest, ATornPackIsSetAsideNotIndexed) {
+  ScratchDir dir;
+  {
+    auto [store, faults] = OpenPacked(dir.path());
+    for (uint32_t i = 0; i < 3; ++i) store->PutChunk(HashOf(RandomBlock(i)), RandomBlock(i));
+    store->Flush();
+  }
+  auto packs = PackFilesIn(dir.path());
+  ASSERT_EQ(packs.size(), 1u);
+  fs::resize_file(packs[0], fs::file_size(packs[0]) - 100);  // cut short, as by a bad copy
+  fs::remove_all(dir / "index");
+  auto [store, faults] = OpenPacked(dir.path());
+  EXPECT_TRUE(store->ListChunks().empty());
+  EXPECT_TRUE(PackFilesIn(dir.path()).empty());
+  EXPECT_TRUE(fs::exists(dir / "quarantine"));
+}
+
+TEST(PackStoreTest, ATouchedPackIsRecheckedAndItsBadBlocksForgottenAndReported) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path(), 64 * kBlock);
+  std::vector<std::string> reported;
+  store->SetDamageHandler([&](const std::string& hash, const std::string&) {
+    reported.push_back(hash);
+  });
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 4; ++i) blocks.push_back(RandomBlock(i));
+  std::vector<std::string> hashes;
+  std::vector<uint64_t> lengths;
+  for (const auto& b : blocks) {
+    store->PutChunk(HashOf(b), b);
+    hashes.push_back(HashOf(b));
+    lengths.push_back(b.size());
+  }
+  store->Flush();
+  auto packs = PackFilesIn(dir.path());
+  ASSERT_EQ(packs.size(), 1u);
+  {
+    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(kBlock + 5));  // inside the second block (raw)
+    f.put('\x5a');
+  }
+  std::vector<bool> present = store->HasChunks(hashes, nullptr, lengths);
+  EXPECT_EQ(present, (std::vector<bool>{true, false, true, true}));
+  EXPECT_EQ(reported, std::vector<std::string>{hashes[1]});
+  // The block is written anew by the next writer that needs it.
+  EXPECT_GT(store->PutChunk(hashes[1], blocks[1]), 0u);
+  store->Flush();
+  std::vector<std::byte> out;
+  store->GetChunk(hashes[1], out);
+  EXPECT_EQ(out, blocks[1]);
+}
+
+TEST(PackStoreTest, AReadOfACorruptBlockThrowsDamagedChunkError) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path());
+  auto a = TextBlock(1);
+  store->PutChunk(HashOf(a), a);
+  store->Flush();
+  auto packs = PackFilesIn(dir.path());
+  ASSERT_EQ(packs.size(), 1u);
+  {
+    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);
+    f.put('\x00');
+    f.put('\x00');
+  }
+  std::vector<std::byte> out;
+  try {
+    store->GetChunk(HashOf(a), out);
+    FAIL() << "read a corrupt block";
+  } catch (const DamagedChunkError& e) {
+    EXPECT_EQ(e.hash(), HashOf(a));
+    EXPECT_NE(e.message().find("corrupt"), std::string::npos) << e.message();
+  }
+}
+
+TEST(PackStoreTest, AVanishedPackReportsItsBlocks) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path());
+  std::vector<std::string> reported;
+  store->SetDamageHandler([&](const std::string& hash, const std::string&) {
+    reported.push_back(hash);
+  });
+  auto a = RandomBlock(1);
+  store->PutChunk(HashOf(a), a);
+  store->Flush();
+  for (const auto& p : PackFilesIn(dir.path())) fs::remove(p);
+  EXPECT_FALSE(store->HasChunkOfLength(HashOf(a), a.size()));
+  EXPECT_EQ(reported, std::vector<std::string>{HashOf(a)});
+  EXPECT_TRUE(store->ListChunks().empty());
+}
+
+TEST(PackStoreTest, AFailedPackWriteFailsTheFlushAndIndexesNothing) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path());
+  faults->fail_on = "put";
+  auto a = RandomBlock(1);
+  store->PutChunk(HashOf(a), a);
+  EXPECT_THROW(store->Flush(), TransferError);
+  EXPECT_FALSE(store->HasChunk(HashOf(a)));
+  faults->fail_on = "";
+  EXPECT_GT(store->PutChunk(HashOf(a), a), 0u);  // written again
+  store->Flush();
+  EXPECT_TRUE(store->HasChunkOfLength(HashOf(a), a.size()));
+}
+
+TEST(PackStoreTest, SweepDropsDeadPacksAndRepacksMostlyDeadOnes) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path());  // 4 blocks per pack
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 12; ++i) blocks.push_back(RandomBlock(i));
+  for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+  store->Flush();
+  ASSERT_EQ(PackFilesIn(dir.path()).size(), 3u);
+  // Live: all of pack 1, one block of pack 2, nothing of pack 3.
+  std::unordered_set<std::string> marked;
+  for (int i : {0, 1, 2, 3, 5}) marked.insert(HashOf(blocks[i]));
+  SweepResult result = store->SweepUnmarked(marked);
+  EXPECT_EQ(result.chunks_kept, 5u);
+  EXPECT_EQ(result.chunks_removed, 7u);
+  EXPECT_EQ(PackFilesIn(dir.path()).size(), 2u);  // pack 1, and pack 2's live block repacked
+  std::vector<std::byte> out;
+  for (int i : {0, 1, 2, 3, 5}) {
+    store->GetChunk(HashOf(blocks[i]), out);
+    EXPECT_EQ(out, blocks[i]);
+  }
+  EXPECT_EQ(store->ListChunks().size(), 5u);
+  // The index rebuilt from the packs says the same.
+  fs::remove_all(dir / "index");
+  auto reopened = OpenPacked(dir.path());
+  EXPECT_EQ(reopened.store->ListChunks().size(), 5u);
+}
+
+TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
+  for (const std::string step : {"put", "delete"}) {
+    SCOPED_TRACE(step);
+    ScratchDir dir;
+    std::vector<std::vector<std::byte>> blocks;
+    for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(i));
+    std::unordered_set<std::string> marked{HashOf(blocks[0]), HashOf(blocks[5])};
+    {
+      auto [store, faults] = OpenPacked(dir.path());
+      for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+      store->Flush();
+      faults->fail_on = step;
+      EXPECT_THROW(store->SweepUnmarked(marked), TransferError);
+      // Whatever the step, the live blocks read back.
+      std::vector<std::byte> out;
+      for (int i : {0, 5}) {
+        store->GetChunk(HashOf(blocks[i]), out);
+        EXPECT_EQ(out, blocks[i]);
+      }
+    }
+    auto [store, faults] = OpenPacked(dir.path());  // a new process
+    store->SweepUnmarked(marked);
+    EXPECT_EQ(store->ListChunks().size(), 2u);
+    EXPECT_EQ(PackFilesIn(dir.path()).size(), 1u);
+    std::vector<std::byte> out;
+    for (int i : {0, 5}) {
+      store->GetChunk(HashOf(blocks[i]), out);
+      EXPECT_EQ(out, blocks[i]);
+    }
+  }
+}
+
+TEST(PackStoreTest, ChunkFilesOfAnEarlierReleaseStayReadableAndSweepable) {
+  ScratchDir dir;
+  auto old_a = RandomBlock(1, 4 << 20);  // a 4 MiB chunk file, as the first release wrote
+  auto old_b = RandomBlock(2, 4 << 20);
+  {
+    LocalStore old(dir.path());
+    old.PutChunk(HashOf(old_a), old_a);
+    old.PutChunk(HashOf(old_b), old_b);
+    old.PutManifest("m-abcd1234", ManifestOf({HashOf(old_a), HashOf(old_b)}));
+  }
+  auto [store, faults] = OpenPacked(dir.path());
+  EXPECT_TRUE(store->HasChunkOfLength(HashOf(old_a), old_a.size()));
+  std::vector<std::byte> out;
+  store->GetChunk(HashOf(old_b), out);
+  EXPECT_EQ(out, old_b);
+  auto fresh = RandomBlock(3);
+  store->PutChunk(HashOf(fresh), fresh);
+  store->Flush();
+  EXPECT_EQ(store->ListChunks().size(), 3u);
+  EXPECT_EQ(store->HasChunks({HashOf(old_a), HashOf(fresh), HashOf(RandomBlock(4))}),
+            (std::vector<bool>{true, true, false}));
+  store->SweepUnmarked({HashOf(old_a), HashOf(fresh)});
+  EXPECT_EQ(store->ListChunks().size(), 2u);
+  EXPECT_FALSE(store->HasChunk(HashOf(old_b)));
+}
+
+TEST(PackStoreTest, WritersOnSeveralThreadsLoseNothing) {
+  ScratchDir dir;
+  auto [store, faults] = OpenPacked(dir.path());
+  std::vector<std::thread> threads;
+  for (uint32_t t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint32_t i = 0; i < 25; ++i) {
+        auto b = RandomBlock(1000 * t + i % 20);  // some blocks twice
+        store->PutChunk(HashOf(b), b);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  store->Flush();
+  EXPECT_EQ(store->ListChunks().size(), 80u);
+  std::vector<std::byte> out;
+  store->GetChunk(HashOf(RandomBlock(3007)), out);
+  EXPECT_EQ(out, RandomBlock(3007));
+}
+
+}  // namespace
+}  // namespace imagerelay
