@@ -69,6 +69,7 @@ void BindModel(py::module_& m) {
       .def_readonly("bytes_total", &Task::bytes_total)
       .def_readonly("bytes_done", &Task::bytes_done)
       .def_readonly("bytes_transferred", &Task::bytes_transferred)
+      .def_readonly("bytes_sent", &Task::bytes_sent)
       .def_readonly("chunks_total", &Task::chunks_total)
       .def_readonly("chunks_skipped", &Task::chunks_skipped)
       .def_readonly("rate", &Task::rate)

@@ -111,6 +111,16 @@ void BlockIndex::RemoveBlock(const std::string& hash) {
   s->Bind(hash).Run();
 }
 
+void BlockIndex::RemoveBlocks(const std::vector<std::string>& hashes) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    for (const std::string& hash : hashes) {
+      sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE hash = ?"));
+      s->Bind(hash).Run();
+    }
+  });
+}
+
 std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
   std::lock_guard lock(mutex_);
   sqlite::ScopedStatement s(db_->conn.Cached(

@@ -45,6 +45,9 @@ class BlockIndex {
   void RemovePack(const std::string& pack_id);
   // Forgets one block (found damaged): the next writer of its hash stores it anew.
   void RemoveBlock(const std::string& hash);
+  // Forgets blocks nothing needs any more, in one transaction (their bytes stay in their
+  // packs until a sweep rewrites them).
+  void RemoveBlocks(const std::vector<std::string>& hashes);
   // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
   std::vector<PackEntry> EntriesOf(const std::string& pack_id);
   // Every indexed block's hash, sorted.

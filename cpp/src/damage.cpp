@@ -162,6 +162,8 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
         bytes += data.size();
       } catch (const Cancelled&) {
         return;
+      } catch (const DamagedChunkError&) {
+        bad = true;  // a store that checks what it reads (blocks in packs) found it wrong
       } catch (const std::exception&) {
         if (store->HasChunk(hash)) {  // unreadable, not gone: the store's fault, report it
           std::lock_guard lock(mu);

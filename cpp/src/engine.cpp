@@ -13,7 +13,7 @@
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
 #include "imagerelay/sha256.hpp"
-#include "s3_store.hpp"
+#include "store_factory.hpp"
 
 namespace imagerelay {
 namespace fs = std::filesystem;
@@ -143,8 +143,7 @@ std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri,
   }
   std::optional<sigv4::Credentials> saved;
   if (!region_id.empty() && uri.starts_with("s3://")) saved = credentials->Get(region_id);
-  std::shared_ptr<Store> store =
-      saved ? std::make_unique<S3Store>(uri, std::move(*saved)) : OpenStore(uri);
+  std::shared_ptr<Store> store = OpenStore(uri, saved.value_or(sigv4::Credentials{}), CacheDir());
   store->SetDamageHandler([this, uri](const std::string& hash, const std::string& why) {
     OnStoreDamage(uri, hash, why);
   });
@@ -409,7 +408,7 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
   const sigv4::Credentials credentials{access_key_id, secret_access_key, session_token};
   std::shared_ptr<Store> store;
   if (has_credentials) {
-    store = std::make_unique<S3Store>(uri, credentials);
+    store = OpenStore(uri, credentials, impl_->CacheDir());
   } else {
     store = impl_->StoreForUri(uri);
   }

@@ -83,6 +83,8 @@ struct Engine::Impl {
   std::shared_ptr<Store> StoreFor(const std::string& region_id);
   // The cached store of a URI; an s3:// store opened here uses the credentials saved for
   // `region_id` (if any), else the environment's.
+  // Local caches of the home (the block index of each S3 region).
+  std::filesystem::path CacheDir() const { return std::filesystem::absolute(options.home) / "cache"; }
   std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "");
   // Homes made before credentials files kept them in the catalog's settings: moves them
   // to their files and scrubs the catalog.

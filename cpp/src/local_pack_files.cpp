@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 
 #include "file_util.hpp"
 #include "imagerelay/error.hpp"
@@ -112,6 +113,18 @@ void LocalStore::QuarantinePack(const std::string& name) {
   UniqueFd dir = OpenPackDir(name, /*create=*/false);
   if (!dir || !StatPack(name)) return;
   if (!MoveToQuarantine(dir.get(), name)) DeletePack(name);
+}
+
+void LocalStore::KeepAside(const std::string& hash, std::span<const std::byte> bytes) {
+  try {
+    ::mkdirat(OpenRoot().get(), "quarantine", 0700);
+    UniqueFd quarantine = OpenStoreDir("quarantine");  // never through a link
+    if (!quarantine) return;
+    WriteFileAtomicallyAt(quarantine.get(), root_ / "quarantine",
+                          hash + "." + std::to_string(::time(nullptr)), bytes, 0600);
+  } catch (const TransferError&) {
+    // best effort: taking the block out of use is what matters
+  }
 }
 
 std::vector<std::pair<std::string, uint64_t>> LocalStore::ListPacks() {

@@ -112,6 +112,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void RestampPack(const std::string& name) override;
   void DeletePack(const std::string& name) override;
   void QuarantinePack(const std::string& name) override;
+  void KeepAside(const std::string& hash, std::span<const std::byte> bytes) override;
   std::vector<std::pair<std::string, uint64_t>> ListPacks() override;
   std::filesystem::path IndexFile() override;
 

@@ -41,6 +41,9 @@ class PackFiles {
   virtual void DeletePack(const std::string& name) = 0;
   // Takes a damaged pack out of use; a local store keeps it under quarantine/.
   virtual void QuarantinePack(const std::string& name) { DeletePack(name); }
+  // Keeps the stored bytes of a block taken out of use (damaged) for inspection: a local
+  // store writes them to quarantine/<hash>.<time>. Best effort.
+  virtual void KeepAside(const std::string& /*hash*/, std::span<const std::byte> /*bytes*/) {}
   // Every pack with its size (temporary files of writers excluded).
   virtual std::vector<std::pair<std::string, uint64_t>> ListPacks() = 0;
   // The local file of the region's block index (a cache of the packs' footers).

@@ -36,8 +36,33 @@ PackStore::PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOpt
 }
 
 PackStore::~PackStore() {
+  if (age_thread_.joinable()) {
+    age_thread_.request_stop();
+    age_cv_.notify_all();
+    age_thread_.join();
+  }
   std::unique_lock lock(write_mutex_);
   sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+}
+
+void PackStore::AgeLoop(std::stop_token stop) {
+  std::unique_lock lock(write_mutex_);
+  while (!stop.stop_requested()) {
+    if (builder_->empty()) {
+      age_cv_.wait(lock, stop, [&] { return !builder_->empty(); });
+      continue;
+    }
+    const auto due = builder_since_ + options_.max_pack_age;
+    if (std::chrono::steady_clock::now() < due) {
+      age_cv_.wait_until(lock, stop, due, [] { return false; });
+      continue;
+    }
+    auto aged = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
+    ++sealing_;
+    lock.unlock();
+    Seal(std::move(aged), nullptr);
+    lock.lock();
+  }
 }
 
 std::string PackStore::Where(const std::string& pack) const {
@@ -237,8 +262,17 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
   {
     std::lock_guard lock(write_mutex_);
     if (!pending_.insert(hash).second) return 0;
+    if (builder_->empty()) {
+      builder_since_ = std::chrono::steady_clock::now();
+      if (!age_thread_.joinable()) {
+        age_thread_ = std::jthread([this](std::stop_token stop) { AgeLoop(stop); });
+      }
+      age_cv_.notify_all();
+    }
     builder_->AddEncoded(hash, encoded, static_cast<uint32_t>(data.size()));
-    if (builder_->size() >= options_.pack_size) {
+    // Full, or waiting long: a slow copy checkpoints often, so that a crash costs little.
+    if (builder_->size() >= options_.pack_size ||
+        std::chrono::steady_clock::now() - builder_since_ >= options_.max_pack_age) {
       full = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
       ++sealing_;
     }
@@ -374,8 +408,16 @@ void PackStore::DeleteChunk(const std::string& hash) {
 }
 
 void PackStore::QuarantineChunk(const std::string& hash) {
-  if (Index().Lookup({hash})[0]) {
+  if (std::optional<BlockLocation> where = Index().Lookup({hash})[0]) {
     Index().RemoveBlock(hash);
+    std::vector<std::byte> stored(where->stored_length);
+    try {
+      if (packs_.ReadPack(where->pack, where->offset, stored, nullptr)) {
+        packs_.KeepAside(hash, stored);
+      }
+    } catch (const std::exception&) {
+      // the pack cannot be read: nothing to keep
+    }
   } else if (HasLegacyChunks()) {
     base_->QuarantineChunk(hash);
   }
@@ -435,11 +477,14 @@ SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& mark
   for (const auto& [pack, size] : index.Packs()) {
     std::vector<PackEntry> entries = index.EntriesOf(pack);
     std::vector<PackEntry> live;
+    std::vector<std::string> dead_hashes;
     uint64_t live_bytes = 0;
     for (PackEntry& entry : entries) {
       if (marked.contains(entry.hash)) {
         live_bytes += entry.stored_length;
         live.push_back(std::move(entry));
+      } else {
+        dead_hashes.push_back(entry.hash);
       }
     }
     const size_t dead = entries.size() - live.size();
@@ -452,6 +497,10 @@ SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& mark
     }
     result.chunks_kept += live.size();
     if (static_cast<double>(live_bytes) >= options_.repack_below * static_cast<double>(size)) {
+      // Kept as it is; its dead blocks leave the index (the index lists live blocks only, so
+      // that the live share above stays true), their bytes go when the pack is rewritten.
+      index.RemoveBlocks(dead_hashes);
+      result.chunks_removed += dead;
       continue;
     }
     whole.resize(static_cast<size_t>(size));

@@ -18,6 +18,9 @@
 // All methods may be called from several threads at once.
 #pragma once
 
+#include <chrono>
+#include <stop_token>
+#include <thread>
 #include <condition_variable>
 #include <cstdint>
 #include <list>
@@ -42,6 +45,8 @@ struct PackStoreOptions {
   int zstd_level = 1;                // 0: store blocks raw
   // A sweep rewrites the live blocks of packs whose live bytes fall below this share.
   double repack_below = 0.5;
+  // A pack is also written once its first block has waited this long (a slow copy).
+  std::chrono::milliseconds max_pack_age{1000};
   // Stores with remote reads: one ranged request covers neighbouring blocks up to this size.
   uint64_t read_span = 8ULL << 20;
 };
@@ -140,9 +145,15 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::mutex write_mutex_;  // guards the members below
   std::condition_variable sealed_cv_;
   std::unique_ptr<PackBuilder> builder_;
+  std::chrono::steady_clock::time_point builder_since_;  // when its first block came
   std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
   int sealing_ = 0;                          // packs being written
   std::string write_error_;                  // the last failed pack write, for Flush()
+  // Writes the pack in progress once it has waited max_pack_age, even when no more blocks
+  // come (a stalled source): started with the first block.
+  void AgeLoop(std::stop_token stop);
+  std::condition_variable_any age_cv_;
+  std::jthread age_thread_;  // last: stopped and joined before the members it uses go
 
   // Remote reads: recently read spans of packs (bounded), keyed by pack and offset.
   struct Span {

@@ -47,6 +47,7 @@ std::string TaskDetail(const Task& task) {
                    {"bytes_total", task.bytes_total},
                    {"bytes_done", task.bytes_done},
                    {"bytes_transferred", task.bytes_transferred},
+                   {"bytes_sent", task.bytes_sent},
                    {"chunks_skipped", task.chunks_skipped},
                    {"rate", task.rate}};
   if (!task.error_code.empty()) {
@@ -539,6 +540,7 @@ bool Engine::Impl::RunOneClaim() {
     task.bytes_total = outcome.progress.bytes_total;
     task.bytes_done = outcome.progress.bytes_done;
     task.bytes_transferred = outcome.progress.bytes_transferred;
+    task.bytes_sent = outcome.progress.bytes_sent;
     task.chunks_total = outcome.progress.chunks_total;
     task.chunks_skipped = outcome.progress.chunks_skipped;
     bool sweep = false;
@@ -678,6 +680,7 @@ bool Engine::Impl::RunOneClaim() {
           t.bytes_total = latest[i].bytes_total;
           t.bytes_done = latest[i].bytes_done;
           t.bytes_transferred = latest[i].bytes_transferred;
+          t.bytes_sent = latest[i].bytes_sent;
           t.chunks_total = latest[i].chunks_total;
           t.chunks_skipped = latest[i].chunks_skipped;
           t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;

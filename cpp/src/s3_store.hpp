@@ -26,6 +26,7 @@
 #pragma once
 
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -35,6 +36,7 @@
 #include "http_client.hpp"
 #include "imagerelay/store.hpp"
 #include "local_store.hpp"  // ChunkSizeProbe
+#include "pack_files.hpp"
 #include "sigv4.hpp"
 
 namespace imagerelay {
@@ -56,7 +58,7 @@ struct S3Location {
 // Parses an s3:// URI; throws ValidationError(InvalidParameter) naming what is wrong.
 S3Location ParseS3Uri(const std::string& uri);
 
-class S3Store : public Store, public ChunkSizeProbe {
+class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
  public:
   // Empty credentials: taken from the environment (or anonymous if none there).
   explicit S3Store(const std::string& uri, sigv4::Credentials credentials = {},
@@ -100,6 +102,22 @@ class S3Store : public Store, public ChunkSizeProbe {
 
   std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
 
+  // Packs (s3_pack_files.cpp): objects <prefix>/packs/<first two hex>/<name>, one PUT each
+  // (with its SHA-256, checked by the server on arrival), read by ranged GETs. The index is a
+  // local cache (IndexFile), rebuilt from the packs' footers when missing.
+  void PutPack(const std::string& name, std::span<const std::byte> bytes,
+               const CancelToken* cancel) override;
+  bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
+                const CancelToken* cancel) override;
+  std::optional<PackStat> StatPack(const std::string& name) override;
+  void DeletePack(const std::string& name) override;
+  std::vector<std::pair<std::string, uint64_t>> ListPacks() override;
+  std::filesystem::path IndexFile() override;
+  bool RemoteReads() const override { return true; }
+  // Where the local index cache goes: <dir>/s3-<hash of the URI>.sqlite. By default
+  // $IMAGERELAY_CACHE_DIR, else $XDG_CACHE_HOME/imagerelay, else ~/.cache/imagerelay.
+  void SetIndexDir(std::filesystem::path dir) { index_dir_ = std::move(dir); }
+
   // Signed requests on an object key (below the bucket, prefix included) — also used by
   // the URL source for s3:// imports. `sink` receives the body of a GET.
   struct Call {
@@ -128,6 +146,7 @@ class S3Store : public Store, public ChunkSizeProbe {
  private:
   std::string Key(const std::string& rel) const;
   std::string ChunkKey(const std::string& hash) const;
+  std::string PackKey(const std::string& name) const;
   std::string RecordKey(const char* dir, const std::string& image_id) const;
   [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
   // Takes the prefix as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
@@ -144,6 +163,7 @@ class S3Store : public Store, public ChunkSizeProbe {
                                                        size_t max_pages,
                                                        std::vector<uint64_t>* sizes = nullptr);
 
+  std::filesystem::path index_dir_;
   S3Location location_;
   sigv4::Credentials credentials_;
   HttpClient http_;

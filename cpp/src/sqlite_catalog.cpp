@@ -148,6 +148,10 @@ CREATE TABLE manifest_digests (
 );
 ALTER TABLE shares ADD COLUMN created_us INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 2 -> 3: bytes a copy sent (compressed), beside the bytes of the image it wrote.
+    R"sql(
+ALTER TABLE tasks ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
 
@@ -157,7 +161,8 @@ constexpr std::string_view kImageColumns =
 constexpr std::string_view kTaskColumns =
     "t.dest_image_id, t.job_id, t.region, t.state, t.bytes_total, t.bytes_done, "
     "t.bytes_transferred, t.chunks_total, t.chunks_skipped, t.rate, t.attempts, t.error, "
-    "t.error_code, t.started_us, t.finished_us, t.lease_owner, t.lease_expires_us";
+    "t.error_code, t.started_us, t.finished_us, t.lease_owner, t.lease_expires_us, "
+    "t.bytes_sent";
 constexpr std::string_view kJobColumns =
     "id, account, source_image_id, source_region, name, client_token, created_us";
 constexpr std::string_view kEventColumns =
@@ -326,6 +331,7 @@ Task ReadTask(const Statement& s) {
   task.finished_us = s.Int(14);
   task.lease_owner = s.Text(15);
   task.lease_expires_us = s.Int(16);
+  task.bytes_sent = s.Uint(17);
   return task;
 }
 
@@ -512,13 +518,13 @@ class SqliteTx final : public CatalogTx {
     auto t = Prepare(
         "INSERT INTO tasks (dest_image_id, job_id, region, state, bytes_total, bytes_done, "
         "bytes_transferred, chunks_total, chunks_skipped, rate, attempts, error, error_code, "
-        "started_us, finished_us, lease_owner, lease_expires_us) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        "started_us, finished_us, lease_owner, lease_expires_us, bytes_sent) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     for (const Task& task : job.tasks) {
       t->Bind(task.dest_image_id, job.id, task.region, ToString(task.state), task.bytes_total,
               task.bytes_done, task.bytes_transferred, task.chunks_total, task.chunks_skipped,
               task.rate, task.attempts, task.error, task.error_code, task.started_us,
-              task.finished_us, task.lease_owner, task.lease_expires_us)
+              task.finished_us, task.lease_owner, task.lease_expires_us, task.bytes_sent)
           .Run();
       t->Reset();
     }
@@ -577,10 +583,10 @@ class SqliteTx final : public CatalogTx {
         "UPDATE tasks SET bytes_total = ?, bytes_done = ?, bytes_transferred = ?, "
         "chunks_total = ?, chunks_skipped = ?, rate = ?, attempts = ?, error = ?, "
         "error_code = ?, started_us = ?, finished_us = ?, lease_owner = ?, "
-        "lease_expires_us = ? WHERE dest_image_id = ?");
+        "lease_expires_us = ?, bytes_sent = ? WHERE dest_image_id = ?");
     s->Bind(t.bytes_total, t.bytes_done, t.bytes_transferred, t.chunks_total, t.chunks_skipped,
             t.rate, t.attempts, t.error, t.error_code, t.started_us, t.finished_us, t.lease_owner,
-            t.lease_expires_us, t.dest_image_id)
+            t.lease_expires_us, t.bytes_sent, t.dest_image_id)
         .Run();
     if (Changes() != 1) {
       ThrowCode(codes::kNoSuchJob, "catalog: no task for image " + t.dest_image_id + " to update");

@@ -15,6 +15,7 @@
 #include "imagerelay/error.hpp"
 #include "local_store.hpp"
 #include "pack_store.hpp"
+#include "store_factory.hpp"
 #include "s3_store.hpp"
 
 namespace imagerelay {
@@ -198,12 +199,20 @@ std::string CheckStoreUri(const std::string& uri) {
          kForms;
 }
 
-std::unique_ptr<Store> OpenStore(const std::string& uri) {
+std::unique_ptr<Store> OpenStore(const std::string& uri) { return OpenStore(uri, {}, {}); }
+
+std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credentials& credentials,
+                                 const std::filesystem::path& cache_dir) {
   if (std::string problem = CheckStoreUri(uri); !problem.empty()) {
     throw ValidationError(codes::kInvalidParameter, problem);
   }
   std::optional<std::string> scheme = SchemeOf(uri);
-  if (scheme == "s3") return std::make_unique<S3Store>(uri);  // credentials from the env
+  if (scheme == "s3") {
+    auto s3 = std::make_unique<S3Store>(uri, credentials);
+    if (!cache_dir.empty()) s3->SetIndexDir(cache_dir);
+    PackFiles& packs = *s3;
+    return std::make_unique<PackStore>(std::move(s3), packs);
+  }
   std::filesystem::path path =
       scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
   std::error_code ec;

@@ -333,8 +333,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
                      raise_on_error=False)
         out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
             [[t.region, t.dest_image_id, t.state, _size(t.bytes_done), _size(t.bytes_transferred),
-              t.error or ""] for t in job.tasks.values()],
-            ["REGION", "COPY", "STATE", "DONE", "MOVED", "ERROR"]))
+              _size(t.bytes_sent), t.error or ""] for t in job.tasks.values()],
+            ["REGION", "COPY", "STATE", "DONE", "MOVED", "SENT", "ERROR"]))
         if action == "wait" and job.state == "Failed":
             return _job_failed(job)
     elif cmd in ("share", "unshare"):

@@ -108,9 +108,10 @@ class ImageList(_TableList[Image]):
 
 
 _JOB_COLUMNS = ("id", "source_image_id", "source_region", "to", "state", "progress",
-                "bytes_total", "bytes_done", "bytes_transferred", "created_at")
+                "bytes_total", "bytes_done", "bytes_transferred", "bytes_sent", "created_at")
 _TASK_COLUMNS = ("job_id", "source_image_id", "source_region", "region", "dest_image_id",
-                 "state", "bytes_total", "bytes_done", "bytes_transferred", "chunks_total",
+                 "state", "bytes_total", "bytes_done", "bytes_transferred", "bytes_sent",
+                 "chunks_total",
                  "chunks_skipped", "rate", "attempts", "error", "error_code", "started_at",
                  "finished_at")
 
@@ -143,6 +144,7 @@ class JobList(_TableList[Job]):
                 "bytes_total": sum(t.bytes_total for t in tasks),
                 "bytes_done": sum(t.bytes_done for t in tasks),
                 "bytes_transferred": sum(t.bytes_transferred for t in tasks),
+                "bytes_sent": sum(t.bytes_sent for t in tasks),
                 "created_at": j.created_at})
         return pd.DataFrame(rows, columns=list(_JOB_COLUMNS))
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .image import Image
 
 _TASK_FIELDS = ("region", "dest_image_id", "state", "bytes_total", "bytes_done",
-                "bytes_transferred", "chunks_total", "chunks_skipped", "rate", "attempts",
+                "bytes_transferred", "bytes_sent", "chunks_total", "chunks_skipped", "rate", "attempts",
                 "error", "error_code", "started_at", "finished_at")
 
 
@@ -52,8 +52,13 @@ class Task:
 
     @property
     def bytes_transferred(self) -> int:
-        """actually written"""
+        """bytes of the image actually written (not in the region before)"""
         return self._info.bytes_transferred
+
+    @property
+    def bytes_sent(self) -> int:
+        """what was written for them, compressed: the bytes on the wire"""
+        return self._info.bytes_sent
 
     @property
     def chunks_total(self) -> int:

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "imagerelay/error.hpp"
+#include "pack_store.hpp"
 #include "s3_store.hpp"
 
 namespace imagerelay {
@@ -57,7 +58,9 @@ TEST(S3UriTest, RejectsBadSettingsWithoutEchoingThem) {
 TEST(S3UriTest, OpenStoreDispatchesS3) {
   auto store = OpenStore("s3://bkt/p?endpoint=http://127.0.0.1:1");
   EXPECT_EQ(store->uri(), "s3://bkt/p");
-  EXPECT_NE(dynamic_cast<S3Store*>(store.get()), nullptr);
+  auto* packed = dynamic_cast<PackStore*>(store.get());
+  ASSERT_NE(packed, nullptr);
+  EXPECT_NE(dynamic_cast<S3Store*>(&packed->base()), nullptr);
 }
 
 }  // namespace

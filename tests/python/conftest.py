@@ -140,26 +140,74 @@ def distinct_nonzero_bytes(path: Path, chunk: int = CHUNK) -> tuple[int, int]:
 
 
 # -- region stores ----------------------------------------------------------------------
+# A region store keeps its chunks (blocks) in pack files, <region>/packs/<xx>/<name>, listed
+# by its index <region>/index/blocks.sqlite (hash -> pack, offset, lengths); stores of an
+# earlier release kept one file per chunk, <region>/chunks/<xx>/<hash>.
+def region_root(home: Path, region: str) -> Path:
+    return Path(home) / "regions" / region
+
+
+def stored_blocks(home: Path, region: str) -> dict[str, tuple[Path, int, int, int]]:
+    """The blocks a region store holds: hash -> (pack file, offset, stored length, raw
+    length), as its index says."""
+    import sqlite3
+    root = region_root(home, region)
+    db = root / "index" / "blocks.sqlite"
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        rows = conn.execute(
+            "SELECT hash, pack, offset, stored_length, raw_length FROM blocks").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        rows = []
+    finally:
+        conn.close()
+    return {h: (root / "packs" / p[:2] / p, off, n, raw) for h, p, off, n, raw in rows}
+
+
 def chunk_files(home: Path, region: str) -> list[Path]:
-    """The chunk files of a region store: <home>/regions/<id>/chunks/*/* (no temp files)."""
-    base = Path(home) / "regions" / region / "chunks"
-    if not base.is_dir():
-        return []
-    return sorted(p for p in base.glob("*/*") if p.is_file() and len(p.name) == 64)
+    """The files that hold a region's chunks: pack files, and chunk files of an earlier
+    release (no temporary files)."""
+    root = region_root(home, region)
+    files = []
+    if (root / "packs").is_dir():
+        files += [p for p in (root / "packs").glob("*/*") if p.is_file() and len(p.name) == 32]
+    if (root / "chunks").is_dir():
+        files += [p for p in (root / "chunks").glob("*/*") if p.is_file() and len(p.name) == 64]
+    return sorted(files)
 
 
 def chunk_names(home: Path, region: str) -> set[str]:
-    return {p.name for p in chunk_files(home, region)}
+    return set(stored_blocks(home, region))
 
 
 def chunk_bytes(home: Path, region: str) -> int:
-    return sum(p.stat().st_size for p in chunk_files(home, region))
+    """Bytes of image data a region store holds (before compression)."""
+    return sum(raw for *_, raw in stored_blocks(home, region).values())
 
 
 def chunk_stats(home: Path, region: str) -> tuple[int, int]:
-    """(number of chunk files, total bytes) of a region store."""
-    files = chunk_files(home, region)
-    return len(files), sum(p.stat().st_size for p in files)
+    """(number of distinct chunks, their bytes before compression) of a region store."""
+    blocks = stored_blocks(home, region)
+    return len(blocks), sum(raw for *_, raw in blocks.values())
+
+
+def damage_block(home: Path, region: str, digest: str, how: str = "corrupt") -> None:
+    """Damages the stored block ``digest`` as a disk or a hand would: "corrupt" flips a byte
+    in it, "truncate" cuts its pack short before it, "delete" removes its pack."""
+    pack, offset, length, _ = stored_blocks(home, region)[digest]
+    if how == "corrupt":
+        with open(pack, "r+b") as f:
+            f.seek(offset + min(10, length - 1))
+            b = f.read(1)
+            f.seek(offset + min(10, length - 1))
+            f.write(bytes([b[0] ^ 0xFF]))
+    elif how == "truncate":
+        with open(pack, "r+b") as f:
+            f.truncate(offset + length // 2)
+    else:
+        pack.unlink()
 
 
 # -- waiting ----------------------------------------------------------------------------

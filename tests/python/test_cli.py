@@ -33,7 +33,7 @@ import pytest
 
 from imagerelay import cli
 
-from conftest import sha256_file
+from conftest import damage_block, sha256_file
 
 IMAGERELAY = str(Path(sys.executable).parent / "imagerelay")
 ERROR_LINE = re.compile(r"^error: (\S+): (.+)$")
@@ -123,7 +123,7 @@ def make_image(path: Path, size: int = 300 * KiB) -> Path:
 
 
 def make_sparse_image(path: Path) -> Path:
-    """9 MiB, three 4 MiB chunks (the default size): data, a hole, data."""
+    """9 MiB: data, a hole, data."""
     with open(path, "wb") as f:
         f.truncate(9 * MiB)
         f.write(os.urandom(100 * KiB))
@@ -133,13 +133,11 @@ def make_sparse_image(path: Path) -> Path:
 
 
 def damage_first_chunk(home: Path, region: str, source: Path) -> None:
-    """Flips a byte of the stored chunk holding the first 4 MiB of ``source``."""
+    """Flips a byte of the stored block holding the first 64 KiB (the default chunk size) of
+    ``source``."""
     with open(source, "rb") as f:
-        digest = hashlib.sha256(f.read(4 * MiB)).hexdigest()
-    [stored] = (home / "regions" / region / "chunks").glob(f"*/{digest}")
-    data = bytearray(stored.read_bytes())
-    data[7] ^= 0xFF
-    stored.write_bytes(bytes(data))
+        digest = hashlib.sha256(f.read(64 * KiB)).hexdigest()
+    damage_block(home, region, digest)
 
 
 @contextmanager

@@ -30,7 +30,9 @@ from conftest import (
 
 import imagerelay as ir
 
-STALL_AFTER = 3 * CHUNK  # bytes served before the stall
+# Bytes served before the stall: past the first 4 MiB read unit of an import, so that its
+# blocks are stored before the stall.
+STALL_AFTER = 67 * CHUNK
 
 
 class _StallingHandler(http.server.BaseHTTPRequestHandler):
@@ -77,11 +79,11 @@ class _StallingHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stalling_url(files: Path) -> Iterator[Callable[[bool], tuple[str, threading.Event]]]:
-    """Starts the stalling server for a 32-chunk image; returns (url, stalled)."""
+    """Starts the stalling server for a 96-chunk image; returns (url, stalled)."""
     servers: list[tuple[http.server.ThreadingHTTPServer, threading.Event]] = []
 
     def start(ranges: bool) -> tuple[str, threading.Event]:
-        src = make_dense(files / f"slow-{len(servers)}.raw", 32 * CHUNK)
+        src = make_dense(files / f"slow-{len(servers)}.raw", 96 * CHUNK)
         handler = type("H", (_StallingHandler,), {
             "data": src.read_bytes(), "ranges": ranges,
             "stalled": threading.Event(), "release": threading.Event()})
@@ -146,8 +148,9 @@ def temp_files(root: Path) -> list[Path]:
 @pytest.mark.parametrize("then", ["open", "worker"])
 def test_an_import_killed_leaves_no_temporary_files(home: Path, stalling_url: Callable,
                                                    then: str) -> None:
-    """kill -9 in the middle of an import: the chunk files it was writing are removed as
-    soon as the home is opened again, by a program or a worker, not an hour later."""
+    """kill -9 in the middle of an import: the packs it wrote (and a pack it was writing)
+    are removed as soon as the home is opened again, by a program or a worker, not an hour
+    later."""
     url, stalled = stalling_url(False)
     ir.open(home).close()
     region = home / "regions" / "bj"
@@ -156,14 +159,14 @@ def test_an_import_killed_leaves_no_temporary_files(home: Path, stalling_url: Ca
     try:
         image_id = read_result(child)["id"]
         assert stalled.wait(30)
-        # The chunks before the stall wait, as temporary files, for the batch's commit.
-        wait_until(lambda: temp_files(region), timeout=20)
+        # The blocks before the stall go into a pack once they have waited a second.
+        wait_until(lambda: chunk_files(home, "bj"), timeout=20)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert child.stdout is not None
         child.stdout.close()
-    assert temp_files(region)
+    assert chunk_files(home, "bj")
     if then == "open":
         with ir.open(home) as cloud:
             assert cloud.image(image_id).status == "CreateFailed"

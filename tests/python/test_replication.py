@@ -22,6 +22,7 @@ from conftest import (
     chunk_hashes,
     chunk_names,
     chunk_stats,
+    damage_block,
     distinct_nonzero_bytes,
     make_dense,
     make_sparse,
@@ -494,8 +495,8 @@ def test_corrupt_source_chunk_fails_the_copy(cloud: ir.Cloud, home: Path, files:
     image = cloud.import_image(src, region="bj", name="a")
     victim = chunk_stats(home, "bj")
     assert victim[0] == 8
-    path = next((home / "regions" / "bj" / "chunks").glob("*/*"))
-    path.write_bytes(os.urandom(CHUNK))
+    victim_hash = sorted(chunk_names(home, "bj"))[0]
+    damage_block(home, "bj", victim_hash)
     gz_before = chunk_names(home, "gz")
     job = image.replicate(["gz", "su"])
     with pytest.raises(ir.ReplicationFailedError) as excinfo:
@@ -520,10 +521,10 @@ def test_corrupt_source_chunk_fails_the_copy(cloud: ir.Cloud, home: Path, files:
     # chunk out of every lookup.
     source = cloud.image(image.id)
     assert source.status == "NotAvailable" and "corrupt" in (source.error or "")
-    assert path.name not in chunk_names(home, "bj")
+    assert victim_hash not in chunk_names(home, "bj")
     # the corrupt chunk was never written
     wait_for_chunks(home, "gz", gz_before, timeout=10)
-    assert path.name not in chunk_names(home, "su")
+    assert victim_hash not in chunk_names(home, "su")
 
 
 # -- processes --------------------------------------------------------------------------
@@ -544,15 +545,14 @@ def test_crash_resume(home: Path, files: Path) -> None:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = read_result(child)
+        # Killed once some packs are written; blocks not yet in a pack are lost with it.
         wait_until(lambda: chunk_bytes(home, "gz") >= 4 * CHUNK, timeout=30)
-        wait_until(lambda: temp_files(home, "gz"), timeout=30)  # chunks not yet committed
         assert child.poll() is None
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     child.stdout.close()
     child.stderr.close()
-    assert temp_files(home, "gz")
     present = chunk_stats(home, "gz")
     assert 0 < present[1] < distinct_bytes, present
 

@@ -78,7 +78,8 @@ struct Task {
   TaskState state = TaskState::kPending;
   uint64_t bytes_total = 0;
   uint64_t bytes_done = 0;         // covered: written + zero + already present
-  uint64_t bytes_transferred = 0;  // actually written
+  uint64_t bytes_transferred = 0;  // actually written (bytes of the image)
+  uint64_t bytes_sent = 0;         // what the store wrote for them (compressed): the wire
   uint64_t chunks_total = 0;
   uint64_t chunks_skipped = 0;
   double rate = 0;  // bytes/s

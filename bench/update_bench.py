@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Issue #12 benchmark: what replicating an updated filesystem image moves, and what ten
+versions of it cost in a region, beside rsync in the same run.
+
+The images are the ones bench/fs_workload.py builds (an ext4 image of real files made with
+`mke2fs -d`, then OS-update-like versions edited with `debugfs -w`; byte-reproducible). On
+them, in one run:
+
+1. rsync's delta transfer of v2 onto a copy of v1 (literal data, bytes sent, with and
+   without -z);
+2. imagerelay: v1 imported into region bj and replicated to gz (a full copy), then v2
+   imported into bj and replicated to gz, where v1 is: the bytes sent (compressed), the
+   bytes of the image moved, and the time, against the full copy's;
+3. storage: v1..vN imported one after another into a fresh region: the bytes its packs
+   hold against those of v1 alone;
+4. the manifest of one version (its size, and how long opening it takes).
+
+Writes bench/UPDATE_RESULTS.md. Needs e2fsprogs and rsync (scripts/install-deps.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import fs_workload as fw  # noqa: E402
+
+import imagerelay as ir  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def region_bytes(root: Path) -> tuple[int, int]:
+    """(bytes of pack files, number of packs) under a region directory."""
+    packs = [p for p in (root / "packs").glob("*/*") if p.is_file() and len(p.name) == 32]
+    return sum(p.stat().st_size for p in packs), len(packs)
+
+
+def build_chain(args, work: Path) -> list[Path]:
+    conf = work / "mke2fs.conf"
+    conf.write_text(fw.MKE2FS_CONF)
+    timer = fw.StepTimer()
+    files, reserve = timer.run("select source files", fw.select_source_files,
+                               int(args.data_mib * MiB))
+    tree, v1, _, _ = fw.build_version_one("a", files, work, args.image_mib * MiB, conf, timer)
+    state = fw.ImageState(files, tree, reserve)
+    images = [v1]
+    for version in range(2, args.versions + 1):
+        image = work / f"v{version}.img"
+        timer.run(f"update v{version - 1} -> v{version}", fw.make_next_version, images[-1],
+                  image, state, version, work / "blobs" / f"v{version}", args)
+        images.append(image)
+    return images
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t0
+
+
+def run(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="ir-update-bench-", dir=args.workdir))
+    try:
+        images = build_chain(args, work)
+        rsync = [fw.rsync_delta(images[0], images[1], work, False),
+                 fw.rsync_delta(images[0], images[1], work, True)]
+
+        home = work / "home"
+        with ir.open(home) as cloud:
+            v1, t_import1 = timed(lambda: cloud.import_image(images[0], region="bj", name="v1"))
+            job1, t_full = timed(lambda: v1.replicate(["gz"]).wait())
+            v2, t_import2 = timed(lambda: cloud.import_image(images[1], region="bj", name="v2"))
+            job2, t_update = timed(lambda: v2.replicate(["gz"]).wait())
+            full, update = job1.tasks["gz"], job2.tasks["gz"]
+            assert job2.copies["gz"].verify() == v2.digest
+            manifest = home / "regions" / "bj" / "manifests" / f"{v1.id}.json"
+            manifest_bytes = manifest.stat().st_size
+            _, t_manifest = timed(lambda: v1.verify())
+
+            # Storage: every version into a fresh region.
+            cloud.add_region("chain", str(work / "chain"))
+            chain = []
+            for i, image in enumerate(images, 1):
+                cloud.import_image(image, region="chain", name=f"v{i}")
+                chain.append(region_bytes(work / "chain"))
+        return {
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": shlex.join([sys.executable, os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+            "image_bytes": images[0].stat().st_size, "versions": len(images),
+            "rsync": rsync, "full": full, "update": update, "t_full": t_full,
+            "t_update": t_update, "t_import1": t_import1, "t_import2": t_import2,
+            "manifest_bytes": manifest_bytes, "t_verify": t_manifest, "chain": chain,
+        }
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def mib(n: float) -> str:
+    return f"{n / MiB:.2f}"
+
+
+def write_report(path: Path, r: dict) -> None:
+    lit, z = r["rsync"]
+    full, upd = r["full"], r["update"]
+    one = r["chain"][0][0]
+    last = r["chain"][-1][0]
+    wire_vs_rsync = upd.bytes_sent / lit["literal"]
+    time_ratio = r["t_update"] / r["t_full"]
+    lines = [
+        "# Replicating an updated filesystem image (issue #12)",
+        "",
+        f"- Date: {r['date']}",
+        f"- Command: `{r['command']}`",
+        f"- Images: bench/fs_workload.py's ext4 chain ({mib(r['image_bytes'])} MiB, "
+        f"{r['versions']} versions), default `ir.Limits()` (64 KiB blocks, zstd level 1, "
+        "16 MiB packs), local regions on this machine's disk.",
+        "",
+        "## v2 replicated to a region that holds v1",
+        "",
+        "| what | bytes sent (MiB) | image bytes moved (MiB) | time (s) |",
+        "|---|---:|---:|---:|",
+        f"| `{lit['cmd']}` | {mib(lit['sent'])} (literal data {mib(lit['literal'])}) | – | "
+        f"{lit['seconds']:.2f} |",
+        f"| `{z['cmd']}` | {mib(z['sent'])} | – | {z['seconds']:.2f} |",
+        f"| imagerelay replicate v2 (v1 there) | **{mib(upd.bytes_sent)}** | "
+        f"{mib(upd.bytes_transferred)} | {r['t_update']:.2f} |",
+        f"| imagerelay replicate v1 (full copy) | {mib(full.bytes_sent)} | "
+        f"{mib(full.bytes_transferred)} | {r['t_full']:.2f} |",
+        "",
+        f"- Bytes on the wire vs rsync's literal data: **{wire_vs_rsync:.2f}x** "
+        f"(target ≤ 1.0x: {'PASS' if wire_vs_rsync <= 1.0 else 'FAIL'}); vs rsync -z's bytes "
+        f"sent: {upd.bytes_sent / z['sent']:.2f}x.",
+        f"- Time vs the full copy: **{time_ratio:.1%}** (target ≤ 10%: "
+        f"{'PASS' if time_ratio <= 0.10 else 'FAIL'}).",
+        f"- Imports into bj for reference: v1 {r['t_import1']:.2f} s, v2 {r['t_import2']:.2f} s.",
+        "",
+        "## Storage: every version in one region",
+        "",
+        "| versions | pack bytes (MiB) | packs | vs one version |",
+        "|---:|---:|---:|---:|",
+    ]
+    for i, (b, n) in enumerate(r["chain"], 1):
+        lines.append(f"| {i} | {mib(b)} | {n} | {b / one:.2f}x |")
+    ratio = last / one
+    lines += [
+        "",
+        f"- {r['versions']} versions cost **{ratio:.2f}x** the bytes of one (target ≤ 1.3x: "
+        f"{'PASS' if ratio <= 1.3 else 'FAIL'}). Compressed blocks count at their stored size.",
+        "",
+        "## Manifest",
+        "",
+        f"- One version's manifest: {r['manifest_bytes']:,} bytes (JSON, "
+        f"{r['image_bytes'] // (64 * 1024):,} entries of 64 KiB); a verify of v1 (reads the "
+        f"manifest and every block) took {r['t_verify']:.2f} s.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-mib", type=float, default=300)
+    p.add_argument("--image-mib", type=int, default=512)
+    p.add_argument("--versions", type=int, default=10)
+    p.add_argument("--rewrites", type=int, default=300)
+    p.add_argument("--deletes", type=int, default=10)
+    p.add_argument("--package-mib", type=float, default=4)
+    p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--allocator", choices=("fresh", "first-fit"), default="fresh")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--out", type=Path, default=HERE / "UPDATE_RESULTS.md")
+    args = p.parse_args()
+    r = run(args)
+    write_report(args.out, r)
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
