@@ -7,10 +7,10 @@ a copy to a region fails. Here the callback logs the failure and "notifies": it 
 event as JSON to ``$NOTIFY_URL`` if that is set (e.g. a chat webhook), else prints it.
 
 To see a failure, the example damages the stored bytes of its own image: it flips a byte of
-one of the image's chunk files in the source region's store, then replicates. The copy reads
-that chunk, finds that it no longer matches its hash and fails with
-``Transfer.IntegrityError``; the source image is left as it was (Available) and the copy is
-``CreateFailed``. The image is random data, so no other image shares the damaged chunk, and
+one of the image's blocks in a pack file of the source region's store, then replicates. The
+copy reads that block, finds that it no longer matches its hash and fails with
+``Transfer.IntegrityError``; the source image becomes NotAvailable (until a scrub repairs it)
+and the copy is ``CreateFailed``. The image is random data, so no other image shares the damaged chunk, and
 the example deletes both images at the end. HOME defaults to a temporary home.
 """
 
@@ -50,17 +50,25 @@ def notify(event: ir.Event) -> None:
 
 
 def damage_one_chunk(home: Path, region: str, source: Path, chunk_size: int) -> Path:
-    """Flips one byte of the stored chunk that holds the first bytes of ``source``.
+    """Flips one byte of the stored block that holds the first bytes of ``source``.
 
-    A local region keeps each chunk as ``<store>/chunks/<2 hex>/<sha256 of its bytes>``.
+    A local region keeps its blocks in pack files, ``<store>/packs/<2 hex>/<pack>``; its
+    index ``<store>/index/blocks.sqlite`` says where each block (named by its SHA-256) is.
     """
+    import sqlite3
     with open(source, "rb") as f:
         first = f.read(chunk_size)
     digest = hashlib.sha256(first).hexdigest()
-    stored = home / "regions" / region / "chunks" / digest[:2] / digest
-    data = bytearray(stored.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    store = home / "regions" / region
+    with sqlite3.connect(store / "index" / "blocks.sqlite") as index:
+        pack, offset, length = index.execute(
+            "SELECT pack, offset, stored_length FROM blocks WHERE hash = ?", (digest,)).fetchone()
+    stored = store / "packs" / pack[:2] / pack
+    with open(stored, "r+b") as f:
+        f.seek(offset + length // 2)
+        byte = f.read(1)[0]
+        f.seek(offset + length // 2)
+        f.write(bytes([byte ^ 0xFF]))
     return stored
 
 

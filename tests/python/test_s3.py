@@ -108,7 +108,7 @@ def test_add_region_adopts_a_store_without_a_marker(cloud: ir.Cloud, s3: S3Serve
         add_s3_region(other, s3, "s3a", bucket)
     assert "relay/.imagerelay-store" in s3.keys(bucket)
     body = s3.client().get_object(Bucket=bucket, Key="relay/.imagerelay-store")["Body"].read()
-    assert json.loads(body) == {"format": "imagerelay-store", "version": 1}
+    assert json.loads(body) == {"format": "imagerelay-store", "version": 2}
 
 
 def test_wrong_keys_fail_with_a_clear_code_and_no_secret(cloud: ir.Cloud, s3: S3Server,
