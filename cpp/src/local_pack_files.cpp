@@ -51,18 +51,17 @@ void LocalStore::PutPack(const std::string& name, std::span<const std::byte> byt
                          const CancelToken* /*cancel*/) {
   UniqueFd dir = OpenPackDir(name, /*create=*/true);
   const std::string tmp = TempName(name);
-  UniqueFd fd(::openat(dir.get(), tmp.c_str(),
-                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
-  if (!fd) PackFailed("cannot create a pack file", uri_, errno);
-  int err = PwriteAll(fd.get(), bytes.data(), bytes.size(), 0);
-  if (err == 0) err = Stamp(fd.get());
-  if (err == 0 && ::fdatasync(fd.get()) != 0) err = errno;
-  if (err == 0) err = fd.Close();
-  if (err == 0 && ::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) err = errno;
-  if (err != 0) {
+  auto fail = [&](const std::string& what, int err) {
     ::unlinkat(dir.get(), tmp.c_str(), 0);
-    PackFailed("cannot write pack " + name, uri_, err);
-  }
+    PackFailed("cannot write pack " + name + ": " + what, uri_, err);
+  };
+  // Around the page cache (O_DIRECT) like chunk files: a pack is not read back soon, and a
+  // copy of gigabytes should not fill memory with dirty pages.
+  UniqueFd fd = CreateWritten(dir.get(), tmp, root_ / kPacksDir / name.substr(0, 2) / tmp,
+                              bytes, fail);
+  if (::fdatasync(fd.get()) != 0) fail("fdatasync", errno);
+  if (int err = fd.Close(); err != 0) fail("close", err);
+  if (::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) fail("rename", errno);
   if (::fsync(dir.get()) != 0) PackFailed("cannot sync the directory of pack " + name, uri_, errno);
 }
 

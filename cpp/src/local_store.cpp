@@ -450,7 +450,27 @@ void LocalStore::WriteChunkFile(int dir_fd, const std::string& hash,
     Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + what + ": " +
            ErrnoText(err) + "; check free space and permissions");
   };
-  // Chunks go around the page cache (O_DIRECT): no dirty pages for the batch's syncfs to
+  UniqueFd fd = CreateWritten(dir_fd, tmp_name, tmp, data, fail);
+  if (int err = fd.Close(); err != 0) fail("cannot close " + tmp.string(), err);
+  std::vector<PendingChunk> batch;
+  {
+    std::lock_guard lock(pending_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    if (pending_.empty()) pending_since_ = now;
+    pending_.push_back({hash, tmp_name, data.size()});
+    pending_bytes_ += data.size();
+    if (pending_bytes_ >= kCommitBatchBytes || now - pending_since_ >= kCommitBatchAge) {
+      batch.swap(pending_);
+      pending_bytes_ = 0;
+    }
+  }
+  if (!batch.empty()) CommitPending(std::move(batch));
+}
+
+UniqueFd LocalStore::CreateWritten(int dir_fd, const std::string& tmp_name, const fs::path& tmp,
+                                   std::span<const std::byte> data,
+                                   const std::function<void(const std::string&, int)>& fail) {
+  // Files go around the page cache (O_DIRECT): no dirty pages for the batch's syncfs to
   // write back, and a big copy does not push everything else out of memory. The unaligned
   // tail, if any, is written normally.
   // Unaligned bytes (a copy's buffers) are first copied to an aligned buffer: a memcpy in
@@ -488,20 +508,7 @@ void LocalStore::WriteChunkFile(int dir_fd, const std::string& hash,
     fail("cannot write " + tmp.string(), err);
   }
   if (int err = Stamp(fd.get()); err != 0) fail("cannot set the time of " + tmp.string(), err);
-  if (int err = fd.Close(); err != 0) fail("cannot close " + tmp.string(), err);
-  std::vector<PendingChunk> batch;
-  {
-    std::lock_guard lock(pending_mutex_);
-    const auto now = std::chrono::steady_clock::now();
-    if (pending_.empty()) pending_since_ = now;
-    pending_.push_back({hash, tmp_name, data.size()});
-    pending_bytes_ += data.size();
-    if (pending_bytes_ >= kCommitBatchBytes || now - pending_since_ >= kCommitBatchAge) {
-      batch.swap(pending_);
-      pending_bytes_ = 0;
-    }
-  }
-  if (!batch.empty()) CommitPending(std::move(batch));
+  return fd;
 }
 
 void LocalStore::CommitPending(std::vector<PendingChunk> batch) {

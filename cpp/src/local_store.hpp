@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -175,6 +176,12 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
     uint64_t bytes = 0;
   };
   void WriteChunkFile(int dir_fd, const std::string& hash, std::span<const std::byte> data);
+  // Creates the temporary file dir_fd/tmp_name (`tmp` names it in messages), writes `data`
+  // to it around the page cache where the file system allows, stamps it and returns it
+  // open; calls fail(what, errno) (which throws) on an error.
+  UniqueFd CreateWritten(int dir_fd, const std::string& tmp_name,
+                         const std::filesystem::path& tmp, std::span<const std::byte> data,
+                         const std::function<void(const std::string&, int)>& fail);
   // A chunk file not stamped by this store: reads and checks it; re-stamps it if right,
   // quarantines it (and reports the damage) if not. True if it is right.
   bool Recheck(const std::string& hash, uint64_t length);

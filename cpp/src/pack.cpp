@@ -66,7 +66,7 @@ void PackBuilder::AddEncoded(const std::string& hash, EncodedBlock block, uint32
   entries_.push_back(std::move(entry));
 }
 
-std::vector<std::byte> PackBuilder::Finish() {
+PackBytes PackBuilder::Finish() {
   std::vector<std::byte> footer;
   footer.reserve(entries_.size() * kPackEntrySize + kPackTrailerSize);
   for (const PackEntry& e : entries_) {
@@ -80,7 +80,7 @@ std::vector<std::byte> PackBuilder::Finish() {
   Append(footer, entries_.size(), 4);
   AppendHash(footer, digest);
   for (char c : kMagic) footer.push_back(static_cast<std::byte>(c));
-  std::vector<std::byte> pack = std::move(data_);
+  PackBytes pack = std::move(data_);
   pack.insert(pack.end(), footer.begin(), footer.end());
   data_.clear();
   entries_.clear();

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,6 +20,21 @@
 namespace imagerelay {
 
 enum class BlockCodec : uint8_t { kRaw = 0, kZstd = 1 };
+
+// Page-aligned memory: a pack is written to disk straight from it with O_DIRECT.
+template <typename T>
+struct PageAlignedAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{4096};
+  PageAlignedAllocator() = default;
+  template <typename U>
+  PageAlignedAllocator(const PageAlignedAllocator<U>&) {}  // NOLINT: rebinding
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) noexcept { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const PageAlignedAllocator<U>&) const { return true; }
+};
+using PackBytes = std::vector<std::byte, PageAlignedAllocator<std::byte>>;
 
 struct PackEntry {
   std::string hash;  // SHA-256 of the raw bytes, 64 lowercase hex digits
@@ -47,7 +63,15 @@ EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
 // Assembles one pack in memory (the caller bounds it by size, e.g. 8-16 MiB).
 class PackBuilder {
  public:
-  explicit PackBuilder(int zstd_level = 1) : zstd_level_(zstd_level) {}
+  // `expected_size`: room reserved at once, so that the pack is never moved as it grows.
+  explicit PackBuilder(int zstd_level = 1, size_t expected_size = 0) : zstd_level_(zstd_level) {
+    data_.reserve(expected_size);
+  }
+  // Builds into `buffer` (emptied; its memory reused: no page of it is faulted in again).
+  PackBuilder(int zstd_level, PackBytes buffer)
+      : zstd_level_(zstd_level), data_(std::move(buffer)) {
+    data_.clear();
+  }
 
   // Adds a block whose bytes the caller has hashed to `hash`. It is stored compressed only
   // if that saves at least an eighth: incompressible data is stored as it is.
@@ -59,11 +83,11 @@ class PackBuilder {
   bool empty() const { return entries_.empty(); }
   const std::vector<PackEntry>& entries() const { return entries_; }
   // The whole pack (blocks, then the footer); the builder is empty afterwards.
-  std::vector<std::byte> Finish();
+  PackBytes Finish();
 
  private:
   int zstd_level_;
-  std::vector<std::byte> data_;
+  PackBytes data_;
   std::vector<PackEntry> entries_;
   std::vector<std::byte> scratch_;
 };

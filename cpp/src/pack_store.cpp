@@ -7,6 +7,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
+#include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
 namespace {
@@ -14,6 +15,11 @@ namespace {
 // Spans of packs kept for readers on a remote store: a copy's readers go through an image
 // roughly in order, several at once; a few spans per reader is enough.
 constexpr size_t kMaxSpans = 16;
+// Room a pack's buffer has beyond pack_size: the block that fills it goes in whole.
+constexpr uint64_t kBuilderSlack = 1ULL << 20;
+// Packs being written at once: writers wait beyond that, so that memory stays bounded when
+// the disk is slower than the writers (each pack in flight holds pack_size bytes).
+constexpr int kMaxSealing = 2;
 
 bool IsLowerHexDigit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
@@ -29,10 +35,20 @@ PackStore::PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOpt
     : base_(std::move(base)),
       packs_(packs),
       options_(options),
-      builder_(std::make_unique<PackBuilder>(options.zstd_level)) {
+      builder_(std::make_unique<PackBuilder>(options.zstd_level, options.pack_size + kBuilderSlack)) {
   // Damage that the base store finds in its chunk files reaches our owner.
   base_->SetDamageHandler(
       [this](const std::string& hash, const std::string& why) { ReportDamage(hash, why); });
+}
+
+std::unique_ptr<PackBuilder> PackStore::NewBuilder() {
+  // Under write_mutex_ (or before the store is shared).
+  if (!spare_buffers_.empty()) {
+    PackBytes buffer = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+    return std::make_unique<PackBuilder>(options_.zstd_level, std::move(buffer));
+  }
+  return std::make_unique<PackBuilder>(options_.zstd_level, options_.pack_size + kBuilderSlack);
 }
 
 PackStore::~PackStore() {
@@ -57,7 +73,7 @@ void PackStore::AgeLoop(std::stop_token stop) {
       age_cv_.wait_until(lock, stop, due, [] { return false; });
       continue;
     }
-    auto aged = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
+    auto aged = std::exchange(builder_, NewBuilder());
     ++sealing_;
     lock.unlock();
     Seal(std::move(aged), nullptr);
@@ -254,13 +270,14 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
     std::lock_guard lock(write_mutex_);
     if (pending_.contains(hash)) return 0;
   }
-  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
-  if (where && where->raw_length == data.size()) return 0;
+  // No index lookup: callers write what a lookup found missing (a block written twice by
+  // two writers at once costs only its space, until a sweep rewrites its pack).
   thread_local std::vector<std::byte> scratch;
   EncodedBlock encoded = EncodeBlock(data, options_.zstd_level, scratch);
   std::unique_ptr<PackBuilder> full;
   {
-    std::lock_guard lock(write_mutex_);
+    std::unique_lock lock(write_mutex_);
+    sealed_cv_.wait(lock, [&] { return sealing_ < kMaxSealing; });
     if (!pending_.insert(hash).second) return 0;
     if (builder_->empty()) {
       builder_since_ = std::chrono::steady_clock::now();
@@ -273,7 +290,7 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
     // Full, or waiting long: a slow copy checkpoints often, so that a crash costs little.
     if (builder_->size() >= options_.pack_size ||
         std::chrono::steady_clock::now() - builder_since_ >= options_.max_pack_age) {
-      full = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
+      full = std::exchange(builder_, NewBuilder());
       ++sealing_;
     }
   }
@@ -285,10 +302,12 @@ void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* ca
   const std::vector<PackEntry> entries = builder->entries();
   std::string error;
   try {
-    const std::vector<std::byte> bytes = builder->Finish();
+    PackBytes bytes = builder->Finish();
     const std::string name = NewPackName();
     packs_.PutPack(name, bytes, cancel);
     Index().AddPack(name, bytes.size(), entries);
+    std::lock_guard lock(write_mutex_);
+    if (spare_buffers_.size() < kMaxSealing + 1) spare_buffers_.push_back(std::move(bytes));
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -304,7 +323,7 @@ void PackStore::Flush() {
   {
     std::lock_guard lock(write_mutex_);
     if (!builder_->empty()) {
-      last = std::exchange(builder_, std::make_unique<PackBuilder>(options_.zstd_level));
+      last = std::exchange(builder_, NewBuilder());
       ++sealing_;
     }
   }
@@ -344,7 +363,15 @@ void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
     where = Index().Lookup({hash})[0];
   }
   if (!where) {
-    if (HasLegacyChunks()) return base_->GetChunk(hash, out, cancel);
+    if (HasLegacyChunks()) {
+      base_->GetChunk(hash, out, cancel);
+      if (Sha256Hex(out.data(), out.size()) != hash) {
+        throw DamagedChunkError(hash, "chunk " + hash + " in store " + base_->uri() +
+                                          " is corrupt: its content does not match its name; "
+                                          "run `imagerelay scrub`");
+      }
+      return;
+    }
     out.clear();
     throw TransferError(codes::kTransferFailed,
                         "chunk " + hash + " is missing in store " + base_->uri());
@@ -460,12 +487,12 @@ SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& mark
   BlockIndex& index = Index();
   Reconcile();
   // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
-  PackBuilder repacked(options_.zstd_level);
+  PackBuilder repacked(options_.zstd_level, options_.pack_size + kBuilderSlack);
   std::vector<std::string> replaced;
   auto write_repacked = [&] {
     if (repacked.empty()) return;
     const std::vector<PackEntry> entries = repacked.entries();
-    const std::vector<std::byte> bytes = repacked.Finish();
+    const PackBytes bytes = repacked.Finish();
     const std::string name = NewPackName();
     packs_.PutPack(name, bytes, nullptr);           // 1. the new pack is durable
     index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index

@@ -72,6 +72,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void Flush() override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
+  bool ChecksReads() const override { return true; }
   void DeleteChunk(const std::string& hash) override;
   // Forgets the block (its bytes stay in the pack until a sweep rewrites it) or quarantines
   // the chunk file of an earlier release.
@@ -109,6 +110,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
  private:
   // Blocks found lost (hash, why): reported once no lock is held (the handler reads manifests).
   using Lost = std::vector<std::pair<std::string, std::string>>;
+  std::unique_ptr<PackBuilder> NewBuilder();
   BlockIndex& Index();  // opened, and brought in line, on first use
   // Brings the index in line with the packs the store holds (see above).
   void Reconcile();
@@ -145,6 +147,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::mutex write_mutex_;  // guards the members below
   std::condition_variable sealed_cv_;
   std::unique_ptr<PackBuilder> builder_;
+  std::vector<PackBytes> spare_buffers_;  // of packs written, for the next builders
   std::chrono::steady_clock::time_point builder_since_;  // when its first block came
   std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
   int sealing_ = 0;                          // packs being written

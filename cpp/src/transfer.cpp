@@ -184,6 +184,15 @@ class Copier {
   bool NoWorkLeft() const {
     return (stop_ || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
   }
+  // Under mu_: wakes `n` workers for the work just queued, or all of them once none is left
+  // (each must see that and end). One wake per block, not a stampede of every worker.
+  void Wake(size_t n) {
+    if (NoWorkLeft() || n >= threads_) {
+      work_cv_.notify_all();
+    } else {
+      for (size_t i = 0; i < n; ++i) work_cv_.notify_one();
+    }
+  }
   bool AnyActive() const;
   bool AnyActiveNeeding(size_t chunk) const;
   void ReportProgress(std::vector<IoProgress>& last, bool force);
@@ -380,7 +389,7 @@ void Copier::Worker(uint32_t seed) {
       lock.lock();
       if (--task.slot->pending_writes == 0) {
         free_.push_back(task.slot);
-        work_cv_.notify_all();
+        Wake(1);
       }
       continue;
     }
@@ -399,7 +408,7 @@ void Copier::Worker(uint32_t seed) {
         slot->pending_writes = targets.size();
         for (size_t d : targets) writes_.push_back({slot, d});
       }
-      work_cv_.notify_all();
+      Wake(std::max<size_t>(1, targets.size()));
       continue;
     }
     break;  // NoWorkLeft()
@@ -424,7 +433,8 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
                                  wanted, "reading chunk " + hash + " from " + source_uri_, rng);
   std::optional<Failure> failure = std::move(result.failure);
   if (result.ok) {
-    std::string actual = Sha256Hex(slot.data.data(), slot.data.size());
+    // A store that checks what it reads has done so (else it threw DamagedChunkError).
+    std::string actual = source_.ChecksReads() ? hash : Sha256Hex(slot.data.data(), slot.data.size());
     if (actual != hash) {
       failure = Failure{codes::kIntegrityError,
                         "chunk " + hash + " read from " + source_uri_ +

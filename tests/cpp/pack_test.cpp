@@ -39,7 +39,8 @@ Built BuildPack() {
   PackBuilder builder;
   for (const auto& block : built.blocks) builder.Add(HashOf(block), block);
   built.entries = builder.entries();
-  built.pack = builder.Finish();
+  const PackBytes finished = builder.Finish();
+  built.pack.assign(finished.begin(), finished.end());
   EXPECT_TRUE(builder.empty());
   return built;
 }

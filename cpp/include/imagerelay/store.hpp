@@ -72,6 +72,9 @@ class Store {
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                         const CancelToken* cancel = nullptr) = 0;
+  // True if GetChunk checks every chunk it returns against its name (throwing
+  // DamagedChunkError otherwise): its callers need not hash the bytes again.
+  virtual bool ChecksReads() const { return false; }
   // Called when a lookup of the store itself finds a chunk damaged and quarantines it, so
   // that the owner marks the images that need it. Set once, before the store is shared.
   using DamageHandler = std::function<void(const std::string& hash, const std::string& why)>;
