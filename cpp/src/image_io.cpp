@@ -462,6 +462,14 @@ void ValidateManifest(const Manifest& m) {
 
 // Reads chunk i of the manifest into `out` and checks its length and hash; a mismatch is an
 // IntegrityError naming the chunk, its place in `what` (the image) and the store.
+// Tells the store the chunks a reader is about to read, in order (Store::PlanReads).
+void PlanReadsOf(Store& store, const Manifest& manifest, const std::vector<size_t>& todo) {
+  std::vector<std::string> hashes;
+  hashes.reserve(todo.size());
+  for (size_t i : todo) hashes.push_back(manifest.chunks[i]);
+  store.PlanReads(hashes);
+}
+
 void ReadVerifiedChunk(Store& store, const Manifest& manifest, size_t i,
                        std::vector<std::byte>& out, const std::string& what,
                        const CancelToken* cancel) {
@@ -710,6 +718,7 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   for (size_t i = 0; i < manifest.chunks.size(); ++i) {
     if (!manifest.chunks[i].empty()) todo.push_back(i);
   }
+  PlanReadsOf(store, manifest, todo);
   Sha256 whole;
   size_t next_fetch = 0;  // under crew.mu: position in todo of the next chunk to fetch
   size_t next_hash = 0;   // under crew.mu: position in todo of the next chunk to hash
@@ -820,6 +829,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
       todo.push_back(i);
     }
   }
+  PlanReadsOf(store, manifest, todo);
 
   // Chunks reach the file around the page cache (O_DIRECT), each from an aligned copy: no
   // page-cache pages to find for an image-sized write, nothing dirty left for the fsync.

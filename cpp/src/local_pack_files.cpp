@@ -65,19 +65,55 @@ void LocalStore::PutPack(const std::string& name, std::span<const std::byte> byt
   if (::fsync(dir.get()) != 0) PackFailed("cannot sync the directory of pack " + name, uri_, errno);
 }
 
-bool LocalStore::ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
-                          const CancelToken* /*cancel*/) {
+std::shared_ptr<UniqueFd> LocalStore::OpenPackForReading(const std::string& name) {
+  constexpr size_t kOpenPacks = 32;
+  {
+    std::lock_guard lock(open_packs_mutex_);
+    for (auto it = open_packs_.begin(); it != open_packs_.end(); ++it) {
+      if (it->first == name) {
+        open_packs_.splice(open_packs_.begin(), open_packs_, it);
+        return it->second;
+      }
+    }
+  }
   UniqueFd dir = OpenPackDir(name, /*create=*/false);
-  if (!dir) return false;
-  UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT || errno == ELOOP) return false;
+  if (!dir) return nullptr;
+  auto fd = std::make_shared<UniqueFd>(
+      ::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!*fd) {
+    if (errno == ENOENT || errno == ELOOP) return nullptr;
     PackFailed("cannot open pack " + name, uri_, errno);
   }
-  int err = PreadAll(fd.get(), out.data(), out.size(), static_cast<off_t>(offset));
+  std::lock_guard lock(open_packs_mutex_);
+  open_packs_.emplace_front(name, fd);
+  if (open_packs_.size() > kOpenPacks) open_packs_.pop_back();
+  return fd;
+}
+
+void LocalStore::ForgetOpenPack(const std::string& name) {
+  std::lock_guard lock(open_packs_mutex_);
+  open_packs_.remove_if([&](const auto& entry) { return entry.first == name; });
+}
+
+bool LocalStore::ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
+                          const CancelToken* /*cancel*/) {
+  std::shared_ptr<UniqueFd> fd = OpenPackForReading(name);
+  if (!fd) return false;
+  int err = PreadAll(fd->get(), out.data(), out.size(), static_cast<off_t>(offset));
   if (err == -1) return false;  // the pack ends first
   if (err != 0) PackFailed("cannot read pack " + name, uri_, err);
   return true;
+}
+
+void LocalStore::Prefetch(const std::string& name, uint64_t offset, uint64_t length) {
+  try {
+    if (std::shared_ptr<UniqueFd> fd = OpenPackForReading(name)) {
+      ::posix_fadvise(fd->get(), static_cast<off_t>(offset), static_cast<off_t>(length),
+                      POSIX_FADV_WILLNEED);
+    }
+  } catch (const TransferError&) {
+    // a hint only: the read that follows reports what is wrong
+  }
 }
 
 std::optional<PackStat> LocalStore::StatPack(const std::string& name) {
@@ -100,6 +136,7 @@ void LocalStore::RestampPack(const std::string& name) {
 }
 
 void LocalStore::DeletePack(const std::string& name) {
+  ForgetOpenPack(name);
   UniqueFd dir = OpenPackDir(name, /*create=*/false);
   if (!dir || !StatPack(name)) return;  // only a pack file of ours is deleted
   if (::unlinkat(dir.get(), name.c_str(), 0) != 0 && errno != ENOENT) {
@@ -109,6 +146,7 @@ void LocalStore::DeletePack(const std::string& name) {
 }
 
 void LocalStore::QuarantinePack(const std::string& name) {
+  ForgetOpenPack(name);
   UniqueFd dir = OpenPackDir(name, /*create=*/false);
   if (!dir || !StatPack(name)) return;
   if (!MoveToQuarantine(dir.get(), name)) DeletePack(name);

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -110,6 +111,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
                 const CancelToken* cancel) override;
   std::optional<PackStat> StatPack(const std::string& name) override;
+  void Prefetch(const std::string& name, uint64_t offset, uint64_t length) override;
   void RestampPack(const std::string& name) override;
   void DeletePack(const std::string& name) override;
   void QuarantinePack(const std::string& name) override;
@@ -133,6 +135,13 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   UniqueFd OpenChunkDir(const std::string& hash) const;
   // packs/<first two hex of name>, created if `create`; invalid fd if absent.
   UniqueFd OpenPackDir(const std::string& name, bool create);
+  // The pack open for reading, from a small cache of open packs (a copy reads many blocks
+  // of a pack in a row: one open, not one per block); nullptr if there is no such pack.
+  // Packs never change once written, so a cached descriptor always reads the right bytes.
+  std::shared_ptr<UniqueFd> OpenPackForReading(const std::string& name);
+  void ForgetOpenPack(const std::string& name);
+  std::mutex open_packs_mutex_;
+  std::list<std::pair<std::string, std::shared_ptr<UniqueFd>>> open_packs_;  // recent first
   // Moves `name` from the directory open at `dir_fd` to quarantine/<name>.<time>; false if
   // it could not (the caller then deletes it).
   bool MoveToQuarantine(int dir_fd, const std::string& name);

@@ -12,14 +12,21 @@
 namespace imagerelay {
 namespace {
 
-// Spans of packs kept for readers on a remote store: a copy's readers go through an image
-// roughly in order, several at once; a few spans per reader is enough.
-constexpr size_t kMaxSpans = 16;
+// Spans of packs read for planned runs, kept for the readers of their other blocks: a copy's
+// readers go through an image roughly in order, several at once; a few spans per reader
+// is enough (at most kMaxSpans x read_span bytes).
+constexpr size_t kMaxSpans = 12;
+// Blocks at most this far apart in a pack are read in one request (the gap is read too).
+constexpr uint64_t kMaxGap = 64 << 10;
+// Runs no longer than this are not worth planning.
+constexpr uint64_t kSmallestRun = 128 << 10;
+// Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
+constexpr size_t kMaxPlannedRuns = 1 << 20;
 // Room a pack's buffer has beyond pack_size: the block that fills it goes in whole.
 constexpr uint64_t kBuilderSlack = 1ULL << 20;
 // Packs being written at once: writers wait beyond that, so that memory stays bounded when
 // the disk is slower than the writers (each pack in flight holds pack_size bytes).
-constexpr int kMaxSealing = 2;
+constexpr int kMaxSealing = 4;
 
 bool IsLowerHexDigit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
@@ -393,36 +400,116 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
   DecodeBlock(stored, entry, out, Where(where.pack));
 }
 
+void PackStore::PlanReads(const std::vector<std::string>& hashes) {
+  if (hashes.empty()) return;
+  std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  // Neighbouring blocks of a pack (a gap of at most kMaxGap) go into one run.
+  std::unordered_map<std::string, std::vector<Run>> planned;
+  size_t count = 0;
+  for (const auto& where : found) {
+    if (!where) continue;
+    planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
+  }
+  for (auto& [pack, blocks] : planned) {
+    std::sort(blocks.begin(), blocks.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
+    std::vector<Run> runs;
+    for (const Run& block : blocks) {
+      if (!runs.empty() && block.begin <= runs.back().end + kMaxGap &&
+          block.end - runs.back().begin <= options_.read_span) {
+        runs.back().end = std::max(runs.back().end, block.end);
+      } else {
+        runs.push_back(block);
+      }
+    }
+    // A run of one block gains nothing: it is read alone anyway.
+    std::erase_if(runs, [&](const Run& r) { return r.end - r.begin <= kSmallestRun; });
+    count += runs.size();
+    blocks = std::move(runs);
+  }
+  std::lock_guard lock(read_mutex_);
+  if (planned_runs_ + count > kMaxPlannedRuns) {
+    runs_.clear();  // plans nobody read (cancelled copies): drop them rather than grow
+    planned_runs_ = 0;
+  }
+  for (auto& [pack, runs] : planned) {
+    if (runs.empty()) continue;
+    std::vector<Run>& all = runs_[pack];
+    all.insert(all.end(), runs.begin(), runs.end());
+    std::sort(all.begin(), all.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
+    planned_runs_ += runs.size();
+  }
+}
+
+std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64_t offset,
+                                                 uint64_t length) {
+  auto it = runs_.find(pack);
+  if (it == runs_.end()) return std::nullopt;
+  std::vector<Run>& runs = it->second;
+  auto after = std::upper_bound(runs.begin(), runs.end(), offset,
+                                [](uint64_t value, const Run& r) { return value < r.begin; });
+  if (after == runs.begin()) return std::nullopt;
+  auto run = std::prev(after);
+  if (offset + length > run->end) return std::nullopt;
+  Run taken = *run;
+  runs.erase(run);
+  --planned_runs_;
+  if (runs.empty()) runs_.erase(it);
+  return taken;
+}
+
 bool PackStore::ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
                           std::vector<std::byte>& out, const CancelToken* cancel) {
   out.resize(length);
-  if (!packs_.RemoteReads()) return packs_.ReadPack(pack, offset, out, cancel);
+  std::shared_ptr<Span> span;
   {
-    std::lock_guard lock(span_mutex_);
-    for (auto it = spans_.begin(); it != spans_.end(); ++it) {
-      if (it->pack == pack && it->offset <= offset &&
-          offset + length <= it->offset + it->bytes.size()) {
-        std::copy_n(it->bytes.begin() + static_cast<ptrdiff_t>(offset - it->offset), length,
-                    out.begin());
-        spans_.splice(spans_.begin(), spans_, it);
-        return true;
+    std::unique_lock lock(read_mutex_);
+    for (;;) {
+      auto it = std::find_if(spans_.begin(), spans_.end(), [&](const auto& s) {
+        return s->pack == pack && s->begin <= offset &&
+               offset + length <= s->begin + s->bytes.size() && !s->failed;
+      });
+      if (it == spans_.end()) break;
+      std::shared_ptr<Span> found = *it;
+      if (found->loading) {  // another reader is reading it: its bytes come with that read
+        span_cv_.wait(lock, [&] { return !found->loading; });
+        continue;
       }
+      std::copy_n(found->bytes.begin() + static_cast<ptrdiff_t>(offset - found->begin), length,
+                  out.begin());
+      return true;
     }
+    std::optional<Run> run = TakeRun(pack, offset, length);
+    if (!run || !packs_.RemoteReads()) {
+      // A local pack: the run is read ahead into the page cache, each block on its own; the
+      // readers of the run's blocks need not wait for one another.
+      lock.unlock();
+      if (run) packs_.Prefetch(pack, run->begin, run->end - run->begin);
+      return packs_.ReadPack(pack, offset, out, cancel);
+    }
+    span = std::make_shared<Span>();
+    span->pack = pack;
+    span->begin = run->begin;
+    span->bytes.resize(static_cast<size_t>(run->end - run->begin));
+    spans_.push_front(span);
+    while (spans_.size() > kMaxSpans && !spans_.back()->loading) spans_.pop_back();
   }
-  // One request for this block and the pack's blocks after it: readers come for them next.
-  uint64_t pack_size = 0;
-  for (const auto& [name, size] : Index().Packs()) {
-    if (name == pack) pack_size = size;
+  bool ok = false;
+  try {
+    ok = packs_.ReadPack(pack, span->begin, span->bytes, cancel);
+  } catch (...) {
+    std::lock_guard lock(read_mutex_);
+    span->loading = false;
+    span->failed = true;
+    span_cv_.notify_all();
+    throw;
   }
-  Span span{pack, offset, {}};
-  const uint64_t end = std::max<uint64_t>(
-      offset + length, std::min<uint64_t>(pack_size, offset + options_.read_span));
-  span.bytes.resize(static_cast<size_t>(end - offset));
-  if (!packs_.ReadPack(pack, offset, span.bytes, cancel)) return false;
-  std::copy_n(span.bytes.begin(), length, out.begin());
-  std::lock_guard lock(span_mutex_);
-  spans_.push_front(std::move(span));
-  if (spans_.size() > kMaxSpans) spans_.pop_back();
+  std::lock_guard lock(read_mutex_);
+  span->loading = false;
+  span->failed = !ok;
+  span_cv_.notify_all();
+  if (!ok) return false;
+  std::copy_n(span->bytes.begin() + static_cast<ptrdiff_t>(offset - span->begin), length,
+              out.begin());
   return true;
 }
 

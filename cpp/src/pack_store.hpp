@@ -47,8 +47,9 @@ struct PackStoreOptions {
   double repack_below = 0.5;
   // A pack is also written once its first block has waited this long (a slow copy).
   std::chrono::milliseconds max_pack_age{1000};
-  // Stores with remote reads: one ranged request covers neighbouring blocks up to this size.
-  uint64_t read_span = 8ULL << 20;
+  // Planned reads (PlanReads) of neighbouring blocks are merged into requests of up to this
+  // many bytes.
+  uint64_t read_span = 4ULL << 20;
 };
 
 class PackStore final : public Store, public ChunkSizeProbe {
@@ -69,6 +70,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
                               const std::vector<uint64_t>& lengths = {}) override;
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                     const CancelToken* cancel = nullptr) override;
+  void PlanReads(const std::vector<std::string>& hashes) override;
   void Flush() override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
@@ -130,7 +132,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void ForgetVanishedLocked(const std::string& pack, Lost& lost);  // under index_mutex_
   void ReadBlock(const BlockLocation& where, const std::string& hash, std::vector<std::byte>& out,
                  const CancelToken* cancel);
-  // Reads [offset, offset + length) of a pack, through the span cache on remote stores.
+  // Reads [offset, offset + length) of a pack: with the rest of its planned run if it has
+  // one (see PlanReads), else alone.
   bool ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
                  std::vector<std::byte>& out, const CancelToken* cancel);
   bool HasLegacyChunks();
@@ -158,14 +161,28 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::condition_variable_any age_cv_;
   std::jthread age_thread_;  // last: stopped and joined before the members it uses go
 
-  // Remote reads: recently read spans of packs (bounded), keyed by pack and offset.
+  // Planned reads (PlanReads): runs of neighbouring blocks to read in one request, per pack,
+  // sorted by start; a run is read once, when the first of its blocks is asked for, into a
+  // span that the readers of its other blocks take their bytes from.
+  struct Run {
+    uint64_t begin = 0;
+    uint64_t end = 0;
+  };
   struct Span {
     std::string pack;
-    uint64_t offset = 0;
+    uint64_t begin = 0;
     std::vector<std::byte> bytes;
+    bool loading = true;  // being read by one reader; the others wait for it
+    bool failed = false;
   };
-  std::mutex span_mutex_;
-  std::list<Span> spans_;  // most recent first
+  std::mutex read_mutex_;  // guards the members below
+  std::condition_variable span_cv_;
+  std::unordered_map<std::string, std::vector<Run>> runs_;
+  size_t planned_runs_ = 0;
+  std::list<std::shared_ptr<Span>> spans_;  // most recent first
+  // The run planned for a block at [offset, offset + length) of `pack`, taken out of the
+  // plan (nullopt if none). Under read_mutex_.
+  std::optional<Run> TakeRun(const std::string& pack, uint64_t offset, uint64_t length);
 };
 
 }  // namespace imagerelay

@@ -624,8 +624,16 @@ bool Copier::ConfirmDestinations(bool last_pass, std::mt19937& rng) {
 
 void Copier::RunPass(uint32_t seed, std::vector<IoProgress>& last) {
   jobs_.clear();
+  std::vector<std::string> reads;
   for (size_t k = 0; k < plan_.hashes.size(); ++k) {
-    if (AnyActiveNeeding(k)) jobs_.push_back(k);
+    if (AnyActiveNeeding(k)) {
+      jobs_.push_back(k);
+      reads.emplace_back(plan_.hashes[k]);
+    }
+  }
+  try {
+    source_.PlanReads(reads);  // only a hint: reads go on without it
+  } catch (const std::exception&) {
   }
   workers_.clear();
   next_job_ = 0;

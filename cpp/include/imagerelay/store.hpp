@@ -72,6 +72,10 @@ class Store {
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                         const CancelToken* cancel = nullptr) = 0;
+  // Tells the store which chunks are about to be read, in about that order (a copy's plan,
+  // an export's chunk list): a store that keeps chunks side by side reads neighbours in one
+  // request instead of one each. Only a hint; the reads may come in any order, or not at all.
+  virtual void PlanReads(const std::vector<std::string>& /*hashes*/) {}
   // True if GetChunk checks every chunk it returns against its name (throwing
   // DamagedChunkError otherwise): its callers need not hash the bytes again.
   virtual bool ChecksReads() const { return false; }
