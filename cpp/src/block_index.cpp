@@ -148,7 +148,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
     const std::vector<std::string>& hashes) {
   std::lock_guard lock(mutex_);
   std::vector<std::optional<BlockLocation>> out(hashes.size());
-  InTransaction(db_->conn, "BEGIN", [&] {
+  auto find_all = [&] {
     auto& find = db_->conn.Cached(
         "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
     for (size_t i = 0; i < hashes.size(); ++i) {
@@ -158,7 +158,13 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
                              static_cast<uint32_t>(s->Uint(3)),
                              static_cast<BlockCodec>(s->Int(4))};
     }
-  });
+  };
+  // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
+  if (hashes.size() > 1) {
+    InTransaction(db_->conn, "BEGIN", find_all);
+  } else {
+    find_all();
+  }
   return out;
 }
 

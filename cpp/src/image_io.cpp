@@ -356,34 +356,41 @@ class Importer {
         }
         crew_.digest_cv.notify_all();
       }
+      // The unit's chunks are hashed, looked up in one batch, and the missing ones stored.
+      const size_t count = UnitChunks(job.index);
+      auto data_of = [&](size_t chunk) {
+        return buffers_[job.slot].get() +
+               (manifest_.ChunkOffset(chunk) - manifest_.ChunkOffset(job.index));
+      };
+      std::vector<std::string> hashes;
+      std::vector<uint64_t> lengths;
+      std::vector<size_t> at;  // chunk index of each hash
+      {
+        HashPermit permit(hash_permits_);
+        for (size_t k = 0; k < count; ++k) {
+          const size_t chunk = job.index + k;
+          const size_t len = static_cast<size_t>(manifest_.ChunkLength(chunk));
+          if (IsAllZero(data_of(chunk), len)) continue;
+          hashes.push_back(Sha256Hex(data_of(chunk), len));
+          lengths.push_back(len);
+          at.push_back(chunk);
+        }
+      }
+      // Present with its length and untouched since written (Store::HasChunkOfLength).
+      const std::vector<bool> present = store_.HasChunks(hashes, &cancel_, lengths);
       uint64_t stored_raw = 0;
       uint64_t stored_bytes = 0;
-      uint64_t skipped = 0;
-      const size_t count = UnitChunks(job.index);
-      for (size_t k = 0; k < count; ++k) {
-        const size_t chunk = job.index + k;
-        const std::byte* data =
-            buffers_[job.slot].get() + (manifest_.ChunkOffset(chunk) - manifest_.ChunkOffset(job.index));
-        const size_t len = static_cast<size_t>(manifest_.ChunkLength(chunk));
-        std::string hash;
-        {
-          HashPermit permit(hash_permits_);
-          if (!IsAllZero(data, len)) hash = Sha256Hex(data, len);
+      for (size_t h = 0; h < hashes.size(); ++h) {
+        if (!present[h]) {
+          stored_bytes += store_.PutChunk(
+              hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])), &cancel_);
+          stored_raw += lengths[h];
         }
-        bool stored = false;
-        if (!hash.empty()) {
-          // Present with its length and untouched since written (Store::HasChunkOfLength).
-          if (!store_.HasChunkOfLength(hash, len, &cancel_)) {
-            stored_bytes += store_.PutChunk(hash, std::span(data, len), &cancel_);
-            stored = true;
-          }
-          manifest_.chunks[chunk] = std::move(hash);  // one writer per index
-        }
-        if (stored) {
-          stored_raw += len;
-        } else {
-          ++skipped;
-        }
+      }
+      const uint64_t skipped = count - (hashes.size() - static_cast<size_t>(std::count(
+                                                             present.begin(), present.end(), true)));
+      for (size_t h = 0; h < hashes.size(); ++h) {
+        manifest_.chunks[at[h]] = std::move(hashes[h]);  // one writer per index
       }
       std::lock_guard lock(crew_.mu);
       progress_.bytes_done += job.len;

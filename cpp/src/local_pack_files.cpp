@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <ctime>
 
@@ -47,22 +48,85 @@ UniqueFd LocalStore::OpenPackDir(const std::string& name, bool create) {
   return dir;
 }
 
-void LocalStore::PutPack(const std::string& name, std::span<const std::byte> bytes,
-                         const CancelToken* /*cancel*/) {
-  UniqueFd dir = OpenPackDir(name, /*create=*/true);
+std::string LocalStore::WritePackTemp(int dir_fd, const std::string& name,
+                                      std::span<const std::byte> bytes) {
   const std::string tmp = TempName(name);
   auto fail = [&](const std::string& what, int err) {
-    ::unlinkat(dir.get(), tmp.c_str(), 0);
+    ::unlinkat(dir_fd, tmp.c_str(), 0);
     PackFailed("cannot write pack " + name + ": " + what, uri_, err);
   };
   // Around the page cache (O_DIRECT) like chunk files: a pack is not read back soon, and a
   // copy of gigabytes should not fill memory with dirty pages.
-  UniqueFd fd = CreateWritten(dir.get(), tmp, root_ / kPacksDir / name.substr(0, 2) / tmp,
-                              bytes, fail);
-  if (::fdatasync(fd.get()) != 0) fail("fdatasync", errno);
+  UniqueFd fd = CreateWritten(dir_fd, tmp, root_ / kPacksDir / name.substr(0, 2) / tmp, bytes,
+                              fail);
   if (int err = fd.Close(); err != 0) fail("close", err);
-  if (::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) fail("rename", errno);
-  if (::fsync(dir.get()) != 0) PackFailed("cannot sync the directory of pack " + name, uri_, errno);
+  return tmp;
+}
+
+void LocalStore::PutPack(const std::string& name, std::span<const std::byte> bytes,
+                         const CancelToken* cancel) {
+  StagePack(name, bytes, cancel);
+  CommitPacks({name});
+}
+
+void LocalStore::StagePack(const std::string& name, std::span<const std::byte> bytes,
+                           const CancelToken* /*cancel*/) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/true);
+  std::string tmp = WritePackTemp(dir.get(), name, bytes);
+  std::lock_guard lock(staged_mutex_);
+  staged_[name] = std::move(tmp);
+}
+
+void LocalStore::CommitPacks(const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  std::vector<std::pair<std::string, std::string>> batch;  // name, temporary file
+  {
+    std::lock_guard lock(staged_mutex_);
+    for (const std::string& name : names) {
+      auto it = staged_.find(name);
+      if (it == staged_.end()) continue;
+      batch.emplace_back(name, std::move(it->second));
+      staged_.erase(it);
+    }
+  }
+  auto discard = [&] {
+    for (const auto& [name, tmp] : batch) {
+      if (UniqueFd dir = OpenPackDir(name, false)) ::unlinkat(dir.get(), tmp.c_str(), 0);
+    }
+  };
+  try {
+    // Every staged byte on disk before any pack becomes visible: one flush for the batch.
+    SyncFilesystem();
+    std::vector<std::string> dirs;
+    for (const auto& [name, tmp] : batch) {
+      UniqueFd dir = OpenPackDir(name, false);
+      if (!dir || ::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) {
+        PackFailed("cannot commit pack " + name, uri_, dir ? errno : ENOENT);
+      }
+      if (std::find(dirs.begin(), dirs.end(), name.substr(0, 2)) == dirs.end()) {
+        dirs.push_back(name.substr(0, 2));
+      }
+    }
+    for (const std::string& prefix : dirs) {
+      UniqueFd dir = OpenStoreDir(kPacksDir, prefix);
+      if (dir && ::fsync(dir.get()) != 0) {
+        PackFailed("cannot sync " + (root_ / kPacksDir / prefix).string(), uri_, errno);
+      }
+    }
+  } catch (...) {
+    discard();
+    throw;
+  }
+}
+
+void LocalStore::DiscardStaged(const std::vector<std::string>& names) {
+  std::lock_guard lock(staged_mutex_);
+  for (const std::string& name : names) {
+    auto it = staged_.find(name);
+    if (it == staged_.end()) continue;
+    if (UniqueFd dir = OpenPackDir(name, false)) ::unlinkat(dir.get(), it->second.c_str(), 0);
+    staged_.erase(it);
+  }
 }
 
 std::shared_ptr<UniqueFd> LocalStore::OpenPackForReading(const std::string& name) {

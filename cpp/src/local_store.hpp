@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <functional>
 #include <list>
+#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -110,6 +111,12 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
                const CancelToken* cancel) override;
   bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
                 const CancelToken* cancel) override;
+  // Staged packs are temporary files; a commit is one syncfs, the renames, and one fsync
+  // of each directory they went into (as chunk files are committed in batches).
+  void StagePack(const std::string& name, std::span<const std::byte> bytes,
+                 const CancelToken* cancel) override;
+  void CommitPacks(const std::vector<std::string>& names) override;
+  void DiscardStaged(const std::vector<std::string>& names) override;
   std::optional<PackStat> StatPack(const std::string& name) override;
   void Prefetch(const std::string& name, uint64_t offset, uint64_t length) override;
   void RestampPack(const std::string& name) override;
@@ -140,6 +147,10 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   // Packs never change once written, so a cached descriptor always reads the right bytes.
   std::shared_ptr<UniqueFd> OpenPackForReading(const std::string& name);
   void ForgetOpenPack(const std::string& name);
+  // Writes the temporary file of pack `name` (not synced); returns its name.
+  std::string WritePackTemp(int dir_fd, const std::string& name, std::span<const std::byte> bytes);
+  std::mutex staged_mutex_;
+  std::unordered_map<std::string, std::string> staged_;  // pack name -> its temporary file
   std::mutex open_packs_mutex_;
   std::list<std::pair<std::string, std::shared_ptr<UniqueFd>>> open_packs_;  // recent first
   // Moves `name` from the directory open at `dir_fd` to quarantine/<name>.<time>; false if

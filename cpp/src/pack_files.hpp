@@ -31,6 +31,17 @@ class PackFiles {
   // pack). Throws TransferError (or TransientError for a retryable failure).
   virtual void PutPack(const std::string& name, std::span<const std::byte> bytes,
                        const CancelToken* cancel) = 0;
+  // Group commit: StagePack writes a pack that is not a pack yet (no reader sees it);
+  // CommitPacks makes staged packs durable and visible, all of them with one flush of the
+  // disk rather than one per pack; DiscardStaged drops staged packs never committed. By
+  // default a staged pack is put at once and the others do nothing (an object store's PUT
+  // is durable and atomic).
+  virtual void StagePack(const std::string& name, std::span<const std::byte> bytes,
+                         const CancelToken* cancel) {
+    PutPack(name, bytes, cancel);
+  }
+  virtual void CommitPacks(const std::vector<std::string>& /*names*/) {}
+  virtual void DiscardStaged(const std::vector<std::string>& /*names*/) {}
   // Reads out.size() bytes at `offset`: false when the pack is missing or ends first (it is
   // damaged); throws TransferError when the storage fails.
   virtual bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,

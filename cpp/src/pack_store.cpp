@@ -27,6 +27,8 @@ constexpr uint64_t kBuilderSlack = 1ULL << 20;
 // Packs being written at once: writers wait beyond that, so that memory stays bounded when
 // the disk is slower than the writers (each pack in flight holds pack_size bytes).
 constexpr int kMaxSealing = 4;
+// Staged packs are committed (one flush of the disk for all) once they hold this much.
+constexpr uint64_t kCommitBytes = 64ULL << 20;
 
 bool IsLowerHexDigit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
@@ -66,6 +68,9 @@ PackStore::~PackStore() {
   }
   std::unique_lock lock(write_mutex_);
   sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+  std::vector<std::string> names;
+  for (const Staged& staged : staged_) names.push_back(staged.name);
+  packs_.DiscardStaged(names);  // never flushed: not the store's
 }
 
 void PackStore::AgeLoop(std::stop_token stop) {
@@ -84,6 +89,7 @@ void PackStore::AgeLoop(std::stop_token stop) {
     ++sealing_;
     lock.unlock();
     Seal(std::move(aged), nullptr);
+    CommitAllStaged();  // a slow writer's blocks become durable and visible now
     lock.lock();
   }
 }
@@ -306,23 +312,65 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
 }
 
 void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel) {
-  const std::vector<PackEntry> entries = builder->entries();
-  std::string error;
+  std::vector<PackEntry> entries = builder->entries();
+  std::vector<Staged> batch;
   try {
     PackBytes bytes = builder->Finish();
-    const std::string name = NewPackName();
-    packs_.PutPack(name, bytes, cancel);
-    Index().AddPack(name, bytes.size(), entries);
+    Staged staged{NewPackName(), bytes.size(), {}};
+    packs_.StagePack(staged.name, bytes, cancel);
+    staged.entries = std::move(entries);
     std::lock_guard lock(write_mutex_);
     if (spare_buffers_.size() < kMaxSealing + 1) spare_buffers_.push_back(std::move(bytes));
+    staged_bytes_ += staged.size;
+    staged_.push_back(std::move(staged));
+    if (staged_bytes_ >= kCommitBytes) {
+      batch.swap(staged_);
+      staged_bytes_ = 0;
+    }
+  } catch (const std::exception& e) {
+    std::lock_guard lock(write_mutex_);
+    for (const PackEntry& entry : entries) pending_.erase(entry.hash);
+    write_error_ = e.what();
+  }
+  {
+    std::lock_guard lock(write_mutex_);
+    --sealing_;
+    if (!batch.empty()) ++sealing_;  // the commit below is still writing
+    sealed_cv_.notify_all();
+  }
+  if (!batch.empty()) CommitStaged(std::move(batch));
+}
+
+void PackStore::CommitStaged(std::vector<Staged> batch) {
+  std::string error;
+  try {
+    std::vector<std::string> names;
+    for (const Staged& staged : batch) names.push_back(staged.name);
+    packs_.CommitPacks(names);
+    for (const Staged& staged : batch) Index().AddPack(staged.name, staged.size, staged.entries);
   } catch (const std::exception& e) {
     error = e.what();
   }
   std::lock_guard lock(write_mutex_);
-  for (const PackEntry& entry : entries) pending_.erase(entry.hash);
+  for (const Staged& staged : batch) {
+    for (const PackEntry& entry : staged.entries) pending_.erase(entry.hash);
+  }
   if (!error.empty()) write_error_ = error;
   --sealing_;
   sealed_cv_.notify_all();
+}
+
+void PackStore::CommitAllStaged() {
+  std::vector<Staged> batch;
+  {
+    std::unique_lock lock(write_mutex_);
+    sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+    batch.swap(staged_);
+    staged_bytes_ = 0;
+    if (batch.empty()) return;
+    ++sealing_;
+  }
+  CommitStaged(std::move(batch));
 }
 
 void PackStore::Flush() {
@@ -335,6 +383,7 @@ void PackStore::Flush() {
     }
   }
   if (last) Seal(std::move(last), nullptr);
+  CommitAllStaged();
   std::unique_lock lock(write_mutex_);
   sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
   if (!write_error_.empty()) {

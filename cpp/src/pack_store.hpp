@@ -120,8 +120,18 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void ReportLost(const Lost& lost);
   // Indexes a pack from its footer; false if it is not a whole pack (then quarantined).
   bool IndexFromFooter(const std::string& pack, uint64_t size);
-  // Writes a full builder's pack and indexes it.
+  // A pack written, not yet committed (PackFiles::StagePack).
+  struct Staged {
+    std::string name;
+    uint64_t size = 0;
+    std::vector<PackEntry> entries;
+  };
+  // Writes a full builder's pack (staged); commits the staged packs once they are many.
+  // The caller counted it in sealing_.
   void Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel);
+  // Commits staged packs and indexes them (counted in sealing_ by the caller).
+  void CommitStaged(std::vector<Staged> batch);
+  void CommitAllStaged();
   // True if the store still vouches for `pack` (see Trust above). Re-reads a touched pack.
   bool Vouch(const std::string& pack);
   // Re-reads every indexed block of a pack; those found wrong are forgotten and reported.
@@ -151,6 +161,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::condition_variable sealed_cv_;
   std::unique_ptr<PackBuilder> builder_;
   std::vector<PackBytes> spare_buffers_;  // of packs written, for the next builders
+  std::vector<Staged> staged_;
+  uint64_t staged_bytes_ = 0;
   std::chrono::steady_clock::time_point builder_since_;  // when its first block came
   std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
   int sealing_ = 0;                          // packs being written

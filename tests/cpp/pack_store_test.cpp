@@ -73,8 +73,9 @@ class FaultyPacks : public PackFiles {
 };
 
 struct Opened {
-  std::unique_ptr<PackStore> store;
+  // Members go in reverse order: the store before the faults it writes through.
   std::unique_ptr<FaultyPacks> faults;
+  std::unique_ptr<PackStore> store;
 };
 
 // A pack store on a local directory, with small packs so that tests see several.
@@ -108,7 +109,7 @@ Manifest ManifestOf(const std::vector<std::string>& hashes) {
 
 TEST(PackStoreTest, BlocksGoIntoPacksCompressedWhenItPaysAndReadBack) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   std::vector<std::vector<std::byte>> blocks;
   for (uint32_t i = 0; i < 10; ++i) blocks.push_back(i % 2 ? RandomBlock(i) : TextBlock(i));
   uint64_t sent = 0;
@@ -135,12 +136,12 @@ TEST(PackStoreTest, TheIndexIsRebuiltFromPackFooters) {
   std::vector<std::vector<std::byte>> blocks;
   for (uint32_t i = 0; i < 9; ++i) blocks.push_back(RandomBlock(i));
   {
-    auto [store, faults] = OpenPacked(dir.path());
+    auto [faults, store] = OpenPacked(dir.path());
     for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
     store->Flush();
   }
   fs::remove_all(dir / "index");
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   std::vector<std::string> hashes;
   for (const auto& b : blocks) hashes.push_back(HashOf(b));
   std::sort(hashes.begin(), hashes.end());
@@ -153,7 +154,7 @@ TEST(PackStoreTest, TheIndexIsRebuiltFromPackFooters) {
 TEST(PackStoreTest, ATornPackIsSetAsideNotIndexed) {
   ScratchDir dir;
   {
-    auto [store, faults] = OpenPacked(dir.path());
+    auto [faults, store] = OpenPacked(dir.path());
     for (uint32_t i = 0; i < 3; ++i) store->PutChunk(HashOf(RandomBlock(i)), RandomBlock(i));
     store->Flush();
   }
@@ -161,7 +162,7 @@ TEST(PackStoreTest, ATornPackIsSetAsideNotIndexed) {
   ASSERT_EQ(packs.size(), 1u);
   fs::resize_file(packs[0], fs::file_size(packs[0]) - 100);  // cut short, as by a bad copy
   fs::remove_all(dir / "index");
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   EXPECT_TRUE(store->ListChunks().empty());
   EXPECT_TRUE(PackFilesIn(dir.path()).empty());
   EXPECT_TRUE(fs::exists(dir / "quarantine"));
@@ -169,7 +170,7 @@ TEST(PackStoreTest, ATornPackIsSetAsideNotIndexed) {
 
 TEST(PackStoreTest, ATouchedPackIsRecheckedAndItsBadBlocksForgottenAndReported) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path(), 64 * kBlock);
+  auto [faults, store] = OpenPacked(dir.path(), 64 * kBlock);
   std::vector<std::string> reported;
   store->SetDamageHandler([&](const std::string& hash, const std::string&) {
     reported.push_back(hash);
@@ -204,7 +205,7 @@ TEST(PackStoreTest, ATouchedPackIsRecheckedAndItsBadBlocksForgottenAndReported) 
 
 TEST(PackStoreTest, AReadOfACorruptBlockThrowsDamagedChunkError) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   auto a = TextBlock(1);
   store->PutChunk(HashOf(a), a);
   store->Flush();
@@ -228,7 +229,7 @@ TEST(PackStoreTest, AReadOfACorruptBlockThrowsDamagedChunkError) {
 
 TEST(PackStoreTest, AVanishedPackReportsItsBlocks) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   std::vector<std::string> reported;
   store->SetDamageHandler([&](const std::string& hash, const std::string&) {
     reported.push_back(hash);
@@ -244,7 +245,7 @@ TEST(PackStoreTest, AVanishedPackReportsItsBlocks) {
 
 TEST(PackStoreTest, AFailedPackWriteFailsTheFlushAndIndexesNothing) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   faults->fail_on = "put";
   auto a = RandomBlock(1);
   store->PutChunk(HashOf(a), a);
@@ -258,7 +259,7 @@ TEST(PackStoreTest, AFailedPackWriteFailsTheFlushAndIndexesNothing) {
 
 TEST(PackStoreTest, SweepDropsDeadPacksAndRepacksMostlyDeadOnes) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path());  // 4 blocks per pack
+  auto [faults, store] = OpenPacked(dir.path());  // 4 blocks per pack
   std::vector<std::vector<std::byte>> blocks;
   for (uint32_t i = 0; i < 12; ++i) blocks.push_back(RandomBlock(i));
   for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
@@ -291,7 +292,7 @@ TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
     for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(i));
     std::unordered_set<std::string> marked{HashOf(blocks[0]), HashOf(blocks[5])};
     {
-      auto [store, faults] = OpenPacked(dir.path());
+      auto [faults, store] = OpenPacked(dir.path());
       for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
       store->Flush();
       faults->fail_on = step;
@@ -303,7 +304,7 @@ TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
         EXPECT_EQ(out, blocks[i]);
       }
     }
-    auto [store, faults] = OpenPacked(dir.path());  // a new process
+    auto [faults, store] = OpenPacked(dir.path());  // a new process
     store->SweepUnmarked(marked);
     EXPECT_EQ(store->ListChunks().size(), 2u);
     EXPECT_EQ(PackFilesIn(dir.path()).size(), 1u);
@@ -325,7 +326,7 @@ TEST(PackStoreTest, ChunkFilesOfAnEarlierReleaseStayReadableAndSweepable) {
     old.PutChunk(HashOf(old_b), old_b);
     old.PutManifest("m-abcd1234", ManifestOf({HashOf(old_a), HashOf(old_b)}));
   }
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   EXPECT_TRUE(store->HasChunkOfLength(HashOf(old_a), old_a.size()));
   std::vector<std::byte> out;
   store->GetChunk(HashOf(old_b), out);
@@ -343,7 +344,7 @@ TEST(PackStoreTest, ChunkFilesOfAnEarlierReleaseStayReadableAndSweepable) {
 
 TEST(PackStoreTest, WritersOnSeveralThreadsLoseNothing) {
   ScratchDir dir;
-  auto [store, faults] = OpenPacked(dir.path());
+  auto [faults, store] = OpenPacked(dir.path());
   std::vector<std::thread> threads;
   for (uint32_t t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
