@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "imagerelay/cancel.hpp"
-#include "imagerelay/transfer.hpp"
+#include "imagerelay/error.hpp"
 
 namespace imagerelay {
 

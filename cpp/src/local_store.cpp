@@ -540,7 +540,7 @@ void LocalStore::DiscardPending(const std::vector<PendingChunk>& batch) noexcept
   }
 }
 
-void LocalStore::Flush() {
+void LocalStore::Flush(const CancelToken* /*cancel*/) {
   std::vector<PendingChunk> batch;
   {
     std::lock_guard lock(pending_mutex_);

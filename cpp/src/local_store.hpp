@@ -85,7 +85,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
                         const CancelToken* cancel = nullptr) override;
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                 const CancelToken* cancel = nullptr) override;
-  void Flush() override;
+  void Flush(const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
   void DeleteChunk(const std::string& hash) override;

@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 
+#include "imagerelay/cancel.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
 #include "imagerelay/sha256.hpp"
@@ -18,8 +19,6 @@ namespace {
 constexpr size_t kMaxSpans = 12;
 // Blocks at most this far apart in a pack are read in one request (the gap is read too).
 constexpr uint64_t kMaxGap = 64 << 10;
-// Runs no longer than this are not worth planning.
-constexpr uint64_t kSmallestRun = 128 << 10;
 // Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
 constexpr size_t kMaxPlannedRuns = 1 << 20;
 // Room a pack's buffer has beyond pack_size: the block that fills it goes in whole.
@@ -76,19 +75,26 @@ PackStore::~PackStore() {
 void PackStore::AgeLoop(std::stop_token stop) {
   std::unique_lock lock(write_mutex_);
   while (!stop.stop_requested()) {
-    if (builder_->empty()) {
-      age_cv_.wait(lock, stop, [&] { return !builder_->empty(); });
+    // The oldest block not yet visible: in the pack being built, or in a staged pack.
+    std::optional<std::chrono::steady_clock::time_point> oldest;
+    if (!builder_->empty()) oldest = builder_since_;
+    if (!staged_.empty() && (!oldest || staged_since_ < *oldest)) oldest = staged_since_;
+    if (!oldest) {
+      age_cv_.wait(lock, stop, [&] { return !builder_->empty() || !staged_.empty(); });
       continue;
     }
-    const auto due = builder_since_ + options_.max_pack_age;
+    const auto due = *oldest + options_.max_pack_age;
     if (std::chrono::steady_clock::now() < due) {
       age_cv_.wait_until(lock, stop, due, [] { return false; });
       continue;
     }
-    auto aged = std::exchange(builder_, NewBuilder());
-    ++sealing_;
+    std::unique_ptr<PackBuilder> aged;
+    if (!builder_->empty()) {
+      aged = std::exchange(builder_, NewBuilder());
+      ++sealing_;
+    }
     lock.unlock();
-    Seal(std::move(aged), nullptr);
+    if (aged) Seal(std::move(aged), nullptr);
     CommitAllStaged();  // a slow writer's blocks become durable and visible now
     lock.lock();
   }
@@ -217,6 +223,11 @@ std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
   if (!lengths.empty() && lengths.size() != hashes.size()) {
     throw std::invalid_argument("HasChunks: one length per hash");
   }
+  // On an object store the index is only a cache, and Vouch() trusts its packs: packs lost
+  // behind it (a bucket emptied mid-copy, objects deleted by hand) must not be vouched for
+  // when a copy plans or confirms before it commits: the first lookup after a flush lists
+  // packs/ once (an import's lookups between flushes, one per 4 MiB, do not).
+  if (packs_.RemoteReads() && reconcile_due_.exchange(false)) Reconcile();
   std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
   // One look at each pack, however many of its blocks are asked for. A pack not vouched for
   // had its bad blocks forgotten (or vanished): what is still indexed then is right.
@@ -300,9 +311,8 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
       age_cv_.notify_all();
     }
     builder_->AddEncoded(hash, encoded, static_cast<uint32_t>(data.size()));
-    // Full, or waiting long: a slow copy checkpoints often, so that a crash costs little.
-    if (builder_->size() >= options_.pack_size ||
-        std::chrono::steady_clock::now() - builder_since_ >= options_.max_pack_age) {
+    // Full; a pack waiting long is written by AgeLoop.
+    if (builder_->size() >= options_.pack_size) {
       full = std::exchange(builder_, NewBuilder());
       ++sealing_;
     }
@@ -322,11 +332,20 @@ void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* ca
     std::lock_guard lock(write_mutex_);
     if (spare_buffers_.size() < kMaxSealing + 1) spare_buffers_.push_back(std::move(bytes));
     staged_bytes_ += staged.size;
+    if (staged_.empty()) {
+      staged_since_ = std::chrono::steady_clock::now();
+      age_cv_.notify_all();
+    }
     staged_.push_back(std::move(staged));
     if (staged_bytes_ >= kCommitBytes) {
       batch.swap(staged_);
       staged_bytes_ = 0;
     }
+  } catch (const Cancelled&) {
+    // The writer gave up (its copy was cancelled): the pack's blocks are not in the store,
+    // and any other copy that put some of them finds them missing when it confirms.
+    std::lock_guard lock(write_mutex_);
+    for (const PackEntry& entry : entries) pending_.erase(entry.hash);
   } catch (const std::exception& e) {
     std::lock_guard lock(write_mutex_);
     for (const PackEntry& entry : entries) pending_.erase(entry.hash);
@@ -360,11 +379,11 @@ void PackStore::CommitStaged(std::vector<Staged> batch) {
   sealed_cv_.notify_all();
 }
 
-void PackStore::CommitAllStaged() {
+void PackStore::CommitAllStaged(const CancelToken* cancel) {
   std::vector<Staged> batch;
   {
     std::unique_lock lock(write_mutex_);
-    sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+    WaitWritesLocked(lock, cancel);
     batch.swap(staged_);
     staged_bytes_ = 0;
     if (batch.empty()) return;
@@ -373,7 +392,7 @@ void PackStore::CommitAllStaged() {
   CommitStaged(std::move(batch));
 }
 
-void PackStore::Flush() {
+void PackStore::Flush(const CancelToken* cancel) {
   std::unique_ptr<PackBuilder> last;
   {
     std::lock_guard lock(write_mutex_);
@@ -382,16 +401,26 @@ void PackStore::Flush() {
       ++sealing_;
     }
   }
-  if (last) Seal(std::move(last), nullptr);
-  CommitAllStaged();
+  if (last) Seal(std::move(last), cancel);
+  CommitAllStaged(cancel);
+  reconcile_due_ = true;  // the confirmation that follows a flush looks at the store itself
   std::unique_lock lock(write_mutex_);
-  sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+  WaitWritesLocked(lock, cancel);
   if (!write_error_.empty()) {
     // The blocks of a pack that could not be written are not in the store: whoever counts on
     // them finds them missing when it confirms, and this says why.
     std::string error = std::exchange(write_error_, "");
     throw TransferError(codes::kTransferFailed,
                         "a pack could not be written to store " + base_->uri() + ": " + error);
+  }
+}
+
+void PackStore::WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel) {
+  // A write in flight may be stalled on a server: a cancel ends the wait (its own request,
+  // if it made one, is aborted by the same token).
+  while (sealing_ != 0) {
+    if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
+    sealed_cv_.wait_for(lock, std::chrono::milliseconds(50));
   }
 }
 
@@ -466,12 +495,13 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
       if (!runs.empty() && block.begin <= runs.back().end + kMaxGap &&
           block.end - runs.back().begin <= options_.read_span) {
         runs.back().end = std::max(runs.back().end, block.end);
+        ++runs.back().blocks;
       } else {
         runs.push_back(block);
       }
     }
     // A run of one block gains nothing: it is read alone anyway.
-    std::erase_if(runs, [&](const Run& r) { return r.end - r.begin <= kSmallestRun; });
+    std::erase_if(runs, [](const Run& r) { return r.blocks < 2; });
     count += runs.size();
     blocks = std::move(runs);
   }
@@ -520,7 +550,9 @@ bool PackStore::ReadRange(const std::string& pack, uint64_t offset, uint32_t len
       if (it == spans_.end()) break;
       std::shared_ptr<Span> found = *it;
       if (found->loading) {  // another reader is reading it: its bytes come with that read
-        span_cv_.wait(lock, [&] { return !found->loading; });
+        // Our own cancel is checked meanwhile: that reader's request may be stalled.
+        if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
+        span_cv_.wait_for(lock, std::chrono::milliseconds(50));
         continue;
       }
       std::copy_n(found->bytes.begin() + static_cast<ptrdiff_t>(offset - found->begin), length,

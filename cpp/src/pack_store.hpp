@@ -18,6 +18,7 @@
 // All methods may be called from several threads at once.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <stop_token>
 #include <thread>
@@ -71,7 +72,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                     const CancelToken* cancel = nullptr) override;
   void PlanReads(const std::vector<std::string>& hashes) override;
-  void Flush() override;
+  void Flush(const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
   bool ChecksReads() const override { return true; }
@@ -131,7 +132,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel);
   // Commits staged packs and indexes them (counted in sealing_ by the caller).
   void CommitStaged(std::vector<Staged> batch);
-  void CommitAllStaged();
+  void CommitAllStaged(const CancelToken* cancel = nullptr);
+  // Waits until no pack is being written; throws Cancelled if `cancel` fires first.
+  void WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel);
   // True if the store still vouches for `pack` (see Trust above). Re-reads a touched pack.
   bool Vouch(const std::string& pack);
   // Re-reads every indexed block of a pack; those found wrong are forgotten and reported.
@@ -153,6 +156,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   PackFiles& packs_;
   const PackStoreOptions options_;
 
+  // An object store's index cache is brought in line with the bucket at the first lookup
+  // after a flush (see HasChunks).
+  std::atomic<bool> reconcile_due_{true};
   std::mutex index_mutex_;
   std::unique_ptr<BlockIndex> index_;
   std::optional<bool> legacy_chunks_;  // does base_ hold chunk files of an earlier release?
@@ -163,6 +169,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::vector<PackBytes> spare_buffers_;  // of packs written, for the next builders
   std::vector<Staged> staged_;
   uint64_t staged_bytes_ = 0;
+  std::chrono::steady_clock::time_point staged_since_;  // when the oldest was staged
   std::chrono::steady_clock::time_point builder_since_;  // when its first block came
   std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
   int sealing_ = 0;                          // packs being written
@@ -179,6 +186,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   struct Run {
     uint64_t begin = 0;
     uint64_t end = 0;
+    uint32_t blocks = 1;
   };
   struct Span {
     std::string pack;

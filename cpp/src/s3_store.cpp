@@ -13,7 +13,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "imagerelay/transfer.hpp"
+#include "imagerelay/error.hpp"
 
 namespace imagerelay {
 namespace {

@@ -668,7 +668,9 @@ void Copier::RunPass(uint32_t seed, std::vector<IoProgress>& last) {
   for (Dest& dest : dests_) {
     if (!dest.Active() || dest.finish_reported) continue;
     try {
-      dest.spec->store->Flush();
+      dest.spec->store->Flush(dest.spec->cancel);
+    } catch (const Cancelled&) {
+      // cancelled while its last pack was written: the outcome says Cancelled
     } catch (const std::exception& e) {
       dest.Fail({codes::kTransferFailed, "cannot flush " + dest.uri + ": " + e.what()});
     }

@@ -149,6 +149,7 @@ class FaultProxy:
         self.faults: dict[str, float] = {}
         self.fault_filter: Callable[[str, str], bool] | None = None
         self.stall_seconds = 2.0
+        self.stalls_over = threading.Event()  # set: every stall ends now (and at close)
         # Requests carrying any of these headers get 400 InvalidRequest, as from an older
         # S3-compatible server that does not know them.
         self.refused_headers: set[str] = set()
@@ -173,6 +174,7 @@ class FaultProxy:
         self.thread.start()
 
     def close(self) -> None:
+        self.stalls_over.set()  # a stalled client is not left waiting past the test
         self.server.shutdown()
         self.server.server_close()
 
@@ -255,7 +257,7 @@ class FaultProxy:
                     head += f"{k}: {v}\r\n"
                 head += f"Content-Length: {length if length is not None else len(body)}\r\n\r\n"
                 if fault == "stall":
-                    time.sleep(self.stall_seconds)
+                    self.stalls_over.wait(self.stall_seconds)
                 if fault == "truncate" and len(body) > 1:
                     conn.sendall(head.encode() + body[:len(body) // 2])
                     return

@@ -100,6 +100,13 @@ inline constexpr const char* kJobFailed = "Job.Failed";
 inline constexpr const char* kTimeout = "Timeout";
 }  // namespace codes
 
+// A transient error: retried with backoff by the transfer engine. Stores throw it for
+// timeouts, resets, 5xx, 429. Anything else a store throws is permanent for that copy.
+class TransientError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // A stored chunk whose bytes do not match its name (or its length): the engine quarantines
 // it and marks the images that need it (Engine::Impl::ReportDamagedChunk).
 class DamagedChunkError : public IntegrityError {

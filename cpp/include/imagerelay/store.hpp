@@ -67,8 +67,9 @@ class Store {
   // (compressed, if it compresses: what goes over the wire or onto the disk).
   virtual uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                         const CancelToken* cancel = nullptr) = 0;
-  // Makes every chunk put so far durable and visible.
-  virtual void Flush() {}
+  // Makes every chunk put so far durable and visible. `cancel`, if it fires, aborts a write
+  // in flight (throwing Cancelled): the chunks it held are then simply not there.
+  virtual void Flush(const CancelToken* /*cancel*/ = nullptr) {}
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                         const CancelToken* cancel = nullptr) = 0;

@@ -59,13 +59,6 @@ struct TransferOutcome {
   std::string damaged_source_chunk;
 };
 
-// A transient error: retried with backoff. Stores throw it for timeouts, resets, 5xx, 429.
-// Anything else thrown by a store is permanent for that destination.
-class TransientError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 // Copies every chunk of `manifest` from `source` to each destination that lacks it. Does not
 // write manifests (the caller commits). A chunk read from the source whose bytes do not hash
 // to its name fails every destination that needed it with Transfer.IntegrityError; a
