@@ -102,5 +102,28 @@ TEST(ManifestTest, RejectsInconsistentManifests) {
   EXPECT_NO_THROW(Manifest::FromJson(with("size", 10)));
 }
 
+// Manifests as ToJson writes them are read without a JSON DOM; every rule still holds there,
+// and any other spelling of the same JSON reads the same through the general parser.
+TEST(ManifestTest, TheCompactFormIsCheckedLikeAnyOther) {
+  const std::string compact = Sample().ToJson();
+  auto replaced = [&](const std::string& from, const std::string& to) {
+    std::string text = compact;
+    const size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return text.replace(at, from.size(), to);
+  };
+  ExpectInvalid(replaced(kA, std::string(64, 'A')));
+  ExpectInvalid(replaced(kA, std::string(63, 'a') + "\\"));
+  ExpectInvalid(replaced(kA, "../" + std::string(61, 'a')));
+  ExpectInvalid(replaced("\"" + kB + "\"]", "\"" + kB + "\",null]"));  // one chunk too many
+  ExpectInvalid(replaced("\"" + kB + "\"]", "]"));                     // one too few
+  ExpectInvalid(replaced(kDigest, "sha256:" + std::string(64, 'G')));
+  ExpectInvalid(replaced(R"("chunk_size":4)", R"("chunk_size":0)"));
+  // Other spellings of the same manifest: read by the general parser, to the same result.
+  EXPECT_EQ(Manifest::FromJson(compact), Sample());
+  EXPECT_EQ(Manifest::FromJson(nlohmann::json::parse(compact).dump(2)), Sample());
+  EXPECT_EQ(Manifest::FromJson(replaced(R"({"version":1,)", R"({ "version": 1, )")), Sample());
+}
+
 }  // namespace
 }  // namespace imagerelay
