@@ -45,15 +45,18 @@ EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
   // so incompressible data costs less than a full attempt.
   const size_t limit = raw.size() - raw.size() / 8;
   scratch.resize(limit);
-  // A block's first 4 KiB tell random (or already compressed) data from the rest: if they do
-  // not shrink, the block is stored raw without a full attempt. Dense random data then costs
-  // a sixteenth of a compression attempt per block, not a whole one (it doubled an import's
-  // CPU time beside the hashing).
+  // Two 4 KiB samples (the start and the middle) tell random or already compressed data
+  // from the rest: if neither shrinks, the block is stored raw without a full attempt. Dense
+  // random data then costs an eighth of an attempt per block. (One sample at the start
+  // misjudged file data behind a binary header: 6% more bytes sent on the ext4 workload.)
   constexpr size_t kSample = 4096;
-  if (raw.size() >= 4 * kSample) {
-    const size_t sampled = ZSTD_compressCCtx(context.get(), scratch.data(), kSample - kSample / 8,
-                                             raw.data(), kSample, zstd_level);
-    if (ZSTD_isError(sampled)) return {BlockCodec::kRaw, raw};
+  if (raw.size() >= 8 * kSample) {
+    auto shrinks = [&](size_t at) {
+      return !ZSTD_isError(ZSTD_compressCCtx(context.get(), scratch.data(),
+                                             kSample - kSample / 8, raw.data() + at, kSample,
+                                             zstd_level));
+    };
+    if (!shrinks(0) && !shrinks(raw.size() / 2)) return {BlockCodec::kRaw, raw};
   }
   const size_t packed = ZSTD_compressCCtx(context.get(), scratch.data(), limit, raw.data(),
                                           raw.size(), zstd_level);
