@@ -147,7 +147,6 @@ struct Engine::Impl {
   std::atomic<TimeUs> last_worked_us{0};      // when a worker last ran a copy
   std::atomic<TimeUs> last_checkpoint_us{0};  // when a worker last checkpointed the catalog
   void MaybeCheckpoint();
-  std::unordered_set<std::string> ChunksOfRecentImages(const std::string& region, Store& store);
   bool LeaseHolderAlive(const std::string& owner, TimeUs expires_us, TimeUs now) const;
 };
 

@@ -375,30 +375,6 @@ void Engine::Impl::StartWorkers() {
 // The chunks named by the manifests of the region's newest Available images: a new version
 // of an image mostly repeats one of them, and one manifest read answers for hundreds of
 // chunk lookups. Best effort: a manifest that cannot be read only costs those lookups.
-std::unordered_set<std::string> Engine::Impl::ChunksOfRecentImages(const std::string& region,
-                                                                   Store& store) {
-  constexpr size_t kImages = 4;
-  std::vector<std::string> ids;
-  catalog->Read([&](CatalogTx& tx) {
-    auto images = tx.ListImages({.region = region, .name = std::nullopt});  // oldest first
-    for (auto it = images.rbegin(); it != images.rend() && ids.size() < kImages; ++it) {
-      if (it->status == ImageStatus::kAvailable) ids.push_back(it->id);
-    }
-  });
-  std::unordered_set<std::string> chunks;
-  for (const auto& id : ids) {
-    try {
-      if (auto manifest = store.GetManifest(id)) {
-        for (auto& chunk : manifest->chunks) {
-          if (!chunk.empty()) chunks.insert(std::move(chunk));
-        }
-      }
-    } catch (const std::exception&) {
-    }
-  }
-  return chunks;
-}
-
 // After a second of idleness, at most every few seconds: a checkpoint's fsyncs then delay
 // nobody's call.
 void Engine::Impl::MaybeCheckpoint() {
@@ -694,7 +670,6 @@ bool Engine::Impl::RunOneClaim() {
       TransferDestination dest;
       dest.store = dest_stores[i].get();
       dest.cancel = tokens[i].get();
-      dest.known_present = ChunksOfRecentImages(claim.tasks[i].region, *dest_stores[i]);
       dest.progress = [&, i](const IoProgress& p) {
         latest[i] = p;
         flush(false);

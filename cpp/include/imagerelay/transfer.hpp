@@ -36,9 +36,9 @@ struct TransferDestination {
   Store* store = nullptr;
   const CancelToken* cancel = nullptr;
   ProgressFn progress;  // called from the thread that runs CopyImage, throttled
-  // Chunks the caller knows the store holds (those named by manifests of its Available
-  // images, which no sweep removes while this copy runs): the plan skips them without
-  // asking the store, and looks up only the rest.
+  // Chunks the caller knows the store holds: the plan skips them without asking the store,
+  // and looks up only the rest (the confirmation before a commit still asks for all). The
+  // engine leaves it empty: a block store's index answers a whole plan in one batch.
   std::unordered_set<std::string> known_present;
 };
 
