@@ -1,5 +1,6 @@
 #include "imagerelay/ids.hpp"
 
+#include <algorithm>
 #include <random>
 
 namespace imagerelay {
@@ -65,6 +66,12 @@ bool IsValidImageName(std::string_view name) {
 
 std::string NewImageId() { return RandomId('m'); }
 std::string NewJobId() { return RandomId('j'); }
+
+bool IsLowerHex(std::string_view s, size_t length) {
+  return s.size() == length && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+  });
+}
 
 std::string RandomHex(size_t bytes) {
   static constexpr char kHex[] = "0123456789abcdef";

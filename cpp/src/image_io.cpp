@@ -380,15 +380,16 @@ class Importer {
       const std::vector<bool> present = store_.HasChunks(hashes, &cancel_, lengths);
       uint64_t stored_raw = 0;
       uint64_t stored_bytes = 0;
+      uint64_t stored = 0;
       for (size_t h = 0; h < hashes.size(); ++h) {
         if (!present[h]) {
           stored_bytes += store_.PutChunk(
               hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])), &cancel_);
           stored_raw += lengths[h];
+          ++stored;
         }
       }
-      const uint64_t skipped = count - (hashes.size() - static_cast<size_t>(std::count(
-                                                             present.begin(), present.end(), true)));
+      const uint64_t skipped = count - stored;  // zero, or there already
       for (size_t h = 0; h < hashes.size(); ++h) {
         manifest_.chunks[at[h]] = std::move(hashes[h]);  // one writer per index
       }

@@ -8,14 +8,13 @@
 #include <memory>
 
 #include "file_util.hpp"
+#include "imagerelay/ids.hpp"
 
 namespace imagerelay {
 namespace {
 
 // Temporary files whose writer cannot be told gone (TempWriterIsGone) wait this long.
 constexpr time_t kStaleTempAgeSeconds = 3600;
-
-bool IsLowerHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
 }  // namespace
 
@@ -60,7 +59,7 @@ int ListDirectory(int dir_fd, std::vector<DirEntry>& out) {
 }
 
 bool IsPrefixName(std::string_view name) {
-  return name.size() == 2 && IsLowerHex(name[0]) && IsLowerHex(name[1]);
+  return IsLowerHex(name, 2);
 }
 
 void RemoveStaleTemps(int dir_fd) {

@@ -20,6 +20,7 @@
 #include "file_util.hpp"
 #include "local_dir.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
 #include "imagerelay/sha256.hpp"
 #include "unique_fd.hpp"
 
@@ -35,10 +36,9 @@ constexpr const char* kQuarantineDir = "quarantine";  // damaged chunks kept for
 // 2: images may be stored as blocks in packs, which releases that know version 1 cannot read.
 constexpr int kStoreMarkerVersion = 2;
 
-bool IsLowerHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
 // A user-supplied name, printable and short, for an error message.
-std::string Quote(std::string_view s) {
+std::string QuoteName(std::string_view s) {
   std::string out = "\"";
   for (char c : s.substr(0, 80)) {
     if (c >= 0x20 && c < 0x7f) {
@@ -56,7 +56,7 @@ std::string Quote(std::string_view s) {
 void RequireHash(const std::string& hash) {
   if (!IsChunkHash(hash)) {
     throw ValidationError(codes::kInvalidParameter,
-                          "invalid chunk name " + Quote(hash) +
+                          "invalid chunk name " + QuoteName(hash) +
                               ": a chunk is named by its SHA-256 as 64 lowercase hex digits");
   }
 }
@@ -64,7 +64,7 @@ void RequireHash(const std::string& hash) {
 void RequireImageId(const std::string& id) {
   if (!IsImageId(id)) {
     throw ValidationError(codes::kInvalidParameter,
-                          "invalid image id " + Quote(id) +
+                          "invalid image id " + QuoteName(id) +
                               ": an image id is \"m-\" followed by 8 of [0-9a-z]");
   }
 }
@@ -107,7 +107,7 @@ void RequireImageId(const std::string& id) {
 }  // namespace
 
 bool IsChunkHash(std::string_view s) {
-  return s.size() == 64 && std::all_of(s.begin(), s.end(), IsLowerHex);
+  return IsLowerHex(s, 64);
 }
 
 bool IsImageId(std::string_view s) {
@@ -146,7 +146,7 @@ std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
   std::sort(foreign.begin(), foreign.end());
   std::string listed;
   for (size_t i = 0; i < std::min<size_t>(foreign.size(), 3); ++i) {
-    listed += (i == 0 ? "" : ", ") + Quote(foreign[i]);
+    listed += (i == 0 ? "" : ", ") + QuoteName(foreign[i]);
   }
   if (foreign.size() > 3) listed += " and " + std::to_string(foreign.size() - 3) + " more";
   return "it holds " + listed + " and no " + std::string(kStoreMarker);

@@ -137,6 +137,12 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
     if (e.offset != expected_offset || e.stored_length > blocks_end - e.offset) {
       Torn(what, "a block lies outside its place");
     }
+    // No block is larger than the largest chunk; a footer claiming more would make a read
+    // allocate what it says (and a raw block is as long as it is stored).
+    if (e.raw_length > kMaxBlockBytes ||
+        (e.codec == BlockCodec::kRaw && e.raw_length != e.stored_length)) {
+      Torn(what, "a block claims an impossible length");
+    }
     expected_offset = e.offset + e.stored_length;
     entries.push_back(std::move(e));
   }

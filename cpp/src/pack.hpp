@@ -46,6 +46,8 @@ struct PackEntry {
 };
 
 inline constexpr size_t kPackEntrySize = 32 + 8 + 4 + 4 + 1;
+// The largest block a pack holds: the largest chunk size (Limits.chunk_size <= 256 MiB).
+inline constexpr uint32_t kMaxBlockBytes = 256U << 20;
 // count + entries digest + magic.
 inline constexpr size_t kPackTrailerSize = 4 + 32 + 8;
 

@@ -29,12 +29,10 @@ constexpr int kMaxSealing = 4;
 // Staged packs are committed (one flush of the disk for all) once they hold this much.
 constexpr uint64_t kCommitBytes = 64ULL << 20;
 
-bool IsLowerHexDigit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
-
 }  // namespace
 
 bool IsPackName(std::string_view name) {
-  return name.size() == 32 && std::all_of(name.begin(), name.end(), IsLowerHexDigit);
+  return IsLowerHex(name, 32);
 }
 
 std::string NewPackName() { return RandomHex(16); }
@@ -110,22 +108,19 @@ void PackStore::Check() {
 }
 
 BlockIndex& PackStore::Index() {
-  Lost lost;
   {
     std::lock_guard lock(index_mutex_);
     if (index_) return *index_;
-    index_ = BlockIndex::Open(packs_.IndexFile());
-    lost = ReconcileLocked();
   }
-  ReportLost(lost);
+  Reconcile();  // opens it
   return *index_;
 }
 
 void PackStore::Reconcile() {
-  Index();
   Lost lost;
   {
     std::lock_guard lock(index_mutex_);
+    if (!index_) index_ = BlockIndex::Open(packs_.IndexFile());
     lost = ReconcileLocked();
   }
   ReportLost(lost);
@@ -210,10 +205,8 @@ bool PackStore::HasChunkOfLength(const std::string& hash, uint64_t length,
                                  const CancelToken* cancel) {
   // Blocks still being written do not count: a confirmation must see them indexed.
   std::optional<BlockLocation> where = Index().Lookup({hash})[0];
-  if (where && where->raw_length == length && Vouch(where->pack)) {
-    // A recheck may have forgotten this very block.
-    if (Index().Lookup({hash})[0]) return true;
-  }
+  // Vouch() is true only for a pack untouched or re-read and found right in every block.
+  if (where && where->raw_length == length && Vouch(where->pack)) return true;
   return HasLegacyChunks() && base_->HasChunkOfLength(hash, length, cancel);
 }
 
@@ -561,8 +554,8 @@ bool PackStore::ReadRange(const std::string& pack, uint64_t offset, uint32_t len
     }
     std::optional<Run> run = TakeRun(pack, offset, length);
     if (!run || !packs_.RemoteReads()) {
-      // A local pack: the run is read ahead into the page cache, each block on its own; the
-      // readers of the run's blocks need not wait for one another.
+      // A block alone; or a local pack's run, read ahead into the page cache while each block
+      // is read on its own, so that the readers of the run need not wait for one another.
       lock.unlock();
       if (run) packs_.Prefetch(pack, run->begin, run->end - run->begin);
       return packs_.ReadPack(pack, offset, out, cancel);
@@ -635,16 +628,6 @@ std::optional<uint64_t> PackStore::StoredChunkSize(const std::string& hash) {
   return probe && HasLegacyChunks() ? probe->StoredChunkSize(hash) : std::nullopt;
 }
 
-PackStore::Stats PackStore::GetStats() {
-  Stats stats;
-  for (const auto& [name, size] : Index().Packs()) {
-    ++stats.packs;
-    stats.pack_bytes += size;
-  }
-  stats.blocks = Index().BlockCount();
-  return stats;
-}
-
 SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& marked) {
   SweepResult result;
   if (HasLegacyChunks()) {
@@ -652,8 +635,8 @@ SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& mark
     std::lock_guard lock(index_mutex_);
     legacy_chunks_.reset();  // it may hold none now
   }
-  BlockIndex& index = Index();
   Reconcile();
+  BlockIndex& index = Index();
   // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
   PackBuilder repacked(options_.zstd_level, options_.pack_size + kBuilderSlack);
   std::vector<std::string> replaced;

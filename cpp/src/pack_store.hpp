@@ -102,13 +102,6 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
 
   Store& base() { return *base_; }
-  // Packs and indexed blocks, for reports and tests.
-  struct Stats {
-    uint64_t packs = 0;
-    uint64_t pack_bytes = 0;
-    uint64_t blocks = 0;
-  };
-  Stats GetStats();
 
  private:
   // Blocks found lost (hash, why): reported once no lock is held (the handler reads manifests).

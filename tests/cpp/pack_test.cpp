@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include "imagerelay/error.hpp"
@@ -100,6 +101,27 @@ TEST(PackTest, ADamagedBlockIsADamagedChunkNamingIt) {
     // Read short.
     EXPECT_THROW(DecodeBlock(Stored(b, e).first(e.stored_length - 1), e, out, "pack p"),
                  DamagedChunkError);
+  }
+}
+
+// A footer forged to claim a huge block (its digest recomputed, as an attacker with write
+// access to the region would) is refused before any read allocates what it claims.
+TEST(PackTest, AFooterClaimingAnImpossibleBlockIsRefused) {
+  for (const bool compressed : {true, false}) {
+    Built built = BuildPack();
+    std::vector<std::byte>& pack = built.pack;
+    const size_t count = built.entries.size();
+    std::byte* entries = pack.data() + pack.size() - kPackTrailerSize - count * kPackEntrySize;
+    std::byte* raw_length = entries + 44;  // of the first entry
+    const uint32_t huge = 0xfffffff0u;
+    std::memcpy(raw_length, &huge, 4);    // little endian on this machine
+    entries[48] = std::byte{compressed ? uint8_t{1} : uint8_t{0}};
+    const std::string digest = Sha256Hex(entries, count * kPackEntrySize);
+    std::byte* digest_at = entries + count * kPackEntrySize + 4;
+    for (size_t b = 0; b < 32; ++b) {
+      digest_at[b] = static_cast<std::byte>(std::stoi(digest.substr(2 * b, 2), nullptr, 16));
+    }
+    EXPECT_THROW(ParsePackFooter(pack, pack.size(), "forged"), IntegrityError) << compressed;
   }
 }
 

@@ -18,6 +18,8 @@ std::string NewImageId();
 std::string NewJobId();
 // A random hex nonce (for temporary names and worker identities).
 std::string RandomHex(size_t bytes);
+// True if `s` is `length` lowercase hex digits (chunk names, pack names, fan-out folders).
+bool IsLowerHex(std::string_view s, size_t length);
 
 // Quotes a user-supplied value for a message: printable, bounded, no control bytes.
 std::string Quote(std::string_view value);
