@@ -122,9 +122,13 @@ void Engine::Impl::MarkImagesNeeding(const std::string& region, Store& store,
     }
     try {
       auto manifest = store.GetManifest(image.id);
-      if (manifest && std::ranges::find(manifest->chunks, hash) != manifest->chunks.end()) {
-        MarkDamaged(image.id, why);
+      bool needs = false;
+      if (manifest) {
+        manifest->ForEachWindow([&](uint64_t, const std::vector<std::string>& window) {
+          needs = needs || std::ranges::find(window, hash) != window.end();
+        });
       }
+      if (needs) MarkDamaged(image.id, why);
     } catch (const std::exception&) {
       // An unreadable manifest is found by the next read of that image.
     }
@@ -135,6 +139,39 @@ void Engine::Impl::NoteDamage(const std::exception& error, const std::string& re
                               Store& store) {
   if (auto* damaged = dynamic_cast<const DamagedChunkError*>(&error)) {
     ReportDamagedChunk(region, store, damaged->hash(), damaged->message());
+  }
+}
+
+void Engine::Impl::RepairWindow(Store& store, const Manifest& manifest, uint64_t first,
+                                const std::vector<std::string>& window,
+                                const std::vector<Region>& others, const CancelToken& cancel,
+                                ScrubReport& report) {
+  const DistinctChunks chunks = DistinctChunksOf(manifest, first, window);
+  const std::vector<bool> present = store.HasChunks(chunks.hashes, &cancel, chunks.lengths);
+  for (size_t k = 0; k < chunks.hashes.size(); ++k) {
+    if (present[k]) continue;
+    const std::string& hash = chunks.hashes[k];
+    const uint64_t length = chunks.lengths[k];
+    for (const Region& other : others) {
+      try {
+        auto from = StoreFor(other.id);
+        if (!from->HasChunkOfLength(hash, length, &cancel)) continue;
+        std::vector<std::byte> data;
+        from->GetChunk(hash, data, &cancel);
+        if (data.size() != length || Sha256Hex(data.data(), data.size()) != hash) {
+          ReportDamagedChunk(other.id, *from, hash,
+                             "chunk " + hash + " in region " + other.id + " is corrupt");
+          continue;
+        }
+        store.PutChunk(hash, data, &cancel);
+        ++report.chunks_repaired;
+        break;
+      } catch (const Cancelled&) {
+        throw;
+      } catch (const std::exception&) {
+        // That region cannot help: try the next one.
+      }
+    }
   }
 }
 
@@ -223,46 +260,14 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
       if (visible(listed)) report.images_damaged.push_back(listed.id);
       continue;
     }
-    std::vector<std::string> hashes;
-    std::vector<uint64_t> lengths;
-    std::set<std::string> seen;
-    for (size_t i = 0; i < manifest.chunks.size(); ++i) {
-      if (manifest.chunks[i].empty() || !seen.insert(manifest.chunks[i]).second) continue;
-      hashes.push_back(manifest.chunks[i]);
-      lengths.push_back(manifest.ChunkLength(i));
-    }
-    std::vector<bool> present = store->HasChunks(hashes, &cancel, lengths);
-    std::vector<size_t> lacking;
-    for (size_t k = 0; k < hashes.size(); ++k) {
-      if (!present[k]) lacking.push_back(k);
-    }
-    if (lacking.empty() && listed.status != ImageStatus::kNotAvailable) continue;
-    if (!lacking.empty()) {
-      MarkDamaged(listed.id, std::to_string(lacking.size()) + " of its chunks (" +
-                                 hashes[lacking.front()] + " first) are missing or damaged in "
-                                 "region " + region);
-    }
-    for (size_t k : lacking) {
-      for (const Region& other : others) {
-        try {
-          auto from = StoreFor(other.id);
-          if (!from->HasChunkOfLength(hashes[k], lengths[k], &cancel)) continue;
-          std::vector<std::byte> data;
-          from->GetChunk(hashes[k], data, &cancel);
-          if (data.size() != lengths[k] || Sha256Hex(data.data(), data.size()) != hashes[k]) {
-            ReportDamagedChunk(other.id, *from, hashes[k],
-                               "chunk " + hashes[k] + " in region " + other.id + " is corrupt");
-            continue;
-          }
-          store->PutChunk(hashes[k], data, &cancel);
-          ++report.chunks_repaired;
-          break;
-        } catch (const Cancelled&) {
-          throw;
-        } catch (const std::exception&) {
-          // That region cannot help: try the next one.
-        }
-      }
+    const MissingChunksReport lacking = MissingChunks(*store, manifest, &cancel);
+    if (lacking.count == 0 && listed.status != ImageStatus::kNotAvailable) continue;
+    if (lacking.count != 0) {
+      MarkDamaged(listed.id, std::to_string(lacking.count) + " of its chunks (" + lacking.first +
+                                 " first) are missing or damaged in region " + region);
+      manifest.ForEachWindow([&](uint64_t first, const std::vector<std::string>& window) {
+        RepairWindow(*store, manifest, first, window, others, cancel, report);
+      });
     }
     store->Flush();
     // Repaired only if the whole image reads back right: every chunk and the digest.

@@ -136,6 +136,11 @@ struct Engine::Impl {
                      const std::string& why);
   // ReportDamagedChunk if `error` is a DamagedChunkError; nothing otherwise.
   void NoteDamage(const std::exception& error, const std::string& region, Store& store);
+  // Scrub: puts back, from the other regions, the chunks of one window of `manifest` that
+  // `store` lacks.
+  void RepairWindow(Store& store, const Manifest& manifest, uint64_t first,
+                    const std::vector<std::string>& window, const std::vector<Region>& others,
+                    const CancelToken& cancel, ScrubReport& report);
   ScrubReport ScrubRegion(const std::string& account, const std::string& region,
                           const CancelToken& cancel, const ProgressFn& progress);
 

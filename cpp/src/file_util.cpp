@@ -174,6 +174,14 @@ std::string WriteFileAtomically(const std::filesystem::path& dir, const std::str
 std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
                                   const std::string& name, std::span<const std::byte> data,
                                   mode_t mode) {
+  return WriteFileAtomicallyAt(
+      dir_fd, dir, name, [&](int fd) { return PwriteAll(fd, data.data(), data.size(), 0); },
+      mode);
+}
+
+std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
+                                  const std::string& name,
+                                  const std::function<int(int fd)>& write, mode_t mode) {
   const std::string tmp_name = TempName(name);
   const std::filesystem::path tmp = dir / tmp_name;
   UniqueFd fd(::openat(dir_fd, tmp_name.c_str(),
@@ -184,9 +192,15 @@ std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
     ::unlinkat(dir_fd, tmp_name.c_str(), 0);
     return what + ": " + ErrnoText(err);
   };
-  if (int err = PwriteAll(fd.get(), data.data(), data.size(), 0); err != 0) {
-    return fail("cannot write " + tmp.string(), err);
+  int err = 0;
+  try {
+    err = write(fd.get());
+  } catch (...) {
+    fd.reset();
+    ::unlinkat(dir_fd, tmp_name.c_str(), 0);
+    throw;
   }
+  if (err != 0) return fail("cannot write " + tmp.string(), err);
   if (::fsync(fd.get()) != 0) return fail("cannot fsync " + tmp.string(), errno);
   if (int err = fd.Close(); err != 0) return fail("cannot close " + tmp.string(), err);
   // renameat replaces a link named `name` rather than writing where it points.

@@ -24,6 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include "binary_codec.hpp"
+#include "block_list.hpp"
 #include "file_util.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
@@ -48,10 +50,6 @@ constexpr size_t kMaxDigestLag = 64;
 // Import reads the source in units of this many bytes (a whole number of chunks): chunks of
 // 64 KiB read one by one would cost a request each (an O_DIRECT read, a ranged GET).
 constexpr uint64_t kImportReadUnit = 4ULL << 20;
-
-uint64_t ChunkCount(uint64_t size, uint64_t chunk_size) {
-  return size / chunk_size + (size % chunk_size != 0 ? 1 : 0);
-}
 
 // Calls the progress callback at most every kProgressInterval, and always when forced.
 class ProgressThrottle {
@@ -190,9 +188,9 @@ class Importer {
     }
     manifest_.size = source.size();
     manifest_.chunk_size = chunk_size_;
-    manifest_.chunks.resize(ChunkCount(manifest_.size, chunk_size_));
+    manifest_.blocks = NewBlockList(ChunkCount(manifest_.size, chunk_size_), options.spool_dir);
     progress_.bytes_total = manifest_.size;
-    progress_.chunks_total = manifest_.chunks.size();
+    progress_.chunks_total = manifest_.count();
 
     const uint64_t unit_size = chunk_size_ * unit_chunks_;
     const uint64_t units = ChunkCount(manifest_.size, unit_size);
@@ -211,7 +209,7 @@ class Importer {
   }
 
   Manifest Run() {
-    if (!manifest_.chunks.empty()) {
+    if (manifest_.count() != 0) {
       for (int i = 0; i < workers_; ++i) crew_.Start([this] { WorkerLoop(); });
       if (with_digest_) crew_.Start([this] { DigestLoop(); });
       ReadLoop();
@@ -275,11 +273,11 @@ class Importer {
 
   // Chunks [first, first + count) of the read unit starting at chunk `first`.
   size_t UnitChunks(size_t first) const {
-    return std::min<size_t>(unit_chunks_, manifest_.chunks.size() - first);
+    return static_cast<size_t>(std::min<uint64_t>(unit_chunks_, manifest_.count() - first));
   }
 
   void ReadLoop() {
-    for (size_t i = 0; i < manifest_.chunks.size(); i += unit_chunks_) {
+    for (uint64_t i = 0; i < manifest_.count(); i += unit_chunks_) {
       CheckCancel();
       MaybeReport();
       const uint64_t offset = manifest_.ChunkOffset(i);
@@ -390,9 +388,12 @@ class Importer {
         }
       }
       const uint64_t skipped = count - stored;  // zero, or there already
+      // The unit's entries in the block list, holes left all zero (one writer per unit).
+      std::vector<std::byte> entries(count * kHashBytes);
       for (size_t h = 0; h < hashes.size(); ++h) {
-        manifest_.chunks[at[h]] = std::move(hashes[h]);  // one writer per index
+        HashToBytes(hashes[h], entries.data() + (at[h] - job.index) * kHashBytes);
       }
+      manifest_.blocks->Write(job.index, entries);
       std::lock_guard lock(crew_.mu);
       progress_.bytes_done += job.len;
       progress_.bytes_transferred += stored_raw;
@@ -460,28 +461,41 @@ class Importer {
 };
 
 void ValidateManifest(const Manifest& m) {
-  if (m.chunk_size == 0 || m.chunks.size() != ChunkCount(m.size, m.chunk_size)) {
+  if (m.chunk_size == 0 || m.count() != ChunkCount(m.size, m.chunk_size)) {
     throw ValidationError(codes::kInvalidParameter,
-                          "the manifest is inconsistent: " + std::to_string(m.chunks.size()) +
+                          "the manifest is inconsistent: " + std::to_string(m.count()) +
                               " chunks for " + std::to_string(m.size) + " bytes in chunks of " +
                               std::to_string(m.chunk_size));
   }
 }
 
-// Reads chunk i of the manifest into `out` and checks its length and hash; a mismatch is an
-// IntegrityError naming the chunk, its place in `what` (the image) and the store.
-// Tells the store the chunks a reader is about to read, in order (Store::PlanReads).
-void PlanReadsOf(Store& store, const Manifest& manifest, const std::vector<size_t>& todo) {
-  std::vector<std::string> hashes;
-  hashes.reserve(todo.size());
-  for (size_t i : todo) hashes.push_back(manifest.chunks[i]);
-  store.PlanReads(hashes);
-}
+// One window of a manifest (kManifestWindow blocks from `first`) and its stored blocks.
+struct ManifestWindow {
+  uint64_t first = 0;
+  std::vector<std::string> hashes;  // "" = hole
+  std::vector<size_t> todo;         // positions in `hashes` of stored blocks, in order
 
-void ReadVerifiedChunk(Store& store, const Manifest& manifest, size_t i,
+  ManifestWindow(const Manifest& manifest, uint64_t first_block)
+      : first(first_block), hashes(manifest.Hashes(first_block, kManifestWindow)) {
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (!hashes[i].empty()) todo.push_back(i);
+    }
+  }
+  // Tells the store the chunks a reader is about to read, in order (Store::PlanReads).
+  void PlanReads(Store& store) const {
+    std::vector<std::string> reads;
+    reads.reserve(todo.size());
+    for (size_t i : todo) reads.push_back(hashes[i]);
+    store.PlanReads(reads);
+  }
+};
+
+// Reads chunk i of the manifest (named `hash`) into `out` and checks its length and hash; a
+// mismatch is an IntegrityError naming the chunk, its place in `what` (the image) and the
+// store.
+void ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i, const std::string& hash,
                        std::vector<std::byte>& out, const std::string& what,
                        const CancelToken* cancel) {
-  const std::string& hash = manifest.chunks[i];
   const uint64_t offset = manifest.ChunkOffset(i);
   const uint64_t len = manifest.ChunkLength(i);
   const std::string where = "chunk " + hash + " (bytes " + std::to_string(offset) + ".." +
@@ -696,38 +710,19 @@ void CommitExport(int dir_fd, const std::string& tmp, const std::string& name,
   }
 }
 
-}  // namespace
-
-Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
-                       const CancelToken& cancel, const ProgressFn& progress) {
-  Importer importer(source, store, options, cancel, progress);
-  Manifest manifest = importer.Run();
-  source.CheckUnchanged();  // not an image of a file that changed under the reader
-  store.Flush();  // every chunk it names is durable and visible when the import returns
-  return manifest;
-}
-
-std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
-                            const CancelToken& cancel, const ProgressFn& progress) {
-  ValidateManifest(manifest);
-  ProgressThrottle throttle(progress);
-  IoProgress prog;  // the calling thread's
-  prog.bytes_total = manifest.size;
-  prog.chunks_total = manifest.chunks.size();
-  // Readers fetch and check chunks ahead, into a window of kHashWindow buffers; the calling
-  // thread feeds them, in order, to the whole-image hash (zeros for all-zero chunks).
-  constexpr size_t kHashWindow = 8;
+// Feeds one window of the image, in order, to `whole`: readers fetch and check chunks ahead,
+// into a ring of kHashAhead buffers; the calling thread hashes them (zeros for holes).
+void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& window,
+                const std::string& what, const CancelToken& cancel, ProgressThrottle& throttle,
+                IoProgress& prog, Sha256& whole) {
+  constexpr size_t kHashAhead = 8;
   struct Slot {
     std::vector<std::byte> bytes;
     bool ready = false;
   };
-  std::vector<Slot> window(kHashWindow);
-  std::vector<size_t> todo;  // indexes of stored chunks, in order
-  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
-    if (!manifest.chunks[i].empty()) todo.push_back(i);
-  }
-  PlanReadsOf(store, manifest, todo);
-  Sha256 whole;
+  std::vector<Slot> ring(kHashAhead);
+  const std::vector<size_t>& todo = window.todo;
+  window.PlanReads(store);
   size_t next_fetch = 0;  // under crew.mu: position in todo of the next chunk to fetch
   size_t next_hash = 0;   // under crew.mu: position in todo of the next chunk to hash
   Crew crew;
@@ -738,14 +733,15 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
       {
         std::unique_lock lock(crew.mu);
         crew.work_cv.wait(lock, [&] {
-          return crew.stop || next_fetch == todo.size() || next_fetch < next_hash + kHashWindow;
+          return crew.stop || next_fetch == todo.size() || next_fetch < next_hash + kHashAhead;
         });
         if (crew.stop || next_fetch == todo.size()) return;
         k = next_fetch++;
       }
-      ReadVerifiedChunk(store, manifest, todo[k], buffer, what, &cancel);
+      ReadVerifiedChunk(store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer,
+                        what, &cancel);
       std::lock_guard lock(crew.mu);
-      Slot& slot = window[k % kHashWindow];
+      Slot& slot = ring[k % kHashAhead];
       slot.bytes.swap(buffer);
       slot.ready = true;
       crew.caller_cv.notify_one();
@@ -754,16 +750,17 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   const int threads = static_cast<int>(std::min<size_t>(kExportThreads, todo.size()));
   for (int t = 0; t < threads; ++t) crew.Start(reader);
   size_t k = 0;  // position in todo of the next stored chunk in image order
-  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
+  for (size_t i = 0; i < window.hashes.size(); ++i) {
     if (cancel.cancelled()) throw Cancelled{};  // ~Crew stops and joins the readers
     if (throttle.Due()) throttle.Report(prog);
-    if (manifest.chunks[i].empty()) {
-      whole.UpdateZeros(manifest.ChunkLength(i));
-      prog.bytes_done += manifest.ChunkLength(i);
+    if (window.hashes[i].empty()) {
+      const uint64_t len = manifest.ChunkLength(window.first + i);
+      whole.UpdateZeros(len);
+      prog.bytes_done += len;
       ++prog.chunks_skipped;
       continue;
     }
-    Slot* slot = &window[k % kHashWindow];
+    Slot* slot = &ring[k % kHashAhead];
     {
       std::unique_lock lock(crew.mu);
       while (!crew.caller_cv.wait_for(lock, kProgressInterval,
@@ -784,6 +781,31 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   }
   crew.Finish();
   if (k != todo.size()) throw TransferError(codes::kTransferFailed, "reading " + what + " stopped early");
+}
+
+}  // namespace
+
+Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
+                       const CancelToken& cancel, const ProgressFn& progress) {
+  Importer importer(source, store, options, cancel, progress);
+  Manifest manifest = importer.Run();
+  source.CheckUnchanged();  // not an image of a file that changed under the reader
+  store.Flush();  // every chunk it names is durable and visible when the import returns
+  return manifest;
+}
+
+std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
+                            const CancelToken& cancel, const ProgressFn& progress) {
+  ValidateManifest(manifest);
+  ProgressThrottle throttle(progress);
+  IoProgress prog;  // the calling thread's
+  prog.bytes_total = manifest.size;
+  prog.chunks_total = manifest.count();
+  Sha256 whole;
+  for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
+    HashWindow(store, manifest, ManifestWindow(manifest, first), what, cancel, throttle, prog,
+               whole);
+  }
   throttle.Report(prog);
   return "sha256:" + whole.FinishHex();
 }
@@ -827,17 +849,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   ProgressThrottle throttle(progress);
   IoProgress prog;  // under crew.mu while the crew runs
   prog.bytes_total = manifest.size;
-  prog.chunks_total = manifest.chunks.size();
-  std::vector<size_t> todo;
-  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
-    if (manifest.chunks[i].empty()) {
-      prog.bytes_done += manifest.ChunkLength(i);
-      ++prog.chunks_skipped;
-    } else {
-      todo.push_back(i);
-    }
-  }
-  PlanReadsOf(store, manifest, todo);
+  prog.chunks_total = manifest.count();
 
   // Chunks reach the file around the page cache (O_DIRECT), each from an aligned copy: no
   // page-cache pages to find for an image-sized write, nothing dirty left for the fsync.
@@ -849,20 +861,29 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   }
   ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd)};
 
-  {
+  for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
+    const ManifestWindow window(manifest, first);
+    for (size_t i = 0; i < window.hashes.size(); ++i) {
+      if (window.hashes[i].empty()) {
+        prog.bytes_done += manifest.ChunkLength(first + i);
+        ++prog.chunks_skipped;
+      }
+    }
+    window.PlanReads(store);
     Crew crew;
     size_t next = 0;  // under crew.mu
     auto worker = [&] {
       std::vector<std::byte> buffer;
       for (;;) {
-        size_t i;
+        size_t at;
         {
           std::lock_guard lock(crew.mu);
-          if (crew.stop || next == todo.size()) return;
-          i = todo[next++];
+          if (crew.stop || next == window.todo.size()) return;
+          at = window.todo[next++];
         }
+        const uint64_t i = first + at;
         const uint64_t len = manifest.ChunkLength(i);
-        ReadVerifiedChunk(store, manifest, i, buffer, "the image", &cancel);
+        ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer, "the image", &cancel);
         int err = writer.Write(buffer, static_cast<off_t>(manifest.ChunkOffset(i)));
         if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
         std::lock_guard lock(crew.mu);
@@ -870,7 +891,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         prog.bytes_transferred += len;
       }
     };
-    int threads = static_cast<int>(std::min<size_t>(kExportThreads, todo.size()));
+    int threads = static_cast<int>(std::min<size_t>(kExportThreads, window.todo.size()));
     for (int t = 0; t < threads; ++t) crew.Start(worker);
     for (;;) {
       IoProgress snapshot;

@@ -80,6 +80,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     io.buffer_memory = options.limits.buffer_memory;
     io.threads = 8;  // writers mostly wait on flushes: more of them share each flush
     io.defer_digest_hole_bytes = options.defer_digest_hole_bytes;
+    io.spool_dir = CacheDir();
     auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress& p) {
       if (progress) progress(p);
       auto now = std::chrono::steady_clock::now();
@@ -94,9 +95,9 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     store->Flush();
     // Committed only once every chunk it needs is confirmed in the store (a chunk another
     // image held may have been quarantined meanwhile).
-    if (auto missing = MissingChunks(*store, manifest, &cancel); !missing.empty()) {
+    if (auto missing = MissingChunks(*store, manifest, &cancel); missing.count != 0) {
       ThrowCode(codes::kTransferFailed,
-                std::to_string(missing.size()) + " chunk(s) of the import (" + missing.front() +
+                std::to_string(missing.count) + " chunk(s) of the import (" + missing.first +
                     " first) are not in region " + image.region +
                     "'s store after they were written; check the store and import again");
     }

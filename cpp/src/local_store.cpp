@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "block_manifest.hpp"
 #include "file_util.hpp"
 #include "local_dir.hpp"
 #include "imagerelay/error.hpp"
@@ -29,6 +30,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kRecordSuffix = ".json";
+constexpr std::string_view kManifestSuffix = ".bin";
 constexpr const char* kChunksDir = "chunks";
 constexpr const char* kManifestsDir = "manifests";
 constexpr const char* kImagesDir = "images";
@@ -662,14 +664,13 @@ std::vector<std::string> LocalStore::ListChunks() {
 }
 
 void LocalStore::WriteRecord(const char* sub, std::atomic<bool>& known,
-                             const std::string& image_id, const std::string& text,
-                             const char* what) {
+                             const std::string& image_id, std::string_view suffix,
+                             const std::function<int(int fd)>& write, const char* what) {
   RequireImageId(image_id);
   EnsureDir(sub, known);
   UniqueFd dir = OpenStoreDir(sub);
   std::string error =
-      dir ? WriteFileAtomicallyAt(dir.get(), root_ / sub, image_id + std::string(kRecordSuffix),
-                                  std::as_bytes(std::span<const char>(text.data(), text.size())))
+      dir ? WriteFileAtomicallyAt(dir.get(), root_ / sub, image_id + std::string(suffix), write)
           : (root_ / sub).string() + " does not exist";
   if (!error.empty()) {
     Failed(std::string("cannot store the ") + what + " of " + image_id + " in store " + uri_ +
@@ -677,18 +678,24 @@ void LocalStore::WriteRecord(const char* sub, std::atomic<bool>& known,
   }
 }
 
-std::optional<std::string> LocalStore::ReadRecord(const char* sub, const std::string& image_id,
-                                                  const char* what) {
+UniqueFd LocalStore::OpenRecord(const char* sub, const std::string& image_id,
+                                std::string_view suffix, const char* what) {
   RequireImageId(image_id);
   UniqueFd dir = OpenStoreDir(sub);
-  if (!dir) return std::nullopt;
-  const std::string name = image_id + std::string(kRecordSuffix);
+  if (!dir) return {};
+  const std::string name = image_id + std::string(suffix);
   UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT) return std::nullopt;
+  if (!fd && errno != ENOENT) {
     Failed(std::string("cannot open the ") + what + " of " + image_id + " in store " + uri_ +
            ": " + ErrnoText(errno));
   }
+  return fd;
+}
+
+std::optional<std::string> LocalStore::ReadRecord(const char* sub, const std::string& image_id,
+                                                  const char* what) {
+  UniqueFd fd = OpenRecord(sub, image_id, kRecordSuffix, what);
+  if (!fd) return std::nullopt;
   std::string text;
   char buf[64 * 1024];
   for (;;) {
@@ -704,11 +711,12 @@ std::optional<std::string> LocalStore::ReadRecord(const char* sub, const std::st
   return text;
 }
 
-void LocalStore::DeleteRecord(const char* sub, const std::string& image_id, const char* what) {
+void LocalStore::DeleteRecord(const char* sub, const std::string& image_id,
+                              std::string_view suffix, const char* what) {
   RequireImageId(image_id);
   UniqueFd dir = OpenStoreDir(sub);
   if (!dir) return;
-  const std::string name = image_id + std::string(kRecordSuffix);
+  const std::string name = image_id + std::string(suffix);
   if (::unlinkat(dir.get(), name.c_str(), 0) != 0) {
     if (errno == ENOENT) return;
     Failed(std::string("cannot delete the ") + what + " of " + image_id + " from store " + uri_ +
@@ -726,40 +734,48 @@ std::vector<std::string> LocalStore::ListRecords(const char* sub) {
     Failed("cannot list " + (root_ / sub).string() + " in store " + uri_ + ": " + ErrnoText(err));
   }
   for (DirEntry& entry : entries) {
-    if (entry.kind != EntryKind::kFile || !entry.name.ends_with(kRecordSuffix)) continue;
-    entry.name.resize(entry.name.size() - kRecordSuffix.size());
-    if (IsImageId(entry.name)) ids.push_back(std::move(entry.name));
+    if (entry.kind != EntryKind::kFile) continue;
+    for (std::string_view suffix : {kRecordSuffix, kManifestSuffix}) {
+      if (!entry.name.ends_with(suffix)) continue;
+      entry.name.resize(entry.name.size() - suffix.size());
+      if (IsImageId(entry.name)) ids.push_back(std::move(entry.name));
+      break;
+    }
   }
   std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   return ids;
 }
 
 void LocalStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
   Flush();  // every chunk it names is durable and visible first
-  WriteRecord(kManifestsDir, manifests_known_, image_id, manifest.ToJson(), "manifest");
+  WriteRecord(kManifestsDir, manifests_known_, image_id, kManifestSuffix,
+              [&](int fd) { return WriteBinaryManifest(manifest, fd); }, "manifest");
+  // A first-release manifest of the same image would be read no more; it goes.
+  DeleteRecord(kManifestsDir, image_id, kRecordSuffix, "manifest");
 }
 
 std::optional<Manifest> LocalStore::GetManifest(const std::string& image_id) {
+  const std::string what = image_id + " in store " + uri_;
+  if (UniqueFd fd = OpenRecord(kManifestsDir, image_id, kManifestSuffix, "manifest")) {
+    return ReadBinaryManifest(std::move(fd), what);
+  }
   std::optional<std::string> text = ReadRecord(kManifestsDir, image_id, "manifest");
   if (!text) return std::nullopt;
-  try {
-    return Manifest::FromJson(*text);
-  } catch (const Error& e) {
-    throw IntegrityError(codes::kIntegrityError,
-                         "the manifest of " + image_id + " in store " + uri_ +
-                             " is damaged (" + e.message() + "); import or replicate the "
-                             "image again");
-  }
+  return ReadFirstReleaseManifest(*text, what);
 }
 
 void LocalStore::DeleteManifest(const std::string& image_id) {
-  DeleteRecord(kManifestsDir, image_id, "manifest");
+  DeleteRecord(kManifestsDir, image_id, kManifestSuffix, "manifest");
+  DeleteRecord(kManifestsDir, image_id, kRecordSuffix, "manifest");
 }
 
 std::vector<std::string> LocalStore::ListManifests() { return ListRecords(kManifestsDir); }
 
 void LocalStore::PutImageRecord(const std::string& image_id, const std::string& json) {
-  WriteRecord(kImagesDir, images_known_, image_id, json, "image record");
+  WriteRecord(kImagesDir, images_known_, image_id, kRecordSuffix,
+              [&](int fd) { return PwriteAll(fd, json.data(), json.size(), 0); },
+              "image record");
 }
 
 std::optional<std::string> LocalStore::GetImageRecord(const std::string& image_id) {
@@ -767,7 +783,7 @@ std::optional<std::string> LocalStore::GetImageRecord(const std::string& image_i
 }
 
 void LocalStore::DeleteImageRecord(const std::string& image_id) {
-  DeleteRecord(kImagesDir, image_id, "image record");
+  DeleteRecord(kImagesDir, image_id, kRecordSuffix, "image record");
 }
 
 }  // namespace imagerelay

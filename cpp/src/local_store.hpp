@@ -167,11 +167,19 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   std::optional<uint64_t> ChunkFileSize(int dir_fd, const std::string& hash);
   // The chunk file's stat if it is a regular file (never through a link).
   std::optional<struct stat> ChunkFileStat(int dir_fd, const std::string& hash);
+  // Records are files <sub>/<image id><suffix> (".json"; manifests ".bin", or ".json" as the
+  // first release wrote them).
   void WriteRecord(const char* sub, std::atomic<bool>& known, const std::string& image_id,
-                   const std::string& text, const char* what);
+                   std::string_view suffix, const std::function<int(int fd)>& write,
+                   const char* what);
+  // An invalid fd when there is no such record.
+  UniqueFd OpenRecord(const char* sub, const std::string& image_id, std::string_view suffix,
+                      const char* what);
   std::optional<std::string> ReadRecord(const char* sub, const std::string& image_id,
                                         const char* what);
-  void DeleteRecord(const char* sub, const std::string& image_id, const char* what);
+  void DeleteRecord(const char* sub, const std::string& image_id, std::string_view suffix,
+                    const char* what);
+  // Image ids with a record of any suffix, sorted, once each.
   std::vector<std::string> ListRecords(const char* sub);
 
   std::atomic<bool> direct_io_{true};  // false once the file system refused O_DIRECT

@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <optional>
+#include <stdexcept>
 #include <string_view>
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "binary_codec.hpp"
+#include "block_list.hpp"
 
 namespace imagerelay {
 namespace {
@@ -39,86 +42,120 @@ uint64_t GetUint(const nlohmann::json& j, const char* key) {
 
 }  // namespace
 
+uint64_t ChunkCount(uint64_t size, uint64_t chunk_size) {
+  return chunk_size == 0 ? 0 : size / chunk_size + (size % chunk_size != 0 ? 1 : 0);
+}
+
+Manifest Manifest::InMemory(uint64_t size, uint64_t chunk_size,
+                            const std::vector<std::string>& hashes, std::string digest) {
+  Manifest m;
+  m.size = size;
+  m.chunk_size = chunk_size;
+  m.digest = std::move(digest);
+  m.blocks = MemoryBlockList(hashes.size());
+  std::vector<std::byte> bytes(hashes.size() * kHashBytes);
+  for (size_t i = 0; i < hashes.size(); ++i) HashToBytes(hashes[i], bytes.data() + i * kHashBytes);
+  m.blocks->Write(0, bytes);
+  return m;
+}
+
+std::vector<std::string> Manifest::Hashes(uint64_t first, size_t n) const {
+  const uint64_t total = count();
+  if (first >= total) return {};
+  n = static_cast<size_t>(std::min<uint64_t>(n, total - first));
+  std::vector<std::byte> bytes(n * kHashBytes);
+  blocks->Read(first, bytes);
+  std::vector<std::string> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) out.push_back(BytesToHash(bytes.data() + i * kHashBytes));
+  return out;
+}
+
+std::string Manifest::Hash(uint64_t i) const {
+  if (i >= count()) throw std::out_of_range("block outside the manifest");
+  return Hashes(i, 1).front();
+}
+
+void Manifest::SetHash(uint64_t i, const std::string& hex) {
+  std::byte bytes[kHashBytes];
+  HashToBytes(hex, bytes);
+  blocks->Write(i, bytes);
+}
+
+void Manifest::ForEachWindow(
+    const std::function<void(uint64_t first, const std::vector<std::string>& hashes)>& fn) const {
+  for (uint64_t first = 0; first < count(); first += kManifestWindow) {
+    fn(first, Hashes(first, kManifestWindow));
+  }
+}
+
 std::string Manifest::ChunkListDigest() const {
   Sha256 hash;
   const std::string head = "imagerelay chunk list v1\n" + std::to_string(size) + "\n" +
                            std::to_string(chunk_size) + "\n";
   hash.Update(head.data(), head.size());
-  for (const std::string& chunk : chunks) {
-    hash.Update(chunk.data(), chunk.size());
-    hash.Update("\n", 1);
-  }
+  ForEachWindow([&](uint64_t, const std::vector<std::string>& hashes) {
+    for (const std::string& chunk : hashes) {
+      hash.Update(chunk.data(), chunk.size());
+      hash.Update("\n", 1);
+    }
+  });
   return hash.FinishHex();
 }
 
-uint64_t Manifest::ChunkLength(size_t i) const {
+uint64_t Manifest::ChunkLength(uint64_t i) const {
   uint64_t offset = ChunkOffset(i);
   if (offset >= size) return 0;
   return std::min(chunk_size, size - offset);
 }
 
-// Written by hand (not through a JSON DOM): a 64 KiB-block manifest lists tens of thousands
-// of chunks, and a copy reads several manifests; the DOM's allocation per entry dominated a
-// small copy's time. The text is the same compact JSON as before.
-std::string Manifest::ToJson() const {
-  std::string out;
-  out.reserve(96 + chunks.size() * 67);
-  out += R"({"version":)" + std::to_string(kVersion) + R"(,"size":)" + std::to_string(size) +
-         R"(,"chunk_size":)" + std::to_string(chunk_size) + R"(,"digest":)";
-  // still being computed when empty (see the engine's digester)
-  out += digest.empty() ? std::string("null") : "\"" + digest + "\"";
-  out += R"(,"chunks":[)";
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    if (i != 0) out += ',';
-    if (chunks[i].empty()) {
-      out += "null";
-    } else {
-      out += '"';
-      out += chunks[i];
-      out += '"';
-    }
+bool Manifest::operator==(const Manifest& other) const {
+  if (size != other.size || chunk_size != other.chunk_size || digest != other.digest ||
+      count() != other.count()) {
+    return false;
   }
-  out += "]}";
-  return out;
+  for (uint64_t first = 0; first < count(); first += kManifestWindow) {
+    if (Hashes(first, kManifestWindow) != other.Hashes(first, kManifestWindow)) return false;
+  }
+  return true;
 }
 
 namespace {
 
-// Reads the exact compact form ToJson writes, without a DOM; nullopt for anything else (other
-// spacing, key order, escapes...), which the general parser below then reads.
+// Reads the exact compact form the first release wrote, without a DOM; false for anything
+// else (other spacing, key order, escapes...), which the general parser below then reads.
 class CompactManifestReader {
  public:
   explicit CompactManifestReader(std::string_view text) : text_(text) {}
 
-  std::optional<Manifest> Read() {
-    Manifest m;
+  // The header fields into `m`, the chunk list into `hashes`.
+  bool Read(Manifest& m, std::vector<std::string>& hashes) {
     if (!Literal(R"({"version":1,"size":)") || !Number(m.size) ||
         !Literal(R"(,"chunk_size":)") || !Number(m.chunk_size) || !Literal(R"(,"digest":)")) {
-      return std::nullopt;
+      return false;
     }
     if (!Literal("null")) {
       std::string_view digest;
-      if (!QuotedHex(digest, kDigestPrefix.size() + 64)) return std::nullopt;
+      if (!QuotedHex(digest, kDigestPrefix.size() + 64)) return false;
       m.digest = digest;
     }
-    if (!Literal(R"(,"chunks":[)")) return std::nullopt;
-    if (m.chunk_size != 0) m.chunks.reserve(std::min<uint64_t>(m.size / m.chunk_size + 1, text_.size() / 4));
+    if (!Literal(R"(,"chunks":[)")) return false;
+    if (m.chunk_size != 0) hashes.reserve(std::min<uint64_t>(m.size / m.chunk_size + 1, text_.size() / 4));
     if (!Literal("]")) {
       for (;;) {
         std::string_view hash;
         if (Literal("null")) {
-          m.chunks.emplace_back();
+          hashes.emplace_back();
         } else if (QuotedHex(hash, 64)) {
-          m.chunks.emplace_back(hash);
+          hashes.emplace_back(hash);
         } else {
-          return std::nullopt;
+          return false;
         }
         if (Literal("]")) break;
-        if (!Literal(",")) return std::nullopt;
+        if (!Literal(",")) return false;
       }
     }
-    if (!Literal("}") || pos_ != text_.size()) return std::nullopt;
-    return m;
+    return Literal("}") && pos_ == text_.size();
   }
 
  private:
@@ -152,20 +189,20 @@ class CompactManifestReader {
 };
 
 // The rules every manifest must keep, however it was read.
-void Validate(const Manifest& m) {
+void Validate(const Manifest& m, const std::vector<std::string>& hashes) {
   if (m.chunk_size == 0) Invalid("\"chunk_size\" must be greater than 0");
   if (!m.digest.empty() && (!m.digest.starts_with(kDigestPrefix) ||
                             !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size())))) {
     Invalid("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
   }
   uint64_t expected = m.size / m.chunk_size + (m.size % m.chunk_size != 0 ? 1 : 0);
-  if (m.chunks.size() != expected) {
-    Invalid("it lists " + std::to_string(m.chunks.size()) + " chunks where size " +
+  if (hashes.size() != expected) {
+    Invalid("it lists " + std::to_string(hashes.size()) + " chunks where size " +
             std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) +
             " need " + std::to_string(expected));
   }
-  for (size_t i = 0; i < m.chunks.size(); ++i) {
-    if (!m.chunks[i].empty() && !IsHex64(m.chunks[i])) {
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    if (!hashes[i].empty() && !IsHex64(hashes[i])) {
       Invalid("chunk " + std::to_string(i) + " must be null or 64 lowercase hex digits");
     }
   }
@@ -174,9 +211,13 @@ void Validate(const Manifest& m) {
 }  // namespace
 
 Manifest Manifest::FromJson(const std::string& text) {
-  if (std::optional<Manifest> compact = CompactManifestReader(text).Read()) {
-    Validate(*compact);
-    return std::move(*compact);
+  {
+    Manifest m;
+    std::vector<std::string> hashes;
+    if (CompactManifestReader(text).Read(m, hashes)) {
+      Validate(m, hashes);
+      return InMemory(m.size, m.chunk_size, hashes, std::move(m.digest));
+    }
   }
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) Invalid("it is not JSON");
@@ -210,18 +251,19 @@ Manifest Manifest::FromJson(const std::string& text) {
             std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) +
             " need " + std::to_string(expected));
   }
-  m.chunks.reserve(chunks->size());
+  std::vector<std::string> hashes;
+  hashes.reserve(chunks->size());
   for (const auto& c : *chunks) {
     if (c.is_null()) {
-      m.chunks.emplace_back();
+      hashes.emplace_back();
     } else if (c.is_string() && IsHex64(c.get_ref<const std::string&>())) {
-      m.chunks.push_back(c.get<std::string>());
+      hashes.push_back(c.get<std::string>());
     } else {
-      Invalid("chunk " + std::to_string(m.chunks.size()) +
+      Invalid("chunk " + std::to_string(hashes.size()) +
               " must be null or 64 lowercase hex digits");
     }
   }
-  return m;
+  return InMemory(m.size, m.chunk_size, hashes, std::move(m.digest));
 }
 
 }  // namespace imagerelay

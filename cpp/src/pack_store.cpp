@@ -628,7 +628,7 @@ std::optional<uint64_t> PackStore::StoredChunkSize(const std::string& hash) {
   return probe && HasLegacyChunks() ? probe->StoredChunkSize(hash) : std::nullopt;
 }
 
-SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& marked) {
+SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
   SweepResult result;
   if (HasLegacyChunks()) {
     result = base_->SweepUnmarked(marked);
@@ -658,7 +658,7 @@ SweepResult PackStore::SweepUnmarked(const std::unordered_set<std::string>& mark
     std::vector<std::string> dead_hashes;
     uint64_t live_bytes = 0;
     for (PackEntry& entry : entries) {
-      if (marked.contains(entry.hash)) {
+      if (marked.Contains(entry.hash)) {
         live_bytes += entry.stored_length;
         live.push_back(std::move(entry));
       } else {

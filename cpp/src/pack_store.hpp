@@ -81,7 +81,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // the chunk file of an earlier release.
   void QuarantineChunk(const std::string& hash) override;
   std::vector<std::string> ListChunks() override;
-  SweepResult SweepUnmarked(const std::unordered_set<std::string>& marked) override;
+  SweepResult SweepUnmarked(const MarkSet& marked) override;
 
   void PutManifest(const std::string& image_id, const Manifest& manifest) override;
   std::optional<Manifest> GetManifest(const std::string& image_id) override {

@@ -102,8 +102,12 @@ std::vector<std::pair<std::string, uint64_t>> S3Store::ListPacks() {
   return packs;
 }
 
+std::filesystem::path S3Store::CacheDir() const {
+  return index_dir_.empty() ? DefaultIndexDir() : index_dir_;
+}
+
 std::filesystem::path S3Store::IndexFile() {
-  const std::filesystem::path dir = index_dir_.empty() ? DefaultIndexDir() : index_dir_;
+  const std::filesystem::path dir = CacheDir();
   // One cache per store and per set of credentials' view of it: the URI names the bucket,
   // prefix and endpoint (its query holds no secret).
   const std::string where = location_.scheme + "://" + location_.host + "/" +

@@ -260,12 +260,13 @@ std::string S3Store::ChunkKey(const std::string& hash) const {
   return Key("chunks/" + hash.substr(0, 2) + "/" + hash);
 }
 
-std::string S3Store::RecordKey(const char* dir, const std::string& image_id) const {
+std::string S3Store::RecordKey(const char* dir, const std::string& image_id,
+                               std::string_view suffix) const {
   if (!IsImageId(image_id)) {
     Invalid("invalid image id \"" + image_id.substr(0, 80) +
             "\": an image id is \"m-\" followed by 8 of [0-9a-z]");
   }
-  return Key(std::string(dir) + "/" + image_id + ".json");
+  return Key(std::string(dir) + "/" + image_id + std::string(suffix));
 }
 
 std::string S3Store::Reason(const HttpResponse& response) {
@@ -670,38 +671,6 @@ std::optional<std::string> S3Store::GetText(const std::string& key, const char* 
   if (response.status == 404) return std::nullopt;
   if (!Ok(response.status)) Fail(std::string("GET of ") + what, response);
   return std::move(response.body);
-}
-
-void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest) {
-  PutText(RecordKey("manifests", image_id), manifest.ToJson(), "a manifest");
-}
-
-std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
-  std::optional<std::string> text = GetText(RecordKey("manifests", image_id), "a manifest");
-  if (!text) return std::nullopt;
-  try {
-    return Manifest::FromJson(*text);
-  } catch (const Error& e) {
-    throw IntegrityError(codes::kIntegrityError,
-                         "the manifest of " + image_id + " in store " + location_.display +
-                             " is damaged (" + e.message() + "); import or replicate the image again");
-  }
-}
-
-void S3Store::DeleteManifest(const std::string& image_id) {
-  DeleteKey(RecordKey("manifests", image_id), "a manifest");
-}
-
-std::vector<std::string> S3Store::ListManifests() {
-  std::vector<std::string> out;
-  for (const std::string& key : ListKeys(Key("manifests/"))) {
-    std::string name = key.substr(key.rfind('/') + 1);
-    if (name.ends_with(".json")) {
-      name.resize(name.size() - 5);
-      if (IsImageId(name)) out.push_back(name);
-    }
-  }
-  return out;
 }
 
 void S3Store::PutImageRecord(const std::string& image_id, const std::string& json) {

@@ -147,7 +147,10 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   std::string Key(const std::string& rel) const;
   std::string ChunkKey(const std::string& hash) const;
   std::string PackKey(const std::string& name) const;
-  std::string RecordKey(const char* dir, const std::string& image_id) const;
+  std::string RecordKey(const char* dir, const std::string& image_id,
+                        std::string_view suffix = ".json") const;
+  // Where manifests are spooled on their way to and from the bucket (s3_manifests.cpp).
+  std::filesystem::path CacheDir() const;
   [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
   // Takes the prefix as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
   void ClaimPrefix();

@@ -157,23 +157,30 @@ std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
   return {present.begin(), present.end()};
 }
 
-std::vector<std::string> MissingChunks(Store& store, const Manifest& manifest,
-                                       const CancelToken* cancel) {
-  std::vector<std::string> hashes;
-  std::vector<uint64_t> lengths;
-  std::unordered_set<std::string> seen;
-  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
-    const std::string& hash = manifest.chunks[i];
-    if (hash.empty() || !seen.insert(hash).second) continue;
-    hashes.push_back(hash);
-    lengths.push_back(manifest.ChunkLength(i));
+DistinctChunks DistinctChunksOf(const Manifest& manifest, uint64_t first,
+                                const std::vector<std::string>& window) {
+  DistinctChunks chunks;
+  std::unordered_set<std::string_view> seen;
+  for (size_t i = 0; i < window.size(); ++i) {
+    if (window[i].empty() || !seen.insert(window[i]).second) continue;
+    chunks.hashes.push_back(window[i]);
+    chunks.lengths.push_back(manifest.ChunkLength(first + i));
   }
-  std::vector<bool> present = store.HasChunks(hashes, cancel, lengths);
-  std::vector<std::string> missing;
-  for (size_t k = 0; k < hashes.size(); ++k) {
-    if (!present[k]) missing.push_back(hashes[k]);
-  }
-  return missing;
+  return chunks;
+}
+
+MissingChunksReport MissingChunks(Store& store, const Manifest& manifest,
+                                  const CancelToken* cancel) {
+  MissingChunksReport report;
+  manifest.ForEachWindow([&](uint64_t first, const std::vector<std::string>& window) {
+    const DistinctChunks chunks = DistinctChunksOf(manifest, first, window);
+    const std::vector<bool> present = store.HasChunks(chunks.hashes, cancel, chunks.lengths);
+    for (size_t k = 0; k < chunks.hashes.size(); ++k) {
+      if (present[k]) continue;
+      if (report.count++ == 0) report.first = chunks.hashes[k];
+    }
+  });
+  return report;
 }
 
 std::string CheckStoreUri(const std::string& uri) {
@@ -225,23 +232,26 @@ std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credential
 SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
   store.Flush();  // chunks still held back by a writer become visible, and so sweepable
   store.RemoveLeftovers();
-  std::unordered_set<std::string> marked(pinned.begin(), pinned.end());
+  MarkSet marked;
+  for (const std::string& hash : pinned) marked.Add(hash);
   for (const std::string& id : store.ListManifests()) {
     // A damaged manifest throws here: sweeping without knowing its chunks could lose them.
     std::optional<Manifest> manifest = store.GetManifest(id);
     if (!manifest) continue;
-    for (const std::string& chunk : manifest->chunks) {
-      if (!chunk.empty()) marked.insert(chunk);
-    }
+    manifest->ForEachWindow([&](uint64_t, const std::vector<std::string>& window) {
+      for (const std::string& chunk : window) {
+        if (!chunk.empty()) marked.Add(chunk);
+      }
+    });
   }
   return store.SweepUnmarked(marked);
 }
 
-SweepResult Store::SweepUnmarked(const std::unordered_set<std::string>& marked) {
+SweepResult Store::SweepUnmarked(const MarkSet& marked) {
   auto* sizes = dynamic_cast<ChunkSizeProbe*>(this);
   SweepResult result;
   for (const std::string& hash : ListChunks()) {
-    if (marked.count(hash) != 0) {
+    if (marked.Contains(hash)) {
       ++result.chunks_kept;
       continue;
     }

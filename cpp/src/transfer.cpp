@@ -30,21 +30,27 @@ constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 // Backoff and bandwidth waits sleep in slices this long so that a cancel wakes them.
 constexpr auto kSleepSlice = std::chrono::milliseconds(10);
 
-// The distinct non-zero chunks of an image: the unit of reading and writing.
+// The distinct non-zero chunks of one window of an image (kManifestWindow blocks): the unit
+// of reading and writing. A window is planned, copied, flushed and confirmed before the
+// next, so that memory is that of a window whatever the image's size.
 struct ChunkPlan {
-  std::vector<std::string_view> hashes;  // views into the manifest, first-appearance order
+  uint64_t first = 0;                    // the window's first block
+  std::vector<std::string> hashes;       // first-appearance order
   std::vector<uint64_t> length;          // bytes of the chunk
   std::vector<uint64_t> covered;         // bytes of every manifest entry naming it
   std::vector<uint64_t> entries;         // manifest entries naming it
   std::vector<int64_t> entry_chunk;      // per manifest entry: index in `hashes`, -1 = zero
 };
 
-ChunkPlan PlanChunks(const Manifest& manifest) {
+ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
   ChunkPlan plan;
-  plan.entry_chunk.reserve(manifest.chunks.size());
+  plan.first = first;
+  const std::vector<std::string> window = manifest.Hashes(first, kManifestWindow);
+  plan.entry_chunk.reserve(window.size());
   std::unordered_map<std::string_view, size_t> index;
-  for (size_t i = 0; i < manifest.chunks.size(); ++i) {
-    const std::string& hash = manifest.chunks[i];
+  for (size_t i = 0; i < window.size(); ++i) {
+    const std::string& hash = window[i];
+    const uint64_t length = manifest.ChunkLength(first + i);
     if (hash.empty()) {
       plan.entry_chunk.push_back(-1);
       continue;
@@ -52,11 +58,11 @@ ChunkPlan PlanChunks(const Manifest& manifest) {
     auto [it, inserted] = index.try_emplace(hash, plan.hashes.size());
     if (inserted) {
       plan.hashes.push_back(hash);
-      plan.length.push_back(manifest.ChunkLength(i));
+      plan.length.push_back(length);
       plan.covered.push_back(0);
       plan.entries.push_back(0);
     }
-    plan.covered[it->second] += manifest.ChunkLength(i);
+    plan.covered[it->second] += length;
     ++plan.entries[it->second];
     plan.entry_chunk.push_back(static_cast<int64_t>(it->second));
   }
@@ -82,7 +88,7 @@ struct AttemptResult {
 struct Dest {
   TransferDestination* spec = nullptr;
   std::string uri;
-  std::vector<bool> needs;  // per distinct chunk; written only before the workers start
+  std::vector<bool> needs;  // per distinct chunk of the window; written before workers start
   bool server_copy = false; // chunks are copied inside the object store (CopyChunkFrom)
   IoProgress fixed;         // totals and skips, known after planning
   std::atomic<uint64_t> bytes_done{0};
@@ -141,7 +147,6 @@ class Copier {
         source_uri_(source.uri()),
         manifest_(manifest),
         options_(options),
-        plan_(PlanChunks(manifest)),
         dests_(specs.size()),
         bucket_(options.bandwidth) {
     for (size_t d = 0; d < specs.size(); ++d) {
@@ -158,7 +163,9 @@ class Copier {
   void ReportFinished(bool all);
 
   const FinishedFn& finished_;
-  void PlanDestinations(std::mt19937& rng);
+  void SetUpDestinations();
+  // Looks up, in each active destination, the chunks of the window in plan_.
+  void PlanWindow(std::mt19937& rng);
   // Reads and writes every chunk some active destination needs, then flushes them.
   void RunPass(uint32_t seed, std::vector<IoProgress>& last);
   // Asks each active destination for every chunk of the image, with its length: nothing is
@@ -209,7 +216,7 @@ class Copier {
   const std::string source_uri_;
   const Manifest& manifest_;
   const TransferOptions& options_;
-  const ChunkPlan plan_;
+  ChunkPlan plan_;  // the window being copied
   std::vector<Dest> dests_;
   TokenBucket bucket_;
   std::atomic<bool> aborted_{false};  // the caller's progress callback threw
@@ -295,18 +302,23 @@ bool Copier::AnyActiveNeeding(size_t chunk) const {
                      [chunk](const Dest& d) { return d.needs[chunk] && d.Active(); });
 }
 
-void Copier::PlanDestinations(std::mt19937& rng) {
-  const std::vector<std::string> hashes(plan_.hashes.begin(), plan_.hashes.end());
+void Copier::SetUpDestinations() {
   for (Dest& dest : dests_) {
-    dest.needs.assign(hashes.size(), false);
     dest.fixed.bytes_total = manifest_.size;
-    dest.fixed.chunks_total = manifest_.chunks.size();
+    dest.fixed.chunks_total = manifest_.count();
     if (dest.spec->store == nullptr) {
       dest.Fail({codes::kTransferFailed, "a transfer destination has no store"});
       continue;
     }
     dest.uri = dest.spec->store->uri();
     dest.server_copy = dest.spec->store->CanCopyChunksFrom(source_);
+  }
+}
+
+void Copier::PlanWindow(std::mt19937& rng) {
+  const std::vector<std::string>& hashes = plan_.hashes;
+  for (Dest& dest : dests_) {
+    dest.needs.assign(hashes.size(), false);
     if (!dest.Active()) continue;
 
     // Look up only what the caller does not already know to be there.
@@ -346,13 +358,13 @@ void Copier::PlanDestinations(std::mt19937& rng) {
     for (size_t i = 0; i < plan_.entry_chunk.size(); ++i) {
       int64_t chunk = plan_.entry_chunk[i];
       if (chunk < 0 || present[chunk]) {
-        done += manifest_.ChunkLength(i);
+        done += manifest_.ChunkLength(plan_.first + i);
         ++skipped;
       }
     }
     for (size_t k = 0; k < hashes.size(); ++k) dest.needs[k] = !present[k];
-    dest.fixed.chunks_skipped = skipped;
-    dest.bytes_done.store(done);
+    dest.fixed.chunks_skipped += skipped;
+    dest.bytes_done.fetch_add(done, std::memory_order_relaxed);
   }
 }
 
@@ -419,7 +431,7 @@ void Copier::Worker(uint32_t seed) {
 
 std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
   const size_t k = slot.chunk;
-  const std::string hash(plan_.hashes[k]);
+  const std::string& hash = plan_.hashes[k];
   auto needed = [&] { return AnyActiveNeeding(k); };
   if (!needed()) return {};
 
@@ -476,7 +488,7 @@ bool Copier::SourceLacks(const std::string& hash) {
 }
 
 std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt19937& rng) {
-  const std::string hash(plan_.hashes[k]);
+  const std::string& hash = plan_.hashes[k];
   std::vector<size_t> by_bytes;
   for (size_t d = 0; d < dests_.size(); ++d) {
     Dest& dest = dests_[d];
@@ -526,7 +538,7 @@ void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
   } done{dest};
   auto alive = [&] { return dest.Active(); };
   if (!alive()) return;
-  const std::string hash(plan_.hashes[slot.chunk]);
+  const std::string& hash = plan_.hashes[slot.chunk];
   const std::span<const std::byte> bytes(slot.data);
   if (!SleepWhile(bucket_.Reserve(bytes.size()), alive)) return;
 
@@ -580,7 +592,7 @@ void Copier::ReportFinished(bool all) {
 }
 
 bool Copier::ConfirmDestinations(bool last_pass, std::mt19937& rng) {
-  const std::vector<std::string> hashes(plan_.hashes.begin(), plan_.hashes.end());
+  const std::vector<std::string>& hashes = plan_.hashes;
   bool again = false;
   for (Dest& dest : dests_) {
     if (!dest.Active() || dest.finish_reported) continue;
@@ -681,7 +693,7 @@ std::vector<TransferOutcome> Copier::Run() {
   std::random_device random_device;
   const uint32_t seed = random_device();
   std::mt19937 rng(seed);
-  PlanDestinations(rng);
+  SetUpDestinations();
 
   // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
   // flight when every destination takes them (slots then stay empty: no memory used).
@@ -698,9 +710,13 @@ std::vector<TransferOutcome> Copier::Run() {
   std::vector<IoProgress> last(dests_.size());
   // A second pass writes what the confirmation found missing; after it, missing is failure.
   constexpr int kPasses = 2;
-  for (int pass = 1; pass <= kPasses; ++pass) {
-    RunPass(seed + static_cast<uint32_t>(pass) * 1000, last);
-    if (!ConfirmDestinations(pass == kPasses, rng)) break;
+  for (uint64_t first = 0; first < manifest_.count() && AnyActive(); first += kManifestWindow) {
+    plan_ = PlanChunks(manifest_, first);
+    PlanWindow(rng);
+    for (int pass = 1; pass <= kPasses; ++pass) {
+      RunPass(seed + static_cast<uint32_t>(pass) * 1000, last);
+      if (!ConfirmDestinations(pass == kPasses, rng)) break;
+    }
   }
   ReportProgress(last, true);
   ReportFinished(true);

@@ -41,12 +41,7 @@ std::string HashOf(const std::vector<std::byte>& data) {
 }
 
 Manifest OneChunkManifest(const std::string& hash, uint64_t size) {
-  Manifest m;
-  m.size = size;
-  m.chunk_size = size;
-  m.digest = "sha256:" + hash;
-  m.chunks = {hash};
-  return m;
+  return Manifest::InMemory(size, size, {hash}, "sha256:" + hash);
 }
 
 std::vector<std::string> NamesIn(const fs::path& dir) {
@@ -135,7 +130,7 @@ TEST(LocalStoreTest, ManifestsAndImageRecords) {
   store.PutManifest("m-00000000", m);
   EXPECT_EQ(store.GetManifest("m-abcd1234"), m);
   EXPECT_EQ(store.ListManifests(), (std::vector<std::string>{"m-00000000", "m-abcd1234"}));
-  EXPECT_TRUE(fs::is_regular_file(dir.path() / "manifests" / "m-abcd1234.json"));
+  EXPECT_TRUE(fs::is_regular_file(dir.path() / "manifests" / "m-abcd1234.bin"));
 
   m.size = 7;  // overwrite
   store.PutManifest("m-abcd1234", m);
@@ -168,6 +163,32 @@ TEST(LocalStoreTest, DamagedManifestIsAnIntegrityError) {
     EXPECT_EQ(e.code(), codes::kIntegrityError);
     EXPECT_NE(e.message().find("m-abcd1234"), std::string::npos);
   }
+  // The binary form: refused as a whole when torn, and read before a first-release one.
+  std::ofstream(dir.path() / "manifests" / "m-abcd1234.bin") << "IRMANIF1 and then nothing";
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-abcd1234"});
+  EXPECT_THROW(store.GetManifest("m-abcd1234"), IntegrityError);
+  const Manifest m = OneChunkManifest(std::string(64, 'b'), 10);
+  store.PutManifest("m-abcd1234", m);
+  EXPECT_EQ(store.GetManifest("m-abcd1234"), m);
+  // Replacing a first-release manifest removes it: only one form is ever read.
+  EXPECT_FALSE(fs::exists(dir.path() / "manifests" / "m-abcd1234.json"));
+}
+
+TEST(LocalStoreTest, AFirstReleaseManifestIsReadListedAndDeleted) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  store.Check();
+  const std::string h(64, 'c');
+  std::ofstream(dir.path() / "manifests" / "m-0000abcd.json")
+      << R"({"version":1,"size":10,"chunk_size":4194304,"digest":null,"chunks":[")" << h << R"("]})";
+  EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-0000abcd"});
+  const std::optional<Manifest> m = store.GetManifest("m-0000abcd");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->count(), 1u);
+  EXPECT_EQ(m->Hash(0), h);
+  EXPECT_EQ(m->chunk_size, 4194304u);
+  store.DeleteManifest("m-0000abcd");
+  EXPECT_TRUE(store.ListManifests().empty());
 }
 
 TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
@@ -415,7 +436,7 @@ TEST(LocalStoreTest, KilledWriterLeavesNoPartialFile) {
     std::optional<Manifest> m;
     ASSERT_NO_THROW(m = store.GetManifest(id)) << id;
     ASSERT_TRUE(m.has_value());
-    EXPECT_TRUE(store.HasChunk(m->chunks[0])) << id;  // chunks are written first
+    EXPECT_TRUE(store.HasChunk(m->Hash(0))) << id;  // chunks are written first
   }
   store.Check();  // leftovers do not break the store
   // How often a kill hit mid-write (usually several times): visible in --gtest_output=xml.

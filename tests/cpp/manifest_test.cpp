@@ -4,23 +4,19 @@
 
 #include <nlohmann/json.hpp>
 
+#include "first_release_json.hpp"
 #include "imagerelay/error.hpp"
 
 namespace imagerelay {
 namespace {
 
+using testing_util::FirstReleaseJson;
+
 const std::string kA(64, 'a');
 const std::string kB = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const std::string kDigest = "sha256:" + kB;
 
-Manifest Sample() {
-  Manifest m;
-  m.size = 10;
-  m.chunk_size = 4;
-  m.digest = kDigest;
-  m.chunks = {kA, "", kB};
-  return m;
-}
+Manifest Sample() { return Manifest::InMemory(10, 4, {kA, "", kB}, kDigest); }
 
 void ExpectInvalid(const std::string& text) {
   try {
@@ -33,11 +29,13 @@ void ExpectInvalid(const std::string& text) {
 
 TEST(ManifestTest, RoundTrip) {
   Manifest m = Sample();
-  EXPECT_EQ(Manifest::FromJson(m.ToJson()), m);
+  EXPECT_EQ(Manifest::FromJson(FirstReleaseJson(m)), m);
+  EXPECT_EQ(m.Hashes(0, 10), (std::vector<std::string>{kA, "", kB}));  // clipped at the end
+  EXPECT_EQ(m.Hashes(3, 1), std::vector<std::string>{});
 }
 
 TEST(ManifestTest, JsonFormat) {
-  auto j = nlohmann::json::parse(Sample().ToJson());
+  auto j = nlohmann::json::parse(FirstReleaseJson(Sample()));
   EXPECT_EQ(j["version"], 1);
   EXPECT_EQ(j["size"], 10);
   EXPECT_EQ(j["chunk_size"], 4);
@@ -48,11 +46,10 @@ TEST(ManifestTest, JsonFormat) {
 }
 
 TEST(ManifestTest, EmptyImage) {
-  Manifest m;
-  m.size = 0;
-  m.chunk_size = 4 << 20;
-  m.digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-  EXPECT_EQ(Manifest::FromJson(m.ToJson()), m);
+  Manifest m = Manifest::InMemory(
+      0, 4 << 20, {}, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(Manifest::FromJson(FirstReleaseJson(m)), m);
+  EXPECT_EQ(m.count(), 0u);
 }
 
 TEST(ManifestTest, ChunkGeometry) {
@@ -72,7 +69,7 @@ TEST(ManifestTest, RejectsBadJson) {
 
 TEST(ManifestTest, RejectsInconsistentManifests) {
   auto with = [](const std::string& key, nlohmann::json value) {
-    auto j = nlohmann::json::parse(Sample().ToJson());
+    auto j = nlohmann::json::parse(FirstReleaseJson(Sample()));
     if (value.is_discarded()) {
       j.erase(key);
     } else {
@@ -102,10 +99,11 @@ TEST(ManifestTest, RejectsInconsistentManifests) {
   EXPECT_NO_THROW(Manifest::FromJson(with("size", 10)));
 }
 
-// Manifests as ToJson writes them are read without a JSON DOM; every rule still holds there,
-// and any other spelling of the same JSON reads the same through the general parser.
+// Manifests as the first release wrote them are read without a JSON DOM; every rule still
+// holds there, and any other spelling of the same JSON reads the same through the general
+// parser.
 TEST(ManifestTest, TheCompactFormIsCheckedLikeAnyOther) {
-  const std::string compact = Sample().ToJson();
+  const std::string compact = FirstReleaseJson(Sample());
   auto replaced = [&](const std::string& from, const std::string& to) {
     std::string text = compact;
     const size_t at = text.find(from);

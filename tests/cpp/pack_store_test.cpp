@@ -100,11 +100,7 @@ std::vector<fs::path> PackFilesIn(const fs::path& root) {
 }
 
 Manifest ManifestOf(const std::vector<std::string>& hashes) {
-  Manifest m;
-  m.chunk_size = kBlock;
-  m.size = hashes.size() * kBlock;
-  m.chunks = hashes;
-  return m;
+  return Manifest::InMemory(hashes.size() * kBlock, kBlock, hashes);
 }
 
 TEST(PackStoreTest, BlocksGoIntoPacksCompressedWhenItPaysAndReadBack) {
@@ -266,8 +262,8 @@ TEST(PackStoreTest, SweepDropsDeadPacksAndRepacksMostlyDeadOnes) {
   store->Flush();
   ASSERT_EQ(PackFilesIn(dir.path()).size(), 3u);
   // Live: all of pack 1, one block of pack 2, nothing of pack 3.
-  std::unordered_set<std::string> marked;
-  for (int i : {0, 1, 2, 3, 5}) marked.insert(HashOf(blocks[i]));
+  MarkSet marked;
+  for (int i : {0, 1, 2, 3, 5}) marked.Add(HashOf(blocks[i]));
   SweepResult result = store->SweepUnmarked(marked);
   EXPECT_EQ(result.chunks_kept, 5u);
   EXPECT_EQ(result.chunks_removed, 7u);
@@ -290,7 +286,7 @@ TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
     ScratchDir dir;
     std::vector<std::vector<std::byte>> blocks;
     for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(i));
-    std::unordered_set<std::string> marked{HashOf(blocks[0]), HashOf(blocks[5])};
+    const MarkSet marked{HashOf(blocks[0]), HashOf(blocks[5])};
     {
       auto [faults, store] = OpenPacked(dir.path());
       for (const auto& b : blocks) store->PutChunk(HashOf(b), b);

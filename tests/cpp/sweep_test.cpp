@@ -25,12 +25,7 @@ std::string PutRandomChunk(Store& store, size_t size, uint32_t seed) {
 }
 
 Manifest ManifestOf(const std::vector<std::string>& chunks) {
-  Manifest m;
-  m.chunk_size = 1000;
-  m.size = 1000 * chunks.size();
-  m.digest = "sha256:" + std::string(64, '0');
-  m.chunks = chunks;
-  return m;
+  return Manifest::InMemory(1000 * chunks.size(), 1000, chunks, "sha256:" + std::string(64, '0'));
 }
 
 std::set<std::string> Listed(Store& store) {

@@ -270,27 +270,28 @@ std::string HashOf(const std::vector<std::byte>& bytes) {
 // the content seed of chunk i. The last chunk is `last_len` bytes long.
 struct TestImage {
   Manifest manifest;
+  std::vector<std::string> hashes;            // the manifest's, "" for zero chunks
   std::vector<std::vector<std::byte>> bytes;  // per entry, empty for zero chunks
 };
 
 TestImage MakeImage(FakeStore& source, const std::vector<int>& seeds,
                     uint64_t last_len = kChunk) {
   TestImage image;
-  image.manifest.chunk_size = kChunk;
-  image.manifest.digest = "sha256:unused";
+  uint64_t size = 0;
   for (size_t i = 0; i < seeds.size(); ++i) {
     uint64_t len = i + 1 == seeds.size() ? last_len : kChunk;
-    image.manifest.size += len;
+    size += len;
     if (seeds[i] < 0) {
-      image.manifest.chunks.emplace_back();
+      image.hashes.emplace_back();
       image.bytes.emplace_back();
       continue;
     }
     std::vector<std::byte> bytes = ChunkBytes(seeds[i], len);
     source.Seed(bytes);
-    image.manifest.chunks.push_back(HashOf(bytes));
+    image.hashes.push_back(HashOf(bytes));
     image.bytes.push_back(std::move(bytes));
   }
+  image.manifest = Manifest::InMemory(size, kChunk, image.hashes, "sha256:unused");
   return image;
 }
 
@@ -322,8 +323,8 @@ std::vector<TransferDestination> Destinations(std::vector<FakeStore*> stores,
 
 // Every chunk of the image is in `store`, byte for byte.
 void ExpectHoldsImage(const FakeStore& store, const TestImage& image) {
-  for (size_t i = 0; i < image.manifest.chunks.size(); ++i) {
-    const std::string& hash = image.manifest.chunks[i];
+  for (size_t i = 0; i < image.hashes.size(); ++i) {
+    const std::string& hash = image.hashes[i];
     if (hash.empty()) continue;
     std::optional<std::vector<std::byte>> held = store.Chunk(hash);
     ASSERT_TRUE(held.has_value()) << "chunk " << i << " missing from " << store.uri();
@@ -348,8 +349,8 @@ TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
   // One bulk check to plan, one to confirm before the commit: not one per chunk.
   EXPECT_EQ(dest.HasChunksCalls(), 2);
   for (int i = 0; i < 16; i += 2) {
-    EXPECT_EQ(source.GetCalls(image.manifest.chunks[i]), 0);
-    EXPECT_EQ(dest.PutCalls(image.manifest.chunks[i]), 0);
+    EXPECT_EQ(source.GetCalls(image.hashes[i]), 0);
+    EXPECT_EQ(dest.PutCalls(image.hashes[i]), 0);
   }
   const IoProgress& p = outcomes[0].progress;
   EXPECT_EQ(p.bytes_total, 15 * kChunk + kChunk / 2);
@@ -367,7 +368,7 @@ TEST(TransferTest, ChunksKnownToBePresentAreNotLookedUp) {
   std::unordered_set<std::string> known;
   for (int i = 0; i < 16; i += 2) {
     dest.Seed(image.bytes[i]);
-    known.insert(image.manifest.chunks[i]);
+    known.insert(image.hashes[i]);
   }
   auto dests = Destinations({&dest});
   dests[0].known_present = known;
@@ -384,7 +385,7 @@ TEST(TransferTest, ChunksKnownToBePresentAreNotLookedUp) {
   EXPECT_EQ(outcomes[0].progress.chunks_skipped, 8u);
 
   // Everything known: no lookup to plan, only the confirmation; nothing moves.
-  for (const auto& hash : image.manifest.chunks) known.insert(hash);
+  for (const auto& hash : image.hashes) known.insert(hash);
   dests[0].known_present = known;
   const int calls = dest.HasChunksCalls();
   outcomes = CopyImage(source, image.manifest, dests, FastOptions());
@@ -436,8 +437,8 @@ TEST(TransferTest, DuplicateChunksMoveOnce) {
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, FastOptions());
 
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
-  EXPECT_EQ(source.GetCalls(image.manifest.chunks[0]), 1);
-  EXPECT_EQ(source.GetCalls(image.manifest.chunks[2]), 1);
+  EXPECT_EQ(source.GetCalls(image.hashes[0]), 1);
+  EXPECT_EQ(source.GetCalls(image.hashes[2]), 1);
   EXPECT_EQ(dest.TotalPutCalls(), 2);
   const IoProgress& p = outcomes[0].progress;
   EXPECT_EQ(p.bytes_done, 6 * kChunk);  // every entry is covered by the two writes
@@ -463,7 +464,7 @@ TEST(TransferTest, FanOutReadsEachSourceChunkOnce) {
     EXPECT_EQ(outcomes[d].kind, Kind::kCompleted) << outcomes[d].error;
     EXPECT_EQ(outcomes[d].progress.bytes_done, 30 * kChunk);
   }
-  for (const std::string& hash : image.manifest.chunks) EXPECT_EQ(source.GetCalls(hash), 1);
+  for (const std::string& hash : image.hashes) EXPECT_EQ(source.GetCalls(hash), 1);
   EXPECT_EQ(a.TotalPutCalls(), 30);
   EXPECT_EQ(b.TotalPutCalls(), 20);
   EXPECT_EQ(c.TotalPutCalls(), 5);
@@ -490,7 +491,7 @@ TEST(TransferTest, ChunksNoDestinationNeedsAreNotRead) {
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted);
   EXPECT_EQ(outcomes[1].kind, Kind::kCompleted);
   EXPECT_EQ(source.TotalGetCalls(), 1);
-  EXPECT_EQ(source.GetCalls(image.manifest.chunks[4]), 1);
+  EXPECT_EQ(source.GetCalls(image.hashes[4]), 1);
   EXPECT_EQ(a.TotalPutCalls(), 0);
   EXPECT_EQ(b.TotalPutCalls(), 1);
 }
@@ -498,8 +499,8 @@ TEST(TransferTest, ChunksNoDestinationNeedsAreNotRead) {
 TEST(TransferTest, TransientErrorsAreRetriedUntilTheySucceed) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(8));
-  const std::string& flaky_read = image.manifest.chunks[2];
-  const std::string& flaky_write = image.manifest.chunks[5];
+  const std::string& flaky_read = image.hashes[2];
+  const std::string& flaky_write = image.hashes[5];
   source.FailTransiently(FakeStore::Op::kGet, flaky_read, 2);
   FakeStore dest("fake://dest");
   dest.FailTransiently(FakeStore::Op::kPut, flaky_write, 4);
@@ -521,7 +522,7 @@ TEST(TransferTest, TransientErrorsAreRetriedUntilTheySucceed) {
 TEST(TransferTest, TransientWriteErrorsThatNeverStopFailTheDestination) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(6));
-  const std::string& bad = image.manifest.chunks[3];
+  const std::string& bad = image.hashes[3];
   FakeStore dest("fake://dest");
   dest.FailTransiently(FakeStore::Op::kPut, bad, FakeStore::kForever);
   FakeStore other("fake://other");
@@ -547,7 +548,7 @@ TEST(TransferTest, TransientWriteErrorsThatNeverStopFailTheDestination) {
 TEST(TransferTest, TransientReadErrorsThatNeverStopFailEveryDestinationNeedingTheChunk) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(6));
-  const std::string& bad = image.manifest.chunks[1];
+  const std::string& bad = image.hashes[1];
   source.FailTransiently(FakeStore::Op::kGet, bad, FakeStore::kForever);
   FakeStore a("fake://a");
   FakeStore b("fake://b");
@@ -592,7 +593,7 @@ TEST(TransferTest, PermanentErrorFailsOnlyThatDestinationWithoutRetrying) {
   // Not retried, and no write after the failure was seen: at most one per worker.
   EXPECT_LE(b.TotalPutCalls(), FastOptions().threads);
   EXPECT_EQ(b.BytesWritten(), 0u);
-  for (const std::string& hash : image.manifest.chunks) EXPECT_EQ(source.GetCalls(hash), 1);
+  for (const std::string& hash : image.hashes) EXPECT_EQ(source.GetCalls(hash), 1);
 }
 
 TEST(TransferTest, PermanentErrorKeepsTheStoresCodeOrFallsBackToTransferFailed) {
@@ -624,7 +625,7 @@ TEST(TransferTest, PermanentSourceErrorFailsEveryDestinationNeedingTheChunk) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(4));
   source.FailPermanently(
-      FakeStore::Op::kGet, image.manifest.chunks[2],
+      FakeStore::Op::kGet, image.hashes[2],
       std::make_exception_ptr(TransferError(codes::kTransferFailed, "object vanished")));
   FakeStore a("fake://a");
   FakeStore b("fake://b");
@@ -637,13 +638,13 @@ TEST(TransferTest, PermanentSourceErrorFailsEveryDestinationNeedingTheChunk) {
     EXPECT_EQ(outcome.error_code, codes::kTransferFailed);
     EXPECT_NE(outcome.error.find("object vanished"), std::string::npos) << outcome.error;
   }
-  EXPECT_EQ(source.GetCalls(image.manifest.chunks[2]), 1);
+  EXPECT_EQ(source.GetCalls(image.hashes[2]), 1);
 }
 
 TEST(TransferTest, CorruptSourceChunkFailsWithIntegrityErrorAndIsNeverWritten) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(12));
-  const std::string& bad = image.manifest.chunks[7];
+  const std::string& bad = image.hashes[7];
   source.Corrupt(bad);
   FakeStore a("fake://a");
   FakeStore b("fake://b");
@@ -696,7 +697,7 @@ TEST(TransferTest, CancellingOneDestinationStopsItWhileAnotherCompletes) {
   EXPECT_EQ(outcomes[0].progress.bytes_transferred, cancelled.BytesWritten());
   EXPECT_EQ(outcomes[1].kind, Kind::kCompleted) << outcomes[1].error;
   ExpectHoldsImage(kept, image);
-  for (const std::string& hash : image.manifest.chunks) EXPECT_EQ(source.GetCalls(hash), 1);
+  for (const std::string& hash : image.hashes) EXPECT_EQ(source.GetCalls(hash), 1);
 }
 
 TEST(TransferTest, CancellingEveryDestinationStopsReadingTheSource) {
@@ -920,12 +921,12 @@ TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(8), kChunk);
   FakeStore dest("fake://dest");
-  std::unordered_set<std::string> known(image.manifest.chunks.begin(),
-                                        image.manifest.chunks.end());
+  std::unordered_set<std::string> known(image.hashes.begin(),
+                                        image.hashes.end());
   for (int i = 0; i < 8; ++i) {
     if (i == 3) continue;  // deleted behind our back
     if (i == 5) {          // truncated
-      dest.SeedAs(image.manifest.chunks[i],
+      dest.SeedAs(image.hashes[i],
                   std::vector<std::byte>(image.bytes[i].begin(), image.bytes[i].begin() + 100));
       continue;
     }
@@ -936,8 +937,8 @@ TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
   auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
   ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
   ExpectHoldsImage(dest, image);
-  EXPECT_EQ(dest.PutCalls(image.manifest.chunks[3]), 1);
-  EXPECT_EQ(dest.PutCalls(image.manifest.chunks[5]), 1);
+  EXPECT_EQ(dest.PutCalls(image.hashes[3]), 1);
+  EXPECT_EQ(dest.PutCalls(image.hashes[5]), 1);
   EXPECT_EQ(dest.TotalPutCalls(), 2);
   const IoProgress& p = outcomes[0].progress;
   EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice

@@ -17,6 +17,7 @@
 #include "imagerelay/store.hpp"
 #include "local_store.hpp"
 #include "pack_store.hpp"
+#include "first_release_json.hpp"
 #include "scratch_dir.hpp"
 
 namespace imagerelay {
@@ -57,6 +58,12 @@ void MakeFirstReleaseStore(const fs::path& root) {
   for (const std::string& hash : packed->ListChunks()) {
     packed->GetChunk(hash, bytes);
     old.PutChunk(hash, bytes);
+  }
+  // Manifests as JSON, one hex string per chunk.
+  for (const std::string& id : old.ListManifests()) {
+    const std::string json = testing_util::FirstReleaseJson(*old.GetManifest(id));
+    fs::remove(root / "manifests" / (id + ".bin"));
+    std::ofstream(root / "manifests" / (id + ".json")) << json;
   }
   old.Flush();
   packed.reset();
@@ -106,6 +113,7 @@ TEST(UpgradeTest, AHomeOfTheFirstReleaseOpensAndWorks) {
   for (const char* region : {"bj", "gz", "su"}) MakeFirstReleaseStore(home / "regions" / region);
   ASSERT_EQ(ChunkFiles(home / "regions" / "bj"), 5u);  // 4 of a (one shared with b) + 2 of b - 1
 
+  ASSERT_TRUE(fs::exists(home / "regions" / "bj" / "manifests" / (a_id + ".json")));
   auto engine = OpenHome(home, 64 << 10);  // this release's default block size
   EXPECT_EQ(engine->Verify("default", a_id), digest_a);
   EXPECT_EQ(engine->Verify("default", copy_id), digest_a);

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import textwrap
 import threading
@@ -145,6 +146,36 @@ def distinct_nonzero_bytes(path: Path, chunk: int = CHUNK) -> tuple[int, int]:
 # earlier release kept one file per chunk, <region>/chunks/<xx>/<hash>.
 def region_root(home: Path, region: str) -> Path:
     return Path(home) / "regions" / region
+
+
+def manifest_path(home: Path, region: str, image_id: str) -> Path:
+    return region_root(home, region) / "manifests" / f"{image_id}.bin"
+
+
+def read_manifest(path: Path) -> dict:
+    """A stored manifest (docs/data-plane-v2.md): a 64-byte header, 32 bytes per block (all
+    zero = a hole), then the SHA-256 of everything before it."""
+    data = path.read_bytes()
+    assert data[:8] == b"IRMANIF1"
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:], "the manifest's checksum"
+    block_size, _, size = struct.unpack_from("<IIQ", data, 8)
+    digest = data[24:56]
+    (count,) = struct.unpack_from("<Q", data, 56)
+    assert len(data) == 64 + 32 * count + 32
+    blocks = (data[64 + 32 * i:96 + 32 * i] for i in range(count))
+    return {"size": size, "chunk_size": block_size,
+            "digest": None if digest == bytes(32) else "sha256:" + digest.hex(),
+            "chunks": [None if h == bytes(32) else h.hex() for h in blocks]}
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """Writes a manifest as an adversary who knows the format would: checksum and all."""
+    digest = manifest["digest"]
+    header = (b"IRMANIF1" + struct.pack("<IIQ", manifest["chunk_size"], 0, manifest["size"])
+              + (bytes.fromhex(digest.removeprefix("sha256:")) if digest else bytes(32))
+              + struct.pack("<Q", len(manifest["chunks"])))
+    body = header + b"".join(bytes.fromhex(h) if h else bytes(32) for h in manifest["chunks"])
+    path.write_bytes(body + hashlib.sha256(body).digest())
 
 
 def stored_blocks(home: Path, region: str) -> dict[str, tuple[Path, int, int, int]]:

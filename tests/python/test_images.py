@@ -23,6 +23,8 @@ from conftest import (
     make_odd,
     make_sparse,
     make_zero,
+    manifest_path,
+    read_manifest,
     read_result,
     sha256_file,
     wait_until,
@@ -192,9 +194,7 @@ def test_mostly_empty_image_is_available_before_its_digest(home: Path, files: Pa
         out = copy.export(files / "big.out")
         assert sha256_file(out) == expected
     for region, image_id in (("bj", image.id), ("gz", copy.id)):
-        manifest = json.loads((home / "regions" / region / "manifests" / f"{image_id}.json")
-                              .read_text())
-        assert manifest["digest"] == expected
+        assert read_manifest(manifest_path(home, region, image_id))["digest"] == expected
 
 
 def test_digest_left_by_a_closed_process_is_computed_by_the_next(home: Path,

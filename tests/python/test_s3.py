@@ -262,7 +262,7 @@ def test_replicate_local_to_s3_to_s3_to_local(cloud: ir.Cloud, s3: S3Server, fil
     # random data does not compress: stored raw, not inflated
     assert all(b.codec == CODEC_RAW and b.stored_length == b.raw_length for _, b in listed)
     keys = s3.keys(b1)
-    assert f"relay/manifests/{a.id}.json" in keys and f"relay/images/{a.id}.json" in keys
+    assert f"relay/manifests/{a.id}.bin" in keys and f"relay/images/{a.id}.json" in keys
     assert all(k.startswith(("relay/packs/", "relay/manifests/", "relay/images/"))
                for k in keys if k != "relay/.imagerelay-store")
     assert pack_keys(s3, b1) == sorted(k for k in keys if k.startswith("relay/packs/"))

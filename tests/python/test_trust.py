@@ -20,7 +20,10 @@ from conftest import (
     chunk_names,
     damage_block,
     make_odd,
+    manifest_path,
+    read_manifest,
     sha256_file,
+    write_manifest,
 )
 
 
@@ -119,10 +122,10 @@ def test_replicating_back_into_a_region_with_a_damaged_chunk_repairs_it(
 def test_a_manifest_with_swapped_chunks_is_refused_by_export_copy_and_verify(
         cloud: ir.Cloud, home: Path, files: Path, golden: tuple[ir.Image, Path]) -> None:
     image, src = golden
-    manifest_path = home / "regions" / "bj" / "manifests" / f"{image.id}.json"
-    manifest = json.loads(manifest_path.read_text())
+    path = manifest_path(home, "bj", image.id)
+    manifest = read_manifest(path)
     manifest["chunks"][0], manifest["chunks"][1] = manifest["chunks"][1], manifest["chunks"][0]
-    manifest_path.write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
 
     with pytest.raises(ir.IntegrityError) as e:
         image.export(files / "out.raw")
@@ -145,10 +148,10 @@ def test_a_manifest_swapped_while_a_copy_waits_fails_the_copy(
     try:
         image = queuer.import_image(src, region="bj", name="golden")
         job = queuer.replicate(image.id, ["gz"])
-        manifest_path = home / "regions" / "bj" / "manifests" / f"{image.id}.json"
-        manifest = json.loads(manifest_path.read_text())
+        path = manifest_path(home, "bj", image.id)
+        manifest = read_manifest(path)
         manifest["chunks"][0], manifest["chunks"][1] = manifest["chunks"][1], manifest["chunks"][0]
-        manifest_path.write_text(json.dumps(manifest))
+        write_manifest(path, manifest)
     finally:
         queuer.close()
     worker = open_cloud()

@@ -73,6 +73,9 @@ struct ImportOptions {
   // holes exceed both its data and this many bytes, the import leaves the digest empty
   // (computed afterwards from the stored chunks, see HashStoredImage). 0 = never defer.
   uint64_t defer_digest_hole_bytes = 0;
+  // Where the block list of a large image is kept while it is imported (an unnamed file);
+  // empty: in memory.
+  std::filesystem::path spool_dir;
 };
 
 // Cuts the source into chunks, stores those the store lacks (never all-zero ones) and

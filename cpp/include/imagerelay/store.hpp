@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <set>
@@ -22,6 +23,24 @@ struct SweepResult {
   size_t chunks_kept = 0;
   size_t chunks_removed = 0;
   uint64_t bytes_removed = 0;
+};
+
+// The chunks a sweep keeps: every chunk a manifest or a pinned copy names. Kept in a
+// temporary on-disk table, not in memory: a 200 GiB image alone names 3.3 M blocks.
+class MarkSet {
+ public:
+  MarkSet();
+  MarkSet(std::initializer_list<std::string> hashes);
+  ~MarkSet();
+  MarkSet(const MarkSet&) = delete;
+  MarkSet& operator=(const MarkSet&) = delete;
+  void Add(const std::string& hash);  // 64 lowercase hex digits
+  bool Contains(const std::string& hash) const;
+  uint64_t size() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 class Store {
@@ -105,7 +124,7 @@ class Store {
   virtual std::vector<std::string> ListChunks() = 0;
   // Removes every chunk not in `marked` (SweepStore below). The default lists the chunks and
   // deletes the unmarked ones; a store that packs chunks also rewrites packs mostly garbage.
-  virtual SweepResult SweepUnmarked(const std::unordered_set<std::string>& marked);
+  virtual SweepResult SweepUnmarked(const MarkSet& marked);
 
   virtual void PutManifest(const std::string& image_id, const Manifest& manifest) = 0;
   virtual std::optional<Manifest> GetManifest(const std::string& image_id) = 0;
@@ -136,10 +155,23 @@ std::unique_ptr<Store> OpenStore(const std::string& uri);
 // Validates a store URI without touching it; returns a problem message or "" if fine.
 std::string CheckStoreUri(const std::string& uri);
 
-// The distinct non-zero chunks of `manifest` that `store` does not hold with their length:
-// what must be there before the manifest may be committed.
-std::vector<std::string> MissingChunks(Store& store, const Manifest& manifest,
-                                       const CancelToken* cancel = nullptr);
+// The distinct non-zero chunks of one window of a manifest (hashes from block `first`), with
+// their lengths: what a window asks a store for.
+struct DistinctChunks {
+  std::vector<std::string> hashes;
+  std::vector<uint64_t> lengths;
+};
+DistinctChunks DistinctChunksOf(const Manifest& manifest, uint64_t first,
+                                const std::vector<std::string>& window);
+
+// The non-zero chunks of `manifest` that `store` does not hold with their length: what must
+// be there before the manifest may be committed. Looked up a window at a time.
+struct MissingChunksReport {
+  uint64_t count = 0;  // distinct within each window
+  std::string first;   // the first one missing, if any
+};
+MissingChunksReport MissingChunks(Store& store, const Manifest& manifest,
+                                  const CancelToken* cancel = nullptr);
 
 // Mark and sweep: removes every chunk referenced by no manifest in the store and not in
 // `pinned`. The caller guarantees no writer is in flight in this store.
