@@ -58,12 +58,12 @@ void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest)
                                                     ErrnoText(err));
   }
   MappedFile mapped(spool.get(), static_cast<size_t>(BinaryManifestBytes(manifest.count())));
-  Call put;
+  S3Client::Call put;
   put.method = "PUT";
   put.key = key;
   put.body = mapped.bytes();
   put.headers = {{"Content-Type", "application/octet-stream"}};
-  HttpResponse response = Perform(put);
+  HttpResponse response = client_.Perform(put);
   if (response.status < 200 || response.status >= 300) Fail("PUT of a manifest", response);
   // A first-release manifest of the same image would be read no more; it goes.
   DeleteKey(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
@@ -71,12 +71,12 @@ void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest)
 
 std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
   const std::string key = RecordKey("manifests", image_id, kBinarySuffix);
-  const std::string what = image_id + " in store " + location_.display;
+  const std::string what = image_id + " in store " + location().display;
   UniqueFd spool = OpenSpoolFile(CacheDir());
   uint64_t written = 0;
   int write_error = 0;
   std::string error_body;
-  Call get;
+  S3Client::Call get;
   get.key = key;
   get.on_body = [&](long status, std::span<const std::byte> data) {
     if (status < 200 || status >= 300) {
@@ -96,7 +96,7 @@ std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
     written = 0;
     error_body.clear();
     try {
-      response = Perform(get);
+      response = client_.Perform(get);
     } catch (const TransientError&) {
       if (attempt == kGetAttempts) throw;
       std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));

@@ -39,8 +39,8 @@ void S3Store::PutPack(const std::string& name, std::span<const std::byte> bytes,
   put.key = PackKey(name);
   put.body = bytes;
   put.attempts = kPackAttempts;
-  // Signed with the body's SHA-256 (Perform computes it): the server refuses other bytes.
-  HttpResponse response = Perform(put, cancel);
+  // Signed with the body's SHA-256 (the client computes it): the server refuses other bytes.
+  HttpResponse response = client_.Perform(put, cancel);
   if (!Succeeded(response.status)) Fail("PUT of pack " + name, response);
 }
 
@@ -55,7 +55,7 @@ bool S3Store::ReadPack(const std::string& name, uint64_t offset, std::span<std::
                                std::to_string(offset + out.size() - 1)}};
   get.sink = &body;
   get.max_body = out.size() + 4096;
-  HttpResponse response = Perform(get, cancel);
+  HttpResponse response = client_.Perform(get, cancel);
   if (response.status == 404 || response.status == 416) return false;
   if (!Succeeded(response.status)) {
     response.body.assign(reinterpret_cast<const char*>(body.data()),
@@ -77,7 +77,7 @@ std::optional<PackStat> S3Store::StatPack(const std::string& name) {
   Call head;
   head.method = "HEAD";
   head.key = PackKey(name);
-  HttpResponse response = Perform(head);
+  HttpResponse response = client_.Perform(head);
   if (response.status == 404) return std::nullopt;
   if (!Succeeded(response.status)) Fail("HEAD of pack " + name, response);
   const std::string length = response.Header("content-length");
@@ -110,8 +110,8 @@ std::filesystem::path S3Store::IndexFile() {
   const std::filesystem::path dir = CacheDir();
   // One cache per store and per set of credentials' view of it: the URI names the bucket,
   // prefix and endpoint (its query holds no secret).
-  const std::string where = location_.scheme + "://" + location_.host + "/" +
-                            location_.bucket + "/" + location_.prefix;
+  const S3Location& loc = location();
+  const std::string where = loc.scheme + "://" + loc.host + "/" + loc.bucket + "/" + loc.prefix;
   const std::string id = Sha256Hex(where.data(), where.size());
   return dir / ("s3-" + id.substr(0, 32) + ".sqlite");
 }

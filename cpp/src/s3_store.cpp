@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstdlib>
 #include <cstdint>
-#include <ctime>
 #include <exception>
 #include <random>
 #include <thread>
@@ -13,7 +13,6 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "imagerelay/error.hpp"
 
 namespace imagerelay {
 namespace {
@@ -24,85 +23,11 @@ constexpr int kChunkAttempts = 3;     // the transfer engine retries chunks agai
   throw ValidationError(codes::kInvalidParameter, message);
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && HexValue(s[i + 1]) >= 0 && HexValue(s[i + 2]) >= 0) {
-      out += static_cast<char>(HexValue(s[i + 1]) * 16 + HexValue(s[i + 2]));
-      i += 2;
-    } else if (s[i] == '+') {
-      out += ' ';
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-std::string XmlUnescape(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '&') {
-      out += s[i];
-      continue;
-    }
-    size_t semi = s.find(';', i);
-    if (semi == std::string_view::npos) {
-      out += s[i];
-      continue;
-    }
-    std::string_view entity = s.substr(i + 1, semi - i - 1);
-    if (entity == "amp") out += '&';
-    else if (entity == "lt") out += '<';
-    else if (entity == "gt") out += '>';
-    else if (entity == "quot") out += '"';
-    else if (entity == "apos") out += '\'';
-    else if (entity.starts_with("#x")) out += static_cast<char>(std::strtol(std::string(entity.substr(2)).c_str(), nullptr, 16));
-    else if (entity.starts_with("#")) out += static_cast<char>(std::strtol(std::string(entity.substr(1)).c_str(), nullptr, 10));
-    else out += std::string(s.substr(i, semi - i + 1));
-    i = semi;
-  }
-  return out;
-}
-
-// Every <tag>text</tag> in an S3 response, unescaped. Enough for the flat answers used here.
-std::vector<std::string> XmlAll(std::string_view xml, std::string_view tag) {
-  std::vector<std::string> out;
-  const std::string open = "<" + std::string(tag) + ">";
-  const std::string close = "</" + std::string(tag) + ">";
-  size_t pos = 0;
-  while ((pos = xml.find(open, pos)) != std::string_view::npos) {
-    size_t begin = pos + open.size();
-    size_t end = xml.find(close, begin);
-    if (end == std::string_view::npos) break;
-    out.push_back(XmlUnescape(xml.substr(begin, end - begin)));
-    pos = end + close.size();
-  }
-  return out;
-}
-
-std::string XmlFirst(std::string_view xml, std::string_view tag) {
-  auto all = XmlAll(xml, tag);
-  return all.empty() ? "" : all.front();
-}
-
 std::string RandomHex(size_t n) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   std::string out;
   for (size_t i = 0; i < n; ++i) out += "0123456789abcdef"[rng() & 0xf];
   return out;
-}
-
-std::string Getenv(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
 }
 
 bool Ok(long status) { return status >= 200 && status < 300; }
@@ -113,11 +38,13 @@ constexpr std::string_view kProbePrefix = ".imagerelay-probe-";
 constexpr std::string_view kBase64 =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-// x-amz-checksum-sha256 carries the digest in base64; chunk names are hex.
+// x-amz-checksum-sha256 carries the digest in base64; chunk names are hex (checked by ChunkKey).
 std::string HexToBase64(std::string_view hex) {
   std::string bytes;
   for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    bytes += static_cast<char>(HexValue(hex[i]) * 16 + HexValue(hex[i + 1]));
+    unsigned byte = 0;
+    std::from_chars(hex.data() + i, hex.data() + i + 2, byte, 16);
+    bytes += static_cast<char>(byte);
   }
   std::string out;
   for (size_t i = 0; i < bytes.size(); i += 3) {
@@ -153,103 +80,13 @@ std::string Base64ToHex(std::string_view b64) {
   return out;
 }
 
-// Error codes S3 sends (also in the body of a 200 answer to CopyObject) worth a retry.
-bool IsTransientCode(std::string_view code) {
-  return code == "InternalError" || code == "SlowDown" || code == "ServiceUnavailable" ||
-         code == "RequestTimeout";
-}
-
 }  // namespace
 
-S3Location ParseS3Uri(const std::string& uri) {
-  if (std::string problem = CheckStoreUri(uri); !problem.empty()) Invalid(problem);
-  S3Location loc;
-  std::string_view rest = std::string_view(uri).substr(5);  // after s3://
-  std::string_view query;
-  if (size_t q = rest.find('?'); q != std::string_view::npos) {
-    query = rest.substr(q + 1);
-    rest = rest.substr(0, q);
-  }
-  size_t slash = rest.find('/');
-  loc.bucket = std::string(rest.substr(0, slash));
-  if (slash != std::string_view::npos) {
-    std::string prefix = PercentDecode(rest.substr(slash + 1));
-    while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
-    while (!prefix.empty() && prefix.front() == '/') prefix.erase(0, 1);
-    loc.prefix = prefix;
-  }
-  std::string endpoint;
-  std::string addressing = "path";
-  if (std::string region = Getenv("AWS_REGION"); !region.empty()) loc.region = region;
-  loc.ca_bundle = Getenv("AWS_CA_BUNDLE");  // the AWS tools' variable; ca_bundle= overrides it
-  while (!query.empty()) {
-    size_t amp = query.find('&');
-    std::string_view param = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    size_t eq = param.find('=');
-    std::string key(param.substr(0, eq));
-    std::string value = eq == std::string_view::npos ? "" : PercentDecode(param.substr(eq + 1));
-    if (key == "endpoint") endpoint = value;
-    else if (key == "region") loc.region = value;
-    else if (key == "addressing") addressing = value;
-    else if (key == "low_speed_time") {
-      loc.low_speed_time_s = std::strtol(value.c_str(), nullptr, 10);
-      if (loc.low_speed_time_s <= 0 || loc.low_speed_time_s > 3600) {
-        Invalid("low_speed_time must be 1 to 3600 seconds in S3 store URI s3://" + loc.bucket);
-      }
-    } else if (key == "verify_tls") loc.verify_tls = !(value == "false" || value == "0" || value == "no");
-    else if (key == "ca_bundle") loc.ca_bundle = value;
-    else {
-      Invalid("unknown setting \"" + key + "\" in S3 store URI s3://" + loc.bucket +
-              "; known: endpoint, region, addressing, verify_tls, ca_bundle, low_speed_time "
-              "(credentials are given to add_region, never in the URI)");
-    }
-  }
-  if (addressing != "path" && addressing != "virtual") {
-    Invalid("addressing must be \"path\" or \"virtual\" in S3 store URI s3://" + loc.bucket);
-  }
-  loc.virtual_host = addressing == "virtual";
-  if (loc.region.empty() ||
-      !std::all_of(loc.region.begin(), loc.region.end(),
-                   [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; })) {
-    Invalid("invalid region in S3 store URI s3://" + loc.bucket + ": e.g. region=us-east-1");
-  }
-  if (endpoint.empty()) endpoint = "https://s3." + loc.region + ".amazonaws.com";
-  size_t sep = endpoint.find("://");
-  if (sep == std::string::npos) Invalid("endpoint must be http://host[:port] or https://host[:port] in S3 store URI s3://" + loc.bucket);
-  loc.scheme = endpoint.substr(0, sep);
-  for (char& c : loc.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  loc.host = endpoint.substr(sep + 3);
-  while (!loc.host.empty() && loc.host.back() == '/') loc.host.pop_back();
-  if ((loc.scheme != "http" && loc.scheme != "https") || loc.host.empty() ||
-      loc.host.find_first_of("/?#@ ") != std::string::npos) {
-    Invalid("endpoint must be http://host[:port] or https://host[:port] (no path) in S3 store "
-            "URI s3://" + loc.bucket);
-  }
-  for (char& c : loc.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  // A default port is left out of the Host header (and so of the signature).
-  if (loc.scheme == "https" && loc.host.ends_with(":443")) loc.host.resize(loc.host.size() - 4);
-  if (loc.scheme == "http" && loc.host.ends_with(":80")) loc.host.resize(loc.host.size() - 3);
-  loc.display = "s3://" + loc.bucket + (loc.prefix.empty() ? "" : "/" + loc.prefix);
-  return loc;
-}
-
 S3Store::S3Store(const std::string& uri, sigv4::Credentials credentials, HttpOptions http)
-    : location_(ParseS3Uri(uri)), credentials_(std::move(credentials)), http_([&] {
-        http.verify_tls = http.verify_tls && location_.verify_tls;
-        if (http.ca_bundle.empty()) http.ca_bundle = location_.ca_bundle;
-        if (location_.low_speed_time_s > 0) http.low_speed_time_s = location_.low_speed_time_s;
-        return http;
-      }()) {
-  if (credentials_.empty()) {
-    credentials_.access_key_id = Getenv("AWS_ACCESS_KEY_ID");
-    credentials_.secret_access_key = Getenv("AWS_SECRET_ACCESS_KEY");
-    credentials_.session_token = Getenv("AWS_SESSION_TOKEN");
-  }
-}
+    : client_(ParseS3Uri(uri), std::move(credentials), std::move(http)) {}
 
 std::string S3Store::Key(const std::string& rel) const {
-  return location_.prefix.empty() ? rel : location_.prefix + "/" + rel;
+  return location().prefix.empty() ? rel : location().prefix + "/" + rel;
 }
 
 std::string S3Store::ChunkKey(const std::string& hash) const {
@@ -269,72 +106,11 @@ std::string S3Store::RecordKey(const char* dir, const std::string& image_id,
   return Key(std::string(dir) + "/" + image_id + std::string(suffix));
 }
 
-std::string S3Store::Reason(const HttpResponse& response) {
-  std::string out = std::to_string(response.status);
-  std::string code = XmlFirst(response.body, "Code");
-  std::string message = XmlFirst(response.body, "Message");
-  if (!code.empty()) out += " " + code.substr(0, 100);
-  if (!message.empty()) out += ": " + message.substr(0, 300);
-  if (code.empty() && message.empty()) {
-    if (response.status == 403) out += " Forbidden";
-    else if (response.status == 404) out += " Not Found";
-    else if (response.status == 503) out += " Service Unavailable";
-  }
-  return out;
-}
-
 void S3Store::Fail(const std::string& what, const HttpResponse& response) const {
-  std::string message = "S3 " + what + " in store " + location_.display + " failed: " + Reason(response);
+  std::string message = "S3 " + what + " in store " + location().display +
+                        " failed: " + S3Client::Reason(response);
   if (IsTransientStatus(response.status)) throw TransientError(message);
   throw TransferError(codes::kStoreUnavailable, message);
-}
-
-HttpResponse S3Store::Perform(Call call, const CancelToken* cancel) {
-  std::string host = location_.virtual_host ? location_.bucket + "." + location_.host : location_.host;
-  std::string path = location_.virtual_host ? "/" + call.key
-                                            : "/" + location_.bucket + (call.key.empty() ? "" : "/" + call.key);
-  sigv4::Request sign;
-  sign.method = call.method;
-  sign.path = path;
-  sign.query = call.query;
-  std::string payload_hash = call.payload_hash;
-  if (payload_hash.empty()) {
-    payload_hash = call.body.empty() ? sigv4::kEmptyPayloadHash
-                                     : Sha256Hex(call.body.data(), call.body.size());
-  }
-  sign.payload_hash = payload_hash;
-  std::string canonical = sigv4::CanonicalRequest(sign);  // for the query string only
-  std::string query_line = canonical.substr(canonical.find('\n', canonical.find('\n') + 1) + 1);
-  query_line = query_line.substr(0, query_line.find('\n'));
-
-  HttpRequest request;
-  request.method = call.method;
-  request.url = location_.scheme + "://" + host + sigv4::UriEncode(path, false) +
-                (query_line.empty() ? "" : "?" + query_line);
-  request.body = call.body;
-  request.sink = call.sink;
-  request.max_body = call.max_body;
-  request.on_body = std::move(call.on_body);
-  const bool anonymous = credentials_.empty();
-  auto prepare = [&](HttpRequest& r) {
-    r.headers = call.headers;
-    r.headers.emplace_back("Host", host);
-    r.headers.emplace_back("x-amz-content-sha256", payload_hash);
-    if (anonymous) return;
-    std::string amz_date = sigv4::AmzDate(std::time(nullptr));
-    r.headers.emplace_back("x-amz-date", amz_date);
-    if (!credentials_.session_token.empty()) {
-      r.headers.emplace_back("x-amz-security-token", credentials_.session_token);
-    }
-    sign.headers = r.headers;
-    r.headers.emplace_back("Authorization",
-                           sigv4::Authorization(sign, credentials_, location_.region, amz_date));
-  };
-  if (!call.retry) {
-    prepare(request);
-    return http_.PerformOnce(request, cancel);
-  }
-  return http_.Request(request, prepare, cancel, call.attempts);
 }
 
 void S3Store::Check() {
@@ -345,32 +121,32 @@ void S3Store::Check() {
     put.method = "PUT";
     put.key = key;
     put.body = std::as_bytes(std::span(body));
-    HttpResponse response = Perform(put);
+    HttpResponse response = client_.Perform(put);
     if (!Ok(response.status)) {
       throw TransferError(codes::kStoreUnavailable,
-                          "S3 store " + location_.display + " is not writable: " + Reason(response));
+                          "S3 store " + location().display + " is not writable: " + S3Client::Reason(response));
     }
     Call del;
     del.method = "DELETE";
     del.key = key;
-    response = Perform(del);
+    response = client_.Perform(del);
     if (!Ok(response.status) && response.status != 404) {
-      throw TransferError(codes::kStoreUnavailable, "S3 store " + location_.display +
-                                                        " does not allow deletes: " + Reason(response));
+      throw TransferError(codes::kStoreUnavailable, "S3 store " + location().display +
+                                                        " does not allow deletes: " + S3Client::Reason(response));
     }
     ClaimPrefix();
   } catch (const TransientError& e) {
     throw TransferError(codes::kStoreUnavailable,
-                        "S3 store " + location_.display + " is unreachable: " + e.what());
+                        "S3 store " + location().display + " is unreachable: " + e.what());
   } catch (const TlsVerificationError& e) {
     throw TransferError(codes::kStoreUnavailable,
-                        "S3 store " + location_.display + " failed TLS verification (" +
+                        "S3 store " + location().display + " failed TLS verification (" +
                             e.what() + "); to trust a private CA add ca_bundle=/path/to/ca.pem "
                             "to the store URI or set AWS_CA_BUNDLE");
   } catch (const std::runtime_error& e) {
     if (dynamic_cast<const Error*>(&e)) throw;
     throw TransferError(codes::kStoreUnavailable,
-                        "S3 store " + location_.display + " is unreachable: " + e.what());
+                        "S3 store " + location().display + " is unreachable: " + e.what());
   }
 }
 
@@ -378,7 +154,7 @@ void S3Store::ClaimPrefix() {
   const std::string marker = Key(std::string(kStoreMarker));
   auto not_a_store = [&](const std::string& why) {
     throw TransferError(codes::kStoreUnavailable,
-                        "S3 store " + location_.display + " is not an imagerelay store: " + why +
+                        "S3 store " + location().display + " is not an imagerelay store: " + why +
                             "; give a new or empty prefix, or one that holds a store");
   };
   if (std::optional<std::string> text = GetText(marker, "the store marker")) {
@@ -391,8 +167,8 @@ void S3Store::ClaimPrefix() {
   Call list;
   list.query = {{"list-type", "2"}, {"prefix", top}, {"delimiter", "/"}, {"max-keys", "1000"}};
   list.max_body = 16ULL << 20;
-  HttpResponse response = Perform(list);
-  if (!Ok(response.status)) Fail("listing of " + location_.display, response);
+  HttpResponse response = client_.Perform(list);
+  if (!Ok(response.status)) Fail("listing of " + location().display, response);
   std::vector<std::string> foreign;
   for (const std::string& key : XmlAll(response.body, "Key")) {
     // The prefix's own "folder" object (as a console makes it) and probes left by a Check.
@@ -415,7 +191,7 @@ bool S3Store::HasChunk(const std::string& hash, const CancelToken* cancel) {
   Call head;
   head.method = "HEAD";
   head.key = ChunkKey(hash);
-  HttpResponse response = Perform(head, cancel);
+  HttpResponse response = client_.Perform(head, cancel);
   if (Ok(response.status)) return true;
   if (response.status == 404) return false;
   Fail("HEAD of chunk " + hash, response);
@@ -426,7 +202,7 @@ bool S3Store::HasChunkOfLength(const std::string& hash, uint64_t length,
   Call head;
   head.method = "HEAD";
   head.key = ChunkKey(hash);
-  HttpResponse response = Perform(head, cancel);
+  HttpResponse response = client_.Perform(head, cancel);
   if (response.status == 404) return false;
   if (!Ok(response.status)) Fail("HEAD of chunk " + hash, response);
   const std::string stored = response.Header("content-length");
@@ -437,7 +213,7 @@ std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
   Call head;
   head.method = "HEAD";
   head.key = ChunkKey(hash);
-  HttpResponse response = Perform(head);
+  HttpResponse response = client_.Perform(head);
   if (!Ok(response.status)) return std::nullopt;
   std::string length = response.Header("content-length");
   if (length.empty()) return std::nullopt;
@@ -457,10 +233,10 @@ uint64_t S3Store::PutChunk(const std::string& hash, std::span<const std::byte> d
     put.headers = {{"x-amz-sdk-checksum-algorithm", "SHA256"},
                    {"x-amz-checksum-sha256", HexToBase64(hash)}};
   }
-  HttpResponse response = Perform(put, cancel);
+  HttpResponse response = client_.Perform(put, cancel);
   if (checksums && (response.status == 400 || response.status == 501)) {
     put.headers.clear();  // an older server may not know the checksum headers
-    HttpResponse plain = Perform(put, cancel);
+    HttpResponse plain = client_.Perform(put, cancel);
     if (Ok(plain.status)) {
       send_checksums_.store(false, std::memory_order_relaxed);
       return data.size();
@@ -477,11 +253,11 @@ void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,
   get.sink = &out;
   get.max_body = 5ULL << 30;
   get.attempts = kChunkAttempts;
-  HttpResponse response = Perform(get, cancel);
+  HttpResponse response = client_.Perform(get, cancel);
   if (response.status == 404) {
     out.clear();
     throw TransferError(codes::kTransferFailed,
-                        "chunk " + hash + " is missing in store " + location_.display);
+                        "chunk " + hash + " is missing in store " + location().display);
   }
   if (!Ok(response.status)) {
     // The error document went into `out`: move it where Reason() looks.
@@ -491,18 +267,14 @@ void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,
   }
   std::string length = response.Header("content-length");
   if (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) != out.size()) {
-    throw TransientError("S3 GET of chunk " + hash + " in store " + location_.display +
+    throw TransientError("S3 GET of chunk " + hash + " in store " + location().display +
                          " returned " + std::to_string(out.size()) + " of " + length + " bytes");
   }
 }
 
 bool S3Store::CanCopyChunksFrom(const Store& source) const {
   const auto* from = dynamic_cast<const S3Store*>(&source);
-  return from != nullptr && from->location_.scheme == location_.scheme &&
-         from->location_.host == location_.host && from->location_.region == location_.region &&
-         from->credentials_.access_key_id == credentials_.access_key_id &&
-         from->credentials_.secret_access_key == credentials_.secret_access_key &&
-         from->credentials_.session_token == credentials_.session_token;
+  return from != nullptr && from->client_.SameServiceAs(client_);
 }
 
 void S3Store::RejectCopy(const std::string& hash, const std::string& why) {
@@ -512,7 +284,7 @@ void S3Store::RejectCopy(const std::string& hash, const std::string& why) {
     // Still unreferenced: the next sweep removes it.
   }
   throw IntegrityError(codes::kIntegrityError, "the server-side copy of chunk " + hash +
-                                                   " into store " + location_.display +
+                                                   " into store " + location().display +
                                                    " is corrupt: " + why);
 }
 
@@ -525,34 +297,34 @@ bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t len
   copy.key = ChunkKey(hash);
   copy.attempts = kChunkAttempts;
   copy.headers = {{"x-amz-copy-source",
-                   sigv4::UriEncode("/" + from.location_.bucket + "/" + from.ChunkKey(hash), false)}};
+                   sigv4::UriEncode("/" + from.location().bucket + "/" + from.ChunkKey(hash), false)}};
   if (hash_copies_.load(std::memory_order_relaxed)) {
     copy.headers.emplace_back("x-amz-checksum-algorithm", "SHA256");
   }
-  HttpResponse response = Perform(copy, cancel);
+  HttpResponse response = client_.Perform(copy, cancel);
   if (response.status == 404 && XmlFirst(response.body, "Code") == "NoSuchKey") {
     throw TransferError(codes::kTransferFailed,
-                        "chunk " + hash + " is missing in store " + from.location_.display);
+                        "chunk " + hash + " is missing in store " + from.location().display);
   }
   if (!Ok(response.status)) Fail("server-side copy of chunk " + hash, response);
   // S3 may answer 200 and put the error in the body.
   if (std::string code = XmlFirst(response.body, "Code");
       response.body.find("<Error>") != std::string::npos || !code.empty()) {
     std::string message = "S3 server-side copy of chunk " + hash + " into store " +
-                          location_.display + " failed: " + code.substr(0, 100) + " " +
+                          location().display + " failed: " + code.substr(0, 100) + " " +
                           XmlFirst(response.body, "Message").substr(0, 300);
-    if (IsTransientCode(code)) throw TransientError(message);
+    if (S3Client::IsTransientCode(code)) throw TransientError(message);
     throw TransferError(codes::kStoreUnavailable, message);
   }
   if (response.body.find("CopyObjectResult") == std::string::npos) {
     throw TransientError("S3 server-side copy of chunk " + hash + " into store " +
-                         location_.display + " gave no CopyObjectResult");
+                         location().display + " gave no CopyObjectResult");
   }
   const std::string copied = XmlFirst(response.body, "ChecksumSHA256");
   if (!copied.empty()) {
     if (Base64ToHex(copied) != hash) {
       RejectCopy(hash, "the store reports SHA-256 " + copied + " for it (base64); the source "
-                       "chunk in " + from.location_.display + " does not hold these bytes");
+                       "chunk in " + from.location().display + " does not hold these bytes");
     }
     return true;
   }
@@ -573,7 +345,7 @@ void S3Store::DeleteKey(const std::string& key, const char* what) {
   Call del;
   del.method = "DELETE";
   del.key = key;
-  HttpResponse response = Perform(del);
+  HttpResponse response = client_.Perform(del);
   if (!Ok(response.status) && response.status != 404) Fail(std::string("DELETE of ") + what, response);
 }
 
@@ -595,7 +367,7 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
     list.query = {{"list-type", "2"}, {"prefix", key_prefix}, {"max-keys", "1000"}};
     if (!token.empty()) list.query.emplace_back("continuation-token", token);
     list.max_body = 64ULL << 20;
-    HttpResponse response = Perform(list);
+    HttpResponse response = client_.Perform(list);
     if (!Ok(response.status)) Fail("listing of " + key_prefix, response);
     const size_t first = keys.size();
     for (auto& key : XmlAll(response.body, "Key")) keys.push_back(std::move(key));
@@ -659,7 +431,7 @@ void S3Store::PutText(const std::string& key, const std::string& text, const cha
   put.key = key;
   put.body = std::as_bytes(std::span(text));
   put.headers = {{"Content-Type", "application/json"}};
-  HttpResponse response = Perform(put);
+  HttpResponse response = client_.Perform(put);
   if (!Ok(response.status)) Fail(std::string("PUT of ") + what, response);
 }
 
@@ -667,7 +439,7 @@ std::optional<std::string> S3Store::GetText(const std::string& key, const char* 
   Call get;
   get.key = key;
   get.max_body = 256ULL << 20;
-  HttpResponse response = Perform(get);
+  HttpResponse response = client_.Perform(get);
   if (response.status == 404) return std::nullopt;
   if (!Ok(response.status)) Fail(std::string("GET of ") + what, response);
   return std::move(response.body);

@@ -1,12 +1,9 @@
 // A region store in an S3 bucket (DESIGN.md §4 layout under the URI's prefix):
 //   <prefix>/chunks/<2hex>/<hash>, <prefix>/manifests/<id>.json, <prefix>/images/<id>.json
 //   <prefix>/.imagerelay-store, the marker that tells the prefix is a store
-// URI: s3://bucket[/prefix][?endpoint=https://host:port&region=us-east-1&addressing=path|virtual
-//      &verify_tls=false&ca_bundle=/path/ca.pem&low_speed_time=<seconds>]
-// TLS is verified against the system's CAs, or ca_bundle (else AWS_CA_BUNDLE) when given.
-// Requests are signed with AWS Signature V4 (sigv4.hpp); credentials are the region's
-// (credentials_files.hpp) if given, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
-// AWS_SESSION_TOKEN, else none (anonymous). No message, log or uri() ever shows a secret.
+// URI, TLS and signed requests: s3_client.hpp. Credentials are the region's
+// (credentials_files.hpp) if given, else the environment's. No message, log or uri() ever
+// shows a secret.
 //
 // Server-side copy (DESIGN.md §5 integrity rules kept): S3 -> S3 on one endpoint under the
 // same credentials copies a chunk with CopyObject. Why this proof: the engine never sees
@@ -27,36 +24,17 @@
 
 #include <atomic>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "http_client.hpp"
 #include "imagerelay/store.hpp"
 #include "local_store.hpp"  // ChunkSizeProbe
 #include "pack_files.hpp"
-#include "sigv4.hpp"
+#include "s3_client.hpp"
 
 namespace imagerelay {
-
-// A parsed s3:// URI.
-struct S3Location {
-  std::string bucket;
-  std::string prefix;        // without leading or trailing '/', may be empty
-  std::string scheme;        // http or https
-  std::string host;          // host[:port] of the endpoint
-  std::string region = "us-east-1";
-  bool virtual_host = false; // bucket.host instead of host/bucket
-  bool verify_tls = true;
-  std::string ca_bundle;     // PEM file of CAs to trust (ca_bundle=, else AWS_CA_BUNDLE)
-  long low_speed_time_s = 0;  // a stall this long fails a request (0: the HTTP default)
-  std::string display;       // s3://bucket/prefix (no query)
-};
-
-// Parses an s3:// URI; throws ValidationError(InvalidParameter) naming what is wrong.
-S3Location ParseS3Uri(const std::string& uri);
 
 class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
  public:
@@ -64,7 +42,7 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   explicit S3Store(const std::string& uri, sigv4::Credentials credentials = {},
                    HttpOptions http = {});
 
-  std::string uri() const override { return location_.display; }
+  std::string uri() const override { return location().display; }
   void Check() override;
 
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
@@ -118,32 +96,13 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   // $IMAGERELAY_CACHE_DIR, else $XDG_CACHE_HOME/imagerelay, else ~/.cache/imagerelay.
   void SetIndexDir(std::filesystem::path dir) { index_dir_ = std::move(dir); }
 
-  // Signed requests on an object key (below the bucket, prefix included) — also used by
-  // the URL source for s3:// imports. `sink` receives the body of a GET.
-  struct Call {
-    std::string method = "GET";
-    std::string key;  // full object key, or "" for the bucket
-    std::vector<std::pair<std::string, std::string>> query;
-    std::vector<std::pair<std::string, std::string>> headers;
-    std::span<const std::byte> body;
-    std::string payload_hash;  // "" = hash of body
-    std::vector<std::byte>* sink = nullptr;
-    size_t max_body = 0;
-    std::function<bool(long, std::span<const std::byte>)> on_body;  // see HttpRequest
-    bool retry = true;  // retry transient failures inside the HTTP layer...
-    int attempts = 6;   // ...this many times in all
-  };
-  HttpResponse Perform(Call call, const CancelToken* cancel = nullptr);
-  const S3Location& location() const { return location_; }
-
-  // "403 AccessDenied: Access Denied" from an S3 error response (never the request).
-  static std::string Reason(const HttpResponse& response);
-
  protected:
   // HEADs in parallel: each waits a round trip.
   size_t ExistenceCheckThreads() const override { return 16; }
 
  private:
+  using Call = S3Client::Call;
+  const S3Location& location() const { return client_.location(); }
   std::string Key(const std::string& rel) const;
   std::string ChunkKey(const std::string& hash) const;
   std::string PackKey(const std::string& name) const;
@@ -167,9 +126,7 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
                                                        std::vector<uint64_t>* sizes = nullptr);
 
   std::filesystem::path index_dir_;
-  S3Location location_;
-  sigv4::Credentials credentials_;
-  HttpClient http_;
+  S3Client client_;
   // Cleared once the server refused a PUT for its checksum headers and took it without
   // them (an older S3-compatible server): its chunks then carry no stored SHA-256.
   std::atomic<bool> send_checksums_{true};

@@ -17,7 +17,7 @@
 #include "http_client.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
-#include "s3_store.hpp"
+#include "s3_client.hpp"
 
 namespace imagerelay {
 namespace {
@@ -49,7 +49,7 @@ using BodyFn = std::function<bool(long, std::span<const std::byte>)>;
 class UrlEndpoint {
  public:
   explicit UrlEndpoint(std::string url) : url_(std::move(url)), http_(Options()) {
-    if (url_.starts_with("s3://")) s3_ = std::make_unique<S3Store>(url_);
+    if (url_.starts_with("s3://")) s3_ = std::make_unique<S3Client>(ParseS3Uri(url_));
   }
   const std::string& url() const { return url_; }
   const HttpClient& http() const { return http_; }
@@ -62,7 +62,7 @@ class UrlEndpoint {
                                         std::to_string(range->first + range->second - 1));
     }
     if (s3_) {
-      S3Store::Call call;
+      S3Client::Call call;
       call.method = method;
       call.key = s3_->location().prefix;
       call.headers = headers;
@@ -81,7 +81,7 @@ class UrlEndpoint {
   }
 
  private:
-  // http(s) URLs trust CURL_CA_BUNDLE when set (curl's own variable); s3:// as S3 stores.
+  // http(s) URLs trust CURL_CA_BUNDLE when set (curl's own variable); s3:// as S3Client does.
   static HttpOptions Options() {
     HttpOptions options;
     if (const char* bundle = std::getenv("CURL_CA_BUNDLE")) options.ca_bundle = bundle;
@@ -89,11 +89,11 @@ class UrlEndpoint {
   }
 
   std::string url_;
-  std::unique_ptr<S3Store> s3_;
+  std::unique_ptr<S3Client> s3_;
   HttpClient http_;
 };
 
-// Keeps the start of an error answer's body, for S3Store::Reason.
+// Keeps the start of an error answer's body, for S3Client::Reason.
 void AppendErrorBody(std::string& body, std::span<const std::byte> data) {
   size_t room = kMaxErrorBody - std::min(kMaxErrorBody, body.size());
   body.append(reinterpret_cast<const char*>(data.data()), std::min(data.size(), room));
@@ -178,7 +178,7 @@ class StreamReader {
           r.body = std::move(error_body);
           return Finish(std::make_exception_ptr(TransferError(
               codes::kTransferFailed,
-              "reading " + Shown(endpoint_.url()) + " failed: " + S3Store::Reason(r))));
+              "reading " + Shown(endpoint_.url()) + " failed: " + S3Client::Reason(r))));
         }
         if (attempt >= kAttempts) {
           return Finish(std::make_exception_ptr(TransferError(
@@ -249,7 +249,7 @@ class UrlSource : public ByteSource {
     }
     if (head.status == 404) Unreadable(endpoint_.url(), "no such object (404)");
     if (head.status < 200 || head.status >= 300) {
-      Unreadable(endpoint_.url(), "the server answered " + S3Store::Reason(head));
+      Unreadable(endpoint_.url(), "the server answered " + S3Client::Reason(head));
     }
     size_ = ParseLength(head);
     if (size_ == UINT64_MAX) {
@@ -371,7 +371,7 @@ class UrlSource : public ByteSource {
           out.error = std::make_exception_ptr(TransferError(
               codes::kTransferFailed, "reading " + std::to_string(len) + " bytes at " +
                                           std::to_string(offset) + " of " +
-                                          Shown(endpoint_.url()) + " failed: " + S3Store::Reason(r)));
+                                          Shown(endpoint_.url()) + " failed: " + S3Client::Reason(r)));
           return out;
         } else {
           problem = "HTTP " + std::to_string(r.status);

@@ -3,6 +3,7 @@
 
 #include "imagerelay/error.hpp"
 #include "pack_store.hpp"
+#include "s3_client.hpp"
 #include "s3_store.hpp"
 
 namespace imagerelay {
