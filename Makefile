@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench bench-s3 clean
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench bench-s3 bench-manifest clean
 
 all: build
 
@@ -49,6 +49,15 @@ bench-s3: build-py
 	@command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
 	@$(PY) -m pip install -q awscli 2>&1 | grep -v "^$$" || true
 	$(PY) bench/s3_bench.py --size-mib 1024 --runs 3
+
+# How manifests scale: open, digest and walk of a 2, 20 and 200 GiB image's block list.
+bench-manifest: build-py
+	@cmake --build $(CPP_BUILD) --target imagerelay_manifest_bench
+	@{ echo "# Manifests that scale (bench/manifest_bench.cpp)"; echo; \
+	   echo "\`make bench-manifest\` on $$(date -u +%F), $$(nproc) cores; the manifest is written"; \
+	   echo "to $(CPP_BUILD) and dropped from the page cache before the cold open."; echo; \
+	   $(CPP_BUILD)/imagerelay_manifest_bench --dir $(CPP_BUILD); } > bench/MANIFEST_RESULTS.md
+	@cat bench/MANIFEST_RESULTS.md
 
 clean:
 	rm -rf build $(VENV)
