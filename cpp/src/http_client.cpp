@@ -9,6 +9,8 @@
 #include <random>
 #include <thread>
 
+#include "retry.hpp"
+
 namespace imagerelay {
 namespace {
 
@@ -162,14 +164,10 @@ void HttpClient::Give(std::unique_ptr<Handle> handle) {
 
 void HttpClient::SleepBackoff(int failed_attempts, const CancelToken* cancel) const {
   thread_local std::mt19937 rng{std::random_device{}()};
-  double ceiling = options_.backoff_initial_ms * std::ldexp(1.0, std::min(failed_attempts - 1, 10));
-  ceiling = std::min(ceiling, 5'000.0);
-  auto until = std::chrono::steady_clock::now() +
-               std::chrono::duration<double, std::milli>(
-                   std::uniform_real_distribution<double>(ceiling / 2, ceiling)(rng));
-  while (std::chrono::steady_clock::now() < until) {
-    if (cancel && cancel->cancelled()) throw Cancelled{};
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const RetryPolicy policy{options_.attempts, options_.backoff_initial_ms, 5'000};
+  if (!SleepWhile(policy.Backoff(failed_attempts, rng),
+                  [&] { return cancel == nullptr || !cancel->cancelled(); })) {
+    throw Cancelled{};
   }
 }
 

@@ -27,6 +27,7 @@
 #include "binary_codec.hpp"
 #include "block_list.hpp"
 #include "file_util.hpp"
+#include "retry.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "unique_fd.hpp"
@@ -181,6 +182,7 @@ class Importer {
         hashers_(std::clamp(options.threads, 1, kMaxThreads)),
         workers_(std::max(hashers_, kMinWorkers)),  // capped by the buffer count below
         hash_permits_(hashers_),
+        retry_(options.retry),
         with_digest_(!DeferDigest(source, options)),
         parallel_reads_(source.ConcurrentReads()) {
     if (chunk_size_ == 0) {
@@ -375,14 +377,18 @@ class Importer {
         }
       }
       // Present with its length and untouched since written (Store::HasChunkOfLength).
-      const std::vector<bool> present = store_.HasChunks(hashes, &cancel_, lengths);
+      std::vector<bool> present;
+      Retried(retry_, [&] { present = store_.HasChunks(hashes, &cancel_, lengths); }, &cancel_,
+              "looking up blocks in store " + store_.uri());
       uint64_t stored_raw = 0;
       uint64_t stored_bytes = 0;
       uint64_t stored = 0;
       for (size_t h = 0; h < hashes.size(); ++h) {
         if (!present[h]) {
-          stored_bytes += store_.PutChunk(
-              hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])), &cancel_);
+          Retried(retry_, [&] {
+            stored_bytes += store_.PutChunk(
+                hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])), &cancel_);
+          }, &cancel_, "writing chunk " + hashes[h] + " to store " + store_.uri());
           stored_raw += lengths[h];
           ++stored;
         }
@@ -442,6 +448,7 @@ class Importer {
   const int hashers_;
   int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;
+  const RetryPolicy retry_;
   const bool with_digest_;  // false: the digest is left for HashStoredImage
   const bool parallel_reads_;  // workers read their chunks (ByteSource::ConcurrentReads)
   Manifest manifest_;
@@ -502,7 +509,8 @@ void ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i, const
                             std::to_string(offset + len) + " of " + what + ") in store " +
                             store.uri();
   try {
-    store.GetChunk(hash, out, cancel);
+    Retried(RetryPolicy{}, [&] { store.GetChunk(hash, out, cancel); }, cancel,
+            "reading " + where);
   } catch (const TransferError&) {
     // Missing is damage as much as corrupt; any other failure is the store's, not the image's.
     if (store.HasChunk(hash, cancel)) throw;

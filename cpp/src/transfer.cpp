@@ -19,6 +19,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "retry.hpp"
 #include "token_bucket.hpp"
 
 namespace imagerelay {
@@ -27,8 +28,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kProgressInterval = std::chrono::milliseconds(100);
-// Backoff and bandwidth waits sleep in slices this long so that a cancel wakes them.
-constexpr auto kSleepSlice = std::chrono::milliseconds(10);
 
 // The distinct non-zero chunks of one window of an image (kManifestWindow blocks): the unit
 // of reading and writing. A window is planned, copied, flushed and confirmed before the
@@ -73,16 +72,12 @@ struct Failure {
   Failure(std::string code_, std::string message_, std::string damaged = "")
       : code(std::move(code_)), message(std::move(message_)),
         damaged_source_chunk(std::move(damaged)) {}
+  Failure(const AttemptFailure& f) : code(f.code), message(f.message) {}  // NOLINT
   std::string code;
   std::string message;
   std::string damaged_source_chunk;  // see TransferOutcome
 };
 
-// Why an operation did not succeed: a failure to record, or the work was no longer wanted.
-struct AttemptResult {
-  bool ok = true;
-  std::optional<Failure> failure;  // unset when abandoned (cancelled)
-};
 
 // One destination's state, shared by the workers and the calling thread.
 struct Dest {
@@ -204,13 +199,11 @@ class Copier {
   bool AnyActiveNeeding(size_t chunk) const;
   void ReportProgress(std::vector<IoProgress>& last, bool force);
 
-  // Runs `op`, retrying a TransientError with backoff while `alive()` holds.
   template <typename Op, typename Alive>
-  AttemptResult Attempt(Op&& op, Alive&& alive, const std::string& action, std::mt19937& rng);
-  // Sleeps `duration`, waking early and returning false once `alive()` no longer holds.
-  template <typename Alive>
-  static bool SleepWhile(Clock::duration duration, Alive&& alive);
-  Clock::duration Backoff(int failed_attempts, std::mt19937& rng) const;
+  AttemptResult Attempt(Op&& op, Alive&& alive, const std::string& action, std::mt19937& rng) {
+    return imagerelay::Attempt(options_.retry, std::forward<Op>(op), std::forward<Alive>(alive), action,
+                               rng);
+  }
 
   Store& source_;
   const std::string source_uri_;
@@ -238,60 +231,6 @@ class Copier {
   size_t workers_done_ = 0;
   bool stop_ = false;
 };
-
-std::string Plural(int n, const char* word) {
-  return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
-}
-
-template <typename Op, typename Alive>
-AttemptResult Copier::Attempt(Op&& op, Alive&& alive, const std::string& action,
-                              std::mt19937& rng) {
-  const int max_attempts = std::max(1, options_.max_attempts);
-  for (int attempt = 1;; ++attempt) {
-    try {
-      op();
-      return {};
-    } catch (const Cancelled&) {
-      return {false, std::nullopt};  // a request in flight was aborted by a cancel
-    } catch (const TransientError& e) {
-      if (attempt >= max_attempts) {
-        return {false, Failure{codes::kTransferFailed,
-                               action + " failed after " + Plural(attempt, "attempt") + ": " +
-                                   e.what()}};
-      }
-    } catch (const Error& e) {
-      return {false, Failure{e.code(), action + " failed: " + e.message()}};
-    } catch (const std::exception& e) {
-      return {false, Failure{codes::kTransferFailed, action + " failed: " + e.what()}};
-    } catch (...) {
-      return {false, Failure{codes::kTransferFailed, action + " failed: unknown error"}};
-    }
-    if (!SleepWhile(Backoff(attempt, rng), alive)) return {false, std::nullopt};
-  }
-}
-
-template <typename Alive>
-bool Copier::SleepWhile(Clock::duration duration, Alive&& alive) {
-  const Clock::time_point deadline = Clock::now() + duration;
-  for (;;) {
-    if (!alive()) return false;
-    Clock::time_point now = Clock::now();
-    if (now >= deadline) return true;
-    std::this_thread::sleep_for(std::min<Clock::duration>(deadline - now, kSleepSlice));
-  }
-}
-
-// Full jitter: uniform in [0, min(max, initial * 2^(n-1))], so that many workers retrying
-// against one slowed-down store spread out instead of hitting it in waves.
-Clock::duration Copier::Backoff(int failed_attempts, std::mt19937& rng) const {
-  double initial = std::max(0, options_.backoff_initial_ms);
-  double cap = std::max(0, options_.backoff_max_ms);
-  double ceiling = std::min(cap, initial * std::ldexp(1.0, std::min(failed_attempts - 1, 30)));
-  if (ceiling <= 0) return Clock::duration::zero();
-  std::uniform_real_distribution<double> jitter(0.0, ceiling);
-  return std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double, std::milli>(jitter(rng)));
-}
 
 bool Copier::AnyActive() const {
   return std::any_of(dests_.begin(), dests_.end(), [](const Dest& d) { return d.Active(); });
@@ -443,7 +382,8 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
   };
   AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data, &reads_cancel_); },
                                  wanted, "reading chunk " + hash + " from " + source_uri_, rng);
-  std::optional<Failure> failure = std::move(result.failure);
+  std::optional<Failure> failure;
+  if (result.failure) failure = Failure(*result.failure);
   if (result.ok) {
     // A store that checks what it reads has done so (else it threw DamagedChunkError).
     std::string actual = source_.ChecksReads() ? hash : Sha256Hex(slot.data.data(), slot.data.size());
@@ -510,9 +450,9 @@ std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt199
     if (!result.failure) continue;
     if (result.failure->code == codes::kIntegrityError) {
       // A corrupt source fails every destination that needed the chunk, as a read would.
-      result.failure->damaged_source_chunk = hash;
+      const Failure corrupt(result.failure->code, result.failure->message, hash);
       for (Dest& other : dests_) {
-        if (other.needs[k]) other.Fail(*result.failure);
+        if (other.needs[k]) other.Fail(corrupt);
       }
       return std::nullopt;
     }

@@ -304,8 +304,8 @@ std::vector<int> Range(int n) {
 TransferOptions FastOptions() {
   TransferOptions options;
   options.threads = 4;
-  options.backoff_initial_ms = 1;
-  options.backoff_max_ms = 2;
+  options.retry.backoff_initial_ms = 1;
+  options.retry.backoff_max_ms = 2;
   return options;
 }
 
@@ -508,7 +508,7 @@ TEST(TransferTest, TransientErrorsAreRetriedUntilTheySucceed) {
 
   auto dests = Destinations({&dest});
   TransferOptions options = FastOptions();
-  options.max_attempts = 5;
+  options.retry.max_attempts = 5;
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
 
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
@@ -529,7 +529,7 @@ TEST(TransferTest, TransientWriteErrorsThatNeverStopFailTheDestination) {
 
   auto dests = Destinations({&dest, &other});
   TransferOptions options = FastOptions();
-  options.max_attempts = 3;
+  options.retry.max_attempts = 3;
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
 
   EXPECT_EQ(outcomes[0].kind, Kind::kFailed);
@@ -557,7 +557,7 @@ TEST(TransferTest, TransientReadErrorsThatNeverStopFailEveryDestinationNeedingTh
 
   auto dests = Destinations({&a, &b, &has_it});
   TransferOptions options = FastOptions();
-  options.max_attempts = 2;
+  options.retry.max_attempts = 2;
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
 
   for (size_t d = 0; d < 2; ++d) {
@@ -746,9 +746,9 @@ TEST(TransferTest, CancelWakesARetryBackoff) {
 
   auto dests = Destinations({&dest}, &tokens);
   TransferOptions options = FastOptions();
-  options.max_attempts = 10;
-  options.backoff_initial_ms = 120'000;
-  options.backoff_max_ms = 120'000;
+  options.retry.max_attempts = 10;
+  options.retry.backoff_initial_ms = 120'000;
+  options.retry.backoff_max_ms = 120'000;
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
   canceller.join();
 

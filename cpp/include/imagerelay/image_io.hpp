@@ -11,6 +11,7 @@
 
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/manifest.hpp"
+#include "imagerelay/retry_policy.hpp"
 #include "imagerelay/store.hpp"
 
 namespace imagerelay {
@@ -73,6 +74,7 @@ struct ImportOptions {
   // holes exceed both its data and this many bytes, the import leaves the digest empty
   // (computed afterwards from the stored chunks, see HashStoredImage). 0 = never defer.
   uint64_t defer_digest_hole_bytes = 0;
+  RetryPolicy retry;  // around each store call
   // Where the block list of a large image is kept while it is imported (an unnamed file);
   // empty: in memory.
   std::filesystem::path spool_dir;

@@ -17,6 +17,7 @@
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/manifest.hpp"
+#include "imagerelay/retry_policy.hpp"
 #include "imagerelay/store.hpp"
 
 namespace imagerelay {
@@ -25,9 +26,7 @@ struct TransferOptions {
   int threads = 8;                        // parallel readers/writers (each mostly waits on I/O)
   uint64_t buffer_memory = 256ULL << 20;  // cap on chunk buffers in flight
   uint64_t bandwidth = 0;                 // bytes/s over all destinations, 0 = unlimited
-  int max_attempts = 5;                   // per chunk, for transient errors
-  int backoff_initial_ms = 50;            // doubled per attempt, with jitter
-  int backoff_max_ms = 5'000;
+  RetryPolicy retry;                      // per chunk, for transient errors
 };
 
 // One destination of a transfer. The caller owns the store and the token; the token
