@@ -7,9 +7,12 @@
 
 namespace imagerelay {
 
+// Two connections: lookups read through their own (WAL: a reader sees the last commit and
+// never waits for a writer), so that a copy's or an import's lookups go on while a group of
+// packs is being indexed.
 struct BlockIndex::Db {
-  explicit Db(sqlite3* raw) : conn(raw) {}
-  sqlite::Connection conn;
+  sqlite::Connection conn;    // writes, under mutex_
+  sqlite::Connection reader;  // reads, under read_mutex_
 };
 
 namespace {
@@ -45,23 +48,29 @@ void InTransaction(sqlite::Connection& conn, const char* begin, Fn&& fn) {
   }
 }
 
-}  // namespace
-
-std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) {
-  std::error_code ec;
-  std::filesystem::create_directories(file.parent_path(), ec);
+sqlite::Connection OpenConnection(const std::filesystem::path& file) {
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(file.c_str(), &raw,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                            nullptr);
-  auto db = std::make_unique<Db>(raw);
+  sqlite::Connection conn(raw);
   if (rc != SQLITE_OK) {
     throw TransferError(codes::kStoreUnavailable,
                         "cannot open the block index " + file.string() + ": " +
                             (raw ? sqlite3_errmsg(raw) : "out of memory"));
   }
   sqlite3_busy_timeout(raw, 5000);
-  db->conn.Exec(kSchema);
+  return conn;
+}
+
+}  // namespace
+
+std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) {
+  std::error_code ec;
+  std::filesystem::create_directories(file.parent_path(), ec);
+  sqlite::Connection conn = OpenConnection(file);
+  conn.Exec(kSchema);
+  auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file)});
   return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
 }
 
@@ -74,21 +83,32 @@ void BlockIndex::AddPack(const std::string& pack_id, uint64_t pack_size,
   std::lock_guard lock(mutex_);
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
     for (const std::string& old : replaced) ForgetPack(old);
-    {
-      sqlite::ScopedStatement s(db_->conn.Cached(
-          "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
-      s->Bind(pack_id, pack_size).Run();
-    }
-    auto& insert = db_->conn.Cached(
-        "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
-    for (const PackEntry& e : entries) {
-      sqlite::ScopedStatement s(insert);
-      s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length,
-              static_cast<int>(e.codec))
-          .Run();
-    }
+    InsertPack(pack_id, pack_size, entries);
   });
+}
+
+void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    for (const IndexedPack& pack : packs) InsertPack(pack.name, pack.size, pack.entries);
+  });
+}
+
+void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
+                            const std::vector<PackEntry>& entries) {
+  {
+    sqlite::ScopedStatement s(db_->conn.Cached(
+        "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
+    s->Bind(pack_id, pack_size).Run();
+  }
+  auto& insert = db_->conn.Cached(
+      "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec) "
+      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
+  for (const PackEntry& e : entries) {
+    sqlite::ScopedStatement s(insert);
+    s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec))
+        .Run();
+  }
 }
 
 void BlockIndex::ForgetPack(const std::string& pack_id) {
@@ -122,8 +142,8 @@ void BlockIndex::RemoveBlocks(const std::vector<std::string>& hashes) {
 }
 
 std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
-  std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached(
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached(
       "SELECT hash, offset, stored_length, raw_length, codec FROM blocks WHERE pack = ? "
       "ORDER BY offset"));
   s->Bind(pack_id);
@@ -137,8 +157,8 @@ std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
 }
 
 std::vector<std::string> BlockIndex::Hashes() {
-  std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached("SELECT hash FROM blocks ORDER BY hash"));
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT hash FROM blocks ORDER BY hash"));
   std::vector<std::string> hashes;
   while (s->Step()) hashes.push_back(s->Text(0));
   return hashes;
@@ -146,10 +166,10 @@ std::vector<std::string> BlockIndex::Hashes() {
 
 std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
     const std::vector<std::string>& hashes) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(read_mutex_);
   std::vector<std::optional<BlockLocation>> out(hashes.size());
   auto find_all = [&] {
-    auto& find = db_->conn.Cached(
+    auto& find = db_->reader.Cached(
         "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
     for (size_t i = 0; i < hashes.size(); ++i) {
       sqlite::ScopedStatement s(find);
@@ -161,7 +181,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
   if (hashes.size() > 1) {
-    InTransaction(db_->conn, "BEGIN", find_all);
+    InTransaction(db_->reader, "BEGIN", find_all);
   } else {
     find_all();
   }
@@ -169,14 +189,14 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
 }
 
 uint64_t BlockIndex::BlockCount() {
-  std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached("SELECT count(*) FROM blocks"));
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT count(*) FROM blocks"));
   return s->Step() ? s->Uint(0) : 0;
 }
 
 std::vector<std::pair<std::string, uint64_t>> BlockIndex::Packs() {
-  std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached("SELECT name, size FROM packs ORDER BY name"));
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT name, size FROM packs ORDER BY name"));
   std::vector<std::pair<std::string, uint64_t>> packs;
   while (s->Step()) packs.emplace_back(s->Text(0), s->Uint(1));
   return packs;

@@ -27,6 +27,13 @@ struct BlockLocation {
   bool operator==(const BlockLocation&) const = default;
 };
 
+// A pack as the index lists it: its name, size and footer entries.
+struct IndexedPack {
+  std::string name;
+  uint64_t size = 0;
+  std::vector<PackEntry> entries;
+};
+
 class BlockIndex {
  public:
   // Opens (creating) the index at `file`. Throws TransferError(Region.StoreUnavailable)
@@ -41,6 +48,9 @@ class BlockIndex {
   void AddPack(const std::string& pack_id, uint64_t pack_size,
                const std::vector<PackEntry>& entries,
                const std::vector<std::string>& replaced = {});
+  // Indexes several packs in one transaction: one write of the pages they touch (the blocks
+  // of a group commit land all over the table, keyed by hash).
+  void AddPacks(const std::vector<IndexedPack>& packs);
   // Forgets a pack and the blocks located in it (before the pack is deleted).
   void RemovePack(const std::string& pack_id);
   // Forgets one block (found damaged): the next writer of its hash stores it anew.
@@ -63,7 +73,10 @@ class BlockIndex {
   struct Db;
   explicit BlockIndex(std::unique_ptr<Db> db);
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
-  std::mutex mutex_;
+  void InsertPack(const std::string& pack_id, uint64_t pack_size,
+                  const std::vector<PackEntry>& entries);  // likewise
+  std::mutex mutex_;       // writes
+  std::mutex read_mutex_;  // reads
   std::unique_ptr<Db> db_;
 };
 

@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <ctime>
 
@@ -38,9 +37,9 @@ UniqueFd LocalStore::OpenPackDir(const std::string& name, bool create) {
   if (UniqueFd dir = OpenStoreDir(kPacksDir, prefix)) return dir;
   UniqueFd packs = OpenStoreDir(kPacksDir);
   if (!packs) PackFailed("cannot open " + (root_ / kPacksDir).string(), uri_, ENOENT);
-  if (::mkdirat(packs.get(), prefix.c_str(), 0755) == 0) {
-    ::fsync(packs.get());
-  } else if (errno != EEXIST) {
+  // No fsync of packs/ here: the syncfs that commits a pack of this directory (CommitPacks)
+  // makes the directory durable with it, before the pack is visible.
+  if (::mkdirat(packs.get(), prefix.c_str(), 0755) != 0 && errno != EEXIST) {
     PackFailed("cannot create " + (root_ / kPacksDir / prefix).string(), uri_, errno);
   }
   UniqueFd dir = OpenStoreDir(kPacksDir, prefix);  // throws for a link in its place
@@ -89,6 +88,7 @@ void LocalStore::CommitPacks(const std::vector<std::string>& names) {
       staged_.erase(it);
     }
   }
+  if (batch.empty()) return;
   auto discard = [&] {
     for (const auto& [name, tmp] : batch) {
       if (UniqueFd dir = OpenPackDir(name, false)) ::unlinkat(dir.get(), tmp.c_str(), 0);
@@ -97,21 +97,20 @@ void LocalStore::CommitPacks(const std::vector<std::string>& names) {
   try {
     // Every staged byte on disk before any pack becomes visible: one flush for the batch.
     SyncFilesystem();
-    std::vector<std::string> dirs;
     for (const auto& [name, tmp] : batch) {
       UniqueFd dir = OpenPackDir(name, false);
       if (!dir || ::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) {
         PackFailed("cannot commit pack " + name, uri_, dir ? errno : ENOENT);
       }
-      if (std::find(dirs.begin(), dirs.end(), name.substr(0, 2)) == dirs.end()) {
-        dirs.push_back(name.substr(0, 2));
-      }
     }
-    for (const std::string& prefix : dirs) {
-      UniqueFd dir = OpenStoreDir(kPacksDir, prefix);
-      if (dir && ::fsync(dir.get()) != 0) {
-        PackFailed("cannot sync " + (root_ / kPacksDir / prefix).string(), uri_, errno);
-      }
+    // The new names on disk before the packs are indexed. Random names put a group's packs
+    // in as many directories: one flush for them all rather than an fsync (a flush) of each.
+    if (batch.size() > 1) {
+      SyncFilesystem();
+    } else if (UniqueFd dir = OpenStoreDir(kPacksDir, batch[0].first.substr(0, 2));
+               dir && ::fsync(dir.get()) != 0) {
+      PackFailed("cannot sync " + (root_ / kPacksDir / batch[0].first.substr(0, 2)).string(),
+                 uri_, errno);
     }
   } catch (...) {
     discard();

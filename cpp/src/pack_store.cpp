@@ -28,6 +28,8 @@ constexpr uint64_t kBuilderSlack = 1ULL << 20;
 constexpr int kMaxSealing = 4;
 // Staged packs are committed (one flush of the disk for all) once they hold this much.
 constexpr uint64_t kCommitBytes = 64ULL << 20;
+// Groups staged while one is committed, at most: writers wait beyond that.
+constexpr uint64_t kMaxStagedGroups = 4;
 
 }  // namespace
 
@@ -58,32 +60,45 @@ std::unique_ptr<PackBuilder> PackStore::NewBuilder() {
 }
 
 PackStore::~PackStore() {
-  if (age_thread_.joinable()) {
-    age_thread_.request_stop();
-    age_cv_.notify_all();
-    age_thread_.join();
+  if (writer_thread_.joinable()) {
+    writer_thread_.request_stop();
+    writer_cv_.notify_all();
+    writer_thread_.join();
   }
   std::unique_lock lock(write_mutex_);
-  sealed_cv_.wait(lock, [&] { return sealing_ == 0; });
+  sealed_cv_.wait(lock, [&] { return sealing_ == 0 && committing_ == 0; });
   std::vector<std::string> names;
   for (const Staged& staged : staged_) names.push_back(staged.name);
   packs_.DiscardStaged(names);  // never flushed: not the store's
 }
 
-void PackStore::AgeLoop(std::stop_token stop) {
+void PackStore::WriterLoop(std::stop_token stop) {
   std::unique_lock lock(write_mutex_);
+  const auto group_ready = [&] { return staged_bytes_ >= kCommitBytes; };
   while (!stop.stop_requested()) {
+    if (group_ready()) {
+      // Committed here rather than by the writer that staged the last pack: writers go on
+      // staging the next group while this one is flushed and indexed.
+      std::vector<Staged> batch;
+      batch.swap(staged_);
+      staged_bytes_ = 0;
+      ++committing_;
+      lock.unlock();
+      CommitStaged(std::move(batch));
+      lock.lock();
+      continue;
+    }
     // The oldest block not yet visible: in the pack being built, or in a staged pack.
     std::optional<std::chrono::steady_clock::time_point> oldest;
     if (!builder_->empty()) oldest = builder_since_;
     if (!staged_.empty() && (!oldest || staged_since_ < *oldest)) oldest = staged_since_;
     if (!oldest) {
-      age_cv_.wait(lock, stop, [&] { return !builder_->empty() || !staged_.empty(); });
+      writer_cv_.wait(lock, stop, [&] { return !builder_->empty() || !staged_.empty(); });
       continue;
     }
     const auto due = *oldest + options_.max_pack_age;
     if (std::chrono::steady_clock::now() < due) {
-      age_cv_.wait_until(lock, stop, due, [] { return false; });
+      writer_cv_.wait_until(lock, stop, due, group_ready);
       continue;
     }
     std::unique_ptr<PackBuilder> aged;
@@ -294,17 +309,19 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
   std::unique_ptr<PackBuilder> full;
   {
     std::unique_lock lock(write_mutex_);
-    sealed_cv_.wait(lock, [&] { return sealing_ < kMaxSealing; });
+    sealed_cv_.wait(lock, [&] {
+      return sealing_ < kMaxSealing && staged_bytes_ < kMaxStagedGroups * kCommitBytes;
+    });
     if (!pending_.insert(hash).second) return 0;
     if (builder_->empty()) {
       builder_since_ = std::chrono::steady_clock::now();
-      if (!age_thread_.joinable()) {
-        age_thread_ = std::jthread([this](std::stop_token stop) { AgeLoop(stop); });
+      if (!writer_thread_.joinable()) {
+        writer_thread_ = std::jthread([this](std::stop_token stop) { WriterLoop(stop); });
       }
-      age_cv_.notify_all();
+      writer_cv_.notify_all();
     }
     builder_->AddEncoded(hash, encoded, static_cast<uint32_t>(data.size()));
-    // Full; a pack waiting long is written by AgeLoop.
+    // Full; a pack waiting long is written by WriterLoop.
     if (builder_->size() >= options_.pack_size) {
       full = std::exchange(builder_, NewBuilder());
       ++sealing_;
@@ -316,7 +333,6 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
 
 void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel) {
   std::vector<PackEntry> entries = builder->entries();
-  std::vector<Staged> batch;
   try {
     PackBytes bytes = builder->Finish();
     Staged staged{NewPackName(), bytes.size(), {}};
@@ -327,13 +343,10 @@ void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* ca
     staged_bytes_ += staged.size;
     if (staged_.empty()) {
       staged_since_ = std::chrono::steady_clock::now();
-      age_cv_.notify_all();
+      writer_cv_.notify_all();
     }
     staged_.push_back(std::move(staged));
-    if (staged_bytes_ >= kCommitBytes) {
-      batch.swap(staged_);
-      staged_bytes_ = 0;
-    }
+    if (staged_bytes_ >= kCommitBytes) writer_cv_.notify_all();  // WriterLoop commits the group
   } catch (const Cancelled&) {
     // The writer gave up (its copy was cancelled): the pack's blocks are not in the store,
     // and any other copy that put some of them finds them missing when it confirms.
@@ -344,13 +357,9 @@ void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* ca
     for (const PackEntry& entry : entries) pending_.erase(entry.hash);
     write_error_ = e.what();
   }
-  {
-    std::lock_guard lock(write_mutex_);
-    --sealing_;
-    if (!batch.empty()) ++sealing_;  // the commit below is still writing
-    sealed_cv_.notify_all();
-  }
-  if (!batch.empty()) CommitStaged(std::move(batch));
+  std::lock_guard lock(write_mutex_);
+  --sealing_;
+  sealed_cv_.notify_all();
 }
 
 void PackStore::CommitStaged(std::vector<Staged> batch) {
@@ -359,7 +368,7 @@ void PackStore::CommitStaged(std::vector<Staged> batch) {
     std::vector<std::string> names;
     for (const Staged& staged : batch) names.push_back(staged.name);
     packs_.CommitPacks(names);
-    for (const Staged& staged : batch) Index().AddPack(staged.name, staged.size, staged.entries);
+    Index().AddPacks(batch);
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -368,7 +377,7 @@ void PackStore::CommitStaged(std::vector<Staged> batch) {
     for (const PackEntry& entry : staged.entries) pending_.erase(entry.hash);
   }
   if (!error.empty()) write_error_ = error;
-  --sealing_;
+  --committing_;
   sealed_cv_.notify_all();
 }
 
@@ -380,7 +389,7 @@ void PackStore::CommitAllStaged(const CancelToken* cancel) {
     batch.swap(staged_);
     staged_bytes_ = 0;
     if (batch.empty()) return;
-    ++sealing_;
+    ++committing_;
   }
   CommitStaged(std::move(batch));
 }
@@ -411,7 +420,7 @@ void PackStore::Flush(const CancelToken* cancel) {
 void PackStore::WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel) {
   // A write in flight may be stalled on a server: a cancel ends the wait (its own request,
   // if it made one, is aborted by the same token).
-  while (sealing_ != 0) {
+  while (sealing_ != 0 || committing_ != 0) {
     if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
     sealed_cv_.wait_for(lock, std::chrono::milliseconds(50));
   }

@@ -5,9 +5,10 @@
 // written: new chunks go into packs) and offers its pack area (PackFiles).
 //
 // Writes: PutChunk encodes the block (zstd when it pays) in the caller's thread and appends
-// it to the pack being assembled; a pack of pack_size bytes is written as a whole (durable,
-// atomic) and then indexed in one transaction. Flush() writes the pack in progress and waits
-// for those being written. A block is looked up only once indexed.
+// it to the pack being assembled; a pack of pack_size bytes is written as a whole (staged);
+// a background thread commits groups of staged packs (one flush of the disk, then renames,
+// then one index transaction). Flush() writes the pack in progress and waits for those
+// being written and committed. A block is looked up only once indexed.
 // Reads: the index gives the pack and range; the block is decoded and checked against its
 // hash (DamagedChunkError otherwise). On a store whose reads cost a request, neighbouring
 // blocks are read in one ranged request and kept for the readers that come for them.
@@ -115,18 +116,15 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // Indexes a pack from its footer; false if it is not a whole pack (then quarantined).
   bool IndexFromFooter(const std::string& pack, uint64_t size);
   // A pack written, not yet committed (PackFiles::StagePack).
-  struct Staged {
-    std::string name;
-    uint64_t size = 0;
-    std::vector<PackEntry> entries;
-  };
-  // Writes a full builder's pack (staged); commits the staged packs once they are many.
-  // The caller counted it in sealing_.
+  using Staged = IndexedPack;
+  // Writes a full builder's pack (staged); WriterLoop commits the staged packs once they are
+  // many. The caller counted it in sealing_.
   void Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel);
-  // Commits staged packs and indexes them (counted in sealing_ by the caller).
+  // Commits staged packs and indexes them (counted in committing_ by the caller).
   void CommitStaged(std::vector<Staged> batch);
   void CommitAllStaged(const CancelToken* cancel = nullptr);
-  // Waits until no pack is being written; throws Cancelled if `cancel` fires first.
+  // Waits until no pack is being written or committed; throws Cancelled if `cancel` fires
+  // first.
   void WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel);
   // True if the store still vouches for `pack` (see Trust above). Re-reads a touched pack.
   bool Vouch(const std::string& pack);
@@ -166,12 +164,14 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::chrono::steady_clock::time_point builder_since_;  // when its first block came
   std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
   int sealing_ = 0;                          // packs being written
+  int committing_ = 0;                       // groups of staged packs being committed
   std::string write_error_;                  // the last failed pack write, for Flush()
-  // Writes the pack in progress once it has waited max_pack_age, even when no more blocks
-  // come (a stalled source): started with the first block.
-  void AgeLoop(std::stop_token stop);
-  std::condition_variable_any age_cv_;
-  std::jthread age_thread_;  // last: stopped and joined before the members it uses go
+  // Commits each group of staged packs (kCommitBytes), and writes the pack in progress once
+  // it has waited max_pack_age, even when no more blocks come (a stalled source): started
+  // with the first block.
+  void WriterLoop(std::stop_token stop);
+  std::condition_variable_any writer_cv_;
+  std::jthread writer_thread_;  // last: stopped and joined before the members it uses go
 
   // Planned reads (PlanReads): runs of neighbouring blocks to read in one request, per pack,
   // sorted by start; a run is read once, when the first of its blocks is asked for, into a
