@@ -26,17 +26,18 @@
 
 #include "binary_codec.hpp"
 #include "block_list.hpp"
+#include "crew.hpp"
 #include "file_util.hpp"
 #include "retry.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "progress_throttle.hpp"
 #include "unique_fd.hpp"
 
 namespace imagerelay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 // Workers of an export or a verify: each waits on a read (exporting, then a write) far
 // longer than it hashes. A 2 GiB export here: 2 workers 3.1-3.7 s, 4 workers 2.5-2.7 s,
 // 8 no faster.
@@ -51,100 +52,6 @@ constexpr size_t kMaxDigestLag = 64;
 // Import reads the source in units of this many bytes (a whole number of chunks): chunks of
 // 64 KiB read one by one would cost a request each (an O_DIRECT read, a ranged GET).
 constexpr uint64_t kImportReadUnit = 4ULL << 20;
-
-// Calls the progress callback at most every kProgressInterval, and always when forced.
-class ProgressThrottle {
- public:
-  explicit ProgressThrottle(const ProgressFn& fn) : fn_(fn) {}
-  bool Due() const { return fn_ && Clock::now() - last_ >= kProgressInterval; }
-  void Report(const IoProgress& p) {
-    if (!fn_) return;
-    last_ = Clock::now();
-    fn_(p);
-  }
-
- private:
-  const ProgressFn& fn_;
-  Clock::time_point last_{};
-};
-
-// Threads of one import or export. The destructor stops and joins them, so that no thread
-// outlives the call whichever way it ends; the first exception a thread throws is kept and
-// rethrown on the calling thread by Finish().
-class Crew {
- public:
-  ~Crew() {
-    Stop();
-    for (auto& t : threads_) t.join();
-  }
-
-  template <typename Fn>
-  void Start(Fn fn) {
-    {
-      std::lock_guard lock(mu);
-      ++running_;
-    }
-    try {
-      threads_.emplace_back(MakeBody(std::move(fn)));
-    } catch (...) {
-      std::lock_guard lock(mu);
-      --running_;
-      throw;
-    }
-  }
-
-  // Under `mu`.
-  bool idle() const { return running_ == 0; }
-
-  void Stop() {
-    {
-      std::lock_guard lock(mu);
-      stop = true;
-    }
-    NotifyAll();
-  }
-
-  void NotifyAll() {
-    work_cv.notify_all();
-    digest_cv.notify_all();
-    caller_cv.notify_all();
-  }
-
-  void Finish() {
-    for (auto& t : threads_) t.join();
-    threads_.clear();
-    if (error_) std::rethrow_exception(error_);
-  }
-
-  std::mutex mu;
-  std::condition_variable work_cv;    // workers wait for jobs
-  std::condition_variable digest_cv;  // the digest thread waits for the next chunk
-  std::condition_variable caller_cv;  // the calling thread waits for a buffer or the end
-  bool stop = false;                  // under mu
-
- private:
-  template <typename Fn>
-  auto MakeBody(Fn fn) {
-    return [this, fn = std::move(fn)]() mutable {
-      try {
-        fn();
-      } catch (...) {
-        std::lock_guard lock(mu);
-        if (!error_) error_ = std::current_exception();
-        stop = true;
-      }
-      {
-        std::lock_guard lock(mu);
-        --running_;
-      }
-      NotifyAll();
-    };
-  }
-
-  std::vector<std::thread> threads_;
-  std::exception_ptr error_;  // under mu until the threads are joined
-  int running_ = 0;           // under mu
-};
 
 class HashPermit {
  public:

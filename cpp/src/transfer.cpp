@@ -19,6 +19,8 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "crew.hpp"
+#include "progress_throttle.hpp"
 #include "retry.hpp"
 #include "token_bucket.hpp"
 
@@ -27,7 +29,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 
 // The distinct non-zero chunks of one window of an image (kManifestWindow blocks): the unit
 // of reading and writing. A window is planned, copied, flushed and confirmed before the
@@ -92,6 +93,7 @@ struct Dest {
   std::atomic<bool> failed{false};
   std::atomic<int> writing{0};  // writes that passed the liveness check and have not ended
   bool finish_reported = false;  // touched by the calling thread only
+  std::optional<ProgressThrottle> throttle;  // the calling thread's
   const std::atomic<bool>* aborted = nullptr;
   std::mutex mu;  // guards the failure fields below
   std::string error_code;
@@ -125,7 +127,7 @@ struct Dest {
 struct Slot {
   std::vector<std::byte> data;
   size_t chunk = 0;
-  size_t pending_writes = 0;  // guarded by Copier::mu_
+  size_t pending_writes = 0;  // guarded by the crew's mutex
 };
 
 struct WriteTask {
@@ -168,8 +170,6 @@ class Copier {
   // was looked up or written). Chunks found missing become the destination's needs for
   // another pass; after the last pass they fail it. True if another pass is needed.
   bool ConfirmDestinations(bool last_pass, std::mt19937& rng);
-  void StartWorkers(size_t count, uint32_t seed);
-  void StopAndJoin();
   void Worker(uint32_t seed);
   // Reads chunk slot.chunk, verifies it and returns the destinations to write it to. Copies
   // it server-side first to the destinations that can take it so.
@@ -182,17 +182,17 @@ class Copier {
   bool SourceLacks(const std::string& hash);
   // `sent`: the bytes the store wrote for it (Store::PutChunk), or the chunk's length.
   void CountWritten(Dest& dest, size_t chunk, uint64_t sent);
-  bool CanRead() const { return !stop_ && next_job_ < jobs_.size() && !free_.empty(); }
+  bool CanRead() const { return !crew_->stop && next_job_ < jobs_.size() && !free_.empty(); }
   bool NoWorkLeft() const {
-    return (stop_ || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
+    return (crew_->stop || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
   }
-  // Under mu_: wakes `n` workers for the work just queued, or all of them once none is left
-  // (each must see that and end). One wake per block, not a stampede of every worker.
+  // Under crew_->mu: wakes `n` workers for the work just queued, or all of them once none is
+  // left (each must see that and end). One wake per block, not a stampede of every worker.
   void Wake(size_t n) {
     if (NoWorkLeft() || n >= threads_) {
-      work_cv_.notify_all();
+      crew_->work_cv.notify_all();
     } else {
-      for (size_t i = 0; i < n; ++i) work_cv_.notify_one();
+      for (size_t i = 0; i < n; ++i) crew_->work_cv.notify_one();
     }
   }
   bool AnyActive() const;
@@ -219,17 +219,12 @@ class Copier {
   size_t threads_ = 1;
   std::vector<size_t> jobs_;  // distinct chunks some destination lacks
   std::vector<Slot> slots_;
-  std::vector<std::thread> workers_;
+  Crew* crew_ = nullptr;  // the pass's workers; its mutex guards everything below
 
-  std::mutex mu_;  // guards everything below
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
   std::vector<Slot*> free_;
   std::deque<WriteTask> writes_;
   size_t next_job_ = 0;
   size_t reads_in_flight_ = 0;
-  size_t workers_done_ = 0;
-  bool stop_ = false;
 };
 
 bool Copier::AnyActive() const {
@@ -243,6 +238,7 @@ bool Copier::AnyActiveNeeding(size_t chunk) const {
 
 void Copier::SetUpDestinations() {
   for (Dest& dest : dests_) {
+    dest.throttle.emplace(dest.spec->progress);
     dest.fixed.bytes_total = manifest_.size;
     dest.fixed.chunks_total = manifest_.count();
     if (dest.spec->store == nullptr) {
@@ -307,30 +303,11 @@ void Copier::PlanWindow(std::mt19937& rng) {
   }
 }
 
-void Copier::StartWorkers(size_t count, uint32_t seed) {
-  workers_.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
-    workers_.emplace_back(&Copier::Worker, this, seed + static_cast<uint32_t>(i));
-  }
-}
-
-void Copier::StopAndJoin() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-  }
-  if (aborted_) reads_cancel_.Cancel();
-  work_cv_.notify_all();
-  for (std::thread& worker : workers_) {
-    if (worker.joinable()) worker.join();
-  }
-}
-
 void Copier::Worker(uint32_t seed) {
   std::mt19937 rng(seed);
-  std::unique_lock lock(mu_);
+  std::unique_lock lock(crew_->mu);
   for (;;) {
-    work_cv_.wait(lock, [&] { return !writes_.empty() || CanRead() || NoWorkLeft(); });
+    crew_->work_cv.wait(lock, [&] { return !writes_.empty() || CanRead() || NoWorkLeft(); });
     // Writes first: they give buffers back to the pool.
     if (!writes_.empty()) {
       WriteTask task = writes_.front();
@@ -364,8 +341,6 @@ void Copier::Worker(uint32_t seed) {
     }
     break;  // NoWorkLeft()
   }
-  ++workers_done_;
-  done_cv_.notify_all();
 }
 
 std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
@@ -498,7 +473,7 @@ void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {
     IoProgress now = dests_[d].Progress();
     bool changed = now.bytes_done != last[d].bytes_done ||
                    now.bytes_transferred != last[d].bytes_transferred;
-    if ((changed || force) && dests_[d].spec->progress) dests_[d].spec->progress(now);
+    if (force || (changed && dests_[d].throttle->Due())) dests_[d].throttle->Report(now);
     last[d] = now;
   }
 }
@@ -587,22 +562,21 @@ void Copier::RunPass(uint32_t seed, std::vector<IoProgress>& last) {
     source_.PlanReads(reads);  // only a hint: reads go on without it
   } catch (const std::exception&) {
   }
-  workers_.clear();
   next_job_ = 0;
-  workers_done_ = 0;
-  stop_ = false;
+  Crew crew;  // ~Crew stops and joins the workers, whichever way this ends
+  crew_ = &crew;
   try {
-    StartWorkers(std::min(threads_, jobs_.size()), seed);
-    std::unique_lock lock(mu_);
-    while (workers_done_ < workers_.size()) {
-      if (done_cv_.wait_for(lock, kProgressInterval,
-                            [&] { return workers_done_ == workers_.size(); })) {
-        break;
-      }
-      if (!stop_ && !AnyActive()) {
-        stop_ = true;  // every destination cancelled or failed: read nothing more
+    const size_t workers = std::min(threads_, jobs_.size());
+    for (size_t i = 0; i < workers; ++i) {
+      crew.Start([this, s = seed + static_cast<uint32_t>(i)] { Worker(s); });
+    }
+    std::unique_lock lock(crew.mu);
+    while (!crew.idle()) {
+      if (crew.caller_cv.wait_for(lock, kProgressInterval, [&] { return crew.idle(); })) break;
+      if (!crew.stop && !AnyActive()) {
+        crew.stop = true;  // every destination cancelled or failed: read nothing more
         reads_cancel_.Cancel();
-        work_cv_.notify_all();
+        crew.work_cv.notify_all();
       }
       lock.unlock();
       ReportProgress(last, false);
@@ -612,10 +586,11 @@ void Copier::RunPass(uint32_t seed, std::vector<IoProgress>& last) {
   } catch (...) {
     // A progress callback (or thread creation) threw: stop the workers before unwinding.
     aborted_ = true;
-    StopAndJoin();
+    reads_cancel_.Cancel();
+    crew.Stop();
     throw;
   }
-  StopAndJoin();
+  crew.Finish();  // rethrows what a worker threw
   // A store may hold writes back (group commit): a destination is complete once flushed.
   for (Dest& dest : dests_) {
     if (!dest.Active() || dest.finish_reported) continue;
