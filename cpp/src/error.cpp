@@ -64,6 +64,28 @@ int HttpStatusOfCode(std::string_view code) {
   return info ? info->http_status : 500;
 }
 
+std::string_view ErrorKindName(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kValidation: return "Validation";
+    case ErrorKind::kNotFound: return "NotFound";
+    case ErrorKind::kPermissionDenied: return "PermissionDenied";
+    case ErrorKind::kImageBusy: return "ImageBusy";
+    case ErrorKind::kConflict: return "Conflict";
+    case ErrorKind::kQuotaExceeded: return "QuotaExceeded";
+    case ErrorKind::kTransfer: return "Transfer";
+    case ErrorKind::kIntegrity: return "Integrity";
+    case ErrorKind::kReplicationFailed: return "ReplicationFailed";
+    case ErrorKind::kTimeout: return "Timeout";
+  }
+  return "Transfer";
+}
+
+std::vector<std::string_view> AllErrorCodes() {
+  std::vector<std::string_view> out;
+  for (const auto& info : kCodeTable) out.push_back(info.code);
+  return out;
+}
+
 Error::Error(std::string code, std::string message, std::vector<Problem> problems)
     : std::runtime_error(code + ": " + message),
       code_(std::move(code)),

@@ -13,6 +13,12 @@ __version__: str
 
 def _raise_for_test(arg0: str, arg1: str) -> None:
     """Raises the exception of ``code`` (for tests of the error mapping)."""
+def error_kind(code: str) -> str:
+    """The kind of a stable error code (its Python class): "Validation", ..."""
+def error_http_status(code: str) -> int:
+    """The HTTP status of a stable error code."""
+def error_codes() -> list[str]:
+    """Every stable error code the core raises."""
 
 # -- bind_model.cpp ---------------------------------------------------------------------
 class Limits:

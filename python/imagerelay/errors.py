@@ -18,6 +18,7 @@ __all__ = [
     "ReplicationFailedError",
     "TimeoutError",
     "error_for_code",
+    "error_for_kind",
 ]
 
 
@@ -102,40 +103,38 @@ class TimeoutError(ImageRelayError, builtins.TimeoutError):  # noqa: A001 - API.
     default_status = 504
 
 
-_CLASS_BY_CODE: dict[str, type[ImageRelayError]] = {}
-for _cls, _codes in {
-    ValidationError: [
-        "InvalidParameter", "PolicyViolation", "Image.ImageNotSupportCopy",
-        "Image.LargeImageCopyForbidden", "Image.LargeImageImportForbidden",
-        "Image.RegionNotSupportCopy", "Image.DestRegionIsEmpty",
-        "Image.UnCustomImageCannotBeShared", "Image.AccountListIsEmpty",
-        "Image.InvalidAccount", "Image.CannotShareToOwner",
-        "Image.UnCustomImageCannotBeDeleted",
-    ],
-    NotFoundError: ["NoSuchImage", "NoSuchRegion", "NoSuchAccount", "NoSuchJob"],
-    PermissionDeniedError: ["AccessDenied"],
-    ImageBusyError: ["Image.ImageStatusForbidden", "Image.CreatingImageCannotBeDeleted"],
-    ConflictError: [
-        "Image.AccountHasBeenShared", "Image.AccountNotShared",
-        "Image.ImageHasBeenSharedToOthers", "IdempotentParameterMismatch", "AlreadyExists",
-    ],
-    QuotaExceededError: [
-        "Image.ExceedSharedToUserNumQuota", "Image.ExceedAcceptSharedImageNumQuota",
-    ],
-    TransferError: ["Transfer.Failed", "Region.StoreUnavailable"],
-    IntegrityError: ["Transfer.IntegrityError"],
-    ReplicationFailedError: ["Job.Failed"],
-    TimeoutError: ["Timeout"],
-}.items():
-    for _code in _codes:
-        _CLASS_BY_CODE[_code] = _cls
+# The core says which kind each stable code is (cpp/src/error.cpp, the one table of codes);
+# here each kind has its class.
+_CLASS_BY_KIND: dict[str, type[ImageRelayError]] = {
+    "Validation": ValidationError,
+    "NotFound": NotFoundError,
+    "PermissionDenied": PermissionDeniedError,
+    "ImageBusy": ImageBusyError,
+    "Conflict": ConflictError,
+    "QuotaExceeded": QuotaExceededError,
+    "Transfer": TransferError,
+    "Integrity": IntegrityError,
+    "ReplicationFailed": ReplicationFailedError,
+    "Timeout": TimeoutError,
+}
+
+
+def error_for_kind(
+    kind: str, code: str, message: str, problems: list[tuple[str, str]] | None = None,
+    http_status: int | None = None,
+) -> ImageRelayError:
+    """Builds the exception of an error of ``kind`` (the C++ core's error translation)."""
+    cls = _CLASS_BY_KIND.get(kind, TransferError)
+    return cls(message, code=code, http_status=http_status,
+               problems=[tuple(p) for p in problems] if problems else None)  # type: ignore[misc]
 
 
 def error_for_code(
     code: str, message: str, problems: list[tuple[str, str]] | None = None,
     http_status: int | None = None,
 ) -> ImageRelayError:
-    """Builds the exception of ``code`` (used by the C++ core's error translation)."""
-    cls = _CLASS_BY_CODE.get(code, TransferError)
-    return cls(message, code=code, http_status=http_status,
-               problems=[tuple(p) for p in problems] if problems else None)  # type: ignore[misc]
+    """Builds the exception of ``code``: its class and HTTP status as the core says."""
+    from . import _core
+
+    status = http_status if http_status is not None else _core.error_http_status(code)
+    return error_for_kind(_core.error_kind(code), code, message, problems, status)

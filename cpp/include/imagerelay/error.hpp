@@ -34,6 +34,10 @@ enum class ErrorKind {
 // The kind and HTTP status of a stable code; unknown codes are kTransfer / 500.
 ErrorKind KindOfCode(std::string_view code);
 int HttpStatusOfCode(std::string_view code);
+// "Validation", "NotFound", ...: the name Python maps to an exception class.
+std::string_view ErrorKindName(ErrorKind kind);
+// Every stable code the core raises, in the order of its table.
+std::vector<std::string_view> AllErrorCodes();
 
 class Error : public std::runtime_error {
  public:
