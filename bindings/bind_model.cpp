@@ -17,6 +17,11 @@ py::object NoneIfEmpty(const std::string& s) {
 }  // namespace
 
 void BindModel(py::module_& m) {
+  m.def("event_types", [] {
+    std::vector<std::string> out;
+    for (std::string_view type : AllEventTypes()) out.emplace_back(type);
+    return out;
+  }, "Every event type the engine emits.");
   py::class_<Limits>(m, "Limits", "Limits of a home (API.md); every one is a setting.")
       .def(py::init<>())
       .def_readwrite("max_copy_bytes", &Limits::max_copy_bytes)

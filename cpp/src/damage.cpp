@@ -86,8 +86,8 @@ void Engine::Impl::MarkDamaged(const std::string& image_id, const std::string& w
     image->status = ImageStatus::kNotAvailable;
     image->error = why;
     tx.UpdateImageFields(*image);
-    events.Append(tx, MakeEvent("image.damaged", image->owner, &*image, "",
-                                nlohmann::json{{"error", why}}.dump()));
+    events.Append(tx, MakeEvent(event_type::kImageDamaged, image->owner, &*image, "",
+                                nlohmann::json{{"error", why}}));
   });
 }
 
@@ -293,7 +293,7 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
         image->status = ImageStatus::kAvailable;
         image->error.clear();
         tx.UpdateImageFields(*image);
-        events.Append(tx, MakeEvent("image.repaired", image->owner, &*image));
+        events.Append(tx, MakeEvent(event_type::kImageRepaired, image->owner, &*image));
       });
     }
     if (!visible(listed)) continue;

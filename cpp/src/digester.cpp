@@ -89,8 +89,8 @@ void Engine::Impl::DigestLoop() {
         auto image = tx.GetImage(next->id);
         still_there = image && NeedsDigest(*image);
         if (!still_there) return;  // deleted meanwhile: its chunks may be gone, no matter
-        events.Append(tx, MakeEvent("image.digest_failed", image->owner, &*image, "",
-                                    nlohmann::json{{"code", code}, {"error", message}}.dump()));
+        events.Append(tx, MakeEvent(event_type::kImageDigestFailed, image->owner, &*image, "",
+                                    nlohmann::json{{"code", code}, {"error", message}}));
       });
       std::lock_guard lock(digest_mutex);
       // Not retried by this process (a later open tries again); WaitDigest reports it.
@@ -115,8 +115,8 @@ void Engine::Impl::RecordDigest(const std::string& image_id, const std::string& 
     for (auto& target : targets) {
       target.digest = digest;
       tx.UpdateImageFields(target);
-      events.Append(tx, MakeEvent("image.digest", target.owner, &target, "",
-                                  nlohmann::json{{"digest", digest}}.dump()));
+      events.Append(tx, MakeEvent(event_type::kImageDigest, target.owner, &target, "",
+                                  nlohmann::json{{"digest", digest}}));
       updated.push_back(target);
     }
   });

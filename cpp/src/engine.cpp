@@ -22,23 +22,8 @@ namespace fs = std::filesystem;
 
 void PendingEvents::Append(CatalogTx& tx, Event event) {
   event.time_us = event.time_us ? event.time_us : NowUs();
-  if (event.type != "task.progress") event.seq = tx.AppendEvent(event);
+  if (event.type != event_type::kTaskProgress) event.seq = tx.AppendEvent(event);
   events_.push_back(std::move(event));
-}
-
-Event MakeEvent(std::string type, const std::string& account, const Image* image,
-                const std::string& job_id, std::string detail_json) {
-  Event e;
-  e.type = std::move(type);
-  e.account = account;
-  if (image != nullptr) {
-    e.image_id = image->id;
-    e.region = image->region;
-  }
-  e.job_id = job_id;
-  e.detail_json = std::move(detail_json);
-  e.time_us = NowUs();
-  return e;
 }
 
 std::string ImageRecordJson(const Image& image) {
@@ -288,8 +273,6 @@ ShareFacts GatherShareFacts(CatalogTx& tx, const Image& image,
   return facts;
 }
 
-std::string DetailJson(const nlohmann::json& j) { return j.dump(); }
-
 std::string ImportSourcePath(const std::string& source) {
   if (source.rfind("file://", 0) == 0) return source.substr(7);
   return source;
@@ -526,8 +509,8 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
       } while (!tx.InsertImage(image));
       tx.PutSetting(std::string(kImportKeyPrefix) + image.id,
                     impl_->worker_id + "|" + std::to_string(now + impl_->options.lease_ms * 1000));
-      events.Append(tx, MakeEvent("image.created", account, &image, "",
-                                  DetailJson({{"name", image.name}, {"source", request.source}})));
+      events.Append(tx, MakeEvent(event_type::kImageCreated, account, &image, "",
+                                  nlohmann::json({{"name", image.name}, {"source", request.source}})));
       inserted = true;
     });
     if (sweeping) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -614,8 +597,8 @@ void Engine::Share(const std::string& account, const std::string& image_id,
     Image image = evaluate(tx);
     for (const auto& other : Unique(accounts)) {
       tx.InsertShare(image.id, other);
-      events.Append(tx, MakeEvent("image.shared", account, &image, "",
-                                  DetailJson({{"account", other}})));
+      events.Append(tx, MakeEvent(event_type::kImageShared, account, &image, "",
+                                  nlohmann::json({{"account", other}})));
     }
   });
 }
@@ -636,8 +619,8 @@ void Engine::Unshare(const std::string& account, const std::string& image_id,
     Image image = evaluate(tx);
     for (const auto& other : Unique(accounts)) {
       tx.DeleteShare(image.id, other);
-      events.Append(tx, MakeEvent("image.unshared", account, &image, "",
-                                  DetailJson({{"account", other}})));
+      events.Append(tx, MakeEvent(event_type::kImageUnshared, account, &image, "",
+                                  nlohmann::json({{"account", other}})));
     }
   });
 }
@@ -672,8 +655,8 @@ void Engine::Rename(const std::string& account, const std::string& image_id,
     std::string old_name = image.name;
     image.name = name;
     tx.UpdateImageFields(image);
-    events.Append(tx, MakeEvent("image.renamed", account, &image, "",
-                                DetailJson({{"old", old_name}, {"new", name}})));
+    events.Append(tx, MakeEvent(event_type::kImageRenamed, account, &image, "",
+                                nlohmann::json({{"old", old_name}, {"new", name}})));
     renamed = image;
   });
   if (renamed.status == ImageStatus::kAvailable) {
@@ -704,7 +687,7 @@ void Engine::Delete(const std::string& account, const std::string& image_id) {
                 "image " + image.id + " changed while it was being deleted; try again");
     }
     tx.SetSweepNeeded(image.region, true);
-    events.Append(tx, MakeEvent("image.deleted", account, &image));
+    events.Append(tx, MakeEvent(event_type::kImageDeleted, account, &image));
     deleted = image;
   });
   try {

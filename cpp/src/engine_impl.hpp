@@ -17,6 +17,7 @@
 
 #include "credentials_files.hpp"
 #include "event_bus.hpp"
+#include "events.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/engine.hpp"
@@ -155,8 +156,6 @@ struct Engine::Impl {
   bool LeaseHolderAlive(const std::string& owner, TimeUs expires_us, TimeUs now) const;
 };
 
-Event MakeEvent(std::string type, const std::string& account, const Image* image,
-                const std::string& job_id = "", std::string detail_json = "{}");
 std::string ImageRecordJson(const Image& image);
 // NoSuchAccount unless the acting account exists.
 void RequireAccount(CatalogTx& tx, const std::string& account);

@@ -66,8 +66,8 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
       tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
       tx.PutSetting(lease_key, "");
       tx.SetSweepNeeded(image.region, true);
-      events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
-                                  "{\"code\":\"" + code + "\"}"));
+      events.Append(tx, MakeEvent(event_type::kImageCreateFailed, image.owner, &image, "",
+                                  nlohmann::json{{"code", code}}));
     });
     MaybeSweep(image.region);
   };
@@ -111,8 +111,8 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
       }
       tx.PutSetting(lease_key, "");
       image.status = ImageStatus::kAvailable;
-      events.Append(tx, MakeEvent("image.available", image.owner, &image, "",
-                                  "{\"size\":" + std::to_string(image.size) + "}"));
+      events.Append(tx, MakeEvent(event_type::kImageAvailable, image.owner, &image, "",
+                                  nlohmann::json{{"size", image.size}}));
     });
     if (image.digest.empty()) ScheduleDigests();
   } catch (const Cancelled&) {
@@ -143,8 +143,8 @@ void Engine::Impl::RecoverInterruptedImports() {
       tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);
       tx.PutSetting(std::string(kImportKeyPrefix) + image.id, "");
       tx.SetSweepNeeded(image.region, true);
-      events.Append(tx, MakeEvent("image.create_failed", image.owner, &image, "",
-                                  "{\"code\":\"Transfer.Failed\"}"));
+      events.Append(tx, MakeEvent(event_type::kImageCreateFailed, image.owner, &image, "",
+                                  nlohmann::json{{"code", codes::kTransferFailed}}));
       regions.push_back(image.region);
     }
   });

@@ -42,33 +42,6 @@ Job LoadOwnJob(CatalogTx& tx, const std::string& account, const std::string& job
   return *job;
 }
 
-std::string TaskDetail(const Task& task) {
-  nlohmann::json j{{"state", ToString(task.state)},
-                   {"bytes_total", task.bytes_total},
-                   {"bytes_done", task.bytes_done},
-                   {"bytes_transferred", task.bytes_transferred},
-                   {"bytes_sent", task.bytes_sent},
-                   {"chunks_skipped", task.chunks_skipped},
-                   {"rate", task.rate}};
-  if (!task.error_code.empty()) {
-    j["error_code"] = task.error_code;
-    j["error"] = task.error;
-  }
-  return j.dump();
-}
-
-Event TaskEventOf(const std::string& type, const Job& job, const Task& task) {
-  Event e;
-  e.type = type;
-  e.account = job.account;
-  e.image_id = task.dest_image_id;
-  e.job_id = job.id;
-  e.region = task.region;
-  e.detail_json = TaskDetail(task);
-  e.time_us = NowUs();
-  return e;
-}
-
 // After a task of `job` ended: the source returns to Available when nothing of it is in
 // flight, and the job reports that it finished when its last task ended.
 void Settle(CatalogTx& tx, const std::string& job_id, PendingEvents& events) {
@@ -93,14 +66,7 @@ void Settle(CatalogTx& tx, const std::string& job_id, PendingEvents& events) {
   }
   JobState state = StateOfJob(job->tasks);
   if (state != JobState::kRunning) {
-    Event e;
-    e.type = "job.finished";
-    e.account = job->account;
-    e.image_id = job->source_image_id;
-    e.job_id = job->id;
-    e.region = job->source_region;
-    e.detail_json = nlohmann::json{{"state", ToString(state)}}.dump();
-    events.Append(tx, std::move(e));
+    events.Append(tx, MakeJobEvent(event_type::kJobFinished, *job, {{"state", ToString(state)}}));
   }
 }
 
@@ -196,11 +162,11 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
     if (client_token) tx.InsertClientToken(account, *client_token, {job.id, fingerprint});
     nlohmann::json regions = nlohmann::json::array();
     for (const auto& copy : copies) regions.push_back({{"region", copy.region}, {"image_id", copy.id}});
-    events.Append(tx, MakeEvent("job.created", account, &source, job.id,
-                                nlohmann::json{{"copies", regions}}.dump()));
+    events.Append(tx, MakeEvent(event_type::kJobCreated, account, &source, job.id,
+                                nlohmann::json{{"copies", regions}}));
     for (const auto& copy : copies) {
-      events.Append(tx, MakeEvent("image.created", account, &copy, job.id,
-                                  nlohmann::json{{"source_image_id", source.id}}.dump()));
+      events.Append(tx, MakeEvent(event_type::kImageCreated, account, &copy, job.id,
+                                  nlohmann::json{{"source_image_id", source.id}}));
     }
   });
   impl_->wake_workers.notify_all();
@@ -232,9 +198,9 @@ void Engine::CancelCopy(const std::string& account, const std::string& dest_imag
     tx.UpdateTaskFields(*task);
     tx.SetSweepNeeded(task->region, true);
     auto job = tx.GetJob(task->job_id);
-    events.Append(tx, TaskEventOf("task.cancelled", *job, *task));
-    events.Append(tx, MakeEvent("image.deleted", account, &image, job->id,
-                                R"({"reason":"copy cancelled"})"));
+    events.Append(tx, MakeTaskEvent(event_type::kTaskCancelled, *job, *task));
+    events.Append(tx, MakeEvent(event_type::kImageDeleted, account, &image, job->id,
+                                nlohmann::json{{"reason", "copy cancelled"}}));
     Settle(tx, job->id, events);
     region = task->region;
   });
@@ -474,7 +440,7 @@ bool Engine::Impl::RunOneClaim() {
       if (claimed.started_us == 0) claimed.started_us = now;
       tx.UpdateTaskFields(claimed);
       ++running_per_region[task.region];
-      events.Append(tx, TaskEventOf("task.started", claim.job, claimed));
+      events.Append(tx, MakeTaskEvent(event_type::kTaskStarted, claim.job, claimed));
       claim.tasks.push_back(claimed);
     }
   });
@@ -549,7 +515,7 @@ bool Engine::Impl::RunOneClaim() {
       if (!current) return;
       bool ours = current->state == TaskState::kRunning && current->lease_owner == worker_id;
       task.finished_us = NowUs();
-      if (ours) events.Append(tx, TaskEventOf("task.progress", claim.job, task));  // the last
+      if (ours) events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, claim.job, task));  // the last
       if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
         tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
         tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
@@ -564,8 +530,8 @@ bool Engine::Impl::RunOneClaim() {
           tx.UpdateImageFields(*copy);
         }
         digest_missing = copy->digest.empty();
-        events.Append(tx, TaskEventOf("task.completed", claim.job, task));
-        events.Append(tx, MakeEvent("image.available", claim.job.account, &*copy, claim.job.id));
+        events.Append(tx, MakeTaskEvent(event_type::kTaskCompleted, claim.job, task));
+        events.Append(tx, MakeEvent(event_type::kImageAvailable, claim.job.account, &*copy, claim.job.id));
         Settle(tx, claim.job.id, events);
       } else if (ours && outcome.kind == TransferOutcome::Kind::kFailed) {
         tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kFail);
@@ -580,9 +546,9 @@ bool Engine::Impl::RunOneClaim() {
         copy->error = task.error;
         tx.UpdateImageFields(*copy);
         tx.SetSweepNeeded(task.region, true);
-        events.Append(tx, TaskEventOf("task.failed", claim.job, task));
-        events.Append(tx, MakeEvent("image.create_failed", claim.job.account, &*copy, claim.job.id,
-                                    nlohmann::json{{"code", task.error_code}}.dump()));
+        events.Append(tx, MakeTaskEvent(event_type::kTaskFailed, claim.job, task));
+        events.Append(tx, MakeEvent(event_type::kImageCreateFailed, claim.job.account, &*copy, claim.job.id,
+                                    nlohmann::json{{"code", task.error_code}}));
         Settle(tx, claim.job.id, events);
       } else if (ours) {
         // Stopped by Close(): hand the task back so that the next process resumes it.
@@ -662,7 +628,7 @@ bool Engine::Impl::RunOneClaim() {
           t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
           t.lease_expires_us = NowUs() + options.lease_ms * 1000;
           tx.UpdateTaskFields(t);
-          events.Append(tx, TaskEventOf("task.progress", claim.job, t));
+          events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, claim.job, t));
         }
       });
     };

@@ -21,6 +21,8 @@ def error_codes() -> list[str]:
     """Every stable error code the core raises."""
 
 # -- bind_model.cpp ---------------------------------------------------------------------
+def event_types() -> list[str]:
+    """Every event type the engine emits."""
 class Limits:
     """Limits of a home (API.md); every one is a setting."""
 

@@ -316,3 +316,13 @@ def test_rules_are_checked_before_policies(cloud: ir.Cloud, ready: dict) -> None
         cloud.replicate(ready["image"].id, [])
     assert excinfo.value.code == "Image.DestRegionIsEmpty"
     assert calls == []
+
+
+def test_the_core_lists_every_event_type_once() -> None:
+    # One list (src/events.hpp): what users subscribe to by name and docs/events.md lists.
+    from imagerelay import _core
+
+    types = _core.event_types()
+    assert len(types) == len(set(types))
+    assert STORED_TYPES | {"image.digest", "image.digest_failed", "image.damaged",
+                           "image.repaired", "task.progress"} == set(types)

@@ -117,4 +117,7 @@ struct Event {
   std::string detail_json = "{}";
 };
 
+// Every event type the engine emits (src/events.hpp), in a fixed order.
+const std::vector<std::string_view>& AllEventTypes();
+
 }  // namespace imagerelay
