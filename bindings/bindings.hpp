@@ -8,5 +8,6 @@ namespace imagerelay::bindings {
 void BindErrors(pybind11::module_& m);
 void BindModel(pybind11::module_& m);
 void BindEngine(pybind11::module_& m);
+void BindLog(pybind11::module_& m);
 
 }  // namespace imagerelay::bindings

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   imagerelay::bindings::BindErrors(m);
   imagerelay::bindings::BindModel(m);
   imagerelay::bindings::BindEngine(m);
+  imagerelay::bindings::BindLog(m);
 }

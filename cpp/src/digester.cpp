@@ -12,6 +12,7 @@
 #include "engine_impl.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
+#include "imagerelay/log.hpp"
 
 namespace imagerelay {
 namespace {
@@ -131,8 +132,8 @@ void Engine::Impl::RecordDigest(const std::string& image_id, const std::string& 
       }
       store->PutImageRecord(image.id, ImageRecordJson(image));
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "imagerelay: recording the digest of %s in its store: %s\n",
-                   image.id.c_str(), e.what());
+      Log(LogLevel::kWarning,
+          "recording the digest of " + image.id + " in its store: " + std::string(e.what()));
     }
   }
 }

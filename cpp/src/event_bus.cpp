@@ -1,7 +1,8 @@
 #include "event_bus.hpp"
 
-#include <cstdio>
 #include <vector>
+
+#include "imagerelay/log.hpp"
 
 namespace imagerelay {
 
@@ -79,10 +80,9 @@ void EventBus::Run() {
       try {
         fn(event);
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "imagerelay: event callback for %s failed: %s\n",
-                     event.type.c_str(), e.what());
+        Log(LogLevel::kError, "event callback for " + event.type + " failed: " + e.what());
       } catch (...) {
-        std::fprintf(stderr, "imagerelay: event callback for %s failed\n", event.type.c_str());
+        Log(LogLevel::kError, "event callback for " + event.type + " failed");
       }
     }
     targets.clear();

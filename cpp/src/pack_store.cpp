@@ -8,6 +8,7 @@
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
+#include "imagerelay/log.hpp"
 #include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
@@ -185,7 +186,7 @@ bool PackStore::IndexFromFooter(const std::string& pack, uint64_t size) {
     return true;
   } catch (const IntegrityError& e) {
     // Not a whole pack: a write cut short by hand, or damage. Nothing indexes its blocks.
-    std::fprintf(stderr, "imagerelay: %s; set aside\n", e.what());
+    Log(LogLevel::kWarning, std::string(e.what()) + "; set aside");
     packs_.QuarantinePack(pack);
     return false;
   }

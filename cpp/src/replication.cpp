@@ -11,6 +11,7 @@
 #include "engine_impl.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
+#include "imagerelay/log.hpp"
 #include "imagerelay/transfer.hpp"
 
 namespace imagerelay {
@@ -359,7 +360,7 @@ void Engine::Impl::WorkerLoop() {
     try {
       worked = RunOneClaim();
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "imagerelay: copy worker: %s\n", e.what());
+      Log(LogLevel::kError, std::string("copy worker: ") + e.what());
     }
     if (worked) {
       last_worked_us.store(NowUs());
@@ -369,7 +370,7 @@ void Engine::Impl::WorkerLoop() {
       SweepPending();
       MaybeCheckpoint();
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "imagerelay: sweep: %s\n", e.what());
+      Log(LogLevel::kWarning, std::string("sweep: ") + e.what());
     }
     std::unique_lock lock(wake_mutex);
     wake_workers.wait_for(lock, std::chrono::milliseconds(500));

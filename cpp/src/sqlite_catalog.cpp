@@ -25,6 +25,7 @@
 
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/log.hpp"
 #include "sqlite_util.hpp"
 
 namespace imagerelay {
@@ -180,8 +181,8 @@ void ReportSkippedRow(const std::string& what) {
   static std::set<std::string> reported;
   std::lock_guard lock(mutex);
   if (!reported.insert(what).second) return;
-  std::fprintf(stderr, "imagerelay: %s; the row is left out of listings, the rest of the "
-               "home stays usable\n", what.c_str());
+  Log(LogLevel::kWarning,
+      what + "; the row is left out of listings, the rest of the home stays usable");
 }
 
 [[noreturn]] void ThrowCorrupt(const std::string& what) {

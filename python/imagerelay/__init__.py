@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from . import _core
+from . import _log  # noqa: F401 - the core logs through `logging` from now on
 from ._types import Account as Account
 from ._types import Event as Event
 from ._types import Handle as Handle

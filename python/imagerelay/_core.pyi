@@ -20,6 +20,10 @@ def error_http_status(code: str) -> int:
 def error_codes() -> list[str]:
     """Every stable error code the core raises."""
 
+# -- bind_log.cpp -----------------------------------------------------------------------
+def _log_to_python(on: bool) -> None:
+    """Sends the core's diagnostics to logging (on) or to stderr (off)."""
+
 # -- bind_model.cpp ---------------------------------------------------------------------
 def event_types() -> list[str]:
     """Every event type the engine emits."""

@@ -362,3 +362,21 @@ def test_one_unreadable_catalog_row_does_not_make_the_home_unusable(
         cloud.import_image(files / "a.raw", region="gz", name="again")
     err = capfd.readouterr().err
     assert odd.id in err and "Hologram" in err
+
+
+def test_the_cores_diagnostics_reach_python_logging(home: Path, files: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # A file in the pack area that is no pack (a write cut short by hand): set aside when the
+    # region's store is opened, and said so through the logger "imagerelay", not on stderr.
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        cloud.import_image(make_odd(files / "a.raw"), region="bj", name="a")
+    torn = home / "regions" / "bj" / "packs" / "00" / ("0" * 32)
+    torn.parent.mkdir(parents=True, exist_ok=True)
+    torn.write_bytes(b"not a pack")
+    with caplog.at_level("WARNING", logger="imagerelay"):
+        with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+            cloud.import_image(make_odd(files / "b.raw", extra=7), region="bj", name="b")
+    records = [r for r in caplog.records if r.name == "imagerelay"]
+    assert any("set aside" in r.getMessage() and r.levelname == "WARNING" for r in records), \
+        [r.getMessage() for r in caplog.records]
+    assert not torn.exists()
