@@ -108,6 +108,11 @@ class Job:
         self._cloud = cloud
         self._info = info
 
+    def _parts(self) -> tuple[Cloud, _core.JobInfo]:
+        """What this job was built from: for a subclass that shows the same job (the
+        playbook's RetriedJob), within the package."""
+        return self._cloud, self._info
+
     @property
     def id(self) -> str:
         return self._info.id
