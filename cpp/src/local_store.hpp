@@ -1,6 +1,9 @@
-// A region store in a local directory (DESIGN.md §4):
-//   <root>/chunks/<first two hex>/<hex>, <root>/manifests/<id>.json, <root>/images/<id>.json
+// A region store in a local directory (docs/architecture.md, "Storage layout"):
+//   <root>/manifests/<id>.bin, <root>/images/<id>.json, <root>/quarantine/
 //   <root>/.imagerelay-store, the marker that tells the directory is a store
+//   <root>/packs/, <root>/index/: the block store (PackFiles here, PackStore on top)
+//   <root>/chunks/<first two hex>/<hex>, <root>/manifests/<id>.json: the first release's
+//   chunk files and manifests, still read
 // Every write goes to a temporary file in the same directory, is fsynced and renamed over
 // the final name, and the directory is fsynced: readers never see a partial file.
 // Confined to its root: the root's own path may lead through symbolic links (the user's

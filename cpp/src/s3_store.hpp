@@ -1,22 +1,30 @@
-// A region store in an S3 bucket (DESIGN.md §4 layout under the URI's prefix):
-//   <prefix>/chunks/<2hex>/<hash>, <prefix>/manifests/<id>.json, <prefix>/images/<id>.json
+// A region store in an S3 bucket (docs/architecture.md, "Storage layout", under the URI's
+// prefix):
+//   <prefix>/manifests/<id>.bin, <prefix>/images/<id>.json
 //   <prefix>/.imagerelay-store, the marker that tells the prefix is a store
+//   <prefix>/packs/: the block store (PackFiles here, PackStore on top; its index is a
+//   cache in <home>/cache/)
+//   <prefix>/chunks/<2hex>/<hash>, <prefix>/manifests/<id>.json: the first release's
+//   chunks and manifests, still read
 // URI, TLS and signed requests: s3_client.hpp. Credentials are the region's
 // (credentials_files.hpp) if given, else the environment's. No message, log or uri() ever
 // shows a secret.
 //
 // Server-side copy (DESIGN.md §5 integrity rules kept): S3 -> S3 on one endpoint under the
-// same credentials copies a chunk with CopyObject. Why this proof: the engine never sees
-// the bytes, so it relies on the SHA-256 the server reports for the copy. PutChunk stores
-// the chunk's SHA-256 as x-amz-checksum-sha256 (the server rejects the PUT if the bytes do
-// not match) and CopyObject carries it over to the copy and reports it in its answer; a
-// server that keeps none is asked to compute it (x-amz-checksum-algorithm), and failing
-// that the copy is read back and hashed here. A copy whose SHA-256 differs from its name
-// is deleted at once and fails with IntegrityError; only a proven copy counts as written.
-// The price of one request per chunk: such a copy sits under the chunk's name for the time
-// of one request (a HEAD of the source before the copy would refuse it first, at twice the
-// requests); another task planning into the same bucket in that instant could count it as
-// present. It takes a source chunk overwritten by hand with other bytes.
+// same credentials copies a chunk file with CopyObject. The engine's stores are PackStores
+// (OpenStore), which do not offer CopyChunkFrom: a copy between S3 regions re-packs the
+// blocks and passes the bytes through imagerelay; this path is S3Store's alone. Why this
+// proof: the engine never sees the bytes, so it relies on the SHA-256 the server reports for
+// the copy. PutChunk stores the chunk's SHA-256 as x-amz-checksum-sha256 (the server rejects
+// the PUT if the bytes do not match) and CopyObject carries it over to the copy and reports
+// it in its answer; a server that keeps none is asked to compute it
+// (x-amz-checksum-algorithm), and failing that the copy is read back and hashed here. A copy
+// whose SHA-256 differs from its name is deleted at once and fails with IntegrityError; only
+// a proven copy counts as written. The price of one request per chunk: such a copy sits
+// under the chunk's name for the time of one request (a HEAD of the source before the copy
+// would refuse it first, at twice the requests); another task planning into the same bucket
+// in that instant could count it as present. It takes a source chunk overwritten by hand
+// with other bytes.
 // One request per chunk, as rclone's copy-then-compare-ETag but with SHA-256. A 200 answer
 // with an <Error> body is an error.
 // All methods may be called from several threads at once.

@@ -54,7 +54,8 @@ class Image:
 
     @property
     def status(self) -> str:
-        """Creating, Available, Replicating or CreateFailed"""
+        """Creating, Available, Replicating, CreateFailed or NotAvailable (stored bytes found
+        damaged; see Cloud.scrub)"""
         return self._info.status
 
     @property

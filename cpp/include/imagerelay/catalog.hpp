@@ -1,5 +1,6 @@
 // The catalog (DESIGN.md §6): regions, accounts, images, shares, jobs, tasks, events and
-// client tokens. An interface, so that a server database can hold it later; SQLite today.
+// client tokens. An interface, so that a server database could hold it; SQLite
+// (sqlite_catalog.cpp) is the one implementation.
 //
 // Every access happens inside a transaction: Write() runs a function in one write
 // transaction (serialised across threads and processes, retried while the database is

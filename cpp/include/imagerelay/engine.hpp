@@ -31,7 +31,6 @@ struct EngineOptions {
   uint64_t defer_digest_hole_bytes = 1ULL << 30;
 };
 
-// An image as one account sees it.
 // What a scrub of one region found and did (Engine::Scrub).
 struct ScrubReport {
   std::string region;
@@ -43,6 +42,7 @@ struct ScrubReport {
   std::vector<std::string> images_damaged;   // still NotAvailable: no region had the bytes
 };
 
+// An image as one account sees it.
 struct ImageView {
   Image image;
   std::string type;                 // "System", "Custom" or "Sharing" (as a recipient sees it)

@@ -16,7 +16,8 @@
 
 namespace imagerelay {
 
-// Where import reads from: a local file now, URLs later.
+// Where import reads from: a local file or block device (OpenFileSource), or an http(s)://
+// or s3:// URL (url_source.cpp).
 class ByteSource {
  public:
   virtual ~ByteSource() = default;
