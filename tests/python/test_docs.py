@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 import imagerelay as ir
-from imagerelay import cli, errors, playbook
+from imagerelay import _core, cli, errors, playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -57,29 +56,11 @@ def section_of(text: str, level: int, name: str) -> str:
 
 
 # -- error codes ---------------------------------------------------------------------------
-def cpp_codes() -> dict[str, str]:
-    """codes::kName -> "Code" from error.hpp."""
-    text = (ROOT / "cpp" / "include" / "imagerelay" / "error.hpp").read_text()
-    found = dict(re.findall(r'inline\s+constexpr\s+const\s+char\s*\*\s*(k\w+)\s*=\s*"([^"]+)"',
-                            text))
-    assert len(found) >= 30 and found.get("kRegionNotSupportCopy") == "Image.RegionNotSupportCopy"
-    return found
-
-
-def cpp_code_table() -> dict[str, tuple[str, int]]:
-    """"Code" -> (ErrorKind, HTTP status) from error.cpp's kCodeTable."""
-    names = cpp_codes()
-    text = (CPP_SRC / "error.cpp").read_text()
-    rows = re.findall(r"CodeInfo\{\s*codes::(k\w+)\s*,\s*ErrorKind::(k\w+)\s*,\s*(\d+)\s*\}", text)
-    assert rows, "kCodeTable not found in error.cpp"
-    return {names[const]: (kind, int(status)) for const, kind, status in rows}
-
-
 def python_raised_codes() -> dict[str, str]:
     """Codes the Python package raises itself (`code=` or a class's default_code): code ->
     class name."""
     out: dict[str, str] = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
         for m in re.finditer(r"class (\w+)\([^)]*\):.*(?:\n    .*|\n)*?\n    default_code = "
                              r"\"([^\"]+)\"", text):
@@ -87,15 +68,6 @@ def python_raised_codes() -> dict[str, str]:
         for m in re.finditer(r"raise (\w+)\((?:[^()]|\([^()]*\))*?code=\"([^\"]+)\"", text):
             out.setdefault(m.group(2), m.group(1))
     return out
-
-
-KIND_CLASS = {
-    "kValidation": "ValidationError", "kNotFound": "NotFoundError",
-    "kPermissionDenied": "PermissionDeniedError", "kImageBusy": "ImageBusyError",
-    "kConflict": "ConflictError", "kQuotaExceeded": "QuotaExceededError",
-    "kTransfer": "TransferError", "kIntegrity": "IntegrityError",
-    "kReplicationFailed": "ReplicationFailedError", "kTimeout": "TimeoutError",
-}
 
 
 def error_rows() -> dict[str, list[str]]:
@@ -110,16 +82,14 @@ def error_rows() -> dict[str, list[str]]:
 
 
 def test_every_cpp_error_code_is_documented_with_its_class_and_status() -> None:
+    # The core's table (cpp/src/error.cpp) is the one list of codes, kinds and statuses.
     rows = error_rows()
-    table = cpp_code_table()
-    assert set(cpp_codes().values()) == set(table), "error.hpp and kCodeTable disagree"
-    for code, (kind, status) in table.items():
+    for code in _core.error_codes():
         assert code in rows, f"error code {code} is missing from docs/errors.md"
         python_class = type(errors.error_for_code(code, "m")).__name__
-        assert python_class == KIND_CLASS[kind], (
-            f"{code}: the C++ kind {kind} and the Python class {python_class} disagree")
         assert rows[code][1] == f"`{python_class}`", (
             f"docs/errors.md lists {code} as {rows[code][1]}, the code raises {python_class}")
+        status = _core.error_http_status(code)
         assert rows[code][2] == str(status), (
             f"docs/errors.md gives {code} status {rows[code][2]}, the code {status}")
         assert len(rows[code][3]) > 10, f"docs/errors.md does not say when {code} is raised"
@@ -127,8 +97,8 @@ def test_every_cpp_error_code_is_documented_with_its_class_and_status() -> None:
 
 def test_every_python_error_code_and_class_is_documented() -> None:
     rows = error_rows()
-    for code, cls in {**python_raised_codes(), **{c: k.__name__ for c, k in
-                                                  errors._CLASS_BY_CODE.items()}}.items():
+    core = {c: type(errors.error_for_code(c, "m")).__name__ for c in _core.error_codes()}
+    for code, cls in {**python_raised_codes(), **core}.items():
         assert code in rows, f"error code {code} (raised as {cls}) is missing from docs/errors.md"
     assert "Playbook.AssertionFailed" in python_raised_codes()  # the scan finds them
     text = doc("errors.md")
@@ -140,9 +110,9 @@ def test_every_python_error_code_and_class_is_documented() -> None:
 
 
 # -- events --------------------------------------------------------------------------------
-EVENT_LITERAL = re.compile(r'"((?:image|job|task|region|account|share|store)\.[a-z_]+)"')
-EVENT_CALL = re.compile(r'(?:MakeEvent|TaskEventOf)\(\s*"([a-z]+\.[a-z_]+)"'
-                        r'|\.type\s*=\s*"([a-z]+\.[a-z_]+)"')
+# An emit site: MakeEvent / MakeJobEvent / MakeTaskEvent(event_type::kName, ...).
+EVENT_CALL = re.compile(r"Make(Task|Job)?Event\(\s*event_type::(k\w+)")
+EVENT_CONSTANT = re.compile(r'inline constexpr std::string_view (k\w+) = "([a-z]+\.[a-z_]+)"')
 
 
 def _statement(text: str, start: int) -> str:
@@ -161,38 +131,28 @@ def _statement(text: str, start: int) -> str:
 
 def _detail_keys(code: str) -> set[str]:
     keys = set(re.findall(r'\{\s*"([a-z_]+)"\s*,', code))           # {{"key", value}}
-    keys |= set(re.findall(r'\\"([a-z_]+)\\"\s*:', code))            # "{\"key\":...}"
-    keys |= set(re.findall(r'\bj\["([a-z_]+)"\]', code))              # j["key"] = ...
-    for raw in re.findall(r'R"\((.*?)\)"', code, re.S):               # R"({"key":...})"
-        keys |= set(json.loads(raw))
+    keys |= set(re.findall(r'\bdetail\["([a-z_]+)"\]', code))         # detail["key"] = ...
     return keys
 
 
 def emitted_events() -> dict[str, set[str]]:
-    """Event type -> the detail keys the C++ code writes for it."""
-    events: dict[str, set[str]] = {}
-    task_detail: set[str] = set()
+    """Event type -> the detail keys the C++ code writes for it. The types are the core's
+    list (_core.event_types(), src/events.hpp); the keys come from the emit sites."""
+    names = dict(EVENT_CONSTANT.findall((CPP_SRC / "events.hpp").read_text()))
+    builders = (CPP_SRC / "events.cpp").read_text()
+    start = builders.index("Event MakeTaskEvent(")
+    task_detail = _detail_keys(_function_body(builders, start))
+    assert task_detail >= {"state", "bytes_done"}, "MakeTaskEvent() not found in events.cpp"
+    events: dict[str, set[str]] = {t: set() for t in _core.event_types()}
+    assert set(names.values()) == set(events), "events.hpp and _core.event_types() disagree"
     for path in sorted(CPP_SRC.glob("*.cpp")):
         text = path.read_text()
-        m = re.search(r"std::string TaskDetail\(", text)
-        if m:
-            task_detail = _detail_keys(_function_body(text, m.start()))
         for m in EVENT_CALL.finditer(text):
-            kind = m.group(1) or m.group(2)
-            if m.group(0).startswith("TaskEventOf"):
-                events.setdefault(kind, set()).add("<task>")
-            elif m.group(2):  # e.type = "...": the detail is set before it is appended
-                end = text.find("Append(", m.end())
-                events.setdefault(kind, set()).update(_detail_keys(text[m.end():end]))
+            kind = names[m.group(2)]
+            if m.group(1) == "Task":
+                events[kind] |= task_detail
             else:
-                events.setdefault(kind, set()).update(_detail_keys(_statement(text, m.start())))
-        for literal in EVENT_LITERAL.findall(text):  # any other way of naming one
-            events.setdefault(literal, set())
-    assert task_detail >= {"state", "bytes_done"}, "TaskDetail() not found in cpp/src"
-    for keys in events.values():
-        if "<task>" in keys:
-            keys.discard("<task>")
-            keys |= task_detail
+                events[kind] |= _detail_keys(_statement(text, m.start()))
     assert {"image.created", "task.progress", "job.finished"} <= set(events)
     return events
 
