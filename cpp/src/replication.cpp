@@ -1,5 +1,6 @@
 // Replication: jobs and tasks in the catalog, the copy workers with their leases, cancel,
-// failure and crash-resume (DESIGN.md §2, §3, §5). The bytes move in transfer.cpp.
+// failure and crash-resume (DESIGN.md §2, §3, §5). A worker runs what it claims as a CopyRun
+// (copy_runner.hpp); the bytes move in transfer.cpp.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "copy_runner.hpp"
 #include "engine_impl.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
@@ -41,34 +43,6 @@ Job LoadOwnJob(CatalogTx& tx, const std::string& account, const std::string& job
                                      "list jobs to see yours");
   }
   return *job;
-}
-
-// After a task of `job` ended: the source returns to Available when nothing of it is in
-// flight, and the job reports that it finished when its last task ended.
-void Settle(CatalogTx& tx, const std::string& job_id, PendingEvents& events) {
-  auto job = tx.GetJob(job_id);
-  if (!job) return;
-  bool source_busy = false;
-  std::map<std::string, std::string> source_of_job;
-  for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
-    auto& source = source_of_job[task.job_id];
-    if (source.empty()) {
-      auto other = tx.GetJob(task.job_id);
-      source = other ? other->source_image_id : "?";
-    }
-    if (source == job->source_image_id) source_busy = true;
-  }
-  if (!source_busy) {
-    auto source = tx.GetImage(job->source_image_id);
-    if (source && source->status == ImageStatus::kReplicating &&
-        tx.TransitionImage(source->id, ImageStatus::kReplicating, ImageEvent::kCopiesSettled)) {
-      source->status = ImageStatus::kAvailable;
-    }
-  }
-  JobState state = StateOfJob(job->tasks);
-  if (state != JobState::kRunning) {
-    events.Append(tx, MakeJobEvent(event_type::kJobFinished, *job, {{"state", ToString(state)}}));
-  }
 }
 
 }  // namespace
@@ -202,7 +176,7 @@ void Engine::CancelCopy(const std::string& account, const std::string& dest_imag
     events.Append(tx, MakeTaskEvent(event_type::kTaskCancelled, *job, *task));
     events.Append(tx, MakeEvent(event_type::kImageDeleted, account, &image, job->id,
                                 nlohmann::json{{"reason", "copy cancelled"}}));
-    Settle(tx, job->id, events);
+    SettleJob(tx, job->id, events);
     region = task->region;
   });
   // Stop a copy running in this process and wait for it to let go of its bytes.
@@ -377,298 +351,10 @@ void Engine::Impl::WorkerLoop() {
   }
 }
 
-namespace {
-
-// What one worker took from the queue: tasks of one job, run together so that each source
-// chunk is read once for all of them.
-struct Claim {
-  Job job;
-  Image source;
-  std::vector<Task> tasks;
-};
-
-}  // namespace
-
 bool Engine::Impl::RunOneClaim() {
-  // A cheap read first: idle workers must not queue for the catalog's write lock.
-  bool anything = false;
-  catalog->Read([&](CatalogTx& tx) {
-    TimeUs now = NowUs();
-    for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
-      if (task.state == TaskState::kPending ||
-          !LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now)) {
-        anything = true;
-        break;
-      }
-    }
-  });
-  if (!anything) return false;
-  Claim claim;
-  Write([&](CatalogTx& tx, PendingEvents& events) {
-    TimeUs now = NowUs();
-    auto active = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning});
-    std::map<std::string, int> running_per_region;
-    std::vector<Task> claimable;
-    for (const auto& task : active) {
-      bool alive = task.state == TaskState::kRunning &&
-                   LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now);
-      if (alive) {
-        ++running_per_region[task.region];
-      } else {
-        claimable.push_back(task);
-      }
-    }
-    std::string job_id;
-    for (const auto& task : claimable) {
-      if (!job_id.empty() && task.job_id != job_id) continue;
-      if (running_per_region[task.region] >= options.limits.max_tasks_per_region) continue;
-      if (tx.SweepLeaseHeld(task.region, now)) continue;
-      if (job_id.empty()) {
-        job_id = task.job_id;
-        claim.job = *tx.GetJob(job_id);
-        claim.source = *tx.GetImage(claim.job.source_image_id);
-      }
-      TaskEvent event = task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
-      if (!tx.TransitionTask(task.dest_image_id, task.state, event)) continue;
-      // Its writer stopped mid-copy (maybe killed): the sweep after this copy removes the
-      // temporary files it left.
-      if (event == TaskEvent::kTakeOver) tx.SetSweepNeeded(task.region, true);
-      Task claimed = task;
-      claimed.state = TaskState::kRunning;
-      claimed.lease_owner = worker_id;
-      claimed.lease_expires_us = now + options.lease_ms * 1000;
-      claimed.attempts += 1;
-      if (claimed.started_us == 0) claimed.started_us = now;
-      tx.UpdateTaskFields(claimed);
-      ++running_per_region[task.region];
-      events.Append(tx, MakeTaskEvent(event_type::kTaskStarted, claim.job, claimed));
-      claim.tasks.push_back(claimed);
-    }
-  });
-  if (claim.tasks.empty()) return false;
-
-  // Register cancel tokens before anything moves.
-  std::vector<std::shared_ptr<CancelToken>> tokens;
-  {
-    std::lock_guard lock(running_mutex);
-    for (const auto& task : claim.tasks) {
-      tokens.push_back(std::make_shared<CancelToken>());
-      running[task.dest_image_id] = tokens.back();
-      if (closing) tokens.back()->Cancel();
-    }
-  }
-  auto unregister = [&] {
-    std::lock_guard lock(running_mutex);
-    for (const auto& task : claim.tasks) running.erase(task.dest_image_id);
-  };
-
-  std::optional<Manifest> manifest;
-  std::vector<std::shared_ptr<Store>> dest_stores;
-  // Settles one destination: commit (manifest, then catalog) or give its region back.
-  // Runs as soon as the transfer is done with it, while the other destinations go on.
-  std::vector<bool> finished(claim.tasks.size(), false);
-  std::vector<std::string> copy_digest(claim.tasks.size());
-  std::shared_ptr<Store> source_store;
-  auto finish = [&](size_t i, TransferOutcome outcome) {
-    if (finished[i]) return;
-    finished[i] = true;
-    if (!outcome.damaged_source_chunk.empty() && source_store) {
-      // Before the copy settles: the source goes NotAvailable, not back to Available.
-      ReportDamagedChunk(claim.source.region, *source_store, outcome.damaged_source_chunk,
-                         "chunk " + outcome.damaged_source_chunk + " of " + claim.source.id +
-                             " in region " + claim.source.region +
-                             " is corrupt or missing (found by a copy)");
-    }
-    Task& task = claim.tasks[i];
-    task.bytes_total = outcome.progress.bytes_total;
-    task.bytes_done = outcome.progress.bytes_done;
-    task.bytes_transferred = outcome.progress.bytes_transferred;
-    task.bytes_sent = outcome.progress.bytes_sent;
-    task.chunks_total = outcome.progress.chunks_total;
-    task.chunks_skipped = outcome.progress.chunks_skipped;
-    bool sweep = false;
-    bool committed_manifest = false;
-    if (outcome.kind == TransferOutcome::Kind::kCompleted) {
-      try {
-        Image copy;
-        std::string source_digest;
-        catalog->Read([&](CatalogTx& tx) {
-          copy = *tx.GetImage(task.dest_image_id);
-          if (auto source = tx.GetImage(claim.source.id)) source_digest = source->digest;
-        });
-        copy.status = ImageStatus::kAvailable;
-        // The source's digest may have been computed since the job started (digester.cpp).
-        if (copy.digest.empty()) copy.digest = source_digest;
-        Manifest committed = *manifest;
-        if (committed.digest.empty()) committed.digest = copy.digest;
-        copy_digest[i] = copy.digest;
-        dest_stores[i]->PutManifest(task.dest_image_id, committed);
-        dest_stores[i]->PutImageRecord(task.dest_image_id, ImageRecordJson(copy));
-        committed_manifest = true;
-      } catch (const Error& e) {
-        outcome = {TransferOutcome::Kind::kFailed, e.code(), e.message(), outcome.progress, {}};
-      }
-    }
-    bool user_cancelled = false;
-    bool digest_missing = false;
-    Write([&](CatalogTx& tx, PendingEvents& events) {
-      auto current = tx.GetTaskByDestImage(task.dest_image_id);
-      if (!current) return;
-      bool ours = current->state == TaskState::kRunning && current->lease_owner == worker_id;
-      task.finished_us = NowUs();
-      if (ours) events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, claim.job, task));  // the last
-      if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
-        tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
-        tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
-                           ImageEvent::kCopyCompleted);
-        tx.PutManifestDigest(task.dest_image_id, manifest->ChunkListDigest());
-        task.state = TaskState::kCompleted;
-        task.lease_owner.clear();
-        tx.UpdateTaskFields(task);
-        auto copy = tx.GetImage(task.dest_image_id);
-        if (copy->digest.empty() && !copy_digest[i].empty()) {
-          copy->digest = copy_digest[i];
-          tx.UpdateImageFields(*copy);
-        }
-        digest_missing = copy->digest.empty();
-        events.Append(tx, MakeTaskEvent(event_type::kTaskCompleted, claim.job, task));
-        events.Append(tx, MakeEvent(event_type::kImageAvailable, claim.job.account, &*copy, claim.job.id));
-        Settle(tx, claim.job.id, events);
-      } else if (ours && outcome.kind == TransferOutcome::Kind::kFailed) {
-        tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kFail);
-        tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
-                           ImageEvent::kCopyFailed);
-        task.state = TaskState::kFailed;
-        task.error_code = outcome.error_code.empty() ? codes::kTransferFailed : outcome.error_code;
-        task.error = outcome.error;
-        task.lease_owner.clear();
-        tx.UpdateTaskFields(task);
-        auto copy = tx.GetImage(task.dest_image_id);
-        copy->error = task.error;
-        tx.UpdateImageFields(*copy);
-        tx.SetSweepNeeded(task.region, true);
-        events.Append(tx, MakeTaskEvent(event_type::kTaskFailed, claim.job, task));
-        events.Append(tx, MakeEvent(event_type::kImageCreateFailed, claim.job.account, &*copy, claim.job.id,
-                                    nlohmann::json{{"code", task.error_code}}));
-        Settle(tx, claim.job.id, events);
-      } else if (ours) {
-        // Stopped by Close(): hand the task back so that the next process resumes it.
-        current->lease_owner.clear();
-        current->lease_expires_us = 0;
-        tx.UpdateTaskFields(*current);
-      } else {
-        // Cancelled (or taken over) meanwhile: let go of the region.
-        user_cancelled = current->state == TaskState::kCancelled;
-        if (current->lease_owner == worker_id) {
-          current->lease_owner.clear();
-          current->lease_expires_us = 0;
-          tx.UpdateTaskFields(*current);
-        }
-      }
-    });
-    if (user_cancelled || outcome.kind == TransferOutcome::Kind::kFailed) {
-      if (committed_manifest) {
-        try {
-          dest_stores[i]->DeleteManifest(task.dest_image_id);
-          dest_stores[i]->DeleteImageRecord(task.dest_image_id);
-        } catch (const std::exception&) {
-        }
-      }
-      sweep = true;
-    }
-    if (sweep) MaybeSweep(task.region);
-    if (digest_missing) ScheduleDigests();
-    // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
-    std::lock_guard lock(running_mutex);
-    running.erase(task.dest_image_id);
-  };
-
-  std::vector<TransferOutcome> outcomes;
-  std::string setup_code, setup_error;
-  try {
-    source_store = StoreFor(claim.source.region);
-    manifest = LoadManifest(claim.source, *source_store);
-    std::vector<TransferDestination> destinations;
-    std::vector<size_t> task_of;  // destination position -> task index
-    dest_stores.resize(claim.tasks.size());
-    for (size_t i = 0; i < claim.tasks.size(); ++i) {
-      try {
-        dest_stores[i] = StoreFor(claim.tasks[i].region);
-        dest_stores[i]->Check();
-        task_of.push_back(i);
-      } catch (const Error& e) {
-        // A broken destination fails its own copy only; the others go on.
-        finish(i, {TransferOutcome::Kind::kFailed, e.code(), e.message(), {}, {}});
-      }
-    }
-    auto last_flush = Clock::now();
-    auto started = Clock::now();
-    std::vector<IoProgress> latest(claim.tasks.size());
-    auto flush = [&](bool force) {
-      auto now = Clock::now();
-      if (!force && now - last_flush < std::chrono::milliseconds(250)) return;
-      last_flush = now;
-      double seconds = std::chrono::duration<double>(now - started).count();
-      Write([&](CatalogTx& tx, PendingEvents& events) {
-        for (size_t i = 0; i < claim.tasks.size(); ++i) {
-          if (finished[i]) continue;
-          auto current = tx.GetTaskByDestImage(claim.tasks[i].dest_image_id);
-          // Cancelled elsewhere, or taken over after our lease lapsed: stop this copy.
-          if (!current || current->state != TaskState::kRunning ||
-              current->lease_owner != worker_id) {
-            tokens[i]->Cancel();
-            continue;
-          }
-          Task& t = claim.tasks[i];
-          t.bytes_total = latest[i].bytes_total;
-          t.bytes_done = latest[i].bytes_done;
-          t.bytes_transferred = latest[i].bytes_transferred;
-          t.bytes_sent = latest[i].bytes_sent;
-          t.chunks_total = latest[i].chunks_total;
-          t.chunks_skipped = latest[i].chunks_skipped;
-          t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
-          t.lease_expires_us = NowUs() + options.lease_ms * 1000;
-          tx.UpdateTaskFields(t);
-          events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, claim.job, t));
-        }
-      });
-    };
-    for (size_t i : task_of) {
-      TransferDestination dest;
-      dest.store = dest_stores[i].get();
-      dest.cancel = tokens[i].get();
-      dest.progress = [&, i](const IoProgress& p) {
-        latest[i] = p;
-        flush(false);
-      };
-      destinations.push_back(std::move(dest));
-    }
-    TransferOptions transfer;
-    transfer.buffer_memory = options.limits.buffer_memory;
-    transfer.bandwidth = options.limits.bandwidth;
-    auto moved = CopyImage(*source_store, *manifest, destinations, transfer,
-                           [&](size_t d, const TransferOutcome& outcome) {
-                             latest[task_of[d]] = outcome.progress;
-                             finish(task_of[d], outcome);
-                           });
-    outcomes.resize(claim.tasks.size());
-    for (size_t d = 0; d < moved.size(); ++d) outcomes[task_of[d]] = moved[d];
-    flush(true);
-  } catch (const Error& e) {
-    setup_code = e.code();
-    setup_error = e.message();
-  } catch (const std::exception& e) {
-    setup_code = codes::kTransferFailed;
-    setup_error = e.what();
-  }
-  if (outcomes.size() != claim.tasks.size()) {
-    // Nothing moved (no source manifest, say): every copy not settled yet fails with why.
-    outcomes.assign(claim.tasks.size(), TransferOutcome{TransferOutcome::Kind::kFailed,
-                                                        setup_code, setup_error, {}, {}});
-  }
-
-  for (size_t i = 0; i < claim.tasks.size(); ++i) finish(i, outcomes[i]);
-  unregister();
+  std::optional<CopyRun::Claim> claim = CopyRun::ClaimTasks(*this);
+  if (!claim) return false;
+  CopyRun(*this, std::move(*claim)).Run();
   SweepPending();  // sweeps put off while this copy was writing
   return true;
 }
