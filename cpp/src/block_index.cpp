@@ -164,6 +164,16 @@ std::vector<std::string> BlockIndex::Hashes() {
   return hashes;
 }
 
+std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_t limit) {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(
+      db_->reader.Cached("SELECT hash FROM blocks WHERE hash > ? ORDER BY hash LIMIT ?"));
+  s->Bind(after, static_cast<int64_t>(limit));
+  std::vector<std::string> hashes;
+  while (s->Step()) hashes.push_back(s->Text(0));
+  return hashes;
+}
+
 std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
     const std::vector<std::string>& hashes) {
   std::lock_guard lock(read_mutex_);

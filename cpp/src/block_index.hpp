@@ -62,6 +62,8 @@ class BlockIndex {
   std::vector<PackEntry> EntriesOf(const std::string& pack_id);
   // Every indexed block's hash, sorted.
   std::vector<std::string> Hashes();
+  // Up to `limit` hashes after `after`, in order: a listing in pages.
+  std::vector<std::string> HashesAfter(const std::string& after, size_t limit);
   // One answer per hash, in order, from one read; nullopt where the block is not indexed.
   std::vector<std::optional<BlockLocation>> Lookup(const std::vector<std::string>& hashes);
   uint64_t BlockCount();

@@ -181,12 +181,15 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
   report.region = region;
   auto store = StoreFor(region);
 
-  // 1. Every stored chunk, read and checked against its name, a few at a time.
-  const std::vector<std::string> chunks = store->ListChunks();
+  // 1. Every stored chunk, read and checked against its name, a few at a time; listed a
+  //    page at a time (a region may hold millions of blocks).
+  constexpr size_t kScrubPage = 65536;
   std::mutex mu;
-  std::atomic<size_t> next{0};
   std::atomic<uint64_t> bytes{0};
+  std::atomic<uint64_t> listed{0};  // for progress: the total is not known up front
   std::exception_ptr error;
+  std::vector<std::string> chunks;
+  std::atomic<size_t> next{0};
   auto check = [&] {
     std::vector<std::byte> data;
     for (size_t i; (i = next.fetch_add(1)) < chunks.size();) {
@@ -216,22 +219,32 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
     }
   };
   {
-    std::vector<std::jthread> crew;
-    for (int t = 1; t < 4; ++t) crew.emplace_back(check);
     std::jthread reporter([&](std::stop_token stop) {
       while (!stop.stop_requested() && progress) {
         IoProgress p;
         p.bytes_done = bytes.load();
-        p.chunks_total = chunks.size();
+        p.chunks_total = listed.load();
         progress(p);
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
     });
-    check();
+    for (std::string after;;) {
+      chunks = store->ListChunksAfter(after, kScrubPage);
+      if (chunks.empty()) break;
+      after = chunks.back();
+      listed += chunks.size();
+      next = 0;
+      {
+        std::vector<std::jthread> crew;
+        for (int t = 1; t < 4; ++t) crew.emplace_back(check);
+        check();
+      }
+      if (cancel.cancelled() || error) break;
+      report.chunks_checked += chunks.size();
+    }
   }
   if (cancel.cancelled()) throw Cancelled{};
   if (error) std::rethrow_exception(error);
-  report.chunks_checked = chunks.size();
   report.bytes_checked = bytes.load();
   std::sort(report.quarantined.begin(), report.quarantined.end());
 

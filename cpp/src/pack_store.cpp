@@ -632,6 +632,11 @@ std::vector<std::string> PackStore::ListChunks() {
   return hashes;
 }
 
+std::vector<std::string> PackStore::ListChunksAfter(const std::string& after, size_t limit) {
+  if (HasLegacyChunks()) return Store::ListChunksAfter(after, limit);
+  return Index().HashesAfter(after, limit);
+}
+
 std::optional<uint64_t> PackStore::StoredChunkSize(const std::string& hash) {
   if (auto where = Index().Lookup({hash})[0]) return where->stored_length;
   auto* probe = dynamic_cast<ChunkSizeProbe*>(base_.get());

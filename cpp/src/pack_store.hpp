@@ -82,6 +82,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // the chunk file of an earlier release.
   void QuarantineChunk(const std::string& hash) override;
   std::vector<std::string> ListChunks() override;
+  // From the index, a page at a time (a store that still holds chunk files lists them all).
+  std::vector<std::string> ListChunksAfter(const std::string& after, size_t limit) override;
   SweepResult SweepUnmarked(const MarkSet& marked) override;
 
   void PutManifest(const std::string& image_id, const Manifest& manifest) override;

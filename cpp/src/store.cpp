@@ -247,6 +247,14 @@ SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
   return store.SweepUnmarked(marked);
 }
 
+std::vector<std::string> Store::ListChunksAfter(const std::string& after, size_t limit) {
+  std::vector<std::string> all = ListChunks();
+  std::sort(all.begin(), all.end());
+  auto first = std::upper_bound(all.begin(), all.end(), after);
+  auto last = first + static_cast<ptrdiff_t>(std::min<size_t>(limit, all.end() - first));
+  return {first, last};
+}
+
 SweepResult Store::SweepUnmarked(const MarkSet& marked) {
   auto* sizes = dynamic_cast<ChunkSizeProbe*>(this);
   SweepResult result;

@@ -127,6 +127,24 @@ TEST(PackStoreTest, BlocksGoIntoPacksCompressedWhenItPaysAndReadBack) {
   EXPECT_THROW(store->GetChunk(HashOf(RandomBlock(99)), out), TransferError);
 }
 
+TEST(PackStoreTest, ChunksAreListedInPagesInOrder) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());
+  for (uint32_t i = 0; i < 11; ++i) store->PutChunk(HashOf(RandomBlock(i)), RandomBlock(i));
+  store->Flush();
+  const std::vector<std::string> all = store->ListChunks();
+  ASSERT_EQ(all.size(), 11u);
+  std::vector<std::string> paged;
+  for (std::string after;;) {
+    std::vector<std::string> page = store->ListChunksAfter(after, 4);
+    if (page.empty()) break;
+    EXPECT_LE(page.size(), 4u);
+    after = page.back();
+    paged.insert(paged.end(), page.begin(), page.end());
+  }
+  EXPECT_EQ(paged, all);  // sorted, each once
+}
+
 TEST(PackStoreTest, TheIndexIsRebuiltFromPackFooters) {
   ScratchDir dir;
   std::vector<std::vector<std::byte>> blocks;

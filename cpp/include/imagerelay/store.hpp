@@ -122,6 +122,10 @@ class Store {
   // file aside under quarantine/ for inspection; the default deletes it.
   virtual void QuarantineChunk(const std::string& hash) { DeleteChunk(hash); }
   virtual std::vector<std::string> ListChunks() = 0;
+  // Up to `limit` chunk names after `after` ("" = from the start), in order: a listing in
+  // pages, so that a walk over a region's blocks needs the memory of a page. The default
+  // slices ListChunks().
+  virtual std::vector<std::string> ListChunksAfter(const std::string& after, size_t limit);
   // Removes every chunk not in `marked` (SweepStore below). The default lists the chunks and
   // deletes the unmarked ones; a store that packs chunks also rewrites packs mostly garbage.
   virtual SweepResult SweepUnmarked(const MarkSet& marked);
