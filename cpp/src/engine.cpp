@@ -493,6 +493,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
   image.os_version = request.os_version;
   image.os_arch = request.os_arch;
   image.description = request.description;
+  if (request.validate_only) return ImageView{image, TypeSeenBy(image, account), std::nullopt};
 
   // A sweep of the region and a new writer exclude each other: wait for a running sweep.
   for (bool inserted = false; !inserted;) {
@@ -581,48 +582,52 @@ ImageView Engine::GetImage(const std::string& account, const std::string& image_
 }
 
 void Engine::Share(const std::string& account, const std::string& image_id,
-                   const std::vector<std::string>& accounts) {
-  auto evaluate = [&](CatalogTx& tx) {
-    RequireAccount(tx, account);
-    Image image = LoadVisible(tx, account, image_id);
-    ThrowIfAny(CheckShare(image, account, accounts, GatherShareFacts(tx, image, accounts),
-                          impl_->options.limits));
-    return image;
-  };
-  std::optional<ImageView> view;
-  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
-  impl_->CheckPolicies({.action = "share", .account = account, .image = view, .to = {},
-                        .accounts = Unique(accounts), .name = ""});
-  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
-    Image image = evaluate(tx);
-    for (const auto& other : Unique(accounts)) {
-      tx.InsertShare(image.id, other);
-      events.Append(tx, MakeEvent(event_type::kImageShared, account, &image, "",
-                                  nlohmann::json({{"account", other}})));
-    }
-  });
+                   const std::vector<std::string>& accounts, bool validate_only) {
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckShare(image, account, accounts, GatherShareFacts(tx, image, accounts),
+                              impl_->options.limits));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "share", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {},
+                             .accounts = Unique(accounts), .name = ""};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
+        for (const auto& other : Unique(accounts)) {
+          tx.InsertShare(image.id, other);
+          events.Append(tx, MakeEvent(event_type::kImageShared, account, &image, "",
+                                      nlohmann::json({{"account", other}})));
+        }
+      });
 }
 
 void Engine::Unshare(const std::string& account, const std::string& image_id,
-                     const std::vector<std::string>& accounts) {
-  auto evaluate = [&](CatalogTx& tx) {
-    RequireAccount(tx, account);
-    Image image = LoadVisible(tx, account, image_id);
-    ThrowIfAny(CheckUnshare(image, account, accounts, GatherShareFacts(tx, image, accounts)));
-    return image;
-  };
-  std::optional<ImageView> view;
-  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
-  impl_->CheckPolicies({.action = "unshare", .account = account, .image = view, .to = {},
-                        .accounts = Unique(accounts), .name = ""});
-  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
-    Image image = evaluate(tx);
-    for (const auto& other : Unique(accounts)) {
-      tx.DeleteShare(image.id, other);
-      events.Append(tx, MakeEvent(event_type::kImageUnshared, account, &image, "",
-                                  nlohmann::json({{"account", other}})));
-    }
-  });
+                     const std::vector<std::string>& accounts, bool validate_only) {
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckUnshare(image, account, accounts, GatherShareFacts(tx, image, accounts)));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "unshare", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {},
+                             .accounts = Unique(accounts), .name = ""};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
+        for (const auto& other : Unique(accounts)) {
+          tx.DeleteShare(image.id, other);
+          events.Append(tx, MakeEvent(event_type::kImageUnshared, account, &image, "",
+                                      nlohmann::json({{"account", other}})));
+        }
+      });
 }
 
 std::vector<std::string> Engine::SharedUsers(const std::string& account,
@@ -638,66 +643,72 @@ std::vector<std::string> Engine::SharedUsers(const std::string& account,
 }
 
 void Engine::Rename(const std::string& account, const std::string& image_id,
-                    const std::string& name) {
-  auto evaluate = [&](CatalogTx& tx) {
-    RequireAccount(tx, account);
-    Image image = LoadVisible(tx, account, image_id);
-    ThrowIfAny(CheckRename(image, account, name));
-    return image;
-  };
-  std::optional<ImageView> view;
-  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
-  impl_->CheckPolicies({.action = "rename", .account = account, .image = view, .to = {},
-                        .accounts = {}, .name = name});
-  Image renamed;
-  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
-    Image image = evaluate(tx);
-    std::string old_name = image.name;
-    image.name = name;
-    tx.UpdateImageFields(image);
-    events.Append(tx, MakeEvent(event_type::kImageRenamed, account, &image, "",
-                                nlohmann::json({{"old", old_name}, {"new", name}})));
-    renamed = image;
-  });
-  if (renamed.status == ImageStatus::kAvailable) {
+                    const std::string& name, bool validate_only) {
+  std::optional<Image> renamed;
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckRename(image, account, name));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "rename", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {}, .accounts = {},
+                             .name = name};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, Image image) {
+        std::string old_name = image.name;
+        image.name = name;
+        tx.UpdateImageFields(image);
+        events.Append(tx, MakeEvent(event_type::kImageRenamed, account, &image, "",
+                                    nlohmann::json({{"old", old_name}, {"new", name}})));
+        renamed = image;
+      });
+  if (renamed && renamed->status == ImageStatus::kAvailable) {
     try {
-      impl_->StoreFor(renamed.region)->PutImageRecord(renamed.id, ImageRecordJson(renamed));
+      impl_->StoreFor(renamed->region)->PutImageRecord(renamed->id, ImageRecordJson(*renamed));
     } catch (const std::exception&) {
       // The catalog is the truth; the record in the store is a rebuild aid.
     }
   }
 }
 
-void Engine::Delete(const std::string& account, const std::string& image_id) {
-  auto evaluate = [&](CatalogTx& tx) {
-    RequireAccount(tx, account);
-    Image image = LoadVisible(tx, account, image_id);
-    ThrowIfAny(CheckDelete(image, account, tx.ListShares(image.id).size()));
-    return image;
-  };
-  std::optional<ImageView> view;
-  impl_->catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
-  impl_->CheckPolicies({.action = "delete", .account = account, .image = view, .to = {},
-                        .accounts = {}, .name = ""});
-  Image deleted;
-  impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
-    Image image = evaluate(tx);
-    if (!tx.TransitionImage(image.id, image.status, ImageEvent::kDeleted)) {
-      ThrowCode(codes::kImageStatusForbidden,
-                "image " + image.id + " changed while it was being deleted; try again");
-    }
-    tx.SetSweepNeeded(image.region, true);
-    events.Append(tx, MakeEvent(event_type::kImageDeleted, account, &image));
-    deleted = image;
-  });
+void Engine::Delete(const std::string& account, const std::string& image_id,
+                    bool validate_only) {
+  std::optional<Image> deleted;
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckDelete(image, account, tx.ListShares(image.id).size()));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "delete", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {}, .accounts = {},
+                             .name = ""};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
+        if (!tx.TransitionImage(image.id, image.status, ImageEvent::kDeleted)) {
+          ThrowCode(codes::kImageStatusForbidden,
+                    "image " + image.id + " changed while it was being deleted; try again");
+        }
+        tx.SetSweepNeeded(image.region, true);
+        events.Append(tx, MakeEvent(event_type::kImageDeleted, account, &image));
+        deleted = image;
+      });
+  if (!deleted) return;  // only validated
   try {
-    auto store = impl_->StoreFor(deleted.region);
-    store->DeleteManifest(deleted.id);
-    store->DeleteImageRecord(deleted.id);
+    auto store = impl_->StoreFor(deleted->region);
+    store->DeleteManifest(deleted->id);
+    store->DeleteImageRecord(deleted->id);
   } catch (const std::exception&) {
     // The sweep removes manifests of deleted images it finds later.
   }
-  impl_->MaybeSweep(deleted.region);
+  impl_->MaybeSweep(deleted->region);
 }
 
 void Engine::Export(const std::string& account, const std::string& image_id,

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -81,6 +82,20 @@ struct Engine::Impl {
 
   // Runs fn in a write transaction and publishes the events it appended after commit.
   void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);
+  // The one way a request on an image changes the home: `evaluate(tx)` checks the acting
+  // account, the image's visibility and every rule over facts read from the catalog
+  // (throwing all that fails) and returns the image; `policy(tx, image)` says what the
+  // policies see; they run; then, unless only validating, `apply(tx, events, image)` runs in
+  // one write transaction, after evaluating again (the facts may have changed meanwhile).
+  template <typename Evaluate, typename Policy, typename Apply>
+  void Request(const Evaluate& evaluate, const Policy& policy, bool validate_only,
+               const Apply& apply) {
+    std::optional<PolicyRequest> request;
+    catalog->Read([&](CatalogTx& tx) { request = policy(tx, evaluate(tx)); });
+    CheckPolicies(*request);
+    if (validate_only) return;
+    Write([&](CatalogTx& tx, PendingEvents& events) { apply(tx, events, evaluate(tx)); });
+  }
   std::shared_ptr<Store> StoreFor(const std::string& region_id);
   // The cached store of a URI; an s3:// store opened here uses the credentials saved for
   // `region_id` (if any), else the environment's.

@@ -51,7 +51,9 @@ Job LoadOwnJob(CatalogTx& tx, const std::string& account, const std::string& job
 
 Job Engine::Replicate(const std::string& account, const std::string& image_id,
                       const std::vector<std::string>& to, const std::optional<std::string>& name,
-                      const std::optional<std::string>& client_token) {
+                      const std::optional<std::string>& client_token, bool validate_only) {
+  // Impl::Request's order (evaluate, policies, evaluate again and apply in one transaction),
+  // with a client token's replay before it and again inside the transaction.
   const std::string fingerprint = Fingerprint(image_id, to, name);
   if (client_token && (client_token->empty() || client_token->size() > 64)) {
     ThrowCode(codes::kInvalidParameter, "client token must be 1-64 characters");
@@ -90,6 +92,7 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
   if (existing) return *existing;
   impl_->CheckPolicies({.action = "replicate", .account = account, .image = view,
                         .to = Unique(to), .accounts = {}, .name = name.value_or("")});
+  if (validate_only) return Job{};
 
   Job job;
   impl_->Write([&](CatalogTx& tx, PendingEvents& events) {

@@ -361,3 +361,78 @@ TEST_F(EngineTest, SourceIsLockedWhileCopiesAreInFlight) {
 
 }  // namespace
 }  // namespace imagerelay
+
+namespace imagerelay {
+namespace {
+
+// The code an operation throws, "" if none.
+template <typename Fn>
+std::string CodeOf(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  return "";
+}
+
+// Validate-only runs every check of a request and changes nothing: the same code as the
+// real request for every failing rule, and no change (no event) when it would pass.
+TEST_F(EngineTest, ValidateOnlyGivesTheRealRequestsAnswerAndChangesNothing) {
+  auto engine = Open();
+  engine->AddAccount("bob", "");
+  auto image = Import(*engine, MakeFile("a.raw", 3 * kChunk, 1)).image;
+  ImportRequest system_request;
+  system_request.source = MakeFile("s.raw", kChunk, 2).string();
+  system_request.region = "bj";
+  system_request.name = "sys";
+  auto system = engine->ImportImage("", system_request, true, true).image;
+  const size_t events = engine->Events("default", 0, std::nullopt).size();
+  struct Case {
+    const char* what;
+    std::function<void(bool)> call;
+  };
+  const std::vector<Case> cases = {
+      {"replicate ok", [&](bool v) { engine->Replicate("default", image.id, {"gz"}, {}, {}, v); }},
+      {"replicate a System image",
+       [&](bool v) { engine->Replicate("default", system.id, {"gz"}, {}, {}, v); }},
+      {"replicate to its own region",
+       [&](bool v) { engine->Replicate("default", image.id, {"bj"}, {}, {}, v); }},
+      {"replicate to no region", [&](bool v) { engine->Replicate("default", image.id, {}, {}, {}, v); }},
+      {"share ok", [&](bool v) { engine->Share("default", image.id, {"bob"}, v); }},
+      {"share with its owner", [&](bool v) { engine->Share("default", image.id, {"default"}, v); }},
+      {"share a System image", [&](bool v) { engine->Share("default", system.id, {"bob"}, v); }},
+      {"unshare what is not shared", [&](bool v) { engine->Unshare("default", image.id, {"bob"}, v); }},
+      {"rename ok", [&](bool v) { engine->Rename("default", image.id, "new-name", v); }},
+      {"rename to nothing", [&](bool v) { engine->Rename("default", image.id, "", v); }},
+      {"rename another's image", [&](bool v) { engine->Rename("bob", image.id, "x", v); }},
+      {"delete a System image", [&](bool v) { engine->Delete("default", system.id, v); }},
+      {"delete ok", [&](bool v) { engine->Delete("default", image.id, v); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string dry = CodeOf([&] { c.call(true); });
+    EXPECT_EQ(engine->Events("default", 0, std::nullopt).size(), events);  // nothing changed
+    EXPECT_EQ(engine->GetImage("default", image.id).image.name, "golden");
+    EXPECT_TRUE(engine->SharedUsers("default", image.id).empty());
+    if (std::string(c.what).ends_with(" ok")) {
+      EXPECT_EQ(dry, "");
+      continue;  // the real one would change the home for the cases after it
+    }
+    EXPECT_NE(dry, "");
+    EXPECT_EQ(CodeOf([&] { c.call(false); }), dry);
+  }
+  ImportRequest bad = system_request;
+  bad.region = "nowhere";
+  bad.validate_only = true;
+  const std::string dry = CodeOf([&] { engine->ImportImage("default", bad, true, false); });
+  bad.validate_only = false;
+  EXPECT_EQ(CodeOf([&] { engine->ImportImage("default", bad, true, false); }), dry);
+  EXPECT_NE(dry, "");
+  system_request.validate_only = true;
+  EXPECT_EQ(engine->ImportImage("default", system_request, true, false).image.id, "");
+  EXPECT_EQ(engine->Images("default", std::nullopt, "All", std::nullopt).size(), 2u);
+}
+
+}  // namespace
+}  // namespace imagerelay

@@ -101,13 +101,17 @@ class Engine {
                                 const std::string& image_type,
                                 const std::optional<std::string>& name);
   ImageView GetImage(const std::string& account, const std::string& image_id);
+  // validate_only: every check of the request (account, visibility, rules, policies) and
+  // nothing else; the error a real request would raise, or nothing.
   void Share(const std::string& account, const std::string& image_id,
-             const std::vector<std::string>& accounts);
+             const std::vector<std::string>& accounts, bool validate_only = false);
   void Unshare(const std::string& account, const std::string& image_id,
-               const std::vector<std::string>& accounts);
+               const std::vector<std::string>& accounts, bool validate_only = false);
   std::vector<std::string> SharedUsers(const std::string& account, const std::string& image_id);
-  void Rename(const std::string& account, const std::string& image_id, const std::string& name);
-  void Delete(const std::string& account, const std::string& image_id);
+  void Rename(const std::string& account, const std::string& image_id, const std::string& name,
+              bool validate_only = false);
+  void Delete(const std::string& account, const std::string& image_id,
+              bool validate_only = false);
   // `cancel` stops an export early (Error(Transfer.Failed); `path` is left as it was) and a
   // verification (Error(Transfer.Failed), nothing recorded). An export's `progress` is
   // called from its thread about every 100 ms. An export writes only a new regular file, or
@@ -136,9 +140,10 @@ class Engine {
                          std::optional<double> timeout_s);
 
   // Replication (DESIGN.md §2, §5).
+  // validate_only: the checks only; returns the job a client token names, else an empty Job.
   Job Replicate(const std::string& account, const std::string& image_id,
                 const std::vector<std::string>& to, const std::optional<std::string>& name,
-                const std::optional<std::string>& client_token);
+                const std::optional<std::string>& client_token, bool validate_only = false);
   void CancelCopy(const std::string& account, const std::string& dest_image_id);
   // Cancels every copy of the job in flight, or only the one to `region`.
   void CancelJob(const std::string& account, const std::string& job_id,

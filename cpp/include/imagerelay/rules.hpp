@@ -50,6 +50,7 @@ struct ImportRequest {
   std::string os_arch = "x86_64";
   std::string format = "raw";
   std::string description;
+  bool validate_only = false;  // every check (source, rules, policies), nothing imported
 };
 
 // Checks the request fields; `region_exists` and the source size come from the engine
