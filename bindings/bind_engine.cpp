@@ -180,7 +180,8 @@ void BindEngine(py::module_& m) {
       .def_readwrite("os_version", &ImportRequest::os_version)
       .def_readwrite("os_arch", &ImportRequest::os_arch)
       .def_readwrite("format", &ImportRequest::format)
-      .def_readwrite("description", &ImportRequest::description);
+      .def_readwrite("description", &ImportRequest::description)
+      .def_readwrite("validate_only", &ImportRequest::validate_only);
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def_static(
@@ -224,14 +225,15 @@ void BindEngine(py::module_& m) {
            py::arg("image_type"), py::arg("name"), Release())
       .def("image", &Engine::GetImage, py::arg("account"), py::arg("image_id"), Release())
       .def("share", &Engine::Share, py::arg("account"), py::arg("image_id"), py::arg("accounts"),
-           Release())
+           py::arg("validate_only") = false, Release())
       .def("unshare", &Engine::Unshare, py::arg("account"), py::arg("image_id"),
-           py::arg("accounts"), Release())
+           py::arg("accounts"), py::arg("validate_only") = false, Release())
       .def("shared_users", &Engine::SharedUsers, py::arg("account"), py::arg("image_id"),
            Release())
       .def("rename", &Engine::Rename, py::arg("account"), py::arg("image_id"), py::arg("name"),
-           Release())
-      .def("delete", &Engine::Delete, py::arg("account"), py::arg("image_id"), Release())
+           py::arg("validate_only") = false, Release())
+      .def("delete", &Engine::Delete, py::arg("account"), py::arg("image_id"),
+           py::arg("validate_only") = false, Release())
       .def(
           "export",
           [](Engine& self, const std::string& account, const std::string& image_id,
@@ -273,7 +275,8 @@ void BindEngine(py::module_& m) {
       .def("wait_digest", &Engine::WaitDigest, py::arg("account"), py::arg("image_id"),
            py::arg("timeout"), Release())
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
-           py::arg("to"), py::arg("name"), py::arg("client_token"), Release())
+           py::arg("to"), py::arg("name"), py::arg("client_token"),
+           py::arg("validate_only") = false, Release())
       .def("cancel_copy", &Engine::CancelCopy, py::arg("account"), py::arg("dest_image_id"),
            Release())
       .def("cancel_job", &Engine::CancelJob, py::arg("account"), py::arg("job_id"),

@@ -17,6 +17,7 @@ from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
 from .collections import ImageList, JobList
 from ._waiting import wait_slices
+from .dry_run import DryRun
 from .errors import TimeoutError, ValidationError
 from .image import Image
 from .job import Job
@@ -142,10 +143,16 @@ class Cloud:
     def accounts(self) -> list[Account]:
         return [Account._from_core(a) for a in self._engine.accounts()]
 
+    @property
+    def dry_run(self) -> DryRun:
+        """Every check of a request and nothing else (``cloud.dry_run.replicate(...)``)."""
+        return DryRun(self)
+
     # -- images -------------------------------------------------------------------
     def _import(self, source: str | os.PathLike[str], system: bool, *, region: str, name: str,
                 os_type: str, os_name: str, os_version: str, os_arch: str, format: str,
-                description: str, wait: bool, progress: bool) -> Image:
+                description: str, wait: bool, progress: bool,
+                validate_only: bool = False) -> Image:
         request = _core.ImportRequest()
         request.source = os.fspath(source)
         request.region = region
@@ -156,6 +163,7 @@ class Cloud:
         request.os_arch = os_arch
         request.format = format
         request.description = description
+        request.validate_only = validate_only
         with bar_callback(f"import {name} -> {region}", progress and wait) as report:
             info = self._engine.import_image("" if system else self.account, request, wait,
                                              system, report)

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import CHUNK, PYTHON, chunk_bytes, make_dense, wait_until
+from conftest import CHUNK, PYTHON, chunk_bytes, make_dense, make_odd, wait_until
 
 import imagerelay as ir
 from imagerelay.playbook import PlaybookAssertionError, PlaybookError
@@ -656,3 +656,50 @@ def test_a_second_run_at_once_is_refused(cloud: ir.Cloud, tmp_path: Path) -> Non
     assert info.value.code == "Playbook.AlreadyRunning"
     assert ir.Playbook.load(book).run(cloud).steps[0].status == "skipped"
     assert os.path.exists(cloud.home / "playbooks" / "locked.json")
+
+
+# For every rule a step can break: the dry run reports what the real run fails with (the
+# dry run asks the core, which runs the real request's checks without applying it).
+RULE_BREAKERS = {
+    "replicate a System image": ("replicate: {image: '${vars.system}', to: [gz]}", ""),
+    "replicate into its own region": ("replicate: {image: '${vars.custom}', to: [bj]}", ""),
+    "replicate to an unknown region": ("replicate: {image: '${vars.custom}', to: [mars]}", ""),
+    "replicate an image that is not there": ("replicate: {image: m-00000000, to: [gz]}", ""),
+    "share a System image": ("share: {image: '${vars.system}', accounts: [team-b]}", ""),
+    "share with its owner": ("share: {image: '${vars.custom}', accounts: [default]}", ""),
+    "share with an unknown account": ("share: {image: '${vars.custom}', accounts: [nobody]}",
+                                      ""),
+    "rename to an empty name": ("rename: {image: '${vars.custom}', name: ''}", ""),
+    "delete a System image": ("delete: {image: '${vars.system}'}", ""),
+    "act on another account's image": ("rename: {image: '${vars.custom}', name: x}",
+                                       "as: team-b"),
+    "import into an unknown region": ("import: {source: '${vars.file}', region: mars, name: x}",
+                                      ""),
+    "import a file that is not there": ("import: {source: /nonexistent.raw, region: bj, "
+                                        "name: x}", ""),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_BREAKERS))
+def test_a_dry_run_fails_as_the_real_run_does(cloud: ir.Cloud, book_dir: Path, files: Path,
+                                              rule: str) -> None:
+    cloud.add_account("team-b")
+    src = make_odd(files / "a.raw")
+    custom = cloud.import_image(src, region="bj", name="custom")
+    system = cloud.add_system_image(src, region="bj", name="system")
+    step, extra = RULE_BREAKERS[rule]
+    path = write(book_dir / "rule.yaml", f"""
+        name: rule
+        vars: {{custom: {custom.id}, system: {system.id}, file: {src}}}
+        steps:
+          - {{{extra + ', ' if extra else ''}{step}}}
+        """)
+    before = last_seq(cloud)
+    codes = []
+    for dry_run in (True, False):
+        with pytest.raises(ir.ImageRelayError) as info:
+            ir.Playbook.load(path).run(cloud, dry_run=dry_run)
+        codes.append((type(info.value), info.value.code))
+        if dry_run:
+            assert last_seq(cloud) == before  # the dry run changed nothing
+    assert codes[0] == codes[1], rule

@@ -23,6 +23,7 @@ class Delete(StepKind):
         image = _find(run)
         if image is None:
             return Outcome(image_id, SKIPPED, _gone(image_id))
+        run.cloud.dry_run.delete_image(image.id)  # the real request's checks
         return Outcome(image.id, DRY_RUN, f"would delete {_named(image)}")
 
     def apply(self, run: StepRun) -> Outcome:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 
-from ...errors import ImageRelayError, NotFoundError, TransferError, ValidationError
+from ...errors import ImageRelayError, NotFoundError, TransferError
 from ...image import Image
 from ..result import DRY_RUN, SKIPPED
-from ..schema import IMPORT_OPTIONS, URL_RE
+from ..schema import IMPORT_OPTIONS
 from ..values import Placeholder, describe_output
 from .base import Outcome, StepKind, StepRun
 
@@ -31,9 +30,10 @@ class Import(StepKind):
         image = self._recorded_image(run, wait=False)
         if image is not None and image.status in _USABLE:
             return self._already(image)
-        run.cloud.region(a["region"])
-        if not URL_RE.match(a["source"]) and not Path(a["source"]).is_file():
-            raise ValidationError(f"image file {a['source']} does not exist; check the path")
+        # Every check of the real import (source, region, rules, policies), in the core.
+        options = {k: a[k] for k in IMPORT_OPTIONS if k in a}
+        run.cloud.dry_run.import_image(a["source"], region=a["region"], name=a["name"],
+                                       **options)
         again = f" (again: {image.id} is CreateFailed)" if image is not None else ""
         return Outcome(Placeholder(f"{run.step.key}"), DRY_RUN,
                        f"would import {a['source']} into {a['region']} as {a['name']}{again}")

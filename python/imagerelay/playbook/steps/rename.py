@@ -14,6 +14,7 @@ class Rename(StepKind):
             return Outcome(a["image"], DRY_RUN, f"would rename {a['image']} to {a['name']}")
         if image.name == a["name"]:
             return Outcome(image, SKIPPED, f"{image.id} is already named {a['name']}")
+        run.cloud.dry_run.rename_image(image.id, a["name"])  # the real request's checks
         return Outcome(image, DRY_RUN,
                        f"would rename {image.id} from {image.name} to {a['name']}")
 

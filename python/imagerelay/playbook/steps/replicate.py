@@ -55,8 +55,12 @@ class Replicate(StepKind):
                 return _already(earlier.job)
             regions = earlier.regions_left(a["to"])
         image = run.known_image(a["image"])
-        for r in regions:
-            run.cloud.region(r)
+        if image is not None:
+            # Every rule and policy of the real request, in the core.
+            run.cloud.dry_run.replicate(image.id, regions, name=a.get("name"))
+        else:
+            for r in regions:  # the image comes from an earlier step: what can be told now
+                run.cloud.region(r)
         src = image.id if image else a["image"]
         retry = " (retrying a failed job)" if earlier.job_ids else ""
         return Outcome(Placeholder(run.step.key), DRY_RUN,

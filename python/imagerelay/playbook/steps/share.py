@@ -23,6 +23,7 @@ class Share(StepKind):
         todo = self._todo(run, image, accounts)
         if not todo and accounts:
             return Outcome(image, SKIPPED, self._already(image, accounts))
+        self._check(run, image, todo)
         return Outcome(image, DRY_RUN, f"would {self.verb} {image.id} with {', '.join(todo)}")
 
     def apply(self, run: StepRun) -> Outcome:
@@ -42,6 +43,10 @@ class Share(StepKind):
     def _change(self, run: StepRun, image: Image, accounts: list[str]) -> None:
         run.cloud.share(image.id, accounts)
 
+    def _check(self, run: StepRun, image: Image, accounts: list[str]) -> None:
+        """Every rule and policy of the real request, in the core."""
+        run.cloud.dry_run.share(image.id, accounts)
+
     def _already(self, image: Image, accounts: list[str]) -> str:
         return f"{image.id} is already {self.state} with {', '.join(accounts)}"
 
@@ -57,3 +62,6 @@ class Unshare(Share):
 
     def _change(self, run: StepRun, image: Image, accounts: list[str]) -> None:
         run.cloud.unshare(image.id, accounts)
+
+    def _check(self, run: StepRun, image: Image, accounts: list[str]) -> None:
+        run.cloud.dry_run.unshare(image.id, accounts)
