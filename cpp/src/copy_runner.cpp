@@ -63,7 +63,7 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
     TimeUs now = NowUs();
     for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
       if (task.state == TaskState::kPending ||
-          !engine.LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now)) {
+          !engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now)) {
         anything = true;
         break;
       }
@@ -78,7 +78,7 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
     std::vector<Task> claimable;
     for (const auto& task : active) {
       bool alive = task.state == TaskState::kRunning &&
-                   engine.LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now);
+                   engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now);
       if (alive) {
         ++running_per_region[task.region];
       } else {

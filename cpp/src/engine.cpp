@@ -177,7 +177,7 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
     // A sweeper killed mid-sweep holds the lease until it expires: a dead one on this host
     // gives it up at once.
     if (auto lease = tx.GetSweepLease(region_id);
-        lease && !LeaseHolderAlive(lease->first, lease->second, now)) {
+        lease && !LeaseHolderAlive(Lease{lease->first, lease->second}, now)) {
       tx.ReleaseSweepLease(region_id, lease->first);
     }
     if (!tx.AcquireSweepLease(region_id, holder, now + 10 * 60 * 1'000'000LL)) return;
@@ -509,7 +509,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
         image.id = NewImageId();
       } while (!tx.InsertImage(image));
       tx.PutSetting(std::string(kImportKeyPrefix) + image.id,
-                    impl_->worker_id + "|" + std::to_string(now + impl_->options.lease_ms * 1000));
+                    Lease{impl_->worker_id, now + impl_->options.lease_ms * 1000}.Encode());
       events.Append(tx, MakeEvent(event_type::kImageCreated, account, &image, "",
                                   nlohmann::json({{"name", image.name}, {"source", request.source}})));
       inserted = true;

@@ -19,6 +19,7 @@
 #include "credentials_files.hpp"
 #include "event_bus.hpp"
 #include "events.hpp"
+#include "lease.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/engine.hpp"
@@ -168,7 +169,10 @@ struct Engine::Impl {
   std::atomic<TimeUs> last_worked_us{0};      // when a worker last ran a copy
   std::atomic<TimeUs> last_checkpoint_us{0};  // when a worker last checkpointed the catalog
   void MaybeCheckpoint();
-  bool LeaseHolderAlive(const std::string& owner, TimeUs expires_us, TimeUs now) const;
+  // Whether a lease's holder may still be working (lease.hpp), as this worker can tell.
+  bool LeaseHolderAlive(const Lease& lease, TimeUs now) const {
+    return imagerelay::LeaseHolderAlive(lease, now, host, worker_id);
+  }
 };
 
 std::string ImageRecordJson(const Image& image);

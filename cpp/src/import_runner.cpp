@@ -1,6 +1,4 @@
 // Runs an import (file -> region store) and recovers imports whose process died.
-#include <signal.h>
-
 #include <chrono>
 
 #include "engine_impl.hpp"
@@ -8,27 +6,6 @@
 #include "imagerelay/image_io.hpp"
 
 namespace imagerelay {
-namespace {
-
-std::string LeaseValue(const std::string& owner, TimeUs expires_us) {
-  return owner + "|" + std::to_string(expires_us);
-}
-
-}  // namespace
-
-bool Engine::Impl::LeaseHolderAlive(const std::string& owner, TimeUs expires_us,
-                                    TimeUs now) const {
-  if (owner.empty() || expires_us < now) return false;
-  // "<host>:<pid>:<nonce>": a holder on this host whose process is gone is dead at once.
-  auto first = owner.find(':');
-  auto second = owner.find(':', first + 1);
-  if (first == std::string::npos || second == std::string::npos) return true;
-  if (owner.substr(0, first) != host) return true;
-  if (owner == worker_id) return true;
-  pid_t pid = static_cast<pid_t>(std::stoll(owner.substr(first + 1, second - first - 1)));
-  return !(kill(pid, 0) != 0 && errno == ESRCH);
-}
-
 // Registers an import's cancel token for Close() while the import runs.
 class Engine::Impl::RunningImport {
  public:
@@ -87,7 +64,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
       if (now - last_renew < std::chrono::milliseconds(options.lease_ms / 3)) return;
       last_renew = now;
       catalog->Write([&](CatalogTx& tx) {
-        tx.PutSetting(lease_key, LeaseValue(worker_id, NowUs() + options.lease_ms * 1000));
+        tx.PutSetting(lease_key, Lease{worker_id, NowUs() + options.lease_ms * 1000}.Encode());
       });
     });
     image.size = manifest.size;
@@ -133,11 +110,9 @@ void Engine::Impl::RecoverInterruptedImports() {
     TimeUs now = NowUs();
     for (auto image : tx.ListImages({})) {
       if (image.status != ImageStatus::kCreating) continue;
-      auto lease = tx.GetSetting(std::string(kImportKeyPrefix) + image.id).value_or("");
-      auto bar = lease.find('|');
-      std::string owner = bar == std::string::npos ? "" : lease.substr(0, bar);
-      TimeUs expires = bar == std::string::npos ? 0 : std::stoll(lease.substr(bar + 1));
-      if (LeaseHolderAlive(owner, expires, now)) continue;
+      const Lease lease = Lease::Decode(
+          tx.GetSetting(std::string(kImportKeyPrefix) + image.id).value_or(""));
+      if (LeaseHolderAlive(lease, now)) continue;
       image.error = "the import was interrupted (its process stopped); import the file again";
       tx.UpdateImageFields(image);
       tx.TransitionImage(image.id, ImageStatus::kCreating, ImageEvent::kImportFailed);

@@ -298,7 +298,7 @@ size_t Engine::CopiesWaitingForAWorker() {
     for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
       if (task.state == TaskState::kPending) {
         ++pending;
-      } else if (impl_->LeaseHolderAlive(task.lease_owner, task.lease_expires_us, now)) {
+      } else if (impl_->LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now)) {
         any_alive = true;
       } else {
         ++orphaned;
