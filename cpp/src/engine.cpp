@@ -13,7 +13,6 @@
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
 #include "imagerelay/sha256.hpp"
-#include "store_factory.hpp"
 
 namespace imagerelay {
 namespace fs = std::filesystem;
@@ -118,24 +117,6 @@ void Engine::Impl::MoveCredentialsOutOfCatalog() {
     }
   });
   if (moved) catalog->Scrub();
-}
-
-std::shared_ptr<Store> Engine::Impl::StoreForUri(const std::string& uri,
-                                                 const std::string& region_id) {
-  {
-    std::lock_guard lock(stores_mutex);
-    if (auto it = stores.find(uri); it != stores.end() && it->second) return it->second;
-  }
-  std::optional<sigv4::Credentials> saved;
-  if (!region_id.empty() && uri.starts_with("s3://")) saved = credentials->Get(region_id);
-  std::shared_ptr<Store> store = OpenStore(uri, saved.value_or(sigv4::Credentials{}), CacheDir());
-  store->SetDamageHandler([this, uri](const std::string& hash, const std::string& why) {
-    OnStoreDamage(uri, hash, why);
-  });
-  std::lock_guard lock(stores_mutex);
-  auto& slot = stores[uri];
-  if (!slot) slot = std::move(store);
-  return slot;
 }
 
 std::shared_ptr<Store> Engine::Impl::StoreFor(const std::string& region_id) {
@@ -304,6 +285,12 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
   impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
   impl->MoveCredentialsOutOfCatalog();
+  Impl* raw = impl.get();
+  impl->stores = std::make_unique<StoreRegistry>(
+      *impl->credentials, impl->CacheDir(),
+      [raw](const std::string& uri, const std::string& hash, const std::string& why) {
+        raw->OnStoreDamage(uri, hash, why);
+      });
 
   std::vector<Region> defaults;
   impl->catalog->Write([&](CatalogTx& tx) {
@@ -391,7 +378,7 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
   const sigv4::Credentials credentials{access_key_id, secret_access_key, session_token};
   std::shared_ptr<Store> store;
   if (has_credentials) {
-    store = OpenStore(uri, credentials, impl_->CacheDir());
+    store = impl_->stores->OpenWith(uri, credentials);
   } else {
     store = impl_->StoreForUri(uri);
   }
@@ -403,10 +390,7 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
     // In the transaction: a region is never listed without the credentials it was given.
     if (has_credentials) impl_->credentials->Put(id, credentials);
   });
-  if (has_credentials) {
-    std::lock_guard lock(impl_->stores_mutex);
-    impl_->stores[uri] = store;
-  }
+  if (has_credentials) impl_->stores->Keep(uri, store);
   return region;
 }
 

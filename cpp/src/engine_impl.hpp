@@ -20,6 +20,7 @@
 #include "event_bus.hpp"
 #include "events.hpp"
 #include "lease.hpp"
+#include "store_registry.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/engine.hpp"
@@ -53,8 +54,7 @@ struct Engine::Impl {
   std::map<int64_t, PolicyFn> policies;
   int64_t next_policy = 1;
 
-  std::mutex stores_mutex;
-  std::map<std::string, std::shared_ptr<Store>> stores;  // by store URI
+  std::unique_ptr<StoreRegistry> stores;  // the region stores, by URI
 
   // Background work owned by this engine (imports with wait=false, copy workers).
   std::mutex threads_mutex;
@@ -102,7 +102,9 @@ struct Engine::Impl {
   // `region_id` (if any), else the environment's.
   // Local caches of the home (the block index of each S3 region).
   std::filesystem::path CacheDir() const { return std::filesystem::absolute(options.home) / "cache"; }
-  std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "");
+  std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "") {
+    return stores->ForUri(uri, region_id);
+  }
   // Homes made before credentials files kept them in the catalog's settings: moves them
   // to their files and scrubs the catalog.
   void MoveCredentialsOutOfCatalog();
