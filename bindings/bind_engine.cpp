@@ -28,10 +28,12 @@ using Release = py::call_guard<py::gil_scoped_release>;
 // On a signal whose handler raises (KeyboardInterrupt), the token fires, the work stops
 // and cleans up (an import ends CreateFailed), and the exception propagates. `tick`, if
 // given, runs on the calling thread with the GIL held at each look and once at the end.
+// `cancel`, if given, also stops the work: from another thread (an asyncio task cancelled).
 template <typename Work>
-auto RunInterruptible(Work&& work, const std::function<void()>& tick = {}) {
+auto RunInterruptible(Work&& work, const std::function<void()>& tick = {},
+                      const CancelToken* cancel = nullptr) {
   using Result = std::invoke_result_t<Work&, const CancelToken*>;
-  CancelToken token;
+  CancelToken token(cancel);
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
@@ -153,6 +155,23 @@ class ProgressRelay {
   std::optional<IoProgress> latest_;
 };
 
+// `tick` of RunInterruptible from an optional Python callable.
+std::function<void()> Tick(const std::optional<py::function>& fn) {
+  if (!fn) return {};
+  return [fn] { (*fn)(); };
+}
+
+// Image statuses named as Python shows them.
+std::vector<ImageStatus> ParseImageStatuses(const std::vector<std::string>& names) {
+  std::vector<ImageStatus> out;
+  for (const auto& name : names) {
+    auto status = ParseImageStatus(name);
+    if (!status) ThrowCode(codes::kInvalidParameter, "no image status " + name);
+    out.push_back(*status);
+  }
+  return out;
+}
+
 PolicyFn WrapPolicy(py::function fn) {
   auto callable = std::make_shared<PyCallable>(std::move(fn));
   return [callable](const PolicyRequest& request) -> std::optional<std::string> {
@@ -170,6 +189,12 @@ PolicyFn WrapPolicy(py::function fn) {
 }  // namespace
 
 void BindEngine(py::module_& m) {
+  // Ends a wait from another thread (RunInterruptible's `cancel`).
+  py::class_<CancelToken>(m, "CancelToken")
+      .def(py::init<>())
+      .def("cancel", &CancelToken::Cancel)
+      .def_property_readonly("cancelled", &CancelToken::cancelled);
+
   py::class_<ImportRequest>(m, "ImportRequest")
       .def(py::init<>())
       .def_readwrite("source", &ImportRequest::source)
@@ -272,8 +297,26 @@ void BindEngine(py::module_& m) {
                 relay.tick());
           },
           py::arg("account"), py::arg("region"), py::arg("progress") = py::none())
-      .def("wait_digest", &Engine::WaitDigest, py::arg("account"), py::arg("image_id"),
-           py::arg("timeout"), Release())
+      // The waits run interruptibly: Ctrl-C ends them at once, whatever their timeout.
+      .def(
+          "wait_digest",
+          [](Engine& self, const std::string& account, const std::string& image_id,
+             std::optional<double> timeout) {
+            return RunInterruptible([&](const CancelToken* cancel) {
+              return self.WaitDigest(account, image_id, timeout, cancel);
+            });
+          },
+          py::arg("account"), py::arg("image_id"), py::arg("timeout"))
+      .def(
+          "wait_image",
+          [](Engine& self, const std::string& account, const std::string& image_id,
+             const std::vector<std::string>& busy, std::optional<double> timeout) {
+            const std::vector<ImageStatus> statuses = ParseImageStatuses(busy);
+            return RunInterruptible([&](const CancelToken* cancel) {
+              return self.WaitImage(account, image_id, statuses, timeout, cancel);
+            });
+          },
+          py::arg("account"), py::arg("image_id"), py::arg("busy"), py::arg("timeout"))
       .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
            py::arg("to"), py::arg("name"), py::arg("client_token"),
            py::arg("validate_only") = false, Release())
@@ -283,9 +326,26 @@ void BindEngine(py::module_& m) {
            py::arg("region"), Release())
       .def("job", &Engine::GetJob, py::arg("account"), py::arg("job_id"), Release())
       .def("jobs", &Engine::Jobs, py::arg("account"), py::arg("active"), Release())
-      .def("wait_job", &Engine::WaitJob, py::arg("account"), py::arg("job_id"),
-           py::arg("timeout"), Release())
-      .def("wait_idle", &Engine::WaitIdle, py::arg("timeout"), Release())
+      .def(
+          "wait_job",
+          [](Engine& self, const std::string& account, const std::string& job_id,
+             std::optional<double> timeout, std::optional<py::function> tick,
+             const CancelToken* cancel) {
+            return RunInterruptible(
+                [&](const CancelToken* stop) {
+                  return self.WaitJob(account, job_id, timeout, stop);
+                },
+                Tick(tick), cancel);
+          },
+          py::arg("account"), py::arg("job_id"), py::arg("timeout"),
+          py::arg("tick") = py::none(), py::arg("cancel") = py::none())
+      .def(
+          "wait_idle",
+          [](Engine& self, std::optional<double> timeout) {
+            return RunInterruptible(
+                [&](const CancelToken* cancel) { return self.WaitIdle(timeout, cancel); });
+          },
+          py::arg("timeout"))
       .def("run_until_idle", &Engine::RunUntilIdle, Release())
       .def("copies_waiting_for_a_worker", &Engine::CopiesWaitingForAWorker, Release())
       .def("events", &Engine::Events, py::arg("account"), py::arg("since"), py::arg("image_id"),

@@ -4,7 +4,6 @@
 // of such an image inherits the gap. The digest is computed from the stored chunks, each
 // checked against its name, then written to the manifest, the image record and the
 // catalog, and handed on to the image's Available copies.
-#include <chrono>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -139,42 +138,42 @@ void Engine::Impl::RecordDigest(const std::string& image_id, const std::string& 
 }
 
 std::string Engine::WaitDigest(const std::string& account, const std::string& image_id,
-                               std::optional<double> timeout_s) {
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::chrono::milliseconds(
-                                           static_cast<int64_t>(timeout_s.value_or(0) * 1000));
+                               std::optional<double> timeout_s, const CancelToken* cancel) {
   bool scheduled = false;
-  for (;;) {
-    const uint64_t seen = impl_->Generation();
-    Image image;
-    impl_->catalog->Read([&](CatalogTx& tx) {
-      RequireAccount(tx, account);
-      image = LoadVisible(tx, account, image_id);
-    });
-    if (!image.digest.empty()) return image.digest;
-    if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
-      ThrowCode(codes::kImageStatusForbidden,
-                "image " + image.id + " is " + std::string(ToString(image.status)) +
-                    "; it has no digest");
-    }
-    {
-      std::lock_guard lock(impl_->digest_mutex);
-      if (auto it = impl_->digest_failures.find(image.id); it != impl_->digest_failures.end()) {
-        ThrowCode(it->second.first, "the digest of image " + image.id +
-                                        " could not be computed: " + it->second.second);
-      }
-    }
-    if (image.status == ImageStatus::kAvailable && !scheduled) {
-      impl_->ScheduleDigests();  // in case no digester runs in this process yet
-      scheduled = true;
-    }
-    if (timeout_s && Clock::now() >= deadline) {
-      ThrowCode(codes::kTimeout, "the digest of image " + image.id + " is still being "
-                                 "computed after " + std::to_string(*timeout_s) + " s");
-    }
-    auto wake = Clock::now() + std::chrono::milliseconds(100);
-    impl_->WaitForChange(seen, timeout_s ? std::min(wake, deadline) : wake);
+  Image image;
+  const bool known = impl_->WaitUntil(
+      [&] {
+        impl_->catalog->Read([&](CatalogTx& tx) {
+          RequireAccount(tx, account);
+          image = LoadVisible(tx, account, image_id);
+        });
+        if (!image.digest.empty()) return true;
+        if (image.status != ImageStatus::kAvailable &&
+            image.status != ImageStatus::kReplicating) {
+          ThrowCode(codes::kImageStatusForbidden,
+                    "image " + image.id + " is " + std::string(ToString(image.status)) +
+                        "; it has no digest");
+        }
+        {
+          std::lock_guard lock(impl_->digest_mutex);
+          if (auto it = impl_->digest_failures.find(image.id);
+              it != impl_->digest_failures.end()) {
+            ThrowCode(it->second.first, "the digest of image " + image.id +
+                                            " could not be computed: " + it->second.second);
+          }
+        }
+        if (image.status == ImageStatus::kAvailable && !scheduled) {
+          impl_->ScheduleDigests();  // in case no digester runs in this process yet
+          scheduled = true;
+        }
+        return false;
+      },
+      timeout_s, cancel);
+  if (!known) {
+    ThrowCode(codes::kTimeout, "the digest of image " + image.id + " is still being "
+                               "computed after " + std::to_string(timeout_s.value_or(0)) + " s");
   }
+  return image.digest;
 }
 
 }  // namespace imagerelay

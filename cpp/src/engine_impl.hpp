@@ -80,6 +80,10 @@ struct Engine::Impl {
   // Returns after a change since `seen` or at `until`, whichever is first: no wake-up is
   // lost between reading the catalog and waiting.
   void WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until);
+  // The one loop of every Engine::Wait* (waits.cpp): calls `done` until it returns true,
+  // again after each change; false when the timeout passes or `cancel` fires first.
+  bool WaitUntil(const std::function<bool()>& done, std::optional<double> timeout_s,
+                 const CancelToken* cancel);
 
   // Runs fn in a write transaction and publishes the events it appended after commit.
   void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);

@@ -244,51 +244,6 @@ std::vector<Job> Engine::Jobs(const std::string& account, std::optional<bool> ac
   return out;
 }
 
-Job Engine::WaitJob(const std::string& account, const std::string& job_id,
-                    std::optional<double> timeout_s) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(
-                                     static_cast<int64_t>(timeout_s.value_or(0) * 1000));
-  while (true) {
-    const uint64_t seen = impl_->Generation();
-    Job job = GetJob(account, job_id);
-    if (StateOfJob(job.tasks) != JobState::kRunning) return job;
-    if (timeout_s && Clock::now() >= deadline) {
-      ThrowCode(codes::kTimeout, "job " + job_id + " is still running after " +
-                                     std::to_string(*timeout_s) + " s; its copies go on");
-    }
-    // Another process's changes are seen by polling.
-    auto wake = Clock::now() + std::chrono::milliseconds(100);
-    impl_->WaitForChange(seen, timeout_s ? std::min(wake, deadline) : wake);
-  }
-}
-
-bool Engine::WaitIdle(std::optional<double> timeout_s) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(
-                                     static_cast<int64_t>(timeout_s.value_or(0) * 1000));
-  while (true) {
-    bool idle = false;
-    impl_->catalog->Read([&](CatalogTx& tx) {
-      idle = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}).empty();
-    });
-    if (idle) {
-      // A copy that just ended still sweeps what a failed or cancelled copy left behind.
-      std::lock_guard lock(impl_->running_mutex);
-      idle = std::ranges::none_of(impl_->running, [](const auto& entry) {
-        return !entry.first.starts_with(kImportKeyPrefix);
-      });
-    }
-    if (idle) {
-      std::lock_guard lock(impl_->digest_mutex);
-      idle = !impl_->digester_running;
-    }
-    if (idle) return true;
-    if (timeout_s && Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-}
-
-void Engine::RunUntilIdle() { WaitIdle(std::nullopt); }
-
 size_t Engine::CopiesWaitingForAWorker() {
   size_t orphaned = 0;
   size_t pending = 0;

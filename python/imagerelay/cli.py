@@ -1,115 +1,22 @@
-"""The ``imagerelay`` command line (API.md "Command line")."""
+"""The ``imagerelay`` command line (API.md "Command line"): its arguments and which call
+each command makes. What it prints is made in ``_cli_output``; the background worker that
+goes on with queued copies is ``_worker``."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fcntl
-import json
 import os
-import signal
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from . import _cli_output as output
 from . import cloud as cloud_module
+from ._cli_output import Output
+from ._worker import ensure_background_worker, run_worker
 from .errors import ImageRelayError
-from .image import Image
 from .job import Job
 
 WAITING_COMMANDS = {"worker", "demo"}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (Image, Job)):
-        return _jsonable(value.to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A plain text table for people."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _image_rows(images: list[Image]) -> list[list[Any]]:
-    return [[i.id, i.name, i.region, i.type, i.status if i.progress is None
-             else f"{i.status} {i.progress:.0f}%", _size(i.size), i.owner or "-",
-             (i.digest or "")[:19]] for i in images]
-
-
-IMAGE_HEADERS = ["ID", "NAME", "REGION", "TYPE", "STATUS", "SIZE", "OWNER", "DIGEST"]
-
-
-def _job_rows(jobs: list[Job]) -> list[list[Any]]:
-    return [[j.id, j.source_image_id, j.source_region, ",".join(j.tasks), j.state,
-             f"{j.progress:.0f}%"] for j in jobs]
-
-
-JOB_HEADERS = ["JOB", "SOURCE", "FROM", "TO", "STATE", "PROGRESS"]
-
-
-class Output:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    @property
-    def bars(self) -> bool:
-        """Progress bars and notes go to stderr only for a person at a terminal."""
-        return not self.as_json and sys.stderr.isatty()
-
-    def emit(self, data: Any, human: Callable[[], str]) -> None:
-        if self.as_json:
-            print(json.dumps(_jsonable(data), indent=2, sort_keys=True))
-        else:
-            text = human()
-            if text:
-                print(text)
-
-
-def _worker_lock_path(home: Path) -> Path:
-    return home / "worker.lock"
-
-
-def ensure_background_worker(home: Path) -> None:
-    """Starts ``imagerelay worker --until-idle`` for this home unless one already runs."""
-    lock_path = _worker_lock_path(home)
-    with open(lock_path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # a worker holds it
-        fcntl.flock(f, fcntl.LOCK_UN)
-    log = open(home / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    subprocess.Popen(
-        [sys.executable, "-m", "imagerelay", "--home", str(home), "worker", "--until-idle"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
 def _split(values: list[str]) -> list[str]:
@@ -279,23 +186,22 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
     action = getattr(args, "action", None)
     if cmd == "regions" and action == "list":
         regions = cloud.regions
-        out.emit(regions, lambda: table([[r.id, r.name, r.store] for r in regions],
-                                        ["REGION", "NAME", "STORE"]))
+        out.emit(regions, lambda: output.regions_table(regions))
     elif cmd == "regions":
         r = cloud.add_region(args.region_id, args.store, name=args.name)
         out.emit(r, lambda: f"added region {r.id} ({r.store})")
     elif cmd == "accounts" and action == "list":
         accounts = cloud.accounts
-        out.emit(accounts, lambda: table([[a.id, a.name] for a in accounts], ["ACCOUNT", "NAME"]))
+        out.emit(accounts, lambda: output.accounts_table(accounts))
     elif cmd == "accounts":
         a = cloud.add_account(args.account_id, name=args.name)
         out.emit(a, lambda: f"added account {a.id}")
     elif cmd == "images" and action == "list":
         images = cloud.images(args.region, image_type=args.type, name=args.name)
-        out.emit(images, lambda: table(_image_rows(images), IMAGE_HEADERS))
+        out.emit(images, lambda: output.images_table(images))
     elif cmd == "images":
         image = cloud.image(args.image)
-        out.emit(image, lambda: "\n".join(f"{k:16} {v}" for k, v in image.to_dict().items()))
+        out.emit(image, lambda: output.image_details(image))
     elif cmd == "import":
         image = cloud.import_image(args.source, region=args.region, name=args.name,
                                    os_type=args.os_type, os_name=args.os_name,
@@ -303,11 +209,9 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
                                    format=args.format, description=args.description,
                                    progress=out.bars)
         if image.digest is None:  # a mostly-empty file: the digest comes after the data
-            if out.bars:
-                print(f"{image.id} is Available; computing its digest...", file=sys.stderr)
+            out.note(f"{image.id} is Available; computing its digest...")
             image.wait_digest()
-        out.emit(image, lambda: f"imported {image.id} ({image.name}) in {image.region}: "
-                                f"{_size(image.size)}, {image.digest}")
+        out.emit(image, lambda: output.imported(image))
     elif cmd == "replicate":
         job = cloud.replicate(args.image, _split(args.to), name=args.name,
                               client_token=args.client_token)
@@ -315,9 +219,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
             job.wait(progress=out.bars, raise_on_error=False)
         else:
             ensure_background_worker(cloud.home)
-        out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
-            [[t.region, t.dest_image_id, t.state, t.error or ""] for t in job.tasks.values()],
-            ["REGION", "COPY", "STATE", "ERROR"]))
+        out.emit(job, lambda: output.job_copies(job))
         if args.wait and job.state == "Failed":
             return _job_failed(job)
     elif cmd == "cancel":
@@ -325,16 +227,12 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         out.emit({"cancelled": args.dest_image}, lambda: f"cancelled the copy {args.dest_image}")
     elif cmd == "jobs" and action == "list":
         jobs = cloud.jobs(active=True if args.active else None)
-        out.emit(jobs, lambda: table(_job_rows(jobs), JOB_HEADERS))
+        out.emit(jobs, lambda: output.jobs_table(jobs))
     elif cmd == "jobs":
         job = cloud.job(args.job)
         if action == "wait":
-            job.wait(args.timeout, progress=out.bars,
-                     raise_on_error=False)
-        out.emit(job, lambda: table(_job_rows([job]), JOB_HEADERS) + "\n\n" + table(
-            [[t.region, t.dest_image_id, t.state, _size(t.bytes_done), _size(t.bytes_transferred),
-              _size(t.bytes_sent), t.error or ""] for t in job.tasks.values()],
-            ["REGION", "COPY", "STATE", "DONE", "MOVED", "SENT", "ERROR"]))
+            job.wait(args.timeout, progress=out.bars, raise_on_error=False)
+        out.emit(job, lambda: output.job_details(job))
         if action == "wait" and job.state == "Failed":
             return _job_failed(job)
     elif cmd in ("share", "unshare"):
@@ -358,31 +256,20 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         out.emit({"image": args.image, "digest": digest}, lambda: f"{args.image} ok: {digest}")
     elif cmd == "scrub":
         reports = cloud.scrub(args.region, progress=out.bars)
-        out.emit([dataclasses.asdict(r) for r in reports], lambda: "\n".join(
-            f"{r.region}: {r.chunks_checked} chunks checked, {len(r.quarantined)} quarantined, "
-            f"{r.chunks_repaired} repaired from other regions"
-            + (f"; repaired {', '.join(r.images_repaired)}" if r.images_repaired else "")
-            + (f"; still damaged {', '.join(r.images_damaged)}" if r.images_damaged else "")
-            for r in reports))
+        out.emit(reports, lambda: output.scrub_reports(reports))
         damaged = [i for r in reports for i in r.images_damaged]
         if damaged:
-            print(f"error: Transfer.IntegrityError: {len(damaged)} image(s) remain damaged "
-                  f"({', '.join(damaged)}): no region holds the bytes they lack; delete them, "
-                  "or import or replicate them again", file=sys.stderr)
+            output.error(output.still_damaged(damaged))
             return 1
     elif cmd == "events":
         events = cloud.events(since=args.since, image_id=args.image)
-        out.emit(events, lambda: table(
-            [[e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), e.type, e.account, e.image_id or "",
-              e.job_id or "", e.region or ""] for e in events],
-            ["SEQ", "TIME (UTC)", "TYPE", "ACCOUNT", "IMAGE", "JOB", "REGION"]))
+        out.emit(events, lambda: output.events_table(events))
     elif cmd == "run":
         from .playbook import Playbook
 
         book = Playbook.load(args.playbook)
         result = book.run(cloud, vars=dict(args.var), dry_run=args.dry_run,
-                          progress=out.bars,
-                          on_step=None if out.as_json else lambda s: print(s, flush=True))
+                          progress=out.bars, on_step=out.step_printer())
         if not args.dry_run and cloud.jobs(active=True):
             ensure_background_worker(cloud.home)  # copies of `wait: false` steps go on
         out.emit(result.to_dict(), result.summary)
@@ -393,35 +280,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
 
 def _job_failed(job: Job) -> int:
     """Exit status 1, with the error line, for a job waited for that failed."""
-    reasons = "; ".join(f"{t.region}: {t.error_code}: {t.error}"
-                        for t in job.tasks.values() if t.state == "Failed")
-    print(f"error: Job.Failed: job {job.id} failed ({reasons})", file=sys.stderr)
+    output.error(output.job_failed(job))
     return 1
-
-
-def run_worker(cloud: cloud_module.Cloud, *, until_idle: bool) -> int:
-    """Runs copies for the home; holds the worker lock so that only one is started for it.
-
-    SIGTERM stops it cleanly: copies in flight are handed back and resume at the next open.
-    """
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        with open(_worker_lock_path(cloud.home), "a+") as lock:
-            while True:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                while not (cloud.wait_idle(timeout=1.0) and until_idle):
-                    pass
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                # A command that queued a copy while we held the lock saw it taken and left
-                # the copy to us: look once more now that the lock is free.
-                if cloud.wait_idle(timeout=0):
-                    return 0
-    except KeyboardInterrupt:
-        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, out)
     except ImageRelayError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        output.error(f"{e.code}: {e.message}")
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        output.interrupted()
         return 130
     except BrokenPipeError:
         # The reader went away (`imagerelay events | head`): no traceback; point stdout at

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from ._checks import check_int
+from ._checks import check_int, check_timeout
 from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
+from ._wait import wait_for
 from .collections import ImageList, JobList
-from ._waiting import wait_slices
 from .dry_run import DryRun
-from .errors import TimeoutError, ValidationError
+from .errors import ValidationError
 from .image import Image
 from .job import Job
 from .scrub import ScrubReport
@@ -281,18 +281,15 @@ class Cloud:
         1 GiB) is Available as soon as its data is stored; its `digest` is None until the
         background digester has hashed the whole image. Raises TimeoutError after `timeout`.
         """
-        for step in wait_slices(timeout):
-            try:
-                return str(self._engine.wait_digest(self.account, image_id, step))
-            except TimeoutError:
-                pass
-        raise TimeoutError(f"the digest of image {image_id} is still being computed after "
-                           f"{timeout} s")
+        seconds = check_timeout(timeout)
+        return wait_for(
+            lambda: str(self._engine.wait_digest(self.account, image_id, seconds)),
+            lambda: f"the digest of image {image_id} is still being computed after {timeout} s")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no task is Pending or Running (and the copies that just ended have
         removed what a failed or cancelled one left); False if ``timeout`` passed first."""
-        return any(self._engine.wait_idle(step) for step in wait_slices(timeout))
+        return self._engine.wait_idle(check_timeout(timeout))
 
     # -- events and policies ------------------------------------------------------
     def events(self, *, since: int = 0, image_id: str | None = None) -> list[Event]:

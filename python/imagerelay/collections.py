@@ -32,7 +32,8 @@ def _import_pandas() -> Any:
     return pandas
 
 
-def _size(n: int | None) -> str:
+def human_size(n: int | None) -> str:
+    """Bytes for people: ``1.5 GiB``."""
     if n is None:
         return ""
     value = float(n)
@@ -94,7 +95,7 @@ class ImageList(_TableList[Image]):
         ("type", lambda i: i.type),
         ("status", lambda i: i.status if i.progress is None
          else f"{i.status} {i.progress:.0f}%"),
-        ("size", lambda i: _size(i.size)),
+        ("size", lambda i: human_size(i.size)),
         ("owner", lambda i: i.owner or "-"),
         ("os", lambda i: " ".join(p for p in (i.os_name, i.os_version) if p)),
         ("digest", lambda i: (i.digest or "")[:19]),
@@ -127,7 +128,7 @@ class JobList(_TableList[Job]):
         ("to", lambda j: ",".join(j.tasks)),
         ("state", lambda j: j.state),
         ("progress", lambda j: f"{j.progress:.0f}%"),
-        ("transferred", lambda j: _size(sum(t.bytes_transferred for t in j.tasks.values()))),
+        ("transferred", lambda j: human_size(sum(t.bytes_transferred for t in j.tasks.values()))),
         ("created (UTC)", lambda j: _when(j.created_at)),
     )
 

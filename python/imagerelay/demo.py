@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import cloud as cloud_module
 from ._checks import check_int
+from ._cli_output import table
 from ._types import Limits
-from .cli import table
 
 MiB = 2**20
 GiB = 2**30

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._checks import check_timeout
 from ._types import utc_from_us
+from ._wait import wait_for
 
 if TYPE_CHECKING:
     from .cloud import Cloud
@@ -159,16 +159,16 @@ class Image:
 
     def wait(self, timeout: float | None = None) -> Image:
         """Waits until the image is neither Creating nor Replicating."""
-        from .errors import TimeoutError
-
         timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.02
-        while self.refresh().status in ("Creating", "Replicating"):
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"image {self.id} is still {self.status} after {timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
+
+        def timed_out() -> str:
+            self.refresh()  # the caller sees the image as it is now
+            return f"image {self.id} is still {self.status} after {timeout} s"
+
+        self._info = wait_for(
+            lambda: self._cloud._engine.wait_image(self._cloud.account, self.id,
+                                                   ["Creating", "Replicating"], timeout),
+            timed_out)
         return self
 
     def to_dict(self) -> dict[str, Any]:

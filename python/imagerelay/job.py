@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 from collections.abc import Generator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._checks import check_timeout
 from ._progress import byte_bar, show
 from ._types import utc_from_us
-from ._waiting import wait_slices
+from ._wait import wait_for, wait_for_async
 
 if TYPE_CHECKING:
     from .cloud import Cloud
@@ -176,24 +176,24 @@ class Job:
         Raises ``ReplicationFailedError`` when a task failed (if ``raise_on_error``) and
         ``TimeoutError`` when ``timeout`` seconds pass; the copies go on either way.
         """
-        from .errors import ReplicationFailedError, TimeoutError
+        from .errors import ReplicationFailedError
 
-        slices = wait_slices(timeout)  # checks the timeout before a bar shows
+        timeout_s = check_timeout(timeout)  # before a bar shows
         bars = _ProgressBars(self) if progress else None
+
+        def tick() -> None:  # while the engine waits: the bars move
+            if bars:
+                bars.update(self.refresh())
+
+        def timed_out() -> str:
+            self.refresh()  # the caller sees the job as it is now
+            return f"job {self.id} is still running after {timeout} s; its copies go on"
+
         try:
-            # Short waits in C++ (woken at once by this process's changes), so that bars
-            # move and Ctrl-C is seen between them.
-            for step in slices:
-                try:
-                    self._info = self._cloud._engine.wait_job(self._cloud.account, self.id, step)
-                    break
-                except TimeoutError:
-                    self.refresh()
-                    if bars:
-                        bars.update(self)
-            else:
-                raise TimeoutError(f"job {self.id} is still running after {timeout} s; "
-                                   "its copies go on")
+            self._info = wait_for(
+                lambda: self._cloud._engine.wait_job(self._cloud.account, self.id, timeout_s,
+                                                     tick=tick if bars else None),
+                timed_out)
             if bars:
                 bars.update(self)
         finally:
@@ -209,8 +209,8 @@ class Job:
         return self._wait_async().__await__()
 
     async def _wait_async(self) -> Job:
-        while self.refresh().state == "Running":
-            await asyncio.sleep(0.05)
+        await wait_for_async(lambda cancel: self._cloud._engine.wait_job(
+            self._cloud.account, self.id, None, cancel=cancel))
         return self.wait(timeout=0)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -62,6 +63,23 @@ class EngineTest : public ::testing::Test {
     fs::path root = dir_ / "home" / "regions" / region;
     if (!fs::exists(root)) return 0;
     return OpenStore(root.string())->ListChunks().size();
+  }
+
+  // An engine copying a new image of `chunks` random blocks to gz at `bandwidth` bytes/s:
+  // the copy stays in flight for chunks * 64 KiB / bandwidth seconds.
+  struct SlowCopy {
+    std::shared_ptr<Engine> engine;
+    ImageView source;
+    Job job;
+  };
+  SlowCopy StartSlowCopy(uint64_t bandwidth, size_t chunks, uint32_t seed) {
+    Limits limits;
+    limits.bandwidth = bandwidth;
+    SlowCopy copy{Open(limits), {}, {}};
+    copy.source = Import(*copy.engine, MakeFile("slow.raw", chunks * kChunk, seed));
+    copy.job = copy.engine->Replicate("default", copy.source.image.id, {"gz"}, std::nullopt,
+                                      std::nullopt);
+    return copy;
   }
 
   std::string ReadAll(const fs::path& path) {
@@ -357,6 +375,66 @@ TEST_F(EngineTest, SourceIsLockedWhileCopiesAreInFlight) {
   EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kReplicating);
   engine->CancelJob("default", job.id, std::nullopt);
   EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
+}
+
+
+// The engine's waits are woken by the change they wait for (NotifyChanged), besides their
+// look every 100 ms for other processes; a timeout or the caller's token ends them.
+TEST_F(EngineTest, WaitImageReturnsOnceTheStatusChanges) {
+  auto [engine, source, job] = StartSlowCopy(128 * 1024, 16, 9);
+  const std::vector<ImageStatus> busy = {ImageStatus::kCreating, ImageStatus::kReplicating};
+
+  std::atomic<bool> waiting{false};
+  std::thread canceller([&] {
+    while (!waiting) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));  // the wait sleeps by now
+    engine->CancelJob("default", job.id, std::nullopt);
+  });
+  waiting = true;
+  ImageView view = engine->WaitImage("default", source.image.id, busy, 30);
+  canceller.join();
+  EXPECT_EQ(view.image.status, ImageStatus::kAvailable);
+  // Not busy: returns at once, even with no time left.
+  EXPECT_EQ(engine->WaitImage("default", source.image.id, busy, 0).image.status,
+            ImageStatus::kAvailable);
+
+  // The copy's image was deleted by the cancel: NoSuchImage, not a wait.
+  EXPECT_THROW(engine->WaitImage("default", job.tasks[0].dest_image_id, busy, 1),
+               NotFoundError);
+}
+
+TEST_F(EngineTest, WaitsEndAtTheirTimeoutOrTheCallersToken) {
+  auto [engine, source, job] = StartSlowCopy(64 * 1024, 16, 10);
+  const std::vector<ImageStatus> busy = {ImageStatus::kReplicating};
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  try {
+    engine->WaitImage("default", source.image.id, busy, 0.2);
+    FAIL() << "the copy ended within 0.2 s";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), codes::kTimeout);
+    EXPECT_NE(e.message().find("is still Replicating"), std::string::npos) << e.message();
+  }
+  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(200));
+
+  // A token fired from another thread ends a wait with no timeout as its timeout would.
+  CancelToken stop;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    stop.Cancel();
+  });
+  try {
+    engine->WaitImage("default", source.image.id, busy, std::nullopt, &stop);
+    ADD_FAILURE() << "the copy ended before the token fired";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), codes::kTimeout);
+  }
+  canceller.join();
+  EXPECT_THROW(engine->WaitJob("default", job.id, std::nullopt, &stop), Error);
+  EXPECT_FALSE(engine->WaitIdle(std::nullopt, &stop));
+  EXPECT_EQ(engine->GetJob("default", job.id).tasks[0].state, TaskState::kRunning);  // goes on
+  engine->CancelJob("default", job.id, std::nullopt);
+  EXPECT_TRUE(engine->WaitIdle(30));
 }
 
 }  // namespace

@@ -133,11 +133,21 @@ class Engine {
                                  const std::optional<std::string>& region,
                                  const CancelToken* cancel = nullptr,
                                  const ProgressFn& progress = {});
+  // The waits (Wait*) re-read the catalog at once after each change this process makes,
+  // and every 100 ms for those of other processes. `cancel` ends a wait as its timeout
+  // would; a timeout of nullopt waits for as long as it takes.
+
   // The image's digest, waiting while the digester computes it (images imported from
   // mostly-empty files are Available before their digest is known). Throws Error(Timeout)
   // when the timeout passes, the digester's error if it failed.
   std::string WaitDigest(const std::string& account, const std::string& image_id,
-                         std::optional<double> timeout_s);
+                         std::optional<double> timeout_s, const CancelToken* cancel = nullptr);
+  // Waits until the image's status is none of `busy` (e.g. Creating and Replicating: until
+  // an import or a copy ended); returns it. Throws Error(Timeout) when the timeout passes,
+  // NoSuchImage once it is deleted (a cancelled copy).
+  ImageView WaitImage(const std::string& account, const std::string& image_id,
+                      const std::vector<ImageStatus>& busy, std::optional<double> timeout_s,
+                      const CancelToken* cancel = nullptr);
 
   // Replication (DESIGN.md §2, §5).
   // validate_only: the checks only; returns the job a client token names, else an empty Job.
@@ -150,14 +160,13 @@ class Engine {
                  const std::optional<std::string>& region);
   Job GetJob(const std::string& account, const std::string& job_id);
   std::vector<Job> Jobs(const std::string& account, std::optional<bool> active);
-  // Waits until the job has no task Pending or Running; returns it. Wakes at once for
-  // changes made by this process, and polls the catalog for those of other processes.
-  // Throws Error(Timeout) when the timeout passes (the copies go on).
+  // Waits until the job has no task Pending or Running; returns it. Throws Error(Timeout)
+  // when the timeout passes (the copies go on).
   Job WaitJob(const std::string& account, const std::string& job_id,
-              std::optional<double> timeout_s);
+              std::optional<double> timeout_s, const CancelToken* cancel = nullptr);
   // True when no task is Pending or Running (in the whole catalog) and this process's
-  // digester has nothing left to compute, before the timeout.
-  bool WaitIdle(std::optional<double> timeout_s);
+  // digester has nothing left to compute, before the timeout; false otherwise.
+  bool WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel = nullptr);
   // Copies that no live worker runs: Running under a lease whose holder died or lapsed, or
   // Pending while no live worker runs any copy. A short-lived tool (the CLI) that opened the
   // home without workers starts one when this is not 0, so a killed worker's copies go on.

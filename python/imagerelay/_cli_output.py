@@ -1,0 +1,153 @@
+"""What the command line prints: tables for people, JSON with ``--json``, and whether
+progress bars show (``Output.bars``). Every text the CLI writes is made here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ._types import Account, Event, Region
+from .collections import human_size as size
+from .image import Image
+from .job import Job
+from .scrub import ScrubReport
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    @property
+    def bars(self) -> bool:
+        """Progress bars and notes go to stderr only for a person at a terminal."""
+        return not self.as_json and sys.stderr.isatty()
+
+    def emit(self, data: Any, human: Callable[[], str]) -> None:
+        if self.as_json:
+            print(json.dumps(_jsonable(data), indent=2, sort_keys=True))
+        else:
+            text = human()
+            if text:
+                print(text)
+
+    def step_printer(self) -> Callable[[Any], None] | None:
+        """What prints each step of a playbook as it ends: nothing with ``--json``."""
+        return None if self.as_json else lambda step: print(step, flush=True)
+
+    def note(self, text: str) -> None:
+        """A note for a person at a terminal (with the progress bars), on stderr."""
+        if self.bars:
+            print(text, file=sys.stderr)
+
+
+def error(text: str) -> None:
+    """The error line on stderr: ``error: <code>: <message>``."""
+    print(f"error: {text}", file=sys.stderr)
+
+
+def interrupted() -> None:
+    print("interrupted", file=sys.stderr)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (Image, Job)):
+        return _jsonable(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain text table for people."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def regions_table(regions: list[Region]) -> str:
+    return table([[r.id, r.name, r.store] for r in regions], ["REGION", "NAME", "STORE"])
+
+
+def accounts_table(accounts: list[Account]) -> str:
+    return table([[a.id, a.name] for a in accounts], ["ACCOUNT", "NAME"])
+
+
+def images_table(images: Sequence[Image]) -> str:
+    return table([[i.id, i.name, i.region, i.type, i.status if i.progress is None
+                   else f"{i.status} {i.progress:.0f}%", size(i.size), i.owner or "-",
+                   (i.digest or "")[:19]] for i in images],
+                 ["ID", "NAME", "REGION", "TYPE", "STATUS", "SIZE", "OWNER", "DIGEST"])
+
+
+def image_details(image: Image) -> str:
+    return "\n".join(f"{k:16} {v}" for k, v in image.to_dict().items())
+
+
+def imported(image: Image) -> str:
+    return (f"imported {image.id} ({image.name}) in {image.region}: {size(image.size)}, "
+            f"{image.digest}")
+
+
+def jobs_table(jobs: Sequence[Job]) -> str:
+    return table([[j.id, j.source_image_id, j.source_region, ",".join(j.tasks), j.state,
+                   f"{j.progress:.0f}%"] for j in jobs],
+                 ["JOB", "SOURCE", "FROM", "TO", "STATE", "PROGRESS"])
+
+
+def job_copies(job: Job) -> str:
+    """The job, then its copies (what ``replicate`` prints)."""
+    return jobs_table([job]) + "\n\n" + table(
+        [[t.region, t.dest_image_id, t.state, t.error or ""] for t in job.tasks.values()],
+        ["REGION", "COPY", "STATE", "ERROR"])
+
+
+def job_details(job: Job) -> str:
+    """The job, then its copies with their bytes (what ``jobs show`` and ``jobs wait``
+    print)."""
+    return jobs_table([job]) + "\n\n" + table(
+        [[t.region, t.dest_image_id, t.state, size(t.bytes_done), size(t.bytes_transferred),
+          size(t.bytes_sent), t.error or ""] for t in job.tasks.values()],
+        ["REGION", "COPY", "STATE", "DONE", "MOVED", "SENT", "ERROR"])
+
+
+def job_failed(job: Job) -> str:
+    reasons = "; ".join(f"{t.region}: {t.error_code}: {t.error}"
+                        for t in job.tasks.values() if t.state == "Failed")
+    return f"Job.Failed: job {job.id} failed ({reasons})"
+
+
+def scrub_reports(reports: list[ScrubReport]) -> str:
+    return "\n".join(
+        f"{r.region}: {r.chunks_checked} chunks checked, {len(r.quarantined)} quarantined, "
+        f"{r.chunks_repaired} repaired from other regions"
+        + (f"; repaired {', '.join(r.images_repaired)}" if r.images_repaired else "")
+        + (f"; still damaged {', '.join(r.images_damaged)}" if r.images_damaged else "")
+        for r in reports)
+
+
+def still_damaged(damaged: list[str]) -> str:
+    return (f"Transfer.IntegrityError: {len(damaged)} image(s) remain damaged "
+            f"({', '.join(damaged)}): no region holds the bytes they lack; delete them, "
+            "or import or replicate them again")
+
+
+def events_table(events: list[Event]) -> str:
+    return table(
+        [[e.seq, e.time.strftime("%Y-%m-%d %H:%M:%S"), e.type, e.account, e.image_id or "",
+          e.job_id or "", e.region or ""] for e in events],
+        ["SEQ", "TIME (UTC)", "TYPE", "ACCOUNT", "IMAGE", "JOB", "REGION"])

@@ -1,0 +1,59 @@
+"""The background copy worker of a home: ``imagerelay worker`` and its supervision.
+
+A CLI command that queues copies and returns leaves them to one worker process per home,
+started here if none runs; ``<home>/worker.lock`` says whether one does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .cloud import Cloud
+
+
+def _lock_path(home: Path) -> Path:
+    return home / "worker.lock"
+
+
+def ensure_background_worker(home: Path) -> None:
+    """Starts ``imagerelay worker --until-idle`` for this home unless one already runs."""
+    lock_path = _lock_path(home)
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a worker holds it
+        fcntl.flock(f, fcntl.LOCK_UN)
+    log = open(home / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    subprocess.Popen(
+        [sys.executable, "-m", "imagerelay", "--home", str(home), "worker", "--until-idle"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+def run_worker(cloud: Cloud, *, until_idle: bool) -> int:
+    """Runs copies for the home; holds the worker lock so that only one is started for it.
+
+    SIGTERM stops it cleanly: copies in flight are handed back and resume at the next open.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with open(_lock_path(cloud.home), "a+") as lock:
+            while True:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                while not (cloud.wait_idle(timeout=1.0) and until_idle):
+                    pass
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                # A command that queued a copy while we held the lock saw it taken and left
+                # the copy to us: look once more now that the lock is free.
+                if cloud.wait_idle(timeout=0):
+                    return 0
+    except KeyboardInterrupt:
+        return 0
