@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "binary_codec.hpp"
-#include "block_list.hpp"
-#include "block_manifest.hpp"
+#include "base/binary_codec.hpp"
+#include "store/block_list.hpp"
+#include "store/block_manifest.hpp"
 
 namespace {
 

@@ -103,7 +103,7 @@ class TimeoutError(ImageRelayError, builtins.TimeoutError):  # noqa: A001 - API.
     default_status = 504
 
 
-# The core says which kind each stable code is (cpp/src/error.cpp, the one table of codes);
+# The core says which kind each stable code is (cpp/src/base/error.cpp, the one table of codes);
 # here each kind has its class.
 _CLASS_BY_KIND: dict[str, type[ImageRelayError]] = {
     "Validation": ValidationError,

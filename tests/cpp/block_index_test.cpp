@@ -1,4 +1,4 @@
-#include "block_index.hpp"
+#include "store/block_index.hpp"
 
 #include <gtest/gtest.h>
 

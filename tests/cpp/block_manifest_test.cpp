@@ -1,4 +1,4 @@
-#include "block_manifest.hpp"
+#include "store/block_manifest.hpp"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -6,7 +6,7 @@
 #include <fstream>
 #include <thread>
 
-#include "block_list.hpp"
+#include "store/block_list.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/manifest.hpp"
 #include "imagerelay/sha256.hpp"

@@ -1,4 +1,4 @@
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -13,7 +13,7 @@
 #include <string>
 
 #include "scratch_dir.hpp"
-#include "unique_fd.hpp"
+#include "base/unique_fd.hpp"
 
 namespace imagerelay {
 namespace {

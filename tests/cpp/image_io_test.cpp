@@ -20,7 +20,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "local_store.hpp"
+#include "store/local_store.hpp"
 #include "scratch_dir.hpp"
 
 namespace imagerelay {

@@ -1,4 +1,4 @@
-#include "lease.hpp"
+#include "engine/lease.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

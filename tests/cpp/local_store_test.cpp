@@ -1,4 +1,4 @@
-#include "local_store.hpp"
+#include "store/local_store.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -18,7 +18,7 @@
 #include <random>
 #include <thread>
 
-#include "file_util.hpp"
+#include "base/file_util.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"

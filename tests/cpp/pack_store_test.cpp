@@ -1,4 +1,4 @@
-#include "pack_store.hpp"
+#include "store/pack_store.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -10,7 +10,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "local_store.hpp"
+#include "store/local_store.hpp"
 #include "scratch_dir.hpp"
 
 namespace imagerelay {

@@ -1,4 +1,4 @@
-#include "pack.hpp"
+#include "store/pack.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // S3Client's requests: where a key goes, how it is signed, what an error says (no network but
 // a refused connection on 127.0.0.1).
-#include "s3_client.hpp"
+#include "net/s3_client.hpp"
 
 #include <gtest/gtest.h>
 

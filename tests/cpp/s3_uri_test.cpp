@@ -2,9 +2,9 @@
 #include <gtest/gtest.h>
 
 #include "imagerelay/error.hpp"
-#include "pack_store.hpp"
-#include "s3_client.hpp"
-#include "s3_store.hpp"
+#include "store/pack_store.hpp"
+#include "net/s3_client.hpp"
+#include "store/s3_store.hpp"
 
 namespace imagerelay {
 namespace {

@@ -1,6 +1,6 @@
 // AWS Signature V4 against the examples AWS publishes in "Signature Calculations for the
 // Authorization Header" (docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html).
-#include "sigv4.hpp"
+#include "net/sigv4.hpp"
 
 #include <gtest/gtest.h>
 

@@ -22,7 +22,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "token_bucket.hpp"
+#include "base/token_bucket.hpp"
 
 namespace imagerelay {
 namespace {

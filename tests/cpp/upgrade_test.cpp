@@ -15,8 +15,8 @@
 #include "imagerelay/engine.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/store.hpp"
-#include "local_store.hpp"
-#include "pack_store.hpp"
+#include "store/local_store.hpp"
+#include "store/pack_store.hpp"
 #include "first_release_json.hpp"
 #include "scratch_dir.hpp"
 

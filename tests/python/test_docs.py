@@ -82,7 +82,7 @@ def error_rows() -> dict[str, list[str]]:
 
 
 def test_every_cpp_error_code_is_documented_with_its_class_and_status() -> None:
-    # The core's table (cpp/src/error.cpp) is the one list of codes, kinds and statuses.
+    # The core's table (cpp/src/base/error.cpp) is the one list of codes, kinds and statuses.
     rows = error_rows()
     for code in _core.error_codes():
         assert code in rows, f"error code {code} is missing from docs/errors.md"
@@ -138,14 +138,14 @@ def _detail_keys(code: str) -> set[str]:
 def emitted_events() -> dict[str, set[str]]:
     """Event type -> the detail keys the C++ code writes for it. The types are the core's
     list (_core.event_types(), src/events.hpp); the keys come from the emit sites."""
-    names = dict(EVENT_CONSTANT.findall((CPP_SRC / "events.hpp").read_text()))
-    builders = (CPP_SRC / "events.cpp").read_text()
+    names = dict(EVENT_CONSTANT.findall((CPP_SRC / "engine" / "events.hpp").read_text()))
+    builders = (CPP_SRC / "engine" / "events.cpp").read_text()
     start = builders.index("Event MakeTaskEvent(")
     task_detail = _detail_keys(_function_body(builders, start))
     assert task_detail >= {"state", "bytes_done"}, "MakeTaskEvent() not found in events.cpp"
     events: dict[str, set[str]] = {t: set() for t in _core.event_types()}
     assert set(names.values()) == set(events), "events.hpp and _core.event_types() disagree"
-    for path in sorted(CPP_SRC.glob("*.cpp")):
+    for path in sorted(CPP_SRC.rglob("*.cpp")):
         text = path.read_text()
         for m in EVENT_CALL.finditer(text):
             kind = names[m.group(2)]
@@ -264,7 +264,7 @@ def test_policy_request_attributes_are_documented() -> None:
 
 
 def test_image_statuses_are_documented() -> None:
-    text = (ROOT / "cpp" / "src" / "model.cpp").read_text()
+    text = (CPP_SRC / "base" / "model.cpp").read_text()
     statuses = re.findall(r"\{ImageStatus::k\w+,\s*\"(\w+)\"\}", text)
     assert "NotAvailable" in statuses
     row = next(x for x in section_of(doc("python-api.md"), 2, "Image").splitlines()
@@ -320,7 +320,7 @@ def test_every_cli_subcommand_and_option_is_documented() -> None:
 
 # -- state tables --------------------------------------------------------------------------
 def cpp_transitions(table: str) -> set[tuple[str, str, str]]:
-    text = (CPP_SRC / "state.cpp").read_text()
+    text = (CPP_SRC / "rules" / "state.cpp").read_text()
     body = _function_body(text, text.index(f"{table}[] ="))
     rows = set(re.findall(r"\{\w+::k(\w+),\s*\w+::k(\w+),\s*\w+::k(\w+)\}", body))
     assert rows, f"{table} not found in state.cpp"

@@ -1,4 +1,4 @@
-"""One vocabulary of errors: the core's table (cpp/src/error.cpp) says the kind and HTTP
+"""One vocabulary of errors: the core's table (cpp/src/base/error.cpp) says the kind and HTTP
 status of every stable code; Python maps the kind to its class, with no table of its own."""
 from __future__ import annotations
 

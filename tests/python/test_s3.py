@@ -72,7 +72,7 @@ def add_s3_region(cloud: ir.Cloud, s3: S3Server, region: str, bucket: str,
 
 
 # A region keeps its chunks (64 KiB blocks) inside pack objects <prefix>/packs/<xx>/<name>
-# (cpp/src/pack.hpp), each ending with a footer that lists its blocks:
+# (cpp/src/store/pack.hpp), each ending with a footer that lists its blocks:
 #   entries (49 B each: hash, u64 offset, u32 stored length, u32 raw length, u8 codec)
 #   | u32 count | SHA-256 of the entries | "IRPACK01"        (little-endian)
 # The helpers below read that footer from the bucket itself: what the bucket truly holds,

@@ -1,0 +1,56 @@
+// Directory helpers of the local store: fd-relative listings that never follow a link,
+// the write stamp that tells a file is as the store wrote it, stale temporary files.
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/unique_fd.hpp"
+
+namespace imagerelay {
+
+inline constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+
+// The modification time of a file as the store wrote it (see local_store.hpp): one second
+// after the epoch, a time no ordinary write gives a file.
+inline constexpr timespec kVerifiedStamp{1, 0};
+bool Stamped(const struct stat& st);
+// Sets the stamp on an open file; 0 or an errno value.
+int Stamp(int fd);
+
+enum class EntryKind { kFile, kDirectory, kOther };
+struct DirEntry {
+  std::string name;
+  EntryKind kind;  // as lstat tells it: a symbolic link is kOther
+};
+
+// The entries of the directory open at `dir_fd`, or an errno value.
+int ListDirectory(int dir_fd, std::vector<DirEntry>& out);
+
+// Two lowercase hex digits: the name of a fan-out directory (chunks/ab, packs/ab).
+bool IsPrefixName(std::string_view name);
+
+// Calls fn(prefix, fd) for every chunk prefix directory in the directory open at
+// `chunks_fd` that is a real directory: a link in place of one is skipped, never followed.
+// Returns 0 or an errno value.
+template <typename Fn>
+int ForEachPrefixDir(int chunks_fd, Fn fn) {
+  std::vector<DirEntry> entries;
+  if (int err = ListDirectory(chunks_fd, entries); err != 0) return err;
+  for (const DirEntry& entry : entries) {
+    if (entry.kind != EntryKind::kDirectory || !IsPrefixName(entry.name)) continue;
+    UniqueFd fd(::openat(chunks_fd, entry.name.c_str(), kDirFlags | O_NOFOLLOW));
+    if (fd) fn(entry.name, fd.get());
+  }
+  return 0;
+}
+
+// Best effort: temporary files left by writers that died, at once when the writer is known
+// to be gone, else once an hour old (it may be another machine's writer, still at work).
+void RemoveStaleTemps(int dir_fd);
+
+}  // namespace imagerelay

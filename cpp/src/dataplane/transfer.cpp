@@ -1,0 +1,654 @@
+#include "imagerelay/transfer.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <span>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "dataplane/crew.hpp"
+#include "dataplane/progress_throttle.hpp"
+#include "base/retry.hpp"
+#include "base/token_bucket.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+
+// The distinct non-zero chunks of one window of an image (kManifestWindow blocks): the unit
+// of reading and writing. A window is planned, copied, flushed and confirmed before the
+// next, so that memory is that of a window whatever the image's size.
+struct ChunkPlan {
+  uint64_t first = 0;                    // the window's first block
+  std::vector<std::string> hashes;       // first-appearance order
+  std::vector<uint64_t> length;          // bytes of the chunk
+  std::vector<uint64_t> covered;         // bytes of every manifest entry naming it
+  std::vector<uint64_t> entries;         // manifest entries naming it
+  std::vector<int64_t> entry_chunk;      // per manifest entry: index in `hashes`, -1 = zero
+};
+
+ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
+  ChunkPlan plan;
+  plan.first = first;
+  const std::vector<std::string> window = manifest.Hashes(first, kManifestWindow);
+  plan.entry_chunk.reserve(window.size());
+  std::unordered_map<std::string_view, size_t> index;
+  for (size_t i = 0; i < window.size(); ++i) {
+    const std::string& hash = window[i];
+    const uint64_t length = manifest.ChunkLength(first + i);
+    if (hash.empty()) {
+      plan.entry_chunk.push_back(-1);
+      continue;
+    }
+    auto [it, inserted] = index.try_emplace(hash, plan.hashes.size());
+    if (inserted) {
+      plan.hashes.push_back(hash);
+      plan.length.push_back(length);
+      plan.covered.push_back(0);
+      plan.entries.push_back(0);
+    }
+    plan.covered[it->second] += length;
+    ++plan.entries[it->second];
+    plan.entry_chunk.push_back(static_cast<int64_t>(it->second));
+  }
+  return plan;
+}
+
+struct Failure {
+  Failure(std::string code_, std::string message_, std::string damaged = "")
+      : code(std::move(code_)), message(std::move(message_)),
+        damaged_source_chunk(std::move(damaged)) {}
+  Failure(const AttemptFailure& f) : code(f.code), message(f.message) {}  // NOLINT
+  std::string code;
+  std::string message;
+  std::string damaged_source_chunk;  // see TransferOutcome
+};
+
+
+// One destination's state, shared by the workers and the calling thread.
+struct Dest {
+  TransferDestination* spec = nullptr;
+  std::string uri;
+  std::vector<bool> needs;  // per distinct chunk of the window; written before workers start
+  bool server_copy = false; // chunks are copied inside the object store (CopyChunkFrom)
+  IoProgress fixed;         // totals and skips, known after planning
+  std::atomic<uint64_t> bytes_done{0};
+  std::atomic<uint64_t> bytes_transferred{0};
+  std::atomic<uint64_t> bytes_sent{0};
+  std::atomic<bool> failed{false};
+  std::atomic<int> writing{0};  // writes that passed the liveness check and have not ended
+  bool finish_reported = false;  // touched by the calling thread only
+  std::optional<ProgressThrottle> throttle;  // the calling thread's
+  const std::atomic<bool>* aborted = nullptr;
+  std::mutex mu;  // guards the failure fields below
+  std::string error_code;
+  std::string error;
+  std::string damaged_source_chunk;
+
+  bool cancelled() const { return spec->cancel != nullptr && spec->cancel->cancelled(); }
+  bool Active() const {
+    return !failed.load(std::memory_order_acquire) && !cancelled() &&
+           !aborted->load(std::memory_order_relaxed);
+  }
+  // The first failure wins; nothing is recorded once the destination is cancelled.
+  void Fail(const Failure& failure) {
+    std::lock_guard lock(mu);
+    if (!Active()) return;
+    error_code = failure.code;
+    error = failure.message;
+    damaged_source_chunk = failure.damaged_source_chunk;
+    failed.store(true, std::memory_order_release);
+  }
+  IoProgress Progress() const {
+    IoProgress p = fixed;
+    p.bytes_done = bytes_done.load(std::memory_order_relaxed);
+    p.bytes_transferred = bytes_transferred.load(std::memory_order_relaxed);
+    p.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
+    return p;
+  }
+};
+
+// A chunk buffer from the pool. Its vector keeps its capacity from chunk to chunk.
+struct Slot {
+  std::vector<std::byte> data;
+  size_t chunk = 0;
+  size_t pending_writes = 0;  // guarded by the crew's mutex
+};
+
+struct WriteTask {
+  Slot* slot;
+  size_t dest;
+};
+
+class Copier {
+ public:
+  Copier(Store& source, const Manifest& manifest, std::vector<TransferDestination>& specs,
+         const TransferOptions& options, const FinishedFn& finished)
+      : finished_(finished),
+        source_(source),
+        source_uri_(source.uri()),
+        manifest_(manifest),
+        options_(options),
+        dests_(specs.size()),
+        bucket_(options.bandwidth) {
+    for (size_t d = 0; d < specs.size(); ++d) {
+      dests_[d].spec = &specs[d];
+      dests_[d].aborted = &aborted_;
+    }
+  }
+
+  std::vector<TransferOutcome> Run();
+
+ private:
+  TransferOutcome OutcomeOf(Dest& dest);
+  // Reports destinations that will get no more writes (all: every one not yet reported).
+  void ReportFinished(bool all);
+
+  const FinishedFn& finished_;
+  void SetUpDestinations();
+  // Looks up, in each active destination, the chunks of the window in plan_.
+  void PlanWindow(std::mt19937& rng);
+  // Reads and writes every chunk some active destination needs, then flushes them.
+  void RunPass(uint32_t seed, std::vector<IoProgress>& last);
+  // Asks each active destination for every chunk of the image, with its length: nothing is
+  // committed on the strength of a plan (a chunk may have vanished or been damaged since it
+  // was looked up or written). Chunks found missing become the destination's needs for
+  // another pass; after the last pass they fail it. True if another pass is needed.
+  bool ConfirmDestinations(bool last_pass, std::mt19937& rng);
+  void Worker(uint32_t seed);
+  // Reads chunk slot.chunk, verifies it and returns the destinations to write it to. Copies
+  // it server-side first to the destinations that can take it so.
+  std::vector<size_t> ReadChunk(Slot& slot, std::mt19937& rng);
+  // Server-side copies of chunk k; returns the destinations that still need its bytes, or
+  // nullopt when the source proved corrupt (every destination needing it has failed).
+  std::optional<std::vector<size_t>> CopyInsideStores(size_t k, std::mt19937& rng);
+  void WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng);
+  // After a failed read: true if the source does not hold the chunk at all.
+  bool SourceLacks(const std::string& hash);
+  // `sent`: the bytes the store wrote for it (Store::PutChunk), or the chunk's length.
+  void CountWritten(Dest& dest, size_t chunk, uint64_t sent);
+  bool CanRead() const { return !crew_->stop && next_job_ < jobs_.size() && !free_.empty(); }
+  bool NoWorkLeft() const {
+    return (crew_->stop || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
+  }
+  // Under crew_->mu: wakes `n` workers for the work just queued, or all of them once none is
+  // left (each must see that and end). One wake per block, not a stampede of every worker.
+  void Wake(size_t n) {
+    if (NoWorkLeft() || n >= threads_) {
+      crew_->work_cv.notify_all();
+    } else {
+      for (size_t i = 0; i < n; ++i) crew_->work_cv.notify_one();
+    }
+  }
+  bool AnyActive() const;
+  bool AnyActiveNeeding(size_t chunk) const;
+  void ReportProgress(std::vector<IoProgress>& last, bool force);
+
+  template <typename Op, typename Alive>
+  AttemptResult Attempt(Op&& op, Alive&& alive, const std::string& action, std::mt19937& rng) {
+    return imagerelay::Attempt(options_.retry, std::forward<Op>(op), std::forward<Alive>(alive), action,
+                               rng);
+  }
+
+  Store& source_;
+  const std::string source_uri_;
+  const Manifest& manifest_;
+  const TransferOptions& options_;
+  ChunkPlan plan_;  // the window being copied
+  std::vector<Dest> dests_;
+  TokenBucket bucket_;
+  std::atomic<bool> aborted_{false};  // the caller's progress callback threw
+  // Fired when no destination wants anything more: aborts source reads in flight.
+  CancelToken reads_cancel_;
+
+  size_t threads_ = 1;
+  std::vector<size_t> jobs_;  // distinct chunks some destination lacks
+  std::vector<Slot> slots_;
+  Crew* crew_ = nullptr;  // the pass's workers; its mutex guards everything below
+
+  std::vector<Slot*> free_;
+  std::deque<WriteTask> writes_;
+  size_t next_job_ = 0;
+  size_t reads_in_flight_ = 0;
+};
+
+bool Copier::AnyActive() const {
+  return std::any_of(dests_.begin(), dests_.end(), [](const Dest& d) { return d.Active(); });
+}
+
+bool Copier::AnyActiveNeeding(size_t chunk) const {
+  return std::any_of(dests_.begin(), dests_.end(),
+                     [chunk](const Dest& d) { return d.needs[chunk] && d.Active(); });
+}
+
+void Copier::SetUpDestinations() {
+  for (Dest& dest : dests_) {
+    dest.throttle.emplace(dest.spec->progress);
+    dest.fixed.bytes_total = manifest_.size;
+    dest.fixed.chunks_total = manifest_.count();
+    if (dest.spec->store == nullptr) {
+      dest.Fail({codes::kTransferFailed, "a transfer destination has no store"});
+      continue;
+    }
+    dest.uri = dest.spec->store->uri();
+    dest.server_copy = dest.spec->store->CanCopyChunksFrom(source_);
+  }
+}
+
+void Copier::PlanWindow(std::mt19937& rng) {
+  const std::vector<std::string>& hashes = plan_.hashes;
+  for (Dest& dest : dests_) {
+    dest.needs.assign(hashes.size(), false);
+    if (!dest.Active()) continue;
+
+    // Look up only what the caller does not already know to be there.
+    std::vector<bool> present(hashes.size(), true);
+    std::vector<std::string> unknown;
+    std::vector<uint64_t> unknown_length;
+    std::vector<size_t> unknown_at;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (!dest.spec->known_present.contains(hashes[i])) {
+        unknown.push_back(hashes[i]);
+        unknown_length.push_back(plan_.length[i]);
+        unknown_at.push_back(i);
+      }
+    }
+    if (!unknown.empty()) {
+      std::vector<bool> answers;
+      AttemptResult result = Attempt(
+          [&] {
+            answers = dest.spec->store->HasChunks(unknown, dest.spec->cancel, unknown_length);
+          },
+          [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
+      if (!result.ok) {
+        if (result.failure) dest.Fail(*result.failure);
+        continue;
+      }
+      if (answers.size() != unknown.size()) {
+        dest.Fail({codes::kTransferFailed,
+                   "listing the chunks of " + dest.uri + " gave " +
+                       std::to_string(answers.size()) + " answers for " +
+                       std::to_string(unknown.size()) + " chunks"});
+        continue;
+      }
+      for (size_t k = 0; k < unknown.size(); ++k) present[unknown_at[k]] = answers[k];
+    }
+    uint64_t done = 0;
+    uint64_t skipped = 0;
+    for (size_t i = 0; i < plan_.entry_chunk.size(); ++i) {
+      int64_t chunk = plan_.entry_chunk[i];
+      if (chunk < 0 || present[chunk]) {
+        done += manifest_.ChunkLength(plan_.first + i);
+        ++skipped;
+      }
+    }
+    for (size_t k = 0; k < hashes.size(); ++k) dest.needs[k] = !present[k];
+    dest.fixed.chunks_skipped += skipped;
+    dest.bytes_done.fetch_add(done, std::memory_order_relaxed);
+  }
+}
+
+void Copier::Worker(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::unique_lock lock(crew_->mu);
+  for (;;) {
+    crew_->work_cv.wait(lock, [&] { return !writes_.empty() || CanRead() || NoWorkLeft(); });
+    // Writes first: they give buffers back to the pool.
+    if (!writes_.empty()) {
+      WriteTask task = writes_.front();
+      writes_.pop_front();
+      lock.unlock();
+      WriteChunk(*task.slot, dests_[task.dest], rng);
+      lock.lock();
+      if (--task.slot->pending_writes == 0) {
+        free_.push_back(task.slot);
+        Wake(1);
+      }
+      continue;
+    }
+    if (CanRead()) {
+      Slot* slot = free_.back();
+      free_.pop_back();
+      slot->chunk = jobs_[next_job_++];
+      ++reads_in_flight_;
+      lock.unlock();
+      std::vector<size_t> targets = ReadChunk(*slot, rng);
+      lock.lock();
+      --reads_in_flight_;
+      if (targets.empty()) {
+        free_.push_back(slot);
+      } else {
+        slot->pending_writes = targets.size();
+        for (size_t d : targets) writes_.push_back({slot, d});
+      }
+      Wake(std::max<size_t>(1, targets.size()));
+      continue;
+    }
+    break;  // NoWorkLeft()
+  }
+}
+
+std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
+  const size_t k = slot.chunk;
+  const std::string& hash = plan_.hashes[k];
+  auto needed = [&] { return AnyActiveNeeding(k); };
+  if (!needed()) return {};
+
+  std::optional<std::vector<size_t>> by_bytes = CopyInsideStores(k, rng);
+  if (!by_bytes || by_bytes->empty()) return {};
+  auto wanted = [&] {
+    return std::any_of(by_bytes->begin(), by_bytes->end(),
+                       [&](size_t d) { return dests_[d].Active(); });
+  };
+  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data, &reads_cancel_); },
+                                 wanted, "reading chunk " + hash + " from " + source_uri_, rng);
+  std::optional<Failure> failure;
+  if (result.failure) failure = Failure(*result.failure);
+  if (result.ok) {
+    // A store that checks what it reads has done so (else it threw DamagedChunkError).
+    std::string actual = source_.ChecksReads() ? hash : Sha256Hex(slot.data.data(), slot.data.size());
+    if (actual != hash) {
+      failure = Failure{codes::kIntegrityError,
+                        "chunk " + hash + " read from " + source_uri_ +
+                            " is corrupt: its bytes hash to " + actual,
+                        hash};
+    } else if (slot.data.size() != plan_.length[k]) {
+      failure = Failure{codes::kIntegrityError,
+                        "chunk " + hash + " read from " + source_uri_ + " has " +
+                            std::to_string(slot.data.size()) + " bytes, the manifest says " +
+                            std::to_string(plan_.length[k]),
+                        hash};
+    }
+  } else if (!failure) {
+    return {};  // abandoned: every destination that wanted it is gone
+  } else if (failure->code == codes::kIntegrityError) {
+    failure->damaged_source_chunk = hash;  // the store found its stored bytes wrong
+  } else if (SourceLacks(hash)) {
+    failure->code = codes::kIntegrityError;  // the source image is incomplete
+    failure->damaged_source_chunk = hash;
+  }
+
+  std::vector<size_t> targets;
+  for (size_t d : *by_bytes) {
+    if (failure) {
+      dests_[d].Fail(*failure);  // never writes the bytes of a corrupt or failed read
+    } else if (dests_[d].Active()) {
+      targets.push_back(d);
+    }
+  }
+  return targets;
+}
+
+bool Copier::SourceLacks(const std::string& hash) {
+  try {
+    return !source_.HasChunk(hash, &reads_cancel_);
+  } catch (const std::exception&) {
+    return false;  // the store itself fails: that is not the image's damage
+  }
+}
+
+std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt19937& rng) {
+  const std::string& hash = plan_.hashes[k];
+  std::vector<size_t> by_bytes;
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    Dest& dest = dests_[d];
+    if (!dest.needs[k] || !dest.Active()) continue;
+    if (!dest.server_copy) {
+      by_bytes.push_back(d);
+      continue;
+    }
+    // Counted as a write in flight, like WriteChunk, for ReportFinished.
+    dest.writing.fetch_add(1, std::memory_order_acq_rel);
+    bool copied = false;
+    AttemptResult result = Attempt(
+        [&] { copied = dest.spec->store->CopyChunkFrom(source_, hash, plan_.length[k], dest.spec->cancel); },
+        [&] { return dest.Active(); },
+        "copying chunk " + hash + " from " + source_uri_ + " to " + dest.uri + " server-side", rng);
+    if (result.ok && copied) CountWritten(dest, k, plan_.length[k]);
+    if (result.ok && !copied) by_bytes.push_back(d);  // the source could not prove it: read it
+    dest.writing.fetch_sub(1, std::memory_order_acq_rel);
+    if (!result.failure) continue;
+    if (result.failure->code == codes::kIntegrityError) {
+      // A corrupt source fails every destination that needed the chunk, as a read would.
+      const Failure corrupt(result.failure->code, result.failure->message, hash);
+      for (Dest& other : dests_) {
+        if (other.needs[k]) other.Fail(corrupt);
+      }
+      return std::nullopt;
+    }
+    dest.Fail(*result.failure);
+  }
+  return by_bytes;
+}
+
+void Copier::CountWritten(Dest& dest, size_t chunk, uint64_t sent) {
+  // Counted even if a cancel arrived during the write: the bytes are there.
+  dest.bytes_transferred.fetch_add(plan_.length[chunk], std::memory_order_relaxed);
+  dest.bytes_sent.fetch_add(sent, std::memory_order_relaxed);
+  dest.bytes_done.fetch_add(plan_.covered[chunk], std::memory_order_relaxed);
+}
+
+void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
+  // Counted before the liveness check, so that "inactive and nothing writing" means no
+  // byte will reach this destination any more.
+  dest.writing.fetch_add(1, std::memory_order_acq_rel);
+  struct Done {
+    Dest& dest;
+    ~Done() { dest.writing.fetch_sub(1, std::memory_order_acq_rel); }
+  } done{dest};
+  auto alive = [&] { return dest.Active(); };
+  if (!alive()) return;
+  const std::string& hash = plan_.hashes[slot.chunk];
+  const std::span<const std::byte> bytes(slot.data);
+  if (!SleepWhile(bucket_.Reserve(bytes.size()), alive)) return;
+
+  uint64_t sent = 0;
+  AttemptResult result =
+      Attempt([&] { sent = dest.spec->store->PutChunk(hash, bytes, dest.spec->cancel); }, alive,
+              "writing chunk " + hash + " to " + dest.uri, rng);
+  if (!result.ok) {
+    if (result.failure) dest.Fail(*result.failure);
+    return;
+  }
+  CountWritten(dest, slot.chunk, sent);
+}
+
+void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    IoProgress now = dests_[d].Progress();
+    bool changed = now.bytes_done != last[d].bytes_done ||
+                   now.bytes_transferred != last[d].bytes_transferred;
+    if (force || (changed && dests_[d].throttle->Due())) dests_[d].throttle->Report(now);
+    last[d] = now;
+  }
+}
+
+TransferOutcome Copier::OutcomeOf(Dest& dest) {
+  TransferOutcome outcome;
+  outcome.progress = dest.Progress();
+  std::lock_guard lock(dest.mu);
+  if (dest.failed) {
+    outcome.kind = TransferOutcome::Kind::kFailed;
+    outcome.error_code = dest.error_code;
+    outcome.error = dest.error;
+    outcome.damaged_source_chunk = dest.damaged_source_chunk;
+  } else if (dest.cancelled()) {
+    outcome.kind = TransferOutcome::Kind::kCancelled;
+  } else {
+    outcome.kind = TransferOutcome::Kind::kCompleted;
+  }
+  return outcome;
+}
+
+void Copier::ReportFinished(bool all) {
+  if (!finished_) return;
+  for (size_t d = 0; d < dests_.size(); ++d) {
+    Dest& dest = dests_[d];
+    if (dest.finish_reported) continue;
+    if (!all && (dest.Active() || dest.writing.load(std::memory_order_acquire) != 0)) continue;
+    dest.finish_reported = true;
+    finished_(d, OutcomeOf(dest));
+  }
+}
+
+bool Copier::ConfirmDestinations(bool last_pass, std::mt19937& rng) {
+  const std::vector<std::string>& hashes = plan_.hashes;
+  bool again = false;
+  for (Dest& dest : dests_) {
+    if (!dest.Active() || dest.finish_reported) continue;
+    std::vector<bool> present;
+    AttemptResult result = Attempt(
+        [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel, plan_.length); },
+        [&] { return dest.Active(); }, "confirming the chunks in " + dest.uri, rng);
+    if (!result.ok) {
+      if (result.failure) dest.Fail(*result.failure);
+      continue;
+    }
+    std::vector<size_t> missing;
+    for (size_t k = 0; k < hashes.size(); ++k) {
+      if (k >= present.size() || !present[k]) missing.push_back(k);
+    }
+    if (missing.empty()) {
+      dest.needs.assign(hashes.size(), false);
+      continue;
+    }
+    if (last_pass) {
+      dest.Fail({codes::kTransferFailed,
+                 Plural(static_cast<int>(missing.size()), "chunk") + " of the image (chunk " +
+                     hashes[missing.front()] + " first) are still missing from " + dest.uri +
+                     " after they were written; the store loses what it is given; check it and "
+                     "replicate again"});
+      continue;
+    }
+    // Written again: counted again (each was counted once, as skipped or as written).
+    uint64_t skipped_entries = 0;
+    for (size_t k : missing) {
+      dest.bytes_done.fetch_sub(plan_.covered[k], std::memory_order_relaxed);
+      if (!dest.needs[k]) skipped_entries += plan_.entries[k];
+    }
+    dest.fixed.chunks_skipped -= std::min(dest.fixed.chunks_skipped, skipped_entries);
+    dest.needs.assign(hashes.size(), false);
+    for (size_t k : missing) dest.needs[k] = true;
+    again = true;
+  }
+  return again;
+}
+
+void Copier::RunPass(uint32_t seed, std::vector<IoProgress>& last) {
+  jobs_.clear();
+  std::vector<std::string> reads;
+  for (size_t k = 0; k < plan_.hashes.size(); ++k) {
+    if (AnyActiveNeeding(k)) {
+      jobs_.push_back(k);
+      reads.emplace_back(plan_.hashes[k]);
+    }
+  }
+  try {
+    source_.PlanReads(reads);  // only a hint: reads go on without it
+  } catch (const std::exception&) {
+  }
+  next_job_ = 0;
+  Crew crew;  // ~Crew stops and joins the workers, whichever way this ends
+  crew_ = &crew;
+  try {
+    const size_t workers = std::min(threads_, jobs_.size());
+    for (size_t i = 0; i < workers; ++i) {
+      crew.Start([this, s = seed + static_cast<uint32_t>(i)] { Worker(s); });
+    }
+    std::unique_lock lock(crew.mu);
+    while (!crew.idle()) {
+      if (crew.caller_cv.wait_for(lock, kProgressInterval, [&] { return crew.idle(); })) break;
+      if (!crew.stop && !AnyActive()) {
+        crew.stop = true;  // every destination cancelled or failed: read nothing more
+        reads_cancel_.Cancel();
+        crew.work_cv.notify_all();
+      }
+      lock.unlock();
+      ReportProgress(last, false);
+      if (!aborted_) ReportFinished(false);
+      lock.lock();
+    }
+  } catch (...) {
+    // A progress callback (or thread creation) threw: stop the workers before unwinding.
+    aborted_ = true;
+    reads_cancel_.Cancel();
+    crew.Stop();
+    throw;
+  }
+  crew.Finish();  // rethrows what a worker threw
+  // A store may hold writes back (group commit): a destination is complete once flushed.
+  for (Dest& dest : dests_) {
+    if (!dest.Active() || dest.finish_reported) continue;
+    try {
+      dest.spec->store->Flush(dest.spec->cancel);
+    } catch (const Cancelled&) {
+      // cancelled while its last pack was written: the outcome says Cancelled
+    } catch (const std::exception& e) {
+      dest.Fail({codes::kTransferFailed, "cannot flush " + dest.uri + ": " + e.what()});
+    }
+  }
+}
+
+std::vector<TransferOutcome> Copier::Run() {
+  std::random_device random_device;
+  const uint32_t seed = random_device();
+  std::mt19937 rng(seed);
+  SetUpDestinations();
+
+  // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
+  // flight when every destination takes them (slots then stay empty: no memory used).
+  const bool all_server_side = std::all_of(dests_.begin(), dests_.end(), [](const Dest& d) {
+    return d.server_copy || !d.Active();
+  });
+  threads_ = static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
+  const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
+  const size_t pool = static_cast<size_t>(std::max<uint64_t>(
+      2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads_)));
+  slots_.resize(pool);  // the vectors allocate on first use
+  for (Slot& slot : slots_) free_.push_back(&slot);
+
+  std::vector<IoProgress> last(dests_.size());
+  // A second pass writes what the confirmation found missing; after it, missing is failure.
+  constexpr int kPasses = 2;
+  for (uint64_t first = 0; first < manifest_.count() && AnyActive(); first += kManifestWindow) {
+    plan_ = PlanChunks(manifest_, first);
+    PlanWindow(rng);
+    for (int pass = 1; pass <= kPasses; ++pass) {
+      RunPass(seed + static_cast<uint32_t>(pass) * 1000, last);
+      if (!ConfirmDestinations(pass == kPasses, rng)) break;
+    }
+  }
+  ReportProgress(last, true);
+  ReportFinished(true);
+
+  std::vector<TransferOutcome> outcomes;
+  for (Dest& dest : dests_) outcomes.push_back(OutcomeOf(dest));
+  return outcomes;
+}
+
+}  // namespace
+
+std::vector<TransferOutcome> CopyImage(Store& source, const Manifest& manifest,
+                                       std::vector<TransferDestination>& destinations,
+                                       const TransferOptions& options,
+                                       const FinishedFn& finished) {
+  Copier copier(source, manifest, destinations, options, finished);
+  return copier.Run();
+}
+
+}  // namespace imagerelay

@@ -1,0 +1,342 @@
+#include "engine/copy_runner.hpp"
+
+#include <chrono>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/events.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/state.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kRecordInterval = std::chrono::milliseconds(250);
+
+void CopyProgress(Task& task, const IoProgress& p) {
+  task.bytes_total = p.bytes_total;
+  task.bytes_done = p.bytes_done;
+  task.bytes_transferred = p.bytes_transferred;
+  task.bytes_sent = p.bytes_sent;
+  task.chunks_total = p.chunks_total;
+  task.chunks_skipped = p.chunks_skipped;
+}
+
+TransferOutcome Failed(std::string code, std::string message, IoProgress progress = {}) {
+  return {TransferOutcome::Kind::kFailed, std::move(code), std::move(message), progress, {}};
+}
+
+}  // namespace
+
+void SettleJob(CatalogTx& tx, const std::string& job_id, PendingEvents& events) {
+  auto job = tx.GetJob(job_id);
+  if (!job) return;
+  bool source_busy = false;
+  std::map<std::string, std::string> source_of_job;
+  for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+    auto& source = source_of_job[task.job_id];
+    if (source.empty()) {
+      auto other = tx.GetJob(task.job_id);
+      source = other ? other->source_image_id : "?";
+    }
+    if (source == job->source_image_id) source_busy = true;
+  }
+  if (!source_busy) {
+    auto source = tx.GetImage(job->source_image_id);
+    if (source && source->status == ImageStatus::kReplicating &&
+        tx.TransitionImage(source->id, ImageStatus::kReplicating, ImageEvent::kCopiesSettled)) {
+      source->status = ImageStatus::kAvailable;
+    }
+  }
+  JobState state = StateOfJob(job->tasks);
+  if (state != JobState::kRunning) {
+    events.Append(tx, MakeJobEvent(event_type::kJobFinished, *job, {{"state", ToString(state)}}));
+  }
+}
+
+std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
+  // A cheap read first: idle workers must not queue for the catalog's write lock.
+  bool anything = false;
+  engine.catalog->Read([&](CatalogTx& tx) {
+    TimeUs now = NowUs();
+    for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+      if (task.state == TaskState::kPending ||
+          !engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now)) {
+        anything = true;
+        break;
+      }
+    }
+  });
+  if (!anything) return std::nullopt;
+  Claim claim;
+  engine.Write([&](CatalogTx& tx, PendingEvents& events) {
+    TimeUs now = NowUs();
+    auto active = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning});
+    std::map<std::string, int> running_per_region;
+    std::vector<Task> claimable;
+    for (const auto& task : active) {
+      bool alive = task.state == TaskState::kRunning &&
+                   engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now);
+      if (alive) {
+        ++running_per_region[task.region];
+      } else {
+        claimable.push_back(task);
+      }
+    }
+    std::string job_id;
+    for (const auto& task : claimable) {
+      if (!job_id.empty() && task.job_id != job_id) continue;
+      if (running_per_region[task.region] >= engine.options.limits.max_tasks_per_region) continue;
+      if (tx.SweepLeaseHeld(task.region, now)) continue;
+      if (job_id.empty()) {
+        job_id = task.job_id;
+        claim.job = *tx.GetJob(job_id);
+        claim.source = *tx.GetImage(claim.job.source_image_id);
+      }
+      TaskEvent event = task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
+      if (!tx.TransitionTask(task.dest_image_id, task.state, event)) continue;
+      // Its writer stopped mid-copy (maybe killed): the sweep after this copy removes the
+      // temporary files it left.
+      if (event == TaskEvent::kTakeOver) tx.SetSweepNeeded(task.region, true);
+      Task claimed = task;
+      claimed.state = TaskState::kRunning;
+      claimed.lease_owner = engine.worker_id;
+      claimed.lease_expires_us = now + engine.options.lease_ms * 1000;
+      claimed.attempts += 1;
+      if (claimed.started_us == 0) claimed.started_us = now;
+      tx.UpdateTaskFields(claimed);
+      ++running_per_region[task.region];
+      events.Append(tx, MakeTaskEvent(event_type::kTaskStarted, claim.job, claimed));
+      claim.tasks.push_back(claimed);
+    }
+  });
+  if (claim.tasks.empty()) return std::nullopt;
+  return claim;
+}
+
+CopyRun::CopyRun(Engine::Impl& engine, Claim claim)
+    : engine_(engine),
+      claim_(std::move(claim)),
+      dest_stores_(claim_.tasks.size()),
+      finished_(claim_.tasks.size(), false),
+      copy_digest_(claim_.tasks.size()),
+      latest_(claim_.tasks.size()) {
+  // Cancel tokens are registered before anything moves: CancelCopy and Close() fire them.
+  std::lock_guard lock(engine_.running_mutex);
+  for (const auto& task : claim_.tasks) {
+    tokens_.push_back(std::make_shared<CancelToken>());
+    engine_.running[task.dest_image_id] = tokens_.back();
+    if (engine_.closing) tokens_.back()->Cancel();
+  }
+}
+
+CopyRun::~CopyRun() {
+  std::lock_guard lock(engine_.running_mutex);
+  for (const auto& task : claim_.tasks) engine_.running.erase(task.dest_image_id);
+}
+
+void CopyRun::Run() {
+  std::vector<TransferOutcome> outcomes = Transfer();
+  for (size_t i = 0; i < claim_.tasks.size(); ++i) Finish(i, outcomes[i]);
+}
+
+std::vector<TransferOutcome> CopyRun::Transfer() {
+  std::vector<TransferOutcome> outcomes;
+  std::string setup_code, setup_error;
+  try {
+    source_store_ = engine_.StoreFor(claim_.source.region);
+    manifest_ = engine_.LoadManifest(claim_.source, *source_store_);
+    std::vector<TransferDestination> destinations;
+    std::vector<size_t> task_of;  // destination position -> task index
+    for (size_t i = 0; i < claim_.tasks.size(); ++i) {
+      try {
+        dest_stores_[i] = engine_.StoreFor(claim_.tasks[i].region);
+        dest_stores_[i]->Check();
+        task_of.push_back(i);
+      } catch (const Error& e) {
+        // A broken destination fails its own copy only; the others go on.
+        Finish(i, Failed(e.code(), e.message()));
+      }
+    }
+    started_ = last_record_ = Clock::now();
+    for (size_t i : task_of) {
+      TransferDestination dest;
+      dest.store = dest_stores_[i].get();
+      dest.cancel = tokens_[i].get();
+      dest.progress = [this, i](const IoProgress& p) {
+        latest_[i] = p;
+        RecordProgress(false);
+      };
+      destinations.push_back(std::move(dest));
+    }
+    TransferOptions transfer;
+    transfer.buffer_memory = engine_.options.limits.buffer_memory;
+    transfer.bandwidth = engine_.options.limits.bandwidth;
+    auto moved = CopyImage(*source_store_, *manifest_, destinations, transfer,
+                           [&](size_t d, const TransferOutcome& outcome) {
+                             latest_[task_of[d]] = outcome.progress;
+                             Finish(task_of[d], outcome);
+                           });
+    outcomes.resize(claim_.tasks.size());
+    for (size_t d = 0; d < moved.size(); ++d) outcomes[task_of[d]] = moved[d];
+    RecordProgress(true);
+  } catch (const Error& e) {
+    setup_code = e.code();
+    setup_error = e.message();
+  } catch (const std::exception& e) {
+    setup_code = codes::kTransferFailed;
+    setup_error = e.what();
+  }
+  if (outcomes.size() != claim_.tasks.size()) {
+    // Nothing moved (no source manifest, say): every copy not settled yet fails with why.
+    outcomes.assign(claim_.tasks.size(), Failed(setup_code, setup_error));
+  }
+  return outcomes;
+}
+
+void CopyRun::RecordProgress(bool force) {
+  const auto now = Clock::now();
+  if (!force && now - last_record_ < kRecordInterval) return;
+  last_record_ = now;
+  const double seconds = std::chrono::duration<double>(now - started_).count();
+  engine_.Write([&](CatalogTx& tx, PendingEvents& events) {
+    for (size_t i = 0; i < claim_.tasks.size(); ++i) {
+      if (finished_[i]) continue;
+      auto current = tx.GetTaskByDestImage(claim_.tasks[i].dest_image_id);
+      // Cancelled elsewhere, or taken over after our lease lapsed: stop this copy.
+      if (!current || current->state != TaskState::kRunning ||
+          current->lease_owner != engine_.worker_id) {
+        tokens_[i]->Cancel();
+        continue;
+      }
+      Task& t = claim_.tasks[i];
+      CopyProgress(t, latest_[i]);
+      t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
+      t.lease_expires_us = NowUs() + engine_.options.lease_ms * 1000;
+      tx.UpdateTaskFields(t);
+      events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, claim_.job, t));
+    }
+  });
+}
+
+void CopyRun::Finish(size_t i, TransferOutcome outcome) {
+  if (finished_[i]) return;
+  finished_[i] = true;
+  if (!outcome.damaged_source_chunk.empty() && source_store_) {
+    // Before the copy settles: the source goes NotAvailable, not back to Available.
+    const std::string& hash = outcome.damaged_source_chunk;
+    engine_.ReportDamagedChunk(claim_.source.region, *source_store_, hash,
+                               "chunk " + hash + " of " + claim_.source.id + " in region " +
+                                   claim_.source.region + " is corrupt or missing (found by a "
+                                   "copy)");
+  }
+  Task& task = claim_.tasks[i];
+  CopyProgress(task, outcome.progress);
+  const bool committed =
+      outcome.kind == TransferOutcome::Kind::kCompleted && Commit(i, outcome);
+  if (Settle(i, outcome, committed)) engine_.MaybeSweep(task.region);
+  // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
+  std::lock_guard lock(engine_.running_mutex);
+  engine_.running.erase(task.dest_image_id);
+}
+
+bool CopyRun::Commit(size_t i, TransferOutcome& outcome) {
+  const Task& task = claim_.tasks[i];
+  try {
+    Image copy;
+    std::string source_digest;
+    engine_.catalog->Read([&](CatalogTx& tx) {
+      copy = *tx.GetImage(task.dest_image_id);
+      if (auto source = tx.GetImage(claim_.source.id)) source_digest = source->digest;
+    });
+    copy.status = ImageStatus::kAvailable;
+    // The source's digest may have been computed since the job started (digester.cpp).
+    if (copy.digest.empty()) copy.digest = source_digest;
+    Manifest committed = *manifest_;
+    if (committed.digest.empty()) committed.digest = copy.digest;
+    copy_digest_[i] = copy.digest;
+    dest_stores_[i]->PutManifest(task.dest_image_id, committed);
+    dest_stores_[i]->PutImageRecord(task.dest_image_id, ImageRecordJson(copy));
+    return true;
+  } catch (const Error& e) {
+    outcome = Failed(e.code(), e.message(), outcome.progress);
+    return false;
+  }
+}
+
+bool CopyRun::Settle(size_t i, const TransferOutcome& outcome, bool committed) {
+  Task& task = claim_.tasks[i];
+  const Job& job = claim_.job;
+  bool user_cancelled = false;
+  bool digest_missing = false;
+  engine_.Write([&](CatalogTx& tx, PendingEvents& events) {
+    auto current = tx.GetTaskByDestImage(task.dest_image_id);
+    if (!current) return;
+    const bool ours = current->state == TaskState::kRunning &&
+                      current->lease_owner == engine_.worker_id;
+    task.finished_us = NowUs();
+    if (ours) events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, job, task));  // last
+    if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
+      tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
+      tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
+                         ImageEvent::kCopyCompleted);
+      tx.PutManifestDigest(task.dest_image_id, manifest_->ChunkListDigest());
+      task.state = TaskState::kCompleted;
+      task.lease_owner.clear();
+      tx.UpdateTaskFields(task);
+      auto copy = tx.GetImage(task.dest_image_id);
+      if (copy->digest.empty() && !copy_digest_[i].empty()) {
+        copy->digest = copy_digest_[i];
+        tx.UpdateImageFields(*copy);
+      }
+      digest_missing = copy->digest.empty();
+      events.Append(tx, MakeTaskEvent(event_type::kTaskCompleted, job, task));
+      events.Append(tx, MakeEvent(event_type::kImageAvailable, job.account, &*copy, job.id));
+      SettleJob(tx, job.id, events);
+    } else if (ours && outcome.kind == TransferOutcome::Kind::kFailed) {
+      tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kFail);
+      tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating, ImageEvent::kCopyFailed);
+      task.state = TaskState::kFailed;
+      task.error_code = outcome.error_code.empty() ? codes::kTransferFailed : outcome.error_code;
+      task.error = outcome.error;
+      task.lease_owner.clear();
+      tx.UpdateTaskFields(task);
+      auto copy = tx.GetImage(task.dest_image_id);
+      copy->error = task.error;
+      tx.UpdateImageFields(*copy);
+      tx.SetSweepNeeded(task.region, true);
+      events.Append(tx, MakeTaskEvent(event_type::kTaskFailed, job, task));
+      events.Append(tx, MakeEvent(event_type::kImageCreateFailed, job.account, &*copy, job.id,
+                                  {{"code", task.error_code}}));
+      SettleJob(tx, job.id, events);
+    } else if (ours) {
+      // Stopped by Close(): hand the task back so that the next process resumes it.
+      current->lease_owner.clear();
+      current->lease_expires_us = 0;
+      tx.UpdateTaskFields(*current);
+    } else {
+      // Cancelled (or taken over) meanwhile: let go of the region.
+      user_cancelled = current->state == TaskState::kCancelled;
+      if (current->lease_owner == engine_.worker_id) {
+        current->lease_owner.clear();
+        current->lease_expires_us = 0;
+        tx.UpdateTaskFields(*current);
+      }
+    }
+  });
+  if (digest_missing) engine_.ScheduleDigests();
+  if (!user_cancelled && outcome.kind != TransferOutcome::Kind::kFailed) return false;
+  if (committed) {
+    // The copy will not be: its manifest and record go, its blocks with the sweep.
+    try {
+      dest_stores_[i]->DeleteManifest(task.dest_image_id);
+      dest_stores_[i]->DeleteImageRecord(task.dest_image_id);
+    } catch (const std::exception&) {
+    }
+  }
+  return true;
+}
+
+}  // namespace imagerelay

@@ -1,0 +1,874 @@
+#include "imagerelay/engine.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "engine/engine_impl.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
+#include "imagerelay/image_io.hpp"
+#include "imagerelay/rules.hpp"
+#include "imagerelay/sha256.hpp"
+
+namespace imagerelay {
+namespace fs = std::filesystem;
+
+// ---- shared helpers -------------------------------------------------------------------
+
+void PendingEvents::Append(CatalogTx& tx, Event event) {
+  event.time_us = event.time_us ? event.time_us : NowUs();
+  if (event.type != event_type::kTaskProgress) event.seq = tx.AppendEvent(event);
+  events_.push_back(std::move(event));
+}
+
+std::string ImageRecordJson(const Image& image) {
+  nlohmann::json j{
+      {"id", image.id},
+      {"name", image.name},
+      {"region", image.region},
+      {"type", ToString(image.type)},
+      {"owner", image.owner},
+      {"size", image.size},
+      {"digest", image.digest},
+      {"format", image.format},
+      {"os_type", image.os_type},
+      {"os_name", image.os_name},
+      {"os_version", image.os_version},
+      {"os_arch", image.os_arch},
+      {"description", image.description},
+      {"created_us", image.created_us},
+      {"source_image_id", image.source_image_id},
+      {"source_region", image.source_region},
+  };
+  return j.dump(2);
+}
+
+bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
+  for (const auto& image : tx.ListImages({.region = region, .name = std::nullopt})) {
+    if (image.status == ImageStatus::kCreating) return true;
+  }
+  for (const auto& task : tx.ListTasksInStates(
+           {TaskState::kRunning, TaskState::kCancelled, TaskState::kFailed,
+            TaskState::kCompleted})) {
+    if (task.region == region && !task.lease_owner.empty() && task.lease_expires_us >= now) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
+  PendingEvents pending;
+  catalog->Write([&](CatalogTx& tx) {
+    pending = PendingEvents{};
+    fn(tx, pending);
+  });
+  for (auto& e : pending.Take()) bus.Publish(std::move(e));
+  NotifyChanged();
+}
+
+void Engine::Impl::NotifyChanged() {
+  {
+    std::lock_guard lock(changed_mutex);
+    ++generation;
+  }
+  changed.notify_all();
+}
+
+uint64_t Engine::Impl::Generation() {
+  std::lock_guard lock(changed_mutex);
+  return generation;
+}
+
+void Engine::Impl::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until) {
+  std::unique_lock lock(changed_mutex);
+  changed.wait_until(lock, until, [&] { return generation != seen; });
+}
+
+namespace {
+
+// Where homes made before credentials files kept a region's S3 credentials (JSON).
+std::string LegacyCredentialsKey(const std::string& region_id) {
+  return "region_credentials:" + region_id;
+}
+
+}  // namespace
+
+void Engine::Impl::MoveCredentialsOutOfCatalog() {
+  bool any = false;  // looked up first: opening a home should not take the write lock
+  catalog->Read([&](CatalogTx& tx) {
+    for (const Region& region : tx.ListRegions()) {
+      any = any || tx.GetSetting(LegacyCredentialsKey(region.id)).has_value();
+    }
+  });
+  if (!any) return;
+  bool moved = false;
+  catalog->Write([&](CatalogTx& tx) {
+    for (const Region& region : tx.ListRegions()) {
+      std::optional<std::string> json = tx.GetSetting(LegacyCredentialsKey(region.id));
+      if (!json) continue;
+      if (!json->empty()) credentials->Put(region.id, CredentialsFiles::Parse(*json));
+      tx.DeleteSetting(LegacyCredentialsKey(region.id));
+      moved = true;
+    }
+  });
+  if (moved) catalog->Scrub();
+}
+
+std::shared_ptr<Store> Engine::Impl::StoreFor(const std::string& region_id) {
+  std::optional<Region> region;
+  catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(region_id); });
+  if (!region) ThrowCode(codes::kNoSuchRegion, "region " + Quote(region_id) + " does not exist");
+  return StoreForUri(region->store_uri, region_id);
+}
+
+void Engine::Impl::CheckPolicies(const PolicyRequest& request) {
+  std::vector<PolicyFn> fns;
+  {
+    std::lock_guard lock(policies_mutex);
+    for (const auto& [handle, fn] : policies) fns.push_back(fn);
+  }
+  for (const auto& fn : fns) {
+    if (auto rejection = fn(request)) ThrowCode(codes::kPolicyViolation, *rejection);
+  }
+}
+
+void Engine::Impl::SpawnBackground(std::function<void()> fn) {
+  std::lock_guard lock(threads_mutex);
+  if (closing) return;
+  threads.emplace_back(std::move(fn));
+}
+
+void Engine::Impl::MaybeSweep(const std::string& region_id) {
+  const std::string holder = worker_id + ":sweep";
+  bool acquired = false;
+  std::string store_uri;
+  int64_t mark = 0;
+  catalog->Write([&](CatalogTx& tx) {
+    mark = tx.SweepNeededMark(region_id);
+    if (mark == 0) return;
+    TimeUs now = NowUs();
+    if (RegionHasWriters(tx, region_id, now)) return;
+    auto region = tx.GetRegion(region_id);
+    if (!region) return;
+    // A sweeper killed mid-sweep holds the lease until it expires: a dead one on this host
+    // gives it up at once.
+    if (auto lease = tx.GetSweepLease(region_id);
+        lease && !LeaseHolderAlive(Lease{lease->first, lease->second}, now)) {
+      tx.ReleaseSweepLease(region_id, lease->first);
+    }
+    if (!tx.AcquireSweepLease(region_id, holder, now + 10 * 60 * 1'000'000LL)) return;
+    store_uri = region->store_uri;
+    acquired = true;
+  });
+  if (!acquired) return;
+  try {
+    auto store = StoreForUri(store_uri, region_id);
+    // Manifests of images the catalog no longer lists (deleted, failed, cancelled) first.
+    std::vector<std::string> stale;
+    catalog->Read([&](CatalogTx& tx) {
+      for (const auto& id : store->ListManifests()) {
+        auto image = tx.GetImage(id);
+        if (image && (image->status == ImageStatus::kDeleted ||
+                      image->status == ImageStatus::kCreateFailed)) {
+          stale.push_back(id);
+        }
+      }
+    });
+    for (const auto& id : stale) {
+      store->DeleteManifest(id);
+      store->DeleteImageRecord(id);
+    }
+    SweepStore(*store);
+    // Cleared only now, and only if no garbage was made meanwhile: a sweep killed half-way
+    // leaves the flag for the next open or worker.
+    catalog->Write([&](CatalogTx& tx) { tx.ClearSweepNeeded(region_id, mark); });
+  } catch (const std::exception&) {
+    // The flag stays set: the next idle worker or open tries again.
+  }
+  catalog->Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
+}
+
+void Engine::Impl::SweepPending() {
+  std::vector<std::string> regions;
+  catalog->Read([&](CatalogTx& tx) { regions = tx.RegionsNeedingSweep(); });
+  for (const auto& region : regions) MaybeSweep(region);
+}
+
+void RequireAccount(CatalogTx& tx, const std::string& account) {
+  if (!tx.GetAccount(account)) {
+    ThrowCode(codes::kNoSuchAccount,
+              "account " + Quote(account) + " does not exist; add it first or act as another");
+  }
+}
+
+Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& image_id) {
+  ThrowIfAny(CheckImageIdFormat(image_id));
+  auto image = tx.GetImage(image_id);
+  bool shared = false;
+  if (image && image->type == ImageType::kCustom && image->owner != account) {
+    auto shares = tx.ListShares(image_id);
+    shared = std::ranges::find(shares, account) != shares.end();
+  }
+  if (!image || !CanSee(*image, account, shared)) {
+    ThrowCode(codes::kNoSuchImage, "image " + image_id + " does not exist or is not visible to " +
+                                       "account " + account + "; list images to see yours");
+  }
+  return *image;
+}
+
+namespace {
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
+}
+
+ImageView ViewOf(CatalogTx& tx, const Image& image, const std::string& account) {
+  ImageView view{image, TypeSeenBy(image, account), std::nullopt};
+  if (image.status == ImageStatus::kReplicating && !image.source_image_id.empty()) {
+    if (auto task = tx.GetTaskByDestImage(image.id)) {
+      view.progress = task->bytes_total == 0
+                          ? 0.0
+                          : 100.0 * static_cast<double>(task->bytes_done) /
+                                static_cast<double>(task->bytes_total);
+    }
+  }
+  return view;
+}
+
+ShareFacts GatherShareFacts(CatalogTx& tx, const Image& image,
+                            const std::vector<std::string>& accounts) {
+  ShareFacts facts;
+  facts.current_shares = tx.ListShares(image.id);
+  for (const auto& account : Unique(accounts)) {
+    if (!IsValidAccountId(account) || !tx.GetAccount(account)) continue;
+    facts.known_accounts.insert(account);
+    facts.accepted_in_region[account] = tx.CountAcceptedShares(account, image.region);
+  }
+  return facts;
+}
+
+std::string ImportSourcePath(const std::string& source) {
+  if (source.rfind("file://", 0) == 0) return source.substr(7);
+  return source;
+}
+
+}  // namespace
+
+// ---- lifecycle ------------------------------------------------------------------------
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->host = HostName();
+  impl->worker_id = impl->host + ":" + std::to_string(getpid()) + ":" + RandomHex(4);
+  std::error_code ec;
+  fs::create_directories(options.home, ec);
+  if (ec || !fs::is_directory(options.home)) {
+    ThrowCode(codes::kInvalidParameter,
+              "home " + Quote(options.home.string()) + " cannot be used as a directory (" +
+                  (ec ? ec.message() : std::string("not a directory")) +
+                  "); give a writable directory");
+  }
+  if (access(options.home.c_str(), W_OK) != 0) {
+    ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
+                                            " is not writable; give a writable directory");
+  }
+  impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+  impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
+  impl->MoveCredentialsOutOfCatalog();
+  Impl* raw = impl.get();
+  impl->stores = std::make_unique<StoreRegistry>(
+      *impl->credentials, impl->CacheDir(),
+      [raw](const std::string& uri, const std::string& hash, const std::string& why) {
+        raw->OnStoreDamage(uri, hash, why);
+      });
+
+  std::vector<Region> defaults;
+  impl->catalog->Write([&](CatalogTx& tx) {
+    if (tx.GetSetting("initialized")) return;
+    for (const char* id : {"bj", "gz", "su"}) {
+      Region region{id, id, (fs::absolute(options.home) / "regions" / id).string()};
+      tx.InsertRegion(region);
+      defaults.push_back(region);
+    }
+    tx.InsertAccount({"default", "default"});
+    tx.PutSetting("initialized", std::to_string(NowUs()));
+  });
+  for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
+
+  std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
+  engine->impl_->RecoverInterruptedImports();
+  engine->impl_->SweepPending();
+  if (options.start_workers) {
+    engine->impl_->StartWorkers();
+    engine->impl_->ScheduleDigests();  // digests a stopped process left to compute
+  }
+  return engine;
+}
+
+Engine::~Engine() { Close(); }
+
+void Engine::Close() {
+  if (impl_->closing.exchange(true)) return;
+  {
+    std::lock_guard lock(impl_->running_mutex);
+    // Copies stop where they are; their leases lapse and the next Open resumes them.
+    // Imports stop and end CreateFailed (an import starts over: nothing to resume).
+    for (auto& [id, token] : impl_->running) token->Cancel();
+  }
+  impl_->digest_cancel.Cancel();
+  impl_->wake_workers.notify_all();
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard lock(impl_->threads_mutex);
+    threads.swap(impl_->threads);
+  }
+  for (auto& t : threads) {
+    if (t.joinable()) t.join();
+  }
+  impl_->bus.Stop();
+}
+
+const fs::path& Engine::home() const { return impl_->options.home; }
+const Limits& Engine::limits() const { return impl_->options.limits; }
+
+// ---- regions and accounts -------------------------------------------------------------
+
+Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
+                         const std::string& name, const std::string& access_key_id,
+                         const std::string& secret_access_key,
+                         const std::string& session_token) {
+  auto problems = CheckRegionId(id);
+  std::string uri = store_uri.empty() && IsValidRegionId(id)
+                        ? (fs::absolute(impl_->options.home) / "regions" / id).string()
+                        : store_uri;
+  if (auto bad = CheckStoreUri(uri); !bad.empty()) {
+    problems.push_back({codes::kInvalidParameter, bad});
+  }
+  if (name.size() > 128) {
+    problems.push_back({codes::kInvalidParameter, "region name is longer than 128 characters"});
+  }
+  const bool has_credentials =
+      !access_key_id.empty() || !secret_access_key.empty() || !session_token.empty();
+  if (has_credentials && !uri.starts_with("s3://")) {
+    problems.push_back({codes::kInvalidParameter,
+                        "credentials are only used by S3 regions (s3://bucket/prefix)"});
+  } else if (has_credentials && (access_key_id.empty() || secret_access_key.empty())) {
+    problems.push_back({codes::kInvalidParameter,
+                        "give both access_key_id and secret_access_key (or neither, to use "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"});
+  }
+  ThrowIfAny(problems);
+  Region region{id, name.empty() ? id : name, uri};
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    if (tx.GetRegion(id)) {
+      ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
+    }
+  });
+  // Prove the store works before the region is listed.
+  const sigv4::Credentials credentials{access_key_id, secret_access_key, session_token};
+  std::shared_ptr<Store> store;
+  if (has_credentials) {
+    store = impl_->stores->OpenWith(uri, credentials);
+  } else {
+    store = impl_->StoreForUri(uri);
+  }
+  store->Check();
+  impl_->Write([&](CatalogTx& tx, PendingEvents&) {
+    if (!tx.InsertRegion(region)) {
+      ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
+    }
+    // In the transaction: a region is never listed without the credentials it was given.
+    if (has_credentials) impl_->credentials->Put(id, credentials);
+  });
+  if (has_credentials) impl_->stores->Keep(uri, store);
+  return region;
+}
+
+std::vector<Region> Engine::Regions() {
+  std::vector<Region> out;
+  impl_->catalog->Read([&](CatalogTx& tx) { out = tx.ListRegions(); });
+  return out;
+}
+
+Region Engine::GetRegion(const std::string& id) {
+  std::optional<Region> region;
+  impl_->catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(id); });
+  if (!region) {
+    ThrowCode(codes::kNoSuchRegion,
+              "region " + Quote(id) + " does not exist; list regions or add it first");
+  }
+  return *region;
+}
+
+Account Engine::AddAccount(const std::string& id, const std::string& name) {
+  ThrowIfAny(CheckAccountId(id));
+  if (name.size() > 128) {
+    ThrowCode(codes::kInvalidParameter, "account name is longer than 128 characters");
+  }
+  Account account{id, name.empty() ? id : name};
+  impl_->Write([&](CatalogTx& tx, PendingEvents&) {
+    if (!tx.InsertAccount(account)) {
+      ThrowCode(codes::kAlreadyExists, "account " + id + " exists already; pick another id");
+    }
+  });
+  return account;
+}
+
+std::vector<Account> Engine::Accounts() {
+  std::vector<Account> out;
+  impl_->catalog->Read([&](CatalogTx& tx) { out = tx.ListAccounts(); });
+  return out;
+}
+
+Account Engine::GetAccount(const std::string& id) {
+  std::optional<Account> account;
+  impl_->catalog->Read([&](CatalogTx& tx) { account = tx.GetAccount(id); });
+  if (!account) {
+    ThrowCode(codes::kNoSuchAccount, "account " + Quote(id) + " does not exist; add it first");
+  }
+  return *account;
+}
+
+// ---- images ---------------------------------------------------------------------------
+
+ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request,
+                              bool wait, bool system, const CancelToken* cancel,
+                              const ProgressFn& progress) {
+  if (!system) impl_->catalog->Read([&](CatalogTx& tx) { RequireAccount(tx, account); });
+  std::vector<Problem> source_problems;
+  uint64_t size = 0;
+  bool size_known = false;
+  const std::string path = ImportSourcePath(request.source);
+  try {
+    auto source = OpenImportSource(path);
+    size = source->size();
+    size_known = true;
+  } catch (const Error& e) {
+    source_problems.push_back({e.code(), e.message()});
+  }
+  bool region_exists = false;
+  impl_->catalog->Read([&](CatalogTx& tx) { region_exists = tx.GetRegion(request.region).has_value(); });
+  auto problems = CheckImport(request, region_exists, size_known, size, impl_->options.limits);
+  problems.insert(problems.end(), source_problems.begin(), source_problems.end());
+  ThrowIfAny(problems);
+  impl_->CheckPolicies({.action = "import", .account = account, .image = std::nullopt,
+                        .to = {}, .accounts = {}, .name = request.name});
+
+  Image image;
+  image.name = request.name;
+  image.region = request.region;
+  image.type = system ? ImageType::kSystem : ImageType::kCustom;
+  image.owner = system ? "" : account;
+  image.status = ImageStatus::kCreating;
+  image.size = size;
+  image.format = request.format;
+  image.os_type = request.os_type;
+  image.os_name = request.os_name;
+  image.os_version = request.os_version;
+  image.os_arch = request.os_arch;
+  image.description = request.description;
+  if (request.validate_only) return ImageView{image, TypeSeenBy(image, account), std::nullopt};
+
+  // A sweep of the region and a new writer exclude each other: wait for a running sweep.
+  for (bool inserted = false; !inserted;) {
+    bool sweeping = false;
+    impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
+      TimeUs now = NowUs();
+      if (tx.SweepLeaseHeld(image.region, now)) {
+        sweeping = true;
+        return;
+      }
+      image.created_us = now;
+      do {
+        image.id = NewImageId();
+      } while (!tx.InsertImage(image));
+      tx.PutSetting(std::string(kImportKeyPrefix) + image.id,
+                    Lease{impl_->worker_id, now + impl_->options.lease_ms * 1000}.Encode());
+      events.Append(tx, MakeEvent(event_type::kImageCreated, account, &image, "",
+                                  nlohmann::json({{"name", image.name}, {"source", request.source}})));
+      inserted = true;
+    });
+    if (sweeping) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  if (wait) {
+    impl_->RunImport(image.id, path, cancel, progress);
+  } else {
+    auto* impl = impl_.get();
+    std::string id = image.id;
+    impl_->SpawnBackground([impl, id, path] {
+      try {
+        impl->RunImport(id, path);
+      } catch (...) {
+        // Recorded as CreateFailed in the catalog; nobody waits on this thread.
+      }
+    });
+  }
+  return GetImage(system ? image.owner : account, image.id);
+}
+
+std::vector<ImageView> Engine::Images(const std::string& account,
+                                      const std::optional<std::string>& region,
+                                      const std::string& image_type,
+                                      const std::optional<std::string>& name) {
+  static const std::set<std::string> kTypes{"All", "System", "Custom", "Sharing"};
+  if (!kTypes.contains(image_type)) {
+    ThrowCode(codes::kInvalidParameter, "image type " + Quote(image_type) +
+                                            " is unknown; use All, System, Custom or Sharing");
+  }
+  std::vector<ImageView> out;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    if (region && !tx.GetRegion(*region)) {
+      ThrowCode(codes::kNoSuchRegion,
+                "region " + Quote(*region) + " does not exist; list regions to see them");
+    }
+    auto shared_list = tx.ImagesSharedWith(account);
+    std::set<std::string> shared(shared_list.begin(), shared_list.end());
+    for (const auto& image : tx.ListImages({.region = region, .name = name})) {
+      if (!CanSee(image, account, shared.contains(image.id))) continue;
+      auto view = ViewOf(tx, image, account);
+      if (image_type != "All" && view.type != image_type) continue;
+      out.push_back(std::move(view));
+    }
+  });
+  return out;
+}
+
+ImageView Engine::GetImage(const std::string& account, const std::string& image_id) {
+  std::optional<ImageView> view;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    if (!account.empty()) RequireAccount(tx, account);
+    Image image;
+    if (account.empty()) {  // the platform itself (System images)
+      ThrowIfAny(CheckImageIdFormat(image_id));
+      auto found = tx.GetImage(image_id);
+      if (!found || found->status == ImageStatus::kDeleted) {
+        ThrowCode(codes::kNoSuchImage, "image " + image_id + " does not exist");
+      }
+      image = *found;
+    } else {
+      image = LoadVisible(tx, account, image_id);
+    }
+    view = ViewOf(tx, image, account);
+  });
+  return *view;
+}
+
+void Engine::Share(const std::string& account, const std::string& image_id,
+                   const std::vector<std::string>& accounts, bool validate_only) {
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckShare(image, account, accounts, GatherShareFacts(tx, image, accounts),
+                              impl_->options.limits));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "share", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {},
+                             .accounts = Unique(accounts), .name = ""};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
+        for (const auto& other : Unique(accounts)) {
+          tx.InsertShare(image.id, other);
+          events.Append(tx, MakeEvent(event_type::kImageShared, account, &image, "",
+                                      nlohmann::json({{"account", other}})));
+        }
+      });
+}
+
+void Engine::Unshare(const std::string& account, const std::string& image_id,
+                     const std::vector<std::string>& accounts, bool validate_only) {
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckUnshare(image, account, accounts, GatherShareFacts(tx, image, accounts)));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "unshare", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {},
+                             .accounts = Unique(accounts), .name = ""};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
+        for (const auto& other : Unique(accounts)) {
+          tx.DeleteShare(image.id, other);
+          events.Append(tx, MakeEvent(event_type::kImageUnshared, account, &image, "",
+                                      nlohmann::json({{"account", other}})));
+        }
+      });
+}
+
+std::vector<std::string> Engine::SharedUsers(const std::string& account,
+                                             const std::string& image_id) {
+  std::vector<std::string> out;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    ThrowIfAny(CheckSharedUsers(image, account));
+    out = tx.ListShares(image.id);
+  });
+  return out;
+}
+
+void Engine::Rename(const std::string& account, const std::string& image_id,
+                    const std::string& name, bool validate_only) {
+  std::optional<Image> renamed;
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckRename(image, account, name));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "rename", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {}, .accounts = {},
+                             .name = name};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, Image image) {
+        std::string old_name = image.name;
+        image.name = name;
+        tx.UpdateImageFields(image);
+        events.Append(tx, MakeEvent(event_type::kImageRenamed, account, &image, "",
+                                    nlohmann::json({{"old", old_name}, {"new", name}})));
+        renamed = image;
+      });
+  if (renamed && renamed->status == ImageStatus::kAvailable) {
+    try {
+      impl_->StoreFor(renamed->region)->PutImageRecord(renamed->id, ImageRecordJson(*renamed));
+    } catch (const std::exception&) {
+      // The catalog is the truth; the record in the store is a rebuild aid.
+    }
+  }
+}
+
+void Engine::Delete(const std::string& account, const std::string& image_id,
+                    bool validate_only) {
+  std::optional<Image> deleted;
+  impl_->Request(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        Image image = LoadVisible(tx, account, image_id);
+        ThrowIfAny(CheckDelete(image, account, tx.ListShares(image.id).size()));
+        return image;
+      },
+      [&](CatalogTx& tx, const Image& image) {
+        return PolicyRequest{.action = "delete", .account = account,
+                             .image = ViewOf(tx, image, account), .to = {}, .accounts = {},
+                             .name = ""};
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
+        if (!tx.TransitionImage(image.id, image.status, ImageEvent::kDeleted)) {
+          ThrowCode(codes::kImageStatusForbidden,
+                    "image " + image.id + " changed while it was being deleted; try again");
+        }
+        tx.SetSweepNeeded(image.region, true);
+        events.Append(tx, MakeEvent(event_type::kImageDeleted, account, &image));
+        deleted = image;
+      });
+  if (!deleted) return;  // only validated
+  try {
+    auto store = impl_->StoreFor(deleted->region);
+    store->DeleteManifest(deleted->id);
+    store->DeleteImageRecord(deleted->id);
+  } catch (const std::exception&) {
+    // The sweep removes manifests of deleted images it finds later.
+  }
+  impl_->MaybeSweep(deleted->region);
+}
+
+void Engine::Export(const std::string& account, const std::string& image_id,
+                    const fs::path& path, const CancelToken* cancel, const ProgressFn& progress,
+                    bool force) {
+  Image image;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    image = LoadVisible(tx, account, image_id);
+  });
+  bool readable = image.status == ImageStatus::kAvailable ||
+                  (image.status == ImageStatus::kReplicating && image.source_image_id.empty());
+  if (!readable) {
+    ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
+                                                std::string(ToString(image.status)) +
+                                                "; wait until it is Available to export it");
+  }
+  const std::string text = path.string();
+  if (text.empty() || text.find('\0') != std::string::npos) {
+    ThrowCode(codes::kInvalidParameter, "export path " + Quote(text) + " is invalid");
+  }
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    ThrowCode(codes::kInvalidParameter, "export path " + Quote(text) +
+                                            " is a directory; give the path of a file to write");
+  }
+  fs::path parent = fs::absolute(path).parent_path();
+  if (!fs::is_directory(parent, ec)) {
+    ThrowCode(codes::kInvalidParameter, "directory " + Quote(parent.string()) +
+                                            " does not exist; create it first");
+  }
+  if (access(parent.c_str(), W_OK) != 0) {
+    ThrowCode(codes::kInvalidParameter,
+              "directory " + Quote(parent.string()) + " is not writable; choose another path");
+  }
+  auto store = impl_->StoreFor(image.region);
+  const Manifest manifest = impl_->LoadManifest(image, *store);
+  CancelToken stop(cancel);
+  try {
+    ExportFromStore(*store, manifest, path, stop, progress, force);
+  } catch (const DamagedChunkError& e) {
+    impl_->NoteDamage(e, image.region, *store);
+    throw;
+  } catch (const Cancelled&) {
+    ThrowCode(codes::kTransferFailed, "the export of image " + image.id + " to " + Quote(text) +
+                                          " was stopped before it finished; the file was left "
+                                          "as it was");
+  }
+}
+
+std::string Engine::Verify(const std::string& account, const std::string& image_id,
+                           const CancelToken* cancel, const ProgressFn& progress) {
+  Image image;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    image = LoadVisible(tx, account, image_id);
+  });
+  // A damaged (NotAvailable) image may be verified: the answer says what is wrong.
+  if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating &&
+      image.status != ImageStatus::kNotAvailable) {
+    ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
+                                                std::string(ToString(image.status)) +
+                                                "; only Available images can be verified");
+  }
+  auto store = impl_->StoreFor(image.region);
+  const Manifest manifest = impl_->LoadManifest(image, *store);
+  CancelToken stop(cancel);
+  std::string digest;
+  try {
+    digest = HashStoredImage(*store, manifest, "image " + image.id + " in region " + image.region,
+                             stop, progress);
+  } catch (const DamagedChunkError& e) {
+    impl_->NoteDamage(e, image.region, *store);
+    throw;
+  } catch (const Cancelled&) {
+    ThrowCode(codes::kTransferFailed,
+              "the verification of image " + image.id + " was stopped before it finished");
+  }
+  if (image.digest.empty()) {
+    impl_->RecordDigest(image.id, digest);  // it was still being computed: now it is known
+    return digest;
+  }
+  if (digest != image.digest || (!manifest.digest.empty() && digest != manifest.digest)) {
+    const std::string why = "image " + image.id + " hashes to " + digest +
+                            " but its digest is " + image.digest;
+    impl_->MarkDamaged(image.id, why);
+    ThrowCode(codes::kIntegrityError, why);
+  }
+  return digest;
+}
+
+std::vector<ScrubReport> Engine::Scrub(const std::string& account,
+                                       const std::optional<std::string>& region,
+                                       const CancelToken* cancel, const ProgressFn& progress) {
+  std::vector<std::string> regions;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    if (region) {
+      ThrowIfAny(CheckRegionId(*region));
+      if (!tx.GetRegion(*region)) {
+        ThrowCode(codes::kNoSuchRegion, "region " + Quote(*region) + " does not exist");
+      }
+      regions.push_back(*region);
+    } else {
+      for (const auto& r : tx.ListRegions()) regions.push_back(r.id);
+    }
+  });
+  CancelToken stop(cancel);
+  std::vector<ScrubReport> reports;
+  for (const auto& id : regions) reports.push_back(impl_->ScrubRegion(account, id, stop, progress));
+  return reports;
+}
+
+// ---- events and hooks -----------------------------------------------------------------
+
+namespace {
+
+EventImageFacts EventFactsFor(CatalogTx& tx, const Event& event, const std::string& account) {
+  EventImageFacts facts;
+  if (event.image_id.empty()) return facts;
+  facts.image = tx.GetImage(event.image_id);
+  if (facts.image && facts.image->type == ImageType::kCustom && facts.image->owner != account) {
+    facts.shared_since_us = tx.ShareTime(event.image_id, account);
+  }
+  return facts;
+}
+
+}  // namespace
+
+std::vector<Event> Engine::Events(const std::string& account, int64_t since,
+                                  const std::optional<std::string>& image_id) {
+  std::vector<Event> out;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    std::map<std::string, EventImageFacts> facts_of;  // by image id: one look per image
+    for (Event& event : tx.ListEvents(since, image_id, 0)) {
+      auto it = facts_of.find(event.image_id);
+      if (it == facts_of.end()) {
+        it = facts_of.emplace(event.image_id, EventFactsFor(tx, event, account)).first;
+      }
+      if (EventVisibleTo(event, account, it->second)) {
+        out.push_back(EventSeenBy(std::move(event), account, it->second));
+      }
+    }
+  });
+  return out;
+}
+
+int64_t Engine::AddListener(const std::string& account, const std::string& event_type,
+                            EventFn fn) {
+  Impl* impl = impl_.get();
+  return impl_->bus.Add(event_type, [impl, account, fn = std::move(fn)](const Event& event) {
+    EventImageFacts facts;
+    if (event.account != account) {
+      impl->catalog->Read([&](CatalogTx& tx) { facts = EventFactsFor(tx, event, account); });
+    }
+    if (EventVisibleTo(event, account, facts)) fn(EventSeenBy(event, account, facts));
+  });
+}
+
+void Engine::RemoveListener(int64_t handle) { impl_->bus.Remove(handle); }
+
+int64_t Engine::AddPolicy(PolicyFn fn) {
+  std::lock_guard lock(impl_->policies_mutex);
+  int64_t handle = impl_->next_policy++;
+  impl_->policies[handle] = std::move(fn);
+  return handle;
+}
+
+void Engine::RemovePolicy(int64_t handle) {
+  PolicyFn doomed;
+  std::lock_guard lock(impl_->policies_mutex);
+  auto it = impl_->policies.find(handle);
+  if (it == impl_->policies.end()) return;
+  doomed = std::move(it->second);
+  impl_->policies.erase(it);
+}
+
+}  // namespace imagerelay

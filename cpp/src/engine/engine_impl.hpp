@@ -1,0 +1,192 @@
+// Private state of the Engine, shared by engine.cpp (catalog calls), import_runner.cpp and
+// replication.cpp (copies). Not part of the public headers.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "engine/credentials_files.hpp"
+#include "engine/event_bus.hpp"
+#include "engine/events.hpp"
+#include "engine/lease.hpp"
+#include "engine/store_registry.hpp"
+#include "imagerelay/cancel.hpp"
+#include "imagerelay/catalog.hpp"
+#include "imagerelay/engine.hpp"
+#include "imagerelay/store.hpp"
+
+namespace imagerelay {
+
+// Events appended inside a transaction, published once it committed.
+class PendingEvents {
+ public:
+  void Append(CatalogTx& tx, Event event);
+  std::vector<Event> Take() { return std::move(events_); }
+
+ private:
+  std::vector<Event> events_;
+};
+
+// An import's key, followed by its image id: of its lease in the catalog's settings and of
+// its cancel token in Engine::Impl::running.
+inline constexpr std::string_view kImportKeyPrefix = "import:";
+
+struct Engine::Impl {
+  EngineOptions options;
+  std::unique_ptr<Catalog> catalog;
+  std::unique_ptr<CredentialsFiles> credentials;  // S3 keys given to add_region
+  EventBus bus;
+  std::string worker_id;  // "<host>:<pid>:<nonce>"
+  std::string host;
+
+  std::mutex policies_mutex;
+  std::map<int64_t, PolicyFn> policies;
+  int64_t next_policy = 1;
+
+  std::unique_ptr<StoreRegistry> stores;  // the region stores, by URI
+
+  // Background work owned by this engine (imports with wait=false, copy workers).
+  std::mutex threads_mutex;
+  std::vector<std::thread> threads;
+  std::atomic<bool> closing{false};
+  std::condition_variable_any wake_workers;
+  std::mutex wake_mutex;
+
+  // Cancel tokens of copies running in this process, by destination image id, and of
+  // imports, by kImportKeyPrefix + image id: Close() fires them all. A copy's entry
+  // goes last, after the sweep of whatever a failed or cancelled copy left behind.
+  std::mutex running_mutex;
+  std::map<std::string, std::shared_ptr<CancelToken>> running;
+
+  // Signalled after every write by this process, so that waiters re-read at once.
+  std::mutex changed_mutex;
+  std::condition_variable changed;
+  uint64_t generation = 0;  // under changed_mutex: bumped by every NotifyChanged
+  // Wakes every WaitForChange at once.
+  void NotifyChanged();
+  // The generation to pass to WaitForChange, taken before reading what is waited for.
+  uint64_t Generation();
+  // Returns after a change since `seen` or at `until`, whichever is first: no wake-up is
+  // lost between reading the catalog and waiting.
+  void WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until);
+  // The one loop of every Engine::Wait* (waits.cpp): calls `done` until it returns true,
+  // again after each change; false when the timeout passes or `cancel` fires first.
+  bool WaitUntil(const std::function<bool()>& done, std::optional<double> timeout_s,
+                 const CancelToken* cancel);
+
+  // Runs fn in a write transaction and publishes the events it appended after commit.
+  void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);
+  // The one way a request on an image changes the home: `evaluate(tx)` checks the acting
+  // account, the image's visibility and every rule over facts read from the catalog
+  // (throwing all that fails) and returns the image; `policy(tx, image)` says what the
+  // policies see; they run; then, unless only validating, `apply(tx, events, image)` runs in
+  // one write transaction, after evaluating again (the facts may have changed meanwhile).
+  template <typename Evaluate, typename Policy, typename Apply>
+  void Request(const Evaluate& evaluate, const Policy& policy, bool validate_only,
+               const Apply& apply) {
+    std::optional<PolicyRequest> request;
+    catalog->Read([&](CatalogTx& tx) { request = policy(tx, evaluate(tx)); });
+    CheckPolicies(*request);
+    if (validate_only) return;
+    Write([&](CatalogTx& tx, PendingEvents& events) { apply(tx, events, evaluate(tx)); });
+  }
+  std::shared_ptr<Store> StoreFor(const std::string& region_id);
+  // The cached store of a URI; an s3:// store opened here uses the credentials saved for
+  // `region_id` (if any), else the environment's.
+  // Local caches of the home (the block index of each S3 region).
+  std::filesystem::path CacheDir() const { return std::filesystem::absolute(options.home) / "cache"; }
+  std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "") {
+    return stores->ForUri(uri, region_id);
+  }
+  // Homes made before credentials files kept them in the catalog's settings: moves them
+  // to their files and scrubs the catalog.
+  void MoveCredentialsOutOfCatalog();
+  // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
+  void CheckPolicies(const PolicyRequest& request);
+  // Sweeps a region's store if it has garbage and no writer is in flight there.
+  void MaybeSweep(const std::string& region_id);
+  // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).
+  void SweepPending();
+  void SpawnBackground(std::function<void()> fn);
+
+  // Imports (import_runner.cpp).
+  // `stop` (the caller's, may be null) ends the import early: the image becomes
+  // CreateFailed, its bytes are swept, and Error(Transfer.Failed) is thrown.
+  void RunImport(const std::string& image_id, const std::string& source_path,
+                 const CancelToken* stop = nullptr, const ProgressFn& progress = {});
+  class RunningImport;
+  void RecoverInterruptedImports();
+
+  // Digests computed after the image became Available (digester.cpp).
+  std::mutex digest_mutex;
+  bool digester_running = false;  // under digest_mutex
+  bool digest_rescan = false;     // under digest_mutex: look again before stopping
+  CancelToken digest_cancel;      // fired by Close()
+  // image id -> (code, message) of a digest this process failed to compute.
+  std::map<std::string, std::pair<std::string, std::string>> digest_failures;
+  // Starts the digester unless it runs; it handles every Available image without a digest.
+  void ScheduleDigests();
+  void DigestLoop();
+  // Sets the digest of an image that had none (and of its Available copies without one).
+  void RecordDigest(const std::string& image_id, const std::string& digest);
+
+  // Integrity of stored bytes (damage.cpp).
+  // The image's manifest, checked against the chunk-list digest recorded at its commit; a
+  // missing or changed one marks the image NotAvailable and throws IntegrityError.
+  Manifest LoadManifest(const Image& image, Store& store);
+  // Available -> NotAvailable with `why` (event image.damaged); no-op in any other status.
+  void MarkDamaged(const std::string& image_id, const std::string& why);
+  // Quarantines chunk `hash` in `region`'s store and marks every Available image there
+  // that needs it.
+  void ReportDamagedChunk(const std::string& region, Store& store, const std::string& hash,
+                          const std::string& why);
+  // Marks every Available image of `region` whose manifest names `hash`.
+  void MarkImagesNeeding(const std::string& region, Store& store, const std::string& hash,
+                         const std::string& why);
+  // A store's DamageHandler: the store quarantined the chunk; mark what needs it.
+  void OnStoreDamage(const std::string& store_uri, const std::string& hash,
+                     const std::string& why);
+  // ReportDamagedChunk if `error` is a DamagedChunkError; nothing otherwise.
+  void NoteDamage(const std::exception& error, const std::string& region, Store& store);
+  // Scrub: puts back, from the other regions, the chunks of one window of `manifest` that
+  // `store` lacks.
+  void RepairWindow(Store& store, const Manifest& manifest, uint64_t first,
+                    const std::vector<std::string>& window, const std::vector<Region>& others,
+                    const CancelToken& cancel, ScrubReport& report);
+  ScrubReport ScrubRegion(const std::string& account, const std::string& region,
+                          const CancelToken& cancel, const ProgressFn& progress);
+
+  // Copies (replication.cpp).
+  void StartWorkers();
+  void WorkerLoop();
+  bool RunOneClaim();  // claims and runs queued copies; false if nothing was claimable
+  void RecoverExpiredLeases();
+  std::atomic<TimeUs> last_worked_us{0};      // when a worker last ran a copy
+  std::atomic<TimeUs> last_checkpoint_us{0};  // when a worker last checkpointed the catalog
+  void MaybeCheckpoint();
+  // Whether a lease's holder may still be working (lease.hpp), as this worker can tell.
+  bool LeaseHolderAlive(const Lease& lease, TimeUs now) const {
+    return imagerelay::LeaseHolderAlive(lease, now, host, worker_id);
+  }
+};
+
+std::string ImageRecordJson(const Image& image);
+// NoSuchAccount unless the acting account exists.
+void RequireAccount(CatalogTx& tx, const std::string& account);
+// The image if `account` may see it; NoSuchImage otherwise (its existence is not revealed).
+Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& image_id);
+// Is `region` being written to right now (an import, or a copy holding a lease)?
+bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now);
+
+}  // namespace imagerelay

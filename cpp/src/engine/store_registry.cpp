@@ -1,0 +1,43 @@
+#include "engine/store_registry.hpp"
+
+#include <optional>
+
+#include "store/store_factory.hpp"
+
+namespace imagerelay {
+
+StoreRegistry::StoreRegistry(const CredentialsFiles& credentials,
+                             std::filesystem::path cache_dir, DamageFn on_damage)
+    : credentials_(credentials), cache_dir_(std::move(cache_dir)),
+      on_damage_(std::move(on_damage)) {}
+
+std::shared_ptr<Store> StoreRegistry::OpenWith(const std::string& uri,
+                                               const sigv4::Credentials& credentials) const {
+  std::shared_ptr<Store> store = OpenStore(uri, credentials, cache_dir_);
+  store->SetDamageHandler([this, uri](const std::string& hash, const std::string& why) {
+    on_damage_(uri, hash, why);
+  });
+  return store;
+}
+
+std::shared_ptr<Store> StoreRegistry::ForUri(const std::string& uri,
+                                             const std::string& region_id) {
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = stores_.find(uri); it != stores_.end() && it->second) return it->second;
+  }
+  std::optional<sigv4::Credentials> saved;
+  if (!region_id.empty() && uri.starts_with("s3://")) saved = credentials_.Get(region_id);
+  std::shared_ptr<Store> store = OpenWith(uri, saved.value_or(sigv4::Credentials{}));
+  std::lock_guard lock(mutex_);
+  auto& slot = stores_[uri];
+  if (!slot) slot = std::move(store);
+  return slot;
+}
+
+void StoreRegistry::Keep(const std::string& uri, std::shared_ptr<Store> store) {
+  std::lock_guard lock(mutex_);
+  stores_[uri] = std::move(store);
+}
+
+}  // namespace imagerelay

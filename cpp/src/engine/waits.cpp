@@ -1,0 +1,103 @@
+// The engine's waits: for a job's copies, an image's status and the whole home to be idle
+// (WaitDigest, beside the digester, waits the same way). Each is one condition read from the
+// catalog under WaitUntil, which is woken by this process's changes (NotifyChanged) rather
+// than polling for them.
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+#include "engine/engine_impl.hpp"
+#include "imagerelay/error.hpp"
+
+namespace imagerelay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Other processes write to the same catalog without waking this one: look again this often.
+constexpr auto kLookForOtherProcesses = std::chrono::milliseconds(100);
+
+// A timeout longer than this (about 31 years) is no deadline: a time_point cannot hold it.
+constexpr double kLongestTimeoutS = 1e9;
+
+std::optional<Clock::time_point> DeadlineOf(std::optional<double> timeout_s) {
+  if (!timeout_s || !(*timeout_s < kLongestTimeoutS)) return std::nullopt;
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                            std::chrono::duration<double>(std::max(*timeout_s, 0.0)));
+}
+
+}  // namespace
+
+bool Engine::Impl::WaitUntil(const std::function<bool()>& done, std::optional<double> timeout_s,
+                             const CancelToken* cancel) {
+  const auto deadline = DeadlineOf(timeout_s);
+  for (;;) {
+    const uint64_t seen = Generation();  // before reading: a change meanwhile is not lost
+    if (done()) return true;
+    const auto now = Clock::now();
+    if ((deadline && now >= *deadline) || (cancel && cancel->cancelled())) return false;
+    const auto wake = now + kLookForOtherProcesses;
+    WaitForChange(seen, deadline ? std::min(wake, *deadline) : wake);
+  }
+}
+
+ImageView Engine::WaitImage(const std::string& account, const std::string& image_id,
+                            const std::vector<ImageStatus>& busy, std::optional<double> timeout_s,
+                            const CancelToken* cancel) {
+  ImageView view;
+  const bool left = impl_->WaitUntil(
+      [&] {
+        view = GetImage(account, image_id);
+        return std::ranges::find(busy, view.image.status) == busy.end();
+      },
+      timeout_s, cancel);
+  if (!left) {
+    ThrowCode(codes::kTimeout, "image " + image_id + " is still " +
+                                   std::string(ToString(view.image.status)) + " after " +
+                                   std::to_string(timeout_s.value_or(0)) + " s");
+  }
+  return view;
+}
+
+Job Engine::WaitJob(const std::string& account, const std::string& job_id,
+                    std::optional<double> timeout_s, const CancelToken* cancel) {
+  Job job;
+  const bool ended = impl_->WaitUntil(
+      [&] {
+        job = GetJob(account, job_id);
+        return StateOfJob(job.tasks) != JobState::kRunning;
+      },
+      timeout_s, cancel);
+  if (!ended) {
+    ThrowCode(codes::kTimeout, "job " + job_id + " is still running after " +
+                                   std::to_string(timeout_s.value_or(0)) + " s; its copies go on");
+  }
+  return job;
+}
+
+bool Engine::WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel) {
+  return impl_->WaitUntil(
+      [&] {
+        bool idle = false;
+        impl_->catalog->Read([&](CatalogTx& tx) {
+          idle = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}).empty();
+        });
+        if (idle) {
+          // A copy that just ended still sweeps what a failed or cancelled copy left behind.
+          std::lock_guard lock(impl_->running_mutex);
+          idle = std::ranges::none_of(impl_->running, [](const auto& entry) {
+            return !entry.first.starts_with(kImportKeyPrefix);
+          });
+        }
+        if (idle) {
+          std::lock_guard lock(impl_->digest_mutex);
+          idle = !impl_->digester_running;
+        }
+        return idle;
+      },
+      timeout_s, cancel);
+}
+
+void Engine::RunUntilIdle() { WaitIdle(std::nullopt); }
+
+}  // namespace imagerelay

@@ -1,0 +1,215 @@
+#include "store/block_index.hpp"
+
+#include <sqlite3.h>
+
+#include "imagerelay/error.hpp"
+#include "base/sqlite_util.hpp"
+
+namespace imagerelay {
+
+// Two connections: lookups read through their own (WAL: a reader sees the last commit and
+// never waits for a writer), so that a copy's or an import's lookups go on while a group of
+// packs is being indexed.
+struct BlockIndex::Db {
+  sqlite::Connection conn;    // writes, under mutex_
+  sqlite::Connection reader;  // reads, under read_mutex_
+};
+
+namespace {
+
+constexpr const char* kSchema = R"sql(
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS blocks (
+  hash TEXT PRIMARY KEY,
+  pack TEXT NOT NULL,
+  offset INTEGER NOT NULL,
+  stored_length INTEGER NOT NULL,
+  raw_length INTEGER NOT NULL,
+  codec INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
+CREATE TABLE IF NOT EXISTS packs (
+  name TEXT PRIMARY KEY,
+  size INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql";
+
+// Runs `fn` inside one transaction, rolled back if it throws.
+template <typename Fn>
+void InTransaction(sqlite::Connection& conn, const char* begin, Fn&& fn) {
+  conn.Exec(begin);
+  try {
+    fn();
+    conn.Exec("COMMIT");
+  } catch (...) {
+    conn.TryExec("ROLLBACK");
+    throw;
+  }
+}
+
+sqlite::Connection OpenConnection(const std::filesystem::path& file) {
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(file.c_str(), &raw,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
+  sqlite::Connection conn(raw);
+  if (rc != SQLITE_OK) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "cannot open the block index " + file.string() + ": " +
+                            (raw ? sqlite3_errmsg(raw) : "out of memory"));
+  }
+  sqlite3_busy_timeout(raw, 5000);
+  return conn;
+}
+
+}  // namespace
+
+std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) {
+  std::error_code ec;
+  std::filesystem::create_directories(file.parent_path(), ec);
+  sqlite::Connection conn = OpenConnection(file);
+  conn.Exec(kSchema);
+  auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file)});
+  return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
+}
+
+BlockIndex::BlockIndex(std::unique_ptr<Db> db) : db_(std::move(db)) {}
+BlockIndex::~BlockIndex() = default;
+
+void BlockIndex::AddPack(const std::string& pack_id, uint64_t pack_size,
+                         const std::vector<PackEntry>& entries,
+                         const std::vector<std::string>& replaced) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    for (const std::string& old : replaced) ForgetPack(old);
+    InsertPack(pack_id, pack_size, entries);
+  });
+}
+
+void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    for (const IndexedPack& pack : packs) InsertPack(pack.name, pack.size, pack.entries);
+  });
+}
+
+void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
+                            const std::vector<PackEntry>& entries) {
+  {
+    sqlite::ScopedStatement s(db_->conn.Cached(
+        "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
+    s->Bind(pack_id, pack_size).Run();
+  }
+  auto& insert = db_->conn.Cached(
+      "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec) "
+      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
+  for (const PackEntry& e : entries) {
+    sqlite::ScopedStatement s(insert);
+    s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec))
+        .Run();
+  }
+}
+
+void BlockIndex::ForgetPack(const std::string& pack_id) {
+  {
+    sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
+    s->Bind(pack_id).Run();
+  }
+  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM packs WHERE name = ?"));
+  s->Bind(pack_id).Run();
+}
+
+void BlockIndex::RemovePack(const std::string& pack_id) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] { ForgetPack(pack_id); });
+}
+
+void BlockIndex::RemoveBlock(const std::string& hash) {
+  std::lock_guard lock(mutex_);
+  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE hash = ?"));
+  s->Bind(hash).Run();
+}
+
+void BlockIndex::RemoveBlocks(const std::vector<std::string>& hashes) {
+  std::lock_guard lock(mutex_);
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    for (const std::string& hash : hashes) {
+      sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE hash = ?"));
+      s->Bind(hash).Run();
+    }
+  });
+}
+
+std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached(
+      "SELECT hash, offset, stored_length, raw_length, codec FROM blocks WHERE pack = ? "
+      "ORDER BY offset"));
+  s->Bind(pack_id);
+  std::vector<PackEntry> entries;
+  while (s->Step()) {
+    entries.push_back(PackEntry{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
+                                static_cast<uint32_t>(s->Uint(3)),
+                                static_cast<BlockCodec>(s->Int(4))});
+  }
+  return entries;
+}
+
+std::vector<std::string> BlockIndex::Hashes() {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT hash FROM blocks ORDER BY hash"));
+  std::vector<std::string> hashes;
+  while (s->Step()) hashes.push_back(s->Text(0));
+  return hashes;
+}
+
+std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_t limit) {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(
+      db_->reader.Cached("SELECT hash FROM blocks WHERE hash > ? ORDER BY hash LIMIT ?"));
+  s->Bind(after, static_cast<int64_t>(limit));
+  std::vector<std::string> hashes;
+  while (s->Step()) hashes.push_back(s->Text(0));
+  return hashes;
+}
+
+std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
+    const std::vector<std::string>& hashes) {
+  std::lock_guard lock(read_mutex_);
+  std::vector<std::optional<BlockLocation>> out(hashes.size());
+  auto find_all = [&] {
+    auto& find = db_->reader.Cached(
+        "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      sqlite::ScopedStatement s(find);
+      if (!s->Bind(hashes[i]).Step()) continue;
+      out[i] = BlockLocation{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
+                             static_cast<uint32_t>(s->Uint(3)),
+                             static_cast<BlockCodec>(s->Int(4))};
+    }
+  };
+  // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
+  if (hashes.size() > 1) {
+    InTransaction(db_->reader, "BEGIN", find_all);
+  } else {
+    find_all();
+  }
+  return out;
+}
+
+uint64_t BlockIndex::BlockCount() {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT count(*) FROM blocks"));
+  return s->Step() ? s->Uint(0) : 0;
+}
+
+std::vector<std::pair<std::string, uint64_t>> BlockIndex::Packs() {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT name, size FROM packs ORDER BY name"));
+  std::vector<std::pair<std::string, uint64_t>> packs;
+  while (s->Step()) packs.emplace_back(s->Text(0), s->Uint(1));
+  return packs;
+}
+
+}  // namespace imagerelay

@@ -1,0 +1,85 @@
+// A region's block index (docs/data-plane-v2.md, issue #12):
+// block hash -> (pack, offset, lengths, codec). Kept on disk (SQLite, a table keyed by the
+// hash), so that a region of millions of blocks costs the memory of SQLite's page cache, not
+// of its entries (restic's best-known complaint is an index held whole in memory). It holds
+// nothing that the packs' footers do not: it can be dropped and rebuilt from them.
+// Safe to call from several threads of one process, and from several processes (SQLite WAL).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "store/pack.hpp"
+
+namespace imagerelay {
+
+struct BlockLocation {
+  std::string pack;  // the pack's id
+  uint64_t offset = 0;
+  uint32_t stored_length = 0;
+  uint32_t raw_length = 0;
+  BlockCodec codec = BlockCodec::kRaw;
+  bool operator==(const BlockLocation&) const = default;
+};
+
+// A pack as the index lists it: its name, size and footer entries.
+struct IndexedPack {
+  std::string name;
+  uint64_t size = 0;
+  std::vector<PackEntry> entries;
+};
+
+class BlockIndex {
+ public:
+  // Opens (creating) the index at `file`. Throws TransferError(Region.StoreUnavailable)
+  // naming the file when it cannot.
+  static std::unique_ptr<BlockIndex> Open(const std::filesystem::path& file);
+  ~BlockIndex();
+
+  // Indexes every block of a pack, in one transaction: all or none after a crash. A block
+  // already indexed in another pack keeps its place (the first copy is as good as any).
+  // `replaced` packs are forgotten in the same transaction (a repack's old packs), so that
+  // a crash leaves either the old packs' entries or the new one's.
+  void AddPack(const std::string& pack_id, uint64_t pack_size,
+               const std::vector<PackEntry>& entries,
+               const std::vector<std::string>& replaced = {});
+  // Indexes several packs in one transaction: one write of the pages they touch (the blocks
+  // of a group commit land all over the table, keyed by hash).
+  void AddPacks(const std::vector<IndexedPack>& packs);
+  // Forgets a pack and the blocks located in it (before the pack is deleted).
+  void RemovePack(const std::string& pack_id);
+  // Forgets one block (found damaged): the next writer of its hash stores it anew.
+  void RemoveBlock(const std::string& hash);
+  // Forgets blocks nothing needs any more, in one transaction (their bytes stay in their
+  // packs until a sweep rewrites them).
+  void RemoveBlocks(const std::vector<std::string>& hashes);
+  // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
+  std::vector<PackEntry> EntriesOf(const std::string& pack_id);
+  // Every indexed block's hash, sorted.
+  std::vector<std::string> Hashes();
+  // Up to `limit` hashes after `after`, in order: a listing in pages.
+  std::vector<std::string> HashesAfter(const std::string& after, size_t limit);
+  // One answer per hash, in order, from one read; nullopt where the block is not indexed.
+  std::vector<std::optional<BlockLocation>> Lookup(const std::vector<std::string>& hashes);
+  uint64_t BlockCount();
+  // Every indexed pack (with its size), sorted by name, whether or not blocks of it are
+  // still indexed.
+  std::vector<std::pair<std::string, uint64_t>> Packs();
+
+ private:
+  struct Db;
+  explicit BlockIndex(std::unique_ptr<Db> db);
+  void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
+  void InsertPack(const std::string& pack_id, uint64_t pack_size,
+                  const std::vector<PackEntry>& entries);  // likewise
+  std::mutex mutex_;       // writes
+  std::mutex read_mutex_;  // reads
+  std::unique_ptr<Db> db_;
+};
+
+}  // namespace imagerelay

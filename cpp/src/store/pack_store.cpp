@@ -1,0 +1,729 @@
+#include "store/pack_store.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "imagerelay/cancel.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
+#include "imagerelay/log.hpp"
+#include "imagerelay/sha256.hpp"
+
+namespace imagerelay {
+namespace {
+
+// Spans of packs read for planned runs, kept for the readers of their other blocks: a copy's
+// readers go through an image roughly in order, several at once; a few spans per reader
+// is enough (at most kMaxSpans x read_span bytes).
+constexpr size_t kMaxSpans = 12;
+// Blocks at most this far apart in a pack are read in one request (the gap is read too).
+constexpr uint64_t kMaxGap = 64 << 10;
+// Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
+constexpr size_t kMaxPlannedRuns = 1 << 20;
+// Room a pack's buffer has beyond pack_size: the block that fills it goes in whole.
+constexpr uint64_t kBuilderSlack = 1ULL << 20;
+// Packs being written at once: writers wait beyond that, so that memory stays bounded when
+// the disk is slower than the writers (each pack in flight holds pack_size bytes).
+constexpr int kMaxSealing = 4;
+// Staged packs are committed (one flush of the disk for all) once they hold this much.
+constexpr uint64_t kCommitBytes = 64ULL << 20;
+// Groups staged while one is committed, at most: writers wait beyond that.
+constexpr uint64_t kMaxStagedGroups = 4;
+
+}  // namespace
+
+bool IsPackName(std::string_view name) {
+  return IsLowerHex(name, 32);
+}
+
+std::string NewPackName() { return RandomHex(16); }
+
+PackStore::PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOptions options)
+    : base_(std::move(base)),
+      packs_(packs),
+      options_(options),
+      builder_(std::make_unique<PackBuilder>(options.zstd_level, options.pack_size + kBuilderSlack)) {
+  // Damage that the base store finds in its chunk files reaches our owner.
+  base_->SetDamageHandler(
+      [this](const std::string& hash, const std::string& why) { ReportDamage(hash, why); });
+}
+
+std::unique_ptr<PackBuilder> PackStore::NewBuilder() {
+  // Under write_mutex_ (or before the store is shared).
+  if (!spare_buffers_.empty()) {
+    PackBytes buffer = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+    return std::make_unique<PackBuilder>(options_.zstd_level, std::move(buffer));
+  }
+  return std::make_unique<PackBuilder>(options_.zstd_level, options_.pack_size + kBuilderSlack);
+}
+
+PackStore::~PackStore() {
+  if (writer_thread_.joinable()) {
+    writer_thread_.request_stop();
+    writer_cv_.notify_all();
+    writer_thread_.join();
+  }
+  std::unique_lock lock(write_mutex_);
+  sealed_cv_.wait(lock, [&] { return sealing_ == 0 && committing_ == 0; });
+  std::vector<std::string> names;
+  for (const Staged& staged : staged_) names.push_back(staged.name);
+  packs_.DiscardStaged(names);  // never flushed: not the store's
+}
+
+void PackStore::WriterLoop(std::stop_token stop) {
+  std::unique_lock lock(write_mutex_);
+  const auto group_ready = [&] { return staged_bytes_ >= kCommitBytes; };
+  while (!stop.stop_requested()) {
+    if (group_ready()) {
+      // Committed here rather than by the writer that staged the last pack: writers go on
+      // staging the next group while this one is flushed and indexed.
+      std::vector<Staged> batch;
+      batch.swap(staged_);
+      staged_bytes_ = 0;
+      ++committing_;
+      lock.unlock();
+      CommitStaged(std::move(batch));
+      lock.lock();
+      continue;
+    }
+    // The oldest block not yet visible: in the pack being built, or in a staged pack.
+    std::optional<std::chrono::steady_clock::time_point> oldest;
+    if (!builder_->empty()) oldest = builder_since_;
+    if (!staged_.empty() && (!oldest || staged_since_ < *oldest)) oldest = staged_since_;
+    if (!oldest) {
+      writer_cv_.wait(lock, stop, [&] { return !builder_->empty() || !staged_.empty(); });
+      continue;
+    }
+    const auto due = *oldest + options_.max_pack_age;
+    if (std::chrono::steady_clock::now() < due) {
+      writer_cv_.wait_until(lock, stop, due, group_ready);
+      continue;
+    }
+    std::unique_ptr<PackBuilder> aged;
+    if (!builder_->empty()) {
+      aged = std::exchange(builder_, NewBuilder());
+      ++sealing_;
+    }
+    lock.unlock();
+    if (aged) Seal(std::move(aged), nullptr);
+    CommitAllStaged();  // a slow writer's blocks become durable and visible now
+    lock.lock();
+  }
+}
+
+std::string PackStore::Where(const std::string& pack) const {
+  return "pack " + pack + " of store " + base_->uri();
+}
+
+void PackStore::Check() {
+  base_->Check();
+  Reconcile();  // the store may have changed behind the index since it was opened
+}
+
+BlockIndex& PackStore::Index() {
+  {
+    std::lock_guard lock(index_mutex_);
+    if (index_) return *index_;
+  }
+  Reconcile();  // opens it
+  return *index_;
+}
+
+void PackStore::Reconcile() {
+  Lost lost;
+  {
+    std::lock_guard lock(index_mutex_);
+    if (!index_) index_ = BlockIndex::Open(packs_.IndexFile());
+    lost = ReconcileLocked();
+  }
+  ReportLost(lost);
+}
+
+void PackStore::ReportLost(const Lost& lost) {
+  for (const auto& [hash, why] : lost) ReportDamage(hash, why);
+}
+
+bool PackStore::HasLegacyChunks() {
+  {
+    std::lock_guard lock(index_mutex_);
+    if (legacy_chunks_) return *legacy_chunks_;
+  }
+  const bool any = !base_->ListChunks().empty();
+  std::lock_guard lock(index_mutex_);
+  legacy_chunks_ = any;
+  return any;
+}
+
+PackStore::Lost PackStore::ReconcileLocked() {
+  Lost lost;
+  std::map<std::string, uint64_t> indexed;
+  for (auto& [name, size] : index_->Packs()) indexed.emplace(std::move(name), size);
+  std::set<std::string> held;
+  for (const auto& [name, size] : packs_.ListPacks()) {
+    held.insert(name);
+    if (!indexed.contains(name)) IndexFromFooter(name, size);
+  }
+  for (const auto& [name, size] : indexed) {
+    if (!held.contains(name)) ForgetVanishedLocked(name, lost);
+  }
+  return lost;
+}
+
+bool PackStore::IndexFromFooter(const std::string& pack, uint64_t size) {
+  std::vector<std::byte> tail(static_cast<size_t>(std::min<uint64_t>(size, kPackTrailerSize)));
+  try {
+    if (!packs_.ReadPack(pack, size - tail.size(), tail, nullptr)) return false;
+    const uint64_t footer = PackFooterSize(tail, Where(pack));
+    if (footer > size) {
+      throw IntegrityError(codes::kIntegrityError, Where(pack) + " is shorter than its footer");
+    }
+    tail.resize(static_cast<size_t>(footer));
+    if (!packs_.ReadPack(pack, size - footer, tail, nullptr)) return false;
+    index_->AddPack(pack, size, ParsePackFooter(tail, size, Where(pack)));
+    return true;
+  } catch (const IntegrityError& e) {
+    // Not a whole pack: a write cut short by hand, or damage. Nothing indexes its blocks.
+    Log(LogLevel::kWarning, std::string(e.what()) + "; set aside");
+    packs_.QuarantinePack(pack);
+    return false;
+  }
+}
+
+void PackStore::ForgetVanishedLocked(const std::string& pack, Lost& lost) {
+  for (const PackEntry& entry : index_->EntriesOf(pack)) {
+    lost.emplace_back(entry.hash, Where(pack) + " that held it is gone");
+  }
+  index_->RemovePack(pack);
+}
+
+void PackStore::PackVanished(const std::string& pack) {
+  Lost lost;
+  {
+    std::lock_guard lock(index_mutex_);
+    ForgetVanishedLocked(pack, lost);
+  }
+  ReportLost(lost);
+}
+
+bool PackStore::HasChunk(const std::string& hash, const CancelToken* cancel) {
+  {
+    std::lock_guard lock(write_mutex_);
+    if (pending_.contains(hash)) return true;
+  }
+  if (Index().Lookup({hash})[0]) return true;
+  return HasLegacyChunks() && base_->HasChunk(hash, cancel);
+}
+
+bool PackStore::HasChunkOfLength(const std::string& hash, uint64_t length,
+                                 const CancelToken* cancel) {
+  // Blocks still being written do not count: a confirmation must see them indexed.
+  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
+  // Vouch() is true only for a pack untouched or re-read and found right in every block.
+  if (where && where->raw_length == length && Vouch(where->pack)) return true;
+  return HasLegacyChunks() && base_->HasChunkOfLength(hash, length, cancel);
+}
+
+std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
+                                       const CancelToken* cancel,
+                                       const std::vector<uint64_t>& lengths) {
+  if (!lengths.empty() && lengths.size() != hashes.size()) {
+    throw std::invalid_argument("HasChunks: one length per hash");
+  }
+  // On an object store the index is only a cache, and Vouch() trusts its packs: packs lost
+  // behind it (a bucket emptied mid-copy, objects deleted by hand) must not be vouched for
+  // when a copy plans or confirms before it commits: the first lookup after a flush lists
+  // packs/ once (an import's lookups between flushes, one per 4 MiB, do not).
+  if (packs_.RemoteReads() && reconcile_due_.exchange(false)) Reconcile();
+  std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  // One look at each pack, however many of its blocks are asked for. A pack not vouched for
+  // had its bad blocks forgotten (or vanished): what is still indexed then is right.
+  std::unordered_set<std::string> looked_at;
+  bool forgot = false;
+  for (const auto& where : found) {
+    if (where && looked_at.insert(where->pack).second && !Vouch(where->pack)) forgot = true;
+  }
+  if (forgot) found = Index().Lookup(hashes);
+  std::vector<bool> present(hashes.size(), false);
+  std::vector<std::string> rest;
+  std::vector<uint64_t> rest_lengths;
+  std::vector<size_t> rest_at;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    const auto& where = found[i];
+    if (where && (lengths.empty() || where->raw_length == lengths[i])) {
+      present[i] = true;
+    } else {
+      rest.push_back(hashes[i]);
+      if (!lengths.empty()) rest_lengths.push_back(lengths[i]);
+      rest_at.push_back(i);
+    }
+  }
+  if (!rest.empty() && HasLegacyChunks()) {
+    std::vector<bool> legacy = base_->HasChunks(rest, cancel, rest_lengths);
+    for (size_t k = 0; k < rest.size() && k < legacy.size(); ++k) present[rest_at[k]] = legacy[k];
+  }
+  return present;
+}
+
+bool PackStore::Vouch(const std::string& pack) {
+  if (packs_.RemoteReads()) return true;  // an object store's objects are as written
+  std::optional<PackStat> stat = packs_.StatPack(pack);
+  if (!stat) {
+    PackVanished(pack);
+    return false;
+  }
+  return stat->untouched || RecheckPack(pack);
+}
+
+bool PackStore::RecheckPack(const std::string& pack) {
+  std::vector<PackEntry> entries = Index().EntriesOf(pack);
+  std::vector<std::byte> stored;
+  std::vector<std::byte> raw;
+  bool all_right = true;
+  for (const PackEntry& entry : entries) {
+    stored.resize(entry.stored_length);
+    try {
+      if (!packs_.ReadPack(pack, entry.offset, stored, nullptr)) stored.clear();
+      DecodeBlock(stored, entry, raw, Where(pack));
+    } catch (const DamagedChunkError& e) {
+      all_right = false;
+      Index().RemoveBlock(entry.hash);
+      ReportDamage(entry.hash, e.what());
+    }
+  }
+  if (all_right) packs_.RestampPack(pack);
+  return all_right;
+}
+
+uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
+                             const CancelToken* cancel) {
+  {
+    std::lock_guard lock(write_mutex_);
+    if (pending_.contains(hash)) return 0;
+  }
+  // No index lookup: callers write what a lookup found missing (a block written twice by
+  // two writers at once costs only its space, until a sweep rewrites its pack).
+  thread_local std::vector<std::byte> scratch;
+  EncodedBlock encoded = EncodeBlock(data, options_.zstd_level, scratch);
+  std::unique_ptr<PackBuilder> full;
+  {
+    std::unique_lock lock(write_mutex_);
+    sealed_cv_.wait(lock, [&] {
+      return sealing_ < kMaxSealing && staged_bytes_ < kMaxStagedGroups * kCommitBytes;
+    });
+    if (!pending_.insert(hash).second) return 0;
+    if (builder_->empty()) {
+      builder_since_ = std::chrono::steady_clock::now();
+      if (!writer_thread_.joinable()) {
+        writer_thread_ = std::jthread([this](std::stop_token stop) { WriterLoop(stop); });
+      }
+      writer_cv_.notify_all();
+    }
+    builder_->AddEncoded(hash, encoded, static_cast<uint32_t>(data.size()));
+    // Full; a pack waiting long is written by WriterLoop.
+    if (builder_->size() >= options_.pack_size) {
+      full = std::exchange(builder_, NewBuilder());
+      ++sealing_;
+    }
+  }
+  if (full) Seal(std::move(full), cancel);
+  return encoded.bytes.size();
+}
+
+void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel) {
+  std::vector<PackEntry> entries = builder->entries();
+  try {
+    PackBytes bytes = builder->Finish();
+    Staged staged{NewPackName(), bytes.size(), {}};
+    packs_.StagePack(staged.name, bytes, cancel);
+    staged.entries = std::move(entries);
+    std::lock_guard lock(write_mutex_);
+    if (spare_buffers_.size() < kMaxSealing + 1) spare_buffers_.push_back(std::move(bytes));
+    staged_bytes_ += staged.size;
+    if (staged_.empty()) {
+      staged_since_ = std::chrono::steady_clock::now();
+      writer_cv_.notify_all();
+    }
+    staged_.push_back(std::move(staged));
+    if (staged_bytes_ >= kCommitBytes) writer_cv_.notify_all();  // WriterLoop commits the group
+  } catch (const Cancelled&) {
+    // The writer gave up (its copy was cancelled): the pack's blocks are not in the store,
+    // and any other copy that put some of them finds them missing when it confirms.
+    std::lock_guard lock(write_mutex_);
+    for (const PackEntry& entry : entries) pending_.erase(entry.hash);
+  } catch (const std::exception& e) {
+    std::lock_guard lock(write_mutex_);
+    for (const PackEntry& entry : entries) pending_.erase(entry.hash);
+    write_error_ = e.what();
+  }
+  std::lock_guard lock(write_mutex_);
+  --sealing_;
+  sealed_cv_.notify_all();
+}
+
+void PackStore::CommitStaged(std::vector<Staged> batch) {
+  std::string error;
+  try {
+    std::vector<std::string> names;
+    for (const Staged& staged : batch) names.push_back(staged.name);
+    packs_.CommitPacks(names);
+    Index().AddPacks(batch);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  std::lock_guard lock(write_mutex_);
+  for (const Staged& staged : batch) {
+    for (const PackEntry& entry : staged.entries) pending_.erase(entry.hash);
+  }
+  if (!error.empty()) write_error_ = error;
+  --committing_;
+  sealed_cv_.notify_all();
+}
+
+void PackStore::CommitAllStaged(const CancelToken* cancel) {
+  std::vector<Staged> batch;
+  {
+    std::unique_lock lock(write_mutex_);
+    WaitWritesLocked(lock, cancel);
+    batch.swap(staged_);
+    staged_bytes_ = 0;
+    if (batch.empty()) return;
+    ++committing_;
+  }
+  CommitStaged(std::move(batch));
+}
+
+void PackStore::Flush(const CancelToken* cancel) {
+  std::unique_ptr<PackBuilder> last;
+  {
+    std::lock_guard lock(write_mutex_);
+    if (!builder_->empty()) {
+      last = std::exchange(builder_, NewBuilder());
+      ++sealing_;
+    }
+  }
+  if (last) Seal(std::move(last), cancel);
+  CommitAllStaged(cancel);
+  reconcile_due_ = true;  // the confirmation that follows a flush looks at the store itself
+  std::unique_lock lock(write_mutex_);
+  WaitWritesLocked(lock, cancel);
+  if (!write_error_.empty()) {
+    // The blocks of a pack that could not be written are not in the store: whoever counts on
+    // them finds them missing when it confirms, and this says why.
+    std::string error = std::exchange(write_error_, "");
+    throw TransferError(codes::kTransferFailed,
+                        "a pack could not be written to store " + base_->uri() + ": " + error);
+  }
+}
+
+void PackStore::WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel) {
+  // A write in flight may be stalled on a server: a cancel ends the wait (its own request,
+  // if it made one, is aborted by the same token).
+  while (sealing_ != 0 || committing_ != 0) {
+    if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
+    sealed_cv_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+}
+
+void PackStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
+  Flush();  // no manifest names a block before it is in a pack
+  base_->PutManifest(image_id, manifest);
+}
+
+void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                         const CancelToken* cancel) {
+  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
+  if (!where) {
+    bool pending = false;
+    {
+      std::lock_guard lock(write_mutex_);
+      pending = pending_.contains(hash);
+    }
+    if (pending) {
+      Flush();
+      where = Index().Lookup({hash})[0];
+    }
+  }
+  if (!where && packs_.RemoteReads()) {
+    Reconcile();  // another host may have written it since the index was brought in line
+    where = Index().Lookup({hash})[0];
+  }
+  if (!where) {
+    if (HasLegacyChunks()) {
+      base_->GetChunk(hash, out, cancel);
+      if (Sha256Hex(out.data(), out.size()) != hash) {
+        throw DamagedChunkError(hash, "chunk " + hash + " in store " + base_->uri() +
+                                          " is corrupt: its content does not match its name; "
+                                          "run `imagerelay scrub`");
+      }
+      return;
+    }
+    out.clear();
+    throw TransferError(codes::kTransferFailed,
+                        "chunk " + hash + " is missing in store " + base_->uri());
+  }
+  ReadBlock(*where, hash, out, cancel);
+}
+
+void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
+                          std::vector<std::byte>& out, const CancelToken* cancel) {
+  thread_local std::vector<std::byte> stored;
+  const PackEntry entry{hash, where.offset, where.stored_length, where.raw_length, where.codec};
+  if (!ReadRange(where.pack, where.offset, where.stored_length, stored, cancel)) {
+    if (!packs_.StatPack(where.pack)) PackVanished(where.pack);
+    throw DamagedChunkError(hash, "block " + hash + " at byte " + std::to_string(where.offset) +
+                                      " of " + Where(where.pack) +
+                                      " cannot be read: the pack is missing or cut short; run "
+                                      "`imagerelay scrub`");
+  }
+  DecodeBlock(stored, entry, out, Where(where.pack));
+}
+
+void PackStore::PlanReads(const std::vector<std::string>& hashes) {
+  if (hashes.empty()) return;
+  std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  // Neighbouring blocks of a pack (a gap of at most kMaxGap) go into one run.
+  std::unordered_map<std::string, std::vector<Run>> planned;
+  size_t count = 0;
+  for (const auto& where : found) {
+    if (!where) continue;
+    planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
+  }
+  for (auto& [pack, blocks] : planned) {
+    std::sort(blocks.begin(), blocks.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
+    std::vector<Run> runs;
+    for (const Run& block : blocks) {
+      if (!runs.empty() && block.begin <= runs.back().end + kMaxGap &&
+          block.end - runs.back().begin <= options_.read_span) {
+        runs.back().end = std::max(runs.back().end, block.end);
+        ++runs.back().blocks;
+      } else {
+        runs.push_back(block);
+      }
+    }
+    // A run of one block gains nothing: it is read alone anyway.
+    std::erase_if(runs, [](const Run& r) { return r.blocks < 2; });
+    count += runs.size();
+    blocks = std::move(runs);
+  }
+  std::lock_guard lock(read_mutex_);
+  if (planned_runs_ + count > kMaxPlannedRuns) {
+    runs_.clear();  // plans nobody read (cancelled copies): drop them rather than grow
+    planned_runs_ = 0;
+  }
+  for (auto& [pack, runs] : planned) {
+    if (runs.empty()) continue;
+    std::vector<Run>& all = runs_[pack];
+    all.insert(all.end(), runs.begin(), runs.end());
+    std::sort(all.begin(), all.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
+    planned_runs_ += runs.size();
+  }
+}
+
+std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64_t offset,
+                                                 uint64_t length) {
+  auto it = runs_.find(pack);
+  if (it == runs_.end()) return std::nullopt;
+  std::vector<Run>& runs = it->second;
+  auto after = std::upper_bound(runs.begin(), runs.end(), offset,
+                                [](uint64_t value, const Run& r) { return value < r.begin; });
+  if (after == runs.begin()) return std::nullopt;
+  auto run = std::prev(after);
+  if (offset + length > run->end) return std::nullopt;
+  Run taken = *run;
+  runs.erase(run);
+  --planned_runs_;
+  if (runs.empty()) runs_.erase(it);
+  return taken;
+}
+
+bool PackStore::ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
+                          std::vector<std::byte>& out, const CancelToken* cancel) {
+  out.resize(length);
+  std::shared_ptr<Span> span;
+  {
+    std::unique_lock lock(read_mutex_);
+    for (;;) {
+      auto it = std::find_if(spans_.begin(), spans_.end(), [&](const auto& s) {
+        return s->pack == pack && s->begin <= offset &&
+               offset + length <= s->begin + s->bytes.size() && !s->failed;
+      });
+      if (it == spans_.end()) break;
+      std::shared_ptr<Span> found = *it;
+      if (found->loading) {  // another reader is reading it: its bytes come with that read
+        // Our own cancel is checked meanwhile: that reader's request may be stalled.
+        if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
+        span_cv_.wait_for(lock, std::chrono::milliseconds(50));
+        continue;
+      }
+      std::copy_n(found->bytes.begin() + static_cast<ptrdiff_t>(offset - found->begin), length,
+                  out.begin());
+      return true;
+    }
+    std::optional<Run> run = TakeRun(pack, offset, length);
+    if (!run || !packs_.RemoteReads()) {
+      // A block alone; or a local pack's run, read ahead into the page cache while each block
+      // is read on its own, so that the readers of the run need not wait for one another.
+      lock.unlock();
+      if (run) packs_.Prefetch(pack, run->begin, run->end - run->begin);
+      return packs_.ReadPack(pack, offset, out, cancel);
+    }
+    span = std::make_shared<Span>();
+    span->pack = pack;
+    span->begin = run->begin;
+    span->bytes.resize(static_cast<size_t>(run->end - run->begin));
+    spans_.push_front(span);
+    while (spans_.size() > kMaxSpans && !spans_.back()->loading) spans_.pop_back();
+  }
+  bool ok = false;
+  try {
+    ok = packs_.ReadPack(pack, span->begin, span->bytes, cancel);
+  } catch (...) {
+    std::lock_guard lock(read_mutex_);
+    span->loading = false;
+    span->failed = true;
+    span_cv_.notify_all();
+    throw;
+  }
+  std::lock_guard lock(read_mutex_);
+  span->loading = false;
+  span->failed = !ok;
+  span_cv_.notify_all();
+  if (!ok) return false;
+  std::copy_n(span->bytes.begin() + static_cast<ptrdiff_t>(offset - span->begin), length,
+              out.begin());
+  return true;
+}
+
+void PackStore::DeleteChunk(const std::string& hash) {
+  if (Index().Lookup({hash})[0]) {
+    Index().RemoveBlock(hash);
+  } else if (HasLegacyChunks()) {
+    base_->DeleteChunk(hash);
+  }
+}
+
+void PackStore::QuarantineChunk(const std::string& hash) {
+  if (std::optional<BlockLocation> where = Index().Lookup({hash})[0]) {
+    Index().RemoveBlock(hash);
+    std::vector<std::byte> stored(where->stored_length);
+    try {
+      if (packs_.ReadPack(where->pack, where->offset, stored, nullptr)) {
+        packs_.KeepAside(hash, stored);
+      }
+    } catch (const std::exception&) {
+      // the pack cannot be read: nothing to keep
+    }
+  } else if (HasLegacyChunks()) {
+    base_->QuarantineChunk(hash);
+  }
+}
+
+std::vector<std::string> PackStore::ListChunks() {
+  std::vector<std::string> hashes = Index().Hashes();
+  if (HasLegacyChunks()) {
+    std::vector<std::string> legacy = base_->ListChunks();
+    hashes.insert(hashes.end(), legacy.begin(), legacy.end());
+    std::sort(hashes.begin(), hashes.end());
+    hashes.erase(std::unique(hashes.begin(), hashes.end()), hashes.end());
+  }
+  return hashes;
+}
+
+std::vector<std::string> PackStore::ListChunksAfter(const std::string& after, size_t limit) {
+  if (HasLegacyChunks()) return Store::ListChunksAfter(after, limit);
+  return Index().HashesAfter(after, limit);
+}
+
+std::optional<uint64_t> PackStore::StoredChunkSize(const std::string& hash) {
+  if (auto where = Index().Lookup({hash})[0]) return where->stored_length;
+  auto* probe = dynamic_cast<ChunkSizeProbe*>(base_.get());
+  return probe && HasLegacyChunks() ? probe->StoredChunkSize(hash) : std::nullopt;
+}
+
+SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
+  SweepResult result;
+  if (HasLegacyChunks()) {
+    result = base_->SweepUnmarked(marked);
+    std::lock_guard lock(index_mutex_);
+    legacy_chunks_.reset();  // it may hold none now
+  }
+  Reconcile();
+  BlockIndex& index = Index();
+  // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
+  PackBuilder repacked(options_.zstd_level, options_.pack_size + kBuilderSlack);
+  std::vector<std::string> replaced;
+  auto write_repacked = [&] {
+    if (repacked.empty()) return;
+    const std::vector<PackEntry> entries = repacked.entries();
+    const PackBytes bytes = repacked.Finish();
+    const std::string name = NewPackName();
+    packs_.PutPack(name, bytes, nullptr);           // 1. the new pack is durable
+    index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
+    for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
+    replaced.clear();
+  };
+  std::vector<std::byte> whole;
+  std::vector<std::byte> raw;
+  for (const auto& [pack, size] : index.Packs()) {
+    std::vector<PackEntry> entries = index.EntriesOf(pack);
+    std::vector<PackEntry> live;
+    std::vector<std::string> dead_hashes;
+    uint64_t live_bytes = 0;
+    for (PackEntry& entry : entries) {
+      if (marked.Contains(entry.hash)) {
+        live_bytes += entry.stored_length;
+        live.push_back(std::move(entry));
+      } else {
+        dead_hashes.push_back(entry.hash);
+      }
+    }
+    const size_t dead = entries.size() - live.size();
+    if (live.empty()) {
+      index.RemovePack(pack);  // forgotten first: a crash leaves a pack nothing names
+      packs_.DeletePack(pack);
+      result.chunks_removed += dead;
+      result.bytes_removed += size;
+      continue;
+    }
+    result.chunks_kept += live.size();
+    if (static_cast<double>(live_bytes) >= options_.repack_below * static_cast<double>(size)) {
+      // Kept as it is; its dead blocks leave the index (the index lists live blocks only, so
+      // that the live share above stays true), their bytes go when the pack is rewritten.
+      index.RemoveBlocks(dead_hashes);
+      result.chunks_removed += dead;
+      continue;
+    }
+    whole.resize(static_cast<size_t>(size));
+    if (!packs_.ReadPack(pack, 0, whole, nullptr)) continue;  // the next read reports it
+    for (const PackEntry& entry : live) {
+      const std::span<const std::byte> stored(whole.data() + entry.offset, entry.stored_length);
+      try {
+        DecodeBlock(stored, entry, raw, Where(pack));
+      } catch (const DamagedChunkError& e) {
+        index.RemoveBlock(entry.hash);
+        ReportDamage(entry.hash, e.what());
+        continue;
+      }
+      repacked.AddEncoded(entry.hash, {entry.codec, stored}, entry.raw_length);
+    }
+    replaced.push_back(pack);
+    result.chunks_removed += dead;
+    result.bytes_removed += size - live_bytes;
+    if (repacked.size() >= options_.pack_size) write_repacked();
+  }
+  if (repacked.empty() && !replaced.empty()) {
+    // Every live block turned out damaged: the old packs only need forgetting.
+    for (const std::string& old : replaced) {
+      index.RemovePack(old);
+      packs_.DeletePack(old);
+    }
+    replaced.clear();
+  }
+  write_repacked();
+  return result;
+}
+
+}  // namespace imagerelay

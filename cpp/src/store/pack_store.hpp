@@ -1,0 +1,203 @@
+// The block store (docs/data-plane-v2.md, issue #12): a region's chunks ("blocks", 64 KiB
+// by default) kept inside large pack files / objects with a per-region index, instead of one
+// file or object per chunk. Wraps the region's LocalStore or S3Store (`base`), which keeps the
+// manifests, the image records and the chunk files of earlier releases (still read, never
+// written: new chunks go into packs) and offers its pack area (PackFiles).
+//
+// Writes: PutChunk encodes the block (zstd when it pays) in the caller's thread and appends
+// it to the pack being assembled; a pack of pack_size bytes is written as a whole (staged);
+// a background thread commits groups of staged packs (one flush of the disk, then renames,
+// then one index transaction). Flush() writes the pack in progress and waits for those
+// being written and committed. A block is looked up only once indexed.
+// Reads: the index gives the pack and range; the block is decoded and checked against its
+// hash (DamagedChunkError otherwise). On a store whose reads cost a request, neighbouring
+// blocks are read in one ranged request and kept for the readers that come for them.
+// Trust: a pack that is not as the store wrote it (PackStat::untouched) is re-read whole
+// before a lookup vouches for its blocks; a vanished pack's blocks are reported damaged.
+// The index is a cache of the packs' footers: packs missing from it are indexed from their
+// footers when the store is opened, packs gone are dropped from it.
+// All methods may be called from several threads at once.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <stop_token>
+#include <thread>
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "store/block_index.hpp"
+#include "imagerelay/store.hpp"
+#include "store/local_store.hpp"  // ChunkSizeProbe
+#include "store/pack.hpp"
+#include "store/pack_files.hpp"
+
+namespace imagerelay {
+
+struct PackStoreOptions {
+  uint64_t pack_size = 16ULL << 20;  // a pack is written once its blocks reach this many bytes
+  int zstd_level = 1;                // 0: store blocks raw
+  // A sweep rewrites the live blocks of packs whose live bytes fall below this share.
+  double repack_below = 0.5;
+  // A pack is also written once its first block has waited this long (a slow copy).
+  std::chrono::milliseconds max_pack_age{1000};
+  // Planned reads (PlanReads) of neighbouring blocks are merged into requests of up to this
+  // many bytes.
+  uint64_t read_span = 4ULL << 20;
+};
+
+class PackStore final : public Store, public ChunkSizeProbe {
+ public:
+  // `packs` is the pack area of `base` (the same object for the local and the S3 store).
+  PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOptions options = {});
+  ~PackStore() override;  // blocks never flushed are dropped (no pack is written)
+
+  std::string uri() const override { return base_->uri(); }
+  void Check() override;
+  void RemoveLeftovers() override { base_->RemoveLeftovers(); }
+
+  bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
+  bool HasChunkOfLength(const std::string& hash, uint64_t length,
+                        const CancelToken* cancel = nullptr) override;
+  std::vector<bool> HasChunks(const std::vector<std::string>& hashes,
+                              const CancelToken* cancel = nullptr,
+                              const std::vector<uint64_t>& lengths = {}) override;
+  uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
+                    const CancelToken* cancel = nullptr) override;
+  void PlanReads(const std::vector<std::string>& hashes) override;
+  void Flush(const CancelToken* cancel = nullptr) override;
+  void GetChunk(const std::string& hash, std::vector<std::byte>& out,
+                const CancelToken* cancel = nullptr) override;
+  bool ChecksReads() const override { return true; }
+  void DeleteChunk(const std::string& hash) override;
+  // Forgets the block (its bytes stay in the pack until a sweep rewrites it) or quarantines
+  // the chunk file of an earlier release.
+  void QuarantineChunk(const std::string& hash) override;
+  std::vector<std::string> ListChunks() override;
+  // From the index, a page at a time (a store that still holds chunk files lists them all).
+  std::vector<std::string> ListChunksAfter(const std::string& after, size_t limit) override;
+  SweepResult SweepUnmarked(const MarkSet& marked) override;
+
+  void PutManifest(const std::string& image_id, const Manifest& manifest) override;
+  std::optional<Manifest> GetManifest(const std::string& image_id) override {
+    return base_->GetManifest(image_id);
+  }
+  void DeleteManifest(const std::string& image_id) override { base_->DeleteManifest(image_id); }
+  std::vector<std::string> ListManifests() override { return base_->ListManifests(); }
+  void PutImageRecord(const std::string& image_id, const std::string& json) override {
+    base_->PutImageRecord(image_id, json);
+  }
+  std::optional<std::string> GetImageRecord(const std::string& image_id) override {
+    return base_->GetImageRecord(image_id);
+  }
+  void DeleteImageRecord(const std::string& image_id) override {
+    base_->DeleteImageRecord(image_id);
+  }
+
+  std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
+
+  Store& base() { return *base_; }
+
+ private:
+  // Blocks found lost (hash, why): reported once no lock is held (the handler reads manifests).
+  using Lost = std::vector<std::pair<std::string, std::string>>;
+  std::unique_ptr<PackBuilder> NewBuilder();
+  BlockIndex& Index();  // opened, and brought in line, on first use
+  // Brings the index in line with the packs the store holds (see above).
+  void Reconcile();
+  Lost ReconcileLocked();  // under index_mutex_
+  void ReportLost(const Lost& lost);
+  // Indexes a pack from its footer; false if it is not a whole pack (then quarantined).
+  bool IndexFromFooter(const std::string& pack, uint64_t size);
+  // A pack written, not yet committed (PackFiles::StagePack).
+  using Staged = IndexedPack;
+  // Writes a full builder's pack (staged); WriterLoop commits the staged packs once they are
+  // many. The caller counted it in sealing_.
+  void Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel);
+  // Commits staged packs and indexes them (counted in committing_ by the caller).
+  void CommitStaged(std::vector<Staged> batch);
+  void CommitAllStaged(const CancelToken* cancel = nullptr);
+  // Waits until no pack is being written or committed; throws Cancelled if `cancel` fires
+  // first.
+  void WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel);
+  // True if the store still vouches for `pack` (see Trust above). Re-reads a touched pack.
+  bool Vouch(const std::string& pack);
+  // Re-reads every indexed block of a pack; those found wrong are forgotten and reported.
+  // True if every block was right (the pack is restamped).
+  bool RecheckPack(const std::string& pack);
+  // A pack that the index names and the store does not hold: forgets it, reports its blocks.
+  void PackVanished(const std::string& pack);
+  void ForgetVanishedLocked(const std::string& pack, Lost& lost);  // under index_mutex_
+  void ReadBlock(const BlockLocation& where, const std::string& hash, std::vector<std::byte>& out,
+                 const CancelToken* cancel);
+  // Reads [offset, offset + length) of a pack: with the rest of its planned run if it has
+  // one (see PlanReads), else alone.
+  bool ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
+                 std::vector<std::byte>& out, const CancelToken* cancel);
+  bool HasLegacyChunks();
+  std::string Where(const std::string& pack) const;
+
+  std::unique_ptr<Store> base_;
+  PackFiles& packs_;
+  const PackStoreOptions options_;
+
+  // An object store's index cache is brought in line with the bucket at the first lookup
+  // after a flush (see HasChunks).
+  std::atomic<bool> reconcile_due_{true};
+  std::mutex index_mutex_;
+  std::unique_ptr<BlockIndex> index_;
+  std::optional<bool> legacy_chunks_;  // does base_ hold chunk files of an earlier release?
+
+  std::mutex write_mutex_;  // guards the members below
+  std::condition_variable sealed_cv_;
+  std::unique_ptr<PackBuilder> builder_;
+  std::vector<PackBytes> spare_buffers_;  // of packs written, for the next builders
+  std::vector<Staged> staged_;
+  uint64_t staged_bytes_ = 0;
+  std::chrono::steady_clock::time_point staged_since_;  // when the oldest was staged
+  std::chrono::steady_clock::time_point builder_since_;  // when its first block came
+  std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
+  int sealing_ = 0;                          // packs being written
+  int committing_ = 0;                       // groups of staged packs being committed
+  std::string write_error_;                  // the last failed pack write, for Flush()
+  // Commits each group of staged packs (kCommitBytes), and writes the pack in progress once
+  // it has waited max_pack_age, even when no more blocks come (a stalled source): started
+  // with the first block.
+  void WriterLoop(std::stop_token stop);
+  std::condition_variable_any writer_cv_;
+  std::jthread writer_thread_;  // last: stopped and joined before the members it uses go
+
+  // Planned reads (PlanReads): runs of neighbouring blocks to read in one request, per pack,
+  // sorted by start; a run is read once, when the first of its blocks is asked for, into a
+  // span that the readers of its other blocks take their bytes from.
+  struct Run {
+    uint64_t begin = 0;
+    uint64_t end = 0;
+    uint32_t blocks = 1;
+  };
+  struct Span {
+    std::string pack;
+    uint64_t begin = 0;
+    std::vector<std::byte> bytes;
+    bool loading = true;  // being read by one reader; the others wait for it
+    bool failed = false;
+  };
+  std::mutex read_mutex_;  // guards the members below
+  std::condition_variable span_cv_;
+  std::unordered_map<std::string, std::vector<Run>> runs_;
+  size_t planned_runs_ = 0;
+  std::list<std::shared_ptr<Span>> spans_;  // most recent first
+  // The run planned for a block at [offset, offset + length) of `pack`, taken out of the
+  // plan (nullopt if none). Under read_mutex_.
+  std::optional<Run> TakeRun(const std::string& pack, uint64_t offset, uint64_t length);
+};
+
+}  // namespace imagerelay

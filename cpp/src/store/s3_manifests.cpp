@@ -1,0 +1,147 @@
+// S3Store's manifests: objects <prefix>/manifests/<image id>.bin in the stored form of
+// block_manifest.hpp, spooled through an unnamed file in the cache directory both ways, so
+// that a 200 GiB image's 105 MB list never sits in the process's memory. Manifests of the
+// first release (<image id>.json) are still read.
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "store/block_list.hpp"
+#include "store/block_manifest.hpp"
+#include "base/file_util.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
+#include "store/s3_store.hpp"
+
+namespace imagerelay {
+namespace {
+
+constexpr std::string_view kJsonSuffix = ".json";
+constexpr std::string_view kBinarySuffix = ".bin";
+constexpr size_t kErrorBodyBytes = 4096;
+constexpr int kGetAttempts = 6;
+
+// A read-only view of a file's first `size` bytes: its pages come from the page cache.
+class MappedFile {
+ public:
+  MappedFile(int fd, size_t size) : size_(size) {
+    if (size_ == 0) return;
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      throw TransferError(codes::kTransferFailed, "cannot map a spooled manifest: " +
+                                                      ErrnoText(errno));
+    }
+    data_ = static_cast<const std::byte*>(p);
+  }
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  std::span<const std::byte> bytes() const { return {data_, size_}; }
+
+ private:
+  const std::byte* data_ = nullptr;
+  size_t size_;
+};
+
+}  // namespace
+
+void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest) {
+  const std::string key = RecordKey("manifests", image_id, kBinarySuffix);
+  UniqueFd spool = OpenSpoolFile(CacheDir());
+  if (int err = WriteBinaryManifest(manifest, spool.get()); err != 0) {
+    throw TransferError(codes::kTransferFailed, "cannot spool the manifest of " + image_id +
+                                                    " in " + CacheDir().string() + ": " +
+                                                    ErrnoText(err));
+  }
+  MappedFile mapped(spool.get(), static_cast<size_t>(BinaryManifestBytes(manifest.count())));
+  S3Client::Call put;
+  put.method = "PUT";
+  put.key = key;
+  put.body = mapped.bytes();
+  put.headers = {{"Content-Type", "application/octet-stream"}};
+  HttpResponse response = client_.Perform(put);
+  if (response.status < 200 || response.status >= 300) Fail("PUT of a manifest", response);
+  // A first-release manifest of the same image would be read no more; it goes.
+  DeleteKey(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
+}
+
+std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
+  const std::string key = RecordKey("manifests", image_id, kBinarySuffix);
+  const std::string what = image_id + " in store " + location().display;
+  UniqueFd spool = OpenSpoolFile(CacheDir());
+  uint64_t written = 0;
+  int write_error = 0;
+  std::string error_body;
+  S3Client::Call get;
+  get.key = key;
+  get.on_body = [&](long status, std::span<const std::byte> data) {
+    if (status < 200 || status >= 300) {
+      const size_t take = std::min(data.size(), kErrorBodyBytes - std::min(kErrorBodyBytes, error_body.size()));
+      error_body.append(reinterpret_cast<const char*>(data.data()), take);
+      return true;
+    }
+    if (write_error != 0) return false;
+    write_error = PwriteAll(spool.get(), data.data(), data.size(), static_cast<off_t>(written));
+    written += data.size();
+    return write_error == 0;
+  };
+  // Retried here, not in the HTTP layer: a retry must start the spool again.
+  get.retry = false;
+  HttpResponse response;
+  for (int attempt = 1;; ++attempt) {
+    written = 0;
+    error_body.clear();
+    try {
+      response = client_.Perform(get);
+    } catch (const TransientError&) {
+      if (attempt == kGetAttempts) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+      continue;
+    }
+    if (!IsTransientStatus(response.status) || attempt == kGetAttempts) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+  }
+  if (write_error != 0) {
+    throw TransferError(codes::kTransferFailed, "cannot spool the manifest of " + what +
+                                                    " in " + CacheDir().string() + ": " +
+                                                    ErrnoText(write_error));
+  }
+  if (response.status == 404) {
+    std::optional<std::string> text = GetText(RecordKey("manifests", image_id, kJsonSuffix),
+                                              "a manifest");
+    if (!text) return std::nullopt;
+    return ReadFirstReleaseManifest(*text, what);
+  }
+  if (response.status < 200 || response.status >= 300) {
+    response.body = std::move(error_body);
+    Fail("GET of a manifest", response);
+  }
+  return ReadBinaryManifest(std::move(spool), what);
+}
+
+void S3Store::DeleteManifest(const std::string& image_id) {
+  DeleteKey(RecordKey("manifests", image_id, kBinarySuffix), "a manifest");
+  DeleteKey(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
+}
+
+std::vector<std::string> S3Store::ListManifests() {
+  std::vector<std::string> out;
+  for (const std::string& key : ListKeys(Key("manifests/"))) {
+    std::string name = key.substr(key.rfind('/') + 1);
+    for (std::string_view suffix : {kJsonSuffix, kBinarySuffix}) {
+      if (!name.ends_with(suffix)) continue;
+      name.resize(name.size() - suffix.size());
+      if (IsImageId(name)) out.push_back(name);
+      break;
+    }
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+}  // namespace imagerelay
