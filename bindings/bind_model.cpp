@@ -22,6 +22,30 @@ void BindModel(py::module_& m) {
     for (std::string_view type : AllEventTypes()) out.emplace_back(type);
     return out;
   }, "Every event type the engine emits.");
+  m.def("image_statuses", [] {
+    std::vector<std::string> out;
+    for (auto v : {ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
+                   ImageStatus::kCreateFailed, ImageStatus::kDeleted, ImageStatus::kNotAvailable}) {
+      out.emplace_back(ToString(v));
+    }
+    return out;
+  }, "Every image status, in the core's order.");
+  m.def("task_states", [] {
+    std::vector<std::string> out;
+    for (auto v : {TaskState::kPending, TaskState::kRunning, TaskState::kCompleted,
+                   TaskState::kFailed, TaskState::kCancelled}) {
+      out.emplace_back(ToString(v));
+    }
+    return out;
+  }, "Every task state, in the core's order.");
+  m.def("job_states", [] {
+    std::vector<std::string> out;
+    for (auto v : {JobState::kRunning, JobState::kCompleted, JobState::kFailed,
+                   JobState::kCancelled, JobState::kPartiallyCompleted}) {
+      out.emplace_back(ToString(v));
+    }
+    return out;
+  }, "Every job state, in the core's order.");
   py::class_<Limits>(m, "Limits", "Limits of a home (API.md); every one is a setting.")
       .def(py::init<>())
       .def_readwrite("max_copy_bytes", &Limits::max_copy_bytes)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from . import _core
 from . import _log  # noqa: F401 - the core logs through `logging` from now on
+from ._enums import ImageStatus as ImageStatus
+from ._enums import JobState as JobState
+from ._enums import TaskState as TaskState
 from ._types import Account as Account
 from ._types import Event as Event
 from ._types import Handle as Handle
@@ -44,8 +47,10 @@ __version__: str = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",
-    "ImageList", "ImageRelayError", "IntegrityError", "Job", "JobList", "Limits",
+    "ImageList", "ImageRelayError", "ImageStatus", "IntegrityError", "Job", "JobList",
+    "JobState", "Limits",
     "NotFoundError", "PermissionDeniedError", "Playbook", "PolicyRequest", "QuotaExceededError",
-    "Region", "ReplicationFailedError", "ScrubReport", "Task", "TimeoutError", "TransferError", "ValidationError",
+    "Region", "ReplicationFailedError", "ScrubReport", "Task", "TaskState", "TimeoutError",
+    "TransferError", "ValidationError",
     "open",
 ]

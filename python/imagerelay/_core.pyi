@@ -27,6 +27,12 @@ def _log_to_python(on: bool) -> None:
 # -- bind_model.cpp ---------------------------------------------------------------------
 def event_types() -> list[str]:
     """Every event type the engine emits."""
+def image_statuses() -> list[str]:
+    """Every image status, in the core's order."""
+def task_states() -> list[str]:
+    """Every task state, in the core's order."""
+def job_states() -> list[str]:
+    """Every job state, in the core's order."""
 class Limits:
     """Limits of a home (API.md); every one is a setting."""
 

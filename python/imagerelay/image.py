@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._checks import check_timeout
+from ._enums import ImageStatus
 from ._types import utc_from_us
 from ._wait import wait_for
 
@@ -53,10 +54,10 @@ class Image:
         return self._info.owner
 
     @property
-    def status(self) -> str:
+    def status(self) -> ImageStatus:
         """Creating, Available, Replicating, CreateFailed or NotAvailable (stored bytes found
-        damaged; see Cloud.scrub)"""
-        return self._info.status
+        damaged; see Cloud.scrub): an ``ImageStatus``, equal to its string"""
+        return ImageStatus(self._info.status)
 
     @property
     def progress(self) -> float | None:

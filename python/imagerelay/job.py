@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._checks import check_timeout
+from ._enums import JobState, TaskState
 from ._progress import byte_bar, show
 from ._types import utc_from_us
 from ._wait import wait_for, wait_for_async
@@ -37,9 +38,10 @@ class Task:
         return self._info.dest_image_id
 
     @property
-    def state(self) -> str:
-        """Pending, Running, Completed, Failed or Cancelled"""
-        return self._info.state
+    def state(self) -> TaskState:
+        """Pending, Running, Completed, Failed or Cancelled: a ``TaskState``, equal to its
+        string"""
+        return TaskState(self._info.state)
 
     @property
     def bytes_total(self) -> int:
@@ -126,9 +128,10 @@ class Job:
         return self._info.source_region
 
     @property
-    def state(self) -> str:
-        """Running, Completed, Failed, Cancelled or PartiallyCompleted"""
-        return self._info.state
+    def state(self) -> JobState:
+        """Running, Completed, Failed, Cancelled or PartiallyCompleted: a ``JobState``, equal
+        to its string"""
+        return JobState(self._info.state)
 
     @property
     def created_at(self) -> datetime | None:
