@@ -14,6 +14,14 @@ py::object NoneIfEmpty(const std::string& s) {
   return s.empty() ? py::none() : py::object(py::str(s));
 }
 
+// The names of enum values, as the core spells them (ToString).
+template <typename Enum>
+std::vector<std::string> Names(std::initializer_list<Enum> values) {
+  std::vector<std::string> out;
+  for (Enum v : values) out.emplace_back(ToString(v));
+  return out;
+}
+
 }  // namespace
 
 void BindModel(py::module_& m) {
@@ -23,28 +31,16 @@ void BindModel(py::module_& m) {
     return out;
   }, "Every event type the engine emits.");
   m.def("image_statuses", [] {
-    std::vector<std::string> out;
-    for (auto v : {ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
-                   ImageStatus::kCreateFailed, ImageStatus::kDeleted, ImageStatus::kNotAvailable}) {
-      out.emplace_back(ToString(v));
-    }
-    return out;
+    return Names({ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
+                  ImageStatus::kCreateFailed, ImageStatus::kDeleted, ImageStatus::kNotAvailable});
   }, "Every image status, in the core's order.");
   m.def("task_states", [] {
-    std::vector<std::string> out;
-    for (auto v : {TaskState::kPending, TaskState::kRunning, TaskState::kCompleted,
-                   TaskState::kFailed, TaskState::kCancelled}) {
-      out.emplace_back(ToString(v));
-    }
-    return out;
+    return Names({TaskState::kPending, TaskState::kRunning, TaskState::kCompleted,
+                  TaskState::kFailed, TaskState::kCancelled});
   }, "Every task state, in the core's order.");
   m.def("job_states", [] {
-    std::vector<std::string> out;
-    for (auto v : {JobState::kRunning, JobState::kCompleted, JobState::kFailed,
-                   JobState::kCancelled, JobState::kPartiallyCompleted}) {
-      out.emplace_back(ToString(v));
-    }
-    return out;
+    return Names({JobState::kRunning, JobState::kCompleted, JobState::kFailed,
+                  JobState::kCancelled, JobState::kPartiallyCompleted});
   }, "Every job state, in the core's order.");
   py::class_<Limits>(m, "Limits", "Limits of a home (API.md); every one is a setting.")
       .def(py::init<>())
