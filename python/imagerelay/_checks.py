@@ -59,3 +59,14 @@ def check_timeout(value: Any, name: str = "timeout") -> float | None:
         raise ValidationError(f"{name} must be a finite number of seconds >= 0, or None, "
                               f"got {shown(value)}")
     return seconds
+
+
+def as_str_list(value: str | list[str] | tuple[str, ...] | None, what: str) -> list[str]:
+    """One string or a list of them, as a list; ValidationError naming `what` otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValidationError(f"{what} must be a string or a list of strings, got {value!r}")

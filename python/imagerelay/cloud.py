@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from ._checks import check_int, check_timeout
+from ._checks import as_str_list, check_int, check_timeout
 from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
 from ._wait import wait_for
@@ -38,16 +38,6 @@ def _close_all() -> None:
         engines = list(_open_engines)
     for engine in engines:
         engine.close()
-
-
-def _as_list(value: str | list[str] | tuple[str, ...] | None, what: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValidationError(f"{what} must be a string or a list of strings, got {value!r}")
 
 
 class PolicyRequest:
@@ -204,10 +194,10 @@ class Cloud:
         return Image(self, self._engine.image(self.account, image_id))
 
     def share(self, image_id: str, accounts: str | list[str]) -> None:
-        self._engine.share(self.account, image_id, _as_list(accounts, "accounts"))
+        self._engine.share(self.account, image_id, as_str_list(accounts, "accounts"))
 
     def unshare(self, image_id: str, accounts: str | list[str]) -> None:
-        self._engine.unshare(self.account, image_id, _as_list(accounts, "accounts"))
+        self._engine.unshare(self.account, image_id, as_str_list(accounts, "accounts"))
 
     def shared_users(self, image_id: str) -> list[str]:
         """Accounts the image is shared with (owner only)."""
@@ -259,7 +249,7 @@ class Cloud:
     def replicate(self, image_id: str, to: str | list[str], *, name: str | None = None,
                   client_token: str | None = None) -> Job:
         """Copies a Custom image to other regions; returns the job at once."""
-        info = self._engine.replicate(self.account, image_id, _as_list(to, "to"), name,
+        info = self._engine.replicate(self.account, image_id, as_str_list(to, "to"), name,
                                       client_token)
         return Job(self, info)
 

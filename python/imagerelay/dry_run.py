@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ._checks import as_str_list
+
 if TYPE_CHECKING:
     from .cloud import Cloud
 
@@ -28,25 +30,19 @@ class DryRun:
                             progress=False, validate_only=True)
 
     def replicate(self, image_id: str, to: str | list[str], *, name: str | None = None) -> None:
-        self._cloud._engine.replicate(self._cloud.account, image_id, _listed(to, "to"), name,
-                                      None, validate_only=True)
+        self._cloud._engine.replicate(self._cloud.account, image_id, as_str_list(to, "to"),
+                                      name, None, validate_only=True)
 
     def share(self, image_id: str, accounts: str | list[str]) -> None:
-        self._cloud._engine.share(self._cloud.account, image_id, _listed(accounts, "accounts"),
-                                  validate_only=True)
+        self._cloud._engine.share(self._cloud.account, image_id,
+                                  as_str_list(accounts, "accounts"), validate_only=True)
 
     def unshare(self, image_id: str, accounts: str | list[str]) -> None:
         self._cloud._engine.unshare(self._cloud.account, image_id,
-                                    _listed(accounts, "accounts"), validate_only=True)
+                                    as_str_list(accounts, "accounts"), validate_only=True)
 
     def rename_image(self, image_id: str, name: str) -> None:
         self._cloud._engine.rename(self._cloud.account, image_id, name, validate_only=True)
 
     def delete_image(self, image_id: str) -> None:
         self._cloud._engine.delete(self._cloud.account, image_id, validate_only=True)
-
-
-def _listed(value: str | list[str], what: str) -> list[str]:
-    from .cloud import _as_list
-
-    return _as_list(value, what)

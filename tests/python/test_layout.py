@@ -46,3 +46,44 @@ def test_the_bindings_include_only_the_public_headers() -> None:
         for header in INCLUDE.findall(path.read_text()):
             assert header == "bindings.hpp" or header.startswith("imagerelay/"), (
                 f"{path.relative_to(ROOT)} includes {header}")
+
+
+def test_the_python_modules_import_without_cycles() -> None:
+    # Imports at module level only (not under TYPE_CHECKING, not inside functions): what runs
+    # when the package is imported.
+    import ast
+
+    package = ROOT / "python" / "imagerelay"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        name = ".".join(p for p in parts if p != "__init__")
+        here = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                base = list(here[:len(here) - node.level + 1])
+                if node.module:
+                    base += node.module.split(".")
+                if node.module:
+                    deps.add(".".join(base))
+                else:  # `from . import x`: the module x, not the package being imported
+                    deps.update(".".join([*base, alias.name]) for alias in node.names)
+        graph[name] = deps
+    modules = set(graph)
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for dep in graph.get(node, ()):
+                if dep not in modules:
+                    continue
+                if dep == start:
+                    return [*path, dep]
+                if dep not in path:
+                    stack.append((dep, [*path, dep]))
+        return None
+
+    cycles = [c for m in sorted(modules) if m and (c := cycle_from(m))]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])
