@@ -27,7 +27,9 @@ using namespace imagerelay;
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kBlock = 64 << 10;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 uint64_t PeakRssKiB() {
   std::ifstream status("/proc/self/status");
@@ -62,7 +64,8 @@ Row Measure(const std::filesystem::path& dir, uint64_t gib) {
     window.assign(n * kHashBytes, std::byte{0});
     for (uint64_t i = 0; i < n; ++i) {
       if ((first + i) % 16 == 5) continue;
-      for (size_t k = 0; k < kHashBytes; k += 8) PutLe(window.data() + i * kHashBytes + k, rng(), 8);
+      for (size_t k = 0; k < kHashBytes; k += 8)
+        PutLe(window.data() + i * kHashBytes + k, rng(), 8);
     }
     m.blocks->Write(first, window);
   }
@@ -81,7 +84,8 @@ Row Measure(const std::filesystem::path& dir, uint64_t gib) {
   m = Manifest{};
   auto open = [&] {
     auto t = Clock::now();
-    Manifest read = ReadBinaryManifest(UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)), "bench");
+    Manifest read =
+        ReadBinaryManifest(UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)), "bench");
     return std::make_pair(Since(t), std::move(read));
   };
   auto [cold, read] = open();
@@ -114,9 +118,10 @@ int main(int argc, char** argv) {
     }
   }
   if (sizes.empty()) sizes = {2, 20, 200};  // ascending: the peak RSS only grows
-  std::printf("| image | blocks of 64 KiB | manifest | write + fsync (s) | open, cold cache (s) "
-              "| open, warm (s) | chunk-list digest (s) | walk of all windows (s) | process peak "
-              "RSS after (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "| image | blocks of 64 KiB | manifest | write + fsync (s) | open, cold cache (s) "
+      "| open, warm (s) | chunk-list digest (s) | walk of all windows (s) | process peak "
+      "RSS after (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (uint64_t gib : sizes) {
     const Row r = Measure(dir, gib);
     std::printf("| %llu GiB | %llu | %.1f MB | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f |\n",

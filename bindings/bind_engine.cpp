@@ -246,15 +246,14 @@ void BindEngine(py::module_& m) {
           },
           py::arg("account"), py::arg("request"), py::arg("wait"), py::arg("system"),
           py::arg("progress") = py::none())
-      .def("images", &Engine::Images, py::arg("account"), py::arg("region"),
-           py::arg("image_type"), py::arg("name"), Release())
+      .def("images", &Engine::Images, py::arg("account"), py::arg("region"), py::arg("image_type"),
+           py::arg("name"), Release())
       .def("image", &Engine::GetImage, py::arg("account"), py::arg("image_id"), Release())
       .def("share", &Engine::Share, py::arg("account"), py::arg("image_id"), py::arg("accounts"),
            py::arg("validate_only") = false, Release())
       .def("unshare", &Engine::Unshare, py::arg("account"), py::arg("image_id"),
            py::arg("accounts"), py::arg("validate_only") = false, Release())
-      .def("shared_users", &Engine::SharedUsers, py::arg("account"), py::arg("image_id"),
-           Release())
+      .def("shared_users", &Engine::SharedUsers, py::arg("account"), py::arg("image_id"), Release())
       .def("rename", &Engine::Rename, py::arg("account"), py::arg("image_id"), py::arg("name"),
            py::arg("validate_only") = false, Release())
       .def("delete", &Engine::Delete, py::arg("account"), py::arg("image_id"),
@@ -262,8 +261,7 @@ void BindEngine(py::module_& m) {
       .def(
           "export",
           [](Engine& self, const std::string& account, const std::string& image_id,
-             const std::filesystem::path& path, std::optional<py::function> progress,
-             bool force) {
+             const std::filesystem::path& path, std::optional<py::function> progress, bool force) {
             ProgressRelay relay(progress);
             RunInterruptible(
                 [&](const CancelToken* cancel) {
@@ -317,9 +315,8 @@ void BindEngine(py::module_& m) {
             });
           },
           py::arg("account"), py::arg("image_id"), py::arg("busy"), py::arg("timeout"))
-      .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"),
-           py::arg("to"), py::arg("name"), py::arg("client_token"),
-           py::arg("validate_only") = false, Release())
+      .def("replicate", &Engine::Replicate, py::arg("account"), py::arg("image_id"), py::arg("to"),
+           py::arg("name"), py::arg("client_token"), py::arg("validate_only") = false, Release())
       .def("cancel_copy", &Engine::CancelCopy, py::arg("account"), py::arg("dest_image_id"),
            Release())
       .def("cancel_job", &Engine::CancelJob, py::arg("account"), py::arg("job_id"),
@@ -337,8 +334,8 @@ void BindEngine(py::module_& m) {
                 },
                 Tick(tick), cancel);
           },
-          py::arg("account"), py::arg("job_id"), py::arg("timeout"),
-          py::arg("tick") = py::none(), py::arg("cancel") = py::none())
+          py::arg("account"), py::arg("job_id"), py::arg("timeout"), py::arg("tick") = py::none(),
+          py::arg("cancel") = py::none())
       .def(
           "wait_idle",
           [](Engine& self, std::optional<double> timeout) {
@@ -352,8 +349,7 @@ void BindEngine(py::module_& m) {
            Release())
       .def(
           "add_listener",
-          [](Engine& engine, const std::string& account, const std::string& type,
-             py::function fn) {
+          [](Engine& engine, const std::string& account, const std::string& type, py::function fn) {
             auto wrapped = WrapListener(std::move(fn));
             py::gil_scoped_release release;
             return engine.AddListener(account, type, std::move(wrapped));

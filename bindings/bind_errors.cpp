@@ -34,18 +34,24 @@ void BindErrors(py::module_& m) {
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
     }
   });
-  m.def("_raise_for_test", [](const std::string& code, const std::string& message) {
-    ThrowCode(code, message);
-  }, "Raises the exception of `code` (for tests of the error mapping).");
-  m.def("error_kind", [](const std::string& code) { return std::string(ErrorKindName(KindOfCode(code))); },
-        py::arg("code"), "The kind of a stable error code (its Python class): \"Validation\", ...");
+  m.def(
+      "_raise_for_test",
+      [](const std::string& code, const std::string& message) { ThrowCode(code, message); },
+      "Raises the exception of `code` (for tests of the error mapping).");
+  m.def(
+      "error_kind",
+      [](const std::string& code) { return std::string(ErrorKindName(KindOfCode(code))); },
+      py::arg("code"), "The kind of a stable error code (its Python class): \"Validation\", ...");
   m.def("error_http_status", &HttpStatusOfCode, py::arg("code"),
         "The HTTP status of a stable error code.");
-  m.def("error_codes", [] {
-    std::vector<std::string> out;
-    for (std::string_view code : AllErrorCodes()) out.emplace_back(code);
-    return out;
-  }, "Every stable error code the core raises.");
+  m.def(
+      "error_codes",
+      [] {
+        std::vector<std::string> out;
+        for (std::string_view code : AllErrorCodes()) out.emplace_back(code);
+        return out;
+      },
+      "Every stable error code the core raises.");
 }
 
 }  // namespace imagerelay::bindings

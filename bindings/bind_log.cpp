@@ -22,21 +22,25 @@ int PythonLevel(LogLevel level) {
 }  // namespace
 
 void BindLog(py::module_& m) {
-  m.def("_log_to_python", [](bool on) {
-    if (!on) {
-      SetLogSink(nullptr);
-      return;
-    }
-    SetLogSink([](LogLevel level, const std::string& message) {
-      py::gil_scoped_acquire gil;
-      try {
-        py::module_::import("logging").attr("getLogger")("imagerelay").attr("log")(
-            PythonLevel(level), message);
-      } catch (py::error_already_set& e) {
-        e.discard_as_unraisable("imagerelay's log sink");
-      }
-    });
-  }, py::arg("on"), "Sends the core's diagnostics to logging (on) or to stderr (off).");
+  m.def(
+      "_log_to_python",
+      [](bool on) {
+        if (!on) {
+          SetLogSink(nullptr);
+          return;
+        }
+        SetLogSink([](LogLevel level, const std::string& message) {
+          py::gil_scoped_acquire gil;
+          try {
+            py::module_::import("logging")
+                .attr("getLogger")("imagerelay")
+                .attr("log")(PythonLevel(level), message);
+          } catch (py::error_already_set& e) {
+            e.discard_as_unraisable("imagerelay's log sink");
+          }
+        });
+      },
+      py::arg("on"), "Sends the core's diagnostics to logging (on) or to stderr (off).");
 }
 
 }  // namespace imagerelay::bindings

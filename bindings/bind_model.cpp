@@ -25,23 +25,36 @@ std::vector<std::string> Names(std::initializer_list<Enum> values) {
 }  // namespace
 
 void BindModel(py::module_& m) {
-  m.def("event_types", [] {
-    std::vector<std::string> out;
-    for (std::string_view type : AllEventTypes()) out.emplace_back(type);
-    return out;
-  }, "Every event type the engine emits.");
-  m.def("image_statuses", [] {
-    return Names({ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
-                  ImageStatus::kCreateFailed, ImageStatus::kDeleted, ImageStatus::kNotAvailable});
-  }, "Every image status, in the core's order.");
-  m.def("task_states", [] {
-    return Names({TaskState::kPending, TaskState::kRunning, TaskState::kCompleted,
-                  TaskState::kFailed, TaskState::kCancelled});
-  }, "Every task state, in the core's order.");
-  m.def("job_states", [] {
-    return Names({JobState::kRunning, JobState::kCompleted, JobState::kFailed,
-                  JobState::kCancelled, JobState::kPartiallyCompleted});
-  }, "Every job state, in the core's order.");
+  m.def(
+      "event_types",
+      [] {
+        std::vector<std::string> out;
+        for (std::string_view type : AllEventTypes()) out.emplace_back(type);
+        return out;
+      },
+      "Every event type the engine emits.");
+  m.def(
+      "image_statuses",
+      [] {
+        return Names({ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
+                      ImageStatus::kCreateFailed, ImageStatus::kDeleted,
+                      ImageStatus::kNotAvailable});
+      },
+      "Every image status, in the core's order.");
+  m.def(
+      "task_states",
+      [] {
+        return Names({TaskState::kPending, TaskState::kRunning, TaskState::kCompleted,
+                      TaskState::kFailed, TaskState::kCancelled});
+      },
+      "Every task state, in the core's order.");
+  m.def(
+      "job_states",
+      [] {
+        return Names({JobState::kRunning, JobState::kCompleted, JobState::kFailed,
+                      JobState::kCancelled, JobState::kPartiallyCompleted});
+      },
+      "Every job state, in the core's order.");
   py::class_<Limits>(m, "Limits", "Limits of a home (API.md); every one is a setting.")
       .def(py::init<>())
       .def_readwrite("max_copy_bytes", &Limits::max_copy_bytes)
@@ -68,11 +81,12 @@ void BindModel(py::module_& m) {
       .def_property_readonly("region", [](const ImageView& v) { return v.image.region; })
       .def_readonly("type", &ImageView::type)
       .def_property_readonly("owner", [](const ImageView& v) { return NoneIfEmpty(v.image.owner); })
-      .def_property_readonly("status",
-                             [](const ImageView& v) { return std::string(ToString(v.image.status)); })
+      .def_property_readonly(
+          "status", [](const ImageView& v) { return std::string(ToString(v.image.status)); })
       .def_readonly("progress", &ImageView::progress)
       .def_property_readonly("size", [](const ImageView& v) { return v.image.size; })
-      .def_property_readonly("digest", [](const ImageView& v) { return NoneIfEmpty(v.image.digest); })
+      .def_property_readonly("digest",
+                             [](const ImageView& v) { return NoneIfEmpty(v.image.digest); })
       .def_property_readonly("format", [](const ImageView& v) { return v.image.format; })
       .def_property_readonly("os_type", [](const ImageView& v) { return v.image.os_type; })
       .def_property_readonly("os_name", [](const ImageView& v) { return v.image.os_name; })
@@ -80,11 +94,13 @@ void BindModel(py::module_& m) {
       .def_property_readonly("os_arch", [](const ImageView& v) { return v.image.os_arch; })
       .def_property_readonly("description", [](const ImageView& v) { return v.image.description; })
       .def_property_readonly("created_us", [](const ImageView& v) { return v.image.created_us; })
-      .def_property_readonly("source_image_id",
-                             [](const ImageView& v) { return NoneIfEmpty(v.image.source_image_id); })
+      .def_property_readonly(
+          "source_image_id",
+          [](const ImageView& v) { return NoneIfEmpty(v.image.source_image_id); })
       .def_property_readonly("source_region",
                              [](const ImageView& v) { return NoneIfEmpty(v.image.source_region); })
-      .def_property_readonly("error", [](const ImageView& v) { return NoneIfEmpty(v.image.error); });
+      .def_property_readonly("error",
+                             [](const ImageView& v) { return NoneIfEmpty(v.image.error); });
 
   py::class_<Task>(m, "TaskInfo")
       .def_readonly("job_id", &Task::job_id)
@@ -110,11 +126,12 @@ void BindModel(py::module_& m) {
       .def_readonly("source_image_id", &Job::source_image_id)
       .def_readonly("source_region", &Job::source_region)
       .def_property_readonly("name", [](const Job& j) { return NoneIfEmpty(j.name); })
-      .def_property_readonly("client_token", [](const Job& j) { return NoneIfEmpty(j.client_token); })
+      .def_property_readonly("client_token",
+                             [](const Job& j) { return NoneIfEmpty(j.client_token); })
       .def_readonly("created_us", &Job::created_us)
       .def_readonly("tasks", &Job::tasks)
-      .def_property_readonly("state",
-                             [](const Job& j) { return std::string(ToString(StateOfJob(j.tasks))); });
+      .def_property_readonly(
+          "state", [](const Job& j) { return std::string(ToString(StateOfJob(j.tasks))); });
 
   py::class_<Event>(m, "EventInfo")
       .def_readonly("seq", &Event::seq)

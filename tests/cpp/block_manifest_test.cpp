@@ -6,11 +6,11 @@
 #include <fstream>
 #include <thread>
 
-#include "store/block_list.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/manifest.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
+#include "store/block_list.hpp"
 
 namespace imagerelay {
 namespace {
@@ -55,8 +55,9 @@ TEST(BlockManifestTest, RoundTripsAcrossWindowsAndKeepsTheChunkListDigest) {
   EXPECT_EQ(read.ChunkListDigest(), m.ChunkListDigest());
   std::vector<std::string> hashes;
   for (uint64_t i = 0; i < 3; ++i) hashes.push_back(i % 7 == 3 ? "" : HashOfNumber(i));
-  const std::string json = R"({"version":1,"size":12188,"chunk_size":4096,"digest":null,"chunks":[")" +
-                           hashes[0] + R"(",")" + hashes[1] + R"(",")" + hashes[2] + R"("]})";
+  const std::string json =
+      R"({"version":1,"size":12188,"chunk_size":4096,"digest":null,"chunks":[")" + hashes[0] +
+      R"(",")" + hashes[1] + R"(",")" + hashes[2] + R"("]})";
   EXPECT_EQ(Manifest::FromJson(json).ChunkListDigest(), MakeList(3, 4096).ChunkListDigest());
 }
 

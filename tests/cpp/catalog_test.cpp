@@ -433,15 +433,15 @@ TEST_F(CatalogTest, TransitionImageFollowsTheTableExhaustively) {
         });
         auto next = Transition(expected, event);
         const bool should_win = actual == expected && next.has_value();
-        EXPECT_EQ(won, should_win) << ToString(actual) << " expected " << ToString(expected)
-                                   << " " << ToString(event);
+        EXPECT_EQ(won, should_win)
+            << ToString(actual) << " expected " << ToString(expected) << " " << ToString(event);
         EXPECT_EQ(GetImage(id)->status, should_win ? *next : actual);
       }
     }
   }
   Write([](CatalogTx& tx) {
-    EXPECT_FALSE(tx.TransitionImage("m-missing0", ImageStatus::kAvailable,
-                                    ImageEvent::kCopyStarted));
+    EXPECT_FALSE(
+        tx.TransitionImage("m-missing0", ImageStatus::kAvailable, ImageEvent::kCopyStarted));
   });
 }
 
@@ -528,13 +528,13 @@ TEST_F(CatalogTest, JobsWithTasks) {
 
 TEST_F(CatalogTest, ListTasksInStatesOldestJobFirst) {
   Write([](CatalogTx& tx) {
-    tx.InsertJob(MakeJob("job-new", "alice", 300,
-                         {MakeTask("m-1", "gz", TaskState::kRunning),
-                          MakeTask("m-2", "bj", TaskState::kPending)}));
-    tx.InsertJob(MakeJob("job-old", "alice", 100,
-                         {MakeTask("m-3", "su", TaskState::kPending),
-                          MakeTask("m-4", "gz", TaskState::kCompleted),
-                          MakeTask("m-5", "bj", TaskState::kRunning)}));
+    tx.InsertJob(MakeJob(
+        "job-new", "alice", 300,
+        {MakeTask("m-1", "gz", TaskState::kRunning), MakeTask("m-2", "bj", TaskState::kPending)}));
+    tx.InsertJob(MakeJob(
+        "job-old", "alice", 100,
+        {MakeTask("m-3", "su", TaskState::kPending), MakeTask("m-4", "gz", TaskState::kCompleted),
+         MakeTask("m-5", "bj", TaskState::kRunning)}));
   });
   Read([](CatalogTx& tx) {
     auto ids = [&](const std::vector<TaskState>& states) {
@@ -543,8 +543,7 @@ TEST_F(CatalogTest, ListTasksInStatesOldestJobFirst) {
       return out;
     };
     using V = std::vector<std::string>;
-    EXPECT_EQ(ids({TaskState::kPending, TaskState::kRunning}),
-              (V{"m-5", "m-3", "m-2", "m-1"}));
+    EXPECT_EQ(ids({TaskState::kPending, TaskState::kRunning}), (V{"m-5", "m-3", "m-2", "m-1"}));
     EXPECT_EQ(ids({TaskState::kPending}), (V{"m-3", "m-2"}));
     EXPECT_EQ(ids({TaskState::kCompleted}), V{"m-4"});
     EXPECT_EQ(ids({}), V{});
@@ -609,8 +608,8 @@ TEST_F(CatalogTest, TransitionTaskFollowsTheTableExhaustively) {
         });
         auto next = Transition(expected, event);
         const bool should_win = actual == expected && next.has_value();
-        EXPECT_EQ(won, should_win) << ToString(actual) << " expected " << ToString(expected)
-                                   << " " << ToString(event);
+        EXPECT_EQ(won, should_win)
+            << ToString(actual) << " expected " << ToString(expected) << " " << ToString(event);
         Read([&](CatalogTx& tx) {
           EXPECT_EQ(tx.GetTaskByDestImage(id)->state, should_win ? *next : actual);
         });
@@ -906,9 +905,8 @@ TEST_F(CatalogTest, ConcurrentWriterProcessesLoseNothing) {
       kChildren, [&](int) { child_catalog = OpenSqliteCatalog(path_); },
       [&](int child) {
         for (int i = 0; i < kEach; ++i) {
-          child_catalog->Write([&](CatalogTx& tx) {
-            tx.AppendEvent(MakeEvent("Child" + std::to_string(child)));
-          });
+          child_catalog->Write(
+              [&](CatalogTx& tx) { tx.AppendEvent(MakeEvent("Child" + std::to_string(child))); });
         }
         return 0;
       });

@@ -77,8 +77,8 @@ class EngineTest : public ::testing::Test {
     limits.bandwidth = bandwidth;
     SlowCopy copy{Open(limits), {}, {}};
     copy.source = Import(*copy.engine, MakeFile("slow.raw", chunks * kChunk, seed));
-    copy.job = copy.engine->Replicate("default", copy.source.image.id, {"gz"}, std::nullopt,
-                                      std::nullopt);
+    copy.job =
+        copy.engine->Replicate("default", copy.source.image.id, {"gz"}, std::nullopt, std::nullopt);
     return copy;
   }
 
@@ -106,8 +106,8 @@ TEST_F(EngineTest, ReplicateToTwoRegionsIsByteIdentical) {
   auto engine = Open();
   auto file = MakeFile("a.raw", 20 * kChunk + 123, 1);
   auto source = Import(*engine, file);
-  auto job = engine->Replicate("default", source.image.id, {"gz", "su", "gz"}, std::nullopt,
-                               std::nullopt);
+  auto job =
+      engine->Replicate("default", source.image.id, {"gz", "su", "gz"}, std::nullopt, std::nullopt);
   ASSERT_EQ(job.tasks.size(), 2u);
   ASSERT_TRUE(engine->WaitIdle(30));
   job = engine->GetJob("default", job.id);
@@ -155,7 +155,8 @@ TEST_F(EngineTest, PerRegionCapQueuesTasksAsPending) {
     auto tb = engine->GetJob("default", job_b.id).tasks[0];
     int running = (ta.state == TaskState::kRunning) + (tb.state == TaskState::kRunning);
     EXPECT_LE(running, 1);
-    saw_queue = running == 1 && (ta.state == TaskState::kPending || tb.state == TaskState::kPending);
+    saw_queue =
+        running == 1 && (ta.state == TaskState::kPending || tb.state == TaskState::kPending);
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_TRUE(saw_queue);
@@ -214,8 +215,8 @@ TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
     f.put('\x5a');
     break;
   }
-  auto job = engine->Replicate("default", source.image.id, {"gz", "su"}, std::nullopt,
-                               std::nullopt);
+  auto job =
+      engine->Replicate("default", source.image.id, {"gz", "su"}, std::nullopt, std::nullopt);
   ASSERT_TRUE(engine->WaitIdle(30));
   job = engine->GetJob("default", job.id);
   EXPECT_EQ(StateOfJob(job.tasks), JobState::kFailed);
@@ -247,8 +248,8 @@ TEST_F(EngineTest, BrokenDestinationFailsOnlyItsOwnCopy) {
   fs::path hk = dir_ / "home" / "regions" / "hk";
   fs::remove_all(hk);
   std::ofstream(hk) << "not a directory";
-  auto job = engine->Replicate("default", source.image.id, {"gz", "hk"}, std::nullopt,
-                               std::nullopt);
+  auto job =
+      engine->Replicate("default", source.image.id, {"gz", "hk"}, std::nullopt, std::nullopt);
   ASSERT_TRUE(engine->WaitIdle(30));
   job = engine->GetJob("default", job.id);
   for (const auto& task : job.tasks) {
@@ -368,15 +369,13 @@ TEST_F(EngineTest, SourceIsLockedWhileCopiesAreInFlight) {
   expect_busy([&] { engine->Share("default", source.image.id, {"team-b"}); });
   expect_busy([&] { engine->Rename("default", source.image.id, "other"); });
   expect_busy([&] { engine->Delete("default", source.image.id); });
-  expect_busy([&] {
-    engine->Replicate("default", source.image.id, {"su"}, std::nullopt, std::nullopt);
-  });
+  expect_busy(
+      [&] { engine->Replicate("default", source.image.id, {"su"}, std::nullopt, std::nullopt); });
   // Reads still work.
   EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kReplicating);
   engine->CancelJob("default", job.id, std::nullopt);
   EXPECT_EQ(engine->GetImage("default", source.image.id).image.status, ImageStatus::kAvailable);
 }
-
 
 // The engine's waits are woken by the change they wait for (NotifyChanged), besides their
 // look every 100 ms for other processes; a timeout or the caller's token ends them.
@@ -399,8 +398,7 @@ TEST_F(EngineTest, WaitImageReturnsOnceTheStatusChanges) {
             ImageStatus::kAvailable);
 
   // The copy's image was deleted by the cancel: NoSuchImage, not a wait.
-  EXPECT_THROW(engine->WaitImage("default", job.tasks[0].dest_image_id, busy, 1),
-               NotFoundError);
+  EXPECT_THROW(engine->WaitImage("default", job.tasks[0].dest_image_id, busy, 1), NotFoundError);
 }
 
 TEST_F(EngineTest, WaitsEndAtTheirTimeoutOrTheCallersToken) {
@@ -476,11 +474,13 @@ TEST_F(EngineTest, ValidateOnlyGivesTheRealRequestsAnswerAndChangesNothing) {
        [&](bool v) { engine->Replicate("default", system.id, {"gz"}, {}, {}, v); }},
       {"replicate to its own region",
        [&](bool v) { engine->Replicate("default", image.id, {"bj"}, {}, {}, v); }},
-      {"replicate to no region", [&](bool v) { engine->Replicate("default", image.id, {}, {}, {}, v); }},
+      {"replicate to no region",
+       [&](bool v) { engine->Replicate("default", image.id, {}, {}, {}, v); }},
       {"share ok", [&](bool v) { engine->Share("default", image.id, {"bob"}, v); }},
       {"share with its owner", [&](bool v) { engine->Share("default", image.id, {"default"}, v); }},
       {"share a System image", [&](bool v) { engine->Share("default", system.id, {"bob"}, v); }},
-      {"unshare what is not shared", [&](bool v) { engine->Unshare("default", image.id, {"bob"}, v); }},
+      {"unshare what is not shared",
+       [&](bool v) { engine->Unshare("default", image.id, {"bob"}, v); }},
       {"rename ok", [&](bool v) { engine->Rename("default", image.id, "new-name", v); }},
       {"rename to nothing", [&](bool v) { engine->Rename("default", image.id, "", v); }},
       {"rename another's image", [&](bool v) { engine->Rename("bob", image.id, "x", v); }},

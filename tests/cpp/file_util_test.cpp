@@ -12,8 +12,8 @@
 #include <fstream>
 #include <string>
 
-#include "scratch_dir.hpp"
 #include "base/unique_fd.hpp"
+#include "scratch_dir.hpp"
 
 namespace imagerelay {
 namespace {
@@ -25,7 +25,8 @@ uintptr_t Address(const DirectIoBuffer& buffer) {
 }
 
 TEST(DirectIoBufferTest, SmallBuffersArePageAligned) {
-  for (size_t size : {size_t{1}, size_t{4095}, size_t{4096}, size_t{65537}, size_t{(2 << 20) - 1}}) {
+  for (size_t size :
+       {size_t{1}, size_t{4095}, size_t{4096}, size_t{65537}, size_t{(2 << 20) - 1}}) {
     DirectIoBuffer buffer = AllocateDirectIoBuffer(size);
     ASSERT_NE(buffer.get(), nullptr);
     EXPECT_EQ(Address(buffer) % kDirectIoAlign, 0u) << size;
@@ -108,7 +109,8 @@ TEST(TempNameTest, TellsWhetherTheWriterIsGone) {
   if (pid == 0) {
     const std::string name = TempName("m-abcd1234.json");
     ::_exit(::write(pipe_fds[1], name.data(), name.size()) == static_cast<ssize_t>(name.size())
-                ? 0 : 1);
+                ? 0
+                : 1);
   }
   ::close(pipe_fds[1]);
   char buf[256];
@@ -121,12 +123,12 @@ TEST(TempNameTest, TellsWhetherTheWriterIsGone) {
 
   // Names whose writer cannot be told: an older release's, another machine's, others.
   const std::string other_machine =
-      theirs.substr(0, theirs.size() - 16 - 1 - std::to_string(pid).size() - 1 - 8) +
-      "00000000-" + std::to_string(pid) + "-0123456789abcdef";
+      theirs.substr(0, theirs.size() - 16 - 1 - std::to_string(pid).size() - 1 - 8) + "00000000-" +
+      std::to_string(pid) + "-0123456789abcdef";
   ASSERT_EQ(other_machine.size(), theirs.size());
-  for (const std::string& name : {other_machine, std::string(".tmp-m-abcd1234.json-1-2"),
-                                  std::string(".tmp-x"), std::string(".tmp--"),
-                                  std::string("m-abcd1234.json"), std::string("")}) {
+  for (const std::string& name :
+       {other_machine, std::string(".tmp-m-abcd1234.json-1-2"), std::string(".tmp-x"),
+        std::string(".tmp--"), std::string("m-abcd1234.json"), std::string("")}) {
     EXPECT_FALSE(TempWriterIsGone(name)) << name;
   }
 }

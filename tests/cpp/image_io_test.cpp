@@ -20,8 +20,8 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "store/local_store.hpp"
 #include "scratch_dir.hpp"
+#include "store/local_store.hpp"
 
 namespace imagerelay {
 namespace {
@@ -200,8 +200,8 @@ TEST(ImageIoTest, MostlyEmptyFileDefersTheDigestToHashStoredImage) {
   options.defer_digest_hole_bytes = 100 * kChunk;  // the file has ~295 chunks of hole
   CancelToken cancel;
   IoProgress last;
-  Manifest m = ImportToStore(*source, store, options, cancel,
-                             [&](const IoProgress& p) { last = p; });
+  Manifest m =
+      ImportToStore(*source, store, options, cancel, [&](const IoProgress& p) { last = p; });
   EXPECT_EQ(m.digest, "");  // left for later
   EXPECT_EQ(last.bytes_done, size);
   EXPECT_EQ(HashStoredImage(store, m, "the test image", cancel), expected);
@@ -215,9 +215,9 @@ TEST(ImageIoTest, MostlyEmptyFileDefersTheDigestToHashStoredImage) {
   const std::string dense = RandomBytes(40 * kChunk, 3);
   WriteFile(dir / "dense.img", dense);
   options.defer_digest_hole_bytes = 1;
-  EXPECT_EQ(ImportToStore(*OpenFileSource(dir / "dense.img"), store, options, cancel, nullptr)
-                .digest,
-            "sha256:" + Sha256Hex(dense.data(), dense.size()));
+  EXPECT_EQ(
+      ImportToStore(*OpenFileSource(dir / "dense.img"), store, options, cancel, nullptr).digest,
+      "sha256:" + Sha256Hex(dense.data(), dense.size()));
 }
 
 TEST(ImageIoTest, HashStoredImageCatchesCorruptAndMissingChunks) {
@@ -226,8 +226,8 @@ TEST(ImageIoTest, HashStoredImageCatchesCorruptAndMissingChunks) {
   const std::string bytes = RandomBytes(30 * kChunk + 5, 4);
   WriteFile(dir / "in.img", bytes);
   CancelToken cancel;
-  Manifest m = ImportToStore(*OpenFileSource(dir / "in.img"), store, SmallChunks(), cancel,
-                             nullptr);
+  Manifest m =
+      ImportToStore(*OpenFileSource(dir / "in.img"), store, SmallChunks(), cancel, nullptr);
   EXPECT_EQ(HashStoredImage(store, m, "image x", cancel), m.digest);
 
   const std::string victim = m.Hash(17);
@@ -605,9 +605,11 @@ TEST(ImageIoTest, ExportNeverWritesThroughASymlinkNorOverASpecialFile) {
     ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
     ::close(s);
   }
-  std::vector<std::pair<std::string, std::string>> cases = {
-      {"link", "symbolic link"}, {"dangling", "symbolic link"}, {"subdir", "a directory"},
-      {"fifo", "a FIFO"},        {"sock", "a socket"}};
+  std::vector<std::pair<std::string, std::string>> cases = {{"link", "symbolic link"},
+                                                            {"dangling", "symbolic link"},
+                                                            {"subdir", "a directory"},
+                                                            {"fifo", "a FIFO"},
+                                                            {"sock", "a socket"}};
   if (::geteuid() == 0) {  // as /dev/full, which an export as root used to replace
     ASSERT_EQ(::mknod((dir / "full").c_str(), S_IFCHR | 0666, makedev(1, 7)), 0);
     cases.emplace_back("full", "a character device");
@@ -652,8 +654,9 @@ TEST(ImageIoTest, KilledExportLeavesANamedTemporaryThatTheNextExportRemoves) {
   if (child == 0) {
     CancelToken cancel;
     try {
-      ExportFromStore(store, m, dir / "out.img", cancel,
-                      [](const IoProgress&) { ::kill(::getpid(), SIGKILL); }, true);
+      ExportFromStore(
+          store, m, dir / "out.img", cancel, [](const IoProgress&) { ::kill(::getpid(), SIGKILL); },
+          true);
     } catch (...) {
     }
     ::_exit(3);  // not killed: the parent's checks fail

@@ -23,15 +23,15 @@ TEST(LeaseTest, AHolderIsAliveUntilItsTimeUnlessItsProcessHereIsGone) {
   const std::string host = "host-a";
   const std::string self = host + ":" + std::to_string(::getpid()) + ":me";
   const TimeUs now = 1'000'000;
-  EXPECT_FALSE(LeaseHolderAlive({"", now + 10}, now, host, self));          // nobody
-  EXPECT_FALSE(LeaseHolderAlive({self, now - 1}, now, host, self));         // expired
-  EXPECT_TRUE(LeaseHolderAlive({self, now + 10}, now, host, self));         // this worker
+  EXPECT_FALSE(LeaseHolderAlive({"", now + 10}, now, host, self));           // nobody
+  EXPECT_FALSE(LeaseHolderAlive({self, now - 1}, now, host, self));          // expired
+  EXPECT_TRUE(LeaseHolderAlive({self, now + 10}, now, host, self));          // this worker
   EXPECT_TRUE(LeaseHolderAlive({"host-b:1:x", now + 10}, now, host, self));  // cannot tell
   // A process of this host that no longer exists (pid_max is far below this).
   EXPECT_FALSE(LeaseHolderAlive({host + ":2147483600:x", now + 10}, now, host, self));
   // Another live process here (this one, under another nonce).
-  EXPECT_TRUE(LeaseHolderAlive({host + ":" + std::to_string(::getpid()) + ":other", now + 10},
-                               now, host, self));
+  EXPECT_TRUE(LeaseHolderAlive({host + ":" + std::to_string(::getpid()) + ":other", now + 10}, now,
+                               host, self));
 }
 
 }  // namespace

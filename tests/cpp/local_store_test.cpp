@@ -180,7 +180,8 @@ TEST(LocalStoreTest, AFirstReleaseManifestIsReadListedAndDeleted) {
   store.Check();
   const std::string h(64, 'c');
   std::ofstream(dir.path() / "manifests" / "m-0000abcd.json")
-      << R"({"version":1,"size":10,"chunk_size":4194304,"digest":null,"chunks":[")" << h << R"("]})";
+      << R"({"version":1,"size":10,"chunk_size":4194304,"digest":null,"chunks":[")" << h
+      << R"("]})";
   EXPECT_EQ(store.ListManifests(), std::vector<std::string>{"m-0000abcd"});
   const std::optional<Manifest> m = store.GetManifest("m-0000abcd");
   ASSERT_TRUE(m);
@@ -196,11 +197,17 @@ TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
   LocalStore store(dir.path() / "store");
   store.Check();
   const std::vector<std::string> bad_hashes = {
-      "", "../x", "/etc/passwd", "../../../../../../etc/passwd",
-      std::string(64, 'A'), std::string(63, 'a'), std::string(65, 'a'),
+      "",
+      "../x",
+      "/etc/passwd",
+      "../../../../../../etc/passwd",
+      std::string(64, 'A'),
+      std::string(63, 'a'),
+      std::string(65, 'a'),
       std::string(63, 'a') + '/',
       std::string(32, 'a') + std::string(1, '\0') + std::string(31, 'a'),
-      "..", std::string(62, 'a') + "..",
+      "..",
+      std::string(62, 'a') + "..",
   };
   auto data = RandomBytes(10, 4);
   std::vector<std::byte> out;
@@ -211,8 +218,19 @@ TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
     EXPECT_THROW(store.DeleteChunk(h), ValidationError) << h;
   }
   const std::vector<std::string> bad_ids = {
-      "", "../x", "/abs/path", "m-1234567", "m-123456789", "m-ABCDEFGH", "m-1234/678",
-      "m-../../..", std::string("m-1234\0" "678", 10), "x-12345678", "m-12345678/",
+      "",
+      "../x",
+      "/abs/path",
+      "m-1234567",
+      "m-123456789",
+      "m-ABCDEFGH",
+      "m-1234/678",
+      "m-../../..",
+      std::string("m-1234\0"
+                  "678",
+                  10),
+      "x-12345678",
+      "m-12345678/",
   };
   Manifest m = OneChunkManifest(std::string(64, 'a'), 1);
   for (const auto& id : bad_ids) {
@@ -488,8 +506,8 @@ void ExpectUnavailable(Fn fn, const std::string& says) {
 }
 
 size_t EntriesIn(const fs::path& dir) {
-  return static_cast<size_t>(std::distance(fs::recursive_directory_iterator(dir),
-                                           fs::recursive_directory_iterator()));
+  return static_cast<size_t>(
+      std::distance(fs::recursive_directory_iterator(dir), fs::recursive_directory_iterator()));
 }
 
 TEST(LocalStoreTest, ALinkedPrefixDirectoryIsNeverFollowed) {
@@ -515,10 +533,12 @@ TEST(LocalStoreTest, ALinkedPrefixDirectoryIsNeverFollowed) {
   ExpectUnavailable([&] { store.HasChunk(victim); }, prefix_dir.string());
   std::vector<std::byte> out;
   ExpectUnavailable([&] { store.GetChunk(victim, out); }, prefix_dir.string());
-  ExpectUnavailable([&] {
-    store.PutChunk(ha, a);
-    store.Flush();
-  }, prefix_dir.string());
+  ExpectUnavailable(
+      [&] {
+        store.PutChunk(ha, a);
+        store.Flush();
+      },
+      prefix_dir.string());
   EXPECT_EQ(EntriesIn(outside), 1u);
   ExpectUnavailable([&] { store.Check(); }, "symbolic link");
 }
@@ -711,9 +731,8 @@ TEST(LocalStoreTrustTest, ATouchedChunkIsRecheckedAndADamagedOneQuarantined) {
   ScratchDir dir;
   LocalStore store(dir.path());
   std::vector<std::string> reported;
-  store.SetDamageHandler([&](const std::string& hash, const std::string&) {
-    reported.push_back(hash);
-  });
+  store.SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
   auto a = RandomBytes(10000, 7);
   auto b = RandomBytes(10000, 8);
   const std::string ha = HashOf(a), hb = HashOf(b);
@@ -744,8 +763,9 @@ TEST(LocalStoreTrustTest, ATouchedChunkIsRecheckedAndADamagedOneQuarantined) {
   EXPECT_EQ(reported, std::vector<std::string>{hb});
   EXPECT_FALSE(fs::exists(store.ChunkPath(hb)));
   ASSERT_TRUE(fs::exists(dir.path() / "quarantine"));
-  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path() / "quarantine"),
-                          fs::directory_iterator{}), 1);
+  EXPECT_EQ(
+      std::distance(fs::directory_iterator(dir.path() / "quarantine"), fs::directory_iterator{}),
+      1);
   store.PutChunk(hb, b);
   store.Flush();
   std::vector<std::byte> out;

@@ -10,8 +10,8 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "store/local_store.hpp"
 #include "scratch_dir.hpp"
+#include "store/local_store.hpp"
 
 namespace imagerelay {
 namespace {
@@ -186,9 +186,8 @@ TEST(PackStoreTest, ATouchedPackIsRecheckedAndItsBadBlocksForgottenAndReported) 
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path(), 64 * kBlock);
   std::vector<std::string> reported;
-  store->SetDamageHandler([&](const std::string& hash, const std::string&) {
-    reported.push_back(hash);
-  });
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
   std::vector<std::vector<std::byte>> blocks;
   for (uint32_t i = 0; i < 4; ++i) blocks.push_back(RandomBlock(i));
   std::vector<std::string> hashes;
@@ -245,9 +244,8 @@ TEST(PackStoreTest, AVanishedPackReportsItsBlocks) {
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path());
   std::vector<std::string> reported;
-  store->SetDamageHandler([&](const std::string& hash, const std::string&) {
-    reported.push_back(hash);
-  });
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
   auto a = RandomBlock(1);
   store->PutChunk(HashOf(a), a);
   store->Flush();

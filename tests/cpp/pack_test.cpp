@@ -114,7 +114,7 @@ TEST(PackTest, AFooterClaimingAnImpossibleBlockIsRefused) {
     std::byte* entries = pack.data() + pack.size() - kPackTrailerSize - count * kPackEntrySize;
     std::byte* raw_length = entries + 44;  // of the first entry
     const uint32_t huge = 0xfffffff0u;
-    std::memcpy(raw_length, &huge, 4);    // little endian on this machine
+    std::memcpy(raw_length, &huge, 4);  // little endian on this machine
     entries[48] = std::byte{compressed ? uint8_t{1} : uint8_t{0}};
     const std::string digest = Sha256Hex(entries, count * kPackEntrySize);
     std::byte* digest_at = entries + count * kPackEntrySize + 4;

@@ -35,8 +35,8 @@ ReplicateFacts Regions() { return {{"bj", "gz", "su"}}; }
 
 TEST(IdsTest, Formats) {
   EXPECT_TRUE(IsValidImageId("m-0a1b2c3d"));
-  for (const char* bad : {"m-ABCDEFGH", "m-abc", "x-abcdefgh", "m-abcdefgh1", "../m-abcdef",
-                          "m-abc/efgh", ""}) {
+  for (const char* bad :
+       {"m-ABCDEFGH", "m-abc", "x-abcdefgh", "m-abcdefgh1", "../m-abcdef", "m-abc/efgh", ""}) {
     EXPECT_FALSE(IsValidImageId(bad)) << bad;
   }
   EXPECT_FALSE(IsValidImageId(std::string("m-abc\0efgh", 10)));
@@ -50,8 +50,8 @@ TEST(IdsTest, Formats) {
   EXPECT_TRUE(CheckJobIdFormat("j-0a1b2c3d").empty());
   EXPECT_TRUE(IsValidRegionId("bj"));
   EXPECT_TRUE(IsValidRegionId("cn-north-1"));
-  for (const char* bad : {"b", "Bj", "1bj", "bj/..", "../bj", "/bj", "b j",
-                          "abcdefghijklmnopqrstuvwxyzabcdefg"}) {
+  for (const char* bad :
+       {"b", "Bj", "1bj", "bj/..", "../bj", "/bj", "b j", "abcdefghijklmnopqrstuvwxyzabcdefg"}) {
     EXPECT_FALSE(IsValidRegionId(bad)) << bad;
   }
   EXPECT_TRUE(IsValidAccountId("team-b"));
@@ -178,8 +178,8 @@ TEST(ShareRulesTest, EachRuleHasItsCode) {
 
 TEST(ShareRulesTest, DuplicatesAreFoldedAndAllProblemsListed) {
   Limits limits;
-  auto problems = CheckShare(Custom(), "alice", {"ghost", "alice", "ghost"},
-                             Facts({"alice"}), limits);
+  auto problems =
+      CheckShare(Custom(), "alice", {"ghost", "alice", "ghost"}, Facts({"alice"}), limits);
   EXPECT_EQ(Codes(problems),
             (std::vector<std::string>{codes::kInvalidAccount, codes::kCannotShareToOwner}));
 }
@@ -199,8 +199,7 @@ TEST(UnshareRulesTest, Codes) {
 
 TEST(DeleteRulesTest, Codes) {
   EXPECT_TRUE(CheckDelete(Custom(), "alice", 0).empty());
-  EXPECT_EQ(Codes(CheckDelete(Custom(), "bob", 0)),
-            std::vector<std::string>{codes::kAccessDenied});
+  EXPECT_EQ(Codes(CheckDelete(Custom(), "bob", 0)), std::vector<std::string>{codes::kAccessDenied});
   EXPECT_EQ(Codes(CheckDelete(System(), "bob", 0)),
             std::vector<std::string>{codes::kUnCustomImageCannotBeDeleted});
   Image creating = Custom();

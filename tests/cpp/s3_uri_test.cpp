@@ -2,8 +2,8 @@
 #include <gtest/gtest.h>
 
 #include "imagerelay/error.hpp"
-#include "store/pack_store.hpp"
 #include "net/s3_client.hpp"
+#include "store/pack_store.hpp"
 #include "store/s3_store.hpp"
 
 namespace imagerelay {

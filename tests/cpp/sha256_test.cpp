@@ -10,8 +10,7 @@ namespace imagerelay {
 namespace {
 
 TEST(Sha256Test, KnownVectors) {
-  EXPECT_EQ(Sha256Hex("", 0),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(Sha256Hex("", 0), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(Sha256Hex("abc", 3),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   const std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
@@ -43,8 +42,8 @@ TEST(Sha256Test, MovedHashKeepsState) {
 }
 
 TEST(Sha256Test, UpdateZerosEqualsUpdateOfZeros) {
-  for (uint64_t n : {0ULL, 1ULL, 63ULL, 64ULL, 65ULL, 1ULL << 20, (1ULL << 20) + 1,
-                     (3ULL << 20) + 12345}) {
+  for (uint64_t n :
+       {0ULL, 1ULL, 63ULL, 64ULL, 65ULL, 1ULL << 20, (1ULL << 20) + 1, (3ULL << 20) + 12345}) {
     std::vector<char> zeros(n, 0);
     Sha256 a;
     a.Update("x", 1);

@@ -95,11 +95,9 @@ Task WithState(TaskState s) {
 TEST(StateTest, JobStateFollowsItsTasks) {
   using S = TaskState;
   EXPECT_EQ(StateOfJob({WithState(S::kPending), WithState(S::kCompleted)}), JobState::kRunning);
-  EXPECT_EQ(StateOfJob({WithState(S::kCompleted), WithState(S::kCompleted)}),
-            JobState::kCompleted);
+  EXPECT_EQ(StateOfJob({WithState(S::kCompleted), WithState(S::kCompleted)}), JobState::kCompleted);
   EXPECT_EQ(StateOfJob({WithState(S::kFailed), WithState(S::kCompleted)}), JobState::kFailed);
-  EXPECT_EQ(StateOfJob({WithState(S::kCancelled), WithState(S::kCancelled)}),
-            JobState::kCancelled);
+  EXPECT_EQ(StateOfJob({WithState(S::kCancelled), WithState(S::kCancelled)}), JobState::kCancelled);
   EXPECT_EQ(StateOfJob({WithState(S::kCancelled), WithState(S::kCompleted)}),
             JobState::kPartiallyCompleted);
   EXPECT_EQ(StateOfJob({WithState(S::kRunning), WithState(S::kFailed)}), JobState::kRunning);

@@ -6,8 +6,8 @@
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "imagerelay/store.hpp"
-#include "store/local_store.hpp"
 #include "scratch_dir.hpp"
+#include "store/local_store.hpp"
 
 namespace imagerelay {
 namespace {

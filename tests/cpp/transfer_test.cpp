@@ -16,13 +16,13 @@
 #include <span>
 #include <string>
 #include <thread>
-#include <utility>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
+#include "base/token_bucket.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "base/token_bucket.hpp"
 
 namespace imagerelay {
 namespace {
@@ -274,8 +274,7 @@ struct TestImage {
   std::vector<std::vector<std::byte>> bytes;  // per entry, empty for zero chunks
 };
 
-TestImage MakeImage(FakeStore& source, const std::vector<int>& seeds,
-                    uint64_t last_len = kChunk) {
+TestImage MakeImage(FakeStore& source, const std::vector<int>& seeds, uint64_t last_len = kChunk) {
   TestImage image;
   uint64_t size = 0;
   for (size_t i = 0; i < seeds.size(); ++i) {
@@ -921,8 +920,7 @@ TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(8), kChunk);
   FakeStore dest("fake://dest");
-  std::unordered_set<std::string> known(image.hashes.begin(),
-                                        image.hashes.end());
+  std::unordered_set<std::string> known(image.hashes.begin(), image.hashes.end());
   for (int i = 0; i < 8; ++i) {
     if (i == 3) continue;  // deleted behind our back
     if (i == 5) {          // truncated

@@ -12,13 +12,13 @@
 #include <fstream>
 #include <random>
 
+#include "first_release_json.hpp"
 #include "imagerelay/engine.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/store.hpp"
+#include "scratch_dir.hpp"
 #include "store/local_store.hpp"
 #include "store/pack_store.hpp"
-#include "first_release_json.hpp"
-#include "scratch_dir.hpp"
 
 namespace imagerelay {
 namespace {

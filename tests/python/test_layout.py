@@ -87,3 +87,21 @@ def test_the_python_modules_import_without_cycles() -> None:
 
     cycles = [c for m in sorted(modules) if m and (c := cycle_from(m))]
     assert not cycles, "import cycle: " + " -> ".join(cycles[0])
+
+
+def test_the_cpp_tree_is_formatted() -> None:
+    # .clang-format is the house style; scripts/install-deps.sh installs clang-format.
+    import shutil
+    import subprocess
+
+    clang_format = shutil.which("clang-format")
+    assert clang_format, "clang-format is missing: run scripts/install-deps.sh"
+    files = subprocess.run(
+        ["git", "ls-files", "cpp/*.cpp", "cpp/*.hpp", "bindings/*.cpp", "bindings/*.hpp",
+         "tests/cpp/*.cpp", "tests/cpp/*.hpp", "bench/*.cpp"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert files
+    proc = subprocess.run([clang_format, "--dry-run", "--Werror", *files], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, (
+        "not clang-formatted (clang-format -i FILE):\n" + proc.stderr[:3000])

@@ -108,7 +108,8 @@ class CatalogTx {
   virtual int64_t SweepNeededMark(const std::string& region) = 0;
   virtual void ClearSweepNeeded(const std::string& region, int64_t mark) = 0;
   // The sweep lease's holder and expiry, if held.
-  virtual std::optional<std::pair<std::string, TimeUs>> GetSweepLease(const std::string& region) = 0;
+  virtual std::optional<std::pair<std::string, TimeUs>> GetSweepLease(
+      const std::string& region) = 0;
 
   // The digest of an image's chunk list (Manifest::ChunkListDigest), recorded when the
   // image's manifest was committed: a manifest read back from a store must match it, so a

@@ -45,8 +45,8 @@ struct ScrubReport {
 // An image as one account sees it.
 struct ImageView {
   Image image;
-  std::string type;                 // "System", "Custom" or "Sharing" (as a recipient sees it)
-  std::optional<double> progress;   // 0-100 while a destination copy is in flight
+  std::string type;                // "System", "Custom" or "Sharing" (as a recipient sees it)
+  std::optional<double> progress;  // 0-100 while a destination copy is in flight
 };
 
 // A request as a policy sees it (API.md add_rule).
@@ -79,8 +79,7 @@ class Engine {
   // <home>/credentials/<region>.json (mode 0600), never in the catalog, the region's store
   // URI or its listing.
   Region AddRegion(const std::string& id, const std::string& store_uri, const std::string& name,
-                   const std::string& access_key_id = "",
-                   const std::string& secret_access_key = "",
+                   const std::string& access_key_id = "", const std::string& secret_access_key = "",
                    const std::string& session_token = "");
   std::vector<Region> Regions();
   Region GetRegion(const std::string& id);
@@ -97,7 +96,8 @@ class Engine {
                         bool system, const CancelToken* cancel = nullptr,
                         const ProgressFn& progress = {});
   // image_type: All, System, Custom, Sharing.
-  std::vector<ImageView> Images(const std::string& account, const std::optional<std::string>& region,
+  std::vector<ImageView> Images(const std::string& account,
+                                const std::optional<std::string>& region,
                                 const std::string& image_type,
                                 const std::optional<std::string>& name);
   ImageView GetImage(const std::string& account, const std::string& image_id);
@@ -110,8 +110,7 @@ class Engine {
   std::vector<std::string> SharedUsers(const std::string& account, const std::string& image_id);
   void Rename(const std::string& account, const std::string& image_id, const std::string& name,
               bool validate_only = false);
-  void Delete(const std::string& account, const std::string& image_id,
-              bool validate_only = false);
+  void Delete(const std::string& account, const std::string& image_id, bool validate_only = false);
   // `cancel` stops an export early (Error(Transfer.Failed); `path` is left as it was) and a
   // verification (Error(Transfer.Failed), nothing recorded). An export's `progress` is
   // called from its thread about every 100 ms. An export writes only a new regular file, or

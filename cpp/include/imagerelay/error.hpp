@@ -55,6 +55,8 @@ class Error : public std::runtime_error {
   std::vector<Problem> problems_;
 };
 
+// One line each: the classes say nothing but their kind.
+// clang-format off
 class ValidationError : public Error { using Error::Error; };
 class NotFoundError : public Error { using Error::Error; };
 class PermissionDeniedError : public Error { using Error::Error; };
@@ -63,6 +65,7 @@ class ConflictError : public Error { using Error::Error; };
 class QuotaExceededError : public Error { using Error::Error; };
 class TransferError : public Error { using Error::Error; };
 class IntegrityError : public TransferError { using TransferError::TransferError; };
+// clang-format on
 
 // Throws the exception class of problems[0].code, carrying every problem. No-op if empty.
 void ThrowIfAny(const std::vector<Problem>& problems);

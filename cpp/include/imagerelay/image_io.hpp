@@ -62,13 +62,13 @@ struct IoProgress {
   uint64_t bytes_transferred = 0;  // of the image, written to the store (not there before)
   uint64_t bytes_sent = 0;         // what the store wrote for them, compressed: the wire
   uint64_t chunks_total = 0;
-  uint64_t chunks_skipped = 0;     // zero or already present
+  uint64_t chunks_skipped = 0;  // zero or already present
 };
 using ProgressFn = std::function<void(const IoProgress&)>;
 
 struct ImportOptions {
   uint64_t chunk_size = 64ULL << 10;
-  int threads = 2;                         // hashing/writing workers
+  int threads = 2;                        // hashing/writing workers
   uint64_t buffer_memory = 256ULL << 20;  // cap on chunk buffers in flight
   // Hashing a hole's zeros into the whole-image digest costs as much as hashing data, so a
   // mostly-empty image would import at the speed of its virtual size. When the source's

@@ -36,8 +36,8 @@ struct Manifest {
   std::shared_ptr<BlockList> blocks;  // count() == ceil(size / chunk_size)
 
   // A manifest over `hashes` (64 lowercase hex digits each, "" = hole), held in memory.
-  static Manifest InMemory(uint64_t size, uint64_t chunk_size, const std::vector<std::string>& hashes,
-                           std::string digest = "");
+  static Manifest InMemory(uint64_t size, uint64_t chunk_size,
+                           const std::vector<std::string>& hashes, std::string digest = "");
 
   uint64_t count() const { return blocks ? blocks->count() : 0; }
   // Bytes in chunk i (the last one may be short).

@@ -12,7 +12,14 @@ namespace imagerelay {
 enum class ImageType { kSystem, kCustom };
 // kNotAvailable (BCC's NotAvailable): stored bytes were found damaged; `Image::error` says
 // which and where; a scrub that repairs them makes the image Available again.
-enum class ImageStatus { kCreating, kAvailable, kReplicating, kCreateFailed, kDeleted, kNotAvailable };
+enum class ImageStatus {
+  kCreating,
+  kAvailable,
+  kReplicating,
+  kCreateFailed,
+  kDeleted,
+  kNotAvailable
+};
 enum class TaskState { kPending, kRunning, kCompleted, kFailed, kCancelled };
 enum class JobState { kRunning, kCompleted, kFailed, kCancelled, kPartiallyCompleted };
 

@@ -55,8 +55,8 @@ struct ImportRequest {
 
 // Checks the request fields; `region_exists` and the source size come from the engine
 // (size_known=false when the source could not be opened: that problem is reported apart).
-std::vector<Problem> CheckImport(const ImportRequest& request, bool region_exists,
-                                 bool size_known, uint64_t size, const Limits& limits);
+std::vector<Problem> CheckImport(const ImportRequest& request, bool region_exists, bool size_known,
+                                 uint64_t size, const Limits& limits);
 
 struct ReplicateFacts {
   std::set<std::string> known_regions;
@@ -73,15 +73,14 @@ struct ShareFacts {
   std::map<std::string, int> accepted_in_region;  // account -> images shared to it there
 };
 std::vector<Problem> CheckShare(const Image& image, const std::string& caller,
-                                const std::vector<std::string>& accounts,
-                                const ShareFacts& facts, const Limits& limits);
+                                const std::vector<std::string>& accounts, const ShareFacts& facts,
+                                const Limits& limits);
 std::vector<Problem> CheckUnshare(const Image& image, const std::string& caller,
                                   const std::vector<std::string>& accounts,
                                   const ShareFacts& facts);
 std::vector<Problem> CheckRename(const Image& image, const std::string& caller,
                                  const std::string& name);
-std::vector<Problem> CheckDelete(const Image& image, const std::string& caller,
-                                 size_t share_count);
+std::vector<Problem> CheckDelete(const Image& image, const std::string& caller, size_t share_count);
 // Only the owner may list who an image is shared with.
 std::vector<Problem> CheckSharedUsers(const Image& image, const std::string& caller);
 

@@ -10,25 +10,25 @@
 namespace imagerelay {
 
 enum class ImageEvent {
-  kImportSucceeded,   // Creating -> Available
-  kImportFailed,      // Creating -> CreateFailed
-  kCopyStarted,       // Available -> Replicating (source with copies in flight)
-  kCopiesSettled,     // Replicating -> Available (source: no copy in flight)
-  kCopyCompleted,     // Replicating -> Available (destination)
-  kCopyFailed,        // Replicating -> CreateFailed (destination)
-  kCopyCancelled,     // Replicating -> Deleted (destination removed)
-  kDeleted,           // Available | CreateFailed | NotAvailable -> Deleted
-  kDamageFound,       // Available | Replicating (source) -> NotAvailable (a block it needs
-                      // failed its check)
-  kRepaired,          // NotAvailable -> Available (every block present and verified again)
+  kImportSucceeded,  // Creating -> Available
+  kImportFailed,     // Creating -> CreateFailed
+  kCopyStarted,      // Available -> Replicating (source with copies in flight)
+  kCopiesSettled,    // Replicating -> Available (source: no copy in flight)
+  kCopyCompleted,    // Replicating -> Available (destination)
+  kCopyFailed,       // Replicating -> CreateFailed (destination)
+  kCopyCancelled,    // Replicating -> Deleted (destination removed)
+  kDeleted,          // Available | CreateFailed | NotAvailable -> Deleted
+  kDamageFound,      // Available | Replicating (source) -> NotAvailable (a block it needs
+                     // failed its check)
+  kRepaired,         // NotAvailable -> Available (every block present and verified again)
 };
 
 enum class TaskEvent {
-  kStart,      // Pending -> Running
-  kComplete,   // Running -> Completed
-  kFail,       // Running -> Failed
-  kCancel,     // Pending | Running -> Cancelled
-  kTakeOver,   // Running -> Running (new worker after an expired lease)
+  kStart,     // Pending -> Running
+  kComplete,  // Running -> Completed
+  kFail,      // Running -> Failed
+  kCancel,    // Pending | Running -> Cancelled
+  kTakeOver,  // Running -> Running (new worker after an expired lease)
 };
 
 std::optional<ImageStatus> Transition(ImageStatus from, ImageEvent event);
@@ -45,8 +45,8 @@ inline constexpr TaskEvent kAllTaskEvents[] = {TaskEvent::kStart, TaskEvent::kCo
                                                TaskEvent::kFail, TaskEvent::kCancel,
                                                TaskEvent::kTakeOver};
 inline constexpr ImageStatus kAllImageStatuses[] = {
-    ImageStatus::kCreating, ImageStatus::kAvailable, ImageStatus::kReplicating,
-    ImageStatus::kCreateFailed, ImageStatus::kDeleted, ImageStatus::kNotAvailable};
+    ImageStatus::kCreating,     ImageStatus::kAvailable, ImageStatus::kReplicating,
+    ImageStatus::kCreateFailed, ImageStatus::kDeleted,   ImageStatus::kNotAvailable};
 inline constexpr TaskState kAllTaskStates[] = {TaskState::kPending, TaskState::kRunning,
                                                TaskState::kCompleted, TaskState::kFailed,
                                                TaskState::kCancelled};

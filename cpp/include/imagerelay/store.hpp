@@ -85,7 +85,7 @@ class Store {
   // (or PutManifest, which flushes first) returns. Returns the bytes the store writes for it
   // (compressed, if it compresses: what goes over the wire or onto the disk).
   virtual uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
-                        const CancelToken* cancel = nullptr) = 0;
+                            const CancelToken* cancel = nullptr) = 0;
   // Makes every chunk put so far durable and visible. `cancel`, if it fires, aborts a write
   // in flight (throwing Cancelled): the chunks it held are then simply not there.
   virtual void Flush(const CancelToken* /*cancel*/ = nullptr) {}
@@ -112,8 +112,8 @@ class Store {
   // once the store proves its bytes hash to `hash`; one that does not is removed at once
   // (IntegrityError). Returns false when the stores cannot copy between them: the caller
   // then reads and verifies the bytes itself.
-  virtual bool CopyChunkFrom(Store& /*source*/, const std::string& /*hash*/,
-                             uint64_t /*length*/, const CancelToken* /*cancel*/) {
+  virtual bool CopyChunkFrom(Store& /*source*/, const std::string& /*hash*/, uint64_t /*length*/,
+                             const CancelToken* /*cancel*/) {
     return false;
   }
   virtual void DeleteChunk(const std::string& hash) = 0;

@@ -105,24 +105,17 @@ template <typename E>
 [[noreturn]] void ThrowKind(const std::string& code, const std::string& message,
                             std::vector<Problem> problems) {
   switch (KindOfCode(code)) {
-    case ErrorKind::kValidation:
-      Throw<ValidationError>(code, message, std::move(problems));
-    case ErrorKind::kNotFound:
-      Throw<NotFoundError>(code, message, std::move(problems));
+    case ErrorKind::kValidation: Throw<ValidationError>(code, message, std::move(problems));
+    case ErrorKind::kNotFound: Throw<NotFoundError>(code, message, std::move(problems));
     case ErrorKind::kPermissionDenied:
       Throw<PermissionDeniedError>(code, message, std::move(problems));
-    case ErrorKind::kImageBusy:
-      Throw<ImageBusyError>(code, message, std::move(problems));
-    case ErrorKind::kConflict:
-      Throw<ConflictError>(code, message, std::move(problems));
-    case ErrorKind::kQuotaExceeded:
-      Throw<QuotaExceededError>(code, message, std::move(problems));
-    case ErrorKind::kIntegrity:
-      Throw<IntegrityError>(code, message, std::move(problems));
+    case ErrorKind::kImageBusy: Throw<ImageBusyError>(code, message, std::move(problems));
+    case ErrorKind::kConflict: Throw<ConflictError>(code, message, std::move(problems));
+    case ErrorKind::kQuotaExceeded: Throw<QuotaExceededError>(code, message, std::move(problems));
+    case ErrorKind::kIntegrity: Throw<IntegrityError>(code, message, std::move(problems));
     case ErrorKind::kTransfer:
     case ErrorKind::kReplicationFailed:
-    case ErrorKind::kTimeout:
-      break;
+    case ErrorKind::kTimeout: break;
   }
   Throw<TransferError>(code, message, std::move(problems));
 }

@@ -16,8 +16,8 @@
 #include <new>
 #include <random>
 
-#include "imagerelay/sha256.hpp"
 #include "base/unique_fd.hpp"
+#include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
 namespace {
@@ -123,12 +123,12 @@ void UnmapDeleter::operator()(std::byte* p) const {
 
 DirectIoBuffer AllocateDirectIoBuffer(size_t size) {
   constexpr size_t kHugePage = 2 << 20;
-  const size_t rounded =
-      std::max<size_t>(kDirectIoAlign, (size + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign);
+  const size_t rounded = std::max<size_t>(
+      kDirectIoAlign, (size + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign);
   // Reserve a huge page more than needed, then give back what lies outside the aligned part.
   const size_t slack = rounded >= kHugePage ? kHugePage : 0;
-  void* mapped = ::mmap(nullptr, rounded + slack, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* mapped =
+      ::mmap(nullptr, rounded + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) throw std::bad_alloc();
   auto* base = static_cast<std::byte*>(mapped);
   std::byte* start = base;
@@ -175,13 +175,12 @@ std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
                                   const std::string& name, std::span<const std::byte> data,
                                   mode_t mode) {
   return WriteFileAtomicallyAt(
-      dir_fd, dir, name, [&](int fd) { return PwriteAll(fd, data.data(), data.size(), 0); },
-      mode);
+      dir_fd, dir, name, [&](int fd) { return PwriteAll(fd, data.data(), data.size(), 0); }, mode);
 }
 
 std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
-                                  const std::string& name,
-                                  const std::function<int(int fd)>& write, mode_t mode) {
+                                  const std::string& name, const std::function<int(int fd)>& write,
+                                  mode_t mode) {
   const std::string tmp_name = TempName(name);
   const std::filesystem::path tmp = dir / tmp_name;
   UniqueFd fd(::openat(dir_fd, tmp_name.c_str(),

@@ -73,8 +73,8 @@ std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
 // The same with the content written by `write(fd)`, which returns 0 or an errno: a file too
 // large to hold in memory goes to disk as it is produced.
 std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
-                                  const std::string& name,
-                                  const std::function<int(int fd)>& write, mode_t mode = 0644);
+                                  const std::string& name, const std::function<int(int fd)>& write,
+                                  mode_t mode = 0644);
 
 // What kind of file `mode` (st_mode) describes, for messages: "a regular file", "a directory",
 // "a symbolic link", "a FIFO", "a socket", "a character device", "a block device".

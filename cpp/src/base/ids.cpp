@@ -69,8 +69,8 @@ std::string NewJobId() { return RandomId('j'); }
 
 bool IsLowerHex(std::string_view s, size_t length) {
   return s.size() == length && std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-  });
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 std::string RandomHex(size_t bytes) {

@@ -44,13 +44,13 @@ int ListDirectory(int dir_fd, std::vector<DirEntry>& out) {
     if (entry == nullptr) return errno;
     std::string_view name = entry->d_name;
     if (name == "." || name == "..") continue;
-    EntryKind kind = entry->d_type == DT_REG ? EntryKind::kFile
+    EntryKind kind = entry->d_type == DT_REG   ? EntryKind::kFile
                      : entry->d_type == DT_DIR ? EntryKind::kDirectory
                                                : EntryKind::kOther;
     struct stat st;
     if (entry->d_type == DT_UNKNOWN &&
         ::fstatat(dir_fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-      kind = S_ISREG(st.st_mode) ? EntryKind::kFile
+      kind = S_ISREG(st.st_mode)   ? EntryKind::kFile
              : S_ISDIR(st.st_mode) ? EntryKind::kDirectory
                                    : EntryKind::kOther;
     }
@@ -58,9 +58,7 @@ int ListDirectory(int dir_fd, std::vector<DirEntry>& out) {
   }
 }
 
-bool IsPrefixName(std::string_view name) {
-  return IsLowerHex(name, 2);
-}
+bool IsPrefixName(std::string_view name) { return IsLowerHex(name, 2); }
 
 void RemoveStaleTemps(int dir_fd) {
   std::vector<DirEntry> entries;
@@ -77,6 +75,5 @@ void RemoveStaleTemps(int dir_fd) {
     ::unlinkat(dir_fd, entry.name.c_str(), 0);
   }
 }
-
 
 }  // namespace imagerelay

@@ -58,9 +58,7 @@ std::string_view ToString(ImageStatus v) { return Lookup(kImageStatuses, v); }
 std::string_view ToString(TaskState v) { return Lookup(kTaskStates, v); }
 std::string_view ToString(JobState v) { return Lookup(kJobStates, v); }
 std::optional<ImageType> ParseImageType(std::string_view s) { return Parse(kImageTypes, s); }
-std::optional<ImageStatus> ParseImageStatus(std::string_view s) {
-  return Parse(kImageStatuses, s);
-}
+std::optional<ImageStatus> ParseImageStatus(std::string_view s) { return Parse(kImageStatuses, s); }
 std::optional<TaskState> ParseTaskState(std::string_view s) { return Parse(kTaskStates, s); }
 
 TimeUs NowUs() {
@@ -74,8 +72,7 @@ JobState StateOfJob(const std::vector<Task>& tasks) {
   for (const auto& t : tasks) {
     switch (t.state) {
       case TaskState::kPending:
-      case TaskState::kRunning:
-        return JobState::kRunning;
+      case TaskState::kRunning: return JobState::kRunning;
       case TaskState::kCompleted: ++completed; break;
       case TaskState::kFailed: ++failed; break;
       case TaskState::kCancelled: ++cancelled; break;

@@ -51,8 +51,8 @@ inline std::string Plural(int n, const char* word) {
 // Runs `op`, retrying a TransientError per `policy` while `alive()` holds. `action` names
 // what was tried in the failure's message ("writing chunk <hash> to <store>").
 template <typename Op, typename Alive>
-AttemptResult Attempt(const RetryPolicy& policy, Op&& op, Alive&& alive,
-                      const std::string& action, std::mt19937& rng) {
+AttemptResult Attempt(const RetryPolicy& policy, Op&& op, Alive&& alive, const std::string& action,
+                      std::mt19937& rng) {
   const int max_attempts = std::max(1, policy.max_attempts);
   for (int attempt = 1;; ++attempt) {
     try {
@@ -62,9 +62,9 @@ AttemptResult Attempt(const RetryPolicy& policy, Op&& op, Alive&& alive,
       return {false, std::nullopt};  // a request in flight was aborted by a cancel
     } catch (const TransientError& e) {
       if (attempt >= max_attempts) {
-        return {false, AttemptFailure{codes::kTransferFailed,
-                                      action + " failed after " + Plural(attempt, "attempt") +
-                                          ": " + e.what()}};
+        return {false, AttemptFailure{codes::kTransferFailed, action + " failed after " +
+                                                                  Plural(attempt, "attempt") +
+                                                                  ": " + e.what()}};
       }
     } catch (const Error& e) {
       return {false, AttemptFailure{e.code(), action + " failed: " + e.message()}};

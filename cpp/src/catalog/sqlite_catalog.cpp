@@ -6,16 +6,16 @@
 #include <sqlite3.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <set>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <initializer_list>
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -23,10 +23,10 @@
 #include <utility>
 #include <vector>
 
+#include "base/sqlite_util.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/log.hpp"
-#include "base/sqlite_util.hpp"
 
 namespace imagerelay {
 namespace {
@@ -204,10 +204,8 @@ bool IsOpenFailure(int rc) {
     case SQLITE_AUTH:
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
-    case SQLITE_IOERR:
-      return true;
-    default:
-      return false;
+    case SQLITE_IOERR: return true;
+    default: return false;
   }
 }
 
@@ -259,11 +257,11 @@ int ReadUserVersion(Connection& conn) {
 void Migrate(Connection& conn, const std::filesystem::path& path) {
   auto check_not_newer = [&](int version) {
     if (version > kLatestVersion) {
-      throw ValidationError(
-          codes::kInvalidParameter,
-          "the catalog '" + path.string() + "' has schema version " + std::to_string(version) +
-              ", newer than this imagerelay knows (" + std::to_string(kLatestVersion) +
-              "); open it with a newer imagerelay");
+      throw ValidationError(codes::kInvalidParameter,
+                            "the catalog '" + path.string() + "' has schema version " +
+                                std::to_string(version) + ", newer than this imagerelay knows (" +
+                                std::to_string(kLatestVersion) +
+                                "); open it with a newer imagerelay");
     }
   };
   int version = ReadUserVersion(conn);
@@ -409,9 +407,9 @@ class SqliteTx final : public CatalogTx {
     auto s = Prepare(Sql({"INSERT INTO images (", kImageColumns,
                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                           "ON CONFLICT (id) DO NOTHING"}));
-    s->Bind(i.id, i.name, i.region, ToString(i.type), i.owner, ToString(i.status), i.size,
-            i.digest, i.format, i.os_type, i.os_name, i.os_version, i.os_arch, i.description,
-            i.created_us, i.source_image_id, i.source_region, i.error)
+    s->Bind(i.id, i.name, i.region, ToString(i.type), i.owner, ToString(i.status), i.size, i.digest,
+            i.format, i.os_type, i.os_name, i.os_version, i.os_arch, i.description, i.created_us,
+            i.source_image_id, i.source_region, i.error)
         .Run();
     return Changes() == 1;
   }
@@ -513,8 +511,8 @@ class SqliteTx final : public CatalogTx {
 
   void InsertJob(const Job& job) override {
     auto s = Prepare(Sql({"INSERT INTO jobs (", kJobColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?)"}));
-    s->Bind(job.id, job.account, job.source_image_id, job.source_region, job.name,
-            job.client_token, job.created_us)
+    s->Bind(job.id, job.account, job.source_image_id, job.source_region, job.name, job.client_token,
+            job.created_us)
         .Run();
     auto t = Prepare(
         "INSERT INTO tasks (dest_image_id, job_id, region, state, bytes_total, bytes_done, "
@@ -545,12 +543,12 @@ class SqliteTx final : public CatalogTx {
   std::vector<Job> ListJobs(const std::string& account) override {
     std::vector<Job> jobs;
     {
-      auto s = Prepare(account.empty()
-                           ? Sql({"SELECT ", kJobColumns,
-                                  " FROM jobs ORDER BY created_us DESC, id DESC"})
-                           : Sql({"SELECT ", kJobColumns,
-                                  " FROM jobs WHERE account = ? ORDER BY created_us DESC, "
-                                  "id DESC"}));
+      auto s = Prepare(
+          account.empty()
+              ? Sql({"SELECT ", kJobColumns, " FROM jobs ORDER BY created_us DESC, id DESC"})
+              : Sql({"SELECT ", kJobColumns,
+                     " FROM jobs WHERE account = ? ORDER BY created_us DESC, "
+                     "id DESC"}));
       if (!account.empty()) s->Bind(account);
       while (s->Step()) jobs.push_back(ReadJob(*s));
     }
@@ -605,8 +603,8 @@ class SqliteTx final : public CatalogTx {
 
   std::optional<ClientTokenRecord> GetClientToken(const std::string& account,
                                                   const std::string& token) override {
-    auto s = Prepare(
-        "SELECT job_id, fingerprint FROM client_tokens WHERE account = ? AND token = ?");
+    auto s =
+        Prepare("SELECT job_id, fingerprint FROM client_tokens WHERE account = ? AND token = ?");
     if (!s->Bind(account, token).Step()) return std::nullopt;
     return ClientTokenRecord{s->Text(0), s->Text(1)};
   }
@@ -658,8 +656,8 @@ class SqliteTx final : public CatalogTx {
   }
 
   void ReleaseSweepLease(const std::string& region, const std::string& holder) override {
-    auto s = Prepare(
-        "UPDATE sweep SET holder = NULL, expires_us = 0 WHERE region = ? AND holder = ?");
+    auto s =
+        Prepare("UPDATE sweep SET holder = NULL, expires_us = 0 WHERE region = ? AND holder = ?");
     s->Bind(region, holder).Run();
   }
 
@@ -788,8 +786,8 @@ class SqliteCatalog final : public Catalog {
   // behind the checkpoint's fsyncs (PASSIVE does not wait for them either).
   void Checkpoint() override {
     sqlite3* raw = nullptr;
-    int rc = sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
+    int rc =
+        sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
     Connection conn(raw);  // owns the handle even when the open failed
     if (rc == SQLITE_OK) conn.TryExec("PRAGMA wal_checkpoint(PASSIVE)");
   }
@@ -842,9 +840,9 @@ std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path) {
   }
 
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   Connection conn(raw);  // owns the handle even when the open failed
   if (rc != SQLITE_OK) {
     ThrowCannotOpen(path, raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc));
@@ -857,8 +855,9 @@ std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path) {
     {
       Statement mode(raw, "PRAGMA journal_mode");
       if (!mode.Step() || mode.Text(0) != "wal") {
-        ThrowCannotOpen(path, "its file system does not support SQLite's WAL mode (use a "
-                              "local disk)");
+        ThrowCannotOpen(path,
+                        "its file system does not support SQLite's WAL mode (use a "
+                        "local disk)");
       }
     }
     conn.Exec("PRAGMA foreign_keys = ON");

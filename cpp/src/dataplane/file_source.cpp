@@ -13,9 +13,9 @@
 #include <string>
 
 #include "base/file_util.hpp"
+#include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
-#include "base/unique_fd.hpp"
 
 namespace imagerelay {
 namespace {
@@ -98,10 +98,10 @@ class FileSource : public ByteSource {
                           "cannot check the end of " + path_ + ": " + ErrnoText(err));
     }
     if (now == size_ && beyond == 0) return;
-    throw TransferError(codes::kTransferFailed,
-                        path_ + " changed while it was read: it had " + std::to_string(size_) +
-                            " bytes and now has " + std::to_string(now) +
-                            "; import it again once nothing writes to it");
+    throw TransferError(codes::kTransferFailed, path_ + " changed while it was read: it had " +
+                                                    std::to_string(size_) + " bytes and now has " +
+                                                    std::to_string(now) +
+                                                    "; import it again once nothing writes to it");
   }
 
   uint64_t size() const override { return size_; }

@@ -25,14 +25,14 @@
 #include <vector>
 
 #include "base/binary_codec.hpp"
-#include "store/block_list.hpp"
-#include "dataplane/crew.hpp"
 #include "base/file_util.hpp"
 #include "base/retry.hpp"
+#include "base/unique_fd.hpp"
+#include "dataplane/crew.hpp"
+#include "dataplane/progress_throttle.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "dataplane/progress_throttle.hpp"
-#include "base/unique_fd.hpp"
+#include "store/block_list.hpp"
 
 namespace imagerelay {
 namespace {
@@ -75,7 +75,8 @@ struct ChunkJob {
 // Import: the calling thread walks the chunks in order, skipping holes, and hands each a
 // buffer of a bounded pool; workers read (or, for a source that reads in order only, the
 // calling thread reads), hash and store them; one digest thread feeds every byte, in
-// order, to the whole-image hash. A buffer returns to the pool once both its worker and the digest thread are done.
+// order, to the whole-image hash. A buffer returns to the pool once both its worker and the digest
+// thread are done.
 class Importer {
  public:
   Importer(ByteSource& source, Store& store, const ImportOptions& options,
@@ -85,7 +86,8 @@ class Importer {
         cancel_(cancel),
         throttle_(progress),
         chunk_size_(options.chunk_size),
-        unit_chunks_(std::max<uint64_t>(1, kImportReadUnit / std::max<uint64_t>(1, options.chunk_size))),
+        unit_chunks_(
+            std::max<uint64_t>(1, kImportReadUnit / std::max<uint64_t>(1, options.chunk_size))),
         hashers_(std::clamp(options.threads, 1, kMaxThreads)),
         workers_(std::max(hashers_, kMinWorkers)),  // capped by the buffer count below
         hash_permits_(hashers_),
@@ -153,8 +155,7 @@ class Importer {
     for (;;) {
       {
         std::unique_lock lock(crew_.mu);
-        crew_.caller_cv.wait_for(lock, kProgressInterval,
-                                 [&] { return crew_.stop || ready(); });
+        crew_.caller_cv.wait_for(lock, kProgressInterval, [&] { return crew_.stop || ready(); });
         if (crew_.stop) return false;
         if (ready()) return true;
       }
@@ -248,9 +249,8 @@ class Importer {
       ChunkJob job;
       {
         std::unique_lock lock(crew_.mu);
-        crew_.work_cv.wait(lock, [&] {
-          return crew_.stop || !work_queue_.empty() || reading_done_;
-        });
+        crew_.work_cv.wait(lock,
+                           [&] { return crew_.stop || !work_queue_.empty() || reading_done_; });
         if (crew_.stop || work_queue_.empty()) return;
         job = work_queue_.front();
         work_queue_.pop_front();
@@ -285,17 +285,22 @@ class Importer {
       }
       // Present with its length and untouched since written (Store::HasChunkOfLength).
       std::vector<bool> present;
-      Retried(retry_, [&] { present = store_.HasChunks(hashes, &cancel_, lengths); }, &cancel_,
-              "looking up blocks in store " + store_.uri());
+      Retried(
+          retry_, [&] { present = store_.HasChunks(hashes, &cancel_, lengths); }, &cancel_,
+          "looking up blocks in store " + store_.uri());
       uint64_t stored_raw = 0;
       uint64_t stored_bytes = 0;
       uint64_t stored = 0;
       for (size_t h = 0; h < hashes.size(); ++h) {
         if (!present[h]) {
-          Retried(retry_, [&] {
-            stored_bytes += store_.PutChunk(
-                hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])), &cancel_);
-          }, &cancel_, "writing chunk " + hashes[h] + " to store " + store_.uri());
+          Retried(
+              retry_,
+              [&] {
+                stored_bytes += store_.PutChunk(
+                    hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])),
+                    &cancel_);
+              },
+              &cancel_, "writing chunk " + hashes[h] + " to store " + store_.uri());
           stored_raw += lengths[h];
           ++stored;
         }
@@ -356,7 +361,7 @@ class Importer {
   int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;
   const RetryPolicy retry_;
-  const bool with_digest_;  // false: the digest is left for HashStoredImage
+  const bool with_digest_;     // false: the digest is left for HashStoredImage
   const bool parallel_reads_;  // workers read their chunks (ByteSource::ConcurrentReads)
   Manifest manifest_;
 
@@ -371,7 +376,7 @@ class Importer {
 
   std::vector<DirectIoBuffer> buffers_;
   Sha256 image_hash_;  // the digest thread's
-  Crew crew_;  // last: destroyed (threads joined) before the buffers they use
+  Crew crew_;          // last: destroyed (threads joined) before the buffers they use
 };
 
 void ValidateManifest(const Manifest& m) {
@@ -416,18 +421,20 @@ void ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i, const
                             std::to_string(offset + len) + " of " + what + ") in store " +
                             store.uri();
   try {
-    Retried(RetryPolicy{}, [&] { store.GetChunk(hash, out, cancel); }, cancel,
-            "reading " + where);
+    Retried(
+        RetryPolicy{}, [&] { store.GetChunk(hash, out, cancel); }, cancel, "reading " + where);
   } catch (const TransferError&) {
     // Missing is damage as much as corrupt; any other failure is the store's, not the image's.
     if (store.HasChunk(hash, cancel)) throw;
-    throw DamagedChunkError(hash, where + " is missing; the image's bytes are incomplete, run "
-                                          "`imagerelay scrub` to repair it from another region");
+    throw DamagedChunkError(hash, where +
+                                      " is missing; the image's bytes are incomplete, run "
+                                      "`imagerelay scrub` to repair it from another region");
   }
   if (out.size() != len || (!store.ChecksReads() && Sha256Hex(out.data(), out.size()) != hash)) {
-    throw DamagedChunkError(hash, where + " is corrupt: its content does not match its name; "
-                                          "run `imagerelay scrub` to repair it from another "
-                                          "region");
+    throw DamagedChunkError(hash, where +
+                                      " is corrupt: its content does not match its name; "
+                                      "run `imagerelay scrub` to repair it from another "
+                                      "region");
   }
 }
 
@@ -479,8 +486,8 @@ class TempFileGuard {
 
 [[noreturn]] void ExportFailed(const std::filesystem::path& path, const std::string& what,
                                int err) {
-  throw TransferError(codes::kTransferFailed, "cannot export to " + path.string() + ": " +
-                                                  what + ": " + ErrnoText(err) +
+  throw TransferError(codes::kTransferFailed, "cannot export to " + path.string() + ": " + what +
+                                                  ": " + ErrnoText(err) +
                                                   "; check free space and permissions");
 }
 
@@ -553,8 +560,8 @@ UniqueFd CreateExportTemp(int dir_fd, const std::filesystem::path& dir, const st
     const std::optional<pid_t> writer = ExportTempWriter(name);
     if (writer && IsStaleExportTemp(dir_fd, name, *writer)) ::unlinkat(dir_fd, name.c_str(), 0);
   }
-  UniqueFd fd(::openat(dir_fd, tmp.c_str(),
-                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+  UniqueFd fd(
+      ::openat(dir_fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (!fd) {
     const int err = errno;
     const std::string shown = (dir / tmp).string();
@@ -695,7 +702,8 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
     crew.work_cv.notify_all();
   }
   crew.Finish();
-  if (k != todo.size()) throw TransferError(codes::kTransferFailed, "reading " + what + " stopped early");
+  if (k != todo.size())
+    throw TransferError(codes::kTransferFailed, "reading " + what + " stopped early");
 }
 
 }  // namespace
@@ -705,7 +713,7 @@ Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& op
   Importer importer(source, store, options, cancel, progress);
   Manifest manifest = importer.Run();
   source.CheckUnchanged();  // not an image of a file that changed under the reader
-  store.Flush();  // every chunk it names is durable and visible when the import returns
+  store.Flush();            // every chunk it names is durable and visible when the import returns
   return manifest;
 }
 
@@ -733,9 +741,9 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
                           "the export path is empty or contains a NUL byte; give a file path");
   }
   if (!path.has_filename()) {
-    throw ValidationError(codes::kInvalidParameter,
-                          "cannot export to " + path.string() + ": give a file path, not a "
-                          "directory");
+    throw ValidationError(codes::kInvalidParameter, "cannot export to " + path.string() +
+                                                        ": give a file path, not a "
+                                                        "directory");
   }
   std::filesystem::path dir = path.parent_path();
   if (dir.empty()) dir = ".";
@@ -745,9 +753,9 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   if (!dir_fd) {
     int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
-      throw ValidationError(codes::kInvalidParameter,
-                            "cannot export to " + path.string() + ": directory " +
-                                dir.string() + " does not exist; create it first");
+      throw ValidationError(codes::kInvalidParameter, "cannot export to " + path.string() +
+                                                          ": directory " + dir.string() +
+                                                          " does not exist; create it first");
     }
     ExportFailed(path, "cannot open directory " + dir.string(), err);
   }

@@ -15,9 +15,7 @@ inline constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 class ProgressThrottle {
  public:
   explicit ProgressThrottle(const ProgressFn& fn) : fn_(fn) {}
-  bool Due() const {
-    return fn_ && std::chrono::steady_clock::now() - last_ >= kProgressInterval;
-  }
+  bool Due() const { return fn_ && std::chrono::steady_clock::now() - last_ >= kProgressInterval; }
   void Report(const IoProgress& p) {
     if (!fn_) return;
     last_ = std::chrono::steady_clock::now();

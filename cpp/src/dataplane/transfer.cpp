@@ -17,29 +17,28 @@
 #include <unordered_map>
 #include <utility>
 
-#include "imagerelay/error.hpp"
-#include "imagerelay/sha256.hpp"
-#include "dataplane/crew.hpp"
-#include "dataplane/progress_throttle.hpp"
 #include "base/retry.hpp"
 #include "base/token_bucket.hpp"
+#include "dataplane/crew.hpp"
+#include "dataplane/progress_throttle.hpp"
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-
 // The distinct non-zero chunks of one window of an image (kManifestWindow blocks): the unit
 // of reading and writing. A window is planned, copied, flushed and confirmed before the
 // next, so that memory is that of a window whatever the image's size.
 struct ChunkPlan {
-  uint64_t first = 0;                    // the window's first block
-  std::vector<std::string> hashes;       // first-appearance order
-  std::vector<uint64_t> length;          // bytes of the chunk
-  std::vector<uint64_t> covered;         // bytes of every manifest entry naming it
-  std::vector<uint64_t> entries;         // manifest entries naming it
-  std::vector<int64_t> entry_chunk;      // per manifest entry: index in `hashes`, -1 = zero
+  uint64_t first = 0;                // the window's first block
+  std::vector<std::string> hashes;   // first-appearance order
+  std::vector<uint64_t> length;      // bytes of the chunk
+  std::vector<uint64_t> covered;     // bytes of every manifest entry naming it
+  std::vector<uint64_t> entries;     // manifest entries naming it
+  std::vector<int64_t> entry_chunk;  // per manifest entry: index in `hashes`, -1 = zero
 };
 
 ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
@@ -71,7 +70,8 @@ ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
 
 struct Failure {
   Failure(std::string code_, std::string message_, std::string damaged = "")
-      : code(std::move(code_)), message(std::move(message_)),
+      : code(std::move(code_)),
+        message(std::move(message_)),
         damaged_source_chunk(std::move(damaged)) {}
   Failure(const AttemptFailure& f) : code(f.code), message(f.message) {}  // NOLINT
   std::string code;
@@ -79,19 +79,18 @@ struct Failure {
   std::string damaged_source_chunk;  // see TransferOutcome
 };
 
-
 // One destination's state, shared by the workers and the calling thread.
 struct Dest {
   TransferDestination* spec = nullptr;
   std::string uri;
-  std::vector<bool> needs;  // per distinct chunk of the window; written before workers start
-  bool server_copy = false; // chunks are copied inside the object store (CopyChunkFrom)
-  IoProgress fixed;         // totals and skips, known after planning
+  std::vector<bool> needs;   // per distinct chunk of the window; written before workers start
+  bool server_copy = false;  // chunks are copied inside the object store (CopyChunkFrom)
+  IoProgress fixed;          // totals and skips, known after planning
   std::atomic<uint64_t> bytes_done{0};
   std::atomic<uint64_t> bytes_transferred{0};
   std::atomic<uint64_t> bytes_sent{0};
   std::atomic<bool> failed{false};
-  std::atomic<int> writing{0};  // writes that passed the liveness check and have not ended
+  std::atomic<int> writing{0};   // writes that passed the liveness check and have not ended
   bool finish_reported = false;  // touched by the calling thread only
   std::optional<ProgressThrottle> throttle;  // the calling thread's
   const std::atomic<bool>* aborted = nullptr;
@@ -201,8 +200,8 @@ class Copier {
 
   template <typename Op, typename Alive>
   AttemptResult Attempt(Op&& op, Alive&& alive, const std::string& action, std::mt19937& rng) {
-    return imagerelay::Attempt(options_.retry, std::forward<Op>(op), std::forward<Alive>(alive), action,
-                               rng);
+    return imagerelay::Attempt(options_.retry, std::forward<Op>(op), std::forward<Alive>(alive),
+                               action, rng);
   }
 
   Store& source_;
@@ -280,10 +279,9 @@ void Copier::PlanWindow(std::mt19937& rng) {
         continue;
       }
       if (answers.size() != unknown.size()) {
-        dest.Fail({codes::kTransferFailed,
-                   "listing the chunks of " + dest.uri + " gave " +
-                       std::to_string(answers.size()) + " answers for " +
-                       std::to_string(unknown.size()) + " chunks"});
+        dest.Fail({codes::kTransferFailed, "listing the chunks of " + dest.uri + " gave " +
+                                               std::to_string(answers.size()) + " answers for " +
+                                               std::to_string(unknown.size()) + " chunks"});
         continue;
       }
       for (size_t k = 0; k < unknown.size(); ++k) present[unknown_at[k]] = answers[k];
@@ -355,13 +353,14 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     return std::any_of(by_bytes->begin(), by_bytes->end(),
                        [&](size_t d) { return dests_[d].Active(); });
   };
-  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data, &reads_cancel_); },
-                                 wanted, "reading chunk " + hash + " from " + source_uri_, rng);
+  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data, &reads_cancel_); }, wanted,
+                                 "reading chunk " + hash + " from " + source_uri_, rng);
   std::optional<Failure> failure;
   if (result.failure) failure = Failure(*result.failure);
   if (result.ok) {
     // A store that checks what it reads has done so (else it threw DamagedChunkError).
-    std::string actual = source_.ChecksReads() ? hash : Sha256Hex(slot.data.data(), slot.data.size());
+    std::string actual =
+        source_.ChecksReads() ? hash : Sha256Hex(slot.data.data(), slot.data.size());
     if (actual != hash) {
       failure = Failure{codes::kIntegrityError,
                         "chunk " + hash + " read from " + source_uri_ +
@@ -416,7 +415,10 @@ std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt199
     dest.writing.fetch_add(1, std::memory_order_acq_rel);
     bool copied = false;
     AttemptResult result = Attempt(
-        [&] { copied = dest.spec->store->CopyChunkFrom(source_, hash, plan_.length[k], dest.spec->cancel); },
+        [&] {
+          copied =
+              dest.spec->store->CopyChunkFrom(source_, hash, plan_.length[k], dest.spec->cancel);
+        },
         [&] { return dest.Active(); },
         "copying chunk " + hash + " from " + source_uri_ + " to " + dest.uri + " server-side", rng);
     if (result.ok && copied) CountWritten(dest, k, plan_.length[k]);
@@ -471,8 +473,8 @@ void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
 void Copier::ReportProgress(std::vector<IoProgress>& last, bool force) {
   for (size_t d = 0; d < dests_.size(); ++d) {
     IoProgress now = dests_[d].Progress();
-    bool changed = now.bytes_done != last[d].bytes_done ||
-                   now.bytes_transferred != last[d].bytes_transferred;
+    bool changed =
+        now.bytes_done != last[d].bytes_done || now.bytes_transferred != last[d].bytes_transferred;
     if (force || (changed && dests_[d].throttle->Due())) dests_[d].throttle->Report(now);
     last[d] = now;
   }
@@ -612,13 +614,12 @@ std::vector<TransferOutcome> Copier::Run() {
 
   // Server-side copies hold no buffer and mostly wait on the store: twice the requests in
   // flight when every destination takes them (slots then stay empty: no memory used).
-  const bool all_server_side = std::all_of(dests_.begin(), dests_.end(), [](const Dest& d) {
-    return d.server_copy || !d.Active();
-  });
+  const bool all_server_side = std::all_of(
+      dests_.begin(), dests_.end(), [](const Dest& d) { return d.server_copy || !d.Active(); });
   threads_ = static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
   const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
-  const size_t pool = static_cast<size_t>(std::max<uint64_t>(
-      2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads_)));
+  const size_t pool = static_cast<size_t>(
+      std::max<uint64_t>(2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads_)));
   slots_.resize(pool);  // the vectors allocate on first use
   for (Slot& slot : slots_) free_.push_back(&slot);
 
@@ -645,8 +646,7 @@ std::vector<TransferOutcome> Copier::Run() {
 
 std::vector<TransferOutcome> CopyImage(Store& source, const Manifest& manifest,
                                        std::vector<TransferDestination>& destinations,
-                                       const TransferOptions& options,
-                                       const FinishedFn& finished) {
+                                       const TransferOptions& options, const FinishedFn& finished) {
   Copier copier(source, manifest, destinations, options, finished);
   return copier.Run();
 }

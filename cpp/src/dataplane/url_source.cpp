@@ -14,9 +14,9 @@
 #include <optional>
 #include <thread>
 
-#include "net/http_client.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
+#include "net/http_client.hpp"
 #include "net/s3_client.hpp"
 
 namespace imagerelay {
@@ -77,7 +77,8 @@ class UrlEndpoint {
     request.url = url_;
     request.on_body = std::move(on_body);
     request.max_body = kMaxErrorBody;
-    return http_.Request(request, [&](HttpRequest& r) { r.headers = headers; }, cancel, attempts);
+    return http_.Request(
+        request, [&](HttpRequest& r) { r.headers = headers; }, cancel, attempts);
   }
 
  private:
@@ -181,10 +182,10 @@ class StreamReader {
               "reading " + Shown(endpoint_.url()) + " failed: " + S3Client::Reason(r))));
         }
         if (attempt >= kAttempts) {
-          return Finish(std::make_exception_ptr(TransferError(
-              codes::kTransferFailed, "reading " + Shown(endpoint_.url()) + " gave " +
-                                          std::to_string(received) + " of " +
-                                          std::to_string(size_) + " bytes")));
+          return Finish(std::make_exception_ptr(
+              TransferError(codes::kTransferFailed, "reading " + Shown(endpoint_.url()) + " gave " +
+                                                        std::to_string(received) + " of " +
+                                                        std::to_string(size_) + " bytes")));
         }
       } catch (const Cancelled&) {
         return Finish(std::make_exception_ptr(Cancelled{}));  // closing, or the import stopped
@@ -309,10 +310,10 @@ class UrlSource : public ByteSource {
       return false;
     }
     if (range.data.size() != len) {
-      throw TransferError(codes::kTransferFailed,
-                          "reading " + std::to_string(len) + " bytes at " + std::to_string(offset) +
-                              " of " + Shown(endpoint_.url()) + " gave " +
-                              std::to_string(range.data.size()));
+      throw TransferError(codes::kTransferFailed, "reading " + std::to_string(len) + " bytes at " +
+                                                      std::to_string(offset) + " of " +
+                                                      Shown(endpoint_.url()) + " gave " +
+                                                      std::to_string(range.data.size()));
     }
     std::memcpy(out, range.data.data(), len);
     return true;
@@ -370,8 +371,8 @@ class UrlSource : public ByteSource {
           r.body = std::move(error_body);
           out.error = std::make_exception_ptr(TransferError(
               codes::kTransferFailed, "reading " + std::to_string(len) + " bytes at " +
-                                          std::to_string(offset) + " of " +
-                                          Shown(endpoint_.url()) + " failed: " + S3Client::Reason(r)));
+                                          std::to_string(offset) + " of " + Shown(endpoint_.url()) +
+                                          " failed: " + S3Client::Reason(r)));
           return out;
         } else {
           problem = "HTTP " + std::to_string(r.status);
@@ -445,8 +446,7 @@ std::unique_ptr<ByteSource> OpenUrlSource(const std::string& url, const CancelTo
   }
 }
 
-std::unique_ptr<ByteSource> OpenImportSource(const std::string& source,
-                                             const CancelToken* cancel) {
+std::unique_ptr<ByteSource> OpenImportSource(const std::string& source, const CancelToken* cancel) {
   return IsUrlSource(source) ? OpenUrlSource(source, cancel) : OpenFileSource(source);
 }
 

@@ -95,7 +95,8 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
         claim.job = *tx.GetJob(job_id);
         claim.source = *tx.GetImage(claim.job.source_image_id);
       }
-      TaskEvent event = task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
+      TaskEvent event =
+          task.state == TaskState::kPending ? TaskEvent::kStart : TaskEvent::kTakeOver;
       if (!tx.TransitionTask(task.dest_image_id, task.state, event)) continue;
       // Its writer stopped mid-copy (maybe killed): the sweep after this copy removes the
       // temporary files it left.
@@ -229,13 +230,13 @@ void CopyRun::Finish(size_t i, TransferOutcome outcome) {
     const std::string& hash = outcome.damaged_source_chunk;
     engine_.ReportDamagedChunk(claim_.source.region, *source_store_, hash,
                                "chunk " + hash + " of " + claim_.source.id + " in region " +
-                                   claim_.source.region + " is corrupt or missing (found by a "
+                                   claim_.source.region +
+                                   " is corrupt or missing (found by a "
                                    "copy)");
   }
   Task& task = claim_.tasks[i];
   CopyProgress(task, outcome.progress);
-  const bool committed =
-      outcome.kind == TransferOutcome::Kind::kCompleted && Commit(i, outcome);
+  const bool committed = outcome.kind == TransferOutcome::Kind::kCompleted && Commit(i, outcome);
   if (Settle(i, outcome, committed)) engine_.MaybeSweep(task.region);
   // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
   std::lock_guard lock(engine_.running_mutex);
@@ -274,14 +275,13 @@ bool CopyRun::Settle(size_t i, const TransferOutcome& outcome, bool committed) {
   engine_.Write([&](CatalogTx& tx, PendingEvents& events) {
     auto current = tx.GetTaskByDestImage(task.dest_image_id);
     if (!current) return;
-    const bool ours = current->state == TaskState::kRunning &&
-                      current->lease_owner == engine_.worker_id;
+    const bool ours =
+        current->state == TaskState::kRunning && current->lease_owner == engine_.worker_id;
     task.finished_us = NowUs();
     if (ours) events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, job, task));  // last
     if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
       tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
-      tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating,
-                         ImageEvent::kCopyCompleted);
+      tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating, ImageEvent::kCopyCompleted);
       tx.PutManifestDigest(task.dest_image_id, manifest_->ChunkListDigest());
       task.state = TaskState::kCompleted;
       task.lease_owner.clear();

@@ -31,9 +31,9 @@ void CredentialsFiles::Put(const std::string& region_id,
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
   if (ec || ::chmod(dir_.c_str(), 0700) != 0) {
-    throw ValidationError(codes::kInvalidParameter,
-                          "cannot create the credentials directory " + dir_.string() +
-                              "; check the home's permissions");
+    throw ValidationError(codes::kInvalidParameter, "cannot create the credentials directory " +
+                                                        dir_.string() +
+                                                        "; check the home's permissions");
   }
   const std::string text = nlohmann::json{{"access_key_id", credentials.access_key_id},
                                           {"secret_access_key", credentials.secret_access_key},

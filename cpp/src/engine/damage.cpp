@@ -32,7 +32,9 @@ bool Readable(const Image& image) {
          (image.status == ImageStatus::kReplicating && image.source_image_id.empty());
 }
 
-std::string Describe(const Image& image) { return "image " + image.id + " in region " + image.region; }
+std::string Describe(const Image& image) {
+  return "image " + image.id + " in region " + image.region;
+}
 
 }  // namespace
 
@@ -115,7 +117,8 @@ void Engine::Impl::OnStoreDamage(const std::string& store_uri, const std::string
 void Engine::Impl::MarkImagesNeeding(const std::string& region, Store& store,
                                      const std::string& hash, const std::string& why) {
   std::vector<Image> images;
-  catalog->Read([&](CatalogTx& tx) { images = tx.ListImages({.region = region, .name = std::nullopt}); });
+  catalog->Read(
+      [&](CatalogTx& tx) { images = tx.ListImages({.region = region, .name = std::nullopt}); });
   for (const Image& image : images) {
     if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
       continue;
@@ -286,8 +289,7 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
     // Repaired only if the whole image reads back right: every chunk and the digest.
     bool whole = false;
     try {
-      const std::string digest =
-          HashStoredImage(*store, manifest, Describe(listed), cancel);
+      const std::string digest = HashStoredImage(*store, manifest, Describe(listed), cancel);
       Image now;
       catalog->Read([&](CatalogTx& tx) { now = *tx.GetImage(listed.id); });
       whole = now.digest.empty() || now.digest == digest;
@@ -299,8 +301,8 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
     if (whole) {
       Write([&](CatalogTx& tx, PendingEvents& events) {
         auto image = tx.GetImage(listed.id);
-        if (!image || !tx.TransitionImage(image->id, ImageStatus::kNotAvailable,
-                                          ImageEvent::kRepaired)) {
+        if (!image ||
+            !tx.TransitionImage(image->id, ImageStatus::kNotAvailable, ImageEvent::kRepaired)) {
           return;
         }
         image->status = ImageStatus::kAvailable;

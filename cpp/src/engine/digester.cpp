@@ -69,8 +69,7 @@ void Engine::Impl::DigestLoop() {
       std::string digest;
       try {
         digest = HashStoredImage(*store, manifest,
-                                 "image " + next->id + " in region " + next->region,
-                                 digest_cancel);
+                                 "image " + next->id + " in region " + next->region, digest_cancel);
       } catch (const DamagedChunkError& e) {
         NoteDamage(e, next->region, *store);
         throw;
@@ -148,16 +147,14 @@ std::string Engine::WaitDigest(const std::string& account, const std::string& im
           image = LoadVisible(tx, account, image_id);
         });
         if (!image.digest.empty()) return true;
-        if (image.status != ImageStatus::kAvailable &&
-            image.status != ImageStatus::kReplicating) {
-          ThrowCode(codes::kImageStatusForbidden,
-                    "image " + image.id + " is " + std::string(ToString(image.status)) +
-                        "; it has no digest");
+        if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
+          ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
+                                                      std::string(ToString(image.status)) +
+                                                      "; it has no digest");
         }
         {
           std::lock_guard lock(impl_->digest_mutex);
-          if (auto it = impl_->digest_failures.find(image.id);
-              it != impl_->digest_failures.end()) {
+          if (auto it = impl_->digest_failures.find(image.id); it != impl_->digest_failures.end()) {
             ThrowCode(it->second.first, "the digest of image " + image.id +
                                             " could not be computed: " + it->second.second);
           }
@@ -170,8 +167,10 @@ std::string Engine::WaitDigest(const std::string& account, const std::string& im
       },
       timeout_s, cancel);
   if (!known) {
-    ThrowCode(codes::kTimeout, "the digest of image " + image.id + " is still being "
-                               "computed after " + std::to_string(timeout_s.value_or(0)) + " s");
+    ThrowCode(codes::kTimeout, "the digest of image " + image.id +
+                                   " is still being "
+                                   "computed after " +
+                                   std::to_string(timeout_s.value_or(0)) + " s");
   }
   return image.digest;
 }

@@ -51,9 +51,8 @@ bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
   for (const auto& image : tx.ListImages({.region = region, .name = std::nullopt})) {
     if (image.status == ImageStatus::kCreating) return true;
   }
-  for (const auto& task : tx.ListTasksInStates(
-           {TaskState::kRunning, TaskState::kCancelled, TaskState::kFailed,
-            TaskState::kCompleted})) {
+  for (const auto& task : tx.ListTasksInStates({TaskState::kRunning, TaskState::kCancelled,
+                                                TaskState::kFailed, TaskState::kCompleted})) {
     if (task.region == region && !task.lease_owner.empty() && task.lease_expires_us >= now) {
       return true;
     }
@@ -233,10 +232,9 @@ ImageView ViewOf(CatalogTx& tx, const Image& image, const std::string& account) 
   ImageView view{image, TypeSeenBy(image, account), std::nullopt};
   if (image.status == ImageStatus::kReplicating && !image.source_image_id.empty()) {
     if (auto task = tx.GetTaskByDestImage(image.id)) {
-      view.progress = task->bytes_total == 0
-                          ? 0.0
-                          : 100.0 * static_cast<double>(task->bytes_done) /
-                                static_cast<double>(task->bytes_total);
+      view.progress = task->bytes_total == 0 ? 0.0
+                                             : 100.0 * static_cast<double>(task->bytes_done) /
+                                                   static_cast<double>(task->bytes_total);
     }
   }
   return view;
@@ -273,10 +271,10 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   std::error_code ec;
   fs::create_directories(options.home, ec);
   if (ec || !fs::is_directory(options.home)) {
-    ThrowCode(codes::kInvalidParameter,
-              "home " + Quote(options.home.string()) + " cannot be used as a directory (" +
-                  (ec ? ec.message() : std::string("not a directory")) +
-                  "); give a writable directory");
+    ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
+                                            " cannot be used as a directory (" +
+                                            (ec ? ec.message() : std::string("not a directory")) +
+                                            "); give a writable directory");
   }
   if (access(options.home.c_str(), W_OK) != 0) {
     ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
@@ -345,8 +343,7 @@ const Limits& Engine::limits() const { return impl_->options.limits; }
 
 Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
                          const std::string& name, const std::string& access_key_id,
-                         const std::string& secret_access_key,
-                         const std::string& session_token) {
+                         const std::string& secret_access_key, const std::string& session_token) {
   auto problems = CheckRegionId(id);
   std::string uri = store_uri.empty() && IsValidRegionId(id)
                         ? (fs::absolute(impl_->options.home) / "regions" / id).string()
@@ -360,8 +357,8 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
   const bool has_credentials =
       !access_key_id.empty() || !secret_access_key.empty() || !session_token.empty();
   if (has_credentials && !uri.starts_with("s3://")) {
-    problems.push_back({codes::kInvalidParameter,
-                        "credentials are only used by S3 regions (s3://bucket/prefix)"});
+    problems.push_back(
+        {codes::kInvalidParameter, "credentials are only used by S3 regions (s3://bucket/prefix)"});
   } else if (has_credentials && (access_key_id.empty() || secret_access_key.empty())) {
     problems.push_back({codes::kInvalidParameter,
                         "give both access_key_id and secret_access_key (or neither, to use "
@@ -441,9 +438,8 @@ Account Engine::GetAccount(const std::string& id) {
 
 // ---- images ---------------------------------------------------------------------------
 
-ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request,
-                              bool wait, bool system, const CancelToken* cancel,
-                              const ProgressFn& progress) {
+ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request, bool wait,
+                              bool system, const CancelToken* cancel, const ProgressFn& progress) {
   if (!system) impl_->catalog->Read([&](CatalogTx& tx) { RequireAccount(tx, account); });
   std::vector<Problem> source_problems;
   uint64_t size = 0;
@@ -457,12 +453,17 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
     source_problems.push_back({e.code(), e.message()});
   }
   bool region_exists = false;
-  impl_->catalog->Read([&](CatalogTx& tx) { region_exists = tx.GetRegion(request.region).has_value(); });
+  impl_->catalog->Read(
+      [&](CatalogTx& tx) { region_exists = tx.GetRegion(request.region).has_value(); });
   auto problems = CheckImport(request, region_exists, size_known, size, impl_->options.limits);
   problems.insert(problems.end(), source_problems.begin(), source_problems.end());
   ThrowIfAny(problems);
-  impl_->CheckPolicies({.action = "import", .account = account, .image = std::nullopt,
-                        .to = {}, .accounts = {}, .name = request.name});
+  impl_->CheckPolicies({.action = "import",
+                        .account = account,
+                        .image = std::nullopt,
+                        .to = {},
+                        .accounts = {},
+                        .name = request.name});
 
   Image image;
   image.name = request.name;
@@ -494,8 +495,9 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
       } while (!tx.InsertImage(image));
       tx.PutSetting(std::string(kImportKeyPrefix) + image.id,
                     Lease{impl_->worker_id, now + impl_->options.lease_ms * 1000}.Encode());
-      events.Append(tx, MakeEvent(event_type::kImageCreated, account, &image, "",
-                                  nlohmann::json({{"name", image.name}, {"source", request.source}})));
+      events.Append(tx,
+                    MakeEvent(event_type::kImageCreated, account, &image, "",
+                              nlohmann::json({{"name", image.name}, {"source", request.source}})));
       inserted = true;
     });
     if (sweeping) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -576,9 +578,12 @@ void Engine::Share(const std::string& account, const std::string& image_id,
         return image;
       },
       [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "share", .account = account,
-                             .image = ViewOf(tx, image, account), .to = {},
-                             .accounts = Unique(accounts), .name = ""};
+        return PolicyRequest{.action = "share",
+                             .account = account,
+                             .image = ViewOf(tx, image, account),
+                             .to = {},
+                             .accounts = Unique(accounts),
+                             .name = ""};
       },
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
@@ -600,9 +605,12 @@ void Engine::Unshare(const std::string& account, const std::string& image_id,
         return image;
       },
       [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "unshare", .account = account,
-                             .image = ViewOf(tx, image, account), .to = {},
-                             .accounts = Unique(accounts), .name = ""};
+        return PolicyRequest{.action = "unshare",
+                             .account = account,
+                             .image = ViewOf(tx, image, account),
+                             .to = {},
+                             .accounts = Unique(accounts),
+                             .name = ""};
       },
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
@@ -637,8 +645,11 @@ void Engine::Rename(const std::string& account, const std::string& image_id,
         return image;
       },
       [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "rename", .account = account,
-                             .image = ViewOf(tx, image, account), .to = {}, .accounts = {},
+        return PolicyRequest{.action = "rename",
+                             .account = account,
+                             .image = ViewOf(tx, image, account),
+                             .to = {},
+                             .accounts = {},
                              .name = name};
       },
       validate_only,
@@ -659,8 +670,7 @@ void Engine::Rename(const std::string& account, const std::string& image_id,
   }
 }
 
-void Engine::Delete(const std::string& account, const std::string& image_id,
-                    bool validate_only) {
+void Engine::Delete(const std::string& account, const std::string& image_id, bool validate_only) {
   std::optional<Image> deleted;
   impl_->Request(
       [&](CatalogTx& tx) {
@@ -670,8 +680,11 @@ void Engine::Delete(const std::string& account, const std::string& image_id,
         return image;
       },
       [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "delete", .account = account,
-                             .image = ViewOf(tx, image, account), .to = {}, .accounts = {},
+        return PolicyRequest{.action = "delete",
+                             .account = account,
+                             .image = ViewOf(tx, image, account),
+                             .to = {},
+                             .accounts = {},
                              .name = ""};
       },
       validate_only,
@@ -695,9 +708,8 @@ void Engine::Delete(const std::string& account, const std::string& image_id,
   impl_->MaybeSweep(deleted->region);
 }
 
-void Engine::Export(const std::string& account, const std::string& image_id,
-                    const fs::path& path, const CancelToken* cancel, const ProgressFn& progress,
-                    bool force) {
+void Engine::Export(const std::string& account, const std::string& image_id, const fs::path& path,
+                    const CancelToken* cancel, const ProgressFn& progress, bool force) {
   Image image;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
@@ -716,13 +728,13 @@ void Engine::Export(const std::string& account, const std::string& image_id,
   }
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
-    ThrowCode(codes::kInvalidParameter, "export path " + Quote(text) +
-                                            " is a directory; give the path of a file to write");
+    ThrowCode(codes::kInvalidParameter,
+              "export path " + Quote(text) + " is a directory; give the path of a file to write");
   }
   fs::path parent = fs::absolute(path).parent_path();
   if (!fs::is_directory(parent, ec)) {
-    ThrowCode(codes::kInvalidParameter, "directory " + Quote(parent.string()) +
-                                            " does not exist; create it first");
+    ThrowCode(codes::kInvalidParameter,
+              "directory " + Quote(parent.string()) + " does not exist; create it first");
   }
   if (access(parent.c_str(), W_OK) != 0) {
     ThrowCode(codes::kInvalidParameter,
@@ -776,8 +788,8 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
     return digest;
   }
   if (digest != image.digest || (!manifest.digest.empty() && digest != manifest.digest)) {
-    const std::string why = "image " + image.id + " hashes to " + digest +
-                            " but its digest is " + image.digest;
+    const std::string why =
+        "image " + image.id + " hashes to " + digest + " but its digest is " + image.digest;
     impl_->MarkDamaged(image.id, why);
     ThrowCode(codes::kIntegrityError, why);
   }
@@ -841,8 +853,7 @@ std::vector<Event> Engine::Events(const std::string& account, int64_t since,
   return out;
 }
 
-int64_t Engine::AddListener(const std::string& account, const std::string& event_type,
-                            EventFn fn) {
+int64_t Engine::AddListener(const std::string& account, const std::string& event_type, EventFn fn) {
   Impl* impl = impl_.get();
   return impl_->bus.Add(event_type, [impl, account, fn = std::move(fn)](const Event& event) {
     EventImageFacts facts;

@@ -4,8 +4,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdint>
 #include <condition_variable>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -105,7 +105,9 @@ struct Engine::Impl {
   // The cached store of a URI; an s3:// store opened here uses the credentials saved for
   // `region_id` (if any), else the environment's.
   // Local caches of the home (the block index of each S3 region).
-  std::filesystem::path CacheDir() const { return std::filesystem::absolute(options.home) / "cache"; }
+  std::filesystem::path CacheDir() const {
+    return std::filesystem::absolute(options.home) / "cache";
+  }
   std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "") {
     return stores->ForUri(uri, region_id);
   }
@@ -155,8 +157,7 @@ struct Engine::Impl {
   void MarkImagesNeeding(const std::string& region, Store& store, const std::string& hash,
                          const std::string& why);
   // A store's DamageHandler: the store quarantined the chunk; mark what needs it.
-  void OnStoreDamage(const std::string& store_uri, const std::string& hash,
-                     const std::string& why);
+  void OnStoreDamage(const std::string& store_uri, const std::string& hash, const std::string& why);
   // ReportDamagedChunk if `error` is a DamagedChunkError; nothing otherwise.
   void NoteDamage(const std::exception& error, const std::string& region, Store& store);
   // Scrub: puts back, from the other regions, the chunks of one window of `manifest` that

@@ -23,17 +23,16 @@ Event Build(std::string_view type, const std::string& account, std::string image
 const std::vector<std::string_view>& AllEventTypes() {
   using namespace event_type;
   static const std::vector<std::string_view> all = {
-      kImageCreated, kImageAvailable, kImageCreateFailed, kImageDeleted, kImageRenamed,
-      kImageShared, kImageUnshared, kImageDigest, kImageDigestFailed, kImageDamaged,
-      kImageRepaired, kJobCreated, kJobFinished, kTaskStarted, kTaskProgress, kTaskCompleted,
-      kTaskFailed, kTaskCancelled};
+      kImageCreated,  kImageAvailable, kImageCreateFailed, kImageDeleted,      kImageRenamed,
+      kImageShared,   kImageUnshared,  kImageDigest,       kImageDigestFailed, kImageDamaged,
+      kImageRepaired, kJobCreated,     kJobFinished,       kTaskStarted,       kTaskProgress,
+      kTaskCompleted, kTaskFailed,     kTaskCancelled};
   return all;
 }
 
 Event MakeEvent(std::string_view type, const std::string& account, const Image* image,
                 const std::string& job_id, const nlohmann::json& detail) {
-  return Build(type, account, image ? image->id : "", image ? image->region : "", job_id,
-               detail);
+  return Build(type, account, image ? image->id : "", image ? image->region : "", job_id, detail);
 }
 
 Event MakeJobEvent(std::string_view type, const Job& job, const nlohmann::json& detail) {

@@ -110,8 +110,8 @@ void Engine::Impl::RecoverInterruptedImports() {
     TimeUs now = NowUs();
     for (auto image : tx.ListImages({})) {
       if (image.status != ImageStatus::kCreating) continue;
-      const Lease lease = Lease::Decode(
-          tx.GetSetting(std::string(kImportKeyPrefix) + image.id).value_or(""));
+      const Lease lease =
+          Lease::Decode(tx.GetSetting(std::string(kImportKeyPrefix) + image.id).value_or(""));
       if (LeaseHolderAlive(lease, now)) continue;
       image.error = "the import was interrupted (its process stopped); import the file again";
       tx.UpdateImageFields(image);

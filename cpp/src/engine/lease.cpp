@@ -14,8 +14,8 @@ Lease Lease::Decode(std::string_view text) {
   if (bar == std::string_view::npos) return {};
   Lease lease;
   const std::string_view digits = text.substr(bar + 1);
-  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(),
-                                         lease.expires_us);
+  const auto [end, ec] =
+      std::from_chars(digits.data(), digits.data() + digits.size(), lease.expires_us);
   if (ec != std::errc() || end != digits.data() + digits.size()) return {};
   lease.owner = std::string(text.substr(0, bar));
   return lease;

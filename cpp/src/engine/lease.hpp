@@ -23,7 +23,6 @@ struct Lease {
 
 // Whether the lease's holder may still be working, as this process (`self`, a worker id on
 // `host`) can tell.
-bool LeaseHolderAlive(const Lease& lease, TimeUs now, std::string_view host,
-                      std::string_view self);
+bool LeaseHolderAlive(const Lease& lease, TimeUs now, std::string_view host, std::string_view self);
 
 }  // namespace imagerelay

@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <thread>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 #include "engine/copy_runner.hpp"
 #include "engine/engine_impl.hpp"
@@ -64,9 +64,9 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
     auto record = tx.GetClientToken(account, *client_token);
     if (!record) return std::nullopt;
     if (record->fingerprint != fingerprint) {
-      ThrowCode(codes::kIdempotentParameterMismatch,
-                "client token " + Quote(*client_token) + " was used with other arguments; " +
-                    "use a new token for a new request");
+      ThrowCode(codes::kIdempotentParameterMismatch, "client token " + Quote(*client_token) +
+                                                         " was used with other arguments; " +
+                                                         "use a new token for a new request");
     }
     return tx.GetJob(record->job_id);
   };
@@ -76,8 +76,8 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
     Image image = LoadVisible(tx, account, image_id);
     ReplicateFacts facts;
     for (const auto& region : tx.ListRegions()) facts.known_regions.insert(region.id);
-    ThrowIfAny(CheckReplicate(image, account, to, name ? &*name : nullptr, facts,
-                              impl->options.limits));
+    ThrowIfAny(
+        CheckReplicate(image, account, to, name ? &*name : nullptr, facts, impl->options.limits));
     return image;
   };
 
@@ -90,8 +90,12 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
     view = ImageView{image, TypeSeenBy(image, account), std::nullopt};
   });
   if (existing) return *existing;
-  impl_->CheckPolicies({.action = "replicate", .account = account, .image = view,
-                        .to = Unique(to), .accounts = {}, .name = name.value_or("")});
+  impl_->CheckPolicies({.action = "replicate",
+                        .account = account,
+                        .image = view,
+                        .to = Unique(to),
+                        .accounts = {},
+                        .name = name.value_or("")});
   if (validate_only) return Job{};
 
   Job job;
@@ -139,7 +143,8 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
     tx.InsertJob(job);
     if (client_token) tx.InsertClientToken(account, *client_token, {job.id, fingerprint});
     nlohmann::json regions = nlohmann::json::array();
-    for (const auto& copy : copies) regions.push_back({{"region", copy.region}, {"image_id", copy.id}});
+    for (const auto& copy : copies)
+      regions.push_back({{"region", copy.region}, {"image_id", copy.id}});
     events.Append(tx, MakeEvent(event_type::kJobCreated, account, &source, job.id,
                                 nlohmann::json{{"copies", regions}}));
     for (const auto& copy : copies) {
@@ -214,9 +219,9 @@ void Engine::CancelJob(const std::string& account, const std::string& job_id,
     }
   }
   if (targets.empty()) {
-    ThrowCode(codes::kImageStatusForbidden,
-              "job " + job_id + " has no copy in flight" +
-                  (region ? " to region " + *region : std::string()) + "; nothing to cancel");
+    ThrowCode(codes::kImageStatusForbidden, "job " + job_id + " has no copy in flight" +
+                                                (region ? " to region " + *region : std::string()) +
+                                                "; nothing to cancel");
   }
   for (const auto& id : targets) {
     try {

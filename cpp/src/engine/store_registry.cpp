@@ -6,22 +6,21 @@
 
 namespace imagerelay {
 
-StoreRegistry::StoreRegistry(const CredentialsFiles& credentials,
-                             std::filesystem::path cache_dir, DamageFn on_damage)
-    : credentials_(credentials), cache_dir_(std::move(cache_dir)),
+StoreRegistry::StoreRegistry(const CredentialsFiles& credentials, std::filesystem::path cache_dir,
+                             DamageFn on_damage)
+    : credentials_(credentials),
+      cache_dir_(std::move(cache_dir)),
       on_damage_(std::move(on_damage)) {}
 
 std::shared_ptr<Store> StoreRegistry::OpenWith(const std::string& uri,
                                                const sigv4::Credentials& credentials) const {
   std::shared_ptr<Store> store = OpenStore(uri, credentials, cache_dir_);
-  store->SetDamageHandler([this, uri](const std::string& hash, const std::string& why) {
-    on_damage_(uri, hash, why);
-  });
+  store->SetDamageHandler(
+      [this, uri](const std::string& hash, const std::string& why) { on_damage_(uri, hash, why); });
   return store;
 }
 
-std::shared_ptr<Store> StoreRegistry::ForUri(const std::string& uri,
-                                             const std::string& region_id) {
+std::shared_ptr<Store> StoreRegistry::ForUri(const std::string& uri, const std::string& region_id) {
   {
     std::lock_guard lock(mutex_);
     if (auto it = stores_.find(uri); it != stores_.end() && it->second) return it->second;

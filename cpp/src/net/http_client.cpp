@@ -74,8 +74,7 @@ size_t OnRead(char* out, size_t size, size_t n, void* user) {
 // libcurl rewinds an upload when a reused connection turns out dead.
 int OnSeek(void* user, curl_off_t offset, int origin) {
   auto* ex = static_cast<Exchange*>(user);
-  if (origin != SEEK_SET || offset < 0 ||
-      static_cast<size_t>(offset) > ex->request->body.size()) {
+  if (origin != SEEK_SET || offset < 0 || static_cast<size_t>(offset) > ex->request->body.size()) {
     return CURL_SEEKFUNC_CANTSEEK;
   }
   ex->sent = static_cast<size_t>(offset);
@@ -196,10 +195,12 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, options_.connect_timeout_ms);
   curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, options_.low_speed_limit);
   curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, options_.low_speed_time_s);
-  if (options_.total_timeout_ms > 0) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, options_.total_timeout_ms);
+  if (options_.total_timeout_ms > 0)
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, options_.total_timeout_ms);
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
-  if (!options_.ca_bundle.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, options_.ca_bundle.c_str());
+  if (!options_.ca_bundle.empty())
+    curl_easy_setopt(curl, CURLOPT_CAINFO, options_.ca_bundle.c_str());
   curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(curl, CURLOPT_BUFFERSIZE, 256L * 1024);
   curl_easy_setopt(curl, CURLOPT_UPLOAD_BUFFERSIZE, 2L * 1024 * 1024);
@@ -220,8 +221,7 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
     curl_easy_setopt(curl, CURLOPT_READDATA, &ex);
     curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, OnSeek);
     curl_easy_setopt(curl, CURLOPT_SEEKDATA, &ex);
-    curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE,
-                     static_cast<curl_off_t>(request.body.size()));
+    curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
     if (request.method == "POST") curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "POST");
   } else if (request.method != "GET") {
     curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, request.method.c_str());
@@ -235,20 +235,18 @@ HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelTok
     if (ex.cancelled) throw Cancelled{};
     std::string what = request.method + " " + ShownUrl(request.url) + ": ";
     if (ex.too_large) {
-      throw TransientError(what + "response larger than the " +
-                           std::to_string(request.max_body) + " bytes expected");
+      throw TransientError(what + "response larger than the " + std::to_string(request.max_body) +
+                           " bytes expected");
     }
     what += error[0] ? error : curl_easy_strerror(rc);
     switch (rc) {
       case CURLE_PEER_FAILED_VERIFICATION:
-      case CURLE_SSL_CACERT_BADFILE:
-        throw TlsVerificationError(what);
+      case CURLE_SSL_CACERT_BADFILE: throw TlsVerificationError(what);
       case CURLE_UNSUPPORTED_PROTOCOL:
       case CURLE_URL_MALFORMAT:
         // Permanent: retrying cannot help. Still a TransientError type would loop; say so.
         throw std::runtime_error(what);
-      default:
-        throw TransientError(what);
+      default: throw TransientError(what);
     }
   }
   // A body shorter than Content-Length gives CURLE_PARTIAL_FILE above; a HEAD has none.

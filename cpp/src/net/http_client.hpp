@@ -9,9 +9,9 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
-#include <stdexcept>
 #include <mutex>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,8 +39,8 @@ struct HttpRequest {
 struct HttpResponse {
   long status = 0;
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
-  std::string body;  // when the request had no sink
-  bool stopped = false;  // on_body ended the transfer early
+  std::string body;                                          // when the request had no sink
+  bool stopped = false;                                      // on_body ended the transfer early
   // The value of a header (lowercase name) or "".
   std::string Header(const std::string& name) const;
 };
@@ -51,9 +51,9 @@ struct HttpOptions {
   long low_speed_time_s = 15;   // ...for this long: then it fails (transient)
   long total_timeout_ms = 0;    // whole request, 0 = none
   bool verify_tls = true;
-  std::string ca_bundle;        // PEM file of the CAs to trust instead of the system's
-  int attempts = 3;             // tries for transient failures inside Request()
-  int backoff_initial_ms = 100; // doubled per attempt, full jitter
+  std::string ca_bundle;         // PEM file of the CAs to trust instead of the system's
+  int attempts = 3;              // tries for transient failures inside Request()
+  int backoff_initial_ms = 100;  // doubled per attempt, full jitter
 };
 
 // The server's TLS certificate is not trusted (or the CA bundle cannot be read): permanent.
@@ -77,8 +77,9 @@ class HttpClient {
   HttpResponse PerformOnce(const HttpRequest& request, const CancelToken* cancel = nullptr);
 
   // Retries transport failures and transient statuses (429/5xx) up to options.attempts with
-  // backoff (attempts 0 = options.attempts); returns the last response (which may still carry a transient status) or
-  // throws the last TransientError. `prepare` is called before each attempt (re-signing).
+  // backoff (attempts 0 = options.attempts); returns the last response (which may still carry a
+  // transient status) or throws the last TransientError. `prepare` is called before each attempt
+  // (re-signing).
   template <typename Prepare>
   HttpResponse Request(HttpRequest& request, Prepare&& prepare, const CancelToken* cancel,
                        int attempts = 0);
@@ -100,8 +101,8 @@ class HttpClient {
 void EnsureCurlGlobalInit();
 
 template <typename Prepare>
-HttpResponse HttpClient::Request(HttpRequest& request, Prepare&& prepare,
-                                 const CancelToken* cancel, int attempts) {
+HttpResponse HttpClient::Request(HttpRequest& request, Prepare&& prepare, const CancelToken* cancel,
+                                 int attempts) {
   attempts = std::max(1, attempts > 0 ? attempts : options_.attempts);
   for (int attempt = 1;; ++attempt) {
     prepare(request);

@@ -6,8 +6,8 @@
 #include <utility>
 
 #include "imagerelay/error.hpp"
-#include "imagerelay/store.hpp"
 #include "imagerelay/sha256.hpp"
+#include "imagerelay/store.hpp"
 
 namespace imagerelay {
 namespace {
@@ -51,14 +51,22 @@ std::string XmlUnescape(std::string_view s) {
       continue;
     }
     std::string_view entity = s.substr(i + 1, semi - i - 1);
-    if (entity == "amp") out += '&';
-    else if (entity == "lt") out += '<';
-    else if (entity == "gt") out += '>';
-    else if (entity == "quot") out += '"';
-    else if (entity == "apos") out += '\'';
-    else if (entity.starts_with("#x")) out += static_cast<char>(std::strtol(std::string(entity.substr(2)).c_str(), nullptr, 16));
-    else if (entity.starts_with("#")) out += static_cast<char>(std::strtol(std::string(entity.substr(1)).c_str(), nullptr, 10));
-    else out += std::string(s.substr(i, semi - i + 1));
+    if (entity == "amp")
+      out += '&';
+    else if (entity == "lt")
+      out += '<';
+    else if (entity == "gt")
+      out += '>';
+    else if (entity == "quot")
+      out += '"';
+    else if (entity == "apos")
+      out += '\'';
+    else if (entity.starts_with("#x"))
+      out += static_cast<char>(std::strtol(std::string(entity.substr(2)).c_str(), nullptr, 16));
+    else if (entity.starts_with("#"))
+      out += static_cast<char>(std::strtol(std::string(entity.substr(1)).c_str(), nullptr, 10));
+    else
+      out += std::string(s.substr(i, semi - i + 1));
     i = semi;
   }
   return out;
@@ -119,16 +127,21 @@ S3Location ParseS3Uri(const std::string& uri) {
     size_t eq = param.find('=');
     std::string key(param.substr(0, eq));
     std::string value = eq == std::string_view::npos ? "" : PercentDecode(param.substr(eq + 1));
-    if (key == "endpoint") endpoint = value;
-    else if (key == "region") loc.region = value;
-    else if (key == "addressing") addressing = value;
+    if (key == "endpoint")
+      endpoint = value;
+    else if (key == "region")
+      loc.region = value;
+    else if (key == "addressing")
+      addressing = value;
     else if (key == "low_speed_time") {
       loc.low_speed_time_s = std::strtol(value.c_str(), nullptr, 10);
       if (loc.low_speed_time_s <= 0 || loc.low_speed_time_s > 3600) {
         Invalid("low_speed_time must be 1 to 3600 seconds in S3 store URI s3://" + loc.bucket);
       }
-    } else if (key == "verify_tls") loc.verify_tls = !(value == "false" || value == "0" || value == "no");
-    else if (key == "ca_bundle") loc.ca_bundle = value;
+    } else if (key == "verify_tls")
+      loc.verify_tls = !(value == "false" || value == "0" || value == "no");
+    else if (key == "ca_bundle")
+      loc.ca_bundle = value;
     else {
       Invalid("unknown setting \"" + key + "\" in S3 store URI s3://" + loc.bucket +
               "; known: endpoint, region, addressing, verify_tls, ca_bundle, low_speed_time "
@@ -139,22 +152,26 @@ S3Location ParseS3Uri(const std::string& uri) {
     Invalid("addressing must be \"path\" or \"virtual\" in S3 store URI s3://" + loc.bucket);
   }
   loc.virtual_host = addressing == "virtual";
-  if (loc.region.empty() ||
-      !std::all_of(loc.region.begin(), loc.region.end(),
-                   [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; })) {
+  if (loc.region.empty() || !std::all_of(loc.region.begin(), loc.region.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-';
+      })) {
     Invalid("invalid region in S3 store URI s3://" + loc.bucket + ": e.g. region=us-east-1");
   }
   if (endpoint.empty()) endpoint = "https://s3." + loc.region + ".amazonaws.com";
   size_t sep = endpoint.find("://");
-  if (sep == std::string::npos) Invalid("endpoint must be http://host[:port] or https://host[:port] in S3 store URI s3://" + loc.bucket);
+  if (sep == std::string::npos)
+    Invalid("endpoint must be http://host[:port] or https://host[:port] in S3 store URI s3://" +
+            loc.bucket);
   loc.scheme = endpoint.substr(0, sep);
   for (char& c : loc.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   loc.host = endpoint.substr(sep + 3);
   while (!loc.host.empty() && loc.host.back() == '/') loc.host.pop_back();
   if ((loc.scheme != "http" && loc.scheme != "https") || loc.host.empty() ||
       loc.host.find_first_of("/?#@ ") != std::string::npos) {
-    Invalid("endpoint must be http://host[:port] or https://host[:port] (no path) in S3 store "
-            "URI s3://" + loc.bucket);
+    Invalid(
+        "endpoint must be http://host[:port] or https://host[:port] (no path) in S3 store "
+        "URI s3://" +
+        loc.bucket);
   }
   for (char& c : loc.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   // A default port is left out of the Host header (and so of the signature).
@@ -211,8 +228,8 @@ HttpRequest S3Client::Signed(const Call& call, std::time_t now) const {
     request.headers.emplace_back("x-amz-security-token", credentials_.session_token);
   }
   sign.headers = request.headers;
-  request.headers.emplace_back(
-      "Authorization", sigv4::Authorization(sign, credentials_, loc.region, amz_date));
+  request.headers.emplace_back("Authorization",
+                               sigv4::Authorization(sign, credentials_, loc.region, amz_date));
   return request;
 }
 
@@ -248,9 +265,12 @@ std::string S3Client::Reason(const HttpResponse& response) {
   if (!code.empty()) out += " " + code.substr(0, 100);
   if (!message.empty()) out += ": " + message.substr(0, 300);
   if (code.empty() && message.empty()) {
-    if (response.status == 403) out += " Forbidden";
-    else if (response.status == 404) out += " Not Found";
-    else if (response.status == 503) out += " Service Unavailable";
+    if (response.status == 403)
+      out += " Forbidden";
+    else if (response.status == 404)
+      out += " Not Found";
+    else if (response.status == 503)
+      out += " Service Unavailable";
   }
   return out;
 }

@@ -25,15 +25,15 @@ namespace imagerelay {
 // A parsed s3:// URI.
 struct S3Location {
   std::string bucket;
-  std::string prefix;        // without leading or trailing '/', may be empty
-  std::string scheme;        // http or https
-  std::string host;          // host[:port] of the endpoint
+  std::string prefix;  // without leading or trailing '/', may be empty
+  std::string scheme;  // http or https
+  std::string host;    // host[:port] of the endpoint
   std::string region = "us-east-1";
-  bool virtual_host = false; // bucket.host instead of host/bucket
+  bool virtual_host = false;  // bucket.host instead of host/bucket
   bool verify_tls = true;
-  std::string ca_bundle;     // PEM file of CAs to trust (ca_bundle=, else AWS_CA_BUNDLE)
+  std::string ca_bundle;      // PEM file of CAs to trust (ca_bundle=, else AWS_CA_BUNDLE)
   long low_speed_time_s = 0;  // a stall this long fails a request (0: the HTTP default)
-  std::string display;       // s3://bucket/prefix (no query)
+  std::string display;        // s3://bucket/prefix (no query)
 };
 
 // Parses an s3:// URI; throws ValidationError(InvalidParameter) naming what is wrong.

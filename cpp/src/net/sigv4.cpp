@@ -117,7 +117,8 @@ std::string CanonicalRequest(const Request& request) {
   std::string out = request.method + "\n";
   out += UriEncode(request.path.empty() ? "/" : request.path, false) + "\n";
   std::vector<std::pair<std::string, std::string>> query;
-  for (const auto& [k, v] : request.query) query.emplace_back(UriEncode(k, true), UriEncode(v, true));
+  for (const auto& [k, v] : request.query)
+    query.emplace_back(UriEncode(k, true), UriEncode(v, true));
   std::sort(query.begin(), query.end());
   for (size_t i = 0; i < query.size(); ++i) {
     if (i) out += '&';
@@ -161,7 +162,8 @@ std::string Authorization(const Request& request, const Credentials& credentials
   std::string_view date = amz_date.substr(0, 8);
   std::string scope = Scope(date, region, service);
   std::string sts = StringToSign(amz_date, scope, CanonicalRequest(request));
-  std::string sig = Signature(SigningKey(credentials.secret_access_key, date, region, service), sts);
+  std::string sig =
+      Signature(SigningKey(credentials.secret_access_key, date, region, service), sts);
   return "AWS4-HMAC-SHA256 Credential=" + credentials.access_key_id + "/" + scope +
          ",SignedHeaders=" + SignedHeaders(request) + ",Signature=" + sig;
 }

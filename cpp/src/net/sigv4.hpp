@@ -24,11 +24,11 @@ struct Credentials {
 
 // The parts of a request that are signed.
 struct Request {
-  std::string method;          // GET, PUT, HEAD, DELETE, POST
-  std::string path;            // the raw (unencoded) path, starting with '/'
+  std::string method;  // GET, PUT, HEAD, DELETE, POST
+  std::string path;    // the raw (unencoded) path, starting with '/'
   std::vector<std::pair<std::string, std::string>> query;    // raw names and values
   std::vector<std::pair<std::string, std::string>> headers;  // must include host
-  std::string payload_hash;    // hex SHA-256 of the body, or UNSIGNED-PAYLOAD
+  std::string payload_hash;  // hex SHA-256 of the body, or UNSIGNED-PAYLOAD
 };
 
 inline constexpr const char* kEmptyPayloadHash =

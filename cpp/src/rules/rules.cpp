@@ -77,8 +77,7 @@ std::string TypeSeenBy(const Image& image, const std::string& caller) {
   return std::string(ToString(image.type));
 }
 
-bool EventVisibleTo(const Event& event, const std::string& caller,
-                    const EventImageFacts& facts) {
+bool EventVisibleTo(const Event& event, const std::string& caller, const EventImageFacts& facts) {
   if (event.account == caller) return true;
   if (event.image_id.empty() || !facts.image) return false;
   const Image& image = *facts.image;
@@ -89,8 +88,8 @@ bool EventVisibleTo(const Event& event, const std::string& caller,
 }
 
 Event EventSeenBy(Event event, const std::string& caller, const EventImageFacts& facts) {
-  const bool owns = facts.image && facts.image->type == ImageType::kCustom &&
-                    facts.image->owner == caller;
+  const bool owns =
+      facts.image && facts.image->type == ImageType::kCustom && facts.image->owner == caller;
   if (event.account != caller && !owns) event.detail_json = "{}";
   return event;
 }
@@ -109,8 +108,8 @@ Problems CheckImport(const ImportRequest& request, bool region_exists, bool size
     out.push_back({codes::kInvalidParameter,
                    "format " + Quote(request.format) + " is unknown; use raw, qcow2, vmdk or vhd"});
   }
-  for (const auto* field : {&request.os_type, &request.os_name, &request.os_version,
-                            &request.os_arch}) {
+  for (const auto* field :
+       {&request.os_type, &request.os_name, &request.os_version, &request.os_arch}) {
     if (field->size() > 64 || field->find('\0') != std::string::npos) {
       out.push_back({codes::kInvalidParameter,
                      "OS field " + Quote(*field) + " is invalid; use at most 64 characters"});
@@ -152,9 +151,9 @@ Problems CheckReplicate(const Image& image, const std::string& caller,
   }
   for (const auto& region : unique) {
     if (region == image.region) {
-      out.push_back({codes::kRegionNotSupportCopy,
-                     "image " + image.id + " already lives in region " + region +
-                         "; choose other destination regions"});
+      out.push_back({codes::kRegionNotSupportCopy, "image " + image.id +
+                                                       " already lives in region " + region +
+                                                       "; choose other destination regions"});
     } else if (!facts.known_regions.contains(region)) {
       out.push_back({codes::kRegionNotSupportCopy,
                      "region " + Quote(region) + " does not exist; list regions or add it first"});
@@ -181,7 +180,8 @@ Problems CheckShare(const Image& image, const std::string& caller,
   }
   auto unique = Unique(accounts);
   if (unique.empty()) {
-    out.push_back({codes::kAccountListIsEmpty, "no account given; name at least one to share with"});
+    out.push_back(
+        {codes::kAccountListIsEmpty, "no account given; name at least one to share with"});
   }
   std::vector<std::string> fresh;
   for (const auto& account : unique) {
@@ -189,9 +189,9 @@ Problems CheckShare(const Image& image, const std::string& caller,
       out.push_back({codes::kInvalidAccount,
                      "account " + Quote(account) + " does not exist; check the id or add it"});
     } else if (account == image.owner) {
-      out.push_back({codes::kCannotShareToOwner,
-                     "account " + account + " owns image " + image.id + "; it cannot be shared "
-                     "with its owner"});
+      out.push_back({codes::kCannotShareToOwner, "account " + account + " owns image " + image.id +
+                                                     "; it cannot be shared "
+                                                     "with its owner"});
     } else if (std::ranges::find(facts.current_shares, account) != facts.current_shares.end()) {
       out.push_back({codes::kAccountHasBeenShared,
                      "image " + image.id + " is already shared with " + account});
@@ -237,11 +237,11 @@ Problems CheckUnshare(const Image& image, const std::string& caller,
   }
   for (const auto& account : unique) {
     if (!facts.known_accounts.contains(account)) {
-      out.push_back({codes::kInvalidAccount,
-                     "account " + Quote(account) + " does not exist; check the id"});
+      out.push_back(
+          {codes::kInvalidAccount, "account " + Quote(account) + " does not exist; check the id"});
     } else if (std::ranges::find(facts.current_shares, account) == facts.current_shares.end()) {
-      out.push_back({codes::kAccountNotShared,
-                     "image " + image.id + " is not shared with " + account});
+      out.push_back(
+          {codes::kAccountNotShared, "image " + image.id + " is not shared with " + account});
     }
   }
   return out;
@@ -275,9 +275,9 @@ Problems CheckDelete(const Image& image, const std::string& caller, size_t share
     out.push_back({codes::kImageStatusForbidden, Busy(image, "delete")});
   }
   if (share_count > 0) {
-    out.push_back({codes::kImageHasBeenSharedToOthers,
-                   "image " + image.id + " is shared with " + std::to_string(share_count) +
-                       " account(s); unshare it first"});
+    out.push_back({codes::kImageHasBeenSharedToOthers, "image " + image.id + " is shared with " +
+                                                           std::to_string(share_count) +
+                                                           " account(s); unshare it first"});
   }
   return out;
 }

@@ -2,8 +2,8 @@
 
 #include <sqlite3.h>
 
-#include "imagerelay/error.hpp"
 #include "base/sqlite_util.hpp"
+#include "imagerelay/error.hpp"
 
 namespace imagerelay {
 
@@ -50,9 +50,9 @@ void InTransaction(sqlite::Connection& conn, const char* begin, Fn&& fn) {
 
 sqlite::Connection OpenConnection(const std::filesystem::path& file) {
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(file.c_str(), &raw,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(file.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   sqlite::Connection conn(raw);
   if (rc != SQLITE_OK) {
     throw TransferError(codes::kStoreUnavailable,
@@ -185,8 +185,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
       sqlite::ScopedStatement s(find);
       if (!s->Bind(hashes[i]).Step()) continue;
       out[i] = BlockLocation{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
-                             static_cast<uint32_t>(s->Uint(3)),
-                             static_cast<BlockCodec>(s->Int(4))};
+                             static_cast<uint32_t>(s->Uint(3)), static_cast<BlockCodec>(s->Int(4))};
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.

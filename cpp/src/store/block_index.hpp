@@ -77,8 +77,8 @@ class BlockIndex {
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
                   const std::vector<PackEntry>& entries);  // likewise
-  std::mutex mutex_;       // writes
-  std::mutex read_mutex_;  // reads
+  std::mutex mutex_;                                       // writes
+  std::mutex read_mutex_;                                  // reads
   std::unique_ptr<Db> db_;
 };
 

@@ -97,8 +97,8 @@ UniqueFd OpenSpoolFile(const std::filesystem::path& dir) {
     }
     if (errno != EEXIST) break;
   }
-  throw TransferError(codes::kTransferFailed, "cannot create a temporary file in " +
-                                                  dir.string() + ": " + ErrnoText(errno));
+  throw TransferError(codes::kTransferFailed, "cannot create a temporary file in " + dir.string() +
+                                                  ": " + ErrnoText(errno));
 }
 
 std::shared_ptr<BlockList> NewBlockList(uint64_t count, const std::filesystem::path& spool_dir) {

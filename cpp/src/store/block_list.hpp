@@ -8,8 +8,8 @@
 #include <memory>
 #include <string>
 
-#include "imagerelay/manifest.hpp"
 #include "base/unique_fd.hpp"
+#include "imagerelay/manifest.hpp"
 
 namespace imagerelay {
 

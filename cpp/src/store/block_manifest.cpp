@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "base/binary_codec.hpp"
-#include "store/block_list.hpp"
 #include "base/file_util.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "store/block_list.hpp"
 
 namespace imagerelay {
 namespace {
@@ -20,9 +20,8 @@ constexpr std::string_view kDigestPrefix = "sha256:";
 constexpr size_t kStreamBytes = kManifestWindow * kHashBytes;  // the stream's only memory
 
 [[noreturn]] void Damaged(const std::string& what, const std::string& why) {
-  throw IntegrityError(codes::kIntegrityError,
-                       "the manifest of " + what + " is damaged (" + why +
-                           "); import or replicate the image again");
+  throw IntegrityError(codes::kIntegrityError, "the manifest of " + what + " is damaged (" + why +
+                                                   "); import or replicate the image again");
 }
 
 }  // namespace
@@ -59,7 +58,7 @@ int WriteBinaryManifest(const Manifest& m, int fd) {
 }
 
 Manifest ReadBinaryManifest(UniqueFd fd, const std::string& what) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) {
     throw TransferError(codes::kTransferFailed,
                         "cannot read the manifest of " + what + ": " + ErrnoText(errno));

@@ -14,8 +14,8 @@
 #include <cstdint>
 #include <string>
 
-#include "imagerelay/manifest.hpp"
 #include "base/unique_fd.hpp"
+#include "imagerelay/manifest.hpp"
 
 namespace imagerelay {
 

@@ -8,8 +8,8 @@
 #include <ctime>
 
 #include "base/file_util.hpp"
-#include "imagerelay/error.hpp"
 #include "base/local_dir.hpp"
+#include "imagerelay/error.hpp"
 #include "store/local_store.hpp"
 
 namespace imagerelay {
@@ -23,8 +23,7 @@ void RequirePackName(const std::string& name) {
 }
 
 [[noreturn]] void PackFailed(const std::string& what, const std::string& uri, int err) {
-  throw TransferError(codes::kTransferFailed,
-                      what + " in store " + uri + ": " + ErrnoText(err));
+  throw TransferError(codes::kTransferFailed, what + " in store " + uri + ": " + ErrnoText(err));
 }
 
 }  // namespace
@@ -56,8 +55,8 @@ std::string LocalStore::WritePackTemp(int dir_fd, const std::string& name,
   };
   // Around the page cache (O_DIRECT) like chunk files: a pack is not read back soon, and a
   // copy of gigabytes should not fill memory with dirty pages.
-  UniqueFd fd = CreateWritten(dir_fd, tmp, root_ / kPacksDir / name.substr(0, 2) / tmp, bytes,
-                              fail);
+  UniqueFd fd =
+      CreateWritten(dir_fd, tmp, root_ / kPacksDir / name.substr(0, 2) / tmp, bytes, fail);
   if (int err = fd.Close(); err != 0) fail("close", err);
   return tmp;
 }
@@ -109,8 +108,8 @@ void LocalStore::CommitPacks(const std::vector<std::string>& names) {
       SyncFilesystem();
     } else if (UniqueFd dir = OpenStoreDir(kPacksDir, batch[0].first.substr(0, 2));
                dir && ::fsync(dir.get()) != 0) {
-      PackFailed("cannot sync " + (root_ / kPacksDir / batch[0].first.substr(0, 2)).string(),
-                 uri_, errno);
+      PackFailed("cannot sync " + (root_ / kPacksDir / batch[0].first.substr(0, 2)).string(), uri_,
+                 errno);
     }
   } catch (...) {
     discard();

@@ -9,21 +9,21 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <new>
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <new>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
 
-#include "store/block_manifest.hpp"
 #include "base/file_util.hpp"
 #include "base/local_dir.hpp"
+#include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
 #include "imagerelay/sha256.hpp"
-#include "base/unique_fd.hpp"
+#include "store/block_manifest.hpp"
 
 namespace imagerelay {
 namespace fs = std::filesystem;
@@ -37,7 +37,6 @@ constexpr const char* kImagesDir = "images";
 constexpr const char* kQuarantineDir = "quarantine";  // damaged chunks kept for inspection
 // 2: images may be stored as blocks in packs, which releases that know version 1 cannot read.
 constexpr int kStoreMarkerVersion = 2;
-
 
 // A user-supplied name, printable and short, for an error message.
 std::string QuoteName(std::string_view s) {
@@ -65,17 +64,17 @@ void RequireHash(const std::string& hash) {
 
 void RequireImageId(const std::string& id) {
   if (!IsImageId(id)) {
-    throw ValidationError(codes::kInvalidParameter,
-                          "invalid image id " + QuoteName(id) +
-                              ": an image id is \"m-\" followed by 8 of [0-9a-z]");
+    throw ValidationError(
+        codes::kInvalidParameter,
+        "invalid image id " + QuoteName(id) + ": an image id is \"m-\" followed by 8 of [0-9a-z]");
   }
 }
 
 [[noreturn]] void Unavailable(const std::string& uri, const fs::path& dir,
                               const std::string& what) {
   throw TransferError(codes::kStoreUnavailable,
-                      "region store " + uri + " is unavailable: " + what +
-                          "; make sure " + dir.string() +
+                      "region store " + uri + " is unavailable: " + what + "; make sure " +
+                          dir.string() +
                           " is a writable directory on a mounted file system, or change the "
                           "region's store URI");
 }
@@ -84,8 +83,7 @@ void RequireImageId(const std::string& id) {
   throw TransferError(codes::kTransferFailed, what);
 }
 
-[[noreturn]] void NotAStore(const std::string& uri, const fs::path& root,
-                            const std::string& why) {
+[[noreturn]] void NotAStore(const std::string& uri, const fs::path& root, const std::string& why) {
   throw TransferError(codes::kStoreUnavailable,
                       "region store " + uri + " is unavailable: " + root.string() +
                           " is not an imagerelay store: " + why +
@@ -108,15 +106,12 @@ void RequireImageId(const std::string& id) {
 
 }  // namespace
 
-bool IsChunkHash(std::string_view s) {
-  return IsLowerHex(s, 64);
-}
+bool IsChunkHash(std::string_view s) { return IsLowerHex(s, 64); }
 
 bool IsImageId(std::string_view s) {
   if (s.size() != 10 || !s.starts_with("m-")) return false;
-  return std::all_of(s.begin() + 2, s.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z');
-  });
+  return std::all_of(s.begin() + 2, s.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'); });
 }
 
 std::string StoreMarkerText() {
@@ -139,8 +134,8 @@ std::string CheckStoreMarker(std::string_view text) {
 }
 
 bool IsStoreDirName(std::string_view name) {
-  return name == kChunksDir || name == kManifestsDir || name == kImagesDir ||
-         name == kPacksDir || name == kIndexDir || name == "quarantine";
+  return name == kChunksDir || name == kManifestsDir || name == kImagesDir || name == kPacksDir ||
+         name == kIndexDir || name == "quarantine";
 }
 
 std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
@@ -249,8 +244,8 @@ void LocalStore::ClaimRoot(int root_fd) {
     char text[4096];
     ssize_t n = ::pread(marker.get(), text, sizeof(text), 0);
     if (n < 0) {
-      Unavailable(uri_, root_, "cannot read " + (root_ / kStoreMarker).string() + ": " +
-                                   ErrnoText(errno));
+      Unavailable(uri_, root_,
+                  "cannot read " + (root_ / kStoreMarker).string() + ": " + ErrnoText(errno));
     }
     const std::string_view marker_text(text, static_cast<size_t>(n));
     std::string problem = CheckStoreMarker(marker_text);
@@ -264,8 +259,8 @@ void LocalStore::ClaimRoot(int root_fd) {
     return;
   }
   if (errno != ENOENT) {
-    NotAStore(uri_, root_, "its " + std::string(kStoreMarker) + " cannot be read (" +
-                               ErrnoText(errno) + ")");
+    NotAStore(uri_, root_,
+              "its " + std::string(kStoreMarker) + " cannot be read (" + ErrnoText(errno) + ")");
   }
   // No marker: a new or empty directory, or a store of an earlier release.
   std::vector<DirEntry> entries;
@@ -302,8 +297,8 @@ void LocalStore::Check() {
     const fs::path dir = root_ / sub;
     UniqueFd dir_fd = OpenStoreDir(sub);
     const std::string probe = TempName("probe");
-    UniqueFd fd(::openat(dir_fd.get(), probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                         0644));
+    UniqueFd fd(
+        ::openat(dir_fd.get(), probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (!fd) {
       Unavailable(uri_, dir, "cannot create a file in " + dir.string() + ": " + ErrnoText(errno));
     }
@@ -390,7 +385,7 @@ bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
 }
 
 uint64_t LocalStore::PutChunk(const std::string& hash, std::span<const std::byte> data,
-                          const CancelToken* /*cancel*/) {
+                              const CancelToken* /*cancel*/) {
   RequireHash(hash);
   EnsureChunkDirs();
   // Content-addressed: the same name holds the same bytes. One of another length, or no
@@ -589,7 +584,8 @@ void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
     Failed("cannot stat chunk " + hash + " in store " + uri_ + ": " + ErrnoText(errno));
   }
   if (!S_ISREG(st.st_mode)) {
-    Failed("chunk " + hash + " in store " + uri_ + " is not a regular file; remove it and "
+    Failed("chunk " + hash + " in store " + uri_ +
+           " is not a regular file; remove it and "
            "replicate or import the image again");
   }
   out.resize(static_cast<size_t>(st.st_size));
@@ -644,8 +640,8 @@ std::vector<std::string> LocalStore::ListChunks() {
   int err = ForEachPrefixDir(chunks.get(), [&](const std::string& prefix, int fd) {
     std::vector<DirEntry> entries;
     if (int err = ListDirectory(fd, entries); err != 0) {
-      Failed("cannot list " + (root_ / kChunksDir / prefix).string() + " in store " + uri_ +
-             ": " + ErrnoText(err));
+      Failed("cannot list " + (root_ / kChunksDir / prefix).string() + " in store " + uri_ + ": " +
+             ErrnoText(err));
     }
     for (DirEntry& entry : entries) {
       // Temporary files start with '.', so they never pass this test.
@@ -663,9 +659,9 @@ std::vector<std::string> LocalStore::ListChunks() {
   return hashes;
 }
 
-void LocalStore::WriteRecord(const char* sub, std::atomic<bool>& known,
-                             const std::string& image_id, std::string_view suffix,
-                             const std::function<int(int fd)>& write, const char* what) {
+void LocalStore::WriteRecord(const char* sub, std::atomic<bool>& known, const std::string& image_id,
+                             std::string_view suffix, const std::function<int(int fd)>& write,
+                             const char* what) {
   RequireImageId(image_id);
   EnsureDir(sub, known);
   UniqueFd dir = OpenStoreDir(sub);
@@ -686,8 +682,8 @@ UniqueFd LocalStore::OpenRecord(const char* sub, const std::string& image_id,
   const std::string name = image_id + std::string(suffix);
   UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd && errno != ENOENT) {
-    Failed(std::string("cannot open the ") + what + " of " + image_id + " in store " + uri_ +
-           ": " + ErrnoText(errno));
+    Failed(std::string("cannot open the ") + what + " of " + image_id + " in store " + uri_ + ": " +
+           ErrnoText(errno));
   }
   return fd;
 }
@@ -711,8 +707,8 @@ std::optional<std::string> LocalStore::ReadRecord(const char* sub, const std::st
   return text;
 }
 
-void LocalStore::DeleteRecord(const char* sub, const std::string& image_id,
-                              std::string_view suffix, const char* what) {
+void LocalStore::DeleteRecord(const char* sub, const std::string& image_id, std::string_view suffix,
+                              const char* what) {
   RequireImageId(image_id);
   UniqueFd dir = OpenStoreDir(sub);
   if (!dir) return;
@@ -749,8 +745,9 @@ std::vector<std::string> LocalStore::ListRecords(const char* sub) {
 
 void LocalStore::PutManifest(const std::string& image_id, const Manifest& manifest) {
   Flush();  // every chunk it names is durable and visible first
-  WriteRecord(kManifestsDir, manifests_known_, image_id, kManifestSuffix,
-              [&](int fd) { return WriteBinaryManifest(manifest, fd); }, "manifest");
+  WriteRecord(
+      kManifestsDir, manifests_known_, image_id, kManifestSuffix,
+      [&](int fd) { return WriteBinaryManifest(manifest, fd); }, "manifest");
   // A first-release manifest of the same image would be read no more; it goes.
   DeleteRecord(kManifestsDir, image_id, kRecordSuffix, "manifest");
 }
@@ -773,9 +770,9 @@ void LocalStore::DeleteManifest(const std::string& image_id) {
 std::vector<std::string> LocalStore::ListManifests() { return ListRecords(kManifestsDir); }
 
 void LocalStore::PutImageRecord(const std::string& image_id, const std::string& json) {
-  WriteRecord(kImagesDir, images_known_, image_id, kRecordSuffix,
-              [&](int fd) { return PwriteAll(fd, json.data(), json.size(), 0); },
-              "image record");
+  WriteRecord(
+      kImagesDir, images_known_, image_id, kRecordSuffix,
+      [&](int fd) { return PwriteAll(fd, json.data(), json.size(), 0); }, "image record");
 }
 
 std::optional<std::string> LocalStore::GetImageRecord(const std::string& image_id) {

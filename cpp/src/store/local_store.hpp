@@ -29,15 +29,15 @@
 #include <filesystem>
 #include <functional>
 #include <list>
-#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "base/unique_fd.hpp"
 #include "imagerelay/store.hpp"
 #include "store/pack_files.hpp"
-#include "base/unique_fd.hpp"
 
 namespace imagerelay {
 
@@ -87,7 +87,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   bool HasChunkOfLength(const std::string& hash, uint64_t length,
                         const CancelToken* cancel = nullptr) override;
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
-                const CancelToken* cancel = nullptr) override;
+                    const CancelToken* cancel = nullptr) override;
   void Flush(const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
@@ -210,8 +210,8 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   // Creates the temporary file dir_fd/tmp_name (`tmp` names it in messages), writes `data`
   // to it around the page cache where the file system allows, stamps it and returns it
   // open; calls fail(what, errno) (which throws) on an error.
-  UniqueFd CreateWritten(int dir_fd, const std::string& tmp_name,
-                         const std::filesystem::path& tmp, std::span<const std::byte> data,
+  UniqueFd CreateWritten(int dir_fd, const std::string& tmp_name, const std::filesystem::path& tmp,
+                         std::span<const std::byte> data,
                          const std::function<void(const std::string&, int)>& fail);
   // A chunk file not stamped by this store: reads and checks it; re-stamps it if right,
   // quarantines it (and reports the damage) if not. True if it is right.

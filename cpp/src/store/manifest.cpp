@@ -7,9 +7,9 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "base/binary_codec.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "base/binary_codec.hpp"
 #include "store/block_list.hpp"
 
 namespace imagerelay {
@@ -148,8 +148,8 @@ class CompactManifestReader {
 
   // The header fields into `m`, the chunk list into `hashes`.
   bool Read(Manifest& m, std::vector<std::string>& hashes) {
-    if (!Literal(R"({"version":1,"size":)") || !Number(m.size) ||
-        !Literal(R"(,"chunk_size":)") || !Number(m.chunk_size) || !Literal(R"(,"digest":)")) {
+    if (!Literal(R"({"version":1,"size":)") || !Number(m.size) || !Literal(R"(,"chunk_size":)") ||
+        !Number(m.chunk_size) || !Literal(R"(,"digest":)")) {
       return false;
     }
     if (!Literal("null")) {
@@ -158,7 +158,8 @@ class CompactManifestReader {
       m.digest = digest;
     }
     if (!Literal(R"(,"chunks":[)")) return false;
-    if (m.chunk_size != 0) hashes.reserve(std::min<uint64_t>(m.size / m.chunk_size + 1, text_.size() / 4));
+    if (m.chunk_size != 0)
+      hashes.reserve(std::min<uint64_t>(m.size / m.chunk_size + 1, text_.size() / 4));
     if (!Literal("]")) {
       for (;;) {
         std::string_view hash;
@@ -216,8 +217,8 @@ void Validate(const Manifest& m, const std::vector<std::string>& hashes) {
   uint64_t expected = m.size / m.chunk_size + (m.size % m.chunk_size != 0 ? 1 : 0);
   if (hashes.size() != expected) {
     Invalid("it lists " + std::to_string(hashes.size()) + " chunks where size " +
-            std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) +
-            " need " + std::to_string(expected));
+            std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) + " need " +
+            std::to_string(expected));
   }
   for (size_t i = 0; i < hashes.size(); ++i) {
     if (!hashes[i].empty() && !IsHex64(hashes[i])) {
@@ -242,8 +243,7 @@ Manifest Manifest::FromJson(const std::string& text) {
   if (!j.is_object()) Invalid("it is not a JSON object");
 
   auto version = j.find("version");
-  if (version == j.end() || !version->is_number_integer() ||
-      version->get<int64_t>() != kVersion) {
+  if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != kVersion) {
     Invalid("\"version\" must be 1");
   }
   Manifest m;
@@ -257,7 +257,7 @@ Manifest Manifest::FromJson(const std::string& text) {
   }
   if (digest->is_string()) m.digest = digest->get<std::string>();
   if (digest->is_string() && (!m.digest.starts_with(kDigestPrefix) ||
-      !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size())))) {
+                              !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size())))) {
     Invalid("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
   }
 
@@ -266,8 +266,8 @@ Manifest Manifest::FromJson(const std::string& text) {
   uint64_t expected = m.size / m.chunk_size + (m.size % m.chunk_size != 0 ? 1 : 0);
   if (chunks->size() != expected) {
     Invalid("it lists " + std::to_string(chunks->size()) + " chunks where size " +
-            std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) +
-            " need " + std::to_string(expected));
+            std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) + " need " +
+            std::to_string(expected));
   }
   std::vector<std::string> hashes;
   hashes.reserve(chunks->size());

@@ -3,8 +3,8 @@
 // with a small page cache, so that a sweep's memory does not grow with the region.
 #include <sqlite3.h>
 
-#include "imagerelay/store.hpp"
 #include "base/sqlite_util.hpp"
+#include "imagerelay/store.hpp"
 
 namespace imagerelay {
 

@@ -39,7 +39,7 @@ EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
   if (zstd_level <= 0 || raw.size() < 64) return {BlockCodec::kRaw, raw};
   // A context per thread: ZSTD_compress would allocate (and free) one per block.
   thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> context(ZSTD_createCCtx(),
-                                                                         &ZSTD_freeCCtx);
+                                                                          &ZSTD_freeCCtx);
   if (!context) return {BlockCodec::kRaw, raw};
   // Room for only what would be worth keeping: zstd gives up as soon as it cannot fit,
   // so incompressible data costs less than a full attempt.
@@ -52,14 +52,13 @@ EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
   constexpr size_t kSample = 4096;
   if (raw.size() >= 8 * kSample) {
     auto shrinks = [&](size_t at) {
-      return !ZSTD_isError(ZSTD_compressCCtx(context.get(), scratch.data(),
-                                             kSample - kSample / 8, raw.data() + at, kSample,
-                                             zstd_level));
+      return !ZSTD_isError(ZSTD_compressCCtx(context.get(), scratch.data(), kSample - kSample / 8,
+                                             raw.data() + at, kSample, zstd_level));
     };
     if (!shrinks(0) && !shrinks(raw.size() / 2)) return {BlockCodec::kRaw, raw};
   }
-  const size_t packed = ZSTD_compressCCtx(context.get(), scratch.data(), limit, raw.data(),
-                                          raw.size(), zstd_level);
+  const size_t packed =
+      ZSTD_compressCCtx(context.get(), scratch.data(), limit, raw.data(), raw.size(), zstd_level);
   if (ZSTD_isError(packed)) return {BlockCodec::kRaw, raw};
   return {BlockCodec::kZstd, std::span<const std::byte>(scratch.data(), packed)};
 }
@@ -163,10 +162,10 @@ void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
   } else {
     out.resize(entry.raw_length);
     thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
-                                                                           &ZSTD_freeDCtx);
+                                                                            &ZSTD_freeDCtx);
     if (!context) throw std::bad_alloc();
-    const size_t n = ZSTD_decompressDCtx(context.get(), out.data(), out.size(), stored.data(),
-                                         stored.size());
+    const size_t n =
+        ZSTD_decompressDCtx(context.get(), out.data(), out.size(), stored.data(), stored.size());
     if (ZSTD_isError(n)) damaged(std::string("zstd: ") + ZSTD_getErrorName(n));
     if (n != entry.raw_length) damaged("it decompresses to another length");
   }

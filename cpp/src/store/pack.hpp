@@ -32,7 +32,9 @@ struct PageAlignedAllocator {
   T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
   void deallocate(T* p, size_t) noexcept { ::operator delete(p, kAlign); }
   template <typename U>
-  bool operator==(const PageAlignedAllocator<U>&) const { return true; }
+  bool operator==(const PageAlignedAllocator<U>&) const {
+    return true;
+  }
 };
 using PackBytes = std::vector<std::byte, PageAlignedAllocator<std::byte>>;
 

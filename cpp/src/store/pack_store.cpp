@@ -34,9 +34,7 @@ constexpr uint64_t kMaxStagedGroups = 4;
 
 }  // namespace
 
-bool IsPackName(std::string_view name) {
-  return IsLowerHex(name, 32);
-}
+bool IsPackName(std::string_view name) { return IsLowerHex(name, 32); }
 
 std::string NewPackName() { return RandomHex(16); }
 
@@ -44,7 +42,8 @@ PackStore::PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOpt
     : base_(std::move(base)),
       packs_(packs),
       options_(options),
-      builder_(std::make_unique<PackBuilder>(options.zstd_level, options.pack_size + kBuilderSlack)) {
+      builder_(
+          std::make_unique<PackBuilder>(options.zstd_level, options.pack_size + kBuilderSlack)) {
   // Damage that the base store finds in its chunk files reaches our owner.
   base_->SetDamageHandler(
       [this](const std::string& hash, const std::string& why) { ReportDamage(hash, why); });
@@ -492,7 +491,8 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
     planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
   }
   for (auto& [pack, blocks] : planned) {
-    std::sort(blocks.begin(), blocks.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
+    std::sort(blocks.begin(), blocks.end(),
+              [](const Run& x, const Run& y) { return x.begin < y.begin; });
     std::vector<Run> runs;
     for (const Run& block : blocks) {
       if (!runs.empty() && block.begin <= runs.back().end + kMaxGap &&
@@ -660,8 +660,8 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     const std::vector<PackEntry> entries = repacked.entries();
     const PackBytes bytes = repacked.Finish();
     const std::string name = NewPackName();
-    packs_.PutPack(name, bytes, nullptr);           // 1. the new pack is durable
-    index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
+    packs_.PutPack(name, bytes, nullptr);                            // 1. the new pack is durable
+    index.AddPack(name, bytes.size(), entries, replaced);            // 2. one switch in the index
     for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
     replaced.clear();
   };

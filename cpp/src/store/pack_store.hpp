@@ -21,21 +21,21 @@
 
 #include <atomic>
 #include <chrono>
-#include <stop_token>
-#include <thread>
 #include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
-#include "store/block_index.hpp"
 #include "imagerelay/store.hpp"
+#include "store/block_index.hpp"
 #include "store/local_store.hpp"  // ChunkSizeProbe
 #include "store/pack.hpp"
 #include "store/pack_files.hpp"
@@ -162,12 +162,12 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::vector<PackBytes> spare_buffers_;  // of packs written, for the next builders
   std::vector<Staged> staged_;
   uint64_t staged_bytes_ = 0;
-  std::chrono::steady_clock::time_point staged_since_;  // when the oldest was staged
+  std::chrono::steady_clock::time_point staged_since_;   // when the oldest was staged
   std::chrono::steady_clock::time_point builder_since_;  // when its first block came
-  std::unordered_set<std::string> pending_;  // blocks added, not indexed yet
-  int sealing_ = 0;                          // packs being written
-  int committing_ = 0;                       // groups of staged packs being committed
-  std::string write_error_;                  // the last failed pack write, for Flush()
+  std::unordered_set<std::string> pending_;              // blocks added, not indexed yet
+  int sealing_ = 0;                                      // packs being written
+  int committing_ = 0;                                   // groups of staged packs being committed
+  std::string write_error_;                              // the last failed pack write, for Flush()
   // Commits each group of staged packs (kCommitBytes), and writes the pack in progress once
   // it has waited max_pack_age, even when no more blocks come (a stalled source): started
   // with the first block.

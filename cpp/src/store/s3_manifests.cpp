@@ -8,11 +8,11 @@
 #include <chrono>
 #include <thread>
 
-#include "store/block_list.hpp"
-#include "store/block_manifest.hpp"
 #include "base/file_util.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
+#include "store/block_list.hpp"
+#include "store/block_manifest.hpp"
 #include "store/s3_store.hpp"
 
 namespace imagerelay {
@@ -30,8 +30,8 @@ class MappedFile {
     if (size_ == 0) return;
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
-      throw TransferError(codes::kTransferFailed, "cannot map a spooled manifest: " +
-                                                      ErrnoText(errno));
+      throw TransferError(codes::kTransferFailed,
+                          "cannot map a spooled manifest: " + ErrnoText(errno));
     }
     data_ = static_cast<const std::byte*>(p);
   }
@@ -80,7 +80,8 @@ std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
   get.key = key;
   get.on_body = [&](long status, std::span<const std::byte> data) {
     if (status < 200 || status >= 300) {
-      const size_t take = std::min(data.size(), kErrorBodyBytes - std::min(kErrorBodyBytes, error_body.size()));
+      const size_t take =
+          std::min(data.size(), kErrorBodyBytes - std::min(kErrorBodyBytes, error_body.size()));
       error_body.append(reinterpret_cast<const char*>(data.data()), take);
       return true;
     }
@@ -106,13 +107,13 @@ std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
   }
   if (write_error != 0) {
-    throw TransferError(codes::kTransferFailed, "cannot spool the manifest of " + what +
-                                                    " in " + CacheDir().string() + ": " +
+    throw TransferError(codes::kTransferFailed, "cannot spool the manifest of " + what + " in " +
+                                                    CacheDir().string() + ": " +
                                                     ErrnoText(write_error));
   }
   if (response.status == 404) {
-    std::optional<std::string> text = GetText(RecordKey("manifests", image_id, kJsonSuffix),
-                                              "a manifest");
+    std::optional<std::string> text =
+        GetText(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
     if (!text) return std::nullopt;
     return ReadFirstReleaseManifest(*text, what);
   }

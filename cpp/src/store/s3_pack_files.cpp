@@ -51,8 +51,8 @@ bool S3Store::ReadPack(const std::string& name, uint64_t offset, std::span<std::
   body.reserve(out.size());
   Call get;
   get.key = PackKey(name);
-  get.headers = {{"range", "bytes=" + std::to_string(offset) + "-" +
-                               std::to_string(offset + out.size() - 1)}};
+  get.headers = {
+      {"range", "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + out.size() - 1)}};
   get.sink = &body;
   get.max_body = out.size() + 4096;
   HttpResponse response = client_.Perform(get, cancel);

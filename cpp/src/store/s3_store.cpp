@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
-#include <cstdlib>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <random>
 #include <thread>
@@ -17,7 +17,7 @@
 namespace imagerelay {
 namespace {
 
-constexpr int kChunkAttempts = 3;     // the transfer engine retries chunks again on top
+constexpr int kChunkAttempts = 3;  // the transfer engine retries chunks again on top
 
 [[noreturn]] void Invalid(const std::string& message) {
   throw ValidationError(codes::kInvalidParameter, message);
@@ -107,8 +107,8 @@ std::string S3Store::RecordKey(const char* dir, const std::string& image_id,
 }
 
 void S3Store::Fail(const std::string& what, const HttpResponse& response) const {
-  std::string message = "S3 " + what + " in store " + location().display +
-                        " failed: " + S3Client::Reason(response);
+  std::string message =
+      "S3 " + what + " in store " + location().display + " failed: " + S3Client::Reason(response);
   if (IsTransientStatus(response.status)) throw TransientError(message);
   throw TransferError(codes::kStoreUnavailable, message);
 }
@@ -123,16 +123,18 @@ void S3Store::Check() {
     put.body = std::as_bytes(std::span(body));
     HttpResponse response = client_.Perform(put);
     if (!Ok(response.status)) {
-      throw TransferError(codes::kStoreUnavailable,
-                          "S3 store " + location().display + " is not writable: " + S3Client::Reason(response));
+      throw TransferError(
+          codes::kStoreUnavailable,
+          "S3 store " + location().display + " is not writable: " + S3Client::Reason(response));
     }
     Call del;
     del.method = "DELETE";
     del.key = key;
     response = client_.Perform(del);
     if (!Ok(response.status) && response.status != 404) {
-      throw TransferError(codes::kStoreUnavailable, "S3 store " + location().display +
-                                                        " does not allow deletes: " + S3Client::Reason(response));
+      throw TransferError(codes::kStoreUnavailable,
+                          "S3 store " + location().display +
+                              " does not allow deletes: " + S3Client::Reason(response));
     }
     ClaimPrefix();
   } catch (const TransientError& e) {
@@ -140,8 +142,8 @@ void S3Store::Check() {
                         "S3 store " + location().display + " is unreachable: " + e.what());
   } catch (const TlsVerificationError& e) {
     throw TransferError(codes::kStoreUnavailable,
-                        "S3 store " + location().display + " failed TLS verification (" +
-                            e.what() + "); to trust a private CA add ca_bundle=/path/to/ca.pem "
+                        "S3 store " + location().display + " failed TLS verification (" + e.what() +
+                            "); to trust a private CA add ca_bundle=/path/to/ca.pem "
                             "to the store URI or set AWS_CA_BUNDLE");
   } catch (const std::runtime_error& e) {
     if (dynamic_cast<const Error*>(&e)) throw;
@@ -221,7 +223,7 @@ std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
 }
 
 uint64_t S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
-                       const CancelToken* cancel) {
+                           const CancelToken* cancel) {
   Call put;
   put.method = "PUT";
   put.key = ChunkKey(hash);
@@ -261,7 +263,8 @@ void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,
   }
   if (!Ok(response.status)) {
     // The error document went into `out`: move it where Reason() looks.
-    response.body.assign(reinterpret_cast<const char*>(out.data()), std::min<size_t>(out.size(), 4096));
+    response.body.assign(reinterpret_cast<const char*>(out.data()),
+                         std::min<size_t>(out.size(), 4096));
     out.clear();
     Fail("GET of chunk " + hash, response);
   }
@@ -296,8 +299,9 @@ bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t len
   copy.method = "PUT";
   copy.key = ChunkKey(hash);
   copy.attempts = kChunkAttempts;
-  copy.headers = {{"x-amz-copy-source",
-                   sigv4::UriEncode("/" + from.location().bucket + "/" + from.ChunkKey(hash), false)}};
+  copy.headers = {
+      {"x-amz-copy-source",
+       sigv4::UriEncode("/" + from.location().bucket + "/" + from.ChunkKey(hash), false)}};
   if (hash_copies_.load(std::memory_order_relaxed)) {
     copy.headers.emplace_back("x-amz-checksum-algorithm", "SHA256");
   }
@@ -323,8 +327,10 @@ bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t len
   const std::string copied = XmlFirst(response.body, "ChecksumSHA256");
   if (!copied.empty()) {
     if (Base64ToHex(copied) != hash) {
-      RejectCopy(hash, "the store reports SHA-256 " + copied + " for it (base64); the source "
-                       "chunk in " + from.location().display + " does not hold these bytes");
+      RejectCopy(hash, "the store reports SHA-256 " + copied +
+                           " for it (base64); the source "
+                           "chunk in " +
+                           from.location().display + " does not hold these bytes");
     }
     return true;
   }
@@ -346,7 +352,8 @@ void S3Store::DeleteKey(const std::string& key, const char* what) {
   del.method = "DELETE";
   del.key = key;
   HttpResponse response = client_.Perform(del);
-  if (!Ok(response.status) && response.status != 404) Fail(std::string("DELETE of ") + what, response);
+  if (!Ok(response.status) && response.status != 404)
+    Fail(std::string("DELETE of ") + what, response);
 }
 
 void S3Store::DeleteChunk(const std::string& hash) { DeleteKey(ChunkKey(hash), "a chunk"); }
@@ -379,7 +386,8 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
                              std::to_string(page_sizes.size()) + " sizes for " +
                              std::to_string(keys.size() - first) + " keys");
       }
-      for (const auto& size : page_sizes) sizes->push_back(std::strtoull(size.c_str(), nullptr, 10));
+      for (const auto& size : page_sizes)
+        sizes->push_back(std::strtoull(size.c_str(), nullptr, 10));
     }
     if (XmlFirst(response.body, "IsTruncated") != "true") break;
     token = XmlFirst(response.body, "NextContinuationToken");

@@ -38,9 +38,9 @@
 #include <vector>
 
 #include "imagerelay/store.hpp"
+#include "net/s3_client.hpp"
 #include "store/local_store.hpp"  // ChunkSizeProbe
 #include "store/pack_files.hpp"
-#include "net/s3_client.hpp"
 
 namespace imagerelay {
 
@@ -66,7 +66,7 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   // server-side copy checks before it copies the chunk elsewhere. A server that answers
   // 400/501 to the checksum headers but takes the PUT without them gets none from then on.
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
-                const CancelToken* cancel = nullptr) override;
+                    const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
   // Same endpoint, region and credentials: the buckets are one service to CopyObject.

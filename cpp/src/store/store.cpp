@@ -4,9 +4,9 @@
 #include <atomic>
 #include <cctype>
 #include <exception>
-#include <stdexcept>
 #include <filesystem>
 #include <optional>
+#include <stdexcept>
 #include <string_view>
 #include <system_error>
 #include <thread>
@@ -15,8 +15,8 @@
 #include "imagerelay/error.hpp"
 #include "store/local_store.hpp"
 #include "store/pack_store.hpp"
-#include "store/store_factory.hpp"
 #include "store/s3_store.hpp"
+#include "store/store_factory.hpp"
 
 namespace imagerelay {
 namespace {
@@ -48,8 +48,8 @@ std::optional<std::string> SchemeOf(std::string_view uri) {
   for (size_t i = 0; i < sep; ++i) {
     char c = uri[i];
     bool ok = std::isalpha(static_cast<unsigned char>(c)) ||
-              (i > 0 && (std::isdigit(static_cast<unsigned char>(c)) || c == '+' || c == '-' ||
-                         c == '.'));
+              (i > 0 &&
+               (std::isdigit(static_cast<unsigned char>(c)) || c == '+' || c == '-' || c == '.'));
     if (!ok) return std::nullopt;
     scheme += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
@@ -121,8 +121,8 @@ std::string CheckS3Uri(const std::string& uri) {
 }  // namespace
 
 std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
-                                  const CancelToken* cancel,
-                                  const std::vector<uint64_t>& lengths) {
+                                   const CancelToken* cancel,
+                                   const std::vector<uint64_t>& lengths) {
   if (!lengths.empty() && lengths.size() != hashes.size()) {
     throw std::invalid_argument("HasChunks: one length per hash");
   }
@@ -147,8 +147,8 @@ std::vector<bool> Store::HasChunks(const std::vector<std::string>& hashes,
   };
   // A thread per kPerThread lookups at least, so that a short list costs no thread at all.
   constexpr size_t kPerThread = 32;
-  const size_t threads =
-      std::clamp<size_t>(hashes.size() / kPerThread, 1, std::max<size_t>(1, ExistenceCheckThreads()));
+  const size_t threads = std::clamp<size_t>(hashes.size() / kPerThread, 1,
+                                            std::max<size_t>(1, ExistenceCheckThreads()));
   std::vector<std::thread> pool;
   for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
   work();
@@ -202,8 +202,7 @@ std::string CheckStoreUri(const std::string& uri) {
     }
     return "";
   }
-  return "store URI " + Shown(uri) + " has the unsupported scheme \"" + *scheme + "\"; " +
-         kForms;
+  return "store URI " + Shown(uri) + " has the unsupported scheme \"" + *scheme + "\"; " + kForms;
 }
 
 std::unique_ptr<Store> OpenStore(const std::string& uri) { return OpenStore(uri, {}, {}); }
