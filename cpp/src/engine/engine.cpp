@@ -70,24 +70,6 @@ void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& 
   NotifyChanged();
 }
 
-void Engine::Impl::NotifyChanged() {
-  {
-    std::lock_guard lock(changed_mutex);
-    ++generation;
-  }
-  changed.notify_all();
-}
-
-uint64_t Engine::Impl::Generation() {
-  std::lock_guard lock(changed_mutex);
-  return generation;
-}
-
-void Engine::Impl::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until) {
-  std::unique_lock lock(changed_mutex);
-  changed.wait_until(lock, until, [&] { return generation != seen; });
-}
-
 namespace {
 
 // Where homes made before credentials files kept a region's S3 credentials (JSON).
@@ -123,17 +105,6 @@ std::shared_ptr<Store> Engine::Impl::StoreFor(const std::string& region_id) {
   catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(region_id); });
   if (!region) ThrowCode(codes::kNoSuchRegion, "region " + Quote(region_id) + " does not exist");
   return StoreForUri(region->store_uri, region_id);
-}
-
-void Engine::Impl::CheckPolicies(const PolicyRequest& request) {
-  std::vector<PolicyFn> fns;
-  {
-    std::lock_guard lock(policies_mutex);
-    for (const auto& [handle, fn] : policies) fns.push_back(fn);
-  }
-  for (const auto& fn : fns) {
-    if (auto rejection = fn(request)) ThrowCode(codes::kPolicyViolation, *rejection);
-  }
 }
 
 void Engine::Impl::SpawnBackground(std::function<void()> fn) {
@@ -866,20 +837,8 @@ int64_t Engine::AddListener(const std::string& account, const std::string& event
 
 void Engine::RemoveListener(int64_t handle) { impl_->bus.Remove(handle); }
 
-int64_t Engine::AddPolicy(PolicyFn fn) {
-  std::lock_guard lock(impl_->policies_mutex);
-  int64_t handle = impl_->next_policy++;
-  impl_->policies[handle] = std::move(fn);
-  return handle;
-}
+int64_t Engine::AddPolicy(PolicyFn fn) { return impl_->policies.Add(std::move(fn)); }
 
-void Engine::RemovePolicy(int64_t handle) {
-  PolicyFn doomed;
-  std::lock_guard lock(impl_->policies_mutex);
-  auto it = impl_->policies.find(handle);
-  if (it == impl_->policies.end()) return;
-  doomed = std::move(it->second);
-  impl_->policies.erase(it);
-}
+void Engine::RemovePolicy(int64_t handle) { impl_->policies.Remove(handle); }
 
 }  // namespace imagerelay

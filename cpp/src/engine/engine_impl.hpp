@@ -16,10 +16,12 @@
 #include <unordered_set>
 #include <vector>
 
+#include "engine/change_notifier.hpp"
 #include "engine/credentials_files.hpp"
 #include "engine/event_bus.hpp"
 #include "engine/events.hpp"
 #include "engine/lease.hpp"
+#include "engine/policy_set.hpp"
 #include "engine/store_registry.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
@@ -50,9 +52,7 @@ struct Engine::Impl {
   std::string worker_id;  // "<host>:<pid>:<nonce>"
   std::string host;
 
-  std::mutex policies_mutex;
-  std::map<int64_t, PolicyFn> policies;
-  int64_t next_policy = 1;
+  PolicySet policies;
 
   std::unique_ptr<StoreRegistry> stores;  // the region stores, by URI
 
@@ -70,16 +70,8 @@ struct Engine::Impl {
   std::map<std::string, std::shared_ptr<CancelToken>> running;
 
   // Signalled after every write by this process, so that waiters re-read at once.
-  std::mutex changed_mutex;
-  std::condition_variable changed;
-  uint64_t generation = 0;  // under changed_mutex: bumped by every NotifyChanged
-  // Wakes every WaitForChange at once.
-  void NotifyChanged();
-  // The generation to pass to WaitForChange, taken before reading what is waited for.
-  uint64_t Generation();
-  // Returns after a change since `seen` or at `until`, whichever is first: no wake-up is
-  // lost between reading the catalog and waiting.
-  void WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until);
+  ChangeNotifier changes;
+  void NotifyChanged() { changes.Notify(); }
   // The one loop of every Engine::Wait* (waits.cpp): calls `done` until it returns true,
   // again after each change; false when the timeout passes or `cancel` fires first.
   bool WaitUntil(const std::function<bool()>& done, std::optional<double> timeout_s,
@@ -115,7 +107,7 @@ struct Engine::Impl {
   // to their files and scrubs the catalog.
   void MoveCredentialsOutOfCatalog();
   // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
-  void CheckPolicies(const PolicyRequest& request);
+  void CheckPolicies(const PolicyRequest& request) const { policies.Check(request); }
   // Sweeps a region's store if it has garbage and no writer is in flight there.
   void MaybeSweep(const std::string& region_id);
   // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).

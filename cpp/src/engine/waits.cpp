@@ -32,12 +32,12 @@ bool Engine::Impl::WaitUntil(const std::function<bool()>& done, std::optional<do
                              const CancelToken* cancel) {
   const auto deadline = DeadlineOf(timeout_s);
   for (;;) {
-    const uint64_t seen = Generation();  // before reading: a change meanwhile is not lost
+    const uint64_t seen = changes.Generation();  // before reading: a change meanwhile is not lost
     if (done()) return true;
     const auto now = Clock::now();
     if ((deadline && now >= *deadline) || (cancel && cancel->cancelled())) return false;
     const auto wake = now + kLookForOtherProcesses;
-    WaitForChange(seen, deadline ? std::min(wake, *deadline) : wake);
+    changes.WaitForChange(seen, deadline ? std::min(wake, *deadline) : wake);
   }
 }
 
