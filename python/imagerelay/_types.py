@@ -43,17 +43,19 @@ class Limits:
         return core
 
 
-# The range of each limit, within what its C++ field (int or uint64_t) holds. 0 only where it
-# means something: no bandwidth cap, no shares.
+# What each limit's C++ field (uint64_t or int) can hold; the range each must be in is a rule
+# of the core (CheckLimits in cpp/src/rules/rules.cpp), checked when a home is opened.
+_U64 = (0, INT64_MAX)
+_INT = (-INT32_MAX - 1, INT32_MAX)
 _LIMIT_RANGES: dict[str, tuple[int, int]] = {
-    "max_copy_bytes": (1, INT64_MAX),
-    "max_import_bytes": (1, INT64_MAX),
-    "max_share_accounts": (0, INT32_MAX),
-    "max_accepted_shares": (0, INT32_MAX),
-    "chunk_size": (4096, 256 * 2**20),
-    "max_tasks_per_region": (1, INT32_MAX),
-    "buffer_memory": (1, INT64_MAX),
-    "bandwidth": (0, INT64_MAX),
+    "max_copy_bytes": _U64,
+    "max_import_bytes": _U64,
+    "max_share_accounts": _INT,
+    "max_accepted_shares": _INT,
+    "chunk_size": _U64,
+    "max_tasks_per_region": _INT,
+    "buffer_memory": _U64,
+    "bandwidth": _U64,
 }
 
 

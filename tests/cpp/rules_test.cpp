@@ -256,3 +256,29 @@ TEST(SharedUsersRulesTest, OwnerOnly) {
 
 }  // namespace
 }  // namespace imagerelay
+
+namespace imagerelay {
+namespace {
+
+TEST(LimitsRulesTest, EveryLimitOutOfItsRangeIsAProblem) {
+  EXPECT_TRUE(CheckLimits(Limits{}).empty());
+  Limits bad;
+  bad.chunk_size = 100;
+  bad.max_tasks_per_region = 0;
+  bad.max_share_accounts = -1;
+  bad.bandwidth = UINT64_MAX;  // past 2**63-1
+  const auto problems = CheckLimits(bad);
+  ASSERT_EQ(problems.size(), 4u);
+  for (const auto& p : problems) EXPECT_EQ(p.code, codes::kInvalidParameter);
+  EXPECT_EQ(problems[1].message,
+            "Limits.chunk_size must be an integer between 4096 and 268435456, got 100");
+  Limits top;
+  top.chunk_size = 256 << 20;
+  top.max_copy_bytes = INT64_MAX;
+  top.max_share_accounts = INT32_MAX;
+  top.max_accepted_shares = 0;
+  EXPECT_TRUE(CheckLimits(top).empty());
+}
+
+}  // namespace
+}  // namespace imagerelay

@@ -53,6 +53,9 @@ struct ImportRequest {
   bool validate_only = false;  // every check (source, rules, policies), nothing imported
 };
 
+// The limits of a home (Engine::Open): each within its range, every problem at once.
+std::vector<Problem> CheckLimits(const Limits& limits);
+
 // Checks the request fields; `region_exists` and the source size come from the engine
 // (size_known=false when the source could not be opened: that problem is reported apart).
 std::vector<Problem> CheckImport(const ImportRequest& request, bool region_exists, bool size_known,

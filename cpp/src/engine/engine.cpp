@@ -235,6 +235,7 @@ std::string ImportSourcePath(const std::string& source) {
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
+  ThrowIfAny(CheckLimits(options.limits));  // before the home is touched
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->host = HostName();

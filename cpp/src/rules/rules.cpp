@@ -1,6 +1,8 @@
 #include "imagerelay/rules.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <string>
 
 #include "imagerelay/ids.hpp"
 
@@ -29,7 +31,34 @@ void CheckOwner(const Image& image, const std::string& caller, Problems& out) {
   }
 }
 
+// "Limits.<name> must be an integer between <low> and <high>, got <value>" unless in range.
+void CheckRange(const char* name, int64_t value, int64_t low, int64_t high,
+                std::string_view high_text, Problems& out) {
+  if (value >= low && value <= high) return;
+  out.push_back(
+      {codes::kInvalidParameter, std::string("Limits.") + name + " must be an integer between " +
+                                     std::to_string(low) + " and " + std::string(high_text) +
+                                     ", got " + std::to_string(value)});
+}
+
 }  // namespace
+
+Problems CheckLimits(const Limits& l) {
+  constexpr int64_t kInt64Max = INT64_MAX;
+  constexpr int64_t kInt32Max = INT32_MAX;
+  // A uint64_t past 2**63-1 reads as negative here: out of range all the same.
+  auto u = [](uint64_t v) { return static_cast<int64_t>(v); };
+  Problems out;
+  CheckRange("max_copy_bytes", u(l.max_copy_bytes), 1, kInt64Max, "2**63-1", out);
+  CheckRange("max_import_bytes", u(l.max_import_bytes), 1, kInt64Max, "2**63-1", out);
+  CheckRange("max_share_accounts", l.max_share_accounts, 0, kInt32Max, "2**31-1", out);
+  CheckRange("max_accepted_shares", l.max_accepted_shares, 0, kInt32Max, "2**31-1", out);
+  CheckRange("chunk_size", u(l.chunk_size), 4096, 256 << 20, std::to_string(256 << 20), out);
+  CheckRange("max_tasks_per_region", l.max_tasks_per_region, 1, kInt32Max, "2**31-1", out);
+  CheckRange("buffer_memory", u(l.buffer_memory), 1, kInt64Max, "2**63-1", out);
+  CheckRange("bandwidth", u(l.bandwidth), 0, kInt64Max, "2**63-1", out);
+  return out;
+}
 
 Problems CheckImageIdFormat(const std::string& id) {
   if (IsValidImageId(id)) return {};
