@@ -47,19 +47,6 @@ std::string ImageRecordJson(const Image& image) {
   return j.dump(2);
 }
 
-bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
-  for (const auto& image : tx.ListImages({.region = region, .name = std::nullopt})) {
-    if (image.status == ImageStatus::kCreating) return true;
-  }
-  for (const auto& task : tx.ListTasksInStates({TaskState::kRunning, TaskState::kCancelled,
-                                                TaskState::kFailed, TaskState::kCompleted})) {
-    if (task.region == region && !task.lease_owner.empty() && task.lease_expires_us >= now) {
-      return true;
-    }
-  }
-  return false;
-}
-
 void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
   PendingEvents pending;
   catalog->Write([&](CatalogTx& tx) {
@@ -111,62 +98,6 @@ void Engine::Impl::SpawnBackground(std::function<void()> fn) {
   std::lock_guard lock(threads_mutex);
   if (closing) return;
   threads.emplace_back(std::move(fn));
-}
-
-void Engine::Impl::MaybeSweep(const std::string& region_id) {
-  const std::string holder = worker_id + ":sweep";
-  bool acquired = false;
-  std::string store_uri;
-  int64_t mark = 0;
-  catalog->Write([&](CatalogTx& tx) {
-    mark = tx.SweepNeededMark(region_id);
-    if (mark == 0) return;
-    TimeUs now = NowUs();
-    if (RegionHasWriters(tx, region_id, now)) return;
-    auto region = tx.GetRegion(region_id);
-    if (!region) return;
-    // A sweeper killed mid-sweep holds the lease until it expires: a dead one on this host
-    // gives it up at once.
-    if (auto lease = tx.GetSweepLease(region_id);
-        lease && !LeaseHolderAlive(Lease{lease->first, lease->second}, now)) {
-      tx.ReleaseSweepLease(region_id, lease->first);
-    }
-    if (!tx.AcquireSweepLease(region_id, holder, now + 10 * 60 * 1'000'000LL)) return;
-    store_uri = region->store_uri;
-    acquired = true;
-  });
-  if (!acquired) return;
-  try {
-    auto store = StoreForUri(store_uri, region_id);
-    // Manifests of images the catalog no longer lists (deleted, failed, cancelled) first.
-    std::vector<std::string> stale;
-    catalog->Read([&](CatalogTx& tx) {
-      for (const auto& id : store->ListManifests()) {
-        auto image = tx.GetImage(id);
-        if (image && (image->status == ImageStatus::kDeleted ||
-                      image->status == ImageStatus::kCreateFailed)) {
-          stale.push_back(id);
-        }
-      }
-    });
-    for (const auto& id : stale) {
-      store->DeleteManifest(id);
-      store->DeleteImageRecord(id);
-    }
-    SweepStore(*store);
-    // Cleared only now, and only if no garbage was made meanwhile: a sweep killed half-way
-    // leaves the flag for the next open or worker.
-    catalog->Write([&](CatalogTx& tx) { tx.ClearSweepNeeded(region_id, mark); });
-  } catch (const std::exception&) {
-    // The flag stays set: the next idle worker or open tries again.
-  }
-  catalog->Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
-}
-
-void Engine::Impl::SweepPending() {
-  std::vector<std::string> regions;
-  catalog->Read([&](CatalogTx& tx) { regions = tx.RegionsNeedingSweep(); });
-  for (const auto& region : regions) MaybeSweep(region);
 }
 
 void RequireAccount(CatalogTx& tx, const std::string& account) {
