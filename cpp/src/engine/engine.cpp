@@ -165,6 +165,29 @@ std::string ImportSourcePath(const std::string& source) {
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
+void Engine::Impl::Request(
+    const std::string& account, const std::string& image_id, const char* action,
+    std::vector<std::string> accounts, std::string name,
+    const std::function<void(CatalogTx&, const Image&)>& rules, bool validate_only,
+    const std::function<void(CatalogTx&, PendingEvents&, const Image&)>& apply) {
+  auto evaluate = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    Image image = LoadVisible(tx, account, image_id);
+    rules(tx, image);
+    return image;
+  };
+  std::optional<ImageView> view;
+  catalog->Read([&](CatalogTx& tx) { view = ViewOf(tx, evaluate(tx), account); });
+  CheckPolicies({.action = action,
+                 .account = account,
+                 .image = std::move(view),
+                 .to = {},
+                 .accounts = std::move(accounts),
+                 .name = std::move(name)});
+  if (validate_only) return;
+  Write([&](CatalogTx& tx, PendingEvents& events) { apply(tx, events, evaluate(tx)); });
+}
+
 std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   ThrowIfAny(CheckLimits(options.limits));  // before the home is touched
   auto impl = std::make_unique<Impl>();
@@ -473,20 +496,10 @@ ImageView Engine::GetImage(const std::string& account, const std::string& image_
 void Engine::Share(const std::string& account, const std::string& image_id,
                    const std::vector<std::string>& accounts, bool validate_only) {
   impl_->Request(
-      [&](CatalogTx& tx) {
-        RequireAccount(tx, account);
-        Image image = LoadVisible(tx, account, image_id);
+      account, image_id, "share", Unique(accounts), "",
+      [&](CatalogTx& tx, const Image& image) {
         ThrowIfAny(CheckShare(image, account, accounts, GatherShareFacts(tx, image, accounts),
                               impl_->options.limits));
-        return image;
-      },
-      [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "share",
-                             .account = account,
-                             .image = ViewOf(tx, image, account),
-                             .to = {},
-                             .accounts = Unique(accounts),
-                             .name = ""};
       },
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
@@ -501,19 +514,9 @@ void Engine::Share(const std::string& account, const std::string& image_id,
 void Engine::Unshare(const std::string& account, const std::string& image_id,
                      const std::vector<std::string>& accounts, bool validate_only) {
   impl_->Request(
-      [&](CatalogTx& tx) {
-        RequireAccount(tx, account);
-        Image image = LoadVisible(tx, account, image_id);
-        ThrowIfAny(CheckUnshare(image, account, accounts, GatherShareFacts(tx, image, accounts)));
-        return image;
-      },
+      account, image_id, "unshare", Unique(accounts), "",
       [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "unshare",
-                             .account = account,
-                             .image = ViewOf(tx, image, account),
-                             .to = {},
-                             .accounts = Unique(accounts),
-                             .name = ""};
+        ThrowIfAny(CheckUnshare(image, account, accounts, GatherShareFacts(tx, image, accounts)));
       },
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events, const Image& image) {
@@ -541,22 +544,11 @@ void Engine::Rename(const std::string& account, const std::string& image_id,
                     const std::string& name, bool validate_only) {
   std::optional<Image> renamed;
   impl_->Request(
-      [&](CatalogTx& tx) {
-        RequireAccount(tx, account);
-        Image image = LoadVisible(tx, account, image_id);
-        ThrowIfAny(CheckRename(image, account, name));
-        return image;
-      },
-      [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "rename",
-                             .account = account,
-                             .image = ViewOf(tx, image, account),
-                             .to = {},
-                             .accounts = {},
-                             .name = name};
-      },
+      account, image_id, "rename", {}, name,
+      [&](CatalogTx&, const Image& image) { ThrowIfAny(CheckRename(image, account, name)); },
       validate_only,
-      [&](CatalogTx& tx, PendingEvents& events, Image image) {
+      [&](CatalogTx& tx, PendingEvents& events, const Image& current) {
+        Image image = current;
         std::string old_name = image.name;
         image.name = name;
         tx.UpdateImageFields(image);
@@ -576,19 +568,9 @@ void Engine::Rename(const std::string& account, const std::string& image_id,
 void Engine::Delete(const std::string& account, const std::string& image_id, bool validate_only) {
   std::optional<Image> deleted;
   impl_->Request(
-      [&](CatalogTx& tx) {
-        RequireAccount(tx, account);
-        Image image = LoadVisible(tx, account, image_id);
-        ThrowIfAny(CheckDelete(image, account, tx.ListShares(image.id).size()));
-        return image;
-      },
+      account, image_id, "delete", {}, "",
       [&](CatalogTx& tx, const Image& image) {
-        return PolicyRequest{.action = "delete",
-                             .account = account,
-                             .image = ViewOf(tx, image, account),
-                             .to = {},
-                             .accounts = {},
-                             .name = ""};
+        ThrowIfAny(CheckDelete(image, account, tx.ListShares(image.id).size()));
       },
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events, const Image& image) {

@@ -79,20 +79,15 @@ struct Engine::Impl {
 
   // Runs fn in a write transaction and publishes the events it appended after commit.
   void Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn);
-  // The one way a request on an image changes the home: `evaluate(tx)` checks the acting
-  // account, the image's visibility and every rule over facts read from the catalog
-  // (throwing all that fails) and returns the image; `policy(tx, image)` says what the
-  // policies see; they run; then, unless only validating, `apply(tx, events, image)` runs in
-  // one write transaction, after evaluating again (the facts may have changed meanwhile).
-  template <typename Evaluate, typename Policy, typename Apply>
-  void Request(const Evaluate& evaluate, const Policy& policy, bool validate_only,
-               const Apply& apply) {
-    std::optional<PolicyRequest> request;
-    catalog->Read([&](CatalogTx& tx) { request = policy(tx, evaluate(tx)); });
-    CheckPolicies(*request);
-    if (validate_only) return;
-    Write([&](CatalogTx& tx, PendingEvents& events) { apply(tx, events, evaluate(tx)); });
-  }
+  // The one way a request on an image changes the home: the acting account must exist and
+  // see the image; `rules` throws every rule that fails (over facts read in the same
+  // transaction); the policies see the request (`action` on the image, with `accounts` and
+  // `name`); then, unless only validating, all of it runs again and `apply` changes the home
+  // in that write transaction (the facts may have changed meanwhile).
+  void Request(const std::string& account, const std::string& image_id, const char* action,
+               std::vector<std::string> accounts, std::string name,
+               const std::function<void(CatalogTx&, const Image&)>& rules, bool validate_only,
+               const std::function<void(CatalogTx&, PendingEvents&, const Image&)>& apply);
   std::shared_ptr<Store> StoreFor(const std::string& region_id);
   // The cached store of a URI; an s3:// store opened here uses the credentials saved for
   // `region_id` (if any), else the environment's.
