@@ -85,6 +85,7 @@ void BindModel(py::module_& m) {
           "status", [](const ImageView& v) { return std::string(ToString(v.image.status)); })
       .def_readonly("progress", &ImageView::progress)
       .def_property_readonly("size", [](const ImageView& v) { return v.image.size; })
+      .def_property_readonly("virtual_size", [](const ImageView& v) { return DiskSize(v.image); })
       .def_property_readonly("digest",
                              [](const ImageView& v) { return NoneIfEmpty(v.image.digest); })
       .def_property_readonly("format", [](const ImageView& v) { return v.image.format; })

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(g++ make libsqlite3-dev libssl-dev libcurl4-openssl-dev nlohmann-json3-dev
-              libgtest-dev libzstd-dev rsync openssl e2fsprogs zstd clang-format)
+              libgtest-dev libzstd-dev rsync openssl e2fsprogs zstd clang-format
+              qemu-utils)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

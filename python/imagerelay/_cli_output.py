@@ -89,9 +89,10 @@ def accounts_table(accounts: list[Account]) -> str:
 
 def images_table(images: Sequence[Image]) -> str:
     return table([[i.id, i.name, i.region, i.type, i.status if i.progress is None
-                   else f"{i.status} {i.progress:.0f}%", size(i.size), i.owner or "-",
-                   (i.digest or "")[:19]] for i in images],
-                 ["ID", "NAME", "REGION", "TYPE", "STATUS", "SIZE", "OWNER", "DIGEST"])
+                   else f"{i.status} {i.progress:.0f}%", i.format, size(i.virtual_size),
+                   size(i.size), i.owner or "-", (i.digest or "")[:19]] for i in images],
+                 ["ID", "NAME", "REGION", "TYPE", "STATUS", "FORMAT", "DISK", "STORED", "OWNER",
+                  "DIGEST"])
 
 
 def image_details(image: Image) -> str:
@@ -99,7 +100,8 @@ def image_details(image: Image) -> str:
 
 
 def imported(image: Image) -> str:
-    return (f"imported {image.id} ({image.name}) in {image.region}: {size(image.size)}, "
+    disk = "" if image.format == "raw" else f" {image.format} of a {size(image.virtual_size)} disk,"
+    return (f"imported {image.id} ({image.name}) in {image.region}:{disk} {size(image.size)}, "
             f"{image.digest}")
 
 

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--os-name", default="")
     imp.add_argument("--os-version", default="")
     imp.add_argument("--os-arch", default="x86_64")
-    imp.add_argument("--format", default="raw")
+    imp.add_argument("--format", choices=["raw", "qcow2", "vmdk", "vhd"],
+                     help="what the file must be (default: what its header says)")
     imp.add_argument("--description", default="")
 
     rep = add("replicate", "copy an image to other regions",

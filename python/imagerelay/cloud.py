@@ -140,7 +140,7 @@ class Cloud:
 
     # -- images -------------------------------------------------------------------
     def _import(self, source: str | os.PathLike[str], system: bool, *, region: str, name: str,
-                os_type: str, os_name: str, os_version: str, os_arch: str, format: str,
+                os_type: str, os_name: str, os_version: str, os_arch: str, format: str | None,
                 description: str, wait: bool, progress: bool,
                 validate_only: bool = False) -> Image:
         request = _core.ImportRequest()
@@ -151,7 +151,7 @@ class Cloud:
         request.os_name = os_name
         request.os_version = os_version
         request.os_arch = os_arch
-        request.format = format
+        request.format = format or ""
         request.description = description
         request.validate_only = validate_only
         with bar_callback(f"import {name} -> {region}", progress and wait) as report:
@@ -161,9 +161,12 @@ class Cloud:
 
     def import_image(self, source: str | os.PathLike[str], *, region: str, name: str,
                      os_type: str = "linux", os_name: str = "", os_version: str = "",
-                     os_arch: str = "x86_64", format: str = "raw", description: str = "",
+                     os_arch: str = "x86_64", format: str | None = None, description: str = "",
                      wait: bool = True, progress: bool = False) -> Image:
         """Imports a file as a Custom image; ``wait=False`` returns at once in Creating.
+
+        The format (raw, qcow2, vmdk, vhd) and the disk's virtual size are read from the
+        file's header; a ``format`` given must be what the header says.
 
         ``progress=True`` shows a progress bar while it waits (tqdm: terminal and Jupyter).
         Ctrl-C stops the import: the image ends CreateFailed and keeps no bytes.
@@ -175,7 +178,7 @@ class Cloud:
 
     def add_system_image(self, source: str | os.PathLike[str], *, region: str, name: str,
                          os_type: str = "linux", os_name: str = "", os_version: str = "",
-                         os_arch: str = "x86_64", format: str = "raw", description: str = "",
+                         os_arch: str = "x86_64", format: str | None = None, description: str = "",
                          wait: bool = True, progress: bool = False) -> Image:
         """Adds a System image: no owner, seen by every account."""
         return self._import(source, True, region=region, name=name, os_type=os_type,

@@ -22,7 +22,7 @@ class DryRun:
 
     def import_image(self, source: str | os.PathLike[str], *, region: str, name: str,
                      os_type: str = "linux", os_name: str = "", os_version: str = "",
-                     os_arch: str = "x86_64", format: str = "raw",
+                     os_arch: str = "x86_64", format: str | None = None,
                      description: str = "") -> None:
         self._cloud._import(source, False, region=region, name=name, os_type=os_type,
                             os_name=os_name, os_version=os_version, os_arch=os_arch,

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .cloud import Cloud
     from .job import Job
 
-_FIELDS = ("id", "name", "region", "type", "owner", "status", "progress", "size", "digest",
+_FIELDS = ("id", "name", "region", "type", "owner", "status", "progress", "size", "virtual_size",
+           "digest",
            "format", "os_type", "os_name", "os_version", "os_arch", "description",
            "created_at", "source_image_id", "source_region", "error")
 
@@ -66,8 +67,13 @@ class Image:
 
     @property
     def size(self) -> int:
-        """bytes"""
+        """bytes of the image as stored: the file imported"""
         return self._info.size
+
+    @property
+    def virtual_size(self) -> int:
+        """bytes of the disk the image holds (its header's; equal to size for raw)"""
+        return self._info.virtual_size
 
     @property
     def digest(self) -> str | None:
@@ -77,6 +83,7 @@ class Image:
 
     @property
     def format(self) -> str:
+        """raw, qcow2, vmdk or vhd, as the file's header said at import"""
         return self._info.format
 
     @property

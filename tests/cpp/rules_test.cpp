@@ -235,17 +235,50 @@ TEST(ImportRulesTest, Codes) {
   request.source = "/tmp/x";
   request.region = "bj";
   request.name = "golden";
-  EXPECT_TRUE(CheckImport(request, true, true, 100, limits).empty());
-  EXPECT_EQ(Codes(CheckImport(request, false, true, 100, limits)),
+  const ImportSourceFacts raw{100, {"raw", 100}};
+  EXPECT_TRUE(CheckImport(request, true, raw, limits).empty());
+  EXPECT_EQ(Codes(CheckImport(request, false, raw, limits)),
             std::vector<std::string>{codes::kNoSuchRegion});
   limits.max_import_bytes = 10;
-  EXPECT_EQ(Codes(CheckImport(request, true, true, 100, limits)),
+  EXPECT_EQ(Codes(CheckImport(request, true, raw, limits)),
             std::vector<std::string>{codes::kLargeImageImportForbidden});
   request.format = "iso";
   request.name = "";
-  EXPECT_EQ(Codes(CheckImport(request, false, false, 0, limits)),
+  EXPECT_EQ(Codes(CheckImport(request, false, std::nullopt, limits)),
             (std::vector<std::string>{codes::kNoSuchRegion, codes::kInvalidParameter,
                                       codes::kInvalidParameter}));
+}
+
+// The size rules weigh the disk the file holds, not the file; a declared format must be the
+// header's.
+TEST(ImportRulesTest, TheDiskDecidesNotTheFile) {
+  Limits limits;
+  ImportRequest request;
+  request.source = "/tmp/big.qcow2";
+  request.region = "bj";
+  request.name = "golden";
+  // 300 GiB disk, 64 MiB file: within the 500 GiB import limit.
+  const ImportSourceFacts qcow2{64ULL << 20, {"qcow2", 300ULL << 30}};
+  EXPECT_TRUE(CheckImport(request, true, qcow2, limits).empty());
+  limits.max_import_bytes = 200ULL << 30;
+  auto problems = CheckImport(request, true, qcow2, limits);
+  ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kLargeImageImportForbidden});
+  EXPECT_NE(problems[0].message.find("300 GiB"), std::string::npos) << problems[0].message;
+  EXPECT_NE(problems[0].message.find("200 GiB"), std::string::npos) << problems[0].message;
+  limits = Limits{};
+  request.format = "raw";
+  problems = CheckImport(request, true, qcow2, limits);
+  ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kInvalidParameter});
+  EXPECT_NE(problems[0].message.find("is a qcow2 image"), std::string::npos);
+  request.format = "qcow2";
+  EXPECT_TRUE(CheckImport(request, true, qcow2, limits).empty());
+
+  Image image = Custom();
+  image.size = 64ULL << 20;
+  image.virtual_size = 300ULL << 30;
+  problems = CheckReplicate(image, image.owner, {"gz"}, nullptr, Regions(), limits);
+  ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kLargeImageCopyForbidden});
+  EXPECT_NE(problems[0].message.find("300 GiB"), std::string::npos) << problems[0].message;
 }
 
 TEST(SharedUsersRulesTest, OwnerOnly) {

@@ -294,8 +294,8 @@ def test_import_and_images(shared: dict[str, Any]) -> None:
     fails(home, "NoSuchImage", "images", "show", image["id"], account="team-b")
 
     text = run(home, "images", "list", as_json=False).stdout
-    assert text.splitlines()[0].split() == ["ID", "NAME", "REGION", "TYPE", "STATUS", "SIZE",
-                                            "OWNER", "DIGEST"]
+    assert text.splitlines()[0].split() == ["ID", "NAME", "REGION", "TYPE", "STATUS", "FORMAT",
+                                            "DISK", "STORED", "OWNER", "DIGEST"]
     assert re.search(rf"^{image['id']}\s+golden\s+bj\s+Custom\s+Available\s", text, re.M)
 
     missing = shared["base"] / "missing.raw"

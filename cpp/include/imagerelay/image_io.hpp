@@ -26,6 +26,9 @@ class ByteSource {
   virtual bool IsHole(uint64_t offset, uint64_t len) = 0;
   // Reads exactly len bytes at offset; throws TransferError on a short read.
   virtual void ReadAt(uint64_t offset, std::byte* out, size_t len) = 0;
+  // Reads the first len bytes (len <= size()) for a look at the header, apart from the reads
+  // that follow: a URL asks for them in one request of their own, outside its read-ahead.
+  virtual void ReadHead(std::byte* out, size_t len) { ReadAt(0, out, len); }
   virtual std::string describe() const = 0;  // for messages
   // Bytes outside holes, if the source can tell cheaply (a sparse file can).
   virtual std::optional<uint64_t> DataBytes() { return std::nullopt; }

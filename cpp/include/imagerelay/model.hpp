@@ -57,6 +57,12 @@ struct Account {
   std::string name;
 };
 
+// An image file's container format and the size of the disk it holds (disk_format.hpp).
+struct DiskFormat {
+  std::string format = "raw";  // raw, qcow2, vmdk or vhd
+  uint64_t virtual_size = 0;   // bytes of the disk a VM sees
+};
+
 struct Image {
   std::string id;
   std::string name;
@@ -64,8 +70,9 @@ struct Image {
   ImageType type = ImageType::kCustom;
   std::string owner;  // empty for System images
   ImageStatus status = ImageStatus::kCreating;
-  uint64_t size = 0;
-  std::string digest;  // "sha256:<hex>", empty until known
+  uint64_t size = 0;          // bytes of the image as stored (the file imported)
+  uint64_t virtual_size = 0;  // bytes of the disk it holds (its header's); 0: not recorded
+  std::string digest;         // "sha256:<hex>", empty until known
   std::string format = "raw";
   std::string os_type = "linux";
   std::string os_name;
@@ -77,6 +84,12 @@ struct Image {
   std::string source_region;    // copies only
   std::string error;            // CreateFailed and NotAvailable: why
 };
+
+// The size the size rules weigh: the disk's, or the file's for an image recorded before
+// virtual sizes were.
+inline uint64_t DiskSize(const Image& image) {
+  return image.virtual_size != 0 ? image.virtual_size : image.size;
+}
 
 struct Task {
   std::string job_id;

@@ -48,7 +48,7 @@ struct ImportRequest {
   std::string os_name;
   std::string os_version;
   std::string os_arch = "x86_64";
-  std::string format = "raw";
+  std::string format;  // "" = as the file's header says; else it must say the same
   std::string description;
   bool validate_only = false;  // every check (source, rules, policies), nothing imported
 };
@@ -56,10 +56,16 @@ struct ImportRequest {
 // The limits of a home (Engine::Open): each within its range, every problem at once.
 std::vector<Problem> CheckLimits(const Limits& limits);
 
-// Checks the request fields; `region_exists` and the source size come from the engine
-// (size_known=false when the source could not be opened: that problem is reported apart).
-std::vector<Problem> CheckImport(const ImportRequest& request, bool region_exists, bool size_known,
-                                 uint64_t size, const Limits& limits);
+// What the engine read of an import's source.
+struct ImportSourceFacts {
+  uint64_t file_size = 0;
+  DiskFormat disk;  // from its header
+};
+// Checks the request fields against the facts; `source` is absent when the source could not
+// be opened or read (that problem is reported apart).
+std::vector<Problem> CheckImport(const ImportRequest& request, bool region_exists,
+                                 const std::optional<ImportSourceFacts>& source,
+                                 const Limits& limits);
 
 struct ReplicateFacts {
   std::set<std::string> known_regions;

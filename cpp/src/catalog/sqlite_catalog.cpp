@@ -153,12 +153,17 @@ ALTER TABLE shares ADD COLUMN created_us INTEGER NOT NULL DEFAULT 0;
     R"sql(
 ALTER TABLE tasks ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 3 -> 4: the size of the disk an image holds, read from its header (0: not recorded).
+    R"sql(
+ALTER TABLE images ADD COLUMN virtual_size INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
 
 constexpr std::string_view kImageColumns =
     "id, name, region, type, owner, status, size, digest, format, os_type, os_name, "
-    "os_version, os_arch, description, created_us, source_image_id, source_region, error";
+    "os_version, os_arch, description, created_us, source_image_id, source_region, error, "
+    "virtual_size";
 constexpr std::string_view kTaskColumns =
     "t.dest_image_id, t.job_id, t.region, t.state, t.bytes_total, t.bytes_done, "
     "t.bytes_transferred, t.chunks_total, t.chunks_skipped, t.rate, t.attempts, t.error, "
@@ -305,6 +310,7 @@ Image ReadImage(const Statement& s) {
   image.source_image_id = s.Text(15);
   image.source_region = s.Text(16);
   image.error = s.Text(17);
+  image.virtual_size = s.Uint(18);
   return image;
 }
 
@@ -405,11 +411,11 @@ class SqliteTx final : public CatalogTx {
 
   bool InsertImage(const Image& i) override {
     auto s = Prepare(Sql({"INSERT INTO images (", kImageColumns,
-                          ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                          ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                           "ON CONFLICT (id) DO NOTHING"}));
     s->Bind(i.id, i.name, i.region, ToString(i.type), i.owner, ToString(i.status), i.size, i.digest,
             i.format, i.os_type, i.os_name, i.os_version, i.os_arch, i.description, i.created_us,
-            i.source_image_id, i.source_region, i.error)
+            i.source_image_id, i.source_region, i.error, i.virtual_size)
         .Run();
     return Changes() == 1;
   }
@@ -448,10 +454,11 @@ class SqliteTx final : public CatalogTx {
     auto s = Prepare(
         "UPDATE images SET name = ?, region = ?, type = ?, owner = ?, size = ?, digest = ?, "
         "format = ?, os_type = ?, os_name = ?, os_version = ?, os_arch = ?, description = ?, "
-        "created_us = ?, source_image_id = ?, source_region = ?, error = ? WHERE id = ?");
+        "created_us = ?, source_image_id = ?, source_region = ?, error = ?, virtual_size = ? "
+        "WHERE id = ?");
     s->Bind(i.name, i.region, ToString(i.type), i.owner, i.size, i.digest, i.format, i.os_type,
             i.os_name, i.os_version, i.os_arch, i.description, i.created_us, i.source_image_id,
-            i.source_region, i.error, i.id)
+            i.source_region, i.error, i.virtual_size, i.id)
         .Run();
     if (Changes() != 1) {
       ThrowCode(codes::kNoSuchImage, "catalog: no image " + i.id + " to update");

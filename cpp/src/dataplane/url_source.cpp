@@ -275,6 +275,20 @@ class UrlSource : public ByteSource {
     stream_->Read(offset, out, len);
   }
 
+  void ReadHead(std::byte* out, size_t len) override {
+    if (len == 0) return;
+    if (ranged_) {
+      Range head = Fetch(0, len);
+      if (head.error) std::rethrow_exception(head.error);
+      if (!head.not_ranged) {
+        std::memcpy(out, head.data.data(), len);
+        return;
+      }
+    }
+    // The stream is dropped after the header: only its read-ahead buffer was fetched.
+    StreamReader(endpoint_, size_, cancel_).Read(0, out, len);
+  }
+
  private:
   struct Range {
     size_t len = 0;

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "engine/engine_impl.hpp"
+#include "imagerelay/disk_format.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
 #include "imagerelay/image_io.hpp"
@@ -33,6 +34,7 @@ std::string ImageRecordJson(const Image& image) {
       {"type", ToString(image.type)},
       {"owner", image.owner},
       {"size", image.size},
+      {"virtual_size", image.virtual_size},
       {"digest", image.digest},
       {"format", image.format},
       {"os_type", image.os_type},
@@ -368,20 +370,18 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
                               bool system, const CancelToken* cancel, const ProgressFn& progress) {
   if (!system) impl_->catalog->Read([&](CatalogTx& tx) { RequireAccount(tx, account); });
   std::vector<Problem> source_problems;
-  uint64_t size = 0;
-  bool size_known = false;
+  std::optional<ImportSourceFacts> facts;
   const std::string path = ImportSourcePath(request.source);
   try {
     auto source = OpenImportSource(path);
-    size = source->size();
-    size_known = true;
+    facts = ImportSourceFacts{source->size(), ProbeDiskFormat(*source)};
   } catch (const Error& e) {
     source_problems.push_back({e.code(), e.message()});
   }
   bool region_exists = false;
   impl_->catalog->Read(
       [&](CatalogTx& tx) { region_exists = tx.GetRegion(request.region).has_value(); });
-  auto problems = CheckImport(request, region_exists, size_known, size, impl_->options.limits);
+  auto problems = CheckImport(request, region_exists, facts, impl_->options.limits);
   problems.insert(problems.end(), source_problems.begin(), source_problems.end());
   ThrowIfAny(problems);
   impl_->CheckPolicies({.action = "import",
@@ -397,8 +397,9 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
   image.type = system ? ImageType::kSystem : ImageType::kCustom;
   image.owner = system ? "" : account;
   image.status = ImageStatus::kCreating;
-  image.size = size;
-  image.format = request.format;
+  image.size = facts->file_size;
+  image.virtual_size = facts->disk.virtual_size;
+  image.format = facts->disk.format;
   image.os_type = request.os_type;
   image.os_name = request.os_name;
   image.os_version = request.os_version;

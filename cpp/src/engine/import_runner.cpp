@@ -2,6 +2,7 @@
 #include <chrono>
 
 #include "engine/engine_impl.hpp"
+#include "imagerelay/disk_format.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
 
@@ -52,6 +53,14 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
     auto store = StoreFor(image.region);
     store->Check();
     auto source = OpenImportSource(source_path, &cancel);
+    // The file may have been replaced since the request was checked: what is stored must be
+    // what the image records.
+    const DiskFormat disk = ProbeDiskFormat(*source);
+    if (disk.format != image.format || disk.virtual_size != image.virtual_size) {
+      ThrowCode(codes::kInvalidParameter,
+                "source " + source->describe() + " changed after the import was requested (" +
+                    "it is now a " + disk.format + " image); import it again");
+    }
     ImportOptions io;
     io.chunk_size = options.limits.chunk_size;
     io.buffer_memory = options.limits.buffer_memory;

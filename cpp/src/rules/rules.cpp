@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/human_bytes.hpp"
 #include "imagerelay/ids.hpp"
 
 namespace imagerelay {
@@ -123,8 +124,8 @@ Event EventSeenBy(Event event, const std::string& caller, const EventImageFacts&
   return event;
 }
 
-Problems CheckImport(const ImportRequest& request, bool region_exists, bool size_known,
-                     uint64_t size, const Limits& limits) {
+Problems CheckImport(const ImportRequest& request, bool region_exists,
+                     const std::optional<ImportSourceFacts>& source, const Limits& limits) {
   Problems out;
   if (!region_exists) {
     out.push_back({codes::kNoSuchRegion, "region " + Quote(request.region) +
@@ -133,9 +134,14 @@ Problems CheckImport(const ImportRequest& request, bool region_exists, bool size
   auto name = CheckImageName(request.name);
   out.insert(out.end(), name.begin(), name.end());
   static const std::set<std::string> kFormats{"raw", "qcow2", "vmdk", "vhd"};
-  if (!kFormats.contains(request.format)) {
+  if (!request.format.empty() && !kFormats.contains(request.format)) {
     out.push_back({codes::kInvalidParameter,
                    "format " + Quote(request.format) + " is unknown; use raw, qcow2, vmdk or vhd"});
+  } else if (!request.format.empty() && source && source->disk.format != request.format) {
+    out.push_back({codes::kInvalidParameter,
+                   "source " + Quote(request.source) + " is a " + source->disk.format +
+                       " image (its header says so), not " + request.format + "; import it as " +
+                       source->disk.format + ", or leave the format out to take the header's"});
   }
   for (const auto* field :
        {&request.os_type, &request.os_name, &request.os_version, &request.os_arch}) {
@@ -147,11 +153,16 @@ Problems CheckImport(const ImportRequest& request, bool region_exists, bool size
   if (request.description.size() > 1024) {
     out.push_back({codes::kInvalidParameter, "description is longer than 1024 characters"});
   }
-  if (size_known && size > limits.max_import_bytes) {
+  // BCC: "Image vsize must be 500 GB or less". A qcow2 with internal snapshots may be a
+  // larger file than its disk: the import limit bounds both.
+  if (source && std::max(source->disk.virtual_size, source->file_size) > limits.max_import_bytes) {
+    const bool sparse_format = source->disk.format != "raw";
     out.push_back({codes::kLargeImageImportForbidden,
-                   "source " + Quote(request.source) + " is " + std::to_string(size) +
-                       " bytes, over the import limit of " +
-                       std::to_string(limits.max_import_bytes) + " bytes"});
+                   "source " + Quote(request.source) + " holds a disk of " +
+                       HumanAndExactBytes(source->disk.virtual_size) +
+                       (sparse_format ? " (a " + HumanBytes(source->file_size) + " file)" : "") +
+                       ", over the import limit of " + HumanAndExactBytes(limits.max_import_bytes) +
+                       "; import a smaller disk, or raise Limits.max_import_bytes for this home"});
   }
   return out;
 }
@@ -165,11 +176,12 @@ Problems CheckReplicate(const Image& image, const std::string& caller,
     out.push_back({codes::kNotSupportCopy,
                    "image " + image.id + " is a System image; only Custom images can be copied"});
   }
-  if (image.size > limits.max_copy_bytes) {
+  if (DiskSize(image) > limits.max_copy_bytes) {
     out.push_back({codes::kLargeImageCopyForbidden,
-                   "image " + image.id + " is " + std::to_string(image.size) +
-                       " bytes, over the copy limit of " + std::to_string(limits.max_copy_bytes) +
-                       " bytes"});
+                   "image " + image.id + " holds a disk of " + HumanAndExactBytes(DiskSize(image)) +
+                       ", over the copy limit of " + HumanAndExactBytes(limits.max_copy_bytes) +
+                       "; shrink the disk and import it again, or raise Limits.max_copy_bytes "
+                       "for this home"});
   }
   if (image.status != ImageStatus::kAvailable) {
     out.push_back({codes::kImageStatusForbidden, Busy(image, "replicate")});
