@@ -143,14 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--since", type=int, default=0)
     ev.add_argument("--image")
 
-    pb = add("run", "run a YAML playbook; running it again continues it, never duplicates",
+    pb = add("run", "run a YAML playbook; running it again continues it and redoes what "
+                    "drifted since, never duplicates",
              "imagerelay run rollout.yaml --var image_file=/data/golden.raw")
     pb.add_argument("playbook", help="the playbook file (relative paths in it are relative "
                                      "to its folder)")
     pb.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                     type=_playbook_var, help="override a var of the playbook (repeatable)")
     pb.add_argument("--dry-run", action="store_true",
-                    help="check every step against the catalog and change nothing")
+                    help="check every step against the catalog, say what would be done or "
+                         "redone, and change nothing")
 
     wk = add("worker", "run queued copies for this home",
              "imagerelay worker --until-idle")

@@ -167,7 +167,7 @@ def test_dry_run_changes_nothing(cloud: ir.Cloud, book_dir: Path) -> None:
     seq = last_seq(cloud)
     dry = ir.Playbook.load(book_dir / EXAMPLE.name).run(cloud, dry_run=True)
     assert [s.status for s in dry.steps] == ["skipped"] * 6
-    assert dry.steps[5].detail.startswith("held before: ")
+    assert dry.steps[5].detail.startswith("still holds: ")
     assert dry.output_ids() == real.output_ids()
     assert cloud.events(since=seq) == [] and state.read_text() == text
 
@@ -405,14 +405,24 @@ def test_every_step_kind_and_rerun(cloud: ir.Cloud, tmp_path: Path) -> None:
     assert (types["image.shared"], types["image.unshared"], types["image.renamed"],
             types["image.deleted"]) == (1, 1, 1, 1)
 
-    seq = last_seq(cloud)
-    again = ir.Playbook.load(book).run(cloud)
-    assert [s.status for s in again.steps] == ["skipped"] * 10
-    assert isinstance(again.outputs["#5"], ir.Image)
-    assert again.outputs["gone"] == out["gone"]
-    assert cloud.events(since=seq) == []
+    # Each step converges where it stands: #5 shares again what #7 unshared (so that the
+    # assert between them holds), #7 unshares it again; the copy that `gone` deleted is
+    # not copied again. Every re-run does the same, and nothing else.
+    for _ in range(2):
+        seq = last_seq(cloud)
+        again = ir.Playbook.load(book).run(cloud)
+        assert [s.status for s in again.steps] == ["skipped"] * 4 + [
+            "redone", "done", "redone", "skipped", "skipped", "done"]
+        assert again.steps[4].drift == (f"{out['renamed'].id} was unshared from team-b since "
+                                        "(step #7 unshares it)")
+        assert isinstance(again.outputs["#5"], ir.Image)
+        assert again.outputs["gone"] == out["gone"]
+        assert event_types(cloud, seq) == Counter({"image.shared": 1, "image.unshared": 1})
+    assert copies_of(cloud, out["img"].id) == {"gz": [out["renamed"].id]}
     dry = ir.Playbook.load(book).run(cloud, dry_run=True)
-    assert [s.status for s in dry.steps] == ["skipped"] * 10
+    assert [s.status for s in dry.steps] == ["skipped"] * 4 + [
+        "dry-run", "dry-run", "skipped", "skipped", "skipped", "dry-run"]
+    assert dry.steps[4].detail.startswith("would redo: ")
 
 
 EXPORTS = """

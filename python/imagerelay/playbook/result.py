@@ -10,14 +10,18 @@ from .values import plain
 
 #: Step statuses in a :class:`StepLog`.
 DONE = "done"
+REDONE = "redone"
 SKIPPED = "skipped"
 DRY_RUN = "dry-run"
+_ORDER = (DONE, REDONE, SKIPPED, DRY_RUN)  # of the counts in a summary
 
 
 @dataclasses.dataclass
 class StepLog:
-    """What one step did: ``status`` is ``done``, ``skipped`` (already done by an earlier
-    run, or nothing to do) or ``dry-run`` (would run)."""
+    """What one step did: ``status`` is ``done``, ``redone`` (done by an earlier run, but
+    the world drifted since: done again where it drifted), ``skipped`` (already done by an
+    earlier run and still so, or nothing to do) or ``dry-run`` (would run). ``drift`` says
+    what drifted when the step was (or, in a dry run, would be) redone, else ``None``."""
 
     index: int
     id: str | None
@@ -26,6 +30,7 @@ class StepLog:
     detail: str
     account: str
     line: int
+    drift: str | None = None
 
     @property
     def key(self) -> str:
@@ -66,7 +71,8 @@ class PlaybookResult:
         counts: dict[str, int] = {}
         for s in self.steps:
             counts[s.status] = counts.get(s.status, 0) + 1
-        parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+        order = sorted(counts, key=lambda s: _ORDER.index(s) if s in _ORDER else len(_ORDER))
+        parts = ", ".join(f"{counts[status]} {status}" for status in order)
         return f"playbook {self.name}: {len(self.steps)} steps ({parts or 'none'})"
 
     def __repr__(self) -> str:

@@ -26,7 +26,8 @@ class RetriedJob(Job):
     def copies(self) -> dict[str, Image]:
         out: dict[str, Image] = {}
         for job in self._earlier:
-            out.update({r: im for r, im in job.copies.items() if im.status == "Available"})
+            # an earlier attempt's copies that are there: not its failed ones
+            out.update({r: im for r, im in job.copies.items() if im.status != "CreateFailed"})
         out.update(super().copies)
         return out
 

@@ -1,5 +1,6 @@
 """One run of a playbook: its steps in order, each resolved, fingerprinted against the run
-state and then skipped, planned (dry run) or applied; under a lock on the playbook's name."""
+state and then planned (dry run) or applied, which skips it only if the world shows it
+still done and redoes what drifted; under a lock on the playbook's name."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConflictError, ImageRelayError, ValidationError
-from .errors import LimitError, PlaybookError, prefixed
-from .result import DONE, DRY_RUN, SKIPPED, PlaybookResult, StepLog
+from .errors import LimitError, PlaybookAssertionError, PlaybookError, prefixed
+from .result import DONE, DRY_RUN, REDONE, SKIPPED, PlaybookResult, StepLog
 from .schema import Step, coerce
 from .state import RunState, decode_output
 from .steps import KINDS, Outcome, StepRun
@@ -81,7 +82,7 @@ class Runner:
         for step in self.book.steps:
             prefix = f"{self.where}:{step.line}: step {step.key} ({step.kind}): "
             try:
-                (output, status, detail), account = self._run_step(step)
+                (output, status, detail, drift), account = self._run_step(step)
             except ImageRelayError as exc:
                 raise prefixed(exc, prefix) from exc
             except (ValueError, TypeError) as exc:
@@ -90,11 +91,11 @@ class Runner:
             except OSError as exc:
                 raise ValidationError(prefix + f"{exc.strerror or exc}: "
                                       f"{exc.filename or ''}".rstrip(": ")) from exc
-            if status in (DONE, DRY_RUN) and not KINDS[step.kind].checks_only:
+            if status in (DONE, REDONE, DRY_RUN) and not KINDS[step.kind].checks_only:
                 self.world_current = False
             self.result.outputs[step.key] = output
             entry = StepLog(index=step.index, id=step.id, kind=step.kind, status=status,
-                            detail=detail, account=account, line=step.line)
+                            detail=detail, account=account, line=step.line, drift=drift)
             self.result.steps.append(entry)
             log.info("playbook %s: step %s (%s): %s: %s", self.book.name, step.key, step.kind,
                      status, detail)
@@ -128,6 +129,9 @@ class Runner:
             if isinstance(exc, LimitError) or not record or record.get("status") != DONE \
                     or record.get("kind") != step.kind:
                 raise
+            if step.kind == "assert":  # it checks the world: what it names is gone
+                raise PlaybookAssertionError(f"{exc}; it held before: what it checks is "
+                                             "gone") from exc
             log.warning("playbook %s: step %s: %s; done by an earlier run, so skipped",
                         self.book.name, step.key, exc)
             output = decode_output(cloud, record.get("output") or {})
@@ -138,7 +142,9 @@ class Runner:
         record, latest = self.state.lookup(step.key, fingerprint)
         run = StepRun(step=step, cloud=cloud, args=args, fingerprint=fingerprint, record=record,
                       latest=latest, state=self.state, playbook=self.book.name,
-                      progress=self.progress, world_current=self.world_current)
+                      progress=self.progress, world_current=self.world_current,
+                      later=tuple(s.key for s in self.book.steps[step.index:]),
+                      earlier=tuple(s.key for s in self.book.steps[:step.index - 1]))
         kind = KINDS[step.kind]
         outcome = kind.recorded(run)
         if outcome is None:

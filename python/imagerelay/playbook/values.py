@@ -30,6 +30,19 @@ class Placeholder:
         return f"Placeholder({self.display!r})"
 
 
+class Partial(Placeholder):
+    """In a dry run, the output of a step that would be done again in part (a replicate
+    step copying again to one region): what it keeps is known (``known``: attribute ->
+    value), the rest are placeholders."""
+
+    def __init__(self, text: str, known: Mapping[str, Any]) -> None:
+        super().__init__(text)
+        self.known = dict(known)
+
+    def child(self, segment: str) -> Any:
+        return self.known[segment] if segment in self.known else super().child(segment)
+
+
 @dataclasses.dataclass(frozen=True)
 class GoneImage:
     """The output of an earlier run's step whose image no longer exists (e.g. deleted by a

@@ -21,12 +21,11 @@ class _Target:
     cancel: Callable[[], None]
     already: str | None = None  # the detail when it is already cancelled
     now: str = ""  # its state, as a dry run tells it
+    # the copies it cancels (their image ids): what a replicate step does not copy again
+    images: list[str] = dataclasses.field(default_factory=list)
 
 
 class Cancel(StepKind):
-    def done_detail(self, run: StepRun) -> str:
-        return "already cancelled"
-
     def plan(self, run: StepRun) -> Outcome:
         a = run.args
         target = a["job"] if "job" in a else a["image"]
@@ -41,9 +40,9 @@ class Cancel(StepKind):
     def apply(self, run: StepRun) -> Outcome:
         found = _target(run)
         if found.already is not None:
-            return run.finish(found.output, found.already, SKIPPED)
+            return run.unchanged(found.output, found.already, images=found.images)
         found.cancel()
-        return run.finish(found.output, f"cancelled {found.what}")
+        return run.finish(found.output, f"cancelled {found.what}", images=found.images)
 
 
 def _target(run: StepRun) -> _Target:
@@ -60,14 +59,16 @@ def _target(run: StepRun) -> _Target:
         if tasks and all(t.state == "Cancelled" for t in tasks):
             already = f"already cancelled: {describe_output(job)}"
         return _Target(job, f"job {job.id}" + (f" to {region}" if region else ""),
-                       lambda: job.cancel(region), already)
+                       lambda: job.cancel(region), already,
+                       images=[t.dest_image_id for t in tasks
+                               if t.state in ("Pending", "Running", "Cancelled")])
     image_id = a["image"]
     try:
         image = c.image(image_id)
     except NotFoundError:
         if any(e.type == "task.cancelled" for e in c.events(image_id=image_id)):
             return _Target(image_id, f"the copy {image_id}", lambda: None,
-                           f"the copy {image_id} is already cancelled")
+                           f"the copy {image_id} is already cancelled", images=[image_id])
         raise
     return _Target(image_id, f"the copy {image_id}", lambda: c.cancel_copy(image_id),
-                   now=f" (now {image.status})")
+                   now=f" (now {image.status})", images=[image_id])

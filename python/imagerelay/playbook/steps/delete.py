@@ -11,8 +11,8 @@ from .base import Outcome, StepKind, StepRun
 
 class Delete(StepKind):
     def recorded(self, run: StepRun) -> Outcome | None:
-        # The image is gone: its id is all there is to show.
-        if run.done_before:
+        # Done before and still gone: its id is all there is to show.
+        if run.done_before and _find(run) is None:
             return Outcome(run.args["image"], SKIPPED, f"already deleted {run.args['image']}")
         return None
 
@@ -29,7 +29,7 @@ class Delete(StepKind):
     def apply(self, run: StepRun) -> Outcome:
         image = _find(run)
         if image is None:
-            return run.finish(run.args["image"], _gone(run.args["image"]), SKIPPED)
+            return run.unchanged(run.args["image"], _gone(run.args["image"]))
         run.cloud.delete_image(image.id)
         return run.finish(image.id, f"deleted {_named(image)}")
 

@@ -1,9 +1,10 @@
-"""``wait``: until a job's copies or an image are done."""
+"""``wait``: until a job's copies or an image are done; skipped when done before and they
+still are (the image still there)."""
 
 from __future__ import annotations
 
-from ...errors import TransferError
-from ..result import DRY_RUN
+from ...errors import NotFoundError, TransferError
+from ..result import DRY_RUN, SKIPPED
 from ..values import Placeholder, describe_output
 from .base import Outcome, StepKind, StepRun
 
@@ -11,8 +12,22 @@ from .base import Outcome, StepKind, StepRun
 class Wait(StepKind):
     checks_only = True
 
-    def done_detail(self, run: StepRun) -> str:
-        return "waited before"
+    def recorded(self, run: StepRun) -> Outcome | None:
+        a = run.args
+        if not run.done_before or isinstance(a.get("job", a.get("image")), Placeholder):
+            return None
+        if "job" in a:
+            job = run.cloud.job(a["job"])
+            return None if job.state == "Running" else Outcome(
+                job, SKIPPED, f"waited before: {describe_output(job)}")
+        try:
+            image = run.image(a["image"])
+        except NotFoundError:
+            return None  # apply says so
+        if image is None:
+            return run.gone(a["image"])
+        return None if image.status == "Creating" else Outcome(
+            image, SKIPPED, f"waited before: image {describe_output(image)}")
 
     def plan(self, run: StepRun) -> Outcome:
         noun = "job" if "job" in run.args else "image"
