@@ -299,12 +299,16 @@ void BindEngine(py::module_& m) {
       .def(
           "wait_digest",
           [](Engine& self, const std::string& account, const std::string& image_id,
-             std::optional<double> timeout) {
-            return RunInterruptible([&](const CancelToken* cancel) {
-              return self.WaitDigest(account, image_id, timeout, cancel);
-            });
+             std::optional<double> timeout, std::optional<py::function> progress) {
+            ProgressRelay relay(progress);
+            return RunInterruptible(
+                [&](const CancelToken* cancel) {
+                  return self.WaitDigest(account, image_id, timeout, cancel, relay.sink());
+                },
+                relay.tick());
           },
-          py::arg("account"), py::arg("image_id"), py::arg("timeout"))
+          py::arg("account"), py::arg("image_id"), py::arg("timeout"),
+          py::arg("progress") = py::none())
       .def(
           "wait_image",
           [](Engine& self, const std::string& account, const std::string& image_id,

@@ -24,8 +24,10 @@ class Output:
 
     @property
     def bars(self) -> bool:
-        """Progress bars and notes go to stderr only for a person at a terminal."""
-        return not self.as_json and sys.stderr.isatty()
+        """Progress and notes go to stderr: bars for a person at a terminal; without one (a
+        log, CI) a line every 10 s of long work (``_progress.LineBar``). Not with ``--json``
+        at a terminal."""
+        return not (self.as_json and sys.stderr.isatty())
 
     def emit(self, data: Any, human: Callable[[], str]) -> None:
         if self.as_json:
@@ -40,9 +42,9 @@ class Output:
         return None if self.as_json else lambda step: print(step, flush=True)
 
     def note(self, text: str) -> None:
-        """A note for a person at a terminal (with the progress bars), on stderr."""
+        """A note beside the progress, on stderr."""
         if self.bars:
-            print(text, file=sys.stderr)
+            print(text, file=sys.stderr, flush=True)
 
 
 def error(text: str) -> None:

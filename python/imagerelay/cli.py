@@ -13,6 +13,7 @@ from . import _cli_output as output
 from . import cloud as cloud_module
 from ._cli_output import Output
 from ._worker import ensure_background_worker, run_worker
+from .collections import human_size
 from .errors import ImageRelayError
 from .job import Job
 
@@ -212,8 +213,9 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
                                    format=args.format, description=args.description,
                                    progress=out.bars)
         if image.digest is None:  # a mostly-empty file: the digest comes after the data
-            out.note(f"{image.id} is Available; computing its digest...")
-            image.wait_digest()
+            out.note(f"{image.id} is Available; computing its digest (hashing "
+                     f"{human_size(image.size)}, holes included)...")
+            image.wait_digest(progress=out.bars)
         out.emit(image, lambda: output.imported(image))
     elif cmd == "replicate":
         job = cloud.replicate(args.image, _split(args.to), name=args.name,

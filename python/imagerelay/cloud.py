@@ -267,17 +267,21 @@ class Cloud:
         """The acting account's jobs, newest first."""
         return JobList(Job(self, j) for j in self._engine.jobs(self.account, active))
 
-    def wait_digest(self, image_id: str, timeout: float | None = None) -> str:
+    def wait_digest(self, image_id: str, timeout: float | None = None, *,
+                    progress: bool = False) -> str:
         """The image's digest, waiting while it is computed.
 
         An image imported from a mostly-empty file (holes larger than its data and than
         1 GiB) is Available as soon as its data is stored; its `digest` is None until the
         background digester has hashed the whole image. Raises TimeoutError after `timeout`.
+        ``progress=True`` shows how far the digester got (bytes hashed of the image's size).
         """
         seconds = check_timeout(timeout)
-        return wait_for(
-            lambda: str(self._engine.wait_digest(self.account, image_id, seconds)),
-            lambda: f"the digest of image {image_id} is still being computed after {timeout} s")
+        with bar_callback(f"digest {image_id}", progress) as report:
+            return wait_for(
+                lambda: str(self._engine.wait_digest(self.account, image_id, seconds, report)),
+                lambda: f"the digest of image {image_id} is still being computed after "
+                        f"{timeout} s")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no task is Pending or Running (and the copies that just ended have

@@ -159,9 +159,10 @@ class Image:
         ``progress=True`` shows a progress bar."""
         return self._cloud.verify_image(self.id, progress=progress)
 
-    def wait_digest(self, timeout: float | None = None) -> str:
-        """Waits for the digest (None while computed after a sparse import); returns it."""
-        digest = self._cloud.wait_digest(self.id, timeout)
+    def wait_digest(self, timeout: float | None = None, *, progress: bool = False) -> str:
+        """Waits for the digest (None while computed after a sparse import); returns it.
+        ``progress=True`` shows how far the digester got."""
+        digest = self._cloud.wait_digest(self.id, timeout, progress=progress)
         self.refresh()
         return digest
 

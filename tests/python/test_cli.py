@@ -580,3 +580,28 @@ def test_a_closed_pipe_is_no_error(shared: dict[str, Any]) -> None:
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_long_work_without_a_terminal_logs_progress(home: Path, tmp_path: Path) -> None:
+    """Issue #14: importing a large sparse file from a script or CI is not minutes of silence.
+    Without a terminal, progress comes as lines on stderr every IMAGERELAY_PROGRESS_INTERVAL
+    seconds (10 by default; 0 here, so that every report prints one); stdout keeps the
+    result."""
+    src = tmp_path / "big.raw"
+    with open(src, "wb") as f:
+        f.truncate(5 * 2**28)  # 1.25 GiB of holes: the digest comes after the data
+        f.write(os.urandom(100 * KiB))
+    env = dict(child_env(), IMAGERELAY_PROGRESS_INTERVAL="0")
+    proc = subprocess.run([IMAGERELAY, "--home", str(home), "import", str(src), "--region",
+                           "bj", "--name", "big"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.splitlines()
+    assert any(re.fullmatch(r"import big -> bj: 100% \(1\.2 GiB of 1\.2 GiB\)", line)
+               for line in err), err
+    image_id = re.search(r"imported (m-\w+)", proc.stdout).group(1)  # type: ignore[union-attr]
+    note = [line for line in err if "computing its digest" in line]
+    if note:  # else the digester had finished before the import's command looked
+        assert "1.2 GiB" in note[0]
+        assert f"digest {image_id}: 100% (1.2 GiB of 1.2 GiB)" in err, err
+    assert "sha256:" in proc.stdout

@@ -138,9 +138,11 @@ class Engine {
 
   // The image's digest, waiting while the digester computes it (images imported from
   // mostly-empty files are Available before their digest is known). Throws Error(Timeout)
-  // when the timeout passes, the digester's error if it failed.
+  // when the timeout passes, the digester's error if it failed. `progress` hears how far
+  // this process's digester got (bytes hashed of the image's size), from the waiting thread.
   std::string WaitDigest(const std::string& account, const std::string& image_id,
-                         std::optional<double> timeout_s, const CancelToken* cancel = nullptr);
+                         std::optional<double> timeout_s, const CancelToken* cancel = nullptr,
+                         const ProgressFn& progress = {});
   // Waits until the image's status is none of `busy` (e.g. Creating and Replicating: until
   // an import or a copy ended); returns it. Throws Error(Timeout) when the timeout passes,
   // NoSuchImage once it is deleted (a cancelled copy).

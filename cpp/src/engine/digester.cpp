@@ -67,9 +67,26 @@ void Engine::Impl::DigestLoop() {
       // Computed from the stored bytes even when the manifest names a digest: the chunk-list
       // check does not cover that field, and a digest is recorded only as read.
       std::string digest;
+      // Waiters hear how far it got (a 200 GiB sparse image takes minutes of hashing zeros).
+      auto progress = [this, &id = next->id](const IoProgress& p) {
+        {
+          std::lock_guard lock(digest_mutex);
+          digest_progress[id] = p;
+        }
+        NotifyChanged();
+      };
+      struct ForgetProgress {
+        Impl* impl;
+        const std::string& id;
+        ~ForgetProgress() {
+          std::lock_guard lock(impl->digest_mutex);
+          impl->digest_progress.erase(id);
+        }
+      } forget{this, next->id};
       try {
-        digest = HashStoredImage(*store, manifest,
-                                 "image " + next->id + " in region " + next->region, digest_cancel);
+        digest =
+            HashStoredImage(*store, manifest, "image " + next->id + " in region " + next->region,
+                            digest_cancel, progress);
       } catch (const DamagedChunkError& e) {
         NoteDamage(e, next->region, *store);
         throw;
@@ -137,8 +154,10 @@ void Engine::Impl::RecordDigest(const std::string& image_id, const std::string& 
 }
 
 std::string Engine::WaitDigest(const std::string& account, const std::string& image_id,
-                               std::optional<double> timeout_s, const CancelToken* cancel) {
+                               std::optional<double> timeout_s, const CancelToken* cancel,
+                               const ProgressFn& progress) {
   bool scheduled = false;
+  bool reported = false;
   Image image;
   const bool known = impl_->WaitUntil(
       [&] {
@@ -146,18 +165,37 @@ std::string Engine::WaitDigest(const std::string& account, const std::string& im
           RequireAccount(tx, account);
           image = LoadVisible(tx, account, image_id);
         });
-        if (!image.digest.empty()) return true;
+        if (!image.digest.empty()) {
+          if (reported) {  // the end, which the digester's last report may not have said
+            IoProgress end;
+            end.bytes_total = end.bytes_done = image.size;
+            progress(end);
+          }
+          return true;
+        }
         if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
           ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
                                                       std::string(ToString(image.status)) +
                                                       "; it has no digest");
         }
+        std::optional<IoProgress> hashed;
         {
           std::lock_guard lock(impl_->digest_mutex);
           if (auto it = impl_->digest_failures.find(image.id); it != impl_->digest_failures.end()) {
             ThrowCode(it->second.first, "the digest of image " + image.id +
                                             " could not be computed: " + it->second.second);
           }
+          // A copy of an image without a digest gets its source's (RecordDigest).
+          for (const auto& id : {image.id, image.source_image_id}) {
+            if (auto it = impl_->digest_progress.find(id); it != impl_->digest_progress.end()) {
+              hashed = it->second;
+              break;
+            }
+          }
+        }
+        if (hashed && progress) {
+          progress(*hashed);
+          reported = true;
         }
         if (image.status == ImageStatus::kAvailable && !scheduled) {
           impl_->ScheduleDigests();  // in case no digester runs in this process yet

@@ -122,6 +122,8 @@ struct Engine::Impl {
   bool digester_running = false;  // under digest_mutex
   bool digest_rescan = false;     // under digest_mutex: look again before stopping
   CancelToken digest_cancel;      // fired by Close()
+  // image id -> how far the digest being computed got (WaitDigest's progress).
+  std::map<std::string, IoProgress> digest_progress;
   // image id -> (code, message) of a digest this process failed to compute.
   std::map<std::string, std::pair<std::string, std::string>> digest_failures;
   // Starts the digester unless it runs; it handles every Available image without a digest.
