@@ -139,6 +139,8 @@ class ImageCopyModule(ImageRelayModule):
                 source=None,
                 msg="would copy %s (%s) to %s once an earlier task creates it; not checked "
                     "further" % (p["name"], p["region"], ", ".join(regions)))
+        if not regions:
+            self.cloud.dry_run.replicate(source.id, [])  # the core's Image.DestRegionIsEmpty
         copies = {}
         for region in regions:
             copy = self._copy_in(source, region)
