@@ -29,6 +29,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   echo "installing Python build and test tools into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "scikit-build-core>=0.11" "pybind11>=3.0" cmake ninja \
-    "tqdm>=4.60" "PyYAML>=6" pytest "moto[server]>=5" nbclient nbformat ipykernel ipywidgets mypy pandas
+    "tqdm>=4.60" "PyYAML>=6" pytest "moto[server]>=5" nbclient nbformat ipykernel ipywidgets mypy pandas \
+    "ansible-core>=2.15"
   touch "$stamp"
 fi
