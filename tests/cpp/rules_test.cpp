@@ -280,5 +280,69 @@ TEST(LimitsRulesTest, EveryLimitOutOfItsRangeIsAProblem) {
   EXPECT_TRUE(CheckLimits(top).empty());
 }
 
+TEST(HumanBytesTest, UnitsForPeople) {
+  EXPECT_EQ(HumanBytes(0), "0 B");
+  EXPECT_EQ(HumanBytes(1023), "1023 B");
+  EXPECT_EQ(HumanBytes(1024), "1.0 KiB");
+  EXPECT_EQ(HumanBytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+  EXPECT_EQ(HumanBytes(500ULL << 30), "500.0 GiB");
+  EXPECT_EQ(HumanBytes(3ULL << 40), "3.0 TiB");
+  EXPECT_EQ(HumanBytes(2048ULL << 40), "2048.0 TiB");
+}
+
+TEST(SizeLimitMessagesTest, GiveUnitsTheLimitAndWhatToDo) {
+  Limits limits;
+  ImportRequest request;
+  request.source = "/data/big.raw";
+  request.region = "bj";
+  request.name = "big";
+  auto problems = CheckImport(request, true, true, 600ULL << 30, limits);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].message,
+            "source '/data/big.raw' is 600.0 GiB (644245094400 bytes), over the import limit "
+            "of 500.0 GiB (536870912000 bytes); import a smaller image, or open the home with "
+            "a higher Limits.max_import_bytes");
+  Image image;
+  image.id = "m-00000001";
+  image.owner = "alice";
+  image.status = ImageStatus::kAvailable;
+  image.region = "bj";
+  image.size = 201ULL << 30;
+  problems = CheckReplicate(image, "alice", {"gz"}, nullptr, {{"bj", "gz"}}, limits);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].code, codes::kLargeImageCopyForbidden);
+  EXPECT_NE(problems[0].message.find("is 201.0 GiB (215822106624 bytes), over the copy limit "
+                                     "of 200.0 GiB (214748364800 bytes); copy a smaller image"),
+            std::string::npos)
+      << problems[0].message;
+}
+
+TEST(RemoveRulesTest, RegionInUseListsWhatUsesIt) {
+  EXPECT_TRUE(CheckRemoveRegion("hk", {}).empty());
+  RegionUse use;
+  use.images = {"m-1", "m-2", "m-3", "m-4", "m-5", "m-6", "m-7"};
+  auto problems = CheckRemoveRegion("hk", use);
+  ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kRegionInUse});
+  EXPECT_NE(problems[0].message.find("7 image(s) (m-1, m-2, m-3, m-4, m-5 and 2 more)"),
+            std::string::npos)
+      << problems[0].message;
+  use.jobs_in_flight = {"j-1"};
+  EXPECT_EQ(Codes(CheckRemoveRegion("hk", use)),
+            (std::vector<std::string>{codes::kRegionInUse, codes::kRegionInUse}));
+}
+
+TEST(RemoveRulesTest, AccountInUseGivesOneProblemPerUse) {
+  EXPECT_TRUE(CheckRemoveAccount("bob", {}).empty());
+  AccountUse use{{"m-1"}, {"m-2"}, {"j-3"}};
+  auto problems = CheckRemoveAccount("bob", use);
+  ASSERT_EQ(problems.size(), 3u);
+  EXPECT_NE(problems[0].message.find("owns 1 image(s) (m-1); delete them first"),
+            std::string::npos);
+  EXPECT_NE(problems[1].message.find("(m-2); their owners must unshare them first"),
+            std::string::npos);
+  EXPECT_NE(problems[2].message.find("copies in flight (job j-3)"), std::string::npos);
+  for (const auto& p : problems) EXPECT_EQ(p.code, codes::kAccountInUse);
+}
+
 }  // namespace
 }  // namespace imagerelay

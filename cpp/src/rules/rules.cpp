@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <iterator>
 #include <string>
 
 #include "imagerelay/ids.hpp"
@@ -41,7 +43,35 @@ void CheckRange(const char* name, int64_t value, int64_t low, int64_t high,
                                      ", got " + std::to_string(value)});
 }
 
+// "m-1, m-2 and 3 more": the first few ids of a list, for a message.
+std::string FewOf(const std::vector<std::string>& ids) {
+  constexpr size_t kShown = 5;
+  std::string out;
+  for (size_t i = 0; i < ids.size() && i < kShown; ++i) out += (i ? ", " : "") + ids[i];
+  if (ids.size() > kShown) out += " and " + std::to_string(ids.size() - kShown) + " more";
+  return out;
+}
+
+// "600.0 GiB (644245094400 bytes)": the unit for people, the exact count for the record.
+std::string SizeText(uint64_t bytes) {
+  return HumanBytes(bytes) + " (" + std::to_string(bytes) + " bytes)";
+}
+
 }  // namespace
+
+std::string HumanBytes(uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double value = static_cast<double>(bytes) / 1024;
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f %s", value, kUnits[unit]);
+  return text;
+}
 
 Problems CheckLimits(const Limits& l) {
   constexpr int64_t kInt64Max = INT64_MAX;
@@ -149,9 +179,10 @@ Problems CheckImport(const ImportRequest& request, bool region_exists, bool size
   }
   if (size_known && size > limits.max_import_bytes) {
     out.push_back({codes::kLargeImageImportForbidden,
-                   "source " + Quote(request.source) + " is " + std::to_string(size) +
-                       " bytes, over the import limit of " +
-                       std::to_string(limits.max_import_bytes) + " bytes"});
+                   "source " + Quote(request.source) + " is " + SizeText(size) +
+                       ", over the import limit of " + SizeText(limits.max_import_bytes) +
+                       "; import a smaller image, or open the home with a higher "
+                       "Limits.max_import_bytes"});
   }
   return out;
 }
@@ -167,9 +198,10 @@ Problems CheckReplicate(const Image& image, const std::string& caller,
   }
   if (image.size > limits.max_copy_bytes) {
     out.push_back({codes::kLargeImageCopyForbidden,
-                   "image " + image.id + " is " + std::to_string(image.size) +
-                       " bytes, over the copy limit of " + std::to_string(limits.max_copy_bytes) +
-                       " bytes"});
+                   "image " + image.id + " is " + SizeText(image.size) +
+                       ", over the copy limit of " + SizeText(limits.max_copy_bytes) +
+                       "; copy a smaller image, or open the home with a higher "
+                       "Limits.max_copy_bytes"});
   }
   if (image.status != ImageStatus::kAvailable) {
     out.push_back({codes::kImageStatusForbidden, Busy(image, "replicate")});
@@ -315,6 +347,45 @@ Problems CheckSharedUsers(const Image& image, const std::string& caller) {
   if (image.type == ImageType::kCustom && image.owner == caller) return {};
   return {{codes::kAccessDenied,
            "image " + image.id + " is not yours; only its owner may list its shares"}};
+}
+
+Problems CheckRemoveRegion(const std::string& region_id, const RegionUse& use) {
+  Problems out;
+  if (!use.images.empty()) {
+    out.push_back({codes::kRegionInUse,
+                   "region " + region_id + " still holds " + std::to_string(use.images.size()) +
+                       " image(s) (" + FewOf(use.images) +
+                       "); delete them first (CreateFailed ones too), or replicate the ones "
+                       "you keep to another region and delete them here"});
+  }
+  if (!use.jobs_in_flight.empty()) {
+    out.push_back({codes::kRegionInUse, "copies to or from region " + region_id +
+                                            " are in flight (job " + FewOf(use.jobs_in_flight) +
+                                            "); wait for them or cancel them first"});
+  }
+  return out;
+}
+
+Problems CheckRemoveAccount(const std::string& account_id, const AccountUse& use) {
+  Problems out;
+  if (!use.images_owned.empty()) {
+    out.push_back({codes::kAccountInUse,
+                   "account " + account_id + " owns " + std::to_string(use.images_owned.size()) +
+                       " image(s) (" + FewOf(use.images_owned) + "); delete them first"});
+  }
+  if (!use.images_shared_with.empty()) {
+    out.push_back({codes::kAccountInUse, "account " + account_id + " has " +
+                                             std::to_string(use.images_shared_with.size()) +
+                                             " image(s) shared with it (" +
+                                             FewOf(use.images_shared_with) +
+                                             "); their owners must unshare them first"});
+  }
+  if (!use.jobs_in_flight.empty()) {
+    out.push_back({codes::kAccountInUse, "account " + account_id + " has copies in flight (job " +
+                                             FewOf(use.jobs_in_flight) +
+                                             "); wait for them or cancel them first"});
+  }
+  return out;
 }
 
 std::vector<std::string> Unique(const std::vector<std::string>& values) {
