@@ -49,7 +49,7 @@ _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"
 def _since(text: str) -> int | datetime | timedelta:
     """``events --since``: an event number, a duration before now (``90s``, ``15m``,
     ``1h30m``, ``2d``) or an ISO time (``2026-01-31T08:00``; UTC unless it has an offset)."""
-    if text.isdigit():
+    if re.fullmatch(r"-?\d+", text):  # out of range: the engine's own error says so
         return int(text)
     if _DURATION_PART.sub("", text) == "" and text:
         delta = timedelta()
