@@ -230,7 +230,11 @@ void BindEngine(py::module_& m) {
            py::arg("session_token") = "", Release())
       .def("regions", &Engine::Regions, Release())
       .def("region", &Engine::GetRegion, py::arg("id"), Release())
+      .def("remove_region", &Engine::RemoveRegion, py::arg("account"), py::arg("id"),
+           py::arg("validate_only") = false, Release())
       .def("add_account", &Engine::AddAccount, py::arg("id"), py::arg("name"), Release())
+      .def("remove_account", &Engine::RemoveAccount, py::arg("account"), py::arg("id"),
+           py::arg("validate_only") = false, Release())
       .def("accounts", &Engine::Accounts, Release())
       .def("account", &Engine::GetAccount, py::arg("id"), Release())
       .def(
@@ -350,7 +354,16 @@ void BindEngine(py::module_& m) {
       .def("run_until_idle", &Engine::RunUntilIdle, Release())
       .def("copies_waiting_for_a_worker", &Engine::CopiesWaitingForAWorker, Release())
       .def("events", &Engine::Events, py::arg("account"), py::arg("since"), py::arg("image_id"),
-           Release())
+           py::arg("since_time_us") = 0, Release())
+      .def(
+          "wait_events",
+          [](Engine& self, const std::string& account, int64_t since,
+             std::optional<std::string> image_id, std::optional<double> timeout) {
+            return RunInterruptible([&](const CancelToken* cancel) {
+              return self.WaitEvents(account, since, image_id, timeout, cancel);
+            });
+          },
+          py::arg("account"), py::arg("since"), py::arg("image_id"), py::arg("timeout"))
       .def(
           "add_listener",
           [](Engine& engine, const std::string& account, const std::string& type, py::function fn) {

@@ -1,5 +1,5 @@
-"""Progress over bytes, for imports, copies and digests: tqdm bars at a terminal and in
-Jupyter; elsewhere (a log file, CI, a pipe) a line on stderr every 10 s of long work."""
+"""Progress over bytes, for imports, copies and digests: tqdm bars; for the command line
+without a terminal (a log file, CI, a pipe), a line on stderr every 10 s of long work."""
 
 from __future__ import annotations
 
@@ -17,6 +17,21 @@ def _line_every_s() -> float:
         return max(0.0, float(os.environ.get("IMAGERELAY_PROGRESS_INTERVAL", "10")))
     except ValueError:
         return 10.0
+
+
+_lines_without_terminal = False
+
+
+@contextmanager
+def lines_without_terminal() -> Iterator[None]:
+    """Within it, bars made without a terminal (or Jupyter) are ``LineBar``s: the command
+    line's progress in logs. Outside it, ``progress=True`` always gets tqdm."""
+    global _lines_without_terminal
+    before, _lines_without_terminal = _lines_without_terminal, True
+    try:
+        yield
+    finally:
+        _lines_without_terminal = before
 
 
 def _interactive() -> bool:
@@ -66,8 +81,9 @@ class LineBar:
 
 
 def byte_bar(desc: str, total: int | None = None) -> Any:
-    """A new bar (a ``LineBar`` without a terminal); ``total`` may be set later by ``show``."""
-    if not _interactive():
+    """A new bar (a ``LineBar`` without a terminal, for the command line); ``total`` may be
+    set later by ``show``."""
+    if _lines_without_terminal and not _interactive():
         return LineBar(desc, total)
     from tqdm.auto import tqdm
 

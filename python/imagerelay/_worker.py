@@ -19,19 +19,21 @@ def _lock_path(home: Path) -> Path:
     return home / "worker.lock"
 
 
-def ensure_background_worker(home: Path) -> None:
-    """Starts ``imagerelay worker --until-idle`` for this home unless one already runs."""
+def ensure_background_worker(home: Path) -> bool:
+    """Starts ``imagerelay worker --until-idle`` for this home unless one already runs;
+    True if it started one."""
     lock_path = _lock_path(home)
     with open(lock_path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return  # a worker holds it
+            return False  # a worker holds it
         fcntl.flock(f, fcntl.LOCK_UN)
-    log = open(home / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    subprocess.Popen(
-        [sys.executable, "-m", "imagerelay", "--home", str(home), "worker", "--until-idle"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    with open(home / "worker.log", "ab") as log:  # the child keeps its own copy
+        subprocess.Popen(
+            [sys.executable, "-m", "imagerelay", "--home", str(home), "worker", "--until-idle"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    return True
 
 
 def run_worker(cloud: Cloud, *, until_idle: bool) -> int:

@@ -1,18 +1,26 @@
 """The ``imagerelay`` command line (API.md "Command line"): its arguments and which call
 each command makes. What it prints is made in ``_cli_output``; the background worker that
-goes on with queued copies is ``_worker``."""
+goes on with queued copies is ``_worker``; where an S3 region's credentials come from is
+``_cli_credentials``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from . import __version__
 from . import _cli_output as output
 from . import cloud as cloud_module
+from ._cli_credentials import region_credentials
 from ._cli_output import Output
+from ._progress import lines_without_terminal
 from ._worker import ensure_background_worker, run_worker
+from ._types import Event
 from .collections import human_size
 from .errors import ImageRelayError
 from .job import Job
@@ -36,113 +44,189 @@ def _playbook_var(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _since(text: str) -> int | datetime | timedelta:
+    """``events --since``: an event number, a duration before now (``90s``, ``15m``,
+    ``1h30m``, ``2d``) or an ISO time (``2026-01-31T08:00``; UTC unless it has an offset)."""
+    if re.fullmatch(r"-?\d+", text):  # out of range: the engine's own error says so
+        return int(text)
+    if _DURATION_PART.sub("", text) == "" and text:
+        delta = timedelta()
+        for number, unit in _DURATION_PART.findall(text):
+            delta += timedelta(**{_UNIT[unit]: int(number)})
+        return delta
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an event number (42), a duration (30s, 15m, 1h, 2d) or an ISO "
+            "time (2026-01-31T08:00, UTC unless it has an offset)") from None
+
+
+def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """--home, --account and --json: before the subcommand, and after it too. After it,
+    an option not given leaves the value given before (argparse.SUPPRESS)."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--home", help="home directory (default $IMAGERELAY_HOME, else "
+                                       "~/.imagerelay; created if new)", **default)
+    parser.add_argument("--account", help="acting account (default $IMAGERELAY_ACCOUNT, "
+                                          "else default)", **default)
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable output on stdout (errors too)", **default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagerelay",
         description="Replicate VM images between regions and share them between accounts.",
         epilog="example: imagerelay import golden.raw --region bj --name golden")
-    p.add_argument("--home", help="home directory (default $IMAGERELAY_HOME or ~/.imagerelay)")
-    p.add_argument("--account", help="acting account (default $IMAGERELAY_ACCOUNT or default)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _global_options(p, after_command=False)
+    p.add_argument("--version", action="version", version=f"imagerelay {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def leaf(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+             help: str, example: str) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=help, description=help,
+                                       epilog=f"example: {example}")
+        _global_options(parser, after_command=True)
+        return parser
+
     def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=f"example: {example}")
+        return leaf(sub, name, help, example)
 
-    regions = add("regions", "list or add regions", "imagerelay regions list")
+    regions = add("regions", "list, add or remove regions", "imagerelay regions list")
     rsub = regions.add_subparsers(dest="action", required=True)
-    rsub.add_parser("list", help="list regions", epilog="example: imagerelay regions list")
-    radd = rsub.add_parser("add", help="add a region",
-                           epilog="example: imagerelay regions add hk /data/hk --name Hong-Kong")
-    radd.add_argument("region_id")
-    radd.add_argument("store", nargs="?", help="path or file:// / s3:// URI")
-    radd.add_argument("--name")
+    leaf(rsub, "list", "list regions", "imagerelay regions list")
+    radd = leaf(rsub, "add", "add a region",
+                "imagerelay regions add hk s3://images/hk?endpoint=https://s3.example.com "
+                "--access-key-id AKIA... --secret-access-key prompt")
+    radd.add_argument("region_id", help="the new region's id: 2-32 characters, a lowercase "
+                                        "letter, then lowercase letters, digits or '-'")
+    radd.add_argument("store", nargs="?",
+                      help="where its bytes live: a path, or a file:// or "
+                           "s3://bucket/prefix?endpoint=... URI (default <home>/regions/ID)")
+    radd.add_argument("--name", help="a name for people (default: the id)")
+    radd.add_argument("--access-key-id", metavar="ID",
+                      help="S3 region: the access key id to keep with the region "
+                           "(`env`: $AWS_ACCESS_KEY_ID now)")
+    radd.add_argument("--secret-access-key", metavar="SOURCE",
+                      help="S3 region: where its secret key comes from, never the key itself: "
+                           "`prompt` (asked, not echoed; the default with --access-key-id on a "
+                           "terminal), `file:PATH` (the file's first line; `file:-`: stdin) or "
+                           "`env` ($AWS_SECRET_ACCESS_KEY now)")
+    radd.add_argument("--session-token", metavar="SOURCE",
+                      help="S3 region: a session token, from `prompt`, `file:PATH` or `env` "
+                           "($AWS_SESSION_TOKEN now)")
+    radd.add_argument("--credentials-from-env", action="store_true",
+                      help="S3 region: keep $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY (and "
+                           "$AWS_SESSION_TOKEN) as they are now with the region, so that later "
+                           "commands need no AWS_* variables")
+    rrm = leaf(rsub, "remove", "remove a region that nothing uses (its store's files stay)",
+               "imagerelay regions remove hk")
+    rrm.add_argument("region_id", help="the region to remove")
 
-    accounts = add("accounts", "list or add accounts", "imagerelay accounts add team-b")
+    accounts = add("accounts", "list, add or remove accounts", "imagerelay accounts add team-b")
     asub = accounts.add_subparsers(dest="action", required=True)
-    asub.add_parser("list", help="list accounts", epilog="example: imagerelay accounts list")
-    aadd = asub.add_parser("add", help="add an account",
-                           epilog="example: imagerelay accounts add team-b")
-    aadd.add_argument("account_id")
-    aadd.add_argument("--name")
+    leaf(asub, "list", "list accounts", "imagerelay accounts list")
+    aadd = leaf(asub, "add", "add an account", "imagerelay accounts add team-b")
+    aadd.add_argument("account_id", help="the new account's id: 1-64 characters, a letter or "
+                                         "digit, then letters, digits, '_', '.', '@' or '-'")
+    aadd.add_argument("--name", help="a name for people (default: the id)")
+    arm = leaf(asub, "remove", "remove an account that owns nothing and has nothing shared "
+                               "with it", "imagerelay accounts remove team-b")
+    arm.add_argument("account_id", help="the account to remove")
 
     images = add("images", "list or show images", "imagerelay images list --region gz")
     isub = images.add_subparsers(dest="action", required=True)
-    ilist = isub.add_parser("list", help="images the account sees",
-                            epilog="example: imagerelay images list --type Custom")
-    ilist.add_argument("--region")
-    ilist.add_argument("--type", default="All", choices=["All", "System", "Custom", "Sharing"])
-    ilist.add_argument("--name")
-    ishow = isub.add_parser("show", help="one image", epilog="example: imagerelay images show m-3k9x2q7a")
-    ishow.add_argument("image")
+    ilist = leaf(isub, "list", "images the account sees", "imagerelay images list --name 'golden-*'")
+    ilist.add_argument("--region", help="only the images of this region")
+    ilist.add_argument("--type", default="All", choices=["All", "System", "Custom", "Sharing"],
+                       help="only images of this type as the account sees them (default All)")
+    ilist.add_argument("--name", help="only images of this name, or matching this glob pattern "
+                                      "(golden-*, v?; quote it for the shell)")
+    ishow = leaf(isub, "show", "one image", "imagerelay images show m-3k9x2q7a")
+    ishow.add_argument("image", help="the image's id")
 
     imp = add("import", "import a file as a Custom image",
               "imagerelay import golden.raw --region bj --name golden --os-version 22.04")
-    imp.add_argument("source")
-    imp.add_argument("--region", required=True)
-    imp.add_argument("--name", required=True)
-    imp.add_argument("--os-type", default="linux")
-    imp.add_argument("--os-name", default="")
-    imp.add_argument("--os-version", default="")
-    imp.add_argument("--os-arch", default="x86_64")
+    imp.add_argument("source", help="the image file, block device or URL to import")
+    imp.add_argument("--region", required=True, help="the region to keep the image in")
+    imp.add_argument("--name", required=True, help="the image's name: 1-65 characters, a "
+                                                   "letter first, then letters, digits, -_./")
+    imp.add_argument("--os-type", default="linux", help="the OS type (default linux)")
+    imp.add_argument("--os-name", default="", help="the OS name, e.g. ubuntu")
+    imp.add_argument("--os-version", default="", help="the OS version, e.g. 24.04")
+    imp.add_argument("--os-arch", default="x86_64", help="the CPU architecture (default x86_64)")
     imp.add_argument("--format", choices=["raw", "qcow2", "vmdk", "vhd"],
                      help="what the file must be (default: what its header says)")
-    imp.add_argument("--description", default="")
+    imp.add_argument("--description", default="", help="a description, up to 1024 characters")
 
     rep = add("replicate", "copy an image to other regions",
               "imagerelay replicate m-3k9x2q7a --to gz,su --wait")
-    rep.add_argument("image")
-    rep.add_argument("--to", required=True, action="append", help="regions, comma-separated")
-    rep.add_argument("--name")
-    rep.add_argument("--client-token")
+    rep.add_argument("image", help="the Custom image to copy")
+    rep.add_argument("--to", required=True, action="append",
+                     help="destination regions, comma-separated (repeatable)")
+    rep.add_argument("--name", help="the copies' name (default: the source's)")
+    rep.add_argument("--client-token", help="makes a retry safe: the same token with the same "
+                                            "arguments returns the first job")
     rep.add_argument("--wait", action="store_true", help="wait for the copies, with progress")
 
     can = add("cancel", "cancel a copy in flight by its destination image",
               "imagerelay cancel m-7f2k1c9z")
-    can.add_argument("dest_image")
+    can.add_argument("dest_image", help="the copy's destination image")
 
     jobs = add("jobs", "list, show or wait for jobs", "imagerelay jobs wait j-5d8s0a1b")
     jsub = jobs.add_subparsers(dest="action", required=True)
-    jlist = jsub.add_parser("list", help="your jobs, newest first",
-                            epilog="example: imagerelay jobs list --active")
-    jlist.add_argument("--active", action="store_true")
-    jshow = jsub.add_parser("show", help="one job", epilog="example: imagerelay jobs show j-5d8s0a1b")
-    jshow.add_argument("job")
-    jwait = jsub.add_parser("wait", help="wait for a job",
-                            epilog="example: imagerelay jobs wait j-5d8s0a1b --timeout 600")
-    jwait.add_argument("job")
-    jwait.add_argument("--timeout", type=float)
+    jlist = leaf(jsub, "list", "your jobs, newest first", "imagerelay jobs list --active")
+    jlist.add_argument("--active", action="store_true", help="only jobs with copies in flight")
+    jshow = leaf(jsub, "show", "one job", "imagerelay jobs show j-5d8s0a1b")
+    jshow.add_argument("job", help="the job's id")
+    jwait = leaf(jsub, "wait", "wait for a job (and run its copies if no worker does)",
+                 "imagerelay jobs wait j-5d8s0a1b --timeout 600")
+    jwait.add_argument("job", help="the job's id")
+    jwait.add_argument("--timeout", type=float,
+                       help="give up after this many seconds (the copies go on)")
 
     for name, verb in (("share", "share an image with accounts"),
                        ("unshare", "stop sharing an image with accounts")):
         s = add(name, verb, f"imagerelay {name} m-3k9x2q7a team-b team-c")
-        s.add_argument("image")
-        s.add_argument("accounts", nargs="+")
+        s.add_argument("image", help="your Custom image")
+        s.add_argument("accounts", nargs="+", help="one or more accounts")
 
     su = add("shared-users", "accounts an image is shared with",
              "imagerelay shared-users m-3k9x2q7a")
-    su.add_argument("image")
+    su.add_argument("image", help="your Custom image")
     rn = add("rename", "rename an image", "imagerelay rename m-3k9x2q7a golden-v2")
-    rn.add_argument("image")
-    rn.add_argument("name")
+    rn.add_argument("image", help="your Custom image")
+    rn.add_argument("name", help="its new name")
     dl = add("delete", "delete an image", "imagerelay delete m-3k9x2q7a")
-    dl.add_argument("image")
+    dl.add_argument("image", help="your Custom image")
     ex = add("export", "write an image's bytes to a file",
              "imagerelay export m-3k9x2q7a /tmp/golden.raw")
-    ex.add_argument("image")
-    ex.add_argument("path")
+    ex.add_argument("image", help="the image to export")
+    ex.add_argument("path", help="the file to write (must not exist, unless --force)")
     ex.add_argument("--force", action="store_true",
                     help="overwrite PATH if it is an existing file (never a link or device)")
     vf = add("verify", "re-read an image's bytes and check them against its digest",
              "imagerelay verify m-3k9x2q7a")
-    vf.add_argument("image")
+    vf.add_argument("image", help="the image to verify")
     sc = add("scrub", "read every stored chunk, quarantine damaged ones and repair the images "
                       "that need them from other regions (exit status 1 if damage remains)",
              "imagerelay scrub --region bj")
     sc.add_argument("--region", help="the region to scrub (default: every region)")
-    ev = add("events", "the audit log", "imagerelay events --image m-3k9x2q7a")
-    ev.add_argument("--since", type=int, default=0)
-    ev.add_argument("--image")
+    ev = add("events", "the audit log", "imagerelay events --since 1h --follow")
+    ev.add_argument("--since", type=_since, default=0, metavar="WHEN",
+                    help="only events after event number WHEN (42), within a duration before "
+                         "now (30s, 15m, 1h, 2d, 1h30m) or from an ISO time on "
+                         "(2026-01-31T08:00, UTC unless it has an offset); default 0: all")
+    ev.add_argument("--image", help="only the events of this image")
+    ev.add_argument("--follow", action="store_true",
+                    help="keep printing new events as they happen, until Ctrl-C (--json: "
+                         "one JSON object a line)")
 
     pb = add("run", "run a YAML playbook; running it again continues it and redoes what "
                     "drifted since, never duplicates",
@@ -178,31 +262,43 @@ def run(args: argparse.Namespace, out: Output) -> int:
         args.command == "run" and not args.dry_run)
     with cloud_module.open(args.home, account=args.account,
                            start_workers=needs_workers) as cloud:
-        if not needs_workers and cloud._engine.copies_waiting_for_a_worker():
+        started = False
+        if not needs_workers and cloud.copies_waiting_for_a_worker():
             # A background worker was killed (or never started): its copies go on now,
             # instead of showing Running until something else opens the home.
-            ensure_background_worker(cloud.home)
-        return dispatch(cloud, args, out)
+            started = ensure_background_worker(cloud.home)
+        return dispatch(cloud, args, out, worker_started=started)
 
 
-def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -> int:
+def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *,
+             worker_started: bool = False) -> int:
     cmd = args.command
     action = getattr(args, "action", None)
     if cmd == "regions" and action == "list":
         regions = cloud.regions
         out.emit(regions, lambda: output.regions_table(regions))
+    elif cmd == "regions" and action == "remove":
+        cloud.remove_region(args.region_id)
+        out.emit({"removed": args.region_id}, lambda: f"removed region {args.region_id}")
     elif cmd == "regions":
-        r = cloud.add_region(args.region_id, args.store, name=args.name)
+        credentials = region_credentials(args)
+        r = cloud.add_region(args.region_id, args.store, name=args.name, **credentials)
         out.emit(r, lambda: f"added region {r.id} ({r.store})")
+        if r.store.startswith("s3://") and not credentials:
+            output.warning(output.no_region_credentials(r.id))
     elif cmd == "accounts" and action == "list":
         accounts = cloud.accounts
         out.emit(accounts, lambda: output.accounts_table(accounts))
+    elif cmd == "accounts" and action == "remove":
+        cloud.remove_account(args.account_id)
+        out.emit({"removed": args.account_id}, lambda: f"removed account {args.account_id}")
     elif cmd == "accounts":
         a = cloud.add_account(args.account_id, name=args.name)
         out.emit(a, lambda: f"added account {a.id}")
     elif cmd == "images" and action == "list":
         images = cloud.images(args.region, image_type=args.type, name=args.name)
-        out.emit(images, lambda: output.images_table(images))
+        waiting = _waiting(cloud, worker_started)
+        out.emit(images, lambda: output.images_table(images, waiting))
     elif cmd == "images":
         image = cloud.image(args.image)
         out.emit(image, lambda: output.image_details(image))
@@ -224,7 +320,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
             job.wait(progress=out.bars, raise_on_error=False)
         else:
             ensure_background_worker(cloud.home)
-        out.emit(job, lambda: output.job_copies(job))
+        out.emit(output.job_json(job), lambda: output.job_copies(job))
         if args.wait and job.state == "Failed":
             return _job_failed(job)
     elif cmd == "cancel":
@@ -232,12 +328,16 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
         out.emit({"cancelled": args.dest_image}, lambda: f"cancelled the copy {args.dest_image}")
     elif cmd == "jobs" and action == "list":
         jobs = cloud.jobs(active=True if args.active else None)
-        out.emit(jobs, lambda: output.jobs_table(jobs))
+        waiting = _waiting(cloud, worker_started)
+        out.emit([output.job_json(j, waiting) for j in jobs],
+                 lambda: output.jobs_table(jobs, waiting) + waiting.hints(jobs))
     elif cmd == "jobs":
         job = cloud.job(args.job)
         if action == "wait":
             job.wait(args.timeout, progress=out.bars, raise_on_error=False)
-        out.emit(job, lambda: output.job_details(job))
+        waiting = _waiting(cloud, worker_started)
+        out.emit(output.job_json(job, waiting),
+                 lambda: output.job_details(job, waiting) + waiting.hints([job]))
         if action == "wait" and job.state == "Failed":
             return _job_failed(job)
     elif cmd in ("share", "unshare"):
@@ -268,6 +368,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
             return 1
     elif cmd == "events":
         events = cloud.events(since=args.since, image_id=args.image)
+        if args.follow:
+            return _follow_events(cloud, events, args.since, args.image, out)
         out.emit(events, lambda: output.events_table(events))
     elif cmd == "run":
         from .playbook import Playbook
@@ -283,6 +385,31 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -
     return 0
 
 
+def _follow_events(cloud: cloud_module.Cloud, events: list[Event],
+                   since: int | datetime | timedelta, image_id: str | None, out: Output) -> int:
+    """``events --follow``: the events so far, then each new one as it happens, until
+    Ctrl-C (exit status 0: that is how it is meant to end)."""
+    follow = output.EventFollower(out.as_json)
+    follow.show(events)
+    if events:
+        last = events[-1].seq
+    elif isinstance(since, int):
+        last = since
+    else:  # a time that matched nothing yet: go on after the newest event there is
+        last = max((e.seq for e in cloud.events(image_id=image_id)), default=0)
+    try:
+        while True:
+            new = cloud.wait_events(since=last, image_id=image_id)
+            follow.show(new)
+            last = new[-1].seq if new else last
+    except KeyboardInterrupt:
+        return 0
+
+
+def _waiting(cloud: cloud_module.Cloud, worker_started: bool) -> output.Waiting:
+    return output.Waiting(set(cloud.copies_waiting_for_a_worker()), worker_started, cloud.home)
+
+
 def _job_failed(job: Job) -> int:
     """Exit status 1, with the error line, for a job waited for that failed."""
     output.error(output.job_failed(job))
@@ -294,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Output(args.json)
     try:
-        return run(args, out)
+        with lines_without_terminal():
+            return run(args, out)
     except ImageRelayError as e:
-        output.error(f"{e.code}: {e.message}")
+        output.failed(e, as_json=args.json)
         return 1
     except KeyboardInterrupt:
         output.interrupted()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from .scrub import ScrubReport
 log = logging.getLogger("imagerelay")
 
 _MAX_WORKERS = 1024  # copy threads of one engine
+_GLOB = re.compile(r"[*?\[]")  # what makes images(name=...) a pattern
 
 _open_engines: weakref.WeakSet[_core.Engine] = weakref.WeakSet()
 _open_lock = threading.Lock()
@@ -126,8 +130,21 @@ class Cloud:
     def region(self, region_id: str) -> Region:
         return Region._from_core(self._engine.region(region_id))
 
+    def remove_region(self, region_id: str) -> None:
+        """Removes a region, and the credentials kept with it; its store's files stay.
+
+        Refused (``ConflictError``, ``Region.InUse``) while the region holds an image that is
+        not deleted (CreateFailed ones included) or a copy to or from it is in flight.
+        """
+        self._engine.remove_region(self.account, region_id)
+
     def add_account(self, account_id: str, *, name: str | None = None) -> Account:
         return Account._from_core(self._engine.add_account(account_id, name or ""))
+
+    def remove_account(self, account_id: str) -> None:
+        """Removes an account. Refused (``ConflictError``, ``Account.InUse``) while it owns
+        an image that is not deleted, has images shared with it, or has copies in flight."""
+        self._engine.remove_account(self.account, account_id)
 
     @property
     def accounts(self) -> list[Account]:
@@ -188,9 +205,16 @@ class Cloud:
 
     def images(self, region: str | None = None, *, image_type: str = "All",
                name: str | None = None) -> ImageList:
-        """Images the acting account sees: System, its own, and those shared with it."""
-        return ImageList(Image(self, i) for i in self._engine.images(self.account, region,
-                                                                     image_type, name))
+        """Images the acting account sees: System, its own, and those shared with it.
+
+        ``name``: an exact name, or a glob pattern (``golden-*``, ``v?``, ``[ab]*``; case
+        sensitive, as ``fnmatch.fnmatchcase``). Image names hold none of ``*?[``.
+        """
+        pattern = name if name is not None and _GLOB.search(name) else None
+        infos = self._engine.images(self.account, region, image_type,
+                                    None if pattern is not None else name)
+        return ImageList(Image(self, i) for i in infos
+                         if pattern is None or fnmatch.fnmatchcase(i.name, pattern))
 
     def image(self, image_id: str) -> Image:
         """One image; ``NoSuchImage`` if unknown or not visible."""
@@ -283,17 +307,39 @@ class Cloud:
                 lambda: f"the digest of image {image_id} is still being computed after "
                         f"{timeout} s")
 
+    def copies_waiting_for_a_worker(self) -> list[str]:
+        """The copies (destination image ids) that no live worker runs: their worker
+        stopped (killed, or its machine went away), or they are queued while no worker runs.
+        The next ``open()`` of the home with workers, ``imagerelay worker``, or any
+        ``imagerelay`` command (which starts a background worker for them) resumes them."""
+        return list(self._engine.copies_waiting_for_a_worker())
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no task is Pending or Running (and the copies that just ended have
         removed what a failed or cancelled one left); False if ``timeout`` passed first."""
         return self._engine.wait_idle(check_timeout(timeout))
 
     # -- events and policies ------------------------------------------------------
-    def events(self, *, since: int = 0, image_id: str | None = None) -> list[Event]:
+    def events(self, *, since: int | datetime | timedelta = 0,
+               image_id: str | None = None) -> list[Event]:
         """The audit log as this account may see it: what it did, and what happened to
-        images it can see (images shared with it: from the moment of the share)."""
+        images it can see (images shared with it: from the moment of the share).
+
+        ``since``: an event's ``seq`` (the events after it), an aware ``datetime`` (the
+        events from then on; a naive one is UTC) or a ``timedelta`` (the events of that long
+        before now).
+        """
+        seq, time_us = _since(since)
+        return [Event._from_core(e)
+                for e in self._engine.events(self._account, seq, image_id, time_us)]
+
+    def wait_events(self, *, since: int = 0, image_id: str | None = None,
+                    timeout: float | None = None) -> list[Event]:
+        """The events after ``since`` (a ``seq``) as :meth:`events` gives them, waiting until
+        there is at least one; ``[]`` when ``timeout`` seconds pass first."""
         since = check_int("since", since)
-        return [Event._from_core(e) for e in self._engine.events(self._account, since, image_id)]
+        return [Event._from_core(e) for e in self._engine.wait_events(
+            self._account, since, image_id, check_timeout(timeout))]
 
     def on(self, event_type: str, callback: Callable[[Event], Any]) -> Handle:
         """Calls ``callback(event)`` on a worker thread for each event (``"*"``: all) that
@@ -325,6 +371,17 @@ class Cloud:
 
         handle = self._engine.add_policy(check)
         return Handle(lambda: self._engine.remove_policy(handle))
+
+
+def _since(since: int | datetime | timedelta) -> tuple[int, int]:
+    """(seq, time in microseconds since the epoch) of an ``events(since=...)``."""
+    if isinstance(since, timedelta):
+        since = datetime.now(timezone.utc) - since
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        return 0, max(0, int(since.timestamp() * 1_000_000))
+    return check_int("since", since), 0
 
 
 def open(home: str | os.PathLike[str] | None = None, *, account: str | None = None,

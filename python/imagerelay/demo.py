@@ -13,6 +13,7 @@ from . import cloud as cloud_module
 from ._checks import check_int
 from ._cli_output import table
 from ._types import Limits
+from .collections import human_size as size
 
 MiB = 2**20
 GiB = 2**30
@@ -62,7 +63,8 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256,
         say(f"imagerelay demo: a fresh home in {home}")
         golden = workdir / "golden-v1.raw"
         make_disk_image(golden, virtual, data_mib * MiB)
-        say(f"built {golden.name}: {virtual // GiB} GiB virtual, {data_mib} MiB of data (sparse)")
+        say(f"built {golden.name}: {size(virtual)} virtual, {size(data_mib * MiB)} of data "
+            "(sparse)")
 
         with cloud_module.open(home) as cloud:
             say("\n1. import into region bj")
@@ -80,7 +82,7 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256,
             job.wait(progress=progress)
             for region, task in job.tasks.items():
                 say(f"   {region}: {task.dest_image_id} {task.state}, "
-                    f"{task.bytes_transferred / MiB:.0f} MiB moved")
+                    f"{size(task.bytes_transferred)} moved")
 
             say("\n3. a new version with ~1% changed: only the changes move")
             golden2 = workdir / "golden-v2.raw"
@@ -90,8 +92,8 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256,
             job2 = v2.replicate(["gz", "su"])
             job2.wait(progress=progress)
             for region, task in job2.tasks.items():
-                say(f"   {region}: {task.dest_image_id} {task.bytes_transferred / MiB:.1f} MiB "
-                    f"moved of {task.bytes_total / GiB:.0f} GiB "
+                say(f"   {region}: {task.dest_image_id} {size(task.bytes_transferred)} "
+                    f"moved of {size(task.bytes_total)} "
                     f"({task.chunks_skipped} of {task.chunks_total} chunks skipped)")
 
             say("\n4. share the copies with account team-b")
@@ -126,7 +128,7 @@ def run_demo(home: Path | None = None, keep: bool = False, data_mib: int = 256,
                     digest = copy.verify()
                     ok = digest == expected
                     rows.append([copy.id, copy.name, copy.region, copy.status,
-                                 f"{copy.size / GiB:.0f} GiB", digest[:19] + "...",
+                                 size(copy.size), digest[:19] + "...",
                                  "ok" if ok else "MISMATCH"])
                     if not ok:
                         say(f"   digest mismatch for {copy.id}")

@@ -46,3 +46,9 @@ class DryRun:
 
     def delete_image(self, image_id: str) -> None:
         self._cloud._engine.delete(self._cloud.account, image_id, validate_only=True)
+
+    def remove_region(self, region_id: str) -> None:
+        self._cloud._engine.remove_region(self._cloud.account, region_id, validate_only=True)
+
+    def remove_account(self, account_id: str) -> None:
+        self._cloud._engine.remove_account(self._cloud.account, account_id, validate_only=True)

@@ -274,6 +274,32 @@ TEST_F(CatalogTest, RegionsAndAccounts) {
   });
 }
 
+TEST_F(CatalogTest, DeleteRegionAndAccount) {
+  Write([](CatalogTx& tx) {
+    tx.InsertRegion({"gz", "Guangzhou", "/data/gz"});
+    tx.InsertAccount({"alice", "Alice"});
+    tx.SetSweepNeeded("gz", true);
+    tx.InsertClientToken("alice", "t1", {"j-00000001", "{}"});
+  });
+  Write([](CatalogTx& tx) {
+    EXPECT_TRUE(tx.DeleteRegion("gz"));
+    EXPECT_FALSE(tx.DeleteRegion("gz"));
+    EXPECT_TRUE(tx.DeleteAccount("alice"));
+    EXPECT_FALSE(tx.DeleteAccount("alice"));
+  });
+  Read([](CatalogTx& tx) {
+    EXPECT_FALSE(tx.GetRegion("gz"));
+    EXPECT_TRUE(tx.RegionsNeedingSweep().empty());  // its sweep state went with it
+    EXPECT_FALSE(tx.GetAccount("alice"));
+    EXPECT_FALSE(tx.GetClientToken("alice", "t1"));  // a new alice replays nothing
+  });
+  // Both ids can be used again.
+  Write([](CatalogTx& tx) {
+    EXPECT_TRUE(tx.InsertRegion({"gz", "Again", "/data/gz2"}));
+    EXPECT_TRUE(tx.InsertAccount({"alice", "Again"}));
+  });
+}
+
 TEST_F(CatalogTest, Settings) {
   Write([](CatalogTx& tx) {
     EXPECT_FALSE(tx.GetSetting("limits"));

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -510,6 +511,92 @@ TEST_F(EngineTest, ValidateOnlyGivesTheRealRequestsAnswerAndChangesNothing) {
   system_request.validate_only = true;
   EXPECT_EQ(engine->ImportImage("default", system_request, true, false).image.id, "");
   EXPECT_EQ(engine->Images("default", std::nullopt, "All", std::nullopt).size(), 2u);
+}
+
+// A region or an account goes only once nothing uses it; its credentials file goes with it.
+TEST_F(EngineTest, RemoveRegionAndAccountOnlyOnceUnused) {
+  auto engine = Open({}, false);
+  engine->AddAccount("bob", "");
+  engine->AddRegion("hk", (dir_ / "hk").string(), "");
+  ImportRequest request;
+  request.source = MakeFile("a.raw", 2 * kChunk, 7).string();
+  request.region = "hk";
+  request.name = "a";
+  auto image = engine->ImportImage("default", request, true, false).image;
+  auto job = engine->Replicate("default", image.id, {"gz"}, std::nullopt, std::nullopt);
+
+  EXPECT_EQ(CodeOf([&] { engine->RemoveRegion("default", "nowhere"); }), codes::kNoSuchRegion);
+  EXPECT_EQ(CodeOf([&] { engine->RemoveRegion("default", "Bad Id"); }), codes::kInvalidParameter);
+  for (const char* region : {"hk", "gz"}) {  // the copy's source, and its destination
+    SCOPED_TRACE(region);
+    try {
+      engine->RemoveRegion("default", region, /*validate_only=*/true);
+      FAIL() << "removed while in use";
+    } catch (const ConflictError& e) {
+      ASSERT_EQ(e.problems().size(), 2u);  // its images, and the job in flight
+      EXPECT_EQ(e.code(), codes::kRegionInUse);
+      EXPECT_NE(e.problems()[1].message.find(job.id), std::string::npos);
+    }
+  }
+  engine->CancelJob("default", job.id, std::nullopt);
+  EXPECT_EQ(CodeOf([&] { engine->RemoveAccount("default", "default"); }), codes::kAccountInUse);
+  engine->Share("default", image.id, {"bob"});
+  EXPECT_EQ(CodeOf([&] { engine->RemoveAccount("default", "bob"); }), codes::kAccountInUse);
+  engine->Unshare("default", image.id, {"bob"});
+  engine->Delete("default", image.id);
+
+  const size_t events = engine->Events("default", 0, std::nullopt).size();
+  engine->RemoveRegion("default", "hk", /*validate_only=*/true);  // passes, changes nothing
+  engine->RemoveAccount("default", "bob", /*validate_only=*/true);
+  EXPECT_EQ(engine->Events("default", 0, std::nullopt).size(), events);
+  EXPECT_EQ(engine->Regions().size(), 4u);
+
+  engine->RemoveRegion("default", "hk");
+  engine->RemoveAccount("default", "bob");
+  EXPECT_EQ(CodeOf([&] { engine->GetRegion("hk"); }), codes::kNoSuchRegion);
+  EXPECT_EQ(CodeOf([&] { engine->GetAccount("bob"); }), codes::kNoSuchAccount);
+  EXPECT_EQ(CodeOf([&] { engine->RemoveAccount("default", "bob"); }), codes::kNoSuchAccount);
+  auto log = engine->Events("default", 0, std::nullopt);
+  ASSERT_GE(log.size(), 2u);
+  EXPECT_EQ(log[log.size() - 2].type, "region.removed");
+  EXPECT_EQ(log[log.size() - 2].region, "hk");
+  EXPECT_EQ(log.back().type, "account.removed");
+  EXPECT_EQ(log.back().account, "default");
+  // An import into a removed region is refused.
+  EXPECT_EQ(CodeOf([&] { engine->ImportImage("default", request, true, false); }),
+            codes::kNoSuchRegion);
+}
+
+TEST_F(EngineTest, WaitEventsReturnsNewEventsOrNothingAtTheTimeout) {
+  auto engine = Open({}, false);
+  auto image = Import(*engine, MakeFile("a.raw", kChunk, 8));
+  const int64_t last = engine->Events("default", 0, std::nullopt).back().seq;
+  EXPECT_TRUE(engine->WaitEvents("default", last, std::nullopt, 0.1).empty());
+  std::thread renamer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    engine->Rename("default", image.image.id, "renamed");
+  });
+  auto events = engine->WaitEvents("default", last, std::nullopt, 30);
+  renamer.join();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].type, "image.renamed");
+  // By time: nothing at or after a moment to come.
+  EXPECT_TRUE(engine->Events("default", 0, std::nullopt, NowUs() + 60'000'000).empty());
+  EXPECT_EQ(engine->Events("default", 0, std::nullopt, 1).size(),
+            engine->Events("default", 0, std::nullopt).size());
+}
+
+TEST_F(EngineTest, CopiesWaitingForAWorkerNamesThem) {
+  auto engine = Open({}, false);  // no workers: a queued copy waits
+  auto image = Import(*engine, MakeFile("a.raw", kChunk, 9));
+  auto job = engine->Replicate("default", image.image.id, {"gz", "su"}, std::nullopt, std::nullopt);
+  auto waiting = engine->CopiesWaitingForAWorker();
+  std::ranges::sort(waiting);
+  std::vector<std::string> expected{job.tasks[0].dest_image_id, job.tasks[1].dest_image_id};
+  std::ranges::sort(expected);
+  EXPECT_EQ(waiting, expected);
+  engine->CancelJob("default", job.id, std::nullopt);
+  EXPECT_TRUE(engine->CopiesWaitingForAWorker().empty());
 }
 
 }  // namespace

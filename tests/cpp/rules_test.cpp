@@ -1,5 +1,7 @@
 #include "imagerelay/rules.hpp"
 
+#include "base/human_bytes.hpp"
+
 #include <gtest/gtest.h>
 
 #include "imagerelay/ids.hpp"
@@ -263,8 +265,8 @@ TEST(ImportRulesTest, TheDiskDecidesNotTheFile) {
   limits.max_import_bytes = 200ULL << 30;
   auto problems = CheckImport(request, true, qcow2, limits);
   ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kLargeImageImportForbidden});
-  EXPECT_NE(problems[0].message.find("300 GiB"), std::string::npos) << problems[0].message;
-  EXPECT_NE(problems[0].message.find("200 GiB"), std::string::npos) << problems[0].message;
+  EXPECT_NE(problems[0].message.find("300.0 GiB"), std::string::npos) << problems[0].message;
+  EXPECT_NE(problems[0].message.find("200.0 GiB"), std::string::npos) << problems[0].message;
   limits = Limits{};
   request.format = "raw";
   problems = CheckImport(request, true, qcow2, limits);
@@ -278,7 +280,7 @@ TEST(ImportRulesTest, TheDiskDecidesNotTheFile) {
   image.virtual_size = 300ULL << 30;
   problems = CheckReplicate(image, image.owner, {"gz"}, nullptr, Regions(), limits);
   ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kLargeImageCopyForbidden});
-  EXPECT_NE(problems[0].message.find("300 GiB"), std::string::npos) << problems[0].message;
+  EXPECT_NE(problems[0].message.find("300.0 GiB"), std::string::npos) << problems[0].message;
 }
 
 TEST(SharedUsersRulesTest, OwnerOnly) {
@@ -311,6 +313,72 @@ TEST(LimitsRulesTest, EveryLimitOutOfItsRangeIsAProblem) {
   top.max_share_accounts = INT32_MAX;
   top.max_accepted_shares = 0;
   EXPECT_TRUE(CheckLimits(top).empty());
+}
+
+TEST(HumanBytesTest, UnitsForPeople) {
+  EXPECT_EQ(HumanBytes(0), "0 B");
+  EXPECT_EQ(HumanBytes(1023), "1023 B");
+  EXPECT_EQ(HumanBytes(1024), "1.0 KiB");
+  EXPECT_EQ(HumanBytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+  EXPECT_EQ(HumanBytes(500ULL << 30), "500.0 GiB");
+  EXPECT_EQ(HumanBytes(3ULL << 40), "3.0 TiB");
+  EXPECT_EQ(HumanBytes(2048ULL << 40), "2048.0 TiB");
+}
+
+TEST(SizeLimitMessagesTest, GiveUnitsTheLimitAndWhatToDo) {
+  Limits limits;
+  ImportRequest request;
+  request.source = "/data/big.raw";
+  request.region = "bj";
+  request.name = "big";
+  auto problems =
+      CheckImport(request, true, ImportSourceFacts{600ULL << 30, {"raw", 600ULL << 30}}, limits);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].message,
+            "source '/data/big.raw' holds a disk of 600.0 GiB (644245094400 bytes), over the "
+            "import limit of 500.0 GiB (536870912000 bytes); import a smaller disk, or open the "
+            "home with a higher Limits.max_import_bytes");
+  Image image;
+  image.id = "m-00000001";
+  image.owner = "alice";
+  image.status = ImageStatus::kAvailable;
+  image.region = "bj";
+  image.size = 201ULL << 30;
+  problems = CheckReplicate(image, "alice", {"gz"}, nullptr, {{"bj", "gz"}}, limits);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].code, codes::kLargeImageCopyForbidden);
+  EXPECT_NE(problems[0].message.find("holds a disk of 201.0 GiB (215822106624 bytes), over the "
+                                     "copy limit of 200.0 GiB (214748364800 bytes); copy a "
+                                     "smaller image"),
+            std::string::npos)
+      << problems[0].message;
+}
+
+TEST(RemoveRulesTest, RegionInUseListsWhatUsesIt) {
+  EXPECT_TRUE(CheckRemoveRegion("hk", {}).empty());
+  RegionUse use;
+  use.images = {"m-1", "m-2", "m-3", "m-4", "m-5", "m-6", "m-7"};
+  auto problems = CheckRemoveRegion("hk", use);
+  ASSERT_EQ(Codes(problems), std::vector<std::string>{codes::kRegionInUse});
+  EXPECT_NE(problems[0].message.find("7 image(s) (m-1, m-2, m-3, m-4, m-5 and 2 more)"),
+            std::string::npos)
+      << problems[0].message;
+  use.jobs_in_flight = {"j-1"};
+  EXPECT_EQ(Codes(CheckRemoveRegion("hk", use)),
+            (std::vector<std::string>{codes::kRegionInUse, codes::kRegionInUse}));
+}
+
+TEST(RemoveRulesTest, AccountInUseGivesOneProblemPerUse) {
+  EXPECT_TRUE(CheckRemoveAccount("bob", {}).empty());
+  AccountUse use{{"m-1"}, {"m-2"}, {"j-3"}};
+  auto problems = CheckRemoveAccount("bob", use);
+  ASSERT_EQ(problems.size(), 3u);
+  EXPECT_NE(problems[0].message.find("owns 1 image(s) (m-1); delete them first"),
+            std::string::npos);
+  EXPECT_NE(problems[1].message.find("(m-2); their owners must unshare them first"),
+            std::string::npos);
+  EXPECT_NE(problems[2].message.find("copies in flight (job j-3)"), std::string::npos);
+  for (const auto& p : problems) EXPECT_EQ(p.code, codes::kAccountInUse);
 }
 
 }  // namespace

@@ -96,16 +96,24 @@ def run(home: Path, *args: str, account: str | None = None, as_json: bool = True
 
 def fails(home: Path, code: str, *args: str, account: str | None = None,
           as_json: bool = True, inproc: bool = True) -> str:
-    """Runs a command that must fail: exit 1, ``error: <code>: <message>`` on stderr, nothing
-    on stdout. Returns the message."""
+    """Runs a command that must fail: exit 1, ``error: <code>: <message>`` on stderr (then
+    one more such line per further rule the request broke); on stdout nothing, or with
+    ``--json`` the same error as JSON. Returns the message."""
     result = run(home, *args, account=account, as_json=as_json, expect=1, inproc=inproc)
-    assert result.stdout == "", result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert lines, "nothing on stderr"
-    m = ERROR_LINE.match(lines[-1])
-    assert m, f"not an error line: {lines[-1]!r}"
-    assert m.group(1) == code, lines[-1]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert lines, f"no error line on stderr: {result.stderr!r}"
+    matches = [ERROR_LINE.match(line) for line in lines]
+    assert all(matches), f"not error lines: {lines!r}"
+    m = matches[0]
+    assert m and m.group(1) == code, lines[0]
     assert "Traceback" not in result.stderr, result.stderr
+    if as_json:
+        error = result.data["error"]
+        assert error["code"] == code and error["message"] == m.group(2), error
+        assert [(p["code"], p["message"]) for p in error["problems"]] == \
+            [(x.group(1), x.group(2)) for x in matches if x]
+    else:
+        assert result.stdout == "", result.stdout
     return m.group(2)
 
 

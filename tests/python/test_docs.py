@@ -111,7 +111,7 @@ def test_every_python_error_code_and_class_is_documented() -> None:
 
 # -- events --------------------------------------------------------------------------------
 # An emit site: MakeEvent / MakeJobEvent / MakeTaskEvent(event_type::kName, ...).
-EVENT_CALL = re.compile(r"Make(Task|Job)?Event\(\s*event_type::(k\w+)")
+EVENT_CALL = re.compile(r"Make(Task|Job|Region)?Event\(\s*event_type::(k\w+)")
 EVENT_CONSTANT = re.compile(r'inline constexpr std::string_view (k\w+) = "([a-z]+\.[a-z_]+)"')
 
 
@@ -294,9 +294,11 @@ def cli_commands() -> dict[str, argparse.ArgumentParser]:
     return out
 
 
-def _check_arguments(parser: argparse.ArgumentParser, body: str, where: str) -> None:
+def _check_arguments(parser: argparse.ArgumentParser, body: str, where: str,
+                     skip: frozenset[str] = frozenset()) -> None:
     for action in parser._actions:
-        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction,
+                               argparse._VersionAction)) or action.dest in skip:
             continue
         if action.option_strings:
             long = max(action.option_strings, key=len)
@@ -312,10 +314,15 @@ def _check_arguments(parser: argparse.ArgumentParser, body: str, where: str) -> 
 
 def test_every_cli_subcommand_and_option_is_documented() -> None:
     text = doc("cli.md")
+    top = cli.build_parser()
+    # The global options, accepted after the subcommand too, are documented once.
+    global_options = frozenset(a.dest for a in top._actions if a.option_strings)
     for command, parser in cli_commands().items():
         body = section_of(text, 3, command)
-        _check_arguments(parser, body, command)
-    _check_arguments(cli.build_parser(), sections(text, 2)["Global options"], "imagerelay")
+        _check_arguments(parser, body, command, skip=global_options)
+    glob = sections(text, 2)["Global options"]
+    _check_arguments(top, glob, "imagerelay")
+    assert "--version" in glob
 
 
 # -- state tables --------------------------------------------------------------------------

@@ -120,14 +120,14 @@ def test_size_rules_weigh_the_disk_not_the_file(open_cloud, files: Path) -> None
     with pytest.raises(ir.ValidationError) as e:
         cloud.replicate(image.id, "gz")
     assert_error(e, ir.ValidationError, "Image.LargeImageCopyForbidden", 409)
-    assert "300 GiB" in e.value.message and "200 GiB" in e.value.message
+    assert "300.0 GiB" in e.value.message and "200.0 GiB" in e.value.message
     assert "Limits.max_copy_bytes" in e.value.message  # what to do
 
     strict = open_cloud(max_import_bytes=200 * GiB)
     with pytest.raises(ir.ValidationError) as e:
         strict.import_image(big, region="bj", name="big2")
     assert_error(e, ir.ValidationError, "Image.LargeImageImportForbidden", 409)
-    assert "300 GiB" in e.value.message and "200 GiB" in e.value.message
+    assert "300.0 GiB" in e.value.message and "200.0 GiB" in e.value.message
 
 
 @pytest.mark.parametrize("kind", ["backing", "vhdx", "vmdk-flat", "vdi", "qcow1"])

@@ -197,26 +197,21 @@ def test_mostly_empty_image_is_available_before_its_digest(home: Path, files: Pa
         assert read_manifest(manifest_path(home, region, image_id))["digest"] == expected
 
 
-def test_digest_wait_shows_progress_without_a_terminal(
-        home: Path, files: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue #14: the minute of hashing a large sparse image's holes is not silent. Without a
-    terminal (pytest captures stderr) progress comes as lines; the interval is set to 0 so
-    that every report prints one."""
-    monkeypatch.setenv("IMAGERELAY_PROGRESS_INTERVAL", "0")
+def test_digest_wait_shows_progress(home: Path, files: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #14: the minute of hashing a large sparse image's holes is not silent: the wait
+    shows how far the digester got (the command line without a terminal: test_cli)."""
     src = make_sparse(files / "big.raw", BIG_SPARSE)
     with ir.open(home, limits=ir.Limits(chunk_size=BIG_CHUNK)) as cloud:
         image = cloud.import_image(src, region="bj", name="big")
         assert image.digest is None  # left for the digester
         capsys.readouterr()
         digest = image.wait_digest(timeout=120, progress=True)
-    lines = capsys.readouterr().err.splitlines()
+    err = capsys.readouterr().err
     assert digest == sha256_file(src)
-    progress = [line for line in lines if line.startswith(f"digest {image.id}: ")]
-    if not progress:  # the digester was done before the wait looked: nothing to show
-        pytest.skip("the digest was computed before the wait began")
-    assert len(progress) >= 2, lines  # how far it got, then the end
-    assert progress[-1] == f"digest {image.id}: 100% (1.2 GiB of 1.2 GiB)", progress
+    assert f"digest {image.id}" in err, err  # the bar
+    if "%" in err:  # else the digester was done before the wait looked: nothing to show
+        assert "100%" in err, err
 
 
 def test_digest_left_by_a_closed_process_is_computed_by_the_next(home: Path,

@@ -325,4 +325,5 @@ def test_the_core_lists_every_event_type_once() -> None:
     types = _core.event_types()
     assert len(types) == len(set(types))
     assert STORED_TYPES | {"image.digest", "image.digest_failed", "image.damaged",
-                           "image.repaired", "task.progress"} == set(types)
+                           "image.repaired", "task.progress", "region.removed",
+                           "account.removed"} == set(types)

@@ -44,6 +44,10 @@ class CatalogTx {
   virtual bool InsertAccount(const Account& account) = 0;
   virtual std::optional<Account> GetAccount(const std::string& id) = 0;
   virtual std::vector<Account> ListAccounts() = 0;
+  // Remove the row (and a region's sweep state, an account's client tokens); false if there
+  // was none. Images, jobs and events that name them stay: ids are never reused that way.
+  virtual bool DeleteRegion(const std::string& id) = 0;
+  virtual bool DeleteAccount(const std::string& id) = 0;
 
   // Images. Deleted images stay as rows (status Deleted) so that ids are never reused;
   // GetImage returns them, ListImages never does. Listing is ordered by created_us, id.

@@ -83,7 +83,16 @@ class Engine {
                    const std::string& session_token = "");
   std::vector<Region> Regions();
   Region GetRegion(const std::string& id);
+  // Removes a region (`account` acts: the event region.removed is its). Refused while the
+  // region is in use (Region.InUse): any image there that is not deleted, or a copy in
+  // flight to or from it. Its saved credentials file goes too; its store's files stay.
+  // validate_only: every check and nothing else. NoSuchRegion if unknown.
+  void RemoveRegion(const std::string& account, const std::string& id, bool validate_only = false);
   Account AddAccount(const std::string& id, const std::string& name);
+  // Removes an account (`account` acts). Refused while it is in use (Account.InUse): images it
+  // owns that are not deleted, images shared with it, or its copies in flight. NoSuchAccount
+  // if unknown.
+  void RemoveAccount(const std::string& account, const std::string& id, bool validate_only = false);
   std::vector<Account> Accounts();
   Account GetAccount(const std::string& id);  // NoSuchAccount
 
@@ -168,16 +177,24 @@ class Engine {
   // True when no task is Pending or Running (in the whole catalog) and this process's
   // digester has nothing left to compute, before the timeout; false otherwise.
   bool WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel = nullptr);
-  // Copies that no live worker runs: Running under a lease whose holder died or lapsed, or
-  // Pending while no live worker runs any copy. A short-lived tool (the CLI) that opened the
-  // home without workers starts one when this is not 0, so a killed worker's copies go on.
-  size_t CopiesWaitingForAWorker();
+  // Copies that no live worker runs, by destination image id: Running under a lease whose
+  // holder died or lapsed, or Pending while no live worker runs any copy. A short-lived tool
+  // (the CLI) that opened the home without workers starts one when this is not empty, so a
+  // killed worker's copies go on, and shows them as waiting for a worker.
+  std::vector<std::string> CopiesWaitingForAWorker();
   // Runs queued copies until none is left (imagerelay worker --until-idle); returns when idle.
   void RunUntilIdle();
 
   // The audit log as `account` may see it (EventVisibleTo / EventSeenBy in rules.hpp).
+  // Only events after seq `since` and, if since_time_us is not 0, at or after that time.
   std::vector<Event> Events(const std::string& account, int64_t since,
-                            const std::optional<std::string>& image_id);
+                            const std::optional<std::string>& image_id, TimeUs since_time_us = 0);
+  // Events() as soon as it is not empty (events of other processes within 100 ms); empty
+  // when the timeout passes or `cancel` fires first (imagerelay events --follow).
+  std::vector<Event> WaitEvents(const std::string& account, int64_t since,
+                                const std::optional<std::string>& image_id,
+                                std::optional<double> timeout_s,
+                                const CancelToken* cancel = nullptr);
   // "*" for every type. Callbacks run on the engine's dispatcher thread.
   // `fn` gets only the events `account` may see, as it may see them (as Events()).
   int64_t AddListener(const std::string& account, const std::string& event_type, EventFn fn);

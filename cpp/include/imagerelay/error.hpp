@@ -97,6 +97,8 @@ inline constexpr const char* kAccountNotShared = "Image.AccountNotShared";
 inline constexpr const char* kImageHasBeenSharedToOthers = "Image.ImageHasBeenSharedToOthers";
 inline constexpr const char* kIdempotentParameterMismatch = "IdempotentParameterMismatch";
 inline constexpr const char* kAlreadyExists = "AlreadyExists";
+inline constexpr const char* kRegionInUse = "Region.InUse";
+inline constexpr const char* kAccountInUse = "Account.InUse";
 inline constexpr const char* kExceedSharedToUserNumQuota = "Image.ExceedSharedToUserNumQuota";
 inline constexpr const char* kExceedAcceptSharedImageNumQuota =
     "Image.ExceedAcceptSharedImageNumQuota";

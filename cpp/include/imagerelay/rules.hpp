@@ -3,6 +3,7 @@
 // failed rule, in the order DESIGN.md lists them. An empty list means the request is valid.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
@@ -92,6 +93,25 @@ std::vector<Problem> CheckRename(const Image& image, const std::string& caller,
 std::vector<Problem> CheckDelete(const Image& image, const std::string& caller, size_t share_count);
 // Only the owner may list who an image is shared with.
 std::vector<Problem> CheckSharedUsers(const Image& image, const std::string& caller);
+
+// What still uses a region (Engine::RemoveRegion): its images that are not deleted (any
+// status: a CreateFailed image is still listed and must be deleted first), and the jobs
+// with a copy in flight to it or from it.
+struct RegionUse {
+  std::vector<std::string> images;
+  std::vector<std::string> jobs_in_flight;
+};
+// A region may be removed only once nothing uses it (BCC's rule for resources in use).
+std::vector<Problem> CheckRemoveRegion(const std::string& region_id, const RegionUse& use);
+
+// What still uses an account (Engine::RemoveAccount): images it owns that are not deleted,
+// images shared with it, and its jobs with copies in flight.
+struct AccountUse {
+  std::vector<std::string> images_owned;
+  std::vector<std::string> images_shared_with;
+  std::vector<std::string> jobs_in_flight;
+};
+std::vector<Problem> CheckRemoveAccount(const std::string& account_id, const AccountUse& use);
 
 // Folds duplicates, keeping the first occurrence's order.
 std::vector<std::string> Unique(const std::vector<std::string>& values);

@@ -36,6 +36,8 @@ constexpr std::array kCodeTable{
     CodeInfo{codes::kImageHasBeenSharedToOthers, ErrorKind::kConflict, 409},
     CodeInfo{codes::kIdempotentParameterMismatch, ErrorKind::kConflict, 409},
     CodeInfo{codes::kAlreadyExists, ErrorKind::kConflict, 409},
+    CodeInfo{codes::kRegionInUse, ErrorKind::kConflict, 409},
+    CodeInfo{codes::kAccountInUse, ErrorKind::kConflict, 409},
     CodeInfo{codes::kExceedSharedToUserNumQuota, ErrorKind::kQuotaExceeded, 413},
     CodeInfo{codes::kExceedAcceptSharedImageNumQuota, ErrorKind::kQuotaExceeded, 413},
     CodeInfo{codes::kTransferFailed, ErrorKind::kTransfer, 500},

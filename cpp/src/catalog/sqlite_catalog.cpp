@@ -409,6 +409,18 @@ class SqliteTx final : public CatalogTx {
     return accounts;
   }
 
+  bool DeleteRegion(const std::string& id) override {
+    Prepare("DELETE FROM sweep WHERE region = ?")->Bind(id).Run();
+    Prepare("DELETE FROM regions WHERE id = ?")->Bind(id).Run();
+    return Changes() == 1;
+  }
+
+  bool DeleteAccount(const std::string& id) override {
+    Prepare("DELETE FROM client_tokens WHERE account = ?")->Bind(id).Run();
+    Prepare("DELETE FROM accounts WHERE id = ?")->Bind(id).Run();
+    return Changes() == 1;
+  }
+
   bool InsertImage(const Image& i) override {
     auto s = Prepare(Sql({"INSERT INTO images (", kImageColumns,
                           ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "

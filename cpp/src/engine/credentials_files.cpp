@@ -47,6 +47,16 @@ void CredentialsFiles::Put(const std::string& region_id,
   }
 }
 
+void CredentialsFiles::Remove(const std::string& region_id) const {
+  std::error_code ec;
+  std::filesystem::remove(PathOf(region_id), ec);
+  if (ec) {
+    throw ValidationError(codes::kInvalidParameter,
+                          "cannot remove the credentials file " + PathOf(region_id).string() +
+                              ": " + ec.message() + "; check the home's permissions");
+  }
+}
+
 std::optional<sigv4::Credentials> CredentialsFiles::Get(const std::string& region_id) const {
   std::ifstream in(PathOf(region_id));
   if (!in) return std::nullopt;

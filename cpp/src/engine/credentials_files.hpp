@@ -18,6 +18,9 @@ class CredentialsFiles {
 
   // Throws Error(InvalidParameter) naming the file (never the secret) when it cannot write.
   void Put(const std::string& region_id, const sigv4::Credentials& credentials) const;
+  // Removes the region's file, if any (a region removed). Throws Error(InvalidParameter)
+  // naming the file when it cannot.
+  void Remove(const std::string& region_id) const;
   // nullopt when the region has none (it then uses the environment's).
   std::optional<sigv4::Credentials> Get(const std::string& region_id) const;
 

@@ -364,6 +364,92 @@ Account Engine::GetAccount(const std::string& id) {
   return *account;
 }
 
+namespace {
+
+// A job with a copy still Pending or Running.
+bool InFlight(const Job& job) { return StateOfJob(job.tasks) == JobState::kRunning; }
+
+}  // namespace
+
+void Engine::Impl::CheckedWrite(const std::function<void(CatalogTx&)>& check, bool validate_only,
+                                const std::function<void(CatalogTx&, PendingEvents&)>& apply) {
+  if (validate_only) {
+    catalog->Read(check);
+    return;
+  }
+  Write([&](CatalogTx& tx, PendingEvents& events) {
+    check(tx);
+    apply(tx, events);
+  });
+}
+
+void Engine::RemoveRegion(const std::string& account, const std::string& id, bool validate_only) {
+  ThrowIfAny(CheckRegionId(id));
+  std::optional<Region> region;
+  impl_->CheckedWrite(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        region = tx.GetRegion(id);
+        if (!region) {
+          ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
+        }
+        RegionUse use;
+        for (const Image& image : tx.ListImages({.region = id, .name = std::nullopt})) {
+          use.images.push_back(image.id);
+        }
+        for (const Task& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+          auto job = tx.GetJob(task.job_id);
+          const bool here = task.region == id || (job && job->source_region == id);
+          if (here &&
+              std::ranges::find(use.jobs_in_flight, task.job_id) == use.jobs_in_flight.end()) {
+            use.jobs_in_flight.push_back(task.job_id);
+          }
+        }
+        ThrowIfAny(CheckRemoveRegion(id, use));
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events) {
+        tx.DeleteRegion(id);
+        // In the transaction: a region is never gone while its secret stays behind.
+        impl_->credentials->Remove(id);
+        events.Append(tx, MakeRegionEvent(event_type::kRegionRemoved, account, *region,
+                                          nlohmann::json{{"name", region->name},
+                                                         {"store", region->store_uri}}));
+      });
+  if (!validate_only) impl_->stores->Forget(region->store_uri);
+}
+
+void Engine::RemoveAccount(const std::string& account, const std::string& id, bool validate_only) {
+  ThrowIfAny(CheckAccountId(id));
+  std::optional<Account> target;
+  impl_->CheckedWrite(
+      [&](CatalogTx& tx) {
+        RequireAccount(tx, account);
+        target = tx.GetAccount(id);
+        if (!target) {
+          ThrowCode(codes::kNoSuchAccount,
+                    "account " + Quote(id) + " does not exist; list accounts");
+        }
+        AccountUse use;
+        for (const Image& image : tx.ListImages({})) {
+          if (image.type == ImageType::kCustom && image.owner == id) {
+            use.images_owned.push_back(image.id);
+          }
+        }
+        use.images_shared_with = tx.ImagesSharedWith(id);
+        for (const Job& job : tx.ListJobs(id)) {
+          if (InFlight(job)) use.jobs_in_flight.push_back(job.id);
+        }
+        ThrowIfAny(CheckRemoveAccount(id, use));
+      },
+      validate_only,
+      [&](CatalogTx& tx, PendingEvents& events) {
+        tx.DeleteAccount(id);
+        events.Append(tx, MakeEvent(event_type::kAccountRemoved, account, nullptr, "",
+                                    nlohmann::json{{"account", id}, {"name", target->name}}));
+      });
+}
+
 // ---- images ---------------------------------------------------------------------------
 
 ImageView Engine::ImportImage(const std::string& account, const ImportRequest& request, bool wait,
@@ -415,6 +501,9 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
       if (tx.SweepLeaseHeld(image.region, now)) {
         sweeping = true;
         return;
+      }
+      if (!tx.GetRegion(image.region)) {  // removed since it was checked
+        ThrowCode(codes::kNoSuchRegion, "region " + Quote(image.region) + " does not exist");
       }
       image.created_us = now;
       do {
@@ -721,12 +810,14 @@ EventImageFacts EventFactsFor(CatalogTx& tx, const Event& event, const std::stri
 }  // namespace
 
 std::vector<Event> Engine::Events(const std::string& account, int64_t since,
-                                  const std::optional<std::string>& image_id) {
+                                  const std::optional<std::string>& image_id,
+                                  TimeUs since_time_us) {
   std::vector<Event> out;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
     std::map<std::string, EventImageFacts> facts_of;  // by image id: one look per image
     for (Event& event : tx.ListEvents(since, image_id, 0)) {
+      if (event.time_us < since_time_us) continue;
       auto it = facts_of.find(event.image_id);
       if (it == facts_of.end()) {
         it = facts_of.emplace(event.image_id, EventFactsFor(tx, event, account)).first;

@@ -88,6 +88,10 @@ struct Engine::Impl {
                std::vector<std::string> accounts, std::string name,
                const std::function<void(CatalogTx&, const Image&)>& rules, bool validate_only,
                const std::function<void(CatalogTx&, PendingEvents&, const Image&)>& apply);
+  // A change of the home itself (a region, an account): `check` throws every rule that
+  // fails; unless only validating, it runs again in the write transaction, then `apply`.
+  void CheckedWrite(const std::function<void(CatalogTx&)>& check, bool validate_only,
+                    const std::function<void(CatalogTx&, PendingEvents&)>& apply);
   std::shared_ptr<Store> StoreFor(const std::string& region_id);
   // The cached store of a URI; an s3:// store opened here uses the credentials saved for
   // `region_id` (if any), else the environment's.

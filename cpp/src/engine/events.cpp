@@ -26,13 +26,18 @@ const std::vector<std::string_view>& AllEventTypes() {
       kImageCreated,  kImageAvailable, kImageCreateFailed, kImageDeleted,      kImageRenamed,
       kImageShared,   kImageUnshared,  kImageDigest,       kImageDigestFailed, kImageDamaged,
       kImageRepaired, kJobCreated,     kJobFinished,       kTaskStarted,       kTaskProgress,
-      kTaskCompleted, kTaskFailed,     kTaskCancelled};
+      kTaskCompleted, kTaskFailed,     kTaskCancelled,     kRegionRemoved,     kAccountRemoved};
   return all;
 }
 
 Event MakeEvent(std::string_view type, const std::string& account, const Image* image,
                 const std::string& job_id, const nlohmann::json& detail) {
   return Build(type, account, image ? image->id : "", image ? image->region : "", job_id, detail);
+}
+
+Event MakeRegionEvent(std::string_view type, const std::string& account, const Region& region,
+                      const nlohmann::json& detail) {
+  return Build(type, account, "", region.id, "", detail);
 }
 
 Event MakeJobEvent(std::string_view type, const Job& job, const nlohmann::json& detail) {

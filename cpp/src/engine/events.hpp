@@ -32,12 +32,17 @@ inline constexpr std::string_view kTaskProgress = "task.progress";  // delivered
 inline constexpr std::string_view kTaskCompleted = "task.completed";
 inline constexpr std::string_view kTaskFailed = "task.failed";
 inline constexpr std::string_view kTaskCancelled = "task.cancelled";
+inline constexpr std::string_view kRegionRemoved = "region.removed";
+inline constexpr std::string_view kAccountRemoved = "account.removed";
 }  // namespace event_type
 
 // The one builder: `image` (may be null) gives the image id and region.
 Event MakeEvent(std::string_view type, const std::string& account, const Image* image,
                 const std::string& job_id = "",
                 const nlohmann::json& detail = nlohmann::json::object());
+// An event of a region itself (not of an image in it): its id as the event's region.
+Event MakeRegionEvent(std::string_view type, const std::string& account, const Region& region,
+                      const nlohmann::json& detail);
 // An event of a job as a whole: its account, source image and region.
 Event MakeJobEvent(std::string_view type, const Job& job, const nlohmann::json& detail);
 // An event of one task of a job: its copy, its region and its progress as the detail.

@@ -249,23 +249,25 @@ std::vector<Job> Engine::Jobs(const std::string& account, std::optional<bool> ac
   return out;
 }
 
-size_t Engine::CopiesWaitingForAWorker() {
-  size_t orphaned = 0;
-  size_t pending = 0;
+std::vector<std::string> Engine::CopiesWaitingForAWorker() {
+  std::vector<std::string> orphaned;
+  std::vector<std::string> pending;
   bool any_alive = false;
   impl_->catalog->Read([&](CatalogTx& tx) {
     const TimeUs now = NowUs();
     for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
       if (task.state == TaskState::kPending) {
-        ++pending;
+        pending.push_back(task.dest_image_id);
       } else if (impl_->LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now)) {
         any_alive = true;
       } else {
-        ++orphaned;
+        orphaned.push_back(task.dest_image_id);
       }
     }
   });
-  return orphaned + (any_alive ? 0 : pending);
+  // A live worker takes the Pending ones next; without one they wait as the orphans do.
+  if (!any_alive) orphaned.insert(orphaned.end(), pending.begin(), pending.end());
+  return orphaned;
 }
 
 // ---- workers --------------------------------------------------------------------------

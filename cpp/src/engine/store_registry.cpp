@@ -39,4 +39,9 @@ void StoreRegistry::Keep(const std::string& uri, std::shared_ptr<Store> store) {
   stores_[uri] = std::move(store);
 }
 
+void StoreRegistry::Forget(const std::string& uri) {
+  std::lock_guard lock(mutex_);
+  stores_.erase(uri);
+}
+
 }  // namespace imagerelay

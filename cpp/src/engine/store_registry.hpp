@@ -32,6 +32,9 @@ class StoreRegistry {
                                   const sigv4::Credentials& credentials) const;
   // Keeps `store` as the store of `uri` from now on.
   void Keep(const std::string& uri, std::shared_ptr<Store> store);
+  // Drops the store of `uri` (its region was removed): a region added again at the same URI
+  // opens it afresh, with the credentials it is given then.
+  void Forget(const std::string& uri);
 
  private:
   const CredentialsFiles& credentials_;

@@ -1,4 +1,5 @@
-// The engine's waits: for a job's copies, an image's status and the whole home to be idle
+// The engine's waits: for a job's copies, an image's status, new events and the whole home to
+// be idle
 // (WaitDigest, beside the digester, waits the same way). Each is one condition read from the
 // catalog under WaitUntil, which is woken by this process's changes (NotifyChanged) rather
 // than polling for them.
@@ -96,6 +97,19 @@ bool Engine::WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel
         return idle;
       },
       timeout_s, cancel);
+}
+
+std::vector<Event> Engine::WaitEvents(const std::string& account, int64_t since,
+                                      const std::optional<std::string>& image_id,
+                                      std::optional<double> timeout_s, const CancelToken* cancel) {
+  std::vector<Event> events;
+  impl_->WaitUntil(
+      [&] {
+        events = Events(account, since, image_id);
+        return !events.empty();
+      },
+      timeout_s, cancel);
+  return events;
 }
 
 void Engine::RunUntilIdle() { WaitIdle(std::nullopt); }

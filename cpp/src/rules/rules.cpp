@@ -42,6 +42,15 @@ void CheckRange(const char* name, int64_t value, int64_t low, int64_t high,
                                      ", got " + std::to_string(value)});
 }
 
+// "m-1, m-2 and 3 more": the first few ids of a list, for a message.
+std::string FewOf(const std::vector<std::string>& ids) {
+  constexpr size_t kShown = 5;
+  std::string out;
+  for (size_t i = 0; i < ids.size() && i < kShown; ++i) out += (i ? ", " : "") + ids[i];
+  if (ids.size() > kShown) out += " and " + std::to_string(ids.size() - kShown) + " more";
+  return out;
+}
+
 }  // namespace
 
 Problems CheckLimits(const Limits& l) {
@@ -162,7 +171,8 @@ Problems CheckImport(const ImportRequest& request, bool region_exists,
                        HumanAndExactBytes(source->disk.virtual_size) +
                        (sparse_format ? " (a " + HumanBytes(source->file_size) + " file)" : "") +
                        ", over the import limit of " + HumanAndExactBytes(limits.max_import_bytes) +
-                       "; import a smaller disk, or raise Limits.max_import_bytes for this home"});
+                       "; import a smaller disk, or open the home with a higher "
+                       "Limits.max_import_bytes"});
   }
   return out;
 }
@@ -180,8 +190,8 @@ Problems CheckReplicate(const Image& image, const std::string& caller,
     out.push_back({codes::kLargeImageCopyForbidden,
                    "image " + image.id + " holds a disk of " + HumanAndExactBytes(DiskSize(image)) +
                        ", over the copy limit of " + HumanAndExactBytes(limits.max_copy_bytes) +
-                       "; shrink the disk and import it again, or raise Limits.max_copy_bytes "
-                       "for this home"});
+                       "; copy a smaller image, or open the home with a higher "
+                       "Limits.max_copy_bytes"});
   }
   if (image.status != ImageStatus::kAvailable) {
     out.push_back({codes::kImageStatusForbidden, Busy(image, "replicate")});
@@ -327,6 +337,45 @@ Problems CheckSharedUsers(const Image& image, const std::string& caller) {
   if (image.type == ImageType::kCustom && image.owner == caller) return {};
   return {{codes::kAccessDenied,
            "image " + image.id + " is not yours; only its owner may list its shares"}};
+}
+
+Problems CheckRemoveRegion(const std::string& region_id, const RegionUse& use) {
+  Problems out;
+  if (!use.images.empty()) {
+    out.push_back({codes::kRegionInUse,
+                   "region " + region_id + " still holds " + std::to_string(use.images.size()) +
+                       " image(s) (" + FewOf(use.images) +
+                       "); delete them first (CreateFailed ones too), or replicate the ones "
+                       "you keep to another region and delete them here"});
+  }
+  if (!use.jobs_in_flight.empty()) {
+    out.push_back({codes::kRegionInUse, "copies to or from region " + region_id +
+                                            " are in flight (job " + FewOf(use.jobs_in_flight) +
+                                            "); wait for them or cancel them first"});
+  }
+  return out;
+}
+
+Problems CheckRemoveAccount(const std::string& account_id, const AccountUse& use) {
+  Problems out;
+  if (!use.images_owned.empty()) {
+    out.push_back({codes::kAccountInUse,
+                   "account " + account_id + " owns " + std::to_string(use.images_owned.size()) +
+                       " image(s) (" + FewOf(use.images_owned) + "); delete them first"});
+  }
+  if (!use.images_shared_with.empty()) {
+    out.push_back({codes::kAccountInUse, "account " + account_id + " has " +
+                                             std::to_string(use.images_shared_with.size()) +
+                                             " image(s) shared with it (" +
+                                             FewOf(use.images_shared_with) +
+                                             "); their owners must unshare them first"});
+  }
+  if (!use.jobs_in_flight.empty()) {
+    out.push_back({codes::kAccountInUse, "account " + account_id + " has copies in flight (job " +
+                                             FewOf(use.jobs_in_flight) +
+                                             "); wait for them or cancel them first"});
+  }
+  return out;
 }
 
 std::vector<std::string> Unique(const std::vector<std::string>& values) {
