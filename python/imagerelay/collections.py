@@ -11,7 +11,7 @@ import html
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, SupportsIndex, TypeVar, overload
 
-from .image import _FIELDS as _IMAGE_COLUMNS
+from ._fields import fields_of
 from .image import Image
 from .job import Job
 
@@ -105,7 +105,7 @@ class ImageList(_TableList[Image]):
     def to_pandas(self) -> pandas.DataFrame:
         """One row per image, one column per ``Image.to_dict()`` key (pandas is optional)."""
         pd = _import_pandas()
-        return pd.DataFrame([i.to_dict() for i in self], columns=list(_IMAGE_COLUMNS))
+        return pd.DataFrame([i.to_dict() for i in self], columns=list(fields_of(Image)))
 
 
 _JOB_COLUMNS = ("id", "source_image_id", "source_region", "to", "state", "progress",

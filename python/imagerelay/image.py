@@ -10,18 +10,13 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._checks import check_timeout
 from ._enums import ImageStatus
+from ._fields import CoreField, fields_of
 from ._types import utc_from_us
 from ._wait import wait_for
 
 if TYPE_CHECKING:
     from .cloud import Cloud
     from .job import Job
-
-_FIELDS = ("id", "name", "region", "type", "owner", "status", "progress", "size", "virtual_size",
-           "digest",
-           "format", "os_type", "os_name", "os_version", "os_arch", "description",
-           "created_at", "source_image_id", "source_region", "error")
-
 
 class Image:
     """An image. Properties are a snapshot; ``refresh()`` reads the catalog again."""
@@ -30,98 +25,33 @@ class Image:
         self._cloud = cloud
         self._info = info
 
-    # -- properties ---------------------------------------------------------------
-    @property
-    def id(self) -> str:
-        """m- followed by 8 characters"""
-        return self._info.id
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def region(self) -> str:
-        return self._info.region
-
-    @property
-    def type(self) -> str:
-        """System, Custom, or Sharing"""
-        return self._info.type
-
-    @property
-    def owner(self) -> str | None:
-        """None for System images"""
-        return self._info.owner
-
-    @property
-    def status(self) -> ImageStatus:
-        """Creating, Available, Replicating, CreateFailed or NotAvailable (stored bytes found
-        damaged; see Cloud.scrub): an ``ImageStatus``, equal to its string"""
-        return ImageStatus(self._info.status)
-
-    @property
-    def progress(self) -> float | None:
-        """0-100 while a destination copy is in flight, else None"""
-        return self._info.progress
-
-    @property
-    def size(self) -> int:
-        """bytes of the image as stored: the file imported"""
-        return self._info.size
-
-    @property
-    def virtual_size(self) -> int:
-        """bytes of the disk the image holds (its header's; equal to size for raw)"""
-        return self._info.virtual_size
-
-    @property
-    def digest(self) -> str | None:
-        """sha256:<hex> of the whole image; None while it is computed after the import of a
-        mostly-empty file (see wait_digest)"""
-        return self._info.digest
-
-    @property
-    def format(self) -> str:
-        """raw, qcow2, vmdk or vhd, as the file's header said at import"""
-        return self._info.format
-
-    @property
-    def os_type(self) -> str:
-        return self._info.os_type
-
-    @property
-    def os_name(self) -> str:
-        return self._info.os_name
-
-    @property
-    def os_version(self) -> str:
-        return self._info.os_version
-
-    @property
-    def os_arch(self) -> str:
-        return self._info.os_arch
-
-    @property
-    def description(self) -> str:
-        return self._info.description
-
-    @property
-    def source_image_id(self) -> str | None:
-        return self._info.source_image_id
-
-    @property
-    def source_region(self) -> str | None:
-        return self._info.source_region
-
-    @property
-    def error(self) -> str | None:
-        """why it is CreateFailed"""
-        return self._info.error
-
-    @property
-    def created_at(self) -> datetime | None:
-        return utc_from_us(self._info.created_us)
+    # -- fields (to_dict, to_pandas and the tables list them in this order) -------------
+    id = CoreField[str]("m- followed by 8 characters")
+    name = CoreField[str]()
+    region = CoreField[str]()
+    type = CoreField[str]("System, Custom, or Sharing")
+    owner = CoreField[str | None]("None for System images")
+    status = CoreField[ImageStatus](
+        "Creating, Available, Replicating, CreateFailed or NotAvailable (stored bytes found "
+        "damaged; see Cloud.scrub): an ``ImageStatus``, equal to its string",
+        convert=ImageStatus)
+    progress = CoreField[float | None]("0-100 while a destination copy is in flight, else None")
+    size = CoreField[int]("bytes of the image as stored: the file imported")
+    virtual_size = CoreField[int](
+        "bytes of the disk the image holds (its header's; equal to size for raw)")
+    digest = CoreField[str | None](
+        "sha256:<hex> of the whole image; None while it is computed after the import of a "
+        "mostly-empty file (see wait_digest)")
+    format = CoreField[str]("raw, qcow2, vmdk or vhd, as the file's header said at import")
+    os_type = CoreField[str]()
+    os_name = CoreField[str]()
+    os_version = CoreField[str]()
+    os_arch = CoreField[str]()
+    description = CoreField[str]()
+    created_at = CoreField[datetime | None](source="created_us", convert=utc_from_us)
+    source_image_id = CoreField[str | None]()
+    source_region = CoreField[str | None]()
+    error = CoreField[str | None]("why it is CreateFailed")
 
     # -- methods ------------------------------------------------------------------
     def refresh(self) -> Image:
@@ -181,7 +111,7 @@ class Image:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _FIELDS}
+        return {f: getattr(self, f) for f in fields_of(Image)}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Image) and other.id == self.id

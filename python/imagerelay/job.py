@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._checks import check_timeout
 from ._enums import JobState, TaskState
+from ._fields import CoreField, fields_of
 from ._progress import byte_bar, show
 from ._types import utc_from_us
 from ._wait import wait_for, wait_for_async
@@ -18,10 +19,6 @@ if TYPE_CHECKING:
     from .cloud import Cloud
     from .image import Image
 
-_TASK_FIELDS = ("region", "dest_image_id", "state", "bytes_total", "bytes_done",
-                "bytes_transferred", "bytes_sent", "chunks_total", "chunks_skipped", "rate", "attempts",
-                "error", "error_code", "started_at", "finished_at")
-
 
 class Task:
     """One (source image -> destination region) copy of a job."""
@@ -29,74 +26,28 @@ class Task:
     def __init__(self, info: _core.TaskInfo) -> None:
         self._info = info
 
-    @property
-    def region(self) -> str:
-        return self._info.region
-
-    @property
-    def dest_image_id(self) -> str:
-        return self._info.dest_image_id
-
-    @property
-    def state(self) -> TaskState:
-        """Pending, Running, Completed, Failed or Cancelled: a ``TaskState``, equal to its
-        string"""
-        return TaskState(self._info.state)
-
-    @property
-    def bytes_total(self) -> int:
-        return self._info.bytes_total
-
-    @property
-    def bytes_done(self) -> int:
-        """covered, zero and already-present chunks included"""
-        return self._info.bytes_done
-
-    @property
-    def bytes_transferred(self) -> int:
-        """bytes of the image actually written (not in the region before)"""
-        return self._info.bytes_transferred
-
-    @property
-    def bytes_sent(self) -> int:
-        """what was written for them, compressed: the bytes on the wire"""
-        return self._info.bytes_sent
-
-    @property
-    def chunks_total(self) -> int:
-        return self._info.chunks_total
-
-    @property
-    def chunks_skipped(self) -> int:
-        return self._info.chunks_skipped
-
-    @property
-    def rate(self) -> float:
-        """bytes/s"""
-        return self._info.rate
-
-    @property
-    def attempts(self) -> int:
-        return self._info.attempts
-
-    @property
-    def error(self) -> str | None:
-        return self._info.error
-
-    @property
-    def error_code(self) -> str | None:
-        return self._info.error_code
-
-    @property
-    def started_at(self) -> datetime | None:
-        return utc_from_us(self._info.started_us)
-
-    @property
-    def finished_at(self) -> datetime | None:
-        return utc_from_us(self._info.finished_us)
+    # -- fields (to_dict and the tables list them in this order) ------------------------
+    region = CoreField[str]()
+    dest_image_id = CoreField[str]()
+    state = CoreField[TaskState](
+        "Pending, Running, Completed, Failed or Cancelled: a ``TaskState``, equal to its "
+        "string", convert=TaskState)
+    bytes_total = CoreField[int]()
+    bytes_done = CoreField[int]("covered, zero and already-present chunks included")
+    bytes_transferred = CoreField[int](
+        "bytes of the image actually written (not in the region before)")
+    bytes_sent = CoreField[int]("what was written for them, compressed: the bytes on the wire")
+    chunks_total = CoreField[int]()
+    chunks_skipped = CoreField[int]()
+    rate = CoreField[float]("bytes/s")
+    attempts = CoreField[int]()
+    error = CoreField[str | None]()
+    error_code = CoreField[str | None]()
+    started_at = CoreField[datetime | None](source="started_us", convert=utc_from_us)
+    finished_at = CoreField[datetime | None](source="finished_us", convert=utc_from_us)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _TASK_FIELDS}
+        return {f: getattr(self, f) for f in fields_of(Task)}
 
     def __repr__(self) -> str:
         return (f"<Task {self.region} {self.dest_image_id} {self.state} "

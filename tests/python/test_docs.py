@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import imagerelay as ir
+from imagerelay._fields import CoreField
 from imagerelay import _core, cli, errors, playbook
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,7 +232,7 @@ def test_every_method_property_argument_and_default_is_documented(cls: type) -> 
     for name, value in vars(cls).items():
         if name.startswith("_") and name != "_repr_html_":
             continue
-        if isinstance(value, property):
+        if isinstance(value, (property, CoreField)):
             assert f"`{name}`" in body, (
                 f"property {cls.__name__}.{name} is missing from docs/python-api.md")
         elif isinstance(value, (classmethod, staticmethod)) or inspect.isfunction(value):

@@ -8,8 +8,10 @@ replication and export as another account, `qemu-img compare` must find the disk
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +174,27 @@ def test_cli_shows_format_and_both_sizes(home: Path, files: Path) -> None:
     message = fails(home, "InvalidParameter", "import", str(qcow2), "--region", "bj",
                     "--name", "again", "--format", "raw")
     assert "is a qcow2 image" in message
+
+
+def test_a_file_replaced_after_its_header_was_read_is_not_made_available(
+        cloud: ir.Cloud, files: Path) -> None:
+    """The header is read when the request is checked and again when the import starts: a
+    raw file swapped for a qcow2 in between must not end Available as a raw disk."""
+    raw = raw_disk(files / "disk.raw")
+    qcow2 = convert(raw, "qcow2")
+    target = files / "golden.img"
+    shutil.copy(raw, target)
+
+    def swap(request: Any) -> None:
+        # Test fake: a policy, which runs between the two looks, stands in for another
+        # process replacing the file.
+        if request.action == "import":
+            shutil.copy(qcow2, target)
+
+    cloud.add_rule(swap)
+    with pytest.raises(ir.ValidationError) as e:
+        cloud.import_image(target, region="bj", name="golden")
+    assert e.value.code == "InvalidParameter"
+    assert "changed after the import was requested" in e.value.message
+    assert "qcow2" in e.value.message
+    assert [i.status for i in cloud.images()] == ["CreateFailed"]

@@ -247,7 +247,9 @@ def test_mypy_checks_code_written_against_the_api(mypy_cache: Path, tmp_path: Pa
             cloud.jobs(True)  # E
             n: str = cloud.image("m-1").size  # E
             cloud.open_sesame()  # E
-            del n
+            cloud.image("m-1").size = 3  # E
+            sent: str = cloud.job("j-1").tasks["gz"].bytes_sent  # E
+            del n, sent
         """))
     proc = run_mypy(mypy_cache, str(usage))
     expected = {i + 1 for i, line in enumerate(usage.read_text().splitlines())
