@@ -49,10 +49,11 @@ options:
     type: str
   format:
     description:
-      - A label for the image's format; the bytes are stored as they are.
+      - What the file must be. Left out, the format and the disk's size are read from the
+        file's header; given, the header must say the same (else the task fails with
+        C(InvalidParameter)). The bytes are stored as they are.
     type: str
     choices: [raw, qcow2, vmdk, vhd]
-    default: raw
   os_type:
     description: The OS type recorded with a new image.
     type: str
@@ -195,7 +196,7 @@ class ImageModule(ImageRelayModule):
         image_argument_spec(),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         source=dict(type="str"),
-        format=dict(type="str", choices=["raw", "qcow2", "vmdk", "vhd"], default="raw"),
+        format=dict(type="str", choices=["raw", "qcow2", "vmdk", "vhd"]),
         os_type=dict(type="str", default="linux"),
         os_name=dict(type="str", default=""),
         os_version=dict(type="str", default=""),
