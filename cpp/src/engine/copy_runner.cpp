@@ -237,7 +237,7 @@ void CopyRun::Finish(size_t i, TransferOutcome outcome) {
   Task& task = claim_.tasks[i];
   CopyProgress(task, outcome.progress);
   const bool committed = outcome.kind == TransferOutcome::Kind::kCompleted && Commit(i, outcome);
-  if (Settle(i, outcome, committed)) engine_.MaybeSweep(task.region);
+  if (Settle(i, outcome, committed)) engine_.sweeper->MaybeSweep(task.region);
   // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
   std::lock_guard lock(engine_.running_mutex);
   engine_.running.erase(task.dest_image_id);
@@ -326,7 +326,7 @@ bool CopyRun::Settle(size_t i, const TransferOutcome& outcome, bool committed) {
       }
     }
   });
-  if (digest_missing) engine_.ScheduleDigests();
+  if (digest_missing) engine_.digester->Schedule();
   if (!user_cancelled && outcome.kind != TransferOutcome::Kind::kFailed) return false;
   if (committed) {
     // The copy will not be: its manifest and record go, its blocks with the sweep.

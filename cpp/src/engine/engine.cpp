@@ -20,35 +20,6 @@ namespace fs = std::filesystem;
 
 // ---- shared helpers -------------------------------------------------------------------
 
-void PendingEvents::Append(CatalogTx& tx, Event event) {
-  event.time_us = event.time_us ? event.time_us : NowUs();
-  if (event.type != event_type::kTaskProgress) event.seq = tx.AppendEvent(event);
-  events_.push_back(std::move(event));
-}
-
-std::string ImageRecordJson(const Image& image) {
-  nlohmann::json j{
-      {"id", image.id},
-      {"name", image.name},
-      {"region", image.region},
-      {"type", ToString(image.type)},
-      {"owner", image.owner},
-      {"size", image.size},
-      {"virtual_size", image.virtual_size},
-      {"digest", image.digest},
-      {"format", image.format},
-      {"os_type", image.os_type},
-      {"os_name", image.os_name},
-      {"os_version", image.os_version},
-      {"os_arch", image.os_arch},
-      {"description", image.description},
-      {"created_us", image.created_us},
-      {"source_image_id", image.source_image_id},
-      {"source_region", image.source_region},
-  };
-  return j.dump(2);
-}
-
 void Engine::Impl::Write(const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
   PendingEvents pending;
   catalog->Write([&](CatalogTx& tx) {
@@ -217,6 +188,23 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
       [raw](const std::string& uri, const std::string& hash, const std::string& why) {
         raw->OnStoreDamage(uri, hash, why);
       });
+  impl->digester = std::make_unique<Digester>(Digester::Parts{
+      .catalog = *impl->catalog,
+      .store_for = [raw](const std::string& region) { return raw->StoreFor(region); },
+      .load_manifest = [raw](const Image& image,
+                             Store& store) { return raw->LoadManifest(image, store); },
+      .note_damage = [raw](const std::exception& error, const std::string& region,
+                           Store& store) { raw->NoteDamage(error, region, store); },
+      .write = [raw](const auto& fn) { raw->Write(fn); },
+      .notify_changed = [raw] { raw->NotifyChanged(); },
+      .spawn = [raw](std::function<void()> fn) { raw->SpawnBackground(std::move(fn)); }});
+  impl->sweeper = std::make_unique<Sweeper>(Sweeper::Parts{
+      .catalog = *impl->catalog,
+      .holder = impl->worker_id + ":sweep",
+      .holder_alive = [raw](const Lease& lease,
+                            TimeUs now) { return raw->LeaseHolderAlive(lease, now); },
+      .store_for_uri = [raw](const std::string& uri,
+                             const std::string& region) { return raw->StoreForUri(uri, region); }});
 
   std::vector<Region> defaults;
   impl->catalog->Write([&](CatalogTx& tx) {
@@ -233,10 +221,10 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
 
   std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
   engine->impl_->RecoverInterruptedImports();
-  engine->impl_->SweepPending();
+  engine->impl_->sweeper->SweepPending();
   if (options.start_workers) {
     engine->impl_->StartWorkers();
-    engine->impl_->ScheduleDigests();  // digests a stopped process left to compute
+    engine->impl_->digester->Schedule();  // digests a stopped process left to compute
   }
   return engine;
 }
@@ -251,7 +239,7 @@ void Engine::Close() {
     // Imports stop and end CreateFailed (an import starts over: nothing to resume).
     for (auto& [id, token] : impl_->running) token->Cancel();
   }
-  impl_->digest_cancel.Cancel();
+  impl_->digester->Stop();
   impl_->wake_workers.notify_all();
   std::vector<std::thread> threads;
   {
@@ -680,7 +668,7 @@ void Engine::Delete(const std::string& account, const std::string& image_id, boo
   } catch (const std::exception&) {
     // The sweep removes manifests of deleted images it finds later.
   }
-  impl_->MaybeSweep(deleted->region);
+  impl_->sweeper->MaybeSweep(deleted->region);
 }
 
 void Engine::Export(const std::string& account, const std::string& image_id, const fs::path& path,
@@ -759,7 +747,7 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
               "the verification of image " + image.id + " was stopped before it finished");
   }
   if (image.digest.empty()) {
-    impl_->RecordDigest(image.id, digest);  // it was still being computed: now it is known
+    impl_->digester->Record(image.id, digest);  // it was still being computed: now it is known
     return digest;
   }
   if (digest != image.digest || (!manifest.digest.empty() && digest != manifest.digest)) {

@@ -18,27 +18,20 @@
 
 #include "engine/change_notifier.hpp"
 #include "engine/credentials_files.hpp"
+#include "engine/digester.hpp"
 #include "engine/event_bus.hpp"
 #include "engine/events.hpp"
+#include "engine/image_record.hpp"
 #include "engine/lease.hpp"
 #include "engine/policy_set.hpp"
 #include "engine/store_registry.hpp"
+#include "engine/sweeper.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/engine.hpp"
 #include "imagerelay/store.hpp"
 
 namespace imagerelay {
-
-// Events appended inside a transaction, published once it committed.
-class PendingEvents {
- public:
-  void Append(CatalogTx& tx, Event event);
-  std::vector<Event> Take() { return std::move(events_); }
-
- private:
-  std::vector<Event> events_;
-};
 
 // An import's key, followed by its image id: of its lease in the catalog's settings and of
 // its cancel token in Engine::Impl::running.
@@ -107,10 +100,6 @@ struct Engine::Impl {
   void MoveCredentialsOutOfCatalog();
   // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
   void CheckPolicies(const PolicyRequest& request) const { policies.Check(request); }
-  // Sweeps a region's store if it has garbage and no writer is in flight there.
-  void MaybeSweep(const std::string& region_id);
-  // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).
-  void SweepPending();
   void SpawnBackground(std::function<void()> fn);
 
   // Imports (import_runner.cpp).
@@ -121,20 +110,10 @@ struct Engine::Impl {
   class RunningImport;
   void RecoverInterruptedImports();
 
-  // Digests computed after the image became Available (digester.cpp).
-  std::mutex digest_mutex;
-  bool digester_running = false;  // under digest_mutex
-  bool digest_rescan = false;     // under digest_mutex: look again before stopping
-  CancelToken digest_cancel;      // fired by Close()
-  // image id -> how far the digest being computed got (WaitDigest's progress).
-  std::map<std::string, IoProgress> digest_progress;
-  // image id -> (code, message) of a digest this process failed to compute.
-  std::map<std::string, std::pair<std::string, std::string>> digest_failures;
-  // Starts the digester unless it runs; it handles every Available image without a digest.
-  void ScheduleDigests();
-  void DigestLoop();
-  // Sets the digest of an image that had none (and of its Available copies without one).
-  void RecordDigest(const std::string& image_id, const std::string& digest);
+  // Digests computed after the image became Available; made by Open once the catalog is.
+  std::unique_ptr<Digester> digester;
+  // Frees the blocks nothing needs any more; made by Open once the catalog is.
+  std::unique_ptr<Sweeper> sweeper;
 
   // Integrity of stored bytes (damage.cpp).
   // The image's manifest, checked against the chunk-list digest recorded at its commit; a
@@ -175,12 +154,9 @@ struct Engine::Impl {
   }
 };
 
-std::string ImageRecordJson(const Image& image);
 // NoSuchAccount unless the acting account exists.
 void RequireAccount(CatalogTx& tx, const std::string& account);
 // The image if `account` may see it; NoSuchImage otherwise (its existence is not revealed).
 Image LoadVisible(CatalogTx& tx, const std::string& account, const std::string& image_id);
-// Is `region` being written to right now (an import, or a copy holding a lease)?
-bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now);
 
 }  // namespace imagerelay

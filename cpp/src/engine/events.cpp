@@ -59,4 +59,10 @@ Event MakeTaskEvent(std::string_view type, const Job& job, const Task& task) {
   return Build(type, job.account, task.dest_image_id, task.region, job.id, detail);
 }
 
+void PendingEvents::Append(CatalogTx& tx, Event event) {
+  event.time_us = event.time_us ? event.time_us : NowUs();
+  if (event.type != event_type::kTaskProgress) event.seq = tx.AppendEvent(event);
+  events_.push_back(std::move(event));
+}
+
 }  // namespace imagerelay

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "imagerelay/catalog.hpp"
 #include "imagerelay/model.hpp"
 
 namespace imagerelay {
@@ -47,5 +48,15 @@ Event MakeRegionEvent(std::string_view type, const std::string& account, const R
 Event MakeJobEvent(std::string_view type, const Job& job, const nlohmann::json& detail);
 // An event of one task of a job: its copy, its region and its progress as the detail.
 Event MakeTaskEvent(std::string_view type, const Job& job, const Task& task);
+
+// Events appended inside a transaction, published once it committed.
+class PendingEvents {
+ public:
+  void Append(CatalogTx& tx, Event event);
+  std::vector<Event> Take() { return std::move(events_); }
+
+ private:
+  std::vector<Event> events_;
+};
 
 }  // namespace imagerelay

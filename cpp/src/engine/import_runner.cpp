@@ -47,7 +47,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
       events.Append(tx, MakeEvent(event_type::kImageCreateFailed, image.owner, &image, "",
                                   nlohmann::json{{"code", code}}));
     });
-    MaybeSweep(image.region);
+    sweeper->MaybeSweep(image.region);
   };
   try {
     auto store = StoreFor(image.region);
@@ -100,7 +100,7 @@ void Engine::Impl::RunImport(const std::string& image_id, const std::string& sou
       events.Append(tx, MakeEvent(event_type::kImageAvailable, image.owner, &image, "",
                                   nlohmann::json{{"size", image.size}}));
     });
-    if (image.digest.empty()) ScheduleDigests();
+    if (image.digest.empty()) digester->Schedule();
   } catch (const Cancelled&) {
     const std::string message = "the import into image " + image.id +
                                 " was stopped before it finished (interrupted, or its engine "
@@ -132,7 +132,7 @@ void Engine::Impl::RecoverInterruptedImports() {
       regions.push_back(image.region);
     }
   });
-  for (const auto& region : regions) MaybeSweep(region);
+  for (const auto& region : regions) sweeper->MaybeSweep(region);
 }
 
 }  // namespace imagerelay

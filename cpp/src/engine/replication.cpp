@@ -205,7 +205,7 @@ void Engine::CancelCopy(const std::string& account, const std::string& dest_imag
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
-  impl_->MaybeSweep(region);
+  impl_->sweeper->MaybeSweep(region);
 }
 
 void Engine::CancelJob(const std::string& account, const std::string& job_id,
@@ -306,7 +306,7 @@ void Engine::Impl::WorkerLoop() {
       continue;
     }
     try {
-      SweepPending();
+      sweeper->SweepPending();
       MaybeCheckpoint();
     } catch (const std::exception& e) {
       Log(LogLevel::kWarning, std::string("sweep: ") + e.what());
@@ -320,7 +320,7 @@ bool Engine::Impl::RunOneClaim() {
   std::optional<CopyRun::Claim> claim = CopyRun::ClaimTasks(*this);
   if (!claim) return false;
   CopyRun(*this, std::move(*claim)).Run();
-  SweepPending();  // sweeps put off while this copy was writing
+  sweeper->SweepPending();  // sweeps put off while this copy was writing
   return true;
 }
 

@@ -1,11 +1,14 @@
-// The sweeper: frees the blocks no manifest of a region needs (SweepStore), once no writer
-// is in flight there, under the region's sweep lease. A region is flagged when garbage may
-// have been made (a delete, a failed or cancelled copy or import); the flag is cleared only
-// if no new garbage came meanwhile.
-#include "engine/engine_impl.hpp"
-#include "imagerelay/store.hpp"
+#include "engine/sweeper.hpp"
+
+#include <vector>
 
 namespace imagerelay {
+namespace {
+
+// How long a sweep lease lasts; it is not renewed.
+constexpr TimeUs kSweepLeaseUs = 10 * 60 * 1'000'000LL;
+
+}  // namespace
 
 bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
   for (const auto& image : tx.ListImages({.region = region, .name = std::nullopt})) {
@@ -20,12 +23,12 @@ bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
   return false;
 }
 
-void Engine::Impl::MaybeSweep(const std::string& region_id) {
-  const std::string holder = worker_id + ":sweep";
+void Sweeper::MaybeSweep(const std::string& region_id) {
+  const std::string& holder = parts_.holder;
   bool acquired = false;
   std::string store_uri;
   int64_t mark = 0;
-  catalog->Write([&](CatalogTx& tx) {
+  parts_.catalog.Write([&](CatalogTx& tx) {
     mark = tx.SweepNeededMark(region_id);
     if (mark == 0) return;
     TimeUs now = NowUs();
@@ -35,19 +38,19 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
     // A sweeper killed mid-sweep holds the lease until it expires: a dead one on this host
     // gives it up at once.
     if (auto lease = tx.GetSweepLease(region_id);
-        lease && !LeaseHolderAlive(Lease{lease->first, lease->second}, now)) {
+        lease && !parts_.holder_alive(Lease{lease->first, lease->second}, now)) {
       tx.ReleaseSweepLease(region_id, lease->first);
     }
-    if (!tx.AcquireSweepLease(region_id, holder, now + 10 * 60 * 1'000'000LL)) return;
+    if (!tx.AcquireSweepLease(region_id, holder, now + kSweepLeaseUs)) return;
     store_uri = region->store_uri;
     acquired = true;
   });
   if (!acquired) return;
   try {
-    auto store = StoreForUri(store_uri, region_id);
+    auto store = parts_.store_for_uri(store_uri, region_id);
     // Manifests of images the catalog no longer lists (deleted, failed, cancelled) first.
     std::vector<std::string> stale;
-    catalog->Read([&](CatalogTx& tx) {
+    parts_.catalog.Read([&](CatalogTx& tx) {
       for (const auto& id : store->ListManifests()) {
         auto image = tx.GetImage(id);
         if (image && (image->status == ImageStatus::kDeleted ||
@@ -63,16 +66,16 @@ void Engine::Impl::MaybeSweep(const std::string& region_id) {
     SweepStore(*store);
     // Cleared only now, and only if no garbage was made meanwhile: a sweep killed half-way
     // leaves the flag for the next open or worker.
-    catalog->Write([&](CatalogTx& tx) { tx.ClearSweepNeeded(region_id, mark); });
+    parts_.catalog.Write([&](CatalogTx& tx) { tx.ClearSweepNeeded(region_id, mark); });
   } catch (const std::exception&) {
     // The flag stays set: the next idle worker or open tries again.
   }
-  catalog->Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
+  parts_.catalog.Write([&](CatalogTx& tx) { tx.ReleaseSweepLease(region_id, holder); });
 }
 
-void Engine::Impl::SweepPending() {
+void Sweeper::SweepPending() {
   std::vector<std::string> regions;
-  catalog->Read([&](CatalogTx& tx) { regions = tx.RegionsNeedingSweep(); });
+  parts_.catalog.Read([&](CatalogTx& tx) { regions = tx.RegionsNeedingSweep(); });
   for (const auto& region : regions) MaybeSweep(region);
 }
 

@@ -1,8 +1,7 @@
-// The engine's waits: for a job's copies, an image's status, new events and the whole home to
-// be idle
-// (WaitDigest, beside the digester, waits the same way). Each is one condition read from the
-// catalog under WaitUntil, which is woken by this process's changes (NotifyChanged) rather
-// than polling for them.
+// The engine's waits: for a job's copies, an image's status and digest (read from the
+// digester's progress and failures), new events and the whole home to be idle. Each is one
+// condition read from the catalog under WaitUntil, which is woken by this process's changes
+// (NotifyChanged) rather than polling for them.
 #include <algorithm>
 #include <chrono>
 #include <string>
@@ -90,10 +89,7 @@ bool Engine::WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel
             return !entry.first.starts_with(kImportKeyPrefix);
           });
         }
-        if (idle) {
-          std::lock_guard lock(impl_->digest_mutex);
-          idle = !impl_->digester_running;
-        }
+        if (idle) idle = !impl_->digester->Running();
         return idle;
       },
       timeout_s, cancel);
@@ -110,6 +106,58 @@ std::vector<Event> Engine::WaitEvents(const std::string& account, int64_t since,
       },
       timeout_s, cancel);
   return events;
+}
+
+std::string Engine::WaitDigest(const std::string& account, const std::string& image_id,
+                               std::optional<double> timeout_s, const CancelToken* cancel,
+                               const ProgressFn& progress) {
+  bool scheduled = false;
+  bool reported = false;
+  Image image;
+  const bool known = impl_->WaitUntil(
+      [&] {
+        impl_->catalog->Read([&](CatalogTx& tx) {
+          RequireAccount(tx, account);
+          image = LoadVisible(tx, account, image_id);
+        });
+        if (!image.digest.empty()) {
+          if (reported) {  // the end, which the digester's last report may not have said
+            IoProgress end;
+            end.bytes_total = end.bytes_done = image.size;
+            progress(end);
+          }
+          return true;
+        }
+        if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
+          ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
+                                                      std::string(ToString(image.status)) +
+                                                      "; it has no digest");
+        }
+        if (auto failure = impl_->digester->Failure(image.id)) {
+          ThrowCode(failure->code, "the digest of image " + image.id +
+                                       " could not be computed: " + failure->message);
+        }
+        // A copy of an image without a digest gets its source's (Digester::Record).
+        std::optional<IoProgress> hashed = impl_->digester->Progress(image.id);
+        if (!hashed) hashed = impl_->digester->Progress(image.source_image_id);
+        if (hashed && progress) {
+          progress(*hashed);
+          reported = true;
+        }
+        if (image.status == ImageStatus::kAvailable && !scheduled) {
+          impl_->digester->Schedule();  // in case no digester runs in this process yet
+          scheduled = true;
+        }
+        return false;
+      },
+      timeout_s, cancel);
+  if (!known) {
+    ThrowCode(codes::kTimeout, "the digest of image " + image.id +
+                                   " is still being "
+                                   "computed after " +
+                                   std::to_string(timeout_s.value_or(0)) + " s");
+  }
+  return image.digest;
 }
 
 void Engine::RunUntilIdle() { WaitIdle(std::nullopt); }

@@ -1,0 +1,254 @@
+// The digester on its own: a real catalog and real local stores in a temporary directory,
+// its loop run on threads the test joins.
+#include "engine/digester.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
+#include "scratch_dir.hpp"
+
+namespace imagerelay {
+namespace {
+
+using testing_util::ScratchDir;
+constexpr uint64_t kChunk = 64 * 1024;
+
+class DigesterTest : public ::testing::Test {
+ protected:
+  DigesterTest() : catalog_(OpenSqliteCatalog(dir_ / "catalog.db")) {
+    catalog_->Write([&](CatalogTx& tx) {
+      tx.InsertAccount({"default", "default"});
+      for (const char* id : {"bj", "gz"}) tx.InsertRegion({id, id, (dir_ / id).string()});
+    });
+    for (const char* id : {"bj", "gz"}) {
+      stores_[id] = OpenStore((dir_ / id).string());
+      stores_[id]->Check();
+    }
+  }
+  ~DigesterTest() override { JoinAll(); }
+
+  Digester::Parts Parts() {
+    return {.catalog = *catalog_,
+            .store_for = [this](const std::string& region) { return stores_.at(region); },
+            .load_manifest =
+                [this](const Image& image, Store& store) {
+                  ++manifest_loads_;
+                  auto manifest = store.GetManifest(image.id);
+                  if (!manifest) ThrowCode(codes::kIntegrityError, "no manifest of " + image.id);
+                  return *manifest;
+                },
+            .note_damage = [](const std::exception&, const std::string&, Store&) {},
+            .write =
+                [this](const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
+                  PendingEvents pending;
+                  catalog_->Write([&](CatalogTx& tx) {
+                    pending = PendingEvents{};
+                    fn(tx, pending);
+                  });
+                  for (auto& event : pending.Take()) events_.push_back(std::move(event));
+                },
+            .notify_changed =
+                [this] {
+                  if (on_change_) on_change_();
+                },
+            .spawn = [this](std::function<void()> fn) { threads_.emplace_back(std::move(fn)); }};
+  }
+
+  // Waits for every loop the digester started.
+  void JoinAll() {
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+  }
+
+  // A sparse file of `size` bytes with a little random data: mostly holes, like the images
+  // whose digest an import leaves to the digester.
+  std::filesystem::path SparseFile(uint64_t size) {
+    const auto path = dir_ / "disk.raw";
+    std::ofstream out(path, std::ios::binary);
+    std::mt19937 rng(7);
+    std::string data(kChunk, '\0');
+    for (uint64_t at : {uint64_t{0}, size / 3, size - kChunk}) {
+      for (auto& c : data) c = static_cast<char>(rng());
+      out.seekp(static_cast<std::streamoff>(at));
+      out.write(data.data(), static_cast<std::streamsize>(data.size()));
+    }
+    return path;
+  }
+
+  static std::string DigestOfFile(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> buffer(1 << 20);
+    Sha256 hash;
+    while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount()) {
+      hash.Update(buffer.data(), static_cast<size_t>(in.gcount()));
+    }
+    return "sha256:" + hash.FinishHex();
+  }
+
+  // An Available image in `region` without a digest, imported from `path`.
+  Image AddImage(const std::string& id, const std::string& region,
+                 const std::filesystem::path& path) {
+    auto source = OpenFileSource(path);
+    ImportOptions options;
+    options.chunk_size = kChunk;
+    options.defer_digest_hole_bytes = 1;  // as an import of a mostly empty file does
+    CancelToken cancel;
+    const Manifest manifest = ImportToStore(*source, *stores_.at(region), options, cancel, {});
+    EXPECT_EQ(manifest.digest, "");
+    stores_.at(region)->PutManifest(id, manifest);
+    Image image{.id = id, .name = id, .region = region, .owner = "default"};
+    image.status = ImageStatus::kAvailable;
+    image.size = source->size();
+    catalog_->Write([&](CatalogTx& tx) { tx.InsertImage(image); });
+    return image;
+  }
+
+  // An Available copy of `source` in `region`, without a digest (it inherits the gap).
+  Image AddCopy(const std::string& id, const std::string& region, const Image& source) {
+    const auto manifest = stores_.at(source.region)->GetManifest(source.id);
+    stores_.at(region)->PutManifest(id, *manifest);
+    Image copy = source;
+    copy.id = id;
+    copy.region = region;
+    copy.source_image_id = source.id;
+    copy.source_region = source.region;
+    catalog_->Write([&](CatalogTx& tx) { tx.InsertImage(copy); });
+    return copy;
+  }
+
+  std::string DigestInCatalog(const std::string& id) {
+    std::string digest;
+    catalog_->Read([&](CatalogTx& tx) { digest = tx.GetImage(id)->digest; });
+    return digest;
+  }
+
+  std::vector<Event> EventsOfType(std::string_view type) const {
+    std::vector<Event> found;
+    for (const auto& event : events_) {
+      if (event.type == type) found.push_back(event);
+    }
+    return found;
+  }
+
+  ScratchDir dir_;
+  std::unique_ptr<Catalog> catalog_;
+  std::map<std::string, std::shared_ptr<Store>> stores_;
+  std::vector<std::thread> threads_;
+  std::vector<Event> events_;  // published by `write`
+  std::atomic<int> manifest_loads_{0};
+  std::function<void()> on_change_;  // called by notify_changed, on the digester's thread
+};
+
+TEST_F(DigesterTest, RecordsTheDigestOfAnImageWithoutOneAndHandsItToItsCopies) {
+  const auto path = SparseFile(64 * kChunk);
+  const Image image = AddImage("m-aaaaaaa1", "bj", path);
+  const Image copy = AddCopy("m-ccccccc1", "gz", image);
+  Digester digester(Parts());
+  digester.Schedule();
+  JoinAll();
+
+  const std::string expected = DigestOfFile(path);
+  EXPECT_EQ(DigestInCatalog(image.id), expected);
+  EXPECT_EQ(DigestInCatalog(copy.id), expected);  // the same chunks, hashed once
+  EXPECT_EQ(manifest_loads_, 1);
+  for (const auto& [id, region] : {std::pair{image.id, "bj"}, std::pair{copy.id, "gz"}}) {
+    EXPECT_EQ(stores_.at(region)->GetManifest(id)->digest, expected) << id;
+    auto record = nlohmann::json::parse(*stores_.at(region)->GetImageRecord(id));
+    EXPECT_EQ(record["digest"], expected) << id;
+  }
+  const auto recorded = EventsOfType("image.digest");
+  ASSERT_EQ(recorded.size(), 2u);
+  EXPECT_EQ(recorded[0].image_id, image.id);
+  EXPECT_EQ(recorded[1].image_id, copy.id);
+  EXPECT_EQ(nlohmann::json::parse(recorded[0].detail_json)["digest"], expected);
+  EXPECT_FALSE(digester.Running());
+  EXPECT_FALSE(digester.Progress(image.id));  // forgotten once done
+  EXPECT_FALSE(digester.Failure(image.id));
+
+  digester.Schedule();  // nothing left to digest: nothing is read again
+  JoinAll();
+  EXPECT_EQ(manifest_loads_, 1);
+}
+
+TEST_F(DigesterTest, ProgressIsVisibleWhileItRuns) {
+  const Image image = AddImage("m-aaaaaaa2", "bj", SparseFile(4096 * kChunk));  // 256 MiB
+  Digester digester(Parts());
+  std::vector<IoProgress> seen;  // as a waiter reads it after each change
+  on_change_ = [&] {
+    if (auto progress = digester.Progress(image.id)) seen.push_back(*progress);
+  };
+  EXPECT_FALSE(digester.Progress(image.id));
+  digester.Schedule();
+  EXPECT_TRUE(digester.Running());
+  JoinAll();
+
+  ASSERT_FALSE(seen.empty());
+  EXPECT_LT(seen.front().bytes_done, image.size);  // heard before the end
+  EXPECT_EQ(seen.back().bytes_done, image.size);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].bytes_total, image.size);
+    if (i > 0) EXPECT_GE(seen[i].bytes_done, seen[i - 1].bytes_done);
+  }
+  EXPECT_FALSE(digester.Progress(image.id));
+  EXPECT_FALSE(digester.Running());
+  EXPECT_NE(DigestInCatalog(image.id), "");
+}
+
+TEST_F(DigesterTest, AFailureIsRememberedReportedAndNotRetried) {
+  const Image image = AddImage("m-aaaaaaa3", "bj", SparseFile(64 * kChunk));
+  stores_.at("bj")->DeleteManifest(image.id);
+  Digester digester(Parts());
+  digester.Schedule();
+  JoinAll();
+
+  const auto failure = digester.Failure(image.id);
+  ASSERT_TRUE(failure);
+  EXPECT_EQ(failure->code, codes::kIntegrityError);
+  EXPECT_EQ(failure->message, "no manifest of " + image.id);
+  const auto failed = EventsOfType("image.digest_failed");
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].image_id, image.id);
+  const auto detail = nlohmann::json::parse(failed[0].detail_json);
+  EXPECT_EQ(detail["code"], codes::kIntegrityError);
+  EXPECT_EQ(detail["error"], failure->message);
+  EXPECT_EQ(DigestInCatalog(image.id), "");
+  EXPECT_FALSE(digester.Running());
+
+  digester.Schedule();  // this process does not try again
+  JoinAll();
+  EXPECT_EQ(manifest_loads_, 1);
+  EXPECT_EQ(EventsOfType("image.digest_failed").size(), 1u);
+  EXPECT_TRUE(digester.Failure(image.id));
+}
+
+TEST_F(DigesterTest, StopEndsTheDigestBeingComputedForGood) {
+  const Image image = AddImage("m-aaaaaaa4", "bj", SparseFile(64 * kChunk));
+  Digester digester(Parts());
+  on_change_ = [&] {
+    if (digester.Progress(image.id)) digester.Stop();  // the engine closes mid-digest
+  };
+  digester.Schedule();
+  JoinAll();
+  EXPECT_FALSE(digester.Running());
+  EXPECT_EQ(DigestInCatalog(image.id), "");
+  EXPECT_FALSE(digester.Failure(image.id));  // stopped, not failed: a later open digests it
+  EXPECT_TRUE(events_.empty());
+
+  digester.Schedule();
+  JoinAll();
+  EXPECT_FALSE(digester.Running());
+  EXPECT_EQ(DigestInCatalog(image.id), "");
+  EXPECT_EQ(manifest_loads_, 1);
+}
+
+}  // namespace
+}  // namespace imagerelay
