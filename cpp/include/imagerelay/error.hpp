@@ -117,7 +117,7 @@ class TransientError : public std::runtime_error {
 };
 
 // A stored chunk whose bytes do not match its name (or its length): the engine quarantines
-// it and marks the images that need it (Engine::Impl::ReportDamagedChunk).
+// it and marks the images that need it (Integrity::ReportDamagedChunk).
 class DamagedChunkError : public IntegrityError {
  public:
   DamagedChunkError(std::string hash, std::string message)

@@ -148,7 +148,7 @@ std::vector<TransferOutcome> CopyRun::Transfer() {
   std::string setup_code, setup_error;
   try {
     source_store_ = engine_.StoreFor(claim_.source.region);
-    manifest_ = engine_.LoadManifest(claim_.source, *source_store_);
+    manifest_ = engine_.integrity->LoadManifest(claim_.source, *source_store_);
     std::vector<TransferDestination> destinations;
     std::vector<size_t> task_of;  // destination position -> task index
     for (size_t i = 0; i < claim_.tasks.size(); ++i) {
@@ -228,11 +228,11 @@ void CopyRun::Finish(size_t i, TransferOutcome outcome) {
   if (!outcome.damaged_source_chunk.empty() && source_store_) {
     // Before the copy settles: the source goes NotAvailable, not back to Available.
     const std::string& hash = outcome.damaged_source_chunk;
-    engine_.ReportDamagedChunk(claim_.source.region, *source_store_, hash,
-                               "chunk " + hash + " of " + claim_.source.id + " in region " +
-                                   claim_.source.region +
-                                   " is corrupt or missing (found by a "
-                                   "copy)");
+    engine_.integrity->ReportDamagedChunk(claim_.source.region, *source_store_, hash,
+                                          "chunk " + hash + " of " + claim_.source.id +
+                                              " in region " + claim_.source.region +
+                                              " is corrupt or missing (found by a "
+                                              "copy)");
   }
   Task& task = claim_.tasks[i];
   CopyProgress(task, outcome.progress);

@@ -186,15 +186,19 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   impl->stores = std::make_unique<StoreRegistry>(
       *impl->credentials, impl->CacheDir(),
       [raw](const std::string& uri, const std::string& hash, const std::string& why) {
-        raw->OnStoreDamage(uri, hash, why);
+        raw->integrity->OnStoreDamage(uri, hash, why);
       });
+  impl->integrity = std::make_unique<Integrity>(Integrity::Parts{
+      .catalog = *impl->catalog,
+      .store_for = [raw](const std::string& region) { return raw->StoreFor(region); },
+      .write = [raw](const auto& fn) { raw->Write(fn); }});
   impl->digester = std::make_unique<Digester>(Digester::Parts{
       .catalog = *impl->catalog,
       .store_for = [raw](const std::string& region) { return raw->StoreFor(region); },
       .load_manifest = [raw](const Image& image,
-                             Store& store) { return raw->LoadManifest(image, store); },
+                             Store& store) { return raw->integrity->LoadManifest(image, store); },
       .note_damage = [raw](const std::exception& error, const std::string& region,
-                           Store& store) { raw->NoteDamage(error, region, store); },
+                           Store& store) { raw->integrity->NoteDamage(error, region, store); },
       .write = [raw](const auto& fn) { raw->Write(fn); },
       .notify_changed = [raw] { raw->NotifyChanged(); },
       .spawn = [raw](std::function<void()> fn) { raw->SpawnBackground(std::move(fn)); }});
@@ -704,12 +708,12 @@ void Engine::Export(const std::string& account, const std::string& image_id, con
               "directory " + Quote(parent.string()) + " is not writable; choose another path");
   }
   auto store = impl_->StoreFor(image.region);
-  const Manifest manifest = impl_->LoadManifest(image, *store);
+  const Manifest manifest = impl_->integrity->LoadManifest(image, *store);
   CancelToken stop(cancel);
   try {
     ExportFromStore(*store, manifest, path, stop, progress, force);
   } catch (const DamagedChunkError& e) {
-    impl_->NoteDamage(e, image.region, *store);
+    impl_->integrity->NoteDamage(e, image.region, *store);
     throw;
   } catch (const Cancelled&) {
     ThrowCode(codes::kTransferFailed, "the export of image " + image.id + " to " + Quote(text) +
@@ -733,14 +737,14 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
                                                 "; only Available images can be verified");
   }
   auto store = impl_->StoreFor(image.region);
-  const Manifest manifest = impl_->LoadManifest(image, *store);
+  const Manifest manifest = impl_->integrity->LoadManifest(image, *store);
   CancelToken stop(cancel);
   std::string digest;
   try {
     digest = HashStoredImage(*store, manifest, "image " + image.id + " in region " + image.region,
                              stop, progress);
   } catch (const DamagedChunkError& e) {
-    impl_->NoteDamage(e, image.region, *store);
+    impl_->integrity->NoteDamage(e, image.region, *store);
     throw;
   } catch (const Cancelled&) {
     ThrowCode(codes::kTransferFailed,
@@ -753,7 +757,7 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
   if (digest != image.digest || (!manifest.digest.empty() && digest != manifest.digest)) {
     const std::string why =
         "image " + image.id + " hashes to " + digest + " but its digest is " + image.digest;
-    impl_->MarkDamaged(image.id, why);
+    impl_->integrity->MarkDamaged(image.id, why);
     ThrowCode(codes::kIntegrityError, why);
   }
   return digest;
@@ -777,7 +781,8 @@ std::vector<ScrubReport> Engine::Scrub(const std::string& account,
   });
   CancelToken stop(cancel);
   std::vector<ScrubReport> reports;
-  for (const auto& id : regions) reports.push_back(impl_->ScrubRegion(account, id, stop, progress));
+  for (const auto& id : regions)
+    reports.push_back(impl_->integrity->ScrubRegion(account, id, stop, progress));
   return reports;
 }
 

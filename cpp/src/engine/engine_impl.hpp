@@ -22,6 +22,7 @@
 #include "engine/event_bus.hpp"
 #include "engine/events.hpp"
 #include "engine/image_record.hpp"
+#include "engine/integrity.hpp"
 #include "engine/lease.hpp"
 #include "engine/policy_set.hpp"
 #include "engine/store_registry.hpp"
@@ -115,30 +116,9 @@ struct Engine::Impl {
   // Frees the blocks nothing needs any more; made by Open once the catalog is.
   std::unique_ptr<Sweeper> sweeper;
 
-  // Integrity of stored bytes (damage.cpp).
-  // The image's manifest, checked against the chunk-list digest recorded at its commit; a
-  // missing or changed one marks the image NotAvailable and throws IntegrityError.
-  Manifest LoadManifest(const Image& image, Store& store);
-  // Available -> NotAvailable with `why` (event image.damaged); no-op in any other status.
-  void MarkDamaged(const std::string& image_id, const std::string& why);
-  // Quarantines chunk `hash` in `region`'s store and marks every Available image there
-  // that needs it.
-  void ReportDamagedChunk(const std::string& region, Store& store, const std::string& hash,
-                          const std::string& why);
-  // Marks every Available image of `region` whose manifest names `hash`.
-  void MarkImagesNeeding(const std::string& region, Store& store, const std::string& hash,
-                         const std::string& why);
-  // A store's DamageHandler: the store quarantined the chunk; mark what needs it.
-  void OnStoreDamage(const std::string& store_uri, const std::string& hash, const std::string& why);
-  // ReportDamagedChunk if `error` is a DamagedChunkError; nothing otherwise.
-  void NoteDamage(const std::exception& error, const std::string& region, Store& store);
-  // Scrub: puts back, from the other regions, the chunks of one window of `manifest` that
-  // `store` lacks.
-  void RepairWindow(Store& store, const Manifest& manifest, uint64_t first,
-                    const std::vector<std::string>& window, const std::vector<Region>& others,
-                    const CancelToken& cancel, ScrubReport& report);
-  ScrubReport ScrubRegion(const std::string& account, const std::string& region,
-                          const CancelToken& cancel, const ProgressFn& progress);
+  // Integrity of stored bytes: checked manifests, damage, scrub; made by Open once the
+  // stores are.
+  std::unique_ptr<Integrity> integrity;
 
   // Copies (replication.cpp).
   void StartWorkers();

@@ -1,15 +1,7 @@
-// Integrity of what is stored (issue "trust nothing stored"): a block is trusted only if its
-// bytes were checked against its name when this store wrote them, or re-checked since.
-//
-// - A manifest read back from a store must match the chunk-list digest the catalog recorded
-//   when it was committed (LoadManifest): chunks swapped or replaced in a stored manifest are
-//   never trusted, so exports and replicas carry exactly the bytes that were imported.
-// - A chunk found damaged by any read (verify, export, a copy's source, the digester, an
-//   import's re-check, a scrub) is quarantined, so that no lookup finds it and the next
-//   import or copy that needs it writes it anew, and every image of its region that needs it
-//   becomes NotAvailable (event image.damaged) until a scrub repairs it.
-// - Scrub reads every stored chunk of a region, quarantines the bad ones, and repairs the
-//   images that need them from any region that holds the same content, verified on the way.
+// Integrity of stored bytes: see integrity.hpp.
+#include "engine/integrity.hpp"
+
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <set>
@@ -17,7 +9,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/engine_impl.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
@@ -38,7 +29,7 @@ std::string Describe(const Image& image) {
 
 }  // namespace
 
-Manifest Engine::Impl::LoadManifest(const Image& image, Store& store) {
+Manifest Integrity::LoadManifest(const Image& image, Store& store) {
   std::optional<Manifest> manifest;
   try {
     manifest = store.GetManifest(image.id);
@@ -53,10 +44,10 @@ Manifest Engine::Impl::LoadManifest(const Image& image, Store& store) {
   }
   const std::string digest = manifest->ChunkListDigest();
   std::optional<std::string> recorded;
-  catalog->Read([&](CatalogTx& tx) { recorded = tx.GetManifestDigest(image.id); });
+  parts_.catalog.Read([&](CatalogTx& tx) { recorded = tx.GetManifestDigest(image.id); });
   if (!recorded) {
     // Committed by a release that did not record it: trusted from its first use on.
-    catalog->Write([&](CatalogTx& tx) {
+    parts_.catalog.Write([&](CatalogTx& tx) {
       if (!tx.GetManifestDigest(image.id)) tx.PutManifestDigest(image.id, digest);
     });
   } else if (*recorded != digest) {
@@ -69,8 +60,8 @@ Manifest Engine::Impl::LoadManifest(const Image& image, Store& store) {
   return std::move(*manifest);
 }
 
-void Engine::Impl::MarkDamaged(const std::string& image_id, const std::string& why) {
-  Write([&](CatalogTx& tx, PendingEvents& events) {
+void Integrity::MarkDamaged(const std::string& image_id, const std::string& why) {
+  parts_.write([&](CatalogTx& tx, PendingEvents& events) {
     auto image = tx.GetImage(image_id);
     if (!image) return;
     // A Replicating image is either a source (read by its copies: damage counts, and keeps
@@ -93,8 +84,8 @@ void Engine::Impl::MarkDamaged(const std::string& image_id, const std::string& w
   });
 }
 
-void Engine::Impl::ReportDamagedChunk(const std::string& region, Store& store,
-                                      const std::string& hash, const std::string& why) {
+void Integrity::ReportDamagedChunk(const std::string& region, Store& store, const std::string& hash,
+                                   const std::string& why) {
   try {
     store.QuarantineChunk(hash);
   } catch (const std::exception&) {
@@ -103,21 +94,22 @@ void Engine::Impl::ReportDamagedChunk(const std::string& region, Store& store,
   MarkImagesNeeding(region, store, hash, why);
 }
 
-void Engine::Impl::OnStoreDamage(const std::string& store_uri, const std::string& hash,
-                                 const std::string& why) {
+void Integrity::OnStoreDamage(const std::string& store_uri, const std::string& hash,
+                              const std::string& why) {
   std::vector<std::string> regions;
-  catalog->Read([&](CatalogTx& tx) {
+  parts_.catalog.Read([&](CatalogTx& tx) {
     for (const auto& region : tx.ListRegions()) {
       if (region.store_uri == store_uri) regions.push_back(region.id);
     }
   });
-  for (const auto& region : regions) MarkImagesNeeding(region, *StoreFor(region), hash, why);
+  for (const auto& region : regions)
+    MarkImagesNeeding(region, *parts_.store_for(region), hash, why);
 }
 
-void Engine::Impl::MarkImagesNeeding(const std::string& region, Store& store,
-                                     const std::string& hash, const std::string& why) {
+void Integrity::MarkImagesNeeding(const std::string& region, Store& store, const std::string& hash,
+                                  const std::string& why) {
   std::vector<Image> images;
-  catalog->Read(
+  parts_.catalog.Read(
       [&](CatalogTx& tx) { images = tx.ListImages({.region = region, .name = std::nullopt}); });
   for (const Image& image : images) {
     if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating) {
@@ -138,17 +130,16 @@ void Engine::Impl::MarkImagesNeeding(const std::string& region, Store& store,
   }
 }
 
-void Engine::Impl::NoteDamage(const std::exception& error, const std::string& region,
-                              Store& store) {
+void Integrity::NoteDamage(const std::exception& error, const std::string& region, Store& store) {
   if (auto* damaged = dynamic_cast<const DamagedChunkError*>(&error)) {
     ReportDamagedChunk(region, store, damaged->hash(), damaged->message());
   }
 }
 
-void Engine::Impl::RepairWindow(Store& store, const Manifest& manifest, uint64_t first,
-                                const std::vector<std::string>& window,
-                                const std::vector<Region>& others, const CancelToken& cancel,
-                                ScrubReport& report) {
+void Integrity::RepairWindow(Store& store, const Manifest& manifest, uint64_t first,
+                             const std::vector<std::string>& window,
+                             const std::vector<Region>& others, const CancelToken& cancel,
+                             ScrubReport& report) {
   const DistinctChunks chunks = DistinctChunksOf(manifest, first, window);
   const std::vector<bool> present = store.HasChunks(chunks.hashes, &cancel, chunks.lengths);
   for (size_t k = 0; k < chunks.hashes.size(); ++k) {
@@ -157,7 +148,7 @@ void Engine::Impl::RepairWindow(Store& store, const Manifest& manifest, uint64_t
     const uint64_t length = chunks.lengths[k];
     for (const Region& other : others) {
       try {
-        auto from = StoreFor(other.id);
+        auto from = parts_.store_for(other.id);
         if (!from->HasChunkOfLength(hash, length, &cancel)) continue;
         std::vector<std::byte> data;
         from->GetChunk(hash, data, &cancel);
@@ -178,11 +169,11 @@ void Engine::Impl::RepairWindow(Store& store, const Manifest& manifest, uint64_t
   }
 }
 
-ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::string& region,
-                                      const CancelToken& cancel, const ProgressFn& progress) {
+ScrubReport Integrity::ScrubRegion(const std::string& account, const std::string& region,
+                                   const CancelToken& cancel, const ProgressFn& progress) {
   ScrubReport report;
   report.region = region;
-  auto store = StoreFor(region);
+  auto store = parts_.store_for(region);
 
   // 1. Every stored chunk, read and checked against its name, a few at a time; listed a
   //    page at a time (a region may hold millions of blocks).
@@ -255,7 +246,7 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
   //    other regions (each chunk verified on arrival), then the image is verified whole.
   std::vector<Image> images;
   std::vector<Region> others;
-  catalog->Read([&](CatalogTx& tx) {
+  parts_.catalog.Read([&](CatalogTx& tx) {
     images = tx.ListImages({.region = region, .name = std::nullopt});
     for (auto& r : tx.ListRegions()) {
       if (r.id != region) others.push_back(std::move(r));
@@ -263,7 +254,8 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
   });
   auto visible = [&](const Image& image) {
     bool shared = false;
-    catalog->Read([&](CatalogTx& tx) { shared = tx.ShareTime(image.id, account).has_value(); });
+    parts_.catalog.Read(
+        [&](CatalogTx& tx) { shared = tx.ShareTime(image.id, account).has_value(); });
     return CanSee(image, account, shared);
   };
   for (const Image& listed : images) {
@@ -291,7 +283,7 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
     try {
       const std::string digest = HashStoredImage(*store, manifest, Describe(listed), cancel);
       Image now;
-      catalog->Read([&](CatalogTx& tx) { now = *tx.GetImage(listed.id); });
+      parts_.catalog.Read([&](CatalogTx& tx) { now = *tx.GetImage(listed.id); });
       whole = now.digest.empty() || now.digest == digest;
     } catch (const Cancelled&) {
       throw;
@@ -299,7 +291,7 @@ ScrubReport Engine::Impl::ScrubRegion(const std::string& account, const std::str
       NoteDamage(e, region, *store);
     }
     if (whole) {
-      Write([&](CatalogTx& tx, PendingEvents& events) {
+      parts_.write([&](CatalogTx& tx, PendingEvents& events) {
         auto image = tx.GetImage(listed.id);
         if (!image ||
             !tx.TransitionImage(image->id, ImageStatus::kNotAvailable, ImageEvent::kRepaired)) {
