@@ -14,21 +14,16 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "scratch_dir.hpp"
+#include "parts_home.hpp"
 
 namespace imagerelay {
 namespace {
 
-using testing_util::ScratchDir;
 constexpr uint64_t kChunk = 64 * 1024;
 
-class DigesterTest : public ::testing::Test {
+class DigesterTest : public testing_util::PartsHome {
  protected:
-  DigesterTest() : catalog_(OpenSqliteCatalog(dir_ / "catalog.db")) {
-    catalog_->Write([&](CatalogTx& tx) {
-      tx.InsertAccount({"default", "default"});
-      for (const char* id : {"bj", "gz"}) tx.InsertRegion({id, id, (dir_ / id).string()});
-    });
+  DigesterTest() {
     for (const char* id : {"bj", "gz"}) {
       stores_[id] = OpenStore((dir_ / id).string());
       stores_[id]->Check();
@@ -47,15 +42,7 @@ class DigesterTest : public ::testing::Test {
                   return *manifest;
                 },
             .note_damage = [](const std::exception&, const std::string&, Store&) {},
-            .write =
-                [this](const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
-                  PendingEvents pending;
-                  catalog_->Write([&](CatalogTx& tx) {
-                    pending = PendingEvents{};
-                    fn(tx, pending);
-                  });
-                  for (auto& event : pending.Take()) events_.push_back(std::move(event));
-                },
+            .write = [this](const auto& fn) { Write(fn); },
             .notify_changed =
                 [this] {
                   if (on_change_) on_change_();
@@ -131,19 +118,8 @@ class DigesterTest : public ::testing::Test {
     return digest;
   }
 
-  std::vector<Event> EventsOfType(std::string_view type) const {
-    std::vector<Event> found;
-    for (const auto& event : events_) {
-      if (event.type == type) found.push_back(event);
-    }
-    return found;
-  }
-
-  ScratchDir dir_;
-  std::unique_ptr<Catalog> catalog_;
   std::map<std::string, std::shared_ptr<Store>> stores_;
   std::vector<std::thread> threads_;
-  std::vector<Event> events_;  // published by `write`
   std::atomic<int> manifest_loads_{0};
   std::function<void()> on_change_;  // called by notify_changed, on the digester's thread
 };

@@ -13,22 +13,17 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
-#include "scratch_dir.hpp"
+#include "parts_home.hpp"
 #include "store/local_store.hpp"
 
 namespace imagerelay {
 namespace {
 
-using testing_util::ScratchDir;
 constexpr uint64_t kChunk = 64 * 1024;
 
-class IntegrityTest : public ::testing::Test {
+class IntegrityTest : public testing_util::PartsHome {
  protected:
-  IntegrityTest() : catalog_(OpenSqliteCatalog(dir_ / "catalog.db")) {
-    catalog_->Write([&](CatalogTx& tx) {
-      tx.InsertAccount({"default", "default"});
-      for (const char* id : {"bj", "gz"}) tx.InsertRegion({id, id, (dir_ / id).string()});
-    });
+  IntegrityTest() {
     for (const char* id : {"bj", "gz"}) {
       stores_[id] = std::make_shared<LocalStore>(dir_ / id);
       stores_[id]->Check();
@@ -38,15 +33,7 @@ class IntegrityTest : public ::testing::Test {
   Integrity::Parts Parts() {
     return {.catalog = *catalog_,
             .store_for = [this](const std::string& region) { return stores_.at(region); },
-            .write =
-                [this](const std::function<void(CatalogTx&, PendingEvents&)>& fn) {
-                  PendingEvents pending;
-                  catalog_->Write([&](CatalogTx& tx) {
-                    pending = PendingEvents{};
-                    fn(tx, pending);
-                  });
-                  for (auto& event : pending.Take()) events_.push_back(std::move(event));
-                }};
+            .write = [this](const auto& fn) { Write(fn); }};
   }
 
   // A file of `chunks` chunks of random bytes drawn from `seed`.
@@ -88,18 +75,20 @@ class IntegrityTest : public ::testing::Test {
     return image;
   }
 
-  std::vector<Event> EventsOfType(std::string_view type) const {
-    std::vector<Event> found;
-    for (const auto& event : events_) {
-      if (event.type == type) found.push_back(event);
+  // Checks that `id` is NotAvailable, said by the only image.damaged event; returns it.
+  Image ExpectOnlyMarked(const std::string& id) {
+    const Image marked = ImageInCatalog(id);
+    EXPECT_EQ(marked.status, ImageStatus::kNotAvailable);
+    const auto damaged = EventsOfType("image.damaged");
+    EXPECT_EQ(damaged.size(), 1u);
+    if (!damaged.empty()) {
+      EXPECT_EQ(damaged[0].image_id, id);
+      EXPECT_EQ(nlohmann::json::parse(damaged[0].detail_json)["error"], marked.error);
     }
-    return found;
+    return marked;
   }
 
-  ScratchDir dir_;
-  std::unique_ptr<Catalog> catalog_;
   std::map<std::string, std::shared_ptr<LocalStore>> stores_;
-  std::vector<Event> events_;  // published by `write`
 };
 
 TEST_F(IntegrityTest, AManifestAsCommittedIsLoadedAndTheImageLeftAlone) {
@@ -135,14 +124,9 @@ TEST_F(IntegrityTest, AManifestWhoseChunkListWasChangedMarksTheImageAndThrows) {
     EXPECT_EQ(e.code(), codes::kIntegrityError);
     EXPECT_NE(e.message().find("changed outside imagerelay"), std::string::npos) << e.message();
   }
-  const Image marked = ImageInCatalog(image.id);
-  EXPECT_EQ(marked.status, ImageStatus::kNotAvailable);
+  const Image marked = ExpectOnlyMarked(image.id);
   EXPECT_NE(marked.error.find("changed outside imagerelay"), std::string::npos);
   EXPECT_EQ(ImageInCatalog(other.id).status, ImageStatus::kAvailable);
-  const auto damaged = EventsOfType("image.damaged");
-  ASSERT_EQ(damaged.size(), 1u);
-  EXPECT_EQ(damaged[0].image_id, image.id);
-  EXPECT_EQ(nlohmann::json::parse(damaged[0].detail_json)["error"], marked.error);
 }
 
 TEST_F(IntegrityTest, AMissingManifestMarksTheImageAndThrows) {
@@ -171,16 +155,10 @@ TEST_F(IntegrityTest, ADamagedChunkMarksTheImagesOfItsRegionThatNeedItAndNoOther
 
   EXPECT_FALSE(stores_.at("bj")->HasChunk(hash));  // quarantined: no lookup finds it
   EXPECT_TRUE(stores_.at("gz")->HasChunk(hash));
-  const Image marked = ImageInCatalog(needs.id);
-  EXPECT_EQ(marked.status, ImageStatus::kNotAvailable);
-  EXPECT_EQ(marked.error, "chunk " + hash + " is corrupt");
+  EXPECT_EQ(ExpectOnlyMarked(needs.id).error, "chunk " + hash + " is corrupt");
   EXPECT_EQ(ImageInCatalog(apart.id).status, ImageStatus::kAvailable);
   EXPECT_EQ(ImageInCatalog(elsewhere.id).status, ImageStatus::kAvailable);
   EXPECT_EQ(ImageInCatalog(failed.id).status, ImageStatus::kCreateFailed);
-  const auto damaged = EventsOfType("image.damaged");
-  ASSERT_EQ(damaged.size(), 1u);
-  EXPECT_EQ(damaged[0].image_id, needs.id);
-  EXPECT_EQ(nlohmann::json::parse(damaged[0].detail_json)["error"], marked.error);
 }
 
 TEST_F(IntegrityTest, OnlyADamagedChunkErrorIsNoted) {
