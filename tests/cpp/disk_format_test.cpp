@@ -145,6 +145,16 @@ TEST(DiskFormatTest, VhdFooterSizesAsQemuDoes) {
   EXPECT_NE(Refusal(b).find("differencing"), std::string::npos);
 }
 
+// A raw disk whose first bytes happen to spell a magic's printable part is still raw.
+TEST(DiskFormatTest, AMagicIsMatchedWholeNulIncluded) {
+  std::vector<std::byte> b(4096);
+  PutText(b, 0, "QED!");
+  MemorySource text_first(b);
+  EXPECT_EQ(ProbeDiskFormat(text_first).format, "raw");
+  PutText(b, 0, std::string("QED\0", 4));
+  EXPECT_NE(Refusal(b).find("QED"), std::string::npos);
+}
+
 TEST(DiskFormatTest, FormatsNotTakenAreNamed) {
   std::vector<std::byte> b(4096);
   PutText(b, 0, "vhdxfile");

@@ -161,7 +161,7 @@ DiskFormat ProbeDiskFormat(ByteSource& source) {
   // A dynamic VHD keeps a copy of its footer at the start.
   if (head.size() >= kVhdFooterBytes && IsVhdFooter(head.data())) return Vhd(source, head.data());
   for (auto [magic, name] : {std::pair<std::string_view, const char*>{"vhdxfile", "VHDX"},
-                             {"QED\0", "QED"},
+                             {std::string_view("QED\0", 4), "QED"},  // the NUL is part of it
                              {"LUKS\xba\xbe", "LUKS"}}) {
     if (StartsWith(head, magic)) {
       Refuse(source, std::string("is a ") + name +
