@@ -32,17 +32,38 @@ TEST(StoreTest, OpensPathsAndFileUris) {
     store->Check();
     store->PutChunk(Sha256Hex("x", 1), std::as_bytes(std::span("x", 1)));
   }
-  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "a" / "chunks"));
-  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "b" / "chunks"));
+  // A region keeps blocks in packs; the first release's chunks/ is never made any more.
+  for (const char* root : {"a", "b"}) {
+    EXPECT_TRUE(std::filesystem::is_directory(dir.path() / root / "packs")) << root;
+    EXPECT_FALSE(std::filesystem::exists(dir.path() / root / "chunks")) << root;
+  }
 
   // Percent escapes in file URIs are decoded.
   auto spaced = OpenStore("file://" + dir.path().string() + "/with%20space");
   spaced->Check();
-  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "with space" / "chunks"));
+  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "with space" / "packs"));
 
   EXPECT_EQ(CheckStoreUri("relative/dir"), "");
   EXPECT_NE(OpenStore("relative/dir"), nullptr);  // opening touches nothing
   EXPECT_FALSE(std::filesystem::exists("relative/dir"));
+}
+
+// A first-release store's chunks/ is read, never written: a link in its place (to files
+// outside the region) makes the region unavailable rather than read through.
+TEST(StoreTest, ALinkedChunksDirectoryOfAnOldStoreIsRefused) {
+  ScratchDir dir;
+  const std::filesystem::path root = dir.path() / "old", outside = dir.path() / "outside";
+  OpenStore(root.string())->Check();
+  std::filesystem::create_directories(outside);
+  std::filesystem::create_directory_symlink(outside, root / "chunks");
+  try {
+    OpenStore(root.string())->Check();
+    ADD_FAILURE() << "a linked chunks/ was accepted";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kStoreUnavailable);
+    EXPECT_NE(e.message().find((root / "chunks").string()), std::string::npos) << e.message();
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(outside));
 }
 
 TEST(StoreTest, RejectsMalformedUris) {

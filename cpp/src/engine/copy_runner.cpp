@@ -258,8 +258,7 @@ bool CopyRun::Commit(size_t i, TransferOutcome& outcome) {
     Manifest committed = *manifest_;
     if (committed.digest.empty()) committed.digest = copy.digest;
     copy_digest_[i] = copy.digest;
-    dest_stores_[i]->PutManifest(task.dest_image_id, committed);
-    dest_stores_[i]->PutImageRecord(task.dest_image_id, ImageRecordJson(copy));
+    PutManifestAndRecord(*dest_stores_[i], copy, committed);
     return true;
   } catch (const Error& e) {
     outcome = Failed(e.code(), e.message(), outcome.progress);

@@ -1,5 +1,6 @@
 #include "engine/image_record.hpp"
 
+#include <future>
 #include <nlohmann/json.hpp>
 
 #include "imagerelay/model.hpp"
@@ -27,6 +28,19 @@ std::string ImageRecordJson(const Image& image) {
       {"source_region", image.source_region},
   };
   return j.dump(2);
+}
+
+void PutManifestAndRecord(Store& store, const Image& image, const Manifest& manifest) {
+  const std::string record = ImageRecordJson(image);
+  auto record_written =
+      std::async(std::launch::async, [&] { store.PutImageRecord(image.id, record); });
+  try {
+    store.PutManifest(image.id, manifest);
+  } catch (...) {
+    record_written.wait();
+    throw;
+  }
+  record_written.get();
 }
 
 }  // namespace imagerelay

@@ -5,10 +5,17 @@
 
 #include <string>
 
+#include "imagerelay/manifest.hpp"
 #include "imagerelay/model.hpp"
+#include "imagerelay/store.hpp"
 
 namespace imagerelay {
 
 std::string ImageRecordJson(const Image& image);
+
+// Writes an image's manifest and its record into `store`, the record on a thread of its own:
+// each write waits for its fsyncs (file, then directory), and overlapping them takes one
+// wait off every import and copy. Throws what either write throws, once both are done.
+void PutManifestAndRecord(Store& store, const Image& image, const Manifest& manifest);
 
 }  // namespace imagerelay

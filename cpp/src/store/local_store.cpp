@@ -149,8 +149,10 @@ std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
   return "it holds " + listed + " and no " + std::string(kStoreMarker);
 }
 
-LocalStore::LocalStore(fs::path root, std::string uri)
-    : root_(std::move(root)), uri_(uri.empty() ? root_.string() : std::move(uri)) {}
+LocalStore::LocalStore(fs::path root, std::string uri, Writes writes)
+    : root_(std::move(root)),
+      uri_(uri.empty() ? root_.string() : std::move(uri)),
+      writes_(writes) {}
 
 fs::path LocalStore::ChunkPath(const std::string& hash) const {
   RequireHash(hash);
@@ -290,10 +292,12 @@ void LocalStore::Check() {
   chunk_dirs_known_ = packs_known_ = index_known_ = false;
   EnsureRoot();
   ClaimRoot(OpenRoot().get());
-  EnsureDir(kChunksDir, chunks_known_);
+  const bool packs = writes_ == Writes::kPacks;
+  const char* data_dir = packs ? kPacksDir : kChunksDir;
+  EnsureDir(data_dir, packs ? packs_known_ : chunks_known_);
   EnsureDir(kManifestsDir, manifests_known_);
   EnsureDir(kImagesDir, images_known_);
-  for (const char* sub : {kChunksDir, kManifestsDir, kImagesDir}) {
+  for (const char* sub : {data_dir, kManifestsDir, kImagesDir}) {
     const fs::path dir = root_ / sub;
     UniqueFd dir_fd = OpenStoreDir(sub);
     const std::string probe = TempName("probe");
@@ -309,13 +313,17 @@ void LocalStore::Check() {
       Unavailable(uri_, dir, "cannot write to " + (dir / probe).string() + ": " + ErrnoText(err));
     }
   }
-  EnsureChunkDirs();
+  if (!packs) {
+    EnsureChunkDirs();
+  } else {
+    OpenStoreDir(kChunksDir);  // a first release's chunks/, if any: a real directory or refused
+  }
 }
 
 void LocalStore::RemoveLeftovers() {
   try {
     if (UniqueFd root{::open(root_.c_str(), kDirFlags)}) RemoveStaleTemps(root.get());
-    for (const char* sub : {kManifestsDir, kImagesDir}) {
+    for (const char* sub : {kManifestsDir, kImagesDir, kPacksDir}) {
       if (UniqueFd dir = OpenStoreDir(sub)) RemoveStaleTemps(dir.get());
     }
     for (const char* fanned_out : {kChunksDir, kPacksDir}) {

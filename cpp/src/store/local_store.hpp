@@ -74,8 +74,13 @@ std::string ForeignEntriesProblem(std::vector<std::string> foreign);
 
 class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
  public:
+  // Where new bytes go: one file per chunk under chunks/ (the first release's layout, which
+  // this class's own tests exercise), or packs under packs/ when a PackStore writes through
+  // it; chunks/ is then only read (a first-release store's chunks) and never made.
+  enum class Writes { kChunks, kPacks };
   // `root` need not exist yet; `uri` is what uri() shows (the root itself if empty).
-  explicit LocalStore(std::filesystem::path root, std::string uri = "");
+  explicit LocalStore(std::filesystem::path root, std::string uri = "",
+                      Writes writes = Writes::kChunks);
   ~LocalStore() override;  // removes chunks written but never flushed
 
   std::string uri() const override { return uri_; }
@@ -189,6 +194,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   std::filesystem::path root_;
   std::string uri_;
   // Directories known to exist, so that a write does not mkdir every time.
+  const Writes writes_;
   std::atomic<bool> root_known_{false};
   std::atomic<bool> chunks_known_{false};
   std::atomic<bool> manifests_known_{false};

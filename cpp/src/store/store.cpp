@@ -223,7 +223,7 @@ std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credential
       scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
   std::error_code ec;
   std::filesystem::path absolute = std::filesystem::absolute(path, ec);
-  auto local = std::make_unique<LocalStore>(ec ? path : absolute, uri);
+  auto local = std::make_unique<LocalStore>(ec ? path : absolute, uri, LocalStore::Writes::kPacks);
   PackFiles& packs = *local;
   return std::make_unique<PackStore>(std::move(local), packs);
 }
