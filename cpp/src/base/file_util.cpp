@@ -16,6 +16,7 @@
 #include <new>
 #include <random>
 
+#include "base/fail_point.hpp"
 #include "base/unique_fd.hpp"
 #include "imagerelay/sha256.hpp"
 
@@ -160,6 +161,7 @@ std::byte* ThreadDirectIoBuffer(size_t size) {
 int FsyncDir(const std::filesystem::path& dir) {
   UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd) return errno;
+  // not a durable step by itself: each caller passes its own fail point around it
   if (::fsync(fd.get()) != 0) return errno;
   return 0;
 }
@@ -202,10 +204,12 @@ std::string WriteFileAtomicallyAt(int dir_fd, const std::filesystem::path& dir,
   if (err != 0) return fail("cannot write " + tmp.string(), err);
   if (::fsync(fd.get()) != 0) return fail("cannot fsync " + tmp.string(), errno);
   if (int err = fd.Close(); err != 0) return fail("cannot close " + tmp.string(), err);
+  FailPoint("file.synced");
   // renameat replaces a link named `name` rather than writing where it points.
   if (::renameat(dir_fd, tmp_name.c_str(), dir_fd, name.c_str()) != 0) {
     return fail("cannot rename " + tmp.string() + " to " + (dir / name).string(), errno);
   }
+  FailPoint("file.renamed");
   if (::fsync(dir_fd) != 0) return "cannot fsync " + dir.string() + ": " + ErrnoText(errno);
   return "";
 }

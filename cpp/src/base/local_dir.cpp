@@ -72,7 +72,7 @@ void RemoveStaleTemps(int dir_fd) {
          now - st.st_mtime < kStaleTempAgeSeconds)) {
       continue;
     }
-    ::unlinkat(dir_fd, entry.name.c_str(), 0);
+    ::unlinkat(dir_fd, entry.name.c_str(), 0);  // not a durable step: a dead writer's temp
   }
 }
 

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
@@ -245,6 +246,7 @@ class Transaction {
   Transaction& operator=(const Transaction&) = delete;
 
   void Commit() {
+    // not a durable step by itself: each caller passes its own fail point around it
     ExecWhileBusy(conn_, "COMMIT");
     committed_ = true;
   }
@@ -279,6 +281,7 @@ void Migrate(Connection& conn, const std::filesystem::path& path) {
   check_not_newer(version);
   for (int v = version; v < kLatestVersion; ++v) conn.Exec(kMigrations[v]);
   conn.Exec("PRAGMA user_version = " + std::to_string(kLatestVersion));
+  FailPoint("catalog.migrate");
   tx.Commit();
 }
 
@@ -833,7 +836,9 @@ class SqliteCatalog final : public Catalog {
     Transaction tx(conn_);
     SqliteTx catalog_tx(conn_, /*read_only=*/!write);
     fn(catalog_tx);
+    if (write) FailPoint("catalog.commit");
     tx.Commit();
+    if (write) FailPoint("catalog.committed");
   }
 
   std::filesystem::path path_;

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "base/binary_codec.hpp"
+#include "base/fail_point.hpp"
 #include "base/file_util.hpp"
 #include "base/retry.hpp"
 #include "base/unique_fd.hpp"
@@ -473,6 +474,7 @@ class TempFileGuard {
  public:
   TempFileGuard(int dir_fd, std::string name) : dir_fd_(dir_fd), name_(std::move(name)) {}
   ~TempFileGuard() {
+    // not a durable step: the export's own temporary file
     if (!name_.empty()) ::unlinkat(dir_fd_, name_.c_str(), 0);
   }
   TempFileGuard(const TempFileGuard&) = delete;
@@ -558,6 +560,7 @@ UniqueFd CreateExportTemp(int dir_fd, const std::filesystem::path& dir, const st
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     const std::optional<pid_t> writer = ExportTempWriter(name);
+    // not a durable step: a dead export's temporary file
     if (writer && IsStaleExportTemp(dir_fd, name, *writer)) ::unlinkat(dir_fd, name.c_str(), 0);
   }
   UniqueFd fd(
@@ -618,6 +621,7 @@ void KeepModeAndOwner(int fd, const struct stat& old, const std::filesystem::pat
 // nothing that appears meanwhile is (a file system without it gets the check alone).
 void CommitExport(int dir_fd, const std::string& tmp, const std::string& name,
                   const std::filesystem::path& path, bool force) {
+  FailPoint("export.synced");
   if (!CheckExportTarget(dir_fd, name, path, force)) {
     if (::renameat2(dir_fd, tmp.c_str(), dir_fd, name.c_str(), RENAME_NOREPLACE) == 0) return;
     if (errno == EEXIST) {
@@ -832,11 +836,13 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
   if (cancel.cancelled()) throw Cancelled{};
 
   if (replaced) KeepModeAndOwner(fd.get(), *replaced, path, tmp);
+  // not a durable step of the home: the user's file, committed by CommitExport below
   if (::fsync(fd.get()) != 0) ExportFailed(path, "cannot fsync " + tmp.string(), errno);
   // `fd` stays open, locked, until after the rename: closed before, the temporary file would
   // look like a leftover to another export's clean-up. fsync has reported any write error.
   CommitExport(dir_fd.get(), tmp_name, name, path, force);
   guard.Commit();
+  FailPoint("export.renamed");
   if (::fsync(dir_fd.get()) != 0) ExportFailed(path, "cannot fsync " + dir.string(), errno);
   throttle.Report(prog);
 }

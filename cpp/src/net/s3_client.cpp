@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <utility>
 
+#include "base/fail_point.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "imagerelay/store.hpp"
@@ -241,13 +242,23 @@ HttpResponse S3Client::Perform(Call call, const CancelToken* cancel) {
   request.sink = call.sink;
   request.max_body = call.max_body;
   request.on_body = std::move(call.on_body);
-  if (!call.retry) return http_.PerformOnce(request, cancel);
-  // A retry is signed at its own time: the first attempt goes with the headers above.
-  bool first = true;
-  auto sign = [&](HttpRequest& r) {
-    if (!std::exchange(first, false)) r.headers = Signed(call, std::time(nullptr)).headers;
-  };
-  return http_.Request(request, sign, cancel, call.attempts);
+  // Writes to the bucket (objects put, copied, deleted; multipart steps) are the durable
+  // steps of an S3 region.
+  const bool writes = call.method != "GET" && call.method != "HEAD";
+  if (writes) FailPoint("s3.write");
+  HttpResponse response;
+  if (!call.retry) {
+    response = http_.PerformOnce(request, cancel);
+  } else {
+    // A retry is signed at its own time: the first attempt goes with the headers above.
+    bool first = true;
+    auto sign = [&](HttpRequest& r) {
+      if (!std::exchange(first, false)) r.headers = Signed(call, std::time(nullptr)).headers;
+    };
+    response = http_.Request(request, sign, cancel, call.attempts);
+  }
+  if (writes) FailPoint("s3.written");
+  return response;
 }
 
 bool S3Client::SameServiceAs(const S3Client& other) const {

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
 #include "imagerelay/error.hpp"
 
@@ -39,9 +40,12 @@ CREATE TABLE IF NOT EXISTS packs (
 template <typename Fn>
 void InTransaction(sqlite::Connection& conn, const char* begin, Fn&& fn) {
   conn.Exec(begin);
+  const bool writes = std::string_view(begin) != "BEGIN";
   try {
     fn();
+    if (writes) FailPoint("index.commit");
     conn.Exec("COMMIT");
+    if (writes) FailPoint("index.committed");
   } catch (...) {
     conn.TryExec("ROLLBACK");
     throw;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <ctime>
 
+#include "base/fail_point.hpp"
 #include "base/file_util.hpp"
 #include "base/local_dir.hpp"
 #include "imagerelay/error.hpp"
@@ -50,7 +51,7 @@ std::string LocalStore::WritePackTemp(int dir_fd, const std::string& name,
                                       std::span<const std::byte> bytes) {
   const std::string tmp = TempName(name);
   auto fail = [&](const std::string& what, int err) {
-    ::unlinkat(dir_fd, tmp.c_str(), 0);
+    ::unlinkat(dir_fd, tmp.c_str(), 0);  // not a durable step: a temporary file
     PackFailed("cannot write pack " + name + ": " + what, uri_, err);
   };
   // Around the page cache (O_DIRECT) like chunk files: a pack is not read back soon, and a
@@ -90,17 +91,20 @@ void LocalStore::CommitPacks(const std::vector<std::string>& names) {
   if (batch.empty()) return;
   auto discard = [&] {
     for (const auto& [name, tmp] : batch) {
+      // not a durable step: temporary files that no index names
       if (UniqueFd dir = OpenPackDir(name, false)) ::unlinkat(dir.get(), tmp.c_str(), 0);
     }
   };
   try {
     // Every staged byte on disk before any pack becomes visible: one flush for the batch.
     SyncFilesystem();
+    FailPoint("pack.synced");
     for (const auto& [name, tmp] : batch) {
       UniqueFd dir = OpenPackDir(name, false);
       if (!dir || ::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) {
         PackFailed("cannot commit pack " + name, uri_, dir ? errno : ENOENT);
       }
+      FailPoint("pack.renamed");
     }
     // The new names on disk before the packs are indexed. Random names put a group's packs
     // in as many directories: one flush for them all rather than an fsync (a flush) of each.
@@ -122,6 +126,7 @@ void LocalStore::DiscardStaged(const std::vector<std::string>& names) {
   for (const std::string& name : names) {
     auto it = staged_.find(name);
     if (it == staged_.end()) continue;
+    // not a durable step: a temporary file that no index names
     if (UniqueFd dir = OpenPackDir(name, false)) ::unlinkat(dir.get(), it->second.c_str(), 0);
     staged_.erase(it);
   }
@@ -201,6 +206,7 @@ void LocalStore::DeletePack(const std::string& name) {
   ForgetOpenPack(name);
   UniqueFd dir = OpenPackDir(name, /*create=*/false);
   if (!dir || !StatPack(name)) return;  // only a pack file of ours is deleted
+  FailPoint("store.delete");
   if (::unlinkat(dir.get(), name.c_str(), 0) != 0 && errno != ENOENT) {
     PackFailed("cannot delete pack " + name, uri_, errno);
   }

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/fail_point.hpp"
 #include "base/file_util.hpp"
 #include "base/local_dir.hpp"
 #include "base/unique_fd.hpp"
@@ -193,6 +194,7 @@ void LocalStore::EnsureRoot() {
     Unavailable(uri_, root_, "cannot create directory " + root_.string() + ": " + ec.message());
   }
   // A new directory entry must survive a crash like any file we rename into it.
+  if (created) FailPoint("store.dir_created");
   if (created) FsyncDir(root_.parent_path());
   root_known_.store(true, std::memory_order_release);
 }
@@ -202,6 +204,7 @@ void LocalStore::EnsureDir(const char* sub, std::atomic<bool>& known) {
   EnsureRoot();
   UniqueFd root = OpenRoot();
   if (::mkdirat(root.get(), sub, 0755) == 0) {
+    FailPoint("store.dir_created");
     ::fsync(root.get());
   } else if (errno != EEXIST) {
     Unavailable(uri_, root_ / sub,
@@ -236,6 +239,7 @@ void LocalStore::EnsureChunkDirs() {
       NotADirectory(uri_, root_ / kChunksDir / prefix, ENOTDIR);
     }
   }
+  if (created) FailPoint("store.dir_created");
   if (created) ::fsync(chunks.get());
   chunk_dirs_known_.store(true, std::memory_order_release);
 }
@@ -308,7 +312,7 @@ void LocalStore::Check() {
     }
     int err = PwriteAll(fd.get(), "x", 1, 0);
     if (err == 0) err = fd.Close();
-    ::unlinkat(dir_fd.get(), probe.c_str(), 0);
+    ::unlinkat(dir_fd.get(), probe.c_str(), 0);  // not a durable step: the probe goes
     if (err != 0) {
       Unavailable(uri_, dir, "cannot write to " + (dir / probe).string() + ": " + ErrnoText(err));
     }
@@ -451,7 +455,7 @@ void LocalStore::WriteChunkFile(int dir_fd, const std::string& hash,
   const std::string tmp_name = TempName(hash);
   const fs::path tmp = ChunkPath(hash).parent_path() / tmp_name;
   auto fail = [&](const std::string& what, int err) {
-    ::unlinkat(dir_fd, tmp_name.c_str(), 0);
+    ::unlinkat(dir_fd, tmp_name.c_str(), 0);  // not a durable step: a temporary file
     Failed("cannot store chunk " + hash + " in store " + uri_ + ": " + what + ": " +
            ErrnoText(err) + "; check free space and permissions");
   };
@@ -491,7 +495,8 @@ UniqueFd LocalStore::CreateWritten(int dir_fd, const std::string& tmp_name, cons
   UniqueFd fd(::openat(dir_fd, tmp_name.c_str(), kCreate | (direct ? O_DIRECT : 0), 0644));
   if (!fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
     direct_io_.store(false, std::memory_order_relaxed);
-    ::unlinkat(dir_fd, tmp_name.c_str(), 0);  // open may have created it before refusing
+    // not a durable step: open may have created the temporary file before refusing
+    ::unlinkat(dir_fd, tmp_name.c_str(), 0);
     fd = UniqueFd(::openat(dir_fd, tmp_name.c_str(), kCreate, 0644));
   }
   if (!fd) fail("cannot create " + tmp.string(), errno);
@@ -519,6 +524,7 @@ UniqueFd LocalStore::CreateWritten(int dir_fd, const std::string& tmp_name, cons
 void LocalStore::CommitPending(std::vector<PendingChunk> batch) {
   try {
     SyncFilesystem();  // the bytes are on disk before the names are
+    FailPoint("chunk.synced");
     for (const auto& chunk : batch) {
       UniqueFd dir = OpenChunkDir(chunk.hash);
       if (!dir || ::renameat(dir.get(), chunk.tmp.c_str(), dir.get(), chunk.hash.c_str()) != 0) {
@@ -539,6 +545,7 @@ void LocalStore::CommitPending(std::vector<PendingChunk> batch) {
 void LocalStore::DiscardPending(const std::vector<PendingChunk>& batch) noexcept {
   for (const auto& chunk : batch) {
     try {
+      // not a durable step: a temporary file that nothing names
       if (UniqueFd dir = OpenChunkDir(chunk.hash)) ::unlinkat(dir.get(), chunk.tmp.c_str(), 0);
     } catch (const std::exception&) {
     }
@@ -559,6 +566,7 @@ void LocalStore::Flush(const CancelToken* /*cancel*/) {
 
 void LocalStore::SyncFilesystem() {
   UniqueFd fd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  // not a durable step by itself: each caller passes its own fail point around it
   if (!fd || ::syncfs(fd.get()) != 0) {
     Failed("cannot flush store " + uri_ + " to disk: " + ErrnoText(errno) +
            "; check the disk and free space");
@@ -612,6 +620,7 @@ void LocalStore::DeleteChunk(const std::string& hash) {
   UniqueFd dir = OpenChunkDir(hash);
   // Only a chunk file is deleted: a link or anything else in its place is not the store's.
   if (!dir || !ChunkFileSize(dir.get(), hash)) return;
+  FailPoint("store.delete");
   if (::unlinkat(dir.get(), hash.c_str(), 0) != 0 && errno != ENOENT) {
     Failed("cannot delete chunk " + hash + " from store " + uri_ + ": " + ErrnoText(errno));
   }
@@ -634,6 +643,7 @@ bool LocalStore::MoveToQuarantine(int dir_fd, const std::string& name) {
     return false;  // a link or a file in its place
   }
   const std::string aside = name + "." + std::to_string(::time(nullptr));
+  FailPoint("store.quarantine");
   if (!quarantine || ::renameat(dir_fd, name.c_str(), quarantine.get(), aside.c_str()) != 0) {
     return false;
   }
@@ -721,6 +731,7 @@ void LocalStore::DeleteRecord(const char* sub, const std::string& image_id, std:
   UniqueFd dir = OpenStoreDir(sub);
   if (!dir) return;
   const std::string name = image_id + std::string(suffix);
+  FailPoint("store.delete");
   if (::unlinkat(dir.get(), name.c_str(), 0) != 0) {
     if (errno == ENOENT) return;
     Failed(std::string("cannot delete the ") + what + " of " + image_id + " from store " + uri_ +

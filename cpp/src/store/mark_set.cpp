@@ -25,7 +25,7 @@ struct MarkSet::Impl {
 
   void EndBatch() {
     if (!in_batch) return;
-    db.Exec("COMMIT");
+    db.Exec("COMMIT");  // not a durable step: a sweep's scratch set, dropped with it
     in_batch = false;
   }
 };
