@@ -5,30 +5,20 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <thread>
 #include <vector>
 
 #include "imagerelay/error.hpp"
-#include "imagerelay/sha256.hpp"
 #include "parts_home.hpp"
 
 namespace imagerelay {
 namespace {
 
-constexpr uint64_t kChunk = 64 * 1024;
-
 class DigesterTest : public testing_util::PartsHome {
  protected:
-  DigesterTest() {
-    for (const char* id : {"bj", "gz"}) {
-      stores_[id] = OpenStore((dir_ / id).string());
-      stores_[id]->Check();
-    }
-  }
+  DigesterTest() : stores_(RegionStores()) {}
   ~DigesterTest() override { JoinAll(); }
 
   Digester::Parts Parts() {
@@ -54,31 +44,6 @@ class DigesterTest : public testing_util::PartsHome {
   void JoinAll() {
     for (auto& thread : threads_) thread.join();
     threads_.clear();
-  }
-
-  // A sparse file of `size` bytes with a little random data: mostly holes, like the images
-  // whose digest an import leaves to the digester.
-  std::filesystem::path SparseFile(uint64_t size) {
-    const auto path = dir_ / "disk.raw";
-    std::ofstream out(path, std::ios::binary);
-    std::mt19937 rng(7);
-    std::string data(kChunk, '\0');
-    for (uint64_t at : {uint64_t{0}, size / 3, size - kChunk}) {
-      for (auto& c : data) c = static_cast<char>(rng());
-      out.seekp(static_cast<std::streamoff>(at));
-      out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    }
-    return path;
-  }
-
-  static std::string DigestOfFile(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::vector<char> buffer(1 << 20);
-    Sha256 hash;
-    while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount()) {
-      hash.Update(buffer.data(), static_cast<size_t>(in.gcount()));
-    }
-    return "sha256:" + hash.FinishHex();
   }
 
   // An Available image in `region` without a digest, imported from `path`.

@@ -4,11 +4,9 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <random>
 #include <vector>
 
 #include "imagerelay/error.hpp"
@@ -18,8 +16,6 @@
 
 namespace imagerelay {
 namespace {
-
-constexpr uint64_t kChunk = 64 * 1024;
 
 class IntegrityTest : public testing_util::PartsHome {
  protected:
@@ -34,17 +30,6 @@ class IntegrityTest : public testing_util::PartsHome {
     return {.catalog = *catalog_,
             .store_for = [this](const std::string& region) { return stores_.at(region); },
             .write = [this](const auto& fn) { Write(fn); }};
-  }
-
-  // A file of `chunks` chunks of random bytes drawn from `seed`.
-  std::filesystem::path RandomFile(const std::string& name, uint64_t chunks, unsigned seed) {
-    const auto path = dir_ / name;
-    std::ofstream out(path, std::ios::binary);
-    std::mt19937 rng(seed);
-    std::string data(chunks * kChunk, '\0');
-    for (auto& c : data) c = static_cast<char>(rng());
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    return path;
   }
 
   // An Available image `id` in `region`, imported from `path`, its manifest committed as an
@@ -66,12 +51,6 @@ class IntegrityTest : public testing_util::PartsHome {
       tx.InsertImage(image);
       if (record_chunk_list) tx.PutManifestDigest(id, manifest.ChunkListDigest());
     });
-    return image;
-  }
-
-  Image ImageInCatalog(const std::string& id) {
-    Image image;
-    catalog_->Read([&](CatalogTx& tx) { image = *tx.GetImage(id); });
     return image;
   }
 

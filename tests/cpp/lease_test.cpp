@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "scratch_dir.hpp"
+
 namespace imagerelay {
 namespace {
 
@@ -32,6 +34,25 @@ TEST(LeaseTest, AHolderIsAliveUntilItsTimeUnlessItsProcessHereIsGone) {
   // Another live process here (this one, under another nonce).
   EXPECT_TRUE(LeaseHolderAlive({host + ":" + std::to_string(::getpid()) + ":other", now + 10}, now,
                                host, self));
+}
+
+TEST(LeaseTest, AnImportsLeaseIsASettingOfItsKeyAndEndsAsNobodys) {
+  testing_util::ScratchDir dir;
+  auto catalog = OpenSqliteCatalog(dir / "catalog.db");
+  catalog->Write([](CatalogTx& tx) {
+    EXPECT_EQ(ImportLease(tx, "m-aaaaaaa1").owner, "");  // none yet
+    PutImportLease(tx, "m-aaaaaaa1", Lease{"host-a:123:abc", 42});
+    const Lease lease = ImportLease(tx, "m-aaaaaaa1");
+    EXPECT_EQ(lease.owner, "host-a:123:abc");
+    EXPECT_EQ(lease.expires_us, 42);
+    EXPECT_EQ(tx.GetSetting("import:m-aaaaaaa1"), "host-a:123:abc|42");  // as homes keep it
+    PutImportLease(tx, "m-aaaaaaa1", Lease{});
+    EXPECT_EQ(ImportLease(tx, "m-aaaaaaa1").owner, "");
+    EXPECT_EQ(tx.GetSetting("import:m-aaaaaaa1"), "");
+  });
+  EXPECT_EQ(ImportKey("m-aaaaaaa1"), "import:m-aaaaaaa1");
+  EXPECT_TRUE(IsImportKey(ImportKey("m-aaaaaaa1")));
+  EXPECT_FALSE(IsImportKey("m-aaaaaaa1"));  // a copy's
 }
 
 }  // namespace

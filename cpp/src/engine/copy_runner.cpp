@@ -117,6 +117,14 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
   return claim;
 }
 
+bool RunOneClaim(Engine::Impl& engine) {
+  std::optional<CopyRun::Claim> claim = CopyRun::ClaimTasks(engine);
+  if (!claim) return false;
+  CopyRun(engine, std::move(*claim)).Run();
+  engine.sweeper->SweepPending();  // sweeps put off while this copy was writing
+  return true;
+}
+
 CopyRun::CopyRun(Engine::Impl& engine, Claim claim)
     : engine_(engine),
       claim_(std::move(claim)),
@@ -125,17 +133,13 @@ CopyRun::CopyRun(Engine::Impl& engine, Claim claim)
       copy_digest_(claim_.tasks.size()),
       latest_(claim_.tasks.size()) {
   // Cancel tokens are registered before anything moves: CancelCopy and Close() fire them.
-  std::lock_guard lock(engine_.running_mutex);
   for (const auto& task : claim_.tasks) {
-    tokens_.push_back(std::make_shared<CancelToken>());
-    engine_.running[task.dest_image_id] = tokens_.back();
-    if (engine_.closing) tokens_.back()->Cancel();
+    tokens_.push_back(engine_.running.Register(task.dest_image_id));
   }
 }
 
 CopyRun::~CopyRun() {
-  std::lock_guard lock(engine_.running_mutex);
-  for (const auto& task : claim_.tasks) engine_.running.erase(task.dest_image_id);
+  for (const auto& task : claim_.tasks) engine_.running.Unregister(task.dest_image_id);
 }
 
 void CopyRun::Run() {
@@ -239,8 +243,7 @@ void CopyRun::Finish(size_t i, TransferOutcome outcome) {
   const bool committed = outcome.kind == TransferOutcome::Kind::kCompleted && Commit(i, outcome);
   if (Settle(i, outcome, committed)) engine_.sweeper->MaybeSweep(task.region);
   // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
-  std::lock_guard lock(engine_.running_mutex);
-  engine_.running.erase(task.dest_image_id);
+  engine_.running.Unregister(task.dest_image_id);
 }
 
 bool CopyRun::Commit(size_t i, TransferOutcome& outcome) {

@@ -19,6 +19,10 @@ namespace imagerelay {
 // flight, and the job reports that it finished when its last task ended.
 void SettleJob(CatalogTx& tx, const std::string& job_id, PendingEvents& events);
 
+// A copy worker's one round (WorkerPool's run_one_claim): claims queued copies and runs them
+// as a CopyRun, then the sweeps put off while they wrote; false if nothing was claimable.
+bool RunOneClaim(Engine::Impl& engine);
+
 class CopyRun {
  public:
   // What one worker took from the queue: tasks of one job, run together so that each

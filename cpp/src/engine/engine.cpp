@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "engine/copy_runner.hpp"
 #include "engine/engine_impl.hpp"
 #include "imagerelay/disk_format.hpp"
 #include "imagerelay/error.hpp"
@@ -65,12 +66,6 @@ std::shared_ptr<Store> Engine::Impl::StoreFor(const std::string& region_id) {
   catalog->Read([&](CatalogTx& tx) { region = tx.GetRegion(region_id); });
   if (!region) ThrowCode(codes::kNoSuchRegion, "region " + Quote(region_id) + " does not exist");
   return StoreForUri(region->store_uri, region_id);
-}
-
-void Engine::Impl::SpawnBackground(std::function<void()> fn) {
-  std::lock_guard lock(threads_mutex);
-  if (closing) return;
-  threads.emplace_back(std::move(fn));
 }
 
 void RequireAccount(CatalogTx& tx, const std::string& account) {
@@ -201,7 +196,7 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
                            Store& store) { raw->integrity->NoteDamage(error, region, store); },
       .write = [raw](const auto& fn) { raw->Write(fn); },
       .notify_changed = [raw] { raw->NotifyChanged(); },
-      .spawn = [raw](std::function<void()> fn) { raw->SpawnBackground(std::move(fn)); }});
+      .spawn = [raw](std::function<void()> fn) { raw->background.Spawn(std::move(fn)); }});
   impl->sweeper = std::make_unique<Sweeper>(Sweeper::Parts{
       .catalog = *impl->catalog,
       .holder = impl->worker_id + ":sweep",
@@ -209,6 +204,26 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
                             TimeUs now) { return raw->LeaseHolderAlive(lease, now); },
       .store_for_uri = [raw](const std::string& uri,
                              const std::string& region) { return raw->StoreForUri(uri, region); }});
+  impl->importer = std::make_unique<Importer>(Importer::Parts{
+      .catalog = *impl->catalog,
+      .write = [raw](const auto& fn) { raw->Write(fn); },
+      .store_for = [raw](const std::string& region) { return raw->StoreFor(region); },
+      .sweep = [raw](const std::string& region) { raw->sweeper->MaybeSweep(region); },
+      .schedule_digest = [raw] { raw->digester->Schedule(); },
+      .running = impl->running,
+      .limits = options.limits,
+      .lease_ms = options.lease_ms,
+      .defer_digest_hole_bytes = options.defer_digest_hole_bytes,
+      .cache_dir = impl->CacheDir(),
+      .worker_id = impl->worker_id,
+      .holder_alive = [raw](const Lease& lease,
+                            TimeUs now) { return raw->LeaseHolderAlive(lease, now); }});
+  impl->workers = std::make_unique<WorkerPool>(WorkerPool::Parts{
+      .workers = options.workers,
+      .spawn = [raw](std::function<void()> fn) { raw->background.Spawn(std::move(fn)); },
+      .run_one_claim = [raw] { return RunOneClaim(*raw); },
+      .sweep_pending = [raw] { raw->sweeper->SweepPending(); },
+      .checkpoint = [raw] { raw->catalog->Checkpoint(); }});
 
   std::vector<Region> defaults;
   impl->catalog->Write([&](CatalogTx& tx) {
@@ -224,10 +239,10 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
 
   std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
-  engine->impl_->RecoverInterruptedImports();
+  engine->impl_->importer->RecoverInterrupted();
   engine->impl_->sweeper->SweepPending();
   if (options.start_workers) {
-    engine->impl_->StartWorkers();
+    engine->impl_->workers->Start();
     engine->impl_->digester->Schedule();  // digests a stopped process left to compute
   }
   return engine;
@@ -236,23 +251,12 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
 Engine::~Engine() { Close(); }
 
 void Engine::Close() {
-  if (impl_->closing.exchange(true)) return;
-  {
-    std::lock_guard lock(impl_->running_mutex);
-    // Copies stop where they are; their leases lapse and the next Open resumes them.
-    // Imports stop and end CreateFailed (an import starts over: nothing to resume).
-    for (auto& [id, token] : impl_->running) token->Cancel();
-  }
+  // Copies stop where they are; their leases lapse and the next Open resumes them.
+  // Imports stop and end CreateFailed (an import starts over: nothing to resume).
+  if (!impl_->running.CancelAll()) return;  // closed before
   impl_->digester->Stop();
-  impl_->wake_workers.notify_all();
-  std::vector<std::thread> threads;
-  {
-    std::lock_guard lock(impl_->threads_mutex);
-    threads.swap(impl_->threads);
-  }
-  for (auto& t : threads) {
-    if (t.joinable()) t.join();
-  }
+  impl_->workers->Stop();
+  impl_->background.JoinAll();
   impl_->bus.Stop();
 }
 
@@ -501,8 +505,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
       do {
         image.id = NewImageId();
       } while (!tx.InsertImage(image));
-      tx.PutSetting(std::string(kImportKeyPrefix) + image.id,
-                    Lease{impl_->worker_id, now + impl_->options.lease_ms * 1000}.Encode());
+      PutImportLease(tx, image.id, Lease{impl_->worker_id, now + impl_->options.lease_ms * 1000});
       events.Append(tx,
                     MakeEvent(event_type::kImageCreated, account, &image, "",
                               nlohmann::json({{"name", image.name}, {"source", request.source}})));
@@ -512,13 +515,13 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
   }
 
   if (wait) {
-    impl_->RunImport(image.id, path, cancel, progress);
+    impl_->importer->Run(image.id, path, cancel, progress);
   } else {
     auto* impl = impl_.get();
     std::string id = image.id;
-    impl_->SpawnBackground([impl, id, path] {
+    impl_->background.Spawn([impl, id, path] {
       try {
-        impl->RunImport(id, path);
+        impl->importer->Run(id, path);
       } catch (...) {
         // Recorded as CreateFailed in the catalog; nobody waits on this thread.
       }

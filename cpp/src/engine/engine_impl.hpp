@@ -1,42 +1,36 @@
-// Private state of the Engine, shared by engine.cpp (catalog calls), import_runner.cpp and
-// replication.cpp (copies). Not part of the public headers.
+// Private state of the Engine, shared by engine.cpp (catalog calls), replication.cpp and
+// copy_runner.cpp (copies) and waits.cpp: what every request needs, and the engine's parts,
+// each with its own header and test (README.md). Not part of the public headers.
 #pragma once
 
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <cstdint>
-#include <map>
+#include <filesystem>
+#include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <string_view>
-#include <thread>
-#include <unordered_set>
 #include <vector>
 
+#include "engine/background_threads.hpp"
 #include "engine/change_notifier.hpp"
 #include "engine/credentials_files.hpp"
 #include "engine/digester.hpp"
 #include "engine/event_bus.hpp"
 #include "engine/events.hpp"
 #include "engine/image_record.hpp"
+#include "engine/importer.hpp"
 #include "engine/integrity.hpp"
 #include "engine/lease.hpp"
 #include "engine/policy_set.hpp"
+#include "engine/running_work.hpp"
 #include "engine/store_registry.hpp"
 #include "engine/sweeper.hpp"
+#include "engine/worker_pool.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/engine.hpp"
 #include "imagerelay/store.hpp"
 
 namespace imagerelay {
-
-// An import's key, followed by its image id: of its lease in the catalog's settings and of
-// its cancel token in Engine::Impl::running.
-inline constexpr std::string_view kImportKeyPrefix = "import:";
 
 struct Engine::Impl {
   EngineOptions options;
@@ -49,19 +43,6 @@ struct Engine::Impl {
   PolicySet policies;
 
   std::unique_ptr<StoreRegistry> stores;  // the region stores, by URI
-
-  // Background work owned by this engine (imports with wait=false, copy workers).
-  std::mutex threads_mutex;
-  std::vector<std::thread> threads;
-  std::atomic<bool> closing{false};
-  std::condition_variable_any wake_workers;
-  std::mutex wake_mutex;
-
-  // Cancel tokens of copies running in this process, by destination image id, and of
-  // imports, by kImportKeyPrefix + image id: Close() fires them all. A copy's entry
-  // goes last, after the sweep of whatever a failed or cancelled copy left behind.
-  std::mutex running_mutex;
-  std::map<std::string, std::shared_ptr<CancelToken>> running;
 
   // Signalled after every write by this process, so that waiters re-read at once.
   ChangeNotifier changes;
@@ -87,12 +68,12 @@ struct Engine::Impl {
   void CheckedWrite(const std::function<void(CatalogTx&)>& check, bool validate_only,
                     const std::function<void(CatalogTx&, PendingEvents&)>& apply);
   std::shared_ptr<Store> StoreFor(const std::string& region_id);
-  // The cached store of a URI; an s3:// store opened here uses the credentials saved for
-  // `region_id` (if any), else the environment's.
   // Local caches of the home (the block index of each S3 region).
   std::filesystem::path CacheDir() const {
     return std::filesystem::absolute(options.home) / "cache";
   }
+  // The cached store of a URI; an s3:// store opened here uses the credentials saved for
+  // `region_id` (if any), else the environment's.
   std::shared_ptr<Store> StoreForUri(const std::string& uri, const std::string& region_id = "") {
     return stores->ForUri(uri, region_id);
   }
@@ -101,33 +82,24 @@ struct Engine::Impl {
   void MoveCredentialsOutOfCatalog();
   // Runs every policy; throws ValidationError(PolicyViolation) on the first rejection.
   void CheckPolicies(const PolicyRequest& request) const { policies.Check(request); }
-  void SpawnBackground(std::function<void()> fn);
 
-  // Imports (import_runner.cpp).
-  // `stop` (the caller's, may be null) ends the import early: the image becomes
-  // CreateFailed, its bytes are swept, and Error(Transfer.Failed) is thrown.
-  void RunImport(const std::string& image_id, const std::string& source_path,
-                 const CancelToken* stop = nullptr, const ProgressFn& progress = {});
-  class RunningImport;
-  void RecoverInterruptedImports();
-
-  // Digests computed after the image became Available; made by Open once the catalog is.
+  // Cancel tokens of the copies and imports running in this process.
+  RunningWork running;
+  // The parts, made by Open once the catalog and the stores are.
+  // Digests computed after the image became Available.
   std::unique_ptr<Digester> digester;
-  // Frees the blocks nothing needs any more; made by Open once the catalog is.
+  // Frees the blocks nothing needs any more.
   std::unique_ptr<Sweeper> sweeper;
-
-  // Integrity of stored bytes: checked manifests, damage, scrub; made by Open once the
-  // stores are.
+  // Integrity of stored bytes: checked manifests, damage, scrub.
   std::unique_ptr<Integrity> integrity;
+  // Runs imports and fails those whose process died.
+  std::unique_ptr<Importer> importer;
+  // The copy workers; started only with options.start_workers.
+  std::unique_ptr<WorkerPool> workers;
+  // The threads of background work (workers, the digester, imports with wait=false): last,
+  // so that they are joined before anything they use goes.
+  BackgroundThreads background;
 
-  // Copies (replication.cpp).
-  void StartWorkers();
-  void WorkerLoop();
-  bool RunOneClaim();  // claims and runs queued copies; false if nothing was claimable
-  void RecoverExpiredLeases();
-  std::atomic<TimeUs> last_worked_us{0};      // when a worker last ran a copy
-  std::atomic<TimeUs> last_checkpoint_us{0};  // when a worker last checkpointed the catalog
-  void MaybeCheckpoint();
   // Whether a lease's holder may still be working (lease.hpp), as this worker can tell.
   bool LeaseHolderAlive(const Lease& lease, TimeUs now) const {
     return imagerelay::LeaseHolderAlive(lease, now, host, worker_id);

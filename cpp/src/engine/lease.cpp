@@ -6,6 +6,12 @@
 #include <charconv>
 
 namespace imagerelay {
+namespace {
+
+// Followed by the image id.
+constexpr std::string_view kImportKeyPrefix = "import:";
+
+}  // namespace
 
 std::string Lease::Encode() const { return owner + "|" + std::to_string(expires_us); }
 
@@ -19,6 +25,21 @@ Lease Lease::Decode(std::string_view text) {
   if (ec != std::errc() || end != digits.data() + digits.size()) return {};
   lease.owner = std::string(text.substr(0, bar));
   return lease;
+}
+
+std::string ImportKey(std::string_view image_id) {
+  return std::string(kImportKeyPrefix) + std::string(image_id);
+}
+
+bool IsImportKey(std::string_view key) { return key.starts_with(kImportKeyPrefix); }
+
+Lease ImportLease(CatalogTx& tx, std::string_view image_id) {
+  return Lease::Decode(tx.GetSetting(ImportKey(image_id)).value_or(""));
+}
+
+void PutImportLease(CatalogTx& tx, std::string_view image_id, const Lease& lease) {
+  // An ended lease is kept as "" (as homes have always kept it): nobody's.
+  tx.PutSetting(ImportKey(image_id), lease.owner.empty() ? "" : lease.Encode());
 }
 
 bool LeaseHolderAlive(const Lease& lease, TimeUs now, std::string_view host,

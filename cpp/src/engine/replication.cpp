@@ -1,5 +1,5 @@
-// Replication: jobs and tasks in the catalog, the copy workers with their leases, cancel,
-// failure and crash-resume (DESIGN.md §2, §3, §5). A worker runs what it claims as a CopyRun
+// Replication: jobs and tasks in the catalog, cancel, and the copies waiting for a worker
+// (DESIGN.md §2, §3, §5). The workers (worker_pool.hpp) run what they claim as a CopyRun
 // (copy_runner.hpp); the bytes move in transfer.cpp.
 #include <algorithm>
 #include <chrono>
@@ -7,19 +7,15 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <thread>
 
 #include "engine/copy_runner.hpp"
 #include "engine/engine_impl.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
-#include "imagerelay/log.hpp"
 #include "imagerelay/transfer.hpp"
 
 namespace imagerelay {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> SortedUnique(const std::vector<std::string>& values) {
   std::vector<std::string> out = Unique(values);
@@ -152,7 +148,7 @@ Job Engine::Replicate(const std::string& account, const std::string& image_id,
                                   nlohmann::json{{"source_image_id", source.id}}));
     }
   });
-  impl_->wake_workers.notify_all();
+  impl_->workers->Wake();
   return job;
 }
 
@@ -188,23 +184,7 @@ void Engine::CancelCopy(const std::string& account, const std::string& dest_imag
     region = task->region;
   });
   // Stop a copy running in this process and wait for it to let go of its bytes.
-  std::shared_ptr<CancelToken> token;
-  {
-    std::lock_guard lock(impl_->running_mutex);
-    auto it = impl_->running.find(dest_image_id);
-    if (it != impl_->running.end()) token = it->second;
-  }
-  if (token) {
-    token->Cancel();
-    auto deadline = Clock::now() + std::chrono::seconds(5);
-    while (Clock::now() < deadline) {
-      {
-        std::lock_guard lock(impl_->running_mutex);
-        if (!impl_->running.contains(dest_image_id)) break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }
+  impl_->running.CancelAndWaitGone(dest_image_id, std::chrono::seconds(5));
   impl_->sweeper->MaybeSweep(region);
 }
 
@@ -268,60 +248,6 @@ std::vector<std::string> Engine::CopiesWaitingForAWorker() {
   // A live worker takes the Pending ones next; without one they wait as the orphans do.
   if (!any_alive) orphaned.insert(orphaned.end(), pending.begin(), pending.end());
   return orphaned;
-}
-
-// ---- workers --------------------------------------------------------------------------
-
-void Engine::Impl::StartWorkers() {
-  for (int i = 0; i < std::max(1, options.workers); ++i) {
-    SpawnBackground([this] { WorkerLoop(); });
-  }
-}
-
-// The chunks named by the manifests of the region's newest Available images: a new version
-// of an image mostly repeats one of them, and one manifest read answers for hundreds of
-// chunk lookups. Best effort: a manifest that cannot be read only costs those lookups.
-// After a second of idleness, at most every few seconds: a checkpoint's fsyncs then delay
-// nobody's call.
-void Engine::Impl::MaybeCheckpoint() {
-  constexpr TimeUs kIdleUs = 1'000'000;
-  constexpr TimeUs kEveryUs = 5'000'000;
-  const TimeUs now = NowUs();
-  TimeUs last = last_checkpoint_us.load();
-  if (now - last_worked_us.load() < kIdleUs || now - last < kEveryUs) return;
-  if (!last_checkpoint_us.compare_exchange_strong(last, now)) return;  // another worker does it
-  catalog->Checkpoint();
-}
-
-void Engine::Impl::WorkerLoop() {
-  while (!closing) {
-    bool worked = false;
-    try {
-      worked = RunOneClaim();
-    } catch (const std::exception& e) {
-      Log(LogLevel::kError, std::string("copy worker: ") + e.what());
-    }
-    if (worked) {
-      last_worked_us.store(NowUs());
-      continue;
-    }
-    try {
-      sweeper->SweepPending();
-      MaybeCheckpoint();
-    } catch (const std::exception& e) {
-      Log(LogLevel::kWarning, std::string("sweep: ") + e.what());
-    }
-    std::unique_lock lock(wake_mutex);
-    wake_workers.wait_for(lock, std::chrono::milliseconds(500));
-  }
-}
-
-bool Engine::Impl::RunOneClaim() {
-  std::optional<CopyRun::Claim> claim = CopyRun::ClaimTasks(*this);
-  if (!claim) return false;
-  CopyRun(*this, std::move(*claim)).Run();
-  sweeper->SweepPending();  // sweeps put off while this copy was writing
-  return true;
 }
 
 }  // namespace imagerelay

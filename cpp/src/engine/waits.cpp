@@ -84,10 +84,7 @@ bool Engine::WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel
         });
         if (idle) {
           // A copy that just ended still sweeps what a failed or cancelled copy left behind.
-          std::lock_guard lock(impl_->running_mutex);
-          idle = std::ranges::none_of(impl_->running, [](const auto& entry) {
-            return !entry.first.starts_with(kImportKeyPrefix);
-          });
+          idle = std::ranges::all_of(impl_->running.Keys(), IsImportKey);
         }
         if (idle) idle = !impl_->digester->Running();
         return idle;
