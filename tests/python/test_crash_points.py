@@ -155,8 +155,12 @@ def check_invariants(home: Path, digests: set[str], op: str, step: str) -> None:
                     break
                 time.sleep(0.2)
             assert not extra, f"region {region.id} keeps {len(extra)} unneeded block(s) {where}"
-    leftovers = [p for p in (home / "regions").rglob(".tmp-*")]
-    assert not leftovers, f"temporary files left {where}: {leftovers[:3]}"
+        # Removed in the background once the home is open again (their writer is gone).
+        deadline = time.monotonic() + 20
+        while (leftovers := list((home / "regions").rglob(".tmp-*"))) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not leftovers, f"temporary files left {where}: {leftovers[:3]}"
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -171,8 +175,16 @@ def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path):
     assert done.returncode == 0, done.stderr
     steps = log.read_text().split()
     assert steps, f"{op} passed no fail point"
+    # Opening the home passes the same first steps whatever follows: tried with the import,
+    # skipped for the others.
+    first = 1
+    if op != "import":
+        opened = tmp_path / "open-steps"
+        done = run_child(home, src, "pass", {"IMAGERELAY_FAIL_LOG": str(opened)})
+        assert done.returncode == 0, done.stderr
+        first = len(opened.read_text().split()) + 1
     crashed = 0
-    for n in range(1, len(steps) + 1, STRIDE):
+    for n in range(first, len(steps) + 1, STRIDE):
         restore(template, home)
         result = run_child(home, src, OPS[op], {"IMAGERELAY_FAIL_AT": f"*@{n}"})
         # Threads may order the steps differently run to run: a run that passed fewer steps

@@ -244,6 +244,8 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   if (options.start_workers) {
     engine->impl_->workers->Start();
     engine->impl_->digester->Schedule();  // digests a stopped process left to compute
+    Engine::Impl* raw = engine->impl_.get();
+    raw->background.Spawn([raw] { raw->sweeper->RemoveLeftovers(); });  // of a killed process
   }
   return engine;
 }

@@ -74,8 +74,7 @@ void Importer::Run(const std::string& image_id, const std::string& source_path,
                     " first) are not in region " + image.region +
                     "'s store after they were written; check the store and import again");
     }
-    store->PutManifest(image.id, manifest);
-    store->PutImageRecord(image.id, ImageRecordJson(image));
+    PutManifestAndRecord(*store, image, manifest);
     parts_.write([&](CatalogTx& tx, PendingEvents& events) {
       tx.UpdateImageFields(image);
       tx.PutManifestDigest(image.id, manifest.ChunkListDigest());

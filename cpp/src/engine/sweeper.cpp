@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "imagerelay/log.hpp"
+
 namespace imagerelay {
 namespace {
 
@@ -77,6 +79,18 @@ void Sweeper::SweepPending() {
   std::vector<std::string> regions;
   parts_.catalog.Read([&](CatalogTx& tx) { regions = tx.RegionsNeedingSweep(); });
   for (const auto& region : regions) MaybeSweep(region);
+}
+
+void Sweeper::RemoveLeftovers() {
+  std::vector<Region> regions;
+  parts_.catalog.Read([&](CatalogTx& tx) { regions = tx.ListRegions(); });
+  for (const auto& region : regions) {
+    try {
+      parts_.store_for_uri(region.store_uri, region.id)->RemoveLeftovers();
+    } catch (const std::exception& e) {
+      Log(LogLevel::kWarning, "removing leftovers in region " + region.id + ": " + e.what());
+    }
+  }
 }
 
 }  // namespace imagerelay

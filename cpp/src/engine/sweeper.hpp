@@ -37,6 +37,9 @@ class Sweeper {
   void MaybeSweep(const std::string& region_id);
   // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).
   void SweepPending();
+  // Removes, in every region, the temporary files of writers that are gone (a process
+  // killed mid-write). A sweep does it too, but a crash that made no garbage flags none.
+  void RemoveLeftovers();
 
  private:
   const Parts parts_;
