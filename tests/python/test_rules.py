@@ -4,7 +4,6 @@ in ``.problems``, and nothing written by a rejected call."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
