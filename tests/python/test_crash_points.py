@@ -44,6 +44,7 @@ SETUP = {
     "replicate_two": "cloud.import_image(A, region='bj', name='a')",
     "delete": "cloud.import_image(A, region='bj', name='a'); "
               "cloud.import_image(B, region='bj', name='b')",
+    "cancel": "cloud.import_image(A, region='bj', name='a')",
     "share": "cloud.add_account('team-b'); cloud.import_image(A, region='bj', name='a')",
     "rename": "cloud.import_image(A, region='bj', name='a')",
 }
@@ -52,6 +53,8 @@ OPS = {
     "replicate": "one('a').replicate(['gz']).wait(timeout=120)",
     "replicate_two": "one('a').replicate(['gz', 'su'], name='a2').wait(timeout=120)",
     "delete": "one('a').delete()",
+    # Cancelled as soon as it starts: the copy may have written some blocks, or none.
+    "cancel": "job = one('a').replicate(['gz']); job.cancel(); job.wait(timeout=120)",
     "share": "img = one('a'); img.share('team-b'); img.unshare('team-b'); img.share('team-b')",
     "rename": "one('a').rename('renamed')",
 }

@@ -78,10 +78,10 @@ struct ChunkJob {
 // calling thread reads), hash and store them; one digest thread feeds every byte, in
 // order, to the whole-image hash. A buffer returns to the pool once both its worker and the digest
 // thread are done.
-class Importer {
+class ImportPipeline {
  public:
-  Importer(ByteSource& source, Store& store, const ImportOptions& options,
-           const CancelToken& cancel, const ProgressFn& progress)
+  ImportPipeline(ByteSource& source, Store& store, const ImportOptions& options,
+                 const CancelToken& cancel, const ProgressFn& progress)
       : source_(source),
         store_(store),
         cancel_(cancel),
@@ -714,7 +714,7 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
 
 Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& options,
                        const CancelToken& cancel, const ProgressFn& progress) {
-  Importer importer(source, store, options, cancel, progress);
+  ImportPipeline importer(source, store, options, cancel, progress);
   Manifest manifest = importer.Run();
   source.CheckUnchanged();  // not an image of a file that changed under the reader
   store.Flush();            // every chunk it names is durable and visible when the import returns
