@@ -1,0 +1,1 @@
+"""``imagerelay serve``: BCC's image API over HTTP (docs/serve.md)."""
