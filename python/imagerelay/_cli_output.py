@@ -123,7 +123,7 @@ def new_access_key(key: AccessKey) -> str:
 
 
 def access_keys_table(keys: list[AccessKey]) -> str:
-    return table([[k.access_key_id, k.created_at.isoformat()] for k in keys],
+    return table([[k.access_key_id, k.created_at.isoformat(timespec="seconds")] for k in keys],
                  ["ACCESS KEY ID", "CREATED"])
 
 

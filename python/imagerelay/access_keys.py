@@ -42,10 +42,13 @@ class AccessKeyFiles:
 
     def __init__(self, home: Path) -> None:
         self.dir = Path(home) / _DIRECTORY
+        # lookup()'s cache: file -> ((inode, mtime, size), what it held). A key file is
+        # replaced whole (rename), never edited, so a stat tells whether it changed.
+        self._seen: dict[Path, tuple[tuple[int, int, int], tuple[AccessKey, str] | None]] = {}
 
     def create(self, account: str) -> AccessKey:
         key = AccessKey(access_key_id=secrets.token_hex(16), account=account,
-                        created_at=datetime.now(timezone.utc).replace(microsecond=0),
+                        created_at=datetime.now(timezone.utc),
                         secret_access_key=secrets.token_hex(16))
         self._make_directory()
         text = json.dumps({"access_key_id": key.access_key_id, "account": account,
@@ -85,7 +88,21 @@ class AccessKeyFiles:
         """(the key, its secret), or None if there is no such key."""
         if not KEY_ID.fullmatch(key_id):  # also keeps the id from naming another file
             return None
-        return self._read(self.dir / f"{key_id}.json")
+        path = self.dir / f"{key_id}.json"
+        try:
+            st = path.stat()
+        except OSError:  # deleted: refused from now on
+            self._seen.pop(path, None)
+            return None
+        version = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._seen.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = self._read(path)
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[path] = (version, found)
+        return found
 
     # -- files ------------------------------------------------------------------------
     def _make_directory(self) -> None:

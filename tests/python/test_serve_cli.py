@@ -6,6 +6,7 @@ secret, HTTPS, a clean stop on SIGTERM, clear errors for bad flags."""
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import signal
@@ -16,21 +17,26 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 from baidubce import protocol
 
 import imagerelay as ir
+from imagerelay import cli as cli_module
 from serve_support import assert_bcc_error, bcc, http_server, wait_for_port
 
 IMAGERELAY = str(Path(sys.executable).parent / "imagerelay")
 
 
 def cli(home: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGERELAY_")}
-    proc = subprocess.run([IMAGERELAY, "--home", str(home), *args], capture_output=True,
-                          text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    """``imagerelay --home HOME ARGS`` run in this process (``cli.main``), as the script
+    runs it; asserts the exit status."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli_module.main(["--home", str(home), *args])
+    proc = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     assert proc.returncode == expect, (proc.returncode, proc.stdout, proc.stderr)
     return proc
 

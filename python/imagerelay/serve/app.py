@@ -70,6 +70,15 @@ class Service:
         return Starlette(routes=[Route("/{path:path}", endpoint.handle, methods=METHODS)])
 
 
+@dataclasses.dataclass
+class _Outcome:
+    """What the log line and the metrics say of a request: its account once verified, its
+    route once found."""
+
+    account: str = "-"
+    route: str = "unknown"
+
+
 class Endpoint:
     def __init__(self, service: Service, region: str) -> None:
         self.service = service
@@ -79,11 +88,10 @@ class Endpoint:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         path = request.scope["path"]  # percent-decoded, as the signature covers it
-        account = "-"
-        route_name = "unknown"
+        done = _Outcome()
         try:
             if path == "/metrics" and request.method == "GET":
-                route_name = "metrics"
+                done.route = "metrics"
                 response = await self._metrics(request)
             else:
                 body = await self._body(request)
@@ -91,14 +99,7 @@ class Endpoint:
                     method=request.method, path=path,
                     query=query_pairs(request.scope["query_string"].decode("latin-1")),
                     headers={k.lower(): v for k, v in request.headers.items()})
-                verified = self.service.verifier.verify(signed)
-                account = verified.account
-                route_name, handler, match = route(request.method, path)
-                call = Call(cloud=await self._run(self._as_account, account),
-                            region=self.region, params=signed.query, body=body, match=match,
-                            imports=self.service.imports, tokens=self.service.tokens)
-                status, payload = await self._run(handler, call)
-                response = _json(status, payload)
+                response = _json(*await self._run(self._act, signed, body, done))
         except ApiError as e:
             response = _error(e, request_id)
         except ImageRelayError as e:
@@ -110,11 +111,21 @@ class Endpoint:
                                                        "please try again"), request_id)
         response.headers["x-bce-request-id"] = request_id
         seconds = time.perf_counter() - started
-        self.service.metrics.observe(self.region, route_name, response.status_code, seconds)
+        self.service.metrics.observe(self.region, done.route, response.status_code, seconds)
         log.info("%s %s account=%s status=%d duration_ms=%.1f request_id=%s region=%s",
-                 request.method, _printable(path), account, response.status_code, seconds * 1000,
-                 request_id, self.region)
+                 request.method, _printable(path), done.account, response.status_code,
+                 seconds * 1000, request_id, self.region)
         return response
+
+    def _act(self, signed: SignedRequest, body: bytes,
+             done: _Outcome) -> tuple[int, dict[str, Any] | None]:
+        """Authenticates, routes and answers a request, on a worker thread: reading the key
+        and every engine call block."""
+        done.account = self.service.verifier.verify(signed).account
+        done.route, handler, match = route(signed.method, signed.path)
+        return handler(Call(cloud=self._as_account(done.account), region=self.region,
+                            params=signed.query, body=body, match=match,
+                            imports=self.service.imports, tokens=self.service.tokens))
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.service.limiter)
