@@ -5,6 +5,8 @@ metrics; one log line per request, and no secret in any."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import socket
@@ -128,6 +130,20 @@ def test_bodies_have_a_size_limit(served: dict[str, Any]) -> None:
     body = json.dumps({"name": "x" * 5000, "destRegion": ["gz"]})
     assert_bcc_error(lambda: send(served, http_methods.POST, b"/image/m-aaaaaaaa", body,
                                   {"remoteCopy": None}), "EntityTooLarge", 413)
+
+
+def test_a_signed_content_md5_must_match_the_body(served: dict[str, Any]) -> None:
+    body = json.dumps({"name": "x", "imageId": "m-aaaaaaaa"})
+    good = base64.b64encode(hashlib.md5(body.encode()).digest())
+    # Signed with the header (every header the SDK is given is signed): right digest, the
+    # call goes through to its own answer; a digest of another body is refused.
+    assert_bcc_error(lambda: served["client"]._send_request(
+        http_methods.PUT, b"/image/rename", body, headers={b"content-md5": good}),
+        "NoSuchImage", 404)
+    other = base64.b64encode(hashlib.md5(b"{}").digest())
+    assert_bcc_error(lambda: served["client"]._send_request(
+        http_methods.PUT, b"/image/rename", body, headers={b"content-md5": other}),
+        "BadDigest", 400)
 
 
 def test_unknown_paths_and_methods(served: dict[str, Any]) -> None:

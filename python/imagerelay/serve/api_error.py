@@ -17,6 +17,7 @@ INVALID_URI = ("InvalidURI", 400)
 INVALID_VERSION = ("InvalidVersion", 404)
 METHOD_NOT_ALLOWED = ("MethodNotAllowed", 405)
 BODY_TOO_LARGE = ("EntityTooLarge", 413)
+BAD_DIGEST = ("BadDigest", 400)
 INTERNAL_ERROR = ("InternalError", 500)
 
 # The engine's codes that BCC spells otherwise (docs/errors.md): every other code is BCC's

@@ -4,7 +4,9 @@ BCC's error body, logged in one line and counted in the metrics."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import logging
@@ -24,7 +26,7 @@ from starlette.routing import Route
 from ..access_keys import AccessKeyFiles
 from ..cloud import Cloud
 from ..errors import ImageRelayError, NotFoundError
-from .api_error import (ACCESS_DENIED, BODY_TOO_LARGE, INTERNAL_ERROR, INVALID_ACCESS_KEY_ID,
+from .api_error import (ACCESS_DENIED, BAD_DIGEST, BODY_TOO_LARGE, INTERNAL_ERROR, INVALID_ACCESS_KEY_ID,
                         ApiError, from_engine)
 from .auth import SignedRequest, Verifier, query_pairs
 from .handlers import Call, ClientTokens, route
@@ -147,7 +149,14 @@ class Endpoint:
             if size > limit:
                 raise ApiError(BODY_TOO_LARGE, f"the body is larger than {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        digest = request.headers.get("content-md5")
+        # The signature covers this header, not the body: the body must match it.
+        if digest is not None and digest.strip() != base64.b64encode(
+                hashlib.md5(body, usedforsecurity=False).digest()).decode():
+            raise ApiError(BAD_DIGEST, "the Content-MD5 you specified does not match the "
+                                       "body received")
+        return body
 
     async def _metrics(self, request: Request) -> Response:
         client = request.client.host if request.client else ""
