@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench bench-s3 bench-manifest clean
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench bench-s3 bench-manifest bench-serve clean
 
 all: build
 
@@ -49,6 +49,10 @@ bench-s3: build-py
 	@command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
 	@$(PY) -m pip install -q awscli 2>&1 | grep -v "^$$" || true
 	$(PY) bench/s3_bench.py --size-mib 1024 --runs 3
+
+# imagerelay serve under load: 64 BCC SDK clients for 30 s, copies running, vs in-process.
+bench-serve: build-py
+	$(PY) bench/serve_bench.py
 
 # How manifests scale: open, digest and walk of a 2, 20 and 200 GiB image's block list.
 bench-manifest: build-py

@@ -17,6 +17,7 @@ from ._enums import ImageStatus as ImageStatus
 from ._enums import JobState as JobState
 from ._enums import TaskState as TaskState
 from ._types import Account as Account
+from .access_keys import AccessKey as AccessKey
 from ._types import Event as Event
 from ._types import Handle as Handle
 from ._types import Limits as Limits
@@ -46,7 +47,7 @@ from .scrub import ScrubReport as ScrubReport
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
-    "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",
+    "AccessKey", "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",
     "ImageList", "ImageRelayError", "ImageStatus", "IntegrityError", "Job", "JobList",
     "JobState", "Limits",
     "NotFoundError", "PermissionDeniedError", "Playbook", "PolicyRequest", "QuotaExceededError",

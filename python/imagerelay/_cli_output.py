@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._types import Account, Event, Region
+from .access_keys import AccessKey
 from .collections import human_size as size
 from .errors import ImageRelayError
 from .image import Image
@@ -112,6 +113,18 @@ def regions_table(regions: list[Region]) -> str:
 
 def accounts_table(accounts: list[Account]) -> str:
     return table([[a.id, a.name] for a in accounts], ["ACCOUNT", "NAME"])
+
+
+def new_access_key(key: AccessKey) -> str:
+    return (f"access key of {key.account}:\n"
+            f"  access key id:     {key.access_key_id}\n"
+            f"  secret access key: {key.secret_access_key}\n"
+            "The secret is shown this once: keep it now (`--json` prints both as JSON).")
+
+
+def access_keys_table(keys: list[AccessKey]) -> str:
+    return table([[k.access_key_id, k.created_at.isoformat(timespec="seconds")] for k in keys],
+                 ["ACCESS KEY ID", "CREATED"])
 
 
 def images_table(images: Sequence[Image], waiting: Waiting | None = None) -> str:

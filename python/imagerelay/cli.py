@@ -25,7 +25,7 @@ from .collections import human_size
 from .errors import ImageRelayError
 from .job import Job
 
-WAITING_COMMANDS = {"worker", "demo"}
+WAITING_COMMANDS = {"worker", "demo", "serve"}
 
 
 def _split(values: list[str]) -> list[str]:
@@ -139,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     arm = leaf(asub, "remove", "remove an account that owns nothing and has nothing shared "
                                "with it", "imagerelay accounts remove team-b")
     arm.add_argument("account_id", help="the account to remove")
+    keys = leaf(asub, "keys", "create, list or delete an account's access keys (for "
+                              "`imagerelay serve`)", "imagerelay accounts keys create team-b")
+    ksub = keys.add_subparsers(dest="keys_action", required=True)
+    kcreate = leaf(ksub, "create", "make a new access key; its secret is printed this once",
+                   "imagerelay accounts keys create team-b --json")
+    kcreate.add_argument("account_id", help="the account the key signs as")
+    klist = leaf(ksub, "list", "the account's access key ids (never the secrets)",
+                 "imagerelay accounts keys list team-b")
+    klist.add_argument("account_id", help="the account whose keys to list")
+    kdel = leaf(ksub, "delete", "delete an access key: requests signed with it are refused",
+                "imagerelay accounts keys delete team-b 0123456789abcdef0123456789abcdef")
+    kdel.add_argument("account_id", help="the account the key belongs to")
+    kdel.add_argument("key_id", help="the access key id (32 hex digits)")
 
     images = add("images", "list or show images", "imagerelay images list --region gz")
     isub = images.add_subparsers(dest="action", required=True)
@@ -239,6 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check every step against the catalog, say what would be done or "
                          "redone, and change nothing")
 
+    sv = add("serve", "serve BCC's image API (v2 paths, bce-auth-v1) over HTTP, one "
+                      "endpoint per region, until Ctrl-C or SIGTERM",
+             "imagerelay serve --listen bj=127.0.0.1:8080 --listen gz=127.0.0.1:8081")
+    sv.add_argument("--listen", action="append", default=[], metavar="REGION=HOST:PORT",
+                    help="serve REGION's endpoint on HOST:PORT (repeatable); default: every "
+                         "region, on --host, on consecutive ports from --port")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="the address of the default listeners (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080,
+                    help="the first port of the default listeners (default 8080), one more "
+                         "for each region in the order `regions list` gives")
+    sv.add_argument("--tls-cert", metavar="FILE",
+                    help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
+    sv.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    sv.add_argument("--allow-import-dir", action="append", default=[], metavar="DIR",
+                    help="let a bosUrl name a file under DIR (file:// or a path); "
+                         "repeatable; by default no file of this machine can be imported")
+    sv.add_argument("--allow-import-host", action="append", default=[], metavar="HOST",
+                    help="let a bosUrl reach HOST (a name, an address or a CIDR network) even "
+                         "if it is loopback, private or link-local; repeatable")
+    sv.add_argument("--max-body", type=int, default=64 * 1024, metavar="BYTES",
+                    help="refuse request bodies larger than this (default 65536)")
+    sv.add_argument("--metrics-allow", action="append", default=[], metavar="CIDR",
+                    help="clients that may read /metrics besides loopback ones (repeatable)")
+
     wk = add("worker", "run queued copies for this home",
              "imagerelay worker --until-idle")
     wk.add_argument("--until-idle", action="store_true", help="exit once no copy is queued")
@@ -292,6 +330,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *
     elif cmd == "accounts" and action == "remove":
         cloud.remove_account(args.account_id)
         out.emit({"removed": args.account_id}, lambda: f"removed account {args.account_id}")
+    elif cmd == "accounts" and action == "keys":
+        _access_keys(cloud, args, out)
     elif cmd == "accounts":
         a = cloud.add_account(args.account_id, name=args.name)
         out.emit(a, lambda: f"added account {a.id}")
@@ -382,7 +422,26 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *
         out.emit(result.to_dict(), result.summary)
     elif cmd == "worker":
         return run_worker(cloud, until_idle=args.until_idle)
+    elif cmd == "serve":
+        from .serve.command import serve_command
+
+        return serve_command(cloud, args)
     return 0
+
+
+def _access_keys(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output) -> None:
+    if args.keys_action == "create":
+        key = cloud.create_access_key(args.account_id)
+        out.emit({"access_key_id": key.access_key_id,
+                  "secret_access_key": key.secret_access_key},
+                 lambda: output.new_access_key(key))
+    elif args.keys_action == "list":
+        keys = cloud.access_keys(args.account_id)
+        out.emit([k.access_key_id for k in keys], lambda: output.access_keys_table(keys))
+    else:
+        cloud.delete_access_key(args.account_id, args.key_id)
+        out.emit({"deleted": args.key_id},
+                 lambda: f"deleted access key {args.key_id} of {args.account_id}")
 
 
 def _follow_events(cloud: cloud_module.Cloud, events: list[Event],

@@ -19,6 +19,7 @@ from ._checks import as_str_list, check_int, check_timeout
 from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
 from ._wait import wait_for
+from .access_keys import AccessKey, AccessKeyFiles
 from .collections import ImageList, JobList
 from .dry_run import DryRun
 from .errors import ValidationError
@@ -145,10 +146,30 @@ class Cloud:
         """Removes an account. Refused (``ConflictError``, ``Account.InUse``) while it owns
         an image that is not deleted, has images shared with it, or has copies in flight."""
         self._engine.remove_account(self.account, account_id)
+        AccessKeyFiles(self.home).delete_all(account_id)
 
     @property
     def accounts(self) -> list[Account]:
         return [Account._from_core(a) for a in self._engine.accounts()]
+
+    # -- access keys (imagerelay serve) -------------------------------------------
+    def create_access_key(self, account: str) -> AccessKey:
+        """A new access key for ``account`` (``NoSuchAccount`` if unknown), with which it
+        signs requests to ``imagerelay serve``. Its ``secret_access_key`` is given only here:
+        it is kept in ``<home>/access-keys/`` (mode 0600), never shown again."""
+        self._engine.account(account)
+        return AccessKeyFiles(self.home).create(account)
+
+    def access_keys(self, account: str) -> list[AccessKey]:
+        """The account's access keys, oldest first, without their secrets."""
+        self._engine.account(account)
+        return AccessKeyFiles(self.home).list(account)
+
+    def delete_access_key(self, account: str, key_id: str) -> None:
+        """Deletes one of the account's keys: requests signed with it are refused from
+        then on (``InvalidParameter`` if the account has no such key)."""
+        self._engine.account(account)
+        AccessKeyFiles(self.home).delete(account, key_id)
 
     @property
     def dry_run(self) -> DryRun:

@@ -244,7 +244,8 @@ def test_every_method_property_argument_and_default_is_documented(cls: type) -> 
                                  "its arguments or a default changed?)")
 
 
-@pytest.mark.parametrize("cls", [ir.Region, ir.Account, ir.Event, ir.ScrubReport, ir.Limits],
+@pytest.mark.parametrize("cls", [ir.Region, ir.Account, ir.AccessKey, ir.Event, ir.ScrubReport,
+                                 ir.Limits],
                          ids=lambda c: c.__name__)
 def test_every_dataclass_field_is_documented(cls: type) -> None:
     body = section_of(doc("python-api.md"), 2 if cls is not ir.Limits else 3, cls.__name__)

@@ -1,0 +1,117 @@
+"""What an import's ``bosUrl`` may name when a remote client sends it.
+
+The engine imports whatever source it is given: a file of this machine, or any URL it can
+reach. A client of the server must reach neither the server's own files nor its network's
+private side, so by default:
+
+- a path or ``file://`` URL is refused, unless it lies under a directory the operator
+  allows (``--allow-import-dir``; symbolic links resolved first);
+- an ``http(s)://`` URL whose host is, or resolves to, a loopback, private, link-local,
+  multicast, reserved or unspecified address is refused, unless the operator allows that
+  host (``--allow-import-host``, a name, an address or a network). The engine does not
+  follow redirects, so a public URL cannot send it elsewhere;
+- an ``s3://`` URL is read with the server's own S3 credentials, so it is refused unless its
+  ``endpoint`` host is allowed.
+Every refusal is ``InvalidParameter`` naming ``bosUrl``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .api_error import ApiError, invalid
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ImportPolicy:
+    def __init__(self, allowed_dirs: Sequence[str | os.PathLike[str]] = (),
+                 allowed_hosts: Sequence[str] = ()) -> None:
+        self.dirs = [Path(d).expanduser().resolve() for d in allowed_dirs]
+        self.names = {h.lower().rstrip(".") for h in allowed_hosts if not _network(h)}
+        self.networks = [n for n in (_network(h) for h in allowed_hosts) if n is not None]
+
+    def check(self, url: str) -> str:
+        """The source to give the engine, or an ApiError saying why not."""
+        if not url:
+            raise invalid("bosUrl", "is empty")
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in ("", "file"):
+            return self._file(unquote(parts.path) if scheme == "file" else url)
+        if scheme in ("http", "https"):
+            self._host(parts.hostname or "", url)
+            return url
+        if scheme == "s3":
+            endpoint = parse_qs(parts.query).get("endpoint", [""])[0]
+            host = urlsplit(endpoint).hostname or ""
+            if not host or not self._named(host):
+                raise invalid("bosUrl", "an s3:// source is read with the server's own "
+                                        "credentials: its endpoint host must be allowed by "
+                                        "the operator (--allow-import-host)")
+            return url
+        raise invalid("bosUrl", f"{scheme}:// is not a source this server imports from "
+                                "(http, https or s3)")
+
+    def _file(self, path: str) -> str:
+        refused = invalid("bosUrl", "files of the server are not imported from unless the "
+                                    "operator allows their directory (--allow-import-dir)")
+        if not self.dirs or not os.path.isabs(path):
+            raise refused
+        resolved = Path(path).resolve()
+        if not any(resolved.is_relative_to(d) for d in self.dirs):
+            raise refused
+        return str(resolved)
+
+    def _named(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        if host in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in n for n in self.networks)
+
+    def _host(self, host: str, url: str) -> None:
+        if not host:
+            raise invalid("bosUrl", "names no host")
+        if self._named(host):
+            return
+        try:
+            addresses = {ipaddress.ip_address(host)}
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                raise invalid("bosUrl", f"its host {host} does not resolve") from None
+            addresses = {ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos}
+        # Every internal address it may resolve to must be allowed: the engine may use any.
+        if any(_internal(a) and not any(a in n for n in self.networks) for a in addresses):
+            raise _internal_host(host)
+
+
+def _internal(address: Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return _internal(address.ipv4_mapped)
+    return (address.is_loopback or address.is_private or address.is_link_local
+            or address.is_multicast or address.is_reserved or address.is_unspecified)
+
+
+def _internal_host(host: str) -> ApiError:
+    return invalid("bosUrl", f"{host} is a loopback, private or link-local address of the "
+                             "server's network; the operator may allow it "
+                             "(--allow-import-host)")
+
+
+def _network(text: str) -> Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
