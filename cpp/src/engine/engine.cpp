@@ -680,15 +680,29 @@ void Engine::Delete(const std::string& account, const std::string& image_id, boo
   impl_->sweeper->MaybeSweep(deleted->region);
 }
 
+namespace {
+
+// A copy still in flight to `image`: Replicating like a source being copied, but with no
+// bytes yet.
+bool CopyInFlightTo(CatalogTx& tx, const Image& image) {
+  if (image.status != ImageStatus::kReplicating) return false;
+  const std::optional<Task> task = tx.GetTaskByDestImage(image.id);
+  return task && (task->state == TaskState::kPending || task->state == TaskState::kRunning);
+}
+
+}  // namespace
+
 void Engine::Export(const std::string& account, const std::string& image_id, const fs::path& path,
                     const CancelToken* cancel, const ProgressFn& progress, bool force) {
   Image image;
+  bool in_flight = false;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
     image = LoadVisible(tx, account, image_id);
+    in_flight = CopyInFlightTo(tx, image);
   });
-  bool readable = image.status == ImageStatus::kAvailable ||
-                  (image.status == ImageStatus::kReplicating && image.source_image_id.empty());
+  const bool readable = image.status == ImageStatus::kAvailable ||
+                        (image.status == ImageStatus::kReplicating && !in_flight);
   if (!readable) {
     ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
                                                 std::string(ToString(image.status)) +
@@ -730,13 +744,16 @@ void Engine::Export(const std::string& account, const std::string& image_id, con
 std::string Engine::Verify(const std::string& account, const std::string& image_id,
                            const CancelToken* cancel, const ProgressFn& progress) {
   Image image;
+  bool in_flight = false;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
     image = LoadVisible(tx, account, image_id);
+    in_flight = CopyInFlightTo(tx, image);
   });
   // A damaged (NotAvailable) image may be verified: the answer says what is wrong.
-  if (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating &&
-      image.status != ImageStatus::kNotAvailable) {
+  if (in_flight ||
+      (image.status != ImageStatus::kAvailable && image.status != ImageStatus::kReplicating &&
+       image.status != ImageStatus::kNotAvailable)) {
     ThrowCode(codes::kImageStatusForbidden, "image " + image.id + " is " +
                                                 std::string(ToString(image.status)) +
                                                 "; only Available images can be verified");
