@@ -30,6 +30,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "scikit-build-core>=0.11" "pybind11>=3.0" cmake ninja \
     "tqdm>=4.60" "PyYAML>=6" pytest "moto[server]>=5" nbclient nbformat ipykernel ipywidgets mypy pandas \
-    "ansible-core>=2.15"
+    "ansible-core>=2.15" "hypothesis>=6.100"
   touch "$stamp"
 fi
