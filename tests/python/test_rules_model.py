@@ -45,7 +45,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from model.bcc_model import AVAILABLE, CODE_CLASS, REPLICATING, Limits, Model, Rejected, digest
+from model.bcc_model import AVAILABLE, CODE_CLASS, Limits, Model, Rejected, digest
 
 import imagerelay as ir
 
@@ -73,17 +73,6 @@ SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 EXAMPLES = int(os.environ.get("IMAGERELAY_MODEL_EXAMPLES", "100"))
 STEPS = int(os.environ.get("IMAGERELAY_MODEL_STEPS", "30"))
-
-# Wrong answers of the engine that the model found, reported and not fixed yet (each has
-# its xfail test in test_rules_model_regressions.py): tolerated, and counted, so that a run
-# goes on to find others; IMAGERELAY_MODEL_STRICT=1 fails on them.
-STRICT = bool(os.environ.get("IMAGERELAY_MODEL_STRICT"))
-VERIFY_OF_A_COPY_IN_FLIGHT = (
-    "verify_image of a copy in flight answers Transfer.IntegrityError (its manifest is not "
-    "written yet), not Image.ImageStatusForbidden")
-EXPORT_OF_A_COPY_BEING_COPIED = (
-    "export_image of a copy that is the source of a copy in flight answers "
-    "Image.ImageStatusForbidden; an imported image in the same state exports")
 
 # -- what the rules draw ------------------------------------------------------------------
 # Who acts: "owner" (the image's or job's owner) about half of the time, else any account.
@@ -118,7 +107,6 @@ class Figures:
     sequences = 0
     steps = 0
     answers: Counter[str] = Counter()  # "call -> ok" or "call -> code"
-    known_bugs: Counter[str] = Counter()
 
 
 class RulesMachine(RuleBasedStateMachine):
@@ -161,20 +149,14 @@ class RulesMachine(RuleBasedStateMachine):
         return (image.owner if image is not None else None) or "default"
 
     def _ask(self, what: str, call: Callable[[], Any], expected: Rejected | object,
-             known_bug: Callable[[ir.ImageRelayError], str | None] | None = None,
              ) -> tuple[Any, bool]:
         """Makes the call and compares its answer with the model's: (result, True) when
-        the call succeeded as the model expects, (None, False) when it failed as expected
-        (or as a known engine bug that `known_bug` names)."""
+        the call succeeded as the model expects, (None, False) when it failed as expected."""
         Figures.steps += 1
         try:
             result = call()
         except ir.ImageRelayError as err:
             Figures.answers[f"{what.split('(')[0]} -> {err.code}"] += 1
-            bug = known_bug(err) if known_bug is not None and not STRICT else None
-            if bug is not None:
-                Figures.known_bugs[bug] += 1
-                return None, False
             assert isinstance(expected, Rejected), (
                 f"{what}: {type(err).__name__} {err}; the model expects success")
             got = [p[0] for p in err.problems]
@@ -373,31 +355,16 @@ class RulesMachine(RuleBasedStateMachine):
         account = self._actor(actor, image)
         expected = self.model.check_read(account, image)
         cloud = self.clouds[account]
-        known = self.model.images.get(image)
         if export:
             out = self._file()
-
-            def copy_being_copied(err: ir.ImageRelayError) -> str | None:
-                return EXPORT_OF_A_COPY_BEING_COPIED if (
-                    err.code == "Image.ImageStatusForbidden" and known is not None
-                    and known.source_image_id is not None
-                    and self.model.status(known) == REPLICATING
-                    and not self.model.copy_in_flight(known)) else None
-
             got, ok = self._ask(f"export_image({image}) as {account}",
-                                lambda: cloud.export_image(image, out), expected,
-                                copy_being_copied)
+                                lambda: cloud.export_image(image, out), expected)
             if ok:
                 assert Path(got).read_bytes() == expected, f"export_image({image}): other bytes"
                 Path(got).unlink()
         else:
-            def copy_in_flight(err: ir.ImageRelayError) -> str | None:
-                return VERIFY_OF_A_COPY_IN_FLIGHT if (
-                    err.code == "Transfer.IntegrityError" and known is not None
-                    and self.model.copy_in_flight(known)) else None
-
             got, ok = self._ask(f"verify_image({image}) as {account}",
-                                lambda: cloud.verify_image(image), expected, copy_in_flight)
+                                lambda: cloud.verify_image(image), expected)
             if ok:
                 assert got == digest(expected), f"verify_image({image}): {got}"  # type: ignore
 
@@ -538,5 +505,3 @@ def test_rules_model() -> None:
           f"{time.monotonic() - started:.0f} s")
     for answer, count in sorted(Figures.answers.items()):
         print(f"  {count:6d}  {answer}")
-    for bug, count in Figures.known_bugs.items():
-        print(f"  known engine bug, met {count} times: {bug}")

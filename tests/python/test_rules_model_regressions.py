@@ -1,10 +1,9 @@
 """Sequences the model check (test_rules_model.py) found, shrunk by Hypothesis and written out
 as plain tests, each with the answer BCC's rules expect.
 
-The engine does not pass the ones marked xfail yet: they are reported wrong answers of the
-engine, outside the rules (cpp/src/engine/engine.cpp, `Engine::Verify` and
-`Engine::Export`). `strict=True`: once the engine is fixed they pass, the xfail fails, and
-the mark (and the tolerance in test_rules_model.py's KNOWN_ENGINE_BUGS) must go.
+The first two were wrong answers of the engine, outside the rules (`Engine::Verify` and
+`Engine::Export` told a copy in flight from a source being copied by `source_image_id`);
+fixed, they stay as regression tests.
 """
 
 from __future__ import annotations
@@ -33,10 +32,7 @@ def run_copies(home: Path) -> None:
         assert worker.wait_idle(timeout=120)
 
 
-# -- engine answers the model showed wrong (reported, not fixed yet) -----------------------
-@pytest.mark.xfail(strict=True, raises=ir.IntegrityError,
-                   reason="the engine answers Transfer.IntegrityError (the copy's manifest is "
-                          "not written yet) and its message says to scrub or delete the image")
+# -- engine answers the model showed wrong (fixed) -----------------------------------------
 def test_verify_of_a_copy_in_flight_is_refused_as_busy(idle: ir.Cloud, files: Path) -> None:
     # Shrunk: replicate(images_1, ['next']); read(owner, verify, images_2).
     image = idle.import_image(make_dense(files / "a.raw", 2 * BLOCK), region="gz", name="a")
@@ -48,10 +44,6 @@ def test_verify_of_a_copy_in_flight_is_refused_as_busy(idle: ir.Cloud, files: Pa
     assert idle.image(copy).status == "Replicating"
 
 
-@pytest.mark.xfail(strict=True, raises=ir.ImageBusyError,
-                   reason="Engine::Export takes any image with a source_image_id for a copy "
-                          "in flight: a copy that is the source of a copy of its own is "
-                          "refused while it is Replicating as a source")
 def test_a_copy_being_copied_exports_like_any_source(idle: ir.Cloud, home: Path,
                                                      files: Path) -> None:
     # Shrunk: replicate(images_0, ['next']); run_copies(); replicate(images_2, ['next']);
