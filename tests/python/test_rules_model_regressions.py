@@ -4,7 +4,8 @@ as plain tests, each with the answer BCC's rules expect.
 The engine does not pass the ones marked xfail yet: they are reported wrong answers of the
 engine, outside the rules (cpp/src/engine/engine.cpp, `Engine::Verify` and
 `Engine::Export`). `strict=True`: once the engine is fixed they pass, the xfail fails, and
-the mark (and the tolerance in test_rules_model.py's KNOWN_ENGINE_BUGS) must go.
+the mark (and its tolerance in test_rules_model.py: VERIFY_OF_A_COPY_IN_FLIGHT,
+EXPORT_OF_A_COPY_BEING_COPIED) must go.
 """
 
 from __future__ import annotations
