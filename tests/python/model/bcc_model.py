@@ -272,18 +272,9 @@ class Model:
         image = self.visible(account, image_id)
         if image is None:
             return Rejected(("NoSuchImage",))
-        codes = []
-        if image.owner is None:
-            # DESIGN.md §2: for a System image the type rule answers, never AccessDenied.
-            codes.append("Image.ImageNotSupportCopy")
-        elif image.owner != account:
-            # Reference §7: a custom image "can only be used, shared, replicated and deleted
-            # by the creator"; a recipient may not copy it.
-            codes.append("AccessDenied")
+        codes = self._owner_rules(account, image, "Image.ImageNotSupportCopy")
         if len(image.data) > self.limits.max_copy_bytes:
             codes.append("Image.LargeImageCopyForbidden")
-        if self.status(image) != AVAILABLE:
-            codes.append("Image.ImageStatusForbidden")
         if not to:
             codes.append("Image.DestRegionIsEmpty")
         elif any(r not in self.regions or r == image.region for r in to):
@@ -350,10 +341,15 @@ class Model:
 
     # -- share / unshare (DESIGN.md §2, reference §2 "Share" and §7) -----------------------
     def _owner_rules(self, account: str, image: Image, type_code: str) -> list[str]:
+        """The rules replicate, share, unshare and delete share: the owner's own `Custom`
+        image, `Available` (not `Replicating`: DESIGN.md §2)."""
         codes = []
         if image.owner is None:
+            # DESIGN.md §2: for a System image the type rule answers, never AccessDenied.
             codes.append(type_code)
         elif image.owner != account:
+            # Reference §7: a custom image "can only be used, shared, replicated and deleted
+            # by the creator"; a recipient may not do any of it.
             codes.append("AccessDenied")
         if self.status(image) != AVAILABLE:
             codes.append("Image.ImageStatusForbidden")
@@ -441,13 +437,7 @@ class Model:
         image = self.visible(account, image_id)
         if image is None:
             return Rejected(("NoSuchImage",))
-        codes = []
-        if image.owner is None:
-            codes.append("Image.UnCustomImageCannotBeDeleted")
-        elif image.owner != account:
-            codes.append("AccessDenied")  # reference §7: recipients cannot delete
-        if self.status(image) != AVAILABLE:
-            codes.append("Image.ImageStatusForbidden")
+        codes = self._owner_rules(account, image, "Image.UnCustomImageCannotBeDeleted")
         if image.shares:
             # Reference §7: "An image cannot be deleted until every share is cancelled".
             codes.append("Image.ImageHasBeenSharedToOthers")
