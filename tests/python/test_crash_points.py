@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from conftest import chunk_names, manifest_path, read_manifest, wait_until
 
 import imagerelay as ir
 
@@ -96,27 +95,14 @@ def restore(template: Path, home: Path) -> None:
     shutil.copytree(template, home, symlinks=True)
 
 
-def needed_blocks(region_root: Path, live_ids: set[str]) -> set[str]:
-    """The blocks the manifests of live images name (hex), from their binary form."""
-    needed = set()
-    for manifest in (region_root / "manifests").glob("*.bin"):
-        if manifest.stem not in live_ids:
-            continue
-        data = manifest.read_bytes()
-        body = data[64:-32]
-        for at in range(0, len(body), 32):
-            block = body[at:at + 32]
-            if any(block):
-                needed.add(block.hex())
-    return needed
-
-
-def indexed_blocks(region_root: Path) -> set[str]:
-    index = region_root / "index" / "blocks.sqlite"
-    if not index.exists():
-        return set()
-    with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as db:
-        return {row[0] for row in db.execute("SELECT hash FROM blocks")}
+def unneeded_blocks(home: Path, region: str, live_ids: set[str]) -> set[str]:
+    """The blocks the region's index holds that no live image's manifest names."""
+    needed: set[str] = set()
+    for image_id in live_ids:
+        path = manifest_path(home, region, image_id)
+        if path.exists():
+            needed.update(h for h in read_manifest(path)["chunks"] if h)
+    return chunk_names(home, region) - needed
 
 
 def check_invariants(home: Path, digests: set[str], op: str, step: str) -> None:
@@ -145,25 +131,18 @@ def check_invariants(home: Path, digests: set[str], op: str, step: str) -> None:
         for job in cloud.jobs():
             assert job.state not in ("Pending", "Running"), f"job {job.id} in flight {where}"
         seqs = [e.seq for e in cloud.events()]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True, \
+        assert all(b == a + 1 for a, b in zip(seqs, seqs[1:])), \
             f"the audit log has a gap {where}: {seqs}"
         live = {i.id for i in images.values() if i.status in LIVE}
-        # The sweeps run when the workers are idle: give them a moment.
+        # The sweeps run when the workers are idle, and a killed writer's temporary files go
+        # in the background once the home is open again: give them a moment.
         for region in cloud.regions:
-            root = home / "regions" / region.id
-            deadline = time.monotonic() + 20
-            while True:
-                extra = indexed_blocks(root) - needed_blocks(root, live)
-                if not extra or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            assert not extra, f"region {region.id} keeps {len(extra)} unneeded block(s) {where}"
-        # Removed in the background once the home is open again (their writer is gone).
-        deadline = time.monotonic() + 20
-        while (leftovers := list((home / "regions").rglob(".tmp-*"))) \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not leftovers, f"temporary files left {where}: {leftovers[:3]}"
+            wait_until(lambda r=region.id: not unneeded_blocks(home, r, live), interval=0.2,
+                       why=lambda r=region.id: f"region {r} keeps "
+                       f"{len(unneeded_blocks(home, r, live))} unneeded block(s) {where}")
+        wait_until(lambda: not list((home / "regions").rglob(".tmp-*")), interval=0.2,
+                   why=lambda: f"temporary files left {where}: "
+                   f"{list((home / 'regions').rglob('.tmp-*'))[:3]}")
 
 
 @pytest.mark.parametrize("op", list(OPS))
