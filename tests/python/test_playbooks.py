@@ -268,7 +268,9 @@ def test_killed_during_replicate_then_rerun(home: Path, book_dir: Path) -> None:
     record = next(iter(json.loads(state.read_text())["steps"]["copies"]["runs"].values()))
     assert record["status"] == "started"
 
-    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+    # The copy resumes as soon as the home opens; the bandwidth limit keeps it running
+    # (~7 s for what is left) until the rerun's copies step looks at it.
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK, bandwidth=256 * KiB)) as cloud:
         seq = last_seq(cloud)
         result = ir.Playbook.load(book_dir / EXAMPLE.name).run(
             cloud, vars={"image_file": str(golden_file)})
