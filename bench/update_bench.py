@@ -25,6 +25,7 @@ import datetime as dt
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -70,6 +71,7 @@ def timed(fn):
 
 
 def run(args) -> dict:
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     work = Path(tempfile.mkdtemp(prefix="ir-update-bench-", dir=args.workdir))
     try:
         images = build_chain(args, work)
@@ -83,11 +85,19 @@ def run(args) -> dict:
         home = work / "home"
         with ir.open(home) as cloud:
             v1, t_import1 = timed(lambda: cloud.import_image(images[0], region="bj", name="v1"))
-            job1, t_full = timed(lambda: v1.replicate(["gz"]).wait())
             v2, t_import2 = timed(lambda: cloud.import_image(images[1], region="bj", name="v2"))
-            job2, t_update = timed(lambda: v2.replicate(["gz"]).wait())
-            full, update = job1.tasks["gz"], job2.tasks["gz"]
-            assert job2.copies["gz"].verify() == v2.digest
+            # Each round: v1 to a fresh region (the full copy), then v2 to it (the update).
+            # Both sources are warm in the page cache, as right after a playbook's import.
+            t_fulls, t_updates = [], []
+            for n in range(args.rounds):
+                region = f"gz{n + 1}"
+                cloud.add_region(region, str(work / region))
+                job1, t_full = timed(lambda: v1.replicate([region]).wait())
+                job2, t_update = timed(lambda: v2.replicate([region]).wait())
+                assert job2.copies[region].verify() == v2.digest
+                t_fulls.append(t_full)
+                t_updates.append(t_update)
+            full, update = job1.tasks[region], job2.tasks[region]
             manifest = home / "regions" / "bj" / "manifests" / f"{v1.id}.bin"
             manifest_bytes = manifest.stat().st_size
             _, t_manifest = timed(lambda: v1.verify())
@@ -99,11 +109,12 @@ def run(args) -> dict:
                 cloud.import_image(image, region="chain", name=f"v{i}")
                 chain.append(region_bytes(work / "chain"))
         return {
+            "load": load,
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "command": shlex.join([sys.executable, os.path.relpath(sys.argv[0])] + sys.argv[1:]),
             "image_bytes": images[0].stat().st_size, "versions": len(images),
-            "rsync": rsync, "rsync_z_chain": rsync_z_chain, "full": full, "update": update, "t_full": t_full,
-            "t_update": t_update, "t_import1": t_import1, "t_import2": t_import2,
+            "rsync": rsync, "rsync_z_chain": rsync_z_chain, "full": full, "update": update, "t_fulls": t_fulls,
+            "t_updates": t_updates, "t_import1": t_import1, "t_import2": t_import2,
             "manifest_bytes": manifest_bytes, "t_verify": t_manifest, "chain": chain,
         }
     finally:
@@ -121,7 +132,10 @@ def write_report(path: Path, r: dict) -> None:
     one = r["chain"][0][0]
     last = r["chain"][-1][0]
     wire_vs_rsync = upd.bytes_sent / lit["literal"]
-    time_ratio = r["t_update"] / r["t_full"]
+    t_full, t_update = min(r["t_fulls"]), min(r["t_updates"])
+    time_ratio = t_update / t_full
+    median_ratio = statistics.median(r["t_updates"]) / statistics.median(r["t_fulls"])
+    runs = f"{len(r['t_fulls'])} rounds"
     lines = [
         "# Replicating an updated filesystem image (issue #12)",
         "",
@@ -139,15 +153,20 @@ def write_report(path: Path, r: dict) -> None:
         f"{lit['seconds']:.2f} |",
         f"| `{z['cmd']}` | {mib(z['sent'])} | – | {z['seconds']:.2f} |",
         f"| imagerelay replicate v2 (v1 there) | **{mib(upd.bytes_sent)}** | "
-        f"{mib(upd.bytes_transferred)} | {r['t_update']:.2f} |",
+        f"{mib(upd.bytes_transferred)} | {t_update:.3f} (best of {runs}; all: "
+        f"{', '.join(f'{t:.3f}' for t in r['t_updates'])}) |",
         f"| imagerelay replicate v1 (full copy) | {mib(full.bytes_sent)} | "
-        f"{mib(full.bytes_transferred)} | {r['t_full']:.2f} |",
+        f"{mib(full.bytes_transferred)} | {t_full:.3f} (best of {runs}; all: "
+        f"{', '.join(f'{t:.3f}' for t in r['t_fulls'])}) |",
         "",
         f"- Bytes on the wire vs rsync's literal data: **{wire_vs_rsync:.2f}x** "
         f"(target ≤ 1.0x: {'PASS' if wire_vs_rsync <= 1.0 else 'FAIL'}); vs rsync -z's bytes "
         f"sent: {upd.bytes_sent / z['sent']:.2f}x.",
-        f"- Time vs the full copy: **{time_ratio:.1%}** (target ≤ 10%: "
-        f"{'PASS' if time_ratio <= 0.10 else 'FAIL'}).",
+        f"- Time vs the full copy: **{time_ratio:.1%}** best vs best (target ≤ 10%: "
+        f"{'PASS' if time_ratio <= 0.10 else 'FAIL'}); {median_ratio:.1%} median vs median. "
+        f"Each round copies v1 to a fresh region, then v2 to it; both images are warm in "
+        f"the page cache (imported just before), as after a playbook's import step.",
+        f"- Load average at the start: {r['load']}.",
         f"- Imports into bj for reference: v1 {r['t_import1']:.2f} s, v2 {r['t_import2']:.2f} s.",
         "",
         "## Storage: every version in one region",
@@ -190,6 +209,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=12)
     p.add_argument("--allocator", choices=("fresh", "first-fit"), default="fresh")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    p.add_argument("--rounds", type=int, default=5, help="timed full + update copies")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "UPDATE_RESULTS.md")
     args = p.parse_args()
