@@ -685,12 +685,14 @@ TEST(LocalStoreTest, LeftoversOfDeadWritersGoAtOnceOthersWait) {
   store.PutManifest("m-abcd1234", OneChunkManifest(ha, a.size()));
   const fs::path prefix_dir = store.ChunkPath(ha).parent_path();
   const fs::path manifests = dir / "manifests";
+  const fs::path quarantine = dir / kQuarantineDir;  // a damaged block set aside (KeepAside)
+  fs::create_directory(quarantine);
   // A writer that died mid-write: a child process names its temporary files and exits.
   pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    for (const fs::path& tmp :
-         {prefix_dir / TempName(ha), manifests / TempName("m-abcd1234.json")}) {
+    for (const fs::path& tmp : {prefix_dir / TempName(ha), manifests / TempName("m-abcd1234.json"),
+                                quarantine / TempName(ha + ".1796141236")}) {
       int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
       if (fd < 0) ::_exit(1);
       ::close(fd);

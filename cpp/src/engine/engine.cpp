@@ -306,6 +306,9 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
     store = impl_->StoreForUri(uri);
   }
   store->Check();
+  // What an earlier add_region of the same place left when it was killed (its marker's
+  // temporary file): the region would otherwise keep it until the home's next open.
+  store->RemoveLeftovers();
   impl_->Write([&](CatalogTx& tx, PendingEvents&) {
     if (!tx.InsertRegion(region)) {
       ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");

@@ -222,10 +222,10 @@ void LocalStore::QuarantinePack(const std::string& name) {
 
 void LocalStore::KeepAside(const std::string& hash, std::span<const std::byte> bytes) {
   try {
-    ::mkdirat(OpenRoot().get(), "quarantine", 0700);
-    UniqueFd quarantine = OpenStoreDir("quarantine");  // never through a link
+    ::mkdirat(OpenRoot().get(), kQuarantineDir, 0700);
+    UniqueFd quarantine = OpenStoreDir(kQuarantineDir);  // never through a link
     if (!quarantine) return;
-    WriteFileAtomicallyAt(quarantine.get(), root_ / "quarantine",
+    WriteFileAtomicallyAt(quarantine.get(), root_ / kQuarantineDir,
                           hash + "." + std::to_string(::time(nullptr)), bytes, 0600);
   } catch (const TransferError&) {
     // best effort: taking the block out of use is what matters

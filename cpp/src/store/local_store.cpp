@@ -35,7 +35,6 @@ constexpr std::string_view kManifestSuffix = ".bin";
 constexpr const char* kChunksDir = "chunks";
 constexpr const char* kManifestsDir = "manifests";
 constexpr const char* kImagesDir = "images";
-constexpr const char* kQuarantineDir = "quarantine";  // damaged chunks kept for inspection
 // 2: images may be stored as blocks in packs, which releases that know version 1 cannot read.
 constexpr int kStoreMarkerVersion = 2;
 
@@ -136,7 +135,7 @@ std::string CheckStoreMarker(std::string_view text) {
 
 bool IsStoreDirName(std::string_view name) {
   return name == kChunksDir || name == kManifestsDir || name == kImagesDir || name == kPacksDir ||
-         name == kIndexDir || name == "quarantine";
+         name == kIndexDir || name == kQuarantineDir;
 }
 
 std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
@@ -327,7 +326,8 @@ void LocalStore::Check() {
 void LocalStore::RemoveLeftovers() {
   try {
     if (UniqueFd root{::open(root_.c_str(), kDirFlags)}) RemoveStaleTemps(root.get());
-    for (const char* sub : {kManifestsDir, kImagesDir, kPacksDir}) {
+    // quarantine/: a damaged block set aside by a writer that was killed (KeepAside).
+    for (const char* sub : {kManifestsDir, kImagesDir, kPacksDir, kQuarantineDir}) {
       if (UniqueFd dir = OpenStoreDir(sub)) RemoveStaleTemps(dir.get());
     }
     for (const char* fanned_out : {kChunksDir, kPacksDir}) {

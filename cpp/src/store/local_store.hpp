@@ -65,6 +65,8 @@ std::string CheckStoreMarker(std::string_view text);
 // Where the block store keeps its packs and its index (docs/data-plane-v2.md).
 inline constexpr const char* kPacksDir = "packs";
 inline constexpr const char* kIndexDir = "index";
+// Damaged chunks and blocks, and packs cut short, kept for inspection (never read again).
+inline constexpr const char* kQuarantineDir = "quarantine";
 // chunks, packs, index, manifests, images and quarantine: the directories a store keeps at
 // its root.
 bool IsStoreDirName(std::string_view name);
