@@ -80,7 +80,7 @@ class S3Server:
 #   | u32 count | SHA-256 of the entries | "IRPACK01"        (little-endian)
 # The helpers below read that footer from the bucket itself: what the bucket truly holds,
 # whatever the engine's local index cache says.
-PACK = 16 * MiB
+PACK = 16 * 2**20
 PACK_MAGIC = b"IRPACK01"
 PACK_ENTRY = struct.Struct("<32sQIIB")
 PACK_TRAILER = 4 + 32 + len(PACK_MAGIC)

@@ -36,9 +36,6 @@ from s3_server import FAULTS, FaultProxy, S3Server, moto_server
 import imagerelay as ir
 
 BLOCK = 4096
-# A source of a few blocks, one repeated, one a hole, a short last one: one pack, one read.
-SOURCE = os.urandom(3 * BLOCK) + bytes(BLOCK) + os.urandom(BLOCK // 2)
-SOURCE_DIGEST = "sha256:" + hashlib.sha256(SOURCE).hexdigest()
 PREFIX = "relay"
 MARKER = f"{PREFIX}/.imagerelay-store"
 
@@ -47,7 +44,13 @@ MARKER = f"{PREFIX}/.imagerelay-store"
 ACCEPTED: dict[str, set[str]] = {fault: {"ok"} for fault in FAULTS}
 
 DIRECTIONS = ("local-s3", "s3-local", "s3-s3")
-PHASES = ("plan", "read", "write", "commit", "sweep")
+# make test runs S3 -> S3, the direction whose copies make every phase's requests (every fault
+# x every phase, ~80 s here); IMAGERELAY_FAULTS_FULL=1 adds local -> S3 and S3 -> local.
+FULL = os.environ.get("IMAGERELAY_FAULTS_FULL") == "1"
+RUN_DIRECTIONS = DIRECTIONS if FULL else ("s3-s3",)
+# "read" first: an engine keeps the ranges of packs it read for a while, so that a copy that
+# follows reads none (each fault has a source of its own).
+PHASES = ("read", "plan", "write", "commit", "sweep")
 
 
 Match = Callable[[str, str], bool]  # (method, path) -> is it one of these requests?
@@ -88,6 +91,9 @@ def phase_requests(phase: str, src: str | None, dst: str | None) -> dict[str, Ma
         if src:
             kinds["GET of the source's manifest"] = objects(src, "GET", "manifests/")
         if dst:
+            kinds["PUT of the write probe"] = objects(dst, "PUT", ".imagerelay-probe-")
+            kinds["DELETE of the write probe"] = objects(dst, "DELETE", ".imagerelay-probe-")
+            kinds["GET of the store marker"] = objects(dst, "GET", ".imagerelay-store")
             kinds["listing of the destination's packs"] = listing(dst, "packs/")
     elif phase == "read" and src:
         kinds["ranged GET of a source pack"] = objects(src, "GET", "packs/")
@@ -114,10 +120,13 @@ class Setup:
     s3: S3Server
     proxy: FaultProxy
     source: ir.Image
+    digest: str
     src_bucket: str | None
     dst_bucket: str | None
     dest_region: str
     src_keys: list[str] = field(default_factory=list)
+    files: Path = Path()
+    digests: set[str] = field(default_factory=set)
     cells: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
@@ -145,17 +154,26 @@ def _open(s3: S3Server, home: Path, direction: str, files: Path) -> Setup:
                              f"&region=us-east-1&low_speed_time=1",
                              access_key_id=s3.access_key_id,
                              secret_access_key=s3.secret_access_key)
-    path = files / "source.raw"
-    path.write_bytes(SOURCE)
-    source = cloud.import_image(path, region="src" if src_bucket else "bj", name="source")
-    setup = Setup(home, cloud, s3, proxy, source, src_bucket, dst_bucket,
+    setup = Setup(home, cloud, s3, proxy, None, "", src_bucket, dst_bucket,  # type: ignore[arg-type]
                   "dst" if dst_bucket else "gz")
-    if src_bucket:
-        setup.src_keys = s3.keys(src_bucket)
+    setup.files = files
     return setup
 
 
-@pytest.fixture(scope="module", params=DIRECTIONS)
+def new_source(setup: Setup) -> None:
+    """A source of its own: a few blocks, one a hole, a short last one (one pack, one read)."""
+    data = os.urandom(3 * BLOCK) + bytes(BLOCK) + os.urandom(BLOCK // 2)
+    path = setup.files / "source.raw"
+    path.write_bytes(data)
+    setup.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    setup.digests.add(setup.digest)  # the sources of the faults before stay, each verified
+    setup.source = setup.cloud.import_image(path, region="src" if setup.src_bucket else "bj",
+                                            name="source")
+    if setup.src_bucket:
+        setup.src_keys = setup.s3.keys(setup.src_bucket)
+
+
+@pytest.fixture(scope="module", params=RUN_DIRECTIONS)
 def setup(request, s3: S3Server, tmp_path_factory) -> Iterator[Setup]:
     d = tmp_path_factory.mktemp(f"faults-{request.param}")
     s = _open(s3, d / "home", request.param, d)
@@ -174,7 +192,7 @@ def run_copy(setup: Setup) -> tuple[str, ir.Job]:
     if task.state == "Completed":
         copy = setup.cloud.image(task.dest_image_id)
         assert copy.status == "Available", copy
-        assert copy.verify() == SOURCE_DIGEST
+        assert copy.verify() == setup.digest
         return "ok", job
     assert task.state == "Failed", task.to_dict()
     assert task.error_code and task.error, task.to_dict()
@@ -218,7 +236,7 @@ def assert_clean(setup: Setup, where: str) -> None:
     if setup.src_bucket:
         assert setup.s3.keys(setup.src_bucket) == setup.src_keys, where
     assert not uploads_in_progress(setup), where
-    assert_settled(setup.cloud, {SOURCE_DIGEST}, where)
+    assert_settled(setup.cloud, setup.digests, where, unique_names=False)
     source = setup.cloud.image(setup.source.id)
     assert source.status == "Available", f"{where}: the source is {source.status}: {source.error}"
 
@@ -241,8 +259,9 @@ def run_cell(setup: Setup, fault: str, phase: str, direction: str) -> str:
         armed = [proxy.arm(fault, match) for match in kinds.values()]
         outcome, _ = run_copy(setup)
     proxy.disarm()
+    # A copy that failed may have stopped before some kinds; one that succeeded made them all.
     unseen = [kind for kind, a in zip(kinds, armed) if not a.seen]
-    assert not unseen, f"{where}: the phase made no {unseen}"
+    assert outcome != "ok" or not unseen, f"{where}: the phase made no {unseen}"
     if not any(a.fired for a in armed):
         outcome = "n/a"
     elif outcome not in ACCEPTED[fault]:
@@ -257,6 +276,7 @@ def run_cell(setup: Setup, fault: str, phase: str, direction: str) -> str:
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_matrix(setup: Setup, fault: str, request) -> None:
     direction = request.node.callspec.params["setup"]
+    new_source(setup)
     for phase in PHASES:
         RESULTS[(direction, fault, phase)] = run_cell(setup, fault, phase, direction)
 

@@ -164,7 +164,14 @@ void S3Store::ClaimPrefix() {
                             "; give a new or empty prefix, or one that holds a store");
   };
   if (std::optional<std::string> text = GetText(marker, "the store marker")) {
-    if (std::string problem = CheckStoreMarker(*text); !problem.empty()) not_a_store(problem);
+    // A marker that reads wrong is read again first: an answer cut short or damaged on the
+    // way must not make a store "not a store".
+    std::string problem = CheckStoreMarker(*text);
+    for (int read = 2; !problem.empty() && read <= kListAttempts; ++read) {
+      text = GetText(marker, "the store marker");
+      problem = text ? CheckStoreMarker(*text) : "its marker is gone";
+    }
+    if (!problem.empty()) not_a_store(problem);
     return;
   }
   // No marker: what the prefix holds at its top level, "directories" folded by the
