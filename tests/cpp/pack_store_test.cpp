@@ -44,6 +44,13 @@ class FaultyPacks : public PackFiles {
  public:
   explicit FaultyPacks(PackFiles& real) : real_(real) {}
   std::string fail_on;  // "put", "delete"
+  // As an object store's: reads cost a request, and their answers may be damaged on the way.
+  bool remote = false;
+  int flip_reads = 0;     // the next this many reads come back with one byte flipped
+  int hide_listings = 0;  // the next this many listings leave every pack out
+  int reads = 0;          // reads made
+
+  bool RemoteReads() const override { return remote; }
 
   void PutPack(const std::string& name, std::span<const std::byte> bytes,
                const CancelToken* cancel) override {
@@ -52,7 +59,13 @@ class FaultyPacks : public PackFiles {
   }
   bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
                 const CancelToken* cancel) override {
-    return real_.ReadPack(name, offset, out, cancel);
+    ++reads;
+    const bool whole = real_.ReadPack(name, offset, out, cancel);
+    if (whole && !out.empty() && flip_reads > 0) {
+      --flip_reads;
+      out[out.size() / 2] ^= std::byte{0x01};
+    }
+    return whole;
   }
   std::optional<PackStat> StatPack(const std::string& name) override {
     return real_.StatPack(name);
@@ -65,7 +78,13 @@ class FaultyPacks : public PackFiles {
     real_.DeletePack(name);
   }
   void QuarantinePack(const std::string& name) override { real_.QuarantinePack(name); }
-  std::vector<std::pair<std::string, uint64_t>> ListPacks() override { return real_.ListPacks(); }
+  std::vector<std::pair<std::string, uint64_t>> ListPacks() override {
+    if (hide_listings > 0) {
+      --hide_listings;
+      return {};
+    }
+    return real_.ListPacks();
+  }
   std::filesystem::path IndexFile() override { return real_.IndexFile(); }
 
  private:
@@ -79,10 +98,12 @@ struct Opened {
 };
 
 // A pack store on a local directory, with small packs so that tests see several.
-Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock) {
+// `remote`: its packs act as an object store's (FaultyPacks::remote) from the start.
+Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock, bool remote = false) {
   auto local = std::make_unique<LocalStore>(root);
   Opened opened;
   opened.faults = std::make_unique<FaultyPacks>(*local);
+  opened.faults->remote = remote;
   PackStoreOptions options;
   options.pack_size = pack_size;
   opened.store = std::make_unique<PackStore>(std::move(local), *opened.faults, options);
@@ -238,6 +259,66 @@ TEST(PackStoreTest, AReadOfACorruptBlockThrowsDamagedChunkError) {
     EXPECT_EQ(e.hash(), HashOf(a));
     EXPECT_NE(e.message().find("corrupt"), std::string::npos) << e.message();
   }
+}
+
+// Issue #16's fault matrix: a byte flipped on the wire of an object store's answer is not
+// the store's damage. It used to be: the block was forgotten and its images marked damaged.
+TEST(PackStoreTest, ARemoteReadDamagedOnTheWayIsReadAgainNotReportedAsDamage) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
+  std::vector<std::string> reported;
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
+  auto a = RandomBlock(1);
+  store->PutChunk(HashOf(a), a);
+  store->Flush();
+  faults->flip_reads = 1;
+  std::vector<std::byte> out;
+  store->GetChunk(HashOf(a), out);
+  EXPECT_EQ(out, a);
+  EXPECT_TRUE(reported.empty());
+  EXPECT_EQ(store->ListChunks(), std::vector<std::string>{HashOf(a)});
+  // Wrong every time: the store's damage after all.
+  faults->flip_reads = 100;
+  EXPECT_THROW(store->GetChunk(HashOf(a), out), DamagedChunkError);
+}
+
+TEST(PackStoreTest, APackLeftOutOfARemoteListingIsNotTakenForGone) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
+  std::vector<std::string> reported;
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
+  auto a = RandomBlock(1);
+  store->PutChunk(HashOf(a), a);
+  store->Flush();
+  faults->hide_listings = 1;  // an answer cut short on the way, parsed as "no pack"
+  store->Check();             // reconciles the index with the listing
+  EXPECT_TRUE(reported.empty());
+  EXPECT_TRUE(store->HasChunkOfLength(HashOf(a), a.size()));
+  // Gone for real (a HEAD says so): its blocks are reported.
+  for (const auto& pack : PackFilesIn(dir.path())) fs::remove(pack);
+  store->Check();
+  EXPECT_EQ(reported, std::vector<std::string>{HashOf(a)});
+}
+
+TEST(PackStoreTest, ARemoteFooterDamagedOnTheWayIsReadAgainNotSetAside) {
+  ScratchDir dir;
+  auto a = RandomBlock(1);
+  {
+    auto [faults, store] = OpenPacked(dir.path());
+    store->PutChunk(HashOf(a), a);
+    store->Flush();
+  }
+  fs::remove_all(dir / "index");
+  auto local = std::make_unique<LocalStore>(dir.path());
+  FaultyPacks faults(*local);
+  faults.remote = true;
+  faults.flip_reads = 2;  // both reads of the footer (its trailer, then all of it)
+  PackStore store(std::move(local), faults);
+  store.Check();  // indexes the pack from its footer
+  EXPECT_EQ(PackFilesIn(dir.path()).size(), 1u);
+  EXPECT_EQ(store.ListChunks(), std::vector<std::string>{HashOf(a)});
 }
 
 TEST(PackStoreTest, AVanishedPackReportsItsBlocks) {

@@ -155,7 +155,11 @@ def manifest_path(home: Path, region: str, image_id: str) -> Path:
 def read_manifest(path: Path) -> dict:
     """A stored manifest (docs/data-plane-v2.md): a 64-byte header, 32 bytes per block (all
     zero = a hole), then the SHA-256 of everything before it."""
-    data = path.read_bytes()
+    return parse_manifest(path.read_bytes())
+
+
+def parse_manifest(data: bytes) -> dict:
+    """read_manifest of a manifest's bytes (e.g. from a bucket)."""
     assert data[:8] == b"IRMANIF1"
     assert hashlib.sha256(data[:-32]).digest() == data[-32:], "the manifest's checksum"
     block_size, _, size = struct.unpack_from("<IIQ", data, 8)

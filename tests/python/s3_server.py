@@ -9,11 +9,14 @@ be signed with that key.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import os
 import random
+import re
 import socket
 import socketserver
+import struct
 import subprocess
 import threading
 import time
@@ -68,6 +71,90 @@ class S3Server:
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             out += [o["Key"] for o in page.get("Contents", [])]
         return out
+
+
+# -- what a bucket holds ----------------------------------------------------------------
+# A region keeps its chunks (blocks) inside pack objects <prefix>/packs/<xx>/<name>
+# (cpp/src/store/pack.hpp), each ending with a footer that lists its blocks:
+#   entries (49 B each: hash, u64 offset, u32 stored length, u32 raw length, u8 codec)
+#   | u32 count | SHA-256 of the entries | "IRPACK01"        (little-endian)
+# The helpers below read that footer from the bucket itself: what the bucket truly holds,
+# whatever the engine's local index cache says.
+PACK = 16 * 2**20
+PACK_MAGIC = b"IRPACK01"
+PACK_ENTRY = struct.Struct("<32sQIIB")
+PACK_TRAILER = 4 + 32 + len(PACK_MAGIC)
+CODEC_RAW, CODEC_ZSTD = 0, 1
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    pack: str  # the object's key
+    offset: int
+    stored_length: int
+    raw_length: int
+    codec: int
+
+
+def pack_sizes(s3: S3Server, bucket: str, prefix: str = "relay") -> dict[str, int]:
+    """The pack objects of a region: key -> size."""
+    sizes: dict[str, int] = {}
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                  Prefix=f"{prefix}/packs/")
+    for page in pages:
+        for o in page.get("Contents", []):
+            name = o["Key"].rsplit("/", 1)[1]
+            if re.fullmatch(r"[0-9a-f]{32}", name) and o["Key"].endswith(f"/{name[:2]}/{name}"):
+                sizes[o["Key"]] = o["Size"]
+    return sizes
+
+
+def pack_keys(s3: S3Server, bucket: str, prefix: str = "relay") -> list[str]:
+    return sorted(pack_sizes(s3, bucket, prefix))
+
+
+def parse_pack_footer(key: str, tail: bytes, size: int) -> list[tuple[str, StoredBlock]]:
+    """The blocks a pack's footer lists; ``tail`` is the pack's last bytes (at least its
+    footer). Fails the test if the footer is torn or does not match its digest."""
+    assert tail[-len(PACK_MAGIC):] == PACK_MAGIC, f"{key} does not end with a pack footer"
+    count = int.from_bytes(tail[-PACK_TRAILER:-PACK_TRAILER + 4], "little")
+    entries = tail[-PACK_TRAILER - count * PACK_ENTRY.size:-PACK_TRAILER]
+    assert len(entries) == count * PACK_ENTRY.size, f"{key}: footer cut short"
+    assert hashlib.sha256(entries).digest() == tail[-len(PACK_MAGIC) - 32:-len(PACK_MAGIC)], key
+    blocks = []
+    for i in range(count):
+        digest, offset, stored, raw, codec = PACK_ENTRY.unpack_from(entries, i * PACK_ENTRY.size)
+        assert offset + stored <= size - len(entries) - PACK_TRAILER, f"{key}: block past its end"
+        blocks.append((digest.hex(), StoredBlock(key, offset, stored, raw, codec)))
+    return blocks
+
+
+def pack_blocks(s3: S3Server, bucket: str, prefix: str = "relay") -> list[tuple[str, StoredBlock]]:
+    """Every (block hash, where) that the footers of a region's packs list, duplicates kept."""
+    client = s3.client()
+    out = []
+    for key, size in sorted(pack_sizes(s3, bucket, prefix).items()):
+        # Two ranged GETs: the fixed trailer (it gives the count), then the whole footer.
+        try:
+            trailer = client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={size - PACK_TRAILER}-{size - 1}")
+            count = int.from_bytes(trailer["Body"].read()[:4], "little")
+            footer = PACK_TRAILER + count * PACK_ENTRY.size
+            tail = client.get_object(Bucket=bucket, Key=key,
+                                     Range=f"bytes={size - footer}-{size - 1}")["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue  # swept since it was listed
+        out += parse_pack_footer(key, tail, size)
+    return out
+
+
+def stored_blocks(s3: S3Server, bucket: str, prefix: str = "relay") -> dict[str, StoredBlock]:
+    """The blocks an S3 region holds, by hash, as its packs' footers list them."""
+    return dict(pack_blocks(s3, bucket, prefix))
+
+
+def block_hashes(s3: S3Server, bucket: str, prefix: str = "relay") -> set[str]:
+    return set(stored_blocks(s3, bucket, prefix))
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
@@ -131,23 +218,65 @@ def moto_server(tls: tuple[Path, Path] | None = None) -> Iterator[S3Server]:
 
 
 # -- the fault proxy ----------------------------------------------------------------------
-SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
-            b"<Message>Please reduce your request rate.</Message></Error>")
+def _error_xml(code: str, message: str) -> bytes:
+    return (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>"
+            f"<Message>{message}</Message></Error>").encode()
+
+
+SLOWDOWN = _error_xml("SlowDown", "Please reduce your request rate.")
+INTERNAL_ERROR = _error_xml("InternalError", "We encountered an internal error. Please try again.")
+SERVICE_UNAVAILABLE = _error_xml("ServiceUnavailable", "Please reduce your request rate.")
 INVALID_REQUEST = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidRequest</Code>"
                    b"<Message>Unsupported header</Message></Error>")
+SHA256_MISMATCH = _error_xml("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' "
+                             "header does not match what was computed.")
+
+# The faults the proxy injects, and what each does to one request:
+FAULTS = {
+    "drop": "the connection is closed before the request reaches the server",
+    "reset": "the server takes the request; its answer is cut by a TCP reset half-way",
+    "error500": "the server takes the request; the proxy answers 500 InternalError instead",
+    "error503": "503 ServiceUnavailable, the request not forwarded",
+    "slowdown": "503 SlowDown, the request not forwarded",
+    "truncate": "the answer is cut short (half of its body, or of its head if it has no "
+                "body) and the connection closed",
+    "stall": "the server takes the request; the answer waits stall_seconds",
+    "length_more": "Content-Length says 10 bytes more than the body sent, then the connection "
+                   "closes",
+    "length_less": "Content-Length says half of the body, all of which is sent",
+    "corrupt": "one byte of the answer's body is flipped",
+    "corrupt_request": "one byte of the request's body is flipped on its way to the server",
+}
+
+
+@dataclass
+class Armed:
+    """A fault for the ``nth`` request that ``match(method, path)`` accepts, and the
+    ``times - 1`` matching requests after it: deterministic, unlike ``faults``."""
+    fault: str
+    match: Callable[[str, str], bool]
+    nth: int = 1
+    times: int = 1
+    seen: int = 0   # matching requests so far
+    fired: int = 0  # of them given the fault (a fault that cannot apply to a request, such
+    #                 as a corrupted byte of an empty body, does not count)
 
 
 class FaultProxy:
-    """An HTTP/1.1 proxy on 127.0.0.1 that forwards each request to the server and, with the
-    configured probabilities, drops the connection, answers 503 SlowDown, truncates the
-    response body or stalls before answering. ``faults`` may be changed at any time;
-    ``fault_filter(method, path)`` limits them to the requests it accepts. The request lines
-    and headers seen are kept in ``requests`` (secrets in them are the tests' own)."""
+    """An HTTP/1.1 proxy on 127.0.0.1 that forwards each request to the server and injects
+    faults (FAULTS): either with the probabilities of ``faults`` (limited to the requests
+    ``fault_filter(method, path)`` accepts), or deterministically once ``arm``ed. The request
+    lines and headers seen are kept in ``requests`` (secrets in them are the tests' own).
+
+    Like S3, and unlike moto, the proxy refuses a request whose body does not hash to its
+    signed x-amz-content-sha256 (400 XAmzContentSHA256Mismatch): the server's own check that
+    a body corrupted on the way is caught by."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults: dict[str, float] = {}
         self.fault_filter: Callable[[str, str], bool] | None = None
+        self.armed: list[Armed] = []
         self.stall_seconds = 2.0
         self.stalls_over = threading.Event()  # set: every stall ends now (and at close)
         # Requests carrying any of these headers get 400 InvalidRequest, as from an older
@@ -178,17 +307,41 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _pick(self, method: str, path: str) -> str | None:
+    def arm(self, fault: str, match: Callable[[str, str], bool], nth: int = 1,
+            times: int = 1) -> Armed:
+        assert fault in FAULTS, fault
+        armed = Armed(fault, match, nth, times)
         with self.lock:
+            self.armed.append(armed)
+        return armed
+
+    def disarm(self) -> None:
+        with self.lock:
+            self.armed.clear()
+
+    def _pick(self, method: str, path: str) -> tuple[str | None, Armed | None]:
+        with self.lock:
+            for armed in self.armed:
+                if armed.match(method, path):
+                    armed.seen += 1
+                    if armed.nth <= armed.seen < armed.nth + armed.times:
+                        return armed.fault, armed
             if self.fault_filter is not None and not self.fault_filter(method, path):
-                return None
+                return None, None
             r = self.rng.random()
             for name, p in self.faults.items():
                 if r < p:
                     self.counts[name] = self.counts.get(name, 0) + 1
-                    return name
+                    return name, None
                 r -= p
-        return None
+        return None, None
+
+    def _fired(self, fault: str, armed: Armed | None) -> None:
+        if armed is None:
+            return  # counted when picked
+        with self.lock:
+            armed.fired += 1
+            self.counts[fault] = self.counts.get(fault, 0) + 1
 
     @staticmethod
     def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
@@ -212,6 +365,17 @@ class FaultProxy:
         del buf[:head_end + length]
         return request
 
+    @staticmethod
+    def _answer(status: str, body: bytes) -> bytes:
+        return (f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    @staticmethod
+    def _reset(conn: socket.socket) -> None:
+        """Closes with a TCP reset (RST), not a clean FIN."""
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
         try:
@@ -219,31 +383,43 @@ class FaultProxy:
                 request = self._read_request(conn, buf)
                 if request is None:
                     return
-                head_lines = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+                head_bytes, _, body = request.partition(b"\r\n\r\n")
+                head_lines = head_bytes.decode("latin-1").split("\r\n")
                 method, path = head_lines[0].split(" ")[:2]
                 sent = {k.strip().lower(): v.strip() for k, _, v in
                         (line.partition(":") for line in head_lines[1:])}
                 with self.lock:
                     self.requests.append((method, path, sent))
                 if self.refused_headers & sent.keys():
-                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n"
-                                 b"Content-Length: " + str(len(INVALID_REQUEST)).encode() +
-                                 b"\r\n\r\n" + INVALID_REQUEST)
+                    conn.sendall(self._answer("400 Bad Request", INVALID_REQUEST))
                     continue
-                fault = self._pick(method, path)
+                fault, armed = self._pick(method, path)
                 if fault == "drop":
+                    self._fired(fault, armed)
                     return  # close without an answer
-                if fault == "slowdown":
-                    conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                                 b"Content-Length: " + str(len(SLOWDOWN)).encode() +
-                                 b"\r\n\r\n" + SLOWDOWN)
+                if fault in ("slowdown", "error503"):
+                    self._fired(fault, armed)
+                    conn.sendall(self._answer("503 Slow Down" if fault == "slowdown" else
+                                              "503 Service Unavailable",
+                                              SLOWDOWN if fault == "slowdown"
+                                              else SERVICE_UNAVAILABLE))
+                    continue
+                if fault == "corrupt_request" and body:
+                    self._fired(fault, armed)
+                    i = len(body) // 2
+                    body = body[:i] + bytes([body[i] ^ 0x01]) + body[i + 1:]
+                    request = head_bytes + b"\r\n\r\n" + body
+                claimed = sent.get("x-amz-content-sha256", "")
+                if (len(claimed) == 64 and body
+                        and hashlib.sha256(body).hexdigest() != claimed.lower()):
+                    conn.sendall(self._answer("400 Bad Request", SHA256_MISMATCH))
                     continue
                 up = socket.create_connection(("127.0.0.1", self.upstream_port))
                 try:
                     up.sendall(request)
                     resp = http.client.HTTPResponse(up, method=method)
                     resp.begin()
-                    body = resp.read()
+                    answer = resp.read()
                     headers = [(k, v) for k, v in resp.getheaders()
                                if k.lower() not in ("transfer-encoding", "connection",
                                                     "content-length")]
@@ -252,16 +428,42 @@ class FaultProxy:
                     length = resp.getheader("content-length") if method == "HEAD" else None
                 finally:
                     up.close()
+                if fault == "error500":
+                    self._fired(fault, armed)
+                    conn.sendall(self._answer("500 Internal Server Error", INTERNAL_ERROR))
+                    continue
+                if fault == "corrupt" and answer:
+                    self._fired(fault, armed)
+                    i = len(answer) // 2
+                    answer = answer[:i] + bytes([answer[i] ^ 0x01]) + answer[i + 1:]
+                declared = length if length is not None else str(len(answer))
+                if fault == "length_more" and method != "HEAD":
+                    self._fired(fault, armed)
+                    declared = str(len(answer) + 10)
+                if fault == "length_less" and method != "HEAD" and answer:
+                    self._fired(fault, armed)
+                    declared = str(len(answer) // 2)
                 head = f"HTTP/1.1 {status} {reason}\r\n"
                 for k, v in headers:
                     head += f"{k}: {v}\r\n"
-                head += f"Content-Length: {length if length is not None else len(body)}\r\n\r\n"
+                head += f"Content-Length: {declared}\r\n\r\n"
+                whole = head.encode() + answer
                 if fault == "stall":
+                    self._fired(fault, armed)
                     self.stalls_over.wait(self.stall_seconds)
-                if fault == "truncate" and len(body) > 1:
-                    conn.sendall(head.encode() + body[:len(body) // 2])
+                if fault == "reset":
+                    self._fired(fault, armed)
+                    conn.sendall(whole[:len(whole) // 2])
+                    self._reset(conn)
                     return
-                conn.sendall(head.encode() + body)
+                if fault == "truncate":
+                    self._fired(fault, armed)
+                    conn.sendall(whole[:len(head) + len(answer) // 2] if len(answer) > 1
+                                 else whole[:len(head) // 2])
+                    return
+                conn.sendall(whole)
+                if fault in ("length_more", "length_less") and (armed is None or armed.fired):
+                    return  # the connection's framing is lost: close it
         except OSError:
             return
         finally:

@@ -4,14 +4,9 @@ Each operation runs in a child process whose N-th passing of a fail point (cpp/s
 fail_point.hpp: a file renamed into place, a pack committed, a catalog or index commit, a
 delete...) ends it with _exit, as kill -9 would, for N = 1, 2, ... until the operation
 passes all its steps. After each crash the home is opened again (which recovers imports and
-resumes copies), and what a user relies on is checked:
-
-- every Available image holds exactly the bytes imported (verify: every block and the
-  digest, which must be the source file's SHA-256);
-- no copy or import stays in flight, and none appears twice;
-- the audit log has no gap;
-- once the sweeps have run, a region indexes no block that no live image needs, and no
-  temporary file is left in it.
+resumes copies), and what a user relies on is checked (invariants.py): every Available
+image holds exactly the bytes imported, nothing stays in flight or appears twice, the audit
+log has no gap, and once the sweeps have run no unneeded block or temporary file is left.
 
 IMAGERELAY_CRASH_STRIDE=K (default 1: every step) tries every K-th step only.
 """
@@ -27,14 +22,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import (chunk_names, damage_block, manifest_path, read_manifest, region_root,
-                      wait_until)
+from conftest import damage_block, manifest_path, read_manifest, region_root
+from invariants import check_invariants
 
 import imagerelay as ir
 
 FAIL_EXIT = 86  # kFailPointExitCode
 STRIDE = max(1, int(os.environ.get("IMAGERELAY_CRASH_STRIDE", "1")))
-LIVE = {"Creating", "Available", "Replicating", "NotAvailable"}
 
 # The operations, as the child runs them on a home made by SETUP (then DAMAGE, in this
 # process). The source files: a.raw (3 MiB of random bytes), b.raw (a.raw with its middle
@@ -187,56 +181,6 @@ def restore(template: Path, home: Path) -> None:
     export_target(home).parent.mkdir()
 
 
-def unneeded_blocks(home: Path, region: str, live_ids: set[str]) -> set[str]:
-    """The blocks the region's index holds that no live image's manifest names."""
-    needed: set[str] = set()
-    for image_id in live_ids:
-        path = manifest_path(home, region, image_id)
-        if path.exists():
-            needed.update(h for h in read_manifest(path)["chunks"] if h)
-    return chunk_names(home, region) - needed
-
-
-def check_invariants(home: Path, digests: set[str], op: str, step: str) -> None:
-    where = f"after a crash at {step} during {op}"
-    with ir.open(home) as cloud:
-        assert cloud.wait_idle(timeout=120), f"copies still in flight {where}"
-        admin_views = [cloud] + [cloud.as_account(a.id) for a in cloud.accounts
-                                 if a.id != cloud.account]
-        images = {}
-        for view in admin_views:
-            for image in view.images():
-                images[image.id] = image
-        for image in images.values():
-            assert image.status not in ("Creating", "Replicating"), \
-                f"{image.id} stays {image.status} {where}"
-            if image.status == "Available":
-                assert image.verify() in digests, f"{image.id} holds wrong bytes {where}"
-        # Nothing twice: one image per (region, name) for what these operations make.
-        seen = {}
-        for image in images.values():
-            if image.status != "Available":
-                continue
-            key = (image.region, image.name)
-            assert key not in seen, f"{key} appears twice ({seen.get(key)}, {image.id}) {where}"
-            seen[key] = image.id
-        for job in cloud.jobs():
-            assert job.state not in ("Pending", "Running"), f"job {job.id} in flight {where}"
-        seqs = [e.seq for e in cloud.events()]
-        assert all(b == a + 1 for a, b in zip(seqs, seqs[1:])), \
-            f"the audit log has a gap {where}: {seqs}"
-        live = {i.id for i in images.values() if i.status in LIVE}
-        # The sweeps run when the workers are idle, and a killed writer's temporary files go
-        # in the background once the home is open again: give them a moment.
-        for region in cloud.regions:
-            wait_until(lambda r=region.id: not unneeded_blocks(home, r, live), interval=0.2,
-                       why=lambda r=region.id: f"region {r} keeps "
-                       f"{len(unneeded_blocks(home, r, live))} unneeded block(s) {where}")
-        wait_until(lambda: not list((home / "regions").rglob(".tmp-*")), interval=0.2,
-                   why=lambda: f"temporary files left {where}: "
-                   f"{list((home / 'regions').rglob('.tmp-*'))[:3]}")
-
-
 @pytest.mark.parametrize("op", list(OPS))
 def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path):
     src, digests = sources
@@ -276,7 +220,7 @@ def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path):
             assert done.returncode == 0, f"{AGAIN[op]} {where}: {done.stderr}"
         if op == "export":
             check_after_export(home, src, where)
-        check_invariants(home, digests, op, f"step {n} ({steps[n - 1]})")
+        check_invariants(home, digests, where)
     assert crashed > 0
 
 

@@ -8,14 +8,11 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import signal
-import struct
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,7 +28,17 @@ from conftest import (
     read_result,
     wait_until,
 )
-from s3_server import FaultProxy, S3Server, moto_server
+from s3_server import (
+    CODEC_RAW,
+    PACK,
+    FaultProxy,
+    S3Server,
+    block_hashes,
+    moto_server,
+    pack_blocks,
+    pack_keys,
+    stored_blocks,
+)
 
 import imagerelay as ir
 
@@ -69,89 +76,6 @@ def add_s3_region(cloud: ir.Cloud, s3: S3Server, region: str, bucket: str,
                   **kwargs: str) -> ir.Region:
     return cloud.add_region(region, s3_uri(s3, bucket, **kwargs), access_key_id=s3.access_key_id,
                             secret_access_key=s3.secret_access_key)
-
-
-# A region keeps its chunks (64 KiB blocks) inside pack objects <prefix>/packs/<xx>/<name>
-# (cpp/src/store/pack.hpp), each ending with a footer that lists its blocks:
-#   entries (49 B each: hash, u64 offset, u32 stored length, u32 raw length, u8 codec)
-#   | u32 count | SHA-256 of the entries | "IRPACK01"        (little-endian)
-# The helpers below read that footer from the bucket itself: what the bucket truly holds,
-# whatever the engine's local index cache says.
-PACK = 16 * MiB
-PACK_MAGIC = b"IRPACK01"
-PACK_ENTRY = struct.Struct("<32sQIIB")
-PACK_TRAILER = 4 + 32 + len(PACK_MAGIC)
-CODEC_RAW, CODEC_ZSTD = 0, 1
-
-
-@dataclass(frozen=True)
-class StoredBlock:
-    pack: str  # the object's key
-    offset: int
-    stored_length: int
-    raw_length: int
-    codec: int
-
-
-def pack_sizes(s3: S3Server, bucket: str, prefix: str = "relay") -> dict[str, int]:
-    """The pack objects of a region: key -> size."""
-    sizes: dict[str, int] = {}
-    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                  Prefix=f"{prefix}/packs/")
-    for page in pages:
-        for o in page.get("Contents", []):
-            name = o["Key"].rsplit("/", 1)[1]
-            if re.fullmatch(r"[0-9a-f]{32}", name) and o["Key"].endswith(f"/{name[:2]}/{name}"):
-                sizes[o["Key"]] = o["Size"]
-    return sizes
-
-
-def pack_keys(s3: S3Server, bucket: str, prefix: str = "relay") -> list[str]:
-    return sorted(pack_sizes(s3, bucket, prefix))
-
-
-def parse_pack_footer(key: str, tail: bytes, size: int) -> list[tuple[str, StoredBlock]]:
-    """The blocks a pack's footer lists; ``tail`` is the pack's last bytes (at least its
-    footer). Fails the test if the footer is torn or does not match its digest."""
-    assert tail[-len(PACK_MAGIC):] == PACK_MAGIC, f"{key} does not end with a pack footer"
-    count = int.from_bytes(tail[-PACK_TRAILER:-PACK_TRAILER + 4], "little")
-    entries = tail[-PACK_TRAILER - count * PACK_ENTRY.size:-PACK_TRAILER]
-    assert len(entries) == count * PACK_ENTRY.size, f"{key}: footer cut short"
-    assert hashlib.sha256(entries).digest() == tail[-len(PACK_MAGIC) - 32:-len(PACK_MAGIC)], key
-    blocks = []
-    for i in range(count):
-        digest, offset, stored, raw, codec = PACK_ENTRY.unpack_from(entries, i * PACK_ENTRY.size)
-        assert offset + stored <= size - len(entries) - PACK_TRAILER, f"{key}: block past its end"
-        blocks.append((digest.hex(), StoredBlock(key, offset, stored, raw, codec)))
-    return blocks
-
-
-def pack_blocks(s3: S3Server, bucket: str, prefix: str = "relay") -> list[tuple[str, StoredBlock]]:
-    """Every (block hash, where) that the footers of a region's packs list, duplicates kept."""
-    client = s3.client()
-    out = []
-    for key, size in sorted(pack_sizes(s3, bucket, prefix).items()):
-        # Two ranged GETs: the fixed trailer (it gives the count), then the whole footer.
-        try:
-            trailer = client.get_object(
-                Bucket=bucket, Key=key, Range=f"bytes={size - PACK_TRAILER}-{size - 1}")
-            count = int.from_bytes(trailer["Body"].read()[:4], "little")
-            footer = PACK_TRAILER + count * PACK_ENTRY.size
-            tail = client.get_object(Bucket=bucket, Key=key,
-                                     Range=f"bytes={size - footer}-{size - 1}")["Body"].read()
-        except client.exceptions.NoSuchKey:
-            continue  # swept since it was listed
-        out += parse_pack_footer(key, tail, size)
-    return out
-
-
-def stored_blocks(s3: S3Server, bucket: str, prefix: str = "relay") -> dict[str, StoredBlock]:
-    """The blocks an S3 region holds, by hash, as its packs' footers list them."""
-    return dict(pack_blocks(s3, bucket, prefix))
-
-
-def block_hashes(s3: S3Server, bucket: str, prefix: str = "relay") -> set[str]:
-    return set(stored_blocks(s3, bucket, prefix))
 
 
 def image_blocks(path: Path) -> set[str]:

@@ -255,7 +255,17 @@ HttpResponse S3Client::Perform(Call call, const CancelToken* cancel) {
     auto sign = [&](HttpRequest& r) {
       if (!std::exchange(first, false)) r.headers = Signed(call, std::time(nullptr)).headers;
     };
-    response = http_.Request(request, sign, cancel, call.attempts);
+    // S3 also refuses, with a 400, a body that reached it damaged or cut short
+    // (XAmzContentSHA256Mismatch, BadDigest, IncompleteBody) or too slowly (RequestTimeout):
+    // the bytes here are right, so the request is sent again.
+    for (int round = 1;; ++round) {
+      response = http_.Request(request, sign, cancel, call.attempts);
+      if (response.status != 400 || round >= call.attempts ||
+          !IsTransientCode(XmlFirst(response.body, "Code"))) {
+        break;
+      }
+      http_.SleepBackoff(round, cancel);
+    }
   }
   if (writes) FailPoint("s3.written");
   return response;
@@ -288,7 +298,8 @@ std::string S3Client::Reason(const HttpResponse& response) {
 
 bool S3Client::IsTransientCode(std::string_view code) {
   return code == "InternalError" || code == "SlowDown" || code == "ServiceUnavailable" ||
-         code == "RequestTimeout";
+         code == "RequestTimeout" || code == "XAmzContentSHA256Mismatch" || code == "BadDigest" ||
+         code == "IncompleteBody";
 }
 
 }  // namespace imagerelay

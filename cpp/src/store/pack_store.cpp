@@ -31,6 +31,23 @@ constexpr int kMaxSealing = 4;
 constexpr uint64_t kCommitBytes = 64ULL << 20;
 // Groups staged while one is committed, at most: writers wait beyond that.
 constexpr uint64_t kMaxStagedGroups = 4;
+// Reads of a block from an object store before a wrong answer counts as damage (see
+// ReadBlock).
+constexpr int kRemoteReads = 3;
+
+// True if every one of `entries` decodes from `whole` (a pack's bytes) to its hash.
+bool AllDecode(std::span<const std::byte> whole, const std::vector<PackEntry>& entries,
+               const std::string& where) {
+  std::vector<std::byte> raw;
+  for (const PackEntry& entry : entries) {
+    try {
+      DecodeBlock(whole.subspan(entry.offset, entry.stored_length), entry, raw, where);
+    } catch (const DamagedChunkError&) {
+      return false;
+    }
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -166,28 +183,42 @@ PackStore::Lost PackStore::ReconcileLocked() {
     if (!indexed.contains(name)) IndexFromFooter(name, size);
   }
   for (const auto& [name, size] : indexed) {
-    if (!held.contains(name)) ForgetVanishedLocked(name, lost);
+    if (held.contains(name)) continue;
+    // A listing is not proof: an answer damaged on the way may leave a pack out. A HEAD is.
+    if (packs_.RemoteReads() && packs_.StatPack(name)) continue;
+    ForgetVanishedLocked(name, lost);
   }
   return lost;
 }
 
 bool PackStore::IndexFromFooter(const std::string& pack, uint64_t size) {
-  std::vector<std::byte> tail(static_cast<size_t>(std::min<uint64_t>(size, kPackTrailerSize)));
-  try {
-    if (!packs_.ReadPack(pack, size - tail.size(), tail, nullptr)) return false;
-    const uint64_t footer = PackFooterSize(tail, Where(pack));
-    if (footer > size) {
-      throw IntegrityError(codes::kIntegrityError, Where(pack) + " is shorter than its footer");
+  // An object store's listing (the size) and answers (the footer) may be damaged on the way:
+  // there, a footer found wrong is read again, at the size a HEAD gives, before the pack is
+  // set aside (which deletes it from a bucket).
+  for (int read = 1;; ++read) {
+    std::vector<std::byte> tail(static_cast<size_t>(std::min<uint64_t>(size, kPackTrailerSize)));
+    try {
+      if (!packs_.ReadPack(pack, size - tail.size(), tail, nullptr)) return false;
+      const uint64_t footer = PackFooterSize(tail, Where(pack));
+      if (footer > size) {
+        throw IntegrityError(codes::kIntegrityError, Where(pack) + " is shorter than its footer");
+      }
+      tail.resize(static_cast<size_t>(footer));
+      if (!packs_.ReadPack(pack, size - footer, tail, nullptr)) return false;
+      index_->AddPack(pack, size, ParsePackFooter(tail, size, Where(pack)));
+      return true;
+    } catch (const IntegrityError& e) {
+      if (packs_.RemoteReads() && read < kRemoteReads) {
+        std::optional<PackStat> stat = packs_.StatPack(pack);
+        if (!stat) return false;
+        size = stat->size;
+        continue;
+      }
+      // Not a whole pack: a write cut short by hand, or damage. Nothing indexes its blocks.
+      Log(LogLevel::kWarning, std::string(e.what()) + "; set aside");
+      packs_.QuarantinePack(pack);
+      return false;
     }
-    tail.resize(static_cast<size_t>(footer));
-    if (!packs_.ReadPack(pack, size - footer, tail, nullptr)) return false;
-    index_->AddPack(pack, size, ParsePackFooter(tail, size, Where(pack)));
-    return true;
-  } catch (const IntegrityError& e) {
-    // Not a whole pack: a write cut short by hand, or damage. Nothing indexes its blocks.
-    Log(LogLevel::kWarning, std::string(e.what()) + "; set aside");
-    packs_.QuarantinePack(pack);
-    return false;
   }
 }
 
@@ -470,14 +501,34 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
                           std::vector<std::byte>& out, const CancelToken* cancel) {
   thread_local std::vector<std::byte> stored;
   const PackEntry entry{hash, where.offset, where.stored_length, where.raw_length, where.codec};
-  if (!ReadRange(where.pack, where.offset, where.stored_length, stored, cancel)) {
+  // An object store's answer may be damaged on the way (a byte flipped, a body miscounted):
+  // a block that does not decode to its hash, or a range that came back short, is read again
+  // alone before it counts as the store's damage.
+  const int reads = packs_.RemoteReads() ? kRemoteReads : 1;
+  for (int read = 1;; ++read) {
+    bool whole = false;
+    if (read == 1) {
+      whole = ReadRange(where.pack, where.offset, where.stored_length, stored, cancel);
+    } else {
+      stored.resize(where.stored_length);
+      whole = packs_.ReadPack(where.pack, where.offset, stored, cancel);
+    }
+    if (whole) {
+      try {
+        DecodeBlock(stored, entry, out, Where(where.pack));
+        return;
+      } catch (const DamagedChunkError&) {
+        if (read == reads) throw;
+        continue;
+      }
+    }
+    if (read < reads) continue;
     if (!packs_.StatPack(where.pack)) PackVanished(where.pack);
     throw DamagedChunkError(hash, "block " + hash + " at byte " + std::to_string(where.offset) +
                                       " of " + Where(where.pack) +
                                       " cannot be read: the pack is missing or cut short; run "
                                       "`imagerelay scrub`");
   }
-  DecodeBlock(stored, entry, out, Where(where.pack));
 }
 
 void PackStore::PlanReads(const std::vector<std::string>& hashes) {
@@ -698,6 +749,12 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     }
     whole.resize(static_cast<size_t>(size));
     if (!packs_.ReadPack(pack, 0, whole, nullptr)) continue;  // the next read reports it
+    // A block found wrong in an object store's answer: the pack is read again once before
+    // the block counts as damaged (see ReadBlock).
+    if (packs_.RemoteReads() && !AllDecode(whole, live, Where(pack)) &&
+        !packs_.ReadPack(pack, 0, whole, nullptr)) {
+      continue;
+    }
     for (const PackEntry& entry : live) {
       const std::span<const std::byte> stored(whole.data() + entry.offset, entry.stored_length);
       try {

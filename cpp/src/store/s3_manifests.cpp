@@ -3,6 +3,7 @@
 // that a 200 GiB image's 105 MB list never sits in the process's memory. Manifests of the
 // first release (<image id>.json) are still read.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,6 +23,7 @@ constexpr std::string_view kJsonSuffix = ".json";
 constexpr std::string_view kBinarySuffix = ".bin";
 constexpr size_t kErrorBodyBytes = 4096;
 constexpr int kGetAttempts = 6;
+constexpr int kDamagedFetches = 3;  // a manifest found damaged, fetched again
 
 // A read-only view of a file's first `size` bytes: its pages come from the page cache.
 class MappedFile {
@@ -72,56 +74,71 @@ void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest)
 std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {
   const std::string key = RecordKey("manifests", image_id, kBinarySuffix);
   const std::string what = image_id + " in store " + location().display;
-  UniqueFd spool = OpenSpoolFile(CacheDir());
-  uint64_t written = 0;
-  int write_error = 0;
-  std::string error_body;
-  S3Client::Call get;
-  get.key = key;
-  get.on_body = [&](long status, std::span<const std::byte> data) {
-    if (status < 200 || status >= 300) {
-      const size_t take =
-          std::min(data.size(), kErrorBodyBytes - std::min(kErrorBodyBytes, error_body.size()));
-      error_body.append(reinterpret_cast<const char*>(data.data()), take);
-      return true;
-    }
-    if (write_error != 0) return false;
-    write_error = PwriteAll(spool.get(), data.data(), data.size(), static_cast<off_t>(written));
-    written += data.size();
-    return write_error == 0;
-  };
-  // Retried here, not in the HTTP layer: a retry must start the spool again.
-  get.retry = false;
-  HttpResponse response;
-  for (int attempt = 1;; ++attempt) {
-    written = 0;
-    error_body.clear();
-    try {
-      response = client_.Perform(get);
-    } catch (const TransientError&) {
-      if (attempt == kGetAttempts) throw;
+  // The object's body into `fd`; false if there is no such object.
+  auto spool_object = [&](int fd) {
+    uint64_t written = 0;
+    int write_error = 0;
+    std::string error_body;
+    S3Client::Call get;
+    get.key = key;
+    get.on_body = [&](long status, std::span<const std::byte> data) {
+      if (status < 200 || status >= 300) {
+        const size_t take =
+            std::min(data.size(), kErrorBodyBytes - std::min(kErrorBodyBytes, error_body.size()));
+        error_body.append(reinterpret_cast<const char*>(data.data()), take);
+        return true;
+      }
+      if (write_error != 0) return false;
+      write_error = PwriteAll(fd, data.data(), data.size(), static_cast<off_t>(written));
+      written += data.size();
+      return write_error == 0;
+    };
+    // Retried here, not in the HTTP layer: a retry must start the spool again.
+    get.retry = false;
+    HttpResponse response;
+    for (int attempt = 1;; ++attempt) {
+      written = 0;
+      error_body.clear();
+      if (::ftruncate(fd, 0) != 0) write_error = errno;
+      try {
+        response = client_.Perform(get);
+      } catch (const TransientError&) {
+        if (attempt == kGetAttempts) throw;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+        continue;
+      }
+      if (!IsTransientStatus(response.status) || attempt == kGetAttempts) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
-      continue;
     }
-    if (!IsTransientStatus(response.status) || attempt == kGetAttempts) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+    if (write_error != 0) {
+      throw TransferError(codes::kTransferFailed, "cannot spool the manifest of " + what + " in " +
+                                                      CacheDir().string() + ": " +
+                                                      ErrnoText(write_error));
+    }
+    if (response.status == 404) return false;
+    if (response.status < 200 || response.status >= 300) {
+      response.body = std::move(error_body);
+      Fail("GET of a manifest", response);
+    }
+    return true;
+  };
+  // A manifest that does not match its own checksum may have been damaged on the way (a
+  // byte flipped, a body cut short at a wrong Content-Length): it is fetched again, and only
+  // one found wrong every time is the store's damage.
+  for (int fetch = 1;; ++fetch) {
+    UniqueFd spool = OpenSpoolFile(CacheDir());
+    if (!spool_object(spool.get())) {
+      std::optional<std::string> text =
+          GetText(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
+      if (!text) return std::nullopt;
+      return ReadFirstReleaseManifest(*text, what);
+    }
+    try {
+      return ReadBinaryManifest(std::move(spool), what);
+    } catch (const IntegrityError&) {
+      if (fetch == kDamagedFetches) throw;
+    }
   }
-  if (write_error != 0) {
-    throw TransferError(codes::kTransferFailed, "cannot spool the manifest of " + what + " in " +
-                                                    CacheDir().string() + ": " +
-                                                    ErrnoText(write_error));
-  }
-  if (response.status == 404) {
-    std::optional<std::string> text =
-        GetText(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
-    if (!text) return std::nullopt;
-    return ReadFirstReleaseManifest(*text, what);
-  }
-  if (response.status < 200 || response.status >= 300) {
-    response.body = std::move(error_body);
-    Fail("GET of a manifest", response);
-  }
-  return ReadBinaryManifest(std::move(spool), what);
 }
 
 void S3Store::DeleteManifest(const std::string& image_id) {

@@ -1,4 +1,6 @@
 // S3Store's packs (pack_files.hpp): objects under <prefix>/packs/<first two hex>/.
+#include <cinttypes>
+#include <cstdio>
 #include <cstdlib>
 
 #include "imagerelay/error.hpp"
@@ -67,6 +69,17 @@ bool S3Store::ReadPack(const std::string& name, uint64_t offset, std::span<std::
     if (body.size() < offset + out.size()) return false;
     std::copy_n(body.begin() + static_cast<ptrdiff_t>(offset), out.size(), out.begin());
     return true;
+  }
+  // 206: the range the answer says it holds, "bytes <first>-<last>/<size>". A body of
+  // another length is an answer cut short or miscounted on the way (not a pack that ends
+  // first): asked again.
+  const std::string range = response.Header("content-range");
+  uint64_t first = 0;
+  uint64_t last = 0;
+  if (std::sscanf(range.c_str(), "bytes %" SCNu64 "-%" SCNu64, &first, &last) == 2 &&
+      last >= first && body.size() != last - first + 1) {
+    throw TransientError("S3 ranged GET of pack " + name + " in store " + location().display +
+                         " returned " + std::to_string(body.size()) + " bytes for " + range);
   }
   if (body.size() != out.size()) return false;  // the pack ends first
   std::copy(body.begin(), body.end(), out.begin());

@@ -18,6 +18,7 @@ namespace imagerelay {
 namespace {
 
 constexpr int kChunkAttempts = 3;  // the transfer engine retries chunks again on top
+constexpr int kListAttempts = 4;   // a listing page that came back cut short, asked again
 
 [[noreturn]] void Invalid(const std::string& message) {
   throw ValidationError(codes::kInvalidParameter, message);
@@ -109,7 +110,10 @@ std::string S3Store::RecordKey(const char* dir, const std::string& image_id,
 void S3Store::Fail(const std::string& what, const HttpResponse& response) const {
   std::string message =
       "S3 " + what + " in store " + location().display + " failed: " + S3Client::Reason(response);
-  if (IsTransientStatus(response.status)) throw TransientError(message);
+  if (IsTransientStatus(response.status) ||
+      S3Client::IsTransientCode(XmlFirst(response.body, "Code"))) {
+    throw TransientError(message);
+  }
   throw TransferError(codes::kStoreUnavailable, message);
 }
 
@@ -160,7 +164,14 @@ void S3Store::ClaimPrefix() {
                             "; give a new or empty prefix, or one that holds a store");
   };
   if (std::optional<std::string> text = GetText(marker, "the store marker")) {
-    if (std::string problem = CheckStoreMarker(*text); !problem.empty()) not_a_store(problem);
+    // A marker that reads wrong is read again first: an answer cut short or damaged on the
+    // way must not make a store "not a store".
+    std::string problem = CheckStoreMarker(*text);
+    for (int read = 2; !problem.empty() && read <= kListAttempts; ++read) {
+      text = GetText(marker, "the store marker");
+      problem = text ? CheckStoreMarker(*text) : "its marker is gone";
+    }
+    if (!problem.empty()) not_a_store(problem);
     return;
   }
   // No marker: what the prefix holds at its top level, "directories" folded by the
@@ -374,18 +385,28 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
     list.query = {{"list-type", "2"}, {"prefix", key_prefix}, {"max-keys", "1000"}};
     if (!token.empty()) list.query.emplace_back("continuation-token", token);
     list.max_body = 64ULL << 20;
-    HttpResponse response = client_.Perform(list);
-    if (!Ok(response.status)) Fail("listing of " + key_prefix, response);
-    const size_t first = keys.size();
-    for (auto& key : XmlAll(response.body, "Key")) keys.push_back(std::move(key));
-    if (sizes != nullptr) {
+    // A page is taken whole or asked again: a body cut short (a connection closed at a wrong
+    // Content-Length) would parse as fewer keys and no IsTruncated, "these are all", and a
+    // pack left out of a listing is taken for gone.
+    HttpResponse response;
+    std::vector<std::string> page_keys;
+    std::vector<std::string> page_sizes;
+    for (int attempt = 1;; ++attempt) {
+      response = client_.Perform(list);
+      if (!Ok(response.status)) Fail("listing of " + key_prefix, response);
+      page_keys = XmlAll(response.body, "Key");
       // Every <Contents> has one <Key> and one <Size>, in order.
-      std::vector<std::string> page_sizes = XmlAll(response.body, "Size");
-      if (page_sizes.size() != keys.size() - first) {
-        throw TransientError("listing of " + key_prefix + " gave " +
-                             std::to_string(page_sizes.size()) + " sizes for " +
-                             std::to_string(keys.size() - first) + " keys");
+      page_sizes = XmlAll(response.body, "Size");
+      const bool whole = response.body.find("</ListBucketResult>") != std::string::npos &&
+                         (sizes == nullptr || page_sizes.size() == page_keys.size());
+      if (whole) break;
+      if (attempt == kListAttempts) {
+        throw TransientError("S3 listing of " + key_prefix + " in store " + location().display +
+                             " came back cut short " + std::to_string(attempt) + " times");
       }
+    }
+    for (auto& key : page_keys) keys.push_back(std::move(key));
+    if (sizes != nullptr) {
       for (const auto& size : page_sizes)
         sizes->push_back(std::strtoull(size.c_str(), nullptr, 10));
     }

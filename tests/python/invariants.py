@@ -1,0 +1,125 @@
+"""What must hold of a home once its work is done, whatever happened on the way (a crash,
+faults on the network, several processes at once): the checks of the crash test
+(test_crash_points.py), the S3 fault matrix (test_s3_faults.py) and the soak
+(test_soak.py).
+
+- every Available image holds exactly bytes that were imported (verify: every block and
+  the digest, which must be one of the source files' SHA-256);
+- no import, copy or job stays in flight, and no (region, name) is Available twice;
+- the audit log has no gap;
+- once the sweeps have run, a local region indexes no block that no live image needs, and
+  no temporary file is left in it (nor, when asked, a pack mostly dead bytes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import (
+    chunk_files,
+    chunk_names,
+    manifest_path,
+    read_manifest,
+    stored_blocks,
+    wait_until,
+)
+
+import imagerelay as ir
+
+LIVE = {"Creating", "Available", "Replicating", "NotAvailable"}
+REPACK_BELOW = 0.5  # a sweep rewrites a pack less live than that (PackStoreOptions)
+
+
+def views(cloud: ir.Cloud) -> list[ir.Cloud]:
+    """The home as each of its accounts sees it."""
+    return [cloud] + [cloud.as_account(a.id) for a in cloud.accounts if a.id != cloud.account]
+
+
+def every_image(cloud: ir.Cloud) -> dict[str, ir.Image]:
+    """Every image any account of the home sees, by id."""
+    images: dict[str, ir.Image] = {}
+    for view in views(cloud):
+        for image in view.images():
+            images.setdefault(image.id, image)
+    return images
+
+
+def local_regions(cloud: ir.Cloud) -> list[str]:
+    """The regions kept in directories (the S3 ones are checked through their buckets)."""
+    return [r.id for r in cloud.regions if not r.store.startswith("s3://")]
+
+
+def unneeded_blocks(home: Path, region: str, live_ids: set[str]) -> set[str]:
+    """The blocks a local region's index holds that no live image's manifest names."""
+    needed: set[str] = set()
+    for image_id in live_ids:
+        path = manifest_path(home, region, image_id)
+        if path.exists():
+            needed.update(h for h in read_manifest(path)["chunks"] if h)
+    return chunk_names(home, region) - needed
+
+
+def wasteful_packs(home: Path, region: str) -> list[str]:
+    """The pack files of a local region that a sweep would delete or rewrite: those less
+    than half of whose bytes are blocks the index lists (it lists live blocks only)."""
+    live: dict[Path, int] = {}
+    for pack, _, stored, _ in stored_blocks(home, region).values():
+        live[pack] = live.get(pack, 0) + stored
+    return [p.name for p in chunk_files(home, region)
+            if live.get(p, 0) < REPACK_BELOW * p.stat().st_size]
+
+
+def assert_settled(cloud: ir.Cloud, digests: set[str], where: str, *,
+                   unique_names: bool = True, timeout: float = 120) -> dict[str, ir.Image]:
+    """Idle, nothing in flight, every Available image verifies to one of ``digests``, no
+    (region, name) Available twice (``unique_names``), the audit log without gap. Returns
+    every image."""
+    assert cloud.wait_idle(timeout=timeout), f"copies still in flight {where}"
+    images = every_image(cloud)
+    seen: dict[tuple[str, str], str] = {}
+    for image in images.values():
+        assert image.status not in ("Creating", "Replicating"), \
+            f"{image.id} stays {image.status} {where}"
+        if image.status != "Available":
+            continue
+        assert image.verify() in digests, f"{image.id} holds wrong bytes {where}"
+        key = (image.region, image.name)
+        if unique_names:
+            assert key not in seen, f"{key} appears twice ({seen.get(key)}, {image.id}) {where}"
+        seen[key] = image.id
+    for job in cloud.jobs():
+        assert job.state not in ("Pending", "Running"), f"job {job.id} in flight {where}"
+    # Each account sees its own events: together they are the whole log.
+    seqs = sorted({e.seq for view in views(cloud) for e in view.events()})
+    assert all(b == a + 1 for a, b in zip(seqs, seqs[1:])), \
+        f"the audit log has a gap {where}: {seqs}"
+    return images
+
+
+def assert_swept(home: Path, cloud: ir.Cloud, live: set[str], where: str,
+                 timeout: float = 20.0, *, whole_packs: bool = False) -> None:
+    """Waits until no local region indexes a block that no live image needs (and, with
+    ``whole_packs``, keeps no pack that is mostly dead bytes) and no temporary file is left
+    under regions/ (the sweeps run when the workers are idle, and a killed writer's
+    temporary files go in the background once the home is open again)."""
+    for region in local_regions(cloud):
+        wait_until(lambda r=region: not unneeded_blocks(home, r, live), timeout=timeout,
+                   interval=0.2,
+                   why=lambda r=region: f"region {r} keeps "
+                   f"{len(unneeded_blocks(home, r, live))} unneeded block(s) {where}")
+        if whole_packs:
+            wait_until(lambda r=region: not wasteful_packs(home, r), timeout=timeout,
+                       interval=0.2, why=lambda r=region: f"region {r} keeps packs mostly "
+                       f"dead: {wasteful_packs(home, r)} {where}")
+    wait_until(lambda: not list((home / "regions").rglob(".tmp-*")), timeout=timeout,
+               interval=0.2, why=lambda: f"temporary files left {where}: "
+               f"{list((home / 'regions').rglob('.tmp-*'))[:3]}")
+
+
+def check_invariants(home: Path, digests: set[str], where: str, *,
+                     unique_names: bool = True) -> None:
+    """Opens the home and checks all of the above."""
+    with ir.open(home) as cloud:
+        images = assert_settled(cloud, digests, where, unique_names=unique_names)
+        live = {i.id for i in images.values() if i.status in LIVE}
+        assert_swept(home, cloud, live, where)
