@@ -8,21 +8,26 @@ faults on the network, several processes at once): the checks of the crash test
 - no import, copy or job stays in flight, and no (region, name) is Available twice;
 - the audit log has no gap;
 - once the sweeps have run, a local region indexes no block that no live image needs, and
-  no temporary file is left in it (nor, when asked, a pack mostly dead bytes).
+  no temporary file is left in it (nor, when asked, a pack mostly dead bytes); an S3
+  region's bucket holds no manifest of an image not live and no pack mostly dead bytes.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from conftest import (
     chunk_files,
     chunk_names,
     manifest_path,
+    parse_manifest,
     read_manifest,
     stored_blocks,
     wait_until,
 )
+from s3_server import S3Server, pack_blocks, pack_sizes
 
 import imagerelay as ir
 
@@ -117,9 +122,42 @@ def assert_swept(home: Path, cloud: ir.Cloud, live: set[str], where: str,
 
 
 def check_invariants(home: Path, digests: set[str], where: str, *,
-                     unique_names: bool = True) -> None:
-    """Opens the home and checks all of the above."""
+                     unique_names: bool = True,
+                     buckets: Sequence[tuple[S3Server, str, str]] = ()) -> None:
+    """Opens the home and checks all of the above; ``buckets``: the (server, bucket,
+    prefix) of its S3 regions."""
     with ir.open(home) as cloud:
         images = assert_settled(cloud, digests, where, unique_names=unique_names)
         live = {i.id for i in images.values() if i.status in LIVE}
         assert_swept(home, cloud, live, where)
+        for s3, bucket, prefix in buckets:
+            assert_bucket_swept(s3, bucket, prefix, live, where)
+
+
+def bucket_waste(s3: S3Server, bucket: str, prefix: str, live: set[str]) -> list[str]:
+    """What an S3 region's bucket keeps that a sweep would have removed: manifests of images
+    not live, and packs less than half of whose bytes are blocks a live manifest names."""
+    client = s3.client()
+    needed: set[str] = set()
+    waste = []
+    for key in s3.keys(bucket, f"{prefix}/manifests/"):
+        image_id = key.rsplit("/", 1)[1].split(".")[0]
+        if image_id not in live:
+            waste.append(key)
+            continue
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        needed.update(h for h in parse_manifest(body)["chunks"] if h)
+    live_bytes: Counter[str] = Counter()
+    for digest, block in pack_blocks(s3, bucket, prefix):
+        live_bytes[block.pack] += block.stored_length if digest in needed else 0
+    waste += [k for k, size in pack_sizes(s3, bucket, prefix).items()
+              if live_bytes[k] < REPACK_BELOW * size]
+    return waste
+
+
+def assert_bucket_swept(s3: S3Server, bucket: str, prefix: str, live: set[str], where: str,
+                        timeout: float = 20.0) -> None:
+    """Waits until an S3 region's bucket keeps nothing a sweep would remove (bucket_waste)."""
+    wait_until(lambda: not bucket_waste(s3, bucket, prefix, live), timeout=timeout,
+               interval=0.3, why=lambda: f"the bucket keeps "
+               f"{bucket_waste(s3, bucket, prefix, live)[:3]} {where}")

@@ -19,11 +19,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import damage_block, manifest_path, read_manifest, region_root
 from invariants import check_invariants
+from s3_server import S3Server, moto_server
 
 import imagerelay as ir
 
@@ -51,6 +53,17 @@ SETUP = {
              "one_.replicate(['gz']).wait(timeout=120)",
 }
 SETUP["scrub_truncated"] = SETUP["scrub"]
+# On a home with an S3 region "sr" too (a bucket of its own on moto, put back with the home
+# before each crash).
+S3_SETUP = {
+    "replicate_s3": "cloud.import_image(A, region='bj', name='a')",
+    # a and c in the bucket; deleting a's copy leaves its pack a third alive: repacked.
+    "delete_s3": "one_ = cloud.import_image(A, region='bj', name='a'); "
+                 "two_ = cloud.import_image(C, region='bj', name='c'); "
+                 "one_.replicate(['sr']).wait(timeout=120); "
+                 "two_.replicate(['sr']).wait(timeout=120)",
+}
+SETUP.update(S3_SETUP)
 OPS = {
     "import": "cloud.import_image(B, region='bj', name='b')",
     "replicate": "one('a').replicate(['gz']).wait(timeout=120)",
@@ -68,6 +81,8 @@ OPS = {
     # A block of a in bj was damaged by hand (DAMAGE): quarantined, then fetched from gz.
     "scrub": "cloud.scrub('bj')",
     "scrub_truncated": "cloud.scrub('bj')",
+    "replicate_s3": "one('a').replicate(['sr']).wait(timeout=120)",
+    "delete_s3": "[i for i in cloud.images(region='sr') if i.name == 'a'][0].delete()",
 }
 # What a user does after such a crash before relying on the result: export again (the
 # stale temporary file goes), scrub again (the damage is still there to find), add the
@@ -97,12 +112,12 @@ PASSES = {
     "export": {"export.synced", "export.renamed"},
     "scrub": {"index.commit", "file.synced", "file.renamed", "pack.synced", "catalog.commit"},
     "scrub_truncated": {"store.quarantine", "pack.synced", "index.commit", "catalog.commit"},
+    "replicate_s3": {"s3.write", "s3.written", "index.commit", "catalog.commit"},
+    "delete_s3": {"s3.write", "s3.written", "index.commit", "catalog.commit"},
 }
 NOT_PASSED = {
     "catalog.migrate": "a home of an older schema: tests/cpp/upgrade_test.cpp",
     "chunk.synced": "writes of the first release's chunk layout, which only tests still make",
-    "s3.write": "S3 regions: not in this matrix yet",
-    "s3.written": "S3 regions: not in this matrix yet",
 }
 
 CHILD = textwrap.dedent("""
@@ -181,15 +196,46 @@ def restore(template: Path, home: Path) -> None:
     export_target(home).parent.mkdir()
 
 
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with moto_server() as server:
+        yield server
+
+
+def copy_bucket(s3: S3Server, source: str, target: str) -> None:
+    """Makes bucket ``target`` hold exactly what ``source`` holds."""
+    client = s3.client()
+    for key in s3.keys(target):
+        client.delete_object(Bucket=target, Key=key)
+    for upload in client.list_multipart_uploads(Bucket=target).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=target, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
+    for key in s3.keys(source):
+        client.copy_object(Bucket=target, Key=key, CopySource={"Bucket": source, "Key": key})
+
+
 @pytest.mark.parametrize("op", list(OPS))
-def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path):
+def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path, request):
     src, digests = sources
     home, template = tmp_path / "home", tmp_path / "template"
     export_target(home).parent.mkdir()
+    buckets: list[tuple[S3Server, str, str]] = []
+    if op in S3_SETUP:
+        s3 = request.getfixturevalue("s3")
+        bucket = "crash-" + op.replace("_", "-")
+        s3.create_bucket(bucket)
+        s3.create_bucket(bucket + "-template")
+        buckets.append((s3, bucket, "relay"))
+        with ir.open(home) as cloud:
+            cloud.add_region("sr", f"s3://{bucket}/relay?endpoint={s3.endpoint}&region=us-east-1",
+                             access_key_id=s3.access_key_id,
+                             secret_access_key=s3.secret_access_key)
     done = run_child(home, src, SETUP[op] or "pass", {})
     assert done.returncode == 0, done.stderr
     damage(op, home)
     shutil.copytree(home, template, symlinks=True)
+    for s3, bucket, _ in buckets:
+        copy_bucket(s3, bucket, bucket + "-template")
     log = tmp_path / "steps"
     done = run_child(home, src, OPS[op], {"IMAGERELAY_FAIL_LOG": str(log)})
     assert done.returncode == 0, done.stderr
@@ -207,6 +253,8 @@ def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path):
     crashed = 0
     for n in range(first, len(steps) + 1, STRIDE):
         restore(template, home)
+        for s3, bucket, _ in buckets:
+            copy_bucket(s3, bucket + "-template", bucket)
         result = run_child(home, src, OPS[op], {"IMAGERELAY_FAIL_AT": f"*@{n}"})
         # Threads may order the steps differently run to run: a run that passed fewer steps
         # than counted ends normally.
@@ -220,7 +268,7 @@ def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path):
             assert done.returncode == 0, f"{AGAIN[op]} {where}: {done.stderr}"
         if op == "export":
             check_after_export(home, src, where)
-        check_invariants(home, digests, where)
+        check_invariants(home, digests, where, buckets=buckets)
     assert crashed > 0
 
 
