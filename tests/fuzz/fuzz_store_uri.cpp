@@ -43,7 +43,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Require(loc.scheme == "http" || loc.scheme == "https", "an endpoint scheme " + loc.scheme);
       Require(!loc.host.empty() && loc.host.find_first_of("/?#@ ") == std::string::npos,
               "an endpoint host \"" + loc.host + "\"");
-      Require(loc.display.find('?') == std::string::npos, "a display URI with a query");
+      // The bucket and the decoded prefix, nothing of the query.
+      Require(loc.display == "s3://" + loc.bucket + (loc.prefix.empty() ? "" : "/" + loc.prefix),
+              "a display URI other than s3://bucket/prefix: " + loc.display);
       S3Client client(loc, sigv4::Credentials{"AKIDFUZZ", "fuzz-secret", ""});
       S3Client::Call call;
       call.key = key;
