@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize bench bench-s3 bench-manifest bench-serve clean
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize fuzz fuzz-build fuzz-merge bench bench-s3 bench-manifest bench-serve clean
 
 all: build
 
@@ -40,6 +40,24 @@ sanitize: deps
 		-DIMAGERELAY_BUILD_PYTHON=OFF -DIMAGERELAY_BUILD_TESTS=ON >/dev/null
 	@cmake --build build/asan
 	build/asan/imagerelay_tests --gtest_brief=1
+
+# libFuzzer targets of tests/fuzz (clang, ASan + UBSan): each runs FUZZ_SECONDS on its kept
+# corpus; what it finds new stays in build/fuzz/corpus, crashes in build/fuzz/crashes.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := build/fuzz
+fuzz-build:
+	@./scripts/install-deps.sh --fuzz
+	@cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+		-DCMAKE_BUILD_TYPE=RelWithDebInfo -DIMAGERELAY_FUZZ=ON -DIMAGERELAY_BUILD_PYTHON=OFF \
+		-DIMAGERELAY_BUILD_TESTS=OFF >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j2
+
+fuzz: fuzz-build
+	@scripts/run-fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+# Folds what make fuzz found into the kept corpora, minimised (libFuzzer -merge=1).
+fuzz-merge: fuzz-build
+	@scripts/run-fuzz.sh $(FUZZ_BUILD) merge
 
 bench: build-py
 	$(PY) bench/run.py

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing imagerelay needs on a fresh Debian machine:
 # Debian packages (only the missing ones) and a project virtualenv with the Python tools.
+# --fuzz (make fuzz): also clang and its libFuzzer runtime (libclang-rt-dev), which make test
+# does not need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(g++ make libsqlite3-dev libssl-dev libcurl4-openssl-dev nlohmann-json3-dev
               libgtest-dev libzstd-dev rsync openssl e2fsprogs zstd clang-format
               qemu-utils)
+if [ "${1:-}" = "--fuzz" ]; then
+  APT_PACKAGES+=(clang libclang-rt-dev)
+fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

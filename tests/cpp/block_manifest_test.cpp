@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 #include <thread>
 
+#include "base/binary_codec.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/manifest.hpp"
 #include "imagerelay/sha256.hpp"
@@ -98,6 +100,33 @@ TEST(BlockManifestTest, ATornOrAlteredManifestIsRefusedWhenOpened) {
   // Not a manifest at all.
   std::ofstream(path) << "{\"size\": 1}";
   EXPECT_THROW(Read(path), IntegrityError);
+}
+
+// Found by fuzzing (tests/fuzz/regressions/fuzz_manifest): a header of 2^59 one-byte blocks
+// made the file's expected size wrap around to 96 bytes, and such a file, its checksum
+// right, opened as a manifest of 2^59 blocks.
+TEST(BlockManifestTest, ABlockCountThatWrapsTheFileSizeIsRefused) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "m.bin";
+  std::vector<std::byte> header(kManifestHeaderBytes);
+  std::memcpy(header.data(), "IRMANIF1", 8);
+  PutLe(header.data() + 8, 1, 4);            // block size
+  PutLe(header.data() + 16, 1ULL << 59, 8);  // image size
+  PutLe(header.data() + 56, 1ULL << 59, 8);  // block count
+  std::byte trailer[kHashBytes];
+  HashToBytes(Sha256Hex(header.data(), header.size()), trailer);
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(header.data()), header.size());
+    out.write(reinterpret_cast<const char*>(trailer), sizeof(trailer));
+  }
+  try {
+    Read(path);
+    ADD_FAILURE() << "opened";
+  } catch (const IntegrityError& e) {
+    EXPECT_EQ(e.code(), codes::kIntegrityError);
+    EXPECT_NE(e.message().find("more than its 96 bytes hold"), std::string::npos) << e.message();
+  }
 }
 
 TEST(BlockManifestTest, ALargeImportsListIsSpooledToAFileAndTakesConcurrentWrites) {

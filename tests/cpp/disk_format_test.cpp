@@ -90,6 +90,13 @@ TEST(DiskFormatTest, Qcow2HeaderAndItsTraps) {
   auto truncated = Qcow2(1 << 20);
   truncated.resize(50);  // a magic and nothing after it
   EXPECT_NE(Refusal(truncated).find("qcow2"), std::string::npos);
+  // Found by fuzzing (tests/fuzz/regressions/fuzz_disk_format): the magic alone made the
+  // version read past the end of the file's first bytes.
+  for (size_t size : {4, 5, 7}) {
+    auto magic_only = Qcow2(1 << 20);
+    magic_only.resize(size);
+    EXPECT_NE(Refusal(magic_only).find("no qcow2 header"), std::string::npos) << size;
+  }
 }
 
 TEST(DiskFormatTest, VmdkDescriptorOutsideTheFileIsRefusedNotRead) {

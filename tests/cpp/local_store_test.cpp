@@ -797,5 +797,16 @@ TEST(LocalStoreTrustTest, QuarantineNeverMovesAChunkThroughASymlink) {
   EXPECT_TRUE(fs::is_empty(outside.path()));
 }
 
+// Found by fuzzing (tests/fuzz/regressions/fuzz_store_files): a marker whose "format" is not
+// a string threw nlohmann's type_error out of the check instead of saying it is not ours.
+TEST(LocalStoreTest, AStoreMarkerOfOtherTypesIsNotOurs) {
+  EXPECT_EQ(CheckStoreMarker(StoreMarkerText()), "");
+  for (const char* text : {R"({"format": 1, "version": 1})", R"({"format": null, "version": 1})",
+                           R"({"format": ["imagerelay-store"], "version": 1})", "[]", "7", ""}) {
+    EXPECT_NE(CheckStoreMarker(text).find("not an imagerelay store marker"), std::string::npos)
+        << text;
+  }
+}
+
 }  // namespace
 }  // namespace imagerelay

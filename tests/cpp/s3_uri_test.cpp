@@ -45,7 +45,10 @@ TEST(S3UriTest, RejectsBadSettingsWithoutEchoingThem) {
   for (const std::string uri :
        {"s3://bkt?endpoint=ftp://h", "s3://bkt?endpoint=h.example", "s3://bkt?addressing=sideways",
         "s3://bkt?endpoint=https://h/path", "s3://bkt?secret_access_key=hunter2",
-        "s3://bkt?region=us east", "s3://bkt?low_speed_time=0"}) {
+        "s3://bkt?region=us east", "s3://bkt?low_speed_time=0",
+        // Found by fuzzing: a decoded CR LF (or any control character) in the endpoint would
+        // reach the Host header.
+        "s3://bkt?endpoint=http://h%0d%0aX-Evil:y", "s3://bkt?endpoint=http://h%09x"}) {
     try {
       ParseS3Uri(uri);
       ADD_FAILURE() << uri;

@@ -98,7 +98,8 @@ def test_the_cpp_tree_is_formatted() -> None:
     assert clang_format, "clang-format is missing: run scripts/install-deps.sh"
     files = subprocess.run(
         ["git", "ls-files", "cpp/*.cpp", "cpp/*.hpp", "bindings/*.cpp", "bindings/*.hpp",
-         "tests/cpp/*.cpp", "tests/cpp/*.hpp", "bench/*.cpp"],
+         "tests/cpp/*.cpp", "tests/cpp/*.hpp", "tests/fuzz/*.cpp", "tests/fuzz/*.hpp",
+         "bench/*.cpp"],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert files
     proc = subprocess.run([clang_format, "--dry-run", "--Werror", *files], cwd=ROOT,

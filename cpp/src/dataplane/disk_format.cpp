@@ -40,6 +40,11 @@ bool StartsWith(const std::vector<std::byte>& bytes, std::string_view magic) {
 
 DiskFormat Qcow2(ByteSource& source, const std::vector<std::byte>& head) {
   const auto* h = head.data();
+  // The version follows the magic: a file that ends first has no header to read.
+  if (head.size() < 8) {
+    Refuse(source, "has a qcow2 magic but no qcow2 header (the file is " +
+                       std::to_string(head.size()) + " bytes)");
+  }
   const uint64_t version = GetBe(h + 4, 4);
   if (version == 1) {
     Refuse(source,

@@ -14,6 +14,7 @@
 #include <optional>
 #include <thread>
 
+#include "base/decimal.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
 #include "net/http_client.hpp"
@@ -37,10 +38,9 @@ std::string Shown(const std::string& url) {
                         "cannot read the import source " + Shown(url) + ": " + why);
 }
 
+// UINT64_MAX when the answer has no Content-Length or one that is not a number.
 uint64_t ParseLength(const HttpResponse& r) {
-  std::string length = r.Header("content-length");
-  if (length.empty()) return UINT64_MAX;
-  return std::strtoull(length.c_str(), nullptr, 10);
+  return ParseDecimal(r.Header("content-length")).value_or(UINT64_MAX);
 }
 
 using BodyFn = std::function<bool(long, std::span<const std::byte>)>;
@@ -254,7 +254,8 @@ class UrlSource : public ByteSource {
     }
     size_ = ParseLength(head);
     if (size_ == UINT64_MAX) {
-      Unreadable(endpoint_.url(), "the server does not say its size (Content-Length)");
+      Unreadable(endpoint_.url(),
+                 "the server does not say its size (no Content-Length, or not a number)");
     }
     ranged_ = head.Header("accept-ranges") == "bytes";
   }

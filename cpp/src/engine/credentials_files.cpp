@@ -18,10 +18,16 @@ std::filesystem::path CredentialsFiles::PathOf(const std::string& region_id) con
 sigv4::Credentials CredentialsFiles::Parse(const std::string& json) {
   auto j = nlohmann::json::parse(json, nullptr, false);
   sigv4::Credentials credentials;
+  // A field that is not a string counts as missing (value() would throw a type_error, found by
+  // fuzzing).
+  auto text = [&](const char* key) {
+    const auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
   if (j.is_object()) {
-    credentials.access_key_id = j.value("access_key_id", "");
-    credentials.secret_access_key = j.value("secret_access_key", "");
-    credentials.session_token = j.value("session_token", "");
+    credentials.access_key_id = text("access_key_id");
+    credentials.secret_access_key = text("secret_access_key");
+    credentials.session_token = text("session_token");
   }
   return credentials;
 }

@@ -6,7 +6,9 @@
 #include <cctype>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 
 #include "base/retry.hpp"
@@ -40,8 +42,8 @@ size_t OnWrite(char* data, size_t size, size_t n, void* user) {
   auto* ex = static_cast<Exchange*>(user);
   size_t len = size * n;
   if (ex->request->on_body) {
-    long status = 0;
-    curl_easy_getinfo(ex->curl, CURLINFO_RESPONSE_CODE, &status);
+    long status = ex->response->status;  // the test transport's (SetHttpTransportForTesting)
+    if (ex->curl) curl_easy_getinfo(ex->curl, CURLINFO_RESPONSE_CODE, &status);
     if (ex->request->on_body(status, std::span(reinterpret_cast<const std::byte*>(data), len))) {
       return len;
     }
@@ -113,6 +115,52 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 // The URL without its query string, for messages (a presigned query would be secret).
 std::string ShownUrl(const std::string& url) { return url.substr(0, url.find('?')); }
 
+// SetHttpTransportForTesting's stand-in; null in production.
+std::mutex transport_mutex;
+std::shared_ptr<const HttpTransport> test_transport;
+
+std::shared_ptr<const HttpTransport> TestTransport() {
+  std::lock_guard lock(transport_mutex);
+  return test_transport;
+}
+
+// PerformOnce through the stand-in: its answer goes through libcurl's callbacks above.
+HttpResponse PerformThrough(const HttpTransport& transport, const HttpRequest& request,
+                            const CancelToken* cancel) {
+  HttpResponse response;
+  Exchange ex{&request, &response, cancel, nullptr};
+  bool cut = false;  // a callback refused a piece: libcurl's CURLE_WRITE_ERROR
+  const HttpAnswerHeader header = [&](std::string_view line) {
+    if (line.starts_with("HTTP/")) {
+      const size_t space = line.find(' ');
+      const std::string_view code =
+          space == std::string_view::npos ? std::string_view() : line.substr(space + 1, 3);
+      if (code.size() != 3 ||
+          !std::all_of(code.begin(), code.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        throw TransientError(request.method + " " + ShownUrl(request.url) + ": weird server reply");
+      }
+      response.status = std::stol(std::string(code));
+    }
+    std::string copy(line);
+    OnHeader(copy.data(), 1, copy.size(), &ex);
+  };
+  const HttpAnswerBody body = [&](std::span<const std::byte> piece) {
+    if (cut || OnProgress(&ex, 0, 0, 0, 0) != 0) return false;
+    std::string copy(reinterpret_cast<const char*>(piece.data()), piece.size());
+    cut = OnWrite(copy.data(), 1, copy.size(), &ex) != copy.size();
+    return !cut;
+  };
+  transport(request, header, body);
+  if (cut && response.stopped) return response;
+  if (ex.cancelled) throw Cancelled{};
+  if (ex.too_large) {
+    throw TransientError(request.method + " " + ShownUrl(request.url) +
+                         ": response larger than the " + std::to_string(request.max_body) +
+                         " bytes expected");
+  }
+  return response;
+}
+
 }  // namespace
 
 struct HttpClient::Handle {
@@ -162,6 +210,10 @@ void HttpClient::Give(std::unique_ptr<Handle> handle) {
 }
 
 void HttpClient::SleepBackoff(int failed_attempts, const CancelToken* cancel) const {
+  if (TestTransport()) {
+    if (cancel && cancel->cancelled()) throw Cancelled{};
+    return;
+  }
   thread_local std::mt19937 rng{std::random_device{}()};
   const RetryPolicy policy{options_.attempts, options_.backoff_initial_ms, 5'000};
   if (!SleepWhile(policy.Backoff(failed_attempts, rng),
@@ -170,8 +222,15 @@ void HttpClient::SleepBackoff(int failed_attempts, const CancelToken* cancel) co
   }
 }
 
+void SetHttpTransportForTesting(HttpTransport transport) {
+  std::lock_guard lock(transport_mutex);
+  test_transport =
+      transport ? std::make_shared<const HttpTransport>(std::move(transport)) : nullptr;
+}
+
 HttpResponse HttpClient::PerformOnce(const HttpRequest& request, const CancelToken* cancel) {
   if (cancel && cancel->cancelled()) throw Cancelled{};
+  if (auto transport = TestTransport()) return PerformThrough(*transport, request, cancel);
   std::unique_ptr<Handle> handle = Take();
   CURL* curl = handle->curl.get();
   curl_easy_reset(curl);  // keeps the handle's live connections

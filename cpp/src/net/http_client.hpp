@@ -13,6 +13,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -99,6 +100,20 @@ class HttpClient {
 
 // Calls curl_global_init once per process (the Python module does it at import too).
 void EnsureCurlGlobalInit();
+
+// A stand-in for the network, for the fuzz targets (tests/fuzz/): while one is set, every
+// PerformOnce in the process hands its request to it instead of libcurl. It answers through
+// the code libcurl's callbacks run: `header` for each raw header line, the status line
+// ("HTTP/1.1 206 Partial Content") first, then `body` for each piece of the body (false: the
+// client stopped reading). It throws TransientError for a transfer that failed (libcurl fails
+// a status line without a 3-digit code so too). Backoff does not sleep while one is set.
+// Never set outside tests.
+using HttpAnswerHeader = std::function<void(std::string_view line)>;
+using HttpAnswerBody = std::function<bool(std::span<const std::byte> piece)>;
+using HttpTransport = std::function<void(const HttpRequest& request, const HttpAnswerHeader& header,
+                                         const HttpAnswerBody& body)>;
+// Sets (or, with an empty function, clears) the stand-in.
+void SetHttpTransportForTesting(HttpTransport transport);
 
 template <typename Prepare>
 HttpResponse HttpClient::Request(HttpRequest& request, Prepare&& prepare, const CancelToken* cancel,

@@ -167,8 +167,12 @@ S3Location ParseS3Uri(const std::string& uri) {
   for (char& c : loc.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   loc.host = endpoint.substr(sep + 3);
   while (!loc.host.empty() && loc.host.back() == '/') loc.host.pop_back();
+  // The host goes into the Host header and the URL: no control character (a percent-encoded
+  // CR LF in endpoint= would add a header of its own; found by fuzzing).
   if ((loc.scheme != "http" && loc.scheme != "https") || loc.host.empty() ||
-      loc.host.find_first_of("/?#@ ") != std::string::npos) {
+      loc.host.find_first_of("/?#@ ") != std::string::npos ||
+      std::any_of(loc.host.begin(), loc.host.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
     Invalid(
         "endpoint must be http://host[:port] or https://host[:port] (no path) in S3 store "
         "URI s3://" +

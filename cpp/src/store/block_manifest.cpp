@@ -77,6 +77,12 @@ Manifest ReadBinaryManifest(UniqueFd fd, const std::string& what) {
   if (m.chunk_size == 0 || count != ChunkCount(m.size, m.chunk_size)) {
     Damaged(what, "its block count does not fit its size");
   }
+  // Before BinaryManifestBytes(count), which a huge count would wrap around to a small file's
+  // size (found by fuzzing: 2^59 blocks "fit" 96 bytes).
+  if (count > (static_cast<uint64_t>(st.st_size) - BinaryManifestBytes(0)) / kHashBytes) {
+    Damaged(what, "its header claims " + std::to_string(count) + " blocks, more than its " +
+                      std::to_string(st.st_size) + " bytes hold");
+  }
   if (static_cast<uint64_t>(st.st_size) != BinaryManifestBytes(count)) {
     Damaged(what, "it is " + std::to_string(st.st_size) + " bytes where its header needs " +
                       std::to_string(BinaryManifestBytes(count)));

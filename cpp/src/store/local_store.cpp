@@ -121,7 +121,9 @@ std::string StoreMarkerText() {
 
 std::string CheckStoreMarker(std::string_view text) {
   const auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!json.is_object() || json.value("format", "") != "imagerelay-store" ||
+  // Compared as JSON values: a "format" that is not a string is simply not ours (value()
+  // would throw a type_error, found by fuzzing).
+  if (!json.is_object() || !json.contains("format") || json["format"] != "imagerelay-store" ||
       !json.contains("version") || !json["version"].is_number_integer()) {
     return "its " + std::string(kStoreMarker) + " is not an imagerelay store marker";
   }

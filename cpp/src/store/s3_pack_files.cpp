@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "base/decimal.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "store/s3_store.hpp"
@@ -93,8 +94,12 @@ std::optional<PackStat> S3Store::StatPack(const std::string& name) {
   HttpResponse response = client_.Perform(head);
   if (response.status == 404) return std::nullopt;
   if (!Succeeded(response.status)) Fail("HEAD of pack " + name, response);
-  const std::string length = response.Header("content-length");
-  return PackStat{std::strtoull(length.c_str(), nullptr, 10), true};
+  const std::optional<uint64_t> length = ParseDecimal(response.Header("content-length"));
+  if (!length) {
+    throw TransientError("S3 HEAD of pack " + name + " in store " + location().display +
+                         " gave no Content-Length");
+  }
+  return PackStat{*length, true};
 }
 
 void S3Store::DeletePack(const std::string& name) { DeleteKey(PackKey(name), "a pack"); }

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "base/decimal.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 
@@ -218,8 +219,7 @@ bool S3Store::HasChunkOfLength(const std::string& hash, uint64_t length,
   HttpResponse response = client_.Perform(head, cancel);
   if (response.status == 404) return false;
   if (!Ok(response.status)) Fail("HEAD of chunk " + hash, response);
-  const std::string stored = response.Header("content-length");
-  return !stored.empty() && std::strtoull(stored.c_str(), nullptr, 10) == length;
+  return ParseDecimal(response.Header("content-length")) == length;
 }
 
 std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
@@ -228,9 +228,7 @@ std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
   head.key = ChunkKey(hash);
   HttpResponse response = client_.Perform(head);
   if (!Ok(response.status)) return std::nullopt;
-  std::string length = response.Header("content-length");
-  if (length.empty()) return std::nullopt;
-  return std::strtoull(length.c_str(), nullptr, 10);
+  return ParseDecimal(response.Header("content-length"));
 }
 
 uint64_t S3Store::PutChunk(const std::string& hash, std::span<const std::byte> data,
@@ -280,7 +278,7 @@ void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,
     Fail("GET of chunk " + hash, response);
   }
   std::string length = response.Header("content-length");
-  if (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) != out.size()) {
+  if (!length.empty() && ParseDecimal(length) != out.size()) {
     throw TransientError("S3 GET of chunk " + hash + " in store " + location().display +
                          " returned " + std::to_string(out.size()) + " of " + length + " bytes");
   }
@@ -407,8 +405,14 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
     }
     for (auto& key : page_keys) keys.push_back(std::move(key));
     if (sizes != nullptr) {
-      for (const auto& size : page_sizes)
-        sizes->push_back(std::strtoull(size.c_str(), nullptr, 10));
+      for (const auto& size : page_sizes) {
+        const std::optional<uint64_t> bytes = ParseDecimal(size);
+        if (!bytes) {
+          throw TransientError("listing of " + key_prefix + " gave the size \"" +
+                               size.substr(0, 40) + "\", not a number");
+        }
+        sizes->push_back(*bytes);
+      }
     }
     if (XmlFirst(response.body, "IsTruncated") != "true") break;
     token = XmlFirst(response.body, "NextContinuationToken");
