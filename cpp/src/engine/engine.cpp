@@ -174,7 +174,16 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
     ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
                                             " is not writable; give a writable directory");
   }
-  impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+  if (options.catalog.empty()) {
+    impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+  } else if (IsPostgresCatalog(options.catalog)) {
+    impl->catalog = OpenPostgresCatalog(options.catalog);
+  } else {
+    ThrowCode(codes::kInvalidParameter,
+              "catalog " + Quote(RedactCatalogUri(options.catalog)) +
+                  " is not supported; give a postgresql://[user@]host[:port]/database URI, or "
+                  "none for the home's own SQLite catalog");
+  }
   impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
   impl->MoveCredentialsOutOfCatalog();
   Impl* raw = impl.get();
@@ -264,6 +273,7 @@ void Engine::Close() {
 
 const fs::path& Engine::home() const { return impl_->options.home; }
 const Limits& Engine::limits() const { return impl_->options.limits; }
+std::string Engine::catalog() const { return impl_->catalog->Describe(); }
 
 // ---- regions and accounts -------------------------------------------------------------
 
