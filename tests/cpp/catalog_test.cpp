@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -1007,6 +1009,61 @@ TEST_P(CatalogTest, ConcurrentFirstOpenMigratesOnce) {
   catalog->Read([&](CatalogTx& tx) { EXPECT_EQ(tx.ListAccounts().size(), 4u); });
 }
 
+// Workers in several processes claim from 1,000 queued tasks, a few per Write() as the
+// engine claims a job's tasks, with the compare-and-set TransitionTask: each task is
+// claimed exactly once, and every one is.
+TEST_P(CatalogTest, RacingClaimsTakeEachOfAThousandTasksOnce) {
+  constexpr int kTasks = 1000;
+  constexpr int kChildren = 4;
+  constexpr size_t kBatch = 8;
+  Write([&](CatalogTx& tx) {
+    for (int j = 0; j < kTasks / 10; ++j) {
+      std::vector<Task> tasks;
+      for (int t = 0; t < 10; ++t) {
+        tasks.push_back(MakeTask("m-" + std::to_string(j * 10 + t), "r" + std::to_string(t)));
+      }
+      tx.InsertJob(MakeJob("job-" + std::to_string(j), "alice", j, std::move(tasks)));
+    }
+  });
+  catalog_.reset();
+  const fs::path out = dir_.path() / "claims";
+  fs::create_directories(out);
+  std::unique_ptr<Catalog> child_catalog;
+  auto codes = RunInChildren(
+      kChildren, [&](int) { child_catalog = Open(); },
+      [&](int child) {
+        std::ofstream claimed(out / std::to_string(child));
+        for (;;) {
+          std::vector<std::string> mine;
+          child_catalog->Write([&](CatalogTx& tx) {
+            mine.clear();
+            for (const Task& task : tx.ListTasksInStates({TaskState::kPending})) {
+              if (mine.size() == kBatch) break;
+              if (tx.TransitionTask(task.dest_image_id, TaskState::kPending, TaskEvent::kStart)) {
+                mine.push_back(task.dest_image_id);
+              }
+            }
+          });
+          if (mine.empty()) return 0;
+          for (const auto& id : mine) claimed << id << "\n";
+        }
+      });
+  for (int code : codes) EXPECT_EQ(code, 0);
+  std::multiset<std::string> claims;
+  for (int child = 0; child < kChildren; ++child) {
+    std::ifstream in(out / std::to_string(child));
+    for (std::string id; std::getline(in, id);) claims.insert(id);
+  }
+  EXPECT_EQ(claims.size(), static_cast<size_t>(kTasks));
+  EXPECT_EQ(std::set<std::string>(claims.begin(), claims.end()).size(),
+            static_cast<size_t>(kTasks));  // none twice
+  Reopen();
+  Read([&](CatalogTx& tx) {
+    EXPECT_TRUE(tx.ListTasksInStates({TaskState::kPending}).empty());
+    EXPECT_EQ(tx.ListTasksInStates({TaskState::kRunning}).size(), static_cast<size_t>(kTasks));
+  });
+}
+
 // --- Two connections (as two processes, or two hosts) ------------------------------------
 
 // A Write() held open on a catalog of its own until Release().
@@ -1137,6 +1194,30 @@ TEST_F(PostgresCatalogTest, AWriteCutMidwayFailsRetryablyAndChangesNothing) {
     EXPECT_NE(e.message().find("retry"), std::string::npos) << e.message();
   }
   Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("half")); });
+}
+
+TEST_F(PostgresCatalogTest, AnotherConnectionsCommitCallsTheListener) {
+  std::mutex mutex;
+  std::condition_variable called;
+  int calls = 0;
+  auto wait_for_calls = [&](int n) {
+    std::unique_lock lock(mutex);
+    return called.wait_for(lock, std::chrono::seconds(30), [&] { return calls >= n; });
+  };
+  catalog_->SetChangeListener([&] {
+    std::lock_guard lock(mutex);
+    ++calls;
+    called.notify_all();
+  });
+  ASSERT_TRUE(wait_for_calls(1));  // once when it starts listening
+  auto other = Open();
+  other->Write([](CatalogTx& tx) { tx.PutSetting("from", "another host"); });
+  EXPECT_TRUE(wait_for_calls(2));
+  catalog_->SetChangeListener(nullptr);
+  const int before = calls;
+  other->Write([](CatalogTx& tx) { tx.PutSetting("from", "again"); });
+  Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("from"), "again"); });
+  EXPECT_EQ(calls, before);  // stopped: no call after SetChangeListener(nullptr) returned
 }
 
 TEST_F(PostgresCatalogTest, DescribeNamesTheDatabase) {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,12 @@ def test_server_restart_mid_copy(pg_test_server: Any, catalog: str, tmp_path: Pa
         with ir.open(tmp_path / "watcher", catalog=catalog, start_workers=False) as watcher:
             wait_until(lambda: watcher.job(first["job"]).tasks["gz"].bytes_done > 0,
                        timeout=30)
+            # Who copies what: the lease holder's host and pid, from any host.
+            assert watcher.job(first["job"]).tasks["gz"].worker == \
+                f"{socket.gethostname()}:{child.pid}"
+        shown = json.loads(cli(tmp_path / "watcher", "--catalog", catalog, "jobs", "show",
+                               first["job"]).stdout)
+        assert shown["tasks"]["gz"]["worker"] == f"{socket.gethostname()}:{child.pid}"
         pg_test_server.restart()
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
@@ -193,6 +200,6 @@ def test_server_restart_mid_copy(pg_test_server: Any, catalog: str, tmp_path: Pa
             child.wait()
     with ir.open(home, catalog=catalog, start_workers=False) as cloud:
         task = cloud.job(first["job"]).tasks["gz"]
-        assert task.state == "Completed"
+        assert task.state == "Completed" and task.worker is None
         copy = cloud.image(task.dest_image_id)
         assert copy.export(tmp_path / "out.raw").read_bytes() == src.read_bytes()

@@ -143,6 +143,11 @@ class Catalog {
   virtual void Checkpoint() {}
   // Where the catalog is, for people: a path, or a URI with its password hidden.
   virtual std::string Describe() const = 0;
+  // Calls `on_change` (from a thread of the catalog's own) after another process, on any
+  // host, committed a Write(), so that waiters and idle workers look again at once. An
+  // empty function stops the calls; it returns once none is under way. The PostgreSQL
+  // catalog does it with LISTEN/NOTIFY; SQLite never calls it (its readers poll).
+  virtual void SetChangeListener(std::function<void()> on_change) { (void)on_change; }
 };
 
 // Opens (creating and migrating as needed) a SQLite catalog: WAL, foreign keys, busy

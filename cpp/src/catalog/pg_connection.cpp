@@ -1,5 +1,7 @@
 #include "catalog/pg_connection.hpp"
 
+#include <poll.h>
+
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -148,6 +150,19 @@ Result Connection::Query(const std::string& sql, const std::vector<Param>& param
   return Check(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
                               values.data(), nullptr, nullptr, 0),
                sql);
+}
+
+int Connection::WaitForNotifications(int timeout_ms, int ignore_pid) {
+  pollfd fd{PQsocket(conn_), POLLIN, 0};
+  if (fd.fd < 0 || poll(&fd, 1, timeout_ms) < 0) Throw(nullptr, "waiting for notifications");
+  if (PQconsumeInput(conn_) == 0) Throw(nullptr, "reading notifications");
+  int count = 0;
+  while (PGnotify* notify = PQnotifies(conn_)) {
+    if (notify->be_pid != ignore_pid) ++count;
+    PQfreemem(notify);
+  }
+  if (PQstatus(conn_) != CONNECTION_OK) Throw(nullptr, "reading notifications");
+  return count;
 }
 
 std::string RedactConninfo(std::string_view conninfo) {

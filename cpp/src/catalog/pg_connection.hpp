@@ -102,6 +102,11 @@ class Connection {
   bool InTransaction() const;
   // `text` with the connection's password (if any) replaced by "***".
   std::string Redact(std::string text) const;
+  // Waits up to `timeout_ms` for notifications (LISTEN); how many came from sessions other
+  // than `ignore_pid`. Throws PgError (Catalog.Unavailable) when the connection is lost.
+  int WaitForNotifications(int timeout_ms, int ignore_pid);
+  // The server process of this session (what notifications it sends carry).
+  int BackendPid() const { return PQbackendPID(conn_); }
 
  private:
   void Connect();

@@ -42,6 +42,8 @@ using pg::Result;
 
 // The advisory lock key every writer takes ("imgr").
 constexpr int64_t kWriterLock = 0x696d6772;
+// The channel every Write() notifies at its commit (SetChangeListener).
+constexpr const char* kChannel = "imagerelay_changed";
 // How long a Write()/Read() keeps trying to reach a server that went away before failing
 // with Catalog.Unavailable (a restart of the server takes a few seconds).
 constexpr auto kReconnectDeadline = std::chrono::seconds(30);
@@ -679,6 +681,7 @@ class PostgresCatalog final : public Catalog {
   explicit PostgresCatalog(std::string uri) : uri_(std::move(uri)) {
     conn_ = std::make_unique<Connection>(uri_);
     conn_->Exec(kSessionSetup);
+    writer_pid_ = conn_->BackendPid();
     Migrate();
   }
 
@@ -706,6 +709,18 @@ class PostgresCatalog final : public Catalog {
 
   std::string Describe() const override { return pg::RedactConninfo(uri_); }
 
+  ~PostgresCatalog() override { SetChangeListener(nullptr); }
+
+  void SetChangeListener(std::function<void()> on_change) override {
+    std::lock_guard lock(listener_mu_);
+    if (listener_.joinable()) {
+      stop_listening_ = true;
+      listener_.join();
+    }
+    stop_listening_ = false;
+    if (on_change) listener_ = std::thread([this, on_change] { Listen(on_change); });
+  }
+
  private:
   // A new connection if the last one was lost, trying until kReconnectDeadline.
   void EnsureConnected() {
@@ -724,6 +739,7 @@ class PostgresCatalog final : public Catalog {
         if (lost || !conn_->Ok()) {
           conn_->Reconnect();
           conn_->Exec(kSessionSetup);
+          writer_pid_ = conn_->BackendPid();
         }
         step();
         return;
@@ -813,7 +829,10 @@ class PostgresCatalog final : public Catalog {
     try {
       PostgresTx tx(*conn_);
       fn(tx);
-      if (write) FailPoint("catalog.commit");
+      if (write) {
+        conn_->Exec(std::string("NOTIFY ") + kChannel);  // delivered at the commit
+        FailPoint("catalog.commit");
+      }
       conn_->Exec("COMMIT");
       if (write) FailPoint("catalog.committed");
     } catch (const PgError& e) {
@@ -829,10 +848,36 @@ class PostgresCatalog final : public Catalog {
     }
   }
 
+  // The listener thread: LISTEN on a connection of its own, reconnecting when it is lost
+  // (and then calling on_change once: a change may have come meanwhile).
+  void Listen(const std::function<void()>& on_change) {
+    std::unique_ptr<Connection> conn;
+    while (!stop_listening_) {
+      try {
+        if (!conn || !conn->Ok()) {
+          conn = std::make_unique<Connection>(uri_);
+          conn->Exec(std::string("LISTEN ") + kChannel);
+          on_change();
+        }
+        // This catalog's own commits wake its engine already.
+        if (conn->WaitForNotifications(250, writer_pid_.load()) > 0) on_change();
+      } catch (const Error&) {
+        conn.reset();
+        for (int i = 0; i < 8 && !stop_listening_; ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(125));
+        }
+      }
+    }
+  }
+
   std::string uri_;
   std::mutex mu_;
   std::atomic<std::thread::id> owner_;  // thread inside Run(), to refuse nested calls
   std::unique_ptr<Connection> conn_;
+  std::mutex listener_mu_;  // SetChangeListener
+  std::thread listener_;
+  std::atomic<bool> stop_listening_{false};
+  std::atomic<int> writer_pid_{0};  // conn_'s server process
 };
 
 }  // namespace

@@ -247,6 +247,12 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   });
   for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
 
+  // Another process's (or host's) commit wakes this one's waiters and idle workers at once,
+  // where the catalog can tell (PostgreSQL); otherwise they look again every so often.
+  impl->catalog->SetChangeListener([raw] {
+    raw->NotifyChanged();
+    raw->workers->Wake();
+  });
   std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
   engine->impl_->importer->RecoverInterrupted();
   engine->impl_->sweeper->SweepPending();
@@ -265,6 +271,7 @@ void Engine::Close() {
   // Copies stop where they are; their leases lapse and the next Open resumes them.
   // Imports stop and end CreateFailed (an import starts over: nothing to resume).
   if (!impl_->running.CancelAll()) return;  // closed before
+  impl_->catalog->SetChangeListener(nullptr);
   impl_->digester->Stop();
   impl_->workers->Stop();
   impl_->background.JoinAll();
