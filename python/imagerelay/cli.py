@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     wk = add("worker", "run queued copies for this home",
              "imagerelay worker --until-idle")
     wk.add_argument("--until-idle", action="store_true", help="exit once no copy is queued")
+    wk.add_argument("--concurrency", type=int, default=None, metavar="N",
+                    help="copies this worker runs at once (1-1024, default 4); with a shared "
+                         "catalog, each host's worker takes its share")
 
     demo = add("demo", "replicate-then-share on a fresh home", "imagerelay demo")
     demo.add_argument("--keep", action="store_true", help="keep the demo home afterwards")
@@ -303,8 +306,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
         args.command == "replicate" and args.wait) or (
         args.command == "jobs" and args.action == "wait") or (
         args.command == "run" and not args.dry_run)
+    workers = args.concurrency if args.command == "worker" else None
     with cloud_module.open(args.home, account=args.account, catalog=args.catalog,
-                           start_workers=needs_workers) as cloud:
+                           start_workers=needs_workers, workers=workers) as cloud:
         started = False
         if not needs_workers and cloud.copies_waiting_for_a_worker():
             # A background worker was killed (or never started): its copies go on now,

@@ -203,3 +203,30 @@ def test_server_restart_mid_copy(pg_test_server: Any, catalog: str, tmp_path: Pa
         assert task.state == "Completed" and task.worker is None
         copy = cloud.image(task.dest_image_id)
         assert copy.export(tmp_path / "out.raw").read_bytes() == src.read_bytes()
+
+
+def test_workers_on_two_hosts_share_the_queue(catalog: str, tmp_path: Path) -> None:
+    """`imagerelay worker --catalog URI` on two homes (as two hosts) runs every queued copy,
+    each exactly once."""
+    limits = ir.Limits(chunk_size=CHUNK)
+    with ir.open(tmp_path / "queue", catalog=catalog, start_workers=False,
+                 limits=limits) as cloud:
+        jobs = []
+        for i in range(6):
+            src = make_dense(tmp_path / f"{i}.raw", 4 * CHUNK)
+            image = cloud.import_image(src, region="bj", name=f"img{i}")
+            jobs.append(cloud.replicate(image.id, ["gz", "su"]).id)
+    workers = [subprocess.Popen([IMAGERELAY, "--home", str(tmp_path / host), "--catalog",
+                                 catalog, "worker", "--until-idle", "--concurrency", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for host in ("host-a", "host-b")]
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+    with ir.open(tmp_path / "queue", catalog=catalog, start_workers=False) as cloud:
+        for job_id in jobs:
+            job = cloud.job(job_id)
+            assert job.state == "Completed"
+            assert all(t.attempts == 1 for t in job.tasks.values())
+        started = [e.image_id for e in cloud.events() if e.type == "task.started"]
+        assert len(started) == len(set(started)) == 12
