@@ -226,7 +226,7 @@ def test_workers_on_two_hosts_share_the_queue(catalog: str, tmp_path: Path) -> N
     with ir.open(tmp_path / "queue", catalog=catalog, start_workers=False) as cloud:
         for job_id in jobs:
             job = cloud.job(job_id)
-            assert job.state == "Completed"
+            assert job.state == "Completed", [t.error for t in job.tasks.values()]
             assert all(t.attempts == 1 for t in job.tasks.values())
         started = [e.image_id for e in cloud.events() if e.type == "task.started"]
         assert len(started) == len(set(started)) == 12
