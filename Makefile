@@ -1,5 +1,5 @@
 # make demo: install what is missing, build, run the replicate-then-share demo.
-# make test: install, build, run every C++ and Python test.
+# make test: install (PostgreSQL included), build, run every C++ and Python test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The editable install's build tree (pyproject.toml) also builds the C++ tests.
@@ -26,8 +26,10 @@ build: build-cpp
 demo: build-py
 	$(VENV)/bin/imagerelay demo
 
+# The catalog tests run against SQLite and against a PostgreSQL server started for them
+# (tests/python/pg_server.py: initdb in a temporary directory, 127.0.0.1, stopped at the end).
 test-cpp: build-cpp
-	$(CPP_BUILD)/imagerelay_tests --gtest_brief=1
+	$(PY) tests/python/pg_server.py run -- $(CPP_BUILD)/imagerelay_tests --gtest_brief=1
 
 test-py: build-py
 	$(PY) -m pytest -q tests/python

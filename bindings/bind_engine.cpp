@@ -212,18 +212,20 @@ void BindEngine(py::module_& m) {
       .def_static(
           "open",
           [](const std::filesystem::path& home, const Limits& limits, int workers,
-             bool start_workers) {
+             bool start_workers, const std::string& catalog) {
             EngineOptions options;
             options.home = home;
             options.limits = limits;
             options.workers = workers;
             options.start_workers = start_workers;
+            options.catalog = catalog;
             return Engine::Open(options);
           },
           py::arg("home"), py::arg("limits"), py::arg("workers") = 4,
-          py::arg("start_workers") = true, Release())
+          py::arg("start_workers") = true, py::arg("catalog") = "", Release())
       .def("close", &Engine::Close, Release())
       .def_property_readonly("home", &Engine::home)
+      .def_property_readonly("catalog", &Engine::catalog)
       .def_property_readonly("limits", &Engine::limits)
       .def("add_region", &Engine::AddRegion, py::arg("id"), py::arg("store"), py::arg("name"),
            py::arg("access_key_id") = "", py::arg("secret_access_key") = "",

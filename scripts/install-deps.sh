@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(g++ make libsqlite3-dev libssl-dev libcurl4-openssl-dev nlohmann-json3-dev
               libgtest-dev libzstd-dev rsync openssl e2fsprogs zstd clang-format
-              qemu-utils)
+              qemu-utils libpq-dev postgresql)
 if [ "${1:-}" = "--fuzz" ]; then
   APT_PACKAGES+=(clang libclang-rt-dev)
 fi

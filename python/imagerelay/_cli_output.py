@@ -216,9 +216,10 @@ def job_details(job: Job, waiting: Waiting | None = None) -> str:
     print)."""
     return jobs_table([job], waiting) + "\n\n" + table(
         [[t.region, t.dest_image_id, waiting.task_state(t) if waiting else t.state,
-          size(t.bytes_done), size(t.bytes_transferred), size(t.bytes_sent), t.error or ""]
+          size(t.bytes_done), size(t.bytes_transferred), size(t.bytes_sent), t.worker or "",
+          t.error or ""]
          for t in job.tasks.values()],
-        ["REGION", "COPY", "STATE", "DONE", "MOVED", "SENT", "ERROR"])
+        ["REGION", "COPY", "STATE", "DONE", "MOVED", "SENT", "WORKER", "ERROR"])
 
 
 def job_failed(job: Job) -> str:

@@ -7,6 +7,7 @@ started here if none runs; ``<home>/worker.lock`` says whether one does.
 from __future__ import annotations
 
 import fcntl
+import os
 import signal
 import subprocess
 import sys
@@ -19,9 +20,9 @@ def _lock_path(home: Path) -> Path:
     return home / "worker.lock"
 
 
-def ensure_background_worker(home: Path) -> bool:
-    """Starts ``imagerelay worker --until-idle`` for this home unless one already runs;
-    True if it started one."""
+def ensure_background_worker(home: Path, catalog: str = "") -> bool:
+    """Starts ``imagerelay worker --until-idle`` for this home (and its catalog) unless one
+    already runs; True if it started one."""
     lock_path = _lock_path(home)
     with open(lock_path, "a+") as f:
         try:
@@ -30,9 +31,11 @@ def ensure_background_worker(home: Path) -> bool:
             return False  # a worker holds it
         fcntl.flock(f, fcntl.LOCK_UN)
     with open(home / "worker.log", "ab") as log:  # the child keeps its own copy
+        # The catalog's URI goes in the environment, not the command line that ps shows.
         subprocess.Popen(
             [sys.executable, "-m", "imagerelay", "--home", str(home), "worker", "--until-idle"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env=dict(os.environ, IMAGERELAY_CATALOG=catalog))
     return True
 
 

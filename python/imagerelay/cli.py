@@ -67,13 +67,18 @@ def _since(text: str) -> int | datetime | timedelta:
 
 
 def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
-    """--home, --account and --json: before the subcommand, and after it too. After it,
-    an option not given leaves the value given before (argparse.SUPPRESS)."""
+    """--home, --account, --catalog and --json: before the subcommand, and after it too.
+    After it, an option not given leaves the value given before (argparse.SUPPRESS)."""
     default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
     parser.add_argument("--home", help="home directory (default $IMAGERELAY_HOME, else "
                                        "~/.imagerelay; created if new)", **default)
     parser.add_argument("--account", help="acting account (default $IMAGERELAY_ACCOUNT, "
                                           "else default)", **default)
+    parser.add_argument("--catalog", metavar="URI",
+                        help="a postgresql:// catalog shared by several hosts (default "
+                             "$IMAGERELAY_CATALOG, else the home's config.json, else the "
+                             "home's own); the password from ~/.pgpass or $PGPASSWORD",
+                        **default)
     parser.add_argument("--json", action="store_true",
                         help="machine-readable output on stdout (errors too)", **default)
 
@@ -280,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     wk = add("worker", "run queued copies for this home",
              "imagerelay worker --until-idle")
     wk.add_argument("--until-idle", action="store_true", help="exit once no copy is queued")
+    wk.add_argument("--concurrency", type=int, default=None, metavar="N",
+                    help="copies this worker runs at once (1-1024, default 4); with a shared "
+                         "catalog, each host's worker takes its share")
 
     demo = add("demo", "replicate-then-share on a fresh home", "imagerelay demo")
     demo.add_argument("--keep", action="store_true", help="keep the demo home afterwards")
@@ -298,13 +306,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
         args.command == "replicate" and args.wait) or (
         args.command == "jobs" and args.action == "wait") or (
         args.command == "run" and not args.dry_run)
-    with cloud_module.open(args.home, account=args.account,
-                           start_workers=needs_workers) as cloud:
+    workers = args.concurrency if args.command == "worker" else None
+    with cloud_module.open(args.home, account=args.account, catalog=args.catalog,
+                           start_workers=needs_workers, workers=workers) as cloud:
         started = False
         if not needs_workers and cloud.copies_waiting_for_a_worker():
             # A background worker was killed (or never started): its copies go on now,
             # instead of showing Running until something else opens the home.
-            started = ensure_background_worker(cloud.home)
+            started = ensure_background_worker(cloud.home, cloud._catalog_uri)
         return dispatch(cloud, args, out, worker_started=started)
 
 
@@ -359,7 +368,7 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *
         if args.wait:
             job.wait(progress=out.bars, raise_on_error=False)
         else:
-            ensure_background_worker(cloud.home)
+            ensure_background_worker(cloud.home, cloud._catalog_uri)
         out.emit(output.job_json(job), lambda: output.job_copies(job))
         if args.wait and job.state == "Failed":
             return _job_failed(job)
@@ -418,7 +427,8 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *
         result = book.run(cloud, vars=dict(args.var), dry_run=args.dry_run,
                           progress=out.bars, on_step=out.step_printer())
         if not args.dry_run and cloud.jobs(active=True):
-            ensure_background_worker(cloud.home)  # copies of `wait: false` steps go on
+            # copies of `wait: false` steps go on
+            ensure_background_worker(cloud.home, cloud._catalog_uri)
         out.emit(result.to_dict(), result.summary)
     elif cmd == "worker":
         return run_worker(cloud, until_idle=args.until_idle)

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import _core
 from ._checks import as_str_list, check_int, check_timeout
+from ._config import home_config
 from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
 from ._wait import wait_for
@@ -68,6 +69,7 @@ class Cloud:
         self._engine = engine
         self._account = account
         self._owns_engine = owns_engine
+        self._catalog_uri = ""  # as given to open(), password included: never shown
 
     # -- basics -------------------------------------------------------------------
     @property
@@ -91,7 +93,9 @@ class Cloud:
     def as_account(self, account_id: str) -> Cloud:
         """The same engine acting as another account (``NoSuchAccount`` if unknown)."""
         self._engine.account(account_id)
-        return Cloud(self._engine, account_id, owns_engine=False)
+        other = Cloud(self._engine, account_id, owns_engine=False)
+        other._catalog_uri = self._catalog_uri
+        return other
 
     def close(self) -> None:
         """Stops this engine's workers; copies in flight resume at the next open()."""
@@ -104,8 +108,16 @@ class Cloud:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def catalog(self) -> str:
+        """Where the catalog is: ``<home>/catalog.db``, or a PostgreSQL URI with its password
+        shown as ``***``."""
+        return str(self._engine.catalog)
+
     def __repr__(self) -> str:
-        return f"<Cloud home={str(self.home)!r} account={self.account!r}>"
+        catalog = self.catalog
+        where = "" if catalog == str(self.home / "catalog.db") else f" catalog={catalog!r}"
+        return f"<Cloud home={str(self.home)!r}{where} account={self.account!r}>"
 
     # -- regions and accounts -----------------------------------------------------
     def add_region(self, region_id: str, store: str | os.PathLike[str] | None = None, *,
@@ -407,12 +419,15 @@ def _since(since: int | datetime | timedelta) -> tuple[int, int]:
 
 def open(home: str | os.PathLike[str] | None = None, *, account: str | None = None,
          limits: Limits | None = None, workers: int | None = None,
-         start_workers: bool = True) -> Cloud:
+         start_workers: bool = True, catalog: str | None = None) -> Cloud:
     """Opens (or creates) a home: a catalog, regions bj/gz/su and account ``default``.
 
     ``home`` defaults to ``$IMAGERELAY_HOME``, else ``~/.imagerelay``; ``account`` to
     ``$IMAGERELAY_ACCOUNT``, else ``default``. Copies left in flight resume here, unless
     ``start_workers`` is false (a short-lived tool that leaves copies to a worker).
+    ``catalog`` is where the catalog is: a ``postgresql://`` URI shared by several hosts
+    (docs/scale-out.md); it defaults to ``$IMAGERELAY_CATALOG``, else the home's
+    ``config.json``, else SQLite in ``<home>/catalog.db``.
     """
     if home is None:
         home = os.environ.get("IMAGERELAY_HOME") or Path.home() / ".imagerelay"
@@ -420,9 +435,14 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
         account = os.environ.get("IMAGERELAY_ACCOUNT") or "default"
     if workers is not None:
         workers = check_int("workers", workers, low=1, high=_MAX_WORKERS)
+    home = Path(home).expanduser()
+    if catalog is None:
+        catalog = os.environ.get("IMAGERELAY_CATALOG") or home_config(home).get("catalog") or ""
+    elif not isinstance(catalog, str):
+        raise ValidationError(f"catalog must be a postgresql:// URI (a str), got "
+                              f"{type(catalog).__name__}")
     core_limits = (limits or Limits())._to_core()
-    engine = _core.Engine.open(Path(home).expanduser(), core_limits, workers or 4,
-                               start_workers)
+    engine = _core.Engine.open(home, core_limits, workers or 4, start_workers, catalog)
     with _open_lock:
         _open_engines.add(engine)
     try:
@@ -430,4 +450,6 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
     except Exception:
         engine.close()
         raise
-    return Cloud(engine, account)
+    cloud = Cloud(engine, account)
+    cloud._catalog_uri = catalog  # for the background worker this opens; never shown
+    return cloud

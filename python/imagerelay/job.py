@@ -41,6 +41,8 @@ class Task:
     chunks_skipped = CoreField[int]()
     rate = CoreField[float]("bytes/s")
     attempts = CoreField[int]()
+    worker = CoreField[str | None](
+        "``host:pid`` of the worker copying it while it runs (None otherwise)")
     error = CoreField[str | None]()
     error_code = CoreField[str | None]()
     started_at = CoreField[datetime | None](source="started_us", convert=utc_from_us)

@@ -7,11 +7,15 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -20,6 +24,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/state.hpp"
+#include "test_postgres.hpp"
 
 namespace imagerelay {
 namespace {
@@ -134,12 +139,33 @@ std::vector<int> RunInChildren(int n, const std::function<void(int)>& prepare,
   return codes;
 }
 
-class CatalogTest : public ::testing::Test {
+// The contract tests run against both catalogs: "sqlite" (a file in a temporary directory)
+// and "postgresql" (a database of its own on the test server, skipped without one).
+class CatalogFixture : public ::testing::Test {
  protected:
-  void SetUp() override {
-    path_ = dir_.path() / "home" / "catalog.db";  // the parent does not exist yet
-    catalog_ = OpenSqliteCatalog(path_);
+  void Start(const std::string& backend) {
+    if (backend == "postgresql") {
+      server_ = testing_util::TestPostgresServer();
+      if (!server_) GTEST_SKIP() << testing_util::kNoPostgresMessage;
+    }
+    place_ = FreshPlace();
+    catalog_ = place_();
   }
+
+  // An opener for a new, empty place: a file not yet created, or a new database.
+  std::function<std::unique_ptr<Catalog>()> FreshPlace() {
+    if (server_) {
+      databases_.push_back(std::make_unique<testing_util::ScratchDatabase>(*server_));
+      std::string uri = databases_.back()->uri();
+      return [uri] { return OpenPostgresCatalog(uri); };
+    }
+    fs::path path = dir_.path() / ("home" + std::to_string(places_++)) / "catalog.db";
+    if (places_ == 1) path_ = path;  // the parent does not exist yet
+    return [path] { return OpenSqliteCatalog(path); };
+  }
+
+  bool postgres() const { return server_.has_value(); }
+  std::unique_ptr<Catalog> Open() { return place_(); }
 
   void Write(const std::function<void(CatalogTx&)>& fn) { catalog_->Write(fn); }
   void Read(const std::function<void(CatalogTx&)>& fn) { catalog_->Read(fn); }
@@ -158,17 +184,35 @@ class CatalogTest : public ::testing::Test {
 
   void Reopen() {
     catalog_.reset();
-    catalog_ = OpenSqliteCatalog(path_);
+    catalog_ = Open();
   }
 
   TempDir dir_;
-  fs::path path_;
+  fs::path path_;  // SQLite: the file of the test's catalog
+  std::optional<std::string> server_;
+  std::vector<std::unique_ptr<testing_util::ScratchDatabase>> databases_;
+  int places_ = 0;
+  std::function<std::unique_ptr<Catalog>()> place_;
   std::unique_ptr<Catalog> catalog_;
+};
+
+class CatalogTest : public CatalogFixture, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { Start(GetParam()); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Catalogs, CatalogTest, ::testing::Values("sqlite", "postgresql"),
+                         [](const auto& info) { return info.param; });
+
+// What only the SQLite catalog has: a file, a write-ahead log, checkpoints.
+class SqliteCatalogTest : public CatalogFixture {
+ protected:
+  void SetUp() override { Start("sqlite"); }
 };
 
 // --- Opening, schema, errors -------------------------------------------------------------
 
-TEST_F(CatalogTest, OpenCreatesParentDirectoryAndUsesWal) {
+TEST_F(SqliteCatalogTest, OpenCreatesParentDirectoryAndUsesWal) {
   EXPECT_TRUE(fs::is_regular_file(path_));
   EXPECT_GE(catalog_->SchemaVersion(), 1);
 
@@ -182,7 +226,7 @@ TEST_F(CatalogTest, OpenCreatesParentDirectoryAndUsesWal) {
   sqlite3_close(db);
 }
 
-TEST_F(CatalogTest, ReopenKeepsDataAndSchemaVersion) {
+TEST_P(CatalogTest, ReopenKeepsDataAndSchemaVersion) {
   const int version = catalog_->SchemaVersion();
   Write([](CatalogTx& tx) {
     tx.InsertRegion({"bj", "Beijing", "/data/bj"});
@@ -199,7 +243,7 @@ TEST_F(CatalogTest, ReopenKeepsDataAndSchemaVersion) {
   });
 }
 
-TEST_F(CatalogTest, RefusesSchemaNewerThanItKnows) {
+TEST_F(SqliteCatalogTest, RefusesSchemaNewerThanItKnows) {
   catalog_.reset();
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
@@ -243,7 +287,7 @@ TEST(CatalogOpenTest, FileIsNotADatabase) {
 
 // --- Regions, accounts, settings ---------------------------------------------------------
 
-TEST_F(CatalogTest, RegionsAndAccounts) {
+TEST_P(CatalogTest, RegionsAndAccounts) {
   Write([](CatalogTx& tx) {
     EXPECT_TRUE(tx.InsertRegion({"gz", "Guangzhou", "/data/gz"}));
     EXPECT_TRUE(tx.InsertRegion({"bj", "Beijing", "s3://b/p?endpoint=x"}));
@@ -274,7 +318,7 @@ TEST_F(CatalogTest, RegionsAndAccounts) {
   });
 }
 
-TEST_F(CatalogTest, DeleteRegionAndAccount) {
+TEST_P(CatalogTest, DeleteRegionAndAccount) {
   Write([](CatalogTx& tx) {
     tx.InsertRegion({"gz", "Guangzhou", "/data/gz"});
     tx.InsertAccount({"alice", "Alice"});
@@ -300,7 +344,7 @@ TEST_F(CatalogTest, DeleteRegionAndAccount) {
   });
 }
 
-TEST_F(CatalogTest, Settings) {
+TEST_P(CatalogTest, Settings) {
   Write([](CatalogTx& tx) {
     EXPECT_FALSE(tx.GetSetting("limits"));
     tx.PutSetting("limits", "a");
@@ -309,7 +353,7 @@ TEST_F(CatalogTest, Settings) {
   Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("limits"), "b"); });
 }
 
-TEST_F(CatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
+TEST_F(SqliteCatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
   const std::string secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
   Write([&](CatalogTx& tx) {
     tx.PutSetting("other", "kept");
@@ -329,7 +373,7 @@ TEST_F(CatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
   EXPECT_EQ(bytes.find(secret), std::string::npos);
 }
 
-TEST_F(CatalogTest, CommitsLeaveTheLogAndCheckpointFoldsItIn) {
+TEST_F(SqliteCatalogTest, CommitsLeaveTheLogAndCheckpointFoldsItIn) {
   const std::string marker = "checkpoint-marker-7f3a";
   auto main_file_holds_marker = [&] {
     std::ifstream in(path_, std::ios::binary);
@@ -345,7 +389,7 @@ TEST_F(CatalogTest, CommitsLeaveTheLogAndCheckpointFoldsItIn) {
 
 // --- Images ------------------------------------------------------------------------------
 
-TEST_F(CatalogTest, ImageRoundTripsEveryField) {
+TEST_P(CatalogTest, ImageRoundTripsEveryField) {
   Image image = MakeImage("m-abcdefgh", "bj", 123456789, ImageStatus::kCreateFailed, "db.v2");
   image.type = ImageType::kSystem;
   image.owner = "";
@@ -384,7 +428,7 @@ TEST_F(CatalogTest, ImageRoundTripsEveryField) {
   EXPECT_FALSE(GetImage("m-missing0"));
 }
 
-TEST_F(CatalogTest, ListImagesFiltersOrdersAndHidesDeleted) {
+TEST_P(CatalogTest, ListImagesFiltersOrdersAndHidesDeleted) {
   Write([](CatalogTx& tx) {
     tx.InsertImage(MakeImage("m-00000003", "bj", 30, ImageStatus::kAvailable, "web"));
     tx.InsertImage(MakeImage("m-00000001", "bj", 10, ImageStatus::kCreating, "db"));
@@ -412,7 +456,7 @@ TEST_F(CatalogTest, ListImagesFiltersOrdersAndHidesDeleted) {
   EXPECT_EQ(deleted->status, ImageStatus::kDeleted);
 }
 
-TEST_F(CatalogTest, ImageIdsAreNeverReused) {
+TEST_P(CatalogTest, ImageIdsAreNeverReused) {
   const std::string id = "m-reused01";
   Write([&](CatalogTx& tx) {
     EXPECT_TRUE(tx.InsertImage(MakeImage(id, "bj", 1)));
@@ -427,7 +471,7 @@ TEST_F(CatalogTest, ImageIdsAreNeverReused) {
   EXPECT_EQ(image->status, ImageStatus::kDeleted);
 }
 
-TEST_F(CatalogTest, UpdateImageFieldsKeepsIdAndStatus) {
+TEST_P(CatalogTest, UpdateImageFieldsKeepsIdAndStatus) {
   Write([](CatalogTx& tx) { tx.InsertImage(MakeImage("m-update01", "bj", 1)); });
   Image changed = MakeImage("m-update01", "bj", 1, ImageStatus::kDeleted, "renamed");
   changed.size = 42;
@@ -446,7 +490,7 @@ TEST_F(CatalogTest, UpdateImageFieldsKeepsIdAndStatus) {
                NotFoundError);
 }
 
-TEST_F(CatalogTest, TransitionImageFollowsTheTableExhaustively) {
+TEST_P(CatalogTest, TransitionImageFollowsTheTableExhaustively) {
   int n = 0;
   for (ImageStatus actual : kAllImageStatuses) {
     for (ImageStatus expected : kAllImageStatuses) {
@@ -473,7 +517,7 @@ TEST_F(CatalogTest, TransitionImageFollowsTheTableExhaustively) {
 
 // --- Shares ------------------------------------------------------------------------------
 
-TEST_F(CatalogTest, Shares) {
+TEST_P(CatalogTest, Shares) {
   Write([](CatalogTx& tx) {
     tx.InsertImage(MakeImage("m-bj000001", "bj", 1));
     tx.InsertImage(MakeImage("m-bj000002", "bj", 2));
@@ -511,7 +555,7 @@ TEST_F(CatalogTest, Shares) {
 
 // --- Jobs and tasks ----------------------------------------------------------------------
 
-TEST_F(CatalogTest, JobsWithTasks) {
+TEST_P(CatalogTest, JobsWithTasks) {
   Task su = MakeTask("m-su000001", "su");
   su.bytes_total = 10;
   Write([&](CatalogTx& tx) {
@@ -552,7 +596,7 @@ TEST_F(CatalogTest, JobsWithTasks) {
   });
 }
 
-TEST_F(CatalogTest, ListTasksInStatesOldestJobFirst) {
+TEST_P(CatalogTest, ListTasksInStatesOldestJobFirst) {
   Write([](CatalogTx& tx) {
     tx.InsertJob(MakeJob(
         "job-new", "alice", 300,
@@ -576,7 +620,7 @@ TEST_F(CatalogTest, ListTasksInStatesOldestJobFirst) {
   });
 }
 
-TEST_F(CatalogTest, UpdateTaskFieldsKeepsState) {
+TEST_P(CatalogTest, UpdateTaskFieldsKeepsState) {
   Write([](CatalogTx& tx) {
     tx.InsertJob(MakeJob("job-1", "alice", 1, {MakeTask("m-1", "gz", TaskState::kRunning)}));
   });
@@ -620,7 +664,7 @@ TEST_F(CatalogTest, UpdateTaskFieldsKeepsState) {
                NotFoundError);
 }
 
-TEST_F(CatalogTest, TransitionTaskFollowsTheTableExhaustively) {
+TEST_P(CatalogTest, TransitionTaskFollowsTheTableExhaustively) {
   int n = 0;
   for (TaskState actual : kAllTaskStates) {
     for (TaskState expected : kAllTaskStates) {
@@ -644,7 +688,7 @@ TEST_F(CatalogTest, TransitionTaskFollowsTheTableExhaustively) {
   }
 }
 
-TEST_F(CatalogTest, ClientTokens) {
+TEST_P(CatalogTest, ClientTokens) {
   Write([](CatalogTx& tx) {
     EXPECT_FALSE(tx.GetClientToken("alice", "t1"));
     tx.InsertClientToken("alice", "t1", {"job-1", "fp-1"});
@@ -662,7 +706,7 @@ TEST_F(CatalogTest, ClientTokens) {
 
 // --- Events ------------------------------------------------------------------------------
 
-TEST_F(CatalogTest, EventsAppendAndList) {
+TEST_P(CatalogTest, EventsAppendAndList) {
   std::vector<int64_t> seqs;
   Write([&](CatalogTx& tx) {
     Event e = MakeEvent("ImageCreated", "m-1");
@@ -703,7 +747,7 @@ TEST_F(CatalogTest, EventsAppendAndList) {
 
 // --- Sweep lease -------------------------------------------------------------------------
 
-TEST_F(CatalogTest, SweepLease) {
+TEST_P(CatalogTest, SweepLease) {
   const TimeUs now = NowUs();
   const TimeUs later = now + 60'000'000;
   Write([&](CatalogTx& tx) {
@@ -727,7 +771,7 @@ TEST_F(CatalogTest, SweepLease) {
   });
 }
 
-TEST_F(CatalogTest, SweepNeeded) {
+TEST_P(CatalogTest, SweepNeeded) {
   Write([](CatalogTx& tx) {
     EXPECT_TRUE(tx.RegionsNeedingSweep().empty());
     tx.SetSweepNeeded("gz", true);
@@ -750,7 +794,7 @@ TEST_F(CatalogTest, SweepNeeded) {
 
 // A sweep clears the flag only if no garbage was made while it ran (it took the mark first);
 // a sweep that never ends (killed) leaves it set.
-TEST_F(CatalogTest, SweepNeededMarkTellsWhetherGarbageCameWhileASweepRan) {
+TEST_P(CatalogTest, SweepNeededMarkTellsWhetherGarbageCameWhileASweepRan) {
   int64_t mark = 0;
   Write([&](CatalogTx& tx) {
     EXPECT_EQ(tx.SweepNeededMark("bj"), 0);
@@ -772,7 +816,7 @@ TEST_F(CatalogTest, SweepNeededMarkTellsWhetherGarbageCameWhileASweepRan) {
   });
 }
 
-TEST_F(CatalogTest, ManifestDigestsAndShareTimes) {
+TEST_P(CatalogTest, ManifestDigestsAndShareTimes) {
   Write([](CatalogTx& tx) {
     tx.InsertRegion({"bj", "Beijing", "/data/bj"});
     tx.InsertAccount({"alice", "Alice"});
@@ -797,7 +841,7 @@ TEST_F(CatalogTest, ManifestDigestsAndShareTimes) {
 
 // --- Transactions ------------------------------------------------------------------------
 
-TEST_F(CatalogTest, WriteRollsBackWhenTheCallbackThrows) {
+TEST_P(CatalogTest, WriteRollsBackWhenTheCallbackThrows) {
   EXPECT_THROW(Write([](CatalogTx& tx) {
                  tx.InsertRegion({"bj", "Beijing", "/data/bj"});
                  tx.InsertImage(MakeImage("m-rollback", "bj", 1));
@@ -816,7 +860,7 @@ TEST_F(CatalogTest, WriteRollsBackWhenTheCallbackThrows) {
   Write([](CatalogTx& tx) { EXPECT_TRUE(tx.InsertImage(MakeImage("m-rollback", "bj", 1))); });
 }
 
-TEST_F(CatalogTest, FailedStatementRollsBackTheWholeWrite) {
+TEST_P(CatalogTest, FailedStatementRollsBackTheWholeWrite) {
   Write([](CatalogTx& tx) { tx.InsertClientToken("alice", "t", {"job-1", "fp"}); });
   EXPECT_THROW(Write([](CatalogTx& tx) {
                  tx.PutSetting("k", "v");
@@ -829,18 +873,18 @@ TEST_F(CatalogTest, FailedStatementRollsBackTheWholeWrite) {
   });
 }
 
-TEST_F(CatalogTest, ReadRefusesChanges) {
+TEST_P(CatalogTest, ReadRefusesChanges) {
   EXPECT_THROW(Read([](CatalogTx& tx) { tx.PutSetting("k", "v"); }), Error);
   Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("k")); });
 }
 
-TEST_F(CatalogTest, NestedCallsAreRefused) {
+TEST_P(CatalogTest, NestedCallsAreRefused) {
   EXPECT_THROW(Write([&](CatalogTx&) { Read([](CatalogTx&) {}); }), Error);
   EXPECT_THROW(Read([&](CatalogTx&) { Write([](CatalogTx&) {}); }), Error);
   Write([](CatalogTx& tx) { tx.PutSetting("k", "v"); });  // still usable
 }
 
-TEST_F(CatalogTest, ThreadsShareOneCatalog) {
+TEST_P(CatalogTest, ThreadsShareOneCatalog) {
   constexpr int kThreads = 8;
   constexpr int kEach = 25;
   std::vector<std::thread> threads;
@@ -873,14 +917,14 @@ class ForeignWriter {
   sqlite3* db_ = nullptr;
 };
 
-TEST_F(CatalogTest, ReadersAreNotBlockedByAWriter) {
+TEST_F(SqliteCatalogTest, ReadersAreNotBlockedByAWriter) {
   ForeignWriter writer(path_);
   Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("foreign")); });
   EXPECT_EQ(writer.Exec("COMMIT"), SQLITE_OK);
   Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("foreign"), "uncommitted"); });
 }
 
-TEST_F(CatalogTest, WriteWaitsForAnotherWriter) {
+TEST_F(SqliteCatalogTest, WriteWaitsForAnotherWriter) {
   ForeignWriter writer(path_);
   std::thread releaser([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -896,7 +940,7 @@ TEST_F(CatalogTest, WriteWaitsForAnotherWriter) {
 
 // --- Several processes -------------------------------------------------------------------
 
-TEST_F(CatalogTest, ExactlyOneProcessWinsACompareAndSet) {
+TEST_P(CatalogTest, ExactlyOneProcessWinsACompareAndSet) {
   constexpr int kChildren = 4;
   const std::string id = "m-race0001";
   Write([&](CatalogTx& tx) { tx.InsertImage(MakeImage(id, "bj", 1)); });
@@ -904,7 +948,7 @@ TEST_F(CatalogTest, ExactlyOneProcessWinsACompareAndSet) {
 
   std::unique_ptr<Catalog> child_catalog;
   auto codes = RunInChildren(
-      kChildren, [&](int) { child_catalog = OpenSqliteCatalog(path_); },
+      kChildren, [&](int) { child_catalog = Open(); },
       [&](int) {
         bool won = false;
         child_catalog->Write([&](CatalogTx& tx) {
@@ -922,13 +966,13 @@ TEST_F(CatalogTest, ExactlyOneProcessWinsACompareAndSet) {
   EXPECT_EQ(GetImage(id)->status, ImageStatus::kReplicating);
 }
 
-TEST_F(CatalogTest, ConcurrentWriterProcessesLoseNothing) {
+TEST_P(CatalogTest, ConcurrentWriterProcessesLoseNothing) {
   constexpr int kChildren = 4;
   constexpr int kEach = 50;
   catalog_.reset();
   std::unique_ptr<Catalog> child_catalog;
   auto codes = RunInChildren(
-      kChildren, [&](int) { child_catalog = OpenSqliteCatalog(path_); },
+      kChildren, [&](int) { child_catalog = Open(); },
       [&](int child) {
         for (int i = 0; i < kEach; ++i) {
           child_catalog->Write(
@@ -943,25 +987,275 @@ TEST_F(CatalogTest, ConcurrentWriterProcessesLoseNothing) {
   std::set<int64_t> seqs;
   for (const auto& e : events) seqs.insert(e.seq);
   EXPECT_EQ(seqs.size(), events.size());
+  EXPECT_EQ(*seqs.rbegin() - *seqs.begin() + 1, static_cast<int64_t>(seqs.size()));  // no gap
 }
 
-TEST(CatalogProcessTest, ConcurrentFirstOpenMigratesOnce) {
+TEST_P(CatalogTest, ConcurrentFirstOpenMigratesOnce) {
   constexpr int kChildren = 4;
-  TempDir dir;
-  const fs::path path = dir.path() / "new" / "catalog.db";
+  catalog_.reset();
+  auto open_new = FreshPlace();
   auto codes = RunInChildren(
       kChildren, [](int) {},
       [&](int child) {
-        auto catalog = OpenSqliteCatalog(path);
+        auto catalog = open_new();
         catalog->Write([&](CatalogTx& tx) {
           tx.InsertAccount({"acct" + std::to_string(child), "A"});
         });
         return 0;
       });
   for (int code : codes) EXPECT_EQ(code, 0);
-  auto catalog = OpenSqliteCatalog(path);
+  auto catalog = open_new();
   EXPECT_GE(catalog->SchemaVersion(), 1);
   catalog->Read([&](CatalogTx& tx) { EXPECT_EQ(tx.ListAccounts().size(), 4u); });
+}
+
+// Workers in several processes claim from 1,000 queued tasks, a few per Write() as the
+// engine claims a job's tasks, with the compare-and-set TransitionTask: each task is
+// claimed exactly once, and every one is.
+TEST_P(CatalogTest, RacingClaimsTakeEachOfAThousandTasksOnce) {
+  constexpr int kTasks = 1000;
+  constexpr int kChildren = 4;
+  constexpr size_t kBatch = 8;
+  Write([&](CatalogTx& tx) {
+    for (int j = 0; j < kTasks / 10; ++j) {
+      std::vector<Task> tasks;
+      for (int t = 0; t < 10; ++t) {
+        tasks.push_back(MakeTask("m-" + std::to_string(j * 10 + t), "r" + std::to_string(t)));
+      }
+      tx.InsertJob(MakeJob("job-" + std::to_string(j), "alice", j, std::move(tasks)));
+    }
+  });
+  catalog_.reset();
+  const fs::path out = dir_.path() / "claims";
+  fs::create_directories(out);
+  std::unique_ptr<Catalog> child_catalog;
+  auto codes = RunInChildren(
+      kChildren, [&](int) { child_catalog = Open(); },
+      [&](int child) {
+        std::ofstream claimed(out / std::to_string(child));
+        for (;;) {
+          std::vector<std::string> mine;
+          child_catalog->Write([&](CatalogTx& tx) {
+            mine.clear();
+            for (const Task& task : tx.ListTasksInStates({TaskState::kPending})) {
+              if (mine.size() == kBatch) break;
+              if (tx.TransitionTask(task.dest_image_id, TaskState::kPending, TaskEvent::kStart)) {
+                mine.push_back(task.dest_image_id);
+              }
+            }
+          });
+          if (mine.empty()) return 0;
+          for (const auto& id : mine) claimed << id << "\n";
+        }
+      });
+  for (int code : codes) EXPECT_EQ(code, 0);
+  std::multiset<std::string> claims;
+  for (int child = 0; child < kChildren; ++child) {
+    std::ifstream in(out / std::to_string(child));
+    for (std::string id; std::getline(in, id);) claims.insert(id);
+  }
+  EXPECT_EQ(claims.size(), static_cast<size_t>(kTasks));
+  EXPECT_EQ(std::set<std::string>(claims.begin(), claims.end()).size(),
+            static_cast<size_t>(kTasks));  // none twice
+  Reopen();
+  Read([&](CatalogTx& tx) {
+    EXPECT_TRUE(tx.ListTasksInStates({TaskState::kPending}).empty());
+    EXPECT_EQ(tx.ListTasksInStates({TaskState::kRunning}).size(), static_cast<size_t>(kTasks));
+  });
+}
+
+// --- Two connections (as two processes, or two hosts) ------------------------------------
+
+// A Write() held open on a catalog of its own until Release().
+class HeldWrite {
+ public:
+  explicit HeldWrite(std::unique_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {
+    auto started = started_.get_future();
+    thread_ = std::thread([this, release = release_.get_future()] {
+      catalog_->Write([&](CatalogTx& tx) {
+        tx.PutSetting("foreign", "uncommitted");
+        started_.set_value();
+        release.wait();
+      });
+    });
+    started.wait();
+  }
+  ~HeldWrite() { Release(); }
+  HeldWrite(const HeldWrite&) = delete;
+  HeldWrite& operator=(const HeldWrite&) = delete;
+  void Release() {
+    if (!thread_.joinable()) return;
+    release_.set_value();
+    thread_.join();
+  }
+
+ private:
+  std::unique_ptr<Catalog> catalog_;
+  std::promise<void> started_;
+  std::promise<void> release_;
+  std::thread thread_;
+};
+
+TEST_P(CatalogTest, ReadersDoNotWaitForAnotherConnectionsWrite) {
+  HeldWrite writer(Open());
+  Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("foreign")); });
+  writer.Release();
+  Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("foreign"), "uncommitted"); });
+}
+
+TEST_P(CatalogTest, WritesOfTwoConnectionsAreSerialised) {
+  auto writer = std::make_unique<HeldWrite>(Open());
+  std::optional<std::string> seen;
+  std::thread mine([&] {
+    // Starts while the other write is open: it must run after that one committed.
+    Write([&](CatalogTx& tx) {
+      seen = tx.GetSetting("foreign");
+      tx.PutSetting("mine", "1");
+    });
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  writer.reset();  // commits
+  mine.join();
+  EXPECT_EQ(seen, "uncommitted");
+  Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("mine"), "1"); });
+}
+
+TEST_P(CatalogTest, EventSeqsHaveNoGapAfterARollback) {
+  Write([](CatalogTx& tx) { tx.AppendEvent(MakeEvent("First")); });
+  EXPECT_THROW(Write([](CatalogTx& tx) {
+                 tx.AppendEvent(MakeEvent("RolledBack"));
+                 throw std::runtime_error("stop");
+               }),
+               std::runtime_error);
+  Write([](CatalogTx& tx) { tx.AppendEvent(MakeEvent("Second")); });
+  auto events = AllEvents();
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].type, "First");
+  EXPECT_EQ(events[1].type, "Second");
+  EXPECT_EQ(events[1].seq, events[0].seq + 1);
+}
+
+// --- PostgreSQL only ---------------------------------------------------------------------
+
+class PostgresCatalogTest : public CatalogFixture {
+ protected:
+  void SetUp() override { Start("postgresql"); }
+  // Cuts every other session of the test's database, as a server restart would.
+  void CutSessions() {
+    databases_.front()->Exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+        "current_database() AND pid <> pg_backend_pid()");
+  }
+};
+
+TEST_F(PostgresCatalogTest, RefusesSchemaNewerThanItKnows) {
+  databases_.front()->Exec("UPDATE imagerelay_schema SET version = 999");
+  catalog_.reset();
+  try {
+    Open();
+    FAIL() << "expected ValidationError";
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    EXPECT_NE(e.message().find("999"), std::string::npos) << e.message();
+  }
+}
+
+TEST_F(PostgresCatalogTest, ListingsSortBytewiseWhateverTheLocale) {
+  Write([](CatalogTx& tx) {
+    for (const char* id : {"b", "B", "a", "_x", "A"}) tx.InsertAccount({id, id});
+  });
+  std::vector<std::string> ids;
+  Read([&](CatalogTx& tx) {
+    for (const auto& account : tx.ListAccounts()) ids.push_back(account.id);
+  });
+  EXPECT_EQ(ids, (std::vector<std::string>{"A", "B", "_x", "a", "b"}));
+}
+
+TEST_F(PostgresCatalogTest, ReconnectsAfterTheServerCutTheSession) {
+  Write([](CatalogTx& tx) { tx.PutSetting("before", "1"); });
+  CutSessions();
+  Write([](CatalogTx& tx) { tx.PutSetting("after", "1"); });  // a new session, unnoticed
+  Read([](CatalogTx& tx) {
+    EXPECT_EQ(tx.GetSetting("before"), "1");
+    EXPECT_EQ(tx.GetSetting("after"), "1");
+  });
+}
+
+TEST_F(PostgresCatalogTest, AWriteCutMidwayFailsRetryablyAndChangesNothing) {
+  try {
+    Write([&](CatalogTx& tx) {
+      tx.PutSetting("half", "1");
+      CutSessions();
+      tx.PutSetting("other-half", "1");
+    });
+    FAIL() << "expected Catalog.Unavailable";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), codes::kCatalogUnavailable) << e.message();
+    EXPECT_NE(e.message().find("retry"), std::string::npos) << e.message();
+  }
+  Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSetting("half")); });
+}
+
+TEST_F(PostgresCatalogTest, AnotherConnectionsCommitCallsTheListener) {
+  std::mutex mutex;
+  std::condition_variable called;
+  int calls = 0;
+  auto wait_for_calls = [&](int n) {
+    std::unique_lock lock(mutex);
+    return called.wait_for(lock, std::chrono::seconds(30), [&] { return calls >= n; });
+  };
+  catalog_->SetChangeListener([&] {
+    std::lock_guard lock(mutex);
+    ++calls;
+    called.notify_all();
+  });
+  ASSERT_TRUE(wait_for_calls(1));  // once when it starts listening
+  auto other = Open();
+  other->Write([](CatalogTx& tx) { tx.PutSetting("from", "another host"); });
+  EXPECT_TRUE(wait_for_calls(2));
+  catalog_->SetChangeListener(nullptr);
+  const int before = calls;
+  other->Write([](CatalogTx& tx) { tx.PutSetting("from", "again"); });
+  Read([](CatalogTx& tx) { EXPECT_EQ(tx.GetSetting("from"), "again"); });
+  EXPECT_EQ(calls, before);  // stopped: no call after SetChangeListener(nullptr) returned
+}
+
+TEST_F(PostgresCatalogTest, DescribeNamesTheDatabase) {
+  EXPECT_EQ(catalog_->Describe(), databases_.front()->uri());
+}
+
+TEST(PostgresCatalogOpenTest, PasswordNeverInAMessage) {
+  const std::string uri = "postgresql://alice:s3cr3t-pw@127.0.0.1:1/db?connect_timeout=2";
+  try {
+    OpenPostgresCatalog(uri);
+    FAIL() << "expected Catalog.Unavailable";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), codes::kCatalogUnavailable);
+    EXPECT_EQ(e.message().find("s3cr3t-pw"), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find("postgresql://alice:***@127.0.0.1:1/db"), std::string::npos)
+        << e.message();
+  }
+}
+
+TEST(PostgresCatalogOpenTest, RefusesWhatIsNotAPostgresUri) {
+  EXPECT_FALSE(IsPostgresCatalog("/var/lib/catalog.db"));
+  EXPECT_TRUE(IsPostgresCatalog("postgres://h/db"));
+  try {
+    OpenPostgresCatalog("mysql://root:pw@h/db");
+    FAIL() << "expected ValidationError";
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    EXPECT_EQ(e.message().find(":pw@"), std::string::npos) << e.message();
+  }
+}
+
+TEST(PostgresCatalogOpenTest, RedactCatalogUri) {
+  EXPECT_EQ(RedactCatalogUri("postgresql://u:p@h:5432/db"), "postgresql://u:***@h:5432/db");
+  EXPECT_EQ(RedactCatalogUri("postgresql://u@h/db"), "postgresql://u@h/db");
+  EXPECT_EQ(RedactCatalogUri("postgresql://h/db?password=p&sslmode=require"),
+            "postgresql://h/db?password=***&sslmode=require");
+  EXPECT_EQ(RedactCatalogUri("host=h password='a b' dbname=x"), "host=h password=*** dbname=x");
+  EXPECT_EQ(RedactCatalogUri("postgresql://u:p%40q@h/db"), "postgresql://u:***@h/db");
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <string>
 
+#include "base/local_dir.hpp"
 #include "base/unique_fd.hpp"
 #include "scratch_dir.hpp"
 
@@ -131,6 +132,19 @@ TEST(TempNameTest, TellsWhetherTheWriterIsGone) {
         std::string(".tmp--"), std::string("m-abcd1234.json"), std::string("")}) {
     EXPECT_FALSE(TempWriterIsGone(name)) << name;
   }
+}
+
+// A live writer's temporary file, stamped (its mtime set to the fixed "verified" time)
+// before it is renamed, is not another process's stale leftover.
+TEST(RemoveStaleTempsTest, KeepsAStampedTempOfALiveWriter) {
+  ScratchDir dir;
+  const std::string name = TempName("pack");
+  UniqueFd fd(::open((dir.path() / name).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  ASSERT_TRUE(fd);
+  ASSERT_EQ(Stamp(fd.get()), 0);
+  UniqueFd dir_fd(::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  RemoveStaleTemps(dir_fd.get());
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / name));
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,64 @@ CHILD_REPLICATE = textwrap.dedent("""
     time.sleep(600)
 """)
 PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
+
+
+# -- the catalog: SQLite, or PostgreSQL for tests marked both_catalogs -------------------
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_catalogs: run the test once with the home's SQLite catalog and once "
+                   "with a PostgreSQL catalog of its own (tests/python/pg_server.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_catalogs"):
+        metafunc.parametrize("catalog_kind", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_test_server() -> Iterator[Any]:
+    """The PostgreSQL server of this session (pg_server.TestServer), started at its first
+    use and stopped at the end; None when $IMAGERELAY_TEST_PG names one run elsewhere."""
+    import pg_server as server_module
+
+    if os.environ.get(server_module.ENV):
+        yield None
+        return
+    if not server_module.available():
+        pytest.skip("PostgreSQL is not installed (make deps installs it)")
+    with server_module.TestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_test_server: Any) -> str:
+    """The URI of the PostgreSQL server for the tests' catalogs (no database in it)."""
+    import pg_server as server_module
+
+    return str(pg_test_server.uri if pg_test_server else os.environ[server_module.ENV])
+
+
+def new_pg_catalog(server: str) -> str:
+    """A new, empty database on the test server: its URI."""
+    import pg_server as server_module
+
+    return server_module.create_database(server, f"ir_{os.getpid()}_{next(_databases)}")
+
+
+_databases = iter(range(1, 1 << 30))
+
+
+@pytest.fixture(autouse=True)
+def catalog_kind(request: pytest.FixtureRequest,
+                 monkeypatch: pytest.MonkeyPatch) -> str:
+    """"sqlite" (the home's own catalog, as every test has), or "postgresql" for the second
+    run of a test marked both_catalogs: then $IMAGERELAY_CATALOG names a database of its own,
+    so every ir.open(), CLI command and child process of the test uses it."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "postgresql":
+        monkeypatch.setenv("IMAGERELAY_CATALOG",
+                           new_pg_catalog(request.getfixturevalue("pg_server")))
+    return str(kind)
 
 
 # -- fixtures ---------------------------------------------------------------------------

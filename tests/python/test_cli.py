@@ -363,6 +363,7 @@ def test_replicate_wait_and_jobs(shared: dict[str, Any]) -> None:
     assert text.splitlines()[0].split() == ["JOB", "SOURCE", "FROM", "TO", "STATE", "PROGRESS"]
 
 
+@pytest.mark.both_catalogs
 def test_replicate_without_wait_leaves_the_copy_to_a_background_worker(
         home: Path, tmp_path: Path) -> None:
     image_id = import_image(home, make_sparse_image(tmp_path / "a.raw"))
@@ -384,6 +385,7 @@ def test_replicate_without_wait_leaves_the_copy_to_a_background_worker(
     wait_for_no_worker(home)  # `worker --until-idle` exits once idle
 
 
+@pytest.mark.both_catalogs
 def test_cancel_and_worker_until_idle(home: Path, tmp_path: Path) -> None:
     image_id = import_image(home, make_image(tmp_path / "a.raw"))
     with worker_lock(home):  # no worker: copies stay Pending
@@ -471,6 +473,7 @@ def test_share_unshare_shared_users(shared: dict[str, Any]) -> None:
 
 
 # -- rename, delete, export, verify --------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_rename_export_verify_delete(home: Path, tmp_path: Path) -> None:
     source = make_sparse_image(tmp_path / "a.raw")
     image_id = import_image(home, source)

@@ -48,6 +48,7 @@ def _roundtrip(cloud: ir.Cloud, src: Path, out: Path, **kw: object) -> ir.Image:
 
 
 # -- import / export --------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_import_export_dense(cloud: ir.Cloud, files: Path) -> None:
     src = make_dense(files / "dense.raw", 40 * CHUNK)
     image = _roundtrip(cloud, src, files / "dense.out")
@@ -134,6 +135,7 @@ def test_import_metadata_fields(cloud: ir.Cloud, files: Path) -> None:
     assert d["size"] == 3 * CHUNK
 
 
+@pytest.mark.both_catalogs
 def test_import_wait_false_creating_then_available(cloud: ir.Cloud, files: Path) -> None:
     src = make_dense(files / "nw.raw", 32 * CHUNK)
     image = cloud.import_image(src, region="bj", name="nowait", wait=False)
@@ -337,6 +339,7 @@ def test_system_images_are_seen_by_every_account(two_accounts: tuple[ir.Cloud, i
         assert out.read_bytes() == src.read_bytes()
 
 
+@pytest.mark.both_catalogs
 def test_share_unshare_and_recipient_view(two_accounts: tuple[ir.Cloud, ir.Cloud],
                                           files: Path) -> None:
     alice, bob = two_accounts
@@ -397,6 +400,7 @@ def test_share_several_accounts_via_image_methods(cloud: ir.Cloud, files: Path) 
     assert cloud.as_account("a2").image(image.id).type == "Sharing"
 
 
+@pytest.mark.both_catalogs
 def test_rename(cloud: ir.Cloud, files: Path) -> None:
     image = cloud.import_image(make_dense(files / "r.raw", CHUNK), region="bj", name="old")
     image.rename("new-name_1.0/x")
@@ -409,6 +413,7 @@ def test_rename(cloud: ir.Cloud, files: Path) -> None:
 
 
 # -- delete -----------------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_delete_then_no_such_image_and_ids_not_reused(cloud: ir.Cloud, home: Path,
                                                       files: Path) -> None:
     src = make_dense(files / "d.raw", 10 * CHUNK)
@@ -486,6 +491,7 @@ def test_delete_in_one_region_leaves_other_regions_alone(cloud: ir.Cloud, home: 
 
 
 # -- listing filters --------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_images_filters(cloud: ir.Cloud, files: Path) -> None:
     cloud.add_account("other")
     other = cloud.as_account("other")
@@ -522,6 +528,7 @@ def test_images_filters(cloud: ir.Cloud, files: Path) -> None:
 
 
 # -- persistence ------------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_catalog_survives_close_and_reopen(home: Path, files: Path) -> None:
     src = make_odd(files / "p.raw", chunks=5, extra=3)
     with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as c:

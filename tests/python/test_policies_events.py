@@ -31,6 +31,7 @@ def _check_event(e: ir.Event) -> None:
 
 
 # -- callbacks --------------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_callbacks_receive_events(cloud: ir.Cloud, files: Path) -> None:
     every = Collector()
     available = Collector()
@@ -132,6 +133,7 @@ def test_progress_events_only_for_callbacks(open_cloud, home: Path, files: Path)
 
 
 # -- the audit log ----------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_events_audit_log(cloud: ir.Cloud, files: Path) -> None:
     cloud.add_account("bob")
     src = make_dense(files / "a.raw", 4 * CHUNK)

@@ -47,6 +47,7 @@ def _busy(call: Callable[[], object]) -> ir.ImageRelayError:
 
 
 # -- the main job -----------------------------------------------------------------------
+@pytest.mark.both_catalogs
 def test_replicate_to_two_regions(cloud: ir.Cloud, home: Path, files: Path) -> None:
     src = make_sparse(files / "golden.raw", 3 * MiB + 1234)
     golden = cloud.import_image(src, region="bj", name="golden", os_name="Ubuntu",
@@ -231,6 +232,7 @@ def test_source_is_busy_while_replicating(open_cloud, home: Path, files: Path) -
     assert sorted(cloud.shared_users(image.id)) == ["bob", "carol"]
 
 
+@pytest.mark.both_catalogs
 def test_cancel_copy_mid_flight(open_cloud, home: Path, files: Path) -> None:
     cloud = open_cloud(bandwidth=SLOW)
     old = cloud.import_image(make_dense(files / "old.raw", 6 * CHUNK), region="gz", name="old")
@@ -287,6 +289,7 @@ def test_cancel_of_finished_copy(cloud: ir.Cloud, files: Path) -> None:
     assert job.refresh().state == "Completed"
 
 
+@pytest.mark.both_catalogs
 def test_job_cancel_one_region(open_cloud, home: Path, files: Path) -> None:
     cloud = open_cloud(bandwidth=4 * MiB)
     src = make_dense(files / "big.raw", 6 * MiB)
@@ -415,6 +418,8 @@ def test_delete_during_a_copy_into_the_same_region(open_cloud, home: Path,
     wait_for_chunks(home, "gz", expected, timeout=10)
 
 
+# Not both_catalogs yet: on PostgreSQL the resumed copy sometimes counts 3 attempts instead
+# of 2 (about 1 run in 5; issue #17, under investigation).
 def test_close_mid_flight_resumes_at_next_open(home: Path, files: Path) -> None:
     src = make_dense(files / "big.raw", 8 * MiB)
     cloud = ir.open(home, limits=ir.Limits(chunk_size=CHUNK, bandwidth=SLOW))
@@ -530,6 +535,7 @@ def test_corrupt_source_chunk_fails_the_copy(cloud: ir.Cloud, home: Path, files:
 # -- processes --------------------------------------------------------------------------
 
 
+@pytest.mark.both_catalogs
 def test_crash_resume(home: Path, files: Path) -> None:
     # 8 MiB of random data, plus zero chunks and a repeated chunk
     block = os.urandom(CHUNK)
@@ -603,6 +609,7 @@ CHILD_RACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.both_catalogs
 @pytest.mark.parametrize("round_", range(3))
 def test_two_processes_race_to_replicate(home: Path, files: Path, tmp_path: Path,
                                          round_: int) -> None:
@@ -634,6 +641,7 @@ def test_two_processes_race_to_replicate(home: Path, files: Path, tmp_path: Path
         assert copies[0].export(files / "gz.out").read_bytes() == src.read_bytes()
 
 
+@pytest.mark.both_catalogs
 def test_crash_takeover_by_an_engine_already_open(home: Path, files: Path) -> None:
     """An engine that is open when the copying process dies takes its task over, and does
     not take over while that process lives."""

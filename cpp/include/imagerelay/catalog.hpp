@@ -1,6 +1,7 @@
 // The catalog (DESIGN.md §6): regions, accounts, images, shares, jobs, tasks, events and
-// client tokens. An interface, so that a server database could hold it; SQLite
-// (sqlite_catalog.cpp) is the one implementation.
+// client tokens. An interface with two implementations: SQLite (sqlite_catalog.cpp, a file
+// in the home, the default) and PostgreSQL (postgres_catalog.cpp, one catalog shared by
+// several hosts: docs/scale-out.md).
 //
 // Every access happens inside a transaction: Write() runs a function in one write
 // transaction (serialised across threads and processes, retried while the database is
@@ -15,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "imagerelay/model.hpp"
@@ -139,11 +141,30 @@ class Catalog {
   // Folds the write-ahead log into the database. Commits never do it themselves (its two
   // fsyncs would land on whichever call happened to commit); engines call this when idle.
   virtual void Checkpoint() {}
+  // Where the catalog is, for people: a path, or a URI with its password hidden.
+  virtual std::string Describe() const = 0;
+  // Calls `on_change` (from a thread of the catalog's own) after another process, on any
+  // host, committed a Write(), so that waiters and idle workers look again at once. An
+  // empty function stops the calls; it returns once none is under way. The PostgreSQL
+  // catalog does it with LISTEN/NOTIFY; SQLite never calls it (its readers poll).
+  virtual void SetChangeListener(std::function<void()> on_change) { (void)on_change; }
 };
 
 // Opens (creating and migrating as needed) a SQLite catalog: WAL, foreign keys, busy
 // timeout. Safe to open from several processes at once. Throws Error(Region.StoreUnavailable
 // is not used here; InvalidParameter) naming the path when it cannot be opened.
 std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path);
+
+// Whether `spec` names a PostgreSQL catalog: a postgresql:// (or postgres://) URI.
+bool IsPostgresCatalog(std::string_view spec);
+// Opens (creating its tables and migrating as needed) a PostgreSQL catalog. The URI is
+// libpq's: the password may come from it, $PGPASSWORD or ~/.pgpass, the other PG* variables
+// fill in what it leaves out. Safe to open from many hosts at once. Throws
+// ValidationError(InvalidParameter) for a URI that is not PostgreSQL's, and
+// TransferError(Catalog.Unavailable) when the server cannot be reached; no message carries
+// the password.
+std::unique_ptr<Catalog> OpenPostgresCatalog(const std::string& uri);
+// The URI (or libpq key=value string) with its password replaced by "***".
+std::string RedactCatalogUri(std::string_view spec);
 
 }  // namespace imagerelay

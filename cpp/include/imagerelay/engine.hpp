@@ -21,6 +21,9 @@ namespace imagerelay {
 
 struct EngineOptions {
   std::filesystem::path home;
+  // Where the catalog is: empty for SQLite in <home>/catalog.db, or a postgresql:// URI for
+  // a catalog that several hosts share (docs/scale-out.md). The home stays this host's.
+  std::string catalog;
   Limits limits;
   int workers = 4;            // concurrent copy tasks in this process
   bool start_workers = true;  // false: never run copies here (read-only tools)
@@ -73,6 +76,8 @@ class Engine {
   // Stops the workers; copies in flight stay in the catalog and resume at the next Open.
   void Close();
   const std::filesystem::path& home() const;
+  // Where the catalog is, for people: its path, or its URI with the password hidden.
+  std::string catalog() const;
   const Limits& limits() const;
 
   // Credentials (S3 regions only; empty = from the environment) are kept in

@@ -105,6 +105,7 @@ inline constexpr const char* kExceedAcceptSharedImageNumQuota =
 inline constexpr const char* kTransferFailed = "Transfer.Failed";
 inline constexpr const char* kIntegrityError = "Transfer.IntegrityError";
 inline constexpr const char* kStoreUnavailable = "Region.StoreUnavailable";
+inline constexpr const char* kCatalogUnavailable = "Catalog.Unavailable";
 inline constexpr const char* kJobFailed = "Job.Failed";
 inline constexpr const char* kTimeout = "Timeout";
 }  // namespace codes

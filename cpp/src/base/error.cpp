@@ -43,6 +43,7 @@ constexpr std::array kCodeTable{
     CodeInfo{codes::kTransferFailed, ErrorKind::kTransfer, 500},
     CodeInfo{codes::kIntegrityError, ErrorKind::kIntegrity, 500},
     CodeInfo{codes::kStoreUnavailable, ErrorKind::kTransfer, 503},
+    CodeInfo{codes::kCatalogUnavailable, ErrorKind::kTransfer, 503},
     CodeInfo{codes::kJobFailed, ErrorKind::kReplicationFailed, 500},
     CodeInfo{codes::kTimeout, ErrorKind::kTimeout, 504},
 };

@@ -67,9 +67,12 @@ void RemoveStaleTemps(int dir_fd) {
   for (const DirEntry& entry : entries) {
     if (entry.kind != EntryKind::kFile || !entry.name.starts_with(kTempPrefix)) continue;
     struct stat st;
+    // A stamped file's age by its ctime: a writer stamps its temporary file's mtime (Stamp)
+    // with a fixed old time before renaming it, which made a live writer's file look old to
+    // another process's sweep (a pack then failed to commit: "No such file or directory").
     if (!TempWriterIsGone(entry.name) &&
         (::fstatat(dir_fd, entry.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-         now - st.st_mtime < kStaleTempAgeSeconds)) {
+         now - (Stamped(st) ? st.st_ctime : st.st_mtime) < kStaleTempAgeSeconds)) {
       continue;
     }
     ::unlinkat(dir_fd, entry.name.c_str(), 0);  // not a durable step: a dead writer's temp

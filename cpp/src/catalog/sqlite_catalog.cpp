@@ -806,6 +806,8 @@ class SqliteCatalog final : public Catalog {
 
   // On a connection of its own, so that readers and writers of this catalog never wait
   // behind the checkpoint's fsyncs (PASSIVE does not wait for them either).
+  std::string Describe() const override { return path_.string(); }
+
   void Checkpoint() override {
     sqlite3* raw = nullptr;
     int rc =

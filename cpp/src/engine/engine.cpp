@@ -174,7 +174,16 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
     ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
                                             " is not writable; give a writable directory");
   }
-  impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+  if (options.catalog.empty()) {
+    impl->catalog = OpenSqliteCatalog(options.home / "catalog.db");
+  } else if (IsPostgresCatalog(options.catalog)) {
+    impl->catalog = OpenPostgresCatalog(options.catalog);
+  } else {
+    ThrowCode(codes::kInvalidParameter,
+              "catalog " + Quote(RedactCatalogUri(options.catalog)) +
+                  " is not supported; give a postgresql://[user@]host[:port]/database URI, or "
+                  "none for the home's own SQLite catalog");
+  }
   impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
   impl->MoveCredentialsOutOfCatalog();
   Impl* raw = impl.get();
@@ -238,6 +247,12 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   });
   for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
 
+  // Another process's (or host's) commit wakes this one's waiters and idle workers at once,
+  // where the catalog can tell (PostgreSQL); otherwise they look again every so often.
+  impl->catalog->SetChangeListener([raw] {
+    raw->NotifyChanged();
+    raw->workers->Wake();
+  });
   std::shared_ptr<Engine> engine(new Engine(std::move(impl)));
   engine->impl_->importer->RecoverInterrupted();
   engine->impl_->sweeper->SweepPending();
@@ -256,6 +271,7 @@ void Engine::Close() {
   // Copies stop where they are; their leases lapse and the next Open resumes them.
   // Imports stop and end CreateFailed (an import starts over: nothing to resume).
   if (!impl_->running.CancelAll()) return;  // closed before
+  impl_->catalog->SetChangeListener(nullptr);
   impl_->digester->Stop();
   impl_->workers->Stop();
   impl_->background.JoinAll();
@@ -264,6 +280,7 @@ void Engine::Close() {
 
 const fs::path& Engine::home() const { return impl_->options.home; }
 const Limits& Engine::limits() const { return impl_->options.limits; }
+std::string Engine::catalog() const { return impl_->catalog->Describe(); }
 
 // ---- regions and accounts -------------------------------------------------------------
 
