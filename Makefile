@@ -31,7 +31,7 @@ test-cpp: build-cpp
 	$(CPP_BUILD)/imagerelay_tests --gtest_brief=1
 
 # Two pytest workers: many tests wait on copies, subprocesses and servers, not on the CPU.
-# Tests marked `serial` run alone afterwards (tests/python/conftest.py).
+# Tests marked `serial` (pyproject.toml) run alone afterwards.
 PYTEST_WORKERS ?= 2
 test-py: build-py
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" tests/python
