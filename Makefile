@@ -31,11 +31,12 @@ test-cpp: build-cpp
 	$(CPP_BUILD)/imagerelay_tests --gtest_brief=1
 
 # Two pytest workers: many tests wait on copies, subprocesses and servers, not on the CPU.
-# Tests marked `serial` (pyproject.toml) run alone afterwards.
+# Tests marked `serial` (pyproject.toml) run alone first (exit 5: none is marked), so that
+# the run closes on the main pass's count.
 PYTEST_WORKERS ?= 2
 test-py: build-py
+	$(PY) -m pytest -q -m serial tests/python || [ $$? -eq 5 ]
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" tests/python
-	$(PY) -m pytest -q -m serial tests/python || [ $$? -eq 5 ]  # 5: none marked serial
 
 # make test runs the C++ tests under the sanitizers only: the same tests as test-cpp, with
 # more checks, and no Release build of them to wait for (pytest covers the Release module).
