@@ -1,12 +1,14 @@
 # make demo: install what is missing, build, run the replicate-then-share demo.
-# make test: install (PostgreSQL included), build, run every C++ and Python test.
+# make test: install (PostgreSQL included), build, run every C++ and Python test: the C++
+# tests under ASan + UBSan (all) and under TSan (the concurrency suites), pytest on the
+# Release module.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The editable install's build tree (pyproject.toml) also builds the C++ tests.
 CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize fuzz fuzz-build fuzz-merge bench bench-s3 bench-manifest bench-serve clean
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize tsan fuzz fuzz-build fuzz-merge bench bench-s3 bench-manifest bench-serve clean
 
 all: build
 
@@ -31,17 +33,46 @@ demo: build-py
 test-cpp: build-cpp
 	$(PY) tests/python/pg_server.py run -- $(CPP_BUILD)/imagerelay_tests --gtest_brief=1
 
+# Two pytest workers: many tests wait on copies, subprocesses and servers, not on the CPU.
+# Tests marked `serial` (pyproject.toml) run alone first (exit 5: none is marked), so that
+# the run closes on the main pass's count.
+PYTEST_WORKERS ?= 2
 test-py: build-py
-	$(PY) -m pytest -q tests/python
+	$(PY) -m pytest -q -m serial tests/python || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" tests/python
 
-test: test-cpp test-py
+# make test runs the C++ tests under the sanitizers only: the same tests as test-cpp, with
+# more checks, and no Release build of them to wait for (pytest covers the Release module).
+test: sanitize tsan test-py
 
-# ASan + UBSan build of the C++ tests.
+# The sanitizer builds (docs/reliability.md, "Sanitizers"): Debug, C++ tests only, unity
+# batches of 8 sources (the shared headers are compiled once per batch, not once per file).
+SAN_CMAKE := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIMAGERELAY_BUILD_PYTHON=OFF \
+	-DIMAGERELAY_BUILD_TESTS=ON -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8
+
+# ASan + UBSan: every C++ test; a leak, a bad access or undefined behaviour fails the run.
 sanitize: deps
-	@cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIMAGERELAY_SANITIZE=ON \
-		-DIMAGERELAY_BUILD_PYTHON=OFF -DIMAGERELAY_BUILD_TESTS=ON >/dev/null
-	@cmake --build build/asan
-	build/asan/imagerelay_tests --gtest_brief=1
+	@cmake -S . -B build/asan $(SAN_CMAKE) -DIMAGERELAY_SANITIZE=ON >/dev/null
+	@cmake --build build/asan --target imagerelay_tests
+	ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(PY) tests/python/pg_server.py run -- build/asan/imagerelay_tests --gtest_brief=1
+
+# TSan: the suites whose code runs threads (worker pool, running work, background threads,
+# lease, catalog threads and processes, change notifier, transfer crew, import, export,
+# digest, sweep, the stores' parallel paths, the engine). tests/tsan.supp: libraries' own.
+TSAN_SUITES := BackgroundThreadsTest WorkerPoolTest RunningWorkTest LeaseTest CatalogTest \
+	CatalogOpenTest CatalogProcessTest ChangeNotifierTest TransferTest TokenBucketTest \
+	ImageIoTest ImporterTest DigesterTest SweeperTest SweepTest PackStoreTest LocalStoreTest \
+	BlockManifestTest IntegrityTest S3ClientTest EngineTest
+space := $(subst ,, )
+TSAN_FILTER := $(subst $(space),:,$(addsuffix .*,$(strip $(TSAN_SUITES))))
+tsan: deps
+	@cmake -S . -B build/tsan $(SAN_CMAKE) -DIMAGERELAY_TSAN=ON >/dev/null
+	@cmake --build build/tsan --target imagerelay_tests
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+		$(PY) tests/python/pg_server.py run -- \
+		build/tsan/imagerelay_tests --gtest_brief=1 --gtest_filter='$(TSAN_FILTER)'
 
 # libFuzzer targets of tests/fuzz (clang, ASan + UBSan): each runs FUZZ_SECONDS on its kept
 # corpus; what it finds new stays in build/fuzz/corpus, crashes in build/fuzz/crashes.

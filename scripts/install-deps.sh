@@ -36,6 +36,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   "$VENV/bin/python" -m pip install -q "scikit-build-core>=0.11" "pybind11>=3.0" cmake ninja \
     "tqdm>=4.60" "PyYAML>=6" pytest "moto[server]>=5" nbclient nbformat ipykernel ipywidgets mypy pandas \
     "ansible-core>=2.15" "uvicorn>=0.30" "starlette>=0.40" "prometheus_client>=0.20" \
-    "bce-python-sdk==0.9.79" "hypothesis>=6.100"
+    "bce-python-sdk==0.9.79" "hypothesis>=6.100" "pytest-xdist>=3.5"
   touch "$stamp"
 fi

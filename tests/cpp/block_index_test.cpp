@@ -5,13 +5,14 @@
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
 
 using testing_util::ScratchDir;
 
-std::string HashOfNumber(uint64_t n) { return Sha256Hex(&n, sizeof(n)); }
+using testing_util::HashOfNumber;
 
 std::vector<PackEntry> Entries(uint64_t first, uint64_t count) {
   std::vector<PackEntry> entries;

@@ -13,6 +13,7 @@
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
 #include "store/block_list.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
@@ -20,7 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing_util::ScratchDir;
 
-std::string HashOfNumber(uint64_t n) { return Sha256Hex(&n, sizeof(n)); }
+using testing_util::HashOfNumber;
 
 // A block list with holes: every 7th block is a hole.
 Manifest MakeList(uint64_t blocks, uint32_t block_size, std::string digest = "") {

@@ -19,7 +19,7 @@ namespace imagerelay {
 namespace {
 
 namespace fs = std::filesystem;
-constexpr uint64_t kChunk = 64 * 1024;
+constexpr uint64_t kEngineChunk = 64 * 1024;
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -35,7 +35,7 @@ class EngineTest : public ::testing::Test {
   std::shared_ptr<Engine> Open(Limits limits = {}, bool workers = true) {
     EngineOptions options;
     options.home = dir_ / "home";
-    limits.chunk_size = kChunk;
+    limits.chunk_size = kEngineChunk;
     options.limits = limits;
     options.start_workers = workers;
     options.lease_ms = 1000;
@@ -77,7 +77,7 @@ class EngineTest : public ::testing::Test {
     Limits limits;
     limits.bandwidth = bandwidth;
     SlowCopy copy{Open(limits), {}, {}};
-    copy.source = Import(*copy.engine, MakeFile("slow.raw", chunks * kChunk, seed));
+    copy.source = Import(*copy.engine, MakeFile("slow.raw", chunks * kEngineChunk, seed));
     copy.job =
         copy.engine->Replicate("default", copy.source.image.id, {"gz"}, std::nullopt, std::nullopt);
     return copy;
@@ -105,7 +105,7 @@ TEST_F(EngineTest, NewHomeHasDefaultRegionsAndAccount) {
 
 TEST_F(EngineTest, ReplicateToTwoRegionsIsByteIdentical) {
   auto engine = Open();
-  auto file = MakeFile("a.raw", 20 * kChunk + 123, 1);
+  auto file = MakeFile("a.raw", 20 * kEngineChunk + 123, 1);
   auto source = Import(*engine, file);
   auto job =
       engine->Replicate("default", source.image.id, {"gz", "su", "gz"}, std::nullopt, std::nullopt);
@@ -128,7 +128,7 @@ TEST_F(EngineTest, ReplicateToTwoRegionsIsByteIdentical) {
 
 TEST_F(EngineTest, ClientTokenReplaysTheFirstJob) {
   auto engine = Open({}, false);
-  auto source = Import(*engine, MakeFile("a.raw", 4 * kChunk, 2));
+  auto source = Import(*engine, MakeFile("a.raw", 4 * kEngineChunk, 2));
   auto first = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, "tok-1");
   auto again = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, "tok-1");
   EXPECT_EQ(first.id, again.id);
@@ -146,8 +146,8 @@ TEST_F(EngineTest, PerRegionCapQueuesTasksAsPending) {
   limits.max_tasks_per_region = 1;
   limits.bandwidth = 256 * 1024;  // slow enough that the first copy is in flight a while
   auto engine = Open(limits);
-  auto a = Import(*engine, MakeFile("a.raw", 8 * kChunk, 3), "a");
-  auto b = Import(*engine, MakeFile("b.raw", 8 * kChunk, 4), "b");
+  auto a = Import(*engine, MakeFile("a.raw", 8 * kEngineChunk, 3), "a");
+  auto b = Import(*engine, MakeFile("b.raw", 8 * kEngineChunk, 4), "b");
   auto job_a = engine->Replicate("default", a.image.id, {"gz"}, std::nullopt, std::nullopt);
   auto job_b = engine->Replicate("default", b.image.id, {"gz"}, std::nullopt, std::nullopt);
   bool saw_queue = false;
@@ -167,7 +167,7 @@ TEST_F(EngineTest, PerRegionCapQueuesTasksAsPending) {
 }
 
 TEST_F(EngineTest, ExpiredLeaseIsTakenOverLiveOneIsNot) {
-  fs::path file = MakeFile("a.raw", 6 * kChunk, 5);
+  fs::path file = MakeFile("a.raw", 6 * kEngineChunk, 5);
   std::string job_id, dest;
   {
     auto engine = Open({}, false);
@@ -206,7 +206,7 @@ TEST_F(EngineTest, ExpiredLeaseIsTakenOverLiveOneIsNot) {
 
 TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
   auto engine = Open();
-  auto source = Import(*engine, MakeFile("a.raw", 6 * kChunk, 6));
+  auto source = Import(*engine, MakeFile("a.raw", 6 * kEngineChunk, 6));
   // Flip a byte in the first block of the source's pack.
   fs::path chunks = dir_ / "home" / "regions" / "bj" / "packs";
   for (const auto& entry : fs::recursive_directory_iterator(chunks)) {
@@ -244,7 +244,7 @@ TEST_F(EngineTest, CorruptSourceFailsTheCopyAndLeavesNoBytes) {
 TEST_F(EngineTest, BrokenDestinationFailsOnlyItsOwnCopy) {
   auto engine = Open();
   engine->AddRegion("hk", "", "");
-  auto file = MakeFile("a.raw", 6 * kChunk, 9);
+  auto file = MakeFile("a.raw", 6 * kEngineChunk, 9);
   auto source = Import(*engine, file);
   fs::path hk = dir_ / "home" / "regions" / "hk";
   fs::remove_all(hk);
@@ -270,7 +270,7 @@ TEST_F(EngineTest, CancelMidFlightRemovesTheCopyAndItsBytes) {
   Limits limits;
   limits.bandwidth = 256 * 1024;
   auto engine = Open(limits);
-  auto source = Import(*engine, MakeFile("a.raw", 32 * kChunk, 7));
+  auto source = Import(*engine, MakeFile("a.raw", 32 * kEngineChunk, 7));
   auto job = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, std::nullopt);
   const std::string dest = job.tasks[0].dest_image_id;
   for (int i = 0; i < 1000; ++i) {
@@ -305,7 +305,7 @@ TEST_F(EngineTest, CallerTokenStopsImportExportAndVerify) {
   CancelToken stop;
   stop.Cancel();
   ImportRequest request;
-  request.source = MakeFile("a.raw", 16 * kChunk, 3).string();
+  request.source = MakeFile("a.raw", 16 * kEngineChunk, 3).string();
   request.region = "bj";
   request.name = "stopped";
   try {
@@ -337,7 +337,7 @@ TEST_F(EngineTest, CallerTokenStopsImportExportAndVerify) {
 // Close() does not wait for a background import to finish: it stops it (CreateFailed).
 TEST_F(EngineTest, CloseStopsABackgroundImport) {
   std::string id;
-  const fs::path big = MakeFile("big.raw", 1024 * kChunk, 5);  // 64 MiB in 1024 chunks
+  const fs::path big = MakeFile("big.raw", 1024 * kEngineChunk, 5);  // 64 MiB in 1024 chunks
   {
     auto engine = Open();
     ImportRequest request;
@@ -357,7 +357,7 @@ TEST_F(EngineTest, SourceIsLockedWhileCopiesAreInFlight) {
   limits.bandwidth = 128 * 1024;
   auto engine = Open(limits);
   engine->AddAccount("team-b", "");
-  auto source = Import(*engine, MakeFile("a.raw", 16 * kChunk, 8));
+  auto source = Import(*engine, MakeFile("a.raw", 16 * kEngineChunk, 8));
   auto job = engine->Replicate("default", source.image.id, {"gz"}, std::nullopt, std::nullopt);
   auto expect_busy = [&](auto&& call) {
     try {
@@ -458,9 +458,9 @@ std::string CodeOf(Fn&& fn) {
 TEST_F(EngineTest, ValidateOnlyGivesTheRealRequestsAnswerAndChangesNothing) {
   auto engine = Open();
   engine->AddAccount("bob", "");
-  auto image = Import(*engine, MakeFile("a.raw", 3 * kChunk, 1)).image;
+  auto image = Import(*engine, MakeFile("a.raw", 3 * kEngineChunk, 1)).image;
   ImportRequest system_request;
-  system_request.source = MakeFile("s.raw", kChunk, 2).string();
+  system_request.source = MakeFile("s.raw", kEngineChunk, 2).string();
   system_request.region = "bj";
   system_request.name = "sys";
   auto system = engine->ImportImage("", system_request, true, true).image;
@@ -519,7 +519,7 @@ TEST_F(EngineTest, RemoveRegionAndAccountOnlyOnceUnused) {
   engine->AddAccount("bob", "");
   engine->AddRegion("hk", (dir_ / "hk").string(), "");
   ImportRequest request;
-  request.source = MakeFile("a.raw", 2 * kChunk, 7).string();
+  request.source = MakeFile("a.raw", 2 * kEngineChunk, 7).string();
   request.region = "hk";
   request.name = "a";
   auto image = engine->ImportImage("default", request, true, false).image;
@@ -569,7 +569,7 @@ TEST_F(EngineTest, RemoveRegionAndAccountOnlyOnceUnused) {
 
 TEST_F(EngineTest, WaitEventsReturnsNewEventsOrNothingAtTheTimeout) {
   auto engine = Open({}, false);
-  auto image = Import(*engine, MakeFile("a.raw", kChunk, 8));
+  auto image = Import(*engine, MakeFile("a.raw", kEngineChunk, 8));
   const int64_t last = engine->Events("default", 0, std::nullopt).back().seq;
   EXPECT_TRUE(engine->WaitEvents("default", last, std::nullopt, 0.1).empty());
   std::thread renamer([&] {
@@ -588,7 +588,7 @@ TEST_F(EngineTest, WaitEventsReturnsNewEventsOrNothingAtTheTimeout) {
 
 TEST_F(EngineTest, CopiesWaitingForAWorkerNamesThem) {
   auto engine = Open({}, false);  // no workers: a queued copy waits
-  auto image = Import(*engine, MakeFile("a.raw", kChunk, 9));
+  auto image = Import(*engine, MakeFile("a.raw", kEngineChunk, 9));
   auto job = engine->Replicate("default", image.image.id, {"gz", "su"}, std::nullopt, std::nullopt);
   auto waiting = engine->CopiesWaitingForAWorker();
   std::ranges::sort(waiting);

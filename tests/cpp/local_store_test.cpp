@@ -22,6 +22,7 @@
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
@@ -29,16 +30,8 @@ namespace {
 namespace fs = std::filesystem;
 using testing_util::ScratchDir;
 
-std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
-  std::vector<std::byte> out(n);
-  std::mt19937 rng(seed);
-  for (auto& b : out) b = static_cast<std::byte>(rng());
-  return out;
-}
-
-std::string HashOf(const std::vector<std::byte>& data) {
-  return Sha256Hex(data.data(), data.size());
-}
+using testing_util::HashOf;
+using testing_util::RandomByteVector;
 
 Manifest OneChunkManifest(const std::string& hash, uint64_t size) {
   return Manifest::InMemory(size, size, {hash}, "sha256:" + hash);
@@ -55,8 +48,8 @@ std::vector<std::string> NamesIn(const fs::path& dir) {
 TEST(LocalStoreTest, PutGetHasListDelete) {
   ScratchDir dir;
   LocalStore store(dir.path());
-  auto a = RandomBytes(1000, 1);
-  auto b = RandomBytes(70000, 2);
+  auto a = RandomByteVector(1000, 1);
+  auto b = RandomByteVector(70000, 2);
   std::string ha = HashOf(a), hb = HashOf(b);
 
   EXPECT_FALSE(store.HasChunk(ha));
@@ -89,7 +82,7 @@ TEST(LocalStoreTest, PutGetHasListDelete) {
 TEST(LocalStoreTest, PutOfAnExistingChunkIsANoOp) {
   ScratchDir dir;
   LocalStore store(dir.path());
-  auto a = RandomBytes(5000, 3);
+  auto a = RandomByteVector(5000, 3);
   std::string ha = HashOf(a);
   store.PutChunk(ha, a);
   store.Flush();  // the store commits chunk writes in batches
@@ -209,7 +202,7 @@ TEST(LocalStoreTest, RejectsNamesThatCouldEscapeTheStore) {
       "..",
       std::string(62, 'a') + "..",
   };
-  auto data = RandomBytes(10, 4);
+  auto data = RandomByteVector(10, 4);
   std::vector<std::byte> out;
   for (const auto& h : bad_hashes) {
     EXPECT_THROW(store.HasChunk(h), ValidationError) << h;
@@ -276,14 +269,14 @@ TEST(LocalStoreTest, CheckOfAnUnusableDirectoryFails) {
     EXPECT_NE(e.message().find(std::strerror(ENOTDIR)), std::string::npos) << e.message();
   }
   // Writes fail the same way rather than writing somewhere else.
-  auto data = RandomBytes(10, 5);
+  auto data = RandomByteVector(10, 5);
   EXPECT_THROW(store.PutChunk(HashOf(data), data), TransferError);
 }
 
 TEST(LocalStoreTest, ListingsIgnoreTemporaryAndStrayFiles) {
   ScratchDir dir;
   LocalStore store(dir.path());
-  auto a = RandomBytes(100, 6);
+  auto a = RandomByteVector(100, 6);
   std::string ha = HashOf(a);
   store.PutChunk(ha, a);
   store.Flush();  // the store commits chunk writes in batches
@@ -306,7 +299,7 @@ TEST(LocalStoreTest, SweepRemovesOnlyStaleTemporaryFiles) {
   ScratchDir dir;
   LocalStore store(dir.path());
   store.Check();
-  auto a = RandomBytes(100, 7);
+  auto a = RandomByteVector(100, 7);
   std::string ha = HashOf(a);
   store.PutChunk(ha, a);
   store.Flush();  // the store commits chunk writes in batches
@@ -335,7 +328,7 @@ TEST(LocalStoreTest, HasChunksAnswersInOrderAcrossThreads) {
   std::vector<std::string> hashes;
   std::vector<bool> expected;
   for (uint32_t i = 0; i < 300; ++i) {  // enough for several lookup threads
-    auto bytes = RandomBytes(64, 1000 + i);
+    auto bytes = RandomByteVector(64, 1000 + i);
     hashes.push_back(HashOf(bytes));
     expected.push_back(i % 3 == 0);
     if (i % 3 == 0) store.PutChunk(hashes.back(), bytes);
@@ -352,7 +345,7 @@ TEST(LocalStoreTest, PageAlignedChunksRoundTripWithTheirTail) {
   LocalStore store(dir.path());
   // Page-aligned bytes take the O_DIRECT path; the 123-byte tail is written normally.
   for (size_t size : {size_t{4096}, size_t{3 * 4096 + 123}, size_t{100}}) {
-    auto bytes = RandomBytes(size, static_cast<uint32_t>(size));
+    auto bytes = RandomByteVector(size, static_cast<uint32_t>(size));
     std::byte* aligned = static_cast<std::byte*>(std::aligned_alloc(4096, 4 * 4096));
     ASSERT_NE(aligned, nullptr);
     std::memcpy(aligned, bytes.data(), size);
@@ -375,7 +368,7 @@ TEST(LocalStoreTest, ChunksOfEverySizeReadBackWhole) {
   const std::vector<size_t> sizes = {1, 4095, 4096, 4097, (4u << 20) + 123, 4u << 20, 5000};
   std::vector<std::string> hashes;
   for (size_t size : sizes) {
-    auto bytes = RandomBytes(size, static_cast<uint32_t>(size) + 7);
+    auto bytes = RandomByteVector(size, static_cast<uint32_t>(size) + 7);
     hashes.push_back(HashOf(bytes));
     store.PutChunk(hashes.back(), bytes);
   }
@@ -393,7 +386,7 @@ TEST(LocalStoreTest, ChunksOfEverySizeReadBackWhole) {
 TEST(LocalStoreTest, ConcurrentPutsOfTheSameChunk) {
   ScratchDir dir;
   LocalStore store(dir.path());
-  auto a = RandomBytes(256 * 1024, 8);
+  auto a = RandomByteVector(256 * 1024, 8);
   std::string ha = HashOf(a);
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i) threads.emplace_back([&] { store.PutChunk(ha, a); });
@@ -410,13 +403,16 @@ TEST(LocalStoreTest, ConcurrentPutsOfTheSameChunk) {
 TEST(LocalStoreTest, KilledWriterLeavesNoPartialFile) {
   ScratchDir dir;
   const fs::path root = dir.path() / "store";
-  const auto base = RandomBytes(8 << 20, 9);
+  const auto base = RandomByteVector(8 << 20, 9);
   int saw_temp_files = 0;
   for (int round = 0; round < 4; ++round) {
+    int started[2];
+    ASSERT_EQ(::pipe(started), 0);
     pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       // Child: write chunks and manifests until killed. Only _exit, never return to gtest.
+      ::close(started[0]);
       LocalStore store(root);
       std::vector<std::byte> data = base;
       for (uint64_t i = 0;; ++i) {
@@ -428,10 +424,16 @@ TEST(LocalStoreTest, KilledWriterLeavesNoPartialFile) {
         std::snprintf(id, sizeof(id), "m-%02d%06llu", round,
                       static_cast<unsigned long long>(i % 1000000));
         store.PutManifest(id, OneChunkManifest(hash, data.size()));
+        if (i == 0 && (::write(started[1], "w", 1) != 1 || ::close(started[1]) != 0)) _exit(1);
       }
       ::_exit(0);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(150 + 97 * round));
+    // Killed while writing, however slowly it started (a sanitizer build, a loaded machine).
+    ::close(started[1]);
+    char byte = 0;
+    ASSERT_EQ(::read(started[0], &byte, 1), 1);
+    ::close(started[0]);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 + 97 * round));
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
@@ -472,7 +474,7 @@ namespace {
 // goes away before flushing leaves no chunk and no temporary file behind.
 TEST(LocalStoreTest, ChunksBecomeVisibleOnlyWhenFlushed) {
   ScratchDir dir;
-  auto a = RandomBytes(64 * 1024, 21);
+  auto a = RandomByteVector(64 * 1024, 21);
   std::string ha = HashOf(a);
   {
     LocalStore store(dir.path());
@@ -485,7 +487,7 @@ TEST(LocalStoreTest, ChunksBecomeVisibleOnlyWhenFlushed) {
   store.Flush();
   EXPECT_TRUE(store.HasChunk(ha));
   // A manifest is written only after the chunks it names are committed.
-  auto b = RandomBytes(64 * 1024, 22);
+  auto b = RandomByteVector(64 * 1024, 22);
   store.PutChunk(HashOf(b), b);
   store.PutManifest("m-00000001", OneChunkManifest(HashOf(b), b.size()));
   EXPECT_TRUE(store.HasChunk(HashOf(b)));
@@ -515,7 +517,7 @@ TEST(LocalStoreTest, ALinkedPrefixDirectoryIsNeverFollowed) {
   const fs::path root = dir / "store", outside = dir / "outside";
   LocalStore store(root);
   store.Check();
-  auto a = RandomBytes(100, 21);
+  auto a = RandomByteVector(100, 21);
   const std::string ha = HashOf(a), prefix = ha.substr(0, 2);
   // Someone else's files with chunk-like names, behind a link in place of chunks/<prefix>.
   fs::create_directories(outside);
@@ -548,7 +550,7 @@ TEST(LocalStoreTest, ALinkedChunkFileIsNeitherReadNorListedNorDeleted) {
   const fs::path root = dir / "store";
   LocalStore store(root);
   store.Check();
-  auto a = RandomBytes(100, 22);
+  auto a = RandomByteVector(100, 22);
   const std::string ha = HashOf(a);
   const fs::path target = dir / "precious";
   {
@@ -587,7 +589,7 @@ TEST(LocalStoreTest, ALinkedStoreDirectoryMakesTheStoreUnavailable) {
     LocalStore store(root);
     ExpectUnavailable([&] { store.Check(); }, (root / sub).string());
     // Writes into it fail; a sweep or a delete fails or finds nothing: none reaches outside.
-    const auto bytes = RandomBytes(10, 27);
+    const auto bytes = RandomByteVector(10, 27);
     const std::map<std::string, std::function<void()>> writes = {
         {"chunks", [&] { store.PutChunk(HashOf(bytes), bytes); }},
         {"manifests",
@@ -611,7 +613,7 @@ TEST(LocalStoreTest, TheRootMayBeReachedThroughALink) {
   fs::create_directory_symlink(dir / "real", dir / "data");
   LocalStore store(dir / "data" / "bj");
   store.Check();
-  auto a = RandomBytes(100, 23), b = RandomBytes(100, 24);
+  auto a = RandomByteVector(100, 23), b = RandomByteVector(100, 24);
   const std::string ha = HashOf(a), hb = HashOf(b);
   store.PutChunk(ha, a);
   store.PutChunk(hb, b);
@@ -655,7 +657,7 @@ TEST(LocalStoreTest, CheckMarksNewStoresAndAdoptsOnesWithoutAMarker) {
   }
   // A store of an earlier release: its layout and no marker.
   const fs::path old_root = dir / "old";
-  auto a = RandomBytes(100, 25);
+  auto a = RandomByteVector(100, 25);
   const std::string ha = HashOf(a);
   {
     LocalStore old(old_root);
@@ -679,7 +681,7 @@ TEST(LocalStoreTest, LeftoversOfDeadWritersGoAtOnceOthersWait) {
   ScratchDir dir;
   LocalStore store(dir.path());
   store.Check();
-  auto a = RandomBytes(100, 26);
+  auto a = RandomByteVector(100, 26);
   const std::string ha = HashOf(a);
   store.PutChunk(ha, a);
   store.PutManifest("m-abcd1234", OneChunkManifest(ha, a.size()));
@@ -735,8 +737,8 @@ TEST(LocalStoreTrustTest, ATouchedChunkIsRecheckedAndADamagedOneQuarantined) {
   std::vector<std::string> reported;
   store.SetDamageHandler(
       [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
-  auto a = RandomBytes(10000, 7);
-  auto b = RandomBytes(10000, 8);
+  auto a = RandomByteVector(10000, 7);
+  auto b = RandomByteVector(10000, 8);
   const std::string ha = HashOf(a), hb = HashOf(b);
   store.PutChunk(ha, a);
   store.PutChunk(hb, b);
@@ -787,7 +789,7 @@ TEST(LocalStoreTrustTest, QuarantineNeverMovesAChunkThroughASymlink) {
   ScratchDir dir;
   ScratchDir outside;
   LocalStore store(dir.path() / "store");
-  auto a = RandomBytes(5000, 9);
+  auto a = RandomByteVector(5000, 9);
   const std::string ha = HashOf(a);
   store.PutChunk(ha, a);
   store.Flush();

@@ -12,6 +12,7 @@
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
 #include "store/local_store.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
@@ -36,7 +37,7 @@ std::vector<std::byte> TextBlock(uint32_t seed, size_t n = kBlock) {
   return {p, p + n};
 }
 
-std::string HashOf(const std::vector<std::byte>& b) { return Sha256Hex(b.data(), b.size()); }
+using testing_util::HashOf;
 
 // PackFiles of a LocalStore that can be made to fail at one operation: a crash at that
 // durable step (what was done before it stays done, nothing after it happens).

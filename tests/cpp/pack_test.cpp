@@ -7,18 +7,14 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
 
-std::vector<std::byte> RandomBlock(size_t n, uint32_t seed) {
-  std::vector<std::byte> out(n);
-  std::mt19937 rng(seed);
-  for (auto& b : out) b = static_cast<std::byte>(rng());
-  return out;
-}
+using testing_util::RandomByteVector;
 
-std::vector<std::byte> TextBlock(size_t n) {  // compresses well, as file contents do
+std::vector<std::byte> TextBytes(size_t n) {  // compresses well, as file contents do
   std::string text;
   while (text.size() < n) text += "def handler(event, context): return event['id']\n";
   text.resize(n);
@@ -26,7 +22,7 @@ std::vector<std::byte> TextBlock(size_t n) {  // compresses well, as file conten
   return {p, p + n};
 }
 
-std::string HashOf(const std::vector<std::byte>& b) { return Sha256Hex(b.data(), b.size()); }
+using testing_util::HashOf;
 
 struct Built {
   std::vector<std::vector<std::byte>> blocks;
@@ -36,7 +32,8 @@ struct Built {
 
 Built BuildPack() {
   Built built;
-  built.blocks = {TextBlock(65536), RandomBlock(65536, 1), TextBlock(1000), RandomBlock(7, 2)};
+  built.blocks = {TextBytes(65536), RandomByteVector(65536, 1), TextBytes(1000),
+                  RandomByteVector(7, 2)};
   PackBuilder builder;
   for (const auto& block : built.blocks) builder.Add(HashOf(block), block);
   built.entries = builder.entries();

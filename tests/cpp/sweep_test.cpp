@@ -24,7 +24,7 @@ std::string PutRandomChunk(Store& store, size_t size, uint32_t seed) {
   return hash;
 }
 
-Manifest ManifestOf(const std::vector<std::string>& chunks) {
+Manifest ManifestOfChunks(const std::vector<std::string>& chunks) {
   return Manifest::InMemory(1000 * chunks.size(), 1000, chunks, "sha256:" + std::string(64, '0'));
 }
 
@@ -40,8 +40,8 @@ TEST(SweepTest, RemovesOnlyTheChunksOfADeletedImage) {
   std::string c2 = PutRandomChunk(store, 1000, 2);
   std::string c3 = PutRandomChunk(store, 1000, 3);
   std::string c4 = PutRandomChunk(store, 1000, 4);
-  store.PutManifest("m-aaaaaaaa", ManifestOf({c1, c2, "", c3}));
-  store.PutManifest("m-bbbbbbbb", ManifestOf({c2, c3, c4, ""}));
+  store.PutManifest("m-aaaaaaaa", ManifestOfChunks({c1, c2, "", c3}));
+  store.PutManifest("m-bbbbbbbb", ManifestOfChunks({c2, c3, c4, ""}));
 
   SweepResult nothing = SweepStore(store);
   EXPECT_EQ(nothing.chunks_kept, 4u);
@@ -63,7 +63,7 @@ TEST(SweepTest, KeepsPinnedChunksAndRemovesOrphans) {
   std::string pinned = PutRandomChunk(store, 600, 2);  // a task in flight wrote it
   std::string orphan1 = PutRandomChunk(store, 700, 3);
   std::string orphan2 = PutRandomChunk(store, 800, 4);
-  store.PutManifest("m-aaaaaaaa", ManifestOf({used}));
+  store.PutManifest("m-aaaaaaaa", ManifestOfChunks({used}));
 
   SweepResult result = SweepStore(store, {pinned, std::string(64, 'e')});
   EXPECT_EQ(result.chunks_kept, 2u);

@@ -23,13 +23,14 @@
 #include "base/token_bucket.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
 
 using Kind = TransferOutcome::Kind;
 
-constexpr uint64_t kChunk = 4096;
+constexpr uint64_t kTransferChunk = 4096;
 
 // An in-memory Store that counts calls and injects faults: transient errors for the first N
 // calls on a chunk, permanent errors, corrupt reads, slow operations, and hooks that run
@@ -252,7 +253,7 @@ class FakeStore : public Store {
 };
 
 // Deterministic non-zero bytes, different for every seed.
-std::vector<std::byte> ChunkBytes(int seed, size_t len = kChunk) {
+std::vector<std::byte> ChunkBytes(int seed, size_t len = kTransferChunk) {
   std::vector<std::byte> bytes(len);
   uint32_t x = 2654435761u * static_cast<uint32_t>(seed + 1);
   for (auto& b : bytes) {
@@ -262,23 +263,22 @@ std::vector<std::byte> ChunkBytes(int seed, size_t len = kChunk) {
   return bytes;
 }
 
-std::string HashOf(const std::vector<std::byte>& bytes) {
-  return Sha256Hex(bytes.data(), bytes.size());
-}
+using testing_util::HashOf;
 
-// An image of kChunk-sized chunks put into `source`: seeds[i] < 0 is an all-zero chunk, else
-// the content seed of chunk i. The last chunk is `last_len` bytes long.
+// An image of kTransferChunk-sized chunks put into `source`: seeds[i] < 0 is an all-zero chunk,
+// else the content seed of chunk i. The last chunk is `last_len` bytes long.
 struct TestImage {
   Manifest manifest;
   std::vector<std::string> hashes;            // the manifest's, "" for zero chunks
   std::vector<std::vector<std::byte>> bytes;  // per entry, empty for zero chunks
 };
 
-TestImage MakeImage(FakeStore& source, const std::vector<int>& seeds, uint64_t last_len = kChunk) {
+TestImage MakeImage(FakeStore& source, const std::vector<int>& seeds,
+                    uint64_t last_len = kTransferChunk) {
   TestImage image;
   uint64_t size = 0;
   for (size_t i = 0; i < seeds.size(); ++i) {
-    uint64_t len = i + 1 == seeds.size() ? last_len : kChunk;
+    uint64_t len = i + 1 == seeds.size() ? last_len : kTransferChunk;
     size += len;
     if (seeds[i] < 0) {
       image.hashes.emplace_back();
@@ -290,7 +290,7 @@ TestImage MakeImage(FakeStore& source, const std::vector<int>& seeds, uint64_t l
     image.hashes.push_back(HashOf(bytes));
     image.bytes.push_back(std::move(bytes));
   }
-  image.manifest = Manifest::InMemory(size, kChunk, image.hashes, "sha256:unused");
+  image.manifest = Manifest::InMemory(size, kTransferChunk, image.hashes, "sha256:unused");
   return image;
 }
 
@@ -333,7 +333,7 @@ void ExpectHoldsImage(const FakeStore& store, const TestImage& image) {
 
 TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
   FakeStore source("fake://source");
-  TestImage image = MakeImage(source, Range(16), kChunk / 2);
+  TestImage image = MakeImage(source, Range(16), kTransferChunk / 2);
   FakeStore dest("fake://dest");
   for (int i = 0; i < 16; i += 2) dest.Seed(image.bytes[i]);
 
@@ -352,9 +352,10 @@ TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
     EXPECT_EQ(dest.PutCalls(image.hashes[i]), 0);
   }
   const IoProgress& p = outcomes[0].progress;
-  EXPECT_EQ(p.bytes_total, 15 * kChunk + kChunk / 2);
+  EXPECT_EQ(p.bytes_total, 15 * kTransferChunk + kTransferChunk / 2);
   EXPECT_EQ(p.bytes_done, p.bytes_total);
-  EXPECT_EQ(p.bytes_transferred, 7 * kChunk + kChunk / 2);  // the short last chunk moved
+  EXPECT_EQ(p.bytes_transferred,
+            7 * kTransferChunk + kTransferChunk / 2);  // the short last chunk moved
   EXPECT_EQ(dest.BytesWritten(), p.bytes_transferred);
   EXPECT_EQ(p.chunks_total, 16u);
   EXPECT_EQ(p.chunks_skipped, 8u);
@@ -362,7 +363,7 @@ TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
 
 TEST(TransferTest, ChunksKnownToBePresentAreNotLookedUp) {
   FakeStore source("fake://source");
-  TestImage image = MakeImage(source, Range(16), kChunk);
+  TestImage image = MakeImage(source, Range(16), kTransferChunk);
   FakeStore dest("fake://dest");
   std::unordered_set<std::string> known;
   for (int i = 0; i < 16; i += 2) {
@@ -407,8 +408,8 @@ TEST(TransferTest, ZeroChunksAreNeverReadNorWritten) {
   EXPECT_EQ(dest.PutCalls(""), 0);
   EXPECT_EQ(dest.ListChunks().size(), 2u);
   const IoProgress& p = outcomes[0].progress;
-  EXPECT_EQ(p.bytes_done, 6 * kChunk);
-  EXPECT_EQ(p.bytes_transferred, 2 * kChunk);
+  EXPECT_EQ(p.bytes_done, 6 * kTransferChunk);
+  EXPECT_EQ(p.bytes_transferred, 2 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 4u);
 }
 
@@ -423,7 +424,7 @@ TEST(TransferTest, AllZeroImageMovesNothing) {
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted);
   EXPECT_EQ(source.TotalGetCalls(), 0);
   EXPECT_EQ(dest.TotalPutCalls(), 0);
-  EXPECT_EQ(outcomes[0].progress.bytes_done, 3 * kChunk);
+  EXPECT_EQ(outcomes[0].progress.bytes_done, 3 * kTransferChunk);
   EXPECT_EQ(outcomes[0].progress.chunks_skipped, 3u);
 }
 
@@ -440,8 +441,8 @@ TEST(TransferTest, DuplicateChunksMoveOnce) {
   EXPECT_EQ(source.GetCalls(image.hashes[2]), 1);
   EXPECT_EQ(dest.TotalPutCalls(), 2);
   const IoProgress& p = outcomes[0].progress;
-  EXPECT_EQ(p.bytes_done, 6 * kChunk);  // every entry is covered by the two writes
-  EXPECT_EQ(p.bytes_transferred, 2 * kChunk);
+  EXPECT_EQ(p.bytes_done, 6 * kTransferChunk);  // every entry is covered by the two writes
+  EXPECT_EQ(p.bytes_transferred, 2 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 0u);
 }
 
@@ -461,7 +462,7 @@ TEST(TransferTest, FanOutReadsEachSourceChunkOnce) {
 
   for (size_t d = 0; d < 3; ++d) {
     EXPECT_EQ(outcomes[d].kind, Kind::kCompleted) << outcomes[d].error;
-    EXPECT_EQ(outcomes[d].progress.bytes_done, 30 * kChunk);
+    EXPECT_EQ(outcomes[d].progress.bytes_done, 30 * kTransferChunk);
   }
   for (const std::string& hash : image.hashes) EXPECT_EQ(source.GetCalls(hash), 1);
   EXPECT_EQ(a.TotalPutCalls(), 30);
@@ -470,7 +471,7 @@ TEST(TransferTest, FanOutReadsEachSourceChunkOnce) {
   ExpectHoldsImage(a, image);
   ExpectHoldsImage(b, image);
   ExpectHoldsImage(c, image);
-  EXPECT_EQ(outcomes[2].progress.bytes_transferred, 5 * kChunk);
+  EXPECT_EQ(outcomes[2].progress.bytes_transferred, 5 * kTransferChunk);
   EXPECT_EQ(outcomes[2].progress.chunks_skipped, 25u);
 }
 
@@ -515,7 +516,7 @@ TEST(TransferTest, TransientErrorsAreRetriedUntilTheySucceed) {
   EXPECT_EQ(dest.PutCalls(flaky_write), 5);
   EXPECT_EQ(dest.HasChunksCalls(), 3);  // the plan's failed and retried lookups, the confirmation
   ExpectHoldsImage(dest, image);
-  EXPECT_EQ(outcomes[0].progress.bytes_transferred, 8 * kChunk);
+  EXPECT_EQ(outcomes[0].progress.bytes_transferred, 8 * kTransferChunk);
 }
 
 TEST(TransferTest, TransientWriteErrorsThatNeverStopFailTheDestination) {
@@ -716,7 +717,7 @@ TEST(TransferTest, CancellingEveryDestinationStopsReadingTheSource) {
 
   auto dests = Destinations({&a, &b}, &tokens);
   TransferOptions options = FastOptions();
-  options.buffer_memory = 8 * kChunk;
+  options.buffer_memory = 8 * kTransferChunk;
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
 
   EXPECT_EQ(outcomes[0].kind, Kind::kCancelled);
@@ -809,8 +810,8 @@ TEST(TransferTest, ProgressRunsOnTheCallingThreadIsMonotonicAndReachesTheTotal) 
     EXPECT_EQ(last.bytes_done, outcomes[d].progress.bytes_done);
     EXPECT_EQ(last.bytes_transferred, outcomes[d].progress.bytes_transferred);
   }
-  EXPECT_EQ(seen[0].back().bytes_transferred, 11 * kChunk + 100);
-  EXPECT_EQ(seen[1].back().bytes_transferred, 10 * kChunk + 100);
+  EXPECT_EQ(seen[0].back().bytes_transferred, 11 * kTransferChunk + 100);
+  EXPECT_EQ(seen[1].back().bytes_transferred, 10 * kTransferChunk + 100);
   EXPECT_EQ(seen[1].back().chunks_skipped, 2u);
 }
 
@@ -857,7 +858,7 @@ TEST(TransferTest, ChunkBuffersStayWithinThePoolWhateverTheImageSize) {
   auto dests = Destinations({&dest});
   TransferOptions options = FastOptions();
   options.threads = 4;
-  options.buffer_memory = 6 * kChunk;  // pool = max(2, min(6, 2 * 4)) = 6
+  options.buffer_memory = 6 * kTransferChunk;  // pool = max(2, min(6, 2 * 4)) = 6
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
 
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
@@ -875,7 +876,7 @@ TEST(TransferTest, PoolHasAtLeastTwoBuffersEvenWhenTheMemoryCapIsBelowOneChunk) 
 
   auto dests = Destinations({&dest});
   TransferOptions options = FastOptions();
-  options.buffer_memory = kChunk / 2;
+  options.buffer_memory = kTransferChunk / 2;
   std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
 
   EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
@@ -899,7 +900,7 @@ TEST(TransferTest, BandwidthCapStillDeliversEverything) {
 TEST(TransferTest, EmptyImageAndNoDestinations) {
   FakeStore source("fake://source");
   Manifest empty;
-  empty.chunk_size = kChunk;
+  empty.chunk_size = kTransferChunk;
   FakeStore dest("fake://dest");
   auto dests = Destinations({&dest});
   std::vector<TransferOutcome> outcomes = CopyImage(source, empty, dests, FastOptions());
@@ -918,7 +919,7 @@ TEST(TransferTest, EmptyImageAndNoDestinations) {
 // length, is found by the confirmation and written anew.
 TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
   FakeStore source("fake://source");
-  TestImage image = MakeImage(source, Range(8), kChunk);
+  TestImage image = MakeImage(source, Range(8), kTransferChunk);
   FakeStore dest("fake://dest");
   std::unordered_set<std::string> known(image.hashes.begin(), image.hashes.end());
   for (int i = 0; i < 8; ++i) {
@@ -940,7 +941,7 @@ TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
   EXPECT_EQ(dest.TotalPutCalls(), 2);
   const IoProgress& p = outcomes[0].progress;
   EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
-  EXPECT_EQ(p.bytes_transferred, 2 * kChunk);
+  EXPECT_EQ(p.bytes_transferred, 2 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 6u);
 }
 
@@ -948,7 +949,7 @@ TEST(TransferTest, ChunksBelievedPresentButMissingOrTruncatedAreWrittenAnew) {
 // bucket made again) fails the copy instead of letting it be committed.
 TEST(TransferTest, AStoreThatLosesWhatItIsGivenFailsTheCopy) {
   FakeStore source("fake://source");
-  TestImage image = MakeImage(source, Range(4), kChunk);
+  TestImage image = MakeImage(source, Range(4), kTransferChunk);
   FakeStore dest("fake://dest");
   dest.LoseWrites();
   auto dests = Destinations({&dest});

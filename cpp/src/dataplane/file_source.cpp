@@ -13,6 +13,7 @@
 #include <string>
 
 #include "base/file_util.hpp"
+#include "base/parse_util.hpp"
 #include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
@@ -21,10 +22,6 @@ namespace imagerelay {
 namespace {
 
 constexpr uint64_t kNoEnd = std::numeric_limits<uint64_t>::max();
-
-[[noreturn]] void Invalid(const std::string& message) {
-  throw ValidationError(codes::kInvalidParameter, message);
-}
 
 // The bytes a regular file or a block device holds now (st_size is 0 for a block device).
 // Returns 0 or an errno value.

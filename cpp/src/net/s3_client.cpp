@@ -6,23 +6,13 @@
 #include <utility>
 
 #include "base/fail_point.hpp"
+#include "base/parse_util.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "imagerelay/store.hpp"
 
 namespace imagerelay {
 namespace {
-
-[[noreturn]] void Invalid(const std::string& message) {
-  throw ValidationError(codes::kInvalidParameter, message);
-}
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 std::string PercentDecode(std::string_view s) {
   std::string out;

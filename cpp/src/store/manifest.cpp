@@ -16,7 +16,7 @@ namespace imagerelay {
 namespace {
 
 constexpr int kVersion = 1;
-constexpr std::string_view kDigestPrefix = "sha256:";
+constexpr std::string_view kManifestDigestPrefix = "sha256:";
 
 bool IsHex64(std::string_view s) {
   if (s.size() != 64) return false;
@@ -26,7 +26,7 @@ bool IsHex64(std::string_view s) {
   return true;
 }
 
-[[noreturn]] void Invalid(const std::string& why) {
+[[noreturn]] void InvalidManifest(const std::string& why) {
   throw ValidationError(codes::kInvalidParameter,
                         "manifest is not valid: " + why +
                             "; the manifest file is damaged or was not written by imagerelay");
@@ -35,7 +35,7 @@ bool IsHex64(std::string_view s) {
 uint64_t GetUint(const nlohmann::json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end() || !it->is_number_unsigned()) {
-    Invalid(std::string("\"") + key + "\" must be a non-negative integer");
+    InvalidManifest(std::string("\"") + key + "\" must be a non-negative integer");
   }
   return it->get<uint64_t>();
 }
@@ -154,7 +154,7 @@ class CompactManifestReader {
     }
     if (!Literal("null")) {
       std::string_view digest;
-      if (!QuotedHex(digest, kDigestPrefix.size() + 64)) return false;
+      if (!QuotedHex(digest, kManifestDigestPrefix.size() + 64)) return false;
       m.digest = digest;
     }
     if (!Literal(R"(,"chunks":[)")) return false;
@@ -209,20 +209,21 @@ class CompactManifestReader {
 
 // The rules every manifest must keep, however it was read.
 void Validate(const Manifest& m, const std::vector<std::string>& hashes) {
-  if (m.chunk_size == 0) Invalid("\"chunk_size\" must be greater than 0");
-  if (!m.digest.empty() && (!m.digest.starts_with(kDigestPrefix) ||
-                            !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size())))) {
-    Invalid("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
+  if (m.chunk_size == 0) InvalidManifest("\"chunk_size\" must be greater than 0");
+  if (!m.digest.empty() &&
+      (!m.digest.starts_with(kManifestDigestPrefix) ||
+       !IsHex64(std::string_view(m.digest).substr(kManifestDigestPrefix.size())))) {
+    InvalidManifest("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
   }
   uint64_t expected = m.size / m.chunk_size + (m.size % m.chunk_size != 0 ? 1 : 0);
   if (hashes.size() != expected) {
-    Invalid("it lists " + std::to_string(hashes.size()) + " chunks where size " +
-            std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) + " need " +
-            std::to_string(expected));
+    InvalidManifest("it lists " + std::to_string(hashes.size()) + " chunks where size " +
+                    std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) +
+                    " need " + std::to_string(expected));
   }
   for (size_t i = 0; i < hashes.size(); ++i) {
     if (!hashes[i].empty() && !IsHex64(hashes[i])) {
-      Invalid("chunk " + std::to_string(i) + " must be null or 64 lowercase hex digits");
+      InvalidManifest("chunk " + std::to_string(i) + " must be null or 64 lowercase hex digits");
     }
   }
 }
@@ -239,35 +240,36 @@ Manifest Manifest::FromJson(const std::string& text) {
     }
   }
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) Invalid("it is not JSON");
-  if (!j.is_object()) Invalid("it is not a JSON object");
+  if (j.is_discarded()) InvalidManifest("it is not JSON");
+  if (!j.is_object()) InvalidManifest("it is not a JSON object");
 
   auto version = j.find("version");
   if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != kVersion) {
-    Invalid("\"version\" must be 1");
+    InvalidManifest("\"version\" must be 1");
   }
   Manifest m;
   m.size = GetUint(j, "size");
   m.chunk_size = GetUint(j, "chunk_size");
-  if (m.chunk_size == 0) Invalid("\"chunk_size\" must be greater than 0");
+  if (m.chunk_size == 0) InvalidManifest("\"chunk_size\" must be greater than 0");
 
   auto digest = j.find("digest");
   if (digest == j.end() || !(digest->is_string() || digest->is_null())) {
-    Invalid("\"digest\" must be a string, or null while it is being computed");
+    InvalidManifest("\"digest\" must be a string, or null while it is being computed");
   }
   if (digest->is_string()) m.digest = digest->get<std::string>();
-  if (digest->is_string() && (!m.digest.starts_with(kDigestPrefix) ||
-                              !IsHex64(std::string_view(m.digest).substr(kDigestPrefix.size())))) {
-    Invalid("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
+  if (digest->is_string() &&
+      (!m.digest.starts_with(kManifestDigestPrefix) ||
+       !IsHex64(std::string_view(m.digest).substr(kManifestDigestPrefix.size())))) {
+    InvalidManifest("\"digest\" must be \"sha256:\" and 64 lowercase hex digits");
   }
 
   auto chunks = j.find("chunks");
-  if (chunks == j.end() || !chunks->is_array()) Invalid("\"chunks\" must be a list");
+  if (chunks == j.end() || !chunks->is_array()) InvalidManifest("\"chunks\" must be a list");
   uint64_t expected = m.size / m.chunk_size + (m.size % m.chunk_size != 0 ? 1 : 0);
   if (chunks->size() != expected) {
-    Invalid("it lists " + std::to_string(chunks->size()) + " chunks where size " +
-            std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) + " need " +
-            std::to_string(expected));
+    InvalidManifest("it lists " + std::to_string(chunks->size()) + " chunks where size " +
+                    std::to_string(m.size) + " and chunk size " + std::to_string(m.chunk_size) +
+                    " need " + std::to_string(expected));
   }
   std::vector<std::string> hashes;
   hashes.reserve(chunks->size());
@@ -277,8 +279,8 @@ Manifest Manifest::FromJson(const std::string& text) {
     } else if (c.is_string() && IsHex64(c.get_ref<const std::string&>())) {
       hashes.push_back(c.get<std::string>());
     } else {
-      Invalid("chunk " + std::to_string(hashes.size()) +
-              " must be null or 64 lowercase hex digits");
+      InvalidManifest("chunk " + std::to_string(hashes.size()) +
+                      " must be null or 64 lowercase hex digits");
     }
   }
   return InMemory(m.size, m.chunk_size, hashes, std::move(m.digest));

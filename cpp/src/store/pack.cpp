@@ -13,7 +13,7 @@
 namespace imagerelay {
 namespace {
 
-constexpr char kMagic[8] = {'I', 'R', 'P', 'A', 'C', 'K', '0', '1'};
+constexpr char kPackMagic[8] = {'I', 'R', 'P', 'A', 'C', 'K', '0', '1'};
 
 void Append(std::vector<std::byte>& out, uint64_t value, int bytes) {
   std::byte le[8];
@@ -91,7 +91,7 @@ PackBytes PackBuilder::Finish() {
   const std::string digest = Sha256Hex(footer.data(), footer.size());
   Append(footer, entries_.size(), 4);
   AppendHash(footer, digest);
-  for (char c : kMagic) footer.push_back(static_cast<std::byte>(c));
+  for (char c : kPackMagic) footer.push_back(static_cast<std::byte>(c));
   PackBytes pack = std::move(data_);
   pack.insert(pack.end(), footer.begin(), footer.end());
   data_.clear();
@@ -102,7 +102,7 @@ PackBytes PackBuilder::Finish() {
 uint64_t PackFooterSize(std::span<const std::byte> trailer, const std::string& what) {
   if (trailer.size() < kPackTrailerSize) Torn(what, "shorter than a pack's trailer");
   const std::byte* end = trailer.data() + trailer.size();
-  if (std::memcmp(end - 8, kMagic, 8) != 0) Torn(what, "no pack trailer at its end");
+  if (std::memcmp(end - 8, kPackMagic, 8) != 0) Torn(what, "no pack trailer at its end");
   const uint64_t count = GetLe(end - kPackTrailerSize, 4);
   return count * kPackEntrySize + kPackTrailerSize;
 }

@@ -6,13 +6,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
-#include <random>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "base/decimal.hpp"
+#include "base/parse_util.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/ids.hpp"
 #include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
@@ -20,17 +21,6 @@ namespace {
 
 constexpr int kChunkAttempts = 3;  // the transfer engine retries chunks again on top
 constexpr int kListAttempts = 4;   // a listing page that came back cut short, asked again
-
-[[noreturn]] void Invalid(const std::string& message) {
-  throw ValidationError(codes::kInvalidParameter, message);
-}
-
-std::string RandomHex(size_t n) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  std::string out;
-  for (size_t i = 0; i < n; ++i) out += "0123456789abcdef"[rng() & 0xf];
-  return out;
-}
 
 bool Ok(long status) { return status >= 200 && status < 300; }
 
@@ -119,7 +109,7 @@ void S3Store::Fail(const std::string& what, const HttpResponse& response) const 
 }
 
 void S3Store::Check() {
-  const std::string key = Key(std::string(kProbePrefix) + RandomHex(12));
+  const std::string key = Key(std::string(kProbePrefix) + RandomHex(6));
   const std::string body = "imagerelay write probe\n";
   try {
     Call put;

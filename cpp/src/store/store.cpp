@@ -12,6 +12,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "base/parse_util.hpp"
 #include "imagerelay/error.hpp"
 #include "store/local_store.hpp"
 #include "store/pack_store.hpp"
@@ -54,13 +55,6 @@ std::optional<std::string> SchemeOf(std::string_view uri) {
     scheme += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   return scheme;
-}
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 // Percent-decodes the path of a file:// URI; nullopt when an escape is malformed.
