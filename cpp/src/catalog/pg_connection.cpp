@@ -54,7 +54,15 @@ Connection::Connection(std::string conninfo) : conninfo_(std::move(conninfo)) {
     }
     PQconninfoFree(options);
   }
-  Connect();
+  try {
+    Connect();
+  } catch (...) {
+    // No destructor runs for an object whose constructor throws: the refused connection's
+    // memory is given back here.
+    if (conn_ != nullptr) PQfinish(conn_);
+    conn_ = nullptr;
+    throw;
+  }
 }
 
 Connection::~Connection() {

@@ -25,6 +25,7 @@
 
 #include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
+#include "catalog/catalog_columns.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/log.hpp"
@@ -161,25 +162,11 @@ ALTER TABLE images ADD COLUMN virtual_size INTEGER NOT NULL DEFAULT 0;
 };
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
 
-constexpr std::string_view kImageColumns =
-    "id, name, region, type, owner, status, size, digest, format, os_type, os_name, "
-    "os_version, os_arch, description, created_us, source_image_id, source_region, error, "
-    "virtual_size";
-constexpr std::string_view kTaskColumns =
-    "t.dest_image_id, t.job_id, t.region, t.state, t.bytes_total, t.bytes_done, "
-    "t.bytes_transferred, t.chunks_total, t.chunks_skipped, t.rate, t.attempts, t.error, "
-    "t.error_code, t.started_us, t.finished_us, t.lease_owner, t.lease_expires_us, "
-    "t.bytes_sent";
-constexpr std::string_view kJobColumns =
-    "id, account, source_image_id, source_region, name, client_token, created_us";
-constexpr std::string_view kEventColumns =
-    "seq, time_us, type, account, image_id, job_id, region, detail_json";
-
-std::string Sql(std::initializer_list<std::string_view> parts) {
-  std::string sql;
-  for (auto part : parts) sql += part;
-  return sql;
-}
+using catalog_columns::kEventColumns;
+using catalog_columns::kImageColumns;
+using catalog_columns::kJobColumns;
+using catalog_columns::kTaskColumns;
+using catalog_columns::Sql;
 
 // Reports an unreadable row once per process (listings skip it every time they meet it).
 void ReportSkippedRow(const std::string& what) {
