@@ -255,6 +255,7 @@ class Lines:
         self._back.append(line)
 
 
+@pytest.mark.serial  # Ctrl-C: xdist workers ignore SIGINT, and their children inherit that
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
 def test_events_follow_prints_new_events_until_ctrl_c(home: Path, tmp_path: Path,
                                                       as_json: bool) -> None:

@@ -30,6 +30,9 @@ from conftest import (
 
 import imagerelay as ir
 
+# Ctrl-C tests: xdist workers ignore SIGINT (and their children inherit that): run alone.
+pytestmark = pytest.mark.serial
+
 # Bytes served before the stall: past the first 4 MiB read unit of an import, so that its
 # blocks are stored before the stall.
 STALL_AFTER = 67 * CHUNK

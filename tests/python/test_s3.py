@@ -650,6 +650,7 @@ def test_s3_to_s3_copy_of_a_tampered_pack_fails_with_integrity_error(
     assert victim not in block_hashes(s3, b2)  # never copied
 
 
+@pytest.mark.serial  # Ctrl-C: xdist workers ignore SIGINT, and their children inherit that
 def test_ctrl_c_stops_an_export_and_a_verify_of_a_stalled_image(
         cloud: ir.Cloud, s3: S3Server, bucket: str, proxy: FaultProxy, files: Path) -> None:
     # Nothing but Ctrl-C (through the caller's cancel token down to curl) ends these stalls.

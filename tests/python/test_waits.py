@@ -56,6 +56,7 @@ def test_image_wait_times_out_as_before(open_cloud: Callable[..., ir.Cloud],
     job.cancel()
 
 
+@pytest.mark.serial  # Ctrl-C: xdist workers ignore SIGINT, and their children inherit that
 def test_ctrl_c_ends_an_image_wait(open_cloud: Callable[..., ir.Cloud], files: Path) -> None:
     _, image, job = _copying(open_cloud, files)
     interrupt_when(lambda: job.refresh().tasks["gz"].bytes_transferred > 0)
