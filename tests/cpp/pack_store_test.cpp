@@ -264,15 +264,26 @@ TEST(PackStoreTest, AReadOfACorruptBlockThrowsDamagedChunkError) {
 
 // Issue #16's fault matrix: a byte flipped on the wire of an object store's answer is not
 // the store's damage. It used to be: the block was forgotten and its images marked damaged.
+// A remote (object store) region holding one block, its reports of damage collected.
+struct RemoteWithOneBlock {
+  explicit RemoteWithOneBlock(const fs::path& root)
+      : a(RandomBlock(1)), opened(OpenPacked(root, 4 * kBlock, /*remote=*/true)) {
+    opened.store->SetDamageHandler(
+        [this](const std::string& hash, const std::string&) { reported.push_back(hash); });
+    opened.store->PutChunk(HashOf(a), a);
+    opened.store->Flush();
+  }
+  std::vector<std::string> reported;  // outlives the store that reports into it
+  std::vector<std::byte> a;
+  Opened opened;
+};
+
 TEST(PackStoreTest, ARemoteReadDamagedOnTheWayIsReadAgainNotReportedAsDamage) {
   ScratchDir dir;
-  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
-  std::vector<std::string> reported;
-  store->SetDamageHandler(
-      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
-  auto a = RandomBlock(1);
-  store->PutChunk(HashOf(a), a);
-  store->Flush();
+  RemoteWithOneBlock region(dir.path());
+  auto& [faults, store] = region.opened;
+  const auto& a = region.a;
+  const auto& reported = region.reported;
   faults->flip_reads = 1;
   std::vector<std::byte> out;
   store->GetChunk(HashOf(a), out);
@@ -286,13 +297,10 @@ TEST(PackStoreTest, ARemoteReadDamagedOnTheWayIsReadAgainNotReportedAsDamage) {
 
 TEST(PackStoreTest, APackLeftOutOfARemoteListingIsNotTakenForGone) {
   ScratchDir dir;
-  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
-  std::vector<std::string> reported;
-  store->SetDamageHandler(
-      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
-  auto a = RandomBlock(1);
-  store->PutChunk(HashOf(a), a);
-  store->Flush();
+  RemoteWithOneBlock region(dir.path());
+  auto& [faults, store] = region.opened;
+  const auto& a = region.a;
+  const auto& reported = region.reported;
   faults->hide_listings = 1;  // an answer cut short on the way, parsed as "no pack"
   store->Check();             // reconciles the index with the listing
   EXPECT_TRUE(reported.empty());

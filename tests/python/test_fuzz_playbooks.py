@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from deadline import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,18 +53,8 @@ class Hang(BaseException):
     """An example ran past EXAMPLE_SECONDS."""
 
 
-@contextlib.contextmanager
-def bounded() -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {EXAMPLE_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, EXAMPLE_SECONDS)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def bounded() -> contextlib.AbstractContextManager[None]:
+    return deadline(EXAMPLE_SECONDS, Hang)
 
 
 def parse_or_playbook_error(text: str) -> Playbook | None:

@@ -5,17 +5,16 @@ command line prints ``error: <code>: ...`` with exit status 1, never a traceback
 
 from __future__ import annotations
 
+import contextlib
 import math
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CHUNK, make_dense
+from deadline import deadline
 from test_cli import fails
 
 import imagerelay as ir
@@ -25,20 +24,9 @@ IMAGERELAY = str(Path(sys.executable).parent / "imagerelay")
 INT64_MAX = 2**63 - 1
 
 
-@contextmanager
-def within(seconds: float) -> Iterator[None]:
+def within(seconds: float) -> contextlib.AbstractContextManager[None]:
     """Fails the block if it runs longer: before the fixes some of these ran for minutes."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise AssertionError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    return deadline(seconds)
 
 
 def invalid(call: Any, *names: str) -> str:

@@ -28,6 +28,7 @@
 
 #include "base/fail_point.hpp"
 #include "catalog/catalog_columns.hpp"
+#include "catalog/one_transaction_at_a_time.hpp"
 #include "catalog/pg_connection.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
@@ -676,7 +677,7 @@ class PostgresCatalog final : public Catalog {
   void Read(const std::function<void(CatalogTx&)>& fn) override { Run(fn, /*write=*/false); }
 
   int SchemaVersion() override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(one_at_a_time_.mutex());
     EnsureConnected();
     return ReadVersion();
   }
@@ -685,7 +686,7 @@ class PostgresCatalog final : public Catalog {
   // settings table (where secrets were kept) drops them. Copies in the server's write-ahead
   // log and in its backups are the server operator's to manage (docs/scale-out.md).
   void Scrub() override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(one_at_a_time_.mutex());
     try {
       EnsureConnected();
       conn_->Exec("VACUUM FULL settings");
@@ -796,43 +797,33 @@ class PostgresCatalog final : public Catalog {
   }
 
   void Run(const std::function<void(CatalogTx&)>& fn, bool write) {
-    if (owner_.load() == std::this_thread::get_id()) {
-      throw Error(codes::kTransferFailed,
-                  "catalog: Write()/Read() called from inside a Write()/Read() callback; use the "
-                  "CatalogTx you were given");
-    }
-    std::lock_guard lock(mu_);
-    owner_.store(std::this_thread::get_id());
-    struct OwnerReset {
-      std::atomic<std::thread::id>& owner;
-      ~OwnerReset() { owner.store(std::thread::id()); }
-    } owner_reset{owner_};
-
-    // Nothing has run yet when BEGIN fails: it is safe to reconnect and try again.
-    RetryWhileUnavailable([&] {
-      conn_->Exec(write ? "BEGIN; " + LockSql("pg_advisory_xact_lock")
-                        : std::string("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
+    one_at_a_time_.Run([&] {
+      // Nothing has run yet when BEGIN fails: it is safe to reconnect and try again.
+      RetryWhileUnavailable([&] {
+        conn_->Exec(write ? "BEGIN; " + LockSql("pg_advisory_xact_lock")
+                          : std::string("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
+      });
+      try {
+        PostgresTx tx(*conn_);
+        fn(tx);
+        if (write) {
+          conn_->Exec(std::string("NOTIFY ") + kChannel);  // delivered at the commit
+          FailPoint("catalog.commit");
+        }
+        conn_->Exec("COMMIT");
+        if (write) FailPoint("catalog.committed");
+      } catch (const PgError& e) {
+        RollBack();
+        if (!write && e.sqlstate() == "25006") {  // read_only_sql_transaction
+          throw Error(codes::kTransferFailed,
+                      "catalog: a change was attempted inside Read(); use Write() for changes");
+        }
+        throw;
+      } catch (...) {
+        RollBack();
+        throw;
+      }
     });
-    try {
-      PostgresTx tx(*conn_);
-      fn(tx);
-      if (write) {
-        conn_->Exec(std::string("NOTIFY ") + kChannel);  // delivered at the commit
-        FailPoint("catalog.commit");
-      }
-      conn_->Exec("COMMIT");
-      if (write) FailPoint("catalog.committed");
-    } catch (const PgError& e) {
-      RollBack();
-      if (!write && e.sqlstate() == "25006") {  // read_only_sql_transaction
-        throw Error(codes::kTransferFailed,
-                    "catalog: a change was attempted inside Read(); use Write() for changes");
-      }
-      throw;
-    } catch (...) {
-      RollBack();
-      throw;
-    }
   }
 
   // The listener thread: LISTEN on a connection of its own, reconnecting when it is lost
@@ -858,8 +849,7 @@ class PostgresCatalog final : public Catalog {
   }
 
   std::string uri_;
-  std::mutex mu_;
-  std::atomic<std::thread::id> owner_;  // thread inside Run(), to refuse nested calls
+  OneTransactionAtATime one_at_a_time_;
   std::unique_ptr<Connection> conn_;
   std::mutex listener_mu_;  // SetChangeListener
   std::thread listener_;

@@ -26,6 +26,7 @@
 #include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
 #include "catalog/catalog_columns.hpp"
+#include "catalog/one_transaction_at_a_time.hpp"
 #include "imagerelay/catalog.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/log.hpp"
@@ -779,12 +780,12 @@ class SqliteCatalog final : public Catalog {
   void Read(const std::function<void(CatalogTx&)>& fn) override { Run(fn, /*write=*/false); }
 
   int SchemaVersion() override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(one_at_a_time_.mutex());
     return ReadUserVersion(conn_);
   }
 
   void Scrub() override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(one_at_a_time_.mutex());
     // secure_delete (on for every connection) zeroed the deleted rows in their pages; the
     // checkpoint writes those pages into the database file and empties the log, which
     // still holds older copies of them.
@@ -805,34 +806,23 @@ class SqliteCatalog final : public Catalog {
 
  private:
   void Run(const std::function<void(CatalogTx&)>& fn, bool write) {
-    if (owner_.load() == std::this_thread::get_id()) {
-      throw Error(codes::kTransferFailed,
-                  "catalog: Write()/Read() called from inside a Write()/Read() callback; use the "
-                  "CatalogTx you were given");
-    }
-    std::lock_guard lock(mu_);
-    owner_.store(std::this_thread::get_id());
-    struct OwnerReset {
-      std::atomic<std::thread::id>& owner;
-      ~OwnerReset() { owner.store(std::thread::id()); }
-    } owner_reset{owner_};
-
-    if (write) {
-      ExecWhileBusy(conn_, "BEGIN IMMEDIATE");
-    } else {
-      conn_.Exec("BEGIN");
-    }
-    Transaction tx(conn_);
-    SqliteTx catalog_tx(conn_, /*read_only=*/!write);
-    fn(catalog_tx);
-    if (write) FailPoint("catalog.commit");
-    tx.Commit();
-    if (write) FailPoint("catalog.committed");
+    one_at_a_time_.Run([&] {
+      if (write) {
+        ExecWhileBusy(conn_, "BEGIN IMMEDIATE");
+      } else {
+        conn_.Exec("BEGIN");
+      }
+      Transaction tx(conn_);
+      SqliteTx catalog_tx(conn_, /*read_only=*/!write);
+      fn(catalog_tx);
+      if (write) FailPoint("catalog.commit");
+      tx.Commit();
+      if (write) FailPoint("catalog.committed");
+    });
   }
 
   std::filesystem::path path_;
-  std::mutex mu_;
-  std::atomic<std::thread::id> owner_;  // thread inside Run(), to refuse nested calls
+  OneTransactionAtATime one_at_a_time_;
   Connection conn_;
 };
 
