@@ -87,7 +87,12 @@ def assert_settled(cloud: ir.Cloud, digests: set[str], where: str, *,
             f"{image.id} stays {image.status} {where}"
         if image.status != "Available":
             continue
-        assert image.verify() in digests, f"{image.id} holds wrong bytes {where}"
+        try:
+            digest = image.verify()
+        except ir.IntegrityError as e:
+            raise AssertionError(f"{image.id} is Available with bytes missing or wrong "
+                                 f"{where}: {e}") from e
+        assert digest in digests, f"{image.id} holds wrong bytes {where}"
         key = (image.region, image.name)
         if unique_names:
             assert key not in seen, f"{key} appears twice ({seen.get(key)}, {image.id}) {where}"

@@ -25,7 +25,15 @@ bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
   return false;
 }
 
+std::mutex& Sweeper::RegionMutex(const std::string& region_id) {
+  std::lock_guard lock(region_mutexes_mu_);
+  std::unique_ptr<std::mutex>& mutex = region_mutexes_[region_id];
+  if (!mutex) mutex = std::make_unique<std::mutex>();
+  return *mutex;
+}
+
 void Sweeper::MaybeSweep(const std::string& region_id) {
+  std::lock_guard one_at_a_time(RegionMutex(region_id));
   const std::string& holder = parts_.holder;
   bool acquired = false;
   std::string store_uri;

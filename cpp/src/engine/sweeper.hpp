@@ -5,7 +5,9 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "engine/lease.hpp"
@@ -33,7 +35,10 @@ class Sweeper {
 
   explicit Sweeper(Parts parts) : parts_(std::move(parts)) {}
 
-  // Sweeps a region's store if it has garbage and no writer is in flight there.
+  // Sweeps a region's store if it has garbage and no writer is in flight there. Threads of
+  // this engine sweep a region one at a time (the sweep lease is this engine's for all of
+  // them): two sweeps side by side would repack the same pack twice, and the second one's
+  // delete of it would drop blocks the first had just re-indexed.
   void MaybeSweep(const std::string& region_id);
   // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).
   void SweepPending();
@@ -42,7 +47,11 @@ class Sweeper {
   void RemoveLeftovers();
 
  private:
+  std::mutex& RegionMutex(const std::string& region_id);
+
   const Parts parts_;
+  std::mutex region_mutexes_mu_;
+  std::map<std::string, std::unique_ptr<std::mutex>> region_mutexes_;  // one per region swept
 };
 
 }  // namespace imagerelay

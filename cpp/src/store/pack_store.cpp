@@ -151,6 +151,7 @@ BlockIndex& PackStore::Index() {
 void PackStore::Reconcile() {
   Lost lost;
   {
+    std::lock_guard layout(layout_mutex_);
     std::lock_guard lock(index_mutex_);
     if (!index_) index_ = BlockIndex::Open(packs_.IndexFile());
     lost = ReconcileLocked();
@@ -177,16 +178,27 @@ PackStore::Lost PackStore::ReconcileLocked() {
   Lost lost;
   std::map<std::string, uint64_t> indexed;
   for (auto& [name, size] : index_->Packs()) indexed.emplace(std::move(name), size);
+  const std::vector<std::pair<std::string, uint64_t>> listed = packs_.ListPacks();
   std::set<std::string> held;
-  for (const auto& [name, size] : packs_.ListPacks()) {
-    held.insert(name);
-    if (!indexed.contains(name)) IndexFromFooter(name, size);
-  }
+  for (const auto& [name, size] : listed) held.insert(name);
+  // Packs gone first, new ones next: a block that another process (or host) moved from a
+  // pack it then dropped into a new one is found in the new one, not reported lost.
+  Lost gone;
   for (const auto& [name, size] : indexed) {
     if (held.contains(name)) continue;
     // A listing is not proof: an answer damaged on the way may leave a pack out. A HEAD is.
     if (packs_.RemoteReads() && packs_.StatPack(name)) continue;
-    ForgetVanishedLocked(name, lost);
+    ForgetVanishedLocked(name, gone);
+  }
+  for (const auto& [name, size] : listed) {
+    if (!indexed.contains(name)) IndexFromFooter(name, size);
+  }
+  if (gone.empty()) return lost;
+  std::vector<std::string> hashes;
+  for (const auto& [hash, why] : gone) hashes.push_back(hash);
+  const std::vector<std::optional<BlockLocation>> found = index_->Lookup(hashes);
+  for (size_t i = 0; i < gone.size(); ++i) {
+    if (!found[i]) lost.push_back(std::move(gone[i]));
   }
   return lost;
 }
@@ -230,6 +242,9 @@ void PackStore::ForgetVanishedLocked(const std::string& pack, Lost& lost) {
 }
 
 void PackStore::PackVanished(const std::string& pack) {
+  // An object store's index is this host's cache: another host may have repacked the
+  // blocks; a reconcile finds them where they went and reports only the others.
+  if (packs_.RemoteReads()) return Reconcile();
   Lost lost;
   {
     std::lock_guard lock(index_mutex_);
@@ -494,7 +509,16 @@ void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
     throw TransferError(codes::kTransferFailed,
                         "chunk " + hash + " is missing in store " + base_->uri());
   }
-  ReadBlock(*where, hash, out, cancel);
+  try {
+    ReadBlock(*where, hash, out, cancel);
+  } catch (const DamagedChunkError&) {
+    // A sweep (of this process, or another's) may have moved the block into a new pack and
+    // dropped the old one since the lookup: read it where the index says now.
+    if (packs_.RemoteReads()) Reconcile();
+    std::optional<BlockLocation> now = Index().Lookup({hash})[0];
+    if (!now || now->pack == where->pack) throw;
+    ReadBlock(*now, hash, out, cancel);
+  }
 }
 
 void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
@@ -702,6 +726,8 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     legacy_chunks_.reset();  // it may hold none now
   }
   Reconcile();
+  Lost damaged;  // reported once the layout lock is released
+  std::unique_lock layout(layout_mutex_);
   BlockIndex& index = Index();
   // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
   PackBuilder repacked(options_.zstd_level, options_.pack_size + kBuilderSlack);
@@ -761,7 +787,7 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
         DecodeBlock(stored, entry, raw, Where(pack));
       } catch (const DamagedChunkError& e) {
         index.RemoveBlock(entry.hash);
-        ReportDamage(entry.hash, e.what());
+        damaged.emplace_back(entry.hash, e.what());
         continue;
       }
       repacked.AddEncoded(entry.hash, {entry.codec, stored}, entry.raw_length);
@@ -780,6 +806,8 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     replaced.clear();
   }
   write_repacked();
+  layout.unlock();
+  ReportLost(damaged);
   return result;
 }
 

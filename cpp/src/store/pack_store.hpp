@@ -152,6 +152,10 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // An object store's index cache is brought in line with the bucket at the first lookup
   // after a flush (see HasChunks).
   std::atomic<bool> reconcile_due_{true};
+  // Held by a sweep from its first change to its last, and by Reconcile: a reconcile that
+  // saw a pack on disk before a sweep dropped it (and the index after) would index it again,
+  // and its blocks would then point into a pack that is gone.
+  std::mutex layout_mutex_;
   std::mutex index_mutex_;
   std::unique_ptr<BlockIndex> index_;
   std::optional<bool> legacy_chunks_;  // does base_ hold chunk files of an earlier release?
