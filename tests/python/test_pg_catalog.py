@@ -159,7 +159,7 @@ def test_cli_catalog_option_and_background_worker(catalog: str, tmp_path: Path) 
 CHILD_COPY = """
 import sys, json, imagerelay as ir
 home, catalog, image_id = sys.argv[1:4]
-with ir.open(home, catalog=catalog, limits=ir.Limits(chunk_size=65536, bandwidth=2 << 20)) as c:
+with ir.open(home, catalog=catalog, limits=ir.Limits(chunk_size=65536, bandwidth=1 << 20)) as c:
     job = c.replicate(image_id, ["gz"])
     print("RESULT", json.dumps({"job": job.id}), flush=True)
     job.wait(timeout=120)
@@ -172,7 +172,9 @@ def test_server_restart_mid_copy(pg_test_server: Any, catalog: str, tmp_path: Pa
     moving each block once."""
     if pg_test_server is None:
         pytest.skip("the PostgreSQL server is not this session's to restart")
-    src = make_dense(tmp_path / "big.raw", 8 * MiB)
+    # 16 s at the child's 1 MiB/s: still copying once the watcher has looked, on a busy
+    # machine too.
+    src = make_dense(tmp_path / "big.raw", 16 * MiB)
     home = tmp_path / "home"
     with ir.open(home, catalog=catalog, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
         image = cloud.import_image(src, region="bj", name="big")

@@ -48,7 +48,8 @@ struct Engine::Impl {
   ChangeNotifier changes;
   void NotifyChanged() { changes.Notify(); }
   // The one loop of every Engine::Wait* (waits.cpp): calls `done` until it returns true,
-  // again after each change; false when the timeout passes or `cancel` fires first.
+  // again after each change; false when the timeout passes or `cancel` fires first. A
+  // `Catalog.Unavailable` from `done` is waited out (thrown at the deadline if it lasts).
   bool WaitUntil(const std::function<bool()>& done, std::optional<double> timeout_s,
                  const CancelToken* cancel);
 

@@ -4,6 +4,7 @@
 // (NotifyChanged) rather than polling for them.
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <string>
 
 #include "engine/engine_impl.hpp"
@@ -33,9 +34,20 @@ bool Engine::Impl::WaitUntil(const std::function<bool()>& done, std::optional<do
   const auto deadline = DeadlineOf(timeout_s);
   for (;;) {
     const uint64_t seen = changes.Generation();  // before reading: a change meanwhile is not lost
-    if (done()) return true;
+    std::exception_ptr unavailable;
+    try {
+      if (done()) return true;
+    } catch (const Error& e) {
+      // A shared catalog gone for a moment (its server restarted): a wait only reads, and
+      // goes on once the catalog answers again; at its deadline it says why it saw nothing.
+      if (e.code() != codes::kCatalogUnavailable) throw;
+      unavailable = std::current_exception();
+    }
     const auto now = Clock::now();
-    if ((deadline && now >= *deadline) || (cancel && cancel->cancelled())) return false;
+    if ((deadline && now >= *deadline) || (cancel && cancel->cancelled())) {
+      if (unavailable) std::rethrow_exception(unavailable);
+      return false;
+    }
     const auto wake = now + kLookForOtherProcesses;
     changes.WaitForChange(seen, deadline ? std::min(wake, *deadline) : wake);
   }
