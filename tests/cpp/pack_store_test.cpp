@@ -162,7 +162,13 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   PackStore source(std::move(local), files, hard);
   source.Check();
   auto [dest_faults, dest] = OpenPacked(dir.path() / "b");
-  const auto text = TextBlock(7);
+  // Text that compresses, and differently at levels 1 and 19 (numbers, not one line repeated).
+  std::string rows;
+  std::mt19937 rng(7);
+  while (rows.size() < kBlock) rows += "row " + std::to_string(rng() % 100000) + " ok\n";
+  rows.resize(kBlock);
+  const auto* p = reinterpret_cast<const std::byte*>(rows.data());
+  const std::vector<std::byte> text(p, p + kBlock);
   const auto random = RandomBlock(7);
   source.PutChunk(HashOf(text), text);
   source.PutChunk(HashOf(random), random);
