@@ -81,19 +81,6 @@ def snapshot(dest: Path) -> None:
     print(f"snapshot of {core} in {target}")
 
 
-def build_images(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
-    conf = work / "mke2fs.conf"
-    conf.write_text(fw.MKE2FS_CONF)
-    timer = fw.StepTimer()
-    files, reserve = timer.run("select source files", fw.select_source_files,
-                               int(args.data_mib * MiB))
-    tree, v1, _, _ = fw.build_version_one("a", files, work, args.image_mib * MiB, conf, timer)
-    state = fw.ImageState(files, tree, reserve)
-    v2 = work / "v2.img"
-    timer.run("update v1 -> v2", fw.make_next_version, v1, v2, state, 2, work / "blobs", args)
-    return v1, v2
-
-
 def run_child(build: Path, v1: Path, v2: Path, work: Path, rounds: int) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(build), sysconfig.get_paths()["purelib"]])
@@ -117,14 +104,7 @@ def main() -> int:
     p.add_argument("--snapshot", type=Path, help="copy the current build to this directory")
     p.add_argument("--pairs", type=int, default=3, help="runs of each build (alternating)")
     p.add_argument("--rounds", type=int, default=3, help="full + update copies per run")
-    p.add_argument("--data-mib", type=float, default=300)
-    p.add_argument("--image-mib", type=int, default=512)
-    p.add_argument("--rewrites", type=int, default=300)
-    p.add_argument("--deletes", type=int, default=10)
-    p.add_argument("--package-mib", type=float, default=4)
-    p.add_argument("--seed", type=int, default=12)
-    p.add_argument("--allocator", choices=("fresh", "first-fit"), default="fresh")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    fw.add_workload_arguments(p)
     args = p.parse_args()
     if args.snapshot:
         snapshot(args.snapshot)
@@ -134,7 +114,7 @@ def main() -> int:
     builds = [(n, Path(d).resolve()) for n, d in (b.split("=", 1) for b in args.builds)]
     work = Path(tempfile.mkdtemp(prefix="ir-copy-ab-", dir=args.workdir))
     try:
-        v1, v2 = build_images(args, work)
+        v1, v2 = fw.build_chain(args, work, 2)
         results: dict[str, dict[str, list[dict]]] = {n: {"full": [], "update": []}
                                                      for n, _ in builds}
         order = []

@@ -112,6 +112,17 @@ Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock, bool re
   return opened;
 }
 
+// A pack store on a local directory that compresses at `zstd_level` (0: never).
+std::unique_ptr<PackStore> OpenAtLevel(const fs::path& root, int zstd_level) {
+  auto local = std::make_unique<LocalStore>(root);
+  PackFiles& files = *local;
+  PackStoreOptions options;
+  options.zstd_level = zstd_level;
+  auto store = std::make_unique<PackStore>(std::move(local), files, options);
+  store->Check();
+  return store;
+}
+
 std::vector<fs::path> PackFilesIn(const fs::path& root) {
   std::vector<fs::path> packs;
   if (!fs::exists(root / "packs")) return packs;
@@ -155,12 +166,8 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   ScratchDir dir;
   // The source compresses harder than the destination would: the destination's blocks then
   // show whether it kept the bytes it was given or encoded the block itself.
-  auto local = std::make_unique<LocalStore>(dir.path() / "a");
-  PackFiles& files = *local;
-  PackStoreOptions hard;
-  hard.zstd_level = 19;
-  PackStore source(std::move(local), files, hard);
-  source.Check();
+  auto source_store = OpenAtLevel(dir.path() / "a", 19);
+  PackStore& source = *source_store;
   auto [dest_faults, dest] = OpenPacked(dir.path() / "b");
   // Text that compresses, and differently at levels 1 and 19 (numbers, not one line repeated).
   std::string rows;
@@ -206,12 +213,8 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   auto [other_faults, other] = OpenPacked(dir.path() / "c");
   EXPECT_EQ(other->PutStoredChunk(HashOf(text), text, StoredChunk{}), level1.bytes.size());
   // A store that never compresses keeps blocks raw, whatever form it is given.
-  auto plain_local = std::make_unique<LocalStore>(dir.path() / "d");
-  PackFiles& plain_files = *plain_local;
-  PackStoreOptions never;
-  never.zstd_level = 0;
-  PackStore plain(std::move(plain_local), plain_files, never);
-  plain.Check();
+  auto plain_store = OpenAtLevel(dir.path() / "d", 0);
+  PackStore& plain = *plain_store;
   EXPECT_EQ(plain.PutStoredChunk(HashOf(text), text, {ChunkCodec::kZstd, given}), kBlock);
   plain.Flush();
   plain.GetChunkStored(HashOf(text), raw, copied);
