@@ -290,6 +290,25 @@ def test_a_large_manifest_goes_up_in_parts(cloud: ir.Cloud, s3: S3Server, bucket
     assert manifest_path(home, "gz", back.id).read_bytes() == stored
 
 
+def test_a_manifest_upload_in_parts_gets_through_faults(
+        cloud: ir.Cloud, s3: S3Server, bucket: str, proxy: FaultProxy, files: Path) -> None:
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint)
+    src = make_sparse(files / "big.raw", 17 << 30, {3 << 30: os.urandom(CHUNK)})
+    image = cloud.import_image(src, region="bj", name="big")
+    # A part's answer cut short on the way back, the completion answered 503: each request
+    # is sent again, and the manifest is stored whole, with no upload left open.
+    proxy.arm("truncate", lambda method, path: method == "PUT" and "partNumber=1" in path)
+    proxy.arm("slowdown", lambda method, path: method == "POST" and "uploadId=" in path)
+    job = image.replicate("s3a")
+    job.wait(timeout=180)
+    assert all(armed.fired == 1 for armed in proxy.armed)
+    key = f"relay/manifests/{job.copies['s3a'].id}.bin"
+    client = s3.client()
+    assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-2")
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert job.copies["s3a"].replicate("gz").wait(timeout=180).copies["gz"].status == "Available"
+
+
 def test_a_copy_to_s3_costs_requests_per_pack_not_per_chunk(
         cloud: ir.Cloud, s3: S3Server, proxy: FaultProxy, bucket: str, files: Path) -> None:
     # Was test_plan_lists_a_small_bucket_instead_of_heading_each_chunk. Blocks now live in
