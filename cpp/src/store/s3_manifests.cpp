@@ -30,8 +30,6 @@ constexpr int kDamagedFetches = 3;  // a manifest found damaged, fetched again
 // 5 MiB): 16 GiB of image in 64 KiB blocks fits one PUT; 200 GiB's 105 MB takes 13 parts.
 constexpr uint64_t kManifestPartBytes = 8ULL << 20;
 
-bool Succeeded(long status) { return status >= 200 && status < 300; }
-
 // A read-only view of a file's first `size` bytes: its pages come from the page cache.
 class MappedFile {
  public:
@@ -77,7 +75,7 @@ void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest)
     put.body = mapped.bytes();
     put.headers = {{"Content-Type", "application/octet-stream"}};
     HttpResponse response = client_.Perform(put);
-    if (!Succeeded(response.status)) Fail("PUT of a manifest", response);
+    if (!IsSuccessStatus(response.status)) Fail("PUT of a manifest", response);
   }
   // A first-release manifest of the same image would be read no more; it goes.
   DeleteKey(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
@@ -92,7 +90,7 @@ void S3Store::PutManifestInParts(const std::string& key, int fd, uint64_t size,
   create.headers = {{"Content-Type", "application/octet-stream"}};
   HttpResponse response = client_.Perform(create);
   const std::string upload_id = XmlFirst(response.body, "UploadId");
-  if (!Succeeded(response.status) || upload_id.empty()) {
+  if (!IsSuccessStatus(response.status) || upload_id.empty()) {
     Fail("start of a multipart upload of a manifest", response);
   }
   // Nothing is visible until the upload completes (the one durable step): a failed upload
@@ -124,7 +122,7 @@ void S3Store::PutManifestInParts(const std::string& key, int fd, uint64_t size,
       put.body = part;
       response = client_.Perform(put);
       const std::string etag = response.Header("etag");
-      if (!Succeeded(response.status) || etag.empty()) {
+      if (!IsSuccessStatus(response.status) || etag.empty()) {
         Fail("PUT of part " + std::to_string(number) + " of a manifest", response);
       }
       parts += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" + etag +
@@ -139,7 +137,7 @@ void S3Store::PutManifestInParts(const std::string& key, int fd, uint64_t size,
     complete.body = std::as_bytes(std::span(parts));
     response = client_.Perform(complete);
     // S3 may answer 200 and say in the body that the upload failed.
-    if (!Succeeded(response.status) || response.body.find("<Error>") != std::string::npos) {
+    if (!IsSuccessStatus(response.status) || response.body.find("<Error>") != std::string::npos) {
       Fail("completion of a multipart upload of a manifest", response);
     }
   } catch (...) {
