@@ -1105,21 +1105,45 @@ def build_version_one(tag: str, files: list[SourceFile], work: Path, image_bytes
     return tree, image, digest, total
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_chain(args, work: Path, versions: int) -> list[Path]:
+    """v1 (mke2fs -d of real files) and `versions - 1` updates of it, in `work`; `args` holds
+    add_workload_arguments' options."""
+    conf = work / "mke2fs.conf"
+    conf.write_text(MKE2FS_CONF)
+    timer = StepTimer()
+    files, reserve = timer.run("select source files", select_source_files,
+                               int(args.data_mib * MiB))
+    tree, v1, _, _ = build_version_one("a", files, work, args.image_mib * MiB, conf, timer)
+    state = ImageState(files, tree, reserve)
+    images = [v1]
+    for version in range(2, versions + 1):
+        image = work / f"v{version}.img"
+        timer.run(f"update v{version - 1} -> v{version}", make_next_version, images[-1],
+                  image, state, version, work / "blobs" / f"v{version}", args)
+        images.append(image)
+    return images
+
+
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that shape the images (shared with update_bench.py and copy_ab.py)."""
     p.add_argument("--data-mib", type=float, default=300, help="source tree size (default 300)")
     p.add_argument("--image-mib", type=int, default=512, help="image size (default 512)")
-    p.add_argument("--versions", type=int, default=10, help="versions in the chain (default 10)")
     p.add_argument("--rewrites", type=int, default=300, help="files rewritten per update")
     p.add_argument("--deletes", type=int, default=10, help="files deleted per update")
     p.add_argument("--package-mib", type=float, default=4, help="new package size per update")
     p.add_argument("--seed", type=int, default=12, help="RNG seed of the updates")
     p.add_argument("--allocator", choices=("fresh", "first-fit"), default="fresh",
                    help="where new file data goes (see Placement; default fresh)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "FS_WORKLOAD.md")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
                    help="where the temporary work directory goes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(p)
+    p.add_argument("--versions", type=int, default=10, help="versions in the chain (default 10)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "FS_WORKLOAD.md")
     p.add_argument("--no-repro-check", action="store_true", help="build v1/v2 only once")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--self-test", action="store_true", help="test chunkers and edits, then exit")

@@ -48,20 +48,7 @@ def region_bytes(root: Path) -> tuple[int, int]:
 
 
 def build_chain(args, work: Path) -> list[Path]:
-    conf = work / "mke2fs.conf"
-    conf.write_text(fw.MKE2FS_CONF)
-    timer = fw.StepTimer()
-    files, reserve = timer.run("select source files", fw.select_source_files,
-                               int(args.data_mib * MiB))
-    tree, v1, _, _ = fw.build_version_one("a", files, work, args.image_mib * MiB, conf, timer)
-    state = fw.ImageState(files, tree, reserve)
-    images = [v1]
-    for version in range(2, args.versions + 1):
-        image = work / f"v{version}.img"
-        timer.run(f"update v{version - 1} -> v{version}", fw.make_next_version, images[-1],
-                  image, state, version, work / "blobs" / f"v{version}", args)
-        images.append(image)
-    return images
+    return fw.build_chain(args, work, args.versions)
 
 
 def timed(fn):
@@ -200,15 +187,8 @@ def write_report(path: Path, r: dict) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-mib", type=float, default=300)
-    p.add_argument("--image-mib", type=int, default=512)
+    fw.add_workload_arguments(p)
     p.add_argument("--versions", type=int, default=10)
-    p.add_argument("--rewrites", type=int, default=300)
-    p.add_argument("--deletes", type=int, default=10)
-    p.add_argument("--package-mib", type=float, default=4)
-    p.add_argument("--seed", type=int, default=12)
-    p.add_argument("--allocator", choices=("fresh", "first-fit"), default="fresh")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     p.add_argument("--rounds", type=int, default=5, help="timed full + update copies")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "UPDATE_RESULTS.md")

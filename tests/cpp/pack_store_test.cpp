@@ -120,6 +120,17 @@ Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock, bool re
   return opened;
 }
 
+// A pack store on a local directory that compresses at `zstd_level` (0: never).
+std::unique_ptr<PackStore> OpenAtLevel(const fs::path& root, int zstd_level) {
+  auto local = std::make_unique<LocalStore>(root);
+  PackFiles& files = *local;
+  PackStoreOptions options;
+  options.zstd_level = zstd_level;
+  auto store = std::make_unique<PackStore>(std::move(local), files, options);
+  store->Check();
+  return store;
+}
+
 std::vector<fs::path> PackFilesIn(const fs::path& root) {
   std::vector<fs::path> packs;
   if (!fs::exists(root / "packs")) return packs;
@@ -155,6 +166,87 @@ TEST(PackStoreTest, BlocksGoIntoPacksCompressedWhenItPaysAndReadBack) {
     EXPECT_EQ(out, b);
   }
   EXPECT_THROW(store->GetChunk(HashOf(RandomBlock(99)), out), TransferError);
+}
+
+// Issue #12 (copies): a copy hands the destination the source's stored form of each block,
+// and the destination writes those bytes as they are instead of compressing the block again.
+TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
+  ScratchDir dir;
+  // The source compresses harder than the destination would: the destination's blocks then
+  // show whether it kept the bytes it was given or encoded the block itself.
+  auto source_store = OpenAtLevel(dir.path() / "a", 19);
+  PackStore& source = *source_store;
+  auto [dest_faults, dest] = OpenPacked(dir.path() / "b");
+  // Text that compresses, and differently at levels 1 and 19 (numbers, not one line repeated).
+  std::string rows;
+  std::mt19937 rng(7);
+  while (rows.size() < kBlock) rows += "row " + std::to_string(rng() % 100000) + " ok\n";
+  rows.resize(kBlock);
+  const auto* p = reinterpret_cast<const std::byte*>(rows.data());
+  const std::vector<std::byte> text(p, p + kBlock);
+  const auto random = RandomBlock(7);
+  source.PutChunk(HashOf(text), text);
+  source.PutChunk(HashOf(random), random);
+  source.Flush();
+
+  std::vector<std::byte> raw;
+  StoredChunk stored;
+  source.GetChunkStored(HashOf(text), raw, stored);
+  EXPECT_EQ(raw, text);
+  ASSERT_EQ(stored.codec, ChunkCodec::kZstd);
+  std::vector<std::byte> scratch;
+  const EncodedBlock level1 = EncodeBlock(text, 1, scratch);
+  ASSERT_NE(std::vector<std::byte>(level1.bytes.begin(), level1.bytes.end()), stored.bytes);
+  EXPECT_EQ(dest->PutStoredChunk(HashOf(text), raw, stored), stored.bytes.size());
+  const std::vector<std::byte> given = stored.bytes;
+
+  // Incompressible: stored raw at the source, passed on raw (no second attempt to compress).
+  source.GetChunkStored(HashOf(random), raw, stored);
+  EXPECT_EQ(raw, random);
+  EXPECT_EQ(stored.codec, ChunkCodec::kRaw);
+  EXPECT_TRUE(stored.bytes.empty());
+  EXPECT_EQ(dest->PutStoredChunk(HashOf(random), raw, stored), kBlock);
+  dest->Flush();
+
+  StoredChunk copied;
+  dest->GetChunkStored(HashOf(text), raw, copied);
+  EXPECT_EQ(raw, text);
+  EXPECT_EQ(copied.codec, ChunkCodec::kZstd);
+  EXPECT_EQ(copied.bytes, given);  // the very bytes the source stored
+  dest->GetChunkStored(HashOf(random), raw, copied);
+  EXPECT_EQ(raw, random);
+  EXPECT_EQ(copied.codec, ChunkCodec::kRaw);
+
+  // A form the source cannot give (a chunk file of an earlier release): encoded as usual.
+  auto [other_faults, other] = OpenPacked(dir.path() / "c");
+  EXPECT_EQ(other->PutStoredChunk(HashOf(text), text, StoredChunk{}), level1.bytes.size());
+  // A store that never compresses keeps blocks raw, whatever form it is given.
+  auto plain_store = OpenAtLevel(dir.path() / "d", 0);
+  PackStore& plain = *plain_store;
+  EXPECT_EQ(plain.PutStoredChunk(HashOf(text), text, {ChunkCodec::kZstd, given}), kBlock);
+  plain.Flush();
+  plain.GetChunkStored(HashOf(text), raw, copied);
+  EXPECT_EQ(raw, text);
+  EXPECT_FALSE(copied.codec);  // raw, and not for want of trying: no form to pass on
+}
+
+TEST(PackStoreTest, ACorruptCompressedBlockGivesNoStoredForm) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());
+  const auto text = TextBlock(3);
+  store->PutChunk(HashOf(text), text);
+  store->Flush();
+  auto packs = PackFilesIn(dir.path());
+  ASSERT_EQ(packs.size(), 1u);
+  {
+    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);  // inside the block (it compresses to a few dozen bytes)
+    f.put('\x00');
+    f.put('\xff');
+  }
+  std::vector<std::byte> raw;
+  StoredChunk stored;
+  EXPECT_THROW(store->GetChunkStored(HashOf(text), raw, stored), DamagedChunkError);
 }
 
 TEST(PackStoreTest, ChunksAreListedInPagesInOrder) {

@@ -158,6 +158,26 @@ def make_sparse(path: Path, size: int, writes: dict[int, bytes] | None = None) -
     return path
 
 
+def make_text(path: Path, chunks: int, random_chunks: int = 0) -> Path:
+    """``chunks`` distinct chunks of text (zstd shrinks them), then ``random_chunks`` of
+    random bytes (stored raw)."""
+    text = b"".join(
+        b"".join(f"{c}:{i} copy the stored form, not the block\n".encode() for i in range(2000))
+        [:CHUNK] for c in range(chunks))
+    path.write_bytes(text + os.urandom(random_chunks * CHUNK))
+    return path
+
+
+def stored_bytes(home: Path, region: str) -> dict[str, bytes]:
+    """Each block of a local region as its pack holds it (compressed or raw)."""
+    out = {}
+    for digest, (pack, offset, length, _) in stored_blocks(home, region).items():
+        with open(pack, "rb") as f:
+            f.seek(offset)
+            out[digest] = f.read(length)
+    return out
+
+
 def make_odd(path: Path, chunks: int = 7, extra: int = 12345) -> Path:
     """Random bytes, not a multiple of the chunk size."""
     return make_dense(path, chunks * CHUNK + extra)

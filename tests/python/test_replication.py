@@ -26,9 +26,12 @@ from conftest import (
     distinct_nonzero_bytes,
     make_dense,
     make_sparse,
+    make_text,
     parse_result,
     read_result,
     sha256_file,
+    stored_blocks,
+    stored_bytes,
     wait_for_chunks,
     wait_until,
 )
@@ -492,6 +495,40 @@ def test_copies_do_not_inherit_shares(cloud: ir.Cloud, files: Path) -> None:
     # replicate, then share the copy: the way to hand an image over in another region
     job.copies["gz"].share("bob")
     assert bob.image(job.copies["gz"].id).type == "Sharing"
+
+
+def test_a_copy_writes_each_block_as_the_source_stores_it(cloud: ir.Cloud, home: Path,
+                                                          files: Path) -> None:
+    # Issue #12: a copy checks every block (decompressed, hashed) and writes the source's
+    # compressed bytes as they are instead of compressing the block again.
+    src = make_text(files / "a.raw", 6, random_chunks=2)
+    image = cloud.import_image(src, region="bj", name="a")
+    job = image.replicate("gz")
+    job.wait(timeout=60)
+    source, copy = stored_bytes(home, "bj"), stored_bytes(home, "gz")
+    assert len(source) == 8 and copy == source  # byte for byte, in stored form
+    blocks = stored_blocks(home, "gz")
+    assert sum(1 for *_, n, raw in blocks.values() if n < raw) == 6  # the text compressed
+    task = job.tasks["gz"]
+    assert task.bytes_transferred == src.stat().st_size  # bytes of the image
+    assert task.bytes_sent == sum(len(b) for b in copy.values()) < 3 * CHUNK  # on the wire
+    assert job.copies["gz"].export(files / "a.out").read_bytes() == src.read_bytes()
+
+
+def test_a_corrupt_compressed_block_is_never_passed_on(cloud: ir.Cloud, home: Path,
+                                                       files: Path) -> None:
+    src = make_text(files / "a.raw", 4)
+    image = cloud.import_image(src, region="bj", name="a")
+    victim = chunk_hashes(src)[2]
+    assert victim is not None and stored_blocks(home, "bj")[victim][2] < CHUNK  # compressed
+    damage_block(home, "bj", victim)
+    job = image.replicate("gz")
+    job.wait(timeout=60, raise_on_error=False)
+    task = job.tasks["gz"]
+    assert task.state == "Failed" and task.error_code == "Transfer.IntegrityError", task.to_dict()
+    assert victim in (task.error or "") and "at byte" in (task.error or "")
+    assert cloud.image(image.id).status == "NotAvailable"
+    assert victim not in chunk_names(home, "gz")
 
 
 # -- failure ----------------------------------------------------------------------------

@@ -25,7 +25,10 @@ from conftest import (
     interrupt_when,
     make_dense,
     make_sparse,
+    make_text,
+    manifest_path,
     read_result,
+    stored_bytes,
     wait_until,
 )
 from s3_server import (
@@ -234,6 +237,76 @@ def test_dedup_and_delta_copy_to_s3(cloud: ir.Cloud, s3: S3Server, bucket: str,
     assert job.copies["s3a"].export(files / "v1.out").read_bytes() == src.read_bytes()
     job.copies["s3a"].delete()  # the last image: no pack is left behind
     wait_until(lambda: pack_keys(s3, bucket) == [], timeout=20)
+
+
+def test_copies_to_and_from_s3_keep_each_block_as_stored(cloud: ir.Cloud, s3: S3Server,
+                                                        bucket: str, home: Path,
+                                                        files: Path) -> None:
+    # Issue #12: compressed blocks travel as they are stored, to a bucket and back.
+    add_s3_region(cloud, s3, "s3a", bucket)
+    src = make_text(files / "a.raw", 5, random_chunks=1)
+    job = cloud.import_image(src, region="bj", name="a").replicate("s3a")
+    job.wait(timeout=60)
+    local = stored_bytes(home, "bj")
+    client = s3.client()
+    for digest, where in stored_blocks(s3, bucket).items():
+        body = client.get_object(Bucket=bucket, Key=where.pack,
+                                 Range=f"bytes={where.offset}-"
+                                       f"{where.offset + where.stored_length - 1}")["Body"].read()
+        assert body == local[digest]
+    assert job.tasks["s3a"].bytes_sent == sum(len(b) for b in local.values()) < 2 * CHUNK
+    job2 = job.copies["s3a"].replicate("gz")
+    job2.wait(timeout=60)
+    assert stored_bytes(home, "gz") == local
+    assert job2.copies["gz"].export(files / "a.out").read_bytes() == src.read_bytes()
+
+
+def test_a_large_manifest_goes_up_in_parts(cloud: ir.Cloud, s3: S3Server, bucket: str,
+                                          home: Path, files: Path) -> None:
+    # Issue #12: a manifest above 8 MiB (an image above 16 GiB) is uploaded in parts read
+    # from its spooled file one at a time, never whole in memory. A sparse 18 GiB image has a
+    # 9.4 MB manifest: two parts.
+    add_s3_region(cloud, s3, "s3a", bucket)
+    size = 18 << 30
+    src = make_sparse(files / "big.raw", size, {5 << 30: os.urandom(CHUNK),
+                                                (17 << 30) + 4096: os.urandom(3 * CHUNK)})
+    image = cloud.import_image(src, region="bj", name="big")
+    job = image.replicate("s3a")
+    job.wait(timeout=120)
+    copy = job.copies["s3a"]
+    key = f"relay/manifests/{copy.id}.bin"
+    client = s3.client()
+    head = client.head_object(Bucket=bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-2"), head["ETag"]  # a multipart upload's
+    stored = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert stored == manifest_path(home, "bj", image.id).read_bytes()
+    assert len(stored) == 64 + 32 * (size // CHUNK) + 32
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")  # none left open
+    # Read back from the bucket: the same image.
+    job2 = copy.replicate("gz")
+    job2.wait(timeout=120)
+    back = job2.copies["gz"]
+    assert back.digest == image.digest
+    assert manifest_path(home, "gz", back.id).read_bytes() == stored
+
+
+def test_a_manifest_upload_in_parts_gets_through_faults(
+        cloud: ir.Cloud, s3: S3Server, bucket: str, proxy: FaultProxy, files: Path) -> None:
+    add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint)
+    src = make_sparse(files / "big.raw", 17 << 30, {3 << 30: os.urandom(CHUNK)})
+    image = cloud.import_image(src, region="bj", name="big")
+    # A part's answer cut short on the way back, the completion answered 503: each request
+    # is sent again, and the manifest is stored whole, with no upload left open.
+    proxy.arm("truncate", lambda method, path: method == "PUT" and "partNumber=1" in path)
+    proxy.arm("slowdown", lambda method, path: method == "POST" and "uploadId=" in path)
+    job = image.replicate("s3a")
+    job.wait(timeout=180)
+    assert all(armed.fired == 1 for armed in proxy.armed)
+    key = f"relay/manifests/{job.copies['s3a'].id}.bin"
+    client = s3.client()
+    assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-2")
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert job.copies["s3a"].replicate("gz").wait(timeout=180).copies["gz"].status == "Available"
 
 
 def test_a_copy_to_s3_costs_requests_per_pack_not_per_chunk(

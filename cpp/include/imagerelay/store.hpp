@@ -19,6 +19,19 @@
 
 namespace imagerelay {
 
+// How a store keeps a chunk's bytes: as they are, or zstd-compressed (a pack store's blocks).
+enum class ChunkCodec : uint8_t { kRaw = 0, kZstd = 1 };
+
+// A chunk's stored form, as a copy passes it from one store to another (GetChunkStored,
+// PutStoredChunk). `codec` is empty when the source cannot say (a chunk file of an earlier
+// release, a store that does not compress); kRaw when it keeps the chunk uncompressed
+// because compressing did not pay (`bytes` then empty: the stored form is the chunk);
+// kZstd with the compressed bytes in `bytes`.
+struct StoredChunk {
+  std::optional<ChunkCodec> codec;
+  std::vector<std::byte> bytes;
+};
+
 struct SweepResult {
   size_t chunks_kept = 0;
   size_t chunks_removed = 0;
@@ -92,6 +105,23 @@ class Store {
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                         const CancelToken* cancel = nullptr) = 0;
+  // GetChunk, plus the chunk's stored form when the store keeps one (see StoredChunk): the
+  // stored bytes are those that were decoded into `out` and checked against `hash`, so a
+  // copy may write them as they are (PutStoredChunk) instead of compressing `out` again.
+  virtual void GetChunkStored(const std::string& hash, std::vector<std::byte>& out,
+                              StoredChunk& stored, const CancelToken* cancel = nullptr) {
+    stored.codec.reset();
+    stored.bytes.clear();
+    GetChunk(hash, out, cancel);
+  }
+  // PutChunk of `data`, given also its stored form from GetChunkStored of another store (it
+  // decodes to exactly `data`, which the caller has verified hashes to `hash`): a store that
+  // keeps chunks in that form writes its bytes as they are. The default writes `data`.
+  virtual uint64_t PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
+                                  const StoredChunk& stored, const CancelToken* cancel = nullptr) {
+    (void)stored;
+    return PutChunk(hash, data, cancel);
+  }
   // Tells the store which chunks are about to be read, in about that order (a copy's plan,
   // an export's chunk list): a store that keeps chunks side by side reads neighbours in one
   // request instead of one each. Only a hint; the reads may come in any order, or not at all.

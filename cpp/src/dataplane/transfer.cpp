@@ -125,6 +125,7 @@ struct Dest {
 // A chunk buffer from the pool. Its vector keeps its capacity from chunk to chunk.
 struct Slot {
   std::vector<std::byte> data;
+  StoredChunk stored;  // the source's stored form of `data`, written as it is where it fits
   size_t chunk = 0;
   size_t pending_writes = 0;  // guarded by the crew's mutex
 };
@@ -353,8 +354,9 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     return std::any_of(by_bytes->begin(), by_bytes->end(),
                        [&](size_t d) { return dests_[d].Active(); });
   };
-  AttemptResult result = Attempt([&] { source_.GetChunk(hash, slot.data, &reads_cancel_); }, wanted,
-                                 "reading chunk " + hash + " from " + source_uri_, rng);
+  AttemptResult result =
+      Attempt([&] { source_.GetChunkStored(hash, slot.data, slot.stored, &reads_cancel_); }, wanted,
+              "reading chunk " + hash + " from " + source_uri_, rng);
   std::optional<Failure> failure;
   if (result.failure) failure = Failure(*result.failure);
   if (result.ok) {
@@ -460,9 +462,9 @@ void Copier::WriteChunk(const Slot& slot, Dest& dest, std::mt19937& rng) {
   if (!SleepWhile(bucket_.Reserve(bytes.size()), alive)) return;
 
   uint64_t sent = 0;
-  AttemptResult result =
-      Attempt([&] { sent = dest.spec->store->PutChunk(hash, bytes, dest.spec->cancel); }, alive,
-              "writing chunk " + hash + " to " + dest.uri, rng);
+  AttemptResult result = Attempt(
+      [&] { sent = dest.spec->store->PutStoredChunk(hash, bytes, slot.stored, dest.spec->cancel); },
+      alive, "writing chunk " + hash + " to " + dest.uri, rng);
   if (!result.ok) {
     if (result.failure) dest.Fail(*result.failure);
     return;

@@ -65,6 +65,7 @@ class TlsVerificationError : public std::runtime_error {
 
 // A failure to get any HTTP answer (timeout, reset, refused...): always transient.
 bool IsTransientStatus(long status);  // 429, 500, 502, 503, 504
+inline bool IsSuccessStatus(long status) { return status >= 200 && status < 300; }  // 2xx
 
 class HttpClient {
  public:

@@ -17,9 +17,11 @@
 #include <string>
 #include <vector>
 
+#include "imagerelay/store.hpp"  // ChunkCodec
+
 namespace imagerelay {
 
-enum class BlockCodec : uint8_t { kRaw = 0, kZstd = 1 };
+using BlockCodec = ChunkCodec;
 
 // Page-aligned memory: a pack is written to disk straight from it with O_DIRECT.
 template <typename T>

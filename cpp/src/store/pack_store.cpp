@@ -351,7 +351,28 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
   // No index lookup: callers write what a lookup found missing (a block written twice by
   // two writers at once costs only its space, until a sweep rewrites its pack).
   thread_local std::vector<std::byte> scratch;
-  EncodedBlock encoded = EncodeBlock(data, options_.zstd_level, scratch);
+  return PutEncoded(hash, EncodeBlock(data, options_.zstd_level, scratch),
+                    static_cast<uint32_t>(data.size()), cancel);
+}
+
+uint64_t PackStore::PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
+                                   const StoredChunk& stored, const CancelToken* cancel) {
+  // A store that keeps blocks raw (zstd level 0) keeps them so whatever their source did.
+  if (!stored.codec || options_.zstd_level <= 0 ||
+      (*stored.codec == BlockCodec::kZstd && stored.bytes.empty())) {
+    return PutChunk(hash, data, cancel);
+  }
+  // The source decoded these very bytes into `data` and checked them against `hash`: they
+  // are written as they are, not compressed a second time (most of a copy's CPU otherwise).
+  const EncodedBlock encoded =
+      *stored.codec == BlockCodec::kRaw
+          ? EncodedBlock{BlockCodec::kRaw, data}
+          : EncodedBlock{BlockCodec::kZstd, std::span<const std::byte>(stored.bytes)};
+  return PutEncoded(hash, encoded, static_cast<uint32_t>(data.size()), cancel);
+}
+
+uint64_t PackStore::PutEncoded(const std::string& hash, EncodedBlock encoded, uint32_t raw_length,
+                               const CancelToken* cancel) {
   std::unique_ptr<PackBuilder> full;
   {
     std::unique_lock lock(write_mutex_);
@@ -366,7 +387,7 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
       }
       writer_cv_.notify_all();
     }
-    builder_->AddEncoded(hash, encoded, static_cast<uint32_t>(data.size()));
+    builder_->AddEncoded(hash, encoded, raw_length);
     // Full; a pack waiting long is written by WriterLoop.
     if (builder_->size() >= options_.pack_size) {
       full = std::exchange(builder_, NewBuilder());
@@ -479,6 +500,31 @@ void PackStore::PutManifest(const std::string& image_id, const Manifest& manifes
 
 void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
                          const CancelToken* cancel) {
+  thread_local std::vector<std::byte> stored;
+  BlockCodec codec = BlockCodec::kRaw;
+  ReadChunk(hash, out, stored, codec, cancel);
+}
+
+void PackStore::GetChunkStored(const std::string& hash, std::vector<std::byte>& out,
+                               StoredChunk& stored, const CancelToken* cancel) {
+  stored.codec.reset();
+  BlockCodec codec = BlockCodec::kRaw;
+  if (!ReadChunk(hash, out, stored.bytes, codec, cancel)) {
+    stored.bytes.clear();
+    return;
+  }
+  if (codec == BlockCodec::kRaw) {
+    stored.bytes.clear();  // the stored form is `out` itself
+    // Raw because compressing did not pay, unless this store never compresses.
+    if (options_.zstd_level > 0) stored.codec = BlockCodec::kRaw;
+    return;
+  }
+  stored.codec = codec;
+}
+
+bool PackStore::ReadChunk(const std::string& hash, std::vector<std::byte>& out,
+                          std::vector<std::byte>& stored, BlockCodec& codec,
+                          const CancelToken* cancel) {
   std::optional<BlockLocation> where = Index().Lookup({hash})[0];
   if (!where) {
     bool pending = false;
@@ -503,27 +549,30 @@ void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
                                           " is corrupt: its content does not match its name; "
                                           "run `imagerelay scrub`");
       }
-      return;
+      return false;
     }
     out.clear();
     throw TransferError(codes::kTransferFailed,
                         "chunk " + hash + " is missing in store " + base_->uri());
   }
   try {
-    ReadBlock(*where, hash, out, cancel);
+    ReadBlock(*where, hash, out, stored, cancel);
   } catch (const DamagedChunkError&) {
     // A sweep (of this process, or another's) may have moved the block into a new pack and
     // dropped the old one since the lookup: read it where the index says now.
     if (packs_.RemoteReads()) Reconcile();
     std::optional<BlockLocation> now = Index().Lookup({hash})[0];
     if (!now || now->pack == where->pack) throw;
-    ReadBlock(*now, hash, out, cancel);
+    where = now;
+    ReadBlock(*where, hash, out, stored, cancel);
   }
+  codec = where->codec;
+  return true;
 }
 
 void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
-                          std::vector<std::byte>& out, const CancelToken* cancel) {
-  thread_local std::vector<std::byte> stored;
+                          std::vector<std::byte>& out, std::vector<std::byte>& stored,
+                          const CancelToken* cancel) {
   const PackEntry entry{hash, where.offset, where.stored_length, where.raw_length, where.codec};
   // An object store's answer may be damaged on the way (a byte flipped, a body miscounted):
   // a block that does not decode to its hash, or a range that came back short, is read again

@@ -1,7 +1,9 @@
 // S3Store's manifests: objects <prefix>/manifests/<image id>.bin in the stored form of
 // block_manifest.hpp, spooled through an unnamed file in the cache directory both ways, so
-// that a 200 GiB image's 105 MB list never sits in the process's memory. Manifests of the
-// first release (<image id>.json) are still read.
+// that a 200 GiB image's 105 MB list never sits in the process's memory. A manifest larger
+// than kManifestPartBytes goes up as a multipart upload, one part at a time from the spooled
+// file (memory: one part); a smaller one in one PUT. Manifests of the first release
+// (<image id>.json) are still read.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -24,6 +26,9 @@ constexpr std::string_view kBinarySuffix = ".bin";
 constexpr size_t kErrorBodyBytes = 4096;
 constexpr int kGetAttempts = 6;
 constexpr int kDamagedFetches = 3;  // a manifest found damaged, fetched again
+// A manifest above this size is uploaded in parts of this size (S3's smallest part is
+// 5 MiB): 16 GiB of image in 64 KiB blocks fits one PUT; 200 GiB's 105 MB takes 13 parts.
+constexpr uint64_t kManifestPartBytes = 8ULL << 20;
 
 // A read-only view of a file's first `size` bytes: its pages come from the page cache.
 class MappedFile {
@@ -59,16 +64,86 @@ void S3Store::PutManifest(const std::string& image_id, const Manifest& manifest)
                                                     " in " + CacheDir().string() + ": " +
                                                     ErrnoText(err));
   }
-  MappedFile mapped(spool.get(), static_cast<size_t>(BinaryManifestBytes(manifest.count())));
-  S3Client::Call put;
-  put.method = "PUT";
-  put.key = key;
-  put.body = mapped.bytes();
-  put.headers = {{"Content-Type", "application/octet-stream"}};
-  HttpResponse response = client_.Perform(put);
-  if (response.status < 200 || response.status >= 300) Fail("PUT of a manifest", response);
+  const uint64_t size = BinaryManifestBytes(manifest.count());
+  if (size > kManifestPartBytes) {
+    PutManifestInParts(key, spool.get(), size, image_id);
+  } else {
+    MappedFile mapped(spool.get(), static_cast<size_t>(size));
+    S3Client::Call put;
+    put.method = "PUT";
+    put.key = key;
+    put.body = mapped.bytes();
+    put.headers = {{"Content-Type", "application/octet-stream"}};
+    HttpResponse response = client_.Perform(put);
+    if (!IsSuccessStatus(response.status)) Fail("PUT of a manifest", response);
+  }
   // A first-release manifest of the same image would be read no more; it goes.
   DeleteKey(RecordKey("manifests", image_id, kJsonSuffix), "a manifest");
+}
+
+void S3Store::PutManifestInParts(const std::string& key, int fd, uint64_t size,
+                                 const std::string& image_id) {
+  S3Client::Call create;
+  create.method = "POST";
+  create.key = key;
+  create.query = {{"uploads", ""}};
+  create.headers = {{"Content-Type", "application/octet-stream"}};
+  HttpResponse response = client_.Perform(create);
+  const std::string upload_id = XmlFirst(response.body, "UploadId");
+  if (!IsSuccessStatus(response.status) || upload_id.empty()) {
+    Fail("start of a multipart upload of a manifest", response);
+  }
+  // Nothing is visible until the upload completes (the one durable step): a failed upload
+  // is aborted so that the bucket does not keep (and bill) its parts.
+  auto abort = [&] {
+    S3Client::Call cancel;
+    cancel.method = "DELETE";
+    cancel.key = key;
+    cancel.query = {{"uploadId", upload_id}};
+    try {
+      client_.Perform(cancel);
+    } catch (const std::exception&) {
+      // best effort: a bucket's lifecycle rule or a later sweep takes what is left
+    }
+  };
+  try {
+    std::string parts = "<CompleteMultipartUpload>";
+    std::vector<std::byte> part(static_cast<size_t>(std::min(size, kManifestPartBytes)));
+    for (uint64_t offset = 0, number = 1; offset < size; offset += part.size(), ++number) {
+      part.resize(static_cast<size_t>(std::min(size - offset, kManifestPartBytes)));
+      if (int err = PreadAll(fd, part.data(), part.size(), static_cast<off_t>(offset)); err != 0) {
+        throw TransferError(codes::kTransferFailed, "cannot read the spooled manifest of " +
+                                                        image_id + ": " + ErrnoText(err));
+      }
+      S3Client::Call put;
+      put.method = "PUT";
+      put.key = key;
+      put.query = {{"partNumber", std::to_string(number)}, {"uploadId", upload_id}};
+      put.body = part;
+      response = client_.Perform(put);
+      const std::string etag = response.Header("etag");
+      if (!IsSuccessStatus(response.status) || etag.empty()) {
+        Fail("PUT of part " + std::to_string(number) + " of a manifest", response);
+      }
+      parts += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" + etag +
+               "</ETag></Part>";
+    }
+    parts += "</CompleteMultipartUpload>";
+    S3Client::Call complete;
+    complete.method = "POST";
+    complete.key = key;
+    complete.query = {{"uploadId", upload_id}};
+    complete.headers = {{"Content-Type", "application/xml"}};
+    complete.body = std::as_bytes(std::span(parts));
+    response = client_.Perform(complete);
+    // S3 may answer 200 and say in the body that the upload failed.
+    if (!IsSuccessStatus(response.status) || response.body.find("<Error>") != std::string::npos) {
+      Fail("completion of a multipart upload of a manifest", response);
+    }
+  } catch (...) {
+    abort();
+    throw;
+  }
 }
 
 std::optional<Manifest> S3Store::GetManifest(const std::string& image_id) {

@@ -11,8 +11,6 @@
 namespace imagerelay {
 namespace {
 
-bool Succeeded(long status) { return status >= 200 && status < 300; }
-
 // Packs are big: a few more tries than a small object gets, each a whole PUT.
 constexpr int kPackAttempts = 8;
 
@@ -44,7 +42,7 @@ void S3Store::PutPack(const std::string& name, std::span<const std::byte> bytes,
   put.attempts = kPackAttempts;
   // Signed with the body's SHA-256 (the client computes it): the server refuses other bytes.
   HttpResponse response = client_.Perform(put, cancel);
-  if (!Succeeded(response.status)) Fail("PUT of pack " + name, response);
+  if (!IsSuccessStatus(response.status)) Fail("PUT of pack " + name, response);
 }
 
 bool S3Store::ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
@@ -60,7 +58,7 @@ bool S3Store::ReadPack(const std::string& name, uint64_t offset, std::span<std::
   get.max_body = out.size() + 4096;
   HttpResponse response = client_.Perform(get, cancel);
   if (response.status == 404 || response.status == 416) return false;
-  if (!Succeeded(response.status)) {
+  if (!IsSuccessStatus(response.status)) {
     response.body.assign(reinterpret_cast<const char*>(body.data()),
                          std::min<size_t>(body.size(), 4096));
     Fail("ranged GET of pack " + name, response);
@@ -93,7 +91,7 @@ std::optional<PackStat> S3Store::StatPack(const std::string& name) {
   head.key = PackKey(name);
   HttpResponse response = client_.Perform(head);
   if (response.status == 404) return std::nullopt;
-  if (!Succeeded(response.status)) Fail("HEAD of pack " + name, response);
+  if (!IsSuccessStatus(response.status)) Fail("HEAD of pack " + name, response);
   const std::optional<uint64_t> length = ParseDecimal(response.Header("content-length"));
   if (!length) {
     throw TransientError("S3 HEAD of pack " + name + " in store " + location().display +

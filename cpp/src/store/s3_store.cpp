@@ -22,8 +22,6 @@ namespace {
 constexpr int kChunkAttempts = 3;  // the transfer engine retries chunks again on top
 constexpr int kListAttempts = 4;   // a listing page that came back cut short, asked again
 
-bool Ok(long status) { return status >= 200 && status < 300; }
-
 // Objects Check writes and deletes at once to prove the store writable.
 constexpr std::string_view kProbePrefix = ".imagerelay-probe-";
 
@@ -117,7 +115,7 @@ void S3Store::Check() {
     put.key = key;
     put.body = std::as_bytes(std::span(body));
     HttpResponse response = client_.Perform(put);
-    if (!Ok(response.status)) {
+    if (!IsSuccessStatus(response.status)) {
       throw TransferError(
           codes::kStoreUnavailable,
           "S3 store " + location().display + " is not writable: " + S3Client::Reason(response));
@@ -126,7 +124,7 @@ void S3Store::Check() {
     del.method = "DELETE";
     del.key = key;
     response = client_.Perform(del);
-    if (!Ok(response.status) && response.status != 404) {
+    if (!IsSuccessStatus(response.status) && response.status != 404) {
       throw TransferError(codes::kStoreUnavailable,
                           "S3 store " + location().display +
                               " does not allow deletes: " + S3Client::Reason(response));
@@ -172,7 +170,7 @@ void S3Store::ClaimPrefix() {
   list.query = {{"list-type", "2"}, {"prefix", top}, {"delimiter", "/"}, {"max-keys", "1000"}};
   list.max_body = 16ULL << 20;
   HttpResponse response = client_.Perform(list);
-  if (!Ok(response.status)) Fail("listing of " + location().display, response);
+  if (!IsSuccessStatus(response.status)) Fail("listing of " + location().display, response);
   std::vector<std::string> foreign;
   for (const std::string& key : XmlAll(response.body, "Key")) {
     // The prefix's own "folder" object (as a console makes it) and probes left by a Check.
@@ -196,7 +194,7 @@ bool S3Store::HasChunk(const std::string& hash, const CancelToken* cancel) {
   head.method = "HEAD";
   head.key = ChunkKey(hash);
   HttpResponse response = client_.Perform(head, cancel);
-  if (Ok(response.status)) return true;
+  if (IsSuccessStatus(response.status)) return true;
   if (response.status == 404) return false;
   Fail("HEAD of chunk " + hash, response);
 }
@@ -208,7 +206,7 @@ bool S3Store::HasChunkOfLength(const std::string& hash, uint64_t length,
   head.key = ChunkKey(hash);
   HttpResponse response = client_.Perform(head, cancel);
   if (response.status == 404) return false;
-  if (!Ok(response.status)) Fail("HEAD of chunk " + hash, response);
+  if (!IsSuccessStatus(response.status)) Fail("HEAD of chunk " + hash, response);
   return ParseDecimal(response.Header("content-length")) == length;
 }
 
@@ -217,7 +215,7 @@ std::optional<uint64_t> S3Store::StoredChunkSize(const std::string& hash) {
   head.method = "HEAD";
   head.key = ChunkKey(hash);
   HttpResponse response = client_.Perform(head);
-  if (!Ok(response.status)) return std::nullopt;
+  if (!IsSuccessStatus(response.status)) return std::nullopt;
   return ParseDecimal(response.Header("content-length"));
 }
 
@@ -238,12 +236,12 @@ uint64_t S3Store::PutChunk(const std::string& hash, std::span<const std::byte> d
   if (checksums && (response.status == 400 || response.status == 501)) {
     put.headers.clear();  // an older server may not know the checksum headers
     HttpResponse plain = client_.Perform(put, cancel);
-    if (Ok(plain.status)) {
+    if (IsSuccessStatus(plain.status)) {
       send_checksums_.store(false, std::memory_order_relaxed);
       return data.size();
     }
   }
-  if (!Ok(response.status)) Fail("PUT of chunk " + hash, response);
+  if (!IsSuccessStatus(response.status)) Fail("PUT of chunk " + hash, response);
   return data.size();
 }
 
@@ -260,7 +258,7 @@ void S3Store::GetChunk(const std::string& hash, std::vector<std::byte>& out,
     throw TransferError(codes::kTransferFailed,
                         "chunk " + hash + " is missing in store " + location().display);
   }
-  if (!Ok(response.status)) {
+  if (!IsSuccessStatus(response.status)) {
     // The error document went into `out`: move it where Reason() looks.
     response.body.assign(reinterpret_cast<const char*>(out.data()),
                          std::min<size_t>(out.size(), 4096));
@@ -309,7 +307,7 @@ bool S3Store::CopyChunkFrom(Store& source, const std::string& hash, uint64_t len
     throw TransferError(codes::kTransferFailed,
                         "chunk " + hash + " is missing in store " + from.location().display);
   }
-  if (!Ok(response.status)) Fail("server-side copy of chunk " + hash, response);
+  if (!IsSuccessStatus(response.status)) Fail("server-side copy of chunk " + hash, response);
   // S3 may answer 200 and put the error in the body.
   if (std::string code = XmlFirst(response.body, "Code");
       response.body.find("<Error>") != std::string::npos || !code.empty()) {
@@ -351,7 +349,7 @@ void S3Store::DeleteKey(const std::string& key, const char* what) {
   del.method = "DELETE";
   del.key = key;
   HttpResponse response = client_.Perform(del);
-  if (!Ok(response.status) && response.status != 404)
+  if (!IsSuccessStatus(response.status) && response.status != 404)
     Fail(std::string("DELETE of ") + what, response);
 }
 
@@ -381,7 +379,7 @@ std::optional<std::vector<std::string>> S3Store::ListKeysUpTo(const std::string&
     std::vector<std::string> page_sizes;
     for (int attempt = 1;; ++attempt) {
       response = client_.Perform(list);
-      if (!Ok(response.status)) Fail("listing of " + key_prefix, response);
+      if (!IsSuccessStatus(response.status)) Fail("listing of " + key_prefix, response);
       page_keys = XmlAll(response.body, "Key");
       // Every <Contents> has one <Key> and one <Size>, in order.
       page_sizes = XmlAll(response.body, "Size");
@@ -455,7 +453,7 @@ void S3Store::PutText(const std::string& key, const std::string& text, const cha
   put.body = std::as_bytes(std::span(text));
   put.headers = {{"Content-Type", "application/json"}};
   HttpResponse response = client_.Perform(put);
-  if (!Ok(response.status)) Fail(std::string("PUT of ") + what, response);
+  if (!IsSuccessStatus(response.status)) Fail(std::string("PUT of ") + what, response);
 }
 
 std::optional<std::string> S3Store::GetText(const std::string& key, const char* what) {
@@ -464,7 +462,7 @@ std::optional<std::string> S3Store::GetText(const std::string& key, const char* 
   get.max_body = 256ULL << 20;
   HttpResponse response = client_.Perform(get);
   if (response.status == 404) return std::nullopt;
-  if (!Ok(response.status)) Fail(std::string("GET of ") + what, response);
+  if (!IsSuccessStatus(response.status)) Fail(std::string("GET of ") + what, response);
   return std::move(response.body);
 }
 

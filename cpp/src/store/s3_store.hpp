@@ -116,6 +116,10 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   std::string PackKey(const std::string& name) const;
   std::string RecordKey(const char* dir, const std::string& image_id,
                         std::string_view suffix = ".json") const;
+  // Uploads the `size` bytes of a spooled manifest (`fd`) to `key` in parts
+  // (s3_manifests.cpp).
+  void PutManifestInParts(const std::string& key, int fd, uint64_t size,
+                          const std::string& image_id);
   // Where manifests are spooled on their way to and from the bucket (s3_manifests.cpp).
   std::filesystem::path CacheDir() const;
   [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
