@@ -26,6 +26,19 @@ bool RegionHasWriters(CatalogTx& tx, const std::string& region, TimeUs now) {
 }
 
 void Sweeper::MaybeSweep(const std::string& region_id) {
+  {
+    std::lock_guard lock(sweeping_mutex_);
+    // Another thread sweeps it: it leaves the flag set if garbage came after it began.
+    if (!sweeping_.insert(region_id).second) return;
+  }
+  struct Done {
+    Sweeper& sweeper;
+    const std::string& region;
+    ~Done() {
+      std::lock_guard lock(sweeper.sweeping_mutex_);
+      sweeper.sweeping_.erase(region);
+    }
+  } done{*this, region_id};
   const std::string& holder = parts_.holder;
   bool acquired = false;
   std::string store_uri;

@@ -6,6 +6,8 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "engine/lease.hpp"
@@ -33,7 +35,8 @@ class Sweeper {
 
   explicit Sweeper(Parts parts) : parts_(std::move(parts)) {}
 
-  // Sweeps a region's store if it has garbage and no writer is in flight there.
+  // Sweeps a region's store if it has garbage and no writer is in flight there, and no
+  // other thread of this process sweeps it already.
   void MaybeSweep(const std::string& region_id);
   // MaybeSweep for every region flagged as having garbage (sweeps put off earlier).
   void SweepPending();
@@ -43,6 +46,12 @@ class Sweeper {
 
  private:
   const Parts parts_;
+  // The regions a thread of this process sweeps now. The sweep lease is this process's
+  // (its holder names the process), so it does not keep two of its threads apart: two
+  // sweeps of one region at once repack the same packs, and the first to end releases the
+  // lease while the other still deletes packs that another process's import then uses.
+  std::mutex sweeping_mutex_;
+  std::set<std::string> sweeping_;  // under sweeping_mutex_
 };
 
 }  // namespace imagerelay
