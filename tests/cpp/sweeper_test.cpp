@@ -7,6 +7,7 @@
 #include <functional>
 #include <random>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "imagerelay/sha256.hpp"
@@ -161,6 +162,28 @@ TEST_F(SweeperTest, ALiveSweeperElsewhereKeepsTheRegionAndADeadOneGivesItUp) {
   EXPECT_TRUE(Chunks().empty());
   EXPECT_TRUE(RegionsNeedingSweep().empty());
   catalog_->Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSweepLease("bj")); });
+}
+
+TEST_F(SweeperTest, TwoThreadsOfOneProcessNeverSweepARegionAtOnce) {
+  // The lease names the process, so it lets every thread of it in: the sweeper itself must
+  // keep a second thread out (two sweeps repacked the same packs and lost blocks).
+  AddImage("m-aaaaaaa3", ImageStatus::kAvailable, PutChunk(1));
+  const std::string garbage = PutChunk(2);
+  FlagGarbage();
+  Sweeper sweeper(Parts());
+  while_sweeping_ = [&] {
+    while_sweeping_ = nullptr;
+    std::thread other([&] { sweeper.MaybeSweep("bj"); });
+    other.join();
+    EXPECT_EQ(sweeps_started_, 1);  // the other thread did not start a sweep of its own
+  };
+  sweeper.MaybeSweep("bj");
+  EXPECT_EQ(sweeps_started_, 1);
+  EXPECT_FALSE(Chunks().contains(garbage));
+  // Once it ended, the next sweep of the region may start.
+  FlagGarbage();
+  sweeper.MaybeSweep("bj");
+  EXPECT_EQ(sweeps_started_, 2);
 }
 
 }  // namespace

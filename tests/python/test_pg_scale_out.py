@@ -9,8 +9,6 @@ directories of the first home, which every "host" reaches (as a shared mount wou
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import signal
 import socket
@@ -28,6 +26,7 @@ from conftest import CHUNK, PYTHON, make_dense, new_pg_catalog, parse_result, sh
 from invariants import check_invariants
 
 import imagerelay as ir
+from imagerelay._worker import worker_running
 
 MiB = 2**20
 IMAGERELAY = str(Path(PYTHON).parent / "imagerelay")
@@ -46,21 +45,6 @@ def start_worker(home: Path, *args: str, env: dict[str, str] | None = None) -> s
     return subprocess.Popen([IMAGERELAY, "--home", str(home), "worker", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
-
-
-def worker_running(home: Path) -> bool:
-    """Whether the home's `imagerelay worker` holds its lock: its engine is open and its
-    copy workers run."""
-    lock = home / "worker.lock"
-    if not lock.exists():
-        return False
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
 
 
 def stop(proc: subprocess.Popen) -> None:
