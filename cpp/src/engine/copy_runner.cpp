@@ -168,7 +168,7 @@ CopyRun::CopyRun(Engine::Impl& engine, Claim claim)
 CopyRun::~CopyRun() {
   for (const auto& task : claim_.tasks) engine_.running.Unregister(task.dest_image_id);
   // The slots of copies whose Finish did not get to its end (the catalog failed, say).
-  engine_.copies_running -= static_cast<int>(claim_.tasks.size()) - slots_released_;
+  engine_.copies_running -= static_cast<int>(claim_.tasks.size()) - slots_released_.load();
 }
 
 void CopyRun::Run() {

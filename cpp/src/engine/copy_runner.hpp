@@ -5,6 +5,7 @@
 // Settle (the task's and the copy's transitions and events; the job's when it was the last).
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -76,7 +77,7 @@ class CopyRun {
   std::vector<bool> finished_;
   std::vector<std::string> copy_digest_;  // the digest each committed copy was given
   std::vector<IoProgress> latest_;
-  int slots_released_ = 0;  // of engine_.copies_running, by the copies finished
+  std::atomic<int> slots_released_{0};  // of engine_.copies_running, by the copies finished
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_record_;
 };
