@@ -212,17 +212,22 @@ void BindEngine(py::module_& m) {
       .def_static(
           "open",
           [](const std::filesystem::path& home, const Limits& limits, int workers,
-             bool start_workers, const std::string& catalog) {
+             bool start_workers, const std::string& catalog,
+             const std::vector<std::string>& worker_regions, int64_t lease_ms) {
             EngineOptions options;
             options.home = home;
             options.limits = limits;
             options.workers = workers;
             options.start_workers = start_workers;
             options.catalog = catalog;
+            options.worker_regions = worker_regions;
+            if (lease_ms > 0) options.lease_ms = lease_ms;
             return Engine::Open(options);
           },
           py::arg("home"), py::arg("limits"), py::arg("workers") = 4,
-          py::arg("start_workers") = true, py::arg("catalog") = "", Release())
+          py::arg("start_workers") = true, py::arg("catalog") = "",
+          py::arg("worker_regions") = std::vector<std::string>{}, py::arg("lease_ms") = 0,
+          Release())
       .def("close", &Engine::Close, Release())
       .def_property_readonly("home", &Engine::home)
       .def_property_readonly("catalog", &Engine::catalog)

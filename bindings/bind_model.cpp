@@ -123,13 +123,7 @@ void BindModel(py::module_& m) {
       .def_property_readonly("error_code", [](const Task& t) { return NoneIfEmpty(t.error_code); })
       .def_readonly("started_us", &Task::started_us)
       .def_readonly("finished_us", &Task::finished_us)
-      .def_property_readonly("worker", [](const Task& t) -> std::optional<std::string> {
-        // The lease's "<host>:<pid>:<nonce>" shown as "<host>:<pid>", while it runs.
-        if (t.state != TaskState::kRunning || t.lease_owner.empty()) return std::nullopt;
-        const size_t nonce = t.lease_owner.rfind(':');
-        return nonce == std::string::npos || nonce == 0 ? t.lease_owner
-                                                        : t.lease_owner.substr(0, nonce);
-      });
+      .def_property_readonly("worker", [](const Task& t) { return NoneIfEmpty(WorkerOf(t)); });
 
   py::class_<Job>(m, "JobInfo")
       .def_readonly("id", &Job::id)

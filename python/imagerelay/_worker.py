@@ -20,16 +20,26 @@ def _lock_path(home: Path) -> Path:
     return home / "worker.lock"
 
 
-def ensure_background_worker(home: Path, catalog: str = "") -> bool:
-    """Starts ``imagerelay worker --until-idle`` for this home (and its catalog) unless one
-    already runs; True if it started one."""
+def worker_running(home: Path) -> bool:
+    """Whether an ``imagerelay worker`` of this home holds its lock (its engine is open and
+    its copy workers run)."""
     lock_path = _lock_path(home)
+    if not lock_path.exists():
+        return False
     with open(lock_path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return False  # a worker holds it
+            return True
         fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def ensure_background_worker(home: Path, catalog: str = "") -> bool:
+    """Starts ``imagerelay worker --until-idle`` for this home (and its catalog) unless one
+    already runs; True if it started one."""
+    if worker_running(home):
+        return False
     with open(home / "worker.log", "ab") as log:  # the child keeps its own copy
         # The catalog's URI goes in the environment, not the command line that ps shows.
         subprocess.Popen(

@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--concurrency", type=int, default=None, metavar="N",
                     help="copies this worker runs at once (1-1024, default 4); with a shared "
                          "catalog, each host's worker takes its share")
+    wk.add_argument("--regions", default=None, metavar="ID,ID",
+                    help="the regions this host reaches (default: all); copies from or to "
+                         "another region are left queued for a worker that reaches them")
 
     demo = add("demo", "replicate-then-share on a fresh home", "imagerelay demo")
     demo.add_argument("--keep", action="store_true", help="keep the demo home afterwards")
@@ -307,8 +310,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         args.command == "jobs" and args.action == "wait") or (
         args.command == "run" and not args.dry_run)
     workers = args.concurrency if args.command == "worker" else None
+    reach = None
+    if args.command == "worker" and args.regions is not None:
+        reach = [r.strip() for r in args.regions.split(",") if r.strip()]
     with cloud_module.open(args.home, account=args.account, catalog=args.catalog,
-                           start_workers=needs_workers, workers=workers) as cloud:
+                           start_workers=needs_workers, workers=workers,
+                           worker_regions=reach) as cloud:
         started = False
         if not needs_workers and cloud.copies_waiting_for_a_worker():
             # A background worker was killed (or never started): its copies go on now,

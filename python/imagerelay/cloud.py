@@ -417,9 +417,25 @@ def _since(since: int | datetime | timedelta) -> tuple[int, int]:
     return check_int("since", since), 0
 
 
+def _lease_ms() -> int:
+    """$IMAGERELAY_LEASE_MS as a lease period, 0 when unset (the engine's 10 s)."""
+    text = os.environ.get("IMAGERELAY_LEASE_MS", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 500 <= value <= 3_600_000:
+        raise ValidationError(f"$IMAGERELAY_LEASE_MS must be milliseconds between 500 and "
+                              f"3600000, got {text!r}")
+    return value
+
+
 def open(home: str | os.PathLike[str] | None = None, *, account: str | None = None,
          limits: Limits | None = None, workers: int | None = None,
-         start_workers: bool = True, catalog: str | None = None) -> Cloud:
+         start_workers: bool = True, catalog: str | None = None,
+         worker_regions: str | list[str] | tuple[str, ...] | None = None) -> Cloud:
     """Opens (or creates) a home: a catalog, regions bj/gz/su and account ``default``.
 
     ``home`` defaults to ``$IMAGERELAY_HOME``, else ``~/.imagerelay``; ``account`` to
@@ -427,7 +443,11 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
     ``start_workers`` is false (a short-lived tool that leaves copies to a worker).
     ``catalog`` is where the catalog is: a ``postgresql://`` URI shared by several hosts
     (docs/scale-out.md); it defaults to ``$IMAGERELAY_CATALOG``, else the home's
-    ``config.json``, else SQLite in ``<home>/catalog.db``.
+    ``config.json``, else SQLite in ``<home>/catalog.db``. ``worker_regions`` are the
+    regions this host reaches: its workers then take only copies whose source and
+    destination are both among them, and leave the others queued for a host that reaches
+    them (default: every region). ``$IMAGERELAY_LEASE_MS`` sets how long a copy's lease
+    lasts without renewal (default 10000: a stopped host's copies move on after that).
     """
     if home is None:
         home = os.environ.get("IMAGERELAY_HOME") or Path.home() / ".imagerelay"
@@ -441,8 +461,14 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
     elif not isinstance(catalog, str):
         raise ValidationError(f"catalog must be a postgresql:// URI (a str), got "
                               f"{type(catalog).__name__}")
+    regions = as_str_list(worker_regions, "worker_regions")
+    if worker_regions is not None and not regions:
+        raise ValidationError("worker_regions must name at least one region (None: every "
+                              "region)")
+    lease_ms = _lease_ms()
     core_limits = (limits or Limits())._to_core()
-    engine = _core.Engine.open(home, core_limits, workers or 4, start_workers, catalog)
+    engine = _core.Engine.open(home, core_limits, workers or 4, start_workers, catalog,
+                               regions, lease_ms)
     with _open_lock:
         _open_engines.add(engine)
     try:

@@ -32,12 +32,15 @@ class EngineTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::shared_ptr<Engine> Open(Limits limits = {}, bool workers = true) {
+  std::shared_ptr<Engine> Open(Limits limits = {}, bool workers = true, int slots = 4,
+                               std::vector<std::string> reach = {}) {
     EngineOptions options;
     options.home = dir_ / "home";
     limits.chunk_size = kEngineChunk;
     options.limits = limits;
     options.start_workers = workers;
+    options.workers = slots;
+    options.worker_regions = std::move(reach);
     options.lease_ms = 1000;
     return Engine::Open(options);
   }
@@ -164,6 +167,65 @@ TEST_F(EngineTest, PerRegionCapQueuesTasksAsPending) {
   ASSERT_TRUE(engine->WaitIdle(60));
   EXPECT_EQ(engine->GetJob("default", job_a.id).tasks[0].state, TaskState::kCompleted);
   EXPECT_EQ(engine->GetJob("default", job_b.id).tasks[0].state, TaskState::kCompleted);
+}
+
+TEST_F(EngineTest, AWorkerClaimsNoMoreCopiesThanItHasSlots) {
+  Limits limits;
+  limits.bandwidth = 512 * 1024;  // each copy in flight for a while
+  auto engine = Open(limits, true, 1);
+  auto source = Import(*engine, MakeFile("a.raw", 8 * kEngineChunk, 21));
+  auto job =
+      engine->Replicate("default", source.image.id, {"gz", "su"}, std::nullopt, std::nullopt);
+  bool saw_one_queued = false;
+  for (int i = 0; i < 400 && !saw_one_queued; ++i) {
+    auto tasks = engine->GetJob("default", job.id).tasks;
+    int running = 0, pending = 0;
+    for (const auto& t : tasks) {
+      running += t.state == TaskState::kRunning;
+      pending += t.state == TaskState::kPending;
+    }
+    EXPECT_LE(running, 1);  // one slot: the other copy waits in the queue
+    saw_one_queued = running == 1 && pending == 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(saw_one_queued);
+  ASSERT_TRUE(engine->WaitIdle(60));
+  for (const auto& t : engine->GetJob("default", job.id).tasks) {
+    EXPECT_EQ(t.state, TaskState::kCompleted);
+    EXPECT_EQ(t.attempts, 1);
+  }
+}
+
+TEST_F(EngineTest, WorkerRegionsLeaveUnreachableCopiesQueued) {
+  fs::path file = MakeFile("a.raw", 4 * kEngineChunk, 22);
+  Job job;
+  {
+    auto queue = Open({}, false);
+    auto source = Import(*queue, file);
+    job = queue->Replicate("default", source.image.id, {"gz", "su"}, std::nullopt, std::nullopt);
+  }
+  {
+    auto worker = Open({}, true, 4, {"bj", "gz"});
+    ASSERT_TRUE(worker->WaitIdle(30));  // idle: nothing it reaches is left
+    for (const auto& t : worker->GetJob("default", job.id).tasks) {
+      EXPECT_EQ(t.state, t.region == "gz" ? TaskState::kCompleted : TaskState::kPending);
+      EXPECT_EQ(t.attempts, t.region == "gz" ? 1 : 0);
+    }
+  }
+  auto everywhere = Open();
+  ASSERT_TRUE(everywhere->WaitIdle(30));
+  EXPECT_EQ(StateOfJob(everywhere->GetJob("default", job.id).tasks), JobState::kCompleted);
+}
+
+TEST_F(EngineTest, UnknownWorkerRegionIsInvalidParameter) {
+  Open({}, false);  // the home and its regions
+  try {
+    Open({}, true, 4, {"gz", "mars"});
+    FAIL();
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.code(), codes::kInvalidParameter);
+    EXPECT_NE(e.message().find("'mars'"), std::string::npos) << e.message();
+  }
 }
 
 TEST_F(EngineTest, ExpiredLeaseIsTakenOverLiveOneIsNot) {

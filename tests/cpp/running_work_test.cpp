@@ -40,7 +40,9 @@ TEST(RunningWorkTest, CancelAllFiresEveryTokenAndLaterOnesStartCancelled) {
   RunningWork work;
   auto copy = work.Register("m-aaaaaaa1");
   auto import = work.Register("import:m-bbbbbbb1");
+  EXPECT_FALSE(work.Closing());
   EXPECT_TRUE(work.CancelAll());
+  EXPECT_TRUE(work.Closing());  // the workers claim nothing more
   EXPECT_TRUE(copy->cancelled());
   EXPECT_TRUE(import->cancelled());
   // Registered after the engine began closing (a worker claiming as Close runs).

@@ -4,9 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+
 #include <functional>
 #include <random>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "imagerelay/sha256.hpp"
@@ -81,7 +85,7 @@ class SweeperTest : public ::testing::Test {
   const std::string uri_ = (dir_ / "bj").string();
   std::unique_ptr<Catalog> catalog_;
   std::shared_ptr<Store> store_;
-  int sweeps_started_ = 0;
+  std::atomic<int> sweeps_started_{0};
   std::function<void()> while_sweeping_;  // runs once the sweep has its lease
 };
 
@@ -96,7 +100,7 @@ TEST_F(SweeperTest, DoesNotSweepWhileTheRegionHasAWriterAndDoesAfter) {
 
   catalog_->Read([](CatalogTx& tx) { EXPECT_TRUE(RegionHasWriters(tx, "bj", NowUs())); });
   sweeper.MaybeSweep("bj");
-  EXPECT_EQ(sweeps_started_, 0);
+  EXPECT_EQ(sweeps_started_.load(), 0);
   EXPECT_EQ(Chunks(), (std::set<std::string>{kept, failed, garbage}));
   EXPECT_EQ(RegionsNeedingSweep(), std::vector<std::string>{"bj"});  // put off, not forgotten
 
@@ -107,7 +111,7 @@ TEST_F(SweeperTest, DoesNotSweepWhileTheRegionHasAWriterAndDoesAfter) {
   });
   catalog_->Read([](CatalogTx& tx) { EXPECT_FALSE(RegionHasWriters(tx, "bj", NowUs())); });
   sweeper.SweepPending();
-  EXPECT_EQ(sweeps_started_, 1);
+  EXPECT_EQ(sweeps_started_.load(), 1);
   EXPECT_EQ(Chunks(), std::set<std::string>{kept});
   EXPECT_EQ(store_->ListManifests(), std::vector<std::string>{"m-aaaaaaa1"});
   EXPECT_FALSE(store_->GetImageRecord("m-bbbbbbb1"));
@@ -115,7 +119,7 @@ TEST_F(SweeperTest, DoesNotSweepWhileTheRegionHasAWriterAndDoesAfter) {
   catalog_->Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSweepLease("bj")); });  // released
 
   sweeper.SweepPending();  // nothing flagged: no sweep
-  EXPECT_EQ(sweeps_started_, 1);
+  EXPECT_EQ(sweeps_started_.load(), 1);
 }
 
 TEST_F(SweeperTest, TheFlagIsClearedOnlyIfNoGarbageCameMeanwhile) {
@@ -130,12 +134,12 @@ TEST_F(SweeperTest, TheFlagIsClearedOnlyIfNoGarbageCameMeanwhile) {
     while_sweeping_ = nullptr;
   };
   sweeper.MaybeSweep("bj");
-  EXPECT_EQ(sweeps_started_, 1);
+  EXPECT_EQ(sweeps_started_.load(), 1);
   EXPECT_FALSE(Chunks().contains(garbage));
   EXPECT_EQ(RegionsNeedingSweep(), std::vector<std::string>{"bj"});  // swept again later
 
   sweeper.MaybeSweep("bj");
-  EXPECT_EQ(sweeps_started_, 2);
+  EXPECT_EQ(sweeps_started_.load(), 2);
   EXPECT_FALSE(Chunks().contains(late));
   EXPECT_TRUE(RegionsNeedingSweep().empty());
 }
@@ -148,7 +152,7 @@ TEST_F(SweeperTest, ALiveSweeperElsewhereKeepsTheRegionAndADeadOneGivesItUp) {
     ASSERT_TRUE(tx.AcquireSweepLease("bj", "other-host:1:busy:sweep", NowUs() + 60'000'000));
   });
   sweeper.MaybeSweep("bj");
-  EXPECT_EQ(sweeps_started_, 0);
+  EXPECT_EQ(sweeps_started_.load(), 0);
   EXPECT_TRUE(Chunks().contains(garbage));
 
   // One whose holder is gone (killed mid-sweep) is given up at once.
@@ -157,10 +161,35 @@ TEST_F(SweeperTest, ALiveSweeperElsewhereKeepsTheRegionAndADeadOneGivesItUp) {
     ASSERT_TRUE(tx.AcquireSweepLease("bj", "dead-host:1:gone:sweep", NowUs() + 60'000'000));
   });
   sweeper.MaybeSweep("bj");
-  EXPECT_EQ(sweeps_started_, 1);
+  EXPECT_EQ(sweeps_started_.load(), 1);
   EXPECT_TRUE(Chunks().empty());
   EXPECT_TRUE(RegionsNeedingSweep().empty());
   catalog_->Read([](CatalogTx& tx) { EXPECT_FALSE(tx.GetSweepLease("bj")); });
+}
+
+TEST_F(SweeperTest, TwoThreadsOfOneProcessNeverSweepARegionAtOnce) {
+  // The lease names the process, so it lets every thread of it in: the sweeper itself must
+  // keep a second thread out (two sweeps repacked the same packs and lost blocks). The
+  // second waits for the first, then finds nothing left to sweep.
+  AddImage("m-aaaaaaa3", ImageStatus::kAvailable, PutChunk(1));
+  const std::string garbage = PutChunk(2);
+  FlagGarbage();
+  Sweeper sweeper(Parts());
+  std::thread other;
+  while_sweeping_ = [&] {
+    while_sweeping_ = nullptr;
+    other = std::thread([&] { sweeper.MaybeSweep("bj"); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(sweeps_started_.load(), 1);  // the other thread waits
+  };
+  sweeper.MaybeSweep("bj");
+  other.join();
+  EXPECT_EQ(sweeps_started_.load(), 1);
+  EXPECT_FALSE(Chunks().contains(garbage));
+  // Once it ended, the next sweep of the region may start.
+  FlagGarbage();
+  sweeper.MaybeSweep("bj");
+  EXPECT_EQ(sweeps_started_.load(), 2);
 }
 
 }  // namespace

@@ -27,6 +27,10 @@ struct EngineOptions {
   Limits limits;
   int workers = 4;            // concurrent copy tasks in this process
   bool start_workers = true;  // false: never run copies here (read-only tools)
+  // The regions this process's stores reach (docs/scale-out.md): its workers claim only
+  // copies whose source and destination are both among them; empty = every region. Open
+  // refuses a region that does not exist (InvalidParameter).
+  std::vector<std::string> worker_regions;
   // A worker whose lease is older than this is presumed dead and its task taken over.
   int64_t lease_ms = 10'000;
   // An import whose file holes exceed its data and this many bytes becomes Available before

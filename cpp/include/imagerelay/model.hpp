@@ -126,6 +126,9 @@ struct Job {
 // Derived from the tasks (API.md "Job and Task").
 JobState StateOfJob(const std::vector<Task>& tasks);
 
+// Who runs a task, for people: its lease's "<host>:<pid>" while it runs, else "".
+std::string WorkerOf(const Task& task);
+
 struct Event {
   int64_t seq = 0;
   TimeUs time_us = 0;

@@ -84,4 +84,12 @@ JobState StateOfJob(const std::vector<Task>& tasks) {
   return JobState::kCompleted;
 }
 
+std::string WorkerOf(const Task& task) {
+  if (task.state != TaskState::kRunning || task.lease_owner.empty()) return "";
+  // The lease's "<host>:<pid>:<nonce>" without its nonce.
+  const size_t nonce = task.lease_owner.rfind(':');
+  return nonce == std::string::npos || nonce == 0 ? task.lease_owner
+                                                  : task.lease_owner.substr(0, nonce);
+}
+
 }  // namespace imagerelay

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <map>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -56,14 +57,32 @@ void SettleJob(CatalogTx& tx, const std::string& job_id, PendingEvents& events) 
   }
 }
 
+bool ReachesCopy(const Engine::Impl& engine, CatalogTx& tx, const Task& task,
+                 std::map<std::string, bool>& reach) {
+  if (engine.options.worker_regions.empty()) return true;
+  if (!engine.Reaches(task.region)) return false;
+  auto [it, added] = reach.try_emplace(task.job_id, false);
+  if (added) {
+    auto job = tx.GetJob(task.job_id);
+    it->second = job && engine.Reaches(job->source_region);
+  }
+  return it->second;
+}
+
 std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
+  // One claim at a time in this process: each counts the slots the others left free.
+  std::lock_guard claiming(engine.claim_mutex);
+  const int free_slots = engine.options.workers - engine.copies_running.load();
+  if (free_slots <= 0) return std::nullopt;
   // A cheap read first: idle workers must not queue for the catalog's write lock.
   bool anything = false;
   engine.catalog->Read([&](CatalogTx& tx) {
     TimeUs now = NowUs();
+    std::map<std::string, bool> reach;
     for (const auto& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
-      if (task.state == TaskState::kPending ||
-          !engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now)) {
+      const bool free = task.state == TaskState::kPending ||
+                        !engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now);
+      if (free && ReachesCopy(engine, tx, task, reach)) {
         anything = true;
         break;
       }
@@ -72,21 +91,27 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
   if (!anything) return std::nullopt;
   Claim claim;
   engine.Write([&](CatalogTx& tx, PendingEvents& events) {
+    // Closing: a copy handed back by Close() stays for the next process (one attempt).
+    if (engine.running.Closing()) return;
     TimeUs now = NowUs();
     auto active = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning});
     std::map<std::string, int> running_per_region;
+    std::map<std::string, bool> reach;
     std::vector<Task> claimable;
     for (const auto& task : active) {
       bool alive = task.state == TaskState::kRunning &&
                    engine.LeaseHolderAlive({task.lease_owner, task.lease_expires_us}, now);
       if (alive) {
         ++running_per_region[task.region];
-      } else {
+      } else if (ReachesCopy(engine, tx, task, reach)) {
         claimable.push_back(task);
       }
     }
     std::string job_id;
     for (const auto& task : claimable) {
+      // As many copies as this process has free slots: the rest of the job stays queued
+      // for the workers of other hosts (or this one's, once a slot frees).
+      if (std::cmp_greater_equal(claim.tasks.size(), free_slots)) break;
       if (!job_id.empty() && task.job_id != job_id) continue;
       if (running_per_region[task.region] >= engine.options.limits.max_tasks_per_region) continue;
       if (tx.SweepLeaseHeld(task.region, now)) continue;
@@ -114,6 +139,8 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
     }
   });
   if (claim.tasks.empty()) return std::nullopt;
+  // Taken while still under claim_mutex: the next claim here sees these slots used.
+  engine.copies_running += static_cast<int>(claim.tasks.size());
   return claim;
 }
 
@@ -140,6 +167,8 @@ CopyRun::CopyRun(Engine::Impl& engine, Claim claim)
 
 CopyRun::~CopyRun() {
   for (const auto& task : claim_.tasks) engine_.running.Unregister(task.dest_image_id);
+  // The slots of copies whose Finish did not get to its end (the catalog failed, say).
+  engine_.copies_running -= static_cast<int>(claim_.tasks.size()) - slots_released_.load();
 }
 
 void CopyRun::Run() {
@@ -244,6 +273,8 @@ void CopyRun::Finish(size_t i, TransferOutcome outcome) {
   if (Settle(i, outcome, committed)) engine_.sweeper->MaybeSweep(task.region);
   // Last: CancelCopy waits for this, so that its caller finds the bytes gone.
   engine_.running.Unregister(task.dest_image_id);
+  ++slots_released_;
+  --engine_.copies_running;  // another copy may start in this slot
 }
 
 bool CopyRun::Commit(size_t i, TransferOutcome& outcome) {
@@ -251,10 +282,20 @@ bool CopyRun::Commit(size_t i, TransferOutcome& outcome) {
   try {
     Image copy;
     std::string source_digest;
+    bool still_ours = false;
     engine_.catalog->Read([&](CatalogTx& tx) {
+      auto current = tx.GetTaskByDestImage(task.dest_image_id);
+      still_ours = current && current->state == TaskState::kRunning &&
+                   current->lease_owner == engine_.worker_id;
       copy = *tx.GetImage(task.dest_image_id);
       if (auto source = tx.GetImage(claim_.source.id)) source_digest = source->digest;
     });
+    if (!still_ours) {
+      // Cancelled, or taken over while this process was cut off past its lease: the copy
+      // is another's now (Settle leaves it alone); write nothing into its store.
+      outcome = Failed(codes::kTransferFailed, "the copy's lease was lost", outcome.progress);
+      return false;
+    }
     copy.status = ImageStatus::kAvailable;
     // The source's digest may have been computed since the job started (digester.cpp).
     if (copy.digest.empty()) copy.digest = source_digest;

@@ -5,6 +5,8 @@
 // Settle (the task's and the copy's transitions and events; the job's when it was the last).
 #pragma once
 
+#include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +25,12 @@ void SettleJob(CatalogTx& tx, const std::string& job_id, PendingEvents& events);
 // as a CopyRun, then the sweeps put off while they wrote; false if nothing was claimable.
 bool RunOneClaim(Engine::Impl& engine);
 
+// Whether this process's workers reach both ends of `task`'s copy (its job's source region
+// and its destination; EngineOptions::worker_regions). `reach` caches each job's answer
+// across calls in one transaction.
+bool ReachesCopy(const Engine::Impl& engine, CatalogTx& tx, const Task& task,
+                 std::map<std::string, bool>& reach);
+
 class CopyRun {
  public:
   // What one worker took from the queue: tasks of one job, run together so that each
@@ -32,8 +40,8 @@ class CopyRun {
     Image source;
     std::vector<Task> tasks;
   };
-  // Takes the claimable tasks of one job (pending, or whose lease holder is gone); nullopt
-  // when there is none.
+  // Takes claimable tasks of one job (pending, or whose lease holder is gone; reachable from
+  // here), as many as this process has free copy slots; nullopt when there is none.
   static std::optional<Claim> ClaimTasks(Engine::Impl& engine);
 
   CopyRun(Engine::Impl& engine, Claim claim);
@@ -69,6 +77,7 @@ class CopyRun {
   std::vector<bool> finished_;
   std::vector<std::string> copy_digest_;  // the digest each committed copy was given
   std::vector<IoProgress> latest_;
+  std::atomic<int> slots_released_{0};  // of engine_.copies_running, by the copies finished
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_record_;
 };

@@ -156,6 +156,30 @@ void Engine::Impl::Request(
   Write([&](CatalogTx& tx, PendingEvents& events) { apply(tx, events, evaluate(tx)); });
 }
 
+namespace {
+
+// The regions a worker says it reaches must exist: a typo would leave copies waiting for a
+// worker that never takes them, with nothing said.
+void CheckWorkerRegions(const Engine::Impl& impl) {
+  if (impl.options.worker_regions.empty()) return;
+  std::vector<std::string> known;
+  impl.catalog->Read([&](CatalogTx& tx) {
+    for (const auto& region : tx.ListRegions()) known.push_back(region.id);
+  });
+  std::vector<std::string> unknown;
+  for (const auto& id : impl.options.worker_regions) {
+    if (std::ranges::find(known, id) == known.end()) unknown.push_back(Quote(id));
+  }
+  if (unknown.empty()) return;
+  std::string list, have;
+  for (const auto& id : unknown) list += (list.empty() ? "" : ", ") + id;
+  for (const auto& id : known) have += (have.empty() ? "" : ", ") + id;
+  ThrowCode(codes::kInvalidParameter,
+            "worker regions: no region " + list + " in this catalog (its regions: " + have + ")");
+}
+
+}  // namespace
+
 std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   ThrowIfAny(CheckLimits(options.limits));  // before the home is touched
   auto impl = std::make_unique<Impl>();
@@ -246,6 +270,7 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
     tx.PutSetting("initialized", std::to_string(NowUs()));
   });
   for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
+  CheckWorkerRegions(*impl);
 
   // Another process's (or host's) commit wakes this one's waiters and idle workers at once,
   // where the catalog can tell (PostgreSQL); otherwise they look again every so often.
@@ -271,9 +296,11 @@ void Engine::Close() {
   // Copies stop where they are; their leases lapse and the next Open resumes them.
   // Imports stop and end CreateFailed (an import starts over: nothing to resume).
   if (!impl_->running.CancelAll()) return;  // closed before
+  // The workers stop at once: one whose copy was just handed back must not claim it again
+  // (and count an attempt) while the rest closes; stopping the listener waits for its poll.
+  impl_->workers->Stop();
   impl_->catalog->SetChangeListener(nullptr);
   impl_->digester->Stop();
-  impl_->workers->Stop();
   impl_->background.JoinAll();
   impl_->bus.Stop();
 }

@@ -3,9 +3,12 @@
 // each with its own header and test (README.md). Not part of the public headers.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -100,6 +103,18 @@ struct Engine::Impl {
   // The threads of background work (workers, the digester, imports with wait=false): last,
   // so that they are joined before anything they use goes.
   BackgroundThreads background;
+
+  // Copies claimed by this process's workers and not finished yet: a worker claims at most
+  // options.workers minus these (its free slots), so that the copies of one job spread over
+  // the workers of several hosts. Claims in this process take claim_mutex, so that two of
+  // its workers do not both count the same free slots.
+  std::mutex claim_mutex;
+  std::atomic<int> copies_running{0};
+  // Whether this process's workers reach a region (options.worker_regions).
+  bool Reaches(const std::string& region) const {
+    return options.worker_regions.empty() ||
+           std::ranges::find(options.worker_regions, region) != options.worker_regions.end();
+  }
 
   // Whether a lease's holder may still be working (lease.hpp), as this worker can tell.
   bool LeaseHolderAlive(const Lease& lease, TimeUs now) const {

@@ -52,6 +52,7 @@ Event MakeTaskEvent(std::string_view type, const Job& job, const Task& task) {
                         {"bytes_sent", task.bytes_sent},
                         {"chunks_skipped", task.chunks_skipped},
                         {"rate", task.rate}};
+  if (const std::string worker = WorkerOf(task); !worker.empty()) detail["worker"] = worker;
   if (!task.error_code.empty()) {
     detail["error_code"] = task.error_code;
     detail["error"] = task.error;

@@ -35,6 +35,11 @@ bool RunningWork::CancelAndWaitGone(const std::string& key, std::chrono::millise
   return gone_.wait_for(lock, timeout, [&] { return !tokens_.contains(key); });
 }
 
+bool RunningWork::Closing() const {
+  std::lock_guard lock(mutex_);
+  return closing_;
+}
+
 bool RunningWork::CancelAll() {
   std::lock_guard lock(mutex_);
   if (closing_) return false;

@@ -36,6 +36,8 @@ class RunningWork {
   // Closing: fires every token, and every token registered from now on starts cancelled.
   // False if it was called before.
   bool CancelAll();
+  // Whether CancelAll was called: no new work is to start.
+  bool Closing() const;
   bool Contains(const std::string& key) const;
   // The keys of the work registered now.
   std::vector<std::string> Keys() const;

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <map>
 #include <string>
 
+#include "engine/copy_runner.hpp"
 #include "engine/engine_impl.hpp"
 #include "imagerelay/error.hpp"
 
@@ -92,7 +94,11 @@ bool Engine::WaitIdle(std::optional<double> timeout_s, const CancelToken* cancel
       [&] {
         bool idle = false;
         impl_->catalog->Read([&](CatalogTx& tx) {
-          idle = tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}).empty();
+          // A worker that reaches only some regions is idle once nothing it reaches is left.
+          std::map<std::string, bool> reach;
+          idle = std::ranges::none_of(
+              tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning}),
+              [&](const Task& task) { return ReachesCopy(*impl_, tx, task, reach); });
         });
         if (idle) {
           // A copy that just ended still sweeps what a failed or cancelled copy left behind.
