@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "imagerelay/sha256.hpp"
@@ -176,8 +177,9 @@ TEST_F(SweeperTest, TwoThreadsOfOneProcessNeverSweepARegionAtOnce) {
   FlagGarbage();
   Sweeper sweeper(Parts());
   std::thread other;
+  bool started_other = false;
   while_sweeping_ = [&] {
-    while_sweeping_ = nullptr;
+    if (std::exchange(started_other, true)) return;  // (not reset here: that frees this lambda)
     other = std::thread([&] { sweeper.MaybeSweep("bj"); });
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     EXPECT_EQ(sweeps_started_.load(), 1);  // the other thread waits
