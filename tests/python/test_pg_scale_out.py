@@ -1,7 +1,8 @@
 """Several hosts on one PostgreSQL catalog (docs/scale-out.md), each a real process: the
 copies of one job spread over the workers; a worker states the regions it reaches; a worker
 partitioned past its lease loses its copy to another and its late writes are refused; an
-import and a delete + sweep from two processes never remove each other's blocks.
+import and a delete + sweep from two processes never remove each other's blocks; `serve` on
+one host shows what another made.
 
 "Hosts" are homes of this machine, each with its own processes; the regions are the
 directories of the first home, which every "host" reaches (as a shared mount would be).
@@ -24,9 +25,11 @@ import pytest
 from conftest import CHUNK, PYTHON, make_dense, new_pg_catalog, parse_result, sha256_file, \
     wait_until
 from invariants import check_invariants
+from serve_support import InProcessServer, bcc
 
 import imagerelay as ir
 from imagerelay._worker import worker_running
+from imagerelay.serve import ServeOptions, Service
 
 MiB = 2**20
 IMAGERELAY = str(Path(PYTHON).parent / "imagerelay")
@@ -332,3 +335,28 @@ def test_imports_and_sweeps_from_two_hosts(catalog: str, tmp_path: Path) -> None
         assert survivor.status == "Available" and survivor.verify() == sha256_file(sources[-1])
         names = {i.name for i in cloud.images(region="bj")}
         assert names == {f"imp{len(sources) - 1}"}
+
+
+def test_serve_on_another_host_sees_the_same_images(catalog: str, tmp_path: Path) -> None:
+    """`imagerelay serve` on one host answers BCC's official client with what a script on
+    another host made in the shared catalog; each account still sees only its own."""
+    src = make_dense(tmp_path / "a.raw", 4 * CHUNK)
+    with ir.open(tmp_path / "host-a", limits=LIMITS) as admin:
+        admin.add_account("team-a")
+        admin.add_account("team-b")
+    with ir.open(tmp_path / "host-a", account="team-a", limits=LIMITS) as script:
+        image = script.import_image(src, region="bj", name="golden")
+        job = script.replicate(image.id, ["gz"])
+        job.wait(timeout=60)
+        copy_id = job.tasks["gz"].dest_image_id
+    with ir.open(tmp_path / "host-b", start_workers=False) as served:
+        keys = {a: served.create_access_key(a) for a in ("team-a", "team-b")}
+        server = InProcessServer(Service(served, ServeOptions()), ["gz"])
+        try:
+            own = bcc(server.endpoint("gz"), keys["team-a"]).list_images(image_type="Custom")
+            assert [(i.id, i.name, i.status) for i in own.images] == \
+                [(copy_id, "golden", "Available")]
+            other = bcc(server.endpoint("gz"), keys["team-b"]).list_images(image_type="Custom")
+            assert other.images == []
+        finally:
+            server.stop()
