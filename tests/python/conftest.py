@@ -7,6 +7,7 @@ still has many chunks.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -21,7 +22,23 @@ from typing import Any
 
 import pytest
 
-import imagerelay as ir
+
+def _rebuild_editable_module() -> None:
+    """Brings the editable install's C++ module up to date before it is loaded, once per
+    session (pyproject.toml turns off the rebuild at every import, which would cost each
+    child process of the suite half a second). xdist workers find it built by the
+    controller. A non-editable install has no rebuild hook: nothing to do."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    spec = importlib.util.find_spec("imagerelay")
+    rebuild = getattr(spec.loader, "rebuild", None) if spec else None
+    if rebuild is not None:
+        rebuild()
+
+
+_rebuild_editable_module()
+
+import imagerelay as ir  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -412,8 +429,7 @@ def assert_error(excinfo: pytest.ExceptionInfo[ir.ImageRelayError], cls: type,
 
 
 # -- child processes ----------------------------------------------------------------------
-# A child prints "RESULT <json>"; anything else on its stdout (e.g. a notice of the editable
-# build's rebuild on import) is ignored.
+# A child prints "RESULT <json>"; anything else on its stdout is ignored.
 def parse_result(out: str) -> dict:
     for line in out.splitlines():
         if line.startswith("RESULT "):

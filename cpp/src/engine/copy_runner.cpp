@@ -181,7 +181,7 @@ std::vector<TransferOutcome> CopyRun::Transfer() {
   std::string setup_code, setup_error;
   try {
     source_store_ = engine_.StoreFor(claim_.source.region);
-    manifest_ = engine_.integrity->LoadManifest(claim_.source, *source_store_);
+    manifest_ = engine_.integrity->LoadManifest(claim_.source, *source_store_, &chunk_list_digest_);
     std::vector<TransferDestination> destinations;
     std::vector<size_t> task_of;  // destination position -> task index
     for (size_t i = 0; i < claim_.tasks.size(); ++i) {
@@ -325,7 +325,7 @@ bool CopyRun::Settle(size_t i, const TransferOutcome& outcome, bool committed) {
     if (ours && outcome.kind == TransferOutcome::Kind::kCompleted) {
       tx.TransitionTask(task.dest_image_id, TaskState::kRunning, TaskEvent::kComplete);
       tx.TransitionImage(task.dest_image_id, ImageStatus::kReplicating, ImageEvent::kCopyCompleted);
-      tx.PutManifestDigest(task.dest_image_id, manifest_->ChunkListDigest());
+      tx.PutManifestDigest(task.dest_image_id, chunk_list_digest_);
       task.state = TaskState::kCompleted;
       task.lease_owner.clear();
       tx.UpdateTaskFields(task);

@@ -73,6 +73,7 @@ class CopyRun {
   std::vector<std::shared_ptr<CancelToken>> tokens_;
   std::shared_ptr<Store> source_store_;
   std::optional<Manifest> manifest_;
+  std::string chunk_list_digest_;  // manifest_'s, as checked when it was loaded
   std::vector<std::shared_ptr<Store>> dest_stores_;
   std::vector<bool> finished_;
   std::vector<std::string> copy_digest_;  // the digest each committed copy was given

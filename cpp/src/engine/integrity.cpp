@@ -29,7 +29,7 @@ std::string Describe(const Image& image) {
 
 }  // namespace
 
-Manifest Integrity::LoadManifest(const Image& image, Store& store) {
+Manifest Integrity::LoadManifest(const Image& image, Store& store, std::string* chunk_list_digest) {
   std::optional<Manifest> manifest;
   try {
     manifest = store.GetManifest(image.id);
@@ -57,6 +57,7 @@ Manifest Integrity::LoadManifest(const Image& image, Store& store) {
     MarkDamaged(image.id, why);
     ThrowCode(codes::kIntegrityError, why + "; delete the image and replicate or import it again");
   }
+  if (chunk_list_digest) *chunk_list_digest = digest;
   return std::move(*manifest);
 }
 

@@ -45,7 +45,9 @@ class Integrity {
 
   // The image's manifest, checked against the chunk-list digest recorded at its commit; a
   // missing or changed one marks the image NotAvailable and throws IntegrityError.
-  Manifest LoadManifest(const Image& image, Store& store);
+  // `chunk_list_digest`, if given, receives the digest checked (a copy records the same one
+  // for its destination rather than hashing the whole list again).
+  Manifest LoadManifest(const Image& image, Store& store, std::string* chunk_list_digest = nullptr);
   // Available -> NotAvailable with `why` (event image.damaged); no-op in any other status.
   void MarkDamaged(const std::string& image_id, const std::string& why);
   // Quarantines chunk `hash` in `region`'s store and marks every Available image there
