@@ -290,6 +290,36 @@ def test_a_large_manifest_goes_up_in_parts(cloud: ir.Cloud, s3: S3Server, bucket
     assert manifest_path(home, "gz", back.id).read_bytes() == stored
 
 
+def test_uploads_a_killed_writer_left_open_are_aborted(open_cloud, s3: S3Server, bucket: str,
+                                                       files: Path) -> None:
+    # A process killed mid multipart upload of a manifest leaves the upload open: the bucket
+    # keeps (and bills) its parts, and nothing lists them. The next engine on the home aborts
+    # the region's uploads older than an hour (this test server dates every upload 2010),
+    # and no one else's: an upload outside the region's prefix stays.
+    cloud = open_cloud()
+    add_s3_region(cloud, s3, "s3a", bucket)
+    image = cloud.import_image(make_sparse(files / "a.raw", 4 * CHUNK, {0: os.urandom(CHUNK)}),
+                               region="bj", name="a")
+    copy = image.replicate("s3a").wait(timeout=60).copies["s3a"]
+    cloud.close()
+    client = s3.client()
+    ours = client.create_multipart_upload(Bucket=bucket, Key="relay/manifests/m-killed01.bin")
+    client.upload_part(Bucket=bucket, Key="relay/manifests/m-killed01.bin", PartNumber=1,
+                       UploadId=ours["UploadId"], Body=b"x" * 1024)
+    theirs = client.create_multipart_upload(Bucket=bucket, Key="someone-else/big.iso")
+
+    def open_uploads() -> set[str]:
+        return {u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket)
+                .get("Uploads", [])}
+
+    assert open_uploads() == {ours["UploadId"], theirs["UploadId"]}
+    open_cloud()  # cleans up after killed processes in the background
+    wait_until(lambda: open_uploads() == {theirs["UploadId"]},
+               why=lambda: f"open uploads: {open_uploads()}")
+    # The region's own objects are untouched.
+    assert client.head_object(Bucket=bucket, Key=f"relay/manifests/{copy.id}.bin")
+
+
 def test_a_manifest_upload_in_parts_gets_through_faults(
         cloud: ir.Cloud, s3: S3Server, bucket: str, proxy: FaultProxy, files: Path) -> None:
     add_s3_region(cloud, s3, "s3a", bucket, endpoint=proxy.endpoint)

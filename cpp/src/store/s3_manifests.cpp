@@ -3,12 +3,17 @@
 // that a 200 GiB image's 105 MB list never sits in the process's memory. A manifest larger
 // than kManifestPartBytes goes up as a multipart upload, one part at a time from the spooled
 // file (memory: one part); a smaller one in one PUT. Manifests of the first release
-// (<image id>.json) are still read.
+// (<image id>.json) are still read. A multipart upload that a killed writer left open is
+// aborted by RemoveLeftovers once it is an hour old: the bucket keeps (and bills) its parts
+// until then, and nothing else ever lists them.
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include "base/file_util.hpp"
@@ -29,6 +34,55 @@ constexpr int kDamagedFetches = 3;  // a manifest found damaged, fetched again
 // A manifest above this size is uploaded in parts of this size (S3's smallest part is
 // 5 MiB): 16 GiB of image in 64 KiB blocks fits one PUT; 200 GiB's 105 MB takes 13 parts.
 constexpr uint64_t kManifestPartBytes = 8ULL << 20;
+// An upload begun longer ago than this is a dead writer's (a live one of a 105 MB manifest
+// takes seconds), as for the temporary files of local stores.
+constexpr std::chrono::seconds kStaleUploadAge{3600};
+constexpr int kUploadListPages = 100;  // at most 100,000 open uploads looked at per call
+
+// The uploads this process has under way, which RemoveLeftovers never aborts whatever
+// their age says (some test servers report one fixed time for every upload).
+class ManifestUploadsInFlight {
+ public:
+  static ManifestUploadsInFlight& Get() {
+    static ManifestUploadsInFlight uploads;
+    return uploads;
+  }
+  void Add(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    ids_.insert(id);
+  }
+  void Remove(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    ids_.erase(id);
+  }
+  bool Contains(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    return ids_.contains(id);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::set<std::string> ids_;
+};
+
+// S3's "2026-12-01T22:00:00.000Z" as a time; nullopt if it is not one.
+std::optional<std::time_t> ParseUploadInitiated(const std::string& text) {
+  std::tm tm{};
+  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &year, &month, &day, &hour, &minute,
+                  &second) != 6) {
+    return std::nullopt;
+  }
+  tm.tm_year = year - 1900;
+  tm.tm_mon = month - 1;
+  tm.tm_mday = day;
+  tm.tm_hour = hour;
+  tm.tm_min = minute;
+  tm.tm_sec = second;
+  const std::time_t t = ::timegm(&tm);
+  if (t == static_cast<std::time_t>(-1)) return std::nullopt;
+  return t;
+}
 
 // A read-only view of a file's first `size` bytes: its pages come from the page cache.
 class MappedFile {
@@ -93,6 +147,11 @@ void S3Store::PutManifestInParts(const std::string& key, int fd, uint64_t size,
   if (!IsSuccessStatus(response.status) || upload_id.empty()) {
     Fail("start of a multipart upload of a manifest", response);
   }
+  ManifestUploadsInFlight::Get().Add(upload_id);
+  struct Ended {
+    const std::string& id;
+    ~Ended() { ManifestUploadsInFlight::Get().Remove(id); }
+  } ended{upload_id};
   // Nothing is visible until the upload completes (the one durable step): a failed upload
   // is aborted so that the bucket does not keep (and bill) its parts.
   auto abort = [&] {
@@ -143,6 +202,46 @@ void S3Store::PutManifestInParts(const std::string& key, int fd, uint64_t size,
   } catch (...) {
     abort();
     throw;
+  }
+}
+
+void S3Store::RemoveLeftovers() {
+  const std::string prefix = Key("manifests/");
+  const std::time_t now = std::time(nullptr);
+  std::string key_marker, upload_marker;
+  try {
+    for (int page = 0; page < kUploadListPages; ++page) {
+      Call list;
+      list.key = "";
+      list.query = {{"uploads", ""}, {"prefix", prefix}};
+      if (!key_marker.empty()) list.query.emplace_back("key-marker", key_marker);
+      if (!upload_marker.empty()) list.query.emplace_back("upload-id-marker", upload_marker);
+      HttpResponse response = client_.Perform(list);
+      if (!IsSuccessStatus(response.status)) return;  // best effort: the next sweep tries again
+      for (const std::string& upload : XmlAll(response.body, "Upload")) {
+        const std::string key = XmlFirst(upload, "Key");
+        const std::string id = XmlFirst(upload, "UploadId");
+        const std::optional<std::time_t> initiated =
+            ParseUploadInitiated(XmlFirst(upload, "Initiated"));
+        if (id.empty() || !key.starts_with(prefix) || !initiated ||
+            now - *initiated < kStaleUploadAge.count() ||
+            ManifestUploadsInFlight::Get().Contains(id)) {
+          continue;
+        }
+        Call abort;
+        abort.method = "DELETE";
+        abort.key = key;
+        abort.query = {{"uploadId", id}};
+        client_.Perform(abort);  // its answer does not matter: the next call lists it again
+      }
+      if (XmlFirst(response.body, "IsTruncated") != "true") return;
+      key_marker = XmlFirst(response.body, "NextKeyMarker");
+      upload_marker = XmlFirst(response.body, "NextUploadIdMarker");
+      if (key_marker.empty() && upload_marker.empty()) return;
+    }
+  } catch (const std::exception&) {
+    // Best effort, as for a local store's leftovers: a bucket that does not answer now is
+    // the next sweep's to clean.
   }
 }
 

@@ -52,6 +52,9 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
 
   std::string uri() const override { return location().display; }
   void Check() override;
+  // Aborts multipart uploads of manifests that a killed writer left open over an hour ago
+  // (s3_manifests.cpp). Best effort.
+  void RemoveLeftovers() override;
 
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
   // A HEAD: present with that Content-Length.
