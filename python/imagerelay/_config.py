@@ -1,7 +1,9 @@
 """The home's ``config.json``: settings of this host's home that every command uses.
 
-Today one key: ``catalog``, the ``postgresql://`` URI of a catalog shared by several hosts
-(docs/scale-out.md). Keep the password out of it (``~/.pgpass`` or ``$PGPASSWORD``).
+Two keys (docs/scale-out.md): ``catalog``, the ``postgresql://`` URI of a catalog shared by
+several hosts (keep the password out of it: ``~/.pgpass`` or ``$PGPASSWORD``), and
+``worker_regions``, the regions this host reaches: every worker of the home takes only copies
+between them (``imagerelay worker``, the background worker a command starts, ``--wait``).
 """
 
 from __future__ import annotations
@@ -32,4 +34,9 @@ def home_config(home: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("catalog", ""), str):
         raise ValidationError(f"{path} must hold a JSON object whose \"catalog\" is a string, "
                               f"e.g. {_EXAMPLE}")
+    reach = config.get("worker_regions")
+    if reach is not None and (not isinstance(reach, list) or not reach
+                              or not all(isinstance(r, str) for r in reach)):
+        raise ValidationError(f"{path}: \"worker_regions\" must be a non-empty list of region "
+                              f"ids, e.g. [\"bj\", \"gz\"]")
     return config

@@ -446,7 +446,8 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
     ``config.json``, else SQLite in ``<home>/catalog.db``. ``worker_regions`` are the
     regions this host reaches: its workers then take only copies whose source and
     destination are both among them, and leave the others queued for a host that reaches
-    them (default: every region). ``$IMAGERELAY_LEASE_MS`` sets how long a copy's lease
+    them (default: the home's ``config.json`` ``worker_regions``, else every region).
+    ``$IMAGERELAY_LEASE_MS`` sets how long a copy's lease
     lasts without renewal (default 10000: a stopped host's copies move on after that).
     """
     if home is None:
@@ -461,6 +462,8 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
     elif not isinstance(catalog, str):
         raise ValidationError(f"catalog must be a postgresql:// URI (a str), got "
                               f"{type(catalog).__name__}")
+    if worker_regions is None:
+        worker_regions = home_config(home).get("worker_regions")  # this host's reach
     regions = as_str_list(worker_regions, "worker_regions")
     if worker_regions is not None and not regions:
         raise ValidationError("worker_regions must name at least one region (None: every "

@@ -10,6 +10,7 @@ directories of the first home, which every "host" reaches (as a shared mount wou
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -67,6 +68,19 @@ def started_by(cloud: ir.Cloud, job_id: str) -> dict[str, str]:
     """Region -> the `<host>:<pid>` that last started its copy (task.started events)."""
     return {e.region: e.detail["worker"] for e in cloud.events()
             if e.type == "task.started" and e.job_id == job_id}
+
+
+def background_workers(home: Path) -> list[int]:
+    """The `imagerelay --home HOME worker` processes running (from /proc)."""
+    wanted = f"--home\0{home}\0worker\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and wanted in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue  # it ended meanwhile
+    return found
 
 
 def add_regions(cloud: ir.Cloud, *ids: str) -> None:
@@ -151,6 +165,19 @@ def test_workers_claim_only_the_regions_they_reach(catalog: str, tmp_path: Path)
         assert waiting.tasks["r4"].error is None
         # What `jobs show` marks "waiting for a worker" (a CLI command would start one).
         assert cloud.copies_waiting_for_a_worker() == [waiting.tasks["r4"].dest_image_id]
+    # A host states its reach once, in its home's config.json: the background worker a
+    # command starts there honours it, and leaves the copy it cannot reach queued.
+    (queue / "config.json").write_text(json.dumps({"worker_regions": ["bj", "gz"]}))
+    shown = subprocess.run([IMAGERELAY, "--home", str(queue), "jobs", "show", across],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "a background `imagerelay worker` was started" in shown.stdout, shown.stdout
+    started = background_workers(queue)  # started before the command returned
+    assert started, "no background worker process"
+    wait_until(lambda: not background_workers(queue), timeout=60)  # it ends, idle
+    with ir.open(queue, start_workers=False) as cloud:
+        assert started_by(cloud, across) == {}
+        assert cloud.job(across).tasks["r4"].state == "Pending"
     # A host that reaches both ends copies it.
     c = start_worker(tmp_path / "host-c", "--until-idle", "--regions", "bj,r4")
     finish(c)
@@ -181,6 +208,12 @@ def test_unknown_worker_regions_are_refused(tmp_path: Path) -> None:
     assert "'xx'" in proc.stderr
     with ir.open(home, worker_regions="gz") as cloud:  # one region, as a str
         assert cloud.wait_idle(timeout=10)
+    # The home's config.json: the same checks.
+    for reach, why in ((["gz", "nowhere"], "'nowhere'"), ("gz", "non-empty list"),
+                       ([], "non-empty list")):
+        (home / "config.json").write_text(json.dumps({"worker_regions": reach}))
+        with pytest.raises(ir.ValidationError, match=why):
+            ir.open(home)
 
 
 CHILD_WORKER = """
