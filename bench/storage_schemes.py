@@ -27,9 +27,10 @@ stored once per distinct content, compressed sizes counted where compression pay
   compress the literal pages once against up to three whole blocks joined into one
   dictionary: the same-offset block and the 2 blocks with the most super-features in common
   ("joined"), or the 2 blocks that the block's literal pages, sketched one by one, resemble
-  most often ("pages": finer-grained features in the spirit of Finesse, FAST'19, at 16
-  index entries per 64 KiB block instead of 3), since a rewritten file's old copy usually
-  straddles two or more 64 KiB blocks at another 4 KiB phase.
+  most often ("pages": finer-grained features in the spirit of Finesse, FAST'19, at 3
+  index entries per 4 KiB page, 48 per 64 KiB block, instead of 3), since a rewritten
+  file's old copy usually straddles two or more 64 KiB blocks at another 4 KiB phase.
+  Similar bases are looked for from v1 on, so these schemes also shrink one version.
 
 Each scheme also reports what a restore reads: for every block of the last version, how
 many stored blocks must be read to rebuild it (itself, its delta base chain, the blocks
