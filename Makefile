@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/editable
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize tsan fuzz fuzz-build fuzz-merge bench bench-s3 bench-manifest bench-serve clean
+.PHONY: all deps build build-py build-cpp demo test test-cpp test-py sanitize tsan fuzz fuzz-build fuzz-merge bench bench-s3 bench-manifest bench-serve bench-storage clean
 
 all: build
 
@@ -100,6 +100,13 @@ bench-s3: build-py
 	@command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
 	@$(PY) -m pip install -q awscli 2>&1 | grep -v "^$$" || true
 	$(PY) bench/s3_bench.py --size-mib 1024 --runs 3
+
+# Issue #12's storage study: ten versions of the ext4 chain under other block schemes,
+# computed offline (~20 min); its modules (zstandard, numpy) and the zstd CLI installed here.
+bench-storage: deps
+	@command -v zstd >/dev/null || (apt-get update -qq && apt-get install -y -qq zstd)
+	@$(PY) -m pip install -q zstandard numpy 2>&1 | grep -v "^$$" || true
+	$(PY) bench/storage_schemes.py --chain-dir build/bench-chain --light-chain-dir build/bench-chain-light
 
 # imagerelay serve under load: 64 BCC SDK clients for 30 s, copies running, vs in-process.
 bench-serve: build-py

@@ -41,8 +41,8 @@ Two chains: the default workload (bench/fs_workload.py's defaults), and with
 rewritten, a smaller package) calibrated to the share of 4 KiB pages a real OS update
 changes. Each chain is built in its directory when it holds fewer than ten images.
 
-Needs the `zstandard` module (`pip install zstandard`), `numpy` (super-features) and the
-`zstd` CLI (the patch bound). Writes bench/STORAGE_SCHEMES.md.
+Needs the `zstandard` module, `numpy` (super-features) and the `zstd` CLI (the patch bound):
+`make bench-storage` installs them and runs it. Writes bench/STORAGE_SCHEMES.md.
 """
 
 from __future__ import annotations
