@@ -287,8 +287,11 @@ std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
   // had its bad blocks forgotten (or vanished): what is still indexed then is right.
   std::unordered_set<std::string> looked_at;
   bool forgot = false;
+  const std::string* last = nullptr;  // neighbours mostly share a pack: no set lookup for them
   for (const auto& where : found) {
-    if (where && looked_at.insert(where->pack).second && !Vouch(where->pack)) forgot = true;
+    if (!where || (last != nullptr && *last == where->pack)) continue;
+    last = &where->pack;
+    if (looked_at.insert(where->pack).second && !Vouch(where->pack)) forgot = true;
   }
   if (forgot) found = Index().Lookup(hashes);
   std::vector<bool> present(hashes.size(), false);
