@@ -1124,6 +1124,16 @@ def build_chain(args, work: Path, versions: int) -> list[Path]:
     return images
 
 
+def chain_in(directory: Path, args, versions: int) -> list[Path]:
+    """The `versions` images of a chain kept in `directory` (v1-a.img, v2.img ...), built
+    there first (build_chain) when it holds fewer: a benchmark re-run on the same chain."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images = sorted(directory.glob("v*.img"), key=lambda p: int(p.stem.split("-")[0][1:]))
+    if len(images) < versions:
+        images = build_chain(args, directory, versions)
+    return images[:versions]
+
+
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     """The options that shape the images (shared with update_bench.py and copy_ab.py)."""
     p.add_argument("--data-mib", type=float, default=300, help="source tree size (default 300)")

@@ -258,10 +258,6 @@ class DeltaScheme(Scheme):
         return sum(counts) / len(counts), max(counts)
 
 
-def image_order(path: Path) -> int:
-    return int(path.stem.split("-")[0][1:])
-
-
 def change_shares(prev: Path, cur: Path) -> dict[str, float]:
     """Share of the image whose fixed chunks differ in place between two versions (the issue's
     measure of a real OS update: 4 MiB 11.7%, 1 MiB 6%, 128 KiB 1.5%, 64 KiB 1.0%, 4 KiB
@@ -488,11 +484,7 @@ def write_report(path: Path, chains: list[tuple[str, dict, list[Scheme], list[di
 def chain_images(directory: Path | None, workload: dict) -> list[Path]:
     """The ten images in `directory`, built there first when it holds fewer."""
     work = directory or Path(tempfile.mkdtemp(prefix="ir-schemes-"))
-    work.mkdir(parents=True, exist_ok=True)
-    images = sorted(work.glob("v*.img"), key=image_order)
-    if len(images) < VERSIONS:
-        images = fw.build_chain(types.SimpleNamespace(**workload), work, VERSIONS)
-    return images
+    return fw.chain_in(work, types.SimpleNamespace(**workload), VERSIONS)
 
 
 def study(images: list[Path]) -> tuple[list[Scheme], list[dict[str, float]]]:

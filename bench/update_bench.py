@@ -48,6 +48,8 @@ def region_bytes(root: Path) -> tuple[int, int]:
 
 
 def build_chain(args, work: Path) -> list[Path]:
+    if args.chain_dir:  # kept between runs (built there the first time)
+        return fw.chain_in(args.chain_dir, args, args.versions)
     return fw.build_chain(args, work, args.versions)
 
 
@@ -191,6 +193,9 @@ def main() -> int:
     p.add_argument("--versions", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5, help="timed full + update copies")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--chain-dir", type=Path,
+                   help="keep the chain's images here, and reuse them when they are there "
+                        "(built with the same workload options)")
     p.add_argument("--out", type=Path, default=HERE / "UPDATE_RESULTS.md")
     args = p.parse_args()
     r = run(args)
