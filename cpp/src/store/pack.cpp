@@ -166,7 +166,10 @@ void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
   if (out.size() != entry.raw_length) damaged("it is not as long as expected");
   if (entry.codec == BlockCodec::kRaw) {
     if (stored.size() != out.size()) damaged("its stored length is not its length");
-    if (stored.data() != out.data()) std::memcpy(out.data(), stored.data(), out.size());
+    // (An empty block's pointers may be null: memcpy must not see them.)
+    if (!out.empty() && stored.data() != out.data()) {
+      std::memcpy(out.data(), stored.data(), out.size());
+    }
   } else {
     thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
                                                                             &ZSTD_freeDCtx);
