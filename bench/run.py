@@ -324,8 +324,16 @@ class Bench:
         `python -S` with PYTHONPATH = this copy + the venv's site-packages, which skips the
         editable-install hook (.pth files are only read by `site`).
         """
-        import sysconfig
-
+        if self.args.build:
+            # A build frozen earlier (copy_ab.py --snapshot): an A/B of two builds.
+            dest = Path(self.args.build).resolve() / "imagerelay"
+            core_files = sorted(dest.glob("_core*.so"))
+            if not core_files:
+                raise SystemExit(f"{dest} holds no built _core: give a copy_ab.py --snapshot "
+                                 "directory")
+            core = str(core_files[0])
+            self._use_snapshot(dest, core, "given with --build")
+            return
         probe = ("import imagerelay, imagerelay._core as c, os; "
                  "print(os.path.dirname(imagerelay.__file__)); print(c.__file__)")
         deadline = time.monotonic() + 600
@@ -347,8 +355,15 @@ class Bench:
             shutil.rmtree(dest)
         shutil.copytree(pkg_dir, dest, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(core, dest / Path(core).name)
-        digest = hashlib.sha256((dest / Path(core).name).read_bytes()).hexdigest()[:12]
-        self.core = f"{Path(core).name} sha256:{digest}, snapshotted to bench/work/pkg at start"
+        self._use_snapshot(dest, str(dest / Path(core).name),
+                           "snapshotted to bench/work/pkg at start")
+
+    def _use_snapshot(self, dest: Path, core: str, how: str) -> None:
+        """Runs the children on the package in `dest` (with its _core `core`)."""
+        import sysconfig
+
+        digest = hashlib.sha256(Path(core).read_bytes()).hexdigest()[:12]
+        self.core = f"{Path(core).name} sha256:{digest}, {how}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(dest.parent), sysconfig.get_paths()["purelib"]])
         env.pop("PYTHONHOME", None)
@@ -1122,6 +1137,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report path")
     ap.add_argument("--work", default=str(HERE / "work"), help="work directory (deleted)")
     ap.add_argument("--keep", action="store_true", help="keep the work files")
+    ap.add_argument("--build", metavar="DIR",
+                    help="run this frozen build (a `bench/copy_ab.py --snapshot DIR` directory) "
+                         "instead of snapshotting the current one: an A/B of two builds")
     args = ap.parse_args()
     args.only = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
     for n in args.only:

@@ -189,9 +189,9 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   source.PutChunk(HashOf(random), random);
   source.Flush();
 
-  std::vector<std::byte> raw;
+  std::vector<std::byte> raw(kBlock);
   StoredChunk stored;
-  source.GetChunkStored(HashOf(text), raw, stored);
+  source.GetChunkStoredInto(HashOf(text), raw, stored);
   EXPECT_EQ(raw, text);
   ASSERT_EQ(stored.codec, ChunkCodec::kZstd);
   std::vector<std::byte> scratch;
@@ -201,7 +201,7 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   const std::vector<std::byte> given = stored.bytes;
 
   // Incompressible: stored raw at the source, passed on raw (no second attempt to compress).
-  source.GetChunkStored(HashOf(random), raw, stored);
+  source.GetChunkStoredInto(HashOf(random), raw, stored);
   EXPECT_EQ(raw, random);
   EXPECT_EQ(stored.codec, ChunkCodec::kRaw);
   EXPECT_TRUE(stored.bytes.empty());
@@ -209,11 +209,11 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   dest->Flush();
 
   StoredChunk copied;
-  dest->GetChunkStored(HashOf(text), raw, copied);
+  dest->GetChunkStoredInto(HashOf(text), raw, copied);
   EXPECT_EQ(raw, text);
   EXPECT_EQ(copied.codec, ChunkCodec::kZstd);
   EXPECT_EQ(copied.bytes, given);  // the very bytes the source stored
-  dest->GetChunkStored(HashOf(random), raw, copied);
+  dest->GetChunkStoredInto(HashOf(random), raw, copied);
   EXPECT_EQ(raw, random);
   EXPECT_EQ(copied.codec, ChunkCodec::kRaw);
 
@@ -225,7 +225,7 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   PackStore& plain = *plain_store;
   EXPECT_EQ(plain.PutStoredChunk(HashOf(text), text, {ChunkCodec::kZstd, given}), kBlock);
   plain.Flush();
-  plain.GetChunkStored(HashOf(text), raw, copied);
+  plain.GetChunkStoredInto(HashOf(text), raw, copied);
   EXPECT_EQ(raw, text);
   EXPECT_FALSE(copied.codec);  // raw, and not for want of trying: no form to pass on
 }
@@ -244,9 +244,9 @@ TEST(PackStoreTest, ACorruptCompressedBlockGivesNoStoredForm) {
     f.put('\x00');
     f.put('\xff');
   }
-  std::vector<std::byte> raw;
+  std::vector<std::byte> raw(kBlock);
   StoredChunk stored;
-  EXPECT_THROW(store->GetChunkStored(HashOf(text), raw, stored), DamagedChunkError);
+  EXPECT_THROW(store->GetChunkStoredInto(HashOf(text), raw, stored), DamagedChunkError);
 }
 
 TEST(PackStoreTest, ChunksAreListedInPagesInOrder) {
@@ -631,6 +631,144 @@ TEST(PackStoreTest, WritersOnSeveralThreadsLoseNothing) {
   std::vector<std::byte> out;
   store->GetChunk(HashOf(RandomBlock(3007)), out);
   EXPECT_EQ(out, RandomBlock(3007));
+}
+
+// Issue #12 (one buffer pool): a reader hands the store its own memory, of the length the
+// plan or manifest gives, and the store decodes each block straight into it. Local and
+// object-store packs alike; a raw block, a compressed one and a short last one.
+TEST(PackStoreTest, SpanReadsFillTheCallersMemoryAndNothingPastIt) {
+  for (const bool remote : {false, true}) {
+    SCOPED_TRACE(remote ? "object store" : "local");
+    ScratchDir dir;
+    auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, remote);
+    const std::vector<std::vector<std::byte>> blocks = {RandomBlock(1), TextBlock(2),
+                                                        RandomBlock(3, 1000)};
+    for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+    store->Flush();
+    constexpr size_t kGuard = 64;
+    for (const auto& b : blocks) {
+      std::vector<std::byte> memory(b.size() + kGuard, std::byte{0xAA});
+      const std::span<std::byte> out(memory.data(), b.size());
+      EXPECT_EQ(store->GetChunkInto(HashOf(b), out), b.size());
+      EXPECT_TRUE(std::equal(b.begin(), b.end(), memory.begin()));
+      StoredChunk stored;
+      std::fill(memory.begin(), memory.end(), std::byte{0xAA});
+      EXPECT_EQ(store->GetChunkStoredInto(HashOf(b), out, stored), b.size());
+      EXPECT_TRUE(std::equal(b.begin(), b.end(), memory.begin()));
+      EXPECT_TRUE(stored.codec.has_value());
+      // Shorter or longer than the block: refused as damage, nothing written past the span.
+      for (const size_t length : {b.size() - 1, b.size() + 1}) {
+        std::fill(memory.begin(), memory.end(), std::byte{0xAA});
+        try {
+          store->GetChunkInto(HashOf(b), std::span<std::byte>(memory.data(), length));
+          FAIL() << "read a block of " << b.size() << " bytes into " << length;
+        } catch (const DamagedChunkError& e) {
+          EXPECT_EQ(e.hash(), HashOf(b));
+          EXPECT_NE(e.message().find(std::to_string(length) + " were expected"), std::string::npos)
+              << e.message();
+        }
+        EXPECT_TRUE(std::all_of(memory.begin() + static_cast<ptrdiff_t>(length), memory.end(),
+                                [](std::byte x) { return x == std::byte{0xAA}; }));
+      }
+    }
+    // Missing is not damage.
+    std::vector<std::byte> memory(kBlock);
+    try {
+      store->GetChunkInto(HashOf(RandomBlock(99)), memory);
+      FAIL() << "read a block never stored";
+    } catch (const DamagedChunkError&) {
+      FAIL() << "a missing block reported as damaged";
+    } catch (const TransferError& e) {
+      EXPECT_EQ(e.code(), codes::kTransferFailed);
+    }
+  }
+}
+
+TEST(PackStoreTest, SpanReadsOfADamagedBlockThrowDamagedChunkError) {
+  // Local: the pack's bytes are wrong on disk.
+  {
+    ScratchDir dir;
+    auto [faults, store] = OpenPacked(dir.path());
+    const auto a = TextBlock(1);
+    const auto b = RandomBlock(2);
+    store->PutChunk(HashOf(a), a);
+    store->PutChunk(HashOf(b), b);
+    store->Flush();
+    auto packs = PackFilesIn(dir.path());
+    ASSERT_EQ(packs.size(), 1u);
+    {
+      std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(20);  // inside the compressed block a
+      f.put('\x00');
+      f.put('\x00');
+      f.seekp(static_cast<std::streamoff>(fs::file_size(packs[0]) / 2));  // inside raw block b
+      f.put('\x01');
+      f.put('\x02');
+    }
+    std::vector<std::byte> out(kBlock);
+    StoredChunk stored;
+    for (const auto* block : {&a, &b}) {
+      try {
+        store->GetChunkStoredInto(HashOf(*block), out, stored);
+        FAIL() << "read a corrupt block";
+      } catch (const DamagedChunkError& e) {
+        EXPECT_EQ(e.hash(), HashOf(*block));
+        EXPECT_NE(e.message().find("corrupt"), std::string::npos) << e.message();
+      }
+    }
+  }
+  // Object store: an answer damaged on the way once is read again; every time, it is damage.
+  ScratchDir dir;
+  RemoteWithOneBlock region(dir.path());
+  auto& [faults, store] = region.opened;
+  std::vector<std::byte> out(kBlock);
+  faults->flip_reads = 1;
+  EXPECT_EQ(store->GetChunkInto(HashOf(region.a), out), kBlock);
+  EXPECT_EQ(out, region.a);
+  EXPECT_TRUE(region.reported.empty());
+  faults->flip_reads = 100;
+  EXPECT_THROW(store->GetChunkInto(HashOf(region.a), out), DamagedChunkError);
+}
+
+TEST(PackStoreTest, PlannedSpanReadsOfAnObjectStoreShareOneRangedReadPerRun) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path(), 8 * kBlock, /*remote=*/true);
+  std::vector<std::vector<std::byte>> blocks;
+  std::vector<std::string> hashes;
+  for (uint32_t i = 0; i < 8; ++i) {
+    blocks.push_back(i % 2 ? RandomBlock(i) : TextBlock(i));
+    hashes.push_back(HashOf(blocks.back()));
+    store->PutChunk(hashes.back(), blocks.back());
+  }
+  store->Flush();
+  ASSERT_EQ(PackFilesIn(dir.path()).size(), 1u);
+  store->PlanReads(hashes);
+  const int before = faults->reads;
+  std::vector<std::byte> out(kBlock);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    store->GetChunkInto(hashes[i], out);
+    EXPECT_EQ(out, blocks[i]) << i;
+  }
+  EXPECT_EQ(faults->reads - before, 1);  // the run, read once for its eight readers
+}
+
+TEST(PackStoreTest, SpanReadsOfChunkFilesOfTheFirstRelease) {
+  ScratchDir dir;
+  const auto a = RandomBlock(5, 4096 * 3 + 7);
+  {
+    LocalStore old(dir.path());
+    old.Check();
+    old.PutChunk(HashOf(a), a);
+    old.Flush();
+  }
+  auto [faults, store] = OpenPacked(dir.path());
+  std::vector<std::byte> out(a.size());
+  StoredChunk stored;
+  EXPECT_EQ(store->GetChunkStoredInto(HashOf(a), out, stored), a.size());
+  EXPECT_EQ(out, a);
+  EXPECT_FALSE(stored.codec);  // no stored form to pass on: written anew by a copy
+  std::vector<std::byte> longer(a.size() + 1);
+  EXPECT_THROW(store->GetChunkInto(HashOf(a), longer), DamagedChunkError);
 }
 
 }  // namespace

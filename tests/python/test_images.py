@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import textwrap
+from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from conftest import (
     chunk_hashes,
     chunk_names,
     chunk_stats,
+    damage_block,
     distinct_nonzero_bytes,
     make_dense,
     make_odd,
     make_sparse,
+    make_text,
     make_zero,
     manifest_path,
     read_manifest,
@@ -48,6 +51,35 @@ def _roundtrip(cloud: ir.Cloud, src: Path, out: Path, **kw: object) -> ir.Image:
 
 
 # -- import / export --------------------------------------------------------------------
+def test_the_least_buffer_memory_still_moves_every_byte(open_cloud: Callable[..., ir.Cloud],
+                                                        home: Path, files: Path) -> None:
+    """Import, copy, export and verify take their chunk buffers from one bounded pool each;
+    with buffer_memory below one chunk every pool runs on its floor (a buffer or two, shared
+    by several workers) and still moves every byte: compressed blocks, raw ones and a short
+    last one."""
+    cloud = open_cloud(buffer_memory=1)
+    src = make_text(files / "mixed.raw", chunks=12, random_chunks=12)
+    with open(src, "ab") as f:
+        f.write(os.urandom(12345))
+    data = src.read_bytes()
+    image = cloud.import_image(src, region="bj", name="tight")
+    assert image.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    job = image.replicate(["gz"])
+    assert job.wait(timeout=60).state == "Completed"
+    copy = job.copies["gz"]
+    for img, out in ((image, files / "bj.out"), (copy, files / "gz.out")):
+        assert img.verify() == image.digest
+        img.export(out)
+        assert out.read_bytes() == data
+    # A damaged block stops an export whose workers share one buffer: the failure is
+    # reported, no worker is left waiting for a buffer.
+    damage_block(home, "gz", chunk_hashes(src)[3])
+    with pytest.raises(ir.IntegrityError) as excinfo:
+        copy.export(files / "damaged.out")
+    assert excinfo.value.code == "Transfer.IntegrityError"
+    assert not (files / "damaged.out").exists()
+
+
 @pytest.mark.both_catalogs
 def test_import_export_dense(cloud: ir.Cloud, files: Path) -> None:
     src = make_dense(files / "dense.raw", 40 * CHUNK)

@@ -94,8 +94,10 @@ Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& op
 // returns the whole-image digest ("sha256:<hex>"). `what` names the image in errors
 // (IntegrityError for a corrupt or short chunk). Throws Cancelled if the token fires.
 // `progress` (bytes hashed, of the image's size) is called about every 100 ms.
+// `buffer_memory` caps the chunks read ahead (Limits.buffer_memory; at least 2 chunks).
 std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
-                            const CancelToken& cancel, const ProgressFn& progress = {});
+                            const CancelToken& cancel, const ProgressFn& progress = {},
+                            uint64_t buffer_memory = 256ULL << 20);
 
 // Writes the image to `path` atomically (temporary file, fsync, rename): byte-identical,
 // with holes where chunks are zero. Every chunk is checked against its hash
@@ -104,8 +106,10 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
 // (and owner, as root). Refuses with ValidationError(InvalidParameter) an existing `path`
 // without `force`, and always a symbolic link or anything but a regular file. The temporary
 // file is ".<name>.imagerelay-export-<pid>.partial" beside `path`; those of killed exports
-// in that directory are removed.
+// in that directory are removed. `buffer_memory` caps the chunks in flight
+// (Limits.buffer_memory; at least one).
 void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,
-                     const CancelToken& cancel, const ProgressFn& progress, bool force = false);
+                     const CancelToken& cancel, const ProgressFn& progress, bool force = false,
+                     uint64_t buffer_memory = 256ULL << 20);
 
 }  // namespace imagerelay

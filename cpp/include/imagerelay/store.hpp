@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "imagerelay/cancel.hpp"
+#include "imagerelay/error.hpp"
 #include "imagerelay/manifest.hpp"
 
 namespace imagerelay {
@@ -22,7 +23,7 @@ namespace imagerelay {
 // How a store keeps a chunk's bytes: as they are, or zstd-compressed (a pack store's blocks).
 enum class ChunkCodec : uint8_t { kRaw = 0, kZstd = 1 };
 
-// A chunk's stored form, as a copy passes it from one store to another (GetChunkStored,
+// A chunk's stored form, as a copy passes it from one store to another (GetChunkStoredInto,
 // PutStoredChunk). `codec` is empty when the source cannot say (a chunk file of an earlier
 // release, a store that does not compress); kRaw when it keeps the chunk uncompressed
 // because compressing did not pay (`bytes` then empty: the stored form is the chunk);
@@ -105,16 +106,25 @@ class Store {
   // Reads a chunk into `out` (resized). Throws TransferError(Transfer.Failed) if missing.
   virtual void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                         const CancelToken* cancel = nullptr) = 0;
-  // GetChunk, plus the chunk's stored form when the store keeps one (see StoredChunk): the
-  // stored bytes are those that were decoded into `out` and checked against `hash`, so a
+  // Reads a chunk whose length the caller knows (a plan's, a manifest's) into the caller's
+  // memory, `out` of exactly that length (a buffer of the data plane's pool): no vector is
+  // resized, and a store that decodes chunks decodes straight into `out`. Returns the bytes
+  // read (out.size()). A chunk of another length is damaged: DamagedChunkError, as for bytes
+  // that do not match their name where the store checks its reads (ChecksReads). Missing:
+  // TransferError(Transfer.Failed), as GetChunk. The default reads through GetChunk.
+  virtual size_t GetChunkInto(const std::string& hash, std::span<std::byte> out,
+                              const CancelToken* cancel = nullptr);
+  // GetChunkInto, plus the chunk's stored form when the store keeps one (see StoredChunk):
+  // the stored bytes are those that were decoded into `out` and checked against `hash`, so a
   // copy may write them as they are (PutStoredChunk) instead of compressing `out` again.
-  virtual void GetChunkStored(const std::string& hash, std::vector<std::byte>& out,
-                              StoredChunk& stored, const CancelToken* cancel = nullptr) {
+  // `stored.bytes` keeps its capacity from call to call.
+  virtual size_t GetChunkStoredInto(const std::string& hash, std::span<std::byte> out,
+                                    StoredChunk& stored, const CancelToken* cancel = nullptr) {
     stored.codec.reset();
     stored.bytes.clear();
-    GetChunk(hash, out, cancel);
+    return GetChunkInto(hash, out, cancel);
   }
-  // PutChunk of `data`, given also its stored form from GetChunkStored of another store (it
+  // PutChunk of `data`, given also its stored form from GetChunkStoredInto of another store (it
   // decodes to exactly `data`, which the caller has verified hashes to `hash`): a store that
   // keeps chunks in that form writes its bytes as they are. The default writes `data`.
   virtual uint64_t PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
@@ -180,6 +190,10 @@ class Store {
  private:
   DamageHandler damage_handler_;
 };
+
+// The error GetChunkInto throws for a chunk of `found` bytes read where `expected` were.
+DamagedChunkError WrongLengthChunk(const std::string& hash, const std::string& store_uri,
+                                   uint64_t found, uint64_t expected);
 
 // Opens the store behind a region URI: a path, a file:// URI or an s3:// URI (credentials
 // from the environment). Local stores keep new chunks in packs (pack_store.hpp).

@@ -8,6 +8,8 @@
 #include <thread>
 #include <vector>
 
+#include "dataplane/buffer_pool.hpp"
+
 namespace imagerelay {
 
 // Threads of one operation. The destructor stops and joins them, so that no thread
@@ -46,7 +48,15 @@ class Crew {
     NotifyAll();
   }
 
+  // The buffers the crew's threads (and its caller) wait for: closed when the crew stops, so
+  // that nobody waits for a buffer that a failed thread will never give back.
+  void ClosesOnStop(BufferPool& pool) { pool_ = &pool; }
+
   void NotifyAll() {
+    {
+      std::lock_guard lock(mu);
+      if (stop && pool_ != nullptr) pool_->Close();
+    }
     work_cv.notify_all();
     digest_cv.notify_all();
     caller_cv.notify_all();
@@ -84,6 +94,7 @@ class Crew {
   }
 
   std::vector<std::thread> threads_;
+  BufferPool* pool_ = nullptr;
   std::exception_ptr error_;  // under mu until the threads are joined
   int running_ = 0;           // under mu
 };

@@ -29,6 +29,7 @@
 #include "base/file_util.hpp"
 #include "base/retry.hpp"
 #include "base/unique_fd.hpp"
+#include "dataplane/buffer_pool.hpp"
 #include "dataplane/crew.hpp"
 #include "dataplane/progress_throttle.hpp"
 #include "imagerelay/error.hpp"
@@ -69,15 +70,15 @@ class HashPermit {
 
 struct ChunkJob {
   size_t index;  // the first chunk of the read unit
-  int slot;      // buffer index, -1 for a hole
+  int slot;      // the pool buffer's index, -1 for a hole
   size_t len;    // bytes of the unit
 };
 
 // Import: the calling thread walks the chunks in order, skipping holes, and hands each a
 // buffer of a bounded pool; workers read (or, for a source that reads in order only, the
 // calling thread reads), hash and store them; one digest thread feeds every byte, in
-// order, to the whole-image hash. A buffer returns to the pool once both its worker and the digest
-// thread are done.
+// order, to the whole-image hash. A buffer returns to the pool once both its worker and the
+// digest thread are done.
 class ImportPipeline {
  public:
   ImportPipeline(ByteSource& source, Store& store, const ImportOptions& options,
@@ -104,17 +105,18 @@ class ImportPipeline {
     progress_.bytes_total = manifest_.size;
     progress_.chunks_total = manifest_.count();
 
+    // Read units: as many as buffer_memory holds, at most one per worker and 2 more, at
+    // least 2 (or one per unit of a smaller image). Aligned: the source and a local store
+    // read and write them with O_DIRECT.
     const uint64_t unit_size = chunk_size_ * unit_chunks_;
     const uint64_t units = ChunkCount(manifest_.size, unit_size);
-    uint64_t by_memory = options.buffer_memory / unit_size;
-    uint64_t slots = std::min<uint64_t>(by_memory, static_cast<uint64_t>(workers_) + 2);
-    slots = std::min<uint64_t>(std::max<uint64_t>(slots, 2), units);
-    size_t buffer_size = static_cast<size_t>(std::min(unit_size, manifest_.size));
-    for (uint64_t i = 0; i < slots; ++i) {
-      // Aligned: the source and a local store read and write them with O_DIRECT.
-      buffers_.push_back(AllocateDirectIoBuffer(buffer_size));
-      free_slots_.push_back(static_cast<int>(i));
-    }
+    const size_t slots = static_cast<size_t>(
+        std::min<uint64_t>(BufferPool::CountFor(options.buffer_memory, unit_size, 2,
+                                                static_cast<size_t>(workers_) + 2),
+                           std::max<uint64_t>(1, units)));
+    pool_.emplace(static_cast<size_t>(std::min(unit_size, manifest_.size)), slots);
+    crew_.ClosesOnStop(*pool_);
+    held_.resize(slots);
     refs_.assign(slots, 0);
     loaded_.assign(slots, 0);
     workers_ = static_cast<int>(std::min<uint64_t>(workers_, slots));
@@ -173,14 +175,24 @@ class ImportPipeline {
     return holes > *data && holes >= options.defer_digest_hole_bytes;
   }
 
-  // Returns a free buffer, or -1 when the crew stopped.
+  // Takes a buffer of the pool (reporting progress while it waits) and returns its index, or
+  // -1 when the crew stopped (a thread failed: the crew closed the pool).
   int AcquireSlot() {
-    if (!WaitUntil([&] { return !free_slots_.empty(); })) return -1;
-    std::lock_guard lock(crew_.mu);
-    int slot = free_slots_.back();
-    free_slots_.pop_back();
-    return slot;
+    for (;;) {
+      BufferPool::Buffer buffer = pool_->AcquireFor(kProgressInterval, &cancel_);
+      if (buffer) {
+        const size_t slot = buffer.index();
+        std::lock_guard lock(crew_.mu);
+        held_[slot] = std::move(buffer);
+        return static_cast<int>(slot);
+      }
+      if (pool_->closed()) return -1;
+      CheckCancel();
+      MaybeReport();
+    }
   }
+
+  std::byte* BufferOf(int slot) const { return held_[static_cast<size_t>(slot)].data(); }
 
   // Chunks [first, first + count) of the read unit starting at chunk `first`.
   size_t UnitChunks(size_t first) const {
@@ -215,7 +227,7 @@ class ImportPipeline {
       if (slot < 0) break;
       // A source that takes parallel reads is read by the workers (several requests in
       // flight); any other by this thread, in order.
-      if (!parallel_reads_) source_.ReadAt(offset, buffers_[slot].get(), len);
+      if (!parallel_reads_) source_.ReadAt(offset, BufferOf(slot), len);
       {
         std::lock_guard lock(crew_.mu);
         loaded_[slot] = !parallel_reads_;
@@ -239,10 +251,7 @@ class ImportPipeline {
 
   // Under crew_.mu.
   void ReleaseSlot(int slot) {
-    if (--refs_[slot] == 0) {
-      free_slots_.push_back(slot);
-      crew_.caller_cv.notify_one();
-    }
+    if (--refs_[slot] == 0) held_[static_cast<size_t>(slot)].Release();
   }
 
   void WorkerLoop() {
@@ -257,7 +266,7 @@ class ImportPipeline {
         work_queue_.pop_front();
       }
       if (parallel_reads_) {
-        source_.ReadAt(manifest_.ChunkOffset(job.index), buffers_[job.slot].get(), job.len);
+        source_.ReadAt(manifest_.ChunkOffset(job.index), BufferOf(job.slot), job.len);
         {
           std::lock_guard lock(crew_.mu);
           loaded_[job.slot] = true;
@@ -267,7 +276,7 @@ class ImportPipeline {
       // The unit's chunks are hashed, looked up in one batch, and the missing ones stored.
       const size_t count = UnitChunks(job.index);
       auto data_of = [&](size_t chunk) {
-        return buffers_[job.slot].get() +
+        return BufferOf(job.slot) +
                (manifest_.ChunkOffset(chunk) - manifest_.ChunkOffset(job.index));
       };
       std::vector<std::string> hashes;
@@ -346,7 +355,7 @@ class ImportPipeline {
         progress_.chunks_skipped += UnitChunks(job.index);
         continue;
       }
-      image_hash_.Update(buffers_[job.slot].get(), job.len);
+      image_hash_.Update(BufferOf(job.slot), job.len);
       std::lock_guard lock(crew_.mu);
       ReleaseSlot(job.slot);
     }
@@ -366,16 +375,17 @@ class ImportPipeline {
   const bool parallel_reads_;  // workers read their chunks (ByteSource::ConcurrentReads)
   Manifest manifest_;
 
+  std::optional<BufferPool> pool_;  // the read units
+
   // Guarded by crew_.mu.
   IoProgress progress_;
-  std::vector<int> free_slots_;
+  std::vector<BufferPool::Buffer> held_;  // per pool buffer: taken for a unit in flight
   std::vector<int> refs_;
   std::vector<char> loaded_;  // per slot: its chunk's bytes have been read
   std::deque<ChunkJob> work_queue_;
   std::deque<ChunkJob> digest_queue_;  // in chunk order
   bool reading_done_ = false;
 
-  std::vector<DirectIoBuffer> buffers_;
   Sha256 image_hash_;  // the digest thread's
   Crew crew_;          // last: destroyed (threads joined) before the buffers they use
 };
@@ -410,20 +420,21 @@ struct ManifestWindow {
   }
 };
 
-// Reads chunk i of the manifest (named `hash`) into `out` and checks its length and hash; a
-// mismatch is an IntegrityError naming the chunk, its place in `what` (the image) and the
-// store.
-void ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i, const std::string& hash,
-                       std::vector<std::byte>& out, const std::string& what,
-                       const CancelToken* cancel) {
+// Reads chunk i of the manifest (named `hash`) into `buffer` and checks its length and hash;
+// a mismatch is an IntegrityError naming the chunk, its place in `what` (the image) and the
+// store. Returns the chunk's bytes: the start of `buffer`.
+std::span<std::byte> ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i,
+                                       const std::string& hash, const BufferPool::Buffer& buffer,
+                                       const std::string& what, const CancelToken* cancel) {
   const uint64_t offset = manifest.ChunkOffset(i);
   const uint64_t len = manifest.ChunkLength(i);
   const std::string where = "chunk " + hash + " (bytes " + std::to_string(offset) + ".." +
                             std::to_string(offset + len) + " of " + what + ") in store " +
                             store.uri();
+  const std::span<std::byte> out = buffer.first(static_cast<size_t>(len));
   try {
     Retried(
-        RetryPolicy{}, [&] { store.GetChunk(hash, out, cancel); }, cancel, "reading " + where);
+        RetryPolicy{}, [&] { store.GetChunkInto(hash, out, cancel); }, cancel, "reading " + where);
   } catch (const TransferError&) {
     // Missing is damage as much as corrupt; any other failure is the store's, not the image's.
     if (store.HasChunk(hash, cancel)) throw;
@@ -431,31 +442,29 @@ void ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i, const
                                       " is missing; the image's bytes are incomplete, run "
                                       "`imagerelay scrub` to repair it from another region");
   }
-  if (out.size() != len || (!store.ChecksReads() && Sha256Hex(out.data(), out.size()) != hash)) {
+  if (!store.ChecksReads() && Sha256Hex(out.data(), out.size()) != hash) {
     throw DamagedChunkError(hash, where +
                                       " is corrupt: its content does not match its name; "
                                       "run `imagerelay scrub` to repair it from another "
                                       "region");
   }
+  return out;
 }
 
-// Writes an export's chunks: the aligned part of each with O_DIRECT from an aligned copy in
-// the thread's buffer, the rest (all of it once direct writes are refused) buffered.
+// Writes an export's chunks: the aligned part of each with O_DIRECT straight from its pool
+// buffer (page-aligned), the rest (all of it once direct writes are refused) buffered.
 struct ExportWriter {
   int fd;
   int direct_fd;
   std::atomic<bool> direct;
 
-  // Returns 0 or an errno value. `offset` is a multiple of kDirectIoAlign.
+  // Returns 0 or an errno value. `offset` is a multiple of kDirectIoAlign; `bytes` starts a
+  // pool buffer.
   int Write(std::span<const std::byte> bytes, off_t offset) {
     const size_t whole = bytes.size() / kDirectIoAlign * kDirectIoAlign;
     size_t done = 0;
-    std::byte* aligned = whole != 0 && direct.load(std::memory_order_relaxed)
-                             ? ThreadDirectIoBuffer(whole)
-                             : nullptr;
-    if (aligned != nullptr) {
-      std::memcpy(aligned, bytes.data(), whole);
-      int err = PwriteAll(direct_fd, aligned, whole, offset);
+    if (whole != 0 && direct.load(std::memory_order_relaxed)) {
+      int err = PwriteAll(direct_fd, bytes.data(), whole, offset);
       if (err == 0) {
         done = whole;
       } else if (err == EINVAL) {
@@ -636,39 +645,49 @@ void CommitExport(int dir_fd, const std::string& tmp, const std::string& name,
   }
 }
 
+// Chunks a verify reads ahead of its hash, at most.
+constexpr size_t kHashAhead = 8;
+
 // Feeds one window of the image, in order, to `whole`: readers fetch and check chunks ahead,
-// into a ring of kHashAhead buffers; the calling thread hashes them (zeros for holes).
+// each into a buffer of `pool` (at most kHashAhead ahead); the calling thread hashes them in
+// order (zeros for holes) and gives the buffers back.
 void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& window,
                 const std::string& what, const CancelToken& cancel, ProgressThrottle& throttle,
-                IoProgress& prog, Sha256& whole) {
-  constexpr size_t kHashAhead = 8;
+                IoProgress& prog, Sha256& whole, BufferPool& pool) {
   struct Slot {
-    std::vector<std::byte> bytes;
+    BufferPool::Buffer buffer;
+    std::span<std::byte> bytes;
     bool ready = false;
   };
   std::vector<Slot> ring(kHashAhead);
+  // Never more chunks ahead than buffers: the buffers of chunks read ahead are held until
+  // hashed, so a reader must never wait for one while the chunk to hash next waits for it.
+  const size_t ahead = std::min(kHashAhead, pool.count());
   const std::vector<size_t>& todo = window.todo;
   window.PlanReads(store);
   size_t next_fetch = 0;  // under crew.mu: position in todo of the next chunk to fetch
   size_t next_hash = 0;   // under crew.mu: position in todo of the next chunk to hash
-  Crew crew;
+  Crew crew;              // destroyed first: its readers are joined before `ring` goes
+  crew.ClosesOnStop(pool);
   auto reader = [&] {
-    std::vector<std::byte> buffer;
     for (;;) {
       size_t k;
       {
         std::unique_lock lock(crew.mu);
         crew.work_cv.wait(lock, [&] {
-          return crew.stop || next_fetch == todo.size() || next_fetch < next_hash + kHashAhead;
+          return crew.stop || next_fetch == todo.size() || next_fetch < next_hash + ahead;
         });
         if (crew.stop || next_fetch == todo.size()) return;
         k = next_fetch++;
       }
-      ReadVerifiedChunk(store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer,
-                        what, &cancel);
+      BufferPool::Buffer buffer = pool.Acquire(&cancel);
+      if (!buffer) return;  // stopped or cancelled: the caller sees which
+      const std::span<std::byte> bytes = ReadVerifiedChunk(
+          store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer, what, &cancel);
       std::lock_guard lock(crew.mu);
       Slot& slot = ring[k % kHashAhead];
-      slot.bytes.swap(buffer);
+      slot.buffer = std::move(buffer);
+      slot.bytes = bytes;
       slot.ready = true;
       crew.caller_cv.notify_one();
     }
@@ -700,6 +719,7 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
     prog.bytes_done += slot->bytes.size();
     {
       std::lock_guard lock(crew.mu);
+      slot->buffer.Release();
       slot->ready = false;
       next_hash = ++k;
     }
@@ -722,8 +742,11 @@ Manifest ImportToStore(ByteSource& source, Store& store, const ImportOptions& op
 }
 
 std::string HashStoredImage(Store& store, const Manifest& manifest, const std::string& what,
-                            const CancelToken& cancel, const ProgressFn& progress) {
+                            const CancelToken& cancel, const ProgressFn& progress,
+                            uint64_t buffer_memory) {
   ValidateManifest(manifest);
+  BufferPool pool(static_cast<size_t>(manifest.chunk_size),
+                  BufferPool::CountFor(buffer_memory, manifest.chunk_size, 2, kHashAhead));
   ProgressThrottle throttle(progress);
   IoProgress prog;  // the calling thread's
   prog.bytes_total = manifest.size;
@@ -731,14 +754,15 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   Sha256 whole;
   for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
     HashWindow(store, manifest, ManifestWindow(manifest, first), what, cancel, throttle, prog,
-               whole);
+               whole, pool);
   }
   throttle.Report(prog);
   return "sha256:" + whole.FinishHex();
 }
 
 void ExportFromStore(Store& store, const Manifest& manifest, const std::filesystem::path& path,
-                     const CancelToken& cancel, const ProgressFn& progress, bool force) {
+                     const CancelToken& cancel, const ProgressFn& progress, bool force,
+                     uint64_t buffer_memory) {
   ValidateManifest(manifest);
   if (path.empty() || HasNul(path.native())) {
     throw ValidationError(codes::kInvalidParameter,
@@ -787,6 +811,9 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         ::openat(dir_fd.get(), tmp_name.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_DIRECT));
   }
   ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd)};
+  // A buffer per worker at most: each reads a chunk into it, then writes it from there.
+  const size_t buffers =
+      BufferPool::CountFor(buffer_memory, manifest.chunk_size, 1, kExportThreads);
 
   for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
     const ManifestWindow window(manifest, first);
@@ -797,10 +824,12 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
       }
     }
     window.PlanReads(store);
-    Crew crew;
+    // One pool per window: a crew closes its pool when it stops.
+    BufferPool pool(static_cast<size_t>(manifest.chunk_size), buffers);
+    Crew crew;  // destroyed first: its workers give their buffers back before the pool goes
+    crew.ClosesOnStop(pool);
     size_t next = 0;  // under crew.mu
     auto worker = [&] {
-      std::vector<std::byte> buffer;
       for (;;) {
         size_t at;
         {
@@ -808,10 +837,13 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
           if (crew.stop || next == window.todo.size()) return;
           at = window.todo[next++];
         }
+        const BufferPool::Buffer buffer = pool.Acquire(&cancel);
+        if (!buffer) return;  // stopped or cancelled: the caller sees which
         const uint64_t i = first + at;
         const uint64_t len = manifest.ChunkLength(i);
-        ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer, "the image", &cancel);
-        int err = writer.Write(buffer, static_cast<off_t>(manifest.ChunkOffset(i)));
+        const std::span<std::byte> bytes =
+            ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer, "the image", &cancel);
+        int err = writer.Write(bytes, static_cast<off_t>(manifest.ChunkOffset(i)));
         if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
         std::lock_guard lock(crew.mu);
         prog.bytes_done += len;

@@ -19,6 +19,7 @@
 
 #include "base/retry.hpp"
 #include "base/token_bucket.hpp"
+#include "dataplane/buffer_pool.hpp"
 #include "dataplane/crew.hpp"
 #include "dataplane/progress_throttle.hpp"
 #include "imagerelay/error.hpp"
@@ -122,10 +123,15 @@ struct Dest {
   }
 };
 
-// A chunk buffer from the pool. Its vector keeps its capacity from chunk to chunk.
+// A chunk in flight: a buffer of the pool and what goes with it. One per pool buffer (at the
+// buffer's index), so that nothing is allocated per block.
 struct Slot {
-  std::vector<std::byte> data;
-  StoredChunk stored;  // the source's stored form of `data`, written as it is where it fits
+  BufferPool::Buffer buffer;  // empty while the slot is free
+  std::span<std::byte> data;  // the chunk's bytes: the start of `buffer`
+  // The source's stored form of `data`, written as it is where it fits. A vector per slot,
+  // not pool memory: its length is known only once read (mostly empty: raw blocks' stored
+  // form is `data` itself), and it keeps its capacity from chunk to chunk.
+  StoredChunk stored;
   size_t chunk = 0;
   size_t pending_writes = 0;  // guarded by the crew's mutex
 };
@@ -182,7 +188,11 @@ class Copier {
   bool SourceLacks(const std::string& hash);
   // `sent`: the bytes the store wrote for it (Store::PutChunk), or the chunk's length.
   void CountWritten(Dest& dest, size_t chunk, uint64_t sent);
-  bool CanRead() const { return !crew_->stop && next_job_ < jobs_.size() && !free_.empty(); }
+  // Workers take buffers without blocking (TryAcquire): a worker waiting for a buffer would
+  // not run the writes that give buffers back.
+  bool CanRead() const {
+    return !crew_->stop && next_job_ < jobs_.size() && pool_->available() != 0;
+  }
   bool NoWorkLeft() const {
     return (crew_->stop || next_job_ >= jobs_.size()) && writes_.empty() && reads_in_flight_ == 0;
   }
@@ -218,10 +228,10 @@ class Copier {
 
   size_t threads_ = 1;
   std::vector<size_t> jobs_;  // distinct chunks some destination lacks
-  std::vector<Slot> slots_;
-  Crew* crew_ = nullptr;  // the pass's workers; its mutex guards everything below
+  std::optional<BufferPool> pool_;
+  std::vector<Slot> slots_;  // per pool buffer
+  Crew* crew_ = nullptr;     // the pass's workers; its mutex guards everything below
 
-  std::vector<Slot*> free_;
   std::deque<WriteTask> writes_;
   size_t next_job_ = 0;
   size_t reads_in_flight_ = 0;
@@ -318,22 +328,24 @@ void Copier::Worker(uint32_t seed) {
       WriteChunk(*task.slot, dests_[task.dest], rng);
       lock.lock();
       if (--task.slot->pending_writes == 0) {
-        free_.push_back(task.slot);
+        task.slot->buffer.Release();
         Wake(1);
       }
       continue;
     }
     if (CanRead()) {
-      Slot* slot = free_.back();
-      free_.pop_back();
+      BufferPool::Buffer buffer = pool_->TryAcquire();  // free: only workers take, under mu
+      Slot* slot = &slots_[buffer.index()];
+      slot->buffer = std::move(buffer);
       slot->chunk = jobs_[next_job_++];
+      slot->data = slot->buffer.first(static_cast<size_t>(plan_.length[slot->chunk]));
       ++reads_in_flight_;
       lock.unlock();
       std::vector<size_t> targets = ReadChunk(*slot, rng);
       lock.lock();
       --reads_in_flight_;
       if (targets.empty()) {
-        free_.push_back(slot);
+        slot->buffer.Release();
       } else {
         slot->pending_writes = targets.size();
         for (size_t d : targets) writes_.push_back({slot, d});
@@ -357,9 +369,11 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     return std::any_of(by_bytes->begin(), by_bytes->end(),
                        [&](size_t d) { return dests_[d].Active(); });
   };
+  // Into the slot's buffer, of the plan's length: a chunk of another length is damaged
+  // (DamagedChunkError, an IntegrityError), as are bytes that do not match their name.
   AttemptResult result =
-      Attempt([&] { source_.GetChunkStored(hash, slot.data, slot.stored, &reads_cancel_); }, wanted,
-              "reading chunk " + hash + " from " + source_uri_, rng);
+      Attempt([&] { source_.GetChunkStoredInto(hash, slot.data, slot.stored, &reads_cancel_); },
+              wanted, "reading chunk " + hash + " from " + source_uri_, rng);
   std::optional<Failure> failure;
   if (result.failure) failure = Failure(*result.failure);
   if (result.ok) {
@@ -370,12 +384,6 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
       failure = Failure{codes::kIntegrityError,
                         "chunk " + hash + " read from " + source_uri_ +
                             " is corrupt: its bytes hash to " + actual,
-                        hash};
-    } else if (slot.data.size() != plan_.length[k]) {
-      failure = Failure{codes::kIntegrityError,
-                        "chunk " + hash + " read from " + source_uri_ + " has " +
-                            std::to_string(slot.data.size()) + " bytes, the manifest says " +
-                            std::to_string(plan_.length[k]),
                         hash};
     }
   } else if (!failure) {
@@ -622,11 +630,12 @@ std::vector<TransferOutcome> Copier::Run() {
   const bool all_server_side = std::all_of(
       dests_.begin(), dests_.end(), [](const Dest& d) { return d.server_copy || !d.Active(); });
   threads_ = static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
+  // Chunk buffers: as many as buffer_memory holds, at most 2 per worker, at least 2. Memory
+  // is touched as buffers are first used: a small image's copy touches few.
   const uint64_t chunk_size = std::max<uint64_t>(1, manifest_.chunk_size);
-  const size_t pool = static_cast<size_t>(
-      std::max<uint64_t>(2, std::min<uint64_t>(options_.buffer_memory / chunk_size, 2 * threads_)));
-  slots_.resize(pool);  // the vectors allocate on first use
-  for (Slot& slot : slots_) free_.push_back(&slot);
+  pool_.emplace(static_cast<size_t>(chunk_size),
+                BufferPool::CountFor(options_.buffer_memory, chunk_size, 2, 2 * threads_));
+  slots_.resize(pool_->count());
 
   std::vector<IoProgress> last(dests_.size());
   // A second pass writes what the confirmation found missing; after it, missing is failure.

@@ -777,7 +777,8 @@ void Engine::Export(const std::string& account, const std::string& image_id, con
   const Manifest manifest = impl_->integrity->LoadManifest(image, *store);
   CancelToken stop(cancel);
   try {
-    ExportFromStore(*store, manifest, path, stop, progress, force);
+    ExportFromStore(*store, manifest, path, stop, progress, force,
+                    impl_->options.limits.buffer_memory);
   } catch (const DamagedChunkError& e) {
     impl_->integrity->NoteDamage(e, image.region, *store);
     throw;
@@ -811,7 +812,7 @@ std::string Engine::Verify(const std::string& account, const std::string& image_
   std::string digest;
   try {
     digest = HashStoredImage(*store, manifest, "image " + image.id + " in region " + image.region,
-                             stop, progress);
+                             stop, progress, impl_->options.limits.buffer_memory);
   } catch (const DamagedChunkError& e) {
     impl_->integrity->NoteDamage(e, image.region, *store);
     throw;

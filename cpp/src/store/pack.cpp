@@ -151,16 +151,26 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
 
 void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
                  std::vector<std::byte>& out, const std::string& what) {
+  out.resize(entry.raw_length);
+  DecodeBlockInto(stored, entry, out, what);
+}
+
+void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
+                     std::span<std::byte> out, const std::string& what) {
   auto damaged = [&](const std::string& why) {
     throw DamagedChunkError(entry.hash, "block " + entry.hash + " at byte " +
                                             std::to_string(entry.offset) + " of " + what +
                                             " is corrupt (" + why + "); run `imagerelay scrub`");
   };
   if (stored.size() != entry.stored_length) damaged("it was read short");
+  if (out.size() != entry.raw_length) damaged("it is not as long as expected");
   if (entry.codec == BlockCodec::kRaw) {
-    out.assign(stored.begin(), stored.end());
+    if (stored.size() != out.size()) damaged("its stored length is not its length");
+    // (An empty block's pointers may be null: memcpy must not see them.)
+    if (!out.empty() && stored.data() != out.data()) {
+      std::memcpy(out.data(), stored.data(), out.size());
+    }
   } else {
-    out.resize(entry.raw_length);
     thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
                                                                             &ZSTD_freeDCtx);
     if (!context) throw std::bad_alloc();
@@ -169,9 +179,7 @@ void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
     if (ZSTD_isError(n)) damaged(std::string("zstd: ") + ZSTD_getErrorName(n));
     if (n != entry.raw_length) damaged("it decompresses to another length");
   }
-  if (out.size() != entry.raw_length || Sha256Hex(out.data(), out.size()) != entry.hash) {
-    damaged("its bytes do not match its hash");
-  }
+  if (Sha256Hex(out.data(), out.size()) != entry.hash) damaged("its bytes do not match its hash");
 }
 
 }  // namespace imagerelay

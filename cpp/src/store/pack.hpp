@@ -111,5 +111,10 @@ uint64_t PackFooterSize(std::span<const std::byte> trailer, const std::string& w
 // and raw length: throws DamagedChunkError (the block's hash) if anything is wrong.
 void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
                  std::vector<std::byte>& out, const std::string& what);
+// The same into the caller's memory: `out` holds exactly the block's raw length (else the
+// block is damaged). A raw block may have been read straight into `out` (`stored` is `out`
+// then): it is only checked.
+void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
+                     std::span<std::byte> out, const std::string& what);
 
 }  // namespace imagerelay

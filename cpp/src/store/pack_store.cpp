@@ -503,31 +503,37 @@ void PackStore::PutManifest(const std::string& image_id, const Manifest& manifes
 
 void PackStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
                          const CancelToken* cancel) {
+  std::optional<BlockLocation> where = Locate(hash);
+  if (!where) return ReadLegacy(hash, out, cancel);
+  out.resize(where->raw_length);
   thread_local std::vector<std::byte> stored;
-  BlockCodec codec = BlockCodec::kRaw;
-  ReadChunk(hash, out, stored, codec, cancel);
+  ReadLocated(*where, hash, out, stored, cancel);
 }
 
-void PackStore::GetChunkStored(const std::string& hash, std::vector<std::byte>& out,
-                               StoredChunk& stored, const CancelToken* cancel) {
+size_t PackStore::GetChunkInto(const std::string& hash, std::span<std::byte> out,
+                               const CancelToken* cancel) {
+  thread_local std::vector<std::byte> stored;
+  ReadChunk(hash, out, stored, cancel);
+  return out.size();
+}
+
+size_t PackStore::GetChunkStoredInto(const std::string& hash, std::span<std::byte> out,
+                                     StoredChunk& stored, const CancelToken* cancel) {
   stored.codec.reset();
-  BlockCodec codec = BlockCodec::kRaw;
-  if (!ReadChunk(hash, out, stored.bytes, codec, cancel)) {
+  const std::optional<BlockCodec> codec = ReadChunk(hash, out, stored.bytes, cancel);
+  if (!codec) {
     stored.bytes.clear();
-    return;
-  }
-  if (codec == BlockCodec::kRaw) {
+  } else if (*codec == BlockCodec::kRaw) {
     stored.bytes.clear();  // the stored form is `out` itself
     // Raw because compressing did not pay, unless this store never compresses.
     if (options_.zstd_level > 0) stored.codec = BlockCodec::kRaw;
-    return;
+  } else {
+    stored.codec = codec;
   }
-  stored.codec = codec;
+  return out.size();
 }
 
-bool PackStore::ReadChunk(const std::string& hash, std::vector<std::byte>& out,
-                          std::vector<std::byte>& stored, BlockCodec& codec,
-                          const CancelToken* cancel) {
+std::optional<BlockLocation> PackStore::Locate(const std::string& hash) {
   std::optional<BlockLocation> where = Index().Lookup({hash})[0];
   if (!where) {
     bool pending = false;
@@ -544,39 +550,73 @@ bool PackStore::ReadChunk(const std::string& hash, std::vector<std::byte>& out,
     Reconcile();  // another host may have written it since the index was brought in line
     where = Index().Lookup({hash})[0];
   }
-  if (!where) {
-    if (HasLegacyChunks()) {
-      base_->GetChunk(hash, out, cancel);
-      if (Sha256Hex(out.data(), out.size()) != hash) {
-        throw DamagedChunkError(hash, "chunk " + hash + " in store " + base_->uri() +
-                                          " is corrupt: its content does not match its name; "
-                                          "run `imagerelay scrub`");
-      }
-      return false;
-    }
+  return where;
+}
+
+void PackStore::ReadLegacy(const std::string& hash, std::vector<std::byte>& out,
+                           const CancelToken* cancel) {
+  if (!HasLegacyChunks()) {
     out.clear();
     throw TransferError(codes::kTransferFailed,
                         "chunk " + hash + " is missing in store " + base_->uri());
   }
+  base_->GetChunk(hash, out, cancel);
+  if (Sha256Hex(out.data(), out.size()) != hash) {
+    throw DamagedChunkError(hash, "chunk " + hash + " in store " + base_->uri() +
+                                      " is corrupt: its content does not match its name; "
+                                      "run `imagerelay scrub`");
+  }
+}
+
+std::optional<BlockCodec> PackStore::ReadChunk(const std::string& hash, std::span<std::byte> out,
+                                               std::vector<std::byte>& stored,
+                                               const CancelToken* cancel) {
+  std::optional<BlockLocation> where = Locate(hash);
+  if (where) return ReadLocated(*where, hash, out, stored, cancel);
+  // A chunk file of an earlier release: read whole (its length is the file's), then checked.
+  thread_local std::vector<std::byte> whole;
+  ReadLegacy(hash, whole, cancel);
+  if (whole.size() != out.size()) throw WrongLengthChunk(hash, uri(), whole.size(), out.size());
+  std::copy(whole.begin(), whole.end(), out.begin());
+  return std::nullopt;
+}
+
+BlockCodec PackStore::ReadLocated(BlockLocation where, const std::string& hash,
+                                  std::span<std::byte> out, std::vector<std::byte>& stored,
+                                  const CancelToken* cancel) {
+  // The index knows the block's length: a caller expecting another is refused before a
+  // byte is read (no block is decoded past the end of the caller's memory).
+  if (where.raw_length != out.size()) {
+    throw WrongLengthChunk(hash, uri(), where.raw_length, out.size());
+  }
   try {
-    ReadBlock(*where, hash, out, stored, cancel);
+    ReadBlock(where, hash, out, stored, cancel);
   } catch (const DamagedChunkError&) {
     // A sweep (of this process, or another's) may have moved the block into a new pack and
     // dropped the old one since the lookup: read it where the index says now.
     if (packs_.RemoteReads()) Reconcile();
     std::optional<BlockLocation> now = Index().Lookup({hash})[0];
-    if (!now || now->pack == where->pack) throw;
-    where = now;
-    ReadBlock(*where, hash, out, stored, cancel);
+    if (!now || now->pack == where.pack) throw;
+    where = *now;
+    ReadBlock(where, hash, out, stored, cancel);
   }
-  codec = where->codec;
-  return true;
+  return where.codec;
 }
 
 void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
-                          std::vector<std::byte>& out, std::vector<std::byte>& stored,
+                          std::span<std::byte> out, std::vector<std::byte>& stored,
                           const CancelToken* cancel) {
   const PackEntry entry{hash, where.offset, where.stored_length, where.raw_length, where.codec};
+  // A raw block is read straight into the caller's memory; a compressed one into `stored`,
+  // then decompressed into it.
+  const bool in_place = where.codec == BlockCodec::kRaw && where.stored_length == out.size();
+  std::span<std::byte> target;
+  if (in_place) {
+    target = out;
+  } else {
+    stored.resize(where.stored_length);
+    target = stored;
+  }
   // An object store's answer may be damaged on the way (a byte flipped, a body miscounted):
   // a block that does not decode to its hash, or a range that came back short, is read again
   // alone before it counts as the store's damage.
@@ -584,14 +624,13 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
   for (int read = 1;; ++read) {
     bool whole = false;
     if (read == 1) {
-      whole = ReadRange(where.pack, where.offset, where.stored_length, stored, cancel);
+      whole = ReadRange(where.pack, where.offset, target, cancel);
     } else {
-      stored.resize(where.stored_length);
-      whole = packs_.ReadPack(where.pack, where.offset, stored, cancel);
+      whole = packs_.ReadPack(where.pack, where.offset, target, cancel);
     }
     if (whole) {
       try {
-        DecodeBlock(stored, entry, out, Where(where.pack));
+        DecodeBlockInto(target, entry, out, Where(where.pack));
         return;
       } catch (const DamagedChunkError&) {
         if (read == reads) throw;
@@ -666,9 +705,9 @@ std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64
   return taken;
 }
 
-bool PackStore::ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
-                          std::vector<std::byte>& out, const CancelToken* cancel) {
-  out.resize(length);
+bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<std::byte> out,
+                          const CancelToken* cancel) {
+  const uint64_t length = out.size();
   std::shared_ptr<Span> span;
   {
     std::unique_lock lock(read_mutex_);

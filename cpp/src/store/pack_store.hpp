@@ -76,9 +76,12 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void Flush(const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
-  // A block's stored form comes with it (a chunk file of an earlier release has none).
-  void GetChunkStored(const std::string& hash, std::vector<std::byte>& out, StoredChunk& stored,
+  // Decodes a block straight into `out` (a raw block is read into it).
+  size_t GetChunkInto(const std::string& hash, std::span<std::byte> out,
                       const CancelToken* cancel = nullptr) override;
+  // A block's stored form comes with it (a chunk file of an earlier release has none).
+  size_t GetChunkStoredInto(const std::string& hash, std::span<std::byte> out, StoredChunk& stored,
+                            const CancelToken* cancel = nullptr) override;
   // Writes a compressed block's bytes as they are, and an incompressible one raw without
   // trying to compress it again; a block of unknown form is encoded as PutChunk does.
   uint64_t PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
@@ -143,20 +146,30 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // A pack that the index names and the store does not hold: forgets it, reports its blocks.
   void PackVanished(const std::string& pack);
   void ForgetVanishedLocked(const std::string& pack, Lost& lost);  // under index_mutex_
-  // GetChunk(Stored): `stored` receives the block's stored bytes; false if the store holds
-  // the block only as a chunk file of an earlier release (read into `out` all the same).
-  bool ReadChunk(const std::string& hash, std::vector<std::byte>& out,
-                 std::vector<std::byte>& stored, BlockCodec& codec, const CancelToken* cancel);
-  // Reads a block's stored bytes into `stored` and decodes them into `out` (checked).
-  void ReadBlock(const BlockLocation& where, const std::string& hash, std::vector<std::byte>& out,
+  // Where block `hash` is: the index, after a flush if it is still being written, after a
+  // reconcile on an object store (another host may have written it). nullopt: not in a pack.
+  std::optional<BlockLocation> Locate(const std::string& hash);
+  // Reads a chunk file of an earlier release into `out` (checked); TransferError if none.
+  void ReadLegacy(const std::string& hash, std::vector<std::byte>& out, const CancelToken* cancel);
+  // GetChunk(Stored)Into: the block's codec, `stored` holding its bytes if compressed; nullopt
+  // for a chunk file of an earlier release (read into `out` all the same).
+  std::optional<BlockCodec> ReadChunk(const std::string& hash, std::span<std::byte> out,
+                                      std::vector<std::byte>& stored, const CancelToken* cancel);
+  // Reads the block at `where` into `out` (its length): where the index says now if a sweep
+  // moved it meanwhile. Returns its codec.
+  BlockCodec ReadLocated(BlockLocation where, const std::string& hash, std::span<std::byte> out,
+                         std::vector<std::byte>& stored, const CancelToken* cancel);
+  // Reads a block's stored bytes (into `out` itself if raw, else into `stored`) and decodes
+  // them into `out` (checked).
+  void ReadBlock(const BlockLocation& where, const std::string& hash, std::span<std::byte> out,
                  std::vector<std::byte>& stored, const CancelToken* cancel);
   // Appends an encoded block of `raw_length` bytes to the pack being built (PutChunk).
   uint64_t PutEncoded(const std::string& hash, EncodedBlock encoded, uint32_t raw_length,
                       const CancelToken* cancel);
-  // Reads [offset, offset + length) of a pack: with the rest of its planned run if it has
+  // Reads [offset, offset + out.size()) of a pack: with the rest of its planned run if it has
   // one (see PlanReads), else alone.
-  bool ReadRange(const std::string& pack, uint64_t offset, uint32_t length,
-                 std::vector<std::byte>& out, const CancelToken* cancel);
+  bool ReadRange(const std::string& pack, uint64_t offset, std::span<std::byte> out,
+                 const CancelToken* cancel);
   bool HasLegacyChunks();
   std::string Where(const std::string& pack) const;
 

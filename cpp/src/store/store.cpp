@@ -240,6 +240,29 @@ SweepResult SweepStore(Store& store, const std::set<std::string>& pinned) {
   return store.SweepUnmarked(marked);
 }
 
+size_t Store::GetChunkInto(const std::string& hash, std::span<std::byte> out,
+                           const CancelToken* cancel) {
+  // Kept by the thread from chunk to chunk: a store of chunk files (an earlier release's, a
+  // test's) reads whole files, whose length it learns from the file.
+  thread_local std::vector<std::byte> whole;
+  GetChunk(hash, whole, cancel);
+  if (whole.size() != out.size()) {
+    const size_t found = whole.size();
+    whole.clear();
+    throw WrongLengthChunk(hash, uri(), found, out.size());
+  }
+  std::copy(whole.begin(), whole.end(), out.begin());
+  return out.size();
+}
+
+DamagedChunkError WrongLengthChunk(const std::string& hash, const std::string& store_uri,
+                                   uint64_t found, uint64_t expected) {
+  return DamagedChunkError(hash, "chunk " + hash + " in store " + store_uri + " has " +
+                                     std::to_string(found) + " bytes where " +
+                                     std::to_string(expected) +
+                                     " were expected; run `imagerelay scrub`");
+}
+
 std::vector<std::string> Store::ListChunksAfter(const std::string& after, size_t limit) {
   std::vector<std::string> all = ListChunks();
   std::sort(all.begin(), all.end());
