@@ -220,6 +220,28 @@ TEST(ImageIoTest, MostlyEmptyFileDefersTheDigestToHashStoredImage) {
       "sha256:" + Sha256Hex(dense.data(), dense.size()));
 }
 
+// An image of several manifest windows with data in each: every window hashes (a pool
+// shared by the windows was closed by the first window's crew, and the second hung).
+TEST(ImageIoTest, HashStoredImageHashesEveryWindow) {
+  ScratchDir dir;
+  LocalStore store(dir / "store");
+  constexpr uint64_t kSmall = 4096;
+  const uint64_t size = 2 * kManifestWindow * kSmall + 3 * kSmall;
+  WriteSparseFile(dir / "in.img", size,
+                  {{kSmall, RandomBytes(kSmall, 1)},
+                   {(kManifestWindow + 7) * kSmall, RandomBytes(2 * kSmall, 2)},
+                   {(2 * kManifestWindow + 1) * kSmall, RandomBytes(kSmall, 3)}});
+  ImportOptions options = SmallChunks();
+  options.chunk_size = kSmall;
+  options.buffer_memory = 4 * kSmall;
+  CancelToken cancel;
+  options.defer_digest_hole_bytes = 0;  // the import hashes the whole file itself
+  const Manifest m = ImportToStore(*OpenFileSource(dir / "in.img"), store, options, cancel, {});
+  ASSERT_EQ(m.count(), 2 * kManifestWindow + 3);
+  ASSERT_FALSE(m.digest.empty());
+  EXPECT_EQ(HashStoredImage(store, m, "the test image", cancel, {}, 4 * kSmall), m.digest);
+}
+
 TEST(ImageIoTest, HashStoredImageCatchesCorruptAndMissingChunks) {
   ScratchDir dir;
   LocalStore store(dir / "store");

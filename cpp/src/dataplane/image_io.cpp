@@ -653,7 +653,11 @@ constexpr size_t kHashAhead = 8;
 // order (zeros for holes) and gives the buffers back.
 void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& window,
                 const std::string& what, const CancelToken& cancel, ProgressThrottle& throttle,
-                IoProgress& prog, Sha256& whole, BufferPool& pool) {
+                IoProgress& prog, Sha256& whole, uint64_t buffer_memory) {
+  // A pool per window, as for an export: the window's crew closes it when it stops, so that
+  // no reader waits for a buffer a failed thread holds.
+  BufferPool pool(static_cast<size_t>(manifest.chunk_size),
+                  BufferPool::CountFor(buffer_memory, manifest.chunk_size, 2, kHashAhead));
   struct Slot {
     BufferPool::Buffer buffer;
     std::span<std::byte> bytes;
@@ -708,8 +712,10 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
     Slot* slot = &ring[k % kHashAhead];
     {
       std::unique_lock lock(crew.mu);
+      // Readers all gone and the chunk not read (the pool closed under them): never wait for
+      // it.
       while (!crew.caller_cv.wait_for(lock, kProgressInterval,
-                                      [&] { return crew.stop || slot->ready; })) {
+                                      [&] { return crew.stop || slot->ready || crew.idle(); })) {
         if (cancel.cancelled()) throw Cancelled{};
         if (throttle.Due()) throttle.Report(prog);
       }
@@ -745,8 +751,6 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
                             const CancelToken& cancel, const ProgressFn& progress,
                             uint64_t buffer_memory) {
   ValidateManifest(manifest);
-  BufferPool pool(static_cast<size_t>(manifest.chunk_size),
-                  BufferPool::CountFor(buffer_memory, manifest.chunk_size, 2, kHashAhead));
   ProgressThrottle throttle(progress);
   IoProgress prog;  // the calling thread's
   prog.bytes_total = manifest.size;
@@ -754,7 +758,7 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   Sha256 whole;
   for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
     HashWindow(store, manifest, ManifestWindow(manifest, first), what, cancel, throttle, prog,
-               whole, pool);
+               whole, buffer_memory);
   }
   throttle.Report(prog);
   return "sha256:" + whole.FinishHex();
