@@ -458,12 +458,16 @@ def open(home: str | os.PathLike[str] | None = None, *, account: str | None = No
         workers = check_int("workers", workers, low=1, high=_MAX_WORKERS)
     home = Path(home).expanduser()
     if catalog is None:
-        catalog = os.environ.get("IMAGERELAY_CATALOG") or home_config(home).get("catalog") or ""
+        catalog = os.environ.get("IMAGERELAY_CATALOG") or None
     elif not isinstance(catalog, str):
         raise ValidationError(f"catalog must be a postgresql:// URI (a str), got "
                               f"{type(catalog).__name__}")
-    if worker_regions is None:
-        worker_regions = home_config(home).get("worker_regions")  # this host's reach
+    if catalog is None or worker_regions is None:
+        config = home_config(home)  # read once, for what the arguments leave open
+        if catalog is None:
+            catalog = config.get("catalog") or ""
+        if worker_regions is None:
+            worker_regions = config.get("worker_regions")  # this host's reach
     regions = as_str_list(worker_regions, "worker_regions")
     if worker_regions is not None and not regions:
         raise ValidationError("worker_regions must name at least one region (None: every "

@@ -131,6 +131,19 @@ TEST(BufferPoolTest, AStoppedCrewClosesItsPoolAndWakesTheWaiters) {
   EXPECT_EQ(pool.available(), 0u);
 }
 
+// A pool that one crew closes cannot serve a second crew: shared, it hung the digest of an
+// image of several manifest windows (the first window's crew closed it, the second's readers
+// then never got a buffer). The second binding fails at once instead.
+TEST(BufferPoolTest, APoolServesOneCrewOnly) {
+  BufferPool pool(4096, 2);
+  {
+    Crew first;
+    first.ClosesOnStop(pool);
+  }
+  Crew second;
+  EXPECT_THROW(second.ClosesOnStop(pool), std::logic_error);
+}
+
 TEST(BufferPoolTest, ABufferIsCutToAChunkNeverPastItsEnd) {
   BufferPool pool(65536, 1);
   auto b = pool.TryAcquire();

@@ -11,7 +11,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
 #include "imagerelay/cancel.hpp"
@@ -35,10 +34,6 @@ struct TransferDestination {
   Store* store = nullptr;
   const CancelToken* cancel = nullptr;
   ProgressFn progress;  // called from the thread that runs CopyImage, throttled
-  // Chunks the caller knows the store holds: the plan skips them without asking the store,
-  // and looks up only the rest (the confirmation before a commit still asks for all). The
-  // engine leaves it empty: a block store's index answers a whole plan in one batch.
-  std::unordered_set<std::string> known_present;
 };
 
 struct TransferOutcome;

@@ -112,6 +112,14 @@ void BufferPool::Close() {
   freed_.notify_all();
 }
 
+void BufferPool::BindToCrew() {
+  std::lock_guard lock(mu_);
+  if (bound_to_crew_) {
+    throw std::logic_error("a buffer pool serves one crew: this one already has its crew");
+  }
+  bound_to_crew_ = true;
+}
+
 bool BufferPool::closed() const {
   std::lock_guard lock(mu_);
   return closed_;

@@ -68,6 +68,10 @@ class BufferPool {
   Buffer TryAcquire();
   // Wakes every waiter; from now on nothing is handed out (buffers may still be released).
   void Close();
+  // Makes this pool the one that `Crew::ClosesOnStop` closes: once per pool, for its life.
+  // std::logic_error on a second time: a pool closed by one crew would starve the next one,
+  // forever (a pool shared by the windows of one digest did). Build a pool per crew.
+  void BindToCrew();
   bool closed() const;
 
   size_t buffer_size() const { return buffer_size_; }
@@ -88,6 +92,7 @@ class BufferPool {
   std::condition_variable freed_;
   std::vector<size_t> free_;  // indices, the last released on top: its pages are warm
   bool closed_ = false;
+  bool bound_to_crew_ = false;
 };
 
 }  // namespace imagerelay

@@ -49,8 +49,12 @@ class Crew {
   }
 
   // The buffers the crew's threads (and its caller) wait for: closed when the crew stops, so
-  // that nobody waits for a buffer that a failed thread will never give back.
-  void ClosesOnStop(BufferPool& pool) { pool_ = &pool; }
+  // that nobody waits for a buffer that a failed thread will never give back. The pool is
+  // this crew's alone (BufferPool::BindToCrew throws for a pool that served another crew).
+  void ClosesOnStop(BufferPool& pool) {
+    pool.BindToCrew();
+    pool_ = &pool;
+  }
 
   void NotifyAll() {
     {

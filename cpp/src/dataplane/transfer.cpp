@@ -266,39 +266,19 @@ void Copier::PlanWindow(std::mt19937& rng) {
     dest.needs.assign(hashes.size(), false);
     if (!dest.Active()) continue;
 
-    // Look up only what the caller does not already know to be there (all of the window, as
-    // it is, when it knows nothing: no copy of 65,536 names).
-    const bool knows_some = !dest.spec->known_present.empty();
-    std::vector<bool> present(hashes.size(), true);
-    std::vector<std::string> unknown;
-    std::vector<uint64_t> unknown_length;
-    std::vector<size_t> unknown_at;
-    for (size_t i = 0; knows_some && i < hashes.size(); ++i) {
-      if (!dest.spec->known_present.contains(hashes[i])) {
-        unknown.push_back(hashes[i]);
-        unknown_length.push_back(plan_.length[i]);
-        unknown_at.push_back(i);
-      }
+    std::vector<bool> present;
+    AttemptResult result = Attempt(
+        [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel, plan_.length); },
+        [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
+    if (!result.ok) {
+      if (result.failure) dest.Fail(*result.failure);
+      continue;
     }
-    const std::vector<std::string>& asked = knows_some ? unknown : hashes;
-    const std::vector<uint64_t>& asked_length = knows_some ? unknown_length : plan_.length;
-    if (!asked.empty()) {
-      std::vector<bool> answers;
-      AttemptResult result = Attempt(
-          [&] { answers = dest.spec->store->HasChunks(asked, dest.spec->cancel, asked_length); },
-          [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
-      if (!result.ok) {
-        if (result.failure) dest.Fail(*result.failure);
-        continue;
-      }
-      if (answers.size() != asked.size()) {
-        dest.Fail({codes::kTransferFailed, "listing the chunks of " + dest.uri + " gave " +
-                                               std::to_string(answers.size()) + " answers for " +
-                                               std::to_string(asked.size()) + " chunks"});
-        continue;
-      }
-      for (size_t k = 0; k < asked.size(); ++k)
-        present[knows_some ? unknown_at[k] : k] = answers[k];
+    if (present.size() != hashes.size()) {
+      dest.Fail({codes::kTransferFailed, "listing the chunks of " + dest.uri + " gave " +
+                                             std::to_string(present.size()) + " answers for " +
+                                             std::to_string(hashes.size()) + " chunks"});
+      continue;
     }
     uint64_t done = 0;
     uint64_t skipped = 0;
