@@ -82,6 +82,19 @@ int ThreadCount() {
   return n;
 }
 
+// The threads of this process, once those joined have left /proc/self/task: a joined thread
+// can be listed a little longer (the kernel wakes the joiner before it removes the task), so
+// the count is read until it is `expected`, for at most 5 s (a thread never joined stays).
+int ThreadCountSettledAt(int expected) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  int n = ThreadCount();
+  while (n != expected && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    n = ThreadCount();
+  }
+  return n;
+}
+
 size_t FilesIn(const fs::path& dir) {
   size_t n = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
@@ -435,7 +448,7 @@ TEST(ImageIoTest, CancelStopsImportAndLeavesNoThread) {
   // Stopped at the cancel: the rest of the source was never read (not a timing, which a
   // sanitizer build or a loaded machine would stretch).
   EXPECT_LT(source.bytes_read.load(), source.size());
-  EXPECT_EQ(ThreadCount(), threads_before);
+  EXPECT_EQ(ThreadCountSettledAt(threads_before), threads_before);
   ASSERT_EQ(reports.size(), 3u);
   EXPECT_LT(reports.back().bytes_done, reports.back().bytes_total);
   EXPECT_LE(reports[0].bytes_done, reports[1].bytes_done);
@@ -443,7 +456,7 @@ TEST(ImageIoTest, CancelStopsImportAndLeavesNoThread) {
   CancelToken already;
   already.Cancel();
   EXPECT_THROW(ImportToStore(source, store, SmallChunks(), already, nullptr), Cancelled);
-  EXPECT_EQ(ThreadCount(), threads_before);
+  EXPECT_EQ(ThreadCountSettledAt(threads_before), threads_before);
 }
 
 TEST(ImageIoTest, CancelStopsExportAndRemovesTheTemporaryFile) {
@@ -459,7 +472,7 @@ TEST(ImageIoTest, CancelStopsExportAndRemovesTheTemporaryFile) {
   EXPECT_THROW(ExportFromStore(store, m, dir / "out.img", cancel, nullptr), Cancelled);
   EXPECT_FALSE(fs::exists(dir / "out.img"));
   EXPECT_EQ(FilesIn(dir.path()), 2u);
-  EXPECT_EQ(ThreadCount(), threads_before);
+  EXPECT_EQ(ThreadCountSettledAt(threads_before), threads_before);
 }
 
 TEST(ImageIoTest, ProgressIsMonotonicAndReachesTheTotal) {
@@ -488,7 +501,7 @@ TEST(ImageIoTest, ReadErrorsReachTheCaller) {
   source.fail_at_ = 17 * kChunk;
   CancelToken cancel;
   EXPECT_THROW(ImportToStore(source, store, SmallChunks(), cancel, nullptr), TransferError);
-  EXPECT_EQ(ThreadCount(), threads_before);
+  EXPECT_EQ(ThreadCountSettledAt(threads_before), threads_before);
 }
 
 // Fails on the n-th chunk write, from a worker thread.
@@ -518,7 +531,7 @@ TEST(ImageIoTest, WorkerErrorsReachTheCaller) {
     EXPECT_EQ(e.code(), codes::kStoreUnavailable);
     EXPECT_EQ(e.message(), "injected: disk gone");
   }
-  EXPECT_EQ(ThreadCount(), threads_before);
+  EXPECT_EQ(ThreadCountSettledAt(threads_before), threads_before);
 }
 
 TEST(ImageIoTest, OpenFileSourceRejectsWhatIsNotAnImageFile) {

@@ -93,6 +93,14 @@ class Statement {
     if (rc != SQLITE_OK) ThrowSqlite(db_, rc, sqlite3_sql(s));
   }
 
+  // Binds text that stays where it is until the statement is reset (as a ScopedStatement
+  // does): no copy, for lookups in a loop.
+  void BindBorrowedText(int index, std::string_view text) {
+    int rc = sqlite3_bind_text64(stmt_.get(), index, text.data(), text.size(), SQLITE_STATIC,
+                                 SQLITE_UTF8);
+    if (rc != SQLITE_OK) ThrowSqlite(db_, rc, sqlite3_sql(stmt_.get()));
+  }
+
   // True while a row is available; false when done.
   bool Step() {
     int rc = sqlite3_step(stmt_.get());

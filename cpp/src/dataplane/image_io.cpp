@@ -732,8 +732,11 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
     crew.work_cv.notify_all();
   }
   crew.Finish();
-  if (k != todo.size())
+  if (k != todo.size()) {
+    // Readers give up on a cancel too (no buffer for them): stopped, not failed.
+    if (cancel.cancelled()) throw Cancelled{};
     throw TransferError(codes::kTransferFailed, "reading " + what + " stopped early");
+  }
 }
 
 }  // namespace

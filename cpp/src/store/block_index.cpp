@@ -2,6 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <utility>
+
 #include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
 #include "imagerelay/error.hpp"
@@ -74,7 +77,12 @@ std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) 
   std::filesystem::create_directories(file.parent_path(), ec);
   sqlite::Connection conn = OpenConnection(file);
   conn.Exec(kSchema);
-  auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file)});
+  sqlite::Connection reader = OpenConnection(file);
+  // 32 MiB of pages (SQLite's default: 2 MiB): the index of ~250,000 blocks (16 GiB of
+  // data) stays in memory between the lookups of a copy; a larger one costs reads of the page
+  // cache, a constant amount of memory all the same.
+  reader.Exec("PRAGMA cache_size = -32768");
+  auto db = std::make_unique<Db>(Db{std::move(conn), std::move(reader)});
   return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
 }
 
@@ -182,12 +190,28 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
     const std::vector<std::string>& hashes) {
   std::lock_guard lock(read_mutex_);
   std::vector<std::optional<BlockLocation>> out(hashes.size());
+  // In key order: neighbouring lookups then walk the same B-tree pages (half the time for an
+  // index larger than the CPU's caches, and each page read once per batch when the index
+  // outgrows SQLite's cache).
+  // Sorted by the first 8 bytes of each key (big-endian): the keys' order, without comparing
+  // strings; ties only cost locality.
+  std::vector<std::pair<uint64_t, size_t>> order(hashes.size());
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    uint64_t prefix = 0;
+    const std::string& hash = hashes[i];
+    for (size_t b = 0; b < 8; ++b) {
+      prefix = prefix << 8 | (b < hash.size() ? static_cast<unsigned char>(hash[b]) : 0);
+    }
+    order[i] = {prefix, i};
+  }
+  std::sort(order.begin(), order.end());
   auto find_all = [&] {
     auto& find = db_->reader.Cached(
         "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
-    for (size_t i = 0; i < hashes.size(); ++i) {
+    for (const auto& [prefix, i] : order) {
       sqlite::ScopedStatement s(find);
-      if (!s->Bind(hashes[i]).Step()) continue;
+      s->BindBorrowedText(1, hashes[i]);
+      if (!s->Step()) continue;
       out[i] = BlockLocation{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
                              static_cast<uint32_t>(s->Uint(3)), static_cast<BlockCodec>(s->Int(4))};
     }
