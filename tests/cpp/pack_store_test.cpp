@@ -555,6 +555,51 @@ TEST(PackStoreTest, SweepDropsDeadPacksAndRepacksMostlyDeadOnes) {
   EXPECT_EQ(reopened.store->ListChunks().size(), 5u);
 }
 
+// A read takes a planned block's location from the plan, not from a lookup of its own; a
+// block that a sweep moved into a new pack between the plan and the read is still read right
+// (its old pack is gone: it is looked up again), and one damaged meanwhile is refused.
+TEST(PackStoreTest, PlannedLocationsMadeStaleByASweepOrDamageAreNeverTrusted) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());  // 4 blocks per pack
+  std::vector<std::vector<std::byte>> blocks;
+  std::vector<std::string> hashes;
+  for (uint32_t i = 0; i < 8; ++i) {
+    blocks.push_back(RandomBlock(100 + i));
+    hashes.push_back(HashOf(blocks.back()));
+    store->PutChunk(hashes.back(), blocks.back());
+  }
+  store->Flush();
+  ASSERT_EQ(PackFilesIn(dir.path()).size(), 2u);
+  store->PlanReads(hashes);
+  // Only block 1 of the first pack stays live: the sweep repacks it and deletes that pack.
+  MarkSet marked;
+  for (int i : {1, 4, 5, 6, 7}) marked.Add(hashes[i]);
+  store->SweepUnmarked(marked);
+  std::vector<std::byte> out(kBlock);
+  store->GetChunkInto(hashes[1], out);
+  EXPECT_EQ(out, blocks[1]);
+  EXPECT_THROW(store->GetChunkInto(hashes[0], out), TransferError);  // swept: gone
+
+  // Block 5 is damaged on disk after the plan located it: its read is refused, never served
+  // from where the plan saw it; its neighbour is read right.
+  store->PlanReads({hashes[5], hashes[6]});
+  bool flipped = false;
+  for (const fs::path& pack : PackFilesIn(dir.path())) {
+    std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const auto* first = reinterpret_cast<const char*>(blocks[5].data());
+    const size_t at = bytes.find(std::string_view(first, 64));  // raw: random bytes
+    if (at == std::string::npos) continue;
+    f.seekp(static_cast<std::streamoff>(at + 1000));
+    f.put(static_cast<char>(bytes[at + 1000] ^ 1));
+    flipped = true;
+  }
+  ASSERT_TRUE(flipped);
+  EXPECT_THROW(store->GetChunkInto(hashes[5], out), DamagedChunkError);
+  store->GetChunkInto(hashes[6], out);
+  EXPECT_EQ(out, blocks[6]);
+}
+
 TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
   for (const std::string step : {"put", "delete"}) {
     SCOPED_TRACE(step);

@@ -22,6 +22,8 @@ constexpr size_t kMaxSpans = 12;
 constexpr uint64_t kMaxGap = 64 << 10;
 // Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
 constexpr size_t kMaxPlannedRuns = 1 << 20;
+// Locations of planned blocks not yet read, at most (two plans of a copy's window: ~25 MiB).
+constexpr size_t kMaxPlannedBlocks = 1 << 17;
 // Room a pack's buffer has beyond pack_size: the block that fills it goes in whole.
 constexpr uint64_t kBuilderSlack = 1ULL << 20;
 // Packs being written at once: writers wait beyond that, so that memory stays bounded when
@@ -534,6 +536,13 @@ size_t PackStore::GetChunkStoredInto(const std::string& hash, std::span<std::byt
 }
 
 std::optional<BlockLocation> PackStore::Locate(const std::string& hash) {
+  {
+    // Planned: located by the plan's one lookup. If a sweep has moved the block since, the
+    // read fails its check and ReadLocated looks it up again.
+    std::lock_guard lock(read_mutex_);
+    auto planned = planned_where_.extract(hash);
+    if (planned) return std::move(planned.mapped());
+  }
   std::optional<BlockLocation> where = Index().Lookup({hash})[0];
   if (!where) {
     bool pending = false;
@@ -655,6 +664,14 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   for (const auto& where : found) {
     if (!where) continue;
     planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
+  }
+  {
+    // Their reads need not look them up again, one by one.
+    std::lock_guard lock(read_mutex_);
+    if (planned_where_.size() + hashes.size() > kMaxPlannedBlocks) planned_where_.clear();
+    for (size_t i = 0; i < hashes.size() && planned_where_.size() < kMaxPlannedBlocks; ++i) {
+      if (found[i]) planned_where_.insert_or_assign(hashes[i], std::move(*found[i]));
+    }
   }
   for (auto& [pack, blocks] : planned) {
     std::sort(blocks.begin(), blocks.end(),

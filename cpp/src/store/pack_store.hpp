@@ -226,6 +226,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::condition_variable span_cv_;
   std::unordered_map<std::string, std::vector<Run>> runs_;
   size_t planned_runs_ = 0;
+  // Where the planned blocks are, by hash, taken out when read (bounded: a plan nobody reads
+  // is dropped by the next one that would not fit).
+  std::unordered_map<std::string, BlockLocation> planned_where_;
   std::list<std::shared_ptr<Span>> spans_;  // most recent first
   // The run planned for a block at [offset, offset + length) of `pack`, taken out of the
   // plan (nullopt if none). Under read_mutex_.
