@@ -108,7 +108,7 @@ bool Digester::Digest(const Image& image) {
     } forget{this, image.id};
     try {
       digest = HashStoredImage(*store, manifest, "image " + image.id + " in region " + image.region,
-                               cancel_, progress);
+                               cancel_, progress, parts_.buffer_memory);
     } catch (const DamagedChunkError& e) {
       parts_.note_damage(e, image.region, *store);
       throw;

@@ -49,6 +49,7 @@ class Digester {
     std::function<void()> notify_changed;
     // Runs `fn` on a background thread the engine joins when it closes.
     std::function<void(std::function<void()> fn)> spawn;
+    uint64_t buffer_memory = 256ULL << 20;  // Limits.buffer_memory: the digest's read-ahead
   };
   explicit Digester(Parts parts) : parts_(std::move(parts)) {}
   Digester(const Digester&) = delete;

@@ -219,7 +219,8 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   impl->integrity = std::make_unique<Integrity>(Integrity::Parts{
       .catalog = *impl->catalog,
       .store_for = [raw](const std::string& region) { return raw->StoreFor(region); },
-      .write = [raw](const auto& fn) { raw->Write(fn); }});
+      .write = [raw](const auto& fn) { raw->Write(fn); },
+      .buffer_memory = impl->options.limits.buffer_memory});
   impl->digester = std::make_unique<Digester>(Digester::Parts{
       .catalog = *impl->catalog,
       .store_for = [raw](const std::string& region) { return raw->StoreFor(region); },
@@ -229,7 +230,8 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
                            Store& store) { raw->integrity->NoteDamage(error, region, store); },
       .write = [raw](const auto& fn) { raw->Write(fn); },
       .notify_changed = [raw] { raw->NotifyChanged(); },
-      .spawn = [raw](std::function<void()> fn) { raw->background.Spawn(std::move(fn)); }});
+      .spawn = [raw](std::function<void()> fn) { raw->background.Spawn(std::move(fn)); },
+      .buffer_memory = impl->options.limits.buffer_memory});
   impl->sweeper = std::make_unique<Sweeper>(Sweeper::Parts{
       .catalog = *impl->catalog,
       .holder = impl->worker_id + ":sweep",

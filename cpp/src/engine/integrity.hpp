@@ -38,6 +38,7 @@ class Integrity {
     std::function<std::shared_ptr<Store>(const std::string& region_id)> store_for;
     // Runs a change in a write transaction and publishes its events after the commit.
     std::function<void(const std::function<void(CatalogTx&, PendingEvents&)>&)> write;
+    uint64_t buffer_memory = 256ULL << 20;  // Limits.buffer_memory: a repair's read-back
   };
   explicit Integrity(Parts parts) : parts_(std::move(parts)) {}
   Integrity(const Integrity&) = delete;
