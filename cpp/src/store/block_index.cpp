@@ -37,7 +37,19 @@ CREATE TABLE IF NOT EXISTS packs (
   name TEXT PRIMARY KEY,
   size INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+  id INTEGER PRIMARY KEY CHECK (id = 0),
+  count INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS block_removed AFTER DELETE ON blocks
+  BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS block_changed AFTER UPDATE ON blocks
+  BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; END;
 )sql";
+
+// Positive answers kept for the next lookups, at most: every block of a 2 GiB image (~8 MiB
+// of memory), a share of a larger one's manifest window.
+constexpr size_t kMaxKnown = 1 << 15;
 
 // Runs `fn` inside one transaction, rolled back if it throws.
 template <typename Fn>
@@ -77,12 +89,14 @@ std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) 
   std::filesystem::create_directories(file.parent_path(), ec);
   sqlite::Connection conn = OpenConnection(file);
   conn.Exec(kSchema);
-  sqlite::Connection reader = OpenConnection(file);
-  // 32 MiB of pages (SQLite's default: 2 MiB): the index of ~250,000 blocks (16 GiB of
-  // data) stays in memory between the lookups of a copy; a larger one costs reads of the page
-  // cache, a constant amount of memory all the same.
-  reader.Exec("PRAGMA cache_size = -32768");
-  auto db = std::make_unique<Db>(Db{std::move(conn), std::move(reader)});
+  {
+    // Written once, not at every open (an INSERT would take the write lock each time).
+    sqlite::Statement count(conn.get(), "SELECT count(*) FROM changes");
+    if (count.Step() && count.Int(0) == 0) {
+      conn.Exec("INSERT INTO changes (id, count) VALUES (0, 0) ON CONFLICT (id) DO NOTHING");
+    }
+  }
+  auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file)});
   return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
 }
 
@@ -206,14 +220,29 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
   }
   std::sort(order.begin(), order.end());
   auto find_all = [&] {
+    // Read before the blocks: an answer kept under this count was true at least as late.
+    int64_t changes = 0;
+    {
+      sqlite::ScopedStatement s(db_->reader.Cached("SELECT count FROM changes WHERE id = 0"));
+      if (s->Step()) changes = s->Int(0);
+    }
+    if (changes != known_at_) {
+      known_.clear();
+      known_at_ = changes;
+    }
     auto& find = db_->reader.Cached(
         "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
     for (const auto& [prefix, i] : order) {
+      if (auto it = known_.find(hashes[i]); it != known_.end()) {
+        out[i] = it->second;
+        continue;
+      }
       sqlite::ScopedStatement s(find);
       s->BindBorrowedText(1, hashes[i]);
       if (!s->Step()) continue;
       out[i] = BlockLocation{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
                              static_cast<uint32_t>(s->Uint(3)), static_cast<BlockCodec>(s->Int(4))};
+      if (known_.size() < kMaxKnown) known_.emplace(hashes[i], *out[i]);
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "store/pack.hpp"
@@ -80,6 +81,12 @@ class BlockIndex {
   std::mutex mutex_;                                       // writes
   std::mutex read_mutex_;                                  // reads
   std::unique_ptr<Db> db_;
+  // Blocks found by earlier lookups, answered again without SQLite while no block has left
+  // the index or moved since: the `changes` count, which triggers in the database itself bump
+  // on every DELETE or UPDATE of `blocks`, by any process of any release (a copy's
+  // confirmation then asks SQLite only about the blocks it wrote). Under read_mutex_.
+  std::unordered_map<std::string, BlockLocation> known_;
+  int64_t known_at_ = -1;
 };
 
 }  // namespace imagerelay

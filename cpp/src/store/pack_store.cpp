@@ -22,8 +22,9 @@ constexpr size_t kMaxSpans = 12;
 constexpr uint64_t kMaxGap = 64 << 10;
 // Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
 constexpr size_t kMaxPlannedRuns = 1 << 20;
-// Locations of planned blocks not yet read, at most (two plans of a copy's window: ~25 MiB).
-constexpr size_t kMaxPlannedBlocks = 1 << 17;
+// Locations of planned blocks not yet read, at most (~8 MiB; the blocks of a larger plan are
+// looked up when read).
+constexpr size_t kMaxPlannedBlocks = 1 << 15;
 // Room a pack's buffer has beyond pack_size: the block that fills it goes in whole.
 constexpr uint64_t kBuilderSlack = 1ULL << 20;
 // Packs being written at once: writers wait beyond that, so that memory stays bounded when
