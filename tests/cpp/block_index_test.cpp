@@ -122,6 +122,11 @@ TEST(BlockIndexTest, KeptAnswersNeverOutliveARemovalOrAMoveByAnyone) {
   // Blocks added do not disturb what is kept; they are found all the same.
   index->AddPack("pack-c", 1000, Entries(20, 2));
   EXPECT_EQ(index->Lookup({HashOfNumber(21)})[0]->pack, "pack-c");
+  // Without its count (the row deleted by hand) the index keeps nothing.
+  ExecElsewhere(file, "DELETE FROM changes");
+  EXPECT_TRUE(index->Lookup({HashOfNumber(20)})[0]);
+  ExecElsewhere(file, "DELETE FROM blocks WHERE hash = '" + HashOfNumber(20) + "'");
+  EXPECT_FALSE(index->Lookup({HashOfNumber(20)})[0]);
 }
 
 TEST(BlockIndexTest, AnUnusableFileIsAStoreError) {

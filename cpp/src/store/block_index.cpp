@@ -205,10 +205,8 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
   std::lock_guard lock(read_mutex_);
   std::vector<std::optional<BlockLocation>> out(hashes.size());
   // In key order: neighbouring lookups then walk the same B-tree pages (half the time for an
-  // index larger than the CPU's caches, and each page read once per batch when the index
-  // outgrows SQLite's cache).
-  // Sorted by the first 8 bytes of each key (big-endian): the keys' order, without comparing
-  // strings; ties only cost locality.
+  // index larger than the CPU's caches). Sorted by the first 8 bytes of each key
+  // (big-endian): the keys' order without comparing strings; ties only cost locality.
   std::vector<std::pair<uint64_t, size_t>> order(hashes.size());
   for (size_t i = 0; i < hashes.size(); ++i) {
     uint64_t prefix = 0;
@@ -221,15 +219,17 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
   std::sort(order.begin(), order.end());
   auto find_all = [&] {
     // Read before the blocks: an answer kept under this count was true at least as late.
-    int64_t changes = 0;
+    // No count (its row deleted by hand): nothing is kept.
+    std::optional<int64_t> changes;
     {
       sqlite::ScopedStatement s(db_->reader.Cached("SELECT count FROM changes WHERE id = 0"));
       if (s->Step()) changes = s->Int(0);
     }
-    if (changes != known_at_) {
+    if (!changes || *changes != known_at_) {
       known_.clear();
-      known_at_ = changes;
+      known_at_ = changes.value_or(-1);
     }
+    const bool keep = changes.has_value();
     auto& find = db_->reader.Cached(
         "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE hash = ?");
     for (const auto& [prefix, i] : order) {
@@ -242,7 +242,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
       if (!s->Step()) continue;
       out[i] = BlockLocation{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
                              static_cast<uint32_t>(s->Uint(3)), static_cast<BlockCodec>(s->Int(4))};
-      if (known_.size() < kMaxKnown) known_.emplace(hashes[i], *out[i]);
+      if (keep && known_.size() < kMaxKnown) known_.emplace(hashes[i], *out[i]);
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
