@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <random>
+#include <set>
+
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
@@ -127,6 +131,43 @@ TEST(BlockIndexTest, KeptAnswersNeverOutliveARemovalOrAMoveByAnyone) {
   EXPECT_TRUE(index->Lookup({HashOfNumber(20)})[0]);
   ExecElsewhere(file, "DELETE FROM blocks WHERE hash = '" + HashOfNumber(20) + "'");
   EXPECT_FALSE(index->Lookup({HashOfNumber(20)})[0]);
+}
+
+// A batch is answered by walking the table in key order: dense and sparse stretches, keys
+// asked twice, keys before the first block and after the last, in any order asked.
+TEST(BlockIndexTest, ABatchInAnyOrderGetsEachKeysOwnAnswer) {
+  ScratchDir dir;
+  auto index = BlockIndex::Open(dir.path() / "bj.db");
+  auto fresh = BlockIndex::Open(dir.path() / "bj.db");  // keeps nothing from the batch
+  std::set<std::string> indexed;
+  for (uint64_t p = 0; p < 8; ++p) {
+    std::vector<PackEntry> entries;
+    for (uint64_t n = p * 500; n < (p + 1) * 500; ++n) {
+      if (n % 3 == 0 || (n > 3000 && n % 41 != 0)) continue;  // holes, then a sparse stretch
+      entries.push_back({HashOfNumber(n), n * 1000, 1000, 65536, BlockCodec::kZstd});
+      indexed.insert(entries.back().hash);
+    }
+    index->AddPack("pack-" + std::to_string(p), 1000, entries);
+  }
+  std::vector<std::string> batch;
+  for (uint64_t n = 0; n < 4200; ++n) batch.push_back(HashOfNumber(n));
+  batch.push_back(HashOfNumber(7));       // twice
+  batch.push_back(std::string(64, '0'));  // before every block
+  batch.push_back(std::string(64, 'f'));  // after every block
+  std::mt19937 rng(7);
+  std::shuffle(batch.begin(), batch.end(), rng);
+  const auto found = index->Lookup(batch);
+  ASSERT_EQ(found.size(), batch.size());
+  size_t hits = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    EXPECT_EQ(found[i].has_value(), indexed.contains(batch[i])) << i;
+    if (!found[i]) continue;
+    ++hits;
+    const auto again = fresh->Lookup({batch[i]})[0];  // alone: a seek of its own
+    ASSERT_TRUE(again);
+    EXPECT_EQ(*found[i], *again);
+  }
+  EXPECT_GT(hits, 1000u);
 }
 
 TEST(BlockIndexTest, AnUnusableFileIsAStoreError) {

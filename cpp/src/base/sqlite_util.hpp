@@ -122,6 +122,13 @@ class Statement {
   int64_t Int(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
   uint64_t Uint(int col) const { return static_cast<uint64_t>(Int(col)); }
   double Double(int col) const { return sqlite3_column_double(stmt_.get(), col); }
+  // The column's text where SQLite keeps it: valid until the next Step or Reset.
+  std::string_view TextView(int col) const {
+    const auto* text = sqlite3_column_text(stmt_.get(), col);
+    if (text == nullptr) return {};
+    return {reinterpret_cast<const char*>(text),
+            static_cast<size_t>(sqlite3_column_bytes(stmt_.get(), col))};
+  }
   std::string Text(int col) const {
     const auto* text = sqlite3_column_text(stmt_.get(), col);
     if (text == nullptr) return {};
