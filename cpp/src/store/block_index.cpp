@@ -204,10 +204,17 @@ std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_
   return hashes;
 }
 
-std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
-    const std::vector<std::string>& hashes) {
-  std::lock_guard lock(read_mutex_);
-  std::vector<std::optional<BlockLocation>> out(hashes.size());
+uint32_t BlockIndex::PackId(std::string_view pack) {
+  auto it = known_pack_ids_.find(pack);
+  if (it != known_pack_ids_.end()) return it->second;
+  const auto id = static_cast<uint32_t>(known_packs_.size());
+  known_packs_.emplace_back(pack);
+  known_pack_ids_.emplace(known_packs_.back(), id);
+  return id;
+}
+
+void BlockIndex::Find(const std::vector<std::string>& hashes,
+                      const std::function<void(size_t i, const Found& where)>& found) {
   // In key order (SQLite's: bytes compared as unsigned), so that the batch is answered by
   // walking the table as a merge: sorted by the first 8 bytes of each key (big-endian)
   // first, the whole keys compared only on a tie.
@@ -231,8 +238,10 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
       sqlite::ScopedStatement s(db_->reader.Cached("SELECT count FROM changes WHERE id = 0"));
       if (s->Step()) changes = s->Int(0);
     }
-    if (!changes || *changes != known_at_) {
+    if (!changes || *changes != known_at_ || known_packs_.size() > kMaxKnown) {
       known_.clear();
+      known_packs_.clear();
+      known_pack_ids_.clear();
       known_at_ = changes.value_or(-1);
     }
     const bool keep = changes.has_value();
@@ -248,7 +257,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
     for (const auto& [prefix, i] : order) {
       const std::string& key = hashes[i];
       if (auto it = known_.find(key); it != known_.end()) {
-        out[i] = it->second;
+        found(i, it->second);
         continue;
       }
       int moves = stepped_to ? kMaxMoves : kMaxMovesAfterSeek;
@@ -260,10 +269,11 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
         on_row = cursor->Step();
       }
       if (!on_row || cursor->TextView(0) != key) continue;
-      out[i] = BlockLocation{
-          cursor->Text(1), cursor->Uint(2), static_cast<uint32_t>(cursor->Uint(3)),
+      const Found where{
+          PackId(cursor->TextView(1)), cursor->Uint(2), static_cast<uint32_t>(cursor->Uint(3)),
           static_cast<uint32_t>(cursor->Uint(4)), static_cast<BlockCodec>(cursor->Int(5))};
-      if (keep && known_.size() < kMaxKnown) known_.emplace(key, *out[i]);
+      found(i, where);
+      if (keep && known_.size() < kMaxKnown) known_.emplace(key, where);
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
@@ -272,6 +282,31 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
   } else {
     find_all();
   }
+}
+
+std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
+    const std::vector<std::string>& hashes) {
+  std::lock_guard lock(read_mutex_);
+  std::vector<std::optional<BlockLocation>> out(hashes.size());
+  Find(hashes, [&](size_t i, const Found& where) {
+    out[i] = BlockLocation{known_packs_[where.pack], where.offset, where.stored_length,
+                           where.raw_length, where.codec};
+  });
+  return out;
+}
+
+BlockPresence BlockIndex::Presence(const std::vector<std::string>& hashes) {
+  std::lock_guard lock(read_mutex_);
+  BlockPresence out;
+  out.pack_of.assign(hashes.size(), -1);
+  out.raw_length.assign(hashes.size(), 0);
+  std::unordered_map<uint32_t, int32_t> mine;  // known_packs_ id -> index in out.packs
+  Find(hashes, [&](size_t i, const Found& where) {
+    auto [it, added] = mine.try_emplace(where.pack, static_cast<int32_t>(out.packs.size()));
+    if (added) out.packs.push_back(known_packs_[where.pack]);
+    out.pack_of[i] = it->second;
+    out.raw_length[i] = where.raw_length;
+  });
   return out;
 }
 

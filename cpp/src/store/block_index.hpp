@@ -8,10 +8,12 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -26,6 +28,15 @@ struct BlockLocation {
   uint32_t raw_length = 0;
   BlockCodec codec = BlockCodec::kRaw;
   bool operator==(const BlockLocation&) const = default;
+};
+
+// What a presence check needs of a batch of blocks, without a location (and its pack's name)
+// per block: for each hash, its pack as an index into `packs` (-1: not indexed) and its
+// length.
+struct BlockPresence {
+  std::vector<std::string> packs;    // the distinct packs of the blocks found
+  std::vector<int32_t> pack_of;      // per hash
+  std::vector<uint32_t> raw_length;  // per hash, 0 where not indexed
 };
 
 // A pack as the index lists it: its name, size and footer entries.
@@ -67,6 +78,8 @@ class BlockIndex {
   std::vector<std::string> HashesAfter(const std::string& after, size_t limit);
   // One answer per hash, in order, from one read; nullopt where the block is not indexed.
   std::vector<std::optional<BlockLocation>> Lookup(const std::vector<std::string>& hashes);
+  // The same answers as Lookup, as a presence check needs them.
+  BlockPresence Presence(const std::vector<std::string>& hashes);
   uint64_t BlockCount();
   // Every indexed pack (with its size), sorted by name, whether or not blocks of it are
   // still indexed.
@@ -78,14 +91,33 @@ class BlockIndex {
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
                   const std::vector<PackEntry>& entries);  // likewise
-  std::mutex mutex_;                                       // writes
-  std::mutex read_mutex_;                                  // reads
+  // A block found, its pack named by an index into known_packs_.
+  struct Found {
+    uint32_t pack = 0;
+    uint64_t offset = 0;
+    uint32_t stored_length = 0;
+    uint32_t raw_length = 0;
+    BlockCodec codec = BlockCodec::kRaw;
+  };
+  // Calls found(i, where) for each hashes[i] indexed, in key order, under read_mutex_.
+  void Find(const std::vector<std::string>& hashes,
+            const std::function<void(size_t i, const Found& where)>& found);
+  uint32_t PackId(std::string_view pack);  // interned in known_packs_, under read_mutex_
+
+  std::mutex mutex_;       // writes
+  std::mutex read_mutex_;  // reads
   std::unique_ptr<Db> db_;
   // Blocks found by earlier lookups, answered again without SQLite while no block has left
   // the index or moved since: the `changes` count, which triggers in the database itself bump
   // on every DELETE or UPDATE of `blocks`, by any process of any release (a copy's
   // confirmation then asks SQLite only about the blocks it wrote). Under read_mutex_.
-  std::unordered_map<std::string, BlockLocation> known_;
+  std::unordered_map<std::string, Found> known_;
+  std::vector<std::string> known_packs_;  // the packs of known_ (and of the last batch)
+  struct NameHash {
+    using is_transparent = void;  // looked up by string_view: no string per block found
+    size_t operator()(std::string_view name) const { return std::hash<std::string_view>()(name); }
+  };
+  std::unordered_map<std::string, uint32_t, NameHash, std::equal_to<>> known_pack_ids_;
   int64_t known_at_ = -1;
 };
 

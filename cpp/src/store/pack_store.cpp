@@ -285,25 +285,20 @@ std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
   // when a copy plans or confirms before it commits: the first lookup after a flush lists
   // packs/ once (an import's lookups between flushes, one per 4 MiB, do not).
   if (packs_.RemoteReads() && reconcile_due_.exchange(false)) Reconcile();
-  std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  BlockPresence found = Index().Presence(hashes);
   // One look at each pack, however many of its blocks are asked for. A pack not vouched for
   // had its bad blocks forgotten (or vanished): what is still indexed then is right.
-  std::unordered_set<std::string> looked_at;
   bool forgot = false;
-  const std::string* last = nullptr;  // neighbours mostly share a pack: no set lookup for them
-  for (const auto& where : found) {
-    if (!where || (last != nullptr && *last == where->pack)) continue;
-    last = &where->pack;
-    if (looked_at.insert(where->pack).second && !Vouch(where->pack)) forgot = true;
+  for (const std::string& pack : found.packs) {
+    if (!Vouch(pack)) forgot = true;
   }
-  if (forgot) found = Index().Lookup(hashes);
+  if (forgot) found = Index().Presence(hashes);
   std::vector<bool> present(hashes.size(), false);
   std::vector<std::string> rest;
   std::vector<uint64_t> rest_lengths;
   std::vector<size_t> rest_at;
   for (size_t i = 0; i < hashes.size(); ++i) {
-    const auto& where = found[i];
-    if (where && (lengths.empty() || where->raw_length == lengths[i])) {
+    if (found.pack_of[i] >= 0 && (lengths.empty() || found.raw_length[i] == lengths[i])) {
       present[i] = true;
     } else {
       rest.push_back(hashes[i]);
