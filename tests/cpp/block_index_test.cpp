@@ -168,6 +168,17 @@ TEST(BlockIndexTest, ABatchInAnyOrderGetsEachKeysOwnAnswer) {
     EXPECT_EQ(*found[i], *again);
   }
   EXPECT_GT(hits, 1000u);
+  // A presence check of the same batch says the same, each pack named once.
+  const BlockPresence presence = fresh->Presence(batch);
+  ASSERT_EQ(presence.pack_of.size(), batch.size());
+  EXPECT_EQ(std::set<std::string>(presence.packs.begin(), presence.packs.end()).size(),
+            presence.packs.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    ASSERT_EQ(presence.pack_of[i] >= 0, found[i].has_value()) << i;
+    if (!found[i]) continue;
+    EXPECT_EQ(presence.packs[static_cast<size_t>(presence.pack_of[i])], found[i]->pack);
+    EXPECT_EQ(presence.raw_length[i], found[i]->raw_length);
+  }
 }
 
 TEST(BlockIndexTest, AnUnusableFileIsAStoreError) {
