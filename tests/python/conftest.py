@@ -38,6 +38,21 @@ def _rebuild_editable_module() -> None:
 
 _rebuild_editable_module()
 
+
+def _hear_ctrl_c() -> None:
+    """Tests that press Ctrl-C on a child (marked serial: they run in the main process) need
+    the child to get SIGINT. A run started in the background of a shell without job control
+    (`make test &`, nohup) inherits SIGINT ignored, and every child would too (an ignored
+    signal stays ignored across exec); a handler of our own is reset to the default there.
+    xdist workers ignore SIGINT by design and are left alone."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_hear_ctrl_c()
+
 import imagerelay as ir  # noqa: E402
 
 CHUNK = 64 * 1024
