@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import _core
 from . import _log  # noqa: F401 - the core logs through `logging` from now on
 from ._enums import ImageStatus as ImageStatus
@@ -41,10 +43,22 @@ from .errors import ValidationError as ValidationError
 from .image import Image as Image
 from .job import Job as Job
 from .job import Task as Task
-from .playbook import Playbook as Playbook
 from .scrub import ScrubReport as ScrubReport
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
+
+if TYPE_CHECKING:
+    from .playbook import Playbook as Playbook
+
+
+def __getattr__(name: str) -> Any:
+    # The playbook runner (PyYAML, asyncio) loads on first use: a CLI command or a script
+    # that runs no playbook starts without it (PEP 562).
+    if name == "Playbook":
+        from .playbook import Playbook
+
+        return Playbook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AccessKey", "Account", "Cloud", "ConflictError", "Event", "Handle", "Image", "ImageBusyError",

@@ -6,7 +6,6 @@ notebook's interrupt) end it, so no wait here polls or cuts itself into slices.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,6 +27,8 @@ def wait_for(engine_wait: Callable[[], T], timed_out: Callable[[], str]) -> T:
 async def wait_for_async(engine_wait: Callable[[_core.CancelToken], T]) -> T:
     """``engine_wait(cancel)`` on a thread, so that the event loop goes on meanwhile; a
     cancelled task fires ``cancel``, which ends the engine wait instead of leaving it to run."""
+    import asyncio  # here: a script that never awaits does not load the event loop machinery
+
     cancel = _core.CancelToken()
     try:
         return await asyncio.to_thread(engine_wait, cancel)

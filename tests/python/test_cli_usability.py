@@ -75,6 +75,19 @@ def test_version_prints_the_package_version(home: Path) -> None:
     assert not home.exists()
 
 
+def test_a_command_that_runs_no_playbook_does_not_load_the_playbook_runner() -> None:
+    # Every CLI command pays for what `import imagerelay.cli` loads: the playbook runner
+    # (PyYAML) and asyncio come in only when a playbook runs or a wait is awaited.
+    probe = ("import sys, imagerelay.cli, imagerelay as ir; "
+             "print(sorted(m for m in ('yaml', 'asyncio', 'imagerelay.playbook') "
+             "if m in sys.modules)); "
+             "print(ir.Playbook.__module__, 'yaml' in sys.modules)")
+    proc = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True,
+                          env=child_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[]", "imagerelay.playbook.book True"]
+
+
 def test_global_options_after_the_subcommand(home: Path, tmp_path: Path) -> None:
     # Only after it, through the script: the home, the account and --json all apply.
     proc = subprocess.run([IMAGERELAY, "regions", "list", "--json", "--home", str(home)],

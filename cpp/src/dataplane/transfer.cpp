@@ -185,6 +185,11 @@ class Copier {
   void SetUpDestinations();
   // Looks up, in each active destination, the chunks of the window in plan_.
   void PlanWindow(std::mt19937& rng);
+  // Asks `dest` which chunks of plan_ it holds, with their lengths, retrying transient
+  // failures. Nullopt if it failed (then `dest` has failed) or stopped. `action` names the
+  // question in errors ("listing the chunks of", "confirming the chunks in").
+  std::optional<std::vector<bool>> AskPresence(Dest& dest, const std::string& action,
+                                               std::mt19937& rng);
   // Reads and writes every chunk some active destination needs, then flushes them.
   void RunPass(uint32_t seed, std::vector<IoProgress>& last);
   // Asks each active destination for every chunk of the image, with its length: nothing is
@@ -276,20 +281,26 @@ void Copier::SetUpDestinations() {
   }
 }
 
+std::optional<std::vector<bool>> Copier::AskPresence(Dest& dest, const std::string& action,
+                                                     std::mt19937& rng) {
+  std::vector<bool> present;
+  AttemptResult result = Attempt(
+      [&] { present = dest.spec->store->HasChunks(plan_.hashes, dest.spec->cancel, plan_.length); },
+      [&] { return dest.Active(); }, action + " " + dest.uri, rng);
+  if (result.ok) return present;
+  if (result.failure) dest.Fail(*result.failure);
+  return std::nullopt;
+}
+
 void Copier::PlanWindow(std::mt19937& rng) {
   const std::vector<std::string>& hashes = plan_.hashes;
   for (Dest& dest : dests_) {
     dest.needs.assign(hashes.size(), false);
     if (!dest.Active()) continue;
 
-    std::vector<bool> present;
-    AttemptResult result = Attempt(
-        [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel, plan_.length); },
-        [&] { return dest.Active(); }, "listing the chunks of " + dest.uri, rng);
-    if (!result.ok) {
-      if (result.failure) dest.Fail(*result.failure);
-      continue;
-    }
+    std::optional<std::vector<bool>> answer = AskPresence(dest, "listing the chunks of", rng);
+    if (!answer) continue;
+    const std::vector<bool>& present = *answer;
     if (present.size() != hashes.size()) {
       dest.Fail({codes::kTransferFailed, "listing the chunks of " + dest.uri + " gave " +
                                              std::to_string(present.size()) + " answers for " +
@@ -522,15 +533,10 @@ bool Copier::ConfirmDestinations(bool last_pass, std::mt19937& rng) {
   bool again = false;
   for (Dest& dest : dests_) {
     if (!dest.Active() || dest.finish_reported) continue;
-    std::vector<bool> present;
-    AttemptResult result = Attempt(
-        [&] { present = dest.spec->store->HasChunks(hashes, dest.spec->cancel, plan_.length); },
-        [&] { return dest.Active(); }, "confirming the chunks in " + dest.uri, rng);
-    if (!result.ok) {
-      if (result.failure) dest.Fail(*result.failure);
-      continue;
-    }
-    std::vector<size_t> missing;
+    std::optional<std::vector<bool>> answer = AskPresence(dest, "confirming the chunks in", rng);
+    if (!answer) continue;
+    const std::vector<bool>& present = *answer;
+    std::vector<size_t> missing;  // a short answer counts the chunks it leaves out as missing
     for (size_t k = 0; k < hashes.size(); ++k) {
       if (k >= present.size() || !present[k]) missing.push_back(k);
     }
