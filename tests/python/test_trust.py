@@ -7,6 +7,7 @@ access to a region's directory would run it, and the behaviour that must hold in
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,51 @@ def test_a_copy_never_builds_on_a_damaged_destination_chunk(
         copy.refresh()
     assert copy.status == "Available"
     assert copy.verify() == sha256_file(src)
+
+
+def pack_files(home: Path, region: str) -> list[Path]:
+    packs = home / "regions" / region / "packs"
+    return sorted(p for p in packs.glob("*/*") if p.is_file() and len(p.name) == 32)
+
+
+@pytest.mark.parametrize("attack", ["swap", "flip", "truncate", "empty"])
+def test_packs_tampered_behind_a_time_set_back_are_not_built_on(
+        cloud: ir.Cloud, home: Path, files: Path, attack: str) -> None:
+    # Found by an adversarial pass: the first release trusted a pack whose modification time
+    # still said "as written", and `touch -d`, os.utime or a rename keep or set it back, so a
+    # copy committed Available on bytes nothing checked. Nothing here forges a digest.
+    a_src = make_odd(files / "a.raw", chunks=6)
+    b_src = make_odd(files / "b.raw", chunks=6, extra=999)
+    a = cloud.import_image(a_src, region="bj", name="a")
+    b = cloud.import_image(b_src, region="bj", name="b")
+    a.replicate(["gz"]).wait()
+    b.replicate(["gz"]).wait()
+    packs = pack_files(home, "gz")
+    assert len(packs) == 2
+    first = packs[0].stat()
+    if attack == "swap":
+        packs[0].rename(home / "swap")
+        packs[1].rename(packs[0])
+        (home / "swap").rename(packs[1])
+    elif attack == "flip":
+        with open(packs[0], "r+b") as f:
+            f.seek(CHUNK // 2)
+            byte = f.read(1)
+            f.seek(CHUNK // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    else:
+        os.truncate(packs[0], 0 if attack == "empty" else first.st_size // 2)
+    os.utime(packs[0], ns=(first.st_atime_ns, first.st_mtime_ns))
+
+    moved = 0
+    with ir.open(home) as again:  # a new process's view: nothing remembered in memory
+        for image, src in ((a, a_src), (b, b_src)):
+            job = again.image(image.id).replicate(["gz"], name=f"{image.name}-again").wait()
+            copy = job.copies["gz"]
+            assert again.image(copy.id).status == "Available"
+            assert copy.verify() == sha256_file(src)
+            moved += job.tasks["gz"].bytes_transferred
+    assert moved > 0  # what the tampered pack held was sent again
 
 
 def test_replicating_back_into_a_region_with_a_damaged_chunk_repairs_it(

@@ -27,6 +27,12 @@ int Stamp(int fd) {
   return ::futimens(fd, times) == 0 ? 0 : errno;
 }
 
+std::string FileMark(const struct stat& st) {
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
+         std::to_string(st.st_size) + ":" + std::to_string(st.st_ctim.tv_sec) + "." +
+         std::to_string(st.st_ctim.tv_nsec);
+}
+
 int ListDirectory(int dir_fd, std::vector<DirEntry>& out) {
   // fdopendir owns the fd it is given and reads from its offset: a fresh one.
   int fd = ::openat(dir_fd, ".", kDirFlags);

@@ -21,6 +21,10 @@ inline constexpr timespec kVerifiedStamp{1, 0};
 bool Stamped(const struct stat& st);
 // Sets the stamp on an open file; 0 or an errno value.
 int Stamp(int fd);
+// A file's device, inode, size and change time as text: what tells its bytes from any it may
+// hold later. Unlike the modification time (the stamp above), the change time cannot be set
+// by hand: a write, truncation, rename, link or time change moves it to the present.
+std::string FileMark(const struct stat& st);
 
 enum class EntryKind { kFile, kDirectory, kOther };
 struct DirEntry {

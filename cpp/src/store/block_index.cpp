@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS packs (
   name TEXT PRIMARY KEY,
   size INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pack_marks (
+  pack TEXT PRIMARY KEY,
+  mark TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
   id INTEGER PRIMARY KEY CHECK (id = 0),
   count INTEGER NOT NULL
@@ -120,8 +124,30 @@ void BlockIndex::AddPack(const std::string& pack_id, uint64_t pack_size,
 void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs) {
   std::lock_guard lock(mutex_);
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
-    for (const IndexedPack& pack : packs) InsertPack(pack.name, pack.size, pack.entries);
+    for (const IndexedPack& pack : packs) {
+      InsertPack(pack.name, pack.size, pack.entries);
+      if (!pack.mark.empty()) PutMark(pack.name, pack.mark);
+    }
   });
+}
+
+void BlockIndex::PutMark(const std::string& pack_id, const std::string& mark) {
+  sqlite::ScopedStatement s(
+      db_->conn.Cached("INSERT INTO pack_marks (pack, mark) VALUES (?, ?) "
+                       "ON CONFLICT (pack) DO UPDATE SET mark = excluded.mark"));
+  s->Bind(pack_id, mark).Run();
+}
+
+void BlockIndex::SetMark(const std::string& pack_id, const std::string& mark) {
+  std::lock_guard lock(mutex_);
+  PutMark(pack_id, mark);
+}
+
+std::string BlockIndex::MarkOf(const std::string& pack_id) {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT mark FROM pack_marks WHERE pack = ?"));
+  s->Bind(pack_id);
+  return s->Step() ? s->Text(0) : std::string();
 }
 
 void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
@@ -144,6 +170,10 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
 void BlockIndex::ForgetPack(const std::string& pack_id) {
   {
     sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
+    s->Bind(pack_id).Run();
+  }
+  {
+    sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM pack_marks WHERE pack = ?"));
     s->Bind(pack_id).Run();
   }
   sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM packs WHERE name = ?"));

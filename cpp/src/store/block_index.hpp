@@ -39,11 +39,13 @@ struct BlockPresence {
   std::vector<uint32_t> raw_length;  // per hash, 0 where not indexed
 };
 
-// A pack as the index lists it: its name, size and footer entries.
+// A pack as the index lists it: its name, size and footer entries, and its mark (PackStat)
+// when it was written, if the storage gives one.
 struct IndexedPack {
   std::string name;
   uint64_t size = 0;
   std::vector<PackEntry> entries;
+  std::string mark;
 };
 
 class BlockIndex {
@@ -63,7 +65,12 @@ class BlockIndex {
   // Indexes several packs in one transaction: one write of the pages they touch (the blocks
   // of a group commit land all over the table, keyed by hash).
   void AddPacks(const std::vector<IndexedPack>& packs);
-  // Forgets a pack and the blocks located in it (before the pack is deleted).
+  // The pack's mark (PackStat::mark) when its bytes were last known right: when it was
+  // written, or re-read whole and found right. Empty if none is recorded (a pack indexed from
+  // its footer, by an earlier release, or rebuilt): then nothing vouches for it unread.
+  std::string MarkOf(const std::string& pack_id);
+  void SetMark(const std::string& pack_id, const std::string& mark);
+  // Forgets a pack (and its mark) and the blocks located in it (before the pack is deleted).
   void RemovePack(const std::string& pack_id);
   // Forgets one block (found damaged): the next writer of its hash stores it anew.
   void RemoveBlock(const std::string& hash);
@@ -89,6 +96,7 @@ class BlockIndex {
   struct Db;
   explicit BlockIndex(std::unique_ptr<Db> db);
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
+  void PutMark(const std::string& pack_id, const std::string& mark);  // under mutex_
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
                   const std::vector<PackEntry>& entries);  // likewise
   // A block found, its pack named by an index into known_packs_.

@@ -192,14 +192,7 @@ std::optional<PackStat> LocalStore::StatPack(const std::string& name) {
     PackFailed("cannot look up pack " + name, uri_, errno);
   }
   if (!S_ISREG(st.st_mode)) return std::nullopt;
-  return PackStat{static_cast<uint64_t>(st.st_size), Stamped(st)};
-}
-
-void LocalStore::RestampPack(const std::string& name) {
-  UniqueFd dir = OpenPackDir(name, /*create=*/false);
-  if (!dir) return;
-  UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (fd) Stamp(fd.get());  // best effort: unstamped only costs another check
+  return PackStat{static_cast<uint64_t>(st.st_size), FileMark(st)};
 }
 
 void LocalStore::DeletePack(const std::string& name) {

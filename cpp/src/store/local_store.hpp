@@ -129,7 +129,6 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void DiscardStaged(const std::vector<std::string>& names) override;
   std::optional<PackStat> StatPack(const std::string& name) override;
   void Prefetch(const std::string& name, uint64_t offset, uint64_t length) override;
-  void RestampPack(const std::string& name) override;
   void DeletePack(const std::string& name) override;
   void QuarantinePack(const std::string& name) override;
   void KeepAside(const std::string& hash, std::span<const std::byte> bytes) override;

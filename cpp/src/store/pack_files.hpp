@@ -18,10 +18,12 @@ namespace imagerelay {
 
 struct PackStat {
   uint64_t size = 0;
-  // True when the pack is as the store wrote it (a local pack file keeps its write stamp, see
-  // local_store.hpp); false when something wrote to it since: its blocks must be re-read
-  // before the store vouches for them.
-  bool untouched = true;
+  // What tells these bytes from any others the pack may hold later, or empty if the storage
+  // cannot tell (an object store's objects are as written). A local pack file's mark is its
+  // device, inode, size and change time (FileMark): nothing can set a change time back, so
+  // any write, truncation, rename over it or time change since gives another mark. The block
+  // index keeps each pack's mark from when its bytes were known right (BlockIndex::MarkOf).
+  std::string mark;
 };
 
 class PackFiles {
@@ -47,8 +49,6 @@ class PackFiles {
   virtual bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
                         const CancelToken* cancel) = 0;
   virtual std::optional<PackStat> StatPack(const std::string& name) = 0;
-  // Marks a pack untouched again once its blocks were re-read and found right.
-  virtual void RestampPack(const std::string& /*name*/) {}
   virtual void DeletePack(const std::string& name) = 0;
   // Takes a damaged pack out of use; a local store keeps it under quarantine/.
   virtual void QuarantinePack(const std::string& name) { DeletePack(name); }

@@ -320,10 +320,11 @@ bool PackStore::Vouch(const std::string& pack) {
     PackVanished(pack);
     return false;
   }
-  return stat->untouched || RecheckPack(pack);
+  if (!stat->mark.empty() && stat->mark == Index().MarkOf(pack)) return true;
+  return RecheckPack(pack, stat->mark);
 }
 
-bool PackStore::RecheckPack(const std::string& pack) {
+bool PackStore::RecheckPack(const std::string& pack, const std::string& mark) {
   std::vector<PackEntry> entries = Index().EntriesOf(pack);
   std::vector<std::byte> stored;
   std::vector<std::byte> raw;
@@ -339,7 +340,8 @@ bool PackStore::RecheckPack(const std::string& pack) {
       ReportDamage(entry.hash, e.what());
     }
   }
-  if (all_right) packs_.RestampPack(pack);
+  // The mark taken before the reads: a write during them leaves the pack unvouched for.
+  if (all_right && !mark.empty()) Index().SetMark(pack, mark);
   return all_right;
 }
 
@@ -403,7 +405,7 @@ void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* ca
   std::vector<PackEntry> entries = builder->entries();
   try {
     PackBytes bytes = builder->Finish();
-    Staged staged{NewPackName(), bytes.size(), {}};
+    Staged staged{NewPackName(), bytes.size(), {}, {}};
     packs_.StagePack(staged.name, bytes, cancel);
     staged.entries = std::move(entries);
     std::lock_guard lock(write_mutex_);
@@ -436,6 +438,10 @@ void PackStore::CommitStaged(std::vector<Staged> batch) {
     std::vector<std::string> names;
     for (const Staged& staged : batch) names.push_back(staged.name);
     packs_.CommitPacks(names);
+    // Marked as committed (a rename moves a file's change time): what the store wrote.
+    for (Staged& staged : batch) {
+      if (std::optional<PackStat> stat = packs_.StatPack(staged.name)) staged.mark = stat->mark;
+    }
     Index().AddPacks(batch);
   } catch (const std::exception& e) {
     error = e.what();
@@ -841,8 +847,11 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     const std::vector<PackEntry> entries = repacked.entries();
     const PackBytes bytes = repacked.Finish();
     const std::string name = NewPackName();
-    packs_.PutPack(name, bytes, nullptr);                            // 1. the new pack is durable
-    index.AddPack(name, bytes.size(), entries, replaced);            // 2. one switch in the index
+    packs_.PutPack(name, bytes, nullptr);                  // 1. the new pack is durable
+    index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
+    if (std::optional<PackStat> stat = packs_.StatPack(name); stat && !stat->mark.empty()) {
+      index.SetMark(name, stat->mark);  // a crash before this costs one re-read of the pack
+    }
     for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
     replaced.clear();
   };

@@ -12,8 +12,11 @@
 // Reads: the index gives the pack and range; the block is decoded and checked against its
 // hash (DamagedChunkError otherwise). On a store whose reads cost a request, neighbouring
 // blocks are read in one ranged request and kept for the readers that come for them.
-// Trust: a pack that is not as the store wrote it (PackStat::untouched) is re-read whole
-// before a lookup vouches for its blocks; a vanished pack's blocks are reported damaged.
+// Trust: a pack whose mark (PackStat::mark: a local file's inode, size and change time) is
+// not the one the index recorded when its bytes were known right (written by this store, or
+// re-read whole and found right) is re-read whole before a lookup vouches for its blocks; a
+// pack indexed from its footer has no mark until then. A vanished pack's blocks are reported
+// damaged.
 // The index is a cache of the packs' footers: packs missing from it are indexed from their
 // footers when the store is opened, packs gone are dropped from it.
 // All methods may be called from several threads at once.
@@ -141,8 +144,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // True if the store still vouches for `pack` (see Trust above). Re-reads a touched pack.
   bool Vouch(const std::string& pack);
   // Re-reads every indexed block of a pack; those found wrong are forgotten and reported.
-  // True if every block was right (the pack is restamped).
-  bool RecheckPack(const std::string& pack);
+  // True if every block was right; then `mark` (taken before the reads) is recorded.
+  bool RecheckPack(const std::string& pack, const std::string& mark);
   // A pack that the index names and the store does not hold: forgets it, reports its blocks.
   void PackVanished(const std::string& pack);
   void ForgetVanishedLocked(const std::string& pack, Lost& lost);  // under index_mutex_

@@ -97,7 +97,7 @@ std::optional<PackStat> S3Store::StatPack(const std::string& name) {
     throw TransientError("S3 HEAD of pack " + name + " in store " + location().display +
                          " gave no Content-Length");
   }
-  return PackStat{*length, true};
+  return PackStat{*length, {}};
 }
 
 void S3Store::DeletePack(const std::string& name) { DeleteKey(PackKey(name), "a pack"); }
