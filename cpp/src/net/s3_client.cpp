@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <set>
+#include <string>
 #include <utility>
 
 #include "base/fail_point.hpp"
@@ -111,6 +113,7 @@ S3Location ParseS3Uri(const std::string& uri) {
   std::string addressing = "path";
   if (std::string region = Getenv("AWS_REGION"); !region.empty()) loc.region = region;
   loc.ca_bundle = Getenv("AWS_CA_BUNDLE");  // the AWS tools' variable; ca_bundle= overrides it
+  std::set<std::string> seen;
   while (!query.empty()) {
     size_t amp = query.find('&');
     std::string_view param = query.substr(0, amp);
@@ -118,6 +121,11 @@ S3Location ParseS3Uri(const std::string& uri) {
     size_t eq = param.find('=');
     std::string key(param.substr(0, eq));
     std::string value = eq == std::string_view::npos ? "" : PercentDecode(param.substr(eq + 1));
+    // Once each: a checker reading the first `endpoint` must not pass one the client takes
+    // from the last.
+    if (!seen.insert(key).second) {
+      Invalid("the setting \"" + key + "\" is given twice in S3 store URI s3://" + loc.bucket);
+    }
     if (key == "endpoint")
       endpoint = value;
     else if (key == "region")

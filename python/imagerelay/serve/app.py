@@ -29,6 +29,7 @@ from ..errors import ImageRelayError, NotFoundError
 from .api_error import (ACCESS_DENIED, BAD_DIGEST, BODY_TOO_LARGE, INTERNAL_ERROR, INVALID_ACCESS_KEY_ID,
                         ApiError, from_engine)
 from .auth import SignedRequest, Verifier, query_pairs
+from .fields import digits
 from .handlers import Call, ClientTokens, route
 from .import_source import ImportPolicy
 from .metrics import CONTENT_TYPE, Metrics
@@ -141,7 +142,7 @@ class Endpoint:
     async def _body(self, request: Request) -> bytes:
         limit = self.service.options.max_body
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
+        if digits(length) and int(length) > limit:
             raise ApiError(BODY_TOO_LARGE, f"the body is larger than {limit} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():

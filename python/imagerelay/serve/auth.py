@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote
 from ..access_keys import AccessKey
 from .api_error import (ACCESS_DENIED, INVALID_ACCESS_KEY_ID, INVALID_AUTH_HEADER,
                         REQUEST_EXPIRED, SIGNATURE_DOES_NOT_MATCH, ApiError)
+from .fields import digits
 
 PREFIX = "bce-auth-v1"
 DEFAULT_SIGNED = frozenset({"host", "content-length", "content-type", "content-md5"})
@@ -133,7 +134,7 @@ class Verifier:
         except ValueError:
             raise ApiError(INVALID_AUTH_HEADER, "the Authorization header's timestamp is not "
                                                 "yyyy-mm-ddThh:mm:ssZ (UTC)") from None
-        if not expiration_text.isdigit() or not 0 < int(expiration_text) <= MAX_EXPIRATION:
+        if not digits(expiration_text) or not 0 < int(expiration_text) <= MAX_EXPIRATION:
             raise ApiError(INVALID_AUTH_HEADER, "the Authorization header's expiration must be "
                                                 f"1 to {MAX_EXPIRATION} seconds")
         listed = [h.strip().lower() for h in signed_text.split(";") if h.strip()]

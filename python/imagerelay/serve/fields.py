@@ -18,6 +18,8 @@ def json_object(body: bytes, allowed: Collection[str]) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(MALFORMED_JSON, f"the body is not well-formed JSON ({e})") from None
+    except RecursionError:  # nested deeper than the parser goes: no call takes such a body
+        raise ApiError(MALFORMED_JSON, "the body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(MALFORMED_JSON, "the body must be a JSON object")
     unknown = sorted(set(value) - set(allowed))
@@ -25,6 +27,11 @@ def json_object(body: bytes, allowed: Collection[str]) -> dict[str, Any]:
         raise invalid(unknown[0], f"is not a field of this call (its fields: "
                                   f"{', '.join(sorted(allowed)) or 'none'})")
     return value
+
+
+def digits(value: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` then refuses."""
+    return value.isascii() and value.isdigit()
 
 
 def text(body: dict[str, Any], field: str, *, required: bool = False) -> str | None:

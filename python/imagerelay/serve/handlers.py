@@ -277,10 +277,10 @@ def get_job(call: Call) -> Answer:
 def list_events(call: Call) -> Answer:
     q = fields.query(call.params, ("since", "imageId", "maxKeys"))
     since = q.get("since") or "0"
-    if not since.isdigit():
+    if not fields.digits(since):
         raise invalid("since", "must be an event number (the seq of the last event seen)")
     max_keys = q.get("maxKeys") or "1000"
-    if not max_keys.isdigit() or not 1 <= int(max_keys) <= 1000:
+    if not fields.digits(max_keys) or not 1 <= int(max_keys) <= 1000:
         raise invalid("maxKeys", "must be a whole number from 1 to 1000")
     events = call.cloud.events(since=int(since), image_id=q.get("imageId") or None)
     page = events[:int(max_keys)]

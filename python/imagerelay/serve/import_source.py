@@ -13,16 +13,25 @@ private side, so by default:
 - an ``s3://`` URL is read with the server's own S3 credentials, so it is refused unless its
   ``endpoint`` host is allowed.
 Every refusal is ``InvalidParameter`` naming ``bosUrl``.
+
+The engine must read the very source checked here, so the check refuses whatever two parsers
+could read two ways (an adversarial pass, December 2, imported through both): a scheme not
+in lower case or a URL with spaces or control characters around or in it (the engine would
+take ``HTTP://...`` or `` http://...`` for a file path), a repeated or percent-encoded
+``s3://`` setting (the engine takes the last ``endpoint``), an endpoint that is more than
+``http(s)://host[:port]``, and the settings only the operator may choose (``verify_tls``,
+``ca_bundle``, ``low_speed_time``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .api_error import ApiError, invalid
 
@@ -41,16 +50,25 @@ class ImportPolicy:
         """The source to give the engine, or an ApiError saying why not."""
         if not url:
             raise invalid("bosUrl", "is empty")
+        if _CONTROL.search(url) or url != url.strip():
+            raise invalid("bosUrl", "holds a control character or begins or ends with a space")
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
+        if scheme != parts.scheme:
+            raise invalid("bosUrl", f"write its scheme in lower case ({scheme}://)")
         if scheme in ("", "file"):
             return self._file(unquote(parts.path) if scheme == "file" else url)
+        if scheme in ("http", "https", "s3") and not url.startswith(scheme + "://"):
+            raise invalid("bosUrl", f"must begin with {scheme}://")
         if scheme in ("http", "https"):
+            if "\\" in url or not _NETLOC.fullmatch(parts.netloc):
+                raise invalid("bosUrl", "its host part is not [user[:password]@]host[:port]")
             self._host(parts.hostname or "", url)
             return url
         if scheme == "s3":
-            endpoint = parse_qs(parts.query).get("endpoint", [""])[0]
-            host = urlsplit(endpoint).hostname or ""
+            settings = _s3_settings(parts.query)
+            endpoint = settings.get("endpoint", "")
+            host = urlsplit(endpoint).hostname or "" if _ENDPOINT.fullmatch(endpoint) else ""
             if not host or not self._named(host):
                 raise invalid("bosUrl", "an s3:// source is read with the server's own "
                                         "credentials: its endpoint host must be allowed by "
@@ -95,6 +113,31 @@ class ImportPolicy:
         # Every internal address it may resolve to must be allowed: the engine may use any.
         if any(_internal(a) and not any(a in n for n in self.networks) for a in addresses):
             raise _internal_host(host)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What the engine and Python's urlsplit read alike: no "@", "\\", "#" or "?" in a user part,
+# a host of letters, digits, dots and dashes (or an IPv6 address in brackets), a port.
+_HOST_PORT = r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+_NETLOC = re.compile(r"(?:[^@/\\?#\[\]]*@)?" + _HOST_PORT)
+_ENDPOINT = re.compile(r"https?://" + _HOST_PORT + "/?")
+# The s3:// settings a client may give; the others are the operator's (TLS checks, CA file).
+_CLIENT_S3_SETTINGS = ("endpoint", "region", "addressing")
+
+
+def _s3_settings(query: str) -> dict[str, str]:
+    """An s3:// URL's settings as the engine reads them (split on & and the first =, keys
+    taken as written, values percent-decoded with + as a space), each at most once."""
+    settings: dict[str, str] = {}
+    for param in query.split("&") if query else []:
+        key, _, value = param.partition("=")
+        if key not in _CLIENT_S3_SETTINGS:
+            raise invalid("bosUrl", f"{key!r} is not an s3:// setting a client may give "
+                                    f"(only {', '.join(_CLIENT_S3_SETTINGS)})")
+        if key in settings:
+            raise invalid("bosUrl", f"gives the s3:// setting {key} twice")
+        settings[key] = unquote(value.replace("+", " "))
+    return settings
 
 
 def _internal(address: Address) -> bool:
