@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "base/decimal.hpp"
+#include "base/url_redaction.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
 #include "net/http_client.hpp"
@@ -29,7 +30,7 @@ constexpr size_t kStreamBuffer = 8ULL << 20;  // bytes a stream may run ahead of
 constexpr size_t kMaxErrorBody = 4096;
 
 std::string Shown(const std::string& url) {
-  std::string out = url.substr(0, url.find('?'));
+  std::string out = RedactUrl(url.substr(0, url.find('?')));
   return out.size() > 200 ? out.substr(0, 200) + "..." : out;
 }
 

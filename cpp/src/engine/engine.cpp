@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "base/url_redaction.hpp"
 #include "engine/copy_runner.hpp"
 #include "engine/engine_impl.hpp"
 #include "imagerelay/disk_format.hpp"
@@ -557,9 +558,10 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
         image.id = NewImageId();
       } while (!tx.InsertImage(image));
       PutImportLease(tx, image.id, Lease{impl_->worker_id, now + impl_->options.lease_ms * 1000});
-      events.Append(tx,
-                    MakeEvent(event_type::kImageCreated, account, &image, "",
-                              nlohmann::json({{"name", image.name}, {"source", request.source}})));
+      events.Append(
+          tx,
+          MakeEvent(event_type::kImageCreated, account, &image, "",
+                    nlohmann::json({{"name", image.name}, {"source", RedactUrl(request.source)}})));
       inserted = true;
     });
     if (sweeping) std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "base/retry.hpp"
+#include "base/url_redaction.hpp"
 
 namespace imagerelay {
 namespace {
@@ -112,8 +113,8 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   return 0;
 }
 
-// The URL without its query string, for messages (a presigned query would be secret).
-std::string ShownUrl(const std::string& url) { return url.substr(0, url.find('?')); }
+// The URL for messages: no query string (a presigned one is secret), no password.
+std::string ShownUrl(const std::string& url) { return RedactUrl(url.substr(0, url.find('?'))); }
 
 // SetHttpTransportForTesting's stand-in; null in production.
 std::mutex transport_mutex;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "base/human_bytes.hpp"
+#include "base/url_redaction.hpp"
 #include "imagerelay/ids.hpp"
 
 namespace imagerelay {
@@ -148,7 +149,7 @@ Problems CheckImport(const ImportRequest& request, bool region_exists,
                    "format " + Quote(request.format) + " is unknown; use raw, qcow2, vmdk or vhd"});
   } else if (!request.format.empty() && source && source->disk.format != request.format) {
     out.push_back({codes::kInvalidParameter,
-                   "source " + Quote(request.source) + " is a " + source->disk.format +
+                   "source " + Quote(RedactUrl(request.source)) + " is a " + source->disk.format +
                        " image (its header says so), not " + request.format + "; import it as " +
                        source->disk.format + ", or leave the format out to take the header's"});
   }
@@ -167,7 +168,7 @@ Problems CheckImport(const ImportRequest& request, bool region_exists,
   if (source && std::max(source->disk.virtual_size, source->file_size) > limits.max_import_bytes) {
     const bool sparse_format = source->disk.format != "raw";
     out.push_back({codes::kLargeImageImportForbidden,
-                   "source " + Quote(request.source) + " holds a disk of " +
+                   "source " + Quote(RedactUrl(request.source)) + " holds a disk of " +
                        HumanAndExactBytes(source->disk.virtual_size) +
                        (sparse_format ? " (a " + HumanBytes(source->file_size) + " file)" : "") +
                        ", over the import limit of " + HumanAndExactBytes(limits.max_import_bytes) +
