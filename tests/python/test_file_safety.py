@@ -39,6 +39,20 @@ def _refused(excinfo: pytest.ExceptionInfo[ir.ImageRelayError], path: Path, *wor
 
 
 # -- export: existing files -------------------------------------------------------------------
+def test_a_new_home_is_its_owners_alone(tmp_path: Path) -> None:
+    # Its catalog lists every account's images and events (an adversarial pass read them as
+    # another local user: the home was 0755). A home that exists keeps the mode it has.
+    with ir.open(tmp_path / "new" / "home"):
+        pass
+    assert stat.S_IMODE((tmp_path / "new" / "home").stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o750)
+    shared.chmod(0o750)
+    with ir.open(shared):
+        pass
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o750
+
+
 def test_export_refuses_an_existing_file_without_force(cloud: ir.Cloud, image: ir.Image,
                                                        files: Path) -> None:
     out = files / "out.raw"

@@ -188,7 +188,11 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   impl->host = HostName();
   impl->worker_id = impl->host + ":" + std::to_string(getpid()) + ":" + RandomHex(4);
   std::error_code ec;
-  fs::create_directories(options.home, ec);
+  // A new home is its owner's alone: its catalog names every account's images, events and
+  // jobs, and the regions inside it hold their bytes. A home that exists keeps its mode.
+  if (fs::create_directories(options.home, ec) && !ec) {
+    fs::permissions(options.home, fs::perms::owner_all, fs::perm_options::replace, ec);
+  }
   if (ec || !fs::is_directory(options.home)) {
     ThrowCode(codes::kInvalidParameter, "home " + Quote(options.home.string()) +
                                             " cannot be used as a directory (" +
