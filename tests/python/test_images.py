@@ -315,6 +315,27 @@ def two_accounts(cloud: ir.Cloud) -> tuple[ir.Cloud, ir.Cloud]:
     return cloud.as_account("alice"), cloud.as_account("bob")
 
 
+def test_an_account_id_is_never_reused_so_no_account_inherits_anothers_history(
+        cloud: ir.Cloud, files: Path) -> None:
+    # Found by an adversarial pass: a new account under a removed one's id saw its jobs and
+    # its events (image names, sources). Ids are not reused, as a cloud's are not.
+    cloud.add_account("carol")
+    carol = cloud.as_account("carol")
+    image = carol.import_image(make_dense(files / "c.raw", 2 * CHUNK), region="bj",
+                               name="carol-private-build")
+    image.replicate(["gz"]).wait()
+    for i in carol.images():
+        i.delete()
+    cloud.remove_account("carol")
+    cloud.add_account("dave")  # never used: fine
+    cloud.remove_account("dave")  # no history but its removal, which names it
+    for used in ("carol", "dave"):
+        with pytest.raises(ir.ConflictError) as e:
+            cloud.add_account(used)
+        assert e.value.code == "AlreadyExists" and "was used" in e.value.message
+        assert used not in {a.id for a in cloud.accounts}
+
+
 def test_private_image_is_invisible_to_others(two_accounts: tuple[ir.Cloud, ir.Cloud],
                                               files: Path) -> None:
     alice, bob = two_accounts

@@ -387,6 +387,29 @@ Region Engine::GetRegion(const std::string& id) {
   return *region;
 }
 
+namespace {
+
+// True if jobs or events name account `id` (an account removed since): ids are not reused,
+// as a cloud's are not, so that no account inherits another's history. Reads the log in
+// pages: adding an account is rare, and memory stays bounded however long the log is.
+bool AccountIdWasUsed(CatalogTx& tx, const std::string& id) {
+  if (!tx.ListJobs(id).empty()) return true;
+  constexpr int kPage = 1000;
+  for (int64_t since = 0;;) {
+    std::vector<Event> page = tx.ListEvents(since, std::nullopt, kPage);
+    for (const Event& event : page) {
+      if (event.account == id) return true;
+      if (event.type != event_type::kAccountRemoved) continue;
+      const nlohmann::json detail = nlohmann::json::parse(event.detail_json, nullptr, false);
+      if (detail.is_object() && detail.value("account", "") == id) return true;
+    }
+    if (page.size() < static_cast<size_t>(kPage)) return false;
+    since = page.back().seq;
+  }
+}
+
+}  // namespace
+
 Account Engine::AddAccount(const std::string& id, const std::string& name) {
   ThrowIfAny(CheckAccountId(id));
   if (name.size() > 128) {
@@ -394,6 +417,15 @@ Account Engine::AddAccount(const std::string& id, const std::string& name) {
   }
   Account account{id, name.empty() ? id : name};
   impl_->Write([&](CatalogTx& tx, PendingEvents&) {
+    if (tx.GetAccount(id)) {
+      ThrowCode(codes::kAlreadyExists, "account " + id + " exists already; pick another id");
+    }
+    if (AccountIdWasUsed(tx, id)) {
+      ThrowCode(codes::kAlreadyExists,
+                "account id " + id +
+                    " was used by an account since removed, whose jobs and events stay in the "
+                    "audit log: an account under that id would see them; pick another id");
+    }
     if (!tx.InsertAccount(account)) {
       ThrowCode(codes::kAlreadyExists, "account " + id + " exists already; pick another id");
     }
