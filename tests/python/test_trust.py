@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 import imagerelay as ir
 from conftest import (
+    PYTHON,
     CHUNK,
     assert_error,
     chunk_files,
@@ -183,6 +185,36 @@ def test_a_manifest_with_swapped_chunks_is_refused_by_export_copy_and_verify(
         image.replicate(["gz"])
     with pytest.raises(ir.IntegrityError):
         image.verify()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_a_manifest_replaced_by_a_fifo_link_or_directory_is_damage_not_a_hang(
+        home: Path, files: Path, kind: str) -> None:
+    # Found by an adversarial pass: a FIFO in place of a manifest hung export, replicate and
+    # the background worker (an open waiting for a writer); a link was an error that left the
+    # image Available. Each is now a manifest gone: damage, the image taken out of use.
+    src = make_odd(files / "m.raw", chunks=3)
+    with ir.open(home) as cloud:
+        image = cloud.import_image(src, region="bj", name="m")
+    path = manifest_path(home, "bj", image.id)
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to(src)
+    else:
+        path.mkdir()
+    script = (f"import imagerelay as ir\n"
+              f"with ir.open({str(home)!r}) as c:\n"
+              f"    img = c.image({image.id!r})\n"
+              f"    try:\n"
+              f"        img.export({str(files / 'out.raw')!r})\n"
+              f"    except ir.ImageRelayError as e:\n"
+              f"        print(e.code)\n"
+              f"    print(c.image({image.id!r}).status)\n")
+    proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Transfer.IntegrityError", "NotAvailable"], proc.stdout
 
 
 def test_a_manifest_swapped_while_a_copy_waits_fails_the_copy(

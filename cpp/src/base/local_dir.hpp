@@ -14,6 +14,10 @@
 namespace imagerelay {
 
 inline constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+// How a store opens a file of its own to read it: never through a link, and without waiting
+// (O_NONBLOCK) when a FIFO was put in its place, so that it is refused as not a regular file
+// instead of hanging the reader; O_NONBLOCK does nothing to a regular file.
+inline constexpr int kOpenStoreFile = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK;
 
 // The modification time of a file as the store wrote it (see local_store.hpp): one second
 // after the epoch, a time no ordinary write gives a file.

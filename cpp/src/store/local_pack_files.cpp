@@ -145,8 +145,7 @@ std::shared_ptr<UniqueFd> LocalStore::OpenPackForReading(const std::string& name
   }
   UniqueFd dir = OpenPackDir(name, /*create=*/false);
   if (!dir) return nullptr;
-  auto fd = std::make_shared<UniqueFd>(
-      ::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  auto fd = std::make_shared<UniqueFd>(::openat(dir.get(), name.c_str(), kOpenStoreFile));
   if (!*fd) {
     if (errno == ENOENT || errno == ELOOP) return nullptr;
     PackFailed("cannot open pack " + name, uri_, errno);

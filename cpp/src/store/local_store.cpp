@@ -23,6 +23,7 @@
 #include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
+#include "imagerelay/log.hpp"
 #include "imagerelay/sha256.hpp"
 #include "store/block_manifest.hpp"
 
@@ -246,7 +247,7 @@ void LocalStore::EnsureChunkDirs() {
 }
 
 void LocalStore::ClaimRoot(int root_fd) {
-  UniqueFd marker(::openat(root_fd, kStoreMarker.data(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd marker(::openat(root_fd, kStoreMarker.data(), kOpenStoreFile));
   if (marker) {
     char text[4096];
     ssize_t n = ::pread(marker.get(), text, sizeof(text), 0);
@@ -583,7 +584,7 @@ void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
   // Around the page cache, as chunks are written: a 4 MiB read reaches the disk whole, and
   // reading a big image does not push everything else out of memory.
   bool direct = direct_io_.load(std::memory_order_relaxed);
-  constexpr int kOpen = O_RDONLY | O_NOFOLLOW | O_CLOEXEC;
+  constexpr int kOpen = kOpenStoreFile;
   UniqueFd fd;
   if (dir) fd.reset(::openat(dir.get(), hash.c_str(), kOpen | (direct ? O_DIRECT : 0)));
   if (dir && !fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
@@ -700,7 +701,15 @@ UniqueFd LocalStore::OpenRecord(const char* sub, const std::string& image_id,
   UniqueFd dir = OpenStoreDir(sub);
   if (!dir) return {};
   const std::string name = image_id + std::string(suffix);
-  UniqueFd fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(::openat(dir.get(), name.c_str(), kOpenStoreFile));
+  struct stat st;
+  // A link, a FIFO or a directory in its place is no record of this store: taken as missing
+  // (the image's record or manifest is gone: damage), never followed or waited on.
+  if ((!fd && errno == ELOOP) || (fd && (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)))) {
+    Log(LogLevel::kWarning, std::string("the ") + what + " of " + image_id + " in store " + uri_ +
+                                " is not a regular file; taken as missing");
+    return {};
+  }
   if (!fd && errno != ENOENT) {
     Failed(std::string("cannot open the ") + what + " of " + image_id + " in store " + uri_ + ": " +
            ErrnoText(errno));
