@@ -3,11 +3,13 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <ctime>
 #include <utility>
 
 #include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/log.hpp"
 
 namespace imagerelay {
 
@@ -95,6 +97,35 @@ sqlite::Connection OpenConnection(const std::filesystem::path& file) {
 std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) {
   std::error_code ec;
   std::filesystem::create_directories(file.parent_path(), ec);
+  try {
+    return OpenOrThrow(file);
+  } catch (const sqlite::SqliteError& e) {
+    const int primary = e.rc() & 0xff;
+    if (primary != SQLITE_NOTADB && primary != SQLITE_CORRUPT) {
+      throw TransferError(codes::kStoreUnavailable, "cannot open the block index " + file.string() +
+                                                        ": " + e.sqlite_message());
+    }
+    // A cache of the packs' footers: a damaged one is set aside and built again from them
+    // (its packs then have no marks, so each is re-read before it is vouched for).
+    const std::filesystem::path aside =
+        file.string() + ".damaged-" + std::to_string(std::time(nullptr));
+    std::filesystem::rename(file, aside, ec);
+    if (ec) {
+      throw TransferError(codes::kStoreUnavailable,
+                          "the block index " + file.string() + " is damaged (" +
+                              e.sqlite_message() + ") and cannot be set aside: " + ec.message());
+    }
+    for (const char* suffix : {"-wal", "-shm"}) {
+      std::filesystem::remove(file.string() + suffix, ec);
+    }
+    Log(LogLevel::kWarning, "the block index " + file.string() + " is damaged (" +
+                                e.sqlite_message() + "); set aside as " + aside.string() +
+                                ", and built again from the packs' footers");
+    return OpenOrThrow(file);
+  }
+}
+
+std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path& file) {
   sqlite::Connection conn = OpenConnection(file);
   conn.Exec(kSchema);
   {

@@ -50,8 +50,10 @@ struct IndexedPack {
 
 class BlockIndex {
  public:
-  // Opens (creating) the index at `file`. Throws TransferError(Region.StoreUnavailable)
-  // naming the file when it cannot.
+  // Opens (creating) the index at `file`; one that is not a database or is corrupt is set
+  // aside (`<file>.damaged-<time>`) and a new one made, for the caller to fill from the
+  // packs' footers. Throws TransferError(Region.StoreUnavailable) naming the file when it
+  // cannot.
   static std::unique_ptr<BlockIndex> Open(const std::filesystem::path& file);
   ~BlockIndex();
 
@@ -95,6 +97,7 @@ class BlockIndex {
  private:
   struct Db;
   explicit BlockIndex(std::unique_ptr<Db> db);
+  static std::unique_ptr<BlockIndex> OpenOrThrow(const std::filesystem::path& file);
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
   void PutMark(const std::string& pack_id, const std::string& mark);  // under mutex_
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
