@@ -79,6 +79,7 @@ class FaultyPacks : public PackFiles {
   std::optional<PackStat> StatPack(const std::string& name) override {
     return real_.StatPack(name);
   }
+  void KeepChunkMarksIn(FileMarks* marks) override { real_.KeepChunkMarksIn(marks); }
   void DeletePack(const std::string& name) override {
     if (fail_on == "delete") {
       throw TransferError(codes::kTransferFailed, "injected: crash at delete");
@@ -757,6 +758,37 @@ TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
       EXPECT_EQ(out, blocks[i]);
     }
   }
+}
+
+// The first release stamped its chunk files' modification time and trusted the stamp, which
+// a hand can set back: under a pack store they are vouched for by marks, as packs are.
+TEST(PackStoreTest, AChunkFileOfAnEarlierReleaseTamperedBehindAForgedTimeIsNotVouchedFor) {
+  ScratchDir dir;
+  auto old_a = RandomBlock(11, 4 << 20);
+  auto old_b = RandomBlock(12, 4 << 20);
+  {
+    LocalStore old(dir.path());
+    old.PutChunk(HashOf(old_a), old_a);
+    old.PutChunk(HashOf(old_b), old_b);
+    old.Flush();
+  }
+  const std::vector<std::string> hashes = {HashOf(old_a), HashOf(old_b)};
+  const std::vector<uint64_t> lengths = {old_a.size(), old_b.size()};
+  {
+    auto [faults, store] = OpenPacked(dir.path());  // read once, found right, marked
+    EXPECT_EQ(store->HasChunks(hashes, nullptr, lengths), (std::vector<bool>{true, true}));
+  }
+  const fs::path file = dir / "chunks" / HashOf(old_a).substr(0, 2) / HashOf(old_a);
+  ASSERT_TRUE(fs::exists(file));
+  const struct stat before = StatOf(file);
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    f.put('\x5a');
+  }
+  SetMtime(file, before);  // the stamp, set back
+  auto [faults, store] = OpenPacked(dir.path());
+  EXPECT_EQ(store->HasChunks(hashes, nullptr, lengths), (std::vector<bool>{false, true}));
 }
 
 TEST(PackStoreTest, ChunkFilesOfAnEarlierReleaseStayReadableAndSweepable) {

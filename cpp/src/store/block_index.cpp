@@ -39,8 +39,8 @@ CREATE TABLE IF NOT EXISTS packs (
   name TEXT PRIMARY KEY,
   size INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pack_marks (
-  pack TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS marks (
+  file TEXT PRIMARY KEY,
   mark TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
@@ -162,22 +162,22 @@ void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs) {
   });
 }
 
-void BlockIndex::PutMark(const std::string& pack_id, const std::string& mark) {
+void BlockIndex::PutMark(const std::string& file, const std::string& mark) {
   sqlite::ScopedStatement s(
-      db_->conn.Cached("INSERT INTO pack_marks (pack, mark) VALUES (?, ?) "
-                       "ON CONFLICT (pack) DO UPDATE SET mark = excluded.mark"));
-  s->Bind(pack_id, mark).Run();
+      db_->conn.Cached("INSERT INTO marks (file, mark) VALUES (?, ?) "
+                       "ON CONFLICT (file) DO UPDATE SET mark = excluded.mark"));
+  s->Bind(file, mark).Run();
 }
 
-void BlockIndex::SetMark(const std::string& pack_id, const std::string& mark) {
+void BlockIndex::SetMark(const std::string& file, const std::string& mark) {
   std::lock_guard lock(mutex_);
-  PutMark(pack_id, mark);
+  PutMark(file, mark);
 }
 
-std::string BlockIndex::MarkOf(const std::string& pack_id) {
+std::string BlockIndex::MarkOf(const std::string& file) {
   std::lock_guard lock(read_mutex_);
-  sqlite::ScopedStatement s(db_->reader.Cached("SELECT mark FROM pack_marks WHERE pack = ?"));
-  s->Bind(pack_id);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT mark FROM marks WHERE file = ?"));
+  s->Bind(file);
   return s->Step() ? s->Text(0) : std::string();
 }
 
@@ -204,7 +204,7 @@ void BlockIndex::ForgetPack(const std::string& pack_id) {
     s->Bind(pack_id).Run();
   }
   {
-    sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM pack_marks WHERE pack = ?"));
+    sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM marks WHERE file = ?"));
     s->Bind(pack_id).Run();
   }
   sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM packs WHERE name = ?"));

@@ -67,11 +67,13 @@ class BlockIndex {
   // Indexes several packs in one transaction: one write of the pages they touch (the blocks
   // of a group commit land all over the table, keyed by hash).
   void AddPacks(const std::vector<IndexedPack>& packs);
-  // The pack's mark (PackStat::mark) when its bytes were last known right: when it was
-  // written, or re-read whole and found right. Empty if none is recorded (a pack indexed from
-  // its footer, by an earlier release, or rebuilt): then nothing vouches for it unread.
-  std::string MarkOf(const std::string& pack_id);
-  void SetMark(const std::string& pack_id, const std::string& mark);
+  // A file's mark (PackStat::mark) when its bytes were last known right: a pack's (by its
+  // name) when it was written or re-read whole and found right, a first-release chunk file's
+  // (by its hash) when it was re-read and found right. Empty if none is recorded (a pack
+  // indexed from its footer, by an earlier release, or rebuilt): then nothing vouches for
+  // the file unread.
+  std::string MarkOf(const std::string& file);
+  void SetMark(const std::string& file, const std::string& mark);
   // Forgets a pack (and its mark) and the blocks located in it (before the pack is deleted).
   void RemovePack(const std::string& pack_id);
   // Forgets one block (found damaged): the next writer of its hash stores it anew.
@@ -99,7 +101,7 @@ class BlockIndex {
   explicit BlockIndex(std::unique_ptr<Db> db);
   static std::unique_ptr<BlockIndex> OpenOrThrow(const std::filesystem::path& file);
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
-  void PutMark(const std::string& pack_id, const std::string& mark);  // under mutex_
+  void PutMark(const std::string& file, const std::string& mark);  // under mutex_
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
                   const std::vector<PackEntry>& entries);  // likewise
   // A block found, its pack named by an index into known_packs_.

@@ -375,10 +375,18 @@ bool LocalStore::HasChunkOfLength(const std::string& hash, uint64_t length,
   if (!dir) return false;
   auto st = ChunkFileStat(dir.get(), hash);
   if (!st || static_cast<uint64_t>(st->st_size) != length) return false;
-  return Stamped(*st) || Recheck(hash, length);
+  FileMarks* marks = chunk_marks_.load(std::memory_order_acquire);
+  if (marks == nullptr) return Stamped(*st) || Recheck(hash, length, /*stamp=*/true);
+  // Known right while its mark is the one recorded; else read, checked and marked with the
+  // mark taken before the read (a write meanwhile leaves it to be read again).
+  const std::string mark = FileMark(*st);
+  if (marks->MarkOf(hash) == mark) return true;
+  if (!Recheck(hash, length, /*stamp=*/false)) return false;
+  marks->SetMark(hash, mark);
+  return true;
 }
 
-bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
+bool LocalStore::Recheck(const std::string& hash, uint64_t length, bool stamp) {
   thread_local std::vector<std::byte> bytes;
   try {
     GetChunk(hash, bytes);
@@ -386,7 +394,7 @@ bool LocalStore::Recheck(const std::string& hash, uint64_t length) {
     return false;  // gone meanwhile, or unreadable: to be written anew
   }
   if (bytes.size() == length && Sha256Hex(bytes.data(), bytes.size()) == hash) {
-    if (UniqueFd dir = OpenChunkDir(hash)) {
+    if (UniqueFd dir = stamp ? OpenChunkDir(hash) : UniqueFd()) {
       UniqueFd fd(::openat(dir.get(), hash.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
       if (fd) Stamp(fd.get());  // best effort: unstamped only costs another check
     }

@@ -128,6 +128,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void CommitPacks(const std::vector<std::string>& names) override;
   void DiscardStaged(const std::vector<std::string>& names) override;
   std::optional<PackStat> StatPack(const std::string& name) override;
+  void KeepChunkMarksIn(FileMarks* marks) override {
+    chunk_marks_.store(marks, std::memory_order_release);
+  }
   void Prefetch(const std::string& name, uint64_t offset, uint64_t length) override;
   void DeletePack(const std::string& name) override;
   void QuarantinePack(const std::string& name) override;
@@ -192,6 +195,8 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   std::vector<std::string> ListRecords(const char* sub);
 
   std::atomic<bool> direct_io_{true};  // false once the file system refused O_DIRECT
+  // Where chunk files' marks are kept (KeepChunkMarksIn); null: trusted by their stamp.
+  std::atomic<FileMarks*> chunk_marks_{nullptr};
   std::filesystem::path root_;
   std::string uri_;
   // Directories known to exist, so that a write does not mkdir every time.
@@ -220,9 +225,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   UniqueFd CreateWritten(int dir_fd, const std::string& tmp_name, const std::filesystem::path& tmp,
                          std::span<const std::byte> data,
                          const std::function<void(const std::string&, int)>& fail);
-  // A chunk file not stamped by this store: reads and checks it; re-stamps it if right,
+  // A chunk file not known right: reads and checks it; re-stamps it if right (and `stamp`),
   // quarantines it (and reports the damage) if not. True if it is right.
-  bool Recheck(const std::string& hash, uint64_t length);
+  bool Recheck(const std::string& hash, uint64_t length, bool stamp);
   void CommitPending(std::vector<PendingChunk> batch);
   void DiscardPending(const std::vector<PendingChunk>& batch) noexcept;
   void SyncFilesystem();

@@ -26,9 +26,22 @@ struct PackStat {
   std::string mark;
 };
 
+// Where a store keeps the marks (PackStat::mark) of files it reads but no longer writes: the
+// first release's chunk files. The block index of the pack store above it.
+class FileMarks {
+ public:
+  virtual ~FileMarks() = default;
+  virtual std::string MarkOf(const std::string& file) = 0;  // empty if none is recorded
+  virtual void SetMark(const std::string& file, const std::string& mark) = 0;
+};
+
 class PackFiles {
  public:
   virtual ~PackFiles() = default;
+  // From now on the store vouches for its chunk files of the first release by their marks
+  // in `marks` (which outlives it), not by the modification time they were stamped with,
+  // which a hand can set back.
+  virtual void KeepChunkMarksIn(FileMarks* /*marks*/) {}
   // Stores a whole pack under `name`, durably and atomically (a reader sees all of it or no
   // pack). Throws TransferError (or TransientError for a retryable failure).
   virtual void PutPack(const std::string& name, std::span<const std::byte> bytes,

@@ -67,6 +67,7 @@ PackStore::PackStore(std::unique_ptr<Store> base, PackFiles& packs, PackStoreOpt
   // Damage that the base store finds in its chunk files reaches our owner.
   base_->SetDamageHandler(
       [this](const std::string& hash, const std::string& why) { ReportDamage(hash, why); });
+  packs_.KeepChunkMarksIn(&chunk_marks_);
 }
 
 std::unique_ptr<PackBuilder> PackStore::NewBuilder() {

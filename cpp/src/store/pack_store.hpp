@@ -176,6 +176,19 @@ class PackStore final : public Store, public ChunkSizeProbe {
   bool HasLegacyChunks();
   std::string Where(const std::string& pack) const;
 
+  // The base store's first-release chunk files' marks, kept in the block index.
+  class IndexMarks final : public FileMarks {
+   public:
+    explicit IndexMarks(PackStore& store) : store_(store) {}
+    std::string MarkOf(const std::string& file) override { return store_.Index().MarkOf(file); }
+    void SetMark(const std::string& file, const std::string& mark) override {
+      store_.Index().SetMark(file, mark);
+    }
+
+   private:
+    PackStore& store_;
+  };
+  IndexMarks chunk_marks_{*this};  // before base_: it outlives the store that uses it
   std::unique_ptr<Store> base_;
   PackFiles& packs_;
   const PackStoreOptions options_;
