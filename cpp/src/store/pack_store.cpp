@@ -439,8 +439,10 @@ void PackStore::CommitStaged(std::vector<Staged> batch) {
     std::vector<std::string> names;
     for (const Staged& staged : batch) names.push_back(staged.name);
     packs_.CommitPacks(names);
-    // Marked as committed (a rename moves a file's change time): what the store wrote.
+    // Marked as committed (a rename moves a file's change time): what the store wrote. An
+    // object store gives no marks (its objects are as written): no request for one.
     for (Staged& staged : batch) {
+      if (packs_.RemoteReads()) break;
       if (std::optional<PackStat> stat = packs_.StatPack(staged.name)) staged.mark = stat->mark;
     }
     Index().AddPacks(batch);
@@ -850,7 +852,8 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     const std::string name = NewPackName();
     packs_.PutPack(name, bytes, nullptr);                  // 1. the new pack is durable
     index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
-    if (std::optional<PackStat> stat = packs_.StatPack(name); stat && !stat->mark.empty()) {
+    if (std::optional<PackStat> stat = packs_.RemoteReads() ? std::nullopt : packs_.StatPack(name);
+        stat && !stat->mark.empty()) {
       index.SetMark(name, stat->mark);  // a crash before this costs one re-read of the pack
     }
     for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
