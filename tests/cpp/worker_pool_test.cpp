@@ -49,7 +49,7 @@ class WorkerPoolTest : public ::testing::Test {
               if (when_idle) when_idle();
               Changed([&] { ++idle_rounds_; });
             },
-        .checkpoint = [this] { Changed([&] { ++checkpoints_; }); },
+        .housekeeping = [this] { Changed([&] { ++checkpoints_; }); },
         .idle_wait = std::chrono::hours(1),
         .now = [this] { return now_.load(); }});
     return *pool_;

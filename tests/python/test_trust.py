@@ -26,6 +26,7 @@ from conftest import (
     manifest_path,
     read_manifest,
     sha256_file,
+    wait_until,
     write_manifest,
 )
 
@@ -389,6 +390,55 @@ def test_a_sweep_killed_half_way_is_finished_by_the_next_open(home: Path, files:
 
 
 # -- 11. a copy whose worker was killed ---------------------------------------------------
+def test_an_import_whose_process_died_is_failed_by_an_engine_already_open(
+        home: Path, files: Path) -> None:
+    # Found by an adversarial pass: only a new open failed a killed import; an engine open
+    # all along (a notebook, `imagerelay worker`) left it Creating, its region unswept.
+    src = make_odd(files / "big.raw", chunks=8)
+    with ir.open(home) as cloud:  # workers on, open before and after the death
+        child = subprocess.run(
+            [PYTHON, "-c", f"import imagerelay as ir\nc = ir.open({str(home)!r})\n"
+                           f"c.import_image({str(src)!r}, region='bj', name='big')"],
+            env={**os.environ, "IMAGERELAY_FAIL_AT": "pack.synced@1"}, capture_output=True,
+            text=True, timeout=120)
+        assert child.returncode != 0, child.stdout
+        [image] = [i for i in cloud.images() if i.name == "big"]
+
+        def failed() -> bool:
+            return image.refresh().status == "CreateFailed"
+        wait_until(failed, timeout=60, why=lambda: f"still {image.status}")
+        assert "interrupted" in (image.error or "")
+        again = cloud.import_image(src, region="bj", name="big-again")
+        assert again.verify() == sha256_file(src)
+
+
+def test_a_sweeper_killed_mid_sweep_holds_up_no_writer(home: Path, files: Path) -> None:
+    # Found by an adversarial pass: an engine without workers (they would release it) waited
+    # out a dead sweeper's ten-minute lease before an import, even with wait=False.
+    a_src = make_odd(files / "a.raw", chunks=2)
+    b_src = make_odd(files / "b.raw", chunks=3)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    script = f"""
+import socket, sqlite3, time
+import imagerelay as ir
+with ir.open({str(home)!r}, start_workers=False) as cloud:
+    cloud.import_image({str(a_src)!r}, region="bj", name="a")
+    db = sqlite3.connect({str(home / "catalog.db")!r})
+    holder = f"{{socket.gethostname()}}:{dead.pid}:deadbeef:sweep"
+    expires = int(time.time() * 1e6) + 600_000_000
+    db.execute("INSERT INTO sweep (region, needed, holder, expires_us) VALUES ('bj', 1, ?, ?) "
+               "ON CONFLICT (region) DO UPDATE SET holder = excluded.holder, "
+               "expires_us = excluded.expires_us", (holder, expires))
+    db.commit()
+    image = cloud.import_image({str(b_src)!r}, region="bj", name="b", wait=False)
+    print(image.wait(timeout=60).status)
+"""
+    proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Available"]
+
+
 def test_a_copy_whose_worker_was_killed_goes_on_at_the_next_command(
         home: Path, files: Path) -> None:
     import signal

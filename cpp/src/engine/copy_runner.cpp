@@ -114,7 +114,7 @@ std::optional<CopyRun::Claim> CopyRun::ClaimTasks(Engine::Impl& engine) {
       if (std::cmp_greater_equal(claim.tasks.size(), free_slots)) break;
       if (!job_id.empty() && task.job_id != job_id) continue;
       if (running_per_region[task.region] >= engine.options.limits.max_tasks_per_region) continue;
-      if (tx.SweepLeaseHeld(task.region, now)) continue;
+      if (engine.SweepRunning(tx, task.region, now)) continue;
       if (job_id.empty()) {
         job_id = task.job_id;
         claim.job = *tx.GetJob(job_id);

@@ -263,7 +263,11 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
       .spawn = [raw](std::function<void()> fn) { raw->background.Spawn(std::move(fn)); },
       .run_one_claim = [raw] { return RunOneClaim(*raw); },
       .sweep_pending = [raw] { raw->sweeper->SweepPending(); },
-      .checkpoint = [raw] { raw->catalog->Checkpoint(); }});
+      .housekeeping =
+          [raw] {
+            raw->importer->RecoverInterrupted();
+            raw->catalog->Checkpoint();
+          }});
 
   std::vector<Region> defaults;
   impl->catalog->Write([&](CatalogTx& tx) {
@@ -582,7 +586,7 @@ ImageView Engine::ImportImage(const std::string& account, const ImportRequest& r
     bool sweeping = false;
     impl_->Write([&](CatalogTx& tx, PendingEvents& events) {
       TimeUs now = NowUs();
-      if (tx.SweepLeaseHeld(image.region, now)) {
+      if (impl_->SweepRunning(tx, image.region, now)) {
         sweeping = true;
         return;
       }

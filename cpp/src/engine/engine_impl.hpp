@@ -120,6 +120,12 @@ struct Engine::Impl {
   bool LeaseHolderAlive(const Lease& lease, TimeUs now) const {
     return imagerelay::LeaseHolderAlive(lease, now, host, worker_id);
   }
+  // True while a live sweeper holds the region's sweep lease: a sweeper killed mid-sweep on
+  // this host sweeps nothing, and nobody waits out its lease (ten minutes).
+  bool SweepRunning(CatalogTx& tx, const std::string& region, TimeUs now) const {
+    std::optional<std::pair<std::string, TimeUs>> lease = tx.GetSweepLease(region);
+    return lease && LeaseHolderAlive(Lease{lease->first, lease->second}, now);
+  }
 };
 
 // NoSuchAccount unless the acting account exists.

@@ -100,6 +100,20 @@ void Importer::Run(const std::string& image_id, const std::string& source_path,
 }
 
 void Importer::RecoverInterrupted() {
+  // A look first (idle workers call this every few seconds): the write transaction only
+  // when an import's holder is gone.
+  bool any = false;
+  parts_.catalog.Read([&](CatalogTx& tx) {
+    const TimeUs now = NowUs();
+    for (const auto& image : tx.ListImages({})) {
+      if (image.status == ImageStatus::kCreating &&
+          !parts_.holder_alive(ImportLease(tx, image.id), now)) {
+        any = true;
+        return;
+      }
+    }
+  });
+  if (!any) return;
   std::vector<std::string> regions;
   parts_.write([&](CatalogTx& tx, PendingEvents& events) {
     regions.clear();

@@ -67,7 +67,7 @@ void WorkerPool::MaybeCheckpoint() {
   TimeUs last = last_checkpoint_us_.load();
   if (!CheckpointDue(now, last_worked_us_.load(), last)) return;
   if (!last_checkpoint_us_.compare_exchange_strong(last, now)) return;  // another worker does it
-  parts_.checkpoint();
+  parts_.housekeeping();
 }
 
 }  // namespace imagerelay

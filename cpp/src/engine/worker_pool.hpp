@@ -1,6 +1,7 @@
 // The copy workers of this process (DESIGN.md §5): each one claims and runs queued copies
-// until none is left, then does the idle work (the sweeps put off while copies wrote, a
-// catalog checkpoint once nothing has run for a while) and waits to be woken (a new job)
+// until none is left, then does the idle work (the sweeps put off while copies wrote; once
+// nothing has run for a while, the housekeeping: imports whose process died are failed, the
+// catalog is checkpointed) and waits to be woken (a new job)
 // or for its next look, when it finds copies another process queued or left behind.
 #pragma once
 
@@ -30,8 +31,11 @@ class WorkerPool {
     std::function<bool()> run_one_claim;
     // Idle work: the sweeps put off earlier (Sweeper::SweepPending).
     std::function<void()> sweep_pending;
-    // Idle work: moves the catalog's write-ahead log into the database.
-    std::function<void()> checkpoint;
+    // Idle work at the checkpoint's pace (CheckpointDue): fails the imports whose process
+    // died (Importer::RecoverInterrupted: an open engine would otherwise leave them Creating,
+    // and their region unswept, until the next open), then moves the catalog's write-ahead
+    // log into the database.
+    std::function<void()> housekeeping;
     // How long an idle worker waits before it looks for copies again unless woken.
     std::chrono::milliseconds idle_wait{500};
     // The clock of the checkpoint's "idle for a second, at most every five seconds".
