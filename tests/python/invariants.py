@@ -64,14 +64,26 @@ def unneeded_blocks(home: Path, region: str, live_ids: set[str]) -> set[str]:
     return chunk_names(home, region) - needed
 
 
+# A pack's footer: a row per block (hash, offset, lengths, codec) and a trailer.
+PACK_ENTRY_BYTES = 32 + 8 + 4 + 4 + 1
+PACK_TRAILER_BYTES = 4 + 32 + 8
+
+
 def wasteful_packs(home: Path, region: str) -> list[str]:
     """The pack files of a local region that a sweep would delete or rewrite: those less
-    than half of whose bytes are blocks the index lists (it lists live blocks only)."""
+    than half of whose bytes the blocks the index lists (it lists live blocks only) would
+    take in a pack of their own, footer included."""
     live: dict[Path, int] = {}
     for pack, _, stored, _ in stored_blocks(home, region).values():
-        live[pack] = live.get(pack, 0) + stored
-    return [p.name for p in chunk_files(home, region)
-            if live.get(p, 0) < REPACK_BELOW * p.stat().st_size]
+        live[pack] = live.get(pack, PACK_TRAILER_BYTES) + stored + PACK_ENTRY_BYTES
+    out = []
+    for pack in chunk_files(home, region):
+        try:
+            if live.get(pack, 0) < REPACK_BELOW * pack.stat().st_size:
+                out.append(pack.name)
+        except FileNotFoundError:  # deleted by a sweep meanwhile
+            pass
+    return out
 
 
 def assert_settled(cloud: ir.Cloud, digests: set[str], where: str, *,

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import chunk_files, chunk_names, stored_blocks
+from conftest import chunk_names
+from invariants import wasteful_packs
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -425,7 +426,7 @@ class RulesMachine(RuleBasedStateMachine):
         while True:
             stored = {r: chunk_names(self.home, r) for r in REGIONS}
             needed = {r: self.model.needed_blocks(r) for r in REGIONS}
-            wasteful = {r: self._wasteful_packs(r) for r in REGIONS}
+            wasteful = {r: wasteful_packs(self.home, r) for r in REGIONS}
             if stored == needed and not any(wasteful.values()):
                 return
             assert time.monotonic() < deadline, {
@@ -434,19 +435,6 @@ class RulesMachine(RuleBasedStateMachine):
                 for r in REGIONS if stored[r] != needed[r] or wasteful[r]}
             time.sleep(0.05)
 
-    def _wasteful_packs(self, region: str) -> list[str]:
-        """The packs of `region` whose live blocks fill less than half of them."""
-        live: Counter[Path] = Counter()
-        for pack, _, stored_length, _ in stored_blocks(self.home, region).values():
-            live[pack] += stored_length
-        out = []
-        for pack in chunk_files(self.home, region):
-            try:
-                if 2 * live[pack] < pack.stat().st_size:
-                    out.append(pack.name)
-            except FileNotFoundError:  # deleted by the sweep meanwhile
-                pass
-        return out
 
     # -- invariants -----------------------------------------------------------------------
     @invariant()

@@ -883,7 +883,11 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
       continue;
     }
     result.chunks_kept += live.size();
-    if (static_cast<double>(live_bytes) >= options_.repack_below * static_cast<double>(size)) {
+    // Rewritten only if its live blocks would take much less in a pack of their own, footer
+    // rows and trailer counted: a pack of a few tiny blocks is mostly footer, and counting
+    // blocks alone rewrote it at every sweep.
+    const uint64_t live_size = live_bytes + live.size() * kPackEntrySize + kPackTrailerSize;
+    if (static_cast<double>(live_size) >= options_.repack_below * static_cast<double>(size)) {
       // Kept as it is; its dead blocks leave the index (the index lists live blocks only, so
       // that the live share above stays true), their bytes go when the pack is rewritten.
       index.RemoveBlocks(dead_hashes);
