@@ -174,6 +174,25 @@ def test_bodies_have_a_size_limit(served: dict[str, Any]) -> None:
                                   {"remoteCopy": None}), "EntityTooLarge", 413)
 
 
+def test_a_client_without_a_key_is_refused_before_its_body_is_read(
+        served: dict[str, Any]) -> None:
+    # Found by an adversarial pass: bodies were read (and held) before the signature was
+    # checked. Headers announcing a body, and no body: the refusal comes without waiting.
+    port = int(served["server"].endpoint("bj").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"POST /v2/image/import HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    answer = answer.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 403"), answer
+    assert "AccessDenied" in answer
+
+
 def test_a_signed_content_md5_must_match_the_body(served: dict[str, Any]) -> None:
     body = json.dumps({"name": "x", "imageId": "m-aaaaaaaa"})
     good = base64.b64encode(hashlib.md5(body.encode()).digest())

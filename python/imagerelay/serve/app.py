@@ -97,11 +97,14 @@ class Endpoint:
                 done.route = "metrics"
                 response = await self._metrics(request)
             else:
-                body = await self._body(request)
                 signed = SignedRequest(
                     method=request.method, path=path,
                     query=query_pairs(request.scope["query_string"].decode("latin-1")),
                     headers={k.lower(): v for k, v in request.headers.items()})
+                # Authenticated before its body is read: a client without a key cannot make
+                # the server take in (and hold) bodies.
+                done.account = (await self._run(self.service.verifier.verify, signed)).account
+                body = await self._body(request)
                 response = _json(*await self._run(self._act, signed, body, done))
         except ApiError as e:
             response = _error(e, request_id)
@@ -122,9 +125,8 @@ class Endpoint:
 
     def _act(self, signed: SignedRequest, body: bytes,
              done: _Outcome) -> tuple[int, dict[str, Any] | None]:
-        """Authenticates, routes and answers a request, on a worker thread: reading the key
-        and every engine call block."""
-        done.account = self.service.verifier.verify(signed).account
+        """Routes and answers an authenticated request, on a worker thread: every engine call
+        blocks."""
         done.route, handler, match = route(signed.method, signed.path)
         return handler(Call(cloud=self._as_account(done.account), region=self.region,
                             params=signed.query, body=body, match=match,
