@@ -421,10 +421,7 @@ Account Engine::AddAccount(const std::string& id, const std::string& name) {
   }
   Account account{id, name.empty() ? id : name};
   impl_->Write([&](CatalogTx& tx, PendingEvents&) {
-    if (tx.GetAccount(id)) {
-      ThrowCode(codes::kAlreadyExists, "account " + id + " exists already; pick another id");
-    }
-    if (AccountIdWasUsed(tx, id)) {
+    if (!tx.GetAccount(id) && AccountIdWasUsed(tx, id)) {
       ThrowCode(codes::kAlreadyExists,
                 "account id " + id +
                     " was used by an account since removed, whose jobs and events stay in the "

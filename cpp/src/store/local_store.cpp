@@ -592,12 +592,11 @@ void LocalStore::GetChunk(const std::string& hash, std::vector<std::byte>& out,
   // Around the page cache, as chunks are written: a 4 MiB read reaches the disk whole, and
   // reading a big image does not push everything else out of memory.
   bool direct = direct_io_.load(std::memory_order_relaxed);
-  constexpr int kOpen = kOpenStoreFile;
   UniqueFd fd;
-  if (dir) fd.reset(::openat(dir.get(), hash.c_str(), kOpen | (direct ? O_DIRECT : 0)));
+  if (dir) fd.reset(::openat(dir.get(), hash.c_str(), kOpenStoreFile | (direct ? O_DIRECT : 0)));
   if (dir && !fd && direct && errno == EINVAL) {  // the file system has no O_DIRECT
     direct = false;
-    fd.reset(::openat(dir.get(), hash.c_str(), kOpen));
+    fd.reset(::openat(dir.get(), hash.c_str(), kOpenStoreFile));
   }
   if (!fd) {
     if (!dir || errno == ENOENT) {

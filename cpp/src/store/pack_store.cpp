@@ -325,6 +325,13 @@ bool PackStore::Vouch(const std::string& pack) {
   return RecheckPack(pack, stat->mark);
 }
 
+std::string PackStore::MarkOfWritten(const std::string& pack) {
+  // An object store gives no marks (its objects are as written): no request for one.
+  if (packs_.RemoteReads()) return {};
+  std::optional<PackStat> stat = packs_.StatPack(pack);
+  return stat ? stat->mark : std::string();
+}
+
 bool PackStore::RecheckPack(const std::string& pack, const std::string& mark) {
   std::vector<PackEntry> entries = Index().EntriesOf(pack);
   std::vector<std::byte> stored;
@@ -439,12 +446,8 @@ void PackStore::CommitStaged(std::vector<Staged> batch) {
     std::vector<std::string> names;
     for (const Staged& staged : batch) names.push_back(staged.name);
     packs_.CommitPacks(names);
-    // Marked as committed (a rename moves a file's change time): what the store wrote. An
-    // object store gives no marks (its objects are as written): no request for one.
-    for (Staged& staged : batch) {
-      if (packs_.RemoteReads()) break;
-      if (std::optional<PackStat> stat = packs_.StatPack(staged.name)) staged.mark = stat->mark;
-    }
+    // Marked as committed (a rename moves a file's change time): what the store wrote.
+    for (Staged& staged : batch) staged.mark = MarkOfWritten(staged.name);
     Index().AddPacks(batch);
   } catch (const std::exception& e) {
     error = e.what();
@@ -852,10 +855,8 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     const std::string name = NewPackName();
     packs_.PutPack(name, bytes, nullptr);                  // 1. the new pack is durable
     index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
-    if (std::optional<PackStat> stat = packs_.RemoteReads() ? std::nullopt : packs_.StatPack(name);
-        stat && !stat->mark.empty()) {
-      index.SetMark(name, stat->mark);  // a crash before this costs one re-read of the pack
-    }
+    // A crash before this costs one re-read of the pack.
+    if (std::string mark = MarkOfWritten(name); !mark.empty()) index.SetMark(name, mark);
     for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
     replaced.clear();
   };

@@ -143,6 +143,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel);
   // True if the store still vouches for `pack` (see Trust above). Re-reads a touched pack.
   bool Vouch(const std::string& pack);
+  // The mark of a pack this store has just written (empty on an object store).
+  std::string MarkOfWritten(const std::string& pack);
   // Re-reads every indexed block of a pack; those found wrong are forgotten and reported.
   // True if every block was right; then `mark` (taken before the reads) is recorded.
   bool RecheckPack(const std::string& pack, const std::string& mark);
