@@ -100,27 +100,27 @@ void Importer::Run(const std::string& image_id, const std::string& source_path,
 }
 
 void Importer::RecoverInterrupted() {
-  // A look first (idle workers call this every few seconds): the write transaction only
-  // when an import's holder is gone.
-  bool any = false;
-  parts_.catalog.Read([&](CatalogTx& tx) {
+  // The imports whose process is gone: Creating, and no live holder of their lease.
+  auto interrupted = [&](CatalogTx& tx) {
     const TimeUs now = NowUs();
-    for (const auto& image : tx.ListImages({})) {
+    std::vector<Image> out;
+    for (auto& image : tx.ListImages({})) {
       if (image.status == ImageStatus::kCreating &&
           !parts_.holder_alive(ImportLease(tx, image.id), now)) {
-        any = true;
-        return;
+        out.push_back(std::move(image));
       }
     }
-  });
+    return out;
+  };
+  // A look first (idle workers call this every few seconds): the write transaction only
+  // when there is something to fail.
+  bool any = false;
+  parts_.catalog.Read([&](CatalogTx& tx) { any = !interrupted(tx).empty(); });
   if (!any) return;
   std::vector<std::string> regions;
   parts_.write([&](CatalogTx& tx, PendingEvents& events) {
     regions.clear();
-    const TimeUs now = NowUs();
-    for (auto image : tx.ListImages({})) {
-      if (image.status != ImageStatus::kCreating) continue;
-      if (parts_.holder_alive(ImportLease(tx, image.id), now)) continue;
+    for (Image& image : interrupted(tx)) {
       MarkFailed(tx, events, image, codes::kTransferFailed,
                  "the import was interrupted (its process stopped); import the file again");
       regions.push_back(image.region);
