@@ -333,6 +333,15 @@ def chunk_bytes(home: Path, region: str) -> int:
     return sum(raw for *_, raw in stored_blocks(home, region).values())
 
 
+def bytes_of_earlier_attempts(cloud: ir.Cloud, task: ir.Task) -> int:
+    """What the attempts before the last one of a copy wrote, as its last task.started says.
+    The task's counters count every attempt, so they never go backwards after a takeover."""
+    started = [e for e in cloud.events(image_id=task.dest_image_id) if e.type == "task.started"]
+    assert len(started) == task.attempts
+    assert task.bytes_sent >= started[-1].detail["bytes_sent"]
+    return started[-1].detail["bytes_transferred"]
+
+
 def chunk_stats(home: Path, region: str) -> tuple[int, int]:
     """(number of distinct chunks, their bytes before compression) of a region store."""
     blocks = stored_blocks(home, region)

@@ -18,6 +18,7 @@ from conftest import (
     CHUNK,
     PYTHON,
     assert_error,
+    bytes_of_earlier_attempts,
     chunk_bytes,
     chunk_hashes,
     chunk_names,
@@ -443,7 +444,8 @@ def test_close_mid_flight_resumes_at_next_open(home: Path, files: Path) -> None:
         for region, task in job.tasks.items():
             assert task.attempts == 2
             assert 0 < present[region][1] < src.stat().st_size
-            assert task.bytes_transferred == src.stat().st_size - present[region][1]
+            assert task.bytes_transferred == (bytes_of_earlier_attempts(cloud, task)
+                                              + src.stat().st_size - present[region][1])
             copy = cloud.image(task.dest_image_id)
             assert copy.export(files / f"{region}.out").read_bytes() == src.read_bytes()
             assert chunk_stats(home, region) == (128, 8 * MiB)
@@ -610,8 +612,11 @@ def test_crash_resume(home: Path, files: Path) -> None:
         assert task.dest_image_id == started["dest"]
         assert task.attempts == 2
         assert task.bytes_done == image.size
-        # the resumed copy wrote only what was missing
-        assert task.bytes_transferred == distinct_bytes - present[1], (task.to_dict(), present)
+        # the resumed copy wrote only what was missing, on top of what the killed one wrote
+        earlier = bytes_of_earlier_attempts(cloud, task)
+        assert earlier > 0
+        assert task.bytes_transferred == earlier + distinct_bytes - present[1], (
+            task.to_dict(), present)
         copy = cloud.image(started["dest"])
         assert copy.status == "Available"
         out = copy.export(files / "resumed.out")
@@ -704,7 +709,9 @@ def test_crash_takeover_by_an_engine_already_open(home: Path, files: Path) -> No
             job = cloud.job(started["job"]).wait(timeout=60)
             task = job.tasks["gz"]
             assert task.state == "Completed" and task.attempts == 2
-            assert task.bytes_transferred == 8 * MiB - present[1]
+            earlier = bytes_of_earlier_attempts(cloud, task)
+            assert earlier > 0
+            assert task.bytes_transferred == earlier + 8 * MiB - present[1]
             assert cloud.image(task.dest_image_id).export(
                 files / "out.raw").read_bytes() == src.read_bytes()
             assert chunk_stats(home, "gz") == (128, 8 * MiB)

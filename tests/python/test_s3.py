@@ -21,6 +21,7 @@ from conftest import (
     CHUNK,
     PYTHON,
     assert_error,
+    bytes_of_earlier_attempts,
     chunk_hashes,
     interrupt_when,
     make_dense,
@@ -450,7 +451,8 @@ def test_kill_then_resume_into_s3(home: Path, s3: S3Server, bucket: str, files: 
         assert job.state == "Completed"
         task = job.tasks["s3a"]
         assert task.attempts == 2
-        assert task.bytes_transferred == (96 - present) * CHUNK
+        assert task.bytes_transferred == (bytes_of_earlier_attempts(cloud, task)
+                                          + (96 - present) * CHUNK)
         copy = cloud.image(started["dest"])
         assert copy.status == "Available"
         assert copy.export(files / "resumed.out").read_bytes() == src.read_bytes()

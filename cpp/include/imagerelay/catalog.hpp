@@ -104,7 +104,6 @@ class CatalogTx {
   virtual bool AcquireSweepLease(const std::string& region, const std::string& holder,
                                  TimeUs expires_us) = 0;
   virtual void ReleaseSweepLease(const std::string& region, const std::string& holder) = 0;
-  virtual bool SweepLeaseHeld(const std::string& region, TimeUs now_us) = 0;
   // "This region has garbage": set after delete/cancel/failure, cleared by a sweep.
   virtual void SetSweepNeeded(const std::string& region, bool needed) = 0;
   virtual std::vector<std::string> RegionsNeedingSweep() = 0;

@@ -578,14 +578,6 @@ class PostgresTx final : public CatalogTx {
            region, holder);
   }
 
-  bool SweepLeaseHeld(const std::string& region, TimeUs now_us) override {
-    return c_.Run(
-                 "SELECT 1 FROM sweep WHERE region = $1 AND holder IS NOT NULL AND "
-                 "holder <> '' AND expires_us >= $2",
-                 region, now_us)
-               .Rows() > 0;
-  }
-
   void SetSweepNeeded(const std::string& region, bool needed) override {
     // `needed` counts the requests, so that a sweep can tell whether one came while it ran.
     c_.Run(

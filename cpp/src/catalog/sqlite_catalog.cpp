@@ -671,13 +671,6 @@ class SqliteTx final : public CatalogTx {
     s->Bind(region, holder).Run();
   }
 
-  bool SweepLeaseHeld(const std::string& region, TimeUs now_us) override {
-    auto s = Prepare(
-        "SELECT 1 FROM sweep WHERE region = ? AND holder IS NOT NULL AND holder <> '' "
-        "AND expires_us >= ?");
-    return s->Bind(region, now_us).Step();
-  }
-
   void SetSweepNeeded(const std::string& region, bool needed) override {
     // `needed` counts the requests, so that a sweep can tell whether one came while it ran.
     auto s = Prepare(

@@ -16,11 +16,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kRecordInterval = std::chrono::milliseconds(250);
 
-void CopyProgress(Task& task, const IoProgress& p) {
+// `p`: this attempt's progress; `earlier`: what the attempts before it wrote.
+void CopyProgress(Task& task, const IoProgress& p, const IoProgress& earlier) {
   task.bytes_total = p.bytes_total;
   task.bytes_done = p.bytes_done;
-  task.bytes_transferred = p.bytes_transferred;
-  task.bytes_sent = p.bytes_sent;
+  task.bytes_transferred = earlier.bytes_transferred + p.bytes_transferred;
+  task.bytes_sent = earlier.bytes_sent + p.bytes_sent;
   task.chunks_total = p.chunks_total;
   task.chunks_skipped = p.chunks_skipped;
 }
@@ -158,7 +159,12 @@ CopyRun::CopyRun(Engine::Impl& engine, Claim claim)
       dest_stores_(claim_.tasks.size()),
       finished_(claim_.tasks.size(), false),
       copy_digest_(claim_.tasks.size()),
-      latest_(claim_.tasks.size()) {
+      latest_(claim_.tasks.size()),
+      earlier_(claim_.tasks.size()) {
+  for (size_t i = 0; i < claim_.tasks.size(); ++i) {
+    earlier_[i].bytes_transferred = claim_.tasks[i].bytes_transferred;
+    earlier_[i].bytes_sent = claim_.tasks[i].bytes_sent;
+  }
   // Cancel tokens are registered before anything moves: CancelCopy and Close() fire them.
   for (const auto& task : claim_.tasks) {
     tokens_.push_back(engine_.running.Register(task.dest_image_id));
@@ -246,8 +252,9 @@ void CopyRun::RecordProgress(bool force) {
         continue;
       }
       Task& t = claim_.tasks[i];
-      CopyProgress(t, latest_[i]);
-      t.rate = seconds > 0 ? static_cast<double>(t.bytes_transferred) / seconds : 0;
+      CopyProgress(t, latest_[i], earlier_[i]);
+      // This attempt's pace: the bytes written since it started.
+      t.rate = seconds > 0 ? static_cast<double>(latest_[i].bytes_transferred) / seconds : 0;
       t.lease_expires_us = NowUs() + engine_.options.lease_ms * 1000;
       tx.UpdateTaskFields(t);
       events.Append(tx, MakeTaskEvent(event_type::kTaskProgress, claim_.job, t));
@@ -268,7 +275,7 @@ void CopyRun::Finish(size_t i, TransferOutcome outcome) {
                                               "copy)");
   }
   Task& task = claim_.tasks[i];
-  CopyProgress(task, outcome.progress);
+  CopyProgress(task, outcome.progress, earlier_[i]);
   const bool committed = outcome.kind == TransferOutcome::Kind::kCompleted && Commit(i, outcome);
   if (Settle(i, outcome, committed)) engine_.sweeper->MaybeSweep(task.region);
   // Last: CancelCopy waits for this, so that its caller finds the bytes gone.

@@ -78,6 +78,9 @@ class CopyRun {
   std::vector<bool> finished_;
   std::vector<std::string> copy_digest_;  // the digest each committed copy was given
   std::vector<IoProgress> latest_;
+  // What earlier attempts of each copy wrote (a takeover after a kill, say): the task's
+  // bytes_transferred and bytes_sent count every attempt, so they never go backwards.
+  std::vector<IoProgress> earlier_;
   std::atomic<int> slots_released_{0};  // of engine_.copies_running, by the copies finished
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_record_;
