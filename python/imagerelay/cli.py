@@ -268,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080,
                     help="the first port of the default listeners (default 8080), one more "
                          "for each region in the order `regions list` gives")
+    sv.add_argument("--public-host", action="append", default=[], metavar="REGION=HOST[:PORT]",
+                    help="the host clients sign for REGION's endpoint (a proxy's name, say; "
+                         "repeatable): its endpoint then answers only requests signed for "
+                         "these; requests signed for another region's endpoint are refused "
+                         "in any case")
     sv.add_argument("--tls-cert", metavar="FILE",
                     help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
     sv.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")

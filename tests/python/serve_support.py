@@ -42,7 +42,8 @@ class InProcessServer:
             self.ports[region] = sock.getsockname()[1]
             sockets.append(sock)
             servers.append(uvicorn.Server(uvicorn.Config(
-                service.app(region), log_config=None, access_log=False, lifespan="off")))
+                service.app(region, "127.0.0.1", self.ports[region]), log_config=None,
+                access_log=False, lifespan="off")))
         self._servers = servers
 
         async def run() -> None:

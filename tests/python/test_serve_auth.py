@@ -9,6 +9,8 @@ import hmac
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+import imagerelay as ir
 from baidubce.auth import bce_v1_signer
 from baidubce.auth.bce_credentials import BceCredentials
 
@@ -158,3 +160,44 @@ def test_the_time_window() -> None:
     refused(request(short), "RequestExpired", 400, verifier(now=WHEN + timedelta(seconds=361)))
     refused(request(short), "RequestExpired", 400,
             verifier(now=WHEN + timedelta(seconds=61), skew=0))
+
+
+# -- the signed Host and the endpoint that answers it (endpoint_hosts.py) ----------------------
+def test_an_endpoint_refuses_hosts_that_name_another_regions_endpoint() -> None:
+    from imagerelay.serve.endpoint_hosts import EndpointHosts, parse_public_hosts
+
+    hosts = EndpointHosts()
+    hosts.listening("bj", "127.0.0.1", 8080)
+    hosts.listening("gz", "0.0.0.0", 8081)      # every address of the machine
+    hosts.listening("su", "::1", 8082)
+    hosts.listening("hk", "10.1.2.3", 8080)     # same port as bj, another address
+    assert hosts.refusal("bj", "127.0.0.1:8080", tls=False) is None
+    assert hosts.refusal("bj", "LOCALHOST:8080", tls=False) is None
+    assert hosts.refusal("bj", "bcc.example.com:8080", tls=False) is None   # a proxy's name
+    assert hosts.refusal("gz", "anything.example.com:8081", tls=False) is None
+    assert hosts.refusal("su", "[::1]:8082", tls=False) is None
+    for region, host in (("bj", "myhost:8081"), ("bj", "[::1]:8082"), ("bj", "127.0.0.2:8082"),
+                         ("bj", "10.1.2.3:8080"), ("hk", "localhost:8080"),
+                         ("su", "127.0.0.1:8080")):
+        why = hosts.refusal(region, host, tls=False)
+        assert why is not None and f"this endpoint serves region {region}" in why, (region, host)
+    # No port: the scheme's.
+    hosts.listening("bj", "127.0.0.1", 80)
+    assert hosts.refusal("bj", "localhost", tls=False) is None
+    assert hosts.refusal("bj", "localhost", tls=True) is None   # 443: no listener's port
+    assert "is not HOST or HOST:PORT" in (hosts.refusal("bj", "a:b:c", tls=False) or "")
+    assert "is not HOST or HOST:PORT" in (hosts.refusal("bj", "[::1", tls=False) or "")
+    assert "is not HOST or HOST:PORT" in (hosts.refusal("bj", "h:99999", tls=False) or "")
+    assert "is not HOST or HOST:PORT" in (hosts.refusal("bj", "h:８０", tls=False) or "")
+
+    public = EndpointHosts(parse_public_hosts(["bj=bcc.bj.example.com",
+                                               "gz=bcc.gz.example.com:8443"]))
+    public.listening("bj", "127.0.0.1", 8080)
+    public.listening("su", "127.0.0.1", 8082)
+    assert public.refusal("bj", "bcc.bj.example.com:80", tls=False) is None
+    assert public.refusal("bj", "127.0.0.1:8080", tls=False) is not None
+    assert public.refusal("su", "127.0.0.1:8082", tls=False) is None
+    assert public.refusal("su", "bcc.gz.example.com:8443", tls=False) is not None
+    assert public.refusal("su", "bcc.gz.example.com:443", tls=False) is None
+    with pytest.raises(ir.ValidationError, match="REGION=HOST"):
+        parse_public_hosts(["bj=bcc.bj.example.com:http"])

@@ -5,6 +5,7 @@ secret, HTTPS, a clean stop on SIGTERM, clear errors for bad flags."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import io
 import json
@@ -176,6 +177,75 @@ def test_serve_every_region_and_stop_on_sigterm(home: Path, keys: dict[str, str]
     assert "status=404" in lines[1] and "duration_ms=" in lines[1]
     assert "stopping: finishing the requests in flight" in text and "stopped" in text
     assert keys["secret_access_key"] not in text
+
+
+def _signed_get(port: int, host: str, path: str, key: tuple[str, str],
+                message: list[str] | None = None) -> tuple[int, str]:
+    """GET ``path`` from the listener on ``port``, signed (by the BCC SDK's signer) for
+    ``host``: what a replay of a request made for another endpoint looks like."""
+    from baidubce.auth import bce_v1_signer
+    from baidubce.auth.bce_credentials import BceCredentials
+
+    headers = {b"host": host.encode(), b"content-length": b"0",
+               b"x-bce-date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()}
+    auth = bce_v1_signer.sign(BceCredentials(key[0].encode(), key[1].encode()), b"GET",
+                              path.encode(), headers, {})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={**{k.decode(): v.decode() for k, v in headers.items()},
+                                           "authorization": auth.decode()})
+        answer = conn.getresponse()
+        body = json.loads(answer.read() or b"{}")
+    finally:
+        conn.close()
+    if message is not None:
+        message.append(body.get("message", ""))
+    return answer.status, body.get("code", "")
+
+
+def test_a_request_signed_for_one_regions_endpoint_is_refused_at_anothers(
+        home: Path, keys: dict[str, str], served: tuple[Served, int]) -> None:
+    server, port = served  # bj on port, gz on port + 1, su on port + 2
+    key = (keys["access_key_id"], keys["secret_access_key"])
+    # Each endpoint answers requests signed for itself, by address or loopback name.
+    assert _signed_get(port, f"127.0.0.1:{port}", "/v2/image", key) == (200, "")
+    assert _signed_get(port, f"localhost:{port}", "/v2/image", key) == (200, "")
+    # The same account's request, signed for gz's endpoint, replayed to bj's and su's.
+    for replayed_to in (port, port + 2):
+        for host in (f"127.0.0.1:{port + 1}", f"localhost:{port + 1}"):
+            assert _signed_get(replayed_to, host, "/v2/image", key) == (403, "AccessDenied")
+    assert _signed_get(port + 1, f"127.0.0.1:{port + 1}", "/v2/image", key) == (200, "")
+    said: list[str] = []
+    _signed_get(port, f"127.0.0.1:{port + 1}", "/v2/image", key, said)
+    assert said == [f"the request was signed for 127.0.0.1:{port + 1}, region gz's endpoint; "
+                    "this endpoint serves region bj"]
+    assert server.stop() == 0
+
+
+def test_public_hosts_are_the_only_ones_an_endpoint_answers(
+        home: Path, keys: dict[str, str], tmp_path: Path) -> None:
+    port = free_ports(2)
+    server = Served(home, tmp_path / "serve.log", "--listen", f"bj=127.0.0.1:{port}",
+                    "--listen", f"gz=127.0.0.1:{port + 1}",
+                    "--public-host", "bj=bcc.bj.example.com",
+                    "--public-host", "gz=bcc.gz.example.com:8443")
+    key = (keys["access_key_id"], keys["secret_access_key"])
+    try:
+        server.wait_ready([port, port + 1])
+        # Behind a proxy: the name clients sign, whatever port the proxy listens on for bj.
+        assert _signed_get(port, "bcc.bj.example.com", "/v2/image", key) == (200, "")
+        assert _signed_get(port, "BCC.BJ.example.com:443", "/v2/image", key) == (200, "")
+        assert _signed_get(port + 1, "bcc.gz.example.com:8443", "/v2/image", key) == (200, "")
+        for port_to, host in ((port, f"127.0.0.1:{port}"), (port, "bcc.gz.example.com:8443"),
+                              (port + 1, "bcc.gz.example.com:443"),
+                              (port + 1, "bcc.bj.example.com")):
+            assert _signed_get(port_to, host, "/v2/image", key) == (403, "AccessDenied"), host
+    finally:
+        assert server.stop() == 0
+    err = cli(home, "serve", "--public-host", "bj", expect=1).stderr
+    assert "give REGION=HOST or REGION=HOST:PORT" in err
+    err = cli(home, "serve", "--public-host", "xx=a.example.com", expect=1).stderr
+    assert "NoSuchRegion" in err
 
 
 class _Stalling(http.server.BaseHTTPRequestHandler):

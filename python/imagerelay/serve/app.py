@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -29,6 +29,7 @@ from ..errors import ImageRelayError, NotFoundError
 from .api_error import (ACCESS_DENIED, BAD_DIGEST, BODY_TOO_LARGE, INTERNAL_ERROR, INVALID_ACCESS_KEY_ID,
                         ApiError, from_engine)
 from .auth import SignedRequest, Verifier, query_pairs
+from .endpoint_hosts import EndpointHosts, HostName
 from .fields import digits
 from .handlers import Call, ClientTokens, route
 from .import_source import ImportPolicy
@@ -48,6 +49,8 @@ class ServeOptions:
     metrics_allow: Sequence[str] = ()
     clock_skew: float = 300.0
     threads: int = 64
+    # Region -> the hosts clients sign for its endpoint (``--public-host``); endpoint_hosts.py.
+    public_hosts: Mapping[str, Sequence[HostName]] = dataclasses.field(default_factory=dict)
 
 
 class Service:
@@ -62,13 +65,18 @@ class Service:
         self.imports = ImportPolicy(self.options.allow_import_dirs,
                                     self.options.allow_import_hosts)
         self.tokens = ClientTokens()
+        self.hosts = EndpointHosts(self.options.public_hosts)
         self.metrics = Metrics(cloud)
         self.metrics_networks = [ipaddress.ip_network(n, strict=False)
                                  for n in self.options.metrics_allow]
         # Engine calls block (and release the GIL): run on these threads, never on the loop.
         self.limiter = anyio.CapacityLimiter(self.options.threads)
 
-    def app(self, region: str) -> Starlette:
+    def app(self, region: str, host: str | None = None, port: int | None = None) -> Starlette:
+        """Region's endpoint; ``host`` and ``port``: the address its listener is bound to
+        (requests signed for another region's listener are refused)."""
+        if host is not None and port is not None:
+            self.hosts.listening(region, host, port)
         endpoint = Endpoint(self, region)
         return Starlette(routes=[Route("/{path:path}", endpoint.handle, methods=METHODS)])
 
@@ -104,6 +112,9 @@ class Endpoint:
                 # Authenticated before its body is read: a client without a key cannot make
                 # the server take in (and hold) bodies.
                 done.account = (await self._run(self.service.verifier.verify, signed)).account
+                if why := self.service.hosts.refusal(self.region, signed.headers.get("host", ""),
+                                                     tls=request.url.scheme == "https"):
+                    raise ApiError(ACCESS_DENIED, why)
                 body = await self._body(request)
                 response = _json(*await self._run(self._act, signed, body, done))
         except ApiError as e:

@@ -21,6 +21,7 @@ import uvicorn
 from ..cloud import Cloud
 from ..errors import ValidationError
 from .app import ServeOptions, Service
+from .endpoint_hosts import parse_public_hosts
 
 log = logging.getLogger("imagerelay.serve")
 
@@ -94,7 +95,8 @@ def serve(service: Service, chosen: Sequence[Listener], *, tls_cert: str | None 
         raise ValidationError("--tls-cert and --tls-key go together")
     sockets = [_bind(listener) for listener in chosen]
     tls: dict[str, Any] = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key} if tls_cert else {}
-    servers = [_Server(uvicorn.Config(service.app(listener.region), log_config=None,
+    servers = [_Server(uvicorn.Config(service.app(listener.region, listener.host,
+                                                  listener.port), log_config=None,
                                       access_log=False, lifespan="off", server_header=False,
                                       **tls))
                for listener in chosen]
@@ -129,9 +131,13 @@ def serve_command(cloud: Cloud, args: argparse.Namespace) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_body < 1:
         raise ValidationError("--max-body must be at least 1 byte")
+    public_hosts = parse_public_hosts(args.public_host)
+    for region in public_hosts:
+        cloud.region(region)  # NoSuchRegion if unknown
     options = ServeOptions(allow_import_dirs=args.allow_import_dir,
                            allow_import_hosts=args.allow_import_host, max_body=args.max_body,
-                           metrics_allow=_networks(args.metrics_allow))
+                           metrics_allow=_networks(args.metrics_allow),
+                           public_hosts=public_hosts)
     chosen = listeners(cloud, args.listen, args.host, args.port)
     serve(Service(cloud, options), chosen, tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0
