@@ -31,6 +31,14 @@ stored once per distinct content, compressed sizes counted where compression pay
   index entries per 4 KiB page, 48 per 64 KiB block, instead of 3), since a rewritten
   file's old copy usually straddles two or more 64 KiB blocks at another 4 KiB phase.
   Similar bases are looked for from v1 on, so these schemes also shrink one version.
+- resemblance deltas without a page index (the design candidate, docs/data-plane-v2.md): no
+  page references and no same-offset base (an import need not know the previous version):
+  each new block is compressed (zstd -1) against the 2 whole blocks its pages resemble most,
+  joined into one dictionary, depth 1. Once with the page sketch above (every 32-byte
+  window), once with an anchored one a writer can afford: only the windows whose hash has
+  its top 5 bits zero (~1 in 32, chosen by content, so a shifted page keeps its anchors)
+  feed the features. A zstd match against a base costs a few bytes where a page reference
+  costs 8, so the page index adds little once bases are found page by page.
 
 Each scheme also reports what a restore reads: for every block of the last version, how
 many stored blocks must be read to rebuild it (itself, its delta base chain, the blocks
@@ -88,6 +96,8 @@ _rng = np.random.default_rng(20120214)
 _WORD_MULS = (_rng.integers(1, 2**63, size=WINDOW_WORDS, dtype=np.uint64) | np.uint64(1))
 _FEATURE_MULS = (_rng.integers(1, 2**63, size=FEATURES, dtype=np.uint64) | np.uint64(1))
 _FEATURE_ADDS = _rng.integers(0, 2**63, size=FEATURES, dtype=np.uint64)
+_ANCHOR_MUL = np.uint64(0x9E3779B97F4A7C15)
+ANCHOR_BITS = 5
 
 
 def stored(compressor: zstandard.ZstdCompressor, data: bytes) -> int:
@@ -102,9 +112,11 @@ def delta_size(base: bytes, data: bytes, level: int) -> int:
     return len(zstandard.ZstdCompressor(level=level, dict_data=dictionary).compress(data))
 
 
-def super_features(block: bytes) -> tuple[int, ...]:
+def super_features(block: bytes, anchor_bits: int = 0) -> tuple[int, ...]:
     """Shilane et al.'s resemblance sketch of a block: blocks sharing a super-feature are
-    likely to share most of their content, wherever it sits in the block."""
+    likely to share most of their content, wherever it sits in the block. With
+    `anchor_bits`, only the windows whose mixed hash has that many top bits zero count (one
+    in 2**anchor_bits, chosen by content; all of them if fewer than 2 qualify)."""
     a = np.frombuffer(block, dtype=np.uint8)
     n = len(a) - 8 + 1
     words = np.zeros(n, dtype=np.uint64)
@@ -114,6 +126,9 @@ def super_features(block: bytes) -> tuple[int, ...]:
     window = np.zeros(m, dtype=np.uint64)
     for k in range(WINDOW_WORDS):   # a hash of the 32 bytes from each position
         window += words[8 * k:8 * k + m] * _WORD_MULS[k]
+    if anchor_bits:
+        anchors = window[((window * _ANCHOR_MUL) >> np.uint64(64 - anchor_bits)) == 0]
+        window = anchors if len(anchors) >= 2 else window
     window = np.unique(window)
     feats = [int((window * _FEATURE_MULS[t] + _FEATURE_ADDS[t]).max()) for t in range(FEATURES)]
     group = FEATURES // SUPER_FEATURES
@@ -122,16 +137,19 @@ def super_features(block: bytes) -> tuple[int, ...]:
 
 class Sketch:
     """A block's super-features, and those of each of its non-zero 4 KiB pages (by offset;
-    computed only when a scheme asks for them)."""
+    computed only when a scheme asks for them), from every window or from anchors only."""
 
-    def __init__(self, block: bytes, pages: bool):
+    def __init__(self, block: bytes, pages: bool, anchored: bool = False):
         self.block = super_features(block)
         self.pages: dict[int, tuple[int, ...]] = {}
-        if pages:
-            for at in range(0, len(block), PAGE):
-                page = block[at:at + PAGE]
-                if page.count(0) != PAGE:
+        self.anchored: dict[int, tuple[int, ...]] = {}
+        for at in range(0, len(block), PAGE) if pages or anchored else ():
+            page = block[at:at + PAGE]
+            if page.count(0) != PAGE:
+                if pages:
                     self.pages[at] = super_features(page)
+                if anchored:
+                    self.anchored[at] = super_features(page, ANCHOR_BITS)
 
 
 class Scheme:
@@ -151,11 +169,13 @@ class DeltaScheme(Scheme):
     bases="none" and pages it is the page scheme alone."""
 
     def __init__(self, name: str, *, pages: bool, bases: str, max_depth: int | None,
-                 level: int):
+                 level: int, offset: bool = True, anchored: bool = False):
         super().__init__(name)
         assert bases in ("none", "offset", "similar", "joined", "pages")
         assert bases not in ("joined", "pages") or max_depth == 1
+        assert not anchored or bases == "pages"
         self.pages, self.bases, self.max_depth, self.level = pages, bases, max_depth, level
+        self.offset, self.anchored = offset, anchored
         self.compressor = zstandard.ZstdCompressor(level=level)
         self.depth: dict[bytes, int] = {}
         self.root: dict[bytes, bytes] = {}      # the whole block at the bottom of a chain
@@ -167,10 +187,12 @@ class DeltaScheme(Scheme):
                    kept: list[int]) -> list[tuple[bytes, bool]]:
         """(base, found by similarity) pairs to try, the same-offset block first. `kept`:
         the offsets of the pages the block keeps (its literal pages)."""
-        found = [(prev, False)] if prev is not None and self.bases != "none" else []
+        found = ([(prev, False)] if prev is not None and self.bases != "none" and self.offset
+                 else [])
         if self.bases in ("similar", "joined", "pages"):
             if self.bases == "pages":   # every literal page votes for the blocks it resembles
-                sketches = [sketch.pages[at] for at in kept if at in sketch.pages]
+                of_pages = sketch.anchored if self.anchored else sketch.pages
+                sketches = [of_pages[at] for at in kept if at in of_pages]
             else:
                 sketches = [sketch.block]
             votes: Counter[bytes] = Counter()
@@ -234,7 +256,8 @@ class DeltaScheme(Scheme):
         self.depths[self.depth[digest]] += 1
         self.needs[digest] = needs
         if self.max_depth is None or not bases:
-            for sfs in sketch.pages.values() if self.bases == "pages" else [sketch.block]:
+            of_pages = sketch.anchored if self.anchored else sketch.pages
+            for sfs in of_pages.values() if self.bases == "pages" else [sketch.block]:
                 for i, sf in enumerate(sfs):
                     self.index[i][sf] = digest
 
@@ -312,8 +335,15 @@ def measure(images: list[Path]) -> tuple[list[Scheme], list[dict[str, float]]]:
         DeltaScheme("4 KiB page dedup + one delta vs same offset and the 2 blocks most "
                     "similar page by page, joined, depth 1, zstd -3", pages=True,
                     bases="pages", max_depth=1, level=3),
+        DeltaScheme("resemblance deltas, no page index: one delta vs the 2 blocks most "
+                    "similar page by page, joined, no same-offset base, depth 1, zstd -1",
+                    pages=False, bases="pages", max_depth=1, level=1, offset=False),
+        DeltaScheme("resemblance deltas, no page index, anchored page sketch (1 window in "
+                    "32), 2 bases joined, no same-offset base, depth 1, zstd -1", pages=False,
+                    bases="pages", max_depth=1, level=1, offset=False, anchored=True),
     ]
-    page_sketches = any(s.bases == "pages" for s in deltas)
+    page_sketches = any(s.bases == "pages" and not s.anchored for s in deltas)
+    anchored_sketches = any(s.anchored for s in deltas)
     block_stores = [paged] + deltas
     schemes: list[Scheme] = [plain1, plain3, small] + block_stores
     seen64: set[bytes] = set()
@@ -347,7 +377,7 @@ def measure(images: list[Path]) -> tuple[list[Scheme], list[dict[str, float]]]:
                         seen16.add(key)
                         small.total += stored(z1, piece)
                 prev = prev_digests[offset] if prev_digests else None
-                sketch = Sketch(block, page_sketches)
+                sketch = Sketch(block, page_sketches, anchored_sketches)
                 for scheme in block_stores:
                     scheme.add(digest, block, prev, sketch, content)
         for scheme in schemes:
@@ -391,6 +421,10 @@ def design_costs(name: str) -> tuple[str, str]:
         return DESIGN_COSTS[name]
     if name.startswith("bound"):
         return DESIGN_COSTS["bound"]
+    if name.startswith("resemblance deltas"):
+        return ("+ a sketch index of every whole block's pages (3 entries per page; a hint: "
+                "lost or stale entries only cost compression) and each delta's 2 base digests",
+                "a block lives while a manifest or a delta names it; up to 2 bases per delta")
     if name.startswith("4 KiB page dedup"):
         index, gc = DESIGN_COSTS["page+delta"]
         if "page by page" in name:
