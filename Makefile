@@ -46,9 +46,12 @@ test-py: build-py
 test: sanitize tsan test-py
 
 # The sanitizer builds (docs/reliability.md, "Sanitizers"): Debug, C++ tests only, unity
-# batches of 8 sources (the shared headers are compiled once per batch, not once per file).
-SAN_CMAKE := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIMAGERELAY_BUILD_PYTHON=OFF \
-	-DIMAGERELAY_BUILD_TESTS=ON -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8
+# batches of 8 sources (the shared headers are compiled once per batch, not once per file),
+# line tables only (-g1: reports still name file and line; a build takes ~10% less; -O1
+# was tried: the tests run faster but a build takes twice as long).
+SAN_CMAKE := -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-g1 \
+	-DIMAGERELAY_BUILD_PYTHON=OFF -DIMAGERELAY_BUILD_TESTS=ON -DCMAKE_UNITY_BUILD=ON \
+	-DCMAKE_UNITY_BUILD_BATCH_SIZE=8
 
 # ASan + UBSan: every C++ test; a leak, a bad access or undefined behaviour fails the run.
 sanitize: deps

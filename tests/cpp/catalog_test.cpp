@@ -24,6 +24,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/state.hpp"
+#include "test_bytes.hpp"
 #include "test_postgres.hpp"
 
 namespace imagerelay {
@@ -367,8 +368,7 @@ TEST_F(SqliteCatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
   });
   std::string bytes;
   for (const auto& entry : fs::directory_iterator(path_.parent_path())) {
-    std::ifstream in(entry.path(), std::ios::binary);
-    bytes.append(std::istreambuf_iterator<char>(in), {});
+    bytes += testing_util::ReadFileBytes(entry.path());
   }
   EXPECT_EQ(bytes.find(secret), std::string::npos);
 }
@@ -376,9 +376,7 @@ TEST_F(SqliteCatalogTest, DeletedSettingLeavesNoBytesAfterScrub) {
 TEST_F(SqliteCatalogTest, CommitsLeaveTheLogAndCheckpointFoldsItIn) {
   const std::string marker = "checkpoint-marker-7f3a";
   auto main_file_holds_marker = [&] {
-    std::ifstream in(path_, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), {});
-    return bytes.find(marker) != std::string::npos;
+    return testing_util::ReadFileBytes(path_).find(marker) != std::string::npos;
   };
   Write([&](CatalogTx& tx) { tx.PutSetting("marker", marker); });
   EXPECT_FALSE(main_file_holds_marker());  // a small commit never checkpoints by itself

@@ -14,6 +14,7 @@
 
 #include "imagerelay/error.hpp"
 #include "imagerelay/store.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
@@ -86,10 +87,7 @@ class EngineTest : public ::testing::Test {
     return copy;
   }
 
-  std::string ReadAll(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
+  std::string ReadAll(const fs::path& path) { return testing_util::ReadFileBytes(path); }
 
   fs::path dir_;
 };

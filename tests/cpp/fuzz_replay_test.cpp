@@ -34,6 +34,7 @@ const std::vector<Target>& Targets() {
 #define IMAGERELAY_FUZZ_TARGET(name) {#name, &ImagerelayFuzz_##name},
   static const std::vector<Target> targets = {
 #include "fuzz_targets.inc"
+#include "test_bytes.hpp"
   };
 #undef IMAGERELAY_FUZZ_TARGET
   return targets;
@@ -51,8 +52,7 @@ std::vector<fs::path> InputsOf(const fs::path& dir) {
 
 void Replay(const Target& target, const fs::path& dir, size_t& count) {
   for (const fs::path& file : InputsOf(dir)) {
-    std::ifstream in(file, std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string bytes = testing_util::ReadFileBytes(file);
     try {
       target.run(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
     } catch (const fuzz::RuleBroken& broken) {

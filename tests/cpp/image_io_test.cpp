@@ -22,6 +22,7 @@
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
 #include "store/local_store.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
@@ -51,10 +52,7 @@ void WriteFile(const fs::path& path, const std::string& bytes) {
       .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+std::string ReadFile(const fs::path& path) { return testing_util::ReadFileBytes(path); }
 
 // A sparse file: `size` bytes of hole with `pieces` written at their offsets.
 void WriteSparseFile(const fs::path& path, uint64_t size,

@@ -645,8 +645,7 @@ TEST(LocalStoreTest, CheckRefusesADirectoryThatIsNotAStore) {
 TEST(LocalStoreTest, CheckMarksNewStoresAndAdoptsOnesWithoutAMarker) {
   ScratchDir dir;
   auto marker_of = [](const fs::path& root) {
-    std::ifstream f(root / ".imagerelay-store");
-    return std::string(std::istreambuf_iterator<char>(f), {});
+    return testing_util::ReadFileBytes(root / ".imagerelay-store");
   };
   // A new directory, and an empty one.
   fs::create_directories(dir / "empty");

@@ -732,8 +732,8 @@ TEST(PackStoreTest, PlannedLocationsMadeStaleByASweepOrDamageAreNeverTrusted) {
   store->PlanReads({hashes[5], hashes[6]});
   bool flipped = false;
   for (const fs::path& pack : PackFilesIn(dir.path())) {
+    const std::string bytes = testing_util::ReadFileBytes(pack);
     std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     const auto* first = reinterpret_cast<const char*>(blocks[5].data());
     const size_t at = bytes.find(std::string_view(first, 64));  // raw: random bytes
     if (at == std::string::npos) continue;

@@ -19,6 +19,7 @@
 #include "scratch_dir.hpp"
 #include "store/local_store.hpp"
 #include "store/pack_store.hpp"
+#include "test_bytes.hpp"
 
 namespace imagerelay {
 namespace {
@@ -37,10 +38,7 @@ fs::path MakeFile(const fs::path& path, const std::string& prefix, size_t size, 
   return path;
 }
 
-std::string ReadAll(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+std::string ReadAll(const fs::path& path) { return testing_util::ReadFileBytes(path); }
 
 std::shared_ptr<Engine> OpenHome(const fs::path& home, uint64_t chunk_size) {
   EngineOptions options;
@@ -137,8 +135,8 @@ TEST(UpgradeTest, AHomeOfTheFirstReleaseOpensAndWorks) {
   auto c = engine->ImportImage("default", request, true, false);
   EXPECT_EQ(engine->Verify("default", c.image.id), c.image.digest);
   EXPECT_TRUE(fs::exists(home / "regions" / "bj" / "packs"));
-  std::ifstream marker(home / "regions" / "bj" / ".imagerelay-store");
-  EXPECT_NE(std::string(std::istreambuf_iterator<char>(marker), {}).find(R"("version": 2)"),
+  EXPECT_NE(testing_util::ReadFileBytes(home / "regions" / "bj" / ".imagerelay-store")
+                .find(R"("version": 2)"),
             std::string::npos);
 
   // Deleting the old image frees its own chunk files, never b's or c's bytes.
