@@ -692,8 +692,11 @@ def test_crash_takeover_by_an_engine_already_open(home: Path, files: Path) -> No
     src = make_dense(files / "big.raw", 8 * MiB)
     with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
         image = cloud.import_image(src, region="bj", name="big")
-    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id, str(SLOW),
-                              "gz"],
+    # A quarter of SLOW: 16 s for the whole copy, so that it is still in flight when checked
+    # even if opening the home here takes seconds on a loaded machine (at SLOW, a CI run
+    # once found it completed).
+    child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id,
+                              str(SLOW // 4), "gz"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = read_result(child)
