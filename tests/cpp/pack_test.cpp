@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 
+#include "base/binary_codec.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "test_bytes.hpp"
@@ -119,6 +120,65 @@ TEST(PackTest, AFooterClaimingAnImpossibleBlockIsRefused) {
       digest_at[b] = static_cast<std::byte>(std::stoi(digest.substr(2 * b, 2), nullptr, 16));
     }
     EXPECT_THROW(ParsePackFooter(pack, pack.size(), "forged"), IntegrityError) << compressed;
+  }
+}
+
+// IRPACK02: a pack holding a delta block names its bases in the footer; a reader needs them
+// to decode it, and a footer that makes them impossible is refused as a whole.
+TEST(PackTest, ADeltaPackNamesItsBasesAndDecodesOnlyWithThem) {
+  std::vector<std::byte> base = RandomByteVector(65536, 3);
+  std::vector<std::byte> block = base;
+  for (size_t i = 0; i < 100; ++i) block[1000 + i] = std::byte{0x55};
+  std::vector<std::byte> scratch;
+  const std::optional<EncodedBlock> delta = EncodeDelta(block, base, 1, block.size() / 8, scratch);
+  ASSERT_TRUE(delta);  // 100 bytes changed in random data: a delta of a few hundred bytes
+  EXPECT_EQ(delta->codec, BlockCodec::kZstdDelta);
+  PackBuilder builder;
+  builder.Add(HashOf(base), base);
+  builder.AddEncoded(HashOf(block), *delta, static_cast<uint32_t>(block.size()), HashOf(base));
+  const PackBytes finished = builder.Finish();
+  const std::vector<std::byte> pack(finished.begin(), finished.end());
+  EXPECT_EQ(std::memcmp(pack.data() + pack.size() - 8, "IRPACK02", 8), 0);
+  const uint64_t footer = PackFooterSize(std::span(pack).last(kPackTrailerSize), "pack p");
+  const std::vector<PackEntry> entries =
+      ParsePackFooter(std::span(pack).last(footer), pack.size(), "pack p");
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_TRUE(entries[0].bases.empty());
+  EXPECT_EQ(entries[1].bases, HashOf(base));
+  const auto stored = std::span(pack).subspan(entries[1].offset, entries[1].stored_length);
+  std::vector<std::byte> out;
+  DecodeBlock(stored, entries[1], out, "pack p", base);
+  EXPECT_EQ(out, block);
+  // Without its bases, or with others, it is damaged, never wrong bytes.
+  EXPECT_THROW(DecodeBlock(stored, entries[1], out, "pack p"), DamagedChunkError);
+  EXPECT_THROW(DecodeBlock(stored, entries[1], out, "pack p", RandomByteVector(65536, 4)),
+               DamagedChunkError);
+  // The thread's context is left clean: a plain compressed block decodes after a failure.
+  const Built plain = BuildPack();
+  DecodeBlock(Stored(plain, plain.entries[0]), plain.entries[0], out, "pack p");
+  EXPECT_EQ(out, plain.blocks[0]);
+
+  // Footers whose bases do not fit their codec, or name the block itself, are refused (the
+  // digest made right, as a forger would).
+  auto forged = [&](auto&& edit) {
+    std::vector<std::byte> copy = pack;
+    std::byte* entries_start = copy.data() + copy.size() - footer;
+    const size_t entries_size = footer - kPackTrailerSize;
+    edit(entries_start);
+    HashToBytes(Sha256Hex(entries_start, entries_size), copy.data() + copy.size() - 40);
+    return copy;
+  };
+  constexpr size_t kFirst = 0, kSecond = kPackEntrySize + 1;  // entry 0 has no bases
+  const std::vector<std::vector<std::byte>> bad = {
+      forged([&](std::byte* e) { e[kFirst + 48] = std::byte{2}; }),   // a delta with no bases
+      forged([&](std::byte* e) { e[kSecond + 48] = std::byte{1}; }),  // bases on a plain block
+      forged([&](std::byte* e) { e[kSecond + 49] = std::byte{3}; }),  // more bases than allowed
+      forged([&](std::byte* e) {                                      // the block its own base
+        std::memcpy(e + kSecond + kPackEntrySize + 1, e + kSecond, 32);
+      }),
+  };
+  for (const auto& b : bad) {
+    EXPECT_THROW(ParsePackFooter(std::span(b).last(footer), b.size(), "pack p"), IntegrityError);
   }
 }
 

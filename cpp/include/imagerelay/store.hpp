@@ -21,16 +21,20 @@
 namespace imagerelay {
 
 // How a store keeps a chunk's bytes: as they are, or zstd-compressed (a pack store's blocks).
-enum class ChunkCodec : uint8_t { kRaw = 0, kZstd = 1 };
+// kZstdDelta: a block store's delta block (compressed against other blocks, its bases).
+enum class ChunkCodec : uint8_t { kRaw = 0, kZstd = 1, kZstdDelta = 2 };
 
 // A chunk's stored form, as a copy passes it from one store to another (GetChunkStoredInto,
 // PutStoredChunk). `codec` is empty when the source cannot say (a chunk file of an earlier
 // release, a store that does not compress); kRaw when it keeps the chunk uncompressed
 // because compressing did not pay (`bytes` then empty: the stored form is the chunk);
-// kZstd with the compressed bytes in `bytes`.
+// kZstd with the compressed bytes in `bytes`; kZstdDelta with a block store's delta in
+// `bytes` and the hashes of its bases in `bases` (a store that holds those bases whole may
+// keep the delta as it is; any other store writes the chunk itself).
 struct StoredChunk {
   std::optional<ChunkCodec> codec;
   std::vector<std::byte> bytes;
+  std::string bases;
 };
 
 struct SweepResult {
@@ -122,6 +126,7 @@ class Store {
                                     StoredChunk& stored, const CancelToken* cancel = nullptr) {
     stored.codec.reset();
     stored.bytes.clear();
+    stored.bases.clear();
     return GetChunkInto(hash, out, cancel);
   }
   // PutChunk of `data`, given also its stored form from GetChunkStoredInto of another store (it

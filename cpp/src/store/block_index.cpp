@@ -32,9 +32,20 @@ CREATE TABLE IF NOT EXISTS blocks (
   offset INTEGER NOT NULL,
   stored_length INTEGER NOT NULL,
   raw_length INTEGER NOT NULL,
-  codec INTEGER NOT NULL
+  codec INTEGER NOT NULL,
+  bases TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
+CREATE TABLE IF NOT EXISTS delta_bases (
+  base TEXT NOT NULL,
+  block TEXT NOT NULL,
+  PRIMARY KEY (base, block)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delta_bases_by_block ON delta_bases (block);
+CREATE TABLE IF NOT EXISTS features (
+  feature INTEGER PRIMARY KEY,
+  block INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS packs (
   name TEXT PRIMARY KEY,
   size INTEGER NOT NULL
@@ -60,6 +71,25 @@ constexpr size_t kMaxKnown = 1 << 15;
 // costs about as much as ten moves. Fewer right after a seek (the keys may be sparse).
 constexpr int kMaxMoves = 8;
 constexpr int kMaxMovesAfterSeek = 2;
+
+// A block as the resemblance index names it: the first 8 bytes of its hash (a row of 8
+// bytes rather than 64 hex digits: the index costs ~1 KB per 64 KiB block, not ~4).
+int64_t HashPrefix(std::string_view hash) {
+  uint64_t prefix = 0;
+  for (size_t i = 0; i < 16 && i < hash.size(); ++i) {
+    const char c = hash[i];
+    prefix = prefix << 4 | static_cast<uint64_t>(c <= '9' ? c - '0' : c - 'a' + 10);
+  }
+  return static_cast<int64_t>(prefix);
+}
+
+std::string PrefixHex(int64_t prefix) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex(16, '0');
+  auto value = static_cast<uint64_t>(prefix);
+  for (int i = 15; i >= 0; --i, value >>= 4) hex[static_cast<size_t>(i)] = kHex[value & 15];
+  return hex;
+}
 
 // Runs `fn` inside one transaction, rolled back if it throws.
 template <typename Fn>
@@ -129,6 +159,13 @@ std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path&
   sqlite::Connection conn = OpenConnection(file);
   conn.Exec(kSchema);
   {
+    // An index written before delta blocks has no `bases` column: added (NULL: whole blocks).
+    bool has_bases = false;
+    sqlite::Statement columns(conn.get(), "PRAGMA table_info(blocks)");
+    while (columns.Step()) has_bases = has_bases || columns.TextView(1) == "bases";
+    if (!has_bases) conn.Exec("ALTER TABLE blocks ADD COLUMN bases TEXT");
+  }
+  {
     // Written once, not at every open (an INSERT would take the write lock each time).
     sqlite::Statement count(conn.get(), "SELECT count(*) FROM changes");
     if (count.Step() && count.Int(0) == 0) {
@@ -156,7 +193,7 @@ void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs) {
   std::lock_guard lock(mutex_);
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
     for (const IndexedPack& pack : packs) {
-      InsertPack(pack.name, pack.size, pack.entries);
+      InsertPack(pack.name, pack.size, pack.entries, pack.features, /*require_bases=*/true);
       if (!pack.mark.empty()) PutMark(pack.name, pack.mark);
     }
   });
@@ -182,23 +219,70 @@ std::string BlockIndex::MarkOf(const std::string& file) {
 }
 
 void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
-                            const std::vector<PackEntry>& entries) {
+                            const std::vector<PackEntry>& entries,
+                            const std::vector<std::pair<uint64_t, uint32_t>>& features,
+                            bool require_bases) {
   {
     sqlite::ScopedStatement s(db_->conn.Cached(
         "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
     s->Bind(pack_id, pack_size).Run();
   }
   auto& insert = db_->conn.Cached(
-      "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec) "
-      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
-  for (const PackEntry& e : entries) {
-    sqlite::ScopedStatement s(insert);
-    s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec))
-        .Run();
+      "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec, bases) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
+  auto& insert_base = db_->conn.Cached(
+      "INSERT INTO delta_bases (base, block) VALUES (?, ?) ON CONFLICT DO NOTHING");
+  auto& whole_block =
+      db_->conn.Cached("SELECT 1 FROM blocks WHERE hash = ? AND bases IS NULL AND codec != ?");
+  auto bases_indexed = [&](const std::string& bases) {
+    for (const std::string& base : SplitBases(bases)) {
+      sqlite::ScopedStatement s(whole_block);
+      if (!s->Bind(base, static_cast<int>(BlockCodec::kZstdDelta)).Step()) return false;
+    }
+    return true;
+  };
+  std::vector<bool> inserted(entries.size(), false);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const PackEntry& e = entries[i];
+    if (require_bases && !e.bases.empty() && !bases_indexed(e.bases)) continue;
+    {
+      sqlite::ScopedStatement s(insert);
+      if (e.bases.empty()) {
+        s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec),
+                nullptr);
+      } else {
+        s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec),
+                e.bases);
+      }
+      s->Run();
+    }
+    // Only the copy indexed counts (a block indexed already keeps its place and its form).
+    inserted[i] = sqlite3_changes(db_->conn.get()) > 0;
+    if (!inserted[i]) continue;
+    for (const std::string& base : SplitBases(e.bases)) {
+      sqlite::ScopedStatement s(insert_base);
+      s->Bind(base, e.hash).Run();
+    }
+  }
+  // The latest block with a feature is named by it (the likeliest to resemble what comes).
+  auto& insert_feature = db_->conn.Cached(
+      "INSERT INTO features (feature, block) VALUES (?, ?) "
+      "ON CONFLICT (feature) DO UPDATE SET block = excluded.block");
+  for (const auto& [feature, at] : features) {
+    if (at >= entries.size() || !inserted[at] || !entries[at].bases.empty()) continue;
+    sqlite::ScopedStatement s(insert_feature);
+    s->Bind(static_cast<int64_t>(feature), HashPrefix(entries[at].hash)).Run();
   }
 }
 
 void BlockIndex::ForgetPack(const std::string& pack_id) {
+  {
+    // The bases its deltas named (a repack indexes them again where they go).
+    sqlite::ScopedStatement s(
+        db_->conn.Cached("DELETE FROM delta_bases WHERE block IN "
+                         "(SELECT hash FROM blocks WHERE pack = ? AND bases IS NOT NULL)"));
+    s->Bind(pack_id).Run();
+  }
   {
     sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
     s->Bind(pack_id).Run();
@@ -216,33 +300,134 @@ void BlockIndex::RemovePack(const std::string& pack_id) {
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] { ForgetPack(pack_id); });
 }
 
-void BlockIndex::RemoveBlock(const std::string& hash) {
+void BlockIndex::ForgetBlocks(const std::vector<std::string>& hashes,
+                              std::vector<std::string>& removed) {
+  auto& dependents = db_->conn.Cached("SELECT block FROM delta_bases WHERE base = ?");
+  auto& drop_block = db_->conn.Cached("DELETE FROM blocks WHERE hash = ?");
+  auto& drop_bases = db_->conn.Cached("DELETE FROM delta_bases WHERE block = ?");
+  auto forget = [&](const std::string& hash) {
+    {
+      sqlite::ScopedStatement s(drop_block);
+      s->Bind(hash).Run();
+    }
+    sqlite::ScopedStatement s(drop_bases);
+    s->Bind(hash).Run();
+  };
+  for (const std::string& hash : hashes) {
+    std::vector<std::string> built_on;  // deltas are never bases: one level only
+    {
+      sqlite::ScopedStatement s(dependents);
+      s->Bind(hash);
+      while (s->Step()) built_on.push_back(s->Text(0));
+    }
+    forget(hash);
+    for (const std::string& delta : built_on) {
+      forget(delta);
+      removed.push_back(delta);
+    }
+  }
+}
+
+std::vector<std::string> BlockIndex::RemoveBlock(const std::string& hash) {
   std::lock_guard lock(mutex_);
-  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE hash = ?"));
-  s->Bind(hash).Run();
+  std::vector<std::string> removed;
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+    removed.clear();
+    ForgetBlocks({hash}, removed);
+  });
+  return removed;
 }
 
 void BlockIndex::RemoveBlocks(const std::vector<std::string>& hashes) {
   std::lock_guard lock(mutex_);
+  std::vector<std::string> removed;
+  InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] { ForgetBlocks(hashes, removed); });
+}
+
+std::vector<std::string> BlockIndex::RemoveOrphanDeltas() {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> orphans;
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
-    for (const std::string& hash : hashes) {
-      sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE hash = ?"));
-      s->Bind(hash).Run();
+    orphans.clear();
+    {
+      // A delta whose `bases` lost their rows (edited by hand) is an orphan too.
+      sqlite::ScopedStatement s(
+          db_->conn.Cached("SELECT DISTINCT block FROM delta_bases d "
+                           "WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = d.base) "
+                           "UNION SELECT hash FROM blocks b WHERE bases IS NOT NULL "
+                           "AND NOT EXISTS (SELECT 1 FROM delta_bases d WHERE d.block = b.hash)"));
+      while (s->Step()) orphans.push_back(s->Text(0));
+    }
+    std::vector<std::string> none;
+    ForgetBlocks(orphans, none);
+  });
+  return orphans;
+}
+
+void BlockIndex::ForEachDeltaBase(
+    const std::function<void(const std::string&, const std::string&)>& fn) {
+  std::lock_guard lock(read_mutex_);
+  InTransaction(db_->reader, "BEGIN", [&] {
+    sqlite::ScopedStatement s(db_->reader.Cached("SELECT block, base FROM delta_bases"));
+    while (s->Step()) fn(s->Text(0), s->Text(1));
+  });
+}
+
+std::vector<std::string> BlockIndex::SimilarBlocks(const std::vector<uint64_t>& features,
+                                                   size_t limit) {
+  std::lock_guard lock(read_mutex_);
+  std::vector<std::string> similar;
+  if (features.empty() || limit == 0) return similar;
+  // One read transaction (one snapshot, one lock) for the block's lookups.
+  InTransaction(db_->reader, "BEGIN", [&] {
+    std::unordered_map<int64_t, uint32_t> votes;
+    {
+      sqlite::ScopedStatement s(db_->reader.Cached("SELECT block FROM features WHERE feature = ?"));
+      for (uint64_t feature : features) {
+        s->Reset();
+        s->BindAt(1, static_cast<int64_t>(feature));
+        if (s->Step()) ++votes[s->Int(0)];
+      }
+    }
+    std::vector<std::pair<uint32_t, int64_t>> ranked;
+    ranked.reserve(votes.size());
+    for (const auto& [block, count] : votes) ranked.emplace_back(count, block);
+    // Most votes first; ties broken by the name, so that the choice does not depend on a map.
+    std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) {
+      return x.first != y.first ? x.first > y.first : x.second < y.second;
+    });
+    sqlite::ScopedStatement s(
+        db_->reader.Cached("SELECT hash, bases FROM blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
+    for (const auto& [count, block] : ranked) {
+      if (similar.size() >= limit) break;
+      const std::string prefix = PrefixHex(block);
+      s->Reset();
+      s->BindAt(1, prefix);
+      // Stale (the block is gone) or a delta (never a base): skipped.
+      if (!s->Step() || s->TextView(0).substr(0, 16) != prefix || !s->IsNull(1)) continue;
+      similar.push_back(s->Text(0));
     }
   });
+  return similar;
+}
+
+uint64_t BlockIndex::FeatureCount() {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT count(*) FROM features"));
+  return s->Step() ? s->Uint(0) : 0;
 }
 
 std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
   std::lock_guard lock(read_mutex_);
   sqlite::ScopedStatement s(db_->reader.Cached(
-      "SELECT hash, offset, stored_length, raw_length, codec FROM blocks WHERE pack = ? "
+      "SELECT hash, offset, stored_length, raw_length, codec, bases FROM blocks WHERE pack = ? "
       "ORDER BY offset"));
   s->Bind(pack_id);
   std::vector<PackEntry> entries;
   while (s->Step()) {
     entries.push_back(PackEntry{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
                                 static_cast<uint32_t>(s->Uint(3)),
-                                static_cast<BlockCodec>(s->Int(4))});
+                                static_cast<BlockCodec>(s->Int(4)), s->Text(5)});
   }
   return entries;
 }
@@ -311,7 +496,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
     // a region holding the image's previous version: ~0.2 us a row), sought afresh (a B-tree
     // descent, ~3 us) when they are sparse.
     sqlite::ScopedStatement cursor(db_->reader.Cached(
-        "SELECT hash, pack, offset, stored_length, raw_length, codec FROM blocks "
+        "SELECT hash, pack, offset, stored_length, raw_length, codec, bases FROM blocks "
         "WHERE hash >= ? ORDER BY hash"));
     bool on_row = false;      // the cursor is on a row (false: not sought yet, or past the end)
     bool stepped_to = false;  // the last key was reached by moving on, not by a seek
@@ -330,9 +515,12 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
         on_row = cursor->Step();
       }
       if (!on_row || cursor->TextView(0) != key) continue;
-      const Found where{
-          PackId(cursor->TextView(1)), cursor->Uint(2), static_cast<uint32_t>(cursor->Uint(3)),
-          static_cast<uint32_t>(cursor->Uint(4)), static_cast<BlockCodec>(cursor->Int(5))};
+      const Found where{PackId(cursor->TextView(1)),
+                        cursor->Uint(2),
+                        static_cast<uint32_t>(cursor->Uint(3)),
+                        static_cast<uint32_t>(cursor->Uint(4)),
+                        static_cast<BlockCodec>(cursor->Int(5)),
+                        cursor->Text(6)};
       found(i, where);
       if (keep && known_.size() < kMaxKnown) known_.emplace(key, where);
     }
@@ -351,7 +539,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
   std::vector<std::optional<BlockLocation>> out(hashes.size());
   Find(hashes, [&](size_t i, const Found& where) {
     out[i] = BlockLocation{known_packs_[where.pack], where.offset, where.stored_length,
-                           where.raw_length, where.codec};
+                           where.raw_length,         where.codec,  where.bases};
   });
   return out;
 }
@@ -361,13 +549,47 @@ BlockPresence BlockIndex::Presence(const std::vector<std::string>& hashes) {
   BlockPresence out;
   out.pack_of.assign(hashes.size(), -1);
   out.raw_length.assign(hashes.size(), 0);
-  std::unordered_map<uint32_t, int32_t> mine;  // known_packs_ id -> index in out.packs
+  // known_packs_ id -> index in out.packs (by name across the two lookups below: the
+  // second may find the kept answers gone, and the ids given anew).
+  std::unordered_map<uint32_t, int32_t> mine;
+  std::unordered_map<std::string, int32_t> mine_by_name;
+  auto pack_index = [&](uint32_t pack) {
+    auto [it, added] = mine.try_emplace(pack, static_cast<int32_t>(out.packs.size()));
+    if (added) out.packs.push_back(known_packs_[pack]);
+    return it->second;
+  };
+  auto base_pack = [&](uint32_t pack) {
+    auto [it, added] =
+        mine_by_name.try_emplace(known_packs_[pack], static_cast<int32_t>(out.packs.size()));
+    if (added && std::find(out.packs.begin(), out.packs.end(), it->first) == out.packs.end()) {
+      out.packs.push_back(it->first);
+    }
+  };
+  std::vector<std::string> bases;     // of the deltas found
+  std::vector<size_t> delta_of_base;  // the hash whose delta named each
   Find(hashes, [&](size_t i, const Found& where) {
-    auto [it, added] = mine.try_emplace(where.pack, static_cast<int32_t>(out.packs.size()));
-    if (added) out.packs.push_back(known_packs_[where.pack]);
-    out.pack_of[i] = it->second;
+    out.pack_of[i] = pack_index(where.pack);
     out.raw_length[i] = where.raw_length;
+    for (std::string& base : SplitBases(where.bases)) {
+      bases.push_back(std::move(base));
+      delta_of_base.push_back(i);
+    }
   });
+  if (bases.empty()) return out;
+  // A delta is there while its bases are (whole blocks: no further level), and their packs
+  // are vouched for with its own.
+  std::vector<bool> base_found(bases.size(), false);
+  Find(bases, [&](size_t b, const Found& where) {
+    if (!where.bases.empty()) return;  // a delta named as a base: not a base
+    base_found[b] = true;
+    base_pack(where.pack);
+  });
+  for (size_t b = 0; b < bases.size(); ++b) {
+    if (!base_found[b]) {
+      out.pack_of[delta_of_base[b]] = -1;
+      out.raw_length[delta_of_base[b]] = 0;
+    }
+  }
   return out;
 }
 

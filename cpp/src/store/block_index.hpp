@@ -27,6 +27,7 @@ struct BlockLocation {
   uint32_t stored_length = 0;
   uint32_t raw_length = 0;
   BlockCodec codec = BlockCodec::kRaw;
+  std::string bases;  // a delta block's bases (PackEntry::bases)
   bool operator==(const BlockLocation&) const = default;
 };
 
@@ -34,7 +35,9 @@ struct BlockLocation {
 // per block: for each hash, its pack as an index into `packs` (-1: not indexed) and its
 // length.
 struct BlockPresence {
-  std::vector<std::string> packs;    // the distinct packs of the blocks found
+  // The distinct packs of the blocks found, and of the bases of those that are deltas (a
+  // delta is there only while its bases are).
+  std::vector<std::string> packs;
   std::vector<int32_t> pack_of;      // per hash
   std::vector<uint32_t> raw_length;  // per hash, 0 where not indexed
 };
@@ -46,6 +49,8 @@ struct IndexedPack {
   uint64_t size = 0;
   std::vector<PackEntry> entries;
   std::string mark;
+  // Resemblance features (BlockSketch) of its whole blocks: (feature, index in entries).
+  std::vector<std::pair<uint64_t, uint32_t>> features;
 };
 
 class BlockIndex {
@@ -65,7 +70,9 @@ class BlockIndex {
                const std::vector<PackEntry>& entries,
                const std::vector<std::string>& replaced = {});
   // Indexes several packs in one transaction: one write of the pages they touch (the blocks
-  // of a group commit land all over the table, keyed by hash).
+  // of a group commit land all over the table, keyed by hash). A delta block whose bases are
+  // not all indexed whole (one forgotten since the writer chose it) is left out: a delta is
+  // indexed only while its bases are.
   void AddPacks(const std::vector<IndexedPack>& packs);
   // A file's mark (PackStat::mark) when its bytes were last known right: a pack's (by its
   // name) when it was written or re-read whole and found right, a first-release chunk file's
@@ -76,11 +83,23 @@ class BlockIndex {
   void SetMark(const std::string& file, const std::string& mark);
   // Forgets a pack (and its mark) and the blocks located in it (before the pack is deleted).
   void RemovePack(const std::string& pack_id);
-  // Forgets one block (found damaged): the next writer of its hash stores it anew.
-  void RemoveBlock(const std::string& hash);
+  // Forgets one block (found damaged): the next writer of its hash stores it anew. The delta
+  // blocks built on it go with it (returned): nothing could decode them.
+  std::vector<std::string> RemoveBlock(const std::string& hash);
   // Forgets blocks nothing needs any more, in one transaction (their bytes stay in their
-  // packs until a sweep rewrites them).
+  // packs until a sweep rewrites them), and the deltas built on them.
   void RemoveBlocks(const std::vector<std::string>& hashes);
+  // Forgets the delta blocks one of whose bases is no longer indexed (a pack gone, an index
+  // rebuilt from footers in which a base's pack is missing); returns them.
+  std::vector<std::string> RemoveOrphanDeltas();
+  // Calls fn(delta, base) for every base of every indexed delta block.
+  void ForEachDeltaBase(const std::function<void(const std::string&, const std::string&)>& fn);
+  // Up to `limit` whole blocks (not deltas) whose recorded features most of `features` name,
+  // most named first: candidates for the bases of a new block. Only a hint: an entry may be
+  // stale (then ignored) or lost (a hash collision overwrote it).
+  std::vector<std::string> SimilarBlocks(const std::vector<uint64_t>& features, size_t limit);
+  // Rows of the resemblance index (for the figures of a benchmark).
+  uint64_t FeatureCount();
   // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
   std::vector<PackEntry> EntriesOf(const std::string& pack_id);
   // Every indexed block's hash, sorted.
@@ -103,7 +122,12 @@ class BlockIndex {
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
   void PutMark(const std::string& file, const std::string& mark);  // under mutex_
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
-                  const std::vector<PackEntry>& entries);  // likewise
+                  const std::vector<PackEntry>& entries,
+                  const std::vector<std::pair<uint64_t, uint32_t>>& features = {},
+                  bool require_bases = false);  // likewise
+  // Deletes blocks and their delta_bases rows, and the deltas built on them (appended to
+  // `removed`); inside a transaction, under mutex_.
+  void ForgetBlocks(const std::vector<std::string>& hashes, std::vector<std::string>& removed);
   // A block found, its pack named by an index into known_packs_.
   struct Found {
     uint32_t pack = 0;
@@ -111,6 +135,7 @@ class BlockIndex {
     uint32_t stored_length = 0;
     uint32_t raw_length = 0;
     BlockCodec codec = BlockCodec::kRaw;
+    std::string bases;
   };
   // Calls found(i, where) for each hashes[i] indexed, in key order, under read_mutex_.
   void Find(const std::vector<std::string>& hashes,

@@ -2,6 +2,7 @@
 
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -14,6 +15,14 @@ namespace imagerelay {
 namespace {
 
 constexpr char kPackMagic[8] = {'I', 'R', 'P', 'A', 'C', 'K', '0', '1'};
+constexpr char kDeltaPackMagic[8] = {'I', 'R', 'P', 'A', 'C', 'K', '0', '2'};
+
+ZSTD_DCtx* DecompressionContext() {
+  thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
+                                                                          &ZSTD_freeDCtx);
+  if (!context) throw std::bad_alloc();
+  return context.get();
+}
 
 void Append(std::vector<std::byte>& out, uint64_t value, int bytes) {
   std::byte le[8];
@@ -63,12 +72,43 @@ EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
   return {BlockCodec::kZstd, std::span<const std::byte>(scratch.data(), packed)};
 }
 
+std::vector<std::string> SplitBases(const std::string& bases) {
+  std::vector<std::string> hashes;
+  for (size_t at = 0; at + 2 * kHashBytes <= bases.size(); at += 2 * kHashBytes) {
+    hashes.push_back(bases.substr(at, 2 * kHashBytes));
+  }
+  return hashes;
+}
+
+std::optional<EncodedBlock> EncodeDelta(std::span<const std::byte> raw,
+                                        std::span<const std::byte> bases, int zstd_level,
+                                        size_t limit, std::vector<std::byte>& scratch) {
+  if (zstd_level <= 0 || bases.empty() || limit == 0) return std::nullopt;
+  // Its own context: the bases are a prefix for one frame (raw content, never read as a
+  // zstd dictionary whatever their first bytes), set on a context kept per thread.
+  thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> context(ZSTD_createCCtx(),
+                                                                          &ZSTD_freeCCtx);
+  if (!context) return std::nullopt;
+  ZSTD_CCtx* cctx = context.get();
+  ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
+  if (ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, zstd_level)) ||
+      ZSTD_isError(ZSTD_CCtx_refPrefix(cctx, bases.data(), bases.size()))) {
+    return std::nullopt;
+  }
+  scratch.resize(limit);
+  const size_t packed = ZSTD_compress2(cctx, scratch.data(), limit, raw.data(), raw.size());
+  if (ZSTD_isError(packed)) return std::nullopt;
+  return EncodedBlock{BlockCodec::kZstdDelta, std::span<const std::byte>(scratch.data(), packed)};
+}
+
 void PackBuilder::Add(const std::string& hash, std::span<const std::byte> raw) {
   AddEncoded(hash, EncodeBlock(raw, zstd_level_, scratch_), static_cast<uint32_t>(raw.size()));
 }
 
-void PackBuilder::AddEncoded(const std::string& hash, EncodedBlock block, uint32_t raw_length) {
+void PackBuilder::AddEncoded(const std::string& hash, EncodedBlock block, uint32_t raw_length,
+                             const std::string& bases) {
   PackEntry entry;
+  entry.bases = bases;
   entry.hash = hash;
   entry.offset = data_.size();
   entry.raw_length = raw_length;
@@ -78,33 +118,48 @@ void PackBuilder::AddEncoded(const std::string& hash, EncodedBlock block, uint32
   entries_.push_back(std::move(entry));
 }
 
+void PackBuilder::AddFeatures(const std::vector<uint64_t>& features) {
+  if (entries_.empty()) return;
+  const auto at = static_cast<uint32_t>(entries_.size() - 1);
+  for (uint64_t feature : features) features_.emplace_back(feature, at);
+}
+
 PackBytes PackBuilder::Finish() {
+  // A pack without a delta block is written as the first release wrote packs.
+  const bool deltas = std::any_of(entries_.begin(), entries_.end(),
+                                  [](const PackEntry& e) { return !e.bases.empty(); });
   std::vector<std::byte> footer;
-  footer.reserve(entries_.size() * kPackEntrySize + kPackTrailerSize);
+  footer.reserve(entries_.size() * (kPackEntrySize + 1) + kPackTrailerSize);
   for (const PackEntry& e : entries_) {
     AppendHash(footer, e.hash);
     Append(footer, e.offset, 8);
     Append(footer, e.stored_length, 4);
     Append(footer, e.raw_length, 4);
     footer.push_back(static_cast<std::byte>(e.codec));
+    if (!deltas) continue;
+    const std::vector<std::string> bases = SplitBases(e.bases);
+    footer.push_back(static_cast<std::byte>(bases.size()));
+    for (const std::string& base : bases) AppendHash(footer, base);
   }
   const std::string digest = Sha256Hex(footer.data(), footer.size());
-  Append(footer, entries_.size(), 4);
+  Append(footer, deltas ? footer.size() : entries_.size(), 4);
   AppendHash(footer, digest);
-  for (char c : kPackMagic) footer.push_back(static_cast<std::byte>(c));
+  for (char c : deltas ? kDeltaPackMagic : kPackMagic) footer.push_back(static_cast<std::byte>(c));
   PackBytes pack = std::move(data_);
   pack.insert(pack.end(), footer.begin(), footer.end());
   data_.clear();
   entries_.clear();
+  features_.clear();
   return pack;
 }
 
 uint64_t PackFooterSize(std::span<const std::byte> trailer, const std::string& what) {
   if (trailer.size() < kPackTrailerSize) Torn(what, "shorter than a pack's trailer");
   const std::byte* end = trailer.data() + trailer.size();
+  const uint64_t field = GetLe(end - kPackTrailerSize, 4);
+  if (std::memcmp(end - 8, kDeltaPackMagic, 8) == 0) return field + kPackTrailerSize;
   if (std::memcmp(end - 8, kPackMagic, 8) != 0) Torn(what, "no pack trailer at its end");
-  const uint64_t count = GetLe(end - kPackTrailerSize, 4);
-  return count * kPackEntrySize + kPackTrailerSize;
+  return field * kPackEntrySize + kPackTrailerSize;
 }
 
 std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t pack_size,
@@ -119,19 +174,38 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
   if (Sha256Hex(footer, entries_size) != BytesToHash(digest)) {
     Torn(what, "its footer does not match its digest");
   }
+  const bool deltas = std::memcmp(tail.data() + tail.size() - 8, kDeltaPackMagic, 8) == 0;
   const uint64_t blocks_end = pack_size - footer_size;
   std::vector<PackEntry> entries;
   entries.reserve(entries_size / kPackEntrySize);
   uint64_t expected_offset = 0;
-  for (const std::byte* p = footer; p < footer + entries_size; p += kPackEntrySize) {
+  const std::byte* const entries_end = footer + entries_size;
+  for (const std::byte* p = footer; p < entries_end;) {
+    if (static_cast<size_t>(entries_end - p) < kPackEntrySize + (deltas ? 1 : 0)) {
+      Torn(what, "its footer ends inside an entry");
+    }
     PackEntry e;
     e.hash = BytesToHash(p);
     e.offset = GetLe(p + 32, 8);
     e.stored_length = static_cast<uint32_t>(GetLe(p + 40, 4));
     e.raw_length = static_cast<uint32_t>(GetLe(p + 44, 4));
     const auto codec = static_cast<uint8_t>(p[48]);
-    if (codec > static_cast<uint8_t>(BlockCodec::kZstd)) Torn(what, "unknown block codec");
+    p += kPackEntrySize;
+    if (codec > static_cast<uint8_t>(BlockCodec::kZstdDelta)) Torn(what, "unknown block codec");
     e.codec = static_cast<BlockCodec>(codec);
+    size_t bases = 0;
+    if (deltas) {
+      bases = static_cast<uint8_t>(*p++);
+      if (bases > kMaxBases || static_cast<size_t>(entries_end - p) < bases * kHashBytes) {
+        Torn(what, "an entry names impossible bases");
+      }
+      for (size_t b = 0; b < bases; ++b, p += kHashBytes) e.bases += BytesToHash(p);
+    }
+    // A delta block, and only a delta block, has bases; none is its own.
+    if ((e.codec == BlockCodec::kZstdDelta) != (bases > 0) ||
+        e.bases.find(e.hash) != std::string::npos) {
+      Torn(what, "a block's bases do not fit its codec");
+    }
     // Blocks lie back to back from offset 0 up to the footer: nothing overlaps or hides.
     if (e.offset != expected_offset || e.stored_length > blocks_end - e.offset) {
       Torn(what, "a block lies outside its place");
@@ -150,13 +224,15 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
 }
 
 void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
-                 std::vector<std::byte>& out, const std::string& what) {
+                 std::vector<std::byte>& out, const std::string& what,
+                 std::span<const std::byte> bases) {
   out.resize(entry.raw_length);
-  DecodeBlockInto(stored, entry, out, what);
+  DecodeBlockInto(stored, entry, out, what, bases);
 }
 
 void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
-                     std::span<std::byte> out, const std::string& what) {
+                     std::span<std::byte> out, const std::string& what,
+                     std::span<const std::byte> bases) {
   auto damaged = [&](const std::string& why) {
     throw DamagedChunkError(entry.hash, "block " + entry.hash + " at byte " +
                                             std::to_string(entry.offset) + " of " + what +
@@ -171,11 +247,19 @@ void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
       std::memcpy(out.data(), stored.data(), out.size());
     }
   } else {
-    thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> context(ZSTD_createDCtx(),
-                                                                            &ZSTD_freeDCtx);
-    if (!context) throw std::bad_alloc();
+    ZSTD_DCtx* context = DecompressionContext();
+    if (entry.codec == BlockCodec::kZstdDelta) {
+      if (bases.empty()) damaged("its bases were not given");
+      // A prefix for this one frame (a compressed block without bases has none).
+      const size_t set = ZSTD_DCtx_refPrefix(context, bases.data(), bases.size());
+      if (ZSTD_isError(set)) damaged(std::string("zstd: ") + ZSTD_getErrorName(set));
+    }
     const size_t n =
-        ZSTD_decompressDCtx(context.get(), out.data(), out.size(), stored.data(), stored.size());
+        ZSTD_decompressDCtx(context, out.data(), out.size(), stored.data(), stored.size());
+    // The prefix is gone with the frame, whatever became of it (never left to the next).
+    if (entry.codec == BlockCodec::kZstdDelta) {
+      ZSTD_DCtx_reset(context, ZSTD_reset_session_and_parameters);
+    }
     if (ZSTD_isError(n)) damaged(std::string("zstd: ") + ZSTD_getErrorName(n));
     if (n != entry.raw_length) damaged("it decompresses to another length");
   }

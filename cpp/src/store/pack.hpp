@@ -8,13 +8,19 @@
 //   block bytes ... | entry * count | count (u32 LE) | SHA-256 of the entries (32 B) | "IRPACK01"
 //   entry: block hash (32 B) | offset (u64 LE) | stored length (u32 LE) | raw length (u32 LE)
 //          | codec (u8)
+// A pack holding a delta block (codec kZstdDelta: a zstd frame compressed against the raw
+// bytes of one or two other blocks, its bases, joined) ends in "IRPACK02" instead: each entry
+// then goes on with the number of its bases (u8, 0-2) and their hashes (32 B each), and the
+// trailer's first field is the entries' length in bytes rather than their count.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "imagerelay/store.hpp"  // ChunkCodec
@@ -46,10 +52,17 @@ struct PackEntry {
   uint32_t stored_length = 0;
   uint32_t raw_length = 0;
   BlockCodec codec = BlockCodec::kRaw;
+  // A delta block's bases, their hashes joined (64 or 128 hex digits); empty otherwise. A
+  // base is always a block stored whole, so that a read never follows a chain.
+  std::string bases;
   bool operator==(const PackEntry&) const = default;
 };
 
-inline constexpr size_t kPackEntrySize = 32 + 8 + 4 + 4 + 1;
+// The hashes in a PackEntry::bases (or BlockLocation::bases).
+std::vector<std::string> SplitBases(const std::string& bases);
+inline constexpr size_t kMaxBases = 2;
+
+inline constexpr size_t kPackEntrySize = 32 + 8 + 4 + 4 + 1;  // of an IRPACK01 entry
 // The largest block a pack holds: the largest chunk size (Limits.chunk_size <= 256 MiB).
 inline constexpr uint32_t kMaxBlockBytes = 256U << 20;
 // count + entries digest + magic.
@@ -65,6 +78,11 @@ struct EncodedBlock {
 // compression context kept per thread: callers encode in parallel, outside any lock.
 EncodedBlock EncodeBlock(std::span<const std::byte> raw, int zstd_level,
                          std::vector<std::byte>& scratch);
+// Encodes `raw` as a delta against `bases` (the raw bytes of its bases, joined) into
+// `scratch`, if the delta is shorter than `limit` bytes; nullopt otherwise.
+std::optional<EncodedBlock> EncodeDelta(std::span<const std::byte> raw,
+                                        std::span<const std::byte> bases, int zstd_level,
+                                        size_t limit, std::vector<std::byte>& scratch);
 
 // Assembles one pack in memory (the caller bounds it by size, e.g. 8-16 MiB).
 class PackBuilder {
@@ -83,11 +101,17 @@ class PackBuilder {
   // if that saves at least an eighth: incompressible data is stored as it is.
   void Add(const std::string& hash, std::span<const std::byte> raw);
   // Adds a block encoded already (EncodeBlock) from `raw_length` bytes hashing to `hash`.
-  void AddEncoded(const std::string& hash, EncodedBlock block, uint32_t raw_length);
+  // `bases`: a delta block's (PackEntry::bases).
+  void AddEncoded(const std::string& hash, EncodedBlock block, uint32_t raw_length,
+                  const std::string& bases = {});
   // Bytes of blocks so far (without the footer).
   uint64_t size() const { return data_.size(); }
   bool empty() const { return entries_.empty(); }
   const std::vector<PackEntry>& entries() const { return entries_; }
+  // Resemblance features of the block added last (BlockSketch), for the region's index.
+  void AddFeatures(const std::vector<uint64_t>& features);
+  // (feature, index in entries()) of the blocks added so far.
+  const std::vector<std::pair<uint64_t, uint32_t>>& features() const { return features_; }
   // The whole pack (blocks, then the footer); the builder is empty afterwards.
   PackBytes Finish();
 
@@ -95,6 +119,7 @@ class PackBuilder {
   int zstd_level_;
   PackBytes data_;
   std::vector<PackEntry> entries_;
+  std::vector<std::pair<uint64_t, uint32_t>> features_;
   std::vector<std::byte> scratch_;
 };
 
@@ -108,13 +133,16 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
 uint64_t PackFooterSize(std::span<const std::byte> trailer, const std::string& what);
 
 // Decodes one block from its stored bytes into `out` and checks it against the entry's hash
-// and raw length: throws DamagedChunkError (the block's hash) if anything is wrong.
+// and raw length: throws DamagedChunkError (the block's hash) if anything is wrong. A delta
+// block needs its bases' raw bytes, joined, in `bases` (the caller read and checked them).
 void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
-                 std::vector<std::byte>& out, const std::string& what);
+                 std::vector<std::byte>& out, const std::string& what,
+                 std::span<const std::byte> bases = {});
 // The same into the caller's memory: `out` holds exactly the block's raw length (else the
 // block is damaged). A raw block may have been read straight into `out` (`stored` is `out`
 // then): it is only checked.
 void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
-                     std::span<std::byte> out, const std::string& what);
+                     std::span<std::byte> out, const std::string& what,
+                     std::span<const std::byte> bases = {});
 
 }  // namespace imagerelay

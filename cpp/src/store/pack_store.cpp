@@ -10,6 +10,7 @@
 #include "imagerelay/ids.hpp"
 #include "imagerelay/log.hpp"
 #include "imagerelay/sha256.hpp"
+#include "store/block_sketch.hpp"
 
 namespace imagerelay {
 namespace {
@@ -38,19 +39,8 @@ constexpr uint64_t kMaxStagedGroups = 4;
 // ReadBlock).
 constexpr int kRemoteReads = 3;
 
-// True if every one of `entries` decodes from `whole` (a pack's bytes) to its hash.
-bool AllDecode(std::span<const std::byte> whole, const std::vector<PackEntry>& entries,
-               const std::string& where) {
-  std::vector<std::byte> raw;
-  for (const PackEntry& entry : entries) {
-    try {
-      DecodeBlock(whole.subspan(entry.offset, entry.stored_length), entry, raw, where);
-    } catch (const DamagedChunkError&) {
-      return false;
-    }
-  }
-  return true;
-}
+// Whole blocks kept decoded as bases (a base is read once for the many deltas built on it).
+constexpr size_t kMaxCachedBases = 32;
 
 }  // namespace
 
@@ -194,8 +184,16 @@ PackStore::Lost PackStore::ReconcileLocked() {
     if (packs_.RemoteReads() && packs_.StatPack(name)) continue;
     ForgetVanishedLocked(name, gone);
   }
+  bool added = false;
   for (const auto& [name, size] : listed) {
-    if (!indexed.contains(name)) IndexFromFooter(name, size);
+    if (!indexed.contains(name)) added = IndexFromFooter(name, size) || added;
+  }
+  // A pack indexed from its footer may hold deltas whose bases no pack holds.
+  if (added) {
+    for (std::string& delta : index_->RemoveOrphanDeltas()) {
+      lost.emplace_back(std::move(delta),
+                        "a base of this delta block is in no pack of store " + base_->uri());
+    }
   }
   if (gone.empty()) return lost;
   std::vector<std::string> hashes;
@@ -243,6 +241,10 @@ void PackStore::ForgetVanishedLocked(const std::string& pack, Lost& lost) {
     lost.emplace_back(entry.hash, Where(pack) + " that held it is gone");
   }
   index_->RemovePack(pack);
+  for (std::string& delta : index_->RemoveOrphanDeltas()) {
+    lost.emplace_back(std::move(delta),
+                      "a base of this delta block was in " + Where(pack) + ", which is gone");
+  }
 }
 
 void PackStore::PackVanished(const std::string& pack) {
@@ -269,9 +271,14 @@ bool PackStore::HasChunk(const std::string& hash, const CancelToken* cancel) {
 bool PackStore::HasChunkOfLength(const std::string& hash, uint64_t length,
                                  const CancelToken* cancel) {
   // Blocks still being written do not count: a confirmation must see them indexed.
-  std::optional<BlockLocation> where = Index().Lookup({hash})[0];
-  // Vouch() is true only for a pack untouched or re-read and found right in every block.
-  if (where && where->raw_length == length && Vouch(where->pack)) return true;
+  BlockPresence found = Index().Presence({hash});
+  // Vouch() is true only for a pack untouched or re-read and found right in every block (a
+  // delta's bases' packs are vouched for with its own).
+  if (found.pack_of[0] >= 0 && found.raw_length[0] == length &&
+      std::all_of(found.packs.begin(), found.packs.end(),
+                  [&](const std::string& pack) { return Vouch(pack); })) {
+    return true;
+  }
   return HasLegacyChunks() && base_->HasChunkOfLength(hash, length, cancel);
 }
 
@@ -341,11 +348,10 @@ bool PackStore::RecheckPack(const std::string& pack, const std::string& mark) {
     stored.resize(entry.stored_length);
     try {
       if (!packs_.ReadPack(pack, entry.offset, stored, nullptr)) stored.clear();
-      DecodeBlock(stored, entry, raw, Where(pack));
+      DecodeEntry(stored, entry, raw, pack);
     } catch (const DamagedChunkError& e) {
       all_right = false;
-      Index().RemoveBlock(entry.hash);
-      ReportDamage(entry.hash, e.what());
+      ForgetDamaged(entry.hash, e.what());
     }
   }
   // The mark taken before the reads: a write during them leaves the pack unvouched for.
@@ -362,28 +368,142 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
   // No index lookup: callers write what a lookup found missing (a block written twice by
   // two writers at once costs only its space, until a sweep rewrites its pack).
   thread_local std::vector<std::byte> scratch;
-  return PutEncoded(hash, EncodeBlock(data, options_.zstd_level, scratch),
-                    static_cast<uint32_t>(data.size()), cancel);
+  const EncodedBlock encoded = EncodeBlock(data, options_.zstd_level, scratch);
+  if (encoded.codec == BlockCodec::kZstd) return PutCompressed(hash, data, encoded, cancel);
+  return PutEncoded(hash, encoded, static_cast<uint32_t>(data.size()), cancel);
+}
+
+uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::byte> raw,
+                                  EncodedBlock whole, const CancelToken* cancel) {
+  const auto raw_length = static_cast<uint32_t>(raw.size());
+  if (!options_.deltas) return PutEncoded(hash, whole, raw_length, cancel);
+  thread_local std::vector<uint64_t> features;
+  SketchBlock(raw, features);
+  std::vector<std::string> similar = Index().SimilarBlocks(features, kMaxBases);
+  std::erase(similar, hash);
+  if (!similar.empty()) {
+    std::string bases;
+    for (const std::string& base : similar) bases += base;
+    thread_local std::vector<std::byte> joined;
+    thread_local std::vector<std::byte> scratch;
+    try {
+      ReadBases(hash, bases, joined, cancel);
+      // Kept only if it saves at least an eighth: a delta costs its bases' reads.
+      const size_t limit = whole.bytes.size() - whole.bytes.size() / 8;
+      if (std::optional<EncodedBlock> delta =
+              EncodeDelta(raw, joined, options_.zstd_level, limit, scratch)) {
+        return PutEncoded(hash, *delta, raw_length, cancel, bases);
+      }
+    } catch (const DamagedChunkError&) {
+      // A base found damaged (forgotten and reported): the block is stored whole.
+    }
+  }
+  return PutEncoded(hash, whole, raw_length, cancel, {}, features);
+}
+
+void PackStore::ReadBases(const std::string& delta, const std::string& bases,
+                          std::vector<std::byte>& joined, const CancelToken* cancel, bool direct) {
+  joined.clear();
+  for (const std::string& base : SplitBases(bases)) {
+    std::shared_ptr<const std::vector<std::byte>> bytes;
+    {
+      std::lock_guard lock(base_cache_mutex_);
+      auto it = std::find_if(base_cache_.begin(), base_cache_.end(),
+                             [&](const auto& cached) { return cached.first == base; });
+      if (it != base_cache_.end()) {
+        bytes = it->second;
+        base_cache_.splice(base_cache_.begin(), base_cache_, it);
+      }
+    }
+    if (!bytes) {
+      auto read = std::make_shared<std::vector<std::byte>>();
+      try {
+        std::optional<BlockLocation> where = Index().Lookup({base})[0];
+        // Only a whole block is a base: a read never follows a chain.
+        if (!where || !where->bases.empty()) {
+          throw DamagedChunkError(base, "block " + base + " is missing in store " + uri());
+        }
+        read->resize(where->raw_length);
+        std::vector<std::byte> stored;
+        if (direct) {
+          stored.resize(where->stored_length);
+          if (!packs_.ReadPack(where->pack, where->offset, stored, cancel)) stored.clear();
+          const PackEntry entry{
+              base, where->offset, where->stored_length, where->raw_length, where->codec, {}};
+          DecodeBlock(stored, entry, *read, Where(where->pack));
+        } else {
+          ReadLocated(*where, base, *read, stored, cancel);
+        }
+      } catch (const DamagedChunkError& e) {
+        ForgetDamaged(base, e.what());
+        throw DamagedChunkError(delta, "block " + delta + " in store " + uri() +
+                                           " cannot be decoded: its base " + e.what());
+      }
+      bytes = std::move(read);
+      std::lock_guard lock(base_cache_mutex_);
+      base_cache_.emplace_front(base, bytes);
+      if (base_cache_.size() > kMaxCachedBases) base_cache_.pop_back();
+    }
+    joined.insert(joined.end(), bytes->begin(), bytes->end());
+  }
+}
+
+void PackStore::ForgetDamaged(const std::string& hash, const std::string& why, bool report_self) {
+  std::vector<std::string> built_on = Index().RemoveBlock(hash);
+  {
+    std::lock_guard lock(base_cache_mutex_);
+    std::erase_if(base_cache_, [&](const auto& cached) { return cached.first == hash; });
+  }
+  if (report_self) ReportDamage(hash, why);
+  for (const std::string& delta : built_on) {
+    ReportDamage(delta,
+                 "block " + delta + " is a delta of block " + hash + ", which is damaged: " + why);
+  }
+}
+
+void PackStore::DecodeEntry(std::span<const std::byte> stored, const PackEntry& entry,
+                            std::vector<std::byte>& out, const std::string& pack, bool direct) {
+  if (entry.bases.empty()) return DecodeBlock(stored, entry, out, Where(pack));
+  std::vector<std::byte> joined;
+  ReadBases(entry.hash, entry.bases, joined, nullptr, direct);
+  DecodeBlock(stored, entry, out, Where(pack), joined);
 }
 
 uint64_t PackStore::PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
                                    const StoredChunk& stored, const CancelToken* cancel) {
   // A store that keeps blocks raw (zstd level 0) keeps them so whatever their source did.
   if (!stored.codec || options_.zstd_level <= 0 ||
-      (*stored.codec == BlockCodec::kZstd && stored.bytes.empty())) {
+      (*stored.codec != BlockCodec::kRaw && stored.bytes.empty())) {
     return PutChunk(hash, data, cancel);
+  }
+  if (*stored.codec == BlockCodec::kZstdDelta) {
+    // As it is where this store holds its bases whole (so it decodes here to what the source
+    // decoded it to: the same bases, the same bytes); the index refuses it at commit if a base
+    // has gone meanwhile. Else the block is written as any new block.
+    const std::vector<std::string> bases = SplitBases(stored.bases);
+    if (!options_.deltas || bases.empty() || bases.size() > kMaxBases ||
+        std::find(bases.begin(), bases.end(), hash) != bases.end()) {
+      return PutChunk(hash, data, cancel);
+    }
+    for (const std::optional<BlockLocation>& base : Index().Lookup(bases)) {
+      if (!base || !base->bases.empty()) return PutChunk(hash, data, cancel);
+    }
+    return PutEncoded(hash, {BlockCodec::kZstdDelta, std::span<const std::byte>(stored.bytes)},
+                      static_cast<uint32_t>(data.size()), cancel, stored.bases);
   }
   // The source decoded these very bytes into `data` and checked them against `hash`: they
   // are written as they are, not compressed a second time (most of a copy's CPU otherwise).
-  const EncodedBlock encoded =
-      *stored.codec == BlockCodec::kRaw
-          ? EncodedBlock{BlockCodec::kRaw, data}
-          : EncodedBlock{BlockCodec::kZstd, std::span<const std::byte>(stored.bytes)};
-  return PutEncoded(hash, encoded, static_cast<uint32_t>(data.size()), cancel);
+  if (*stored.codec == BlockCodec::kRaw) {
+    return PutEncoded(hash, {BlockCodec::kRaw, data}, static_cast<uint32_t>(data.size()), cancel);
+  }
+  // Compressed: a delta here if this store holds blocks it resembles, else as it came.
+  return PutCompressed(hash, data, {BlockCodec::kZstd, std::span<const std::byte>(stored.bytes)},
+                       cancel);
 }
 
 uint64_t PackStore::PutEncoded(const std::string& hash, EncodedBlock encoded, uint32_t raw_length,
-                               const CancelToken* cancel) {
+                               const CancelToken* cancel, const std::string& bases,
+                               const std::vector<uint64_t>& features) {
   std::unique_ptr<PackBuilder> full;
   {
     std::unique_lock lock(write_mutex_);
@@ -398,7 +518,8 @@ uint64_t PackStore::PutEncoded(const std::string& hash, EncodedBlock encoded, ui
       }
       writer_cv_.notify_all();
     }
-    builder_->AddEncoded(hash, encoded, raw_length);
+    builder_->AddEncoded(hash, encoded, raw_length, bases);
+    builder_->AddFeatures(features);
     // Full; a pack waiting long is written by WriterLoop.
     if (builder_->size() >= options_.pack_size) {
       full = std::exchange(builder_, NewBuilder());
@@ -411,11 +532,13 @@ uint64_t PackStore::PutEncoded(const std::string& hash, EncodedBlock encoded, ui
 
 void PackStore::Seal(std::unique_ptr<PackBuilder> builder, const CancelToken* cancel) {
   std::vector<PackEntry> entries = builder->entries();
+  std::vector<std::pair<uint64_t, uint32_t>> features = builder->features();
   try {
     PackBytes bytes = builder->Finish();
-    Staged staged{NewPackName(), bytes.size(), {}, {}};
+    Staged staged{NewPackName(), bytes.size(), {}, {}, {}};
     packs_.StagePack(staged.name, bytes, cancel);
     staged.entries = std::move(entries);
+    staged.features = std::move(features);
     std::lock_guard lock(write_mutex_);
     if (spare_buffers_.size() < kMaxSealing + 1) spare_buffers_.push_back(std::move(bytes));
     staged_bytes_ += staged.size;
@@ -530,15 +653,18 @@ size_t PackStore::GetChunkInto(const std::string& hash, std::span<std::byte> out
 size_t PackStore::GetChunkStoredInto(const std::string& hash, std::span<std::byte> out,
                                      StoredChunk& stored, const CancelToken* cancel) {
   stored.codec.reset();
-  const std::optional<BlockCodec> codec = ReadChunk(hash, out, stored.bytes, cancel);
-  if (!codec) {
+  stored.bases.clear();
+  const std::optional<BlockLocation> where = ReadChunk(hash, out, stored.bytes, cancel);
+  if (!where) {
     stored.bytes.clear();
-  } else if (*codec == BlockCodec::kRaw) {
+  } else if (where->codec == BlockCodec::kRaw) {
     stored.bytes.clear();  // the stored form is `out` itself
     // Raw because compressing did not pay, unless this store never compresses.
     if (options_.zstd_level > 0) stored.codec = BlockCodec::kRaw;
   } else {
-    stored.codec = codec;
+    // Compressed, or a delta (decoded against its bases and checked above), with its bases.
+    stored.codec = where->codec;
+    stored.bases = where->bases;
   }
   return out.size();
 }
@@ -585,11 +711,12 @@ void PackStore::ReadLegacy(const std::string& hash, std::vector<std::byte>& out,
   }
 }
 
-std::optional<BlockCodec> PackStore::ReadChunk(const std::string& hash, std::span<std::byte> out,
-                                               std::vector<std::byte>& stored,
-                                               const CancelToken* cancel) {
-  std::optional<BlockLocation> where = Locate(hash);
-  if (where) return ReadLocated(*where, hash, out, stored, cancel);
+std::optional<BlockLocation> PackStore::ReadChunk(const std::string& hash, std::span<std::byte> out,
+                                                  std::vector<std::byte>& stored,
+                                                  const CancelToken* cancel) {
+  if (std::optional<BlockLocation> where = Locate(hash)) {
+    return ReadLocated(*where, hash, out, stored, cancel);
+  }
   // A chunk file of an earlier release: read whole (its length is the file's), then checked.
   thread_local std::vector<std::byte> whole;
   ReadLegacy(hash, whole, cancel);
@@ -598,9 +725,9 @@ std::optional<BlockCodec> PackStore::ReadChunk(const std::string& hash, std::spa
   return std::nullopt;
 }
 
-BlockCodec PackStore::ReadLocated(BlockLocation where, const std::string& hash,
-                                  std::span<std::byte> out, std::vector<std::byte>& stored,
-                                  const CancelToken* cancel) {
+BlockLocation PackStore::ReadLocated(BlockLocation where, const std::string& hash,
+                                     std::span<std::byte> out, std::vector<std::byte>& stored,
+                                     const CancelToken* cancel) {
   // The index knows the block's length: a caller expecting another is refused before a
   // byte is read (no block is decoded past the end of the caller's memory).
   if (where.raw_length != out.size()) {
@@ -617,13 +744,19 @@ BlockCodec PackStore::ReadLocated(BlockLocation where, const std::string& hash,
     where = *now;
     ReadBlock(where, hash, out, stored, cancel);
   }
-  return where.codec;
+  return where;
 }
 
 void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
                           std::span<std::byte> out, std::vector<std::byte>& stored,
                           const CancelToken* cancel) {
-  const PackEntry entry{hash, where.offset, where.stored_length, where.raw_length, where.codec};
+  const PackEntry entry{hash,        where.offset, where.stored_length, where.raw_length,
+                        where.codec, where.bases};
+  // A delta's bases first (each read and checked like any block).
+  thread_local std::vector<std::byte> joined;
+  if (!where.bases.empty()) ReadBases(hash, where.bases, joined, cancel);
+  const std::span<const std::byte> bases =
+      where.bases.empty() ? std::span<const std::byte>() : std::span<const std::byte>(joined);
   // A raw block is read straight into the caller's memory; a compressed one into `stored`,
   // then decompressed into it.
   const bool in_place = where.codec == BlockCodec::kRaw && where.stored_length == out.size();
@@ -647,7 +780,7 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
     }
     if (whole) {
       try {
-        DecodeBlockInto(target, entry, out, Where(where.pack));
+        DecodeBlockInto(target, entry, out, Where(where.pack), bases);
         return;
       } catch (const DamagedChunkError&) {
         if (read == reads) throw;
@@ -790,7 +923,9 @@ bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<st
 
 void PackStore::DeleteChunk(const std::string& hash) {
   if (Index().Lookup({hash})[0]) {
-    Index().RemoveBlock(hash);
+    for (const std::string& delta : Index().RemoveBlock(hash)) {
+      ReportDamage(delta, "block " + delta + " is a delta of block " + hash + ", deleted");
+    }
   } else if (HasLegacyChunks()) {
     base_->DeleteChunk(hash);
   }
@@ -798,7 +933,8 @@ void PackStore::DeleteChunk(const std::string& hash) {
 
 void PackStore::QuarantineChunk(const std::string& hash) {
   if (std::optional<BlockLocation> where = Index().Lookup({hash})[0]) {
-    Index().RemoveBlock(hash);
+    // Its owner marks what needs it; the deltas built on it are reported here.
+    ForgetDamaged(hash, "block " + hash + " was set aside as damaged", /*report_self=*/false);
     std::vector<std::byte> stored(where->stored_length);
     try {
       if (packs_.ReadPack(where->pack, where->offset, stored, nullptr)) {
@@ -845,6 +981,35 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
   Lost damaged;  // reported once the layout lock is released
   std::unique_lock layout(layout_mutex_);
   BlockIndex& index = Index();
+  // A block lives while a manifest names it, or a live delta is built on it (one level: a
+  // base is a whole block).
+  MarkSet bases_marked;
+  index.ForEachDeltaBase([&](const std::string& delta, const std::string& base) {
+    if (marked.Contains(delta)) bases_marked.Add(base);
+  });
+  auto live_block = [&](const std::string& hash) {
+    return marked.Contains(hash) || bases_marked.Contains(hash);
+  };
+  auto forget = [&](const std::string& hash, const std::string& why) {
+    for (std::string& delta : index.RemoveBlock(hash)) {
+      damaged.emplace_back(std::move(delta), "block is a delta of block " + hash + ": " + why);
+    }
+    damaged.emplace_back(hash, why);
+  };
+  // True if every one of `entries` decodes from `pack_bytes` to its hash.
+  auto all_decode = [&](std::span<const std::byte> pack_bytes, const std::string& pack,
+                        const std::vector<PackEntry>& entries) {
+    std::vector<std::byte> out;
+    for (const PackEntry& entry : entries) {
+      try {
+        DecodeEntry(pack_bytes.subspan(entry.offset, entry.stored_length), entry, out, pack,
+                    /*direct=*/true);
+      } catch (const DamagedChunkError&) {
+        return false;
+      }
+    }
+    return true;
+  };
   // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
   PackBuilder repacked(options_.zstd_level, options_.pack_size + kBuilderSlack);
   std::vector<std::string> replaced;
@@ -868,7 +1033,7 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     std::vector<std::string> dead_hashes;
     uint64_t live_bytes = 0;
     for (PackEntry& entry : entries) {
-      if (marked.Contains(entry.hash)) {
+      if (live_block(entry.hash)) {
         live_bytes += entry.stored_length;
         live.push_back(std::move(entry));
       } else {
@@ -899,20 +1064,19 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     if (!packs_.ReadPack(pack, 0, whole, nullptr)) continue;  // the next read reports it
     // A block found wrong in an object store's answer: the pack is read again once before
     // the block counts as damaged (see ReadBlock).
-    if (packs_.RemoteReads() && !AllDecode(whole, live, Where(pack)) &&
+    if (packs_.RemoteReads() && !all_decode(whole, pack, live) &&
         !packs_.ReadPack(pack, 0, whole, nullptr)) {
       continue;
     }
     for (const PackEntry& entry : live) {
       const std::span<const std::byte> stored(whole.data() + entry.offset, entry.stored_length);
       try {
-        DecodeBlock(stored, entry, raw, Where(pack));
+        DecodeEntry(stored, entry, raw, pack, /*direct=*/true);
       } catch (const DamagedChunkError& e) {
-        index.RemoveBlock(entry.hash);
-        damaged.emplace_back(entry.hash, e.what());
+        forget(entry.hash, e.what());
         continue;
       }
-      repacked.AddEncoded(entry.hash, {entry.codec, stored}, entry.raw_length);
+      repacked.AddEncoded(entry.hash, {entry.codec, stored}, entry.raw_length, entry.bases);
     }
     replaced.push_back(pack);
     result.chunks_removed += dead;

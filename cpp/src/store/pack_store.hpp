@@ -55,6 +55,9 @@ struct PackStoreOptions {
   // Planned reads (PlanReads) of neighbouring blocks are merged into requests of up to this
   // many bytes.
   uint64_t read_span = 4ULL << 20;
+  // A new block that compresses is stored as a delta against the (at most 2) committed whole
+  // blocks it resembles most, when that saves at least an eighth (docs/data-plane-v2.md).
+  bool deltas = true;
 };
 
 class PackStore final : public Store, public ChunkSizeProbe {
@@ -86,7 +89,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   size_t GetChunkStoredInto(const std::string& hash, std::span<std::byte> out, StoredChunk& stored,
                             const CancelToken* cancel = nullptr) override;
   // Writes a compressed block's bytes as they are, and an incompressible one raw without
-  // trying to compress it again; a block of unknown form is encoded as PutChunk does.
+  // trying to compress it again; a delta as it is if this store holds its bases whole; a
+  // block of unknown form (or a delta whose bases it lacks) is encoded as PutChunk does.
   uint64_t PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
                           const StoredChunk& stored, const CancelToken* cancel = nullptr) override;
   bool ChecksReads() const override { return true; }
@@ -156,21 +160,43 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::optional<BlockLocation> Locate(const std::string& hash);
   // Reads a chunk file of an earlier release into `out` (checked); TransferError if none.
   void ReadLegacy(const std::string& hash, std::vector<std::byte>& out, const CancelToken* cancel);
-  // GetChunk(Stored)Into: the block's codec, `stored` holding its bytes if compressed; nullopt
-  // for a chunk file of an earlier release (read into `out` all the same).
-  std::optional<BlockCodec> ReadChunk(const std::string& hash, std::span<std::byte> out,
-                                      std::vector<std::byte>& stored, const CancelToken* cancel);
+  // GetChunk(Stored)Into: where the block was read, `stored` holding its bytes if compressed;
+  // nullopt for a chunk file of an earlier release (read into `out` all the same).
+  std::optional<BlockLocation> ReadChunk(const std::string& hash, std::span<std::byte> out,
+                                         std::vector<std::byte>& stored, const CancelToken* cancel);
   // Reads the block at `where` into `out` (its length): where the index says now if a sweep
-  // moved it meanwhile. Returns its codec.
-  BlockCodec ReadLocated(BlockLocation where, const std::string& hash, std::span<std::byte> out,
-                         std::vector<std::byte>& stored, const CancelToken* cancel);
+  // moved it meanwhile. Returns where it was read.
+  BlockLocation ReadLocated(BlockLocation where, const std::string& hash, std::span<std::byte> out,
+                            std::vector<std::byte>& stored, const CancelToken* cancel);
   // Reads a block's stored bytes (into `out` itself if raw, else into `stored`) and decodes
   // them into `out` (checked).
   void ReadBlock(const BlockLocation& where, const std::string& hash, std::span<std::byte> out,
                  std::vector<std::byte>& stored, const CancelToken* cancel);
-  // Appends an encoded block of `raw_length` bytes to the pack being built (PutChunk).
+  // Appends an encoded block of `raw_length` bytes to the pack being built (PutChunk), with
+  // a delta's bases, or a whole block's resemblance features.
   uint64_t PutEncoded(const std::string& hash, EncodedBlock encoded, uint32_t raw_length,
-                      const CancelToken* cancel);
+                      const CancelToken* cancel, const std::string& bases = {},
+                      const std::vector<uint64_t>& features = {});
+  // Writes `raw`, compressed as `whole` (kZstd), as a delta against the blocks it resembles
+  // if that pays, else whole and sketched (a base for the blocks that come).
+  uint64_t PutCompressed(const std::string& hash, std::span<const std::byte> raw,
+                         EncodedBlock whole, const CancelToken* cancel);
+  // The raw bytes of a delta's bases (`bases`: PackEntry::bases), joined, each read and
+  // checked like any block (kept in base_cache_ for the next deltas). A base found damaged or
+  // missing is forgotten with the deltas built on it (reported); then DamagedChunkError
+  // naming `delta`. `direct`: read from the packs without the read path's retries and
+  // reconciles (a sweep, which holds the layout lock).
+  void ReadBases(const std::string& delta, const std::string& bases, std::vector<std::byte>& joined,
+                 const CancelToken* cancel, bool direct = false);
+  // Forgets a block found damaged, reports it (unless its caller does) and the deltas built
+  // on it (gone with it).
+  void ForgetDamaged(const std::string& hash, const std::string& why, bool report_self = true);
+  // Decodes a block of a pack (`stored`: its bytes as stored), its bases read if a delta.
+  void DecodeEntry(std::span<const std::byte> stored, const PackEntry& entry,
+                   std::vector<std::byte>& out, const std::string& pack, bool direct = false);
+  // Whole blocks recently read as bases, by hash (checked), most recent first.
+  std::mutex base_cache_mutex_;
+  std::list<std::pair<std::string, std::shared_ptr<const std::vector<std::byte>>>> base_cache_;
   // Reads [offset, offset + out.size()) of a pack: with the rest of its planned run if it has
   // one (see PlanReads), else alone.
   bool ReadRange(const std::string& pack, uint64_t offset, std::span<std::byte> out,
