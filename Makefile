@@ -67,7 +67,7 @@ sanitize: deps
 TSAN_SUITES := BackgroundThreadsTest WorkerPoolTest RunningWorkTest LeaseTest CatalogTest \
 	CatalogOpenTest CatalogProcessTest ChangeNotifierTest TransferTest TokenBucketTest \
 	ImageIoTest ImporterTest DigesterTest SweeperTest SweepTest PackStoreTest LocalStoreTest \
-	BlockManifestTest IntegrityTest S3ClientTest EngineTest
+	BlockManifestTest IntegrityTest S3ClientTest EngineTest DeltaBlocksTest
 space := $(subst ,, )
 TSAN_FILTER := $(subst $(space),:,$(addsuffix .*,$(strip $(TSAN_SUITES))))
 tsan: deps

@@ -8,7 +8,10 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <thread>
 
+#include "base/write_scope.hpp"
+#include "dataplane/crew.hpp"
 #include "imagerelay/error.hpp"
 #include "scratch_dir.hpp"
 #include "store/block_index.hpp"
@@ -298,6 +301,63 @@ TEST(DeltaBlocksTest, AnIndexRebuiltFromFootersKnowsTheDeltasAndDropsThoseWhoseB
   EXPECT_FALSE(rebuilt->store->HasChunkOfLength(HashOf(versions.v2[0]), kBlock));
 }
 
+TEST(DeltaBlocksTest, ABasesPackVanishingReportsTheDeltasBuiltOnIt) {
+  ScratchDir dir;
+  OneDelta one(dir.path() / "r");
+  auto& [root, region, versions, base, delta] = one;
+  const BlockLocation at = *Where(root, base);
+  ASSERT_NE(at.pack, Where(root, delta)->pack);
+  fs::remove(PackFile(root, at.pack));
+  // A store opened afresh finds the pack gone: the base and the deltas on it are reported,
+  // and a read finds the delta missing.
+  auto reader = Open(root);
+  std::vector<std::byte> out;
+  EXPECT_THROW(reader->store->GetChunk(delta, out), TransferError);
+  std::map<std::string, std::string> read_reports(reader->reports.begin(), reader->reports.end());
+  EXPECT_TRUE(read_reports.contains(base));
+  EXPECT_TRUE(read_reports.contains(delta));
+  // A confirmation vouches for neither.
+  EXPECT_EQ(region->store->HasChunks({delta, base}), (std::vector<bool>{false, false}));
+  EXPECT_FALSE(Where(root, delta));
+}
+
+// A delta's size would tell how close a block is to the blocks it resembles: an account's
+// blocks find their bases only among blocks written for the same owner (WriteScope), never
+// among another account's, and a crew's threads write for whom their starter writes.
+TEST(DeltaBlocksTest, BasesAreFoundOnlyAmongTheSameOwnersBlocks) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "r";
+  auto region = Open(root);
+  PackStore& store = *region->store;
+  std::optional<TwoVersions> versions;
+  {
+    const WriteScope team_a("team-a");
+    versions.emplace(store, 2);
+  }
+  {
+    const WriteScope team_b("team-b");
+    store.PutChunk(HashOf(versions->v2[0]), versions->v2[0]);
+    store.Flush();
+  }
+  EXPECT_EQ(Where(root, HashOf(versions->v2[0]))->codec, BlockCodec::kZstd);
+  {
+    const WriteScope team_a("team-a");
+    Crew crew;
+    crew.Start([&] { store.PutChunk(HashOf(versions->v2[1]), versions->v2[1]); });
+    crew.Finish();
+    store.Flush();
+  }
+  EXPECT_EQ(Where(root, HashOf(versions->v2[1]))->codec, BlockCodec::kZstdDelta);
+  // A thread with no scope of its own is in the default one, which is neither; a scope ends
+  // with its guard.
+  const uint64_t outside = WriteScope::Current();
+  {
+    const WriteScope team_a("team-a");
+    EXPECT_NE(WriteScope::Current(), outside);
+  }
+  EXPECT_EQ(WriteScope::Current(), outside);
+}
+
 TEST(DeltaBlocksTest, AnIndexOfAnEarlierReleaseGainsTheBasesColumnOnOpen) {
   ScratchDir dir;
   const fs::path file = dir.path() / "blocks.sqlite";
@@ -392,6 +452,43 @@ TEST(DeltaBlocksTest, ADeltaWhoseBaseWasForgottenBeforeItsCommitIsNotIndexed) {
   std::vector<std::byte> out;
   region->store->GetChunk(hash, out);
   EXPECT_EQ(out, versions.v2[0]);
+}
+
+// Writers choosing bases, readers decoding deltas and flushes, side by side (TSan runs this).
+TEST(DeltaBlocksTest, WritersAndReadersOfDeltasOnSeveralThreadsLoseNothing) {
+  ScratchDir dir;
+  auto region = Open(dir.path() / "r");
+  PackStore& store = *region->store;
+  TwoVersions versions(store, 8);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = static_cast<size_t>(t); i < versions.v2.size(); i += 2) {
+        store.PutChunk(HashOf(versions.v2[i]), versions.v2[i]);
+        if (i % 3 == 0) store.Flush();
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    std::vector<std::byte> out;
+    for (int round = 0; round < 3; ++round) {
+      for (const auto& b : versions.v1) {
+        store.GetChunk(HashOf(b), out);
+        EXPECT_EQ(out, b);
+      }
+    }
+  });
+  for (auto& t : threads) t.join();
+  store.Flush();
+  std::vector<std::byte> out;
+  int deltas = 0;
+  for (const auto& b : versions.v2) {
+    store.GetChunk(HashOf(b), out);
+    EXPECT_EQ(out, b);
+    deltas += Where(dir.path() / "r", HashOf(b))->codec == BlockCodec::kZstdDelta;
+  }
+  EXPECT_EQ(deltas, 8);
+  EXPECT_TRUE(region->reports.empty());
 }
 
 }  // namespace

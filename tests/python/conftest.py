@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -198,6 +199,37 @@ def make_text(path: Path, chunks: int, random_chunks: int = 0) -> Path:
         [:CHUNK] for c in range(chunks))
     path.write_bytes(text + os.urandom(random_chunks * CHUNK))
     return path
+
+
+_WORDS = ("the image region block copy return update kernel module config = { } 0x1f path usr "
+         "lib share event").split()
+
+
+def make_words(path: Path, chunks: int, seed: int) -> Path:
+    """File-like text (compresses ~2-3x, as file data does), `chunks` blocks long."""
+    rng = random.Random(seed)
+    out = []
+    size = 0
+    while size < chunks * CHUNK:
+        word = rng.choice(_WORDS) + ("\n" if rng.random() < 0.15 else " ")
+        if rng.random() < 0.1:
+            word += str(rng.randrange(100000))
+        out.append(word)
+        size += len(word)
+    path.write_bytes("".join(out).encode()[:chunks * CHUNK])
+    return path
+
+
+def edited(src: Path, dst: Path, seed: int, every: int = 2) -> Path:
+    """`src` as an update changes it: in every `every`th block, a few small rewrites."""
+    rng = random.Random(seed)
+    data = bytearray(src.read_bytes())
+    for block in range(0, len(data) // CHUNK, every):
+        for _ in range(3):
+            at = block * CHUNK + rng.randrange(CHUNK - 32)
+            data[at:at + 24] = bytes(rng.randrange(65, 91) for _ in range(24))
+    dst.write_bytes(bytes(data))
+    return dst
 
 
 def stored_bytes(home: Path, region: str) -> dict[str, bytes]:

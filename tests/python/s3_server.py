@@ -78,13 +78,16 @@ class S3Server:
 # (cpp/src/store/pack.hpp), each ending with a footer that lists its blocks:
 #   entries (49 B each: hash, u64 offset, u32 stored length, u32 raw length, u8 codec)
 #   | u32 count | SHA-256 of the entries | "IRPACK01"        (little-endian)
+# or, in a pack holding a delta block, each entry followed by its bases (u8 count, 32 B each)
+#   | u32 length of the entries | SHA-256 of the entries | "IRPACK02"
 # The helpers below read that footer from the bucket itself: what the bucket truly holds,
 # whatever the engine's local index cache says.
 PACK = 16 * 2**20
 PACK_MAGIC = b"IRPACK01"
+DELTA_PACK_MAGIC = b"IRPACK02"
 PACK_ENTRY = struct.Struct("<32sQIIB")
 PACK_TRAILER = 4 + 32 + len(PACK_MAGIC)
-CODEC_RAW, CODEC_ZSTD = 0, 1
+CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_DELTA = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class StoredBlock:
     stored_length: int
     raw_length: int
     codec: int
+    bases: tuple[str, ...] = ()  # a delta block's
 
 
 def pack_sizes(s3: S3Server, bucket: str, prefix: str = "relay") -> dict[str, int]:
@@ -116,17 +120,33 @@ def pack_keys(s3: S3Server, bucket: str, prefix: str = "relay") -> list[str]:
 def parse_pack_footer(key: str, tail: bytes, size: int) -> list[tuple[str, StoredBlock]]:
     """The blocks a pack's footer lists; ``tail`` is the pack's last bytes (at least its
     footer). Fails the test if the footer is torn or does not match its digest."""
-    assert tail[-len(PACK_MAGIC):] == PACK_MAGIC, f"{key} does not end with a pack footer"
-    count = int.from_bytes(tail[-PACK_TRAILER:-PACK_TRAILER + 4], "little")
-    entries = tail[-PACK_TRAILER - count * PACK_ENTRY.size:-PACK_TRAILER]
-    assert len(entries) == count * PACK_ENTRY.size, f"{key}: footer cut short"
+    assert tail[-len(PACK_MAGIC):] in (PACK_MAGIC, DELTA_PACK_MAGIC), \
+        f"{key} does not end with a pack footer"
+    entries = tail[-footer_length(tail):-PACK_TRAILER]
     assert hashlib.sha256(entries).digest() == tail[-len(PACK_MAGIC) - 32:-len(PACK_MAGIC)], key
+    deltas = tail[-len(PACK_MAGIC):] == DELTA_PACK_MAGIC
     blocks = []
-    for i in range(count):
-        digest, offset, stored, raw, codec = PACK_ENTRY.unpack_from(entries, i * PACK_ENTRY.size)
+    at = 0
+    while at < len(entries):
+        assert at + PACK_ENTRY.size <= len(entries), f"{key}: footer cut short"
+        digest, offset, stored, raw, codec = PACK_ENTRY.unpack_from(entries, at)
+        at += PACK_ENTRY.size
+        bases: tuple[str, ...] = ()
+        if deltas:
+            n = entries[at]
+            bases = tuple(entries[at + 1 + 32 * b:at + 33 + 32 * b].hex() for b in range(n))
+            at += 1 + 32 * n
         assert offset + stored <= size - len(entries) - PACK_TRAILER, f"{key}: block past its end"
-        blocks.append((digest.hex(), StoredBlock(key, offset, stored, raw, codec)))
+        blocks.append((digest.hex(), StoredBlock(key, offset, stored, raw, codec, bases)))
     return blocks
+
+
+def footer_length(trailer: bytes) -> int:
+    """Bytes from the end of a pack that hold its footer, from its last PACK_TRAILER bytes."""
+    field = int.from_bytes(trailer[-PACK_TRAILER:-PACK_TRAILER + 4], "little")
+    if trailer[-len(PACK_MAGIC):] == DELTA_PACK_MAGIC:
+        return PACK_TRAILER + field
+    return PACK_TRAILER + field * PACK_ENTRY.size
 
 
 def pack_blocks(s3: S3Server, bucket: str, prefix: str = "relay") -> list[tuple[str, StoredBlock]]:
@@ -134,12 +154,11 @@ def pack_blocks(s3: S3Server, bucket: str, prefix: str = "relay") -> list[tuple[
     client = s3.client()
     out = []
     for key, size in sorted(pack_sizes(s3, bucket, prefix).items()):
-        # Two ranged GETs: the fixed trailer (it gives the count), then the whole footer.
+        # Two ranged GETs: the fixed trailer (it gives the footer's length), then the footer.
         try:
             trailer = client.get_object(
                 Bucket=bucket, Key=key, Range=f"bytes={size - PACK_TRAILER}-{size - 1}")
-            count = int.from_bytes(trailer["Body"].read()[:4], "little")
-            footer = PACK_TRAILER + count * PACK_ENTRY.size
+            footer = footer_length(trailer["Body"].read())
             tail = client.get_object(Bucket=bucket, Key=key,
                                      Range=f"bytes={size - footer}-{size - 1}")["Body"].read()
         except client.exceptions.NoSuchKey:

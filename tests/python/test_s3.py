@@ -20,6 +20,7 @@ from conftest import (
     CHILD_REPLICATE,
     CHUNK,
     PYTHON,
+    edited,
     assert_error,
     bytes_of_earlier_attempts,
     chunk_hashes,
@@ -27,13 +28,16 @@ from conftest import (
     make_dense,
     make_sparse,
     make_text,
+    make_words,
     manifest_path,
     read_result,
+    sha256_file,
     stored_bytes,
     wait_until,
 )
 from s3_server import (
     CODEC_RAW,
+    CODEC_ZSTD_DELTA,
     PACK,
     FaultProxy,
     S3Server,
@@ -166,6 +170,33 @@ def test_credentials_from_the_environment(cloud: ir.Cloud, s3: S3Server, bucket:
 
 
 # -- replication --------------------------------------------------------------------------
+def test_an_edited_version_goes_to_s3_as_deltas_and_reads_back_whole(
+        cloud: ir.Cloud, s3: S3Server, bucket: str, files: Path) -> None:
+    # Issue #12 (delta blocks): v2's edited blocks travel and are stored as deltas against
+    # v1's blocks in the bucket; a copy back out of the bucket decodes them against bases it
+    # reads with ranged GETs, each checked.
+    add_s3_region(cloud, s3, "s3a", bucket)
+    v1_file = make_words(files / "v1.raw", 24, seed=5)
+    v2_file = edited(v1_file, files / "v2.raw", seed=6)
+    v1 = cloud.import_image(v1_file, region="bj", name="golden")
+    v1.replicate("s3a").wait(timeout=60)
+    v2 = cloud.import_image(v2_file, region="bj", name="golden")
+    job = v2.replicate("s3a")
+    job.wait(timeout=60)
+    task = job.tasks["s3a"]
+    assert task.state == "Completed", job.to_dict()
+    assert task.bytes_transferred == 12 * CHUNK
+    assert task.bytes_sent < 12 * 2048, task.to_dict()
+    in_bucket = dict(pack_blocks(s3, bucket))
+    deltas = [b for b in in_bucket.values() if b.codec == CODEC_ZSTD_DELTA]
+    assert len(deltas) == 12
+    assert all(b.bases and all(base in in_bucket for base in b.bases) for b in deltas)
+    copy = job.copies["s3a"]
+    assert copy.verify() == sha256_file(v2_file)
+    back = copy.replicate("gz").wait(timeout=60).copies["gz"]
+    assert back.export(files / "back.raw").read_bytes() == v2_file.read_bytes()
+
+
 def test_replicate_local_to_s3_to_s3_to_local(cloud: ir.Cloud, s3: S3Server, files: Path) -> None:
     b1, b2 = f"ra-{os.getpid()}", f"rb-{os.getpid()}"
     s3.create_bucket(b1)

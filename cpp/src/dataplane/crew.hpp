@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/write_scope.hpp"
 #include "dataplane/buffer_pool.hpp"
 
 namespace imagerelay {
@@ -81,7 +82,9 @@ class Crew {
  private:
   template <typename Fn>
   auto MakeBody(Fn fn) {
-    return [this, fn = std::move(fn)]() mutable {
+    // The crew writes for whom its starter writes (WriteScope).
+    return [this, fn = std::move(fn), scope = WriteScope::Current()]() mutable {
+      const auto writes_for = WriteScope::Inherit(scope);
       try {
         fn();
       } catch (...) {

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/write_scope.hpp"
 #include "engine/events.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/state.hpp"
@@ -183,6 +184,8 @@ void CopyRun::Run() {
 }
 
 std::vector<TransferOutcome> CopyRun::Transfer() {
+  // The copies hold the source owner's data: its blocks' bases are found among that owner's.
+  const WriteScope writes_for(claim_.source.owner);
   std::vector<TransferOutcome> outcomes;
   std::string setup_code, setup_error;
   try {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "base/write_scope.hpp"
 #include "engine/image_record.hpp"
 #include "imagerelay/disk_format.hpp"
 #include "imagerelay/error.hpp"
@@ -54,6 +55,7 @@ void Importer::Run(const std::string& image_id, const std::string& source_path,
     io.threads = 8;  // writers mostly wait on flushes: more of them share each flush
     io.defer_digest_hole_bytes = parts_.defer_digest_hole_bytes;
     io.spool_dir = parts_.cache_dir;
+    const WriteScope writes_for(image.owner);  // bases only among the owner's blocks
     auto manifest = ImportToStore(*source, *store, io, cancel, [&](const IoProgress& p) {
       if (progress) progress(p);
       auto now = std::chrono::steady_clock::now();

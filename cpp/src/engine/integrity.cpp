@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/write_scope.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
@@ -276,6 +277,7 @@ ScrubReport Integrity::ScrubRegion(const std::string& account, const std::string
     if (lacking.count != 0) {
       MarkDamaged(listed.id, std::to_string(lacking.count) + " of its chunks (" + lacking.first +
                                  " first) are missing or damaged in region " + region);
+      const WriteScope writes_for(listed.owner);  // the repaired blocks are the owner's data
       manifest.ForEachWindow([&](uint64_t first, const std::vector<std::string>& window) {
         RepairWindow(*store, manifest, first, window, others, cancel, report);
       });

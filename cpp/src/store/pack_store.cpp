@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 
+#include "base/write_scope.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
@@ -39,8 +40,21 @@ constexpr uint64_t kMaxStagedGroups = 4;
 // ReadBlock).
 constexpr int kRemoteReads = 3;
 
+// A super-feature as the resemblance index keys it for writes of `scope`: a bijection of
+// the feature for each scope (splitmix64's finalizer), different scopes' keys unrelated.
+uint64_t ScopedFeature(uint64_t feature, uint64_t scope) {
+  uint64_t x = feature ^ (scope * 0x9E3779B97F4A7C15ULL);
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
 // Whole blocks kept decoded as bases (a base is read once for the many deltas built on it).
 constexpr size_t kMaxCachedBases = 32;
+constexpr uint64_t kMaxCachedBaseBytes = 4ULL << 20;
+// Blocks larger than this (a chunk_size far above the default 64 KiB) are never deltas: a
+// writer would hold two bases of that size per thread.
+constexpr size_t kMaxDeltaBlock = 1ULL << 20;
 
 }  // namespace
 
@@ -376,9 +390,15 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
 uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::byte> raw,
                                   EncodedBlock whole, const CancelToken* cancel) {
   const auto raw_length = static_cast<uint32_t>(raw.size());
-  if (!options_.deltas) return PutEncoded(hash, whole, raw_length, cancel);
+  if (!options_.deltas || raw.size() > kMaxDeltaBlock) {
+    return PutEncoded(hash, whole, raw_length, cancel);
+  }
   thread_local std::vector<uint64_t> features;
   SketchBlock(raw, features);
+  // Keyed by the writer's scope too: bases are found only among blocks written for the same
+  // owner, so that a delta's size tells nothing of another account's data (WriteScope).
+  const uint64_t scope = WriteScope::Current();
+  for (uint64_t& feature : features) feature = ScopedFeature(feature, scope);
   std::vector<std::string> similar = Index().SimilarBlocks(features, kMaxBases);
   std::erase(similar, hash);
   if (!similar.empty()) {
@@ -442,7 +462,11 @@ void PackStore::ReadBases(const std::string& delta, const std::string& bases,
       bytes = std::move(read);
       std::lock_guard lock(base_cache_mutex_);
       base_cache_.emplace_front(base, bytes);
-      if (base_cache_.size() > kMaxCachedBases) base_cache_.pop_back();
+      base_cache_bytes_ += bytes->size();
+      while (base_cache_.size() > kMaxCachedBases || base_cache_bytes_ > kMaxCachedBaseBytes) {
+        base_cache_bytes_ -= base_cache_.back().second->size();
+        base_cache_.pop_back();
+      }
     }
     joined.insert(joined.end(), bytes->begin(), bytes->end());
   }
@@ -452,7 +476,11 @@ void PackStore::ForgetDamaged(const std::string& hash, const std::string& why, b
   std::vector<std::string> built_on = Index().RemoveBlock(hash);
   {
     std::lock_guard lock(base_cache_mutex_);
-    std::erase_if(base_cache_, [&](const auto& cached) { return cached.first == hash; });
+    std::erase_if(base_cache_, [&](const auto& cached) {
+      if (cached.first != hash) return false;
+      base_cache_bytes_ -= cached.second->size();
+      return true;
+    });
   }
   if (report_self) ReportDamage(hash, why);
   for (const std::string& delta : built_on) {

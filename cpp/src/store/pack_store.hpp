@@ -197,6 +197,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // Whole blocks recently read as bases, by hash (checked), most recent first.
   std::mutex base_cache_mutex_;
   std::list<std::pair<std::string, std::shared_ptr<const std::vector<std::byte>>>> base_cache_;
+  uint64_t base_cache_bytes_ = 0;
   // Reads [offset, offset + out.size()) of a pack: with the rest of its planned run if it has
   // one (see PlanReads), else alone.
   bool ReadRange(const std::string& pack, uint64_t offset, std::span<std::byte> out,
