@@ -1,10 +1,13 @@
 // Pack files (store/pack.hpp): the footer a region's index is rebuilt from, and each block
-// decoded from its stored bytes (raw or zstd). Every input is read as a whole pack, as the
-// tail of a larger one, and once more with its footer's digest made right, so that the
-// fuzzer gets past the digest to the entries. Entries that parse must tile the pack, and each
-// block either decodes to bytes of its hash or is reported damaged (DamagedChunkError).
+// decoded from its stored bytes (raw, zstd, or a zstd delta: decoded against the pack's
+// first bytes as its bases, which a fuzzed frame may or may not reference). Every input is read as
+// a whole pack, as the tail of a larger one, and once more with its footer's digest made right, so
+// that the fuzzer gets past the digest to the entries. Entries that parse must tile the pack, and
+// each block either decodes to bytes of its hash or is reported damaged (DamagedChunkError).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,7 +33,10 @@ void ReadPack(std::span<const std::byte> pack) {
     if (e.raw_length > kMaxDecodedBytes) continue;
     std::vector<std::byte> out;
     try {
-      DecodeBlock(pack.subspan(e.offset, e.stored_length), e, out, "fuzz");
+      const std::span<const std::byte> bases =
+          e.bases.empty() ? std::span<const std::byte>()
+                          : pack.first(std::min<size_t>(pack.size(), 1 << 16));
+      DecodeBlock(pack.subspan(e.offset, e.stored_length), e, out, "fuzz", bases);
       Require(out.size() == e.raw_length && Sha256Hex(out.data(), out.size()) == e.hash,
               "a block decoded to bytes that are not its own");
     } catch (const DamagedChunkError& damaged) {
@@ -57,8 +63,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   });
   // The footer's digest made right: the entries behind it get parsed.
   if (size >= kPackTrailerSize) {
-    const uint64_t count = GetLe(pack.data() + size - kPackTrailerSize, 4);
-    const uint64_t entries = count * kPackEntrySize;
+    // IRPACK01 gives the entries' count, IRPACK02 their length in bytes.
+    const uint64_t field = GetLe(pack.data() + size - kPackTrailerSize, 4);
+    const bool deltas = std::memcmp(pack.data() + size - 8, "IRPACK02", 8) == 0;
+    const uint64_t entries = deltas ? field : field * kPackEntrySize;
     if (entries <= size - kPackTrailerSize) {
       std::byte* footer = pack.data() + size - kPackTrailerSize - entries;
       HashToBytes(Sha256Hex(footer, entries), pack.data() + size - kPackTrailerSize + 4);

@@ -53,11 +53,28 @@ def local_seeds(out: Path, tmp: Path, data: bytes) -> None:
     with ir.open(tmp / "home", limits=ir.Limits(chunk_size=CHUNK)) as cloud:
         cloud.add_region("seed", tmp / "store")
         image = cloud.import_image(source, region="seed", name="seed")
-    for manifest in (tmp / "store").rglob("manifests/*.bin"):
-        write(out, "fuzz_manifest", "engine-manifest.bin", manifest.read_bytes())
-    packs = sorted(p for p in (tmp / "store").rglob("packs/*/*") if p.is_file())
-    for i, pack in enumerate(packs[:2]):
-        write(out, "fuzz_pack", f"engine-pack-{i}", pack.read_bytes())
+        for manifest in (tmp / "store").rglob("manifests/*.bin"):
+            write(out, "fuzz_manifest", "engine-manifest.bin", manifest.read_bytes())
+        packs = sorted(p for p in (tmp / "store").rglob("packs/*/*") if p.is_file())
+        for i, pack in enumerate(packs[:2]):
+            write(out, "fuzz_pack", f"engine-pack-{i}", pack.read_bytes())
+        # A second version of a text image, each block edited in one place: its pack holds
+        # deltas (IRPACK02, bases named in the footer).
+        rng = random.Random(17)
+        words = b" ".join(rng.choice([b"region", b"block", b"copy", b"kernel", b"0x1f", b"usr"])
+                          + str(rng.randrange(1000)).encode() for _ in range(4 * CHUNK))
+        words = words[:4 * CHUNK]
+        (tmp / "words.raw").write_bytes(words)
+        cloud.import_image(tmp / "words.raw", region="seed", name="words")
+        edited = bytearray(words)
+        for block in range(4):
+            edited[block * CHUNK + 100:block * CHUNK + 116] = b"EDITED-BY-SEEDS!"
+        (tmp / "words-2.raw").write_bytes(bytes(edited))
+        cloud.import_image(tmp / "words-2.raw", region="seed", name="words")
+    deltas = [p for p in (tmp / "store").rglob("packs/*/*")
+              if p.is_file() and p.read_bytes().endswith(b"IRPACK02")]
+    assert deltas, "the edited version was stored without a delta"
+    write(out, "fuzz_pack", "engine-delta-pack", deltas[0].read_bytes())
     chunks = []
     for at in range(0, len(data), CHUNK):
         piece = data[at:at + CHUNK]
