@@ -523,6 +523,48 @@ TEST(PackStoreTest, ARemoteReadDamagedOnTheWayIsReadAgainNotReportedAsDamage) {
   EXPECT_THROW(store->GetChunk(HashOf(a), out), DamagedChunkError);
 }
 
+// A delta's bases are read unchecked (the delta's own hash covers them); a base damaged on
+// the way makes that check fail, and the bases are read again, checked: nothing is reported,
+// and what a writer later encodes against is a checked base.
+TEST(PackStoreTest, ADeltasBaseDamagedOnTheWayIsReadAgainCheckedNotReported) {
+  ScratchDir dir;
+  std::string rows;
+  std::mt19937 rng(3);
+  while (rows.size() < kBlock) rows += "row " + std::to_string(rng() % 100000) + " ok\n";
+  rows.resize(kBlock);
+  const auto* p = reinterpret_cast<const std::byte*>(rows.data());
+  const std::vector<std::byte> base(p, p + kBlock);
+  std::vector<std::byte> edited = base;
+  for (size_t i = 0; i < 40; ++i) edited[1000 + i] = std::byte{'#'};
+  std::vector<std::byte> again = base;
+  for (size_t i = 0; i < 40; ++i) again[30000 + i] = std::byte{'%'};
+  {
+    auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
+    store->PutChunk(HashOf(base), base);
+    store->Flush();
+    store->PutChunk(HashOf(edited), edited);
+    store->Flush();
+  }
+  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
+  std::vector<std::string> reported;
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
+  ASSERT_LT(*store->StoredChunkSize(HashOf(edited)), kBlock / 16);  // a delta
+  faults->flip_reads = 1;                                           // the base's read, first
+  std::vector<std::byte> out;
+  store->GetChunk(HashOf(edited), out);
+  EXPECT_EQ(out, edited);
+  EXPECT_TRUE(reported.empty());
+  // A writer encodes against the base checked, whatever a reader left in the cache.
+  store->PutChunk(HashOf(again), again);
+  store->Flush();
+  auto [faults2, fresh] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
+  for (const auto& b : {edited, again}) {
+    fresh->GetChunk(HashOf(b), out);
+    EXPECT_EQ(out, b);
+  }
+}
+
 TEST(PackStoreTest, APackLeftOutOfARemoteListingIsNotTakenForGone) {
   ScratchDir dir;
   RemoteWithOneBlock region(dir.path());

@@ -223,6 +223,22 @@ std::vector<PackEntry> ParsePackFooter(std::span<const std::byte> tail, uint64_t
   return entries;
 }
 
+bool DecodeBaseUnchecked(std::span<const std::byte> stored, const PackEntry& entry,
+                         std::span<std::byte> out) {
+  if (stored.size() != entry.stored_length || out.size() != entry.raw_length) return false;
+  if (entry.codec == BlockCodec::kRaw) {
+    if (stored.size() != out.size()) return false;
+    if (!out.empty() && stored.data() != out.data()) {
+      std::memcpy(out.data(), stored.data(), out.size());
+    }
+    return true;
+  }
+  if (entry.codec != BlockCodec::kZstd) return false;
+  const size_t n = ZSTD_decompressDCtx(DecompressionContext(), out.data(), out.size(),
+                                       stored.data(), stored.size());
+  return !ZSTD_isError(n) && n == entry.raw_length;
+}
+
 void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
                  std::vector<std::byte>& out, const std::string& what,
                  std::span<const std::byte> bases) {

@@ -144,5 +144,11 @@ void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
 void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
                      std::span<std::byte> out, const std::string& what,
                      std::span<const std::byte> bases = {});
+// Decodes a whole block (raw or zstd, not a delta) into `out` (its raw length) WITHOUT
+// checking it against its hash; false if it does not decode to that length. Only for a
+// delta's base whose use is checked afterwards: the delta decoded against it is checked
+// against the delta's own hash, which a wrong base cannot make match.
+bool DecodeBaseUnchecked(std::span<const std::byte> stored, const PackEntry& entry,
+                         std::span<std::byte> out);
 
 }  // namespace imagerelay

@@ -407,7 +407,7 @@ uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::
     thread_local std::vector<std::byte> joined;
     thread_local std::vector<std::byte> scratch;
     try {
-      ReadBases(hash, bases, joined, cancel);
+      ReadBases(hash, bases, joined, cancel, BaseCheck::kChecked);  // encoded against: checked
       // Kept only if it saves at least an eighth: a delta costs its bases' reads.
       const size_t limit = whole.bytes.size() - whole.bytes.size() / 8;
       if (std::optional<EncodedBlock> delta =
@@ -422,49 +422,44 @@ uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::
 }
 
 void PackStore::ReadBases(const std::string& delta, const std::string& bases,
-                          std::vector<std::byte>& joined, const CancelToken* cancel, bool direct) {
+                          std::vector<std::byte>& joined, const CancelToken* cancel,
+                          BaseCheck check, bool direct) {
   joined.clear();
   for (const std::string& base : SplitBases(bases)) {
     std::shared_ptr<const std::vector<std::byte>> bytes;
+    bool checked = false;
     {
       std::lock_guard lock(base_cache_mutex_);
       auto it = std::find_if(base_cache_.begin(), base_cache_.end(),
-                             [&](const auto& cached) { return cached.first == base; });
+                             [&](const CachedBase& cached) { return cached.hash == base; });
       if (it != base_cache_.end()) {
-        bytes = it->second;
+        bytes = it->bytes;
+        checked = it->checked;
         base_cache_.splice(base_cache_.begin(), base_cache_, it);
       }
     }
+    if (bytes && !checked && check == BaseCheck::kChecked) {
+      // Read unchecked by a reader: checked now, or read again.
+      checked = Sha256Hex(bytes->data(), bytes->size()) == base;
+      if (!checked) bytes.reset();
+    }
     if (!bytes) {
       auto read = std::make_shared<std::vector<std::byte>>();
-      try {
-        std::optional<BlockLocation> where = Index().Lookup({base})[0];
-        // Only a whole block is a base: a read never follows a chain.
-        if (!where || !where->bases.empty()) {
-          throw DamagedChunkError(base, "block " + base + " is missing in store " + uri());
-        }
-        read->resize(where->raw_length);
-        std::vector<std::byte> stored;
-        if (direct) {
-          stored.resize(where->stored_length);
-          if (!packs_.ReadPack(where->pack, where->offset, stored, cancel)) stored.clear();
-          const PackEntry entry{
-              base, where->offset, where->stored_length, where->raw_length, where->codec, {}};
-          DecodeBlock(stored, entry, *read, Where(where->pack));
-        } else {
-          ReadLocated(*where, base, *read, stored, cancel);
-        }
-      } catch (const DamagedChunkError& e) {
-        ForgetDamaged(base, e.what());
-        throw DamagedChunkError(delta, "block " + delta + " in store " + uri() +
-                                           " cannot be decoded: its base " + e.what());
-      }
+      checked = check == BaseCheck::kChecked || !ReadBaseUnchecked(base, *read, cancel, direct);
+      if (checked) ReadBaseChecked(delta, base, *read, cancel, direct);
       bytes = std::move(read);
+    }
+    {
       std::lock_guard lock(base_cache_mutex_);
-      base_cache_.emplace_front(base, bytes);
+      std::erase_if(base_cache_, [&](const CachedBase& cached) {
+        if (cached.hash != base) return false;
+        base_cache_bytes_ -= cached.bytes->size();
+        return true;
+      });
+      base_cache_.push_front({base, bytes, checked});
       base_cache_bytes_ += bytes->size();
       while (base_cache_.size() > kMaxCachedBases || base_cache_bytes_ > kMaxCachedBaseBytes) {
-        base_cache_bytes_ -= base_cache_.back().second->size();
+        base_cache_bytes_ -= base_cache_.back().bytes->size();
         base_cache_.pop_back();
       }
     }
@@ -472,13 +467,59 @@ void PackStore::ReadBases(const std::string& delta, const std::string& bases,
   }
 }
 
+bool PackStore::ReadBaseUnchecked(const std::string& base, std::vector<std::byte>& out,
+                                  const CancelToken* cancel, bool direct) {
+  std::optional<BlockLocation> where = Index().Lookup({base})[0];
+  if (!where || !where->bases.empty()) return false;
+  out.resize(where->raw_length);
+  thread_local std::vector<std::byte> stored;
+  const bool raw = where->codec == BlockCodec::kRaw;
+  std::span<std::byte> target(out);
+  if (!raw) {
+    stored.resize(where->stored_length);
+    target = stored;
+  }
+  const bool whole = direct ? packs_.ReadPack(where->pack, where->offset, target, cancel)
+                            : ReadRange(where->pack, where->offset, target, cancel);
+  const PackEntry entry{base, where->offset, where->stored_length, where->raw_length, where->codec,
+                        {}};
+  return whole && DecodeBaseUnchecked(target, entry, out);
+}
+
+void PackStore::ReadBaseChecked(const std::string& delta, const std::string& base,
+                                std::vector<std::byte>& out, const CancelToken* cancel,
+                                bool direct) {
+  try {
+    std::optional<BlockLocation> where = Index().Lookup({base})[0];
+    // Only a whole block is a base: a read never follows a chain.
+    if (!where || !where->bases.empty()) {
+      throw DamagedChunkError(base, "block " + base + " is missing in store " + uri());
+    }
+    out.resize(where->raw_length);
+    std::vector<std::byte> stored;
+    if (direct) {
+      stored.resize(where->stored_length);
+      if (!packs_.ReadPack(where->pack, where->offset, stored, cancel)) stored.clear();
+      const PackEntry entry{
+          base, where->offset, where->stored_length, where->raw_length, where->codec, {}};
+      DecodeBlock(stored, entry, out, Where(where->pack));
+    } else {
+      ReadLocated(*where, base, out, stored, cancel);
+    }
+  } catch (const DamagedChunkError& e) {
+    ForgetDamaged(base, e.what());
+    throw DamagedChunkError(delta, "block " + delta + " in store " + uri() +
+                                       " cannot be decoded: its base " + e.what());
+  }
+}
+
 void PackStore::ForgetDamaged(const std::string& hash, const std::string& why, bool report_self) {
   std::vector<std::string> built_on = Index().RemoveBlock(hash);
   {
     std::lock_guard lock(base_cache_mutex_);
-    std::erase_if(base_cache_, [&](const auto& cached) {
-      if (cached.first != hash) return false;
-      base_cache_bytes_ -= cached.second->size();
+    std::erase_if(base_cache_, [&](const CachedBase& cached) {
+      if (cached.hash != hash) return false;
+      base_cache_bytes_ -= cached.bytes->size();
       return true;
     });
   }
@@ -493,7 +534,13 @@ void PackStore::DecodeEntry(std::span<const std::byte> stored, const PackEntry& 
                             std::vector<std::byte>& out, const std::string& pack, bool direct) {
   if (entry.bases.empty()) return DecodeBlock(stored, entry, out, Where(pack));
   std::vector<std::byte> joined;
-  ReadBases(entry.hash, entry.bases, joined, nullptr, direct);
+  ReadBases(entry.hash, entry.bases, joined, nullptr, BaseCheck::kUnchecked, direct);
+  try {
+    return DecodeBlock(stored, entry, out, Where(pack), joined);
+  } catch (const DamagedChunkError&) {
+    // Perhaps a base, not the delta: read checked, a bad base is found and reported.
+  }
+  ReadBases(entry.hash, entry.bases, joined, nullptr, BaseCheck::kChecked, direct);
   DecodeBlock(stored, entry, out, Where(pack), joined);
 }
 
@@ -781,9 +828,11 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
   const PackEntry entry{hash,        where.offset, where.stored_length, where.raw_length,
                         where.codec, where.bases};
   // A delta's bases first (each read and checked like any block).
+  // Unchecked: the delta's own check below covers them (see BaseCheck).
   thread_local std::vector<std::byte> joined;
-  if (!where.bases.empty()) ReadBases(hash, where.bases, joined, cancel);
-  const std::span<const std::byte> bases =
+  bool bases_checked = where.bases.empty();
+  if (!bases_checked) ReadBases(hash, where.bases, joined, cancel, BaseCheck::kUnchecked);
+  std::span<const std::byte> bases =
       where.bases.empty() ? std::span<const std::byte>() : std::span<const std::byte>(joined);
   // A raw block is read straight into the caller's memory; a compressed one into `stored`,
   // then decompressed into it.
@@ -811,6 +860,19 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
         DecodeBlockInto(target, entry, out, Where(where.pack), bases);
         return;
       } catch (const DamagedChunkError&) {
+        if (!bases_checked) {
+          // Perhaps a base, not the delta: read checked (a bad base is found, reported and
+          // named), then decoded again from the same bytes.
+          ReadBases(hash, where.bases, joined, cancel, BaseCheck::kChecked);
+          bases = joined;
+          bases_checked = true;
+          try {
+            DecodeBlockInto(target, entry, out, Where(where.pack), bases);
+            return;
+          } catch (const DamagedChunkError&) {
+            // the delta's own bytes, then
+          }
+        }
         if (read == reads) throw;
         continue;
       }

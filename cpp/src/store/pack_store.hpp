@@ -181,22 +181,40 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // if that pays, else whole and sketched (a base for the blocks that come).
   uint64_t PutCompressed(const std::string& hash, std::span<const std::byte> raw,
                          EncodedBlock whole, const CancelToken* cancel);
-  // The raw bytes of a delta's bases (`bases`: PackEntry::bases), joined, each read and
-  // checked like any block (kept in base_cache_ for the next deltas). A base found damaged or
-  // missing is forgotten with the deltas built on it (reported); then DamagedChunkError
-  // naming `delta`. `direct`: read from the packs without the read path's retries and
-  // reconciles (a sweep, which holds the layout lock).
+  // How a delta's bases are read. kChecked: each decoded and checked against its hash like
+  // any block (what a writer encodes against). kUnchecked: decoded only, for a read that then
+  // checks the delta's own bytes against its hash (a wrong base cannot make them match); if
+  // they do not match, the bases are read again kChecked, which finds a bad one. (A base
+  // costs a delta's read a decompression and, checked, a SHA-256 as long again.)
+  enum class BaseCheck { kChecked, kUnchecked };
+  // The raw bytes of a delta's bases (`bases`: PackEntry::bases), joined (kept in base_cache_
+  // for the next deltas). A base found damaged or missing by a checked read is forgotten with
+  // the deltas built on it (reported); then DamagedChunkError naming `delta`. `direct`: read
+  // from the packs without the read path's retries and reconciles (a sweep, which holds the
+  // layout lock).
   void ReadBases(const std::string& delta, const std::string& bases, std::vector<std::byte>& joined,
-                 const CancelToken* cancel, bool direct = false);
+                 const CancelToken* cancel, BaseCheck check, bool direct = false);
+  // One base read unchecked into `out`; false if it could not be (then it is read checked).
+  bool ReadBaseUnchecked(const std::string& base, std::vector<std::byte>& out,
+                         const CancelToken* cancel, bool direct);
+  // One base read checked into `out` (see ReadBases).
+  void ReadBaseChecked(const std::string& delta, const std::string& base,
+                       std::vector<std::byte>& out, const CancelToken* cancel, bool direct);
   // Forgets a block found damaged, reports it (unless its caller does) and the deltas built
   // on it (gone with it).
   void ForgetDamaged(const std::string& hash, const std::string& why, bool report_self = true);
   // Decodes a block of a pack (`stored`: its bytes as stored), its bases read if a delta.
   void DecodeEntry(std::span<const std::byte> stored, const PackEntry& entry,
                    std::vector<std::byte>& out, const std::string& pack, bool direct = false);
-  // Whole blocks recently read as bases, by hash (checked), most recent first.
+  // Whole blocks recently read as bases, most recent first; `checked`: found to match their
+  // hash (an unchecked one is hashed before a writer uses it).
+  struct CachedBase {
+    std::string hash;
+    std::shared_ptr<const std::vector<std::byte>> bytes;
+    bool checked = false;
+  };
   std::mutex base_cache_mutex_;
-  std::list<std::pair<std::string, std::shared_ptr<const std::vector<std::byte>>>> base_cache_;
+  std::list<CachedBase> base_cache_;
   uint64_t base_cache_bytes_ = 0;
   // Reads [offset, offset + out.size()) of a pack: with the rest of its planned run if it has
   // one (see PlanReads), else alone.
