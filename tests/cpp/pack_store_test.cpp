@@ -41,6 +41,16 @@ std::vector<std::byte> TextBlock(uint32_t seed, size_t n = kBlock) {
   return {p, p + n};
 }
 
+// Rows of numbers: compresses, and not to nothing (not one line repeated).
+std::vector<std::byte> RowsBlock(uint32_t seed) {
+  std::string rows;
+  std::mt19937 rng(seed);
+  while (rows.size() < kBlock) rows += "row " + std::to_string(rng() % 100000) + " ok\n";
+  rows.resize(kBlock);
+  const auto* p = reinterpret_cast<const std::byte*>(rows.data());
+  return {p, p + kBlock};
+}
+
 using testing_util::HashOf;
 
 // PackFiles of a LocalStore that can be made to fail at one operation: a crash at that
@@ -179,12 +189,7 @@ TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {
   PackStore& source = *source_store;
   auto [dest_faults, dest] = OpenPacked(dir.path() / "b");
   // Text that compresses, and differently at levels 1 and 19 (numbers, not one line repeated).
-  std::string rows;
-  std::mt19937 rng(7);
-  while (rows.size() < kBlock) rows += "row " + std::to_string(rng() % 100000) + " ok\n";
-  rows.resize(kBlock);
-  const auto* p = reinterpret_cast<const std::byte*>(rows.data());
-  const std::vector<std::byte> text(p, p + kBlock);
+  const std::vector<std::byte> text = RowsBlock(7);
   const auto random = RandomBlock(7);
   source.PutChunk(HashOf(text), text);
   source.PutChunk(HashOf(random), random);
@@ -528,12 +533,7 @@ TEST(PackStoreTest, ARemoteReadDamagedOnTheWayIsReadAgainNotReportedAsDamage) {
 // and what a writer later encodes against is a checked base.
 TEST(PackStoreTest, ADeltasBaseDamagedOnTheWayIsReadAgainCheckedNotReported) {
   ScratchDir dir;
-  std::string rows;
-  std::mt19937 rng(3);
-  while (rows.size() < kBlock) rows += "row " + std::to_string(rng() % 100000) + " ok\n";
-  rows.resize(kBlock);
-  const auto* p = reinterpret_cast<const std::byte*>(rows.data());
-  const std::vector<std::byte> base(p, p + kBlock);
+  const std::vector<std::byte> base = RowsBlock(3);
   std::vector<std::byte> edited = base;
   for (size_t i = 0; i < 40; ++i) edited[1000 + i] = std::byte{'#'};
   std::vector<std::byte> again = base;
