@@ -344,6 +344,21 @@ def stored_blocks(home: Path, region: str) -> dict[str, tuple[Path, int, int, in
     return {h: (root / "packs" / p[:2] / p, off, n, raw) for h, p, off, n, raw in rows}
 
 
+def delta_bases(home: Path, region: str) -> list[tuple[str, str]]:
+    """(delta, base) rows of a local region's block index."""
+    import sqlite3
+    db = region_root(home, region) / "index" / "blocks.sqlite"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute("SELECT block, base FROM delta_bases").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        conn.close()
+
+
 def chunk_files(home: Path, region: str) -> list[Path]:
     """The files that hold a region's chunks: pack files, and chunk files of an earlier
     release (no temporary files)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from conftest import (
     chunk_files,
     chunk_names,
+    delta_bases,
     manifest_path,
     parse_manifest,
     read_manifest,
@@ -55,12 +56,14 @@ def local_regions(cloud: ir.Cloud) -> list[str]:
 
 
 def unneeded_blocks(home: Path, region: str, live_ids: set[str]) -> set[str]:
-    """The blocks a local region's index holds that no live image's manifest names."""
+    """The blocks a local region's index holds that no live image needs: neither named by
+    its manifest nor a base of a delta block that is."""
     needed: set[str] = set()
     for image_id in live_ids:
         path = manifest_path(home, region, image_id)
         if path.exists():
             needed.update(h for h in read_manifest(path)["chunks"] if h)
+    needed |= {base for delta, base in delta_bases(home, region) if delta in needed}
     return chunk_names(home, region) - needed
 
 
@@ -157,6 +160,7 @@ def bucket_waste(s3: S3Server, bucket: str, prefix: str, live: set[str]) -> list
     client = s3.client()
     needed: set[str] = set()
     waste = []
+    blocks = pack_blocks(s3, bucket, prefix)
     for key in s3.keys(bucket, f"{prefix}/manifests/"):
         image_id = key.rsplit("/", 1)[1].split(".")[0]
         if image_id not in live:
@@ -164,8 +168,9 @@ def bucket_waste(s3: S3Server, bucket: str, prefix: str, live: set[str]) -> list
             continue
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         needed.update(h for h in parse_manifest(body)["chunks"] if h)
+    needed |= {base for digest, block in blocks if digest in needed for base in block.bases}
     live_bytes: Counter[str] = Counter()
-    for digest, block in pack_blocks(s3, bucket, prefix):
+    for digest, block in blocks:
         live_bytes[block.pack] += block.stored_length if digest in needed else 0
     waste += [k for k, size in pack_sizes(s3, bucket, prefix).items()
               if live_bytes[k] < REPACK_BELOW * size]

@@ -23,7 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import damage_block, manifest_path, read_manifest, region_root
+from conftest import (
+    damage_block,
+    delta_bases,
+    edited,
+    make_words,
+    manifest_path,
+    read_manifest,
+    region_root,
+)
 from invariants import check_invariants
 from s3_server import S3Server, moto_server
 
@@ -35,7 +43,9 @@ STRIDE = max(1, int(os.environ.get("IMAGERELAY_CRASH_STRIDE", "1")))
 # The operations, as the child runs them on a home made by SETUP (then DAMAGE, in this
 # process). The source files: a.raw (3 MiB of random bytes), b.raw (a.raw with its middle
 # MiB rewritten: shares two thirds of its blocks) and c.raw (shares only a.raw's first MiB,
-# so that deleting a leaves a pack a third alive: the sweep repacks it).
+# so that deleting a leaves a pack a third alive: the sweep repacks it). d.raw: 3 MiB of
+# file-like text; e.raw: d.raw with every other block edited in a few places (stored as
+# delta blocks against d's).
 SETUP = {
     "import": "",
     "replicate": "cloud.import_image(A, region='bj', name='a')",
@@ -53,6 +63,16 @@ SETUP = {
              "one_.replicate(['gz']).wait(timeout=120)",
 }
 SETUP["scrub_truncated"] = SETUP["scrub"]
+# Delta blocks (docs/data-plane-v2.md, "Delta blocks"): written, passed on by a copy, and
+# kept by a sweep as the bases of a live image's deltas.
+SETUP.update({
+    "import_delta": "cloud.import_image(D, region='bj', name='d')",
+    "replicate_delta": "d_ = cloud.import_image(D, region='bj', name='d'); "
+                       "d_.replicate(['gz']).wait(timeout=120); "
+                       "cloud.import_image(E, region='bj', name='e')",
+    "delete_delta": "cloud.import_image(D, region='bj', name='d'); "
+                    "cloud.import_image(E, region='bj', name='e')",
+})
 # On a home with an S3 region "sr" too (a bucket of its own on moto, put back with the home
 # before each crash).
 S3_SETUP = {
@@ -83,6 +103,9 @@ OPS = {
     "scrub_truncated": "cloud.scrub('bj')",
     "replicate_s3": "one('a').replicate(['sr']).wait(timeout=120)",
     "delete_s3": "[i for i in cloud.images(region='sr') if i.name == 'a'][0].delete()",
+    "import_delta": "cloud.import_image(E, region='bj', name='e')",
+    "replicate_delta": "one('e').replicate(['gz']).wait(timeout=120)",
+    "delete_delta": "one('d').delete()",
 }
 # What a user does after such a crash before relying on the result: export again (the
 # stale temporary file goes), scrub again (the damage is still there to find), add the
@@ -114,6 +137,11 @@ PASSES = {
     "scrub_truncated": {"store.quarantine", "pack.synced", "index.commit", "catalog.commit"},
     "replicate_s3": {"s3.write", "s3.written", "index.commit", "catalog.commit"},
     "delete_s3": {"s3.write", "s3.written", "index.commit", "catalog.commit"},
+    "import_delta": {"catalog.commit", "pack.synced", "pack.renamed", "index.commit",
+                     "file.synced", "file.renamed"},
+    "replicate_delta": {"catalog.commit", "pack.synced", "pack.renamed", "index.commit",
+                        "file.synced", "file.renamed"},
+    "delete_delta": {"catalog.commit", "store.delete", "index.commit"},
 }
 NOT_PASSED = {
     "catalog.migrate": "a home of an older schema: tests/cpp/upgrade_test.cpp",
@@ -123,7 +151,7 @@ NOT_PASSED = {
 CHILD = textwrap.dedent("""
     import sys
     import imagerelay as ir
-    home, A, B, C, EXPORT, code = sys.argv[1:7]
+    home, A, B, C, D, E, EXPORT, code = sys.argv[1:9]
     with ir.open(home) as cloud:
         def one(name):
             (image,) = [i for i in cloud.images() if i.name == name]
@@ -140,7 +168,10 @@ def sources(tmp_path_factory):
     c = a[:1024 * 1024] + os.urandom(2 * 1024 * 1024)
     for name, data in (("a", a), ("b", b), ("c", c)):
         (d / f"{name}.raw").write_bytes(data)
-    return d, {"sha256:" + hashlib.sha256(x).hexdigest() for x in (a, b, c)}
+    text = make_words(d / "d.raw", 48, seed=21)
+    edited(text, d / "e.raw", seed=22)
+    files = [a, b, c, (d / "d.raw").read_bytes(), (d / "e.raw").read_bytes()]
+    return d, {"sha256:" + hashlib.sha256(x).hexdigest() for x in files}
 
 
 def export_target(home: Path) -> Path:
@@ -152,7 +183,7 @@ def run_child(home: Path, sources: Path, code: str, env_extra: dict[str, str]):
     env.update(env_extra)
     return subprocess.run(
         [sys.executable, "-c", CHILD, str(home)]
-        + [str(sources / f"{name}.raw") for name in "abc"]
+        + [str(sources / f"{name}.raw") for name in "abcde"]
         + [str(export_target(home)), code], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -240,6 +271,9 @@ def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path, requ
     done = run_child(home, src, OPS[op], {"IMAGERELAY_FAIL_LOG": str(log)})
     assert done.returncode == 0, done.stderr
     steps = log.read_text().split()
+    if op.endswith("_delta"):  # what these operations are about is there
+        for region in ("bj", "gz") if op == "replicate_delta" else ("bj",):
+            assert delta_bases(home, region), f"{op}: no delta block in {region}"
     missing = PASSES[op] - set(steps)
     assert not missing, f"{op} no longer passes {sorted(missing)}: {sorted(set(steps))}"
     # Opening the home passes the same first steps whatever follows: tried with the import,

@@ -5,23 +5,24 @@ needs it out of use until it is repaired."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import CHUNK, damage_block, edited, make_words, region_root, sha256_file
+from conftest import (
+    CHUNK,
+    damage_block,
+    delta_bases,
+    edited,
+    make_words,
+    region_root,
+    sha256_file,
+)
 
 import imagerelay as ir
 
 def pack_bytes(home: Path, region: str) -> int:
     return sum(p.stat().st_size for p in (region_root(home, region) / "packs").glob("*/*")
                if p.is_file() and len(p.name) == 32)
-
-
-def delta_bases(home: Path, region: str) -> list[tuple[str, str]]:
-    """(delta, base) rows of a region's block index."""
-    with sqlite3.connect(region_root(home, region) / "index" / "blocks.sqlite") as db:
-        return db.execute("SELECT block, base FROM delta_bases").fetchall()
 
 
 @pytest.fixture
