@@ -901,6 +901,39 @@ TEST(PackStoreTest, WritersOnSeveralThreadsLoseNothing) {
 // Issue #12 (one buffer pool): a reader hands the store its own memory, of the length the
 // plan or manifest gives, and the store decodes each block straight into it. Local and
 // object-store packs alike; a raw block, a compressed one and a short last one.
+// The bases of planned deltas are read in the same runs: on an object store, restoring an
+// updated image costs a request per run of neighbouring blocks, not one per base.
+TEST(PackStoreTest, PlannedReadsOfDeltasReadTheirBasesInRunsToo) {
+  ScratchDir dir;
+  constexpr int kBlocks = 8;
+  std::vector<std::vector<std::byte>> v1, v2;
+  for (int i = 0; i < kBlocks; ++i) {
+    v1.push_back(RowsBlock(100 + static_cast<uint32_t>(i)));
+    v2.push_back(v1.back());
+    for (size_t k = 0; k < 40; ++k) v2.back()[2000 + k] = std::byte{'#'};
+  }
+  {
+    auto [faults, store] = OpenPacked(dir.path(), 64 * kBlock, /*remote=*/true);
+    for (const auto& b : v1) store->PutChunk(HashOf(b), b);
+    store->Flush();
+    for (const auto& b : v2) store->PutChunk(HashOf(b), b);
+    store->Flush();
+    ASSERT_LT(*store->StoredChunkSize(HashOf(v2[0])), kBlock / 16);  // a delta
+  }
+  auto [faults, store] = OpenPacked(dir.path(), 64 * kBlock, /*remote=*/true);
+  std::vector<std::string> hashes;
+  for (const auto& b : v2) hashes.push_back(HashOf(b));
+  store->PlanReads(hashes);
+  faults->reads = 0;
+  std::vector<std::byte> out;
+  for (const auto& b : v2) {
+    store->GetChunk(HashOf(b), out);
+    EXPECT_EQ(out, b);
+  }
+  // One run of the deltas, one of their bases (one pack each).
+  EXPECT_LE(faults->reads.load(), 2);  // without the bases in the runs: 9
+}
+
 TEST(PackStoreTest, SpanReadsFillTheCallersMemoryAndNothingPastIt) {
   for (const bool remote : {false, true}) {
     SCOPED_TRACE(remote ? "object store" : "local");

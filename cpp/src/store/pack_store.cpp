@@ -892,9 +892,25 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   // Neighbouring blocks of a pack (a gap of at most kMaxGap) go into one run.
   std::unordered_map<std::string, std::vector<Run>> planned;
   size_t count = 0;
-  for (const auto& where : found) {
-    if (!where) continue;
-    planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
+  std::vector<std::string> bases;  // of the deltas among them: read with them
+  {
+    std::unordered_set<std::string> named;
+    for (const auto& where : found) {
+      if (!where) continue;
+      planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
+      for (std::string& base : SplitBases(where->bases)) {
+        if (named.insert(base).second) bases.push_back(std::move(base));
+      }
+    }
+  }
+  // A delta's bases lie in the packs of the image's earlier version, side by side: their
+  // ranges join the runs (on an object store, a request per run rather than per base).
+  if (!bases.empty()) {
+    for (const auto& where : Index().Lookup(bases)) {
+      if (where) {
+        planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
+      }
+    }
   }
   {
     // Their reads need not look them up again, one by one.
