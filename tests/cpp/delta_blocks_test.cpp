@@ -167,6 +167,34 @@ TEST(DeltaBlocksTest, ABlockLikeAStoredOneIsKeptAsADeltaAndReadsBackExactly) {
   EXPECT_TRUE(again->reports.empty());
 }
 
+// A block edited in place has one base; a block made of halves of two stored blocks (a file
+// rewritten at another 4 KiB phase) has both: the second pays for its read there.
+TEST(DeltaBlocksTest, ABlockOfTwoStoredHalvesHasBothAsBases) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "r";
+  auto region = Open(root);
+  PackStore& store = *region->store;
+  const auto a = Words(41);
+  const auto b = Words(42);
+  store.PutChunk(HashOf(a), a);
+  store.PutChunk(HashOf(b), b);
+  store.Flush();
+  const auto edited = Edited(a, 43);
+  std::vector<std::byte> halves(a.begin(), a.begin() + kBlock / 2);
+  halves.insert(halves.end(), b.begin() + kBlock / 2, b.end());
+  store.PutChunk(HashOf(edited), edited);
+  store.PutChunk(HashOf(halves), halves);
+  store.Flush();
+  EXPECT_EQ(Where(root, HashOf(edited))->bases, HashOf(a));
+  const std::string both = Where(root, HashOf(halves))->bases;
+  EXPECT_EQ(both.size(), 128u);
+  EXPECT_NE(both.find(HashOf(a)), std::string::npos);
+  EXPECT_NE(both.find(HashOf(b)), std::string::npos);
+  std::vector<std::byte> out;
+  store.GetChunk(HashOf(halves), out);
+  EXPECT_EQ(out, halves);
+}
+
 TEST(DeltaBlocksTest, WithDeltasOffOrNothingAlikeBlocksAreStoredWhole) {
   ScratchDir dir;
   auto off = Open(dir.path() / "off", /*deltas=*/false);

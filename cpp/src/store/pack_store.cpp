@@ -402,18 +402,29 @@ uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::
   std::vector<std::string> similar = Index().SimilarBlocks(features, kMaxBases);
   std::erase(similar, hash);
   if (!similar.empty()) {
-    std::string bases;
-    for (const std::string& base : similar) bases += base;
     thread_local std::vector<std::byte> joined;
-    thread_local std::vector<std::byte> scratch;
+    thread_local std::vector<std::byte> one_base;
+    thread_local std::vector<std::byte> two_bases;
     try {
-      ReadBases(hash, bases, joined, cancel, BaseCheck::kChecked);  // encoded against: checked
-      // Kept only if it saves at least an eighth: a delta costs its bases' reads.
+      // Against the block it resembles most; kept only if that saves at least an eighth (a
+      // delta costs its bases' reads).
+      ReadBases(hash, similar[0], joined, cancel, BaseCheck::kChecked);  // encoded against
       const size_t limit = whole.bytes.size() - whole.bytes.size() / 8;
-      if (std::optional<EncodedBlock> delta =
-              EncodeDelta(raw, joined, options_.zstd_level, limit, scratch)) {
-        return PutEncoded(hash, *delta, raw_length, cancel, bases);
+      std::optional<EncodedBlock> delta =
+          EncodeDelta(raw, joined, options_.zstd_level, limit, one_base);
+      std::string bases = similar[0];
+      if (similar.size() > 1) {
+        // The second joins only if it saves another quarter: each base costs every read of
+        // the delta a decompression.
+        const size_t limit2 = delta ? delta->bytes.size() - delta->bytes.size() / 4 : limit;
+        ReadBases(hash, similar[0] + similar[1], joined, cancel, BaseCheck::kChecked);
+        if (std::optional<EncodedBlock> joint =
+                EncodeDelta(raw, joined, options_.zstd_level, limit2, two_bases)) {
+          delta = joint;
+          bases = similar[0] + similar[1];
+        }
       }
+      if (delta) return PutEncoded(hash, *delta, raw_length, cancel, bases);
     } catch (const DamagedChunkError&) {
       // A base found damaged (forgotten and reported): the block is stored whole.
     }
