@@ -692,8 +692,9 @@ def test_cancel_aborts_a_stalled_pack_request(cloud: ir.Cloud, s3: S3Server, buc
     job = image.replicate("s3a")
     dest = job.tasks["s3a"].dest_image_id
     wait_until(lambda: proxy.counts.get("stall", 0) >= 1)
-    # The proxy stalls after the server took the PUT: the pack is in the bucket.
-    assert len(pack_keys(s3, bucket)) == 1
+    # The proxy stalls after the server took the PUT: the pack is in the bucket (listed a
+    # moment later on a loaded machine: a fresh-clone CI run once listed it empty at once).
+    wait_until(lambda: len(pack_keys(s3, bucket)) == 1, timeout=10)
     started = time.monotonic()
     cloud.cancel_copy(dest)  # waits (a few seconds at most) for the copy to let go
     assert time.monotonic() - started < 10
