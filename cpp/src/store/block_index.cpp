@@ -247,14 +247,11 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
     if (require_bases && !e.bases.empty() && !bases_indexed(e.bases)) continue;
     {
       sqlite::ScopedStatement s(insert);
-      if (e.bases.empty()) {
-        s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec),
-                nullptr);
-      } else {
-        s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec),
-                e.bases);
-      }
-      s->Run();
+      const std::optional<std::string> bases =
+          e.bases.empty() ? std::nullopt : std::optional<std::string>(e.bases);  // NULL: whole
+      s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec),
+              bases)
+          .Run();
     }
     // Only the copy indexed counts (a block indexed already keeps its place and its form).
     inserted[i] = sqlite3_changes(db_->conn.get()) > 0;
@@ -409,12 +406,6 @@ std::vector<std::string> BlockIndex::SimilarBlocks(const std::vector<uint64_t>& 
     }
   });
   return similar;
-}
-
-uint64_t BlockIndex::FeatureCount() {
-  std::lock_guard lock(read_mutex_);
-  sqlite::ScopedStatement s(db_->reader.Cached("SELECT count(*) FROM features"));
-  return s->Step() ? s->Uint(0) : 0;
 }
 
 std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {

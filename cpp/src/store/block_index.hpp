@@ -98,8 +98,6 @@ class BlockIndex {
   // most named first: candidates for the bases of a new block. Only a hint: an entry may be
   // stale (then ignored) or lost (a hash collision overwrote it).
   std::vector<std::string> SimilarBlocks(const std::vector<uint64_t>& features, size_t limit);
-  // Rows of the resemblance index (for the figures of a benchmark).
-  uint64_t FeatureCount();
   // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
   std::vector<PackEntry> EntriesOf(const std::string& pack_id);
   // Every indexed block's hash, sorted.
