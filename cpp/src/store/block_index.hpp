@@ -31,6 +31,12 @@ struct BlockLocation {
   bool operator==(const BlockLocation&) const = default;
 };
 
+// The pack entry of block `hash` found at `where` (what DecodeBlock checks it against).
+inline PackEntry EntryAt(const std::string& hash, const BlockLocation& where) {
+  return PackEntry{hash,        where.offset, where.stored_length, where.raw_length,
+                   where.codec, where.bases};
+}
+
 // What a presence check needs of a batch of blocks, without a location (and its pack's name)
 // per block: for each hash, its pack as an index into `packs` (-1: not indexed) and its
 // length.

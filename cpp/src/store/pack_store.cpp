@@ -492,8 +492,7 @@ bool PackStore::ReadBaseUnchecked(const std::string& base, std::vector<std::byte
   }
   const bool whole = direct ? packs_.ReadPack(where->pack, where->offset, target, cancel)
                             : ReadRange(where->pack, where->offset, target, cancel);
-  const PackEntry entry{base, where->offset, where->stored_length, where->raw_length, where->codec,
-                        {}};
+  const PackEntry entry = EntryAt(base, *where);
   return whole && DecodeBaseUnchecked(target, entry, out);
 }
 
@@ -511,9 +510,7 @@ void PackStore::ReadBaseChecked(const std::string& delta, const std::string& bas
     if (direct) {
       stored.resize(where->stored_length);
       if (!packs_.ReadPack(where->pack, where->offset, stored, cancel)) stored.clear();
-      const PackEntry entry{
-          base, where->offset, where->stored_length, where->raw_length, where->codec, {}};
-      DecodeBlock(stored, entry, out, Where(where->pack));
+      DecodeBlock(stored, EntryAt(base, *where), out, Where(where->pack));
     } else {
       ReadLocated(*where, base, out, stored, cancel);
     }
@@ -836,8 +833,7 @@ BlockLocation PackStore::ReadLocated(BlockLocation where, const std::string& has
 void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
                           std::span<std::byte> out, std::vector<std::byte>& stored,
                           const CancelToken* cancel) {
-  const PackEntry entry{hash,        where.offset, where.stored_length, where.raw_length,
-                        where.codec, where.bases};
+  const PackEntry entry = EntryAt(hash, where);
   // A delta's bases first (each read and checked like any block).
   // Unchecked: the delta's own check below covers them (see BaseCheck).
   thread_local std::vector<std::byte> joined;
