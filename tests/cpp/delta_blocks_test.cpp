@@ -454,6 +454,74 @@ TEST(DeltaBlocksTest, ACopyPassesADeltaToARegionHoldingItsBasesAndTheBlockToOthe
   }
 }
 
+// A block its source keeps whole arrives whole: kept so (its source found no base worth it), even
+// where blocks like it are, and sketched, so that blocks written there later find it a base.
+TEST(DeltaBlocksTest, ACopyKeepsAWholeBlockWholeAndSketchedForTheBlocksThatCome) {
+  ScratchDir dir;
+  auto source = Open(dir.path() / "a");
+  auto dest = Open(dir.path() / "b");
+  TwoVersions versions(*dest->store, 1);  // b holds v1; a holds only v2, whole
+  const std::vector<std::byte>& block = versions.v2[0];
+  const std::string hash = HashOf(block);
+  source->store->PutChunk(hash, block);
+  source->store->Flush();
+
+  std::vector<std::byte> data(kBlock);
+  StoredChunk form;
+  source->store->GetChunkStoredInto(hash, data, form);
+  ASSERT_EQ(form.codec, ChunkCodec::kZstd);
+  EXPECT_EQ(dest->store->PutStoredChunk(hash, data, form), form.bytes.size());
+  dest->store->Flush();
+  const std::optional<BlockLocation> kept = Where(dir.path() / "b", hash);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->codec, BlockCodec::kZstd);
+  EXPECT_TRUE(kept->bases.empty());
+
+  const std::vector<std::byte> next = Edited(block, 99);
+  dest->store->PutChunk(HashOf(next), next);
+  dest->store->Flush();
+  const std::optional<BlockLocation> delta = Where(dir.path() / "b", HashOf(next));
+  ASSERT_TRUE(delta);
+  EXPECT_EQ(delta->codec, BlockCodec::kZstdDelta);
+  EXPECT_NE(delta->bases.find(hash), std::string::npos) << delta->bases;
+  std::vector<std::byte> out;
+  dest->store->GetChunk(HashOf(next), out);
+  EXPECT_EQ(out, next);
+}
+
+// Reads of planned deltas use where the plan found their bases; a sweep that moved a base since
+// is no damage: it is looked up again, and nothing is reported or forgotten.
+TEST(DeltaBlocksTest, ABasePlannedBeforeASweepMovedItIsReadWhereItIsNow) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "r";
+  auto region = Open(root);
+  PackStore& store = *region->store;
+  const std::vector<std::byte> base = Words(100);
+  store.PutChunk(HashOf(base), base);
+  for (uint32_t i = 1; i <= 3; ++i) {  // the rest of its pack, dead at the sweep
+    const auto other = Words(500 + i);
+    store.PutChunk(HashOf(other), other);
+  }
+  store.Flush();
+  const std::vector<std::byte> block = Edited(base, 7);
+  const std::string hash = HashOf(block);
+  store.PutChunk(hash, block);
+  store.Flush();
+  ASSERT_EQ(Where(root, hash)->bases, HashOf(base));
+  const std::string planned_pack = Where(root, HashOf(base))->pack;
+  store.PlanReads({hash});
+
+  MarkSet marked;
+  marked.Add(hash);
+  store.SweepUnmarked(marked);
+  ASSERT_NE(Where(root, HashOf(base))->pack, planned_pack) << "the base's pack was repacked";
+  std::vector<std::byte> out;
+  store.GetChunk(hash, out);
+  EXPECT_EQ(out, block);
+  EXPECT_TRUE(region->reports.empty());
+  EXPECT_EQ(store.ListChunks().size(), 2u);  // the delta and its base
+}
+
 // A base forgotten (found damaged) after a writer chose it and before its delta is committed:
 // the delta is left out of the index, never indexed on a base that is gone.
 TEST(DeltaBlocksTest, ADeltaWhoseBaseWasForgottenBeforeItsCommitIsNotIndexed) {

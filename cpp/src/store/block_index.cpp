@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <numeric>
 #include <utility>
 
 #include "base/fail_point.hpp"
@@ -242,7 +243,12 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
     return true;
   };
   std::vector<bool> inserted(entries.size(), false);
-  for (size_t i = 0; i < entries.size(); ++i) {
+  // In key order: each insert then lands next to the one before (pages already in the cache).
+  std::vector<size_t> by_hash(entries.size());
+  std::iota(by_hash.begin(), by_hash.end(), size_t{0});
+  std::stable_sort(by_hash.begin(), by_hash.end(),
+                   [&](size_t x, size_t y) { return entries[x].hash < entries[y].hash; });
+  for (size_t i : by_hash) {
     const PackEntry& e = entries[i];
     if (require_bases && !e.bases.empty() && !bases_indexed(e.bases)) continue;
     {
@@ -265,7 +271,12 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
   auto& insert_feature = db_->conn.Cached(
       "INSERT INTO features (feature, block) VALUES (?, ?) "
       "ON CONFLICT (feature) DO UPDATE SET block = excluded.block");
-  for (const auto& [feature, at] : features) {
+  std::vector<std::pair<uint64_t, uint32_t>> sorted = features;
+  // Stable: of two blocks of the pack with one feature, the later still wins.
+  std::stable_sort(sorted.begin(), sorted.end(), [](const auto& x, const auto& y) {
+    return static_cast<int64_t>(x.first) < static_cast<int64_t>(y.first);
+  });
+  for (const auto& [feature, at] : sorted) {
     if (at >= entries.size() || !inserted[at] || !entries[at].bases.empty()) continue;
     sqlite::ScopedStatement s(insert_feature);
     s->Bind(static_cast<int64_t>(feature), HashPrefix(entries[at].hash)).Run();

@@ -387,22 +387,29 @@ uint64_t PackStore::PutChunk(const std::string& hash, std::span<const std::byte>
   return PutEncoded(hash, encoded, static_cast<uint32_t>(data.size()), cancel);
 }
 
-uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::byte> raw,
-                                  EncodedBlock whole, const CancelToken* cancel) {
-  const auto raw_length = static_cast<uint32_t>(raw.size());
-  if (!options_.deltas || raw.size() > kMaxDeltaBlock) {
-    return PutEncoded(hash, whole, raw_length, cancel);
-  }
+bool PackStore::Sketches(std::span<const std::byte> raw) const {
+  return options_.deltas && raw.size() <= kMaxDeltaBlock;
+}
+
+const std::vector<uint64_t>& PackStore::ScopedSketch(std::span<const std::byte> raw) {
   thread_local std::vector<uint64_t> features;
   SketchBlock(raw, features);
   // Keyed by the writer's scope too: bases are found only among blocks written for the same
   // owner, so that a delta's size tells nothing of another account's data (WriteScope).
   const uint64_t scope = WriteScope::Current();
   for (uint64_t& feature : features) feature = ScopedFeature(feature, scope);
+  return features;
+}
+
+uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::byte> raw,
+                                  EncodedBlock whole, const CancelToken* cancel) {
+  const auto raw_length = static_cast<uint32_t>(raw.size());
+  if (!Sketches(raw)) return PutEncoded(hash, whole, raw_length, cancel);
+  const std::vector<uint64_t>& features = ScopedSketch(raw);
   std::vector<std::string> similar = Index().SimilarBlocks(features, kMaxBases);
   std::erase(similar, hash);
   if (!similar.empty()) {
-    thread_local std::vector<std::byte> joined;
+    thread_local JoinedBases joined;
     thread_local std::vector<std::byte> one_base;
     thread_local std::vector<std::byte> two_bases;
     try {
@@ -411,7 +418,7 @@ uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::
       ReadBases(hash, similar[0], joined, cancel, BaseCheck::kChecked);  // encoded against
       const size_t limit = whole.bytes.size() - whole.bytes.size() / 8;
       std::optional<EncodedBlock> delta =
-          EncodeDelta(raw, joined, options_.zstd_level, limit, one_base);
+          EncodeDelta(raw, joined.bytes(), options_.zstd_level, limit, one_base);
       std::string bases = similar[0];
       if (similar.size() > 1) {
         // The second joins only if it saves another quarter: each base costs every read of
@@ -419,7 +426,7 @@ uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::
         const size_t limit2 = delta ? delta->bytes.size() - delta->bytes.size() / 4 : limit;
         ReadBases(hash, similar[0] + similar[1], joined, cancel, BaseCheck::kChecked);
         if (std::optional<EncodedBlock> joint =
-                EncodeDelta(raw, joined, options_.zstd_level, limit2, two_bases)) {
+                EncodeDelta(raw, joined.bytes(), options_.zstd_level, limit2, two_bases)) {
           delta = joint;
           bases = similar[0] + similar[1];
         }
@@ -432,12 +439,11 @@ uint64_t PackStore::PutCompressed(const std::string& hash, std::span<const std::
   return PutEncoded(hash, whole, raw_length, cancel, {}, features);
 }
 
-void PackStore::ReadBases(const std::string& delta, const std::string& bases,
-                          std::vector<std::byte>& joined, const CancelToken* cancel,
-                          BaseCheck check, bool direct) {
-  joined.clear();
+void PackStore::ReadBases(const std::string& delta, const std::string& bases, JoinedBases& out,
+                          const CancelToken* cancel, BaseCheck check, bool direct) {
+  out.held_.clear();
   for (const std::string& base : SplitBases(bases)) {
-    std::shared_ptr<const std::vector<std::byte>> bytes;
+    std::shared_ptr<const UninitializedBytes> bytes;
     bool checked = false;
     {
       std::lock_guard lock(base_cache_mutex_);
@@ -455,7 +461,7 @@ void PackStore::ReadBases(const std::string& delta, const std::string& bases,
       if (!checked) bytes.reset();
     }
     if (!bytes) {
-      auto read = std::make_shared<std::vector<std::byte>>();
+      auto read = std::make_shared<UninitializedBytes>();
       checked = check == BaseCheck::kChecked || !ReadBaseUnchecked(base, *read, cancel, direct);
       if (checked) ReadBaseChecked(delta, base, *read, cancel, direct);
       bytes = std::move(read);
@@ -474,13 +480,26 @@ void PackStore::ReadBases(const std::string& delta, const std::string& bases,
         base_cache_.pop_back();
       }
     }
-    joined.insert(joined.end(), bytes->begin(), bytes->end());
+    out.held_.push_back(std::move(bytes));
+  }
+  if (out.held_.size() == 1) {
+    out.bytes_ = *out.held_[0];
+  } else {
+    out.joined_.clear();
+    for (const auto& held : out.held_)
+      out.joined_.insert(out.joined_.end(), held->begin(), held->end());
+    out.bytes_ = out.joined_;
   }
 }
 
-bool PackStore::ReadBaseUnchecked(const std::string& base, std::vector<std::byte>& out,
+bool PackStore::ReadBaseUnchecked(const std::string& base, UninitializedBytes& out,
                                   const CancelToken* cancel, bool direct) {
-  std::optional<BlockLocation> where = Index().Lookup({base})[0];
+  std::optional<BlockLocation> where;
+  if (!direct) {
+    std::lock_guard lock(read_mutex_);
+    if (auto it = planned_bases_.find(base); it != planned_bases_.end()) where = it->second;
+  }
+  if (!where) where = Index().Lookup({base})[0];
   if (!where || !where->bases.empty()) return false;
   out.resize(where->raw_length);
   thread_local std::vector<std::byte> stored;
@@ -497,8 +516,11 @@ bool PackStore::ReadBaseUnchecked(const std::string& base, std::vector<std::byte
 }
 
 void PackStore::ReadBaseChecked(const std::string& delta, const std::string& base,
-                                std::vector<std::byte>& out, const CancelToken* cancel,
-                                bool direct) {
+                                UninitializedBytes& out, const CancelToken* cancel, bool direct) {
+  {
+    std::lock_guard lock(read_mutex_);
+    planned_bases_.erase(base);  // looked up afresh below: a planned place may be stale
+  }
   try {
     std::optional<BlockLocation> where = Index().Lookup({base})[0];
     // Only a whole block is a base: a read never follows a chain.
@@ -510,7 +532,7 @@ void PackStore::ReadBaseChecked(const std::string& delta, const std::string& bas
     if (direct) {
       stored.resize(where->stored_length);
       if (!packs_.ReadPack(where->pack, where->offset, stored, cancel)) stored.clear();
-      DecodeBlock(stored, EntryAt(base, *where), out, Where(where->pack));
+      DecodeBlockInto(stored, EntryAt(base, *where), out, Where(where->pack));
     } else {
       ReadLocated(*where, base, out, stored, cancel);
     }
@@ -541,15 +563,15 @@ void PackStore::ForgetDamaged(const std::string& hash, const std::string& why, b
 void PackStore::DecodeEntry(std::span<const std::byte> stored, const PackEntry& entry,
                             std::vector<std::byte>& out, const std::string& pack, bool direct) {
   if (entry.bases.empty()) return DecodeBlock(stored, entry, out, Where(pack));
-  std::vector<std::byte> joined;
-  ReadBases(entry.hash, entry.bases, joined, nullptr, BaseCheck::kUnchecked, direct);
+  JoinedBases bases;
+  ReadBases(entry.hash, entry.bases, bases, nullptr, BaseCheck::kUnchecked, direct);
   try {
-    return DecodeBlock(stored, entry, out, Where(pack), joined);
+    return DecodeBlock(stored, entry, out, Where(pack), bases.bytes());
   } catch (const DamagedChunkError&) {
     // Perhaps a base, not the delta: read checked, a bad base is found and reported.
   }
-  ReadBases(entry.hash, entry.bases, joined, nullptr, BaseCheck::kChecked, direct);
-  DecodeBlock(stored, entry, out, Where(pack), joined);
+  ReadBases(entry.hash, entry.bases, bases, nullptr, BaseCheck::kChecked, direct);
+  DecodeBlock(stored, entry, out, Where(pack), bases.bytes());
 }
 
 uint64_t PackStore::PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
@@ -579,9 +601,14 @@ uint64_t PackStore::PutStoredChunk(const std::string& hash, std::span<const std:
   if (*stored.codec == BlockCodec::kRaw) {
     return PutEncoded(hash, {BlockCodec::kRaw, data}, static_cast<uint32_t>(data.size()), cancel);
   }
-  // Compressed: a delta here if this store holds blocks it resembles, else as it came.
-  return PutCompressed(hash, data, {BlockCodec::kZstd, std::span<const std::byte>(stored.bytes)},
-                       cancel);
+  // Compressed whole: kept so. Its source wrote it whole because no block there made a delta
+  // worth it, and a region holding what its source holds finds none either (a copy keeps the
+  // form its source chose: an image costs each region what it costs the source). Sketched,
+  // so that blocks written here later find it as a base.
+  const EncodedBlock whole{BlockCodec::kZstd, std::span<const std::byte>(stored.bytes)};
+  const auto raw_length = static_cast<uint32_t>(data.size());
+  if (!Sketches(data)) return PutEncoded(hash, whole, raw_length, cancel);
+  return PutEncoded(hash, whole, raw_length, cancel, {}, ScopedSketch(data));
 }
 
 uint64_t PackStore::PutEncoded(const std::string& hash, EncodedBlock encoded, uint32_t raw_length,
@@ -836,11 +863,11 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
   const PackEntry entry = EntryAt(hash, where);
   // A delta's bases first (each read and checked like any block).
   // Unchecked: the delta's own check below covers them (see BaseCheck).
-  thread_local std::vector<std::byte> joined;
+  thread_local JoinedBases joined;
   bool bases_checked = where.bases.empty();
   if (!bases_checked) ReadBases(hash, where.bases, joined, cancel, BaseCheck::kUnchecked);
   std::span<const std::byte> bases =
-      where.bases.empty() ? std::span<const std::byte>() : std::span<const std::byte>(joined);
+      where.bases.empty() ? std::span<const std::byte>() : joined.bytes();
   // A raw block is read straight into the caller's memory; a compressed one into `stored`,
   // then decompressed into it.
   const bool in_place = where.codec == BlockCodec::kRaw && where.stored_length == out.size();
@@ -871,7 +898,7 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
           // Perhaps a base, not the delta: read checked (a bad base is found, reported and
           // named), then decoded again from the same bytes.
           ReadBases(hash, where.bases, joined, cancel, BaseCheck::kChecked);
-          bases = joined;
+          bases = joined.bytes();
           bases_checked = true;
           try {
             DecodeBlockInto(target, entry, out, Where(where.pack), bases);
@@ -912,8 +939,10 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   }
   // A delta's bases lie in the packs of the image's earlier version, side by side: their
   // ranges join the runs (on an object store, a request per run rather than per base).
+  std::vector<std::optional<BlockLocation>> found_bases;
   if (!bases.empty()) {
-    for (const auto& where : Index().Lookup(bases)) {
+    found_bases = Index().Lookup(bases);
+    for (const auto& where : found_bases) {
       if (where) {
         planned[where->pack].push_back({where->offset, where->offset + where->stored_length});
       }
@@ -922,6 +951,10 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   {
     // Their reads need not look them up again, one by one.
     std::lock_guard lock(read_mutex_);
+    if (planned_bases_.size() + bases.size() > kMaxPlannedBlocks) planned_bases_.clear();
+    for (size_t i = 0; i < bases.size() && planned_bases_.size() < kMaxPlannedBlocks; ++i) {
+      if (found_bases[i]) planned_bases_.insert_or_assign(bases[i], std::move(*found_bases[i]));
+    }
     if (planned_where_.size() + hashes.size() > kMaxPlannedBlocks) planned_where_.clear();
     for (size_t i = 0; i < hashes.size() && planned_where_.size() < kMaxPlannedBlocks; ++i) {
       if (found[i]) planned_where_.insert_or_assign(hashes[i], std::move(*found[i]));

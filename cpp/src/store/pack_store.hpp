@@ -37,6 +37,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "base/uninitialized_bytes.hpp"
 #include "imagerelay/store.hpp"
 #include "store/block_index.hpp"
 #include "store/local_store.hpp"  // ChunkSizeProbe
@@ -179,6 +180,11 @@ class PackStore final : public Store, public ChunkSizeProbe {
                       const std::vector<uint64_t>& features = {});
   // Writes `raw`, compressed as `whole` (kZstd), as a delta against the blocks it resembles
   // if that pays, else whole and sketched (a base for the blocks that come).
+  // Whether a block of this length is sketched and may be a delta (deltas on, at most 1 MiB).
+  bool Sketches(std::span<const std::byte> raw) const;
+  // The block's resemblance features, keyed by the writer's scope (valid until the thread's
+  // next call).
+  static const std::vector<uint64_t>& ScopedSketch(std::span<const std::byte> raw);
   uint64_t PutCompressed(const std::string& hash, std::span<const std::byte> raw,
                          EncodedBlock whole, const CancelToken* cancel);
   // How a delta's bases are read. kChecked: each decoded and checked against its hash like
@@ -187,19 +193,32 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // they do not match, the bases are read again kChecked, which finds a bad one. (A base
   // costs a delta's read a decompression and, checked, a SHA-256 as long again.)
   enum class BaseCheck { kChecked, kUnchecked };
-  // The raw bytes of a delta's bases (`bases`: PackEntry::bases), joined (kept in base_cache_
-  // for the next deltas). A base found damaged or missing by a checked read is forgotten with
-  // the deltas built on it (reported); then DamagedChunkError naming `delta`. `direct`: read
-  // from the packs without the read path's retries and reconciles (a sweep, which holds the
-  // layout lock).
-  void ReadBases(const std::string& delta, const std::string& bases, std::vector<std::byte>& joined,
+  // The raw bytes of a delta's bases, joined, as ReadBases gives them: one base is its cached
+  // copy itself (held here while in use: no copy), two are copied side by side (zstd takes one
+  // prefix). Reused by its owner from read to read.
+  class JoinedBases {
+   public:
+    std::span<const std::byte> bytes() const { return bytes_; }
+
+   private:
+    friend class PackStore;
+    std::vector<std::shared_ptr<const UninitializedBytes>> held_;
+    std::vector<std::byte> joined_;
+    std::span<const std::byte> bytes_;
+  };
+  // The raw bytes of a delta's bases (`bases`: PackEntry::bases), joined into `out` (each kept
+  // in base_cache_ for the next deltas). A base found damaged or missing by a checked read is
+  // forgotten with the deltas built on it (reported); then DamagedChunkError naming `delta`.
+  // `direct`: read from the packs without the read path's retries and reconciles (a sweep,
+  // which holds the layout lock).
+  void ReadBases(const std::string& delta, const std::string& bases, JoinedBases& out,
                  const CancelToken* cancel, BaseCheck check, bool direct = false);
   // One base read unchecked into `out`; false if it could not be (then it is read checked).
-  bool ReadBaseUnchecked(const std::string& base, std::vector<std::byte>& out,
+  bool ReadBaseUnchecked(const std::string& base, UninitializedBytes& out,
                          const CancelToken* cancel, bool direct);
   // One base read checked into `out` (see ReadBases).
-  void ReadBaseChecked(const std::string& delta, const std::string& base,
-                       std::vector<std::byte>& out, const CancelToken* cancel, bool direct);
+  void ReadBaseChecked(const std::string& delta, const std::string& base, UninitializedBytes& out,
+                       const CancelToken* cancel, bool direct);
   // Forgets a block found damaged, reports it (unless its caller does) and the deltas built
   // on it (gone with it).
   void ForgetDamaged(const std::string& hash, const std::string& why, bool report_self = true);
@@ -210,7 +229,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // hash (an unchecked one is hashed before a writer uses it).
   struct CachedBase {
     std::string hash;
-    std::shared_ptr<const std::vector<std::byte>> bytes;
+    std::shared_ptr<const UninitializedBytes> bytes;
     bool checked = false;
   };
   std::mutex base_cache_mutex_;
@@ -292,6 +311,10 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // Where the planned blocks are, by hash, taken out when read (bounded: a plan nobody reads
   // is dropped by the next one that would not fit).
   std::unordered_map<std::string, BlockLocation> planned_where_;
+  // Where the planned deltas' bases are (kept, not taken: a base serves many deltas). Only a
+  // hint for unchecked reads: a stale one fails the delta's check, and the bases are then
+  // looked up afresh and read checked.
+  std::unordered_map<std::string, BlockLocation> planned_bases_;
   std::list<std::shared_ptr<Span>> spans_;  // most recent first
   // The run planned for a block at [offset, offset + length) of `pack`, taken out of the
   // plan (nullopt if none). Under read_mutex_.
