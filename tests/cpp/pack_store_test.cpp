@@ -698,6 +698,39 @@ TEST(PackStoreTest, AFailedPackWriteFailsTheFlushAndIndexesNothing) {
   EXPECT_TRUE(store->HasChunkOfLength(HashOf(a), a.size()));
 }
 
+// A local flush writes the pack being built while the index rows of it and of the packs
+// staged before it are prepared; all are committed as one group, each with its mark.
+TEST(PackStoreTest, AFlushCommitsTheStagedPacksAndTheLastAsOneGroupWithTheirMarks) {
+  ScratchDir dir;
+  auto local = std::make_unique<LocalStore>(dir.path());
+  PackFiles& files = *local;
+  PackStoreOptions options;
+  options.pack_size = 4 * kBlock;
+  PackStore store(std::move(local), files, options);
+  store.Check();
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 9; ++i) {  // two full packs staged, one block in the builder
+    blocks.push_back(RandomBlock(300 + i));
+    store.PutChunk(HashOf(blocks.back()), blocks.back());
+  }
+  store.Flush();
+  const auto packs = PackFilesIn(dir.path());
+  ASSERT_EQ(packs.size(), 3u);
+  auto index = BlockIndex::Open(dir.path() / "index" / "blocks.sqlite");
+  for (const fs::path& pack : packs) {
+    EXPECT_FALSE(index->MarkOf(pack.filename().string()).empty()) << pack;
+  }
+  std::vector<std::byte> out;
+  for (const auto& b : blocks) {
+    ASSERT_TRUE(index->Lookup({HashOf(b)})[0]);
+    store.GetChunk(HashOf(b), out);
+    EXPECT_EQ(out, b);
+  }
+  for (const auto& e : fs::recursive_directory_iterator(dir.path() / "packs")) {
+    if (e.is_regular_file()) EXPECT_NE(e.path().filename().string()[0], '.') << "left staged";
+  }
+}
+
 // Found by a crash-test pass: a pack of one tiny (well compressed) block counted as mostly
 // dead (its footer outweighs it) and was rewritten, as it was, by every sweep.
 TEST(PackStoreTest, APackOfTinyLiveBlocksIsNotRewrittenAtEverySweep) {

@@ -190,12 +190,18 @@ void BlockIndex::AddPack(const std::string& pack_id, uint64_t pack_size,
   });
 }
 
-void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs) {
+void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs,
+                          const std::function<std::vector<std::string>()>& before_commit) {
   std::lock_guard lock(mutex_);
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
     for (const IndexedPack& pack : packs) {
       InsertPack(pack.name, pack.size, pack.entries, pack.features, /*require_bases=*/true);
-      if (!pack.mark.empty()) PutMark(pack.name, pack.mark);
+    }
+    const std::vector<std::string> marks =
+        before_commit ? before_commit() : std::vector<std::string>();
+    for (size_t i = 0; i < packs.size(); ++i) {
+      const std::string& mark = before_commit ? (i < marks.size() ? marks[i] : "") : packs[i].mark;
+      if (!mark.empty()) PutMark(packs[i].name, mark);
     }
   });
 }

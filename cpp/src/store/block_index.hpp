@@ -78,8 +78,12 @@ class BlockIndex {
   // Indexes several packs in one transaction: one write of the pages they touch (the blocks
   // of a group commit land all over the table, keyed by hash). A delta block whose bases are
   // not all indexed whole (one forgotten since the writer chose it) is left out: a delta is
-  // indexed only while its bases are.
-  void AddPacks(const std::vector<IndexedPack>& packs);
+  // indexed only while its bases are. `before_commit`, if given, runs inside the transaction
+  // once every row is in: it may wait for the packs to become durable (their rows are
+  // prepared meanwhile) and returns each pack's mark (IndexedPack::mark is used without it),
+  // or throws: then nothing is indexed.
+  void AddPacks(const std::vector<IndexedPack>& packs,
+                const std::function<std::vector<std::string>()>& before_commit = {});
   // A file's mark (PackStat::mark) when its bytes were last known right: a pack's (by its
   // name) when it was written or re-read whole and found right, a first-release chunk file's
   // (by its hash) when it was re-read and found right. Empty if none is recorded (a pack

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
+#include <future>
 #include <map>
 #include <set>
 
@@ -707,17 +709,93 @@ void PackStore::CommitAllStaged(const CancelToken* cancel) {
   CommitStaged(std::move(batch));
 }
 
-void PackStore::Flush(const CancelToken* cancel) {
+void PackStore::CommitEverything() {
   std::unique_ptr<PackBuilder> last;
+  std::vector<Staged> batch;
   {
-    std::lock_guard lock(write_mutex_);
-    if (!builder_->empty()) {
-      last = std::exchange(builder_, NewBuilder());
-      ++sealing_;
-    }
+    // Once no other thread is sealing or committing a pack (local writes: no cancel), the
+    // pack being built and the staged ones are this commit's.
+    std::unique_lock lock(write_mutex_);
+    sealed_cv_.wait(lock, [&] { return sealing_ == 0 && committing_ == 0; });
+    if (!builder_->empty()) last = std::exchange(builder_, NewBuilder());
+    batch.swap(staged_);
+    staged_bytes_ = 0;
+    if (!last && batch.empty()) return;
+    ++committing_;
   }
-  if (last) Seal(std::move(last), cancel);
-  CommitAllStaged(cancel);
+  PackBytes bytes;
+  std::string error;
+  try {
+    if (last) {
+      Staged staged{NewPackName(), 0, last->entries(), {}, last->features()};
+      bytes = last->Finish();
+      staged.size = bytes.size();
+      batch.push_back(std::move(staged));
+    }
+    std::vector<std::string> names;
+    for (const Staged& pack : batch) names.push_back(pack.name);
+    // The rows go into the index's transaction (on a helper thread) while the last pack is
+    // written and the group made durable here; it commits only once they are: no index names
+    // a pack a crash loses. (A flush's index rows take about as long as its pack's write.)
+    std::promise<std::vector<std::string>> durable;
+    std::future<std::vector<std::string>> marks = durable.get_future();
+    std::exception_ptr index_error;
+    BlockIndex& index = Index();
+    std::thread indexer([&] {
+      try {
+        index.AddPacks(batch, [&] { return marks.get(); });
+      } catch (...) {
+        index_error = std::current_exception();
+      }
+    });
+    try {
+      if (last) packs_.StagePack(names.back(), bytes, nullptr);
+      packs_.CommitPacks(names);
+      // Marked as committed (a rename moves a file's change time): what the store wrote.
+      std::vector<std::string> written;
+      for (const std::string& name : names) written.push_back(MarkOfWritten(name));
+      durable.set_value(std::move(written));
+    } catch (...) {
+      durable.set_exception(std::current_exception());  // nothing is indexed
+      indexer.join();
+      packs_.DiscardStaged(names);
+      throw;
+    }
+    indexer.join();
+    if (index_error) std::rethrow_exception(index_error);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  std::lock_guard lock(write_mutex_);
+  if (last && spare_buffers_.size() < kMaxSealing + 1) spare_buffers_.push_back(std::move(bytes));
+  for (const Staged& pack : batch) {
+    for (const PackEntry& entry : pack.entries) pending_.erase(entry.hash);
+  }
+  if (last) {  // (also if it failed before it joined the batch)
+    for (const PackEntry& entry : last->entries()) pending_.erase(entry.hash);
+  }
+  if (!error.empty()) write_error_ = error;
+  --committing_;
+  sealed_cv_.notify_all();
+}
+
+void PackStore::Flush(const CancelToken* cancel) {
+  if (!packs_.RemoteReads()) {
+    CommitEverything();
+  } else {
+    // An object store's upload may be long (and is cancellable): made before the index is
+    // locked for writing, not while.
+    std::unique_ptr<PackBuilder> last;
+    {
+      std::lock_guard lock(write_mutex_);
+      if (!builder_->empty()) {
+        last = std::exchange(builder_, NewBuilder());
+        ++sealing_;
+      }
+    }
+    if (last) Seal(std::move(last), cancel);
+    CommitAllStaged(cancel);
+  }
   reconcile_due_ = true;  // the confirmation that follows a flush looks at the store itself
   std::unique_lock lock(write_mutex_);
   WaitWritesLocked(lock, cancel);

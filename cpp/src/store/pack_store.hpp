@@ -143,6 +143,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // Commits staged packs and indexes them (counted in committing_ by the caller).
   void CommitStaged(std::vector<Staged> batch);
   void CommitAllStaged(const CancelToken* cancel = nullptr);
+  // A local store's flush: writes the pack being built and commits it with every staged
+  // pack, their index rows prepared while the packs are written and synced.
+  void CommitEverything();
   // Waits until no pack is being written or committed; throws Cancelled if `cancel` fires
   // first.
   void WaitWritesLocked(std::unique_lock<std::mutex>& lock, const CancelToken* cancel);
