@@ -469,21 +469,6 @@ uint32_t BlockIndex::PackId(std::string_view pack) {
 
 void BlockIndex::Find(const std::vector<std::string>& hashes,
                       const std::function<void(size_t i, const Found& where)>& found) {
-  // In key order (SQLite's: bytes compared as unsigned), so that the batch is answered by
-  // walking the table as a merge: sorted by the first 8 bytes of each key (big-endian)
-  // first, the whole keys compared only on a tie.
-  std::vector<std::pair<uint64_t, size_t>> order(hashes.size());
-  for (size_t i = 0; i < hashes.size(); ++i) {
-    uint64_t prefix = 0;
-    const std::string& hash = hashes[i];
-    for (size_t b = 0; b < 8; ++b) {
-      prefix = prefix << 8 | (b < hash.size() ? static_cast<unsigned char>(hash[b]) : 0);
-    }
-    order[i] = {prefix, i};
-  }
-  std::sort(order.begin(), order.end(), [&](const auto& x, const auto& y) {
-    return x.first != y.first ? x.first < y.first : hashes[x.second] < hashes[y.second];
-  });
   auto find_all = [&] {
     // Read before the blocks: an answer kept under this count was true at least as late.
     // No count (its row deleted by hand): nothing is kept.
@@ -499,6 +484,26 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
       known_at_ = changes.value_or(-1);
     }
     const bool keep = changes.has_value();
+    // Kept answers first (a confirmation finds nearly every block kept by its plan); the
+    // rest in key order (SQLite's: bytes compared as unsigned), so that they are answered by
+    // walking the table as a merge: sorted by the first 8 bytes of each key (big-endian)
+    // first, the whole keys compared only on a tie.
+    std::vector<std::pair<uint64_t, size_t>> order;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      const std::string& hash = hashes[i];
+      if (auto it = known_.find(hash); it != known_.end()) {
+        found(i, it->second);
+        continue;
+      }
+      uint64_t prefix = 0;
+      for (size_t b = 0; b < 8; ++b) {
+        prefix = prefix << 8 | (b < hash.size() ? static_cast<unsigned char>(hash[b]) : 0);
+      }
+      order.emplace_back(prefix, i);
+    }
+    std::sort(order.begin(), order.end(), [&](const auto& x, const auto& y) {
+      return x.first != y.first ? x.first < y.first : hashes[x.second] < hashes[y.second];
+    });
     // A merge of the sorted keys with the table, in key order: one cursor, moved a few rows
     // on to reach the next key when the keys are dense in the table (a copy's plan against
     // a region holding the image's previous version: ~0.2 us a row), sought afresh (a B-tree
@@ -510,10 +515,6 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
     bool stepped_to = false;  // the last key was reached by moving on, not by a seek
     for (const auto& [prefix, i] : order) {
       const std::string& key = hashes[i];
-      if (auto it = known_.find(key); it != known_.end()) {
-        found(i, it->second);
-        continue;
-      }
       int moves = stepped_to ? kMaxMoves : kMaxMovesAfterSeek;
       while (on_row && cursor->TextView(0) < key && moves-- > 0) on_row = cursor->Step();
       stepped_to = on_row && cursor->TextView(0) >= key;
