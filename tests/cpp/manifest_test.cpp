@@ -6,6 +6,7 @@
 
 #include "first_release_json.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/sha256.hpp"
 
 namespace imagerelay {
 namespace {
@@ -32,6 +33,13 @@ TEST(ManifestTest, RoundTrip) {
   EXPECT_EQ(Manifest::FromJson(FirstReleaseJson(m)), m);
   EXPECT_EQ(m.Hashes(0, 10), (std::vector<std::string>{kA, "", kB}));  // clipped at the end
   EXPECT_EQ(m.Hashes(3, 1), std::vector<std::string>{});
+}
+
+// The chunk-list digest is recorded in catalogs (a manifest changed behind them is refused):
+// its text is fixed, whatever computes it.
+TEST(ManifestTest, ChunkListDigestIsOfAFixedText) {
+  const std::string text = "imagerelay chunk list v1\n10\n4\n" + kA + "\n\n" + kB + "\n";
+  EXPECT_EQ(Sample().ChunkListDigest(), Sha256Hex(text.data(), text.size()));
 }
 
 TEST(ManifestTest, JsonFormat) {

@@ -37,18 +37,23 @@ inline void HashToBytes(const std::string& hex, std::byte* out) {
   }
 }
 
-// 32 bytes -> 64 lowercase hex digits; all zero -> "".
-inline std::string BytesToHash(const std::byte* p) {
+// 32 bytes -> 64 lowercase hex digits at `out`; false if all 32 are zero (a hole).
+inline bool WriteHashHex(const std::byte* p, char* out) {
   static constexpr char kDigits[] = "0123456789abcdef";
   bool zero = true;
-  std::string out(2 * kHashBytes, '0');
   for (size_t i = 0; i < kHashBytes; ++i) {
     const auto b = static_cast<unsigned>(p[i]);
     zero = zero && b == 0;
     out[2 * i] = kDigits[b >> 4];
     out[2 * i + 1] = kDigits[b & 15];
   }
-  return zero ? std::string() : out;
+  return !zero;
+}
+
+// 32 bytes -> 64 lowercase hex digits; all zero -> "".
+inline std::string BytesToHash(const std::byte* p) {
+  std::string out(2 * kHashBytes, '0');
+  return WriteHashHex(p, out.data()) ? out : std::string();
 }
 
 }  // namespace imagerelay

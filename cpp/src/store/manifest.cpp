@@ -95,28 +95,19 @@ std::string Manifest::ChunkListDigest() const {
                            std::to_string(chunk_size) + "\n";
   hash.Update(head.data(), head.size());
   // Each entry as its hex name and a newline (a hole: the newline alone), a window at a time.
-  static constexpr char kDigits[] = "0123456789abcdef";
   std::vector<std::byte> raw;
   std::string text;
   for (uint64_t first = 0; first < count(); first += kManifestWindow) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kManifestWindow, count() - first));
     raw.resize(n * kHashBytes);
     blocks->Read(first, raw);
-    text.clear();
+    text.resize(n * (2 * kHashBytes + 1));
+    char* at = text.data();
     for (size_t i = 0; i < n; ++i) {
-      const std::byte* entry = raw.data() + i * kHashBytes;
-      if (std::all_of(entry, entry + kHashBytes, [](std::byte b) { return b == std::byte{0}; })) {
-        text += '\n';
-        continue;
-      }
-      for (size_t k = 0; k < kHashBytes; ++k) {
-        const auto b = static_cast<unsigned>(entry[k]);
-        text += kDigits[b >> 4];
-        text += kDigits[b & 15];
-      }
-      text += '\n';
+      if (WriteHashHex(raw.data() + i * kHashBytes, at)) at += 2 * kHashBytes;
+      *at++ = '\n';
     }
-    hash.Update(text.data(), text.size());
+    hash.Update(text.data(), static_cast<size_t>(at - text.data()));
   }
   return hash.FinishHex();
 }
