@@ -100,6 +100,14 @@ void FlipByte(const fs::path& file, uint64_t offset) {
   f.write(&c, 1);
 }
 
+// One region in a scratch directory.
+struct ScratchRegion {
+  ScratchDir dir;
+  fs::path root = dir.path() / "r";
+  std::unique_ptr<Region> region = Open(root);
+  PackStore& store = *region->store;
+};
+
 // v1's blocks written and committed, then v2's (each an edited v1 block).
 struct TwoVersions {
   std::vector<std::vector<std::byte>> v1, v2;
@@ -170,10 +178,8 @@ TEST(DeltaBlocksTest, ABlockLikeAStoredOneIsKeptAsADeltaAndReadsBackExactly) {
 // A block edited in place has one base; a block made of halves of two stored blocks (a file
 // rewritten at another 4 KiB phase) has both: the second pays for its read there.
 TEST(DeltaBlocksTest, ABlockOfTwoStoredHalvesHasBothAsBases) {
-  ScratchDir dir;
-  const fs::path root = dir.path() / "r";
-  auto region = Open(root);
-  PackStore& store = *region->store;
+  ScratchRegion scratch;
+  auto& [dir, root, region, store] = scratch;
   const auto a = Words(41);
   const auto b = Words(42);
   store.PutChunk(HashOf(a), a);
@@ -256,10 +262,8 @@ TEST(DeltaBlocksTest, ATamperedPackIsRecheckedAndADeltaOnADamagedBaseIsNotVouche
 }
 
 TEST(DeltaBlocksTest, ASweepKeepsTheBasesOfLiveDeltasAndRepacksThemReadable) {
-  ScratchDir dir;
-  const fs::path root = dir.path() / "r";
-  auto region = Open(root);
-  PackStore& store = *region->store;
+  ScratchRegion scratch;
+  auto& [dir, root, region, store] = scratch;
   TwoVersions versions(store);
   versions.WriteV2(store);
   // v1 deleted: only v2's deltas are named by a manifest; their bases live on through them.
@@ -353,10 +357,8 @@ TEST(DeltaBlocksTest, ABasesPackVanishingReportsTheDeltasBuiltOnIt) {
 // blocks find their bases only among blocks written for the same owner (WriteScope), never
 // among another account's, and a crew's threads write for whom their starter writes.
 TEST(DeltaBlocksTest, BasesAreFoundOnlyAmongTheSameOwnersBlocks) {
-  ScratchDir dir;
-  const fs::path root = dir.path() / "r";
-  auto region = Open(root);
-  PackStore& store = *region->store;
+  ScratchRegion scratch;
+  auto& [dir, root, region, store] = scratch;
   std::optional<TwoVersions> versions;
   {
     const WriteScope team_a("team-a");
@@ -492,10 +494,8 @@ TEST(DeltaBlocksTest, ACopyKeepsAWholeBlockWholeAndSketchedForTheBlocksThatCome)
 // Reads of planned deltas use where the plan found their bases; a sweep that moved a base since
 // is no damage: it is looked up again, and nothing is reported or forgotten.
 TEST(DeltaBlocksTest, ABasePlannedBeforeASweepMovedItIsReadWhereItIsNow) {
-  ScratchDir dir;
-  const fs::path root = dir.path() / "r";
-  auto region = Open(root);
-  PackStore& store = *region->store;
+  ScratchRegion scratch;
+  auto& [dir, root, region, store] = scratch;
   const std::vector<std::byte> base = Words(100);
   store.PutChunk(HashOf(base), base);
   for (uint32_t i = 1; i <= 3; ++i) {  // the rest of its pack, dead at the sweep
@@ -520,6 +520,55 @@ TEST(DeltaBlocksTest, ABasePlannedBeforeASweepMovedItIsReadWhereItIsNow) {
   EXPECT_EQ(out, block);
   EXPECT_TRUE(region->reports.empty());
   EXPECT_EQ(store.ListChunks().size(), 2u);  // the delta and its base
+}
+
+// Resemblance rows naming `hash` (none: every row), read from the region's index file.
+int64_t FeatureRows(const fs::path& root, const std::string& hash = "") {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open((root / "index" / "blocks.sqlite").c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  const char* sql = hash.empty() ? "SELECT count(*) FROM features"
+                                 : "SELECT count(*) FROM features WHERE block = ?";
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql, -1, &s, nullptr), SQLITE_OK);
+  if (!hash.empty()) {
+    const auto prefix = static_cast<int64_t>(std::stoull(hash.substr(0, 16), nullptr, 16));
+    sqlite3_bind_int64(s, 1, prefix);
+  }
+  EXPECT_EQ(sqlite3_step(s), SQLITE_ROW);
+  const int64_t n = sqlite3_column_int64(s, 0);
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return n;
+}
+
+// The resemblance rows of the blocks a sweep removes leave with them (only hints, but they
+// would pile up with every version deleted); those of the blocks it keeps stay.
+TEST(DeltaBlocksTest, ASweepDropsTheResemblanceRowsOfTheBlocksItRemoves) {
+  ScratchRegion scratch;
+  auto& [dir, root, region, store] = scratch;
+  const std::vector<std::byte> kept = Words(100);
+  const std::vector<std::byte> gone = Words(200);
+  store.PutChunk(HashOf(kept), kept);
+  store.PutChunk(HashOf(gone), gone);
+  store.Flush();
+  const int64_t rows_kept = FeatureRows(root, HashOf(kept));
+  ASSERT_GT(rows_kept, 8);
+  ASSERT_GT(FeatureRows(root, HashOf(gone)), 8);
+
+  MarkSet marked;
+  marked.Add(HashOf(kept));
+  store.SweepUnmarked(marked);
+  EXPECT_EQ(FeatureRows(root, HashOf(gone)), 0);
+  EXPECT_EQ(FeatureRows(root, HashOf(kept)), rows_kept);
+  EXPECT_EQ(FeatureRows(root), rows_kept);
+  // The block kept is still found as a base.
+  const std::vector<std::byte> next = Edited(kept, 5);
+  store.PutChunk(HashOf(next), next);
+  store.Flush();
+  EXPECT_EQ(Where(root, HashOf(next))->bases, HashOf(kept));
+  // Nothing named: every row goes.
+  store.SweepUnmarked(MarkSet{});
+  EXPECT_EQ(FeatureRows(root), 0);
 }
 
 // A base forgotten (found damaged) after a writer chose it and before its delta is committed:

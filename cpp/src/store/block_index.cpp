@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <ctime>
+#include <limits>
 #include <numeric>
+#include <unordered_map>
 #include <utility>
 
 #include "base/fail_point.hpp"
@@ -423,6 +425,50 @@ std::vector<std::string> BlockIndex::SimilarBlocks(const std::vector<uint64_t>& 
     }
   });
   return similar;
+}
+
+size_t BlockIndex::PruneFeatures(size_t rows) {
+  // A slice per transaction: the index's write lock is held for a few milliseconds at a time.
+  constexpr size_t kSlice = 4096;
+  constexpr int64_t kFirst = std::numeric_limits<int64_t>::min();
+  std::lock_guard lock(mutex_);
+  size_t dropped = 0;
+  bool at_end = false;
+  for (size_t seen = 0; seen < rows && !at_end;) {
+    const size_t want = std::min(kSlice, rows - seen);
+    InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
+      std::vector<std::pair<int64_t, int64_t>> slice;  // (feature, block prefix)
+      {
+        sqlite::ScopedStatement s(db_->conn.Cached(
+            "SELECT feature, block FROM features WHERE feature >= ? ORDER BY feature LIMIT ?"));
+        s->Bind(pruned_to_, static_cast<int64_t>(want));
+        while (s->Step()) slice.emplace_back(s->Int(0), s->Int(1));
+      }
+      std::unordered_map<int64_t, bool> indexed;  // block prefix -> some block has it
+      sqlite::ScopedStatement block(
+          db_->conn.Cached("SELECT hash FROM blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
+      sqlite::ScopedStatement drop(
+          db_->conn.Cached("DELETE FROM features WHERE feature = ? AND block = ?"));
+      for (const auto& [feature, prefix] : slice) {
+        auto [it, added] = indexed.try_emplace(prefix, false);
+        if (added) {
+          const std::string hex = PrefixHex(prefix);
+          block->Reset();
+          block->BindAt(1, hex);
+          it->second = block->Step() && block->TextView(0).substr(0, hex.size()) == hex;
+        }
+        if (it->second) continue;
+        // (Keyed by the pair: a row a writer has just pointed at a new block stays.)
+        drop->Reset();
+        drop->Bind(feature, prefix).Run();
+        ++dropped;
+      }
+      seen += slice.size();
+      at_end = slice.size() < want || slice.back().first == std::numeric_limits<int64_t>::max();
+      pruned_to_ = at_end ? kFirst : slice.back().first + 1;  // the next look starts there
+    });
+  }
+  return dropped;
 }
 
 std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {

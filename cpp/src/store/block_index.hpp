@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -108,6 +109,10 @@ class BlockIndex {
   // most named first: candidates for the bases of a new block. Only a hint: an entry may be
   // stale (then ignored) or lost (a hash collision overwrote it).
   std::vector<std::string> SimilarBlocks(const std::vector<uint64_t>& features, size_t limit);
+  // Drops resemblance rows that name a block no longer indexed, looking at up to `rows` of
+  // them from where the last call stopped (wrapping around): a sweep's share, so that the
+  // rows of removed blocks go over a few sweeps at any size. Returns the rows dropped.
+  size_t PruneFeatures(size_t rows);
   // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
   std::vector<PackEntry> EntriesOf(const std::string& pack_id);
   // Every indexed block's hash, sorted.
@@ -165,6 +170,8 @@ class BlockIndex {
   };
   std::unordered_map<std::string, uint32_t, NameHash, std::equal_to<>> known_pack_ids_;
   int64_t known_at_ = -1;
+  // The feature PruneFeatures looks at next (under mutex_; each process starts at the first).
+  int64_t pruned_to_ = std::numeric_limits<int64_t>::min();
 };
 
 }  // namespace imagerelay

@@ -57,6 +57,9 @@ constexpr uint64_t kMaxCachedBaseBytes = 4ULL << 20;
 // Blocks larger than this (a chunk_size far above the default 64 KiB) are never deltas: a
 // writer would hold two bases of that size per thread.
 constexpr size_t kMaxDeltaBlock = 1ULL << 20;
+// Resemblance rows a sweep looks at at least (PruneFeatures): 16 per whole block, ~1 GiB of
+// compressible blocks' worth.
+constexpr size_t kPruneFeaturesPerSweep = 1 << 18;
 
 }  // namespace
 
@@ -1318,6 +1321,11 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
   write_repacked();
   layout.unlock();
   ReportLost(damaged);
+  // The resemblance rows of the blocks gone (only hints, skipped when found stale, but they
+  // would pile up with every version deleted): a share of the table per sweep, at least four
+  // times the rows its removed blocks had (16 each), so that stale rows stay under about a
+  // quarter of the table however large it grows.
+  index.PruneFeatures(std::max<size_t>(kPruneFeaturesPerSweep, 64 * result.chunks_removed));
   return result;
 }
 
