@@ -92,6 +92,10 @@ def run(args) -> dict:
             v2, t_import2 = timed(lambda: cloud.import_image(images[1], region="bj", name="v2"))
             # Each round: v1 to a fresh region (the full copy), then v2 to it (the update).
             # Both sources are warm in the page cache, as right after a playbook's import.
+            # rsync's copies above left ~1 GiB of dirty pages, which the first copy's flush
+            # (syncfs) would write out for it: written out before the rounds, as after an
+            # import, which writes its packs around the page cache.
+            os.sync()
             t_fulls, t_updates = [], []
             for n in range(args.rounds):
                 region = f"gz{n + 1}"
