@@ -1322,10 +1322,12 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
   layout.unlock();
   ReportLost(damaged);
   // The resemblance rows of the blocks gone (only hints, skipped when found stale, but they
-  // would pile up with every version deleted): a share of the table per sweep, at least four
-  // times the rows its removed blocks had (16 each), so that stale rows stay under about a
-  // quarter of the table however large it grows.
-  index.PruneFeatures(std::max<size_t>(kPruneFeaturesPerSweep, 64 * result.chunks_removed));
+  // would pile up with every version deleted): a share of the table per sweep that removed
+  // blocks, at least four times the rows those had (16 each), so that stale rows stay under
+  // about a quarter of the table however large it grows.
+  if (result.chunks_removed > 0) {
+    index.PruneFeatures(std::max<size_t>(kPruneFeaturesPerSweep, 64 * result.chunks_removed));
+  }
   return result;
 }
 
