@@ -110,8 +110,8 @@ class BlockIndex {
   // stale (then ignored) or lost (a hash collision overwrote it).
   std::vector<std::string> SimilarBlocks(const std::vector<uint64_t>& features, size_t limit);
   // Drops resemblance rows that name a block no longer indexed, looking at up to `rows` of
-  // them from where the last call stopped (wrapping around): a sweep's share, so that the
-  // rows of removed blocks go over a few sweeps at any size. Returns the rows dropped.
+  // them from where the last call stopped (wrapping around): a sweep's share, in proportion
+  // to the blocks it removed (PackStore::SweepUnmarked). Returns the rows dropped.
   size_t PruneFeatures(size_t rows);
   // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
   std::vector<PackEntry> EntriesOf(const std::string& pack_id);
