@@ -60,20 +60,24 @@ struct ChunkNameHash {
 ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
   ChunkPlan plan;
   plan.first = first;
-  const std::vector<std::string> window = manifest.Hashes(first, kManifestWindow);
+  std::vector<std::string> window = manifest.Hashes(first, kManifestWindow);
   plan.entry_chunk.reserve(window.size());
+  // Keyed by views of plan.hashes' own strings: reserved whole, they never move, and each
+  // name is moved there from the window, not copied.
+  plan.hashes.reserve(window.size());
   std::unordered_map<std::string_view, size_t, ChunkNameHash> index;
   index.reserve(window.size());
   for (size_t i = 0; i < window.size(); ++i) {
-    const std::string& hash = window[i];
+    std::string& hash = window[i];
     const uint64_t length = manifest.ChunkLength(first + i);
     if (hash.empty()) {
       plan.entry_chunk.push_back(-1);
       continue;
     }
-    auto [it, inserted] = index.try_emplace(hash, plan.hashes.size());
-    if (inserted) {
-      plan.hashes.push_back(hash);
+    auto it = index.find(hash);
+    if (it == index.end()) {
+      plan.hashes.push_back(std::move(hash));
+      it = index.emplace(plan.hashes.back(), plan.hashes.size() - 1).first;
       plan.length.push_back(length);
       plan.covered.push_back(0);
       plan.entries.push_back(0);
