@@ -169,9 +169,11 @@ TEST_F(EngineTest, PerRegionCapQueuesTasksAsPending) {
 
 TEST_F(EngineTest, AWorkerClaimsNoMoreCopiesThanItHasSlots) {
   Limits limits;
-  limits.bandwidth = 512 * 1024;  // each copy in flight for a while
+  // Each copy in flight for a while: the bucket starts with a second's worth (512 KiB), and
+  // an image no larger than that was copied at once (the queue then lasted a few ms).
+  limits.bandwidth = 512 * 1024;
   auto engine = Open(limits, true, 1);
-  auto source = Import(*engine, MakeFile("a.raw", 8 * kEngineChunk, 21));
+  auto source = Import(*engine, MakeFile("a.raw", 16 * kEngineChunk, 21));
   auto job =
       engine->Replicate("default", source.image.id, {"gz", "su"}, std::nullopt, std::nullopt);
   bool saw_one_queued = false;
