@@ -154,6 +154,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   UniqueFd OpenChunkDir(const std::string& hash) const;
   // packs/<first two hex of name>, created if `create`; invalid fd if absent.
   UniqueFd OpenPackDir(const std::string& name, bool create);
+  // Makes a staged pack's temporary file durable, and packs/ (which names its directory):
+  // CommitPacks' sync of a pack committed alone.
+  void SyncStagedPack(const std::string& name, const std::string& tmp);
   // The pack open for reading, from a small cache of open packs (a copy reads many blocks
   // of a pack in a row: one open, not one per block); nullptr if there is no such pack.
   // Packs never change once written, so a cached descriptor always reads the right bytes.
