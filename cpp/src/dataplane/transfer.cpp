@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "base/chunk_name_hash.hpp"
 #include "base/retry.hpp"
 #include "base/token_bucket.hpp"
 #include "dataplane/buffer_pool.hpp"
@@ -42,19 +43,6 @@ struct ChunkPlan {
   std::vector<uint64_t> covered;     // bytes of every manifest entry naming it
   std::vector<uint64_t> entries;     // manifest entries naming it
   std::vector<int64_t> entry_chunk;  // per manifest entry: index in `hashes`, -1 = zero
-};
-
-// Chunk names are hex SHA-256 digests: their first bytes are as good a hash as any, and
-// cost nothing next to hashing all 64 (this map takes every block of a copy's plan).
-struct ChunkNameHash {
-  size_t operator()(std::string_view name) const {
-    if (name.size() < 2 * sizeof(uint64_t)) return std::hash<std::string_view>()(name);
-    uint64_t a;
-    uint64_t b;
-    std::memcpy(&a, name.data(), sizeof a);
-    std::memcpy(&b, name.data() + sizeof a, sizeof b);
-    return static_cast<size_t>(a * 0x9E3779B97F4A7C15ULL ^ b);
-  }
 };
 
 ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {

@@ -571,6 +571,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
       }
       order.emplace_back(prefix, i);
     }
+    if (keep) known_.reserve(std::min(kMaxKnown, known_.size() + order.size()));
     if (order.size() >= kReadAheadMinKeys) {
       ReadAhead(db_->file, order.size());
       ReadAhead(db_->file.string() + "-wal", order.size());

@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/chunk_name_hash.hpp"
 #include "store/pack.hpp"
 
 namespace imagerelay {
@@ -162,13 +163,10 @@ class BlockIndex {
   // the index or moved since: the `changes` count, which triggers in the database itself bump
   // on every DELETE or UPDATE of `blocks`, by any process of any release (a copy's
   // confirmation then asks SQLite only about the blocks it wrote). Under read_mutex_.
-  std::unordered_map<std::string, Found> known_;
+  std::unordered_map<std::string, Found, ChunkNameHash, std::equal_to<>> known_;
   std::vector<std::string> known_packs_;  // the packs of known_ (and of the last batch)
-  struct NameHash {
-    using is_transparent = void;  // looked up by string_view: no string per block found
-    size_t operator()(std::string_view name) const { return std::hash<std::string_view>()(name); }
-  };
-  std::unordered_map<std::string, uint32_t, NameHash, std::equal_to<>> known_pack_ids_;
+  // Pack names are hex too; looked up by string_view: no string per block found.
+  std::unordered_map<std::string, uint32_t, ChunkNameHash, std::equal_to<>> known_pack_ids_;
   int64_t known_at_ = -1;
   // The feature PruneFeatures looks at next (under mutex_; each process starts at the first).
   int64_t pruned_to_ = std::numeric_limits<int64_t>::min();
