@@ -118,6 +118,21 @@ std::string PrefixHex(int64_t prefix) {
   return hex;
 }
 
+// The block a resemblance row names (by its hash's first 8 bytes, HashPrefix): the first
+// indexed block with that prefix, and whether it is a delta; nullopt if none is indexed.
+struct PrefixedBlock {
+  std::string hash;
+  bool delta = false;
+};
+std::optional<PrefixedBlock> BlockWithPrefix(sqlite::Connection& conn, int64_t prefix) {
+  sqlite::ScopedStatement s(
+      conn.Cached("SELECT hash, bases FROM blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
+  const std::string hex = PrefixHex(prefix);
+  s->BindAt(1, hex);
+  if (!s->Step() || s->TextView(0).substr(0, hex.size()) != hex) return std::nullopt;
+  return PrefixedBlock{s->Text(0), !s->IsNull(1)};
+}
+
 // Runs `fn` inside one transaction, rolled back if it throws.
 template <typename Fn>
 void InTransaction(sqlite::Connection& conn, const char* begin, Fn&& fn) {
@@ -436,16 +451,11 @@ std::vector<std::string> BlockIndex::SimilarBlocks(const std::vector<uint64_t>& 
     std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) {
       return x.first != y.first ? x.first > y.first : x.second < y.second;
     });
-    sqlite::ScopedStatement s(
-        db_->reader.Cached("SELECT hash, bases FROM blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
     for (const auto& [count, block] : ranked) {
       if (similar.size() >= limit) break;
-      const std::string prefix = PrefixHex(block);
-      s->Reset();
-      s->BindAt(1, prefix);
       // Stale (the block is gone) or a delta (never a base): skipped.
-      if (!s->Step() || s->TextView(0).substr(0, 16) != prefix || !s->IsNull(1)) continue;
-      similar.push_back(s->Text(0));
+      std::optional<PrefixedBlock> found = BlockWithPrefix(db_->reader, block);
+      if (found && !found->delta) similar.push_back(std::move(found->hash));
     }
   });
   return similar;
@@ -469,18 +479,11 @@ size_t BlockIndex::PruneFeatures(size_t rows) {
         while (s->Step()) slice.emplace_back(s->Int(0), s->Int(1));
       }
       std::unordered_map<int64_t, bool> indexed;  // block prefix -> some block has it
-      sqlite::ScopedStatement block(
-          db_->conn.Cached("SELECT hash FROM blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
       sqlite::ScopedStatement drop(
           db_->conn.Cached("DELETE FROM features WHERE feature = ? AND block = ?"));
       for (const auto& [feature, prefix] : slice) {
         auto [it, added] = indexed.try_emplace(prefix, false);
-        if (added) {
-          const std::string hex = PrefixHex(prefix);
-          block->Reset();
-          block->BindAt(1, hex);
-          it->second = block->Step() && block->TextView(0).substr(0, hex.size()) == hex;
-        }
+        if (added) it->second = BlockWithPrefix(db_->conn, prefix).has_value();
         if (it->second) continue;
         // (Keyed by the pair: a row a writer has just pointed at a new block stays.)
         drop->Reset();
