@@ -19,7 +19,6 @@
 #include <thread>
 
 #include "base/file_util.hpp"
-#include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
@@ -44,44 +43,6 @@ std::vector<std::string> NamesIn(const fs::path& dir) {
     if (e.is_regular_file()) names.push_back(e.path().filename().string());
   }
   return names;
-}
-
-// A pack's page-aligned range is read around the page cache when the cache does not hold
-// it (O_DIRECT: the disk's full rate on this project's VM), from the cache when it does;
-// the bytes are the same either way, up to an unaligned end.
-TEST(LocalStoreTest, APackIsReadAroundThePageCacheOrFromItAlike) {
-  ScratchDir dir;
-  LocalStore store(dir.path());
-  const std::vector<std::byte> bytes = RandomByteVector((3u << 20) + 100, 7);
-  const std::string name(32, 'a');
-  store.PutPack(name, bytes, nullptr);
-  const fs::path file = dir.path() / "packs" / "aa" / name;
-  {
-    UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-    ASSERT_TRUE(fd);
-    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
-    if (!CachedPages(fd.get(), 0, bytes.size())) GTEST_SKIP() << "no cachestat(2) here";
-  }
-  const uint64_t offset = 4096;
-  const size_t length = bytes.size() - offset;  // ends 100 bytes past a page
-  DirectIoBuffer buffer = AllocateDirectIoBuffer(length);
-  const std::span<std::byte> out(buffer.get(), length);
-  const std::vector<std::byte> want(bytes.begin() + offset, bytes.end());
-  EXPECT_FALSE(store.Cached(name, offset, length));
-  ASSERT_TRUE(store.ReadPack(name, offset, out, nullptr));
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), out.begin()));
-  EXPECT_FALSE(store.Cached(name, offset, length)) << "the read went through the cache";
-  {
-    std::ifstream in(file, std::ios::binary);  // a buffered read fills the cache
-    std::vector<char> all(bytes.size());
-    in.read(all.data(), static_cast<std::streamsize>(all.size()));
-  }
-  EXPECT_TRUE(store.Cached(name, offset, length));
-  std::fill(out.begin(), out.end(), std::byte{0});
-  ASSERT_TRUE(store.ReadPack(name, offset, out, nullptr));
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), out.begin()));
-  // A range past the end is refused as the pack ending first, either way.
-  EXPECT_FALSE(store.ReadPack(name, offset + 4096, out, nullptr));
 }
 
 TEST(LocalStoreTest, PutGetHasListDelete) {

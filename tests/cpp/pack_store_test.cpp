@@ -967,65 +967,31 @@ TEST(PackStoreTest, PlannedReadsOfDeltasReadTheirBasesInRunsToo) {
   EXPECT_LE(faults->reads.load(), 2);  // without the bases in the runs: 9
 }
 
-// A local store reads a plan's blocks a run at a time (one request per run, around the page
-// cache), and the run after the one being read is read ahead, across packs in the plan's
-// order: the readers decode and hash one run while the next is on its way.
-TEST(PackStoreTest, PlannedLocalReadsGoARunAtATimeWithTheNextReadAhead) {
-  ScratchDir dir;
-  auto local = std::make_unique<LocalStore>(dir.path());
-  FaultyPacks faults(*local);  // counts reads; says nothing is cached: runs are read whole
-  PackStoreOptions options;
-  options.pack_size = 16 * kBlock;
-  options.read_span = 4 * kBlock;
-  auto store = std::make_unique<PackStore>(std::move(local), faults, options);
-  store->Check();
-  std::vector<std::vector<std::byte>> blocks;
-  for (uint32_t i = 0; i < 32; ++i) {  // 2 packs of 16 blocks: 4 runs of 4 each
-    blocks.push_back(RandomBlock(900 + i));
-    store->PutChunk(HashOf(blocks.back()), blocks.back());
-  }
-  store->Flush();
-  ASSERT_EQ(PackFilesIn(dir.path()).size(), 2u);
-  std::vector<std::string> hashes;
-  for (const auto& b : blocks) hashes.push_back(HashOf(b));
-  store->PlanReads(hashes);
-  faults.reads = 0;
-  std::vector<std::byte> out;
-  store->GetChunk(hashes[0], out);
-  EXPECT_EQ(out, blocks[0]);
-  EXPECT_EQ(faults.reads.load(), 2);  // its run, and the next read ahead
-  for (size_t i = 1; i < blocks.size(); ++i) {
-    store->GetChunk(hashes[i], out);
-    EXPECT_EQ(out, blocks[i]) << i;
-  }
-  EXPECT_EQ(faults.reads.load(), 8);  // one per run: none read twice, no block alone
-}
-
-// A run read for one plan serves that plan only: what it left unread (a copy cancelled
-// midway) is not served to a later plan, which reads the pack again and so finds damage
-// done since (an export or a verify after a scrub found nothing).
+// On an object store a planned run is read once into a span its blocks are served from.
+// The span serves that plan only: what it left unread (a copy cancelled midway) is not
+// served to a later plan (a verify), which reads the pack again and finds damage done since.
 TEST(PackStoreTest, ASpanServesOnlyThePlanItWasReadFor) {
   ScratchDir dir;
-  auto local = std::make_unique<LocalStore>(dir.path());
-  FaultyPacks faults(*local);  // says nothing is cached: runs are read whole
-  PackStoreOptions options;
-  options.read_span = 4 * kBlock;
-  auto store = std::make_unique<PackStore>(std::move(local), faults, options);
-  store->Check();
   std::vector<std::vector<std::byte>> blocks;
-  for (uint32_t i = 0; i < 3; ++i) {  // raw: block i at offset i * kBlock of the one pack
-    blocks.push_back(RandomBlock(950 + i));
-    store->PutChunk(HashOf(blocks.back()), blocks.back());
+  for (uint32_t i = 0; i < 3; ++i) blocks.push_back(RandomBlock(950 + i));
+  fs::path pack;
+  {
+    auto [faults, store] = OpenPacked(dir.path());  // raw: block i at offset i * kBlock
+    for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+    store->Flush();
+    const auto packs = PackFilesIn(dir.path());
+    ASSERT_EQ(packs.size(), 1u);
+    pack = packs[0];
   }
-  store->Flush();
-  const auto packs = PackFilesIn(dir.path());
-  ASSERT_EQ(packs.size(), 1u);
+  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
   store->PlanReads({HashOf(blocks[0]), HashOf(blocks[1]), HashOf(blocks[2])});
+  faults->reads = 0;
   std::vector<std::byte> out;
   store->GetChunk(HashOf(blocks[0]), out);  // the run of all three is read; one is served
   EXPECT_EQ(out, blocks[0]);
+  EXPECT_EQ(faults->reads.load(), 1);
   {
-    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(kBlock + 100));
     f.put('\x00');
     f.put('\x00');

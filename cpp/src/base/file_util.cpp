@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -101,22 +100,6 @@ int PwriteAll(int fd, const void* data, size_t len, off_t offset) {
     offset += n;
   }
   return 0;
-}
-
-std::optional<uint64_t> CachedPages(int fd, uint64_t offset, uint64_t length) {
-#ifdef __linux__
-  // cachestat(2) (Linux 6.5), called by number: older C library headers lack it.
-  constexpr long kCachestat = 451;
-  struct {
-    uint64_t off;
-    uint64_t len;
-  } range{offset, length};
-  struct {
-    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
-  } stat{};
-  if (length > 0 && ::syscall(kCachestat, fd, &range, &stat, 0) == 0) return stat.nr_cache;
-#endif
-  return std::nullopt;
 }
 
 int PreadAll(int fd, void* out, size_t len, off_t offset) {

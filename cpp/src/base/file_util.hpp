@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,10 +56,6 @@ bool TempWriterIsGone(std::string_view name);
 // -1 when the file ends first.
 int PwriteAll(int fd, const void* data, size_t len, off_t offset);
 int PreadAll(int fd, void* out, size_t len, off_t offset);
-
-// How many pages of [offset, offset + length) of `fd` are in the page cache, without
-// reading any (cachestat(2)); nullopt where the kernel cannot tell.
-std::optional<uint64_t> CachedPages(int fd, uint64_t offset, uint64_t length);
 
 // fsync of a directory, so that a rename or a new entry in it survives a crash.
 int FsyncDir(const std::filesystem::path& dir);

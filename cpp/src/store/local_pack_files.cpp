@@ -183,49 +183,25 @@ void LocalStore::ForgetOpenPack(const std::string& name) {
   open_packs_.remove_if([&](const auto& entry) { return entry.first == name; });
 }
 
-namespace {
-
-bool MostlyCached(int fd, uint64_t offset, uint64_t length) {
-  const uint64_t pages = (length + kDirectIoAlign - 1) / kDirectIoAlign;
-  return CachedPages(fd, offset, length).value_or(0) * 2 >= pages;
-}
-
-}  // namespace
-
-bool LocalStore::Cached(const std::string& name, uint64_t offset, uint64_t length) {
-  std::shared_ptr<UniqueFd> fd = OpenPackForReading(name);
-  return fd && MostlyCached(fd->get(), offset, length);
-}
-
 bool LocalStore::ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
                           const CancelToken* /*cancel*/) {
   std::shared_ptr<UniqueFd> fd = OpenPackForReading(name);
   if (!fd) return false;
-  // A page-aligned read of whole pages (a planned run's span) that the page cache does not
-  // hold (mostly) goes around it: on this project's VM a buffered read from the disk fills
-  // the cache at half the disk's rate. What the cache holds (a pack read lately) is copied
-  // from it.
-  size_t done = 0;
-  const size_t pages = out.size() / kDirectIoAlign * kDirectIoAlign;
-  if (pages > 0 && offset % kDirectIoAlign == 0 &&
-      reinterpret_cast<uintptr_t>(out.data()) % kDirectIoAlign == 0 &&
-      direct_io_.load(std::memory_order_relaxed) && !MostlyCached(fd->get(), offset, pages)) {
-    UniqueFd dir = OpenPackDir(name, /*create=*/false);
-    UniqueFd direct;
-    if (dir) direct.reset(::openat(dir.get(), name.c_str(), kOpenStoreFile | O_DIRECT));
-    if (dir && !direct && errno == EINVAL) direct_io_.store(false, std::memory_order_relaxed);
-    if (direct) {
-      int err = PreadAll(direct.get(), out.data(), pages, static_cast<off_t>(offset));
-      if (err == -1) return false;  // the pack ends first
-      if (err == 0) done = pages;
-      if (err != 0 && err != EINVAL) PackFailed("cannot read pack " + name, uri_, err);
-    }
-  }
-  int err =
-      PreadAll(fd->get(), out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+  int err = PreadAll(fd->get(), out.data(), out.size(), static_cast<off_t>(offset));
   if (err == -1) return false;  // the pack ends first
   if (err != 0) PackFailed("cannot read pack " + name, uri_, err);
   return true;
+}
+
+void LocalStore::Prefetch(const std::string& name, uint64_t offset, uint64_t length) {
+  try {
+    if (std::shared_ptr<UniqueFd> fd = OpenPackForReading(name)) {
+      ::posix_fadvise(fd->get(), static_cast<off_t>(offset), static_cast<off_t>(length),
+                      POSIX_FADV_WILLNEED);
+    }
+  } catch (const TransferError&) {
+    // a hint only: the read that follows reports what is wrong
+  }
 }
 
 std::optional<PackStat> LocalStore::StatPack(const std::string& name) {

@@ -131,7 +131,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void KeepChunkMarksIn(FileMarks* marks) override {
     chunk_marks_.store(marks, std::memory_order_release);
   }
-  bool Cached(const std::string& name, uint64_t offset, uint64_t length) override;
+  void Prefetch(const std::string& name, uint64_t offset, uint64_t length) override;
   void DeletePack(const std::string& name) override;
   void QuarantinePack(const std::string& name) override;
   void KeepAside(const std::string& hash, std::span<const std::byte> bytes) override;

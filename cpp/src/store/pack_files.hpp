@@ -72,11 +72,9 @@ class PackFiles {
   virtual std::vector<std::pair<std::string, uint64_t>> ListPacks() = 0;
   // The local file of the region's block index (a cache of the packs' footers).
   virtual std::filesystem::path IndexFile() = 0;
-  // True if most of [offset, offset + length) of a pack is in memory already (a local
-  // file read lately: the page cache), so that reading its blocks one by one costs no I/O.
-  virtual bool Cached(const std::string& /*name*/, uint64_t /*offset*/, uint64_t /*length*/) {
-    return false;
-  }
+  // Starts reading [offset, offset + length) of a pack in the background, for the reads of
+  // its blocks that follow (a local file: the page cache). Best effort.
+  virtual void Prefetch(const std::string& /*name*/, uint64_t /*offset*/, uint64_t /*length*/) {}
   // Reading a range costs a request (S3): reads of neighbouring blocks are worth merging.
   virtual bool RemoteReads() const { return false; }
 };

@@ -22,10 +22,6 @@ namespace {
 // readers go through an image roughly in order, several at once; a few spans per reader
 // is enough (at most kMaxSpans x read_span bytes).
 constexpr size_t kMaxSpans = 12;
-// A local store's: its readers take one run after another (the one they read, the one
-// before that some still copy from, the next read ahead), and keep 2 buffers for the next.
-constexpr size_t kMaxLocalSpans = 4;
-constexpr size_t kSpareLocalSpans = 2;
 // Blocks at most this far apart in a pack are read in one request (the gap is read too).
 constexpr uint64_t kMaxGap = 64 << 10;
 // Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
@@ -1008,12 +1004,6 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
 void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   if (hashes.empty()) return;
   std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
-  std::vector<std::string> pack_order;  // the packs as the plan reads them
-  for (const auto& where : found) {
-    if (where && (pack_order.empty() || pack_order.back() != where->pack)) {
-      pack_order.push_back(where->pack);
-    }
-  }
   // Neighbouring blocks of a pack (a gap of at most kMaxGap) go into one run.
   std::unordered_map<std::string, std::vector<Run>> planned;
   size_t count = 0;
@@ -1070,20 +1060,11 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
     blocks = std::move(runs);
   }
   std::lock_guard lock(read_mutex_);
+  // What earlier plans left unread (a cancelled copy) serves no later read.
+  std::erase_if(spans_, [](const auto& span) { return !span->loading; });
   if (planned_runs_ + count > kMaxPlannedRuns) {
     runs_.clear();  // plans nobody read (cancelled copies): drop them rather than grow
-    next_pack_.clear();
     planned_runs_ = 0;
-  }
-  if (next_pack_.size() > kMaxPlannedRuns) next_pack_.clear();
-  // What earlier plans left unread (a cancelled copy) serves no later read.
-  for (auto it = spans_.begin(); it != spans_.end();) {
-    auto next = std::next(it);
-    if (!(*it)->loading) DropSpanLocked(it);
-    it = next;
-  }
-  for (size_t i = 1; i < pack_order.size(); ++i) {
-    next_pack_.try_emplace(pack_order[i - 1], pack_order[i]);  // the first successor stays
   }
   for (auto& [pack, runs] : planned) {
     if (runs.empty()) continue;
@@ -1111,92 +1092,10 @@ std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64
   return taken;
 }
 
-std::shared_ptr<PackStore::Span> PackStore::NewSpanLocked(const std::string& pack, const Run& run) {
-  auto span = std::make_shared<Span>();
-  span->pack = pack;
-  // A local span starts on a page: read around the page cache (O_DIRECT), which on this
-  // project's VM reads a pack at twice the rate of a buffered read (docs/data-plane-v2.md).
-  span->begin = packs_.RemoteReads() ? run.begin : run.begin / kDirectIoAlign * kDirectIoAlign;
-  span->run_end = run.end;
-  const auto length = static_cast<size_t>(run.end - span->begin);
-  if (!spare_span_buffers_.empty() && spare_span_buffers_.back().get_deleter().length >= length) {
-    span->buffer = std::move(spare_span_buffers_.back());
-    spare_span_buffers_.pop_back();
-  } else {
-    span->buffer = AllocateDirectIoBuffer(std::max<size_t>(length, options_.read_span));
-  }
-  span->bytes = std::span<std::byte>(span->buffer.get(), length);
-  span->unread = run.blocks;
-  spans_.push_front(span);
-  const size_t most = packs_.RemoteReads() ? kMaxSpans : kMaxLocalSpans;
-  while (spans_.size() > most && !spans_.back()->loading) DropSpanLocked(std::prev(spans_.end()));
-  return span;
-}
-
-void PackStore::DropSpanLocked(std::list<std::shared_ptr<Span>>::iterator it) {
-  // Its buffer serves the next span, unless a reader still holds it.
-  const size_t spares = packs_.RemoteReads() ? kMaxSpans : kSpareLocalSpans;
-  if (it->use_count() == 1 && spare_span_buffers_.size() < spares) {
-    spare_span_buffers_.push_back(std::move((*it)->buffer));
-  }
-  spans_.erase(it);
-}
-
-void PackStore::LoadSpan(Span& span, const CancelToken* cancel) {
-  bool ok = false;
-  try {
-    ok = packs_.ReadPack(span.pack, span.begin, span.bytes, cancel);
-  } catch (...) {
-    std::lock_guard lock(read_mutex_);
-    span.loading = false;
-    span.failed = true;
-    span_cv_.notify_all();
-    throw;
-  }
-  std::lock_guard lock(read_mutex_);
-  span.loading = false;
-  span.failed = !ok;
-  span_cv_.notify_all();
-}
-
-std::shared_ptr<PackStore::Span> PackStore::TakeNextSpanLocked(Span& span) {
-  if (span.next_taken || packs_.RemoteReads()) return nullptr;
-  span.next_taken = true;
-  std::string pack = span.pack;
-  auto it = runs_.find(pack);
-  auto next = it == runs_.end()
-                  ? std::vector<Run>::iterator()
-                  : std::lower_bound(it->second.begin(), it->second.end(), span.run_end,
-                                     [](const Run& r, uint64_t value) { return r.begin < value; });
-  if (it == runs_.end() || next == it->second.end()) {
-    auto after = next_pack_.find(span.pack);
-    if (after == next_pack_.end()) return nullptr;
-    pack = after->second;
-    it = runs_.find(pack);
-    if (it == runs_.end()) return nullptr;
-    next = it->second.begin();
-  }
-  const Run run = *next;
-  it->second.erase(next);
-  --planned_runs_;
-  if (it->second.empty()) runs_.erase(it);
-  return NewSpanLocked(pack, run);
-}
-
 bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<std::byte> out,
                           const CancelToken* cancel) {
   const uint64_t length = out.size();
   std::shared_ptr<Span> span;
-  std::shared_ptr<Span> ahead;
-  // The run after the one read from, read ahead (see TakeNextSpanLocked). Only a hint: a run
-  // that fails to load is skipped, its blocks then read alone.
-  auto read_ahead = [&] {
-    if (!ahead) return;
-    try {
-      LoadSpan(*ahead, cancel);
-    } catch (const std::exception&) {
-    }
-  };
   {
     std::unique_lock lock(read_mutex_);
     for (;;) {
@@ -1214,37 +1113,43 @@ bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<st
       }
       std::copy_n(found->bytes.begin() + static_cast<ptrdiff_t>(offset - found->begin), length,
                   out.begin());
-      ahead = TakeNextSpanLocked(*found);
-      const bool all_read = found->unread > 0 && --found->unread == 0;
-      found.reset();  // (its buffer is kept for the next span only if no one holds it)
-      if (all_read) DropSpanLocked(it);
-      lock.unlock();
-      read_ahead();
+      if (--found->unread == 0) spans_.erase(it);
       return true;
     }
     std::optional<Run> run = TakeRun(pack, offset, length);
-    // A block alone; or a local run in memory already (read lately): its blocks are copied
-    // from there one by one, no reader waiting for another.
-    if (!run || (!packs_.RemoteReads() && packs_.Cached(pack, run->begin, run->end - run->begin))) {
+    if (!run || !packs_.RemoteReads()) {
+      // A block alone; or a local pack's run, read ahead into the page cache while each block
+      // is read on its own, so that the readers of the run need not wait for one another.
       lock.unlock();
+      if (run) packs_.Prefetch(pack, run->begin, run->end - run->begin);
       return packs_.ReadPack(pack, offset, out, cancel);
     }
-    span = NewSpanLocked(pack, *run);
+    span = std::make_shared<Span>();
+    span->pack = pack;
+    span->begin = run->begin;
+    span->bytes.resize(static_cast<size_t>(run->end - run->begin));
+    span->unread = run->blocks - 1;  // (this reader's is served below)
+    spans_.push_front(span);
+    while (spans_.size() > kMaxSpans && !spans_.back()->loading) spans_.pop_back();
   }
-  LoadSpan(*span, cancel);
-  {
+  bool ok = false;
+  try {
+    ok = packs_.ReadPack(pack, span->begin, span->bytes, cancel);
+  } catch (...) {
     std::lock_guard lock(read_mutex_);
-    if (span->failed) return false;
-    ahead = TakeNextSpanLocked(*span);
-    std::copy_n(span->bytes.begin() + static_cast<ptrdiff_t>(offset - span->begin), length,
-                out.begin());
-    if (span->unread > 0 && --span->unread == 0) {
-      auto it = std::find(spans_.begin(), spans_.end(), span);
-      span.reset();
-      if (it != spans_.end()) DropSpanLocked(it);
-    }
+    span->loading = false;
+    span->failed = true;
+    span_cv_.notify_all();
+    throw;
   }
-  read_ahead();
+  std::lock_guard lock(read_mutex_);
+  span->loading = false;
+  span->failed = !ok;
+  span_cv_.notify_all();
+  if (!ok) return false;
+  std::copy_n(span->bytes.begin() + static_cast<ptrdiff_t>(offset - span->begin), length,
+              out.begin());
+  if (span->unread == 0) std::erase(spans_, span);
   return true;
 }
 

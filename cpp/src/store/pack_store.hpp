@@ -37,7 +37,6 @@
 #include <unordered_set>
 #include <vector>
 
-#include "base/file_util.hpp"
 #include "base/uninitialized_bytes.hpp"
 #include "imagerelay/store.hpp"
 #include "store/block_index.hpp"
@@ -303,14 +302,14 @@ class PackStore final : public Store, public ChunkSizeProbe {
   };
   struct Span {
     std::string pack;
-    uint64_t begin = 0;          // of `bytes` in the pack (a local span's: page-aligned)
-    uint64_t run_end = 0;        // of its run (the next run starts at or after it)
-    DirectIoBuffer buffer;       // page-aligned: a local pack is read around the page cache
-    std::span<std::byte> bytes;  // of buffer
-    bool loading = true;         // being read by one reader; the others wait for it
+    uint64_t begin = 0;
+    std::vector<std::byte> bytes;
+    bool loading = true;  // being read by one reader; the others wait for it
     bool failed = false;
-    bool next_taken = false;  // its successor was taken to be read ahead
-    uint32_t unread = 0;      // blocks of its run not yet served: dropped at 0
+    // Blocks of its run not served yet. A span serves the plan it was read for only: taken
+    // out once they all are, and by the next plan, so that a later read (a verify after a
+    // copy) goes to the store again and finds damage done since.
+    uint32_t unread = 0;
   };
   std::mutex read_mutex_;  // guards the members below
   std::condition_variable span_cv_;
@@ -323,24 +322,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // hint for unchecked reads: a stale one fails the delta's check, and the bases are then
   // looked up afresh and read checked.
   std::unordered_map<std::string, BlockLocation> planned_bases_;
-  std::list<std::shared_ptr<Span>> spans_;          // most recent first
-  std::vector<DirectIoBuffer> spare_span_buffers_;  // of spans dropped, for the next
-  // The pack whose blocks a plan reads after each pack's (by first appearance): where the
-  // run read ahead after a pack's last one is.
-  std::unordered_map<std::string, std::string> next_pack_;
-  // A span for `run` of `pack`, loading, listed (under read_mutex_).
-  std::shared_ptr<Span> NewSpanLocked(const std::string& pack, const Run& run);
-  // Takes a span out of spans_, its buffer kept for the next if no reader holds it (under
-  // read_mutex_). Spans serve the plan they were read for only: a later read (an export
-  // after a pack was damaged) reads the pack again.
-  void DropSpanLocked(std::list<std::shared_ptr<Span>>::iterator it);
-  // Reads a span's bytes; marks it failed (and rethrows) if the read throws.
-  void LoadSpan(Span& span, const CancelToken* cancel);
-  // On a local store, the run after `span`'s (the next of its pack, or the first of the next
-  // pack of the plan), taken and listed as a span to load, if `span` has not had its
-  // successor taken yet: one run is read ahead of the readers, around the page cache, while
-  // they decode and hash the blocks of the one before (under read_mutex_; nullptr if none).
-  std::shared_ptr<Span> TakeNextSpanLocked(Span& span);
+  std::list<std::shared_ptr<Span>> spans_;  // most recent first
   // The run planned for a block at [offset, offset + length) of `pack`, taken out of the
   // plan (nullopt if none). Under read_mutex_.
   std::optional<Run> TakeRun(const std::string& pack, uint64_t offset, uint64_t length);
