@@ -345,6 +345,9 @@ def test_serve_https(home: Path, keys: dict[str, str], tmp_path: Path,
 
 def test_serve_refuses_bad_flags(home: Path, tmp_path: Path) -> None:
     for args, words in ((["--listen", "bogus"], "give REGION=HOST:PORT"),
+                        (["--listen", "bj=::1:8080"], "IPv6 host in brackets"),
+                        (["--listen", "bj=127.0.0.1:0"], "give REGION=HOST:PORT"),
+                        (["--listen", "bj=127.0.0.1:８０８０"], "give REGION=HOST:PORT"),
                         (["--listen", "xx=127.0.0.1:8080"], "NoSuchRegion"),
                         (["--listen", "bj=127.0.0.1:8080", "--listen", "bj=127.0.0.1:8081"],
                          "given twice"),

@@ -21,7 +21,7 @@ import uvicorn
 from ..cloud import Cloud
 from ..errors import ValidationError
 from .app import ServeOptions, Service
-from .endpoint_hosts import parse_public_hosts
+from .endpoint_hosts import HostName, parse_public_hosts
 
 log = logging.getLogger("imagerelay.serve")
 
@@ -36,12 +36,11 @@ class Listener:
 def parse_listen(text: str) -> Listener:
     """``REGION=HOST:PORT`` (an IPv6 host in brackets: ``gz=[::1]:8081``)."""
     region, _, address = text.partition("=")
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not region or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    parsed = HostName.parse(address, None)
+    if not region or parsed is None or parsed.port is None:
         raise ValidationError(f"--listen {text}: give REGION=HOST:PORT, e.g. "
-                              "bj=127.0.0.1:8080")
-    return Listener(region, host, int(port))
+                              "bj=127.0.0.1:8080 (an IPv6 host in brackets: gz=[::1]:8081)")
+    return Listener(region, parsed.host, parsed.port)
 
 
 def listeners(cloud: Cloud, listen: Sequence[str], host: str, port: int) -> list[Listener]:
