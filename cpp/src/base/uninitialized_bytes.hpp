@@ -4,18 +4,14 @@
 
 #include <cstddef>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace imagerelay {
 
-template <typename T>
-struct DefaultInitAllocator : std::allocator<T> {
-  template <typename U>
-  struct rebind {
-    using other = DefaultInitAllocator<U>;
-  };
-  using std::allocator<T>::allocator;
-  // resize() constructs new elements with no arguments: left as they are (default-init).
+// The construct() of an allocator whose vectors grow without zeroing: resize() constructs new
+// elements with no arguments, and they are left as they are (default-init).
+struct DefaultInitConstruct {
   template <typename U>
   void construct(U* p) noexcept {
     ::new (static_cast<void*>(p)) U;
@@ -24,6 +20,15 @@ struct DefaultInitAllocator : std::allocator<T> {
   void construct(U* p, Args&&... args) {
     ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
   }
+};
+
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T>, DefaultInitConstruct {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  using std::allocator<T>::allocator;
 };
 
 using UninitializedBytes = std::vector<std::byte, DefaultInitAllocator<std::byte>>;

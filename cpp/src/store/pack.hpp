@@ -23,15 +23,17 @@
 #include <utility>
 #include <vector>
 
+#include "base/uninitialized_bytes.hpp"
 #include "imagerelay/store.hpp"  // ChunkCodec
 
 namespace imagerelay {
 
 using BlockCodec = ChunkCodec;
 
-// Page-aligned memory: a pack is written to disk straight from it with O_DIRECT.
+// Page-aligned memory: a pack is written to disk straight from it with O_DIRECT. resize()
+// does not zero it: a pack's bytes are written over at once (PackBuilder::AddEncoded).
 template <typename T>
-struct PageAlignedAllocator {
+struct PageAlignedAllocator : DefaultInitConstruct {
   using value_type = T;
   static constexpr std::align_val_t kAlign{4096};
   PageAlignedAllocator() = default;
