@@ -48,6 +48,31 @@ std::span<const std::byte> Stored(const Built& b, const PackEntry& e) {
   return std::span(b.pack).subspan(e.offset, e.stored_length);
 }
 
+// Pack buffers are reused and grown without zeroing: a pack built in the buffer of a bigger
+// one holds its own bytes and footer only, nothing of the pack before it.
+TEST(PackTest, APackBuiltInAReusedBufferHoldsNothingOfThePackBefore) {
+  PackBuilder first;
+  const std::vector<std::byte> old_block(200000, std::byte{0xA5});
+  first.AddEncoded(HashOf(old_block), {BlockCodec::kRaw, old_block},
+                   static_cast<uint32_t>(old_block.size()));
+  PackBytes buffer = first.Finish();
+  const size_t capacity = buffer.capacity();
+
+  PackBuilder second(1, std::move(buffer));
+  const auto block = RandomByteVector(65536, 7);
+  second.Add(HashOf(block), block);
+  const auto entries = second.entries();
+  const PackBytes pack = second.Finish();
+  EXPECT_EQ(pack.capacity(), capacity);  // the same memory, reused
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(ParsePackFooter(pack, pack.size(), "pack p"), entries);
+  ASSERT_EQ(entries[0].offset, 0u);
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), pack.begin()));
+  // Blocks, then the footer: not one byte more.
+  EXPECT_EQ(pack.size(),
+            block.size() + PackFooterSize(std::span(pack).last(kPackTrailerSize), "pack p"));
+}
+
 TEST(PackTest, RoundTripsCompressingOnlyWhatShrinks) {
   Built b = BuildPack();
   auto entries = ParsePackFooter(b.pack, b.pack.size(), "pack p");

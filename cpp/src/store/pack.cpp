@@ -114,12 +114,11 @@ void PackBuilder::AddEncoded(const std::string& hash, EncodedBlock block, uint32
   entry.raw_length = raw_length;
   entry.codec = block.codec;
   entry.stored_length = static_cast<uint32_t>(block.bytes.size());
-  // resize + memcpy, not insert: with an allocator of its own, a vector inserts element by
-  // element (a 16-byte loop here: 7% of an import's CPU), where memcpy moves whole lines.
+  // resize (no zeroing) + copy (a memmove), not insert: with an allocator of its own, a
+  // vector inserts element by element (a 16-byte loop here: 7% of an import's CPU).
   data_.resize(entry.offset + block.bytes.size());
-  if (!block.bytes.empty()) {
-    std::memcpy(data_.data() + entry.offset, block.bytes.data(), block.bytes.size());
-  }
+  std::copy(block.bytes.begin(), block.bytes.end(),
+            data_.begin() + static_cast<ptrdiff_t>(entry.offset));
   entries_.push_back(std::move(entry));
 }
 
