@@ -9,7 +9,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "imagerelay/error.hpp"
@@ -64,6 +66,15 @@ class FaultyPacks : public PackFiles {
   int flip_reads = 0;         // the next this many reads come back with one byte flipped
   int hide_listings = 0;      // the next this many listings leave every pack out
   std::atomic<int> reads{0};  // reads made
+  std::mutex read_log_mutex;
+  std::vector<std::string> read_log;  // the packs read, in order
+  // Waits (up to 10 s) until `n` reads were made in all; false if they were not.
+  bool WaitForReads(int n) {
+    for (int i = 0; i < 1000 && reads.load() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return reads.load() >= n;
+  }
   // Puts and deletes take this much longer (after the put, before the delete): the windows
   // in which another thread sees a pack on disk that the index does not name grow wide.
   int slow_ms = 0;
@@ -78,6 +89,10 @@ class FaultyPacks : public PackFiles {
   }
   bool ReadPack(const std::string& name, uint64_t offset, std::span<std::byte> out,
                 const CancelToken* cancel) override {
+    {
+      std::lock_guard lock(read_log_mutex);
+      read_log.push_back(name);
+    }
     ++reads;
     const bool whole = real_.ReadPack(name, offset, out, cancel);
     if (whole && !out.empty() && flip_reads > 0) {
@@ -119,16 +134,19 @@ struct Opened {
 
 // A pack store on a local directory, with small packs so that tests see several.
 // `remote`: its packs act as an object store's (FaultyPacks::remote) from the start.
-Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock, bool remote = false) {
+Opened OpenPacked(const fs::path& root, const PackStoreOptions& options, bool remote = false) {
   auto local = std::make_unique<LocalStore>(root);
   Opened opened;
   opened.faults = std::make_unique<FaultyPacks>(*local);
   opened.faults->remote = remote;
-  PackStoreOptions options;
-  options.pack_size = pack_size;
   opened.store = std::make_unique<PackStore>(std::move(local), *opened.faults, options);
   opened.store->Check();
   return opened;
+}
+Opened OpenPacked(const fs::path& root, uint64_t pack_size = 4 * kBlock, bool remote = false) {
+  PackStoreOptions options;
+  options.pack_size = pack_size;
+  return OpenPacked(root, options, remote);
 }
 
 // A pack store on a local directory that compresses at `zstd_level` (0: never).
@@ -998,6 +1016,150 @@ TEST(PackStoreTest, ASpanServesOnlyThePlanItWasReadFor) {
   }
   store->PlanReads({HashOf(blocks[1])});
   EXPECT_THROW(store->GetChunk(HashOf(blocks[1]), out), DamagedChunkError);
+}
+
+// Writes blocks of `packs` x 4 random blocks (one pack per 4: block i is in pack i / 4,
+// raw, at offset (i % 4) x kBlock); returns the blocks and the packs in the order written.
+struct FourPerPack {
+  std::vector<std::vector<std::byte>> blocks;
+  std::vector<std::string> hashes;
+  std::vector<std::string> packs;  // names, the pack of blocks 4k..4k+3 at k
+};
+FourPerPack WriteFourPerPack(PackStore& store, const fs::path& root, int packs, uint32_t seed) {
+  FourPerPack written;
+  std::set<fs::path> before;
+  for (int k = 0; k < packs; ++k) {
+    for (int i = 0; i < 4; ++i) {
+      written.blocks.push_back(RandomBlock(seed + static_cast<uint32_t>(4 * k + i)));
+      written.hashes.push_back(HashOf(written.blocks.back()));
+      store.PutChunk(written.hashes.back(), written.blocks.back());
+    }
+    store.Flush();
+    for (const fs::path& pack : PackFilesIn(root)) {
+      if (before.insert(pack).second) written.packs.push_back(pack.filename().string());
+    }
+  }
+  return written;
+}
+
+// A local store reads a plan's runs ahead of its readers, once each, in the order the plan
+// asks for their blocks, from the plan's first read on; what it read serves that plan only.
+TEST(PackStoreTest, ALocalPlanIsReadAheadInItsOrderOnceAndServesOnlyThatPlan) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());
+  const FourPerPack w = WriteFourPerPack(*store, dir.path(), 3, 700);
+  ASSERT_EQ(w.packs.size(), 3u);
+  // The plan asks for pack 2's blocks first, then pack 0's, then pack 1's.
+  std::vector<std::string> plan;
+  for (int k : {2, 0, 1}) {
+    for (int i = 0; i < 4; ++i) plan.push_back(w.hashes[static_cast<size_t>(4 * k + i)]);
+  }
+  store->PlanReads(plan);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(faults->reads.load(), 0) << "nothing is read ahead before the plan's first read";
+  faults->read_log.clear();
+  std::vector<std::byte> out;
+  store->GetChunk(w.hashes[8], out);  // the first block: its run is read by its readers
+  EXPECT_EQ(out, w.blocks[8]);
+  ASSERT_TRUE(faults->WaitForReads(3));
+  {
+    std::lock_guard lock(faults->read_log_mutex);
+    ASSERT_EQ(faults->read_log.size(), 3u);
+    EXPECT_EQ(faults->read_log[0], w.packs[2]);
+    // (Two threads read ahead: which of the two runs they took first finished first varies.)
+    EXPECT_EQ(std::set<std::string>(faults->read_log.begin() + 1, faults->read_log.end()),
+              (std::set<std::string>{w.packs[0], w.packs[1]}));
+  }
+  // Block 5 is damaged after its run was read ahead.
+  const fs::path pack1 = dir.path() / "packs" / w.packs[1].substr(0, 2) / w.packs[1];
+  {
+    std::fstream f(pack1, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(kBlock + 100));
+    f.put('\x00');
+    f.put('\x00');
+  }
+  for (int i : {9, 10, 11, 0, 1, 2, 3}) {  // pack 2's blocks alone, pack 0's from the read-ahead
+    store->GetChunk(w.hashes[static_cast<size_t>(i)], out);
+    EXPECT_EQ(out, w.blocks[static_cast<size_t>(i)]) << i;
+  }
+  EXPECT_EQ(faults->reads.load(), 6);
+  // A new plan: what was read ahead for the last one (pack 1's run) serves it no longer.
+  store->PlanReads({w.hashes[5], w.hashes[6]});
+  EXPECT_THROW(store->GetChunk(w.hashes[5], out), DamagedChunkError);
+  store->GetChunk(w.hashes[6], out);
+  EXPECT_EQ(out, w.blocks[6]);
+}
+
+// The read-ahead holds at most 8 spans its readers have not come to, the next in the plan's
+// order, and lets go of one its readers left behind (their blocks taken from other spans
+// read_ahead_idle times since they last took one from it).
+TEST(PackStoreTest, TheReadAheadHoldsTheNextEightSpansAtMostAndLetsGoOfThoseLeftBehind) {
+  ScratchDir dir;
+  PackStoreOptions options;
+  options.pack_size = 4 * kBlock;
+  options.read_ahead_idle = 40;
+  auto [faults, store] = OpenPacked(dir.path(), options);
+  const FourPerPack w = WriteFourPerPack(*store, dir.path(), 16, 900);
+  // The plan goes through the packs from the last to the first.
+  std::vector<std::string> plan;
+  auto block_of = [](int pack, int i) { return static_cast<size_t>(4 * pack + i); };
+  for (int k = 15; k >= 0; --k) {
+    for (int i = 0; i < 4; ++i) plan.push_back(w.hashes[block_of(k, i)]);
+  }
+  store->PlanReads(plan);
+  faults->reads = 0;
+  faults->read_log.clear();
+  std::vector<std::byte> out;
+  store->GetChunk(w.hashes[block_of(15, 0)], out);
+  ASSERT_TRUE(faults->WaitForReads(9));  // pack 15's block, then the runs of packs 14..7
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(faults->reads.load(), 9);
+  {
+    std::lock_guard lock(faults->read_log_mutex);
+    std::set<std::string> next_eight;
+    for (int k = 14; k >= 7; --k) next_eight.insert(w.packs[static_cast<size_t>(k)]);
+    EXPECT_EQ(std::set<std::string>(faults->read_log.begin() + 1, faults->read_log.end()),
+              next_eight);
+  }
+  // One block of pack 14, then every block of packs 13..0 (each span let go once read,
+  // making room for the next): the readers leave pack 14's span behind.
+  store->GetChunk(w.hashes[block_of(14, 0)], out);
+  EXPECT_EQ(out, w.blocks[block_of(14, 0)]);
+  for (int k = 13; k >= 0; --k) {
+    // (Its run taken by the read-ahead before the reader comes: else the reader takes it.)
+    ASSERT_TRUE(faults->WaitForReads(std::max(9, 16 - k)));
+    for (int i = 0; i < 4; ++i) {
+      store->GetChunk(w.hashes[block_of(k, i)], out);
+      EXPECT_EQ(out, w.blocks[block_of(k, i)]) << k << " " << i;
+    }
+  }
+  EXPECT_EQ(faults->reads.load(), 16);  // pack 15's block, and each other pack's run once
+  // Pack 14's span is gone: its other blocks are read alone, right.
+  for (int i = 1; i < 4; ++i) {
+    store->GetChunk(w.hashes[block_of(14, i)], out);
+    EXPECT_EQ(out, w.blocks[block_of(14, i)]);
+  }
+  EXPECT_EQ(faults->reads.load(), 19);
+}
+
+// A sweep that deletes a pack drops what was read ahead of it: a block the sweep removed is
+// not served from bytes read before it ran.
+TEST(PackStoreTest, ASweepDropsWhatWasReadAheadOfThePacksItDeletes) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());
+  const FourPerPack w = WriteFourPerPack(*store, dir.path(), 2, 1100);
+  store->PlanReads(w.hashes);
+  faults->reads = 0;
+  std::vector<std::byte> out;
+  store->GetChunk(w.hashes[0], out);
+  ASSERT_TRUE(faults->WaitForReads(2));  // block 0, then pack 1's run, read ahead
+  // Only block 4 of pack 1 stays live: the sweep repacks it and deletes the pack.
+  MarkSet marked;
+  for (int i : {0, 1, 2, 3, 4}) marked.Add(w.hashes[static_cast<size_t>(i)]);
+  store->SweepUnmarked(marked);
+  EXPECT_THROW(store->GetChunk(w.hashes[5], out), TransferError);  // swept: gone
+  store->GetChunk(w.hashes[4], out);
+  EXPECT_EQ(out, w.blocks[4]);
 }
 
 TEST(PackStoreTest, SpanReadsFillTheCallersMemoryAndNothingPastIt) {

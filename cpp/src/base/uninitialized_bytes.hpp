@@ -2,8 +2,12 @@
 // right away (a block decoded into it), where value-initialising would write it twice.
 #pragma once
 
+#include <sys/mman.h>
+
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -32,5 +36,50 @@ struct DefaultInitAllocator : std::allocator<T>, DefaultInitConstruct {
 };
 
 using UninitializedBytes = std::vector<std::byte, DefaultInitAllocator<std::byte>>;
+
+// Page-aligned memory, for reads and writes around the page cache (O_DIRECT). resize() does
+// not zero it: its bytes are written over at once. `kHuge`: buffers of 2 MiB and more are
+// asked to be backed by huge pages: a direct read into physically contiguous memory reaches
+// the disk in requests of ~1 MiB rather than a few hundred KiB (a copy's read-ahead;
+// docs/data-plane-v2.md, item 5). Without huge pages it works all the same.
+template <typename T, bool kHuge = false>
+struct PageAlignedAllocator : DefaultInitConstruct {
+  using value_type = T;
+  template <typename U>
+  struct rebind {
+    using other = PageAlignedAllocator<U, kHuge>;
+  };
+  static constexpr size_t kPage = 4096;
+  static constexpr size_t kHugePage = 2 << 20;
+  PageAlignedAllocator() = default;
+  template <typename U>
+  PageAlignedAllocator(const PageAlignedAllocator<U, kHuge>&) {}  // NOLINT: rebinding
+  static bool OnHugePages(size_t bytes) { return kHuge && bytes >= kHugePage; }
+  T* allocate(size_t n) {
+    const size_t bytes = n * sizeof(T);
+    if (!OnHugePages(bytes)) {
+      return static_cast<T*>(::operator new (bytes, std::align_val_t{kPage}));
+    }
+    // From a huge page boundary; a tail short of a whole huge page stays in small pages.
+    const size_t rounded = (bytes + kPage - 1) / kPage * kPage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
+    if (p == nullptr) throw std::bad_alloc();
+    ::madvise(p, rounded, MADV_HUGEPAGE);  // a hint
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t n) noexcept {
+    if (OnHugePages(n * sizeof(T))) {
+      std::free(p);
+    } else {
+      ::operator delete (p, std::align_val_t{kPage});
+    }
+  }
+  template <typename U>
+  bool operator==(const PageAlignedAllocator<U, kHuge>&) const {
+    return true;
+  }
+};
+using PageAlignedBytes = std::vector<std::byte, PageAlignedAllocator<std::byte>>;
+using HugePageBytes = std::vector<std::byte, PageAlignedAllocator<std::byte, /*kHuge=*/true>>;
 
 }  // namespace imagerelay

@@ -193,6 +193,44 @@ bool LocalStore::ReadPack(const std::string& name, uint64_t offset, std::span<st
   return true;
 }
 
+std::optional<size_t> LocalStore::ReadPackAhead(const std::string& name, uint64_t offset,
+                                                size_t length, HugePageBytes& buffer,
+                                                const CancelToken* cancel) {
+  UniqueFd dir = OpenPackDir(name, /*create=*/false);
+  if (!dir) return std::nullopt;
+  UniqueFd fd(::openat(dir.get(), name.c_str(), kOpenStoreFile | O_DIRECT));
+  if (!fd && (errno == ENOENT || errno == ELOOP)) return std::nullopt;
+  if (!fd && errno != EINVAL) PackFailed("cannot open pack " + name, uri_, errno);
+  if (fd) {
+    // Whole pages from the one holding `offset`: the last read may stop at the file's end.
+    const uint64_t first = offset / kDirectIoAlign * kDirectIoAlign;
+    const size_t skip = static_cast<size_t>(offset - first);
+    const size_t wanted = skip + length;
+    const size_t rounded = (wanted + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
+    buffer.resize(rounded);
+    size_t done = 0;
+    int err = 0;
+    while (done < wanted) {
+      const ssize_t n =
+          ::pread(fd.get(), buffer.data() + done, rounded - done, static_cast<off_t>(first + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        err = errno;
+        break;
+      }
+      done += static_cast<size_t>(n);
+      // Short of a whole page, or nothing: the file ended.
+      if (n == 0 || (done % kDirectIoAlign != 0 && done < wanted)) return std::nullopt;
+    }
+    if (err == 0) return skip;
+    if (err != EINVAL) PackFailed("cannot read pack " + name, uri_, err);
+  }
+  // No O_DIRECT here (the file system, or this range): read through the page cache.
+  buffer.resize(length);
+  if (!ReadPack(name, offset, buffer, cancel)) return std::nullopt;
+  return 0;
+}
+
 void LocalStore::Prefetch(const std::string& name, uint64_t offset, uint64_t length) {
   try {
     if (std::shared_ptr<UniqueFd> fd = OpenPackForReading(name)) {

@@ -131,6 +131,10 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void KeepChunkMarksIn(FileMarks* marks) override {
     chunk_marks_.store(marks, std::memory_order_release);
   }
+  // With O_DIRECT (buffered where the file system refuses it): a copy reading packs through
+  // the page cache while it writes others ran slower than reading around it.
+  std::optional<size_t> ReadPackAhead(const std::string& name, uint64_t offset, size_t length,
+                                      HugePageBytes& buffer, const CancelToken* cancel) override;
   void Prefetch(const std::string& name, uint64_t offset, uint64_t length) override;
   void DeletePack(const std::string& name) override;
   void QuarantinePack(const std::string& name) override;

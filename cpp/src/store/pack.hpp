@@ -30,23 +30,8 @@ namespace imagerelay {
 
 using BlockCodec = ChunkCodec;
 
-// Page-aligned memory: a pack is written to disk straight from it with O_DIRECT. resize()
-// does not zero it: a pack's bytes are written over at once (PackBuilder::AddEncoded).
-template <typename T>
-struct PageAlignedAllocator : DefaultInitConstruct {
-  using value_type = T;
-  static constexpr std::align_val_t kAlign{4096};
-  PageAlignedAllocator() = default;
-  template <typename U>
-  PageAlignedAllocator(const PageAlignedAllocator<U>&) {}  // NOLINT: rebinding
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
-  void deallocate(T* p, size_t) noexcept { ::operator delete(p, kAlign); }
-  template <typename U>
-  bool operator==(const PageAlignedAllocator<U>&) const {
-    return true;
-  }
-};
-using PackBytes = std::vector<std::byte, PageAlignedAllocator<std::byte>>;
+// A pack is written to disk straight from page-aligned memory with O_DIRECT.
+using PackBytes = PageAlignedBytes;
 
 struct PackEntry {
   std::string hash;  // SHA-256 of the raw bytes, 64 lowercase hex digits

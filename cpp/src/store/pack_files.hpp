@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/uninitialized_bytes.hpp"
 #include "imagerelay/cancel.hpp"
 
 namespace imagerelay {
@@ -72,6 +73,17 @@ class PackFiles {
   virtual std::vector<std::pair<std::string, uint64_t>> ListPacks() = 0;
   // The local file of the region's block index (a cache of the packs' footers).
   virtual std::filesystem::path IndexFile() = 0;
+  // Reads [offset, offset + length) of a pack that is read once, ahead of the reads of its
+  // blocks, into `buffer`: returns where in it the range starts (a local file is read around
+  // the page cache, from a page boundary), or nullopt when the pack is missing or ends first;
+  // throws as ReadPack. By default it is ReadPack.
+  virtual std::optional<size_t> ReadPackAhead(const std::string& name, uint64_t offset,
+                                              size_t length, HugePageBytes& buffer,
+                                              const CancelToken* cancel) {
+    buffer.resize(length);
+    if (!ReadPack(name, offset, buffer, cancel)) return std::nullopt;
+    return 0;
+  }
   // Starts reading [offset, offset + length) of a pack in the background, for the reads of
   // its blocks that follow (a local file: the page cache). Best effort.
   virtual void Prefetch(const std::string& /*name*/, uint64_t /*offset*/, uint64_t /*length*/) {}

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "base/file_util.hpp"  // kDirectIoAlign
 #include "base/write_scope.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/error.hpp"
@@ -22,6 +23,11 @@ namespace {
 // readers go through an image roughly in order, several at once; a few spans per reader
 // is enough (at most kMaxSpans x read_span bytes).
 constexpr size_t kMaxSpans = 12;
+// Spans a local store's read-ahead holds that no reader has taken a block from yet, at most.
+constexpr size_t kAheadSpans = 8;
+// Threads reading ahead, each a run at a time: two keep a disk busy while one waits for its
+// read (one left the readers waiting for spans four times as often).
+constexpr int kAheadReaders = 2;
 // Blocks at most this far apart in a pack are read in one request (the gap is read too).
 constexpr uint64_t kMaxGap = 64 << 10;
 // Runs planned and not yet read, at most (a plan of 200 GiB in 4 MiB runs is ~51,000).
@@ -1001,6 +1007,16 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
   }
 }
 
+std::optional<size_t> PackStore::RunHolding(const std::vector<Run>& runs, uint64_t offset,
+                                            uint64_t length) {
+  auto after = std::upper_bound(runs.begin(), runs.end(), offset,
+                                [](uint64_t value, const Run& r) { return value < r.begin; });
+  if (after == runs.begin()) return std::nullopt;
+  auto run = std::prev(after);
+  if (offset + length > run->end) return std::nullopt;
+  return static_cast<size_t>(run - runs.begin());
+}
+
 void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   if (hashes.empty()) return;
   std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
@@ -1029,18 +1045,6 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
       }
     }
   }
-  {
-    // Their reads need not look them up again, one by one.
-    std::lock_guard lock(read_mutex_);
-    if (planned_bases_.size() + bases.size() > kMaxPlannedBlocks) planned_bases_.clear();
-    for (size_t i = 0; i < bases.size() && planned_bases_.size() < kMaxPlannedBlocks; ++i) {
-      if (found_bases[i]) planned_bases_.insert_or_assign(bases[i], std::move(*found_bases[i]));
-    }
-    if (planned_where_.size() + hashes.size() > kMaxPlannedBlocks) planned_where_.clear();
-    for (size_t i = 0; i < hashes.size() && planned_where_.size() < kMaxPlannedBlocks; ++i) {
-      if (found[i]) planned_where_.insert_or_assign(hashes[i], std::move(*found[i]));
-    }
-  }
   for (auto& [pack, blocks] : planned) {
     std::sort(blocks.begin(), blocks.end(),
               [](const Run& x, const Run& y) { return x.begin < y.begin; });
@@ -1059,8 +1063,42 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
     count += runs.size();
     blocks = std::move(runs);
   }
+  // A local store reads the runs ahead in the order the plan's blocks come, each block's
+  // bases before it.
+  std::deque<std::pair<std::string, Run>> ahead;
+  if (!packs_.RemoteReads()) {
+    std::unordered_map<std::string, size_t> base_at;  // hash -> place in `bases`
+    for (size_t i = 0; i < bases.size(); ++i) base_at.emplace(bases[i], i);
+    std::set<std::pair<std::string, uint64_t>> queued;
+    auto queue = [&](const BlockLocation& where) {
+      auto it = planned.find(where.pack);
+      if (it == planned.end()) return;
+      std::optional<size_t> run = RunHolding(it->second, where.offset, where.stored_length);
+      if (run && queued.emplace(where.pack, it->second[*run].begin).second) {
+        ahead.emplace_back(where.pack, it->second[*run]);
+      }
+    };
+    for (const auto& where : found) {
+      if (!where) continue;
+      for (const std::string& base : SplitBases(where->bases)) {
+        if (const auto& base_where = found_bases[base_at.at(base)]) queue(*base_where);
+      }
+      queue(*where);
+    }
+  }
   std::lock_guard lock(read_mutex_);
-  // What earlier plans left unread (a cancelled copy) serves no later read.
+  // Their reads need not look them up again, one by one.
+  if (planned_bases_.size() + bases.size() > kMaxPlannedBlocks) planned_bases_.clear();
+  for (size_t i = 0; i < bases.size() && planned_bases_.size() < kMaxPlannedBlocks; ++i) {
+    if (found_bases[i]) planned_bases_.insert_or_assign(bases[i], std::move(*found_bases[i]));
+  }
+  if (planned_where_.size() + hashes.size() > kMaxPlannedBlocks) planned_where_.clear();
+  for (size_t i = 0; i < hashes.size() && planned_where_.size() < kMaxPlannedBlocks; ++i) {
+    if (found[i]) planned_where_.insert_or_assign(hashes[i], std::move(*found[i]));
+  }
+  // What earlier plans left unread (a cancelled copy) serves no later read; spans still being
+  // read go once read (their plan is no longer plan_).
+  ++plan_;
   std::erase_if(spans_, [](const auto& span) { return !span->loading; });
   if (planned_runs_ + count > kMaxPlannedRuns) {
     runs_.clear();  // plans nobody read (cancelled copies): drop them rather than grow
@@ -1073,6 +1111,14 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
     std::sort(all.begin(), all.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
     planned_runs_ += runs.size();
   }
+  if (ahead.size() > kMaxPlannedRuns) ahead.resize(kMaxPlannedRuns);
+  ahead_ = std::move(ahead);
+  ahead_started_ = false;
+  if (!ahead_.empty() && ahead_threads_.empty()) {
+    for (int i = 0; i < kAheadReaders; ++i) {
+      ahead_threads_.emplace_back([this](std::stop_token stop) { ReadAheadLoop(stop); });
+    }
+  }
 }
 
 std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64_t offset,
@@ -1080,16 +1126,122 @@ std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64
   auto it = runs_.find(pack);
   if (it == runs_.end()) return std::nullopt;
   std::vector<Run>& runs = it->second;
-  auto after = std::upper_bound(runs.begin(), runs.end(), offset,
-                                [](uint64_t value, const Run& r) { return value < r.begin; });
-  if (after == runs.begin()) return std::nullopt;
-  auto run = std::prev(after);
-  if (offset + length > run->end) return std::nullopt;
-  Run taken = *run;
-  runs.erase(run);
+  std::optional<size_t> at = RunHolding(runs, offset, length);
+  if (!at) return std::nullopt;
+  Run taken = runs[*at];
+  runs.erase(runs.begin() + static_cast<ptrdiff_t>(*at));
   --planned_runs_;
   if (runs.empty()) runs_.erase(it);
   return taken;
+}
+
+std::shared_ptr<PackStore::Span> PackStore::NewSpan() {
+  auto span = std::shared_ptr<Span>(new Span, [this](Span* gone) {
+    {
+      std::lock_guard lock(spare_spans_mutex_);
+      if (spare_spans_.size() < kAheadSpans + 2) spare_spans_.push_back(std::move(gone->buffer));
+    }
+    delete gone;
+  });
+  {
+    std::lock_guard lock(spare_spans_mutex_);
+    if (!spare_spans_.empty()) {
+      span->buffer = std::move(spare_spans_.back());
+      spare_spans_.pop_back();
+      return span;
+    }
+  }
+  // Room for a whole run and the pages a direct read rounds it out to, so that a buffer
+  // never grows (and is allocated again) from one run to the next.
+  span->buffer.reserve(static_cast<size_t>(options_.read_span) + 2 * kDirectIoAlign);
+  return span;
+}
+
+size_t PackStore::AheadSpansLocked() const {
+  return static_cast<size_t>(std::count_if(spans_.begin(), spans_.end(), [&](const auto& span) {
+    return span->ahead && span->plan == plan_;
+  }));
+}
+
+void PackStore::ReadAheadLoop(std::stop_token stop) {
+  std::unique_lock lock(read_mutex_);
+  for (;;) {
+    if (!ahead_cv_.wait(lock, stop, [&] {
+          return ahead_started_ && !ahead_.empty() && AheadSpansLocked() < kAheadSpans;
+        })) {
+      return;
+    }
+    const auto [pack, planned] = std::move(ahead_.front());
+    ahead_.pop_front();
+    // A reader that came to the run first took it: it reads the run's blocks itself.
+    std::optional<Run> run = TakeRun(pack, planned.begin, planned.end - planned.begin);
+    if (!run) continue;
+    auto span = NewSpan();
+    span->pack = pack;
+    span->begin = run->begin;
+    span->length = run->end - run->begin;
+    span->plan = plan_;
+    span->ahead = true;
+    span->unread = run->blocks;
+    spans_.push_front(span);
+    lock.unlock();
+    std::optional<size_t> skip;
+    try {
+      skip = packs_.ReadPackAhead(span->pack, span->begin, span->length, span->buffer, nullptr);
+    } catch (const std::exception&) {
+      // its readers read the blocks themselves, and report what fails
+    }
+    lock.lock();
+    FinishLoadingLocked(span, skip);
+  }
+}
+
+void PackStore::FinishLoadingLocked(const std::shared_ptr<Span>& span, std::optional<size_t> skip) {
+  span->loading = false;
+  span->failed = !skip;
+  span->last_use = served_;  // idle from now on until served from
+  if (skip) span->skip = *skip;
+  // A span that failed, or was read for a plan that is no longer the current one, serves
+  // nobody.
+  if (span->failed || span->plan != plan_) std::erase(spans_, span);
+  span_cv_.notify_all();
+  ahead_cv_.notify_all();
+}
+
+bool PackStore::ServeFromSpan(std::unique_lock<std::mutex>& lock, const std::string& pack,
+                              uint64_t offset, std::span<std::byte> out,
+                              const CancelToken* cancel) {
+  for (;;) {
+    auto it = std::find_if(spans_.begin(), spans_.end(), [&](const auto& s) {
+      return s->plan == plan_ && s->pack == pack && s->begin <= offset &&
+             offset + out.size() <= s->begin + s->length && !s->failed;
+    });
+    if (it == spans_.end()) return false;
+    std::shared_ptr<Span> found = *it;
+    if (found->loading) {  // its bytes come with that read
+      // Our own cancel is checked meanwhile: that read (a request) may be stalled.
+      if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
+      span_cv_.wait_for(lock, std::chrono::milliseconds(50));
+      continue;
+    }
+    std::copy_n(found->at(offset), out.size(), out.begin());
+    bool room = false;
+    if (--found->unread == 0) {
+      spans_.erase(it);
+      room = true;
+    }
+    if (found->ahead) {
+      found->last_use = ++served_;
+      room = std::erase_if(spans_,
+                           [&](const auto& s) {
+                             return s->ahead && !s->loading &&
+                                    s->last_use + options_.read_ahead_idle < served_;
+                           }) > 0 ||
+             room;
+    }
+    if (room) ahead_cv_.notify_all();
+    return true;
+  }
 }
 
 bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<std::byte> out,
@@ -1098,59 +1250,52 @@ bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<st
   std::shared_ptr<Span> span;
   {
     std::unique_lock lock(read_mutex_);
-    for (;;) {
-      auto it = std::find_if(spans_.begin(), spans_.end(), [&](const auto& s) {
-        return s->pack == pack && s->begin <= offset &&
-               offset + length <= s->begin + s->bytes.size() && !s->failed;
-      });
-      if (it == spans_.end()) break;
-      std::shared_ptr<Span> found = *it;
-      if (found->loading) {  // another reader is reading it: its bytes come with that read
-        // Our own cancel is checked meanwhile: that reader's request may be stalled.
-        if (cancel != nullptr && cancel->cancelled()) throw Cancelled{};
-        span_cv_.wait_for(lock, std::chrono::milliseconds(50));
-        continue;
-      }
-      std::copy_n(found->bytes.begin() + static_cast<ptrdiff_t>(offset - found->begin), length,
-                  out.begin());
-      if (--found->unread == 0) spans_.erase(it);
-      return true;
+    if (!ahead_started_) {  // the plan's first read: the read-ahead starts
+      ahead_started_ = true;
+      if (!ahead_.empty()) ahead_cv_.notify_all();
     }
+    if (ServeFromSpan(lock, pack, offset, out, cancel)) return true;
     std::optional<Run> run = TakeRun(pack, offset, length);
     if (!run || !packs_.RemoteReads()) {
-      // A block alone; or a local pack's run, read ahead into the page cache while each block
-      // is read on its own, so that the readers of the run need not wait for one another.
+      // A block alone; or a local pack's run the read-ahead has not come to, read ahead into
+      // the page cache while each block is read on its own, so that the readers of the run
+      // need not wait for one another.
       lock.unlock();
       if (run) packs_.Prefetch(pack, run->begin, run->end - run->begin);
       return packs_.ReadPack(pack, offset, out, cancel);
     }
-    span = std::make_shared<Span>();
+    span = NewSpan();
     span->pack = pack;
     span->begin = run->begin;
-    span->bytes.resize(static_cast<size_t>(run->end - run->begin));
+    span->length = run->end - run->begin;
+    span->plan = plan_;
     span->unread = run->blocks - 1;  // (this reader's is served below)
     spans_.push_front(span);
     while (spans_.size() > kMaxSpans && !spans_.back()->loading) spans_.pop_back();
   }
-  bool ok = false;
+  std::optional<size_t> skip;
   try {
-    ok = packs_.ReadPack(pack, span->begin, span->bytes, cancel);
+    skip = packs_.ReadPackAhead(pack, span->begin, span->length, span->buffer, cancel);
   } catch (...) {
     std::lock_guard lock(read_mutex_);
-    span->loading = false;
-    span->failed = true;
-    span_cv_.notify_all();
+    FinishLoadingLocked(span, std::nullopt);
     throw;
   }
   std::lock_guard lock(read_mutex_);
-  span->loading = false;
-  span->failed = !ok;
-  span_cv_.notify_all();
-  if (!ok) return false;
-  std::copy_n(span->bytes.begin() + static_cast<ptrdiff_t>(offset - span->begin), length,
-              out.begin());
+  FinishLoadingLocked(span, skip);
+  if (!skip) return false;
+  std::copy_n(span->at(offset), length, out.begin());
   if (span->unread == 0) std::erase(spans_, span);
   return true;
+}
+
+void PackStore::DropPlannedReads() {
+  std::lock_guard lock(read_mutex_);
+  ++plan_;  // spans being read go once read
+  std::erase_if(spans_, [](const auto& span) { return !span->loading; });
+  runs_.clear();
+  planned_runs_ = 0;
+  ahead_.clear();
 }
 
 void PackStore::DeleteChunk(const std::string& hash) {
@@ -1242,6 +1387,13 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     }
     return true;
   };
+  // Before the first pack goes, the reads planned so far are dropped: no span read from a
+  // pack the sweep deletes serves a block the sweep removed.
+  bool plans_dropped = false;
+  auto delete_pack = [&](const std::string& pack) {
+    if (!std::exchange(plans_dropped, true)) DropPlannedReads();
+    packs_.DeletePack(pack);
+  };
   // Live blocks of packs mostly garbage go into new packs; the old ones are then dropped.
   PackBuilder repacked(options_.zstd_level, options_.pack_size + kBuilderSlack);
   std::vector<std::string> replaced;
@@ -1254,7 +1406,7 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     index.AddPack(name, bytes.size(), entries, replaced);  // 2. one switch in the index
     // A crash before this costs one re-read of the pack.
     if (std::string mark = MarkOfWritten(name); !mark.empty()) index.SetMark(name, mark);
-    for (const std::string& old : replaced) packs_.DeletePack(old);  // 3. old packs go
+    for (const std::string& old : replaced) delete_pack(old);  // 3. old packs go
     replaced.clear();
   };
   std::vector<std::byte> whole;
@@ -1275,7 +1427,7 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     const size_t dead = entries.size() - live.size();
     if (live.empty()) {
       index.RemovePack(pack);  // forgotten first: a crash leaves a pack nothing names
-      packs_.DeletePack(pack);
+      delete_pack(pack);
       result.chunks_removed += dead;
       result.bytes_removed += size;
       continue;
@@ -1319,7 +1471,7 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     // Every live block turned out damaged: the old packs only need forgetting.
     for (const std::string& old : replaced) {
       index.RemovePack(old);
-      packs_.DeletePack(old);
+      delete_pack(old);
     }
     replaced.clear();
   }
