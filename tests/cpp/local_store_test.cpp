@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "base/file_util.hpp"
+#include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
@@ -43,6 +44,52 @@ std::vector<std::string> NamesIn(const fs::path& dir) {
     if (e.is_regular_file()) names.push_back(e.path().filename().string());
   }
   return names;
+}
+
+// A pack's range read ahead goes around the page cache (O_DIRECT, from the page holding its
+// start) when the cache does not hold it, and through the cache when it does; the bytes are
+// the same either way, and a range past the end or a missing pack is no read.
+TEST(LocalStoreTest, APackIsReadAheadAroundThePageCacheOrFromItAlike) {
+  ScratchDir dir;
+  LocalStore store(dir.path());
+  const std::vector<std::byte> bytes = RandomByteVector((3u << 20) + 100, 7);
+  const std::string name(32, 'a');
+  store.PutPack(name, bytes, nullptr);
+  const fs::path file = dir.path() / "packs" / "aa" / name;
+  {
+    UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
+    if (!CachedPages(fd.get(), 0, bytes.size())) GTEST_SKIP() << "no cachestat(2) here";
+  }
+  auto cached = [&] {
+    UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    return CachedPages(fd.get(), 0, bytes.size()).value_or(0);
+  };
+  const uint64_t offset = 4096 + 100;
+  const size_t length = bytes.size() - offset;  // ends 100 bytes past a page
+  const std::vector<std::byte> want(bytes.begin() + static_cast<ptrdiff_t>(offset), bytes.end());
+  HugePageBytes buffer;
+  std::optional<size_t> at = store.ReadPackAhead(name, offset, length, buffer, nullptr);
+  ASSERT_TRUE(at);
+  EXPECT_EQ(*at, 100u);  // from the page boundary before `offset`
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), buffer.begin() + static_cast<ptrdiff_t>(*at)));
+  EXPECT_EQ(cached(), 0u) << "the read went through the cache";
+  {
+    std::ifstream in(file, std::ios::binary);  // a buffered read fills the cache
+    std::vector<char> all(bytes.size());
+    in.read(all.data(), static_cast<std::streamsize>(all.size()));
+  }
+  ASSERT_GT(cached(), 0u);
+  at = store.ReadPackAhead(name, offset, length, buffer, nullptr);
+  ASSERT_TRUE(at);
+  EXPECT_EQ(*at, 0u);  // through the cache: the range itself
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), buffer.begin()));
+  EXPECT_FALSE(store.ReadPackAhead(name, offset + 4096, length, buffer, nullptr));
+  ::posix_fadvise(UniqueFd(::open(file.c_str(), O_RDONLY | O_CLOEXEC)).get(), 0, 0,
+                  POSIX_FADV_DONTNEED);
+  EXPECT_FALSE(store.ReadPackAhead(name, offset + 4096, length, buffer, nullptr));
+  EXPECT_FALSE(store.ReadPackAhead(std::string(32, 'b'), 0, 4096, buffer, nullptr));
 }
 
 TEST(LocalStoreTest, PutGetHasListDelete) {

@@ -5,9 +5,11 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,6 +36,9 @@ DirectIoBuffer AllocateDirectIoBuffer(size_t size);
 // (grown when needed) for its next use; nullptr when there is no memory for it. Whatever it
 // holds lasts until the thread's next call: use it within one read or write.
 std::byte* ThreadDirectIoBuffer(size_t size);
+// How many pages of [offset, offset + length) of the file at `fd` the page cache holds
+// (cachestat(2), Linux 6.5); nullopt where the kernel cannot tell.
+std::optional<uint64_t> CachedPages(int fd, uint64_t offset, uint64_t length);
 
 // Temporary files start with this; listings skip them.
 inline constexpr std::string_view kTempPrefix = ".tmp-";

@@ -201,6 +201,9 @@ std::optional<size_t> LocalStore::ReadPackAhead(const std::string& name, uint64_
   UniqueFd fd(::openat(dir.get(), name.c_str(), kOpenStoreFile | O_DIRECT));
   if (!fd && (errno == ENOENT || errno == ELOOP)) return std::nullopt;
   if (!fd && errno != EINVAL) PackFailed("cannot open pack " + name, uri_, errno);
+  // A range the page cache holds any of (a delta's bases read while the image was imported)
+  // is read through it: the disk is asked for the pages it lacks only.
+  if (fd && CachedPages(fd.get(), offset, length).value_or(0) > 0) fd.reset();
   if (fd) {
     // Whole pages from the one holding `offset`: the last read may stop at the file's end.
     const uint64_t first = offset / kDirectIoAlign * kDirectIoAlign;
