@@ -67,7 +67,7 @@ class FaultyPacks : public PackFiles {
   int hide_listings = 0;      // the next this many listings leave every pack out
   std::atomic<int> reads{0};  // reads made
   std::mutex read_log_mutex;
-  std::vector<std::string> read_log;  // the packs read, in order
+  std::vector<std::pair<std::string, size_t>> read_log;  // the packs read, and how much
   // Waits (up to 10 s) until `n` reads were made in all; false if they were not.
   bool WaitForReads(int n) {
     for (int i = 0; i < 1000 && reads.load() < n; ++i) {
@@ -91,7 +91,7 @@ class FaultyPacks : public PackFiles {
                 const CancelToken* cancel) override {
     {
       std::lock_guard lock(read_log_mutex);
-      read_log.push_back(name);
+      read_log.emplace_back(name, out.size());
     }
     ++reads;
     const bool whole = real_.ReadPack(name, offset, out, cancel);
@@ -1064,11 +1064,12 @@ TEST(PackStoreTest, ALocalPlanIsReadAheadInItsOrderOnceAndServesOnlyThatPlan) {
   ASSERT_TRUE(faults->WaitForReads(3));
   {
     std::lock_guard lock(faults->read_log_mutex);
-    ASSERT_EQ(faults->read_log.size(), 3u);
-    EXPECT_EQ(faults->read_log[0], w.packs[2]);
-    // (Two threads read ahead: which of the two runs they took first finished first varies.)
-    EXPECT_EQ(std::set<std::string>(faults->read_log.begin() + 1, faults->read_log.end()),
-              (std::set<std::string>{w.packs[0], w.packs[1]}));
+    // The reader's block of pack 2, and the runs of packs 0 and 1 (in whichever order the
+    // two threads and the reader got to their reads).
+    using Read = std::pair<std::string, size_t>;
+    EXPECT_EQ(std::multiset<Read>(faults->read_log.begin(), faults->read_log.end()),
+              (std::multiset<Read>{
+                  {w.packs[2], kBlock}, {w.packs[0], 4 * kBlock}, {w.packs[1], 4 * kBlock}}));
   }
   // Block 5 is damaged after its run was read ahead.
   const fs::path pack1 = dir.path() / "packs" / w.packs[1].substr(0, 2) / w.packs[1];
@@ -1116,10 +1117,10 @@ TEST(PackStoreTest, TheReadAheadHoldsTheNextEightSpansAtMostAndLetsGoOfThoseLeft
   EXPECT_EQ(faults->reads.load(), 9);
   {
     std::lock_guard lock(faults->read_log_mutex);
-    std::set<std::string> next_eight;
-    for (int k = 14; k >= 7; --k) next_eight.insert(w.packs[static_cast<size_t>(k)]);
-    EXPECT_EQ(std::set<std::string>(faults->read_log.begin() + 1, faults->read_log.end()),
-              next_eight);
+    using Read = std::pair<std::string, size_t>;
+    std::multiset<Read> want{{w.packs[15], kBlock}};  // the reader's block
+    for (int k = 14; k >= 7; --k) want.emplace(w.packs[static_cast<size_t>(k)], 4 * kBlock);
+    EXPECT_EQ(std::multiset<Read>(faults->read_log.begin(), faults->read_log.end()), want);
   }
   // One block of pack 14, then every block of packs 13..0 (each span let go once read,
   // making room for the next): the readers leave pack 14's span behind.
@@ -1140,6 +1141,30 @@ TEST(PackStoreTest, TheReadAheadHoldsTheNextEightSpansAtMostAndLetsGoOfThoseLeft
     EXPECT_EQ(out, w.blocks[block_of(14, i)]);
   }
   EXPECT_EQ(faults->reads.load(), 19);
+}
+
+// The buffers a plan's read-ahead used are kept for the next plan a while, then freed.
+TEST(PackStoreTest, TheReadAheadFreesItsBuffersOnceIdle) {
+  ScratchDir dir;
+  PackStoreOptions options;
+  options.pack_size = 4 * kBlock;
+  options.read_ahead_release = std::chrono::milliseconds(200);
+  auto [faults, store] = OpenPacked(dir.path(), options);
+  const FourPerPack w = WriteFourPerPack(*store, dir.path(), 4, 1300);
+  store->PlanReads(w.hashes);
+  faults->reads = 0;
+  std::vector<std::byte> out;
+  store->GetChunk(w.hashes[0], out);
+  ASSERT_TRUE(faults->WaitForReads(4));  // block 0, then the runs of packs 1..3
+  for (size_t i = 1; i < w.hashes.size(); ++i) {
+    store->GetChunk(w.hashes[i], out);
+    EXPECT_EQ(out, w.blocks[i]) << i;
+  }
+  EXPECT_GT(store->KeptReadBuffers(), 0u);  // the three spans' buffers, kept
+  for (int i = 0; i < 500 && store->KeptReadBuffers() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(store->KeptReadBuffers(), 0u);
 }
 
 // A sweep that deletes a pack drops what was read ahead of it: a block the sweep removed is

@@ -62,8 +62,9 @@ struct PageAlignedAllocator : DefaultInitConstruct {
     }
     // From a huge page boundary; a tail short of a whole huge page stays in small pages.
     const size_t rounded = (bytes + kPage - 1) / kPage * kPage;
-    void* p = std::aligned_alloc(kHugePage, rounded);
-    if (p == nullptr) throw std::bad_alloc();
+    // posix_memalign, not aligned_alloc: the size need not be a multiple of the alignment.
+    void* p = nullptr;
+    if (::posix_memalign(&p, kHugePage, rounded) != 0) throw std::bad_alloc();
     ::madvise(p, rounded, MADV_HUGEPAGE);  // a hint
     return static_cast<T*>(p);
   }

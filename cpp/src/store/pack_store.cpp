@@ -1157,6 +1157,11 @@ std::shared_ptr<PackStore::Span> PackStore::NewSpan() {
   return span;
 }
 
+size_t PackStore::KeptReadBuffers() {
+  std::lock_guard lock(spare_spans_mutex_);
+  return spare_spans_.size();
+}
+
 size_t PackStore::AheadSpansLocked() const {
   return static_cast<size_t>(std::count_if(spans_.begin(), spans_.end(), [&](const auto& span) {
     return span->ahead && span->plan == plan_;
@@ -1165,11 +1170,17 @@ size_t PackStore::AheadSpansLocked() const {
 
 void PackStore::ReadAheadLoop(std::stop_token stop) {
   std::unique_lock lock(read_mutex_);
+  auto work = [&] { return ahead_started_ && !ahead_.empty() && AheadSpansLocked() < kAheadSpans; };
   for (;;) {
-    if (!ahead_cv_.wait(lock, stop, [&] {
-          return ahead_started_ && !ahead_.empty() && AheadSpansLocked() < kAheadSpans;
-        })) {
-      return;
+    if (!ahead_cv_.wait_for(lock, stop, options_.read_ahead_release, work)) {
+      if (stop.stop_requested()) return;
+      // Nothing to read ahead for a while: the buffers kept for the next spans go (a store
+      // of a long-lived process would hold them for good), then wait for a plan.
+      {
+        std::lock_guard spare_lock(spare_spans_mutex_);
+        spare_spans_.clear();
+      }
+      if (!ahead_cv_.wait(lock, stop, work)) return;
     }
     const auto [pack, planned] = std::move(ahead_.front());
     ahead_.pop_front();

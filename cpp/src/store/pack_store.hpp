@@ -63,6 +63,9 @@ struct PackStoreOptions {
   // pack may interleave the blocks of a few regions of an image: an import's workers add
   // theirs side by side. The spans of such a pack serve their readers by turns.)
   uint64_t read_ahead_idle = 4096;
+  // The buffers kept for the next spans read ahead are freed once there has been nothing to
+  // read ahead for this long.
+  std::chrono::milliseconds read_ahead_release{2000};
   // A new block that compresses is stored as a delta against the (at most 2) committed whole
   // blocks it resembles most, when that saves at least an eighth (docs/data-plane-v2.md).
   bool deltas = true;
@@ -130,6 +133,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::optional<uint64_t> StoredChunkSize(const std::string& hash) override;
 
   Store& base() { return *base_; }
+  // Buffers of spans gone kept for the next ones (see read_ahead_release).
+  size_t KeptReadBuffers();
 
  private:
   // Blocks found lost (hash, why): reported once no lock is held (the handler reads manifests).
