@@ -553,7 +553,7 @@ TEST(PackStoreTest, ADeltasBaseDamagedOnTheWayIsReadAgainCheckedNotReported) {
   ScratchDir dir;
   const std::vector<std::byte> base = RowsBlock(3);
   std::vector<std::byte> edited = base;
-  for (size_t i = 0; i < 40; ++i) edited[1000 + i] = std::byte{'#'};
+  for (size_t i = 0; i < 40; ++i) edited.at(1000 + i) = std::byte{'#'};
   std::vector<std::byte> again = base;
   for (size_t i = 0; i < 40; ++i) again[30000 + i] = std::byte{'%'};
   {
