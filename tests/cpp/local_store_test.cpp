@@ -56,11 +56,14 @@ TEST(LocalStoreTest, APackIsReadAheadAroundThePageCacheOrFromItAlike) {
   const std::string name(32, 'a');
   store.PutPack(name, bytes, nullptr);
   const fs::path file = dir.path() / "packs" / "aa" / name;
+  // Without cachestat(2) (Linux < 6.5) nothing says the cache holds a range: every read
+  // goes around it.
+  bool kernel_tells = false;
   {
     UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
     ASSERT_TRUE(fd);
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
-    if (!CachedPages(fd.get(), 0, bytes.size())) GTEST_SKIP() << "no cachestat(2) here";
+    kernel_tells = CachedPages(fd.get(), 0, bytes.size()).has_value();
   }
   auto cached = [&] {
     UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
@@ -80,11 +83,12 @@ TEST(LocalStoreTest, APackIsReadAheadAroundThePageCacheOrFromItAlike) {
     std::vector<char> all(bytes.size());
     in.read(all.data(), static_cast<std::streamsize>(all.size()));
   }
-  ASSERT_GT(cached(), 0u);
+  if (kernel_tells) ASSERT_GT(cached(), 0u);
   at = store.ReadPackAhead(name, offset, length, buffer, nullptr);
   ASSERT_TRUE(at);
-  EXPECT_EQ(*at, 0u);  // through the cache: the range itself
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), buffer.begin()));
+  // Through the cache: the range itself; around it (no cachestat): from the page before.
+  EXPECT_EQ(*at, kernel_tells ? 0u : 100u);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), buffer.begin() + static_cast<ptrdiff_t>(*at)));
   EXPECT_FALSE(store.ReadPackAhead(name, offset + 4096, length, buffer, nullptr));
   ::posix_fadvise(UniqueFd(::open(file.c_str(), O_RDONLY | O_CLOEXEC)).get(), 0, 0,
                   POSIX_FADV_DONTNEED);

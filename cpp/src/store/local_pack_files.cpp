@@ -229,9 +229,7 @@ std::optional<size_t> LocalStore::ReadPackAhead(const std::string& name, uint64_
     if (err != EINVAL) PackFailed("cannot read pack " + name, uri_, err);
   }
   // No O_DIRECT here (the file system, or this range): read through the page cache.
-  buffer.resize(length);
-  if (!ReadPack(name, offset, buffer, cancel)) return std::nullopt;
-  return 0;
+  return PackFiles::ReadPackAhead(name, offset, length, buffer, cancel);
 }
 
 void LocalStore::Prefetch(const std::string& name, uint64_t offset, uint64_t length) {

@@ -1111,7 +1111,6 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
     std::sort(all.begin(), all.end(), [](const Run& x, const Run& y) { return x.begin < y.begin; });
     planned_runs_ += runs.size();
   }
-  if (ahead.size() > kMaxPlannedRuns) ahead.resize(kMaxPlannedRuns);
   ahead_ = std::move(ahead);
   ahead_started_ = false;
   if (!ahead_.empty() && ahead_threads_.empty()) {
@@ -1135,7 +1134,7 @@ std::optional<PackStore::Run> PackStore::TakeRun(const std::string& pack, uint64
   return taken;
 }
 
-std::shared_ptr<PackStore::Span> PackStore::NewSpan() {
+std::shared_ptr<PackStore::Span> PackStore::NewSpan(const std::string& pack, const Run& run) {
   auto span = std::shared_ptr<Span>(new Span, [this](Span* gone) {
     {
       std::lock_guard lock(spare_spans_mutex_);
@@ -1143,6 +1142,10 @@ std::shared_ptr<PackStore::Span> PackStore::NewSpan() {
     }
     delete gone;
   });
+  span->pack = pack;
+  span->begin = run.begin;
+  span->length = run.end - run.begin;
+  span->plan = plan_;
   {
     std::lock_guard lock(spare_spans_mutex_);
     if (!spare_spans_.empty()) {
@@ -1187,11 +1190,7 @@ void PackStore::ReadAheadLoop(std::stop_token stop) {
     // A reader that came to the run first took it: it reads the run's blocks itself.
     std::optional<Run> run = TakeRun(pack, planned.begin, planned.end - planned.begin);
     if (!run) continue;
-    auto span = NewSpan();
-    span->pack = pack;
-    span->begin = run->begin;
-    span->length = run->end - run->begin;
-    span->plan = plan_;
+    auto span = NewSpan(pack, *run);
     span->ahead = true;
     span->unread = run->blocks;
     spans_.push_front(span);
@@ -1275,11 +1274,7 @@ bool PackStore::ReadRange(const std::string& pack, uint64_t offset, std::span<st
       if (run) packs_.Prefetch(pack, run->begin, run->end - run->begin);
       return packs_.ReadPack(pack, offset, out, cancel);
     }
-    span = NewSpan();
-    span->pack = pack;
-    span->begin = run->begin;
-    span->length = run->end - run->begin;
-    span->plan = plan_;
+    span = NewSpan(pack, *run);
     span->unread = run->blocks - 1;  // (this reader's is served below)
     spans_.push_front(span);
     while (spans_.size() > kMaxSpans && !spans_.back()->loading) spans_.pop_back();

@@ -341,7 +341,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // spans_: its spans come back here.
   std::mutex spare_spans_mutex_;
   std::vector<HugePageBytes> spare_spans_;
-  std::shared_ptr<Span> NewSpan();
+  // A span for `run` of `pack`, for the current plan, its buffer reused if one is kept.
+  // Under read_mutex_.
+  std::shared_ptr<Span> NewSpan(const std::string& pack, const Run& run);
   std::mutex read_mutex_;  // guards the members below
   std::condition_variable span_cv_;
   std::unordered_map<std::string, std::vector<Run>> runs_;
