@@ -133,6 +133,72 @@ TEST(BlockIndexTest, KeptAnswersNeverOutliveARemovalOrAMoveByAnyone) {
   EXPECT_FALSE(index->Lookup({HashOfNumber(20)})[0]);
 }
 
+// Deletes a block by hand without counting it (the count put back in the same transaction):
+// a change the index cannot see, so that a test can tell a kept answer from SQLite's.
+void DeleteUncounted(const std::filesystem::path& file, const std::string& hash) {
+  ExecElsewhere(file, "BEGIN; DELETE FROM blocks WHERE hash = '" + hash +
+                          "'; UPDATE changes SET count = count - 1; COMMIT");
+}
+
+// What an index commits it keeps as answers (a copy's confirmation then asks SQLite about
+// none of the blocks it wrote), under the same rule as kept lookups: only while no block has
+// left the index since, and not at all if one had left before the commit.
+TEST(BlockIndexTest, WhatItCommitsItKeepsAsAnswersWhileNoBlockLeaves) {
+  ScratchDir dir;
+  const auto file = dir.path() / "bj.db";
+  auto index = BlockIndex::Open(file);
+  index->AddPack("pack-a", 1000, Entries(0, 4));
+  ASSERT_TRUE(index->Lookup({HashOfNumber(0), HashOfNumber(1)})[0]);  // answers kept from here
+
+  IndexedPack written{"pack-b", 1000, Entries(10, 4), "", {}};
+  index->AddPacks({written});
+  DeleteUncounted(file, HashOfNumber(11));
+  auto kept = index->Lookup({HashOfNumber(11)})[0];  // kept as committed, not asked again
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->pack, "pack-b");
+  EXPECT_EQ(kept->offset, 1000u);
+
+  // A removal anyone makes ends every kept answer: asked again, the block is gone.
+  BlockIndex::Open(file)->RemoveBlocks({HashOfNumber(2)});
+  EXPECT_FALSE(index->Lookup({HashOfNumber(11)})[0]);
+  EXPECT_FALSE(index->Lookup({HashOfNumber(2)})[0]);
+  EXPECT_TRUE(index->Lookup({HashOfNumber(12)})[0]);  // kept from here on again
+
+  // A block removed by another process before this commit: the commit's rows are not kept
+  // (the kept answers are of an older count), so a later change behind its back is seen.
+  BlockIndex::Open(file)->RemoveBlocks({HashOfNumber(3)});
+  index->AddPacks({IndexedPack{"pack-c", 1000, Entries(20, 2), "", {}}});
+  DeleteUncounted(file, HashOfNumber(20));
+  EXPECT_FALSE(index->Lookup({HashOfNumber(20)})[0]);
+  EXPECT_TRUE(index->Lookup({HashOfNumber(21)})[0]);
+}
+
+// LookupHint answers from what is kept, stale or not, and asks SQLite for the rest.
+TEST(BlockIndexTest, AHintIsTheKeptAnswerEvenIfStaleAndALookupOtherwise) {
+  ScratchDir dir;
+  const auto file = dir.path() / "bj.db";
+  auto index = BlockIndex::Open(file);
+  index->AddPack("pack-a", 1000, Entries(0, 4));
+  ASSERT_TRUE(index->Lookup({HashOfNumber(0), HashOfNumber(1)})[1]);
+  DeleteUncounted(file, HashOfNumber(1));
+  auto hint = index->LookupHint({HashOfNumber(0), HashOfNumber(1)});
+  ASSERT_TRUE(hint[0] && hint[1]);  // kept, though gone: a hint
+  EXPECT_EQ(hint[1]->pack, "pack-a");
+  // One hash not kept: all are looked up, and the truth comes back.
+  hint = index->LookupHint({HashOfNumber(1), HashOfNumber(99)});
+  EXPECT_FALSE(hint[1]);
+  // A hint never asks whether what is kept still holds (no SQLite at all); the next lookup
+  // that asks does, and keeps nothing after a counted removal.
+  index->AddPack("pack-b", 1000, Entries(30, 1));
+  BlockIndex::Open(file)->RemoveBlocks({HashOfNumber(0)});
+  EXPECT_TRUE(index->LookupHint({HashOfNumber(0)})[0]);
+  EXPECT_FALSE(index->Lookup({HashOfNumber(0)})[0]);
+  hint = index->LookupHint({HashOfNumber(1), HashOfNumber(30)});
+  EXPECT_FALSE(hint[0]);
+  ASSERT_TRUE(hint[1]);
+  EXPECT_EQ(hint[1]->pack, "pack-b");
+}
+
 // A batch is answered by walking the table in key order: dense and sparse stretches, keys
 // asked twice, keys before the first block and after the last, in any order asked.
 TEST(BlockIndexTest, ABatchInAnyOrderGetsEachKeysOwnAnswer) {

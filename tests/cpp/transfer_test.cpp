@@ -87,9 +87,19 @@ class FakeStore : public Store {
     return data.size();
   }
 
+  bool WaitsOnServer() const override { return on_server_; }
+
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* /*cancel*/ = nullptr) override {
+    {
+      std::lock_guard lock(mu_);
+      most_gets_at_once_ = std::max(most_gets_at_once_, ++gets_now_);
+    }
     std::this_thread::sleep_for(get_delay_);
+    {
+      std::lock_guard lock(mu_);
+      --gets_now_;
+    }
     {
       std::lock_guard lock(mu_);
       ++get_calls_[hash];
@@ -159,6 +169,8 @@ class FakeStore : public Store {
     std::lock_guard lock(mu_);
     chunks_[hash] = bytes;
   }
+  // Its reads and writes wait on a server (Store::WaitsOnServer): an object store.
+  void OnServer() { on_server_ = true; }
   // Puts succeed and store nothing: an object store restarted empty behind our back.
   void LoseWrites() { lose_writes_ = true; }
   void Drop(const std::string& hash) {
@@ -203,6 +215,10 @@ class FakeStore : public Store {
   std::vector<std::vector<std::string>> Lookups() const {
     std::lock_guard lock(mu_);
     return lookups_;
+  }
+  int MostGetsAtOnce() const {
+    std::lock_guard lock(mu_);
+    return most_gets_at_once_;
   }
   uint64_t BytesWritten() const {
     std::lock_guard lock(mu_);
@@ -258,6 +274,9 @@ class FakeStore : public Store {
   int total_put_calls_ = 0;
   std::vector<std::vector<std::string>> lookups_;
   bool lose_writes_ = false;
+  bool on_server_ = false;
+  int gets_now_ = 0;
+  int most_gets_at_once_ = 0;
   std::function<void()> after_first_lookup_;
   int has_chunks_calls_ = 0;
   uint64_t bytes_written_ = 0;
@@ -370,6 +389,32 @@ TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
   EXPECT_EQ(dest.BytesWritten(), p.bytes_transferred);
   EXPECT_EQ(p.chunks_total, 16u);
   EXPECT_EQ(p.chunks_skipped, 8u);
+}
+
+// A copy between local stores decodes and hashes: one worker per CPU and one more, however
+// many the options allow; one that waits on a server keeps them all busy.
+TEST(TransferTest, OnlyACopyThatWaitsOnAServerRunsMoreWorkersThanCpus) {
+  const int threads = 8;
+  const int cpu_workers = static_cast<int>(std::thread::hardware_concurrency()) + 1;
+  for (bool on_server : {false, true}) {
+    SCOPED_TRACE(on_server ? "on a server" : "local");
+    FakeStore source("fake://source");
+    TestImage image = MakeImage(source, Range(24));
+    source.SetDelays(std::chrono::milliseconds(30), std::chrono::milliseconds(0));
+    FakeStore dest("fake://dest");
+    if (on_server) dest.OnServer();
+    auto dests = Destinations({&dest});
+    TransferOptions options = FastOptions();
+    options.threads = threads;
+    std::vector<TransferOutcome> outcomes = CopyImage(source, image.manifest, dests, options);
+    ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+    ExpectHoldsImage(dest, image);
+    if (!on_server) {
+      EXPECT_LE(source.MostGetsAtOnce(), std::min(threads, cpu_workers));
+    } else if (cpu_workers < threads) {
+      EXPECT_GT(source.MostGetsAtOnce(), cpu_workers);  // 8 reads of 30 ms at once, near enough
+    }
+  }
 }
 
 TEST(TransferTest, ZeroChunksAreNeverReadNorWritten) {

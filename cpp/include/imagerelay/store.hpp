@@ -144,6 +144,10 @@ class Store {
   // True if GetChunk checks every chunk it returns against its name (throwing
   // DamagedChunkError otherwise): its callers need not hash the bytes again.
   virtual bool ChecksReads() const { return false; }
+  // True if its reads and writes wait on a server (an object store): a copy keeps many in
+  // flight to hide the wait. A store on a local disk hides its disk's own waits (read-ahead,
+  // writes around the page cache): a copy between such stores is bound by its CPUs.
+  virtual bool WaitsOnServer() const { return false; }
   // Called when a lookup of the store itself finds a chunk damaged and quarantines it, so
   // that the owner marks the images that need it. Set once, before the store is shared.
   using DamageHandler = std::function<void(const std::string& hash, const std::string& why)>;

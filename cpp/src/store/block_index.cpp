@@ -99,6 +99,13 @@ void ReadAhead(const std::filesystem::path& file, size_t keys) {
   ::close(fd);
 }
 
+// The `changes` count (see BlockIndex::known_); nullopt if its row is gone.
+std::optional<int64_t> ChangeCount(sqlite::Connection& conn) {
+  sqlite::ScopedStatement s(conn.Cached("SELECT count FROM changes WHERE id = 0"));
+  if (!s->Step()) return std::nullopt;
+  return s->Int(0);
+}
+
 // A block as the resemblance index names it: the first 8 bytes of its hash (a row of 8
 // bytes rather than 64 hex digits: the index costs ~1 KB per 64 KiB block, not ~4).
 int64_t HashPrefix(std::string_view hash) {
@@ -225,18 +232,22 @@ void BlockIndex::AddPack(const std::string& pack_id, uint64_t pack_size,
                          const std::vector<PackEntry>& entries,
                          const std::vector<std::string>& replaced) {
   std::lock_guard lock(mutex_);
+  Added added;
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
     for (const std::string& old : replaced) ForgetPack(old);
-    InsertPack(pack_id, pack_size, entries);
+    InsertPack(pack_id, pack_size, entries, {}, false, &added);
+    added.changes = ChangeCount(db_->conn);
   });
+  Remember(added);
 }
 
 void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs,
                           const std::function<std::vector<std::string>()>& before_commit) {
   std::lock_guard lock(mutex_);
+  Added added;
   InTransaction(db_->conn, "BEGIN IMMEDIATE", [&] {
     for (const IndexedPack& pack : packs) {
-      InsertPack(pack.name, pack.size, pack.entries, pack.features, /*require_bases=*/true);
+      InsertPack(pack.name, pack.size, pack.entries, pack.features, /*require_bases=*/true, &added);
     }
     const std::vector<std::string> marks =
         before_commit ? before_commit() : std::vector<std::string>();
@@ -244,7 +255,21 @@ void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs,
       const std::string& mark = before_commit ? (i < marks.size() ? marks[i] : "") : packs[i].mark;
       if (!mark.empty()) PutMark(packs[i].name, mark);
     }
+    added.changes = ChangeCount(db_->conn);
   });
+  Remember(added);
+}
+
+void BlockIndex::Remember(const Added& added) {
+  // Kept only if the kept answers are of the very count this transaction committed under: no
+  // block left the index between them (else the next lookup drops them all anyway).
+  std::lock_guard lock(read_mutex_);
+  if (!added.changes || *added.changes != known_at_) return;
+  for (const auto& [pack, entry] : added.rows) {
+    if (known_.size() >= kMaxKnown) break;
+    known_.try_emplace(entry->hash, Found{PackId(*pack), entry->offset, entry->stored_length,
+                                          entry->raw_length, entry->codec, entry->bases});
+  }
 }
 
 void BlockIndex::PutMark(const std::string& file, const std::string& mark) {
@@ -269,7 +294,7 @@ std::string BlockIndex::MarkOf(const std::string& file) {
 void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
                             const std::vector<PackEntry>& entries,
                             const std::vector<std::pair<uint64_t, uint32_t>>& features,
-                            bool require_bases) {
+                            bool require_bases, Added* added) {
   {
     sqlite::ScopedStatement s(db_->conn.Cached(
         "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
@@ -309,6 +334,7 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
     // Only the copy indexed counts (a block indexed already keeps its place and its form).
     inserted[i] = sqlite3_changes(db_->conn.get()) > 0;
     if (!inserted[i]) continue;
+    if (added) added->rows.emplace_back(&pack_id, &e);
     for (const std::string& base : SplitBases(e.bases)) {
       sqlite::ScopedStatement s(insert_base);
       s->Bind(base, e.hash).Run();
@@ -545,11 +571,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
   auto find_all = [&] {
     // Read before the blocks: an answer kept under this count was true at least as late.
     // No count (its row deleted by hand): nothing is kept.
-    std::optional<int64_t> changes;
-    {
-      sqlite::ScopedStatement s(db_->reader.Cached("SELECT count FROM changes WHERE id = 0"));
-      if (s->Step()) changes = s->Int(0);
-    }
+    const std::optional<int64_t> changes = ChangeCount(db_->reader);
     if (!changes || *changes != known_at_ || known_packs_.size() > kMaxKnown) {
       known_.clear();
       known_packs_.clear();
@@ -629,6 +651,23 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
                            where.raw_length,         where.codec,  where.bases};
   });
   return out;
+}
+
+std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(
+    const std::vector<std::string>& hashes) {
+  {
+    std::lock_guard lock(read_mutex_);
+    std::vector<std::optional<BlockLocation>> out;
+    for (const std::string& hash : hashes) {
+      auto it = known_.find(hash);
+      if (it == known_.end()) break;
+      const Found& where = it->second;
+      out.emplace_back(BlockLocation{known_packs_[where.pack], where.offset, where.stored_length,
+                                     where.raw_length, where.codec, where.bases});
+    }
+    if (out.size() == hashes.size()) return out;
+  }
+  return Lookup(hashes);
 }
 
 BlockPresence BlockIndex::Presence(const std::vector<std::string>& hashes) {

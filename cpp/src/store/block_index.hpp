@@ -122,6 +122,11 @@ class BlockIndex {
   std::vector<std::string> HashesAfter(const std::string& after, size_t limit);
   // One answer per hash, in order, from one read; nullopt where the block is not indexed.
   std::vector<std::optional<BlockLocation>> Lookup(const std::vector<std::string>& hashes);
+  // Lookup's answers, from those kept by earlier lookups when every hash has one (no SQLite,
+  // and no look at the `changes` count: stale after a removal until the next Lookup or
+  // Presence asks), so only for a hint that a later check settles (the bases of a delta block
+  // are checked again when its pack is indexed, AddPacks).
+  std::vector<std::optional<BlockLocation>> LookupHint(const std::vector<std::string>& hashes);
   // The same answers as Lookup, as a presence check needs them.
   BlockPresence Presence(const std::vector<std::string>& hashes);
   uint64_t BlockCount();
@@ -135,10 +140,20 @@ class BlockIndex {
   static std::unique_ptr<BlockIndex> OpenOrThrow(const std::filesystem::path& file);
   void ForgetPack(const std::string& pack_id);  // inside a transaction, under mutex_
   void PutMark(const std::string& file, const std::string& mark);  // under mutex_
+  // The rows a transaction indexed (pack, entry: both the caller's), and the `changes` count
+  // it committed under.
+  struct Added {
+    std::vector<std::pair<const std::string*, const PackEntry*>> rows;
+    std::optional<int64_t> changes;
+  };
+  // Inside a transaction, under mutex_; the entries it indexed are appended to `added`.
   void InsertPack(const std::string& pack_id, uint64_t pack_size,
                   const std::vector<PackEntry>& entries,
                   const std::vector<std::pair<uint64_t, uint32_t>>& features = {},
-                  bool require_bases = false);  // likewise
+                  bool require_bases = false, Added* added = nullptr);
+  // Keeps what a committed transaction indexed as lookups' answers (known_): a copy's
+  // confirmation then finds the blocks it wrote without asking SQLite. Under mutex_.
+  void Remember(const Added& added);
   // Deletes blocks and their delta_bases rows, and the deltas built on them (appended to
   // `removed`); inside a transaction, under mutex_.
   void ForgetBlocks(const std::vector<std::string>& hashes, std::vector<std::string>& removed);
@@ -162,7 +177,8 @@ class BlockIndex {
   // Blocks found by earlier lookups, answered again without SQLite while no block has left
   // the index or moved since: the `changes` count, which triggers in the database itself bump
   // on every DELETE or UPDATE of `blocks`, by any process of any release (a copy's
-  // confirmation then asks SQLite only about the blocks it wrote). Under read_mutex_.
+  // confirmation then asks SQLite about none: what it wrote is kept as it commits, Remember).
+  // Under read_mutex_.
   std::unordered_map<std::string, Found, ChunkNameHash, std::equal_to<>> known_;
   std::vector<std::string> known_packs_;  // the packs of known_ (and of the last batch)
   // Pack names are hex too; looked up by string_view: no string per block found.

@@ -507,7 +507,7 @@ bool PackStore::ReadBaseUnchecked(const std::string& base, UninitializedBytes& o
                                   const CancelToken* cancel, bool direct) {
   std::optional<BlockLocation> where;
   if (!direct) {
-    std::lock_guard lock(read_mutex_);
+    std::lock_guard lock(planned_mutex_);
     if (auto it = planned_bases_.find(base); it != planned_bases_.end()) where = it->second;
   }
   if (!where) where = Index().Lookup({base})[0];
@@ -529,7 +529,7 @@ bool PackStore::ReadBaseUnchecked(const std::string& base, UninitializedBytes& o
 void PackStore::ReadBaseChecked(const std::string& delta, const std::string& base,
                                 UninitializedBytes& out, const CancelToken* cancel, bool direct) {
   {
-    std::lock_guard lock(read_mutex_);
+    std::lock_guard lock(planned_mutex_);
     planned_bases_.erase(base);  // looked up afresh below: a planned place may be stale
   }
   try {
@@ -601,7 +601,8 @@ uint64_t PackStore::PutStoredChunk(const std::string& hash, std::span<const std:
         std::find(bases.begin(), bases.end(), hash) != bases.end()) {
       return PutChunk(hash, data, cancel);
     }
-    for (const std::optional<BlockLocation>& base : Index().Lookup(bases)) {
+    // (A hint: AddPacks checks the bases again as it indexes the pack.)
+    for (const std::optional<BlockLocation>& base : Index().LookupHint(bases)) {
       if (!base || !base->bases.empty()) return PutChunk(hash, data, cancel);
     }
     return PutEncoded(hash, {BlockCodec::kZstdDelta, std::span<const std::byte>(stored.bytes)},
@@ -870,7 +871,7 @@ std::optional<BlockLocation> PackStore::Locate(const std::string& hash) {
   {
     // Planned: located by the plan's one lookup. If a sweep has moved the block since, the
     // read fails its check and ReadLocated looks it up again.
-    std::lock_guard lock(read_mutex_);
+    std::lock_guard lock(planned_mutex_);
     auto planned = planned_where_.extract(hash);
     if (planned) return std::move(planned.mapped());
   }
@@ -1086,16 +1087,19 @@ void PackStore::PlanReads(const std::vector<std::string>& hashes) {
       queue(*where);
     }
   }
+  {
+    std::lock_guard lock(planned_mutex_);
+    // Their reads need not look them up again, one by one.
+    if (planned_bases_.size() + bases.size() > kMaxPlannedBlocks) planned_bases_.clear();
+    for (size_t i = 0; i < bases.size() && planned_bases_.size() < kMaxPlannedBlocks; ++i) {
+      if (found_bases[i]) planned_bases_.insert_or_assign(bases[i], std::move(*found_bases[i]));
+    }
+    if (planned_where_.size() + hashes.size() > kMaxPlannedBlocks) planned_where_.clear();
+    for (size_t i = 0; i < hashes.size() && planned_where_.size() < kMaxPlannedBlocks; ++i) {
+      if (found[i]) planned_where_.insert_or_assign(hashes[i], std::move(*found[i]));
+    }
+  }
   std::lock_guard lock(read_mutex_);
-  // Their reads need not look them up again, one by one.
-  if (planned_bases_.size() + bases.size() > kMaxPlannedBlocks) planned_bases_.clear();
-  for (size_t i = 0; i < bases.size() && planned_bases_.size() < kMaxPlannedBlocks; ++i) {
-    if (found_bases[i]) planned_bases_.insert_or_assign(bases[i], std::move(*found_bases[i]));
-  }
-  if (planned_where_.size() + hashes.size() > kMaxPlannedBlocks) planned_where_.clear();
-  for (size_t i = 0; i < hashes.size() && planned_where_.size() < kMaxPlannedBlocks; ++i) {
-    if (found[i]) planned_where_.insert_or_assign(hashes[i], std::move(*found[i]));
-  }
   // What earlier plans left unread (a cancelled copy) serves no later read; spans still being
   // read go once read (their plan is no longer plan_).
   ++plan_;
@@ -1234,7 +1238,6 @@ bool PackStore::ServeFromSpan(std::unique_lock<std::mutex>& lock, const std::str
       span_cv_.wait_for(lock, std::chrono::milliseconds(50));
       continue;
     }
-    std::copy_n(found->at(offset), out.size(), out.begin());
     bool room = false;
     if (--found->unread == 0) {
       spans_.erase(it);
@@ -1250,6 +1253,9 @@ bool PackStore::ServeFromSpan(std::unique_lock<std::mutex>& lock, const std::str
              room;
     }
     if (room) ahead_cv_.notify_all();
+    // A loaded span's bytes do not change, and `found` keeps them: copied without the lock.
+    lock.unlock();
+    std::copy_n(found->at(offset), out.size(), out.begin());
     return true;
   }
 }

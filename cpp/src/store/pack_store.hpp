@@ -105,6 +105,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   uint64_t PutStoredChunk(const std::string& hash, std::span<const std::byte> data,
                           const StoredChunk& stored, const CancelToken* cancel = nullptr) override;
   bool ChecksReads() const override { return true; }
+  bool WaitsOnServer() const override { return packs_.RemoteReads(); }
   void DeleteChunk(const std::string& hash) override;
   // Forgets the block (its bytes stay in the pack until a sweep rewrites it) or quarantines
   // the chunk file of an earlier release.
@@ -344,11 +345,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // A span for `run` of `pack`, for the current plan, its buffer reused if one is kept.
   // Under read_mutex_.
   std::shared_ptr<Span> NewSpan(const std::string& pack, const Run& run);
-  std::mutex read_mutex_;  // guards the members below
-  std::condition_variable span_cv_;
-  std::unordered_map<std::string, std::vector<Run>> runs_;
-  size_t planned_runs_ = 0;
-  uint64_t plan_ = 0;  // the current plan's number
+  // Its own lock: every read looks here first, and would otherwise wait on the spans' lock.
+  std::mutex planned_mutex_;  // guards the two below
   // Where the planned blocks are, by hash, taken out when read (bounded: a plan nobody reads
   // is dropped by the next one that would not fit).
   std::unordered_map<std::string, BlockLocation> planned_where_;
@@ -356,6 +354,11 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // hint for unchecked reads: a stale one fails the delta's check, and the bases are then
   // looked up afresh and read checked.
   std::unordered_map<std::string, BlockLocation> planned_bases_;
+  std::mutex read_mutex_;  // guards the members below
+  std::condition_variable span_cv_;
+  std::unordered_map<std::string, std::vector<Run>> runs_;
+  size_t planned_runs_ = 0;
+  uint64_t plan_ = 0;                       // the current plan's number
   std::list<std::shared_ptr<Span>> spans_;  // most recent first
   // The run of `runs` (sorted by start) that holds [offset, offset + length), if one does.
   static std::optional<size_t> RunHolding(const std::vector<Run>& runs, uint64_t offset,
@@ -364,7 +367,8 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // plan (nullopt if none). Under read_mutex_.
   std::optional<Run> TakeRun(const std::string& pack, uint64_t offset, uint64_t length);
   // Serves [offset, offset + out.size()) of `pack` from a span of the current plan: true if
-  // one held it, false if none does. Waits for a span being read. Under `lock`.
+  // one held it, false if none does. Waits for a span being read. Called under `lock`, which
+  // it lets go of to copy the bytes (it holds the span meanwhile).
   bool ServeFromSpan(std::unique_lock<std::mutex>& lock, const std::string& pack, uint64_t offset,
                      std::span<std::byte> out, const CancelToken* cancel);
   // Makes every plan so far void: a sweep has deleted or rewritten packs they read from.

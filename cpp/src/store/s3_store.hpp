@@ -103,6 +103,7 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   std::vector<std::pair<std::string, uint64_t>> ListPacks() override;
   std::filesystem::path IndexFile() override;
   bool RemoteReads() const override { return true; }
+  bool WaitsOnServer() const override { return true; }
   // Where the local index cache goes: <dir>/s3-<hash of the URI>.sqlite. By default
   // $IMAGERELAY_CACHE_DIR, else $XDG_CACHE_HOME/imagerelay, else ~/.cache/imagerelay.
   void SetIndexDir(std::filesystem::path dir) { index_dir_ = std::move(dir); }
