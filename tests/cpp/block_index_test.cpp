@@ -142,7 +142,7 @@ void DeleteUncounted(const std::filesystem::path& file, const std::string& hash)
 
 // What an index commits it keeps as answers (a copy's confirmation then asks SQLite about
 // none of the blocks it wrote), under the same rule as kept lookups: only while no block has
-// left the index since, and not at all if one had left before the commit.
+// left the index since; answers kept from before a block left give way to them.
 TEST(BlockIndexTest, WhatItCommitsItKeepsAsAnswersWhileNoBlockLeaves) {
   ScratchDir dir;
   const auto file = dir.path() / "bj.db";
@@ -164,13 +164,22 @@ TEST(BlockIndexTest, WhatItCommitsItKeepsAsAnswersWhileNoBlockLeaves) {
   EXPECT_FALSE(index->Lookup({HashOfNumber(2)})[0]);
   EXPECT_TRUE(index->Lookup({HashOfNumber(12)})[0]);  // kept from here on again
 
-  // A block removed by another process before this commit: the commit's rows are not kept
-  // (the kept answers are of an older count), so a later change behind its back is seen.
+  // A block removed by another process before this commit: the answers kept from before go
+  // (asked again), the commit's rows are kept in their place.
   BlockIndex::Open(file)->RemoveBlocks({HashOfNumber(3)});
   index->AddPacks({IndexedPack{"pack-c", 1000, Entries(20, 2), "", {}}});
   DeleteUncounted(file, HashOfNumber(20));
-  EXPECT_FALSE(index->Lookup({HashOfNumber(20)})[0]);
-  EXPECT_TRUE(index->Lookup({HashOfNumber(21)})[0]);
+  DeleteUncounted(file, HashOfNumber(12));
+  EXPECT_TRUE(index->Lookup({HashOfNumber(20)})[0]);
+  EXPECT_FALSE(index->Lookup({HashOfNumber(12)})[0]);
+  EXPECT_FALSE(index->Lookup({HashOfNumber(3)})[0]);
+
+  // A fresh index (nothing looked up yet) keeps what it commits all the same.
+  auto fresh = BlockIndex::Open(file);
+  fresh->AddPack("pack-d", 1000, Entries(30, 2));
+  DeleteUncounted(file, HashOfNumber(30));
+  EXPECT_TRUE(fresh->Kept(HashOfNumber(30)));
+  EXPECT_TRUE(fresh->Lookup({HashOfNumber(30)})[0]);
 }
 
 // LookupHint answers from what is kept, stale or not, and asks SQLite for the rest.

@@ -197,6 +197,26 @@ TEST(PackStoreTest, BlocksGoIntoPacksCompressedWhenItPaysAndReadBack) {
   EXPECT_THROW(store->GetChunk(HashOf(RandomBlock(99)), out), TransferError);
 }
 
+// Two copies into one region at once send each shared block once: the first to come to it
+// claims it (ClaimToWrite), and the store says no to the others while it is claimed, on its
+// way in a pack, or indexed; a claim never written goes at the next flush.
+TEST(PackStoreTest, ABlockIsClaimedByOneWriterUntilWrittenOrAFlush) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());
+  const std::vector<std::byte> a = TextBlock(1);
+  const std::vector<std::byte> b = TextBlock(2);
+  EXPECT_TRUE(store->ClaimToWrite(HashOf(a)));   // ours now
+  EXPECT_FALSE(store->ClaimToWrite(HashOf(a)));  // another copy's answer
+  store->PutChunk(HashOf(a), a);
+  EXPECT_FALSE(store->ClaimToWrite(HashOf(a)));  // in the pack being built
+  EXPECT_TRUE(store->ClaimToWrite(HashOf(b)));   // claimed and never written (a failed copy)
+  EXPECT_FALSE(store->ClaimToWrite(HashOf(b)));
+  store->Flush();
+  EXPECT_FALSE(store->ClaimToWrite(HashOf(a)));  // indexed, and the index said so as it committed
+  EXPECT_TRUE(store->ClaimToWrite(HashOf(b)));   // the flush let go of the claim nobody wrote
+  EXPECT_FALSE(store->HasChunk(HashOf(b)));
+}
+
 // Issue #12 (copies): a copy hands the destination the source's stored form of each block,
 // and the destination writes those bytes as they are instead of compressing the block again.
 TEST(PackStoreTest, AStoredFormPassesThroughByteForByte) {

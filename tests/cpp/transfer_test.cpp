@@ -88,6 +88,10 @@ class FakeStore : public Store {
   }
 
   bool WaitsOnServer() const override { return on_server_; }
+  bool ClaimToWrite(const std::string& hash) override {
+    std::lock_guard lock(mu_);
+    return !known_.contains(hash);
+  }
 
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* /*cancel*/ = nullptr) override {
@@ -168,6 +172,12 @@ class FakeStore : public Store {
   void SeedAs(const std::string& hash, const std::vector<std::byte>& bytes) {
     std::lock_guard lock(mu_);
     chunks_[hash] = bytes;
+  }
+  // ClaimToWrite says no for `hash` from now on (held), whether or not the store has it (a
+  // wrong hint when it does not).
+  void Know(const std::string& hash) {
+    std::lock_guard lock(mu_);
+    known_.insert(hash);
   }
   // Its reads and writes wait on a server (Store::WaitsOnServer): an object store.
   void OnServer() { on_server_ = true; }
@@ -275,6 +285,7 @@ class FakeStore : public Store {
   std::vector<std::vector<std::string>> lookups_;
   bool lose_writes_ = false;
   bool on_server_ = false;
+  std::set<std::string> known_;
   int gets_now_ = 0;
   int most_gets_at_once_ = 0;
   std::function<void()> after_first_lookup_;
@@ -961,6 +972,52 @@ TEST(TransferTest, ChunksPresentAtThePlanButLostBeforeTheCommitAreWrittenAnew) {
   EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
   EXPECT_EQ(p.bytes_transferred, 2 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 6u);
+}
+
+// Chunks another copy wrote into the destination after this copy's plan (two versions of an
+// image replicated at once) are neither read nor written again; they count as skipped.
+TEST(TransferTest, ChunksWrittenByAnotherCopySinceThePlanAreNotSentAgain) {
+  FakeStore source("fake://source");
+  TestImage image = MakeImage(source, Range(8), kTransferChunk);
+  FakeStore dest("fake://dest");
+  dest.AfterFirstLookup([&] {
+    for (int i : {1, 4, 6}) {
+      dest.Seed(image.bytes[i]);
+      dest.Know(image.hashes[i]);
+    }
+  });
+  auto dests = Destinations({&dest});
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  ExpectHoldsImage(dest, image);
+  for (int i : {1, 4, 6}) {
+    EXPECT_EQ(source.GetCalls(image.hashes[i]), 0) << i;
+    EXPECT_EQ(dest.PutCalls(image.hashes[i]), 0) << i;
+  }
+  EXPECT_EQ(dest.TotalPutCalls(), 5);
+  const IoProgress& p = outcomes[0].progress;
+  EXPECT_EQ(p.bytes_done, p.bytes_total);
+  EXPECT_EQ(p.bytes_transferred, 5 * kTransferChunk);
+  EXPECT_EQ(p.chunks_skipped, 3u);
+}
+
+// A hint that is wrong (the store says it holds chunks it does not) costs a second pass, not
+// the copy: the confirmation finds them missing and they are written, hint or no hint.
+TEST(TransferTest, AWrongHintThatAChunkIsHeldIsCaughtByTheConfirmation) {
+  FakeStore source("fake://source");
+  TestImage image = MakeImage(source, Range(8), kTransferChunk);
+  FakeStore dest("fake://dest");
+  for (int i : {2, 3}) dest.Know(image.hashes[i]);
+  auto dests = Destinations({&dest});
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  ExpectHoldsImage(dest, image);
+  EXPECT_EQ(dest.PutCalls(image.hashes[2]), 1);
+  EXPECT_EQ(dest.TotalPutCalls(), 8);
+  const IoProgress& p = outcomes[0].progress;
+  EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
+  EXPECT_EQ(p.bytes_transferred, 8 * kTransferChunk);
+  EXPECT_EQ(p.chunks_skipped, 0u);
 }
 
 // A store that acknowledges writes and keeps nothing (an S3 server restarted empty with the

@@ -148,6 +148,13 @@ class Store {
   // flight to hide the wait. A store on a local disk hides its disk's own waits (read-ahead,
   // writes around the page cache): a copy between such stores is bound by its CPUs.
   virtual bool WaitsOnServer() const { return false; }
+  // True if the caller is to write the chunk: as far as the store knows without a look at its
+  // disk or server, it does not hold it (written lately by a writer of this process, or found
+  // by a lookup since) and no other writer of this process is about to write it; the chunk
+  // is then the caller's, and the others are told false until it is written or the store
+  // flushed. A hint that may be wrong: a copy told false skips the chunk, and its confirmation
+  // looks for it again (two copies into one region at once send each shared chunk once).
+  virtual bool ClaimToWrite(const std::string& /*hash*/) { return true; }
   // Called when a lookup of the store itself finds a chunk damaged and quarantines it, so
   // that the owner marks the images that need it. Set once, before the store is shared.
   using DamageHandler = std::function<void(const std::string& hash, const std::string& why)>;

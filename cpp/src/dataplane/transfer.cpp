@@ -92,7 +92,12 @@ struct Failure {
 struct Dest {
   TransferDestination* spec = nullptr;
   std::string uri;
-  std::vector<bool> needs;   // per distinct chunk of the window; written before workers start
+  std::vector<bool> needs;  // per distinct chunk of the window; written before workers start
+  // Per distinct chunk of the window: found held or claimed after the plan (Store::ClaimToWrite:
+  // another copy wrote it meanwhile, or is writing it), so not written. Set by the one worker that
+  // takes the chunk, read once the pass is over.
+  std::vector<char> held;
+  std::atomic<uint64_t> entries_held{0};  // manifest entries of those: skipped, as planned ones
   bool server_copy = false;  // chunks are copied inside the object store (CopyChunkFrom)
   IoProgress fixed;          // totals and skips, known after planning
   std::atomic<uint64_t> bytes_done{0};
@@ -124,6 +129,7 @@ struct Dest {
   }
   IoProgress Progress() const {
     IoProgress p = fixed;
+    p.chunks_skipped += entries_held.load(std::memory_order_relaxed);
     p.bytes_done = bytes_done.load(std::memory_order_relaxed);
     p.bytes_transferred = bytes_transferred.load(std::memory_order_relaxed);
     p.bytes_sent = bytes_sent.load(std::memory_order_relaxed);
@@ -219,7 +225,12 @@ class Copier {
     }
   }
   bool AnyActive() const;
+  // The destination is to get the chunk (planned as missing, not found held since, active).
+  static bool Wants(const Dest& dest, size_t chunk);
   bool AnyActiveNeeding(size_t chunk) const;
+  // Marks the destinations that hold the chunk by now, or that another copy is writing it to
+  // (Store::ClaimToWrite), as not wanting it.
+  void SkipHeld(size_t chunk);
   void ReportProgress(std::vector<IoProgress>& last, bool force);
 
   template <typename Op, typename Alive>
@@ -248,15 +259,30 @@ class Copier {
   std::deque<WriteTask> writes_;
   size_t next_job_ = 0;
   size_t reads_in_flight_ = 0;
+  bool use_hints_ = false;  // the pass may skip chunks held since the plan (SkipHeld)
 };
 
 bool Copier::AnyActive() const {
   return std::any_of(dests_.begin(), dests_.end(), [](const Dest& d) { return d.Active(); });
 }
 
+bool Copier::Wants(const Dest& dest, size_t chunk) {
+  return dest.needs[chunk] && dest.held[chunk] == 0 && dest.Active();
+}
+
 bool Copier::AnyActiveNeeding(size_t chunk) const {
   return std::any_of(dests_.begin(), dests_.end(),
-                     [chunk](const Dest& d) { return d.needs[chunk] && d.Active(); });
+                     [chunk](const Dest& d) { return Wants(d, chunk); });
+}
+
+void Copier::SkipHeld(size_t chunk) {
+  const std::string& hash = plan_.hashes[chunk];
+  for (Dest& dest : dests_) {
+    if (!Wants(dest, chunk) || dest.spec->store->ClaimToWrite(hash)) continue;
+    dest.held[chunk] = 1;
+    dest.bytes_done.fetch_add(plan_.covered[chunk], std::memory_order_relaxed);
+    dest.entries_held.fetch_add(plan_.entries[chunk], std::memory_order_relaxed);
+  }
 }
 
 void Copier::SetUpDestinations() {
@@ -288,6 +314,7 @@ void Copier::PlanWindow(std::mt19937& rng) {
   const std::vector<std::string>& hashes = plan_.hashes;
   for (Dest& dest : dests_) {
     dest.needs.assign(hashes.size(), false);
+    dest.held.assign(hashes.size(), 0);
     if (!dest.Active()) continue;
 
     std::optional<std::vector<bool>> answer = AskPresence(dest, "listing the chunks of", rng);
@@ -359,6 +386,11 @@ void Copier::Worker(uint32_t seed) {
 std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
   const size_t k = slot.chunk;
   const std::string& hash = plan_.hashes[k];
+  // Written since the plan by another copy into the same region (two versions replicated at
+  // once), or being written by it: not read nor written again. Only in a pass's first go: the
+  // confirmation looks at the store itself, and what it finds missing is written whatever a hint
+  // says.
+  if (use_hints_) SkipHeld(k);
   auto needed = [&] { return AnyActiveNeeding(k); };
   if (!needed()) return {};
 
@@ -418,7 +450,7 @@ std::optional<std::vector<size_t>> Copier::CopyInsideStores(size_t k, std::mt199
   std::vector<size_t> by_bytes;
   for (size_t d = 0; d < dests_.size(); ++d) {
     Dest& dest = dests_[d];
-    if (!dest.needs[k] || !dest.Active()) continue;
+    if (!Wants(dest, k)) continue;
     if (!dest.server_copy) {
       by_bytes.push_back(d);
       continue;
@@ -544,14 +576,18 @@ bool Copier::ConfirmDestinations(bool last_pass, std::mt19937& rng) {
                      "replicate again"});
       continue;
     }
-    // Written again: counted again (each was counted once, as skipped or as written).
+    // Written again: counted again (each was counted once, as skipped, held or written).
     uint64_t skipped_entries = 0;
+    uint64_t held_entries = 0;
     for (size_t k : missing) {
       dest.bytes_done.fetch_sub(plan_.covered[k], std::memory_order_relaxed);
       if (!dest.needs[k]) skipped_entries += plan_.entries[k];
+      if (dest.needs[k] && dest.held[k] != 0) held_entries += plan_.entries[k];
     }
     dest.fixed.chunks_skipped -= std::min(dest.fixed.chunks_skipped, skipped_entries);
+    dest.entries_held.fetch_sub(held_entries, std::memory_order_relaxed);
     dest.needs.assign(hashes.size(), false);
+    dest.held.assign(hashes.size(), 0);
     for (size_t k : missing) dest.needs[k] = true;
     again = true;
   }
@@ -644,6 +680,7 @@ std::vector<TransferOutcome> Copier::Run() {
     plan_ = PlanChunks(manifest_, first);
     PlanWindow(rng);
     for (int pass = 1; pass <= kPasses; ++pass) {
+      use_hints_ = pass == 1;
       RunPass(seed + static_cast<uint32_t>(pass) * 1000, last);
       if (!ConfirmDestinations(pass == kPasses, rng)) break;
     }

@@ -261,10 +261,17 @@ void BlockIndex::AddPacks(const std::vector<IndexedPack>& packs,
 }
 
 void BlockIndex::Remember(const Added& added) {
-  // Kept only if the kept answers are of the very count this transaction committed under: no
-  // block left the index between them (else the next lookup drops them all anyway).
+  // The kept answers are all of one count: answers of an older one (or none yet) give way to
+  // the rows this transaction committed under its count; rows of an older count than the
+  // kept answers' are not kept (a block may have left the index since).
   std::lock_guard lock(read_mutex_);
-  if (!added.changes || *added.changes != known_at_) return;
+  if (!added.changes || *added.changes < known_at_) return;
+  if (*added.changes != known_at_) {
+    known_.clear();
+    known_packs_.clear();
+    known_pack_ids_.clear();
+    known_at_ = *added.changes;
+  }
   for (const auto& [pack, entry] : added.rows) {
     if (known_.size() >= kMaxKnown) break;
     known_.try_emplace(entry->hash, Found{PackId(*pack), entry->offset, entry->stored_length,
@@ -651,6 +658,11 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
                            where.raw_length,         where.codec,  where.bases};
   });
   return out;
+}
+
+bool BlockIndex::Kept(const std::string& hash) {
+  std::lock_guard lock(read_mutex_);
+  return known_.contains(hash);
 }
 
 std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(

@@ -127,6 +127,9 @@ class BlockIndex {
   // Presence asks), so only for a hint that a later check settles (the bases of a delta block
   // are checked again when its pack is indexed, AddPacks).
   std::vector<std::optional<BlockLocation>> LookupHint(const std::vector<std::string>& hashes);
+  // True if a kept answer has the block (indexed when last asked or committed): a hint, as
+  // LookupHint's.
+  bool Kept(const std::string& hash);
   // The same answers as Lookup, as a presence check needs them.
   BlockPresence Presence(const std::vector<std::string>& hashes);
   uint64_t BlockCount();

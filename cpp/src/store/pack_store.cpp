@@ -346,6 +346,17 @@ std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
   return present;
 }
 
+bool PackStore::ClaimToWrite(const std::string& hash) {
+  {
+    // In a pack on its way (the flush commits it), or being read by another copy to be written.
+    std::lock_guard lock(write_mutex_);
+    if (pending_.contains(hash) || claimed_.contains(hash)) return false;
+  }
+  if (Index().Kept(hash)) return false;
+  std::lock_guard lock(write_mutex_);
+  return !pending_.contains(hash) && claimed_.insert(hash).second;
+}
+
 bool PackStore::Vouch(const std::string& pack) {
   if (packs_.RemoteReads()) return true;  // an object store's objects are as written
   std::optional<PackStat> stat = packs_.StatPack(pack);
@@ -632,6 +643,7 @@ uint64_t PackStore::PutEncoded(const std::string& hash, EncodedBlock encoded, ui
     sealed_cv_.wait(lock, [&] {
       return sealing_ < kMaxSealing && staged_bytes_ < kMaxStagedGroups * kCommitBytes;
     });
+    claimed_.erase(hash);
     if (!pending_.insert(hash).second) return 0;
     if (builder_->empty()) {
       builder_since_ = std::chrono::steady_clock::now();
@@ -809,6 +821,9 @@ void PackStore::Flush(const CancelToken* cancel) {
   reconcile_due_ = true;  // the confirmation that follows a flush looks at the store itself
   std::unique_lock lock(write_mutex_);
   WaitWritesLocked(lock, cancel);
+  // Claims never written (their copy failed or was cancelled) go: whoever skipped them for
+  // it finds them missing when it confirms, after this flush, and writes them.
+  claimed_.clear();
   if (!write_error_.empty()) {
     // The blocks of a pack that could not be written are not in the store: whoever counts on
     // them finds them missing when it confirms, and this says why.

@@ -106,6 +106,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
                           const StoredChunk& stored, const CancelToken* cancel = nullptr) override;
   bool ChecksReads() const override { return true; }
   bool WaitsOnServer() const override { return packs_.RemoteReads(); }
+  bool ClaimToWrite(const std::string& hash) override;
   void DeleteChunk(const std::string& hash) override;
   // Forgets the block (its bytes stay in the pack until a sweep rewrites it) or quarantines
   // the chunk file of an earlier release.
@@ -295,6 +296,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   std::chrono::steady_clock::time_point staged_since_;   // when the oldest was staged
   std::chrono::steady_clock::time_point builder_since_;  // when its first block came
   std::unordered_set<std::string> pending_;              // blocks added, not indexed yet
+  std::unordered_set<std::string> claimed_;              // ClaimToWrite's, until written or a flush
   int sealing_ = 0;                                      // packs being written
   int committing_ = 0;                                   // groups of staged packs being committed
   std::string write_error_;                              // the last failed pack write, for Flush()
