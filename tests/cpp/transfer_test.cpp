@@ -372,6 +372,18 @@ void ExpectHoldsImage(const FakeStore& store, const TestImage& image) {
   }
 }
 
+// Copies `image` from `source` to `dest` alone, expects the copy to complete with `dest`
+// holding the image, and returns its progress.
+IoProgress CopyCompletes(FakeStore& source, const TestImage& image, FakeStore& dest) {
+  auto dests = Destinations({&dest});
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  ExpectHoldsImage(dest, image);
+  const IoProgress& p = outcomes[0].progress;
+  EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
+  return p;
+}
+
 TEST(TransferTest, DestinationGetsOnlyTheChunksItLacks) {
   FakeStore source("fake://source");
   TestImage image = MakeImage(source, Range(16), kTransferChunk / 2);
@@ -961,15 +973,10 @@ TEST(TransferTest, ChunksPresentAtThePlanButLostBeforeTheCommitAreWrittenAnew) {
     dest.SeedAs(image.hashes[5],
                 std::vector<std::byte>(image.bytes[5].begin(), image.bytes[5].begin() + 100));
   });
-  auto dests = Destinations({&dest});
-  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
-  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
-  ExpectHoldsImage(dest, image);
+  const IoProgress p = CopyCompletes(source, image, dest);
   EXPECT_EQ(dest.PutCalls(image.hashes[3]), 1);
   EXPECT_EQ(dest.PutCalls(image.hashes[5]), 1);
   EXPECT_EQ(dest.TotalPutCalls(), 2);
-  const IoProgress& p = outcomes[0].progress;
-  EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
   EXPECT_EQ(p.bytes_transferred, 2 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 6u);
 }
@@ -986,17 +993,12 @@ TEST(TransferTest, ChunksWrittenByAnotherCopySinceThePlanAreNotSentAgain) {
       dest.Know(image.hashes[i]);
     }
   });
-  auto dests = Destinations({&dest});
-  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
-  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
-  ExpectHoldsImage(dest, image);
+  const IoProgress p = CopyCompletes(source, image, dest);
   for (int i : {1, 4, 6}) {
     EXPECT_EQ(source.GetCalls(image.hashes[i]), 0) << i;
     EXPECT_EQ(dest.PutCalls(image.hashes[i]), 0) << i;
   }
   EXPECT_EQ(dest.TotalPutCalls(), 5);
-  const IoProgress& p = outcomes[0].progress;
-  EXPECT_EQ(p.bytes_done, p.bytes_total);
   EXPECT_EQ(p.bytes_transferred, 5 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 3u);
 }
@@ -1008,14 +1010,9 @@ TEST(TransferTest, AWrongHintThatAChunkIsHeldIsCaughtByTheConfirmation) {
   TestImage image = MakeImage(source, Range(8), kTransferChunk);
   FakeStore dest("fake://dest");
   for (int i : {2, 3}) dest.Know(image.hashes[i]);
-  auto dests = Destinations({&dest});
-  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
-  ASSERT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
-  ExpectHoldsImage(dest, image);
+  const IoProgress p = CopyCompletes(source, image, dest);
   EXPECT_EQ(dest.PutCalls(image.hashes[2]), 1);
   EXPECT_EQ(dest.TotalPutCalls(), 8);
-  const IoProgress& p = outcomes[0].progress;
-  EXPECT_EQ(p.bytes_done, p.bytes_total);  // counted once, not twice
   EXPECT_EQ(p.bytes_transferred, 8 * kTransferChunk);
   EXPECT_EQ(p.chunks_skipped, 0u);
 }
