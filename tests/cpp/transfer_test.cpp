@@ -981,6 +981,22 @@ TEST(TransferTest, ChunksPresentAtThePlanButLostBeforeTheCommitAreWrittenAnew) {
   EXPECT_EQ(p.chunks_skipped, 6u);
 }
 
+// A destination given without a store fails alone, with a clear error; the others complete.
+TEST(TransferTest, ADestinationWithoutAStoreFailsAloneWithAClearError) {
+  FakeStore source("fake://source");
+  TestImage image = MakeImage(source, Range(4), kTransferChunk);
+  FakeStore dest("fake://dest");
+  std::vector<TransferDestination> dests = Destinations({&dest});
+  dests.emplace_back();  // no store
+  auto outcomes = CopyImage(source, image.manifest, dests, FastOptions());
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(outcomes[0].kind, Kind::kCompleted) << outcomes[0].error;
+  ExpectHoldsImage(dest, image);
+  EXPECT_EQ(outcomes[1].kind, Kind::kFailed);
+  EXPECT_EQ(outcomes[1].error_code, codes::kTransferFailed);
+  EXPECT_NE(outcomes[1].error.find("no store"), std::string::npos) << outcomes[1].error;
+}
+
 // Chunks another copy wrote into the destination after this copy's plan (two versions of an
 // image replicated at once) are neither read nor written again; they count as skipped.
 TEST(TransferTest, ChunksWrittenByAnotherCopySinceThePlanAreNotSentAgain) {

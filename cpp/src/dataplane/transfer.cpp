@@ -662,9 +662,10 @@ std::vector<TransferOutcome> Copier::Run() {
   threads_ = static_cast<size_t>(std::max(1, options_.threads)) * (all_server_side ? 2 : 1);
   // Between local disks a copy decodes and hashes: a worker per CPU and one more (for the one
   // sealing a pack); more only take turns (on 2 CPUs, 8 made an update copy 5% slower).
-  const bool any_server = source_.WaitsOnServer() ||
-                          std::any_of(dests_.begin(), dests_.end(),
-                                      [](const Dest& d) { return d.spec->store->WaitsOnServer(); });
+  const bool any_server =
+      source_.WaitsOnServer() || std::any_of(dests_.begin(), dests_.end(), [](const Dest& d) {
+        return d.spec->store != nullptr && d.spec->store->WaitsOnServer();
+      });
   if (!any_server) threads_ = std::min(threads_, size_t{std::thread::hardware_concurrency()} + 1);
   // Chunk buffers: as many as buffer_memory holds, at most 2 per worker, at least 2. Memory
   // is touched as buffers are first used: a small image's copy touches few.
