@@ -119,6 +119,20 @@ int PreadAll(int fd, void* out, size_t len, off_t offset) {
   return 0;
 }
 
+int PreadDirect(int fd, std::byte* buffer, size_t capacity, size_t wanted, off_t offset) {
+  size_t done = 0;
+  while (done < wanted) {
+    const ssize_t n =
+        ::pread(fd, buffer + done, capacity - done, offset + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    done += static_cast<size_t>(n);
+    // Nothing, or short of a whole page before `wanted`: the file ended.
+    if (n == 0 || (done % kDirectIoAlign != 0 && done < wanted)) return -1;
+  }
+  return 0;
+}
+
 void UnmapDeleter::operator()(std::byte* p) const {
   if (p != nullptr) ::munmap(p, length);
 }

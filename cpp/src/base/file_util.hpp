@@ -61,6 +61,11 @@ bool TempWriterIsGone(std::string_view name);
 // -1 when the file ends first.
 int PwriteAll(int fd, const void* data, size_t len, off_t offset);
 int PreadAll(int fd, void* out, size_t len, off_t offset);
+// Reads at least `wanted` bytes from `offset` (a page boundary) of a file open with O_DIRECT
+// into `buffer` (page-aligned, `capacity` bytes: `wanted` rounded up to whole pages), in
+// whole pages: the last read may stop at the file's end. Returns 0, an errno value (EINVAL:
+// the file system refused the direct read), or -1 when the file ends first.
+int PreadDirect(int fd, std::byte* buffer, size_t capacity, size_t wanted, off_t offset);
 
 // fsync of a directory, so that a rename or a new entry in it survives a crash.
 int FsyncDir(const std::filesystem::path& dir);

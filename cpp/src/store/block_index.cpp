@@ -266,12 +266,7 @@ void BlockIndex::Remember(const Added& added) {
   // kept answers' are not kept (a block may have left the index since).
   std::lock_guard lock(read_mutex_);
   if (!added.changes || *added.changes < known_at_) return;
-  if (*added.changes != known_at_) {
-    known_.clear();
-    known_packs_.clear();
-    known_pack_ids_.clear();
-    known_at_ = *added.changes;
-  }
+  if (*added.changes != known_at_) ForgetKeptLocked(*added.changes);
   for (const auto& [pack, entry] : added.rows) {
     if (known_.size() >= kMaxKnown) break;
     known_.try_emplace(entry->hash, Found{PackId(*pack), entry->offset, entry->stored_length,
@@ -564,6 +559,18 @@ std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_
   return hashes;
 }
 
+void BlockIndex::ForgetKeptLocked(int64_t changes) {
+  known_.clear();
+  known_packs_.clear();
+  known_pack_ids_.clear();
+  known_at_ = changes;
+}
+
+BlockLocation BlockIndex::LocationOf(const Found& where) const {
+  return BlockLocation{known_packs_[where.pack], where.offset, where.stored_length,
+                       where.raw_length,         where.codec,  where.bases};
+}
+
 uint32_t BlockIndex::PackId(std::string_view pack) {
   auto it = known_pack_ids_.find(pack);
   if (it != known_pack_ids_.end()) return it->second;
@@ -580,10 +587,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
     // No count (its row deleted by hand): nothing is kept.
     const std::optional<int64_t> changes = ChangeCount(db_->reader);
     if (!changes || *changes != known_at_ || known_packs_.size() > kMaxKnown) {
-      known_.clear();
-      known_packs_.clear();
-      known_pack_ids_.clear();
-      known_at_ = changes.value_or(-1);
+      ForgetKeptLocked(changes.value_or(-1));
     }
     const bool keep = changes.has_value();
     // Kept answers first (a confirmation finds nearly every block kept by its plan); the
@@ -653,10 +657,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
     const std::vector<std::string>& hashes) {
   std::lock_guard lock(read_mutex_);
   std::vector<std::optional<BlockLocation>> out(hashes.size());
-  Find(hashes, [&](size_t i, const Found& where) {
-    out[i] = BlockLocation{known_packs_[where.pack], where.offset, where.stored_length,
-                           where.raw_length,         where.codec,  where.bases};
-  });
+  Find(hashes, [&](size_t i, const Found& where) { out[i] = LocationOf(where); });
   return out;
 }
 
@@ -673,9 +674,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(
     for (const std::string& hash : hashes) {
       auto it = known_.find(hash);
       if (it == known_.end()) break;
-      const Found& where = it->second;
-      out.emplace_back(BlockLocation{known_packs_[where.pack], where.offset, where.stored_length,
-                                     where.raw_length, where.codec, where.bases});
+      out.emplace_back(LocationOf(it->second));
     }
     if (out.size() == hashes.size()) return out;
   }

@@ -173,6 +173,9 @@ class BlockIndex {
   void Find(const std::vector<std::string>& hashes,
             const std::function<void(size_t i, const Found& where)>& found);
   uint32_t PackId(std::string_view pack);  // interned in known_packs_, under read_mutex_
+  // Drops every kept answer; those kept from now on are of `changes`. Under read_mutex_.
+  void ForgetKeptLocked(int64_t changes);
+  BlockLocation LocationOf(const Found& where) const;  // under read_mutex_
 
   std::mutex mutex_;       // writes
   std::mutex read_mutex_;  // reads

@@ -211,21 +211,10 @@ std::optional<size_t> LocalStore::ReadPackAhead(const std::string& name, uint64_
     const size_t wanted = skip + length;
     const size_t rounded = (wanted + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
     buffer.resize(rounded);
-    size_t done = 0;
-    int err = 0;
-    while (done < wanted) {
-      const ssize_t n =
-          ::pread(fd.get(), buffer.data() + done, rounded - done, static_cast<off_t>(first + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        err = errno;
-        break;
-      }
-      done += static_cast<size_t>(n);
-      // Short of a whole page, or nothing: the file ended.
-      if (n == 0 || (done % kDirectIoAlign != 0 && done < wanted)) return std::nullopt;
-    }
+    const int err =
+        PreadDirect(fd.get(), buffer.data(), rounded, wanted, static_cast<off_t>(first));
     if (err == 0) return skip;
+    if (err == -1) return std::nullopt;  // the pack ends first
     if (err != EINVAL) PackFailed("cannot read pack " + name, uri_, err);
   }
   // No O_DIRECT here (the file system, or this range): read through the page cache.

@@ -446,15 +446,7 @@ int ReadDirect(int fd, size_t size, std::byte* out) {
   const size_t rounded = (size + kDirectIoAlign - 1) / kDirectIoAlign * kDirectIoAlign;
   std::byte* buffer = ThreadDirectIoBuffer(rounded);
   if (buffer == nullptr) return EINVAL;
-  size_t done = 0;
-  while (done < size) {
-    // Whole aligned blocks: the last one may reach past the end, where the read stops.
-    ssize_t n = ::pread(fd, buffer + done, rounded - done, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno;
-    if (n == 0) return -1;
-    done += static_cast<size_t>(n);
-  }
+  if (int err = PreadDirect(fd, buffer, rounded, size, 0); err != 0) return err;
   std::memcpy(out, buffer, size);
   return 0;
 }

@@ -347,12 +347,9 @@ std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
 }
 
 bool PackStore::ClaimToWrite(const std::string& hash) {
-  {
-    // In a pack on its way (the flush commits it), or being read by another copy to be written.
-    std::lock_guard lock(write_mutex_);
-    if (pending_.contains(hash) || claimed_.contains(hash)) return false;
-  }
   if (Index().Kept(hash)) return false;
+  // Not in a pack on its way (the flush commits it), nor being read by another copy to be
+  // written.
   std::lock_guard lock(write_mutex_);
   return !pending_.contains(hash) && claimed_.insert(hash).second;
 }
