@@ -154,3 +154,25 @@ def test_two_versions_replicated_at_once_move_their_shared_blocks_once(
         copy = job.copies["gz"]
         assert copy.verify() == sha256_file(source)
         assert copy.export(files / (source.name + ".out")).read_bytes() == source.read_bytes()
+
+
+def test_a_copy_cancelled_while_it_holds_claims_costs_the_other_copy_nothing_but_time(
+        open_cloud, home: Path, files: Path) -> None:
+    """The attack on the claims: the copy that claimed the shared blocks is cancelled
+    mid-flight (its claims never written). The other copy, which skipped them for it, finds
+    them missing when it confirms and writes them: it ends Completed, byte for byte."""
+    cloud = open_cloud(bandwidth=2 * 1024 * 1024)  # each copy ~4 s: cancelled in flight
+    v1_file = make_words(files / "v1.raw", 128, seed=5)
+    v2_file = edited(v1_file, files / "v2.raw", seed=6, every=8)
+    v1 = cloud.import_image(v1_file, region="bj", name="golden")
+    v2 = cloud.import_image(v2_file, region="bj", name="golden")
+    first, second = v1.replicate("gz"), v2.replicate("gz")
+    wait_until(lambda: first.refresh().progress > 30, timeout=30)
+    first.cancel()
+    second.wait(timeout=120)
+    task = second.tasks["gz"]
+    assert task.state == "Completed", task.to_dict()
+    assert first.refresh().state == "Cancelled"
+    copy = second.copies["gz"]
+    assert copy.verify() == sha256_file(v2_file)
+    assert copy.export(files / "v2.out").read_bytes() == v2_file.read_bytes()
