@@ -63,11 +63,13 @@ sanitize: deps
 
 # TSan: the suites whose code runs threads (worker pool, running work, background threads,
 # lease, catalog threads and processes, change notifier, transfer crew, import, export,
-# digest, sweep, the stores' parallel paths, the engine). tests/tsan.supp: libraries' own.
+# digest, sweep, the stores' parallel paths, the engine, the block index and its log's
+# checkpointer). tests/tsan.supp: libraries' own.
 TSAN_SUITES := BackgroundThreadsTest WorkerPoolTest RunningWorkTest LeaseTest CatalogTest \
 	CatalogOpenTest CatalogProcessTest ChangeNotifierTest TransferTest TokenBucketTest \
 	ImageIoTest ImporterTest DigesterTest SweeperTest SweepTest PackStoreTest LocalStoreTest \
-	BlockManifestTest IntegrityTest S3ClientTest EngineTest DeltaBlocksTest
+	BlockManifestTest IntegrityTest S3ClientTest EngineTest DeltaBlocksTest \
+	WalCheckpointerTest BlockIndexTest
 space := $(subst ,, )
 TSAN_FILTER := $(subst $(space),:,$(addsuffix .*,$(strip $(TSAN_SUITES))))
 tsan: deps

@@ -53,7 +53,8 @@ def damage_one_chunk(home: Path, region: str, source: Path, chunk_size: int) -> 
     """Flips one byte of the stored block that holds the first bytes of ``source``.
 
     A local region keeps its blocks in pack files, ``<store>/packs/<2 hex>/<pack>``; its
-    index ``<store>/index/blocks.sqlite`` says where each block (named by its SHA-256) is.
+    index ``<store>/index/blocks.sqlite`` says where each block (keyed by its SHA-256's 32
+    bytes) is.
     """
     import sqlite3
     with open(source, "rb") as f:
@@ -62,7 +63,9 @@ def damage_one_chunk(home: Path, region: str, source: Path, chunk_size: int) -> 
     store = home / "regions" / region
     with sqlite3.connect(store / "index" / "blocks.sqlite") as index:
         pack, offset, length = index.execute(
-            "SELECT pack, offset, stored_length FROM blocks WHERE hash = ?", (digest,)).fetchone()
+            "SELECT p.name, b.offset, b.stored_length FROM indexed_blocks b "
+            "JOIN indexed_packs p ON p.id = b.pack WHERE b.hash = ?",
+            (bytes.fromhex(digest),)).fetchone()
     stored = store / "packs" / pack[:2] / pack
     with open(stored, "r+b") as f:
         f.seek(offset + length // 2)

@@ -388,7 +388,7 @@ TEST(DeltaBlocksTest, BasesAreFoundOnlyAmongTheSameOwnersBlocks) {
   EXPECT_EQ(WriteScope::Current(), outside);
 }
 
-TEST(DeltaBlocksTest, AnIndexOfAnEarlierReleaseGainsTheBasesColumnOnOpen) {
+TEST(DeltaBlocksTest, AnIndexOfTheFirstPackReleaseIsReadAfterTheUpgrade) {
   ScratchDir dir;
   const fs::path file = dir.path() / "blocks.sqlite";
   {
@@ -408,6 +408,7 @@ TEST(DeltaBlocksTest, AnIndexOfAnEarlierReleaseGainsTheBasesColumnOnOpen) {
   const std::optional<BlockLocation> old = index->Lookup({std::string(64, 'a')})[0];
   ASSERT_TRUE(old);
   EXPECT_TRUE(old->bases.empty());
+  EXPECT_TRUE(index->Packs().empty());  // it listed none: pack `p` is known by its block only
   index->AddPack(
       "q", 100,
       {PackEntry{std::string(64, 'b'), 0, 5, 10, BlockCodec::kZstdDelta, std::string(64, 'a')}});

@@ -285,7 +285,8 @@ def distinct_nonzero_bytes(path: Path, chunk: int = CHUNK) -> tuple[int, int]:
 
 # -- region stores ----------------------------------------------------------------------
 # A region store keeps its chunks (blocks) in pack files, <region>/packs/<xx>/<name>, listed
-# by its index <region>/index/blocks.sqlite (hash -> pack, offset, lengths); stores of an
+# by its index <region>/index/blocks.sqlite (hash -> pack, offset, lengths: table
+# indexed_blocks, keyed by the hash's 32 bytes, its pack a number in indexed_packs); stores of an
 # earlier release kept one file per chunk, <region>/chunks/<xx>/<hash>.
 def region_root(home: Path, region: str) -> Path:
     return Path(home) / "regions" / region
@@ -336,7 +337,8 @@ def stored_blocks(home: Path, region: str) -> dict[str, tuple[Path, int, int, in
     conn = sqlite3.connect(db, timeout=30)
     try:
         rows = conn.execute(
-            "SELECT hash, pack, offset, stored_length, raw_length FROM blocks").fetchall()
+            "SELECT lower(hex(b.hash)), p.name, b.offset, b.stored_length, b.raw_length "
+            "FROM indexed_blocks b JOIN indexed_packs p ON p.id = b.pack").fetchall()
     except sqlite3.OperationalError:  # not created yet
         rows = []
     finally:
@@ -352,7 +354,8 @@ def delta_bases(home: Path, region: str) -> list[tuple[str, str]]:
         return []
     conn = sqlite3.connect(db, timeout=30)
     try:
-        return conn.execute("SELECT block, base FROM delta_bases").fetchall()
+        return conn.execute(
+            "SELECT lower(hex(block)), lower(hex(base)) FROM delta_links").fetchall()
     except sqlite3.OperationalError:  # not created yet
         return []
     finally:

@@ -146,6 +146,7 @@ PASSES = {
 NOT_PASSED = {
     "catalog.migrate": "a home of an older schema: tests/cpp/upgrade_test.cpp",
     "chunk.synced": "writes of the first release's chunk layout, which only tests still make",
+    "index.migrated": "a block index of an earlier release: tests/python/test_index_format.py",
 }
 
 CHILD = textwrap.dedent("""

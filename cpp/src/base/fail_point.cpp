@@ -33,14 +33,15 @@ void WriteAll(int fd, const std::string& text) {
   }
 }
 
+void SetTarget(Settings& s, const std::string& spec) {
+  const size_t sep = spec.rfind('@');
+  s.target = spec.substr(0, sep);
+  s.at = sep == std::string::npos ? 1 : std::strtoull(spec.c_str() + sep + 1, nullptr, 10);
+}
+
 bool ArmFromEnvironment() {
   Settings& s = TheSettings();
-  if (const char* at = std::getenv("IMAGERELAY_FAIL_AT"); at && *at) {
-    const std::string spec(at);
-    const size_t sep = spec.rfind('@');
-    s.target = spec.substr(0, sep);
-    s.at = sep == std::string::npos ? 1 : std::strtoull(spec.c_str() + sep + 1, nullptr, 10);
-  }
+  if (const char* at = std::getenv("IMAGERELAY_FAIL_AT"); at && *at) SetTarget(s, at);
   if (const char* log = std::getenv("IMAGERELAY_FAIL_LOG"); log && *log) {
     s.log_fd = ::open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   }
@@ -50,6 +51,16 @@ bool ArmFromEnvironment() {
 }  // namespace
 
 std::atomic<bool> armed{ArmFromEnvironment()};
+
+void ArmInThisProcess(const std::string& spec) {
+  Settings& s = TheSettings();
+  {
+    std::lock_guard lock(s.mutex);
+    SetTarget(s, spec);
+    s.passed = 0;
+  }
+  armed.store(true);
+}
 
 void Pass(std::string_view name) {
   Settings& s = TheSettings();

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <string>
 #include <string_view>
 
 namespace imagerelay {
@@ -21,6 +22,9 @@ inline constexpr int kFailPointExitCode = 86;
 namespace fail_point_detail {
 extern std::atomic<bool> armed;
 void Pass(std::string_view name);
+// As IMAGERELAY_FAIL_AT=spec, from now on: for a test's forked child, which cannot set the
+// environment its process started with.
+void ArmInThisProcess(const std::string& spec);
 }  // namespace fail_point_detail
 
 inline void FailPoint(std::string_view name) {

@@ -19,6 +19,11 @@
 
 namespace imagerelay::sqlite {
 
+// Bytes bound as a BLOB (a std::string_view binds as TEXT).
+struct Blob {
+  std::string_view bytes;
+};
+
 class SqliteError : public TransferError {
  public:
   SqliteError(int rc, const std::string& message, std::string sqlite_message)
@@ -86,6 +91,8 @@ class Statement {
       rc = sqlite3_bind_int64(s, index, static_cast<sqlite3_int64>(value));
     } else if constexpr (std::is_floating_point_v<T>) {
       rc = sqlite3_bind_double(s, index, static_cast<double>(value));
+    } else if constexpr (std::is_same_v<T, Blob>) {
+      rc = sqlite3_bind_blob64(s, index, value.bytes.data(), value.bytes.size(), SQLITE_TRANSIENT);
     } else {
       std::string_view text(value);
       rc = sqlite3_bind_text64(s, index, text.data(), text.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
@@ -98,6 +105,12 @@ class Statement {
   void BindBorrowedText(int index, std::string_view text) {
     int rc = sqlite3_bind_text64(stmt_.get(), index, text.data(), text.size(), SQLITE_STATIC,
                                  SQLITE_UTF8);
+    if (rc != SQLITE_OK) ThrowSqlite(db_, rc, sqlite3_sql(stmt_.get()));
+  }
+
+  // A BLOB that stays where it is until the statement is reset, as BindBorrowedText.
+  void BindBorrowedBlob(int index, std::string_view bytes) {
+    int rc = sqlite3_bind_blob64(stmt_.get(), index, bytes.data(), bytes.size(), SQLITE_STATIC);
     if (rc != SQLITE_OK) ThrowSqlite(db_, rc, sqlite3_sql(stmt_.get()));
   }
 
@@ -127,6 +140,13 @@ class Statement {
     const auto* text = sqlite3_column_text(stmt_.get(), col);
     if (text == nullptr) return {};
     return {reinterpret_cast<const char*>(text),
+            static_cast<size_t>(sqlite3_column_bytes(stmt_.get(), col))};
+  }
+  // A BLOB column's bytes (valid until the next step or reset).
+  std::string_view BlobView(int col) const {
+    const void* blob = sqlite3_column_blob(stmt_.get(), col);
+    if (blob == nullptr) return {};
+    return {static_cast<const char*>(blob),
             static_cast<size_t>(sqlite3_column_bytes(stmt_.get(), col))};
   }
   std::string Text(int col) const {

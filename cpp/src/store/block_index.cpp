@@ -6,14 +6,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
 #include <ctime>
 #include <limits>
 #include <numeric>
+#include <stdexcept>
 #include <unordered_map>
 #include <utility>
 
+#include "base/binary_codec.hpp"
 #include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
+#include "base/wal_checkpointer.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/log.hpp"
 
@@ -26,37 +32,51 @@ struct BlockIndex::Db {
   sqlite::Connection conn;    // writes, under mutex_
   sqlite::Connection reader;  // reads, under read_mutex_
   std::filesystem::path file;
+  // Checkpoints conn's log off the commits' path; declared last: gone before conn closes.
+  std::unique_ptr<WalCheckpointer> checkpointer;
 };
 
 namespace {
 
-constexpr const char* kSchema = R"sql(
+// The layout of the index (PRAGMA user_version). Format 2 (session 22) keys blocks by their
+// 32 bytes and names packs by a number: a row of ~60 bytes where format 1's held the hash's
+// and the pack's hex digits (~160 bytes, and as much again in its by-pack index), so that a
+// group commit, whose blocks land all over the table, rewrites less than half the pages.
+// Format 1 (tables blocks, packs, delta_bases; user_version 0) is migrated on open
+// (MigrateFormat1).
+constexpr int kIndexFormat = 2;
+
+constexpr const char* kPragmas = R"sql(
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS blocks (
-  hash TEXT PRIMARY KEY,
-  pack TEXT NOT NULL,
+)sql";
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS indexed_packs (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  size INTEGER  -- NULL: named by blocks of a format 1 index that did not list it
+);
+CREATE TABLE IF NOT EXISTS indexed_blocks (
+  hash BLOB PRIMARY KEY,  -- the block's SHA-256, 32 bytes
+  pack INTEGER NOT NULL,  -- indexed_packs.id
   offset INTEGER NOT NULL,
   stored_length INTEGER NOT NULL,
   raw_length INTEGER NOT NULL,
   codec INTEGER NOT NULL,
-  bases TEXT
+  bases BLOB  -- a delta block's bases, 32 bytes each; NULL for a whole block
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
-CREATE TABLE IF NOT EXISTS delta_bases (
-  base TEXT NOT NULL,
-  block TEXT NOT NULL,
+CREATE INDEX IF NOT EXISTS indexed_blocks_by_pack ON indexed_blocks (pack);
+CREATE TABLE IF NOT EXISTS delta_links (
+  base BLOB NOT NULL,
+  block BLOB NOT NULL,
   PRIMARY KEY (base, block)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS delta_bases_by_block ON delta_bases (block);
+CREATE INDEX IF NOT EXISTS delta_links_by_block ON delta_links (block);
 CREATE TABLE IF NOT EXISTS features (
   feature INTEGER PRIMARY KEY,
   block INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS packs (
-  name TEXT PRIMARY KEY,
-  size INTEGER NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS marks (
   file TEXT PRIMARY KEY,
   mark TEXT NOT NULL
@@ -65,10 +85,39 @@ CREATE TABLE IF NOT EXISTS changes (
   id INTEGER PRIMARY KEY CHECK (id = 0),
   count INTEGER NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS block_removed AFTER DELETE ON blocks
+INSERT INTO changes (id, count) VALUES (0, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TRIGGER IF NOT EXISTS indexed_block_removed AFTER DELETE ON indexed_blocks
   BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; END;
-CREATE TRIGGER IF NOT EXISTS block_changed AFTER UPDATE ON blocks
+CREATE TRIGGER IF NOT EXISTS indexed_block_changed AFTER UPDATE ON indexed_blocks
   BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; END;
+)sql";
+
+// Format 1's tables as its last release left them, completed where an earlier one had not
+// made them yet (the first pack release had no packs or delta_bases, and no bases column:
+// MigrateFormat1 adds it), then copied into format 2 in key order and dropped.
+constexpr const char* kCompleteFormat1 = R"sql(
+CREATE TABLE IF NOT EXISTS packs (name TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delta_bases (
+  base TEXT NOT NULL, block TEXT NOT NULL, PRIMARY KEY (base, block)) WITHOUT ROWID;
+)sql";
+constexpr const char* kCopyFormat1 = R"sql(
+INSERT INTO indexed_packs (name, size) SELECT name, size FROM packs ORDER BY name;
+INSERT INTO indexed_packs (name, size)
+  SELECT DISTINCT pack, NULL FROM blocks WHERE pack NOT IN (SELECT name FROM packs);
+INSERT INTO indexed_blocks (hash, pack, offset, stored_length, raw_length, codec, bases)
+  SELECT ir_hex_key(b.hash), p.id, b.offset, b.stored_length, b.raw_length, b.codec,
+         ir_hex_key(b.bases)
+  FROM blocks b JOIN indexed_packs p ON p.name = b.pack
+  WHERE ir_hex_key(b.hash) IS NOT NULL ORDER BY b.hash;
+INSERT INTO delta_links (base, block)
+  SELECT ir_hex_key(base), ir_hex_key(block) FROM delta_bases
+  WHERE ir_hex_key(base) IS NOT NULL AND ir_hex_key(block) IS NOT NULL ORDER BY base, block;
+DROP TRIGGER IF EXISTS block_removed;
+DROP TRIGGER IF EXISTS block_changed;
+DROP TABLE blocks;
+DROP TABLE packs;
+DROP TABLE delta_bases;
+UPDATE changes SET count = count + 1 WHERE id = 0;
 )sql";
 
 // Positive answers kept for the next lookups, at most: every block of a 2 GiB image (~8 MiB
@@ -106,8 +155,97 @@ std::optional<int64_t> ChangeCount(sqlite::Connection& conn) {
   return s->Int(0);
 }
 
+// A block's hash as the index keys it: its 32 bytes.
+using IndexKey = std::array<char, kHashBytes>;
+
+// The value of each byte as a lowercase hex digit, or -1 (hashes are written in lowercase
+// only). A table, not branches: the digits of a hash are random, and a branch per digit
+// mispredicted often enough to cost ~250 ns per hash (8 ms of a no-op copy's 32,768 lookups).
+struct IndexHexDigits {
+  int8_t value[256];
+  constexpr IndexHexDigits() : value() {
+    for (int c = 0; c < 256; ++c) {
+      value[c] = c >= '0' && c <= '9'   ? static_cast<int8_t>(c - '0')
+                 : c >= 'a' && c <= 'f' ? static_cast<int8_t>(c - 'a' + 10)
+                                        : int8_t{-1};
+    }
+  }
+  int operator()(char c) const { return value[static_cast<unsigned char>(c)]; }
+};
+constexpr IndexHexDigits kIndexHexDigit;
+
+// The key of a hash of 64 lowercase hex digits; nullopt if `hex` is not one (no block is
+// indexed under it).
+std::optional<IndexKey> IndexKeyOf(std::string_view hex) {
+  if (hex.size() != 2 * kHashBytes) return std::nullopt;
+  IndexKey key;
+  int invalid = 0;  // negative once any digit is not one
+  for (size_t i = 0; i < kHashBytes; ++i) {
+    const int high = kIndexHexDigit(hex[2 * i]);
+    const int low = kIndexHexDigit(hex[2 * i + 1]);
+    invalid |= high | low;
+    key[i] = static_cast<char>(high << 4 | low);
+  }
+  if (invalid < 0) return std::nullopt;
+  return key;
+}
+
+IndexKey IndexKeyOrThrow(std::string_view hex) {
+  std::optional<IndexKey> key = IndexKeyOf(hex);
+  if (!key) throw std::invalid_argument("a block hash is 64 lowercase hex digits");
+  return *key;
+}
+
+std::string_view KeyBytes(const IndexKey& key) { return {key.data(), key.size()}; }
+
+// Bytes as lowercase hex digits: a key (32 bytes) as its hash, a delta's bases (32 bytes
+// each) as PackEntry::bases.
+std::string IndexHex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex(2 * bytes.size(), '0');
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    const auto b = static_cast<unsigned char>(bytes[i]);
+    hex[2 * i] = kDigits[b >> 4];
+    hex[2 * i + 1] = kDigits[b & 15];
+  }
+  return hex;
+}
+
+// PackEntry::bases (64 hex digits per base) as the index stores it: NULL for a whole block.
+std::optional<std::string> BasesKeys(const std::string& bases) {
+  if (bases.empty()) return std::nullopt;
+  std::string keys;
+  for (const std::string& base : SplitBases(bases)) {
+    const IndexKey key = IndexKeyOrThrow(base);
+    keys.append(key.data(), key.size());
+  }
+  return keys;
+}
+
+// ir_hex_key(text): the bytes of a hash or of joined hashes written in lowercase hex (format
+// 1's keys), NULL for NULL, empty or anything else. Registered on the connection that migrates.
+void SqlHexKey(sqlite3_context* context, int, sqlite3_value** args) {
+  const auto* text = sqlite3_value_text(args[0]);
+  const auto size = static_cast<size_t>(sqlite3_value_bytes(args[0]));
+  if (text == nullptr || size == 0 || size % (2 * kHashBytes) != 0) {
+    sqlite3_result_null(context);
+    return;
+  }
+  std::string bytes(size / 2, '\0');
+  for (size_t at = 0; at < size; at += 2 * kHashBytes) {
+    const std::optional<IndexKey> key =
+        IndexKeyOf({reinterpret_cast<const char*>(text) + at, 2 * kHashBytes});
+    if (!key) {
+      sqlite3_result_null(context);
+      return;
+    }
+    std::copy(key->begin(), key->end(), bytes.begin() + static_cast<std::ptrdiff_t>(at / 2));
+  }
+  sqlite3_result_blob64(context, bytes.data(), bytes.size(), SQLITE_TRANSIENT);
+}
+
 // A block as the resemblance index names it: the first 8 bytes of its hash (a row of 8
-// bytes rather than 64 hex digits: the index costs ~1 KB per 64 KiB block, not ~4).
+// bytes rather than the whole hash: the index costs ~1 KB per 64 KiB block, not ~4).
 int64_t HashPrefix(std::string_view hash) {
   uint64_t prefix = 0;
   for (size_t i = 0; i < 16 && i < hash.size(); ++i) {
@@ -117,12 +255,13 @@ int64_t HashPrefix(std::string_view hash) {
   return static_cast<int64_t>(prefix);
 }
 
-std::string PrefixHex(int64_t prefix) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex(16, '0');
+// The first 8 bytes of the keys a HashPrefix names (big-endian).
+std::string PrefixBytes(int64_t prefix) {
+  std::string bytes(8, '\0');
   auto value = static_cast<uint64_t>(prefix);
-  for (int i = 15; i >= 0; --i, value >>= 4) hex[static_cast<size_t>(i)] = kHex[value & 15];
-  return hex;
+  for (int i = 7; i >= 0; --i, value >>= 8)
+    bytes[static_cast<size_t>(i)] = static_cast<char>(value);
+  return bytes;
 }
 
 // The block a resemblance row names (by its hash's first 8 bytes, HashPrefix): the first
@@ -133,11 +272,11 @@ struct PrefixedBlock {
 };
 std::optional<PrefixedBlock> BlockWithPrefix(sqlite::Connection& conn, int64_t prefix) {
   sqlite::ScopedStatement s(
-      conn.Cached("SELECT hash, bases FROM blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
-  const std::string hex = PrefixHex(prefix);
-  s->BindAt(1, hex);
-  if (!s->Step() || s->TextView(0).substr(0, hex.size()) != hex) return std::nullopt;
-  return PrefixedBlock{s->Text(0), !s->IsNull(1)};
+      conn.Cached("SELECT hash, bases FROM indexed_blocks WHERE hash >= ? ORDER BY hash LIMIT 1"));
+  const std::string bytes = PrefixBytes(prefix);
+  s->BindAt(1, sqlite::Blob{bytes});
+  if (!s->Step() || s->BlobView(0).substr(0, bytes.size()) != bytes) return std::nullopt;
+  return PrefixedBlock{IndexHex(s->BlobView(0)), !s->IsNull(1)};
 }
 
 // Runs `fn` inside one transaction, rolled back if it throws.
@@ -169,6 +308,75 @@ sqlite::Connection OpenConnection(const std::filesystem::path& file) {
   }
   sqlite3_busy_timeout(raw, 5000);
   return conn;
+}
+
+int IndexFormat(sqlite::Connection& conn) {
+  sqlite::Statement s(conn.get(), "PRAGMA user_version");
+  return s.Step() ? static_cast<int>(s.Int(0)) : 0;
+}
+
+bool HasTable(sqlite::Connection& conn, const char* table) {
+  sqlite::Statement s(conn.get(), "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?");
+  return s.Bind(table).Step();
+}
+
+// Every table format 2 has (an index of this format without one was edited by hand).
+bool HasFormatTables(sqlite::Connection& conn) {
+  sqlite::Statement s(conn.get(),
+                      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN "
+                      "('indexed_blocks', 'indexed_packs', 'delta_links', 'features', 'marks', "
+                      "'changes')");
+  return s.Step() && s.Int(0) == 6;
+}
+
+bool HasColumn(sqlite::Connection& conn, const std::string& table, std::string_view column) {
+  sqlite::Statement s(conn.get(), "PRAGMA table_info(" + table + ")");
+  while (s.Step()) {
+    if (s.TextView(1) == column) return true;
+  }
+  return false;
+}
+
+// Copies a format 1 index into format 2 and drops its tables, inside the caller's
+// transaction: a crash leaves the index in format 1, whole, for the next open to move.
+void MigrateFormat1(sqlite::Connection& conn, const std::filesystem::path& file) {
+  const auto started = std::chrono::steady_clock::now();
+  conn.Exec(kCompleteFormat1);
+  // An index written before delta blocks has no `bases` column (NULL: whole blocks).
+  if (!HasColumn(conn, "blocks", "bases")) conn.Exec("ALTER TABLE blocks ADD COLUMN bases TEXT");
+  const int rc =
+      sqlite3_create_function(conn.get(), "ir_hex_key", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                              nullptr, SqlHexKey, nullptr, nullptr);
+  if (rc != SQLITE_OK) sqlite::ThrowSqlite(conn.get(), rc, "registering ir_hex_key");
+  conn.Exec(kCopyFormat1);
+  FailPoint("index.migrated");
+  sqlite::Statement count(conn.get(), "SELECT count(*) FROM indexed_blocks");
+  const int64_t blocks = count.Step() ? count.Int(0) : 0;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  Log(LogLevel::kInfo, "the block index " + file.string() + " moved to format " +
+                           std::to_string(kIndexFormat) + " (" + std::to_string(blocks) +
+                           " blocks, " + std::to_string(seconds) + " s)");
+}
+
+// Brings the index to kIndexFormat under the write lock (another process may have done it
+// meanwhile): a new file gets the schema, a format 1 index is migrated; a later format is
+// refused (its rows would be misread).
+void SetUpFormat(sqlite::Connection& conn, const std::filesystem::path& file) {
+  const int format = IndexFormat(conn);
+  if (format == kIndexFormat) return;
+  if (format > kIndexFormat) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "the block index " + file.string() + " is in format " +
+                            std::to_string(format) +
+                            ", written by a later release of "
+                            "imagerelay; this release reads formats 1 and " +
+                            std::to_string(kIndexFormat) + ": upgrade imagerelay to use it");
+  }
+  const bool format1 = HasTable(conn, "blocks");
+  conn.Exec(kSchema);
+  if (format1) MigrateFormat1(conn, file);
+  conn.Exec("PRAGMA user_version = " + std::to_string(kIndexFormat));
 }
 
 }  // namespace
@@ -206,22 +414,25 @@ std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) 
 
 std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path& file) {
   sqlite::Connection conn = OpenConnection(file);
-  conn.Exec(kSchema);
-  {
-    // An index written before delta blocks has no `bases` column: added (NULL: whole blocks).
-    bool has_bases = false;
-    sqlite::Statement columns(conn.get(), "PRAGMA table_info(blocks)");
-    while (columns.Step()) has_bases = has_bases || columns.TextView(1) == "bases";
-    if (!has_bases) conn.Exec("ALTER TABLE blocks ADD COLUMN bases TEXT");
+  conn.Exec(kPragmas);
+  // Looked at first without the write lock: an index in this format is opened without it.
+  if (IndexFormat(conn) != kIndexFormat) {
+    InTransaction(conn, "BEGIN IMMEDIATE", [&] { SetUpFormat(conn, file); });
+  } else if (!HasFormatTables(conn)) {
+    // A table dropped by hand: set aside and built again from the footers, as if damaged.
+    throw sqlite::SqliteError(SQLITE_CORRUPT, "the block index " + file.string(),
+                              "a table of format " + std::to_string(kIndexFormat) + " is missing");
   }
   {
-    // Written once, not at every open (an INSERT would take the write lock each time).
+    // Written once, not at every open (an INSERT would take the write lock each time); again
+    // if a hand deleted it.
     sqlite::Statement count(conn.get(), "SELECT count(*) FROM changes");
     if (count.Step() && count.Int(0) == 0) {
       conn.Exec("INSERT INTO changes (id, count) VALUES (0, 0) ON CONFLICT (id) DO NOTHING");
     }
   }
-  auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file), file});
+  auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file), file, nullptr});
+  db->checkpointer = std::make_unique<WalCheckpointer>(file, db->conn.get());
   return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
 }
 
@@ -297,22 +508,32 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
                             const std::vector<PackEntry>& entries,
                             const std::vector<std::pair<uint64_t, uint32_t>>& features,
                             bool require_bases, Added* added) {
+  int64_t pack = 0;
   {
+    // A pack named by blocks of a format 1 index but not listed (NULL size) is listed now.
     sqlite::ScopedStatement s(db_->conn.Cached(
-        "INSERT INTO packs (name, size) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"));
-    s->Bind(pack_id, pack_size).Run();
+        "INSERT INTO indexed_packs (name, size) VALUES (?, ?) ON CONFLICT (name) "
+        "DO UPDATE SET size = coalesce(indexed_packs.size, excluded.size) RETURNING id"));
+    if (!s->Bind(pack_id, pack_size).Step()) {
+      throw std::logic_error("indexing pack " + pack_id + ": no id returned");
+    }
+    pack = s->Int(0);
+    s->Run();
   }
   auto& insert = db_->conn.Cached(
-      "INSERT INTO blocks (hash, pack, offset, stored_length, raw_length, codec, bases) "
+      "INSERT INTO indexed_blocks (hash, pack, offset, stored_length, raw_length, codec, bases) "
       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
   auto& insert_base = db_->conn.Cached(
-      "INSERT INTO delta_bases (base, block) VALUES (?, ?) ON CONFLICT DO NOTHING");
-  auto& whole_block =
-      db_->conn.Cached("SELECT 1 FROM blocks WHERE hash = ? AND bases IS NULL AND codec != ?");
+      "INSERT INTO delta_links (base, block) VALUES (?, ?) ON CONFLICT DO NOTHING");
+  auto& whole_block = db_->conn.Cached(
+      "SELECT 1 FROM indexed_blocks WHERE hash = ? AND bases IS NULL AND codec != ?");
   auto bases_indexed = [&](const std::string& bases) {
     for (const std::string& base : SplitBases(bases)) {
       sqlite::ScopedStatement s(whole_block);
-      if (!s->Bind(base, static_cast<int>(BlockCodec::kZstdDelta)).Step()) return false;
+      const IndexKey key = IndexKeyOrThrow(base);
+      if (!s->Bind(sqlite::Blob{KeyBytes(key)}, static_cast<int>(BlockCodec::kZstdDelta)).Step()) {
+        return false;
+      }
     }
     return true;
   };
@@ -325,12 +546,14 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
   for (size_t i : by_hash) {
     const PackEntry& e = entries[i];
     if (require_bases && !e.bases.empty() && !bases_indexed(e.bases)) continue;
+    const IndexKey key = IndexKeyOrThrow(e.hash);
     {
       sqlite::ScopedStatement s(insert);
-      const std::optional<std::string> bases =
-          e.bases.empty() ? std::nullopt : std::optional<std::string>(e.bases);  // NULL: whole
-      s->Bind(e.hash, pack_id, e.offset, e.stored_length, e.raw_length, static_cast<int>(e.codec),
-              bases)
+      const std::optional<std::string> bases = BasesKeys(e.bases);  // NULL: whole
+      std::optional<sqlite::Blob> bases_blob;
+      if (bases) bases_blob = sqlite::Blob{*bases};
+      s->Bind(sqlite::Blob{KeyBytes(key)}, pack, e.offset, e.stored_length, e.raw_length,
+              static_cast<int>(e.codec), bases_blob)
           .Run();
     }
     // Only the copy indexed counts (a block indexed already keeps its place and its form).
@@ -339,7 +562,8 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
     if (added) added->rows.emplace_back(&pack_id, &e);
     for (const std::string& base : SplitBases(e.bases)) {
       sqlite::ScopedStatement s(insert_base);
-      s->Bind(base, e.hash).Run();
+      const IndexKey base_key = IndexKeyOrThrow(base);
+      s->Bind(sqlite::Blob{KeyBytes(base_key)}, sqlite::Blob{KeyBytes(key)}).Run();
     }
   }
   // The latest block with a feature is named by it (the likeliest to resemble what comes).
@@ -361,20 +585,21 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
 void BlockIndex::ForgetPack(const std::string& pack_id) {
   {
     // The bases its deltas named (a repack indexes them again where they go).
-    sqlite::ScopedStatement s(
-        db_->conn.Cached("DELETE FROM delta_bases WHERE block IN "
-                         "(SELECT hash FROM blocks WHERE pack = ? AND bases IS NOT NULL)"));
+    sqlite::ScopedStatement s(db_->conn.Cached(
+        "DELETE FROM delta_links WHERE block IN (SELECT hash FROM indexed_blocks WHERE pack = "
+        "(SELECT id FROM indexed_packs WHERE name = ?) AND bases IS NOT NULL)"));
     s->Bind(pack_id).Run();
   }
   {
-    sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM blocks WHERE pack = ?"));
+    sqlite::ScopedStatement s(db_->conn.Cached(
+        "DELETE FROM indexed_blocks WHERE pack = (SELECT id FROM indexed_packs WHERE name = ?)"));
     s->Bind(pack_id).Run();
   }
   {
     sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM marks WHERE file = ?"));
     s->Bind(pack_id).Run();
   }
-  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM packs WHERE name = ?"));
+  sqlite::ScopedStatement s(db_->conn.Cached("DELETE FROM indexed_packs WHERE name = ?"));
   s->Bind(pack_id).Run();
 }
 
@@ -385,28 +610,30 @@ void BlockIndex::RemovePack(const std::string& pack_id) {
 
 void BlockIndex::ForgetBlocks(const std::vector<std::string>& hashes,
                               std::vector<std::string>& removed) {
-  auto& dependents = db_->conn.Cached("SELECT block FROM delta_bases WHERE base = ?");
-  auto& drop_block = db_->conn.Cached("DELETE FROM blocks WHERE hash = ?");
-  auto& drop_bases = db_->conn.Cached("DELETE FROM delta_bases WHERE block = ?");
-  auto forget = [&](const std::string& hash) {
+  auto& dependents = db_->conn.Cached("SELECT block FROM delta_links WHERE base = ?");
+  auto& drop_block = db_->conn.Cached("DELETE FROM indexed_blocks WHERE hash = ?");
+  auto& drop_bases = db_->conn.Cached("DELETE FROM delta_links WHERE block = ?");
+  auto forget = [&](std::string_view key) {
     {
       sqlite::ScopedStatement s(drop_block);
-      s->Bind(hash).Run();
+      s->Bind(sqlite::Blob{key}).Run();
     }
     sqlite::ScopedStatement s(drop_bases);
-    s->Bind(hash).Run();
+    s->Bind(sqlite::Blob{key}).Run();
   };
   for (const std::string& hash : hashes) {
+    const std::optional<IndexKey> key = IndexKeyOf(hash);
+    if (!key) continue;                 // not a hash: never indexed
     std::vector<std::string> built_on;  // deltas are never bases: one level only
     {
       sqlite::ScopedStatement s(dependents);
-      s->Bind(hash);
-      while (s->Step()) built_on.push_back(s->Text(0));
+      s->Bind(sqlite::Blob{KeyBytes(*key)});
+      while (s->Step()) built_on.emplace_back(s->BlobView(0));
     }
-    forget(hash);
+    forget(KeyBytes(*key));
     for (const std::string& delta : built_on) {
       forget(delta);
-      removed.push_back(delta);
+      removed.push_back(IndexHex(delta));
     }
   }
 }
@@ -434,12 +661,12 @@ std::vector<std::string> BlockIndex::RemoveOrphanDeltas() {
     orphans.clear();
     {
       // A delta whose `bases` lost their rows (edited by hand) is an orphan too.
-      sqlite::ScopedStatement s(
-          db_->conn.Cached("SELECT DISTINCT block FROM delta_bases d "
-                           "WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = d.base) "
-                           "UNION SELECT hash FROM blocks b WHERE bases IS NOT NULL "
-                           "AND NOT EXISTS (SELECT 1 FROM delta_bases d WHERE d.block = b.hash)"));
-      while (s->Step()) orphans.push_back(s->Text(0));
+      sqlite::ScopedStatement s(db_->conn.Cached(
+          "SELECT DISTINCT block FROM delta_links d "
+          "WHERE NOT EXISTS (SELECT 1 FROM indexed_blocks b WHERE b.hash = d.base) "
+          "UNION SELECT hash FROM indexed_blocks b WHERE bases IS NOT NULL "
+          "AND NOT EXISTS (SELECT 1 FROM delta_links d WHERE d.block = b.hash)"));
+      while (s->Step()) orphans.push_back(IndexHex(s->BlobView(0)));
     }
     std::vector<std::string> none;
     ForgetBlocks(orphans, none);
@@ -451,8 +678,8 @@ void BlockIndex::ForEachDeltaBase(
     const std::function<void(const std::string&, const std::string&)>& fn) {
   std::lock_guard lock(read_mutex_);
   InTransaction(db_->reader, "BEGIN", [&] {
-    sqlite::ScopedStatement s(db_->reader.Cached("SELECT block, base FROM delta_bases"));
-    while (s->Step()) fn(s->Text(0), s->Text(1));
+    sqlite::ScopedStatement s(db_->reader.Cached("SELECT block, base FROM delta_links"));
+    while (s->Step()) fn(IndexHex(s->BlobView(0)), IndexHex(s->BlobView(1)));
   });
 }
 
@@ -529,33 +756,43 @@ size_t BlockIndex::PruneFeatures(size_t rows) {
 std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
   std::lock_guard lock(read_mutex_);
   sqlite::ScopedStatement s(db_->reader.Cached(
-      "SELECT hash, offset, stored_length, raw_length, codec, bases FROM blocks WHERE pack = ? "
-      "ORDER BY offset"));
+      "SELECT hash, offset, stored_length, raw_length, codec, bases FROM indexed_blocks "
+      "WHERE pack = (SELECT id FROM indexed_packs WHERE name = ?) ORDER BY offset"));
   s->Bind(pack_id);
   std::vector<PackEntry> entries;
   while (s->Step()) {
-    entries.push_back(PackEntry{s->Text(0), s->Uint(1), static_cast<uint32_t>(s->Uint(2)),
+    entries.push_back(PackEntry{IndexHex(s->BlobView(0)), s->Uint(1),
+                                static_cast<uint32_t>(s->Uint(2)),
                                 static_cast<uint32_t>(s->Uint(3)),
-                                static_cast<BlockCodec>(s->Int(4)), s->Text(5)});
+                                static_cast<BlockCodec>(s->Int(4)), IndexHex(s->BlobView(5))});
   }
   return entries;
 }
 
 std::vector<std::string> BlockIndex::Hashes() {
   std::lock_guard lock(read_mutex_);
-  sqlite::ScopedStatement s(db_->reader.Cached("SELECT hash FROM blocks ORDER BY hash"));
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT hash FROM indexed_blocks ORDER BY hash"));
   std::vector<std::string> hashes;
-  while (s->Step()) hashes.push_back(s->Text(0));
+  while (s->Step()) hashes.push_back(IndexHex(s->BlobView(0)));
   return hashes;
 }
 
 std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_t limit) {
   std::lock_guard lock(read_mutex_);
   sqlite::ScopedStatement s(
-      db_->reader.Cached("SELECT hash FROM blocks WHERE hash > ? ORDER BY hash LIMIT ?"));
-  s->Bind(after, static_cast<int64_t>(limit));
+      db_->reader.Cached("SELECT hash FROM indexed_blocks WHERE hash > ? ORDER BY hash LIMIT ?"));
+  // Hex digits in key order (lowercase: as the bytes they spell); "" is before every key.
+  if (after.size() % 2 != 0) throw std::invalid_argument("a block hash is lowercase hex digits");
+  std::string bound;
+  for (size_t i = 0; i < after.size(); i += 2) {
+    const int high = kIndexHexDigit(after[i]);
+    const int low = kIndexHexDigit(after[i + 1]);
+    if (high < 0 || low < 0) throw std::invalid_argument("a block hash is lowercase hex digits");
+    bound.push_back(static_cast<char>(high << 4 | low));
+  }
+  s->Bind(sqlite::Blob{bound}, static_cast<int64_t>(limit));
   std::vector<std::string> hashes;
-  while (s->Step()) hashes.push_back(s->Text(0));
+  while (s->Step()) hashes.push_back(IndexHex(s->BlobView(0)));
   return hashes;
 }
 
@@ -594,55 +831,78 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
     // rest in key order (SQLite's: bytes compared as unsigned), so that they are answered by
     // walking the table as a merge: sorted by the first 8 bytes of each key (big-endian)
     // first, the whole keys compared only on a tie.
-    std::vector<std::pair<uint64_t, size_t>> order;
+    // (16 bytes each, to sort; the keys beside them, compared only on a tie.)
+    struct Wanted {
+      uint64_t prefix;
+      uint32_t i;    // in hashes
+      uint32_t key;  // in keys
+    };
+    std::vector<Wanted> order;
+    std::vector<IndexKey> keys;
     for (size_t i = 0; i < hashes.size(); ++i) {
       const std::string& hash = hashes[i];
       if (auto it = known_.find(hash); it != known_.end()) {
         found(i, it->second);
         continue;
       }
+      const std::optional<IndexKey> key = IndexKeyOf(hash);
+      if (!key) continue;  // not a hash: never indexed
       uint64_t prefix = 0;
-      for (size_t b = 0; b < 8; ++b) {
-        prefix = prefix << 8 | (b < hash.size() ? static_cast<unsigned char>(hash[b]) : 0);
-      }
-      order.emplace_back(prefix, i);
+      for (size_t b = 0; b < 8; ++b) prefix = prefix << 8 | static_cast<unsigned char>((*key)[b]);
+      if (keys.empty()) keys.reserve(hashes.size() - i);
+      order.push_back(Wanted{prefix, static_cast<uint32_t>(i), static_cast<uint32_t>(keys.size())});
+      keys.push_back(*key);
     }
     if (keep) known_.reserve(std::min(kMaxKnown, known_.size() + order.size()));
     if (order.size() >= kReadAheadMinKeys) {
       ReadAhead(db_->file, order.size());
       ReadAhead(db_->file.string() + "-wal", order.size());
     }
-    std::sort(order.begin(), order.end(), [&](const auto& x, const auto& y) {
-      return x.first != y.first ? x.first < y.first : hashes[x.second] < hashes[y.second];
+    std::sort(order.begin(), order.end(), [&](const Wanted& x, const Wanted& y) {
+      return x.prefix != y.prefix
+                 ? x.prefix < y.prefix
+                 : std::memcmp(keys[x.key].data(), keys[y.key].data(), kHashBytes) < 0;
     });
+    // Pack numbers to the names of known_packs_, for this batch (one snapshot: a number
+    // names one pack throughout it).
+    std::unordered_map<int64_t, uint32_t> pack_ids;
+    auto pack_of = [&](int64_t pack) {
+      auto [it, added] = pack_ids.try_emplace(pack, 0);
+      if (added) {
+        sqlite::ScopedStatement s(
+            db_->reader.Cached("SELECT name FROM indexed_packs WHERE id = ?"));
+        it->second = PackId(s->Bind(pack).Step() ? s->TextView(0) : std::string_view());
+      }
+      return it->second;
+    };
     // A merge of the sorted keys with the table, in key order: one cursor, moved a few rows
     // on to reach the next key when the keys are dense in the table (a copy's plan against
     // a region holding the image's previous version: ~0.2 us a row), sought afresh (a B-tree
     // descent, ~3 us) when they are sparse.
     sqlite::ScopedStatement cursor(db_->reader.Cached(
-        "SELECT hash, pack, offset, stored_length, raw_length, codec, bases FROM blocks "
+        "SELECT hash, pack, offset, stored_length, raw_length, codec, bases FROM indexed_blocks "
         "WHERE hash >= ? ORDER BY hash"));
     bool on_row = false;      // the cursor is on a row (false: not sought yet, or past the end)
     bool stepped_to = false;  // the last key was reached by moving on, not by a seek
-    for (const auto& [prefix, i] : order) {
-      const std::string& key = hashes[i];
+    for (const Wanted& wanted : order) {
+      const std::string_view key = KeyBytes(keys[wanted.key]);
       int moves = stepped_to ? kMaxMoves : kMaxMovesAfterSeek;
-      while (on_row && cursor->TextView(0) < key && moves-- > 0) on_row = cursor->Step();
-      stepped_to = on_row && cursor->TextView(0) >= key;
+      while (on_row && cursor->BlobView(0) < key && moves-- > 0) on_row = cursor->Step();
+      stepped_to = on_row && cursor->BlobView(0) >= key;
       if (!stepped_to) {
         cursor->Reset();
-        cursor->BindBorrowedText(1, key);
+        cursor->BindBorrowedBlob(1, key);
         on_row = cursor->Step();
       }
-      if (!on_row || cursor->TextView(0) != key) continue;
-      const Found where{PackId(cursor->TextView(1)),
+      if (!on_row || cursor->BlobView(0) != key) continue;
+      const Found where{pack_of(cursor->Int(1)),
                         cursor->Uint(2),
                         static_cast<uint32_t>(cursor->Uint(3)),
                         static_cast<uint32_t>(cursor->Uint(4)),
                         static_cast<BlockCodec>(cursor->Int(5)),
-                        cursor->Text(6)};
-      found(i, where);
-      if (keep && known_.size() < kMaxKnown) known_.emplace(key, where);
+                        IndexHex(cursor->BlobView(6))};
+      found(wanted.i, where);
+      if (keep && known_.size() < kMaxKnown) known_.emplace(hashes[wanted.i], where);
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
@@ -732,13 +992,14 @@ BlockPresence BlockIndex::Presence(const std::vector<std::string>& hashes) {
 
 uint64_t BlockIndex::BlockCount() {
   std::lock_guard lock(read_mutex_);
-  sqlite::ScopedStatement s(db_->reader.Cached("SELECT count(*) FROM blocks"));
+  sqlite::ScopedStatement s(db_->reader.Cached("SELECT count(*) FROM indexed_blocks"));
   return s->Step() ? s->Uint(0) : 0;
 }
 
 std::vector<std::pair<std::string, uint64_t>> BlockIndex::Packs() {
   std::lock_guard lock(read_mutex_);
-  sqlite::ScopedStatement s(db_->reader.Cached("SELECT name, size FROM packs ORDER BY name"));
+  sqlite::ScopedStatement s(db_->reader.Cached(
+      "SELECT name, size FROM indexed_packs WHERE size IS NOT NULL ORDER BY name"));
   std::vector<std::pair<std::string, uint64_t>> packs;
   while (s->Step()) packs.emplace_back(s->Text(0), s->Uint(1));
   return packs;
