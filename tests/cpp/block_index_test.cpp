@@ -296,7 +296,8 @@ int64_t SqlNumber(const std::filesystem::path& file, const std::string& sql) {
 
 // An index written in format 1 answers every question as before once opened: it is moved to
 // format 2 in one transaction, its packs (sizes, marks), blocks, deltas and resemblance rows
-// kept; a row no release could have written (a key that is not a hash) is left behind.
+// kept; a row no release could have written (a key, or a delta's bases, that are not hashes)
+// is left behind.
 TEST(BlockIndexTest, AnIndexInTheFormatOfEarlierReleasesIsMovedOnOpenWithAllItHeld) {
   ScratchDir dir;
   const auto file = dir.path() / "index" / "blocks.sqlite";
@@ -321,7 +322,10 @@ TEST(BlockIndexTest, AnIndexInTheFormatOfEarlierReleasesIsMovedOnOpenWithAllItHe
                     "('" +
                     orphan_pack_block +
                     "', 'pack-z', 0, 10, 10, 0, NULL),"
-                    "('not-a-hash', 'pack-b', 2000, 10, 10, 0, NULL);"
+                    "('not-a-hash', 'pack-b', 2000, 10, 10, 0, NULL),"
+                    "('" +
+                    HashOfNumber(6) +
+                    "', 'pack-b', 2010, 10, 10, 2, 'not-bases');"
                     "INSERT INTO delta_bases VALUES ('" +
                     a + "', '" + delta + "'), ('" + b + "', '" + delta +
                     "');"
@@ -340,12 +344,14 @@ TEST(BlockIndexTest, AnIndexInTheFormatOfEarlierReleasesIsMovedOnOpenWithAllItHe
   EXPECT_EQ(index->BlockCount(), 5u);
   using Packs = std::vector<std::pair<std::string, uint64_t>>;
   EXPECT_EQ(index->Packs(), (Packs{{"pack-a", 3000}, {"pack-b", 2000}}));  // as listed
-  const auto found = index->Lookup({a, b, c, delta, orphan_pack_block, "not-a-hash"});
+  const auto found =
+      index->Lookup({a, b, c, delta, orphan_pack_block, "not-a-hash", HashOfNumber(6)});
   ASSERT_TRUE(found[0] && found[1] && found[2] && found[3] && found[4]);
   EXPECT_EQ(*found[1], (BlockLocation{"pack-a", 1000, 1000, 65536, BlockCodec::kZstd, ""}));
   EXPECT_EQ(*found[3], (BlockLocation{"pack-a", 2000, 100, 65536, BlockCodec::kZstdDelta, a + b}));
   EXPECT_EQ(found[4]->pack, "pack-z");
   EXPECT_FALSE(found[5]);
+  EXPECT_FALSE(found[6]);  // never read as a whole block
   EXPECT_EQ(index->EntriesOf("pack-a").size(), 3u);
   EXPECT_EQ(index->EntriesOf("pack-a")[2],
             (PackEntry{delta, 2000, 100, 65536, BlockCodec::kZstdDelta, a + b}));

@@ -108,7 +108,9 @@ INSERT INTO indexed_blocks (hash, pack, offset, stored_length, raw_length, codec
   SELECT ir_hex_key(b.hash), p.id, b.offset, b.stored_length, b.raw_length, b.codec,
          ir_hex_key(b.bases)
   FROM blocks b JOIN indexed_packs p ON p.name = b.pack
-  WHERE ir_hex_key(b.hash) IS NOT NULL ORDER BY b.hash;
+  WHERE ir_hex_key(b.hash) IS NOT NULL
+    AND (b.bases IS NULL OR b.bases = '' OR ir_hex_key(b.bases) IS NOT NULL)
+  ORDER BY b.hash;
 INSERT INTO delta_links (base, block)
   SELECT ir_hex_key(base), ir_hex_key(block) FROM delta_bases
   WHERE ir_hex_key(base) IS NOT NULL AND ir_hex_key(block) IS NOT NULL ORDER BY base, block;
@@ -341,6 +343,9 @@ bool HasColumn(sqlite::Connection& conn, const std::string& table, std::string_v
 // transaction: a crash leaves the index in format 1, whole, for the next open to move.
 void MigrateFormat1(sqlite::Connection& conn, const std::filesystem::path& file) {
   const auto started = std::chrono::steady_clock::now();
+  // Said before it starts: a large index takes a while (~7 s per million blocks here).
+  Log(LogLevel::kInfo, "moving the block index " + file.string() + " to format " +
+                           std::to_string(kIndexFormat) + " (once, after an upgrade)");
   conn.Exec(kCompleteFormat1);
   // An index written before delta blocks has no `bases` column (NULL: whole blocks).
   if (!HasColumn(conn, "blocks", "bases")) conn.Exec("ALTER TABLE blocks ADD COLUMN bases TEXT");
