@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "base/fail_point.hpp"
 #include "imagerelay/error.hpp"
@@ -416,6 +418,31 @@ TEST(BlockIndexTest, AMoveCutShortLeavesTheOldFormatAndALaterFormatIsRefused) {
   } catch (const TransferError& e) {
     EXPECT_NE(std::string(e.what()).find("format 3"), std::string::npos) << e.what();
   }
+}
+
+// An index another process is moving (its write lock held past the usual 5 s wait, as the
+// move of a large index does) is waited for, not reported unavailable.
+TEST(BlockIndexTest, AnOpenWaitsForAnotherProcessMovingTheIndex) {
+  ScratchDir dir;
+  const auto file = dir.path() / "blocks.sqlite";
+  ExecElsewhere(file, Format1Schema());
+  ExecElsewhere(file,
+                "INSERT INTO packs VALUES ('pack-a', 3000);"
+                "INSERT INTO blocks VALUES ('" +
+                    HashOfNumber(1) + "', 'pack-a', 0, 1000, 65536, 1, NULL);");
+  sqlite3* mover = nullptr;
+  ASSERT_EQ(sqlite3_open(file.c_str(), &mover), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(mover, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(6500));
+    sqlite3_exec(mover, "COMMIT", nullptr, nullptr, nullptr);
+  });
+  std::unique_ptr<BlockIndex> index;
+  EXPECT_NO_THROW(index = BlockIndex::Open(file));
+  release.join();
+  sqlite3_close(mover);
+  ASSERT_TRUE(index);
+  EXPECT_EQ(index->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
 }
 
 // An index of this format missing one of its tables (dropped by hand) is set aside as damaged

@@ -45,6 +45,11 @@ namespace {
 // Format 1 (tables blocks, packs, delta_bases; user_version 0) is migrated on open
 // (MigrateFormat1).
 constexpr int kIndexFormat = 2;
+// How long a statement waits for another connection's write lock: the usual, and while the
+// index may be being moved to kIndexFormat by another process (an hour: a region of 200 GiB
+// moves in well under a minute, even on a slow disk).
+constexpr int kBusyWaitMs = 5000;
+constexpr int kMoveWaitMs = 3600 * 1000;
 
 constexpr const char* kPragmas = R"sql(
 PRAGMA journal_mode = WAL;
@@ -308,7 +313,7 @@ sqlite::Connection OpenConnection(const std::filesystem::path& file) {
                         "cannot open the block index " + file.string() + ": " +
                             (raw ? sqlite3_errmsg(raw) : "out of memory"));
   }
-  sqlite3_busy_timeout(raw, 5000);
+  sqlite3_busy_timeout(raw, kBusyWaitMs);
   return conn;
 }
 
@@ -422,7 +427,11 @@ std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path&
   conn.Exec(kPragmas);
   // Looked at first without the write lock: an index in this format is opened without it.
   if (IndexFormat(conn) != kIndexFormat) {
+    // Another process may be moving a large index (~7 s per million blocks): wait for it
+    // rather than fail after the usual 5 s.
+    sqlite3_busy_timeout(conn.get(), kMoveWaitMs);
     InTransaction(conn, "BEGIN IMMEDIATE", [&] { SetUpFormat(conn, file); });
+    sqlite3_busy_timeout(conn.get(), kBusyWaitMs);
   } else if (!HasFormatTables(conn)) {
     // A table dropped by hand: set aside and built again from the footers, as if damaged.
     throw sqlite::SqliteError(SQLITE_CORRUPT, "the block index " + file.string(),
