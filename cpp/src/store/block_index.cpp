@@ -162,8 +162,7 @@ std::optional<int64_t> ChangeCount(sqlite::Connection& conn) {
   return s->Int(0);
 }
 
-// A block's hash as the index keys it: its 32 bytes.
-using IndexKey = std::array<char, kHashBytes>;
+static_assert(std::tuple_size_v<BlockKey> == kHashBytes);
 
 // The value of each byte as a lowercase hex digit, or -1 (hashes are written in lowercase
 // only). A table, not branches: the digits of a hash are random, and a branch per digit
@@ -183,9 +182,9 @@ constexpr IndexHexDigits kIndexHexDigit;
 
 // The key of a hash of 64 lowercase hex digits; nullopt if `hex` is not one (no block is
 // indexed under it).
-std::optional<IndexKey> IndexKeyOf(std::string_view hex) {
+std::optional<BlockKey> BlockKeyOf(std::string_view hex) {
   if (hex.size() != 2 * kHashBytes) return std::nullopt;
-  IndexKey key;
+  BlockKey key;
   int invalid = 0;  // negative once any digit is not one
   for (size_t i = 0; i < kHashBytes; ++i) {
     const int high = kIndexHexDigit(hex[2 * i]);
@@ -197,13 +196,13 @@ std::optional<IndexKey> IndexKeyOf(std::string_view hex) {
   return key;
 }
 
-IndexKey IndexKeyOrThrow(std::string_view hex) {
-  std::optional<IndexKey> key = IndexKeyOf(hex);
+BlockKey BlockKeyOrThrow(std::string_view hex) {
+  std::optional<BlockKey> key = BlockKeyOf(hex);
   if (!key) throw std::invalid_argument("a block hash is 64 lowercase hex digits");
   return *key;
 }
 
-std::string_view KeyBytes(const IndexKey& key) { return {key.data(), key.size()}; }
+std::string_view KeyBytes(const BlockKey& key) { return {key.data(), key.size()}; }
 
 // Bytes as lowercase hex digits: a key (32 bytes) as its hash, a delta's bases (32 bytes
 // each) as PackEntry::bases.
@@ -223,7 +222,7 @@ std::optional<std::string> BasesKeys(const std::string& bases) {
   if (bases.empty()) return std::nullopt;
   std::string keys;
   for (const std::string& base : SplitBases(bases)) {
-    const IndexKey key = IndexKeyOrThrow(base);
+    const BlockKey key = BlockKeyOrThrow(base);
     keys.append(key.data(), key.size());
   }
   return keys;
@@ -240,8 +239,8 @@ void SqlHexKey(sqlite3_context* context, int, sqlite3_value** args) {
   }
   std::string bytes(size / 2, '\0');
   for (size_t at = 0; at < size; at += 2 * kHashBytes) {
-    const std::optional<IndexKey> key =
-        IndexKeyOf({reinterpret_cast<const char*>(text) + at, 2 * kHashBytes});
+    const std::optional<BlockKey> key =
+        BlockKeyOf({reinterpret_cast<const char*>(text) + at, 2 * kHashBytes});
     if (!key) {
       sqlite3_result_null(context);
       return;
@@ -494,8 +493,10 @@ void BlockIndex::Remember(const Added& added) {
   if (*added.changes != known_at_) ForgetKeptLocked(*added.changes);
   for (const auto& [pack, entry] : added.rows) {
     if (known_.size() >= kMaxKnown) break;
-    known_.try_emplace(entry->hash, Found{PackId(*pack), entry->offset, entry->stored_length,
-                                          entry->raw_length, entry->codec, entry->bases});
+    const std::optional<BlockKey> key = BlockKeyOf(entry->hash);
+    if (!key) continue;
+    known_.try_emplace(*key, Found{PackId(*pack), entry->offset, entry->stored_length,
+                                   entry->raw_length, entry->codec, entry->bases});
   }
 }
 
@@ -544,7 +545,7 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
   auto bases_indexed = [&](const std::string& bases) {
     for (const std::string& base : SplitBases(bases)) {
       sqlite::ScopedStatement s(whole_block);
-      const IndexKey key = IndexKeyOrThrow(base);
+      const BlockKey key = BlockKeyOrThrow(base);
       if (!s->Bind(sqlite::Blob{KeyBytes(key)}, static_cast<int>(BlockCodec::kZstdDelta)).Step()) {
         return false;
       }
@@ -560,7 +561,7 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
   for (size_t i : by_hash) {
     const PackEntry& e = entries[i];
     if (require_bases && !e.bases.empty() && !bases_indexed(e.bases)) continue;
-    const IndexKey key = IndexKeyOrThrow(e.hash);
+    const BlockKey key = BlockKeyOrThrow(e.hash);
     {
       sqlite::ScopedStatement s(insert);
       const std::optional<std::string> bases = BasesKeys(e.bases);  // NULL: whole
@@ -576,7 +577,7 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
     if (added) added->rows.emplace_back(&pack_id, &e);
     for (const std::string& base : SplitBases(e.bases)) {
       sqlite::ScopedStatement s(insert_base);
-      const IndexKey base_key = IndexKeyOrThrow(base);
+      const BlockKey base_key = BlockKeyOrThrow(base);
       s->Bind(sqlite::Blob{KeyBytes(base_key)}, sqlite::Blob{KeyBytes(key)}).Run();
     }
   }
@@ -636,7 +637,7 @@ void BlockIndex::ForgetBlocks(const std::vector<std::string>& hashes,
     s->Bind(sqlite::Blob{key}).Run();
   };
   for (const std::string& hash : hashes) {
-    const std::optional<IndexKey> key = IndexKeyOf(hash);
+    const std::optional<BlockKey> key = BlockKeyOf(hash);
     if (!key) continue;                 // not a hash: never indexed
     std::vector<std::string> built_on;  // deltas are never bases: one level only
     {
@@ -852,15 +853,14 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
       uint32_t key;  // in keys
     };
     std::vector<Wanted> order;
-    std::vector<IndexKey> keys;
+    std::vector<BlockKey> keys;
     for (size_t i = 0; i < hashes.size(); ++i) {
-      const std::string& hash = hashes[i];
-      if (auto it = known_.find(hash); it != known_.end()) {
+      const std::optional<BlockKey> key = BlockKeyOf(hashes[i]);
+      if (!key) continue;  // not a hash: never indexed
+      if (auto it = known_.find(*key); it != known_.end()) {
         found(i, it->second);
         continue;
       }
-      const std::optional<IndexKey> key = IndexKeyOf(hash);
-      if (!key) continue;  // not a hash: never indexed
       uint64_t prefix = 0;
       for (size_t b = 0; b < 8; ++b) prefix = prefix << 8 | static_cast<unsigned char>((*key)[b]);
       if (keys.empty()) keys.reserve(hashes.size() - i);
@@ -916,7 +916,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
                         static_cast<BlockCodec>(cursor->Int(5)),
                         IndexHex(cursor->BlobView(6))};
       found(wanted.i, where);
-      if (keep && known_.size() < kMaxKnown) known_.emplace(hashes[wanted.i], where);
+      if (keep && known_.size() < kMaxKnown) known_.emplace(keys[wanted.key], where);
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
@@ -937,7 +937,8 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
 
 bool BlockIndex::Kept(const std::string& hash) {
   std::lock_guard lock(read_mutex_);
-  return known_.contains(hash);
+  const std::optional<BlockKey> key = BlockKeyOf(hash);
+  return key && known_.contains(*key);
 }
 
 std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(
@@ -946,7 +947,8 @@ std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(
     std::lock_guard lock(read_mutex_);
     std::vector<std::optional<BlockLocation>> out;
     for (const std::string& hash : hashes) {
-      auto it = known_.find(hash);
+      const std::optional<BlockKey> key = BlockKeyOf(hash);
+      auto it = key ? known_.find(*key) : known_.end();
       if (it == known_.end()) break;
       out.emplace_back(LocationOf(it->second));
     }
