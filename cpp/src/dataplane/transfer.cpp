@@ -10,6 +10,7 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -50,11 +51,21 @@ ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
   plan.first = first;
   std::vector<std::string> window = manifest.Hashes(first, kManifestWindow);
   plan.entry_chunk.reserve(window.size());
-  // Keyed by views of plan.hashes' own strings: reserved whole, they never move, and each
-  // name is moved there from the window, not copied.
+  // Each name is moved into plan.hashes from the window, not copied. The names already
+  // there are found through an open-addressed table of their positions (a power of two at
+  // least twice the window, probed linearly): no node allocated per name, as a map's were
+  // (~3 ms of a no-op copy of 32,768 blocks).
   plan.hashes.reserve(window.size());
-  std::unordered_map<std::string_view, size_t, ChunkNameHash> index;
-  index.reserve(window.size());
+  constexpr uint32_t kFree = std::numeric_limits<uint32_t>::max();
+  int bits = 4;
+  while ((size_t{1} << bits) < 2 * window.size()) ++bits;
+  const size_t capacity = size_t{1} << bits;
+  std::vector<uint32_t> slots(capacity, kFree);
+  const ChunkNameHash name_hash;
+  // The high bits of a multiplicative hash (its low bits follow a few hex digits only).
+  const auto slot_of = [&](const std::string& name) {
+    return static_cast<size_t>((name_hash(name) * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
+  };
   for (size_t i = 0; i < window.size(); ++i) {
     std::string& hash = window[i];
     const uint64_t length = manifest.ChunkLength(first + i);
@@ -62,17 +73,19 @@ ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
       plan.entry_chunk.push_back(-1);
       continue;
     }
-    auto it = index.find(hash);
-    if (it == index.end()) {
+    size_t at = slot_of(hash);
+    while (slots[at] != kFree && plan.hashes[slots[at]] != hash) at = (at + 1) & (capacity - 1);
+    if (slots[at] == kFree) {
+      slots[at] = static_cast<uint32_t>(plan.hashes.size());
       plan.hashes.push_back(std::move(hash));
-      it = index.emplace(plan.hashes.back(), plan.hashes.size() - 1).first;
       plan.length.push_back(length);
       plan.covered.push_back(0);
       plan.entries.push_back(0);
     }
-    plan.covered[it->second] += length;
-    ++plan.entries[it->second];
-    plan.entry_chunk.push_back(static_cast<int64_t>(it->second));
+    const uint32_t chunk = slots[at];
+    plan.covered[chunk] += length;
+    ++plan.entries[chunk];
+    plan.entry_chunk.push_back(static_cast<int64_t>(chunk));
   }
   return plan;
 }
