@@ -380,16 +380,21 @@ TEST(BlockIndexTest, AnIndexInTheFormatOfEarlierReleasesIsMovedOnOpenWithAllItHe
   EXPECT_EQ(index->Packs().size(), 2u);
 }
 
-// A crash in the move leaves format 1 whole (one transaction), moved at the next open; an
-// index in a format this release does not know is refused, not misread.
-TEST(BlockIndexTest, AMoveCutShortLeavesTheOldFormatAndALaterFormatIsRefused) {
-  ScratchDir dir;
-  const auto file = dir.path() / "blocks.sqlite";
+// A format 1 index holding block 1 in pack-a.
+void WriteFormat1WithOneBlock(const std::filesystem::path& file) {
   ExecElsewhere(file, Format1Schema());
   ExecElsewhere(file,
                 "INSERT INTO packs VALUES ('pack-a', 3000);"
                 "INSERT INTO blocks VALUES ('" +
                     HashOfNumber(1) + "', 'pack-a', 0, 1000, 65536, 1, NULL);");
+}
+
+// A crash in the move leaves format 1 whole (one transaction), moved at the next open; an
+// index in a format this release does not know is refused, not misread.
+TEST(BlockIndexTest, AMoveCutShortLeavesTheOldFormatAndALaterFormatIsRefused) {
+  ScratchDir dir;
+  const auto file = dir.path() / "blocks.sqlite";
+  WriteFormat1WithOneBlock(file);
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
@@ -425,11 +430,7 @@ TEST(BlockIndexTest, AMoveCutShortLeavesTheOldFormatAndALaterFormatIsRefused) {
 TEST(BlockIndexTest, AnOpenWaitsForAnotherProcessMovingTheIndex) {
   ScratchDir dir;
   const auto file = dir.path() / "blocks.sqlite";
-  ExecElsewhere(file, Format1Schema());
-  ExecElsewhere(file,
-                "INSERT INTO packs VALUES ('pack-a', 3000);"
-                "INSERT INTO blocks VALUES ('" +
-                    HashOfNumber(1) + "', 'pack-a', 0, 1000, 65536, 1, NULL);");
+  WriteFormat1WithOneBlock(file);
   sqlite3* mover = nullptr;
   ASSERT_EQ(sqlite3_open(file.c_str(), &mover), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(mover, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);

@@ -1,6 +1,6 @@
-// A hash for maps keyed by chunk (block) names: hex SHA-256 digests, whose first 16 digits
-// are as good a hash as any and cost nothing next to hashing all 64 (a copy's plan and a
-// region's kept index answers take every block of an image window).
+// A hash for maps keyed by chunk (block) names: hex SHA-256 digests, whose first 16 digits,
+// mixed, are as good a hash as any and cost nothing next to hashing all 64 (a copy's plan
+// takes every block of an image window).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +18,10 @@ struct ChunkNameHash {
     uint64_t b;
     std::memcpy(&a, name.data(), sizeof a);
     std::memcpy(&b, name.data() + sizeof a, sizeof b);
-    return static_cast<size_t>(a * 0x9E3779B97F4A7C15ULL ^ b);
+    // Mixed so that every bit depends on all 16 digits: a table that keeps the low bits only
+    // (a power of two: PlanChunks) would otherwise see a few digits of each name.
+    const uint64_t h = (a ^ (b << 32 | b >> 32)) * 0x9E3779B97F4A7C15ULL;
+    return static_cast<size_t>(h ^ h >> 29);
   }
 };
 

@@ -57,15 +57,10 @@ ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
   // (~3 ms of a no-op copy of 32,768 blocks).
   plan.hashes.reserve(window.size());
   constexpr uint32_t kFree = std::numeric_limits<uint32_t>::max();
-  int bits = 4;
-  while ((size_t{1} << bits) < 2 * window.size()) ++bits;
-  const size_t capacity = size_t{1} << bits;
+  size_t capacity = 16;
+  while (capacity < 2 * window.size()) capacity <<= 1;
   std::vector<uint32_t> slots(capacity, kFree);
   const ChunkNameHash name_hash;
-  // The high bits of a multiplicative hash (its low bits follow a few hex digits only).
-  const auto slot_of = [&](const std::string& name) {
-    return static_cast<size_t>((name_hash(name) * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
-  };
   for (size_t i = 0; i < window.size(); ++i) {
     std::string& hash = window[i];
     const uint64_t length = manifest.ChunkLength(first + i);
@@ -73,7 +68,7 @@ ChunkPlan PlanChunks(const Manifest& manifest, uint64_t first) {
       plan.entry_chunk.push_back(-1);
       continue;
     }
-    size_t at = slot_of(hash);
+    size_t at = name_hash(hash) & (capacity - 1);
     while (slots[at] != kFree && plan.hashes[slots[at]] != hash) at = (at + 1) & (capacity - 1);
     if (slots[at] == kFree) {
       slots[at] = static_cast<uint32_t>(plan.hashes.size());

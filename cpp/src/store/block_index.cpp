@@ -164,35 +164,11 @@ std::optional<int64_t> ChangeCount(sqlite::Connection& conn) {
 
 static_assert(std::tuple_size_v<BlockKey> == kHashBytes);
 
-// The value of each byte as a lowercase hex digit, or -1 (hashes are written in lowercase
-// only). A table, not branches: the digits of a hash are random, and a branch per digit
-// mispredicted often enough to cost ~250 ns per hash (8 ms of a no-op copy's 32,768 lookups).
-struct IndexHexDigits {
-  int8_t value[256];
-  constexpr IndexHexDigits() : value() {
-    for (int c = 0; c < 256; ++c) {
-      value[c] = c >= '0' && c <= '9'   ? static_cast<int8_t>(c - '0')
-                 : c >= 'a' && c <= 'f' ? static_cast<int8_t>(c - 'a' + 10)
-                                        : int8_t{-1};
-    }
-  }
-  int operator()(char c) const { return value[static_cast<unsigned char>(c)]; }
-};
-constexpr IndexHexDigits kIndexHexDigit;
-
 // The key of a hash of 64 lowercase hex digits; nullopt if `hex` is not one (no block is
 // indexed under it).
 std::optional<BlockKey> BlockKeyOf(std::string_view hex) {
-  if (hex.size() != 2 * kHashBytes) return std::nullopt;
   BlockKey key;
-  int invalid = 0;  // negative once any digit is not one
-  for (size_t i = 0; i < kHashBytes; ++i) {
-    const int high = kIndexHexDigit(hex[2 * i]);
-    const int low = kIndexHexDigit(hex[2 * i + 1]);
-    invalid |= high | low;
-    key[i] = static_cast<char>(high << 4 | low);
-  }
-  if (invalid < 0) return std::nullopt;
+  if (!ReadHashHex(hex, reinterpret_cast<std::byte*>(key.data()))) return std::nullopt;
   return key;
 }
 
@@ -204,15 +180,12 @@ BlockKey BlockKeyOrThrow(std::string_view hex) {
 
 std::string_view KeyBytes(const BlockKey& key) { return {key.data(), key.size()}; }
 
-// Bytes as lowercase hex digits: a key (32 bytes) as its hash, a delta's bases (32 bytes
-// each) as PackEntry::bases.
+// Hashes' bytes (32 each: a key, or a delta's bases) as their hex digits (its hash, or
+// PackEntry::bases).
 std::string IndexHex(std::string_view bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string hex(2 * bytes.size(), '0');
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    const auto b = static_cast<unsigned char>(bytes[i]);
-    hex[2 * i] = kDigits[b >> 4];
-    hex[2 * i + 1] = kDigits[b & 15];
+  std::string hex(2 * (bytes.size() - bytes.size() % kHashBytes), '0');
+  for (size_t at = 0; at + kHashBytes <= bytes.size(); at += kHashBytes) {
+    WriteHashHex(reinterpret_cast<const std::byte*>(bytes.data() + at), hex.data() + 2 * at);
   }
   return hex;
 }
@@ -800,8 +773,8 @@ std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_
   if (after.size() % 2 != 0) throw std::invalid_argument("a block hash is lowercase hex digits");
   std::string bound;
   for (size_t i = 0; i < after.size(); i += 2) {
-    const int high = kIndexHexDigit(after[i]);
-    const int low = kIndexHexDigit(after[i + 1]);
+    const int high = LowerHexDigit(after[i]);
+    const int low = LowerHexDigit(after[i + 1]);
     if (high < 0 || low < 0) throw std::invalid_argument("a block hash is lowercase hex digits");
     bound.push_back(static_cast<char>(high << 4 | low));
   }
