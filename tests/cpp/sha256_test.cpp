@@ -33,6 +33,28 @@ TEST(Sha256Test, IncrementalEqualsOneShotAndResetsAfterFinish) {
   EXPECT_EQ(sha.FinishHex(), Sha256Hex("abc", 3));
 }
 
+// Update feeds its input a step (1 KiB) at a time with the next step prefetched: lengths
+// around the steps, whole and split at odd places, against the standard million-'a' vector
+// and against byte-sized updates (which never take the stepped path).
+TEST(Sha256Test, LongUpdatesHashAlikeAtEveryLengthAroundTheirSteps) {
+  const std::string million(1000000, 'a');
+  EXPECT_EQ(Sha256Hex(million.data(), million.size()),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  std::mt19937 random(7);
+  std::vector<unsigned char> data(3 * 1024 + 7);
+  for (auto& byte : data) byte = static_cast<unsigned char>(random());
+  for (size_t len : {1023UL, 1024UL, 1025UL, 2047UL, 2048UL, 2049UL, 3 * 1024UL + 7}) {
+    Sha256 bytewise;
+    for (size_t i = 0; i < len; ++i) bytewise.Update(&data[i], 1);
+    const std::string expected = bytewise.FinishHex();
+    EXPECT_EQ(Sha256Hex(data.data(), len), expected) << len;
+    Sha256 split;
+    split.Update(data.data(), 5);
+    split.Update(data.data() + 5, len - 5);
+    EXPECT_EQ(split.FinishHex(), expected) << len;
+  }
+}
+
 TEST(Sha256Test, MovedHashKeepsState) {
   Sha256 a;
   a.Update("ab", 2);

@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <new>
@@ -59,8 +60,22 @@ Sha256::Sha256(Sha256&&) noexcept = default;
 Sha256& Sha256::operator=(Sha256&&) noexcept = default;
 
 void Sha256::Update(const void* data, size_t len) {
-  if (len == 0) return;
-  Check(EVP_DigestUpdate(impl_->ctx.get(), data, len), "digest update");
+  // SHA-NI hashes ~1.6 GB/s from the caches but ~1.05 GB/s from memory on this kind of
+  // machine: it reads its input a 64-byte block at a time and the hardware prefetcher does
+  // not keep ahead of it (measured on 1 GiB). Fed a step at a time with the next step
+  // prefetched, it runs at cache speed on data a read just brought in by DMA (an import's
+  // and a copy's blocks, read with O_DIRECT).
+  constexpr size_t kStep = 1024;
+  constexpr size_t kLine = 64;
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  while (len > kStep) {
+    const size_t next = std::min(kStep, len - kStep);
+    for (size_t line = 0; line < next; line += kLine) __builtin_prefetch(bytes + kStep + line);
+    Check(EVP_DigestUpdate(impl_->ctx.get(), bytes, kStep), "digest update");
+    bytes += kStep;
+    len -= kStep;
+  }
+  if (len > 0) Check(EVP_DigestUpdate(impl_->ctx.get(), bytes, len), "digest update");
 }
 
 void Sha256::UpdateZeros(uint64_t n) {
