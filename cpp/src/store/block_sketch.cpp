@@ -158,11 +158,15 @@ void SketchBlock(std::span<const std::byte> block, std::vector<uint64_t>& out) {
   out.clear();
   out.reserve((block.size() + kSketchPage - 1) / kSketchPage * kSuperFeaturesPerPage);
   // Per thread rather than on the stack (32 KiB): SketchBlock may run on small-stack threads.
-  thread_local std::array<uint64_t, kSketchMaxPositions> hashes;
+  // Reached through a pointer loaded once: a thread_local array's own address, propagated
+  // into SketchPage, had the loop call __tls_get_addr (dynamic TLS in a shared library) on
+  // every round, 5% of a full copy's CPU.
+  thread_local std::vector<uint64_t> window_hashes(kSketchMaxPositions);
+  uint64_t* const hashes = window_hashes.data();
   for (size_t at = 0; at < block.size(); at += kSketchPage) {
     const size_t size = std::min(kSketchPage, block.size() - at);
     if (size < kSketchMinPage || IsZeroPage(block.data() + at, size)) continue;
-    SketchPage(block.data() + at, size, hashes.data(), out);
+    SketchPage(block.data() + at, size, hashes, out);
   }
 }
 
