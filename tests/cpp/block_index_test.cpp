@@ -269,15 +269,31 @@ TEST(BlockIndexTest, ABatchInAnyOrderGetsEachKeysOwnAnswer) {
   }
 }
 
-// The index as the releases before format 2 made it (tests/fixtures), with a changes count.
-std::string Format1Schema() {
+// What a process of the releases before format 2 runs as it opens an index (tests/fixtures).
+std::string Format1Tables() {
   std::ifstream file(std::filesystem::path(IMAGERELAY_TEST_FIXTURES_DIR) /
                      "block_index_format1.sql");
   std::stringstream sql;
   sql << file.rdbuf();
   EXPECT_NE(sql.str().find("CREATE TABLE IF NOT EXISTS blocks"), std::string::npos);
-  return "PRAGMA journal_mode = WAL;" + sql.str() +
-         "INSERT INTO changes (id, count) VALUES (0, 7);";
+  return "PRAGMA journal_mode = WAL;" + sql.str();
+}
+
+// The index as the releases before format 2 made it, with a changes count.
+std::string Format1Schema() {
+  return Format1Tables() + "INSERT INTO changes (id, count) VALUES (0, 7);";
+}
+
+// The error running `sql` on the index gives ("" if none).
+std::string ErrorOfExec(const std::filesystem::path& file, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open(file.c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
+  std::string message = rc == SQLITE_OK ? "" : (error ? error : "failed");
+  sqlite3_free(error);
+  sqlite3_close(db);
+  return message;
 }
 
 // The first 16 hex digits of a hash as a resemblance row names its block (HashPrefix).
@@ -339,10 +355,12 @@ TEST(BlockIndexTest, AnIndexInTheFormatOfEarlierReleasesIsMovedOnOpenWithAllItHe
 
   auto index = BlockIndex::Open(file);
   EXPECT_EQ(SqlNumber(file, "PRAGMA user_version"), 2);
+  // Format 1's tables gone; `blocks` is the view that stops earlier releases' processes.
   EXPECT_EQ(SqlNumber(file,
                       "SELECT count(*) FROM sqlite_schema WHERE name IN "
-                      "('blocks', 'packs', 'delta_bases', 'block_removed')"),
+                      "('blocks', 'packs', 'delta_bases', 'block_removed') AND type != 'view'"),
             0);
+  EXPECT_EQ(SqlNumber(file, "SELECT count(*) FROM sqlite_schema WHERE type = 'view'"), 1);
   EXPECT_EQ(index->BlockCount(), 5u);
   using Packs = std::vector<std::pair<std::string, uint64_t>>;
   EXPECT_EQ(index->Packs(), (Packs{{"pack-a", 3000}, {"pack-b", 2000}}));  // as listed
@@ -444,6 +462,56 @@ TEST(BlockIndexTest, AnOpenWaitsForAnotherProcessMovingTheIndex) {
   sqlite3_close(mover);
   ASSERT_TRUE(index);
   EXPECT_EQ(index->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
+}
+
+// A process of an earlier release makes its tables where they are missing: in an index of
+// this format, made anew or moved, the view in the name of its table makes its open fail (a
+// view cannot be indexed) rather than keep a second index beside this one.
+TEST(BlockIndexTest, AProcessOfAnEarlierReleaseCannotOpenAnIndexOfThisFormat) {
+  ScratchDir dir;
+  const auto made = dir.path() / "made.sqlite";
+  BlockIndex::Open(made)->AddPack("pack-a", 1000, Entries(0, 3));
+  const auto moved = dir.path() / "moved.sqlite";
+  WriteFormat1WithOneBlock(moved);
+  BlockIndex::Open(moved);
+  for (const auto& file : {made, moved}) {
+    const std::string error = ErrorOfExec(file, Format1Tables());
+    EXPECT_NE(error.find("view"), std::string::npos) << file << ": " << error;
+    EXPECT_EQ(SqlNumber(file,
+                        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                        "name IN ('blocks', 'packs', 'delta_bases')"),
+              0);
+    EXPECT_EQ(BlockIndex::Open(file)->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
+  }
+}
+
+// An index made in this format before the view (by the release that brought the format) gets
+// it at its next open, keeping its marks; where a process of an earlier release had made its
+// tables meanwhile, they are dropped and every mark with them, so that each pack is read
+// whole again before it is vouched for (that process may have found damage this index was
+// never told of).
+TEST(BlockIndexTest, TablesAnEarlierReleaseMadeInThisFormatAreDroppedWithEveryMark) {
+  ScratchDir dir;
+  const auto file = dir.path() / "blocks.sqlite";
+  {
+    auto index = BlockIndex::Open(file);
+    index->AddPack("pack-a", 1000, Entries(0, 3));
+    index->SetMark("pack-a", "mark-a");
+  }
+  ExecElsewhere(file, "DROP VIEW blocks");
+  EXPECT_EQ(BlockIndex::Open(file)->MarkOf("pack-a"), "mark-a");
+  EXPECT_NE(ErrorOfExec(file, Format1Tables()), "");
+
+  ExecElsewhere(file, "DROP VIEW blocks");
+  ExecElsewhere(file, Format1Tables());  // as a process of an earlier release opened it
+  auto index = BlockIndex::Open(file);
+  EXPECT_EQ(index->MarkOf("pack-a"), "");
+  EXPECT_EQ(index->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
+  EXPECT_EQ(SqlNumber(file,
+                      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                      "name IN ('blocks', 'packs', 'delta_bases')"),
+            0);
+  EXPECT_NE(ErrorOfExec(file, Format1Tables()), "");
 }
 
 // An index of this format missing one of its tables (dropped by hand) is set aside as damaged

@@ -44,6 +44,8 @@ def write_as_format1(db: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        # No earlier release made the view that stops its processes in format 2.
+        conn.execute("DROP VIEW IF EXISTS blocks")
         for statement in FORMAT1_SCHEMA.split(";\n"):  # a trigger's own `;` ends no line
             if statement.strip(" \n-"):
                 conn.execute(statement)
@@ -104,6 +106,12 @@ def test_a_home_whose_indexes_are_in_the_earlier_format_works_after_the_upgrade(
     for region in ("bj", "gz"):
         db = index_file(home, region)
         assert user_version(db) == 2
+        assert not {"blocks", "packs", "delta_bases"} & tables(db)
+        # A process of an earlier release started now fails to open it (its index on
+        # `blocks` cannot be made on the view there) rather than keep an index of its own.
+        with sqlite3.connect(db) as conn, pytest.raises(sqlite3.OperationalError,
+                                                        match="view"):
+            conn.executescript(FORMAT1_SCHEMA)
         assert not {"blocks", "packs", "delta_bases"} & tables(db)
     # Nothing lost in the move (gz untouched since: every row as before)...
     assert stored_blocks(home, "gz") == held["gz"]["blocks"]

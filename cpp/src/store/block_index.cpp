@@ -316,6 +316,50 @@ bool HasColumn(sqlite::Connection& conn, const std::string& table, std::string_v
   return false;
 }
 
+// Processes of the releases before format 2 make their tables where they are missing (CREATE
+// TABLE IF NOT EXISTS blocks ...) and would then keep a second index beside this one, each
+// blind to what the other forgets (a block found damaged, a pack repacked). A view in the
+// name of their table makes their open fail instead: every one of them indexes it next
+// (CREATE INDEX blocks_by_pack ON blocks), and a view cannot be indexed.
+constexpr const char* kEarlierReleasesStop =
+    "CREATE VIEW blocks AS SELECT 'the block index is in format 2: stop processes of earlier "
+    "releases of imagerelay' AS hash WHERE 0";
+
+// What `blocks` is in the index: "view" (the guard above), "table" (format 1's), or "".
+std::string KindOfBlocks(sqlite::Connection& conn) {
+  sqlite::Statement s(conn.get(), "SELECT type FROM sqlite_schema WHERE name = 'blocks'");
+  return s.Step() ? std::string(s.TextView(0)) : std::string();
+}
+
+// Puts the guard into an index of this format that lacks it (made by the release that
+// brought format 2), under the write lock. Tables of an earlier release found there were
+// made by one of its processes after the move: they are dropped, and every mark with them
+// (what that process found damaged, this index was never told: each pack and chunk file is
+// read whole again before it is vouched for).
+void StopEarlierReleases(sqlite::Connection& conn, const std::filesystem::path& file) {
+  if (KindOfBlocks(conn) == "view") return;
+  InTransaction(conn, "BEGIN IMMEDIATE", [&] {
+    const std::string kind = KindOfBlocks(conn);
+    if (kind == "view") return;
+    if (kind == "table") {
+      Log(LogLevel::kWarning,
+          "the block index " + file.string() +
+              " holds tables that a process of an earlier release of imagerelay made after it "
+              "moved to format " +
+              std::to_string(kIndexFormat) +
+              ": stop the processes of earlier releases that use this region. Their tables are "
+              "dropped, and every pack is read whole again before it is vouched for");
+      conn.Exec(
+          "DROP TABLE IF EXISTS blocks; DROP TABLE IF EXISTS packs; "
+          "DROP TABLE IF EXISTS delta_bases; DELETE FROM marks;");
+    } else if (!kind.empty()) {
+      throw sqlite::SqliteError(SQLITE_CORRUPT, "the block index " + file.string(),
+                                "`blocks` is a " + kind);
+    }
+    conn.Exec(kEarlierReleasesStop);
+  });
+}
+
 // Copies a format 1 index into format 2 and drops its tables, inside the caller's
 // transaction: a crash leaves the index in format 1, whole, for the next open to move.
 void MigrateFormat1(sqlite::Connection& conn, const std::filesystem::path& file) {
@@ -358,6 +402,7 @@ void SetUpFormat(sqlite::Connection& conn, const std::filesystem::path& file) {
   const bool format1 = HasTable(conn, "blocks");
   conn.Exec(kSchema);
   if (format1) MigrateFormat1(conn, file);
+  conn.Exec(kEarlierReleasesStop);
   conn.Exec("PRAGMA user_version = " + std::to_string(kIndexFormat));
 }
 
@@ -408,6 +453,8 @@ std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path&
     // A table dropped by hand: set aside and built again from the footers, as if damaged.
     throw sqlite::SqliteError(SQLITE_CORRUPT, "the block index " + file.string(),
                               "a table of format " + std::to_string(kIndexFormat) + " is missing");
+  } else {
+    StopEarlierReleases(conn, file);
   }
   {
     // Written once, not at every open (an INSERT would take the write lock each time); again
