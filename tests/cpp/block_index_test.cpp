@@ -514,6 +514,35 @@ TEST(BlockIndexTest, TablesAnEarlierReleaseMadeInThisFormatAreDroppedWithEveryMa
   EXPECT_NE(ErrorOfExec(file, Format1Tables()), "");
 }
 
+// Rows no release writes (an index edited by hand, or damaged) name no block: a pack number no
+// pack has (an object store would have vouched for a block in no pack), a delta whose bases
+// are not whole hashes (it read as a whole block), a codec or a length no block has, a hash
+// that is not 32 bytes (the sweep took its first 32 for another block's). Lookups, presence
+// and a pack's entries leave them out, and nothing throws.
+TEST(BlockIndexTest, RowsNoReleaseWritesNameNoBlock) {
+  ScratchDir dir;
+  const auto file = dir.path() / "blocks.sqlite";
+  BlockIndex::Open(file)->AddPack("pack-a", 6000, Entries(0, 6));
+  auto key = [](uint64_t n) { return "x'" + HashOfNumber(n) + "'"; };
+  ExecElsewhere(
+      file, "UPDATE indexed_blocks SET pack = 999 WHERE hash = " + key(0) + ";" +
+                "UPDATE indexed_blocks SET codec = 2, bases = x'0102' WHERE hash = " + key(1) +
+                ";" + "UPDATE indexed_blocks SET codec = 7 WHERE hash = " + key(2) + ";" +
+                "UPDATE indexed_blocks SET stored_length = 1099511627776 WHERE hash = " + key(3) +
+                ";" + "UPDATE indexed_blocks SET raw_length = -1 WHERE hash = " + key(4) + ";" +
+                "UPDATE indexed_blocks SET hash = x'" + HashOfNumber(5) +
+                "ff' WHERE hash = " + key(5) + ";");
+  auto index = BlockIndex::Open(file);
+  std::vector<std::string> hashes;
+  for (uint64_t n = 0; n < 6; ++n) hashes.push_back(HashOfNumber(n));
+  for (const auto& where : index->Lookup(hashes)) EXPECT_FALSE(where);
+  for (int32_t pack : index->Presence(hashes).pack_of) EXPECT_EQ(pack, -1);
+  EXPECT_TRUE(index->EntriesOf("pack-a").empty());
+  // A good row beside them is still found.
+  index->AddPack("pack-b", 1000, Entries(6, 1));
+  EXPECT_EQ(index->Lookup({HashOfNumber(6)})[0]->pack, "pack-b");
+}
+
 // An index of this format missing one of its tables (dropped by hand) is set aside as damaged
 // and made anew, for its store to fill from the packs' footers, never half used.
 TEST(BlockIndexTest, AnIndexMissingATableIsSetAsideAndMadeAnew) {

@@ -12,6 +12,7 @@
 #include <ctime>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <stdexcept>
 #include <unordered_map>
 #include <utility>
@@ -188,6 +189,25 @@ std::string IndexHex(std::string_view bytes) {
     WriteHashHex(reinterpret_cast<const std::byte*>(bytes.data() + at), hex.data() + 2 * at);
   }
   return hex;
+}
+
+// A row as a release writes it: a 32-byte hash, an offset and lengths a block in a pack can
+// have, and a whole block's codec with no bases or a delta's with 1 to kMaxBases of 32 bytes.
+// Any other row (edited by hand, or damaged) names no block: it is not indexed, and nothing
+// is read, trusted or forgotten by it (its pack holds the block, if any: a reconcile or a
+// rebuild finds it there).
+bool RowNamesABlock(std::string_view hash, int64_t offset, int64_t stored_length,
+                    int64_t raw_length, int64_t codec, std::string_view bases) {
+  if (hash.size() != kHashBytes || offset < 0 || stored_length < 0 || raw_length < 0 ||
+      stored_length > kMaxBlockBytes || raw_length > kMaxBlockBytes) {
+    return false;
+  }
+  if (codec == static_cast<int64_t>(BlockCodec::kZstdDelta)) {
+    return !bases.empty() && bases.size() % kHashBytes == 0 &&
+           bases.size() / kHashBytes <= kMaxBases;
+  }
+  return bases.empty() && (codec == static_cast<int64_t>(BlockCodec::kRaw) ||
+                           codec == static_cast<int64_t>(BlockCodec::kZstd));
 }
 
 // PackEntry::bases (64 hex digits per base) as the index stores it: NULL for a whole block.
@@ -796,6 +816,10 @@ std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
   s->Bind(pack_id);
   std::vector<PackEntry> entries;
   while (s->Step()) {
+    if (!RowNamesABlock(s->BlobView(0), s->Int(1), s->Int(2), s->Int(3), s->Int(4),
+                        s->BlobView(5))) {
+      continue;
+    }
     entries.push_back(PackEntry{IndexHex(s->BlobView(0)), s->Uint(1),
                                 static_cast<uint32_t>(s->Uint(2)),
                                 static_cast<uint32_t>(s->Uint(3)),
@@ -899,13 +923,14 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
     });
     // Pack numbers to the names of known_packs_, for this batch (one snapshot: a number
     // names one pack throughout it).
-    std::unordered_map<int64_t, uint32_t> pack_ids;
+    // A number no pack has (a row edited by hand, or damaged): nullopt, the row no block.
+    std::unordered_map<int64_t, std::optional<uint32_t>> pack_ids;
     auto pack_of = [&](int64_t pack) {
-      auto [it, added] = pack_ids.try_emplace(pack, 0);
+      auto [it, added] = pack_ids.try_emplace(pack, std::nullopt);
       if (added) {
         sqlite::ScopedStatement s(
             db_->reader.Cached("SELECT name FROM indexed_packs WHERE id = ?"));
-        it->second = PackId(s->Bind(pack).Step() ? s->TextView(0) : std::string_view());
+        if (s->Bind(pack).Step() && !s->TextView(0).empty()) it->second = PackId(s->TextView(0));
       }
       return it->second;
     };
@@ -929,7 +954,13 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
         on_row = cursor->Step();
       }
       if (!on_row || cursor->BlobView(0) != key) continue;
-      const Found where{pack_of(cursor->Int(1)),
+      if (!RowNamesABlock(key, cursor->Int(2), cursor->Int(3), cursor->Int(4), cursor->Int(5),
+                          cursor->BlobView(6))) {
+        continue;
+      }
+      const std::optional<uint32_t> pack = pack_of(cursor->Int(1));
+      if (!pack) continue;
+      const Found where{*pack,
                         cursor->Uint(2),
                         static_cast<uint32_t>(cursor->Uint(3)),
                         static_cast<uint32_t>(cursor->Uint(4)),
