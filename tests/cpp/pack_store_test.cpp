@@ -101,7 +101,11 @@ class FaultyPacks : public PackFiles {
     }
     return whole;
   }
+  // Called before each stat (a store vouching for a pack looks at it first): lets a test act
+  // as another writer at that moment.
+  std::function<void(const std::string& name)> before_stat;
   std::optional<PackStat> StatPack(const std::string& name) override {
+    if (before_stat) before_stat(name);
     return real_.StatPack(name);
   }
   void KeepChunkMarksIn(FileMarks* marks) override { real_.KeepChunkMarksIn(marks); }
@@ -894,6 +898,44 @@ TEST(PackStoreTest, ASweepCutShortAtAnyStepLosesNothingAndTheNextFinishesIt) {
 
 // The first release stamped its chunk files' modification time and trusted the stamp, which
 // a hand can set back: under a pack store they are vouched for by marks, as packs are.
+// A lookup that finds a pack damaged asks the index again; a pack another writer committed
+// meanwhile, in that second answer, is vouched for too (it was counted unlooked-at), so its
+// damaged block is not counted present.
+TEST(PackStoreTest, APackCommittedWhileAnotherIsRecheckedIsVouchedForToo) {
+  ScratchDir dir;
+  const std::vector<std::byte> x = RandomBlock(300), y = RandomBlock(301);
+  {
+    auto [faults, store] = OpenPacked(dir.path());
+    store->PutChunk(HashOf(x), x);
+    store->Flush();
+  }
+  const std::vector<fs::path> first = PackFilesIn(dir.path());
+  ASSERT_EQ(first.size(), 1u);
+  auto flip = [](const fs::path& pack) {
+    std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(kBlock / 2));
+    const char was = static_cast<char>(f.get());
+    f.seekp(static_cast<std::streamoff>(kBlock / 2));
+    f.put(static_cast<char>(was ^ 0x5a));
+  };
+  flip(first[0]);
+  auto [faults, store] = OpenPacked(dir.path());
+  bool written = false;
+  faults->before_stat = [&](const std::string&) {
+    if (std::exchange(written, true)) return;
+    // Another writer commits y in a pack of its own, damaged after its commit.
+    auto [other_faults, other] = OpenPacked(dir.path());
+    other->PutChunk(HashOf(y), y);
+    other->Flush();
+    for (const fs::path& pack : PackFilesIn(dir.path())) {
+      if (pack != first[0]) flip(pack);
+    }
+  };
+  EXPECT_EQ(store->HasChunks({HashOf(x), HashOf(y)}, nullptr, {kBlock, kBlock}),
+            (std::vector<bool>{false, false}));
+  EXPECT_TRUE(written);
+}
+
 TEST(PackStoreTest, AChunkFileOfAnEarlierReleaseTamperedBehindAForgedTimeIsNotVouchedFor) {
   ScratchDir dir;
   auto old_a = RandomBlock(11, 4 << 20);

@@ -318,14 +318,30 @@ std::vector<bool> PackStore::HasChunks(const std::vector<std::string>& hashes,
   // when a copy plans or confirms before it commits: the first lookup after a flush lists
   // packs/ once (an import's lookups between flushes, one per 4 MiB, do not).
   if (packs_.RemoteReads() && reconcile_due_.exchange(false)) Reconcile();
-  BlockPresence found = Index().Presence(hashes);
   // One look at each pack, however many of its blocks are asked for. A pack not vouched for
-  // had its bad blocks forgotten (or vanished): what is still indexed then is right.
-  bool forgot = false;
-  for (const std::string& pack : found.packs) {
-    if (!Vouch(pack)) forgot = true;
+  // had its bad blocks forgotten (or vanished), and the index is asked again: the packs of
+  // that answer are vouched for in turn (another writer may have committed one meanwhile),
+  // until an answer holds only packs vouched for. One that never settles counts nothing.
+  constexpr int kMaxAnswers = 4;
+  std::unordered_set<std::string> vouched;
+  BlockPresence found;
+  for (int answer = 1;; ++answer) {
+    found = Index().Presence(hashes);
+    bool forgot = false;
+    for (const std::string& pack : found.packs) {
+      if (vouched.contains(pack)) continue;
+      if (Vouch(pack)) {
+        vouched.insert(pack);
+      } else {
+        forgot = true;
+      }
+    }
+    if (!forgot) break;
+    if (answer == kMaxAnswers) {
+      found.pack_of.assign(hashes.size(), -1);
+      break;
+    }
   }
-  if (forgot) found = Index().Presence(hashes);
   std::vector<bool> present(hashes.size(), false);
   std::vector<std::string> rest;
   std::vector<uint64_t> rest_lengths;
