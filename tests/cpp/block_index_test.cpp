@@ -1,7 +1,9 @@
 #include "store/block_index.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <thread>
 
 #include "base/fail_point.hpp"
+#include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
@@ -554,6 +557,33 @@ TEST(BlockIndexTest, AnIndexMissingATableIsSetAsideAndMadeAnew) {
   EXPECT_EQ(index->BlockCount(), 0u);
   index->AddPack("pack-a", 1000, Entries(0, 3));
   EXPECT_EQ(index->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
+  size_t aside = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    aside += entry.path().filename().string().starts_with("blocks.sqlite.damaged-") ? 1 : 0;
+  }
+  EXPECT_EQ(aside, 1u);
+}
+
+// Processes that find the index damaged together set it aside one at a time, each only if it
+// is still damaged when its turn comes: the one after does not set aside (nor remove the log
+// of) the index the one before made anew.
+TEST(BlockIndexTest, ADamagedIndexIsSetAsideOnceWhenSeveralFindItSo) {
+  ScratchDir dir;
+  const auto file = dir.path() / "blocks.sqlite";
+  std::ofstream(file) << std::string(8192, 'x');  // no database
+  // This thread acts as the process that found it damaged first: it holds the lock.
+  UniqueFd lock(::open((file.string() + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  ASSERT_TRUE(lock);
+  ASSERT_EQ(::flock(lock.get(), LOCK_EX), 0);
+  std::unique_ptr<BlockIndex> second;
+  std::thread other([&] { second = BlockIndex::Open(file); });  // finds it damaged, waits
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::filesystem::rename(file, file.string() + ".damaged-first");
+  BlockIndex::Open(file)->AddPack("pack-a", 1000, Entries(0, 3));
+  ::flock(lock.get(), LOCK_UN);
+  other.join();
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
   size_t aside = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
     aside += entry.path().filename().string().starts_with("blocks.sqlite.damaged-") ? 1 : 0;

@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -20,6 +22,7 @@
 #include "base/binary_codec.hpp"
 #include "base/fail_point.hpp"
 #include "base/sqlite_util.hpp"
+#include "base/unique_fd.hpp"
 #include "base/wal_checkpointer.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/log.hpp"
@@ -428,35 +431,65 @@ void SetUpFormat(sqlite::Connection& conn, const std::filesystem::path& file) {
 
 }  // namespace
 
+namespace {
+
+bool IsIndexDamage(const sqlite::SqliteError& e) {
+  const int primary = e.rc() & 0xff;
+  return primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT;
+}
+
+[[noreturn]] void IndexUnavailable(const std::filesystem::path& file,
+                                   const sqlite::SqliteError& e) {
+  throw TransferError(codes::kStoreUnavailable,
+                      "cannot open the block index " + file.string() + ": " + e.sqlite_message());
+}
+
+}  // namespace
+
 std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) {
   std::error_code ec;
   std::filesystem::create_directories(file.parent_path(), ec);
   try {
     return OpenOrThrow(file);
   } catch (const sqlite::SqliteError& e) {
-    const int primary = e.rc() & 0xff;
-    if (primary != SQLITE_NOTADB && primary != SQLITE_CORRUPT) {
-      throw TransferError(codes::kStoreUnavailable, "cannot open the block index " + file.string() +
-                                                        ": " + e.sqlite_message());
-    }
-    // A cache of the packs' footers: a damaged one is set aside and built again from them
-    // (its packs then have no marks, so each is re-read before it is vouched for).
-    const std::filesystem::path aside =
-        file.string() + ".damaged-" + std::to_string(std::time(nullptr));
-    std::filesystem::rename(file, aside, ec);
-    if (ec) {
-      throw TransferError(codes::kStoreUnavailable,
-                          "the block index " + file.string() + " is damaged (" +
-                              e.sqlite_message() + ") and cannot be set aside: " + ec.message());
-    }
-    for (const char* suffix : {"-wal", "-shm"}) {
-      std::filesystem::remove(file.string() + suffix, ec);
-    }
-    Log(LogLevel::kWarning, "the block index " + file.string() + " is damaged (" +
-                                e.sqlite_message() + "); set aside as " + aside.string() +
-                                ", and built again from the packs' footers");
-    return OpenOrThrow(file);
+    if (!IsIndexDamage(e)) IndexUnavailable(file, e);
   }
+  // A cache of the packs' footers: a damaged one is set aside and built again from them (its
+  // packs then have no marks, so each is re-read before it is vouched for). One process at a
+  // time, and only if the file is still damaged once it holds the lock: processes that found
+  // it damaged together would otherwise each set aside what the one before had made anew
+  // (and remove its log).
+  const std::string lock_path = file.string() + ".lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!lock || ::flock(lock.get(), LOCK_EX) != 0) {
+    throw TransferError(codes::kStoreUnavailable, "the block index " + file.string() +
+                                                      " is damaged and cannot be locked to set "
+                                                      "it aside: " +
+                                                      std::strerror(errno));
+  }
+  std::string why;
+  try {
+    return OpenOrThrow(file);  // made anew by another process meanwhile
+  } catch (const sqlite::SqliteError& e) {
+    if (!IsIndexDamage(e)) IndexUnavailable(file, e);
+    why = e.sqlite_message();
+  }
+  const std::filesystem::path aside = file.string() + ".damaged-" +
+                                      std::to_string(std::time(nullptr)) + "-" +
+                                      std::to_string(::getpid());
+  std::filesystem::rename(file, aside, ec);
+  if (ec) {
+    throw TransferError(codes::kStoreUnavailable, "the block index " + file.string() +
+                                                      " is damaged (" + why +
+                                                      ") and cannot be set aside: " + ec.message());
+  }
+  for (const char* suffix : {"-wal", "-shm"}) {
+    std::filesystem::remove(file.string() + suffix, ec);
+  }
+  Log(LogLevel::kWarning, "the block index " + file.string() + " is damaged (" + why +
+                              "); set aside as " + aside.string() +
+                              ", and built again from the packs' footers");
+  return OpenOrThrow(file);
 }
 
 std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path& file) {
