@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -817,6 +818,34 @@ TEST(PackStoreTest, SweepDropsDeadPacksAndRepacksMostlyDeadOnes) {
   fs::remove_all(dir / "index");
   auto reopened = OpenPacked(dir.path());
   EXPECT_EQ(reopened.store->ListChunks().size(), 5u);
+}
+
+// An index row that puts a block past its pack's end (edited by hand, or damaged) makes the
+// sweep that rewrites the pack forget that block as damaged, never read outside the pack.
+TEST(PackStoreTest, ARowPastItsPacksEndIsForgottenByTheSweepThatRewritesThePack) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());  // 4 blocks per pack
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(400 + i));
+  for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+  store->Flush();
+  ASSERT_EQ(PackFilesIn(dir.path()).size(), 2u);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() / "index" / "blocks.sqlite").c_str(), &db), SQLITE_OK);
+  const std::string edit =
+      "UPDATE indexed_blocks SET offset = 1073741824 WHERE hash = x'" + HashOf(blocks[0]) + "'";
+  ASSERT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  // Live: blocks 0 and 4, one of each pack: both packs are rewritten.
+  MarkSet marked;
+  for (int i : {0, 4}) marked.Add(HashOf(blocks[i]));
+  const SweepResult result = store->SweepUnmarked(marked);
+  EXPECT_EQ(store->HasChunks({HashOf(blocks[0]), HashOf(blocks[4])}),
+            (std::vector<bool>{false, true}));
+  std::vector<std::byte> out;
+  store->GetChunk(HashOf(blocks[4]), out);
+  EXPECT_EQ(out, blocks[4]);
+  EXPECT_GE(result.chunks_removed, 6u);
 }
 
 // A read takes a planned block's location from the plan, not from a lookup of its own; a

@@ -1413,14 +1413,24 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
     }
     damaged.emplace_back(hash, why);
   };
+  // The entry's stored bytes in `pack_bytes`; nullopt if the index puts them past its end.
+  auto stored_in = [](std::span<const std::byte> pack_bytes,
+                      const PackEntry& entry) -> std::optional<std::span<const std::byte>> {
+    if (entry.offset > pack_bytes.size() ||
+        entry.stored_length > pack_bytes.size() - entry.offset) {
+      return std::nullopt;
+    }
+    return pack_bytes.subspan(static_cast<size_t>(entry.offset), entry.stored_length);
+  };
   // True if every one of `entries` decodes from `pack_bytes` to its hash.
   auto all_decode = [&](std::span<const std::byte> pack_bytes, const std::string& pack,
                         const std::vector<PackEntry>& entries) {
     std::vector<std::byte> out;
     for (const PackEntry& entry : entries) {
+      const std::optional<std::span<const std::byte>> stored = stored_in(pack_bytes, entry);
+      if (!stored) return false;
       try {
-        DecodeEntry(pack_bytes.subspan(entry.offset, entry.stored_length), entry, out, pack,
-                    /*direct=*/true);
+        DecodeEntry(*stored, entry, out, pack, /*direct=*/true);
       } catch (const DamagedChunkError&) {
         return false;
       }
@@ -1493,14 +1503,18 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
       continue;
     }
     for (const PackEntry& entry : live) {
-      const std::span<const std::byte> stored(whole.data() + entry.offset, entry.stored_length);
+      const std::optional<std::span<const std::byte>> stored = stored_in(whole, entry);
+      if (!stored) {
+        forget(entry.hash, Where(pack) + " ends before the block the index puts in it");
+        continue;
+      }
       try {
-        DecodeEntry(stored, entry, raw, pack, /*direct=*/true);
+        DecodeEntry(*stored, entry, raw, pack, /*direct=*/true);
       } catch (const DamagedChunkError& e) {
         forget(entry.hash, e.what());
         continue;
       }
-      repacked.AddEncoded(entry.hash, {entry.codec, stored}, entry.raw_length, entry.bases);
+      repacked.AddEncoded(entry.hash, {entry.codec, *stored}, entry.raw_length, entry.bases);
     }
     replaced.push_back(pack);
     result.chunks_removed += dead;
