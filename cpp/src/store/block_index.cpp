@@ -322,13 +322,16 @@ bool HasTable(sqlite::Connection& conn, const char* table) {
   return s.Bind(table).Step();
 }
 
-// Every table format 2 has (an index of this format without one was edited by hand).
+// Every table format 2 has, and the triggers that count the block rows removed or changed
+// (without one, answers kept would outlive a removal): an index of this format missing any
+// was edited by hand.
 bool HasFormatTables(sqlite::Connection& conn) {
   sqlite::Statement s(conn.get(),
-                      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN "
+                      "SELECT count(*) FROM sqlite_schema WHERE (type = 'table' AND name IN "
                       "('indexed_blocks', 'indexed_packs', 'delta_links', 'features', 'marks', "
-                      "'changes')");
-  return s.Step() && s.Int(0) == 6;
+                      "'changes')) OR (type = 'trigger' AND tbl_name = 'indexed_blocks' AND "
+                      "name IN ('indexed_block_removed', 'indexed_block_changed'))");
+  return s.Step() && s.Int(0) == 8;
 }
 
 bool HasColumn(sqlite::Connection& conn, const std::string& table, std::string_view column) {
