@@ -59,20 +59,20 @@ std::vector<std::byte> Edited(std::vector<std::byte> block, uint32_t seed) {
   return block;
 }
 
-struct Region {
+struct OpenedRegion {
   std::unique_ptr<PackStore> store;
   std::vector<std::pair<std::string, std::string>> reports;  // (hash, why) the store reported
 };
 
-std::unique_ptr<Region> Open(const fs::path& root, bool deltas = true) {
-  auto region = std::make_unique<Region>();
+std::unique_ptr<OpenedRegion> Open(const fs::path& root, bool deltas = true) {
+  auto region = std::make_unique<OpenedRegion>();
   auto local = std::make_unique<LocalStore>(root);
   PackFiles& files = *local;
   PackStoreOptions options;
   options.pack_size = 4 * kBlock;
   options.deltas = deltas;
   region->store = std::make_unique<PackStore>(std::move(local), files, options);
-  Region* r = region.get();
+  OpenedRegion* r = region.get();
   region->store->SetDamageHandler(
       [r](const std::string& hash, const std::string& why) { r->reports.emplace_back(hash, why); });
   region->store->Check();
@@ -104,7 +104,7 @@ void FlipByte(const fs::path& file, uint64_t offset) {
 struct ScratchRegion {
   ScratchDir dir;
   fs::path root = dir.path() / "r";
-  std::unique_ptr<Region> region = Open(root);
+  std::unique_ptr<OpenedRegion> region = Open(root);
   PackStore& store = *region->store;
 };
 
@@ -126,7 +126,7 @@ struct TwoVersions {
 // A region holding one block of v1 and, as a delta on it, the same block of v2.
 struct OneDelta {
   fs::path root;
-  std::unique_ptr<Region> region;
+  std::unique_ptr<OpenedRegion> region;
   TwoVersions versions;
   std::string base, delta;
   explicit OneDelta(const fs::path& at) : root(at), region(Open(at)), versions(*region->store, 1) {

@@ -3,12 +3,31 @@
 // takes every block of an image window).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <random>
 #include <string_view>
 
 namespace imagerelay {
+
+// This process's own: an image's blocks are its owner's to choose, and names chosen to fall
+// into one slot of a table (a plan's: each lookup then walks them all) could be computed
+// ahead against a fixed hash (~2^16 tries each); against an unknown seed they cannot (two
+// names collide whatever the seed only if their mixed digits agree in 45 bits).
+inline const uint64_t kChunkNameHashSeed = [] {
+  uint64_t seed = 0;
+  try {
+    std::random_device device;
+    seed = static_cast<uint64_t>(device()) << 32 ^ device();
+  } catch (const std::exception&) {
+  }
+  // Where the device gives nothing: the clock and where this process was loaded.
+  return seed ^ static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+         reinterpret_cast<uintptr_t>(&seed);
+}();
 
 struct ChunkNameHash {
   using is_transparent = void;  // looked up by string_view or string alike
@@ -20,7 +39,7 @@ struct ChunkNameHash {
     std::memcpy(&b, name.data() + sizeof a, sizeof b);
     // Mixed so that every bit depends on all 16 digits: a table that keeps the low bits only
     // (a power of two: PlanChunks) would otherwise see a few digits of each name.
-    const uint64_t h = (a ^ (b << 32 | b >> 32)) * 0x9E3779B97F4A7C15ULL;
+    const uint64_t h = (a ^ (b << 32 | b >> 32) ^ kChunkNameHashSeed) * 0x9E3779B97F4A7C15ULL;
     return static_cast<size_t>(h ^ h >> 29);
   }
 };
