@@ -1099,6 +1099,15 @@ uint64_t BlockIndex::BlockCount() {
   return s->Step() ? s->Uint(0) : 0;
 }
 
+std::vector<std::string> BlockIndex::UnlistedPacks() {
+  std::lock_guard lock(read_mutex_);
+  sqlite::ScopedStatement s(
+      db_->reader.Cached("SELECT name FROM indexed_packs WHERE size IS NULL ORDER BY name"));
+  std::vector<std::string> packs;
+  while (s->Step()) packs.push_back(s->Text(0));
+  return packs;
+}
+
 std::vector<std::pair<std::string, uint64_t>> BlockIndex::Packs() {
   std::lock_guard lock(read_mutex_);
   sqlite::ScopedStatement s(db_->reader.Cached(

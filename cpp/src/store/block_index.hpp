@@ -148,6 +148,9 @@ class BlockIndex {
   uint64_t BlockCount();
   // Every indexed pack (with its size), sorted by name, whether or not blocks of it are
   // still indexed.
+  // Packs that blocks of an index moved from format 1 name but that index did not list (their
+  // size unknown until a reconcile reads their footers).
+  std::vector<std::string> UnlistedPacks();
   std::vector<std::pair<std::string, uint64_t>> Packs();
 
  private:

@@ -197,6 +197,14 @@ PackStore::Lost PackStore::ReconcileLocked() {
   Lost lost;
   std::map<std::string, uint64_t> indexed;
   for (auto& [name, size] : index_->Packs()) indexed.emplace(std::move(name), size);
+  // Named by blocks of an index moved from format 1 without its size: looked for as well
+  // (one gone must not be vouched for, as an object store's packs are without a look), and
+  // read from its footer when it is there (which gives its size).
+  std::set<std::string> unlisted;
+  for (std::string& name : index_->UnlistedPacks()) {
+    indexed.emplace(name, 0);
+    unlisted.insert(std::move(name));
+  }
   const std::vector<std::pair<std::string, uint64_t>> listed = packs_.ListPacks();
   std::set<std::string> held;
   for (const auto& [name, size] : listed) held.insert(name);
@@ -211,7 +219,9 @@ PackStore::Lost PackStore::ReconcileLocked() {
   }
   bool added = false;
   for (const auto& [name, size] : listed) {
-    if (!indexed.contains(name)) added = IndexFromFooter(name, size) || added;
+    if (!indexed.contains(name) || unlisted.contains(name)) {
+      added = IndexFromFooter(name, size) || added;
+    }
   }
   // A pack indexed from its footer may hold deltas whose bases no pack holds.
   if (added) {
