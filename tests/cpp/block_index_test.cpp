@@ -348,8 +348,9 @@ TEST(BlockIndexTest, AnIndexInTheFormatOfEarlierReleasesIsMovedOnOpenWithAllItHe
                     HashOfNumber(6) +
                     "', 'pack-b', 2010, 10, 10, 2, 'not-bases');"
                     "INSERT INTO delta_bases VALUES ('" +
-                    a + "', '" + delta + "'), ('" + b + "', '" + delta +
-                    "');"
+                    a + "', '" + delta + "'), ('" + b + "', '" + delta + "'), ('" + a + "', '" +
+                    HashOfNumber(6) +
+                    "');"  // the last: of a delta left behind, whose link goes with it
                     "INSERT INTO features VALUES (42, " +
                     std::to_string(PrefixOf(c)) +
                     ");"

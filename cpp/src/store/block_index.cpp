@@ -122,7 +122,9 @@ INSERT INTO indexed_blocks (hash, pack, offset, stored_length, raw_length, codec
   ORDER BY b.hash;
 INSERT INTO delta_links (base, block)
   SELECT ir_hex_key(base), ir_hex_key(block) FROM delta_bases
-  WHERE ir_hex_key(base) IS NOT NULL AND ir_hex_key(block) IS NOT NULL ORDER BY base, block;
+  WHERE ir_hex_key(base) IS NOT NULL AND ir_hex_key(block) IS NOT NULL
+    AND ir_hex_key(block) IN (SELECT hash FROM indexed_blocks WHERE bases IS NOT NULL)
+  ORDER BY base, block;
 DROP TRIGGER IF EXISTS block_removed;
 DROP TRIGGER IF EXISTS block_changed;
 DROP TABLE blocks;
