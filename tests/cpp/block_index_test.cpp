@@ -542,9 +542,18 @@ TEST(BlockIndexTest, RowsNoReleaseWritesNameNoBlock) {
   for (const auto& where : index->Lookup(hashes)) EXPECT_FALSE(where);
   for (int32_t pack : index->Presence(hashes).pack_of) EXPECT_EQ(pack, -1);
   EXPECT_TRUE(index->EntriesOf("pack-a").empty());
-  // A good row beside them is still found.
+  // A good row beside them is still found; a block written again (or read from its pack's
+  // footer) takes the place of its row that names none.
   index->AddPack("pack-b", 1000, Entries(6, 1));
   EXPECT_EQ(index->Lookup({HashOfNumber(6)})[0]->pack, "pack-b");
+  index->AddPack("pack-c", 5000, Entries(0, 5));
+  for (const auto& where : index->Lookup({hashes.begin(), hashes.begin() + 5})) {
+    ASSERT_TRUE(where);
+    EXPECT_EQ(where->pack, "pack-c");
+  }
+  // A good row stays where it is.
+  index->AddPack("pack-d", 1000, Entries(0, 1));
+  EXPECT_EQ(index->Lookup({HashOfNumber(0)})[0]->pack, "pack-c");
 }
 
 // An index of this format missing one of its tables (dropped by hand) is set aside as damaged

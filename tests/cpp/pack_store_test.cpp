@@ -825,8 +825,10 @@ TEST(PackStoreTest, SweepDropsDeadPacksAndRepacksMostlyDeadOnes) {
 // vouched for without a look, one gone had its blocks counted present for good; one there is
 // read from its footer, which lists it with its size.
 TEST(PackStoreTest, APackTheIndexNamesWithoutItsSizeIsLookedForByAReconcile) {
-  for (const bool there : {false, true}) {
-    SCOPED_TRACE(there ? "there" : "gone");
+  // Gone, there, or there but torn (its footer cut off: set aside, its blocks forgotten).
+  for (const std::string how : {"gone", "there", "torn"}) {
+    SCOPED_TRACE(how);
+    const bool there = how == "there";
     ScratchDir dir;
     std::vector<std::string> hashes;
     {
@@ -845,7 +847,11 @@ TEST(PackStoreTest, APackTheIndexNamesWithoutItsSizeIsLookedForByAReconcile) {
     ASSERT_EQ(sqlite3_exec(db, "UPDATE indexed_packs SET size = NULL", nullptr, nullptr, nullptr),
               SQLITE_OK);
     sqlite3_close(db);
-    if (!there) fs::remove(PackFilesIn(dir.path())[0]);
+    if (how == "gone") fs::remove(PackFilesIn(dir.path())[0]);
+    if (how == "torn") {
+      const fs::path pack = PackFilesIn(dir.path())[0];
+      fs::resize_file(pack, fs::file_size(pack) - 8);
+    }
     auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock, /*remote=*/true);
     EXPECT_EQ(store->HasChunks(hashes), std::vector<bool>(4, there));
     sqlite3* check = nullptr;
@@ -859,6 +865,31 @@ TEST(PackStoreTest, APackTheIndexNamesWithoutItsSizeIsLookedForByAReconcile) {
     sqlite3_finalize(s);
     sqlite3_close(check);
   }
+}
+
+// A pack with index rows that name no block (edited by hand, or damaged) holds blocks the
+// sweep cannot see: it is neither deleted nor rewritten (a rebuild from its footer finds them).
+TEST(PackStoreTest, TheSweepLeavesAPackWithRowsThatNameNoBlockAsItIs) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());  // 4 blocks per pack
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(600 + i));
+  for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
+  store->Flush();
+  ASSERT_EQ(PackFilesIn(dir.path()).size(), 2u);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() / "index" / "blocks.sqlite").c_str(), &db), SQLITE_OK);
+  const std::string edit =
+      "UPDATE indexed_blocks SET codec = 7 WHERE hash = x'" + HashOf(blocks[1]) + "'";
+  ASSERT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  store->SweepUnmarked(MarkSet());                // nothing live
+  EXPECT_EQ(PackFilesIn(dir.path()).size(), 1u);  // the pack holding block 1 stays
+  fs::remove_all(dir.path() / "index");           // rebuilt from the footers
+  auto reopened = OpenPacked(dir.path());
+  std::vector<std::byte> out;
+  reopened.store->GetChunk(HashOf(blocks[1]), out);
+  EXPECT_EQ(out, blocks[1]);
 }
 
 // An index row that puts a block past its pack's end (edited by hand, or damaged) makes the

@@ -466,7 +466,13 @@ std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) 
   // (and remove its log).
   const std::string lock_path = file.string() + ".lock";
   UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!lock || ::flock(lock.get(), LOCK_EX) != 0) {
+  int locked = -1;
+  if (lock) {
+    do {
+      locked = ::flock(lock.get(), LOCK_EX);
+    } while (locked != 0 && errno == EINTR);  // a signal (Python's handlers do not restart)
+  }
+  if (locked != 0) {
     throw TransferError(codes::kStoreUnavailable, "the block index " + file.string() +
                                                       " is damaged and cannot be locked to set "
                                                       "it aside: " +
@@ -482,14 +488,17 @@ std::unique_ptr<BlockIndex> BlockIndex::Open(const std::filesystem::path& file) 
   const std::filesystem::path aside = file.string() + ".damaged-" +
                                       std::to_string(std::time(nullptr)) + "-" +
                                       std::to_string(::getpid());
+  // Its log and shared memory first: a process that opens the path between the renames then
+  // finds the damaged file alone (and waits for the lock), never a new index whose live log
+  // would be taken away after.
+  for (const char* suffix : {"-wal", "-shm"}) {
+    std::filesystem::rename(file.string() + suffix, aside.string() + suffix, ec);
+  }
   std::filesystem::rename(file, aside, ec);
   if (ec) {
     throw TransferError(codes::kStoreUnavailable, "the block index " + file.string() +
                                                       " is damaged (" + why +
                                                       ") and cannot be set aside: " + ec.message());
-  }
-  for (const char* suffix : {"-wal", "-shm"}) {
-    std::filesystem::remove(file.string() + suffix, ec);
   }
   Log(LogLevel::kWarning, "the block index " + file.string() + " is damaged (" + why +
                               "); set aside as " + aside.string() +
@@ -615,7 +624,17 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
   }
   auto& insert = db_->conn.Cached(
       "INSERT INTO indexed_blocks (hash, pack, offset, stored_length, raw_length, codec, bases) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING");
+      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO UPDATE SET pack = excluded.pack, "
+      "offset = excluded.offset, stored_length = excluded.stored_length, "
+      "raw_length = excluded.raw_length, codec = excluded.codec, bases = excluded.bases "
+      // A row found there that names no block (RowNamesABlock) gives way; a good one stays.
+      "WHERE indexed_blocks.pack NOT IN (SELECT id FROM indexed_packs) "
+      "OR indexed_blocks.offset < 0 OR indexed_blocks.stored_length NOT BETWEEN 0 AND ?8 "
+      "OR indexed_blocks.raw_length NOT BETWEEN 0 AND ?8 "
+      "OR (indexed_blocks.codec = 2 AND (length(indexed_blocks.bases) IS NULL "
+      "OR length(indexed_blocks.bases) NOT IN (32, 64))) "
+      "OR (indexed_blocks.codec IN (0, 1) AND length(indexed_blocks.bases) > 0) "
+      "OR indexed_blocks.codec NOT IN (0, 1, 2)");
   auto& insert_base = db_->conn.Cached(
       "INSERT INTO delta_links (base, block) VALUES (?, ?) ON CONFLICT DO NOTHING");
   auto& whole_block = db_->conn.Cached(
@@ -646,7 +665,7 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
       std::optional<sqlite::Blob> bases_blob;
       if (bases) bases_blob = sqlite::Blob{*bases};
       s->Bind(sqlite::Blob{KeyBytes(key)}, pack, e.offset, e.stored_length, e.raw_length,
-              static_cast<int>(e.codec), bases_blob)
+              static_cast<int>(e.codec), bases_blob, static_cast<int64_t>(kMaxBlockBytes))
           .Run();
     }
     // Only the copy indexed counts (a block indexed already keeps its place and its form).
@@ -846,16 +865,18 @@ size_t BlockIndex::PruneFeatures(size_t rows) {
   return dropped;
 }
 
-std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id) {
+std::vector<PackEntry> BlockIndex::EntriesOf(const std::string& pack_id, size_t* left_out) {
   std::lock_guard lock(read_mutex_);
   sqlite::ScopedStatement s(db_->reader.Cached(
       "SELECT hash, offset, stored_length, raw_length, codec, bases FROM indexed_blocks "
       "WHERE pack = (SELECT id FROM indexed_packs WHERE name = ?) ORDER BY offset"));
   s->Bind(pack_id);
+  if (left_out) *left_out = 0;
   std::vector<PackEntry> entries;
   while (s->Step()) {
     if (!RowNamesABlock(s->BlobView(0), s->Int(1), s->Int(2), s->Int(3), s->Int(4),
                         s->BlobView(5))) {
+      if (left_out) ++*left_out;
       continue;
     }
     entries.push_back(PackEntry{IndexHex(s->BlobView(0)), s->Uint(1),

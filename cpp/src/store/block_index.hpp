@@ -128,7 +128,8 @@ class BlockIndex {
   // to the blocks it removed (PackStore::SweepUnmarked). Returns the rows dropped.
   size_t PruneFeatures(size_t rows);
   // The indexed blocks of a pack, by offset (a pack's blocks no longer indexed are garbage).
-  std::vector<PackEntry> EntriesOf(const std::string& pack_id);
+  // `left_out`, if given, counts the pack's rows that name no block (RowNamesABlock).
+  std::vector<PackEntry> EntriesOf(const std::string& pack_id, size_t* left_out = nullptr);
   // Every indexed block's hash, sorted.
   std::vector<std::string> Hashes();
   // Up to `limit` hashes after `after`, in order: a listing in pages.
@@ -146,11 +147,11 @@ class BlockIndex {
   // The same answers as Lookup, as a presence check needs them.
   BlockPresence Presence(const std::vector<std::string>& hashes);
   uint64_t BlockCount();
-  // Every indexed pack (with its size), sorted by name, whether or not blocks of it are
-  // still indexed.
   // Packs that blocks of an index moved from format 1 name but that index did not list (their
   // size unknown until a reconcile reads their footers).
   std::vector<std::string> UnlistedPacks();
+  // Every indexed pack (with its size), sorted by name, whether or not blocks of it are
+  // still indexed.
   std::vector<std::pair<std::string, uint64_t>> Packs();
 
  private:

@@ -220,7 +220,10 @@ PackStore::Lost PackStore::ReconcileLocked() {
   bool added = false;
   for (const auto& [name, size] : listed) {
     if (!indexed.contains(name) || unlisted.contains(name)) {
-      added = IndexFromFooter(name, size) || added;
+      const bool indexed_now = IndexFromFooter(name, size);
+      added = indexed_now || added;
+      // Not a whole pack (set aside), or gone while read: what the move named in it goes.
+      if (!indexed_now && unlisted.contains(name)) ForgetVanishedLocked(name, gone);
     }
   }
   // A pack indexed from its footer may hold deltas whose bases no pack holds.
@@ -1472,7 +1475,15 @@ SweepResult PackStore::SweepUnmarked(const MarkSet& marked) {
   std::vector<std::byte> whole;
   std::vector<std::byte> raw;
   for (const auto& [pack, size] : index.Packs()) {
-    std::vector<PackEntry> entries = index.EntriesOf(pack);
+    size_t unreadable_rows = 0;
+    std::vector<PackEntry> entries = index.EntriesOf(pack, &unreadable_rows);
+    // Rows that name no block (edited by hand, or damaged) hide what the pack holds: it is
+    // neither deleted nor rewritten (its footer still lists those blocks for a rebuild).
+    if (unreadable_rows > 0) {
+      Log(LogLevel::kWarning, Where(pack) + " has " + std::to_string(unreadable_rows) +
+                                  " index rows that name no block; the sweep leaves it as it is");
+      continue;
+    }
     std::vector<PackEntry> live;
     std::vector<std::string> dead_hashes;
     uint64_t live_bytes = 0;
