@@ -867,22 +867,32 @@ TEST(PackStoreTest, APackTheIndexNamesWithoutItsSizeIsLookedForByAReconcile) {
   }
 }
 
+// Eight random blocks (from `seed`) written into two packs of four; their index then edited
+// by `sql`, in which %s stands for block `edited`'s key.
+std::vector<std::vector<std::byte>> TwoPacksWithAnEditedRow(PackStore& store, const fs::path& root,
+                                                            uint32_t seed, const std::string& sql,
+                                                            size_t edited) {
+  std::vector<std::vector<std::byte>> blocks;
+  for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(seed + i));
+  for (const auto& b : blocks) store.PutChunk(HashOf(b), b);
+  store.Flush();
+  EXPECT_EQ(PackFilesIn(root).size(), 2u);
+  std::string edit = sql;
+  edit.replace(edit.find("%s"), 2, "x'" + HashOf(blocks[edited]) + "'");
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open((root / "index" / "blocks.sqlite").c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  return blocks;
+}
+
 // A pack with index rows that name no block (edited by hand, or damaged) holds blocks the
 // sweep cannot see: it is neither deleted nor rewritten (a rebuild from its footer finds them).
 TEST(PackStoreTest, TheSweepLeavesAPackWithRowsThatNameNoBlockAsItIs) {
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path());  // 4 blocks per pack
-  std::vector<std::vector<std::byte>> blocks;
-  for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(600 + i));
-  for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
-  store->Flush();
-  ASSERT_EQ(PackFilesIn(dir.path()).size(), 2u);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() / "index" / "blocks.sqlite").c_str(), &db), SQLITE_OK);
-  const std::string edit =
-      "UPDATE indexed_blocks SET codec = 7 WHERE hash = x'" + HashOf(blocks[1]) + "'";
-  ASSERT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
+  const auto blocks = TwoPacksWithAnEditedRow(
+      *store, dir.path(), 600, "UPDATE indexed_blocks SET codec = 7 WHERE hash = %s", 1);
   store->SweepUnmarked(MarkSet());                // nothing live
   EXPECT_EQ(PackFilesIn(dir.path()).size(), 1u);  // the pack holding block 1 stays
   fs::remove_all(dir.path() / "index");           // rebuilt from the footers
@@ -897,17 +907,8 @@ TEST(PackStoreTest, TheSweepLeavesAPackWithRowsThatNameNoBlockAsItIs) {
 TEST(PackStoreTest, ARowPastItsPacksEndIsForgottenByTheSweepThatRewritesThePack) {
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path());  // 4 blocks per pack
-  std::vector<std::vector<std::byte>> blocks;
-  for (uint32_t i = 0; i < 8; ++i) blocks.push_back(RandomBlock(400 + i));
-  for (const auto& b : blocks) store->PutChunk(HashOf(b), b);
-  store->Flush();
-  ASSERT_EQ(PackFilesIn(dir.path()).size(), 2u);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() / "index" / "blocks.sqlite").c_str(), &db), SQLITE_OK);
-  const std::string edit =
-      "UPDATE indexed_blocks SET offset = 1073741824 WHERE hash = x'" + HashOf(blocks[0]) + "'";
-  ASSERT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
+  const auto blocks = TwoPacksWithAnEditedRow(
+      *store, dir.path(), 400, "UPDATE indexed_blocks SET offset = 1073741824 WHERE hash = %s", 0);
   // Live: blocks 0 and 4, one of each pack: both packs are rewritten.
   MarkSet marked;
   for (int i : {0, 4}) marked.Add(HashOf(blocks[i]));
