@@ -556,6 +556,15 @@ TEST(BlockIndexTest, RowsNoReleaseWritesNameNoBlock) {
   EXPECT_EQ(index->Lookup({HashOfNumber(0)})[0]->pack, "pack-c");
 }
 
+// How many indexes were set aside as damaged in `dir` (blocks.sqlite.damaged-*).
+size_t SetAsideIndexes(const std::filesystem::path& dir) {
+  size_t aside = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    aside += entry.path().filename().string().starts_with("blocks.sqlite.damaged-") ? 1 : 0;
+  }
+  return aside;
+}
+
 // An index of this format missing one of its tables (dropped by hand) is set aside as damaged
 // and made anew, for its store to fill from the packs' footers, never half used.
 TEST(BlockIndexTest, AnIndexMissingATableIsSetAsideAndMadeAnew) {
@@ -571,11 +580,7 @@ TEST(BlockIndexTest, AnIndexMissingATableIsSetAsideAndMadeAnew) {
     EXPECT_EQ(index->BlockCount(), 0u);
     index->AddPack("pack-a", 1000, Entries(0, 3));
     EXPECT_EQ(index->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
-    size_t aside = 0;
-    for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
-      aside += entry.path().filename().string().starts_with("blocks.sqlite.damaged-") ? 1 : 0;
-    }
-    EXPECT_EQ(aside, 1u);
+    EXPECT_EQ(SetAsideIndexes(dir.path()), 1u);
   }
 }
 
@@ -599,11 +604,7 @@ TEST(BlockIndexTest, ADamagedIndexIsSetAsideOnceWhenSeveralFindItSo) {
   other.join();
   ASSERT_TRUE(second);
   EXPECT_EQ(second->Lookup({HashOfNumber(1)})[0]->pack, "pack-a");
-  size_t aside = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
-    aside += entry.path().filename().string().starts_with("blocks.sqlite.damaged-") ? 1 : 0;
-  }
-  EXPECT_EQ(aside, 1u);
+  EXPECT_EQ(SetAsideIndexes(dir.path()), 1u);
 }
 
 TEST(BlockIndexTest, AnUnusableFileIsAStoreError) {

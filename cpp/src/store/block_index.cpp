@@ -248,6 +248,22 @@ void SqlHexKey(sqlite3_context* context, int, sqlite3_value** args) {
   sqlite3_result_blob64(context, bytes.data(), bytes.size(), SQLITE_TRANSIENT);
 }
 
+// RowNamesABlock for SQL (ir_row_names_a_block(hash, offset, stored_length, raw_length, codec,
+// bases)), so that a statement judges a row by the same rule as a lookup.
+void SqlRowNamesABlock(sqlite3_context* context, int, sqlite3_value** args) {
+  auto blob = [&](int i) {
+    const void* data = sqlite3_value_blob(args[i]);
+    return data ? std::string_view(static_cast<const char*>(data),
+                                   static_cast<size_t>(sqlite3_value_bytes(args[i])))
+                : std::string_view();
+  };
+  sqlite3_result_int(
+      context, RowNamesABlock(blob(0), sqlite3_value_int64(args[1]), sqlite3_value_int64(args[2]),
+                              sqlite3_value_int64(args[3]), sqlite3_value_int64(args[4]), blob(5))
+                   ? 1
+                   : 0);
+}
+
 // A block as the resemblance index names it: the first 8 bytes of its hash (a row of 8
 // bytes rather than the whole hash: the index costs ~1 KB per 64 KiB block, not ~4).
 int64_t HashPrefix(std::string_view hash) {
@@ -434,10 +450,6 @@ void SetUpFormat(sqlite::Connection& conn, const std::filesystem::path& file) {
   conn.Exec("PRAGMA user_version = " + std::to_string(kIndexFormat));
 }
 
-}  // namespace
-
-namespace {
-
 bool IsIndexDamage(const sqlite::SqliteError& e) {
   const int primary = e.rc() & 0xff;
   return primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT;
@@ -531,6 +543,10 @@ std::unique_ptr<BlockIndex> BlockIndex::OpenOrThrow(const std::filesystem::path&
       conn.Exec("INSERT INTO changes (id, count) VALUES (0, 0) ON CONFLICT (id) DO NOTHING");
     }
   }
+  const int rc = sqlite3_create_function(conn.get(), "ir_row_names_a_block", 6,
+                                         SQLITE_UTF8 | SQLITE_DETERMINISTIC, nullptr,
+                                         SqlRowNamesABlock, nullptr, nullptr);
+  if (rc != SQLITE_OK) sqlite::ThrowSqlite(conn.get(), rc, "registering ir_row_names_a_block");
   auto db = std::make_unique<Db>(Db{std::move(conn), OpenConnection(file), file, nullptr});
   db->checkpointer = std::make_unique<WalCheckpointer>(file, db->conn.get());
   return std::unique_ptr<BlockIndex>(new BlockIndex(std::move(db)));
@@ -629,12 +645,9 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
       "raw_length = excluded.raw_length, codec = excluded.codec, bases = excluded.bases "
       // A row found there that names no block (RowNamesABlock) gives way; a good one stays.
       "WHERE indexed_blocks.pack NOT IN (SELECT id FROM indexed_packs) "
-      "OR indexed_blocks.offset < 0 OR indexed_blocks.stored_length NOT BETWEEN 0 AND ?8 "
-      "OR indexed_blocks.raw_length NOT BETWEEN 0 AND ?8 "
-      "OR (indexed_blocks.codec = 2 AND (length(indexed_blocks.bases) IS NULL "
-      "OR length(indexed_blocks.bases) NOT IN (32, 64))) "
-      "OR (indexed_blocks.codec IN (0, 1) AND length(indexed_blocks.bases) > 0) "
-      "OR indexed_blocks.codec NOT IN (0, 1, 2)");
+      "OR NOT ir_row_names_a_block(indexed_blocks.hash, indexed_blocks.offset, "
+      "indexed_blocks.stored_length, indexed_blocks.raw_length, indexed_blocks.codec, "
+      "indexed_blocks.bases)");
   auto& insert_base = db_->conn.Cached(
       "INSERT INTO delta_links (base, block) VALUES (?, ?) ON CONFLICT DO NOTHING");
   auto& whole_block = db_->conn.Cached(
@@ -665,7 +678,7 @@ void BlockIndex::InsertPack(const std::string& pack_id, uint64_t pack_size,
       std::optional<sqlite::Blob> bases_blob;
       if (bases) bases_blob = sqlite::Blob{*bases};
       s->Bind(sqlite::Blob{KeyBytes(key)}, pack, e.offset, e.stored_length, e.raw_length,
-              static_cast<int>(e.codec), bases_blob, static_cast<int64_t>(kMaxBlockBytes))
+              static_cast<int>(e.codec), bases_blob)
           .Run();
     }
     // Only the copy indexed counts (a block indexed already keeps its place and its form).
