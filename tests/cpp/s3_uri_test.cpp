@@ -59,6 +59,33 @@ TEST(S3UriTest, RejectsBadSettingsWithoutEchoingThem) {
   }
 }
 
+// Found by fuzzing (tests/fuzz/regressions/fuzz_store_uri/a-value-inside-a-setting-name): an
+// unknown setting's name was shown whole, and a name is part of the query, where a secret may
+// be (pasted without its `name=`). A known name, or a short plain one (a typo), is shown.
+TEST(S3UriTest, ASettingIsNamedInAnErrorOnlyWhenItReadsAsAName) {
+  auto message_of = [](const std::string& uri) {
+    try {
+      ParseS3Uri(uri);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), codes::kInvalidParameter) << uri;
+      return e.message();
+    }
+    ADD_FAILURE() << uri << " was taken";
+    return std::string();
+  };
+  EXPECT_NE(message_of("s3://bkt?regoin=us-east-1").find("unknown setting \"regoin\""),
+            std::string::npos);
+  const std::string pasted = message_of(
+      "s3://bkt?endpoint=http://127.0.0.1:9000&wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+  EXPECT_EQ(pasted.find("wJalrXUtnFEMI"), std::string::npos) << pasted;
+  EXPECT_NE(pasted.find("not shown"), std::string::npos) << pasted;
+  const std::string long_name = message_of("s3://bkt?secretvalue1234567=1");
+  EXPECT_EQ(long_name.find("secretvalue1234567"), std::string::npos) << long_name;
+  const std::string twice =
+      message_of("s3://bkt?region=us-east-1&low_speed_time=5&low_speed_time=6");
+  EXPECT_NE(twice.find("\"low_speed_time\" is given twice"), std::string::npos) << twice;
+}
+
 TEST(S3UriTest, OpenStoreDispatchesS3) {
   auto store = OpenStore("s3://bkt/p?endpoint=http://127.0.0.1:1");
   EXPECT_EQ(store->uri(), "s3://bkt/p");

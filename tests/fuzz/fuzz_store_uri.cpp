@@ -3,6 +3,7 @@
 // request URL an S3 location then builds for an object key. The input's first line is the
 // URI, the rest an object key. A URI is refused with InvalidParameter, never echoing its query
 // (where a secret might be); one that passes the check parses, and builds URLs on its host.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -12,6 +13,41 @@
 #include "imagerelay/store.hpp"
 #include "net/s3_client.hpp"
 
+namespace {
+
+// The message for `uri` (CheckStoreUri's problem, else what ParseS3Uri throws), "" if none.
+std::string MessageFor(const std::string& uri) {
+  using namespace imagerelay;
+  if (std::string problem = CheckStoreUri(uri); !problem.empty()) return problem;
+  if (!(uri.starts_with("s3://") || uri.starts_with("S3://"))) return "";
+  try {
+    ParseS3Uri(uri);
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
+
+// `text` with each letter and digit replaced by the next of its kind (z by a, 9 by 0), but
+// the two after a '%' (an escape decodes as before).
+std::string Shifted(std::string text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    char& c = text[i];
+    if (c == '%') {
+      i += 2;
+    } else if (c >= 'a' && c <= 'z') {
+      c = c == 'z' ? 'a' : static_cast<char>(c + 1);
+    } else if (c >= 'A' && c <= 'Z') {
+      c = c == 'Z' ? 'A' : static_cast<char>(c + 1);
+    } else if (c >= '0' && c <= '9') {
+      c = c == '9' ? '0' : static_cast<char>(c + 1);
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace imagerelay;
   using namespace imagerelay::fuzz;
@@ -20,14 +56,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string key(rest);
   // The values of the query's settings long enough not to turn up in a message by chance.
   std::vector<std::string> values;
-  const std::string query = uri.substr(std::min(uri.find('?'), uri.size()));
-  for (std::string_view param : Split(query, "&")) {
-    if (const size_t eq = param.find('='); eq != std::string_view::npos && param.size() - eq > 12)
-      values.emplace_back(param.substr(eq + 1));
+  const size_t query_at = std::min(uri.find('?'), uri.size());
+  for (size_t at = query_at; at < uri.size();) {
+    const size_t amp = std::min(uri.find('&', at + 1), uri.size());
+    const size_t eq = uri.find('=', at);
+    if (eq < amp && amp - eq > 13) values.push_back(uri.substr(eq + 1, amp - eq - 1));
+    at = amp;
   }
+  // A value in the message is the query shown, unless the message for the URI with that value
+  // changed wherever the query has it still has it: then it is the message's own text, or the
+  // URI's before its query. Changed alike (each letter or digit the next one, escapes kept),
+  // so that the URI is refused for the same reason.
   auto shows_query = [&](const std::string& message) {
     for (const std::string& value : values) {
-      if (message.find(value) != std::string::npos) return true;
+      if (message.find(value) == std::string::npos) continue;
+      const std::string changed = Shifted(value);
+      if (changed == value) continue;  // no letter or digit: nothing to tell it by
+      std::string other = uri;
+      for (size_t at = other.find(value, query_at); at != std::string::npos;
+           at = other.find(value, at + changed.size())) {
+        other.replace(at, value.size(), changed);
+      }
+      if (MessageFor(other).find(value) == std::string::npos) return true;
     }
     return false;
   };

@@ -1,6 +1,7 @@
 #include "net/s3_client.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstdlib>
 #include <set>
@@ -70,6 +71,22 @@ std::string Getenv(const char* name) {
   return v ? v : "";
 }
 
+constexpr std::array<std::string_view, 6> kS3Settings = {
+    "endpoint", "region", "addressing", "verify_tls", "ca_bundle", "low_speed_time"};
+
+// A setting's name as an error shows it. A name is part of the query, where a secret might be
+// (a value pasted without its `name=`, or another setting's value repeated as a name): a
+// known name is shown, any other only if short and plainly a name.
+std::string ShownSettingName(const std::string& name) {
+  constexpr size_t kMaxShown = 12;
+  const bool known = std::find(kS3Settings.begin(), kS3Settings.end(), name) != kS3Settings.end();
+  const bool plain = !name.empty() && name.size() <= kMaxShown &&
+                     std::all_of(name.begin(), name.end(), [](char c) {
+                       return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+                     });
+  return known || plain ? "\"" + name + "\"" : "(its name not shown: not a setting's name)";
+}
+
 }  // namespace
 
 std::vector<std::string> XmlAll(std::string_view xml, std::string_view tag) {
@@ -124,7 +141,8 @@ S3Location ParseS3Uri(const std::string& uri) {
     // Once each: a checker reading the first `endpoint` must not pass one the client takes
     // from the last.
     if (!seen.insert(key).second) {
-      Invalid("the setting \"" + key + "\" is given twice in S3 store URI s3://" + loc.bucket);
+      Invalid("the setting " + ShownSettingName(key) + " is given twice in S3 store URI s3://" +
+              loc.bucket);
     }
     if (key == "endpoint")
       endpoint = value;
@@ -142,9 +160,11 @@ S3Location ParseS3Uri(const std::string& uri) {
     else if (key == "ca_bundle")
       loc.ca_bundle = value;
     else {
-      Invalid("unknown setting \"" + key + "\" in S3 store URI s3://" + loc.bucket +
-              "; known: endpoint, region, addressing, verify_tls, ca_bundle, low_speed_time "
-              "(credentials are given to add_region, never in the URI)");
+      std::string known;
+      for (std::string_view name : kS3Settings)
+        known += (known.empty() ? "" : ", ") + std::string(name);
+      Invalid("unknown setting " + ShownSettingName(key) + " in S3 store URI s3://" + loc.bucket +
+              "; known: " + known + " (credentials are given to add_region, never in the URI)");
     }
   }
   if (addressing != "path" && addressing != "virtual") {
