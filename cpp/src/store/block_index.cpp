@@ -598,8 +598,8 @@ void BlockIndex::Remember(const Added& added) {
     if (known_.size() >= kMaxKnown) break;
     const std::optional<BlockKey> key = BlockKeyOf(entry->hash);
     if (!key) continue;
-    known_.try_emplace(*key, Found{PackId(*pack), entry->offset, entry->stored_length,
-                                   entry->raw_length, entry->codec, entry->bases});
+    known_.TryEmplace(*key, Found{PackId(*pack), entry->offset, entry->stored_length,
+                                  entry->raw_length, entry->codec, entry->bases});
   }
 }
 
@@ -928,7 +928,7 @@ std::vector<std::string> BlockIndex::HashesAfter(const std::string& after, size_
 }
 
 void BlockIndex::ForgetKeptLocked(int64_t changes) {
-  known_.clear();
+  known_.Clear();
   known_packs_.clear();
   known_pack_ids_.clear();
   known_at_ = changes;
@@ -970,11 +970,20 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
     };
     std::vector<Wanted> order;
     std::vector<BlockKey> keys;
+    // Each key's slot is fetched a few keys ahead of its lookup: the misses overlap.
+    constexpr size_t kAhead = 8;
+    std::array<std::optional<BlockKey>, kAhead> ahead;
+    auto parse = [&](size_t j) {
+      ahead[j % kAhead] = BlockKeyOf(hashes[j]);
+      if (ahead[j % kAhead]) known_.Prefetch(*ahead[j % kAhead]);
+    };
+    for (size_t j = 0; j < std::min(kAhead, hashes.size()); ++j) parse(j);
     for (size_t i = 0; i < hashes.size(); ++i) {
-      const std::optional<BlockKey> key = BlockKeyOf(hashes[i]);
+      const std::optional<BlockKey> key = ahead[i % kAhead];
+      if (i + kAhead < hashes.size()) parse(i + kAhead);
       if (!key) continue;  // not a hash: never indexed
-      if (auto it = known_.find(*key); it != known_.end()) {
-        found(i, it->second);
+      if (const Found* kept = known_.Find(*key)) {
+        found(i, *kept);
         continue;
       }
       uint64_t prefix = 0;
@@ -983,7 +992,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
       order.push_back(Wanted{prefix, static_cast<uint32_t>(i), static_cast<uint32_t>(keys.size())});
       keys.push_back(*key);
     }
-    if (keep) known_.reserve(std::min(kMaxKnown, known_.size() + order.size()));
+    if (keep) known_.Reserve(std::min(kMaxKnown, known_.size() + order.size()));
     if (order.size() >= kReadAheadMinKeys) {
       ReadAhead(db_->file, order.size());
       ReadAhead(db_->file.string() + "-wal", order.size());
@@ -1039,7 +1048,7 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
                         static_cast<BlockCodec>(cursor->Int(5)),
                         IndexHex(cursor->BlobView(6))};
       found(wanted.i, where);
-      if (keep && known_.size() < kMaxKnown) known_.emplace(keys[wanted.key], where);
+      if (keep && known_.size() < kMaxKnown) known_.TryEmplace(keys[wanted.key], where);
     }
   };
   // A batch is read in one transaction (one snapshot, one lock); a single lookup needs none.
@@ -1061,7 +1070,7 @@ std::vector<std::optional<BlockLocation>> BlockIndex::Lookup(
 bool BlockIndex::Kept(const std::string& hash) {
   std::lock_guard lock(read_mutex_);
   const std::optional<BlockKey> key = BlockKeyOf(hash);
-  return key && known_.contains(*key);
+  return key && known_.Contains(*key);
 }
 
 std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(
@@ -1071,9 +1080,9 @@ std::vector<std::optional<BlockLocation>> BlockIndex::LookupHint(
     std::vector<std::optional<BlockLocation>> out;
     for (const std::string& hash : hashes) {
       const std::optional<BlockKey> key = BlockKeyOf(hash);
-      auto it = key ? known_.find(*key) : known_.end();
-      if (it == known_.end()) break;
-      out.emplace_back(LocationOf(it->second));
+      const Found* kept = key ? known_.Find(*key) : nullptr;
+      if (kept == nullptr) break;
+      out.emplace_back(LocationOf(*kept));
     }
     if (out.size() == hashes.size()) return out;
   }

@@ -8,7 +8,6 @@
 
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -21,20 +20,10 @@
 #include <vector>
 
 #include "base/chunk_name_hash.hpp"
+#include "store/block_key_map.hpp"
 #include "store/pack.hpp"
 
 namespace imagerelay {
-
-// A block's hash as the index keys it: its 32 bytes.
-using BlockKey = std::array<char, 32>;
-// Hashes are SHA-256: their first 8 bytes are as good a hash as any.
-struct BlockKeyHash {
-  size_t operator()(const BlockKey& key) const noexcept {
-    uint64_t value = 0;
-    std::memcpy(&value, key.data(), sizeof(value));
-    return static_cast<size_t>(value);
-  }
-};
 
 struct BlockLocation {
   std::string pack;  // the pack's id
@@ -203,7 +192,7 @@ class BlockIndex {
   // confirmation then asks SQLite about none: what it wrote is kept as it commits, Remember).
   // Under read_mutex_.
   // Keyed by the hashes' bytes: no string per answer, half the memory.
-  std::unordered_map<BlockKey, Found, BlockKeyHash> known_;
+  BlockKeyMap<Found> known_;
   std::vector<std::string> known_packs_;  // the packs of known_ (and of the last batch)
   // Pack names are hex too; looked up by string_view: no string per block found.
   std::unordered_map<std::string, uint32_t, ChunkNameHash, std::equal_to<>> known_pack_ids_;
