@@ -1024,7 +1024,10 @@ void BlockIndex::Find(const std::vector<std::string>& hashes,
         "WHERE hash >= ? ORDER BY hash"));
     bool on_row = false;      // the cursor is on a row (false: not sought yet, or past the end)
     bool stepped_to = false;  // the last key was reached by moving on, not by a seek
-    for (const Wanted& wanted : order) {
+    for (size_t k = 0; k < order.size(); ++k) {
+      const Wanted& wanted = order[k];
+      // (The answer kept below goes to a slot of its own: fetched a few keys ahead.)
+      if (keep && k + kAhead < order.size()) known_.Prefetch(keys[order[k + kAhead].key]);
       const std::string_view key = KeyBytes(keys[wanted.key]);
       int moves = stepped_to ? kMaxMoves : kMaxMovesAfterSeek;
       while (on_row && cursor->BlobView(0) < key && moves-- > 0) on_row = cursor->Step();
