@@ -1,8 +1,8 @@
 // A map from blocks' keys (their SHA-256 digests' 32 bytes) to values, in one array of slots
-// probed linearly (open addressing): a lookup reads one slot, where a node map (its bucket,
-// then its node, then the key) missed the caches three times, each ~1/3 of the kept answers'
-// lookups in a copy's plan and confirmation (BlockIndex::Find). Entries are only added; the
-// map is emptied whole.
+// probed linearly (open addressing): a lookup reads one slot, the value in it. (The node map
+// it replaced read a bucket, then a node, then its key: three dependent cache misses for each
+// of the kept answers' lookups, BlockIndex::Find, in every copy's plan and confirmation.)
+// Entries are only added; the map is emptied whole.
 #pragma once
 
 #include <algorithm>
