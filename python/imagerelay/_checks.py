@@ -1,7 +1,9 @@
-"""Checks of the numbers the public API takes.
+"""Checks of the numbers and texts the public API takes.
 
 A bad number is a ``ValidationError`` (``InvalidParameter``) naming the argument, never a
 ``TypeError`` or ``OverflowError`` from the C++ binding, nor a wait that never ends (NaN).
+A bad text likewise: the binding's own ``TypeError`` shows every argument of the call, a
+secret among them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def check_int(name: str, value: Any, *, low: int = 0, high: int = INT64_MAX) -> 
         raise ValidationError(f"{name} must be an integer between {low} and {bound}, "
                               f"got {shown(value)}")
     return number
+
+
+def check_text(name: str, value: Any, *, secret: bool = False) -> str:
+    """``value`` as a str the C++ core takes (UTF-8 text); None is "". A ``secret`` is never
+    shown, not even in part: the error names its type only."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        got = type(value).__name__ if secret else shown(value)
+        raise ValidationError(f"{name} must be a string, got {got}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # (a name read with os.fsdecode from bytes that are not UTF-8: surrogate escapes)
+        raise ValidationError(f"{name} is not UTF-8 text (it holds unpaired surrogates)") from None
+    return value
 
 
 def check_timeout(value: Any, name: str = "timeout") -> float | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from ._checks import as_str_list, check_int, check_timeout
+from ._checks import as_str_list, check_int, check_text, check_timeout
 from ._config import home_config
 from ._progress import bar_callback
 from ._types import Account, Event, Handle, Limits, Region
@@ -131,10 +131,13 @@ class Cloud:
         in the catalog or the region's listing; without them the engine uses
         ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``.
         """
-        uri = "" if store is None else os.fspath(store)
+        # Each checked here: a type the binding refuses would have it show every argument.
+        uri = check_text("store", None if store is None else os.fspath(store), secret=True)
         return Region._from_core(self._engine.add_region(
-            region_id, uri, name or "", access_key_id=access_key_id or "",
-            secret_access_key=secret_access_key or "", session_token=session_token or ""))
+            check_text("region_id", region_id), uri, check_text("name", name),
+            access_key_id=check_text("access_key_id", access_key_id),
+            secret_access_key=check_text("secret_access_key", secret_access_key, secret=True),
+            session_token=check_text("session_token", session_token, secret=True)))
 
     @property
     def regions(self) -> list[Region]:

@@ -223,6 +223,29 @@ def test_workers_are_checked(home: Path, workers: Any) -> None:
                                                    "and 1024")
 
 
+@pytest.mark.parametrize("wrong", [{"name": 123}, {"access_key_id": 5}, {"region_id": 7},
+                                   {"session_token": 42}, {"store": b"/bytes/path"},
+                                   {"name": "bad\udcff"}])
+def test_add_region_with_a_wrong_argument_never_shows_the_secret(cloud: ir.Cloud,
+                                                               wrong: dict[str, Any]) -> None:
+    """The binding's own TypeError showed every argument of the call, the secret among them
+    (``add_region(..., name=123, secret_access_key=...)``): each is checked first, a secret
+    never shown."""
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    args: dict[str, Any] = {"region_id": "s3x", "store": "s3://bkt?region=us-east-1",
+                            "access_key_id": "AKIDEXAMPLE", "secret_access_key": secret,
+                            "session_token": "tok-" + secret}
+    args.update(wrong)
+    field = next(iter(wrong))
+    message = invalid(lambda: cloud.add_region(**args), field)
+    assert "wJalrXUtnFEMI" not in message
+    assert "s3x" not in {r.id for r in cloud.regions}
+    # A secret of a wrong type is named by its type alone.
+    message = invalid(lambda: cloud.add_region("s3y", "s3://bkt?region=us-east-1",
+                                               secret_access_key=[secret]), "secret_access_key")
+    assert "wJalrXUtnFEMI" not in message and "list" in message
+
+
 def test_events_since_is_checked(cloud: ir.Cloud) -> None:
     for since in (2**70, INT64_MAX + 1, -1, True, 1.5, "3", None):
         invalid(lambda: cloud.events(since=since), "since must be an integer between 0 and")
