@@ -57,11 +57,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The values of the query's settings long enough not to turn up in a message by chance.
   std::vector<std::string> values;
   const size_t query_at = std::min(uri.find('?'), uri.size());
-  for (size_t at = query_at; at < uri.size();) {
-    const size_t amp = std::min(uri.find('&', at + 1), uri.size());
-    const size_t eq = uri.find('=', at);
-    if (eq < amp && amp - eq > 13) values.push_back(uri.substr(eq + 1, amp - eq - 1));
-    at = amp;
+  for (std::string_view param : Split(std::string_view(uri).substr(query_at), "&")) {
+    if (const size_t eq = param.find('='); eq != std::string_view::npos && param.size() - eq > 12)
+      values.emplace_back(param.substr(eq + 1));
   }
   // A value in the message is the query shown, unless the message for the URI with that value
   // changed wherever the query has it still has it: then it is the message's own text, or the

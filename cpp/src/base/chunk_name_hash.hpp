@@ -30,6 +30,13 @@ inline const uint64_t kChunkNameHashSeed = [] {
          reinterpret_cast<uintptr_t>(&seed);
 }();
 
+// `value` mixed with this process's seed, every bit of the result depending on all of its
+// bits: a table that keeps the low bits only (a power of two) sees them all.
+inline uint64_t MixedWithSeed(uint64_t value) {
+  const uint64_t h = (value ^ kChunkNameHashSeed) * 0x9E3779B97F4A7C15ULL;
+  return h ^ h >> 29;
+}
+
 struct ChunkNameHash {
   using is_transparent = void;  // looked up by string_view or string alike
   size_t operator()(std::string_view name) const {
@@ -40,8 +47,7 @@ struct ChunkNameHash {
     std::memcpy(&b, name.data() + sizeof a, sizeof b);
     // Mixed so that every bit depends on all 16 digits: a table that keeps the low bits only
     // (a power of two: PlanChunks) would otherwise see a few digits of each name.
-    const uint64_t h = (a ^ (b << 32 | b >> 32) ^ kChunkNameHashSeed) * 0x9E3779B97F4A7C15ULL;
-    return static_cast<size_t>(h ^ h >> 29);
+    return static_cast<size_t>(MixedWithSeed(a ^ (b << 32 | b >> 32)));
   }
 };
 

@@ -84,8 +84,7 @@ class BlockKeyMap {
   size_t SlotOf(const BlockKey& key) const {
     uint64_t head;
     std::memcpy(&head, key.data(), sizeof head);
-    const uint64_t h = (head ^ kChunkNameHashSeed) * 0x9E3779B97F4A7C15ULL;
-    return static_cast<size_t>(h ^ h >> 29) & mask_;
+    return static_cast<size_t>(MixedWithSeed(head)) & mask_;
   }
 
   void Grow() { Rehash(std::max(kMinSlots, 2 * slots_.size())); }
