@@ -33,6 +33,9 @@ for bin in "$build"/fuzz_*; do
       "$(ls "$kept" | wc -l) / $(du -sk "$kept" | cut -f1) KiB" -
     continue
   fi
+  # Crashes of earlier runs stay in $crashes (for reading) but count only once: this run's
+  # are the files newer than this mark.
+  started=$(mktemp)
   # -timeout: an input taking this long is a hang; -rss_limit_mb: a parser that allocates
   # what a header claims is a crash.
   "$bin" -max_total_time="$mode" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
@@ -41,7 +44,8 @@ for bin in "$build"/fuzz_*; do
   status=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  found_crashes=$(ls "$crashes" | wc -l)
+  found_crashes=$(find "$crashes" -type f -newer "$started" | wc -l)
+  rm -f "$started"
   printf '%-22s %12s %10s %14s %8s\n' "$target" "${execs:-?}" "${rate:-?}" \
     "$(ls "$kept" | wc -l) / $(du -sk "$kept" | cut -f1) KiB" "$found_crashes"
   if [ $status -ne 0 ] || [ "$found_crashes" -gt 0 ]; then

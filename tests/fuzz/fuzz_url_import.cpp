@@ -84,9 +84,11 @@ class FakeServer {
   std::set<std::string> failed_once_;
 };
 
+// Digits only, of a value a uint64_t holds (leading zeros allowed: HTTP's 1*DIGIT).
 bool PlainDecimal(const std::string& s) {
-  return !s.empty() && s.size() <= 19 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  return !s.empty() && s.size() <= 20 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+         (s.size() < 20 || s <= "18446744073709551615");
 }
 
 void Import(const std::string& url, const FakeServer& server) {
