@@ -70,6 +70,77 @@ def test_export_refuses_an_existing_file_without_force(cloud: ir.Cloud, image: i
     assert sorted(p.name for p in files.iterdir()) == ["out.raw", "src.raw"]
 
 
+def test_export_never_writes_inside_the_home_or_a_regions_store(cloud: ir.Cloud, image: ir.Image,
+                                                                 home: Path, files: Path) -> None:
+    # An adversarial pass exported with force=True over the catalog, a pack, the block index
+    # and a manifest: each was replaced, and the home no longer opened.
+    stores = files / "stores"
+    stores.mkdir()
+    cloud.add_region("far", str(stores / "far"))
+    copy = image.replicate("far").wait().copies["far"]
+    kept = {p: p.read_bytes() for p in [*home.rglob("*"), *stores.rglob("*")] if p.is_file()
+            and not p.name.endswith(("-wal", "-shm"))}
+    pack = next(p for p in (home / "regions" / "bj" / "packs").rglob("*") if p.is_file())
+    manifest = next((home / "regions" / "bj" / "manifests").iterdir())
+    far_pack = next(p for p in (stores / "far" / "packs").rglob("*") if p.is_file())
+    link = files / "into-home"
+    link.symlink_to(home / "regions" / "bj")
+    for target, where in ((home / "catalog.db", "imagerelay's home"),
+                          (pack, "imagerelay's home"),
+                          (home / "regions" / "bj" / "index" / "blocks.sqlite", "imagerelay's home"),
+                          (manifest, "imagerelay's home"),
+                          (home / "new.raw", "imagerelay's home"),
+                          (link / "manifests" / manifest.name, "imagerelay's home"),
+                          (far_pack, "the store of region far"),
+                          (stores / "far" / "new.raw", "the store of region far")):
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            cloud.export_image(image.id, target, force=True)
+        assert_error(excinfo, ir.ValidationError, "InvalidParameter", 400)
+        assert f"is inside {where}" in excinfo.value.message, (target, excinfo.value.message)
+    assert not (home / "new.raw").exists() and not (stores / "far" / "new.raw").exists()
+    for path, data in kept.items():
+        assert path.read_bytes() == data, path
+    assert cloud.verify_image(image.id) == image.digest
+    assert cloud.verify_image(copy.id) == image.digest
+    # Beside the home (its parent) is outside it.
+    assert image.export(home.parent / "beside.raw") == home.parent / "beside.raw"
+
+
+def test_a_region_takes_a_store_no_other_region_has(cloud: ir.Cloud, image: ir.Image,
+                                                    home: Path, files: Path) -> None:
+    # An adversarial pass added a second region on bj's directory (and one inside it): a copy
+    # between them moved nothing, yet counted as a second copy of the image.
+    bj = home / "regions" / "bj"
+    link = files / "bj-link"
+    link.symlink_to(bj)
+    stores = files / "stores"
+    cloud.add_region("far", str(stores / "far"))
+    for store, how in ((str(bj), "is the store of region bj"),
+                       (f"file://{bj}", "is the store of region bj"),
+                       (str(link), "is the store of region bj"),
+                       (f"{bj}/../bj", "is the store of region bj"),
+                       (str(bj / "sub"), "is inside the store of region bj"),
+                       (str(stores), "holds the store of region far"),
+                       (str(stores / "far" / "deeper"), "is inside the store of region far")):
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            cloud.add_region("twin", store)
+        assert_error(excinfo, ir.ValidationError, "InvalidParameter", 400)
+        assert how in excinfo.value.message, (store, excinfo.value.message)
+    # The default place of a new id taken by another region's store: refused, named.
+    cloud.add_region("odd", str(home / "regions" / "r9"))
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.add_region("r9")
+    assert "is the store of region odd" in excinfo.value.message
+    assert {r.id for r in cloud.regions} == {"bj", "gz", "su", "far", "odd"}
+    assert not (bj / "sub").exists() and not (stores / "far" / "deeper").exists()
+    # A sibling whose name starts the same is another place; a removed region's store may be
+    # taken again.
+    cloud.add_region("far2", str(stores / "far2"))
+    cloud.remove_region("odd")
+    cloud.add_region("r9")
+    assert cloud.verify_image(image.id) == image.digest
+
+
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o751])
 def test_export_with_force_keeps_the_mode_and_owner(cloud: ir.Cloud, image: ir.Image,
                                                     files: Path, mode: int) -> None:

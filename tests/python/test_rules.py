@@ -491,7 +491,12 @@ def test_a_region_takes_no_directory_of_other_files(cloud: ir.Cloud, tmp_path: P
     cloud.add_region("e1", empty)
     marker = json.loads((empty / ".imagerelay-store").read_text())
     assert marker == {"format": "imagerelay-store", "version": 2}
-    # Removed from the catalog, the store is a store still: it can be a region again.
+    # While e1 has it, no other region takes it; removed from the catalog, the store is a
+    # store still: it can be a region again.
+    err = expect(ir.ValidationError, "InvalidParameter", 400,
+                 lambda: cloud.add_region("e2", f"file://{empty}"))
+    assert "is the store of region e1" in err.message
+    cloud.remove_region("e1")
     cloud.add_region("e2", f"file://{empty}")
 
 

@@ -120,6 +120,27 @@ def test_add_region_takes_no_prefix_of_other_objects(cloud: ir.Cloud, s3: S3Serv
     assert "backups/" in excinfo.value.message
 
 
+def test_a_region_takes_no_prefix_another_region_has(cloud: ir.Cloud, s3: S3Server,
+                                                     bucket: str) -> None:
+    """Two regions in one prefix would be one copy; one prefix inside another would list the
+    other's objects as its own (an adversarial pass: both were taken)."""
+    add_s3_region(cloud, s3, "s3a", bucket, prefix="relay")
+    for prefix, how in (("relay", "is the store of region s3a"),
+                        ("relay/inner", "is inside the store of region s3a")):
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            add_s3_region(cloud, s3, "s3b", bucket, prefix=prefix)
+        assert_error(excinfo, ir.ValidationError, "InvalidParameter", 400)
+        assert how in excinfo.value.message, excinfo.value.message
+        assert s3.secret_access_key not in str(excinfo.value)
+    # The whole bucket would hold relay/.
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        add_s3_region(cloud, s3, "s3b", bucket, prefix="")
+    assert "holds the store of region s3a" in excinfo.value.message
+    # A sibling prefix, even one that starts with the same letters, is another place.
+    add_s3_region(cloud, s3, "s3b", bucket, prefix="relay2")
+    assert {"s3a", "s3b"} <= {r.id for r in cloud.regions}
+
+
 def test_add_region_adopts_a_store_without_a_marker(cloud: ir.Cloud, s3: S3Server,
                                                     bucket: str, files: Path) -> None:
     """A prefix that a release before the marker filled, as a region of another home."""
@@ -913,6 +934,7 @@ def test_tls_is_verified_and_a_ca_bundle_can_be_trusted(cloud: ir.Cloud, tmp_pat
         assert "TLS" in excinfo.value.message and "ca_bundle=" in excinfo.value.message
         assert server.secret_access_key not in str(excinfo.value)
         cloud.add_region("tls2", uri + f"&ca_bundle={cert}", **keys)
+        cloud.remove_region("tls2")  # its store is one region's at a time
         monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
         cloud.add_region("tls3", uri, **keys)
 

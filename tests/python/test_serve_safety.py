@@ -94,6 +94,43 @@ def test_the_operator_allows_a_directory_or_a_host(tmp_path: Path) -> None:
             policy.check(refused)
 
 
+def test_an_allowed_directory_never_opens_the_home_or_a_store(tmp_path: Path) -> None:
+    # An adversarial pass (December 3): with --allow-import-dir over the directory that held
+    # the home, a client imported the home's access keys and another account's packs as
+    # images (their digests an oracle for what they hold).
+    root = tmp_path / "data"
+    cloud = ir.open(root / "home", limits=ir.Limits(chunk_size=CHUNK))
+    try:
+        cloud.add_account("team-a")
+        key = cloud.create_access_key("team-a")
+        cloud.add_region("far", f"file://{root / 'far store'}")
+        mine = cloud.import_image(make_dense(root / "mine.raw", 2 * CHUNK), region="far",
+                                  name="others")
+        server = InProcessServer(Service(cloud, ServeOptions(allow_import_dirs=[root])), ["bj"])
+        try:
+            client = bcc(server.endpoint("bj"), key)
+            inside = [p for p in (root / "home").rglob("*") if p.is_file()]
+            inside += [p for p in (root / "far store").rglob("*") if p.is_file()]
+            assert any("packs" in p.parts for p in inside)
+            link = root / "link-to-home"
+            link.symlink_to(root / "home")
+            for path in [*inside[:12], link / "catalog.db", root / "home" / "new" / ".." /
+                         "catalog.db"]:
+                message = assert_bcc_error(lambda: client.import_custom_image(
+                    "ubuntu", "x86_64", "linux", "22.04", "stolen", str(path)),
+                    "InvalidParameter", 400)
+                assert "imagerelay's own home or of a region's store" in message, (path, message)
+            assert cloud.as_account("team-a").images() == []
+            # Beside them, in the allowed directory: imported.
+            answer = client.import_custom_image("ubuntu", "x86_64", "linux", "22.04", "fine",
+                                                str(root / "mine.raw"))
+            assert cloud.as_account("team-a").image(answer.id).wait().digest == mine.digest
+        finally:
+            server.stop()
+    finally:
+        cloud.close()
+
+
 # Found by an adversarial pass (December 2): each was read one way by the check and another
 # by the engine, and imported (a scheme in capitals or after a space became a file path; the
 # check read the first endpoint, the engine the last, with the server's S3 credentials).

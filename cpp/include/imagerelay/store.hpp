@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -218,6 +219,10 @@ std::unique_ptr<Store> OpenStore(const std::string& uri);
 
 // Validates a store URI without touching it; returns a problem message or "" if fine.
 std::string CheckStoreUri(const std::string& uri);
+
+// The directory of a local store's URI (a path or a file:// URI), absolute; nullopt for an
+// s3:// URI or one CheckStoreUri refuses.
+std::optional<std::filesystem::path> LocalStoreDirectory(const std::string& uri);
 
 // The distinct non-zero chunks of one window of a manifest (hashes from block `first`), with
 // their lengths: what a window asks a store for.

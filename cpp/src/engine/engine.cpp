@@ -16,6 +16,7 @@
 #include "imagerelay/image_io.hpp"
 #include "imagerelay/rules.hpp"
 #include "imagerelay/sha256.hpp"
+#include "store/store_place.hpp"
 
 namespace imagerelay {
 namespace fs = std::filesystem;
@@ -322,6 +323,29 @@ std::string Engine::catalog() const { return impl_->catalog->Describe(); }
 
 // ---- regions and accounts -------------------------------------------------------------
 
+namespace {
+
+// A new region's store may not be another region's, hold one or lie inside one
+// (store_place.hpp says why).
+void RequireStoreOfItsOwn(const std::string& uri, const std::vector<Region>& regions) {
+  const std::optional<StorePlace> place = PlaceOfStore(uri);
+  if (!place) return;  // refused where it is opened, with its reason
+  for (const Region& other : regions) {
+    const std::optional<StorePlace> theirs = PlaceOfStore(other.store_uri);
+    if (!theirs || !place->Overlaps(*theirs)) continue;
+    const std::string how = place->where == theirs->where ? "is the store of region "
+                            : place->Contains(*theirs)    ? "holds the store of region "
+                                                          : "is inside the store of region ";
+    ThrowCode(codes::kInvalidParameter,
+              "store " + Quote(RedactUrl(uri)) + " " + how + other.id + " (" +
+                  RedactUrl(other.store_uri) +
+                  "); give each region a store of its own: two regions in one store would be "
+                  "one copy of their images, and each store would find the other's files");
+  }
+}
+
+}  // namespace
+
 Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
                          const std::string& name, const std::string& access_key_id,
                          const std::string& secret_access_key, const std::string& session_token) {
@@ -351,6 +375,7 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
     if (tx.GetRegion(id)) {
       ThrowCode(codes::kAlreadyExists, "region " + id + " exists already; pick another id");
     }
+    RequireStoreOfItsOwn(uri, tx.ListRegions());
   });
   // Prove the store works before the region is listed.
   const sigv4::Credentials credentials{access_key_id, secret_access_key, session_token};
@@ -772,6 +797,26 @@ namespace {
 
 // A copy still in flight to `image`: Replicating like a source being copied, but with no
 // bytes yet.
+// An export's target directory may not be the home, a region's store or inside either.
+void RequireOutsideHomeAndStores(const std::string& path, const StorePlace& directory,
+                                 const fs::path& home, const std::vector<Region>& regions) {
+  auto refuse = [&](const std::string& what) {
+    ThrowCode(codes::kInvalidParameter,
+              "export path " + Quote(path) + " is inside " + what +
+                  "; choose a path outside imagerelay's home and its regions' stores: a file "
+                  "written there could replace one of their own");
+  };
+  if (PlaceOfDirectory(home).Contains(directory)) {
+    refuse("imagerelay's home " + Quote(home.string()));
+  }
+  for (const Region& region : regions) {
+    const std::optional<StorePlace> place = PlaceOfStore(region.store_uri);
+    if (place && place->Contains(directory)) {
+      refuse("the store of region " + region.id + " (" + RedactUrl(region.store_uri) + ")");
+    }
+  }
+}
+
 bool CopyInFlightTo(CatalogTx& tx, const Image& image) {
   if (image.status != ImageStatus::kReplicating) return false;
   const std::optional<Task> task = tx.GetTaskByDestImage(image.id);
@@ -784,10 +829,12 @@ void Engine::Export(const std::string& account, const std::string& image_id, con
                     const CancelToken* cancel, const ProgressFn& progress, bool force) {
   Image image;
   bool in_flight = false;
+  std::vector<Region> regions;
   impl_->catalog->Read([&](CatalogTx& tx) {
     RequireAccount(tx, account);
     image = LoadVisible(tx, account, image_id);
     in_flight = CopyInFlightTo(tx, image);
+    regions = tx.ListRegions();
   });
   const bool readable = image.status == ImageStatus::kAvailable ||
                         (image.status == ImageStatus::kReplicating && !in_flight);
@@ -814,6 +861,7 @@ void Engine::Export(const std::string& account, const std::string& image_id, con
     ThrowCode(codes::kInvalidParameter,
               "directory " + Quote(parent.string()) + " is not writable; choose another path");
   }
+  RequireOutsideHomeAndStores(text, PlaceOfDirectory(parent), impl_->options.home, regions);
   auto store = impl_->StoreFor(image.region);
   const Manifest manifest = impl_->integrity->LoadManifest(image, *store);
   CancelToken stop(cancel);

@@ -199,6 +199,17 @@ std::string CheckStoreUri(const std::string& uri) {
   return "store URI " + Shown(uri) + " has the unsupported scheme \"" + *scheme + "\"; " + kForms;
 }
 
+std::optional<std::filesystem::path> LocalStoreDirectory(const std::string& uri) {
+  if (!CheckStoreUri(uri).empty()) return std::nullopt;
+  std::optional<std::string> scheme = SchemeOf(uri);
+  if (scheme == "s3") return std::nullopt;
+  std::filesystem::path path =
+      scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  return ec ? path : absolute;
+}
+
 std::unique_ptr<Store> OpenStore(const std::string& uri) { return OpenStore(uri, {}, {}); }
 
 std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credentials& credentials,
@@ -213,11 +224,8 @@ std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credential
     PackFiles& packs = *s3;
     return std::make_unique<PackStore>(std::move(s3), packs);
   }
-  std::filesystem::path path =
-      scheme ? *DecodePath(std::string_view(uri).substr(kFileScheme.size())) : uri;
-  std::error_code ec;
-  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
-  auto local = std::make_unique<LocalStore>(ec ? path : absolute, uri, LocalStore::Writes::kPacks);
+  auto local =
+      std::make_unique<LocalStore>(*LocalStoreDirectory(uri), uri, LocalStore::Writes::kPacks);
   PackFiles& packs = *local;
   return std::make_unique<PackStore>(std::move(local), packs);
 }

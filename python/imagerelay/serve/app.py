@@ -32,7 +32,7 @@ from .auth import SignedRequest, Verifier, query_pairs
 from .endpoint_hosts import EndpointHosts, HostName
 from .fields import digits
 from .handlers import Call, ClientTokens, route
-from .import_source import ImportPolicy
+from .import_source import ImportPolicy, own_directories
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("imagerelay.serve")
@@ -63,7 +63,8 @@ class Service:
         self.keys = AccessKeyFiles(cloud.home)
         self.verifier = Verifier(self.keys.lookup, clock_skew=self.options.clock_skew)
         self.imports = ImportPolicy(self.options.allow_import_dirs,
-                                    self.options.allow_import_hosts)
+                                    self.options.allow_import_hosts,
+                                    own_dirs=lambda: own_directories(cloud))
         self.tokens = ClientTokens()
         self.hosts = EndpointHosts(self.options.public_hosts)
         self.metrics = Metrics(cloud)

@@ -5,7 +5,9 @@ reach. A client of the server must reach neither the server's own files nor its 
 private side, so by default:
 
 - a path or ``file://`` URL is refused, unless it lies under a directory the operator
-  allows (``--allow-import-dir``; symbolic links resolved first);
+  allows (``--allow-import-dir``; symbolic links resolved first), and always inside the
+  home (catalog, access keys, credentials) or a region's store (other accounts' blocks),
+  even where an allowed directory holds them;
 - an ``http(s)://`` URL whose host is, or resolves to, a loopback, private, link-local,
   multicast, reserved or unspecified address is refused, unless the operator allows that
   host (``--allow-import-host``, a name, an address or a network). The engine does not
@@ -29,11 +31,15 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .api_error import ApiError, invalid
+
+if TYPE_CHECKING:
+    from ..cloud import Cloud
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,8 +47,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ImportPolicy:
     def __init__(self, allowed_dirs: Sequence[str | os.PathLike[str]] = (),
-                 allowed_hosts: Sequence[str] = ()) -> None:
+                 allowed_hosts: Sequence[str] = (),
+                 own_dirs: Callable[[], Sequence[str | os.PathLike[str]]] = tuple) -> None:
+        """``own_dirs()``: the directories imagerelay keeps (asked at each import: regions
+        come and go)."""
         self.dirs = [Path(d).expanduser().resolve() for d in allowed_dirs]
+        self.own_dirs = own_dirs
         self.names = {h.lower().rstrip(".") for h in allowed_hosts if not _network(h)}
         self.networks = [n for n in (_network(h) for h in allowed_hosts) if n is not None]
 
@@ -85,6 +95,9 @@ class ImportPolicy:
         resolved = Path(path).resolve()
         if not any(resolved.is_relative_to(d) for d in self.dirs):
             raise refused
+        if any(resolved.is_relative_to(Path(d).resolve()) for d in self.own_dirs()):
+            raise invalid("bosUrl", "names a file of imagerelay's own home or of a region's "
+                                    "store, which are not imported from")
         return str(resolved)
 
     def _named(self, host: str) -> bool:
@@ -158,3 +171,15 @@ def _network(text: str) -> Network | None:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
+
+
+def own_directories(cloud: Cloud) -> list[str]:
+    """The home and the directory of each local region's store."""
+    dirs = [str(cloud.home)]
+    for region in cloud.regions:
+        store = region.store
+        if store.startswith("file://"):
+            dirs.append(unquote(urlsplit(store).path))
+        elif "://" not in store:
+            dirs.append(store)
+    return dirs
