@@ -500,6 +500,28 @@ def test_a_region_takes_no_directory_of_other_files(cloud: ir.Cloud, tmp_path: P
     cloud.add_region("e2", f"file://{empty}")
 
 
+def test_a_relative_store_path_is_taken_from_where_the_region_is_added(
+        home: Path, files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept relative, it named another directory whenever the home was opened from
+    elsewhere: the image's manifest "missing", the image set NotAvailable (found by trying
+    the command line from two directories)."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        region = cloud.add_region("rel", "stores/rel")
+        assert region.store == str(here / "stores" / "rel")
+        image = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="rel",
+                                   name="a")
+    monkeypatch.chdir(elsewhere)
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        assert cloud.region("rel").store == str(here / "stores" / "rel")
+        assert cloud.verify_image(image.id) == image.digest
+        assert cloud.image(image.id).status == "Available"
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_stores_of_the_last_release_are_adopted(home: Path, files: Path) -> None:
     """A home made before stores had a marker: its regions work on and get one; a store
     directory of that release can be added as a region."""

@@ -353,6 +353,12 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
   std::string uri = store_uri.empty() && IsValidRegionId(id)
                         ? (fs::absolute(impl_->options.home) / "regions" / id).string()
                         : store_uri;
+  // A relative path is taken from where the region is added: kept as it was given, it would
+  // name another directory whenever the home is opened from elsewhere (its images then
+  // "missing" and set NotAvailable).
+  if (uri.find("://") == std::string::npos && !uri.empty() && !fs::path(uri).is_absolute()) {
+    if (std::optional<fs::path> directory = LocalStoreDirectory(uri)) uri = directory->string();
+  }
   if (auto bad = CheckStoreUri(uri); !bad.empty()) {
     problems.push_back({codes::kInvalidParameter, bad});
   }
