@@ -11,9 +11,11 @@ store a short image.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,60 @@ def test_a_region_takes_a_store_no_other_region_has(cloud: ir.Cloud, image: ir.I
     cloud.remove_region("odd")
     cloud.add_region("r9")
     assert cloud.verify_image(image.id) == image.digest
+
+
+@pytest.mark.parametrize("left", ["nothing", "an empty directory"])
+def test_a_store_not_mounted_is_unavailable_never_made_again(cloud: ir.Cloud, image: ir.Image,
+                                                             files: Path, left: str) -> None:
+    # Found by unmounting a region's disk: the next import made a new store on the mount
+    # point and was Available, its bytes gone once the disk came back; a verify marked the
+    # images there NotAvailable ("manifest missing"), and they stayed so after it came back.
+    disk = files / "disk"
+    cloud.add_region("far", str(disk / "store"))
+    there = image.replicate("far").wait().copies["far"]
+    (files / "next.raw").write_bytes((files / "src.raw").read_bytes()[::-1])
+    disk.rename(files / "disk.away")  # unmounted: the mount point is left, empty
+    disk.mkdir()
+    if left == "an empty directory":
+        (disk / "store").mkdir()
+
+    def unavailable(call: Callable[[], object]) -> str:
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            call()
+        assert_error(excinfo, ir.TransferError, "Region.StoreUnavailable", 503)
+        assert "mount it" in excinfo.value.message, excinfo.value.message
+        return excinfo.value.message
+
+    unavailable(lambda: cloud.verify_image(there.id))
+    unavailable(lambda: cloud.scrub("far"))
+    with pytest.raises(ir.ImageRelayError):
+        cloud.import_image(files / "next.raw", region="far", name="lost")
+    job = cloud.replicate(image.id, "far", name="again")
+    job.wait(raise_on_error=False)
+    assert job.state == "Failed"
+    assert job.tasks["far"].error_code == "Region.StoreUnavailable"
+    assert cloud.image(there.id).status == "Available"
+    assert [p.name for p in disk.rglob("*")] == ([] if left == "nothing" else ["store"])
+
+    shutil.rmtree(disk)
+    (files / "disk.away").rename(disk)  # mounted again: all there, nothing to repair
+    assert cloud.verify_image(there.id) == image.digest
+    assert cloud.image(there.id).status == "Available"
+    assert cloud.import_image(files / "next.raw", region="far", name="now").status == "Available"
+
+
+def test_a_store_in_the_home_removed_by_hand_is_made_again(cloud: ir.Cloud, image: ir.Image,
+                                                             home: Path) -> None:
+    # The home's own stores (made with the home) are made again if removed: what they held
+    # is gone, and said so.
+    cloud.replicate(image.id, "gz").wait()
+    shutil.rmtree(home / "regions" / "gz")
+    (copy,) = [i for i in cloud.images(region="gz")]
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.verify_image(copy.id)
+    assert_error(excinfo, ir.IntegrityError, "Transfer.IntegrityError", 500)
+    assert cloud.image(copy.id).status == "NotAvailable"
+    assert (home / "regions" / "gz" / ".imagerelay-store").exists()
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o751])

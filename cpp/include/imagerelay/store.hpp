@@ -73,6 +73,14 @@ class Store {
   // if missing and proves the store is writable; throws TransferError(Region.StoreUnavailable)
   // with the reason otherwise.
   virtual void Check() = 0;
+  // Check() for a store being made (a region being added): a local store's directory is
+  // made if missing, and an empty one taken, which a store made already never does again
+  // unless it lies in the home (OpenStore's `makes_local_root`).
+  virtual void Create() { Check(); }
+  // Throws TransferError(Region.StoreUnavailable) if the store's place no longer holds it (a
+  // disk or share not mounted): asked before what seems gone is taken for lost. Nothing for
+  // a store that cannot tell (an object store, a store made again where it is missing).
+  virtual void RequirePresent() {}
   // Removes what writers that died left behind: temporary files of writers known to be gone
   // at once, others once older than an hour. Best effort; may list the whole store, so it
   // runs with sweeps, not on every Check().

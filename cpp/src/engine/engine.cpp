@@ -218,7 +218,7 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   impl->MoveCredentialsOutOfCatalog();
   Impl* raw = impl.get();
   impl->stores = std::make_unique<StoreRegistry>(
-      *impl->credentials, impl->CacheDir(),
+      *impl->credentials, impl->CacheDir(), impl->options.home,
       [raw](const std::string& uri, const std::string& hash, const std::string& why) {
         raw->integrity->OnStoreDamage(uri, hash, why);
       });
@@ -391,7 +391,7 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
   } else {
     store = impl_->StoreForUri(uri);
   }
-  store->Check();
+  store->Create();
   // What an earlier add_region of the same place left when it was killed (its marker's
   // temporary file): the region would otherwise keep it until the home's next open.
   store->RemoveLeftovers();

@@ -39,6 +39,8 @@ Manifest Integrity::LoadManifest(const Image& image, Store& store, std::string* 
     throw;
   }
   if (!manifest) {
+    // Not damage if the store itself is not there (a disk not mounted): StoreUnavailable.
+    store.Check();
     const std::string why = "the manifest of " + Describe(image) + " is missing from its store";
     MarkDamaged(image.id, why);
     ThrowCode(codes::kIntegrityError, why + "; run `imagerelay scrub` or delete the image");
@@ -176,6 +178,9 @@ ScrubReport Integrity::ScrubRegion(const std::string& account, const std::string
   ScrubReport report;
   report.region = region;
   auto store = parts_.store_for(region);
+  // A store not there (a disk not mounted) is unavailable, not damaged: nothing is marked
+  // or repaired into its place.
+  store->Check();
 
   // 1. Every stored chunk, read and checked against its name, a few at a time; listed a
   //    page at a time (a region may hold millions of blocks).

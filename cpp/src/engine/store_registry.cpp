@@ -3,18 +3,22 @@
 #include <optional>
 
 #include "store/store_factory.hpp"
+#include "store/store_place.hpp"
 
 namespace imagerelay {
 
 StoreRegistry::StoreRegistry(const CredentialsFiles& credentials, std::filesystem::path cache_dir,
-                             DamageFn on_damage)
+                             std::filesystem::path home, DamageFn on_damage)
     : credentials_(credentials),
       cache_dir_(std::move(cache_dir)),
+      home_(std::move(home)),
       on_damage_(std::move(on_damage)) {}
 
 std::shared_ptr<Store> StoreRegistry::OpenWith(const std::string& uri,
                                                const sigv4::Credentials& credentials) const {
-  std::shared_ptr<Store> store = OpenStore(uri, credentials, cache_dir_);
+  const std::optional<StorePlace> place = PlaceOfStore(uri);
+  const bool in_home = place && PlaceOfDirectory(home_).Contains(*place);
+  std::shared_ptr<Store> store = OpenStore(uri, credentials, cache_dir_, in_home);
   store->SetDamageHandler(
       [this, uri](const std::string& hash, const std::string& why) { on_damage_(uri, hash, why); });
   return store;

@@ -152,10 +152,11 @@ std::string ForeignEntriesProblem(std::vector<std::string> foreign) {
   return "it holds " + listed + " and no " + std::string(kStoreMarker);
 }
 
-LocalStore::LocalStore(fs::path root, std::string uri, Writes writes)
+LocalStore::LocalStore(fs::path root, std::string uri, Writes writes, Root root_policy)
     : root_(std::move(root)),
       uri_(uri.empty() ? root_.string() : std::move(uri)),
-      writes_(writes) {}
+      writes_(writes),
+      root_policy_(root_policy) {}
 
 fs::path LocalStore::ChunkPath(const std::string& hash) const {
   RequireHash(hash);
@@ -188,8 +189,36 @@ UniqueFd LocalStore::OpenChunkDir(const std::string& hash) const {
   return OpenStoreDir(kChunksDir, hash.substr(0, 2));
 }
 
-void LocalStore::EnsureRoot() {
+void LocalStore::RequireRootHoldsAStore() const {
+  // Made when its region was added: now missing or empty, it is a disk or share not mounted
+  // (or removed by hand), never a store to make again in its place.
+  UniqueFd root(::open(root_.c_str(), kDirFlags));
+  if (!root) {
+    Unavailable(uri_, root_,
+                root_.string() + " is missing (" + ErrnoText(errno) +
+                    "); a region's store is made once, when the region is added, and never "
+                    "again in its place: if it lives on a disk or share, mount it");
+  }
+  if (::faccessat(root.get(), kStoreMarker.data(), F_OK, AT_SYMLINK_NOFOLLOW) != 0 &&
+      ::faccessat(root.get(), kManifestsDir, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+    Unavailable(uri_, root_,
+                root_.string() + " holds no store (no " + std::string(kStoreMarker) +
+                    "); a region's store is never made again in its place: if it lives on a "
+                    "disk or share, mount it");
+  }
+}
+
+void LocalStore::RequirePresent() {
+  if (root_policy_ == Root::kMustExist) RequireRootHoldsAStore();
+}
+
+void LocalStore::EnsureRoot(bool may_make) {
   if (root_known_.load(std::memory_order_acquire)) return;
+  if (!may_make) {
+    RequireRootHoldsAStore();
+    root_known_.store(true, std::memory_order_release);
+    return;
+  }
   std::error_code ec;
   bool created = fs::create_directories(root_, ec);
   if (ec) {
@@ -246,7 +275,7 @@ void LocalStore::EnsureChunkDirs() {
   chunk_dirs_known_.store(true, std::memory_order_release);
 }
 
-void LocalStore::ClaimRoot(int root_fd) {
+void LocalStore::ClaimRoot(int root_fd, bool may_make) {
   UniqueFd marker(::openat(root_fd, kStoreMarker.data(), kOpenStoreFile));
   if (marker) {
     char text[4096];
@@ -275,6 +304,14 @@ void LocalStore::ClaimRoot(int root_fd) {
   if (int err = ListDirectory(root_fd, entries); err != 0) {
     Unavailable(uri_, root_, "cannot list " + root_.string() + ": " + ErrnoText(err));
   }
+  if (!may_make && std::none_of(entries.begin(), entries.end(), [](const DirEntry& entry) {
+        return entry.kind == EntryKind::kDirectory && entry.name == kManifestsDir;
+      })) {
+    Unavailable(uri_, root_,
+                root_.string() + " holds no store (no " + std::string(kStoreMarker) +
+                    "); a region's store is never made again in its place: if it lives on a "
+                    "disk or share, mount it");
+  }
   std::vector<std::string> foreign;
   for (const DirEntry& entry : entries) {
     const bool ours =
@@ -292,12 +329,16 @@ void LocalStore::ClaimRoot(int root_fd) {
   if (!error.empty()) Unavailable(uri_, root_, error);
 }
 
-void LocalStore::Check() {
+void LocalStore::Check() { CheckRoot(root_policy_ == Root::kMadeIfMissing); }
+
+void LocalStore::Create() { CheckRoot(true); }
+
+void LocalStore::CheckRoot(bool may_make) {
   // The store may have been removed and made again since we last looked: check anew.
   root_known_ = chunks_known_ = manifests_known_ = images_known_ = false;
   chunk_dirs_known_ = packs_known_ = index_known_ = false;
-  EnsureRoot();
-  ClaimRoot(OpenRoot().get());
+  EnsureRoot(may_make);
+  ClaimRoot(OpenRoot().get(), may_make);
   const bool packs = writes_ == Writes::kPacks;
   const char* data_dir = packs ? kPacksDir : kChunksDir;
   EnsureDir(data_dir, packs ? packs_known_ : chunks_known_);

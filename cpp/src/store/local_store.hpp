@@ -80,13 +80,20 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   // this class's own tests exercise), or packs under packs/ when a PackStore writes through
   // it; chunks/ is then only read (a first-release store's chunks) and never made.
   enum class Writes { kChunks, kPacks };
+  // What a missing root means: made anew (a store in the home, or a test's), or an
+  // unavailable store (one made when its region was added, maybe on a disk or share not
+  // mounted now: made again in its place, it would take writes that vanish when the disk
+  // is mounted, and its images would look damaged). Create() makes it either way.
+  enum class Root { kMadeIfMissing, kMustExist };
   // `root` need not exist yet; `uri` is what uri() shows (the root itself if empty).
   explicit LocalStore(std::filesystem::path root, std::string uri = "",
-                      Writes writes = Writes::kChunks);
+                      Writes writes = Writes::kChunks, Root root_policy = Root::kMadeIfMissing);
   ~LocalStore() override;  // removes chunks written but never flushed
 
   std::string uri() const override { return uri_; }
   void Check() override;
+  void Create() override;
+  void RequirePresent() override;
   void RemoveLeftovers() override;
 
   // Disk I/O is short: the cancel tokens are checked between chunks, not inside these.
@@ -176,9 +183,18 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   // it could not (the caller then deletes it).
   bool MoveToQuarantine(int dir_fd, const std::string& name);
   UniqueFd OpenRoot() const;
-  // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
-  void ClaimRoot(int root_fd);
-  void EnsureRoot();
+  // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not;
+  // an empty root only if `may_make`.
+  void ClaimRoot(int root_fd, bool may_make);
+  // Makes the root if missing and `may_make`; else throws StoreUnavailable unless it holds
+  // a store.
+  void EnsureRoot(bool may_make);
+  void EnsureRoot() { EnsureRoot(root_policy_ == Root::kMadeIfMissing); }
+  // Check() and Create().
+  void CheckRoot(bool may_make);
+  // Throws StoreUnavailable unless the root is a directory holding a store (its marker, or
+  // an earlier release's manifests/).
+  void RequireRootHoldsAStore() const;
   void EnsureDir(const char* sub, std::atomic<bool>& known);
   void EnsureChunkDirs();
   // Size of the chunk's file, nullopt if there is none (a link or anything but a regular
@@ -206,8 +222,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   std::atomic<FileMarks*> chunk_marks_{nullptr};
   std::filesystem::path root_;
   std::string uri_;
-  // Directories known to exist, so that a write does not mkdir every time.
   const Writes writes_;
+  const Root root_policy_;
+  // Directories known to exist, so that a write does not mkdir every time.
   std::atomic<bool> root_known_{false};
   std::atomic<bool> chunks_known_{false};
   std::atomic<bool> manifests_known_{false};

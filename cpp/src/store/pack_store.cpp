@@ -158,6 +158,11 @@ void PackStore::Check() {
   Reconcile();  // the store may have changed behind the index since it was opened
 }
 
+void PackStore::Create() {
+  base_->Create();
+  Reconcile();
+}
+
 BlockIndex& PackStore::Index() {
   {
     std::lock_guard lock(index_mutex_);
@@ -194,6 +199,8 @@ bool PackStore::HasLegacyChunks() {
 }
 
 PackStore::Lost PackStore::ReconcileLocked() {
+  // A store not mounted lists no pack: none is taken for lost.
+  base_->RequirePresent();
   Lost lost;
   std::map<std::string, uint64_t> indexed;
   for (auto& [name, size] : index_->Packs()) indexed.emplace(std::move(name), size);
@@ -286,6 +293,7 @@ void PackStore::ForgetVanishedLocked(const std::string& pack, Lost& lost) {
 }
 
 void PackStore::PackVanished(const std::string& pack) {
+  base_->RequirePresent();  // its disk not mounted: unavailable, nothing lost
   // An object store's index is this host's cache: another host may have repacked the
   // blocks; a reconcile finds them where they went and reports only the others.
   if (packs_.RemoteReads()) return Reconcile();

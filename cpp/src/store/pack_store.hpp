@@ -79,6 +79,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
 
   std::string uri() const override { return base_->uri(); }
   void Check() override;
+  void Create() override;
   void RemoveLeftovers() override { base_->RemoveLeftovers(); }
 
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;

@@ -213,7 +213,7 @@ std::optional<std::filesystem::path> LocalStoreDirectory(const std::string& uri)
 std::unique_ptr<Store> OpenStore(const std::string& uri) { return OpenStore(uri, {}, {}); }
 
 std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credentials& credentials,
-                                 const std::filesystem::path& cache_dir) {
+                                 const std::filesystem::path& cache_dir, bool makes_local_root) {
   if (std::string problem = CheckStoreUri(uri); !problem.empty()) {
     throw ValidationError(codes::kInvalidParameter, problem);
   }
@@ -224,8 +224,9 @@ std::unique_ptr<Store> OpenStore(const std::string& uri, const sigv4::Credential
     PackFiles& packs = *s3;
     return std::make_unique<PackStore>(std::move(s3), packs);
   }
-  auto local =
-      std::make_unique<LocalStore>(*LocalStoreDirectory(uri), uri, LocalStore::Writes::kPacks);
+  auto local = std::make_unique<LocalStore>(
+      *LocalStoreDirectory(uri), uri, LocalStore::Writes::kPacks,
+      makes_local_root ? LocalStore::Root::kMadeIfMissing : LocalStore::Root::kMustExist);
   PackFiles& packs = *local;
   return std::make_unique<PackStore>(std::move(local), packs);
 }
