@@ -155,7 +155,8 @@ void BindModel(py::module_& m) {
       .def_readonly("quarantined", &ScrubReport::quarantined)
       .def_readonly("chunks_repaired", &ScrubReport::chunks_repaired)
       .def_readonly("images_repaired", &ScrubReport::images_repaired)
-      .def_readonly("images_damaged", &ScrubReport::images_damaged);
+      .def_readonly("images_damaged", &ScrubReport::images_damaged)
+      .def_readonly("unavailable", &ScrubReport::unavailable);
 
   py::class_<PolicyRequest>(m, "PolicyRequestInfo")
       .def_readonly("action", &PolicyRequest::action)

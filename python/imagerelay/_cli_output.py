@@ -230,6 +230,7 @@ def job_failed(job: Job) -> str:
 
 def scrub_reports(reports: list[ScrubReport]) -> str:
     return "\n".join(
+        f"{r.region}: not scrubbed: {r.unavailable}" if r.unavailable else
         f"{r.region}: {r.chunks_checked} chunks checked, {len(r.quarantined)} quarantined, "
         f"{r.chunks_repaired} repaired from other regions"
         + (f"; repaired {', '.join(r.images_repaired)}" if r.images_repaired else "")

@@ -427,6 +427,11 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *
         if damaged:
             output.error(output.still_damaged(damaged))
             return 1
+        if any(r.unavailable for r in reports):
+            output.error("Region.StoreUnavailable: not every region was scrubbed: "
+                         + "; ".join(f"{r.region}: {r.unavailable}" for r in reports
+                                     if r.unavailable))
+            return 1
     elif cmd == "events":
         events = cloud.events(since=args.since, image_id=args.image)
         if args.follow:

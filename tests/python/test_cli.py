@@ -447,6 +447,21 @@ def test_a_failed_copy_exits_1(home: Path, tmp_path: Path) -> None:
                                              inproc=False)
 
 
+def test_scrub_says_which_region_it_could_not_reach(home: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    run(home, "regions", "add", "far", str(disk / "store"), inproc=True)
+    import_image(home, make_image(tmp_path / "a.raw"))
+    disk.rename(tmp_path / "disk.away")  # its disk not mounted
+    disk.mkdir()
+    result = run(home, "scrub", as_json=False, expect=1, inproc=True)
+    assert "far: not scrubbed: region store" in result.stdout, result.stdout
+    assert "bj: " in result.stdout and "chunks checked" in result.stdout
+    assert result.stderr.startswith("error: Region.StoreUnavailable: not every region was "
+                                    "scrubbed: far: "), result.stderr
+    assert "mount it" in fails(home, "Region.StoreUnavailable", "scrub", "--region", "far")
+    assert list(disk.iterdir()) == []
+
+
 # -- share, unshare, shared-users ----------------------------------------------------------
 def test_share_unshare_shared_users(shared: dict[str, Any]) -> None:
     home, image_id = shared["home"], shared["image"]["id"]

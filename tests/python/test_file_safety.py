@@ -167,6 +167,11 @@ def test_a_store_not_mounted_is_unavailable_never_made_again(cloud: ir.Cloud, im
 
     unavailable(lambda: cloud.verify_image(there.id))
     unavailable(lambda: cloud.scrub("far"))
+    # Every region: the others are scrubbed, this one is said not to be.
+    reports = {r.region: r for r in cloud.scrub()}
+    assert reports["far"].unavailable and "mount it" in reports["far"].unavailable
+    assert not reports["far"].healthy and reports["bj"].healthy
+    assert reports["bj"].chunks_checked > 0 and reports["bj"].unavailable is None
     with pytest.raises(ir.ImageRelayError):
         cloud.import_image(files / "next.raw", region="far", name="lost")
     job = cloud.replicate(image.id, "far", name="again")

@@ -47,6 +47,9 @@ struct ScrubReport {
   uint64_t chunks_repaired = 0;              // fetched from another region
   std::vector<std::string> images_repaired;  // Available again (or never lost a chunk)
   std::vector<std::string> images_damaged;   // still NotAvailable: no region had the bytes
+  // Why the region was not scrubbed (its store unavailable: a disk not mounted, a server
+  // down); "" if it was. Only when every region is scrubbed: one named region throws.
+  std::string unavailable;
 };
 
 // An image as one account sees it.

@@ -946,8 +946,15 @@ std::vector<ScrubReport> Engine::Scrub(const std::string& account,
   });
   CancelToken stop(cancel);
   std::vector<ScrubReport> reports;
-  for (const auto& id : regions)
-    reports.push_back(impl_->integrity->ScrubRegion(account, id, stop, progress));
+  for (const auto& id : regions) {
+    try {
+      reports.push_back(impl_->integrity->ScrubRegion(account, id, stop, progress));
+    } catch (const TransferError& e) {
+      // Every region: one that cannot be reached is said so, the others are scrubbed.
+      if (region || e.code() != codes::kStoreUnavailable) throw;
+      reports.push_back(ScrubReport{.region = id, .unavailable = e.message()});
+    }
+  }
   return reports;
 }
 
