@@ -60,13 +60,20 @@ CHUNK = 64 * 1024
 
 # A child process that starts a replication of image_id to one region, prints the job and
 # the copy's id, and sleeps (tests kill it mid-copy):
-#   python -c CHILD_REPLICATE HOME IMAGE_ID BANDWIDTH REGION
+#   python -c CHILD_REPLICATE HOME IMAGE_ID BANDWIDTH REGION [running]
 CHILD_REPLICATE = textwrap.dedent("""
     import sys, time, json
     import imagerelay as ir
     home, image_id, bandwidth, region = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     cloud = ir.open(home, limits=ir.Limits(chunk_size=65536, bandwidth=bandwidth))
     job = cloud.replicate(image_id, [region])
+    # "running": said once this process's worker has claimed the copy (else an engine the
+    # test opens next may claim it first, and copy it without the bandwidth cap).
+    deadline = time.monotonic() + 60
+    while sys.argv[5:] == ["running"] and job.tasks[region].state == "Pending":
+        assert time.monotonic() < deadline, "the copy was never claimed"
+        time.sleep(0.02)
+        job.refresh()
     print("RESULT", json.dumps({"job": job.id, "dest": job.tasks[region].dest_image_id}),
           flush=True)
     time.sleep(600)

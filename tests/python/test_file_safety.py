@@ -15,7 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -200,6 +200,47 @@ def test_a_store_in_the_home_removed_by_hand_is_made_again(cloud: ir.Cloud, imag
     assert_error(excinfo, ir.IntegrityError, "Transfer.IntegrityError", 500)
     assert cloud.image(copy.id).status == "NotAvailable"
     assert (home / "regions" / "gz" / ".imagerelay-store").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB file system of its own (tmpfs), to fill."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_the_write_and_loses_nothing(cloud: ir.Cloud, files: Path,
+                                                       full_disk: Path) -> None:
+    # An import and a copy larger than the region's disk: each fails with the reason, no
+    # image of them is Available, no temporary is left, and the store takes what fits next.
+    cloud.add_region("tiny", str(full_disk / "store"))
+    big = make_dense(files / "big.raw", 16 * 2**20)
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.import_image(big, region="tiny", name="big")
+    assert excinfo.value.code == "Transfer.Failed"
+    assert "No space left on device" in excinfo.value.message, excinfo.value.message
+    source = cloud.import_image(big, region="bj", name="big")
+    job = cloud.replicate(source.id, "tiny")
+    job.wait(raise_on_error=False)
+    assert job.state == "Failed" and job.tasks["tiny"].error_code == "Transfer.Failed"
+    assert "No space left on device" in (job.tasks["tiny"].error or "")
+    assert [i.status for i in cloud.images(region="tiny")] == ["CreateFailed", "CreateFailed"]
+    left = [p for p in (full_disk / "store").rglob("*") if p.is_file()]
+    assert not [p for p in left if p.name.startswith(".tmp-")], left
+    assert not [p for p in left if "packs" in p.parts], left
+    small = cloud.import_image(make_dense(files / "small.raw", 2 * CHUNK), region="tiny",
+                               name="small")
+    assert small.status == "Available"
+    assert cloud.verify_image(small.id) == small.digest
+    assert cloud.verify_image(source.id) == source.digest
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o751])

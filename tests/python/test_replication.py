@@ -696,7 +696,7 @@ def test_crash_takeover_by_an_engine_already_open(home: Path, files: Path) -> No
     # even if opening the home here takes seconds on a loaded machine (at SLOW, a CI run
     # once found it completed).
     child = subprocess.Popen([PYTHON, "-c", CHILD_REPLICATE, str(home), image.id,
-                              str(SLOW // 4), "gz"],
+                              str(SLOW // 4), "gz", "running"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = read_result(child)
