@@ -801,8 +801,6 @@ void Engine::Delete(const std::string& account, const std::string& image_id, boo
 
 namespace {
 
-// A copy still in flight to `image`: Replicating like a source being copied, but with no
-// bytes yet.
 // An export's target directory may not be the home, a region's store or inside either.
 void RequireOutsideHomeAndStores(const std::string& path, const StorePlace& directory,
                                  const fs::path& home, const std::vector<Region>& regions) {
@@ -823,6 +821,8 @@ void RequireOutsideHomeAndStores(const std::string& path, const StorePlace& dire
   }
 }
 
+// A copy still in flight to `image`: Replicating like a source being copied, but with no
+// bytes yet.
 bool CopyInFlightTo(CatalogTx& tx, const Image& image) {
   if (image.status != ImageStatus::kReplicating) return false;
   const std::optional<Task> task = tx.GetTaskByDestImage(image.id);

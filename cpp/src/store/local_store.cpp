@@ -275,7 +275,7 @@ void LocalStore::EnsureChunkDirs() {
   chunk_dirs_known_.store(true, std::memory_order_release);
 }
 
-void LocalStore::ClaimRoot(int root_fd, bool may_make) {
+void LocalStore::ClaimRoot(int root_fd) {
   UniqueFd marker(::openat(root_fd, kStoreMarker.data(), kOpenStoreFile));
   if (marker) {
     char text[4096];
@@ -304,14 +304,6 @@ void LocalStore::ClaimRoot(int root_fd, bool may_make) {
   if (int err = ListDirectory(root_fd, entries); err != 0) {
     Unavailable(uri_, root_, "cannot list " + root_.string() + ": " + ErrnoText(err));
   }
-  if (!may_make && std::none_of(entries.begin(), entries.end(), [](const DirEntry& entry) {
-        return entry.kind == EntryKind::kDirectory && entry.name == kManifestsDir;
-      })) {
-    Unavailable(uri_, root_,
-                root_.string() + " holds no store (no " + std::string(kStoreMarker) +
-                    "); a region's store is never made again in its place: if it lives on a "
-                    "disk or share, mount it");
-  }
   std::vector<std::string> foreign;
   for (const DirEntry& entry : entries) {
     const bool ours =
@@ -337,8 +329,8 @@ void LocalStore::CheckRoot(bool may_make) {
   // The store may have been removed and made again since we last looked: check anew.
   root_known_ = chunks_known_ = manifests_known_ = images_known_ = false;
   chunk_dirs_known_ = packs_known_ = index_known_ = false;
-  EnsureRoot(may_make);
-  ClaimRoot(OpenRoot().get(), may_make);
+  EnsureRoot(may_make);  // a store that must exist is there: only an earlier release's is taken
+  ClaimRoot(OpenRoot().get());
   const bool packs = writes_ == Writes::kPacks;
   const char* data_dir = packs ? kPacksDir : kChunksDir;
   EnsureDir(data_dir, packs ? packs_known_ : chunks_known_);

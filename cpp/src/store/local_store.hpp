@@ -183,9 +183,8 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   // it could not (the caller then deletes it).
   bool MoveToQuarantine(int dir_fd, const std::string& name);
   UniqueFd OpenRoot() const;
-  // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not;
-  // an empty root only if `may_make`.
-  void ClaimRoot(int root_fd, bool may_make);
+  // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
+  void ClaimRoot(int root_fd);
   // Makes the root if missing and `may_make`; else throws StoreUnavailable unless it holds
   // a store.
   void EnsureRoot(bool may_make);
