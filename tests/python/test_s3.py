@@ -141,6 +141,36 @@ def test_a_region_takes_no_prefix_another_region_has(cloud: ir.Cloud, s3: S3Serv
     assert {"s3a", "s3b"} <= {r.id for r in cloud.regions}
 
 
+def test_an_emptied_prefix_is_unavailable_never_made_again(cloud: ir.Cloud, s3: S3Server,
+                                                           bucket: str, files: Path) -> None:
+    """An endpoint or bucket that now names another, empty place (the S3 side of a disk not
+    mounted): the region's store is not made again there, nothing is taken for damaged, and
+    all is well once the objects are back."""
+    add_s3_region(cloud, s3, "s3a", bucket)
+    image = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="s3a", name="a")
+    client = s3.client()
+    moved = [k for k in s3.keys(bucket) if k.startswith("relay/")]
+    for key in moved:
+        client.copy_object(Bucket=bucket, Key="away/" + key,
+                           CopySource={"Bucket": bucket, "Key": key})
+        client.delete_object(Bucket=bucket, Key=key)
+    with ir.open(cloud.home, limits=ir.Limits(chunk_size=CHUNK)) as other:  # a fresh process's view
+        for call in (lambda: other.verify_image(image.id),
+                     lambda: other.import_image(files / "a.raw", region="s3a", name="b")):
+            with pytest.raises(ir.ImageRelayError) as excinfo:
+                call()
+            assert excinfo.value.code == "Region.StoreUnavailable", excinfo.value.message
+            assert "made once" in excinfo.value.message
+        assert other.image(image.id).status == "Available"
+    assert not [k for k in s3.keys(bucket) if k.startswith("relay/")]
+    for key in moved:
+        client.copy_object(Bucket=bucket, Key=key,
+                           CopySource={"Bucket": bucket, "Key": "away/" + key})
+    with ir.open(cloud.home, limits=ir.Limits(chunk_size=CHUNK)) as other:
+        assert other.verify_image(image.id) == image.digest
+        assert other.image(image.id).status == "Available"
+
+
 def test_add_region_adopts_a_store_without_a_marker(cloud: ir.Cloud, s3: S3Server,
                                                     bucket: str, files: Path) -> None:
     """A prefix that a release before the marker filled, as a region of another home."""

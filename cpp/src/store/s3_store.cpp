@@ -106,7 +106,11 @@ void S3Store::Fail(const std::string& what, const HttpResponse& response) const 
   throw TransferError(codes::kStoreUnavailable, message);
 }
 
-void S3Store::Check() {
+void S3Store::Check() { CheckPrefix(false); }
+
+void S3Store::Create() { CheckPrefix(true); }
+
+void S3Store::CheckPrefix(bool may_make) {
   const std::string key = Key(std::string(kProbePrefix) + RandomHex(6));
   const std::string body = "imagerelay write probe\n";
   try {
@@ -129,7 +133,7 @@ void S3Store::Check() {
                           "S3 store " + location().display +
                               " does not allow deletes: " + S3Client::Reason(response));
     }
-    ClaimPrefix();
+    ClaimPrefix(may_make);
   } catch (const TransientError& e) {
     throw TransferError(codes::kStoreUnavailable,
                         "S3 store " + location().display + " is unreachable: " + e.what());
@@ -145,7 +149,7 @@ void S3Store::Check() {
   }
 }
 
-void S3Store::ClaimPrefix() {
+void S3Store::ClaimPrefix(bool may_make) {
   const std::string marker = Key(std::string(kStoreMarker));
   auto not_a_store = [&](const std::string& why) {
     throw TransferError(codes::kStoreUnavailable,
@@ -172,6 +176,7 @@ void S3Store::ClaimPrefix() {
   HttpResponse response = client_.Perform(list);
   if (!IsSuccessStatus(response.status)) Fail("listing of " + location().display, response);
   std::vector<std::string> foreign;
+  bool manifests = false;  // an earlier release's store
   for (const std::string& key : XmlAll(response.body, "Key")) {
     // The prefix's own "folder" object (as a console makes it) and probes left by a Check.
     const std::string name = key.substr(std::min(top.size(), key.size()));
@@ -182,9 +187,17 @@ void S3Store::ClaimPrefix() {
     std::string name = prefix.substr(top.size());
     if (name.ends_with('/')) name.pop_back();
     if (!IsStoreDirName(name)) foreign.push_back(name + "/");
+    manifests = manifests || name == "manifests";
   }
   if (std::string problem = ForeignEntriesProblem(std::move(foreign)); !problem.empty()) {
     not_a_store(problem);
+  }
+  if (!may_make && !manifests) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location().display +
+                            " is unavailable: it holds no store (no " + std::string(kStoreMarker) +
+                            "); a region's store is made once, when the region is added: check "
+                            "that the endpoint and bucket are the ones it was added with");
   }
   PutText(marker, StoreMarkerText(), "the store marker");
 }

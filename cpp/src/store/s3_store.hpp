@@ -51,7 +51,12 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
                    HttpOptions http = {});
 
   std::string uri() const override { return location().display; }
+  // A prefix without the store's marker is taken (marked) only by Create(), a region being
+  // added, or if it holds an earlier release's manifests/: found empty later, it is another
+  // place than the one the region was added with (an endpoint or bucket that now names
+  // another), never a store to make again there (LocalStore::Root says the same of disks).
   void Check() override;
+  void Create() override;
   // Aborts multipart uploads of manifests that a killed writer left open over an hour ago
   // (s3_manifests.cpp). Best effort.
   void RemoveLeftovers() override;
@@ -127,8 +132,11 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   // Where manifests are spooled on their way to and from the bucket (s3_manifests.cpp).
   std::filesystem::path CacheDir() const;
   [[noreturn]] void Fail(const std::string& what, const HttpResponse& response) const;
-  // Takes the prefix as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
-  void ClaimPrefix();
+  // Takes the prefix as a store (see kStoreMarker) or throws StoreUnavailable saying why not;
+  // one holding nothing of a store only if `may_make`.
+  void ClaimPrefix(bool may_make);
+  // Check() and Create().
+  void CheckPrefix(bool may_make);
   // Deletes a copy that did not hash to its name and throws IntegrityError.
   [[noreturn]] void RejectCopy(const std::string& hash, const std::string& why);
   void PutText(const std::string& key, const std::string& text, const char* what);
