@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -70,6 +71,26 @@ def test_export_refuses_an_existing_file_without_force(cloud: ir.Cloud, image: i
     assert out.read_bytes() == (files / "src.raw").read_bytes()
     assert cloud.export_image(image.id, out, force=True) == out
     assert sorted(p.name for p in files.iterdir()) == ["out.raw", "src.raw"]
+
+
+def test_regions_sharing_a_store_from_an_earlier_release_are_named_at_open(
+        home: Path, files: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Homes of releases before add_region refused it may have two regions on one store: they
+    # keep working, and every open says so.
+    with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+        cloud.add_region("twin", str(files / "twin"))
+    with sqlite3.connect(home / "catalog.db") as db:  # as that release wrote it
+        db.execute("UPDATE regions SET store_uri = ? WHERE id = 'twin'",
+                   (str(home / "regions" / "bj"),))
+    db.close()
+    with caplog.at_level("WARNING", logger="imagerelay"):
+        with ir.open(home, limits=ir.Limits(chunk_size=CHUNK)) as cloud:
+            image = cloud.import_image(make_dense(files / "a.raw", 2 * CHUNK), region="twin",
+                                       name="a")
+            assert cloud.verify_image(image.id) == image.digest
+    messages = [r.getMessage() for r in caplog.records if r.name == "imagerelay"]
+    assert any("the store of region bj" in m and "is the store of region twin" in m
+               for m in messages), messages
 
 
 def test_export_never_writes_inside_the_home_or_a_regions_store(cloud: ir.Cloud, image: ir.Image,

@@ -14,6 +14,7 @@
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
 #include "imagerelay/image_io.hpp"
+#include "imagerelay/log.hpp"
 #include "imagerelay/rules.hpp"
 #include "imagerelay/sha256.hpp"
 #include "store/store_place.hpp"
@@ -160,6 +161,48 @@ void Engine::Impl::Request(
 
 namespace {
 
+// How the store at `uri` meets the store of region `other` ("is the store of region bj",
+// "holds ...", "is inside ..."), or "" if it does not (store_place.hpp says why they may not).
+std::string HowStoresMeet(const std::string& uri, const Region& other) {
+  const std::optional<StorePlace> place = PlaceOfStore(uri);
+  const std::optional<StorePlace> theirs = PlaceOfStore(other.store_uri);
+  if (!place || !theirs || !place->Overlaps(*theirs)) return "";
+  const char* how = place->where == theirs->where ? "is the store of region "
+                    : place->Contains(*theirs)    ? "holds the store of region "
+                                                  : "is inside the store of region ";
+  return how + other.id + " (" + RedactUrl(other.store_uri) + ")";
+}
+
+// A new region's store may not be another region's, hold one or lie inside one.
+void RequireStoreOfItsOwn(const std::string& uri, const std::vector<Region>& regions) {
+  for (const Region& other : regions) {
+    if (std::string how = HowStoresMeet(uri, other); !how.empty()) {
+      ThrowCode(codes::kInvalidParameter,
+                "store " + Quote(RedactUrl(uri)) + " " + how +
+                    "; give each region a store of its own: two regions in one store would be "
+                    "one copy of their images, and each store would find the other's files");
+    }
+  }
+}
+
+// Regions that share a store (added so by a release before add_region refused it) keep
+// working, and are named at every open.
+void WarnOfSharedStores(const Engine::Impl& impl) {
+  std::vector<Region> regions;
+  impl.catalog->Read([&](CatalogTx& tx) { regions = tx.ListRegions(); });
+  for (size_t i = 0; i < regions.size(); ++i) {
+    for (size_t j = i + 1; j < regions.size(); ++j) {
+      if (std::string how = HowStoresMeet(regions[i].store_uri, regions[j]); !how.empty()) {
+        Log(LogLevel::kWarning,
+            "the store of region " + regions[i].id + " (" + RedactUrl(regions[i].store_uri) + ") " +
+                how +
+                ": a copy between them is no second copy; move one region's images to a "
+                "region of its own store");
+      }
+    }
+  }
+}
+
 // The regions a worker says it reaches must exist: a typo would leave copies waiting for a
 // worker that never takes them, with nothing said.
 void CheckWorkerRegions(const Engine::Impl& impl) {
@@ -283,6 +326,7 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   });
   for (const auto& region : defaults) impl->StoreForUri(region.store_uri)->Check();
   CheckWorkerRegions(*impl);
+  WarnOfSharedStores(*impl);
 
   // Another process's (or host's) commit wakes this one's waiters and idle workers at once,
   // where the catalog can tell (PostgreSQL); otherwise they look again every so often.
@@ -322,29 +366,6 @@ const Limits& Engine::limits() const { return impl_->options.limits; }
 std::string Engine::catalog() const { return impl_->catalog->Describe(); }
 
 // ---- regions and accounts -------------------------------------------------------------
-
-namespace {
-
-// A new region's store may not be another region's, hold one or lie inside one
-// (store_place.hpp says why).
-void RequireStoreOfItsOwn(const std::string& uri, const std::vector<Region>& regions) {
-  const std::optional<StorePlace> place = PlaceOfStore(uri);
-  if (!place) return;  // refused where it is opened, with its reason
-  for (const Region& other : regions) {
-    const std::optional<StorePlace> theirs = PlaceOfStore(other.store_uri);
-    if (!theirs || !place->Overlaps(*theirs)) continue;
-    const std::string how = place->where == theirs->where ? "is the store of region "
-                            : place->Contains(*theirs)    ? "holds the store of region "
-                                                          : "is inside the store of region ";
-    ThrowCode(codes::kInvalidParameter,
-              "store " + Quote(RedactUrl(uri)) + " " + how + other.id + " (" +
-                  RedactUrl(other.store_uri) +
-                  "); give each region a store of its own: two regions in one store would be "
-                  "one copy of their images, and each store would find the other's files");
-  }
-}
-
-}  // namespace
 
 Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
                          const std::string& name, const std::string& access_key_id,
