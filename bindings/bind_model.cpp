@@ -1,12 +1,14 @@
 // Plain data types: read-only views the Python layer wraps in its own classes.
 #include <pybind11/stl.h>
 
+#include <filesystem>
 #include <optional>
 #include <string>
 
 #include "bindings.hpp"
 #include "imagerelay/engine.hpp"
 #include "imagerelay/model.hpp"
+#include "imagerelay/store.hpp"
 
 namespace py = pybind11;
 
@@ -28,6 +30,16 @@ std::vector<std::string> Names(std::initializer_list<Enum> values) {
 }  // namespace
 
 void BindModel(py::module_& m) {
+  m.def(
+      "local_store_directory",
+      [](const std::string& uri) -> std::optional<std::string> {
+        std::optional<std::filesystem::path> directory = LocalStoreDirectory(uri);
+        if (!directory) return std::nullopt;
+        return directory->string();
+      },
+      py::arg("uri"),
+      "The directory of a local store's URI (a path or file:// URI), absolute; None for s3:// "
+      "or a URI the core refuses.");
   m.def(
       "event_types",
       [] {

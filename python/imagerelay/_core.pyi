@@ -27,6 +27,8 @@ def _log_to_python(on: bool) -> None:
 # -- bind_model.cpp ---------------------------------------------------------------------
 def event_types() -> list[str]:
     """Every event type the engine emits."""
+def local_store_directory(uri: str) -> str | None:
+    """The directory of a local store's URI (a path or file:// URI), absolute; None for s3:// or a URI the core refuses."""
 def image_statuses() -> list[str]:
     """Every image status, in the core's order."""
 def task_states() -> list[str]:

@@ -161,11 +161,10 @@ void Engine::Impl::Request(
 
 namespace {
 
-// How the store at `uri` meets the store of region `other` ("is the store of region bj",
-// "holds ...", "is inside ..."), or "" if it does not (store_place.hpp says why they may not).
-std::string HowStoresMeet(const std::string& uri, const Region& other) {
-  const std::optional<StorePlace> place = PlaceOfStore(uri);
-  const std::optional<StorePlace> theirs = PlaceOfStore(other.store_uri);
+// How a store at `place` meets `other`'s, at `theirs` ("is the store of region bj", "holds
+// ...", "is inside ..."), or "" if it does not (store_place.hpp says why they may not).
+std::string HowStoresMeet(const std::optional<StorePlace>& place, const Region& other,
+                          const std::optional<StorePlace>& theirs) {
   if (!place || !theirs || !place->Overlaps(*theirs)) return "";
   const char* how = place->where == theirs->where ? "is the store of region "
                     : place->Contains(*theirs)    ? "holds the store of region "
@@ -175,8 +174,10 @@ std::string HowStoresMeet(const std::string& uri, const Region& other) {
 
 // A new region's store may not be another region's, hold one or lie inside one.
 void RequireStoreOfItsOwn(const std::string& uri, const std::vector<Region>& regions) {
+  const std::optional<StorePlace> place = PlaceOfStore(uri);
   for (const Region& other : regions) {
-    if (std::string how = HowStoresMeet(uri, other); !how.empty()) {
+    if (std::string how = HowStoresMeet(place, other, PlaceOfStore(other.store_uri));
+        !how.empty()) {
       ThrowCode(codes::kInvalidParameter,
                 "store " + Quote(RedactUrl(uri)) + " " + how +
                     "; give each region a store of its own: two regions in one store would be "
@@ -190,9 +191,11 @@ void RequireStoreOfItsOwn(const std::string& uri, const std::vector<Region>& reg
 void WarnOfSharedStores(const Engine::Impl& impl) {
   std::vector<Region> regions;
   impl.catalog->Read([&](CatalogTx& tx) { regions = tx.ListRegions(); });
+  std::vector<std::optional<StorePlace>> places;  // each looked up once: this runs at open
+  for (const Region& region : regions) places.push_back(PlaceOfStore(region.store_uri));
   for (size_t i = 0; i < regions.size(); ++i) {
     for (size_t j = i + 1; j < regions.size(); ++j) {
-      if (std::string how = HowStoresMeet(regions[i].store_uri, regions[j]); !how.empty()) {
+      if (std::string how = HowStoresMeet(places[i], regions[j], places[j]); !how.empty()) {
         Log(LogLevel::kWarning,
             "the store of region " + regions[i].id + " (" + RedactUrl(regions[i].store_uri) + ") " +
                 how +

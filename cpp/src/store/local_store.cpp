@@ -189,22 +189,23 @@ UniqueFd LocalStore::OpenChunkDir(const std::string& hash) const {
   return OpenStoreDir(kChunksDir, hash.substr(0, 2));
 }
 
+// Why a store that must exist is not made again in its place, and what to do.
+constexpr const char* kMadeOnce =
+    "; a region's store is made once, when the region is added, and never again in its "
+    "place: if it lives on a disk or share, mount it";
+
 void LocalStore::RequireRootHoldsAStore() const {
   // Made when its region was added: now missing or empty, it is a disk or share not mounted
   // (or removed by hand), never a store to make again in its place.
   UniqueFd root(::open(root_.c_str(), kDirFlags));
   if (!root) {
-    Unavailable(uri_, root_,
-                root_.string() + " is missing (" + ErrnoText(errno) +
-                    "); a region's store is made once, when the region is added, and never "
-                    "again in its place: if it lives on a disk or share, mount it");
+    Unavailable(uri_, root_, root_.string() + " is missing (" + ErrnoText(errno) + ")" + kMadeOnce);
   }
   if (::faccessat(root.get(), kStoreMarker.data(), F_OK, AT_SYMLINK_NOFOLLOW) != 0 &&
       ::faccessat(root.get(), kManifestsDir, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
-    Unavailable(uri_, root_,
-                root_.string() + " holds no store (no " + std::string(kStoreMarker) +
-                    "); a region's store is never made again in its place: if it lives on a "
-                    "disk or share, mount it");
+    Unavailable(
+        uri_, root_,
+        root_.string() + " holds no store (no " + std::string(kStoreMarker) + ")" + kMadeOnce);
   }
 }
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from .. import _core
 from .api_error import ApiError, invalid
 
 if TYPE_CHECKING:
@@ -174,12 +175,6 @@ def _network(text: str) -> Network | None:
 
 
 def own_directories(cloud: Cloud) -> list[str]:
-    """The home and the directory of each local region's store."""
-    dirs = [str(cloud.home)]
-    for region in cloud.regions:
-        store = region.store
-        if store.startswith("file://"):
-            dirs.append(unquote(urlsplit(store).path))
-        elif "://" not in store:
-            dirs.append(store)
-    return dirs
+    """The home and the directory of each local region's store (as the core reads them)."""
+    stores = (_core.local_store_directory(region.store) for region in cloud.regions)
+    return [str(cloud.home), *(d for d in stores if d is not None)]
