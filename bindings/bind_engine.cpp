@@ -239,6 +239,8 @@ void BindEngine(py::module_& m) {
       .def("region", &Engine::GetRegion, py::arg("id"), Release())
       .def("remove_region", &Engine::RemoveRegion, py::arg("account"), py::arg("id"),
            py::arg("validate_only") = false, Release())
+      .def("move_region", &Engine::MoveRegion, py::arg("account"), py::arg("id"),
+           py::arg("store_uri"), py::arg("validate_only") = false, Release())
       .def("add_account", &Engine::AddAccount, py::arg("id"), py::arg("name"), Release())
       .def("remove_account", &Engine::RemoveAccount, py::arg("account"), py::arg("id"),
            py::arg("validate_only") = false, Release())

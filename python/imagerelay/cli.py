@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
         return leaf(sub, name, help, example)
 
-    regions = add("regions", "list, add or remove regions", "imagerelay regions list")
+    regions = add("regions", "list, add, move or remove regions", "imagerelay regions list")
     rsub = regions.add_subparsers(dest="action", required=True)
     leaf(rsub, "list", "list regions", "imagerelay regions list")
     radd = leaf(rsub, "add", "add a region",
@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     rrm = leaf(rsub, "remove", "remove a region that nothing uses (its store's files stay)",
                "imagerelay regions remove hk")
     rrm.add_argument("region_id", help="the region to remove")
+    rmv = leaf(rsub, "move", "point a region at a copy of its store (a bigger disk, or a home "
+                             "copied with `cp -r` whose regions' stores are outside it)",
+               "imagerelay regions move hk /mnt/big/hk")
+    rmv.add_argument("region_id", help="the region to move")
+    rmv.add_argument("store", help="the new place: a path, or a file:// or s3:// URI, that holds "
+                                   "a copy of the region's store (manifests/, packs/, index/)")
 
     accounts = add("accounts", "list, add or remove accounts", "imagerelay accounts add team-b")
     asub = accounts.add_subparsers(dest="action", required=True)
@@ -339,6 +345,9 @@ def dispatch(cloud: cloud_module.Cloud, args: argparse.Namespace, out: Output, *
     elif cmd == "regions" and action == "remove":
         cloud.remove_region(args.region_id)
         out.emit({"removed": args.region_id}, lambda: f"removed region {args.region_id}")
+    elif cmd == "regions" and action == "move":
+        r = cloud.move_region(args.region_id, args.store)
+        out.emit(r, lambda: f"region {r.id} now uses {r.store}")
     elif cmd == "regions":
         credentials = region_credentials(args)
         r = cloud.add_region(args.region_id, args.store, name=args.name, **credentials)

@@ -154,6 +154,21 @@ class Cloud:
         """
         self._engine.remove_region(self.account, region_id)
 
+    def move_region(self, region_id: str, store: str | os.PathLike[str]) -> Region:
+        """Points a region at another store: a copy of its store (a bigger disk), or, in a
+        home copied with ``cp -r``, a copy of a store the original home keeps using.
+
+        The new place must already hold the manifest of every image of the region that is
+        not damaged (as committed); a region without images may take a new, empty place. It
+        may not be another home's store nor meet another region's (``InvalidParameter``).
+        Refused (``ConflictError``, ``Region.InUse``) while imports into the region or
+        copies to or from it are in flight. Blocks are not read: ``scrub(region_id)`` checks
+        them. The old store's files stay; it is released for another home to take.
+        """
+        uri = check_text("store", os.fspath(store), secret=True)
+        return Region._from_core(self._engine.move_region(
+            self.account, check_text("region_id", region_id), uri))
+
     def add_account(self, account_id: str, *, name: str | None = None) -> Account:
         return Account._from_core(self._engine.add_account(account_id, name or ""))
 

@@ -328,4 +328,4 @@ def test_the_core_lists_every_event_type_once() -> None:
     assert len(types) == len(set(types))
     assert STORED_TYPES | {"image.digest", "image.digest_failed", "image.damaged",
                            "image.repaired", "task.progress", "region.removed",
-                           "account.removed"} == set(types)
+                           "region.moved", "account.removed"} == set(types)

@@ -490,7 +490,9 @@ def test_a_region_takes_no_directory_of_other_files(cloud: ir.Cloud, tmp_path: P
     empty.mkdir()
     cloud.add_region("e1", empty)
     marker = json.loads((empty / ".imagerelay-store").read_text())
-    assert marker == {"format": "imagerelay-store", "version": 2}
+    assert {k: marker[k] for k in ("format", "version", "place")} == {
+        "format": "imagerelay-store", "version": 2, "place": f"file:{empty}"}
+    assert marker["home_path"] == str(cloud.home)
     # While e1 has it, no other region takes it; removed from the catalog, the store is a
     # store still: it can be a region again.
     err = expect(ir.ValidationError, "InvalidParameter", 400,

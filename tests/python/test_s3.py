@@ -182,7 +182,16 @@ def test_add_region_adopts_a_store_without_a_marker(cloud: ir.Cloud, s3: S3Serve
         add_s3_region(other, s3, "s3a", bucket)
     assert "relay/.imagerelay-store" in s3.keys(bucket)
     body = s3.client().get_object(Bucket=bucket, Key="relay/.imagerelay-store")["Body"].read()
-    assert json.loads(body) == {"format": "imagerelay-store", "version": 2}
+    marker = json.loads(body)
+    assert (marker["format"], marker["version"]) == ("imagerelay-store", 2)
+    # The prefix serves one home now: the one that took it (docs/integrity.md, "One home per
+    # store"). The first home, which did not mark it, is refused at its next write.
+    assert marker["home_path"] == str(files / "other-home")
+    assert marker["place"] == f"s3:{s3.endpoint.split('://')[1]}/{bucket}/relay"
+    with pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.import_image(make_dense(files / "b.raw", CHUNK), region="s3a", name="b")
+    assert excinfo.value.code == "Region.StoreUnavailable"
+    assert f"another imagerelay home at {files / 'other-home'}" in excinfo.value.message
 
 
 def test_wrong_keys_fail_with_a_clear_code_and_no_secret(cloud: ir.Cloud, s3: S3Server,

@@ -49,6 +49,9 @@ class CatalogTx {
   // Remove the row (and a region's sweep state, an account's client tokens); false if there
   // was none. Images, jobs and events that name them stay: ids are never reused that way.
   virtual bool DeleteRegion(const std::string& id) = 0;
+  // Points the region at another store URI (a home moved, a store moved by its operator);
+  // false if there is no such region.
+  virtual bool SetRegionStore(const std::string& id, const std::string& store_uri) = 0;
   virtual bool DeleteAccount(const std::string& id) = 0;
 
   // Images. Deleted images stay as rows (status Deleted) so that ids are never reused;
@@ -153,6 +156,11 @@ class Catalog {
 // timeout. Safe to open from several processes at once. Throws Error(Region.StoreUnavailable
 // is not used here; InvalidParameter) naming the path when it cannot be opened.
 std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path);
+// A setting of the SQLite catalog at `path`, read without writing anything (another home's,
+// to tell a copied home from a moved one): nullopt if the file or the setting is absent.
+// Throws std::runtime_error if the file is there but cannot be read as a catalog.
+std::optional<std::string> PeekSqliteCatalogSetting(const std::filesystem::path& path,
+                                                    const std::string& key);
 
 // Whether `spec` names a PostgreSQL catalog: a postgresql:// (or postgres://) URI.
 bool IsPostgresCatalog(std::string_view spec);

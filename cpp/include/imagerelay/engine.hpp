@@ -100,6 +100,15 @@ class Engine {
   // flight to or from it. Its saved credentials file goes too; its store's files stay.
   // validate_only: every check and nothing else. NoSuchRegion if unknown.
   void RemoveRegion(const std::string& account, const std::string& id, bool validate_only = false);
+  // Points region `id` at another store (`account` acts: event region.moved): the region's
+  // store was copied or moved there (a bigger disk, a home copied with its stores outside
+  // it). The new place must already be a store this home may use, holding the manifest of
+  // every image of the region that is not damaged, as committed; it may not meet another
+  // region's store. Refused while imports into the region or copies to or from it are in
+  // flight (Region.InUse). Its blocks are not read: `scrub` the region to check them. The
+  // old store is released (its marker names no home) and its files stay.
+  Region MoveRegion(const std::string& account, const std::string& id, const std::string& store_uri,
+                    bool validate_only = false);
   Account AddAccount(const std::string& id, const std::string& name);
   // Removes an account (`account` acts). Refused while it is in use (Account.InUse): images it
   // owns that are not deleted, images shared with it, or its copies in flight. NoSuchAccount

@@ -103,6 +103,9 @@ struct RegionUse {
 };
 // A region may be removed only once nothing uses it (BCC's rule for resources in use).
 std::vector<Problem> CheckRemoveRegion(const std::string& region_id, const RegionUse& use);
+// A region's store may be changed only while nothing writes to or reads from it: `in_flight`
+// lists the images being imported into it and the jobs with copies to or from it.
+std::vector<Problem> CheckMoveRegion(const std::string& region_id, const RegionUse& in_flight);
 
 // What still uses an account (Engine::RemoveAccount): images it owns that are not deleted,
 // images shared with it, and its jobs with copies in flight.

@@ -62,6 +62,14 @@ class MarkSet {
   std::unique_ptr<Impl> impl_;
 };
 
+// The home a store serves, written in its marker (store/store_marker.hpp says why a store
+// serves one home): `id` is the home's identity (catalog setting home_id), `path` where it
+// was, for messages only.
+struct StoreOwner {
+  std::string id;
+  std::string path;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -77,6 +85,21 @@ class Store {
   // made if missing, and an empty one taken, which a store made already never does again
   // unless it lies in the home (OpenStore's `makes_local_root`).
   virtual void Create() { Check(); }
+  // The home this store serves, before its first Check(): Check() and Create() claim a store
+  // no home owns and refuse one another home owns (Region.StoreUnavailable), unless
+  // `ours_by_place` (it lies in this home's own directory). `place` is where the store is
+  // (StorePlace::where, store_place.hpp), kept in its marker: a marker found at another
+  // place is a copy's, no home's yet. Without an owner a store claims and refuses nothing.
+  virtual void SetOwner(const StoreOwner& /*owner*/, const std::string& /*place*/,
+                        bool /*ours_by_place*/) {}
+  // Throws TransferError(Region.StoreUnavailable) if the store's marker names another home
+  // than SetOwner's; marks it as SetOwner's if it names none. Asked when a home opens the
+  // store, before any use. Nothing if there is no marker, or it cannot be read now (Check()
+  // then says what is wrong).
+  virtual void ClaimForOwner() {}
+  // Gives the store up (its region removed): its marker names no home any more, so that
+  // another home may take it. Nothing if this home does not own it.
+  virtual void Release() {}
   // Throws TransferError(Region.StoreUnavailable) if the store's place no longer holds it (a
   // disk or share not mounted): asked before what seems gone is taken for lost. Nothing for
   // a store that cannot tell (an object store, a store made again where it is missing).

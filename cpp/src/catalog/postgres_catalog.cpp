@@ -324,6 +324,10 @@ class PostgresTx final : public CatalogTx {
     return c_.Run("DELETE FROM regions WHERE id = $1", id).Changed() == 1;
   }
 
+  bool SetRegionStore(const std::string& id, const std::string& store_uri) override {
+    return c_.Run("UPDATE regions SET store_uri = $1 WHERE id = $2", store_uri, id).Changed() == 1;
+  }
+
   bool DeleteAccount(const std::string& id) override {
     c_.Run("DELETE FROM client_tokens WHERE account = $1", id);
     return c_.Run("DELETE FROM accounts WHERE id = $1", id).Changed() == 1;

@@ -406,6 +406,11 @@ class SqliteTx final : public CatalogTx {
     return Changes() == 1;
   }
 
+  bool SetRegionStore(const std::string& id, const std::string& store_uri) override {
+    Prepare("UPDATE regions SET store_uri = ? WHERE id = ?")->Bind(store_uri, id).Run();
+    return Changes() == 1;
+  }
+
   bool DeleteAccount(const std::string& id) override {
     Prepare("DELETE FROM client_tokens WHERE account = ?")->Bind(id).Run();
     Prepare("DELETE FROM accounts WHERE id = ?")->Bind(id).Run();
@@ -820,6 +825,26 @@ class SqliteCatalog final : public Catalog {
 };
 
 }  // namespace
+
+std::optional<std::string> PeekSqliteCatalogSetting(const std::filesystem::path& path,
+                                                    const std::string& key) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return std::nullopt;
+  sqlite3* raw = nullptr;
+  // Read-only, and no file made: the other home may be in use, or may be a backup.
+  const std::string uri = "file:" + path.string() + "?mode=ro";
+  int rc = sqlite3_open_v2(uri.c_str(), &raw,
+                           SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX, nullptr);
+  Connection conn(raw);
+  if (rc != SQLITE_OK) {
+    throw std::runtime_error(raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc));
+  }
+  sqlite3_busy_timeout(raw, kBusyTimeoutMs);
+  Statement s(raw, "SELECT value FROM settings WHERE key = ?");
+  s.Bind(key);
+  if (!s.Step()) return std::nullopt;
+  return s.Text(0);
+}
 
 std::unique_ptr<Catalog> OpenSqliteCatalog(const std::filesystem::path& path) {
   namespace fs = std::filesystem;

@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "base/url_redaction.hpp"
 #include "engine/copy_runner.hpp"
 #include "engine/engine_impl.hpp"
+#include "engine/home_identity.hpp"
 #include "imagerelay/disk_format.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/ids.hpp"
@@ -186,6 +188,33 @@ void RequireStoreOfItsOwn(const std::string& uri, const std::vector<Region>& reg
   }
 }
 
+// A relative path is taken from where the region is added (or moved): kept as it was given,
+// it would name another directory whenever the home is opened from elsewhere (its images
+// then "missing" and set NotAvailable).
+std::string AbsoluteStoreUri(const std::string& uri) {
+  if (uri.find("://") == std::string::npos && !uri.empty() && !fs::path(uri).is_absolute()) {
+    if (std::optional<fs::path> directory = LocalStoreDirectory(uri)) return directory->string();
+  }
+  return uri;
+}
+
+// What uses region `id`: its images (`only_in_flight`: those being imported), and the jobs
+// with copies to or from it in flight.
+RegionUse UseOfRegion(CatalogTx& tx, const std::string& id, bool only_in_flight) {
+  RegionUse use;
+  for (const Image& image : tx.ListImages({.region = id, .name = std::nullopt})) {
+    if (!only_in_flight || image.status == ImageStatus::kCreating) use.images.push_back(image.id);
+  }
+  for (const Task& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
+    auto job = tx.GetJob(task.job_id);
+    const bool here = task.region == id || (job && job->source_region == id);
+    if (here && std::ranges::find(use.jobs_in_flight, task.job_id) == use.jobs_in_flight.end()) {
+      use.jobs_in_flight.push_back(task.job_id);
+    }
+  }
+  return use;
+}
+
 // Regions that share a store (added so by a release before add_region refused it) keep
 // working, and are named at every open.
 void WarnOfSharedStores(const Engine::Impl& impl) {
@@ -262,9 +291,10 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   }
   impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
   impl->MoveCredentialsOutOfCatalog();
+  StoreOwner owner = SettleHomeIdentity(*impl->catalog, options.home, options.catalog.empty());
   Impl* raw = impl.get();
   impl->stores = std::make_unique<StoreRegistry>(
-      *impl->credentials, impl->CacheDir(), impl->options.home,
+      *impl->credentials, impl->CacheDir(), impl->options.home, std::move(owner),
       [raw](const std::string& uri, const std::string& hash, const std::string& why) {
         raw->integrity->OnStoreDamage(uri, hash, why);
       });
@@ -374,15 +404,10 @@ Region Engine::AddRegion(const std::string& id, const std::string& store_uri,
                          const std::string& name, const std::string& access_key_id,
                          const std::string& secret_access_key, const std::string& session_token) {
   auto problems = CheckRegionId(id);
-  std::string uri = store_uri.empty() && IsValidRegionId(id)
-                        ? (fs::absolute(impl_->options.home) / "regions" / id).string()
-                        : store_uri;
-  // A relative path is taken from where the region is added: kept as it was given, it would
-  // name another directory whenever the home is opened from elsewhere (its images then
-  // "missing" and set NotAvailable).
-  if (uri.find("://") == std::string::npos && !uri.empty() && !fs::path(uri).is_absolute()) {
-    if (std::optional<fs::path> directory = LocalStoreDirectory(uri)) uri = directory->string();
-  }
+  std::string uri =
+      AbsoluteStoreUri(store_uri.empty() && IsValidRegionId(id)
+                           ? (fs::absolute(impl_->options.home) / "regions" / id).string()
+                           : store_uri);
   if (auto bad = CheckStoreUri(uri); !bad.empty()) {
     problems.push_back({codes::kInvalidParameter, bad});
   }
@@ -533,19 +558,7 @@ void Engine::RemoveRegion(const std::string& account, const std::string& id, boo
         if (!region) {
           ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
         }
-        RegionUse use;
-        for (const Image& image : tx.ListImages({.region = id, .name = std::nullopt})) {
-          use.images.push_back(image.id);
-        }
-        for (const Task& task : tx.ListTasksInStates({TaskState::kPending, TaskState::kRunning})) {
-          auto job = tx.GetJob(task.job_id);
-          const bool here = task.region == id || (job && job->source_region == id);
-          if (here &&
-              std::ranges::find(use.jobs_in_flight, task.job_id) == use.jobs_in_flight.end()) {
-            use.jobs_in_flight.push_back(task.job_id);
-          }
-        }
-        ThrowIfAny(CheckRemoveRegion(id, use));
+        ThrowIfAny(CheckRemoveRegion(id, UseOfRegion(tx, id, /*only_in_flight=*/false)));
       },
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events) {
@@ -556,7 +569,120 @@ void Engine::RemoveRegion(const std::string& account, const std::string& id, boo
                                           nlohmann::json{{"name", region->name},
                                                          {"store", region->store_uri}}));
       });
-  if (!validate_only) impl_->stores->Forget(region->store_uri);
+  if (validate_only) return;
+  // The store stays where it is, free for another home to take (its marker names none).
+  try {
+    impl_->StoreForUri(region->store_uri, id)->Release();
+  } catch (const std::exception& e) {
+    Log(LogLevel::kWarning, "region " + id + " removed; its store " + RedactUrl(region->store_uri) +
+                                " was not released: " + e.what());
+  }
+  impl_->stores->Forget(region->store_uri);
+}
+
+Region Engine::MoveRegion(const std::string& account, const std::string& id,
+                          const std::string& store_uri, bool validate_only) {
+  auto problems = CheckRegionId(id);
+  const std::string uri = AbsoluteStoreUri(store_uri);
+  if (auto bad = CheckStoreUri(uri); !bad.empty()) {
+    problems.push_back({codes::kInvalidParameter, bad});
+  }
+  ThrowIfAny(problems);
+  std::optional<Region> region;
+  auto check = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    region = tx.GetRegion(id);
+    if (!region) {
+      ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
+    }
+    ThrowIfAny(CheckMoveRegion(id, UseOfRegion(tx, id, /*only_in_flight=*/true)));
+    std::vector<Region> others = tx.ListRegions();
+    std::erase_if(others, [&](const Region& other) { return other.id == id; });
+    RequireStoreOfItsOwn(uri, others);
+  };
+  impl_->catalog->Read(check);
+  if (region->store_uri == uri) return *region;
+
+  // The images whose manifests the new place must hold: damaged ones stay damaged wherever
+  // they are, failed imports left nothing to keep.
+  auto images_kept = [&](CatalogTx& tx) {
+    std::vector<Image> kept;
+    for (Image& image : tx.ListImages({.region = id, .name = std::nullopt})) {
+      if (image.status != ImageStatus::kNotAvailable &&
+          image.status != ImageStatus::kCreateFailed) {
+        kept.push_back(std::move(image));
+      }
+    }
+    return kept;
+  };
+  std::vector<Image> images;
+  std::map<std::string, std::string> digests;
+  impl_->catalog->Read([&](CatalogTx& tx) {
+    images = images_kept(tx);
+    for (const Image& image : images) {
+      if (auto digest = tx.GetManifestDigest(image.id)) digests[image.id] = *digest;
+    }
+  });
+  // The new place: a store already (Check never makes one outside the home), this home's to
+  // use, holding what the region's images need; a region without images may take a new one.
+  std::optional<sigv4::Credentials> saved;
+  if (uri.starts_with("s3://")) saved = impl_->credentials->Get(id);
+  std::shared_ptr<Store> store = impl_->stores->OpenWith(uri, saved.value_or(sigv4::Credentials{}));
+  if (images.empty() && !validate_only) {
+    store->Create();
+  } else if (!images.empty()) {
+    store->Check();
+  }
+  for (const Image& image : images) {
+    std::optional<Manifest> manifest;
+    std::string why;
+    try {
+      manifest = store->GetManifest(image.id);
+      if (!manifest) why = "lacks the manifest of image " + image.id;
+    } catch (const IntegrityError& e) {
+      why = "holds a damaged manifest of image " + image.id + " (" + e.message() + ")";
+    }
+    if (manifest) {
+      auto digest = digests.find(image.id);
+      if (digest != digests.end() && digest->second != manifest->ChunkListDigest()) {
+        why = "holds another manifest of image " + image.id + " than the one committed";
+      }
+    }
+    if (!why.empty()) {
+      ThrowCode(codes::kInvalidParameter,
+                "store " + Quote(RedactUrl(uri)) + " " + why + ": it is not a copy of region " +
+                    id + "'s store (" + RedactUrl(region->store_uri) +
+                    "); copy the whole store there first (its manifests/, packs/ and index/)");
+    }
+  }
+  if (validate_only) {
+    impl_->catalog->Read(check);
+    return *region;
+  }
+  const std::string old_uri = region->store_uri;
+  impl_->CheckedWrite(check, false, [&](CatalogTx& tx, PendingEvents& events) {
+    std::vector<std::string> now, checked;
+    for (const Image& image : images_kept(tx)) now.push_back(image.id);
+    for (const Image& image : images) checked.push_back(image.id);
+    if (now != checked) {
+      ThrowCode(codes::kRegionInUse, "the images of region " + id +
+                                         " changed while its new store was checked; try again");
+    }
+    tx.SetRegionStore(id, uri);
+    events.Append(tx, MakeRegionEvent(
+                          event_type::kRegionMoved, account, *region,
+                          nlohmann::json{{"store", RedactUrl(uri)}, {"from", RedactUrl(old_uri)}}));
+  });
+  try {  // the old place is this home's no more (another home's, if this one was copied)
+    impl_->StoreForUri(old_uri, id)->Release();
+  } catch (const std::exception& e) {
+    Log(LogLevel::kWarning, "region " + id + " moved; its old store " + RedactUrl(old_uri) +
+                                " was not released: " + e.what());
+  }
+  impl_->stores->Forget(old_uri);
+  impl_->stores->Keep(uri, store);
+  region->store_uri = uri;
+  return *region;
 }
 
 void Engine::RemoveAccount(const std::string& account, const std::string& id, bool validate_only) {
@@ -976,7 +1102,10 @@ std::vector<ScrubReport> Engine::Scrub(const std::string& account,
     } catch (const TransferError& e) {
       // Every region: one that cannot be reached is said so, the others are scrubbed.
       if (region || e.code() != codes::kStoreUnavailable) throw;
-      reports.push_back(ScrubReport{.region = id, .unavailable = e.message()});
+      ScrubReport unreached;
+      unreached.region = id;
+      unreached.unavailable = e.message();
+      reports.push_back(std::move(unreached));
     }
   }
   return reports;

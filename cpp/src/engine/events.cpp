@@ -26,7 +26,8 @@ const std::vector<std::string_view>& AllEventTypes() {
       kImageCreated,  kImageAvailable, kImageCreateFailed, kImageDeleted,      kImageRenamed,
       kImageShared,   kImageUnshared,  kImageDigest,       kImageDigestFailed, kImageDamaged,
       kImageRepaired, kJobCreated,     kJobFinished,       kTaskStarted,       kTaskProgress,
-      kTaskCompleted, kTaskFailed,     kTaskCancelled,     kRegionRemoved,     kAccountRemoved};
+      kTaskCompleted, kTaskFailed,     kTaskCancelled,     kRegionRemoved,     kRegionMoved,
+      kAccountRemoved};
   return all;
 }
 

@@ -34,6 +34,7 @@ inline constexpr std::string_view kTaskCompleted = "task.completed";
 inline constexpr std::string_view kTaskFailed = "task.failed";
 inline constexpr std::string_view kTaskCancelled = "task.cancelled";
 inline constexpr std::string_view kRegionRemoved = "region.removed";
+inline constexpr std::string_view kRegionMoved = "region.moved";
 inline constexpr std::string_view kAccountRemoved = "account.removed";
 }  // namespace event_type
 

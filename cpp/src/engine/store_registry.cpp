@@ -8,10 +8,11 @@
 namespace imagerelay {
 
 StoreRegistry::StoreRegistry(const CredentialsFiles& credentials, std::filesystem::path cache_dir,
-                             std::filesystem::path home, DamageFn on_damage)
+                             std::filesystem::path home, StoreOwner owner, DamageFn on_damage)
     : credentials_(credentials),
       cache_dir_(std::move(cache_dir)),
       home_(std::move(home)),
+      owner_(std::move(owner)),
       on_damage_(std::move(on_damage)) {}
 
 std::shared_ptr<Store> StoreRegistry::OpenWith(const std::string& uri,
@@ -19,6 +20,8 @@ std::shared_ptr<Store> StoreRegistry::OpenWith(const std::string& uri,
   const std::optional<StorePlace> place = PlaceOfStore(uri);
   const bool in_home = place && PlaceOfDirectory(home_).Contains(*place);
   std::shared_ptr<Store> store = OpenStore(uri, credentials, cache_dir_, in_home);
+  store->SetOwner(owner_, place ? place->where : "", in_home);
+  store->ClaimForOwner();  // another home's store is never opened, so never used nor swept
   store->SetDamageHandler(
       [this, uri](const std::string& hash, const std::string& why) { on_damage_(uri, hash, why); });
   return store;

@@ -22,9 +22,10 @@ class StoreRegistry {
   using DamageFn = std::function<void(const std::string& store_uri, const std::string& hash,
                                       const std::string& why)>;
   // A local store inside `home` is made anew if missing; one elsewhere only by Create()
-  // (LocalStore::Root).
+  // (LocalStore::Root). Every store serves `owner` (Store::SetOwner); one inside `home` is
+  // the home's whoever marked it.
   StoreRegistry(const CredentialsFiles& credentials, std::filesystem::path cache_dir,
-                std::filesystem::path home, DamageFn on_damage);
+                std::filesystem::path home, StoreOwner owner, DamageFn on_damage);
 
   // The store of `uri`, opened on first use with the credentials saved for `region_id`.
   std::shared_ptr<Store> ForUri(const std::string& uri, const std::string& region_id = "");
@@ -42,6 +43,7 @@ class StoreRegistry {
   const CredentialsFiles& credentials_;
   const std::filesystem::path cache_dir_;
   const std::filesystem::path home_;
+  const StoreOwner owner_;
   const DamageFn on_damage_;
   std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Store>> stores_;  // by store URI

@@ -58,6 +58,9 @@ void Sweeper::MaybeSweep(const std::string& region_id) {
   if (!acquired) return;
   try {
     auto store = parts_.store_for_uri(store_uri, region_id);
+    // Only a store this home owns and can reach is swept: another home's (a copy of this
+    // one shares its image ids) would lose manifests and blocks it still needs.
+    store->Check();
     // Manifests of images the catalog no longer lists (deleted, failed, cancelled) first.
     std::vector<std::string> stale;
     parts_.catalog.Read([&](CatalogTx& tx) {

@@ -340,6 +340,19 @@ Problems CheckSharedUsers(const Image& image, const std::string& caller) {
            "image " + image.id + " is not yours; only its owner may list its shares"}};
 }
 
+namespace {
+
+// The copies in flight that keep a region from being removed or moved.
+void CopiesInFlight(const std::string& region_id, const std::vector<std::string>& jobs,
+                    Problems& out) {
+  if (jobs.empty()) return;
+  out.push_back({codes::kRegionInUse, "copies to or from region " + region_id +
+                                          " are in flight (job " + FewOf(jobs) +
+                                          "); wait for them or cancel them first"});
+}
+
+}  // namespace
+
 Problems CheckRemoveRegion(const std::string& region_id, const RegionUse& use) {
   Problems out;
   if (!use.images.empty()) {
@@ -349,11 +362,18 @@ Problems CheckRemoveRegion(const std::string& region_id, const RegionUse& use) {
                        "); delete them first (CreateFailed ones too), or replicate the ones "
                        "you keep to another region and delete them here"});
   }
-  if (!use.jobs_in_flight.empty()) {
-    out.push_back({codes::kRegionInUse, "copies to or from region " + region_id +
-                                            " are in flight (job " + FewOf(use.jobs_in_flight) +
+  CopiesInFlight(region_id, use.jobs_in_flight, out);
+  return out;
+}
+
+Problems CheckMoveRegion(const std::string& region_id, const RegionUse& in_flight) {
+  Problems out;
+  if (!in_flight.images.empty()) {
+    out.push_back({codes::kRegionInUse, "imports into region " + region_id +
+                                            " are in flight (image " + FewOf(in_flight.images) +
                                             "); wait for them or cancel them first"});
   }
+  CopiesInFlight(region_id, in_flight.jobs_in_flight, out);
   return out;
 }
 

@@ -36,8 +36,6 @@ constexpr std::string_view kManifestSuffix = ".bin";
 constexpr const char* kChunksDir = "chunks";
 constexpr const char* kManifestsDir = "manifests";
 constexpr const char* kImagesDir = "images";
-// 2: images may be stored as blocks in packs, which releases that know version 1 cannot read.
-constexpr int kStoreMarkerVersion = 2;
 
 // A user-supplied name, printable and short, for an error message.
 std::string QuoteName(std::string_view s) {
@@ -113,27 +111,6 @@ bool IsImageId(std::string_view s) {
   if (s.size() != 10 || !s.starts_with("m-")) return false;
   return std::all_of(s.begin() + 2, s.end(),
                      [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'); });
-}
-
-std::string StoreMarkerText() {
-  return R"({"format": "imagerelay-store", "version": )" + std::to_string(kStoreMarkerVersion) +
-         "}\n";
-}
-
-std::string CheckStoreMarker(std::string_view text) {
-  const auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  // Compared as JSON values: a "format" that is not a string is simply not ours (value()
-  // would throw a type_error, found by fuzzing).
-  if (!json.is_object() || !json.contains("format") || json["format"] != "imagerelay-store" ||
-      !json.contains("version") || !json["version"].is_number_integer()) {
-    return "its " + std::string(kStoreMarker) + " is not an imagerelay store marker";
-  }
-  if (const auto version = json["version"].get<int64_t>(); version > kStoreMarkerVersion) {
-    return "its " + std::string(kStoreMarker) + " says store format version " +
-           std::to_string(version) + ", newer than this release knows (" +
-           std::to_string(kStoreMarkerVersion) + "); upgrade imagerelay";
-  }
-  return "";
 }
 
 bool IsStoreDirName(std::string_view name) {
@@ -276,29 +253,77 @@ void LocalStore::EnsureChunkDirs() {
   chunk_dirs_known_.store(true, std::memory_order_release);
 }
 
-void LocalStore::ClaimRoot(int root_fd) {
+void LocalStore::SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) {
+  marker_reader_ = {.me = owner, .place = place, .ours_by_place = ours_by_place};
+}
+
+// The marker's text, or nullopt if there is none (any other failure throws).
+std::optional<std::string> LocalStore::ReadMarker(int root_fd) const {
   UniqueFd marker(::openat(root_fd, kStoreMarker.data(), kOpenStoreFile));
-  if (marker) {
-    char text[4096];
-    ssize_t n = ::pread(marker.get(), text, sizeof(text), 0);
-    if (n < 0) {
-      Unavailable(uri_, root_,
-                  "cannot read " + (root_ / kStoreMarker).string() + ": " + ErrnoText(errno));
-    }
-    const std::string_view marker_text(text, static_cast<size_t>(n));
-    std::string problem = CheckStoreMarker(marker_text);
-    if (!problem.empty()) NotAStore(uri_, root_, problem);
-    if (marker_text != StoreMarkerText()) {  // an earlier version's: this release writes packs
-      const std::string current = StoreMarkerText();
-      std::string error = WriteFileAtomicallyAt(root_fd, root_, std::string(kStoreMarker),
-                                                std::as_bytes(std::span(current)));
-      if (!error.empty()) Unavailable(uri_, root_, error);
-    }
-    return;
-  }
-  if (errno != ENOENT) {
+  if (!marker) {
+    if (errno == ENOENT) return std::nullopt;
     NotAStore(uri_, root_,
               "its " + std::string(kStoreMarker) + " cannot be read (" + ErrnoText(errno) + ")");
+  }
+  char text[4096];
+  ssize_t n = ::pread(marker.get(), text, sizeof(text), 0);
+  if (n < 0) {
+    Unavailable(uri_, root_,
+                "cannot read " + (root_ / kStoreMarker).string() + ": " + ErrnoText(errno));
+  }
+  return std::string(text, static_cast<size_t>(n));
+}
+
+void LocalStore::WriteMarker(int root_fd, const std::string& text) const {
+  std::string error = WriteFileAtomicallyAt(root_fd, root_, std::string(kStoreMarker),
+                                            std::as_bytes(std::span(text)));
+  if (!error.empty()) Unavailable(uri_, root_, error);
+}
+
+void LocalStore::Release() {
+  UniqueFd root(::open(root_.c_str(), kDirFlags));
+  if (!root) return;  // nothing there to release
+  const std::optional<std::string> text = ReadMarker(root.get());
+  if (!text) return;
+  if (std::string released = ReleasedMarker(*text, marker_reader_); !released.empty()) {
+    WriteMarker(root.get(), released);
+  }
+}
+
+void LocalStore::RefuseIfAnotherHomes(const std::string& marker_text,
+                                      const MarkerVerdict& verdict) const {
+  // Another home's store is there and fine: unavailable to this one, not "not a store".
+  if (verdict.action == MarkerVerdict::Action::kRefuse && CheckStoreMarker(marker_text).empty()) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "region store " + uri_ + " is unavailable: " + verdict.problem);
+  }
+}
+
+void LocalStore::ClaimForOwner() {
+  UniqueFd root(::open(root_.c_str(), kDirFlags));
+  if (!root) return;
+  std::optional<std::string> text;
+  try {
+    text = ReadMarker(root.get());
+  } catch (const Error&) {
+    return;  // Check() says what is wrong
+  }
+  if (!text) return;
+  const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+  RefuseIfAnotherHomes(*text, verdict);
+  try {  // a store that cannot be written now may still be read; Check() claims it later
+    if (verdict.action == MarkerVerdict::Action::kRewrite) WriteMarker(root.get(), verdict.text);
+  } catch (const Error&) {
+  }
+}
+
+void LocalStore::ClaimRoot(int root_fd) {
+  if (const std::optional<std::string> text = ReadMarker(root_fd)) {
+    const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+    RefuseIfAnotherHomes(*text, verdict);
+    if (verdict.action == MarkerVerdict::Action::kRefuse) NotAStore(uri_, root_, verdict.problem);
+    if (verdict.action == MarkerVerdict::Action::kRewrite) WriteMarker(root_fd, verdict.text);
+    return;
   }
   // No marker: a new or empty directory, or a store of an earlier release.
   std::vector<DirEntry> entries;
@@ -316,10 +341,7 @@ void LocalStore::ClaimRoot(int root_fd) {
   if (std::string problem = ForeignEntriesProblem(std::move(foreign)); !problem.empty()) {
     NotAStore(uri_, root_, problem);
   }
-  const std::string text = StoreMarkerText();
-  std::string error = WriteFileAtomicallyAt(root_fd, root_, std::string(kStoreMarker),
-                                            std::as_bytes(std::span(text)));
-  if (!error.empty()) Unavailable(uri_, root_, error);
+  WriteMarker(root_fd, StoreMarkerText(marker_reader_.me, marker_reader_.place));
 }
 
 void LocalStore::Check() { CheckRoot(root_policy_ == Root::kMadeIfMissing); }

@@ -38,6 +38,7 @@
 #include "base/unique_fd.hpp"
 #include "imagerelay/store.hpp"
 #include "store/pack_files.hpp"
+#include "store/store_marker.hpp"
 
 namespace imagerelay {
 
@@ -54,14 +55,8 @@ bool IsChunkHash(std::string_view s);
 bool IsImageId(std::string_view s);
 
 // The layout shared by the stores. A store's root (an S3 store's prefix) holds the marker
-// kStoreMarker: a region only takes a directory that is a store already, or that is empty,
-// never one with someone else's files, which a sweep could otherwise delete. A store of an
-// earlier release, without the marker, holds only the directories below: it is adopted.
-inline constexpr std::string_view kStoreMarker = ".imagerelay-store";
-// The marker's text: {"format": "imagerelay-store", "version": 1}.
-std::string StoreMarkerText();
-// "" if `text` is a marker this release can use, else what is wrong with it.
-std::string CheckStoreMarker(std::string_view text);
+// (store_marker.hpp); a store of an earlier release, without the marker, holds only the
+// directories below: it is adopted.
 // Where the block store keeps its packs and its index (docs/data-plane-v2.md).
 inline constexpr const char* kPacksDir = "packs";
 inline constexpr const char* kIndexDir = "index";
@@ -95,6 +90,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void Create() override;
   void RequirePresent() override;
   void RemoveLeftovers() override;
+  void SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) override;
+  void ClaimForOwner() override;
+  void Release() override;
 
   // Disk I/O is short: the cancel tokens are checked between chunks, not inside these.
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
@@ -183,8 +181,14 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   // it could not (the caller then deletes it).
   bool MoveToQuarantine(int dir_fd, const std::string& name);
   UniqueFd OpenRoot() const;
-  // Takes the root as a store (see kStoreMarker) or throws StoreUnavailable saying why not.
+  // Takes the root as a store (store_marker.hpp: its marker, and its owner) or throws
+  // StoreUnavailable saying why not.
   void ClaimRoot(int root_fd);
+  std::optional<std::string> ReadMarker(int root_fd) const;
+  // Throws StoreUnavailable if `verdict` on `marker_text` refuses a valid marker of another
+  // home.
+  void RefuseIfAnotherHomes(const std::string& marker_text, const MarkerVerdict& verdict) const;
+  void WriteMarker(int root_fd, const std::string& text) const;
   // Makes the root if missing and `may_make`; else throws StoreUnavailable unless it holds
   // a store.
   void EnsureRoot(bool may_make);
@@ -223,6 +227,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   std::string uri_;
   const Writes writes_;
   const Root root_policy_;
+  // The home it serves and its place (SetOwner, before the first Check): set once, then
+  // only read.
+  MarkerReader marker_reader_{.me = {}, .place = {}, .ours_by_place = false};
   // Directories known to exist, so that a write does not mkdir every time.
   std::atomic<bool> root_known_{false};
   std::atomic<bool> chunks_known_{false};

@@ -81,6 +81,11 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void Check() override;
   void Create() override;
   void RemoveLeftovers() override { base_->RemoveLeftovers(); }
+  void SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) override {
+    base_->SetOwner(owner, place, ours_by_place);
+  }
+  void ClaimForOwner() override { base_->ClaimForOwner(); }
+  void Release() override { base_->Release(); }
 
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;
   bool HasChunkOfLength(const std::string& hash, uint64_t length,

@@ -165,6 +165,11 @@ void S3Store::ClaimPrefix(bool may_make) {
       problem = text ? CheckStoreMarker(*text) : "its marker is gone";
     }
     if (!problem.empty()) not_a_store(problem);
+    const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+    RefuseIfAnotherHomes(verdict);
+    if (verdict.action == MarkerVerdict::Action::kRewrite) {
+      PutText(marker, verdict.text, "the store marker");
+    }
     return;
   }
   // No marker: what the prefix holds at its top level, "directories" folded by the
@@ -199,7 +204,47 @@ void S3Store::ClaimPrefix(bool may_make) {
                             "); a region's store is made once, when the region is added: check "
                             "that the endpoint and bucket are the ones it was added with");
   }
-  PutText(marker, StoreMarkerText(), "the store marker");
+  PutText(marker, StoreMarkerText(marker_reader_.me, marker_reader_.place), "the store marker");
+}
+
+void S3Store::SetOwner(const StoreOwner& owner, const std::string& place,
+                       bool /*ours_by_place: never, not a directory*/) {
+  marker_reader_ = {.me = owner, .place = place, .ours_by_place = false};
+}
+
+void S3Store::RefuseIfAnotherHomes(const MarkerVerdict& verdict) const {
+  // Only a valid marker is judged here (ClaimPrefix and ClaimForOwner read it first).
+  if (verdict.action == MarkerVerdict::Action::kRefuse) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location().display + " is unavailable: " + verdict.problem);
+  }
+}
+
+void S3Store::ClaimForOwner() {
+  std::optional<std::string> text;
+  try {
+    text = GetText(Key(std::string(kStoreMarker)), "the store marker");
+  } catch (const std::exception&) {
+    return;  // unreachable now: Check() says so, and judges the owner then
+  }
+  if (!text || !CheckStoreMarker(*text).empty()) return;
+  const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+  RefuseIfAnotherHomes(verdict);
+  try {  // a store that cannot be written now may still be read; Check() claims it later
+    if (verdict.action == MarkerVerdict::Action::kRewrite) {
+      PutText(Key(std::string(kStoreMarker)), verdict.text, "the store marker");
+    }
+  } catch (const std::exception&) {
+  }
+}
+
+void S3Store::Release() {
+  const std::string marker = Key(std::string(kStoreMarker));
+  const std::optional<std::string> text = GetText(marker, "the store marker");
+  if (!text) return;
+  if (std::string released = ReleasedMarker(*text, marker_reader_); !released.empty()) {
+    PutText(marker, released, "the store marker");
+  }
 }
 
 bool S3Store::HasChunk(const std::string& hash, const CancelToken* cancel) {

@@ -57,6 +57,9 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   // another), never a store to make again there (LocalStore::Root says the same of disks).
   void Check() override;
   void Create() override;
+  void SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) override;
+  void ClaimForOwner() override;
+  void Release() override;
   // Aborts multipart uploads of manifests that a killed writer left open over an hour ago
   // (s3_manifests.cpp). Best effort.
   void RemoveLeftovers() override;
@@ -137,6 +140,8 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   void ClaimPrefix(bool may_make);
   // Check() and Create().
   void CheckPrefix(bool may_make);
+  // Throws StoreUnavailable if `verdict` (on a valid marker) refuses another home's store.
+  void RefuseIfAnotherHomes(const MarkerVerdict& verdict) const;
   // Deletes a copy that did not hash to its name and throws IntegrityError.
   [[noreturn]] void RejectCopy(const std::string& hash, const std::string& why);
   void PutText(const std::string& key, const std::string& text, const char* what);
@@ -151,6 +156,8 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
 
   std::filesystem::path index_dir_;
   S3Client client_;
+  // SetOwner, before the first Check: set once, then only read.
+  MarkerReader marker_reader_{.me = {}, .place = {}, .ours_by_place = false};
   // Cleared once the server refused a PUT for its checksum headers and took it without
   // them (an older S3-compatible server): its chunks then carry no stored SHA-256.
   std::atomic<bool> send_checksums_{true};

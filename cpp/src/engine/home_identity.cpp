@@ -1,0 +1,113 @@
+#include "engine/home_identity.hpp"
+
+#include <optional>
+#include <system_error>
+#include <vector>
+
+#include "imagerelay/ids.hpp"
+#include "imagerelay/log.hpp"
+
+namespace imagerelay {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kHomeIdSetting = "home_id";
+constexpr const char* kHomePathSetting = "home_path";
+
+// The home's path as its regions' URIs spell it: Engine::Open and AddRegion make default
+// stores from fs::absolute(home), links not resolved.
+fs::path SpelledPath(const fs::path& home) { return fs::absolute(home).lexically_normal(); }
+
+// `dir` relative to `home` if it lies inside it (not the home itself), else nullopt.
+std::optional<fs::path> InsideOf(const fs::path& dir, const fs::path& home) {
+  const fs::path relative = dir.lexically_normal().lexically_relative(home);
+  if (relative.empty() || relative == "." || *relative.begin() == "..") return std::nullopt;
+  return relative;
+}
+
+// Whether the place a home was recorded at still holds this home (`id`): a copy was made
+// of it. A catalog there that cannot be read counts as holding it: taking a new identity
+// only makes outside stores refuse this home, never lets two homes share one.
+bool OriginalStillThere(const fs::path& old_home, const std::string& id) {
+  try {
+    const std::optional<std::string> there =
+        PeekSqliteCatalogSetting(old_home / "catalog.db", kHomeIdSetting);
+    return there && *there == id;
+  } catch (const std::exception& e) {
+    Log(LogLevel::kWarning, "the catalog at " + (old_home / "catalog.db").string() +
+                                " cannot be read (" + e.what() +
+                                "); taken for this home's original");
+    return true;
+  }
+}
+
+}  // namespace
+
+StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_catalog) {
+  const fs::path here = SpelledPath(home);
+  std::optional<std::string> id, recorded;
+  catalog.Read([&](CatalogTx& tx) {
+    id = tx.GetSetting(kHomeIdSetting);
+    recorded = tx.GetSetting(kHomePathSetting);
+  });
+  // Moved or copied: recorded elsewhere, and that place is not this directory by another
+  // name (a link, a bind mount).
+  std::error_code ec;
+  const bool elsewhere = own_catalog && recorded && fs::path(*recorded) != here &&
+                         !fs::equivalent(fs::path(*recorded), here, ec);
+  const bool copied = elsewhere && id && OriginalStillThere(*recorded, *id);
+
+  std::vector<std::string> followed, outside;
+  StoreOwner owner;
+  catalog.Write([&](CatalogTx& tx) {
+    followed.clear();
+    outside.clear();
+    std::optional<std::string> now_id = tx.GetSetting(kHomeIdSetting);
+    const std::optional<std::string> now_recorded = tx.GetSetting(kHomePathSetting);
+    // Another process may have settled it meanwhile: then only what it wrote is used.
+    const bool settled_meanwhile = now_recorded != recorded || now_id != id;
+    if (!now_id || (copied && !settled_meanwhile)) {
+      now_id = RandomHex(16);
+      tx.PutSetting(kHomeIdSetting, *now_id);
+    }
+    if (elsewhere && !settled_meanwhile) {
+      for (Region region : tx.ListRegions()) {
+        const std::optional<fs::path> dir = LocalStoreDirectory(region.store_uri);
+        const std::optional<fs::path> inside = dir ? InsideOf(*dir, *recorded) : std::nullopt;
+        if (!inside) {
+          outside.push_back(region.id);
+          continue;
+        }
+        tx.SetRegionStore(region.id, (here / *inside).string());
+        followed.push_back(region.id + " (" + region.store_uri + " -> " +
+                           (here / *inside).string() + ")");
+      }
+    }
+    if (own_catalog && (!now_recorded || (elsewhere && !settled_meanwhile))) {
+      tx.PutSetting(kHomePathSetting, here.string());
+    }
+    owner = {.id = *now_id, .path = here.string()};
+  });
+  if (elsewhere) {
+    auto listed = [](const std::vector<std::string>& items) {
+      std::string list;
+      for (const std::string& one : items) list += (list.empty() ? "" : ", ") + one;
+      return list;
+    };
+    std::string message = copied ? "this home is a copy of the one at " + *recorded +
+                                       ": it takes an identity of its own"
+                                 : "this home moved from " + *recorded;
+    if (!followed.empty()) {
+      message += "; regions whose stores were inside it now use its own: " + listed(followed);
+    }
+    if (copied && !outside.empty()) {
+      message += "; the stores of regions " + listed(outside) +
+                 " are outside it and remain the original's: point each at a store of its own "
+                 "(`imagerelay regions move`), or remove it";
+    }
+    Log(LogLevel::kWarning, message);
+  }
+  return owner;
+}
+
+}  // namespace imagerelay

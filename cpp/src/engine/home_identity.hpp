@@ -1,0 +1,31 @@
+// Who a home is, settled at every open (docs/integrity.md, "One home per store").
+//
+// A home has an identity, the catalog setting `home_id`, written into the marker of every
+// store its regions use (store/store_marker.hpp): a store serves one home. A home with its
+// own SQLite catalog also records where it is (`home_path`), so that an open elsewhere
+// tells what happened to it:
+//   - moved (nothing is at the old place any more, or no home with this identity): the
+//     regions whose stores were inside the home follow it to the new place;
+//   - copied (`cp -r`: the old place still holds a home with this identity): the copy takes
+//     a new identity, and its regions inside it use the copy's own stores. Regions whose
+//     stores are outside the home stay the original's: the copy may not use them (their
+//     marker names the original) until pointed at a store of their own.
+// A home whose catalog is PostgreSQL is shared by hosts, each with its own home directory:
+// it has one identity and records no place.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "imagerelay/catalog.hpp"
+#include "imagerelay/store.hpp"
+
+namespace imagerelay {
+
+// Settles the identity of the home at `home` whose catalog is `catalog` (the home's own
+// SQLite catalog if `own_catalog`), moving the regions inside a moved or copied home to its
+// new place, and returns the owner its stores are marked with. Logs what it changed.
+StoreOwner SettleHomeIdentity(Catalog& catalog, const std::filesystem::path& home,
+                              bool own_catalog);
+
+}  // namespace imagerelay

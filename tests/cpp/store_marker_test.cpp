@@ -1,0 +1,142 @@
+// A store's marker and the home that owns it (store/store_marker.hpp).
+#include "store/store_marker.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "imagerelay/error.hpp"
+#include "scratch_dir.hpp"
+#include "store/local_store.hpp"
+#include "test_bytes.hpp"
+
+namespace imagerelay {
+namespace {
+
+namespace fs = std::filesystem;
+using Action = MarkerVerdict::Action;
+
+const StoreOwner kHomeA{.id = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", .path = "/data/home-a"};
+const StoreOwner kHomeB{.id = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", .path = "/data/home-b"};
+const std::string kPlace = "file:/data/stores/hk";
+
+MarkerReader Reader(const StoreOwner& me, bool ours_by_place = false,
+                    const std::string& place = kPlace) {
+  return {.me = me, .place = place, .ours_by_place = ours_by_place};
+}
+
+TEST(StoreMarkerTest, AMarkerWithoutAnOwnerIsClaimedByTheHomeThatChecksIt) {
+  const MarkerVerdict verdict = JudgeMarker(StoreMarkerText(), Reader(kHomeA));
+  EXPECT_EQ(verdict.action, Action::kRewrite);
+  EXPECT_EQ(verdict.text, StoreMarkerText(kHomeA, kPlace));
+  EXPECT_EQ(CheckStoreMarker(verdict.text), "");
+  // Its own marker is kept as it is.
+  EXPECT_EQ(JudgeMarker(StoreMarkerText(kHomeA, kPlace), Reader(kHomeA)).action, Action::kKeep);
+}
+
+TEST(StoreMarkerTest, AnotherHomesStoreIsRefusedSayingWhichHome) {
+  const MarkerVerdict verdict = JudgeMarker(StoreMarkerText(kHomeA, kPlace), Reader(kHomeB));
+  EXPECT_EQ(verdict.action, Action::kRefuse);
+  EXPECT_NE(verdict.problem.find("another imagerelay home at /data/home-a"), std::string::npos)
+      << verdict.problem;
+  EXPECT_NE(verdict.problem.find("regions move"), std::string::npos) << verdict.problem;
+}
+
+TEST(StoreMarkerTest, AStoreInsideTheHomeIsTheHomesWhoeverMarkedIt) {
+  // A copied home's stores are copies: the copy takes them, under its own identity.
+  const MarkerVerdict verdict = JudgeMarker(StoreMarkerText(kHomeA, kPlace), Reader(kHomeB, true));
+  EXPECT_EQ(verdict.action, Action::kRewrite);
+  EXPECT_EQ(verdict.text, StoreMarkerText(kHomeB, kPlace));
+}
+
+TEST(StoreMarkerTest, ACallerWithoutAnOwnerLeavesTheOwnerInPlace) {
+  EXPECT_EQ(JudgeMarker(StoreMarkerText(kHomeA, kPlace), Reader(StoreOwner{})).action,
+            Action::kKeep);
+  // An earlier version's marker is brought up to date, its owner kept.
+  const std::string old_version =
+      R"({"format": "imagerelay-store", "version": 1, "home": ")" + kHomeA.id + R"("})";
+  const MarkerVerdict verdict = JudgeMarker(old_version, Reader(StoreOwner{}));
+  EXPECT_EQ(verdict.action, Action::kRewrite);
+  const auto json = nlohmann::json::parse(verdict.text);
+  EXPECT_EQ(json["home"], kHomeA.id);
+  EXPECT_EQ(json["version"], 2);
+}
+
+TEST(StoreMarkerTest, AnOwnerOfAnUnknownShapeIsNoOwner) {
+  for (const char* text : {R"({"format": "imagerelay-store", "version": 2, "home": 7})",
+                           R"({"format": "imagerelay-store", "version": 2, "home": ""})",
+                           R"({"format": "imagerelay-store", "version": 2, "home": null})"}) {
+    EXPECT_EQ(JudgeMarker(text, Reader(kHomeB)).action, Action::kRewrite) << text;
+    EXPECT_EQ(ReleasedMarker(text, Reader(kHomeB)), "") << text;
+  }
+  // A path that is not UTF-8 is written all the same (replaced), and read back.
+  const StoreOwner odd{.id = kHomeA.id, .path = std::string("/data/\xff\xfe")};
+  EXPECT_EQ(CheckStoreMarker(StoreMarkerText(odd, kPlace)), "");
+  EXPECT_EQ(JudgeMarker(StoreMarkerText(odd, kPlace), Reader(kHomeA)).action, Action::kRewrite);
+}
+
+TEST(StoreMarkerTest, OnlyItsOwnerReleasesAStore) {
+  const std::string marked = StoreMarkerText(kHomeA, kPlace);
+  EXPECT_EQ(ReleasedMarker(marked, Reader(kHomeA)), StoreMarkerText());
+  EXPECT_EQ(ReleasedMarker(marked, Reader(kHomeB)), "");
+  EXPECT_EQ(ReleasedMarker(marked, Reader(StoreOwner{})), "");
+  EXPECT_EQ(ReleasedMarker(StoreMarkerText(), Reader(kHomeA)), "");
+  EXPECT_EQ(ReleasedMarker("not json", Reader(kHomeA)), "");
+}
+
+TEST(StoreMarkerTest, AMarkerWrittenForAnotherPlaceIsACopysNoHomesYet) {
+  // A store copied elsewhere (a bigger disk, a copied home's region): the copy is taken by
+  // the home that checks it; the original, where its marker says, stays its home's.
+  const std::string marked = StoreMarkerText(kHomeA, kPlace);
+  const MarkerVerdict copy = JudgeMarker(marked, Reader(kHomeB, false, "file:/big/hk"));
+  EXPECT_EQ(copy.action, Action::kRewrite);
+  EXPECT_EQ(copy.text, StoreMarkerText(kHomeB, "file:/big/hk"));
+  EXPECT_EQ(JudgeMarker(marked, Reader(kHomeB)).action, Action::kRefuse);
+  // Its own store, moved: taken again, its place brought up to date.
+  EXPECT_EQ(JudgeMarker(marked, Reader(kHomeA, false, "file:/big/hk")).action, Action::kRewrite);
+  // A marker without a place (of this release's first form) is judged by its home alone.
+  const std::string no_place =
+      R"({"format": "imagerelay-store", "version": 2, "home": ")" + kHomeA.id + R"("})";
+  EXPECT_EQ(JudgeMarker(no_place, Reader(kHomeB, false, "file:/big/hk")).action, Action::kRefuse);
+}
+
+TEST(StoreMarkerTest, ALocalStoreServesOneHomeUntilReleased) {
+  testing_util::ScratchDir dir;
+  const fs::path root = dir / "store";
+  auto marker = [&] { return testing_util::ReadFileBytes(root / std::string(kStoreMarker)); };
+  LocalStore a(root);
+  a.SetOwner(kHomeA, kPlace, false);
+  a.Create();
+  EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));
+
+  LocalStore b(root);
+  b.SetOwner(kHomeB, kPlace, false);
+  try {
+    b.Check();
+    ADD_FAILURE() << "home B took home A's store";
+  } catch (const TransferError& e) {
+    EXPECT_EQ(e.code(), codes::kStoreUnavailable);
+    EXPECT_NE(e.message().find("belongs to another imagerelay home at /data/home-a"),
+              std::string::npos)
+        << e.message();
+  }
+  EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));  // untouched
+  b.Release();                                           // not B's to release
+  EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));
+
+  a.Release();
+  EXPECT_EQ(marker(), StoreMarkerText());
+  b.Check();
+  EXPECT_EQ(marker(), StoreMarkerText(kHomeB, kPlace));
+
+  // Where the store lies in home A's own directory, A takes it back.
+  LocalStore a_by_place(root);
+  a_by_place.SetOwner(kHomeA, kPlace, true);
+  a_by_place.Check();
+  EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));
+}
+
+}  // namespace
+}  // namespace imagerelay
