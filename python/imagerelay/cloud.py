@@ -159,7 +159,8 @@ class Cloud:
         home copied with ``cp -r``, a copy of a store the original home keeps using.
 
         The new place must already hold the manifest of every image of the region that is
-        not damaged (as committed); a region without images may take a new, empty place. It
+        not damaged (as committed) and the blocks they name; a region without images may take
+        a new, empty place. It
         may not be another home's store nor meet another region's (``InvalidParameter``).
         Refused (``ConflictError``, ``Region.InUse``) while imports into the region or
         copies to or from it are in flight. Blocks are not read: ``scrub(region_id)`` checks

@@ -188,6 +188,16 @@ def test_move_region_refuses_what_is_not_a_copy_of_its_store(
             cloud.move_region("ext", str(forged))
         assert_error(excinfo, ir.ValidationError, "InvalidParameter", 400)
         assert f"manifest of image {ids['ext']}" in excinfo.value.message, excinfo.value.message
+        # A copy cut short: a pack missing (the index copied with it still names the pack).
+        partial = tmp_path / "stores" / "partial"
+        shutil.copytree(tmp_path / "stores" / "ext", partial)
+        packs = sorted(p for p in (partial / "packs").rglob("*") if p.is_file())
+        assert packs
+        packs[0].unlink()
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            cloud.move_region("ext", str(partial))
+        assert_error(excinfo, ir.ValidationError, "InvalidParameter", 400)
+        assert f"block(s) of image {ids['ext']}" in excinfo.value.message, excinfo.value.message
         # A copy in flight from it: Region.InUse until it is done.
         job = cloud.replicate(ids["ext"], "su")
         copy_ext = tmp_path / "stores" / "ext-copy"

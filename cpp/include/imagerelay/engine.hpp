@@ -103,7 +103,8 @@ class Engine {
   // Points region `id` at another store (`account` acts: event region.moved): the region's
   // store was copied or moved there (a bigger disk, a home copied with its stores outside
   // it). The new place must already be a store this home may use, holding the manifest of
-  // every image of the region that is not damaged, as committed; it may not meet another
+  // every image of the region that is not damaged, as committed, and every block those name
+  // (looked up in its index; read only by a scrub); it may not meet another
   // region's store. Refused while imports into the region or copies to or from it are in
   // flight (Region.InUse). Its blocks are not read: `scrub` the region to check them. The
   // old store is released (its marker names no home) and its files stay.

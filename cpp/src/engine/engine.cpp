@@ -646,6 +646,12 @@ Region Engine::MoveRegion(const std::string& account, const std::string& id,
       auto digest = digests.find(image.id);
       if (digest != digests.end() && digest->second != manifest->ChunkListDigest()) {
         why = "holds another manifest of image " + image.id + " than the one committed";
+      } else if (const MissingChunksReport missing = MissingChunks(*store, *manifest);
+                 missing.count > 0) {
+        // Looked up, not read: a copy cut short lacks whole packs, which this finds; the
+        // bytes of those there are checked as they are read, and by a scrub.
+        why = "lacks " + std::to_string(missing.count) + " block(s) of image " + image.id +
+              " (the first: " + missing.first + ")";
       }
     }
     if (!why.empty()) {
