@@ -44,6 +44,15 @@ TEST(StoreMarkerTest, AnotherHomesStoreIsRefusedSayingWhichHome) {
   EXPECT_NE(verdict.problem.find("regions move"), std::string::npos) << verdict.problem;
 }
 
+TEST(StoreMarkerTest, WhatAMarkerSaysIsShownPrintableAndShort) {
+  const StoreOwner hostile{.id = "\x1b[2Jid",
+                           .path = "/x\n\x1b]0;owned\x07" + std::string(500, 'p')};
+  const MarkerVerdict verdict = JudgeMarker(StoreMarkerText(hostile, kPlace), Reader(kHomeB));
+  ASSERT_EQ(verdict.action, Action::kRefuse);
+  for (char c : verdict.problem) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << verdict.problem;
+  EXPECT_LT(verdict.problem.size(), 800U);
+}
+
 TEST(StoreMarkerTest, AStoreInsideTheHomeIsTheHomesWhoeverMarkedIt) {
   // A copied home's stores are copies: the copy takes them, under its own identity.
   const MarkerVerdict verdict = JudgeMarker(StoreMarkerText(kHomeA, kPlace), Reader(kHomeB, true));

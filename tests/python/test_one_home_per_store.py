@@ -8,7 +8,10 @@ store directory were as exposed: each home's sweep sees only its own copies in f
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +234,27 @@ def test_regions_move_on_the_command_line(original: tuple[Path, dict[str, str]],
                  expect=1, as_json=False, inproc=True)
     assert "Region.StoreUnavailable" in result.stderr
     _all_verify(home1, ids)
+
+
+def test_a_fifo_left_at_the_old_place_neither_hangs_the_open_nor_shares_a_store(
+        original: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    # Someone who can write where the home was plants a FIFO as its catalog: opening it
+    # would block. It is not read; the home takes it for its original (a new identity), so
+    # its store outside stays refused rather than shared.
+    home1, ids = original
+    home3 = tmp_path / "home3"
+    home1.rename(home3)
+    home1.mkdir()
+    os.mkfifo(home1 / "catalog.db")
+    script = ("import imagerelay as ir, sys\n"
+              f"c = ir.open({str(home3)!r})\n"
+              f"print(c.verify_image({ids['bj']!r}))\n"
+              "c.close()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ids["digest"]
+    assert "not a regular file" in proc.stderr and "a copy of the one at" in proc.stderr
+    with _open(home3) as cloud, pytest.raises(ir.ImageRelayError) as excinfo:
+        cloud.verify_image(ids["ext"])
+    assert excinfo.value.code == "Region.StoreUnavailable"

@@ -829,7 +829,10 @@ class SqliteCatalog final : public Catalog {
 std::optional<std::string> PeekSqliteCatalogSetting(const std::filesystem::path& path,
                                                     const std::string& key) {
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return std::nullopt;
+  const auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status)) return std::nullopt;
+  // A FIFO would block the open, a device read from: only a file is looked into.
+  if (!std::filesystem::is_regular_file(status)) throw std::runtime_error("not a regular file");
   sqlite3* raw = nullptr;
   // Read-only, and no file made: the other home may be in use, or may be a backup.
   const std::string uri = "file:" + path.string() + "?mode=ro";

@@ -13,6 +13,13 @@ namespace {
 // reads the store as before (and rewrites the marker without them, to be claimed again).
 constexpr int kStoreMarkerVersion = 2;
 
+// What a marker says, for a message: printable and short (a marker is anyone's file).
+std::string Shown(std::string_view s) {
+  std::string out;
+  for (char c : s.substr(0, 200)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return s.size() > 200 ? out + "..." : out;
+}
+
 nlohmann::json ParseMarker(std::string_view text) {
   return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
 }
@@ -83,11 +90,11 @@ MarkerVerdict JudgeMarker(std::string_view text, const MarkerReader& reader) {
             .problem = {}};
   }
   if (marked && marked->id != reader.me.id && !reader.ours_by_place) {
-    const std::string where = marked->path.empty() ? "" : " at " + marked->path;
+    const std::string where = marked->path.empty() ? "" : " at " + Shown(marked->path);
     return {.action = Action::kRefuse,
             .text = {},
             .problem = "it belongs to another imagerelay home" + where + " (home id " +
-                       marked->id.substr(0, 12) +
+                       Shown(marked->id.substr(0, 12)) +
                        "): a store serves one home, whose catalog alone knows the copies and "
                        "imports it has in flight; give this region a store of its own (copy "
                        "the store and point the region at the copy with `imagerelay regions "
