@@ -41,21 +41,56 @@ bool OriginalStillThere(const fs::path& old_home, const std::string& id) {
   }
 }
 
+// Where a home was when a release that recorded no place last opened it, as its default
+// regions say (`<old home>/regions/<id>`, and this home holds a directory of that name for
+// each of them: it was moved or copied with them); nullopt if they say nothing or disagree.
+std::optional<fs::path> PlaceBeforeRecords(const std::vector<Region>& regions,
+                                           const fs::path& here) {
+  std::optional<fs::path> guess;
+  for (const Region& region : regions) {
+    const std::optional<fs::path> dir = LocalStoreDirectory(region.store_uri);
+    if (!dir) continue;
+    const fs::path store = dir->lexically_normal();
+    if (store.filename() != region.id || store.parent_path().filename() != "regions") continue;
+    const fs::path old_home = store.parent_path().parent_path();
+    std::error_code ec;
+    if (old_home == here || fs::equivalent(old_home, here, ec)) continue;  // its own
+    if (!fs::is_directory(here / "regions" / region.id, ec)) continue;
+    if (guess && *guess != old_home) return std::nullopt;
+    guess = old_home;
+  }
+  return guess;
+}
+
 }  // namespace
 
 StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_catalog) {
   const fs::path here = SpelledPath(home);
-  std::optional<std::string> id, recorded;
+  std::optional<std::string> id, recorded_setting;
+  std::vector<Region> regions;
   catalog.Read([&](CatalogTx& tx) {
     id = tx.GetSetting(kHomeIdSetting);
-    recorded = tx.GetSetting(kHomePathSetting);
+    recorded_setting = tx.GetSetting(kHomePathSetting);
+    regions = tx.ListRegions();
   });
+  // Where it was: as recorded, or as its regions tell for a home of an earlier release
+  // (copied or moved before places were recorded).
+  std::optional<std::string> recorded = recorded_setting;
+  if (own_catalog && !recorded) {
+    if (std::optional<fs::path> guess = PlaceBeforeRecords(regions, here)) {
+      recorded = guess->string();
+    }
+  }
   // Moved or copied: recorded elsewhere, and that place is not this directory by another
   // name (a link, a bind mount).
   std::error_code ec;
   const bool elsewhere = own_catalog && recorded && fs::path(*recorded) != here &&
                          !fs::equivalent(fs::path(*recorded), here, ec);
-  const bool copied = elsewhere && id && OriginalStillThere(*recorded, *id);
+  // Copied: the old place still holds this home (or any catalog, for an earlier release's
+  // home, which had no identity to compare).
+  const bool copied =
+      elsewhere && (id ? OriginalStillThere(*recorded, *id)
+                       : fs::is_regular_file(fs::path(*recorded) / "catalog.db", ec));
 
   std::vector<std::string> followed, outside;
   StoreOwner owner;
@@ -65,7 +100,7 @@ StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_c
     std::optional<std::string> now_id = tx.GetSetting(kHomeIdSetting);
     const std::optional<std::string> now_recorded = tx.GetSetting(kHomePathSetting);
     // Another process may have settled it meanwhile: then only what it wrote is used.
-    const bool settled_meanwhile = now_recorded != recorded || now_id != id;
+    const bool settled_meanwhile = now_recorded != recorded_setting || now_id != id;
     if (!now_id || (copied && !settled_meanwhile)) {
       now_id = RandomHex(16);
       tx.PutSetting(kHomeIdSetting, *now_id);

@@ -10,8 +10,9 @@
 //     a new identity, and its regions inside it use the copy's own stores. Regions whose
 //     stores are outside the home stay the original's: the copy may not use them (their
 //     marker names the original) until pointed at a store of their own.
-// A home whose catalog is PostgreSQL is shared by hosts, each with its own home directory:
-// it has one identity and records no place.
+// A home of an earlier release recorded no place: its default regions tell where it was
+// (`<old home>/regions/<id>`). A home whose catalog is PostgreSQL is shared by hosts, each
+// with its own home directory: it has one identity and records no place.
 #pragma once
 
 #include <filesystem>
