@@ -22,9 +22,9 @@ const StoreOwner kHomeA{.id = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", .path = "/data
 const StoreOwner kHomeB{.id = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", .path = "/data/home-b"};
 const std::string kPlace = "file:/data/stores/hk";
 
-MarkerReader Reader(const StoreOwner& me, bool ours_by_place = false,
-                    const std::string& place = kPlace) {
-  return {.me = me, .place = place, .ours_by_place = ours_by_place};
+StoreClaim Reader(const StoreOwner& me, bool ours_by_place = false,
+                  const std::string& place = kPlace) {
+  return {.me = me, .place = place, .ours_by_place = ours_by_place, .unowned_is_theirs = {}};
 }
 
 TEST(StoreMarkerTest, AMarkerWithoutAnOwnerIsClaimedByTheHomeThatChecksIt) {
@@ -86,6 +86,29 @@ TEST(StoreMarkerTest, AnOwnerOfAnUnknownShapeIsNoOwner) {
   EXPECT_EQ(JudgeMarker(StoreMarkerText(odd, kPlace), Reader(kHomeA)).action, Action::kRewrite);
 }
 
+TEST(StoreMarkerTest, AStoreTakenForTheOriginalsIsNotClaimedByTheCopy) {
+  StoreClaim copy = Reader(kHomeB);
+  copy.unowned_is_theirs = "taken for the original's";
+  for (const std::string& unowned :
+       {StoreMarkerText(), StoreMarkerText(kHomeA, "file:/elsewhere")}) {  // none, a copy's
+    const MarkerVerdict verdict = JudgeMarker(unowned, copy);
+    EXPECT_EQ(verdict.action, Action::kRefuse);
+    EXPECT_EQ(verdict.problem, "taken for the original's");
+  }
+  // Its own (marked by this home since) and, in its own directory, any: taken as ever.
+  EXPECT_EQ(JudgeMarker(StoreMarkerText(kHomeB, kPlace), copy).action, Action::kKeep);
+  copy.ours_by_place = true;
+  EXPECT_EQ(JudgeMarker(StoreMarkerText(), copy).action, Action::kRewrite);
+  // A store without any marker (an earlier release's layout) likewise.
+  testing_util::ScratchDir dir;
+  fs::create_directories(dir / "old" / "manifests");
+  LocalStore old(dir / "old");
+  copy.ours_by_place = false;
+  old.SetOwner(copy);
+  EXPECT_THROW(old.Check(), TransferError);
+  EXPECT_FALSE(fs::exists(dir / "old" / std::string(kStoreMarker)));
+}
+
 TEST(StoreMarkerTest, OnlyItsOwnerReleasesAStore) {
   const std::string marked = StoreMarkerText(kHomeA, kPlace);
   EXPECT_EQ(ReleasedMarker(marked, Reader(kHomeA)), StoreMarkerText());
@@ -116,12 +139,12 @@ TEST(StoreMarkerTest, ALocalStoreServesOneHomeUntilReleased) {
   const fs::path root = dir / "store";
   auto marker = [&] { return testing_util::ReadFileBytes(root / std::string(kStoreMarker)); };
   LocalStore a(root);
-  a.SetOwner(kHomeA, kPlace, false);
+  a.SetOwner(Reader(kHomeA));
   a.Create();
   EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));
 
   LocalStore b(root);
-  b.SetOwner(kHomeB, kPlace, false);
+  b.SetOwner(Reader(kHomeB));
   try {
     b.Check();
     ADD_FAILURE() << "home B took home A's store";
@@ -142,7 +165,7 @@ TEST(StoreMarkerTest, ALocalStoreServesOneHomeUntilReleased) {
 
   // Where the store lies in home A's own directory, A takes it back.
   LocalStore a_by_place(root);
-  a_by_place.SetOwner(kHomeA, kPlace, true);
+  a_by_place.SetOwner(Reader(kHomeA, true));
   a_by_place.Check();
   EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));
 }

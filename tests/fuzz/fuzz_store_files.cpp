@@ -28,7 +28,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const StoreOwner home{.id = "0123456789abcdef0123456789abcdef", .path = "/home/relay"};
     for (const StoreOwner& me : {home, StoreOwner{}}) {
       for (bool ours_by_place : {false, true}) {
-        const MarkerReader reader{.me = me, .place = "file:/s", .ours_by_place = ours_by_place};
+        const StoreClaim reader{
+            .me = me, .place = "file:/s", .ours_by_place = ours_by_place, .unowned_is_theirs = {}};
         const MarkerVerdict verdict = JudgeMarker(text, reader);
         if (verdict.action == MarkerVerdict::Action::kRefuse) {
           Require(!verdict.problem.empty(), "a marker refused without a reason");

@@ -260,12 +260,13 @@ def test_a_fifo_left_at_the_old_place_neither_hangs_the_open_nor_shares_a_store(
     assert excinfo.value.code == "Region.StoreUnavailable"
 
 
-def _as_an_earlier_release_left_it(home: Path) -> None:
+def _as_an_earlier_release_left_it(home: Path, *outside: Path) -> None:
     """No identity, no recorded place, markers naming no home: a home of the release before."""
     import sqlite3
     with sqlite3.connect(home / "catalog.db") as db:
         db.execute("DELETE FROM settings WHERE key IN ('home_id', 'home_path')")
-    for marker in home.glob("regions/*/.imagerelay-store"):
+    for marker in [*home.glob("regions/*/.imagerelay-store"),
+                   *(store / ".imagerelay-store" for store in outside)]:
         marker.write_text('{"format": "imagerelay-store", "version": 2}\n')
 
 
@@ -275,20 +276,27 @@ def test_a_home_copied_before_identities_uses_its_own_stores(
     # Copied with `cp -r` under the release before: its catalog names the original's stores
     # and nothing says where it was. Its default regions tell (<old home>/regions/<id>).
     home1, ids = original
-    _as_an_earlier_release_left_it(home1)
+    ext = tmp_path / "stores" / "ext"
+    _as_an_earlier_release_left_it(home1, ext)
     home2 = tmp_path / "home2"
     shutil.copytree(home1, home2)
     with caplog.at_level(logging.WARNING, logger="imagerelay"), _open(home2) as copy:
         assert copy.region("bj").store == str(home2 / "regions" / "bj")
         assert copy.region("gz").store == str(home2 / "regions" / "gz")
         assert copy.verify_image(ids["bj"]) == ids["digest"]
-        copy.delete_image(ids["bj"])
-        copy.delete_image(ids["gz"])
+        # The store outside, which no home has marked yet, is taken for the original's: the
+        # copy neither claims it nor writes there.
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            copy.import_image(make_dense(tmp_path / "b.raw", CHUNK), region="ext", name="x")
+        assert excinfo.value.code == "Region.StoreUnavailable"
+        assert "taken for the original's" in excinfo.value.message, excinfo.value.message
+        for region in ("bj", "gz", "ext"):
+            copy.delete_image(ids[region])
+    assert '"home"' not in _marker(ext)
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"this home is a copy of the one at {home1}" in said, said
-    with _open(home1) as cloud:
-        for region in ("bj", "gz"):
-            assert cloud.verify_image(ids[region]) == ids["digest"]
+    _all_verify(home1, ids)  # the original claims its store outside at this open
+    assert str(home1) in _marker(ext)
     # Moved, not copied: followed the same way, its identity made at this open.
     home3 = tmp_path / "home3"
     _as_an_earlier_release_left_it(home1)

@@ -70,6 +70,19 @@ struct StoreOwner {
   std::string path;
 };
 
+// How a store's marker is judged for the home that opens it (store/store_marker.hpp).
+struct StoreClaim {
+  StoreOwner me;      // an empty id: a caller that owns nothing (tests, tools), which leaves any
+                      // owner in place
+  std::string place;  // StorePlace::where of the store (store_place.hpp); "" unknown
+  bool ours_by_place = false;  // it lies in me's own home directory, where no other home's
+                               // store can be in use (a copied home's stores are copies):
+                               // taken whoever marked it
+  // Not empty: a store no home has marked is not claimed but refused, for this reason (the
+  // store of a copied home's region outside it, taken for the original's).
+  std::string unowned_is_theirs;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -86,12 +99,10 @@ class Store {
   // unless it lies in the home (OpenStore's `makes_local_root`).
   virtual void Create() { Check(); }
   // The home this store serves, before its first Check(): Check() and Create() claim a store
-  // no home owns and refuse one another home owns (Region.StoreUnavailable), unless
-  // `ours_by_place` (it lies in this home's own directory). `place` is where the store is
-  // (StorePlace::where, store_place.hpp), kept in its marker: a marker found at another
-  // place is a copy's, no home's yet. Without an owner a store claims and refuses nothing.
-  virtual void SetOwner(const StoreOwner& /*owner*/, const std::string& /*place*/,
-                        bool /*ours_by_place*/) {}
+  // no home owns and refuse one another home owns (Region.StoreUnavailable), as `claim`
+  // says. Its place is kept in the marker: a marker found at another place is a copy's, no
+  // home's yet. Without an owner a store claims and refuses nothing.
+  virtual void SetOwner(const StoreClaim& /*claim*/) {}
   // Throws TransferError(Region.StoreUnavailable) if the store's marker names another home
   // than SetOwner's; marks it as SetOwner's if it names none. Asked when a home opens the
   // store, before any use. Nothing if there is no marker, or it cannot be read now (Check()

@@ -291,10 +291,10 @@ std::shared_ptr<Engine> Engine::Open(const EngineOptions& options) {
   }
   impl->credentials = std::make_unique<CredentialsFiles>(options.home / "credentials");
   impl->MoveCredentialsOutOfCatalog();
-  StoreOwner owner = SettleHomeIdentity(*impl->catalog, options.home, options.catalog.empty());
+  HomeIdentity identity = SettleHomeIdentity(*impl->catalog, options.home, options.catalog.empty());
   Impl* raw = impl.get();
   impl->stores = std::make_unique<StoreRegistry>(
-      *impl->credentials, impl->CacheDir(), impl->options.home, std::move(owner),
+      *impl->credentials, impl->CacheDir(), impl->options.home, std::move(identity),
       [raw](const std::string& uri, const std::string& hash, const std::string& why) {
         raw->integrity->OnStoreDamage(uri, hash, why);
       });
@@ -563,6 +563,7 @@ void Engine::RemoveRegion(const std::string& account, const std::string& id, boo
       validate_only,
       [&](CatalogTx& tx, PendingEvents& events) {
         tx.DeleteRegion(id);
+        ForgetOriginalsStore(tx, region->store_uri);
         // In the transaction: a region is never gone while its secret stays behind.
         impl_->credentials->Remove(id);
         events.Append(tx, MakeRegionEvent(event_type::kRegionRemoved, account, *region,
@@ -571,13 +572,7 @@ void Engine::RemoveRegion(const std::string& account, const std::string& id, boo
       });
   if (validate_only) return;
   // The store stays where it is, free for another home to take (its marker names none).
-  try {
-    impl_->StoreForUri(region->store_uri, id)->Release();
-  } catch (const std::exception& e) {
-    Log(LogLevel::kWarning, "region " + id + " removed; its store " + RedactUrl(region->store_uri) +
-                                " was not released: " + e.what());
-  }
-  impl_->stores->Forget(region->store_uri);
+  impl_->stores->Release(region->store_uri, id);
 }
 
 Region Engine::MoveRegion(const std::string& account, const std::string& id,
@@ -675,17 +670,12 @@ Region Engine::MoveRegion(const std::string& account, const std::string& id,
                                          " changed while its new store was checked; try again");
     }
     tx.SetRegionStore(id, uri);
+    ForgetOriginalsStore(tx, old_uri);
     events.Append(tx, MakeRegionEvent(
                           event_type::kRegionMoved, account, *region,
                           nlohmann::json{{"store", RedactUrl(uri)}, {"from", RedactUrl(old_uri)}}));
   });
-  try {  // the old place is this home's no more (another home's, if this one was copied)
-    impl_->StoreForUri(old_uri, id)->Release();
-  } catch (const std::exception& e) {
-    Log(LogLevel::kWarning, "region " + id + " moved; its old store " + RedactUrl(old_uri) +
-                                " was not released: " + e.what());
-  }
-  impl_->stores->Forget(old_uri);
+  impl_->stores->Release(old_uri, id);  // this home's no more
   impl_->stores->Keep(uri, store);
   region->store_uri = uri;
   return *region;

@@ -4,6 +4,8 @@
 #include <system_error>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "imagerelay/ids.hpp"
 #include "imagerelay/log.hpp"
 
@@ -13,6 +15,32 @@ namespace {
 
 constexpr const char* kHomeIdSetting = "home_id";
 constexpr const char* kHomePathSetting = "home_path";
+// {"home": "<where the original is>", "stores": ["<uri>", ...]}: HomeIdentity's.
+constexpr const char* kCopiedFromSetting = "copied_from";
+
+void ReadCopiedFrom(CatalogTx& tx, HomeIdentity& identity) {
+  identity.originals_stores.clear();
+  const std::optional<std::string> text = tx.GetSetting(kCopiedFromSetting);
+  if (!text) return;
+  const auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return;
+  if (json.contains("home") && json["home"].is_string()) identity.original = json["home"];
+  if (json.contains("stores") && json["stores"].is_array()) {
+    for (const auto& uri : json["stores"]) {
+      if (uri.is_string()) identity.originals_stores.insert(uri.get<std::string>());
+    }
+  }
+}
+
+void WriteCopiedFrom(CatalogTx& tx, const HomeIdentity& identity) {
+  if (identity.originals_stores.empty()) {
+    tx.DeleteSetting(kCopiedFromSetting);
+    return;
+  }
+  nlohmann::json json{{"home", identity.original}, {"stores", identity.originals_stores}};
+  tx.PutSetting(kCopiedFromSetting,
+                json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
 
 // The home's path as its regions' URIs spell it: Engine::Open and AddRegion make default
 // stores from fs::absolute(home), links not resolved.
@@ -64,7 +92,13 @@ std::optional<fs::path> PlaceBeforeRecords(const std::vector<Region>& regions,
 
 }  // namespace
 
-StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_catalog) {
+void ForgetOriginalsStore(CatalogTx& tx, const std::string& store_uri) {
+  HomeIdentity identity;
+  ReadCopiedFrom(tx, identity);
+  if (identity.originals_stores.erase(store_uri) > 0) WriteCopiedFrom(tx, identity);
+}
+
+HomeIdentity SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_catalog) {
   const fs::path here = SpelledPath(home);
   std::optional<std::string> id, recorded_setting;
   std::vector<Region> regions;
@@ -93,10 +127,11 @@ StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_c
                        : fs::is_regular_file(fs::path(*recorded) / "catalog.db", ec));
 
   std::vector<std::string> followed, outside;
-  StoreOwner owner;
+  HomeIdentity identity;
   catalog.Write([&](CatalogTx& tx) {
     followed.clear();
     outside.clear();
+    ReadCopiedFrom(tx, identity);
     std::optional<std::string> now_id = tx.GetSetting(kHomeIdSetting);
     const std::optional<std::string> now_recorded = tx.GetSetting(kHomePathSetting);
     // Another process may have settled it meanwhile: then only what it wrote is used.
@@ -106,11 +141,16 @@ StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_c
       tx.PutSetting(kHomeIdSetting, *now_id);
     }
     if (elsewhere && !settled_meanwhile) {
+      if (copied) {
+        identity.originals_stores.clear();
+        identity.original = *recorded;
+      }
       for (Region region : tx.ListRegions()) {
         const std::optional<fs::path> dir = LocalStoreDirectory(region.store_uri);
         const std::optional<fs::path> inside = dir ? InsideOf(*dir, *recorded) : std::nullopt;
         if (!inside) {
           outside.push_back(region.id);
+          if (copied) identity.originals_stores.insert(region.store_uri);
           continue;
         }
         tx.SetRegionStore(region.id, (here / *inside).string());
@@ -118,10 +158,11 @@ StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_c
                            (here / *inside).string() + ")");
       }
     }
+    if (copied && !settled_meanwhile) WriteCopiedFrom(tx, identity);
     if (own_catalog && (!now_recorded || (elsewhere && !settled_meanwhile))) {
       tx.PutSetting(kHomePathSetting, here.string());
     }
-    owner = {.id = *now_id, .path = here.string()};
+    identity.owner = {.id = *now_id, .path = here.string()};
   });
   if (elsewhere) {
     auto listed = [](const std::vector<std::string>& items) {
@@ -142,7 +183,7 @@ StoreOwner SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own_c
     }
     Log(LogLevel::kWarning, message);
   }
-  return owner;
+  return identity;
 }
 
 }  // namespace imagerelay

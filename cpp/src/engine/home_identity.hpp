@@ -16,6 +16,7 @@
 #pragma once
 
 #include <filesystem>
+#include <set>
 #include <string>
 
 #include "imagerelay/catalog.hpp"
@@ -23,10 +24,23 @@
 
 namespace imagerelay {
 
+struct HomeIdentity {
+  StoreOwner owner;  // what its stores are marked with
+  // A copied home: the stores of its regions outside it when it learnt it was a copy, by
+  // URI (setting copied_from). They are the original's: one no home has marked yet (an
+  // earlier release's) is refused, not claimed, until the region is moved or removed.
+  std::set<std::string> originals_stores;
+  std::string original;  // where the original home is
+};
+
 // Settles the identity of the home at `home` whose catalog is `catalog` (the home's own
 // SQLite catalog if `own_catalog`), moving the regions inside a moved or copied home to its
-// new place, and returns the owner its stores are marked with. Logs what it changed.
-StoreOwner SettleHomeIdentity(Catalog& catalog, const std::filesystem::path& home,
-                              bool own_catalog);
+// new place. Logs what it changed.
+HomeIdentity SettleHomeIdentity(Catalog& catalog, const std::filesystem::path& home,
+                                bool own_catalog);
+
+// Drops `store_uri` from the original's stores of a copied home (its region was moved or
+// removed), in `tx`.
+void ForgetOriginalsStore(CatalogTx& tx, const std::string& store_uri);
 
 }  // namespace imagerelay

@@ -253,9 +253,7 @@ void LocalStore::EnsureChunkDirs() {
   chunk_dirs_known_.store(true, std::memory_order_release);
 }
 
-void LocalStore::SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) {
-  marker_reader_ = {.me = owner, .place = place, .ours_by_place = ours_by_place};
-}
+void LocalStore::SetOwner(const StoreClaim& claim) { claim_ = claim; }
 
 // The marker's text, or nullopt if there is none (any other failure throws).
 std::optional<std::string> LocalStore::ReadMarker(int root_fd) const {
@@ -285,7 +283,7 @@ void LocalStore::Release() {
   if (!root) return;  // nothing there to release
   const std::optional<std::string> text = ReadMarker(root.get());
   if (!text) return;
-  if (std::string released = ReleasedMarker(*text, marker_reader_); !released.empty()) {
+  if (std::string released = ReleasedMarker(*text, claim_); !released.empty()) {
     WriteMarker(root.get(), released);
   }
 }
@@ -309,7 +307,7 @@ void LocalStore::ClaimForOwner() {
     return;  // Check() says what is wrong
   }
   if (!text) return;
-  const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+  const MarkerVerdict verdict = JudgeMarker(*text, claim_);
   RefuseIfAnotherHomes(*text, verdict);
   try {  // a store that cannot be written now may still be read; Check() claims it later
     if (verdict.action == MarkerVerdict::Action::kRewrite) WriteMarker(root.get(), verdict.text);
@@ -319,13 +317,17 @@ void LocalStore::ClaimForOwner() {
 
 void LocalStore::ClaimRoot(int root_fd) {
   if (const std::optional<std::string> text = ReadMarker(root_fd)) {
-    const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+    const MarkerVerdict verdict = JudgeMarker(*text, claim_);
     RefuseIfAnotherHomes(*text, verdict);
     if (verdict.action == MarkerVerdict::Action::kRefuse) NotAStore(uri_, root_, verdict.problem);
     if (verdict.action == MarkerVerdict::Action::kRewrite) WriteMarker(root_fd, verdict.text);
     return;
   }
   // No marker: a new or empty directory, or a store of an earlier release.
+  if (const std::string& theirs = UnmarkedIsTheirs(claim_); !theirs.empty()) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "region store " + uri_ + " is unavailable: " + theirs);
+  }
   std::vector<DirEntry> entries;
   if (int err = ListDirectory(root_fd, entries); err != 0) {
     Unavailable(uri_, root_, "cannot list " + root_.string() + ": " + ErrnoText(err));
@@ -341,7 +343,7 @@ void LocalStore::ClaimRoot(int root_fd) {
   if (std::string problem = ForeignEntriesProblem(std::move(foreign)); !problem.empty()) {
     NotAStore(uri_, root_, problem);
   }
-  WriteMarker(root_fd, StoreMarkerText(marker_reader_.me, marker_reader_.place));
+  WriteMarker(root_fd, StoreMarkerText(claim_.me, claim_.place));
 }
 
 void LocalStore::Check() { CheckRoot(root_policy_ == Root::kMadeIfMissing); }

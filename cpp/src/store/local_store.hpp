@@ -90,7 +90,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void Create() override;
   void RequirePresent() override;
   void RemoveLeftovers() override;
-  void SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) override;
+  void SetOwner(const StoreClaim& claim) override;
   void ClaimForOwner() override;
   void Release() override;
 
@@ -227,9 +227,9 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   std::string uri_;
   const Writes writes_;
   const Root root_policy_;
-  // The home it serves and its place (SetOwner, before the first Check): set once, then
+  // The home it serves and its place (SetOwner's, before the first Check): set once, then
   // only read.
-  MarkerReader marker_reader_{.me = {}, .place = {}, .ours_by_place = false};
+  StoreClaim claim_;
   // Directories known to exist, so that a write does not mkdir every time.
   std::atomic<bool> root_known_{false};
   std::atomic<bool> chunks_known_{false};

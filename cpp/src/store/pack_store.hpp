@@ -81,9 +81,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void Check() override;
   void Create() override;
   void RemoveLeftovers() override { base_->RemoveLeftovers(); }
-  void SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) override {
-    base_->SetOwner(owner, place, ours_by_place);
-  }
+  void SetOwner(const StoreClaim& claim) override { base_->SetOwner(claim); }
   void ClaimForOwner() override { base_->ClaimForOwner(); }
   void Release() override { base_->Release(); }
 

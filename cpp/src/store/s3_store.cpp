@@ -165,7 +165,7 @@ void S3Store::ClaimPrefix(bool may_make) {
       problem = text ? CheckStoreMarker(*text) : "its marker is gone";
     }
     if (!problem.empty()) not_a_store(problem);
-    const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+    const MarkerVerdict verdict = JudgeMarker(*text, claim_);
     RefuseIfAnotherHomes(verdict);
     if (verdict.action == MarkerVerdict::Action::kRewrite) {
       PutText(marker, verdict.text, "the store marker");
@@ -174,6 +174,10 @@ void S3Store::ClaimPrefix(bool may_make) {
   }
   // No marker: what the prefix holds at its top level, "directories" folded by the
   // delimiter. A store (of an earlier release) holds only its directories there.
+  if (const std::string& theirs = UnmarkedIsTheirs(claim_); !theirs.empty()) {
+    throw TransferError(codes::kStoreUnavailable,
+                        "S3 store " + location().display + " is unavailable: " + theirs);
+  }
   const std::string top = Key("");
   Call list;
   list.query = {{"list-type", "2"}, {"prefix", top}, {"delimiter", "/"}, {"max-keys", "1000"}};
@@ -204,12 +208,12 @@ void S3Store::ClaimPrefix(bool may_make) {
                             "); a region's store is made once, when the region is added: check "
                             "that the endpoint and bucket are the ones it was added with");
   }
-  PutText(marker, StoreMarkerText(marker_reader_.me, marker_reader_.place), "the store marker");
+  PutText(marker, StoreMarkerText(claim_.me, claim_.place), "the store marker");
 }
 
-void S3Store::SetOwner(const StoreOwner& owner, const std::string& place,
-                       bool /*ours_by_place: never, not a directory*/) {
-  marker_reader_ = {.me = owner, .place = place, .ours_by_place = false};
+void S3Store::SetOwner(const StoreClaim& claim) {
+  claim_ = claim;
+  claim_.ours_by_place = false;  // never: not a directory in the home
 }
 
 void S3Store::RefuseIfAnotherHomes(const MarkerVerdict& verdict) const {
@@ -228,7 +232,7 @@ void S3Store::ClaimForOwner() {
     return;  // unreachable now: Check() says so, and judges the owner then
   }
   if (!text || !CheckStoreMarker(*text).empty()) return;
-  const MarkerVerdict verdict = JudgeMarker(*text, marker_reader_);
+  const MarkerVerdict verdict = JudgeMarker(*text, claim_);
   RefuseIfAnotherHomes(verdict);
   try {  // a store that cannot be written now may still be read; Check() claims it later
     if (verdict.action == MarkerVerdict::Action::kRewrite) {
@@ -242,7 +246,7 @@ void S3Store::Release() {
   const std::string marker = Key(std::string(kStoreMarker));
   const std::optional<std::string> text = GetText(marker, "the store marker");
   if (!text) return;
-  if (std::string released = ReleasedMarker(*text, marker_reader_); !released.empty()) {
+  if (std::string released = ReleasedMarker(*text, claim_); !released.empty()) {
     PutText(marker, released, "the store marker");
   }
 }

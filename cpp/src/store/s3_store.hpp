@@ -57,7 +57,7 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   // another), never a store to make again there (LocalStore::Root says the same of disks).
   void Check() override;
   void Create() override;
-  void SetOwner(const StoreOwner& owner, const std::string& place, bool ours_by_place) override;
+  void SetOwner(const StoreClaim& claim) override;
   void ClaimForOwner() override;
   void Release() override;
   // Aborts multipart uploads of manifests that a killed writer left open over an hour ago
@@ -156,8 +156,8 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
 
   std::filesystem::path index_dir_;
   S3Client client_;
-  // SetOwner, before the first Check: set once, then only read.
-  MarkerReader marker_reader_{.me = {}, .place = {}, .ours_by_place = false};
+  // SetOwner's, before the first Check: set once, then only read.
+  StoreClaim claim_;
   // Cleared once the server refused a PUT for its checksum headers and took it without
   // them (an older S3-compatible server): its chunks then carry no stored SHA-256.
   std::atomic<bool> send_checksums_{true};

@@ -74,14 +74,14 @@ std::string CheckStoreMarker(std::string_view text) {
   return "";
 }
 
-MarkerVerdict JudgeMarker(std::string_view text, const MarkerReader& reader) {
+MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim) {
   using Action = MarkerVerdict::Action;
   if (std::string problem = CheckStoreMarker(text); !problem.empty()) {
     return {.action = Action::kRefuse, .text = {}, .problem = std::move(problem)};
   }
   const auto json = ParseMarker(text);
-  const std::optional<StoreOwner> marked = MarkedOwner(json, reader.place);
-  if (reader.me.id.empty()) {  // owns nothing: brings an old marker up to date, keeps it all
+  const std::optional<StoreOwner> marked = MarkedOwner(json, claim.place);
+  if (claim.me.id.empty()) {  // owns nothing: brings an old marker up to date, keeps it all
     if (json["version"].get<int64_t>() >= kStoreMarkerVersion) return {};
     nlohmann::ordered_json updated = nlohmann::ordered_json::parse(text);
     updated["version"] = kStoreMarkerVersion;
@@ -89,7 +89,7 @@ MarkerVerdict JudgeMarker(std::string_view text, const MarkerReader& reader) {
             .text = updated.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n",
             .problem = {}};
   }
-  if (marked && marked->id != reader.me.id && !reader.ours_by_place) {
+  if (marked && marked->id != claim.me.id && !claim.ours_by_place) {
     const std::string where = marked->path.empty() ? "" : " at " + Shown(marked->path);
     return {.action = Action::kRefuse,
             .text = {},
@@ -100,15 +100,18 @@ MarkerVerdict JudgeMarker(std::string_view text, const MarkerReader& reader) {
                        "the store and point the region at the copy with `imagerelay regions "
                        "move`), or remove the region from the other home first"};
   }
-  std::string mine = StoreMarkerText(reader.me, reader.place);
+  if (const std::string& theirs = UnmarkedIsTheirs(claim); !marked && !theirs.empty()) {
+    return {.action = Action::kRefuse, .text = {}, .problem = theirs};
+  }
+  std::string mine = StoreMarkerText(claim.me, claim.place);
   if (text == mine) return {};
   return {.action = Action::kRewrite, .text = std::move(mine), .problem = {}};
 }
 
-std::string ReleasedMarker(std::string_view text, const MarkerReader& reader) {
-  if (reader.me.id.empty() || !CheckStoreMarker(text).empty()) return "";
-  const std::optional<StoreOwner> marked = MarkedOwner(ParseMarker(text), reader.place);
-  if (!marked || marked->id != reader.me.id) return "";
+std::string ReleasedMarker(std::string_view text, const StoreClaim& claim) {
+  if (claim.me.id.empty() || !CheckStoreMarker(text).empty()) return "";
+  const std::optional<StoreOwner> marked = MarkedOwner(ParseMarker(text), claim.place);
+  if (!marked || marked->id != claim.me.id) return "";
   return StoreMarkerText();
 }
 

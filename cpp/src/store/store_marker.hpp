@@ -36,18 +36,16 @@ struct MarkerVerdict {
   std::string text;     // kRewrite: what to write
   std::string problem;  // kRefuse: why the store is not this home's to use
 };
-// Who reads a marker: the home, and the store's place as the home reaches it.
-struct MarkerReader {
-  StoreOwner me;       // an empty id: a caller that owns nothing (tests, tools), which
-                       // leaves any owner in place
-  std::string place;   // StorePlace::where of the store; "" if unknown
-  bool ours_by_place;  // the store lies in me's own home directory, where no other home's
-                       // store can be in use (a copied home's stores are copies): taken
-                       // whoever marked it
-};
-MarkerVerdict JudgeMarker(std::string_view text, const MarkerReader& reader);
+// Judges the marker `text` for the home and place of `claim`. A store without a marker is
+// claimed only if `claim.unowned_is_theirs` is empty (UnmarkedIsTheirs).
+MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim);
 // The marker to write when a store's region is removed: `text` without its owner if the
-// reader's home owns it, else "" (nothing to release).
-std::string ReleasedMarker(std::string_view text, const MarkerReader& reader);
+// claim's home owns it, else "" (nothing to release).
+// The reason to refuse a store without a marker (an earlier release's) to `claim`, or "".
+inline const std::string& UnmarkedIsTheirs(const StoreClaim& claim) {
+  static const std::string none;
+  return claim.ours_by_place || claim.me.id.empty() ? none : claim.unowned_is_theirs;
+}
+std::string ReleasedMarker(std::string_view text, const StoreClaim& claim);
 
 }  // namespace imagerelay
