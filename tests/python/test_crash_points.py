@@ -63,6 +63,11 @@ SETUP = {
              "one_.replicate(['gz']).wait(timeout=120)",
 }
 SETUP["scrub_truncated"] = SETUP["scrub"]
+# bj's store copied whole to another place (in the home: restored with it), where the
+# region is then moved (docs/integrity.md, "One home per store").
+SETUP["move_region"] = ("cloud.import_image(A, region='bj', name='a'); "
+                        "__import__('shutil').copytree(home + '/regions/bj', home + '/bj2')")
+SETUP["remove_region"] = "cloud.add_region('far', home + '/far')"
 # Delta blocks (docs/data-plane-v2.md, "Delta blocks"): written, passed on by a copy, and
 # kept by a sweep as the bases of a live image's deltas.
 SETUP.update({
@@ -106,6 +111,8 @@ OPS = {
     "import_delta": "cloud.import_image(E, region='bj', name='e')",
     "replicate_delta": "one('e').replicate(['gz']).wait(timeout=120)",
     "delete_delta": "one('d').delete()",
+    "move_region": "cloud.move_region('bj', home + '/bj2')",
+    "remove_region": "cloud.remove_region('far')",
 }
 # What a user does after such a crash before relying on the result: export again (the
 # stale temporary file goes), scrub again (the damage is still there to find), add the
@@ -116,6 +123,10 @@ AGAIN = {
                      "cloud.add_region('far', home + '/regions/far')",
     "scrub": "cloud.scrub('bj')",
     "scrub_truncated": "cloud.scrub('bj')",
+    # The move finished (a crash left the region where it was, its store claimed again).
+    "move_region": "cloud.region('bj').store.endswith('/bj2') or "
+                   "cloud.move_region('bj', home + '/bj2')",
+    "remove_region": "[r for r in cloud.regions if r.id == 'far'] and cloud.remove_region('far')",
 }
 # The fail points each operation must pass (a test below checks that together they pass
 # every fail point there is, but the ones in NOT_PASSED).
@@ -142,6 +153,8 @@ PASSES = {
     "replicate_delta": {"catalog.commit", "pack.synced", "pack.renamed", "index.commit",
                         "file.synced", "file.renamed"},
     "delete_delta": {"catalog.commit", "store.delete", "index.commit"},
+    "move_region": {"file.synced", "file.renamed", "catalog.commit"},
+    "remove_region": {"file.synced", "file.renamed", "catalog.commit"},
 }
 NOT_PASSED = {
     "catalog.migrate": "a home of an older schema: tests/cpp/upgrade_test.cpp",
@@ -217,6 +230,17 @@ def check_after_export(home: Path, sources: Path, where: str) -> None:
     assert target.read_bytes() == (sources / "a.raw").read_bytes(), where
     left = [p.name for p in target.parent.iterdir() if p != target]
     assert not left, f"the export again left {left} {where}"
+
+
+def check_store_released(op: str, home: Path, where: str) -> None:
+    """A region moved or removed at last leaves its old store to no home, whatever crash
+    came between (a marker left naming this home would refuse the store to any other)."""
+    old = {"move_region": home / "regions" / "bj", "remove_region": home / "far"}.get(op)
+    if old is None:
+        return
+    assert '"home"' not in (old / ".imagerelay-store").read_text(), f"still marked {where}"
+    if op == "move_region":
+        assert '"home"' in (home / "bj2" / ".imagerelay-store").read_text(), where
 
 
 def restore(template: Path, home: Path) -> None:
@@ -303,6 +327,7 @@ def test_a_crash_at_every_durable_step_loses_nothing(op, sources, tmp_path, requ
             assert done.returncode == 0, f"{AGAIN[op]} {where}: {done.stderr}"
         if op == "export":
             check_after_export(home, src, where)
+        check_store_released(op, home, where)
         check_invariants(home, digests, where, buckets=buckets)
     assert crashed > 0
 

@@ -98,16 +98,16 @@ class Store {
   // made if missing, and an empty one taken, which a store made already never does again
   // unless it lies in the home (OpenStore's `makes_local_root`).
   virtual void Create() { Check(); }
-  // The home this store serves, before its first Check(): Check() and Create() claim a store
-  // no home owns and refuse one another home owns (Region.StoreUnavailable), as `claim`
-  // says. Its place is kept in the marker: a marker found at another place is a copy's, no
-  // home's yet. Without an owner a store claims and refuses nothing.
+  // The home this store serves, before its first Check(): ClaimForOwner() and Create() claim
+  // a store no home owns, and they and Check() refuse one another home owns
+  // (Region.StoreUnavailable), as `claim` says. Its place is kept in the marker: a marker found at
+  // another place is a copy's, no home's yet. Without an owner a store claims and refuses nothing.
   virtual void SetOwner(const StoreClaim& /*claim*/) {}
   // Throws TransferError(Region.StoreUnavailable) if the store's marker names another home
-  // than SetOwner's; marks it as SetOwner's if it names none. Asked when a home opens the
-  // store, before any use. Nothing if there is no marker, or it cannot be read now (Check()
-  // then says what is wrong).
-  virtual void ClaimForOwner() {}
+  // than SetOwner's; marks it as SetOwner's if it names none and `claim_unowned`. Asked when
+  // a home opens the store, before any use. Nothing if there is no marker, or it cannot be
+  // read now (Check() then says what is wrong).
+  virtual void ClaimForOwner(bool /*claim_unowned*/ = true) {}
   // Gives the store up (its region removed): its marker names no home any more, so that
   // another home may take it. Nothing if this home does not own it.
   virtual void Release() {}

@@ -551,28 +551,35 @@ void Engine::Impl::CheckedWrite(const std::function<void(CatalogTx&)>& check, bo
 void Engine::RemoveRegion(const std::string& account, const std::string& id, bool validate_only) {
   ThrowIfAny(CheckRegionId(id));
   std::optional<Region> region;
-  impl_->CheckedWrite(
-      [&](CatalogTx& tx) {
-        RequireAccount(tx, account);
-        region = tx.GetRegion(id);
-        if (!region) {
-          ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
-        }
-        ThrowIfAny(CheckRemoveRegion(id, UseOfRegion(tx, id, /*only_in_flight=*/false)));
-      },
-      validate_only,
-      [&](CatalogTx& tx, PendingEvents& events) {
-        tx.DeleteRegion(id);
-        ForgetOriginalsStore(tx, region->store_uri);
-        // In the transaction: a region is never gone while its secret stays behind.
-        impl_->credentials->Remove(id);
-        events.Append(tx, MakeRegionEvent(event_type::kRegionRemoved, account, *region,
-                                          nlohmann::json{{"name", region->name},
-                                                         {"store", region->store_uri}}));
-      });
+  auto check = [&](CatalogTx& tx) {
+    RequireAccount(tx, account);
+    region = tx.GetRegion(id);
+    if (!region) {
+      ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
+    }
+    ThrowIfAny(CheckRemoveRegion(id, UseOfRegion(tx, id, /*only_in_flight=*/false)));
+  };
+  auto apply = [&](CatalogTx& tx, PendingEvents& events) {
+    tx.DeleteRegion(id);
+    ForgetOriginalsStore(tx, region->store_uri);
+    // In the transaction: a region is never gone while its secret stays behind.
+    impl_->credentials->Remove(id);
+    events.Append(
+        tx, MakeRegionEvent(event_type::kRegionRemoved, account, *region,
+                            nlohmann::json{{"name", region->name}, {"store", region->store_uri}}));
+  };
+  impl_->CheckedWrite(check, /*validate_only=*/true, apply);
   if (validate_only) return;
   // The store stays where it is, free for another home to take (its marker names none).
+  // Released before the commit: killed between them, the region is still there and its next
+  // Check claims the store again; the other way round the store would stay marked.
   impl_->stores->Release(region->store_uri, id);
+  try {
+    impl_->CheckedWrite(check, /*validate_only=*/false, apply);
+  } catch (...) {
+    impl_->stores->Reclaim(region->store_uri, id);
+    throw;
+  }
 }
 
 Region Engine::MoveRegion(const std::string& account, const std::string& id,
@@ -661,7 +668,9 @@ Region Engine::MoveRegion(const std::string& account, const std::string& id,
     return *region;
   }
   const std::string old_uri = region->store_uri;
-  impl_->CheckedWrite(check, false, [&](CatalogTx& tx, PendingEvents& events) {
+  // The old place is this home's no more; released before the commit (RemoveRegion says why).
+  impl_->stores->Release(old_uri, id);
+  auto apply = [&](CatalogTx& tx, PendingEvents& events) {
     std::vector<std::string> now, checked;
     for (const Image& image : images_kept(tx)) now.push_back(image.id);
     for (const Image& image : images) checked.push_back(image.id);
@@ -674,8 +683,13 @@ Region Engine::MoveRegion(const std::string& account, const std::string& id,
     events.Append(tx, MakeRegionEvent(
                           event_type::kRegionMoved, account, *region,
                           nlohmann::json{{"store", RedactUrl(uri)}, {"from", RedactUrl(old_uri)}}));
-  });
-  impl_->stores->Release(old_uri, id);  // this home's no more
+  };
+  try {
+    impl_->CheckedWrite(check, false, apply);
+  } catch (...) {
+    impl_->stores->Reclaim(old_uri, id);
+    throw;
+  }
   impl_->stores->Keep(uri, store);
   region->store_uri = uri;
   return *region;

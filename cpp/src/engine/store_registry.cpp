@@ -42,9 +42,27 @@ std::shared_ptr<Store> StoreRegistry::OpenUnclaimed(const std::string& uri,
 }
 
 std::shared_ptr<Store> StoreRegistry::OpenWith(const std::string& uri,
-                                               const sigv4::Credentials& credentials) const {
+                                               const sigv4::Credentials& credentials) {
+  {
+    std::lock_guard lock(mutex_);
+    released_.erase(uri);  // a region added or moved there: this home's again
+  }
+  return Open(uri, credentials);
+}
+
+std::shared_ptr<Store> StoreRegistry::Open(const std::string& uri,
+                                           const sigv4::Credentials& credentials) const {
   std::shared_ptr<Store> store = OpenUnclaimed(uri, credentials);
-  store->ClaimForOwner();  // another home's store is never opened, so never used nor swept
+  // Another home's store is never opened, so never used nor swept. One this process gave
+  // up is not marked again by work that still had its URI (a sweep, leftovers): claims and
+  // releases take turns, so that a claim never lands after the release it raced.
+  std::lock_guard turns(claims_mutex_);
+  bool released = false;
+  {
+    std::lock_guard lock(mutex_);
+    released = released_.contains(uri);
+  }
+  store->ClaimForOwner(/*claim_unowned=*/!released);
   return store;
 }
 
@@ -55,7 +73,7 @@ std::shared_ptr<Store> StoreRegistry::ForUri(const std::string& uri, const std::
   }
   std::optional<sigv4::Credentials> saved;
   if (!region_id.empty() && uri.starts_with("s3://")) saved = credentials_.Get(region_id);
-  std::shared_ptr<Store> store = OpenWith(uri, saved.value_or(sigv4::Credentials{}));
+  std::shared_ptr<Store> store = Open(uri, saved.value_or(sigv4::Credentials{}));
   std::lock_guard lock(mutex_);
   auto& slot = stores_[uri];
   if (!slot) slot = std::move(store);
@@ -68,9 +86,11 @@ void StoreRegistry::Keep(const std::string& uri, std::shared_ptr<Store> store) {
 }
 
 void StoreRegistry::Release(const std::string& uri, const std::string& region_id) {
+  std::lock_guard turns(claims_mutex_);
   std::shared_ptr<Store> store;
   {
     std::lock_guard lock(mutex_);
+    released_.insert(uri);
     if (auto it = stores_.find(uri); it != stores_.end()) store = it->second;
     // The original's store (a copied home's): not this home's to release.
     if (identity_.originals_stores.contains(uri)) store = nullptr;
@@ -88,6 +108,20 @@ void StoreRegistry::Release(const std::string& uri, const std::string& region_id
             " was not released (its marker still names this home): " + e.what());
   }
   Forget(uri);
+}
+
+void StoreRegistry::Reclaim(const std::string& uri, const std::string& region_id) {
+  {
+    std::lock_guard lock(mutex_);
+    released_.erase(uri);
+  }
+  try {
+    ForUri(uri, region_id);
+  } catch (const std::exception& e) {
+    Log(LogLevel::kWarning,
+        "the store " + RedactUrl(uri) + " of region " + region_id +
+            " is marked as no home's until this home opens it again: " + e.what());
+  }
 }
 
 bool StoreRegistry::IsOriginals(const std::string& uri) const {

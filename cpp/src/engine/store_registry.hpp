@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "engine/credentials_files.hpp"
@@ -34,12 +35,14 @@ class StoreRegistry {
   // A store opened with `credentials` (a region being added: its credentials are given now),
   // reporting damage to the handler; not kept. Like ForUri, throws
   // TransferError(Region.StoreUnavailable) for another home's store (Store::ClaimForOwner).
-  std::shared_ptr<Store> OpenWith(const std::string& uri,
-                                  const sigv4::Credentials& credentials) const;
+  std::shared_ptr<Store> OpenWith(const std::string& uri, const sigv4::Credentials& credentials);
   // Gives the store of `uri` up (region `region_id` removed or moved): its marker names no
-  // home any more if it named this one, then Forget. Never fails: a store that cannot be
-  // reached is said so in the log and stays marked.
+  // home any more if it named this one, then Forget; this process does not mark it again
+  // unless OpenWith opens it (a region added or moved there). Never fails: a store that
+  // cannot be reached is said so in the log and stays marked.
   void Release(const std::string& uri, const std::string& region_id);
+  // Undoes Release (the removal or move failed): the store is claimed again.
+  void Reclaim(const std::string& uri, const std::string& region_id);
   // Keeps `store` as the store of `uri` from now on.
   void Keep(const std::string& uri, std::shared_ptr<Store> store);
 
@@ -49,6 +52,8 @@ class StoreRegistry {
   // taken for a copied home's original's (the caller drops it from the catalog's list,
   // ForgetOriginalsStore).
   void Forget(const std::string& uri);
+  // The store of `uri`, claimed for this home (unless released).
+  std::shared_ptr<Store> Open(const std::string& uri, const sigv4::Credentials& credentials) const;
   // The store with its owner set, not claimed yet.
   std::shared_ptr<Store> OpenUnclaimed(const std::string& uri,
                                        const sigv4::Credentials& credentials) const;
@@ -60,7 +65,9 @@ class StoreRegistry {
   HomeIdentity identity_;  // its originals_stores under mutex_
   const DamageFn on_damage_;
   mutable std::mutex mutex_;
+  mutable std::mutex claims_mutex_;  // held by a store's claim at open and by Release
   std::map<std::string, std::shared_ptr<Store>> stores_;  // by store URI
+  std::set<std::string> released_;                        // Release's URIs
 };
 
 }  // namespace imagerelay

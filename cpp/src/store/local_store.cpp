@@ -297,7 +297,7 @@ void LocalStore::RefuseIfAnotherHomes(const std::string& marker_text,
   }
 }
 
-void LocalStore::ClaimForOwner() {
+void LocalStore::ClaimForOwner(bool claim_unowned) {
   UniqueFd root(::open(root_.c_str(), kDirFlags));
   if (!root) return;
   std::optional<std::string> text;
@@ -307,7 +307,8 @@ void LocalStore::ClaimForOwner() {
     return;  // Check() says what is wrong
   }
   if (!text) return;
-  const MarkerVerdict verdict = JudgeMarker(*text, claim_);
+  const MarkerVerdict verdict =
+      JudgeMarker(*text, claim_, claim_unowned ? MarkerUse::kClaim : MarkerUse::kCheck);
   RefuseIfAnotherHomes(*text, verdict);
   try {  // a store that cannot be written now may still be read; Check() claims it later
     if (verdict.action == MarkerVerdict::Action::kRewrite) WriteMarker(root.get(), verdict.text);
@@ -315,9 +316,9 @@ void LocalStore::ClaimForOwner() {
   }
 }
 
-void LocalStore::ClaimRoot(int root_fd) {
+void LocalStore::ClaimRoot(int root_fd, MarkerUse use) {
   if (const std::optional<std::string> text = ReadMarker(root_fd)) {
-    const MarkerVerdict verdict = JudgeMarker(*text, claim_);
+    const MarkerVerdict verdict = JudgeMarker(*text, claim_, use);
     RefuseIfAnotherHomes(*text, verdict);
     if (verdict.action == MarkerVerdict::Action::kRefuse) NotAStore(uri_, root_, verdict.problem);
     if (verdict.action == MarkerVerdict::Action::kRewrite) WriteMarker(root_fd, verdict.text);
@@ -346,16 +347,16 @@ void LocalStore::ClaimRoot(int root_fd) {
   WriteMarker(root_fd, StoreMarkerText(claim_.me, claim_.place));
 }
 
-void LocalStore::Check() { CheckRoot(root_policy_ == Root::kMadeIfMissing); }
+void LocalStore::Check() { CheckRoot(root_policy_ == Root::kMadeIfMissing, MarkerUse::kCheck); }
 
-void LocalStore::Create() { CheckRoot(true); }
+void LocalStore::Create() { CheckRoot(true, MarkerUse::kClaim); }
 
-void LocalStore::CheckRoot(bool may_make) {
+void LocalStore::CheckRoot(bool may_make, MarkerUse use) {
   // The store may have been removed and made again since we last looked: check anew.
   root_known_ = chunks_known_ = manifests_known_ = images_known_ = false;
   chunk_dirs_known_ = packs_known_ = index_known_ = false;
   EnsureRoot(may_make);  // a store that must exist is there: only an earlier release's is taken
-  ClaimRoot(OpenRoot().get());
+  ClaimRoot(OpenRoot().get(), use);
   const bool packs = writes_ == Writes::kPacks;
   const char* data_dir = packs ? kPacksDir : kChunksDir;
   EnsureDir(data_dir, packs ? packs_known_ : chunks_known_);

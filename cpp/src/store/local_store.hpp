@@ -91,7 +91,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void RequirePresent() override;
   void RemoveLeftovers() override;
   void SetOwner(const StoreClaim& claim) override;
-  void ClaimForOwner() override;
+  void ClaimForOwner(bool claim_unowned = true) override;
   void Release() override;
 
   // Disk I/O is short: the cancel tokens are checked between chunks, not inside these.
@@ -183,7 +183,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   UniqueFd OpenRoot() const;
   // Takes the root as a store (store_marker.hpp: its marker, and its owner) or throws
   // StoreUnavailable saying why not.
-  void ClaimRoot(int root_fd);
+  void ClaimRoot(int root_fd, MarkerUse use);
   std::optional<std::string> ReadMarker(int root_fd) const;
   // Throws StoreUnavailable if `verdict` on `marker_text` refuses a valid marker of another
   // home.
@@ -194,7 +194,7 @@ class LocalStore : public Store, public ChunkSizeProbe, public PackFiles {
   void EnsureRoot(bool may_make);
   void EnsureRoot() { EnsureRoot(root_policy_ == Root::kMadeIfMissing); }
   // Check() and Create().
-  void CheckRoot(bool may_make);
+  void CheckRoot(bool may_make, MarkerUse use);
   // Throws StoreUnavailable unless the root is a directory holding a store (its marker, or
   // an earlier release's manifests/).
   void RequireRootHoldsAStore() const;

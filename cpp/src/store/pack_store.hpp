@@ -82,7 +82,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   void Create() override;
   void RemoveLeftovers() override { base_->RemoveLeftovers(); }
   void SetOwner(const StoreClaim& claim) override { base_->SetOwner(claim); }
-  void ClaimForOwner() override { base_->ClaimForOwner(); }
+  void ClaimForOwner(bool claim_unowned = true) override { base_->ClaimForOwner(claim_unowned); }
   void Release() override { base_->Release(); }
 
   bool HasChunk(const std::string& hash, const CancelToken* cancel = nullptr) override;

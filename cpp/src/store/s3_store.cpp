@@ -165,7 +165,9 @@ void S3Store::ClaimPrefix(bool may_make) {
       problem = text ? CheckStoreMarker(*text) : "its marker is gone";
     }
     if (!problem.empty()) not_a_store(problem);
-    const MarkerVerdict verdict = JudgeMarker(*text, claim_);
+    // Create() claims a marker naming no home; Check() keeps it (MarkerUse).
+    const MarkerVerdict verdict =
+        JudgeMarker(*text, claim_, may_make ? MarkerUse::kClaim : MarkerUse::kCheck);
     RefuseIfAnotherHomes(verdict);
     if (verdict.action == MarkerVerdict::Action::kRewrite) {
       PutText(marker, verdict.text, "the store marker");
@@ -224,7 +226,7 @@ void S3Store::RefuseIfAnotherHomes(const MarkerVerdict& verdict) const {
   }
 }
 
-void S3Store::ClaimForOwner() {
+void S3Store::ClaimForOwner(bool claim_unowned) {
   std::optional<std::string> text;
   try {
     text = GetText(Key(std::string(kStoreMarker)), "the store marker");
@@ -232,7 +234,8 @@ void S3Store::ClaimForOwner() {
     return;  // unreachable now: Check() says so, and judges the owner then
   }
   if (!text || !CheckStoreMarker(*text).empty()) return;
-  const MarkerVerdict verdict = JudgeMarker(*text, claim_);
+  const MarkerVerdict verdict =
+      JudgeMarker(*text, claim_, claim_unowned ? MarkerUse::kClaim : MarkerUse::kCheck);
   RefuseIfAnotherHomes(verdict);
   try {  // a store that cannot be written now may still be read; Check() claims it later
     if (verdict.action == MarkerVerdict::Action::kRewrite) {

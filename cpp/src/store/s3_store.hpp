@@ -58,7 +58,7 @@ class S3Store : public Store, public ChunkSizeProbe, public PackFiles {
   void Check() override;
   void Create() override;
   void SetOwner(const StoreClaim& claim) override;
-  void ClaimForOwner() override;
+  void ClaimForOwner(bool claim_unowned = true) override;
   void Release() override;
   // Aborts multipart uploads of manifests that a killed writer left open over an hour ago
   // (s3_manifests.cpp). Best effort.

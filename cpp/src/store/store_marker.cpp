@@ -74,7 +74,7 @@ std::string CheckStoreMarker(std::string_view text) {
   return "";
 }
 
-MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim) {
+MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim, MarkerUse use) {
   using Action = MarkerVerdict::Action;
   if (std::string problem = CheckStoreMarker(text); !problem.empty()) {
     return {.action = Action::kRefuse, .text = {}, .problem = std::move(problem)};
@@ -103,6 +103,7 @@ MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim) {
   if (const std::string& theirs = UnmarkedIsTheirs(claim); !marked && !theirs.empty()) {
     return {.action = Action::kRefuse, .text = {}, .problem = theirs};
   }
+  if (!marked && use == MarkerUse::kCheck) return {};
   std::string mine = StoreMarkerText(claim.me, claim.place);
   if (text == mine) return {};
   return {.action = Action::kRewrite, .text = std::move(mine), .problem = {}};

@@ -38,7 +38,12 @@ struct MarkerVerdict {
 };
 // Judges the marker `text` for the home and place of `claim`. A store without a marker is
 // claimed only if `claim.unowned_is_theirs` is empty (UnmarkedIsTheirs).
-MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim);
+// kClaim: a marker naming no home is rewritten to name the claim's (a store opened by the
+// home, or made for a region); kCheck: it is kept as it is, so that a check of a store being
+// released, still under way, does not mark it again.
+enum class MarkerUse { kClaim, kCheck };
+MarkerVerdict JudgeMarker(std::string_view text, const StoreClaim& claim,
+                          MarkerUse use = MarkerUse::kClaim);
 // The marker to write when a store's region is removed: `text` without its owner if the
 // claim's home owns it, else "" (nothing to release).
 // The reason to refuse a store without a marker (an earlier release's) to `claim`, or "".
