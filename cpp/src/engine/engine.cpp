@@ -198,6 +198,15 @@ std::string AbsoluteStoreUri(const std::string& uri) {
   return uri;
 }
 
+// Region `id`, or NoSuchRegion.
+Region ExistingRegion(CatalogTx& tx, const std::string& id) {
+  std::optional<Region> region = tx.GetRegion(id);
+  if (!region) {
+    ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
+  }
+  return *region;
+}
+
 // What uses region `id`: its images (`only_in_flight`: those being imported), and the jobs
 // with copies to or from it in flight.
 RegionUse UseOfRegion(CatalogTx& tx, const std::string& id, bool only_in_flight) {
@@ -553,10 +562,7 @@ void Engine::RemoveRegion(const std::string& account, const std::string& id, boo
   std::optional<Region> region;
   auto check = [&](CatalogTx& tx) {
     RequireAccount(tx, account);
-    region = tx.GetRegion(id);
-    if (!region) {
-      ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
-    }
+    region = ExistingRegion(tx, id);
     ThrowIfAny(CheckRemoveRegion(id, UseOfRegion(tx, id, /*only_in_flight=*/false)));
   };
   auto apply = [&](CatalogTx& tx, PendingEvents& events) {
@@ -593,10 +599,7 @@ Region Engine::MoveRegion(const std::string& account, const std::string& id,
   std::optional<Region> region;
   auto check = [&](CatalogTx& tx) {
     RequireAccount(tx, account);
-    region = tx.GetRegion(id);
-    if (!region) {
-      ThrowCode(codes::kNoSuchRegion, "region " + Quote(id) + " does not exist; list regions");
-    }
+    region = ExistingRegion(tx, id);
     ThrowIfAny(CheckMoveRegion(id, UseOfRegion(tx, id, /*only_in_flight=*/true)));
     std::vector<Region> others = tx.ListRegions();
     std::erase_if(others, [&](const Region& other) { return other.id == id; });
