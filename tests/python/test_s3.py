@@ -194,6 +194,30 @@ def test_add_region_adopts_a_store_without_a_marker(cloud: ir.Cloud, s3: S3Serve
     assert f"another imagerelay home at {files / 'other-home'}" in excinfo.value.message
 
 
+def test_a_copied_home_neither_uses_nor_sweeps_the_originals_bucket(
+        cloud: ir.Cloud, s3: S3Server, bucket: str, files: Path, home: Path) -> None:
+    """cp -r of a home with an S3 region: the copy's region names the same prefix, which
+    stays the original's (docs/integrity.md, "One home per store")."""
+    import shutil
+    add_s3_region(cloud, s3, "s3a", bucket)
+    image = cloud.import_image(make_dense(files / "a.raw", 3 * CHUNK), region="s3a", name="a")
+    copy_home = files / "copied-home"
+    shutil.copytree(home, copy_home)
+    manifests = [k for k in s3.keys(bucket) if "/manifests/" in k]
+    assert manifests
+    with ir.open(copy_home) as copy:
+        with pytest.raises(ir.ImageRelayError) as excinfo:
+            copy.verify_image(image.id)
+        assert excinfo.value.code == "Region.StoreUnavailable"
+        assert f"another imagerelay home at {home}" in excinfo.value.message
+        copy.delete_image(image.id)  # its own catalog only: the bucket is not its
+        copy.remove_region("s3a")
+    assert [k for k in s3.keys(bucket) if "/manifests/" in k] == manifests
+    assert cloud.verify_image(image.id) == image.digest
+    body = s3.client().get_object(Bucket=bucket, Key="relay/.imagerelay-store")["Body"].read()
+    assert json.loads(body)["home_path"] == str(home)  # not released by the copy
+
+
 def test_wrong_keys_fail_with_a_clear_code_and_no_secret(cloud: ir.Cloud, s3: S3Server,
                                                          bucket: str) -> None:
     secret = "NotTheRightSecretAtAllXXXXXXXXXXXXXXXXXXX"

@@ -128,6 +128,7 @@ HomeIdentity SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own
 
   std::vector<std::string> followed, outside;
   HomeIdentity identity;
+  bool settled_here = false;  // this open moved the regions (not another process's)
   catalog.Write([&](CatalogTx& tx) {
     followed.clear();
     outside.clear();
@@ -140,7 +141,8 @@ HomeIdentity SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own
       now_id = RandomHex(16);
       tx.PutSetting(kHomeIdSetting, *now_id);
     }
-    if (elsewhere && !settled_meanwhile) {
+    settled_here = elsewhere && !settled_meanwhile;
+    if (settled_here) {
       if (copied) {
         identity.originals_stores.clear();
         identity.original = *recorded;
@@ -164,7 +166,7 @@ HomeIdentity SettleHomeIdentity(Catalog& catalog, const fs::path& home, bool own
     }
     identity.owner = {.id = *now_id, .path = here.string()};
   });
-  if (elsewhere) {
+  if (settled_here) {
     auto listed = [](const std::vector<std::string>& items) {
       std::string list;
       for (const std::string& one : items) list += (list.empty() ? "" : ", ") + one;
