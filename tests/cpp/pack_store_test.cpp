@@ -13,8 +13,10 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <string_view>
 #include <thread>
 
+#include "base/sha256_pair.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
@@ -172,6 +174,15 @@ std::vector<fs::path> PackFilesIn(const fs::path& root) {
     if (e.is_regular_file() && e.path().filename().string()[0] != '.') packs.push_back(e.path());
   }
   return packs;
+}
+
+// Overwrites bytes of the store's only pack at `offset` (20: inside its first block).
+void OverwriteOnlyPack(const fs::path& root, std::streamoff offset, std::string_view bytes) {
+  auto packs = PackFilesIn(root);
+  ASSERT_EQ(packs.size(), 1u);
+  std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(offset);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 Manifest ManifestOf(const std::vector<std::string>& hashes) {
@@ -1409,17 +1420,9 @@ TEST(PackStoreTest, SpanReadsOfADamagedBlockThrowDamagedChunkError) {
     store->PutChunk(HashOf(a), a);
     store->PutChunk(HashOf(b), b);
     store->Flush();
-    auto packs = PackFilesIn(dir.path());
-    ASSERT_EQ(packs.size(), 1u);
-    {
-      std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
-      f.seekp(20);  // inside the compressed block a
-      f.put('\x00');
-      f.put('\x00');
-      f.seekp(static_cast<std::streamoff>(fs::file_size(packs[0]) / 2));  // inside raw block b
-      f.put('\x01');
-      f.put('\x02');
-    }
+    OverwriteOnlyPack(dir.path(), 20, std::string_view("\0\0", 2));  // compressed block a
+    const auto pack_size = fs::file_size(PackFilesIn(dir.path())[0]);
+    OverwriteOnlyPack(dir.path(), static_cast<std::streamoff>(pack_size / 2), "\x01\x02");  // b
     std::vector<std::byte> out(kBlock);
     StoredChunk stored;
     for (const auto* block : {&a, &b}) {
@@ -1443,6 +1446,77 @@ TEST(PackStoreTest, SpanReadsOfADamagedBlockThrowDamagedChunkError) {
   EXPECT_TRUE(region.reported.empty());
   faults->flip_reads = 100;
   EXPECT_THROW(store->GetChunkInto(HashOf(region.a), out), DamagedChunkError);
+}
+
+// A copy hands a local pack store two blocks at once (GetChunkPairStoredInto): both are
+// decoded, then checked together. Anything but a plain read of both (a block damaged on disk,
+// missing, of another length; any object store's) returns false and reports nothing: the
+// one-block read that follows finds, names and reports the damage.
+TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOneBlockRead) {
+  if (!Sha256PairInterleaves()) GTEST_SKIP() << "no SHA-NI here: copies read one block at a time";
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path());
+  std::vector<std::string> reported;
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
+  const auto a = TextBlock(1);    // compressed
+  const auto b = RandomBlock(2);  // raw
+  const auto c = TextBlock(3);
+  for (const auto* block : {&a, &b, &c}) store->PutChunk(HashOf(*block), *block);
+  store->Flush();
+  ASSERT_TRUE(store->ReadsPairs());
+
+  std::vector<std::byte> out_a(kBlock);
+  std::vector<std::byte> out_b(kBlock);
+  StoredChunk stored_a;
+  StoredChunk stored_b;
+  ASSERT_TRUE(
+      store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), out_b, stored_b));
+  EXPECT_EQ(out_a, a);
+  EXPECT_EQ(out_b, b);
+  // The stored forms a one-block read gives.
+  std::vector<std::byte> one(kBlock);
+  for (const auto& [block, paired] : {std::pair{&a, &stored_a}, std::pair{&b, &stored_b}}) {
+    StoredChunk alone;
+    store->GetChunkStoredInto(HashOf(*block), one, alone);
+    EXPECT_EQ(paired->codec, alone.codec);
+    EXPECT_EQ(paired->bytes, alone.bytes);
+    EXPECT_EQ(paired->bases, alone.bases);
+  }
+  EXPECT_EQ(stored_a.codec, ChunkCodec::kZstd);
+  EXPECT_EQ(stored_b.codec, ChunkCodec::kRaw);
+
+  // Missing, or of another length: false.
+  const auto absent = RandomBlock(9);
+  EXPECT_FALSE(
+      store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(absent), out_b, stored_b));
+  std::vector<std::byte> short_out(kBlock - 1);
+  EXPECT_FALSE(
+      store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), short_out, stored_b));
+
+  // Block a damaged on disk: the pair says false and reports nothing; the one-block read
+  // names it (DamagedChunkError); c, its neighbour, still reads in a pair with b.
+  OverwriteOnlyPack(dir.path(), 20, std::string_view("\0\0", 2));  // inside block a
+  EXPECT_FALSE(
+      store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), out_b, stored_b));
+  EXPECT_TRUE(reported.empty());
+  try {
+    store->GetChunkStoredInto(HashOf(a), one, stored_a);
+    FAIL() << "read a corrupt block";
+  } catch (const DamagedChunkError& e) {
+    EXPECT_EQ(e.hash(), HashOf(a));
+  }
+  ASSERT_TRUE(
+      store->GetChunkPairStoredInto(HashOf(c), out_a, stored_a, HashOf(b), out_b, stored_b));
+  EXPECT_EQ(out_a, c);
+  EXPECT_EQ(out_b, b);
+
+  // An object store's reads wait on the server: never two on one worker.
+  ScratchDir remote_dir;
+  RemoteWithOneBlock remote(remote_dir.path());
+  EXPECT_FALSE(remote.opened.store->ReadsPairs());
+  EXPECT_FALSE(remote.opened.store->GetChunkPairStoredInto(HashOf(remote.a), out_a, stored_a,
+                                                           HashOf(remote.a), out_b, stored_b));
 }
 
 TEST(PackStoreTest, PlannedSpanReadsOfAnObjectStoreShareOneRangedReadPerRun) {

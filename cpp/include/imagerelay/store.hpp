@@ -172,6 +172,19 @@ class Store {
     stored.bases.clear();
     return GetChunkInto(hash, out, cancel);
   }
+  // Two chunks read and checked together, where the store does that for less than two reads
+  // (ReadsPairs). True when both are in `out_a` and `out_b` with their stored forms, checked
+  // as GetChunkStoredInto checks them. False when the store does not, or when either is not
+  // a plain read (missing, damaged, moved, of another length, cancelled): nothing is reported
+  // then, and the caller reads each alone (GetChunkStoredInto finds, retries and reports).
+  virtual bool GetChunkPairStoredInto(const std::string& /*hash_a*/, std::span<std::byte> /*out_a*/,
+                                      StoredChunk& /*stored_a*/, const std::string& /*hash_b*/,
+                                      std::span<std::byte> /*out_b*/, StoredChunk& /*stored_b*/,
+                                      const CancelToken* /*cancel*/ = nullptr) {
+    return false;
+  }
+  // True if GetChunkPairStoredInto may succeed: a copy then hands it two chunks at once.
+  virtual bool ReadsPairs() const { return false; }
   // PutChunk of `data`, given also its stored form from GetChunkStoredInto of another store (it
   // decodes to exactly `data`, which the caller has verified hashes to `hash`): a store that
   // keeps chunks in that form writes its bytes as they are. The default writes `data`.

@@ -17,6 +17,7 @@
 #include <span>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 
@@ -204,9 +205,25 @@ class Copier {
   // another pass; after the last pass they fail it. True if another pass is needed.
   bool ConfirmDestinations(bool last_pass, std::mt19937& rng);
   void Worker(uint32_t seed);
+  // Under crew_->mu: a free buffer for the next job's chunk, counted as a read in flight.
+  Slot* TakeReadSlot();
+  // Under crew_->mu: the read of `slot` has ended; queues its writes (or frees its buffer)
+  // and returns how many.
+  size_t QueueWrites(Slot& slot, const std::vector<size_t>& targets);
+  // The destinations that need chunk k's bytes read from the source: none once the hints say
+  // it is held, or every one that wanted it took it by a server-side copy (CopyInsideStores).
+  std::vector<size_t> ReadersOf(size_t k, std::mt19937& rng);
   // Reads chunk slot.chunk, verifies it and returns the destinations to write it to. Copies
   // it server-side first to the destinations that can take it so.
   std::vector<size_t> ReadChunk(Slot& slot, std::mt19937& rng);
+  // ReadChunk of two chunks, read and checked together where the source can
+  // (Store::GetChunkPairStoredInto), else each alone.
+  std::pair<std::vector<size_t>, std::vector<size_t>> ReadChunkPair(Slot& a, Slot& b,
+                                                                    std::mt19937& rng);
+  // Reads slot.chunk for `by_bytes` (retrying what is transient) and returns those of them to
+  // write it to; on a corrupt or failed read fails them all and returns none.
+  std::vector<size_t> ReadFor(Slot& slot, const std::vector<size_t>& by_bytes, std::mt19937& rng);
+  std::vector<size_t> ActiveAmong(const std::vector<size_t>& dests) const;
   // Server-side copies of chunk k; returns the destinations that still need its bytes, or
   // nullopt when the source proved corrupt (every destination needing it has failed).
   std::optional<std::vector<size_t>> CopyInsideStores(size_t k, std::mt19937& rng);
@@ -368,44 +385,90 @@ void Copier::Worker(uint32_t seed) {
       continue;
     }
     if (CanRead()) {
-      BufferPool::Buffer buffer = pool_->TryAcquire();  // free: only workers take, under mu
-      Slot* slot = &slots_[buffer.index()];
-      slot->buffer = std::move(buffer);
-      slot->chunk = jobs_[next_job_++];
-      slot->data = slot->buffer.first(static_cast<size_t>(plan_.length[slot->chunk]));
-      ++reads_in_flight_;
+      Slot* slot = TakeReadSlot();
+      // Two at once where the source checks two chunks for less than two reads.
+      Slot* second = source_.ReadsPairs() && CanRead() ? TakeReadSlot() : nullptr;
       lock.unlock();
-      std::vector<size_t> targets = ReadChunk(*slot, rng);
-      lock.lock();
-      --reads_in_flight_;
-      if (targets.empty()) {
-        slot->buffer.Release();
+      std::vector<size_t> targets;
+      std::vector<size_t> second_targets;
+      if (second == nullptr) {
+        targets = ReadChunk(*slot, rng);
       } else {
-        slot->pending_writes = targets.size();
-        for (size_t d : targets) writes_.push_back({slot, d});
+        std::tie(targets, second_targets) = ReadChunkPair(*slot, *second, rng);
       }
-      Wake(std::max<size_t>(1, targets.size()));
+      lock.lock();
+      size_t wakes = QueueWrites(*slot, targets);
+      if (second != nullptr) wakes += QueueWrites(*second, second_targets);
+      Wake(std::max<size_t>(1, wakes));
       continue;
     }
     break;  // NoWorkLeft()
   }
 }
 
-std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
-  const size_t k = slot.chunk;
-  const std::string& hash = plan_.hashes[k];
+Slot* Copier::TakeReadSlot() {
+  BufferPool::Buffer buffer = pool_->TryAcquire();  // free: only workers take, under mu
+  Slot* slot = &slots_[buffer.index()];
+  slot->buffer = std::move(buffer);
+  slot->chunk = jobs_[next_job_++];
+  slot->data = slot->buffer.first(static_cast<size_t>(plan_.length[slot->chunk]));
+  ++reads_in_flight_;
+  return slot;
+}
+
+size_t Copier::QueueWrites(Slot& slot, const std::vector<size_t>& targets) {
+  --reads_in_flight_;
+  if (targets.empty()) {
+    slot.buffer.Release();
+  } else {
+    slot.pending_writes = targets.size();
+    for (size_t d : targets) writes_.push_back({&slot, d});
+  }
+  return targets.size();
+}
+
+std::vector<size_t> Copier::ReadersOf(size_t k, std::mt19937& rng) {
   // Written since the plan by another copy into the same region (two versions replicated at
   // once), or being written by it: not read nor written again. Only in a pass's first go: the
   // confirmation looks at the store itself, and what it finds missing is written whatever a hint
   // says.
   if (use_hints_) SkipHeld(k);
-  auto needed = [&] { return AnyActiveNeeding(k); };
-  if (!needed()) return {};
-
+  if (!AnyActiveNeeding(k)) return {};
   std::optional<std::vector<size_t>> by_bytes = CopyInsideStores(k, rng);
-  if (!by_bytes || by_bytes->empty()) return {};
+  return by_bytes ? std::move(*by_bytes) : std::vector<size_t>();
+}
+
+std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
+  const std::vector<size_t> by_bytes = ReadersOf(slot.chunk, rng);
+  return by_bytes.empty() ? by_bytes : ReadFor(slot, by_bytes, rng);
+}
+
+std::pair<std::vector<size_t>, std::vector<size_t>> Copier::ReadChunkPair(Slot& a, Slot& b,
+                                                                          std::mt19937& rng) {
+  const std::vector<size_t> by_a = ReadersOf(a.chunk, rng);
+  const std::vector<size_t> by_b = ReadersOf(b.chunk, rng);
+  if (!by_a.empty() && !by_b.empty() &&
+      source_.GetChunkPairStoredInto(plan_.hashes[a.chunk], a.data, a.stored, plan_.hashes[b.chunk],
+                                     b.data, b.stored, &reads_cancel_)) {
+    return {ActiveAmong(by_a), ActiveAmong(by_b)};
+  }
+  // Either not a plain read: each alone, which retries and reports.
+  return {by_a.empty() ? by_a : ReadFor(a, by_a, rng), by_b.empty() ? by_b : ReadFor(b, by_b, rng)};
+}
+
+std::vector<size_t> Copier::ActiveAmong(const std::vector<size_t>& dests) const {
+  std::vector<size_t> active;
+  for (size_t d : dests) {
+    if (dests_[d].Active()) active.push_back(d);
+  }
+  return active;
+}
+
+std::vector<size_t> Copier::ReadFor(Slot& slot, const std::vector<size_t>& by_bytes,
+                                    std::mt19937& rng) {
+  const std::string& hash = plan_.hashes[slot.chunk];
   auto wanted = [&] {
-    return std::any_of(by_bytes->begin(), by_bytes->end(),
+    return std::any_of(by_bytes.begin(), by_bytes.end(),
                        [&](size_t d) { return dests_[d].Active(); });
   };
   // Into the slot's buffer, of the plan's length: a chunk of another length is damaged
@@ -434,15 +497,10 @@ std::vector<size_t> Copier::ReadChunk(Slot& slot, std::mt19937& rng) {
     failure->damaged_source_chunk = hash;
   }
 
-  std::vector<size_t> targets;
-  for (size_t d : *by_bytes) {
-    if (failure) {
-      dests_[d].Fail(*failure);  // never writes the bytes of a corrupt or failed read
-    } else if (dests_[d].Active()) {
-      targets.push_back(d);
-    }
-  }
-  return targets;
+  if (!failure) return ActiveAmong(by_bytes);
+  // Never writes the bytes of a corrupt or failed read.
+  for (size_t d : by_bytes) dests_[d].Fail(*failure);
+  return {};
 }
 
 bool Copier::SourceLacks(const std::string& hash) {

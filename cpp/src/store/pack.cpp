@@ -250,14 +250,21 @@ void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
   DecodeBlockInto(stored, entry, out, what, bases);
 }
 
-void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
-                     std::span<std::byte> out, const std::string& what,
-                     std::span<const std::byte> bases) {
-  auto damaged = [&](const std::string& why) {
-    throw DamagedChunkError(entry.hash, "block " + entry.hash + " at byte " +
-                                            std::to_string(entry.offset) + " of " + what +
-                                            " is corrupt (" + why + "); run `imagerelay scrub`");
-  };
+namespace {
+
+[[noreturn]] void ThrowDamagedBlock(const PackEntry& entry, const std::string& what,
+                                    const std::string& why) {
+  throw DamagedChunkError(entry.hash, "block " + entry.hash + " at byte " +
+                                          std::to_string(entry.offset) + " of " + what +
+                                          " is corrupt (" + why + "); run `imagerelay scrub`");
+}
+
+}  // namespace
+
+void DecodeBlockUnchecked(std::span<const std::byte> stored, const PackEntry& entry,
+                          std::span<std::byte> out, const std::string& what,
+                          std::span<const std::byte> bases) {
+  auto damaged = [&](const std::string& why) { ThrowDamagedBlock(entry, what, why); };
   if (stored.size() != entry.stored_length) damaged("it was read short");
   if (out.size() != entry.raw_length) damaged("it is not as long as expected");
   if (entry.codec == BlockCodec::kRaw) {
@@ -283,7 +290,15 @@ void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
     if (ZSTD_isError(n)) damaged(std::string("zstd: ") + ZSTD_getErrorName(n));
     if (n != entry.raw_length) damaged("it decompresses to another length");
   }
-  if (Sha256Hex(out.data(), out.size()) != entry.hash) damaged("its bytes do not match its hash");
+}
+
+void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
+                     std::span<std::byte> out, const std::string& what,
+                     std::span<const std::byte> bases) {
+  DecodeBlockUnchecked(stored, entry, out, what, bases);
+  if (Sha256Hex(out.data(), out.size()) != entry.hash) {
+    ThrowDamagedBlock(entry, what, "its bytes do not match its hash");
+  }
 }
 
 }  // namespace imagerelay

@@ -131,6 +131,12 @@ void DecodeBlock(std::span<const std::byte> stored, const PackEntry& entry,
 void DecodeBlockInto(std::span<const std::byte> stored, const PackEntry& entry,
                      std::span<std::byte> out, const std::string& what,
                      std::span<const std::byte> bases = {});
+// DecodeBlockInto but for the check against the hash: for a caller that checks the block
+// itself at once (two blocks hashed together, base/sha256_pair.hpp) and, if it does not
+// match, reads it again through a checked path before anything else sees it.
+void DecodeBlockUnchecked(std::span<const std::byte> stored, const PackEntry& entry,
+                          std::span<std::byte> out, const std::string& what,
+                          std::span<const std::byte> bases = {});
 // Decodes a whole block (raw or zstd, not a delta) into `out` (its raw length) WITHOUT
 // checking it against its hash; false if it does not decode to that length. Only for a
 // delta's base whose use is checked afterwards: the delta decoded against it is checked

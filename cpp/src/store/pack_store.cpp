@@ -8,6 +8,7 @@
 #include <set>
 
 #include "base/file_util.hpp"  // kDirectIoAlign
+#include "base/sha256_pair.hpp"
 #include "base/write_scope.hpp"
 #include "imagerelay/cancel.hpp"
 #include "imagerelay/error.hpp"
@@ -901,7 +902,11 @@ size_t PackStore::GetChunkStoredInto(const std::string& hash, std::span<std::byt
                                      StoredChunk& stored, const CancelToken* cancel) {
   stored.codec.reset();
   stored.bases.clear();
-  const std::optional<BlockLocation> where = ReadChunk(hash, out, stored.bytes, cancel);
+  DescribeStored(ReadChunk(hash, out, stored.bytes, cancel), stored);
+  return out.size();
+}
+
+void PackStore::DescribeStored(const std::optional<BlockLocation>& where, StoredChunk& stored) {
   if (!where) {
     stored.bytes.clear();
   } else if (where->codec == BlockCodec::kRaw) {
@@ -909,11 +914,64 @@ size_t PackStore::GetChunkStoredInto(const std::string& hash, std::span<std::byt
     // Raw because compressing did not pay, unless this store never compresses.
     if (options_.zstd_level > 0) stored.codec = BlockCodec::kRaw;
   } else {
-    // Compressed, or a delta (decoded against its bases and checked above), with its bases.
+    // Compressed, or a delta (decoded against its bases and checked), with its bases.
     stored.codec = where->codec;
     stored.bases = where->bases;
   }
-  return out.size();
+}
+
+bool PackStore::ReadsPairs() const { return !packs_.RemoteReads() && Sha256PairInterleaves(); }
+
+bool PackStore::GetChunkPairStoredInto(const std::string& hash_a, std::span<std::byte> out_a,
+                                       StoredChunk& stored_a, const std::string& hash_b,
+                                       std::span<std::byte> out_b, StoredChunk& stored_b,
+                                       const CancelToken* cancel) {
+  if (!ReadsPairs()) return false;
+  for (StoredChunk* stored : {&stored_a, &stored_b}) {
+    stored->codec.reset();
+    stored->bases.clear();
+  }
+  try {
+    const std::optional<BlockLocation> a = Locate(hash_a);
+    const std::optional<BlockLocation> b = Locate(hash_b);
+    if (!a || !b || a->raw_length != out_a.size() || b->raw_length != out_b.size()) return false;
+    if (!ReadBlockUnchecked(*a, hash_a, out_a, stored_a.bytes, cancel) ||
+        !ReadBlockUnchecked(*b, hash_b, out_b, stored_b.bytes, cancel)) {
+      return false;
+    }
+    // Checked here, both at once: what does not match is read again alone (false).
+    std::string actual_a;
+    std::string actual_b;
+    Sha256HexPair(out_a, out_b, actual_a, actual_b);
+    if (actual_a != hash_a || actual_b != hash_b) return false;
+    DescribeStored(a, stored_a);
+    DescribeStored(b, stored_b);
+    return true;
+  } catch (...) {
+    // Damaged, moved by a sweep, cancelled: the one-block path retries, names and reports.
+    return false;
+  }
+}
+
+std::span<std::byte> PackStore::StoredTarget(const BlockLocation& where, std::span<std::byte> out,
+                                             std::vector<std::byte>& stored) {
+  // A raw block is read straight into the caller's memory; a compressed one into `stored`,
+  // then decompressed into it.
+  if (where.codec == BlockCodec::kRaw && where.stored_length == out.size()) return out;
+  stored.resize(where.stored_length);
+  return stored;
+}
+
+bool PackStore::ReadBlockUnchecked(const BlockLocation& where, const std::string& hash,
+                                   std::span<std::byte> out, std::vector<std::byte>& stored,
+                                   const CancelToken* cancel) {
+  thread_local JoinedBases joined;
+  if (!where.bases.empty()) ReadBases(hash, where.bases, joined, cancel, BaseCheck::kUnchecked);
+  const std::span<std::byte> target = StoredTarget(where, out, stored);
+  if (!ReadRange(where.pack, where.offset, target, cancel)) return false;
+  DecodeBlockUnchecked(target, EntryAt(hash, where), out, Where(where.pack),
+                       where.bases.empty() ? std::span<const std::byte>() : joined.bytes());
+  return true;
 }
 
 std::optional<BlockLocation> PackStore::Locate(const std::string& hash) {
@@ -1005,16 +1063,7 @@ void PackStore::ReadBlock(const BlockLocation& where, const std::string& hash,
   if (!bases_checked) ReadBases(hash, where.bases, joined, cancel, BaseCheck::kUnchecked);
   std::span<const std::byte> bases =
       where.bases.empty() ? std::span<const std::byte>() : joined.bytes();
-  // A raw block is read straight into the caller's memory; a compressed one into `stored`,
-  // then decompressed into it.
-  const bool in_place = where.codec == BlockCodec::kRaw && where.stored_length == out.size();
-  std::span<std::byte> target;
-  if (in_place) {
-    target = out;
-  } else {
-    stored.resize(where.stored_length);
-    target = stored;
-  }
+  const std::span<std::byte> target = StoredTarget(where, out, stored);
   // An object store's answer may be damaged on the way (a byte flipped, a body miscounted):
   // a block that does not decode to its hash, or a range that came back short, is read again
   // alone before it counts as the store's damage.

@@ -103,6 +103,13 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // A block's stored form comes with it (a chunk file of an earlier release has none).
   size_t GetChunkStoredInto(const std::string& hash, std::span<std::byte> out, StoredChunk& stored,
                             const CancelToken* cancel = nullptr) override;
+  // Both blocks decoded, then checked together (base/sha256_pair.hpp); on a local disk only
+  // (an object store's reads wait on the server: one worker waiting on two would halve them).
+  bool GetChunkPairStoredInto(const std::string& hash_a, std::span<std::byte> out_a,
+                              StoredChunk& stored_a, const std::string& hash_b,
+                              std::span<std::byte> out_b, StoredChunk& stored_b,
+                              const CancelToken* cancel = nullptr) override;
+  bool ReadsPairs() const override;
   // Writes a compressed block's bytes as they are, and an incompressible one raw without
   // trying to compress it again; a delta as it is if this store holds its bases whole; a
   // block of unknown form (or a delta whose bases it lacks) is encoded as PutChunk does.
@@ -194,6 +201,16 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // them into `out` (checked).
   void ReadBlock(const BlockLocation& where, const std::string& hash, std::span<std::byte> out,
                  std::vector<std::byte>& stored, const CancelToken* cancel);
+  // ReadBlock but for the check against the hash, which the caller makes at once
+  // (GetChunkPairStoredInto); false if the pack holds less than the block.
+  bool ReadBlockUnchecked(const BlockLocation& where, const std::string& hash,
+                          std::span<std::byte> out, std::vector<std::byte>& stored,
+                          const CancelToken* cancel);
+  // Where a block's stored bytes are read: `out` itself for a raw block, else `stored`.
+  static std::span<std::byte> StoredTarget(const BlockLocation& where, std::span<std::byte> out,
+                                           std::vector<std::byte>& stored);
+  // A read block's stored form as GetChunkStoredInto gives it (nullopt: a chunk file).
+  void DescribeStored(const std::optional<BlockLocation>& where, StoredChunk& stored);
   // Appends an encoded block of `raw_length` bytes to the pack being built (PutChunk), with
   // a delta's bases, or a whole block's resemblance features.
   uint64_t PutEncoded(const std::string& hash, EncodedBlock encoded, uint32_t raw_length,
