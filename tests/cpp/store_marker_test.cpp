@@ -2,11 +2,15 @@
 #include "store/store_marker.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "base/fail_point.hpp"
+#include "base/file_util.hpp"
 #include "imagerelay/error.hpp"
 #include "scratch_dir.hpp"
 #include "store/local_store.hpp"
@@ -172,6 +176,46 @@ TEST(StoreMarkerTest, ALocalStoreServesOneHomeUntilReleased) {
   a_by_place.SetOwner(Reader(kHomeA, true));
   a_by_place.ClaimForOwner();
   EXPECT_EQ(marker(), StoreMarkerText(kHomeA, kPlace));
+}
+
+// A release killed between its marker's sync and rename leaves the marker's temporary file.
+// Once released, no open of the home looks in the store again: the next release removes it
+// (it used to stay, garbage, in a store no region names).
+TEST(StoreMarkerTest, AReleaseKilledBeforeItsRenameLeavesNothingOnceReleasedAgain) {
+  testing_util::ScratchDir dir;
+  const fs::path root = dir / "store";
+  LocalStore a(root);
+  a.SetOwner(Reader(kHomeA));
+  a.Create();
+  auto temporaries = [&] {
+    size_t n = 0;
+    for (const auto& e : fs::directory_iterator(root)) {
+      n += e.path().filename().string().starts_with(kTempPrefix);
+    }
+    return n;
+  };
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // As a kill -9 in the release (only _exit, never back to gtest).
+    fail_point_detail::ArmInThisProcess("file.synced@1");
+    try {
+      a.Release();
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), kFailPointExitCode);
+  EXPECT_EQ(temporaries(), 1u);
+  EXPECT_EQ(testing_util::ReadFileBytes(root / std::string(kStoreMarker)),
+            StoreMarkerText(kHomeA, kPlace));  // not released yet: still A's
+
+  a.Release();  // the release done again (move_region or remove_region run again)
+  EXPECT_EQ(testing_util::ReadFileBytes(root / std::string(kStoreMarker)), StoreMarkerText());
+  EXPECT_EQ(temporaries(), 0u);
 }
 
 }  // namespace
