@@ -22,6 +22,7 @@
 #include <semaphore>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "base/binary_codec.hpp"
@@ -460,6 +461,24 @@ std::span<std::byte> ReadVerifiedChunk(Store& store, const Manifest& manifest, u
   return out;
 }
 
+// ReadVerifiedChunk of chunks i and j at once: checked together where the store can
+// (Store::GetChunkPairStoredInto: two blocks' SHA-256 rounds interleaved); else, or when either
+// is not a plain read, each alone (which names, retries and reports as ever).
+std::pair<std::span<std::byte>, std::span<std::byte>> ReadVerifiedChunkPair(
+    Store& store, const Manifest& manifest, uint64_t i, const std::string& hash_i,
+    const BufferPool::Buffer& buffer_i, uint64_t j, const std::string& hash_j,
+    const BufferPool::Buffer& buffer_j, const std::string& what, const CancelToken* cancel) {
+  const std::span<std::byte> out_i = buffer_i.first(static_cast<size_t>(manifest.ChunkLength(i)));
+  const std::span<std::byte> out_j = buffer_j.first(static_cast<size_t>(manifest.ChunkLength(j)));
+  thread_local StoredChunk stored_i;  // their stored forms: not wanted here
+  thread_local StoredChunk stored_j;
+  if (store.GetChunkPairStoredInto(hash_i, out_i, stored_i, hash_j, out_j, stored_j, cancel)) {
+    return {out_i, out_j};
+  }
+  return {ReadVerifiedChunk(store, manifest, i, hash_i, buffer_i, what, cancel),
+          ReadVerifiedChunk(store, manifest, j, hash_j, buffer_j, what, cancel)};
+}
+
 // Writes an export's chunks: the aligned part of each with O_DIRECT straight from its pool
 // buffer (page-aligned), the rest (all of it once direct writes are refused) buffered.
 struct ExportWriter {
@@ -682,9 +701,11 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
   size_t next_hash = 0;   // under crew.mu: position in todo of the next chunk to hash
   Crew crew;              // destroyed first: its readers are joined before `ring` goes
   crew.ClosesOnStop(pool);
+  const bool pairs = store.ReadsPairs();
   auto reader = [&] {
     for (;;) {
       size_t k;
+      std::optional<size_t> k2;  // the next chunk too, read and checked with k
       {
         std::unique_lock lock(crew.mu);
         crew.work_cv.wait(lock, [&] {
@@ -692,16 +713,35 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
         });
         if (crew.stop || next_fetch == todo.size()) return;
         k = next_fetch++;
+        if (pairs && next_fetch < todo.size() && next_fetch < next_hash + ahead) k2 = next_fetch++;
       }
+      // Within `ahead` (at most the pool's count) each chunk fetched finds a buffer.
       BufferPool::Buffer buffer = pool.Acquire(&cancel);
       if (!buffer) return;  // stopped or cancelled: the caller sees which
-      const std::span<std::byte> bytes = ReadVerifiedChunk(
-          store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer, what, &cancel);
+      BufferPool::Buffer buffer2;
+      std::span<std::byte> bytes;
+      std::span<std::byte> bytes2;
+      if (k2) {
+        buffer2 = pool.Acquire(&cancel);
+        if (!buffer2) return;
+        std::tie(bytes, bytes2) = ReadVerifiedChunkPair(
+            store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer,
+            window.first + todo[*k2], window.hashes[todo[*k2]], buffer2, what, &cancel);
+      } else {
+        bytes = ReadVerifiedChunk(store, manifest, window.first + todo[k], window.hashes[todo[k]],
+                                  buffer, what, &cancel);
+      }
       std::lock_guard lock(crew.mu);
       Slot& slot = ring[k % kHashAhead];
       slot.buffer = std::move(buffer);
       slot.bytes = bytes;
       slot.ready = true;
+      if (k2) {
+        Slot& second = ring[*k2 % kHashAhead];
+        second.buffer = std::move(buffer2);
+        second.bytes = bytes2;
+        second.ready = true;
+      }
       crew.caller_cv.notify_one();
     }
   };
@@ -845,6 +885,14 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
     Crew crew;  // destroyed first: its workers give their buffers back before the pool goes
     crew.ClosesOnStop(pool);
     size_t next = 0;  // under crew.mu
+    const bool pairs = store.ReadsPairs();
+    auto write = [&](uint64_t i, std::span<const std::byte> bytes) {
+      int err = writer.Write(bytes, static_cast<off_t>(manifest.ChunkOffset(i)));
+      if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
+      std::lock_guard lock(crew.mu);
+      prog.bytes_done += bytes.size();
+      prog.bytes_transferred += bytes.size();
+    };
     auto worker = [&] {
       for (;;) {
         size_t at;
@@ -855,15 +903,28 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         }
         const BufferPool::Buffer buffer = pool.Acquire(&cancel);
         if (!buffer) return;  // stopped or cancelled: the caller sees which
+        // The next chunk too, read and checked with this one, if a second buffer is free now
+        // (never waited for: another worker may need it to go on).
+        BufferPool::Buffer buffer2;
+        std::optional<size_t> at2;
+        if (pairs) {
+          std::lock_guard lock(crew.mu);
+          if (!crew.stop && next < window.todo.size() && (buffer2 = pool.TryAcquire())) {
+            at2 = window.todo[next++];
+          }
+        }
         const uint64_t i = first + at;
-        const uint64_t len = manifest.ChunkLength(i);
-        const std::span<std::byte> bytes =
-            ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer, "the image", &cancel);
-        int err = writer.Write(bytes, static_cast<off_t>(manifest.ChunkOffset(i)));
-        if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
-        std::lock_guard lock(crew.mu);
-        prog.bytes_done += len;
-        prog.bytes_transferred += len;
+        if (!at2) {
+          write(i, ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer, "the image",
+                                     &cancel));
+          continue;
+        }
+        const uint64_t j = first + *at2;
+        const auto [bytes, bytes2] =
+            ReadVerifiedChunkPair(store, manifest, i, window.hashes[at], buffer, j,
+                                  window.hashes[*at2], buffer2, "the image", &cancel);
+        write(i, bytes);
+        write(j, bytes2);
       }
     };
     int threads = static_cast<int>(std::min<size_t>(kExportThreads, window.todo.size()));
