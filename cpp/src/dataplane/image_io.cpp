@@ -886,7 +886,7 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
     crew.ClosesOnStop(pool);
     size_t next = 0;  // under crew.mu
     const bool pairs = store.ReadsPairs();
-    auto write = [&](uint64_t i, std::span<const std::byte> bytes) {
+    auto write_chunk = [&](uint64_t i, std::span<const std::byte> bytes) {
       int err = writer.Write(bytes, static_cast<off_t>(manifest.ChunkOffset(i)));
       if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
       std::lock_guard lock(crew.mu);
@@ -915,16 +915,16 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         }
         const uint64_t i = first + at;
         if (!at2) {
-          write(i, ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer, "the image",
-                                     &cancel));
+          write_chunk(i, ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer,
+                                           "the image", &cancel));
           continue;
         }
         const uint64_t j = first + *at2;
         const auto [bytes, bytes2] =
             ReadVerifiedChunkPair(store, manifest, i, window.hashes[at], buffer, j,
                                   window.hashes[*at2], buffer2, "the image", &cancel);
-        write(i, bytes);
-        write(j, bytes2);
+        write_chunk(i, bytes);
+        write_chunk(j, bytes2);
       }
     };
     int threads = static_cast<int>(std::min<size_t>(kExportThreads, window.todo.size()));
