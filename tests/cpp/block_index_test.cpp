@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <sys/file.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include "base/unique_fd.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
+#include "killed_child.hpp"
 #include "scratch_dir.hpp"
 #include "test_bytes.hpp"
 
@@ -417,22 +417,10 @@ TEST(BlockIndexTest, AMoveCutShortLeavesTheOldFormatAndALaterFormatIsRefused) {
   ScratchDir dir;
   const auto file = dir.path() / "blocks.sqlite";
   WriteFormat1WithOneBlock(file);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    // As a kill -9 in the move: the fail point after the copy, before the commit. Only
-    // _exit, never back to gtest.
-    fail_point_detail::ArmInThisProcess("index.migrated@1");
-    try {
-      BlockIndex::Open(file);
-    } catch (...) {
-    }
-    ::_exit(1);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), kFailPointExitCode);
+  // As a kill -9 in the move: the fail point after the copy, before the commit.
+  EXPECT_EQ(
+      testing_util::ExitCodeOfStepKilledAt("index.migrated@1", [&] { BlockIndex::Open(file); }),
+      kFailPointExitCode);
   EXPECT_EQ(SqlNumber(file, "PRAGMA user_version"), 0);
   EXPECT_EQ(SqlNumber(file, "SELECT count(*) FROM blocks"), 1);
   EXPECT_EQ(SqlNumber(file, "SELECT count(*) FROM sqlite_schema WHERE name = 'indexed_blocks'"), 0);

@@ -1453,7 +1453,6 @@ TEST(PackStoreTest, SpanReadsOfADamagedBlockThrowDamagedChunkError) {
 // missing, of another length; any object store's) returns false and reports nothing: the
 // one-block read that follows finds, names and reports the damage.
 TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOneBlockRead) {
-  if (!Sha256PairInterleaves()) GTEST_SKIP() << "no SHA-NI here: copies read one block at a time";
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path());
   std::vector<std::string> reported;
@@ -1464,12 +1463,22 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
   const auto c = TextBlock(3);
   for (const auto* block : {&a, &b, &c}) store->PutChunk(HashOf(*block), *block);
   store->Flush();
-  ASSERT_TRUE(store->ReadsPairs());
-
   std::vector<std::byte> out_a(kBlock);
   std::vector<std::byte> out_b(kBlock);
   StoredChunk stored_a;
   StoredChunk stored_b;
+  if (!Sha256PairInterleaves()) {
+    // Without SHA-NI a pair costs what two reads do: the store reads none, a copy reads one
+    // block at a time.
+    EXPECT_FALSE(store->ReadsPairs());
+    EXPECT_FALSE(
+        store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), out_b, stored_b));
+    store->GetChunkStoredInto(HashOf(a), out_a, stored_a);
+    EXPECT_EQ(out_a, a);
+    return;
+  }
+  ASSERT_TRUE(store->ReadsPairs());
+
   ASSERT_TRUE(
       store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), out_b, stored_b));
   EXPECT_EQ(out_a, a);

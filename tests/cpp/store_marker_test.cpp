@@ -2,16 +2,14 @@
 #include "store/store_marker.hpp"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
-#include "base/fail_point.hpp"
 #include "base/file_util.hpp"
 #include "imagerelay/error.hpp"
+#include "killed_child.hpp"
 #include "scratch_dir.hpp"
 #include "store/local_store.hpp"
 #include "test_bytes.hpp"
@@ -194,21 +192,9 @@ TEST(StoreMarkerTest, AReleaseKilledBeforeItsRenameLeavesNothingOnceReleasedAgai
     }
     return n;
   };
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    // As a kill -9 in the release (only _exit, never back to gtest).
-    fail_point_detail::ArmInThisProcess("file.synced@1");
-    try {
-      a.Release();
-    } catch (...) {
-    }
-    ::_exit(1);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), kFailPointExitCode);
+  // As a kill -9 in the release, between its marker's sync and rename.
+  ASSERT_EQ(testing_util::ExitCodeOfStepKilledAt("file.synced@1", [&] { a.Release(); }),
+            kFailPointExitCode);
   EXPECT_EQ(temporaries(), 1u);
   EXPECT_EQ(testing_util::ReadFileBytes(root / std::string(kStoreMarker)),
             StoreMarkerText(kHomeA, kPlace));  // not released yet: still A's

@@ -171,6 +171,7 @@ class Copier {
       : finished_(finished),
         source_(source),
         source_uri_(source.uri()),
+        source_reads_pairs_(source.ReadsPairs()),
         manifest_(manifest),
         options_(options),
         dests_(specs.size()),
@@ -266,6 +267,8 @@ class Copier {
 
   Store& source_;
   const std::string source_uri_;
+  // Workers take two chunks at once (Store::ReadsPairs): asked once, not at every read.
+  const bool source_reads_pairs_;
   const Manifest& manifest_;
   const TransferOptions& options_;
   ChunkPlan plan_;  // the window being copied
@@ -387,7 +390,7 @@ void Copier::Worker(uint32_t seed) {
     if (CanRead()) {
       Slot* slot = TakeReadSlot();
       // Two at once where the source checks two chunks for less than two reads.
-      Slot* second = source_.ReadsPairs() && CanRead() ? TakeReadSlot() : nullptr;
+      Slot* second = source_reads_pairs_ && CanRead() ? TakeReadSlot() : nullptr;
       lock.unlock();
       std::vector<size_t> targets;
       std::vector<size_t> second_targets;

@@ -284,9 +284,9 @@ void LocalStore::Release() {
   const std::optional<std::string> text = ReadMarker(root.get());
   if (!text) return;
   if (std::string released = ReleasedMarker(*text, claim_); !released.empty()) {
-    // What a release killed before its rename left (the marker's temporary file): once
-    // released, no open of this home looks in the store again to remove it.
-    RemoveLeftovers();
+    // What a release killed before its rename left (the marker's temporary file, in the
+    // root): once released, no open of this home looks in the store again to remove it.
+    RemoveStaleTemps(root.get());
     WriteMarker(root.get(), released);
   }
 }

@@ -900,13 +900,13 @@ size_t PackStore::GetChunkInto(const std::string& hash, std::span<std::byte> out
 
 size_t PackStore::GetChunkStoredInto(const std::string& hash, std::span<std::byte> out,
                                      StoredChunk& stored, const CancelToken* cancel) {
-  stored.codec.reset();
-  stored.bases.clear();
   DescribeStored(ReadChunk(hash, out, stored.bytes, cancel), stored);
   return out.size();
 }
 
 void PackStore::DescribeStored(const std::optional<BlockLocation>& where, StoredChunk& stored) {
+  stored.codec.reset();
+  stored.bases.clear();
   if (!where) {
     stored.bytes.clear();
   } else if (where->codec == BlockCodec::kRaw) {
@@ -927,10 +927,6 @@ bool PackStore::GetChunkPairStoredInto(const std::string& hash_a, std::span<std:
                                        std::span<std::byte> out_b, StoredChunk& stored_b,
                                        const CancelToken* cancel) {
   if (!ReadsPairs()) return false;
-  for (StoredChunk* stored : {&stored_a, &stored_b}) {
-    stored->codec.reset();
-    stored->bases.clear();
-  }
   try {
     const std::optional<BlockLocation> a = Locate(hash_a);
     const std::optional<BlockLocation> b = Locate(hash_b);

@@ -209,7 +209,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   // Where a block's stored bytes are read: `out` itself for a raw block, else `stored`.
   static std::span<std::byte> StoredTarget(const BlockLocation& where, std::span<std::byte> out,
                                            std::vector<std::byte>& stored);
-  // A read block's stored form as GetChunkStoredInto gives it (nullopt: a chunk file).
+  // Sets `stored`'s codec and bases (and empties its bytes where the stored form is the
+  // block itself) as GetChunkStoredInto gives them for a block read from `where` (nullopt: a
+  // chunk file of an earlier release).
   void DescribeStored(const std::optional<BlockLocation>& where, StoredChunk& stored);
   // Appends an encoded block of `raw_length` bytes to the pack being built (PutChunk), with
   // a delta's bases, or a whole block's resemblance features.
