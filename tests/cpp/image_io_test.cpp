@@ -155,17 +155,28 @@ TEST(ImageIoTest, OddSizeRoundTrips) {
 
 TEST(ImageIoTest, ChunkSizesOffTheDiskBlockRoundTrip) {
   // Chunk offsets that are not multiples of the disk block cannot be written around the
-  // page cache: the export writes them buffered, and the bytes are the same.
+  // page cache: the export writes them buffered, and the bytes are the same. Chunks that are
+  // not whole SHA-256 blocks (5000 bytes) leave the image's digest between blocks, where
+  // the import's paired digest and names (with SHA-NI) go one after the other: the digest
+  // and every name are still SHA-256's, a zero chunk amid the data included.
   ScratchDir dir;
   LocalStore store(dir / "store");
   for (uint64_t chunk : {uint64_t{5000}, uint64_t{4096 + 512}, uint64_t{3 * 4096}}) {
-    const std::string bytes = RandomBytes(9 * chunk + 77, static_cast<uint32_t>(chunk));
+    std::string bytes = RandomBytes(9 * chunk + 77, static_cast<uint32_t>(chunk));
+    std::fill_n(bytes.begin() + static_cast<ptrdiff_t>(4 * chunk), chunk, '\0');
     WriteFile(dir / "in.img", bytes);
     ImportOptions options;
     options.chunk_size = chunk;
     CancelToken cancel;
     auto source = OpenFileSource(dir / "in.img");
     Manifest manifest = ImportToStore(*source, store, options, cancel, nullptr);
+    EXPECT_EQ(manifest.digest, "sha256:" + Sha256Hex(bytes.data(), bytes.size())) << chunk;
+    const std::vector<std::string> names = manifest.Hashes(0, manifest.count());
+    for (uint64_t i = 0; i < manifest.count(); ++i) {
+      const std::string_view data =
+          std::string_view(bytes).substr(i * chunk, manifest.ChunkLength(i));
+      EXPECT_EQ(names[i], i == 4 ? "" : Sha256Hex(data.data(), data.size())) << chunk << " " << i;
+    }
     ExportFromStore(store, manifest, dir / "out.img", cancel, nullptr, /*force=*/true);
     EXPECT_EQ(ReadFile(dir / "out.img"), bytes) << chunk;
   }

@@ -4,6 +4,7 @@
 
 #include <random>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,50 @@ TEST(Sha256PairTest, NamesWholeBlocksAndTellsApartBlocksOneBitApart) {
   Sha256HexPair(abc_bytes, {}, hex_a, hex_b);
   EXPECT_EQ(hex_a, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(hex_b, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+// An image's digest fed as an import feeds it: chunks named on the way (64 KiB, a short
+// one, one that leaves the stream between blocks, then whole ones again), plain updates of
+// every length around the block edges, runs of zeros; the digest is SHA-256's of the whole
+// input, each name SHA-256's of its chunk, and the stream starts over after FinishHex.
+TEST(Sha256PairTest, APairedStreamDigestsTheWholeInputAndNamesEachChunkOnTheWay) {
+  if (!Sha256PairInterleaves()) {
+    EXPECT_THROW(Sha256PairedStream{}, std::logic_error);
+    return;
+  }
+  const std::vector<std::byte> bytes = RandomBytes(400000, 21);
+  const std::span<const std::byte> all(bytes);
+  for (int round = 0; round < 2; ++round) {  // the second after FinishHex reset the stream
+    Sha256PairedStream stream;
+    Sha256 whole;
+    size_t at = 0;
+    std::string name;
+    for (size_t length : {size_t{65536}, size_t{65536}, size_t{1000}, size_t{65536}, size_t{63},
+                          size_t{1}, size_t{65536}, size_t{64}, size_t{0}}) {
+      const auto chunk = all.subspan(at, length);
+      stream.UpdateAndName(chunk, name);
+      whole.Update(chunk.data(), chunk.size());
+      ASSERT_EQ(name, Sha256Hex(chunk.data(), chunk.size())) << "at " << at;
+      at += length;
+    }
+    for (size_t length = 0; length <= 130; ++length) {
+      const auto piece = all.subspan(at, length);
+      stream.Update(piece);
+      whole.Update(piece.data(), piece.size());
+      at += length;
+    }
+    stream.UpdateZeros(200000);
+    whole.UpdateZeros(200000);
+    ASSERT_EQ(stream.FinishHex(), whole.FinishHex()) << "round " << round;
+  }
+  Sha256PairedStream empty;
+  EXPECT_EQ(empty.FinishHex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  // Every input length around the padding's edges, fed whole.
+  for (size_t length = 0; length <= 200; ++length) {
+    Sha256PairedStream stream;
+    stream.Update(all.first(length));
+    ASSERT_EQ(stream.FinishHex(), Sha256Hex(bytes.data(), length)) << length;
+  }
 }
 
 }  // namespace

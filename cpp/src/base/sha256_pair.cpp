@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 
 #include "base/binary_codec.hpp"
 #include "imagerelay/sha256.hpp"
@@ -107,11 +108,12 @@ IMAGERELAY_SHA_NI void HashBlocks(ShaLane* lanes, const unsigned char* const* da
   }
 }
 
-// The padded last one or two blocks of a `length`-byte input at `data`.
-size_t PaddedTail(const unsigned char* data, size_t length, unsigned char tail[128]) {
-  const size_t rest = length % 64;
+// The padded last one or two blocks of a `length`-byte input whose last length % 64 bytes
+// are at `rest_bytes`.
+size_t PaddedTail(const unsigned char* rest_bytes, uint64_t length, unsigned char tail[128]) {
+  const size_t rest = static_cast<size_t>(length % 64);
   std::memset(tail, 0, 128);
-  if (rest > 0) std::memcpy(tail, data + length - rest, rest);
+  if (rest > 0) std::memcpy(tail, rest_bytes, rest);
   tail[rest] = 0x80;
   const size_t size = rest < 56 ? 64 : 128;
   const uint64_t bits = static_cast<uint64_t>(length) * 8;
@@ -139,7 +141,7 @@ IMAGERELAY_SHA_NI void FinishLane(ShaLane& lane, const unsigned char* data, size
   HashBlocks<1>(&lane, &rest, length / 64 - done);
   unsigned char tail[128];
   const unsigned char* padded = tail;
-  HashBlocks<1>(&lane, &padded, PaddedTail(data, length, tail));
+  HashBlocks<1>(&lane, &padded, PaddedTail(data + length / 64 * 64, length, tail));
   LaneHex(lane, hex);
 }
 
@@ -155,6 +157,47 @@ IMAGERELAY_SHA_NI void InterleavedPair(std::span<const std::byte> a, std::span<c
   HashBlocks<2>(lanes, starts, common);
   FinishLane(lanes[0], pa, a.size(), common, hex_a);
   FinishLane(lanes[1], pb, b.size(), common, hex_b);
+}
+
+IMAGERELAY_SHA_NI void LoadLane(ShaLane& lane, const uint32_t* state) {
+  lane.abef = _mm_load_si128(reinterpret_cast<const __m128i*>(state));
+  lane.cdgh = _mm_load_si128(reinterpret_cast<const __m128i*>(state + 4));
+}
+
+IMAGERELAY_SHA_NI void StoreLane(const ShaLane& lane, uint32_t* state) {
+  _mm_store_si128(reinterpret_cast<__m128i*>(state), lane.abef);
+  _mm_store_si128(reinterpret_cast<__m128i*>(state + 4), lane.cdgh);
+}
+
+// Whole 64-byte blocks of a stream's input, alone or beside a chunk's own lane.
+IMAGERELAY_SHA_NI void StreamBlocks(uint32_t* state, const unsigned char* data, size_t blocks) {
+  ShaLane lane;
+  LoadLane(lane, state);
+  HashBlocks<1>(&lane, &data, blocks);
+  StoreLane(lane, state);
+}
+
+IMAGERELAY_SHA_NI void StreamAndNameBlocks(uint32_t* state, const unsigned char* chunk,
+                                           size_t length, std::string& name) {
+  ShaLane lanes[2];
+  LoadLane(lanes[0], state);
+  InitLane(lanes[1]);
+  const unsigned char* starts[2] = {chunk, chunk};
+  HashBlocks<2>(lanes, starts, length / 64);
+  StoreLane(lanes[0], state);
+  FinishLane(lanes[1], chunk, length, length / 64, name);
+}
+
+IMAGERELAY_SHA_NI void InitialState(uint32_t* state) {
+  ShaLane lane;
+  InitLane(lane);
+  StoreLane(lane, state);
+}
+
+IMAGERELAY_SHA_NI void StateHex(const uint32_t* state, std::string& hex) {
+  ShaLane lane;
+  LoadLane(lane, state);
+  LaneHex(lane, hex);
 }
 
 bool CpuHasShaNi() {
@@ -176,9 +219,83 @@ void Sha256HexPair(std::span<const std::byte> a, std::span<const std::byte> b, s
   Sha256HexPairPortable(a, b, hex_a, hex_b);
 }
 
+Sha256PairedStream::Sha256PairedStream() {
+  if (!Sha256PairInterleaves()) throw std::logic_error("Sha256PairedStream needs SHA-NI");
+  Reset();
+}
+
+void Sha256PairedStream::Reset() {
+  InitialState(state_);
+  partial_length_ = 0;
+  length_ = 0;
+}
+
+void Sha256PairedStream::Update(std::span<const std::byte> data) {
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  size_t left = data.size();
+  length_ += left;
+  if (partial_length_ > 0) {
+    const size_t take = std::min(left, sizeof(partial_) - partial_length_);
+    std::memcpy(partial_ + partial_length_, p, take);
+    partial_length_ += take;
+    p += take;
+    left -= take;
+    if (partial_length_ < sizeof(partial_)) return;
+    StreamBlocks(state_, partial_, 1);
+    partial_length_ = 0;
+  }
+  StreamBlocks(state_, p, left / 64);
+  partial_length_ = left % 64;
+  if (partial_length_ > 0) std::memcpy(partial_, p + left - partial_length_, partial_length_);
+}
+
+void Sha256PairedStream::UpdateZeros(uint64_t count) {
+  alignas(64) static constexpr std::byte kZeros[64 << 10] = {};
+  while (count > 0) {
+    const size_t step = static_cast<size_t>(std::min<uint64_t>(count, sizeof(kZeros)));
+    Update(std::span(kZeros, step));
+    count -= step;
+  }
+}
+
+void Sha256PairedStream::UpdateAndName(std::span<const std::byte> chunk, std::string& name) {
+  // Interleaved while the stream is at a block boundary; the chunk's last partial block,
+  // if any, goes to the stream's buffer.
+  if (partial_length_ > 0) {
+    Update(chunk);
+    name = Sha256Hex(chunk.data(), chunk.size());
+    return;
+  }
+  const auto* p = reinterpret_cast<const unsigned char*>(chunk.data());
+  StreamAndNameBlocks(state_, p, chunk.size(), name);
+  const size_t whole = chunk.size() / 64 * 64;
+  length_ += whole;
+  Update(chunk.subspan(whole));
+}
+
+std::string Sha256PairedStream::FinishHex() {
+  unsigned char tail[128];
+  const size_t blocks = PaddedTail(partial_, length_, tail);
+  std::string hex;
+  StreamBlocks(state_, tail, blocks);
+  StateHex(state_, hex);
+  Reset();
+  return hex;
+}
+
 #else  // not x86-64: OpenSSL, one input after the other
 
 bool Sha256PairInterleaves() { return false; }
+
+// Never made here (Sha256PairInterleaves() is false): the constructor throws.
+Sha256PairedStream::Sha256PairedStream() {
+  throw std::logic_error("Sha256PairedStream needs SHA-NI");
+}
+void Sha256PairedStream::Reset() {}
+void Sha256PairedStream::Update(std::span<const std::byte>) {}
+void Sha256PairedStream::UpdateZeros(uint64_t) {}
+void Sha256PairedStream::UpdateAndName(std::span<const std::byte>, std::string&) {}
+std::string Sha256PairedStream::FinishHex() { return {}; }
 
 void Sha256HexPair(std::span<const std::byte> a, std::span<const std::byte> b, std::string& hex_a,
                    std::string& hex_b) {

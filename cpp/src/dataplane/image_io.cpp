@@ -70,6 +70,13 @@ class HashPermit {
   std::counting_semaphore<kMaxThreads>& permits_;
 };
 
+// The blocks of a read unit that are not all zero: their names, lengths and chunk indexes.
+struct UnitNames {
+  std::vector<std::string> hashes;
+  std::vector<uint64_t> lengths;
+  std::vector<size_t> at;
+};
+
 struct ChunkJob {
   size_t index;  // the first chunk of the read unit
   int slot;      // the pool buffer's index, -1 for a hole
@@ -78,9 +85,11 @@ struct ChunkJob {
 
 // Import: the calling thread walks the chunks in order, skipping holes, and hands each a
 // buffer of a bounded pool; workers read (or, for a source that reads in order only, the
-// calling thread reads), hash and store them; one digest thread feeds every byte, in
-// order, to the whole-image hash. A buffer returns to the pool once both its worker and the
-// digest thread are done.
+// calling thread reads), name and store them; one digest thread feeds every byte, in
+// order, to the whole-image hash. With SHA-NI the digest thread names the blocks too, each
+// block's rounds interleaved with the image's (Sha256PairedStream: the names cost about
+// nothing beside the digest), and the workers wait for the names of their unit. A buffer
+// returns to the pool once both its worker and the digest thread are done.
 class ImportPipeline {
  public:
   ImportPipeline(ByteSource& source, Store& store, const ImportOptions& options,
@@ -98,6 +107,7 @@ class ImportPipeline {
         retry_(options.retry),
         with_digest_(!DeferDigest(source, options)),
         parallel_reads_(source.ConcurrentReads()) {
+    if (with_digest_ && Sha256PairInterleaves()) paired_hash_.emplace();
     if (chunk_size_ == 0) {
       throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
     }
@@ -121,6 +131,8 @@ class ImportPipeline {
     held_.resize(slots);
     refs_.assign(slots, 0);
     loaded_.assign(slots, 0);
+    names_.resize(slots);
+    named_.assign(slots, 0);
     workers_ = static_cast<int>(std::min<uint64_t>(workers_, slots));
   }
 
@@ -132,7 +144,10 @@ class ImportPipeline {
       WaitForCrew();
     }
     crew_.Finish();
-    if (with_digest_) manifest_.digest = "sha256:" + image_hash_.FinishHex();
+    if (with_digest_) {
+      manifest_.digest =
+          "sha256:" + (paired_hash_ ? paired_hash_->FinishHex() : image_hash_.FinishHex());
+    }
     progress_.bytes_done = progress_.bytes_total;
     throttle_.Report(progress_);
     return std::move(manifest_);
@@ -275,34 +290,13 @@ class ImportPipeline {
         }
         crew_.digest_cv.notify_all();
       }
-      // The unit's chunks are hashed, looked up in one batch, and the missing ones stored.
+      // The unit's chunks are named, looked up in one batch, and the missing ones stored.
       const size_t count = UnitChunks(job.index);
-      auto data_of = [&](size_t chunk) {
-        return BufferOf(job.slot) +
-               (manifest_.ChunkOffset(chunk) - manifest_.ChunkOffset(job.index));
-      };
-      std::vector<std::string> hashes;
-      std::vector<uint64_t> lengths;
-      std::vector<size_t> at;  // chunk index of each hash
-      {
-        HashPermit permit(hash_permits_);
-        for (size_t k = 0; k < count; ++k) {
-          const size_t chunk = job.index + k;
-          const size_t len = static_cast<size_t>(manifest_.ChunkLength(chunk));
-          if (IsAllZero(data_of(chunk), len)) continue;
-          lengths.push_back(len);
-          at.push_back(chunk);
-        }
-        // Named two at a time: their SHA-256 rounds interleave (base/sha256_pair.hpp).
-        hashes.resize(at.size());
-        auto span_of = [&](size_t h) {
-          return std::span<const std::byte>(data_of(at[h]), lengths[h]);
-        };
-        for (size_t h = 0; h + 1 < at.size(); h += 2) {
-          Sha256HexPair(span_of(h), span_of(h + 1), hashes[h], hashes[h + 1]);
-        }
-        if (at.size() % 2 == 1) hashes.back() = Sha256Hex(data_of(at.back()), lengths.back());
-      }
+      std::optional<UnitNames> names = paired_hash_ ? AwaitNames(job.slot) : NameUnit(job);
+      if (!names) return;  // the crew stopped
+      const std::vector<std::string>& hashes = names->hashes;
+      const std::vector<uint64_t>& lengths = names->lengths;
+      const std::vector<size_t>& at = names->at;
       // Present with its length and untouched since written (Store::HasChunkOfLength).
       std::vector<bool> present;
       Retried(
@@ -317,7 +311,7 @@ class ImportPipeline {
               retry_,
               [&] {
                 stored_bytes += store_.PutChunk(
-                    hashes[h], std::span(data_of(at[h]), static_cast<size_t>(lengths[h])),
+                    hashes[h], std::span(ChunkData(job, at[h]), static_cast<size_t>(lengths[h])),
                     &cancel_);
               },
               &cancel_, "writing chunk " + hashes[h] + " to store " + store_.uri());
@@ -359,16 +353,89 @@ class ImportPipeline {
         if (digest_queue_.size() + 1 == kMaxDigestLag) crew_.caller_cv.notify_one();
       }
       if (job.slot < 0) {
-        image_hash_.UpdateZeros(job.len);
+        if (paired_hash_) {
+          paired_hash_->UpdateZeros(job.len);
+        } else {
+          image_hash_.UpdateZeros(job.len);
+        }
         std::lock_guard lock(crew_.mu);
         progress_.bytes_done += job.len;
         progress_.chunks_skipped += UnitChunks(job.index);
         continue;
       }
-      image_hash_.Update(BufferOf(job.slot), job.len);
-      std::lock_guard lock(crew_.mu);
-      ReleaseSlot(job.slot);
+      if (!paired_hash_) {
+        image_hash_.Update(BufferOf(job.slot), job.len);
+        std::lock_guard lock(crew_.mu);
+        ReleaseSlot(job.slot);
+        continue;
+      }
+      UnitNames names = DigestAndNameUnit(job);
+      {
+        std::lock_guard lock(crew_.mu);
+        names_[job.slot] = std::move(names);
+        named_[job.slot] = 1;
+        ReleaseSlot(job.slot);
+      }
+      crew_.work_cv.notify_all();
     }
+  }
+
+  std::byte* ChunkData(const ChunkJob& job, size_t chunk) const {
+    return BufferOf(job.slot) + (manifest_.ChunkOffset(chunk) - manifest_.ChunkOffset(job.index));
+  }
+
+  std::span<const std::byte> ChunkSpan(const ChunkJob& job, size_t chunk) const {
+    return {ChunkData(job, chunk), static_cast<size_t>(manifest_.ChunkLength(chunk))};
+  }
+
+  // A worker's naming of its unit (no SHA-NI, or no digest): two blocks at a time, their
+  // SHA-256 rounds interleaved where the CPU can (base/sha256_pair.hpp).
+  UnitNames NameUnit(const ChunkJob& job) {
+    HashPermit permit(hash_permits_);
+    UnitNames names;
+    for (size_t chunk = job.index; chunk < job.index + UnitChunks(job.index); ++chunk) {
+      const auto data = ChunkSpan(job, chunk);
+      if (IsAllZero(data.data(), data.size())) continue;
+      names.lengths.push_back(data.size());
+      names.at.push_back(chunk);
+    }
+    names.hashes.resize(names.at.size());
+    auto span_of = [&](size_t h) { return ChunkSpan(job, names.at[h]); };
+    for (size_t h = 0; h + 1 < names.at.size(); h += 2) {
+      Sha256HexPair(span_of(h), span_of(h + 1), names.hashes[h], names.hashes[h + 1]);
+    }
+    if (names.at.size() % 2 == 1) {
+      const auto last = span_of(names.at.size() - 1);
+      names.hashes.back() = Sha256Hex(last.data(), last.size());
+    }
+    return names;
+  }
+
+  // The digest thread's, with SHA-NI: the unit into the image's digest, each block that is
+  // not all zero named on the way.
+  UnitNames DigestAndNameUnit(const ChunkJob& job) {
+    UnitNames names;
+    for (size_t chunk = job.index; chunk < job.index + UnitChunks(job.index); ++chunk) {
+      const auto data = ChunkSpan(job, chunk);
+      if (IsAllZero(data.data(), data.size())) {
+        paired_hash_->Update(data);
+        continue;
+      }
+      names.hashes.emplace_back();
+      paired_hash_->UpdateAndName(data, names.hashes.back());
+      names.lengths.push_back(data.size());
+      names.at.push_back(chunk);
+    }
+    return names;
+  }
+
+  // A worker's wait for the digest thread to name its unit; nullopt if the crew stopped.
+  std::optional<UnitNames> AwaitNames(int slot) {
+    std::unique_lock lock(crew_.mu);
+    crew_.work_cv.wait(lock, [&] { return crew_.stop || named_[slot] != 0; });
+    if (crew_.stop) return std::nullopt;
+    named_[slot] = 0;
+    return std::move(names_[slot]);
   }
 
   ByteSource& source_;
@@ -391,13 +458,16 @@ class ImportPipeline {
   IoProgress progress_;
   std::vector<BufferPool::Buffer> held_;  // per pool buffer: taken for a unit in flight
   std::vector<int> refs_;
-  std::vector<char> loaded_;  // per slot: its chunk's bytes have been read
+  std::vector<char> loaded_;      // per slot: its chunk's bytes have been read
+  std::vector<UnitNames> names_;  // per slot, with SHA-NI: its blocks' names, once named_
+  std::vector<char> named_;
   std::deque<ChunkJob> work_queue_;
   std::deque<ChunkJob> digest_queue_;  // in chunk order
   bool reading_done_ = false;
 
-  Sha256 image_hash_;  // the digest thread's
-  Crew crew_;          // last: destroyed (threads joined) before the buffers they use
+  Sha256 image_hash_;                              // the digest thread's
+  std::optional<Sha256PairedStream> paired_hash_;  // instead, with SHA-NI (it names blocks)
+  Crew crew_;  // last: destroyed (threads joined) before the buffers they use
 };
 
 void ValidateManifest(const Manifest& m) {
