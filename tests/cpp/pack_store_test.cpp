@@ -18,6 +18,7 @@
 
 #include "base/sha256_pair.hpp"
 #include "imagerelay/error.hpp"
+#include "imagerelay/image_io.hpp"
 #include "imagerelay/sha256.hpp"
 #include "scratch_dir.hpp"
 #include "store/local_store.hpp"
@@ -1526,6 +1527,64 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
   EXPECT_FALSE(remote.opened.store->ReadsPairs());
   EXPECT_FALSE(remote.opened.store->GetChunkPairStoredInto(HashOf(remote.a), out_a, stored_a,
                                                            HashOf(remote.a), out_b, stored_b));
+}
+
+// An unchecked read (Store::GetChunkUncheckedInto, for a verify that checks each block with
+// its digest) gives a plain read's bytes or nothing; a verify fed wrong bytes by one (as a
+// read racing a sweep's move would be) checks them, reads those blocks again with their
+// check, and still gives the image's digest; a block damaged on disk is named.
+TEST(PackStoreTest, AnUncheckedReadIsPlainOrNothingAndAVerifyChecksWhatItGives) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path(), 64 * kBlock);  // one pack
+  std::vector<std::string> reported;
+  store->SetDamageHandler(
+      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
+  std::string image;
+  for (uint32_t i = 0; i < 12; ++i) {
+    const auto block = i % 3 == 1 ? TextBlock(i) : RandomBlock(i);
+    image.append(reinterpret_cast<const char*>(block.data()), block.size());
+  }
+  { std::ofstream(dir.path() / "in.img", std::ios::binary) << image; }
+  ImportOptions options;
+  options.chunk_size = kBlock;
+  CancelToken cancel;
+  const Manifest m =
+      ImportToStore(*OpenFileSource(dir.path() / "in.img"), *store, options, cancel, nullptr);
+  store->Flush();
+  const std::string first = m.Hash(0);  // raw, the pack's first block
+  std::vector<std::byte> out(kBlock);
+  if (!Sha256PairInterleaves()) {
+    // Without SHA-NI the digest names nothing: no block is read unchecked.
+    EXPECT_FALSE(store->GetChunkUncheckedInto(first, out));
+  } else {
+    for (uint64_t i = 0; i < m.count(); ++i) {
+      ASSERT_TRUE(store->GetChunkUncheckedInto(m.Hash(i), out)) << i;
+      EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(out.data()), out.size()),
+                std::string_view(image).substr(i * kBlock, kBlock));
+    }
+    std::vector<std::byte> short_out(kBlock - 1);
+    EXPECT_FALSE(store->GetChunkUncheckedInto(first, short_out));
+    EXPECT_FALSE(store->GetChunkUncheckedInto(HashOf(RandomBlock(99)), out));
+  }
+  EXPECT_EQ(HashStoredImage(*store, m, "image x", cancel, {}, 4 * kBlock), m.digest);
+
+  // Three reads come back with a byte flipped: the blocks they gave fail the digest's check
+  // and are read again; the digest is the image's, and nothing is reported damaged.
+  const int reads_before = faults->reads;
+  faults->flip_reads = 3;
+  EXPECT_EQ(HashStoredImage(*store, m, "image x", cancel, {}, 4 * kBlock), m.digest);
+  EXPECT_EQ(faults->flip_reads, 0);
+  EXPECT_GT(faults->reads - reads_before, 3);
+  EXPECT_TRUE(reported.empty());
+
+  // Damaged on disk (inside block 0): named, not taken for the image.
+  OverwriteOnlyPack(dir.path(), 20, std::string_view("\0\0", 2));
+  try {
+    HashStoredImage(*store, m, "image x", cancel, {}, 4 * kBlock);
+    FAIL() << "a damaged block was hashed";
+  } catch (const IntegrityError& e) {
+    EXPECT_NE(e.message().find(first), std::string::npos) << e.message();
+  }
 }
 
 TEST(PackStoreTest, PlannedSpanReadsOfAnObjectStoreShareOneRangedReadPerRun) {

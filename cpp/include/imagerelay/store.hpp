@@ -185,6 +185,17 @@ class Store {
   }
   // True if GetChunkPairStoredInto may succeed: a copy then hands it two chunks at once.
   virtual bool ReadsPairs() const { return false; }
+  // The chunk's bytes decoded into `out` WITHOUT checking them against `hash`: for a reader
+  // that hashes every byte anyway and compares the SHA-256 of `out` with `hash` itself (a
+  // verify, whose image digest names each block on the way: HashStoredImage). True where the
+  // store read it plainly (a local pack store where ReadsPairs); false otherwise (missing,
+  // damaged, moved, of another length, cancelled, another kind of store): nothing is
+  // reported, and the caller reads it with GetChunkInto, which checks, retries and reports.
+  // A caller whose hash does not match reads it again with GetChunkInto too.
+  virtual bool GetChunkUncheckedInto(const std::string& /*hash*/, std::span<std::byte> /*out*/,
+                                     const CancelToken* /*cancel*/ = nullptr) {
+    return false;
+  }
   // PutChunk of `data`, given also its stored form from GetChunkStoredInto of another store (it
   // decodes to exactly `data`, which the caller has verified hashes to `hash`): a store that
   // keeps chunks in that form writes its bytes as they are. The default writes `data`.

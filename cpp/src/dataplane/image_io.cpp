@@ -33,6 +33,7 @@
 #include "base/unique_fd.hpp"
 #include "dataplane/buffer_pool.hpp"
 #include "dataplane/crew.hpp"
+#include "dataplane/image_digest.hpp"
 #include "dataplane/progress_throttle.hpp"
 #include "imagerelay/error.hpp"
 #include "imagerelay/sha256.hpp"
@@ -106,8 +107,8 @@ class ImportPipeline {
         hash_permits_(hashers_),
         retry_(options.retry),
         with_digest_(!DeferDigest(source, options)),
+        names_with_digest_(with_digest_ && image_hash_.names()),
         parallel_reads_(source.ConcurrentReads()) {
-    if (with_digest_ && Sha256PairInterleaves()) paired_hash_.emplace();
     if (chunk_size_ == 0) {
       throw ValidationError(codes::kInvalidParameter, "the chunk size must be greater than 0");
     }
@@ -144,10 +145,7 @@ class ImportPipeline {
       WaitForCrew();
     }
     crew_.Finish();
-    if (with_digest_) {
-      manifest_.digest =
-          "sha256:" + (paired_hash_ ? paired_hash_->FinishHex() : image_hash_.FinishHex());
-    }
+    if (with_digest_) manifest_.digest = "sha256:" + image_hash_.FinishHex();
     progress_.bytes_done = progress_.bytes_total;
     throttle_.Report(progress_);
     return std::move(manifest_);
@@ -292,7 +290,7 @@ class ImportPipeline {
       }
       // The unit's chunks are named, looked up in one batch, and the missing ones stored.
       const size_t count = UnitChunks(job.index);
-      std::optional<UnitNames> names = paired_hash_ ? AwaitNames(job.slot) : NameUnit(job);
+      std::optional<UnitNames> names = names_with_digest_ ? AwaitNames(job.slot) : NameUnit(job);
       if (!names) return;  // the crew stopped
       const std::vector<std::string>& hashes = names->hashes;
       const std::vector<uint64_t>& lengths = names->lengths;
@@ -353,18 +351,14 @@ class ImportPipeline {
         if (digest_queue_.size() + 1 == kMaxDigestLag) crew_.caller_cv.notify_one();
       }
       if (job.slot < 0) {
-        if (paired_hash_) {
-          paired_hash_->UpdateZeros(job.len);
-        } else {
-          image_hash_.UpdateZeros(job.len);
-        }
+        image_hash_.UpdateZeros(job.len);
         std::lock_guard lock(crew_.mu);
         progress_.bytes_done += job.len;
         progress_.chunks_skipped += UnitChunks(job.index);
         continue;
       }
-      if (!paired_hash_) {
-        image_hash_.Update(BufferOf(job.slot), job.len);
+      if (!names_with_digest_) {
+        image_hash_.Update(std::span(BufferOf(job.slot), job.len));
         std::lock_guard lock(crew_.mu);
         ReleaseSlot(job.slot);
         continue;
@@ -418,11 +412,11 @@ class ImportPipeline {
     for (size_t chunk = job.index; chunk < job.index + UnitChunks(job.index); ++chunk) {
       const auto data = ChunkSpan(job, chunk);
       if (IsAllZero(data.data(), data.size())) {
-        paired_hash_->Update(data);
+        image_hash_.Update(data);
         continue;
       }
       names.hashes.emplace_back();
-      paired_hash_->UpdateAndName(data, names.hashes.back());
+      image_hash_.UpdateAndName(data, names.hashes.back());
       names.lengths.push_back(data.size());
       names.at.push_back(chunk);
     }
@@ -448,8 +442,10 @@ class ImportPipeline {
   int workers_;
   std::counting_semaphore<kMaxThreads> hash_permits_;
   const RetryPolicy retry_;
-  const bool with_digest_;     // false: the digest is left for HashStoredImage
-  const bool parallel_reads_;  // workers read their chunks (ByteSource::ConcurrentReads)
+  ImageDigest image_hash_;        // the digest thread's; before names_with_digest_, which asks it
+  const bool with_digest_;        // false: the digest is left for HashStoredImage
+  const bool names_with_digest_;  // the digest thread names the blocks (SHA-NI)
+  const bool parallel_reads_;     // workers read their chunks (ByteSource::ConcurrentReads)
   Manifest manifest_;
 
   std::optional<BufferPool> pool_;  // the read units
@@ -465,8 +461,6 @@ class ImportPipeline {
   std::deque<ChunkJob> digest_queue_;  // in chunk order
   bool reading_done_ = false;
 
-  Sha256 image_hash_;                              // the digest thread's
-  std::optional<Sha256PairedStream> paired_hash_;  // instead, with SHA-NI (it names blocks)
   Crew crew_;  // last: destroyed (threads joined) before the buffers they use
 };
 
@@ -748,10 +742,13 @@ constexpr size_t kHashAhead = 8;
 
 // Feeds one window of the image, in order, to `whole`: readers fetch and check chunks ahead,
 // each into a buffer of `pool` (at most kHashAhead ahead); the calling thread hashes them in
-// order (zeros for holes) and gives the buffers back.
+// order (zeros for holes) and gives the buffers back. Where the digest names blocks (SHA-NI)
+// and the store reads them unchecked (Store::GetChunkUncheckedInto), the readers leave the
+// check to the calling thread: each block's name comes with the digest's rounds, and a block
+// that does not match is read again with its check, which names and reports it.
 void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& window,
                 const std::string& what, const CancelToken& cancel, ProgressThrottle& throttle,
-                IoProgress& prog, Sha256& whole, uint64_t buffer_memory) {
+                IoProgress& prog, ImageDigest& whole, uint64_t buffer_memory) {
   // A pool per window, as for an export: the window's crew closes it when it stops, so that
   // no reader waits for a buffer a failed thread holds.
   BufferPool pool(static_cast<size_t>(manifest.chunk_size),
@@ -760,6 +757,7 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
     BufferPool::Buffer buffer;
     std::span<std::byte> bytes;
     bool ready = false;
+    bool checked = true;  // false: read unchecked, checked by `whole`
   };
   std::vector<Slot> ring(kHashAhead);
   // Never more chunks ahead than buffers: the buffers of chunks read ahead are held until
@@ -771,7 +769,8 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
   size_t next_hash = 0;   // under crew.mu: position in todo of the next chunk to hash
   Crew crew;              // destroyed first: its readers are joined before `ring` goes
   crew.ClosesOnStop(pool);
-  const bool pairs = store.ReadsPairs();
+  const bool unchecked = whole.names();
+  const bool pairs = !unchecked && store.ReadsPairs();
   auto reader = [&] {
     for (;;) {
       size_t k;
@@ -791,20 +790,28 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
       BufferPool::Buffer buffer2;
       std::span<std::byte> bytes;
       std::span<std::byte> bytes2;
-      if (k2) {
+      bool checked = true;
+      const uint64_t chunk = window.first + todo[k];
+      const std::span<std::byte> out =
+          buffer.first(static_cast<size_t>(manifest.ChunkLength(chunk)));
+      if (unchecked && store.GetChunkUncheckedInto(window.hashes[todo[k]], out, &cancel)) {
+        bytes = out;
+        checked = false;
+      } else if (k2) {
         buffer2 = pool.Acquire(&cancel);
         if (!buffer2) return;
         std::tie(bytes, bytes2) = ReadVerifiedChunkPair(
             store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer,
             window.first + todo[*k2], window.hashes[todo[*k2]], buffer2, what, &cancel);
       } else {
-        bytes = ReadVerifiedChunk(store, manifest, window.first + todo[k], window.hashes[todo[k]],
-                                  buffer, what, &cancel);
+        bytes = ReadVerifiedChunk(store, manifest, chunk, window.hashes[todo[k]], buffer, what,
+                                  &cancel);
       }
       std::lock_guard lock(crew.mu);
       Slot& slot = ring[k % kHashAhead];
       slot.buffer = std::move(buffer);
       slot.bytes = bytes;
+      slot.checked = checked;
       slot.ready = true;
       if (k2) {
         Slot& second = ring[*k2 % kHashAhead];
@@ -840,7 +847,15 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
       }
       if (!slot->ready) break;  // a reader failed: Finish() rethrows its error
     }
-    whole.Update(slot->bytes.data(), slot->bytes.size());
+    if (slot->checked) {
+      whole.Update(slot->bytes);
+    } else if (!whole.UpdateIfNamed(slot->bytes, window.hashes[i])) {
+      // Not what its name says (damaged, or moved by a sweep since it was located): read
+      // again with its check, which names and reports what is wrong.
+      slot->bytes = ReadVerifiedChunk(store, manifest, window.first + i, window.hashes[i],
+                                      slot->buffer, what, &cancel);
+      whole.Update(slot->bytes);
+    }
     prog.bytes_done += slot->bytes.size();
     {
       std::lock_guard lock(crew.mu);
@@ -877,7 +892,7 @@ std::string HashStoredImage(Store& store, const Manifest& manifest, const std::s
   IoProgress prog;  // the calling thread's
   prog.bytes_total = manifest.size;
   prog.chunks_total = manifest.count();
-  Sha256 whole;
+  ImageDigest whole;
   for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
     HashWindow(store, manifest, ManifestWindow(manifest, first), what, cancel, throttle, prog,
                whole, buffer_memory);

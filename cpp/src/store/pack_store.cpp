@@ -949,6 +949,20 @@ bool PackStore::GetChunkPairStoredInto(const std::string& hash_a, std::span<std:
   }
 }
 
+bool PackStore::GetChunkUncheckedInto(const std::string& hash, std::span<std::byte> out,
+                                      const CancelToken* cancel) {
+  if (!ReadsPairs()) return false;
+  try {
+    const std::optional<BlockLocation> where = Locate(hash);
+    if (!where || where->raw_length != out.size()) return false;
+    thread_local std::vector<std::byte> stored;
+    return ReadBlockUnchecked(*where, hash, out, stored, cancel);
+  } catch (...) {
+    // Damaged, moved by a sweep, cancelled: the checked read retries, names and reports.
+    return false;
+  }
+}
+
 std::span<std::byte> PackStore::StoredTarget(const BlockLocation& where, std::span<std::byte> out,
                                              std::vector<std::byte>& stored) {
   // A raw block is read straight into the caller's memory; a compressed one into `stored`,

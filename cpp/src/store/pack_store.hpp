@@ -110,6 +110,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
                               std::span<std::byte> out_b, StoredChunk& stored_b,
                               const CancelToken* cancel = nullptr) override;
   bool ReadsPairs() const override;
+  // Decoded as GetChunkInto decodes, its bases unchecked too; local disks only, as pairs.
+  bool GetChunkUncheckedInto(const std::string& hash, std::span<std::byte> out,
+                             const CancelToken* cancel = nullptr) override;
   // Writes a compressed block's bytes as they are, and an incompressible one raw without
   // trying to compress it again; a delta as it is if this store holds its bases whole; a
   // block of unknown form (or a delta whose bases it lacks) is encoded as PutChunk does.
