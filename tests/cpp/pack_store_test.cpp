@@ -67,9 +67,9 @@ class FaultyPacks : public PackFiles {
   std::string fail_on;  // "put", "delete"
   // As an object store's: reads cost a request, and their answers may be damaged on the way.
   bool remote = false;
-  int flip_reads = 0;         // the next this many reads come back with one byte flipped
-  int hide_listings = 0;      // the next this many listings leave every pack out
-  std::atomic<int> reads{0};  // reads made
+  std::atomic<int> flip_reads{0};  // the next this many reads come back with one byte flipped
+  int hide_listings = 0;           // the next this many listings leave every pack out
+  std::atomic<int> reads{0};       // reads made
   std::mutex read_log_mutex;
   std::vector<std::pair<std::string, size_t>> read_log;  // the packs read, and how much
   // Waits (up to 10 s) until `n` reads were made in all; false if they were not.
@@ -84,6 +84,13 @@ class FaultyPacks : public PackFiles {
   int slow_ms = 0;
 
   bool RemoteReads() const override { return remote; }
+  // One of flip_reads, if any is left (readers of a verify read on several threads).
+  bool TakeFlip() {
+    int left = flip_reads.load();
+    while (left > 0 && !flip_reads.compare_exchange_weak(left, left - 1)) {
+    }
+    return left > 0;
+  }
 
   void PutPack(const std::string& name, std::span<const std::byte> bytes,
                const CancelToken* cancel) override {
@@ -99,10 +106,7 @@ class FaultyPacks : public PackFiles {
     }
     ++reads;
     const bool whole = real_.ReadPack(name, offset, out, cancel);
-    if (whole && !out.empty() && flip_reads > 0) {
-      --flip_reads;
-      out[out.size() / 2] ^= std::byte{0x01};
-    }
+    if (whole && !out.empty() && TakeFlip()) out[out.size() / 2] ^= std::byte{0x01};
     return whole;
   }
   // Called before each stat (a store vouching for a pack looks at it first): lets a test act
@@ -1536,9 +1540,12 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
 TEST(PackStoreTest, AnUncheckedReadIsPlainOrNothingAndAVerifyChecksWhatItGives) {
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path(), 64 * kBlock);  // one pack
+  std::mutex reported_mutex;  // a verify's readers read (and may report) on several threads
   std::vector<std::string> reported;
-  store->SetDamageHandler(
-      [&](const std::string& hash, const std::string&) { reported.push_back(hash); });
+  store->SetDamageHandler([&](const std::string& hash, const std::string&) {
+    std::lock_guard lock(reported_mutex);
+    reported.push_back(hash);
+  });
   std::string image;
   for (uint32_t i = 0; i < 12; ++i) {
     const auto block = i % 3 == 1 ? TextBlock(i) : RandomBlock(i);
@@ -1575,7 +1582,10 @@ TEST(PackStoreTest, AnUncheckedReadIsPlainOrNothingAndAVerifyChecksWhatItGives) 
   EXPECT_EQ(HashStoredImage(*store, m, "image x", cancel, {}, 4 * kBlock), m.digest);
   EXPECT_EQ(faults->flip_reads, 0);
   EXPECT_GT(faults->reads - reads_before, 3);
-  EXPECT_TRUE(reported.empty());
+  {
+    std::lock_guard lock(reported_mutex);
+    EXPECT_TRUE(reported.empty());
+  }
 
   // Damaged on disk (inside block 0): named, not taken for the image.
   OverwriteOnlyPack(dir.path(), 20, std::string_view("\0\0", 2));
