@@ -1466,7 +1466,8 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
   const auto a = TextBlock(1);    // compressed
   const auto b = RandomBlock(2);  // raw
   const auto c = TextBlock(3);
-  for (const auto* block : {&a, &b, &c}) store->PutChunk(HashOf(*block), *block);
+  const auto short_block = RandomBlock(5, 1000);
+  for (const auto* block : {&a, &b, &c, &short_block}) store->PutChunk(HashOf(*block), *block);
   store->Flush();
   std::vector<std::byte> out_a(kBlock);
   std::vector<std::byte> out_b(kBlock);
@@ -1478,6 +1479,7 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
     EXPECT_FALSE(store->ReadsPairs());
     EXPECT_FALSE(
         store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), out_b, stored_b));
+    EXPECT_FALSE(store->GetChunkPair(HashOf(a), out_a, HashOf(b), out_b));
     store->GetChunkStoredInto(HashOf(a), out_a, stored_a);
     EXPECT_EQ(out_a, a);
     return;
@@ -1499,11 +1501,18 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
   }
   EXPECT_EQ(stored_a.codec, ChunkCodec::kZstd);
   EXPECT_EQ(stored_b.codec, ChunkCodec::kRaw);
+  // A scrub's pair: its buffers sized by the store (a short block too).
+  std::vector<std::byte> sized_a;
+  std::vector<std::byte> sized_b(7);
+  ASSERT_TRUE(store->GetChunkPair(HashOf(a), sized_a, HashOf(short_block), sized_b));
+  EXPECT_EQ(sized_a, a);
+  EXPECT_EQ(sized_b, short_block);
 
   // Missing, or of another length: false.
   const auto absent = RandomBlock(9);
   EXPECT_FALSE(
       store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(absent), out_b, stored_b));
+  EXPECT_FALSE(store->GetChunkPair(HashOf(absent), sized_a, HashOf(b), sized_b));
   std::vector<std::byte> short_out(kBlock - 1);
   EXPECT_FALSE(
       store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), short_out, stored_b));
@@ -1513,6 +1522,7 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
   OverwriteOnlyPack(dir.path(), 20, std::string_view("\0\0", 2));  // inside block a
   EXPECT_FALSE(
       store->GetChunkPairStoredInto(HashOf(a), out_a, stored_a, HashOf(b), out_b, stored_b));
+  EXPECT_FALSE(store->GetChunkPair(HashOf(b), sized_a, HashOf(a), sized_b));
   EXPECT_TRUE(reported.empty());
   try {
     store->GetChunkStoredInto(HashOf(a), one, stored_a);
@@ -1531,6 +1541,8 @@ TEST(PackStoreTest, APairIsCheckedTogetherAndAnythingButAPlainReadIsLeftToTheOne
   EXPECT_FALSE(remote.opened.store->ReadsPairs());
   EXPECT_FALSE(remote.opened.store->GetChunkPairStoredInto(HashOf(remote.a), out_a, stored_a,
                                                            HashOf(remote.a), out_b, stored_b));
+  EXPECT_FALSE(
+      remote.opened.store->GetChunkPair(HashOf(remote.a), sized_a, HashOf(remote.a), sized_b));
 }
 
 // An unchecked read (Store::GetChunkUncheckedInto, for a verify that checks each block with
@@ -1594,6 +1606,37 @@ TEST(PackStoreTest, AnUncheckedReadIsPlainOrNothingAndAVerifyChecksWhatItGives) 
     FAIL() << "a damaged block was hashed";
   } catch (const IntegrityError& e) {
     EXPECT_NE(e.message().find(first), std::string::npos) << e.message();
+  }
+}
+
+// A scrub reads a page of blocks in the store's order: pack by pack, each pack's blocks by
+// offset, what the store does not hold last; the same names, each once.
+TEST(PackStoreTest, OrderForReadingGoesPackByPackInOffsetOrder) {
+  ScratchDir dir;
+  auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock);
+  std::vector<std::string> written;  // in write order: 4 to a pack
+  for (uint32_t i = 0; i < 12; ++i) {
+    const auto block = RandomBlock(100 + i);
+    written.push_back(HashOf(block));
+    store->PutChunk(written.back(), block);
+  }
+  store->Flush();
+  ASSERT_EQ(PackFilesIn(dir.path()).size(), 3u);
+  const std::string absent = HashOf(RandomBlock(999));
+  std::vector<std::string> hashes = {absent};
+  for (size_t i = written.size(); i > 0; --i) hashes.push_back(written[(i * 5) % 12]);
+  std::vector<std::string> ordered = hashes;
+  store->OrderForReading(ordered);
+  EXPECT_EQ(std::multiset<std::string>(ordered.begin(), ordered.end()),
+            std::multiset<std::string>(hashes.begin(), hashes.end()));
+  ASSERT_EQ(ordered.size(), 13u);
+  EXPECT_EQ(ordered.back(), absent);
+  // Three runs of four, each one pack's blocks in the order they were written.
+  for (size_t run = 0; run < 3; ++run) {
+    const size_t first = static_cast<size_t>(
+        std::find(written.begin(), written.end(), ordered[run * 4]) - written.begin());
+    ASSERT_EQ(first % 4, 0u) << run;
+    for (size_t k = 0; k < 4; ++k) EXPECT_EQ(ordered[run * 4 + k], written[first + k]);
   }
 }
 

@@ -185,6 +185,14 @@ class Store {
   }
   // True if GetChunkPairStoredInto may succeed: a copy then hands it two chunks at once.
   virtual bool ReadsPairs() const { return false; }
+  // GetChunk of two chunks at once, for a reader that does not know their lengths (a scrub):
+  // as GetChunkPairStoredInto, true when both were read and checked together, false when the
+  // store does not or either is not a plain read (nothing reported: read each alone).
+  virtual bool GetChunkPair(const std::string& /*hash_a*/, std::vector<std::byte>& /*out_a*/,
+                            const std::string& /*hash_b*/, std::vector<std::byte>& /*out_b*/,
+                            const CancelToken* /*cancel*/ = nullptr) {
+    return false;
+  }
   // The chunk's bytes decoded into `out` WITHOUT checking them against `hash`: for a reader
   // that hashes every byte anyway and compares the SHA-256 of `out` with `hash` itself (a
   // verify, whose image digest names each block on the way: HashStoredImage). True where the
@@ -208,6 +216,10 @@ class Store {
   // an export's chunk list): a store that keeps chunks side by side reads neighbours in one
   // request instead of one each. Only a hint; the reads may come in any order, or not at all.
   virtual void PlanReads(const std::vector<std::string>& /*hashes*/) {}
+  // Puts `hashes` in the order that reads them fastest, for a reader free to choose it (a
+  // scrub): a pack store's by pack and offset, those it does not hold last. The same names,
+  // only reordered. The default keeps the order given.
+  virtual void OrderForReading(std::vector<std::string>& /*hashes*/) {}
   // True if GetChunk checks every chunk it returns against its name (throwing
   // DamagedChunkError otherwise): its callers need not hash the bytes again.
   virtual bool ChecksReads() const { return false; }

@@ -5,7 +5,9 @@
 #include <exception>
 #include <future>
 #include <map>
+#include <numeric>
 #include <set>
+#include <tuple>
 
 #include "base/file_util.hpp"  // kDirectIoAlign
 #include "base/sha256_pair.hpp"
@@ -922,6 +924,27 @@ void PackStore::DescribeStored(const std::optional<BlockLocation>& where, Stored
 
 bool PackStore::ReadsPairs() const { return !packs_.RemoteReads() && Sha256PairInterleaves(); }
 
+bool PackStore::GetChunkPair(const std::string& hash_a, std::vector<std::byte>& out_a,
+                             const std::string& hash_b, std::vector<std::byte>& out_b,
+                             const CancelToken* cancel) {
+  if (!ReadsPairs()) return false;
+  std::optional<BlockLocation> a;
+  std::optional<BlockLocation> b;
+  try {
+    a = Locate(hash_a);
+    b = Locate(hash_b);
+  } catch (...) {
+    return false;  // the one-block reads find, retry and report
+  }
+  if (!a || !b) return false;
+  out_a.resize(a->raw_length);
+  out_b.resize(b->raw_length);
+  // Located again by the pair read (an index lookup each): what it finds is checked anyway.
+  thread_local StoredChunk stored_a;
+  thread_local StoredChunk stored_b;
+  return GetChunkPairStoredInto(hash_a, out_a, stored_a, hash_b, out_b, stored_b, cancel);
+}
+
 bool PackStore::GetChunkPairStoredInto(const std::string& hash_a, std::span<std::byte> out_a,
                                        StoredChunk& stored_a, const std::string& hash_b,
                                        std::span<std::byte> out_b, StoredChunk& stored_b,
@@ -1124,6 +1147,22 @@ std::optional<size_t> PackStore::RunHolding(const std::vector<Run>& runs, uint64
   auto run = std::prev(after);
   if (offset + length > run->end) return std::nullopt;
   return static_cast<size_t>(run - runs.begin());
+}
+
+void PackStore::OrderForReading(std::vector<std::string>& hashes) {
+  const std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  std::vector<size_t> order(hashes.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+    const std::optional<BlockLocation>& a = found[x];
+    const std::optional<BlockLocation>& b = found[y];
+    if (!a || !b) return a.has_value() && !b.has_value();
+    return std::tie(a->pack, a->offset) < std::tie(b->pack, b->offset);
+  });
+  std::vector<std::string> ordered;
+  ordered.reserve(hashes.size());
+  for (size_t i : order) ordered.push_back(std::move(hashes[i]));
+  hashes = std::move(ordered);
 }
 
 void PackStore::PlanReads(const std::vector<std::string>& hashes) {

@@ -94,6 +94,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                     const CancelToken* cancel = nullptr) override;
   void PlanReads(const std::vector<std::string>& hashes) override;
+  void OrderForReading(std::vector<std::string>& hashes) override;
   void Flush(const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
@@ -110,6 +111,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
                               std::span<std::byte> out_b, StoredChunk& stored_b,
                               const CancelToken* cancel = nullptr) override;
   bool ReadsPairs() const override;
+  bool GetChunkPair(const std::string& hash_a, std::vector<std::byte>& out_a,
+                    const std::string& hash_b, std::vector<std::byte>& out_b,
+                    const CancelToken* cancel = nullptr) override;
   // Decoded as GetChunkInto decodes, its bases unchecked too; local disks only, as pairs.
   bool GetChunkUncheckedInto(const std::string& hash, std::span<std::byte> out,
                              const CancelToken* cancel = nullptr) override;
