@@ -206,6 +206,39 @@ TEST(ImageIoTest, SparseFileRoundTripsSparse) {
   EXPECT_LE(AllocatedBytes(dir / "out.img"), 6 * kChunk);
 }
 
+// An export writes a unit of neighbouring chunks per read: runs of stored chunks with holes
+// between them inside one unit, a unit of two chunks (little memory) or of many, a short
+// last chunk, from chunk files and from packs (read two at a time): the bytes are the
+// image's and its holes stay holes.
+TEST(ImageIoTest, ExportWritesRunsOfNeighboursAndLeavesTheHolesBetween) {
+  ScratchDir dir;
+  const uint64_t size = 70 * kChunk + 300;
+  std::vector<std::pair<uint64_t, std::string>> pieces;
+  for (uint64_t chunk : {0, 1, 3, 6, 7, 8, 9, 33, 63, 64, 65}) {
+    pieces.emplace_back(chunk * kChunk, RandomBytes(kChunk, static_cast<uint32_t>(chunk)));
+  }
+  pieces.emplace_back(70 * kChunk, RandomBytes(300, 70));
+  WriteSparseFile(dir / "in.img", size, pieces);
+  const std::string bytes = ReadFile(dir / "in.img");
+  LocalStore files(dir / "files");
+  std::unique_ptr<Store> packed = OpenStore((dir / "packed").string());
+  for (Store* store : {static_cast<Store*>(&files), packed.get()}) {
+    CancelToken cancel;
+    const Manifest m =
+        ImportToStore(*OpenFileSource(dir / "in.img"), *store, SmallChunks(), cancel, nullptr);
+    store->Flush();
+    for (uint64_t memory : {uint64_t{8 * kChunk}, uint64_t{256} << 20}) {
+      const fs::path out = dir / ("out-" + std::to_string(memory) + ".img");
+      IoProgress last;
+      ExportFromStore(
+          *store, m, out, cancel, [&](const IoProgress& p) { last = p; }, true, memory);
+      EXPECT_EQ(ReadFile(out), bytes) << store->uri() << " " << memory;
+      EXPECT_LE(AllocatedBytes(out), 14 * kChunk) << store->uri() << " " << memory;
+      EXPECT_EQ(last.bytes_done, size);
+    }
+  }
+}
+
 TEST(ImageIoTest, MostlyEmptyFileDefersTheDigestToHashStoredImage) {
   ScratchDir dir;
   LocalStore store(dir / "store");

@@ -47,6 +47,8 @@ using Clock = std::chrono::steady_clock;
 // longer than it hashes. A 2 GiB export here: 2 workers 3.1-3.7 s, 4 workers 2.5-2.7 s,
 // 8 no faster.
 constexpr int kExportThreads = 4;
+// An export writes up to this much at once (a worker's buffer).
+constexpr uint64_t kExportWriteUnit = 4ULL << 20;
 constexpr int kMaxThreads = 64;
 // Chunk writes in flight: a durable write waits on the disk far longer than it computes, and
 // the store flushes concurrent writes together, so more workers run than hash at once (only
@@ -494,18 +496,29 @@ struct ManifestWindow {
   }
 };
 
-// Reads chunk i of the manifest (named `hash`) into `buffer` and checks its length and hash;
-// a mismatch is an IntegrityError naming the chunk, its place in `what` (the image) and the
-// store. Returns the chunk's bytes: the start of `buffer`.
+std::span<std::byte> AllOf(const BufferPool::Buffer& buffer) {
+  return {buffer.data(), buffer.size()};
+}
+
+// The first ChunkLength(i) bytes of `room`; std::length_error if it is shorter.
+std::span<std::byte> ChunkRoom(const Manifest& manifest, uint64_t i, std::span<std::byte> room) {
+  const auto len = static_cast<size_t>(manifest.ChunkLength(i));
+  if (len > room.size()) throw std::length_error("a chunk is larger than its buffer");
+  return room.first(len);
+}
+
+// Reads chunk i of the manifest (named `hash`) into the start of `room` and checks its
+// length and hash; a mismatch is an IntegrityError naming the chunk, its place in `what`
+// (the image) and the store. Returns the chunk's bytes.
 std::span<std::byte> ReadVerifiedChunk(Store& store, const Manifest& manifest, uint64_t i,
-                                       const std::string& hash, const BufferPool::Buffer& buffer,
+                                       const std::string& hash, std::span<std::byte> room,
                                        const std::string& what, const CancelToken* cancel) {
   const uint64_t offset = manifest.ChunkOffset(i);
   const uint64_t len = manifest.ChunkLength(i);
   const std::string where = "chunk " + hash + " (bytes " + std::to_string(offset) + ".." +
                             std::to_string(offset + len) + " of " + what + ") in store " +
                             store.uri();
-  const std::span<std::byte> out = buffer.first(static_cast<size_t>(len));
+  const std::span<std::byte> out = ChunkRoom(manifest, i, room);
   try {
     Retried(
         RetryPolicy{}, [&] { store.GetChunkInto(hash, out, cancel); }, cancel, "reading " + where);
@@ -530,17 +543,17 @@ std::span<std::byte> ReadVerifiedChunk(Store& store, const Manifest& manifest, u
 // is not a plain read, each alone (which names, retries and reports as ever).
 std::pair<std::span<std::byte>, std::span<std::byte>> ReadVerifiedChunkPair(
     Store& store, const Manifest& manifest, uint64_t i, const std::string& hash_i,
-    const BufferPool::Buffer& buffer_i, uint64_t j, const std::string& hash_j,
-    const BufferPool::Buffer& buffer_j, const std::string& what, const CancelToken* cancel) {
-  const std::span<std::byte> out_i = buffer_i.first(static_cast<size_t>(manifest.ChunkLength(i)));
-  const std::span<std::byte> out_j = buffer_j.first(static_cast<size_t>(manifest.ChunkLength(j)));
+    std::span<std::byte> room_i, uint64_t j, const std::string& hash_j, std::span<std::byte> room_j,
+    const std::string& what, const CancelToken* cancel) {
+  const std::span<std::byte> out_i = ChunkRoom(manifest, i, room_i);
+  const std::span<std::byte> out_j = ChunkRoom(manifest, j, room_j);
   thread_local StoredChunk stored_i;  // their stored forms: not wanted here
   thread_local StoredChunk stored_j;
   if (store.GetChunkPairStoredInto(hash_i, out_i, stored_i, hash_j, out_j, stored_j, cancel)) {
     return {out_i, out_j};
   }
-  return {ReadVerifiedChunk(store, manifest, i, hash_i, buffer_i, what, cancel),
-          ReadVerifiedChunk(store, manifest, j, hash_j, buffer_j, what, cancel)};
+  return {ReadVerifiedChunk(store, manifest, i, hash_i, out_i, what, cancel),
+          ReadVerifiedChunk(store, manifest, j, hash_j, out_j, what, cancel)};
 }
 
 // Writes an export's chunks: the aligned part of each with O_DIRECT straight from its pool
@@ -551,7 +564,7 @@ struct ExportWriter {
   std::atomic<bool> direct;
 
   // Returns 0 or an errno value. `offset` is a multiple of kDirectIoAlign; `bytes` starts a
-  // pool buffer.
+  // chunk's place in a pool buffer (page-aligned where direct_fd is open: whole pages).
   int Write(std::span<const std::byte> bytes, off_t offset) {
     const size_t whole = bytes.size() / kDirectIoAlign * kDirectIoAlign;
     size_t done = 0;
@@ -792,8 +805,7 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
       std::span<std::byte> bytes2;
       bool checked = true;
       const uint64_t chunk = window.first + todo[k];
-      const std::span<std::byte> out =
-          buffer.first(static_cast<size_t>(manifest.ChunkLength(chunk)));
+      const std::span<std::byte> out = ChunkRoom(manifest, chunk, AllOf(buffer));
       if (unchecked && store.GetChunkUncheckedInto(window.hashes[todo[k]], out, &cancel)) {
         bytes = out;
         checked = false;
@@ -801,11 +813,11 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
         buffer2 = pool.Acquire(&cancel);
         if (!buffer2) return;
         std::tie(bytes, bytes2) = ReadVerifiedChunkPair(
-            store, manifest, window.first + todo[k], window.hashes[todo[k]], buffer,
-            window.first + todo[*k2], window.hashes[todo[*k2]], buffer2, what, &cancel);
+            store, manifest, window.first + todo[k], window.hashes[todo[k]], AllOf(buffer),
+            window.first + todo[*k2], window.hashes[todo[*k2]], AllOf(buffer2), what, &cancel);
       } else {
-        bytes = ReadVerifiedChunk(store, manifest, chunk, window.hashes[todo[k]], buffer, what,
-                                  &cancel);
+        bytes =
+            ReadVerifiedChunk(store, manifest, chunk, window.hashes[todo[k]], out, what, &cancel);
       }
       std::lock_guard lock(crew.mu);
       Slot& slot = ring[k % kHashAhead];
@@ -853,7 +865,7 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
       // Not what its name says (damaged, or moved by a sweep since it was located): read
       // again with its check, which names and reports what is wrong.
       slot->bytes = ReadVerifiedChunk(store, manifest, window.first + i, window.hashes[i],
-                                      slot->buffer, what, &cancel);
+                                      AllOf(slot->buffer), what, &cancel);
       whole.Update(slot->bytes);
     }
     prog.bytes_done += slot->bytes.size();
@@ -952,9 +964,15 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         ::openat(dir_fd.get(), tmp_name.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_DIRECT));
   }
   ExportWriter writer{fd.get(), direct_fd.get(), static_cast<bool>(direct_fd)};
-  // A buffer per worker at most: each reads a chunk into it, then writes it from there.
-  const size_t buffers =
-      BufferPool::CountFor(buffer_memory, manifest.chunk_size, 1, kExportThreads);
+  // A worker reads a unit of neighbouring chunks into its buffer and writes each run of
+  // stored chunks in it with one write: 64 KiB writes into the file's holes cost ext4 an
+  // allocation each (2 GiB: 4.0 s in 64 KiB O_DIRECT writes, 1.3 s in 4 MiB ones). Units fit
+  // the memory a worker may hold.
+  const uint64_t unit_chunks = std::clamp<uint64_t>(
+      std::min(kExportWriteUnit, buffer_memory / kExportThreads) / manifest.chunk_size, 1,
+      kManifestWindow);
+  const uint64_t unit_size = unit_chunks * manifest.chunk_size;
+  const size_t buffers = BufferPool::CountFor(buffer_memory, unit_size, 1, kExportThreads);
 
   for (uint64_t first = 0; first < manifest.count(); first += kManifestWindow) {
     const ManifestWindow window(manifest, first);
@@ -964,55 +982,73 @@ void ExportFromStore(Store& store, const Manifest& manifest, const std::filesyst
         ++prog.chunks_skipped;
       }
     }
+    // The window's units that hold a stored chunk: ranges of positions in window.todo.
+    std::vector<std::pair<size_t, size_t>> units;
+    for (size_t k = 0; k < window.todo.size(); ++k) {
+      if (units.empty() ||
+          window.todo[k] / unit_chunks != window.todo[units.back().first] / unit_chunks) {
+        units.emplace_back(k, k);
+      }
+      units.back().second = k + 1;
+    }
     window.PlanReads(store);
     // One pool per window: a crew closes its pool when it stops.
-    BufferPool pool(static_cast<size_t>(manifest.chunk_size), buffers);
+    BufferPool pool(static_cast<size_t>(unit_size), buffers);
     Crew crew;  // destroyed first: its workers give their buffers back before the pool goes
     crew.ClosesOnStop(pool);
     size_t next = 0;  // under crew.mu
     const bool pairs = store.ReadsPairs();
-    auto write_chunk = [&](uint64_t i, std::span<const std::byte> bytes) {
-      int err = writer.Write(bytes, static_cast<off_t>(manifest.ChunkOffset(i)));
+    // Chunks at positions todo[from, to) of the window, side by side in the file and in
+    // `bytes`: one write.
+    auto write_run = [&](size_t from, size_t to, const std::byte* bytes) {
+      const uint64_t begin = manifest.ChunkOffset(first + window.todo[from]);
+      const uint64_t last = first + window.todo[to - 1];
+      const uint64_t end = manifest.ChunkOffset(last) + manifest.ChunkLength(last);
+      int err = writer.Write(std::span(bytes, static_cast<size_t>(end - begin)),
+                             static_cast<off_t>(begin));
       if (err != 0) ExportFailed(path, "cannot write " + tmp.string(), err);
       std::lock_guard lock(crew.mu);
-      prog.bytes_done += bytes.size();
-      prog.bytes_transferred += bytes.size();
+      prog.bytes_done += end - begin;
+      prog.bytes_transferred += end - begin;
     };
     auto worker = [&] {
       for (;;) {
-        size_t at;
+        std::pair<size_t, size_t> unit;
         {
           std::lock_guard lock(crew.mu);
-          if (crew.stop || next == window.todo.size()) return;
-          at = window.todo[next++];
+          if (crew.stop || next == units.size()) return;
+          unit = units[next++];
         }
         const BufferPool::Buffer buffer = pool.Acquire(&cancel);
         if (!buffer) return;  // stopped or cancelled: the caller sees which
-        // The next chunk too, read and checked with this one, if a second buffer is free now
-        // (never waited for: another worker may need it to go on).
-        BufferPool::Buffer buffer2;
-        std::optional<size_t> at2;
-        if (pairs) {
-          std::lock_guard lock(crew.mu);
-          if (!crew.stop && next < window.todo.size() && (buffer2 = pool.TryAcquire())) {
-            at2 = window.todo[next++];
+        const size_t unit_start = window.todo[unit.first] / unit_chunks * unit_chunks;
+        auto room = [&](size_t k) {
+          return AllOf(buffer).subspan((window.todo[k] - unit_start) * manifest.chunk_size);
+        };
+        // Read, two at a time where the store checks two for less than two reads.
+        for (size_t k = unit.first; k < unit.second;) {
+          const uint64_t i = first + window.todo[k];
+          if (pairs && k + 1 < unit.second) {
+            ReadVerifiedChunkPair(store, manifest, i, window.hashes[window.todo[k]], room(k),
+                                  first + window.todo[k + 1], window.hashes[window.todo[k + 1]],
+                                  room(k + 1), "the image", &cancel);
+            k += 2;
+          } else {
+            ReadVerifiedChunk(store, manifest, i, window.hashes[window.todo[k]], room(k),
+                              "the image", &cancel);
+            ++k;
           }
         }
-        const uint64_t i = first + at;
-        if (!at2) {
-          write_chunk(i, ReadVerifiedChunk(store, manifest, i, window.hashes[at], buffer,
-                                           "the image", &cancel));
-          continue;
+        // Written a run of neighbours at a time (holes between runs stay holes).
+        for (size_t from = unit.first; from < unit.second;) {
+          size_t to = from + 1;
+          while (to < unit.second && window.todo[to] == window.todo[to - 1] + 1) ++to;
+          write_run(from, to, room(from).data());
+          from = to;
         }
-        const uint64_t j = first + *at2;
-        const auto [bytes, bytes2] =
-            ReadVerifiedChunkPair(store, manifest, i, window.hashes[at], buffer, j,
-                                  window.hashes[*at2], buffer2, "the image", &cancel);
-        write_chunk(i, bytes);
-        write_chunk(j, bytes2);
       }
     };
-    int threads = static_cast<int>(std::min<size_t>(kExportThreads, window.todo.size()));
+    int threads = static_cast<int>(std::min<size_t>(kExportThreads, units.size()));
     for (int t = 0; t < threads; ++t) crew.Start(worker);
     for (;;) {
       IoProgress snapshot;
