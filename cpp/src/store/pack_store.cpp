@@ -924,25 +924,27 @@ void PackStore::DescribeStored(const std::optional<BlockLocation>& where, Stored
 
 bool PackStore::ReadsPairs() const { return !packs_.RemoteReads() && Sha256PairInterleaves(); }
 
+std::pair<std::optional<BlockLocation>, std::optional<BlockLocation>> PackStore::LocatePair(
+    const std::string& hash_a, const std::string& hash_b) {
+  try {
+    std::optional<BlockLocation> a = Locate(hash_a);
+    return {std::move(a), Locate(hash_b)};
+  } catch (...) {
+    return {};  // the one-block reads find, retry and report
+  }
+}
+
 bool PackStore::GetChunkPair(const std::string& hash_a, std::vector<std::byte>& out_a,
                              const std::string& hash_b, std::vector<std::byte>& out_b,
                              const CancelToken* cancel) {
   if (!ReadsPairs()) return false;
-  std::optional<BlockLocation> a;
-  std::optional<BlockLocation> b;
-  try {
-    a = Locate(hash_a);
-    b = Locate(hash_b);
-  } catch (...) {
-    return false;  // the one-block reads find, retry and report
-  }
+  const auto [a, b] = LocatePair(hash_a, hash_b);
   if (!a || !b) return false;
   out_a.resize(a->raw_length);
   out_b.resize(b->raw_length);
-  // Located again by the pair read (an index lookup each): what it finds is checked anyway.
-  thread_local StoredChunk stored_a;
+  thread_local StoredChunk stored_a;  // their stored forms: not wanted here
   thread_local StoredChunk stored_b;
-  return GetChunkPairStoredInto(hash_a, out_a, stored_a, hash_b, out_b, stored_b, cancel);
+  return ReadPairLocated(*a, hash_a, out_a, stored_a, *b, hash_b, out_b, stored_b, cancel);
 }
 
 bool PackStore::GetChunkPairStoredInto(const std::string& hash_a, std::span<std::byte> out_a,
@@ -950,12 +952,19 @@ bool PackStore::GetChunkPairStoredInto(const std::string& hash_a, std::span<std:
                                        std::span<std::byte> out_b, StoredChunk& stored_b,
                                        const CancelToken* cancel) {
   if (!ReadsPairs()) return false;
+  const auto [a, b] = LocatePair(hash_a, hash_b);
+  if (!a || !b || a->raw_length != out_a.size() || b->raw_length != out_b.size()) return false;
+  return ReadPairLocated(*a, hash_a, out_a, stored_a, *b, hash_b, out_b, stored_b, cancel);
+}
+
+bool PackStore::ReadPairLocated(const BlockLocation& a, const std::string& hash_a,
+                                std::span<std::byte> out_a, StoredChunk& stored_a,
+                                const BlockLocation& b, const std::string& hash_b,
+                                std::span<std::byte> out_b, StoredChunk& stored_b,
+                                const CancelToken* cancel) {
   try {
-    const std::optional<BlockLocation> a = Locate(hash_a);
-    const std::optional<BlockLocation> b = Locate(hash_b);
-    if (!a || !b || a->raw_length != out_a.size() || b->raw_length != out_b.size()) return false;
-    if (!ReadBlockUnchecked(*a, hash_a, out_a, stored_a.bytes, cancel) ||
-        !ReadBlockUnchecked(*b, hash_b, out_b, stored_b.bytes, cancel)) {
+    if (!ReadBlockUnchecked(a, hash_a, out_a, stored_a.bytes, cancel) ||
+        !ReadBlockUnchecked(b, hash_b, out_b, stored_b.bytes, cancel)) {
       return false;
     }
     // Checked here, both at once: what does not match is read again alone (false).

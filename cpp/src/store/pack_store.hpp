@@ -213,6 +213,15 @@ class PackStore final : public Store, public ChunkSizeProbe {
   bool ReadBlockUnchecked(const BlockLocation& where, const std::string& hash,
                           std::span<std::byte> out, std::vector<std::byte>& stored,
                           const CancelToken* cancel);
+  // Where two blocks are (each nullopt when not found, both when the lookup failed).
+  std::pair<std::optional<BlockLocation>, std::optional<BlockLocation>> LocatePair(
+      const std::string& hash_a, const std::string& hash_b);
+  // Two located blocks read, then checked together (GetChunkPairStoredInto, GetChunkPair);
+  // false for anything but a plain read of both (nothing reported).
+  bool ReadPairLocated(const BlockLocation& a, const std::string& hash_a,
+                       std::span<std::byte> out_a, StoredChunk& stored_a, const BlockLocation& b,
+                       const std::string& hash_b, std::span<std::byte> out_b, StoredChunk& stored_b,
+                       const CancelToken* cancel);
   // Where a block's stored bytes are read: `out` itself for a raw block, else `stored`.
   static std::span<std::byte> StoredTarget(const BlockLocation& where, std::span<std::byte> out,
                                            std::vector<std::byte>& stored);
