@@ -38,23 +38,24 @@ struct DefaultInitAllocator : std::allocator<T>, DefaultInitConstruct {
 using UninitializedBytes = std::vector<std::byte, DefaultInitAllocator<std::byte>>;
 
 // Page-aligned memory, for reads and writes around the page cache (O_DIRECT). resize() does
-// not zero it: its bytes are written over at once. `kHuge`: buffers of 2 MiB and more are
-// asked to be backed by huge pages: a direct read into physically contiguous memory reaches
-// the disk in requests of ~1 MiB rather than a few hundred KiB (a copy's read-ahead;
-// docs/data-plane-v2.md, item 5). Without huge pages it works all the same.
-template <typename T, bool kHuge = false>
+// not zero it: its bytes are written over at once. Buffers of 2 MiB and more are asked to be
+// backed by huge pages: a direct read or write of physically contiguous memory reaches the
+// disk in requests of up to 4 MiB rather than a few hundred KiB (a copy's read-ahead, a
+// pack's write; docs/data-plane-v2.md, items 1 and 5). Without huge pages it works all the
+// same.
+template <typename T>
 struct PageAlignedAllocator : DefaultInitConstruct {
   using value_type = T;
   template <typename U>
   struct rebind {
-    using other = PageAlignedAllocator<U, kHuge>;
+    using other = PageAlignedAllocator<U>;
   };
   static constexpr size_t kPage = 4096;
   static constexpr size_t kHugePage = 2 << 20;
   PageAlignedAllocator() = default;
   template <typename U>
-  PageAlignedAllocator(const PageAlignedAllocator<U, kHuge>&) {}  // NOLINT: rebinding
-  static bool OnHugePages(size_t bytes) { return kHuge && bytes >= kHugePage; }
+  PageAlignedAllocator(const PageAlignedAllocator<U>&) {}  // NOLINT: rebinding
+  static bool OnHugePages(size_t bytes) { return bytes >= kHugePage; }
   T* allocate(size_t n) {
     const size_t bytes = n * sizeof(T);
     if (!OnHugePages(bytes)) {
@@ -76,11 +77,10 @@ struct PageAlignedAllocator : DefaultInitConstruct {
     }
   }
   template <typename U>
-  bool operator==(const PageAlignedAllocator<U, kHuge>&) const {
+  bool operator==(const PageAlignedAllocator<U>&) const {
     return true;
   }
 };
-using PageAlignedBytes = std::vector<std::byte, PageAlignedAllocator<std::byte>>;
-using HugePageBytes = std::vector<std::byte, PageAlignedAllocator<std::byte, /*kHuge=*/true>>;
+using HugePageBytes = std::vector<std::byte, PageAlignedAllocator<std::byte>>;
 
 }  // namespace imagerelay

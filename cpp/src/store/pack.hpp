@@ -30,8 +30,10 @@ namespace imagerelay {
 
 using BlockCodec = ChunkCodec;
 
-// A pack is written to disk straight from page-aligned memory with O_DIRECT.
-using PackBytes = PageAlignedBytes;
+// A pack is written to disk straight from page-aligned memory with O_DIRECT, on huge pages:
+// a 16 MiB pack in small pages reaches a virtio disk in ~33 requests of ~500 KiB (254
+// segments each), on huge pages in 4 of 4 MiB.
+using PackBytes = HugePageBytes;
 
 struct PackEntry {
   std::string hash;  // SHA-256 of the raw bytes, 64 lowercase hex digits
