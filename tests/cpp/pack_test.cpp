@@ -48,6 +48,27 @@ std::span<const std::byte> Stored(const Built& b, const PackEntry& e) {
   return std::span(b.pack).subspan(e.offset, e.stored_length);
 }
 
+// A pack is written with O_DIRECT straight from its buffer: page-aligned always, and from a
+// huge page boundary once it is 2 MiB or more, so that the kernel can back it with huge pages
+// and the write reaches the disk in requests of megabytes (docs/data-plane-v2.md, item 1).
+TEST(PackTest, APackBufferStartsOnAPageAndABigOneOnAHugePage) {
+  const auto at = [](const PackBytes& bytes) { return reinterpret_cast<uintptr_t>(bytes.data()); };
+  PackBuilder small;
+  const auto block = RandomByteVector(5000, 3);
+  small.Add(HashOf(block), block);
+  const PackBytes small_pack = small.Finish();
+  EXPECT_EQ(at(small_pack) % 4096, 0u);
+
+  PackBuilder big(1, (16u << 20) + 65536);
+  for (uint32_t i = 0; i < 4; ++i) {
+    const auto raw = RandomByteVector(65536, 10 + i);
+    big.Add(HashOf(raw), raw);
+  }
+  const PackBytes big_pack = big.Finish();
+  EXPECT_GE(big_pack.capacity(), 16u << 20);
+  EXPECT_EQ(at(big_pack) % (2u << 20), 0u);
+}
+
 // Pack buffers are reused and grown without zeroing: a pack built in the buffer of a bigger
 // one holds its own bytes and footer only, nothing of the pack before it.
 TEST(PackTest, APackBuiltInAReusedBufferHoldsNothingOfThePackBefore) {
