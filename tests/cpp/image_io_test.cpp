@@ -601,14 +601,21 @@ TEST(ImageIoTest, ReadErrorsReachTheCaller) {
 // Fails on the n-th chunk write, from a worker thread.
 class FailingStore : public LocalStore {
  public:
-  using LocalStore::LocalStore;
+  explicit FailingStore(const fs::path& root, int fail_at = 5,
+                        std::chrono::milliseconds delay = std::chrono::milliseconds(0))
+      : LocalStore(root), fail_at_(fail_at), delay_(delay) {}
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                     const CancelToken* cancel = nullptr) override {
-    if (++puts_ == 5) throw TransferError(codes::kStoreUnavailable, "injected: disk gone");
+    if (++puts_ == fail_at_) {
+      std::this_thread::sleep_for(delay_);
+      throw TransferError(codes::kStoreUnavailable, "injected: disk gone");
+    }
     return LocalStore::PutChunk(hash, data, cancel);
   }
 
  private:
+  const int fail_at_;
+  const std::chrono::milliseconds delay_;  // before it fails
   std::atomic<int> puts_{0};
 };
 
@@ -626,6 +633,59 @@ TEST(ImageIoTest, WorkerErrorsReachTheCaller) {
     EXPECT_EQ(e.message(), "injected: disk gone");
   }
   EXPECT_EQ(ThreadCountSettledAt(threads_before), threads_before);
+}
+
+// Read by the workers (several at once), every unit at once but the second, which takes
+// half a second: the digest thread waits for it while the units after it are read.
+class OneSlowUnitSource : public SlowSource {
+ public:
+  explicit OneSlowUnitSource(uint64_t size) : SlowSource(size, std::chrono::milliseconds(0)) {}
+  bool ConcurrentReads() const override { return true; }
+  void ReadAt(uint64_t offset, std::byte* out, size_t len) override {
+    if (offset == kUnit) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    SlowSource::ReadAt(offset, out, len);
+  }
+  static constexpr uint64_t kUnit = 4 << 20;  // the import's read unit
+};
+
+// A worker that fails while others wait for their units' names (the digest thread waiting
+// for a unit read before theirs) ends the import with its error: the waiting workers are
+// woken by the stop, none waits for names that will never come. Run in a child, so that a
+// hang fails the test instead of stalling it.
+TEST(ImageIoTest, AWorkerThatFailsWhileOthersWaitForNamesEndsTheImport) {
+  ScratchDir dir;
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int code = 3;  // no error
+    try {
+      // Its first write fails 200 ms in: the units after the slow one are read by then, and
+      // their workers wait for names.
+      FailingStore store(dir / "store", /*fail_at=*/1, std::chrono::milliseconds(200));
+      OneSlowUnitSource source(16 * OneSlowUnitSource::kUnit);
+      ImportOptions options = SmallChunks();
+      options.buffer_memory = 8 * OneSlowUnitSource::kUnit;  // 8 units in flight
+      CancelToken cancel;
+      ImportToStore(source, store, options, cancel, nullptr);
+    } catch (const TransferError& e) {
+      code = e.message() == "injected: disk gone" ? 0 : 2;
+    } catch (...) {
+      code = 4;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      FAIL() << "the import did not end within 30 s (a worker left waiting for names)";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "0: the store's error; 2: another error; 3: none";
 }
 
 TEST(ImageIoTest, OpenFileSourceRejectsWhatIsNotAnImageFile) {

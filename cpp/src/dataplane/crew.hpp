@@ -57,6 +57,10 @@ class Crew {
     pool_ = &pool;
   }
 
+  // A condition variable of the caller's that the crew's threads wait on (under `mu`, for a
+  // predicate that checks `stop`): woken when the crew stops. Before the threads start.
+  void WakesOnStop(std::condition_variable& cv) { more_cvs_.push_back(&cv); }
+
   void NotifyAll() {
     {
       std::lock_guard lock(mu);
@@ -65,6 +69,7 @@ class Crew {
     work_cv.notify_all();
     digest_cv.notify_all();
     caller_cv.notify_all();
+    for (std::condition_variable* cv : more_cvs_) cv->notify_all();
   }
 
   void Finish() {
@@ -102,6 +107,7 @@ class Crew {
 
   std::vector<std::thread> threads_;
   BufferPool* pool_ = nullptr;
+  std::vector<std::condition_variable*> more_cvs_;
   std::exception_ptr error_;  // under mu until the threads are joined
   int running_ = 0;           // under mu
 };

@@ -136,6 +136,8 @@ class ImportPipeline {
     loaded_.assign(slots, 0);
     names_.resize(slots);
     named_.assign(slots, 0);
+    named_cv_ = std::vector<std::condition_variable>(slots);
+    for (auto& cv : named_cv_) crew_.WakesOnStop(cv);
     workers_ = static_cast<int>(std::min<uint64_t>(workers_, slots));
   }
 
@@ -372,7 +374,10 @@ class ImportPipeline {
         named_[job.slot] = 1;
         ReleaseSlot(job.slot);
       }
-      crew_.work_cv.notify_all();
+      // Only the worker waiting for this unit: waking all of them (notify_all on work_cv)
+      // cost the digest thread ~0.5 ms a unit on 2 CPUs, preempted by workers that went
+      // back to sleep (0.3 s of a 1.7 s import of 2 GiB).
+      named_cv_[static_cast<size_t>(job.slot)].notify_one();
     }
   }
 
@@ -428,7 +433,8 @@ class ImportPipeline {
   // A worker's wait for the digest thread to name its unit; nullopt if the crew stopped.
   std::optional<UnitNames> AwaitNames(int slot) {
     std::unique_lock lock(crew_.mu);
-    crew_.work_cv.wait(lock, [&] { return crew_.stop || named_[slot] != 0; });
+    named_cv_[static_cast<size_t>(slot)].wait(lock,
+                                              [&] { return crew_.stop || named_[slot] != 0; });
     if (crew_.stop) return std::nullopt;
     named_[slot] = 0;
     return std::move(names_[slot]);
@@ -459,6 +465,7 @@ class ImportPipeline {
   std::vector<char> loaded_;      // per slot: its chunk's bytes have been read
   std::vector<UnitNames> names_;  // per slot, with SHA-NI: its blocks' names, once named_
   std::vector<char> named_;
+  std::vector<std::condition_variable> named_cv_;  // per slot: its worker waits for names_
   std::deque<ChunkJob> work_queue_;
   std::deque<ChunkJob> digest_queue_;  // in chunk order
   bool reading_done_ = false;
