@@ -882,7 +882,9 @@ void HashWindow(Store& store, const Manifest& manifest, const ManifestWindow& wi
       slot->ready = false;
       next_hash = ++k;
     }
-    crew.work_cv.notify_all();
+    // One more block may be fetched: one reader (waking all of them for it took the hashing
+    // thread's CPU on 2 cores; a reader that is busy sees the room when it asks again).
+    crew.work_cv.notify_one();
   }
   crew.Finish();
   if (k != todo.size()) {
