@@ -1611,7 +1611,7 @@ TEST(PackStoreTest, AnUncheckedReadIsPlainOrNothingAndAVerifyChecksWhatItGives) 
 
 // A scrub reads a page of blocks in the store's order: pack by pack, each pack's blocks by
 // offset, what the store does not hold last; the same names, each once.
-TEST(PackStoreTest, OrderForReadingGoesPackByPackInOffsetOrder) {
+TEST(PackStoreTest, PlanReadsInOrderGoesPackByPackInOffsetOrder) {
   ScratchDir dir;
   auto [faults, store] = OpenPacked(dir.path(), 4 * kBlock);
   std::vector<std::string> written;  // in write order: 4 to a pack
@@ -1626,7 +1626,7 @@ TEST(PackStoreTest, OrderForReadingGoesPackByPackInOffsetOrder) {
   std::vector<std::string> hashes = {absent};
   for (size_t i = written.size(); i > 0; --i) hashes.push_back(written[(i * 5) % 12]);
   std::vector<std::string> ordered = hashes;
-  store->OrderForReading(ordered);
+  store->PlanReadsInOrder(ordered);
   EXPECT_EQ(std::multiset<std::string>(ordered.begin(), ordered.end()),
             std::multiset<std::string>(hashes.begin(), hashes.end()));
   ASSERT_EQ(ordered.size(), 13u);

@@ -216,10 +216,11 @@ class Store {
   // an export's chunk list): a store that keeps chunks side by side reads neighbours in one
   // request instead of one each. Only a hint; the reads may come in any order, or not at all.
   virtual void PlanReads(const std::vector<std::string>& /*hashes*/) {}
-  // Puts `hashes` in the order that reads them fastest, for a reader free to choose it (a
-  // scrub): a pack store's by pack and offset, those it does not hold last. The same names,
-  // only reordered. The default keeps the order given.
-  virtual void OrderForReading(std::vector<std::string>& /*hashes*/) {}
+  // PlanReads for a reader free to choose the order (a scrub): first puts `hashes` in the
+  // order that reads them fastest (a pack store's: by pack and offset, those it does not
+  // hold last; the same names, only reordered), then plans them. The default keeps the order
+  // given.
+  virtual void PlanReadsInOrder(std::vector<std::string>& hashes) { PlanReads(hashes); }
   // True if GetChunk checks every chunk it returns against its name (throwing
   // DamagedChunkError otherwise): its callers need not hash the bytes again.
   virtual bool ChecksReads() const { return false; }

@@ -253,8 +253,7 @@ ScrubReport Integrity::ScrubRegion(const std::string& account, const std::string
       if (chunks.empty()) break;
       after = chunks.back();
       // Read in the store's order (a pack store's: pack by pack), its neighbours together.
-      store->OrderForReading(chunks);
-      store->PlanReads(chunks);
+      store->PlanReadsInOrder(chunks);
       listed += chunks.size();
       next = 0;
       {

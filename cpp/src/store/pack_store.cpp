@@ -1158,7 +1158,8 @@ std::optional<size_t> PackStore::RunHolding(const std::vector<Run>& runs, uint64
   return static_cast<size_t>(run - runs.begin());
 }
 
-void PackStore::OrderForReading(std::vector<std::string>& hashes) {
+void PackStore::PlanReadsInOrder(std::vector<std::string>& hashes) {
+  if (hashes.empty()) return;
   const std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
   std::vector<size_t> order(hashes.size());
   std::iota(order.begin(), order.end(), size_t{0});
@@ -1169,14 +1170,24 @@ void PackStore::OrderForReading(std::vector<std::string>& hashes) {
     return std::tie(a->pack, a->offset) < std::tie(b->pack, b->offset);
   });
   std::vector<std::string> ordered;
+  std::vector<std::optional<BlockLocation>> found_ordered;
   ordered.reserve(hashes.size());
-  for (size_t i : order) ordered.push_back(std::move(hashes[i]));
+  found_ordered.reserve(hashes.size());
+  for (size_t i : order) {
+    ordered.push_back(std::move(hashes[i]));
+    found_ordered.push_back(found[i]);
+  }
   hashes = std::move(ordered);
+  PlanLocated(hashes, std::move(found_ordered));  // the one lookup serves both
 }
 
 void PackStore::PlanReads(const std::vector<std::string>& hashes) {
   if (hashes.empty()) return;
-  std::vector<std::optional<BlockLocation>> found = Index().Lookup(hashes);
+  PlanLocated(hashes, Index().Lookup(hashes));
+}
+
+void PackStore::PlanLocated(const std::vector<std::string>& hashes,
+                            std::vector<std::optional<BlockLocation>> found) {
   // Neighbouring blocks of a pack (a gap of at most kMaxGap) go into one run.
   std::unordered_map<std::string, std::vector<Run>> planned;
   size_t count = 0;

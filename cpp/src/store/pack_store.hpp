@@ -94,7 +94,7 @@ class PackStore final : public Store, public ChunkSizeProbe {
   uint64_t PutChunk(const std::string& hash, std::span<const std::byte> data,
                     const CancelToken* cancel = nullptr) override;
   void PlanReads(const std::vector<std::string>& hashes) override;
-  void OrderForReading(std::vector<std::string>& hashes) override;
+  void PlanReadsInOrder(std::vector<std::string>& hashes) override;
   void Flush(const CancelToken* cancel = nullptr) override;
   void GetChunk(const std::string& hash, std::vector<std::byte>& out,
                 const CancelToken* cancel = nullptr) override;
@@ -402,6 +402,9 @@ class PackStore final : public Store, public ChunkSizeProbe {
   uint64_t plan_ = 0;                       // the current plan's number
   std::list<std::shared_ptr<Span>> spans_;  // most recent first
   // The run of `runs` (sorted by start) that holds [offset, offset + length), if one does.
+  // PlanReads of `hashes` already located (`found`, nullopt: not held), in reading order.
+  void PlanLocated(const std::vector<std::string>& hashes,
+                   std::vector<std::optional<BlockLocation>> found);
   static std::optional<size_t> RunHolding(const std::vector<Run>& runs, uint64_t offset,
                                           uint64_t length);
   // The run planned for a block at [offset, offset + length) of `pack`, taken out of the
